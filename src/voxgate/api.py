@@ -1,0 +1,112 @@
+"""``voxgate.open`` and ``voxgate.create``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .errors import InvalidRequestError
+from .meta import VolumeMeta
+from .registry import resolve
+from .remotes.base import Remote
+from .volume import Bounds, Volume
+
+__all__ = ["create", "create_remote", "open", "open_remote"]
+
+_MODES = ("r", "r+")
+
+
+def open_remote(url: str, *, mode: str = "r", **options: Any) -> Remote:
+    """Open the Remote behind ``url`` (the layer under Volume; most users want :func:`open`)."""
+    if mode not in _MODES:
+        raise InvalidRequestError(f"mode must be 'r' or 'r+', got {mode!r}")
+    cls, location = resolve(url)
+    return cls.open(location, mode=mode, **options)
+
+
+def open(  # noqa: A001 - the public name mirrors zarr.open / tensorstore.open
+    url: str | os.PathLike[str] | Volume,
+    *,
+    scale: int = 0,
+    mode: str = "r",
+    bounds: Bounds = "error",
+    **options: Any,
+) -> Volume:
+    """Open a volume by URL as a lazy, numpy-like :class:`Volume`.
+
+    ``url`` is ``SCHEME://LOCATION`` (``zarr://``, ``n5://``, ``precomputed://``, ``hdf5://``,
+    ``mem://`` or any registered scheme), or a bare path or storage URL whose format is
+    detected from its marker file.  ``mode`` is "r" or "r+"; ``bounds`` is "error", "clip" or
+    "fill"; other keyword options go to the Remote, which rejects ones it does not know.
+    """
+    if isinstance(url, Volume):
+        if options:
+            raise InvalidRequestError("options cannot be given when reopening a Volume")
+        remote = url.remote if url.mode == mode else open_remote(url.url, mode=mode)
+        return Volume(remote, scale, bounds=bounds)
+    remote = open_remote(os.fspath(url), mode=mode, **options)
+    return Volume(remote, scale, bounds=bounds)
+
+
+def create_remote(
+    url: str, meta: VolumeMeta, *, exist_ok: bool = False, **options: Any
+) -> Remote:
+    cls, location = _resolve_for_create(url)
+    return cls.create(location, meta, exist_ok=exist_ok, **options)
+
+
+def _resolve_for_create(url: str) -> tuple[type[Remote], str]:
+    from .registry import _load, split_url
+
+    scheme, location = split_url(os.fspath(url))
+    if scheme is None:
+        lowered = location.lower().split("#")[0]
+        if lowered.endswith((".h5", ".hdf5", ".hdf")):
+            scheme = "hdf5"
+        elif lowered.rstrip("/").endswith((".zarr", ".ome.zarr")):
+            scheme = "zarr"
+        elif lowered.rstrip("/").endswith(".n5"):
+            scheme = "n5"
+        else:
+            raise InvalidRequestError(
+                f"cannot tell which format to create at {location!r}; name it in the URL, "
+                "e.g. zarr://, n5://, precomputed://, hdf5://"
+            )
+    return _load(scheme), location
+
+
+def create(
+    url: str | os.PathLike[str],
+    *,
+    shape: Any,
+    dtype: Any,
+    chunks: Any,
+    voxel_size: Any,
+    kind: str = "image",
+    encoding: str | None = None,
+    offset: Any = (0, 0, 0),
+    num_scales: int = 1,
+    num_channels: int = 1,
+    exist_ok: bool = False,
+    **options: Any,
+) -> Volume:
+    """Create a new volume and return it opened read-write ("r+").
+
+    ``shape``, ``chunks``, ``voxel_size`` (nm) and ``offset`` are (z, y, x).  ``kind`` is
+    "image" or "segmentation".  ``num_scales`` > 1 lays out that many levels of 2x
+    downsampling (toward isotropy) in the store's metadata; their voxels start as the fill
+    value until written or computed with ``voxgate.downsample``.
+    """
+    meta = VolumeMeta.build(
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        voxel_size=voxel_size,
+        kind=kind,
+        encoding=encoding,
+        offset=offset,
+        num_scales=num_scales,
+        num_channels=num_channels,
+    )
+    remote = create_remote(os.fspath(url), meta, exist_ok=exist_ok, **options)
+    return Volume(remote, 0)

@@ -1,0 +1,95 @@
+"""The voxgate exception hierarchy.
+
+Every error voxgate raises on purpose is a :class:`VoxgateError`.  Each subclass also inherits
+the builtin exception a Python user would already catch for that situation, so
+``except IndexError`` keeps working around a numpy-like read, and ``except VoxgateError``
+catches everything voxgate says.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "CapabilityNotSupportedError",
+    "CorruptChunkError",
+    "DtypeError",
+    "IndexingError",
+    "InvalidRequestError",
+    "OutOfBoundsError",
+    "PartialWriteError",
+    "ReadOnlyError",
+    "RemoteExistsError",
+    "RemoteNotFoundError",
+    "RemoteUnavailableError",
+    "UnknownSchemeError",
+    "VoxgateError",
+]
+
+
+class VoxgateError(Exception):
+    """Base class of every error voxgate raises deliberately."""
+
+
+class UnknownSchemeError(VoxgateError, ValueError):
+    """A URL names a scheme no registered Remote handles (the message lists the known ones)."""
+
+
+class InvalidRequestError(VoxgateError, ValueError):
+    """A request is malformed: a bad URL, a step <= 0, a shape that does not match, a bad option."""
+
+
+class DtypeError(VoxgateError, TypeError):
+    """Data of a dtype that cannot be stored safely in the target volume."""
+
+
+class RemoteNotFoundError(VoxgateError, FileNotFoundError):
+    """The resource named by a URL does not exist."""
+
+
+class RemoteExistsError(VoxgateError, FileExistsError):
+    """``create`` was asked to make a volume where one already exists (pass ``exist_ok=True``)."""
+
+
+class IndexingError(VoxgateError, IndexError):
+    """An index numpy would also refuse: too many indices, ``None``/newaxis, fancy indexing."""
+
+
+class OutOfBoundsError(VoxgateError, IndexError):
+    """A box or index lies (partly) outside the volume and the volume's bounds mode is "error"."""
+
+
+class ReadOnlyError(VoxgateError, PermissionError):
+    """A write to a volume opened read-only, or to a store that cannot be written."""
+
+
+class AuthenticationError(VoxgateError, PermissionError):
+    """Credentials were missing or refused."""
+
+
+class CorruptChunkError(VoxgateError, OSError):
+    """A stored chunk could not be decoded.  ``chunk`` names it (a path, key or URL)."""
+
+    def __init__(self, message: str, chunk: str | None = None) -> None:
+        super().__init__(message)
+        self.chunk = chunk
+
+
+class CapabilityNotSupportedError(VoxgateError, NotImplementedError):
+    """The Remote does not offer an optional capability (server-side meshing, writes, ...)."""
+
+
+class RemoteUnavailableError(VoxgateError, ConnectionError):
+    """The storage system could not be reached, after retries."""
+
+
+class PartialWriteError(VoxgateError, OSError):
+    """A write failed after some chunks were already stored.
+
+    ``written`` lists the boxes (in dataset voxel coordinates) that were stored completely, and
+    ``failed`` the ones that were not, so the caller knows exactly what changed.
+    """
+
+    def __init__(self, message: str, written: list[object], failed: list[object]) -> None:
+        super().__init__(message)
+        self.written = written
+        self.failed = failed

@@ -1,0 +1,203 @@
+"""Geometry values: named (z, y, x) vectors, half-open boxes and chunk-grid arithmetic.
+
+Everything is in voxels at one scale, axis order Z, Y, X, boxes half-open ``[start, stop)``.
+Values are frozen: every operation returns a new one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, SupportsIndex
+
+from .errors import InvalidRequestError
+
+__all__ = ["Box", "Vec", "VoxelSize", "chunk_boxes", "grid_shape"]
+
+
+def _as_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
+        raise InvalidRequestError(f"{what} must be an integer, got {value!r}")
+    return int(value.__index__())
+
+
+class Vec(NamedTuple):
+    """An integer (z, y, x) triple: a position, a shape or a chunk size in voxels."""
+
+    z: int
+    y: int
+    x: int
+
+    @classmethod
+    def of(cls, value: Iterable[object] | Vec, what: str = "value") -> Vec:
+        """Make a Vec from any 3-sequence of integers, checking length and types."""
+        if isinstance(value, Vec):
+            return value
+        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+            raise InvalidRequestError(f"{what} must be a (z, y, x) sequence, got {value!r}")
+        items = list(value)
+        if len(items) != 3:
+            raise InvalidRequestError(
+                f"{what} must have 3 entries in (z, y, x) order, got {len(items)}: {items!r}"
+            )
+        return cls(*(_as_int(v, what) for v in items))
+
+    def xyz(self) -> tuple[int, int, int]:
+        """The same values in (x, y, z) order, as precomputed and bossDB URLs want them."""
+        return (self.x, self.y, self.z)
+
+    @classmethod
+    def from_xyz(cls, value: Sequence[object], what: str = "value") -> Vec:
+        v = Vec.of(value, what)
+        return cls(v.x, v.y, v.z)
+
+    def __add__(self, other: object) -> Vec:  # type: ignore[override]
+        o = Vec.of(other)  # type: ignore[arg-type]
+        return Vec(self.z + o.z, self.y + o.y, self.x + o.x)
+
+    def __sub__(self, other: object) -> Vec:
+        o = Vec.of(other)  # type: ignore[arg-type]
+        return Vec(self.z - o.z, self.y - o.y, self.x - o.x)
+
+    def prod(self) -> int:
+        return self.z * self.y * self.x
+
+
+class VoxelSize(NamedTuple):
+    """The physical size of one voxel, named axes, with its unit (nanometres by default)."""
+
+    z: float
+    y: float
+    x: float
+    unit: str = "nm"
+
+    @classmethod
+    def of(cls, value: object, unit: str = "nm") -> VoxelSize:
+        if isinstance(value, VoxelSize):
+            return value
+        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+            raise InvalidRequestError(f"voxel_size must be a (z, y, x) sequence, got {value!r}")
+        items = list(value)
+        if len(items) != 3:
+            raise InvalidRequestError(
+                f"voxel_size must have 3 entries in (z, y, x) order, got {items!r}"
+            )
+        out = []
+        for v in items:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise InvalidRequestError(f"voxel sizes must be positive numbers, got {items!r}")
+            out.append(float(v))
+        return cls(out[0], out[1], out[2], unit)
+
+    def zyx(self) -> tuple[float, float, float]:
+        return (self.z, self.y, self.x)
+
+    def xyz(self) -> tuple[float, float, float]:
+        return (self.x, self.y, self.z)
+
+    def __repr__(self) -> str:
+        return f"VoxelSize(z={self.z:g}, y={self.y:g}, x={self.x:g}, unit={self.unit!r})"
+
+
+@dataclass(frozen=True)
+class Box:
+    """A half-open box ``[start, stop)`` of voxels, (z, y, x)."""
+
+    start: Vec
+    stop: Vec
+
+    def __init__(self, start: Iterable[object], stop: Iterable[object]) -> None:
+        s, e = Vec.of(start, "box start"), Vec.of(stop, "box stop")
+        for a, b in zip(s, e, strict=True):
+            if b < a:
+                raise InvalidRequestError(f"box stop {tuple(e)} is before its start {tuple(s)}")
+        object.__setattr__(self, "start", s)
+        object.__setattr__(self, "stop", e)
+
+    @classmethod
+    def from_shape(cls, shape: Iterable[object], offset: Iterable[object] = (0, 0, 0)) -> Box:
+        o, sh = Vec.of(offset, "offset"), Vec.of(shape, "shape")
+        return cls(o, o + sh)
+
+    @classmethod
+    def parse(cls, text: str) -> Box:
+        """Parse ``"z0:z1,y0:y1,x0:x1"`` (the command-line form)."""
+        parts = [p.strip() for p in text.split(",")]
+        if len(parts) != 3:
+            raise InvalidRequestError(f"a box is 'z0:z1,y0:y1,x0:x1', got {text!r}")
+        starts, stops = [], []
+        for p in parts:
+            a, sep, b = p.partition(":")
+            try:
+                starts.append(int(a))
+                stops.append(int(b))
+            except ValueError:
+                raise InvalidRequestError(f"a box is 'z0:z1,y0:y1,x0:x1', got {text!r}") from None
+            if not sep:
+                raise InvalidRequestError(f"a box is 'z0:z1,y0:y1,x0:x1', got {text!r}")
+        return cls(starts, stops)
+
+    @property
+    def shape(self) -> Vec:
+        return self.stop - self.start
+
+    @property
+    def size(self) -> int:
+        return self.shape.prod()
+
+    def is_empty(self) -> bool:
+        return any(a >= b for a, b in zip(self.start, self.stop, strict=True))
+
+    def intersect(self, other: Box) -> Box:
+        start = Vec(*(max(a, b) for a, b in zip(self.start, other.start, strict=True)))
+        stop = Vec(*(min(a, b) for a, b in zip(self.stop, other.stop, strict=True)))
+        stop = Vec(*(max(a, b) for a, b in zip(start, stop, strict=True)))
+        return Box(start, stop)
+
+    def contains(self, other: Box) -> bool:
+        return all(a <= b for a, b in zip(self.start, other.start, strict=True)) and all(
+            a >= b for a, b in zip(self.stop, other.stop, strict=True)
+        )
+
+    def translate(self, delta: Iterable[object]) -> Box:
+        d = Vec.of(delta)
+        return Box(self.start + d, self.stop + d)
+
+    def slices(self, origin: Iterable[object] = (0, 0, 0)) -> tuple[slice, slice, slice]:
+        """numpy slices of this box inside an array whose first voxel is ``origin``."""
+        o = Vec.of(origin)
+        return tuple(  # type: ignore[return-value]
+            slice(a - c, b - c) for a, b, c in zip(self.start, self.stop, o, strict=True)
+        )
+
+    def __repr__(self) -> str:
+        r = ", ".join(f"{a}:{b}" for a, b in zip(self.start, self.stop, strict=True))
+        return f"Box[{r}]"
+
+    def __str__(self) -> str:
+        return ",".join(f"{a}:{b}" for a, b in zip(self.start, self.stop, strict=True))
+
+
+def grid_shape(bounds: Box, chunks: Vec) -> Vec:
+    """Number of chunks along each axis of a grid anchored at ``bounds.start``."""
+    return Vec(*(math.ceil(s / c) for s, c in zip(bounds.shape, chunks, strict=True)))
+
+
+def chunk_boxes(region: Box, chunks: Vec, bounds: Box) -> Iterator[tuple[Vec, Box]]:
+    """Chunk grid cells touching ``region``, as (grid index, cell box clipped to ``bounds``).
+
+    The grid is anchored at ``bounds.start`` (a precomputed ``voxel_offset``, a boss frame
+    start) and cells at the upper edge are truncated, as every chunked format stores them.
+    """
+    region = region.intersect(bounds)
+    if region.is_empty():
+        return
+    lo = [(a - o) // c for a, o, c in zip(region.start, bounds.start, chunks, strict=True)]
+    hi = [-(-(b - o) // c) for b, o, c in zip(region.stop, bounds.start, chunks, strict=True)]
+    for idx in itertools.product(*(range(a, b) for a, b in zip(lo, hi, strict=True))):
+        g = Vec(*idx)
+        start = Vec(*(o + i * c for o, i, c in zip(bounds.start, g, chunks, strict=True)))
+        cell = Box(start, start + chunks).intersect(bounds)
+        yield g, cell

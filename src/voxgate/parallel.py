@@ -1,0 +1,94 @@
+"""Run one function over many blocks on a bounded thread pool, recording what succeeded.
+
+Threads, not processes: tensorstore, h5py's decompression and numpy copies release the GIL, and
+no data is pickled.  At most ``workers`` tasks are in flight, so memory stays bounded by a few
+blocks per worker whatever the number of blocks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+__all__ = ["BlockResults", "default_workers", "run_blocks"]
+
+T = TypeVar("T")
+
+
+def default_workers() -> int:
+    return max(2, min(8, 2 * (os.cpu_count() or 2)))
+
+
+@dataclass
+class BlockResults(Generic[T]):
+    done: list[T] = field(default_factory=list)
+    failed: list[tuple[T, BaseException]] = field(default_factory=list)
+
+
+def run_blocks(
+    fn: Callable[[T], object],
+    items: Iterable[T],
+    *,
+    workers: int | None = None,
+    on_done: Callable[[T, object], None] | None = None,
+    stop_on_error: bool = True,
+) -> BlockResults[T]:
+    """Call ``fn(item)`` for every item; return which ones finished and which raised.
+
+    With ``stop_on_error`` no new item starts after the first failure (the ones in flight
+    finish and are recorded).  KeyboardInterrupt stops submitting, waits for the blocks in
+    flight (so none is left half-done by us) and re-raises.
+    """
+    workers = workers or default_workers()
+    results: BlockResults[T] = BlockResults()
+    iterator = iter(items)
+    if workers == 1:
+        for item in iterator:
+            try:
+                out = fn(item)
+            except Exception as exc:
+                results.failed.append((item, exc))
+                if stop_on_error:
+                    break
+                continue
+            results.done.append(item)
+            if on_done is not None:
+                on_done(item, out)
+        return results
+
+    pending: dict[Future[object], T] = {}
+    exhausted = False
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="voxgate") as pool:
+        try:
+            while True:
+                while not exhausted and len(pending) < 2 * workers:
+                    if stop_on_error and results.failed:
+                        exhausted = True
+                        break
+                    try:
+                        item = next(iterator)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    pending[pool.submit(fn, item)] = item
+                if not pending:
+                    break
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    item = pending.pop(fut)
+                    exc = fut.exception()
+                    if exc is not None:
+                        results.failed.append((item, exc))
+                    else:
+                        results.done.append(item)
+                        if on_done is not None:
+                            on_done(item, fut.result())
+        except KeyboardInterrupt:
+            for fut in pending:
+                fut.cancel()
+            wait(pending)
+            raise
+    return results

@@ -1,0 +1,136 @@
+"""URL scheme -> Remote class, with lazy imports, entry points and marker-file detection.
+
+A third-party package adds a scheme with an entry point in the group ``voxgate.remotes``::
+
+    [project.entry-points."voxgate.remotes"]
+    myformat = "mypackage.remote:MyRemote"
+
+A plugin that fails to import is reported as a warning naming it, never silently dropped and
+never a crash of ``import voxgate``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
+
+from .errors import InvalidRequestError, RemoteNotFoundError, UnknownSchemeError
+
+if TYPE_CHECKING:
+    from .remotes.base import Remote
+
+__all__ = ["detect_format", "known_schemes", "register", "resolve", "split_url"]
+
+_BUILTIN: dict[str, str] = {
+    "mem": "voxgate.remotes.memory:MemoryRemote",
+    "zarr": "voxgate.remotes.zarr:ZarrRemote",
+    "n5": "voxgate.remotes.n5:N5Remote",
+    "hdf5": "voxgate.remotes.hdf5:HDF5Remote",
+    "precomputed": "voxgate.remotes.precomputed:PrecomputedRemote",
+}
+
+#: storage locations (not formats) a URL may start with after the format scheme
+STORAGE_SCHEMES = ("file", "gs", "s3", "http", "https")
+
+_registered: dict[str, str | type[Remote]] = {}
+_entry_points_loaded = False
+
+
+def register(scheme: str, target: str | type[Remote]) -> None:
+    """Register a Remote class (or a ``"module:Class"`` string) for ``scheme``."""
+    _registered[scheme.lower()] = target
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group="voxgate.remotes"):
+        _registered.setdefault(ep.name.lower(), ep.value)
+
+
+def known_schemes() -> list[str]:
+    _load_entry_points()
+    return sorted(set(_BUILTIN) | set(_registered))
+
+
+def _load(scheme: str) -> type[Remote]:
+    _load_entry_points()
+    target = _registered.get(scheme, _BUILTIN.get(scheme))
+    if target is None:
+        raise UnknownSchemeError(
+            f"unknown scheme {scheme + '://'!r}; known schemes: "
+            + ", ".join(s + "://" for s in known_schemes())
+        )
+    if not isinstance(target, str):
+        return target
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        msg = f"the {scheme}:// Remote ({target}) could not be imported: {exc}"
+        warnings.warn(msg, stacklevel=3)
+        raise UnknownSchemeError(msg) from exc
+    cls: type[Remote] = getattr(module, attr)
+    return cls
+
+
+def split_url(url: str) -> tuple[str | None, str]:
+    """``"zarr:///a/b"`` -> ``("zarr", "/a/b")``; a bare path or storage URL -> ``(None, url)``."""
+    if not isinstance(url, (str, os.PathLike)):
+        raise InvalidRequestError(f"a volume URL must be a string or path, got {url!r}")
+    url = os.fspath(url)
+    if not url:
+        raise InvalidRequestError("empty URL")
+    head, sep, rest = url.partition("://")
+    if not sep:
+        return None, url
+    scheme = head.lower()
+    if scheme in STORAGE_SCHEMES:
+        return None, url
+    if not rest:
+        raise InvalidRequestError(f"{url!r} names no location after {scheme}://")
+    return scheme, rest
+
+
+_MARKERS: tuple[tuple[str, str], ...] = (
+    ("zarr.json", "zarr"),
+    (".zarray", "zarr"),
+    (".zgroup", "zarr"),
+    ("attributes.json", "n5"),
+    ("info", "precomputed"),
+)
+
+
+def detect_format(location: str) -> str:
+    """The format scheme of a bare path or storage URL, from the marker file it holds."""
+    path, _, _fragment = location.partition("#")
+    lower = path.lower()
+    if lower.endswith((".h5", ".hdf5", ".hdf")):
+        return "hdf5"
+    from .remotes._tensorstore import kvstore_exists
+
+    for marker, scheme in _MARKERS:
+        if kvstore_exists(path, marker):
+            return scheme
+    if path.startswith(("gs://", "s3://", "http://", "https://")) or os.path.exists(
+        path.removeprefix("file://")
+    ):
+        raise UnknownSchemeError(
+            f"cannot tell the format of {location!r}: it has none of the marker files "
+            f"({', '.join(m for m, _ in _MARKERS)}) and is not an .h5 file; "
+            "name the format in the URL, e.g. zarr://" + location
+        )
+    raise RemoteNotFoundError(f"{location!r} does not exist")
+
+
+def resolve(url: str) -> tuple[type[Remote], str]:
+    """The Remote class for ``url`` and the location to pass to it."""
+    scheme, location = split_url(url)
+    if scheme is None:
+        scheme = detect_format(location)
+    return _load(scheme), location

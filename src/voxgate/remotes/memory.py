@@ -1,0 +1,112 @@
+"""``mem://name``: volumes held in numpy arrays in this process.
+
+The reference every other Remote is tested against: a dense array per scale and nothing else.
+Named volumes live in a process-wide table until :func:`delete` (or ``MemoryRemote.clear()``).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidRequestError, RemoteExistsError, RemoteNotFoundError
+from ..geometry import Box
+from ..meta import VolumeMeta
+from .base import Capability, Remote, check_options
+
+__all__ = ["MemoryRemote", "delete"]
+
+
+@dataclass
+class _Stored:
+    meta: VolumeMeta
+    arrays: list[np.ndarray]
+    lock: threading.Lock
+
+
+_volumes: dict[str, _Stored] = {}
+_table_lock = threading.Lock()
+
+
+def _name(location: str) -> str:
+    name = location.strip("/")
+    if not name:
+        raise InvalidRequestError("mem:// needs a name, e.g. mem://scratch")
+    return name
+
+
+def delete(name: str) -> None:
+    """Forget the in-memory volume ``name``."""
+    with _table_lock:
+        _volumes.pop(_name(name), None)
+
+
+class MemoryRemote(Remote):
+    scheme = "mem"
+
+    def __init__(self, name: str, stored: _Stored, mode: str) -> None:
+        self.name = name
+        self._stored = stored
+        self.meta = stored.meta
+        self.mode = mode
+        self.url = f"mem://{name}"
+
+    @classmethod
+    def clear(cls) -> None:
+        with _table_lock:
+            _volumes.clear()
+
+    @classmethod
+    def open(cls, location: str, *, mode: str = "r", **options: Any) -> MemoryRemote:
+        check_options("mem://", options, cls.open_options)
+        name = _name(location)
+        with _table_lock:
+            stored = _volumes.get(name)
+        if stored is None:
+            raise RemoteNotFoundError(f"no in-memory volume named {name!r} (create it first)")
+        return cls(name, stored, mode)
+
+    @classmethod
+    def exists(cls, location: str) -> bool:
+        with _table_lock:
+            return _name(location) in _volumes
+
+    @classmethod
+    def create(
+        cls, location: str, meta: VolumeMeta, *, exist_ok: bool = False, **options: Any
+    ) -> MemoryRemote:
+        check_options("mem://", options, cls.create_options)
+        name = _name(location)
+        lead = (meta.num_channels,) if meta.num_channels > 1 else ()
+        with _table_lock:
+            if name in _volumes and not exist_ok:
+                raise RemoteExistsError(f"mem://{name} already exists (pass exist_ok=True)")
+            if name not in _volumes:
+                arrays = [
+                    np.full(lead + tuple(s.shape), meta.fill_value, dtype=meta.dtype)
+                    for s in meta.scales
+                ]
+                _volumes[name] = _Stored(meta, arrays, threading.Lock())
+            stored = _volumes[name]
+        return cls(name, stored, "r+")
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({Capability.WRITE}) if self.mode == "r+" else frozenset()
+
+    def _slices(self, box: Box, scale: int) -> tuple[Any, ...]:
+        origin = self.meta.scale(scale).offset
+        return (Ellipsis, *box.slices(origin))
+
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        arr = self._stored.arrays[scale]
+        with self._stored.lock:
+            return np.array(arr[self._slices(box, scale)], copy=True)
+
+    def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
+        self._check_writable()
+        with self._stored.lock:
+            self._stored.arrays[scale][self._slices(box, scale)] = array

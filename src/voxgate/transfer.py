@@ -1,0 +1,349 @@
+"""``voxgate.copy``: move a volume from any Remote to any other, in parallel and resumably.
+
+The copy walks the destination's write grid (chunks, or shards where the store has them),
+grouped into blocks of a few MiB, and runs a bounded number of blocks at once: memory stays at
+a few blocks per worker whatever the volume's size.  Every finished block is appended to a
+journal; an interrupted copy (Ctrl-C, kill -9, a crash) rerun with the same arguments skips the
+blocks the journal records and finishes the rest.  A block is written whole or not at all as
+far as the journal is concerned, and writing a block twice gives the same bytes, so the result
+is identical to an uninterrupted copy.  The journal is deleted when the copy completes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .api import create_remote, open_remote
+from .errors import InvalidRequestError, OutOfBoundsError, PartialWriteError
+from .geometry import Box, Vec, chunk_boxes
+from .meta import VolumeMeta
+from .parallel import default_workers, run_blocks
+from .remotes.base import Remote
+from .volume import Volume
+
+__all__ = ["CopyReport", "copy", "journal_dir"]
+
+#: blocks grow from the write grid toward this many bytes (bounded memory, little overhead)
+BLOCK_BYTES = 8 * 2**20
+
+
+@dataclass
+class CopyReport:
+    """What a copy did.  ``chunks_*`` count destination write-grid cells (chunks or shards)."""
+
+    src: str
+    dst: str
+    scales: list[int]
+    blocks_total: int = 0
+    blocks_written: int = 0
+    blocks_skipped: int = 0
+    blocks_empty: int = 0
+    chunks_written: int = 0
+    chunks_skipped: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    created: bool = False
+    resumed: bool = False
+    per_scale: dict[int, int] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        mb = self.bytes_written / 2**20
+        rate = mb / self.seconds if self.seconds > 0 else float("inf")
+        verb = "created and copied" if self.created else "copied"
+        extra = f", resumed: {self.chunks_skipped} chunks already done" if self.resumed else ""
+        return (
+            f"{verb} {self.src} -> {self.dst}: scales {self.scales}, "
+            f"{self.chunks_written} chunks written ({mb:.1f} MiB, {rate:.1f} MiB/s), "
+            f"{self.blocks_empty} empty blocks left as fill{extra}, {self.seconds:.2f} s"
+        )
+
+
+def journal_dir() -> Path:
+    """Where copy journals live: ``$VOXGATE_STATE_DIR`` or ``~/.cache/voxgate/transfers``."""
+    base = os.environ.get("VOXGATE_STATE_DIR")
+    if base:
+        return Path(base) / "transfers"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "voxgate" / "transfers"
+
+
+def _as_remote(x: str | os.PathLike[str] | Volume, mode: str) -> tuple[Remote, Box | None, int]:
+    if isinstance(x, Volume):
+        remote = x.remote
+        if mode == "r+" and remote.mode != "r+":
+            remote = open_remote(x.url, mode="r+")
+        full = x.at_scale(x.scale)
+        box = None if x.shape == full.shape else x.bounds
+        return remote, box, x.scale
+    return open_remote(os.fspath(x), mode=mode), None, 0
+
+
+def _block_shape(grid: Vec, itemsize: int, channels: int, region: Box) -> Vec:
+    """Grow the write grid (x first, then y, then z) toward BLOCK_BYTES, not past the region."""
+    shape = list(grid)
+    limit = region.shape
+    for _ in range(64):
+        grew = False
+        for ax in (2, 1, 0):
+            bigger = shape[ax] * 2
+            if (
+                math.prod(shape) * 2 * itemsize * channels <= BLOCK_BYTES
+                and shape[ax] < limit[ax]
+            ):
+                shape[ax] = bigger
+                grew = True
+        if not grew:
+            break
+    return Vec(*shape)
+
+
+def _scale_box(box: Box, meta: VolumeMeta, scale: int) -> Box:
+    """A scale-0 box mapped to the voxels of ``scale`` that it covers."""
+    s0, sk = meta.scale(0), meta.scale(scale)
+    start, stop = [], []
+    for a, b, n0, nk, o0, ok in zip(
+        box.start, box.stop, s0.shape, sk.shape, s0.offset, sk.offset, strict=True
+    ):
+        f = n0 / nk
+        start.append(ok + math.floor((a - o0) / f))
+        stop.append(ok + math.ceil((b - o0) / f))
+    return Box(start, stop).intersect(sk.bounds)
+
+
+class _Journal:
+    """An append-only record of finished blocks; fsync'd in batches, read back on resume."""
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        self.path = path
+        self.header = header
+        self.done: set[tuple[int, ...]] = set()
+        self._lock = threading.Lock()
+        self._since_sync = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            self._load()
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        if self._file.tell() == 0:
+            self._file.write(json.dumps(header) + "\n")
+            self._file.flush()
+
+    def _load(self) -> None:
+        with open(self.path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        # the last line may be cut short by a kill: only complete lines count
+        for line in lines[1:-1]:
+            parts = line.split()
+            if len(parts) == 4 and all(p.lstrip("-").isdigit() for p in parts):
+                self.done.add(tuple(int(p) for p in parts))
+
+    def record(self, key: tuple[int, ...]) -> None:
+        with self._lock:
+            self._file.write(" ".join(map(str, key)) + "\n")
+            self._file.flush()
+            self._since_sync += 1
+            if self._since_sync >= 64:
+                os.fsync(self._file.fileno())
+                self._since_sync = 0
+
+    def close(self, *, complete: bool) -> None:
+        with self._lock:
+            self._file.flush()
+            with contextlib.suppress(OSError):
+                os.fsync(self._file.fileno())
+            self._file.close()
+            if complete:
+                self.path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, total_bytes: int, label: str) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    ) as bar:
+        task = bar.add_task(label, total=total_bytes)
+        yield lambda n: bar.advance(task, n)
+
+
+def copy(
+    src: str | os.PathLike[str] | Volume,
+    dst: str | os.PathLike[str] | Volume,
+    *,
+    box: Box | None = None,
+    scales: Sequence[int] | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    **create_options: Any,
+) -> CopyReport:
+    """Copy a volume (all its scales by default) from ``src`` to ``dst``.
+
+    ``dst`` is created with ``src``'s metadata when it does not exist (``create_options`` go
+    to its Remote, e.g. ``zarr_format=2`` or ``sharded=True``); when it exists, its dtype and
+    shapes must match.  ``box`` limits the copy to a scale-0 region (dataset coordinates);
+    coarser scales copy the voxels that region covers.  Rerunning an interrupted copy with the
+    same arguments resumes it.
+    """
+    t0 = time.perf_counter()
+    s_remote, s_box, _ = _as_remote(src, "r")
+    if box is None:
+        box = s_box
+    if box is not None and not isinstance(box, Box):
+        raise InvalidRequestError(f"box must be a voxgate.Box, got {type(box).__name__}")
+    smeta = s_remote.meta
+    if scales is None:
+        wanted = list(range(len(smeta.scales)))
+    else:
+        wanted = [smeta.scale(int(k)).index for k in scales]
+
+    created = False
+    if isinstance(dst, Volume):
+        d_remote, _, _ = _as_remote(dst, "r+")
+    else:
+        dst_url = os.fspath(dst)
+        if dst_url == s_remote.url or dst_url == getattr(src, "url", src):
+            raise InvalidRequestError("source and destination are the same volume")
+        from .api import _resolve_for_create
+
+        cls, location = _resolve_for_create(dst_url)
+        if cls.exists(location):
+            if create_options:
+                raise InvalidRequestError(
+                    f"{dst_url} exists already; options {sorted(create_options)} only apply when "
+                    "copy creates the destination"
+                )
+            d_remote = cls.open(location, mode="r+")
+        else:
+            keep = [replace(smeta.scale(k), encoding=None, key=None) for k in range(max(wanted) + 1)]
+            dmeta = replace(smeta, scales=tuple(replace(s, index=i) for i, s in enumerate(keep)),
+                            extra={})
+            d_remote = create_remote(dst_url, dmeta, **create_options)
+            created = True
+    dmeta = d_remote.meta
+    if dmeta.dtype != smeta.dtype:
+        raise InvalidRequestError(
+            f"destination dtype {dmeta.dtype.name} differs from the source's {smeta.dtype.name}"
+        )
+    if dmeta.num_channels != smeta.num_channels:
+        raise InvalidRequestError("source and destination have different numbers of channels")
+    for k in wanted:
+        if k >= len(dmeta.scales):
+            raise InvalidRequestError(f"destination {d_remote.url} has no scale {k}")
+        ss, ds = smeta.scale(k), dmeta.scale(k)
+        if ss.shape != ds.shape or ss.offset != ds.offset:
+            raise InvalidRequestError(
+                f"scale {k}: source covers {ss.bounds!r}, destination {ds.bounds!r}; they must "
+                "match (copy into a fresh destination to create it with the source's geometry)"
+            )
+    if box is not None and not smeta.scale(0).bounds.contains(box):
+        raise OutOfBoundsError(f"{box!r} is outside the source's bounds {smeta.scale(0).bounds!r}")
+
+    # the plan: (scale, block index, block box) for every block of every scale
+    itemsize, channels = smeta.dtype.itemsize, smeta.num_channels
+    plan: list[tuple[int, Vec, Box, int]] = []
+    for k in wanted:
+        sc = dmeta.scale(k)
+        region = sc.bounds if box is None else _scale_box(box, dmeta, k)
+        if region.is_empty():
+            continue
+        grid = d_remote.write_grid(k)
+        block = _block_shape(grid, itemsize, channels, region)
+        per_block = math.prod(b // g for b, g in zip(block, grid, strict=True))
+        for idx, cell in chunk_boxes(region, block, sc.bounds):
+            part = cell.intersect(region)
+            n_chunks = sum(1 for _ in chunk_boxes(part, grid, sc.bounds)) if part != cell else \
+                per_block
+            plan.append((k, idx, part, n_chunks))
+
+    header = {
+        "src": s_remote.url,
+        "dst": d_remote.url,
+        "box": None if box is None else str(box),
+        "scales": wanted,
+        "blocks": len(plan),
+    }
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:24]
+    journal = _Journal(journal_dir() / f"{digest}.journal", header)
+    report = CopyReport(s_remote.url, d_remote.url, wanted, blocks_total=len(plan), created=created)
+    report.resumed = bool(journal.done)
+    todo = []
+    for k, idx, part, n_chunks in plan:
+        if (k, *idx) in journal.done:
+            report.blocks_skipped += 1
+            report.chunks_skipped += n_chunks
+        else:
+            todo.append((k, idx, part, n_chunks))
+    lock = threading.Lock()
+    fill = smeta.fill_value
+    workers = workers or default_workers()
+
+    def run_one(item: tuple[int, Vec, Box, int]) -> tuple[int, int, bool]:
+        k, idx, part, n_chunks = item
+        data = s_remote.read(part, k)
+        empty = created and not np.any(data != fill)
+        if not empty:
+            d_remote.write(part, np.ascontiguousarray(data, dtype=dmeta.dtype), k)
+        journal.record((k, *idx))
+        return n_chunks, data.nbytes, empty
+
+    total_bytes = sum(p.size for _, _, p, _ in todo) * itemsize * channels
+    complete = False
+    try:
+        with _progress(progress, len(todo), total_bytes, "copy") as advance:
+
+            def done(item: tuple[int, Vec, Box, int], out: object) -> None:
+                n_chunks, nbytes, empty = out  # type: ignore[misc]
+                with lock:
+                    report.blocks_written += 1
+                    if empty:
+                        report.blocks_empty += 1
+                    else:
+                        report.chunks_written += n_chunks
+                        report.bytes_written += nbytes
+                    report.per_scale[item[0]] = report.per_scale.get(item[0], 0) + 1
+                if advance is not None:
+                    advance(nbytes)
+
+            res = run_blocks(run_one, todo, workers=workers, on_done=done)
+        if res.failed:
+            item, exc = res.failed[0]
+            raise PartialWriteError(
+                f"copy {s_remote.url} -> {d_remote.url} failed at block {item[2]!r} of scale "
+                f"{item[0]}: {exc}. {report.blocks_written} blocks were written this run and are "
+                "recorded; rerun the same copy to resume",
+                written=[b for _, _, b, _ in res.done],
+                failed=[b for (_, _, b, _), _ in res.failed],
+            ) from exc
+        complete = True
+    finally:
+        journal.close(complete=complete)
+    report.seconds = time.perf_counter() - t0
+    return report

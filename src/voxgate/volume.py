@@ -1,0 +1,503 @@
+"""The lazy, numpy-like Volume.
+
+A Volume is a Remote, a scale and a view (per axis: start, stop, step, kept or dropped).
+Indexing composes views without I/O; ``read()``, ``np.asarray(vol)`` and writes do I/O.
+
+Two coordinate systems, never mixed:
+
+- indexing (``vol[...]``) is numpy's: 0 is the first voxel of the view, negative indices count
+  from the end;
+- :class:`Box` arguments (``vol.read(box)``, ``vol.write(array, box)``, ``vol.bounds``) are dataset
+  voxel coordinates at the volume's scale, which include the volume's ``offset`` (a precomputed
+  ``voxel_offset``, a bossDB frame start).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from .errors import (
+    DtypeError,
+    IndexingError,
+    InvalidRequestError,
+    OutOfBoundsError,
+    PartialWriteError,
+    ReadOnlyError,
+)
+from .geometry import Box, Vec, VoxelSize, chunk_boxes
+from .meta import Kind, Scale, VolumeMeta
+from .parallel import run_blocks
+
+if TYPE_CHECKING:
+    import dask.array
+
+    from .remotes.base import Remote
+
+__all__ = ["Bounds", "Volume"]
+
+Bounds = Literal["error", "clip", "fill"]
+_BOUNDS = ("error", "clip", "fill")
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One axis of a view, in 0-based index coordinates of the scale (before the offset)."""
+
+    start: int
+    step: int
+    length: int
+    keep: bool = True
+
+    @property
+    def stop(self) -> int:
+        """One past the last index touched (not numpy's stop: exact for any step)."""
+        return self.start + (self.length - 1) * self.step + 1 if self.length else self.start
+
+
+def _index_int(value: Any, what: str) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise IndexingError(
+            f"{what} must be an integer, a slice or '...', got {type(value).__name__} {value!r}"
+        ) from None
+
+
+class Volume:
+    """A lazy, numpy-like view of one Resource at one scale."""
+
+    __slots__ = ("_axes", "_bounds_mode", "_remote", "_scale")
+
+    def __init__(
+        self,
+        remote: Remote,
+        scale: int = 0,
+        *,
+        bounds: Bounds = "error",
+        _axes: tuple[_Axis, ...] | None = None,
+    ) -> None:
+        if bounds not in _BOUNDS:
+            raise InvalidRequestError(f"bounds must be one of {_BOUNDS}, got {bounds!r}")
+        sc = remote.meta.scale(scale)
+        self._remote = remote
+        self._scale = scale
+        self._bounds_mode: Bounds = bounds
+        if _axes is None:
+            lead = (
+                (_Axis(0, 1, remote.meta.num_channels),) if remote.meta.num_channels > 1 else ()
+            )
+            _axes = lead + tuple(_Axis(0, 1, n) for n in sc.shape)
+        self._axes = _axes
+
+    # -- description ----------------------------------------------------------------------------
+    @property
+    def remote(self) -> Remote:
+        return self._remote
+
+    @property
+    def meta(self) -> VolumeMeta:
+        return self._remote.meta
+
+    @property
+    def url(self) -> str:
+        return self._remote.url
+
+    @property
+    def mode(self) -> str:
+        return self._remote.mode
+
+    @property
+    def bounds_mode(self) -> Bounds:
+        return self._bounds_mode
+
+    @property
+    def scale(self) -> int:
+        return self._scale
+
+    @property
+    def scale_meta(self) -> Scale:
+        return self._remote.meta.scale(self._scale)
+
+    @property
+    def scales(self) -> tuple[Scale, ...]:
+        return self._remote.meta.scales
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self._remote.meta.dtype
+
+    @property
+    def kind(self) -> Kind:
+        return self._remote.meta.kind
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(a.length for a in self._axes if a.keep)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d volume")
+        return self.shape[0]
+
+    @property
+    def _spatial(self) -> tuple[_Axis, _Axis, _Axis]:
+        return self._axes[-3], self._axes[-2], self._axes[-1]  # type: ignore[return-value]
+
+    @property
+    def chunks(self) -> Vec:
+        """The storage chunk shape of this scale, (z, y, x)."""
+        return self.scale_meta.chunks
+
+    @property
+    def voxel_size(self) -> VoxelSize:
+        """Physical size of one voxel of this view (the scale's, times any slice step)."""
+        vs = self.scale_meta.voxel_size
+        z, y, x = (a.step for a in self._spatial)
+        return VoxelSize(vs.z * z, vs.y * y, vs.x * x, vs.unit)
+
+    @property
+    def offset(self) -> Vec:
+        """Dataset voxel coordinate of this view's first voxel, (z, y, x)."""
+        o = self.scale_meta.offset
+        return Vec(*(oo + a.start for oo, a in zip(o, self._spatial, strict=True)))
+
+    @property
+    def bounds(self) -> Box:
+        """The voxels this view covers, as a Box in dataset coordinates (step 1 views only)."""
+        return self._box()
+
+    def _box(self) -> Box:
+        o = self.scale_meta.offset
+        sp = self._spatial
+        return Box(
+            [oo + a.start for oo, a in zip(o, sp, strict=True)],
+            [oo + a.stop for oo, a in zip(o, sp, strict=True)],
+        )
+
+    def at_scale(self, k: int) -> Volume:
+        """The whole volume at scale ``k``, same mode and bounds handling."""
+        return Volume(self._remote, k, bounds=self._bounds_mode)
+
+    def with_bounds(self, bounds: Bounds) -> Volume:
+        """This view with another bounds mode ("error", "clip" or "fill")."""
+        return Volume(self._remote, self._scale, bounds=bounds, _axes=self._axes)
+
+    def spec(self) -> dict[str, Any]:
+        """Arguments of ``voxgate.open`` that reopen this volume (without the view)."""
+        return {**self._remote.spec(), "scale": self._scale, "bounds": self._bounds_mode}
+
+    def __repr__(self) -> str:
+        vs = self.voxel_size
+        return (
+            f"<Volume {self.url} scale={self._scale} shape={self.shape} dtype={self.dtype.name} "
+            f"kind={self.kind} voxel_size=({vs.z:g}, {vs.y:g}, {vs.x:g}) {vs.unit} "
+            f"mode={self.mode!r}>"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_reopen, (self._remote.spec(), self._scale, self._bounds_mode, self._axes))
+
+    # -- indexing -------------------------------------------------------------------------------
+    def __getitem__(self, key: Any) -> Volume:
+        if not isinstance(key, tuple):
+            key = (key,)
+        kept = [i for i, a in enumerate(self._axes) if a.keep]
+        n_ell = sum(1 for k in key if k is Ellipsis)
+        if n_ell > 1:
+            raise IndexingError("an index can only have a single ellipsis ('...')")
+        for k in key:
+            if k is None:
+                raise IndexingError("np.newaxis / None is not supported in a Volume index")
+            if isinstance(k, (list, np.ndarray)) and not isinstance(k, np.generic):
+                raise IndexingError(
+                    "fancy (array) indexing is not supported; read the box, then index the array"
+                )
+        n_real = len(key) - n_ell
+        if n_real > len(kept):
+            raise IndexingError(
+                f"too many indices: this volume has {len(kept)} dimensions {self.shape}, "
+                f"{n_real} were given"
+            )
+        if n_ell:
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (len(kept) - n_real) + key[i + 1 :]
+        else:
+            key = key + (slice(None),) * (len(kept) - n_real)
+        axes = list(self._axes)
+        for pos, k in zip(kept, key, strict=True):
+            axes[pos] = self._index_axis(axes[pos], k, pos)
+        return Volume(self._remote, self._scale, bounds=self._bounds_mode, _axes=tuple(axes))
+
+    def _index_axis(self, axis: _Axis, k: Any, pos: int) -> _Axis:
+        n = axis.length
+        mode = self._bounds_mode
+        is_channel = len(self._axes) == 4 and pos == 0
+        if isinstance(k, slice):
+            step = 1 if k.step is None else _index_int(k.step, "a slice step")
+            if step <= 0:
+                raise InvalidRequestError(
+                    f"slice step must be a positive integer, got {step} (reverse the array after "
+                    "reading instead)"
+                )
+            if mode == "clip" or is_channel:
+                start, stop, _ = slice(k.start, k.stop, step).indices(n)
+            else:
+                start = 0 if k.start is None else _index_int(k.start, "a slice start")
+                stop = n if k.stop is None else _index_int(k.stop, "a slice stop")
+                if start < 0:
+                    start += n
+                if stop < 0:
+                    stop += n
+                if mode == "error" and (start < 0 or stop > n or start > n):
+                    raise OutOfBoundsError(
+                        f"slice {_fmt_slice(k)} on axis {self._axis_name(pos)} is outside 0:{n} "
+                        "(open with bounds='clip' or 'fill' to allow it)"
+                    )
+            length = max(0, -(-(stop - start) // step))
+            return _Axis(axis.start + start * axis.step, axis.step * step, length)
+        i = _index_int(k, "an index")
+        if i < 0:
+            i += n
+        if not 0 <= i < n and (mode != "fill" or is_channel):
+            raise OutOfBoundsError(
+                f"index {k} is out of bounds for axis {self._axis_name(pos)} of size {n}"
+            )
+        return _Axis(axis.start + i * axis.step, 1, 1, keep=False)
+
+    def _axis_name(self, pos: int) -> str:
+        names = ("c", "z", "y", "x") if len(self._axes) == 4 else ("z", "y", "x")
+        return names[pos]
+
+    # -- reading --------------------------------------------------------------------------------
+    def read(self, box: Box | None = None) -> np.ndarray:
+        """Read this view (or ``box``, in dataset coordinates) into a new numpy array."""
+        if box is not None:
+            return self._box_view(box).read()
+        if any(a.length == 0 for a in self._axes):
+            return np.empty(self.shape, dtype=self.dtype)
+        sc = self.scale_meta
+        need = self._box()
+        inside = need.intersect(sc.bounds)
+        if inside == need:
+            data = self._remote.read(need, self._scale)
+        else:
+            lead = (self.meta.num_channels,) if self.meta.num_channels > 1 else ()
+            data = np.full(lead + tuple(need.shape), self.meta.fill_value, dtype=self.dtype)
+            if not inside.is_empty():
+                data[(..., *inside.slices(need.start))] = self._remote.read(inside, self._scale)
+        return self._finish(data)
+
+    def _finish(self, data: np.ndarray) -> np.ndarray:
+        """Apply steps, channel selection and dropped axes to the enclosing box's data."""
+        out = data[self._select(drop=True)]
+        if not out.flags.c_contiguous:
+            out = np.ascontiguousarray(out)
+        return out
+
+    def _select(self, *, drop: bool) -> tuple[Any, ...]:
+        """The index of this view inside its enclosing box's array (all channels included)."""
+        index: list[Any] = []
+        spatial0 = len(self._axes) - 3
+        for pos, a in enumerate(self._axes):
+            first = a.start if pos < spatial0 else 0
+            if a.keep or not drop:
+                index.append(slice(first, first + (a.length - 1) * a.step + 1, a.step))
+            else:
+                index.append(first)
+        return tuple(index)
+
+    def _box_view(self, box: Box) -> Volume:
+        if not isinstance(box, Box):
+            raise InvalidRequestError(f"expected a voxgate.Box, got {type(box).__name__}")
+        o = self.scale_meta.offset
+        base = self.at_scale(self._scale)
+        lead = base._axes[:-3]
+        spatial = tuple(_Axis(a - oo, 1, b - a) for a, b, oo in zip(box.start, box.stop, o,
+                                                                       strict=True))
+        view = Volume(self._remote, self._scale, bounds=self._bounds_mode, _axes=lead + spatial)
+        if self._bounds_mode == "error" and not self.scale_meta.bounds.contains(box):
+            raise OutOfBoundsError(
+                f"{box!r} is outside the volume's bounds {self.scale_meta.bounds!r}"
+            )
+        if self._bounds_mode == "clip":
+            clipped = box.intersect(self.scale_meta.bounds)
+            return view._box_view(clipped) if clipped != box else view
+        return view
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        arr = self.read()
+        if dtype is not None:
+            arr = arr.astype(dtype, copy=False)
+        return arr
+
+    def to_dask(self, chunks: Any = "auto") -> dask.array.Array:
+        """This view as a dask array whose blocks read through this Volume, aligned to storage."""
+        import dask.array as da
+
+        storage = tuple(
+            max(1, c // a.step) for c, a in zip(self.chunks, self._spatial, strict=True)
+        )
+        lead = (self.meta.num_channels,) if len(self._axes) == 4 else ()
+        previous = tuple(
+            p for p, a in zip(lead + storage, self._axes, strict=True) if a.keep
+        )
+        return da.from_array(
+            _DaskSource(self),
+            chunks=chunks,
+            previous_chunks=previous,
+            asarray=False,
+            fancy=False,
+            lock=False,
+            name=f"voxgate-{abs(hash((self.url, self._scale, self._axes))):x}",
+            meta=np.empty((0,) * self.ndim, dtype=self.dtype),
+        )
+
+    # -- writing --------------------------------------------------------------------------------
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self[key].write(value)
+
+    def write(self, value: Any, box: Box | None = None, *, workers: int | None = None) -> None:
+        """Store ``value`` (an array or a scalar, numpy broadcasting) into this view or ``box``.
+
+        The write is split on the store's chunk (or shard) grid and run in parallel; if any
+        block fails, :class:`PartialWriteError` lists the boxes that were stored and those
+        that were not.
+        """
+        if box is not None:
+            self._box_view(box).write(value, workers=workers)
+            return
+        if self.mode != "r+":
+            raise ReadOnlyError(f"{self.url} is opened read-only; open it with mode='r+' to write")
+        arr = self._coerce(value)
+        if any(a.length == 0 for a in self._axes):
+            return
+        sc = self.scale_meta
+        need = self._box()
+        if not sc.bounds.contains(need):
+            raise OutOfBoundsError(
+                f"cannot write {need!r}: it is outside the volume's bounds {sc.bounds!r}"
+            )
+        if len(self._axes) == 4 and (
+            self._axes[0].length != self.meta.num_channels or not self._axes[0].keep
+        ):
+            raise InvalidRequestError("writes must cover every channel of a multi-channel volume")
+        # put dropped axes back so the array has the enclosing box's shape
+        full = arr.reshape(tuple(a.length for a in self._axes))
+        if any(a.step != 1 for a in self._spatial):
+            data = self._remote.read(need, self._scale)
+            data[self._select(drop=False)] = full
+        else:
+            data = full
+        data = np.ascontiguousarray(data, dtype=self.dtype)
+        self._write_blocks(need, data, workers)
+
+    def _coerce(self, value: Any) -> np.ndarray:
+        dt = self.dtype
+        if isinstance(value, Volume):
+            value = value.read()
+        if isinstance(value, (bool, int, float, np.generic)) and not isinstance(value, np.ndarray):
+            _check_scalar(value, dt)
+            return np.broadcast_to(np.asarray(value, dtype=dt), self.shape)
+        arr = np.asarray(value)
+        if arr.dtype == object:
+            raise DtypeError(f"cannot write an object array into a {dt.name} volume")
+        if not np.can_cast(arr.dtype, dt, casting="safe"):
+            raise DtypeError(
+                f"cannot write {arr.dtype.name} data into a {dt.name} volume without losing "
+                f"values; convert it first (e.g. arr.astype('{dt.name}'))"
+            )
+        try:
+            return np.broadcast_to(arr, self.shape)
+        except ValueError:
+            raise InvalidRequestError(
+                f"cannot write an array of shape {arr.shape} into a region of shape {self.shape}"
+            ) from None
+
+    def _write_blocks(self, box: Box, data: np.ndarray, workers: int | None) -> None:
+        grid = self._remote.write_grid(self._scale)
+        blocks = [cell.intersect(box) for _, cell in chunk_boxes(box, grid, self.scale_meta.bounds)]
+        if len(blocks) == 1:
+            self._remote.write(box, data, self._scale)
+            return
+
+        def put(b: Box) -> None:
+            self._remote.write(b, data[(..., *b.slices(box.start))], self._scale)
+
+        res = run_blocks(put, blocks, workers=workers)
+        if res.failed:
+            first = res.failed[0][1]
+            failed = [b for b, _ in res.failed]
+            untouched = [b for b in blocks if b not in res.done and b not in failed]
+            raise PartialWriteError(
+                f"writing {box!r} to {self.url} failed in {len(failed)} of {len(blocks)} blocks "
+                f"({first}); {len(res.done)} blocks were written, {len(untouched)} not attempted",
+                written=list(res.done),
+                failed=failed + untouched,
+            ) from first
+
+
+def _check_scalar(value: Any, dt: np.dtype[Any]) -> None:
+    if isinstance(value, np.generic):
+        if not np.can_cast(value.dtype, dt, casting="safe") and not (
+            np.issubdtype(value.dtype, np.integer)
+            and np.issubdtype(dt, np.integer)
+            and np.iinfo(dt).min <= int(value) <= np.iinfo(dt).max
+        ):
+            raise DtypeError(f"cannot store {value!r} ({value.dtype.name}) in a {dt.name} volume")
+        return
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if np.issubdtype(dt, np.integer):
+            info = np.iinfo(dt)
+            if not info.min <= value <= info.max:
+                raise DtypeError(
+                    f"{value} does not fit in {dt.name} (range {info.min}..{info.max})"
+                )
+        return
+    if isinstance(value, float) and not np.issubdtype(dt, np.floating):
+        raise DtypeError(f"cannot store the float {value!r} in a {dt.name} volume")
+
+
+def _fmt_slice(s: slice) -> str:
+    a = "" if s.start is None else s.start
+    b = "" if s.stop is None else s.stop
+    return f"{a}:{b}" + ("" if s.step is None else f":{s.step}")
+
+
+class _DaskSource:
+    """The duck array dask reads from: slicing returns numpy arrays."""
+
+    def __init__(self, vol: Volume) -> None:
+        self.vol = vol
+        self.shape = vol.shape
+        self.dtype = vol.dtype
+        self.ndim = vol.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.vol[key].read()
+
+
+def _reopen(spec: dict[str, Any], scale: int, bounds: Bounds, axes: Sequence[_Axis]) -> Volume:
+    from .api import open_remote
+
+    remote = open_remote(spec["url"], mode=spec.get("mode", "r"), **spec.get("options", {}))
+    return Volume(remote, scale, bounds=bounds, _axes=tuple(replace(a) for a in axes))
