@@ -24,7 +24,7 @@ def open_remote(url: str, *, mode: str = "r", **options: Any) -> Remote:
     return cls.open(location, mode=mode, **options)
 
 
-def open(  # noqa: A001 - the public name mirrors zarr.open / tensorstore.open
+def open(
     url: str | os.PathLike[str] | Volume,
     *,
     scale: int = 0,
@@ -44,6 +44,10 @@ def open(  # noqa: A001 - the public name mirrors zarr.open / tensorstore.open
             raise InvalidRequestError("options cannot be given when reopening a Volume")
         remote = url.remote if url.mode == mode else open_remote(url.url, mode=mode)
         return Volume(remote, scale, bounds=bounds)
+    if not isinstance(url, (str, os.PathLike)):
+        raise InvalidRequestError(
+            f"a volume URL must be a string, a path or a Volume, got {type(url).__name__} {url!r}"
+        )
     remote = open_remote(os.fspath(url), mode=mode, **options)
     return Volume(remote, scale, bounds=bounds)
 

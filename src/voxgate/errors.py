@@ -8,6 +8,8 @@ catches everything voxgate says.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "AuthenticationError",
     "CapabilityNotSupportedError",
@@ -89,7 +91,7 @@ class PartialWriteError(VoxgateError, OSError):
     ``failed`` the ones that were not, so the caller knows exactly what changed.
     """
 
-    def __init__(self, message: str, written: list[object], failed: list[object]) -> None:
+    def __init__(self, message: str, written: Sequence[object], failed: Sequence[object]) -> None:
         super().__init__(message)
-        self.written = written
-        self.failed = failed
+        self.written = list(written)
+        self.failed = list(failed)

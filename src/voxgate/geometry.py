@@ -53,7 +53,7 @@ class Vec(NamedTuple):
         v = Vec.of(value, what)
         return cls(v.x, v.y, v.z)
 
-    def __add__(self, other: object) -> Vec:  # type: ignore[override]
+    def __add__(self, other: object) -> Vec:
         o = Vec.of(other)  # type: ignore[arg-type]
         return Vec(self.z + o.z, self.y + o.y, self.x + o.x)
 

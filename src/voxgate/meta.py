@@ -44,7 +44,7 @@ class Scale:
     shape: Vec
     chunks: Vec
     voxel_size: VoxelSize
-    offset: Vec = Vec(0, 0, 0)
+    offset: Vec = Vec(0, 0, 0)  # noqa: RUF009 - Vec is an immutable NamedTuple
     encoding: str | None = None
     key: str | None = None
 
@@ -148,12 +148,16 @@ class VolumeMeta:
                     i,
                     Vec(*(math.ceil(s / k) for s, k in zip(prev.shape, f, strict=True))),
                     ch,
-                    VoxelSize(*(v * k for v, k in zip(prev.voxel_size.zyx(), f, strict=True)), unit),
+                    _scaled(prev.voxel_size, f),
                     Vec(*(o // k for o, k in zip(prev.offset, f, strict=True))),
                     encoding,
                 )
             )
         return cls(dt, tuple(scales), kind, num_channels)  # type: ignore[arg-type]
+
+
+def _scaled(vs: VoxelSize, factors: Vec) -> VoxelSize:
+    return VoxelSize(vs.z * factors.z, vs.y * factors.y, vs.x * factors.x, vs.unit)
 
 
 def default_factors(voxel_size: VoxelSize) -> Vec:

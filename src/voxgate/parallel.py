@@ -79,9 +79,9 @@ def run_blocks(
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     item = pending.pop(fut)
-                    exc = fut.exception()
-                    if exc is not None:
-                        results.failed.append((item, exc))
+                    error = fut.exception()
+                    if error is not None:
+                        results.failed.append((item, error))
                     else:
                         results.done.append(item)
                         if on_done is not None:

@@ -128,12 +128,13 @@ class _Journal:
         self.path = path
         self.header = header
         self.done: set[tuple[int, ...]] = set()
+        self.created = False
         self._lock = threading.Lock()
         self._since_sync = 0
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             self._load()
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._file = open(path, "a", encoding="utf-8")
         if self._file.tell() == 0:
             self._file.write(json.dumps(header) + "\n")
             self._file.flush()
@@ -143,9 +144,19 @@ class _Journal:
             lines = f.read().split("\n")
         # the last line may be cut short by a kill: only complete lines count
         for line in lines[1:-1]:
+            if line == "created":
+                self.created = True
+                continue
             parts = line.split()
             if len(parts) == 4 and all(p.lstrip("-").isdigit() for p in parts):
                 self.done.add(tuple(int(p) for p in parts))
+
+    def mark_created(self) -> None:
+        """Record that this copy made the destination: its untouched blocks are still fill."""
+        with self._lock:
+            self.created = True
+            self._file.write("created\n")
+            self._file.flush()
 
     def record(self, key: tuple[int, ...]) -> None:
         with self._lock:
@@ -242,7 +253,9 @@ def copy(
                 )
             d_remote = cls.open(location, mode="r+")
         else:
-            keep = [replace(smeta.scale(k), encoding=None, key=None) for k in range(max(wanted) + 1)]
+            keep = [
+                replace(smeta.scale(k), encoding=None, key=None) for k in range(max(wanted) + 1)
+            ]
             dmeta = replace(smeta, scales=tuple(replace(s, index=i) for i, s in enumerate(keep)),
                             extra={})
             d_remote = create_remote(dst_url, dmeta, **create_options)
@@ -294,6 +307,11 @@ def copy(
     journal = _Journal(journal_dir() / f"{digest}.journal", header)
     report = CopyReport(s_remote.url, d_remote.url, wanted, blocks_total=len(plan), created=created)
     report.resumed = bool(journal.done)
+    if created:
+        journal.mark_created()
+    # a destination this copy created (now or before an interruption) holds only fill where no
+    # block was written yet, so all-fill source blocks need no write
+    skip_fill = journal.created
     todo = []
     for k, idx, part, n_chunks in plan:
         if (k, *idx) in journal.done:
@@ -308,7 +326,7 @@ def copy(
     def run_one(item: tuple[int, Vec, Box, int]) -> tuple[int, int, bool]:
         k, idx, part, n_chunks = item
         data = s_remote.read(part, k)
-        empty = created and not np.any(data != fill)
+        empty = skip_fill and not np.any(data != fill)
         if not empty:
             d_remote.write(part, np.ascontiguousarray(data, dtype=dmeta.dtype), k)
         journal.record((k, *idx))
@@ -320,7 +338,10 @@ def copy(
         with _progress(progress, len(todo), total_bytes, "copy") as advance:
 
             def done(item: tuple[int, Vec, Box, int], out: object) -> None:
-                n_chunks, nbytes, empty = out  # type: ignore[misc]
+                assert isinstance(out, tuple)
+                n_chunks: int = out[0]
+                nbytes: int = out[1]
+                empty: bool = out[2]
                 with lock:
                     report.blocks_written += 1
                     if empty:

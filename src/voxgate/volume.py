@@ -159,7 +159,7 @@ class Volume:
 
     @property
     def _spatial(self) -> tuple[_Axis, _Axis, _Axis]:
-        return self._axes[-3], self._axes[-2], self._axes[-1]  # type: ignore[return-value]
+        return self._axes[-3], self._axes[-2], self._axes[-1]
 
     @property
     def chunks(self) -> Vec:
@@ -359,10 +359,14 @@ class Volume:
         previous = tuple(
             p for p, a in zip(lead + storage, self._axes, strict=True) if a.keep
         )
+        if isinstance(chunks, str):
+            # grow from the storage chunks so no dask block splits a stored chunk
+            chunks = da.core.normalize_chunks(
+                chunks, self.shape, dtype=self.dtype, previous_chunks=previous
+            )
         return da.from_array(
             _DaskSource(self),
             chunks=chunks,
-            previous_chunks=previous,
             asarray=False,
             fancy=False,
             lock=False,

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, ClassVar
 
 from hypothesis import settings
 
@@ -22,7 +23,7 @@ class TestZarrV3(RemoteTests):
 
 
 class TestZarrV2(TestZarrV3):
-    create_options = {"zarr_format": 2}
+    create_options: ClassVar[dict[str, Any]] = {"zarr_format": 2}
 
     def corrupt_chunk(self, vol, tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
         path = tmp_path / "vol.zarr" / "0" / "0" / "0" / "0"
@@ -31,7 +32,7 @@ class TestZarrV2(TestZarrV3):
 
 
 class TestZarrV3Sharded(TestZarrV3):
-    create_options = {"shards": (16, 32, 32)}
+    create_options: ClassVar[dict[str, Any]] = {"shards": (16, 32, 32)}
 
     def corrupt_chunk(self, vol, tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
         path = tmp_path / "vol.zarr" / "0" / "c" / "0" / "0" / "0"

@@ -21,7 +21,7 @@ from ..errors import (
     RemoteNotFoundError,
 )
 from ..geometry import Box, Vec, VoxelSize
-from ..meta import Scale, VolumeMeta
+from ..meta import Kind, Scale, VolumeMeta
 from ._tensorstore import (
     TSArray,
     is_local,
@@ -58,6 +58,12 @@ def _unit_factor(unit: str | None) -> float:
 
 def _guess_kind(dtype: np.dtype[Any]) -> str:
     return "segmentation" if dtype.kind in "ui" and dtype.itemsize >= 4 else "image"
+
+
+def _kind(value: object) -> Kind:
+    if value not in ("image", "segmentation"):
+        raise InvalidRequestError(f"kind must be 'image' or 'segmentation', got {value!r}")
+    return value
 
 
 class ZarrRemote(Remote):
@@ -129,7 +135,7 @@ class ZarrRemote(Remote):
         meta = VolumeMeta(
             dtype,
             (scale,),
-            info.get("kind", _guess_kind(dtype)),
+            _kind(info.get("kind", _guess_kind(dtype))),
             channels,
             _fill(store),
         )
@@ -155,7 +161,8 @@ class ZarrRemote(Remote):
         driver = "zarr3" if fmt == 3 else "zarr"
         scales, arrays = [], []
         dtype: np.dtype[Any] | None = None
-        channels, fill, shard0 = 1, 0, None
+        channels, shard0 = 1, None
+        fill: int | float = 0
         for i, ds in enumerate(ms["datasets"]):
             path = join(location, ds["path"])
             store = cls._open_store(path, driver, mode)
@@ -167,7 +174,8 @@ class ZarrRemote(Remote):
             tr = _translation(transforms, len(names))
             spatial = [names.index(n) for n in ("z", "y", "x")]
             units = [_unit_factor(axes[j].get("unit")) for j in spatial]
-            vs = VoxelSize(*(sc[j] * u for j, u in zip(spatial, units, strict=True)))
+            z, y, x = (sc[j] * u for j, u in zip(spatial, units, strict=True))
+            vs = VoxelSize(z, y, x)
             offset = Vec(*(round(tr[j] / sc[j]) for j in spatial))
             arr, channels = _as_czyx(store, names, path, offset)
             chunks, shard = _chunk_shapes(arr.store)
@@ -180,7 +188,7 @@ class ZarrRemote(Remote):
             arrays.append(arr)
         assert dtype is not None
         kind = info.get("kind") or ("segmentation" if "image-label" in ome else _guess_kind(dtype))
-        meta = VolumeMeta(dtype, tuple(scales), kind, channels, fill)
+        meta = VolumeMeta(dtype, tuple(scales), _kind(kind), channels, fill)
         return cls(location, meta, arrays, mode, shard0)
 
     # -- creating -------------------------------------------------------------------------------
@@ -313,7 +321,7 @@ def _optional_json(location: str, key: str) -> dict[str, Any]:
 
 
 def _as_czyx(
-    store: ts.TensorStore, names: list[str], where: str, offset: Vec = Vec(0, 0, 0)
+    store: ts.TensorStore, names: list[str], where: str, offset: Vec | None = None
 ) -> tuple[TSArray, int]:
     """A TSArray over ``store``, dimensions reordered to ([c,] z, y, x), x y z from ``offset``."""
     names = [n.lower() if n else "" for n in names]
@@ -339,7 +347,7 @@ def _as_czyx(
         view = view[ts.d[order].transpose[:]]
     # dataset coordinates: the offset, whatever the stored origin
     lead = (0,) if channel_names else ()
-    view = view[ts.d[:].translate_to[(*lead, *offset)]]
+    view = view[ts.d[:].translate_to[(*lead, *(offset or (0, 0, 0)))]]
     channels = view.shape[0] if channel_names else 1
     arr = TSArray(
         view, reversed_axes=False, channel=bool(channel_names), keep_channel=channels > 1,
@@ -350,16 +358,19 @@ def _as_czyx(
 
 def _chunk_shapes(store: ts.TensorStore) -> tuple[Vec, Vec | None]:
     layout = store.chunk_layout
-    read = layout.read_chunk.shape
-    write = layout.write_chunk.shape
+    read = [int(v or 0) for v in layout.read_chunk.shape or ()]
+    write = [int(v or 0) for v in layout.write_chunk.shape or ()]
     chunks = Vec(*read[-3:])
-    shard = Vec(*write[-3:]) if tuple(write) != tuple(read) else None
+    shard = Vec(*write[-3:]) if write != read else None
     return chunks, shard
 
 
 def _encoding(store: ts.TensorStore) -> str | None:
-    codec = store.codec.to_json()
-    return str(codec.get("driver")) if codec else None
+    codec = store.codec
+    if codec is None:
+        return None
+    spec = codec.to_json()
+    return str(spec.get("driver")) if spec else None
 
 
 def _fill(store: ts.TensorStore) -> int | float:

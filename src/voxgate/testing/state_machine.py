@@ -37,7 +37,9 @@ def remote_state_machine(
         @initialize()
         def setup(self) -> None:
             name = f"sm-{next(_counter)}"
-            kw = dict(shape=SHAPE, chunks=CHUNKS, dtype=dtype, voxel_size=(4, 4, 4))
+            kw: dict[str, Any] = dict(
+                shape=SHAPE, chunks=CHUNKS, dtype=dtype, voxel_size=(4, 4, 4)
+            )
             self.vol = voxgate.create(make_url(name), **kw, **create_options)
             self.mem_name = name
             self.ref = voxgate.create(f"mem://{name}", **kw)

@@ -1,0 +1,179 @@
+"""voxgate.copy: every pair of Remotes, regions, scales, resuming after Ctrl-C and kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import voxgate
+from voxgate.errors import InvalidRequestError, OutOfBoundsError
+from voxgate.geometry import Box
+from voxgate.synthetic import synthetic_em
+
+SCHEMES = {
+    "mem": lambda root, name: f"mem://{root.name}-{name}",
+    "zarr3": lambda root, name: f"zarr://{root}/{name}.zarr",
+    "zarr2": lambda root, name: f"zarr://{root}/{name}.zarr",
+    "n5": lambda root, name: f"n5://{root}/{name}.n5",
+    "hdf5": lambda root, name: f"hdf5://{root}/{name}.h5#/volume",
+    "precomputed": lambda root, name: f"precomputed://file://{root}/{name}",
+}
+OPTIONS = {"zarr2": {"zarr_format": 2}}
+SHAPE = (24, 40, 56)
+
+
+@pytest.fixture(scope="module")
+def em() -> tuple[np.ndarray, np.ndarray]:
+    return synthetic_em(SHAPE, seed=3, cell=(8, 16, 16))
+
+
+def _make(scheme: str, root: Path, name: str, data: np.ndarray, kind: str) -> voxgate.Volume:
+    vol = voxgate.create(SCHEMES[scheme](root, name), shape=data.shape, dtype=data.dtype,
+                         chunks=(8, 16, 16), voxel_size=(40, 8, 8), kind=kind, num_scales=2,
+                         offset=(0, 8, 16), **OPTIONS.get(scheme, {}))
+    vol[:] = data
+    vol.at_scale(1)[:] = data[:, ::2, ::2][: vol.at_scale(1).shape[0]]
+    return vol
+
+
+@pytest.mark.parametrize("src", list(SCHEMES))
+@pytest.mark.parametrize("dst", list(SCHEMES))
+def test_copy_between_every_pair(tmp_path: Path, src: str, dst: str,
+                                 em: tuple[np.ndarray, np.ndarray]) -> None:
+    image, labels = em
+    for kind, data in (("image", image), ("segmentation", labels)):
+        s = _make(src, tmp_path, f"src-{kind}", data, kind)
+        dst_url = SCHEMES[dst](tmp_path, f"dst-{kind}")
+        report = voxgate.copy(s.url, dst_url, progress=False, **OPTIONS.get(dst, {}))
+        assert report.created
+        assert report.scales == [0, 1]
+        out = voxgate.open(dst_url)
+        assert out.kind == kind
+        assert out.dtype == data.dtype
+        assert out.voxel_size.zyx() == (40.0, 8.0, 8.0)
+        assert tuple(out.offset) == (0, 8, 16)
+        assert len(out.scales) == 2
+        np.testing.assert_array_equal(out.read(), data)
+        np.testing.assert_array_equal(out.at_scale(1).read(), s.at_scale(1).read())
+        assert out.at_scale(1).voxel_size.zyx() == s.at_scale(1).voxel_size.zyx()
+
+
+def test_copy_report_and_region(tmp_path: Path, em: tuple[np.ndarray, np.ndarray]) -> None:
+    image, _ = em
+    src = _make("zarr3", tmp_path, "src", image, "image")
+    box = Box((4, 12, 20), (20, 40, 60))  # dataset coordinates (offset 0, 8, 16)
+    report = voxgate.copy(src, f"zarr://{tmp_path}/part.zarr", box=box, scales=[0],
+                          progress=False)
+    assert report.scales == [0]
+    assert report.bytes_written > 0
+    out = voxgate.open(f"zarr://{tmp_path}/part.zarr")
+    expected = np.zeros_like(image)
+    expected[4:20, 4:32, 4:44] = image[4:20, 4:32, 4:44]
+    np.testing.assert_array_equal(out.read(), expected)
+    # a view of a Volume copies just that view
+    report = voxgate.copy(src[0:8], f"zarr://{tmp_path}/view.zarr", scales=[0], progress=False)
+    out = voxgate.open(f"zarr://{tmp_path}/view.zarr").read()
+    assert (out[0:8] == image[0:8]).all() and not out[8:].any()
+    assert "chunks written" in str(report)
+
+
+def test_copy_into_existing_destination_overwrites(tmp_path: Path,
+                                                   em: tuple[np.ndarray, np.ndarray]) -> None:
+    image, _ = em
+    src = _make("zarr3", tmp_path, "src", image, "image")
+    dst = _make("zarr3", tmp_path, "dst", np.full_like(image, 9), "image")
+    src[0:8] = 0  # zeros in the source must overwrite the 9s: nothing is skipped as "empty"
+    report = voxgate.copy(src, dst.url, progress=False)
+    assert not report.created
+    np.testing.assert_array_equal(dst.read(), src.read())
+
+
+def test_copy_bad_input(tmp_path: Path, em: tuple[np.ndarray, np.ndarray]) -> None:
+    image, labels = em
+    src = _make("zarr3", tmp_path, "src", image, "image")
+    other = _make("zarr3", tmp_path, "seg", labels, "segmentation")
+    with pytest.raises(InvalidRequestError, match="dtype"):
+        voxgate.copy(src, other.url, progress=False)
+    with pytest.raises(InvalidRequestError, match="same"):
+        voxgate.copy(src.url, src.url, progress=False)
+    with pytest.raises(OutOfBoundsError):
+        voxgate.copy(src, f"zarr://{tmp_path}/x.zarr", box=Box((0, 0, 0), (100, 8, 8)),
+                     progress=False)
+    with pytest.raises(InvalidRequestError, match="scale 5"):
+        voxgate.copy(src, f"zarr://{tmp_path}/y.zarr", scales=[5], progress=False)
+    small = voxgate.create(f"zarr://{tmp_path}/small.zarr", shape=(4, 4, 4), chunks=(4, 4, 4),
+                           dtype="uint8", voxel_size=(1, 1, 1))
+    with pytest.raises(InvalidRequestError, match="must match"):
+        voxgate.copy(src, small.url, scales=[0], progress=False)
+    with pytest.raises(InvalidRequestError, match="options"):
+        voxgate.copy(src, small.url, zarr_format=2, progress=False)
+
+
+_CHILD = textwrap.dedent("""
+    import sys, time
+    import voxgate, voxgate.transfer
+    from voxgate.remotes.zarr import ZarrRemote
+    voxgate.transfer.BLOCK_BYTES = 1
+    slow = ZarrRemote.read
+    def read(self, box, scale=0):
+        time.sleep(0.03)
+        return slow(self, box, scale)
+    ZarrRemote.read = read
+    print("started", flush=True)
+    voxgate.copy(sys.argv[1], sys.argv[2], workers=2, progress=False)
+    print("finished", flush=True)
+""")
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_interrupted_copy_resumes(tmp_path: Path, how: str, em: tuple[np.ndarray, np.ndarray],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    _, labels = em
+    src = _make("zarr3", tmp_path, "src", labels, "segmentation")
+    dst_url = f"precomputed://file://{tmp_path}/dst"
+    state = Path(os.environ["VOXGATE_STATE_DIR"])
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    proc = subprocess.Popen([sys.executable, str(script), src.url, dst_url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    deadline = time.monotonic() + 60
+    lines = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        journals = list((state / "transfers").glob("*.journal"))
+        if journals:
+            lines = len(journals[0].read_text().splitlines())
+            if lines >= 8:
+                break
+        time.sleep(0.01)
+    assert lines >= 8, proc.communicate(timeout=30)
+    proc.send_signal(getattr(signal, how))
+    out, _ = proc.communicate(timeout=60)
+    assert b"finished" not in out
+    assert proc.returncode != 0
+    journal = next((state / "transfers").glob("*.journal"))
+    done_before = sum(1 for line in journal.read_text().splitlines()[1:]
+                      if line and line != "created")
+    assert done_before >= 6
+
+    monkeypatch.setattr(voxgate.transfer, "BLOCK_BYTES", 1)
+    report = voxgate.copy(src.url, dst_url, workers=2, progress=False)
+    assert report.resumed
+    assert report.blocks_skipped >= done_before - 1
+    assert report.blocks_skipped + report.blocks_written == report.blocks_total
+    assert report.blocks_written < report.blocks_total
+    assert not list((state / "transfers").glob("*.journal"))  # cleaned up when complete
+    out_vol = voxgate.open(dst_url)
+    np.testing.assert_array_equal(out_vol.read(), labels)
+    np.testing.assert_array_equal(out_vol.at_scale(1).read(), src.at_scale(1).read())
+    # a repeat after completion starts over (no journal) and changes nothing
+    again = voxgate.copy(src.url, dst_url, progress=False)
+    assert not again.resumed
+    np.testing.assert_array_equal(out_vol.read(), labels)

@@ -1,0 +1,251 @@
+"""The Volume's numpy semantics, checked against numpy itself on mem://."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import voxgate
+from voxgate.errors import (
+    DtypeError,
+    IndexingError,
+    InvalidRequestError,
+    OutOfBoundsError,
+    ReadOnlyError,
+)
+from voxgate.geometry import Box
+
+SHAPE = (6, 10, 14)
+
+
+@pytest.fixture
+def ref() -> np.ndarray:
+    return np.arange(np.prod(SHAPE), dtype=np.uint32).reshape(SHAPE)
+
+
+@pytest.fixture
+def vol(ref: np.ndarray) -> voxgate.Volume:
+    v = voxgate.create("mem://vol", shape=SHAPE, chunks=(2, 4, 4), dtype="uint32",
+                       voxel_size=(40, 8, 8))
+    v[:] = ref
+    return v
+
+
+def test_lazy_views_do_no_io(vol: voxgate.Volume, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = type(vol.remote).read
+
+    def counting(self, box, scale=0):  # type: ignore[no-untyped-def]
+        calls.append(box)
+        return real(self, box, scale)
+
+    monkeypatch.setattr(type(vol.remote), "read", counting)
+    sub = vol[1:5, ::2, -3:][1:, 2]
+    assert calls == []
+    assert sub.shape == (3, 3)
+    np.asarray(sub)
+    assert len(calls) == 1
+
+
+def test_issue_example_indexing(vol: voxgate.Volume, ref: np.ndarray) -> None:
+    sub = vol[1:4, ::2, -5:]
+    assert sub.shape == ref[1:4, ::2, -5:].shape
+    np.testing.assert_array_equal(np.asarray(sub), ref[1:4, ::2, -5:])
+    assert sub.voxel_size.zyx() == (40.0, 16.0, 8.0)
+    assert tuple(sub.offset) == (1, 0, 9)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        (0,),
+        (-1,),
+        (slice(None), 3),
+        (Ellipsis, -2),
+        (2, Ellipsis, 5),
+        (slice(1, 5, 2), slice(None, None, 3), slice(-4, -1)),
+        (np.int64(3), slice(2, 8), np.uint8(1)),
+        (Ellipsis,),
+        (slice(2, 2),),
+        (1, 2, 3),
+    ],
+)
+def test_indexing_matches_numpy(vol: voxgate.Volume, ref: np.ndarray, key: tuple) -> None:
+    expected = ref[key]
+    got = vol[key]
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got.read(), expected)
+
+
+def test_open_slices_use_the_right_axis_length(vol: voxgate.Volume, ref: np.ndarray) -> None:
+    # intern's array used the wrong axis length for open slices (specs/intern-pitfalls.md)
+    assert vol[0:2, :, :].shape == (2, 10, 14)
+    np.testing.assert_array_equal(vol[:, 0:5, 0:6].read(), ref[:, 0:5, 0:6])
+
+
+def test_length_one_axes_are_kept(vol: voxgate.Volume) -> None:
+    assert vol[0:1, 0:1, 0:1].shape == (1, 1, 1)
+
+
+@st.composite
+def _keys(draw: st.DrawFn) -> tuple:
+    key = []
+    for n in SHAPE:
+        if draw(st.booleans()):
+            key.append(draw(st.integers(-n, n - 1)))
+        else:
+            start = draw(st.none() | st.integers(-2 * n, 2 * n))
+            stop = draw(st.none() | st.integers(-2 * n, 2 * n))
+            step = draw(st.none() | st.integers(1, 4))
+            key.append(slice(start, stop, step))
+    cut = draw(st.integers(0, 3))
+    return tuple(key[:cut])
+
+
+@settings(max_examples=200, deadline=None)
+@given(first=_keys(), second=_keys())
+def test_clip_mode_is_numpy(first: tuple, second: tuple) -> None:
+    ref = np.arange(np.prod(SHAPE), dtype=np.uint32).reshape(SHAPE)
+    name = "hyp-clip"
+    if not voxgate.remotes.memory.MemoryRemote.exists(name):
+        v = voxgate.create(f"mem://{name}", shape=SHAPE, chunks=(2, 4, 4), dtype="uint32",
+                           voxel_size=(1, 1, 1))
+        v[:] = ref
+    vol = voxgate.open(f"mem://{name}", bounds="clip")
+    a = ref[first]
+    v1 = vol[first]
+    assert v1.shape == a.shape
+    if a.ndim >= len(second):
+        try:
+            b = a[second]
+        except IndexError:
+            with pytest.raises(IndexError):
+                v1[second]
+            return
+        v2 = v1[second]
+        assert v2.shape == b.shape
+        np.testing.assert_array_equal(v2.read(), b)
+
+
+def test_error_mode_refuses_out_of_bounds(vol: voxgate.Volume) -> None:
+    with pytest.raises(OutOfBoundsError, match="outside 0:6"):
+        vol[0:7]
+    with pytest.raises(OutOfBoundsError):
+        vol[-7:]
+    with pytest.raises(OutOfBoundsError):
+        vol[6]
+    with pytest.raises(IndexError):  # builtin still catches it
+        vol[:, :, 100]
+    with pytest.raises(OutOfBoundsError):
+        vol.read(Box((0, 0, 0), (7, 1, 1)))
+
+
+def test_fill_mode_reads_outside_as_fill(vol: voxgate.Volume, ref: np.ndarray) -> None:
+    f = vol.with_bounds("fill")
+    out = f[4:9, 8:12, 12:20].read()
+    assert out.shape == (5, 4, 8)
+    np.testing.assert_array_equal(out[:2, :2, :2], ref[4:6, 8:10, 12:14])
+    assert not out[2:].any() and not out[:, 2:].any() and not out[:, :, 2:].any()
+    box = f.read(Box((-2, -2, -2), (1, 1, 1)))
+    assert box.shape == (3, 3, 3)
+    assert box[2, 2, 2] == ref[0, 0, 0]
+    assert box.sum() == ref[0, 0, 0]
+
+
+def test_bad_indices(vol: voxgate.Volume) -> None:
+    with pytest.raises(IndexingError, match="too many indices"):
+        vol[0, 0, 0, 0]
+    with pytest.raises(IndexingError):
+        vol[..., 0, ...]
+    with pytest.raises(IndexingError):
+        vol[None]
+    with pytest.raises(IndexingError):
+        vol[[1, 2]]
+    with pytest.raises(IndexingError):
+        vol["a"]
+    with pytest.raises(InvalidRequestError, match="positive"):
+        vol[::0]
+    with pytest.raises(InvalidRequestError):
+        vol[::-1]
+    with pytest.raises(InvalidRequestError):
+        voxgate.open("mem://vol", bounds="wrap")  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequestError):
+        voxgate.open("mem://vol", mode="w")
+    with pytest.raises(InvalidRequestError, match="scale 3 does not exist"):
+        voxgate.open("mem://vol", scale=3)
+
+
+def test_writes(vol: voxgate.Volume, ref: np.ndarray) -> None:
+    vol[0, 1:3, ::5] = 7
+    ref[0, 1:3, ::5] = 7
+    vol[..., -1] = np.arange(60, dtype=np.uint8).reshape(6, 10)  # safe cast uint8 -> uint32
+    ref[..., -1] = np.arange(60).reshape(6, 10)
+    vol[2:4] = np.full((1, 14), 9, dtype=np.uint16)  # numpy broadcasting
+    ref[2:4] = 9
+    np.testing.assert_array_equal(vol.read(), ref)
+    with pytest.raises(InvalidRequestError, match=r"shape \(3,\)"):
+        vol[0, 0, 0:2] = np.zeros(3, dtype=np.uint32)
+    with pytest.raises(DtypeError, match="int64"):
+        vol[0] = np.zeros((10, 14), dtype=np.int64)
+    with pytest.raises(DtypeError):
+        vol[0] = -1
+    with pytest.raises(DtypeError):
+        vol[0] = 2**32
+    with pytest.raises(TypeError):
+        vol[0] = np.zeros((10, 14), dtype=np.float32)
+    with pytest.raises(DtypeError):
+        vol[0] = np.array(["a"] * 14, dtype=object)
+    np.testing.assert_array_equal(vol.read(), ref)
+
+
+def test_read_only(vol: voxgate.Volume, ref: np.ndarray) -> None:
+    ro = voxgate.open("mem://vol")
+    with pytest.raises(ReadOnlyError):
+        ro[0] = 1
+    np.testing.assert_array_equal(ro.read(), ref)
+
+
+def test_non_contiguous_write(vol: voxgate.Volume) -> None:
+    data = np.asfortranarray(np.arange(6 * 10 * 14, dtype=np.uint32).reshape(SHAPE))
+    vol[:] = data[:, :, :]
+    np.testing.assert_array_equal(vol.read(), data)
+    vol[:, :, 0:7] = data[:, :, ::2]
+    np.testing.assert_array_equal(vol[:, :, 0:7].read(), data[:, :, ::2])
+
+
+def test_to_dask(vol: voxgate.Volume, ref: np.ndarray) -> None:
+    d = vol[1:, ::2].to_dask()
+    assert d.shape == ref[1:, ::2].shape
+    assert d.dtype == np.uint32
+    np.testing.assert_array_equal(d.compute(), ref[1:, ::2])
+    assert int(vol.to_dask().sum().compute()) == int(ref.sum())
+
+
+def test_multichannel() -> None:
+    v = voxgate.create("mem://rgb", shape=(4, 5, 6), chunks=(2, 2, 2), dtype="uint8",
+                       voxel_size=(1, 1, 1), num_channels=3)
+    assert v.shape == (3, 4, 5, 6)
+    data = np.arange(3 * 4 * 5 * 6, dtype=np.uint8).reshape(3, 4, 5, 6)
+    v[:] = data
+    np.testing.assert_array_equal(v[1, 2:4, ..., 3].read(), data[1, 2:4, ..., 3])
+    np.testing.assert_array_equal(v[:, 0].read(), data[:, 0])
+    with pytest.raises(InvalidRequestError, match="every channel"):
+        v[0] = 1
+
+
+def test_repr_and_props(vol: voxgate.Volume) -> None:
+    text = repr(vol)
+    assert "mem://vol" in text and "(6, 10, 14)" in text and "uint32" in text
+    assert vol.ndim == 3 and vol.size == 840 and vol.nbytes == 3360 and len(vol) == 6
+    assert vol.kind == "image"
+    assert vol.meta.dtype == np.uint32
+    assert vol.url == "mem://vol"
+
+
+def test_pickle_of_mem_volume_reopens_in_process(vol: voxgate.Volume, ref: np.ndarray) -> None:
+    clone = pickle.loads(pickle.dumps(vol[1:3]))
+    np.testing.assert_array_equal(clone.read(), ref[1:3])
