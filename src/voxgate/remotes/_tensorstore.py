@@ -96,6 +96,9 @@ def kvstore_spec(location: str) -> dict[str, Any]:
         endpoint = os.environ.get("VOXGATE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             spec["endpoint"] = endpoint
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            spec["aws_region"] = region
         return spec
     if parsed.scheme in ("http", "https"):
         return {"driver": "http", "base_url": location.rstrip("/") + "/"}

@@ -1,0 +1,229 @@
+"""voxgate I/O against tensorstore, CloudVolume and zarr-python on the same files, in one run.
+
+    python benchmarks/bench_io.py [--size 512] [--repeats 5] [--data benchmarks/data]
+
+On 512^3 volumes (uint8 image, uint64 segmentation, 64^3 chunks) it times 20 unaligned 128^3
+cutouts, a full read, a full write, and a zarr -> precomputed copy, and prints medians and the
+ratio of each library to voxgate.  Runs are interleaved (every library once per round) so drift
+in the machine's load hits all of them alike.  Needs the test extra (cloud-volume, zarr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tensorstore as ts
+import zarr
+from cloudvolume import CloudVolume
+
+import voxgate
+from voxgate.synthetic import synthetic_em
+
+CUTOUT = 128
+N_CUTOUTS = 20
+
+
+def timed(fn: Callable[[], object]) -> float:
+    gc.collect()
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def boxes(size: int, seed: int = 7) -> list[tuple[int, int, int]]:
+    rng = np.random.default_rng(seed)
+    return [tuple(int(v) for v in rng.integers(1, size - CUTOUT - 1, 3)) for _ in range(N_CUTOUTS)]
+
+
+def prepare(root: Path, size: int) -> dict[str, np.ndarray]:
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / f"ready-{size}"
+    shape = (size, size, size)
+    if marker.exists():
+        image = voxgate.open(f"zarr://{root}/img.zarr").read()
+        labels = voxgate.open(f"zarr://{root}/seg.zarr").read()
+        return {"image": image, "seg": labels}
+    print(f"generating {size}^3 synthetic EM (once; cached in {root}) ...", flush=True)
+    cell = (max(8, size // 12),) * 3  # about 2000 cells at 512^3
+    image, labels = synthetic_em(shape, seed=0, cell=cell)
+    for name, data, kind in (("img", image, "image"), ("seg", labels, "segmentation")):
+        for fmt in ("zarr", "pre"):
+            shutil.rmtree(root / f"{name}.{fmt}", ignore_errors=True)
+        z = voxgate.create(f"zarr://{root}/{name}.zarr", shape=shape, dtype=data.dtype,
+                           chunks=(64, 64, 64), voxel_size=(8, 8, 8), kind=kind)
+        z[:] = data
+        voxgate.copy(z.url, f"precomputed://file://{root}/{name}.pre", progress=False)
+    marker.touch()
+    print(f"{len(np.unique(labels))} labels", flush=True)
+    return {"image": image, "seg": labels}
+
+
+def bench(root: Path, size: int, repeats: int) -> list[tuple[str, str, float, float]]:
+    data = prepare(root, size)
+    cut = boxes(size)
+    rows: list[tuple[str, str, float, float]] = []
+
+    for name, fmt_label in (("img", "uint8 raw precomputed"),
+                            ("seg", "uint64 compressed_segmentation precomputed")):
+        pre = root / f"{name}.pre"
+        vg = voxgate.open(pre)
+        tstore = ts.open({"driver": "neuroglancer_precomputed",
+                          "kvstore": {"driver": "file", "path": str(pre)}}).result()
+        cv = CloudVolume(f"file://{pre}", mip=0, progress=False, fill_missing=False)
+        expected = data["image" if name == "img" else "seg"]
+
+        def vg_cut(v: voxgate.Volume = vg) -> None:
+            for z, y, x in cut:
+                v[z:z + CUTOUT, y:y + CUTOUT, x:x + CUTOUT].read()
+
+        def ts_cut(s: ts.TensorStore = tstore) -> None:
+            for z, y, x in cut:
+                s[x:x + CUTOUT, y:y + CUTOUT, z:z + CUTOUT, 0].read(order="F").result()
+
+        def cv_cut(c: CloudVolume = cv) -> None:
+            for z, y, x in cut:
+                c[x:x + CUTOUT, y:y + CUTOUT, z:z + CUTOUT]
+
+        # correctness first: the three agree
+        z, y, x = cut[0]
+        a = vg[z:z + CUTOUT, y:y + CUTOUT, x:x + CUTOUT].read()
+        b = tstore[x:x + CUTOUT, y:y + CUTOUT, z:z + CUTOUT, 0].read(order="F").result().T
+        c = np.asarray(cv[x:x + CUTOUT, y:y + CUTOUT, z:z + CUTOUT])[..., 0].T
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+        assert np.array_equal(a, expected[z:z + CUTOUT, y:y + CUTOUT, x:x + CUTOUT])
+        rows += run_round(f"{N_CUTOUTS}x {CUTOUT}^3 unaligned cutouts, {fmt_label}",
+                          {"voxgate": vg_cut, "tensorstore": ts_cut, "CloudVolume": cv_cut},
+                          repeats, per=N_CUTOUTS)
+        rows += run_round(f"full read {size}^3, {fmt_label}", {
+            "voxgate": lambda v=vg: v.read(),
+            "tensorstore": lambda s=tstore: s[..., 0].read(order="F").result(),
+            "CloudVolume": lambda c=cv: c[:, :, :],
+        }, max(2, repeats // 2))
+
+    # zarr v3 blosc-zstd, uint8: voxgate vs tensorstore vs zarr-python
+    zpath = root / "img.zarr" / "0"
+    vgz = voxgate.open(f"zarr://{root}/img.zarr")
+    tsz = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(zpath)}}).result()
+    zz = zarr.open_array(str(zpath), mode="r")
+
+    def vgz_cut() -> None:
+        for z, y, x in cut:
+            vgz[z:z + CUTOUT, y:y + CUTOUT, x:x + CUTOUT].read()
+
+    def tsz_cut() -> None:
+        for z, y, x in cut:
+            tsz[z:z + CUTOUT, y:y + CUTOUT, x:x + CUTOUT].read().result()
+
+    def zz_cut() -> None:
+        for z, y, x in cut:
+            zz[z:z + CUTOUT, y:y + CUTOUT, x:x + CUTOUT]
+
+    rows += run_round(f"{N_CUTOUTS}x {CUTOUT}^3 unaligned cutouts, uint8 zarr v3 blosc-zstd",
+                      {"voxgate": vgz_cut, "tensorstore": tsz_cut, "zarr-python": zz_cut},
+                      repeats, per=N_CUTOUTS)
+    rows += run_round(f"full read {size}^3, uint8 zarr v3 blosc-zstd", {
+        "voxgate": lambda: vgz.read(),
+        "tensorstore": lambda: tsz.read().result(),
+        "zarr-python": lambda: zz[:],
+    }, max(2, repeats // 2))
+
+    # full writes of the segmentation: precomputed compressed_segmentation and zarr
+    seg = data["seg"]
+    out = root / "out"
+
+    def fresh() -> None:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+
+    def vg_write_pre() -> None:
+        v = voxgate.create(f"precomputed://file://{out}/vg", shape=seg.shape, dtype="uint64",
+                           chunks=(64, 64, 64), voxel_size=(8, 8, 8), kind="segmentation")
+        v[:] = seg
+
+    def cv_write_pre() -> None:
+        info = CloudVolume.create_new_info(
+            num_channels=1, layer_type="segmentation", data_type="uint64",
+            encoding="compressed_segmentation", resolution=[8, 8, 8], voxel_offset=[0, 0, 0],
+            chunk_size=[64, 64, 64], volume_size=list(seg.shape[::-1]))
+        c = CloudVolume(f"file://{out}/cv", info=info, progress=False, compress=False)
+        c.commit_info()
+        c[:, :, :] = seg.T
+
+    def ts_write_pre() -> None:
+        s = ts.open({"driver": "neuroglancer_precomputed",
+                     "kvstore": {"driver": "file", "path": str(out / "ts")},
+                     "multiscale_metadata": {"type": "segmentation", "data_type": "uint64",
+                                             "num_channels": 1},
+                     "scale_metadata": {"size": list(seg.shape[::-1]),
+                                        "encoding": "compressed_segmentation",
+                                        "compressed_segmentation_block_size": [8, 8, 8],
+                                        "chunk_size": [64, 64, 64], "resolution": [8, 8, 8]}},
+                    create=True).result()
+        s[..., 0].write(seg.T).result()
+
+    rows += run_round(f"full write {size}^3 uint64 seg, precomputed compressed_segmentation", {
+        "voxgate": vg_write_pre, "tensorstore": ts_write_pre, "CloudVolume": cv_write_pre,
+    }, max(2, repeats // 2), setup=fresh)
+
+    def vg_copy() -> None:
+        voxgate.copy(f"zarr://{root}/seg.zarr", f"precomputed://file://{out}/copy",
+                     progress=False)
+
+    rows += run_round(f"copy {size}^3 uint64 seg zarr -> precomputed (CloudVolume: write only)", {
+        "voxgate": vg_copy, "CloudVolume": cv_write_pre,
+    }, max(2, repeats // 2), setup=fresh)
+    shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
+def run_round(
+    label: str,
+    fns: dict[str, Callable[[], object]],
+    repeats: int,
+    per: int = 1,
+    setup: Callable[[], None] | None = None,
+) -> list[tuple[str, str, float, float]]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():  # warm-up: imports, page cache, thread pools
+        if setup:
+            setup()
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if setup:
+                setup()
+            times[name].append(timed(fn) / per)
+    base = statistics.median(times["voxgate"])
+    rows = []
+    for name, ts_ in times.items():
+        med = statistics.median(ts_)
+        rows.append((label, name, med, med / base))
+    print(f"\n{label}")
+    for _, name, med, ratio in rows:
+        print(f"  {name:12s} {med * 1000:10.2f} ms   {ratio:5.2f}x voxgate's time")
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--data", type=Path, default=Path(__file__).parent / "data")
+    args = p.parse_args()
+    rows = bench(args.data, args.size, args.repeats)
+    print("\n| operation | library | median | time relative to voxgate |")
+    print("|---|---|---|---|")
+    for label, name, med, ratio in rows:
+        unit = f"{med * 1000:.2f} ms" if med < 1 else f"{med:.3f} s"
+        print(f"| {label} | {name} | {unit} | {ratio:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

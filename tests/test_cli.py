@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+import voxgate
+from voxgate.cli import main
+
+
+def _vol(tmp_path: Path) -> voxgate.Volume:
+    v = voxgate.create(f"zarr://{tmp_path}/a.zarr", shape=(8, 16, 24), chunks=(4, 8, 8),
+                       dtype="uint16", voxel_size=(40, 8, 8), num_scales=2, kind="image")
+    v[:] = np.arange(8 * 16 * 24, dtype=np.uint16).reshape(8, 16, 24)
+    return v
+
+
+def test_info(tmp_path: Path) -> None:
+    _vol(tmp_path)
+    res = CliRunner().invoke(main, ["info", str(tmp_path / "a.zarr")])
+    assert res.exit_code == 0, res.output
+    assert "uint16" in res.output and "8 x 16 x 24" in res.output and "40 x 8 x 8 nm" in res.output
+    res = CliRunner().invoke(main, ["info", "--json", f"zarr://{tmp_path}/a.zarr"])
+    out = json.loads(res.output)
+    assert out["scales"][1]["shape_zyx"] == [8, 8, 12]
+    assert out["scales"][1]["voxel_size_zyx"] == [40.0, 16.0, 16.0]
+
+
+def test_info_errors(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["info", "nosuch://x"])
+    assert res.exit_code == 1
+    assert "UnknownSchemeError" in res.output and "zarr://" in res.output
+    res = CliRunner().invoke(main, ["info", str(tmp_path / "missing")])
+    assert res.exit_code == 1 and "RemoteNotFoundError" in res.output
+
+
+def test_cp(tmp_path: Path) -> None:
+    v = _vol(tmp_path)
+    res = CliRunner().invoke(main, ["cp", v.url, f"zarr://{tmp_path}/b.zarr", "--no-progress",
+                                    "--scales", "0", "--box", "0:4,0:16,0:24",
+                                    "-o", "zarr_format=2"])
+    assert res.exit_code == 0, res.output
+    assert "chunks written" in res.output
+    out = voxgate.open(tmp_path / "b.zarr").read()
+    expected = v.read()
+    expected[4:] = 0
+    np.testing.assert_array_equal(out, expected)
+    assert (tmp_path / "b.zarr" / ".zgroup").exists()
+    res = CliRunner().invoke(main, ["cp", v.url, f"zarr://{tmp_path}/c.zarr", "--box", "0:4"])
+    assert res.exit_code != 0 and "z0:z1,y0:y1,x0:x1" in res.output
+
+
+def test_demo_runs_as_installed_command(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("voxgate")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "voxgate.cli"]
+    proc = subprocess.run([*cmd, "demo", "--dir", str(tmp_path / "demo"), "--size", "64"],
+                          capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "equal to the original: True" in proc.stdout
+    assert "equal to the original: False" not in proc.stdout
+    seg = voxgate.open(tmp_path / "demo" / "seg")
+    assert seg.kind == "segmentation" and seg.dtype == np.uint64
