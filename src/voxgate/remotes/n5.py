@@ -1,0 +1,499 @@
+"""``n5://``: N5 datasets and n5-viewer / BigDataViewer multiscale groups, through tensorstore.
+
+N5 lists every per-axis value (``dimensions``, ``blockSize``, resolutions, downsampling factors)
+in the dataset's own dimension order, which for volumes is ``x, y, z[, c]``, and stores blocks
+x-fastest.  Read in Fortran order and transposed (``TSArray(reversed_axes=True)``) that is the
+C-order ``[c,] z, y, x`` array voxgate uses, with no copy.
+
+A location is either
+
+- a plain N5 dataset (its ``attributes.json`` has ``dimensions``): one scale;
+- a multiscale group (the n5-viewer convention, also read by BigDataViewer, Paintera and
+  Neuroglancer): datasets ``s0``, ``s1``, ... under a group whose attributes may carry
+  ``"multiScale": true``, ``"scales"`` / ``"downsamplingFactors"`` (one xyz list per scale),
+  ``"pixelResolution": {"unit": "nm", "dimensions": [x, y, z]}`` or ``"resolution": [x, y, z]``
+  (with optional ``"units"``) for the resolution of ``s0``.  Each ``sN`` may carry its own
+  ``"downsamplingFactors"`` and ``"pixelResolution"``; as in n5-viewer the voxel size of scale N
+  is the (base) pixel resolution times its downsampling factors.
+
+``voxgate.create("n5://...")`` always writes a multiscale group (``s0`` .. ``sN``) with all of
+the attributes above, plus a ``"voxgate"`` attribute holding what N5 has no standard place for:
+the kind (image or segmentation), the offset and the exact voxel size of every scale.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorstore as ts
+
+from ..errors import (
+    CapabilityNotSupportedError,
+    InvalidRequestError,
+    RemoteExistsError,
+    RemoteNotFoundError,
+)
+from ..geometry import Box, Vec, VoxelSize
+from ..meta import Kind, Scale, VolumeMeta
+from ._tensorstore import (
+    TSArray,
+    is_local,
+    join,
+    kvstore_exists,
+    kvstore_spec,
+    local_path,
+    read_json,
+    ts_context,
+    ts_errors,
+    write_json,
+)
+from .base import Capability, Remote, check_options
+
+__all__ = ["N5Remote"]
+
+#: compressions ``create`` accepts ("none" is an alias of N5's "raw")
+_COMPRESSIONS = ("gzip", "blosc", "zstd", "raw", "none")
+
+#: length units seen in N5 attributes (n5-viewer "pixelResolution", Neuroglancer "units"), in nm
+_UNITS_NM = {
+    "nm": 1.0,
+    "nanometer": 1.0,
+    "nanometers": 1.0,
+    "um": 1e3,
+    "µm": 1e3,
+    "μm": 1e3,
+    "micrometer": 1e3,
+    "micrometers": 1e3,
+    "micron": 1e3,
+    "microns": 1e3,
+    "mm": 1e6,
+    "millimeter": 1e6,
+    "millimeters": 1e6,
+    "cm": 1e7,
+    "m": 1e9,
+    "meter": 1e9,
+    "meters": 1e9,
+    "angstrom": 0.1,
+    "Å": 0.1,
+}
+
+_N5_VERSION = "2.0.0"
+_CHANNEL_NAMES = ("c", "channel", "ch")
+
+
+def _guess_kind(dtype: np.dtype[Any]) -> Kind:
+    return "segmentation" if dtype.kind in "ui" and dtype.itemsize >= 4 else "image"
+
+
+def _to_nm(unit: object) -> float:
+    """Nanometres per ``unit``; an unknown or missing unit ("pixel", "") counts as nm."""
+    if not isinstance(unit, str):
+        return 1.0
+    return _UNITS_NM.get(unit.strip(), 1.0)
+
+
+def _numbers(value: object, n: int) -> list[float] | None:
+    """``value`` as a list of at least ``n`` positive numbers, else None (attributes are foreign
+    JSON: a malformed one is ignored rather than trusted)."""
+    if not isinstance(value, (list, tuple)) or len(value) < n:
+        return None
+    out = []
+    for v in value[:n]:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            return None
+        out.append(float(v))
+    return out
+
+
+def _plain_number(v: float) -> int | float:
+    """An integral float as an int: JSON ``2``, not ``2.0``, where readers want integers."""
+    return int(v) if float(v).is_integer() else float(v)
+
+
+def _resolution_xyz(attrs: dict[str, Any]) -> list[float] | None:
+    """The resolution an attributes.json states, in nm, (x, y, z); None when it states none.
+
+    ``pixelResolution`` (n5-viewer) is an object ``{"unit", "dimensions"}`` or, in older files,
+    a bare list; ``resolution`` (Paintera, Neuroglancer, tensorstore) is a list with optional
+    per-axis ``units``.
+    """
+    pr = attrs.get("pixelResolution")
+    if isinstance(pr, dict):
+        dims = _numbers(pr.get("dimensions"), 3)
+        if dims is not None:
+            f = _to_nm(pr.get("unit"))
+            return [d * f for d in dims]
+    else:
+        dims = _numbers(pr, 3)
+        if dims is not None:
+            return dims
+    res = _numbers(attrs.get("resolution"), 3)
+    if res is not None:
+        units = attrs.get("units")
+        if isinstance(units, list) and len(units) >= 3:
+            return [r * _to_nm(u) for r, u in zip(res, units[:3], strict=True)]
+        return res
+    return None
+
+
+def _as_zyx(store: ts.TensorStore, where: str, offset: Vec) -> tuple[TSArray, int]:
+    """A TSArray reading ``store`` as C-order ``[c,] z, y, x`` starting at ``offset``.
+
+    The native dimensions are ``x, y, z[, c]`` (named by ``axes`` when the file has them);
+    other orders are transposed to that, and extra axes of length 1 (a time point) dropped.
+    """
+    names = [(n or "").lower() for n in store.domain.labels]
+    if not any(names):
+        if store.rank == 3:
+            names = ["x", "y", "z"]
+        elif store.rank == 4:
+            names = ["x", "y", "z", "c"]
+        else:
+            raise InvalidRequestError(
+                f"{where} has {store.rank} dimensions and no 'axes' attribute naming them; "
+                "voxgate reads 3-D (x, y, z) and 4-D (x, y, z, c) N5 datasets"
+            )
+    if not {"x", "y", "z"} <= set(names):
+        raise InvalidRequestError(
+            f"{where} has axes {names}; voxgate needs x, y and z (plus an optional channel c)"
+        )
+    channel_names = [n for n in names if n in _CHANNEL_NAMES]
+    if len(channel_names) > 1:
+        raise InvalidRequestError(f"{where} has more than one channel axis: {names}")
+    view = store
+    current = list(names)
+    for n in [n for n in names if n not in ("x", "y", "z", *channel_names)]:
+        i = current.index(n)
+        if view.shape[i] != 1:
+            raise CapabilityNotSupportedError(
+                f"{where} has a {n!r} axis of length {view.shape[i]}; only length-1 extra axes "
+                "are supported"
+            )
+        view = view[ts.d[i][view.domain.origin[i]]]
+        current.pop(i)
+    order = [current.index(n) for n in ("x", "y", "z", *channel_names)]
+    if order != list(range(len(current))):
+        view = view[ts.d[order].transpose[:]]
+    # dataset coordinates include the offset, whatever origin the file has (N5's is always 0)
+    lead = (0,) if channel_names else ()
+    view = view[ts.d[:].translate_to[(*offset.xyz(), *lead)]]
+    channels = int(view.shape[3]) if channel_names else 1
+    arr = TSArray(
+        view, reversed_axes=True, channel=bool(channel_names), keep_channel=channels > 1,
+        name=where,
+    )
+    return arr, channels
+
+
+class N5Remote(Remote):
+    scheme = "n5"
+    create_options = ("compression",)
+
+    def __init__(
+        self, location: str, meta: VolumeMeta, arrays: list[TSArray], paths: list[str], mode: str
+    ) -> None:
+        self.location = location
+        self.meta = meta
+        self._arrays = arrays
+        self._paths = paths
+        self.mode = mode
+        self.url = f"n5://{location}"
+
+    # -- opening --------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, location: str, *, mode: str = "r", **options: Any) -> N5Remote:
+        check_options("n5://", options, cls.open_options)
+        attrs = _optional_json(location, "attributes.json")
+        if "dimensions" in attrs:
+            return cls._open_single(location, attrs, mode)
+        if kvstore_exists(location, "s0/attributes.json"):
+            return cls._open_multiscale(location, attrs, mode)
+        if attrs or kvstore_exists(location, "attributes.json"):
+            raise RemoteNotFoundError(
+                f"{location!r} is an N5 group but neither a dataset (no 'dimensions' in its "
+                "attributes.json) nor a multiscale group (no s0 dataset); open one of its "
+                "datasets instead"
+            )
+        raise RemoteNotFoundError(f"no N5 dataset or multiscale group at {location!r}")
+
+    @classmethod
+    def _open_store(cls, path: str, mode: str) -> ts.TensorStore:
+        with ts_errors(f"opening N5 dataset {path}"):
+            return ts.open(
+                {"driver": "n5", "kvstore": kvstore_spec(path)},
+                read=True,
+                write=mode == "r+",
+                context=ts_context(),
+            ).result()
+
+    @classmethod
+    def _open_single(cls, location: str, attrs: dict[str, Any], mode: str) -> N5Remote:
+        store = cls._open_store(location, mode)
+        dtype = np.dtype(store.dtype.numpy_dtype)
+        info = _info(attrs)
+        factors = _numbers(attrs.get("downsamplingFactors"), 3) or [1.0, 1.0, 1.0]
+        scale, arr, channels = cls._scale(0, location, store, attrs, info, None, factors)
+        kind = info.get("kind") or _guess_kind(dtype)
+        meta = VolumeMeta(dtype, (scale,), kind, channels, 0)
+        return cls(location, meta, [arr], [location], mode)
+
+    @classmethod
+    def _open_multiscale(cls, location: str, group: dict[str, Any], mode: str) -> N5Remote:
+        # the scales are s0, s1, ... for as long as they exist (the group's lists may be stale)
+        paths: list[str] = []
+        while kvstore_exists(location, f"s{len(paths)}/attributes.json"):
+            paths.append(join(location, f"s{len(paths)}"))
+        group_factors = group.get("downsamplingFactors") or group.get("scales")
+        group_factors = group_factors if isinstance(group_factors, list) else []
+        base_res = _resolution_xyz(group)
+        ginfo = _info(group)
+        scales, arrays = [], []
+        dtype: np.dtype[Any] | None = None
+        channels = 1
+        shape0: Sequence[int] = ()
+        for i, path in enumerate(paths):
+            attrs = read_json(path, "attributes.json")
+            store = cls._open_store(path, mode)
+            if dtype is None:
+                dtype = np.dtype(store.dtype.numpy_dtype)
+            elif np.dtype(store.dtype.numpy_dtype) != dtype:
+                raise InvalidRequestError(
+                    f"{path} holds {store.dtype.numpy_dtype} but s0 of {location} holds "
+                    f"{dtype.name}; every scale of a multiscale group must have one dtype"
+                )
+            info = _info(attrs)
+            factors = _numbers(attrs.get("downsamplingFactors"), 3)
+            if factors is None and i < len(group_factors):
+                factors = _numbers(group_factors[i], 3)
+            if factors is None:
+                factors = [1.0, 1.0, 1.0] if i == 0 else None
+            scale, arr, ch = cls._scale(
+                i, path, store, attrs, info, base_res, factors, shape0, key=f"s{i}"
+            )
+            if i == 0:
+                shape0 = scale.shape.xyz()
+                channels = ch
+            elif ch != channels:
+                raise InvalidRequestError(
+                    f"{path} has {ch} channels but s0 of {location} has {channels}"
+                )
+            scales.append(scale)
+            arrays.append(arr)
+        assert dtype is not None
+        kind = ginfo.get("kind") or _guess_kind(dtype)
+        meta = VolumeMeta(dtype, tuple(scales), kind, channels, 0)
+        return cls(location, meta, arrays, paths, mode)
+
+    @classmethod
+    def _scale(
+        cls,
+        index: int,
+        path: str,
+        store: ts.TensorStore,
+        attrs: dict[str, Any],
+        info: dict[str, Any],
+        base_res: list[float] | None,
+        factors: list[float] | None,
+        shape0: Sequence[int] = (),
+        key: str | None = None,
+    ) -> tuple[Scale, TSArray, int]:
+        """One scale's geometry from its attributes (see the module docstring for the rules)."""
+        offset = Vec.of(info.get("offset", (0, 0, 0)), "offset")
+        arr, channels = _as_zyx(store, path, offset)
+        xyz_shape = [int(n) for n in arr.store.shape[:3]]
+        if factors is None:
+            # no factors written anywhere: infer them from the shapes (ceil-divided by powers of 2)
+            factors = [float(max(1, round(a / b))) for a, b in zip(shape0, xyz_shape, strict=True)]
+        if "voxel_size" in info:
+            vs = VoxelSize.of(info["voxel_size"], info.get("unit", "nm"))
+        else:
+            own_base = (
+                _resolution_xyz({"pixelResolution": attrs["pixelResolution"]})
+                if "pixelResolution" in attrs
+                else None
+            )
+            own = _resolution_xyz({"resolution": attrs.get("resolution"),
+                                   "units": attrs.get("units")})
+            if own_base is not None:
+                # n5-viewer: a scale's pixelResolution is the base one, scaled by its factors
+                res_xyz = [r * f for r, f in zip(own_base, factors, strict=True)]
+            elif own is not None:
+                # tensorstore / Neuroglancer: a dataset's own "resolution" is its voxel size
+                res_xyz = own
+            elif base_res is not None:
+                res_xyz = [r * f for r, f in zip(base_res, factors, strict=True)]
+            else:
+                res_xyz = list(factors)
+            vs = VoxelSize(res_xyz[2], res_xyz[1], res_xyz[0])
+        layout = arr.store.chunk_layout.read_chunk.shape
+        assert layout is not None  # an N5 dataset always has a block size
+        chunks = Vec(*(int(n or 1) for n in layout[2::-1]))
+        codec = store.codec
+        comp = codec.to_json().get("compression", {}) if codec is not None else {}
+        encoding = str(comp.get("type")) if isinstance(comp, dict) and comp.get("type") else None
+        scale = Scale(index, Vec(xyz_shape[2], xyz_shape[1], xyz_shape[0]), chunks, vs, offset,
+                      encoding, key)
+        return scale, arr, channels
+
+    # -- creating -------------------------------------------------------------------------------
+    @classmethod
+    def exists(cls, location: str) -> bool:
+        if kvstore_exists(location, "s0/attributes.json"):
+            return True
+        if not kvstore_exists(location, "attributes.json"):
+            return False
+        return "dimensions" in _optional_json(location, "attributes.json")
+
+    @classmethod
+    def create(
+        cls,
+        location: str,
+        meta: VolumeMeta,
+        *,
+        exist_ok: bool = False,
+        compression: str = "gzip",
+        **options: Any,
+    ) -> N5Remote:
+        check_options("n5://", options, cls.create_options)
+        if compression not in _COMPRESSIONS:
+            raise InvalidRequestError(
+                f"compression must be one of {', '.join(_COMPRESSIONS)}, got {compression!r}"
+            )
+        if meta.fill_value != 0:
+            raise InvalidRequestError(
+                f"N5 has no fill value (absent blocks read as 0); cannot create a volume with "
+                f"fill value {meta.fill_value!r}"
+            )
+        if cls.exists(location):
+            if not exist_ok:
+                raise RemoteExistsError(
+                    f"an N5 dataset or multiscale group already exists at {location!r} (pass "
+                    "exist_ok=True to open it)"
+                )
+            existing = cls.open(location, mode="r+")
+            _check_compatible(existing.meta, meta, location)
+            return existing
+        channels = meta.num_channels
+        lead = [channels] if channels > 1 else []
+        axes = ["x", "y", "z"] + (["c"] if channels > 1 else [])
+        vs0 = meta.scales[0].voxel_size
+        unit = vs0.unit
+        base_xyz = [_plain_number(v) for v in vs0.xyz()]
+        all_factors = []
+        for sc in meta.scales:
+            if sc.voxel_size.unit != unit:
+                raise InvalidRequestError("every scale's voxel size must have the same unit")
+            factors = [_plain_number(v / b) for v, b in zip(sc.voxel_size.xyz(), vs0.xyz(),
+                                                              strict=True)]
+            all_factors.append(factors)
+            path = join(location, f"s{sc.index}")
+            spec = {
+                "driver": "n5",
+                "kvstore": kvstore_spec(path),
+                "metadata": {
+                    "dimensions": [*sc.shape.xyz(), *lead],
+                    "blockSize": [*sc.chunks.xyz(), *lead],
+                    "dataType": meta.dtype.name,
+                    "compression": _compression(compression, meta.dtype),
+                    "axes": axes,
+                },
+            }
+            with ts_errors(f"creating N5 dataset {path}"):
+                ts.open(spec, create=True, context=ts_context()).result()
+            # tensorstore wrote the array metadata; add the per-scale conventions beside it
+            attrs = read_json(path, "attributes.json")
+            attrs.update(
+                {
+                    # n5-viewer: base resolution x this scale's factors
+                    "downsamplingFactors": factors,
+                    "pixelResolution": {"unit": unit, "dimensions": base_xyz},
+                    # tensorstore / Neuroglancer single-dataset view: this scale's own voxel size
+                    "resolution": [_plain_number(v) for v in sc.voxel_size.xyz()],
+                    "units": [unit] * 3 + ([""] if channels > 1 else []),
+                    "voxgate": {
+                        "kind": meta.kind,
+                        "offset": list(sc.offset),
+                        "voxel_size": list(sc.voxel_size.zyx()),
+                        "unit": unit,
+                    },
+                }
+            )
+            if channels > 1:
+                # tensorstore checks units against the rank: one per dimension
+                attrs["resolution"] = [*attrs["resolution"], 1]
+            write_json(path, "attributes.json", attrs)
+        group = _optional_json(location, "attributes.json")
+        parent = location.rstrip("/").rsplit("/", 1)[0] if "/" in location.rstrip("/") else ""
+        if not (parent and kvstore_exists(parent, "attributes.json")) and "n5" not in group:
+            # the container root carries the N5 version; a group inside a container must not
+            group["n5"] = _N5_VERSION
+        group.update(
+            {
+                "multiScale": True,
+                "scales": all_factors,
+                "downsamplingFactors": all_factors,
+                "pixelResolution": {"unit": unit, "dimensions": base_xyz},
+                "resolution": base_xyz,
+                "units": [unit] * 3,
+                "voxgate": {"kind": meta.kind},
+            }
+        )
+        # written last: a group whose creation was interrupted has no multiscale marker
+        write_json(location, "attributes.json", group)
+        return cls.open(location, mode="r+")
+
+    @classmethod
+    def delete(cls, location: str) -> None:
+        """Remove a local N5 dataset or group (used by tests and ``copy --overwrite``)."""
+        if not is_local(location):
+            raise CapabilityNotSupportedError("only local N5 containers can be deleted")
+        shutil.rmtree(local_path(location), ignore_errors=True)
+
+    # -- data -----------------------------------------------------------------------------------
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({Capability.WRITE}) if self.mode == "r+" else frozenset()
+
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        return self._arrays[scale].read(box)
+
+    def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
+        self._check_writable()
+        self._arrays[scale].write(box, array)
+
+
+def _info(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The ``voxgate`` attribute: what voxgate wrote for itself (empty for foreign files)."""
+    info = attrs.get("voxgate")
+    return info if isinstance(info, dict) else {}
+
+
+def _optional_json(location: str, key: str) -> dict[str, Any]:
+    try:
+        value = read_json(location, key)
+    except RemoteNotFoundError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _compression(name: str, dtype: np.dtype[Any]) -> dict[str, Any]:
+    if name == "gzip":
+        return {"type": "gzip", "level": 5}
+    if name == "blosc":
+        # byte shuffle groups the bytes of multi-byte values; bit shuffle suits 1-byte data
+        return {"type": "blosc", "cname": "zstd", "clevel": 5,
+                "shuffle": 1 if dtype.itemsize > 1 else 2, "blocksize": 0}
+    if name == "zstd":
+        return {"type": "zstd", "level": 3}
+    return {"type": "raw"}
+
+
+def _check_compatible(existing: VolumeMeta, wanted: VolumeMeta, location: str) -> None:
+    if existing.dtype != wanted.dtype or existing.shape != wanted.shape:
+        raise RemoteExistsError(
+            f"{location!r} already holds a {existing.dtype.name} volume of shape "
+            f"{tuple(existing.shape)}, not the {wanted.dtype.name} {tuple(wanted.shape)} asked for"
+        )
