@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, SupportsIndex
+from typing import NamedTuple
 
 from .errors import InvalidRequestError
 
@@ -18,9 +19,11 @@ __all__ = ["Box", "Vec", "VoxelSize", "chunk_boxes", "grid_shape"]
 
 
 def _as_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
+    if type(value) is int:
+        return value
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise InvalidRequestError(f"{what} must be an integer, got {value!r}")
-    return int(value.__index__())
+    return operator.index(value)  # type: ignore[arg-type]
 
 
 class Vec(NamedTuple):
@@ -35,6 +38,8 @@ class Vec(NamedTuple):
         """Make a Vec from any 3-sequence of integers, checking length and types."""
         if isinstance(value, Vec):
             return value
+        if type(value) is tuple and len(value) == 3 and all(type(v) is int for v in value):
+            return cls(*value)  # the hot path: plain int triples need no further checks
         if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
             raise InvalidRequestError(f"{what} must be a (z, y, x) sequence, got {value!r}")
         items = list(value)
