@@ -23,7 +23,7 @@ def _as_int(value: object, what: str) -> int:
         return value
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise InvalidRequestError(f"{what} must be an integer, got {value!r}")
-    return operator.index(value)  # type: ignore[arg-type]
+    return operator.index(value)
 
 
 class Vec(NamedTuple):
@@ -39,7 +39,7 @@ class Vec(NamedTuple):
         if isinstance(value, Vec):
             return value
         if type(value) is tuple and len(value) == 3 and all(type(v) is int for v in value):
-            return cls(*value)  # the hot path: plain int triples need no further checks
+            return cls(*value)  # type: ignore[arg-type]  # hot path: plain int triples need no further checks
         if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
             raise InvalidRequestError(f"{what} must be a (z, y, x) sequence, got {value!r}")
         items = list(value)
