@@ -121,7 +121,8 @@ def _translate(exc: BaseException, what: str) -> VoxgateError:
         return RemoteUnavailableError(f"{what}: storage unavailable ({text})")
     if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
         return AuthenticationError(f"{what}: access refused ({text})")
-    if code in ("DATA_LOSS", "FAILED_PRECONDITION", "INVALID_ARGUMENT") and (
+    # OUT_OF_RANGE: a truncated shard file, whose index points past its end
+    if code in ("DATA_LOSS", "FAILED_PRECONDITION", "INVALID_ARGUMENT", "OUT_OF_RANGE") and (
         "error reading" in lowered
         or "decod" in lowered
         or "corrupt" in lowered

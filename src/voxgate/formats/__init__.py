@@ -1,0 +1,1 @@
+"""Byte-level codecs voxgate owns (chunk, mesh and skeleton encodings)."""
