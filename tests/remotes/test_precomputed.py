@@ -3,11 +3,13 @@ oracles for what voxgate writes and as writers of what voxgate reads."""
 
 from __future__ import annotations
 
+import atexit
 import functools
 import gzip
 import http.server
 import json
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,6 +146,7 @@ class TestPrecomputedCloudVolumeGzip(TestPrecomputedRaw):
 
 
 _sm_root = Path(os.environ.get("TMPDIR", "/tmp")) / f"voxgate-pc-sm-{os.getpid()}"
+atexit.register(shutil.rmtree, _sm_root, True)
 
 
 def _gzip_layer_url(name: str) -> str:
@@ -241,6 +244,17 @@ def test_cloudvolume_reads_voxgate(
         _compare(oracle_read(path, k, encoding, channels), data, encoding)
         _compare(ts_read(path, k), data, encoding)
         _compare(voxgate.open(url(path), scale=k).read(), data, encoding)
+
+
+def test_png_through_tensorstore(tmp_path: Path) -> None:
+    # CloudVolume needs pyspng for png, which is not installed; tensorstore is the oracle
+    path = tmp_path / "png"
+    vol = voxgate.create(url(path), shape=(8, 20, 24), chunks=(8, 16, 16), dtype="uint16",
+                         encoding="png", num_channels=2, voxel_size=(8, 8, 8))
+    data = random((2, 8, 20, 24), "uint16", seed=1)
+    vol[...] = data
+    np.testing.assert_array_equal(ts_read(path), data)
+    np.testing.assert_array_equal(voxgate.open(url(path)).read(), data)
 
 
 def test_info_is_what_cloudvolume_and_neuroglancer_expect(tmp_path: Path) -> None:
