@@ -134,3 +134,15 @@ def test_zarr_plain_array_with_voxgate_attrs(tmp_path: Path) -> None:
     assert vol.voxel_size.zyx() == (30.0, 4.0, 4.0)
     assert tuple(vol.offset) == (10, 20, 30)
     assert vol.read(Box((10, 20, 30), (12, 22, 32))).sum() == 8
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [({}, "blosc-zstd"), ({"zarr_format": 2, "compression": "blosc-lz4"}, "blosc-lz4"),
+     ({"compression": "gzip", "shards": (4, 4, 4)}, "gzip"), ({"compression": "none"}, "none")],
+)
+def test_encoding_is_reported(tmp_path: Path, options: dict, expected: str) -> None:
+    vol = voxgate.create(f"zarr://{tmp_path}/e.zarr", shape=(4, 4, 4), chunks=(2, 2, 2),
+                         dtype="uint8", voxel_size=(1, 1, 1), **options)
+    assert vol.scale_meta.encoding == expected
+    assert voxgate.open(tmp_path / "e.zarr").scale_meta.encoding == expected

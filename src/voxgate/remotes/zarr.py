@@ -366,11 +366,24 @@ def _chunk_shapes(store: ts.TensorStore) -> tuple[Vec, Vec | None]:
 
 
 def _encoding(store: ts.TensorStore) -> str | None:
+    """The compression as create's ``compression`` names it ("blosc-zstd", "gzip", ...)."""
     codec = store.codec
-    if codec is None:
-        return None
-    spec = codec.to_json()
-    return str(spec.get("driver")) if spec else None
+    spec = codec.to_json() if codec is not None else {}
+    if "compressor" in spec:  # zarr v2
+        comp = spec["compressor"]
+        if not comp:
+            return "none"
+        return f"blosc-{comp['cname']}" if comp.get("id") == "blosc" else str(comp.get("id"))
+    codecs = list(spec.get("codecs", []))
+    while codecs and codecs[0].get("name") == "sharding_indexed":
+        codecs = codecs[0].get("configuration", {}).get("codecs", [])
+    for c in codecs:
+        name = c.get("name")
+        if name == "blosc":
+            return f"blosc-{c.get('configuration', {}).get('cname', 'lz4')}"
+        if name in ("gzip", "zstd"):
+            return str(name)
+    return "none"
 
 
 def _fill(store: ts.TensorStore) -> int | float:
