@@ -249,3 +249,32 @@ def test_repr_and_props(vol: voxgate.Volume) -> None:
 def test_pickle_of_mem_volume_reopens_in_process(vol: voxgate.Volume, ref: np.ndarray) -> None:
     clone = pickle.loads(pickle.dumps(vol[1:3]))
     np.testing.assert_array_equal(clone.read(), ref[1:3])
+
+
+def test_partial_write_says_what_was_stored(monkeypatch: pytest.MonkeyPatch) -> None:
+    from voxgate import volume as volume_module
+    from voxgate.errors import PartialWriteError
+    from voxgate.remotes.memory import MemoryRemote
+
+    v = voxgate.create("mem://pw", shape=(16, 8, 8), chunks=(4, 8, 8), dtype="uint8",
+                       voxel_size=(1, 1, 1))
+    monkeypatch.setattr(volume_module, "WRITE_BLOCK_BYTES", 4 * 8 * 8)  # one chunk per block
+    real = MemoryRemote.write
+
+    def flaky(self, box, array, scale=0):  # type: ignore[no-untyped-def]
+        if box.start.z == 8:
+            raise OSError("disk full")
+        real(self, box, array, scale)
+
+    monkeypatch.setattr(MemoryRemote, "write", flaky)
+    with pytest.raises(PartialWriteError) as info:
+        v.write(np.full((16, 8, 8), 5, dtype=np.uint8), workers=1)
+    err = info.value
+    assert Box((8, 0, 0), (12, 8, 8)) in err.failed
+    assert err.written and all(isinstance(b, Box) for b in err.written)
+    out = v.read()
+    for b in err.written:
+        assert (out[b.slices()] == 5).all()
+    for b in err.failed:
+        assert not out[b.slices()].any()
+    assert "disk full" in str(err)

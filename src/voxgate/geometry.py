@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from .errors import InvalidRequestError
 
-__all__ = ["Box", "Vec", "VoxelSize", "chunk_boxes", "grid_shape"]
+__all__ = ["Box", "Vec", "VoxelSize", "chunk_boxes", "grid_shape", "grow_block"]
 
 
 def _as_int(value: object, what: str) -> int:
@@ -122,6 +122,14 @@ class Box:
         object.__setattr__(self, "stop", e)
 
     @classmethod
+    def _trusted(cls, start: Vec, stop: Vec) -> Box:
+        """A Box from Vecs already known valid (stop >= start): no checks, for hot paths."""
+        box = object.__new__(cls)
+        object.__setattr__(box, "start", start)
+        object.__setattr__(box, "stop", stop)
+        return box
+
+    @classmethod
     def from_shape(cls, shape: Iterable[object], offset: Iterable[object] = (0, 0, 0)) -> Box:
         o, sh = Vec.of(offset, "offset"), Vec.of(shape, "shape")
         return cls(o, o + sh)
@@ -146,7 +154,8 @@ class Box:
 
     @property
     def shape(self) -> Vec:
-        return self.stop - self.start
+        e, s = self.stop, self.start
+        return Vec(e.z - s.z, e.y - s.y, e.x - s.x)
 
     @property
     def size(self) -> int:
@@ -156,10 +165,13 @@ class Box:
         return any(a >= b for a, b in zip(self.start, self.stop, strict=True))
 
     def intersect(self, other: Box) -> Box:
-        start = Vec(*(max(a, b) for a, b in zip(self.start, other.start, strict=True)))
-        stop = Vec(*(min(a, b) for a, b in zip(self.stop, other.stop, strict=True)))
-        stop = Vec(*(max(a, b) for a, b in zip(start, stop, strict=True)))
-        return Box(start, stop)
+        s, o = self.start, other.start
+        start = Vec(max(s.z, o.z), max(s.y, o.y), max(s.x, o.x))
+        e, f = self.stop, other.stop
+        stop = Vec(
+            max(start.z, min(e.z, f.z)), max(start.y, min(e.y, f.y)), max(start.x, min(e.x, f.x))
+        )
+        return Box._trusted(start, stop)
 
     def contains(self, other: Box) -> bool:
         return all(a <= b for a, b in zip(self.start, other.start, strict=True)) and all(
@@ -206,3 +218,21 @@ def chunk_boxes(region: Box, chunks: Vec, bounds: Box) -> Iterator[tuple[Vec, Bo
         start = Vec(*(o + i * c for o, i, c in zip(bounds.start, g, chunks, strict=True)))
         cell = Box(start, start + chunks).intersect(bounds)
         yield g, cell
+
+
+def grow_block(grid: Vec, itemsize: int, limit: Vec, target_bytes: int) -> Vec:
+    """Double ``grid`` (x first, then y, then z) toward ``target_bytes``, not past ``limit``.
+
+    The result is a multiple of ``grid``, so blocks of it stay aligned to the chunks (or shards)
+    they are made of; copies and large writes use it to cut per-call overhead without giving up
+    bounded memory.
+    """
+    shape = list(grid)
+    grew = True
+    while grew:
+        grew = False
+        for ax in (2, 1, 0):
+            if shape[ax] < limit[ax] and math.prod(shape) * 2 * itemsize <= target_bytes:
+                shape[ax] *= 2
+                grew = True
+    return Vec(*shape)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .api import create_remote, open_remote
 from .errors import InvalidRequestError, OutOfBoundsError, PartialWriteError
-from .geometry import Box, Vec, chunk_boxes
+from .geometry import Box, Vec, chunk_boxes, grow_block
 from .meta import VolumeMeta
 from .parallel import default_workers, run_blocks
 from .remotes.base import Remote
@@ -87,25 +87,6 @@ def _as_remote(x: str | os.PathLike[str] | Volume, mode: str) -> tuple[Remote, B
         box = None if x.shape == full.shape else x.bounds
         return remote, box, x.scale
     return open_remote(os.fspath(x), mode=mode), None, 0
-
-
-def _block_shape(grid: Vec, itemsize: int, channels: int, region: Box) -> Vec:
-    """Grow the write grid (x first, then y, then z) toward BLOCK_BYTES, not past the region."""
-    shape = list(grid)
-    limit = region.shape
-    for _ in range(64):
-        grew = False
-        for ax in (2, 1, 0):
-            bigger = shape[ax] * 2
-            if (
-                math.prod(shape) * 2 * itemsize * channels <= BLOCK_BYTES
-                and shape[ax] < limit[ax]
-            ):
-                shape[ax] = bigger
-                grew = True
-        if not grew:
-            break
-    return Vec(*shape)
 
 
 def _scale_box(box: Box, meta: VolumeMeta, scale: int) -> Box:
@@ -288,7 +269,7 @@ def copy(
         if region.is_empty():
             continue
         grid = d_remote.write_grid(k)
-        block = _block_shape(grid, itemsize, channels, region)
+        block = grow_block(grid, itemsize * channels, region.shape, BLOCK_BYTES)
         per_block = math.prod(b // g for b, g in zip(block, grid, strict=True))
         for idx, cell in chunk_boxes(region, block, sc.bounds):
             part = cell.intersect(region)

@@ -30,7 +30,7 @@ from .errors import (
     PartialWriteError,
     ReadOnlyError,
 )
-from .geometry import Box, Vec, VoxelSize, chunk_boxes
+from .geometry import Box, Vec, VoxelSize, chunk_boxes, grow_block
 from .meta import Kind, Scale, VolumeMeta
 from .parallel import run_blocks
 
@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 __all__ = ["Bounds", "Volume"]
 
 Bounds = Literal["error", "clip", "fill"]
+
+#: large writes are cut into blocks of whole chunks (or shards) of about this size, written in
+#: parallel; a failure reports which blocks were stored
+WRITE_BLOCK_BYTES = 8 * 2**20
 _BOUNDS = ("error", "clip", "fill")
 
 
@@ -186,10 +190,10 @@ class Volume:
 
     def _box(self) -> Box:
         o = self.scale_meta.offset
-        sp = self._spatial
-        return Box(
-            [oo + a.start for oo, a in zip(o, sp, strict=True)],
-            [oo + a.stop for oo, a in zip(o, sp, strict=True)],
+        z, y, x = self._axes[-3], self._axes[-2], self._axes[-1]
+        return Box._trusted(
+            Vec(o.z + z.start, o.y + y.start, o.x + x.start),
+            Vec(o.z + z.stop, o.y + y.stop, o.x + x.stop),
         )
 
     def at_scale(self, k: int) -> Volume:
@@ -298,12 +302,21 @@ class Volume:
         inside = need.intersect(sc.bounds)
         if inside == need:
             data = self._remote.read(need, self._scale)
+            if self._plain:
+                return data
         else:
             lead = (self.meta.num_channels,) if self.meta.num_channels > 1 else ()
             data = np.full(lead + tuple(need.shape), self.meta.fill_value, dtype=self.dtype)
             if not inside.is_empty():
                 data[(..., *inside.slices(need.start))] = self._remote.read(inside, self._scale)
         return self._finish(data)
+
+    @property
+    def _plain(self) -> bool:
+        """Whether the view is its whole enclosing box: every axis kept, step 1, all channels."""
+        return all(a.keep and a.step == 1 for a in self._axes) and (
+            len(self._axes) == 3 or self._axes[0].length == self.meta.num_channels
+        )
 
     def _finish(self, data: np.ndarray) -> np.ndarray:
         """Apply steps, channel selection and dropped axes to the enclosing box's data."""
@@ -437,7 +450,11 @@ class Volume:
 
     def _write_blocks(self, box: Box, data: np.ndarray, workers: int | None) -> None:
         grid = self._remote.write_grid(self._scale)
-        blocks = [cell.intersect(box) for _, cell in chunk_boxes(box, grid, self.scale_meta.bounds)]
+        itemsize = self.dtype.itemsize * self.meta.num_channels
+        block = grow_block(grid, itemsize, box.shape, WRITE_BLOCK_BYTES)
+        blocks = [
+            cell.intersect(box) for _, cell in chunk_boxes(box, block, self.scale_meta.bounds)
+        ]
         if len(blocks) == 1:
             self._remote.write(box, data, self._scale)
             return
