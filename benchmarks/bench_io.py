@@ -4,8 +4,9 @@
 
 On 512^3 volumes (uint8 image, uint64 segmentation, 64^3 chunks) it times 20 unaligned 128^3
 cutouts, a full read, a full write, and a zarr -> precomputed copy, and prints medians and the
-ratio of each library to voxgate.  Runs are interleaved (every library once per round) so drift
-in the machine's load hits all of them alike.  Needs the test extra (cloud-volume, zarr).
+ratio of each library to voxgate.  Runs are interleaved (every library once per round, in a new
+random order each round) so drift in the machine's load hits all of them alike.  Needs the
+test extra (cloud-volume, zarr).
 """
 
 from __future__ import annotations
@@ -195,8 +196,13 @@ def run_round(
         if setup:
             setup()
         fn()
+    order = list(fns.items())
+    rng = np.random.default_rng(0)
     for _ in range(repeats):
-        for name, fn in fns.items():
+        # a new order every round: whoever runs right after a warm-up or a big allocation
+        # changes, so no library keeps the same neighbour
+        rng.shuffle(order)  # type: ignore[arg-type]
+        for name, fn in order:
             if setup:
                 setup()
             times[name].append(timed(fn) / per)

@@ -119,6 +119,41 @@ def cp(
     click.echo(str(report))
 
 
+@main.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Serve every volume under DIR/collection/experiment/channel; channels "
+                   "created through the API are written here.")
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 8080).")
+@click.option("--memory-bytes", default=None, help="Memory cache size, e.g. '2 GiB'.")
+@click.option("--disk-path", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Disk cache folder (none: memory only).")
+@click.option("--disk-bytes", default=None, help="Disk cache size, e.g. '200 GiB'.")
+@click.option("--state-path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where metadata, reserved ids and created projects are kept.")
+def serve(config: Path | None, data_root: Path | None, host: str | None, port: int | None,
+          memory_bytes: str | None, disk_path: Path | None, disk_bytes: str | None,
+          state_path: Path | None) -> None:
+    """Run the relay: serve CONFIG's channels (and/or --data-root) in the bossDB and
+    Neuroglancer precomputed dialects."""
+    from .relay import load_config
+    from .relay import serve as run
+
+    try:
+        cfg = load_config(config, data_root=data_root, host=host, port=port,
+                          memory_bytes=memory_bytes, disk_path=disk_path, disk_bytes=disk_bytes,
+                          state_path=state_path)
+        if not cfg.channels and cfg.data_root is None:
+            raise click.UsageError("give a CONFIG file with [[channel]] entries or --data-root")
+        click.echo(f"voxgate relay: {len(cfg.channels)} configured channel(s)"
+                   + (f", data root {cfg.data_root}" if cfg.data_root else "")
+                   + f", listening on http://{cfg.host}:{cfg.port}", err=True)
+        run(cfg)
+    except VoxgateError as exc:
+        _fail(exc)
+
+
 def _parse_option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep:

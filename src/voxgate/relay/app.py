@@ -1,0 +1,330 @@
+"""The relay application: configuration, cache, catalog, auth, and the two dialects' routes."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from typing import Any
+
+import anyio
+import numpy as np
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..api import create_remote
+from ..errors import (
+    CorruptChunkError,
+    InvalidRequestError,
+    OutOfBoundsError,
+    ReadOnlyError,
+    RemoteNotFoundError,
+    RemoteUnavailableError,
+    VoxgateError,
+)
+from ..geometry import Box, chunk_boxes
+from .boss import boss_routes, local_channel_meta, remove_tree
+from .cache import CachedRemote, TieredCache, UpstreamError, UpstreamTimeoutError
+from .catalog import Catalog, ChannelEntry, NotFound
+from .config import RelayConfig
+from .errors import (
+    INVALID_POST_ARGUMENT,
+    IO_ERROR,
+    MISSING_PERMISSION,
+    REQUEST_TOO_LARGE,
+    RESOURCE_NOT_FOUND,
+    UNHANDLED_EXCEPTION,
+    BossHTTPError,
+    bad_request,
+    boss_error,
+    not_found,
+)
+from .precomputed import precomputed_routes
+
+__all__ = ["Relay", "build_app"]
+
+log = logging.getLogger("voxgate.relay")
+
+#: blocks scanned at once by ids / bounding boxes / reserve (bounded memory on big volumes)
+SCAN_BYTES = 64 * 2**20
+
+
+class Relay:
+    """Everything a request handler needs; one per server."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self.cache = TieredCache(config.cache.memory_bytes, config.cache.disk_path,
+                                 config.cache.disk_bytes)
+        self.catalog = Catalog(config, self.cache)
+        self.limiter = anyio.CapacityLimiter(32)
+        self._reserve_lock = threading.Lock()
+
+    # -- auth -----------------------------------------------------------------------------------
+    @staticmethod
+    def token(request: Request) -> str | None:
+        header = request.headers.get("authorization")
+        if not header:
+            return None
+        parts = header.split()
+        if len(parts) != 2 or parts[0].lower() not in ("token", "bearer"):
+            raise BossHTTPError(401, 0, "Invalid token header. Token string should not contain "
+                                "spaces.", drf=True,
+                                headers={"WWW-Authenticate": 'Token realm="api"'})
+        return None if parts[1] == "public" else parts[1]
+
+    def authorize(self, request: Request, collection: str | None, *, write: bool) -> str | None:
+        """Check the request's token for a read or a write; return the token (or None)."""
+        token = self.token(request)
+        auth = self.config.auth
+        if auth.open:
+            return token
+        if token is None:
+            if write or not auth.public_read:
+                raise BossHTTPError(401, 0, "Authentication credentials were not provided.",
+                                    drf=True, headers={"WWW-Authenticate": 'Token realm="api"'})
+            return None
+        grant = auth.tokens.get(token)
+        if grant is None:
+            raise BossHTTPError(401, 0, "Invalid token.", drf=True,
+                                headers={"WWW-Authenticate": 'Token realm="api"'})
+        if not grant.allows(collection, write):
+            what = "write to" if write else "read"
+            raise BossHTTPError(403, MISSING_PERMISSION, f"This user does not have the required "
+                                f"permissions: the token may not {what} "
+                                f"{collection or 'this resource'}")
+        return token
+
+    def user(self, request: Request) -> str:
+        token = self.token(request)
+        if token is None:
+            return "anonymous"
+        return "token-" + hashlib.sha256(token.encode()).hexdigest()[:8]
+
+    # -- resources ------------------------------------------------------------------------------
+    def known_collection(self, c: str) -> str:
+        if c not in self.catalog.collection_names():
+            raise not_found(f"Collection {c} not found")
+        return c
+
+    def known_experiment(self, c: str, e: str) -> tuple[str, str]:
+        if e not in self.catalog.experiment_names(self.known_collection(c)):
+            raise not_found(f"Experiment {e} not found")
+        return c, e
+
+    def channel(self, c: str, e: str, ch: str) -> ChannelEntry:
+        try:
+            return self.catalog.channel(c, e, ch)
+        except NotFound as exc:
+            raise not_found(str(exc)) from None
+
+    def remote(self, entry: ChannelEntry, token: str | None = None) -> CachedRemote:
+        return self.catalog.remote(entry, token)
+
+    def frame_at(self, c: str, e: str, entry: ChannelEntry, res: int) -> Box:
+        """The coordinate frame at resolution ``res``, in that resolution's voxels."""
+        cat = self.catalog
+        frame = cat.coord_frames().get(cat.frame_name(c, e)) or cat.derived_frame(c, e)
+        meta = self.remote(entry).meta
+        s0, sk = meta.scale(0), meta.scale(res)
+        f = [max(1, round(b / a)) for a, b in zip(s0.voxel_size.zyx(), sk.voxel_size.zyx(),
+                                                  strict=True)]
+        start = [frame[f"{ax}_start"] // k for ax, k in zip("zyx", f, strict=True)]
+        stop = [-(-frame[f"{ax}_stop"] // k) for ax, k in zip("zyx", f, strict=True)]
+        return Box(start, stop)
+
+    # -- data -----------------------------------------------------------------------------------
+    async def read_body(self, request: Request, expected: int) -> bytes:
+        """The request body, refused with 413 before reading when it cannot fit the region."""
+        limit = min(self.config.max_cutout_bytes, expected) + 65536
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                n = int(length)
+            except ValueError:
+                raise bad_request(INVALID_POST_ARGUMENT, "bad Content-Length") from None
+            if n > limit:
+                raise BossHTTPError(413, REQUEST_TOO_LARGE, f"the body ({n} bytes) is larger "
+                                    f"than the region it is for can be ({expected} bytes)")
+        chunks = []
+        size = 0
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise BossHTTPError(413, REQUEST_TOO_LARGE, "the body is larger than the region "
+                                    f"it is for can be ({expected} bytes)")
+            chunks.append(part)
+        return b"".join(chunks)
+
+    def write(self, remote: CachedRemote, box: Box, data: np.ndarray, res: int) -> None:
+        bounds = remote.meta.scale(res).bounds
+        if not bounds.contains(box):
+            raise bad_request(1001, f"this channel's data covers {bounds} at resolution {res}; "
+                              f"{box} cannot be written")
+        remote.write(box, np.ascontiguousarray(data), res)
+
+    def _blocks(self, remote: CachedRemote, box: Box, res: int) -> list[Box]:
+        from ..geometry import grow_block
+
+        grid = remote.grid(res)
+        block = grow_block(grid, remote.meta.dtype.itemsize, box.shape, SCAN_BYTES)
+        return [cell.intersect(box) for _, cell in chunk_boxes(box, block,
+                                                               remote.meta.scale(res).bounds)]
+
+    def ids_in(self, remote: CachedRemote, box: Box, res: int) -> list[int]:
+        inside = box.intersect(remote.meta.scale(res).bounds)
+        found: set[int] = set()
+        if inside.is_empty():
+            return []
+        for block in self._blocks(remote, inside, res):
+            found.update(int(v) for v in np.unique(remote.read(block, res)))
+        found.discard(0)
+        return sorted(found)
+
+    def bounding_box(self, remote: CachedRemote, ident: int, res: int) -> Box | None:
+        lo: list[int] | None = None
+        hi: list[int] | None = None
+        value = np.asarray(ident).astype(remote.meta.dtype)
+        for block in self._blocks(remote, remote.meta.scale(res).bounds, res):
+            where = np.nonzero(remote.read(block, res) == value)
+            if not where[0].size:
+                continue
+            b_lo = [int(w.min()) + s for w, s in zip(where, block.start, strict=True)]
+            b_hi = [int(w.max()) + 1 + s for w, s in zip(where, block.start, strict=True)]
+            lo = b_lo if lo is None else [min(a, b) for a, b in zip(lo, b_lo, strict=True)]
+            hi = b_hi if hi is None else [max(a, b) for a, b in zip(hi, b_hi, strict=True)]
+        return None if lo is None or hi is None else Box(lo, hi)
+
+    def reserve(self, entry: ChannelEntry, count: int) -> int:
+        key = "/".join(entry.key)
+        with self._reserve_lock:
+            reserved = self.catalog.state["reserved"]
+            if key not in reserved:
+                # the first reservation starts above every id already in the volume
+                remote = self.remote(entry)
+                top = 0
+                for block in self._blocks(remote, remote.meta.scale(0).bounds, 0):
+                    top = max(top, int(remote.read(block, 0).max(initial=0)))
+                reserved[key] = top + 1
+            start = int(reserved[key])
+            reserved[key] = start + count
+            self.catalog.save()
+            return start
+
+    def create_local_channel(self, c: str, e: str, ch: str, body: dict[str, Any],
+                             user: str) -> ChannelEntry:
+        root = self.config.data_root
+        if root is None:
+            raise bad_request(INVALID_POST_ARGUMENT, "this relay has no --data-root, so it cannot "
+                              "create channels; start it with --data-root DIR")
+        cat = self.catalog
+        exp = cat.state["experiments"].get(f"{c}/{e}")
+        if exp is None:
+            raise bad_request(INVALID_POST_ARGUMENT, f"experiment {c}/{e} is derived from "
+                              "upstream volumes; new channels go into experiments created "
+                              "through the API")
+        frame = cat.coord_frames()[exp["coord_frame"]]
+        meta = local_channel_meta(frame, exp, body)
+        path = root / c / e / f"{ch}.zarr"
+        url = f"zarr://{path}"
+        create_remote(url, meta, exist_ok=False)
+        entry = ChannelEntry(c, e, ch, url, local=True)
+        key = f"{c}/{e}/{ch}"
+        with cat._lock:
+            cat.channels[(c, e, ch)] = entry
+            cat.state["local_channels"][key] = {"url": url}
+            cat.state["channels"][key] = {
+                "description": str(body.get("description", "")), "creator": user,
+                "sources": list(body.get("sources", [])), "related": list(body.get("related", [])),
+                "public": bool(body.get("public", False)),
+            }
+            while key in cat.state["deleted"]:
+                cat.state["deleted"].remove(key)
+            cat.save()
+        return entry
+
+    def delete_local_channel(self, entry: ChannelEntry) -> None:
+        cat = self.catalog
+        key = "/".join(entry.key)
+        cat.forget_remotes(entry)
+        with cat._lock:
+            cat.channels.pop(entry.key, None)
+            cat.state["local_channels"].pop(key, None)
+            cat.state["channels"].pop(key, None)
+            cat.state["meta"].pop(key, None)
+            cat.state["reserved"].pop(key, None)
+            cat.save()
+        location = entry.upstream_url.split("://", 1)[1]
+        remove_tree(location)
+
+    def metrics(self) -> dict[str, Any]:
+        out = {"cache": self.cache.metrics.snapshot(),
+               "memory_bytes_used": self.cache.memory.used,
+               "memory_entries": len(self.cache.memory),
+               "channels": len(self.catalog.channels)}
+        if self.cache.disk is not None:
+            out["disk_bytes_used"] = self.cache.disk.volume()
+        return out
+
+
+def _error_response(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, BossHTTPError):
+        return exc.response()
+    if isinstance(exc, NotFound | RemoteNotFoundError):
+        return boss_error(404, RESOURCE_NOT_FOUND, str(exc))
+    if isinstance(exc, UpstreamTimeoutError):
+        return boss_error(504, IO_ERROR, f"upstream timed out: {exc}")
+    if isinstance(exc, UpstreamError | RemoteUnavailableError | CorruptChunkError):
+        return boss_error(502, IO_ERROR, f"upstream failed: {exc}")
+    if isinstance(exc, ReadOnlyError):
+        return boss_error(403, MISSING_PERMISSION, str(exc))
+    if isinstance(exc, OutOfBoundsError | InvalidRequestError):
+        return boss_error(400, 1001, str(exc))
+    if isinstance(exc, VoxgateError):
+        log.warning("request %s %s failed: %s", request.method, request.url.path, exc)
+        return boss_error(500, UNHANDLED_EXCEPTION, f"{type(exc).__name__}: {exc}")
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return boss_error(500, UNHANDLED_EXCEPTION, f"internal error ({type(exc).__name__})")
+
+
+def build_app(config: RelayConfig) -> Starlette:
+    relay = Relay(config)
+
+    async def metrics(request: Request) -> Response:
+        return JSONResponse(relay.metrics())
+
+    async def not_found_route(request: Request, exc: Exception) -> Response:
+        return boss_error(404, RESOURCE_NOT_FOUND, f"no such endpoint: {request.url.path}")
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"detail": f'Method "{request.method}" not allowed.'},
+                            status_code=405)
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        return _error_response(request, exc)
+
+    routes = [Route("/metrics", metrics), *boss_routes(relay), *precomputed_routes(relay)]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={404: not_found_route, 405: method_not_allowed,
+                            BossHTTPError: handler, VoxgateError: handler},
+        middleware=[Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET"],
+                               allow_headers=["*"], expose_headers=["Content-Encoding"])],
+    )
+    app.state.relay = relay
+    return app
+
+
+def serve(config: RelayConfig) -> None:
+    """Run the relay until interrupted (``voxgate serve``)."""
+    import uvicorn
+
+    app = build_app(config)
+    log.info("voxgate relay on http://%s:%d", config.host, config.port)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False,
+                timeout_keep_alive=30)
+

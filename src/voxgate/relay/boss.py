@@ -1,0 +1,771 @@
+"""The bossDB REST v1 dialect: project service, cutouts, ids, bounding boxes, reserve, metadata.
+
+Compatible with the real clients (intern's BossRemote, CloudVolume's boss source): the JSON
+fields they read, the status codes they expect (201 for POSTs, 204 for DELETEs), blosc cutouts
+of raw C-order (z, y, x) bytes.  Request bodies are never unpickled.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import shutil
+import struct
+import zlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import blosc
+import numpy as np
+from anyio import to_thread
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..errors import InvalidRequestError
+from ..geometry import Box, Vec, VoxelSize
+from ..meta import Scale, VolumeMeta
+from .cache import CachedRemote
+from .catalog import ChannelEntry, boss_unit_to_nm
+from .config import check_name
+from .errors import (
+    DATA_DIMENSION_MISMATCH,
+    DATATYPE_DOES_NOT_MATCH,
+    DATATYPE_NOT_SUPPORTED,
+    INTEGRITY_ERROR,
+    INVALID_ARGUMENT,
+    INVALID_CUTOUT_ARGS,
+    INVALID_POST_ARGUMENT,
+    INVALID_STATE,
+    INVALID_URL,
+    MISSING_PERMISSION,
+    OBJECT_NOT_FOUND,
+    REQUEST_TOO_LARGE,
+    RESOURCE_EXISTS,
+    TYPE_ERROR,
+    UNSUPPORTED_VERSION,
+    BossHTTPError,
+    bad_request,
+    not_found,
+)
+
+if TYPE_CHECKING:
+    from .app import Relay
+
+__all__ = ["boss_routes", "local_channel_meta", "remove_tree"]
+
+_RANGE = re.compile(r"^(\d+):(\d+)$")
+_BOSS_CUBOID = Vec(16, 512, 512)  # z, y, x: the grid "loose" bounding boxes align to
+_HIERARCHY = ("anisotropic", "isotropic")
+_DATATYPES = ("uint8", "uint16", "uint32", "uint64")
+
+
+def _range(text: str, axis: str, url_tail: str) -> tuple[int, int]:
+    m = _RANGE.match(text)
+    if not m:
+        raise bad_request(INVALID_CUTOUT_ARGS, f"Incorrect cutout arguments {url_tail}: the {axis} "
+                          f"range {text!r} must be start:stop with non-negative integers")
+    a, b = int(m.group(1)), int(m.group(2))
+    if a >= b:
+        raise bad_request(INVALID_CUTOUT_ARGS, f"Incorrect cutout arguments {url_tail}: the {axis} "
+                          f"range {text} is empty or reversed (start must be below stop)")
+    return a, b
+
+
+class _Cutout:
+    """A parsed cutout URL: the channel, resolution, box (dataset coords at res) and time."""
+
+    def __init__(self, relay: Relay, request: Request, *, write: bool) -> None:
+        p = request.path_params
+        self.c, self.e, self.ch = p["c"], p["e"], p["ch"]
+        self.token = relay.authorize(request, self.c, write=write)
+        entry = relay.channel(self.c, self.e, self.ch)
+        self.entry = entry
+        self.remote: CachedRemote = relay.remote(entry, self.token)
+        meta = self.remote.meta
+        tail = "/".join(str(p.get(k, "")) for k in ("res", "x", "y", "z")).strip("/")
+        try:
+            res = int(p["res"])
+        except ValueError:
+            raise bad_request(TYPE_ERROR, f"Invalid resolution {p['res']!r}") from None
+        if not 0 <= res < len(meta.scales):
+            raise bad_request(TYPE_ERROR, f"Invalid resolution {res}. The resolution has to be "
+                              f"within 0 and {len(meta.scales) - 1}")
+        self.res = res
+        x = _range(p["x"], "x", tail)
+        y = _range(p["y"], "y", tail)
+        z = _range(p["z"], "z", tail)
+        self.time: tuple[int, int] | None = None
+        if p.get("t"):
+            t = _range(p["t"], "t", tail) if ":" in p["t"] else (int(p["t"]), int(p["t"]) + 1)
+            if t != (0, 1):
+                raise bad_request(INVALID_URL, f"Invalid time range {p['t']}: this channel has 1 "
+                                  "time sample (0:1)")
+            self.time = t
+        self.box = Box((z[0], y[0], x[0]), (z[1], y[1], x[1]))
+        frame = relay.frame_at(self.c, self.e, entry, res)
+        if not frame.contains(self.box):
+            raise bad_request(INVALID_CUTOUT_ARGS, f"Incorrect cutout arguments {tail}: the region "
+                              f"x {x[0]}:{x[1]}, y {y[0]}:{y[1]}, z {z[0]}:{z[1]} leaves the "
+                              f"coordinate frame at resolution {res} (x {frame.start.x}:"
+                              f"{frame.stop.x}, y {frame.start.y}:{frame.stop.y}, z "
+                              f"{frame.start.z}:{frame.stop.z})")
+        self.dtype = meta.dtype
+        nbytes = self.box.size * self.dtype.itemsize
+        if self.dtype.itemsize == 8:
+            nbytes //= 4  # bossDB's rule: annotation cutouts compress well
+        if nbytes > relay.config.max_cutout_bytes:
+            raise BossHTTPError(413, REQUEST_TOO_LARGE,
+                                "Cutout request is over 500MB when uncompressed. Reduce cutout "
+                                "dimensions.")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        lead = (1,) if self.time is not None else ()
+        return lead + tuple(self.box.shape)
+
+    def read(self) -> np.ndarray:
+        bounds = self.remote.meta.scale(self.res).bounds
+        inside = self.box.intersect(bounds)
+        if inside == self.box:
+            return self.remote.read(self.box, self.res)
+        out = np.zeros(tuple(self.box.shape), dtype=self.dtype)
+        if not inside.is_empty():
+            out[inside.slices(self.box.start)] = self.remote.read(inside, self.res)
+        return out
+
+
+def _blosc_header_nbytes(body: bytes) -> int:
+    if len(body) < 16:
+        raise ValueError("shorter than a blosc header")
+    return int(struct.unpack("<I", body[4:8])[0])
+
+
+def _decode_body(body: bytes, content_type: str, dtype: np.dtype[Any],
+                 shape: tuple[int, ...]) -> np.ndarray:
+    expected = math.prod(shape) * dtype.itemsize
+    ctype = content_type.split(";")[0].strip().lower()
+    if ctype == "application/blosc":
+        try:
+            nbytes = _blosc_header_nbytes(body)
+        except ValueError:
+            raise bad_request(DATA_DIMENSION_MISMATCH, "Failed to unpack data: the body is not a "
+                              "blosc buffer") from None
+        if nbytes != expected:
+            raise bad_request(DATA_DIMENSION_MISMATCH, f"Data dimensions in URL do not match "
+                              f"POSTed data: the region {shape} of {dtype.name} is {expected} "
+                              f"bytes, the body holds {nbytes}")
+        try:
+            raw = blosc.decompress(body)
+        except Exception as exc:
+            raise bad_request(DATATYPE_DOES_NOT_MATCH,
+                              f"Failed to decompress data: {exc}") from None
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    if ctype == "application/npygz":
+        try:
+            d = zlib.decompressobj()
+            raw = d.decompress(body, expected + 4096)  # never inflate past what the box needs
+            if d.unconsumed_tail:
+                raise bad_request(DATA_DIMENSION_MISMATCH, "Data dimensions in URL do not match "
+                                  "POSTed data: the body inflates past the region's size")
+            arr = np.load(io.BytesIO(raw), allow_pickle=False)
+        except BossHTTPError:
+            raise
+        except Exception as exc:
+            raise bad_request(DATA_DIMENSION_MISMATCH,
+                              f"Failed to unpack data: not a zlib-compressed .npy: {exc}") from None
+        if arr.dtype != dtype:
+            raise bad_request(DATATYPE_DOES_NOT_MATCH, f"Datatype does not match channel: got "
+                              f"{arr.dtype.name}, the channel is {dtype.name}")
+        if arr.shape != shape:
+            raise bad_request(DATA_DIMENSION_MISMATCH, f"Data dimensions in URL do not match "
+                              f"POSTed data: URL {shape}, body {arr.shape}")
+        return arr
+    if ctype == "application/blosc-python":
+        raise BossHTTPError(415, 0, 'Unsupported media type "application/blosc-python" in '
+                            "request: it can only be decoded by unpickling, which this server "
+                            "never does; send application/blosc (raw C-order bytes) instead",
+                            drf=True)
+    raise BossHTTPError(415, 0, f'Unsupported media type "{ctype}" in request: use '
+                        "application/blosc or application/npygz", drf=True)
+
+
+def _channel_json(relay: Relay, entry: ChannelEntry) -> dict[str, Any]:
+    meta = relay.remote(entry).meta
+    stored = relay.catalog.state["channels"].get("/".join(entry.key), {})
+    seg = meta.kind == "segmentation"
+    return {
+        "name": entry.name,
+        "description": stored.get("description", f"served by voxgate from {entry.upstream_url}"
+                                  if not entry.local else ""),
+        "experiment": entry.experiment,
+        "default_time_sample": 0,
+        "type": "annotation" if seg else "image",
+        "base_resolution": 0,
+        "datatype": meta.dtype.name,
+        "creator": stored.get("creator", "voxgate"),
+        "sources": stored.get("sources", []),
+        "related": stored.get("related", []),
+        "downsample_status": "DOWNSAMPLED" if len(meta.scales) > 1 else "NOT_DOWNSAMPLED",
+        "storage_type": "spdb",
+        "bucket": None,
+        "cv_path": None,
+        "public": stored.get("public", relay.config.auth.public_read),
+    }
+
+
+def _hierarchy(meta: VolumeMeta) -> str:
+    if len(meta.scales) < 2:
+        return "anisotropic"
+    f = meta.scales[1].voxel_size.z / meta.scales[0].voxel_size.z
+    return "isotropic" if f > 1.5 else "anisotropic"
+
+
+def boss_routes(relay: Relay) -> list[Route]:
+    """Starlette routes of the bossDB dialect, bound to ``relay``."""
+
+    def json(data: Any, status: int = 200) -> JSONResponse:
+        return JSONResponse(data, status_code=status)
+
+    async def run(fn: Callable[[], Any]) -> Any:
+        return await to_thread.run_sync(fn, limiter=relay.limiter)
+
+    # -- ping and versions ----------------------------------------------------------------------
+    async def ping(request: Request) -> Response:
+        client = request.client.host if request.client else "127.0.0.1"
+        return json({"ip": client})
+
+    async def old_version(request: Request) -> Response:
+        raise BossHTTPError(400, UNSUPPORTED_VERSION, "This API version is unsupported. Update "
+                            "to version v1")
+
+    # -- collections ----------------------------------------------------------------------------
+    def collection_json(c: str) -> dict[str, Any]:
+        stored = relay.catalog.state["collections"].get(c, {})
+        return {"name": c, "description": stored.get("description", ""),
+                "experiments": relay.catalog.experiment_names(c),
+                "creator": stored.get("creator", "voxgate"),
+                "public": stored.get("public", relay.config.auth.public_read)}
+
+    async def list_collections(request: Request) -> Response:
+        relay.authorize(request, None, write=False)
+        return json({"collections": relay.catalog.collection_names()})
+
+    async def collection(request: Request) -> Response:
+        c = request.path_params["c"]
+        write = request.method != "GET"
+        relay.authorize(request, c, write=write)
+        cat = relay.catalog
+        if request.method == "GET":
+            return json(await run(lambda: collection_json(relay.known_collection(c))))
+        if request.method == "POST":
+            check = _name(c, "collection")
+            if check in cat.collection_names():
+                raise bad_request(RESOURCE_EXISTS, f"Collection {c} already exists")
+            body = await _json_body(request)
+            cat.state["collections"][c] = {"description": str(body.get("description", "")),
+                                           "creator": relay.user(request),
+                                           "public": bool(body.get("public", False))}
+            _undelete(cat.state, c)
+            cat.save()
+            return json(collection_json(c), 201)
+        relay.known_collection(c)
+        if request.method == "PUT":
+            body = await _json_body(request)
+            if "name" in body and body["name"] != c:
+                raise bad_request(INVALID_POST_ARGUMENT, "renaming a collection is not supported")
+            stored = cat.state["collections"].setdefault(c, {})
+            for k in ("description", "public"):
+                if k in body:
+                    stored[k] = body[k]
+            cat.save()
+            return json(collection_json(c))
+        # DELETE
+        if cat.experiment_names(c):
+            raise bad_request(INTEGRITY_ERROR, f"Cannot delete {c}: it has experiments. Delete "
+                              "them first")
+        cat.state["collections"].pop(c, None)
+        cat.state["deleted"].append(c)
+        cat.save()
+        return Response(status_code=204)
+
+    # -- experiments ----------------------------------------------------------------------------
+    def experiment_json(c: str, e: str) -> dict[str, Any]:
+        cat = relay.catalog
+        stored = cat.state["experiments"].get(f"{c}/{e}")
+        chans = cat.channel_names(c, e)
+        if stored is None:
+            metas = [relay.remote(x).meta for x in cat.experiment_channels(c, e)]
+            levels = max(len(m.scales) for m in metas)
+            stored = {"coord_frame": cat.frame_name(c, e), "num_hierarchy_levels": levels,
+                      "hierarchy_method": _hierarchy(metas[0]), "num_time_samples": 1,
+                      "time_step": 0, "time_step_unit": "seconds", "description": ""}
+        return {"name": e, "collection": c, "channels": chans,
+                "description": stored.get("description", ""),
+                "coord_frame": stored["coord_frame"],
+                "num_hierarchy_levels": stored["num_hierarchy_levels"],
+                "hierarchy_method": stored["hierarchy_method"],
+                "num_time_samples": stored.get("num_time_samples", 1),
+                # intern refuses a null time unit: bossDB's defaults stand in
+                "time_step": stored.get("time_step") or 0,
+                "time_step_unit": stored.get("time_step_unit") or "seconds",
+                "creator": stored.get("creator", "voxgate"),
+                "public": stored.get("public", relay.config.auth.public_read)}
+
+    async def list_experiments(request: Request) -> Response:
+        c = request.path_params["c"]
+        relay.authorize(request, c, write=False)
+        return json({"experiments": await run(lambda: relay.catalog.experiment_names(c))})
+
+    async def experiment(request: Request) -> Response:
+        c, e = request.path_params["c"], request.path_params["e"]
+        relay.authorize(request, c, write=request.method != "GET")
+        cat = relay.catalog
+        key = f"{c}/{e}"
+        if request.method == "GET":
+            relay.known_experiment(c, e)
+            return json(await run(lambda: experiment_json(c, e)))
+        if request.method == "POST":
+            _name(e, "experiment")
+            relay.known_collection(c)
+            if e in cat.experiment_names(c):
+                raise bad_request(RESOURCE_EXISTS, f"Experiment {e} already exists in {c}")
+            body = await _json_body(request)
+            frame = body.get("coord_frame")
+            if frame not in cat.coord_frames():
+                raise bad_request(INVALID_POST_ARGUMENT,
+                                  f"coord_frame {frame!r} does not exist; create it first")
+            method = body.get("hierarchy_method", "anisotropic")
+            if method not in _HIERARCHY:
+                raise bad_request(INVALID_POST_ARGUMENT,
+                                  f"hierarchy_method must be one of {_HIERARCHY}, got {method!r}")
+            levels = body.get("num_hierarchy_levels", 1)
+            if not isinstance(levels, int) or not 1 <= levels <= 16:
+                raise bad_request(INVALID_POST_ARGUMENT,
+                                  f"num_hierarchy_levels must be an integer 1..16, got {levels!r}")
+            samples = body.get("num_time_samples", 1)
+            if samples != 1:
+                raise bad_request(INVALID_POST_ARGUMENT,
+                                  "this relay stores one time sample per channel")
+            cat.state["experiments"][key] = {
+                "coord_frame": frame, "num_hierarchy_levels": levels, "hierarchy_method": method,
+                "num_time_samples": 1, "time_step": body.get("time_step"),
+                "time_step_unit": body.get("time_step_unit"),
+                "description": str(body.get("description", "")), "creator": relay.user(request),
+                "public": bool(body.get("public", False))}
+            _undelete(cat.state, c, e)
+            cat.save()
+            return json(experiment_json(c, e), 201)
+        relay.known_experiment(c, e)
+        if request.method == "PUT":
+            body = await _json_body(request)
+            readonly = set(body) - {"name", "description", "num_hierarchy_levels",
+                                    "hierarchy_method", "num_time_samples", "time_step",
+                                    "time_step_unit", "public"}
+            if readonly:
+                raise bad_request(INVALID_POST_ARGUMENT, "Cannot update the following readonly "
+                                  f"fields: {sorted(readonly)}")
+            current = experiment_json(c, e)
+            stored = cat.state["experiments"].setdefault(key, {
+                k: current[k] for k in ("coord_frame", "num_hierarchy_levels",
+                                        "hierarchy_method", "num_time_samples", "time_step",
+                                        "time_step_unit", "description")})
+            for k in ("description", "public", "time_step", "time_step_unit"):
+                if k in body:
+                    stored[k] = body[k]
+            for k in ("num_hierarchy_levels", "hierarchy_method", "num_time_samples"):
+                if k in body and body[k] != current[k]:
+                    raise bad_request(INVALID_POST_ARGUMENT, f"{k} cannot change once the "
+                                      "experiment holds channels" if current["channels"] else
+                                      f"{k} cannot change on this relay")
+            cat.save()
+            return json(experiment_json(c, e))
+        if cat.channel_names(c, e):
+            raise bad_request(INTEGRITY_ERROR, f"Cannot delete {e}: it has channels. Delete them "
+                              "first")
+        cat.state["experiments"].pop(key, None)
+        cat.state["deleted"].append(key)
+        cat.save()
+        return Response(status_code=204)
+
+    # -- coordinate frames ----------------------------------------------------------------------
+    async def list_coords(request: Request) -> Response:
+        relay.authorize(request, None, write=False)
+        return json({"coords": sorted(await run(relay.catalog.coord_frames))})
+
+    async def coord(request: Request) -> Response:
+        name = request.path_params["cf"]
+        relay.authorize(request, None, write=request.method != "GET")
+        cat = relay.catalog
+        frames = await run(cat.coord_frames)
+        if request.method == "POST":
+            _name(name, "coordinate frame")
+            if name in frames:
+                raise bad_request(RESOURCE_EXISTS, f"Coordinate frame {name} already exists")
+            body = await _json_body(request)
+            rec: dict[str, Any] = {"name": name, "description": str(body.get("description", ""))}
+            try:
+                for ax in "xyz":
+                    a, b = int(body[f"{ax}_start"]), int(body[f"{ax}_stop"])
+                    if not 0 <= a < b:
+                        raise ValueError(f"{ax}_start must be >= 0 and below {ax}_stop")
+                    rec[f"{ax}_start"], rec[f"{ax}_stop"] = a, b
+                    v = float(body.get(f"{ax}_voxel_size", 1.0))
+                    if not v > 0:
+                        raise ValueError(f"{ax}_voxel_size must be positive")
+                    rec[f"{ax}_voxel_size"] = v
+            except (KeyError, TypeError, ValueError) as exc:
+                raise bad_request(INVALID_POST_ARGUMENT, f"invalid coordinate frame: {exc}") \
+                    from None
+            unit = body.get("voxel_unit", "nanometers")
+            try:
+                boss_unit_to_nm(unit)
+            except InvalidRequestError as exc:
+                raise bad_request(INVALID_POST_ARGUMENT, str(exc)) from None
+            rec["voxel_unit"] = unit
+            cat.state["coords"][name] = rec
+            _undelete(cat.state, "coord", name)
+            cat.save()
+            return json(rec, 201)
+        if name not in frames:
+            raise not_found(f"{name} does not exist.")
+        if request.method == "GET":
+            return json(frames[name])
+        if name not in cat.state["coords"]:
+            raise BossHTTPError(403, MISSING_PERMISSION, f"coordinate frame {name} is derived "
+                                "from the relay's upstream volumes and cannot be changed")
+        if request.method == "PUT":
+            body = await _json_body(request)
+            if set(body) - {"name", "description"}:
+                raise bad_request(INVALID_POST_ARGUMENT, "only name and description of a "
+                                  "coordinate frame can be updated")
+            if "description" in body:
+                cat.state["coords"][name]["description"] = str(body["description"])
+            cat.save()
+            return json(cat.state["coords"][name])
+        users = [k for k, v in cat.state["experiments"].items() if v.get("coord_frame") == name
+                 and not cat.deleted(*k.split("/"))]
+        if users:
+            raise bad_request(INTEGRITY_ERROR, f"coordinate frame {name} is used by {users}")
+        cat.state["coords"].pop(name)
+        cat.save()
+        return Response(status_code=204)
+
+    # -- channels -------------------------------------------------------------------------------
+    async def list_channels(request: Request) -> Response:
+        c, e = request.path_params["c"], request.path_params["e"]
+        relay.authorize(request, c, write=False)
+        return json({"channels": await run(lambda: relay.catalog.channel_names(c, e))})
+
+    async def channel(request: Request) -> Response:
+        c, e, ch = (request.path_params[k] for k in ("c", "e", "ch"))
+        relay.authorize(request, c, write=request.method != "GET")
+        cat = relay.catalog
+        key = f"{c}/{e}/{ch}"
+        if request.method == "GET":
+            entry = relay.channel(c, e, ch)
+            return json(await run(lambda: _channel_json(relay, entry)))
+        if request.method == "POST":
+            _name(ch, "channel")
+            relay.known_experiment(c, e)
+            if ch in cat.channel_names(c, e):
+                raise bad_request(RESOURCE_EXISTS, f"Channel {ch} already exists in {c}/{e}")
+            body = await _json_body(request)
+            entry = await run(lambda: relay.create_local_channel(c, e, ch, body,
+                                                                 relay.user(request)))
+            return json(await run(lambda: _channel_json(relay, entry)), 201)
+        entry = relay.channel(c, e, ch)
+        if request.method == "PUT":
+            body = await _json_body(request)
+            stored = cat.state["channels"].setdefault(key, {})
+            for k in ("description", "sources", "related", "public"):
+                if k in body:
+                    stored[k] = body[k]
+            bad = set(body) - {"name", "description", "sources", "related", "public",
+                               "base_resolution"}
+            if bad or body.get("name", ch) != ch or body.get("base_resolution", 0) != 0:
+                raise bad_request(INVALID_POST_ARGUMENT,
+                                  f"Cannot update the following readonly fields: {sorted(bad)}")
+            cat.save()
+            return json(await run(lambda: _channel_json(relay, entry)))
+        if not entry.local:
+            raise BossHTTPError(403, MISSING_PERMISSION, f"channel {key} comes from the relay's "
+                                "configuration and cannot be deleted through the API")
+        await run(lambda: relay.delete_local_channel(entry))
+        return Response(status_code=204)
+
+    # -- cutouts --------------------------------------------------------------------------------
+    async def cutout(request: Request) -> Response:
+        if request.method == "GET":
+            cut = await run(lambda: _Cutout(relay, request, write=False))
+            arr = await run(cut.read)
+            if cut.time is not None:
+                arr = arr[np.newaxis]
+            accept = request.headers.get("accept", "application/blosc").lower()
+            return await run(lambda: _encode_response(arr, accept))
+        cut = await run(lambda: _Cutout(relay, request, write=True))
+        if not cut.entry.writable:
+            raise BossHTTPError(403, MISSING_PERMISSION,
+                                f"channel {'/'.join(cut.entry.key)} is read-only on this relay")
+        body = await relay.read_body(request, math.prod(cut.shape) * cut.dtype.itemsize)
+        ctype = request.headers.get("content-type", "")
+        arr = await run(lambda: _decode_body(body, ctype, cut.dtype, cut.shape))
+        data = arr[0] if cut.time is not None else arr
+        await run(lambda: relay.write(cut.remote, cut.box, data, cut.res))
+        return Response(status_code=201)
+
+    async def to_black(request: Request) -> Response:
+        cut = await run(lambda: _Cutout(relay, request, write=True))
+        data = np.zeros(tuple(cut.box.shape), dtype=cut.dtype)
+        await run(lambda: relay.write(cut.remote, cut.box, data, cut.res))
+        return Response(status_code=200)
+
+    # -- object services ------------------------------------------------------------------------
+    def annotation(cut: _Cutout) -> None:
+        if cut.remote.meta.kind != "segmentation":
+            raise bad_request(DATATYPE_NOT_SUPPORTED, "This operation is only supported on "
+                              "annotation channels")
+
+    async def ids(request: Request) -> Response:
+        cut = await run(lambda: _Cutout(relay, request, write=False))
+        annotation(cut)
+        found = await run(lambda: relay.ids_in(cut.remote, cut.box, cut.res))
+        return json({"ids": [str(i) for i in found]})
+
+    async def bounding_box(request: Request) -> Response:
+        p = request.path_params
+        c, e, ch = p["c"], p["e"], p["ch"]
+        relay.authorize(request, c, write=False)
+        entry = relay.channel(c, e, ch)
+        remote = relay.remote(entry, None)
+        if remote.meta.kind != "segmentation":
+            raise bad_request(DATATYPE_NOT_SUPPORTED, "This operation is only supported on "
+                              "annotation channels")
+        try:
+            res, ident = int(p["res"]), int(p["id"])
+        except ValueError:
+            raise bad_request(INVALID_ARGUMENT, "resolution and id must be integers") from None
+        if not 0 <= res < len(remote.meta.scales):
+            raise bad_request(TYPE_ERROR, f"Invalid resolution {res}. The resolution has to be "
+                              f"within 0 and {len(remote.meta.scales) - 1}")
+        kind = request.query_params.get("type", "loose")
+        if kind not in ("loose", "tight"):
+            raise bad_request(INVALID_ARGUMENT, f"type must be loose or tight, got {kind!r}")
+        box = await run(lambda: relay.bounding_box(remote, ident, res))
+        if box is None:
+            raise not_found(f"Object id {ident} not found", OBJECT_NOT_FOUND)
+        if kind == "loose":
+            start = Vec(*(a // g * g for a, g in zip(box.start, _BOSS_CUBOID, strict=True)))
+            stop = Vec(*(-(-b // g) * g for b, g in zip(box.stop, _BOSS_CUBOID, strict=True)))
+            frame = relay.frame_at(c, e, entry, res)
+            box = Box(start, stop).intersect(frame)
+        return json({"x_range": [box.start.x, box.stop.x], "y_range": [box.start.y, box.stop.y],
+                     "z_range": [box.start.z, box.stop.z], "t_range": [0, 1]})
+
+    async def reserve(request: Request) -> Response:
+        p = request.path_params
+        c, e, ch = p["c"], p["e"], p["ch"]
+        relay.authorize(request, c, write=True)
+        entry = relay.channel(c, e, ch)
+        try:
+            count = int(p["n"])
+        except ValueError:
+            raise bad_request(INVALID_ARGUMENT, f"the number of ids must be an integer, got "
+                              f"{p['n']!r}") from None
+        if not 1 <= count <= 2**40:
+            raise bad_request(INVALID_ARGUMENT, f"reserve between 1 and 2**40 ids, not {count}")
+        remote = relay.remote(entry, None)
+        if remote.meta.kind != "segmentation":
+            raise bad_request(DATATYPE_NOT_SUPPORTED, "This operation is only supported on "
+                              "annotation channels")
+        start = await run(lambda: relay.reserve(entry, count))
+        return json({"start_id": start, "count": count})
+
+    # -- metadata -------------------------------------------------------------------------------
+    async def metadata(request: Request) -> Response:
+        p = request.path_params
+        parts = [p[k] for k in ("c", "e", "ch") if p.get(k)]
+        relay.authorize(request, parts[0], write=request.method != "GET")
+        if len(parts) == 1:
+            relay.known_collection(parts[0])
+        elif len(parts) == 2:
+            relay.known_experiment(*parts)
+        else:
+            relay.channel(*parts)
+        store = relay.catalog.state["meta"].setdefault("/".join(parts), {})
+        key = request.query_params.get("key")
+        value = request.query_params.get("value")
+        if request.method == "GET":
+            if key is None:
+                return json({"keys": sorted(store)})
+            if key not in store:
+                raise bad_request(INVALID_POST_ARGUMENT,
+                                  f"Invalid request. Key {key} Not found in the database")
+            return json({"key": key, "value": store[key]})
+        if key is None:
+            raise bad_request(INVALID_POST_ARGUMENT, "Missing optional argument key in request")
+        if request.method in ("POST", "PUT"):
+            if value is None:
+                raise bad_request(INVALID_POST_ARGUMENT,
+                                  "Missing optional argument value in request")
+            if request.method == "POST" and key in store:
+                raise bad_request(INVALID_POST_ARGUMENT, f"Invalid request. The key {key} "
+                                  "already exists")
+            if request.method == "PUT" and key not in store:
+                raise bad_request(INVALID_POST_ARGUMENT,
+                                  f"Invalid request. Key {key} Not found in the database")
+            store[key] = value
+            relay.catalog.save()
+            return Response(status_code=201 if request.method == "POST" else 200)
+        if key not in store:
+            raise bad_request(INVALID_POST_ARGUMENT,
+                              f"Invalid request. Key {key} Not found in the database")
+        del store[key]
+        relay.catalog.save()
+        return Response(status_code=204)
+
+    # -- downsample status ----------------------------------------------------------------------
+    async def downsample(request: Request) -> Response:
+        p = request.path_params
+        relay.authorize(request, p["c"], write=request.method != "GET")
+        entry = relay.channel(p["c"], p["e"], p["ch"])
+        meta = relay.remote(entry, None).meta
+        if request.method != "GET":
+            raise BossHTTPError(409, INVALID_STATE, "this relay serves the scales its upstream "
+                                "has; downsample the upstream with voxgate.downsample")
+        return json({
+            "status": "DOWNSAMPLED" if len(meta.scales) > 1 else "NOT_DOWNSAMPLED",
+            "num_hierarchy_levels": len(meta.scales),
+            "voxel_size": {str(s.index): list(s.voxel_size.xyz()) for s in meta.scales},
+            "extent": {str(s.index): list(s.shape.xyz()) for s in meta.scales},
+            "cuboid_size": {str(s.index): list(relay.remote(entry, None).grid(s.index).xyz())
+                            for s in meta.scales},
+        })
+
+    c, e, ch = "{c}", "{e}", "{ch}"
+    res = "{res}/{x}/{y}/{z}"
+    cut_methods = ["GET", "POST"]
+    rw = ["GET", "POST", "PUT", "DELETE"]
+    routes = [
+        Route("/ping", ping), Route("/ping/", ping),
+        Route("/v0.{minor}/{rest:path}", old_version, methods=rw),
+        Route("/v1/collection", list_collections), Route("/v1/collection/", list_collections),
+        Route(f"/v1/collection/{c}", collection, methods=rw),
+        Route(f"/v1/collection/{c}/", collection, methods=rw),
+        Route(f"/v1/collection/{c}/experiment", list_experiments),
+        Route(f"/v1/collection/{c}/experiment/", list_experiments),
+        Route(f"/v1/collection/{c}/experiment/{e}", experiment, methods=rw),
+        Route(f"/v1/collection/{c}/experiment/{e}/", experiment, methods=rw),
+        Route(f"/v1/collection/{c}/experiment/{e}/channel", list_channels),
+        Route(f"/v1/collection/{c}/experiment/{e}/channel/", list_channels),
+        Route(f"/v1/collection/{c}/experiment/{e}/channel/{ch}", channel, methods=rw),
+        Route(f"/v1/collection/{c}/experiment/{e}/channel/{ch}/", channel, methods=rw),
+        Route("/v1/coord", list_coords), Route("/v1/coord/", list_coords),
+        Route("/v1/coord/{cf}", coord, methods=rw), Route("/v1/coord/{cf}/", coord, methods=rw),
+        Route(f"/v1/cutout/to_black/{c}/{e}/{ch}/{res}", to_black, methods=["PUT"]),
+        Route(f"/v1/cutout/to_black/{c}/{e}/{ch}/{res}/", to_black, methods=["PUT"]),
+        Route(f"/v1/cutout/to_black/{c}/{e}/{ch}/{res}/{{t}}", to_black, methods=["PUT"]),
+        Route(f"/v1/cutout/to_black/{c}/{e}/{ch}/{res}/{{t}}/", to_black, methods=["PUT"]),
+        Route(f"/v1/cutout/{c}/{e}/{ch}/{res}", cutout, methods=cut_methods),
+        Route(f"/v1/cutout/{c}/{e}/{ch}/{res}/", cutout, methods=cut_methods),
+        Route(f"/v1/cutout/{c}/{e}/{ch}/{res}/{{t}}", cutout, methods=cut_methods),
+        Route(f"/v1/cutout/{c}/{e}/{ch}/{res}/{{t}}/", cutout, methods=cut_methods),
+        Route(f"/v1/ids/{c}/{e}/{ch}/{res}", ids), Route(f"/v1/ids/{c}/{e}/{ch}/{res}/", ids),
+        Route(f"/v1/ids/{c}/{e}/{ch}/{res}/{{t}}", ids),
+        Route(f"/v1/ids/{c}/{e}/{ch}/{res}/{{t}}/", ids),
+        Route(f"/v1/boundingbox/{c}/{e}/{ch}/{{res}}/{{id}}", bounding_box),
+        Route(f"/v1/boundingbox/{c}/{e}/{ch}/{{res}}/{{id}}/", bounding_box),
+        Route(f"/v1/reserve/{c}/{e}/{ch}/{{n}}", reserve),
+        Route(f"/v1/reserve/{c}/{e}/{ch}/{{n}}/", reserve),
+        Route(f"/v1/downsample/{c}/{e}/{ch}", downsample, methods=["GET", "POST", "DELETE"]),
+        Route(f"/v1/downsample/{c}/{e}/{ch}/", downsample, methods=["GET", "POST", "DELETE"]),
+    ]
+    for path in (f"/v1/meta/{c}", f"/v1/meta/{c}/{e}", f"/v1/meta/{c}/{e}/{ch}"):
+        routes += [Route(path, metadata, methods=rw), Route(path + "/", metadata, methods=rw)]
+    return routes
+
+
+def _encode_response(arr: np.ndarray, accept: str) -> Response:
+    arr = np.ascontiguousarray(arr)
+    if "application/npygz" in accept:
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        return Response(zlib.compress(buf.getvalue(), 1), media_type="application/npygz")
+    if "application/blosc-python" in accept and "application/blosc," not in accept + ",":
+        raise BossHTTPError(406, 0, "application/blosc-python responses need pickle; ask for "
+                            "application/blosc", drf=True)
+    if "image/jpeg" in accept and "application/blosc" not in accept:
+        raise BossHTTPError(406, 0, "this relay serves cutouts as application/blosc or "
+                            "application/npygz", drf=True)
+    # lz4 at level 5: a 4 MiB cutout compresses in a few ms; any blosc decompressor reads it
+    body = blosc.compress(arr.tobytes(), typesize=arr.dtype.itemsize, cname="lz4", clevel=5)
+    return Response(body, media_type="application/blosc")
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if len(body) > 2**20:
+        raise bad_request(INVALID_POST_ARGUMENT, "request body too large for a JSON record")
+    if not body:
+        return {}
+    import json as _json
+
+    try:
+        data = _json.loads(body)
+    except ValueError as exc:
+        raise bad_request(INVALID_POST_ARGUMENT, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise bad_request(INVALID_POST_ARGUMENT, "the body must be a JSON object")
+    return data
+
+
+def _name(name: str, what: str) -> str:
+    try:
+        return check_name(name, what)
+    except InvalidRequestError as exc:
+        raise bad_request(INVALID_POST_ARGUMENT, str(exc)) from None
+
+
+def _undelete(state: dict[str, Any], *parts: str) -> None:
+    key = "/".join(parts)
+    while key in state["deleted"]:
+        state["deleted"].remove(key)
+
+
+def local_channel_meta(frame: dict[str, Any], experiment: dict[str, Any],
+                       body: dict[str, Any]) -> VolumeMeta:
+    """The VolumeMeta of a channel created through the project service."""
+    ctype = body.get("type", "image")
+    if ctype not in ("image", "annotation"):
+        raise bad_request(INVALID_POST_ARGUMENT, f"type must be image or annotation, got {ctype!r}")
+    dtype = body.get("datatype", "uint64" if ctype == "annotation" else "uint8")
+    if dtype not in _DATATYPES:
+        raise bad_request(INVALID_POST_ARGUMENT,
+                          f"datatype must be one of {_DATATYPES}, got {dtype!r}")
+    if ctype == "annotation" and dtype != "uint64":
+        raise bad_request(INVALID_POST_ARGUMENT, "annotation channels are uint64")
+    if body.get("base_resolution", 0) != 0:
+        raise bad_request(INVALID_POST_ARGUMENT, "this relay only stores base_resolution 0")
+    factor = boss_unit_to_nm(frame.get("voxel_unit", "nanometers"))
+    start = Vec(frame["z_start"], frame["y_start"], frame["x_start"])
+    stop = Vec(frame["z_stop"], frame["y_stop"], frame["x_stop"])
+    vs = VoxelSize(frame["z_voxel_size"] * factor, frame["y_voxel_size"] * factor,
+                   frame["x_voxel_size"] * factor)
+    iso = experiment.get("hierarchy_method") == "isotropic"
+    scales = []
+    for k in range(int(experiment.get("num_hierarchy_levels", 1))):
+        fz = 2**k if iso else 1
+        fxy = 2**k
+        f = Vec(fz, fxy, fxy)
+        lo = Vec(*(a // g for a, g in zip(start, f, strict=True)))
+        hi = Vec(*(-(-b // g) for b, g in zip(stop, f, strict=True)))
+        scales.append(Scale(k, hi - lo, Vec(16, 256, 256),
+                            VoxelSize(vs.z * fz, vs.y * fxy, vs.x * fxy), lo))
+    return VolumeMeta(np.dtype(dtype), tuple(scales),
+                      "segmentation" if ctype == "annotation" else "image")
+
+
+def remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+

@@ -1,0 +1,405 @@
+"""The relay's chunk cache: memory (LRU by bytes) then disk (size-capped LRU), in front of a Remote.
+
+:class:`CachedRemote` is itself a Remote.  It cuts every read on a grid aligned to the
+upstream's chunks (edge cells clipped to the dataset), serves the cells it holds and fetches the
+rest from the upstream, concurrently, with one upstream fetch per missing cell however many
+requests want it at once.  Writes go through to the upstream before they return; the cells they
+touch are dropped from both tiers *before* the upstream write, so a relay killed half way never
+serves stale data after a restart, and the cells the write covers completely are cached again
+afterwards.  Nothing written can be lost to eviction: the upstream has it before the client is
+told it was stored.
+
+Values never pass through pickle: cells are stored as a small binary header plus blosc-packed
+bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blosc
+import numpy as np
+
+from ..errors import CorruptChunkError, RemoteUnavailableError, VoxgateError
+from ..geometry import Box, Vec, chunk_boxes, grow_block
+from ..remotes.base import Capability, Remote
+
+__all__ = [
+    "CachedRemote",
+    "CacheMetrics",
+    "DiskTier",
+    "MemoryTier",
+    "TieredCache",
+    "UpstreamError",
+    "UpstreamTimeoutError",
+]
+
+#: cache cells grow from the upstream's chunks toward this size (fewer entries, same alignment)
+CELL_BYTES = 2**20
+
+
+class UpstreamError(RemoteUnavailableError):
+    """The upstream failed or answered something that could not be decoded (HTTP 502)."""
+
+
+class UpstreamTimeoutError(UpstreamError, TimeoutError):
+    """The upstream did not answer in time (HTTP 504)."""
+
+
+@dataclass
+class CacheMetrics:
+    memory_hits: int = 0
+    disk_hits: int = 0
+    misses: int = 0
+    coalesced: int = 0
+    upstream_fetches: int = 0
+    upstream_errors: int = 0
+    upstream_timeouts: int = 0
+    upstream_bytes: int = 0
+    upstream_seconds: float = 0.0
+    upstream_writes: int = 0
+    bytes_served: int = 0
+    latencies: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: float) -> None:
+        with self.lock:
+            for k, v in counts.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def upstream_latency(self, seconds: float) -> None:
+        with self.lock:
+            self.upstream_fetches += 1
+            self.upstream_seconds += seconds
+            self.latencies.append(seconds)
+            if len(self.latencies) > 4096:
+                del self.latencies[:2048]
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            lat = sorted(self.latencies)
+            out = {k: getattr(self, k) for k in (
+                "memory_hits", "disk_hits", "misses", "coalesced", "upstream_fetches",
+                "upstream_errors", "upstream_timeouts", "upstream_bytes", "upstream_writes",
+                "bytes_served")}
+            out["upstream_seconds_total"] = round(self.upstream_seconds, 6)
+            if lat:
+                out["upstream_latency_p50_ms"] = round(1000 * lat[len(lat) // 2], 3)
+                out["upstream_latency_p99_ms"] = round(1000 * lat[min(len(lat) - 1,
+                                                                      int(len(lat) * 0.99))], 3)
+            hits = self.memory_hits + self.disk_hits
+            total = hits + self.misses
+            out["hit_ratio"] = round(hits / total, 4) if total else None
+            return out
+
+
+# -- value encoding (no pickle) -----------------------------------------------------------------
+_MAGIC = b"VGC1"
+
+
+def encode_cell(arr: np.ndarray) -> bytes:
+    arr = np.ascontiguousarray(arr)
+    dt = arr.dtype.str.encode()
+    header = _MAGIC + struct.pack("<B", len(dt)) + dt + struct.pack("<B", arr.ndim)
+    header += struct.pack(f"<{arr.ndim}Q", *arr.shape)
+    return header + blosc.compress(arr.tobytes(), typesize=arr.dtype.itemsize, cname="lz4")
+
+
+def decode_cell(data: bytes, where: str) -> np.ndarray:
+    try:
+        if data[:4] != _MAGIC:
+            raise ValueError("bad magic")
+        n = data[4]
+        dt = np.dtype(data[5 : 5 + n].decode())
+        pos = 5 + n
+        ndim = data[pos]
+        shape = struct.unpack(f"<{ndim}Q", data[pos + 1 : pos + 1 + 8 * ndim])
+        raw = blosc.decompress(data[pos + 1 + 8 * ndim :])
+        return np.frombuffer(raw, dtype=dt).reshape(shape).copy()
+    except Exception as exc:
+        raise CorruptChunkError(f"cache entry {where} is damaged: {exc}", chunk=where) from exc
+
+
+class MemoryTier:
+    """An LRU of arrays bounded by their total bytes."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> np.ndarray | None:
+        with self._lock:
+            arr = self._items.get(key)
+            if arr is not None:
+                self._items.move_to_end(key)
+            return arr
+
+    def put(self, key: str, arr: np.ndarray) -> None:
+        if arr.nbytes > self.capacity:
+            return
+        arr.flags.writeable = False  # shared between requests: nobody may change it
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.used -= old.nbytes
+            self._items[key] = arr
+            self.used += arr.nbytes
+            while self.used > self.capacity and self._items:
+                _, gone = self._items.popitem(last=False)
+                self.used -= gone.nbytes
+
+    def pop(self, key: str) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.used -= old.nbytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class DiskTier:
+    """A size-capped LRU on disk (diskcache: SQLite index + files, atomic, survives restarts)."""
+
+    def __init__(self, path: Path, capacity: int) -> None:
+        import diskcache
+
+        path.mkdir(parents=True, exist_ok=True)
+        self._cache = diskcache.Cache(
+            str(path), size_limit=capacity, eviction_policy="least-recently-used",
+            cull_limit=16, disk_min_file_size=2**15,
+        )
+
+    def get(self, key: str) -> np.ndarray | None:
+        data = self._cache.get(key, default=None, read=False)
+        if data is None:
+            return None
+        if not isinstance(data, bytes):
+            self._cache.delete(key)
+            return None
+        return decode_cell(data, key)
+
+    def put(self, key: str, arr: np.ndarray) -> None:
+        self._cache.set(key, encode_cell(arr))
+
+    def pop(self, key: str) -> None:
+        self._cache.delete(key)
+
+    def volume(self) -> int:
+        return int(self._cache.volume())
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+class TieredCache:
+    """Memory in front of (optional) disk; a disk hit is promoted to memory."""
+
+    def __init__(self, memory_bytes: int, disk_path: Path | None = None,
+                 disk_bytes: int = 0) -> None:
+        self.memory = MemoryTier(memory_bytes)
+        self.disk = DiskTier(disk_path, disk_bytes) if disk_path is not None else None
+        self.metrics = CacheMetrics()
+
+    def get(self, key: str) -> np.ndarray | None:
+        arr = self.memory.get(key)
+        if arr is not None:
+            self.metrics.add(memory_hits=1)
+            return arr
+        if self.disk is not None:
+            try:
+                arr = self.disk.get(key)
+            except CorruptChunkError:
+                self.disk.pop(key)  # a damaged entry is refetched, never served
+                arr = None
+            if arr is not None:
+                self.metrics.add(disk_hits=1)
+                self.memory.put(key, arr)
+                return arr
+        self.metrics.add(misses=1)
+        return None
+
+    def put(self, key: str, arr: np.ndarray) -> None:
+        self.memory.put(key, arr)
+        if self.disk is not None:
+            self.disk.put(key, arr)
+
+    def pop(self, key: str) -> None:
+        self.memory.pop(key)
+        if self.disk is not None:
+            self.disk.pop(key)
+
+    def close(self) -> None:
+        if self.disk is not None:
+            self.disk.close()
+
+
+_fetch_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="voxgate-upstream")
+_STRIPES = [threading.Lock() for _ in range(256)]
+
+
+class CachedRemote(Remote):
+    """A Remote that caches another one cell by cell (see the module docstring)."""
+
+    scheme = "relay-cache"
+
+    def __init__(self, upstream: Remote, cache: TieredCache, *, identity: str,
+                 timeout: float = 30.0) -> None:
+        self.upstream = upstream
+        self.cache = cache
+        self.meta = upstream.meta
+        self.mode = upstream.mode
+        self.url = upstream.url
+        self.timeout = timeout
+        self._prefix = hashlib.sha256(identity.encode()).hexdigest()[:20]
+        self._inflight: dict[str, Future[np.ndarray]] = {}
+        self._gen: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._grids = [
+            grow_block(s.chunks, self.meta.dtype.itemsize * self.meta.num_channels, s.shape,
+                       CELL_BYTES)
+            for s in self.meta.scales
+        ]
+
+    @classmethod
+    def open(cls, location: str, *, mode: str = "r", **options: Any) -> Remote:
+        raise VoxgateError("a CachedRemote is made by the relay, not opened by URL")
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return self.upstream.capabilities
+
+    def grid(self, scale: int) -> Vec:
+        """The cache cell shape at ``scale``: also the chunk size the precomputed dialect serves."""
+        return self._grids[scale]
+
+    def write_grid(self, scale: int = 0) -> Vec:
+        return self.upstream.write_grid(scale)
+
+    def spec(self) -> dict[str, Any]:
+        return self.upstream.spec()
+
+    def _key(self, scale: int, idx: Vec) -> str:
+        return f"{self._prefix}/{scale}/{idx.z}_{idx.y}_{idx.x}"
+
+    def cells(self, box: Box, scale: int) -> Iterator[tuple[Vec, Box]]:
+        return chunk_boxes(box, self._grids[scale], self.meta.scale(scale).bounds)
+
+    # -- reading --------------------------------------------------------------------------------
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        deadline = time.monotonic() + self.timeout
+        lead = (self.meta.num_channels,) if self.meta.num_channels > 1 else ()
+        out = np.empty(lead + tuple(box.shape), dtype=self.meta.dtype)
+        waiting: list[tuple[Box, Future[np.ndarray]]] = []
+        for idx, cell in self.cells(box, scale):
+            key = self._key(scale, idx)
+            arr = self.cache.get(key)
+            if arr is None:
+                waiting.append((cell, self._fetch(key, cell, scale)))
+            else:
+                self._place(out, box, cell, arr)
+        for cell, fut in waiting:
+            try:
+                arr = fut.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                self.cache.metrics.add(upstream_timeouts=1)
+                raise UpstreamTimeoutError(
+                    f"upstream {self.upstream.url} did not answer within {self.timeout:g} s"
+                ) from None
+            self._place(out, box, cell, arr)
+        self.cache.metrics.add(bytes_served=out.nbytes)
+        return out
+
+    @staticmethod
+    def _place(out: np.ndarray, box: Box, cell: Box, arr: np.ndarray) -> None:
+        part = cell.intersect(box)
+        out[(..., *part.slices(box.start))] = arr[(..., *part.slices(cell.start))]
+
+    def _fetch(self, key: str, cell: Box, scale: int) -> Future[np.ndarray]:
+        with self._lock:
+            fut = self._inflight.get(key)
+            if fut is not None:
+                self.cache.metrics.add(coalesced=1)
+                return fut
+            fut = Future()
+            self._inflight[key] = fut
+            gen = self._gen.get(key, 0)
+        _fetch_pool.submit(self._run_fetch, key, cell, scale, gen, fut)
+        return fut
+
+    def _run_fetch(self, key: str, cell: Box, scale: int, gen: int,
+                   fut: Future[np.ndarray]) -> None:
+        t0 = time.perf_counter()
+        try:
+            arr = self.upstream.read(cell, scale)
+        except BaseException as exc:
+            self.cache.metrics.add(upstream_errors=1)
+            err: BaseException = exc
+            if not isinstance(exc, (UpstreamError, VoxgateError)) or isinstance(
+                exc, CorruptChunkError
+            ):
+                err = UpstreamError(f"upstream {self.upstream.url} failed: {exc}")
+                err.__cause__ = exc
+            elif not isinstance(exc, UpstreamError) and isinstance(exc, RemoteUnavailableError):
+                err = UpstreamError(str(exc))
+                err.__cause__ = exc
+            with self._lock:
+                self._inflight.pop(key, None)
+            fut.set_exception(err)
+            return
+        self.cache.metrics.upstream_latency(time.perf_counter() - t0)
+        self.cache.metrics.add(upstream_bytes=arr.nbytes)
+        with self._lock:
+            fresh = self._gen.get(key, 0) == gen
+        if fresh:
+            # a write that started after this fetch began has dropped the key: do not cache
+            # what may be the old data
+            self.cache.put(key, arr)
+        with self._lock:
+            self._inflight.pop(key, None)
+        fut.set_result(arr)
+
+    # -- writing --------------------------------------------------------------------------------
+    def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
+        cells = list(self.cells(box, scale))
+        keys = [self._key(scale, idx) for idx, _ in cells]
+        # writers touching the same cells go one at a time, so the cache ends as the upstream
+        # does; stripes are taken in order, so two writers never wait on each other in a cycle
+        stripes = sorted({hash(k) % len(_STRIPES) for k in keys})
+        for i in stripes:
+            _STRIPES[i].acquire()
+        try:
+            self._bump(keys)
+            for key in keys:  # dropped before the upstream changes: a crash leaves no stale cell
+                self.cache.pop(key)
+            self.upstream.write(box, array, scale)
+            self.cache.metrics.add(upstream_writes=1)
+            # fetches that began during the upstream write may hold old data: bump again so
+            # they do not cache it
+            self._bump(keys)
+            for key, (_, cell) in zip(keys, cells, strict=True):
+                if box.contains(cell):
+                    self.cache.put(key, np.array(array[(..., *cell.slices(box.start))]))
+        finally:
+            for i in stripes:
+                _STRIPES[i].release()
+
+    def _bump(self, keys: list[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._gen[key] = self._gen.get(key, 0) + 1
+
+    def close(self) -> None:
+        self.upstream.close()

@@ -1,0 +1,257 @@
+"""What the relay serves: collections, experiments, coordinate frames and channels.
+
+Channels come from three places: ``[[channel]]`` entries of the config (any upstream URL),
+volumes found under ``--data-root DIR`` at ``DIR/collection/experiment/channel[.zarr|...]``,
+and channels created through the bossDB project service (zarr volumes written under the data
+root).  Experiments and coordinate frames of config and data-root channels are derived from
+the volumes' metadata: the frame spans every channel of the experiment, one resolution level
+per upstream scale.  What clients create or change (descriptions, metadata, reserved ids,
+local projects) is kept in a small JSON state file written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..api import open_remote
+from ..errors import InvalidRequestError, RemoteNotFoundError, VoxgateError
+from ..geometry import Vec
+from ..remotes.base import Remote
+from .cache import CachedRemote, TieredCache
+from .config import ChannelConfig, RelayConfig, check_name
+
+__all__ = ["Catalog", "ChannelEntry", "NotFound", "ResourceExists"]
+
+
+class NotFound(VoxgateError, LookupError):
+    """A collection, experiment, frame, channel or key that does not exist."""
+
+
+class ResourceExists(VoxgateError):
+    """A create of something that exists (bossDB answers 400 code 4003 / 6002)."""
+
+
+_UNIT_TO_BOSS = {"nm": "nanometers", "um": "micrometers", "mm": "millimeters",
+                 "cm": "centimeters"}
+_BOSS_TO_NM = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
+_VOLUME_SUFFIXES = (".zarr", ".ome.zarr", ".n5", ".h5", ".hdf5", ".precomputed")
+
+
+@dataclass
+class ChannelEntry:
+    collection: str
+    experiment: str
+    name: str
+    upstream_url: str
+    options: dict[str, Any] = field(default_factory=dict)
+    forward_token: bool = False
+    writable: bool = True
+    local: bool = False  # created through the project service under the data root
+    _remotes: dict[str, CachedRemote] = field(default_factory=dict, repr=False)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.collection, self.experiment, self.name)
+
+
+class Catalog:
+    def __init__(self, config: RelayConfig, cache: TieredCache) -> None:
+        self.config = config
+        self.cache = cache
+        self._lock = threading.RLock()
+        self.channels: dict[tuple[str, str, str], ChannelEntry] = {}
+        self.state_path = self._state_path()
+        self.state: dict[str, Any] = self._load_state()
+        for ch in config.channels:
+            self._add_config_channel(ch)
+        if config.data_root is not None:
+            self.scan_data_root()
+        for key, spec in self.state.get("local_channels", {}).items():
+            c, e, n = key.split("/")
+            if (c, e, n) not in self.channels:
+                self.channels[(c, e, n)] = ChannelEntry(c, e, n, spec["url"], local=True)
+
+    # -- state ----------------------------------------------------------------------------------
+    def _state_path(self) -> Path | None:
+        if self.config.state_path is not None:
+            return self.config.state_path
+        if self.config.data_root is not None:
+            return self.config.data_root / ".voxgate-relay-state.json"
+        if self.config.cache.disk_path is not None:
+            return self.config.cache.disk_path / "relay-state.json"
+        return None  # a relay with neither keeps its state in memory
+
+    def _load_state(self) -> dict[str, Any]:
+        empty: dict[str, Any] = {
+            "collections": {}, "experiments": {}, "coords": {}, "channels": {},
+            "local_channels": {}, "meta": {}, "reserved": {}, "deleted": [],
+        }
+        if self.state_path is None or not self.state_path.exists():
+            return empty
+        try:
+            loaded = json.loads(self.state_path.read_text())
+        except ValueError as exc:
+            raise InvalidRequestError(f"relay state {self.state_path} is damaged: {exc}") from None
+        return {**empty, **loaded}
+
+    def save(self) -> None:
+        if self.state_path is None:
+            return
+        with self._lock:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_path.with_name(self.state_path.name + f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(self.state, indent=1, sort_keys=True))
+            os.replace(tmp, self.state_path)
+
+    # -- channels -------------------------------------------------------------------------------
+    def _add_config_channel(self, ch: ChannelConfig) -> None:
+        self.channels[(ch.collection, ch.experiment, ch.channel)] = ChannelEntry(
+            ch.collection, ch.experiment, ch.channel, ch.upstream, ch.options, ch.forward_token,
+            ch.writable,
+        )
+
+    def scan_data_root(self) -> None:
+        root = self.config.data_root
+        if root is None or not root.exists():
+            return
+        from ..registry import detect_format
+
+        for coll in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for exp in sorted(p for p in coll.iterdir() if p.is_dir()):
+                for chan in sorted(exp.iterdir()):
+                    name = chan.name
+                    for suffix in _VOLUME_SUFFIXES:
+                        if name.endswith(suffix):
+                            name = name[: -len(suffix)]
+                            break
+                    try:
+                        check_name(coll.name, "collection")
+                        check_name(exp.name, "experiment")
+                        check_name(name, "channel")
+                        scheme = detect_format(str(chan))
+                    except VoxgateError:
+                        continue  # not a volume voxgate can serve: skipped, not an error
+                    key = (coll.name, exp.name, name)
+                    if key not in self.channels:
+                        self.channels[key] = ChannelEntry(
+                            coll.name, exp.name, name, f"{scheme}://{chan}",
+                            local=f"{coll.name}/{exp.name}/{name}" in self.state["local_channels"],
+                        )
+
+    def deleted(self, *parts: str) -> bool:
+        return "/".join(parts) in self.state["deleted"]
+
+    def channel(self, c: str, e: str, ch: str) -> ChannelEntry:
+        entry = self.channels.get((c, e, ch))
+        if entry is None or self.deleted(c, e, ch):
+            self.experiment_names(c)  # raises for an unknown collection first
+            if e not in self.experiment_names(c):
+                raise NotFound(f"Experiment {e} not found")
+            raise NotFound(f"Channel {ch} not found")
+        return entry
+
+    def remote(self, entry: ChannelEntry, token: str | None = None) -> CachedRemote:
+        """The cached Remote of a channel (one per client token when it forwards tokens)."""
+        fingerprint = ""
+        options = dict(entry.options)
+        if entry.forward_token:
+            fingerprint = hashlib.sha256((token or "").encode()).hexdigest()[:16]
+            if token:
+                options["token"] = token
+        with self._lock:
+            cached = entry._remotes.get(fingerprint)
+            if cached is None:
+                mode = "r+" if entry.writable else "r"
+                try:
+                    upstream: Remote = open_remote(entry.upstream_url, mode=mode, **options)
+                except RemoteNotFoundError:
+                    raise
+                identity = json.dumps([entry.upstream_url, sorted(options.items() - {
+                    ("token", token)}), fingerprint], default=str)
+                cached = CachedRemote(upstream, self.cache, identity=identity,
+                                      timeout=self.config.upstream_timeout)
+                entry._remotes[fingerprint] = cached
+            return cached
+
+    def forget_remotes(self, entry: ChannelEntry) -> None:
+        with self._lock:
+            for r in entry._remotes.values():
+                r.close()
+            entry._remotes.clear()
+
+    # -- names ----------------------------------------------------------------------------------
+    def collection_names(self) -> list[str]:
+        names = {c for (c, _, _) in self.channels} | set(self.state["collections"])
+        names |= {k.split("/")[0] for k in self.state["experiments"]}
+        return sorted(n for n in names if not self.deleted(n))
+
+    def experiment_names(self, c: str) -> list[str]:
+        if c not in self.collection_names():
+            raise NotFound(f"Collection {c} not found")
+        names = {e for (cc, e, _) in self.channels if cc == c}
+        names |= {k.split("/")[1] for k in self.state["experiments"] if k.split("/")[0] == c}
+        return sorted(n for n in names if not self.deleted(c, n))
+
+    def channel_names(self, c: str, e: str) -> list[str]:
+        if e not in self.experiment_names(c):
+            raise NotFound(f"Experiment {e} not found")
+        return sorted(n for (cc, ee, n) in self.channels
+                      if (cc, ee) == (c, e) and not self.deleted(c, e, n))
+
+    def experiment_channels(self, c: str, e: str) -> list[ChannelEntry]:
+        return [self.channels[(c, e, n)] for n in self.channel_names(c, e)]
+
+    # -- derived project-service records -------------------------------------------------------
+    def frame_name(self, c: str, e: str) -> str:
+        stored = self.state["experiments"].get(f"{c}/{e}")
+        if stored is not None:
+            return str(stored["coord_frame"])
+        return f"{c}_{e}_frame"
+
+    def derived_frame(self, c: str, e: str) -> dict[str, Any]:
+        """A coordinate frame spanning every channel of an experiment (scale-0 voxels)."""
+        starts: list[Vec] = []
+        stops: list[Vec] = []
+        vs = None
+        for entry in self.experiment_channels(c, e):
+            meta = self.remote(entry).meta
+            sc = meta.scale(0)
+            starts.append(sc.offset)
+            stops.append(sc.offset + sc.shape)
+            vs = vs or sc.voxel_size
+        if not starts or vs is None:
+            raise NotFound(f"Experiment {e} has no channels to derive a coordinate frame from")
+        lo = Vec(*(min(v[i] for v in starts) for i in range(3)))
+        hi = Vec(*(max(v[i] for v in stops) for i in range(3)))
+        return {
+            "name": self.frame_name(c, e),
+            "description": f"derived by the relay from the channels of {c}/{e}",
+            "x_start": lo.x, "x_stop": hi.x, "y_start": lo.y, "y_stop": hi.y,
+            "z_start": lo.z, "z_stop": hi.z,
+            "x_voxel_size": vs.x, "y_voxel_size": vs.y, "z_voxel_size": vs.z,
+            "voxel_unit": _UNIT_TO_BOSS.get(vs.unit, "nanometers"),
+        }
+
+    def coord_frames(self) -> dict[str, dict[str, Any]]:
+        frames = dict(self.state["coords"])
+        for c in self.collection_names():
+            for e in self.experiment_names(c):
+                name = self.frame_name(c, e)
+                if name not in frames and self.experiment_channels(c, e):
+                    frames[name] = self.derived_frame(c, e)
+        return {k: v for k, v in frames.items() if not self.deleted("coord", k)}
+
+
+def boss_unit_to_nm(unit: str) -> float:
+    try:
+        return _BOSS_TO_NM[unit]
+    except KeyError:
+        raise InvalidRequestError(
+            f"voxel_unit must be one of {sorted(_BOSS_TO_NM)}, got {unit!r}"
+        ) from None

@@ -1,0 +1,257 @@
+"""The relay's configuration: a TOML file, or the equivalent command-line flags.
+
+```toml
+[server]
+host = "127.0.0.1"
+port = 8080
+upstream_timeout = 30          # seconds before an upstream read answers 504
+max_cutout_bytes = "520 MiB"   # bossDB's CUTOUT_MAX_SIZE; larger requests answer 413
+state_path = "relay-state.json" # metadata, reserved ids, local projects (default: beside the cache)
+
+[cache]
+memory_bytes = "2 GiB"
+disk_path = "/var/cache/voxgate"
+disk_bytes = "200 GiB"
+
+[[channel]]
+name = "lab/em_2024/raw"                  # collection/experiment/channel
+upstream = "precomputed://gs://bucket/em/raw"
+options = { }                             # keyword options for voxgate.open
+forward_token = false                     # open the upstream with each client's token
+writable = true
+
+[auth]
+public_read = false
+tokens = { "s3cret-rw" = "read-write", "s3cret-ro" = "read" }
+# or a table per token: tokens.alice = { role = "read-write", collections = ["lab"] }
+# tokens_file = "tokens.toml"             # the same table in another file
+```
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from ..errors import InvalidRequestError
+
+__all__ = [
+    "AuthConfig",
+    "CacheConfig",
+    "ChannelConfig",
+    "RelayConfig",
+    "TokenGrant",
+    "load_config",
+    "parse_bytes",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_UNITS = {
+    "": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 2**10, "m": 2**20, "g": 2**30,
+}
+ROLES = ("read", "read-write")
+
+
+def parse_bytes(value: object, what: str) -> int:
+    """``"2 GiB"``, ``"512MB"``, ``1048576`` -> bytes."""
+    if isinstance(value, bool):
+        raise InvalidRequestError(f"{what} must be a size such as '2 GiB', got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise InvalidRequestError(f"{what} must not be negative, got {value}")
+        return value
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+        if m and m.group(2).lower() in _UNITS:
+            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    raise InvalidRequestError(f"{what} must be a size such as '2 GiB' or '500 MB', got {value!r}")
+
+
+def check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidRequestError(
+            f"{what} {name!r} is not a valid name: use letters, digits, '_' and '-' only"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    role: str  # "read" or "read-write"
+    collections: frozenset[str] | None = None  # None: every collection
+
+    def allows(self, collection: str | None, write: bool) -> bool:
+        if write and self.role != "read-write":
+            return False
+        return self.collections is None or collection is None or collection in self.collections
+
+
+@dataclass
+class AuthConfig:
+    public_read: bool = True
+    tokens: dict[str, TokenGrant] = field(default_factory=dict)
+
+    @property
+    def open(self) -> bool:
+        """No tokens configured: anyone may read and write (a relay on a laptop)."""
+        return not self.tokens
+
+
+@dataclass
+class CacheConfig:
+    memory_bytes: int = 512 * 2**20
+    disk_path: Path | None = None
+    disk_bytes: int = 10 * 2**30
+
+
+@dataclass
+class ChannelConfig:
+    collection: str
+    experiment: str
+    channel: str
+    upstream: str
+    options: dict[str, Any] = field(default_factory=dict)
+    forward_token: bool = False
+    writable: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.collection}/{self.experiment}/{self.channel}"
+
+
+@dataclass
+class RelayConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    upstream_timeout: float = 30.0
+    max_cutout_bytes: int = 520 * 2**20
+    state_path: Path | None = None
+    data_root: Path | None = None
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    channels: list[ChannelConfig] = field(default_factory=list)
+
+
+def _tokens(table: object, where: str) -> dict[str, TokenGrant]:
+    if not isinstance(table, dict):
+        raise InvalidRequestError(f"{where}: tokens must be a table of token = role")
+    out = {}
+    for token, value in table.items():
+        if isinstance(value, str):
+            role, cols = value, None
+        elif isinstance(value, dict):
+            role = value.get("role", "read")
+            cols = value.get("collections")
+        else:
+            raise InvalidRequestError(f"{where}: a token maps to a role or a table, got {value!r}")
+        if role not in ROLES:
+            raise InvalidRequestError(f"{where}: role must be one of {ROLES}, got {role!r}")
+        if cols is not None and not (isinstance(cols, list) and all(isinstance(c, str)
+                                                                    for c in cols)):
+            raise InvalidRequestError(f"{where}: collections must be a list of names")
+        if not token or any(ch.isspace() for ch in token):
+            raise InvalidRequestError(f"{where}: tokens cannot be empty or contain spaces")
+        out[token] = TokenGrant(role, frozenset(cols) if cols is not None else None)
+    return out
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> RelayConfig:
+    """Read a relay TOML file (paths in it are relative to the file) and apply overrides."""
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise InvalidRequestError(f"relay config {p} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidRequestError(f"relay config {p} is not valid TOML: {exc}") from None
+        base = p.resolve().parent
+    known = {"server", "cache", "channel", "auth", "data_root"}
+    unknown = set(raw) - known
+    if unknown:
+        raise InvalidRequestError(f"unknown section(s) in relay config: {sorted(unknown)}")
+    cfg = RelayConfig()
+    server = raw.get("server", {})
+    for key in server:
+        if key not in ("host", "port", "upstream_timeout", "max_cutout_bytes", "state_path",
+                       "data_root"):
+            raise InvalidRequestError(f"unknown [server] key {key!r}")
+    cfg.host = str(server.get("host", cfg.host))
+    cfg.port = int(server.get("port", cfg.port))
+    cfg.upstream_timeout = float(server.get("upstream_timeout", cfg.upstream_timeout))
+    cfg.max_cutout_bytes = parse_bytes(server.get("max_cutout_bytes", cfg.max_cutout_bytes),
+                                       "max_cutout_bytes")
+    if "state_path" in server:
+        cfg.state_path = base / server["state_path"]
+    data_root = server.get("data_root", raw.get("data_root"))
+    if data_root is not None:
+        cfg.data_root = base / data_root
+    cache = raw.get("cache", {})
+    for key in cache:
+        if key not in ("memory_bytes", "disk_path", "disk_bytes"):
+            raise InvalidRequestError(f"unknown [cache] key {key!r}")
+    cfg.cache.memory_bytes = parse_bytes(cache.get("memory_bytes", cfg.cache.memory_bytes),
+                                         "memory_bytes")
+    cfg.cache.disk_bytes = parse_bytes(cache.get("disk_bytes", cfg.cache.disk_bytes), "disk_bytes")
+    if cache.get("disk_path"):
+        cfg.cache.disk_path = base / cache["disk_path"]
+    auth = raw.get("auth", {})
+    cfg.auth.public_read = bool(auth.get("public_read", not (auth.get("tokens")
+                                                              or auth.get("tokens_file"))))
+    tokens: dict[str, TokenGrant] = {}
+    if "tokens_file" in auth:
+        tfile = base / auth["tokens_file"]
+        try:
+            traw = tomllib.loads(tfile.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidRequestError(f"tokens_file {tfile}: {exc}") from None
+        tokens.update(_tokens(traw.get("tokens", traw), str(tfile)))
+    if "tokens" in auth:
+        tokens.update(_tokens(auth["tokens"], "[auth] tokens"))
+    cfg.auth.tokens = tokens
+    for i, ch in enumerate(raw.get("channel", [])):
+        where = f"[[channel]] #{i + 1}"
+        try:
+            name, upstream = ch["name"], ch["upstream"]
+        except KeyError as exc:
+            raise InvalidRequestError(f"{where} needs {exc.args[0]!r}") from None
+        parts = str(name).split("/")
+        if len(parts) != 3:
+            raise InvalidRequestError(
+                f"{where}: name must be collection/experiment/channel, got {name!r}"
+            )
+        for part, what in zip(parts, ("collection", "experiment", "channel"), strict=True):
+            check_name(part, what)
+        extra = set(ch) - {"name", "upstream", "options", "forward_token", "writable"}
+        if extra:
+            raise InvalidRequestError(f"{where}: unknown key(s) {sorted(extra)}")
+        cfg.channels.append(
+            ChannelConfig(parts[0], parts[1], parts[2], str(upstream), dict(ch.get("options", {})),
+                          bool(ch.get("forward_token", False)), bool(ch.get("writable", True)))
+        )
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in ("memory_bytes", "disk_bytes"):
+            setattr(cfg.cache, key, parse_bytes(value, key))
+        elif key == "disk_path":
+            cfg.cache.disk_path = Path(value)
+        elif key in ("data_root", "state_path"):
+            setattr(cfg, key, Path(value))
+        elif hasattr(cfg, key):
+            setattr(cfg, key, value)
+        else:
+            raise InvalidRequestError(f"unknown relay setting {key!r}")
+    names = [c.name for c in cfg.channels]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise InvalidRequestError(f"channel(s) configured twice: {sorted(dupes)}")
+    return cfg
