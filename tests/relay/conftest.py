@@ -1,0 +1,164 @@
+"""Relay fixtures: real ``voxgate serve`` processes on 127.0.0.1 over upstream volumes on disk."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+import voxgate
+from voxgate.synthetic import synthetic_em
+
+RW, RO = "s3cret-rw", "s3cret-ro"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RelayProcess:
+    url: str
+    port: int
+    config: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, sig: int | None = None) -> None:
+        if self.proc.poll() is None:
+            if sig is None:
+                self.proc.terminate()
+            else:
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def client(self, token: str | None = RW) -> httpx.Client:
+        headers = {"Authorization": f"Token {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+
+def start_relay(config: Path, port: int, *extra: str, cwd: Path | None = None) -> RelayProcess:
+    exe = Path(sys.executable).with_name("voxgate")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "voxgate.cli"]
+    log = config.with_suffix(f".{port}.log")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*cmd, "serve", str(config), "--port", str(port), *extra],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=cwd or config.parent,
+                                env=os.environ.copy())
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"relay exited: {log.read_text()}")
+        try:
+            if httpx.get(url + "/ping/", timeout=1).status_code == 200:
+                return RelayProcess(url, port, config, proc, log)
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"relay did not start: {log.read_text()}")
+
+
+@dataclass
+class Upstreams:
+    root: Path
+    image: np.ndarray        # uint8, 2 scales, precomputed
+    image1: np.ndarray       # its scale 1
+    labels: np.ndarray       # uint64, zarr
+    image16: np.ndarray      # uint16, n5, offset frame
+
+
+SHAPE = (40, 300, 260)  # z, y, x: not multiples of any chunk, so far edges are partial
+
+
+def make_upstreams(root: Path) -> Upstreams:
+    image, labels = synthetic_em(SHAPE, seed=5, cell=(8, 32, 32))
+    labels = labels + np.uint64(2**53)  # ids above float precision: must survive every hop
+    raw = voxgate.create(f"precomputed://file://{root}/raw", shape=SHAPE, chunks=(16, 64, 64),
+                         dtype="uint8", voxel_size=(40, 8, 8), num_scales=2)
+    raw[:] = image
+    image1 = image[:, ::2, ::2].copy()
+    raw.at_scale(1)[:] = image1
+    seg = voxgate.create(f"zarr://{root}/seg.zarr", shape=SHAPE, chunks=(16, 64, 64),
+                         dtype="uint64", voxel_size=(40, 8, 8), kind="segmentation")
+    seg[:] = labels
+    image16 = (image.astype(np.uint16) * 251)
+    em16 = voxgate.create(f"n5://{root}/em16.n5", shape=SHAPE, chunks=(16, 64, 64),
+                          dtype="uint16", voxel_size=(40, 8, 8))
+    em16[:] = image16
+    return Upstreams(root, image, image1, labels, image16)
+
+
+def write_config(path: Path, root: Path, *, extra: str = "", disk: bool = True,
+                 auth: bool = True) -> Path:
+    text = f"""
+[server]
+host = "127.0.0.1"
+upstream_timeout = 5
+state_path = "{path.parent / 'state.json'}"
+[cache]
+memory_bytes = "64 MiB"
+{f'disk_path = "{path.parent / "cache"}"' if disk else ''}
+disk_bytes = "1 GiB"
+[[channel]]
+name = "lab/em/raw"
+upstream = "precomputed://file://{root}/raw"
+[[channel]]
+name = "lab/em/seg"
+upstream = "zarr://{root}/seg.zarr"
+[[channel]]
+name = "lab/em/em16"
+upstream = "n5://{root}/em16.n5"
+{extra}
+"""
+    if auth:
+        text += f"""
+[auth]
+public_read = false
+tokens = {{ "{RW}" = "read-write", "{RO}" = "read" }}
+"""
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Upstreams:
+    return make_upstreams(tmp_path_factory.mktemp("upstreams"))
+
+
+@pytest.fixture(scope="module")
+def relay(upstreams: Upstreams, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    d = tmp_path_factory.mktemp("relay")
+    cfg = write_config(d / "relay.toml", upstreams.root)
+    r = start_relay(cfg, free_port())
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def relay_factory(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
+    started: list[RelayProcess] = []
+
+    def make(config: Path, *extra: str, port: int | None = None) -> RelayProcess:
+        r = start_relay(config, port or free_port(), *extra)
+        started.append(r)
+        return r
+
+    yield make
+    for r in started:
+        r.stop()
