@@ -30,6 +30,7 @@ _BUILTIN: dict[str, str] = {
     "n5": "voxgate.remotes.n5:N5Remote",
     "hdf5": "voxgate.remotes.hdf5:HDF5Remote",
     "precomputed": "voxgate.remotes.precomputed:PrecomputedRemote",
+    "bossdb": "voxgate.remotes.boss:BossDBRemote",
 }
 
 #: storage locations (not formats) a URL may start with after the format scheme

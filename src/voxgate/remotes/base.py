@@ -24,7 +24,7 @@ from ..meta import VolumeMeta
 __all__ = ["Capability", "Remote", "check_options", "has_capability", "require_capability"]
 
 
-class Capability(str, enum.Enum):
+class Capability(enum.StrEnum):
     """Optional things a Remote can do."""
 
     WRITE = "write"

@@ -1,0 +1,137 @@
+"""One pooled HTTP client per server: timeouts, retries with backoff, bounded concurrency.
+
+Used by the REST Remotes (bossDB, DVID).  Connection errors, timeouts, a connection closed
+mid-body and 5xx answers are retried with exponential backoff; 4xx answers are not (they will
+not change) and become voxgate errors of the right class.  Tokens are sent in headers only and
+never appear in errors, logs or reprs.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from ..errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    RemoteNotFoundError,
+    RemoteUnavailableError,
+    VoxgateError,
+)
+
+__all__ = ["HTTPClient", "RequestTooLargeError", "ServerError"]
+
+
+class ServerError(VoxgateError):
+    """A 4xx answer that maps to no more specific voxgate error."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RequestTooLargeError(InvalidRequestError):
+    """The server refused a request as too large (HTTP 413)."""
+
+
+_RETRY_STATUS = frozenset({500, 502, 503, 504})
+
+
+class HTTPClient:
+    """A thread-safe pooled client for one base URL and one credential."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 60.0,
+        retries: int = 4,
+        backoff: float = 0.1,
+        max_connections: int = 16,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self.backoff = backoff
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            headers=dict(headers or {}),
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(max_connections=max_connections,
+                                max_keepalive_connections=max_connections),
+            follow_redirects=True,
+        )
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never shows the headers (they hold the token)
+        return f"<HTTPClient {self.base_url}>"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        expect: int | tuple[int, ...] = 200,
+        what: str = "",
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """Send a request, retrying transient failures; return the response of status ``expect``."""
+        expected = (expect,) if isinstance(expect, int) else expect
+        what = what or f"{method} {self.base_url}{path.split('?')[0]}"
+        last: str = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                delay = self.backoff * 2 ** (attempt - 1) * (1 + random.random() * 0.25)
+                time.sleep(delay)
+            try:
+                resp = self._client.request(method, path, **kwargs)
+                resp.read()  # a connection closed mid-body fails here, inside the retry loop
+            except httpx.TimeoutException as exc:
+                last = f"timed out ({type(exc).__name__})"
+                continue
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            if resp.status_code in expected:
+                return resp
+            if resp.status_code in _RETRY_STATUS:
+                last = f"HTTP {resp.status_code}: {_snippet(resp)}"
+                continue
+            raise _error(resp, what)
+        raise RemoteUnavailableError(
+            f"{what} failed after {self.retries + 1} attempts: {last}"
+        )
+
+
+def _snippet(resp: httpx.Response) -> str:
+    try:
+        data = resp.json()
+    except ValueError:
+        return resp.text[:300]
+    if isinstance(data, dict):
+        return str(data.get("message") or data.get("detail") or data)[:300]
+    return str(data)[:300]
+
+
+def _error(resp: httpx.Response, what: str) -> VoxgateError:
+    status = resp.status_code
+    msg = f"{what}: HTTP {status}: {_snippet(resp)}"
+    if status == 401:
+        return AuthenticationError(msg + " (check the token)")
+    if status == 403:
+        return AuthenticationError(msg)
+    if status == 404:
+        return RemoteNotFoundError(msg)
+    if status == 413:
+        return RequestTooLargeError(msg)
+    if status in (400, 409, 415, 422):
+        return InvalidRequestError(msg)
+    return ServerError(msg, status)
