@@ -5,7 +5,7 @@ bossdb://collection/experiment/channel                      host and token from 
 bossdb://http://127.0.0.1:8080/collection/experiment/channel  an explicit server
 ```
 
-Configuration, first found wins: the ``url=``/``token=`` options; the environment
+Configuration, first found wins: the ``server=``/``token=`` options; the environment
 (``VOXGATE_BOSS_URL``, ``VOXGATE_BOSS_TOKEN``, then intern's ``INTERN_PROTOCOL``,
 ``INTERN_HOST``, ``INTERN_TOKEN``); the voxgate config file (``$VOXGATE_CONFIG`` or
 ``~/.config/voxgate/config.toml``, table ``[bossdb]`` with ``url`` and ``token``); intern's
@@ -20,6 +20,7 @@ A failed block raises: no partial data is ever returned.
 
 from __future__ import annotations
 
+import atexit
 import configparser
 import os
 import re
@@ -121,6 +122,14 @@ _clients: dict[tuple[str, str, float], HTTPClient] = {}
 _clients_lock = threading.Lock()
 
 
+@atexit.register
+def _close_clients() -> None:
+    with _clients_lock:
+        for client in _clients.values():
+            client.close()
+        _clients.clear()
+
+
 def _client(settings: BossSettings, timeout: float, concurrency: int) -> HTTPClient:
     key = (settings.url, settings.token, timeout)
     with _clients_lock:
@@ -188,7 +197,7 @@ def _request_block(itemsize: int) -> Vec:
 
 class BossDBRemote(Remote):
     scheme = "bossdb"
-    open_options = ("url", "token", "timeout", "concurrency", "time")
+    open_options = ("server", "token", "timeout", "concurrency", "time")
 
     def __init__(self, settings: BossSettings, c: str, e: str, ch: str, mode: str, *,
                  timeout: float = 60.0, concurrency: int = 8, time: int | None = None) -> None:
@@ -219,7 +228,8 @@ class BossDBRemote(Remote):
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> BossDBRemote:
         check_options("bossdb://", options, cls.open_options)
         server, c, e, ch = _parse_location(location)
-        settings = boss_settings(options.pop("url", None) or server, options.pop("token", None))
+        settings = boss_settings(options.pop("server", None) or server,
+                                 options.pop("token", None))
         return cls(settings, c, e, ch, mode, **options)
 
     @classmethod
@@ -236,7 +246,7 @@ class BossDBRemote(Remote):
         """Make the collection, frame, experiment and channel for ``meta`` (as needed)."""
         check_options("bossdb://", options, cls.open_options)
         server, c, e, ch = _parse_location(location)
-        settings = boss_settings(options.get("url") or server, options.get("token"))
+        settings = boss_settings(options.get("server") or server, options.get("token"))
         project = BossProject(settings.url, settings.token)
         if c not in project.list_collections():
             project.create_collection(c)
@@ -255,7 +265,7 @@ class BossDBRemote(Remote):
             seg = meta.kind == "segmentation"
             project.create_channel(c, e, ch, type="annotation" if seg else "image",
                                    datatype="uint64" if seg else meta.dtype.name)
-        opts = {k: v for k, v in options.items() if k not in ("url", "token")}
+        opts = {k: v for k, v in options.items() if k not in ("server", "token")}
         return cls(settings, c, e, ch, "r+", **opts)
 
     @property

@@ -1,0 +1,431 @@
+"""intern-compatible entry points: change ``from intern... import`` to this module.
+
+```python
+# from intern.remote.boss import BossRemote
+# from intern.resource.boss.resource import ChannelResource
+from voxgate.compat.intern import BossRemote, ChannelResource, array
+```
+
+The calls people use most keep intern's names and argument order (ranges are
+``[start, stop)`` lists in x, y, z order; arrays come back (z, y, x)).  Where intern was wrong,
+this is right, and docs/compat-intern.md lists every difference:
+
+- open slices use the right axis length, negative indices and steps work, ``...`` works,
+  integer indices drop the axis (numpy), length-1 axes are kept;
+- writes are never dropped: an all-zero block is sent, and writes to any writable store work;
+- a write's shape is checked against its box;
+- ``boss_config`` is honoured by ``array`` (intern contacted the public bossDB first);
+- ``get_cutout`` accepts a ``"bossdb://c/e/ch"`` string as its docs say;
+- requests have timeouts and retries, big cutouts run concurrently over one pooled client.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..api import open as vopen
+from ..errors import InvalidRequestError
+from ..geometry import Box
+from ..remotes.boss import BossDBRemote, BossProject, boss_settings
+from ..volume import Volume
+
+__all__ = [
+    "BossRemote",
+    "ChannelResource",
+    "CollectionResource",
+    "CoordinateFrameResource",
+    "ExperimentResource",
+    "array",
+]
+
+
+@dataclass
+class CollectionResource:
+    name: str
+    description: str = ""
+    creator: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExperimentResource:
+    name: str
+    collection_name: str
+    coord_frame: str = ""
+    description: str = ""
+    num_hierarchy_levels: int = 1
+    hierarchy_method: str = "anisotropic"
+    num_time_samples: int = 1
+    creator: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+    time_step: int = 0
+    time_step_unit: str = "seconds"
+
+    @property
+    def coll_name(self) -> str:
+        return self.collection_name
+
+
+@dataclass
+class CoordinateFrameResource:
+    name: str
+    description: str = ""
+    x_start: int = 0
+    x_stop: int = 1
+    y_start: int = 0
+    y_stop: int = 1
+    z_start: int = 0
+    z_stop: int = 1
+    x_voxel_size: float = 1
+    y_voxel_size: float = 1
+    z_voxel_size: float = 1
+    voxel_unit: str = "nanometers"
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ChannelResource:
+    name: str
+    collection_name: str
+    experiment_name: str
+    type: str = "image"
+    description: str = ""
+    default_time_sample: int = 0
+    datatype: str = "uint8"
+    base_resolution: int = 0
+    sources: list[str] = field(default_factory=list)
+    related: list[str] = field(default_factory=list)
+    creator: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+    downsample_status: str = ""
+    cv_path: str | None = None
+
+    @property
+    def coll_name(self) -> str:
+        return self.collection_name
+
+    @property
+    def exp_name(self) -> str:
+        return self.experiment_name
+
+
+Resource = CollectionResource | ExperimentResource | CoordinateFrameResource | ChannelResource
+
+
+def _channel_parts(resource: ChannelResource | str) -> tuple[str, str, str]:
+    if isinstance(resource, str):
+        text = resource.removeprefix("bossdb://").strip("/")
+        parts = text.split("/")
+        if len(parts) != 3:
+            raise InvalidRequestError(
+                f"expected 'bossdb://collection/experiment/channel', got {resource!r}")
+        return parts[0], parts[1], parts[2]
+    if hasattr(resource, "coll_name") and hasattr(resource, "exp_name"):
+        return resource.coll_name, resource.exp_name, resource.name
+    raise InvalidRequestError(f"expected a ChannelResource or a bossdb:// string, got "
+                              f"{type(resource).__name__}")
+
+
+def _box(x_range: Sequence[int], y_range: Sequence[int], z_range: Sequence[int]) -> Box:
+    for name, r in (("x_range", x_range), ("y_range", y_range), ("z_range", z_range)):
+        if len(r) != 2:
+            raise InvalidRequestError(f"{name} must be [start, stop], got {r!r}")
+    return Box((z_range[0], y_range[0], x_range[0]), (z_range[1], y_range[1], x_range[1]))
+
+
+class BossRemote:
+    """intern's BossRemote, on voxgate's bossdb:// Remote.
+
+    ``cfg`` is a dict with ``protocol``, ``host`` and ``token`` (intern's form), a path to an
+    intern-style INI file, or None for voxgate's configuration chain.
+    """
+
+    def __init__(self, cfg: Mapping[str, str] | str | None = None, version: str | None = None,
+                 **kwargs: Any) -> None:
+        url = token = None
+        if isinstance(cfg, Mapping):
+            missing = {"protocol", "host", "token"} - set(cfg)
+            if missing:
+                raise InvalidRequestError(f"the config dict needs {sorted(missing)}")
+            url, token = f"{cfg['protocol']}://{cfg['host']}", cfg["token"]
+        elif isinstance(cfg, (str, os.PathLike)):
+            import configparser
+
+            parser = configparser.ConfigParser()
+            if not parser.read(cfg):
+                raise InvalidRequestError(f"cannot read the config file {cfg}")
+            sec = parser["Default"] if parser.has_section("Default") else parser[
+                parser.sections()[0]]
+            url, token = f"{sec.get('protocol', 'https')}://{sec['host']}", sec.get("token")
+        self.settings = boss_settings(url, token)
+        self.project = BossProject(self.settings.url, self.settings.token)
+        self._remotes: dict[tuple[str, str, str], BossDBRemote] = {}
+
+    def __repr__(self) -> str:
+        return f"<voxgate.compat.intern.BossRemote {self.settings.url}>"
+
+    def _remote(self, resource: ChannelResource | str, mode: str = "r") -> BossDBRemote:
+        c, e, ch = _channel_parts(resource)
+        key = (c, e, ch)
+        remote = self._remotes.get(key)
+        if remote is None or (mode == "r+" and remote.mode != "r+"):
+            remote = BossDBRemote(self.settings, c, e, ch, mode)
+            self._remotes[key] = remote
+        return remote
+
+    # -- listing and getting ---------------------------------------------------------------------
+    def list_collections(self) -> list[str]:
+        return self.project.list_collections()
+
+    def list_experiments(self, collection_name: str) -> list[str]:
+        return self.project.list_experiments(collection_name)
+
+    def list_channels(self, collection_name: str, experiment_name: str) -> list[str]:
+        return self.project.list_channels(collection_name, experiment_name)
+
+    def list_coordinate_frames(self) -> list[str]:
+        return self.project.list_coordinate_frames()
+
+    def get_collection(self, name: str) -> CollectionResource:
+        d = self.project.get_collection(name)
+        return CollectionResource(d["name"], d.get("description", ""), d.get("creator", ""), d)
+
+    def get_experiment(self, collection_name: str, experiment_name: str) -> ExperimentResource:
+        d = self.project.get_experiment(collection_name, experiment_name)
+        return ExperimentResource(
+            d["name"], collection_name, d["coord_frame"], d.get("description", ""),
+            d["num_hierarchy_levels"], d["hierarchy_method"], d.get("num_time_samples", 1),
+            d.get("creator", ""), d, d.get("time_step") or 0,
+            d.get("time_step_unit") or "seconds")
+
+    def get_coordinate_frame(self, name: str) -> CoordinateFrameResource:
+        d = self.project.get_coordinate_frame(name)
+        keys = ("x_start", "x_stop", "y_start", "y_stop", "z_start", "z_stop", "x_voxel_size",
+                "y_voxel_size", "z_voxel_size", "voxel_unit")
+        return CoordinateFrameResource(d["name"], d.get("description", ""),
+                                       **{k: d[k] for k in keys}, raw=d)
+
+    def get_channel(self, chan_name: str, coll_name: str, exp_name: str) -> ChannelResource:
+        d = self.project.get_channel(coll_name, exp_name, chan_name)
+        return ChannelResource(
+            d["name"], coll_name, exp_name, d["type"], d.get("description", ""),
+            d.get("default_time_sample", 0), d["datatype"], d.get("base_resolution", 0),
+            list(d.get("sources", [])), list(d.get("related", [])), d.get("creator", ""), d,
+            d.get("downsample_status", ""), d.get("cv_path"))
+
+    def get_project(self, resource: Resource) -> Resource:
+        if isinstance(resource, ChannelResource):
+            return self.get_channel(resource.name, resource.collection_name,
+                                    resource.experiment_name)
+        if isinstance(resource, ExperimentResource):
+            return self.get_experiment(resource.collection_name, resource.name)
+        if isinstance(resource, CoordinateFrameResource):
+            return self.get_coordinate_frame(resource.name)
+        return self.get_collection(resource.name)
+
+    # -- creating and deleting -------------------------------------------------------------------
+    def create_project(self, resource: Resource) -> Resource:
+        p = self.project
+        if isinstance(resource, CollectionResource):
+            p.create_collection(resource.name, resource.description)
+        elif isinstance(resource, CoordinateFrameResource):
+            r = resource
+            p.create_coordinate_frame(
+                r.name, Box((r.z_start, r.y_start, r.x_start), (r.z_stop, r.y_stop, r.x_stop)),
+                (r.z_voxel_size, r.y_voxel_size, r.x_voxel_size), unit=r.voxel_unit,
+                description=r.description)
+        elif isinstance(resource, ExperimentResource):
+            r2 = resource
+            p.create_experiment(r2.collection_name, r2.name, r2.coord_frame,
+                                description=r2.description,
+                                num_hierarchy_levels=r2.num_hierarchy_levels,
+                                hierarchy_method=r2.hierarchy_method,
+                                num_time_samples=r2.num_time_samples, time_step=r2.time_step,
+                                time_step_unit=r2.time_step_unit)
+        else:
+            r3 = resource
+            p.create_channel(r3.collection_name, r3.experiment_name, r3.name, type=r3.type,
+                             datatype=r3.datatype, description=r3.description,
+                             base_resolution=r3.base_resolution, sources=tuple(r3.sources),
+                             related=tuple(r3.related))
+        return self.get_project(resource)
+
+    def delete_project(self, resource: Resource) -> None:
+        p = self.project
+        if isinstance(resource, ChannelResource):
+            p.delete_channel(resource.collection_name, resource.experiment_name, resource.name)
+        elif isinstance(resource, ExperimentResource):
+            p.delete_experiment(resource.collection_name, resource.name)
+        elif isinstance(resource, CoordinateFrameResource):
+            p.delete_coordinate_frame(resource.name)
+        else:
+            p.delete_collection(resource.name)
+
+    # -- cutouts ---------------------------------------------------------------------------------
+    def get_cutout(self, resource: ChannelResource | str, resolution: int,
+                   x_range: Sequence[int], y_range: Sequence[int], z_range: Sequence[int],
+                   time_range: Sequence[int] | None = None, id_list: Iterable[int] = (),
+                   no_cache: bool | None = None, access_mode: Any = None, parallel: Any = True,
+                   **kwargs: Any) -> np.ndarray:
+        remote = self._remote(resource)
+        box = _box(x_range, y_range, z_range)
+        data = remote.read(box, resolution)
+        ids = list(id_list)
+        if ids:
+            data = np.where(np.isin(data, np.asarray(ids, dtype=data.dtype)), data, 0)
+        if time_range is not None:
+            if list(time_range) != [remote.time, remote.time + 1]:
+                raise InvalidRequestError(
+                    f"time_range {list(time_range)}: this channel is read one time sample at a "
+                    f"time; open it with time=... (currently {remote.time})")
+            data = data[np.newaxis]
+        return data
+
+    def create_cutout(self, resource: ChannelResource | str, resolution: int,
+                      x_range: Sequence[int], y_range: Sequence[int], z_range: Sequence[int],
+                      data: np.ndarray, time_range: Sequence[int] | None = None) -> None:
+        remote = self._remote(resource, "r+")
+        box = _box(x_range, y_range, z_range)
+        arr = np.asarray(data)
+        if time_range is not None:
+            if arr.ndim != 4 or arr.shape[0] != 1:
+                raise InvalidRequestError("with a time_range, data must be (1, z, y, x)")
+            arr = arr[0]
+        if arr.shape != tuple(box.shape):
+            raise InvalidRequestError(
+                f"data of shape {arr.shape} does not fit the (z, y, x) box {tuple(box.shape)}")
+        vol = Volume(remote, resolution)
+        vol.write(arr, box)  # safe-cast checks; zeros are sent like anything else
+
+    # -- object services -------------------------------------------------------------------------
+    def get_ids_in_region(self, resource: ChannelResource | str, resolution: int,
+                          x_range: Sequence[int], y_range: Sequence[int],
+                          z_range: Sequence[int], time_range: Sequence[int] = (0, 1)) -> list[int]:
+        ids = self._remote(resource).ids_in(_box(x_range, y_range, z_range), resolution)
+        return [int(i) for i in ids]
+
+    def get_bounding_box(self, resource: ChannelResource | str, resolution: int, id: int,
+                         bb_type: str = "loose") -> dict[str, list[int]]:
+        box = self._remote(resource).bounding_box(id, resolution, tight=bb_type == "tight")
+        return {"x_range": [box.start.x, box.stop.x], "y_range": [box.start.y, box.stop.y],
+                "z_range": [box.start.z, box.stop.z], "t_range": [0, 1]}
+
+    def reserve_ids(self, resource: ChannelResource | str, num_ids: int) -> int:
+        return self._remote(resource).reserve_ids(num_ids)
+
+    # -- metadata --------------------------------------------------------------------------------
+    def _meta(self, resource: Resource) -> Any:
+        if isinstance(resource, ChannelResource):
+            return self.project.metadata(resource.collection_name, resource.experiment_name,
+                                         resource.name)
+        if isinstance(resource, ExperimentResource):
+            return self.project.metadata(resource.collection_name, resource.name)
+        return self.project.metadata(resource.name)
+
+    def list_metadata(self, resource: Resource) -> list[str]:
+        return list(self._meta(resource))
+
+    def get_metadata(self, resource: Resource, keys: Iterable[str]) -> dict[str, str]:
+        md = self._meta(resource)
+        return {k: md[k] for k in keys}
+
+    def create_metadata(self, resource: Resource, keys_vals: Mapping[str, Any]) -> None:
+        md = self._meta(resource)
+        existing = set(md)
+        clash = sorted(set(keys_vals) & existing)
+        if clash:
+            raise InvalidRequestError(f"metadata keys already exist: {clash} (use update)")
+        for k, v in keys_vals.items():
+            md[k] = str(v)
+
+    def update_metadata(self, resource: Resource, keys_vals: Mapping[str, Any]) -> None:
+        md = self._meta(resource)
+        missing = sorted(set(keys_vals) - set(md))
+        if missing:
+            raise InvalidRequestError(f"metadata keys do not exist: {missing} (use create)")
+        for k, v in keys_vals.items():
+            md[k] = str(v)
+
+    def delete_metadata(self, resource: Resource, keys: Iterable[str]) -> None:
+        md = self._meta(resource)
+        for k in keys:
+            del md[k]
+
+
+class _Array:
+    """intern.array's numpy-like object: indexing reads, assignment writes."""
+
+    def __init__(self, volume: Volume, axis_order: str) -> None:
+        if axis_order.upper() not in ("ZYX", "XYZ"):
+            raise InvalidRequestError(f"axis_order must be 'ZYX' or 'XYZ', got {axis_order!r}")
+        self._vol = volume
+        self._xyz = axis_order.upper() == "XYZ"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._vol.shape[::-1] if self._xyz else self._vol.shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self._vol.dtype
+
+    @property
+    def voxel_size(self) -> tuple[float, float, float]:
+        vs = self._vol.voxel_size
+        return vs.xyz() if self._xyz else vs.zyx()
+
+    @property
+    def volume(self) -> Volume:
+        return self._vol
+
+    def _key(self, key: Any) -> Any:
+        if not self._xyz:
+            return key
+        if not isinstance(key, tuple):
+            key = (key,)
+        if Ellipsis in key:
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (3 - len(key) + 1) + key[i + 1:]
+        key = key + (slice(None),) * (3 - len(key))
+        return key[::-1]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        out = self._vol[self._key(key)].read()
+        return out.T if self._xyz else out
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        arr = np.asarray(value)
+        self._vol[self._key(key)] = arr.T if self._xyz and arr.ndim else arr
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        return self[...] if dtype is None else self[...].astype(dtype)
+
+
+def array(channel: str | ChannelResource, resolution: int = 0, *,
+          boss_config: Mapping[str, str] | None = None, axis_order: str = "ZYX",
+          mode: str | None = None, **options: Any) -> _Array:
+    """intern's ``array``: a numpy-like view of a channel by URL (any voxgate URL works).
+
+    ``mode`` None opens read-write where the store allows it and read-only otherwise.
+    """
+    if isinstance(channel, ChannelResource):
+        channel = f"bossdb://{channel.collection_name}/{channel.experiment_name}/{channel.name}"
+    if boss_config is not None and channel.startswith("bossdb://"):
+        # honoured first, unlike intern, which probed the public bossDB before reading it
+        if "://" not in channel[len("bossdb://"):]:
+            options.setdefault("server",
+                               f"{boss_config['protocol']}://{boss_config['host']}")
+        options.setdefault("token", boss_config.get("token"))
+    if mode is None:
+        try:
+            vol = vopen(channel, scale=resolution, mode="r+", **options)
+        except PermissionError:
+            vol = vopen(channel, scale=resolution, mode="r", **options)
+    else:
+        vol = vopen(channel, scale=resolution, mode=mode, **options)
+    return _Array(vol, axis_order)
