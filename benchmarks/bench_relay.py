@@ -1,0 +1,222 @@
+"""The relay on loopback: warm and cold cutout latency, one more chained tier, 16 clients.
+
+    python benchmarks/bench_relay.py [--repeats 50] [--data benchmarks/data-relay]
+
+Upstreams: a 64 x 1024 x 1024 uint8 precomputed image and a 256^3 uint64 zarr segmentation
+(64^3 chunks) on local disk.  Clients: intern's BossRemote.get_cutout and a plain httpx GET
+with blosc decoding.  Reports p50/p99 per request.  Targets (issue 3): warm 512x512x16 uint8
+p50 under 20 ms; one extra tier under 5 ms more at p50 when warm; cold no more than the
+upstream read plus encoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import blosc
+import httpx
+import numpy as np
+
+import voxgate
+from voxgate.geometry import Box
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.relay.conftest import free_port, start_relay
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def make_data(root: Path) -> None:
+    if (root / "ready").exists():
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    img = voxgate.create(f"precomputed://file://{root}/img", shape=(64, 1024, 1024),
+                         chunks=(64, 64, 64), dtype="uint8", voxel_size=(40, 8, 8), exist_ok=True)
+    img[:] = rng.integers(0, 255, (64, 1024, 1024), dtype=np.uint8)
+    from voxgate.synthetic import synthetic_labels
+
+    seg = voxgate.create(f"zarr://{root}/seg.zarr", shape=(256, 256, 256), chunks=(64, 64, 64),
+                         dtype="uint64", voxel_size=(8, 8, 8), kind="segmentation",
+                         exist_ok=True)
+    seg[:] = synthetic_labels((256, 256, 256), cell=(32, 32, 32))
+    (root / "ready").touch()
+
+
+def config(path: Path, channels: dict[str, str], token: str | None = None) -> Path:
+    text = f'[server]\nstate_path = "{path.parent / (path.stem + "-state.json")}"\n'
+    text += '[cache]\nmemory_bytes = "2 GiB"\n'
+    for name, upstream in channels.items():
+        text += f'[[channel]]\nname = "{name}"\nupstream = "{upstream}"\n'
+        if token:
+            text += f'options = {{ token = "{token}" }}\n'
+    path.write_text(text)
+    return path
+
+
+def http_cutout(client: httpx.Client, chan: str, res: int, box: Box,
+                dtype: str) -> np.ndarray:
+    x, y, z = (f"{a}:{b}" for a, b in zip(box.start.xyz(), box.stop.xyz(), strict=True))
+    r = client.get(f"/v1/cutout/lab/em/{chan}/{res}/{x}/{y}/{z}/",
+                   headers={"Accept": "application/blosc"})
+    r.raise_for_status()
+    return np.frombuffer(blosc.decompress(r.content), dtype=dtype).reshape(tuple(box.shape))
+
+
+def boxes_uint8(n: int, rng: np.random.Generator) -> list[Box]:
+    out = []
+    for _ in range(n):
+        z = int(rng.integers(0, 64 - 16))
+        y, x = (int(v) for v in rng.integers(0, 1024 - 512, 2))
+        out.append(Box((z, y, x), (z + 16, y + 512, x + 512)))
+    return out
+
+
+def boxes_seg(n: int, rng: np.random.Generator) -> list[Box]:
+    out = []
+    for _ in range(n):
+        z, y, x = (int(v) for v in rng.integers(0, 256 - 128, 3))
+        out.append(Box((z, y, x), (z + 128, y + 128, x + 128)))
+    return out
+
+
+def latency(label: str, fn: Callable[[Box], object], boxes: list[Box]) -> dict[str, float]:
+    for b in boxes:  # warm the cache and the connections
+        fn(b)
+    times = []
+    for b in boxes:
+        t0 = time.perf_counter()
+        fn(b)
+        times.append(time.perf_counter() - t0)
+    out = {"p50": pct(times, 0.5) * 1000, "p99": pct(times, 0.99) * 1000}
+    print(f"  {label:60s} p50 {out['p50']:7.2f} ms   p99 {out['p99']:7.2f} ms", flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--data", type=Path, default=Path(__file__).parent / "data-relay")
+    args = p.parse_args()
+    root = args.data
+    make_data(root)
+    rng = np.random.default_rng(1)
+    b8, b64 = boxes_uint8(args.repeats, rng), boxes_seg(args.repeats, rng)
+    run = root / "run"
+    run.mkdir(exist_ok=True)
+    lab = start_relay(config(run / "lab.toml", {"lab/em/raw": f"precomputed://file://{root}/img",
+                                                "lab/em/seg": f"zarr://{root}/seg.zarr"}),
+                      free_port())
+    laptop = start_relay(config(run / "laptop.toml", {
+        "lab/em/raw": f"bossdb://{lab.url}/lab/em/raw",
+        "lab/em/seg": f"bossdb://{lab.url}/lab/em/seg"}, token="public"), free_port())
+    rows: list[tuple[str, float, float]] = []
+    try:
+        from intern.remote.boss import BossRemote
+
+        def intern_fn(relay_port: int, chan: str) -> Callable[[Box], object]:
+            rmt = BossRemote({"protocol": "http", "host": f"127.0.0.1:{relay_port}",
+                              "token": "public"})
+            channel = rmt.get_channel(chan, "lab", "em")
+
+            def f(b: Box) -> object:
+                return rmt.get_cutout(channel, 0, [b.start.x, b.stop.x], [b.start.y, b.stop.y],
+                                      [b.start.z, b.stop.z])
+            return f
+
+        print("cold (first read of each box, fresh relay; upstream read + encode shown for "
+              "reference)")
+        cold = start_relay(config(run / "cold.toml", {
+            "lab/em/raw": f"precomputed://file://{root}/img",
+            "lab/em/seg": f"zarr://{root}/seg.zarr"}), free_port())
+        try:
+            with httpx.Client(base_url=cold.url, timeout=60) as c:
+                up8 = voxgate.open(root / "img")
+                up64 = voxgate.open(f"zarr://{root}/seg.zarr")
+                for label, chan, dtype, boxes, up in (
+                        ("512x512x16 uint8", "raw", "uint8", b8, up8),
+                        ("128^3 uint64", "seg", "uint64", b64, up64)):
+                    cold_t, up_t = [], []
+                    for b in boxes[: min(20, len(boxes))]:
+                        t0 = time.perf_counter()
+                        http_cutout(c, chan, 0, b, dtype)
+                        cold_t.append(time.perf_counter() - t0)
+                        t0 = time.perf_counter()
+                        arr = up.read(b)
+                        blosc.compress(arr.tobytes(), typesize=arr.dtype.itemsize, cname="lz4",
+                                       clevel=5)
+                        up_t.append(time.perf_counter() - t0)
+                    c50, u50 = pct(cold_t, 0.5) * 1000, pct(up_t, 0.5) * 1000
+                    print(f"  {label:20s} cold relay p50 {c50:7.2f} ms   upstream read+encode "
+                          f"p50 {u50:7.2f} ms   ratio {c50 / u50:4.2f}")
+                    rows.append((f"cold {label}, httpx (upstream read+encode {u50:.1f} ms)",
+                                 c50, pct(cold_t, 0.99) * 1000))
+        finally:
+            cold.stop()
+
+        print("warm, one relay")
+        with httpx.Client(base_url=lab.url, timeout=60) as c:
+            r = latency("512x512x16 uint8, httpx",
+                        lambda b: http_cutout(c, "raw", 0, b, "uint8"), b8)
+            rows.append(("warm 512x512x16 uint8, httpx, 1 tier", r["p50"], r["p99"]))
+            r = latency("128^3 uint64, httpx", lambda b: http_cutout(c, "seg", 0, b, "uint64"),
+                        b64)
+            rows.append(("warm 128^3 uint64, httpx, 1 tier", r["p50"], r["p99"]))
+        r = latency("512x512x16 uint8, intern", intern_fn(lab.port, "raw"), b8)
+        rows.append(("warm 512x512x16 uint8, intern, 1 tier", r["p50"], r["p99"]))
+        r = latency("128^3 uint64, intern", intern_fn(lab.port, "seg"), b64)
+        rows.append(("warm 128^3 uint64, intern, 1 tier", r["p50"], r["p99"]))
+
+        print("warm, two chained relays (laptop -> lab)")
+        with httpx.Client(base_url=laptop.url, timeout=60) as c:
+            r = latency("512x512x16 uint8, httpx",
+                        lambda b: http_cutout(c, "raw", 0, b, "uint8"), b8)
+            rows.append(("warm 512x512x16 uint8, httpx, 2 tiers", r["p50"], r["p99"]))
+            r = latency("128^3 uint64, httpx", lambda b: http_cutout(c, "seg", 0, b, "uint64"),
+                        b64)
+            rows.append(("warm 128^3 uint64, httpx, 2 tiers", r["p50"], r["p99"]))
+
+        print("throughput, 16 concurrent clients, warm 512x512x16 uint8")
+        done = []
+        lock = threading.Lock()
+        stop_at = time.perf_counter() + 10
+
+        def worker(seed: int) -> None:
+            local = np.random.default_rng(seed)
+            with httpx.Client(base_url=lab.url, timeout=60) as c:
+                while time.perf_counter() < stop_at:
+                    b = b8[int(local.integers(0, len(b8)))]
+                    http_cutout(c, "raw", 0, b, "uint8")
+                    with lock:
+                        done.append(b.size)
+
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        secs = time.perf_counter() - t0
+        mb = sum(done) / 2**20 / secs
+        print(f"  {len(done) / secs:.1f} requests/s, {mb:.1f} MiB/s")
+        rows.append((f"16 clients: {len(done) / secs:.1f} req/s, {mb:.1f} MiB/s", 0, 0))
+    finally:
+        laptop.stop()
+        lab.stop()
+    print("\n| measurement | p50 ms | p99 ms |\n|---|---|---|")
+    for label, p50, p99 in rows:
+        print(f"| {label} | {p50:.2f} | {p99:.2f} |" if p50 else f"| {label} | | |")
+    print(f"\n(cpu count {os.cpu_count()}, median of {args.repeats} boxes per row)")
+
+
+if __name__ == "__main__":
+    main()
