@@ -12,7 +12,16 @@ import numpy as np
 from .errors import InvalidRequestError
 from .geometry import Box, Vec, VoxelSize
 
-__all__ = ["SUPPORTED_DTYPES", "Kind", "Scale", "VolumeMeta", "check_dtype", "default_factors"]
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "Kind",
+    "Scale",
+    "VolumeMeta",
+    "check_dtype",
+    "check_new_scales",
+    "default_factors",
+    "next_scales",
+]
 
 Kind = Literal["image", "segmentation"]
 
@@ -139,21 +148,9 @@ class VolumeMeta:
         if kind not in ("image", "segmentation"):
             raise InvalidRequestError(f"kind must be 'image' or 'segmentation', got {kind!r}")
         dt = check_dtype(dtype)
-        scales = [Scale(0, sh, ch, vs, off, encoding)]
-        for i in range(1, num_scales):
-            prev = scales[-1]
-            f = default_factors(prev.voxel_size)
-            scales.append(
-                Scale(
-                    i,
-                    Vec(*(math.ceil(s / k) for s, k in zip(prev.shape, f, strict=True))),
-                    ch,
-                    _scaled(prev.voxel_size, f),
-                    Vec(*(o // k for o, k in zip(prev.offset, f, strict=True))),
-                    encoding,
-                )
-            )
-        return cls(dt, tuple(scales), kind, num_channels)  # type: ignore[arg-type]
+        base = cls(dt, (Scale(0, sh, ch, vs, off, encoding),), kind,  # type: ignore[arg-type]
+                   num_channels)
+        return base.with_scales([*base.scales, *next_scales(base, num_scales - 1)])
 
 
 def _scaled(vs: VoxelSize, factors: Vec) -> VoxelSize:
@@ -171,3 +168,39 @@ def default_factors(voxel_size: VoxelSize) -> Vec:
     if f == (1, 1, 1):
         f = (2, 2, 2)
     return Vec(*f)
+
+
+def next_scales(meta: VolumeMeta, count: int, factors: Sequence[Vec] | None = None) -> list[Scale]:
+    """``count`` scales after the coarsest one, each downsampled by its factor (z, y, x).
+
+    Factors default to :func:`default_factors` of the previous scale's voxel size.  Shapes round
+    up and offsets round down, as precomputed and OME-Zarr pyramids do.
+    """
+    out: list[Scale] = []
+    prev = meta.scales[-1]
+    for i in range(count):
+        f = Vec.of(factors[i]) if factors is not None else default_factors(prev.voxel_size)
+        if any(v < 1 for v in f):
+            raise InvalidRequestError(f"downsampling factors must be >= 1, got {tuple(f)}")
+        prev = Scale(
+            prev.index + 1,
+            Vec(*(math.ceil(s / k) for s, k in zip(prev.shape, f, strict=True))),
+            prev.chunks,
+            _scaled(prev.voxel_size, f),
+            Vec(*(o // k for o, k in zip(prev.offset, f, strict=True))),
+            prev.encoding,
+        )
+        out.append(prev)
+    return out
+
+
+def check_new_scales(meta: VolumeMeta, scales: Sequence[Scale]) -> None:
+    """New scales must continue the existing indices and keep the voxel-size unit."""
+    for i, sc in enumerate(scales):
+        if sc.index != len(meta.scales) + i:
+            raise InvalidRequestError(
+                f"new scale {sc.index} must have index {len(meta.scales) + i} (scales are "
+                "appended after the coarsest existing one)"
+            )
+        if sc.voxel_size.unit != meta.voxel_size.unit:
+            raise InvalidRequestError("new scales must use the volume's voxel-size unit")

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import CapabilityNotSupportedError, InvalidRequestError, ReadOnlyError
 from ..geometry import Box, Vec
-from ..meta import VolumeMeta
+from ..meta import Scale, VolumeMeta
 
 __all__ = ["Capability", "Remote", "check_options", "has_capability", "require_capability"]
 
@@ -35,6 +35,7 @@ class Capability(enum.StrEnum):
     SERVER_IDS = "server_ids"
     SERVER_BOUNDING_BOXES = "server_bounding_boxes"
     VERSIONING = "versioning"
+    ADD_SCALES = "add_scales"
 
 
 class Remote(abc.ABC):
@@ -87,6 +88,14 @@ class Remote(abc.ABC):
     @property
     def capabilities(self) -> frozenset[Capability]:
         return frozenset()
+
+    def add_scales(self, scales: Sequence[Scale]) -> None:
+        """Append coarser scales (their indices continue the existing ones) to the store.
+
+        The new scales hold fill until written (``voxgate.downsample`` computes them).  Updates
+        ``self.meta``.  Stores that can do this declare ``Capability.ADD_SCALES``.
+        """
+        raise CapabilityNotSupportedError(f"{self.url} cannot add scales to its store")
 
     def write_grid(self, scale: int = 0) -> Vec:
         """The block shape writes should align to: a chunk, or a whole shard where there is one."""

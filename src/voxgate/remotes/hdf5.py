@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import h5py
@@ -44,7 +44,7 @@ from ..errors import (
     VoxgateError,
 )
 from ..geometry import Box, Vec, VoxelSize, chunk_boxes
-from ..meta import SUPPORTED_DTYPES, Kind, Scale, VolumeMeta
+from ..meta import SUPPORTED_DTYPES, Kind, Scale, VolumeMeta, check_new_scales
 from .base import Capability, Remote, check_options
 
 __all__ = ["HDF5Remote"]
@@ -490,7 +490,50 @@ class HDF5Remote(Remote):
     # -- data -----------------------------------------------------------------------------------
     @property
     def capabilities(self) -> frozenset[Capability]:
-        return frozenset({Capability.WRITE}) if self.mode == "r+" else frozenset()
+        if self.mode != "r+":
+            return frozenset()
+        return frozenset({Capability.WRITE, Capability.ADD_SCALES})
+
+    def add_scales(self, scales: Sequence[Scale]) -> None:
+        """New ``sN`` datasets with scale 0's chunking and filters.
+
+        A single-dataset volume first becomes a group: its dataset moves to ``name/s0`` (a
+        rename inside the file, no data is copied), so the URL keeps naming the volume.
+        """
+        self._check_writable()
+        self._check_open()
+        check_new_scales(self.meta, scales)
+        meta = self.meta
+        with self._shared.lock:
+            f = self._shared.ensure_open(writable=True)
+            first = f[self._datasets[0]]
+            filters = {
+                "compression": first.compression, "compression_opts": first.compression_opts,
+                "shuffle": first.shuffle, "fletcher32": first.fletcher32,
+            }
+            if len(self._datasets) == 1 and self._datasets[0] == self.name:
+                tmp = f"{self.name}__voxgate_s0"
+                f.move(self.name, tmp)
+                g = f.create_group(self.name)
+                f.move(tmp, f"{self.name}/s0")
+                g.attrs["multiScale"] = True
+                g.attrs["kind"] = meta.kind
+                g.attrs["voxel_size"] = list(meta.voxel_size.zyx())
+                g.attrs["unit"] = meta.voxel_size.unit
+                f[f"{self.name}/s0"].attrs["downsamplingFactors"] = [1.0, 1.0, 1.0]
+            vs0 = meta.voxel_size
+            factors = [list(g_) for g_ in f[self.name].attrs.get("scales", [[1.0, 1.0, 1.0]])]
+            for sc in scales:
+                ds = _create_dataset(f, f"{self.name}/s{sc.index}", meta, sc, filters)
+                _write_scale_attrs(ds.attrs, meta, sc)
+                fac = [_plain(a / b) for a, b in zip(sc.voxel_size.zyx(), vs0.zyx(), strict=True)]
+                ds.attrs["downsamplingFactors"] = fac
+                factors.append(fac)
+            f[self.name].attrs["scales"] = np.asarray(factors, dtype=float)
+            f.flush()
+        fresh = HDF5Remote.open(f"{self.path}#{self.name}", mode="r+")
+        self.meta, self._datasets = fresh.meta, fresh._datasets
+        fresh.close()
 
     def _selection(self, box: Box, scale: int) -> tuple[slice, ...]:
         origin = self.meta.scale(scale).offset

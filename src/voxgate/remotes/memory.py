@@ -7,6 +7,7 @@ Named volumes live in a process-wide table until :func:`delete` (or ``MemoryRemo
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,8 @@ import numpy as np
 
 from ..errors import InvalidRequestError, RemoteExistsError, RemoteNotFoundError
 from ..geometry import Box
-from ..meta import VolumeMeta
+from ..meta import Scale, VolumeMeta
+from ..meta import check_new_scales as _check_new_scales
 from .base import Capability, Remote, check_options
 
 __all__ = ["MemoryRemote", "delete"]
@@ -95,7 +97,22 @@ class MemoryRemote(Remote):
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        return frozenset({Capability.WRITE}) if self.mode == "r+" else frozenset()
+        if self.mode != "r+":
+            return frozenset()
+        return frozenset({Capability.WRITE, Capability.ADD_SCALES})
+
+    def add_scales(self, scales: Sequence[Scale]) -> None:
+        self._check_writable()
+        meta = self._stored.meta
+        _check_new_scales(meta, scales)
+        lead = (meta.num_channels,) if meta.num_channels > 1 else ()
+        with self._stored.lock:
+            for sc in scales:
+                self._stored.arrays.append(
+                    np.full(lead + tuple(sc.shape), meta.fill_value, dtype=meta.dtype)
+                )
+            self._stored.meta = meta.with_scales([*meta.scales, *scales])
+        self.meta = self._stored.meta
 
     def _slices(self, box: Box, scale: int) -> tuple[Any, ...]:
         origin = self.meta.scale(scale).offset

@@ -37,7 +37,7 @@ from ..errors import (
     RemoteNotFoundError,
 )
 from ..geometry import Box, Vec, VoxelSize
-from ..meta import Kind, Scale, VolumeMeta
+from ..meta import Kind, Scale, VolumeMeta, check_new_scales
 from ._tensorstore import (
     TSArray,
     is_local,
@@ -455,7 +455,51 @@ class N5Remote(Remote):
     # -- data -----------------------------------------------------------------------------------
     @property
     def capabilities(self) -> frozenset[Capability]:
-        return frozenset({Capability.WRITE}) if self.mode == "r+" else frozenset()
+        if self.mode != "r+":
+            return frozenset()
+        caps = {Capability.WRITE}
+        if self._multiscale_group():
+            caps.add(Capability.ADD_SCALES)
+        return frozenset(caps)
+
+    def _multiscale_group(self) -> bool:
+        return kvstore_exists(self.location, "s0/attributes.json") and bool(
+            _optional_json(self.location, "attributes.json").get("multiScale")
+        )
+
+    def add_scales(self, scales: Sequence[Scale]) -> None:
+        """New ``sN`` datasets with s0's block size and compression, added to the group's
+        n5-viewer attributes."""
+        self._check_writable()
+        if not self._multiscale_group():
+            raise CapabilityNotSupportedError(
+                f"{self.url} is a single N5 dataset; voxgate adds scales to multiscale groups "
+                "(voxgate.create makes one)"
+            )
+        check_new_scales(self.meta, scales)
+        template = read_json(join(self.location, "s0"), "attributes.json")
+        group = read_json(self.location, "attributes.json")
+        vs0 = self.meta.scales[0].voxel_size
+        lead = [self.meta.num_channels] if self.meta.num_channels > 1 else []
+        factors_all = list(group.get("scales") or group.get("downsamplingFactors") or [])
+        for sc in scales:
+            factors = [_plain_number(v / b) for v, b in zip(sc.voxel_size.xyz(), vs0.xyz(),
+                                                              strict=True)]
+            attrs = dict(template)
+            attrs["dimensions"] = [*sc.shape.xyz(), *lead]
+            attrs["downsamplingFactors"] = factors
+            attrs["resolution"] = [_plain_number(v) for v in sc.voxel_size.xyz()] + (
+                [1] if lead else [])
+            attrs["voxgate"] = {**template.get("voxgate", {}), "offset": list(sc.offset),
+                                "voxel_size": list(sc.voxel_size.zyx()),
+                                "unit": sc.voxel_size.unit}
+            write_json(join(self.location, f"s{sc.index}"), "attributes.json", attrs)
+            factors_all.append(factors)
+        group["scales"] = factors_all
+        group["downsamplingFactors"] = factors_all
+        write_json(self.location, "attributes.json", group)
+        fresh = N5Remote.open(self.location, mode="r+")
+        self.meta, self._arrays, self._paths = fresh.meta, fresh._arrays, fresh._paths
 
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
         return self._arrays[scale].read(box)

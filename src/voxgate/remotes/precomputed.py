@@ -49,7 +49,7 @@ from ..errors import (
 )
 from ..formats.precomputed_chunks import decode_chunk, encode_chunk
 from ..geometry import Box, Vec, VoxelSize, chunk_boxes
-from ..meta import Kind, Scale, VolumeMeta
+from ..meta import Kind, Scale, VolumeMeta, check_new_scales
 from ._tensorstore import (
     TSArray,
     is_local,
@@ -224,7 +224,16 @@ class PrecomputedRemote(Remote):
     # -- data -----------------------------------------------------------------------------------
     @property
     def capabilities(self) -> frozenset[Capability]:
-        return frozenset({Capability.WRITE}) if self.mode == "r+" else frozenset()
+        if self.mode != "r+":
+            return frozenset()
+        return frozenset({Capability.WRITE, Capability.ADD_SCALES})
+
+    def add_scales(self, scales: Sequence[Scale]) -> None:
+        """New scales in the info, sharded like scale 0 (tensorstore picks the same spec)."""
+        self._check_writable()
+        check_new_scales(self.meta, scales)
+        sharded = "sharding" in self._info["scales"][0]
+        self._append_scales(self.meta, scales, sharded)
 
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
         io = self._scale_io(scale)

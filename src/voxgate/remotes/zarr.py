@@ -9,6 +9,7 @@ voxel size, offset and kind read from a ``voxgate`` attribute when voxgate wrote
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from ..errors import (
     RemoteNotFoundError,
 )
 from ..geometry import Box, Vec, VoxelSize
-from ..meta import Kind, Scale, VolumeMeta
+from ..meta import Kind, Scale, VolumeMeta, check_new_scales
 from ._tensorstore import (
     TSArray,
     is_local,
@@ -77,6 +78,7 @@ class ZarrRemote(Remote):
         arrays: list[TSArray],
         mode: str,
         shard_shape: Vec | None = None,
+        group_format: int | None = None,
     ) -> None:
         self.location = location
         self.meta = meta
@@ -84,6 +86,7 @@ class ZarrRemote(Remote):
         self.mode = mode
         self.url = f"zarr://{location}"
         self._shard_shape = shard_shape
+        self._group_format = group_format  # 2 or 3 for an OME-Zarr group, None for an array
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -189,7 +192,7 @@ class ZarrRemote(Remote):
         assert dtype is not None
         kind = info.get("kind") or ("segmentation" if "image-label" in ome else _guess_kind(dtype))
         meta = VolumeMeta(dtype, tuple(scales), _kind(kind), channels, fill)
-        return cls(location, meta, arrays, mode, shard0)
+        return cls(location, meta, arrays, mode, shard0, fmt)
 
     # -- creating -------------------------------------------------------------------------------
     @classmethod
@@ -296,7 +299,55 @@ class ZarrRemote(Remote):
     # -- data -----------------------------------------------------------------------------------
     @property
     def capabilities(self) -> frozenset[Capability]:
-        return frozenset({Capability.WRITE}) if self.mode == "r+" else frozenset()
+        if self.mode != "r+":
+            return frozenset()
+        caps = {Capability.WRITE}
+        if self._group_format is not None:
+            caps.add(Capability.ADD_SCALES)
+        return frozenset(caps)
+
+    def add_scales(self, scales: Sequence[Scale]) -> None:
+        """New datasets beside the others, with scale 0's codecs, listed in ``multiscales``."""
+        self._check_writable()
+        if self._group_format is None:
+            raise CapabilityNotSupportedError(
+                f"{self.url} is a plain zarr array; voxgate adds scales to OME-Zarr multiscale "
+                "groups (voxgate.create makes one)"
+            )
+        check_new_scales(self.meta, scales)
+        v3 = self._group_format == 3
+        group_key = "zarr.json" if v3 else ".zattrs"
+        group = read_json(self.location, group_key)
+        attrs = group["attributes"] if v3 else group
+        ome = attrs.get("ome", attrs) if v3 else attrs
+        ms = ome["multiscales"][0]
+        names = [a["name"] if isinstance(a, dict) else a for a in ms.get("axes", [])]
+        lead = [self.meta.num_channels] if self.meta.num_channels > 1 else []
+        if names[-3:] != ["z", "y", "x"] or len(names) != 3 + len(lead) or ms.get(
+            "coordinateTransformations"
+        ):
+            raise CapabilityNotSupportedError(
+                f"{self.url}: voxgate adds scales to groups with ([c,] z, y, x) axes and no "
+                "group-level transformations"
+            )
+        first = ms["datasets"][0]["path"]
+        array_key = "zarr.json" if v3 else ".zarray"
+        template = read_json(join(self.location, first), array_key)
+        taken = {d["path"] for d in ms["datasets"]}
+        for sc in scales:
+            path = str(sc.index) if str(sc.index) not in taken else f"s{sc.index}"
+            doc = dict(template)
+            doc["shape"] = lead + list(sc.shape)
+            write_json(join(self.location, path), array_key, doc)
+            vs = list(sc.voxel_size.zyx())
+            ms["datasets"].append({"path": path, "coordinateTransformations": [
+                {"type": "scale", "scale": [1.0] * len(lead) + vs},
+                {"type": "translation", "translation": [0.0] * len(lead)
+                 + [o * v for o, v in zip(sc.offset, vs, strict=True)]},
+            ]})
+        write_json(self.location, group_key, group)
+        fresh = ZarrRemote.open(self.location, mode="r+")
+        self.meta, self._arrays = fresh.meta, fresh._arrays
 
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
         return self._arrays[scale].read(box)

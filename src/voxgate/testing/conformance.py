@@ -154,6 +154,34 @@ class RemoteTests:
         np.testing.assert_array_equal(voxgate.open(self.url(tmp_path, "vol"), scale=2).read(), data)
         assert not vol.read().any()
 
+    def test_add_scales(self, tmp_path: Path) -> None:
+        from voxgate.errors import CapabilityNotSupportedError
+        from voxgate.meta import next_scales
+
+        vol = self.make(tmp_path, voxel_size=(40, 8, 8))
+        data = self.random((20, 40, 50), self.dtype)
+        vol[:] = data
+        remote = vol.remote
+        new = next_scales(remote.meta, 2)
+        if not voxgate.has_capability(remote, "add_scales"):
+            with pytest.raises(CapabilityNotSupportedError):
+                remote.add_scales(new)
+            return
+        remote.add_scales(new)
+        assert len(remote.meta.scales) == 3
+        again = voxgate.open(self.url(tmp_path, "vol"), mode="r+")
+        assert [tuple(s.shape) for s in again.scales] == [(20, 40, 50), (20, 20, 25),
+                                                          (20, 10, 13)]
+        assert again.scales[2].voxel_size.zyx() == (40.0, 32.0, 32.0)
+        assert not again.at_scale(2).read().any()
+        coarse = self.random((20, 10, 13), self.dtype, seed=9)
+        again.at_scale(2)[:] = coarse
+        np.testing.assert_array_equal(voxgate.open(self.url(tmp_path, "vol"), scale=2).read(),
+                                      coarse)
+        np.testing.assert_array_equal(voxgate.open(self.url(tmp_path, "vol")).read(), data)
+        with pytest.raises(InvalidRequestError):
+            again.remote.add_scales(new)  # indices must continue the existing ones
+
     def test_offset_and_boxes(self, tmp_path: Path) -> None:
         vol = self.make(tmp_path, offset=(4, 100, 200))
         assert tuple(vol.offset) == (4, 100, 200)
