@@ -14,6 +14,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from anyio import to_thread
 from starlette.requests import Request
 from starlette.responses import Response
@@ -31,6 +32,19 @@ __all__ = ["precomputed_info", "precomputed_routes"]
 
 _CHUNK = re.compile(r"^(\d+)-(\d+)_(\d+)-(\d+)_(\d+)-(\d+)$")
 _CSEG_BLOCK = (8, 8, 8)
+
+
+#: dtypes the precomputed format lacks, served as the nearest it has (clients size chunks by the
+#: info's data_type, so chunk bytes must be converted, not just relabelled)
+_NEAREST: dict[str, np.dtype[Any]] = {"int64": np.dtype("uint64"), "float64": np.dtype("float32")}
+
+
+def _served_dtype(remote: CachedRemote) -> np.dtype[Any]:
+    return _NEAREST.get(remote.meta.dtype.name, remote.meta.dtype)
+
+
+def _chunk_name(box: Box) -> str:
+    return "_".join(f"{a}-{b}" for a, b in zip(box.start.xyz(), box.stop.xyz(), strict=True))
 
 
 def _encoding(remote: CachedRemote) -> str:
@@ -56,13 +70,10 @@ def precomputed_info(remote: CachedRemote) -> dict[str, Any]:
         if encoding == "compressed_segmentation":
             scale["compressed_segmentation_block_size"] = list(_CSEG_BLOCK)
         scales.append(scale)
-    dtype = meta.dtype.name
-    if dtype in ("int64", "float64"):
-        dtype = {"int64": "uint64", "float64": "float32"}[dtype]  # the nearest the format has
     return {
         "@type": "neuroglancer_multiscale_volume",
         "type": "segmentation" if meta.kind == "segmentation" else "image",
-        "data_type": dtype,
+        "data_type": _served_dtype(remote).name,
         "num_channels": meta.num_channels,
         "scales": scales,
     }
@@ -84,25 +95,40 @@ def precomputed_routes(relay: Relay) -> list[Route]:
         entry = relay.channel(p["c"], p["e"], p["ch"])
         remote = relay.remote(entry, relay.token(request))
         key, name = p["key"], p["chunk"]
-        if not key.startswith("s") or not key[1:].isdigit() or int(key[1:]) >= len(
-            remote.meta.scales
-        ):
-            raise BossHTTPError(404, 4000, f"no scale {key!r} in this layer")
-        scale = int(key[1:])
+        # exactly the keys the info lists ("s01" or "s-1" are not keys, even if int() takes them)
+        keys = [f"s{s.index}" for s in remote.meta.scales]
+        if key not in keys:
+            raise BossHTTPError(404, 4000, f"no scale {key!r} in this layer; its scales are "
+                                f"{', '.join(keys)}")
+        scale = keys.index(key)
         m = _CHUNK.match(name)
         if not m:
-            raise BossHTTPError(400, 1001, f"chunk name {name!r} is not x0-x1_y0-y1_z0-z1")
+            raise BossHTTPError(400, 1001, f"chunk name {name!r} is not x0-x1_y0-y1_z0-z1 "
+                                "(non-negative integers, x first)")
         x0, x1, y0, y1, z0, z1 = (int(v) for v in m.groups())
         if not (x0 < x1 and y0 < y1 and z0 < z1):
             raise BossHTTPError(400, 1001, f"chunk {name} is empty")
         box = Box((z0, y0, x0), (z1, y1, x1))
         bounds = remote.meta.scale(scale).bounds
         if not bounds.contains(box):
-            raise BossHTTPError(404, 4000, f"chunk {name} is outside scale {key} ({bounds})")
+            raise BossHTTPError(404, 4000, f"chunk {name} is outside scale {key}, whose bounds are "
+                                f"{_chunk_name(bounds)}")
+        # only cells of the grid the info announces: anything else would let one request read an
+        # arbitrarily large region into memory (the whole dataset in one "chunk")
+        grid = remote.grid(scale)
+        idx = [(a - o) // g for a, o, g in zip(box.start, bounds.start, grid, strict=True)]
+        start = [o + i * g for o, i, g in zip(bounds.start, idx, grid, strict=True)]
+        cell = Box(start, [a + g for a, g in zip(start, grid, strict=True)]).intersect(bounds)
+        if box != cell:
+            raise BossHTTPError(400, 1001, f"chunk {name} is not a chunk of scale {key}: chunks "
+                                f"are {'x'.join(map(str, grid.xyz()))} voxels (x, y, z) from the "
+                                f"voxel_offset, clipped at the far edges; the chunk holding its "
+                                f"first voxel is {_chunk_name(cell)}")
         encoding = _encoding(remote)
+        served = _served_dtype(remote)
 
         def work() -> bytes:
-            arr = remote.read(box, scale)
+            arr = remote.read(box, scale).astype(served, copy=False)
             if arr.ndim == 3:
                 arr = arr[None]
             data = encode_chunk(arr, encoding, block_size=_CSEG_BLOCK[::-1])

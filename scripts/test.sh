@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run), for a fresh machine: installs what the suite needs that pip
+# cannot (Debian's chromium, for the Neuroglancer tests), makes .venv, installs voxgate with its
+# test extra, and runs pytest with any arguments given.  Rerunning it is safe: every step either
+# is skipped or repeats harmlessly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# the tests drive this binary through Playwright; never `playwright install`, which downloads
+# its own browser build and cannot run offline
+CHROMIUM=/usr/bin/chromium
+PYTHON=${PYTHON:-python3}
+
+die() {
+    echo "scripts/test.sh: $*" >&2
+    exit 1
+}
+
+# apt-get as root, or through sudo (which may ask for a password on a terminal)
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        return 1
+    fi
+}
+
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 \
+        || die "$* must be installed, and this is not a Debian-like system (no apt-get); install it by hand"
+    if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
+        die "$* must be installed: run as root, install sudo, or run: apt-get install -y $*"
+    fi
+    echo "scripts/test.sh: installing $* with apt-get" >&2
+    # a fresh image may have no package lists yet: update only when the install fails
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" \
+        || { as_root apt-get update && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"; } \
+        || die "could not install $* with apt-get (as root or through sudo); install it and rerun"
+}
+
+needed=()
+[ -x "$CHROMIUM" ] || needed+=(chromium)
+command -v "$PYTHON" >/dev/null 2>&1 || needed+=(python3)
+# Debian splits venv (and the pip it bootstraps) out of python3
+if [ ! -x .venv/bin/python ] && ! "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1; then
+    needed+=(python3-venv)
+fi
+if [ ${#needed[@]} -gt 0 ]; then
+    apt_install "${needed[@]}"
+fi
+[ -x "$CHROMIUM" ] || die "chromium is installed but $CHROMIUM does not exist; the tests need it there"
+
+# a venv left half-made by an interrupted run has no working pip: make it again
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+    "$PYTHON" -m venv --clear .venv
+fi
+# what `. .venv/bin/activate` does, without sourcing a script written for interactive shells
+export VIRTUAL_ENV="$PWD/.venv"
+export PATH="$VIRTUAL_ENV/bin:$PATH"
+python -m pip install -e ".[test]"
+exec python -m pytest "$@"
