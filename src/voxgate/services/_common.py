@@ -1,0 +1,149 @@
+"""What every Service shares: inputs (a Volume, a URL or a numpy array), the choice between
+the store's server-side operation and the local kernel, provenance, block iteration."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ..api import open as vopen
+from ..errors import CapabilityNotSupportedError, InvalidRequestError
+from ..geometry import Box, Vec, VoxelSize
+from ..meta import Scale, VolumeMeta
+from ..remotes.base import Capability, Remote, has_capability
+from ..remotes.memory import MemoryRemote, _Stored
+from ..volume import Volume
+
+__all__ = [
+    "Prefer",
+    "Provenance",
+    "as_volume",
+    "block_boxes",
+    "choose_path",
+    "progress_bar",
+    "scratch_remote",
+]
+
+Prefer = Literal["auto", "server", "local"]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Which path produced a Service's result, and on what."""
+
+    service: str
+    path: Literal["server", "local"]
+    source: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v!r}" for k, v in self.details.items())
+        return f"Provenance({self.service}: {self.path} on {self.source}{extra})"
+
+
+_array_counter = itertools.count()
+_array_lock = threading.Lock()
+
+
+def as_volume(data: Any, *, voxel_size: Any = None, kind: str | None = None,
+              mode: str = "r") -> Volume:
+    """A Volume from a Volume, a URL / path, or a 3-D numpy array (wrapped without a copy)."""
+    if isinstance(data, Volume):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return vopen(data, mode=mode)
+    if isinstance(data, np.ndarray):
+        if data.ndim != 3:
+            raise InvalidRequestError(
+                f"a numpy array given to a Service must be 3-D (z, y, x), got shape {data.shape}"
+            )
+        arr = np.ascontiguousarray(data)
+        if kind is None:
+            kind = "segmentation" if arr.dtype.kind in "ui" and arr.dtype.itemsize >= 4 else \
+                "image"
+        vs = VoxelSize.of(voxel_size if voxel_size is not None else (1, 1, 1))
+        shape = Vec(*arr.shape)
+        meta = VolumeMeta(arr.dtype, (Scale(0, shape, shape, vs),), kind)  # type: ignore[arg-type]
+        with _array_lock:
+            name = f"array-{next(_array_counter)}"
+        remote = MemoryRemote(name, _Stored(meta, [arr], threading.Lock()), "r")
+        return Volume(remote)
+    raise InvalidRequestError(
+        f"expected a voxgate Volume, a URL or a numpy array, got {type(data).__name__}"
+    )
+
+
+def scratch_remote(meta: VolumeMeta) -> MemoryRemote:
+    """A writable in-memory Remote that is not registered under any mem:// name, so it is
+    freed with its last reference (Services use it for results held in memory)."""
+    lead = (meta.num_channels,) if meta.num_channels > 1 else ()
+    arrays = [np.full(lead + tuple(s.shape), meta.fill_value, dtype=meta.dtype)
+              for s in meta.scales]
+    with _array_lock:
+        name = f"scratch-{next(_array_counter)}"
+    return MemoryRemote(name, _Stored(meta, arrays, threading.Lock()), "r+")
+
+
+def choose_path(prefer: str, remote: Remote, capability: Capability, service: str) -> str:
+    """'server' when the store offers the operation and it is wanted, else 'local'."""
+    if prefer not in ("auto", "server", "local"):
+        raise InvalidRequestError(f"prefer must be 'auto', 'server' or 'local', got {prefer!r}")
+    offered = has_capability(remote, capability)
+    if prefer == "server" and not offered:
+        raise CapabilityNotSupportedError(
+            f"{remote.url} cannot {service} on its server (it lacks {capability.value}); use "
+            "prefer='local' or 'auto'"
+        )
+    return "server" if offered and prefer != "local" else "local"
+
+
+def block_boxes(region: Box, block: Vec) -> Iterator[Box]:
+    """``region`` cut into blocks of ``block`` anchored at the region's start."""
+    for z in range(region.start.z, region.stop.z, block.z):
+        for y in range(region.start.y, region.stop.y, block.y):
+            for x in range(region.start.x, region.stop.x, block.x):
+                start = Vec(z, y, x)
+                yield Box(start, start + block).intersect(region)
+
+
+class progress_bar:
+    """A rich progress bar over ``total`` steps, or nothing when ``enabled`` is False."""
+
+    def __init__(self, enabled: bool, total: int, label: str) -> None:
+        self.enabled = enabled and total > 0
+        self.total = total
+        self.label = label
+        self._bar: Any = None
+        self._task: Any = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> progress_bar:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeRemainingColumn())
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.label, total=self.total)
+        return self
+
+    def advance(self, n: int = 1) -> None:
+        if self._bar is not None:
+            with self._lock:
+                self._bar.advance(self._task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
