@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+
 import numpy as np
 
 __all__ = [
@@ -145,12 +146,14 @@ def decode_label_block(data: bytes | memoryview, shape: tuple[int, int, int] | N
     out_shape = (gz * SUB, gy * SUB, gx * SUB)
     if shape is not None and tuple(shape) != out_shape:
         raise DVIDFormatError(
-            f"the label block holds {out_shape[::-1]} voxels (x, y, z), expected {tuple(shape)[::-1]}"
+            f"the label block holds {out_shape[::-1]} voxels (x, y, z), expected "
+            f"{tuple(shape)[::-1]}"
         )
     pos = 16
     if len(buf) < pos + 8 * nlab:
         raise DVIDFormatError(
-            f"the label block declares {nlab} labels but has only {len(buf) - 16} bytes after its header"
+            f"the label block declares {nlab} labels but has only {len(buf) - 16} bytes after "
+            "its header"
         )
     labels = np.frombuffer(buf, "<u8", nlab, pos).astype(np.uint64)
     pos += 8 * nlab

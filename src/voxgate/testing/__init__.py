@@ -11,7 +11,25 @@ from ``spec()``, read-only enforcement, errors).  ``pytest`` and ``hypothesis`` 
 when these are used.
 """
 
-from .conformance import RemoteTests
-from .state_machine import remote_state_machine
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .conformance import RemoteTests
+    from .state_machine import remote_state_machine
 
 __all__ = ["RemoteTests", "remote_state_machine"]
+
+
+def __getattr__(name: str) -> Any:
+    # imported on use, so voxgate.testing.dvid (a server) runs without pytest installed
+    if name == "RemoteTests":
+        from .conformance import RemoteTests
+
+        return RemoteTests
+    if name == "remote_state_machine":
+        from .state_machine import remote_state_machine
+
+        return remote_state_machine
+    raise AttributeError(f"module 'voxgate.testing' has no attribute {name!r}")
