@@ -1,0 +1,182 @@
+"""Small files under one directory of a precomputed layer: mesh and skeleton storage.
+
+Local disks and object storage (gs://, s3://, read-only http(s)://) look the same here:
+
+- ``get`` returns a file's bytes or None.  On local disks CloudVolume stores files as
+  ``<name>.gz`` (also ``.br``, ``.zstd``, ...), and on object storage a gzip body may come
+  without a Content-Encoding; both are decompressed.  A body that merely starts with the gzip
+  magic bytes but is valid as it stands (``plain`` says so) is left alone.
+- ``put_many`` writes atomically on local disks (a temporary name, then a rename) and removes
+  every compressed variant of the name, since CloudFiles reads whichever variant it finds first.
+- ``list`` lists the directory's file names (compressed suffixes removed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+import tensorstore as ts
+
+from ..errors import CapabilityNotSupportedError, RemoteNotFoundError, VoxgateError
+from ..registry import split_url
+from ..remotes._tensorstore import is_local, join, kvstore_spec, local_path, ts_context, ts_errors
+from ..remotes.precomputed import _SUFFIXES, _decompress
+
+__all__ = ["Directory", "layer_location"]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def layer_location(url: str | os.PathLike[str]) -> str:
+    """The storage location of a precomputed layer named by a voxgate URL or a bare location."""
+    from ..errors import InvalidRequestError
+
+    scheme, location = split_url(os.fspath(url))
+    if scheme not in (None, "precomputed"):
+        raise InvalidRequestError(
+            f"meshes and skeletons live in Neuroglancer precomputed layers; {url!r} names a "
+            f"{scheme}:// volume (use precomputed://<location> or a bare path)"
+        )
+    return location
+
+
+class Directory:
+    """The files directly under ``location`` (a path, file://, gs://, s3:// or http(s)://)."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location.rstrip("/")
+        self.local = is_local(location)
+        self._kv: ts.KvStore | None = None
+
+    def __repr__(self) -> str:
+        return f"Directory({self.location!r})"
+
+    def _store(self) -> ts.KvStore:
+        if self._kv is None:
+            with ts_errors(f"opening {self.location}"):
+                spec = kvstore_spec(self.location)
+                self._kv = ts.KvStore.open(spec, context=ts_context()).result()
+        return self._kv
+
+    def path(self, name: str) -> str:
+        return join(self.location, name)
+
+    # -- reading --------------------------------------------------------------------------------
+    def get(self, name: str, *, plain: Callable[[bytes], bool] | None = None) -> bytes | None:
+        """The file's bytes with any transport compression removed, or None if it is absent.
+
+        ``plain(data)`` tells whether bytes that start with the gzip magic are valid as they
+        are (so they are not gzip); without it such bytes are always decompressed.
+        """
+        if self.local:
+            base = os.path.join(local_path(self.location), name)
+            for suffix in (*_SUFFIXES, ""):
+                try:
+                    with open(base + suffix, "rb") as f:
+                        data = f.read()
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise VoxgateError(f"cannot read {base + suffix}: {exc}") from exc
+                if suffix:
+                    return _decompress(data, suffix, base + suffix)
+                return self._sniff(data, name, plain)
+            return None
+        with ts_errors(f"reading {self.path(name)}"):
+            result = self._store().read(name).result()
+        if result.state != "value":
+            return None
+        return self._sniff(bytes(result.value), name, plain)
+
+    def _sniff(self, data: bytes, name: str, plain: Callable[[bytes], bool] | None) -> bytes:
+        if data[:2] == _GZIP_MAGIC and not (plain is not None and plain(data)):
+            return _decompress(data, ".gz", self.path(name))
+        return data
+
+    def get_many(
+        self, names: Iterable[str], *, plain: Callable[[bytes], bool] | None = None
+    ) -> dict[str, bytes | None]:
+        todo = list(dict.fromkeys(names))
+        if len(todo) <= 2:
+            return {n: self.get(n, plain=plain) for n in todo}
+        with ThreadPoolExecutor(max_workers=min(16, len(todo))) as pool:
+            got = list(pool.map(lambda n: self.get(n, plain=plain), todo))
+        return dict(zip(todo, got, strict=True))
+
+    def exists(self, name: str) -> bool:
+        if self.local:
+            base = os.path.join(local_path(self.location), name)
+            return any(os.path.exists(base + s) for s in (*_SUFFIXES, ""))
+        return self.get(name) is not None
+
+    def list(self) -> list[str]:
+        """File names directly in the directory, compressed suffixes removed, sorted."""
+        if self.local:
+            directory = local_path(self.location)
+            try:
+                entries = [e.name for e in os.scandir(directory) if e.is_file()]
+            except FileNotFoundError:
+                raise RemoteNotFoundError(f"{directory} does not exist") from None
+            names = entries
+        else:
+            if self.location.startswith(("http://", "https://")):
+                raise CapabilityNotSupportedError(
+                    f"{self.location} is served over HTTP, which cannot list files; pass the "
+                    "segment ids to read"
+                )
+            with ts_errors(f"listing {self.location}"):
+                keys = self._store().list().result()
+            names = [k.decode() for k in keys if b"/" not in k]
+        out = set()
+        for n in names:
+            if n.startswith(".") or n.endswith(".tmp"):
+                continue  # our own temporary files
+            for s in _SUFFIXES:
+                if n.endswith(s):
+                    n = n[: -len(s)]
+                    break
+            out.add(n)
+        return sorted(out)
+
+    # -- writing --------------------------------------------------------------------------------
+    def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
+        """Write files (each atomically on local disks), a few at a time."""
+        todo = list(items)
+        if not todo:
+            return
+        if self.local:
+            directory = local_path(self.location)
+            os.makedirs(directory, exist_ok=True)
+            if len(todo) <= 4:
+                for name, data in todo:
+                    self._put_local(directory, name, data)
+                return
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                for _ in pool.map(lambda item: self._put_local(directory, *item), todo):
+                    pass
+            return
+        with ts_errors(f"writing under {self.location}"):
+            store = self._store()
+            futures = [store.write(name, data) for name, data in todo]
+            for fut in futures:
+                fut.result()
+
+    @staticmethod
+    def _put_local(directory: str, name: str, data: bytes) -> None:
+        path = os.path.join(directory, name)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        for suffix in _SUFFIXES:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path + suffix)
