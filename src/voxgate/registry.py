@@ -31,6 +31,7 @@ _BUILTIN: dict[str, str] = {
     "hdf5": "voxgate.remotes.hdf5:HDF5Remote",
     "precomputed": "voxgate.remotes.precomputed:PrecomputedRemote",
     "bossdb": "voxgate.remotes.boss:BossDBRemote",
+    "dvid": "voxgate.remotes.dvid:DVIDRemote",
 }
 
 #: storage locations (not formats) a URL may start with after the format scheme
