@@ -81,7 +81,8 @@ def _float_rows(value: object, name: str, width: int) -> np.ndarray:
         arr = arr.reshape(0, width)
     if arr.ndim != 2 or arr.shape[1] != width:
         raise InvalidRequestError(f"{name} must have shape (n, {width}), got {arr.shape}")
-    out = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # reported just below
+        out = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(out).all():
         raise InvalidRequestError(f"{name} holds NaN or infinite values (or values too large "
                                   "for float32)")
