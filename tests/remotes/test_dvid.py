@@ -683,3 +683,49 @@ def test_against_a_real_dvid() -> None:
     np.testing.assert_array_equal(seg[0:64, 0:128, 0:128].read(), labels)
     with pytest.raises((ReadOnlyError, RemoteExistsError)):
         seg[0:64, 0:64, 0:64] = 5
+
+
+# -- the paper's transfer case: bossDB -> DVID (proofread at a branch) -> bossDB ------------------
+def test_bossdb_to_dvid_and_back(dvid_server: DVIDServerProcess, tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from ..relay.conftest import RW, free_port, make_upstreams, start_relay, write_config
+
+    ups = make_upstreams(tmp_path / "upstreams")
+    cfg = write_config(tmp_path / "relay.toml", ups.root)
+    relay = start_relay(cfg, free_port(), "--data-root", str(tmp_path / "relay-data"))
+    monkeypatch.setenv("VOXGATE_BOSS_TOKEN", RW)
+    try:
+        src = f"bossdb://{relay.url}/lab/em/seg"
+        repo = DVIDRepo.create(dvid_server.url, alias="paper", description="transfer case")
+        dst = repo.url("segmentation")
+        # bossDB's scale 1 halves only x and y; a DVID labelmap halves every axis: copy scale 0
+        report = voxgate.copy(src, dst, scales=[0], block_size=(64, 64, 64), progress=False)
+        assert report.created
+        imported = voxgate.open(dst)
+        assert imported.shape == ups.labels.shape and imported.voxel_size.zyx() == (40, 8, 8)
+        np.testing.assert_array_equal(imported.read(), ups.labels)
+        repo.commit(repo.root, note="imported from bossDB")
+        child = repo.branch(repo.root, "proofread")
+
+        # proofread at the branch: merge two bodies, paint a region a new id
+        labels = repo.labels("segmentation", child)
+        a, b = (int(v) for v in np.unique(ups.labels)[:2])
+        labels.merge(a, [b])
+        new_id = labels.reserve_ids(1)
+        edit = voxgate.open(repo.url("segmentation", child), mode="r+")
+        edit[10:20, 100:150, 30:90] = new_id
+        expected = ups.labels.copy()
+        expected[expected == b] = a
+        expected[10:20, 100:150, 30:90] = new_id
+
+        # back to bossDB as a new channel; the original and the DVID root are unchanged
+        back = f"bossdb://{relay.url}/proofread/em/seg"
+        voxgate.copy(voxgate.open(repo.url("segmentation", child)), back, progress=False)
+        np.testing.assert_array_equal(voxgate.open(back).read(), expected)
+        np.testing.assert_array_equal(voxgate.open(src).read(), ups.labels)
+        np.testing.assert_array_equal(voxgate.open(dst).read(), ups.labels)
+        np.testing.assert_array_equal(
+            voxgate.open(repo.url("segmentation", child)).read(), expected)
+        assert repo.versions()[child].parents == (repo.root,)
+    finally:
+        relay.stop()
