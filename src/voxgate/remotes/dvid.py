@@ -785,6 +785,7 @@ class DVIDRemote(Remote):
         self.meta = self._meta(insts)
         self._pool: ThreadPoolExecutor | None = None
         self._rmw_lock = threading.Lock()
+        self._pool_lock = threading.Lock()
         self.labels: DVIDLabels | None = (
             DVIDLabels(self.client, self.uuid, instance) if self.is_label else None)
 
@@ -988,9 +989,12 @@ class DVIDRemote(Remote):
         if len(items) == 1:
             fn(items[0])
             return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="voxgate-dvid")
-        futures = [(b, self._pool.submit(fn, b)) for b in items]
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency,
+                                                thread_name_prefix="voxgate-dvid")
+            pool = self._pool
+        futures = [(b, pool.submit(fn, b)) for b in items]
         errors = [(b, f.exception()) for b, f in futures]
         failed = [(b, e) for b, e in errors if e is not None]
         if failed:

@@ -1092,7 +1092,7 @@ def _mapping(ctx: _Ctx) -> dict[int, int]:
     """supervoxel -> body at this version (labelarray: no mapping)."""
     if ctx.inst.typename != "labelmap":
         return {}
-    key = ("mapping", ctx.version)
+    key = ("mapping", ctx.version, ctx.inst.mutations)  # a read racing a write keeps no stale copy
     cached = ctx.inst.caches.get(key)
     if cached is not None:
         return dict(cached)
@@ -1122,7 +1122,7 @@ def _apply_mapping(ctx: _Ctx, data: np.ndarray) -> np.ndarray:
 
 def _index(ctx: _Ctx, scale: int = 0) -> dict[int, dict[tuple[int, int, int], int]]:
     """supervoxel -> {block (z, y, x): voxel count} at this version and scale."""
-    key = ("index", ctx.version, scale)
+    key = ("index", ctx.version, scale, ctx.inst.mutations)
     cached = ctx.inst.caches.get(key)
     if cached is not None:
         return dict(cached)
