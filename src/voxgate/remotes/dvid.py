@@ -225,6 +225,7 @@ class DVIDRepo:
         self._timeout = timeout
         info = self.info(uuid)
         self.root: str = info["Root"]
+        self.opened_info = info  # the repo JSON as of opening (callers may reuse it once)
 
     def __repr__(self) -> str:
         return f"<DVIDRepo {self.server} root={self.root}>"
@@ -269,8 +270,10 @@ class DVIDRepo:
                               tuple(n.get("Log") or []), n.get("Created", ""))
         return out
 
-    def resolve(self, node: str) -> str:
-        """The full UUID of a node given as a prefix, ``prefix:branch`` or ``prefix:branch~N``."""
+    def resolve(self, node: str, info: dict[str, Any] | None = None) -> str:
+        """The full UUID of a node given as a prefix, ``prefix:branch`` or ``prefix:branch~N``.
+
+        ``info`` is a repo JSON just fetched, saving a request."""
         prefix, _, branch = node.partition(":")
         if branch:
             name, _, back = branch.partition("~")
@@ -281,7 +284,8 @@ class DVIDRepo:
             if k >= len(chain):
                 raise InvalidRequestError(f"branch {name!r} has only {len(chain)} versions")
             return chain[k]
-        matches = [u for u in self.info(node)["DAG"]["Nodes"] if u.startswith(prefix)]
+        nodes = (info or self.info(node))["DAG"]["Nodes"]
+        matches = [u for u in nodes if u.startswith(prefix)]
         if len(matches) != 1:
             raise InvalidRequestError(f"{node!r} matches {len(matches)} nodes of repo {self.root}")
         return matches[0]
@@ -748,9 +752,9 @@ class DVIDRemote(Remote):
                                  concurrency=concurrency)
         self.repo = DVIDRepo(self.server, node_spec, token=token, timeout=timeout)
         self.node_spec = node_spec
-        self.uuid = self.repo.resolve(node_spec)
+        repo_info = self.repo.opened_info
+        self.uuid = self.repo.resolve(node_spec, repo_info)
         self.url = f"dvid://{self.server}/{node_spec}/{instance}"
-        repo_info = self.repo.info()
         insts = repo_info.get("DataInstances") or {}
         if instance not in insts:
             names = ", ".join(sorted(insts)) or "none"
