@@ -1,7 +1,9 @@
 """voxgate: one Python API over the storage systems of connectomics.
 
 ``voxgate.open(url)`` gives a lazy, numpy-like :class:`Volume` over zarr / OME-Zarr, N5, HDF5,
-Neuroglancer precomputed or in-memory data; ``voxgate.copy`` moves a volume between any two.
+Neuroglancer precomputed, bossDB, DVID or in-memory data; ``voxgate.copy`` moves a volume
+between any two; the Services (``mesh``, ``skeletonize``, ``downsample``,
+``connected_components``, ``label_stats``, ``map_blocks``) run on data from any of them.
 """
 
 from . import errors
@@ -10,6 +12,15 @@ from .errors import VoxgateError
 from .geometry import Box, Vec, VoxelSize
 from .meta import Scale, VolumeMeta
 from .remotes.base import Capability, Remote, has_capability
+from .services import (
+    connected_components,
+    downsample,
+    label_stats,
+    map_blocks,
+    mesh,
+    skeletonize,
+    write_meshes,
+)
 from .transfer import CopyReport, copy
 from .volume import Volume
 
@@ -26,9 +37,16 @@ __all__ = [
     "VolumeMeta",
     "VoxelSize",
     "VoxgateError",
+    "connected_components",
     "copy",
     "create",
+    "downsample",
     "errors",
     "has_capability",
+    "label_stats",
+    "map_blocks",
+    "mesh",
     "open",
+    "skeletonize",
+    "write_meshes",
 ]

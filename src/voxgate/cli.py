@@ -154,6 +154,154 @@ def serve(config: Path | None, data_root: Path | None, host: str | None, port: i
         _fail(exc)
 
 
+def _ids(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"ids are comma-separated integers, got {text!r}") from None
+
+
+def _zyx(text: str | None, what: str) -> tuple[int, int, int] | None:
+    if not text:
+        return None
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise click.BadParameter(f"{what} is 'z,y,x', got {text!r}")
+    try:
+        return (int(parts[0]), int(parts[1]), int(parts[2]))
+    except ValueError:
+        raise click.BadParameter(f"{what} is 'z,y,x' integers, got {text!r}") from None
+
+
+@main.command("mesh")
+@click.argument("url")
+@click.option("--ids", default=None, help="Comma-separated ids (default: every id).")
+@click.option("--out", "out", default=None,
+              help="Write into this precomputed layer's mesh directory (default: URL itself "
+                   "when it is precomputed).")
+@click.option("--format", "fmt", type=click.Choice(["multires", "legacy"]), default="multires")
+@click.option("--simplify", type=float, default=None, help="Reduction factor (>= 1).")
+@click.option("--max-error", type=float, default=None, help="Simplification error bound, nm.")
+@click.option("--obj-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write one OBJ file per id here.")
+@click.option("--prefer", type=click.Choice(["auto", "server", "local"]), default="auto")
+def mesh_cmd(url: str, ids: str | None, out: str | None, fmt: str, simplify: float | None,
+             max_error: float | None, obj_dir: Path | None, prefer: str) -> None:
+    """Mesh the segments of URL (marching cubes, or the store's own meshes)."""
+    from .services import mesh, write_meshes
+
+    try:
+        simp = None if simplify is None else (simplify, max_error)
+        result = mesh(url, _ids(ids), simplify=simp, prefer=prefer, progress=True)  # type: ignore[arg-type]
+        click.echo(f"{len(result)} meshes ({result.provenance.path}), "
+                   f"{sum(len(m.faces) for m in result.values())} triangles")
+        target = out or (url if url.startswith("precomputed://") else None)
+        if target:
+            write_meshes(target, result, format=fmt)
+            click.echo(f"wrote {fmt} meshes into {target}")
+        if obj_dir is not None:
+            obj_dir.mkdir(parents=True, exist_ok=True)
+            for i, m in result.items():
+                (obj_dir / f"{i}.obj").write_text(m.to_obj())
+            click.echo(f"wrote {len(result)} OBJ files into {obj_dir}")
+    except (VoxgateError, OSError) as exc:
+        _fail(exc)
+
+
+@main.command("skeletonize")
+@click.argument("url")
+@click.option("--ids", default=None, help="Comma-separated ids (default: every id).")
+@click.option("--out", "out", default=None, help="Precomputed layer to store skeletons in.")
+@click.option("--swc-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write one SWC file per id here.")
+@click.option("--dust", type=int, default=100, help="Skip objects smaller than this (voxels).")
+def skeletonize_cmd(url: str, ids: str | None, out: str | None, swc_dir: Path | None,
+                    dust: int) -> None:
+    """Skeletonize the segments of URL (kimimaro)."""
+    from .formats.skeleton import write_skeletons
+    from .services import skeletonize
+
+    try:
+        result = skeletonize(url, _ids(ids), dust_threshold=dust)
+        click.echo(f"{len(result)} skeletons ({result.provenance.path})")
+        target = out or (url if url.startswith("precomputed://") else None)
+        if target:
+            write_skeletons(target, result)
+            click.echo(f"wrote skeletons into {target}")
+        if swc_dir is not None:
+            swc_dir.mkdir(parents=True, exist_ok=True)
+            for i, sk in result.items():
+                (swc_dir / f"{i}.swc").write_text(sk.to_swc())
+            click.echo(f"wrote {len(result)} SWC files into {swc_dir}")
+    except (VoxgateError, OSError) as exc:
+        _fail(exc)
+
+
+@main.command("downsample")
+@click.argument("url")
+@click.option("--num-scales", type=int, default=None, help="Scales in all, scale 0 included.")
+@click.option("--block", default=None, help="Block shape 'z,y,x' (scale-0 voxels).")
+@click.option("--workers", type=int, default=None)
+def downsample_cmd(url: str, num_scales: int | None, block: str | None,
+                   workers: int | None) -> None:
+    """Compute URL's coarser scales (mean for images, mode for segmentations) into the store."""
+    from .services import downsample
+
+    try:
+        vol = downsample(url, num_scales, block=_zyx(block, "--block"), workers=workers,
+                         progress=True)
+        for s in vol.scales:
+            click.echo(f"scale {s.index}: {' x '.join(map(str, s.shape))} voxels of "
+                       f"{s.voxel_size.z:g} x {s.voxel_size.y:g} x {s.voxel_size.x:g} nm")
+    except (VoxgateError, OSError) as exc:
+        _fail(exc)
+
+
+@main.command("cc")
+@click.argument("url")
+@click.argument("out")
+@click.option("--connectivity", type=click.Choice(["6", "18", "26"]), default="26")
+@click.option("--block", default=None, help="Block shape 'z,y,x'.")
+@click.option("--overwrite", is_flag=True, help="Write into OUT even if it exists.")
+def cc_cmd(url: str, out: str, connectivity: str, block: str | None, overwrite: bool) -> None:
+    """Label the connected components of URL into the new volume OUT."""
+    from .services import connected_components
+
+    try:
+        vol = connected_components(url, out, connectivity=int(connectivity),
+                                   block=_zyx(block, "--block"), overwrite=overwrite,
+                                   progress=True)
+        from .services.connected_components import _PROVENANCE
+
+        click.echo(f"{_PROVENANCE[vol.url].details['components']} components written to "
+                   f"{vol.url}")
+    except (VoxgateError, OSError) as exc:
+        _fail(exc)
+
+
+@main.command("stats")
+@click.argument("url")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write the table to this CSV file.")
+@click.option("--prefer", type=click.Choice(["auto", "server", "local"]), default="auto")
+def stats_cmd(url: str, csv_path: Path | None, prefer: str) -> None:
+    """Ids, voxel counts, bounding boxes and centroids of every label in URL."""
+    from .services import label_stats
+
+    try:
+        df = label_stats(url, prefer=prefer, progress=True)  # type: ignore[arg-type]
+    except (VoxgateError, OSError) as exc:
+        _fail(exc)
+        return
+    if csv_path is not None:
+        df.to_csv(csv_path, index=False)
+        click.echo(f"{len(df)} labels written to {csv_path}")
+    else:
+        click.echo(df.to_string(index=False, max_rows=40))
+
+
 def _parse_option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep:

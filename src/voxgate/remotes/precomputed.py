@@ -224,9 +224,27 @@ class PrecomputedRemote(Remote):
     # -- data -----------------------------------------------------------------------------------
     @property
     def capabilities(self) -> frozenset[Capability]:
-        if self.mode != "r+":
-            return frozenset()
-        return frozenset({Capability.WRITE, Capability.ADD_SCALES})
+        caps: set[Capability] = set()
+        if self.mode == "r+":
+            caps |= {Capability.WRITE, Capability.ADD_SCALES}
+        # meshes and skeletons already in the layer are the "server-side" results here
+        if self._info.get("mesh"):
+            caps.add(Capability.SERVER_MESH)
+        if self._info.get("skeletons"):
+            caps.add(Capability.SERVER_SKELETON)
+        return frozenset(caps)
+
+    def meshes(self, ids: Iterable[int] | None = None) -> dict[int, Any]:
+        """The layer's stored meshes of ``ids`` (all when None), as ``{id: Mesh}``."""
+        from ..formats.mesh import read_meshes
+
+        return read_meshes(self.url, ids)
+
+    def skeletons(self, ids: Iterable[int] | None = None) -> dict[int, Any]:
+        """The layer's stored skeletons of ``ids`` (all when None), as ``{id: Skeleton}``."""
+        from ..formats.skeleton import read_skeletons
+
+        return read_skeletons(self.url, ids)
 
     def add_scales(self, scales: Sequence[Scale]) -> None:
         """New scales in the info, sharded like scale 0 (tensorstore picks the same spec)."""

@@ -90,7 +90,8 @@ def scratch_remote(meta: VolumeMeta) -> MemoryRemote:
     return MemoryRemote(name, _Stored(meta, arrays, threading.Lock()), "r+")
 
 
-def choose_path(prefer: str, remote: Remote, capability: Capability, service: str) -> str:
+def choose_path(prefer: str, remote: Remote, capability: Capability,
+                service: str) -> Literal["server", "local"]:
     """'server' when the store offers the operation and it is wanted, else 'local'."""
     if prefer not in ("auto", "server", "local"):
         raise InvalidRequestError(f"prefer must be 'auto', 'server' or 'local', got {prefer!r}")

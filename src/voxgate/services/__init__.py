@@ -1,0 +1,25 @@
+"""Services: operations that run on data from any Remote (or a numpy array).
+
+Each takes ``prefer="auto" | "server" | "local"``: the store's own operation where it offers
+one, the local kernel otherwise, with the same call and the same result; the result records
+which path ran.
+"""
+
+from .connected_components import connected_components
+from .downsample import downsample
+from .label_stats import label_stats
+from .map_blocks import map_blocks
+from .mesh import MeshResult, mesh, write_meshes
+from .skeletonize import SkeletonResult, skeletonize
+
+__all__ = [
+    "MeshResult",
+    "SkeletonResult",
+    "connected_components",
+    "downsample",
+    "label_stats",
+    "map_blocks",
+    "mesh",
+    "skeletonize",
+    "write_meshes",
+]
