@@ -22,6 +22,7 @@ import os
 import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -56,6 +57,8 @@ _LEGACY_MANIFEST = re.compile(r"^(\d+):0$")
 _MULTIRES_MANIFEST = re.compile(r"^(\d+)\.index$")
 #: Draco compression effort for multi-resolution fragments (0 fastest .. 10 smallest)
 _DRACO_LEVEL = 7
+#: segments encoded and written together by write_meshes
+_WRITE_BATCH = 64
 
 
 def _segment_id(value: object, what: str) -> int:
@@ -702,92 +705,121 @@ def _cut(vertices: np.ndarray, faces: np.ndarray, cell: np.ndarray, origin: np.n
 
     Every triangle that crosses a grid plane is cut along it (winding kept), so each piece
     lies inside one box.  A new vertex on an edge is computed from the edge's endpoints in a
-    fixed order, so the two triangles sharing the edge get the same point and each piece
-    stays a connected surface.  (zmesh's ``chunk_mesh`` leaves some triangles overhanging
-    their box by a good part of it, which quantization would then squash.)
+    fixed order and shared by the triangles on both sides of the edge, so each piece stays a
+    connected surface.  (zmesh's ``chunk_mesh`` leaves some triangles overhanging their box
+    by a good part of it, which quantization would then squash.)
     """
     cell = np.asarray(cell, dtype=np.float64)
     origin = np.asarray(origin, dtype=np.float64)
-    tri = vertices.astype(np.float64)[faces.astype(np.int64)]  # (m, 3 corners, 3 axes)
-    for axis in range(3):
-        tri = _split_axis(tri, axis, cell[axis], origin[axis])
-    if not len(tri):
+    points = vertices.astype(np.float64)
+    tris = faces.astype(np.int64)
+    if not len(tris):
         return {}
-    centre = tri.mean(axis=1)
-    keys = np.floor((centre - origin) / cell).astype(np.int64)
-    keys = np.maximum(keys, 0)
+    first = np.floor((points[tris[0, 0]] - origin) / cell)
+    if (np.floor((points - origin) / cell) == first).all():  # all in one box: nothing to cut
+        x, y, z = (max(int(k), 0) for k in first)
+        return {(x, y, z): (vertices, faces)}
+    n0 = len(points)
+    grown = [points]
+    for axis in range(3):
+        while True:
+            coord = np.concatenate(grown)[:, axis] if len(grown) > 1 else grown[0][:, axis]
+            c = coord[tris]
+            lo_cell = np.floor((c.min(axis=1) - origin[axis]) / cell[axis])
+            # a triangle that only touches the plane above it does not cross it
+            hi_cell = np.ceil((c.max(axis=1) - origin[axis]) / cell[axis]) - 1
+            crossing = hi_cell > lo_cell
+            if not crossing.any():
+                break
+            allpoints = np.concatenate(grown) if len(grown) > 1 else grown[0]
+            grown = [allpoints]
+            pieces, new = _split_plane(allpoints, tris[crossing], axis,
+                                       origin[axis] + (lo_cell[crossing] + 1) * cell[axis],
+                                       lo_cell[crossing].astype(np.int64) + 1)
+            grown.append(new)
+            tris = np.concatenate([tris[~crossing], pieces])
+    points = np.concatenate(grown) if len(grown) > 1 else grown[0]
+    if len(points) > n0:
+        # a point made in two passes (from the two triangles of an edge) is one vertex
+        uniq, inverse = np.unique(points[n0:], axis=0, return_inverse=True)
+        remap = np.concatenate([np.arange(n0), n0 + inverse.reshape(-1)])
+        tris = remap[tris]
+        points = np.concatenate([points[:n0], uniq])
+    centre = points[tris].mean(axis=1)
+    keys = np.maximum(np.floor((centre - origin) / cell).astype(np.int64), 0)
+    code = np.ravel_multi_index(tuple(keys.T), tuple(keys.max(axis=0) + 1)).astype(np.int64)
+    order = np.argsort(code, kind="stable")
+    code, keys, tris = code[order], keys[order], tris[order]
+    n = len(points)
+    # each box's own vertex numbering, for all boxes in one sort: (box, vertex) pairs
+    pairs, local = np.unique(np.repeat(code, 3) * n + tris.reshape(-1), return_inverse=True)
+    pair_box = pairs // n
+    box_start = np.searchsorted(pair_box, pair_box, side="left")
+    local = (local.reshape(-1) - box_start[local.reshape(-1)]).reshape(-1, 3)
+    cuts = np.flatnonzero(np.diff(code)) + 1
+    vcuts = np.flatnonzero(np.diff(pair_box)) + 1
     out: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
-    order = np.lexsort(keys.T[::-1])
-    keys, tri = keys[order], tri[order]
-    bounds = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1
-    for group_keys, group in zip(np.split(keys, bounds), np.split(tri, bounds), strict=True):
-        corners = group.reshape(-1, 3)
-        uniq, inverse = np.unique(corners, axis=0, return_inverse=True)
-        x, y, z = (int(k) for k in group_keys[0])
-        out[(x, y, z)] = (uniq, inverse.reshape(-1, 3))
+    for t0, t1, v0, v1 in zip([0, *cuts.tolist()], [*cuts.tolist(), len(tris)],
+                              [0, *vcuts.tolist()], [*vcuts.tolist(), len(pairs)], strict=True):
+        x, y, z = (int(k) for k in keys[t0])
+        out[(x, y, z)] = (points[pairs[v0:v1] % n], local[t0:t1])
     return out
 
 
-def _split_axis(tri: np.ndarray, axis: int, cell: float, origin: float) -> np.ndarray:
-    """Cut the triangles (m, 3, 3) along every plane ``origin + k*cell`` of one axis."""
-    done = []
-    while len(tri):
-        c = tri[:, :, axis]
-        lo_cell = np.floor((c.min(axis=1) - origin) / cell)
-        # a triangle that only touches the plane above it does not cross it
-        hi_cell = np.ceil((c.max(axis=1) - origin) / cell) - 1
-        crossing = hi_cell > lo_cell
-        done.append(tri[~crossing])
-        if not crossing.any():
-            break
-        tri = tri[crossing]
-        plane = origin + (lo_cell[crossing] + 1) * cell
-        tri = _split_plane(tri, axis, plane)
-    return np.concatenate(done) if done else tri
+def _split_plane(points: np.ndarray, tris: np.ndarray, axis: int, plane: np.ndarray,
+                 plane_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cut each triangle (vertex indices into ``points``) by its own plane along ``axis``.
 
-
-def _split_plane(tri: np.ndarray, axis: int, plane: np.ndarray) -> np.ndarray:
-    """Cut each triangle by its own plane (min < plane < max along ``axis``)."""
-    c = tri[:, :, axis]
-    p = plane[:, None]
-    side = np.sign(c - p).astype(np.int64)  # -1 below, 0 on, +1 above
-
-    def edge_point(a: np.ndarray, b: np.ndarray, at: np.ndarray) -> np.ndarray:
-        # the same edge gives the same point from either triangle: always walk from the
-        # endpoint lower along the axis
-        swap = a[:, axis] > b[:, axis]
-        lo = np.where(swap[:, None], b, a)
-        hi = np.where(swap[:, None], a, b)
-        t = (at - lo[:, axis]) / (hi[:, axis] - lo[:, axis])
-        pt = lo + t[:, None] * (hi - lo)
-        pt[:, axis] = at
-        return pt
+    Returns the pieces (indices) and the new points they use, numbered from ``len(points)``.
+    """
+    c = points[:, axis][tris]
+    side = np.sign(c - plane[:, None]).astype(np.int64)  # -1 below, 0 on, +1 above
 
     def rotate(rows: np.ndarray, first: np.ndarray) -> np.ndarray:
-        # cyclic rotation keeps the winding
-        idx = (first[:, None] + np.arange(3)) % 3
-        return np.take_along_axis(rows, idx[:, :, None], axis=1)
+        # a cyclic rotation keeps the winding
+        return np.take_along_axis(rows, (first[:, None] + np.arange(3)) % 3, axis=1)
 
-    pieces = []
+    # every cut edge, as (lower endpoint, upper endpoint, plane): an edge cut by the same
+    # plane from both of its triangles gets one new point
+    ends_a: list[np.ndarray] = []
+    ends_b: list[np.ndarray] = []
+    planes: list[np.ndarray] = []
     on = side == 0
     one_on = on.sum(axis=1) == 1
-    if one_on.any():  # a corner on the plane: two triangles
-        t = rotate(tri[one_on], np.argmax(on[one_on], axis=1))
-        o, x, y = t[:, 0], t[:, 1], t[:, 2]
-        r = edge_point(x, y, plane[one_on])
-        pieces += [np.stack([o, x, r], axis=1), np.stack([o, r, y], axis=1)]
+    t1 = rotate(tris[one_on], np.argmax(on[one_on], axis=1))
+    ends_a.append(t1[:, 1])
+    ends_b.append(t1[:, 2])
+    planes.append(plane_index[one_on])
     rest = ~one_on
-    if rest.any():  # one corner alone on its side: three triangles
-        s = side[rest]
-        lone = np.where((s == 1).sum(axis=1) == 1, np.argmax(s == 1, axis=1),
-                        np.argmax(s == -1, axis=1))
-        t = rotate(tri[rest], lone)
-        lv, a, b = t[:, 0], t[:, 1], t[:, 2]
-        at = plane[rest]
-        pa, qb = edge_point(lv, a, at), edge_point(lv, b, at)
-        pieces += [np.stack([lv, pa, qb], axis=1), np.stack([pa, a, b], axis=1),
-                   np.stack([pa, b, qb], axis=1)]
-    return np.concatenate(pieces)
+    s = side[rest]
+    lone = np.where((s == 1).sum(axis=1) == 1, np.argmax(s == 1, axis=1),
+                    np.argmax(s == -1, axis=1))
+    t2 = rotate(tris[rest], lone)
+    ends_a += [t2[:, 0], t2[:, 0]]
+    ends_b += [t2[:, 1], t2[:, 2]]
+    planes += [plane_index[rest], plane_index[rest]]
+    a, b, k = np.concatenate(ends_a), np.concatenate(ends_b), np.concatenate(planes)
+    swap = points[a, axis] > points[b, axis]
+    lo, hi = np.where(swap, b, a), np.where(swap, a, b)
+    keys, inverse = np.unique(np.stack([lo, hi, k], axis=1), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    plo, phi = points[keys[:, 0]], points[keys[:, 1]]
+    at = np.concatenate(
+        [plane[one_on], plane[rest], plane[rest]])[np.unique(inverse, return_index=True)[1]]
+    t = (at - plo[:, axis]) / (phi[:, axis] - plo[:, axis])
+    new = plo + t[:, None] * (phi - plo)
+    new[:, axis] = at
+    index = len(points) + inverse
+    n1, n2 = len(t1), len(t2)
+    r = index[:n1]
+    p, q = index[n1:n1 + n2], index[n1 + n2:]
+    o, x, y = t1[:, 0], t1[:, 1], t1[:, 2]
+    lv, va, vb = t2[:, 0], t2[:, 1], t2[:, 2]
+    pieces = np.concatenate([
+        np.stack([o, x, r], axis=1), np.stack([o, r, y], axis=1),
+        np.stack([lv, p, q], axis=1), np.stack([p, va, vb], axis=1), np.stack([p, vb, q], axis=1),
+    ])
+    return pieces, new
 
 
 def _simplify(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1069,22 +1101,31 @@ def write_meshes(
     vs = remote.meta.scales[0].voxel_size
     resolution = np.asarray(vs.xyz(), dtype=np.float64) * _unit_nm(vs.unit)
 
-    files: list[tuple[str, bytes]] = []
-    for seg, mesh in items:
+    lod_scale = float(resolution.min())
+
+    def encode(item: tuple[int, Mesh]) -> tuple[tuple[str, bytes], tuple[str, bytes]]:
+        """(fragment data file, manifest file) of one segment."""
+        seg, mesh = item
         if format == "legacy":
             frag = _legacy_fragment_name(seg, mesh, resolution)
-            files.append((frag, mesh.to_precomputed()))
-            files.append((f"{seg}:0", json.dumps({"fragments": [frag]}).encode()))
-        else:
-            manifest, data = encode_multires(
-                mesh, lods=lods, vertex_quantization_bits=vertex_quantization_bits,
-                lod_scale=float(resolution.min()),
-            )
-            # the data first, then the manifest that points into it
-            files.append((str(seg), data))
-            files.append((f"{seg}.index", manifest))
+            return (frag, mesh.to_precomputed()), (
+                f"{seg}:0", json.dumps({"fragments": [frag]}).encode())
+        manifest, data = encode_multires(
+            mesh, lods=lods, vertex_quantization_bits=vertex_quantization_bits,
+            lod_scale=lod_scale,
+        )
+        return (str(seg), data), (f"{seg}.index", manifest)
+
     directory.put_many([("info", json.dumps(info, indent=2).encode())])
-    directory.put_many(files)
+    # a batch at a time, so memory holds a few encoded meshes, not all of them; numpy and
+    # Draco release the GIL for much of the encoding
+    workers = 1 if format == "legacy" else min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for at in range(0, len(items), _WRITE_BATCH):
+            encoded = list(pool.map(encode, items[at:at + _WRITE_BATCH]))
+            # the fragments first, then the manifests that point at them
+            directory.put_many([data for data, _ in encoded])
+            directory.put_many([manifest for _, manifest in encoded])
     if remote.meta.extra.get("mesh") != mesh_dir:
         remote.update_info({"mesh": mesh_dir})
 
