@@ -707,3 +707,36 @@ def make_layer_at(location: str) -> str:
     voxgate.create(f"precomputed://{location}", shape=(8, 8, 8), chunks=(8, 8, 8),
                    dtype="uint64", voxel_size=VOXEL, kind="segmentation")
     return f"precomputed://{location}"
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Any:
+    """A static HTTP server (what Neuroglancer reads from) over ``tmp_path``."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_read_meshes_over_http(tmp_path: Path, http_root: str) -> None:
+    url = make_layer(tmp_path / "seg")
+    write_meshes(url, {5: tetra(), 6: tetra(6)}, format="legacy")
+    write_meshes(url, {5: tetra()}, format="multires", mesh_dir="multires")
+    remote = f"precomputed://{http_root}/seg"
+    assert read_meshes(remote, [5, 6, 7], mesh_dir="mesh") == {5: tetra(), 6: tetra(6)}
+    got = read_meshes(remote, [5])[5]  # the layer info names the multires directory
+    assert got.num_faces == 4
+    assert got.surface_area() == pytest.approx(tetra().surface_area(), rel=1e-4)
+    with pytest.raises(CapabilityNotSupportedError, match="pass the segment ids"):
+        read_meshes(remote)
