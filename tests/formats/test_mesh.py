@@ -328,6 +328,10 @@ end_header
 """
     q = Mesh.from_ply(ascii_ply)
     assert q.faces.tolist() == [[0, 1, 2], [0, 2, 3]] and q.vertices[2].tolist() == [1, 1, 0]
+    big = ascii_ply.split(b"end_header")[0].replace(b"ascii", b"binary_big_endian")
+    big += b"end_header\n" + np.array([0, 0, 0, 1, 0, 0, 1, 1, 0, 0, 1, 0], ">f4").tobytes()
+    big += b"\x04" + np.array([0, 1, 2, 3], ">i4").tobytes()
+    assert Mesh.from_ply(big) == q
     with pytest.raises(InvalidRequestError, match="PLY"):
         Mesh.from_ply(b"not a ply")
 
