@@ -1,0 +1,121 @@
+"""map_blocks: halos, outputs, the threaded scheduler and a dask.distributed cluster."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import voxgate
+from voxgate.errors import DtypeError, InvalidRequestError, ReadOnlyError, RemoteExistsError
+from voxgate.synthetic import synthetic_em
+
+
+def blur(a: np.ndarray) -> np.ndarray:
+    out = a.astype(np.float32)
+    for ax in range(3):
+        out = (np.roll(out, 1, ax) + out + np.roll(out, -1, ax)) / 3
+    return out.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return synthetic_em((32, 80, 96), seed=1, cell=(8, 16, 16))[0]
+
+
+@pytest.fixture
+def src(tmp_path: Path, image: np.ndarray) -> voxgate.Volume:
+    v = voxgate.create(f"zarr://{tmp_path}/img.zarr", shape=image.shape, chunks=(16, 32, 32),
+                       dtype="uint8", voxel_size=(40, 8, 8))
+    v[:] = image
+    return v
+
+
+def test_halo_blocks_equal_whole_volume(src: voxgate.Volume, image: np.ndarray) -> None:
+    ref = blur(np.pad(image, 2))[2:-2, 2:-2, 2:-2]  # outside the volume reads as fill (0)
+    got = voxgate.map_blocks(blur, src, block=(16, 32, 32), halo=(2, 2, 2))
+    np.testing.assert_array_equal(got, ref)
+    assert got.provenance.details["scheduler"] == "threads"
+    no_halo = voxgate.map_blocks(blur, src, block=(16, 32, 32))
+    assert not np.array_equal(no_halo, ref)  # the halo matters: without it block seams differ
+
+
+def test_outputs(src: voxgate.Volume, image: np.ndarray, tmp_path: Path) -> None:
+    out_url = f"precomputed://file://{tmp_path}/mask"
+    out = voxgate.map_blocks(lambda a: (a > 100).astype(np.uint8), src, out=out_url,
+                             block=(16, 40, 40))
+    assert isinstance(out, voxgate.Volume)
+    np.testing.assert_array_equal(out.read(), (image > 100).astype(np.uint8))
+    with pytest.raises(RemoteExistsError):
+        voxgate.map_blocks(blur, src, out=out_url)
+    voxgate.map_blocks(lambda a: a // 2, src, out=out_url, overwrite=True)
+    np.testing.assert_array_equal(voxgate.open(out_url).read(), image // 2)
+    with pytest.raises(ReadOnlyError):
+        voxgate.map_blocks(blur, src, out=voxgate.open(out_url))
+    as_float = voxgate.map_blocks(lambda a: a.astype(np.float32) / 255, src, dtype="float32")
+    assert as_float.dtype == np.float32
+    with pytest.raises(DtypeError, match="dtype="):
+        voxgate.map_blocks(lambda a: a.astype(np.float32), src)
+
+
+def test_bad_input(src: voxgate.Volume) -> None:
+    with pytest.raises(InvalidRequestError, match="larger than the block"):
+        voxgate.map_blocks(blur, src, block=(8, 8, 8), halo=(4, 16, 4))
+    with pytest.raises(InvalidRequestError):
+        voxgate.map_blocks(blur, src, block=(0, 8, 8))
+    with pytest.raises(InvalidRequestError, match="shape"):
+        voxgate.map_blocks(lambda a: a[:1], src, block=(16, 32, 32))
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[object]:
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      host="127.0.0.1", dashboard_address=None) as c, Client(c) as client:
+        yield client
+
+
+def _killer(marker: str) -> object:
+    def fn(a: np.ndarray) -> np.ndarray:
+        # the first worker to reach a block with these values dies mid-run, once
+        if a.mean() > 0 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return blur(a)
+    return fn
+
+
+def test_distributed_cluster(cluster: object, src: voxgate.Volume, image: np.ndarray,
+                             tmp_path: Path) -> None:
+    ref = blur(np.pad(image, 1))[1:-1, 1:-1, 1:-1]
+    out = voxgate.map_blocks(blur, src.url, out=f"zarr://{tmp_path}/out.zarr",
+                             block=(16, 32, 32), halo=(1, 1, 1), client=cluster)
+    np.testing.assert_array_equal(out.read(), ref)
+    # a worker dies part way: the scheduler reruns its block elsewhere and the output is complete
+    out2 = voxgate.map_blocks(_killer(str(tmp_path / "died")), src.url,
+                              out=f"zarr://{tmp_path}/out2.zarr", block=(16, 32, 32),
+                              halo=(1, 1, 1), client=cluster)
+    assert (tmp_path / "died").exists()
+    np.testing.assert_array_equal(out2.read(), ref)
+    with pytest.raises(InvalidRequestError, match="this process only"):
+        voxgate.map_blocks(blur, image, client=cluster)
+
+
+def test_blob_detector_example(src: voxgate.Volume, image: np.ndarray) -> None:
+    """The docs' worked example: dark, compact blobs (synapse-like) over the whole volume."""
+    def blobs(a: np.ndarray) -> np.ndarray:
+        import cc3d
+
+        dark = blur(blur(a)) < 60
+        labels = cc3d.connected_components(dark, connectivity=26)
+        sizes = np.bincount(labels.ravel())
+        keep = (sizes >= 20) & (sizes <= 5000)
+        keep[0] = False
+        return keep[labels].astype(np.uint8)
+
+    found = voxgate.map_blocks(blobs, src, block=(16, 40, 48), halo=(4, 8, 8))
+    assert found.shape == image.shape and found.any()
