@@ -643,6 +643,19 @@ def test_multires_damaged_files(tmp_path: Path) -> None:
         read_meshes(url, [7])
 
 
+def test_small_meshes_get_fewer_levels_and_big_ids_survive(tmp_path: Path) -> None:
+    url = make_layer(tmp_path / "seg")
+    big = 2**60 + 1  # above 2**53: never through a float
+    m = tetra(big)
+    m.vertices *= 5  # 150 nm long: 3 levels keep level-0 nodes >= 8 voxels of 4 nm
+    write_meshes(url, {big: m}, format="multires", lods=5)
+    man = parse_manifest((tmp_path / f"seg/mesh/{big}.index").read_bytes())
+    assert man["lods"] == 3 and man["chunk"].max() >= 32
+    assert read_meshes(url, [big])[big].id == big
+    write_meshes(url, {big: tetra(big)}, format="multires", mesh_dir="m2")
+    assert sorted(read_meshes(url, mesh_dir="m2")) == [big]
+
+
 def test_empty_meshes_round_trip(tmp_path: Path) -> None:
     empty = Mesh(np.zeros((0, 3)), np.zeros((0, 3), np.int64), 4)
     for fmt in ("legacy", "multires"):

@@ -370,3 +370,13 @@ def test_skeletons_on_object_storage(s3_bucket: str) -> None:
                    dtype="uint64", voxel_size=VOXEL, kind="segmentation")
     write_skeletons(f"precomputed://{location}", {3: branched(), 4: branched(4)})
     assert read_skeletons(f"precomputed://{location}") == {3: branched(), 4: branched(4)}
+
+
+def test_ids_above_2_53(tmp_path: Path) -> None:
+    url = make_layer(tmp_path / "seg")
+    big = 2**60 + 1
+    write_skeletons(url, {big: branched(big)})
+    assert (tmp_path / "seg" / "skeletons" / str(big)).exists()
+    assert read_skeletons(url) == {big: branched(big)}
+    got = CloudVolume(f"file://{tmp_path / 'seg'}", progress=False).skeleton.get(big)
+    assert got.id == big

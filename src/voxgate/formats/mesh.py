@@ -57,6 +57,8 @@ _LEGACY_MANIFEST = re.compile(r"^(\d+):0$")
 _MULTIRES_MANIFEST = re.compile(r"^(\d+)\.index$")
 #: Draco compression effort for multi-resolution fragments (0 fastest .. 10 smallest)
 _DRACO_LEVEL = 7
+#: the smallest level-0 octree node of a multires mesh (longest side), in finest voxels
+_MIN_NODE = 8
 #: segments encoded and written together by write_meshes
 _WRITE_BATCH = 64
 
@@ -859,7 +861,8 @@ def encode_multires(
 
     Stored-model coordinates are nanometres (the info's transform is the identity).  The
     octree's top level is one node covering the whole mesh; level 0 has up to
-    ``2**(lods-1)`` nodes per axis.  Each coarser level is the previous one simplified to
+    ``2**(lods-1)`` nodes per axis (fewer levels are written for a mesh too small for
+    level-0 nodes of 8 voxels, taking ``lod_scale`` as the voxel size).  Each coarser level is the previous one simplified to
     about a quarter of its triangles and cut on the finer level's grid, so no triangle
     crosses a child's boundary; every node with content has its parent listed (empty if
     need be), and fragments are in Z-curve order.  ``lod_scale`` is the level-0 scale
@@ -879,6 +882,10 @@ def encode_multires(
     origin = np.floor(lo).astype(np.float32).astype(np.float64)
     origin = np.where(origin > lo, np.nextafter(origin.astype(np.float32), np.float32(-np.inf)),
                       origin).astype(np.float64)
+    # no more levels than keep level-0 nodes _MIN_NODE voxels long: finer nodes would only
+    # split a small mesh into many tiny fragments
+    while lods > 1 and (hi - origin).max() / 2 ** (lods - 1) < _MIN_NODE * lod_scale:
+        lods -= 1
     top = 2 ** (lods - 1)
     # whole nanometres, so chunk_shape is exact in float32; chunk * top > extent strictly, so
     # every vertex lies inside the top node
