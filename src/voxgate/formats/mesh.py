@@ -862,8 +862,9 @@ def encode_multires(
     Stored-model coordinates are nanometres (the info's transform is the identity).  The
     octree's top level is one node covering the whole mesh; level 0 has up to
     ``2**(lods-1)`` nodes per axis (fewer levels are written for a mesh too small for
-    level-0 nodes of 8 voxels, taking ``lod_scale`` as the voxel size).  Each coarser level is the previous one simplified to
-    about a quarter of its triangles and cut on the finer level's grid, so no triangle
+    level-0 nodes of 8 voxels, taking ``lod_scale`` as the voxel size).  Each coarser level
+    is the previous one simplified to about a quarter of its triangles and cut on the finer
+    level's grid, so no triangle
     crosses a child's boundary; every node with content has its parent listed (empty if
     need be), and fragments are in Z-curve order.  ``lod_scale`` is the level-0 scale
     (about the vertex spacing, in nm); level ``L`` gets ``lod_scale * 2**L``.
