@@ -115,14 +115,18 @@ def label_stats(
         raise InvalidRequestError(f"label_stats needs integer labels, got {vol.dtype.name}")
     region = vol.bounds
     remote = vol.remote
-    path = "local"
-    if prefer == "server" or (prefer == "auto" and vol.kind == "segmentation"):
-        path = choose_path(prefer, remote, Capability.SERVER_BOUNDING_BOXES, "compute label "
-                           "statistics")
-        if path == "server" and not hasattr(remote, "ids_in"):
-            path = "local"
-    elif prefer not in ("auto", "local"):
-        raise InvalidRequestError(f"prefer must be 'auto', 'server' or 'local', got {prefer!r}")
+    path = choose_path(prefer, remote, Capability.SERVER_BOUNDING_BOXES,
+                       "compute label statistics")
+    if path == "server" and region != vol.scale_meta.bounds:
+        # the server's bounding boxes describe whole objects; for part of the volume only the
+        # local path gives the boxes of what lies inside it
+        if prefer == "server":
+            from ..errors import CapabilityNotSupportedError
+
+            raise CapabilityNotSupportedError(
+                f"{vol.url}'s server gives bounding boxes of whole objects; for the region "
+                f"{region!r} use prefer='local' or 'auto'")
+        path = "local"
     if path == "server":
         ids = remote.ids_in(region, vol.scale)  # type: ignore[attr-defined]
         rows = []
