@@ -864,10 +864,10 @@ def encode_multires(
     ``2**(lods-1)`` nodes per axis (fewer levels are written for a mesh too small for
     level-0 nodes of 8 voxels, taking ``lod_scale`` as the voxel size).  Each coarser level
     is the previous one simplified to about a quarter of its triangles and cut on the finer
-    level's grid, so no triangle
-    crosses a child's boundary; every node with content has its parent listed (empty if
-    need be), and fragments are in Z-curve order.  ``lod_scale`` is the level-0 scale
-    (about the vertex spacing, in nm); level ``L`` gets ``lod_scale * 2**L``.
+    level's grid, so no triangle crosses a child's boundary; every node with content has its
+    parent listed (empty if need be), and fragments are in Z-curve order.  ``lod_scale`` is
+    the level-0 scale (about the vertex spacing, in nm); level ``L`` gets
+    ``lod_scale * 2**L``.
     """
     bits = vertex_quantization_bits
     qmax = float(2**bits - 1)
