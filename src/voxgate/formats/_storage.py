@@ -9,32 +9,41 @@ Local disks and object storage (gs://, s3://, read-only http(s)://) look the sam
 - ``put_many`` writes atomically on local disks (a temporary name, then a rename) and removes
   every compressed variant of the name, since CloudFiles reads whichever variant it finds first.
 - ``list`` lists the directory's file names (compressed suffixes removed).
+
+Plus the layer helpers the mesh and skeleton writers share: resolving a layer URL, checking a
+directory name, reading a directory's info.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import tensorstore as ts
 
-from ..errors import CapabilityNotSupportedError, RemoteNotFoundError, VoxgateError
+from ..errors import (
+    CapabilityNotSupportedError,
+    CorruptChunkError,
+    InvalidRequestError,
+    RemoteNotFoundError,
+    VoxgateError,
+)
 from ..registry import split_url
 from ..remotes._tensorstore import is_local, join, kvstore_spec, local_path, ts_context, ts_errors
-from ..remotes.precomputed import _SUFFIXES, _decompress
+from ..remotes.precomputed import _SUFFIXES, PrecomputedRemote, _decompress
 
-__all__ = ["Directory", "layer_location"]
+__all__ = ["Directory", "check_dir_name", "layer_location", "open_layer", "read_info"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
 def layer_location(url: str | os.PathLike[str]) -> str:
     """The storage location of a precomputed layer named by a voxgate URL or a bare location."""
-    from ..errors import InvalidRequestError
-
     scheme, location = split_url(os.fspath(url))
     if scheme not in (None, "precomputed"):
         raise InvalidRequestError(
@@ -180,3 +189,34 @@ class Directory:
         for suffix in _SUFFIXES:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path + suffix)
+
+
+def open_layer(url: str | os.PathLike[str], mode: str) -> PrecomputedRemote:
+    """The precomputed layer meshes or skeletons go with (RemoteNotFoundError if absent)."""
+    return PrecomputedRemote.open(layer_location(url), mode=mode)
+
+
+def check_dir_name(value: object, what: str) -> str:
+    """A mesh or skeleton directory named relative to its layer."""
+    if not isinstance(value, str) or not value.strip("/") or "://" in value \
+            or value.startswith("/"):
+        raise InvalidRequestError(
+            f"{what} must be a directory name inside the layer, like 'mesh', got {value!r}"
+        )
+    return value.strip("/")
+
+
+def read_info(directory: Directory) -> dict[str, Any] | None:
+    """A directory's ``info`` JSON object, or None when it has none."""
+    raw = directory.get("info", plain=lambda d: False)
+    if raw is None:
+        return None
+    try:
+        info = json.loads(raw)
+    except ValueError as exc:
+        raise CorruptChunkError(f"{directory.path('info')} is not valid JSON: {exc}",
+                                chunk=directory.path("info")) from None
+    if not isinstance(info, dict):
+        raise CorruptChunkError(f"{directory.path('info')} is not a JSON object",
+                                chunk=directory.path("info"))
+    return info

@@ -24,7 +24,7 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -35,10 +35,9 @@ from ..errors import (
     RemoteNotFoundError,
     VoxgateError,
 )
-from ._storage import Directory, layer_location
-
-if TYPE_CHECKING:
-    from ..remotes.precomputed import PrecomputedRemote
+from ..remotes._tensorstore import join
+from ._common import float_rows, index_rows, segment_id
+from ._storage import Directory, check_dir_name, open_layer, read_info
 
 __all__ = [
     "LEGACY_MESH_TYPE",
@@ -52,7 +51,6 @@ __all__ = [
 LEGACY_MESH_TYPE = "neuroglancer_legacy_mesh"
 MULTIRES_MESH_TYPE = "neuroglancer_multilod_draco"
 _IDENTITY = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-_MAX_ID = 2**64 - 1
 _LEGACY_MANIFEST = re.compile(r"^(\d+):0$")
 _MULTIRES_MANIFEST = re.compile(r"^(\d+)\.index$")
 #: Draco compression effort for multi-resolution fragments (0 fastest .. 10 smallest)
@@ -61,64 +59,6 @@ _DRACO_LEVEL = 7
 _MIN_NODE = 8
 #: segments encoded and written together by write_meshes
 _WRITE_BATCH = 64
-
-
-def _segment_id(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidRequestError(f"{what} must be an integer segment id, got {value!r}")
-    out = int(value)
-    if not 0 <= out <= _MAX_ID:
-        raise InvalidRequestError(f"{what} {out} is not a uint64 segment id")
-    return out
-
-
-def _float_rows(value: object, name: str, width: int) -> np.ndarray:
-    """``value`` as a C-contiguous float32 (n, width) array of finite numbers."""
-    try:
-        arr = np.asarray(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequestError(f"{name} is not an array: {exc}") from None
-    if arr.dtype.kind not in "fiu":
-        raise InvalidRequestError(
-            f"{name} must hold real numbers (float32), not {arr.dtype.name} values"
-        )
-    if arr.size == 0:
-        arr = arr.reshape(0, width)
-    if arr.ndim != 2 or arr.shape[1] != width:
-        raise InvalidRequestError(f"{name} must have shape (n, {width}), got {arr.shape}")
-    with np.errstate(over="ignore", invalid="ignore"):  # reported just below
-        out = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(out).all():
-        raise InvalidRequestError(f"{name} holds NaN or infinite values (or values too large "
-                                  "for float32)")
-    return out
-
-
-def _index_rows(value: object, name: str, width: int, limit: int, what: str) -> np.ndarray:
-    """``value`` as a C-contiguous uint32 (m, width) array of indices below ``limit``."""
-    try:
-        arr = np.asarray(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequestError(f"{name} is not an array: {exc}") from None
-    if arr.size == 0:
-        arr = arr.reshape(0, width)
-    if arr.dtype.kind not in "iu":
-        raise InvalidRequestError(
-            f"{name} must hold integer vertex indices (uint32), not {arr.dtype.name} values"
-        )
-    if arr.ndim != 2 or arr.shape[1] != width:
-        raise InvalidRequestError(f"{name} must have shape (m, {width}), got {arr.shape}")
-    if arr.size:
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0:
-            raise InvalidRequestError(f"{name} holds a negative vertex index ({lo})")
-        if hi >= limit:
-            row = int(np.argwhere(arr == hi)[0][0])
-            raise InvalidRequestError(
-                f"{name}[{row}] refers to vertex {hi}, but there are only {limit} {what} "
-                f"(indices 0..{limit - 1})"
-            )
-    return np.ascontiguousarray(arr, dtype=np.uint32)
 
 
 @dataclass(eq=False)
@@ -138,13 +78,13 @@ class Mesh:
     normals: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        self.vertices = _float_rows(self.vertices, "vertices", 3)
+        self.vertices = float_rows(self.vertices, "vertices", 3)
         n = len(self.vertices)
-        self.faces = _index_rows(self.faces, "faces", 3, n, "vertices")
+        self.faces = index_rows(self.faces, "faces", 3, n, "vertices")
         if self.id is not None:
-            self.id = _segment_id(self.id, "mesh id")
+            self.id = segment_id(self.id, "mesh id")
         if self.normals is not None:
-            self.normals = _float_rows(self.normals, "normals", 3)
+            self.normals = float_rows(self.normals, "normals", 3)
             if len(self.normals) != n:
                 raise InvalidRequestError(
                     f"normals has {len(self.normals)} rows; there must be one per vertex ({n})"
@@ -1003,37 +943,6 @@ def _transform_matrix(transform: object, where: str) -> np.ndarray:
 
 
 # -- mesh directories ----------------------------------------------------------------------------
-def _open_layer(url: str | os.PathLike[str], mode: str) -> PrecomputedRemote:
-    from ..remotes.precomputed import PrecomputedRemote
-
-    remote = PrecomputedRemote.open(layer_location(url), mode=mode)
-    return remote
-
-
-def _check_dir_name(value: object, what: str) -> str:
-    if not isinstance(value, str) or not value.strip("/") or "://" in value \
-            or value.startswith("/"):
-        raise InvalidRequestError(
-            f"{what} must be a directory name inside the layer, like 'mesh', got {value!r}"
-        )
-    return value.strip("/")
-
-
-def _read_dir_info(directory: Directory) -> dict[str, Any] | None:
-    raw = directory.get("info", plain=lambda d: False)
-    if raw is None:
-        return None
-    try:
-        info = json.loads(raw)
-    except ValueError as exc:
-        raise CorruptChunkError(f"{directory.path('info')} is not valid JSON: {exc}",
-                                chunk=directory.path("info")) from None
-    if not isinstance(info, dict):
-        raise CorruptChunkError(f"{directory.path('info')} is not a JSON object",
-                                chunk=directory.path("info"))
-    return info
-
-
 def _legacy_fragment_name(seg: int, mesh: Mesh, resolution: np.ndarray) -> str:
     """``<id>:0:<x0>-<x1>_<y0>-<y1>_<z0>-<z1>``: the mesh's bounding box in voxels (Igneous'
     convention; Neuroglancer only follows the manifest)."""
@@ -1078,7 +987,7 @@ def write_meshes(
             "voxgate writes unsharded mesh directories only (one manifest and one fragment file "
             "per segment); write unsharded and reshard with Igneous if you need shards"
         )
-    mesh_dir = _check_dir_name(mesh_dir, "mesh_dir")
+    mesh_dir = check_dir_name(mesh_dir, "mesh_dir")
     if isinstance(lods, bool) or not isinstance(lods, int) or not 1 <= lods <= 10:
         raise InvalidRequestError(f"lods must be an integer from 1 to 10, got {lods!r}")
     if vertex_quantization_bits not in (10, 16) or isinstance(vertex_quantization_bits, bool):
@@ -1091,19 +1000,19 @@ def write_meshes(
         )
     items: list[tuple[int, Mesh]] = []
     for key, mesh in meshes.items():
-        seg = _segment_id(key, "segment id")
+        seg = segment_id(key, "segment id")
         if not isinstance(mesh, Mesh):
             raise InvalidRequestError(f"meshes[{seg}] is a {type(mesh).__name__}, not a Mesh")
         if mesh.id is not None and mesh.id != seg:
             raise InvalidRequestError(f"meshes[{seg}] is the mesh of segment {mesh.id}")
         items.append((seg, mesh))
 
-    remote = _open_layer(url, "r+")
+    remote = open_layer(url, "r+")
     if remote.meta.kind != "segmentation":
         raise InvalidRequestError(
             f"{remote.url} is an image layer; meshes belong to segmentation layers"
         )
-    directory = Directory(_join(remote.location, mesh_dir))
+    directory = Directory(join(remote.location, mesh_dir))
     wanted_type = LEGACY_MESH_TYPE if format == "legacy" else MULTIRES_MESH_TYPE
     info = _mesh_dir_info(directory, wanted_type, format, vertex_quantization_bits)
     vs = remote.meta.scales[0].voxel_size
@@ -1138,12 +1047,6 @@ def write_meshes(
         remote.update_info({"mesh": mesh_dir})
 
 
-def _join(location: str, name: str) -> str:
-    from ..remotes._tensorstore import join
-
-    return join(location, name)
-
-
 def _unit_nm(unit: str) -> float:
     from ..remotes.precomputed import _UNITS_NM
 
@@ -1155,7 +1058,7 @@ def _unit_nm(unit: str) -> float:
 
 def _mesh_dir_info(directory: Directory, wanted_type: str, format: str, bits: int
                    ) -> dict[str, Any]:
-    existing = _read_dir_info(directory)
+    existing = read_info(directory)
     ours: dict[str, Any] = {"@type": wanted_type}
     if format == "multires":
         ours.update(vertex_quantization_bits=bits, transform=list(_IDENTITY),
@@ -1206,11 +1109,11 @@ def read_meshes(
     defaults to the layer info's ``mesh`` key (else ``"mesh"``).  An id without a mesh is
     left out of the result, or raises RemoteNotFoundError when ``strict``.
     """
-    remote = _open_layer(url, "r")
+    remote = open_layer(url, "r")
     name = mesh_dir if mesh_dir is not None else remote.meta.extra.get("mesh") or "mesh"
-    name = _check_dir_name(name, "mesh_dir")
-    directory = Directory(_join(remote.location, name))
-    info = _read_dir_info(directory) or {"@type": LEGACY_MESH_TYPE}
+    name = check_dir_name(name, "mesh_dir")
+    directory = Directory(join(remote.location, name))
+    info = read_info(directory) or {"@type": LEGACY_MESH_TYPE}
     kind = info.get("@type", LEGACY_MESH_TYPE)
     if kind not in (LEGACY_MESH_TYPE, MULTIRES_MESH_TYPE):
         raise CapabilityNotSupportedError(
@@ -1236,7 +1139,7 @@ def read_meshes(
         wanted = sorted(int(m.group(1)) for n in names if (m := pattern.match(n)))
     else:
         seq = [ids] if isinstance(ids, (int, np.integer)) else list(ids)
-        wanted = list(dict.fromkeys(_segment_id(i, "segment id") for i in seq))
+        wanted = list(dict.fromkeys(segment_id(i, "segment id") for i in seq))
     if kind == LEGACY_MESH_TYPE:
         out = _read_legacy(directory, wanted, transform)
     else:

@@ -30,8 +30,9 @@ from ..errors import (
     InvalidRequestError,
     RemoteNotFoundError,
 )
-from ._storage import Directory
-from .mesh import _check_dir_name, _float_rows, _index_rows, _join, _open_layer, _segment_id
+from ..remotes._tensorstore import join
+from ._common import float_rows, index_rows, segment_id
+from ._storage import Directory, check_dir_name, open_layer, read_info
 
 __all__ = [
     "DEFAULT_VERTEX_ATTRIBUTES",
@@ -102,9 +103,9 @@ class Skeleton:
     attributes: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.vertices = _float_rows(self.vertices, "vertices", 3)
+        self.vertices = float_rows(self.vertices, "vertices", 3)
         n = len(self.vertices)
-        self.edges = _index_rows(self.edges, "edges", 2, n, "vertices")
+        self.edges = index_rows(self.edges, "edges", 2, n, "vertices")
         if self.radius is not None:
             r = np.asarray(self.radius)
             if r.dtype.kind not in "fiu":
@@ -129,7 +130,7 @@ class Skeleton:
                 raise InvalidRequestError("vertex_types must fit in uint8 (0..255)")
             self.vertex_types = np.ascontiguousarray(t, dtype=np.uint8)
         if self.id is not None:
-            self.id = _segment_id(self.id, "skeleton id")
+            self.id = segment_id(self.id, "skeleton id")
         if not isinstance(self.attributes, Mapping):
             raise InvalidRequestError("attributes must be a dict {name: per-vertex array}")
         attrs = {}
@@ -476,21 +477,6 @@ def _spanning_forest(
 
 
 # -- skeleton directories ------------------------------------------------------------------------
-def _read_info(directory: Directory) -> dict[str, Any] | None:
-    raw = directory.get("info", plain=lambda d: False)
-    if raw is None:
-        return None
-    try:
-        info = json.loads(raw)
-    except ValueError as exc:
-        raise CorruptChunkError(f"{directory.path('info')} is not valid JSON: {exc}",
-                                chunk=directory.path("info")) from None
-    if not isinstance(info, dict):
-        raise CorruptChunkError(f"{directory.path('info')} is not a JSON object",
-                                chunk=directory.path("info"))
-    return info
-
-
 def _check_skeleton_info(info: Mapping[str, Any], where: str) -> np.ndarray:
     """The info's transform as a 3x4 matrix, after checking the info is one voxgate handles."""
     kind = info.get("@type", SKELETON_TYPE)
@@ -526,14 +512,14 @@ def write_skeletons(
     its other keys kept.  One file per segment, ``<skel_dir>/<id>``; sharded directories are
     refused with CapabilityNotSupportedError.
     """
-    skel_dir = _check_dir_name(skel_dir, "skel_dir")
+    skel_dir = check_dir_name(skel_dir, "skel_dir")
     if not isinstance(skeletons, Mapping):
         raise InvalidRequestError(
             f"skeletons must be a mapping {{segment id: Skeleton}}, got {type(skeletons).__name__}"
         )
     items: list[tuple[int, Skeleton]] = []
     for key, skel in skeletons.items():
-        seg = _segment_id(key, "segment id")
+        seg = segment_id(key, "segment id")
         if not isinstance(skel, Skeleton):
             raise InvalidRequestError(
                 f"skeletons[{seg}] is a {type(skel).__name__}, not a Skeleton (convert kimimaro "
@@ -542,13 +528,13 @@ def write_skeletons(
         if skel.id is not None and skel.id != seg:
             raise InvalidRequestError(f"skeletons[{seg}] is the skeleton of segment {skel.id}")
         items.append((seg, skel))
-    remote = _open_layer(url, "r+")
+    remote = open_layer(url, "r+")
     if remote.meta.kind != "segmentation":
         raise InvalidRequestError(
             f"{remote.url} is an image layer; skeletons belong to segmentation layers"
         )
-    directory = Directory(_join(remote.location, skel_dir))
-    info = _read_info(directory)
+    directory = Directory(join(remote.location, skel_dir))
+    info = read_info(directory)
     if info is None:
         info = {
             "@type": SKELETON_TYPE,
@@ -594,10 +580,10 @@ def read_skeletons(
     its transform into nm.  An id without a skeleton is left out of the result, or raises
     RemoteNotFoundError when ``strict``.
     """
-    remote = _open_layer(url, "r")
+    remote = open_layer(url, "r")
     name = skel_dir if skel_dir is not None else remote.meta.extra.get("skeletons") or "skeletons"
-    directory = Directory(_join(remote.location, _check_dir_name(name, "skel_dir")))
-    info = _read_info(directory)
+    directory = Directory(join(remote.location, check_dir_name(name, "skel_dir")))
+    info = read_info(directory)
     if info is None:
         if strict:
             raise RemoteNotFoundError(f"{directory.location} has no skeleton info")
@@ -613,7 +599,7 @@ def read_skeletons(
             wanted = []
     else:
         seq = [ids] if isinstance(ids, (int, np.integer)) else list(ids)
-        wanted = list(dict.fromkeys(_segment_id(i, "segment id") for i in seq))
+        wanted = list(dict.fromkeys(segment_id(i, "segment id") for i in seq))
 
     def plain(data: bytes) -> bool:
         try:
