@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from ..api import create_remote
 from ..errors import (
+    AuthenticationError,
     CorruptChunkError,
     InvalidRequestError,
     OutOfBoundsError,
@@ -27,6 +28,7 @@ from ..errors import (
     VoxgateError,
 )
 from ..geometry import Box, chunk_boxes
+from ..remotes._tensorstore import set_request_retries
 from .boss import boss_routes, local_channel_meta, remove_tree
 from .cache import CachedRemote, TieredCache, UpstreamError, UpstreamTimeoutError
 from .catalog import Catalog, ChannelEntry, NotFound
@@ -58,6 +60,9 @@ class Relay:
 
     def __init__(self, config: RelayConfig) -> None:
         self.config = config
+        # a dead upstream fails in about a second instead of being retried for minutes
+        t = config.upstream_timeout
+        set_request_retries(4, min(0.1, t / 40), min(1.0, t / 8))
         self.cache = TieredCache(config.cache.memory_bytes, config.cache.disk_path,
                                  config.cache.disk_bytes)
         self.catalog = Catalog(config, self.cache)
@@ -99,6 +104,15 @@ class Relay:
                                 f"{collection or 'this resource'}")
         return token
 
+    def readable_collections(self, request: Request) -> list[str]:
+        """The collections the request's token may read (bossDB lists only those)."""
+        token = self.authorize(request, None, write=False)
+        names = self.catalog.collection_names()
+        grant = self.config.auth.tokens.get(token) if token is not None else None
+        if grant is None or grant.collections is None:
+            return names
+        return [c for c in names if c in grant.collections]
+
     def user(self, request: Request) -> str:
         token = self.token(request)
         if token is None:
@@ -127,8 +141,7 @@ class Relay:
 
     def frame_at(self, c: str, e: str, entry: ChannelEntry, res: int) -> Box:
         """The coordinate frame at resolution ``res``, in that resolution's voxels."""
-        cat = self.catalog
-        frame = cat.coord_frames().get(cat.frame_name(c, e)) or cat.derived_frame(c, e)
+        frame = self.catalog.frame(c, e)
         meta = self.remote(entry).meta
         s0, sk = meta.scale(0), meta.scale(res)
         f = [max(1, round(b / a)) for a, b in zip(s0.voxel_size.zyx(), sk.voxel_size.zyx(),
@@ -199,13 +212,13 @@ class Relay:
             hi = b_hi if hi is None else [max(a, b) for a, b in zip(hi, b_hi, strict=True)]
         return None if lo is None or hi is None else Box(lo, hi)
 
-    def reserve(self, entry: ChannelEntry, count: int) -> int:
+    def reserve(self, entry: ChannelEntry, count: int, token: str | None = None) -> int:
         key = "/".join(entry.key)
         with self._reserve_lock:
             reserved = self.catalog.state["reserved"]
             if key not in reserved:
                 # the first reservation starts above every id already in the volume
-                remote = self.remote(entry)
+                remote = self.remote(entry, token)
                 top = 0
                 for block in self._blocks(remote, remote.meta.scale(0).bounds, 0):
                     top = max(top, int(remote.read(block, 0).max(initial=0)))
@@ -280,6 +293,8 @@ def _error_response(request: Request, exc: Exception) -> Response:
         return boss_error(504, IO_ERROR, f"upstream timed out: {exc}")
     if isinstance(exc, UpstreamError | RemoteUnavailableError | CorruptChunkError):
         return boss_error(502, IO_ERROR, f"upstream failed: {exc}")
+    if isinstance(exc, AuthenticationError):
+        return boss_error(403, MISSING_PERMISSION, f"the upstream refused the credentials: {exc}")
     if isinstance(exc, ReadOnlyError):
         return boss_error(403, MISSING_PERMISSION, str(exc))
     if isinstance(exc, OutOfBoundsError | InvalidRequestError):
@@ -311,7 +326,10 @@ def build_app(config: RelayConfig) -> Starlette:
     app = Starlette(
         routes=routes,
         exception_handlers={404: not_found_route, 405: method_not_allowed,
-                            BossHTTPError: handler, VoxgateError: handler},
+                            BossHTTPError: handler, VoxgateError: handler,
+                            # anything else is a bug here: still a boss JSON 500, never a
+                            # plain-text page (Starlette re-raises it after, so it is logged)
+                            Exception: handler},
         middleware=[Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET"],
                                allow_headers=["*"], expose_headers=["Content-Encoding"])],
     )

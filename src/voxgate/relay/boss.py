@@ -55,14 +55,16 @@ if TYPE_CHECKING:
 
 __all__ = ["boss_routes", "local_channel_meta", "remove_tree"]
 
-_RANGE = re.compile(r"^(\d+):(\d+)$")
+# ASCII digits only, and few enough that int() never refuses them (Python caps long strings)
+_RANGE = re.compile(r"([0-9]{1,18}):([0-9]{1,18})")
+_INT = re.compile(r"[0-9]{1,18}")
 _BOSS_CUBOID = Vec(16, 512, 512)  # z, y, x: the grid "loose" bounding boxes align to
 _HIERARCHY = ("anisotropic", "isotropic")
 _DATATYPES = ("uint8", "uint16", "uint32", "uint64")
 
 
 def _range(text: str, axis: str, url_tail: str) -> tuple[int, int]:
-    m = _RANGE.match(text)
+    m = _RANGE.fullmatch(text)
     if not m:
         raise bad_request(INVALID_CUTOUT_ARGS, f"Incorrect cutout arguments {url_tail}: the {axis} "
                           f"range {text!r} must be start:stop with non-negative integers")
@@ -71,6 +73,16 @@ def _range(text: str, axis: str, url_tail: str) -> tuple[int, int]:
         raise bad_request(INVALID_CUTOUT_ARGS, f"Incorrect cutout arguments {url_tail}: the {axis} "
                           f"range {text} is empty or reversed (start must be below stop)")
     return a, b
+
+
+def _time(text: str, url_tail: str) -> tuple[int, int]:
+    """A time segment: ``t0:t1``, or a single ``t`` meaning ``t:t+1`` (bossDB's set_time)."""
+    if ":" in text:
+        return _range(text, "t", url_tail)
+    if not _INT.fullmatch(text):
+        raise bad_request(INVALID_CUTOUT_ARGS, f"Incorrect cutout arguments {url_tail}: the time "
+                          f"{text!r} must be a non-negative integer or a start:stop range")
+    return int(text), int(text) + 1
 
 
 class _Cutout:
@@ -85,10 +97,10 @@ class _Cutout:
         self.remote: CachedRemote = relay.remote(entry, self.token)
         meta = self.remote.meta
         tail = "/".join(str(p.get(k, "")) for k in ("res", "x", "y", "z")).strip("/")
-        try:
-            res = int(p["res"])
-        except ValueError:
-            raise bad_request(TYPE_ERROR, f"Invalid resolution {p['res']!r}") from None
+        if not _INT.fullmatch(p["res"]):
+            raise bad_request(TYPE_ERROR, f"Invalid resolution {p['res']!r}. The resolution has "
+                              f"to be an integer within 0 and {len(meta.scales) - 1}")
+        res = int(p["res"])
         if not 0 <= res < len(meta.scales):
             raise bad_request(TYPE_ERROR, f"Invalid resolution {res}. The resolution has to be "
                               f"within 0 and {len(meta.scales) - 1}")
@@ -98,7 +110,7 @@ class _Cutout:
         z = _range(p["z"], "z", tail)
         self.time: tuple[int, int] | None = None
         if p.get("t"):
-            t = _range(p["t"], "t", tail) if ":" in p["t"] else (int(p["t"]), int(p["t"]) + 1)
+            t = _time(p["t"], tail)
             if t != (0, 1):
                 raise bad_request(INVALID_URL, f"Invalid time range {p['t']}: this channel has 1 "
                                   "time sample (0:1)")
@@ -115,10 +127,11 @@ class _Cutout:
         nbytes = self.box.size * self.dtype.itemsize
         if self.dtype.itemsize == 8:
             nbytes //= 4  # bossDB's rule: annotation cutouts compress well
-        if nbytes > relay.config.max_cutout_bytes:
+        limit = relay.config.max_cutout_bytes
+        if nbytes > limit:
             raise BossHTTPError(413, REQUEST_TOO_LARGE,
-                                "Cutout request is over 500MB when uncompressed. Reduce cutout "
-                                "dimensions.")
+                                f"Cutout request is over {_size(limit)} when uncompressed. Reduce "
+                                "cutout dimensions.")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -134,6 +147,14 @@ class _Cutout:
         if not inside.is_empty():
             out[inside.slices(self.box.start)] = self.remote.read(inside, self.res)
         return out
+
+
+def _size(n: int) -> str:
+    """520 MiB, 2 MiB, 1.5 KiB: bossDB's message names its limit the same way."""
+    for unit, k in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= k:
+            return f"{n / k:.4g} {unit}"
+    return f"{n} bytes"
 
 
 def _blosc_header_nbytes(body: bytes) -> int:
@@ -249,8 +270,7 @@ def boss_routes(relay: Relay) -> list[Route]:
                 "public": stored.get("public", relay.config.auth.public_read)}
 
     async def list_collections(request: Request) -> Response:
-        relay.authorize(request, None, write=False)
-        return json({"collections": relay.catalog.collection_names()})
+        return json({"collections": relay.readable_collections(request)})
 
     async def collection(request: Request) -> Response:
         c = request.path_params["c"]
@@ -333,7 +353,7 @@ def boss_routes(relay: Relay) -> list[Route]:
                 raise bad_request(RESOURCE_EXISTS, f"Experiment {e} already exists in {c}")
             body = await _json_body(request)
             frame = body.get("coord_frame")
-            if frame not in cat.coord_frames():
+            if frame not in await run(cat.coord_frames):
                 raise bad_request(INVALID_POST_ARGUMENT,
                                   f"coord_frame {frame!r} does not exist; create it first")
             method = body.get("hierarchy_method", "anisotropic")
@@ -366,7 +386,7 @@ def boss_routes(relay: Relay) -> list[Route]:
             if readonly:
                 raise bad_request(INVALID_POST_ARGUMENT, "Cannot update the following readonly "
                                   f"fields: {sorted(readonly)}")
-            current = experiment_json(c, e)
+            current = await run(lambda: experiment_json(c, e))
             stored = cat.state["experiments"].setdefault(key, {
                 k: current[k] for k in ("coord_frame", "num_hierarchy_levels",
                                         "hierarchy_method", "num_time_samples", "time_step",
@@ -536,9 +556,10 @@ def boss_routes(relay: Relay) -> list[Route]:
     async def bounding_box(request: Request) -> Response:
         p = request.path_params
         c, e, ch = p["c"], p["e"], p["ch"]
-        relay.authorize(request, c, write=False)
+        token = relay.authorize(request, c, write=False)
         entry = relay.channel(c, e, ch)
-        remote = relay.remote(entry, None)
+        # the client's own upstream credentials (forward_token), opened off the event loop
+        remote = await run(lambda: relay.remote(entry, token))
         if remote.meta.kind != "segmentation":
             raise bad_request(DATATYPE_NOT_SUPPORTED, "This operation is only supported on "
                               "annotation channels")
@@ -566,7 +587,7 @@ def boss_routes(relay: Relay) -> list[Route]:
     async def reserve(request: Request) -> Response:
         p = request.path_params
         c, e, ch = p["c"], p["e"], p["ch"]
-        relay.authorize(request, c, write=True)
+        token = relay.authorize(request, c, write=True)
         entry = relay.channel(c, e, ch)
         try:
             count = int(p["n"])
@@ -575,11 +596,11 @@ def boss_routes(relay: Relay) -> list[Route]:
                               f"{p['n']!r}") from None
         if not 1 <= count <= 2**40:
             raise bad_request(INVALID_ARGUMENT, f"reserve between 1 and 2**40 ids, not {count}")
-        remote = relay.remote(entry, None)
+        remote = await run(lambda: relay.remote(entry, token))
         if remote.meta.kind != "segmentation":
             raise bad_request(DATATYPE_NOT_SUPPORTED, "This operation is only supported on "
                               "annotation channels")
-        start = await run(lambda: relay.reserve(entry, count))
+        start = await run(lambda: relay.reserve(entry, count, token))
         return json({"start_id": start, "count": count})
 
     # -- metadata -------------------------------------------------------------------------------
@@ -630,7 +651,8 @@ def boss_routes(relay: Relay) -> list[Route]:
         p = request.path_params
         relay.authorize(request, p["c"], write=request.method != "GET")
         entry = relay.channel(p["c"], p["e"], p["ch"])
-        meta = relay.remote(entry, None).meta
+        remote = await run(lambda: relay.remote(entry, None))
+        meta = remote.meta
         if request.method != "GET":
             raise BossHTTPError(409, INVALID_STATE, "this relay serves the scales its upstream "
                                 "has; downsample the upstream with voxgate.downsample")
@@ -639,7 +661,7 @@ def boss_routes(relay: Relay) -> list[Route]:
             "num_hierarchy_levels": len(meta.scales),
             "voxel_size": {str(s.index): list(s.voxel_size.xyz()) for s in meta.scales},
             "extent": {str(s.index): list(s.shape.xyz()) for s in meta.scales},
-            "cuboid_size": {str(s.index): list(relay.remote(entry, None).grid(s.index).xyz())
+            "cuboid_size": {str(s.index): list(remote.grid(s.index).xyz())
                             for s in meta.scales},
         })
 
@@ -703,10 +725,27 @@ def _encode_response(arr: np.ndarray, accept: str) -> Response:
     return Response(body, media_type="application/blosc")
 
 
+_JSON_LIMIT = 2**20
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
-    body = await request.body()
-    if len(body) > 2**20:
-        raise bad_request(INVALID_POST_ARGUMENT, "request body too large for a JSON record")
+    """A project-service JSON record; a body too large for one is refused before it is read."""
+    too_large = BossHTTPError(413, REQUEST_TOO_LARGE, f"the body is larger than a JSON record "
+                              f"can be ({_JSON_LIMIT} bytes)")
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isascii() or not length.isdigit():
+            raise bad_request(INVALID_POST_ARGUMENT, "bad Content-Length")
+        if int(length) > _JSON_LIMIT:
+            raise too_large
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > _JSON_LIMIT:
+            raise too_large
+        parts.append(part)
+    body = b"".join(parts)
     if not body:
         return {}
     import json as _json

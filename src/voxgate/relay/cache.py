@@ -7,10 +7,14 @@ requests want it at once.  Writes go through to the upstream before they return;
 touch are dropped from both tiers *before* the upstream write, so a relay killed half way never
 serves stale data after a restart, and the cells the write covers completely are cached again
 afterwards.  Nothing written can be lost to eviction: the upstream has it before the client is
-told it was stored.
+told it was stored.  A fetch that races a write never caches what it read: a write bumps the
+cell's generation before and after the upstream changes, and a fetch caches its result only
+when no write to that cell has begun since the fetch did (checked under the writer's lock); a
+disk hit is promoted to memory only when no cell was dropped meanwhile.
 
-Values never pass through pickle: cells are stored as a small binary header plus blosc-packed
-bytes.
+Values never pass through pickle: cells are stored as a small binary header, blosc-packed
+bytes and a CRC-32 of both, so a damaged disk entry (a flipped bit, a torn or truncated file)
+is detected, dropped and refetched, never served.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import hashlib
 import struct
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,7 +35,7 @@ from typing import Any
 import blosc
 import numpy as np
 
-from ..errors import CorruptChunkError, RemoteUnavailableError, VoxgateError
+from ..errors import AuthenticationError, CorruptChunkError, RemoteUnavailableError, VoxgateError
 from ..geometry import Box, Vec, chunk_boxes, grow_block
 from ..remotes.base import Capability, Remote
 
@@ -104,7 +109,7 @@ class CacheMetrics:
 
 
 # -- value encoding (no pickle) -----------------------------------------------------------------
-_MAGIC = b"VGC1"
+_MAGIC = b"VGC2"  # VGC1 entries (no checksum) read as damaged and are refetched
 
 
 def encode_cell(arr: np.ndarray) -> bytes:
@@ -112,13 +117,17 @@ def encode_cell(arr: np.ndarray) -> bytes:
     dt = arr.dtype.str.encode()
     header = _MAGIC + struct.pack("<B", len(dt)) + dt + struct.pack("<B", arr.ndim)
     header += struct.pack(f"<{arr.ndim}Q", *arr.shape)
-    return header + blosc.compress(arr.tobytes(), typesize=arr.dtype.itemsize, cname="lz4")
+    body = header + blosc.compress(arr.tobytes(), typesize=arr.dtype.itemsize, cname="lz4")
+    return body + struct.pack("<I", zlib.crc32(body))
 
 
 def decode_cell(data: bytes, where: str) -> np.ndarray:
     try:
         if data[:4] != _MAGIC:
             raise ValueError("bad magic")
+        if len(data) < 9 or struct.unpack("<I", data[-4:])[0] != zlib.crc32(data[:-4]):
+            raise ValueError("checksum mismatch")
+        data = data[:-4]
         n = data[4]
         dt = np.dtype(data[5 : 5 + n].decode())
         pos = 5 + n
@@ -170,6 +179,21 @@ class MemoryTier:
         return len(self._items)
 
 
+def _bytes_only_disk() -> type:
+    """A diskcache ``Disk`` that never unpickles a value (the tier only stores bytes; a pickled
+    entry on disk is not ours, and reads as missing)."""
+    import diskcache
+    from diskcache.core import MODE_PICKLE
+
+    class BytesOnlyDisk(diskcache.Disk):
+        def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+            if mode == MODE_PICKLE:
+                raise OSError("a pickled cache entry is refused")  # diskcache: a miss
+            return super().fetch(mode, filename, value, read)
+
+    return BytesOnlyDisk
+
+
 class DiskTier:
     """A size-capped LRU on disk (diskcache: SQLite index + files, atomic, survives restarts)."""
 
@@ -178,8 +202,8 @@ class DiskTier:
 
         path.mkdir(parents=True, exist_ok=True)
         self._cache = diskcache.Cache(
-            str(path), size_limit=capacity, eviction_policy="least-recently-used",
-            cull_limit=16, disk_min_file_size=2**15,
+            str(path), disk=_bytes_only_disk(), size_limit=capacity,
+            eviction_policy="least-recently-used", cull_limit=16, disk_min_file_size=2**15,
         )
 
     def get(self, key: str) -> np.ndarray | None:
@@ -212,6 +236,8 @@ class TieredCache:
         self.memory = MemoryTier(memory_bytes)
         self.disk = DiskTier(disk_path, disk_bytes) if disk_path is not None else None
         self.metrics = CacheMetrics()
+        self._lock = threading.Lock()
+        self._pops = 0  # how many drops so far: a disk hit read across one is not promoted
 
     def get(self, key: str) -> np.ndarray | None:
         arr = self.memory.get(key)
@@ -219,6 +245,8 @@ class TieredCache:
             self.metrics.add(memory_hits=1)
             return arr
         if self.disk is not None:
+            with self._lock:
+                seen = self._pops
             try:
                 arr = self.disk.get(key)
             except CorruptChunkError:
@@ -226,7 +254,11 @@ class TieredCache:
                 arr = None
             if arr is not None:
                 self.metrics.add(disk_hits=1)
-                self.memory.put(key, arr)
+                with self._lock:
+                    # a drop since the disk read may have been a write's: then what was read
+                    # is (or may be) the old value, and must not outlive the drop in memory
+                    if self._pops == seen:
+                        self.memory.put(key, arr)
                 return arr
         self.metrics.add(misses=1)
         return None
@@ -237,9 +269,11 @@ class TieredCache:
             self.disk.put(key, arr)
 
     def pop(self, key: str) -> None:
-        self.memory.pop(key)
         if self.disk is not None:
             self.disk.pop(key)
+        with self._lock:  # counted after the disk drop, so a read of the old entry sees it
+            self._pops += 1
+            self.memory.pop(key)
 
     def close(self) -> None:
         if self.disk is not None:
@@ -346,14 +380,12 @@ class CachedRemote(Remote):
             arr = self.upstream.read(cell, scale)
         except BaseException as exc:
             self.cache.metrics.add(upstream_errors=1)
+            # the cell lies inside the dataset, so whatever goes wrong reading it is the
+            # upstream's failure (502): unreachable, refusing, or answering what cannot be
+            # decoded.  Refused credentials stay themselves (a forwarded token: 403).
             err: BaseException = exc
-            if not isinstance(exc, (UpstreamError, VoxgateError)) or isinstance(
-                exc, CorruptChunkError
-            ):
+            if not isinstance(exc, (UpstreamError, AuthenticationError)):
                 err = UpstreamError(f"upstream {self.upstream.url} failed: {exc}")
-                err.__cause__ = exc
-            elif not isinstance(exc, UpstreamError) and isinstance(exc, RemoteUnavailableError):
-                err = UpstreamError(str(exc))
                 err.__cause__ = exc
             with self._lock:
                 self._inflight.pop(key, None)
@@ -361,12 +393,19 @@ class CachedRemote(Remote):
             return
         self.cache.metrics.upstream_latency(time.perf_counter() - t0)
         self.cache.metrics.add(upstream_bytes=arr.nbytes)
-        with self._lock:
-            fresh = self._gen.get(key, 0) == gen
-        if fresh:
-            # a write that started after this fetch began has dropped the key: do not cache
-            # what may be the old data
-            self.cache.put(key, arr)
+        # cached only when no write to the cell began since this fetch did (it may have read
+        # the old data), checked and stored under the stripe writers of the cell hold, so no
+        # write can start in between; a writer holding it now means the data is going stale,
+        # so the fetch does not wait for it, it just does not cache
+        stripe = _STRIPES[hash(key) % len(_STRIPES)]
+        if stripe.acquire(blocking=False):
+            try:
+                with self._lock:
+                    fresh = self._gen.get(key, 0) == gen
+                if fresh:
+                    self.cache.put(key, arr)
+            finally:
+                stripe.release()
         with self._lock:
             self._inflight.pop(key, None)
         fut.set_result(arr)

@@ -15,15 +15,23 @@ import hashlib
 import json
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..api import open_remote
-from ..errors import InvalidRequestError, RemoteNotFoundError, VoxgateError
+from ..errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    ReadOnlyError,
+    RemoteNotFoundError,
+    VoxgateError,
+)
 from ..geometry import Vec
 from ..remotes.base import Remote
-from .cache import CachedRemote, TieredCache
+from .cache import CachedRemote, TieredCache, UpstreamError, UpstreamTimeoutError
 from .config import ChannelConfig, RelayConfig, check_name
 
 __all__ = ["Catalog", "ChannelEntry", "NotFound", "ResourceExists"]
@@ -41,6 +49,7 @@ _UNIT_TO_BOSS = {"nm": "nanometers", "um": "micrometers", "mm": "millimeters",
                  "cm": "centimeters"}
 _BOSS_TO_NM = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
 _VOLUME_SUFFIXES = (".zarr", ".ome.zarr", ".n5", ".h5", ".hdf5", ".precomputed")
+_open_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="voxgate-open")
 
 
 @dataclass
@@ -66,6 +75,7 @@ class Catalog:
         self.cache = cache
         self._lock = threading.RLock()
         self.channels: dict[tuple[str, str, str], ChannelEntry] = {}
+        self._opening: dict[tuple[tuple[str, str, str], str], Future[CachedRemote]] = {}
         self.state_path = self._state_path()
         self.state: dict[str, Any] = self._load_state()
         for ch in config.channels:
@@ -157,7 +167,13 @@ class Catalog:
         return entry
 
     def remote(self, entry: ChannelEntry, token: str | None = None) -> CachedRemote:
-        """The cached Remote of a channel (one per client token when it forwards tokens)."""
+        """The cached Remote of a channel (one per client token when it forwards tokens).
+
+        The upstream is opened on first use, outside the catalog's lock (a slow or dead
+        upstream must not hold up the other channels), once however many requests want it,
+        and waited for at most ``upstream_timeout`` (then 504; the open carries on and is
+        kept if it succeeds).
+        """
         fingerprint = ""
         options = dict(entry.options)
         if entry.forward_token:
@@ -166,18 +182,52 @@ class Catalog:
                 options["token"] = token
         with self._lock:
             cached = entry._remotes.get(fingerprint)
-            if cached is None:
-                mode = "r+" if entry.writable else "r"
-                try:
-                    upstream: Remote = open_remote(entry.upstream_url, mode=mode, **options)
-                except RemoteNotFoundError:
+            if cached is not None:
+                return cached
+            slot = (entry.key, fingerprint)
+            fut = self._opening.get(slot)
+            if fut is None:
+                fut = Future()
+                self._opening[slot] = fut
+                _open_pool.submit(self._open, entry, fingerprint, options, fut)
+        try:
+            return fut.result(timeout=self.config.upstream_timeout)
+        except FutureTimeout:
+            raise UpstreamTimeoutError(
+                f"upstream {entry.upstream_url} did not answer within "
+                f"{self.config.upstream_timeout:g} s (opening it)"
+            ) from None
+
+    def _open(self, entry: ChannelEntry, fingerprint: str, options: dict[str, Any],
+              fut: Future[CachedRemote]) -> None:
+        try:
+            mode = "r+" if entry.writable else "r"
+            try:
+                upstream: Remote = open_remote(entry.upstream_url, mode=mode, **options)
+            except ReadOnlyError:
+                if mode == "r":
                     raise
-                identity = json.dumps([entry.upstream_url, sorted(options.items() - {
-                    ("token", token)}), fingerprint], default=str)
-                cached = CachedRemote(upstream, self.cache, identity=identity,
-                                      timeout=self.config.upstream_timeout)
-                entry._remotes[fingerprint] = cached
-            return cached
+                # a store that cannot be written (precomputed over HTTP) still serves reads;
+                # writes to it answer 403
+                upstream = open_remote(entry.upstream_url, mode="r", **options)
+            safe = sorted((k, v) for k, v in options.items() if k != "token")
+            identity = json.dumps([entry.upstream_url, safe, fingerprint], default=str)
+            cached = CachedRemote(upstream, self.cache, identity=identity,
+                                  timeout=self.config.upstream_timeout)
+        except BaseException as exc:
+            err: BaseException = exc
+            if not isinstance(exc, (RemoteNotFoundError, AuthenticationError, UpstreamError)):
+                # unreachable, or answering what cannot be read: the upstream's fault (502)
+                err = UpstreamError(f"upstream {entry.upstream_url} could not be opened: {exc}")
+                err.__cause__ = exc
+            with self._lock:
+                self._opening.pop((entry.key, fingerprint), None)
+            fut.set_exception(err)
+            return
+        with self._lock:
+            entry._remotes.setdefault(fingerprint, cached)
+            self._opening.pop((entry.key, fingerprint), None)
+        fut.set_result(entry._remotes[fingerprint])
 
     def forget_remotes(self, entry: ChannelEntry) -> None:
         with self._lock:
@@ -237,6 +287,14 @@ class Catalog:
             "x_voxel_size": vs.x, "y_voxel_size": vs.y, "z_voxel_size": vs.z,
             "voxel_unit": _UNIT_TO_BOSS.get(vs.unit, "nanometers"),
         }
+
+    def frame(self, c: str, e: str) -> dict[str, Any]:
+        """The coordinate frame of one experiment (opens only that experiment's channels)."""
+        name = self.frame_name(c, e)
+        stored = self.state["coords"].get(name)
+        if stored is not None and not self.deleted("coord", name):
+            return dict(stored)
+        return self.derived_frame(c, e)
 
     def coord_frames(self) -> dict[str, dict[str, Any]]:
         frames = dict(self.state["coords"])

@@ -39,6 +39,7 @@ __all__ = [
     "kvstore_spec",
     "local_path",
     "read_json",
+    "set_request_retries",
     "ts_context",
     "ts_errors",
     "write_json",
@@ -46,6 +47,9 @@ __all__ = [
 
 _context: ts.Context | None = None
 _context_lock = threading.Lock()
+_retries: dict[str, Any] | None = None
+#: tensorstore's resources holding the retry policy of each networked kvstore
+_RETRY_RESOURCES = ("http_request_retries", "gcs_request_retries", "s3_request_retries")
 
 
 def ts_context() -> ts.Context:
@@ -53,14 +57,29 @@ def ts_context() -> ts.Context:
     global _context
     with _context_lock:
         if _context is None:
-            _context = ts.Context(
-                {
-                    "cache_pool": {"total_bytes_limit": 0},
-                    "data_copy_concurrency": {"limit": max(2, os.cpu_count() or 2)},
-                    "file_io_concurrency": {"limit": 32},
-                }
-            )
+            spec: dict[str, Any] = {
+                "cache_pool": {"total_bytes_limit": 0},
+                "data_copy_concurrency": {"limit": max(2, os.cpu_count() or 2)},
+                "file_io_concurrency": {"limit": 32},
+            }
+            if _retries is not None:
+                spec.update({name: dict(_retries) for name in _RETRY_RESOURCES})
+            _context = ts.Context(spec)
         return _context
+
+
+def set_request_retries(max_retries: int, initial_delay: float, max_delay: float) -> None:
+    """Bound how long tensorstore retries a failed HTTP, GCS or S3 request.
+
+    Its default (32 retries, delays growing to 32 s) waits out a dead server for minutes; a
+    server in front of upstreams (the relay) wants a refused connection to fail in about a
+    second.  Applies to stores opened afterwards.
+    """
+    global _context, _retries
+    with _context_lock:
+        _retries = {"max_retries": int(max_retries), "initial_delay": f"{initial_delay:g}s",
+                    "max_delay": f"{max_delay:g}s"}
+        _context = None
 
 
 def is_local(location: str) -> bool:

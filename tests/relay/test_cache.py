@@ -1,0 +1,741 @@
+"""The relay's chunk cache: the tiers, persistence, single flight, write-through, partitioning by
+credentials, damaged entries, metrics.
+
+Unit tests drive ``voxgate.relay.cache`` (and the catalog) in-process; the protocol tests run a
+real ``voxgate serve`` process.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import blosc
+import httpx
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import voxgate
+from voxgate.api import open_remote
+from voxgate.errors import AuthenticationError, RemoteUnavailableError, VoxgateError
+from voxgate.geometry import Box, Vec
+from voxgate.registry import register
+from voxgate.relay import cache as cache_module
+from voxgate.relay.cache import CachedRemote, MemoryTier, TieredCache, UpstreamError
+from voxgate.relay.catalog import Catalog
+from voxgate.relay.config import ChannelConfig, RelayConfig
+from voxgate.remotes.base import Remote
+
+from .conftest import RW, RelayProcess, free_port, start_relay
+from .fake_remotes import TOKEN_SHAPE, TokenRemote, token_id
+from .http_upstream import LayerServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- in-process helpers -------------------------------------------------------------------------
+class CountingRemote(Remote):
+    """Wraps a Remote: counts reads and writes, can slow them, fail writes, or run a hook."""
+
+    scheme = "counting"
+
+    def __init__(self, inner: Remote, delay: float = 0.0) -> None:
+        self.inner = inner
+        self.meta = inner.meta
+        self.mode = inner.mode
+        self.url = f"counting+{inner.url}"
+        self.delay = delay
+        self.reads: list[Box] = []
+        self.writes: list[Box] = []
+        self.fail_writes = False
+        self.after_read: Callable[[], None] | None = None  # runs once, data already read
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, location: str, *, mode: str = "r", **options: Any) -> Remote:
+        raise VoxgateError("made by the tests")
+
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        with self._lock:
+            self.reads.append(box)
+            hook, self.after_read = self.after_read, None
+        arr = self.inner.read(box, scale)
+        if self.delay:
+            time.sleep(random.uniform(0, self.delay) if self.delay < 0.01 else self.delay)
+        if hook is not None:
+            hook()
+        return arr
+
+    def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
+        if self.fail_writes:
+            raise RemoteUnavailableError("the upstream refused the write")
+        if self.delay and self.delay < 0.01:
+            time.sleep(random.uniform(0, self.delay))
+        self.inner.write(box, array, scale)
+        with self._lock:
+            self.writes.append(box)
+
+
+def mem_volume(name: str, data: np.ndarray, chunks: tuple[int, int, int]) -> CountingRemote:
+    vol = voxgate.create(f"mem://{name}", shape=data.shape, dtype=data.dtype, chunks=chunks,
+                         voxel_size=(40, 8, 8))
+    vol[:] = data
+    return CountingRemote(open_remote(f"mem://{name}", mode="r+"))
+
+
+def whole(remote: Remote) -> Box:
+    return Box((0, 0, 0), remote.meta.scale(0).shape)
+
+
+# -- memory tier --------------------------------------------------------------------------------
+def test_memory_tier_is_lru_by_bytes() -> None:
+    tier = MemoryTier(1000)
+    a, b, c, d, e = (np.full(300, i, np.uint8) for i in range(5))
+    tier.put("a", a)
+    tier.put("b", b)
+    tier.put("c", c)
+    assert tier.used == 900 and len(tier) == 3
+    tier.put("d", d)  # over capacity: the least recently used ("a") goes
+    assert tier.get("a") is None and tier.used == 900
+    assert tier.get("b") is not None  # "b" is now the most recently used
+    tier.put("e", e)
+    assert tier.get("c") is None and tier.get("b") is not None and tier.used == 900
+    tier.put("big", np.zeros(1001, np.uint8))  # larger than the tier: not kept, nothing evicted
+    assert tier.get("big") is None and len(tier) == 3 and tier.used == 900
+    tier.put("b", np.zeros(100, np.uint8))  # replacing an entry re-counts its bytes
+    assert tier.used == 700
+    tier.pop("b")
+    tier.pop("never-there")
+    assert tier.used == 600 and len(tier) == 2
+    stored = tier.get("e")
+    assert stored is not None and not stored.flags.writeable  # shared: nobody may change it
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["put", "get", "pop"]), st.integers(0, 7),
+                          st.integers(1, 400)), max_size=80))
+def test_memory_tier_matches_an_lru_model(ops: list[tuple[str, int, int]]) -> None:
+    capacity = 1000
+    tier = MemoryTier(capacity)
+    model: OrderedDict[str, int] = OrderedDict()
+    for op, k, size in ops:
+        key = f"k{k}"
+        if op == "put":
+            tier.put(key, np.zeros(size, np.uint8))
+            model.pop(key, None)
+            if size <= capacity:
+                model[key] = size
+                while sum(model.values()) > capacity:
+                    model.popitem(last=False)
+        elif op == "get":
+            got = tier.get(key)
+            assert (got is not None) == (key in model)
+            if got is not None:
+                assert got.nbytes == model[key]
+                model.move_to_end(key)
+        else:
+            tier.pop(key)
+            model.pop(key, None)
+        assert tier.used == sum(model.values()) <= capacity
+        assert len(tier) == len(model)
+
+
+# -- single flight ------------------------------------------------------------------------------
+def test_concurrent_reads_of_a_missing_cell_make_one_upstream_fetch() -> None:
+    data = np.random.default_rng(0).integers(0, 255, (16, 64, 64), dtype=np.uint8)
+    up = mem_volume("single", data, (8, 32, 32))
+    up.delay = 0.3  # long enough that every reader arrives while the fetch is running
+    cache = TieredCache(2**26)
+    remote = CachedRemote(up, cache, identity="single")
+    cells = len(list(remote.cells(whole(remote), 0)))
+    box = Box((2, 3, 4), (14, 60, 61))
+    barrier = threading.Barrier(8)
+    results: list[np.ndarray] = []
+
+    def reader() -> None:
+        barrier.wait()
+        results.append(remote.read(box))
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 8
+    for got in results:
+        np.testing.assert_array_equal(got, data[2:14, 3:60, 4:61])
+    assert len(up.reads) == cells
+    m = cache.metrics.snapshot()
+    assert m["upstream_fetches"] == cells and m["coalesced"] == 7 * cells
+    remote.read(box)
+    assert len(up.reads) == cells  # and then it is cached
+
+
+def test_single_flight_through_the_relay(tmp_path: Path) -> None:
+    shape = (32, 128, 256)  # one cache cell of 16 chunks
+    data = np.random.default_rng(2).integers(0, 255, shape, dtype=np.uint8)
+    vol = voxgate.create(f"precomputed://file://{tmp_path}/layer", shape=shape,
+                         chunks=(16, 64, 64), dtype="uint8", voxel_size=(40, 8, 8))
+    vol[:] = data
+    server = LayerServer(tmp_path)
+    server.start()
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text(f"""
+[cache]
+memory_bytes = "64 MiB"
+[[channel]]
+name = "s/f/img"
+upstream = "{server.url('layer')}"
+""")
+    relay = start_relay(cfg, free_port())
+    try:
+        with relay.client(None) as http:
+            assert http.get("/v1/collection/s/experiment/f/channel/img").status_code == 200
+        server.delay_chunks = 0.5
+        barrier = threading.Barrier(6)
+        bodies: list[bytes] = []
+
+        def get() -> None:
+            barrier.wait()
+            res = httpx.get(relay.url + "/v1/cutout/s/f/img/0/10:200/20:100/3:30/", timeout=30)
+            assert res.status_code == 200, res.text
+            bodies.append(blosc.decompress(res.content))
+
+        threads = [threading.Thread(target=get) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(bodies) == 6
+        for body in bodies:
+            np.testing.assert_array_equal(
+                np.frombuffer(body, np.uint8).reshape(27, 80, 190), data[3:30, 20:100, 10:200])
+        m = httpx.get(relay.url + "/metrics").json()["cache"]
+        assert m["upstream_fetches"] == 1 and m["coalesced"] == 5, m
+        assert server.chunk_requests == 16  # the cell's chunks, once, not once per request
+    finally:
+        relay.stop()
+        server.stop()
+
+
+# -- writes -------------------------------------------------------------------------------------
+def test_writes_go_through_before_returning_and_update_the_cache() -> None:
+    data = np.random.default_rng(1).integers(0, 255, (16, 64, 64), dtype=np.uint8)
+    up = mem_volume("wt", data, (8, 32, 32))
+    old_cell_bytes = cache_module.CELL_BYTES
+    cache_module.CELL_BYTES = 8 * 32 * 32  # cells = chunks, so a write can cover some cells
+    try:
+        remote = CachedRemote(up, TieredCache(2**26), identity="wt")
+    finally:
+        cache_module.CELL_BYTES = old_cell_bytes
+    assert remote.grid(0) == Vec(8, 32, 32)
+    np.testing.assert_array_equal(remote.read(whole(remote)), data)  # all 8 cells cached
+    fetched = len(up.reads)
+    box = Box((0, 0, 0), (8, 32, 40))  # one cell whole, and part of its x neighbour
+    new = np.full((8, 32, 40), 7, np.uint8)
+    remote.write(box, new)
+    assert up.writes == [box]
+    np.testing.assert_array_equal(up.inner.read(box), new)  # in the upstream when write returns
+    expected = data.copy()
+    expected[0:8, 0:32, 0:40] = 7
+    # the covered cell is served from the cache with the new data; the partly written cell
+    # was dropped and is refetched; nothing else is fetched again
+    np.testing.assert_array_equal(remote.read(whole(remote)), expected)
+    assert up.reads[fetched:] == [Box((0, 0, 32), (8, 32, 64))]
+
+
+def test_a_failed_upstream_write_is_not_acknowledged_and_leaves_no_stale_cell() -> None:
+    data = np.random.default_rng(3).integers(0, 255, (16, 64, 64), dtype=np.uint8)
+    up = mem_volume("wf", data, (8, 32, 32))
+    remote = CachedRemote(up, TieredCache(2**26), identity="wf")
+    remote.read(whole(remote))
+    up.fail_writes = True
+    with pytest.raises(RemoteUnavailableError):
+        remote.write(whole(remote), np.zeros((16, 64, 64), np.uint8))
+    up.fail_writes = False
+    np.testing.assert_array_equal(remote.read(whole(remote)), data)
+
+
+def _cells_match_upstream(remote: CachedRemote, up: CountingRemote) -> None:
+    for idx, cell in remote.cells(whole(remote), 0):
+        key = remote._key(0, idx)
+        truth = up.inner.read(cell)
+        held = remote.cache.memory.get(key)
+        if held is not None:
+            np.testing.assert_array_equal(held, truth, err_msg=f"memory {key}")
+        if remote.cache.disk is not None:
+            on_disk = remote.cache.disk.get(key)
+            if on_disk is not None:
+                np.testing.assert_array_equal(on_disk, truth, err_msg=f"disk {key}")
+
+
+class _HookedCache(TieredCache):
+    """Runs ``hook`` once, inside the first ``put``, before storing."""
+
+    hook: Callable[[], None] | None = None
+
+    def put(self, key: str, arr: np.ndarray) -> None:
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+        super().put(key, arr)
+
+
+def test_a_fetch_finishing_during_a_write_does_not_cache_old_data() -> None:
+    data = np.zeros((8, 32, 32), np.uint8)
+    up = mem_volume("race1", data, (8, 32, 32))
+    cache = _HookedCache(2**26)
+    remote = CachedRemote(up, cache, identity="race1")
+    box = whole(remote)
+    part = Box((0, 0, 0), (4, 32, 32))  # half the cell: dropped by the write, not re-cached
+    writer = threading.Thread(target=remote.write, args=(part, np.full((4, 32, 32), 9, np.uint8)))
+
+    def write_meanwhile() -> None:
+        # the fetch has read the old data and is storing it; a write starts now
+        writer.start()
+        writer.join(0.5)  # a correct cache makes the writer wait for the store
+
+    cache.hook = write_meanwhile
+    np.testing.assert_array_equal(remote.read(box), data)  # the read itself may be old
+    writer.join()
+    _cells_match_upstream(remote, up)
+    expected = data.copy()
+    expected[0:4] = 9
+    np.testing.assert_array_equal(remote.read(box), expected)
+
+
+def test_a_disk_hit_read_across_a_write_is_not_promoted(tmp_path: Path) -> None:
+    data = np.zeros((8, 32, 32), np.uint8)
+    up = mem_volume("race2", data, (8, 32, 32))
+    remote = CachedRemote(up, TieredCache(2**26, tmp_path / "disk", 2**30), identity="race2")
+    box = whole(remote)
+    remote.read(box)  # on disk and in memory
+    remote.cache.memory = MemoryTier(2**26)  # memory lost (as after a restart), disk kept
+    assert remote.cache.disk is not None
+    disk = remote.cache.disk
+    disk_get = disk.get
+    part = Box((0, 0, 0), (4, 32, 32))
+
+    def hooked_get(key: str) -> np.ndarray | None:
+        arr = disk_get(key)  # the old entry is read ...
+        remote.write(part, np.full((4, 32, 32), 9, np.uint8))  # ... a write completes ...
+        return arr  # ... and the reader goes on to promote what it read
+
+    disk.get = hooked_get  # type: ignore[method-assign]
+    np.testing.assert_array_equal(remote.read(box), data)
+    disk.get = disk_get  # type: ignore[method-assign]
+    _cells_match_upstream(remote, up)
+    expected = data.copy()
+    expected[0:4] = 9
+    np.testing.assert_array_equal(remote.read(box), expected)
+
+
+def test_concurrent_reads_and_writes_leave_the_cache_equal_to_the_upstream(
+        tmp_path: Path) -> None:
+    data = np.zeros((16, 64, 64), np.uint8)
+    up = mem_volume("stress", data, (8, 32, 32))
+    up.delay = 0.003  # random sleeps up to 3 ms widen every window
+    old_cell_bytes = cache_module.CELL_BYTES
+    cache_module.CELL_BYTES = 8 * 32 * 32
+    try:
+        remote = CachedRemote(up, TieredCache(2**26, tmp_path / "disk", 2**30),
+                              identity="stress")
+    finally:
+        cache_module.CELL_BYTES = old_cell_bytes
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def random_box(rng: random.Random) -> Box:
+        lo = [rng.randrange(0, n) for n in (16, 64, 64)]
+        hi = [rng.randrange(a + 1, n + 1) for a, n in zip(lo, (16, 64, 64), strict=True)]
+        return Box(lo, hi)
+
+    def writer(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            while not stop.is_set():
+                box = random_box(rng)
+                remote.write(box, np.full(tuple(box.shape), rng.randrange(256), np.uint8))
+        except BaseException as exc:
+            errors.append(exc)
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            while not stop.is_set():
+                remote.read(random_box(rng))
+                if rng.random() < 0.1:  # sometimes lose the memory tier: disk hits promote
+                    remote.cache.memory = MemoryTier(2**26)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
+    threads += [threading.Thread(target=reader, args=(10 + i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(up.writes) > 20
+    _cells_match_upstream(remote, up)
+    np.testing.assert_array_equal(remote.read(whole(remote)), up.inner.read(whole(remote)))
+
+
+# -- per-user credentials -----------------------------------------------------------------------
+@pytest.fixture
+def tokenfake() -> Iterator[None]:
+    register("tokenfake", TokenRemote)
+    TokenRemote.opened.clear()
+    TokenRemote.reads.clear()
+    yield
+    TokenRemote.opened.clear()
+    TokenRemote.reads.clear()
+
+
+def test_forwarded_tokens_partition_the_cache(tokenfake: None, tmp_path: Path) -> None:
+    def catalog() -> Catalog:
+        cfg = RelayConfig()
+        cfg.channels = [
+            # an option value that is a list: the cache identity must still be computed
+            ChannelConfig("c", "e", "mine", "tokenfake://vol", {"layers": ["a", "b"]},
+                          forward_token=True),
+            ChannelConfig("c", "e", "shared", "tokenfake://vol", forward_token=False),
+        ]
+        cfg.cache.disk_path = tmp_path / "disk"
+        return Catalog(cfg, TieredCache(2**26, tmp_path / "disk", 2**30))
+
+    cat = catalog()
+    entry = cat.channel("c", "e", "mine")
+    alice, bob = cat.remote(entry, "alice"), cat.remote(entry, "bob")
+    assert alice is not bob and alice._prefix != bob._prefix
+    assert cat.remote(entry, "alice") is alice
+    box = Box((0, 0, 0), TOKEN_SHAPE)
+    assert (alice.read(box) == token_id("alice")).all()
+    assert {t for t, _ in TokenRemote.reads} == {"alice"}
+    # bob's read is bob's: fetched from the upstream with his token, never alice's cells
+    assert (bob.read(box) == token_id("bob")).all()
+    assert {t for t, _ in TokenRemote.reads} == {"alice", "bob"}
+    n = len(TokenRemote.reads)
+    assert (alice.read(box) == token_id("alice")).all()
+    assert len(TokenRemote.reads) == n  # alice's second read is her cached cells
+    # the upstream was opened with each token, and the options came through
+    opened = {(tok, str(opts)) for loc, tok, opts in TokenRemote.opened}
+    assert ("alice", "{'layers': ['a', 'b']}") in opened and ("bob", str(
+        {"layers": ["a", "b"]})) in opened
+    # an anonymous request has its own partition, and the upstream refuses it
+    anon = cat.remote(entry, None)
+    assert anon._prefix not in (alice._prefix, bob._prefix)
+    with pytest.raises(AuthenticationError):
+        anon.read(box)
+    # tokens are not written into the disk cache's keys
+    assert cat.cache.disk is not None
+    keys = list(cat.cache.disk._cache.iterkeys())
+    assert keys and not any("alice" in k or "bob" in k for k in keys)
+    cat.cache.close()
+    # a restarted relay finds alice's cells on disk again (the identity is stable)
+    cat2 = catalog()
+    alice2 = cat2.remote(cat2.channel("c", "e", "mine"), "alice")
+    assert alice2._prefix == alice._prefix
+    assert (alice2.read(box) == token_id("alice")).all()
+    assert len(TokenRemote.reads) == n and cat2.cache.metrics.disk_hits > 0
+    cat2.cache.close()
+    # without forward_token every client shares one upstream, opened with no token of theirs
+    shared = cat.channel("c", "e", "shared")
+    assert cat.remote(shared, "alice") is cat.remote(shared, "bob") is cat.remote(shared, None)
+    assert all(tok is None for loc, tok, opts in TokenRemote.opened if not opts)
+
+
+def _start_tokenfake_relay(cfg: Path) -> RelayProcess:
+    """A real relay process with the tokenfake:// scheme registered."""
+    code = ("import sys; from voxgate.registry import register; "
+            "register('tokenfake', 'tests.relay.fake_remotes:TokenRemote'); "
+            "from voxgate.cli import main; sys.argv[0] = 'voxgate'; main()")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    log = cfg.with_suffix(".log")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", code, "serve", str(cfg), "--port",
+                                 str(port)], stdout=out, stderr=subprocess.STDOUT, env=env,
+                                cwd=cfg.parent)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"relay exited: {log.read_text()}")
+        try:
+            if httpx.get(url + "/ping/", timeout=1).status_code == 200:
+                return RelayProcess(url, port, cfg, proc, log)
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"relay did not start: {log.read_text()}")
+
+
+def test_forwarded_tokens_through_a_relay(tmp_path: Path) -> None:
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text("""
+[cache]
+memory_bytes = "64 MiB"
+[[channel]]
+name = "p/e/seg"
+upstream = "tokenfake://vol"
+forward_token = true
+[auth]
+tokens = { alice = "read-write", bob = "read-write" }
+""")
+    relay = _start_tokenfake_relay(cfg)
+    z, y, x = TOKEN_SHAPE
+    url = f"/v1/cutout/p/e/seg/0/0:{x}/0:{y}/0:{z}/"
+    try:
+        with relay.client("alice") as alice, relay.client("bob") as bob:
+            def cutout(http: httpx.Client) -> np.ndarray:
+                res = http.get(url)
+                assert res.status_code == 200, res.text
+                return np.frombuffer(blosc.decompress(res.content), np.uint64)
+
+            assert alice.get("/v1/collection/p/experiment/e/channel/seg").json()[
+                "datatype"] == "uint64"
+            assert (cutout(alice) == token_id("alice")).all()
+            assert (cutout(bob) == token_id("bob")).all()
+            hits = alice.get("/metrics").json()["cache"]["memory_hits"]
+            assert (cutout(alice) == token_id("alice")).all()
+            assert alice.get("/metrics").json()["cache"]["memory_hits"] > hits
+            ids = alice.get(f"/v1/ids/p/e/seg/0/0:{x}/0:{y}/0:{z}/").json()["ids"]
+            assert ids == [str(token_id("alice"))]
+            # the object services read with the client's own credentials too
+            res = alice.get(f"/v1/boundingbox/p/e/seg/0/{token_id('alice')}/?type=tight")
+            assert res.status_code == 200, res.text
+            assert res.json()["x_range"] == [0, x] and res.json()["z_range"] == [0, z]
+            res = bob.get(f"/v1/boundingbox/p/e/seg/0/{token_id('alice')}/?type=tight")
+            assert res.status_code == 404, res.text
+            res = alice.get("/v1/reserve/p/e/seg/10")
+            assert res.status_code == 200, res.text
+            assert res.json()["start_id"] == token_id("alice") + 1
+    finally:
+        relay.stop()
+
+
+# -- damaged disk entries -----------------------------------------------------------------------
+def _damage(disk: Path, how: str) -> int:
+    files = sorted(disk.rglob("*.val"))
+    for f in files:
+        raw = bytearray(f.read_bytes())
+        if how == "flip":  # one bit in the middle of the payload
+            raw[len(raw) // 2] ^= 0x10
+        elif how == "truncate":
+            raw = raw[: len(raw) // 2]
+        elif how == "garbage":
+            raw = bytearray(os.urandom(len(raw)))
+        elif how == "empty":
+            raw = bytearray()
+        if how == "delete":
+            f.unlink()
+        else:
+            f.write_bytes(bytes(raw))
+    return len(files)
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "garbage", "empty", "delete"])
+def test_a_damaged_disk_entry_is_refetched_never_served(tmp_path: Path, how: str) -> None:
+    # random bytes do not compress, so each cell is its own file in the disk tier
+    data = np.random.default_rng(5).integers(0, 255, (16, 128, 128), dtype=np.uint8)
+    up = mem_volume(f"dmg-{how}", data, (8, 64, 64))
+    box = whole(up)
+
+    def fresh() -> CachedRemote:  # a relay restart: empty memory, the same disk
+        return CachedRemote(up, TieredCache(2**26, tmp_path / "disk", 2**30), identity="dmg")
+
+    first = fresh()
+    np.testing.assert_array_equal(first.read(box), data)
+    fetched = len(up.reads)
+    first.cache.close()
+    assert _damage(tmp_path / "disk", how) >= 1
+    second = fresh()
+    np.testing.assert_array_equal(second.read(box), data)
+    assert len(up.reads) == 2 * fetched  # refetched from the upstream
+    m = second.cache.metrics.snapshot()
+    assert m["disk_hits"] == 0 and m["misses"] == fetched
+    second.cache.close()
+    third = fresh()  # and stored again, whole
+    np.testing.assert_array_equal(third.read(box), data)
+    assert len(up.reads) == 2 * fetched and third.cache.metrics.disk_hits == fetched
+    third.cache.close()
+
+
+class CreatesFile:
+    """Unpickling this creates ``path``: a stand-in for any code a pickle can run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (open, (str(self.path), "w"))
+
+
+def test_cache_entries_are_checked_never_unpickled(tmp_path: Path) -> None:
+    cache = TieredCache(2**20, tmp_path / "disk", 2**30)
+    assert cache.disk is not None
+    arr = np.arange(1000, dtype=np.uint64).reshape(10, 10, 10)
+    cache.put("k", arr)
+    np.testing.assert_array_equal(cache.disk.get("k"), arr)
+    cache.disk._cache.set("k", b"VGC1 an entry of the old format, without a checksum")
+    cache.memory.pop("k")
+    assert cache.get("k") is None and cache.disk.get("k") is None  # dropped, to be refetched
+    # an entry planted in the cache directory as a pickle (diskcache's format for objects):
+    # the tier only ever stores bytes, and never unpickles what it finds
+    marker = tmp_path / "unpickled"
+    for size in (10, 2**16):  # inline in SQLite, and in a file of its own
+        cache.disk._cache.set("k", [CreatesFile(marker), b"x" * size])
+        assert cache.get("k") is None
+        assert not marker.exists()
+    cache.close()
+
+
+# -- through a relay: restarts, damage, metrics -------------------------------------------------
+def _zarr_relay(tmp_path: Path, data: np.ndarray) -> Path:
+    vol = voxgate.create(f"zarr://{tmp_path}/up.zarr", shape=data.shape, chunks=(16, 64, 64),
+                         dtype=data.dtype, voxel_size=(40, 8, 8))
+    vol[:] = data
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text(f"""
+[server]
+state_path = "{tmp_path / 'state.json'}"
+[cache]
+memory_bytes = "64 MiB"
+disk_path = "{tmp_path / 'cache'}"
+[[channel]]
+name = "d/t/img"
+upstream = "zarr://{tmp_path}/up.zarr"
+[auth]
+tokens = {{ "{RW}" = "read-write" }}
+""")
+    return cfg
+
+
+SHAPE = (32, 256, 512)  # uint8 in (16, 64, 64) chunks: cache cells of (32, 128, 256), four
+
+
+def _get(relay: RelayProcess, box: tuple[tuple[int, int], ...]) -> np.ndarray:
+    (x0, x1), (y0, y1), (z0, z1) = box
+    with relay.client(RW) as http:
+        res = http.get(f"/v1/cutout/d/t/img/0/{x0}:{x1}/{y0}:{y1}/{z0}:{z1}/")
+    assert res.status_code == 200, res.text
+    return np.frombuffer(blosc.decompress(res.content), np.uint8).reshape(z1 - z0, y1 - y0,
+                                                                          x1 - x0)
+
+
+def _metrics(relay: RelayProcess) -> dict[str, Any]:
+    return dict(httpx.get(relay.url + "/metrics").json())
+
+
+def test_disk_tier_survives_a_relay_restart(tmp_path: Path) -> None:
+    data = np.random.default_rng(6).integers(1, 255, SHAPE, dtype=np.uint8)
+    cfg = _zarr_relay(tmp_path, data)
+    read = ((10, 250), (0, 100), (3, 16))  # in the first cell
+    first = start_relay(cfg, free_port())
+    try:
+        np.testing.assert_array_equal(_get(first, read), data[3:16, 0:100, 10:250])
+    finally:
+        first.stop()
+    # the upstream loses its chunks (its metadata stays, so the channel still opens)
+    removed = 0
+    for p in (tmp_path / "up.zarr").rglob("*"):
+        if p.is_file() and p.name not in ("zarr.json", ".zarray", ".zattrs", ".zgroup"):
+            p.unlink()
+            removed += 1
+    assert removed
+    second = start_relay(cfg, free_port())
+    try:
+        np.testing.assert_array_equal(_get(second, read), data[3:16, 0:100, 10:250])
+        m = _metrics(second)["cache"]
+        assert m["disk_hits"] == 1 and m["misses"] == 0 and m["upstream_fetches"] == 0, m
+        # proof the upstream really is empty now: a cell never read comes back as fill
+        assert not _get(second, ((300, 310), (0, 10), (20, 30))).any()
+    finally:
+        second.stop()
+
+
+def test_damaged_disk_cache_through_a_relay(tmp_path: Path) -> None:
+    data = np.random.default_rng(7).integers(1, 255, SHAPE, dtype=np.uint8)
+    cfg = _zarr_relay(tmp_path, data)
+    box = ((0, 512), (0, 256), (0, 32))
+    first = start_relay(cfg, free_port())
+    try:
+        np.testing.assert_array_equal(_get(first, box), data)
+    finally:
+        first.stop()
+    assert _damage(tmp_path / "cache", "flip") == 4
+    second = start_relay(cfg, free_port())
+    try:
+        np.testing.assert_array_equal(_get(second, box), data)
+        m = _metrics(second)["cache"]
+        assert m["disk_hits"] == 0 and m["upstream_fetches"] == 4, m
+    finally:
+        second.stop()
+
+
+def test_metrics_report_hits_misses_bytes_and_upstream_latency(tmp_path: Path) -> None:
+    data = np.random.default_rng(8).integers(1, 255, SHAPE, dtype=np.uint8)
+    cfg = _zarr_relay(tmp_path, data)
+    relay = start_relay(cfg, free_port())
+    try:
+        m0 = _metrics(relay)
+        assert m0["cache"]["misses"] == 0 and m0["cache"]["hit_ratio"] is None
+        box = ((200, 300), (0, 100), (10, 20))  # two cells
+        _get(relay, box)
+        m1 = _metrics(relay)
+        c = m1["cache"]
+        assert c["misses"] == 2 and c["memory_hits"] == 0 and c["upstream_fetches"] == 2
+        assert c["upstream_bytes"] == 2 * 32 * 128 * 256  # whole cells come from the upstream
+        assert c["bytes_served"] == 10 * 100 * 100
+        assert c["upstream_seconds_total"] > 0 and c["upstream_latency_p50_ms"] > 0
+        assert c["upstream_latency_p99_ms"] >= c["upstream_latency_p50_ms"]
+        assert c["hit_ratio"] == 0
+        assert m1["memory_entries"] == 2 and m1["memory_bytes_used"] == 2 * 32 * 128 * 256
+        assert m1["disk_bytes_used"] > 0
+        _get(relay, box)
+        c = _metrics(relay)["cache"]
+        assert c["memory_hits"] == 2 and c["misses"] == 2 and c["upstream_fetches"] == 2
+        assert c["bytes_served"] == 2 * 10 * 100 * 100 and c["hit_ratio"] == 0.5
+        # a write is counted, goes through, and the next read of the cell it covers is a hit
+        patch = np.full((32, 128, 256), 3, np.uint8)
+        with relay.client(RW) as http:
+            res = http.post("/v1/cutout/d/t/img/0/256:512/0:128/0:32/",
+                            content=blosc.compress(patch.tobytes(), typesize=1),
+                            headers={"Content-Type": "application/blosc"})
+        assert res.status_code == 201
+        np.testing.assert_array_equal(
+            voxgate.open(f"zarr://{tmp_path}/up.zarr")[0:32, 0:128, 256:512].read(), patch)
+        np.testing.assert_array_equal(_get(relay, ((256, 512), (0, 128), (0, 32))), patch)
+        c = _metrics(relay)["cache"]
+        assert c["upstream_writes"] == 1 and c["memory_hits"] == 3 and c["upstream_fetches"] == 2
+    finally:
+        relay.stop()
+
+
+def test_upstream_errors_are_counted_and_not_cached() -> None:
+    data = np.ones((8, 32, 32), np.uint8)
+    up = mem_volume("errs", data, (8, 32, 32))
+    remote = CachedRemote(up, TieredCache(2**26), identity="errs")
+
+    def boom() -> None:
+        raise RemoteUnavailableError("connection refused")
+
+    up.after_read = boom
+    with pytest.raises(UpstreamError, match="connection refused"):
+        remote.read(whole(remote))
+    assert remote.cache.metrics.upstream_errors == 1
+    np.testing.assert_array_equal(remote.read(whole(remote)), data)
