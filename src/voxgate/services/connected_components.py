@@ -32,15 +32,14 @@ _CONNECTIVITY = (6, 18, 26)
 _ONE = Vec(1, 1, 1)
 
 
-def _forward_offsets(connectivity: int) -> list[tuple[int, int, int]]:
-    """Half of the neighbourhood: each unordered neighbour pair once."""
+def _neighbours(connectivity: int, axis: int) -> list[tuple[int, int, int]]:
+    """Neighbour offsets one step up along ``axis`` (any step along the others)."""
     out = []
     for d in itertools.product((-1, 0, 1), repeat=3):
         n = sum(1 for v in d if v)
-        if n == 0 or (connectivity == 6 and n > 1) or (connectivity == 18 and n > 2):
+        if d[axis] != 1 or (connectivity == 6 and n > 1) or (connectivity == 18 and n > 2):
             continue
-        if d > (0, 0, 0):
-            out.append((d[0], d[1], d[2]))
+        out.append((d[0], d[1], d[2]))
     return out
 
 
@@ -85,6 +84,15 @@ class _UnionFind:
         while p[a] != root:
             p[a], a = root, int(p[a])
         return root
+
+    def roots(self) -> np.ndarray:
+        """Every element's root, by pointer jumping over the whole array at once."""
+        p = self.parent
+        while True:
+            nxt = p[p]
+            if np.array_equal(nxt, p):
+                return p
+            p = nxt
 
     def union(self, a: int, b: int) -> None:
         ra, rb = self.find(a), self.find(b)
@@ -138,14 +146,25 @@ def connected_components(
     def label(b: Box) -> None:
         cc = _cc3d(reader.read(b, scale), connectivity)
         n = int(cc.max(initial=0))
-        uniq, first = np.unique(cc.ravel(), return_index=True)
-        local = np.stack(np.unravel_index(first, cc.shape), axis=1) + np.asarray(
-            tuple(b.start - region.start))
-        gidx = np.ravel_multi_index(local.T, shape)
-        fi = np.full(n + 1, np.iinfo(np.int64).max, dtype=np.int64)
-        fi[uniq.astype(np.int64)] = gidx
+        fi = np.zeros(n + 1, dtype=np.int64)
+        if n:
+            # cc3d numbers components by their first voxel in memory (C) order, so label j
+            # first appears where the running maximum first reaches j: O(n), no sort
+            run = np.maximum.accumulate(cc.ravel())
+            pos = np.searchsorted(run, np.arange(1, n + 1, dtype=run.dtype))
+            local = np.stack(np.unravel_index(pos, cc.shape), axis=1) + np.asarray(
+                tuple(b.start - region.start))
+            fi[1:] = np.ravel_multi_index(local.T, shape)
         counts[b], firsts[b] = n, fi
         target.write(b, cc, 0)
+
+    if len(blocks) == 1 and out is None:
+        # one block in memory: cc3d's own numbering is already the canonical one
+        data = source if isinstance(source, np.ndarray) else reader.read(region, scale)
+        cc = _cc3d(data, connectivity)
+        return _ArrayResult(cc, Provenance("connected_components", "local", src.url, {
+            "connectivity": connectivity, "blocks": 1, "components": int(cc.max(initial=0)),
+            "seconds": round(time.perf_counter() - t0, 3)}))
 
     with progress_bar(progress, 3 * len(blocks), "connected components") as bar:
         _run(label, blocks, workers, bar)
@@ -164,28 +183,38 @@ def connected_components(
 
         # pass 2: voxel pairs across block borders that must join
         pairs: list[np.ndarray] = []
-        steps = _forward_offsets(connectivity)
 
-        def join(b: Box) -> None:
-            ext = Box(b.start - _ONE, b.stop + _ONE).intersect(region)
-            inp = reader.read(ext, scale)
-            lab = np.zeros(tuple(ext.shape), dtype=np.uint64)
-            for nb in _touching(ext, region, base):
-                part = nb.intersect(ext)
+        def global_labels(box: Box) -> np.ndarray:
+            lab = np.zeros(tuple(box.shape), dtype=np.uint64)
+            for nb in _touching(box, region, base):
+                part = nb.intersect(box)
                 local = target.read(part, 0)
                 off = np.uint64(owner_offset(nb.start))
-                lab[part.slices(ext.start)] = np.where(local > 0, local + off, 0)
-            inner = b.slices(ext.start)
+                lab[part.slices(box.start)] = np.where(local > 0, local + off, 0)
+            return lab
+
+        def join(b: Box) -> None:
+            # only voxel pairs across this block's upper faces: every border between two
+            # blocks is the upper face of one of them
             found = []
-            for dz, dy, dx in steps:
-                for sign in (1, -1):
-                    d = (dz * sign, dy * sign, dx * sign)
-                    a_sl, b_sl = _shifted(inner, d, lab.shape)
+            for axis in range(3):
+                if b.stop[axis] >= region.stop[axis]:
+                    continue
+                lo = list(b.start - _ONE)
+                hi = list(b.stop + _ONE)
+                lo[axis], hi[axis] = b.stop[axis] - 1, b.stop[axis] + 1
+                slab = Box(lo, hi).intersect(region)
+                inp = reader.read(slab, scale)
+                lab = global_labels(slab)
+                inner = [slice(a - s0, e - s0) for a, e, s0 in zip(b.start, b.stop, slab.start,
+                                                                    strict=True)]
+                inner[axis] = slice(0, 1)
+                for d in _neighbours(connectivity, axis):
+                    a_sl, b_sl = _shifted(tuple(inner), d, lab.shape)
                     if a_sl is None or b_sl is None:
                         continue
                     la, lb = lab[a_sl], lab[b_sl]
-                    ia, ib = inp[a_sl], inp[b_sl]
-                    m = (la != lb) & (la > 0) & (lb > 0) & (ia == ib)
+                    m = (la != lb) & (la > 0) & (lb > 0) & (inp[a_sl] == inp[b_sl])
                     if m.any():
                         found.append(np.stack([la[m], lb[m]], axis=1))
             if found:
@@ -196,7 +225,7 @@ def connected_components(
         if pairs:
             for a, b2 in np.unique(np.concatenate(pairs), axis=0):
                 uf.union(int(a), int(b2))
-        roots = np.array([uf.find(i) for i in range(total + 1)], dtype=np.int64)
+        roots = uf.roots()
         # canonical numbering: components by the first voxel of any of their parts
         best = np.full(total + 1, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(best, roots, first_index)
@@ -209,9 +238,10 @@ def connected_components(
 
         # pass 3: rewrite every block with the final numbers
         def relabel(b: Box) -> None:
-            local = target.read(b, 0)
-            glob = np.where(local > 0, local + np.uint64(offsets[b]), 0).astype(np.int64)
-            target.write(b, rank[glob], 0)
+            n = counts[b]
+            table = np.zeros(n + 1, dtype=np.uint64)
+            table[1:] = rank[offsets[b] + 1: offsets[b] + n + 1]
+            target.write(b, table[target.read(b, 0)], 0)
 
         _run(relabel, blocks, workers, bar)
     prov = Provenance("connected_components", "local", src.url, {

@@ -98,6 +98,7 @@ def downsample(
     prefer: Prefer = "auto",
     block: Sequence[int] | None = None,
     workers: int | None = None,
+    client: Any = None,
     progress: bool = False,
 ) -> Volume:
     """Compute scales 1 .. num_scales-1 of ``source`` from scale 0 and store them.
@@ -107,7 +108,8 @@ def downsample(
     HDF5 groups) with voxel sizes multiplied by ``factors`` ((z, y, x) per new scale; by
     default halving toward isotropy); scales that exist are recomputed.  Images are averaged,
     segmentations take the mode.  Big volumes run block by block (``block``, scale-0 voxels,
-    rounded to whole chunks and factors).  Returns the volume opened read-write; its
+    rounded to whole chunks and factors), on ``workers`` threads or on a ``dask.distributed``
+    ``client``'s workers, which reopen the store by URL.  Returns the volume opened read-write; its
     ``downsample_provenance`` attribute is not set — call ``downsample_provenance(vol)``.
     """
     t0 = time.perf_counter()
@@ -168,31 +170,56 @@ def downsample(
     base = Vec(*(max(g, math.ceil(b / g) * g) for b, g in zip(base, total, strict=True)))
     blocks = list(block_boxes(s0.bounds, base))
 
-    def one(b: Box) -> None:
-        data = remote.read(b, 0)
-        levels = downsample_kernel(data, steps, meta.kind)
-        cum = Vec(1, 1, 1)
-        for k, arr in enumerate(levels, start=1):
-            cum = Vec(*(c * f for c, f in zip(cum, steps[k - 1], strict=True)))
-            sk = meta.scale(k)
-            start = Vec(*(o + (a - o0) // c for o, a, o0, c in zip(sk.offset, b.start, s0.offset,
-                                                                   cum, strict=True)))
-            shape = arr.shape[-3:]
-            target = Box(start, start + Vec(*shape)).intersect(sk.bounds)
-            remote.write(target, arr[(..., *target.slices(start))], k)
+    if client is not None:
+        if remote.url.startswith("mem://"):
+            raise InvalidRequestError(
+                f"{remote.url} lives in this process only; a dask.distributed cluster needs a "
+                "volume its workers can open by URL")
+        spec = remote.spec()
+        futures = client.map(_downsample_block, [spec] * len(blocks), blocks,
+                             [steps] * len(blocks), pure=False, retries=2)
+        with progress_bar(progress, len(blocks), "downsample") as bar:
+            from distributed import as_completed
 
-    with progress_bar(progress, len(blocks), "downsample") as bar:
-        res = run_blocks(one, blocks, workers=workers,
-                         on_done=lambda _b, _o: bar.advance())
-    if res.failed:
-        b, exc = res.failed[0]
-        raise type(exc)(f"downsample failed at block {b!r}: {exc}") if isinstance(
-            exc, InvalidRequestError) else exc
+            for fut in as_completed(futures):
+                fut.result()  # a block that failed after its retries raises here
+                bar.advance()
+    else:
+        with progress_bar(progress, len(blocks), "downsample") as bar:
+            res = run_blocks(lambda b: _block(remote, b, steps), blocks, workers=workers,
+                             on_done=lambda _b, _o: bar.advance())
+        if res.failed:
+            raise res.failed[0][1]
     out = Volume(remote, 0)
     _PROVENANCE[out.url] = Provenance("downsample", "local", out.url, {
         "scales": num_scales, "factors": [tuple(f) for f in steps], "blocks": len(blocks),
+        "scheduler": "distributed" if client is not None else "threads",
         "seconds": round(time.perf_counter() - t0, 3)})
     return out
+
+
+def _block(remote: Any, b: Box, steps: Sequence[Vec]) -> None:
+    """Downsample one scale-0 block into every coarser scale."""
+    meta = remote.meta
+    s0 = meta.scale(0)
+    levels = downsample_kernel(remote.read(b, 0), steps, meta.kind)
+    cum = Vec(1, 1, 1)
+    for k, arr in enumerate(levels, start=1):
+        cum = Vec(*(c * f for c, f in zip(cum, steps[k - 1], strict=True)))
+        sk = meta.scale(k)
+        start = Vec(*(o + (a - o0) // c for o, a, o0, c in zip(sk.offset, b.start, s0.offset,
+                                                               cum, strict=True)))
+        target = Box(start, start + Vec(*arr.shape[-3:])).intersect(sk.bounds)
+        remote.write(target, arr[(..., *target.slices(start))], k)
+
+
+def _downsample_block(spec: dict[str, Any], b: Box, steps: Sequence[Vec]) -> Box:
+    """A block on a dask.distributed worker: reopen the store from its spec."""
+    from ..api import open_remote
+
+    remote = open_remote(spec["url"], mode="r+", **spec.get("options", {}))
+    _block(remote, b, steps)
+    return b
 
 
 _PROVENANCE: dict[str, Provenance] = {}

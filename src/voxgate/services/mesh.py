@@ -177,7 +177,7 @@ def mesh(
                             pieces.setdefault(i, []).append(m)
                         bar.advance()
             for i, parts in pieces.items():
-                stitched = Mesh.concatenate(parts, id=i).deduplicate()
+                stitched = parts[0] if len(parts) == 1 else _stitch(parts, vs, i)
                 if simp is not None:
                     stitched = _simplify(stitched, vs, simp)
                 result[i] = stitched
@@ -191,6 +191,30 @@ def mesh(
         **details, "ids": len(result), "simplify": simp,
         "seconds": round(time.perf_counter() - t0, 3)})
     return result
+
+
+def _stitch(parts: list[Mesh], voxel_size: Sequence[float], ident: int) -> Mesh:
+    """Join one segment's block pieces, merging the vertices they share on block faces.
+
+    Marching cubes puts every vertex on a multiple of half a voxel, so positions quantized to
+    half voxels are exact integers: one integer key per vertex, and a 1-D integer unique
+    (much faster than comparing float rows) finds the shared ones.
+    """
+    vertices = np.concatenate([p.vertices for p in parts])
+    offsets = np.cumsum([0] + [len(p.vertices) for p in parts[:-1]])
+    faces = np.concatenate([p.faces + np.uint32(o) for p, o in zip(parts, offsets, strict=True)])
+    half = np.array([voxel_size[2], voxel_size[1], voxel_size[0]], dtype=np.float64) / 2
+    q = np.rint(vertices / half).astype(np.int64)
+    q -= q.min(axis=0)
+    span = q.max(axis=0) + 1
+    keys = (q[:, 2] * span[1] + q[:, 1]) * span[0] + q[:, 0]
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    new_faces = inverse.astype(np.uint32)[faces]
+    # pieces share vertices, never triangles (each cube belongs to one block); drop any face
+    # that merging made degenerate, should rounding ever collapse one
+    ok = ((new_faces[:, 0] != new_faces[:, 1]) & (new_faces[:, 1] != new_faces[:, 2])
+          & (new_faces[:, 0] != new_faces[:, 2]))
+    return Mesh(vertices[first], new_faces[ok], id=ident)
 
 
 def _simplify(m: Mesh, voxel_size: Sequence[float], simp: tuple[float, float | None]) -> Mesh:

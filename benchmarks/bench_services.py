@@ -1,0 +1,162 @@
+"""Services against the kernels called directly, in one run, on a 512^3 segmentation.
+
+    python benchmarks/bench_services.py [--size 512] [--repeats 3] [--data benchmarks/data]
+
+Uses the volumes bench_io.py generates (about 2000 labels at 512^3).  Rows:
+
+- mesh every label: voxgate.mesh (in memory) vs zmesh called directly vs intern's MeshService;
+- downsample 3 scales: voxgate.downsample's kernel path vs tinybrain directly (in memory);
+- connected components: voxgate vs cc3d directly (in memory);
+- block-wise mesh and downsample from the zarr store on a dask.distributed LocalCluster with 1
+  and with 2 worker processes.
+
+Targets (issue 6): within 1.1x of the kernel on in-memory data; 2 workers at least 1.7x faster
+than 1 on this 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import voxgate
+import voxgate.registry
+
+
+def timed(fn: Callable[[], object]) -> float:
+    gc.collect()
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def rows_for(label: str, fns: dict[str, Callable[[], object]], repeats: int,
+             setup: Callable[[], None] | None = None) -> list[tuple[str, str, float, float]]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns.items())
+    rng = np.random.default_rng(0)
+    for _ in range(repeats):
+        rng.shuffle(order)  # type: ignore[arg-type]
+        for name, fn in order:
+            if setup:
+                setup()
+            times[name].append(timed(fn))
+    base = statistics.median(times["voxgate"]) if "voxgate" in times else None
+    out = []
+    print(f"\n{label}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        ratio = med / base if base else float("nan")
+        out.append((label, name, med, ratio))
+        print(f"  {name:28s} {med:8.3f} s   {ratio:5.2f}x voxgate's time", flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--data", type=Path, default=Path(__file__).parent / "data")
+    args = p.parse_args()
+    from bench_io import prepare
+
+    data = prepare(args.data, args.size)
+    seg, image = data["seg"], data["image"]
+    vs = (8, 8, 8)
+    print(f"{len(np.unique(seg)) - 1} labels in a {args.size}^3 segmentation")
+    rows = []
+
+    import zmesh
+
+    def zmesh_direct() -> dict[int, object]:
+        m = zmesh.Mesher(vs)
+        m.mesh(seg.T)
+        out = {}
+        for i in m.ids():
+            out[i] = m.get(i, normals=False)
+            m.erase(i)
+        return out
+
+    def intern_mesh() -> object:
+        from intern.service.mesh import MeshService
+
+        return MeshService().create(seg.T, [0, args.size], [0, args.size], [0, args.size],
+                                    voxel_size=list(vs), simp_fact=0)
+
+    rows += rows_for(f"mesh all labels, {args.size}^3 in memory, no simplification", {
+        "voxgate": lambda: voxgate.mesh(seg, voxel_size=vs),
+        "zmesh direct": zmesh_direct,
+        "intern MeshService": intern_mesh,
+    }, args.repeats)
+
+    import tinybrain
+
+    def tb_seg() -> object:
+        return tinybrain.downsample_segmentation(seg.T, (2, 2, 2), num_mips=3)
+
+    def tb_img() -> object:
+        return tinybrain.downsample_with_averaging(image.T, (2, 2, 2), num_mips=3)
+
+    from voxgate.services.downsample import downsample_kernel
+
+    rows += rows_for("downsample 3 scales, segmentation (mode), in memory", {
+        "voxgate": lambda: downsample_kernel(seg, [(2, 2, 2)] * 3, "segmentation"),
+        "tinybrain direct": tb_seg,
+    }, args.repeats)
+    rows += rows_for("downsample 3 scales, image (mean), in memory", {
+        "voxgate": lambda: downsample_kernel(image, [(2, 2, 2)] * 3, "image"),
+        "tinybrain direct": tb_img,
+    }, args.repeats)
+
+    import cc3d
+
+    rows += rows_for("connected components (26), in memory", {
+        "voxgate": lambda: voxgate.connected_components(seg),
+        "cc3d direct": lambda: cc3d.connected_components(seg, connectivity=26),
+    }, args.repeats)
+
+    from distributed import Client, LocalCluster
+
+    store = f"zarr://{args.data}/svc-seg.zarr"  # a copy: downsampling adds scales to it
+    if not voxgate.registry.resolve(store)[0].exists(str(args.data / "svc-seg.zarr")):
+        voxgate.copy(f"zarr://{args.data}/seg.zarr", store, progress=False)
+    block = (128, 256, 256)
+    scale_rows = []
+    for n in (1, 2):
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                          host="127.0.0.1", dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            def blockwise_mesh(c: Client = client) -> object:
+                return voxgate.mesh(store, block=block, client=c)
+
+            def blockwise_downsample(c: Client = client) -> object:
+                return voxgate.downsample(store, 3, block=block, client=c)
+
+            r = rows_for(f"block-wise from zarr, {n} worker process(es)", {
+                f"mesh, {n} workers": blockwise_mesh,
+                f"downsample 3 scales, {n} workers": blockwise_downsample,
+            }, args.repeats)
+            scale_rows.append(r)
+    for (_label, name, t1, _), (_, _, t2, _) in zip(scale_rows[0], scale_rows[1], strict=True):
+        print(f"  speed-up with 2 workers, {name.split(',')[0]}: {t1 / t2:.2f}x")
+        rows.append((f"speed-up 2 vs 1 workers, {name.split(',')[0]}", "", t1 / t2, 0.0))
+    for r in scale_rows:
+        rows += r
+    print("\n| operation | implementation | median s | time relative to voxgate |")
+    print("|---|---|---|---|")
+    for label, name, med, ratio in rows:
+        rel = f"{ratio:.2f}" if ratio == ratio and ratio else ""
+        print(f"| {label} | {name} | {med:.3f} | {rel} |")
+
+
+if __name__ == "__main__":
+    main()
