@@ -281,6 +281,20 @@ def test_chunk_bytes_with_and_without_gzip(open_relay: RelayProcess, upstreams: 
     np.testing.assert_array_equal(decode(name, data, box), zyx(reference(upstreams, name), box))
 
 
+@pytest.mark.parametrize(("accept", "gz"), [("gzip;q=0", False), ("gzip;q=0.5, br", True),
+                                           ("*", True), ("br, identity", False),
+                                           ("GZIP", True), ("gzip;q=x", False)])
+def test_accept_encoding_q_values(open_relay: RelayProcess, upstreams: Upstreams, accept: str,
+                                  gz: bool) -> None:
+    box = chunk_box(get_info(open_relay, "raw"), "s0", "first")
+    url = f"{open_relay.url}/precomputed/lab/em/raw/s0/{chunk_name(box)}"
+    headers, body = raw_get(url, {"Accept-Encoding": accept})
+    assert ("content-encoding" in headers) == gz
+    assert "accept-encoding" in headers["vary"].lower()  # caches keep the two apart
+    data = gzip.decompress(body) if gz else body
+    np.testing.assert_array_equal(decode("raw", data, box), zyx(upstreams.image, box))
+
+
 def test_scale_1_chunks(open_relay: RelayProcess, upstreams: Upstreams) -> None:
     box = chunk_box(get_info(open_relay, "raw"), "s1", "last")
     _, data = raw_get(f"{open_relay.url}/precomputed/lab/em/raw/s1/{chunk_name(box)}",

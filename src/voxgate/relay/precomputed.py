@@ -79,21 +79,44 @@ def precomputed_info(remote: CachedRemote) -> dict[str, Any]:
     }
 
 
+def _accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding header allows gzip (``gzip;q=0`` refuses it)."""
+    for part in header.split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip().lower() not in ("gzip", "*"):
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        return q > 0
+    return False
+
+
 def precomputed_routes(relay: Relay) -> list[Route]:
-    async def info(request: Request) -> Response:
+    async def open_remote(request: Request) -> CachedRemote:
+        """The channel's Remote, opened off the event loop (a slow upstream must not stall
+        every other request while it opens)."""
         p = request.path_params
         relay.authorize(request, p["c"], write=False)
         entry = relay.channel(p["c"], p["e"], p["ch"])
-        remote = relay.remote(entry, relay.token(request))
+        token = relay.token(request)
+        return await to_thread.run_sync(lambda: relay.remote(entry, token),
+                                        limiter=relay.limiter)
+
+    async def info(request: Request) -> Response:
+        remote = await open_remote(request)
         body = json.dumps(precomputed_info(remote)).encode()
         return Response(body, media_type="application/json",
                         headers={"Cache-Control": "no-cache"})
 
     async def chunk(request: Request) -> Response:
         p = request.path_params
-        relay.authorize(request, p["c"], write=False)
-        entry = relay.channel(p["c"], p["e"], p["ch"])
-        remote = relay.remote(entry, relay.token(request))
+        remote = await open_remote(request)
         key, name = p["key"], p["chunk"]
         # exactly the keys the info lists ("s01" or "s-1" are not keys, even if int() takes them)
         keys = [f"s{s.index}" for s in remote.meta.scales]
@@ -127,18 +150,18 @@ def precomputed_routes(relay: Relay) -> list[Route]:
         encoding = _encoding(remote)
         served = _served_dtype(remote)
 
+        use_gzip = _accepts_gzip(request.headers.get("accept-encoding", ""))
+
         def work() -> bytes:
             arr = remote.read(box, scale).astype(served, copy=False)
             if arr.ndim == 3:
                 arr = arr[None]
             data = encode_chunk(arr, encoding, block_size=_CSEG_BLOCK[::-1])
-            if "gzip" in request.headers.get("accept-encoding", ""):
-                return gzip.compress(data, compresslevel=1)
-            return data
+            return gzip.compress(data, compresslevel=1) if use_gzip else data
 
         data = await to_thread.run_sync(work, limiter=relay.limiter)
-        headers = {"Cache-Control": "no-cache"}
-        if "gzip" in request.headers.get("accept-encoding", ""):
+        headers = {"Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+        if use_gzip:
             headers["Content-Encoding"] = "gzip"
         return Response(data, media_type="application/octet-stream", headers=headers)
 
