@@ -103,3 +103,31 @@ def test_numpy_inputs_work_everywhere(labels: np.ndarray, tmp_path: Path) -> Non
     assert len(voxgate.label_stats(small)) == len(np.unique(small))
     assert voxgate.downsample(small, 2).at_scale(1).shape == (8, 16, 16)
     assert voxgate.map_blocks(lambda a: a, small, block=(8, 8, 8)).shape == small.shape
+
+
+def test_bossdb_downsample_on_the_server(boss: RelayProcess, labels: np.ndarray) -> None:
+    from voxgate.remotes.boss import BossProject
+    from voxgate.services.downsample import downsample_kernel, downsample_provenance
+
+    p = BossProject(boss.url, token=RW)
+    p.create_collection("ds")
+    p.create_coordinate_frame("dsframe", voxgate.Box((0, 0, 0), labels.shape), (40, 8, 8))
+    p.create_experiment("ds", "e", "dsframe", num_hierarchy_levels=3)
+    p.create_channel("ds", "e", "seg", type="annotation", datatype="uint64")
+    url = f"bossdb://{boss.url}/ds/e/seg"
+    vol = voxgate.open(url, mode="r+", token=RW)
+    vol[:] = labels
+    assert p.downsample_status("ds", "e", "seg")["status"] == "NOT_DOWNSAMPLED"
+    out = voxgate.downsample(vol)  # auto: the server offers it
+    assert downsample_provenance(out).path == "server"  # type: ignore[union-attr]
+    assert p.downsample_status("ds", "e", "seg")["status"] == "DOWNSAMPLED"
+    expected = downsample_kernel(labels, [(1, 2, 2), (1, 2, 2)], "segmentation")
+    fresh = voxgate.open(url, token=RW)  # through the relay's cache, which the job refreshed
+    for k in (1, 2):
+        np.testing.assert_array_equal(fresh.at_scale(k).read(), expected[k - 1])
+    # the same call on the local path gives the same scales
+    local = voxgate.downsample(vol, prefer="local")
+    assert downsample_provenance(local).path == "local"  # type: ignore[union-attr]
+    for k in (1, 2):
+        np.testing.assert_array_equal(voxgate.open(url, token=RW).at_scale(k).read(),
+                                      expected[k - 1])

@@ -68,6 +68,8 @@ class Relay:
         self.catalog = Catalog(config, self.cache)
         self.limiter = anyio.CapacityLimiter(32)
         self._reserve_lock = threading.Lock()
+        self._jobs_lock = threading.Lock()
+        self._downsample: dict[str, str] = {}
 
     # -- auth -----------------------------------------------------------------------------------
     @staticmethod
@@ -179,6 +181,42 @@ class Relay:
             raise bad_request(1001, f"this channel's data covers {bounds} at resolution {res}; "
                               f"{box} cannot be written")
         remote.write(box, np.ascontiguousarray(data), res)
+        if res == 0 and len(remote.meta.scales) > 1:
+            # as bossDB does: new base data leaves the coarser levels stale
+            with self._jobs_lock:
+                self._downsample[remote.url] = "NOT_DOWNSAMPLED"
+
+    # -- server-side downsampling (bossDB's /v1/downsample/) ------------------------------------
+    def downsample_status(self, entry: ChannelEntry, remote: CachedRemote) -> str:
+        with self._jobs_lock:
+            state = self._downsample.get(remote.url)
+        if state is not None:
+            return state
+        return "DOWNSAMPLED" if len(remote.meta.scales) > 1 else "NOT_DOWNSAMPLED"
+
+    def start_downsample(self, entry: ChannelEntry, remote: CachedRemote) -> None:
+        """Recompute every coarser level from level 0 in the background, through the cache
+        (so cached cells of those levels are replaced as they are written)."""
+        with self._jobs_lock:
+            if self._downsample.get(remote.url) in ("QUEUED", "IN_PROGRESS"):
+                raise BossHTTPError(409, 2006, "a downsample of this channel is already running")
+            self._downsample[remote.url] = "IN_PROGRESS"
+
+        def job() -> None:
+            from ..services.downsample import downsample
+            from ..volume import Volume
+
+            try:
+                downsample(Volume(remote), len(remote.meta.scales), prefer="local")
+            except Exception as exc:  # the job's outcome is its status; the log says why
+                log.warning("downsample of %s failed: %s", remote.url, exc)
+                state = "FAILED"
+            else:
+                state = "DOWNSAMPLED"
+            with self._jobs_lock:
+                self._downsample[remote.url] = state
+
+        threading.Thread(target=job, name="voxgate-downsample", daemon=True).start()
 
     def _blocks(self, remote: CachedRemote, box: Box, res: int) -> list[Box]:
         from ..geometry import grow_block

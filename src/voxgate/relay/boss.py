@@ -228,7 +228,7 @@ def _channel_json(relay: Relay, entry: ChannelEntry) -> dict[str, Any]:
         "creator": stored.get("creator", "voxgate"),
         "sources": stored.get("sources", []),
         "related": stored.get("related", []),
-        "downsample_status": "DOWNSAMPLED" if len(meta.scales) > 1 else "NOT_DOWNSAMPLED",
+        "downsample_status": relay.downsample_status(entry, relay.remote(entry)),
         "storage_type": "spdb",
         "bucket": None,
         "cv_path": None,
@@ -653,11 +653,20 @@ def boss_routes(relay: Relay) -> list[Route]:
         entry = relay.channel(p["c"], p["e"], p["ch"])
         remote = await run(lambda: relay.remote(entry, None))
         meta = remote.meta
-        if request.method != "GET":
-            raise BossHTTPError(409, INVALID_STATE, "this relay serves the scales its upstream "
-                                "has; downsample the upstream with voxgate.downsample")
+        if request.method == "POST":
+            if not entry.writable:
+                raise BossHTTPError(403, MISSING_PERMISSION,
+                                    f"channel {'/'.join(entry.key)} is read-only on this relay")
+            if len(meta.scales) < 2:
+                raise BossHTTPError(409, INVALID_STATE, "this channel has one resolution level; "
+                                    "there is nothing to downsample into")
+            relay.start_downsample(entry, remote)  # 409 when one is running already
+            return Response(status_code=201)
+        if request.method == "DELETE":
+            raise BossHTTPError(409, INVALID_STATE, "this relay's downsample jobs run to the "
+                                "end once started and cannot be cancelled")
         return json({
-            "status": "DOWNSAMPLED" if len(meta.scales) > 1 else "NOT_DOWNSAMPLED",
+            "status": relay.downsample_status(entry, remote),
             "num_hierarchy_levels": len(meta.scales),
             "voxel_size": {str(s.index): list(s.voxel_size.xyz()) for s in meta.scales},
             "extent": {str(s.index): list(s.shape.xyz()) for s in meta.scales},

@@ -128,9 +128,10 @@ def downsample(
     path = choose_path(prefer, remote, Capability.SERVER_DOWNSAMPLE, "downsample")
     if path == "server":
         _server_downsample(remote)
-        fresh = Volume(type(remote).open(remote.url.split("://", 1)[1], mode="r+"))
-        _PROVENANCE[fresh.url] = Provenance("downsample", "server", fresh.url)
-        return fresh
+        done = Volume(remote, 0)
+        _PROVENANCE[done.url] = Provenance("downsample", "server", done.url, {
+            "seconds": round(time.perf_counter() - t0, 3)})
+        return done
     if num_scales is None:
         num_scales = len(meta.scales) if len(meta.scales) > 1 else _default_num_scales(
             meta.scale(0))
