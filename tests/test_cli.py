@@ -65,3 +65,51 @@ def test_demo_runs_as_installed_command(tmp_path: Path) -> None:
     assert "equal to the original: False" not in proc.stdout
     seg = voxgate.open(tmp_path / "demo" / "seg")
     assert seg.kind == "segmentation" and seg.dtype == np.uint64
+
+
+def _seg(tmp_path: Path) -> voxgate.Volume:
+    from voxgate.synthetic import synthetic_labels
+
+    labels = synthetic_labels((16, 48, 48), cell=(8, 16, 16), seed=1)
+    v = voxgate.create(f"precomputed://file://{tmp_path}/seg", shape=labels.shape,
+                       chunks=(16, 32, 32), dtype="uint64", voxel_size=(40, 8, 8),
+                       kind="segmentation")
+    v[:] = labels
+    return v
+
+
+def test_service_commands(tmp_path: Path) -> None:
+    seg = _seg(tmp_path)
+    run = CliRunner().invoke
+    res = run(main, ["mesh", seg.url, "--format", "legacy", "--obj-dir", str(tmp_path / "obj")])
+    assert res.exit_code == 0, res.output
+    assert "meshes (local)" in res.output and "wrote legacy meshes" in res.output
+    n_ids = int(np.count_nonzero(np.unique(seg.read())))
+    assert len(list((tmp_path / "obj").glob("*.obj"))) == n_ids
+    res = run(main, ["mesh", seg.url, "--ids", "1,2"])  # now served from the stored meshes
+    assert res.exit_code == 0 and "(server)" in res.output, res.output
+    res = run(main, ["skeletonize", seg.url, "--ids", "1", "--dust", "10",
+                     "--swc-dir", str(tmp_path / "swc")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "swc" / "1.swc").exists()
+    res = run(main, ["downsample", seg.url, "--num-scales", "2"])
+    assert res.exit_code == 0, res.output
+    assert "scale 1: 16 x 24 x 24" in res.output
+    res = run(main, ["cc", seg.url, f"zarr://{tmp_path}/cc.zarr"])
+    assert res.exit_code == 0, res.output
+    assert f"{n_ids} components" in res.output
+    res = run(main, ["stats", seg.url, "--csv", str(tmp_path / "s.csv")])
+    assert res.exit_code == 0, res.output
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == n_ids + 1
+
+
+def test_service_command_errors(tmp_path: Path) -> None:
+    seg = _seg(tmp_path)
+    run = CliRunner().invoke
+    assert run(main, ["mesh", seg.url, "--ids", "1,x"]).exit_code == 2
+    res = run(main, ["cc", seg.url, f"zarr://{tmp_path}/cc.zarr", "--block", "1,2"])
+    assert res.exit_code == 2 and "z,y,x" in res.output
+    img = voxgate.create(f"zarr://{tmp_path}/img.zarr", shape=(4, 4, 4), chunks=(4, 4, 4),
+                         dtype="uint8", voxel_size=(1, 1, 1))
+    res = run(main, ["mesh", img.url])
+    assert res.exit_code == 1 and "segmentation" in res.output

@@ -197,7 +197,9 @@ def mesh_cmd(url: str, ids: str | None, out: str | None, fmt: str, simplify: flo
         result = mesh(url, _ids(ids), simplify=simp, prefer=prefer, progress=True)  # type: ignore[arg-type]
         click.echo(f"{len(result)} meshes ({result.provenance.path}), "
                    f"{sum(len(m.faces) for m in result.values())} triangles")
-        target = out or (url if url.startswith("precomputed://") else None)
+        # meshes computed here go back into a precomputed source; stored ones are there already
+        local = result.provenance.path == "local"
+        target = out or (url if url.startswith("precomputed://") and local else None)
         if target:
             write_meshes(target, result, format=fmt)
             click.echo(f"wrote {fmt} meshes into {target}")
@@ -226,7 +228,8 @@ def skeletonize_cmd(url: str, ids: str | None, out: str | None, swc_dir: Path | 
     try:
         result = skeletonize(url, _ids(ids), dust_threshold=dust)
         click.echo(f"{len(result)} skeletons ({result.provenance.path})")
-        target = out or (url if url.startswith("precomputed://") else None)
+        local = result.provenance.path == "local"
+        target = out or (url if url.startswith("precomputed://") and local else None)
         if target:
             write_skeletons(target, result)
             click.echo(f"wrote skeletons into {target}")
