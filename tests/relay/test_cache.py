@@ -176,7 +176,7 @@ def test_concurrent_reads_of_a_missing_cell_make_one_upstream_fetch() -> None:
         np.testing.assert_array_equal(got, data[2:14, 3:60, 4:61])
     assert len(up.reads) == cells
     m = cache.metrics.snapshot()
-    assert m["upstream_fetches"] == cells and m["coalesced"] == 7 * cells
+    assert m["upstream_cells"] == cells and m["coalesced"] == 7 * cells
     remote.read(box)
     assert len(up.reads) == cells  # and then it is cached
 
@@ -221,7 +221,7 @@ upstream = "{server.url('layer')}"
             np.testing.assert_array_equal(
                 np.frombuffer(body, np.uint8).reshape(27, 80, 190), data[3:30, 20:100, 10:200])
         m = httpx.get(relay.url + "/metrics").json()["cache"]
-        assert m["upstream_fetches"] == 1 and m["coalesced"] == 5, m
+        assert m["upstream_cells"] == 1 and m["coalesced"] == 5, m
         assert server.chunk_requests == 16  # the cell's chunks, once, not once per request
     finally:
         relay.stop()
@@ -682,7 +682,7 @@ def test_damaged_disk_cache_through_a_relay(tmp_path: Path) -> None:
     try:
         np.testing.assert_array_equal(_get(second, box), data)
         m = _metrics(second)["cache"]
-        assert m["disk_hits"] == 0 and m["upstream_fetches"] == 4, m
+        assert m["disk_hits"] == 0 and m["upstream_cells"] == 4, m
     finally:
         second.stop()
 
@@ -698,7 +698,8 @@ def test_metrics_report_hits_misses_bytes_and_upstream_latency(tmp_path: Path) -
         _get(relay, box)
         m1 = _metrics(relay)
         c = m1["cache"]
-        assert c["misses"] == 2 and c["memory_hits"] == 0 and c["upstream_fetches"] == 2
+        assert c["misses"] == 2 and c["memory_hits"] == 0 and c["upstream_cells"] == 2
+        assert c["upstream_fetches"] == 1  # the two missing cells tile a box: one read
         assert c["upstream_bytes"] == 2 * 32 * 128 * 256  # whole cells come from the upstream
         assert c["bytes_served"] == 10 * 100 * 100
         assert c["upstream_seconds_total"] > 0 and c["upstream_latency_p50_ms"] > 0
@@ -708,7 +709,7 @@ def test_metrics_report_hits_misses_bytes_and_upstream_latency(tmp_path: Path) -
         assert m1["disk_bytes_used"] > 0
         _get(relay, box)
         c = _metrics(relay)["cache"]
-        assert c["memory_hits"] == 2 and c["misses"] == 2 and c["upstream_fetches"] == 2
+        assert c["memory_hits"] == 2 and c["misses"] == 2 and c["upstream_cells"] == 2
         assert c["bytes_served"] == 2 * 10 * 100 * 100 and c["hit_ratio"] == 0.5
         # a write is counted, goes through, and the next read of the cell it covers is a hit
         patch = np.full((32, 128, 256), 3, np.uint8)
@@ -721,7 +722,7 @@ def test_metrics_report_hits_misses_bytes_and_upstream_latency(tmp_path: Path) -
             voxgate.open(f"zarr://{tmp_path}/up.zarr")[0:32, 0:128, 256:512].read(), patch)
         np.testing.assert_array_equal(_get(relay, ((256, 512), (0, 128), (0, 32))), patch)
         c = _metrics(relay)["cache"]
-        assert c["upstream_writes"] == 1 and c["memory_hits"] == 3 and c["upstream_fetches"] == 2
+        assert c["upstream_writes"] == 1 and c["memory_hits"] == 3 and c["upstream_cells"] == 2
     finally:
         relay.stop()
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,7 +33,15 @@ from ..errors import (
     VoxgateError,
 )
 from ..registry import split_url
-from ..remotes._tensorstore import is_local, join, kvstore_spec, local_path, ts_context, ts_errors
+from ..remotes._tensorstore import (
+    atomic_write,
+    is_local,
+    join,
+    kvstore_spec,
+    local_path,
+    ts_context,
+    ts_errors,
+)
 from ..remotes.precomputed import _SUFFIXES, PrecomputedRemote, _decompress
 
 __all__ = ["Directory", "check_dir_name", "layer_location", "open_layer", "read_info"]
@@ -177,15 +184,7 @@ class Directory:
     @staticmethod
     def _put_local(directory: str, name: str, data: bytes) -> None:
         path = os.path.join(directory, name)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, data)
         for suffix in _SUFFIXES:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path + suffix)

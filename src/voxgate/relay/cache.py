@@ -67,7 +67,8 @@ class CacheMetrics:
     disk_hits: int = 0
     misses: int = 0
     coalesced: int = 0
-    upstream_fetches: int = 0
+    upstream_fetches: int = 0  # upstream reads (one may bring several cells)
+    upstream_cells: int = 0  # cells those reads brought
     upstream_errors: int = 0
     upstream_timeouts: int = 0
     upstream_bytes: int = 0
@@ -95,6 +96,7 @@ class CacheMetrics:
             lat = sorted(self.latencies)
             out = {k: getattr(self, k) for k in (
                 "memory_hits", "disk_hits", "misses", "coalesced", "upstream_fetches",
+                "upstream_cells",
                 "upstream_errors", "upstream_timeouts", "upstream_bytes", "upstream_writes",
                 "bytes_served")}
             out["upstream_seconds_total"] = round(self.upstream_seconds, 6)
@@ -337,13 +339,33 @@ class CachedRemote(Remote):
         lead = (self.meta.num_channels,) if self.meta.num_channels > 1 else ()
         out = np.empty(lead + tuple(box.shape), dtype=self.meta.dtype)
         waiting: list[tuple[Box, Future[np.ndarray]]] = []
+        mine: list[tuple[str, Box, int, Future[np.ndarray]]] = []
         for idx, cell in self.cells(box, scale):
             key = self._key(scale, idx)
             arr = self.cache.get(key)
-            if arr is None:
-                waiting.append((cell, self._fetch(key, cell, scale)))
-            else:
+            if arr is not None:
                 self._place(out, box, cell, arr)
+                continue
+            with self._lock:
+                fut = self._inflight.get(key)
+                if fut is not None:
+                    self.cache.metrics.add(coalesced=1)
+                else:
+                    fut = Future()
+                    self._inflight[key] = fut
+                    mine.append((key, cell, self._gen.get(key, 0), fut))
+            waiting.append((cell, fut))
+        if mine:
+            union = mine[0][1]
+            for _, cell, _, _ in mine[1:]:
+                union = Box(np.minimum(union.start, cell.start), np.maximum(union.stop, cell.stop))
+            if len(mine) > 1 and sum(c.size for _, c, _, _ in mine) == union.size:
+                # the missing cells tile one box: a single upstream read (the upstream
+                # parallelizes it) instead of one request per cell
+                _fetch_pool.submit(self._run_fetch, mine, union, scale)
+            else:
+                for item in mine:
+                    _fetch_pool.submit(self._run_fetch, [item], item[1], scale)
         for cell, fut in waiting:
             try:
                 arr = fut.result(timeout=max(0.0, deadline - time.monotonic()))
@@ -361,26 +383,15 @@ class CachedRemote(Remote):
         part = cell.intersect(box)
         out[(..., *part.slices(box.start))] = arr[(..., *part.slices(cell.start))]
 
-    def _fetch(self, key: str, cell: Box, scale: int) -> Future[np.ndarray]:
-        with self._lock:
-            fut = self._inflight.get(key)
-            if fut is not None:
-                self.cache.metrics.add(coalesced=1)
-                return fut
-            fut = Future()
-            self._inflight[key] = fut
-            gen = self._gen.get(key, 0)
-        _fetch_pool.submit(self._run_fetch, key, cell, scale, gen, fut)
-        return fut
-
-    def _run_fetch(self, key: str, cell: Box, scale: int, gen: int,
-                   fut: Future[np.ndarray]) -> None:
+    def _run_fetch(self, items: list[tuple[str, Box, int, Future[np.ndarray]]], region: Box,
+                   scale: int) -> None:
+        """Read ``region`` (one cell, or several that tile it) and hand each cell its data."""
         t0 = time.perf_counter()
         try:
-            arr = self.upstream.read(cell, scale)
+            data = self.upstream.read(region, scale)
         except BaseException as exc:
             self.cache.metrics.add(upstream_errors=1)
-            # the cell lies inside the dataset, so whatever goes wrong reading it is the
+            # the cells lie inside the dataset, so whatever goes wrong reading them is the
             # upstream's failure (502): unreachable, refusing, or answering what cannot be
             # decoded.  Refused credentials stay themselves (a forwarded token: 403).
             err: BaseException = exc
@@ -388,27 +399,32 @@ class CachedRemote(Remote):
                 err = UpstreamError(f"upstream {self.upstream.url} failed: {exc}")
                 err.__cause__ = exc
             with self._lock:
-                self._inflight.pop(key, None)
-            fut.set_exception(err)
+                for key, _, _, _ in items:
+                    self._inflight.pop(key, None)
+            for _, _, _, fut in items:
+                fut.set_exception(err)
             return
         self.cache.metrics.upstream_latency(time.perf_counter() - t0)
-        self.cache.metrics.add(upstream_bytes=arr.nbytes)
-        # cached only when no write to the cell began since this fetch did (it may have read
-        # the old data), checked and stored under the stripe writers of the cell hold, so no
-        # write can start in between; a writer holding it now means the data is going stale,
-        # so the fetch does not wait for it, it just does not cache
-        stripe = _STRIPES[hash(key) % len(_STRIPES)]
-        if stripe.acquire(blocking=False):
-            try:
-                with self._lock:
-                    fresh = self._gen.get(key, 0) == gen
-                if fresh:
-                    self.cache.put(key, arr)
-            finally:
-                stripe.release()
-        with self._lock:
-            self._inflight.pop(key, None)
-        fut.set_result(arr)
+        self.cache.metrics.add(upstream_bytes=data.nbytes, upstream_cells=len(items))
+        for key, cell, gen, fut in items:
+            arr = data if cell == region else np.ascontiguousarray(
+                data[(..., *cell.slices(region.start))])
+            # cached only when no write to the cell began since this fetch did (it may have
+            # read the old data), checked and stored under the stripe writers of the cell
+            # hold, so no write can start in between; a writer holding it now means the data
+            # is going stale, so the fetch does not wait for it, it just does not cache
+            stripe = _STRIPES[hash(key) % len(_STRIPES)]
+            if stripe.acquire(blocking=False):
+                try:
+                    with self._lock:
+                        fresh = self._gen.get(key, 0) == gen
+                    if fresh:
+                        self.cache.put(key, arr)
+                finally:
+                    stripe.release()
+            with self._lock:
+                self._inflight.pop(key, None)
+            fut.set_result(arr)
 
     # -- writing --------------------------------------------------------------------------------
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import tempfile
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +34,7 @@ from ..geometry import Box
 
 __all__ = [
     "TSArray",
+    "atomic_write",
     "is_local",
     "join",
     "kvstore_exists",
@@ -202,6 +204,22 @@ def read_json(location: str, key: str) -> Any:
         ) from None
 
 
+def atomic_write(path: str, data: bytes) -> None:
+    """Write a local file whole or not at all: a temporary name in the same folder, then a
+    rename.  The temporary name starts with '.' and ends in '.tmp', so no reader takes it for
+    a chunk while it is being written, and it is removed if the write fails."""
+    directory, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(dir=directory or ".", prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def write_json(location: str, key: str, value: Any) -> None:
     """Write a small JSON document atomically (temporary file then rename on local disks)."""
     import json
@@ -210,10 +228,7 @@ def write_json(location: str, key: str, value: Any) -> None:
     if is_local(location):
         path = os.path.join(local_path(location), key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        atomic_write(path, data)
         return
     with ts_errors(f"writing {key} of {location}"):
         kv = ts.KvStore.open(kvstore_spec(location), context=ts_context()).result()

@@ -42,7 +42,6 @@ from ..errors import (
     InvalidRequestError,
     PartialWriteError,
     RemoteExistsError,
-    RemoteNotFoundError,
 )
 from ..geometry import Box, Vec, VoxelSize
 from ..meta import Scale, VolumeMeta
@@ -231,14 +230,6 @@ class BossDBRemote(Remote):
         settings = boss_settings(options.pop("server", None) or server,
                                  options.pop("token", None))
         return cls(settings, c, e, ch, mode, **options)
-
-    @classmethod
-    def exists(cls, location: str) -> bool:
-        try:
-            cls.open(location)
-        except RemoteNotFoundError:
-            return False
-        return True
 
     @classmethod
     def create(cls, location: str, meta: VolumeMeta, *, exist_ok: bool = False,

@@ -869,14 +869,6 @@ class DVIDRemote(Remote):
         return cls(server, node, instance, mode, **options)
 
     @classmethod
-    def exists(cls, location: str) -> bool:
-        try:
-            cls.open(location)
-        except RemoteNotFoundError:
-            return False
-        return True
-
-    @classmethod
     def create(cls, location: str, meta: VolumeMeta, *, exist_ok: bool = False,
                **options: Any) -> DVIDRemote:
         """Add an instance for ``meta``: labelmap for uint64 segmentations, else ``<dtype>blk``.

@@ -29,7 +29,6 @@ import gzip
 import lzma
 import math
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +51,7 @@ from ..geometry import Box, Vec, VoxelSize, chunk_boxes
 from ..meta import Kind, Scale, VolumeMeta, check_new_scales
 from ._tensorstore import (
     TSArray,
+    atomic_write,
     is_local,
     join,
     kvstore_exists,
@@ -417,17 +417,8 @@ class _LocalChunks:
         if suffix:
             data = gzip.compress(data, compresslevel=6)
         path = os.path.join(self.directory, name + suffix)
-        # a temporary name then a rename: a crash never leaves a half-written chunk.  The
-        # name ends in .tmp, so it never looks like a chunk or a compressed chunk.
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        # a temporary name then a rename: a crash never leaves a half-written chunk
+        atomic_write(path, data)
         # CloudFiles reads whichever variant it tries first (its order adapts at run time),
         # so no other variant of this chunk may survive
         for other in (*_SUFFIXES, ""):
