@@ -122,6 +122,9 @@ def main() -> None:
     rows += rows_for("connected components (26), in memory", {
         "voxgate": lambda: voxgate.connected_components(seg),
         "cc3d direct": lambda: cc3d.connected_components(seg, connectivity=26),
+        # voxgate returns uint64 ids (ids are uint64 end to end): the like-for-like kernel call
+        "cc3d direct, uint64 out": lambda: cc3d.connected_components(seg, connectivity=26,
+                                                                     out_dtype=np.uint64),
     }, args.repeats)
 
     from distributed import Client, LocalCluster
