@@ -72,8 +72,9 @@ def mesh_kernel(labels: np.ndarray, voxel_size: Sequence[float], origin: Sequenc
     mesher = zmesh.Mesher((vx, vy, vz))
     mesher.mesh(np.ascontiguousarray(labels).T)  # Fortran-order (x, y, z): the same memory
     shift = np.array([origin[2] * vx, origin[1] * vy, origin[0] * vz], dtype=np.float32)
-    wanted = [int(i) for i in mesher.ids()] if ids is None else [int(i) for i in ids]
-    present = {int(i) for i in mesher.ids()}
+    present_ids = [int(i) for i in mesher.ids()]
+    wanted = present_ids if ids is None else [int(i) for i in ids]
+    present = set(present_ids)
     out: dict[int, Mesh] = {}
     for i in wanted:
         if i not in present:
@@ -84,8 +85,9 @@ def mesh_kernel(labels: np.ndarray, voxel_size: Sequence[float], origin: Sequenc
             kwargs["max_error"] = simplify[1] if simplify[1] is not None else 1e9
         m = mesher.get(i, **kwargs)
         mesher.erase(i)
-        out[i] = Mesh(np.asarray(m.vertices, dtype=np.float32) + shift,
-                      np.asarray(m.faces, dtype=np.uint32).reshape(-1, 3), id=i)
+        vertices = np.asarray(m.vertices, dtype=np.float32)
+        vertices += shift  # zmesh hands over a fresh array: shifted in place, no copy
+        out[i] = Mesh(vertices, np.asarray(m.faces, dtype=np.uint32).reshape(-1, 3), id=i)
     return out
 
 
