@@ -5,9 +5,9 @@
 Reads and writes a 64 x 2048 x 2048 uint8 box and a 64 x 1024 x 1024 uint64 box with voxgate
 (``vol[...]``, ``vol[...] = data``) and with intern 1.4.2 (``get_cutout`` / ``create_cutout``,
 its defaults: a multiprocessing pool for big reads).  Every measurement runs in a fresh
-subprocess, so peak memory (the process's max RSS, plus the largest child's for intern's pool,
-minus the RSS after imports) is comparable.  Targets (issue 4): at least 3x faster than intern,
-peak memory at most 2x the output array.
+subprocess, so peak memory (the process's peak RSS, VmHWM, minus its RSS after imports; and
+the largest child's for intern's pool) is comparable.  Targets (issue 4): at least 3x faster
+than intern, peak memory at most 2x the output array.
 """
 
 from __future__ import annotations
@@ -38,7 +38,14 @@ CHILD = textwrap.dedent("""
     data = None
     if op == "write":
         data = np.random.default_rng(1).integers(1, 200, shape).astype(dtype)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def hwm():
+        # VmHWM: this process's peak RSS in KiB.  (ru_maxrss would not do: Linux keeps the
+        # parent's value across fork+exec, and the benchmark's parent holds gigabytes)
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return 0
+    base = hwm()
     t0 = time.perf_counter()
     if which == "voxgate":
         vol = voxgate.open(url, mode="r+" if op == "write" else "r")
@@ -55,7 +62,7 @@ CHILD = textwrap.dedent("""
         else:
             rmt.create_cutout(chan, 0, [0, x], [0, y], [0, z], data)
     secs = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = hwm()
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if op == "read":
         assert out.shape == shape and out.dtype == np.dtype(dtype)

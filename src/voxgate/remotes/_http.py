@@ -81,9 +81,14 @@ class HTTPClient:
         *,
         expect: int | tuple[int, ...] = 200,
         what: str = "",
+        into: bytearray | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
-        """Send a request, retrying transient failures; return the response of status ``expect``."""
+        """Send a request, retrying transient failures; return the response of status ``expect``.
+
+        With ``into``, a successful body is read straight into that buffer (resized to the
+        body's length) instead of ``response.content``: big bodies are held once, not twice.
+        """
         expected = (expect,) if isinstance(expect, int) else expect
         what = what or f"{method} {self.base_url}{path.split('?')[0]}"
         last: str = ""
@@ -92,8 +97,11 @@ class HTTPClient:
                 delay = self.backoff * 2 ** (attempt - 1) * (1 + random.random() * 0.25)
                 time.sleep(delay)
             try:
-                resp = self._client.request(method, path, **kwargs)
-                resp.read()  # a connection closed mid-body fails here, inside the retry loop
+                if into is None:
+                    resp = self._client.request(method, path, **kwargs)
+                    resp.read()  # a connection closed mid-body fails here, in the retry loop
+                else:
+                    resp = self._stream_into(method, path, into, kwargs)
             except httpx.TimeoutException as exc:
                 last = f"timed out ({type(exc).__name__})"
                 continue
@@ -109,6 +117,34 @@ class HTTPClient:
         raise RemoteUnavailableError(
             f"{what} failed after {self.retries + 1} attempts: {last}"
         )
+
+
+    def _stream_into(self, method: str, path: str, into: bytearray,
+                     kwargs: dict[str, Any]) -> httpx.Response:
+        with self._client.stream(method, path, **kwargs) as resp:
+            if resp.status_code >= 300:
+                resp.read()
+                return resp
+            length = resp.headers.get("content-length")
+            encoded = resp.headers.get("content-encoding", "identity").lower() != "identity"
+            if length is not None and length.isdigit() and not encoded:
+                n = int(length)
+                if len(into) < n:
+                    into.extend(bytes(n - len(into)))
+                pos = 0
+                with memoryview(into) as view:
+                    for part in resp.iter_raw():
+                        end = pos + len(part)
+                        if end > n:
+                            raise httpx.RemoteProtocolError("body longer than its Content-Length")
+                        view[pos:end] = part
+                        pos = end
+                if pos != n:
+                    raise httpx.RemoteProtocolError(f"body ended at {pos} of {n} bytes")
+                del into[n:]
+            else:
+                into[:] = resp.read()
+            return resp
 
 
 def _snippet(resp: httpx.Response) -> str:

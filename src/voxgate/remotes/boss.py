@@ -184,6 +184,15 @@ def _cuboid_blocks(box: Box, block: Vec) -> Iterator[Box]:
 _scratch_local = threading.local()
 
 
+def _body_buffer() -> bytearray:
+    """This thread's response-body buffer (reused: bodies are read into it, not allocated)."""
+    buf: bytearray | None = getattr(_scratch_local, "body", None)
+    if buf is None:
+        buf = bytearray()
+        _scratch_local.body = buf
+    return buf
+
+
 def _scratch(nbytes: int) -> np.ndarray:
     """This thread's decompression buffer, at least ``nbytes`` long."""
     buf: np.ndarray | None = getattr(_scratch_local, "buf", None)
@@ -318,11 +327,12 @@ class BossDBRemote(Remote):
         blocks = list(_cuboid_blocks(box, _request_block(dtype.itemsize)))
 
         def fetch(b: Box) -> None:
-            resp = self.client.request(
+            body = _body_buffer()
+            self.client.request(
                 "GET", self._path("cutout", b, scale) + "?access-mode=no-cache",
                 headers={"Accept": "application/blosc"}, what=f"reading {b!r} of {self.url}",
+                into=body,
             )
-            body = resp.content
             expected = b.size * dtype.itemsize
             # the blosc header says how much it holds: checked before anything is inflated
             if len(body) < 16 or not body[0] or struct.unpack_from("<I", body, 4)[0] != expected:
@@ -341,7 +351,6 @@ class BossDBRemote(Remote):
                     f"{self.url}: the server's answer for {b!r} is not a blosc buffer ({exc})",
                     chunk=f"{self.url} {b}",
                 ) from None
-            del body, resp
             out[b.slices(box.start)] = scratch[:expected].view(dtype).reshape(tuple(b.shape))
 
         failures = [(b, e) for b, e in self._map(fetch, blocks) if e is not None]
