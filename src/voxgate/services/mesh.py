@@ -148,7 +148,8 @@ def mesh(
         region = vol.bounds
         vs = vol.scale_meta.voxel_size.zyx()
         if block is None and region.size * vol.dtype.itemsize <= WHOLE_BYTES:
-            labels = vol.read()
+            # a numpy array is meshed as it is; a store's volume is read once
+            labels = source if isinstance(source, np.ndarray) else vol.read()
             result.update(mesh_kernel(labels, vs, tuple(region.start), id_list, simp))
             details = {"blocks": 1}
         else:

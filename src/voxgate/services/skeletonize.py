@@ -86,7 +86,8 @@ def skeletonize(
     if path == "server":
         result.update(vol.remote.skeletons(id_list))  # type: ignore[attr-defined]
     else:
-        result.update(skeletonize_kernel(vol.read(), vol.scale_meta.voxel_size.zyx(),
+        labels = source if isinstance(source, np.ndarray) else vol.read()
+        result.update(skeletonize_kernel(labels, vol.scale_meta.voxel_size.zyx(),
                                          tuple(vol.bounds.start), id_list,
                                          dust_threshold=dust_threshold,
                                          teasar_params=teasar_params, parallel=parallel))
