@@ -451,3 +451,73 @@ def test_neuroglancer_draws_a_relay_layer(open_relay: RelayProcess, browser: Bro
     assert all(st == 200 for _, st in mine), mine
     assert browser.errors == []
 
+
+
+@pytest.fixture(scope="module")
+def voxgate_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[int]]]:
+    """A segmentation layer written by voxgate, with multi-resolution meshes written by
+    voxgate.write_meshes, served as plain files (with CORS) the way a bucket would."""
+    import http.server
+    import threading
+
+    from voxgate.synthetic import synthetic_labels
+
+    root = tmp_path_factory.mktemp("files")
+    labels = synthetic_labels((32, 96, 96), cell=(16, 32, 32), seed=3)
+    seg = voxgate.create(f"precomputed://file://{root}/seg", shape=labels.shape,
+                         chunks=(32, 64, 64), dtype="uint64", voxel_size=(40, 8, 8),
+                         kind="segmentation", offset=(10, 20, 30))
+    seg[:] = labels
+    ids = [int(i) for i in np.unique(labels)[:6]]
+    voxgate.write_meshes(seg.url, voxgate.mesh(seg, ids=ids), format="multires")
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a: Any, **k: Any) -> None:
+            super().__init__(*a, directory=str(root), **k)
+
+        def end_headers(self) -> None:
+            self.send_header("Access-Control-Allow-Origin", "*")
+            super().end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/seg", ids
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_neuroglancer_draws_voxgate_written_files_and_meshes(
+        browser: Browser, voxgate_files: tuple[str, list[int]]) -> None:
+    """Neuroglancer reads what voxgate writes, unchanged: the layer and its Draco meshes."""
+    import neuroglancer
+    from PIL import Image
+
+    url, ids = voxgate_files
+    before = len(browser.responses)
+    with browser.viewer.txn() as s:
+        s.layers.clear()
+        s.layers["seg"] = neuroglancer.SegmentationLayer(source=f"precomputed://{url}",
+                                                         segments=ids)
+        s.layout = "3d"
+    shot = browser.viewer.screenshot(size=[512, 512]).screenshot
+    img = np.asarray(Image.open(io.BytesIO(shot.image)).convert("RGB")).astype(int)
+    import os
+
+    if os.environ.get("VOXGATE_SAVE_SCREENSHOTS"):
+        Image.open(io.BytesIO(shot.image)).save(os.environ["VOXGATE_SAVE_SCREENSHOTS"])
+    # the 3-D view's background is black and the volume's outline yellow: the rest are meshes
+    yellow = (img[..., 0] > 150) & (img[..., 1] > 150) & (img[..., 2] < 100)
+    drawn = ((img.sum(-1) > 30) & ~yellow).mean()
+    colours = len(np.unique(img.reshape(-1, 3), axis=0))
+    browser.page.evaluate("0")
+    mine = [(u, st) for u, st in browser.responses[before:] if u.startswith(url)]
+    assert any(u.endswith("/mesh/info") for u, _ in mine), mine
+    assert any(u.endswith(".index") for u, _ in mine), mine  # multi-resolution manifests
+    assert drawn > 0.05 and colours > 20, (drawn, colours, mine[:10])
+    assert not browser.errors, browser.errors
