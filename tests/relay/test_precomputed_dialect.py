@@ -505,6 +505,8 @@ def test_neuroglancer_draws_voxgate_written_files_and_meshes(
         s.layers["seg"] = neuroglancer.SegmentationLayer(source=f"precomputed://{url}",
                                                          segments=ids)
         s.layout = "3d"
+        s.position = [78, 68, 26]  # x, y, z voxels: the layer's centre (offset 30, 20, 10)
+        s.projection_scale = 200  # the earlier tests' 2-D views leave another zoom behind
     shot = browser.viewer.screenshot(size=[512, 512]).screenshot
     img = np.asarray(Image.open(io.BytesIO(shot.image)).convert("RGB")).astype(int)
     import os
@@ -519,5 +521,7 @@ def test_neuroglancer_draws_voxgate_written_files_and_meshes(
     mine = [(u, st) for u, st in browser.responses[before:] if u.startswith(url)]
     assert any(u.endswith("/mesh/info") for u, _ in mine), mine
     assert any(u.endswith(".index") for u, _ in mine), mine  # multi-resolution manifests
-    assert drawn > 0.05 and colours > 20, (drawn, colours, mine[:10])
+    fragments = [u for u, st in mine if "/mesh/" in u and u.rsplit("/", 1)[1].isdigit()]
+    assert fragments and all(st in (200, 206) for u, st in mine if u in fragments), mine
+    assert drawn > 0.1 and colours > 20, (drawn, colours, mine[:10])
     assert not browser.errors, browser.errors
