@@ -60,6 +60,12 @@ def start_relay(config: Path, port: int, *extra: str, cwd: Path | None = None) -
         proc = subprocess.Popen([*cmd, "serve", str(config), "--port", str(port), *extra],
                                 stdout=out, stderr=subprocess.STDOUT, cwd=cwd or config.parent,
                                 env=os.environ.copy())
+    return wait_for_relay(proc, port, config, log)
+
+
+def wait_for_relay(proc: subprocess.Popen[bytes], port: int, config: Path,
+                   log: Path) -> RelayProcess:
+    """Wait until a started relay answers /ping/ (or fail with its log)."""
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -36,7 +36,7 @@ from voxgate.relay.catalog import Catalog
 from voxgate.relay.config import ChannelConfig, RelayConfig
 from voxgate.remotes.base import Remote
 
-from .conftest import RW, RelayProcess, free_port, start_relay
+from .conftest import RW, RelayProcess, free_port, start_relay, wait_for_relay
 from .fake_remotes import TOKEN_SHAPE, TokenRemote, token_id
 from .http_upstream import LayerServer
 
@@ -470,18 +470,7 @@ def _start_tokenfake_relay(cfg: Path) -> RelayProcess:
         proc = subprocess.Popen([sys.executable, "-c", code, "serve", str(cfg), "--port",
                                  str(port)], stdout=out, stderr=subprocess.STDOUT, env=env,
                                 cwd=cfg.parent)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"relay exited: {log.read_text()}")
-        try:
-            if httpx.get(url + "/ping/", timeout=1).status_code == 200:
-                return RelayProcess(url, port, cfg, proc, log)
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"relay did not start: {log.read_text()}")
+    return wait_for_relay(proc, port, cfg, log)
 
 
 def test_forwarded_tokens_through_a_relay(tmp_path: Path) -> None:
