@@ -119,3 +119,25 @@ def test_blob_detector_example(src: voxgate.Volume, image: np.ndarray) -> None:
 
     found = voxgate.map_blocks(blobs, src, block=(16, 40, 48), halo=(4, 8, 8))
     assert found.shape == image.shape and found.any()
+
+
+def test_mesh_and_downsample_on_the_cluster(cluster: object, tmp_path: Path) -> None:
+    from voxgate.services.downsample import downsample_kernel, downsample_provenance
+    from voxgate.synthetic import synthetic_labels
+
+    labels = synthetic_labels((24, 64, 80), cell=(8, 20, 20), seed=5)
+    seg = voxgate.create(f"zarr://{tmp_path}/seg.zarr", shape=labels.shape, chunks=(8, 32, 32),
+                         dtype="uint64", voxel_size=(40, 8, 8), kind="segmentation")
+    seg[:] = labels
+    whole = voxgate.mesh(labels, voxel_size=(40, 8, 8))
+    spread = voxgate.mesh(seg.url, block=(8, 32, 40), client=cluster)
+    assert set(spread) == set(whole)
+    from .test_mesh_skeleton import _canon
+
+    for i in whole:  # meshed and stitched on the workers: the same triangles
+        np.testing.assert_array_equal(_canon(spread[i]), _canon(whole[i]))
+    out = voxgate.downsample(seg.url, 3, block=(8, 32, 32), client=cluster)
+    assert downsample_provenance(out).details["scheduler"] == "distributed"  # type: ignore[union-attr]
+    expected = downsample_kernel(labels, [(1, 2, 2), (1, 2, 2)], "segmentation")
+    for k in (1, 2):
+        np.testing.assert_array_equal(voxgate.open(seg.url).at_scale(k).read(), expected[k - 1])
