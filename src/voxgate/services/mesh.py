@@ -104,60 +104,6 @@ def _block_pieces(vol_url_or_remote: Any, scale: int, block: Box, region: Box,
     return mesh_kernel(labels, voxel_size, tuple(ext.start), ids)
 
 
-def _grouped_pieces(url: str, scale: int, block: Box, region: Box,
-                    voxel_size: Sequence[float], ids: list[int] | None,
-                    groups: int) -> list[dict[int, Mesh]]:
-    """A block's pieces split into ``groups`` by id, so each stitching task gets only its ids."""
-    out: list[dict[int, Mesh]] = [{} for _ in range(groups)]
-    for i, m in _block_pieces(url, scale, block, region, voxel_size, ids).items():
-        out[i % groups][i] = m
-    return out
-
-
-def _stitch_group(parts: list[dict[int, Mesh]], voxel_size: Sequence[float],
-                  simp: tuple[float, float | None] | None) -> dict[int, Mesh]:
-    """Join each id's pieces from every block (then simplify, when asked)."""
-    pieces: dict[int, list[Mesh]] = {}
-    for part in parts:
-        for i, m in part.items():
-            pieces.setdefault(i, []).append(m)
-    out: dict[int, Mesh] = {}
-    for i, ms in pieces.items():
-        stitched = ms[0] if len(ms) == 1 else _stitch(ms, voxel_size, i)
-        out[i] = _simplify(stitched, voxel_size, simp) if simp is not None else stitched
-    return out
-
-
-def _mesh_on_cluster(client: Any, url: str, scale: int, blocks: list[Box], region: Box,
-                     voxel_size: Sequence[float], ids: list[int] | None,
-                     simp: tuple[float, float | None] | None,
-                     progress: bool) -> dict[int, Mesh]:
-    """Blocks meshed on the workers, and stitched there too: each block's pieces are split by
-    id into groups, and one task per group joins its ids from every block.  Each piece crosses
-    the network once; the client only receives finished meshes."""
-    import operator
-
-    from distributed import as_completed
-
-    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-    groups = 2 * n_workers
-    n = len(blocks)
-    block_futs = client.map(_grouped_pieces, [url] * n, [scale] * n, blocks, [region] * n,
-                            [voxel_size] * n, [ids] * n, [groups] * n, pure=False, retries=2)
-    stitch_futs = [
-        client.submit(_stitch_group,
-                      [client.submit(operator.getitem, f, g, pure=False) for f in block_futs],
-                      voxel_size, simp, pure=False, retries=2)
-        for g in range(groups)
-    ]
-    out: dict[int, Mesh] = {}
-    with progress_bar(progress, groups, "mesh") as bar:
-        for fut in as_completed(stitch_futs):
-            out.update(fut.result())  # a group that failed after its retries raises here
-            bar.advance()
-    return out
-
-
 def mesh(
     source: Any,
     ids: Iterable[int] | None = None,
@@ -210,20 +156,34 @@ def mesh(
             base = Vec.of(block) if block is not None else grow_block(
                 vol.chunks, vol.dtype.itemsize, region.shape, WHOLE_BYTES // 4)
             blocks = list(block_boxes(region, base))
-            if client is not None:
-                if vol.url.startswith("mem://"):
-                    raise InvalidRequestError(
-                        f"{vol.url} lives in this process only; a dask.distributed cluster "
-                        "needs a volume its workers can open by URL")
-                result.update(_mesh_on_cluster(client, vol.url, vol.scale, blocks, region, vs,
-                                               id_list, simp, progress))
-            else:
-                pieces: list[dict[int, Mesh]] = []
-                with progress_bar(progress, len(blocks), "mesh") as bar:
-                    for bx in blocks:
-                        pieces.append(_block_pieces(remote, vol.scale, bx, region, vs, id_list))
+            pieces: dict[int, list[Mesh]] = {}
+            with progress_bar(progress, len(blocks), "mesh") as bar:
+                if client is not None:
+                    if vol.url.startswith("mem://"):
+                        raise InvalidRequestError(
+                            f"{vol.url} lives in this process only; a dask.distributed cluster "
+                            "needs a volume its workers can open by URL")
+                    from distributed import as_completed
+
+                    futs = client.map(_block_pieces, [vol.url] * len(blocks),
+                                      [vol.scale] * len(blocks), blocks,
+                                      [region] * len(blocks), [vs] * len(blocks),
+                                      [id_list] * len(blocks), pure=False, retries=2)
+                    for fut in as_completed(futs):
+                        for i, m in fut.result().items():
+                            pieces.setdefault(i, []).append(m)
                         bar.advance()
-                result.update(_stitch_group(pieces, vs, simp))
+                else:
+                    for bx in blocks:
+                        for i, m in _block_pieces(remote, vol.scale, bx, region, vs,
+                                                  id_list).items():
+                            pieces.setdefault(i, []).append(m)
+                        bar.advance()
+            for i, parts in pieces.items():
+                stitched = parts[0] if len(parts) == 1 else _stitch(parts, vs, i)
+                if simp is not None:
+                    stitched = _simplify(stitched, vs, simp)
+                result[i] = stitched
             details = {"blocks": len(blocks)}
     missing = [] if id_list is None else [i for i in id_list if i not in result]
     if missing and strict:
