@@ -9,7 +9,6 @@ never appear in errors, logs or reprs.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -66,7 +65,6 @@ class HTTPClient:
                                 max_keepalive_connections=max_connections),
             follow_redirects=True,
         )
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:  # never shows the headers (they hold the token)
         return f"<HTTPClient {self.base_url}>"

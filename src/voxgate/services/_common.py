@@ -6,14 +6,19 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from ..api import open as vopen
-from ..errors import CapabilityNotSupportedError, InvalidRequestError
+from ..errors import (
+    CapabilityNotSupportedError,
+    InvalidRequestError,
+    ReadOnlyError,
+    RemoteExistsError,
+)
 from ..geometry import Box, Vec, VoxelSize
 from ..meta import Scale, VolumeMeta
 from ..remotes.base import Capability, Remote, has_capability
@@ -21,12 +26,15 @@ from ..remotes.memory import MemoryRemote, _Stored
 from ..volume import Volume
 
 __all__ = [
+    "ArrayResult",
     "Prefer",
     "Provenance",
     "as_volume",
     "block_boxes",
     "choose_path",
     "progress_bar",
+    "region_meta",
+    "resolve_output",
     "scratch_remote",
 ]
 
@@ -88,6 +96,52 @@ def scratch_remote(meta: VolumeMeta) -> MemoryRemote:
     with _array_lock:
         name = f"scratch-{next(_array_counter)}"
     return MemoryRemote(name, _Stored(meta, arrays, threading.Lock()), "r+")
+
+
+class ArrayResult(np.ndarray):
+    """A numpy array that remembers which path computed it (``.provenance``)."""
+
+    provenance: Provenance
+
+    def __new__(cls, arr: np.ndarray, prov: Provenance) -> ArrayResult:
+        obj = np.asarray(arr).view(cls)
+        obj.provenance = prov
+        return obj
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.provenance = getattr(obj, "provenance", None)  # type: ignore[assignment]
+
+
+def region_meta(src: Volume, region: Box, dtype: Any, kind: str) -> VolumeMeta:
+    """One scale covering ``region`` of ``src`` (its chunks and voxel size), for an output."""
+    sc = src.scale_meta
+    return VolumeMeta(np.dtype(dtype), (Scale(0, region.shape, sc.chunks, sc.voxel_size,
+                                              region.start),), kind)  # type: ignore[arg-type]
+
+
+def resolve_output(out: Any, meta: VolumeMeta, *, overwrite: bool, options: dict[str, Any],
+                   check: Callable[[Volume], None]) -> Volume:
+    """A Service's output: an in-memory scratch volume for None, the given writable Volume
+    (which ``check`` accepts), or a URL created with ``meta`` (an existing one only with
+    ``overwrite``; it is then checked like a given Volume)."""
+    if out is None:
+        if options:
+            raise InvalidRequestError(f"options {sorted(options)} need an out= URL")
+        return Volume(scratch_remote(meta))
+    if isinstance(out, Volume):
+        if out.mode != "r+":
+            raise ReadOnlyError(f"{out.url} is opened read-only; it cannot hold the output")
+        check(out)
+        return out
+    from ..api import _resolve_for_create, create_remote
+
+    cls, location = _resolve_for_create(str(out))
+    if cls.exists(location):
+        if not overwrite:
+            raise RemoteExistsError(f"{out} exists; pass overwrite=True to write into it")
+        return resolve_output(Volume(cls.open(location, mode="r+")), meta, overwrite=overwrite,
+                              options={}, check=check)
+    return Volume(create_remote(str(out), meta, **options))
 
 
 def choose_path(prefer: str, remote: Remote, capability: Capability,

@@ -18,11 +18,17 @@ import numpy as np
 
 from ..errors import InvalidRequestError
 from ..geometry import Box, Vec, grow_block
-from ..meta import Scale, VolumeMeta
 from ..parallel import run_blocks
-from ..remotes.base import Remote
 from ..volume import Volume
-from ._common import Provenance, as_volume, block_boxes, progress_bar, scratch_remote
+from ._common import (
+    ArrayResult,
+    Provenance,
+    as_volume,
+    block_boxes,
+    progress_bar,
+    region_meta,
+    resolve_output,
+)
 
 __all__ = ["canonical_order", "connected_components", "connected_components_kernel"]
 
@@ -142,11 +148,21 @@ def connected_components(
         # one block in memory: cc3d's own numbering is already the canonical one
         data = source if isinstance(source, np.ndarray) else src.remote.read(region, scale)
         cc = _cc3d(data, connectivity)
-        return _ArrayResult(cc, Provenance("connected_components", "local", src.url, {
+        return ArrayResult(cc, Provenance("connected_components", "local", src.url, {
             "connectivity": connectivity, "blocks": 1, "components": int(cc.max(initial=0)),
             "seconds": round(time.perf_counter() - t0, 3)}))
 
-    target, result_volume = _output(out, src, region, overwrite, create_options)
+    def uint64_covering_region(vol: Volume) -> None:
+        if vol.dtype != np.uint64 or vol.scale_meta.bounds != region or vol.scale != 0:
+            raise InvalidRequestError(
+                f"out must be a uint64 volume covering {region!r} at scale 0; {vol.url} is "
+                f"{vol.dtype.name} covering {vol.scale_meta.bounds!r}")
+
+    written = resolve_output(out, region_meta(src, region, np.uint64, "segmentation"),
+                             overwrite=overwrite, options=create_options,
+                             check=uint64_covering_region)
+    target = written.remote
+    result_volume = None if out is None else written
     shape = tuple(region.shape)
     reader = src.remote
 
@@ -252,26 +268,12 @@ def connected_components(
         "seconds": round(time.perf_counter() - t0, 3)})
     if result_volume is None:
         arr = target.read(Box(region.start, region.stop), 0)
-        return _ArrayResult(arr, prov)
+        return ArrayResult(arr, prov)
     _PROVENANCE[result_volume.url] = prov
     return result_volume
 
 
 _PROVENANCE: dict[str, Provenance] = {}
-
-
-class _ArrayResult(np.ndarray):
-    """A numpy array that remembers which path computed it (``.provenance``)."""
-
-    provenance: Provenance
-
-    def __new__(cls, arr: np.ndarray, prov: Provenance) -> _ArrayResult:
-        obj = np.asarray(arr).view(cls)
-        obj.provenance = prov
-        return obj
-
-    def __array_finalize__(self, obj: Any) -> None:
-        self.provenance = getattr(obj, "provenance", None)  # type: ignore[assignment]
 
 
 def _no_server_path(prefer: str) -> None:
@@ -318,37 +320,3 @@ def _shifted(inner: tuple[slice, ...], d: tuple[int, int, int],
         a_sl.append(slice(lo2, hi2))
         b_sl.append(slice(lo2 + dd, hi2 + dd))
     return tuple(a_sl), tuple(b_sl)
-
-
-def _output(out: Any, src: Volume, region: Box, overwrite: bool,
-            options: dict[str, Any]) -> tuple[Remote, Volume | None]:
-    """Where labels go: a Remote indexed from ``region.start`` at scale 0, and the Volume."""
-    sc = src.scale_meta
-    meta = VolumeMeta(np.dtype(np.uint64), (Scale(0, region.shape, sc.chunks, sc.voxel_size,
-                                                  region.start),), "segmentation")
-    if out is None:
-        if options:
-            raise InvalidRequestError(f"options {sorted(options)} need an out= URL")
-        return scratch_remote(meta), None
-    if isinstance(out, Volume):
-        if out.mode != "r+":
-            from ..errors import ReadOnlyError
-
-            raise ReadOnlyError(f"{out.url} is opened read-only; it cannot hold the output")
-        if out.dtype != np.uint64 or out.scale_meta.bounds != region or out.scale != 0:
-            raise InvalidRequestError(
-                f"out must be a uint64 volume covering {region!r} at scale 0; {out.url} is "
-                f"{out.dtype.name} covering {out.scale_meta.bounds!r}")
-        return out.remote, out
-    from ..api import _resolve_for_create, create_remote
-
-    cls, location = _resolve_for_create(str(out))
-    if cls.exists(location):
-        if not overwrite:
-            from ..errors import RemoteExistsError
-
-            raise RemoteExistsError(f"{out} exists; pass overwrite=True to write into it")
-        vol = Volume(cls.open(location, mode="r+"))
-        return _output(vol, src, region, overwrite, {})
-    remote = create_remote(str(out), meta, **options)
-    return remote, Volume(remote)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InvalidRequestError
 from ..geometry import Box, Vec, grow_block
-from ..meta import Scale, default_factors, next_scales
+from ..meta import Scale, VolumeMeta, next_scales
 from ..parallel import run_blocks
 from ..remotes.base import Capability
 from ..volume import Volume
@@ -77,17 +77,15 @@ def _factors_between(a: Scale, b: Scale) -> Vec:
     return Vec(*f)
 
 
-def _default_num_scales(scale0: Scale) -> int:
+def _default_num_scales(meta: VolumeMeta) -> int:
     """Enough scales that the coarsest fits in one chunk in y and x (at least 2)."""
-    n, sc = 1, scale0
-    while (sc.shape.y > sc.chunks.y or sc.shape.x > sc.chunks.x) and n < 16:
-        f = default_factors(sc.voxel_size)
-        sc = Scale(n, Vec(*(math.ceil(s / k) for s, k in zip(sc.shape, f, strict=True))),
-                   sc.chunks, sc.voxel_size._replace(z=sc.voxel_size.z * f.z,
-                                                     y=sc.voxel_size.y * f.y,
-                                                     x=sc.voxel_size.x * f.x), sc.offset)
-        n += 1
-    return max(2, n)
+    current = meta.with_scales(meta.scales[:1])
+    while len(current.scales) < 16:
+        sc = current.scales[-1]
+        if sc.shape.y <= sc.chunks.y and sc.shape.x <= sc.chunks.x:
+            break
+        current = current.with_scales([*current.scales, *next_scales(current, 1)])
+    return max(2, len(current.scales))
 
 
 def downsample(
@@ -133,8 +131,7 @@ def downsample(
             "seconds": round(time.perf_counter() - t0, 3)})
         return done
     if num_scales is None:
-        num_scales = len(meta.scales) if len(meta.scales) > 1 else _default_num_scales(
-            meta.scale(0))
+        num_scales = len(meta.scales) if len(meta.scales) > 1 else _default_num_scales(meta)
     if isinstance(num_scales, bool) or not isinstance(num_scales, int) or num_scales < 2:
         raise InvalidRequestError(f"num_scales must be an integer >= 2, got {num_scales!r}")
     existing = len(meta.scales)

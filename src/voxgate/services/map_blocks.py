@@ -16,11 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DtypeError, InvalidRequestError, ReadOnlyError, RemoteExistsError
+from ..errors import DtypeError, InvalidRequestError
 from ..geometry import Box, Vec
-from ..meta import Scale, VolumeMeta
 from ..volume import Volume
-from ._common import Provenance, as_volume, block_boxes, progress_bar, scratch_remote
+from ._common import (
+    ArrayResult,
+    Provenance,
+    as_volume,
+    block_boxes,
+    progress_bar,
+    region_meta,
+    resolve_output,
+)
 
 __all__ = ["map_blocks", "run_block"]
 
@@ -89,7 +96,12 @@ def map_blocks(
             "of its neighbours than of itself; use a larger block or a smaller halo")
     region = src.bounds
     dt = np.dtype(dtype) if dtype is not None else src.dtype
-    target = _output(out, src, region, dt, kind or src.kind, overwrite, create_options)
+    def covers_region(vol: Volume) -> None:
+        if not vol.bounds.contains(region):
+            raise InvalidRequestError(f"out {vol.url} covers {vol.bounds!r}, not {region!r}")
+
+    target = resolve_output(out, region_meta(src, region, dt, kind or src.kind),
+                            overwrite=overwrite, options=create_options, check=covers_region)
     # whole output chunks per block: two blocks never rewrite the same chunk at once
     grid = target.remote.write_grid(target.scale)
     b = Vec(*(-(-v // g) * g for v, g in zip(b, grid, strict=True)))
@@ -129,33 +141,5 @@ def map_blocks(
         "blocks": len(blocks), "scheduler": "distributed" if client is not None else "threads",
         "seconds": round(time.perf_counter() - t0, 3)})
     if out is None:
-        from .connected_components import _ArrayResult
-
-        return _ArrayResult(target.read(), prov)
+        return ArrayResult(target.read(), prov)
     return target
-
-
-def _output(out: Any, src: Volume, region: Box, dtype: np.dtype[Any], kind: str,
-            overwrite: bool, options: dict[str, Any]) -> Volume:
-    sc = src.scale_meta
-    meta = VolumeMeta(dtype, (Scale(0, region.shape, sc.chunks, sc.voxel_size, region.start),),
-                      kind)  # type: ignore[arg-type]
-    if out is None:
-        if options:
-            raise InvalidRequestError(f"options {sorted(options)} need an out= URL")
-        return Volume(scratch_remote(meta))
-    if isinstance(out, Volume):
-        if out.mode != "r+":
-            raise ReadOnlyError(f"{out.url} is opened read-only; it cannot hold the output")
-        if not out.bounds.contains(region):
-            raise InvalidRequestError(f"out {out.url} covers {out.bounds!r}, not {region!r}")
-        return out
-    from ..api import _resolve_for_create, create_remote
-
-    cls, location = _resolve_for_create(str(out))
-    if cls.exists(location):
-        if not overwrite:
-            raise RemoteExistsError(f"{out} exists; pass overwrite=True to write into it")
-        return _output(Volume(cls.open(location, mode="r+")), src, region, dtype, kind,
-                       overwrite, {})
-    return Volume(create_remote(str(out), meta, **options))
