@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -117,18 +117,43 @@ def test_copy_bad_input(tmp_path: Path, em: tuple[np.ndarray, np.ndarray]) -> No
         voxgate.copy(src, small.url, zarr_format=2, progress=False)
 
 
+# The child copies with two workers.  Its source lets the first READS_BEFORE_PAUSE reads through
+# and holds every later read until it is released; once both workers are held it prints
+# "paused".  Each worker finishes a block (read, write, journal) before taking the next, so at
+# that point exactly READS_BEFORE_PAUSE blocks are done and recorded, whatever the machine's
+# load.  A SIGINT releases the held reads (as in-flight reads finish on their own after a
+# Ctrl-C) and then raises KeyboardInterrupt as Python's default handler does; a SIGKILL never
+# releases them.
+READS_BEFORE_PAUSE = 8
+WORKERS = 2
 _CHILD = textwrap.dedent("""
-    import sys, time
+    import signal, sys, threading
     import voxgate, voxgate.transfer
     from voxgate.remotes.zarr import ZarrRemote
     voxgate.transfer.BLOCK_BYTES = 1
-    slow = ZarrRemote.read
+    allowed, workers = int(sys.argv[3]), int(sys.argv[4])
+    release = threading.Event()
+    lock = threading.Lock()
+    state = {"reads": 0, "held": 0}
+    real_read = ZarrRemote.read
     def read(self, box, scale=0):
-        time.sleep(0.03)
-        return slow(self, box, scale)
+        with lock:
+            state["reads"] += 1
+            hold = state["reads"] > allowed
+            if hold:
+                state["held"] += 1
+                if state["held"] == workers:
+                    print("paused", flush=True)
+        if hold:
+            release.wait()
+        return real_read(self, box, scale)
     ZarrRemote.read = read
+    def on_sigint(signum, frame):
+        release.set()
+        signal.default_int_handler(signum, frame)
+    signal.signal(signal.SIGINT, on_sigint)
     print("started", flush=True)
-    voxgate.copy(sys.argv[1], sys.argv[2], workers=2, progress=False)
+    voxgate.copy(sys.argv[1], sys.argv[2], workers=workers, progress=False)
     print("finished", flush=True)
 """)
 
@@ -142,31 +167,39 @@ def test_interrupted_copy_resumes(tmp_path: Path, how: str, em: tuple[np.ndarray
     state = Path(os.environ["VOXGATE_STATE_DIR"])
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
-    proc = subprocess.Popen([sys.executable, str(script), src.url, dst_url],
+    proc = subprocess.Popen([sys.executable, str(script), src.url, dst_url,
+                             str(READS_BEFORE_PAUSE), str(WORKERS)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
-    deadline = time.monotonic() + 60
-    lines = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        journals = list((state / "transfers").glob("*.journal"))
-        if journals:
-            lines = len(journals[0].read_text().splitlines())
-            if lines >= 8:
-                break
-        time.sleep(0.01)
-    assert lines >= 8, proc.communicate(timeout=30)
+    assert proc.stdout is not None
+    watchdog = threading.Timer(300, proc.kill)  # a hung child fails the test instead of hanging it
+    watchdog.start()
+    try:
+        first = [proc.stdout.readline(), proc.stdout.readline()]
+    finally:
+        watchdog.cancel()
+    if first != [b"started\n", b"paused\n"]:  # the copy ended (or failed) without pausing
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"child did not pause: {first!r} {out!r} {err.decode()[-2000:]}")
     proc.send_signal(getattr(signal, how))
     out, _ = proc.communicate(timeout=60)
     assert b"finished" not in out
     assert proc.returncode != 0
     journal = next((state / "transfers").glob("*.journal"))
-    done_before = sum(1 for line in journal.read_text().splitlines()[1:]
-                      if line and line != "created")
-    assert done_before >= 6
+    lines = journal.read_text().splitlines()
+    assert lines[1] == "created"
+    done_before = len(lines) - 2
+    if how == "SIGKILL":
+        # exactly the blocks finished before the pause are recorded
+        assert done_before == READS_BEFORE_PAUSE
+    else:
+        # Ctrl-C: the two held blocks finish and are recorded, and nothing new starts beyond
+        # what was already queued (at most 2 * WORKERS blocks in flight or queued)
+        assert READS_BEFORE_PAUSE + WORKERS <= done_before <= READS_BEFORE_PAUSE + 2 * WORKERS
 
     monkeypatch.setattr(voxgate.transfer, "BLOCK_BYTES", 1)
     report = voxgate.copy(src.url, dst_url, workers=2, progress=False)
     assert report.resumed
-    assert report.blocks_skipped >= done_before - 1
+    assert report.blocks_skipped == done_before
     assert report.blocks_skipped + report.blocks_written == report.blocks_total
     assert report.blocks_written < report.blocks_total
     assert not list((state / "transfers").glob("*.journal"))  # cleaned up when complete
