@@ -1,0 +1,92 @@
+"""Brute-force numpy references for downsampling, the oracle the downsample tests compare with.
+
+Written to be obviously correct, not fast: one Python step per output voxel, no kernel library.
+
+Rules (the same ones docs/services/downsample.md states for voxgate):
+
+* ``arr`` is C-order ``(z, y, x)`` or ``(c, z, y, x)`` (a leading channel axis is never
+  downsampled); ``factor`` is ``(z, y, x)``.  The output shape is ``ceil(shape / factor)``: the
+  blocks at odd edges are partial and still give an output voxel, computed from the voxels they
+  do cover (nothing is padded, mirrored or dropped).
+* image (``downsample_mean``): integers give the floor of the exact mean of the covered voxels
+  (the sum is taken in Python integers, so nothing overflows); floats give the plain mean
+  (computed in float64, then cast back to the input dtype).
+* segmentation (``downsample_mode``): a most frequent label of the covered voxels; when several
+  labels are equally frequent, the one that occurs first in the block in C order (x fastest,
+  then y, then z) wins.  That tie rule is tinybrain's own 2x2x2 mode-pooling rule.
+* several scales (``downsample_scales``): each scale is computed from the previous one (the
+  stored scale k-1 is all scale k is made of), by that scale's factor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["downsample_mean", "downsample_mode", "downsample_scales", "output_shape"]
+
+
+def output_shape(shape: Sequence[int], factor: Sequence[int]) -> tuple[int, ...]:
+    """ceil(shape / factor) over the last three axes; a leading channel axis is kept."""
+    lead = tuple(shape[:-3])
+    return lead + tuple(math.ceil(s / f) for s, f in zip(shape[-3:], factor, strict=True))
+
+
+def _blocks(arr: np.ndarray, factor: Sequence[int]):
+    """Yield (output index, covered voxels in C order) for every output voxel."""
+    f = tuple(int(v) for v in factor)
+    if len(f) != 3 or any(v < 1 for v in f):
+        raise ValueError(f"factor must be three positive integers (z, y, x), got {factor!r}")
+    if arr.ndim not in (3, 4):
+        raise ValueError(f"arr must be (z, y, x) or (c, z, y, x), got shape {arr.shape}")
+    out_shape = output_shape(arr.shape, f)
+    for index in itertools.product(*(range(n) for n in out_shape)):
+        lead, zyx = index[:-3], index[-3:]
+        region = lead + tuple(slice(i * step, (i + 1) * step) for i, step in zip(zyx, f,
+                                                                               strict=True))
+        yield index, arr[region].ravel(order="C")
+
+
+def downsample_mean(arr: np.ndarray, factor: Sequence[int]) -> np.ndarray:
+    """One scale of image downsampling: floor of the mean (integers), mean (floats)."""
+    arr = np.asarray(arr)
+    out = np.zeros(output_shape(arr.shape, factor), dtype=arr.dtype)
+    floating = np.issubdtype(arr.dtype, np.floating)
+    for index, voxels in _blocks(arr, factor):
+        if floating:
+            out[index] = voxels.astype(np.float64).mean()
+        else:
+            total = sum(int(v) for v in voxels)
+            out[index] = total // len(voxels)  # Python's // is the floor, negatives included
+    return out
+
+
+def downsample_mode(arr: np.ndarray, factor: Sequence[int]) -> np.ndarray:
+    """One scale of segmentation downsampling: a most frequent label of each block.
+
+    Ties go to the label that occurs first in the block in C order (x fastest).
+    """
+    arr = np.asarray(arr)
+    out = np.zeros(output_shape(arr.shape, factor), dtype=arr.dtype)
+    for index, voxels in _blocks(arr, factor):
+        counts = [int(np.count_nonzero(voxels == v)) for v in voxels]
+        best = max(counts)
+        out[index] = voxels[counts.index(best)]  # list.index: the first position with it
+    return out
+
+
+def downsample_scales(arr: np.ndarray, factors: Sequence[Sequence[int]],
+                      kind: str) -> list[np.ndarray]:
+    """Scales 1..len(factors): each from the previous one by its factor."""
+    if kind not in ("image", "segmentation"):
+        raise ValueError(f"kind must be 'image' or 'segmentation', got {kind!r}")
+    fn = downsample_mean if kind == "image" else downsample_mode
+    out: list[np.ndarray] = []
+    current = np.asarray(arr)
+    for f in factors:
+        current = fn(current, f)
+        out.append(current)
+    return out
