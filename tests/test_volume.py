@@ -278,3 +278,50 @@ def test_partial_write_says_what_was_stored(monkeypatch: pytest.MonkeyPatch) -> 
     for b in err.failed:
         assert not out[b.slices()].any()
     assert "disk full" in str(err)
+
+
+def test_scalar_index_reads_as_0d_array(vol: voxgate.Volume, ref: np.ndarray) -> None:
+    point = vol[1, 2, 3]
+    arr = np.asarray(point)  # numpy 2 refuses a numpy scalar from __array__
+    assert isinstance(arr, np.ndarray) and arr.shape == () and arr.dtype == ref.dtype
+    assert arr == ref[1, 2, 3]
+    got = point.read()
+    assert isinstance(got, np.ndarray) and got.shape == () and int(got) == ref[1, 2, 3]
+    assert np.asarray(vol[1, 2, 3], dtype=np.float64).dtype == np.float64
+    assert np.asarray(vol[-1, -1, -1]) == ref[-1, -1, -1]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [True, False, np.bool_(True), (0, True), (slice(None), np.bool_(False)),
+     np.array([True, False, True, False, True, False]), (0, [True] * 10)],
+)
+def test_boolean_keys_are_refused(vol: voxgate.Volume, key: object) -> None:
+    with pytest.raises(IndexingError) as info:
+        vol[key]
+    assert isinstance(info.value, IndexError)
+    assert "bool" in str(info.value)
+
+
+def test_boolean_slice_bounds_are_refused(vol: voxgate.Volume) -> None:
+    with pytest.raises(IndexingError, match="boolean"):
+        vol[True:3]
+    with pytest.raises(IndexingError, match="boolean"):
+        vol[0:3:np.bool_(True)]
+
+
+def test_fill_mode_negative_start(vol: voxgate.Volume, ref: np.ndarray) -> None:
+    f = vol.with_bounds("fill")
+    n = SHAPE[2]
+    # numpy's rule first: -3 is n - 3, so this is the last three voxels, no fill
+    np.testing.assert_array_equal(f[0, 0, -3:].read(), ref[0, 0, -3:])
+    # a start still negative after that rule reaches before the first voxel, as fill
+    out = f[0, 0, -(n + 2):3].read()
+    np.testing.assert_array_equal(out, np.r_[[0, 0], ref[0, 0, :3]])
+    assert f[0, 0, -(n + 2)].read() == 0
+    assert f[0, 0, -1].read() == ref[0, 0, -1]
+    # a Box is never counted from the end: its negative start is before the first voxel
+    box = f.read(Box((0, 0, -2), (1, 1, 3)))
+    np.testing.assert_array_equal(box[0, 0], np.r_[[0, 0], ref[0, 0, :3]])
+    # past the end is fill too
+    np.testing.assert_array_equal(f[0, 0, n - 2 : n + 2].read(), np.r_[ref[0, 0, -2:], [0, 0]])

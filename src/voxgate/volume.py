@@ -10,6 +10,20 @@ Two coordinate systems, never mixed:
 - :class:`Box` arguments (``vol.read(box)``, ``vol.write(array, box)``, ``vol.bounds``) are dataset
   voxel coordinates at the volume's scale, which include the volume's ``offset`` (a precomputed
   ``voxel_offset``, a bossDB frame start).
+
+Bounds modes: "error" refuses any index or box outside the volume; "clip" is numpy's slicing;
+"fill" reads voxels outside the volume as the fill value (writes outside are still refused).
+With "fill", numpy's rule for negative indices is applied first: ``-k`` means ``n - k`` on an
+axis of length ``n``, so ``vol[-3:]`` is the last three voxels, never voxels before the first.
+Only a position still outside ``[0, n)`` after that rule reads as fill: on an axis of length
+10, ``vol[-12:3]`` covers -2..2 (two fill voxels, then voxels 0, 1, 2) and ``vol[8:12]``
+covers voxels 8, 9 and two fill voxels.  To name a region before the first voxel without that
+rule, read a :class:`Box` (dataset coordinates, never counted from the end):
+``vol.read(Box((-2, 0, 0), (3, 4, 4)))``.
+
+Indices are integers, slices with positive steps and ``...``; booleans (``vol[True]``, masks)
+are refused with an IndexingError rather than taken as 0 or 1.  A view with every axis dropped
+(``vol[1, 2, 3]``) reads as a 0-d array.
 """
 
 from __future__ import annotations
@@ -65,6 +79,11 @@ class _Axis:
 
 
 def _index_int(value: Any, what: str) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise IndexingError(
+            f"{what} must be an integer, a slice or '...', got the boolean {value!r}: a boolean "
+            "index is not taken as 0 or 1 (numpy would read it as a mask); use an integer"
+        )
     try:
         return operator.index(value)
     except TypeError:
@@ -230,6 +249,13 @@ class Volume:
         for k in key:
             if k is None:
                 raise IndexingError("np.newaxis / None is not supported in a Volume index")
+            if isinstance(k, (bool, np.bool_)) or (
+                isinstance(k, (list, np.ndarray)) and np.asarray(k).dtype == np.bool_
+            ):
+                raise IndexingError(
+                    f"boolean indices (masks) are not supported in a Volume index, got {k!r}; "
+                    "a boolean is not taken as 0 or 1: read the box, then mask the array"
+                )
             if isinstance(k, (list, np.ndarray)) and not isinstance(k, np.generic):
                 raise IndexingError(
                     "fancy (array) indexing is not supported; read the box, then index the array"
@@ -320,7 +346,9 @@ class Volume:
 
     def _finish(self, data: np.ndarray) -> np.ndarray:
         """Apply steps, channel selection and dropped axes to the enclosing box's data."""
-        out = data[self._select(drop=True)]
+        # np.asarray: a view with every axis dropped gives a numpy scalar, and numpy 2 needs
+        # an ndarray (0-d here) from __array__
+        out = np.asarray(data[self._select(drop=True)])
         if not out.flags.c_contiguous:
             out = np.ascontiguousarray(out)
         return out
@@ -356,7 +384,7 @@ class Volume:
         return view
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        arr = self.read()
+        arr = np.asarray(self.read())
         if dtype is not None:
             arr = arr.astype(dtype, copy=False)
         return arr
