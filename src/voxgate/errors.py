@@ -17,6 +17,7 @@ __all__ = [
     "DtypeError",
     "IndexingError",
     "InvalidRequestError",
+    "MissingChunkError",
     "OutOfBoundsError",
     "PartialWriteError",
     "ReadOnlyError",
@@ -74,6 +75,20 @@ class CorruptChunkError(VoxgateError, OSError):
     def __init__(self, message: str, chunk: str | None = None) -> None:
         super().__init__(message)
         self.chunk = chunk
+
+
+class MissingChunkError(VoxgateError, LookupError):
+    """A read touched chunks absent from the store, on a volume opened with missing="error".
+
+    ``chunks`` lists their chunk grid indices (z, y, x) at ``scale``, all of them (the message
+    names the first few); ``total`` is how many there are.
+    """
+
+    def __init__(self, message: str, chunks: Sequence[object] = (), scale: int = 0) -> None:
+        super().__init__(message)
+        self.chunks = list(chunks)
+        self.scale = scale
+        self.total = len(self.chunks)
 
 
 class CapabilityNotSupportedError(VoxgateError, NotImplementedError):
