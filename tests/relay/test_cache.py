@@ -15,6 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,13 @@ from voxgate.errors import AuthenticationError, RemoteUnavailableError, VoxgateE
 from voxgate.geometry import Box, Vec
 from voxgate.registry import register
 from voxgate.relay import cache as cache_module
-from voxgate.relay.cache import CachedRemote, MemoryTier, TieredCache, UpstreamError
+from voxgate.relay.cache import (
+    CachedRemote,
+    CacheMetrics,
+    MemoryTier,
+    TieredCache,
+    UpstreamError,
+)
 from voxgate.relay.catalog import Catalog
 from voxgate.relay.config import ChannelConfig, RelayConfig
 from voxgate.remotes.base import Remote
@@ -45,7 +52,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # -- in-process helpers -------------------------------------------------------------------------
 class CountingRemote(Remote):
-    """Wraps a Remote: counts reads and writes, can slow them, fail writes, or run a hook."""
+    """Wraps a Remote: counts reads and writes, can jitter them, fail writes, run a hook, or
+    hold reads at a gate (``entered`` is set when a read reaches it; ``gate.set()`` lets them
+    all through)."""
 
     scheme = "counting"
 
@@ -54,7 +63,9 @@ class CountingRemote(Remote):
         self.meta = inner.meta
         self.mode = inner.mode
         self.url = f"counting+{inner.url}"
-        self.delay = delay
+        self.delay = delay  # random jitter (widens race windows; orders nothing)
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
         self.reads: list[Box] = []
         self.writes: list[Box] = []
         self.fail_writes = False
@@ -71,7 +82,10 @@ class CountingRemote(Remote):
             hook, self.after_read = self.after_read, None
         arr = self.inner.read(box, scale)
         if self.delay:
-            time.sleep(random.uniform(0, self.delay) if self.delay < 0.01 else self.delay)
+            time.sleep(random.uniform(0, self.delay))
+        if self.gate is not None:
+            self.entered.set()
+            self.gate.wait()
         if hook is not None:
             hook()
         return arr
@@ -79,7 +93,7 @@ class CountingRemote(Remote):
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
         if self.fail_writes:
             raise RemoteUnavailableError("the upstream refused the write")
-        if self.delay and self.delay < 0.01:
+        if self.delay:
             time.sleep(random.uniform(0, self.delay))
         self.inner.write(box, array, scale)
         with self._lock:
@@ -151,26 +165,47 @@ def test_memory_tier_matches_an_lru_model(ops: list[tuple[str, int, int]]) -> No
 
 
 # -- single flight ------------------------------------------------------------------------------
+@dataclass
+class WatchedMetrics(CacheMetrics):
+    """Cache metrics that wake waiters on every change (a test waits for a count, not a time)."""
+
+    changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
+
+    def add(self, **counts: float) -> None:
+        super().add(**counts)
+        with self.changed:
+            self.changed.notify_all()
+
+    def wait_until(self, name: str, value: int) -> None:
+        with self.changed:
+            ok = self.changed.wait_for(lambda: getattr(self, name) >= value, timeout=120)
+        assert ok, f"{name} reached {getattr(self, name)}, never {value}"
+
+
 def test_concurrent_reads_of_a_missing_cell_make_one_upstream_fetch() -> None:
     data = np.random.default_rng(0).integers(0, 255, (16, 64, 64), dtype=np.uint8)
     up = mem_volume("single", data, (8, 32, 32))
-    up.delay = 0.3  # long enough that every reader arrives while the fetch is running
+    up.gate = threading.Event()  # the fetch is held until every reader has joined it
     cache = TieredCache(2**26)
+    metrics = cache.metrics = WatchedMetrics()
     remote = CachedRemote(up, cache, identity="single")
     cells = len(list(remote.cells(whole(remote), 0)))
     box = Box((2, 3, 4), (14, 60, 61))
-    barrier = threading.Barrier(8)
     results: list[np.ndarray] = []
 
     def reader() -> None:
-        barrier.wait()
         results.append(remote.read(box))
 
     threads = [threading.Thread(target=reader) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.start()
+        metrics.wait_until("coalesced", 7 * cells)  # seven readers wait on the one fetch
+        assert up.entered.is_set() and len(up.reads) == cells and not results
+    finally:
+        up.gate.set()
+        for t in threads:
+            t.join()
     assert len(results) == 8
     for got in results:
         np.testing.assert_array_equal(got, data[2:14, 3:60, 4:61])
@@ -201,21 +236,28 @@ upstream = "{server.url('layer')}"
     try:
         with relay.client(None) as http:
             assert http.get("/v1/collection/s/experiment/f/channel/img").status_code == 200
-        server.delay_chunks = 0.5
-        barrier = threading.Barrier(6)
+        # chunk requests are held (until ``wake`` is set) while all six requests arrive
+        server.delay_chunks = 3600
         bodies: list[bytes] = []
 
         def get() -> None:
-            barrier.wait()
-            res = httpx.get(relay.url + "/v1/cutout/s/f/img/0/10:200/20:100/3:30/", timeout=30)
+            res = httpx.get(relay.url + "/v1/cutout/s/f/img/0/10:200/20:100/3:30/", timeout=120)
             assert res.status_code == 200, res.text
             bodies.append(blosc.decompress(res.content))
 
         threads = [threading.Thread(target=get) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 120  # a ceiling for a broken relay, not a window
+            while httpx.get(relay.url + "/metrics").json()["cache"]["coalesced"] < 5:
+                assert time.monotonic() < deadline, "the requests never joined one fetch"
+                time.sleep(0.02)
+            assert not bodies
+        finally:
+            server.wake.set()
+            for t in threads:
+                t.join()
         assert len(bodies) == 6
         for body in bodies:
             np.testing.assert_array_equal(
@@ -291,23 +333,73 @@ class _HookedCache(TieredCache):
         super().put(key, arr)
 
 
-def test_a_fetch_finishing_during_a_write_does_not_cache_old_data() -> None:
+class _SignallingLock:
+    """A lock that says when someone starts a blocking acquire of it."""
+
+    def __init__(self, inner: Any, waiting: threading.Event) -> None:
+        self.inner, self.waiting = inner, waiting
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if blocking:
+            self.waiting.set()
+        return bool(self.inner.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self.inner.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_a_fetch_finishing_during_a_write_does_not_cache_old_data(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     data = np.zeros((8, 32, 32), np.uint8)
     up = mem_volume("race1", data, (8, 32, 32))
     cache = _HookedCache(2**26)
     remote = CachedRemote(up, cache, identity="race1")
     box = whole(remote)
     part = Box((0, 0, 0), (4, 32, 32))  # half the cell: dropped by the write, not re-cached
-    writer = threading.Thread(target=remote.write, args=(part, np.full((4, 32, 32), 9, np.uint8)))
+    # set when the writer waits for a cell lock, or when it has finished (a cache that lets it
+    # through); either way the write has begun before the fetch stores what it read
+    progressed = threading.Event()
+    monkeypatch.setattr(cache_module, "_STRIPES",
+                        [_SignallingLock(lock, progressed) for lock in cache_module._STRIPES])
+
+    def write() -> None:
+        try:
+            remote.write(part, np.full((4, 32, 32), 9, np.uint8))
+        finally:
+            progressed.set()
+
+    writer = threading.Thread(target=write)
 
     def write_meanwhile() -> None:
         # the fetch has read the old data and is storing it; a write starts now
         writer.start()
-        writer.join(0.5)  # a correct cache makes the writer wait for the store
+        assert progressed.wait(120), "the writer neither waited nor finished"
 
     cache.hook = write_meanwhile
     np.testing.assert_array_equal(remote.read(box), data)  # the read itself may be old
     writer.join()
+    _cells_match_upstream(remote, up)
+    expected = data.copy()
+    expected[0:4] = 9
+    np.testing.assert_array_equal(remote.read(box), expected)
+
+
+def test_a_write_between_a_fetch_and_its_store_is_not_overwritten() -> None:
+    data = np.zeros((8, 32, 32), np.uint8)
+    up = mem_volume("race3", data, (8, 32, 32))
+    remote = CachedRemote(up, TieredCache(2**26), identity="race3")
+    box = whole(remote)
+    part = Box((0, 0, 0), (4, 32, 32))
+    # the fetch has read the old data; a whole write runs before it stores it
+    up.after_read = lambda: remote.write(part, np.full((4, 32, 32), 9, np.uint8))
+    np.testing.assert_array_equal(remote.read(box), data)  # the read began before the write
+    assert up.writes == [part]
     _cells_match_upstream(remote, up)
     expected = data.copy()
     expected[0:4] = 9
@@ -344,7 +436,7 @@ def test_concurrent_reads_and_writes_leave_the_cache_equal_to_the_upstream(
         tmp_path: Path) -> None:
     data = np.zeros((16, 64, 64), np.uint8)
     up = mem_volume("stress", data, (8, 32, 32))
-    up.delay = 0.003  # random sleeps up to 3 ms widen every window
+    up.delay = 0.003  # random jitter up to 3 ms widens every window
     old_cell_bytes = cache_module.CELL_BYTES
     cache_module.CELL_BYTES = 8 * 32 * 32
     try:
@@ -352,8 +444,9 @@ def test_concurrent_reads_and_writes_leave_the_cache_equal_to_the_upstream(
                               identity="stress")
     finally:
         cache_module.CELL_BYTES = old_cell_bytes
-    stop = threading.Event()
+    stop = threading.Event()  # set when the writers are done: the readers stop then
     errors: list[BaseException] = []
+    writes_each, reads = 25, [0] * 4
 
     def random_box(rng: random.Random) -> Box:
         lo = [rng.randrange(0, n) for n in (16, 64, 64)]
@@ -363,32 +456,34 @@ def test_concurrent_reads_and_writes_leave_the_cache_equal_to_the_upstream(
     def writer(seed: int) -> None:
         rng = random.Random(seed)
         try:
-            while not stop.is_set():
+            for _ in range(writes_each):
                 box = random_box(rng)
                 remote.write(box, np.full(tuple(box.shape), rng.randrange(256), np.uint8))
         except BaseException as exc:
             errors.append(exc)
 
-    def reader(seed: int) -> None:
-        rng = random.Random(seed)
+    def reader(i: int) -> None:
+        rng = random.Random(10 + i)
         try:
-            while not stop.is_set():
+            while not stop.is_set() or reads[i] < 10:
                 remote.read(random_box(rng))
+                reads[i] += 1
                 if rng.random() < 0.1:  # sometimes lose the memory tier: disk hits promote
                     remote.cache.memory = MemoryTier(2**26)
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
-    threads += [threading.Thread(target=reader, args=(10 + i,)) for i in range(4)]
-    for t in threads:
+    writers = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
+    readers = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    for t in writers + readers:
         t.start()
-    time.sleep(1.5)
+    for t in writers:
+        t.join()
     stop.set()
-    for t in threads:
+    for t in readers:
         t.join()
     assert not errors, errors
-    assert len(up.writes) > 20
+    assert len(up.writes) == 3 * writes_each and min(reads) >= 10
     _cells_match_upstream(remote, up)
     np.testing.assert_array_equal(remote.read(whole(remote)), up.inner.read(whole(remote)))
 
