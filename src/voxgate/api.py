@@ -8,7 +8,7 @@ from typing import Any
 from .errors import InvalidRequestError
 from .meta import VolumeMeta
 from .registry import resolve
-from .remotes.base import Remote
+from .remotes.base import Remote, check_missing
 from .volume import Bounds, Volume
 
 __all__ = ["create", "create_remote", "open", "open_remote"]
@@ -17,11 +17,18 @@ _MODES = ("r", "r+")
 
 
 def open_remote(url: str, *, mode: str = "r", **options: Any) -> Remote:
-    """Open the Remote behind ``url`` (the layer under Volume; most users want :func:`open`)."""
+    """Open the Remote behind ``url`` (the layer under Volume; most users want :func:`open`).
+
+    ``missing`` ("fill" or "error") is taken here for every Remote: see :func:`open`.
+    """
     if mode not in _MODES:
         raise InvalidRequestError(f"mode must be 'r' or 'r+', got {mode!r}")
+    missing = check_missing(options.pop("missing", "fill"))
     cls, location = resolve(url)
-    return cls.open(location, mode=mode, **options)
+    remote = cls.open(location, mode=mode, **options)
+    if missing != "fill":
+        remote.set_missing(missing)
+    return remote
 
 
 def open(
@@ -38,11 +45,20 @@ def open(
     ``mem://`` or any registered scheme), or a bare path or storage URL whose format is
     detected from its marker file.  ``mode`` is "r" or "r+"; ``bounds`` is "error", "clip" or
     "fill"; other keyword options go to the Remote, which rejects ones it does not know.
+
+    ``missing`` says what a read does with a chunk absent from the store (never written, or
+    deleted): "fill" (the default) reads it as the fill value, as sparse stores need;
+    "error" raises :class:`~voxgate.errors.MissingChunkError` naming the chunks' grid
+    indices.  "error" needs a store whose chunks voxgate can see (zarr, N5, precomputed, HDF5
+    chunked datasets, mem://); bossdb:// and dvid:// refuse it with
+    CapabilityNotSupportedError.  :meth:`Volume.missing_chunks` lists absent chunks.
     """
     if isinstance(url, Volume):
         if options:
             raise InvalidRequestError("options cannot be given when reopening a Volume")
         remote = url.remote if url.mode == mode else open_remote(url.url, mode=mode)
+        if url.remote.missing != "fill" and remote is not url.remote:
+            remote.set_missing(url.remote.missing)
         return Volume(remote, scale, bounds=bounds)
     if not isinstance(url, (str, os.PathLike)):
         raise InvalidRequestError(

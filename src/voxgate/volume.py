@@ -215,6 +215,27 @@ class Volume:
             Vec(o.z + z.stop, o.y + y.stop, o.x + x.stop),
         )
 
+    @property
+    def missing(self) -> str:
+        """What reads do with chunks absent from the store: "fill" (default) or "error"."""
+        return self._remote.missing
+
+    def missing_chunks(self, box: Box | None = None) -> list[Vec]:
+        """Grid indices (z, y, x) of this scale's chunks that are absent from the store.
+
+        Only chunks inside the scale's bounds are considered, touching ``box`` (dataset
+        coordinates) or, without it, this view's region (the whole scale for ``voxgate.open``'s
+        volume).  Absent chunks read as the fill value unless the volume was opened with
+        ``missing="error"``.  Sorted; empty when every chunk is stored.  Raises
+        CapabilityNotSupportedError for stores with no visible chunks (bossdb://, dvid://).
+        """
+        if box is not None and not isinstance(box, Box):
+            raise InvalidRequestError(f"expected a voxgate.Box, got {type(box).__name__}")
+        region = (self._box() if box is None else box).intersect(self.scale_meta.bounds)
+        if region.is_empty():
+            return []
+        return self._remote.absent_chunks(region, self._scale)
+
     def at_scale(self, k: int) -> Volume:
         """The whole volume at scale ``k``, same mode and bounds handling."""
         return Volume(self._remote, k, bounds=self._bounds_mode)

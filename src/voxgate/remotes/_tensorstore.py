@@ -30,7 +30,7 @@ from ..errors import (
     RemoteUnavailableError,
     VoxgateError,
 )
-from ..geometry import Box
+from ..geometry import Box, Vec
 
 __all__ = [
     "TSArray",
@@ -277,6 +277,23 @@ class TSArray:
         if self.channel and not self.keep_channel:
             arr = arr[0]
         return np.asarray(arr)
+
+    def absent_chunks(self, box: Box, chunks: Vec, bounds: Box) -> list[Vec]:
+        """Grid indices of the chunks touching ``box`` that the store does not hold.
+
+        Asks tensorstore's storage statistics (a listing of the chunk keys, no chunk is read)
+        over halves of the region, so few questions are needed where few chunks are absent.
+        """
+        from .base import bisect_absent
+
+        def stats(region: Box) -> tuple[bool, bool]:
+            with ts_errors(f"listing the chunks of {region!r} of {self.name}"):
+                st = self.store[self._index(region)].storage_statistics(
+                    query_not_stored=True, query_fully_stored=True
+                ).result()
+            return bool(st.not_stored), bool(st.fully_stored)
+
+        return bisect_absent(box, chunks, bounds, stats)
 
     def write(self, box: Box, array: np.ndarray) -> None:
         if self.channel and not self.keep_channel:

@@ -6,22 +6,48 @@ and always lie inside the scale's bounds: the Volume deals with clipping and fil
 are C-order ZYX, with a leading channel axis when ``meta.num_channels > 1``.
 
 Everything optional is a declared capability, looked up with :func:`has_capability`.
+
+Absent chunks: a chunk never written (or deleted) reads as the fill value by default
+(``missing="fill"``, as sparse stores need).  A Remote that can tell absent chunks from stored
+ones declares ``Capability.CHUNK_PRESENCE``, implements :meth:`Remote.absent_chunks`, and
+honours ``missing="error"`` (set with :meth:`Remote.set_missing`, which ``voxgate.open``
+calls) by calling :meth:`Remote._check_present` at the top of its ``read``.
 """
 
 from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import CapabilityNotSupportedError, InvalidRequestError, ReadOnlyError
-from ..geometry import Box, Vec
+from ..errors import (
+    CapabilityNotSupportedError,
+    InvalidRequestError,
+    MissingChunkError,
+    ReadOnlyError,
+)
+from ..geometry import Box, Vec, chunk_boxes
 from ..meta import Scale, VolumeMeta
 
-__all__ = ["Capability", "Remote", "check_options", "has_capability", "require_capability"]
+__all__ = [
+    "MISSING_MODES",
+    "Capability",
+    "Remote",
+    "bisect_absent",
+    "check_missing",
+    "check_options",
+    "format_chunks",
+    "has_capability",
+    "require_capability",
+]
+
+#: what a read does with a chunk absent from the store: read it as the fill value, or raise
+MISSING_MODES = ("fill", "error")
+#: how many chunks an error message or report lists before "and N more"
+LISTED_CHUNKS = 10
 
 
 class Capability(enum.StrEnum):
@@ -36,6 +62,8 @@ class Capability(enum.StrEnum):
     SERVER_BOUNDING_BOXES = "server_bounding_boxes"
     VERSIONING = "versioning"
     ADD_SCALES = "add_scales"
+    #: tells absent chunks from stored ones: ``absent_chunks`` and ``missing="error"``
+    CHUNK_PRESENCE = "chunk_presence"
 
 
 class Remote(abc.ABC):
@@ -50,6 +78,8 @@ class Remote(abc.ABC):
     url: str
     meta: VolumeMeta
     mode: str
+    #: "fill" (absent chunks read as the fill value) or "error" (MissingChunkError)
+    missing: str = "fill"
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -84,6 +114,43 @@ class Remote(abc.ABC):
         """Store ``array`` (already of the volume's dtype and the box's shape) at ``box``."""
         raise CapabilityNotSupportedError(f"{self.scheme}:// does not support writes")
 
+    # -- absent chunks --------------------------------------------------------------------------
+    def absent_chunks(self, box: Box, scale: int = 0) -> list[Vec]:
+        """Grid indices (z, y, x) of the chunks touching ``box`` that are absent from the store.
+
+        ``box`` lies inside the scale's bounds; the grid is the scale's chunk grid anchored at
+        its offset.  Sorted.  Remotes with ``Capability.CHUNK_PRESENCE`` implement it.
+        """
+        raise CapabilityNotSupportedError(
+            f"{self.url} cannot tell absent chunks from stored ones ({self.scheme}:// shows "
+            "clients no chunk store: every region in bounds is answered, with the fill value "
+            "where nothing was written)"
+        )
+
+    def set_missing(self, missing: str) -> None:
+        """Choose what reads do with absent chunks: "fill" (the default) or "error"."""
+        check_missing(missing)
+        if missing == "error" and not has_capability(self, Capability.CHUNK_PRESENCE):
+            raise CapabilityNotSupportedError(
+                f"missing='error' is not available for {self.url}: {self.scheme}:// shows "
+                "clients no chunk store, so an absent chunk cannot be told from one that holds "
+                "the fill value; open it with missing='fill' (the default)"
+            )
+        self.missing = missing
+
+    def _check_present(self, box: Box, scale: int) -> None:
+        """With missing="error": raise MissingChunkError if a chunk touching ``box`` is absent."""
+        absent = self.absent_chunks(box, scale)
+        if absent:
+            raise MissingChunkError(
+                f"{len(absent)} chunk(s) of {self.url} touched by {box!r} are absent at scale "
+                f"{scale}: {format_chunks(absent)}; the volume was opened with missing='error' "
+                f"(open it with missing='fill' to read absent chunks as the fill value "
+                f"{self.meta.fill_value})",
+                chunks=absent,
+                scale=scale,
+            )
+
     # -- description ----------------------------------------------------------------------------
     @property
     def capabilities(self) -> frozenset[Capability]:
@@ -103,7 +170,10 @@ class Remote(abc.ABC):
 
     def spec(self) -> dict[str, Any]:
         """A JSON-able description that reopens this Remote: ``voxgate.open(**spec)``."""
-        return {"url": self.url, "mode": self.mode}
+        out: dict[str, Any] = {"url": self.url, "mode": self.mode}
+        if self.missing != "fill":
+            out["options"] = {"missing": self.missing}
+        return out
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files or connections; the default holds none."""
@@ -134,3 +204,60 @@ def check_options(cls_name: str, given: Mapping[str, Any], allowed: tuple[str, .
     if unknown:
         hint = f"; it accepts {', '.join(allowed)}" if allowed else "; it accepts none"
         raise InvalidRequestError(f"{cls_name} got unknown option(s) {', '.join(unknown)}{hint}")
+
+
+def check_missing(missing: object) -> str:
+    """``missing`` itself when it is one of MISSING_MODES, else a clear InvalidRequestError."""
+    if missing not in MISSING_MODES:
+        raise InvalidRequestError(
+            f"missing must be 'fill' (absent chunks read as the fill value) or 'error' "
+            f"(reading an absent chunk raises MissingChunkError), got {missing!r}"
+        )
+    return str(missing)
+
+
+def format_chunks(chunks: Sequence[Vec], limit: int = LISTED_CHUNKS) -> str:
+    """``(z, y, x)`` grid indices, the first ``limit`` of them, then "and N more"."""
+    shown = ", ".join(str(tuple(int(v) for v in c)) for c in chunks[:limit])
+    more = len(chunks) - limit
+    return shown + (f" and {more} more" if more > 0 else "") + " (chunk grid index z, y, x)"
+
+
+def bisect_absent(
+    box: Box, chunks: Vec, bounds: Box, stats: Callable[[Box], tuple[bool, bool]]
+) -> list[Vec]:
+    """The grid indices of absent chunks touching ``box``, found by halving.
+
+    ``stats(region)`` answers ``(none_stored, all_stored)`` for a chunk-aligned region (clipped
+    to ``bounds``); a region all stored or none stored needs no further question, so a volume
+    with few absent chunks costs a few queries, not one per chunk.
+    """
+    origin = bounds.start
+    lo = [(a - o) // c for a, o, c in zip(box.start, origin, chunks, strict=True)]
+    hi = [-(-(b - o) // c) for b, o, c in zip(box.stop, origin, chunks, strict=True)]
+    out: list[Vec] = []
+
+    def region(a: Sequence[int], b: Sequence[int]) -> Box:
+        start = Vec(*(o + i * c for o, i, c in zip(origin, a, chunks, strict=True)))
+        stop = Vec(*(o + i * c for o, i, c in zip(origin, b, chunks, strict=True)))
+        return Box(start, stop).intersect(bounds)
+
+    def visit(a: list[int], b: list[int]) -> None:
+        if any(y <= x for x, y in zip(a, b, strict=True)):
+            return
+        none_stored, all_stored = stats(region(a, b))
+        if all_stored:
+            return
+        if none_stored:
+            out.extend(g for g, _ in chunk_boxes(region(a, b), chunks, bounds))
+            return
+        axis = max(range(3), key=lambda d: b[d] - a[d])
+        if b[axis] - a[axis] == 1:  # one chunk, neither stored nor absent: cannot happen
+            out.append(Vec(*a))
+            return
+        mid = (a[axis] + b[axis]) // 2
+        visit(a, [*b[:axis], mid, *b[axis + 1 :]])
+        visit([*a[:axis], mid, *a[axis + 1 :]], b)
+
+    visit(lo, hi)
+    return sorted(out)

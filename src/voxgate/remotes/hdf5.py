@@ -491,8 +491,8 @@ class HDF5Remote(Remote):
     @property
     def capabilities(self) -> frozenset[Capability]:
         if self.mode != "r+":
-            return frozenset()
-        return frozenset({Capability.WRITE, Capability.ADD_SCALES})
+            return frozenset({Capability.CHUNK_PRESENCE})
+        return frozenset({Capability.WRITE, Capability.ADD_SCALES, Capability.CHUNK_PRESENCE})
 
     def add_scales(self, scales: Sequence[Scale]) -> None:
         """New ``sN`` datasets with scale 0's chunking and filters.
@@ -544,8 +544,29 @@ class HDF5Remote(Remote):
         if not self._finalizer.alive:
             raise InvalidRequestError(f"{self.url} was closed; open it again to use it")
 
+    def absent_chunks(self, box: Box, scale: int = 0) -> list[Vec]:
+        """Chunks HDF5 has not allocated (never written); a contiguous dataset is one chunk,
+        allocated at its first write."""
+        self._check_open()
+        sc = self.meta.scale(scale)
+        cells = list(_cells(box, sc))
+        with self._shared.lock:
+            self._shared.ensure_open(writable=False)
+            ds = self._shared.dataset(self._datasets[scale])
+            if ds.chunks is None:
+                return [g for g, _ in cells] if ds.id.get_storage_size() == 0 else []
+            absent = []
+            for g, cell in cells:
+                start = tuple(s.start for s in self._selection(cell, scale)[-3:])
+                coord = ((0,) if self._channel_axis else ()) + start
+                if ds.id.get_chunk_info_by_coord(coord).byte_offset is None:
+                    absent.append(g)
+        return sorted(absent)
+
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
         self._check_open()
+        if self.missing == "error":
+            self._check_present(box, scale)
         sel = self._selection(box, scale)
         lead = (self.meta.num_channels,) if self._channel_axis else ()
         # native byte order: HDF5 converts a big-endian file's values while reading

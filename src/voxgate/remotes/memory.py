@@ -2,19 +2,23 @@
 
 The reference every other Remote is tested against: a dense array per scale and nothing else.
 Named volumes live in a process-wide table until :func:`delete` (or ``MemoryRemote.clear()``).
+
+Like a chunked store, it records which chunks were written: a chunk no write has touched is
+absent (``absent_chunks``, ``missing="error"``), and :meth:`MemoryRemote.delete_chunk` drops
+one as deleting a chunk file would.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidRequestError, RemoteExistsError, RemoteNotFoundError
-from ..geometry import Box
+from ..geometry import Box, Vec, chunk_boxes
 from ..meta import Scale, VolumeMeta
 from ..meta import check_new_scales as _check_new_scales
 from .base import Capability, Remote, check_options
@@ -27,6 +31,14 @@ class _Stored:
     meta: VolumeMeta
     arrays: list[np.ndarray]
     lock: threading.Lock
+    #: per scale, the grid indices of chunks some write touched
+    written: list[set[Vec]] = field(default_factory=list)
+
+    def written_at(self, scale: int) -> set[Vec]:
+        """The written set of ``scale`` (call with ``lock`` held)."""
+        while len(self.written) <= scale:
+            self.written.append(set())
+        return self.written[scale]
 
 
 _volumes: dict[str, _Stored] = {}
@@ -91,15 +103,16 @@ class MemoryRemote(Remote):
                     np.full(lead + tuple(s.shape), meta.fill_value, dtype=meta.dtype)
                     for s in meta.scales
                 ]
-                _volumes[name] = _Stored(meta, arrays, threading.Lock())
+                _volumes[name] = _Stored(meta, arrays, threading.Lock(),
+                                         [set() for _ in meta.scales])
             stored = _volumes[name]
         return cls(name, stored, "r+")
 
     @property
     def capabilities(self) -> frozenset[Capability]:
         if self.mode != "r+":
-            return frozenset()
-        return frozenset({Capability.WRITE, Capability.ADD_SCALES})
+            return frozenset({Capability.CHUNK_PRESENCE})
+        return frozenset({Capability.WRITE, Capability.ADD_SCALES, Capability.CHUNK_PRESENCE})
 
     def add_scales(self, scales: Sequence[Scale]) -> None:
         self._check_writable()
@@ -111,6 +124,7 @@ class MemoryRemote(Remote):
                 self._stored.arrays.append(
                     np.full(lead + tuple(sc.shape), meta.fill_value, dtype=meta.dtype)
                 )
+                self._stored.written_at(len(self._stored.arrays) - 1)
             self._stored.meta = meta.with_scales([*meta.scales, *scales])
         self.meta = self._stored.meta
 
@@ -119,11 +133,36 @@ class MemoryRemote(Remote):
         return (Ellipsis, *box.slices(origin))
 
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        if self.missing == "error":
+            self._check_present(box, scale)
         arr = self._stored.arrays[scale]
         with self._stored.lock:
             return np.array(arr[self._slices(box, scale)], copy=True)
 
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
         self._check_writable()
+        sc = self.meta.scale(scale)
         with self._stored.lock:
             self._stored.arrays[scale][self._slices(box, scale)] = array
+            self._stored.written_at(scale).update(g for g, _ in chunk_boxes(box, sc.chunks,
+                                                                             sc.bounds))
+
+    def absent_chunks(self, box: Box, scale: int = 0) -> list[Vec]:
+        sc = self.meta.scale(scale)
+        with self._stored.lock:
+            written = self._stored.written_at(scale)
+            return sorted(g for g, _ in chunk_boxes(box, sc.chunks, sc.bounds) if g not in written)
+
+    def delete_chunk(self, index: Vec | tuple[int, int, int], scale: int = 0) -> None:
+        """Drop one chunk (grid index z, y, x), as deleting its file would: its voxels become
+        the fill value and it is absent until written again."""
+        self._check_writable()
+        sc = self.meta.scale(scale)
+        g = Vec(*index)
+        start = Vec(*(o + i * c for o, i, c in zip(sc.offset, g, sc.chunks, strict=True)))
+        cell = Box(start, start + sc.chunks).intersect(sc.bounds)
+        if cell.is_empty():
+            raise InvalidRequestError(f"chunk {tuple(g)} is outside scale {scale} of {self.url}")
+        with self._stored.lock:
+            self._stored.arrays[scale][self._slices(cell, scale)] = self.meta.fill_value
+            self._stored.written_at(scale).discard(g)

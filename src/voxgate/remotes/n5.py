@@ -223,7 +223,9 @@ class N5Remote(Remote):
     def _open_store(cls, path: str, mode: str) -> ts.TensorStore:
         with ts_errors(f"opening N5 dataset {path}"):
             return ts.open(
-                {"driver": "n5", "kvstore": kvstore_spec(path)},
+                # zeros are stored too: an absent block is one never written (or deleted)
+                {"driver": "n5", "kvstore": kvstore_spec(path),
+                 "store_data_equal_to_fill_value": True},
                 read=True,
                 write=mode == "r+",
                 context=ts_context(),
@@ -456,8 +458,8 @@ class N5Remote(Remote):
     @property
     def capabilities(self) -> frozenset[Capability]:
         if self.mode != "r+":
-            return frozenset()
-        caps = {Capability.WRITE}
+            return frozenset({Capability.CHUNK_PRESENCE})
+        caps = {Capability.WRITE, Capability.CHUNK_PRESENCE}
         if self._multiscale_group():
             caps.add(Capability.ADD_SCALES)
         return frozenset(caps)
@@ -502,7 +504,13 @@ class N5Remote(Remote):
         self.meta, self._arrays, self._paths = fresh.meta, fresh._arrays, fresh._paths
 
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        if self.missing == "error":
+            self._check_present(box, scale)
         return self._arrays[scale].read(box)
+
+    def absent_chunks(self, box: Box, scale: int = 0) -> list[Vec]:
+        sc = self.meta.scale(scale)
+        return self._arrays[scale].absent_chunks(box, sc.chunks, sc.bounds)
 
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
         self._check_writable()

@@ -29,6 +29,7 @@ import gzip
 import lzma
 import math
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -224,7 +225,7 @@ class PrecomputedRemote(Remote):
     # -- data -----------------------------------------------------------------------------------
     @property
     def capabilities(self) -> frozenset[Capability]:
-        caps: set[Capability] = set()
+        caps: set[Capability] = {Capability.CHUNK_PRESENCE}
         if self.mode == "r+":
             caps |= {Capability.WRITE, Capability.ADD_SCALES}
         # meshes and skeletons already in the layer are the "server-side" results here
@@ -254,6 +255,8 @@ class PrecomputedRemote(Remote):
         self._append_scales(self.meta, scales, sharded)
 
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        if self.missing == "error":
+            self._check_present(box, scale)
         io = self._scale_io(scale)
         try:
             return io.read(box)
@@ -268,6 +271,29 @@ class PrecomputedRemote(Remote):
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
         self._check_writable()
         self._scale_io(scale).write(box, array)
+
+    def absent_chunks(self, box: Box, scale: int = 0) -> list[Vec]:
+        """Chunks touching ``box`` with no chunk file (any of CloudVolume's compressed
+        suffixes counts) or, in a sharded scale, no entry in its shard's index."""
+        sc = self.meta.scale(scale)
+        cells = list(chunk_boxes(box, sc.chunks, sc.bounds))
+        sharding = self._info["scales"][scale].get("sharding")
+        where = join(self.location, sc.key or "")
+        if sharding:
+            present = _sharded_presence(where, sharding, sc, len(cells))
+            absent = [g for g, _ in cells if not present(g)]
+        elif is_local(self.location):
+            directory = local_path(where)
+
+            def stored(cell: Box) -> bool:
+                base = os.path.join(directory, _chunk_name(cell))
+                return any(os.path.exists(base + sfx) for sfx in ("", *_SUFFIXES))
+
+            absent = [g for g, cell in cells if not stored(cell)]
+        else:
+            kv = _KvChunks(where)
+            absent = [g for g, cell in cells if not kv.exists(_chunk_name(cell))]
+        return sorted(absent)
 
     def write_grid(self, scale: int = 0) -> Vec:
         sc = self.meta.scale(scale)
@@ -449,6 +475,9 @@ class _KvChunks:
             return None
         return bytes(result.value), full
 
+    def exists(self, name: str) -> bool:
+        return self.get(name) is not None
+
     def put(self, name: str, data: bytes, *, compress: bool = True) -> None:
         with ts_errors(f"writing chunk {join(self.where, name)}"):
             self._store().write(name, data).result()
@@ -541,6 +570,44 @@ def _each(fn: Callable[[_T], object], items: Iterable[_T]) -> None:
     with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
         for _ in pool.map(fn, todo):
             pass
+
+
+def _compressed_morton(g: Vec, sc: Scale) -> int:
+    """The compressed Morton code of grid index ``g`` (z, y, x): the chunk id of a sharded
+    scale.  Bits are taken from x, y, z in turn, skipping axes whose grid has run out."""
+    bits = [(n - 1).bit_length() for n in _grid(sc)]
+    xyz = g.xyz()
+    code, out = 0, 0
+    for level in range(max(bits, default=0)):
+        for d in range(3):
+            if level < bits[d]:
+                code |= ((int(xyz[d]) >> level) & 1) << out
+                out += 1
+    return code
+
+
+def _sharded_presence(
+    where: str, sharding: Mapping[str, Any], sc: Scale, count: int
+) -> Callable[[Vec], bool]:
+    """Whether a grid index has an entry in its shard: one lookup per chunk for a few chunks,
+    one listing of the shard indexes for many (no chunk data is decoded either way)."""
+    with ts_errors(f"opening the shards of {where}"):
+        kv = ts.KvStore.open(
+            {"driver": "neuroglancer_uint64_sharded", "base": kvstore_spec(where),
+             "metadata": dict(sharding)},
+            context=ts_context(),
+        ).result()
+    if count > 64:
+        with ts_errors(f"listing the shards of {where}"):
+            keys = {struct.unpack(">Q", bytes(k))[0] for k in kv.list().result()}
+        return lambda g: _compressed_morton(g, sc) in keys
+
+    def lookup(g: Vec) -> bool:
+        with ts_errors(f"looking up chunk {tuple(g)} in the shards of {where}"):
+            return bool(kv.read(struct.pack(">Q", _compressed_morton(g, sc))).result().state
+                        == "value")
+
+    return lookup
 
 
 def _chunk_name(cell: Box) -> str:

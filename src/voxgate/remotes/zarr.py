@@ -113,7 +113,10 @@ class ZarrRemote(Remote):
     def _open_store(cls, location: str, driver: str, mode: str) -> ts.TensorStore:
         with ts_errors(f"opening zarr array {location}"):
             return ts.open(
-                {"driver": driver, "kvstore": kvstore_spec(location)},
+                # every chunk written is stored, zeros too: an absent chunk is one never
+                # written (or deleted), which missing="error" and absent_chunks report
+                {"driver": driver, "kvstore": kvstore_spec(location),
+                 "store_data_equal_to_fill_value": True},
                 read=True,
                 write=mode == "r+",
                 context=ts_context(),
@@ -300,8 +303,8 @@ class ZarrRemote(Remote):
     @property
     def capabilities(self) -> frozenset[Capability]:
         if self.mode != "r+":
-            return frozenset()
-        caps = {Capability.WRITE}
+            return frozenset({Capability.CHUNK_PRESENCE})
+        caps = {Capability.WRITE, Capability.CHUNK_PRESENCE}
         if self._group_format is not None:
             caps.add(Capability.ADD_SCALES)
         return frozenset(caps)
@@ -350,7 +353,13 @@ class ZarrRemote(Remote):
         self.meta, self._arrays = fresh.meta, fresh._arrays
 
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        if self.missing == "error":
+            self._check_present(box, scale)
         return self._arrays[scale].read(box)
+
+    def absent_chunks(self, box: Box, scale: int = 0) -> list[Vec]:
+        sc = self.meta.scale(scale)
+        return self._arrays[scale].absent_chunks(box, sc.chunks, sc.bounds)
 
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
         self._check_writable()
