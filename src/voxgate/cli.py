@@ -28,19 +28,41 @@ def main() -> None:
     """voxgate: one API over zarr, N5, HDF5, precomputed and more."""
 
 
+_MISSING_HELP = (
+    "What absent source chunks mean: 'fill' (default) reports them and reads them as the fill "
+    "value; 'error' fails when any is absent."
+)
+
+
+def _absent_by_scale(vol: Any) -> dict[int, list[Any]] | None:
+    """Absent chunks of every scale, or None when the store cannot tell (bossdb, dvid)."""
+    from .remotes.base import Capability, has_capability
+
+    if not has_capability(vol.remote, Capability.CHUNK_PRESENCE):
+        return None
+    return {s.index: vol.at_scale(s.index).missing_chunks() for s in vol.meta.scales}
+
+
 @main.command()
 @click.argument("url")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def info(url: str, as_json: bool) -> None:
+@click.option("--check", is_flag=True,
+              help="Also list the chunks absent from the store inside each scale's bounds.")
+@click.option("--missing", type=click.Choice(["fill", "error"]), default="fill",
+              help="With --check: 'error' exits with an error when any chunk is absent.")
+def info(url: str, as_json: bool, check: bool, missing: str) -> None:
     """Describe the volume at URL: dtype, kind, scales, chunks, voxel sizes."""
     from .api import open as vopen
+    from .remotes.base import LISTED_CHUNKS, format_chunks
 
     try:
         vol = vopen(url)
+        absent = _absent_by_scale(vol) if check else None
     except (VoxgateError, OSError) as exc:
         _fail(exc)
         return
     meta = vol.meta
+    total_absent = sum(len(v) for v in (absent or {}).values())
     if as_json:
         import json
 
@@ -62,29 +84,58 @@ def info(url: str, as_json: bool) -> None:
                 for s in meta.scales
             ],
         }
+        if check:
+            # per scale: how many chunks are absent and the first few grid indices (z, y, x);
+            # null when the store cannot tell
+            out["absent_chunks"] = None if absent is None else {
+                str(k): {"total": len(v),
+                         "first_zyx": [[int(i) for i in g] for g in v[:LISTED_CHUNKS]]}
+                for k, v in absent.items()
+            }
         click.echo(json.dumps(out, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
+    else:
+        from rich.console import Console
+        from rich.table import Table
 
-    console = Console()
-    console.print(f"[bold]{vol.url}[/bold]")
-    console.print(
-        f"  {meta.dtype.name} {meta.kind}, {meta.num_channels} channel(s), "
-        f"{len(meta.scales)} scale(s), axes (z, y, x)"
-    )
-    table = Table("scale", "shape", "chunks", "voxel size", "offset", "encoding")
-    for s in meta.scales:
-        vs = s.voxel_size
-        table.add_row(
-            str(s.index),
-            " x ".join(map(str, s.shape)),
-            " x ".join(map(str, s.chunks)),
-            f"{vs.z:g} x {vs.y:g} x {vs.x:g} {vs.unit}",
-            ", ".join(map(str, s.offset)),
-            s.encoding or "",
+        console = Console()
+        console.print(f"[bold]{vol.url}[/bold]")
+        console.print(
+            f"  {meta.dtype.name} {meta.kind}, {meta.num_channels} channel(s), "
+            f"{len(meta.scales)} scale(s), axes (z, y, x)"
         )
-    console.print(table)
+        table = Table("scale", "shape", "chunks", "voxel size", "offset", "encoding")
+        for s in meta.scales:
+            vs = s.voxel_size
+            table.add_row(
+                str(s.index),
+                " x ".join(map(str, s.shape)),
+                " x ".join(map(str, s.chunks)),
+                f"{vs.z:g} x {vs.y:g} x {vs.x:g} {vs.unit}",
+                ", ".join(map(str, s.offset)),
+                s.encoding or "",
+            )
+        console.print(table)
+        if check and absent is None:
+            click.echo("check: this store shows clients no chunks (it answers every region in "
+                       "bounds), so absent chunks cannot be listed")
+        elif check and not total_absent:
+            click.echo(f"check: no chunk absent in {len(absent or {})} scale(s)")
+        elif check and absent is not None:
+            for k, v in absent.items():
+                if v:
+                    click.echo(f"check: {len(v)} chunk(s) absent at scale {k}: "
+                               f"{format_chunks(v)}")
+            click.echo(f"check: {total_absent} chunk(s) absent in all; they read as the fill "
+                       f"value {meta.fill_value} (open with missing='error' to refuse them)")
+    if check and missing == "error":
+        if absent is None:
+            raise click.ClickException(
+                f"CapabilityNotSupportedError: {vol.url} cannot tell absent chunks"
+            )
+        if total_absent:
+            raise click.ClickException(
+                f"MissingChunkError: {total_absent} chunk(s) absent from {vol.url}"
+            )
 
 
 @main.command()
@@ -98,9 +149,11 @@ def info(url: str, as_json: bool) -> None:
     "--option", "-o", "options", multiple=True,
     help="Destination option KEY=VALUE when cp creates it (e.g. -o zarr_format=2).",
 )
+@click.option("--missing", type=click.Choice(["fill", "error"]), default="fill",
+              help=_MISSING_HELP)
 def cp(
     src: str, dst: str, box: str | None, scales: str | None, workers: int | None,
-    no_progress: bool, options: tuple[str, ...],
+    no_progress: bool, options: tuple[str, ...], missing: str,
 ) -> None:
     """Copy SRC to DST (created with SRC's metadata if missing); rerun to resume."""
     from .transfer import copy
@@ -111,7 +164,7 @@ def cp(
         opts = dict(_parse_option(o) for o in options)
         report = copy(
             src, dst, box=parsed_box, scales=scale_list, workers=workers,
-            progress=not no_progress, **opts,
+            progress=not no_progress, missing=missing, **opts,
         )
     except (VoxgateError, OSError, ValueError) as exc:
         _fail(exc)

@@ -26,11 +26,17 @@ from typing import Any
 import numpy as np
 
 from .api import create_remote, open_remote
-from .errors import InvalidRequestError, OutOfBoundsError, PartialWriteError
+from .errors import InvalidRequestError, MissingChunkError, OutOfBoundsError, PartialWriteError
 from .geometry import Box, Vec, chunk_boxes, grow_block
 from .meta import VolumeMeta
 from .parallel import default_workers, run_blocks
-from .remotes.base import Remote
+from .remotes.base import (
+    Capability,
+    Remote,
+    check_missing,
+    format_chunks,
+    has_capability,
+)
 from .volume import Volume
 
 __all__ = ["CopyReport", "copy", "journal_dir"]
@@ -57,16 +63,31 @@ class CopyReport:
     created: bool = False
     resumed: bool = False
     per_scale: dict[int, int] = field(default_factory=dict)
+    #: per scale, the grid indices (z, y, x) of source chunks absent inside the copied region
+    #: (they were copied as the fill value); empty when the source cannot tell (bossdb, dvid)
+    absent_chunks: dict[int, list[Vec]] = field(default_factory=dict)
+    #: whether the source could say which chunks are absent
+    absent_checked: bool = False
+
+    def absent_summary(self) -> str:
+        """ "N chunks absent at scale k: ..." for each scale with absent chunks, or ""."""
+        return "; ".join(
+            f"{len(chunks)} chunk(s) absent at scale {k}: {format_chunks(chunks)}"
+            for k, chunks in sorted(self.absent_chunks.items()) if chunks
+        )
 
     def __str__(self) -> str:
         mb = self.bytes_written / 2**20
         rate = mb / self.seconds if self.seconds > 0 else float("inf")
         verb = "created and copied" if self.created else "copied"
         extra = f", resumed: {self.chunks_skipped} chunks already done" if self.resumed else ""
+        absent = self.absent_summary()
+        if absent:
+            absent = f"; source {absent}, copied as the fill value"
         return (
             f"{verb} {self.src} -> {self.dst}: scales {self.scales}, "
             f"{self.chunks_written} chunks written ({mb:.1f} MiB, {rate:.1f} MiB/s), "
-            f"{self.blocks_empty} empty blocks left as fill{extra}, {self.seconds:.2f} s"
+            f"{self.blocks_empty} empty blocks left as fill{extra}, {self.seconds:.2f} s{absent}"
         )
 
 
@@ -78,7 +99,9 @@ def journal_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "voxgate" / "transfers"
 
 
-def _as_remote(x: str | os.PathLike[str] | Volume, mode: str) -> tuple[Remote, Box | None, int]:
+def _as_remote(
+    x: str | os.PathLike[str] | Volume, mode: str, **options: Any
+) -> tuple[Remote, Box | None, int]:
     if isinstance(x, Volume):
         remote = x.remote
         if mode == "r+" and remote.mode != "r+":
@@ -86,7 +109,11 @@ def _as_remote(x: str | os.PathLike[str] | Volume, mode: str) -> tuple[Remote, B
         full = x.at_scale(x.scale)
         box = None if x.shape == full.shape else x.bounds
         return remote, box, x.scale
-    return open_remote(os.fspath(x), mode=mode), None, 0
+    return open_remote(os.fspath(x), mode=mode, **options), None, 0
+
+
+def _name(x: str | os.PathLike[str] | Volume) -> str:
+    return x.url if isinstance(x, Volume) else os.fspath(x)
 
 
 def _scale_box(box: Box, meta: VolumeMeta, scale: int) -> Box:
@@ -194,6 +221,7 @@ def copy(
     scales: Sequence[int] | None = None,
     workers: int | None = None,
     progress: bool = True,
+    missing: str = "fill",
     **create_options: Any,
 ) -> CopyReport:
     """Copy a volume (all its scales by default) from ``src`` to ``dst``.
@@ -203,9 +231,15 @@ def copy(
     shapes must match.  ``box`` limits the copy to a scale-0 region (dataset coordinates);
     coarser scales copy the voxels that region covers.  Rerunning an interrupted copy with the
     same arguments resumes it.
+
+    Chunks absent from the source inside the copied region are listed in the report
+    (``report.absent_chunks``, per scale) and copied as the fill value; with
+    ``missing="error"`` the copy refuses to start when any is absent (MissingChunkError) and
+    reads the source with ``missing="error"``.
     """
     t0 = time.perf_counter()
-    s_remote, s_box, _ = _as_remote(src, "r")
+    check_missing(missing)
+    s_remote, s_box, _ = _as_remote(src, "r", missing=missing)
     if box is None:
         box = s_box
     if box is not None and not isinstance(box, Box):
@@ -215,6 +249,27 @@ def copy(
         wanted = list(range(len(smeta.scales)))
     else:
         wanted = [smeta.scale(int(k)).index for k in scales]
+
+    absent: dict[int, list[Vec]] = {}
+    checked = has_capability(s_remote, Capability.CHUNK_PRESENCE)
+    if checked:
+        for k in wanted:
+            region = smeta.scale(k).bounds if box is None else _scale_box(box, smeta, k)
+            if not region.is_empty():
+                found = s_remote.absent_chunks(region, k)
+                if found:
+                    absent[k] = found
+    if missing == "error" and absent:
+        k, chunks = min(absent.items())
+        raise MissingChunkError(
+            f"copy {s_remote.url} -> {_name(dst)} refused (missing='error'): "
+            + "; ".join(f"{len(c)} chunk(s) absent at scale {kk}: {format_chunks(c)}"
+                        for kk, c in sorted(absent.items()))
+            + "; nothing was created or written (copy with missing='fill' to copy them as the "
+            "fill value)",
+            chunks=chunks,
+            scale=k,
+        )
 
     created = False
     if isinstance(dst, Volume):
@@ -288,6 +343,7 @@ def copy(
     journal = _Journal(journal_dir() / f"{digest}.journal", header)
     report = CopyReport(s_remote.url, d_remote.url, wanted, blocks_total=len(plan), created=created)
     report.resumed = bool(journal.done)
+    report.absent_chunks, report.absent_checked = absent, checked
     if created:
         journal.mark_created()
     # a destination this copy created (now or before an interruption) holds only fill where no
