@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -10,14 +11,18 @@ from intern.remote.boss import BossRemote
 
 import voxgate
 
-from .conftest import RO, RW, RelayProcess, Upstreams, write_config
+from .conftest import RO, RW, RelayProcess, make_upstreams, write_config
 
 
-def _metrics(r: RelayProcess) -> dict:  # type: ignore[type-arg]
-    return httpx.get(r.url + "/metrics", timeout=10).json()["cache"]
+def _metrics(r: RelayProcess, token: str = RW) -> dict:  # type: ignore[type-arg]
+    # /metrics needs a token where reads do (public_read = false)
+    return httpx.get(r.url + "/metrics", headers={"Authorization": f"Token {token}"},
+                     timeout=10).json()["cache"]
 
 
-def test_three_tier_chain(upstreams: Upstreams, tmp_path: Path, relay_factory) -> None:  # type: ignore[no-untyped-def]
+def test_three_tier_chain(tmp_path: Path, relay_factory: Callable[..., RelayProcess]) -> None:
+    (tmp_path / "up").mkdir()
+    upstreams = make_upstreams(tmp_path / "up")  # this test's own: it writes to them
     lab_dir = tmp_path / "lab"
     lab_dir.mkdir()
     lab = relay_factory(write_config(lab_dir / "relay.toml", upstreams.root))
@@ -50,14 +55,14 @@ tokens = {{ "laptop-token" = "read-write" }}
     first = client.get_cutout(raw, 0, [13, 201], [7, 233], [3, 37])
     np.testing.assert_array_equal(first, upstreams.image[3:37, 7:233, 13:201])
     after_first_lab = _metrics(lab)
-    after_first_laptop = _metrics(laptop)
+    after_first_laptop = _metrics(laptop, "laptop-token")
     assert after_first_laptop["misses"] > 0
     assert after_first_lab["bytes_served"] > before_lab["bytes_served"]
 
     second = client.get_cutout(raw, 0, [13, 201], [7, 233], [3, 37])
     np.testing.assert_array_equal(second, first)
     after_second_lab = _metrics(lab)
-    after_second_laptop = _metrics(laptop)
+    after_second_laptop = _metrics(laptop, "laptop-token")
     # the nearest tier served it: the laptop hit its cache, the lab relay saw nothing new
     assert after_second_laptop["memory_hits"] > after_first_laptop["memory_hits"]
     assert after_second_laptop["misses"] == after_first_laptop["misses"]
@@ -72,10 +77,11 @@ tokens = {{ "laptop-token" = "read-write" }}
     seg = client.get_channel("seg", "mine", "em")
     patch = np.full((2, 3, 4), 2**62 + 5, dtype=np.uint64)
     client.create_cutout(seg, 0, [100, 104], [50, 53], [20, 22], patch)
-    store = voxgate.open(f"zarr://{upstreams.root}/seg.zarr", mode="r+")
+    store = voxgate.open(f"zarr://{upstreams.root}/seg.zarr")
     np.testing.assert_array_equal(store[20:22, 50:53, 100:104].read(), patch)
+    # and the laptop serves it back (read-your-writes through both tiers)
+    np.testing.assert_array_equal(client.get_cutout(seg, 0, [100, 104], [50, 53], [20, 22]), patch)
     lab_client = BossRemote({"protocol": "http", "host": f"127.0.0.1:{lab.port}", "token": RO})
     np.testing.assert_array_equal(
         lab_client.get_cutout(lab_client.get_channel("seg", "lab", "em"), 0, [100, 104],
                               [50, 53], [20, 22]), patch)
-    store[20:22, 50:53, 100:104] = upstreams.labels[20:22, 50:53, 100:104]

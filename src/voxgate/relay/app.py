@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import threading
 from typing import Any
 
@@ -15,6 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..api import create_remote
 from ..errors import (
@@ -114,6 +117,36 @@ class Relay:
         if grant is None or grant.collections is None:
             return names
         return [c for c in names if c in grant.collections]
+
+    def scrub(self, message: str) -> str:
+        """``message`` without the server's paths and upstream URLs: each becomes a label
+        (``[data root]``, ``[upstream of c/e/ch]``), so an error body never shows them."""
+        cfg = self.config
+        found: dict[str, str] = {}
+
+        def add(text: str, label: str) -> None:
+            variants = [text]
+            rest = text
+            while "://" in rest:  # precomputed://file:///x -> file:///x -> /x
+                rest = rest.split("://", 1)[1]
+                variants.append(rest)
+            for v in list(variants):
+                if v.startswith("/"):
+                    variants.append(os.path.realpath(v))
+            for v in variants:
+                if len(v) > 1 and v.strip("/"):
+                    found.setdefault(v.rstrip("/") or v, label)
+
+        for entry in list(self.catalog.channels.values()):
+            add(entry.upstream_url, f"[upstream of {'/'.join(entry.key)}]")
+        for path, label in ((cfg.data_root, "[data root]"), (cfg.cache.disk_path, "[cache]"),
+                            (cfg.state_path, "[state file]"),
+                            (self.catalog.state_path, "[state file]")):
+            if path is not None:
+                add(str(path), label)
+        for text in sorted(found, key=len, reverse=True):
+            message = message.replace(text, found[text])
+        return message
 
     def user(self, request: Request) -> str:
         token = self.token(request)
@@ -322,9 +355,50 @@ class Relay:
         return out
 
 
-def _error_response(request: Request, exc: Exception) -> Response:
+#: set on the 502 of data that does not decode: not transient, so clients do not retry it
+CORRUPT_HEADER = "X-Voxgate-Error"
+CORRUPT_VALUE = "corrupt-data"
+
+
+def _corrupt_cause(exc: BaseException) -> CorruptChunkError | None:
+    """The CorruptChunkError behind an upstream failure, if that is what it was."""
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 8:
+        if isinstance(cur, CorruptChunkError):
+            return cur
+        if not isinstance(cur, UpstreamError):
+            return None
+        cur = cur.__cause__
+        seen += 1
+    return None
+
+
+def _error_response(relay: Relay, request: Request, exc: Exception) -> Response:
+    """The boss JSON error of ``exc``, with the server's paths taken out of its message."""
+    res = _raw_error_response(request, exc)
+    if not res.body:
+        return res
+    doc = json.loads(bytes(res.body))
+    for key in ("message", "detail"):
+        if isinstance(doc.get(key), str):
+            doc[key] = relay.scrub(doc[key])
+    headers = {k: v for k, v in res.headers.items()
+               if k.lower() not in ("content-length", "content-type")}
+    return JSONResponse(doc, status_code=res.status_code, headers=headers)
+
+
+def _raw_error_response(request: Request, exc: Exception) -> Response:
     if isinstance(exc, BossHTTPError):
         return exc.response()
+    corrupt = _corrupt_cause(exc)
+    if corrupt is not None and not isinstance(exc, UpstreamTimeoutError):
+        log.warning("corrupt upstream data on %s %s: %s", request.method, request.url.path,
+                    corrupt)
+        return boss_error(502, IO_ERROR, f"corrupt data upstream: {corrupt} (the stored data "
+                          "does not decode; this is not transient and retrying will not help; "
+                          "the relay never serves zeros in its place)",
+                          headers={CORRUPT_HEADER: CORRUPT_VALUE})
     if isinstance(exc, NotFound | RemoteNotFoundError):
         return boss_error(404, RESOURCE_NOT_FOUND, str(exc))
     if isinstance(exc, UpstreamTimeoutError):
@@ -344,6 +418,41 @@ def _error_response(request: Request, exc: Exception) -> Response:
     return boss_error(500, UNHANDLED_EXCEPTION, f"internal error ({type(exc).__name__})")
 
 
+class _KeepConnection:
+    """Answers an exception no handler took with the boss JSON 500 right here.
+
+    Starlette's last-resort handler sends the 500 and then re-raises, and uvicorn closes the
+    connection of any request whose app raised: every client with a keep-alive connection then
+    got "connection reset" on its next request.  Caught here, the exception is logged and
+    answered, and the connection stays usable.  (Only an exception after the response began
+    still closes it: half a response cannot be taken back.)
+    """
+
+    def __init__(self, app: ASGIApp, relay: Relay) -> None:
+        self.app = app
+        self.relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:
+                raise
+            # (logged there, with its traceback, when it is a bug)
+            await _error_response(self.relay, Request(scope), exc)(scope, receive, send)
+
+
 def build_app(config: RelayConfig) -> Starlette:
     import blosc
 
@@ -353,6 +462,7 @@ def build_app(config: RelayConfig) -> Starlette:
     relay = Relay(config)
 
     async def metrics(request: Request) -> Response:
+        relay.authorize(request, None, write=False)  # as private as the data it describes
         return JSONResponse(relay.metrics())
 
     async def not_found_route(request: Request, exc: Exception) -> Response:
@@ -363,7 +473,7 @@ def build_app(config: RelayConfig) -> Starlette:
                             status_code=405)
 
     async def handler(request: Request, exc: Exception) -> Response:
-        return _error_response(request, exc)
+        return _error_response(relay, request, exc)
 
     routes = [Route("/metrics", metrics), *boss_routes(relay), *precomputed_routes(relay)]
     app = Starlette(
@@ -374,7 +484,8 @@ def build_app(config: RelayConfig) -> Starlette:
                             # plain-text page (Starlette re-raises it after, so it is logged)
                             Exception: handler},
         middleware=[Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET"],
-                               allow_headers=["*"], expose_headers=["Content-Encoding"])],
+                               allow_headers=["*"], expose_headers=["Content-Encoding"]),
+                    Middleware(_KeepConnection, relay=relay)],
     )
     app.state.relay = relay
     return app

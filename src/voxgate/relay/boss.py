@@ -7,6 +7,7 @@ of raw C-order (z, y, x) bytes.  Request bodies are never unpickled.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import re
@@ -58,6 +59,7 @@ __all__ = ["boss_routes", "local_channel_meta", "remove_tree"]
 # ASCII digits only, and few enough that int() never refuses them (Python caps long strings)
 _RANGE = re.compile(r"([0-9]{1,18}):([0-9]{1,18})")
 _INT = re.compile(r"[0-9]{1,18}")
+_ID = re.compile(r"[0-9]{1,25}")  # range-checked after: a uint64 id has at most 20 digits
 _BOSS_CUBOID = Vec(16, 512, 512)  # z, y, x: the grid "loose" bounding boxes align to
 _HIERARCHY = ("anisotropic", "isotropic")
 _DATATYPES = ("uint8", "uint16", "uint32", "uint64")
@@ -261,6 +263,35 @@ def boss_routes(relay: Relay) -> list[Route]:
         raise BossHTTPError(400, UNSUPPORTED_VERSION, "This API version is unsupported. Update "
                             "to version v1")
 
+    # -- who may see and change what -----------------------------------------------------------
+    def is_admin(token: str | None) -> bool:
+        """An open relay's every client, or a read-write token not limited to collections."""
+        auth = relay.config.auth
+        if auth.open:
+            return True
+        grant = auth.tokens.get(token) if token is not None else None
+        return grant is not None and grant.role == "read-write" and grant.collections is None
+
+    def frame_users() -> dict[str, set[str]]:
+        """Each coordinate frame in use -> the collections whose experiments use it."""
+        cat = relay.catalog
+        out: dict[str, set[str]] = {}
+        for c in cat.collection_names():
+            for e in cat.experiment_names(c):
+                out.setdefault(cat.frame_name(c, e), set()).add(c)
+        return out
+
+    def frame_visible(request: Request, name: str, users: dict[str, set[str]]) -> bool:
+        """A frame is seen by its creator, by admin tokens, and by every token that may read a
+        collection with an experiment that uses it."""
+        token = relay.token(request)
+        if is_admin(token):
+            return True
+        stored = relay.catalog.state["coords"].get(name)
+        if stored is not None and token is not None and stored.get("owner") == _owner(token):
+            return True
+        return bool(users.get(name, set()) & set(relay.readable_collections(request)))
+
     # -- collections ----------------------------------------------------------------------------
     def collection_json(c: str) -> dict[str, Any]:
         stored = relay.catalog.state["collections"].get(c, {})
@@ -284,30 +315,35 @@ def boss_routes(relay: Relay) -> list[Route]:
             if check in cat.collection_names():
                 raise bad_request(RESOURCE_EXISTS, f"Collection {c} already exists")
             body = await _json_body(request)
-            cat.state["collections"][c] = {"description": str(body.get("description", "")),
-                                           "creator": relay.user(request),
-                                           "public": bool(body.get("public", False))}
-            _undelete(cat.state, c)
-            cat.save()
+            record = {"description": _text(body, "description"),
+                      "public": _flag(body, "public", False)}
+            with cat._lock:
+                cat.state["collections"][c] = {**record, "creator": relay.user(request)}
+                _undelete(cat.state, c)
+                cat.save()
             return json(collection_json(c), 201)
         relay.known_collection(c)
         if request.method == "PUT":
             body = await _json_body(request)
-            if "name" in body and body["name"] != c:
-                raise bad_request(INVALID_POST_ARGUMENT, "renaming a collection is not supported")
-            stored = cat.state["collections"].setdefault(c, {})
-            for k in ("description", "public"):
-                if k in body:
-                    stored[k] = body[k]
-            cat.save()
+            _only(body, {"name", "description", "public"})
+            _same_name(body, c, "collection")
+            changes: dict[str, Any] = {}
+            if "description" in body:
+                changes["description"] = _text(body, "description")
+            if "public" in body:
+                changes["public"] = _flag(body, "public", False)
+            with cat._lock:
+                cat.state["collections"].setdefault(c, {}).update(changes)
+                cat.save()
             return json(collection_json(c))
         # DELETE
         if cat.experiment_names(c):
             raise bad_request(INTEGRITY_ERROR, f"Cannot delete {c}: it has experiments. Delete "
                               "them first")
-        cat.state["collections"].pop(c, None)
-        cat.state["deleted"].append(c)
-        cat.save()
+        with cat._lock:
+            cat.state["collections"].pop(c, None)
+            cat.state["deleted"].append(c)
+            cat.save()
         return Response(status_code=204)
 
     # -- experiments ----------------------------------------------------------------------------
@@ -352,71 +388,62 @@ def boss_routes(relay: Relay) -> list[Route]:
             if e in cat.experiment_names(c):
                 raise bad_request(RESOURCE_EXISTS, f"Experiment {e} already exists in {c}")
             body = await _json_body(request)
+            record = _experiment_fields(body, defaults=True)
             frame = body.get("coord_frame")
-            if frame not in await run(cat.coord_frames):
-                raise bad_request(INVALID_POST_ARGUMENT,
-                                  f"coord_frame {frame!r} does not exist; create it first")
-            method = body.get("hierarchy_method", "anisotropic")
-            if method not in _HIERARCHY:
-                raise bad_request(INVALID_POST_ARGUMENT,
-                                  f"hierarchy_method must be one of {_HIERARCHY}, got {method!r}")
-            levels = body.get("num_hierarchy_levels", 1)
-            if not isinstance(levels, int) or not 1 <= levels <= 16:
-                raise bad_request(INVALID_POST_ARGUMENT,
-                                  f"num_hierarchy_levels must be an integer 1..16, got {levels!r}")
-            samples = body.get("num_time_samples", 1)
-            if samples != 1:
-                raise bad_request(INVALID_POST_ARGUMENT,
-                                  "this relay stores one time sample per channel")
-            cat.state["experiments"][key] = {
-                "coord_frame": frame, "num_hierarchy_levels": levels, "hierarchy_method": method,
-                "num_time_samples": 1, "time_step": body.get("time_step"),
-                "time_step_unit": body.get("time_step_unit"),
-                "description": str(body.get("description", "")), "creator": relay.user(request),
-                "public": bool(body.get("public", False))}
-            _undelete(cat.state, c, e)
-            cat.save()
+            if not isinstance(frame, str):
+                raise _invalid(f"coord_frame must be the name of a coordinate frame (a string), "
+                               f"got {_kind(frame)}")
+            frames = await run(cat.coord_frames)
+            users = await run(frame_users)
+            if frame not in frames or not frame_visible(request, frame, users):
+                raise _invalid(f"coord_frame {_short(frame)} does not exist; create it first")
+            if record["num_time_samples"] != 1:
+                raise _invalid("this relay stores one time sample per channel")
+            with cat._lock:
+                cat.state["experiments"][key] = {
+                    **record, "coord_frame": frame, "creator": relay.user(request)}
+                _undelete(cat.state, c, e)
+                cat.save()
             return json(experiment_json(c, e), 201)
         relay.known_experiment(c, e)
         if request.method == "PUT":
             body = await _json_body(request)
-            readonly = set(body) - {"name", "description", "num_hierarchy_levels",
-                                    "hierarchy_method", "num_time_samples", "time_step",
-                                    "time_step_unit", "public"}
-            if readonly:
-                raise bad_request(INVALID_POST_ARGUMENT, "Cannot update the following readonly "
-                                  f"fields: {sorted(readonly)}")
+            _only(body, {"name", "description", "num_hierarchy_levels", "hierarchy_method",
+                         "num_time_samples", "time_step", "time_step_unit", "public"})
+            _same_name(body, e, "experiment")
+            changes = _experiment_fields(body, defaults=False)
             current = await run(lambda: experiment_json(c, e))
-            stored = cat.state["experiments"].setdefault(key, {
-                k: current[k] for k in ("coord_frame", "num_hierarchy_levels",
-                                        "hierarchy_method", "num_time_samples", "time_step",
-                                        "time_step_unit", "description")})
-            for k in ("description", "public", "time_step", "time_step_unit"):
-                if k in body:
-                    stored[k] = body[k]
             for k in ("num_hierarchy_levels", "hierarchy_method", "num_time_samples"):
-                if k in body and body[k] != current[k]:
-                    raise bad_request(INVALID_POST_ARGUMENT, f"{k} cannot change once the "
-                                      "experiment holds channels" if current["channels"] else
-                                      f"{k} cannot change on this relay")
-            cat.save()
+                if k in changes and changes[k] != current[k]:
+                    raise _invalid(f"{k} cannot change once the experiment holds channels"
+                                   if current["channels"] else f"{k} cannot change on this relay")
+            with cat._lock:
+                stored = cat.state["experiments"].setdefault(key, {
+                    k: current[k] for k in ("coord_frame", "num_hierarchy_levels",
+                                            "hierarchy_method", "num_time_samples", "time_step",
+                                            "time_step_unit", "description")})
+                stored.update(changes)
+                cat.save()
             return json(experiment_json(c, e))
         if cat.channel_names(c, e):
             raise bad_request(INTEGRITY_ERROR, f"Cannot delete {e}: it has channels. Delete them "
                               "first")
-        cat.state["experiments"].pop(key, None)
-        cat.state["deleted"].append(key)
-        cat.save()
+        with cat._lock:
+            cat.state["experiments"].pop(key, None)
+            cat.state["deleted"].append(key)
+            cat.save()
         return Response(status_code=204)
 
     # -- coordinate frames ----------------------------------------------------------------------
     async def list_coords(request: Request) -> Response:
         relay.authorize(request, None, write=False)
-        return json({"coords": sorted(await run(relay.catalog.coord_frames))})
+        frames = await run(relay.catalog.coord_frames)
+        users = await run(frame_users)
+        return json({"coords": sorted(n for n in frames if frame_visible(request, n, users))})
 
     async def coord(request: Request) -> Response:
         name = request.path_params["cf"]
-        relay.authorize(request, None, write=request.method != "GET")
+        token = relay.authorize(request, None, write=request.method != "GET")
         cat = relay.catalog
         frames = await run(cat.coord_frames)
         if request.method == "POST":
@@ -424,52 +451,49 @@ def boss_routes(relay: Relay) -> list[Route]:
             if name in frames:
                 raise bad_request(RESOURCE_EXISTS, f"Coordinate frame {name} already exists")
             body = await _json_body(request)
-            rec: dict[str, Any] = {"name": name, "description": str(body.get("description", ""))}
-            try:
-                for ax in "xyz":
-                    a, b = int(body[f"{ax}_start"]), int(body[f"{ax}_stop"])
-                    if not 0 <= a < b:
-                        raise ValueError(f"{ax}_start must be >= 0 and below {ax}_stop")
-                    rec[f"{ax}_start"], rec[f"{ax}_stop"] = a, b
-                    v = float(body.get(f"{ax}_voxel_size", 1.0))
-                    if not v > 0:
-                        raise ValueError(f"{ax}_voxel_size must be positive")
-                    rec[f"{ax}_voxel_size"] = v
-            except (KeyError, TypeError, ValueError) as exc:
-                raise bad_request(INVALID_POST_ARGUMENT, f"invalid coordinate frame: {exc}") \
-                    from None
-            unit = body.get("voxel_unit", "nanometers")
-            try:
-                boss_unit_to_nm(unit)
-            except InvalidRequestError as exc:
-                raise bad_request(INVALID_POST_ARGUMENT, str(exc)) from None
-            rec["voxel_unit"] = unit
-            cat.state["coords"][name] = rec
-            _undelete(cat.state, "coord", name)
-            cat.save()
+            rec = _frame_record(name, body)
+            with cat._lock:
+                cat.state["coords"][name] = {**rec, "creator": relay.user(request),
+                                             "owner": _owner(token)}
+                _undelete(cat.state, "coord", name)
+                cat.save()
             return json(rec, 201)
         if name not in frames:
             raise not_found(f"{name} does not exist.")
+        users = await run(frame_users)
+        if not frame_visible(request, name, users):
+            raise BossHTTPError(403, MISSING_PERMISSION, "This user does not have the required "
+                                f"permissions: the token may not read coordinate frame {name} "
+                                "(it neither created it nor may read a collection that uses it)")
         if request.method == "GET":
-            return json(frames[name])
-        if name not in cat.state["coords"]:
+            return json(_frame_json(frames[name]))
+        stored = cat.state["coords"].get(name)
+        if stored is None:
             raise BossHTTPError(403, MISSING_PERMISSION, f"coordinate frame {name} is derived "
                                 "from the relay's upstream volumes and cannot be changed")
+        if not is_admin(token) and (token is None or stored.get("owner") != _owner(token)):
+            what = "update" if request.method == "PUT" else "delete"
+            raise BossHTTPError(403, MISSING_PERMISSION, "This user does not have the required "
+                                f"permissions: only the token that created coordinate frame "
+                                f"{name}, or an admin token, may {what} it")
         if request.method == "PUT":
             body = await _json_body(request)
             if set(body) - {"name", "description"}:
-                raise bad_request(INVALID_POST_ARGUMENT, "only name and description of a "
-                                  "coordinate frame can be updated")
-            if "description" in body:
-                cat.state["coords"][name]["description"] = str(body["description"])
+                raise _invalid("only name and description of a coordinate frame can be updated")
+            _same_name(body, name, "coordinate frame")
+            changes = {"description": _text(body, "description")} if "description" in body \
+                else {}
+            with cat._lock:
+                stored.update(changes)
+                cat.save()
+            return json(_frame_json(stored))
+        users_of = [k for k, v in cat.state["experiments"].items() if v.get("coord_frame") == name
+                    and not cat.deleted(*k.split("/"))]
+        if users_of:
+            raise bad_request(INTEGRITY_ERROR, f"coordinate frame {name} is used by {users_of}")
+        with cat._lock:
+            cat.state["coords"].pop(name)
             cat.save()
-            return json(cat.state["coords"][name])
-        users = [k for k, v in cat.state["experiments"].items() if v.get("coord_frame") == name
-                 and not cat.deleted(*k.split("/"))]
-        if users:
-            raise bad_request(INTEGRITY_ERROR, f"coordinate frame {name} is used by {users}")
-        cat.state["coords"].pop(name)
-        cat.save()
         return Response(status_code=204)
 
     # -- channels -------------------------------------------------------------------------------
@@ -477,6 +501,18 @@ def boss_routes(relay: Relay) -> list[Route]:
         c, e = request.path_params["c"], request.path_params["e"]
         relay.authorize(request, c, write=False)
         return json({"channels": await run(lambda: relay.catalog.channel_names(c, e))})
+
+    def channel_links(body: dict[str, Any], key: str, c: str, e: str,
+                      ch: str) -> list[str]:
+        """``sources`` / ``related``: names of other channels of the same experiment."""
+        names = _names(body, key)
+        known = set(relay.catalog.channel_names(c, e)) - {ch}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise _invalid(f"{key} must name other channels of {c}/{e}; "
+                           f"{', '.join(missing[:5])} {'is' if len(missing) == 1 else 'are'} not "
+                           "one")
+        return names
 
     async def channel(request: Request) -> Response:
         c, e, ch = (request.path_params[k] for k in ("c", "e", "ch"))
@@ -488,26 +524,47 @@ def boss_routes(relay: Relay) -> list[Route]:
             return json(await run(lambda: _channel_json(relay, entry)))
         if request.method == "POST":
             _name(ch, "channel")
+            if len(ch) > _STORED_NAME_MAX:
+                raise _invalid(f"channel name is {len(ch)} characters long; a channel this relay "
+                               f"stores is the file {{name}}.zarr, so its name is at most "
+                               f"{_STORED_NAME_MAX} characters")
             relay.known_experiment(c, e)
             if ch in cat.channel_names(c, e):
                 raise bad_request(RESOURCE_EXISTS, f"Channel {ch} already exists in {c}/{e}")
             body = await _json_body(request)
-            entry = await run(lambda: relay.create_local_channel(c, e, ch, body,
+            # the whole request is checked before anything is created
+            clean: dict[str, Any] = {
+                "type": _choice(body, "type", "image", ("image", "annotation")),
+                "description": _text(body, "description"),
+                "public": _flag(body, "public", False),
+                "base_resolution": _integer(body, "base_resolution", 0, 0, 0),
+                "default_time_sample": _integer(body, "default_time_sample", 0, 0, 0),
+                "sources": channel_links(body, "sources", c, e, ch),
+                "related": channel_links(body, "related", c, e, ch),
+            }
+            clean["datatype"] = _choice(body, "datatype", "uint64" if clean["type"] ==
+                                        "annotation" else "uint8", _DATATYPES)
+            entry = await run(lambda: relay.create_local_channel(c, e, ch, clean,
                                                                  relay.user(request)))
             return json(await run(lambda: _channel_json(relay, entry)), 201)
         entry = relay.channel(c, e, ch)
         if request.method == "PUT":
             body = await _json_body(request)
-            stored = cat.state["channels"].setdefault(key, {})
-            for k in ("description", "sources", "related", "public"):
+            _only(body, {"name", "description", "sources", "related", "public",
+                         "base_resolution"})
+            _same_name(body, ch, "channel")
+            _integer(body, "base_resolution", 0, 0, 0)
+            changes: dict[str, Any] = {}
+            if "description" in body:
+                changes["description"] = _text(body, "description")
+            if "public" in body:
+                changes["public"] = _flag(body, "public", False)
+            for k in ("sources", "related"):
                 if k in body:
-                    stored[k] = body[k]
-            bad = set(body) - {"name", "description", "sources", "related", "public",
-                               "base_resolution"}
-            if bad or body.get("name", ch) != ch or body.get("base_resolution", 0) != 0:
-                raise bad_request(INVALID_POST_ARGUMENT,
-                                  f"Cannot update the following readonly fields: {sorted(bad)}")
-            cat.save()
+                    changes[k] = channel_links(body, k, c, e, ch)
+            with cat._lock:
+                cat.state["channels"].setdefault(key, {}).update(changes)
+                cat.save()
             return json(await run(lambda: _channel_json(relay, entry)))
         if not entry.local:
             raise BossHTTPError(403, MISSING_PERMISSION, f"channel {key} comes from the relay's "
@@ -563,17 +620,22 @@ def boss_routes(relay: Relay) -> list[Route]:
         if remote.meta.kind != "segmentation":
             raise bad_request(DATATYPE_NOT_SUPPORTED, "This operation is only supported on "
                               "annotation channels")
-        try:
-            res, ident = int(p["res"]), int(p["id"])
-        except ValueError:
-            raise bad_request(INVALID_ARGUMENT, "resolution and id must be integers") from None
+        if not _INT.fullmatch(p["res"]) or not _ID.fullmatch(p["id"]):
+            raise bad_request(INVALID_ARGUMENT, f"resolution and id must be non-negative integers "
+                              f"(ASCII digits), got {_short(p['res'])} and {_short(p['id'])}")
+        res, ident = int(p["res"]), int(p["id"])
+        if not 0 < ident < 2**64:
+            raise bad_request(INVALID_ARGUMENT, f"an object id is an integer from 1 to 2**64-1, "
+                              f"got {_short(p['id'])}")
         if not 0 <= res < len(remote.meta.scales):
             raise bad_request(TYPE_ERROR, f"Invalid resolution {res}. The resolution has to be "
                               f"within 0 and {len(remote.meta.scales) - 1}")
         kind = request.query_params.get("type", "loose")
         if kind not in ("loose", "tight"):
             raise bad_request(INVALID_ARGUMENT, f"type must be loose or tight, got {kind!r}")
-        box = await run(lambda: relay.bounding_box(remote, ident, res))
+        dt = remote.meta.dtype  # an id above the dtype's range cannot be stored in it
+        fits = not np.issubdtype(dt, np.integer) or ident <= int(np.iinfo(dt).max)
+        box = await run(lambda: relay.bounding_box(remote, ident, res)) if fits else None
         if box is None:
             raise not_found(f"Object id {ident} not found", OBJECT_NOT_FOUND)
         if kind == "loose":
@@ -589,11 +651,10 @@ def boss_routes(relay: Relay) -> list[Route]:
         c, e, ch = p["c"], p["e"], p["ch"]
         token = relay.authorize(request, c, write=True)
         entry = relay.channel(c, e, ch)
-        try:
-            count = int(p["n"])
-        except ValueError:
-            raise bad_request(INVALID_ARGUMENT, f"the number of ids must be an integer, got "
-                              f"{p['n']!r}") from None
+        if not _INT.fullmatch(p["n"]):
+            raise bad_request(INVALID_ARGUMENT, f"the number of ids must be a positive integer, "
+                              f"got {_short(p['n'])}")
+        count = int(p["n"])
         if not 1 <= count <= 2**40:
             raise bad_request(INVALID_ARGUMENT, f"reserve between 1 and 2**40 ids, not {count}")
         remote = await run(lambda: relay.remote(entry, token))
@@ -759,8 +820,20 @@ async def _json_body(request: Request) -> dict[str, Any]:
         return {}
     import json as _json
 
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"the number {text[:40]} is out of range (not a finite float)")
+        return value
+
+    def constant(text: str) -> float:
+        raise ValueError(f"{text} is not a JSON number")
+
     try:
-        data = _json.loads(body)
+        data = _json.loads(body, parse_float=finite, parse_constant=constant)
+    except RecursionError:
+        raise bad_request(INVALID_POST_ARGUMENT, "the body is not valid JSON here: it is nested "
+                          "too deeply (a project record is a flat object)") from None
     except ValueError as exc:
         raise bad_request(INVALID_POST_ARGUMENT, f"the body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -773,6 +846,173 @@ def _name(name: str, what: str) -> str:
         return check_name(name, what)
     except InvalidRequestError as exc:
         raise bad_request(INVALID_POST_ARGUMENT, str(exc)) from None
+
+
+# -- checking project-service records: the whole request is checked before anything changes ---
+_MAX_DESCRIPTION = 4096  # bossDB's CharField(max_length=4096)
+_MAX_EXTENT = 2**31 - 1  # bossDB keeps frame extents in 32-bit IntegerFields
+_MAX_VOXEL_SIZE = 1e12
+_MAX_LEVELS = 16
+_STORED_NAME_MAX = 250  # a stored channel is the file NAME.zarr, and file names stop at 255
+_TIME_UNITS = ("nanoseconds", "microseconds", "milliseconds", "seconds")
+_VOXEL_UNITS = ("nanometers", "micrometers", "millimeters", "centimeters")
+_FRAME_FIELDS = ("name", "description", "x_start", "x_stop", "y_start", "y_stop", "z_start",
+                 "z_stop", "x_voxel_size", "y_voxel_size", "z_voxel_size", "voxel_unit")
+
+
+def _invalid(message: str) -> BossHTTPError:
+    return bad_request(INVALID_POST_ARGUMENT, message)
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's type, as a message names it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {_short(value)}"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _only(body: dict[str, Any], allowed: set[str]) -> None:
+    readonly = set(body) - allowed
+    if readonly:
+        shown = sorted(_short(k) for k in readonly)[:10]
+        raise _invalid(f"Cannot update the following readonly fields: {', '.join(shown)} "
+                       f"(updatable: {', '.join(sorted(allowed))})")
+
+
+def _same_name(body: dict[str, Any], name: str, what: str) -> None:
+    if "name" in body and body["name"] != name:
+        raise _invalid(f"renaming a {what} is not supported (name {_short(body['name'])} in the "
+                       f"body, {name!r} in the URL)")
+
+
+def _text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _invalid(f"{key} must be a string, got {_kind(value)}")
+    if len(value) > _MAX_DESCRIPTION:
+        raise _invalid(f"{key} is {len(value)} characters long; at most {_MAX_DESCRIPTION}")
+    return value
+
+
+def _flag(body: dict[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise _invalid(f"{key} must be true or false, got {_kind(value)}")
+    return value
+
+
+def _integer(body: dict[str, Any], key: str, default: int | None, lo: int, hi: int) -> int:
+    value = body.get(key, default)
+    if value is None or isinstance(value, bool) or not isinstance(value, int):
+        raise _invalid(f"{key} must be an integer, got {_kind(value)}")
+    if not lo <= value <= hi:
+        allowed = f"must be {lo}" if lo == hi else f"must be from {lo} to {hi}"
+        raise _invalid(f"{key} {allowed}, got {value}")
+    return value
+
+
+def _choice(body: dict[str, Any], key: str, default: str | None,
+            choices: tuple[str, ...]) -> str | None:
+    value = body.get(key, default)
+    if value is None and default is None:
+        return None
+    if not isinstance(value, str) or value not in choices:
+        raise _invalid(f"{key} must be one of {', '.join(choices)}, got {_kind(value)}")
+    return value
+
+
+def _names(body: dict[str, Any], key: str) -> list[str]:
+    value = body.get(key, [])
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _invalid(f"{key} must be a list of channel names, got {_kind(value)}")
+    out: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise _invalid(f"{key} must be a list of channel names; it holds {_kind(item)}")
+        if item not in out:
+            out.append(_name(item, f"{key} entry"))
+    return out
+
+
+def _experiment_fields(body: dict[str, Any], *, defaults: bool) -> dict[str, Any]:
+    """The experiment fields of a POST (every one, with bossDB's defaults) or a PUT (the ones
+    present), each checked."""
+    out: dict[str, Any] = {}
+
+    def has(k: str) -> bool:
+        return defaults or k in body
+
+    if has("description"):
+        out["description"] = _text(body, "description")
+    if has("public"):
+        out["public"] = _flag(body, "public", False)
+    if has("num_hierarchy_levels"):
+        out["num_hierarchy_levels"] = _integer(body, "num_hierarchy_levels", 1, 1, _MAX_LEVELS)
+    if has("hierarchy_method"):
+        out["hierarchy_method"] = _choice(body, "hierarchy_method", "anisotropic", _HIERARCHY)
+    if has("num_time_samples"):
+        out["num_time_samples"] = _integer(body, "num_time_samples", 1, 1, _MAX_EXTENT)
+    if has("time_step"):
+        step = body.get("time_step")
+        out["time_step"] = None if step is None else _integer(body, "time_step", None, 0,
+                                                              _MAX_EXTENT)
+    if has("time_step_unit"):
+        out["time_step_unit"] = _choice(body, "time_step_unit", None, _TIME_UNITS)
+    return out
+
+
+def _frame_record(name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A new coordinate frame's record, every field checked (extents 32-bit integers as in
+    bossDB, voxel sizes finite and positive)."""
+    rec: dict[str, Any] = {"name": name, "description": _text(body, "description")}
+    for ax in "xyz":
+        for end in ("start", "stop"):
+            if f"{ax}_{end}" not in body:
+                raise _invalid(f"invalid coordinate frame: {ax}_{end} is required")
+        a = _integer(body, f"{ax}_start", None, 0, _MAX_EXTENT - 1)
+        b = _integer(body, f"{ax}_stop", None, 1, _MAX_EXTENT)
+        if not a < b:
+            raise _invalid(f"invalid coordinate frame: {ax}_start ({a}) must be below {ax}_stop "
+                           f"({b})")
+        rec[f"{ax}_start"], rec[f"{ax}_stop"] = a, b
+    for ax in "xyz":
+        v = body.get(f"{ax}_voxel_size", 1.0)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise _invalid(f"invalid coordinate frame: {ax}_voxel_size must be a number, got "
+                           f"{_kind(v)}")
+        if not (math.isfinite(v) and 0 < v <= _MAX_VOXEL_SIZE):
+            raise _invalid(f"invalid coordinate frame: {ax}_voxel_size must be a finite number "
+                           f"above 0 and at most {_MAX_VOXEL_SIZE:g}, got {v!r}")
+        rec[f"{ax}_voxel_size"] = float(v)
+    rec["voxel_unit"] = _choice(body, "voxel_unit", "nanometers", _VOXEL_UNITS)
+    return rec
+
+
+def _frame_json(rec: dict[str, Any]) -> dict[str, Any]:
+    """A frame as bossDB shows it (the relay's own bookkeeping left out)."""
+    return {k: rec[k] for k in _FRAME_FIELDS if k in rec}
+
+
+def _owner(token: str | None) -> str:
+    """Who created a frame, for its authorization: a digest of the token, never the token."""
+    if token is None:
+        return "anonymous"
+    return "token-" + hashlib.sha256(token.encode()).hexdigest()[:32]
 
 
 def _undelete(state: dict[str, Any], *parts: str) -> None:

@@ -49,7 +49,10 @@ __all__ = [
     "parse_bytes",
 ]
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+#: bossDB's NameValidator (letters, digits, '_' and '-') and its CharField(max_length=255);
+#: matched with fullmatch, so a trailing newline is not a name character
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+NAME_MAX = 255
 _UNITS = {
     "": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 2**10, "m": 2**20, "g": 2**30,
@@ -72,10 +75,16 @@ def parse_bytes(value: object, what: str) -> int:
     raise InvalidRequestError(f"{what} must be a size such as '2 GiB' or '500 MB', got {value!r}")
 
 
-def check_name(name: str, what: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+def check_name(name: object, what: str) -> str:
+    """``name`` if it is a bossDB name (1-255 of ``A-Z a-z 0-9 _ -``), else InvalidRequestError."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
         raise InvalidRequestError(
-            f"{what} {name!r} is not a valid name: use letters, digits, '_' and '-' only"
+            f"{what} {shown} is not a valid name: use letters, digits, '_' and '-' only"
+        )
+    if len(name) > NAME_MAX:
+        raise InvalidRequestError(
+            f"{what} name is {len(name)} characters long; names are at most {NAME_MAX}"
         )
     return name
 

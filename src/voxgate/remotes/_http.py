@@ -17,6 +17,7 @@ import httpx
 
 from ..errors import (
     AuthenticationError,
+    CorruptChunkError,
     InvalidRequestError,
     RemoteNotFoundError,
     RemoteUnavailableError,
@@ -108,6 +109,11 @@ class HTTPClient:
                 continue
             if resp.status_code in expected:
                 return resp
+            if resp.headers.get("x-voxgate-error") == "corrupt-data":
+                # a voxgate relay read data that does not decode: reading it again will not
+                # help, so it is not retried
+                raise CorruptChunkError(f"{what}: HTTP {resp.status_code}: {_snippet(resp)}",
+                                        chunk=what)
             if resp.status_code in _RETRY_STATUS:
                 last = f"HTTP {resp.status_code}: {_snippet(resp)}"
                 continue

@@ -56,15 +56,16 @@ PUBLIC_URL = "https://api.bossdb.io"
 CUBOID = Vec(16, 512, 512)
 #: a request reads at most this many uncompressed bytes (the server's limit is 500 MiB)
 REQUEST_BYTES = 8 * 2**20
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")  # bossDB's name rule and length (fullmatch)
 _UNIT_NM = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
 _DTYPES = ("uint8", "uint16", "uint32", "uint64")
 
 
 def _check_name(name: str, what: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidRequestError(
-            f"{what} name {name!r} is not valid for bossDB: use letters, digits, '_' and '-'"
+            f"{what} name {name!r} is not valid for bossDB: use 1 to 255 letters, digits, '_' "
+            "and '-'"
         )
     return name
 
