@@ -7,10 +7,17 @@ requests want it at once.  Writes go through to the upstream before they return;
 touch are dropped from both tiers *before* the upstream write, so a relay killed half way never
 serves stale data after a restart, and the cells the write covers completely are cached again
 afterwards.  Nothing written can be lost to eviction: the upstream has it before the client is
-told it was stored.  A fetch that races a write never caches what it read: a write bumps the
-cell's generation before and after the upstream changes, and a fetch caches its result only
-when no write to that cell has begun since the fetch did (checked under the writer's lock); a
-disk hit is promoted to memory only when no cell was dropped meanwhile.
+told it was stored.
+
+Read-your-writes: every read that begins after a write was acknowledged sees it.  Before the
+write returns (still holding its cells' locks) it *detaches* every upstream fetch in flight for
+its cells: a detached fetch still answers the reads that joined it (they began before the
+acknowledgment), but no later read can join it, and it caches nothing (it may hold the old
+data).  A fetch removes only its own in-flight entry, never a newer one.  A disk hit is promoted
+to memory only when no cell was dropped meanwhile.
+
+Every entry carries a tag (the channel's, which includes its incarnation), so a deleted
+channel's cells are dropped from both tiers at once without scanning the disk tier.
 
 Values never pass through pickle: cells are stored as a small binary header, blosc-packed
 bytes and a CRC-32 of both, so a damaged disk entry (a flipped bit, a torn or truncated file)
@@ -35,7 +42,13 @@ from typing import Any
 import blosc
 import numpy as np
 
-from ..errors import AuthenticationError, CorruptChunkError, RemoteUnavailableError, VoxgateError
+from ..errors import (
+    AuthenticationError,
+    CorruptChunkError,
+    MissingChunkError,
+    RemoteUnavailableError,
+    VoxgateError,
+)
 from ..geometry import Box, Vec, chunk_boxes, grow_block
 from ..remotes.base import Capability, Remote
 
@@ -150,6 +163,15 @@ class MemoryTier:
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
+    def drop_prefix(self, prefix: str) -> int:
+        """Drop every entry whose key starts with ``prefix`` (a scan bounded by the tier's
+        capacity); return how many."""
+        with self._lock:
+            gone = [k for k in self._items if k.startswith(prefix)]
+            for k in gone:
+                self.used -= self._items.pop(k).nbytes
+        return len(gone)
+
     def get(self, key: str) -> np.ndarray | None:
         with self._lock:
             arr = self._items.get(key)
@@ -206,6 +228,7 @@ class DiskTier:
         self._cache = diskcache.Cache(
             str(path), disk=_bytes_only_disk(), size_limit=capacity,
             eviction_policy="least-recently-used", cull_limit=16, disk_min_file_size=2**15,
+            tag_index=True,  # drop_tag finds a channel's entries through an index, no scan
         )
 
     def get(self, key: str) -> np.ndarray | None:
@@ -217,11 +240,14 @@ class DiskTier:
             return None
         return decode_cell(data, key)
 
-    def put(self, key: str, arr: np.ndarray) -> None:
-        self._cache.set(key, encode_cell(arr))
+    def put(self, key: str, arr: np.ndarray, tag: str | None = None) -> None:
+        self._cache.set(key, encode_cell(arr), tag=tag)
 
     def pop(self, key: str) -> None:
         self._cache.delete(key)
+
+    def drop_tag(self, tag: str) -> int:
+        return int(self._cache.evict(tag, retry=True))
 
     def volume(self) -> int:
         return int(self._cache.volume())
@@ -268,7 +294,7 @@ class TieredCache:
     def put(self, key: str, arr: np.ndarray) -> None:
         self.memory.put(key, arr)
         if self.disk is not None:
-            self.disk.put(key, arr)
+            self.disk.put(key, arr, tag=key.split(_TAG_END, 1)[0] if _TAG_END in key else None)
 
     def pop(self, key: str) -> None:
         if self.disk is not None:
@@ -277,9 +303,31 @@ class TieredCache:
             self._pops += 1
             self.memory.pop(key)
 
+    def drop_tag(self, tag: str) -> int:
+        """Drop every entry of ``tag`` (one channel incarnation) from both tiers."""
+        n = self.disk.drop_tag(tag) if self.disk is not None else 0
+        with self._lock:  # counted, as pop does: a disk hit read before is not promoted
+            self._pops += 1
+            n += self.memory.drop_prefix(tag + _TAG_END)
+        return n
+
     def close(self) -> None:
         if self.disk is not None:
             self.disk.close()
+
+
+#: ends a key's tag: keys are "<tag>~<remote>/<scale>/<z>_<y>_<x>"
+_TAG_END = "~"
+
+
+class _Flight:
+    """One upstream fetch of one cell: its future, and whether a write detached it."""
+
+    __slots__ = ("future", "stale")
+
+    def __init__(self) -> None:
+        self.future: Future[np.ndarray] = Future()
+        self.stale = False
 
 
 _fetch_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="voxgate-upstream")
@@ -292,17 +340,21 @@ class CachedRemote(Remote):
     scheme = "relay-cache"
 
     def __init__(self, upstream: Remote, cache: TieredCache, *, identity: str,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, tag: str | None = None) -> None:
         self.upstream = upstream
         self.cache = cache
         self.meta = upstream.meta
         self.mode = upstream.mode
         self.url = upstream.url
         self.timeout = timeout
-        self._prefix = hashlib.sha256(identity.encode()).hexdigest()[:20]
-        self._inflight: dict[str, Future[np.ndarray]] = {}
-        self._gen: dict[str, int] = {}
+        ident = hashlib.sha256(identity.encode()).hexdigest()[:20]
+        #: the tag every entry of this Remote carries (the relay passes the channel's, so a
+        #: delete drops the cells of every token's view of it)
+        self.tag = hashlib.sha256((tag if tag is not None else identity).encode()).hexdigest()[:16]
+        self._prefix = f"{self.tag}{_TAG_END}{ident}"
+        self._inflight: dict[str, _Flight] = {}
         self._lock = threading.Lock()
+        self._closed = False
         self._grids = [
             grow_block(s.chunks, self.meta.dtype.itemsize * self.meta.num_channels, s.shape,
                        CELL_BYTES)
@@ -324,6 +376,10 @@ class CachedRemote(Remote):
     def write_grid(self, scale: int = 0) -> Vec:
         return self.upstream.write_grid(scale)
 
+    def absent_chunks(self, box: Box, scale: int = 0) -> list[Vec]:
+        """The upstream's absent chunks (its CHUNK_PRESENCE capability is passed through)."""
+        return self.upstream.absent_chunks(box, scale)
+
     def spec(self) -> dict[str, Any]:
         return self.upstream.spec()
 
@@ -339,7 +395,7 @@ class CachedRemote(Remote):
         lead = (self.meta.num_channels,) if self.meta.num_channels > 1 else ()
         out = np.empty(lead + tuple(box.shape), dtype=self.meta.dtype)
         waiting: list[tuple[Box, Future[np.ndarray]]] = []
-        mine: list[tuple[str, Box, int, Future[np.ndarray]]] = []
+        mine: list[tuple[str, Box, _Flight]] = []
         for idx, cell in self.cells(box, scale):
             key = self._key(scale, idx)
             arr = self.cache.get(key)
@@ -347,19 +403,19 @@ class CachedRemote(Remote):
                 self._place(out, box, cell, arr)
                 continue
             with self._lock:
-                fut = self._inflight.get(key)
-                if fut is not None:
+                flight = self._inflight.get(key)
+                if flight is not None:
                     self.cache.metrics.add(coalesced=1)
                 else:
-                    fut = Future()
-                    self._inflight[key] = fut
-                    mine.append((key, cell, self._gen.get(key, 0), fut))
-            waiting.append((cell, fut))
+                    flight = _Flight()
+                    self._inflight[key] = flight
+                    mine.append((key, cell, flight))
+            waiting.append((cell, flight.future))
         if mine:
             union = mine[0][1]
-            for _, cell, _, _ in mine[1:]:
+            for _, cell, _ in mine[1:]:
                 union = Box(np.minimum(union.start, cell.start), np.maximum(union.stop, cell.stop))
-            if len(mine) > 1 and sum(c.size for _, c, _, _ in mine) == union.size:
+            if len(mine) > 1 and sum(c.size for _, c, _ in mine) == union.size:
                 # the missing cells tile one box: a single upstream read (the upstream
                 # parallelizes it) instead of one request per cell
                 _fetch_pool.submit(self._run_fetch, mine, union, scale)
@@ -383,7 +439,7 @@ class CachedRemote(Remote):
         part = cell.intersect(box)
         out[(..., *part.slices(box.start))] = arr[(..., *part.slices(cell.start))]
 
-    def _run_fetch(self, items: list[tuple[str, Box, int, Future[np.ndarray]]], region: Box,
+    def _run_fetch(self, items: list[tuple[str, Box, _Flight]], region: Box,
                    scale: int) -> None:
         """Read ``region`` (one cell, or several that tile it) and hand each cell its data."""
         t0 = time.perf_counter()
@@ -395,36 +451,51 @@ class CachedRemote(Remote):
             # upstream's failure (502): unreachable, refusing, or answering what cannot be
             # decoded.  Refused credentials stay themselves (a forwarded token: 403).
             err: BaseException = exc
-            if not isinstance(exc, (UpstreamError, AuthenticationError)):
+            # an absent chunk of an upstream opened with missing="error" stays itself too
+            if not isinstance(exc, (UpstreamError, AuthenticationError, MissingChunkError)):
                 err = UpstreamError(f"upstream {self.upstream.url} failed: {exc}")
                 err.__cause__ = exc
-            with self._lock:
-                for key, _, _, _ in items:
-                    self._inflight.pop(key, None)
-            for _, _, _, fut in items:
-                fut.set_exception(err)
+            self._land(items)
+            for _, _, flight in items:
+                flight.future.set_exception(err)
             return
         self.cache.metrics.upstream_latency(time.perf_counter() - t0)
         self.cache.metrics.add(upstream_bytes=data.nbytes, upstream_cells=len(items))
-        for key, cell, gen, fut in items:
+        results = []
+        for key, cell, flight in items:
             arr = data if cell == region else np.ascontiguousarray(
                 data[(..., *cell.slices(region.start))])
-            # cached only when no write to the cell began since this fetch did (it may have
-            # read the old data), checked and stored under the stripe writers of the cell
-            # hold, so no write can start in between; a writer holding it now means the data
-            # is going stale, so the fetch does not wait for it, it just does not cache
+            results.append(arr)
+            # cached only when no write detached this fetch (then it may hold the old data),
+            # checked and stored under the stripe writers of the cell hold, so no write can
+            # detach it in between; a writer holding it now means the data is going stale, so
+            # the fetch does not wait for it, it just does not cache
             stripe = _STRIPES[hash(key) % len(_STRIPES)]
             if stripe.acquire(blocking=False):
                 try:
-                    with self._lock:
-                        fresh = self._gen.get(key, 0) == gen
-                    if fresh:
+                    if not flight.stale and not self._closed:
                         self.cache.put(key, arr)
                 finally:
                     stripe.release()
-            with self._lock:
-                self._inflight.pop(key, None)
-            fut.set_result(arr)
+        self._land(items)
+        for (_, _, flight), arr in zip(items, results, strict=True):
+            flight.future.set_result(arr)
+
+    def _land(self, items: list[tuple[str, Box, _Flight]]) -> None:
+        """A fetch is over: remove its in-flight entries (never a newer fetch's)."""
+        with self._lock:
+            for key, _, flight in items:
+                if self._inflight.get(key) is flight:
+                    del self._inflight[key]
+
+    def _detach(self, keys: list[str]) -> None:
+        """No read that begins from now on may join a fetch in flight for ``keys``, and those
+        fetches may not cache what they read (called by writers holding the keys' stripes)."""
+        with self._lock:
+            for key in keys:
+                flight = self._inflight.pop(key, None)
+                if flight is not None:
+                    flight.stale = True
 
     # -- writing --------------------------------------------------------------------------------
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
@@ -436,14 +507,16 @@ class CachedRemote(Remote):
         for i in stripes:
             _STRIPES[i].acquire()
         try:
-            self._bump(keys)
             for key in keys:  # dropped before the upstream changes: a crash leaves no stale cell
                 self.cache.pop(key)
-            self.upstream.write(box, array, scale)
+            try:
+                self.upstream.write(box, array, scale)
+            finally:
+                # whether the upstream took all, part or none of it: every fetch in flight now
+                # (begun before or during the upstream write) may hold old data, and a read that
+                # begins after this write returns must not join one
+                self._detach(keys)
             self.cache.metrics.add(upstream_writes=1)
-            # fetches that began during the upstream write may hold old data: bump again so
-            # they do not cache it
-            self._bump(keys)
             for key, (_, cell) in zip(keys, cells, strict=True):
                 if box.contains(cell):
                     self.cache.put(key, np.array(array[(..., *cell.slices(box.start))]))
@@ -451,10 +524,21 @@ class CachedRemote(Remote):
             for i in stripes:
                 _STRIPES[i].release()
 
-    def _bump(self, keys: list[str]) -> None:
-        with self._lock:
-            for key in keys:
-                self._gen[key] = self._gen.get(key, 0) + 1
-
     def close(self) -> None:
+        """Stop caching (fetches still in flight store nothing) and close the upstream."""
+        for lock in _STRIPES:  # in order, as writers take them: no fetch is storing meanwhile
+            lock.acquire()
+        try:
+            self._closed = True
+            with self._lock:
+                for flight in self._inflight.values():
+                    flight.stale = True
+                self._inflight.clear()
+        finally:
+            for lock in _STRIPES:
+                lock.release()
         self.upstream.close()
+
+    def drop_cached(self) -> int:
+        """Drop every cached cell carrying this Remote's tag, from both tiers."""
+        return self.cache.drop_tag(self.tag)

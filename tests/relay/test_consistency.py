@@ -1,0 +1,349 @@
+"""What a relay client can rely on: read-your-writes (in one relay and through a chain of relays),
+and a deleted channel's data gone for good (a recreated channel of the same name starts empty).
+
+The races are made deterministic with a gate in front of the upstream: the first upstream read
+reads the old data and then waits on a ``threading.Event``, so a fetch is in flight holding
+pre-write data while the test writes and reads again.  Relays whose upstream is gated run
+in this process (uvicorn on a thread, bound to 127.0.0.1); the others are ``voxgate serve``
+processes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import blosc
+import httpx
+import numpy as np
+import pytest
+
+import voxgate
+from voxgate.api import open_remote
+from voxgate.errors import VoxgateError
+from voxgate.geometry import Box
+from voxgate.relay.app import build_app
+from voxgate.relay.cache import CachedRemote, TieredCache
+from voxgate.relay.config import CacheConfig, ChannelConfig, RelayConfig
+from voxgate.remotes.base import Capability, Remote
+
+from .conftest import RW, RelayProcess, free_port
+
+#: how long a correct relay may take to start the fresh fetch the test waits for; a broken one
+#: never starts it, and the test then releases the gate and sees the stale data (so the outcome
+#: never depends on this figure, only how long a failing run takes)
+FRESH_FETCH_WAIT = 10.0
+
+
+# -- the gate -----------------------------------------------------------------------------------
+class GatedRemote(Remote):
+    """Wraps a Remote.  Once armed, the next read reads the data, says so (``entered``) and
+    then waits for ``release`` before returning it; every later read sets ``later``."""
+
+    scheme = "gated"
+
+    def __init__(self, inner: Remote) -> None:
+        self.inner = inner
+        self.meta = inner.meta
+        self.mode = inner.mode
+        self.url = f"gated+{inner.url}"
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.later = threading.Event()
+        self._armed = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, location: str, *, mode: str = "r", **options: Any) -> Remote:
+        raise VoxgateError("made by the tests")
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return self.inner.capabilities
+
+    def write_grid(self, scale: int = 0) -> Any:
+        return self.inner.write_grid(scale)
+
+    def spec(self) -> dict[str, Any]:
+        return self.inner.spec()
+
+    def arm(self) -> None:
+        with self._lock:
+            self._armed = True
+        self.entered.clear()
+        self.release.clear()
+        self.later.clear()
+
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        with self._lock:
+            first, self._armed = self._armed, False
+        arr = self.inner.read(box, scale)
+        if first:
+            self.entered.set()
+            self.release.wait()
+        else:
+            self.later.set()
+        return arr
+
+    def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
+        self.inner.write(box, array, scale)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def check_read_your_writes(gate: GatedRemote, read: Callable[[], np.ndarray],
+                           write: Callable[[], None], expected: np.ndarray) -> None:
+    """A read in flight upstream (holding pre-write data), a write acknowledged, then a read:
+    the second read must see the write."""
+    gate.arm()
+    with ThreadPoolExecutor(2) as pool:
+        before = pool.submit(read)
+        try:
+            assert gate.entered.wait(60), "the first read never reached the upstream"
+            write()  # returned: acknowledged
+            after = pool.submit(read)  # begins after the acknowledgment
+            # a correct relay fetches afresh (the gate lets later reads through); a relay that
+            # joined the fetch in flight would wait for the gate
+            gate.later.wait(FRESH_FETCH_WAIT)
+        finally:
+            gate.release.set()
+        got = after.result()
+        before.result()  # may be old or new: it began before the write
+    stale = int(np.count_nonzero(got != expected))
+    assert stale == 0, f"{stale} of {expected.size} voxels read after the write are stale"
+
+
+# -- in one relay (the cache, in-process) -------------------------------------------------------
+def _mem(name: str, data: np.ndarray, chunks: tuple[int, int, int]) -> Remote:
+    vol = voxgate.create(f"mem://{name}", shape=data.shape, dtype=data.dtype, chunks=chunks,
+                         voxel_size=(40, 8, 8))
+    vol[:] = data
+    return open_remote(f"mem://{name}", mode="r+")
+
+
+# uint8 (32, 256, 512) in (16, 64, 64) chunks: four cache cells of (32, 128, 256)
+BIG = (32, 256, 512)
+
+
+@pytest.mark.parametrize("case", ["one-cell", "union-fetch", "disk-tier", "uint64"])
+def test_a_read_after_a_write_never_joins_an_older_fetch(case: str, tmp_path: Path) -> None:
+    dtype = np.uint64 if case == "uint64" else np.uint8
+    data = np.random.default_rng(1).integers(1, 200, BIG, dtype=dtype)
+    gate = GatedRemote(_mem(f"ryw-{case}", data, (16, 64, 64)))
+    disk = tmp_path / "disk" if case == "disk-tier" else None
+    remote = CachedRemote(gate, TieredCache(2**26, disk, 2**30), identity=f"ryw-{case}",
+                            timeout=300)
+    if case != "union-fetch":
+        box = Box((0, 0, 0), (32, 128, 256))  # one cell
+        part = Box((3, 10, 20), (9, 100, 200))  # part of it: the write cannot re-cache it
+    else:
+        box = Box((0, 0, 0), BIG)  # four missing cells tile it: one union fetch
+        part = Box((3, 100, 200), (9, 150, 300))  # parts of all four cells
+    new = np.full(tuple(part.shape), 7, dtype=dtype)
+    expected = data[box.slices()].copy()
+    expected[part.intersect(box).slices(box.start)] = 7
+
+    check_read_your_writes(gate, lambda: remote.read(box), lambda: remote.write(part, new),
+                           expected)
+    np.testing.assert_array_equal(remote.read(box), expected)  # and what was cached is new
+
+
+def test_a_fetch_detached_by_a_write_does_not_cache_or_remove_the_new_fetch() -> None:
+    data = np.zeros((16, 64, 64), np.uint8)
+    gate = GatedRemote(_mem("ryw-detached", data, (16, 64, 64)))
+    remote = CachedRemote(gate, TieredCache(2**26), identity="ryw-detached", timeout=300)
+    box = Box((0, 0, 0), (16, 64, 64))
+    part = Box((0, 0, 0), (4, 64, 64))
+    check_read_your_writes(gate, lambda: remote.read(box),
+                           lambda: remote.write(part, np.full((4, 64, 64), 3, np.uint8)),
+                           np.concatenate([np.full((4, 64, 64), 3, np.uint8), data[4:]]))
+    # the old fetch finished last: it neither cached its old data nor dropped the newer entry
+    got = remote.read(box)
+    assert (got[:4] == 3).all() and not got[4:].any()
+    assert not remote._inflight
+
+
+# -- through relays over HTTP -------------------------------------------------------------------
+class InProcessRelay:
+    """A relay app served by uvicorn on a thread of this process (so its upstream can be gated)."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        config.port = self.port
+        self.app = build_app(config)
+        self.relay = self.app.state.relay
+        self.server = uvicorn.Server(uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
+            lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the in-process relay did not start")
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def gate(self, c: str, e: str, ch: str) -> GatedRemote:
+        cached = self.relay.catalog.remote(self.relay.catalog.channel(c, e, ch))
+        gate = GatedRemote(cached.upstream)
+        cached.upstream = gate
+        return gate
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+        self.relay.cache.close()
+
+
+@pytest.fixture
+def inproc() -> Iterator[Callable[[RelayConfig], InProcessRelay]]:
+    started: list[InProcessRelay] = []
+
+    def make(config: RelayConfig) -> InProcessRelay:
+        r = InProcessRelay(config)
+        started.append(r)
+        return r
+
+    yield make
+    for r in reversed(started):
+        r.stop()
+
+
+def _config(tmp: Path, upstream: str, *, disk: bool, options: dict[str, Any] | None = None,
+            ) -> RelayConfig:
+    tmp.mkdir(parents=True, exist_ok=True)
+    return RelayConfig(
+        upstream_timeout=120.0, state_path=tmp / "state.json",
+        cache=CacheConfig(memory_bytes=2**26, disk_path=tmp / "cache" if disk else None,
+                          disk_bytes=2**30),
+        channels=[ChannelConfig("c", "e", "img", upstream, dict(options or {}))])
+
+
+def _cutout_get(url: str, box: Box, dtype: Any, *, path: str = "c/e/img") -> np.ndarray:
+    (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
+    res = httpx.get(f"{url}/v1/cutout/{path}/0/{x0}:{x1}/{y0}:{y1}/{z0}:{z1}/",
+                    headers={"Authorization": f"Token {RW}"}, timeout=120)
+    assert res.status_code == 200, res.text
+    return np.frombuffer(blosc.decompress(res.content), dtype).reshape(tuple(box.shape))
+
+
+def _cutout_post(url: str, box: Box, arr: np.ndarray, *, path: str = "c/e/img") -> None:
+    (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
+    arr = np.ascontiguousarray(arr)
+    res = httpx.post(f"{url}/v1/cutout/{path}/0/{x0}:{x1}/{y0}:{y1}/{z0}:{z1}/",
+                     content=blosc.compress(arr.tobytes(), typesize=arr.dtype.itemsize),
+                     headers={"Authorization": f"Token {RW}",
+                              "Content-Type": "application/blosc"}, timeout=120)
+    assert res.status_code == 201, res.text
+
+
+def _precomputed_get(url: str, box: Box, dtype: Any) -> np.ndarray:
+    (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
+    res = httpx.get(f"{url}/precomputed/c/e/img/s0/{x0}-{x1}_{y0}-{y1}_{z0}-{z1}", timeout=120,
+                    headers={"Authorization": f"Token {RW}", "Accept-Encoding": "identity"})
+    assert res.status_code == 200, res.text
+    # raw encoding: x-fastest bytes, one channel (the same memory as C-order ZYX)
+    return np.frombuffer(res.content, dtype).reshape(tuple(box.shape))
+
+
+def _zarr_store(tmp: Path, dtype: Any) -> tuple[str, np.ndarray]:
+    data = np.random.default_rng(2).integers(1, 200, BIG, dtype=dtype)
+    url = f"zarr://{tmp}/store.zarr"
+    vol = voxgate.create(url, shape=BIG, chunks=(16, 64, 64), dtype=dtype, voxel_size=(40, 8, 8))
+    vol[:] = data
+    return url, data
+
+
+@pytest.mark.parametrize("dialect", ["boss", "precomputed"])
+def test_read_your_writes_through_one_relay(dialect: str, tmp_path: Path, inproc) -> None:  # type: ignore[no-untyped-def]
+    url, data = _zarr_store(tmp_path, np.uint8)
+    relay = inproc(_config(tmp_path / "relay", url, disk=True))
+    gate = relay.gate("c", "e", "img")
+    cell = Box((0, 0, 0), (32, 128, 256))  # the first cache cell (also a precomputed chunk)
+    part = Box((5, 20, 30), (9, 90, 100))
+    expected = data[cell.slices()].copy()
+    expected[part.slices()] = 11
+    read = (lambda: _precomputed_get(relay.url, cell, np.uint8)) if dialect == "precomputed" \
+        else (lambda: _cutout_get(relay.url, cell, np.uint8))
+    check_read_your_writes(gate, read,
+                           lambda: _cutout_post(relay.url, part, np.full(part.shape, 11, np.uint8)),
+                           expected)
+
+
+@pytest.mark.parametrize("gated", ["upstream-relay", "downstream-relay"])
+def test_read_your_writes_through_a_chain_of_relays(gated: str, tmp_path: Path, inproc) -> None:  # type: ignore[no-untyped-def]
+    url, data = _zarr_store(tmp_path, np.uint64)
+    lab = inproc(_config(tmp_path / "lab", url, disk=True))
+    laptop = inproc(_config(tmp_path / "laptop", f"bossdb://{lab.url}/c/e/img", disk=False,
+                            options={"token": RW}))
+    # gated at the lab: both tiers must fetch afresh; at the laptop: the laptop must
+    gate = lab.gate("c", "e", "img") if gated == "upstream-relay" else \
+        laptop.gate("c", "e", "img")
+    box = Box((0, 0, 0), BIG)
+    part = Box((2, 100, 200), (6, 150, 300))  # parts of all four cells
+    expected = data.copy()
+    expected[part.slices()] = 2**60 + 1
+    check_read_your_writes(
+        gate, lambda: _cutout_get(laptop.url, box, np.uint64),
+        lambda: _cutout_post(laptop.url, part, np.full(part.shape, 2**60 + 1, np.uint64)),
+        expected)
+    # and the store has it, and the lab serves it
+    np.testing.assert_array_equal(voxgate.open(url)[part.slices()].read(), 2**60 + 1)
+    np.testing.assert_array_equal(_cutout_get(lab.url, box, np.uint64), expected)
+
+
+# -- under concurrent load ----------------------------------------------------------------------
+def test_concurrent_writers_always_read_back_what_they_wrote(tmp_path: Path,
+                                                             relay_factory) -> None:  # type: ignore[no-untyped-def]
+    """N clients write disjoint slabs that share cache cells and read them back, repeatedly,
+    while others read the whole volume: no read after an acknowledged write may be stale."""
+    shape = (32, 128, 256)  # one cache cell: every client's slab shares it
+    url, _ = _zarr_store(tmp_path, np.uint8)
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text(f"""
+[server]
+upstream_timeout = 120
+state_path = "{tmp_path / 'state.json'}"
+[cache]
+memory_bytes = "64 MiB"
+disk_path = "{tmp_path / 'cache'}"
+[[channel]]
+name = "c/e/img"
+upstream = "{url}"
+[auth]
+tokens = {{ "{RW}" = "read-write" }}
+""")
+    relay: RelayProcess = relay_factory(cfg)
+    writers, rounds = 8, 12
+    stale: list[str] = []
+    barrier = threading.Barrier(writers + 2)
+
+    def writer(i: int) -> None:
+        slab = Box((4 * i, 0, 0), (4 * i + 4, shape[1], shape[2]))
+        barrier.wait()
+        for r in range(rounds):
+            value = (i * rounds + r) % 250 + 1
+            _cutout_post(relay.url, slab, np.full(slab.shape, value, np.uint8))
+            got = _cutout_get(relay.url, slab, np.uint8)
+            if (got != value).any():
+                stale.append(f"writer {i} round {r}: {int((got != value).sum())} stale voxels")
+
+    def reader() -> None:  # keeps fetches of the shared cell in flight
+        barrier.wait()
+        for _ in range(rounds * 2):
+            _cutout_get(relay.url, Box((0, 0, 0), shape), np.uint8)
+
+    with ThreadPoolExecutor(writers + 2) as pool:
+        futures = [pool.submit(writer, i) for i in range(writers)]
+        futures += [pool.submit(reader) for _ in range(2)]
+        for f in futures:
+            f.result()
+    assert not stale, stale
