@@ -347,3 +347,104 @@ tokens = {{ "{RW}" = "read-write" }}
         for f in futures:
             f.result()
     assert not stale, stale
+
+
+# -- delete, then recreate ----------------------------------------------------------------------
+FRAME = {"x_start": 0, "x_stop": 300, "y_start": 0, "y_stop": 200, "z_start": 0, "z_stop": 20,
+         "x_voxel_size": 4, "y_voxel_size": 4, "z_voxel_size": 30, "voxel_unit": "nanometers"}
+CUT = Box((2, 10, 20), (12, 150, 260))  # spans several cache cells of either dtype
+
+
+def _data_root_relay(tmp_path: Path, relay_factory: Callable[..., RelayProcess]) -> RelayProcess:
+    cfg = tmp_path / "relay.toml"
+    if not cfg.exists():
+        cfg.write_text(f"""
+[server]
+upstream_timeout = 60
+state_path = "{tmp_path / 'state.json'}"
+[cache]
+memory_bytes = "64 MiB"
+disk_path = "{tmp_path / 'cache'}"
+[auth]
+tokens = {{ "{RW}" = "read-write" }}
+""")
+    return relay_factory(cfg, "--data-root", str(tmp_path / "data"))
+
+
+def _ok(res: httpx.Response, status: int) -> None:
+    assert res.status_code == status, res.text
+
+
+def _make_project(http: httpx.Client) -> None:
+    _ok(http.post("/v1/collection/lab/", json={"description": "x"}), 201)
+    _ok(http.post("/v1/coord/frame/", json=FRAME), 201)
+    _ok(http.post("/v1/collection/lab/experiment/exp/",
+                  json={"coord_frame": "frame", "num_hierarchy_levels": 1}), 201)
+
+
+def _make_channel(http: httpx.Client, dtype: str) -> None:
+    kind = "annotation" if dtype == "uint64" else "image"
+    _ok(http.post("/v1/collection/lab/experiment/exp/channel/ch/",
+                  json={"type": kind, "datatype": dtype}), 201)
+
+
+def _delete_channel(http: httpx.Client) -> None:
+    _ok(http.delete("/v1/collection/lab/experiment/exp/channel/ch/"), 204)
+
+
+@pytest.mark.parametrize("second_dtype", ["uint8", "uint64"])
+def test_a_recreated_channel_never_serves_the_deleted_ones_data(
+        second_dtype: str, tmp_path: Path, relay_factory) -> None:  # type: ignore[no-untyped-def]
+    relay = _data_root_relay(tmp_path, relay_factory)
+    old = np.random.default_rng(4).integers(1, 255, tuple(CUT.shape), dtype=np.uint8)
+    with relay.client(RW) as http:
+        _make_project(http)
+        _make_channel(http, "uint8")
+    _cutout_post(relay.url, CUT, old, path="lab/exp/ch")
+    np.testing.assert_array_equal(_cutout_get(relay.url, CUT, np.uint8, path="lab/exp/ch"), old)
+    np.testing.assert_array_equal(_cutout_get(relay.url, CUT, np.uint8, path="lab/exp/ch"), old)
+    with relay.client(RW) as http:
+        before = http.get("/metrics").json()
+        assert before["cache"]["memory_hits"] > 0, before  # it was served from the cache
+        _delete_channel(http)
+        after = http.get("/metrics").json()
+        assert after["memory_entries"] < before["memory_entries"], after  # its cells dropped
+        _make_channel(http, second_dtype)
+    dt = np.dtype(second_dtype)
+    got = _cutout_get(relay.url, CUT, dt, path="lab/exp/ch")
+    assert not got.any(), f"{np.count_nonzero(got)} voxels of the deleted channel were served"
+    new = np.full(tuple(CUT.shape), 2**40 + 3 if dt == np.uint64 else 9, dtype=dt)
+    part = Box((2, 10, 20), (4, 50, 60))
+    _cutout_post(relay.url, part, new[part.slices(CUT.start)], path="lab/exp/ch")
+    expected = np.zeros(tuple(CUT.shape), dt)
+    expected[part.slices(CUT.start)] = new[part.slices(CUT.start)]
+    np.testing.assert_array_equal(_cutout_get(relay.url, CUT, dt, path="lab/exp/ch"), expected)
+
+
+def test_delete_and_recreate_across_restarts_with_the_disk_tier(
+        tmp_path: Path, relay_factory) -> None:  # type: ignore[no-untyped-def]
+    old = np.random.default_rng(5).integers(1, 255, tuple(CUT.shape), dtype=np.uint8)
+    first = _data_root_relay(tmp_path, relay_factory)
+    with first.client(RW) as http:
+        _make_project(http)
+        _make_channel(http, "uint8")
+    _cutout_post(first.url, CUT, old, path="lab/exp/ch")
+    np.testing.assert_array_equal(_cutout_get(first.url, CUT, np.uint8, path="lab/exp/ch"), old)
+    first.stop()
+    second = _data_root_relay(tmp_path, relay_factory)  # memory empty, disk cache kept
+    np.testing.assert_array_equal(_cutout_get(second.url, CUT, np.uint8, path="lab/exp/ch"), old)
+    with second.client(RW) as http:
+        assert http.get("/metrics").json()["cache"]["disk_hits"] > 0  # served from disk
+        _delete_channel(http)
+    second.stop()
+    third = _data_root_relay(tmp_path, relay_factory)
+    with third.client(RW) as http:
+        _make_channel(http, "uint8")
+    got = _cutout_get(third.url, CUT, np.uint8, path="lab/exp/ch")
+    assert not got.any(), f"{np.count_nonzero(got)} voxels of the deleted channel were served"
+    # recreated again, in the same relay, after data was written and cached
+    _cutout_post(third.url, CUT, old, path="lab/exp/ch")
+    with third.client(RW) as http:
+        _delete_channel(http)
+        _make_channel(http, "uint64")
+    assert not _cutout_get(third.url, CUT, np.uint64, path="lab/exp/ch").any()

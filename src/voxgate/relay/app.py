@@ -334,7 +334,7 @@ class Relay:
     def delete_local_channel(self, entry: ChannelEntry) -> None:
         cat = self.catalog
         key = "/".join(entry.key)
-        cat.forget_remotes(entry)
+        tag = cat.cache_tag(entry)  # its incarnation's: taken while it still has one
         with cat._lock:
             cat.channels.pop(entry.key, None)
             cat.state["local_channels"].pop(key, None)
@@ -342,6 +342,9 @@ class Relay:
             cat.state["meta"].pop(key, None)
             cat.state["reserved"].pop(key, None)
             cat.save()
+        # its Remotes closed and its cells dropped from memory and disk; a channel created
+        # later under this name is a new incarnation, with a cache identity of its own
+        cat.drop_channel(entry, tag)
         location = entry.upstream_url.split("://", 1)[1]
         remove_tree(location)
 

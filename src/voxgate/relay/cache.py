@@ -350,7 +350,7 @@ class CachedRemote(Remote):
         ident = hashlib.sha256(identity.encode()).hexdigest()[:20]
         #: the tag every entry of this Remote carries (the relay passes the channel's, so a
         #: delete drops the cells of every token's view of it)
-        self.tag = hashlib.sha256((tag if tag is not None else identity).encode()).hexdigest()[:16]
+        self.tag = self.tag_of(tag if tag is not None else identity)
         self._prefix = f"{self.tag}{_TAG_END}{ident}"
         self._inflight: dict[str, _Flight] = {}
         self._lock = threading.Lock()
@@ -364,6 +364,11 @@ class CachedRemote(Remote):
     @classmethod
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> Remote:
         raise VoxgateError("a CachedRemote is made by the relay, not opened by URL")
+
+    @staticmethod
+    def tag_of(tag: str) -> str:
+        """The cache tag a CachedRemote made with ``tag=tag`` gives its entries."""
+        return hashlib.sha256(tag.encode()).hexdigest()[:16]
 
     @property
     def capabilities(self) -> frozenset[Capability]:

@@ -7,6 +7,11 @@ root).  Experiments and coordinate frames of config and data-root channels are d
 the volumes' metadata: the frame spans every channel of the experiment, one resolution level
 per upstream scale.  What clients create or change (descriptions, metadata, reserved ids,
 local projects) is kept in a small JSON state file written atomically.
+
+A channel created through the project service has an *incarnation* (a random id kept in the
+state file with it): the cache identity of its cells includes it, so a channel deleted and
+created again under the same name never meets the old one's cells, even on a disk tier that
+outlived a restart.  Deleting a channel also drops its cells from both tiers (by tag).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import hashlib
 import json
 import os
 import threading
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -211,9 +217,12 @@ class Catalog:
                 # writes to it answer 403
                 upstream = open_remote(entry.upstream_url, mode="r", **options)
             safe = sorted((k, v) for k, v in options.items() if k != "token")
-            identity = json.dumps([entry.upstream_url, safe, fingerprint], default=str)
+            incarnation = self.incarnation(entry)
+            identity = json.dumps([entry.upstream_url, safe, fingerprint]
+                                  + ([incarnation] if incarnation else []), default=str)
             cached = CachedRemote(upstream, self.cache, identity=identity,
-                                  timeout=self.config.upstream_timeout)
+                                  timeout=self.config.upstream_timeout,
+                                  tag=self.cache_tag(entry))
         except BaseException as exc:
             err: BaseException = exc
             if not isinstance(exc, (RemoteNotFoundError, AuthenticationError, UpstreamError)):
@@ -234,6 +243,33 @@ class Catalog:
             for r in entry._remotes.values():
                 r.close()
             entry._remotes.clear()
+
+    def incarnation(self, entry: ChannelEntry) -> str:
+        """The incarnation of a channel created through the project service ("" for the
+        others, whose identity is their upstream URL).  Made on first use and saved with the
+        channel; a channel that is no longer the catalog's (deleted meanwhile) gets a
+        throwaway one, so nothing it caches can be met by a later channel of that name."""
+        if not entry.local:
+            return ""
+        with self._lock:
+            spec = self.state["local_channels"].get("/".join(entry.key))
+            if self.channels.get(entry.key) is not entry or spec is None \
+                    or spec.get("url") != entry.upstream_url:
+                return "gone-" + uuid.uuid4().hex
+            if not spec.get("incarnation"):
+                spec["incarnation"] = uuid.uuid4().hex
+                self.save()
+            return str(spec["incarnation"])
+
+    def cache_tag(self, entry: ChannelEntry) -> str:
+        """What every cached cell of the channel is tagged with (all tokens' views of it)."""
+        return json.dumps([entry.upstream_url, self.incarnation(entry)])
+
+    def drop_channel(self, entry: ChannelEntry, tag: str) -> int:
+        """Forget a deleted channel's Remotes and drop its cells (``tag``: its
+        :meth:`cache_tag`, taken before the delete) from both cache tiers; return how many."""
+        self.forget_remotes(entry)  # closed first: fetches in flight cache nothing more
+        return self.cache.drop_tag(CachedRemote.tag_of(tag))
 
     # -- names ----------------------------------------------------------------------------------
     def collection_names(self) -> list[str]:
