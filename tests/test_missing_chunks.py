@@ -1,0 +1,378 @@
+"""Absent chunks: read as fill by default, MissingChunkError with missing="error", listed by
+Volume.missing_chunks, ``voxgate info --check`` and ``voxgate cp``, for every store type.
+
+Each case makes a 48^3 volume of 16^3 chunks holding non-zero data everywhere except chunk
+(1, 0, 2) (z, y, x), which is absent: a chunk file deleted from disk where each chunk is a
+file, a chunk never written inside a shard (zarr v3, precomputed) or an HDF5 file, and a
+``delete_chunk`` for mem://.  Chunk (0, 0, 0) holds zeros that were written: a stored chunk
+equal to the fill value is not absent, except in a sharded precomputed scale: tensorstore's
+sharded writer leaves chunks equal to the fill value out of the shard (even with
+store_data_equal_to_fill_value), so there it is absent too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import blosc
+import httpx
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import voxgate
+from voxgate.cli import main
+from voxgate.errors import (
+    CapabilityNotSupportedError,
+    InvalidRequestError,
+    MissingChunkError,
+    RemoteNotFoundError,
+    VoxgateError,
+)
+from voxgate.geometry import Box, Vec
+from voxgate.remotes import memory
+from voxgate.remotes.base import Capability, Remote, bisect_absent
+from voxgate.transfer import copy
+
+from .relay.conftest import free_port, start_relay
+
+SHAPE = (48, 48, 48)
+CHUNK = 16
+GONE = Vec(1, 0, 2)
+GONE_BOX = Box((16, 0, 32), (32, 16, 48))
+ZERO = Vec(0, 0, 0)
+
+
+def _data() -> np.ndarray:
+    a = (np.arange(np.prod(SHAPE)) % 250 + 1).astype(np.uint8).reshape(SHAPE)
+    a[:CHUNK, :CHUNK, :CHUNK] = 0  # chunk (0, 0, 0) is written, as zeros
+    return a
+
+
+def _cells() -> Iterator[tuple[Vec, Box]]:
+    n = SHAPE[0] // CHUNK
+    for z in range(n):
+        for y in range(n):
+            for x in range(n):
+                start = Vec(z * CHUNK, y * CHUNK, x * CHUNK)
+                yield Vec(z, y, x), Box(start, start + Vec(CHUNK, CHUNK, CHUNK))
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+STORES: dict[str, tuple[str, dict[str, Any], str]] = {
+    # name: (url template, create options, how the chunk becomes absent)
+    "zarr3": ("zarr://{d}/v.zarr", {}, "delete"),
+    "zarr2": ("zarr://{d}/v.zarr", {"zarr_format": 2}, "delete"),
+    "zarr3-sharded": ("zarr://{d}/v.zarr", {"shards": (32, 32, 32)}, "never"),
+    "n5": ("n5://{d}/v.n5", {}, "delete"),
+    "precomputed": ("precomputed://{d}/pc", {}, "delete"),
+    "precomputed-gz": ("precomputed://{d}/pc", {}, "gzip+delete"),
+    "precomputed-sharded": ("precomputed://{d}/pc", {"sharded": True}, "never"),
+    "hdf5": ("hdf5://{d}/v.h5", {}, "never"),
+    "mem": ("mem://missing-{n}", {}, "mem"),
+}
+
+
+#: stores where the written all-zero chunk ZERO is absent as well
+ZERO_ABSENT = {"precomputed-sharded"}
+
+
+class Store(str):
+    """A volume URL, with the chunks absent from it."""
+
+    absent: list[Vec]
+
+
+@pytest.fixture(params=sorted(STORES))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """The URL of a volume whose chunk GONE is absent from its store."""
+    template, options, how = STORES[request.param]
+    url = template.format(d=tmp_path, n=request.param)
+    vol = voxgate.create(url, shape=SHAPE, dtype="uint8", chunks=(CHUNK,) * 3,
+                         voxel_size=(1, 1, 1), **options)
+    data = _data()
+    for g, cell in _cells():
+        if g != GONE:
+            vol.write(data[cell.slices()], cell)
+    if how in ("delete", "gzip+delete", "mem"):
+        before = _files(tmp_path)
+        vol.write(data[GONE_BOX.slices()], GONE_BOX)
+        new = _files(tmp_path) - before
+        if how == "mem":
+            assert isinstance(vol.remote, memory.MemoryRemote)
+            vol.remote.delete_chunk(GONE)
+        else:
+            assert len(new) == 1, new  # the chunk's own file
+            if how == "gzip+delete":  # CloudVolume's local convention: every chunk as NAME.gz
+                for f in _files(tmp_path / "pc") - {tmp_path / "pc" / "info"}:
+                    f.with_name(f.name + ".gz").write_bytes(gzip.compress(f.read_bytes()))
+                    f.unlink()
+                os.unlink(str(new.pop()) + ".gz")
+            else:
+                new.pop().unlink()
+    vol.remote.close()
+    out = Store(url)
+    out.absent = [ZERO, GONE] if request.param in ZERO_ABSENT else [GONE]
+    yield out
+    if how == "mem":
+        memory.delete(url[len("mem://"):])
+
+
+def test_default_reads_absent_chunk_as_fill(store: Store) -> None:
+    vol = voxgate.open(store)
+    assert vol.missing == "fill"
+    got = vol.read()
+    expected = _data()
+    expected[GONE_BOX.slices()] = 0
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_missing_error_raises_naming_the_chunk(store: Store) -> None:
+    vol = voxgate.open(store, missing="error")
+    assert vol.missing == "error"
+    with pytest.raises(MissingChunkError) as info:
+        vol[20:24, 2:5, 30:40].read()  # touches (1, 0, 1) and the absent (1, 0, 2)
+    err = info.value
+    assert isinstance(err, LookupError) and isinstance(err, VoxgateError)
+    assert err.chunks == [GONE] and err.scale == 0 and err.total == 1  # (0,0,0) not touched
+    assert "(1, 0, 2)" in str(err) and "missing='fill'" in str(err)
+    with pytest.raises(MissingChunkError):
+        np.asarray(vol)
+    # reads that touch only stored chunks are unaffected, the written zeros included
+    np.testing.assert_array_equal(vol[16:, :48, :32].read(), _data()[16:, :48, :32])
+    if ZERO not in store.absent:
+        np.testing.assert_array_equal(vol[:16, :48, :32].read(), _data()[:16, :48, :32])
+    # the option survives a reopen from the spec (the relay and workers reopen that way)
+    assert vol.spec()["options"] == {"missing": "error"}
+
+
+def test_python_api_lists_absent_chunks(store: Store) -> None:
+    vol = voxgate.open(store)
+    assert vol.missing_chunks() == store.absent
+    assert vol.missing_chunks(Box((0, 16, 0), (16, 48, 48))) == []
+    assert vol.missing_chunks(Box((20, 10, 40), (21, 11, 41))) == [GONE]
+    assert vol[16:32, :16, 32:].missing_chunks() == [GONE]
+    assert vol[:16, 16:].missing_chunks() == []
+
+
+def test_info_check_reports_absent_chunks(store: Store) -> None:
+    runner = CliRunner()
+    res = runner.invoke(main, ["info", "--check", store])
+    assert res.exit_code == 0, res.output
+    shown = ", ".join(str(tuple(g)) for g in store.absent)
+    assert f"{len(store.absent)} chunk(s) absent at scale 0: {shown}" in res.output
+    res = runner.invoke(main, ["info", "--check", "--json", store])
+    assert res.exit_code == 0, res.output
+    import json
+
+    doc = json.loads(res.output)
+    assert doc["absent_chunks"] == {
+        "0": {"total": len(store.absent), "first_zyx": [list(g) for g in store.absent]}
+    }
+    res = runner.invoke(main, ["info", "--check", "--missing", "error", store])
+    assert res.exit_code != 0 and "MissingChunkError" in res.output
+
+
+def test_cp_reports_absent_chunks(store: Store, tmp_path: Path) -> None:
+    dst = tmp_path / "copy.zarr"
+    runner = CliRunner()
+    res = runner.invoke(main, ["cp", "--no-progress", store, f"zarr://{dst}"])
+    assert res.exit_code == 0, res.output
+    shown = ", ".join(str(tuple(g)) for g in store.absent)
+    assert f"{len(store.absent)} chunk(s) absent at scale 0: {shown}" in res.output
+    # copied as fill, and the copy holds every chunk (the absent one as written zeros)
+    out = voxgate.open(f"zarr://{dst}")
+    assert not out[GONE_BOX.slices()].read().any()
+    assert out.missing_chunks() == []
+    # --missing error refuses before creating anything
+    dst2 = tmp_path / "refused.zarr"
+    res = runner.invoke(main, ["cp", "--no-progress", "--missing", "error", store, f"zarr://{dst2}"])
+    assert res.exit_code != 0 and "MissingChunkError" in res.output and "(1, 0, 2)" in res.output
+    assert not dst2.exists()
+    report = copy(store, f"zarr://{tmp_path / 'api.zarr'}", progress=False)
+    assert report.absent_checked and report.absent_chunks == {0: store.absent}
+
+
+def test_copy_with_a_box_reports_only_chunks_inside_it(tmp_path: Path) -> None:
+    url = f"zarr://{tmp_path}/src.zarr"
+    vol = voxgate.create(url, shape=SHAPE, dtype="uint8", chunks=(CHUNK,) * 3,
+                         voxel_size=(1, 1, 1))
+    vol[:16] = 7  # only the first slab of chunks is stored
+    report = copy(url, f"zarr://{tmp_path}/dst.zarr", box=Box((0, 0, 0), (16, 48, 48)),
+                  progress=False)
+    assert report.absent_chunks == {}
+    report = copy(url, f"zarr://{tmp_path}/dst2.zarr", box=Box((0, 0, 0), (20, 16, 16)),
+                  progress=False)
+    assert report.absent_chunks == {0: [Vec(1, 0, 0)]}
+
+
+def test_missing_values_are_checked() -> None:
+    voxgate.create("mem://missing-opt", shape=(4, 4, 4), dtype="uint8", chunks=(2, 2, 2),
+                   voxel_size=(1, 1, 1))
+    try:
+        with pytest.raises(InvalidRequestError, match=r"'fill'.*'error'"):
+            voxgate.open("mem://missing-opt", missing="zeros")
+        with pytest.raises(InvalidRequestError):
+            voxgate.open("mem://missing-opt", missing=True)
+        with pytest.raises(InvalidRequestError):
+            copy("mem://missing-opt", "mem://missing-opt2", missing="skip", progress=False)
+        assert voxgate.open("mem://missing-opt", missing="fill").missing == "fill"
+        # nothing written yet: every chunk is absent
+        assert len(voxgate.open("mem://missing-opt").missing_chunks()) == 8
+    finally:
+        memory.delete("missing-opt")
+
+
+class _NoChunks(Remote):
+    """A Remote without CHUNK_PRESENCE, as bossdb:// and dvid:// are."""
+
+    scheme = "nochunks"
+
+    def __init__(self, meta: voxgate.VolumeMeta) -> None:
+        self.meta, self.mode, self.url = meta, "r", "nochunks://x"
+
+    @classmethod
+    def open(cls, location: str, *, mode: str = "r", **options: object) -> Remote:
+        raise RemoteNotFoundError(location)
+
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        return np.zeros(box.shape, self.meta.dtype)
+
+
+def test_stores_without_visible_chunks_refuse_missing_error() -> None:
+    from voxgate.remotes.boss import BossDBRemote
+    from voxgate.remotes.dvid import DVIDRemote
+
+    meta = voxgate.VolumeMeta.build(shape=(4, 4, 4), dtype="uint8", chunks=(2, 2, 2),
+                                    voxel_size=(1, 1, 1))
+    remote = _NoChunks(meta)
+    with pytest.raises(CapabilityNotSupportedError, match="missing='error'"):
+        remote.set_missing("error")
+    remote.set_missing("fill")
+    with pytest.raises(CapabilityNotSupportedError):
+        voxgate.Volume(remote).missing_chunks()
+    # bossdb:// and dvid:// declare no CHUNK_PRESENCE, so set_missing refuses them the same way
+    for cls in (BossDBRemote, DVIDRemote):
+        assert cls.absent_chunks is Remote.absent_chunks
+        assert cls.set_missing is Remote.set_missing
+
+
+def test_bisect_absent_matches_brute_force() -> None:
+    rng = np.random.default_rng(5)
+    bounds = Box((3, 0, 0), (3 + 37, 21, 50))  # offset grid, partial edge chunks
+    chunks = Vec(4, 5, 7)
+    grid = [-(-n // c) for n, c in zip(bounds.shape, chunks, strict=True)]
+    for density in (0.0, 0.02, 0.3, 1.0):
+        stored = rng.random(grid) >= density
+        calls: list[Box] = []
+
+        def stats(region: Box, stored: np.ndarray = stored,
+                  calls: list[Box] = calls) -> tuple[bool, bool]:
+            calls.append(region)
+            lo = [(a - o) // c for a, o, c in zip(region.start, bounds.start, chunks, strict=True)]
+            hi = [-(-(b - o) // c) for b, o, c in zip(region.stop, bounds.start, chunks,
+                                                       strict=True)]
+            part = stored[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+            return (not part.any()), bool(part.all())
+
+        got = bisect_absent(bounds, chunks, bounds, stats)
+        expected = sorted(Vec(*map(int, g)) for g in np.argwhere(~stored))
+        assert got == expected
+        if density == 0.0:
+            assert len(calls) == 1
+
+
+def test_capability_is_declared_by_file_stores(tmp_path: Path) -> None:
+    vol = voxgate.create(f"zarr://{tmp_path}/c.zarr", shape=(4, 4, 4), dtype="uint8",
+                         chunks=(2, 2, 2), voxel_size=(1, 1, 1))
+    assert Capability.CHUNK_PRESENCE in vol.remote.capabilities
+    assert Capability.CHUNK_PRESENCE in voxgate.open(f"zarr://{tmp_path}/c.zarr").remote.capabilities
+
+
+# -- through the relay -------------------------------------------------------------------------
+@pytest.fixture
+def relay_over_gap(tmp_path: Path) -> Iterator[Callable[[str], httpx.Response]]:
+    url = f"zarr://{tmp_path}/up.zarr"
+    vol = voxgate.create(url, shape=SHAPE, dtype="uint8", chunks=(CHUNK,) * 3,
+                         voxel_size=(1, 1, 1))
+    data = _data()
+    for g, cell in _cells():
+        if g != GONE:
+            vol.write(data[cell.slices()], cell)
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text(f"""
+[server]
+host = "127.0.0.1"
+upstream_timeout = 20
+state_path = "{tmp_path / 'state.json'}"
+[cache]
+memory_bytes = "16 MiB"
+[[channel]]
+name = "lab/em/fill"
+upstream = "{url}"
+[[channel]]
+name = "lab/em/strict"
+upstream = "{url}"
+missing = "error"
+""")
+    tomllib.loads(cfg.read_text())
+    relay = start_relay(cfg, free_port())
+    try:
+        with httpx.Client(base_url=relay.url, timeout=60) as http:
+            yield lambda path: http.get(path)
+    finally:
+        relay.stop()
+
+
+def test_relay_serves_fill_or_a_clear_error(relay_over_gap: Callable[[str], httpx.Response],
+                                            tmp_path: Path) -> None:
+    get = relay_over_gap
+    # x 30:40, y 2:5, z 20:24 touches the absent chunk (1, 0, 2)
+    res = get("/v1/cutout/lab/em/fill/0/30:40/2:5/20:24/")
+    assert res.status_code == 200, res.text
+    arr = np.frombuffer(blosc.decompress(res.content), np.uint8).reshape(4, 3, 10)
+    expected = _data()[20:24, 2:5, 30:40].copy()
+    expected[:, :, 2:] = 0
+    np.testing.assert_array_equal(arr, expected)
+    res = get("/v1/cutout/lab/em/strict/0/30:40/2:5/20:24/")
+    assert res.status_code == 404, res.text
+    body = res.json()
+    assert "absent" in body["message"] and "(1, 0, 2)" in body["message"]
+    assert str(tmp_path) not in res.text  # no server path in the error
+    # the relay fetches whole cache cells (blocks of upstream chunks; here one cell holds the
+    # whole 48^3 volume), so any read of that cell answers the same 404, never zeros
+    res = get("/v1/cutout/lab/em/strict/0/0:16/0:16/0:16/")
+    assert res.status_code == 404 and "(1, 0, 2)" in res.json()["message"], res.text
+    # the precomputed dialect answers the absent chunk with a 404 too
+    res = get("/precomputed/lab/em/strict/1_1_1/32-48_0-16_16-32")
+    assert res.status_code == 404, res.text
+    assert str(tmp_path) not in res.text
+
+
+def test_relay_config_checks_missing(tmp_path: Path) -> None:
+    from voxgate.relay.config import load_config
+
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("""
+[[channel]]
+name = "a/b/c"
+upstream = "zarr:///nowhere"
+missing = "zeros"
+""")
+    with pytest.raises(InvalidRequestError, match="missing"):
+        load_config(cfg)
+    cfg.write_text("""
+[[channel]]
+name = "a/b/c"
+upstream = "zarr:///nowhere"
+missing = "error"
+""")
+    assert load_config(cfg).channels[0].options == {"missing": "error"}
