@@ -84,9 +84,11 @@ class MissingChunkError(VoxgateError, LookupError):
     names the first few); ``total`` is how many there are.
     """
 
-    def __init__(self, message: str, chunks: Sequence[object] = (), scale: int = 0) -> None:
+    def __init__(
+        self, message: str, chunks: Sequence[tuple[int, ...]] = (), scale: int = 0
+    ) -> None:
         super().__init__(message)
-        self.chunks = list(chunks)
+        self.chunks: list[tuple[int, ...]] = list(chunks)
         self.scale = scale
         self.total = len(self.chunks)
 

@@ -24,6 +24,7 @@ from ..errors import (
     AuthenticationError,
     CorruptChunkError,
     InvalidRequestError,
+    MissingChunkError,
     OutOfBoundsError,
     ReadOnlyError,
     RemoteNotFoundError,
@@ -394,6 +395,15 @@ def _error_response(relay: Relay, request: Request, exc: Exception) -> Response:
 def _raw_error_response(request: Request, exc: Exception) -> Response:
     if isinstance(exc, BossHTTPError):
         return exc.response()
+    if isinstance(exc, MissingChunkError):
+        # an upstream configured with missing = "error": absent data is a 404 naming the
+        # chunks by grid index (never a path), not zeros
+        shown = ", ".join(str(tuple(int(v) for v in c)) for c in exc.chunks[:10])
+        more = f" and {exc.total - 10} more" if exc.total > 10 else ""
+        return boss_error(404, RESOURCE_NOT_FOUND,
+                          f"missing data: {exc.total} chunk(s) absent from the upstream at "
+                          f"scale {exc.scale}: {shown}{more} (chunk grid index z, y, x); the "
+                          "channel's upstream is configured with missing = \"error\"")
     corrupt = _corrupt_cause(exc)
     if corrupt is not None and not isinstance(exc, UpstreamTimeoutError):
         log.warning("corrupt upstream data on %s %s: %s", request.method, request.url.path,

@@ -18,6 +18,7 @@ name = "lab/em_2024/raw"                  # collection/experiment/channel
 upstream = "precomputed://gs://bucket/em/raw"
 options = { }                             # keyword options for voxgate.open
 forward_token = false                     # open the upstream with each client's token
+missing = "fill"                          # absent upstream chunks: "fill" or "error" (a 404)
 writable = true
 
 [auth]
@@ -238,11 +239,18 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
             )
         for part, what in zip(parts, ("collection", "experiment", "channel"), strict=True):
             check_name(part, what)
-        extra = set(ch) - {"name", "upstream", "options", "forward_token", "writable"}
+        extra = set(ch) - {"name", "upstream", "options", "forward_token", "writable", "missing"}
         if extra:
             raise InvalidRequestError(f"{where}: unknown key(s) {sorted(extra)}")
+        options = dict(ch.get("options", {}))
+        if "missing" in ch:  # absent upstream chunks: "fill" (default) or "error" (a 404)
+            if ch["missing"] not in ("fill", "error"):
+                raise InvalidRequestError(
+                    f"{where}: missing must be \"fill\" or \"error\", got {ch['missing']!r}"
+                )
+            options["missing"] = ch["missing"]
         cfg.channels.append(
-            ChannelConfig(parts[0], parts[1], parts[2], str(upstream), dict(ch.get("options", {})),
+            ChannelConfig(parts[0], parts[1], parts[2], str(upstream), options,
                           bool(ch.get("forward_token", False)), bool(ch.get("writable", True)))
         )
     for key, value in overrides.items():
