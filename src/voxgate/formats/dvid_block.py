@@ -24,8 +24,10 @@ u8 ndims (3), u8 rundim (0), u8 reserved, u32 nvoxels (0), u32 nspans`` then ``n
 **Block records** (``GET/POST blocks``, ``specificblocks``): ``i32 bx, by, bz, i32 nbytes,
 payload`` repeated, block coordinates on the block grid.
 
-Decoders check every length and raise :class:`DVIDFormatError` (a ``ValueError``) naming
-what was wrong; they never read past the buffer.
+Decoders check every length and raise :class:`DVIDFormatError` naming what was wrong; they
+never read past the buffer.  It is a :class:`~voxgate.errors.CorruptChunkError` (so a
+:class:`~voxgate.errors.VoxgateError`) and, as before, a ``ValueError``.  Encoders given an
+array they cannot encode raise :class:`~voxgate.errors.InvalidRequestError`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import struct
 from collections.abc import Iterator
 
 import numpy as np
+
+from ..errors import CorruptChunkError, InvalidRequestError
 
 __all__ = [
     "DVIDFormatError",
@@ -49,9 +53,11 @@ __all__ = [
 
 SUB = 8  # sub-block edge
 _SUBVOX = SUB**3
+#: DVID's MaxSubBlockSize: a block is at most 1024 voxels (128 sub-blocks) along each axis
+_MAX_SUB_PER_AXIS = 128
 
 
-class DVIDFormatError(ValueError):
+class DVIDFormatError(CorruptChunkError, ValueError):
     """Bytes that are not a valid DVID label block, RLE stream or block-record stream."""
 
 
@@ -82,7 +88,7 @@ def encode_label_block(block: np.ndarray) -> bytes:
     """Serialize a uint64 (z, y, x) block, each side a multiple of 8, as a DVID label Block."""
     arr = np.asarray(block)
     if arr.ndim != 3 or any(s % SUB or s == 0 for s in arr.shape):
-        raise DVIDFormatError(
+        raise InvalidRequestError(
             f"a DVID label block must be 3-D with every side a positive multiple of 8, "
             f"got shape {arr.shape}"
         )
@@ -141,8 +147,13 @@ def decode_label_block(data: bytes | memoryview, shape: tuple[int, int, int] | N
     if len(buf) < 16:
         raise DVIDFormatError(f"a DVID label block has a 16-byte header, got {len(buf)} bytes")
     gx, gy, gz, nlab = struct.unpack_from("<4I", buf, 0)
-    if min(gx, gy, gz) == 0 or gx * gy * gz > 2**20:
-        raise DVIDFormatError(f"implausible sub-block grid {gx}x{gy}x{gz} in a DVID label block")
+    if min(gx, gy, gz) == 0 or max(gx, gy, gz) > _MAX_SUB_PER_AXIS or gx * gy * gz > 2**20:
+        raise DVIDFormatError(
+            f"implausible sub-block grid {gx}x{gy}x{gz} in a DVID label block (DVID allows 1 to "
+            f"{_MAX_SUB_PER_AXIS} sub-blocks of 8 voxels per axis)"
+        )
+    if nlab == 0:
+        raise DVIDFormatError("the label block declares 0 labels; DVID requires at least one")
     out_shape = (gz * SUB, gy * SUB, gx * SUB)
     if shape is not None and tuple(shape) != out_shape:
         raise DVIDFormatError(
@@ -157,9 +168,8 @@ def decode_label_block(data: bytes | memoryview, shape: tuple[int, int, int] | N
         )
     labels = np.frombuffer(buf, "<u8", nlab, pos).astype(np.uint64)
     pos += 8 * nlab
-    if nlab <= 1:
-        value = labels[0] if nlab else np.uint64(0)
-        return np.full(out_shape, value, dtype=np.uint64)
+    if nlab == 1:
+        return np.full(out_shape, labels[0], dtype=np.uint64)
     nsb = gx * gy * gz
     if len(buf) < pos + 2 * nsb:
         raise DVIDFormatError("the label block ends inside its sub-block label counts")

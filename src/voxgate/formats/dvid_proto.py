@@ -10,13 +10,17 @@ From DVID's ``datatype/common/proto``::
     message MappingOps { repeated MappingOp mappings = 1; }
 
 Only varint (0) and length-delimited (2) wire types occur; unknown fields are skipped, a
-truncated or malformed buffer raises :class:`ProtobufError` (a ``ValueError``).
+truncated or malformed buffer raises :class:`ProtobufError`, a
+:class:`~voxgate.errors.CorruptChunkError` (so a :class:`~voxgate.errors.VoxgateError`) and a
+``ValueError``.  Values that cannot be encoded raise :class:`~voxgate.errors.InvalidRequestError`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from ..errors import CorruptChunkError, InvalidRequestError
 
 __all__ = [
     "MappingOp",
@@ -30,13 +34,13 @@ __all__ = [
 ]
 
 
-class ProtobufError(ValueError):
+class ProtobufError(CorruptChunkError, ValueError):
     """Bytes that are not the protobuf message expected."""
 
 
 def _varint(n: int) -> bytes:
-    if n < 0:
-        raise ProtobufError(f"cannot encode the negative varint {n}")
+    if n < 0 or n >= 2**64:
+        raise InvalidRequestError(f"a protobuf uint64 holds 0..2**64-1, not {n}")
     out = bytearray()
     while True:
         b = n & 0x7F
@@ -57,9 +61,11 @@ def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
         pos += 1
         result |= (b & 0x7F) << shift
         if not b & 0x80:
+            if result >= 2**64:
+                raise ProtobufError(f"a varint holds {result}, more than 64 bits")
             return result, pos
         shift += 7
-        if shift > 70:
+        if shift >= 70:
             raise ProtobufError("a varint is longer than 10 bytes")
 
 

@@ -435,8 +435,22 @@ def _decode_draco(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     faces = getattr(decoded, "faces", None)
     if faces is None:
         raise CorruptChunkError(f"{name} is a Draco point cloud, not a mesh", chunk=name)
-    points = np.asarray(decoded.points, dtype=np.float64).reshape(-1, 3)
-    return points, np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    try:
+        points = np.asarray(decoded.points, dtype=np.float64)
+        tris = np.asarray(faces, dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise CorruptChunkError(f"{name} holds unreadable Draco attributes: {exc}",
+                                chunk=name) from None
+    if points.size == 0:
+        points = points.reshape(0, 3)
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise CorruptChunkError(
+            f"{name} holds positions of shape {points.shape}; a mesh needs (n, 3) x, y, z",
+            chunk=name)
+    if tris.size % 3:
+        raise CorruptChunkError(
+            f"{name} holds {tris.size} face indices, not whole triangles", chunk=name)
+    return points, tris.reshape(-1, 3)
 
 
 _PLY_TYPES = {
@@ -462,11 +476,20 @@ def _read_ply(data: bytes, id: int | None) -> Mesh:
             if f[0] == "format":
                 fmt = f[1]
             elif f[0] == "element":
+                if int(f[2]) < 0 or any(e[0] == f[1] for e in elements):
+                    raise ValueError("a negative count or a repeated element")
                 elements.append((f[1], int(f[2]), []))
-            elif f[0] == "property" and f[1] == "list":
-                elements[-1][2].append((f[4], _PLY_TYPES[f[3]], _PLY_TYPES[f[2]]))
             elif f[0] == "property":
-                elements[-1][2].append((f[2], _PLY_TYPES[f[1]], None))
+                prop: tuple[str, str, str | None]
+                if f[1] == "list":
+                    prop = (f[4], _PLY_TYPES[f[3]], _PLY_TYPES[f[2]])
+                    if np.dtype(prop[2]).kind not in "iu":
+                        raise ValueError("a list length must be an integer type")
+                else:
+                    prop = (f[2], _PLY_TYPES[f[1]], None)
+                if any(p[0] == prop[0] for p in elements[-1][2]):
+                    raise ValueError("a repeated property")
+                elements[-1][2].append(prop)
         except (IndexError, KeyError, ValueError):
             raise InvalidRequestError(f"PLY header line {raw!r} is not understood") from None
     if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
@@ -528,6 +551,8 @@ def _read_ply(data: bytes, id: int | None) -> Mesh:
                             pos += np.dtype(t).itemsize
                         else:
                             (k,) = np.frombuffer(body, dtype=order + lt, count=1, offset=pos)
+                            if k < 0:
+                                raise ValueError(f"a list of {k} items")
                             pos += np.dtype(lt).itemsize
                             rows2.append(np.frombuffer(body, dtype=order + t, count=int(k),
                                                        offset=pos))
@@ -545,6 +570,8 @@ def _read_ply(data: bytes, id: int | None) -> Mesh:
         normals = np.stack([vcols["nx"], vcols["ny"], vcols["nz"]], axis=1)
     tris: list[np.ndarray] = []
     for row in lists.get("face", []):
+        if np.asarray(row).dtype.kind not in "iu":
+            raise InvalidRequestError("PLY face vertex indices must be integers")
         row = np.asarray(row, dtype=np.int64)
         if row.ndim == 2:  # the fast path: already triangles
             tris.append(row)

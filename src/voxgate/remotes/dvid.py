@@ -35,6 +35,7 @@ import os
 import re
 import struct
 import threading
+import zlib
 from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -1027,7 +1028,7 @@ class DVIDRemote(Remote):
                 raw = lz4.block.decompress(raw, uncompressed_size=n)
             elif self.is_label and self.compression == "gzip":
                 raw = gzip.decompress(raw)
-        except (lz4.block.LZ4BlockError, OSError, EOFError, ValueError) as exc:
+        except (lz4.block.LZ4BlockError, OSError, EOFError, ValueError, zlib.error) as exc:
             raise CorruptChunkError(
                 f"{self.url}: the server's {self.compression} data for {box!r} does not decode "
                 f"({exc})", chunk=where) from None

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import uuid as uuidlib
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -1057,7 +1058,7 @@ def _raw(ctx: _Ctx, method: str, parts: list[str], body: bytes) -> Reply:
     elif inst.is_label and compression == "gzip":
         try:
             raw = gzip.decompress(body)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise DVIDError(f"gzip decompression of the POSTed labels failed: {exc}") from None
     elif compression not in ("", "uncompressed"):
         raise DVIDError(f"unknown compression type {compression!r}")
@@ -1496,7 +1497,7 @@ def _blocks(ctx: _Ctx, method: str, parts: list[str], body: bytes) -> Reply:
             for (x, y, z), record in unpack_block_records(body):
                 try:
                     raw = gzip.decompress(record)
-                except (OSError, EOFError) as exc:
+                except (OSError, EOFError, zlib.error) as exc:
                     raise DVIDError(f"block ({x},{y},{z}) is not gzip data: {exc}") from None
                 items.append(((z, y, x), decode_label_block(raw, vol.bs)))
         except DVIDFormatError as exc:
