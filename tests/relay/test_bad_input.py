@@ -8,10 +8,13 @@ order, uploads lost to eviction, missing auth.
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import shutil
 import socket
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -599,3 +602,234 @@ def test_auth_is_enforced_on_every_data_path(relay: RelayProcess, untouched: Non
         ):
             res = httpx.request(method, relay.url + url, headers=headers, content=content)
             drf_error(res, 401)
+
+
+# -- a relay that stores projects: names, records, refusals that change nothing ---------------
+FRAME = {"x_start": 0, "x_stop": 300, "y_start": 0, "y_stop": 200, "z_start": 0, "z_stop": 20,
+         "x_voxel_size": 4.0, "y_voxel_size": 4.0, "z_voxel_size": 40.0,
+         "voxel_unit": "nanometers"}
+
+
+@dataclass
+class Stored:
+    relay: RelayProcess
+    data_root: Path
+    roots: list[str]  # server paths that no error body may show
+
+
+@pytest.fixture(scope="module")
+def stored(upstreams: Upstreams, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stored]:
+    """A relay with --data-root, the collection "proj" holding experiment "exp" (frame "pframe",
+    two levels) with the uint8 channel "img", and a configured channel whose upstream is gone."""
+    d = tmp_path_factory.mktemp("stored")
+    cfg = relay_config(d / "relay.toml", upstreams.root, extra=f"""
+[[channel]]
+name = "broken/em/gone"
+upstream = "zarr://{d / 'gone.zarr'}"
+""")
+    data_root = d / "data"
+    r = start_relay(cfg, free_port(), "--data-root", str(data_root))
+    with r.client(RW) as http:
+        assert http.post("/v1/collection/proj", json={"description": "p"}).status_code == 201
+        assert http.post("/v1/coord/pframe", json=FRAME).status_code == 201
+        res = http.post("/v1/collection/proj/experiment/exp",
+                        json={"coord_frame": "pframe", "num_hierarchy_levels": 2})
+        assert res.status_code == 201, res.text
+        res = http.post("/v1/collection/proj/experiment/exp/channel/img",
+                        json={"type": "image", "datatype": "uint8", "description": "first"})
+        assert res.status_code == 201, res.text
+    yield Stored(r, data_root, sorted({str(upstreams.root), str(d), str(data_root),
+                                       os.path.realpath(d)}))
+    r.stop()
+
+
+def project_snapshot(http: httpx.Client, data_root: Path) -> dict[str, Any]:
+    """Everything the project service shows, and every file under the data root."""
+    out: dict[str, Any] = {"files": sorted(str(p.relative_to(data_root))
+                                           for p in data_root.rglob("*"))}
+    for c in http.get("/v1/collection/").json()["collections"]:
+        if c == "broken":  # its only channel's upstream is gone: every read of it fails
+            continue
+        out[c] = http.get(f"/v1/collection/{c}").json()
+        for e in out[c]["experiments"]:
+            out[f"{c}/{e}"] = http.get(f"/v1/collection/{c}/experiment/{e}").json()
+            for ch in out[f"{c}/{e}"]["channels"]:
+                out[f"{c}/{e}/{ch}"] = http.get(
+                    f"/v1/collection/{c}/experiment/{e}/channel/{ch}").json()
+    for cf in http.get("/v1/coord/").json()["coords"]:
+        out[f"coord {cf}"] = http.get(f"/v1/coord/{cf}").json()
+    return out
+
+
+@pytest.mark.parametrize("what", ["collection", "experiment", "channel", "coord"])
+def test_names_are_matched_whole_and_bounded(stored: Stored, what: str) -> None:
+    def url(name: str) -> str:
+        return {"collection": f"/v1/collection/{name}",
+                "experiment": f"/v1/collection/proj/experiment/{name}",
+                "channel": f"/v1/collection/proj/experiment/exp/channel/{name}",
+                "coord": f"/v1/coord/{name}"}[what]
+
+    body = {"coord": FRAME, "experiment": {"coord_frame": "pframe"}}.get(what, {})
+    with stored.relay.client(RW) as http:
+        before = project_snapshot(http, stored.data_root)
+        # bossDB's rule is ^[A-Za-z0-9_-]+$; re.match with "$" also took a trailing newline
+        for bad in ("abc%0A", "abc%0D", "abc%0A%0A", "%0Aabc", "ab%20c", "abc.", "%C3%A9t%C3%A9",
+                    "a%00b", "x" * 256):
+            msg = boss_error(http.post(url(bad), json=body), 400, 1003)
+            assert "name" in msg
+        # the longest name bossDB takes is 255 characters; a stored channel is the file
+        # NAME.zarr, so the relay stores channel names of up to 250
+        longest = 250 if what == "channel" else 255
+        msg = boss_error(http.post(url("y" * 300), json=body), 400, 1003)
+        assert "255" in msg
+        if what == "channel":
+            msg = boss_error(http.post(url("y" * 251), json=body), 400, 1003)
+            assert "250" in msg
+        assert project_snapshot(http, stored.data_root) == before
+        assert not any("\n" in p or "\r" in p for p in before["files"])
+        res = http.post(url("n" * longest), json=body)
+        assert res.status_code == 201, res.text
+        assert http.delete(url("n" * longest)).status_code == 204
+
+
+def test_refused_requests_change_nothing(stored: Stored) -> None:
+    """Each of these was a 500 (some after changing things): now a 400 that changes nothing."""
+    deep = b"[" * 200_000 + b"]" * 200_000
+    deep_obj = b'{"description": ' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_001
+    channel = "/v1/collection/proj/experiment/exp/channel"
+    cases: list[tuple[str, str, Any, int]] = [
+        ("GET", f"/v1/boundingbox/lab/em/seg/0/{2**70}/", None, 1005),
+        ("GET", f"/v1/boundingbox/lab/em/seg/0/{2**64}/", None, 1005),
+        ("GET", "/v1/boundingbox/lab/em/seg/0/%D9%A3/", None, 1005),  # an Arabic-Indic 3
+        ("GET", "/v1/reserve/lab/em/seg/%D9%A3", None, 1005),
+        ("POST", "/v1/collection/deep", deep, 1003),
+        ("POST", "/v1/coord/deepframe", deep_obj, 1003),
+        ("POST", "/v1/coord/hugeframe", {**FRAME, "x_voxel_size": "1e400"}, 1003),
+        ("POST", "/v1/coord/hugeframe", b'{"x_start": 0, "x_stop": 10, "y_start": 0, '
+                                        b'"y_stop": 10, "z_start": 0, "z_stop": 10, '
+                                        b'"x_voxel_size": 1e400}', 1003),
+        ("POST", "/v1/coord/nanframe", b'{"x_voxel_size": NaN}', 1003),
+        ("POST", "/v1/coord/hugeframe", {**FRAME, "x_voxel_size": 1e300}, 1003),
+        ("POST", "/v1/coord/hugeframe", {**FRAME, "x_voxel_size": 0}, 1003),
+        ("POST", "/v1/coord/hugeframe", {**FRAME, "x_stop": 2**40}, 1003),
+        ("POST", "/v1/coord/hugeframe", {**FRAME, "x_stop": 10.5}, 1003),
+        ("POST", "/v1/coord/hugeframe", {**FRAME, "x_stop": True}, 1003),
+        ("POST", "/v1/coord/hugeframe", {**FRAME, "voxel_unit": ["nanometers"]}, 1003),
+        ("POST", "/v1/collection/proj/experiment/exp2", {"coord_frame": ["x"]}, 1003),
+        ("POST", "/v1/collection/proj/experiment/exp2", {"coord_frame": {"a": 1}}, 1003),
+        ("POST", "/v1/collection/proj/experiment/exp2",
+         {"coord_frame": "pframe", "num_hierarchy_levels": 2.0}, 1003),
+        ("POST", "/v1/collection/proj/experiment/exp2",
+         {"coord_frame": "pframe", "time_step_unit": 5}, 1003),
+        ("POST", f"{channel}/half", {"sources": 5}, 1003),
+        ("POST", f"{channel}/half", {"sources": ["img", 5]}, 1003),
+        ("POST", f"{channel}/half", {"related": ["no_such_channel"]}, 1003),
+        ("POST", f"{channel}/half", {"public": "yes"}, 1003),
+        ("POST", f"{channel}/half", {"description": 5}, 1003),
+        ("POST", f"{channel}/half", {"description": "x" * 4097}, 1003),
+        ("POST", f"{channel}/half", {"datatype": ["uint8"]}, 1003),
+        ("POST", f"{channel}/half", {"base_resolution": "0"}, 1003),
+        ("POST", "/v1/collection/deep2", {"public": [1, 2]}, 1003),
+    ]
+    with stored.relay.client(RW) as http:
+        before = project_snapshot(http, stored.data_root)
+        for method, url, body, code in cases:
+            if isinstance(body, bytes):
+                res = http.request(method, url, content=body,
+                                   headers={"Content-Type": "application/json"})
+            elif body is None:
+                res = http.request(method, url)
+            elif isinstance(body, dict) and body.get("x_voxel_size") == "1e400":
+                continue  # the JSON text 1e400 is sent as bytes above
+            else:
+                res = http.request(method, url, json=body)
+            boss_error(res, 400, code)
+            assert project_snapshot(http, stored.data_root) == before, (method, url)
+        # and a retry with a good body is not told "already exists"
+        res = http.post(f"{channel}/half", json={"sources": ["img"], "datatype": "uint16"})
+        assert res.status_code == 201, res.text
+        assert res.json()["sources"] == ["img"] and res.json()["datatype"] == "uint16"
+        assert http.delete(f"{channel}/half").status_code == 204
+        # a frame that was refused is not there to fail every later GET
+        boss_error(http.get("/v1/coord/hugeframe"), 404, 4000)
+
+
+def test_refused_updates_change_nothing(stored: Stored) -> None:
+    exp = "/v1/collection/proj/experiment/exp"
+    chan = f"{exp}/channel/img"
+    refused: list[tuple[str, dict[str, Any]]] = [
+        (chan, {"description": "changed", "datatype": "uint16"}),
+        (chan, {"description": "changed", "base_resolution": 1}),
+        (chan, {"description": "changed", "name": "renamed"}),
+        (chan, {"description": "changed", "public": [1, 2]}),
+        (chan, {"description": "changed", "sources": 5}),
+        (chan, {"description": "changed", "sources": ["img"]}),  # itself
+        (chan, {"public": True, "related": ["nope"]}),
+        (exp, {"description": "changed", "num_hierarchy_levels": 3}),
+        (exp, {"description": "changed", "hierarchy_method": "isotropic"}),
+        (exp, {"description": "changed", "public": [1, 2]}),
+        (exp, {"description": "changed", "time_step": "soon"}),
+        (exp, {"description": "changed", "time_step_unit": "fortnights"}),
+        (exp, {"description": "changed", "coord_frame": "other"}),
+        ("/v1/collection/proj", {"description": "changed", "public": [1, 2]}),
+        ("/v1/collection/proj", {"description": 7}),
+        ("/v1/collection/proj", {"description": "changed", "creator": "me"}),
+        ("/v1/coord/pframe", {"description": ["changed"]}),
+        ("/v1/coord/pframe", {"description": "changed", "x_stop": 10}),
+    ]
+    with stored.relay.client(RW) as http:
+        before = project_snapshot(http, stored.data_root)
+        for url, body in refused:
+            boss_error(http.put(url, json=body), 400, 1003)
+            assert project_snapshot(http, stored.data_root) == before, (url, body)
+        # what is valid is applied, and typed as bossDB types it
+        res = http.put(chan, json={"description": "second", "public": True})
+        assert res.status_code == 200, res.text
+        assert res.json()["description"] == "second" and res.json()["public"] is True
+        res = http.put(exp, json={"description": "second", "num_hierarchy_levels": 2,
+                                  "hierarchy_method": "anisotropic"})
+        assert res.status_code == 200, res.text
+        assert http.get(exp).json()["description"] == "second"
+
+
+def test_error_bodies_never_show_server_paths(stored: Stored, upstreams: Upstreams) -> None:
+    """Provoke every kind of error the relay answers; no body names a server path."""
+    bodies: list[str] = []
+    with stored.relay.client(RW) as http:
+        # a stored channel whose volume was removed behind the relay's back
+        res = http.post("/v1/collection/proj/experiment/exp/channel/vanished", json={})
+        assert res.status_code == 201, res.text
+        shutil.rmtree(stored.data_root / "proj" / "exp" / "vanished.zarr")
+        requests: list[tuple[str, str, Any]] = [
+            ("GET", "/v1/collection/proj/experiment/exp/channel/vanished", None),
+            ("GET", "/v1/cutout/proj/exp/vanished/0/0:10/0:10/0:2/", None),
+            ("POST", "/v1/collection/proj/experiment/exp/channel/vanished", {}),
+            ("GET", "/precomputed/proj/exp/vanished/info", None),
+            # a configured channel whose upstream does not exist
+            ("GET", "/v1/collection/broken/experiment/em/channel/gone", None),
+            ("GET", "/v1/cutout/broken/em/gone/0/0:10/0:10/0:2/", None),
+            ("GET", "/v1/collection/broken/experiment/em", None),
+            ("GET", "/v1/coord/broken_em_frame", None),
+            ("GET", "/precomputed/broken/em/gone/info", None),
+            # names and records
+            ("POST", "/v1/collection/proj/experiment/exp/channel/" + "z" * 300, {}),
+            ("POST", "/v1/collection/lab/experiment/em/channel/new", {}),
+            ("POST", "/v1/collection/proj/experiment/exp/channel/img", {}),
+            ("DELETE", "/v1/collection/lab/experiment/em/channel/raw", None),
+            ("GET", "/v1/cutout/proj/exp/img/0/0:1000/0:10/0:2/", None),
+            ("GET", "/v1/cutout/proj/exp/nope/0/0:10/0:10/0:2/", None),
+            ("GET", "/v1/nowhere", None),
+        ]
+        for method, url, body in requests:
+            res = http.request(method, url, json=body) if body is not None else \
+                http.request(method, url)
+            assert res.status_code != 500, (url, res.text)
+            if res.status_code >= 400:  # (the vanished volume's open handle may still read)
+                bodies.append(res.text)
+        assert len(bodies) >= len(requests) - 3
+        # the project service still works for everything else
+        assert http.get("/v1/collection/proj/experiment/exp/channel/img").status_code == 200
+    for text in bodies:
+        for root in stored.roots:
+            assert root not in text, text
+        assert "/tmp" not in text and str(Path.home()) not in text, text

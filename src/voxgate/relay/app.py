@@ -312,7 +312,11 @@ class Relay:
             raise bad_request(INVALID_POST_ARGUMENT, f"experiment {c}/{e} is derived from "
                               "upstream volumes; new channels go into experiments created "
                               "through the API")
-        frame = cat.coord_frames()[exp["coord_frame"]]
+        # a stored frame is read without opening every upstream (one dead upstream must not
+        # stop channels being created elsewhere); a derived one needs its channels' metadata
+        stored_frame = cat.state["coords"].get(exp["coord_frame"])
+        frame = dict(stored_frame) if stored_frame is not None else \
+            cat.coord_frames()[exp["coord_frame"]]
         meta = local_channel_meta(frame, exp, body)
         path = root / c / e / f"{ch}.zarr"
         url = f"zarr://{path}"

@@ -272,6 +272,25 @@ def boss_routes(relay: Relay) -> list[Route]:
         grant = auth.tokens.get(token) if token is not None else None
         return grant is not None and grant.role == "read-write" and grant.collections is None
 
+    def frame_index() -> dict[str, tuple[str, str] | None]:
+        """Every frame's name -> the experiment it is derived from (None: a stored frame).
+        Nothing is opened: one unreachable upstream does not hide every other frame."""
+        cat = relay.catalog
+        out: dict[str, tuple[str, str] | None] = {
+            k: None for k in cat.state["coords"] if not cat.deleted("coord", k)}
+        for c in cat.collection_names():
+            for e in cat.experiment_names(c):
+                name = cat.frame_name(c, e)
+                if name not in out and not cat.deleted("coord", name) and \
+                        cat.channel_names(c, e):
+                    out[name] = (c, e)
+        return out
+
+    def frame_record(name: str, where: tuple[str, str] | None) -> dict[str, Any]:
+        if where is None:
+            return dict(relay.catalog.state["coords"][name])
+        return relay.catalog.derived_frame(*where)
+
     def frame_users() -> dict[str, set[str]]:
         """Each coordinate frame in use -> the collections whose experiments use it."""
         cat = relay.catalog
@@ -393,7 +412,7 @@ def boss_routes(relay: Relay) -> list[Route]:
             if not isinstance(frame, str):
                 raise _invalid(f"coord_frame must be the name of a coordinate frame (a string), "
                                f"got {_kind(frame)}")
-            frames = await run(cat.coord_frames)
+            frames = await run(frame_index)
             users = await run(frame_users)
             if frame not in frames or not frame_visible(request, frame, users):
                 raise _invalid(f"coord_frame {_short(frame)} does not exist; create it first")
@@ -437,7 +456,7 @@ def boss_routes(relay: Relay) -> list[Route]:
     # -- coordinate frames ----------------------------------------------------------------------
     async def list_coords(request: Request) -> Response:
         relay.authorize(request, None, write=False)
-        frames = await run(relay.catalog.coord_frames)
+        frames = await run(frame_index)
         users = await run(frame_users)
         return json({"coords": sorted(n for n in frames if frame_visible(request, n, users))})
 
@@ -445,7 +464,7 @@ def boss_routes(relay: Relay) -> list[Route]:
         name = request.path_params["cf"]
         token = relay.authorize(request, None, write=request.method != "GET")
         cat = relay.catalog
-        frames = await run(cat.coord_frames)
+        frames = await run(frame_index)
         if request.method == "POST":
             _name(name, "coordinate frame")
             if name in frames:
@@ -466,7 +485,7 @@ def boss_routes(relay: Relay) -> list[Route]:
                                 f"permissions: the token may not read coordinate frame {name} "
                                 "(it neither created it nor may read a collection that uses it)")
         if request.method == "GET":
-            return json(_frame_json(frames[name]))
+            return json(_frame_json(await run(lambda: frame_record(name, frames[name]))))
         stored = cat.state["coords"].get(name)
         if stored is None:
             raise BossHTTPError(403, MISSING_PERMISSION, f"coordinate frame {name} is derived "
