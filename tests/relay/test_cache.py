@@ -722,7 +722,8 @@ def _get(relay: RelayProcess, box: tuple[tuple[int, int], ...]) -> np.ndarray:
 
 
 def _metrics(relay: RelayProcess) -> dict[str, Any]:
-    return dict(httpx.get(relay.url + "/metrics").json())
+    with relay.client(RW) as http:  # /metrics needs a token where reads do
+        return dict(http.get("/metrics").json())
 
 
 def test_disk_tier_survives_a_relay_restart(tmp_path: Path) -> None:

@@ -140,7 +140,7 @@ def test_down_upstream_answers_502_quickly_while_cached_chunks_serve(faults: Fau
             msg = upstream_error(http.get(cutout("net", "down", "img", *missing)), 502)
             # a refused connection is a failure (502), not waited out until the timeout (504)
             assert counters(http)["upstream_timeouts"] == before["upstream_timeouts"]
-            assert f"127.0.0.1:{server.port}" in msg
+            assert str(server.port) in msg  # says which upstream failed
             assert counters(http)["upstream_errors"] > before["upstream_errors"]
         finally:
             server.start()
