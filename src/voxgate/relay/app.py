@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 from typing import Any
 
@@ -54,6 +55,13 @@ from .precomputed import precomputed_routes
 __all__ = ["Relay", "build_app"]
 
 log = logging.getLogger("voxgate.relay")
+
+#: an absolute path in a message: "/" not inside a word, a URL or a label, up to a space,
+#: quote or bracket
+_ABSOLUTE_PATH = re.compile(r"(?<![\w\]\)>:/.\-~])/[^\s'\"\[\]()<>,;]+")
+_FILE_URL = re.compile(r"file://[^\s'\"\[\]()<>,;]*")
+#: the relay's own routes, which messages may name
+_ROUTES = ("/v1/", "/v0.", "/precomputed/", "/ping", "/metrics")
 
 #: blocks scanned at once by ids / bounding boxes / reserve (bounded memory on big volumes)
 SCAN_BYTES = 64 * 2**20
@@ -119,9 +127,10 @@ class Relay:
             return names
         return [c for c in names if c in grant.collections]
 
-    def scrub(self, message: str) -> str:
+    def scrub(self, message: str, request_path: str = "") -> str:
         """``message`` without the server's paths and upstream URLs: each becomes a label
-        (``[data root]``, ``[upstream of c/e/ch]``), so an error body never shows them."""
+        (``[data root]``, ``[upstream of c/e/ch]``), and any other absolute path that is not
+        one of the relay's own routes ``[server path]``, so an error body never shows them."""
         cfg = self.config
         found: dict[str, str] = {}
 
@@ -135,8 +144,9 @@ class Relay:
                 if v.startswith("/"):
                     variants.append(os.path.realpath(v))
             for v in variants:
-                if len(v) > 1 and v.strip("/"):
-                    found.setdefault(v.rstrip("/") or v, label)
+                # URLs and paths only: "faultfake://corrupt" must not replace every "corrupt"
+                if v.strip("/") and (v.startswith("/") or "://" in v):
+                    found.setdefault(v.rstrip("/"), label)
 
         for entry in list(self.catalog.channels.values()):
             add(entry.upstream_url, f"[upstream of {'/'.join(entry.key)}]")
@@ -147,7 +157,15 @@ class Relay:
                 add(str(path), label)
         for text in sorted(found, key=len, reverse=True):
             message = message.replace(text, found[text])
-        return message
+
+        def other_path(m: re.Match[str]) -> str:
+            text = m.group(0)
+            if text.startswith(_ROUTES) or (request_path and text.startswith(request_path)):
+                return text
+            return "[server path]"
+
+        message = _FILE_URL.sub("[server path]", message)
+        return _ABSOLUTE_PATH.sub(other_path, message)
 
     def user(self, request: Request) -> str:
         token = self.token(request)
@@ -390,7 +408,7 @@ def _error_response(relay: Relay, request: Request, exc: Exception) -> Response:
     doc = json.loads(bytes(res.body))
     for key in ("message", "detail"):
         if isinstance(doc.get(key), str):
-            doc[key] = relay.scrub(doc[key])
+            doc[key] = relay.scrub(doc[key], request.url.path)
     headers = {k: v for k, v in res.headers.items()
                if k.lower() not in ("content-length", "content-type")}
     return JSONResponse(doc, status_code=res.status_code, headers=headers)
