@@ -1,9 +1,16 @@
 """downsample: build a volume's coarser scales (mean for images, mode for segmentations).
 
-The local kernel is tinybrain.  tinybrain works on Fortran-order (x, y, z) arrays: a C-order
-(z, y, x) array's ``.T`` is exactly that, with no copy, and its results' ``.T`` are C-order
-(z, y, x) again.  (Passing the C-order array itself would make tinybrain downsample the wrong
-axes: with factors (1, 2, 2) it would halve z and y instead of y and x.)
+Every output voxel is computed from the voxels of the scale before it that it covers, partial
+blocks at odd edges included: the floor of their mean for integer images, their mean for float
+images, and for segmentations the first (in C order within the block) of their most frequent
+labels.  tests/services/numpy_reference.py states the same rules as brute-force numpy, and the
+property tests hold this kernel to it.
+
+The kernel uses tinybrain only where it was shown to give exactly that: single-level 2x2 and
+2x2x2 means over whole blocks (uint8/16/32, float32/64) and single-channel 2x2x2 modes; the rest
+(partial edge blocks, other factors and dtypes, 2x2 modes) is vectorised numpy.  tinybrain works
+on Fortran-order (x, y, z) arrays: a C-order (z, y, x) array's ``.T`` is exactly that, with no
+copy, and its results' ``.T`` are C-order (z, y, x) again.
 """
 
 from __future__ import annotations
@@ -41,33 +48,259 @@ def downsample_kernel(data: np.ndarray, factors: Sequence[Sequence[int]],
                       kind: str) -> list[np.ndarray]:
     """Downsample a C-order ([c,] z, y, x) array by each (z, y, x) factor in turn.
 
-    Returns one C-order array per factor (the coarser scales, in order).  ``kind`` "image"
-    averages, "segmentation" takes the mode.
+    Returns one C-order array per factor (the coarser scales, in order): scale k is computed
+    from scale k-1, and its shape is ``ceil(shape / factor)``.  ``kind`` "image" gives the floor
+    of the mean of the voxels each output voxel covers (the plain mean for floats);
+    "segmentation" gives a most frequent label of them, ties going to the label that comes
+    first in the block in C order (x fastest).  Partial blocks at odd edges count only the
+    voxels they cover.
     """
-    import tinybrain
-
     if kind not in ("image", "segmentation"):
         raise InvalidRequestError(f"kind must be 'image' or 'segmentation', got {kind!r}")
+    data = np.asarray(data)
+    if data.ndim not in (3, 4):
+        raise InvalidRequestError(
+            f"downsample_kernel takes a (z, y, x) or (c, z, y, x) array, got shape {data.shape}")
+    steps: list[tuple[int, int, int]] = []
+    for f in factors:
+        t = tuple(int(v) for v in f)
+        if len(t) != 3 or any(v < 1 for v in t):
+            raise InvalidRequestError(
+                f"each factor must be three integers >= 1 (z, y, x), got {tuple(f)!r}")
+        steps.append((t[0], t[1], t[2]))
+    level = _mean if kind == "image" else _mode
     out: list[np.ndarray] = []
     current = np.ascontiguousarray(data)
-    i = 0
-    factors = [tuple(int(v) for v in f) for f in factors]
-    while i < len(factors):
-        f = factors[i]
-        run = 1
-        while i + run < len(factors) and factors[i + run] == f:
-            run += 1
-        xyz = (f[2], f[1], f[0]) + ((1,) if current.ndim == 4 else ())
-        fortran = current.T  # (x, y, z[, c]) Fortran order: the same memory, no copy
-        if kind == "segmentation":
-            mips = tinybrain.downsample_segmentation(fortran, xyz, num_mips=run)
-        else:
-            mips = tinybrain.downsample_with_averaging(fortran, xyz, num_mips=run)
-        for m in mips:
-            out.append(np.ascontiguousarray(np.asarray(m).T))
-        current = out[-1]
-        i += run
+    for f in steps:
+        current = level(current, f)
+        out.append(current)
     return out
+
+
+# tinybrain's single-level 2x2 and 2x2x2 average pooling is exact (the floor of the mean) on
+# blocks wholly inside the array, for these dtypes; at odd edges it is wrong (garbage for 2x2),
+# its multi-level mode accumulates differently and refuses small extents, and it sums 64-bit
+# integers in 64 bits (overflow).  So it gets the whole blocks only and numpy does the rest.
+_TINYBRAIN_MEAN_DTYPES = frozenset(np.dtype(t) for t in (
+    np.uint8, np.uint16, np.uint32, np.float32, np.float64))
+# tinybrain's 2x2x2 mode pooling picks, per block, the first (in C order) of the most frequent
+# labels, odd edges included; its 2x2 mode pooling breaks ties by another rule and takes one
+# voxel at odd edges, so (1, 2, 2) runs in numpy.  Its multi-channel 2x2x2 path writes out of
+# bounds, so channels go one at a time.
+_TINYBRAIN_MODE_DTYPES = frozenset(np.dtype(t) for t in (
+    np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int16, np.int32, np.int64))
+_TINYBRAIN_MEAN_FACTORS = {(1, 2, 2): (2, 2, 1), (2, 2, 2): (2, 2, 2)}
+
+
+def _edge_parts(shape: Sequence[int], f: Sequence[int]
+                ) -> tuple[tuple[int, ...], list[tuple[slice, ...]]]:
+    """The whole-block output extent, and the output regions of the partial blocks.
+
+    Returns the number of whole blocks per axis and, for each axis whose extent is not a
+    multiple of its factor, the output slab (as slices over the last three axes) of that axis's
+    last, partial block (slabs may overlap at corners; each is computed alike).
+    """
+    whole = tuple(s // k for s, k in zip(shape, f, strict=True))
+    slabs: list[tuple[slice, ...]] = []
+    for ax, (s, k) in enumerate(zip(shape, f, strict=True)):
+        if s % k:
+            slabs.append(tuple(slice(whole[ax], whole[ax] + 1) if a == ax else slice(None)
+                               for a in range(3)))
+    return whole, slabs
+
+
+def _input_region(out_region: Sequence[slice], f: Sequence[int]) -> tuple[slice, ...]:
+    """The input voxels an output region (over the last three axes) covers."""
+    return tuple(slice(None) if r.start is None else slice(r.start * k, r.stop * k)
+                 for r, k in zip(out_region, f, strict=True))
+
+
+def _out_shape(shape: Sequence[int], f: Sequence[int]) -> tuple[int, ...]:
+    return tuple(shape[:-3]) + tuple(-(-n // k) for n, k in zip(shape[-3:], f, strict=True))
+
+
+def _combine(arr: np.ndarray, f: tuple[int, int, int], whole_fn: Any, edge_fn: Any
+             ) -> np.ndarray:
+    """Whole blocks by ``whole_fn`` (per channel, on a C-order (z, y, x) array whose extents
+    are multiples of ``f``), the partial blocks at the far edges by ``edge_fn``."""
+    whole, slabs = _edge_parts(arr.shape[-3:], f)
+    if min(whole) == 0:
+        return edge_fn(arr, f)
+    inner: tuple[slice, ...] = tuple(slice(0, w * k) for w, k in zip(whole, f, strict=True))
+    if arr.ndim == 3 and not slabs:
+        return whole_fn(arr)  # the common case: no copy of the result
+    out = np.empty(_out_shape(arr.shape, f), dtype=arr.dtype)
+    for c in np.ndindex(*arr.shape[:-3]):
+        out[c][: whole[0], : whole[1], : whole[2]] = whole_fn(arr[c][inner])
+    for region in slabs:
+        source: tuple[Any, ...] = (Ellipsis, *_input_region(region, f))
+        target: tuple[Any, ...] = (Ellipsis, *region)
+        out[target] = edge_fn(arr[source], f)
+    return out
+
+
+def _mean(arr: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
+    if f == (1, 1, 1):
+        return arr.copy()
+    xyz = _TINYBRAIN_MEAN_FACTORS.get(f)
+    if xyz is None or arr.dtype not in _TINYBRAIN_MEAN_DTYPES:
+        return _mean_numpy(arr, f)
+
+    def whole(a: np.ndarray) -> np.ndarray:
+        import tinybrain
+
+        # a C-order (z, y, x) array's .T is tinybrain's Fortran-order (x, y, z): the same
+        # memory (a copy only when the partial edge blocks were trimmed off)
+        res = tinybrain.downsample_with_averaging(np.asfortranarray(a.T), xyz, num_mips=1)[0]
+        return np.asarray(res).T
+
+    return _combine(arr, f, whole, _mean_numpy)
+
+
+def _block_counts(shape: Sequence[int], f: Sequence[int]) -> np.ndarray:
+    """How many input voxels each output voxel covers (partial blocks at the far edges)."""
+    per_axis = [np.minimum(k, s - np.arange(0, s, k)) for s, k in zip(shape, f, strict=True)]
+    return per_axis[0][:, None, None] * per_axis[1][None, :, None] * per_axis[2][None, None, :]
+
+
+def _block_sums(arr: np.ndarray, f: Sequence[int]) -> np.ndarray:
+    """Sums over each (partial) block of the last three axes; ``arr`` holds the sum dtype."""
+    for ax, k in zip((-3, -2, -1), f, strict=True):
+        if k > 1:
+            arr = np.add.reduceat(arr, np.arange(0, arr.shape[ax], k), axis=ax)
+    return arr
+
+
+def _mean_numpy(arr: np.ndarray, f: Sequence[int]) -> np.ndarray:
+    """Floor of the block means (mean for floats), vectorised, exact for every integer width."""
+    counts = _block_counts(arr.shape[-3:], f)
+    if arr.dtype.kind == "f":
+        return (_block_sums(arr.astype(np.float64), f) / counts).astype(arr.dtype)
+    if arr.dtype.kind == "b":
+        return _mean_numpy(arr.astype(np.uint8), f).astype(arr.dtype)
+    if arr.dtype.itemsize < 8:
+        wide = np.int64 if arr.dtype.kind == "i" else np.uint64
+        return (_block_sums(arr.astype(wide), f) // counts).astype(arr.dtype)
+    # 64-bit integers: a sum of even two values can overflow, so sum the high and low 32 bits
+    # apart and put the floor of the mean together from them.  Signed values are shifted into
+    # unsigned order first (v + 2**63 as uint64); the mean shifts with them.
+    sign = np.uint64(1 << 63)
+    u = arr.view(np.uint64) ^ sign if arr.dtype.kind == "i" else arr.astype(np.uint64,
+                                                                                 copy=False)
+    n = counts.astype(np.uint64)
+    hi = _block_sums(u >> np.uint64(32), f)
+    lo = _block_sums(u & np.uint64(0xFFFFFFFF), f)
+    mean = ((hi // n) << np.uint64(32)) + (((hi % n) << np.uint64(32)) + lo) // n
+    if arr.dtype.kind == "i":
+        return (mean ^ sign).view(np.int64).astype(arr.dtype, copy=False)
+    return mean.astype(arr.dtype, copy=False)
+
+
+def _mode(arr: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
+    if f == (1, 1, 1):
+        return arr.copy()
+    if arr.dtype not in _TINYBRAIN_MODE_DTYPES:
+        return _combine(arr, f, lambda a: _first_most_frequent(_block_members(a, f)),
+                        _mode_partial)
+    if f == (2, 2, 2):
+        # tinybrain's 2x2x2 rule is this kernel's, odd edges included: the whole array goes
+        def whole(a: np.ndarray) -> np.ndarray:
+            return _tinybrain_mode(a, (2, 2, 2))
+
+        if arr.ndim == 3:
+            return whole(arr)
+        out = np.empty(_out_shape(arr.shape, f), dtype=arr.dtype)
+        for c in np.ndindex(*arr.shape[:-3]):
+            out[c] = whole(arr[c])
+        return out
+    if f == (1, 2, 2):
+        out = np.empty(_out_shape(arr.shape, f), dtype=arr.dtype)
+        for c in np.ndindex(*arr.shape[:-3]):
+            out[c] = _mode_yx(arr[c])
+        return out
+    return _combine(arr, f, lambda a: _first_most_frequent(_block_members(a, f)),
+                    _mode_partial)
+
+
+def _tinybrain_mode(a: np.ndarray, xyz: tuple[int, int, int]) -> np.ndarray:
+    """tinybrain's mode pooling of one channel (C-order (z, y, x) in and out)."""
+    import tinybrain
+
+    # its kernels read raw memory: they must get a Fortran-contiguous (x, y, z) array
+    return np.asarray(tinybrain.downsample_segmentation(np.asfortranarray(a.T), xyz)[0]).T
+
+
+#: the doubled slabs _mode_yx hands tinybrain grow toward this many bytes
+_YX_SLAB_BYTES = 32 * 2**20
+
+
+def _mode_yx(a: np.ndarray) -> np.ndarray:
+    """(1, 2, 2) mode of one channel, by tinybrain's 2x2x2 kernel on doubled z planes.
+
+    A 2x2x2 block made of one 2x2 block twice (plane z, then plane z again) has the same most
+    frequent labels, each first met in the same order, so tinybrain's 2x2x2 rule (first of the
+    most frequent, odd edges included) gives exactly the 2x2 answer.  (tinybrain's own 2x2
+    kernel breaks ties by another rule and takes one voxel at odd edges.)  The doubling is done
+    a slab of planes at a time, so it costs a bounded buffer, not a second copy of the volume.
+    """
+    z, y, x = a.shape
+    out = np.empty((z, -(-y // 2), -(-x // 2)), dtype=a.dtype)
+    step = max(1, _YX_SLAB_BYTES // (2 * y * x * a.itemsize))
+    buf = np.empty((2 * min(step, z), y, x), dtype=a.dtype)
+    for z0 in range(0, z, step):
+        part = a[z0: z0 + step]
+        doubled = buf[: 2 * part.shape[0]]
+        doubled[0::2] = part
+        doubled[1::2] = part
+        out[z0: z0 + part.shape[0]] = _tinybrain_mode(doubled, (2, 2, 2))
+    return out
+
+
+def _block_members(arr: np.ndarray, f: Sequence[int]) -> list[np.ndarray]:
+    """One strided view per position in the block, in C order: member i of every block."""
+    fz, fy, fx = f
+    return [arr[..., dz::fz, dy::fy, dx::fx]
+            for dz in range(fz) for dy in range(fy) for dx in range(fx)]
+
+
+def _first_most_frequent(members: Sequence[np.ndarray],
+                         valid: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """Per block, the first member (in order) whose label is among the most frequent.
+
+    ``valid`` marks members that exist (partial blocks); absent members neither count nor win.
+    """
+    k = len(members)
+    counts = [np.ones(members[0].shape, dtype=np.int16) for _ in range(k)]
+    for i in range(k):
+        for j in range(i + 1, k):
+            eq = members[i] == members[j]
+            if valid is not None:
+                counts[i] += eq & valid[j]
+                counts[j] += eq & valid[i]
+            else:
+                counts[i] += eq
+                counts[j] += eq
+    if valid is not None:
+        counts = [np.where(v, c, -1).astype(np.int16) for c, v in zip(counts, valid,
+                                                                        strict=True)]
+    best = members[0].copy()
+    best_count = counts[0]
+    for i in range(1, k):
+        better = counts[i] > best_count  # strictly more: an earlier member keeps a tie
+        best[better] = members[i][better]
+        best_count = np.maximum(best_count, counts[i])
+    return best
+
+
+def _mode_partial(arr: np.ndarray, f: Sequence[int]) -> np.ndarray:
+    """Mode of blocks that may be partial at the far edges (a small slab of the volume)."""
+    padded_shape = tuple(-(-s // k) * k for s, k in zip(arr.shape[-3:], f, strict=True))
+    pad = [(0, 0)] * (arr.ndim - 3) + [(0, p - s) for p, s in zip(padded_shape, arr.shape[-3:],
+                                                                   strict=True)]
+    padded = np.pad(arr, pad, mode="edge")
+    present = np.zeros(padded_shape, dtype=bool)
+    present[: arr.shape[-3], : arr.shape[-2], : arr.shape[-1]] = True
+    return _first_most_frequent(_block_members(padded, f), _block_members(present, f))
 
 
 def _factors_between(a: Scale, b: Scale) -> Vec:
@@ -158,14 +391,23 @@ def downsample(
         meta = remote.meta
         steps += [_factors_between(meta.scale(k - 1), meta.scale(k))
                   for k in range(existing, num_scales)]
-    total = Vec(*(math.prod(f[i] for f in steps) for i in range(3)))
     s0 = meta.scale(0)
-    base = Vec.of(block) if block is not None else None
-    grid = Vec(*(c * t for c, t in zip(s0.chunks, total, strict=True)))
-    if base is None:
+    # Blocks are whole multiples of every scale's write grid (chunk or shard) times that
+    # scale's cumulative factor: each block then writes whole chunks at every scale (no two
+    # blocks share a chunk, so threads and workers never race on one), and its partial blocks
+    # can only lie at the dataset's far edges, where the whole-volume result has them too.
+    cum = Vec(1, 1, 1)
+    grid = remote.write_grid(0)
+    for k, f in enumerate(steps, start=1):
+        cum = Vec(*(c * v for c, v in zip(cum, f, strict=True)))
+        wg = remote.write_grid(k)
+        grid = Vec(*(math.lcm(g, w * c) for g, w, c in zip(grid, wg, cum, strict=True)))
+    if block is None:
         itemsize = meta.dtype.itemsize * meta.num_channels
         base = grow_block(grid, itemsize, s0.shape, BLOCK_BYTES)
-    base = Vec(*(max(g, math.ceil(b / g) * g) for b, g in zip(base, total, strict=True)))
+    else:
+        base = Vec(*(max(g, math.ceil(b / g) * g) for b, g in zip(Vec.of(block), grid,
+                                                                   strict=True)))
     blocks = list(block_boxes(s0.bounds, base))
 
     if client is not None:
