@@ -15,7 +15,7 @@ from __future__ import annotations
 import gzip
 import os
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -298,8 +298,17 @@ def test_capability_is_declared_by_file_stores(tmp_path: Path) -> None:
 
 
 # -- through the relay -------------------------------------------------------------------------
+class _Relay:
+    def __init__(self, url: str, http: httpx.Client) -> None:
+        self.url = url
+        self.http = http
+
+    def __call__(self, path: str) -> httpx.Response:
+        return self.http.get(path)
+
+
 @pytest.fixture
-def relay_over_gap(tmp_path: Path) -> Iterator[Callable[[str], httpx.Response]]:
+def relay_over_gap(tmp_path: Path) -> Iterator[_Relay]:
     url = f"zarr://{tmp_path}/up.zarr"
     vol = voxgate.create(url, shape=SHAPE, dtype="uint8", chunks=(CHUNK,) * 3,
                          voxel_size=(1, 1, 1))
@@ -327,13 +336,12 @@ missing = "error"
     relay = start_relay(cfg, free_port())
     try:
         with httpx.Client(base_url=relay.url, timeout=60) as http:
-            yield lambda path: http.get(path)
+            yield _Relay(relay.url, http)
     finally:
         relay.stop()
 
 
-def test_relay_serves_fill_or_a_clear_error(relay_over_gap: Callable[[str], httpx.Response],
-                                            tmp_path: Path) -> None:
+def test_relay_serves_fill_or_a_clear_error(relay_over_gap: _Relay, tmp_path: Path) -> None:
     get = relay_over_gap
     # x 30:40, y 2:5, z 20:24 touches the absent chunk (1, 0, 2)
     res = get("/v1/cutout/lab/em/fill/0/30:40/2:5/20:24/")
@@ -376,3 +384,46 @@ upstream = "zarr:///nowhere"
 missing = "error"
 """)
     assert load_config(cfg).channels[0].options == {"missing": "error"}
+
+
+def test_bossdb_client_through_the_relay(relay_over_gap: _Relay, tmp_path: Path) -> None:
+    # bossdb:// shows no chunks: missing="error" is refused, clearly
+    with pytest.raises(CapabilityNotSupportedError, match="missing='error'"):
+        voxgate.open(f"bossdb://{relay_over_gap.url}/lab/em/fill", missing="error")
+    # the relay's strict channel answers the absent chunk with an error, never zeros
+    strict = voxgate.open(f"bossdb://{relay_over_gap.url}/lab/em/strict")
+    with pytest.raises(MissingChunkError) as info:
+        strict[20:24, 2:5, 30:40].read()
+    assert info.value.chunks == [GONE] and info.value.total == 1 and info.value.scale == 0
+    assert "absent" in str(info.value) and "(1, 0, 2)" in str(info.value)
+    assert str(tmp_path) not in str(info.value)
+    fill = voxgate.open(f"bossdb://{relay_over_gap.url}/lab/em/fill")
+    assert not fill[20:24, 2:5, 34:40].read().any()
+
+
+def test_missing_error_keeps_its_type_through_a_chain(relay_over_gap: _Relay,
+                                                      tmp_path: Path) -> None:
+    cfg = tmp_path / "outer.toml"
+    cfg.write_text(f"""
+[server]
+host = "127.0.0.1"
+upstream_timeout = 20
+state_path = "{tmp_path / 'outer-state.json'}"
+[cache]
+memory_bytes = "16 MiB"
+[[channel]]
+name = "lab/em/strict"
+upstream = "bossdb://{relay_over_gap.url}/lab/em/strict"
+""")
+    outer = start_relay(cfg, free_port())
+    try:
+        res = httpx.get(outer.url + "/v1/cutout/lab/em/strict/0/30:40/2:5/20:24/", timeout=60)
+        assert res.status_code == 404, res.text
+        assert "(1, 0, 2)" in res.json()["message"]
+        assert str(tmp_path) not in res.text
+        vol = voxgate.open(f"bossdb://{outer.url}/lab/em/strict")
+        with pytest.raises(MissingChunkError) as info:
+            vol[20:24, 2:5, 30:40].read()
+        assert info.value.chunks == [GONE]
+    finally:
+        outer.stop()

@@ -80,17 +80,19 @@ class CorruptChunkError(VoxgateError, OSError):
 class MissingChunkError(VoxgateError, LookupError):
     """A read touched chunks absent from the store, on a volume opened with missing="error".
 
-    ``chunks`` lists their chunk grid indices (z, y, x) at ``scale``, all of them (the message
-    names the first few); ``total`` is how many there are.
+    ``chunks`` lists their chunk grid indices (z, y, x) at ``scale``: all of them, or the first
+    hundred when the error came through a voxgate relay (the message names the first few);
+    ``total`` is how many there are.
     """
 
     def __init__(
-        self, message: str, chunks: Sequence[tuple[int, ...]] = (), scale: int = 0
+        self, message: str, chunks: Sequence[tuple[int, ...]] = (), scale: int = 0,
+        total: int | None = None,
     ) -> None:
         super().__init__(message)
         self.chunks: list[tuple[int, ...]] = list(chunks)
         self.scale = scale
-        self.total = len(self.chunks)
+        self.total = len(self.chunks) if total is None else total
 
 
 class CapabilityNotSupportedError(VoxgateError, NotImplementedError):

@@ -425,7 +425,13 @@ def _raw_error_response(request: Request, exc: Exception) -> Response:
         return boss_error(404, RESOURCE_NOT_FOUND,
                           f"missing data: {exc.total} chunk(s) absent from the upstream at "
                           f"scale {exc.scale}: {shown}{more} (chunk grid index z, y, x); the "
-                          "channel's upstream is configured with missing = \"error\"")
+                          "channel's upstream is configured with missing = \"error\"",
+                          # voxgate's HTTP client raises MissingChunkError from these, so the
+                          # error keeps its type through a chain of relays
+                          headers={CORRUPT_HEADER: "missing-data", "X-Voxgate-Missing":
+                                   f"scale={exc.scale};total={exc.total};chunks=" + " ".join(
+                                       ",".join(str(int(v)) for v in c)
+                                       for c in exc.chunks[:100])})
     corrupt = _corrupt_cause(exc)
     if corrupt is not None and not isinstance(exc, UpstreamTimeoutError):
         log.warning("corrupt upstream data on %s %s: %s", request.method, request.url.path,

@@ -19,6 +19,7 @@ from ..errors import (
     AuthenticationError,
     CorruptChunkError,
     InvalidRequestError,
+    MissingChunkError,
     RemoteNotFoundError,
     RemoteUnavailableError,
     VoxgateError,
@@ -161,6 +162,22 @@ def _snippet(resp: httpx.Response) -> str:
     return str(data)[:300]
 
 
+def _missing(resp: httpx.Response, msg: str) -> MissingChunkError:
+    """A voxgate relay's 404 for chunks absent from a missing="error" upstream.
+
+    Its ``X-Voxgate-Missing`` header is ``scale=K;total=N;chunks=z,y,x z,y,x ...`` (the first
+    chunks); a header that does not parse still gives the error, without the chunk list.
+    """
+    fields = dict(p.partition("=")[::2] for p in resp.headers.get("x-voxgate-missing", "")
+                  .split(";"))
+    try:
+        chunks = [tuple(int(v) for v in c.split(",")) for c in fields.get("chunks", "").split()]
+        scale, total = int(fields.get("scale", 0)), int(fields.get("total", len(chunks)))
+    except ValueError:
+        chunks, scale, total = [], 0, 0
+    return MissingChunkError(msg, chunks=chunks, scale=scale, total=total)
+
+
 def _error(resp: httpx.Response, what: str) -> VoxgateError:
     status = resp.status_code
     msg = f"{what}: HTTP {status}: {_snippet(resp)}"
@@ -168,6 +185,8 @@ def _error(resp: httpx.Response, what: str) -> VoxgateError:
         return AuthenticationError(msg + " (check the token)")
     if status == 403:
         return AuthenticationError(msg)
+    if status == 404 and resp.headers.get("x-voxgate-error") == "missing-data":
+        return _missing(resp, msg)
     if status == 404:
         return RemoteNotFoundError(msg)
     if status == 413:
