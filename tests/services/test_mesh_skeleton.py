@@ -145,13 +145,47 @@ def test_obj_and_ply(labels: np.ndarray) -> None:
     assert ply.startswith(b"ply\nformat binary_little_endian")
 
 
+def _segments(vertices: np.ndarray, edges: np.ndarray) -> set[tuple[float, ...]]:
+    """A skeleton's edges as an order-free set of rounded coordinate pairs."""
+    v = np.round(np.asarray(vertices, dtype=np.float64), 2)
+    out = set()
+    for a, b in np.asarray(edges):
+        p, q = tuple(v[a]), tuple(v[b])
+        out.add(p + q if p <= q else q + p)
+    return out
+
+
+def _cable(vertices: np.ndarray, edges: np.ndarray) -> float:
+    v = np.asarray(vertices, dtype=np.float64)
+    e = np.asarray(edges)
+    return float(np.linalg.norm(v[e[:, 0]] - v[e[:, 1]], axis=1).sum())
+
+
 def test_skeletonize_local_and_stored(seg: voxgate.Volume, labels: np.ndarray) -> None:
+    import kimimaro
+
     big = [int(i) for i in np.argsort(np.bincount(labels.ravel().astype(np.int64)))[-3:]]
     sk = voxgate.skeletonize(seg, ids=big, dust_threshold=10)
     assert set(sk) == set(big) and sk.provenance.path == "local"
+    # the oracle: kimimaro itself on the same voxels in its own (x, y, z) layout, with the
+    # same parameters; its vertices are voxel index * anisotropy, so voxgate's world frame
+    # (offset (30, 20, 10) x/y/z, voxel centres) is that plus (offset + 0.5) * voxel size
+    xyz = np.asfortranarray(np.transpose(labels, (2, 1, 0)))
+    oracle = kimimaro.skeletonize(xyz, anisotropy=(4, 8, 40), dust_threshold=10,
+                                  object_ids=big, fix_branching=True, fix_borders=True,
+                                  progress=False, parallel=1)
+    shift = (np.array([30, 20, 10]) + 0.5) * np.array([4, 8, 40])
     for i in big:
         s = sk[i]
         assert len(s.vertices) > 1 and len(s.edges) > 0
+        ref_v = np.asarray(oracle[i].vertices, dtype=np.float64) + shift
+        ref_e = np.asarray(oracle[i].edges)
+        # kimimaro is deterministic: the same vertices, the same edges, the same cable
+        assert len(s.vertices) == len(ref_v) and len(s.edges) == len(ref_e)
+        np.testing.assert_allclose(np.unique(np.round(s.vertices, 2), axis=0),
+                                   np.unique(np.round(ref_v, 2), axis=0), atol=1e-2)
+        assert _segments(s.vertices, s.edges) == _segments(ref_v, ref_e)
+        assert _cable(s.vertices, s.edges) == pytest.approx(_cable(ref_v, ref_e), rel=1e-5)
         # vertices lie inside the segment's world bounding box (offset, anisotropic)
         w = np.nonzero(labels == i)
         lo = np.array([(30 + w[2].min()) * 4, (20 + w[1].min()) * 8, (10 + w[0].min()) * 40])
