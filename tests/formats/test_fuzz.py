@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import struct
 import zlib
@@ -57,6 +58,7 @@ from voxgate.remotes._http import HTTPClient
 from voxgate.remotes.boss import BossDBRemote
 from voxgate.remotes.dvid import DVIDRemote, decode_ngmesh
 from voxgate.remotes.precomputed import _decompress
+from voxgate.testing.dvid import DVIDState
 
 #: VOXGATE_FUZZ_EXAMPLES raises the count for a longer local hunt; the suite runs 200
 FUZZ = settings(max_examples=int(os.environ.get("VOXGATE_FUZZ_EXAMPLES", "200")), deadline=None,
@@ -523,3 +525,51 @@ _CELL = encode_cell(np.arange(60, dtype=np.uint64).reshape(3, 4, 5))
 @given(data=fuzz_bytes(_CELL))
 def test_relay_cache_entries(data: bytes) -> None:
     only_voxgate_errors(lambda: decode_cell(data, "entry"))
+
+
+# -- the DVID test server: what it decodes from POSTs ------------------------------------------
+@pytest.fixture(scope="module")
+def dvid_state() -> tuple[DVIDState, str]:
+    state = DVIDState()
+
+    def call(method: str, path: str, body: bytes = b"") -> bytes:
+        reply = state.handle(method, path, {}, body, {})
+        assert reply.status == 200, reply.body
+        return reply.body
+
+    uuid = json.loads(call("POST", "/api/repos", b'{"alias": "fuzz"}'))["root"]
+    for name, typename in (("seg", "labelmap"), ("kv", "keyvalue")):
+        call("POST", f"/api/repo/{uuid}/instance",
+             json.dumps({"typename": typename, "dataname": name}).encode())
+    return state, uuid
+
+
+_SERVER_POSTS: dict[str, tuple[str, dict[str, str], bytes]] = {
+    "blocks": ("seg/blocks", {}, pack_block_records(
+        [((0, 0, 0), gzip.compress(encode_label_block(np.pad(_BLOCK, ((0, 48),) * 3))))])),
+    "raw lz4": ("seg/raw/0_1_2/64_64_64/0_0_0", {"compression": "lz4"}, lz4.block.compress(
+        np.ones(64**3, "<u8").tobytes(), store_size=False)),
+    "raw gzip": ("seg/raw/0_1_2/64_64_64/0_0_0", {"compression": "gzip"},
+                 gzip.compress(np.ones(64**3, "<u8").tobytes())),
+    "keyvalues": ("kv/keyvalues", {}, _KV),
+    "mappings": ("seg/mappings", {}, _OPS),
+}
+
+
+def test_valid_server_posts(dvid_state: tuple[DVIDState, str]) -> None:
+    state, uuid = dvid_state
+    for path, query, body in _SERVER_POSTS.values():
+        reply = state.handle("POST", f"/api/node/{uuid}/{path}", query, body, {})
+        assert reply.status == 200, reply.body
+
+
+@FUZZ
+@given(which=st.sampled_from(sorted(_SERVER_POSTS)), data=st.data())
+def test_dvid_test_server_posts(dvid_state: tuple[DVIDState, str], which: str,
+                                data: st.DataObject) -> None:
+    """The test server answers a damaged body with a 4xx, as DVID does, never a crash."""
+    state, uuid = dvid_state
+    path, query, valid = _SERVER_POSTS[which]
+    body = data.draw(fuzz_bytes(valid, 1024))
+    reply = state.handle("POST", f"/api/node/{uuid}/{path}", query, body, {})
+    assert reply.status == 200 or 400 <= reply.status < 500, (reply.status, reply.body)
