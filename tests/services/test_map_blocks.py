@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,30 @@ def blur(a: np.ndarray) -> np.ndarray:
     for ax in range(3):
         out = (np.roll(out, 1, ax) + out + np.roll(out, -1, ax)) / 3
     return out.astype(np.uint8)
+
+
+def blockwise_reference(fn: Callable[[np.ndarray], np.ndarray], a: np.ndarray,
+                        block: tuple[int, int, int], halo: tuple[int, int, int]) -> np.ndarray:
+    """map_blocks' halo semantics in plain numpy: each block is ``fn`` of the block grown by
+    the halo (outside the volume: 0), cropped back to the block; blocks at the far edges are
+    clipped to the volume."""
+    padded = np.pad(a, [(h, h) for h in halo])
+    out: np.ndarray | None = None
+    for z0 in range(0, a.shape[0], block[0]):
+        for y0 in range(0, a.shape[1], block[1]):
+            for x0 in range(0, a.shape[2], block[2]):
+                lo = (z0, y0, x0)
+                hi = tuple(min(s + b, n) for s, b, n in zip(lo, block, a.shape, strict=True))
+                # padded index = volume index + halo, so the grown block starts at ``lo``
+                grown = padded[tuple(slice(s, e + 2 * h) for s, e, h in zip(lo, hi, halo,
+                                                                             strict=True))]
+                res = np.asarray(fn(grown))
+                if out is None:
+                    out = np.zeros(a.shape, res.dtype)
+                out[tuple(slice(s, e) for s, e in zip(lo, hi, strict=True))] = res[tuple(
+                    slice(h, h + e - s) for s, e, h in zip(lo, hi, halo, strict=True))]
+    assert out is not None
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +81,7 @@ def test_outputs(src: voxgate.Volume, image: np.ndarray, tmp_path: Path) -> None
         voxgate.map_blocks(blur, src, out=voxgate.open(out_url))
     as_float = voxgate.map_blocks(lambda a: a.astype(np.float32) / 255, src, dtype="float32")
     assert as_float.dtype == np.float32
+    np.testing.assert_array_equal(as_float, image.astype(np.float32) / 255)
     with pytest.raises(DtypeError, match="dtype="):
         voxgate.map_blocks(lambda a: a.astype(np.float32), src)
 
@@ -118,12 +143,30 @@ def test_blob_detector_example(src: voxgate.Volume, image: np.ndarray) -> None:
         return keep[labels].astype(np.uint8)
 
     found = voxgate.map_blocks(blobs, src, block=(16, 40, 48), halo=(4, 8, 8))
-    assert found.shape == image.shape and found.any()
+    expected = blockwise_reference(blobs, image, (16, 40, 48), (4, 8, 8))
+    assert expected.any()  # the example finds blobs in this volume
+    np.testing.assert_array_equal(found, expected)
+    # a block that is not whole chunks is rounded up to them (the output's chunks: the
+    # source's (16, 32, 32) here), as documented; blocks that do not divide the volume are
+    # clipped at the far edges, and still agree
+    found = voxgate.map_blocks(blobs, src, block=(13, 30, 35), halo=(3, 5, 7))
+    assert found.provenance.details["blocks"] == 2 * 3 * 2
+    np.testing.assert_array_equal(found, blockwise_reference(blobs, image, (16, 32, 64),
+                                                             (3, 5, 7)))
+
+
+def test_blockwise_reference_is_the_whole_volume_for_a_local_function(image: np.ndarray) -> None:
+    # the reference itself: a 1-voxel stencil with a halo of 1 is the whole-volume result
+    ref = blur(np.pad(image, 1))[1:-1, 1:-1, 1:-1]
+    np.testing.assert_array_equal(blockwise_reference(blur, image, (13, 30, 35), (1, 1, 1)), ref)
+    assert not np.array_equal(blockwise_reference(blur, image, (13, 30, 35), (0, 0, 0)), ref)
 
 
 def test_mesh_and_downsample_on_the_cluster(cluster: object, tmp_path: Path) -> None:
-    from voxgate.services.downsample import downsample_kernel, downsample_provenance
+    from voxgate.services.downsample import downsample_provenance
     from voxgate.synthetic import synthetic_labels
+
+    from .numpy_reference import downsample_scales
 
     labels = synthetic_labels((24, 64, 80), cell=(8, 20, 20), seed=5)
     seg = voxgate.create(f"zarr://{tmp_path}/seg.zarr", shape=labels.shape, chunks=(8, 32, 32),
@@ -138,6 +181,6 @@ def test_mesh_and_downsample_on_the_cluster(cluster: object, tmp_path: Path) -> 
         np.testing.assert_array_equal(_canon(spread[i]), _canon(whole[i]))
     out = voxgate.downsample(seg.url, 3, block=(8, 32, 32), client=cluster)
     assert downsample_provenance(out).details["scheduler"] == "distributed"  # type: ignore[union-attr]
-    expected = downsample_kernel(labels, [(1, 2, 2), (1, 2, 2)], "segmentation")
+    expected = downsample_scales(labels, [(1, 2, 2), (1, 2, 2)], "segmentation")
     for k in (1, 2):
         np.testing.assert_array_equal(voxgate.open(seg.url).at_scale(k).read(), expected[k - 1])
