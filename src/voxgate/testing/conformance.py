@@ -10,10 +10,12 @@ import pytest
 
 import voxgate
 from voxgate.errors import (
+    CapabilityNotSupportedError,
     CorruptChunkError,
     DtypeError,
     IndexingError,
     InvalidRequestError,
+    MissingChunkError,
     OutOfBoundsError,
     ReadOnlyError,
     RemoteExistsError,
@@ -110,6 +112,44 @@ class RemoteTests:
         out = vol[0:20, 0:40, 0:50].read()
         assert (out[0:8, 0:16, 0:16] == 3).all()
         assert not out[8:].any()
+
+    def test_missing_chunks(self, tmp_path: Path) -> None:
+        """Capability.CHUNK_PRESENCE: absent chunks listed, missing="error" honoured; a Remote
+        without it refuses missing="error" clearly."""
+        vol = self.make(tmp_path)  # (20, 40, 50) in (8, 16, 16) chunks: a 3 x 3 x 4 grid
+        remote = vol.remote
+        if not voxgate.has_capability(remote, "chunk_presence"):
+            with pytest.raises(CapabilityNotSupportedError, match="missing='error'"):
+                remote.set_missing("error")
+            with pytest.raises(CapabilityNotSupportedError):
+                vol.missing_chunks()
+            return
+        with pytest.raises(InvalidRequestError):
+            remote.set_missing("zeros")
+        # a fresh volume has every chunk absent, unless the suite's make() fills it (e.g. a
+        # layer CloudVolume wrote whole)
+        before = vol.missing_chunks()
+        grid = {(z, y, x) for z in range(3) for y in range(3) for x in range(4)}
+        assert set(before) <= grid and before == sorted(before)
+        vol[0:8, 0:16, 0:16] = 3
+        vol[8:16, 16:20, 34:40] = 1  # part of one chunk: the chunk is stored
+        absent = vol.missing_chunks()
+        assert absent == sorted(set(before) - {(0, 0, 0), (1, 1, 2)})
+        assert vol.missing_chunks(Box((0, 0, 0), (8, 16, 16))) == []
+        remote.set_missing("error")
+        try:
+            strict = voxgate.Volume(remote)
+            assert (strict[0:8, 0:16, 0:16].read() == 3).all()
+            if (1, 0, 0) in absent:
+                with pytest.raises(MissingChunkError) as info:
+                    strict[4:12, 0:16, 0:16].read()
+                assert info.value.chunks == [(1, 0, 0)] and info.value.scale == 0
+            else:
+                strict[4:12, 0:16, 0:16].read()
+            assert remote.spec()["options"]["missing"] == "error"
+        finally:
+            remote.set_missing("fill")
+        assert not vol[4:12, 0:16, 0:16].read()[4:].any()
 
     def test_metadata(self, tmp_path: Path) -> None:
         vol = self.make(tmp_path, kind="segmentation", dtype="uint64")
