@@ -31,6 +31,26 @@ def test_info(tmp_path: Path) -> None:
     assert out["scales"][1]["voxel_size_zyx"] == [40.0, 16.0, 16.0]
 
 
+def test_info_check(tmp_path: Path) -> None:
+    v = _vol(tmp_path)  # scale 0 written whole, scale 1 laid out and never written
+    res = CliRunner().invoke(main, ["info", "--check", v.url])
+    assert res.exit_code == 0, res.output
+    assert "uint16" in res.output  # the usual description comes first
+    assert "check: 0 chunk(s)" not in res.output and "absent at scale 0" not in res.output
+    n1 = len(v.at_scale(1).missing_chunks())
+    assert n1 > 0 and f"check: {n1} chunk(s) absent at scale 1" in res.output
+    res = CliRunner().invoke(main, ["info", "--check", "--json", v.url])
+    out = json.loads(res.output)
+    assert out["absent_chunks"]["0"] == {"total": 0, "first_zyx": []}
+    assert out["absent_chunks"]["1"]["total"] == n1
+    assert "absent_chunks" not in json.loads(
+        CliRunner().invoke(main, ["info", "--json", v.url]).output)
+    res = CliRunner().invoke(main, ["info", "--check", "--missing", "zeros", v.url])
+    assert res.exit_code == 2 and "'fill'" in res.output
+    res = CliRunner().invoke(main, ["info", "--check", "--missing", "error", v.url])
+    assert res.exit_code == 1 and f"MissingChunkError: {n1} chunk(s) absent" in res.output
+
+
 def test_info_errors(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["info", "nosuch://x"])
     assert res.exit_code == 1
