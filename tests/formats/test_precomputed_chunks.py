@@ -60,24 +60,103 @@ def test_compressed_segmentation_channels_and_blocks(tmp_path: Path, dtype: str)
     np.testing.assert_array_equal(store.result().read(order="F").result().T, data)
 
 
+class Malformed(Exception):
+    """The bytes do not follow the compressed_segmentation format."""
+
+
+def cseg_reference(data: bytes, shape: tuple[int, int, int, int], width: int,
+                   block: tuple[int, int, int]) -> np.ndarray:
+    """compressed_segmentation decoded voxel by voxel, straight from the Neuroglancer spec
+    (``width``: 1 word per value for uint32, 2 for uint64; ``block`` in z, y, x).
+
+    What a chunk must satisfy (else :class:`Malformed`): whole 32-bit words; each channel's
+    offset inside the chunk; every block header inside it; a bit width of 0, 1, 2, 4, 8, 16
+    or 32; each block's encoded values (all of the block's positions, the ones past the
+    volume's edge included: a stored block is whole) and every table entry they index
+    inside the chunk.  Anything else decodes to what the format says, whether or not it is
+    what was written: the format has no checksum.
+    """
+    if len(data) % 4:
+        raise Malformed("length")
+    words = [int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data), 4)]
+    c, nz, ny, nx = shape
+    bz, by, bx = block
+    gz, gy, gx = -(-nz // bz), -(-ny // by), -(-nx // bx)
+    out = np.zeros(shape, dtype=np.uint64 if width == 2 else np.uint32)
+
+    def word(i: int) -> int:
+        if not 0 <= i < len(words):
+            raise Malformed(f"word {i}")
+        return words[i]
+
+    for ch in range(c):
+        base = word(ch)
+        if base < c:
+            raise Malformed("channel offset inside the channel table")
+        for kz in range(gz):
+            for ky in range(gy):
+                for kx in range(gx):
+                    h = base + 2 * (kx + gx * (ky + gy * kz))
+                    table, bits, values = word(h) & 0xFFFFFF, word(h) >> 24, word(h + 1)
+                    if bits not in (0, 1, 2, 4, 8, 16, 32):
+                        raise Malformed(f"{bits} bits")
+                    for z in range(bz):
+                        for y in range(by):
+                            for x in range(bx):
+                                i = x + bx * (y + by * z)
+                                if bits:
+                                    w = word(base + values + (i * bits) // 32)
+                                    index = (w >> ((i * bits) % 32)) & ((1 << bits) - 1)
+                                else:
+                                    index = 0
+                                at = base + table + index * width
+                                value = word(at) | (word(at + 1) << 32 if width == 2 else 0)
+                                vz, vy, vx = kz * bz + z, ky * by + y, kx * bx + x
+                                if vz < nz and vy < ny and vx < nx:
+                                    out[ch, vz, vy, vx] = value
+                    if bits:  # the block's encoded values end inside the chunk
+                        word(base + values + (bx * by * bz * bits + 31) // 32 - 1)
+    return out
+
+
 def test_damaged_compressed_segmentation_is_always_an_error() -> None:
     data = _labels((1, 6, 12, 10), "uint64", 300, seed=2)
     good = encode_chunk(data, "compressed_segmentation", block_size=(8, 8, 8))
+
+    def ours(raw: bytes) -> np.ndarray:
+        return decode_chunk(raw, "compressed_segmentation", data.shape, np.dtype("uint64"),
+                            block_size=(8, 8, 8), name="c")
+
+    # the reference is right about the undamaged chunk, and so is voxgate
+    np.testing.assert_array_equal(cseg_reference(good, data.shape, 2, (8, 8, 8)), data)
+    np.testing.assert_array_equal(ours(good), data)
     # every truncation, including the empty chunk that crashes the package's decompressor
     for cut in range(len(good)):
         with pytest.raises(CorruptChunkError, match="chunk c"):
-            decode_chunk(good[:cut], "compressed_segmentation", data.shape, np.dtype("uint64"),
-                         block_size=(8, 8, 8), name="c")
+            ours(good[:cut])
+    # random damage (4 bytes replaced): voxgate raises CorruptChunkError exactly when the
+    # bytes break the format, and otherwise returns exactly what the format says they hold
     rng = np.random.default_rng(3)
-    for _ in range(300):  # random damage decodes to something or raises; it never crashes
+    outcomes = {"malformed": 0, "unchanged": 0, "other values": 0}
+    for _ in range(300):
         bad = bytearray(good)
         for pos in rng.integers(0, len(good), 4):
             bad[pos] = int(rng.integers(0, 256))
         try:
-            decode_chunk(bytes(bad), "compressed_segmentation", data.shape,
-                         np.dtype("uint64"), block_size=(8, 8, 8), name="c")
-        except CorruptChunkError:
-            pass
+            expected = cseg_reference(bytes(bad), data.shape, 2, (8, 8, 8))
+        except Malformed:
+            with pytest.raises(CorruptChunkError, match="chunk c"):
+                ours(bytes(bad))
+            outcomes["malformed"] += 1
+            continue
+        got = ours(bytes(bad))
+        assert got.dtype == np.uint64 and got.shape == data.shape
+        np.testing.assert_array_equal(got, expected)
+        if bytes(bad) == good:
+            np.testing.assert_array_equal(got, data)
+        outcomes["unchanged" if np.array_equal(got, data) else "other values"] += 1
+    # the loop exercised both kinds of damage
+    assert outcomes["malformed"] > 10 and outcomes["other values"] > 10, outcomes
 
 
 def test_raw_is_fortran_xyzc_bytes() -> None:

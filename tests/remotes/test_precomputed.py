@@ -465,8 +465,12 @@ def test_damaged_chunks_raise(tmp_path: Path, encoding: str, gzipped: bool) -> N
     dtype = "uint32" if encoding == "compressed_segmentation" else "uint8"
     vol = voxgate.create(url(path), shape=(16, 32, 32), chunks=(16, 16, 16), dtype=dtype,
                          voxel_size=(8, 8, 8), encoding=encoding)
-    vol[:] = _data((16, 32, 32), dtype, "image", encoding, seed=0)
-    chunk = scale_dir(path) / "0-16_0-16_0-16"
+    data = _data((16, 32, 32), dtype, "image", encoding, seed=0)
+    vol[:] = data
+    undamaged = vol.read()  # (jpeg is lossy: what the store holds, read before any damage)
+    if encoding != "jpeg":
+        np.testing.assert_array_equal(undamaged, data)
+    chunk = scale_dir(path) / "0-16_0-16_0-16"  # x 0-16, y 0-16: the damaged one
     good = chunk.read_bytes()
     for damaged in (good[: len(good) // 2], good[:3], b"", b"\x00" * 7 + good[7:40]):
         if gzipped:
@@ -480,6 +484,10 @@ def test_damaged_chunks_raise(tmp_path: Path, encoding: str, gzipped: bool) -> N
             voxgate.open(url(path)).read()
         assert info.value.chunk == str(target)
         assert str(target) in str(info.value)
+        # the undamaged chunks (y 16-32, and x 16-32) read exactly
+        again = voxgate.open(url(path))
+        np.testing.assert_array_equal(again[:, 16:32, :].read(), undamaged[:, 16:32, :])
+        np.testing.assert_array_equal(again[:, :, 16:32].read(), undamaged[:, :, 16:32])
     if gzipped:  # a gzip stream that is itself cut short
         target.write_bytes(gzip.compress(good)[:-9])
         with pytest.raises(CorruptChunkError, match="does not decompress"):
