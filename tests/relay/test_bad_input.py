@@ -833,3 +833,13 @@ def test_error_bodies_never_show_server_paths(stored: Stored, upstreams: Upstrea
         for root in stored.roots:
             assert root not in text, text
         assert "/tmp" not in text and str(Path.home()) not in text, text
+
+
+@pytest.mark.parametrize("bad", ["{}%0A", "{}%0D", "%0A{}", "{}" + "1" * 5000,
+                                 "%D9%A3{}"])  # (an Arabic-Indic 3: int() would take it)
+def test_precomputed_chunk_names_are_matched_whole(http: httpx.Client, bad: str) -> None:
+    scale = http.get("/precomputed/lab/em/raw/info").json()["scales"][0]
+    first = "_".join(f"0-{min(c, n)}" for c, n in zip(scale["chunk_sizes"][0], scale["size"],
+                                                       strict=True))
+    assert http.get(f"/precomputed/lab/em/raw/s0/{first}").status_code == 200
+    boss_error(http.get(f"/precomputed/lab/em/raw/s0/{bad.format(first)}"), 400, 1001)

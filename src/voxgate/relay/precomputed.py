@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["precomputed_info", "precomputed_routes"]
 
-_CHUNK = re.compile(r"^(\d+)-(\d+)_(\d+)-(\d+)_(\d+)-(\d+)$")
+#: matched whole (no trailing newline), ASCII digits few enough that int() always takes them
+_CHUNK = re.compile(r"([0-9]{1,18})-([0-9]{1,18})_([0-9]{1,18})-([0-9]{1,18})_([0-9]{1,18})-"
+                    r"([0-9]{1,18})")
 _CSEG_BLOCK = (8, 8, 8)
 
 
@@ -124,7 +126,7 @@ def precomputed_routes(relay: Relay) -> list[Route]:
             raise BossHTTPError(404, 4000, f"no scale {key!r} in this layer; its scales are "
                                 f"{', '.join(keys)}")
         scale = keys.index(key)
-        m = _CHUNK.match(name)
+        m = _CHUNK.fullmatch(name)
         if not m:
             raise BossHTTPError(400, 1001, f"chunk name {name!r} is not x0-x1_y0-y1_z0-z1 "
                                 "(non-negative integers, x first)")
