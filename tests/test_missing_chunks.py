@@ -225,6 +225,13 @@ def test_missing_values_are_checked() -> None:
         with pytest.raises(InvalidRequestError):
             copy("mem://missing-opt", "mem://missing-opt2", missing="skip", progress=False)
         assert voxgate.open("mem://missing-opt", missing="fill").missing == "fill"
+        # reopening a Volume: missing may change, and is kept otherwise
+        strict = voxgate.open(voxgate.open("mem://missing-opt"), missing="error")
+        assert strict.missing == "error"
+        assert voxgate.open(strict, scale=0).missing == "error"
+        assert voxgate.open(strict, missing="fill").missing == "fill"
+        with pytest.raises(InvalidRequestError):
+            voxgate.open(strict, missing="never")
         # nothing written yet: every chunk is absent
         assert len(voxgate.open("mem://missing-opt").missing_chunks()) == 8
     finally:

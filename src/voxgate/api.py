@@ -54,11 +54,15 @@ def open(
     CapabilityNotSupportedError.  :meth:`Volume.missing_chunks` lists absent chunks.
     """
     if isinstance(url, Volume):
+        missing = check_missing(options.pop("missing", url.remote.missing))
         if options:
-            raise InvalidRequestError("options cannot be given when reopening a Volume")
-        remote = url.remote if url.mode == mode else open_remote(url.url, mode=mode)
-        if url.remote.missing != "fill" and remote is not url.remote:
-            remote.set_missing(url.remote.missing)
+            raise InvalidRequestError(
+                "options cannot be given when reopening a Volume (only mode, scale, bounds "
+                "and missing)"
+            )
+        remote = url.remote
+        if url.mode != mode or missing != remote.missing:
+            remote = open_remote(url.url, mode=mode, missing=missing)
         return Volume(remote, scale, bounds=bounds)
     if not isinstance(url, (str, os.PathLike)):
         raise InvalidRequestError(
