@@ -434,3 +434,32 @@ upstream = "bossdb://{relay_over_gap.url}/lab/em/strict"
         assert info.value.chunks == [GONE]
     finally:
         outer.stop()
+
+
+@pytest.mark.parametrize("kind", ["zarr", "precomputed", "precomputed-sharded"])
+def test_absent_chunks_on_object_storage(kind: str, s3_bucket: str, s3_server: str) -> None:
+    import boto3
+
+    fmt, _, sharded = kind.partition("-")
+    url = f"{fmt}://s3://{s3_bucket}/v"
+    vol = voxgate.create(url, shape=SHAPE, dtype="uint8", chunks=(CHUNK,) * 3,
+                         voxel_size=(1, 1, 1), **({"sharded": True} if sharded else {}))
+    data = _data()
+    data[:CHUNK, :CHUNK, :CHUNK] = 9
+    for g, cell in _cells():
+        if g != GONE:
+            vol.write(data[cell.slices()], cell)
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    if not sharded:  # a chunk object deleted by hand
+        vol.write(data[GONE_BOX.slices()], GONE_BOX)
+        new = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]} - keys
+        assert len(new) == 1
+        s3.delete_object(Bucket=s3_bucket, Key=new.pop())
+    again = voxgate.open(url)
+    assert again.missing_chunks() == [GONE]
+    assert not again[GONE_BOX.slices()].read().any()
+    with pytest.raises(MissingChunkError) as info:
+        voxgate.open(url, missing="error")[20:24, 2:5, 30:40].read()
+    assert info.value.chunks == [GONE]
+    np.testing.assert_array_equal(voxgate.open(url, missing="error")[:16].read(), data[:16])
