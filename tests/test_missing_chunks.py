@@ -442,8 +442,9 @@ def test_absent_chunks_on_object_storage(kind: str, s3_bucket: str, s3_server: s
 
     fmt, _, sharded = kind.partition("-")
     url = f"{fmt}://s3://{s3_bucket}/v"
+    options: dict[str, Any] = {"sharded": True} if sharded else {}
     vol = voxgate.create(url, shape=SHAPE, dtype="uint8", chunks=(CHUNK,) * 3,
-                         voxel_size=(1, 1, 1), **({"sharded": True} if sharded else {}))
+                         voxel_size=(1, 1, 1), **options)
     data = _data()
     data[:CHUNK, :CHUNK, :CHUNK] = 9
     for g, cell in _cells():
