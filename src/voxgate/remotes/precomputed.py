@@ -476,7 +476,11 @@ class _KvChunks:
         return bytes(result.value), full
 
     def exists(self, name: str) -> bool:
-        return self.get(name) is not None
+        """Whether the chunk is stored, without fetching it (a zero-length read: a HEAD over
+        HTTP, object metadata on gs/s3)."""
+        with ts_errors(f"looking up chunk {join(self.where, name)}"):
+            result = self._store().read(name, byte_range=slice(0, 0)).result()
+        return bool(result.state == "value")
 
     def put(self, name: str, data: bytes, *, compress: bool = True) -> None:
         with ts_errors(f"writing chunk {join(self.where, name)}"):
@@ -603,9 +607,10 @@ def _sharded_presence(
         return lambda g: _compressed_morton(g, sc) in keys
 
     def lookup(g: Vec) -> bool:
+        key = struct.pack(">Q", _compressed_morton(g, sc))
         with ts_errors(f"looking up chunk {tuple(g)} in the shards of {where}"):
-            return bool(kv.read(struct.pack(">Q", _compressed_morton(g, sc))).result().state
-                        == "value")
+            # zero bytes of the chunk: only the shard's indexes are read
+            return bool(kv.read(key, byte_range=slice(0, 0)).result().state == "value")
 
     return lookup
 
