@@ -179,8 +179,12 @@ def test_compressed_chunk_files(suffix: str, data: st.DataObject) -> None:
 
 
 # -- chunks through the stores that tensorstore or voxgate's codecs read --------------------------
-def _layer(root: Path, scheme: str, dtype: str, **options: Any) -> tuple[str, list[Path], bytes]:
-    """A 16^3 volume of 8^3 chunks (or one shard) written by voxgate; its first data file."""
+def _layer(root: Path, scheme: str, dtype: str, gz: bool = False, **options: Any
+           ) -> tuple[str, list[Path], bytes]:
+    """A 16^3 volume of 8^3 chunks (or one shard) written by voxgate; its first data file.
+
+    ``gz``: every chunk file is then stored as CloudVolume does on local disks, ``<name>.gz``
+    (read by voxgate's own codecs, not tensorstore)."""
     url = f"{scheme}://{root}"
     kind = "segmentation" if dtype == "uint64" else "image"
     vol = voxgate.create(url, shape=(16, 16, 16), chunks=(8, 8, 8), dtype=dtype,
@@ -191,6 +195,11 @@ def _layer(root: Path, scheme: str, dtype: str, **options: Any) -> tuple[str, li
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in meta
                    and not p.name.startswith("."))
     assert files
+    if gz:
+        for f in files:
+            f.with_name(f.name + ".gz").write_bytes(gzip.compress(f.read_bytes()))
+            f.unlink()
+        files = [f.with_name(f.name + ".gz") for f in files]
     return url, files, files[0].read_bytes()
 
 
@@ -201,6 +210,10 @@ _STORES = {
     "precomputed compressed_segmentation": ("precomputed", "uint64",
                                             {"encoding": "compressed_segmentation"}),
     "precomputed sharded": ("precomputed", "uint64", {"sharded": True}),
+    "precomputed raw .gz": ("precomputed", "uint16", {"encoding": "raw", "gz": True}),
+    "precomputed compressed_segmentation .gz": ("precomputed", "uint64",
+                                                {"encoding": "compressed_segmentation",
+                                                 "gz": True}),
     "zarr v2": ("zarr", "uint16", {"zarr_format": 2}),
     "zarr v3": ("zarr", "uint16", {}),
     "zarr v3 sharded": ("zarr", "uint64", {"shards": (16, 16, 16)}),
