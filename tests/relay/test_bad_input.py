@@ -829,6 +829,10 @@ def test_error_bodies_never_show_server_paths(stored: Stored, upstreams: Upstrea
         assert len(bodies) >= len(requests) - 3
         # the project service still works for everything else
         assert http.get("/v1/collection/proj/experiment/exp/channel/img").status_code == 200
+        # and a configured channel's record does not name its upstream either
+        res = http.get("/v1/collection/lab/experiment/em/channel/raw")
+        assert res.status_code == 200
+        bodies.append(res.text)
     for text in bodies:
         for root in stored.roots:
             assert root not in text, text

@@ -220,7 +220,8 @@ def _channel_json(relay: Relay, entry: ChannelEntry) -> dict[str, Any]:
     seg = meta.kind == "segmentation"
     return {
         "name": entry.name,
-        "description": stored.get("description", f"served by voxgate from {entry.upstream_url}"
+        # (not the upstream's URL: that is the server's path or internal host)
+        "description": stored.get("description", "served by voxgate from a configured upstream"
                                   if not entry.local else ""),
         "experiment": entry.experiment,
         "default_time_sample": 0,
