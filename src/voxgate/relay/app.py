@@ -536,6 +536,9 @@ def serve(config: RelayConfig) -> None:
     """Run the relay until interrupted (``voxgate serve``)."""
     import uvicorn
 
+    from .cache import limit_heap_growth
+
+    limit_heap_growth()  # RSS stays near the cache budget (docs/relay.md, "Memory")
     app = build_app(config)
     log.info("voxgate relay on http://%s:%d", config.host, config.port)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False,

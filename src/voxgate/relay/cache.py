@@ -330,6 +330,48 @@ class _Flight:
         self.stale = False
 
 
+#: how often the server hands the allocator's free pages back to the system
+TRIM_SECONDS = 0.25
+_trimmer: threading.Thread | None = None
+
+
+def limit_heap_growth(interval: float = TRIM_SECONDS) -> bool:
+    """Hand freed memory back to the system every ``interval`` s (glibc only; a server
+    process calls this once; returns whether it runs).
+
+    The relay allocates and frees cell-, cutout- and body-sized buffers (0.1-4 MiB) on ~90
+    threads.  glibc serves them from per-thread arenas once its mmap threshold has risen
+    (it rises on every free of a large block, up to 32 MiB) and keeps what is freed there,
+    fragmented between live blocks, for reuse: measured, a relay with a 64 MiB cache grew to
+    2.5 GiB RSS in two minutes of 32 clients, all of it anonymous arena heaps (limiting the
+    arenas to 2 still gave 1.2 GiB after one minute).  A fixed low threshold keeps RSS down
+    but makes every such buffer a fresh mapping (page faults, unmaps): 40x slower to
+    allocate, measured.  ``malloc_trim(0)`` returns the free pages inside every arena to the
+    system without moving anything, at a cost of milliseconds per call.
+    """
+    import ctypes
+    import ctypes.util
+
+    global _trimmer
+    if _trimmer is not None:
+        return True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+
+    def run() -> None:
+        while True:
+            time.sleep(interval)
+            trim(0)
+
+    _trimmer = threading.Thread(target=run, name="voxgate-malloc-trim", daemon=True)
+    _trimmer.start()
+    return True
+
+
 _fetch_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="voxgate-upstream")
 _STRIPES = [threading.Lock() for _ in range(256)]
 
