@@ -18,9 +18,11 @@ __all__ = [
     "Scale",
     "VolumeMeta",
     "check_dtype",
+    "centre_translation",
     "check_new_scales",
     "default_factors",
     "next_scales",
+    "offset_from_translation",
 ]
 
 Kind = Literal["image", "segmentation"]
@@ -56,6 +58,10 @@ class Scale:
     offset: Vec = Vec(0, 0, 0)  # noqa: RUF009 - Vec is an immutable NamedTuple
     encoding: str | None = None
     key: str | None = None
+    #: where the centre of the array's first voxel lies, (z, y, x) in the voxel-size unit, as
+    #: the store states it (OME-Zarr's ``translation``), sub-voxel parts included; None when
+    #: the store states nothing beyond ``offset``.  See :func:`centre_translation`.
+    translation: tuple[float, float, float] | None = field(default=None, compare=False)
 
     @property
     def bounds(self) -> Box:
@@ -192,6 +198,47 @@ def next_scales(meta: VolumeMeta, count: int, factors: Sequence[Vec] | None = No
         )
         out.append(prev)
     return out
+
+
+def centre_translation(base: Scale, sc: Scale) -> tuple[float, float, float]:
+    """The physical position (z, y, x, voxel-size unit) of the centre of ``sc``'s first voxel.
+
+    Pixel-centre convention (OME-NGFF, ome-zarr-py): a voxel of a downsampled scale covers a
+    block of scale-0 voxels starting at the same place as scale 0's first voxel, so its centre
+    lies half a block in: ``t_k = t_0 + (factor - 1) / 2 * voxel_0 = t_0 + (voxel_k -
+    voxel_0) / 2``, with ``t_0`` scale 0's translation (``offset * voxel size`` unless the
+    store gave another).  ``sc.translation``, when the store gave one, wins.
+    """
+    if sc.translation is not None:
+        return sc.translation
+    v0, vk = base.voxel_size.zyx(), sc.voxel_size.zyx()
+    t0 = base.translation if base.translation is not None else tuple(
+        float(o * v) for o, v in zip(base.offset, v0, strict=True))
+    if sc.index == base.index:
+        return (t0[0], t0[1], t0[2])
+    z, y, x = (t + (k - v) / 2 for t, k, v in zip(t0, vk, v0, strict=True))
+    return (z, y, x)
+
+
+def offset_from_translation(translation: Sequence[float], voxel: Sequence[float],
+                            voxel0: Sequence[float]) -> Vec:
+    """The integer voxel offset of a scale stored with a pixel-centre ``translation``.
+
+    The half-block shift (:func:`centre_translation`) is taken off, the start is rounded to a
+    whole scale-0 voxel (what is left of sub-voxel translations, e.g. ome-zarr-py's, which are
+    not multiplied by the pixel size), and divided by the factor rounding down, as
+    :func:`next_scales` makes offsets.  Exact translations give exact offsets back.
+    """
+    out = []
+    for t, v, v0 in zip(translation, voxel, voxel0, strict=True):
+        start0 = round((t - (v - v0) / 2) / v0)  # in scale-0 voxels
+        factor = v / v0
+        near = round(factor)
+        if abs(factor - near) < 1e-9 * max(1.0, factor):
+            out.append(start0 // near)
+        else:
+            out.append(math.floor(start0 / factor + 1e-9))
+    return Vec(*out)
 
 
 def check_new_scales(meta: VolumeMeta, scales: Sequence[Scale]) -> None:

@@ -22,7 +22,14 @@ from ..errors import (
     RemoteNotFoundError,
 )
 from ..geometry import Box, Vec, VoxelSize
-from ..meta import Kind, Scale, VolumeMeta, check_new_scales
+from ..meta import (
+    Kind,
+    Scale,
+    VolumeMeta,
+    centre_translation,
+    check_new_scales,
+    offset_from_translation,
+)
 from ._tensorstore import (
     TSArray,
     is_local,
@@ -182,14 +189,21 @@ class ZarrRemote(Remote):
             units = [_unit_factor(axes[j].get("unit")) for j in spatial]
             z, y, x = (sc[j] * u for j, u in zip(spatial, units, strict=True))
             vs = VoxelSize(z, y, x)
-            offset = Vec(*(round(tr[j] / sc[j]) for j in spatial))
+            tz, ty, tx = (tr[j] * u for j, u in zip(spatial, units, strict=True))
+            translation = (tz, ty, tx)
+            if i == 0:
+                vs0 = vs
+            # translations are pixel centres (NGFF): a downsampled scale's is half a block in
+            # from scale 0's; the integer offset is what is left once that is taken off, and
+            # the exact translation (sub-voxel parts included) is kept beside it
+            offset = offset_from_translation(translation, vs.zyx(), vs0.zyx())
             arr, channels = _as_czyx(store, names, path, offset)
             chunks, shard = _chunk_shapes(arr.store)
             if i == 0:
                 shard0 = shard
             scales.append(
                 Scale(i, Vec(*arr.store.shape[-3:]), chunks, vs, offset, _encoding(store),
-                      ds["path"])
+                      ds["path"], translation)
             )
             arrays.append(arr)
         assert dtype is not None
@@ -252,20 +266,8 @@ class ZarrRemote(Remote):
             )
             with ts_errors(f"creating zarr array {path}"):
                 ts.open(spec, create=True, context=ts_context()).result()
-            factors = [v for v in sc.voxel_size.zyx()]
-            datasets.append(
-                {
-                    "path": str(sc.index),
-                    "coordinateTransformations": [
-                        {"type": "scale", "scale": [1.0] * len(lead) + factors},
-                        {
-                            "type": "translation",
-                            "translation": [0.0] * len(lead)
-                            + [o * v for o, v in zip(sc.offset, factors, strict=True)],
-                        },
-                    ],
-                }
-            )
+            datasets.append({"path": str(sc.index),
+                             "coordinateTransformations": _transforms(meta.scales[0], sc, lead)})
         axes = ([{"name": "c", "type": "channel"}] if channels > 1 else []) + [
             {"name": n, "type": "space", "unit": "nanometer"} for n in ("z", "y", "x")
         ]
@@ -342,12 +344,8 @@ class ZarrRemote(Remote):
             doc = dict(template)
             doc["shape"] = lead + list(sc.shape)
             write_json(join(self.location, path), array_key, doc)
-            vs = list(sc.voxel_size.zyx())
-            ms["datasets"].append({"path": path, "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0] * len(lead) + vs},
-                {"type": "translation", "translation": [0.0] * len(lead)
-                 + [o * v for o, v in zip(sc.offset, vs, strict=True)]},
-            ]})
+            ms["datasets"].append({"path": path, "coordinateTransformations": _transforms(
+                self.meta.scales[0], sc, lead)})
         write_json(self.location, group_key, group)
         fresh = ZarrRemote.open(self.location, mode="r+")
         self.meta, self._arrays = fresh.meta, fresh._arrays
@@ -452,6 +450,17 @@ def _fill(store: ts.TensorStore) -> int | float:
         return 0
     value = np.asarray(fv).item()
     return value if isinstance(value, (int, float)) else 0
+
+
+def _transforms(base: Scale, sc: Scale, lead: list[int]) -> list[dict[str, Any]]:
+    """A dataset's ``coordinateTransformations``: its voxel size, then the pixel-centre
+    translation (half a block in from scale 0 for a downsampled scale, as NGFF and
+    ome-zarr-py place it; exactly the store's own when the scale was read with one)."""
+    return [
+        {"type": "scale", "scale": [1.0] * len(lead) + list(sc.voxel_size.zyx())},
+        {"type": "translation",
+         "translation": [0.0] * len(lead) + list(centre_translation(base, sc))},
+    ]
 
 
 def _scale_transform(transforms: list[dict[str, Any]], rank: int) -> list[float]:
