@@ -264,6 +264,14 @@ def test_npygz_body_mismatches(http: httpx.Client, untouched: None,
     boss_error(post(http, BODY_URL, zlib.compress(b"not an npy file"), ctype), 400, 2002)
     # a zlib bomb: inflates far past the region's 1200 bytes; refused without inflating it
     boss_error(post(http, BODY_URL, zlib.compress(b"\0" * 50_000_000, 9), ctype), 400, 2002)
+    # a header declaring 32 GiB over a few bytes of data: refused from the header, before numpy
+    # allocates what it declares
+    huge = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        huge, {"descr": "<u2", "fortran_order": False, "shape": (2**14, 2**14, 64)})
+    msg = boss_error(post(http, BODY_URL, zlib.compress(huge.getvalue() + b"\0" * 64), ctype),
+                     400, 2002)
+    assert "(16384, 16384, 64)" in msg
     # the right body is accepted (and written back unchanged)
     same = upstreams.image16[0:3, 0:20, 0:10]
     assert post(http, BODY_URL, npygz_body(same), ctype).status_code == 201

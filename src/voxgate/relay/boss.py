@@ -165,6 +165,16 @@ def _blosc_header_nbytes(body: bytes) -> int:
     return int(struct.unpack("<I", body[4:8])[0])
 
 
+def _npy_header(buf: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """The (shape, fortran_order, dtype) an .npy stream declares, without reading its data."""
+    version = np.lib.format.read_magic(buf)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(buf)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(buf)
+    raise ValueError(f".npy format version {version} is not supported")
+
+
 def _decode_body(body: bytes, content_type: str, dtype: np.dtype[Any],
                  shape: tuple[int, ...]) -> np.ndarray:
     expected = math.prod(shape) * dtype.itemsize
@@ -192,18 +202,25 @@ def _decode_body(body: bytes, content_type: str, dtype: np.dtype[Any],
             if d.unconsumed_tail:
                 raise bad_request(DATA_DIMENSION_MISMATCH, "Data dimensions in URL do not match "
                                   "POSTed data: the body inflates past the region's size")
-            arr = np.load(io.BytesIO(raw), allow_pickle=False)
+            buf = io.BytesIO(raw)
+            # the header is checked before numpy allocates what it declares
+            head_shape, _, head_dtype = _npy_header(buf)
+            if head_dtype.hasobject:
+                raise bad_request(DATA_DIMENSION_MISMATCH, "Failed to unpack data: the .npy "
+                                  "holds Python objects, which only unpickling could read")
+            if head_dtype != dtype:
+                raise bad_request(DATATYPE_DOES_NOT_MATCH, f"Datatype does not match channel: "
+                                  f"got {head_dtype.name}, the channel is {dtype.name}")
+            if head_shape != shape:
+                raise bad_request(DATA_DIMENSION_MISMATCH, f"Data dimensions in URL do not "
+                                  f"match POSTed data: URL {shape}, body {head_shape}")
+            buf.seek(0)
+            arr = np.load(buf, allow_pickle=False)
         except BossHTTPError:
             raise
         except Exception as exc:
             raise bad_request(DATA_DIMENSION_MISMATCH,
                               f"Failed to unpack data: not a zlib-compressed .npy: {exc}") from None
-        if arr.dtype != dtype:
-            raise bad_request(DATATYPE_DOES_NOT_MATCH, f"Datatype does not match channel: got "
-                              f"{arr.dtype.name}, the channel is {dtype.name}")
-        if arr.shape != shape:
-            raise bad_request(DATA_DIMENSION_MISMATCH, f"Data dimensions in URL do not match "
-                              f"POSTed data: URL {shape}, body {arr.shape}")
         return arr
     if ctype == "application/blosc-python":
         raise BossHTTPError(415, 0, 'Unsupported media type "application/blosc-python" in '
