@@ -7,8 +7,9 @@ labels.  tests/services/numpy_reference.py states the same rules as brute-force 
 property tests hold this kernel to it.
 
 The kernel uses tinybrain only where it was shown to give exactly that: single-level 2x2 and
-2x2x2 means over whole blocks (uint8/16/32, float32/64) and single-channel 2x2x2 modes; the rest
-(partial edge blocks, other factors and dtypes, 2x2 modes) is vectorised numpy.  tinybrain works
+2x2x2 means over whole blocks (uint8/16/32, float32/64), single-channel 2x2x2 modes (odd edges
+included) and 2x2 modes over whole blocks, with its other tie rule corrected; the rest (partial
+edge blocks, other factors and dtypes) is vectorised numpy.  tinybrain works
 on Fortran-order (x, y, z) arrays: a C-order (z, y, x) array's ``.T`` is exactly that, with no
 copy, and its results' ``.T`` are C-order (z, y, x) again.
 """
@@ -214,10 +215,7 @@ def _mode(arr: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
             out[c] = whole(arr[c])
         return out
     if f == (1, 2, 2):
-        out = np.empty(_out_shape(arr.shape, f), dtype=arr.dtype)
-        for c in np.ndindex(*arr.shape[:-3]):
-            out[c] = _mode_yx(arr[c])
-        return out
+        return _combine(arr, f, _mode_2x2, _mode_partial)
     return _combine(arr, f, lambda a: _first_most_frequent(_block_members(a, f)),
                     _mode_partial)
 
@@ -230,29 +228,34 @@ def _tinybrain_mode(a: np.ndarray, xyz: tuple[int, int, int]) -> np.ndarray:
     return np.asarray(tinybrain.downsample_segmentation(np.asfortranarray(a.T), xyz)[0]).T
 
 
-#: the doubled slabs _mode_yx hands tinybrain grow toward this many bytes
-_YX_SLAB_BYTES = 32 * 2**20
+#: _mode_2x2 checks tinybrain's result in slabs of about this many output voxels (cache-sized)
+_SLAB_VOXELS = 1 << 16
 
 
-def _mode_yx(a: np.ndarray) -> np.ndarray:
-    """(1, 2, 2) mode of one channel, by tinybrain's 2x2x2 kernel on doubled z planes.
+def _mode_2x2(a: np.ndarray) -> np.ndarray:
+    """(1, 2, 2) mode of the whole 2 x 2 blocks (a b / c d) of one channel, first-most-frequent.
 
-    A 2x2x2 block made of one 2x2 block twice (plane z, then plane z again) has the same most
-    frequent labels, each first met in the same order, so tinybrain's 2x2x2 rule (first of the
-    most frequent, odd edges included) gives exactly the 2x2 answer.  (tinybrain's own 2x2
-    kernel breaks ties by another rule and takes one voxel at odd edges.)  The doubling is done
-    a slab of planes at a time, so it costs a bounded buffer, not a second copy of the volume.
+    tinybrain's 2x2 kernel (COUNTLESS) returns a if a == b or a == c, else b if b == c, else d:
+    always a most frequent label, and the first one in block order except in two cases where a
+    is the first most frequent label but it returns another: all four labels differ, or
+    a == d with b == c.  Only blocks whose result is not a can be those; they are checked a
+    cache-sized slab at a time (most slabs of a segmentation have none) and set to a.
     """
-    z, y, x = a.shape
-    out = np.empty((z, -(-y // 2), -(-x // 2)), dtype=a.dtype)
-    step = max(1, _YX_SLAB_BYTES // (2 * y * x * a.itemsize))
-    buf = np.empty((2 * min(step, z), y, x), dtype=a.dtype)
+    out = _tinybrain_mode(a, (2, 2, 1))
+    z, oy, ox = out.shape
+    step = max(1, _SLAB_VOXELS // max(1, oy * ox))
     for z0 in range(0, z, step):
         part = a[z0: z0 + step]
-        doubled = buf[: 2 * part.shape[0]]
-        doubled[0::2] = part
-        doubled[1::2] = part
-        out[z0: z0 + part.shape[0]] = _tinybrain_mode(doubled, (2, 2, 2))
+        first = part[:, 0::2, 0::2]
+        res = out[z0: z0 + step]
+        candidates = res != first
+        if not candidates.any():
+            continue
+        b, c, d = part[:, 0::2, 1::2], part[:, 1::2, 0::2], part[:, 1::2, 1::2]
+        fix = (b != c) & (b != d) & (c != d)  # with a unique here: all four differ
+        fix |= first == d
+        fix &= candidates
+        np.copyto(res, first, where=fix)
     return out
 
 
