@@ -389,29 +389,28 @@ def kill_run(args: argparse.Namespace, root: Path) -> int:
     for t in threads:
         t.join()
     relay.start()  # same data root, state and disk tier
-    missing = torn = 0
-    present_unacked = absent_unacked = 0
+    missing = 0
+    chunks = {"relay": [0, 0, 0], "store": [0, 0, 0]}  # wholly present, wholly absent, torn
     store = voxgate.open(f"zarr://{root}/data/soak/em/{name}.zarr")
     with client(relay) as http:
         for box, value in acked:
             for got in (get(http, name, box), store[box.slices()].read()):
                 missing += int(np.count_nonzero(got != value))
         for box, value in unacked:
-            for got in (get(http, name, box), store[box.slices()].read()):
+            for where, got in (("relay", get(http, name, box)),
+                               ("store", store[box.slices()].read())):
                 for x in range(box.start[2], box.stop[2], CHUNKS[2]):
                     part = got[..., x - box.start[2]: x - box.start[2] + CHUNKS[2]]
-                    if (part == value).all():
-                        present_unacked += 1
-                    elif not part.any():
-                        absent_unacked += 1
-                    else:
-                        torn += 1
+                    kind = 0 if (part == value).all() else 1 if not part.any() else 2
+                    chunks[where][kind] += 1
     relay.stop()
     print(f"kill -9 after {args.kill_at:.0%} of {planned} planned writes by {args.clients} "
           f"writers (each of 1-4 whole 16x64x64 uint64 chunks)")
     print(f"acknowledged writes {len(acked)}: {missing} voxels missing (relay + store)")
-    print(f"unacknowledged writes {len(unacked)}: chunk checks (relay + store) wholly present "
-          f"{present_unacked}, wholly absent {absent_unacked}, torn {torn}")
+    print(f"unacknowledged writes {len(unacked)}, {sum(chunks['store'])} chunks: "
+          + "; ".join(f"{where}: wholly present {p}, wholly absent {a}, torn {t}"
+                      for where, (p, a, t) in chunks.items()))
+    torn = chunks["relay"][2] + chunks["store"][2]
     ok = missing == 0 and torn == 0 and len(acked) > 0 and len(unacked) > 0
     if not unacked:
         print("(no write was in flight at the kill: run again with more clients)")

@@ -366,7 +366,11 @@ class Relay:
             cat.state["reserved"].pop(key, None)
             cat.save()
         # its Remotes closed and its cells dropped from memory and disk; a channel created
-        # later under this name is a new incarnation, with a cache identity of its own
+        # later under this name is a new incarnation, with a cache identity of its own (and
+        # no downsample status of the old one)
+        with self._jobs_lock:
+            for r in list(entry._remotes.values()):
+                self._downsample.pop(r.url, None)
         cat.drop_channel(entry, tag)
         location = entry.upstream_url.split("://", 1)[1]
         remove_tree(location)
