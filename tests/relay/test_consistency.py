@@ -301,8 +301,22 @@ def test_read_your_writes_through_a_chain_of_relays(gated: str, tmp_path: Path, 
 
 
 # -- under concurrent load ----------------------------------------------------------------------
-def test_concurrent_writers_always_read_back_what_they_wrote(tmp_path: Path,
-                                                             relay_factory) -> None:  # type: ignore[no-untyped-def]
+class SlowReads(GatedRemote):
+    """Every upstream read takes ``delay`` s longer (after reading): fetches stay in flight
+    while writes come and go, which is the race a relay must survive (the delay only makes a
+    broken relay fail more often; a correct one passes whatever the timing)."""
+
+    delay = 0.05
+
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        arr = self.inner.read(box, scale)
+        time.sleep(self.delay)
+        return arr
+
+
+@pytest.mark.parametrize("relay_kind", ["voxgate-serve", "slow-upstream"])
+def test_concurrent_writers_always_read_back_what_they_wrote(
+        relay_kind: str, tmp_path: Path, relay_factory, inproc) -> None:  # type: ignore[no-untyped-def]
     """N clients write disjoint slabs that share cache cells and read them back, repeatedly,
     while others read the whole volume: no read after an acknowledged write may be stale."""
     shape = (32, 128, 256)  # one cache cell: every client's slab shares it
@@ -321,7 +335,13 @@ upstream = "{url}"
 [auth]
 tokens = {{ "{RW}" = "read-write" }}
 """)
-    relay: RelayProcess = relay_factory(cfg)
+    relay: RelayProcess | InProcessRelay
+    if relay_kind == "voxgate-serve":
+        relay = relay_factory(cfg)
+    else:
+        relay = inproc(_config(tmp_path / "inproc", url, disk=True))
+        cached = relay.relay.catalog.remote(relay.relay.catalog.channel("c", "e", "img"))
+        cached.upstream = SlowReads(cached.upstream)
     writers, rounds = 8, 12
     stale: list[str] = []
     barrier = threading.Barrier(writers + 2)
