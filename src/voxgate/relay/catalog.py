@@ -240,9 +240,10 @@ class Catalog:
 
     def forget_remotes(self, entry: ChannelEntry) -> None:
         with self._lock:
-            for r in entry._remotes.values():
-                r.close()
+            remotes = list(entry._remotes.values())
             entry._remotes.clear()
+        for r in remotes:  # outside the lock: a close waits for writes in progress
+            r.close()
 
     def incarnation(self, entry: ChannelEntry) -> str:
         """The incarnation of a channel created through the project service ("" for the
