@@ -428,7 +428,9 @@ def test_a_recreated_channel_never_serves_the_deleted_ones_data(
         assert before["cache"]["memory_hits"] > 0, before  # it was served from the cache
         _delete_channel(http)
         after = http.get("/metrics").json()
-        assert after["memory_entries"] < before["memory_entries"], after  # its cells dropped
+        # its cells dropped, from memory and from disk
+        assert after["memory_entries"] < before["memory_entries"], after
+        assert after["disk_bytes_used"] < before["disk_bytes_used"], after
         _make_channel(http, second_dtype)
     dt = np.dtype(second_dtype)
     got = _cutout_get(relay.url, CUT, dt, path="lab/exp/ch")
@@ -468,3 +470,22 @@ def test_delete_and_recreate_across_restarts_with_the_disk_tier(
         _delete_channel(http)
         _make_channel(http, "uint64")
     assert not _cutout_get(third.url, CUT, np.uint64, path="lab/exp/ch").any()
+
+
+def test_drop_tag_drops_one_channels_cells_from_both_tiers(tmp_path: Path) -> None:
+    cache = TieredCache(2**26, tmp_path / "disk", 2**30)
+    data = np.arange(16 * 64 * 64, dtype=np.uint8).reshape(16, 64, 64)
+    a = CachedRemote(_mem("tag-a", data, (16, 64, 64)), cache, identity="a1", tag="chan-a")
+    a2 = CachedRemote(a.upstream, cache, identity="a2", tag="chan-a")  # another token's view
+    b = CachedRemote(_mem("tag-b", data, (16, 64, 64)), cache, identity="b", tag="chan-b")
+    box = Box((0, 0, 0), (16, 64, 64))
+    for r in (a, a2, b):
+        r.read(box)
+    assert cache.disk is not None
+    keys = {r: r._key(0, next(iter(r.cells(box, 0)))[0]) for r in (a, a2, b)}
+    assert all(cache.disk.get(k) is not None for k in keys.values())
+    assert cache.drop_tag(a.tag) == 4  # two cells, each in both tiers
+    for r in (a, a2):
+        assert cache.memory.get(keys[r]) is None and cache.disk.get(keys[r]) is None
+    assert cache.memory.get(keys[b]) is not None and cache.disk.get(keys[b]) is not None
+    cache.close()
