@@ -18,6 +18,8 @@ import pytest
 import voxgate
 from voxgate.synthetic import synthetic_em
 
+ROOT = Path(__file__).resolve().parents[2]
+
 RW, RO = "s3cret-rw", "s3cret-ro"
 
 
@@ -60,6 +62,23 @@ def start_relay(config: Path, port: int, *extra: str, cwd: Path | None = None) -
         proc = subprocess.Popen([*cmd, "serve", str(config), "--port", str(port), *extra],
                                 stdout=out, stderr=subprocess.STDOUT, cwd=cwd or config.parent,
                                 env=os.environ.copy())
+    return wait_for_relay(proc, port, config, log)
+
+
+def start_relay_with_scheme(config: Path, scheme: str, target: str) -> RelayProcess:
+    """A real relay process with a test-only URL scheme registered (``target``: "module:Class",
+    importable from the checkout's root) before the relay's own start-up."""
+    code = ("import sys; from voxgate.registry import register; "
+            f"register({scheme!r}, {target!r}); "
+            "from voxgate.cli import main; sys.argv[0] = 'voxgate'; main()")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    log = config.with_suffix(".log")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", code, "serve", str(config), "--port",
+                                 str(port)], stdout=out, stderr=subprocess.STDOUT, env=env,
+                                cwd=config.parent)
     return wait_for_relay(proc, port, config, log)
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -43,11 +41,9 @@ from voxgate.relay.catalog import Catalog
 from voxgate.relay.config import ChannelConfig, RelayConfig
 from voxgate.remotes.base import Remote
 
-from .conftest import RW, RelayProcess, free_port, start_relay, wait_for_relay
+from .conftest import RW, RelayProcess, free_port, start_relay, start_relay_with_scheme
 from .fake_remotes import TOKEN_SHAPE, TokenRemote, token_id
 from .http_upstream import LayerServer
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- in-process helpers -------------------------------------------------------------------------
@@ -553,19 +549,7 @@ def test_forwarded_tokens_partition_the_cache(tokenfake: None, tmp_path: Path) -
 
 
 def _start_tokenfake_relay(cfg: Path) -> RelayProcess:
-    """A real relay process with the tokenfake:// scheme registered."""
-    code = ("import sys; from voxgate.registry import register; "
-            "register('tokenfake', 'tests.relay.fake_remotes:TokenRemote'); "
-            "from voxgate.cli import main; sys.argv[0] = 'voxgate'; main()")
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    log = cfg.with_suffix(".log")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", code, "serve", str(cfg), "--port",
-                                 str(port)], stdout=out, stderr=subprocess.STDOUT, env=env,
-                                cwd=cfg.parent)
-    return wait_for_relay(proc, port, cfg, log)
+    return start_relay_with_scheme(cfg, 'tokenfake', 'tests.relay.fake_remotes:TokenRemote')
 
 
 def test_forwarded_tokens_through_a_relay(tmp_path: Path) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,27 +17,14 @@ import pytest
 import voxgate
 from voxgate.errors import CorruptChunkError
 
-from .conftest import RW, RelayProcess, free_port, wait_for_relay
+from .conftest import RW, RelayProcess, start_relay_with_scheme
 from .fault_remotes import SECRET
 
-ROOT = Path(__file__).resolve().parents[2]
 SHAPE = (32, 128, 128)
 
 
 def start_fault_relay(cfg: Path) -> RelayProcess:
-    """A real relay process with the faultfake:// scheme registered."""
-    code = ("import sys; from voxgate.registry import register; "
-            "register('faultfake', 'tests.relay.fault_remotes:FaultRemote'); "
-            "from voxgate.cli import main; sys.argv[0] = 'voxgate'; main()")
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    log = cfg.with_suffix(".log")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", code, "serve", str(cfg), "--port",
-                                 str(port)], stdout=out, stderr=subprocess.STDOUT, env=env,
-                                cwd=cfg.parent)
-    return wait_for_relay(proc, port, cfg, log)
+    return start_relay_with_scheme(cfg, 'faultfake', 'tests.relay.fault_remotes:FaultRemote')
 
 
 @pytest.fixture(scope="module")
