@@ -51,7 +51,7 @@ from voxgate.formats.precomputed_chunks import decode_chunk, encode_chunk
 from voxgate.formats.skeleton import Skeleton
 from voxgate.geometry import Box
 from voxgate.meta import VolumeMeta
-from voxgate.relay.boss import _decode_body
+from voxgate.relay.boss import decode_body
 from voxgate.relay.cache import decode_cell, encode_cell
 from voxgate.relay.errors import BossHTTPError
 from voxgate.remotes._http import HTTPClient
@@ -540,7 +540,7 @@ _BODIES = {"application/blosc": blosc.compress(_POST.tobytes(), typesize=2),
 
 def test_valid_relay_bodies_decode() -> None:
     for ctype, body in _BODIES.items():
-        np.testing.assert_array_equal(_decode_body(body, ctype, np.dtype(np.uint16), (2, 4, 8)),
+        np.testing.assert_array_equal(decode_body(body, ctype, np.dtype(np.uint16), (2, 4, 8)),
                                       _POST)
 
 
@@ -550,7 +550,7 @@ def test_valid_relay_bodies_decode() -> None:
 def test_relay_post_bodies(ctype: str, dtype: str, data: st.DataObject) -> None:
     body = data.draw(fuzz_bytes(_BODIES[ctype]))
     try:
-        _decode_body(body, ctype, np.dtype(dtype), (2, 4, 8))
+        decode_body(body, ctype, np.dtype(dtype), (2, 4, 8))
     except BossHTTPError as exc:
         assert 400 <= exc.status < 500, exc
 

@@ -11,11 +11,10 @@ import hashlib
 import io
 import math
 import re
-import shutil
 import struct
 import zlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import blosc
 import numpy as np
@@ -25,10 +24,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import InvalidRequestError
-from ..geometry import Box, Vec, VoxelSize
-from ..meta import Scale, VolumeMeta
+from ..geometry import Box, Vec
+from ..meta import VolumeMeta
 from .cache import CachedRemote
-from .catalog import ChannelEntry, boss_unit_to_nm
+from .catalog import ChannelEntry
 from .config import check_name
 from .errors import (
     DATA_DIMENSION_MISMATCH,
@@ -50,11 +49,9 @@ from .errors import (
     bad_request,
     not_found,
 )
+from .state import CHANNEL_DATATYPES, Relay
 
-if TYPE_CHECKING:
-    from .app import Relay
-
-__all__ = ["boss_routes", "local_channel_meta", "remove_tree"]
+__all__ = ["boss_routes", "decode_body"]
 
 # ASCII digits only, and few enough that int() never refuses them (Python caps long strings)
 _RANGE = re.compile(r"([0-9]{1,18}):([0-9]{1,18})")
@@ -62,7 +59,6 @@ _INT = re.compile(r"[0-9]{1,18}")
 _ID = re.compile(r"[0-9]{1,25}")  # range-checked after: a uint64 id has at most 20 digits
 _BOSS_CUBOID = Vec(16, 512, 512)  # z, y, x: the grid "loose" bounding boxes align to
 _HIERARCHY = ("anisotropic", "isotropic")
-_DATATYPES = ("uint8", "uint16", "uint32", "uint64")
 
 
 def _range(text: str, axis: str, url_tail: str) -> tuple[int, int]:
@@ -175,7 +171,7 @@ def _npy_header(buf: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
     raise ValueError(f".npy format version {version} is not supported")
 
 
-def _decode_body(body: bytes, content_type: str, dtype: np.dtype[Any],
+def decode_body(body: bytes, content_type: str, dtype: np.dtype[Any],
                  shape: tuple[int, ...]) -> np.ndarray:
     expected = math.prod(shape) * dtype.itemsize
     ctype = content_type.split(";")[0].strip().lower()
@@ -354,7 +350,7 @@ def boss_routes(relay: Relay) -> list[Route]:
             body = await _json_body(request)
             record = {"description": _text(body, "description"),
                       "public": _flag(body, "public", False)}
-            with cat._lock:
+            with cat.lock:
                 cat.state["collections"][c] = {**record, "creator": relay.user(request)}
                 _undelete(cat.state, c)
                 cat.save()
@@ -369,7 +365,7 @@ def boss_routes(relay: Relay) -> list[Route]:
                 changes["description"] = _text(body, "description")
             if "public" in body:
                 changes["public"] = _flag(body, "public", False)
-            with cat._lock:
+            with cat.lock:
                 cat.state["collections"].setdefault(c, {}).update(changes)
                 cat.save()
             return json(collection_json(c))
@@ -377,7 +373,7 @@ def boss_routes(relay: Relay) -> list[Route]:
         if cat.experiment_names(c):
             raise bad_request(INTEGRITY_ERROR, f"Cannot delete {c}: it has experiments. Delete "
                               "them first")
-        with cat._lock:
+        with cat.lock:
             cat.state["collections"].pop(c, None)
             cat.state["deleted"].append(c)
             cat.save()
@@ -436,7 +432,7 @@ def boss_routes(relay: Relay) -> list[Route]:
                 raise _invalid(f"coord_frame {_short(frame)} does not exist; create it first")
             if record["num_time_samples"] != 1:
                 raise _invalid("this relay stores one time sample per channel")
-            with cat._lock:
+            with cat.lock:
                 cat.state["experiments"][key] = {
                     **record, "coord_frame": frame, "creator": relay.user(request)}
                 _undelete(cat.state, c, e)
@@ -454,7 +450,7 @@ def boss_routes(relay: Relay) -> list[Route]:
                 if k in changes and changes[k] != current[k]:
                     raise _invalid(f"{k} cannot change once the experiment holds channels"
                                    if current["channels"] else f"{k} cannot change on this relay")
-            with cat._lock:
+            with cat.lock:
                 stored = cat.state["experiments"].setdefault(key, {
                     k: current[k] for k in ("coord_frame", "num_hierarchy_levels",
                                             "hierarchy_method", "num_time_samples", "time_step",
@@ -465,7 +461,7 @@ def boss_routes(relay: Relay) -> list[Route]:
         if cat.channel_names(c, e):
             raise bad_request(INTEGRITY_ERROR, f"Cannot delete {e}: it has channels. Delete them "
                               "first")
-        with cat._lock:
+        with cat.lock:
             cat.state["experiments"].pop(key, None)
             cat.state["deleted"].append(key)
             cat.save()
@@ -489,7 +485,7 @@ def boss_routes(relay: Relay) -> list[Route]:
                 raise bad_request(RESOURCE_EXISTS, f"Coordinate frame {name} already exists")
             body = await _json_body(request)
             rec = _frame_record(name, body)
-            with cat._lock:
+            with cat.lock:
                 cat.state["coords"][name] = {**rec, "creator": relay.user(request),
                                              "owner": _owner(token)}
                 _undelete(cat.state, "coord", name)
@@ -520,7 +516,7 @@ def boss_routes(relay: Relay) -> list[Route]:
             _same_name(body, name, "coordinate frame")
             changes = {"description": _text(body, "description")} if "description" in body \
                 else {}
-            with cat._lock:
+            with cat.lock:
                 stored.update(changes)
                 cat.save()
             return json(_frame_json(stored))
@@ -528,7 +524,7 @@ def boss_routes(relay: Relay) -> list[Route]:
                     and not cat.deleted(*k.split("/"))]
         if users_of:
             raise bad_request(INTEGRITY_ERROR, f"coordinate frame {name} is used by {users_of}")
-        with cat._lock:
+        with cat.lock:
             cat.state["coords"].pop(name)
             cat.save()
         return Response(status_code=204)
@@ -580,7 +576,7 @@ def boss_routes(relay: Relay) -> list[Route]:
                 "related": channel_links(body, "related", c, e, ch),
             }
             clean["datatype"] = _choice(body, "datatype", "uint64" if clean["type"] ==
-                                        "annotation" else "uint8", _DATATYPES)
+                                        "annotation" else "uint8", CHANNEL_DATATYPES)
             entry = await run(lambda: relay.create_local_channel(c, e, ch, clean,
                                                                  relay.user(request)))
             return json(await run(lambda: _channel_json(relay, entry)), 201)
@@ -599,7 +595,7 @@ def boss_routes(relay: Relay) -> list[Route]:
             for k in ("sources", "related"):
                 if k in body:
                     changes[k] = channel_links(body, k, c, e, ch)
-            with cat._lock:
+            with cat.lock:
                 cat.state["channels"].setdefault(key, {}).update(changes)
                 cat.save()
             return json(await run(lambda: _channel_json(relay, entry)))
@@ -624,7 +620,7 @@ def boss_routes(relay: Relay) -> list[Route]:
                                 f"channel {'/'.join(cut.entry.key)} is read-only on this relay")
         body = await relay.read_body(request, math.prod(cut.shape) * cut.dtype.itemsize)
         ctype = request.headers.get("content-type", "")
-        arr = await run(lambda: _decode_body(body, ctype, cut.dtype, cut.shape))
+        arr = await run(lambda: decode_body(body, ctype, cut.dtype, cut.shape))
         data = arr[0] if cut.time is not None else arr
         await run(lambda: relay.write(cut.remote, cut.box, data, cut.res))
         return Response(status_code=201)
@@ -1056,41 +1052,3 @@ def _undelete(state: dict[str, Any], *parts: str) -> None:
     key = "/".join(parts)
     while key in state["deleted"]:
         state["deleted"].remove(key)
-
-
-def local_channel_meta(frame: dict[str, Any], experiment: dict[str, Any],
-                       body: dict[str, Any]) -> VolumeMeta:
-    """The VolumeMeta of a channel created through the project service."""
-    ctype = body.get("type", "image")
-    if ctype not in ("image", "annotation"):
-        raise bad_request(INVALID_POST_ARGUMENT, f"type must be image or annotation, got {ctype!r}")
-    dtype = body.get("datatype", "uint64" if ctype == "annotation" else "uint8")
-    if dtype not in _DATATYPES:
-        raise bad_request(INVALID_POST_ARGUMENT,
-                          f"datatype must be one of {_DATATYPES}, got {dtype!r}")
-    if ctype == "annotation" and dtype != "uint64":
-        raise bad_request(INVALID_POST_ARGUMENT, "annotation channels are uint64")
-    if body.get("base_resolution", 0) != 0:
-        raise bad_request(INVALID_POST_ARGUMENT, "this relay only stores base_resolution 0")
-    factor = boss_unit_to_nm(frame.get("voxel_unit", "nanometers"))
-    start = Vec(frame["z_start"], frame["y_start"], frame["x_start"])
-    stop = Vec(frame["z_stop"], frame["y_stop"], frame["x_stop"])
-    vs = VoxelSize(frame["z_voxel_size"] * factor, frame["y_voxel_size"] * factor,
-                   frame["x_voxel_size"] * factor)
-    iso = experiment.get("hierarchy_method") == "isotropic"
-    scales = []
-    for k in range(int(experiment.get("num_hierarchy_levels", 1))):
-        fz = 2**k if iso else 1
-        fxy = 2**k
-        f = Vec(fz, fxy, fxy)
-        lo = Vec(*(a // g for a, g in zip(start, f, strict=True)))
-        hi = Vec(*(-(-b // g) for b, g in zip(stop, f, strict=True)))
-        scales.append(Scale(k, hi - lo, Vec(16, 256, 256),
-                            VoxelSize(vs.z * fz, vs.y * fxy, vs.x * fxy), lo))
-    return VolumeMeta(np.dtype(dtype), tuple(scales),
-                      "segmentation" if ctype == "annotation" else "image")
-
-
-def remove_tree(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-

@@ -79,7 +79,8 @@ class Catalog:
     def __init__(self, config: RelayConfig, cache: TieredCache) -> None:
         self.config = config
         self.cache = cache
-        self._lock = threading.RLock()
+        #: guards ``channels`` and ``state``: held by whoever changes them (and saves)
+        self.lock = threading.RLock()
         self.channels: dict[tuple[str, str, str], ChannelEntry] = {}
         self._opening: dict[tuple[tuple[str, str, str], str], Future[CachedRemote]] = {}
         self.state_path = self._state_path()
@@ -119,7 +120,7 @@ class Catalog:
     def save(self) -> None:
         if self.state_path is None:
             return
-        with self._lock:
+        with self.lock:
             self.state_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.state_path.with_name(self.state_path.name + f".tmp{os.getpid()}")
             tmp.write_text(json.dumps(self.state, indent=1, sort_keys=True))
@@ -186,7 +187,7 @@ class Catalog:
             fingerprint = hashlib.sha256((token or "").encode()).hexdigest()[:16]
             if token:
                 options["token"] = token
-        with self._lock:
+        with self.lock:
             cached = entry._remotes.get(fingerprint)
             if cached is not None:
                 return cached
@@ -229,17 +230,22 @@ class Catalog:
                 # unreachable, or answering what cannot be read: the upstream's fault (502)
                 err = UpstreamError(f"upstream {entry.upstream_url} could not be opened: {exc}")
                 err.__cause__ = exc
-            with self._lock:
+            with self.lock:
                 self._opening.pop((entry.key, fingerprint), None)
             fut.set_exception(err)
             return
-        with self._lock:
+        with self.lock:
             entry._remotes.setdefault(fingerprint, cached)
             self._opening.pop((entry.key, fingerprint), None)
         fut.set_result(entry._remotes[fingerprint])
 
+    def open_remotes(self, entry: ChannelEntry) -> list[CachedRemote]:
+        """The channel's Remotes opened so far (one per forwarded token)."""
+        with self.lock:
+            return list(entry._remotes.values())
+
     def forget_remotes(self, entry: ChannelEntry) -> None:
-        with self._lock:
+        with self.lock:
             remotes = list(entry._remotes.values())
             entry._remotes.clear()
         for r in remotes:  # outside the lock: a close waits for writes in progress
@@ -252,7 +258,7 @@ class Catalog:
         throwaway one, so nothing it caches can be met by a later channel of that name."""
         if not entry.local:
             return ""
-        with self._lock:
+        with self.lock:
             spec = self.state["local_channels"].get("/".join(entry.key))
             if self.channels.get(entry.key) is not entry or spec is None \
                     or spec.get("url") != entry.upstream_url:

@@ -1,10 +1,33 @@
-"""bossDB-shaped HTTP errors: ``{"status", "code", "message"}`` with bossDB's codes."""
+"""bossDB-shaped HTTP errors: ``{"status", "code", "message"}`` with bossDB's codes, and the
+one mapping of every exception a route can raise to its HTTP answer (:func:`error_response`)."""
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
+import json
+import logging
+from collections.abc import Callable
 
-__all__ = ["BossHTTPError", "boss_error", "drf_error"]
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..errors import (
+    AuthenticationError,
+    CorruptChunkError,
+    InvalidRequestError,
+    MissingChunkError,
+    OutOfBoundsError,
+    ReadOnlyError,
+    RemoteNotFoundError,
+    RemoteUnavailableError,
+    VoxgateError,
+)
+from .cache import UpstreamError, UpstreamTimeoutError
+from .catalog import NotFound
+
+__all__ = ["CORRUPT_HEADER", "CORRUPT_VALUE", "BossHTTPError", "boss_error", "drf_error",
+           "error_response"]
+
+log = logging.getLogger("voxgate.relay")
 
 # bossDB error codes (boss/django/bosscore/error.py)
 INVALID_URL = 1000
@@ -65,3 +88,83 @@ def bad_request(code: int, message: str) -> BossHTTPError:
 
 def not_found(message: str, code: int = RESOURCE_NOT_FOUND) -> BossHTTPError:
     return BossHTTPError(404, code, message)
+
+
+#: set on the 502 of data that does not decode: not transient, so clients do not retry it
+CORRUPT_HEADER = "X-Voxgate-Error"
+CORRUPT_VALUE = "corrupt-data"
+
+
+def _corrupt_cause(exc: BaseException) -> CorruptChunkError | None:
+    """The CorruptChunkError behind an upstream failure, if that is what it was."""
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 8:
+        if isinstance(cur, CorruptChunkError):
+            return cur
+        if not isinstance(cur, UpstreamError):
+            return None
+        cur = cur.__cause__
+        seen += 1
+    return None
+
+
+def error_response(request: Request, exc: Exception,
+                   scrub: Callable[[str, str], str]) -> Response:
+    """The boss JSON error of ``exc``, its message passed through ``scrub(message, request
+    path)`` (the relay's, which takes the server's paths out)."""
+    res = _raw_error_response(request, exc)
+    if not res.body:
+        return res
+    doc = json.loads(bytes(res.body))
+    for key in ("message", "detail"):
+        if isinstance(doc.get(key), str):
+            doc[key] = scrub(doc[key], request.url.path)
+    headers = {k: v for k, v in res.headers.items()
+               if k.lower() not in ("content-length", "content-type")}
+    return JSONResponse(doc, status_code=res.status_code, headers=headers)
+
+
+def _raw_error_response(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, BossHTTPError):
+        return exc.response()
+    if isinstance(exc, MissingChunkError):
+        # an upstream configured with missing = "error": absent data is a 404 naming the
+        # chunks by grid index (never a path), not zeros
+        shown = ", ".join(str(tuple(int(v) for v in c)) for c in exc.chunks[:10])
+        more = f" and {exc.total - 10} more" if exc.total > 10 else ""
+        return boss_error(404, RESOURCE_NOT_FOUND,
+                          f"missing data: {exc.total} chunk(s) absent from the upstream at "
+                          f"scale {exc.scale}: {shown}{more} (chunk grid index z, y, x); the "
+                          "channel's upstream is configured with missing = \"error\"",
+                          # voxgate's HTTP client raises MissingChunkError from these, so the
+                          # error keeps its type through a chain of relays
+                          headers={CORRUPT_HEADER: "missing-data", "X-Voxgate-Missing":
+                                   f"scale={exc.scale};total={exc.total};chunks=" + " ".join(
+                                       ",".join(str(int(v)) for v in c)
+                                       for c in exc.chunks[:100])})
+    corrupt = _corrupt_cause(exc)
+    if corrupt is not None and not isinstance(exc, UpstreamTimeoutError):
+        log.warning("corrupt upstream data on %s %s: %s", request.method, request.url.path,
+                    corrupt)
+        return boss_error(502, IO_ERROR, f"corrupt data upstream: {corrupt} (the stored data "
+                          "does not decode; this is not transient and retrying will not help; "
+                          "the relay never serves zeros in its place)",
+                          headers={CORRUPT_HEADER: CORRUPT_VALUE})
+    if isinstance(exc, NotFound | RemoteNotFoundError):
+        return boss_error(404, RESOURCE_NOT_FOUND, str(exc))
+    if isinstance(exc, UpstreamTimeoutError):
+        return boss_error(504, IO_ERROR, f"upstream timed out: {exc}")
+    if isinstance(exc, UpstreamError | RemoteUnavailableError | CorruptChunkError):
+        return boss_error(502, IO_ERROR, f"upstream failed: {exc}")
+    if isinstance(exc, AuthenticationError):
+        return boss_error(403, MISSING_PERMISSION, f"the upstream refused the credentials: {exc}")
+    if isinstance(exc, ReadOnlyError):
+        return boss_error(403, MISSING_PERMISSION, str(exc))
+    if isinstance(exc, OutOfBoundsError | InvalidRequestError):
+        return boss_error(400, 1001, str(exc))
+    if isinstance(exc, VoxgateError):
+        log.warning("request %s %s failed: %s", request.method, request.url.path, exc)
+        return boss_error(500, UNHANDLED_EXCEPTION, f"{type(exc).__name__}: {exc}")
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return boss_error(500, UNHANDLED_EXCEPTION, f"internal error ({type(exc).__name__})")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from anyio import to_thread
@@ -24,9 +24,7 @@ from ..formats.precomputed_chunks import encode_chunk
 from ..geometry import Box
 from .cache import CachedRemote
 from .errors import BossHTTPError
-
-if TYPE_CHECKING:
-    from .app import Relay
+from .state import Relay
 
 __all__ = ["precomputed_info", "precomputed_routes"]
 

@@ -1,0 +1,408 @@
+"""The relay's state and what every dialect's routes share: one :class:`Relay` per server.
+
+It holds the configuration, the tiered cache, the catalog of what is served and the limit on
+work done off the event loop, and it answers the questions every route asks: who is asking
+and may they (authorization), which channel a URL names (lookup, as bossDB's 404s), and the
+data operations behind the bossDB endpoints (writes, ids, bounding boxes, reserve, server-side
+downsampling, channels created and deleted through the project service).  The route modules
+(``boss``, ``precomputed``) import it; ``app`` only assembles them into the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import threading
+from typing import Any
+
+import anyio
+import numpy as np
+from starlette.requests import Request
+
+from ..api import create_remote
+from ..geometry import Box, Vec, VoxelSize, chunk_boxes
+from ..meta import Scale, VolumeMeta
+from ..remotes._tensorstore import set_request_retries
+from .cache import CachedRemote, TieredCache
+from .catalog import Catalog, ChannelEntry, NotFound, boss_unit_to_nm
+from .config import RelayConfig
+from .errors import (
+    INVALID_POST_ARGUMENT,
+    MISSING_PERMISSION,
+    REQUEST_TOO_LARGE,
+    BossHTTPError,
+    bad_request,
+    not_found,
+)
+
+__all__ = ["CHANNEL_DATATYPES", "SCAN_BYTES", "Relay", "local_channel_meta"]
+
+log = logging.getLogger("voxgate.relay")
+
+#: an absolute path in a message: "/" not inside a word, a URL or a label, up to a space,
+#: quote or bracket
+_ABSOLUTE_PATH = re.compile(r"(?<![\w\]\)>:/.\-~])/[^\s'\"\[\]()<>,;]+")
+_FILE_URL = re.compile(r"file://[^\s'\"\[\]()<>,;]*")
+#: the relay's own routes, which messages may name
+_ROUTES = ("/v1/", "/v0.", "/precomputed/", "/ping", "/metrics")
+
+#: blocks scanned at once by ids / bounding boxes / reserve (bounded memory on big volumes)
+SCAN_BYTES = 64 * 2**20
+
+#: the datatypes of channels created through the project service (bossDB's)
+CHANNEL_DATATYPES = ("uint8", "uint16", "uint32", "uint64")
+
+
+class Relay:
+    """Everything a request handler needs; one per server."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        # a dead upstream fails in about a second instead of being retried for minutes
+        t = config.upstream_timeout
+        set_request_retries(4, min(0.1, t / 40), min(1.0, t / 8))
+        self.cache = TieredCache(config.cache.memory_bytes, config.cache.disk_path,
+                                 config.cache.disk_bytes)
+        self.catalog = Catalog(config, self.cache)
+        self.limiter = anyio.CapacityLimiter(32)
+        self._reserve_lock = threading.Lock()
+        self._jobs_lock = threading.Lock()
+        self._downsample: dict[str, str] = {}
+
+    # -- auth -----------------------------------------------------------------------------------
+    @staticmethod
+    def token(request: Request) -> str | None:
+        header = request.headers.get("authorization")
+        if not header:
+            return None
+        parts = header.split()
+        if len(parts) != 2 or parts[0].lower() not in ("token", "bearer"):
+            raise BossHTTPError(401, 0, "Invalid token header. Token string should not contain "
+                                "spaces.", drf=True,
+                                headers={"WWW-Authenticate": 'Token realm="api"'})
+        return None if parts[1] == "public" else parts[1]
+
+    def authorize(self, request: Request, collection: str | None, *, write: bool) -> str | None:
+        """Check the request's token for a read or a write; return the token (or None)."""
+        token = self.token(request)
+        auth = self.config.auth
+        if auth.open:
+            return token
+        if token is None:
+            if write or not auth.public_read:
+                raise BossHTTPError(401, 0, "Authentication credentials were not provided.",
+                                    drf=True, headers={"WWW-Authenticate": 'Token realm="api"'})
+            return None
+        grant = auth.tokens.get(token)
+        if grant is None:
+            raise BossHTTPError(401, 0, "Invalid token.", drf=True,
+                                headers={"WWW-Authenticate": 'Token realm="api"'})
+        if not grant.allows(collection, write):
+            what = "write to" if write else "read"
+            raise BossHTTPError(403, MISSING_PERMISSION, f"This user does not have the required "
+                                f"permissions: the token may not {what} "
+                                f"{collection or 'this resource'}")
+        return token
+
+    def readable_collections(self, request: Request) -> list[str]:
+        """The collections the request's token may read (bossDB lists only those)."""
+        token = self.authorize(request, None, write=False)
+        names = self.catalog.collection_names()
+        grant = self.config.auth.tokens.get(token) if token is not None else None
+        if grant is None or grant.collections is None:
+            return names
+        return [c for c in names if c in grant.collections]
+
+    def scrub(self, message: str, request_path: str = "") -> str:
+        """``message`` without the server's paths and upstream URLs: each becomes a label
+        (``[data root]``, ``[upstream of c/e/ch]``), and any other absolute path that is not
+        one of the relay's own routes ``[server path]``, so an error body never shows them."""
+        cfg = self.config
+        found: dict[str, str] = {}
+
+        def add(text: str, label: str) -> None:
+            variants = [text]
+            rest = text
+            while "://" in rest:  # precomputed://file:///x -> file:///x -> /x
+                rest = rest.split("://", 1)[1]
+                variants.append(rest)
+            for v in list(variants):
+                if v.startswith("/"):
+                    variants.append(os.path.realpath(v))
+            for v in variants:
+                # URLs and paths only: "faultfake://corrupt" must not replace every "corrupt"
+                if v.strip("/") and (v.startswith("/") or "://" in v):
+                    found.setdefault(v.rstrip("/"), label)
+
+        for entry in list(self.catalog.channels.values()):
+            add(entry.upstream_url, f"[upstream of {'/'.join(entry.key)}]")
+        for path, label in ((cfg.data_root, "[data root]"), (cfg.cache.disk_path, "[cache]"),
+                            (cfg.state_path, "[state file]"),
+                            (self.catalog.state_path, "[state file]")):
+            if path is not None:
+                add(str(path), label)
+        for text in sorted(found, key=len, reverse=True):
+            message = message.replace(text, found[text])
+
+        def other_path(m: re.Match[str]) -> str:
+            text = m.group(0)
+            if text.startswith(_ROUTES) or (request_path and text.startswith(request_path)):
+                return text
+            return "[server path]"
+
+        message = _FILE_URL.sub("[server path]", message)
+        return _ABSOLUTE_PATH.sub(other_path, message)
+
+    def user(self, request: Request) -> str:
+        token = self.token(request)
+        if token is None:
+            return "anonymous"
+        return "token-" + hashlib.sha256(token.encode()).hexdigest()[:8]
+
+    # -- resources ------------------------------------------------------------------------------
+    def known_collection(self, c: str) -> str:
+        if c not in self.catalog.collection_names():
+            raise not_found(f"Collection {c} not found")
+        return c
+
+    def known_experiment(self, c: str, e: str) -> tuple[str, str]:
+        if e not in self.catalog.experiment_names(self.known_collection(c)):
+            raise not_found(f"Experiment {e} not found")
+        return c, e
+
+    def channel(self, c: str, e: str, ch: str) -> ChannelEntry:
+        try:
+            return self.catalog.channel(c, e, ch)
+        except NotFound as exc:
+            raise not_found(str(exc)) from None
+
+    def remote(self, entry: ChannelEntry, token: str | None = None) -> CachedRemote:
+        return self.catalog.remote(entry, token)
+
+    def frame_at(self, c: str, e: str, entry: ChannelEntry, res: int) -> Box:
+        """The coordinate frame at resolution ``res``, in that resolution's voxels."""
+        frame = self.catalog.frame(c, e)
+        meta = self.remote(entry).meta
+        s0, sk = meta.scale(0), meta.scale(res)
+        f = [max(1, round(b / a)) for a, b in zip(s0.voxel_size.zyx(), sk.voxel_size.zyx(),
+                                                  strict=True)]
+        start = [frame[f"{ax}_start"] // k for ax, k in zip("zyx", f, strict=True)]
+        stop = [-(-frame[f"{ax}_stop"] // k) for ax, k in zip("zyx", f, strict=True)]
+        return Box(start, stop)
+
+    # -- data -----------------------------------------------------------------------------------
+    async def read_body(self, request: Request, expected: int) -> bytes:
+        """The request body, refused with 413 before reading when it cannot fit the region."""
+        limit = min(self.config.max_cutout_bytes, expected) + 65536
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                n = int(length)
+            except ValueError:
+                raise bad_request(INVALID_POST_ARGUMENT, "bad Content-Length") from None
+            if n > limit:
+                raise BossHTTPError(413, REQUEST_TOO_LARGE, f"the body ({n} bytes) is larger "
+                                    f"than the region it is for can be ({expected} bytes)")
+        chunks = []
+        size = 0
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise BossHTTPError(413, REQUEST_TOO_LARGE, "the body is larger than the region "
+                                    f"it is for can be ({expected} bytes)")
+            chunks.append(part)
+        return b"".join(chunks)
+
+    def write(self, remote: CachedRemote, box: Box, data: np.ndarray, res: int) -> None:
+        bounds = remote.meta.scale(res).bounds
+        if not bounds.contains(box):
+            raise bad_request(1001, f"this channel's data covers {bounds} at resolution {res}; "
+                              f"{box} cannot be written")
+        remote.write(box, np.ascontiguousarray(data), res)
+        if res == 0 and len(remote.meta.scales) > 1:
+            # as bossDB does: new base data leaves the coarser levels stale
+            with self._jobs_lock:
+                self._downsample[remote.url] = "NOT_DOWNSAMPLED"
+
+    # -- server-side downsampling (bossDB's /v1/downsample/) ------------------------------------
+    def downsample_status(self, entry: ChannelEntry, remote: CachedRemote) -> str:
+        with self._jobs_lock:
+            state = self._downsample.get(remote.url)
+        if state is not None:
+            return state
+        return "DOWNSAMPLED" if len(remote.meta.scales) > 1 else "NOT_DOWNSAMPLED"
+
+    def start_downsample(self, entry: ChannelEntry, remote: CachedRemote) -> None:
+        """Recompute every coarser level from level 0 in the background, through the cache
+        (so cached cells of those levels are replaced as they are written)."""
+        with self._jobs_lock:
+            if self._downsample.get(remote.url) in ("QUEUED", "IN_PROGRESS"):
+                raise BossHTTPError(409, 2006, "a downsample of this channel is already running")
+            self._downsample[remote.url] = "IN_PROGRESS"
+
+        def job() -> None:
+            from ..services.downsample import downsample
+            from ..volume import Volume
+
+            try:
+                downsample(Volume(remote), len(remote.meta.scales), prefer="local")
+            except Exception as exc:  # the job's outcome is its status; the log says why
+                log.warning("downsample of %s failed: %s", remote.url, exc)
+                state = "FAILED"
+            else:
+                state = "DOWNSAMPLED"
+            with self._jobs_lock:
+                self._downsample[remote.url] = state
+
+        threading.Thread(target=job, name="voxgate-downsample", daemon=True).start()
+
+    def _blocks(self, remote: CachedRemote, box: Box, res: int) -> list[Box]:
+        from ..geometry import grow_block
+
+        grid = remote.grid(res)
+        block = grow_block(grid, remote.meta.dtype.itemsize, box.shape, SCAN_BYTES)
+        return [cell.intersect(box) for _, cell in chunk_boxes(box, block,
+                                                               remote.meta.scale(res).bounds)]
+
+    def ids_in(self, remote: CachedRemote, box: Box, res: int) -> list[int]:
+        inside = box.intersect(remote.meta.scale(res).bounds)
+        found: set[int] = set()
+        if inside.is_empty():
+            return []
+        for block in self._blocks(remote, inside, res):
+            found.update(int(v) for v in np.unique(remote.read(block, res)))
+        found.discard(0)
+        return sorted(found)
+
+    def bounding_box(self, remote: CachedRemote, ident: int, res: int) -> Box | None:
+        lo: list[int] | None = None
+        hi: list[int] | None = None
+        value = np.asarray(ident).astype(remote.meta.dtype)
+        for block in self._blocks(remote, remote.meta.scale(res).bounds, res):
+            where = np.nonzero(remote.read(block, res) == value)
+            if not where[0].size:
+                continue
+            b_lo = [int(w.min()) + s for w, s in zip(where, block.start, strict=True)]
+            b_hi = [int(w.max()) + 1 + s for w, s in zip(where, block.start, strict=True)]
+            lo = b_lo if lo is None else [min(a, b) for a, b in zip(lo, b_lo, strict=True)]
+            hi = b_hi if hi is None else [max(a, b) for a, b in zip(hi, b_hi, strict=True)]
+        return None if lo is None or hi is None else Box(lo, hi)
+
+    def reserve(self, entry: ChannelEntry, count: int, token: str | None = None) -> int:
+        key = "/".join(entry.key)
+        with self._reserve_lock:
+            reserved = self.catalog.state["reserved"]
+            if key not in reserved:
+                # the first reservation starts above every id already in the volume
+                remote = self.remote(entry, token)
+                top = 0
+                for block in self._blocks(remote, remote.meta.scale(0).bounds, 0):
+                    top = max(top, int(remote.read(block, 0).max(initial=0)))
+                reserved[key] = top + 1
+            start = int(reserved[key])
+            reserved[key] = start + count
+            self.catalog.save()
+            return start
+
+    def create_local_channel(self, c: str, e: str, ch: str, body: dict[str, Any],
+                             user: str) -> ChannelEntry:
+        root = self.config.data_root
+        if root is None:
+            raise bad_request(INVALID_POST_ARGUMENT, "this relay has no --data-root, so it cannot "
+                              "create channels; start it with --data-root DIR")
+        cat = self.catalog
+        exp = cat.state["experiments"].get(f"{c}/{e}")
+        if exp is None:
+            raise bad_request(INVALID_POST_ARGUMENT, f"experiment {c}/{e} is derived from "
+                              "upstream volumes; new channels go into experiments created "
+                              "through the API")
+        # a stored frame is read without opening every upstream (one dead upstream must not
+        # stop channels being created elsewhere); a derived one needs its channels' metadata
+        stored_frame = cat.state["coords"].get(exp["coord_frame"])
+        frame = dict(stored_frame) if stored_frame is not None else \
+            cat.coord_frames()[exp["coord_frame"]]
+        meta = local_channel_meta(frame, exp, body)
+        path = root / c / e / f"{ch}.zarr"
+        url = f"zarr://{path}"
+        create_remote(url, meta, exist_ok=False)
+        entry = ChannelEntry(c, e, ch, url, local=True)
+        key = f"{c}/{e}/{ch}"
+        with cat.lock:
+            cat.channels[(c, e, ch)] = entry
+            cat.state["local_channels"][key] = {"url": url}
+            cat.state["channels"][key] = {
+                "description": str(body.get("description", "")), "creator": user,
+                "sources": list(body.get("sources", [])), "related": list(body.get("related", [])),
+                "public": bool(body.get("public", False)),
+            }
+            while key in cat.state["deleted"]:
+                cat.state["deleted"].remove(key)
+            cat.save()
+        return entry
+
+    def delete_local_channel(self, entry: ChannelEntry) -> None:
+        cat = self.catalog
+        key = "/".join(entry.key)
+        tag = cat.cache_tag(entry)  # its incarnation's: taken while it still has one
+        with cat.lock:
+            cat.channels.pop(entry.key, None)
+            cat.state["local_channels"].pop(key, None)
+            cat.state["channels"].pop(key, None)
+            cat.state["meta"].pop(key, None)
+            cat.state["reserved"].pop(key, None)
+            cat.save()
+        # its Remotes closed and its cells dropped from memory and disk; a channel created
+        # later under this name is a new incarnation, with a cache identity of its own (and
+        # no downsample status of the old one)
+        urls = [r.url for r in cat.open_remotes(entry)]
+        with self._jobs_lock:
+            for url in urls:
+                self._downsample.pop(url, None)
+        cat.drop_channel(entry, tag)
+        location = entry.upstream_url.split("://", 1)[1]
+        shutil.rmtree(location, ignore_errors=True)
+
+    def metrics(self) -> dict[str, Any]:
+        out = {"cache": self.cache.metrics.snapshot(),
+               "memory_bytes_used": self.cache.memory.used,
+               "memory_entries": len(self.cache.memory),
+               "channels": len(self.catalog.channels)}
+        if self.cache.disk is not None:
+            out["disk_bytes_used"] = self.cache.disk.volume()
+        return out
+
+
+def local_channel_meta(frame: dict[str, Any], experiment: dict[str, Any],
+                       body: dict[str, Any]) -> VolumeMeta:
+    """The VolumeMeta of a channel created through the project service."""
+    ctype = body.get("type", "image")
+    if ctype not in ("image", "annotation"):
+        raise bad_request(INVALID_POST_ARGUMENT, f"type must be image or annotation, got {ctype!r}")
+    dtype = body.get("datatype", "uint64" if ctype == "annotation" else "uint8")
+    if dtype not in CHANNEL_DATATYPES:
+        raise bad_request(INVALID_POST_ARGUMENT,
+                          f"datatype must be one of {CHANNEL_DATATYPES}, got {dtype!r}")
+    if ctype == "annotation" and dtype != "uint64":
+        raise bad_request(INVALID_POST_ARGUMENT, "annotation channels are uint64")
+    if body.get("base_resolution", 0) != 0:
+        raise bad_request(INVALID_POST_ARGUMENT, "this relay only stores base_resolution 0")
+    factor = boss_unit_to_nm(frame.get("voxel_unit", "nanometers"))
+    start = Vec(frame["z_start"], frame["y_start"], frame["x_start"])
+    stop = Vec(frame["z_stop"], frame["y_stop"], frame["x_stop"])
+    vs = VoxelSize(frame["z_voxel_size"] * factor, frame["y_voxel_size"] * factor,
+                   frame["x_voxel_size"] * factor)
+    iso = experiment.get("hierarchy_method") == "isotropic"
+    scales = []
+    for k in range(int(experiment.get("num_hierarchy_levels", 1))):
+        fz = 2**k if iso else 1
+        fxy = 2**k
+        f = Vec(fz, fxy, fxy)
+        lo = Vec(*(a // g for a, g in zip(start, f, strict=True)))
+        hi = Vec(*(-(-b // g) for b, g in zip(stop, f, strict=True)))
+        scales.append(Scale(k, hi - lo, Vec(16, 256, 256),
+                            VoxelSize(vs.z * fz, vs.y * fxy, vs.x * fxy), lo))
+    return VolumeMeta(np.dtype(dtype), tuple(scales),
+                      "segmentation" if ctype == "annotation" else "image")
