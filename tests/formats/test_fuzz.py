@@ -57,7 +57,7 @@ from voxgate.relay.errors import BossHTTPError
 from voxgate.remotes._http import HTTPClient
 from voxgate.remotes.boss import BossDBRemote
 from voxgate.remotes.dvid import DVIDRemote, decode_ngmesh
-from voxgate.remotes.precomputed import _decompress
+from voxgate.storage import decompress
 from voxgate.testing.dvid import DVIDState
 
 #: VOXGATE_FUZZ_EXAMPLES raises the count for a longer local hunt; the suite runs 200
@@ -175,7 +175,7 @@ _COMPRESSED = {".gz": gzip.compress(_RAW), ".xz": __import__("lzma").compress(_R
 @given(suffix=st.sampled_from(sorted(_COMPRESSED)), data=st.data())
 def test_compressed_chunk_files(suffix: str, data: st.DataObject) -> None:
     body = data.draw(fuzz_bytes(_COMPRESSED[suffix]))
-    only_voxgate_errors(lambda: _decompress(body, suffix, "chunk" + suffix))
+    only_voxgate_errors(lambda: decompress(body, suffix, "chunk" + suffix))
 
 
 # -- chunks through the stores that tensorstore or voxgate's codecs read --------------------------

@@ -35,9 +35,9 @@ from ..errors import (
     RemoteNotFoundError,
     VoxgateError,
 )
-from ..remotes._tensorstore import join
+from ..storage import UNITS_NM, Directory, join
 from ._common import float_rows, index_rows, segment_id
-from ._storage import Directory, check_dir_name, open_layer, read_info
+from .layer import check_dir_name, open_layer, read_info
 
 __all__ = [
     "LEGACY_MESH_TYPE",
@@ -1075,9 +1075,7 @@ def write_meshes(
 
 
 def _unit_nm(unit: str) -> float:
-    from ..remotes.precomputed import _UNITS_NM
-
-    factor = _UNITS_NM.get(unit)
+    factor = UNITS_NM.get(unit)
     if factor is None:
         raise InvalidRequestError(f"voxel size unit {unit!r} cannot be converted to nm")
     return factor

@@ -30,9 +30,9 @@ from ..errors import (
     InvalidRequestError,
     RemoteNotFoundError,
 )
-from ..remotes._tensorstore import join
+from ..storage import Directory, join
 from ._common import float_rows, index_rows, segment_id
-from ._storage import Directory, check_dir_name, open_layer, read_info
+from .layer import check_dir_name, open_layer, read_info
 
 __all__ = [
     "DEFAULT_VERTEX_ATTRIBUTES",

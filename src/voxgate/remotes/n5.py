@@ -38,8 +38,7 @@ from ..errors import (
 )
 from ..geometry import Box, Vec, VoxelSize
 from ..meta import Kind, Scale, VolumeMeta, check_new_scales
-from ._tensorstore import (
-    TSArray,
+from ..storage import (
     is_local,
     join,
     kvstore_exists,
@@ -50,6 +49,7 @@ from ._tensorstore import (
     ts_errors,
     write_json,
 )
+from ._tensorstore import TSArray
 from .base import Capability, Remote, check_options
 
 __all__ = ["N5Remote"]

@@ -23,10 +23,8 @@ refuse every scale of it, so such layers are read with voxgate's codecs througho
 
 from __future__ import annotations
 
-import bz2
 import contextlib
 import gzip
-import lzma
 import math
 import os
 import struct
@@ -44,15 +42,25 @@ from ..errors import (
     InvalidRequestError,
     ReadOnlyError,
     RemoteExistsError,
-    RemoteNotFoundError,
     VoxgateError,
 )
 from ..formats.precomputed_chunks import decode_chunk, encode_chunk
-from ..geometry import Box, Vec, VoxelSize, chunk_boxes
-from ..meta import Kind, Scale, VolumeMeta, check_new_scales
-from ._tensorstore import (
-    TSArray,
+from ..formats.precomputed_info import (
+    DTYPES,
+    is_http,
+    meta_from_info,
+    normalize_location,
+    read_layer_info,
+    update_layer_info,
+    write_layer_info,
+)
+from ..geometry import Box, Vec, chunk_boxes
+from ..meta import Scale, VolumeMeta, check_new_scales
+from ..storage import (
+    SUFFIXES,
+    UNITS_NM,
     atomic_write,
+    decompress,
     is_local,
     join,
     kvstore_exists,
@@ -63,18 +71,15 @@ from ._tensorstore import (
     ts_errors,
     write_json,
 )
+from ._tensorstore import TSArray
 from .base import Capability, Remote, check_options
 
 __all__ = ["PrecomputedRemote"]
 
-#: data types of the info's ``data_type`` enum
-_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32")
 #: encodings tensorstore's driver parses; any other one in an info makes it refuse the layer
 _TS_ENCODINGS = frozenset({"raw", "jpeg", "png", "compressed_segmentation"})
 #: encodings voxgate's own codecs handle (for chunks tensorstore cannot reach)
 _OWN_ENCODINGS = frozenset({"raw", "jpeg", "compressed_segmentation"})
-#: suffixes CloudFiles gives compressed files on local disks, in the order readers try them
-_SUFFIXES = (".gz", ".br", ".zstd", ".xz", ".bz2")
 _SHARDING_TYPE = "neuroglancer_uint64_sharded_v1"
 #: ``sharded=True`` puts up to this many uncompressed bytes in one shard: writes and copies
 #: hold whole shards in memory, a few per worker
@@ -82,12 +87,6 @@ _SHARD_TARGET_BYTES = 64 * 2**20
 #: up to 2**6 chunks share one minishard index, so a chunk lookup reads a small index
 _MAX_PRESHIFT_BITS = 6
 _CSEG_BLOCK = (8, 8, 8)
-_UNITS_NM = {
-    "nm": 1.0, "nanometer": 1.0, "um": 1e3, "µm": 1e3, "micrometer": 1e3, "mm": 1e6,
-    "millimeter": 1e6, "angstrom": 0.1, "pm": 1e-3,
-}
-#: info keys voxgate interprets; everything else (mesh, skeletons, ...) is kept as is
-_CORE_KEYS = frozenset({"@type", "type", "data_type", "num_channels", "scales"})
 
 
 class PrecomputedRemote(Remote):
@@ -103,7 +102,7 @@ class PrecomputedRemote(Remote):
         self._set_info(info)
 
     def _set_info(self, info: dict[str, Any]) -> None:
-        meta = _meta_from_info(info, join(self.location, "info"))
+        meta = meta_from_info(info, join(self.location, "info"))
         with self._lock:
             self._info = info
             self.meta = meta
@@ -117,24 +116,12 @@ class PrecomputedRemote(Remote):
     @classmethod
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> PrecomputedRemote:
         check_options("precomputed://", options, cls.open_options)
-        if mode not in ("r", "r+"):
-            raise InvalidRequestError(f"mode must be 'r' or 'r+', got {mode!r}")
-        location = _normalize(location)
-        if mode == "r+" and _is_http(location):
-            raise ReadOnlyError(f"{location} is served over HTTP, which voxgate can only read")
-        try:
-            info = read_json(location, "info")
-        except RemoteNotFoundError:
-            raise RemoteNotFoundError(
-                f"no precomputed volume at {location!r}: it has no info file"
-            ) from None
-        if not isinstance(info, dict):
-            raise InvalidRequestError(f"{join(location, 'info')} is not a JSON object")
+        location, info = read_layer_info(location, mode)
         return cls(location, info, mode)
 
     @classmethod
     def exists(cls, location: str) -> bool:
-        return kvstore_exists(_normalize(location), "info")
+        return kvstore_exists(normalize_location(location), "info")
 
     # -- creating -------------------------------------------------------------------------------
     @classmethod
@@ -159,8 +146,8 @@ class PrecomputedRemote(Remote):
             raise InvalidRequestError(
                 f"sharded must be True, False or a sharding spec dict, got {sharded!r}"
             )
-        location = _normalize(location)
-        if _is_http(location):
+        location = normalize_location(location)
+        if is_http(location):
             raise ReadOnlyError(f"{location} is served over HTTP, which voxgate can only read")
         if cls.exists(location):
             if not exist_ok:
@@ -208,18 +195,10 @@ class PrecomputedRemote(Remote):
         changed this way.
         """
         self._check_writable()
-        fixed = sorted(set(changes) & {"scales", "data_type", "num_channels", "@type"})
-        if fixed:
-            raise InvalidRequestError(
-                f"update_info cannot change {', '.join(fixed)}: they define the stored voxels"
-            )
-        info = read_json(self.location, "info")
-        info.update(changes)
-        self._write_info(info)
+        self._set_info(update_layer_info(self.location, changes))
 
     def _write_info(self, info: dict[str, Any]) -> None:
-        _meta_from_info(info, join(self.location, "info"))  # never store an info we cannot read
-        write_json(self.location, "info", info)
+        write_layer_info(self.location, info)
         self._set_info(info)
 
     # -- data -----------------------------------------------------------------------------------
@@ -287,7 +266,7 @@ class PrecomputedRemote(Remote):
 
             def stored(cell: Box) -> bool:
                 base = os.path.join(directory, _chunk_name(cell))
-                return any(os.path.exists(base + sfx) for sfx in ("", *_SUFFIXES))
+                return any(os.path.exists(base + sfx) for sfx in ("", *SUFFIXES))
 
             absent = [g for g, cell in cells if not stored(cell)]
         else:
@@ -424,7 +403,7 @@ class _LocalChunks:
 
     def get(self, name: str) -> tuple[bytes, str] | None:
         base = os.path.join(self.directory, name)
-        for suffix in (*_SUFFIXES, ""):
+        for suffix in (*SUFFIXES, ""):
             path = base + suffix
             try:
                 with open(path, "rb") as f:
@@ -433,7 +412,7 @@ class _LocalChunks:
                 continue
             except OSError as exc:
                 raise VoxgateError(f"cannot read chunk {path}: {exc}") from exc
-            return _decompress(data, suffix, path), path
+            return decompress(data, suffix, path), path
         return None
 
     def put(self, name: str, data: bytes, *, compress: bool = True) -> None:
@@ -447,7 +426,7 @@ class _LocalChunks:
         atomic_write(path, data)
         # CloudFiles reads whichever variant it tries first (its order adapts at run time),
         # so no other variant of this chunk may survive
-        for other in (*_SUFFIXES, ""):
+        for other in (*SUFFIXES, ""):
             if other != suffix:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.directory, name + other))
@@ -520,7 +499,7 @@ class _ChunkScale:
         ):
             # gzip stored without a Content-Encoding (or a .gz name) to say so; no other
             # encoding starts with these bytes, and a raw chunk that does has the exact length
-            data = _decompress(data, ".gz", name)
+            data = decompress(data, ".gz", name)
         return decode_chunk(data, self.encoding, shape, self.dtype, block_size=self.block,
                             name=name)
 
@@ -621,39 +600,12 @@ def _chunk_name(cell: Box) -> str:
     return f"{x0}-{x1}_{y0}-{y1}_{z0}-{z1}"
 
 
-def _decompress(data: bytes, suffix: str, name: str) -> bytes:
-    try:
-        if suffix == ".gz":
-            return gzip.decompress(data)
-        if suffix == ".br":
-            import brotli
-
-            return bytes(brotli.decompress(data))
-        if suffix == ".zstd":
-            import zstandard
-
-            return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(data))
-        if suffix == ".xz":
-            return lzma.decompress(data)
-        if suffix == ".bz2":
-            return bz2.decompress(data)
-    except ImportError as exc:
-        raise CapabilityNotSupportedError(
-            f"{name} is {suffix}-compressed; install {exc.name} to read it"
-        ) from None
-    except Exception as exc:  # gzip, lzma, bz2, brotli and zstandard errors share no base
-        raise CorruptChunkError(
-            f"chunk {name} does not decompress ({suffix}): {exc}", chunk=name
-        ) from None
-    return data
-
-
 def _find_suffixed(directory: str) -> str | None:
     """A compressed-suffix chunk file in ``directory``, if there is one (stops at the first)."""
     try:
         with os.scandir(directory) as entries:
             for entry in entries:
-                if entry.name.endswith(_SUFFIXES):
+                if entry.name.endswith(SUFFIXES):
                     return entry.path
     except (FileNotFoundError, NotADirectoryError):
         pass
@@ -661,61 +613,10 @@ def _find_suffixed(directory: str) -> str | None:
 
 
 # -- info <-> VolumeMeta ------------------------------------------------------------------------
-def _normalize(location: str) -> str:
-    """Local paths become absolute, so a spec reopens the same layer from another directory."""
-    location = location.rstrip("/") or "/"
-    if "://" not in location:
-        return os.path.abspath(os.path.expanduser(location))
-    return location
-
-
-def _is_http(location: str) -> bool:
-    return location.startswith(("http://", "https://"))
-
-
-def _meta_from_info(info: dict[str, Any], where: str) -> VolumeMeta:
-    kind_type = info.get("@type", "neuroglancer_multiscale_volume")
-    if kind_type != "neuroglancer_multiscale_volume":
-        raise InvalidRequestError(
-            f"{where} describes a {kind_type}, not an image or segmentation volume"
-        )
-    try:
-        layer_type = info["type"]
-        if layer_type not in ("image", "segmentation"):
-            raise InvalidRequestError(f"type is {layer_type!r}, not 'image' or 'segmentation'")
-        dtype = np.dtype(str(info["data_type"]).lower())
-        if dtype.name not in _DTYPES:
-            raise InvalidRequestError(f"data_type {info['data_type']!r} is not supported")
-        channels = int(info.get("num_channels", 1))
-        scales = []
-        for i, s in enumerate(info["scales"]):
-            res = [float(v) for v in s["resolution"]]
-            if len(res) != 3:
-                raise InvalidRequestError(f"scale {i} resolution {res} is not [x, y, z]")
-            scales.append(
-                Scale(
-                    i,
-                    Vec.from_xyz(s["size"], "size"),
-                    Vec.from_xyz(s["chunk_sizes"][0], "chunk_sizes"),
-                    VoxelSize(res[2], res[1], res[0]),
-                    Vec.from_xyz(s.get("voxel_offset", (0, 0, 0)), "voxel_offset"),
-                    str(s.get("encoding", "raw")),
-                    str(s["key"]),
-                )
-            )
-        extra = {k: v for k, v in info.items() if k not in _CORE_KEYS}
-        kind: Kind = "segmentation" if layer_type == "segmentation" else "image"
-        return VolumeMeta(dtype, tuple(scales), kind, channels, 0, extra)
-    except (KeyError, TypeError, IndexError, ValueError) as exc:
-        raise InvalidRequestError(
-            f"{where} is not a valid Neuroglancer precomputed info: {exc}"
-        ) from None
-
-
 def _check_meta(meta: VolumeMeta) -> None:
-    if meta.dtype.name not in _DTYPES:
+    if meta.dtype.name not in DTYPES:
         raise InvalidRequestError(
-            f"precomputed volumes hold {', '.join(_DTYPES)}, not {meta.dtype.name}"
+            f"precomputed volumes hold {', '.join(DTYPES)}, not {meta.dtype.name}"
         )
     if meta.kind == "segmentation" and meta.dtype.name not in ("uint32", "uint64"):
         raise InvalidRequestError(
@@ -730,10 +631,10 @@ def _check_meta(meta: VolumeMeta) -> None:
 
 
 def _nm(value: float, unit: str) -> float:
-    factor = _UNITS_NM.get(unit)
+    factor = UNITS_NM.get(unit)
     if factor is None:
         raise InvalidRequestError(
-            f"voxel size unit {unit!r} is unknown; use one of {', '.join(_UNITS_NM)}"
+            f"voxel size unit {unit!r} is unknown; use one of {', '.join(UNITS_NM)}"
         )
     nm = value * factor
     return int(nm) if float(nm).is_integer() else nm

@@ -30,8 +30,7 @@ from ..meta import (
     check_new_scales,
     offset_from_translation,
 )
-from ._tensorstore import (
-    TSArray,
+from ..storage import (
     is_local,
     join,
     kvstore_exists,
@@ -42,6 +41,7 @@ from ._tensorstore import (
     ts_errors,
     write_json,
 )
+from ._tensorstore import TSArray
 from .base import Capability, Remote, check_options
 
 __all__ = ["ZarrRemote"]

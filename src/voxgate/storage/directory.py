@@ -1,4 +1,4 @@
-"""Small files under one directory of a precomputed layer: mesh and skeleton storage.
+"""Small files under one directory of a storage location (mesh and skeleton directories).
 
 Local disks and object storage (gs://, s3://, read-only http(s)://) look the same here:
 
@@ -9,55 +9,22 @@ Local disks and object storage (gs://, s3://, read-only http(s)://) look the sam
 - ``put_many`` writes atomically on local disks (a temporary name, then a rename) and removes
   every compressed variant of the name, since CloudFiles reads whichever variant it finds first.
 - ``list`` lists the directory's file names (compressed suffixes removed).
-
-Plus the layer helpers the mesh and skeleton writers share: resolving a layer URL, checking a
-directory name, reading a directory's info.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import tensorstore as ts
 
-from ..errors import (
-    CapabilityNotSupportedError,
-    CorruptChunkError,
-    InvalidRequestError,
-    RemoteNotFoundError,
-    VoxgateError,
-)
-from ..registry import split_url
-from ..remotes._tensorstore import (
-    atomic_write,
-    is_local,
-    join,
-    kvstore_spec,
-    local_path,
-    ts_context,
-    ts_errors,
-)
-from ..remotes.precomputed import _SUFFIXES, PrecomputedRemote, _decompress
+from ..errors import CapabilityNotSupportedError, RemoteNotFoundError, VoxgateError
+from .compression import GZIP_MAGIC, SUFFIXES, decompress
+from .kvstore import atomic_write, is_local, join, kvstore_spec, local_path, ts_context, ts_errors
 
-__all__ = ["Directory", "check_dir_name", "layer_location", "open_layer", "read_info"]
-
-_GZIP_MAGIC = b"\x1f\x8b"
-
-
-def layer_location(url: str | os.PathLike[str]) -> str:
-    """The storage location of a precomputed layer named by a voxgate URL or a bare location."""
-    scheme, location = split_url(os.fspath(url))
-    if scheme not in (None, "precomputed"):
-        raise InvalidRequestError(
-            f"meshes and skeletons live in Neuroglancer precomputed layers; {url!r} names a "
-            f"{scheme}:// volume (use precomputed://<location> or a bare path)"
-        )
-    return location
+__all__ = ["Directory"]
 
 
 class Directory:
@@ -90,7 +57,7 @@ class Directory:
         """
         if self.local:
             base = os.path.join(local_path(self.location), name)
-            for suffix in (*_SUFFIXES, ""):
+            for suffix in (*SUFFIXES, ""):
                 try:
                     with open(base + suffix, "rb") as f:
                         data = f.read()
@@ -99,7 +66,7 @@ class Directory:
                 except OSError as exc:
                     raise VoxgateError(f"cannot read {base + suffix}: {exc}") from exc
                 if suffix:
-                    return _decompress(data, suffix, base + suffix)
+                    return decompress(data, suffix, base + suffix)
                 return self._sniff(data, name, plain)
             return None
         with ts_errors(f"reading {self.path(name)}"):
@@ -109,8 +76,8 @@ class Directory:
         return self._sniff(bytes(result.value), name, plain)
 
     def _sniff(self, data: bytes, name: str, plain: Callable[[bytes], bool] | None) -> bytes:
-        if data[:2] == _GZIP_MAGIC and not (plain is not None and plain(data)):
-            return _decompress(data, ".gz", self.path(name))
+        if data[:2] == GZIP_MAGIC and not (plain is not None and plain(data)):
+            return decompress(data, ".gz", self.path(name))
         return data
 
     def get_many(
@@ -126,7 +93,7 @@ class Directory:
     def exists(self, name: str) -> bool:
         if self.local:
             base = os.path.join(local_path(self.location), name)
-            return any(os.path.exists(base + s) for s in (*_SUFFIXES, ""))
+            return any(os.path.exists(base + s) for s in (*SUFFIXES, ""))
         return self.get(name) is not None
 
     def list(self) -> list[str]:
@@ -151,7 +118,7 @@ class Directory:
         for n in names:
             if n.startswith(".") or n.endswith(".tmp"):
                 continue  # our own temporary files
-            for s in _SUFFIXES:
+            for s in SUFFIXES:
                 if n.endswith(s):
                     n = n[: -len(s)]
                     break
@@ -185,37 +152,6 @@ class Directory:
     def _put_local(directory: str, name: str, data: bytes) -> None:
         path = os.path.join(directory, name)
         atomic_write(path, data)
-        for suffix in _SUFFIXES:
+        for suffix in SUFFIXES:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path + suffix)
-
-
-def open_layer(url: str | os.PathLike[str], mode: str) -> PrecomputedRemote:
-    """The precomputed layer meshes or skeletons go with (RemoteNotFoundError if absent)."""
-    return PrecomputedRemote.open(layer_location(url), mode=mode)
-
-
-def check_dir_name(value: object, what: str) -> str:
-    """A mesh or skeleton directory named relative to its layer."""
-    if not isinstance(value, str) or not value.strip("/") or "://" in value \
-            or value.startswith("/"):
-        raise InvalidRequestError(
-            f"{what} must be a directory name inside the layer, like 'mesh', got {value!r}"
-        )
-    return value.strip("/")
-
-
-def read_info(directory: Directory) -> dict[str, Any] | None:
-    """A directory's ``info`` JSON object, or None when it has none."""
-    raw = directory.get("info", plain=lambda d: False)
-    if raw is None:
-        return None
-    try:
-        info = json.loads(raw)
-    except ValueError as exc:
-        raise CorruptChunkError(f"{directory.path('info')} is not valid JSON: {exc}",
-                                chunk=directory.path("info")) from None
-    if not isinstance(info, dict):
-        raise CorruptChunkError(f"{directory.path('info')} is not a JSON object",
-                                chunk=directory.path("info"))
-    return info

@@ -1,0 +1,46 @@
+"""The storage layer under formats and Remotes alike.
+
+Key-value access to local files, gs://, s3:// and read-only http(s):// through tensorstore's
+kvstore drivers (:mod:`.kvstore`), atomic local writes, location joining, directory listing
+(:mod:`.directory`), CloudFiles' compressed-suffix convention and decompression
+(:mod:`.compression`) and the length units stored metadata uses (:mod:`.units`).  It imports
+nothing of voxgate but ``errors``.
+"""
+
+from __future__ import annotations
+
+from .compression import GZIP_MAGIC, SUFFIXES, decompress
+from .directory import Directory
+from .kvstore import (
+    atomic_write,
+    is_local,
+    join,
+    kvstore_exists,
+    kvstore_spec,
+    local_path,
+    read_json,
+    set_request_retries,
+    ts_context,
+    ts_errors,
+    write_json,
+)
+from .units import UNITS_NM
+
+__all__ = [
+    "GZIP_MAGIC",
+    "SUFFIXES",
+    "UNITS_NM",
+    "Directory",
+    "atomic_write",
+    "decompress",
+    "is_local",
+    "join",
+    "kvstore_exists",
+    "kvstore_spec",
+    "local_path",
+    "read_json",
+    "set_request_retries",
+    "ts_context",
+    "ts_errors",
+    "write_json",
+]

@@ -1,0 +1,236 @@
+"""Key-value access to a storage location through tensorstore's kvstore drivers.
+
+A location is a local path, file://, gs://, s3:// or http(s):// (read-only):
+
+- ``kvstore_spec``: a location as a tensorstore kvstore spec;
+- ``ts_context``: one tensorstore Context per process (``set_request_retries`` bounds how long
+  networked kvstores retry);
+- ``ts_errors``: tensorstore's status-string errors as voxgate errors (a chunk that does not
+  decode is a CorruptChunkError naming it, never zeros);
+- ``is_local``, ``local_path``, ``join``: location arithmetic;
+- ``atomic_write``, ``read_json``, ``write_json``, ``kvstore_exists``: small documents, written
+  whole or not at all on local disks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlparse
+
+import tensorstore as ts
+
+from ..errors import (
+    AuthenticationError,
+    CorruptChunkError,
+    InvalidRequestError,
+    RemoteNotFoundError,
+    RemoteUnavailableError,
+    VoxgateError,
+)
+
+__all__ = [
+    "atomic_write",
+    "is_local",
+    "join",
+    "kvstore_exists",
+    "kvstore_spec",
+    "local_path",
+    "read_json",
+    "set_request_retries",
+    "ts_context",
+    "ts_errors",
+    "write_json",
+]
+
+_context: ts.Context | None = None
+_context_lock = threading.Lock()
+_retries: dict[str, Any] | None = None
+#: tensorstore's resources holding the retry policy of each networked kvstore
+_RETRY_RESOURCES = ("http_request_retries", "gcs_request_retries", "s3_request_retries")
+
+
+def ts_context() -> ts.Context:
+    """One tensorstore Context per process: a shared cache pool and concurrency limits."""
+    global _context
+    with _context_lock:
+        if _context is None:
+            spec: dict[str, Any] = {
+                "cache_pool": {"total_bytes_limit": 0},
+                "data_copy_concurrency": {"limit": max(2, os.cpu_count() or 2)},
+                "file_io_concurrency": {"limit": 32},
+            }
+            if _retries is not None:
+                spec.update({name: dict(_retries) for name in _RETRY_RESOURCES})
+            _context = ts.Context(spec)
+        return _context
+
+
+def set_request_retries(max_retries: int, initial_delay: float, max_delay: float) -> None:
+    """Bound how long tensorstore retries a failed HTTP, GCS or S3 request.
+
+    Its default (32 retries, delays growing to 32 s) waits out a dead server for minutes; a
+    server in front of upstreams (the relay) wants a refused connection to fail in about a
+    second.  Applies to stores opened afterwards.
+    """
+    global _context, _retries
+    with _context_lock:
+        _retries = {"max_retries": int(max_retries), "initial_delay": f"{initial_delay:g}s",
+                    "max_delay": f"{max_delay:g}s"}
+        _context = None
+
+
+def is_local(location: str) -> bool:
+    return "://" not in location or location.startswith("file://")
+
+
+def local_path(location: str) -> str:
+    """The absolute filesystem path of a local location (a path or a file:// URL)."""
+    if location.startswith("file://"):
+        location = location[len("file://") :]
+    return os.path.abspath(os.path.expanduser(location))
+
+
+def join(location: str, *parts: str) -> str:
+    out = location.rstrip("/")
+    for p in parts:
+        if p:
+            out = out + "/" + p.strip("/")
+    return out
+
+
+def kvstore_spec(location: str) -> dict[str, Any]:
+    """A tensorstore kvstore spec for a voxgate location, always ending in a directory slash."""
+    if is_local(location):
+        return {"driver": "file", "path": local_path(location).rstrip("/") + "/"}
+    parsed = urlparse(location)
+    path = parsed.path.strip("/")
+    path = path + "/" if path else ""
+    if parsed.scheme == "gs":
+        return {"driver": "gcs", "bucket": parsed.netloc, "path": path}
+    if parsed.scheme == "s3":
+        spec: dict[str, Any] = {"driver": "s3", "bucket": parsed.netloc, "path": path}
+        endpoint = os.environ.get("VOXGATE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            spec["endpoint"] = endpoint
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            spec["aws_region"] = region
+        return spec
+    if parsed.scheme in ("http", "https"):
+        return {"driver": "http", "base_url": location.rstrip("/") + "/"}
+    raise InvalidRequestError(
+        f"unsupported storage location {location!r}; use a path, file://, gs://, s3:// or http(s)://"
+    )
+
+
+_QUOTED = re.compile(r'"([^"]+)"')
+
+
+def _translate(exc: BaseException, what: str) -> VoxgateError:
+    text = str(exc)
+    code = text.split(":", 1)[0].strip()
+    lowered = text.lower()
+    quoted = _QUOTED.findall(text)
+    if code == "NOT_FOUND":
+        return RemoteNotFoundError(f"{what}: not found ({text})")
+    if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "RESOURCE_EXHAUSTED"):
+        return RemoteUnavailableError(f"{what}: storage unavailable ({text})")
+    if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        return AuthenticationError(f"{what}: access refused ({text})")
+    # OUT_OF_RANGE: a truncated shard file, whose index points past its end
+    if code in ("DATA_LOSS", "FAILED_PRECONDITION", "INVALID_ARGUMENT", "OUT_OF_RANGE") and (
+        "error reading" in lowered
+        or "decod" in lowered
+        or "corrupt" in lowered
+        or "expected chunk length" in lowered
+    ):
+        chunk = quoted[0] if quoted else None
+        return CorruptChunkError(
+            f"{what}: chunk {chunk or '(unknown)'} could not be decoded: {text}", chunk=chunk
+        )
+    return VoxgateError(f"{what}: {text}")
+
+
+@contextlib.contextmanager
+def ts_errors(what: str) -> Iterator[None]:
+    """Turn tensorstore failures into voxgate errors that say what was being done."""
+    try:
+        yield
+    except VoxgateError:
+        raise
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise _translate(exc, what) from exc
+
+
+def kvstore_exists(location: str, key: str) -> bool:
+    """Whether ``key`` exists under ``location`` (local paths are checked without tensorstore)."""
+    if is_local(location):
+        return os.path.exists(os.path.join(local_path(location), key))
+    try:
+        kv = ts.KvStore.open(kvstore_spec(location), context=ts_context()).result()
+        return bool(kv.read(key).result().state == "value")
+    except ValueError:
+        return False
+
+
+def read_json(location: str, key: str) -> Any:
+    """Read a small JSON document; RemoteNotFoundError when it is absent."""
+    import json
+
+    if is_local(location):
+        path = os.path.join(local_path(location), key)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise RemoteNotFoundError(f"{path} does not exist") from None
+    else:
+        with ts_errors(f"reading {key} of {location}"):
+            kv = ts.KvStore.open(kvstore_spec(location), context=ts_context()).result()
+            r = kv.read(key).result()
+        if r.state != "value":
+            raise RemoteNotFoundError(f"{join(location, key)} does not exist")
+        data = bytes(r.value)
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise CorruptChunkError(
+            f"{join(location, key)} is not valid JSON: {exc}", chunk=join(location, key)
+        ) from None
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write a local file whole or not at all: a temporary name in the same folder, then a
+    rename.  The temporary name starts with '.' and ends in '.tmp', so no reader takes it for
+    a chunk while it is being written, and it is removed if the write fails."""
+    directory, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(dir=directory or ".", prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(location: str, key: str, value: Any) -> None:
+    """Write a small JSON document atomically (temporary file then rename on local disks)."""
+    import json
+
+    data = json.dumps(value, indent=2).encode()
+    if is_local(location):
+        path = os.path.join(local_path(location), key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write(path, data)
+        return
+    with ts_errors(f"writing {key} of {location}"):
+        kv = ts.KvStore.open(kvstore_spec(location), context=ts_context()).result()
+        kv.write(key, data).result()
