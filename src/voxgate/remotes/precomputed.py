@@ -57,6 +57,7 @@ from ..formats.precomputed_info import (
 from ..geometry import Box, Vec, chunk_boxes
 from ..meta import Scale, VolumeMeta, check_new_scales
 from ..storage import (
+    GZIP_MAGIC,
     SUFFIXES,
     UNITS_NM,
     atomic_write,
@@ -494,7 +495,7 @@ class _ChunkScale:
             return None  # an absent chunk is all zeros
         data, name = got
         shape = (self.channels, *cell.shape)
-        if data[:2] == b"\x1f\x8b" and not (
+        if data[:2] == GZIP_MAGIC and not (
             self.encoding == "raw" and len(data) == math.prod(shape) * self.dtype.itemsize
         ):
             # gzip stored without a Content-Encoding (or a .gz name) to say so; no other
