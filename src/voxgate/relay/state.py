@@ -25,7 +25,7 @@ from starlette.requests import Request
 from ..api import create_remote
 from ..geometry import Box, Vec, VoxelSize, chunk_boxes
 from ..meta import Scale, VolumeMeta
-from ..remotes._tensorstore import set_request_retries
+from ..storage import set_request_retries
 from .cache import CachedRemote, TieredCache
 from .catalog import Catalog, ChannelEntry, NotFound, boss_unit_to_nm
 from .config import RelayConfig
