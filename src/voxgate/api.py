@@ -7,28 +7,12 @@ from typing import Any
 
 from .errors import InvalidRequestError
 from .meta import VolumeMeta
-from .registry import resolve
-from .remotes.base import Remote, check_missing
+from .registry import create_remote, open_remote
+from .remotes.base import check_missing
 from .volume import Bounds, Volume
 
+#: ``open_remote`` and ``create_remote`` live in the registry (below Volume); re-exported here
 __all__ = ["create", "create_remote", "open", "open_remote"]
-
-_MODES = ("r", "r+")
-
-
-def open_remote(url: str, *, mode: str = "r", **options: Any) -> Remote:
-    """Open the Remote behind ``url`` (the layer under Volume; most users want :func:`open`).
-
-    ``missing`` ("fill" or "error") is taken here for every Remote: see :func:`open`.
-    """
-    if mode not in _MODES:
-        raise InvalidRequestError(f"mode must be 'r' or 'r+', got {mode!r}")
-    missing = check_missing(options.pop("missing", "fill"))
-    cls, location = resolve(url)
-    remote = cls.open(location, mode=mode, **options)
-    if missing != "fill":
-        remote.set_missing(missing)
-    return remote
 
 
 def open(
@@ -70,33 +54,6 @@ def open(
         )
     remote = open_remote(os.fspath(url), mode=mode, **options)
     return Volume(remote, scale, bounds=bounds)
-
-
-def create_remote(
-    url: str, meta: VolumeMeta, *, exist_ok: bool = False, **options: Any
-) -> Remote:
-    cls, location = _resolve_for_create(url)
-    return cls.create(location, meta, exist_ok=exist_ok, **options)
-
-
-def _resolve_for_create(url: str) -> tuple[type[Remote], str]:
-    from .registry import _load, split_url
-
-    scheme, location = split_url(os.fspath(url))
-    if scheme is None:
-        lowered = location.lower().split("#")[0]
-        if lowered.endswith((".h5", ".hdf5", ".hdf")):
-            scheme = "hdf5"
-        elif lowered.rstrip("/").endswith((".zarr", ".ome.zarr")):
-            scheme = "zarr"
-        elif lowered.rstrip("/").endswith(".n5"):
-            scheme = "n5"
-        else:
-            raise InvalidRequestError(
-                f"cannot tell which format to create at {location!r}; name it in the URL, "
-                "e.g. zarr://, n5://, precomputed://, hdf5://"
-            )
-    return _load(scheme), location
 
 
 def create(

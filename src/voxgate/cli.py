@@ -329,10 +329,11 @@ def cc_cmd(url: str, out: str, connectivity: str, block: str | None, overwrite: 
         vol = connected_components(url, out, connectivity=int(connectivity),
                                    block=_zyx(block, "--block"), overwrite=overwrite,
                                    progress=True)
-        from .services.connected_components import _PROVENANCE
+        from .services.connected_components import connected_components_provenance
 
-        click.echo(f"{_PROVENANCE[vol.url].details['components']} components written to "
-                   f"{vol.url}")
+        prov = connected_components_provenance(vol)
+        count = "?" if prov is None else prov.details["components"]
+        click.echo(f"{count} components written to {vol.url}")
     except (VoxgateError, OSError) as exc:
         _fail(exc)
 

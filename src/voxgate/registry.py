@@ -15,14 +15,26 @@ import importlib
 import os
 import warnings
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidRequestError, RemoteNotFoundError, UnknownSchemeError
+from .remotes.base import check_missing
+from .storage import split_url
 
 if TYPE_CHECKING:
+    from .meta import VolumeMeta
     from .remotes.base import Remote
 
-__all__ = ["detect_format", "known_schemes", "register", "resolve", "split_url"]
+__all__ = [
+    "create_remote",
+    "detect_format",
+    "known_schemes",
+    "open_remote",
+    "register",
+    "resolve",
+    "resolve_for_create",
+    "split_url",
+]
 
 _BUILTIN: dict[str, str] = {
     "mem": "voxgate.remotes.memory:MemoryRemote",
@@ -33,9 +45,6 @@ _BUILTIN: dict[str, str] = {
     "bossdb": "voxgate.remotes.boss:BossDBRemote",
     "dvid": "voxgate.remotes.dvid:DVIDRemote",
 }
-
-#: storage locations (not formats) a URL may start with after the format scheme
-STORAGE_SCHEMES = ("file", "gs", "s3", "http", "https")
 
 _registered: dict[str, str | type[Remote]] = {}
 _entry_points_loaded = False
@@ -81,24 +90,6 @@ def _load(scheme: str) -> type[Remote]:
     return cls
 
 
-def split_url(url: str) -> tuple[str | None, str]:
-    """``"zarr:///a/b"`` -> ``("zarr", "/a/b")``; a bare path or storage URL -> ``(None, url)``."""
-    if not isinstance(url, (str, os.PathLike)):
-        raise InvalidRequestError(f"a volume URL must be a string or path, got {url!r}")
-    url = os.fspath(url)
-    if not url:
-        raise InvalidRequestError("empty URL")
-    head, sep, rest = url.partition("://")
-    if not sep:
-        return None, url
-    scheme = head.lower()
-    if scheme in STORAGE_SCHEMES:
-        return None, url
-    if not rest:
-        raise InvalidRequestError(f"{url!r} names no location after {scheme}://")
-    return scheme, rest
-
-
 _MARKERS: tuple[tuple[str, str], ...] = (
     ("zarr.json", "zarr"),
     (".zarray", "zarr"),
@@ -114,7 +105,7 @@ def detect_format(location: str) -> str:
     lower = path.lower()
     if lower.endswith((".h5", ".hdf5", ".hdf")):
         return "hdf5"
-    from .remotes._tensorstore import kvstore_exists
+    from .storage import kvstore_exists
 
     for marker, scheme in _MARKERS:
         if kvstore_exists(path, marker):
@@ -136,3 +127,50 @@ def resolve(url: str) -> tuple[type[Remote], str]:
     if scheme is None:
         scheme = detect_format(location)
     return _load(scheme), location
+
+
+def resolve_for_create(url: str) -> tuple[type[Remote], str]:
+    """The Remote class that would create ``url`` and the location to pass to it: the
+    scheme named in the URL, or for a bare path its extension (.h5/.hdf5/.hdf, .zarr, .n5)."""
+    scheme, location = split_url(os.fspath(url))
+    if scheme is None:
+        lowered = location.lower().split("#")[0]
+        if lowered.endswith((".h5", ".hdf5", ".hdf")):
+            scheme = "hdf5"
+        elif lowered.rstrip("/").endswith((".zarr", ".ome.zarr")):
+            scheme = "zarr"
+        elif lowered.rstrip("/").endswith(".n5"):
+            scheme = "n5"
+        else:
+            raise InvalidRequestError(
+                f"cannot tell which format to create at {location!r}; name it in the URL, "
+                "e.g. zarr://, n5://, precomputed://, hdf5://"
+            )
+    return _load(scheme), location
+
+
+_MODES = ("r", "r+")
+
+
+def open_remote(url: str, *, mode: str = "r", **options: Any) -> Remote:
+    """Open the Remote behind ``url`` (the layer under Volume; most users want
+    :func:`voxgate.open`).
+
+    ``missing`` ("fill" or "error") is taken here for every Remote: see :func:`voxgate.open`.
+    """
+    if mode not in _MODES:
+        raise InvalidRequestError(f"mode must be 'r' or 'r+', got {mode!r}")
+    missing = check_missing(options.pop("missing", "fill"))
+    cls, location = resolve(url)
+    remote = cls.open(location, mode=mode, **options)
+    if missing != "fill":
+        remote.set_missing(missing)
+    return remote
+
+
+def create_remote(
+    url: str, meta: VolumeMeta, *, exist_ok: bool = False, **options: Any
+) -> Remote:
+    """Create the Remote at ``url`` (the layer under :func:`voxgate.create`)."""
+    cls, location = resolve_for_create(url)
+    return cls.create(location, meta, exist_ok=exist_ok, **options)

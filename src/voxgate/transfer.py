@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from .api import create_remote, open_remote
 from .errors import InvalidRequestError, MissingChunkError, OutOfBoundsError, PartialWriteError
 from .geometry import Box, Vec, chunk_boxes, grow_block
 from .meta import VolumeMeta
 from .parallel import default_workers, run_blocks
+from .registry import create_remote, open_remote, resolve_for_create
 from .remotes.base import (
     Capability,
     Remote,
@@ -278,9 +278,7 @@ def copy(
         dst_url = os.fspath(dst)
         if dst_url == s_remote.url or dst_url == getattr(src, "url", src):
             raise InvalidRequestError("source and destination are the same volume")
-        from .api import _resolve_for_create
-
-        cls, location = _resolve_for_create(dst_url)
+        cls, location = resolve_for_create(dst_url)
         if cls.exists(location):
             if create_options:
                 raise InvalidRequestError(

@@ -47,6 +47,7 @@ from .errors import (
 from .geometry import Box, Vec, VoxelSize, chunk_boxes, grow_block
 from .meta import Kind, Scale, VolumeMeta
 from .parallel import run_blocks
+from .registry import open_remote
 
 if TYPE_CHECKING:
     import dask.array
@@ -567,7 +568,5 @@ class _DaskSource:
 
 
 def _reopen(spec: dict[str, Any], scale: int, bounds: Bounds, axes: Sequence[_Axis]) -> Volume:
-    from .api import open_remote
-
     remote = open_remote(spec["url"], mode=spec.get("mode", "r"), **spec.get("options", {}))
     return Volume(remote, scale, bounds=bounds, _axes=tuple(replace(a) for a in axes))

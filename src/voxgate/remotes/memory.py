@@ -69,6 +69,21 @@ class MemoryRemote(Remote):
         self.url = f"mem://{name}"
 
     @classmethod
+    def wrap(cls, name: str, meta: VolumeMeta, arrays: list[np.ndarray], *,
+             mode: str = "r") -> MemoryRemote:
+        """A Remote over ``arrays`` (one per scale of ``meta``, used without a copy) that is
+        registered under no mem:// name, so it is freed with its last reference: how Services
+        hold numpy inputs and in-memory results.  ``url`` is ``mem://name`` but ``open`` does
+        not find it.  No chunk counts as written yet (``absent_chunks``)."""
+        if mode not in ("r", "r+"):
+            raise InvalidRequestError(f"mode must be 'r' or 'r+', got {mode!r}")
+        if len(arrays) != len(meta.scales):
+            raise InvalidRequestError(
+                f"{len(arrays)} arrays given for the {len(meta.scales)} scales of {name!r}"
+            )
+        return cls(name, _Stored(meta, list(arrays), threading.Lock()), mode)
+
+    @classmethod
     def clear(cls) -> None:
         with _table_lock:
             _volumes.clear()

@@ -21,8 +21,9 @@ from ..errors import (
 )
 from ..geometry import Box, Vec, VoxelSize
 from ..meta import Scale, VolumeMeta
+from ..registry import create_remote, resolve_for_create
 from ..remotes.base import Capability, Remote, has_capability
-from ..remotes.memory import MemoryRemote, _Stored
+from ..remotes.memory import MemoryRemote
 from ..volume import Volume
 
 __all__ = [
@@ -80,7 +81,7 @@ def as_volume(data: Any, *, voxel_size: Any = None, kind: str | None = None,
         meta = VolumeMeta(arr.dtype, (Scale(0, shape, shape, vs),), kind)  # type: ignore[arg-type]
         with _array_lock:
             name = f"array-{next(_array_counter)}"
-        remote = MemoryRemote(name, _Stored(meta, [arr], threading.Lock()), "r")
+        remote = MemoryRemote.wrap(name, meta, [arr], mode="r")
         return Volume(remote)
     raise InvalidRequestError(
         f"expected a voxgate Volume, a URL or a numpy array, got {type(data).__name__}"
@@ -95,7 +96,7 @@ def scratch_remote(meta: VolumeMeta) -> MemoryRemote:
               for s in meta.scales]
     with _array_lock:
         name = f"scratch-{next(_array_counter)}"
-    return MemoryRemote(name, _Stored(meta, arrays, threading.Lock()), "r+")
+    return MemoryRemote.wrap(name, meta, arrays, mode="r+")
 
 
 class ArrayResult(np.ndarray):
@@ -133,9 +134,7 @@ def resolve_output(out: Any, meta: VolumeMeta, *, overwrite: bool, options: dict
             raise ReadOnlyError(f"{out.url} is opened read-only; it cannot hold the output")
         check(out)
         return out
-    from ..api import _resolve_for_create, create_remote
-
-    cls, location = _resolve_for_create(str(out))
+    cls, location = resolve_for_create(str(out))
     if cls.exists(location):
         if not overwrite:
             raise RemoteExistsError(f"{out} exists; pass overwrite=True to write into it")

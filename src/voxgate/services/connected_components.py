@@ -30,7 +30,12 @@ from ._common import (
     resolve_output,
 )
 
-__all__ = ["canonical_order", "connected_components", "connected_components_kernel"]
+__all__ = [
+    "canonical_order",
+    "connected_components",
+    "connected_components_kernel",
+    "connected_components_provenance",
+]
 
 #: blocks grow toward this many bytes of input
 BLOCK_BYTES = 64 * 2**20
@@ -274,6 +279,12 @@ def connected_components(
 
 
 _PROVENANCE: dict[str, Provenance] = {}
+
+
+def connected_components_provenance(vol: Volume) -> Provenance | None:
+    """How the last ``connected_components`` into this volume's URL in this process ran
+    (its details include the number of ``components``)."""
+    return _PROVENANCE.get(vol.url)
 
 
 def _no_server_path(prefer: str) -> None:
