@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import CorruptChunkError, InvalidRequestError, ReadOnlyError
-from ..registry import split_url
-from ..storage import Directory, join
+from ..storage import Directory, join, split_url
 from .precomputed_info import meta_from_info, read_layer_info, update_layer_info
 
 __all__ = ["Layer", "check_dir_name", "layer_location", "open_layer", "read_info"]

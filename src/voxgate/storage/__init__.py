@@ -1,7 +1,8 @@
 """The storage layer under formats and Remotes alike.
 
 Key-value access to local files, gs://, s3:// and read-only http(s):// through tensorstore's
-kvstore drivers (:mod:`.kvstore`), atomic local writes, location joining, directory listing
+kvstore drivers (:mod:`.kvstore`), atomic local writes, location joining, splitting a voxgate
+URL into format scheme and location (:mod:`.locations`), directory listing
 (:mod:`.directory`), CloudFiles' compressed-suffix convention and decompression
 (:mod:`.compression`) and the length units stored metadata uses (:mod:`.units`).  It imports
 nothing of voxgate but ``errors``.
@@ -24,10 +25,12 @@ from .kvstore import (
     ts_errors,
     write_json,
 )
+from .locations import STORAGE_SCHEMES, split_url
 from .units import UNITS_NM
 
 __all__ = [
     "GZIP_MAGIC",
+    "STORAGE_SCHEMES",
     "SUFFIXES",
     "UNITS_NM",
     "Directory",
@@ -40,6 +43,7 @@ __all__ = [
     "local_path",
     "read_json",
     "set_request_retries",
+    "split_url",
     "ts_context",
     "ts_errors",
     "write_json",
