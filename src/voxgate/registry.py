@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidRequestError, RemoteNotFoundError, UnknownSchemeError
 from .remotes.base import check_missing
+from .storage import split_url
 
 if TYPE_CHECKING:
     from .meta import VolumeMeta
@@ -44,9 +45,6 @@ _BUILTIN: dict[str, str] = {
     "bossdb": "voxgate.remotes.boss:BossDBRemote",
     "dvid": "voxgate.remotes.dvid:DVIDRemote",
 }
-
-#: storage locations (not formats) a URL may start with after the format scheme
-STORAGE_SCHEMES = ("file", "gs", "s3", "http", "https")
 
 _registered: dict[str, str | type[Remote]] = {}
 _entry_points_loaded = False
@@ -90,24 +88,6 @@ def _load(scheme: str) -> type[Remote]:
         raise UnknownSchemeError(msg) from exc
     cls: type[Remote] = getattr(module, attr)
     return cls
-
-
-def split_url(url: str) -> tuple[str | None, str]:
-    """``"zarr:///a/b"`` -> ``("zarr", "/a/b")``; a bare path or storage URL -> ``(None, url)``."""
-    if not isinstance(url, (str, os.PathLike)):
-        raise InvalidRequestError(f"a volume URL must be a string or path, got {url!r}")
-    url = os.fspath(url)
-    if not url:
-        raise InvalidRequestError("empty URL")
-    head, sep, rest = url.partition("://")
-    if not sep:
-        return None, url
-    scheme = head.lower()
-    if scheme in STORAGE_SCHEMES:
-        return None, url
-    if not rest:
-        raise InvalidRequestError(f"{url!r} names no location after {scheme}://")
-    return scheme, rest
 
 
 _MARKERS: tuple[tuple[str, str], ...] = (
