@@ -13,36 +13,9 @@ import numpy as np
 import tensorstore as ts
 
 from ..geometry import Box, Vec
-from ..storage.kvstore import (
-    atomic_write,
-    is_local,
-    join,
-    kvstore_exists,
-    kvstore_spec,
-    local_path,
-    read_json,
-    set_request_retries,
-    ts_context,
-    ts_errors,
-    write_json,
-)
+from ..storage import ts_errors
 
-# the key-value helpers live in voxgate.storage; they are re-exported here for code that
-# still imports them from this module
-__all__ = [
-    "TSArray",
-    "atomic_write",
-    "is_local",
-    "join",
-    "kvstore_exists",
-    "kvstore_spec",
-    "local_path",
-    "read_json",
-    "set_request_retries",
-    "ts_context",
-    "ts_errors",
-    "write_json",
-]
+__all__ = ["TSArray"]
 
 
 class TSArray:
