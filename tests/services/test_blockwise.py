@@ -141,6 +141,11 @@ def test_connected_components_to_a_store(tmp_path: Path, em: tuple[np.ndarray, n
     src[:] = labels
     out = voxgate.connected_components(src, out=f"zarr://{tmp_path}/cc.zarr", block=(8, 32, 32))
     assert out.kind == "segmentation" and out.dtype == np.uint64
+    from voxgate.services.connected_components import connected_components_provenance
+
+    prov = connected_components_provenance(out)
+    assert prov is not None and prov.path == "local"
+    assert prov.details["components"] == np.count_nonzero(np.unique(out.read()))
     assert tuple(out.offset) == (5, 6, 7)
     import cc3d
 
