@@ -1,0 +1,315 @@
+"""Neuroglancer precomputed mesh directories: :func:`write_meshes` and :func:`read_meshes`
+in the legacy format (a ``<id>:0`` JSON manifest naming fragment files) and the
+multi-resolution format (an ``<id>.index`` manifest and an ``<id>`` file of Draco fragments)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+import numpy as np
+
+from ...errors import (
+    CapabilityNotSupportedError,
+    CorruptChunkError,
+    InvalidRequestError,
+    RemoteNotFoundError,
+)
+from ...storage import UNITS_NM, Directory, join
+from .._common import segment_id
+from ..layer import check_dir_name, open_layer, read_info
+from .core import Mesh, _decode_legacy, _legacy_plain
+from .multires import (
+    _IDENTITY,
+    _apply_transform,
+    _manifest_plain,
+    _transform_matrix,
+    decode_multires,
+    encode_multires,
+)
+
+LEGACY_MESH_TYPE = "neuroglancer_legacy_mesh"
+MULTIRES_MESH_TYPE = "neuroglancer_multilod_draco"
+_LEGACY_MANIFEST = re.compile(r"^(\d+):0$")
+_MULTIRES_MANIFEST = re.compile(r"^(\d+)\.index$")
+#: segments encoded and written together by write_meshes
+_WRITE_BATCH = 64
+
+
+def _legacy_fragment_name(seg: int, mesh: Mesh, resolution: np.ndarray) -> str:
+    """``<id>:0:<x0>-<x1>_<y0>-<y1>_<z0>-<z1>``: the mesh's bounding box in voxels (Igneous'
+    convention; Neuroglancer only follows the manifest)."""
+    if mesh.num_vertices:
+        lo, hi = mesh.bounds()
+        a = np.floor(lo / resolution).astype(np.int64)
+        b = np.ceil(hi / resolution).astype(np.int64)
+    else:
+        a = b = np.zeros(3, np.int64)
+    return f"{seg}:0:{a[0]}-{b[0]}_{a[1]}-{b[1]}_{a[2]}-{b[2]}"
+
+
+def write_meshes(
+    url: str | os.PathLike[str],
+    meshes: Mapping[int, Mesh],
+    *,
+    format: Literal["legacy", "multires"] | str = "legacy",
+    mesh_dir: str = "mesh",
+    lods: int = 1,
+    vertex_quantization_bits: int = 16,
+    sharded: bool = False,
+) -> None:
+    """Write ``meshes`` ({segment id: Mesh}, vertices in nm) into a precomputed layer.
+
+    ``url`` names an existing precomputed segmentation layer (``precomputed://<location>``
+    or a bare path, file://, gs:// or s3:// location).  The layer's info gets
+    ``"mesh": mesh_dir`` (every other key is kept) and the mesh directory gets its ``info``.
+
+    ``format="legacy"``: per segment a manifest ``<id>:0`` naming one fragment file
+    ``<id>:0:<bbox>``.  ``format="multires"``: per segment the manifest ``<id>.index`` and the
+    Draco fragment file ``<id>`` (``neuroglancer_multilod_draco``), with ``lods`` levels of
+    detail (each coarser level simplified with zmesh) and vertex positions quantized to
+    ``vertex_quantization_bits`` (10 or 16) per octree node.  Output is unsharded;
+    ``sharded=True`` raises CapabilityNotSupportedError.  Existing meshes of other ids stay;
+    a mesh directory that already holds the other format (or multires meshes with other
+    settings) is refused rather than mixed.
+    """
+    if format not in ("legacy", "multires"):
+        raise InvalidRequestError(f"format must be 'legacy' or 'multires', got {format!r}")
+    if sharded:
+        raise CapabilityNotSupportedError(
+            "voxgate writes unsharded mesh directories only (one manifest and one fragment file "
+            "per segment); write unsharded and reshard with Igneous if you need shards"
+        )
+    mesh_dir = check_dir_name(mesh_dir, "mesh_dir")
+    if isinstance(lods, bool) or not isinstance(lods, int) or not 1 <= lods <= 10:
+        raise InvalidRequestError(f"lods must be an integer from 1 to 10, got {lods!r}")
+    if vertex_quantization_bits not in (10, 16) or isinstance(vertex_quantization_bits, bool):
+        raise InvalidRequestError(
+            f"vertex_quantization_bits must be 10 or 16, got {vertex_quantization_bits!r}"
+        )
+    if not isinstance(meshes, Mapping):
+        raise InvalidRequestError(
+            f"meshes must be a mapping {{segment id: Mesh}}, got {type(meshes).__name__}"
+        )
+    items: list[tuple[int, Mesh]] = []
+    for key, mesh in meshes.items():
+        seg = segment_id(key, "segment id")
+        if not isinstance(mesh, Mesh):
+            raise InvalidRequestError(f"meshes[{seg}] is a {type(mesh).__name__}, not a Mesh")
+        if mesh.id is not None and mesh.id != seg:
+            raise InvalidRequestError(f"meshes[{seg}] is the mesh of segment {mesh.id}")
+        items.append((seg, mesh))
+
+    remote = open_layer(url, "r+")
+    if remote.meta.kind != "segmentation":
+        raise InvalidRequestError(
+            f"{remote.url} is an image layer; meshes belong to segmentation layers"
+        )
+    directory = Directory(join(remote.location, mesh_dir))
+    wanted_type = LEGACY_MESH_TYPE if format == "legacy" else MULTIRES_MESH_TYPE
+    info = _mesh_dir_info(directory, wanted_type, format, vertex_quantization_bits)
+    vs = remote.meta.scales[0].voxel_size
+    resolution = np.asarray(vs.xyz(), dtype=np.float64) * _unit_nm(vs.unit)
+
+    lod_scale = float(resolution.min())
+
+    def encode(item: tuple[int, Mesh]) -> tuple[tuple[str, bytes], tuple[str, bytes]]:
+        """(fragment data file, manifest file) of one segment."""
+        seg, mesh = item
+        if format == "legacy":
+            frag = _legacy_fragment_name(seg, mesh, resolution)
+            return (frag, mesh.to_precomputed()), (
+                f"{seg}:0", json.dumps({"fragments": [frag]}).encode())
+        manifest, data = encode_multires(
+            mesh, lods=lods, vertex_quantization_bits=vertex_quantization_bits,
+            lod_scale=lod_scale,
+        )
+        return (str(seg), data), (f"{seg}.index", manifest)
+
+    directory.put_many([("info", json.dumps(info, indent=2).encode())])
+    # a batch at a time, so memory holds a few encoded meshes, not all of them; numpy and
+    # Draco release the GIL for much of the encoding
+    workers = 1 if format == "legacy" else min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for at in range(0, len(items), _WRITE_BATCH):
+            encoded = list(pool.map(encode, items[at:at + _WRITE_BATCH]))
+            # the fragments first, then the manifests that point at them
+            directory.put_many([data for data, _ in encoded])
+            directory.put_many([manifest for _, manifest in encoded])
+    if remote.meta.extra.get("mesh") != mesh_dir:
+        remote.update_info({"mesh": mesh_dir})
+
+
+def _unit_nm(unit: str) -> float:
+    factor = UNITS_NM.get(unit)
+    if factor is None:
+        raise InvalidRequestError(f"voxel size unit {unit!r} cannot be converted to nm")
+    return factor
+
+
+def _mesh_dir_info(directory: Directory, wanted_type: str, format: str, bits: int
+                   ) -> dict[str, Any]:
+    existing = read_info(directory)
+    ours: dict[str, Any] = {"@type": wanted_type}
+    if format == "multires":
+        ours.update(vertex_quantization_bits=bits, transform=list(_IDENTITY),
+                    lod_scale_multiplier=1.0)
+    if existing is None:
+        return ours
+    have = existing.get("@type", LEGACY_MESH_TYPE)
+    if existing.get("sharding"):
+        raise CapabilityNotSupportedError(
+            f"{directory.location} holds sharded meshes; voxgate writes unsharded meshes only "
+            "(choose another mesh_dir)"
+        )
+    if have != wanted_type:
+        other = "multires" if have == MULTIRES_MESH_TYPE else "legacy"
+        raise InvalidRequestError(
+            f"{directory.location} already holds {have} meshes; writing {format} meshes there "
+            f"would leave a directory no reader understands. Write format={other!r} or choose "
+            "another mesh_dir"
+        )
+    transform = existing.get("transform", _IDENTITY)
+    if [float(v) for v in transform] != _IDENTITY:
+        raise InvalidRequestError(
+            f"{directory.location} stores meshes under the transform {transform}; voxgate writes "
+            "nanometre coordinates (the identity transform): choose another mesh_dir"
+        )
+    if format == "multires" and int(existing.get("vertex_quantization_bits", bits)) != bits:
+        raise InvalidRequestError(
+            f"{directory.location} stores meshes with vertex_quantization_bits="
+            f"{existing['vertex_quantization_bits']}; pass that value or choose another mesh_dir"
+        )
+    return {**existing, **ours, **({"lod_scale_multiplier": existing["lod_scale_multiplier"]}
+                                   if "lod_scale_multiplier" in existing else {})}
+
+
+def read_meshes(
+    url: str | os.PathLike[str],
+    ids: Iterable[int] | int | None = None,
+    *,
+    mesh_dir: str | None = None,
+    lod: int = 0,
+    strict: bool = False,
+) -> dict[int, Mesh]:
+    """Read the meshes of ``ids`` (every stored id when None) from a precomputed layer.
+
+    Reads legacy meshes (all fragments of a segment concatenated) and multi-resolution
+    Draco meshes (level of detail ``lod``, dequantized), as voxgate, CloudVolume and Igneous
+    write them, applying the mesh info's transform, so vertices are in nm.  ``mesh_dir``
+    defaults to the layer info's ``mesh`` key (else ``"mesh"``).  An id without a mesh is
+    left out of the result, or raises RemoteNotFoundError when ``strict``.
+    """
+    remote = open_layer(url, "r")
+    name = mesh_dir if mesh_dir is not None else remote.meta.extra.get("mesh") or "mesh"
+    name = check_dir_name(name, "mesh_dir")
+    directory = Directory(join(remote.location, name))
+    info = read_info(directory) or {"@type": LEGACY_MESH_TYPE}
+    kind = info.get("@type", LEGACY_MESH_TYPE)
+    if kind not in (LEGACY_MESH_TYPE, MULTIRES_MESH_TYPE):
+        raise CapabilityNotSupportedError(
+            f"{directory.location} holds {kind!r} meshes; voxgate reads {LEGACY_MESH_TYPE} and "
+            f"{MULTIRES_MESH_TYPE}"
+        )
+    if info.get("sharding"):
+        raise CapabilityNotSupportedError(
+            f"{directory.location} holds sharded meshes; voxgate reads unsharded mesh "
+            "directories only"
+        )
+    transform = info.get("transform")
+    if transform is not None:
+        _transform_matrix(transform, f"{directory.path('info')} transform")
+    if isinstance(lod, bool) or not isinstance(lod, int) or lod < 0:
+        raise InvalidRequestError(f"lod must be an integer >= 0, got {lod!r}")
+    pattern = _LEGACY_MANIFEST if kind == LEGACY_MESH_TYPE else _MULTIRES_MANIFEST
+    if ids is None:
+        try:
+            names = directory.list()
+        except RemoteNotFoundError:
+            names = []
+        wanted = sorted(int(m.group(1)) for n in names if (m := pattern.match(n)))
+    else:
+        seq = [ids] if isinstance(ids, (int, np.integer)) else list(ids)
+        wanted = list(dict.fromkeys(segment_id(i, "segment id") for i in seq))
+    if kind == LEGACY_MESH_TYPE:
+        out = _read_legacy(directory, wanted, transform)
+    else:
+        bits = int(info.get("vertex_quantization_bits", 0))
+        if bits not in (10, 16):
+            raise CorruptChunkError(
+                f"{directory.path('info')} has vertex_quantization_bits={bits}; it must be 10 "
+                "or 16", chunk=directory.path("info"),
+            )
+        out = _read_multires(directory, wanted, transform, bits, lod)
+    if strict:
+        missing = [i for i in wanted if i not in out]
+        if missing:
+            raise RemoteNotFoundError(
+                f"{directory.location} has no mesh for segment(s) "
+                f"{', '.join(map(str, missing[:20]))}{' ...' if len(missing) > 20 else ''}"
+            )
+    return out
+
+
+def _read_legacy(directory: Directory, ids: list[int], transform: Sequence[float] | None
+                 ) -> dict[int, Mesh]:
+    manifests = directory.get_many([f"{i}:0" for i in ids], plain=lambda d: False)
+    fragments: dict[int, list[str]] = {}
+    for seg in ids:
+        raw = manifests[f"{seg}:0"]
+        if raw is None:
+            continue
+        where = directory.path(f"{seg}:0")
+        try:
+            doc = json.loads(raw)
+            names = doc["fragments"]
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise TypeError("fragments is not a list of names")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptChunkError(f"mesh manifest {where} is not a legacy manifest "
+                                    f"({{\"fragments\": [...]}}): {exc}", chunk=where) from None
+        fragments[seg] = names
+    blobs = directory.get_many([n for names in fragments.values() for n in names],
+                               plain=_legacy_plain)
+    out: dict[int, Mesh] = {}
+    for seg, names in fragments.items():
+        parts = []
+        for n in names:
+            data = blobs[n]
+            if data is None:
+                raise RemoteNotFoundError(
+                    f"mesh manifest {directory.path(f'{seg}:0')} names fragment "
+                    f"{directory.path(n)}, which does not exist"
+                )
+            parts.append(_decode_legacy(data, seg, directory.path(n)))
+        mesh = Mesh.concatenate(parts, id=seg)
+        if transform is not None and list(transform) != _IDENTITY:
+            mesh = Mesh(_apply_transform(mesh.vertices.astype(np.float64), transform),
+                        mesh.faces, seg)
+        out[seg] = mesh
+    return out
+
+
+def _read_multires(directory: Directory, ids: list[int], transform: Sequence[float] | None,
+                   bits: int, lod: int) -> dict[int, Mesh]:
+    manifests = directory.get_many([f"{i}.index" for i in ids], plain=_manifest_plain)
+    present = [i for i in ids if manifests[f"{i}.index"] is not None]
+    # Draco data starts with "DRACO", never with the gzip magic
+    datas = directory.get_many([str(i) for i in present], plain=lambda d: False)
+    out: dict[int, Mesh] = {}
+    for seg in present:
+        data = datas[str(seg)]
+        if data is None:
+            raise RemoteNotFoundError(
+                f"{directory.path(f'{seg}.index')} exists but its fragment file "
+                f"{directory.path(str(seg))} does not"
+            )
+        out[seg] = decode_multires(
+            manifests[f"{seg}.index"] or b"", data, lod=lod, vertex_quantization_bits=bits,
+            transform=transform, id=seg, name=directory.path(str(seg)),
+        )
+    return out
