@@ -1,0 +1,508 @@
+"""The labelmap/labelarray endpoints of the DVID test server: label indexes, mappings,
+sparse volumes, merges/splits, new labels and compressed blocks."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import zlib
+from typing import Any
+
+import lz4.block
+import numpy as np
+
+from ...formats.dvid_block import (
+    DVIDFormatError,
+    decode_label_block,
+    encode_label_block,
+    encode_rles,
+    pack_block_records,
+    rles_from_mask,
+    unpack_block_records,
+)
+from ...formats.dvid_proto import (
+    ProtobufError,
+    decode_mapping_ops,
+)
+from .grid import _pt, _scale, _Vol, _xyz
+from .model import MAX_LABEL, DVIDError, Reply, _Ctx, _json
+
+
+def _note_labels(ctx: _Ctx, top: int) -> None:
+    inst = ctx.inst
+    v = str(ctx.version)
+    if top > inst.max_label.get(v, 0):
+        inst.max_label[v] = top
+    inst.max_repo_label = max(inst.max_repo_label, top)
+
+
+# -- label bookkeeping --------------------------------------------------------------------------
+def _mapping(ctx: _Ctx) -> dict[int, int]:
+    """supervoxel -> body at this version (labelarray: no mapping)."""
+    if ctx.inst.typename != "labelmap":
+        return {}
+    key = ("mapping", ctx.version, ctx.inst.mutations)  # a read racing a write keeps no stale copy
+    cached = ctx.inst.caches.get(key)
+    if cached is not None:
+        return dict(cached)
+    store = ctx.store("mapping")
+    out: dict[int, int] = {}
+    for k in store.keys(ctx.ancestry):
+        v = store.get(k, ctx.ancestry)
+        if isinstance(v, bytes):
+            out[int(k)] = struct.unpack("<Q", v)[0]
+    ctx.inst.caches[key] = out
+    return dict(out)
+
+
+def _apply_mapping(ctx: _Ctx, data: np.ndarray) -> np.ndarray:
+    m = _mapping(ctx)
+    if not m:
+        return data
+    keys = np.array(sorted(m), dtype=np.uint64)
+    vals = np.array([m[int(k)] for k in keys], dtype=np.uint64)
+    pos = np.searchsorted(keys, data)
+    pos[pos >= len(keys)] = 0
+    hit = keys[pos] == data
+    out = data.copy()
+    out[hit] = vals[pos[hit]]
+    return out
+
+
+def _index(ctx: _Ctx, scale: int = 0) -> dict[int, dict[tuple[int, int, int], int]]:
+    """supervoxel -> {block (z, y, x): voxel count} at this version and scale."""
+    key = ("index", ctx.version, scale, ctx.inst.mutations)
+    cached = ctx.inst.caches.get(key)
+    if cached is not None:
+        return dict(cached)
+    vol = _Vol(ctx, scale)
+    out: dict[int, dict[tuple[int, int, int], int]] = {}
+    for bk in vol.block_keys():
+        blk = vol.block(*bk)
+        if blk is None:
+            continue
+        labels, counts = np.unique(blk, return_counts=True)
+        for lab, c in zip(labels.tolist(), counts.tolist(), strict=True):
+            if lab:
+                out.setdefault(lab, {})[bk] = c
+    ctx.inst.caches[key] = out
+    return dict(out)
+
+
+def _supervoxels_of(ctx: _Ctx, label: int, supervoxels: bool) -> set[int]:
+    idx = _index(ctx)
+    if supervoxels:
+        return {label} if label in idx else set()
+    m = _mapping(ctx)
+    return {sv for sv in idx if m.get(sv, sv) == label}
+
+
+def _label_arg(parts: list[str], what: str) -> int:
+    if len(parts) < 2:
+        raise DVIDError(f"DVID requires label to follow '{what}' command")
+    text = parts[1]
+    if not text.isdigit() or int(text) >= 2**64:
+        raise DVIDError(f'strconv.ParseUint: parsing "{text}": invalid syntax')
+    label = int(text)
+    if label == 0:
+        raise DVIDError("Label 0 is protected background value and cannot be used as sparse "
+                        "volume.\n".rstrip())
+    return label
+
+
+def _body_list(body: bytes, what: str) -> list[Any]:
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise DVIDError(f"Bad {what} request JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise DVIDError(f"Bad {what} request JSON: expected a list")
+    return data
+
+
+def _bounds(ctx: _Ctx) -> tuple[list[int], list[int]]:
+    """Optional minx..maxz query bounds as inclusive (z, y, x) lists."""
+    lo, hi = [-(2**62)] * 3, [2**62] * 3
+    for i, axis in enumerate("zyx"):
+        for name, target in ((f"min{axis}", lo), (f"max{axis}", hi)):
+            if name in ctx.q:
+                try:
+                    target[i] = int(ctx.q[name])
+                except ValueError:
+                    raise DVIDError(f"error parsing bounds from query string: {name}="
+                                    f"{ctx.q[name]!r}") from None
+    return lo, hi
+
+
+def _runs(ctx: _Ctx, svs: set[int], scale: int, lo: list[int], hi: list[int]) -> np.ndarray:
+    vol = _Vol(ctx, scale)
+    idx = _index(ctx, scale)
+    blocks = sorted({b for sv in svs for b in idx.get(sv, {})})
+    wanted = np.array(sorted(svs), dtype=np.uint64)
+    parts = []
+    for bz, by, bx in blocks:
+        blk = vol.block(bz, by, bx)
+        if blk is None:
+            continue
+        o = (bz * vol.bs[0], by * vol.bs[1], bx * vol.bs[2])
+        a = [max(lo_i - o_i, 0) for lo_i, o_i in zip(lo, o, strict=True)]
+        e = [min(hi_i - o_i + 1, b) for hi_i, o_i, b in zip(hi, o, vol.bs, strict=True)]
+        if any(x >= y for x, y in zip(a, e, strict=True)):
+            continue
+        sub = blk[a[0]:e[0], a[1]:e[1], a[2]:e[2]]
+        mask = np.isin(sub, wanted)
+        parts.append(rles_from_mask(mask, (o[0] + a[0], o[1] + a[1], o[2] + a[2])))
+    if not parts:
+        return np.zeros((0, 4), dtype=np.int32)
+    runs = np.concatenate(parts).astype(np.int64)
+    runs = runs[np.lexsort((runs[:, 0], runs[:, 1], runs[:, 2]))]
+    # join runs that continue across block boundaries along x
+    merged: list[list[int]] = []
+    for x, y, z, n in runs.tolist():
+        if merged and merged[-1][1] == y and merged[-1][2] == z and \
+                merged[-1][0] + merged[-1][3] == x:
+            merged[-1][3] += n
+        else:
+            merged.append([x, y, z, n])
+    return np.array(merged, dtype=np.int32)
+
+
+def _labels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
+            not_found: DVIDError) -> Reply:
+    kw = parts[0]
+    inst = ctx.inst
+    is_map = inst.typename == "labelmap"
+    if kw == "label" and method == "GET":
+        if len(parts) < 2:
+            raise DVIDError("DVID requires coord to follow 'label' command")
+        x, y, z = _xyz(parts[1], "coordinate")
+        return Reply(body=json.dumps({"Label": _points(ctx, [(x, y, z)])[0]}).encode())
+    if kw == "labels" and method == "GET":
+        coords = _body_list(body, "labels")
+        try:
+            pts = [(int(c[0]), int(c[1]), int(c[2])) for c in coords]
+        except (TypeError, ValueError, IndexError):
+            raise DVIDError("Bad labels request JSON: expected [[x,y,z], ...]") from None
+        return Reply(body=("[" + ",".join(str(v) for v in _points(ctx, pts)) + "]").encode())
+    if kw == "maxlabel":
+        if method == "GET":
+            v = str(ctx.version)
+            if v not in inst.max_label:
+                raise DVIDError(f"No maximum label found for {inst.name} version {ctx.version}")
+            return Reply(body=json.dumps({"maxlabel": inst.max_label[v]}).encode())
+        if method == "POST" and len(parts) >= 2:
+            n = _uint(parts[1])
+            if n == 0 or n > MAX_LABEL:
+                raise DVIDError(f"max label {n} must be between 1 and 2^48")
+            with ctx.state.lock:
+                _note_labels(ctx, n)
+                ctx.state.save()
+            return Reply(body=b"")
+    if kw == "nextlabel":
+        if method == "GET":
+            n = inst.next_label + 1 if inst.next_label else inst.max_repo_label + 1
+            return Reply(body=json.dumps({"nextlabel": n}).encode())
+        if method == "POST":
+            if len(parts) < 2:
+                raise DVIDError("DVID requires number of requested labels to follow POST "
+                                "/nextlabel")
+            count = _uint(parts[1])
+            if count < 1:
+                raise DVIDError(f"cannot request {count} new labels, must be 1 or more")
+            with ctx.state.lock:
+                start, end = _new_labels(ctx, count)
+                ctx.state.save()
+            return Reply(body=json.dumps({"start": start, "end": end}).encode())
+    if kw == "set-nextlabel" and method == "POST" and len(parts) >= 2:
+        n = _uint(parts[1])
+        if n == 0:
+            raise DVIDError("Label 0 is protected background value and cannot be used as next "
+                            "label.")
+        with ctx.state.lock:
+            inst.next_label = n
+            ctx.state.save()
+        return Reply(body=b"")
+    if kw in ("blocks", "specificblocks"):
+        return _blocks(ctx, method, parts, body)
+    if kw == "size" and method == "GET":
+        label = _label_arg(parts, "size")
+        svs = _supervoxels_of(ctx, label, ctx.flag("supervoxels"))
+        idx = _index(ctx)
+        n = sum(sum(idx[sv].values()) for sv in svs)
+        if not n:
+            return Reply(404, b"", "text/plain")
+        return Reply(body=json.dumps({"voxels": n}).encode())
+    if kw == "sizes" and method == "GET":
+        labels = [_as_label(v) for v in _body_list(body, "sizes")]
+        idx = _index(ctx)
+        sv_mode = ctx.flag("supervoxels")
+        m = {} if sv_mode else _mapping(ctx)
+        totals: dict[int, int] = {}
+        for sv, blocks in idx.items():
+            b = sv if sv_mode else m.get(sv, sv)
+            totals[b] = totals.get(b, 0) + sum(blocks.values())
+        return Reply(body=("[" + ",".join(str(totals.get(lab, 0)) for lab in labels) + "]")
+                     .encode())
+    if kw == "supervoxels" and method == "GET" and is_map:
+        label = _label_arg(parts, "supervoxels")
+        sv_list = sorted(_supervoxels_of(ctx, label, False))
+        if not sv_list:
+            return Reply(404, b"", "text/plain")
+        return Reply(body=("[" + ",".join(map(str, sv_list)) + "]").encode())
+    if kw == "lastmod" and method == "GET":
+        label = _label_arg(parts, "lastmod")
+        if not _supervoxels_of(ctx, label, False):
+            return Reply(404, b"", "text/plain")
+        for anc in ctx.ancestry:
+            if str(anc) in inst.last_mod:
+                return _json(inst.last_mod[str(anc)])
+        return _json({"mutation id": 0, "last mod user": "", "last mod app": "",
+                      "last mod time": ""})
+    if kw == "sparsevol-size" and method == "GET":
+        label = _label_arg(parts, "sparsevol-size")
+        svs = _supervoxels_of(ctx, label, ctx.flag("supervoxels"))
+        idx = _index(ctx)
+        bset = {b for sv in svs for b in idx[sv]}
+        if not bset:
+            return Reply(404, b"", "text/plain")
+        n = sum(sum(idx[sv].values()) for sv in svs)
+        bz, by, bx = inst.block_size[2], inst.block_size[1], inst.block_size[0]
+        lo = [min(b[i] for b in bset) for i in range(3)]
+        hi = [max(b[i] for b in bset) for i in range(3)]
+        text = (f'{{"voxels": {n}, "numblocks": {len(bset)}, '
+                f'"minvoxel": [{lo[2] * bx}, {lo[1] * by}, {lo[0] * bz}], '
+                f'"maxvoxel": [{(hi[2] + 1) * bx - 1}, {(hi[1] + 1) * by - 1}, '
+                f'{(hi[0] + 1) * bz - 1}]}}')
+        return Reply(body=text.encode())
+    if kw in ("sparsevol", "sparsevol-coarse") and method in ("GET", "HEAD"):
+        label = _label_arg(parts, kw)
+        svs = _supervoxels_of(ctx, label, ctx.flag("supervoxels"))
+        lo, hi = _bounds(ctx)
+        if kw == "sparsevol-coarse":
+            idx = _index(ctx)
+            bs = (inst.block_size[2], inst.block_size[1], inst.block_size[0])
+            blist = sorted({b for sv in svs for b in idx[sv]
+                            if all(lo[i] // bs[i] <= b[i] <= hi[i] // bs[i] for i in range(3))})
+            if not blist:
+                return Reply(404, b"", "text/plain")
+            runs: list[list[int]] = []
+            for z, y, x in blist:
+                if runs and runs[-1][1] == y and runs[-1][2] == z and \
+                        runs[-1][0] + runs[-1][3] == x:
+                    runs[-1][3] += 1
+                else:
+                    runs.append([x, y, z, 1])
+            return Reply(body=encode_rles(np.array(runs)),
+                         content_type="application/octet-stream")
+        scale = _scale(ctx)
+        if method == "HEAD":
+            found = bool(svs) and len(_runs(ctx, svs, scale, lo, hi)) > 0
+            return Reply(200 if found else 204, b"", "text/html")
+        runs_arr = _runs(ctx, svs, scale, lo, hi) if svs else np.zeros((0, 4), np.int32)
+        if not len(runs_arr):
+            return Reply(404, b"", "text/plain")
+        fmt = ctx.q.get("format", "rles")
+        if fmt not in ("rles", "srles"):
+            raise DVIDError(f"sparsevol format {fmt!r} is not served by the voxgate DVID test "
+                            "server (it serves rles and srles)")
+        data = encode_rles(runs_arr, header=fmt == "rles")
+        comp = ctx.q.get("compression", "")
+        if comp == "gzip":
+            data = gzip.compress(data, 1)
+        elif comp:
+            raise DVIDError(f"sparsevol compression {comp!r} is not served by the voxgate DVID "
+                            "test server (it serves gzip)")
+        return Reply(body=data, content_type="application/octet-stream")
+    if kw == "listlabels" and method == "GET":
+        idx = _index(ctx)
+        m = _mapping(ctx)
+        totals: dict[int, int] = {}  # type: ignore[no-redef]
+        for sv, blocks in idx.items():
+            b = m.get(sv, sv)
+            totals[b] = totals.get(b, 0) + sum(blocks.values())
+        start = int(ctx.q.get("start", 0) or 0)
+        number = int(ctx.q.get("number", 10_000_000) or 10_000_000)
+        keys = [k for k in sorted(totals) if k >= start][:number]
+        if ctx.flag("sizes"):
+            arr = np.array([[k, totals[k]] for k in keys], dtype="<u8").reshape(-1)
+        else:
+            arr = np.array(keys, dtype="<u8")
+        return Reply(body=arr.tobytes(), content_type="application/octet-stream")
+    if is_map and kw == "mapping" and method == "GET":
+        asked = [_as_label(v) for v in _body_list(body, "mapping")]
+        m = _mapping(ctx)
+        idx = _index(ctx)
+        out = [m.get(sv, sv if sv in idx else 0) for sv in asked]
+        return Reply(body=("[" + ",".join(map(str, out)) + "]").encode())
+    if is_map and kw == "mappings":
+        if method == "GET":
+            m = _mapping(ctx)
+            pairs = sorted((sv, b) for sv, b in m.items() if sv != b)
+            if ctx.q.get("format") == "binary":
+                return Reply(body=np.array(pairs, dtype="<u8").reshape(-1).tobytes(),
+                             content_type="application/octet-stream")
+            return Reply(body="".join(f"{a} {b}\n" for a, b in pairs).encode(),
+                         content_type="text/plain")
+        if method == "POST":
+            try:
+                ops = decode_mapping_ops(body)
+            except ProtobufError as exc:
+                raise DVIDError(f"unable to parse protobuf MappingOps: {exc}") from None
+            with ctx.state.lock:
+                store = ctx.store("mapping")
+                for op in ops:
+                    for sv in op.original:
+                        store.put(str(sv), ctx.version, struct.pack("<Q", op.mapped))
+                ctx.mutated()
+            return Reply(body=b"")
+    if is_map and kw == "merge" and method == "POST":
+        labels = [_as_label(v) for v in _body_list(body, "merge")]
+        if len(labels) < 2:
+            raise DVIDError("Bad merge op JSON: need [target, label, ...] with at least two "
+                            "labels")
+        target, others = labels[0], labels[1:]
+        with ctx.state.lock:
+            if target in others:
+                raise DVIDError(f"Error on merge: cannot merge label {target} into itself")
+            if not _supervoxels_of(ctx, target, False):
+                raise DVIDError(f"Error on merge: can't merge into a non-existent label "
+                                f"{target}")
+            store = ctx.store("mapping")
+            for other in others:
+                svs = _supervoxels_of(ctx, other, False)
+                if not svs:
+                    raise DVIDError(f"Error on merge: can't merge non-existent label {other}")
+                for sv in svs:
+                    store.put(str(sv), ctx.version, struct.pack("<Q", target))
+            ctx.mutated()
+            ctx.state.save()
+            return _json({"MutationID": ctx.repo.mutation_id})
+    if is_map and kw == "cleave" and method == "POST":
+        label = _label_arg(parts, "cleave")
+        svs = {_as_label(v) for v in _body_list(body, "cleave")}
+        with ctx.state.lock:
+            have = _supervoxels_of(ctx, label, False)
+            if not have:
+                raise DVIDError(f"cannot cleave non-existent label {label}")
+            if not svs <= have:
+                raise DVIDError(f"supervoxels {sorted(svs - have)} are not part of label {label}")
+            if svs == have:
+                raise DVIDError(f"cannot cleave all supervoxels from label {label}")
+            new, _ = _new_labels(ctx, 1)
+            store = ctx.store("mapping")
+            for sv in svs:
+                store.put(str(sv), ctx.version, struct.pack("<Q", new))
+            ctx.mutated()
+            ctx.state.save()
+            return _json({"CleavedLabel": new, "MutationID": ctx.repo.mutation_id})
+    raise not_found
+
+
+def _uint(text: str) -> int:
+    if not text.isdigit() or int(text) >= 2**64:
+        raise DVIDError(f'strconv.ParseUint: parsing "{text}": invalid syntax')
+    return int(text)
+
+
+def _as_label(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**64:
+        raise DVIDError(f"labels must be unsigned 64-bit integers, got {v!r}")
+    return v
+
+
+def _new_labels(ctx: _Ctx, count: int) -> tuple[int, int]:
+    inst = ctx.inst
+    if inst.next_label:
+        start, end = inst.next_label + 1, inst.next_label + count
+        inst.next_label = end
+        return start, end
+    start, end = inst.max_repo_label + 1, inst.max_repo_label + count
+    inst.max_repo_label = end
+    inst.max_label[str(ctx.version)] = end
+    return start, end
+
+
+def _points(ctx: _Ctx, pts: list[tuple[int, int, int]]) -> list[int]:
+    vol = _Vol(ctx, _scale(ctx))
+    out = []
+    for x, y, z in pts:
+        out.append(int(vol.read((z, y, x), (1, 1, 1))[0, 0, 0]))
+    if ctx.flag("supervoxels"):
+        return out
+    m = _mapping(ctx)
+    return [m.get(v, v) for v in out]
+
+
+def _blocks(ctx: _Ctx, method: str, parts: list[str], body: bytes) -> Reply:
+    vol = _Vol(ctx, _scale(ctx))
+    bz, by, bx = vol.bs
+    if method == "POST" and parts[0] == "blocks":
+        comp = ctx.q.get("compression", "blocks")
+        if comp != "blocks":
+            raise DVIDError(f"POST /blocks takes only compression=blocks, got {comp!r}")
+        items = []
+        try:
+            for (x, y, z), record in unpack_block_records(body):
+                try:
+                    raw = gzip.decompress(record)
+                except (OSError, EOFError, zlib.error) as exc:
+                    raise DVIDError(f"block ({x},{y},{z}) is not gzip data: {exc}") from None
+                items.append(((z, y, x), decode_label_block(raw, vol.bs)))
+        except DVIDFormatError as exc:
+            raise DVIDError(f"bad block data: {exc}") from None
+        with ctx.state.lock:
+            for (z, y, x), blk in items:
+                vol.write((z * bz, y * by, x * bx), blk)
+                if blk.size:
+                    _note_labels(ctx, int(blk.max()))
+            ctx.mutated()
+            ctx.state.save()
+        return Reply(body=b"")
+    if method != "GET":
+        raise DVIDError(f"DVID does not accept the {method} action on the '{parts[0]}' endpoint")
+    if parts[0] == "blocks":
+        if len(parts) < 3:
+            raise DVIDError("must specify size and offset with GET /blocks endpoint")
+        sx, sy, sz = _xyz(parts[1], "size")
+        ox, oy, oz = _xyz(parts[2], "offset")
+        if not vol.aligned((oz, oy, ox), (sz, sy, sx)):
+            raise DVIDError(f"cannot use labels via 'blocks' endpoint in non-block aligned "
+                            f"geometry {_pt((ox, oy, oz))} -> "
+                            f"{_pt((ox + sx - 1, oy + sy - 1, oz + sz - 1))}")
+        coords = [(z, y, x) for z in range(oz // bz, (oz + sz) // bz)
+                  for y in range(oy // by, (oy + sy) // by)
+                  for x in range(ox // bx, (ox + sx) // bx)]
+        default = "lz4"
+    else:
+        text = ctx.q.get("blocks", "")
+        try:
+            nums = [int(v) for v in text.split(",") if v]
+        except ValueError:
+            raise DVIDError(f"bad blocks list {text!r}") from None
+        if len(nums) % 3:
+            raise DVIDError("blocks= must list x,y,z block coordinates in threes")
+        coords = [(nums[i + 2], nums[i + 1], nums[i]) for i in range(0, len(nums), 3)]
+        default = "blocks"
+    comp = ctx.q.get("compression", "") or default
+    records = []
+    for z, y, x in coords:
+        stored = vol.block(z, y, x)
+        if stored is None:
+            continue
+        blk = stored
+        if not ctx.flag("supervoxels"):
+            blk = _apply_mapping(ctx, blk)
+        raw = blk.astype("<u8", copy=False).tobytes()
+        if comp == "lz4":
+            payload = lz4.block.compress(raw, store_size=False)
+        elif comp == "gzip":
+            payload = gzip.compress(raw, 1)
+        elif comp == "uncompressed":
+            payload = raw
+        elif comp == "blocks":
+            payload = gzip.compress(encode_label_block(blk), 1)
+        else:
+            raise DVIDError(f"unknown compression {comp!r} for blocks")
+        records.append(((x, y, z), payload))
+    return Reply(body=pack_block_records(records), content_type="application/octet-stream")

@@ -1,0 +1,123 @@
+"""The voxel endpoints of the DVID test server (imageblk, labelmap, labelarray): instance
+metadata, raw/isotropic subvolumes, and the dispatch to the label endpoints."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+
+import lz4.block
+import numpy as np
+
+from .grid import _pt, _scale, _Vol, _xyz
+from .labels import _apply_mapping, _labels, _note_labels
+from .model import DVIDError, Reply, _Ctx, _json, _q
+
+
+def _voxels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
+            not_found: DVIDError) -> Reply:
+    kw = parts[0]
+    inst = ctx.inst
+    if kw == "raw" or kw == "isotropic":
+        return _raw(ctx, method, parts, body)
+    if kw == "metadata" and method == "GET":
+        return _json({"Axes": [{"Label": a, "Resolution": r, "Units": u, "Size": 0}
+                               for a, r, u in zip("XYZ", inst.voxel_size, inst.voxel_units,
+                                                  strict=True)],
+                      "Properties": {"Values": [{"DataType": inst.dtype.name,
+                                                  "Label": inst.typename}]}})
+    if kw == "extents" and method == "POST":
+        cfg = ctx.state._body_json(body, "")
+        try:
+            inst.min_point = [int(v) for v in cfg["MinPoint"]]
+            inst.max_point = [int(v) for v in cfg["MaxPoint"]]
+        except (KeyError, TypeError, ValueError):
+            raise DVIDError("extents must be JSON {\"MinPoint\": [x,y,z], \"MaxPoint\": "
+                            "[x,y,z]}") from None
+        with ctx.state.lock:
+            ctx.state.save()
+        return Reply(body=b"")
+    if kw == "resolution" and method == "POST":
+        try:
+            res = [float(v) for v in json.loads(body)]
+        except (ValueError, TypeError):
+            raise DVIDError("resolution must be a JSON list of 3 numbers") from None
+        if len(res) != 3:
+            raise DVIDError("resolution must be a JSON list of 3 numbers")
+        inst.voxel_size = res
+        with ctx.state.lock:
+            ctx.state.save()
+        return Reply(body=b"")
+    if not inst.is_label:
+        raise not_found
+    return _labels(ctx, method, parts, body, not_found)
+
+
+def _raw(ctx: _Ctx, method: str, parts: list[str], body: bytes) -> Reply:
+    if len(parts) < 4:
+        raise DVIDError(f"'{parts[0]}' must be followed by shape/size/offset")
+    dims, size_s, off_s = parts[1], parts[2], parts[3]
+    if dims != "0_1_2":
+        raise DVIDError(f"the voxgate DVID test server serves only 3-D raw requests (dims "
+                        f"0_1_2), not {dims!r}")
+    sx, sy, sz = _xyz(size_s, "size")
+    ox, oy, oz = _xyz(off_s, "offset")
+    if min(sx, sy, sz) <= 0:
+        raise DVIDError(f"Illegal geometry requested: size {size_s}")
+    inst = ctx.inst
+    vol = _Vol(ctx, _scale(ctx))
+    start, shape = (oz, oy, ox), (sz, sy, sx)
+    compression = ctx.q.get("compression", "")
+    nbytes = sx * sy * sz * inst.dtype.itemsize
+    if method == "GET":
+        data = vol.read(start, shape)
+        if inst.is_label and not ctx.flag("supervoxels"):
+            data = _apply_mapping(ctx, data)
+        raw = data.astype(inst.dtype.newbyteorder("<"), copy=False).tobytes()
+        if not inst.is_label or compression in ("", "uncompressed"):
+            return Reply(body=raw, content_type="application/octet-stream")
+        if compression == "lz4":
+            return Reply(body=lz4.block.compress(raw, store_size=False),
+                         content_type="application/octet-stream")
+        if compression == "gzip":
+            return Reply(body=gzip.compress(raw, 1), content_type="application/octet-stream")
+        raise DVIDError(f"unknown compression type {compression!r} (this test server sends "
+                        "lz4, gzip or uncompressed)")
+    if method != "POST":
+        raise DVIDError(f"DVID does not support {method} on the raw endpoint")
+    if parts[0] == "isotropic":
+        raise DVIDError("can only POST 'raw' not 'isotropic' images")
+    end = (ox + sx - 1, oy + sy - 1, oz + sz - 1)
+    if not vol.aligned(start, shape):
+        what = f"labels for data {_q(inst.name)}" if inst.is_label else "voxels"
+        raise DVIDError(f"cannot store {what} in non-block aligned geometry "
+                        f"{_pt((ox, oy, oz))} -> {_pt(end)}")
+    if inst.is_label and compression == "lz4":
+        try:
+            raw = lz4.block.decompress(body, uncompressed_size=nbytes)
+        except (lz4.block.LZ4BlockError, ValueError) as exc:
+            raise DVIDError(f"lz4 decompression of the POSTed labels failed: {exc}") from None
+    elif inst.is_label and compression == "gzip":
+        try:
+            raw = gzip.decompress(body)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DVIDError(f"gzip decompression of the POSTed labels failed: {exc}") from None
+    elif compression not in ("", "uncompressed"):
+        raise DVIDError(f"unknown compression type {compression!r}")
+    else:
+        raw = body
+    if len(raw) != nbytes:
+        if inst.is_label:
+            raise DVIDError(f"expected {nbytes} bytes for data {_q(inst.name)} label PUT but "
+                            f"only received {len(raw)} bytes")
+        raise DVIDError(f"Expected {nbytes} bytes for {sx * sy * sz} voxels of "
+                        f"{inst.dtype.name}, got {len(raw)} bytes")
+    data = np.frombuffer(raw, dtype=inst.dtype.newbyteorder("<")).reshape(shape)
+    with ctx.state.lock:
+        vol.write(start, data)
+        if inst.is_label and data.size:
+            _note_labels(ctx, int(data.max()))
+        ctx.mutated()
+        ctx.state.save()
+    return Reply(body=b"")
