@@ -352,7 +352,7 @@ def test_down_and_slow_server(proxy: FlakyProxy, seg: tuple[str, np.ndarray]) ->
 def test_big_reads_split_on_block_grid(proxy: FlakyProxy, seg: tuple[str, np.ndarray]) -> None:
     url, data = seg
     v = voxgate.open(url.replace(proxy.target, proxy.url), concurrency=4)
-    import voxgate.remotes.dvid as mod
+    import voxgate.remotes.dvid.remote as mod  # where the Remote reads REQUEST_BYTES
 
     old = mod.REQUEST_BYTES
     mod.REQUEST_BYTES = 64**3 * 8

@@ -1,0 +1,219 @@
+"""Label queries on a DVID ``labelmap``: points, sizes, mappings, merges, sparse volumes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+
+from ...errors import (
+    CorruptChunkError,
+    InvalidRequestError,
+    RemoteNotFoundError,
+)
+from ...formats.dvid_block import (
+    DVIDFormatError,
+    decode_rles,
+    rles_to_coordinates,
+)
+from ...geometry import Box, Vec
+from .._http import HTTPClient
+from .client import LabelNotFoundError, _call
+
+
+@dataclass(frozen=True)
+class SparsevolSize:
+    """``sparsevol-size``: voxel count, block count and a block-accurate bounding Box."""
+
+    voxels: int
+    blocks: int
+    box: Box
+
+
+def _zyx_point(p: Iterable[Any]) -> tuple[int, int, int]:
+    v = Vec.of(p, "point")
+    return (v.z, v.y, v.x)
+
+
+class DVIDLabels:
+    """Label queries on a labelmap / labelarray instance at one node (points are (z, y, x))."""
+
+    def __init__(self, client: HTTPClient, node: str, name: str) -> None:
+        self.client, self.node, self.name = client, node, name
+        self._base = f"/api/node/{node}/{name}"
+
+    def __repr__(self) -> str:
+        return f"<DVIDLabels {self.client.base_url}/{self.node}/{self.name}>"
+
+    def _q(self, scale: int = 0, supervoxels: bool = False) -> str:
+        parts = []
+        if scale:
+            parts.append(f"scale={int(scale)}")
+        if supervoxels:
+            parts.append("supervoxels=true")
+        return "?" + "&".join(parts) if parts else ""
+
+    @staticmethod
+    def _label(label: Any) -> int:
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or \
+                not 0 < int(label) < 2**64:
+            raise InvalidRequestError(f"a label is an integer in 1..2^64-1, got {label!r}")
+        return int(label)
+
+    def _json_list(self, resp: httpx.Response) -> np.ndarray:
+        # parse integers exactly: ids above 2^53 must not pass through a float
+        return np.array(json.loads(resp.content, parse_int=int), dtype=np.uint64)
+
+    def label_at(self, point: Iterable[Any], *, scale: int = 0,
+                 supervoxels: bool = False) -> int:
+        z, y, x = _zyx_point(point)
+        resp = _call(self.client, "GET", f"{self._base}/label/{x}_{y}_{z}"
+                     + self._q(scale, supervoxels), what=f"label at (z, y, x) {(z, y, x)}")
+        return int(json.loads(resp.content)["Label"])
+
+    def labels_at(self, points: Iterable[Iterable[Any]], *, scale: int = 0,
+                  supervoxels: bool = False) -> np.ndarray:
+        pts = [_zyx_point(p) for p in points]
+        resp = _call(self.client, "GET", f"{self._base}/labels" + self._q(scale, supervoxels),
+                     content=json.dumps([[x, y, z] for z, y, x in pts]),
+                     what=f"labels at {len(pts)} points")
+        return self._json_list(resp)
+
+    def size(self, label: int, *, supervoxels: bool = False) -> int:
+        lab = self._label(label)
+        try:
+            resp = _call(self.client, "GET", f"{self._base}/size/{lab}"
+                         + self._q(0, supervoxels), what=f"size of label {lab}")
+        except RemoteNotFoundError:
+            raise LabelNotFoundError(f"label {lab} has no voxels at node {self.node}") from None
+        return int(resp.json()["voxels"])
+
+    def sizes(self, labels: Iterable[int], *, supervoxels: bool = False) -> np.ndarray:
+        """Voxel counts (0 for labels that do not exist)."""
+        labs = [self._label(v) for v in labels]
+        resp = _call(self.client, "GET", f"{self._base}/sizes" + self._q(0, supervoxels),
+                     content=json.dumps(labs), what=f"sizes of {len(labs)} labels")
+        return self._json_list(resp)
+
+    def supervoxels(self, body: int) -> np.ndarray:
+        lab = self._label(body)
+        try:
+            resp = _call(self.client, "GET", f"{self._base}/supervoxels/{lab}",
+                         what=f"supervoxels of body {lab}")
+        except RemoteNotFoundError:
+            raise LabelNotFoundError(f"body {lab} has no voxels at node {self.node}") from None
+        return np.sort(self._json_list(resp))
+
+    def mapping(self, supervoxels: Iterable[int]) -> np.ndarray:
+        """Body of each supervoxel (0 where the supervoxel does not exist)."""
+        svs = [self._label(v) for v in supervoxels]
+        resp = _call(self.client, "GET", f"{self._base}/mapping", content=json.dumps(svs),
+                     what=f"mapping of {len(svs)} supervoxels")
+        return self._json_list(resp)
+
+    def mappings(self) -> dict[int, int]:
+        """Every non-identity supervoxel -> body mapping at this node."""
+        resp = _call(self.client, "GET", f"{self._base}/mappings?format=binary",
+                     what="the label mapping")
+        pairs = np.frombuffer(resp.content, "<u8").reshape(-1, 2)
+        return {int(a): int(b) for a, b in pairs}
+
+    def merge(self, target: int, others: Iterable[int]) -> int:
+        """Merge bodies ``others`` into ``target``; returns the mutation id."""
+        labs = [self._label(target)] + [self._label(v) for v in others]
+        resp = _call(self.client, "POST", f"{self._base}/merge", content=json.dumps(labs),
+                     what=f"merging {labs[1:]} into {labs[0]}")
+        return int(resp.json()["MutationID"])
+
+    def cleave(self, body: int, supervoxels: Iterable[int]) -> int:
+        """Move ``supervoxels`` of ``body`` to a new body; returns its id."""
+        lab = self._label(body)
+        svs = [self._label(v) for v in supervoxels]
+        resp = _call(self.client, "POST", f"{self._base}/cleave/{lab}", content=json.dumps(svs),
+                     what=f"cleaving {len(svs)} supervoxels from {lab}")
+        return int(resp.json()["CleavedLabel"])
+
+    def maxlabel(self) -> int:
+        resp = _call(self.client, "GET", f"{self._base}/maxlabel", what="maxlabel")
+        return int(json.loads(resp.content)["maxlabel"])
+
+    def next_label(self) -> int:
+        resp = _call(self.client, "GET", f"{self._base}/nextlabel", what="nextlabel")
+        return int(json.loads(resp.content)["nextlabel"])
+
+    def reserve_ids(self, count: int) -> int:
+        """Reserve ``count`` new label ids (``POST nextlabel``); returns the first."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise InvalidRequestError(f"reserve at least one id, not {count!r}")
+        resp = _call(self.client, "POST", f"{self._base}/nextlabel/{count}",
+                     what=f"reserving {count} ids")
+        return int(json.loads(resp.content)["start"])
+
+    def _sv_query(self, scale: int, supervoxels: bool, box: Box | None) -> str:
+        parts = [f"scale={int(scale)}"] if scale else []
+        if supervoxels:
+            parts.append("supervoxels=true")
+        if box is not None:
+            for axis, a, b in zip("zyx", box.start, box.stop, strict=True):
+                parts += [f"min{axis}={a}", f"max{axis}={b - 1}"]
+        return "?" + "&".join(parts) if parts else ""
+
+    def sparsevol_runs(self, label: int, *, scale: int = 0, supervoxels: bool = False,
+                       box: Box | None = None) -> np.ndarray:
+        """The label's voxels as runs along x: (n, 4) int32 ``x, y, z, length``."""
+        lab = self._label(label)
+        try:
+            resp = _call(self.client, "GET", f"{self._base}/sparsevol/{lab}"
+                         + self._sv_query(scale, supervoxels, box),
+                         what=f"sparse volume of {lab}")
+        except RemoteNotFoundError:
+            raise LabelNotFoundError(f"label {lab} has no voxels at node {self.node}"
+                                     + ("" if box is None else f" inside {box!r}")) from None
+        try:
+            return decode_rles(resp.content)
+        except DVIDFormatError as exc:
+            raise CorruptChunkError(f"the sparse volume of {lab} does not decode: {exc}",
+                                    chunk=f"{self._base}/sparsevol/{lab}") from None
+
+    def sparsevol(self, label: int, *, scale: int = 0, supervoxels: bool = False,
+                  box: Box | None = None) -> np.ndarray:
+        """The label's voxel coordinates, (n, 3) int64 (z, y, x), sorted."""
+        return rles_to_coordinates(self.sparsevol_runs(label, scale=scale,
+                                                       supervoxels=supervoxels, box=box))
+
+    def sparsevol_mask(self, label: int, *, scale: int = 0, supervoxels: bool = False,
+                       box: Box | None = None) -> tuple[Box, np.ndarray]:
+        """The label as a boolean mask over its tight bounding Box."""
+        runs = self.sparsevol_runs(label, scale=scale, supervoxels=supervoxels, box=box)
+        r = runs.astype(np.int64)
+        lo = Vec(int(r[:, 2].min()), int(r[:, 1].min()), int(r[:, 0].min()))
+        hi = Vec(int(r[:, 2].max()) + 1, int(r[:, 1].max()) + 1, int((r[:, 0] + r[:, 3]).max()))
+        tight = Box(lo, hi)
+        mask = np.zeros(tuple(tight.shape), dtype=bool)
+        for x, y, z, n in r.tolist():
+            mask[z - lo.z, y - lo.y, x - lo.x:x - lo.x + n] = True
+        return tight, mask
+
+    def has_label(self, label: int, *, supervoxels: bool = False, box: Box | None = None
+                  ) -> bool:
+        lab = self._label(label)
+        resp = _call(self.client, "HEAD", f"{self._base}/sparsevol/{lab}"
+                     + self._sv_query(0, supervoxels, box), expect=(200, 204),
+                     what=f"checking label {lab}")
+        return resp.status_code == 200
+
+    def sparsevol_size(self, label: int, *, supervoxels: bool = False) -> SparsevolSize:
+        lab = self._label(label)
+        try:
+            resp = _call(self.client, "GET", f"{self._base}/sparsevol-size/{lab}"
+                         + self._q(0, supervoxels), what=f"sparsevol-size of {lab}")
+        except RemoteNotFoundError:
+            raise LabelNotFoundError(f"label {lab} has no voxels at node {self.node}") from None
+        d = resp.json()
+        mn, mx = d["minvoxel"], d["maxvoxel"]
+        return SparsevolSize(int(d["voxels"]), int(d["numblocks"]),
+                             Box((mn[2], mn[1], mn[0]), (mx[2] + 1, mx[1] + 1, mx[0] + 1)))

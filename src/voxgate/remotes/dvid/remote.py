@@ -1,0 +1,586 @@
+"""The ``dvid://`` Remote: voxel volumes (images and labels), their meshes and skeletons."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import zlib
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+import lz4.block
+import numpy as np
+
+from ...errors import (
+    CapabilityNotSupportedError,
+    CorruptChunkError,
+    DtypeError,
+    InvalidRequestError,
+    ReadOnlyError,
+    RemoteExistsError,
+    RemoteNotFoundError,
+)
+from ...geometry import Box, Vec, VoxelSize, grow_block
+from ...meta import Kind, Scale, VolumeMeta
+from ..base import Capability, Remote, check_options
+from .client import _call, client_for, normalize_server, parse_location
+from .keyvalue import DVIDKeyValue
+from .labels import DVIDLabels
+from .ngmesh import decode_ngmesh, encode_ngmesh
+from .repo import DVIDRepo
+
+IMAGE_TYPES = {"uint8blk": "uint8", "uint16blk": "uint16", "uint32blk": "uint32",
+               "uint64blk": "uint64", "float32blk": "float32"}
+LABEL_TYPES = ("labelmap", "labelarray", "labelblk")
+_TYPE_FOR_DTYPE = {v: k for k, v in IMAGE_TYPES.items()}
+#: a read or write request moves at most about this many uncompressed bytes
+REQUEST_BYTES = 8 * 2**20
+#: bounds of a DVID volume that has neither voxgate geometry nor extents (DVID has no size)
+UNBOUNDED = 2**31 - 1
+_UNIT_NM = {"nanometers": 1.0, "nanometer": 1.0, "nm": 1.0, "micrometers": 1e3,
+            "micrometer": 1e3, "um": 1e3, "microns": 1e3, "millimeters": 1e6, "angstroms": 0.1}
+_COMPRESSIONS = ("lz4", "gzip", "none")
+
+
+# -- the Remote -----------------------------------------------------------------------------------
+def _xyz_tag(text: str) -> Vec:
+    x, y, z = (int(p) for p in text.split("_"))
+    return Vec(z, y, x)
+
+
+def _aligned(box: Box, grid: Vec) -> Box:
+    return Box._trusted(
+        Vec(*(a // g * g for a, g in zip(box.start, grid, strict=True))),
+        Vec(*(-(-b // g) * g for b, g in zip(box.stop, grid, strict=True))),
+    )
+
+
+def _tiles(box: Box, tile: Vec) -> list[Box]:
+    """``box`` cut on a grid of ``tile`` anchored at the origin (DVID's blocks are)."""
+    lo = [a // t for a, t in zip(box.start, tile, strict=True)]
+    hi = [-(-b // t) for b, t in zip(box.stop, tile, strict=True)]
+    out = []
+    for z in range(lo[0], hi[0]):
+        for y in range(lo[1], hi[1]):
+            for x in range(lo[2], hi[2]):
+                s = Vec(z * tile.z, y * tile.y, x * tile.x)
+                out.append(Box._trusted(s, Vec(s.z + tile.z, s.y + tile.y, s.x + tile.x))
+                           .intersect(box))
+    return out
+
+
+class DVIDRemote(Remote):
+    scheme = "dvid"
+    open_options = ("timeout", "concurrency", "compression", "supervoxels", "token", "meshes",
+                    "skeletons")
+    create_options = ("typename", "versioned", "block_size", *open_options)
+
+    def __init__(self, server: str, node_spec: str, instance: str, mode: str, *,
+                 timeout: float = 60.0, concurrency: int = 8, compression: str = "lz4",
+                 supervoxels: bool = False, token: str | None = None,
+                 meshes: str | None = None, skeletons: str | None = None) -> None:
+        if mode not in ("r", "r+"):
+            raise InvalidRequestError(f"mode must be 'r' or 'r+', got {mode!r}")
+        if compression not in _COMPRESSIONS:
+            raise InvalidRequestError(
+                f"compression must be one of {', '.join(_COMPRESSIONS)}, got {compression!r}")
+        self.server = normalize_server(server)
+        self.instance = instance
+        self.mode = mode
+        self.timeout, self.concurrency = float(timeout), int(concurrency)
+        self.compression = compression
+        self.supervoxels = bool(supervoxels)
+        self.client = client_for(self.server, token=token, timeout=timeout,
+                                 concurrency=concurrency)
+        self.repo = DVIDRepo(self.server, node_spec, token=token, timeout=timeout)
+        self.node_spec = node_spec
+        repo_info = self.repo.opened_info
+        self.uuid = self.repo.resolve(node_spec, repo_info)
+        self.url = f"dvid://{self.server}/{node_spec}/{instance}"
+        insts = repo_info.get("DataInstances") or {}
+        if instance not in insts:
+            names = ", ".join(sorted(insts)) or "none"
+            raise RemoteNotFoundError(
+                f"repo {self.repo.root} on {self.server} has no data instance {instance!r} "
+                f"(it has: {names})")
+        self.info: dict[str, Any] = insts[instance]
+        self.typename: str = self.info["Base"]["TypeName"]
+        if self.typename not in IMAGE_TYPES and self.typename not in LABEL_TYPES:
+            raise CapabilityNotSupportedError(
+                f"{self.url} is a {self.typename} instance; dvid:// volumes are "
+                f"{', '.join([*IMAGE_TYPES, *LABEL_TYPES])}")
+        self.versioned = bool(self.info["Base"].get("Versioned", True))
+        node = repo_info["DAG"]["Nodes"][self.uuid]
+        self.locked = bool(node.get("Locked"))
+        if mode == "r+" and self.locked and self.versioned:
+            raise ReadOnlyError(
+                f"{self.url}: node {self.uuid} is committed (locked) and DVID refuses writes to "
+                "it; branch or make a new version (DVIDRepo.branch / new_version) and open "
+                "that node with mode='r+'")
+        self.is_label = self.typename in LABEL_TYPES
+        self._mesh_name = meshes or f"{instance}_meshes"
+        self._skel_name = skeletons or f"{instance}_skeletons"
+        self._instances = {n: i["Base"]["TypeName"] for n, i in insts.items()}
+        self._scale_names = [instance]
+        if not self.is_label:
+            k = 1
+            while f"{instance}_{k}" in insts and insts[f"{instance}_{k}"]["Base"]["TypeName"] \
+                    == self.typename:
+                self._scale_names.append(f"{instance}_{k}")
+                k += 1
+        self.meta = self._meta(insts)
+        self._pool: ThreadPoolExecutor | None = None
+        self._rmw_lock = threading.Lock()
+        self._pool_lock = threading.Lock()
+        self.labels: DVIDLabels | None = (
+            DVIDLabels(self.client, self.uuid, instance) if self.is_label else None)
+
+    def __repr__(self) -> str:
+        return f"<DVIDRemote {self.url} node={self.uuid} mode={self.mode!r}>"
+
+    # -- metadata -------------------------------------------------------------------------------
+    def _geometry(self, info: dict[str, Any]) -> tuple[Vec, Vec, Kind | None]:
+        """(shape, offset, kind) from voxgate's tags, else DVID's extents, else unbounded."""
+        tags = info["Base"].get("Tags") or {}
+        kind: Kind | None = None
+        if tags.get("voxgate_kind") in ("image", "segmentation"):
+            kind = tags["voxgate_kind"]
+        if "voxgate_shape" in tags:
+            try:
+                shape = _xyz_tag(tags["voxgate_shape"])
+                offset = _xyz_tag(tags.get("voxgate_offset", "0_0_0"))
+                return shape, offset, kind
+            except ValueError:
+                pass
+        ext = info.get("Extended") or {}
+        mn, mx = ext.get("MinPoint"), ext.get("MaxPoint")
+        if mn and mx:
+            offset = Vec(int(mn[2]), int(mn[1]), int(mn[0]))
+            stop = Vec(int(mx[2]) + 1, int(mx[1]) + 1, int(mx[0]) + 1)
+            return stop - offset, offset, kind
+        return Vec(UNBOUNDED, UNBOUNDED, UNBOUNDED), Vec(0, 0, 0), kind
+
+    @staticmethod
+    def _voxel(info: dict[str, Any]) -> tuple[Vec, VoxelSize]:
+        ext = info.get("Extended") or {}
+        bs = ext.get("BlockSize") or [32, 32, 32]
+        vs = ext.get("VoxelSize") or [8, 8, 8]
+        units = ext.get("VoxelUnits") or ["nanometers"] * 3
+        f = [_UNIT_NM.get(str(u).lower(), 1.0) for u in units]
+        return (Vec(int(bs[2]), int(bs[1]), int(bs[0])),
+                VoxelSize(float(vs[2]) * f[2], float(vs[1]) * f[1], float(vs[0]) * f[0]))
+
+    def _meta(self, insts: dict[str, Any]) -> VolumeMeta:
+        shape, offset, kind = self._geometry(self.info)
+        block, vs = self._voxel(self.info)
+        self.block = block
+        enc = self.compression if self.is_label else "raw"
+        scales = [Scale(0, shape, block, vs, offset, enc)]
+        if self.is_label:
+            levels = int((self.info.get("Extended") or {}).get("MaxDownresLevel") or 0)
+            for k in range(1, levels + 1):
+                f = 2**k
+                lo = Vec(*(o // f for o in offset))
+                hi = Vec(*(-(-(o + s) // f) for o, s in zip(offset, shape, strict=True)))
+                scales.append(Scale(k, hi - lo, block,
+                                    VoxelSize(vs.z * f, vs.y * f, vs.x * f), lo, enc))
+            dtype = np.dtype("uint64")
+            kind = "segmentation"
+        else:
+            for k, name in enumerate(self._scale_names[1:], start=1):
+                sinfo = self._instance_info(name, insts)
+                s_shape, s_off, _ = self._geometry(sinfo)
+                s_block, s_vs = self._voxel(sinfo)
+                scales.append(Scale(k, s_shape, s_block, s_vs, s_off, "raw"))
+            dtype = np.dtype(IMAGE_TYPES[self.typename])
+            kind = kind or "image"
+        return VolumeMeta(dtype, tuple(scales), kind,
+                          extra={"dvid": {"node": self.uuid, "typename": self.typename}})
+
+    def _instance_info(self, name: str, insts: dict[str, Any]) -> dict[str, Any]:
+        if name in insts:
+            return dict(insts[name])
+        return dict(_call(self.client, "GET", f"/api/node/{self.uuid}/{name}/info",
+                          what=f"info of {name}").json())
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, location: str, *, mode: str = "r", **options: Any) -> DVIDRemote:
+        check_options("dvid://", options, cls.open_options)
+        server, node, instance = parse_location(location)
+        return cls(server, node, instance, mode, **options)
+
+    @classmethod
+    def create(cls, location: str, meta: VolumeMeta, *, exist_ok: bool = False,
+               **options: Any) -> DVIDRemote:
+        """Add an instance for ``meta``: labelmap for uint64 segmentations, else ``<dtype>blk``.
+
+        Its geometry (shape, offset, kind) is kept in the instance's tags and its extents;
+        an image volume's scales 1.. become instances ``<name>_1``, ... .
+        """
+        check_options("dvid://", options, cls.create_options)
+        server, node, instance = parse_location(location)
+        typename = options.pop("typename", None)
+        versioned = options.pop("versioned", True)
+        block_size = options.pop("block_size", None)
+        if block_size is not None:
+            bs = Vec.of(block_size, "block_size")
+            if min(bs) < 1:
+                raise InvalidRequestError(f"block_size must be positive, got {tuple(bs)}")
+            meta = meta.with_scales([replace(s, chunks=bs) for s in meta.scales])
+        if meta.num_channels != 1:
+            raise InvalidRequestError("DVID volumes have one channel")
+        if typename is None:
+            if meta.kind == "segmentation" and meta.dtype == np.uint64:
+                typename = "labelmap"
+            elif meta.dtype.name in _TYPE_FOR_DTYPE:
+                typename = _TYPE_FOR_DTYPE[meta.dtype.name]
+            else:
+                raise DtypeError(
+                    f"DVID stores {', '.join(IMAGE_TYPES.values())}; {meta.dtype.name} has no "
+                    "DVID type (convert the data first)")
+        if typename in ("labelmap", "labelarray"):
+            if meta.dtype != np.uint64:
+                raise DtypeError(f"a {typename} holds uint64 labels, not {meta.dtype.name}")
+            s0 = meta.scale(0)
+            for k, sc in enumerate(meta.scales[1:], start=1):
+                f = 2**k
+                want = Vec(*(-(-(o + s) // f) - o // f for o, s in zip(s0.offset, s0.shape,
+                                                                      strict=True)))
+                if sc.shape != want:
+                    raise InvalidRequestError(
+                        f"DVID {typename} scales halve every axis: scale {k} would be "
+                        f"{tuple(want)}, this volume's is {tuple(sc.shape)} (copy only scale 0 "
+                        "with scales=[0], or use an image type)")
+            if any(c % 8 for c in s0.chunks):
+                raise InvalidRequestError(
+                    f"DVID label blocks are multiples of 8 voxels; got chunks {tuple(s0.chunks)}")
+        elif typename in IMAGE_TYPES:
+            if IMAGE_TYPES[typename] != meta.dtype.name:
+                raise DtypeError(f"a {typename} holds {IMAGE_TYPES[typename]}, not "
+                                 f"{meta.dtype.name}")
+        else:
+            raise InvalidRequestError(
+                f"typename must be one of {', '.join([*IMAGE_TYPES, 'labelmap', 'labelarray'])}")
+        open_opts = dict(options)
+        repo = DVIDRepo(server, node, token=options.get("token"),
+                        timeout=options.get("timeout", 60.0))
+        uuid = repo.resolve(node)
+        existing = repo.instances()
+        if instance in existing:
+            if not exist_ok:
+                raise RemoteExistsError(f"DVID repo {repo.root} already has an instance "
+                                        f"{instance!r} ({existing[instance]})")
+            return cls(server, node, instance, "r+", **open_opts)
+        is_label = typename in ("labelmap", "labelarray")
+        names = [instance] if is_label else [instance] + [f"{instance}_{k}" for k in
+                                                           range(1, len(meta.scales))]
+        for k, name in enumerate(names):
+            sc = meta.scale(k)
+            tags = {"voxgate_shape": "_".join(map(str, sc.shape.xyz())),
+                    "voxgate_offset": "_".join(map(str, sc.offset.xyz())),
+                    "voxgate_kind": meta.kind}
+            repo.create_instance(
+                name, typename, node=uuid, block_size=tuple(sc.chunks),
+                voxel_size=sc.voxel_size.zyx(), max_scale=len(meta.scales) - 1 if is_label else 0,
+                versioned=bool(versioned), tags=tags)
+            lo, hi = sc.offset.xyz(), (sc.offset + sc.shape).xyz()
+            _call(repo.client, "POST", f"/api/node/{uuid}/{name}/extents",
+                  json={"MinPoint": list(lo), "MaxPoint": [v - 1 for v in hi]},
+                  what=f"setting the extents of {name}")
+        return cls(server, node, instance, "r+", **open_opts)
+
+    def spec(self) -> dict[str, Any]:
+        # the token is not part of the spec: the reopening process reads VOXGATE_DVID_TOKEN
+        return {"url": f"dvid://{self.server}/{self.uuid}/{self.instance}", "mode": self.mode,
+                "options": {"timeout": self.timeout, "concurrency": self.concurrency,
+                            "compression": self.compression, "supervoxels": self.supervoxels}}
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        caps = {Capability.VERSIONING, Capability.BATCH_READ}
+        if self.mode == "r+":
+            caps.add(Capability.WRITE)
+        if self._instances.get(self._mesh_name) == "keyvalue":
+            caps.add(Capability.SERVER_MESH)
+        if self._instances.get(self._skel_name) == "keyvalue":
+            caps.add(Capability.SERVER_SKELETON)
+        return frozenset(caps)
+
+    def write_grid(self, scale: int = 0) -> Vec:
+        return self.meta.scale(scale).chunks
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    # -- voxels ---------------------------------------------------------------------------------
+    def _target(self, scale: int) -> tuple[str, str]:
+        """(instance name, query prefix) serving ``scale``."""
+        self.meta.scale(scale)
+        if self.is_label:
+            return self.instance, f"scale={scale}&" if scale else ""
+        return self._scale_names[scale], ""
+
+    def _map(self, fn: Any, items: list[Box]) -> None:
+        if len(items) == 1:
+            fn(items[0])
+            return
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency,
+                                                thread_name_prefix="voxgate-dvid")
+            pool = self._pool
+        futures = [(b, pool.submit(fn, b)) for b in items]
+        errors = [(b, f.exception()) for b, f in futures]
+        failed = [(b, e) for b, e in errors if e is not None]
+        if failed:
+            b, exc = failed[0]
+            assert exc is not None
+            exc.add_note(f"{len(failed)} of {len(items)} requests failed, the first at {b!r}; "
+                         "no partial data is returned")
+            raise exc
+
+    def _request_tile(self, scale: int) -> Vec:
+        grid = self.meta.scale(scale).chunks
+        return grow_block(grid, self.meta.dtype.itemsize, Vec(2**30, 2**30, 2**30),
+                          REQUEST_BYTES)
+
+    def _get(self, box: Box, scale: int, *, supervoxels: bool) -> np.ndarray:
+        name, q = self._target(scale)
+        dtype = self.meta.dtype.newbyteorder("<")
+        n = box.size * dtype.itemsize
+        (ox, oy, oz), (sx, sy, sz) = box.start.xyz(), box.shape.xyz()
+        query = q
+        if self.is_label:
+            if self.compression != "none":
+                query += f"compression={self.compression}&"
+            if supervoxels:
+                query += "supervoxels=true&"
+        path = f"/api/node/{self.uuid}/{name}/raw/0_1_2/{sx}_{sy}_{sz}/{ox}_{oy}_{oz}"
+        if query:
+            path += "?" + query.rstrip("&")
+        resp = _call(self.client, "GET", path, what=f"reading {box!r} of {self.url}")
+        raw: bytes = resp.content
+        where = f"{self.url} {box}"
+        try:
+            if self.is_label and self.compression == "lz4":
+                raw = lz4.block.decompress(raw, uncompressed_size=n)
+            elif self.is_label and self.compression == "gzip":
+                raw = gzip.decompress(raw)
+        except (lz4.block.LZ4BlockError, OSError, EOFError, ValueError, zlib.error) as exc:
+            raise CorruptChunkError(
+                f"{self.url}: the server's {self.compression} data for {box!r} does not decode "
+                f"({exc})", chunk=where) from None
+        if len(raw) != n:
+            raise CorruptChunkError(
+                f"{self.url}: the server sent {len(raw)} bytes for {box!r}, expected {n}",
+                chunk=where)
+        return np.frombuffer(raw, dtype=dtype).reshape(tuple(box.shape))
+
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        out = np.empty(tuple(box.shape), dtype=self.meta.dtype)
+        if box.is_empty():
+            return out
+        parts = _tiles(box, self._request_tile(scale))
+
+        def fetch(b: Box) -> None:
+            out[b.slices(box.start)] = self._get(b, scale, supervoxels=self.supervoxels)
+
+        self._map(fetch, parts)
+        return out
+
+    def _post(self, box: Box, data: np.ndarray, scale: int) -> None:
+        name, q = self._target(scale)
+        raw = np.ascontiguousarray(data, dtype=self.meta.dtype.newbyteorder("<")).tobytes()
+        query = q
+        if self.is_label and self.compression == "lz4":
+            raw = lz4.block.compress(raw, store_size=False)
+            query += "compression=lz4&"
+        elif self.is_label and self.compression == "gzip":
+            raw = gzip.compress(raw, 1)
+            query += "compression=gzip&"
+        (ox, oy, oz), (sx, sy, sz) = box.start.xyz(), box.shape.xyz()
+        path = f"/api/node/{self.uuid}/{name}/raw/0_1_2/{sx}_{sy}_{sz}/{ox}_{oy}_{oz}"
+        if query:
+            path += "?" + query.rstrip("&")
+        _call(self.client, "POST", path, content=raw, what=f"writing {box!r} of {self.url}")
+
+    def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
+        self._check_writable()
+        if tuple(array.shape) != tuple(box.shape):
+            raise InvalidRequestError(
+                f"array of shape {array.shape} does not match {box!r} (shape {tuple(box.shape)})")
+        if box.is_empty():
+            return
+        grid = self.meta.scale(scale).chunks
+        outer = _aligned(box, grid)
+        tile = self._request_tile(scale)
+        if outer == box:
+            def put(b: Box) -> None:
+                self._post(b, array[b.slices(box.start)], scale)
+
+            self._map(put, _tiles(box, tile))
+            return
+        # DVID takes only block-aligned writes: read the whole blocks (as stored: supervoxels),
+        # patch them and write them back; one edge write at a time, so two writes that share
+        # a block never lose each other's voxels
+        with self._rmw_lock:
+            data = np.empty(tuple(outer.shape), dtype=self.meta.dtype)
+
+            def fetch(b: Box) -> None:
+                data[b.slices(outer.start)] = self._get(b, scale, supervoxels=True)
+
+            self._map(fetch, _tiles(outer, tile))
+            data[box.slices(outer.start)] = array
+
+            def put_all(b: Box) -> None:
+                self._post(b, data[b.slices(outer.start)], scale)
+
+            self._map(put_all, _tiles(outer, tile))
+
+    # -- ids ------------------------------------------------------------------------------------
+    def _labels(self) -> DVIDLabels:
+        if self.labels is None:
+            raise CapabilityNotSupportedError(f"{self.url} is a {self.typename}, not a labelmap")
+        return self.labels
+
+    def reserve_ids(self, count: int) -> int:
+        """Reserve ``count`` new label ids; returns the first (like bossdb://'s reserve)."""
+        if self.locked and self.versioned:
+            raise ReadOnlyError(f"{self.url}: node {self.uuid} is committed; reserve ids on an "
+                                "open node")
+        return self._labels().reserve_ids(count)
+
+    def label_at(self, point: Iterable[Any], scale: int = 0) -> int:
+        return self._labels().label_at(point, scale=scale, supervoxels=self.supervoxels)
+
+    # -- meshes and skeletons (the Services' server-side mesh / skeleton capability) ------------
+    def _kv(self, name: str, what: str, create: bool) -> DVIDKeyValue:
+        if self._instances.get(name) != "keyvalue":
+            self._instances = self.repo.instances()
+        if self._instances.get(name) != "keyvalue":
+            if not create:
+                raise CapabilityNotSupportedError(
+                    f"repo {self.repo.root} has no keyvalue instance {name!r} holding {what}s; "
+                    f"put_{what}() creates it")
+            self._check_writable()
+            self.repo.create_instance(name, "keyvalue", node=self.uuid,
+                                      tags={"type": what + "es" if what == "mesh" else what + "s"})
+            self._instances = self.repo.instances()
+        return DVIDKeyValue(self.client, self.uuid, name)
+
+    @staticmethod
+    def _body(body: int) -> int:
+        if isinstance(body, bool) or not isinstance(body, (int, np.integer)) or \
+                not 0 < int(body) < 2**64:
+            raise InvalidRequestError(f"a body id is an integer in 1..2^64-1, got {body!r}")
+        return int(body)
+
+    def get_mesh(self, body: int) -> bytes:
+        """The body's mesh: Neuroglancer legacy fragment bytes from ``<seg>_meshes``."""
+        b = self._body(body)
+        try:
+            return self._kv(self._mesh_name, "mesh", False)[f"{b}.ngmesh"]
+        except KeyError:
+            raise RemoteNotFoundError(f"no mesh for body {b} in {self._mesh_name} at node "
+                                      f"{self.uuid}") from None
+
+    def get_mesh_arrays(self, body: int) -> tuple[np.ndarray, np.ndarray]:
+        """(vertices (n, 3) float32 x, y, z in nm, faces (m, 3) uint32) of the body's mesh."""
+        return decode_ngmesh(self.get_mesh(body))
+
+    def put_mesh(self, body: int, mesh: Any) -> None:
+        """Store a mesh as ``<body>.ngmesh``: fragment bytes, (vertices, faces), or a Mesh."""
+        self._check_writable()
+        b = self._body(body)
+        if isinstance(mesh, tuple):
+            data = encode_ngmesh(*mesh)
+        elif hasattr(mesh, "to_ngmesh"):
+            data = mesh.to_ngmesh()
+        elif isinstance(mesh, (bytes, bytearray, memoryview)):
+            data = bytes(mesh)
+        else:
+            raise InvalidRequestError(
+                f"a mesh is ngmesh bytes, (vertices, faces) or a Mesh, got {type(mesh).__name__}")
+        self._kv(self._mesh_name, "mesh", True)[f"{b}.ngmesh"] = data
+
+    def meshes(self, ids: Iterable[int] | None = None) -> dict[int, Any]:
+        """Stored meshes as ``{body: voxgate.formats.mesh.Mesh}`` (all when ``ids`` is None);
+        bodies without a stored mesh are left out.  The mesh Service's server path."""
+        from ...formats.mesh import Mesh
+
+        kv = self._kv(self._mesh_name, "mesh", False)
+        wanted = self.mesh_ids() if ids is None else [self._body(i) for i in ids]
+        got = kv.get_many([f"{b}.ngmesh" for b in wanted])
+        return {b: Mesh.from_ngmesh(got[f"{b}.ngmesh"], b, name=f"{self._mesh_name}/{b}.ngmesh")
+                for b in wanted if f"{b}.ngmesh" in got}
+
+    def skeletons(self, ids: Iterable[int] | None = None) -> dict[int, Any]:
+        """Stored skeletons as ``{body: voxgate.formats.skeleton.Skeleton}`` (all when ``ids``
+        is None); bodies without one are left out.  The skeletonize Service's server path."""
+        from ...formats.skeleton import Skeleton
+
+        kv = self._kv(self._skel_name, "skeleton", False)
+        wanted = self.skeleton_ids() if ids is None else [self._body(i) for i in ids]
+        got = kv.get_many([f"{b}_swc" for b in wanted])
+        return {b: Skeleton.from_swc(got[f"{b}_swc"], b) for b in wanted if f"{b}_swc" in got}
+
+    def has_mesh(self, body: int) -> bool:
+        try:
+            return f"{self._body(body)}.ngmesh" in self._kv(self._mesh_name, "mesh", False)
+        except CapabilityNotSupportedError:
+            return False
+
+    def delete_mesh(self, body: int) -> None:
+        self._check_writable()
+        b = self._body(body)
+        try:
+            del self._kv(self._mesh_name, "mesh", False)[f"{b}.ngmesh"]
+        except KeyError:
+            raise RemoteNotFoundError(f"no mesh for body {b}") from None
+
+    def mesh_ids(self) -> list[int]:
+        keys = self._kv(self._mesh_name, "mesh", False).keys_list()
+        return sorted(int(k[:-7]) for k in keys if k.endswith(".ngmesh") and k[:-7].isdigit())
+
+    def get_skeleton(self, body: int) -> str:
+        """The body's skeleton, SWC text from ``<seg>_skeletons`` key ``<body>_swc``."""
+        b = self._body(body)
+        try:
+            return self._kv(self._skel_name, "skeleton", False)[f"{b}_swc"].decode()
+        except KeyError:
+            raise RemoteNotFoundError(f"no skeleton for body {b} in {self._skel_name} at node "
+                                      f"{self.uuid}") from None
+
+    def put_skeleton(self, body: int, skeleton: Any) -> None:
+        """Store a skeleton as ``<body>_swc``: SWC text, or a Skeleton (its ``to_swc()``)."""
+        self._check_writable()
+        b = self._body(body)
+        if hasattr(skeleton, "to_swc"):
+            skeleton = skeleton.to_swc()
+        if not isinstance(skeleton, str):
+            raise InvalidRequestError(
+                f"a skeleton is SWC text or a Skeleton, got {type(skeleton).__name__}")
+        self._kv(self._skel_name, "skeleton", True)[f"{b}_swc"] = skeleton.encode()
+
+    def has_skeleton(self, body: int) -> bool:
+        try:
+            return f"{self._body(body)}_swc" in self._kv(self._skel_name, "skeleton", False)
+        except CapabilityNotSupportedError:
+            return False
+
+    def delete_skeleton(self, body: int) -> None:
+        self._check_writable()
+        b = self._body(body)
+        try:
+            del self._kv(self._skel_name, "skeleton", False)[f"{b}_swc"]
+        except KeyError:
+            raise RemoteNotFoundError(f"no skeleton for body {b}") from None
+
+    def skeleton_ids(self) -> list[int]:
+        keys = self._kv(self._skel_name, "skeleton", False).keys_list()
+        return sorted(int(k[:-4]) for k in keys if k.endswith("_swc") and k[:-4].isdigit())
