@@ -1,0 +1,158 @@
+"""Cutouts: the parsed cutout URL (channel, resolution, box, time, the size limit) and the cutout
+and to_black routes."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ...geometry import Box
+from ..cache import CachedRemote
+from ..errors import (
+    INVALID_CUTOUT_ARGS,
+    INVALID_URL,
+    MISSING_PERMISSION,
+    REQUEST_TOO_LARGE,
+    TYPE_ERROR,
+    BossHTTPError,
+    bad_request,
+)
+from ..state import Relay
+from .codecs import _encode_response, decode_body
+from .routing import Handler, runner
+
+# ASCII digits only, and few enough that int() never refuses them (Python caps long strings)
+_RANGE = re.compile(r"([0-9]{1,18}):([0-9]{1,18})")
+_INT = re.compile(r"[0-9]{1,18}")
+_ID = re.compile(r"[0-9]{1,25}")  # range-checked after: a uint64 id has at most 20 digits
+
+
+def _range(text: str, axis: str, url_tail: str) -> tuple[int, int]:
+    m = _RANGE.fullmatch(text)
+    if not m:
+        raise bad_request(INVALID_CUTOUT_ARGS, f"Incorrect cutout arguments {url_tail}: the {axis} "
+                          f"range {text!r} must be start:stop with non-negative integers")
+    a, b = int(m.group(1)), int(m.group(2))
+    if a >= b:
+        raise bad_request(INVALID_CUTOUT_ARGS, f"Incorrect cutout arguments {url_tail}: the {axis} "
+                          f"range {text} is empty or reversed (start must be below stop)")
+    return a, b
+
+
+def _time(text: str, url_tail: str) -> tuple[int, int]:
+    """A time segment: ``t0:t1``, or a single ``t`` meaning ``t:t+1`` (bossDB's set_time)."""
+    if ":" in text:
+        return _range(text, "t", url_tail)
+    if not _INT.fullmatch(text):
+        raise bad_request(INVALID_CUTOUT_ARGS, f"Incorrect cutout arguments {url_tail}: the time "
+                          f"{text!r} must be a non-negative integer or a start:stop range")
+    return int(text), int(text) + 1
+
+
+class _Cutout:
+    """A parsed cutout URL: the channel, resolution, box (dataset coords at res) and time."""
+
+    def __init__(self, relay: Relay, request: Request, *, write: bool) -> None:
+        p = request.path_params
+        self.c, self.e, self.ch = p["c"], p["e"], p["ch"]
+        self.token = relay.authorize(request, self.c, write=write)
+        entry = relay.channel(self.c, self.e, self.ch)
+        self.entry = entry
+        self.remote: CachedRemote = relay.remote(entry, self.token)
+        meta = self.remote.meta
+        tail = "/".join(str(p.get(k, "")) for k in ("res", "x", "y", "z")).strip("/")
+        if not _INT.fullmatch(p["res"]):
+            raise bad_request(TYPE_ERROR, f"Invalid resolution {p['res']!r}. The resolution has "
+                              f"to be an integer within 0 and {len(meta.scales) - 1}")
+        res = int(p["res"])
+        if not 0 <= res < len(meta.scales):
+            raise bad_request(TYPE_ERROR, f"Invalid resolution {res}. The resolution has to be "
+                              f"within 0 and {len(meta.scales) - 1}")
+        self.res = res
+        x = _range(p["x"], "x", tail)
+        y = _range(p["y"], "y", tail)
+        z = _range(p["z"], "z", tail)
+        self.time: tuple[int, int] | None = None
+        if p.get("t"):
+            t = _time(p["t"], tail)
+            if t != (0, 1):
+                raise bad_request(INVALID_URL, f"Invalid time range {p['t']}: this channel has 1 "
+                                  "time sample (0:1)")
+            self.time = t
+        self.box = Box((z[0], y[0], x[0]), (z[1], y[1], x[1]))
+        frame = relay.frame_at(self.c, self.e, entry, res)
+        if not frame.contains(self.box):
+            raise bad_request(INVALID_CUTOUT_ARGS, f"Incorrect cutout arguments {tail}: the region "
+                              f"x {x[0]}:{x[1]}, y {y[0]}:{y[1]}, z {z[0]}:{z[1]} leaves the "
+                              f"coordinate frame at resolution {res} (x {frame.start.x}:"
+                              f"{frame.stop.x}, y {frame.start.y}:{frame.stop.y}, z "
+                              f"{frame.start.z}:{frame.stop.z})")
+        self.dtype = meta.dtype
+        nbytes = self.box.size * self.dtype.itemsize
+        if self.dtype.itemsize == 8:
+            nbytes //= 4  # bossDB's rule: annotation cutouts compress well
+        limit = relay.config.max_cutout_bytes
+        if nbytes > limit:
+            raise BossHTTPError(413, REQUEST_TOO_LARGE,
+                                f"Cutout request is over {_size(limit)} when uncompressed. Reduce "
+                                "cutout dimensions.")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        lead = (1,) if self.time is not None else ()
+        return lead + tuple(self.box.shape)
+
+    def read(self) -> np.ndarray:
+        bounds = self.remote.meta.scale(self.res).bounds
+        inside = self.box.intersect(bounds)
+        if inside == self.box:
+            return self.remote.read(self.box, self.res)
+        out = np.zeros(tuple(self.box.shape), dtype=self.dtype)
+        if not inside.is_empty():
+            out[inside.slices(self.box.start)] = self.remote.read(inside, self.res)
+        return out
+
+
+def _size(n: int) -> str:
+    """520 MiB, 2 MiB, 1.5 KiB: bossDB's message names its limit the same way."""
+    for unit, k in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= k:
+            return f"{n / k:.4g} {unit}"
+    return f"{n} bytes"
+
+
+def cutout_handlers(relay: Relay) -> dict[str, Handler]:
+    """The cutout and to_black endpoints, bound to ``relay``."""
+    run = runner(relay)
+
+    # -- cutouts --------------------------------------------------------------------------------
+    async def cutout(request: Request) -> Response:
+        if request.method == "GET":
+            cut = await run(lambda: _Cutout(relay, request, write=False))
+            arr = await run(cut.read)
+            if cut.time is not None:
+                arr = arr[np.newaxis]
+            accept = request.headers.get("accept", "application/blosc").lower()
+            return await run(lambda: _encode_response(arr, accept))
+        cut = await run(lambda: _Cutout(relay, request, write=True))
+        if not cut.entry.writable:
+            raise BossHTTPError(403, MISSING_PERMISSION,
+                                f"channel {'/'.join(cut.entry.key)} is read-only on this relay")
+        body = await relay.read_body(request, math.prod(cut.shape) * cut.dtype.itemsize)
+        ctype = request.headers.get("content-type", "")
+        arr = await run(lambda: decode_body(body, ctype, cut.dtype, cut.shape))
+        data = arr[0] if cut.time is not None else arr
+        await run(lambda: relay.write(cut.remote, cut.box, data, cut.res))
+        return Response(status_code=201)
+
+    async def to_black(request: Request) -> Response:
+        cut = await run(lambda: _Cutout(relay, request, write=True))
+        data = np.zeros(tuple(cut.box.shape), dtype=cut.dtype)
+        await run(lambda: relay.write(cut.remote, cut.box, data, cut.res))
+        return Response(status_code=200)
+
+    return {"cutout": cutout, "to_black": to_black}

@@ -1,0 +1,31 @@
+"""What every handler of the bossDB dialect shares: JSON responses and running blocking work
+off the event loop (in the relay's thread pool)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from anyio import to_thread
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..state import Relay
+
+__all__ = ["Handler", "json", "runner"]
+
+#: a route's endpoint
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def json(data: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(data, status_code=status)
+
+
+def runner(relay: Relay) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
+    """``await run(fn)``: ``fn()`` in a worker thread, bounded by ``relay.limiter``."""
+
+    async def run(fn: Callable[[], Any]) -> Any:
+        return await to_thread.run_sync(fn, limiter=relay.limiter)
+
+    return run
