@@ -56,6 +56,17 @@ def open_layer(url: str | os.PathLike[str], mode: str) -> Layer:
     return Layer(*read_layer_info(layer_location(url), mode), mode)
 
 
+def open_segmentation_layer(url: str | os.PathLike[str], what: str) -> Layer:
+    """The segmentation layer ``what`` (meshes, skeletons) are written into, opened "r+"; an
+    image layer is refused."""
+    layer = open_layer(url, "r+")
+    if layer.meta.kind != "segmentation":
+        raise InvalidRequestError(
+            f"{layer.url} is an image layer; {what} belong to segmentation layers"
+        )
+    return layer
+
+
 def check_dir_name(value: object, what: str) -> str:
     """A mesh or skeleton directory named relative to its layer."""
     if not isinstance(value, str) or not value.strip("/") or "://" in value \

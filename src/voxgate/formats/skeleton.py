@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ..storage import Directory, join
 from ._common import float_rows, index_rows, segment_id
-from .layer import check_dir_name, open_layer, read_info
+from .layer import check_dir_name, open_layer, open_segmentation_layer, read_info
 
 __all__ = [
     "DEFAULT_VERTEX_ATTRIBUTES",
@@ -528,11 +528,7 @@ def write_skeletons(
         if skel.id is not None and skel.id != seg:
             raise InvalidRequestError(f"skeletons[{seg}] is the skeleton of segment {skel.id}")
         items.append((seg, skel))
-    remote = open_layer(url, "r+")
-    if remote.meta.kind != "segmentation":
-        raise InvalidRequestError(
-            f"{remote.url} is an image layer; skeletons belong to segmentation layers"
-        )
+    remote = open_segmentation_layer(url, "skeletons")
     directory = Directory(join(remote.location, skel_dir))
     info = read_info(directory)
     if info is None:

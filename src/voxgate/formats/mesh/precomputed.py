@@ -21,7 +21,7 @@ from ...errors import (
 )
 from ...storage import UNITS_NM, Directory, join
 from .._common import segment_id
-from ..layer import check_dir_name, open_layer, read_info
+from ..layer import check_dir_name, open_layer, open_segmentation_layer, read_info
 from .core import Mesh, _decode_legacy, _legacy_plain
 from .multires import (
     _IDENTITY,
@@ -104,11 +104,7 @@ def write_meshes(
             raise InvalidRequestError(f"meshes[{seg}] is the mesh of segment {mesh.id}")
         items.append((seg, mesh))
 
-    remote = open_layer(url, "r+")
-    if remote.meta.kind != "segmentation":
-        raise InvalidRequestError(
-            f"{remote.url} is an image layer; meshes belong to segmentation layers"
-        )
+    remote = open_segmentation_layer(url, "meshes")
     directory = Directory(join(remote.location, mesh_dir))
     wanted_type = LEGACY_MESH_TYPE if format == "legacy" else MULTIRES_MESH_TYPE
     info = _mesh_dir_info(directory, wanted_type, format, vertex_quantization_bits)
