@@ -406,7 +406,7 @@ class Volume:
         return view
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        arr = np.asarray(self.read())
+        arr = self.read()  # always an ndarray (0-d when every axis is dropped: _finish)
         if dtype is not None:
             arr = arr.astype(dtype, copy=False)
         return arr
