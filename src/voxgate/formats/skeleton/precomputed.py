@@ -1,0 +1,183 @@
+"""The skeleton directories of Neuroglancer precomputed segmentation layers:
+:func:`write_skeletons` and :func:`read_skeletons`, where Neuroglancer and CloudVolume read
+them."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ...errors import (
+    CapabilityNotSupportedError,
+    CorruptChunkError,
+    InvalidRequestError,
+    RemoteNotFoundError,
+)
+from ...storage import Directory, join
+from .._common import segment_id
+from ..layer import check_dir_name, open_layer, open_segmentation_layer, read_info
+from .core import (
+    _ID_NAME,
+    _IDENTITY,
+    DEFAULT_VERTEX_ATTRIBUTES,
+    SKELETON_TYPE,
+    Skeleton,
+    _attribute_list,
+)
+
+__all__ = ["read_skeletons", "write_skeletons"]
+
+
+# -- skeleton directories ------------------------------------------------------------------------
+def _check_skeleton_info(info: Mapping[str, Any], where: str) -> np.ndarray:
+    """The info's transform as a 3x4 matrix, after checking the info is one voxgate handles."""
+    kind = info.get("@type", SKELETON_TYPE)
+    if kind != SKELETON_TYPE:
+        raise CapabilityNotSupportedError(f"{where} describes {kind!r}, not {SKELETON_TYPE}")
+    if info.get("sharding"):
+        raise CapabilityNotSupportedError(
+            f"{where} describes sharded skeletons; voxgate reads and writes unsharded skeleton "
+            "directories only"
+        )
+    transform = info.get("transform", _IDENTITY)
+    try:
+        return np.asarray(transform, dtype=np.float64).reshape(3, 4)
+    except (TypeError, ValueError):
+        raise InvalidRequestError(
+            f"{where}: transform must be 12 numbers (3x4 row-major), got {transform!r}"
+        ) from None
+
+
+def write_skeletons(
+    url: str | os.PathLike[str],
+    skeletons: Mapping[int, Skeleton],
+    *,
+    skel_dir: str = "skeletons",
+) -> None:
+    """Write ``skeletons`` ({segment id: Skeleton}, vertices in nm) into a precomputed layer.
+
+    ``url`` names an existing precomputed segmentation layer.  The layer's info gets
+    ``"skeletons": skel_dir`` (every other key kept) and the directory an info with
+    ``@type neuroglancer_skeletons``, the identity transform and the vertex attributes radius
+    (float32) and vertex_types (uint8).  Into a directory that already has an info, its
+    vertex attributes and transform are used (vertices are moved into its stored space) and
+    its other keys kept.  One file per segment, ``<skel_dir>/<id>``; sharded directories are
+    refused with CapabilityNotSupportedError.
+    """
+    skel_dir = check_dir_name(skel_dir, "skel_dir")
+    if not isinstance(skeletons, Mapping):
+        raise InvalidRequestError(
+            f"skeletons must be a mapping {{segment id: Skeleton}}, got {type(skeletons).__name__}"
+        )
+    items: list[tuple[int, Skeleton]] = []
+    for key, skel in skeletons.items():
+        seg = segment_id(key, "segment id")
+        if not isinstance(skel, Skeleton):
+            raise InvalidRequestError(
+                f"skeletons[{seg}] is a {type(skel).__name__}, not a Skeleton (convert kimimaro "
+                "output with Skeleton.from_kimimaro)"
+            )
+        if skel.id is not None and skel.id != seg:
+            raise InvalidRequestError(f"skeletons[{seg}] is the skeleton of segment {skel.id}")
+        items.append((seg, skel))
+    remote = open_segmentation_layer(url, "skeletons")
+    directory = Directory(join(remote.location, skel_dir))
+    info = read_info(directory)
+    if info is None:
+        info = {
+            "@type": SKELETON_TYPE,
+            "transform": list(_IDENTITY),
+            "vertex_attributes": [dict(a) for a in DEFAULT_VERTEX_ATTRIBUTES],
+        }
+    mat = _check_skeleton_info(info, directory.path("info"))
+    attributes = info.get("vertex_attributes", [])
+    _attribute_list(attributes, f"{directory.path('info')} vertex_attributes")
+    inverse = None
+    if mat.reshape(-1).tolist() != _IDENTITY:
+        square = np.vstack([mat, [0.0, 0.0, 0.0, 1.0]])
+        try:
+            inverse = np.linalg.inv(square)[:3]
+        except np.linalg.LinAlgError:
+            raise InvalidRequestError(
+                f"{directory.path('info')} has a transform that cannot be inverted"
+            ) from None
+    files = []
+    for seg, skel in items:
+        if inverse is not None:
+            stored = skel.vertices.astype(np.float64) @ inverse[:, :3].T + inverse[:, 3]
+            skel = Skeleton(stored, skel.edges, skel.radius, skel.vertex_types, seg,
+                            skel.attributes)
+        files.append((str(seg), skel.to_precomputed(attributes)))
+    directory.put_many([("info", json.dumps(info, indent=2).encode())])
+    directory.put_many(files)
+    if remote.meta.extra.get("skeletons") != skel_dir:
+        remote.update_info({"skeletons": skel_dir})
+
+
+def read_skeletons(
+    url: str | os.PathLike[str],
+    ids: Iterable[int] | int | None = None,
+    *,
+    skel_dir: str | None = None,
+    strict: bool = False,
+) -> dict[int, Skeleton]:
+    """Read the skeletons of ``ids`` (every stored id when None) from a precomputed layer.
+
+    ``skel_dir`` defaults to the layer info's ``skeletons`` key (else ``"skeletons"``).
+    Attributes follow the directory info's ``vertex_attributes``; vertices are moved through
+    its transform into nm.  An id without a skeleton is left out of the result, or raises
+    RemoteNotFoundError when ``strict``.
+    """
+    remote = open_layer(url, "r")
+    name = skel_dir if skel_dir is not None else remote.meta.extra.get("skeletons") or "skeletons"
+    directory = Directory(join(remote.location, check_dir_name(name, "skel_dir")))
+    info = read_info(directory)
+    if info is None:
+        if strict:
+            raise RemoteNotFoundError(f"{directory.location} has no skeleton info")
+        return {}
+    where = directory.path("info")
+    mat = _check_skeleton_info(info, where)
+    attributes = info.get("vertex_attributes", [])
+    _attribute_list(attributes, f"{where} vertex_attributes")
+    if ids is None:
+        try:
+            wanted = sorted(int(n) for n in directory.list() if _ID_NAME.match(n))
+        except RemoteNotFoundError:
+            wanted = []
+    else:
+        seq = [ids] if isinstance(ids, (int, np.integer)) else list(ids)
+        wanted = list(dict.fromkeys(segment_id(i, "segment id") for i in seq))
+
+    def plain(data: bytes) -> bool:
+        try:
+            Skeleton.from_precomputed(data, attributes)
+        except CorruptChunkError:
+            return False
+        return True
+
+    blobs = directory.get_many([str(i) for i in wanted], plain=plain)
+    out: dict[int, Skeleton] = {}
+    identity = mat.reshape(-1).tolist() == _IDENTITY
+    for seg in wanted:
+        data = blobs[str(seg)]
+        if data is None:
+            continue
+        skel = Skeleton.from_precomputed(data, attributes, id=seg, name=directory.path(str(seg)))
+        if not identity:
+            nm = skel.vertices.astype(np.float64) @ mat[:, :3].T + mat[:, 3]
+            skel = Skeleton(nm, skel.edges, skel.radius, skel.vertex_types, seg, skel.attributes)
+        out[seg] = skel
+    if strict:
+        missing = [i for i in wanted if i not in out]
+        if missing:
+            raise RemoteNotFoundError(
+                f"{directory.location} has no skeleton for segment(s) "
+                f"{', '.join(map(str, missing[:20]))}{' ...' if len(missing) > 20 else ''}"
+            )
+    return out
+
