@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("relay",),
     ("voxgate",),  # the package's public face: re-exports only
     ("cli",),
+    ("__main__",),  # python -m voxgate: runs the cli
     ("testing",),
 )
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}

@@ -133,3 +133,46 @@ def test_service_command_errors(tmp_path: Path) -> None:
                          dtype="uint8", voxel_size=(1, 1, 1))
     res = run(main, ["mesh", img.url])
     assert res.exit_code == 1 and "segmentation" in res.output
+
+
+def test_help_starts_without_heavy_imports() -> None:
+    # `voxgate --help` must not pay for tensorstore, numpy, the HTTP stack or the Services
+    code = ("import sys\n"
+            "from voxgate.cli import main\n"
+            "try:\n"
+            "    main(['--help'])\n"
+            "except SystemExit as exc:\n"
+            "    assert exc.code == 0, exc.code\n"
+            "heavy = ['tensorstore', 'numpy', 'httpx', 'starlette', 'uvicorn', 'zarr', 'dask',\n"
+            "         'pandas', 'voxgate.api', 'voxgate.services', 'voxgate.relay']\n"
+            "print('LOADED', [m for m in heavy if m in sys.modules])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Usage: " in proc.stdout and "serve" in proc.stdout
+    assert "LOADED []" in proc.stdout, proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "voxgate", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "Usage: " in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_public_names_load_lazily() -> None:
+    code = ("import sys, voxgate\n"
+            "assert 'tensorstore' not in sys.modules\n"
+            "from voxgate import *\n"
+            "import voxgate.api, voxgate.services, voxgate.transfer, voxgate.volume\n"
+            "assert open is voxgate.api.open and copy is voxgate.transfer.copy\n"
+            "assert mesh is voxgate.services.mesh and Volume is voxgate.volume.Volume\n"
+            "assert set(voxgate.__all__) <= set(dir(voxgate))\n"
+            "assert all(getattr(voxgate, n) is not None for n in voxgate.__all__)\n"
+            "try:\n"
+            "    voxgate.no_such_name\n"
+            "except AttributeError as exc:\n"
+            "    assert 'no_such_name' in str(exc)\n"
+            "else:\n"
+            "    raise AssertionError('no AttributeError')\n"
+            "print('OK', 'tensorstore' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "OK True" in proc.stdout

@@ -4,25 +4,35 @@
 Neuroglancer precomputed, bossDB, DVID or in-memory data; ``voxgate.copy`` moves a volume
 between any two; the Services (``mesh``, ``skeletonize``, ``downsample``,
 ``connected_components``, ``label_stats``, ``map_blocks``) run on data from any of them.
+
+The names below are imported on first use (a module-level ``__getattr__``): ``import voxgate``
+and the ``voxgate`` command start without loading tensorstore, the HTTP clients or the
+Services' kernels; ``from voxgate import X`` works for every X in ``__all__``.
 """
 
-from . import errors
-from .api import create, open
-from .errors import VoxgateError
-from .geometry import Box, Vec, VoxelSize
-from .meta import Scale, VolumeMeta
-from .remotes.base import Capability, Remote, has_capability
-from .services import (
-    connected_components,
-    downsample,
-    label_stats,
-    map_blocks,
-    mesh,
-    skeletonize,
-    write_meshes,
-)
-from .transfer import CopyReport, copy
-from .volume import Volume
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from . import errors
+    from .api import create, open
+    from .errors import VoxgateError
+    from .geometry import Box, Vec, VoxelSize
+    from .meta import Scale, VolumeMeta
+    from .remotes.base import Capability, Remote, has_capability
+    from .services import (
+        connected_components,
+        downsample,
+        label_stats,
+        map_blocks,
+        mesh,
+        skeletonize,
+        write_meshes,
+    )
+    from .transfer import CopyReport, copy
+    from .volume import Volume
 
 __version__ = "0.1.0"
 
@@ -50,3 +60,33 @@ __all__ = [
     "skeletonize",
     "write_meshes",
 ]
+
+#: where each public name lives (the module is imported when the name is first asked for)
+_LAZY = {
+    "Box": ".geometry", "Vec": ".geometry", "VoxelSize": ".geometry",
+    "Capability": ".remotes.base", "Remote": ".remotes.base", "has_capability": ".remotes.base",
+    "CopyReport": ".transfer", "copy": ".transfer",
+    "Scale": ".meta", "VolumeMeta": ".meta",
+    "Volume": ".volume",
+    "VoxgateError": ".errors",
+    "create": ".api", "open": ".api",
+    "connected_components": ".services", "downsample": ".services", "label_stats": ".services",
+    "map_blocks": ".services", "mesh": ".services", "skeletonize": ".services",
+    "write_meshes": ".services",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "errors":
+        value: Any = importlib.import_module(".errors", __name__)
+    else:
+        where = _LAZY.get(name)
+        if where is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,4 +1,9 @@
-"""The ``voxgate`` command: ``info``, ``cp`` and ``demo``."""
+"""The ``voxgate`` command: ``info``, ``cp``, ``serve``, the Services and ``demo``.
+
+Start-up stays light (``voxgate --help`` imports click and voxgate's plain value modules
+only): each command imports what it needs (tensorstore, numpy, the relay, the Services) inside
+its function.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from . import __version__
 from .errors import VoxgateError
@@ -388,6 +392,8 @@ def demo(directory: Path | None, size: int) -> None:
 
 
 def _demo(root: Path, size: int) -> None:
+    import numpy as np
+
     from . import copy, create
     from . import open as vopen
     from .synthetic import synthetic_em
