@@ -17,6 +17,7 @@ __all__ = [
     "DtypeError",
     "IndexingError",
     "InvalidRequestError",
+    "LazyOperationError",
     "MissingChunkError",
     "OutOfBoundsError",
     "PartialWriteError",
@@ -93,6 +94,12 @@ class MissingChunkError(VoxgateError, LookupError):
         self.chunks: list[tuple[int, ...]] = list(chunks)
         self.scale = scale
         self.total = len(self.chunks) if total is None else total
+
+
+class LazyOperationError(VoxgateError, TypeError):
+    """An operation on a lazy Volume that would read all of it behind the caller's back
+    (arithmetic, numpy ufuncs, ``xr.DataArray(vol)``); the message names the explicit way
+    (``vol.to_dask()``, ``vol.to_xarray()``, ``vol.read()``)."""
 
 
 class CapabilityNotSupportedError(VoxgateError, NotImplementedError):
