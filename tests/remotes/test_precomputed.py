@@ -400,7 +400,7 @@ def test_sharded_true_picks_bits_and_aligns_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 1 MiB shards instead of 64 MiB, so a small volume spans several shards
-    monkeypatch.setattr("voxgate.remotes.precomputed._SHARD_TARGET_BYTES", 2**20)
+    monkeypatch.setattr("voxgate.remotes.precomputed.sharding._SHARD_TARGET_BYTES", 2**20)
     path = tmp_path / "sh"
     vol = voxgate.create(url(path), shape=(40, 96, 96), chunks=(16, 32, 32), dtype="uint64",
                          kind="segmentation", voxel_size=(8, 8, 8), sharded=True, num_scales=2,

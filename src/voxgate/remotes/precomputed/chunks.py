@@ -1,0 +1,231 @@
+"""Chunks voxgate reads and writes with its own codecs, where tensorstore cannot: CloudVolume's
+compressed-suffix chunk files on local disk, and gzip bodies on object storage that came
+without a Content-Encoding."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import math
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import tensorstore as ts
+
+from ...errors import VoxgateError
+from ...formats.precomputed_chunks import decode_chunk, encode_chunk
+from ...geometry import Box, Vec, chunk_boxes
+from ...meta import Scale
+from ...storage import (
+    GZIP_MAGIC,
+    SUFFIXES,
+    atomic_write,
+    decompress,
+    join,
+    kvstore_spec,
+    ts_context,
+    ts_errors,
+)
+
+#: encodings voxgate's own codecs handle (for chunks tensorstore cannot reach)
+_OWN_ENCODINGS = frozenset({"raw", "jpeg", "compressed_segmentation"})
+
+
+class _ScaleIO(Protocol):
+    def read(self, box: Box) -> np.ndarray: ...
+
+    def write(self, box: Box, array: np.ndarray) -> None: ...
+
+
+# -- chunks voxgate decodes itself --------------------------------------------------------------
+class _ChunkStore(Protocol):
+    where: str
+
+    def get(self, name: str) -> tuple[bytes, str] | None:
+        """The chunk's bytes (transport compression removed) and its full name, or None."""
+
+    def put(self, name: str, data: bytes, *, compress: bool = True) -> None:
+        """Store a chunk; ``compress`` False for encodings that are compressed already."""
+
+
+class _LocalChunks:
+    """Chunk files in one local scale directory, in CloudFiles' compressed-suffix convention."""
+
+    def __init__(self, directory: str, *, gzip_writes: bool) -> None:
+        self.directory = directory
+        self.where = directory
+        self.gzip_writes = gzip_writes
+
+    def get(self, name: str) -> tuple[bytes, str] | None:
+        base = os.path.join(self.directory, name)
+        for suffix in (*SUFFIXES, ""):
+            path = base + suffix
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise VoxgateError(f"cannot read chunk {path}: {exc}") from exc
+            return decompress(data, suffix, path), path
+        return None
+
+    def put(self, name: str, data: bytes, *, compress: bool = True) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        # CloudVolume gzips raw and compressed_segmentation chunks and leaves jpeg plain
+        suffix = ".gz" if self.gzip_writes and compress else ""
+        if suffix:
+            data = gzip.compress(data, compresslevel=6)
+        path = os.path.join(self.directory, name + suffix)
+        # a temporary name then a rename: a crash never leaves a half-written chunk
+        atomic_write(path, data)
+        # CloudFiles reads whichever variant it tries first (its order adapts at run time),
+        # so no other variant of this chunk may survive
+        for other in (*SUFFIXES, ""):
+            if other != suffix:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.directory, name + other))
+
+
+class _KvChunks:
+    """Chunks under one scale key on any tensorstore kvstore (object storage, HTTP)."""
+
+    def __init__(self, location: str) -> None:
+        self.where = location
+        self._spec = kvstore_spec(location)
+        self._kv: ts.KvStore | None = None
+
+    def _store(self) -> ts.KvStore:
+        if self._kv is None:
+            with ts_errors(f"opening {self.where}"):
+                self._kv = ts.KvStore.open(self._spec, context=ts_context()).result()
+        return self._kv
+
+    def get(self, name: str) -> tuple[bytes, str] | None:
+        full = join(self.where, name)
+        with ts_errors(f"reading chunk {full}"):
+            result = self._store().read(name).result()
+        if result.state != "value":
+            return None
+        return bytes(result.value), full
+
+    def exists(self, name: str) -> bool:
+        """Whether the chunk is stored, without fetching it (a zero-length read: a HEAD over
+        HTTP, object metadata on gs/s3)."""
+        with ts_errors(f"looking up chunk {join(self.where, name)}"):
+            result = self._store().read(name, byte_range=slice(0, 0)).result()
+        return bool(result.state == "value")
+
+    def put(self, name: str, data: bytes, *, compress: bool = True) -> None:
+        with ts_errors(f"writing chunk {join(self.where, name)}"):
+            self._store().write(name, data).result()
+
+
+class _ChunkScale:
+    """One unsharded scale read and written chunk by chunk with voxgate's codecs."""
+
+    def __init__(
+        self,
+        store: _ChunkStore,
+        scale: Scale,
+        dtype: np.dtype[Any],
+        channels: int,
+        encoding: str,
+        block: Vec | None,
+    ) -> None:
+        self.store = store
+        self.scale = scale
+        self.dtype = dtype
+        self.channels = channels
+        self.encoding = encoding
+        self.block = block
+
+    def _cells(self, box: Box) -> list[Box]:
+        return [cell for _, cell in chunk_boxes(box, self.scale.chunks, self.scale.bounds)]
+
+    def _load(self, cell: Box) -> np.ndarray | None:
+        got = self.store.get(_chunk_name(cell))
+        if got is None:
+            return None  # an absent chunk is all zeros
+        data, name = got
+        shape = (self.channels, *cell.shape)
+        if data[:2] == GZIP_MAGIC and not (
+            self.encoding == "raw" and len(data) == math.prod(shape) * self.dtype.itemsize
+        ):
+            # gzip stored without a Content-Encoding (or a .gz name) to say so; no other
+            # encoding starts with these bytes, and a raw chunk that does has the exact length
+            data = decompress(data, ".gz", name)
+        return decode_chunk(data, self.encoding, shape, self.dtype, block_size=self.block,
+                            name=name)
+
+    def read(self, box: Box) -> np.ndarray:
+        out = np.zeros((self.channels, *box.shape), dtype=self.dtype)
+
+        def load(cell: Box) -> None:
+            chunk = self._load(cell)
+            if chunk is not None:
+                part = cell.intersect(box)
+                out[(slice(None), *part.slices(box.start))] = chunk[
+                    (slice(None), *part.slices(cell.start))
+                ]
+
+        _each(load, self._cells(box))
+        return out if self.channels > 1 else out[0]
+
+    def write(self, box: Box, array: np.ndarray) -> None:
+        data = array if self.channels > 1 else array[np.newaxis]
+
+        def store(cell: Box) -> None:
+            part = cell.intersect(box)
+            new = data[(slice(None), *part.slices(box.start))]
+            if part != cell:  # a partial chunk: read, modify, write
+                old = self._load(cell)
+                chunk = (
+                    np.zeros((self.channels, *cell.shape), self.dtype) if old is None
+                    else old.copy()
+                )
+                chunk[(slice(None), *part.slices(cell.start))] = new
+                new = chunk
+            payload = encode_chunk(
+                np.ascontiguousarray(new, dtype=self.dtype), self.encoding,
+                block_size=self.block,
+            )
+            self.store.put(_chunk_name(cell), payload, compress=self.encoding != "jpeg")
+
+        _each(store, self._cells(box))
+
+
+_T = TypeVar("_T")
+
+
+def _each(fn: Callable[[_T], object], items: Iterable[_T]) -> None:
+    """Run ``fn`` over ``items`` on a few threads (zlib and numpy copies release the GIL)."""
+    todo = list(items)
+    if len(todo) <= 2:
+        for item in todo:
+            fn(item)
+        return
+    with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
+        for _ in pool.map(fn, todo):
+            pass
+
+
+def _chunk_name(cell: Box) -> str:
+    """``x0-x1_y0-y1_z0-z1``: absolute voxel coordinates, exclusive ends."""
+    (z0, y0, x0), (z1, y1, x1) = cell.start, cell.stop
+    return f"{x0}-{x1}_{y0}-{y1}_{z0}-{z1}"
+
+
+def _find_suffixed(directory: str) -> str | None:
+    """A compressed-suffix chunk file in ``directory``, if there is one (stops at the first)."""
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.endswith(SUFFIXES):
+                    return entry.path
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    return None

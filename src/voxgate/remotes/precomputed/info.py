@@ -1,0 +1,116 @@
+"""The info entries written for a VolumeMeta (``scales``), and the checks of a VolumeMeta
+before it becomes a precomputed layer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ...errors import InvalidRequestError, RemoteExistsError
+from ...formats.precomputed_info import DTYPES
+from ...meta import Scale, VolumeMeta
+from ...storage import UNITS_NM
+from .sharding import _check_sharding, _grid_bits, _pick_sharding
+
+#: encodings tensorstore's driver parses; any other one in an info makes it refuse the layer
+_TS_ENCODINGS = frozenset({"raw", "jpeg", "png", "compressed_segmentation"})
+_CSEG_BLOCK = (8, 8, 8)
+
+
+def _check_meta(meta: VolumeMeta) -> None:
+    if meta.dtype.name not in DTYPES:
+        raise InvalidRequestError(
+            f"precomputed volumes hold {', '.join(DTYPES)}, not {meta.dtype.name}"
+        )
+    if meta.kind == "segmentation" and meta.dtype.name not in ("uint32", "uint64"):
+        raise InvalidRequestError(
+            f"a precomputed segmentation holds uint32 or uint64 ids, not {meta.dtype.name} "
+            "(use kind='image' for other data)"
+        )
+    if meta.fill_value != 0:
+        raise InvalidRequestError(
+            f"precomputed volumes have no fill value (absent chunks read as 0); this volume "
+            f"asks for {meta.fill_value}"
+        )
+
+
+def _nm(value: float, unit: str) -> float:
+    factor = UNITS_NM.get(unit)
+    if factor is None:
+        raise InvalidRequestError(
+            f"voxel size unit {unit!r} is unknown; use one of {', '.join(UNITS_NM)}"
+        )
+    nm = value * factor
+    return int(nm) if float(nm).is_integer() else nm
+
+
+def _scale_info(
+    meta: VolumeMeta, sc: Scale, sharded: bool | Mapping[str, Any], taken: set[str]
+) -> dict[str, Any]:
+    """One entry of the info's ``scales``; ``taken`` holds keys already used."""
+    dtype, channels = meta.dtype, meta.num_channels
+    if any(c <= 0 for c in sc.chunks) or any(s <= 0 for s in sc.shape):
+        raise InvalidRequestError(f"scale {sc.index}: shape and chunks must be positive")
+    encoding = sc.encoding or (
+        "compressed_segmentation" if meta.kind == "segmentation" else "raw"
+    )
+    if encoding == "compressed_segmentation" and dtype.name not in ("uint32", "uint64"):
+        raise InvalidRequestError(
+            f"compressed_segmentation holds uint32 or uint64 data, not {dtype.name}"
+        )
+    if encoding == "jpeg" and (dtype.name != "uint8" or channels not in (1, 3)):
+        raise InvalidRequestError(
+            f"jpeg holds uint8 data with 1 or 3 channels, not {dtype.name} with {channels}"
+        )
+    if encoding == "jpeg" and meta.kind == "segmentation":
+        raise InvalidRequestError("jpeg is lossy and would change segment ids; use "
+                                  "compressed_segmentation or raw")
+    if encoding == "png" and (dtype.name not in ("uint8", "uint16") or channels > 4):
+        raise InvalidRequestError(
+            f"png holds uint8 or uint16 data with 1 to 4 channels, not {dtype.name} with "
+            f"{channels}"
+        )
+    if encoding not in _TS_ENCODINGS:
+        raise InvalidRequestError(
+            f"voxgate writes precomputed encodings {', '.join(sorted(_TS_ENCODINGS))}, "
+            f"not {encoding!r}"
+        )
+    res = [_nm(v, sc.voxel_size.unit) for v in sc.voxel_size.xyz()]
+    key = sc.key or "_".join(f"{v:g}" for v in res)
+    if key in taken:
+        key = f"{key}_{sc.index}"
+    if key in taken:
+        raise InvalidRequestError(f"scale key {key!r} is used twice")
+    out: dict[str, Any] = {
+        "key": key,
+        "size": list(sc.shape.xyz()),
+        "resolution": res,
+        "voxel_offset": list(sc.offset.xyz()),
+        "chunk_sizes": [list(sc.chunks.xyz())],
+        "encoding": encoding,
+    }
+    if encoding == "compressed_segmentation":
+        out["compressed_segmentation_block_size"] = list(_CSEG_BLOCK)
+    if isinstance(sharded, Mapping):
+        out["sharding"] = _check_sharding(sharded)
+    elif sharded:
+        out["sharding"] = _pick_sharding(sc, dtype.itemsize * channels, encoding)
+    if "sharding" in out and _grid_bits(sc) > 64:
+        raise InvalidRequestError(
+            f"scale {sc.index} has too many chunks to shard (their ids need more than 64 "
+            "bits); use bigger chunks"
+        )
+    return out
+
+
+def _check_compatible(existing: VolumeMeta, wanted: VolumeMeta, location: str) -> None:
+    if (
+        existing.dtype != wanted.dtype
+        or existing.shape != wanted.shape
+        or existing.num_channels != wanted.num_channels
+    ):
+        raise RemoteExistsError(
+            f"{location!r} already holds a {existing.dtype.name} volume of shape "
+            f"{tuple(existing.shape)} with {existing.num_channels} channel(s), not the "
+            f"{wanted.dtype.name} {tuple(wanted.shape)} with {wanted.num_channels} asked for"
+        )

@@ -1,0 +1,345 @@
+"""The precomputed Remote: opening and creating layers, reads and writes per scale (through
+tensorstore, or voxgate's own codecs for chunks tensorstore cannot read), chunk presence."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorstore as ts
+
+from ...errors import (
+    CapabilityNotSupportedError,
+    CorruptChunkError,
+    InvalidRequestError,
+    ReadOnlyError,
+    RemoteExistsError,
+)
+from ...formats.precomputed_info import (
+    is_http,
+    meta_from_info,
+    normalize_location,
+    read_layer_info,
+    update_layer_info,
+    write_layer_info,
+)
+from ...geometry import Box, Vec, chunk_boxes
+from ...meta import Scale, VolumeMeta, check_new_scales
+from ...storage import (
+    SUFFIXES,
+    is_local,
+    join,
+    kvstore_exists,
+    kvstore_spec,
+    local_path,
+    read_json,
+    ts_context,
+    ts_errors,
+    write_json,
+)
+from .._tensorstore import TSArray
+from ..base import Capability, Remote, check_options
+from .chunks import (
+    _OWN_ENCODINGS,
+    _chunk_name,
+    _ChunkScale,
+    _ChunkStore,
+    _find_suffixed,
+    _KvChunks,
+    _LocalChunks,
+    _ScaleIO,
+)
+from .info import _TS_ENCODINGS, _check_compatible, _check_meta, _scale_info
+from .sharding import _shard_shape, _sharded_presence
+
+__all__ = ["PrecomputedRemote"]
+
+
+class PrecomputedRemote(Remote):
+    scheme = "precomputed"
+    create_options = ("sharded",)
+
+    def __init__(self, location: str, info: dict[str, Any], mode: str) -> None:
+        self.location = location
+        self.mode = mode
+        self.url = f"precomputed://{location}"
+        self._lock = threading.Lock()
+        self._io: list[_ScaleIO | None] = []  # one handle per scale, opened at first use
+        self._set_info(info)
+
+    def _set_info(self, info: dict[str, Any]) -> None:
+        meta = meta_from_info(info, join(self.location, "info"))
+        with self._lock:
+            self._info = info
+            self.meta = meta
+            # scales are only ever appended, so handles already open stay valid
+            self._io += [None] * (len(meta.scales) - len(self._io))
+            # tensorstore parses every scale when it opens one: an encoding it does not know
+            # anywhere in the info makes it refuse the whole layer
+            self._ts_ok = all(s.get("encoding", "raw") in _TS_ENCODINGS for s in info["scales"])
+
+    # -- opening --------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, location: str, *, mode: str = "r", **options: Any) -> PrecomputedRemote:
+        check_options("precomputed://", options, cls.open_options)
+        location, info = read_layer_info(location, mode)
+        return cls(location, info, mode)
+
+    @classmethod
+    def exists(cls, location: str) -> bool:
+        return kvstore_exists(normalize_location(location), "info")
+
+    # -- creating -------------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        location: str,
+        meta: VolumeMeta,
+        *,
+        exist_ok: bool = False,
+        sharded: bool | Mapping[str, Any] = False,
+        **options: Any,
+    ) -> PrecomputedRemote:
+        """Write an info for ``meta`` and open the layer read-write.
+
+        ``sharded``: False (one file per chunk), True (a ``neuroglancer_uint64_sharded_v1``
+        layout with shards of up to 64 MiB of voxels) or an explicit sharding spec applied to
+        every scale.  Encodings come from each scale's ``encoding``: None is raw for images
+        and compressed_segmentation (8x8x8 blocks) for segmentations.
+        """
+        check_options("precomputed://", options, ())
+        if not isinstance(sharded, (bool, Mapping)):
+            raise InvalidRequestError(
+                f"sharded must be True, False or a sharding spec dict, got {sharded!r}"
+            )
+        location = normalize_location(location)
+        if is_http(location):
+            raise ReadOnlyError(f"{location} is served over HTTP, which voxgate can only read")
+        if cls.exists(location):
+            if not exist_ok:
+                raise RemoteExistsError(
+                    f"a precomputed volume already exists at {location!r} (pass exist_ok=True "
+                    "to open it)"
+                )
+            existing = cls.open(location, mode="r+")
+            _check_compatible(existing.meta, meta, location)
+            extra = meta.scales[len(existing.meta.scales) :]
+            if extra:
+                existing._append_scales(meta, extra, sharded)
+            return existing
+        _check_meta(meta)
+        info: dict[str, Any] = {
+            "@type": "neuroglancer_multiscale_volume",
+            "type": meta.kind,
+            "data_type": meta.dtype.name,
+            "num_channels": meta.num_channels,
+            "scales": [],
+        }
+        keys: set[str] = set()
+        for sc in meta.scales:
+            scale_info = _scale_info(meta, sc, sharded, keys)
+            keys.add(scale_info["key"])
+            info["scales"].append(scale_info)
+        write_json(location, "info", info)
+        return cls.open(location, mode="r+")
+
+    def _append_scales(
+        self, meta: VolumeMeta, scales: Sequence[Scale], sharded: bool | Mapping[str, Any]
+    ) -> None:
+        info = read_json(self.location, "info")  # the stored one: others may have added keys
+        keys = {s["key"] for s in info["scales"]}
+        for sc in scales:
+            scale_info = _scale_info(meta, sc, sharded, keys)
+            keys.add(scale_info["key"])
+            info["scales"].append(scale_info)
+        self._write_info(info)
+
+    def update_info(self, changes: Mapping[str, Any]) -> None:
+        """Set top-level info keys (e.g. ``{"mesh": "mesh"}``), keeping every other key.
+
+        The keys that define the stored voxels (scales, data_type, num_channels) cannot be
+        changed this way.
+        """
+        self._check_writable()
+        self._set_info(update_layer_info(self.location, changes))
+
+    def _write_info(self, info: dict[str, Any]) -> None:
+        write_layer_info(self.location, info)
+        self._set_info(info)
+
+    # -- data -----------------------------------------------------------------------------------
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        caps: set[Capability] = {Capability.CHUNK_PRESENCE}
+        if self.mode == "r+":
+            caps |= {Capability.WRITE, Capability.ADD_SCALES}
+        # meshes and skeletons already in the layer are the "server-side" results here
+        if self._info.get("mesh"):
+            caps.add(Capability.SERVER_MESH)
+        if self._info.get("skeletons"):
+            caps.add(Capability.SERVER_SKELETON)
+        return frozenset(caps)
+
+    def meshes(self, ids: Iterable[int] | None = None) -> dict[int, Any]:
+        """The layer's stored meshes of ``ids`` (all when None), as ``{id: Mesh}``."""
+        from ..formats.mesh import read_meshes
+
+        return read_meshes(self.url, ids)
+
+    def skeletons(self, ids: Iterable[int] | None = None) -> dict[int, Any]:
+        """The layer's stored skeletons of ``ids`` (all when None), as ``{id: Skeleton}``."""
+        from ..formats.skeleton import read_skeletons
+
+        return read_skeletons(self.url, ids)
+
+    def add_scales(self, scales: Sequence[Scale]) -> None:
+        """New scales in the info, sharded like scale 0 (tensorstore picks the same spec)."""
+        self._check_writable()
+        check_new_scales(self.meta, scales)
+        sharded = "sharding" in self._info["scales"][0]
+        self._append_scales(self.meta, scales, sharded)
+
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        if self.missing == "error":
+            self._check_present(box, scale)
+        io = self._scale_io(scale)
+        try:
+            return io.read(box)
+        except CorruptChunkError:
+            retry = self._gzip_fallback(scale, io)
+            if retry is None:
+                raise
+            out = retry.read(box)  # a chunk that is really damaged raises here, naming it
+            self._io[scale] = retry
+            return out
+
+    def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
+        self._check_writable()
+        self._scale_io(scale).write(box, array)
+
+    def absent_chunks(self, box: Box, scale: int = 0) -> list[Vec]:
+        """Chunks touching ``box`` with no chunk file (any of CloudVolume's compressed
+        suffixes counts) or, in a sharded scale, no entry in its shard's index."""
+        sc = self.meta.scale(scale)
+        cells = list(chunk_boxes(box, sc.chunks, sc.bounds))
+        sharding = self._info["scales"][scale].get("sharding")
+        where = join(self.location, sc.key or "")
+        if sharding:
+            present = _sharded_presence(where, sharding, sc, len(cells))
+            absent = [g for g, _ in cells if not present(g)]
+        elif is_local(self.location):
+            directory = local_path(where)
+
+            def stored(cell: Box) -> bool:
+                base = os.path.join(directory, _chunk_name(cell))
+                return any(os.path.exists(base + sfx) for sfx in ("", *SUFFIXES))
+
+            absent = [g for g, cell in cells if not stored(cell)]
+        else:
+            kv = _KvChunks(where)
+            absent = [g for g, cell in cells if not kv.exists(_chunk_name(cell))]
+        return sorted(absent)
+
+    def write_grid(self, scale: int = 0) -> Vec:
+        sc = self.meta.scale(scale)
+        sharding = self._info["scales"][scale].get("sharding")
+        # with the identity hash a shard is a box of chunks, and writing whole shards means
+        # no shard is read back and rewritten by two writers; a hashed layout scatters
+        # chunks, so there is no box to align to
+        if sharding and sharding.get("hash") == "identity":
+            return _shard_shape(sc, sharding)
+        return sc.chunks
+
+    # -- per-scale I/O --------------------------------------------------------------------------
+    def _scale_io(self, scale: int) -> _ScaleIO:
+        self.meta.scale(scale)  # a clear error for a scale that does not exist
+        io = self._io[scale]
+        if io is None:
+            with self._lock:
+                io = self._io[scale]
+                if io is None:
+                    io = self._io[scale] = self._make_io(scale)
+        return io
+
+    def _make_io(self, scale: int) -> _ScaleIO:
+        sc = self.meta.scales[scale]
+        sharded = "sharding" in self._info["scales"][scale]
+        local: _LocalChunks | None = None
+        if is_local(self.location):
+            directory = os.path.normpath(os.path.join(local_path(self.location), sc.key or ""))
+            suffixed = _find_suffixed(directory)
+            if suffixed is not None:
+                if sharded:
+                    raise CapabilityNotSupportedError(
+                        f"{suffixed} is a compressed shard file (CloudVolume compress=True); "
+                        "tensorstore reads only plain shard files: decompress them first"
+                    )
+                return self._chunk_io(scale, _LocalChunks(directory, gzip_writes=True))
+            local = _LocalChunks(directory, gzip_writes=False)  # a plain layer stays plain
+        if not self._ts_ok:
+            if sharded:
+                raise CapabilityNotSupportedError(
+                    f"scale {scale} of {self.location} is sharded, and another scale's encoding "
+                    f"({self._unsupported_encodings()}) keeps tensorstore from opening the layer"
+                )
+            return self._chunk_io(scale, local or self._kv_chunks(scale))
+        return self._ts_io(scale)
+
+    def _kv_chunks(self, scale: int) -> _KvChunks:
+        return _KvChunks(join(self.location, self.meta.scales[scale].key or ""))
+
+    def _ts_io(self, scale: int) -> TSArray:
+        spec = {
+            "driver": "neuroglancer_precomputed",
+            "kvstore": kvstore_spec(self.location),
+            "scale_index": scale,
+            # chunks equal to 0 are written too, as CloudVolume does: its readers refuse
+            # missing chunks unless fill_missing is set
+            "store_data_equal_to_fill_value": True,
+        }
+        with ts_errors(f"opening scale {scale} of {self.url}"):
+            store = ts.open(
+                spec, read=True, write=self.mode == "r+", context=ts_context()
+            ).result()
+        return TSArray(
+            store,
+            reversed_axes=True,
+            channel=True,
+            keep_channel=self.meta.num_channels > 1,
+            name=f"{self.url} scale {scale}",
+        )
+
+    def _chunk_io(self, scale: int, store: _ChunkStore) -> _ChunkScale:
+        sc = self.meta.scales[scale]
+        encoding = sc.encoding or "raw"
+        if encoding not in _OWN_ENCODINGS:
+            raise CapabilityNotSupportedError(
+                f"scale {scale} of {self.url} is {encoding!r}-encoded; voxgate reads raw, jpeg, "
+                "png and compressed_segmentation (png only where tensorstore reads the layer)"
+            )
+        block = self._info["scales"][scale].get("compressed_segmentation_block_size")
+        return _ChunkScale(
+            store,
+            sc,
+            self.meta.dtype,
+            self.meta.num_channels,
+            encoding,
+            Vec.from_xyz(block, "compressed_segmentation_block_size") if block else None,
+        )
+
+    def _gzip_fallback(self, scale: int, io: _ScaleIO) -> _ChunkScale | None:
+        """Our codecs with gzip sniffing, for an unsharded remote scale tensorstore failed on."""
+        if not isinstance(io, TSArray) or is_local(self.location):
+            return None
+        if "sharding" in self._info["scales"][scale]:
+            return None
+        if self.meta.scales[scale].encoding not in _OWN_ENCODINGS:
+            return None
+        return self._chunk_io(scale, self._kv_chunks(scale))
+
+    def _unsupported_encodings(self) -> str:
+        found = {s.get("encoding") for s in self._info["scales"]} - _TS_ENCODINGS
+        return ", ".join(sorted(str(e) for e in found))

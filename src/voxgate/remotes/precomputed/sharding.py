@@ -1,0 +1,135 @@
+"""Sharded precomputed scales (``neuroglancer_uint64_sharded_v1``): the spec ``sharded=True``
+picks, checks of an explicit spec, the box of chunks one shard holds, and which chunks a shard
+stores."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import tensorstore as ts
+
+from ...errors import InvalidRequestError
+from ...geometry import Vec
+from ...meta import Scale
+from ...storage import kvstore_spec, ts_context, ts_errors
+
+_SHARDING_TYPE = "neuroglancer_uint64_sharded_v1"
+#: ``sharded=True`` puts up to this many uncompressed bytes in one shard: writes and copies
+#: hold whole shards in memory, a few per worker
+_SHARD_TARGET_BYTES = 64 * 2**20
+#: up to 2**6 chunks share one minishard index, so a chunk lookup reads a small index
+_MAX_PRESHIFT_BITS = 6
+
+
+def _compressed_morton(g: Vec, sc: Scale) -> int:
+    """The compressed Morton code of grid index ``g`` (z, y, x): the chunk id of a sharded
+    scale.  Bits are taken from x, y, z in turn, skipping axes whose grid has run out."""
+    bits = [(n - 1).bit_length() for n in _grid(sc)]
+    xyz = g.xyz()
+    code, out = 0, 0
+    for level in range(max(bits, default=0)):
+        for d in range(3):
+            if level < bits[d]:
+                code |= ((int(xyz[d]) >> level) & 1) << out
+                out += 1
+    return code
+
+
+def _sharded_presence(
+    where: str, sharding: Mapping[str, Any], sc: Scale, count: int
+) -> Callable[[Vec], bool]:
+    """Whether a grid index has an entry in its shard: one lookup per chunk for a few chunks,
+    one listing of the shard indexes for many (no chunk data is decoded either way)."""
+    with ts_errors(f"opening the shards of {where}"):
+        kv = ts.KvStore.open(
+            {"driver": "neuroglancer_uint64_sharded", "base": kvstore_spec(where),
+             "metadata": dict(sharding)},
+            context=ts_context(),
+        ).result()
+    if count > 64:
+        with ts_errors(f"listing the shards of {where}"):
+            keys = {struct.unpack(">Q", bytes(k))[0] for k in kv.list().result()}
+        return lambda g: _compressed_morton(g, sc) in keys
+
+    def lookup(g: Vec) -> bool:
+        key = struct.pack(">Q", _compressed_morton(g, sc))
+        with ts_errors(f"looking up chunk {tuple(g)} in the shards of {where}"):
+            # zero bytes of the chunk: only the shard's indexes are read
+            return bool(kv.read(key, byte_range=slice(0, 0)).result().state == "value")
+
+    return lookup
+
+
+def _grid(sc: Scale) -> list[int]:
+    """Chunks per axis, (x, y, z)."""
+    return [-(-n // c) for n, c in zip(sc.shape.xyz(), sc.chunks.xyz(), strict=True)]
+
+
+def _grid_bits(sc: Scale) -> int:
+    """Bits of the compressed Morton code of this scale's chunk grid."""
+    return sum((g - 1).bit_length() for g in _grid(sc))
+
+
+def _pick_sharding(sc: Scale, voxel_bytes: int, encoding: str) -> dict[str, Any]:
+    chunk_bytes = sc.chunks.prod() * voxel_bytes
+    per_shard = max(1, _SHARD_TARGET_BYTES // chunk_bytes).bit_length() - 1
+    low = min(_grid_bits(sc), per_shard)  # Morton bits inside one shard
+    preshift = min(low, _MAX_PRESHIFT_BITS)
+    return {
+        "@type": _SHARDING_TYPE,
+        "hash": "identity",  # keeps each shard a box of chunks (see write_grid)
+        "preshift_bits": preshift,
+        "minishard_bits": low - preshift,
+        "shard_bits": _grid_bits(sc) - low,
+        "minishard_index_encoding": "gzip",
+        # jpeg and png are compressed already
+        "data_encoding": "raw" if encoding in ("jpeg", "png") else "gzip",
+    }
+
+
+def _check_sharding(spec: Mapping[str, Any]) -> dict[str, Any]:
+    out = {"@type": _SHARDING_TYPE, "minishard_index_encoding": "raw", "data_encoding": "raw",
+           **spec}
+    problems = []
+    if out["@type"] != _SHARDING_TYPE:
+        problems.append(f"@type must be {_SHARDING_TYPE!r}")
+    if out.get("hash") not in ("identity", "murmurhash3_x86_128"):
+        problems.append("hash must be 'identity' or 'murmurhash3_x86_128'")
+    bits = [out.get(k) for k in ("preshift_bits", "minishard_bits", "shard_bits")]
+    if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in bits):
+        problems.append("preshift_bits, minishard_bits and shard_bits must be integers >= 0")
+    elif sum(bits) > 64:  # type: ignore[arg-type]
+        problems.append("preshift_bits + minishard_bits + shard_bits must be <= 64")
+    for k in ("minishard_index_encoding", "data_encoding"):
+        if out[k] not in ("raw", "gzip"):
+            problems.append(f"{k} must be 'raw' or 'gzip'")
+    unknown = set(out) - {"@type", "hash", "preshift_bits", "minishard_bits", "shard_bits",
+                          "minishard_index_encoding", "data_encoding"}
+    if unknown:
+        problems.append(f"unknown keys {sorted(unknown)}")
+    if problems:
+        raise InvalidRequestError("bad sharding spec: " + "; ".join(problems))
+    return out
+
+
+def _shard_shape(sc: Scale, sharding: Mapping[str, Any]) -> Vec:
+    """The box of chunks one shard holds under the identity hash, (z, y, x) voxels.
+
+    The low ``preshift_bits + minishard_bits`` bits of a compressed Morton code pick the
+    chunk inside its shard; they are taken from x, y, z in turn, skipping axes whose grid has
+    run out of bits, so a shard is 2**k chunks along each axis.
+    """
+    grid = _grid(sc)
+    low = int(sharding["preshift_bits"]) + int(sharding["minishard_bits"])
+    counts = [0, 0, 0]
+    level = 0
+    while low > 0 and any((1 << level) < g for g in grid):
+        for d in range(3):
+            if low > 0 and (1 << level) < grid[d]:
+                counts[d] += 1
+                low -= 1
+        level += 1
+    xyz = [c << k for c, k in zip(sc.chunks.xyz(), counts, strict=True)]
+    return Vec.from_xyz(xyz)
