@@ -19,6 +19,7 @@ __all__ = [
     "InvalidRequestError",
     "LazyOperationError",
     "MissingChunkError",
+    "MissingDependencyError",
     "OutOfBoundsError",
     "PartialWriteError",
     "ReadOnlyError",
@@ -100,6 +101,11 @@ class LazyOperationError(VoxgateError, TypeError):
     """An operation on a lazy Volume that would read all of it behind the caller's back
     (arithmetic, numpy ufuncs, ``xr.DataArray(vol)``); the message names the explicit way
     (``vol.to_dask()``, ``vol.to_xarray()``, ``vol.read()``)."""
+
+
+class MissingDependencyError(VoxgateError, ImportError):
+    """An optional package a feature needs is not installed; the message names the pip extra
+    that brings it (``pip install 'voxgate[notebook]'``)."""
 
 
 class CapabilityNotSupportedError(VoxgateError, NotImplementedError):
