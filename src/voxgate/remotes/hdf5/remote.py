@@ -1,32 +1,9 @@
-"""``hdf5://``: datasets and multiscale groups in local HDF5 files, through h5py.
-
-URL: ``hdf5:///path/file.h5#/group/dataset`` (or a bare ``/path/file.h5#/group/dataset``; the
-registry recognises ``.h5``, ``.hdf5`` and ``.hdf``).  The fragment names an HDF5 object:
-
-- a 3-D ``(z, y, x)`` or 4-D ``(c, z, y, x)`` dataset: one scale;
-- a group holding datasets ``s0``, ``s1``, ...: one scale each (the N5 / n5-viewer layout).
-
-Without a fragment, ``/volume`` is used when it exists (it is what ``create`` makes), else the
-file's only volume (3-D/4-D dataset or multiscale group); a file with several asks for one.
-
-Metadata lives in HDF5 attributes.  Every per-axis list follows the dataset's own axis order,
-z, y, x (as N5's follow x, y, z): ``voxel_size`` + ``unit``, ``voxel_offset`` (voxels),
-``kind``, and for other tools ``resolution`` and ``offset`` (z, y, x in the unit: the CREMI /
-gunpowder convention).  Multiscale groups carry ``multiScale``, ``scales`` (per-scale factors)
-and ``kind``, and each ``sN`` its own ``downsamplingFactors`` and voxel attributes.  Files
-without voxgate's attributes are read with ``resolution`` or ``element_size_um`` (ilastik,
-Fiji) as the voxel size when present, else 1 nm.
-
-Threads: HDF5 serialises every call in a process anyway, and h5py objects must not be used
-from two threads at once, so each file has one h5py handle shared by every Remote on it and
-one lock around every use.  Durability: HDF5 cannot replace a chunk atomically; see
-docs/remotes/hdf5.md for what a crash while writing can do.
-"""
+"""The HDF5 Remote: opening and creating volumes, adding scales, reads and writes under the
+file's lock, chunk presence and locating damaged chunks."""
 
 from __future__ import annotations
 
 import os
-import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -34,272 +11,40 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import (
+from ...errors import (
     CorruptChunkError,
     InvalidRequestError,
-    ReadOnlyError,
     RemoteExistsError,
     RemoteNotFoundError,
-    RemoteUnavailableError,
     VoxgateError,
 )
-from ..geometry import Box, Vec, VoxelSize, chunk_boxes
-from ..meta import SUPPORTED_DTYPES, Kind, Scale, VolumeMeta, check_new_scales
-from .base import Capability, Remote, check_options
+from ...geometry import Box, Vec, VoxelSize, chunk_boxes
+from ...meta import Kind, Scale, VolumeMeta, check_new_scales
+from ..base import Capability, Remote, check_options
+from .create import _check_compatible, _create_dataset, _create_volume, _plain, _write_scale_attrs
+from .files import _acquire, _release, _SharedFile, _split
+from .layout import (
+    DEFAULT_DATASET,
+    _attr,
+    _check_dtype,
+    _guess_kind,
+    _is_multiscale,
+    _is_volume_dataset,
+    _listing,
+    _resolve_default,
+    _scale_factors,
+    _triple,
+    _voxel_offset,
+    _voxel_size,
+)
 
 __all__ = ["HDF5Remote"]
 
-DEFAULT_DATASET = "/volume"
 _COMPRESSIONS = ("gzip", "none")
-#: HDF5's chunk cache per open dataset (its default, 1 MiB, holds no 64^3 uint64 chunk)
-_CACHE_BYTES = 16 * 1024 * 1024
-_CACHE_SLOTS = 10007  # a prime ~100x the number of chunks that fit, as HDF5 advises
 #: chunk shape of contiguous datasets for voxgate's block splitting (HDF5 has none to offer)
 _CONTIGUOUS_BLOCK = 64
 
 
-def _guess_kind(dtype: np.dtype[Any]) -> Kind:
-    return "segmentation" if dtype.kind in "ui" and dtype.itemsize >= 4 else "image"
-
-
-# -- locations ------------------------------------------------------------------------------------
-def _split(location: str) -> tuple[str, str | None]:
-    """``"/a/f.h5#/g/ds"`` -> (absolute file path, "/g/ds"); no fragment -> None."""
-    path, sep, fragment = location.partition("#")
-    if "://" in path and not path.startswith("file://"):
-        raise InvalidRequestError(
-            f"hdf5:// opens local files only, got {location!r}; copy the file locally or store "
-            "the volume as zarr, N5 or precomputed for object storage"
-        )
-    path = path.removeprefix("file://")
-    if not path:
-        raise InvalidRequestError(f"{location!r} names no HDF5 file")
-    path = os.path.abspath(os.path.expanduser(path))
-    name = "/" + fragment.strip("/") if sep and fragment.strip("/") else None
-    return path, name
-
-
-# -- one shared handle per file -------------------------------------------------------------------
-class _SharedFile:
-    """The process's one h5py handle on a file, its lock, and the Remotes that use it.
-
-    HDF5 refuses to open a file for writing in a process that holds it open read-only, so
-    the handle is reopened read-write (under the lock) the first time a writer needs it.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.lock = threading.RLock()
-        self.file: h5py.File | None = None
-        self.writable = False
-        self.users = 0
-        self._datasets: dict[str, h5py.Dataset] = {}
-
-    def ensure_open(self, *, writable: bool, create: bool = False) -> h5py.File:
-        """The handle, opened (read-write when asked) if it is not yet.  Call under the lock."""
-        if self.file is not None and (self.writable or not writable):
-            return self.file
-        if self.file is None and not create and not os.path.exists(self.path):
-            raise RemoteNotFoundError(f"HDF5 file {self.path} does not exist")
-        was_open = self.file is not None
-        self._close()
-        try:
-            self.file = _h5open(self.path, "a" if create else ("r+" if writable else "r"))
-        except VoxgateError:
-            if was_open:  # keep serving the readers that had it read-only
-                self.file = _h5open(self.path, "r")
-            raise
-        self.writable = writable or create
-        return self.file
-
-    def dataset(self, name: str) -> h5py.Dataset:
-        """The open dataset ``name`` (kept open: its chunk cache lives as long as it does)."""
-        ds = self._datasets.get(name)
-        if ds is None:
-            assert self.file is not None
-            ds = self.file[name]
-            self._datasets[name] = ds
-        return ds
-
-    def _close(self) -> None:
-        self._datasets.clear()
-        if self.file is not None:
-            try:
-                self.file.close()
-            finally:
-                self.file = None
-                self.writable = False
-
-
-_files: dict[str, _SharedFile] = {}
-_files_lock = threading.RLock()
-
-
-def _acquire(path: str, *, writable: bool, create: bool = False) -> _SharedFile:
-    with _files_lock:
-        shared = _files.get(path)
-        if shared is None:
-            shared = _files[path] = _SharedFile(path)
-        shared.users += 1
-    try:
-        with shared.lock:
-            shared.ensure_open(writable=writable, create=create)
-    except BaseException:
-        _release(shared)
-        raise
-    return shared
-
-
-def _release(shared: _SharedFile) -> None:
-    """One Remote is done with ``shared``; the last one closes the file (flushing it)."""
-    with _files_lock:
-        shared.users -= 1
-        if shared.users > 0:
-            return
-        if _files.get(shared.path) is shared:
-            del _files[shared.path]
-        # closed before another Remote can open the path anew: HDF5 would refuse to open it
-        # read-write while this handle still held it read-only
-        with shared.lock:
-            shared._close()
-
-
-def _h5open(path: str, mode: str) -> h5py.File:
-    try:
-        return h5py.File(path, mode, rdcc_nbytes=_CACHE_BYTES, rdcc_nslots=_CACHE_SLOTS)
-    except FileNotFoundError:
-        raise RemoteNotFoundError(f"HDF5 file {path} does not exist") from None
-    except OSError as exc:
-        text = str(exc)
-        lowered = text.lower()
-        if "already open for read-only" in lowered:
-            raise ReadOnlyError(
-                f"cannot open {path} for writing: this process holds it open read-only "
-                "elsewhere (an h5py.File opened with 'r'?); close that handle first"
-            ) from exc
-        if "lock" in lowered:
-            raise RemoteUnavailableError(
-                f"{path} is locked by another process (HDF5 allows one writer or many readers "
-                f"at a time): {text}"
-            ) from exc
-        if "signature" in lowered or "not an hdf5" in lowered:
-            raise InvalidRequestError(f"{path} is not an HDF5 file ({text})") from exc
-        if "permission" in lowered or "errno = 13" in lowered:
-            raise ReadOnlyError(f"cannot open {path} with mode {mode!r}: {text}") from exc
-        raise VoxgateError(f"cannot open HDF5 file {path}: {text}") from exc
-
-
-# -- attributes -----------------------------------------------------------------------------------
-def _attr(attrs: h5py.AttributeManager, key: str) -> Any:
-    """An attribute as plain Python (str, float, list), or None when absent or unreadable."""
-    try:
-        if key not in attrs:
-            return None
-        value = attrs[key]
-    except (OSError, TypeError, ValueError):  # an attribute of a type h5py cannot read
-        return None
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.ndarray):
-        return [
-            v.decode("utf-8", "replace") if isinstance(v, bytes)
-            else v.item() if isinstance(v, np.generic) else v
-            for v in value.ravel()
-        ]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _triple(value: Any) -> list[float] | None:
-    if not isinstance(value, list) or len(value) != 3:
-        return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        return None
-    return [float(v) for v in value]
-
-
-_UNITS_NM = {"nm": 1.0, "nanometer": 1.0, "um": 1e3, "µm": 1e3, "micrometer": 1e3,
-             "mm": 1e6, "millimeter": 1e6}
-
-
-def _voxel_size(attrs: h5py.AttributeManager) -> VoxelSize | None:
-    """The voxel size (z, y, x) an object's attributes state, or None."""
-    unit = _attr(attrs, "unit")
-    factor = _UNITS_NM.get(unit, 1.0) if isinstance(unit, str) else 1.0
-    for key in ("voxel_size", "resolution"):
-        v = _triple(_attr(attrs, key))
-        if v is not None and all(x > 0 for x in v):
-            return VoxelSize.of([x * factor for x in v])
-    v = _triple(_attr(attrs, "element_size_um"))
-    if v is not None and all(x > 0 for x in v):
-        return VoxelSize.of([x * 1e3 for x in v])
-    return None
-
-
-def _voxel_offset(attrs: h5py.AttributeManager, vs: VoxelSize | None) -> Vec:
-    """The offset in voxels: voxgate's ``voxel_offset``, else a CREMI/gunpowder ``offset`` in
-    physical units when it is a whole number of voxels."""
-    v = _triple(_attr(attrs, "voxel_offset"))
-    if v is not None and all(x.is_integer() for x in v):
-        return Vec(*(int(x) for x in v))
-    w = _triple(_attr(attrs, "offset"))
-    if w is not None and vs is not None:
-        vox = [x / s for x, s in zip(w, vs.zyx(), strict=True)]
-        if all(abs(x - round(x)) < 1e-6 for x in vox):
-            return Vec(*(round(x) for x in vox))
-    return Vec(0, 0, 0)
-
-
-def _is_volume_dataset(obj: Any) -> bool:
-    return isinstance(obj, h5py.Dataset) and len(obj.shape) in (3, 4)
-
-
-def _is_multiscale(obj: Any) -> bool:
-    return isinstance(obj, h5py.Group) and _is_volume_dataset(obj.get("s0"))
-
-
-def _volumes(f: h5py.File) -> list[str]:
-    """Paths of every volume in the file: 3-D/4-D datasets and multiscale groups (whose sN
-    datasets are not listed again)."""
-    found: list[str] = []
-    if _is_multiscale(f):
-        return ["/"]
-
-    def visit(name: str, obj: Any) -> None:
-        if any(name == p or name.startswith(p + "/") for p in found):
-            return
-        if _is_multiscale(obj) or _is_volume_dataset(obj):
-            found.append(name)
-
-    f.visititems(visit)
-    return ["/" + n for n in found]
-
-
-def _resolve_default(f: h5py.File, path: str) -> str:
-    """The volume a fragment-less URL means: /volume, else the file's only volume."""
-    default = f.get(DEFAULT_DATASET)
-    if _is_volume_dataset(default) or _is_multiscale(default):
-        return DEFAULT_DATASET
-    volumes = _volumes(f)
-    if len(volumes) == 1:
-        return volumes[0]
-    if not volumes:
-        raise RemoteNotFoundError(
-            f"{path} holds no 3-D (z, y, x) or 4-D (c, z, y, x) dataset or multiscale group"
-        )
-    raise InvalidRequestError(
-        f"{path} holds several volumes ({', '.join(volumes)}); name one in the URL, e.g. "
-        f"hdf5://{path}#{volumes[0]}"
-    )
-
-
-def _listing(f: h5py.File) -> str:
-    names = _volumes(f)
-    return f"; it holds {', '.join(names)}" if names else "; it holds no volume"
-
-
-# -- the Remote -----------------------------------------------------------------------------------
 class HDF5Remote(Remote):
     scheme = "hdf5"
     create_options = ("compression", "compression_level", "checksum")
@@ -640,87 +385,3 @@ class HDF5Remote(Remote):
 
 def _cells(box: Box, sc: Scale) -> Iterator[tuple[Vec, Box]]:
     return chunk_boxes(box, sc.chunks, sc.bounds)
-
-
-def _check_dtype(dtype: np.dtype[Any], where: str) -> np.dtype[Any]:
-    native = dtype.newbyteorder("=") if dtype.kind in "uif" else dtype
-    if native.name not in SUPPORTED_DTYPES:
-        raise InvalidRequestError(
-            f"{where} holds {dtype}; voxgate reads {', '.join(SUPPORTED_DTYPES)}"
-        )
-    return native
-
-
-def _plain(v: float) -> int | float:
-    return int(v) if float(v).is_integer() else float(v)
-
-
-def _scale_factors(group_factors: list[Any], i: int) -> list[float] | None:
-    """Factors of scale ``i`` from a group's flattened ``scales`` attribute (h5py reads an
-    (n, 3) array attribute back as one list)."""
-    if len(group_factors) % 3 or (i + 1) * 3 > len(group_factors):
-        return None
-    return _triple(group_factors[i * 3 : i * 3 + 3])
-
-
-def _create_volume(f: h5py.File, name: str, meta: VolumeMeta, filters: dict[str, Any]) -> None:
-    multi = len(meta.scales) > 1
-    vs0 = meta.scales[0].voxel_size
-    all_factors = []
-    for sc in meta.scales:
-        dname = f"{name}/s{sc.index}" if multi else name
-        factors = [_plain(a / b) for a, b in zip(sc.voxel_size.zyx(), vs0.zyx(), strict=True)]
-        all_factors.append(factors)
-        ds = _create_dataset(f, dname, meta, sc, filters)
-        _write_scale_attrs(ds.attrs, meta, sc)
-        if multi:
-            ds.attrs["downsamplingFactors"] = factors
-    if multi:
-        g = f[name]
-        g.attrs["multiScale"] = True
-        g.attrs["scales"] = np.asarray(all_factors, dtype=float)
-        g.attrs["kind"] = meta.kind
-        g.attrs["voxel_size"] = list(vs0.zyx())
-        g.attrs["unit"] = vs0.unit
-
-
-def _create_dataset(
-    f: h5py.File, name: str, meta: VolumeMeta, sc: Scale, filters: dict[str, Any]
-) -> h5py.Dataset:
-    lead = (meta.num_channels,) if meta.num_channels > 1 else ()
-    # HDF5 refuses chunks larger than a fixed-size dataset: clip them (coarse scales are small)
-    chunks = tuple(min(c, n) for c, n in zip(sc.chunks, sc.shape, strict=True))
-    try:
-        return f.create_dataset(
-            name,
-            shape=lead + tuple(sc.shape),
-            dtype=meta.dtype,
-            chunks=lead + chunks,
-            fillvalue=meta.fill_value,
-            **filters,
-        )
-    except (TypeError, ValueError) as exc:  # h5py's words for "a dataset is in the way"
-        raise InvalidRequestError(f"cannot create {f.filename}#{name}: {exc}") from exc
-    except OSError as exc:
-        raise VoxgateError(f"cannot create {f.filename}#{name}: {exc}") from exc
-
-
-def _write_scale_attrs(attrs: h5py.AttributeManager, meta: VolumeMeta, sc: Scale) -> None:
-    vs = sc.voxel_size
-    attrs["kind"] = meta.kind
-    attrs["voxel_size"] = list(vs.zyx())
-    attrs["unit"] = vs.unit
-    attrs["voxel_offset"] = np.asarray(list(sc.offset), dtype=np.int64)
-    # CREMI / gunpowder: "resolution" and a physical "offset", z, y, x
-    attrs["resolution"] = list(vs.zyx())
-    attrs["offset"] = [o * v for o, v in zip(sc.offset, vs.zyx(), strict=True)]
-    axes = ["c", "z", "y", "x"] if meta.num_channels > 1 else ["z", "y", "x"]
-    attrs["axes"] = np.asarray(axes, dtype=h5py.string_dtype())
-
-
-def _check_compatible(existing: VolumeMeta, wanted: VolumeMeta, where: str) -> None:
-    if existing.dtype != wanted.dtype or existing.shape != wanted.shape:
-        raise RemoteExistsError(
-            f"{where} already holds a {existing.dtype.name} volume of shape "
-            f"{tuple(existing.shape)}, not the {wanted.dtype.name} {tuple(wanted.shape)} asked for"
-        )

@@ -1,0 +1,34 @@
+"""``hdf5://``: datasets and multiscale groups in local HDF5 files, through h5py.
+
+URL: ``hdf5:///path/file.h5#/group/dataset`` (or a bare ``/path/file.h5#/group/dataset``; the
+registry recognises ``.h5``, ``.hdf5`` and ``.hdf``).  The fragment names an HDF5 object:
+
+- a 3-D ``(z, y, x)`` or 4-D ``(c, z, y, x)`` dataset: one scale;
+- a group holding datasets ``s0``, ``s1``, ...: one scale each (the N5 / n5-viewer layout).
+
+Without a fragment, ``/volume`` is used when it exists (it is what ``create`` makes), else the
+file's only volume (3-D/4-D dataset or multiscale group); a file with several asks for one.
+
+Metadata lives in HDF5 attributes.  Every per-axis list follows the dataset's own axis order,
+z, y, x (as N5's follow x, y, z): ``voxel_size`` + ``unit``, ``voxel_offset`` (voxels),
+``kind``, and for other tools ``resolution`` and ``offset`` (z, y, x in the unit: the CREMI /
+gunpowder convention).  Multiscale groups carry ``multiScale``, ``scales`` (per-scale factors)
+and ``kind``, and each ``sN`` its own ``downsamplingFactors`` and voxel attributes.  Files
+without voxgate's attributes are read with ``resolution`` or ``element_size_um`` (ilastik,
+Fiji) as the voxel size when present, else 1 nm.
+
+Threads: HDF5 serialises every call in a process anyway, and h5py objects must not be used
+from two threads at once, so each file has one h5py handle shared by every Remote on it and
+one lock around every use.  Durability: HDF5 cannot replace a chunk atomically; see
+
+The package by concern: :mod:`.files` (locations, the one shared h5py handle per file),
+:mod:`.layout` (what a file holds: volumes and the attributes that describe them),
+:mod:`.create` (new datasets and groups and their attributes) and :mod:`.remote` (the Remote).
+"""
+
+from __future__ import annotations
+
+from .layout import DEFAULT_DATASET as DEFAULT_DATASET
+from .remote import HDF5Remote
+
+__all__ = ["HDF5Remote"]

@@ -1,0 +1,148 @@
+"""Locations (``file.h5#/group/dataset``) and the process's one shared h5py handle per file,
+with its lock and its users."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import h5py
+
+from ...errors import (
+    InvalidRequestError,
+    ReadOnlyError,
+    RemoteNotFoundError,
+    RemoteUnavailableError,
+    VoxgateError,
+)
+
+#: HDF5's chunk cache per open dataset (its default, 1 MiB, holds no 64^3 uint64 chunk)
+_CACHE_BYTES = 16 * 1024 * 1024
+_CACHE_SLOTS = 10007  # a prime ~100x the number of chunks that fit, as HDF5 advises
+
+
+# -- locations ------------------------------------------------------------------------------------
+def _split(location: str) -> tuple[str, str | None]:
+    """``"/a/f.h5#/g/ds"`` -> (absolute file path, "/g/ds"); no fragment -> None."""
+    path, sep, fragment = location.partition("#")
+    if "://" in path and not path.startswith("file://"):
+        raise InvalidRequestError(
+            f"hdf5:// opens local files only, got {location!r}; copy the file locally or store "
+            "the volume as zarr, N5 or precomputed for object storage"
+        )
+    path = path.removeprefix("file://")
+    if not path:
+        raise InvalidRequestError(f"{location!r} names no HDF5 file")
+    path = os.path.abspath(os.path.expanduser(path))
+    name = "/" + fragment.strip("/") if sep and fragment.strip("/") else None
+    return path, name
+
+
+# -- one shared handle per file -------------------------------------------------------------------
+class _SharedFile:
+    """The process's one h5py handle on a file, its lock, and the Remotes that use it.
+
+    HDF5 refuses to open a file for writing in a process that holds it open read-only, so
+    the handle is reopened read-write (under the lock) the first time a writer needs it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.RLock()
+        self.file: h5py.File | None = None
+        self.writable = False
+        self.users = 0
+        self._datasets: dict[str, h5py.Dataset] = {}
+
+    def ensure_open(self, *, writable: bool, create: bool = False) -> h5py.File:
+        """The handle, opened (read-write when asked) if it is not yet.  Call under the lock."""
+        if self.file is not None and (self.writable or not writable):
+            return self.file
+        if self.file is None and not create and not os.path.exists(self.path):
+            raise RemoteNotFoundError(f"HDF5 file {self.path} does not exist")
+        was_open = self.file is not None
+        self._close()
+        try:
+            self.file = _h5open(self.path, "a" if create else ("r+" if writable else "r"))
+        except VoxgateError:
+            if was_open:  # keep serving the readers that had it read-only
+                self.file = _h5open(self.path, "r")
+            raise
+        self.writable = writable or create
+        return self.file
+
+    def dataset(self, name: str) -> h5py.Dataset:
+        """The open dataset ``name`` (kept open: its chunk cache lives as long as it does)."""
+        ds = self._datasets.get(name)
+        if ds is None:
+            assert self.file is not None
+            ds = self.file[name]
+            self._datasets[name] = ds
+        return ds
+
+    def _close(self) -> None:
+        self._datasets.clear()
+        if self.file is not None:
+            try:
+                self.file.close()
+            finally:
+                self.file = None
+                self.writable = False
+
+
+_files: dict[str, _SharedFile] = {}
+_files_lock = threading.RLock()
+
+
+def _acquire(path: str, *, writable: bool, create: bool = False) -> _SharedFile:
+    with _files_lock:
+        shared = _files.get(path)
+        if shared is None:
+            shared = _files[path] = _SharedFile(path)
+        shared.users += 1
+    try:
+        with shared.lock:
+            shared.ensure_open(writable=writable, create=create)
+    except BaseException:
+        _release(shared)
+        raise
+    return shared
+
+
+def _release(shared: _SharedFile) -> None:
+    """One Remote is done with ``shared``; the last one closes the file (flushing it)."""
+    with _files_lock:
+        shared.users -= 1
+        if shared.users > 0:
+            return
+        if _files.get(shared.path) is shared:
+            del _files[shared.path]
+        # closed before another Remote can open the path anew: HDF5 would refuse to open it
+        # read-write while this handle still held it read-only
+        with shared.lock:
+            shared._close()
+
+
+def _h5open(path: str, mode: str) -> h5py.File:
+    try:
+        return h5py.File(path, mode, rdcc_nbytes=_CACHE_BYTES, rdcc_nslots=_CACHE_SLOTS)
+    except FileNotFoundError:
+        raise RemoteNotFoundError(f"HDF5 file {path} does not exist") from None
+    except OSError as exc:
+        text = str(exc)
+        lowered = text.lower()
+        if "already open for read-only" in lowered:
+            raise ReadOnlyError(
+                f"cannot open {path} for writing: this process holds it open read-only "
+                "elsewhere (an h5py.File opened with 'r'?); close that handle first"
+            ) from exc
+        if "lock" in lowered:
+            raise RemoteUnavailableError(
+                f"{path} is locked by another process (HDF5 allows one writer or many readers "
+                f"at a time): {text}"
+            ) from exc
+        if "signature" in lowered or "not an hdf5" in lowered:
+            raise InvalidRequestError(f"{path} is not an HDF5 file ({text})") from exc
+        if "permission" in lowered or "errno = 13" in lowered:
+            raise ReadOnlyError(f"cannot open {path} with mode {mode!r}: {text}") from exc
+        raise VoxgateError(f"cannot open HDF5 file {path}: {text}") from exc

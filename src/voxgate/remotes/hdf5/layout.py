@@ -1,0 +1,147 @@
+"""What an HDF5 file holds: its volumes (3-D/4-D datasets and multiscale groups), the one a
+URL without a fragment means, and the attributes that describe them (voxel size, offset,
+kind, scale factors)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ...errors import InvalidRequestError, RemoteNotFoundError
+from ...geometry import Vec, VoxelSize
+from ...meta import SUPPORTED_DTYPES, Kind
+
+DEFAULT_DATASET = "/volume"
+
+
+def _guess_kind(dtype: np.dtype[Any]) -> Kind:
+    return "segmentation" if dtype.kind in "ui" and dtype.itemsize >= 4 else "image"
+
+
+# -- attributes -----------------------------------------------------------------------------------
+def _attr(attrs: h5py.AttributeManager, key: str) -> Any:
+    """An attribute as plain Python (str, float, list), or None when absent or unreadable."""
+    try:
+        if key not in attrs:
+            return None
+        value = attrs[key]
+    except (OSError, TypeError, ValueError):  # an attribute of a type h5py cannot read
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        return [
+            v.decode("utf-8", "replace") if isinstance(v, bytes)
+            else v.item() if isinstance(v, np.generic) else v
+            for v in value.ravel()
+        ]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _triple(value: Any) -> list[float] | None:
+    if not isinstance(value, list) or len(value) != 3:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return None
+    return [float(v) for v in value]
+
+
+_UNITS_NM = {"nm": 1.0, "nanometer": 1.0, "um": 1e3, "µm": 1e3, "micrometer": 1e3,
+             "mm": 1e6, "millimeter": 1e6}
+
+
+def _voxel_size(attrs: h5py.AttributeManager) -> VoxelSize | None:
+    """The voxel size (z, y, x) an object's attributes state, or None."""
+    unit = _attr(attrs, "unit")
+    factor = _UNITS_NM.get(unit, 1.0) if isinstance(unit, str) else 1.0
+    for key in ("voxel_size", "resolution"):
+        v = _triple(_attr(attrs, key))
+        if v is not None and all(x > 0 for x in v):
+            return VoxelSize.of([x * factor for x in v])
+    v = _triple(_attr(attrs, "element_size_um"))
+    if v is not None and all(x > 0 for x in v):
+        return VoxelSize.of([x * 1e3 for x in v])
+    return None
+
+
+def _voxel_offset(attrs: h5py.AttributeManager, vs: VoxelSize | None) -> Vec:
+    """The offset in voxels: voxgate's ``voxel_offset``, else a CREMI/gunpowder ``offset`` in
+    physical units when it is a whole number of voxels."""
+    v = _triple(_attr(attrs, "voxel_offset"))
+    if v is not None and all(x.is_integer() for x in v):
+        return Vec(*(int(x) for x in v))
+    w = _triple(_attr(attrs, "offset"))
+    if w is not None and vs is not None:
+        vox = [x / s for x, s in zip(w, vs.zyx(), strict=True)]
+        if all(abs(x - round(x)) < 1e-6 for x in vox):
+            return Vec(*(round(x) for x in vox))
+    return Vec(0, 0, 0)
+
+
+def _is_volume_dataset(obj: Any) -> bool:
+    return isinstance(obj, h5py.Dataset) and len(obj.shape) in (3, 4)
+
+
+def _is_multiscale(obj: Any) -> bool:
+    return isinstance(obj, h5py.Group) and _is_volume_dataset(obj.get("s0"))
+
+
+def _volumes(f: h5py.File) -> list[str]:
+    """Paths of every volume in the file: 3-D/4-D datasets and multiscale groups (whose sN
+    datasets are not listed again)."""
+    found: list[str] = []
+    if _is_multiscale(f):
+        return ["/"]
+
+    def visit(name: str, obj: Any) -> None:
+        if any(name == p or name.startswith(p + "/") for p in found):
+            return
+        if _is_multiscale(obj) or _is_volume_dataset(obj):
+            found.append(name)
+
+    f.visititems(visit)
+    return ["/" + n for n in found]
+
+
+def _resolve_default(f: h5py.File, path: str) -> str:
+    """The volume a fragment-less URL means: /volume, else the file's only volume."""
+    default = f.get(DEFAULT_DATASET)
+    if _is_volume_dataset(default) or _is_multiscale(default):
+        return DEFAULT_DATASET
+    volumes = _volumes(f)
+    if len(volumes) == 1:
+        return volumes[0]
+    if not volumes:
+        raise RemoteNotFoundError(
+            f"{path} holds no 3-D (z, y, x) or 4-D (c, z, y, x) dataset or multiscale group"
+        )
+    raise InvalidRequestError(
+        f"{path} holds several volumes ({', '.join(volumes)}); name one in the URL, e.g. "
+        f"hdf5://{path}#{volumes[0]}"
+    )
+
+
+def _listing(f: h5py.File) -> str:
+    names = _volumes(f)
+    return f"; it holds {', '.join(names)}" if names else "; it holds no volume"
+
+
+def _check_dtype(dtype: np.dtype[Any], where: str) -> np.dtype[Any]:
+    native = dtype.newbyteorder("=") if dtype.kind in "uif" else dtype
+    if native.name not in SUPPORTED_DTYPES:
+        raise InvalidRequestError(
+            f"{where} holds {dtype}; voxgate reads {', '.join(SUPPORTED_DTYPES)}"
+        )
+    return native
+
+
+def _scale_factors(group_factors: list[Any], i: int) -> list[float] | None:
+    """Factors of scale ``i`` from a group's flattened ``scales`` attribute (h5py reads an
+    (n, 3) array attribute back as one list)."""
+    if len(group_factors) % 3 or (i + 1) * 3 > len(group_factors):
+        return None
+    return _triple(group_factors[i * 3 : i * 3 + 3])
