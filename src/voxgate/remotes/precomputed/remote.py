@@ -185,13 +185,13 @@ class PrecomputedRemote(Remote):
 
     def meshes(self, ids: Iterable[int] | None = None) -> dict[int, Any]:
         """The layer's stored meshes of ``ids`` (all when None), as ``{id: Mesh}``."""
-        from ..formats.mesh import read_meshes
+        from ...formats.mesh import read_meshes
 
         return read_meshes(self.url, ids)
 
     def skeletons(self, ids: Iterable[int] | None = None) -> dict[int, Any]:
         """The layer's stored skeletons of ``ids`` (all when None), as ``{id: Skeleton}``."""
-        from ..formats.skeleton import read_skeletons
+        from ...formats.skeleton import read_skeletons
 
         return read_skeletons(self.url, ids)
 
