@@ -103,8 +103,8 @@ def test_service_commands(tmp_path: Path) -> None:
     run = CliRunner().invoke
     res = run(main, ["mesh", seg.url, "--format", "legacy", "--obj-dir", str(tmp_path / "obj")])
     assert res.exit_code == 0, res.output
-    assert "meshes (local)" in res.output and "wrote legacy meshes" in res.output
     n_ids = int(np.count_nonzero(np.unique(seg.read())))
+    assert "meshes (local)" in res.output and f"wrote {n_ids} legacy meshes" in res.output
     assert len(list((tmp_path / "obj").glob("*.obj"))) == n_ids
     res = run(main, ["mesh", seg.url, "--ids", "1,2"])  # now served from the stored meshes
     assert res.exit_code == 0 and "(server)" in res.output, res.output
@@ -131,7 +131,7 @@ def test_service_command_errors(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "z,y,x" in res.output
     img = voxgate.create(f"zarr://{tmp_path}/img.zarr", shape=(4, 4, 4), chunks=(4, 4, 4),
                          dtype="uint8", voxel_size=(1, 1, 1))
-    res = run(main, ["mesh", img.url])
+    res = run(main, ["mesh", img.url, "--obj-dir", str(tmp_path / "obj")])
     assert res.exit_code == 1 and "segmentation" in res.output
 
 
@@ -176,3 +176,71 @@ def test_public_names_load_lazily() -> None:
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "OK True" in proc.stdout
+
+
+def test_mesh_and_skeletonize_refuse_without_output(tmp_path: Path) -> None:
+    from voxgate.synthetic import synthetic_labels
+
+    labels = synthetic_labels((16, 32, 32), cell=(8, 16, 16), seed=1)
+    seg = voxgate.create(f"zarr://{tmp_path}/seg.zarr", shape=labels.shape, chunks=(16, 32, 32),
+                         dtype="uint64", voxel_size=(40, 8, 8), kind="segmentation")
+    seg[:] = labels
+    run = CliRunner().invoke
+    res = run(main, ["mesh", seg.url])
+    assert res.exit_code == 1, res.output
+    assert "not a precomputed layer" in res.output
+    assert "--out" in res.output and "--obj-dir" in res.output
+    assert "meshes (" not in res.output  # refused before any meshing
+    res = run(main, ["skeletonize", str(tmp_path / "seg.zarr")])
+    assert res.exit_code == 1, res.output
+    assert "--out" in res.output and "--swc-dir" in res.output and "skeletons (" not in res.output
+    # --sharded needs a precomputed layer to shard into, and multires meshes
+    res = run(main, ["mesh", seg.url, "--sharded", "--obj-dir", str(tmp_path / "obj")])
+    assert res.exit_code == 1 and "--sharded" in res.output and "meshes (" not in res.output
+    res = run(main, ["mesh", seg.url, "--sharded", "--format", "legacy",
+                     "--out", f"precomputed://file://{tmp_path}/x"])
+    assert res.exit_code == 1 and "multires" in res.output, res.output
+    assert not list(tmp_path.glob("obj*"))
+    # with somewhere to go, the same volume is meshed
+    res = run(main, ["mesh", seg.url, "--ids", "1", "--obj-dir", str(tmp_path / "obj")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "obj" / "1.obj").exists()
+
+
+def test_mesh_and_skeletonize_write_into_a_bare_precomputed_path(tmp_path: Path) -> None:
+    seg = _seg(tmp_path)
+    run = CliRunner().invoke
+    res = run(main, ["mesh", str(tmp_path / "seg"), "--ids", "1,2", "--format", "legacy"])
+    assert res.exit_code == 0, res.output
+    assert "wrote 2 legacy meshes" in res.output
+    info = json.loads((tmp_path / "seg" / "info").read_text())
+    assert info["mesh"] and (tmp_path / "seg" / info["mesh"] / "1:0").exists()
+    res = run(main, ["skeletonize", str(tmp_path / "seg"), "--ids", "1", "--dust", "10"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "seg" / "info").read_text())
+    assert (tmp_path / "seg" / info["skeletons"] / "1").exists()
+    assert seg.kind == "segmentation"
+
+
+def test_sharded_flag_reaches_the_writers(tmp_path: Path) -> None:
+    from voxgate.formats.mesh import read_meshes
+    from voxgate.formats.skeleton import read_skeletons
+
+    seg = _seg(tmp_path)
+    run = CliRunner().invoke
+    res = run(main, ["mesh", seg.url, "--ids", "1,2", "--sharded"])
+    assert res.exit_code == 0, res.output
+    assert "wrote 2 multires sharded meshes" in res.output
+    info = json.loads((tmp_path / "seg" / "info").read_text())
+    mesh_info = json.loads((tmp_path / "seg" / info["mesh"] / "info").read_text())
+    assert mesh_info["@type"] == "neuroglancer_multilod_draco"
+    assert mesh_info["sharding"]["@type"] == "neuroglancer_uint64_sharded_v1"
+    assert not (tmp_path / "seg" / info["mesh"] / "1.index").exists()  # not one file per id
+    assert sorted(read_meshes(seg.url, [1, 2])) == [1, 2]
+    res = run(main, ["skeletonize", seg.url, "--ids", "1", "--dust", "10", "--sharded"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "seg" / "info").read_text())
+    skel_info = json.loads((tmp_path / "seg" / info["skeletons"] / "info").read_text())
+    assert skel_info["sharding"]["@type"] == "neuroglancer_uint64_sharded_v1"
+    assert not (tmp_path / "seg" / info["skeletons"] / "1").exists()
+    assert list(read_skeletons(seg.url, [1])) == [1]

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import VoxgateError
+from .errors import InvalidRequestError, VoxgateError
 from .geometry import Box
 
 __all__ = ["main"]
@@ -232,6 +232,27 @@ def _zyx(text: str | None, what: str) -> tuple[int, int, int] | None:
         raise click.BadParameter(f"{what} is 'z,y,x' integers, got {text!r}") from None
 
 
+def _output_layer(url: str, out: str | None, sharded: bool, what: str,
+                  files: Path | None) -> tuple[Any, str | None]:
+    """Open URL and decide, before any work, where the results go: the precomputed layer
+    ``out``, URL itself when it is a precomputed layer, or (None) only the per-id files.
+    Returns (volume, target layer URL or None); refuses when nothing would be written."""
+    from .api import open as vopen
+
+    vol = vopen(url)
+    target = out or (vol.url if vol.url.startswith("precomputed://") else None)
+    if target is None and files is None:
+        raise InvalidRequestError(
+            f"{url} is not a precomputed layer, so the {what} would be computed and thrown away: "
+            f"give --out PRECOMPUTED_LAYER (a precomputed segmentation to store them in) or "
+            f"{'--obj-dir' if what == 'meshes' else '--swc-dir'} DIR (one file per id)")
+    if sharded and target is None:
+        raise InvalidRequestError(
+            f"--sharded applies to {what} written into a precomputed layer; {url} is not one: "
+            f"give --out PRECOMPUTED_LAYER")
+    return vol, target
+
+
 @main.command("mesh")
 @click.argument("url")
 @click.option("--ids", default=None, help="Comma-separated ids (default: every id).")
@@ -243,23 +264,34 @@ def _zyx(text: str | None, what: str) -> tuple[int, int, int] | None:
 @click.option("--max-error", type=float, default=None, help="Simplification error bound, nm.")
 @click.option("--obj-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write one OBJ file per id here.")
+@click.option("--sharded", is_flag=True,
+              help="Store the meshes in neuroglancer_uint64_sharded_v1 shard files (multires "
+                   "only) instead of files per id.")
 @click.option("--prefer", type=click.Choice(["auto", "server", "local"]), default="auto")
 def mesh_cmd(url: str, ids: str | None, out: str | None, fmt: str, simplify: float | None,
-             max_error: float | None, obj_dir: Path | None, prefer: str) -> None:
-    """Mesh the segments of URL (marching cubes, or the store's own meshes)."""
+             max_error: float | None, obj_dir: Path | None, sharded: bool, prefer: str) -> None:
+    """Mesh the segments of URL (marching cubes, or the store's own meshes).
+
+    The meshes go into URL when it is a precomputed layer, into --out, and/or as OBJ files into
+    --obj-dir; with none of these the command refuses before computing anything."""
     from .services import mesh, write_meshes
 
     try:
+        if sharded and fmt != "multires":
+            raise InvalidRequestError("--sharded stores multires meshes only (Neuroglancer "
+                                      "reads no sharded legacy meshes): drop --format legacy")
+        vol, target = _output_layer(url, out, sharded, "meshes", obj_dir)
         simp = None if simplify is None else (simplify, max_error)
-        result = mesh(url, _ids(ids), simplify=simp, prefer=prefer, progress=True)  # type: ignore[arg-type]
+        result = mesh(vol, _ids(ids), simplify=simp, prefer=prefer, progress=True)  # type: ignore[arg-type]
         click.echo(f"{len(result)} meshes ({result.provenance.path}), "
                    f"{sum(len(m.faces) for m in result.values())} triangles")
         # meshes computed here go back into a precomputed source; stored ones are there already
-        local = result.provenance.path == "local"
-        target = out or (url if url.startswith("precomputed://") and local else None)
+        if out is None and result.provenance.path != "local":
+            target = None
         if target:
-            write_meshes(target, result, format=fmt)
-            click.echo(f"wrote {fmt} meshes into {target}")
+            write_meshes(target, result, format=fmt, sharded=sharded)
+            click.echo(f"wrote {len(result)} {fmt}{' sharded' if sharded else ''} meshes "
+                       f"into {target}")
         if obj_dir is not None:
             obj_dir.mkdir(parents=True, exist_ok=True)
             for i, m in result.items():
@@ -272,24 +304,34 @@ def mesh_cmd(url: str, ids: str | None, out: str | None, fmt: str, simplify: flo
 @main.command("skeletonize")
 @click.argument("url")
 @click.option("--ids", default=None, help="Comma-separated ids (default: every id).")
-@click.option("--out", "out", default=None, help="Precomputed layer to store skeletons in.")
+@click.option("--out", "out", default=None,
+              help="Precomputed layer to store skeletons in (default: URL itself when it is "
+                   "precomputed).")
 @click.option("--swc-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write one SWC file per id here.")
+@click.option("--sharded", is_flag=True,
+              help="Store the skeletons in neuroglancer_uint64_sharded_v1 shard files instead "
+                   "of one file per id.")
 @click.option("--dust", type=int, default=100, help="Skip objects smaller than this (voxels).")
 def skeletonize_cmd(url: str, ids: str | None, out: str | None, swc_dir: Path | None,
-                    dust: int) -> None:
-    """Skeletonize the segments of URL (kimimaro)."""
+                    sharded: bool, dust: int) -> None:
+    """Skeletonize the segments of URL (kimimaro).
+
+    The skeletons go into URL when it is a precomputed layer, into --out, and/or as SWC files
+    into --swc-dir; with none of these the command refuses before computing anything."""
     from .formats.skeleton import write_skeletons
     from .services import skeletonize
 
     try:
-        result = skeletonize(url, _ids(ids), dust_threshold=dust)
+        vol, target = _output_layer(url, out, sharded, "skeletons", swc_dir)
+        result = skeletonize(vol, _ids(ids), dust_threshold=dust)
         click.echo(f"{len(result)} skeletons ({result.provenance.path})")
-        local = result.provenance.path == "local"
-        target = out or (url if url.startswith("precomputed://") and local else None)
+        if out is None and result.provenance.path != "local":
+            target = None  # the store's own skeletons: they are there already
         if target:
-            write_skeletons(target, result)
-            click.echo(f"wrote skeletons into {target}")
+            write_skeletons(target, result, sharded=sharded)
+            click.echo(f"wrote {len(result)}{' sharded' if sharded else ''} skeletons "
+                       f"into {target}")
         if swc_dir is not None:
             swc_dir.mkdir(parents=True, exist_ok=True)
             for i, sk in result.items():
