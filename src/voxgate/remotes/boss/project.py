@@ -1,0 +1,264 @@
+"""bossDB's project service (collections, experiments, coordinate frames, channels), its
+metadata, object (ids, bounding boxes, reserve), downsample, group and permission services."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+from ...errors import InvalidRequestError
+from ...geometry import Box, VoxelSize
+from .client import _check_name, _client, boss_settings
+
+_UNIT_NM = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
+_DTYPES = ("uint8", "uint16", "uint32", "uint64")
+
+
+# -- project service -----------------------------------------------------------------------------
+class BossProject:
+    """bossDB's project, metadata and object services: one client for one server and token.
+
+    Records come back as the server's JSON dicts.  ``url``/``token`` default to the same
+    configuration chain as ``bossdb://`` URLs.
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None, *,
+                 timeout: float = 60.0) -> None:
+        self.settings = boss_settings(url, token)
+        self.client = _client(self.settings, timeout, 8)
+
+    def __repr__(self) -> str:
+        return f"<BossProject {self.settings.url}>"
+
+    def _get(self, path: str, what: str) -> Any:
+        return self.client.request("GET", path, what=what).json()
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None, expect: int,
+              what: str) -> Any:
+        resp = self.client.request(method, path, json=body, expect=expect, what=what)
+        return resp.json() if resp.content else None
+
+    # collections
+    def list_collections(self) -> list[str]:
+        return list(self._get("/v1/collection/", "listing collections")["collections"])
+
+    def get_collection(self, c: str) -> dict[str, Any]:
+        return dict(self._get(f"/v1/collection/{_check_name(c, 'collection')}", f"collection {c}"))
+
+    def create_collection(self, c: str, description: str = "", *,
+                          public: bool = False) -> dict[str, Any]:
+        return dict(self._send("POST", f"/v1/collection/{_check_name(c, 'collection')}",
+                               {"name": c, "description": description, "public": public}, 201,
+                               f"creating collection {c}"))
+
+    def update_collection(self, c: str, **fields: Any) -> dict[str, Any]:
+        return dict(self._send("PUT", f"/v1/collection/{_check_name(c, 'collection')}", fields,
+                               200, f"updating collection {c}"))
+
+    def delete_collection(self, c: str) -> None:
+        self._send("DELETE", f"/v1/collection/{_check_name(c, 'collection')}", None, 204,
+                   f"deleting collection {c}")
+
+    # experiments
+    def list_experiments(self, c: str) -> list[str]:
+        return list(self._get(f"/v1/collection/{_check_name(c, 'collection')}/experiment/",
+                              f"listing experiments of {c}")["experiments"])
+
+    def _exp(self, c: str, e: str) -> str:
+        return (f"/v1/collection/{_check_name(c, 'collection')}/experiment/"
+                f"{_check_name(e, 'experiment')}")
+
+    def get_experiment(self, c: str, e: str) -> dict[str, Any]:
+        return dict(self._get(self._exp(c, e), f"experiment {c}/{e}"))
+
+    def create_experiment(self, c: str, e: str, coord_frame: str, *, description: str = "",
+                          num_hierarchy_levels: int = 1, hierarchy_method: str = "anisotropic",
+                          num_time_samples: int = 1, time_step: int = 0,
+                          time_step_unit: str = "seconds") -> dict[str, Any]:
+        if hierarchy_method not in ("anisotropic", "isotropic"):
+            raise InvalidRequestError(
+                f"hierarchy_method must be anisotropic or isotropic, got {hierarchy_method!r}")
+        body = {"name": e, "description": description, "coord_frame": coord_frame,
+                "num_hierarchy_levels": num_hierarchy_levels,
+                "hierarchy_method": hierarchy_method, "num_time_samples": num_time_samples,
+                "collection": c, "time_step": time_step, "time_step_unit": time_step_unit}
+        return dict(self._send("POST", self._exp(c, e), body, 201, f"creating experiment {e}"))
+
+    def update_experiment(self, c: str, e: str, **fields: Any) -> dict[str, Any]:
+        return dict(self._send("PUT", self._exp(c, e), fields, 200, f"updating experiment {e}"))
+
+    def delete_experiment(self, c: str, e: str) -> None:
+        self._send("DELETE", self._exp(c, e), None, 204, f"deleting experiment {c}/{e}")
+
+    # coordinate frames
+    def list_coordinate_frames(self) -> list[str]:
+        return list(self._get("/v1/coord/", "listing coordinate frames")["coords"])
+
+    def get_coordinate_frame(self, name: str) -> dict[str, Any]:
+        return dict(self._get(f"/v1/coord/{_check_name(name, 'coordinate frame')}",
+                              f"coordinate frame {name}"))
+
+    def create_coordinate_frame(self, name: str, box: Box, voxel_size: Any, *,
+                                unit: str = "nanometers",
+                                description: str = "") -> dict[str, Any]:
+        """A frame covering ``box`` (z, y, x voxels) with ``voxel_size`` (z, y, x) in ``unit``."""
+        if unit not in _UNIT_NM:
+            raise InvalidRequestError(f"unit must be one of {sorted(_UNIT_NM)}, got {unit!r}")
+        vs = VoxelSize.of(voxel_size)
+        if isinstance(voxel_size, VoxelSize) and voxel_size.unit == "nm":
+            unit = "nanometers"
+        body = {"name": name, "description": description,
+                "x_start": box.start.x, "x_stop": box.stop.x, "y_start": box.start.y,
+                "y_stop": box.stop.y, "z_start": box.start.z, "z_stop": box.stop.z,
+                "x_voxel_size": vs.x, "y_voxel_size": vs.y, "z_voxel_size": vs.z,
+                "voxel_unit": unit}
+        return dict(self._send("POST", f"/v1/coord/{_check_name(name, 'coordinate frame')}",
+                               body, 201, f"creating coordinate frame {name}"))
+
+    def update_coordinate_frame(self, name: str, **fields: Any) -> dict[str, Any]:
+        return dict(self._send("PUT", f"/v1/coord/{_check_name(name, 'coordinate frame')}",
+                               fields, 200, f"updating coordinate frame {name}"))
+
+    def delete_coordinate_frame(self, name: str) -> None:
+        self._send("DELETE", f"/v1/coord/{_check_name(name, 'coordinate frame')}", None, 204,
+                   f"deleting coordinate frame {name}")
+
+    # channels
+    def list_channels(self, c: str, e: str) -> list[str]:
+        return list(self._get(self._exp(c, e) + "/channel/",
+                              f"listing channels of {c}/{e}")["channels"])
+
+    def _chan(self, c: str, e: str, ch: str) -> str:
+        return self._exp(c, e) + f"/channel/{_check_name(ch, 'channel')}"
+
+    def get_channel(self, c: str, e: str, ch: str) -> dict[str, Any]:
+        return dict(self._get(self._chan(c, e, ch), f"channel {c}/{e}/{ch}"))
+
+    def create_channel(self, c: str, e: str, ch: str, *, type: str = "image",
+                       datatype: str = "uint8", description: str = "", base_resolution: int = 0,
+                       sources: tuple[str, ...] = (),
+                       related: tuple[str, ...] = ()) -> dict[str, Any]:
+        if type not in ("image", "annotation"):
+            raise InvalidRequestError(f"type must be image or annotation, got {type!r}")
+        if datatype not in _DTYPES:
+            raise InvalidRequestError(f"datatype must be one of {_DTYPES}, got {datatype!r}")
+        body = {"name": ch, "description": description, "type": type, "datatype": datatype,
+                "base_resolution": base_resolution, "default_time_sample": 0,
+                "sources": list(sources), "related": list(related)}
+        return dict(self._send("POST", self._chan(c, e, ch), body, 201,
+                               f"creating channel {c}/{e}/{ch}"))
+
+    def update_channel(self, c: str, e: str, ch: str, **fields: Any) -> dict[str, Any]:
+        return dict(self._send("PUT", self._chan(c, e, ch), fields, 200,
+                               f"updating channel {c}/{e}/{ch}"))
+
+    def delete_channel(self, c: str, e: str, ch: str) -> None:
+        self._send("DELETE", self._chan(c, e, ch), None, 204, f"deleting channel {c}/{e}/{ch}")
+
+    # metadata
+    def metadata(self, c: str, e: str | None = None, ch: str | None = None) -> BossMetadata:
+        """The key/value metadata of a collection, experiment or channel, as a mapping."""
+        parts = [_check_name(c, "collection")]
+        if e is not None:
+            parts.append(_check_name(e, "experiment"))
+            if ch is not None:
+                parts.append(_check_name(ch, "channel"))
+        return BossMetadata(self, "/".join(parts))
+
+    # object services
+    def ids_in_region(self, c: str, e: str, ch: str, box: Box, scale: int = 0) -> np.ndarray:
+        x, y, z = (f"{a}:{b}" for a, b in zip(box.start.xyz(), box.stop.xyz(), strict=True))
+        data = self._get(f"/v1/ids/{c}/{e}/{ch}/{scale}/{x}/{y}/{z}/", "ids in region")
+        return np.array(sorted(int(i) for i in data["ids"]), dtype=np.uint64)
+
+    def bounding_box(self, c: str, e: str, ch: str, ident: int, scale: int = 0, *,
+                     tight: bool = True) -> Box:
+        d = self._get(f"/v1/boundingbox/{c}/{e}/{ch}/{scale}/{int(ident)}/?type="
+                      f"{'tight' if tight else 'loose'}", f"bounding box of {ident}")
+        return Box((d["z_range"][0], d["y_range"][0], d["x_range"][0]),
+                   (d["z_range"][1], d["y_range"][1], d["x_range"][1]))
+
+    def reserve_ids(self, c: str, e: str, ch: str, count: int) -> int:
+        return int(self._get(f"/v1/reserve/{c}/{e}/{ch}/{int(count)}", "reserving ids")
+                   ["start_id"])
+
+    # downsampling
+    def downsample_status(self, c: str, e: str, ch: str) -> dict[str, Any]:
+        return dict(self._get(f"/v1/downsample/{c}/{e}/{ch}/", "downsample status"))
+
+    def start_downsample(self, c: str, e: str, ch: str) -> None:
+        self._send("POST", f"/v1/downsample/{c}/{e}/{ch}/", None, 201, "starting downsample")
+
+    def cancel_downsample(self, c: str, e: str, ch: str) -> None:
+        self._send("DELETE", f"/v1/downsample/{c}/{e}/{ch}/", None, 204, "cancelling downsample")
+
+    # groups and permissions (as the server offers them)
+    def list_groups(self) -> list[str]:
+        return list(self._get("/v1/groups/", "listing groups")["groups"])
+
+    def create_group(self, name: str) -> None:
+        self._send("POST", f"/v1/groups/{_check_name(name, 'group')}/", None, 201,
+                   f"creating group {name}")
+
+    def delete_group(self, name: str) -> None:
+        self._send("DELETE", f"/v1/groups/{_check_name(name, 'group')}/", None, 204,
+                   f"deleting group {name}")
+
+    def permissions(self, group: str, c: str, e: str | None = None,
+                    ch: str | None = None) -> list[str]:
+        params = {"group": group, "collection": c}
+        if e:
+            params["experiment"] = e
+        if ch:
+            params["channel"] = ch
+        query = "&".join(f"{k}={quote(v)}" for k, v in params.items())
+        sets = self._get(f"/v1/permissions/?{query}", "listing permissions")["permission-sets"]
+        return list(sets[0]["permissions"]) if sets else []
+
+
+class BossMetadata(MutableMapping[str, str]):
+    """Key/value metadata of one bossDB resource; values are strings, as the server keeps them."""
+
+    def __init__(self, project: BossProject, path: str) -> None:
+        self._project = project
+        self._path = f"/v1/meta/{path}/"
+
+    def _q(self, key: str, value: str | None = None) -> str:
+        q = f"?key={quote(str(key), safe='')}"
+        if value is not None:
+            q += f"&value={quote(str(value), safe='')}"
+        return q
+
+    def __getitem__(self, key: str) -> str:
+        try:
+            resp = self._project.client.request("GET", self._path + self._q(key),
+                                                what=f"metadata {key}")
+        except InvalidRequestError:
+            raise KeyError(key) from None
+        return str(resp.json()["value"])
+
+    def __setitem__(self, key: str, value: str) -> None:
+        method, expect = ("PUT", 200) if key in self else ("POST", 201)
+        self._project.client.request(method, self._path + self._q(key, str(value)),
+                                     expect=expect, what=f"setting metadata {key}")
+
+    def __delitem__(self, key: str) -> None:
+        try:
+            self._project.client.request("DELETE", self._path + self._q(key), expect=204,
+                                         what=f"deleting metadata {key}")
+        except InvalidRequestError:
+            raise KeyError(key) from None
+
+    def __iter__(self) -> Iterator[str]:
+        resp = self._project.client.request("GET", self._path, what="listing metadata")
+        return iter(list(resp.json()["keys"]))
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in list(iter(self))
+
