@@ -671,8 +671,8 @@ def test_write_refuses_bad_requests(tmp_path: Path, labels: np.ndarray) -> None:
     m = {5: tetra()}
     with pytest.raises(InvalidRequestError, match="'legacy' or 'multires'"):
         write_meshes(url, m, format="draco")
-    with pytest.raises(CapabilityNotSupportedError, match="unsharded"):
-        write_meshes(url, m, sharded=True)
+    with pytest.raises(InvalidRequestError, match="multi-resolution meshes only"):
+        write_meshes(url, m, sharded=True)  # legacy meshes have no sharded layout
     with pytest.raises(InvalidRequestError, match="10 or 16"):
         write_meshes(url, m, format="multires", vertex_quantization_bits=12)
     with pytest.raises(InvalidRequestError, match="lods"):
@@ -707,7 +707,7 @@ def test_write_refuses_bad_requests(tmp_path: Path, labels: np.ndarray) -> None:
     assert read_meshes(url, mesh_dir="mesh") == {5: tetra()}
     (tmp_path / "seg/mesh/info").write_text(json.dumps({"@type": "neuroglancer_legacy_mesh",
                                                         "sharding": {"@type": "x"}}))
-    with pytest.raises(CapabilityNotSupportedError, match="sharded"):
+    with pytest.raises(CorruptChunkError, match="sharded neuroglancer_legacy_mesh"):
         read_meshes(url, mesh_dir="mesh")
 
 

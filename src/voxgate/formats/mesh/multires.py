@@ -85,6 +85,12 @@ class _Manifest:
                    positions, sizes)
 
 
+def manifest_fragment_bytes(manifest: bytes, name: str = "manifest") -> int:
+    """The total size of the fragments a multi-resolution manifest lists: in a sharded mesh
+    directory, the bytes stored just before the manifest."""
+    return int(sum(int(s.sum()) for s in _Manifest.from_bytes(manifest, name).sizes))
+
+
 def _manifest_plain(data: bytes) -> bool:
     """Whether bytes that start like gzip are a valid manifest as they stand."""
     try:

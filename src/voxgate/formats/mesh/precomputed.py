@@ -1,6 +1,8 @@
 """Neuroglancer precomputed mesh directories: :func:`write_meshes` and :func:`read_meshes`
 in the legacy format (a ``<id>:0`` JSON manifest naming fragment files) and the
-multi-resolution format (an ``<id>.index`` manifest and an ``<id>`` file of Draco fragments)."""
+multi-resolution format (an ``<id>.index`` manifest and an ``<id>`` file of Draco fragments,
+or, sharded, the manifest keyed by id in ``<shard>.shard`` files with the fragments just
+before it)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from ...errors import (
     RemoteNotFoundError,
 )
 from ...storage import UNITS_NM, Directory, join
+from ...storage.sharding import ShardedStore, ShardingSpec
 from .._common import segment_id
 from ..layer import check_dir_name, open_layer, open_segmentation_layer, read_info
 from .core import Mesh, _decode_legacy, _legacy_plain
@@ -30,6 +33,7 @@ from .multires import (
     _transform_matrix,
     decode_multires,
     encode_multires,
+    manifest_fragment_bytes,
 )
 
 LEGACY_MESH_TYPE = "neuroglancer_legacy_mesh"
@@ -72,17 +76,27 @@ def write_meshes(
     ``<id>:0:<bbox>``.  ``format="multires"``: per segment the manifest ``<id>.index`` and the
     Draco fragment file ``<id>`` (``neuroglancer_multilod_draco``), with ``lods`` levels of
     detail (each coarser level simplified with zmesh) and vertex positions quantized to
-    ``vertex_quantization_bits`` (10 or 16) per octree node.  Output is unsharded;
-    ``sharded=True`` raises CapabilityNotSupportedError.  Existing meshes of other ids stay;
-    a mesh directory that already holds the other format (or multires meshes with other
-    settings) is refused rather than mixed.
+    ``vertex_quantization_bits`` (10 or 16) per octree node.
+
+    ``sharded=True`` (multires only, as in Neuroglancer) stores the meshes in
+    ``neuroglancer_uint64_sharded_v1`` shard files instead of two files per segment: the
+    manifest under the segment id, its fragments just before it.  A new directory gets a
+    spec sized for the number of meshes (hashed ids, about 4096 segments per shard); an
+    existing sharded directory keeps its spec.  Each shard is merged and written by one
+    task, with a conditional write, so concurrent writers lose nothing.
+
+    Existing meshes of other ids stay; a mesh directory that already holds the other format,
+    the other layout (sharded or not) or multires meshes with other settings is refused
+    rather than mixed.
     """
     if format not in ("legacy", "multires"):
         raise InvalidRequestError(f"format must be 'legacy' or 'multires', got {format!r}")
-    if sharded:
-        raise CapabilityNotSupportedError(
-            "voxgate writes unsharded mesh directories only (one manifest and one fragment file "
-            "per segment); write unsharded and reshard with Igneous if you need shards"
+    if not isinstance(sharded, bool):
+        raise InvalidRequestError(f"sharded must be True or False, got {sharded!r}")
+    if sharded and format != "multires":
+        raise InvalidRequestError(
+            "Neuroglancer shards multi-resolution meshes only: pass format='multires' with "
+            "sharded=True"
         )
     mesh_dir = check_dir_name(mesh_dir, "mesh_dir")
     if isinstance(lods, bool) or not isinstance(lods, int) or not 1 <= lods <= 10:
@@ -107,7 +121,8 @@ def write_meshes(
     remote = open_segmentation_layer(url, "meshes")
     directory = Directory(join(remote.location, mesh_dir))
     wanted_type = LEGACY_MESH_TYPE if format == "legacy" else MULTIRES_MESH_TYPE
-    info = _mesh_dir_info(directory, wanted_type, format, vertex_quantization_bits)
+    info = _mesh_dir_info(directory, wanted_type, format, vertex_quantization_bits, sharded,
+                          len(items))
     vs = remote.meta.scales[0].voxel_size
     resolution = np.asarray(vs.xyz(), dtype=np.float64) * _unit_nm(vs.unit)
 
@@ -127,11 +142,20 @@ def write_meshes(
         return (str(seg), data), (f"{seg}.index", manifest)
 
     directory.put_many([("info", json.dumps(info, indent=2).encode())])
+    if sharded:
+        store = ShardedStore(directory.location,
+                             ShardingSpec.from_json(info["sharding"], directory.path("info")))
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            entries = {seg: (data, manifest)
+                       for (seg, _), ((_, data), (_, manifest)) in zip(
+                           items, pool.map(encode, items), strict=True)}
+        store.update(entries, _fragment_bytes)
+        entries.clear()
     # a batch at a time, so memory holds a few encoded meshes, not all of them; numpy and
     # Draco release the GIL for much of the encoding
     workers = 1 if format == "legacy" else min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for at in range(0, len(items), _WRITE_BATCH):
+        for at in range(0, 0 if sharded else len(items), _WRITE_BATCH):
             encoded = list(pool.map(encode, items[at:at + _WRITE_BATCH]))
             # the fragments first, then the manifests that point at them
             directory.put_many([data for data, _ in encoded])
@@ -147,21 +171,30 @@ def _unit_nm(unit: str) -> float:
     return factor
 
 
-def _mesh_dir_info(directory: Directory, wanted_type: str, format: str, bits: int
-                   ) -> dict[str, Any]:
+def _fragment_bytes(key: int, manifest: bytes) -> int:
+    return manifest_fragment_bytes(manifest, f"the manifest of segment {key}")
+
+
+def _mesh_dir_info(directory: Directory, wanted_type: str, format: str, bits: int,
+                   sharded: bool, count: int) -> dict[str, Any]:
     existing = read_info(directory)
     ours: dict[str, Any] = {"@type": wanted_type}
     if format == "multires":
         ours.update(vertex_quantization_bits=bits, transform=list(_IDENTITY),
                     lod_scale_multiplier=1.0)
     if existing is None:
+        if sharded:
+            ours["sharding"] = ShardingSpec.for_count(count).to_json()
         return ours
     have = existing.get("@type", LEGACY_MESH_TYPE)
-    if existing.get("sharding"):
-        raise CapabilityNotSupportedError(
-            f"{directory.location} holds sharded meshes; voxgate writes unsharded meshes only "
-            "(choose another mesh_dir)"
+    if bool(existing.get("sharding")) != sharded:
+        layout = "sharded" if existing.get("sharding") else "unsharded"
+        raise InvalidRequestError(
+            f"{directory.location} holds {layout} meshes; pass sharded="
+            f"{not sharded} to add to it, or choose another mesh_dir"
         )
+    if sharded:
+        ShardingSpec.from_json(existing["sharding"], directory.path("info"))
     if have != wanted_type:
         other = "multires" if have == MULTIRES_MESH_TYPE else "legacy"
         raise InvalidRequestError(
@@ -211,18 +244,24 @@ def read_meshes(
             f"{directory.location} holds {kind!r} meshes; voxgate reads {LEGACY_MESH_TYPE} and "
             f"{MULTIRES_MESH_TYPE}"
         )
-    if info.get("sharding"):
-        raise CapabilityNotSupportedError(
-            f"{directory.location} holds sharded meshes; voxgate reads unsharded mesh "
-            "directories only"
+    sharding = info.get("sharding")
+    if sharding and kind != MULTIRES_MESH_TYPE:
+        raise CorruptChunkError(
+            f"{directory.path('info')} declares sharded {kind} meshes; Neuroglancer shards "
+            f"{MULTIRES_MESH_TYPE} meshes only", chunk=directory.path("info"),
         )
+    store = (ShardedStore(directory.location,
+                          ShardingSpec.from_json(sharding, directory.path("info")))
+             if sharding else None)
     transform = info.get("transform")
     if transform is not None:
         _transform_matrix(transform, f"{directory.path('info')} transform")
     if isinstance(lod, bool) or not isinstance(lod, int) or lod < 0:
         raise InvalidRequestError(f"lod must be an integer >= 0, got {lod!r}")
     pattern = _LEGACY_MANIFEST if kind == LEGACY_MESH_TYPE else _MULTIRES_MANIFEST
-    if ids is None:
+    if ids is None and store is not None:
+        wanted = store.keys()
+    elif ids is None:
         try:
             names = directory.list()
         except RemoteNotFoundError:
@@ -240,7 +279,8 @@ def read_meshes(
                 f"{directory.path('info')} has vertex_quantization_bits={bits}; it must be 10 "
                 "or 16", chunk=directory.path("info"),
             )
-        out = _read_multires(directory, wanted, transform, bits, lod)
+        out = (_read_sharded(store, wanted, transform, bits, lod) if store is not None
+               else _read_multires(directory, wanted, transform, bits, lod))
     if strict:
         missing = [i for i in wanted if i not in out]
         if missing:
@@ -307,5 +347,21 @@ def _read_multires(directory: Directory, ids: list[int], transform: Sequence[flo
         out[seg] = decode_multires(
             manifests[f"{seg}.index"] or b"", data, lod=lod, vertex_quantization_bits=bits,
             transform=transform, id=seg, name=directory.path(str(seg)),
+        )
+    return out
+
+
+def _read_sharded(store: ShardedStore, ids: list[int], transform: Sequence[float] | None,
+                  bits: int, lod: int) -> dict[int, Mesh]:
+    got = store.get_many(ids, _fragment_bytes)
+    out: dict[int, Mesh] = {}
+    for seg in ids:
+        entry = got.get(seg)
+        if entry is None:
+            continue
+        data, manifest = entry
+        out[seg] = decode_multires(
+            manifest, data, lod=lod, vertex_quantization_bits=bits, transform=transform,
+            id=seg, name=f"{store.location} (segment {seg})",
         )
     return out

@@ -9,11 +9,12 @@ skeleton directory of a precomputed segmentation layer.
 
 from __future__ import annotations
 
-from .core import DEFAULT_VERTEX_ATTRIBUTES, SKELETON_TYPE, Skeleton
+from .core import DEFAULT_VERTEX_ATTRIBUTES, DIRECTORY_VERTEX_ATTRIBUTES, SKELETON_TYPE, Skeleton
 from .precomputed import read_skeletons, write_skeletons
 
 __all__ = [
     "DEFAULT_VERTEX_ATTRIBUTES",
+    "DIRECTORY_VERTEX_ATTRIBUTES",
     "SKELETON_TYPE",
     "Skeleton",
     "read_skeletons",

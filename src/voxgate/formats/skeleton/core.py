@@ -27,13 +27,21 @@ from ...errors import (
 )
 from .._common import float_rows, index_rows, segment_id
 
-__all__ = ["DEFAULT_VERTEX_ATTRIBUTES", "SKELETON_TYPE", "Skeleton"]
+__all__ = ["DEFAULT_VERTEX_ATTRIBUTES", "DIRECTORY_VERTEX_ATTRIBUTES", "SKELETON_TYPE", "Skeleton"]
 
 SKELETON_TYPE = "neuroglancer_skeletons"
-#: the attributes voxgate (like CloudVolume) writes: radius (nm) and the SWC vertex type
+#: the attributes of a skeleton binary read or written without an info: radius (nm, float32)
+#: and the SWC vertex type (uint8), as osteoid (CloudVolume's Skeleton) assumes
 DEFAULT_VERTEX_ATTRIBUTES: tuple[dict[str, Any], ...] = (
     {"id": "radius", "data_type": "float32", "num_components": 1},
     {"id": "vertex_types", "data_type": "uint8", "num_components": 1},
+)
+#: the attributes a new skeleton directory declares: the same two, both float32, because
+#: Neuroglancer hands attributes to WebGL, which takes no 8- or 16-bit types (it refuses to
+#: draw CloudVolume's uint8 vertex_types); readers take vertex_types in either type
+DIRECTORY_VERTEX_ATTRIBUTES: tuple[dict[str, Any], ...] = (
+    {"id": "radius", "data_type": "float32", "num_components": 1},
+    {"id": "vertex_types", "data_type": "float32", "num_components": 1},
 )
 _IDENTITY = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 _ATTRIBUTE_TYPES = ("float32", "int8", "uint8", "int16", "uint16", "int32", "uint32")
@@ -373,9 +381,7 @@ class Skeleton:
                 arr = arr.reshape(nv, comps) if comps > 1 else arr
                 if attr == "radius" and comps == 1:
                     radius = arr.astype(np.float32)
-                elif attr == "vertex_types" and comps == 1 and dt.kind in "iu" and (
-                    not arr.size or (int(arr.min()) >= 0 and int(arr.max()) <= 255)
-                ):
+                elif attr == "vertex_types" and comps == 1 and _small_whole(arr):
                     types = arr.astype(np.uint8)
                 else:
                     attrs[attr] = arr.astype(dt.newbyteorder("="))
@@ -429,6 +435,19 @@ class Skeleton:
         for name, arr in self.attributes.items():
             out.add_vertex_attribute(name, arr)
         return out
+
+
+def _small_whole(arr: np.ndarray) -> bool:
+    """Whether every value is a whole number from 0 to 255 (an SWC type, stored as any
+    integer or float type)."""
+    if not arr.size:
+        return True
+    if arr.dtype.kind == "f":
+        if not (np.isfinite(arr).all() and np.array_equal(arr, np.round(arr))):
+            return False
+    elif arr.dtype.kind not in "iu":
+        return False
+    return bool(arr.min() >= 0 and arr.max() <= 255)
 
 
 def _spanning_forest(

@@ -18,12 +18,13 @@ from ...errors import (
     RemoteNotFoundError,
 )
 from ...storage import Directory, join
+from ...storage.sharding import ShardedStore, ShardingSpec
 from .._common import segment_id
 from ..layer import check_dir_name, open_layer, open_segmentation_layer, read_info
 from .core import (
     _ID_NAME,
     _IDENTITY,
-    DEFAULT_VERTEX_ATTRIBUTES,
+    DIRECTORY_VERTEX_ATTRIBUTES,
     SKELETON_TYPE,
     Skeleton,
     _attribute_list,
@@ -39,10 +40,7 @@ def _check_skeleton_info(info: Mapping[str, Any], where: str) -> np.ndarray:
     if kind != SKELETON_TYPE:
         raise CapabilityNotSupportedError(f"{where} describes {kind!r}, not {SKELETON_TYPE}")
     if info.get("sharding"):
-        raise CapabilityNotSupportedError(
-            f"{where} describes sharded skeletons; voxgate reads and writes unsharded skeleton "
-            "directories only"
-        )
+        ShardingSpec.from_json(info["sharding"], where)
     transform = info.get("transform", _IDENTITY)
     try:
         return np.asarray(transform, dtype=np.float64).reshape(3, 4)
@@ -57,17 +55,24 @@ def write_skeletons(
     skeletons: Mapping[int, Skeleton],
     *,
     skel_dir: str = "skeletons",
+    sharded: bool = False,
 ) -> None:
     """Write ``skeletons`` ({segment id: Skeleton}, vertices in nm) into a precomputed layer.
 
     ``url`` names an existing precomputed segmentation layer.  The layer's info gets
     ``"skeletons": skel_dir`` (every other key kept) and the directory an info with
     ``@type neuroglancer_skeletons``, the identity transform and the vertex attributes radius
-    (float32) and vertex_types (uint8).  Into a directory that already has an info, its
-    vertex attributes and transform are used (vertices are moved into its stored space) and
-    its other keys kept.  One file per segment, ``<skel_dir>/<id>``; sharded directories are
-    refused with CapabilityNotSupportedError.
+    and vertex_types, both float32 (Neuroglancer draws no 8-bit attributes).  Into a
+    directory that already has an info, its vertex attributes and transform are used
+    (vertices are moved into its stored space) and its other keys kept.  One file per
+    segment, ``<skel_dir>/<id>``, or with ``sharded=True`` ``neuroglancer_uint64_sharded_v1``
+    shard files keyed by segment id (written through
+    tensorstore's sharded kvstore; a new directory gets a spec sized for the number of
+    skeletons, an existing sharded one keeps its own).  Existing skeletons of other ids stay;
+    a directory of the other layout is refused rather than mixed.
     """
+    if not isinstance(sharded, bool):
+        raise InvalidRequestError(f"sharded must be True or False, got {sharded!r}")
     skel_dir = check_dir_name(skel_dir, "skel_dir")
     if not isinstance(skeletons, Mapping):
         raise InvalidRequestError(
@@ -91,8 +96,16 @@ def write_skeletons(
         info = {
             "@type": SKELETON_TYPE,
             "transform": list(_IDENTITY),
-            "vertex_attributes": [dict(a) for a in DEFAULT_VERTEX_ATTRIBUTES],
+            "vertex_attributes": [dict(a) for a in DIRECTORY_VERTEX_ATTRIBUTES],
         }
+        if sharded:
+            info["sharding"] = ShardingSpec.for_count(len(items)).to_json()
+    elif bool(info.get("sharding")) != sharded:
+        layout = "sharded" if info.get("sharding") else "unsharded"
+        raise InvalidRequestError(
+            f"{directory.location} holds {layout} skeletons; pass sharded={not sharded} to "
+            "add to it, or choose another skel_dir"
+        )
     mat = _check_skeleton_info(info, directory.path("info"))
     attributes = info.get("vertex_attributes", [])
     _attribute_list(attributes, f"{directory.path('info')} vertex_attributes")
@@ -113,7 +126,12 @@ def write_skeletons(
                             skel.attributes)
         files.append((str(seg), skel.to_precomputed(attributes)))
     directory.put_many([("info", json.dumps(info, indent=2).encode())])
-    directory.put_many(files)
+    if sharded:
+        store = ShardedStore(directory.location,
+                             ShardingSpec.from_json(info["sharding"], directory.path("info")))
+        store.put_values({int(name): data for name, data in files})
+    else:
+        directory.put_many(files)
     if remote.meta.extra.get("skeletons") != skel_dir:
         remote.update_info({"skeletons": skel_dir})
 
@@ -144,7 +162,11 @@ def read_skeletons(
     mat = _check_skeleton_info(info, where)
     attributes = info.get("vertex_attributes", [])
     _attribute_list(attributes, f"{where} vertex_attributes")
-    if ids is None:
+    store = (ShardedStore(directory.location, ShardingSpec.from_json(info["sharding"], where))
+             if info.get("sharding") else None)
+    if ids is None and store is not None:
+        wanted = store.keys()
+    elif ids is None:
         try:
             wanted = sorted(int(n) for n in directory.list() if _ID_NAME.match(n))
         except RemoteNotFoundError:
@@ -160,7 +182,10 @@ def read_skeletons(
             return False
         return True
 
-    blobs = directory.get_many([str(i) for i in wanted], plain=plain)
+    if store is not None:
+        blobs = {str(k): v for k, v in store.get_values(wanted).items()}
+    else:
+        blobs = directory.get_many([str(i) for i in wanted], plain=plain)
     out: dict[int, Skeleton] = {}
     identity = mat.reshape(-1).tolist() == _IDENTITY
     for seg in wanted:
