@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("formats",),  # codecs (bytes and numpy) and the layer readers/writers on storage
     ("remotes",),
     ("registry",),  # URL -> Remote class, open_remote / create_remote
+    ("notebook",),  # HTML repr, previews, xarray for Volume (knows it by public attributes)
     ("volume",),
     ("api",),  # voxgate.open / voxgate.create
     ("services",),

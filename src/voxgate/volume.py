@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from . import notebook
 from .errors import (
     DtypeError,
     IndexingError,
@@ -51,6 +52,7 @@ from .registry import open_remote
 
 if TYPE_CHECKING:
     import dask.array
+    import xarray
 
     from .remotes.base import Remote
 
@@ -167,6 +169,13 @@ class Volume:
     @property
     def ndim(self) -> int:
         return len(self.shape)
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        """Names of the view's axes: ("z", "y", "x"), or ("c", "z", "y", "x") with several
+        channels; dropped axes (``vol[5]``) are left out."""
+        names = ("c", "z", "y", "x") if len(self._axes) == 4 else ("z", "y", "x")
+        return tuple(n for n, a in zip(names, self._axes, strict=True) if a.keep)
 
     @property
     def size(self) -> int:
@@ -406,6 +415,7 @@ class Volume:
         return view
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        notebook.check_array_caller(self)  # xr.DataArray(vol) would read it all: to_xarray
         arr = self.read()  # always an ndarray (0-d when every axis is dropped: _finish)
         if dtype is not None:
             arr = arr.astype(dtype, copy=False)
@@ -436,6 +446,109 @@ class Volume:
             name=f"voxgate-{abs(hash((self.url, self._scale, self._axes))):x}",
             meta=np.empty((0,) * self.ndim, dtype=self.dtype),
         )
+
+    # -- notebooks (voxgate.notebook) -----------------------------------------------------------
+    def _repr_html_(self) -> str:
+        """Metadata and a thumbnail of the middle slice; reads only the thumbnail, never raises."""
+        return notebook.repr_html(self)
+
+    def preview(self, z: int | None = None, ax: Any = None, **options: Any) -> Any:
+        """Draw slice ``z`` (default: the middle one) with matplotlib; returns the Axes.
+
+        ``labels=seg_volume`` draws a segmentation over an image; see
+        :func:`voxgate.notebook.preview` for ``channel``, ``alpha`` and ``max_px``.
+        """
+        return notebook.preview(self, z, ax, **options)
+
+    def to_xarray(self, chunks: Any = "auto", name: str | None = None) -> xarray.DataArray:
+        """A lazy xarray DataArray over :meth:`to_dask`, coordinates the voxel centres in nm."""
+        return notebook.to_xarray(self, chunks, name)
+
+    # A Volume does no arithmetic: it would read everything.  vol.to_dask() does it lazily.
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        name = getattr(ufunc, "__name__", str(ufunc))
+        raise notebook.refuse_arithmetic(self, f"np.{name}" + ("" if method == "__call__" else
+                                                      f".{method}"))
+
+    def _no_arithmetic(self, op: str) -> Any:
+        raise notebook.refuse_arithmetic(self, op)
+
+    def __add__(self, other: Any) -> Any:
+        return self._no_arithmetic("+")
+
+    def __sub__(self, other: Any) -> Any:
+        return self._no_arithmetic("-")
+
+    def __mul__(self, other: Any) -> Any:
+        return self._no_arithmetic("*")
+
+    def __matmul__(self, other: Any) -> Any:
+        return self._no_arithmetic("@")
+
+    def __truediv__(self, other: Any) -> Any:
+        return self._no_arithmetic("/")
+
+    def __floordiv__(self, other: Any) -> Any:
+        return self._no_arithmetic("//")
+
+    def __mod__(self, other: Any) -> Any:
+        return self._no_arithmetic("%")
+
+    def __pow__(self, other: Any) -> Any:
+        return self._no_arithmetic("**")
+
+    def __and__(self, other: Any) -> Any:
+        return self._no_arithmetic("&")
+
+    def __or__(self, other: Any) -> Any:
+        return self._no_arithmetic("|")
+
+    def __xor__(self, other: Any) -> Any:
+        return self._no_arithmetic("^")
+
+    def __lshift__(self, other: Any) -> Any:
+        return self._no_arithmetic("<<")
+
+    def __rshift__(self, other: Any) -> Any:
+        return self._no_arithmetic(">>")
+
+    __radd__ = __add__
+    __rsub__ = __sub__
+    __rmul__ = __mul__
+    __rmatmul__ = __matmul__
+    __rtruediv__ = __truediv__
+    __rfloordiv__ = __floordiv__
+    __rmod__ = __mod__
+    __rpow__ = __pow__
+    __rand__ = __and__
+    __ror__ = __or__
+    __rxor__ = __xor__
+    __rlshift__ = __lshift__
+    __rrshift__ = __rshift__
+
+    def __lt__(self, other: Any) -> Any:
+        return self._no_arithmetic("<")
+
+    def __le__(self, other: Any) -> Any:
+        return self._no_arithmetic("<=")
+
+    def __gt__(self, other: Any) -> Any:
+        return self._no_arithmetic(">")
+
+    def __ge__(self, other: Any) -> Any:
+        return self._no_arithmetic(">=")
+
+    def __neg__(self) -> Any:
+        return self._no_arithmetic("unary -")
+
+    def __pos__(self) -> Any:
+        return self._no_arithmetic("unary +")
+
+    def __abs__(self) -> Any:
+        return self._no_arithmetic("abs()")
+
+    def __invert__(self) -> Any:
+        return self._no_arithmetic("~")
 
     # -- writing --------------------------------------------------------------------------------
     def __setitem__(self, key: Any, value: Any) -> None:
