@@ -244,3 +244,17 @@ def test_sharded_flag_reaches_the_writers(tmp_path: Path) -> None:
     assert skel_info["sharding"]["@type"] == "neuroglancer_uint64_sharded_v1"
     assert not (tmp_path / "seg" / info["skeletons"] / "1").exists()
     assert list(read_skeletons(seg.url, [1])) == [1]
+
+
+def test_serve_refuses_a_taken_port_before_saying_listening(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = CliRunner().invoke(main, ["serve", "--data-root", str(tmp_path), "--port",
+                                        str(port)])
+    assert res.exit_code == 1, res.output
+    assert f"port {port} on 127.0.0.1 is already in use" in res.output and "--port" in res.output
+    assert "listening" not in res.output

@@ -203,12 +203,41 @@ def serve(config: Path | None, data_root: Path | None, host: str | None, port: i
                           state_path=state_path)
         if not cfg.channels and cfg.data_root is None:
             raise click.UsageError("give a CONFIG file with [[channel]] entries or --data-root")
+        _check_port(cfg.host, cfg.port)
         click.echo(f"voxgate relay: {len(cfg.channels)} configured channel(s)"
                    + (f", data root {cfg.data_root}" if cfg.data_root else "")
-                   + f", listening on http://{cfg.host}:{cfg.port}", err=True)
+                   + f", listening on http://{cfg.host}:{cfg.port} (index page: "
+                   f"http://{cfg.host}:{cfg.port}/)", err=True)
         run(cfg)
     except VoxgateError as exc:
         _fail(exc)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind ``host:port`` once (as the server will, with SO_REUSEADDR) so that a taken port is
+    said before "listening" is printed, not logged by the server after it."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port,
+                                                          type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise InvalidRequestError(f"cannot listen on {host}:{port}: {host!r} does not resolve "
+                                  f"({exc.strerror}); --host takes an address such as "
+                                  "127.0.0.1") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise InvalidRequestError(
+                    f"port {port} on {host} is already in use (another voxgate serve?): stop "
+                    f"that server or choose another port with --port") from None
+            raise InvalidRequestError(f"cannot listen on {host}:{port}: {exc.strerror}"
+                                      + (" (ports below 1024 need privileges)"
+                                         if exc.errno == errno.EACCES else "")) from None
 
 
 def _ids(text: str | None) -> list[int] | None:

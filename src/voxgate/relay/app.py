@@ -17,6 +17,7 @@ from ..errors import VoxgateError
 from .boss import boss_routes
 from .config import RelayConfig
 from .errors import RESOURCE_NOT_FOUND, BossHTTPError, boss_error, error_response
+from .index import index_routes
 from .precomputed import precomputed_routes
 from .state import Relay
 
@@ -84,6 +85,7 @@ def build_app(config: RelayConfig) -> Starlette:
         return error_response(request, exc, relay.scrub)
 
     routes = [Route("/metrics", metrics), *boss_routes(relay), *precomputed_routes(relay)]
+    routes += index_routes(relay)  # "/": what is served, with Neuroglancer/CloudVolume URLs
     app = Starlette(
         routes=routes,
         exception_handlers={404: not_found_route, 405: method_not_allowed,
