@@ -40,7 +40,7 @@ from ..remotes.base import Remote
 from .cache import CachedRemote, TieredCache, UpstreamError, UpstreamTimeoutError
 from .config import ChannelConfig, RelayConfig, check_name
 
-__all__ = ["Catalog", "ChannelEntry", "NotFound", "ResourceExists"]
+__all__ = ["Catalog", "ChannelEntry", "NotFound", "ResourceExists", "data_root_volumes"]
 
 
 class NotFound(VoxgateError, LookupError):
@@ -54,7 +54,14 @@ class ResourceExists(VoxgateError):
 _UNIT_TO_BOSS = {"nm": "nanometers", "um": "micrometers", "mm": "millimeters",
                  "cm": "centimeters"}
 _BOSS_TO_NM = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
-_VOLUME_SUFFIXES = (".zarr", ".ome.zarr", ".n5", ".h5", ".hdf5", ".precomputed")
+_VOLUME_SUFFIXES = (".ome.zarr", ".zarr", ".n5", ".h5", ".hdf5", ".precomputed")
+_HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+#: names given to volumes less than three directories deep under the data root
+DEFAULT_COLLECTION, DEFAULT_EXPERIMENT = "data", "default"
+#: how deep under the data root volumes are looked for
+MAX_DEPTH = 8
+#: the ``@type`` of a precomputed volume's info (meshes, skeletons, annotations have others)
+VOLUME_TYPE = "neuroglancer_multiscale_volume"
 _open_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="voxgate-open")
 
 
@@ -134,32 +141,16 @@ class Catalog:
         )
 
     def scan_data_root(self) -> None:
+        """Add every volume under the data root as a channel (see :func:`data_root_volumes`)."""
         root = self.config.data_root
         if root is None or not root.exists():
             return
-        from ..registry import detect_format
-
-        for coll in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for exp in sorted(p for p in coll.iterdir() if p.is_dir()):
-                for chan in sorted(exp.iterdir()):
-                    name = chan.name
-                    for suffix in _VOLUME_SUFFIXES:
-                        if name.endswith(suffix):
-                            name = name[: -len(suffix)]
-                            break
-                    try:
-                        check_name(coll.name, "collection")
-                        check_name(exp.name, "experiment")
-                        check_name(name, "channel")
-                        scheme = detect_format(str(chan))
-                    except VoxgateError:
-                        continue  # not a volume voxgate can serve: skipped, not an error
-                    key = (coll.name, exp.name, name)
-                    if key not in self.channels:
-                        self.channels[key] = ChannelEntry(
-                            coll.name, exp.name, name, f"{scheme}://{chan}",
-                            local=f"{coll.name}/{exp.name}/{name}" in self.state["local_channels"],
-                        )
+        for (c, e, name), url in data_root_volumes(root):
+            key = (c, e, name)
+            if key not in self.channels:
+                self.channels[key] = ChannelEntry(
+                    c, e, name, url, local=f"{c}/{e}/{name}" in self.state["local_channels"],
+                )
 
     def deleted(self, *parts: str) -> bool:
         return "/".join(parts) in self.state["deleted"]
@@ -347,6 +338,84 @@ class Catalog:
                 if name not in frames and self.experiment_channels(c, e):
                     frames[name] = self.derived_frame(c, e)
         return {k: v for k, v in frames.items() if not self.deleted("coord", k)}
+
+
+def _volume_scheme(path: Path) -> str | None:
+    """The format scheme of a volume at ``path``; None for a directory that is not one (a
+    precomputed directory whose info is not a volume's: meshes, skeletons, annotations)."""
+    from ..registry import detect_format
+
+    try:
+        scheme = detect_format(str(path))
+    except VoxgateError:
+        return None
+    if scheme == "precomputed":
+        try:
+            info = json.loads((path / "info").read_bytes())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(info, dict) or \
+                info.get("@type", "neuroglancer_multiscale_volume") != VOLUME_TYPE:
+            return None
+    return scheme
+
+
+def _channel_name(parts: list[str]) -> tuple[str, str, str]:
+    """collection/experiment/channel of a volume at ``parts`` below the data root."""
+    name = parts[-1]
+    for suffix in _VOLUME_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    if len(parts) == 1:
+        return DEFAULT_COLLECTION, DEFAULT_EXPERIMENT, name
+    if len(parts) == 2:
+        return DEFAULT_COLLECTION, parts[0], name
+    return parts[0], "_".join(parts[1:-1]), name
+
+
+def data_root_volumes(root: Path, max_depth: int = MAX_DEPTH) -> list[tuple[tuple[str, str, str],
+                                                                             str]]:
+    """The volumes under a data root, at any depth (up to ``max_depth`` directories), as
+    ((collection, experiment, channel), URL), sorted by path.
+
+    ``DIR/c/e/ch[.zarr|.n5|...]`` is channel c/e/ch; ``DIR/ch`` is ``data/default/ch``,
+    ``DIR/e/ch`` is ``data/e/ch`` and ``DIR/c/a/b/ch`` is ``c/a_b/ch``.  The search does not
+    enter a volume (so a layer's ``mesh/`` and ``skeletons/`` are never channels), nor hidden
+    directories, and skips directories whose info is not a volume's (mesh, skeleton and
+    annotation directories) and volumes whose names are not valid channel names (or repeat
+    one found earlier).
+    """
+    found: list[tuple[tuple[str, str, str], str]] = []
+    seen: set[tuple[str, str, str]] = set()
+
+    def visit(path: Path, parts: list[str]) -> None:
+        try:
+            children = sorted(p for p in path.iterdir() if not p.name.startswith(".") and (
+                p.is_dir() or p.name.lower().endswith(_HDF5_SUFFIXES)))
+        except OSError:
+            return
+        for child in children:
+            here = [*parts, child.name]
+            scheme = _volume_scheme(child)
+            if scheme is not None:
+                key = _channel_name(here)
+                try:
+                    for part, what in zip(key, ("collection", "experiment", "channel"),
+                                          strict=True):
+                        check_name(part, what)
+                except VoxgateError:
+                    continue  # not a name a channel can have: skipped, not an error
+                if key not in seen:
+                    seen.add(key)
+                    found.append((key, f"{scheme}://{child}"))
+            elif (child / "info").is_file():
+                continue  # a precomputed directory of something else: meshes, annotations
+            elif len(here) < max_depth and child.is_dir():
+                visit(child, here)
+
+    visit(root, [])
+    return found
 
 
 def boss_unit_to_nm(unit: str) -> float:

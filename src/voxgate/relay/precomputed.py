@@ -5,6 +5,9 @@ Every channel the relay serves is also a precomputed layer: one scale per upstre
 cache lookup), ``raw`` chunks for images and ``compressed_segmentation`` for uint32/uint64
 segmentations, gzip when the client accepts it, CORS open so Neuroglancer in a browser can load
 it.
+
+A channel whose upstream is a precomputed layer also serves the files its info names (meshes,
+skeletons, segment properties, annotation layers beside it): see :mod:`.layer_files`.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from typing import Any
 import numpy as np
 from anyio import to_thread
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ..formats.precomputed_chunks import encode_chunk
 from ..geometry import Box
 from .cache import CachedRemote
 from .errors import BossHTTPError
+from .layer_files import LayerFiles, check_file_path, not_served, upstream_layer
 from .state import Relay
 
 __all__ = ["precomputed_info", "precomputed_routes"]
@@ -98,6 +102,8 @@ def _accepts_gzip(header: str) -> bool:
 
 
 def precomputed_routes(relay: Relay) -> list[Route]:
+    files = LayerFiles()
+
     async def open_remote(request: Request) -> CachedRemote:
         """The channel's Remote, opened off the event loop (a slow upstream must not stall
         every other request while it opens)."""
@@ -110,7 +116,13 @@ def precomputed_routes(relay: Relay) -> list[Route]:
 
     async def info(request: Request) -> Response:
         remote = await open_remote(request)
-        body = json.dumps(precomputed_info(remote)).encode()
+        doc = precomputed_info(remote)
+        location = upstream_layer(remote.url)
+        if location is not None:  # its meshes, skeletons, ... as the upstream's info names them
+            extra = remote.meta.extra
+            doc.update(await to_thread.run_sync(lambda: files.kept_keys(location, extra),
+                                                limiter=relay.limiter))
+        body = json.dumps(doc).encode()
         return Response(body, media_type="application/json",
                         headers={"Cache-Control": "no-cache"})
 
@@ -121,8 +133,11 @@ def precomputed_routes(relay: Relay) -> list[Route]:
         # exactly the keys the info lists ("s01" or "s-1" are not keys, even if int() takes them)
         keys = [f"s{s.index}" for s in remote.meta.scales]
         if key not in keys:
+            answer = await serve_file(request, remote, f"{key}/{name}")
+            if answer is not None:
+                return answer
             raise BossHTTPError(404, 4000, f"no scale {key!r} in this layer; its scales are "
-                                f"{', '.join(keys)}")
+                                f"{', '.join(keys)}{await file_dirs_hint(remote)}")
         scale = keys.index(key)
         m = _CHUNK.fullmatch(name)
         if not m:
@@ -165,8 +180,64 @@ def precomputed_routes(relay: Relay) -> list[Route]:
             headers["Content-Encoding"] = "gzip"
         return Response(data, media_type="application/octet-stream", headers=headers)
 
+    async def file_dirs_hint(remote: CachedRemote) -> str:
+        location = upstream_layer(remote.url)
+        if location is None:
+            return ("; its upstream is not a precomputed layer, so it has no mesh, skeleton or "
+                    "annotation files")
+        dirs = await to_thread.run_sync(lambda: files.directories(location),
+                                        limiter=relay.limiter)
+        return f"; its files are under {', '.join(d + '/' for d in dirs)}" if dirs else ""
+
+    async def serve_file(request: Request, remote: CachedRemote, path: str) -> Response | None:
+        """A file of the channel's upstream layer (``path`` relative to it), or None when
+        the path is in no directory the layer serves."""
+        location = upstream_layer(remote.url)
+        if location is None:
+            return None
+        raw = request.scope.get("raw_path", b"").decode("latin-1")
+        parts = check_file_path(path, raw)
+        name = "/".join(parts)
+        head = request.method == "HEAD"
+
+        def work() -> Response | None:
+            if files.served_dir(location, parts) is None:
+                return None
+            reply = files.read(location, name, range_header=request.headers.get("range"),
+                               gzip_ok=_accepts_gzip(request.headers.get("accept-encoding", "")),
+                               head=head)
+            if reply is None:
+                raise BossHTTPError(404, 4000, f"no file {name} in this layer")
+            media = reply.headers.pop("Content-Type")
+            if isinstance(reply.body, bytes):
+                return Response(b"" if head else reply.body, status_code=reply.status,
+                                media_type=media, headers=reply.headers)
+            return StreamingResponse(reply.body, status_code=reply.status, media_type=media,
+                                     headers=reply.headers)
+
+        return await to_thread.run_sync(work, limiter=relay.limiter)
+
+    async def file(request: Request) -> Response:
+        """Any other path under a channel: a file of its upstream layer, or a 404 that says
+        what the channel serves."""
+        p = request.path_params
+        remote = await open_remote(request)
+        answer = await serve_file(request, remote, p["path"])
+        if answer is not None:
+            return answer
+        location = upstream_layer(remote.url)
+        if location is None:
+            raise BossHTTPError(404, 4000, f"no such endpoint: {request.url.path}: channel "
+                                f"{p['c']}/{p['e']}/{p['ch']} is not a precomputed layer "
+                                "upstream, so it has no mesh, skeleton or annotation files; "
+                                "it serves info and chunks under its scale keys")
+        dirs = await to_thread.run_sync(lambda: files.directories(location),
+                                        limiter=relay.limiter)
+        raise not_served(request.url.path, dirs, f"channel {p['c']}/{p['e']}/{p['ch']}")
+
     base = "/precomputed/{c}/{e}/{ch}"
     return [
         Route(base + "/info", info),
         Route(base + "/{key}/{chunk}", chunk),
+        Route(base + "/{path:path}", file, methods=["GET", "HEAD"]),
     ]

@@ -1,0 +1,422 @@
+"""The files a precomputed layer keeps beside its chunks, served by the precomputed dialect.
+
+A channel whose upstream is a precomputed layer (``precomputed://<location>``) also serves
+what the layer's info names: its ``mesh`` directory (legacy and multi-resolution meshes,
+sharded or not), ``skeletons``, ``segment_properties`` (and a non-standard ``annotations``
+key), and annotation layers kept in a sub-directory of the layer (a directory whose own info
+says ``neuroglancer_annotations_v1``).  A request names a file relative to the layer, e.g.
+``mesh/info``, ``mesh/12.index`` or ``skeletons/4``; nothing else under the layer's location is
+served (no path traversal: ``.``, ``..``, empty parts, backslashes and encoded slashes are
+refused).
+
+Files are read from the upstream on each request (they are not cached: meshes are written
+beside a layer by other programs, and the relay could not tell a stale one).  Single byte
+ranges are served (``bytes=a-b``, ``bytes=a-``, ``bytes=-n``; 206 with Content-Range, 416
+when none of it is in the file), as Neuroglancer and CloudVolume read multi-resolution
+fragment files and ``.shard`` files by range; a local file is read only where the range is.
+Files that CloudFiles stored compressed (``<name>.gz``, ``.br``, ...) are served decoded, or a
+gzip body as stored with ``Content-Encoding: gzip`` when the client accepts gzip and asked for
+the whole file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import tensorstore as ts
+
+from ..errors import RemoteNotFoundError, VoxgateError
+from ..storage import (
+    GZIP_MAGIC,
+    SUFFIXES,
+    decompress,
+    is_local,
+    join,
+    kvstore_spec,
+    local_path,
+    split_url,
+    ts_context,
+    ts_errors,
+)
+from .cache import UpstreamError
+from .errors import RESOURCE_NOT_FOUND, BossHTTPError
+
+__all__ = [
+    "ANNOTATION_TYPE",
+    "DIR_KEYS",
+    "FileReply",
+    "LayerFiles",
+    "check_file_path",
+    "not_served",
+    "parse_range",
+    "upstream_layer",
+]
+
+#: info keys naming a sub-directory of files; the relay's info keeps them as they are
+DIR_KEYS = ("mesh", "skeletons", "segment_properties", "annotations")
+#: the ``@type`` of an annotation layer's info
+ANNOTATION_TYPE = "neuroglancer_annotations_v1"
+#: how long the upstream's info (and what a sub-directory is) is trusted before it is read again
+INFO_TTL = 5.0
+#: local files larger than this are streamed in blocks instead of read whole
+STREAM_BYTES = 16 * 2**20
+_BLOCK = 2**20
+_RANGE = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
+_ENCODED_SEPARATOR = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
+_MAX_MEMO = 4096
+
+
+def upstream_layer(url: str) -> str | None:
+    """The storage location of a channel's upstream when it is a precomputed layer, else None."""
+    scheme, location = split_url(url)
+    return location if scheme == "precomputed" else None
+
+
+def check_file_path(path: str, raw_path: str = "") -> list[str]:
+    """The parts of a file path relative to a layer; 400 for one that could leave it."""
+    if _ENCODED_SEPARATOR.search(raw_path):
+        raise BossHTTPError(400, 1000, "file paths may not contain encoded slashes, backslashes "
+                            "or NUL bytes (%2F, %5C, %00); name the file as it is stored, "
+                            "e.g. mesh/12:0")
+    parts = path.split("/")
+    bad = [p for p in parts if p in ("", ".", "..") or "\\" in p or "\x00" in p]
+    if bad or path.startswith("/"):
+        raise BossHTTPError(400, 1000, f"file path {path!r} is not a path inside the layer: "
+                            "'.', '..', empty parts and backslashes are refused; name the file "
+                            "as it is stored, e.g. mesh/info or skeletons/12")
+    return parts
+
+
+def parse_range(header: str | None) -> tuple[int | None, int | None] | None:
+    """A single byte range ``(first, last)`` (``(None, n)``: the last n bytes), or None when
+    there is no Range header or it is not in bytes (then the whole file is served)."""
+    if header is None:
+        return None
+    text = header.strip()
+    if not text.lower().startswith("bytes="):
+        return None  # another unit: ignored, as RFC 9110 allows
+    text = "bytes=" + text[6:].replace(" ", "")
+    m = _RANGE.fullmatch(text)
+    if m is None or (not m.group(1) and not m.group(2)):
+        raise _unsatisfiable(f"Range {header!r} is not one byte range; send bytes=FIRST-LAST, "
+                             "bytes=FIRST- or bytes=-SUFFIX (multiple ranges are not served)")
+    first = int(m.group(1)) if m.group(1) else None
+    last = int(m.group(2)) if m.group(2) else None
+    if first is not None and last is not None and last < first:
+        raise _unsatisfiable(f"Range {header!r} ends before it starts")
+    return first, last
+
+
+def _unsatisfiable(message: str, size: int | None = None) -> BossHTTPError:
+    headers = {"Content-Range": f"bytes */{size}"} if size is not None else {}
+    return BossHTTPError(416, 1001, message, headers=headers)
+
+
+def _span(rng: tuple[int | None, int | None], size: int, header: str) -> tuple[int, int]:
+    """``[start, stop)`` of a parsed range in a file of ``size`` bytes (416 if none of it)."""
+    first, last = rng
+    if first is None:
+        assert last is not None
+        if last == 0 or size == 0:
+            raise _unsatisfiable(f"Range {header!r} asks for no bytes of a {size}-byte file",
+                                 size)
+        return max(0, size - last), size
+    if first >= size:
+        raise _unsatisfiable(f"Range {header!r} starts at or after the end of the file "
+                             f"({size} bytes)", size)
+    return first, size if last is None else min(last + 1, size)
+
+
+@dataclass
+class FileReply:
+    """What a file request answers: status, headers and the body (bytes or blocks)."""
+
+    status: int
+    body: bytes | Iterator[bytes]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _is_gzip(data: bytes) -> bool:
+    """Whether ``data`` is a whole gzip stream (not just bytes that start like one)."""
+    if data[:2] != GZIP_MAGIC:
+        return False
+    try:
+        d = zlib.decompressobj(wbits=31)
+        d.decompress(data, 0)
+        return d.eof
+    except zlib.error:
+        return False
+
+
+class LayerFiles:
+    """Reads the files of upstream precomputed layers for the routes (one per relay)."""
+
+    def __init__(self, ttl: float = INFO_TTL) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._memo: dict[tuple[str, str], tuple[float, Any]] = {}
+        self._stores: dict[str, ts.KvStore] = {}
+
+    # -- what a layer declares ------------------------------------------------------------------
+    def _remember(self, key: tuple[str, str], make: Any) -> Any:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._memo.get(key)
+            if hit is not None and now - hit[0] < self.ttl:
+                return hit[1]
+        value = make()
+        with self._lock:
+            if len(self._memo) >= _MAX_MEMO:
+                self._memo.clear()
+            self._memo[key] = (now, value)
+        return value
+
+    def _read_info(self, location: str) -> dict[str, Any] | None:
+        data = self._get_whole(location, "info")
+        if data is None:
+            return None
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def layer_info(self, location: str) -> dict[str, Any]:
+        """The upstream layer's info as stored now (read again after ``ttl`` seconds)."""
+        info = self._remember((location, "info"), lambda: self._read_info(location))
+        if info is None:
+            raise RemoteNotFoundError("the upstream layer has no readable info file")
+        return dict(info)
+
+    def kept_keys(self, location: str, fallback: Mapping[str, Any]) -> dict[str, Any]:
+        """The info keys naming file directories, to add to the relay's info of the layer.
+
+        Read from the upstream's info as it is now (so meshes written while the relay runs
+        show up); ``fallback`` (the keys the upstream had when it was opened) when that cannot
+        be read, so an upstream that is down still gets the info it had.
+        """
+        try:
+            info = self.layer_info(location)
+        except VoxgateError:
+            info = dict(fallback)
+        return {k: info[k] for k in DIR_KEYS if isinstance(info.get(k), str)}
+
+    def directories(self, location: str) -> list[str]:
+        """The sub-directories the layer's info names (``mesh``, ``skeletons``, ...)."""
+        out = []
+        for value in self.kept_keys(location, {}).values():
+            name = value.strip("/")
+            if name and "://" not in value and not value.startswith("/"):
+                try:
+                    check_file_path(name)
+                except BossHTTPError:
+                    continue
+                out.append(name)
+        return out
+
+    def is_annotation_dir(self, location: str, name: str) -> bool:
+        """Whether ``location/name`` is an annotation layer (its info says so)."""
+        def look() -> bool:
+            info = self._read_info(join(location, name))
+            return info is not None and info.get("@type") == ANNOTATION_TYPE
+
+        return bool(self._remember((location, "ann:" + name), look))
+
+    def served_dir(self, location: str, parts: list[str]) -> str | None:
+        """The directory a file path lies in, if the layer serves it, else None."""
+        for d in self.directories(location):
+            dparts = d.split("/")
+            if len(parts) > len(dparts) and parts[: len(dparts)] == dparts:
+                return d
+        if len(parts) >= 2 and self.is_annotation_dir(location, parts[0]):
+            return parts[0]
+        return None
+
+    # -- reading files --------------------------------------------------------------------------
+    def _store(self, location: str) -> ts.KvStore:
+        with self._lock:
+            kv = self._stores.get(location)
+        if kv is None:
+            with ts_errors("opening the upstream layer"):
+                kv = ts.KvStore.open(kvstore_spec(location), context=ts_context()).result()
+            with self._lock:
+                self._stores.setdefault(location, kv)
+        return kv
+
+    def _get_whole(self, location: str, name: str) -> bytes | None:
+        """A file's stored bytes, decoded (local compressed variants, gzip bodies), or None."""
+        if is_local(location):
+            found = self._local(location, name)
+            if found is None:
+                return None
+            path, suffix = found
+            data = _read_local(path, 0, None)
+            return decompress(data, suffix, name) if suffix else data
+        got = self._remote_read(location, name, None)
+        if got is None:
+            return None
+        return gzip.decompress(got) if _is_gzip(got) else got
+
+    @staticmethod
+    def _local(location: str, name: str) -> tuple[str, str] | None:
+        """(path, compression suffix) of a local file, CloudFiles' compressed variants first."""
+        base = os.path.join(local_path(location), *name.split("/"))
+        for suffix in (*SUFFIXES, ""):
+            if os.path.isfile(base + suffix):
+                return base + suffix, suffix
+        return None
+
+    def _remote_read(self, location: str, name: str, byte_range: slice | None) -> bytes | None:
+        with ts_errors(f"reading {name} of the upstream layer"):
+            kv = self._store(location)
+            result = (kv.read(name) if byte_range is None
+                      else kv.read(name, byte_range=byte_range)).result()
+        if result.state != "value":
+            return None
+        return bytes(result.value)
+
+    def read(self, location: str, name: str, *, range_header: str | None, gzip_ok: bool,
+             head: bool) -> FileReply | None:
+        """The reply for ``name`` (a checked path relative to the layer), None if absent."""
+        rng = parse_range(range_header)
+        headers = {"Accept-Ranges": "bytes", "Vary": "Accept-Encoding",
+                   "Cache-Control": "no-cache",
+                   "Content-Type": "application/json" if name.rsplit("/", 1)[-1] == "info"
+                   else "application/octet-stream"}
+        try:
+            if is_local(location):
+                return self._read_local_file(location, name, rng, range_header or "", gzip_ok,
+                                             head, headers)
+            return self._read_remote_file(location, name, rng, range_header or "", gzip_ok,
+                                          head, headers)
+        except OSError as exc:
+            raise UpstreamError(f"reading {name} of the upstream layer failed: "
+                                f"{exc.strerror or exc}") from exc
+
+    def _read_local_file(self, location: str, name: str, rng: tuple[int | None, int | None] | None,
+                         header: str, gzip_ok: bool, head: bool,
+                         headers: dict[str, str]) -> FileReply | None:
+        found = self._local(location, name)
+        if found is None:
+            return None
+        path, suffix = found
+        if suffix == ".gz" and gzip_ok and rng is None:
+            data = _read_local(path, 0, None)  # as stored: the client decodes it
+            return FileReply(200, b"" if head else data,
+                             {**headers, "Content-Encoding": "gzip",
+                              "Content-Length": str(len(data))})
+        if suffix:
+            return _reply_from_bytes(decompress(_read_local(path, 0, None), suffix, name), rng,
+                                     header, head, headers)
+        size = os.stat(path).st_size
+        if rng is None:
+            headers["Content-Length"] = str(size)
+            if head:
+                return FileReply(200, b"", headers)
+            if size > STREAM_BYTES:
+                return FileReply(200, _blocks(path, 0, size), headers)
+            return FileReply(200, _read_local(path, 0, size), headers)
+        start, stop = _span(rng, size, header)
+        headers.update({"Content-Range": f"bytes {start}-{stop - 1}/{size}",
+                        "Content-Length": str(stop - start)})
+        if head:
+            return FileReply(206, b"", headers)
+        if stop - start > STREAM_BYTES:
+            return FileReply(206, _blocks(path, start, stop), headers)
+        return FileReply(206, _read_local(path, start, stop), headers)
+
+    def _read_remote_file(self, location: str, name: str,
+                          rng: tuple[int | None, int | None] | None, header: str, gzip_ok: bool,
+                          head: bool, headers: dict[str, str]) -> FileReply | None:
+        if rng is None or rng[0] is None:
+            data = self._remote_read(location, name, None)
+            if data is None:
+                return None
+            if _is_gzip(data):
+                if gzip_ok and rng is None:
+                    return FileReply(200, b"" if head else data,
+                                     {**headers, "Content-Encoding": "gzip",
+                                      "Content-Length": str(len(data))})
+                data = gzip.decompress(data)
+            return _reply_from_bytes(data, rng, header, head, headers)
+        # a range of a remote file: only those bytes are read (a shard may be large).  The
+        # store does not say the file's size, so Content-Range says "*" unless the range ran
+        # to the end (ranges of gzip-stored objects are of the stored bytes: shards and
+        # fragment files are stored uncompressed)
+        first, last = rng
+        assert first is not None
+        total: int | None = None
+        data = None
+        if last is not None:
+            try:
+                data = self._remote_read(location, name, slice(first, last + 1))
+            except VoxgateError as exc:
+                if "OUT_OF_RANGE" not in str(exc):
+                    raise
+        if data is None:
+            try:
+                data = self._remote_read(location, name, slice(first, None))
+            except VoxgateError as exc:
+                if "OUT_OF_RANGE" not in str(exc):
+                    raise
+                raise _unsatisfiable(f"Range {header!r} starts after the end of the "
+                                     "file") from None
+            if data is None:
+                return None
+            total = first + len(data)
+            if not data:
+                raise _unsatisfiable(f"Range {header!r} starts at the end of the file", total)
+            if last is not None:
+                data = data[: last + 1 - first]
+        shown = "*" if total is None else str(total)
+        headers.update({"Content-Range": f"bytes {first}-{first + len(data) - 1}/{shown}",
+                        "Content-Length": str(len(data))})
+        return FileReply(206, b"" if head else data, headers)
+
+
+def _reply_from_bytes(data: bytes, rng: tuple[int | None, int | None] | None, header: str,
+                      head: bool, headers: dict[str, str]) -> FileReply:
+    if rng is None:
+        headers["Content-Length"] = str(len(data))
+        return FileReply(200, b"" if head else data, headers)
+    start, stop = _span(rng, len(data), header)
+    headers.update({"Content-Range": f"bytes {start}-{stop - 1}/{len(data)}",
+                    "Content-Length": str(stop - start)})
+    return FileReply(206, b"" if head else data[start:stop], headers)
+
+
+def _read_local(path: str, start: int, stop: int | None) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(start)
+        return f.read() if stop is None else f.read(stop - start)
+
+
+def _blocks(path: str, start: int, stop: int) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = stop - start
+        while left > 0:
+            block = f.read(min(_BLOCK, left))
+            if not block:
+                break
+            left -= len(block)
+            yield block
+
+
+def not_served(path: str, dirs: list[str], what: str) -> BossHTTPError:
+    """The 404 of a path the layer does not serve, saying what it serves."""
+    if dirs:
+        serves = "files only under " + ", ".join(f"{d}/" for d in dirs)
+    else:
+        serves = "no mesh, skeleton or annotation files (its info names none)"
+    return BossHTTPError(404, RESOURCE_NOT_FOUND, f"no such endpoint: {path}: {what} serves "
+                         f"chunks under its scale keys and {serves}")
