@@ -184,8 +184,9 @@ def test_mesh_directory_info_is_served(relay: RelayProcess, layers: Layers) -> N
 
 
 # -- CloudVolume ----------------------------------------------------------------------------------
-def cloudvolume(relay: RelayProcess, name: str) -> Any:
-    return CloudVolume(f"precomputed://{layer_url(relay, name)}", progress=False, cache=False)
+def cloudvolume(relay: RelayProcess, name: str, where: str = "lab/em") -> Any:
+    return CloudVolume(f"precomputed://{layer_url(relay, name, where)}", progress=False,
+                       cache=False)
 
 
 @pytest.mark.parametrize("name", ["legacy", "multires"])
@@ -456,3 +457,52 @@ def test_neuroglancer_draws_skeletons_through_the_relay(relay: RelayProcess, lay
     # skeletons are lines: few pixels, where the same view without them has none
     assert (drawn & ~empty).sum() > 200, ((drawn & ~empty).sum(), drawn.sum(), empty.sum())
     assert not browser.errors, browser.errors
+
+
+# -- an upstream over HTTP: a relay in front of this relay ---------------------------------------
+@pytest.fixture(scope="module")
+def chained(relay: RelayProcess, tmp_path_factory: pytest.TempPathFactory,
+            ) -> Iterator[RelayProcess]:
+    """A second relay whose upstreams are the first relay's precomputed layers over HTTP (the
+    files are read through tensorstore's http kvstore: ranges, gzip bodies, absent files)."""
+    d = tmp_path_factory.mktemp("mesh-relay-chained")
+    cfg = _config(d / "relay.toml", auth=False)
+    with open(cfg, "a") as f:
+        for name in ("legacy", "multires", "skel"):
+            f.write(f'\n[[channel]]\nname = "far/em/{name}"\n'
+                    f'upstream = "precomputed://{layer_url(relay, name)}"\n')
+    r = start_relay(cfg, free_port())
+    yield r
+    r.stop()
+
+
+def test_a_relay_of_a_relay_serves_the_same_files(chained: RelayProcess, layers: Layers) -> None:
+    for name in ("legacy", "multires"):
+        files = read_meshes(f"precomputed://file://{layers.root}/lab/em/{name}", layers.ids)
+        cv = cloudvolume(chained, name, "far/em")
+        got = cv.mesh.get(layers.ids, **({"fuse": False} if name == "legacy" else {}))
+        for i in layers.ids:
+            assert np.allclose(np.asarray(got[i].vertices), files[i].vertices, atol=1e-3)
+            assert np.array_equal(np.asarray(got[i].faces), files[i].faces)
+    skels = read_skeletons(f"precomputed://file://{layers.skel}", layers.ids)
+    cv = cloudvolume(chained, "skel", "far/em")
+    for i, sk in skels.items():
+        assert np.array_equal(np.asarray(cv.skeleton.get(i).edges), sk.edges)
+
+
+def test_ranges_of_a_file_over_http(chained: RelayProcess, layers: Layers) -> None:
+    data, size = layers.shard, len(layers.shard)
+    url = layer_url(chained, "multires", "far/em") + "/mesh/a1.shard"
+    assert httpx.get(url).content == data
+    for header, start, stop in _ranges(size):
+        res = httpx.get(url, headers={"Range": header})
+        assert res.status_code == 206, (header, res.text)
+        assert res.content == data[start:stop], header
+        # the size is known when the range ran to the end; "*" otherwise
+        total = res.headers["content-range"].rsplit("/", 1)[1]
+        assert res.headers["content-range"].startswith(f"bytes {start}-{stop - 1}/"), header
+        assert total in ("*", str(size)), header
+    for header in (f"bytes={size}-", f"bytes={size + 10}-{size + 20}"):
+        res = httpx.get(url, headers={"Range": header})
+        assert res.status_code == 416, (header, res.text)
+    assert httpx.get(layer_url(chained, "multires", "far/em") + "/mesh/nope").status_code == 404
