@@ -142,7 +142,7 @@ def test_thumbnail_of_a_pyramid_reads_the_coarsest_large_enough_scale(
     s2[:] = np.arange(s2.size, dtype=np.uint64).reshape(s2.shape).astype(np.uint8)
     reads.clear()
     html = v._repr_html_()
-    assert "scale 2" in html
+    assert "scale 2, one voxel in 2 along y and x" in html
     assert {s for _, s in reads} == {2}
     assert all(b.shape.z == 1 for b, _ in reads)
     png = _thumbnail(html)

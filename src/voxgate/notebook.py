@@ -40,6 +40,7 @@ from .storage.units import UNITS_NM
 __all__ = [
     "PREVIEW_PX",
     "THUMBNAIL_PX",
+    "XARRAY_BLOCK_BYTES",
     "axis_coords",
     "check_array_caller",
     "gray_image",
@@ -58,6 +59,9 @@ __all__ = [
 THUMBNAIL_PX = 256
 #: the long side of a preview, in pixels (at most), unless ``max_px`` says otherwise
 PREVIEW_PX = 1024
+#: ``to_xarray``'s dask blocks hold at most about this many bytes (whole storage chunks), so a
+#: slice of the DataArray reads little more than the chunks it touches
+XARRAY_BLOCK_BYTES = 16 * 2**20
 _SPATIAL = ("z", "y", "x")
 
 
@@ -259,7 +263,7 @@ def thumbnail(vol: Any) -> tuple[np.ndarray, str]:
     if src.scale != vol.scale:
         where.append(f"scale {src.scale}")
     if stride > 1:
-        where.append(f"every {stride}th voxel")
+        where.append(f"one voxel in {stride} along {' and '.join(plane.dims)}")
     return pixels, ", ".join(where) or "the whole plane"
 
 
@@ -412,7 +416,8 @@ def preview(
 def to_xarray(vol: Any, chunks: Any = "auto", name: str | None = None) -> Any:
     """``vol`` as a lazy xarray DataArray over ``vol.to_dask(chunks)``: dims ("z", "y", "x")
     (("c", "z", "y", "x") with several channels, dropped axes as scalar coordinates), spatial
-    coordinates the voxel centres in nanometres.  ``name`` defaults to the last part of the
+    coordinates the voxel centres in nanometres.  ``chunks="auto"`` makes blocks of whole
+    storage chunks of at most XARRAY_BLOCK_BYTES; ``name`` defaults to the last part of the
     URL."""
     xr = _require("xarray", "Volume.to_xarray")
     unit = _coord_unit(vol)
@@ -432,8 +437,24 @@ def to_xarray(vol: Any, chunks: Any = "auto", name: str | None = None) -> Any:
         "units": unit,
         "coordinates": "voxel centres",
     }
-    return xr.DataArray(vol.to_dask(chunks), dims=vol.dims, coords=coords,
+    return xr.DataArray(vol.to_dask(_xarray_chunks(vol, chunks)), dims=vol.dims, coords=coords,
                         name=_short_name(vol) if name is None else name, attrs=attrs)
+
+
+def _xarray_chunks(vol: Any, chunks: Any) -> Any:
+    """``chunks`` as given, or for "auto" whole storage chunks up to XARRAY_BLOCK_BYTES."""
+    if not (isinstance(chunks, str) and chunks == "auto") or vol.size == 0:
+        return chunks
+    import dask.array as da
+
+    sc = vol.scale_meta
+    steps = [max(1, round(a / b)) for a, b in zip(vol.voxel_size.zyx(), sc.voxel_size.zyx(),
+                                                   strict=True)]
+    storage = {d: max(1, c // k) for d, c, k in zip(_SPATIAL, sc.chunks, steps, strict=True)}
+    previous = tuple(n if d == "c" else storage[d] for d, n in zip(vol.dims, vol.shape,
+                                                                   strict=True))
+    return da.core.normalize_chunks("auto", vol.shape, limit=XARRAY_BLOCK_BYTES, dtype=vol.dtype,
+                                    previous_chunks=previous)
 
 
 def _short_name(vol: Any) -> str:
@@ -446,7 +467,10 @@ def _short_name(vol: Any) -> str:
 def check_array_caller(vol: Any) -> None:
     """Refuse ``np.asarray(vol)`` when xarray calls it (``xr.DataArray(vol)``), which would read
     the whole view silently; a caller's own ``np.asarray(vol)`` goes ahead."""
-    frame = sys._getframe(2)  # 0: here, 1: Volume.__array__, 2: whoever asked numpy
+    try:
+        frame = sys._getframe(2)  # 0: here, 1: Volume.__array__, 2: whoever asked numpy
+    except ValueError:  # called with nothing above: not from xarray
+        return
     while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "numpy":
         frame = frame.f_back  # type: ignore[assignment]
     caller = "" if frame is None else frame.f_globals.get("__name__", "")
