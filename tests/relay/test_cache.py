@@ -29,7 +29,6 @@ from voxgate.api import open_remote
 from voxgate.errors import AuthenticationError, RemoteUnavailableError, VoxgateError
 from voxgate.geometry import Box, Vec
 from voxgate.registry import register
-from voxgate.relay import cache as cache_module
 from voxgate.relay.cache import (
     CachedRemote,
     CacheMetrics,
@@ -37,6 +36,7 @@ from voxgate.relay.cache import (
     TieredCache,
     UpstreamError,
 )
+from voxgate.relay.cache import remote as cache_module  # CachedRemote reads CELL_BYTES there
 from voxgate.relay.catalog import Catalog
 from voxgate.relay.config import ChannelConfig, RelayConfig
 from voxgate.remotes.base import Remote

@@ -1,0 +1,268 @@
+"""The caching Remote in front of an upstream (:class:`CachedRemote`): reads cut on a cell
+grid aligned to the upstream's chunks, one upstream fetch per missing cell however many readers
+want it, writes through to the upstream; the rules it keeps are in the package's docstring
+(:mod:`voxgate.relay.cache`)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import numpy as np
+
+from ...errors import (
+    AuthenticationError,
+    MissingChunkError,
+    RemoteUnavailableError,
+    VoxgateError,
+)
+from ...geometry import Box, Vec, chunk_boxes, grow_block
+from ...remotes.base import Capability, Remote
+from .tiers import _TAG_END, TieredCache
+
+__all__ = ["CELL_BYTES", "CachedRemote", "UpstreamError", "UpstreamTimeoutError"]
+
+#: cache cells grow from the upstream's chunks toward this size (fewer entries, same alignment)
+CELL_BYTES = 2**20
+
+
+class UpstreamError(RemoteUnavailableError):
+    """The upstream failed or answered something that could not be decoded (HTTP 502)."""
+
+
+class UpstreamTimeoutError(UpstreamError, TimeoutError):
+    """The upstream did not answer in time (HTTP 504)."""
+
+
+class _Flight:
+    """One upstream fetch of one cell: its future, and whether a write detached it."""
+
+    __slots__ = ("future", "stale")
+
+    def __init__(self) -> None:
+        self.future: Future[np.ndarray] = Future()
+        self.stale = False
+
+
+_fetch_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="voxgate-upstream")
+_STRIPES = [threading.Lock() for _ in range(256)]
+
+
+class CachedRemote(Remote):
+    """A Remote that caches another one cell by cell (see the module docstring)."""
+
+    scheme = "relay-cache"
+
+    def __init__(self, upstream: Remote, cache: TieredCache, *, identity: str,
+                 timeout: float = 30.0, tag: str | None = None) -> None:
+        self.upstream = upstream
+        self.cache = cache
+        self.meta = upstream.meta
+        self.mode = upstream.mode
+        self.url = upstream.url
+        self.timeout = timeout
+        ident = hashlib.sha256(identity.encode()).hexdigest()[:20]
+        #: the tag every entry of this Remote carries (the relay passes the channel's, so a
+        #: delete drops the cells of every token's view of it)
+        self.tag = self.tag_of(tag if tag is not None else identity)
+        self._prefix = f"{self.tag}{_TAG_END}{ident}"
+        self._inflight: dict[str, _Flight] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._grids = [
+            grow_block(s.chunks, self.meta.dtype.itemsize * self.meta.num_channels, s.shape,
+                       CELL_BYTES)
+            for s in self.meta.scales
+        ]
+
+    @classmethod
+    def open(cls, location: str, *, mode: str = "r", **options: Any) -> Remote:
+        raise VoxgateError("a CachedRemote is made by the relay, not opened by URL")
+
+    @staticmethod
+    def tag_of(tag: str) -> str:
+        """The cache tag a CachedRemote made with ``tag=tag`` gives its entries."""
+        return hashlib.sha256(tag.encode()).hexdigest()[:16]
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return self.upstream.capabilities
+
+    def grid(self, scale: int) -> Vec:
+        """The cache cell shape at ``scale``: also the chunk size the precomputed dialect serves."""
+        return self._grids[scale]
+
+    def write_grid(self, scale: int = 0) -> Vec:
+        return self.upstream.write_grid(scale)
+
+    def absent_chunks(self, box: Box, scale: int = 0) -> list[Vec]:
+        """The upstream's absent chunks (its CHUNK_PRESENCE capability is passed through)."""
+        return self.upstream.absent_chunks(box, scale)
+
+    def spec(self) -> dict[str, Any]:
+        return self.upstream.spec()
+
+    def _key(self, scale: int, idx: Vec) -> str:
+        return f"{self._prefix}/{scale}/{idx.z}_{idx.y}_{idx.x}"
+
+    def cells(self, box: Box, scale: int) -> Iterator[tuple[Vec, Box]]:
+        return chunk_boxes(box, self._grids[scale], self.meta.scale(scale).bounds)
+
+    # -- reading --------------------------------------------------------------------------------
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        deadline = time.monotonic() + self.timeout
+        lead = (self.meta.num_channels,) if self.meta.num_channels > 1 else ()
+        out = np.empty(lead + tuple(box.shape), dtype=self.meta.dtype)
+        waiting: list[tuple[Box, Future[np.ndarray]]] = []
+        mine: list[tuple[str, Box, _Flight]] = []
+        for idx, cell in self.cells(box, scale):
+            key = self._key(scale, idx)
+            arr = self.cache.get(key)
+            if arr is not None:
+                self._place(out, box, cell, arr)
+                continue
+            with self._lock:
+                flight = self._inflight.get(key)
+                if flight is not None:
+                    self.cache.metrics.add(coalesced=1)
+                else:
+                    flight = _Flight()
+                    self._inflight[key] = flight
+                    mine.append((key, cell, flight))
+            waiting.append((cell, flight.future))
+        if mine:
+            union = mine[0][1]
+            for _, cell, _ in mine[1:]:
+                union = Box(np.minimum(union.start, cell.start), np.maximum(union.stop, cell.stop))
+            if len(mine) > 1 and sum(c.size for _, c, _ in mine) == union.size:
+                # the missing cells tile one box: a single upstream read (the upstream
+                # parallelizes it) instead of one request per cell
+                _fetch_pool.submit(self._run_fetch, mine, union, scale)
+            else:
+                for item in mine:
+                    _fetch_pool.submit(self._run_fetch, [item], item[1], scale)
+        for cell, fut in waiting:
+            try:
+                arr = fut.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                self.cache.metrics.add(upstream_timeouts=1)
+                raise UpstreamTimeoutError(
+                    f"upstream {self.upstream.url} did not answer within {self.timeout:g} s"
+                ) from None
+            self._place(out, box, cell, arr)
+        self.cache.metrics.add(bytes_served=out.nbytes)
+        return out
+
+    @staticmethod
+    def _place(out: np.ndarray, box: Box, cell: Box, arr: np.ndarray) -> None:
+        part = cell.intersect(box)
+        out[(..., *part.slices(box.start))] = arr[(..., *part.slices(cell.start))]
+
+    def _run_fetch(self, items: list[tuple[str, Box, _Flight]], region: Box,
+                   scale: int) -> None:
+        """Read ``region`` (one cell, or several that tile it) and hand each cell its data."""
+        t0 = time.perf_counter()
+        try:
+            data = self.upstream.read(region, scale)
+        except BaseException as exc:
+            self.cache.metrics.add(upstream_errors=1)
+            # the cells lie inside the dataset, so whatever goes wrong reading them is the
+            # upstream's failure (502): unreachable, refusing, or answering what cannot be
+            # decoded.  Refused credentials stay themselves (a forwarded token: 403).
+            err: BaseException = exc
+            # an absent chunk of an upstream opened with missing="error" stays itself too
+            if not isinstance(exc, (UpstreamError, AuthenticationError, MissingChunkError)):
+                err = UpstreamError(f"upstream {self.upstream.url} failed: {exc}")
+                err.__cause__ = exc
+            self._land(items)
+            for _, _, flight in items:
+                flight.future.set_exception(err)
+            return
+        self.cache.metrics.upstream_latency(time.perf_counter() - t0)
+        self.cache.metrics.add(upstream_bytes=data.nbytes, upstream_cells=len(items))
+        results = []
+        for key, cell, flight in items:
+            arr = data if cell == region else np.ascontiguousarray(
+                data[(..., *cell.slices(region.start))])
+            results.append(arr)
+            # cached only when no write detached this fetch (then it may hold the old data),
+            # checked and stored under the stripe writers of the cell hold, so no write can
+            # detach it in between; a writer holding it now means the data is going stale, so
+            # the fetch does not wait for it, it just does not cache
+            stripe = _STRIPES[hash(key) % len(_STRIPES)]
+            if stripe.acquire(blocking=False):
+                try:
+                    if not flight.stale and not self._closed:
+                        self.cache.put(key, arr)
+                finally:
+                    stripe.release()
+        self._land(items)
+        for (_, _, flight), arr in zip(items, results, strict=True):
+            flight.future.set_result(arr)
+
+    def _land(self, items: list[tuple[str, Box, _Flight]]) -> None:
+        """A fetch is over: remove its in-flight entries (never a newer fetch's)."""
+        with self._lock:
+            for key, _, flight in items:
+                if self._inflight.get(key) is flight:
+                    del self._inflight[key]
+
+    def _detach(self, keys: list[str]) -> None:
+        """No read that begins from now on may join a fetch in flight for ``keys``, and those
+        fetches may not cache what they read (called by writers holding the keys' stripes)."""
+        with self._lock:
+            for key in keys:
+                flight = self._inflight.pop(key, None)
+                if flight is not None:
+                    flight.stale = True
+
+    # -- writing --------------------------------------------------------------------------------
+    def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
+        cells = list(self.cells(box, scale))
+        keys = [self._key(scale, idx) for idx, _ in cells]
+        # writers touching the same cells go one at a time, so the cache ends as the upstream
+        # does; stripes are taken in order, so two writers never wait on each other in a cycle
+        stripes = sorted({hash(k) % len(_STRIPES) for k in keys})
+        for i in stripes:
+            _STRIPES[i].acquire()
+        try:
+            for key in keys:  # dropped before the upstream changes: a crash leaves no stale cell
+                self.cache.pop(key)
+            try:
+                self.upstream.write(box, array, scale)
+            finally:
+                # whether the upstream took all, part or none of it: every fetch in flight now
+                # (begun before or during the upstream write) may hold old data, and a read that
+                # begins after this write returns must not join one
+                self._detach(keys)
+            self.cache.metrics.add(upstream_writes=1)
+            for key, (_, cell) in zip(keys, cells, strict=True):
+                if box.contains(cell):
+                    self.cache.put(key, np.array(array[(..., *cell.slices(box.start))]))
+        finally:
+            for i in stripes:
+                _STRIPES[i].release()
+
+    def close(self) -> None:
+        """Stop caching (fetches still in flight store nothing) and close the upstream."""
+        for lock in _STRIPES:  # in order, as writers take them: no fetch is storing meanwhile
+            lock.acquire()
+        try:
+            self._closed = True
+            with self._lock:
+                for flight in self._inflight.values():
+                    flight.stale = True
+                self._inflight.clear()
+        finally:
+            for lock in _STRIPES:
+                lock.release()
+        self.upstream.close()
+
+    def drop_cached(self) -> int:
+        """Drop every cached cell carrying this Remote's tag, from both tiers."""
+        return self.cache.drop_tag(self.tag)

@@ -1,0 +1,266 @@
+"""The cache's tiers: memory (an LRU bounded by bytes) in front of an optional disk tier
+(diskcache, size-capped LRU, entries tagged by channel), their metrics, and the pickle-free
+encoding of a cell on disk (header, blosc-packed bytes, CRC-32)."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blosc
+import numpy as np
+
+from ...errors import CorruptChunkError
+
+__all__ = ["CacheMetrics", "DiskTier", "MemoryTier", "TieredCache", "decode_cell", "encode_cell"]
+
+
+@dataclass
+class CacheMetrics:
+    memory_hits: int = 0
+    disk_hits: int = 0
+    misses: int = 0
+    coalesced: int = 0
+    upstream_fetches: int = 0  # upstream reads (one may bring several cells)
+    upstream_cells: int = 0  # cells those reads brought
+    upstream_errors: int = 0
+    upstream_timeouts: int = 0
+    upstream_bytes: int = 0
+    upstream_seconds: float = 0.0
+    upstream_writes: int = 0
+    bytes_served: int = 0
+    latencies: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: float) -> None:
+        with self.lock:
+            for k, v in counts.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def upstream_latency(self, seconds: float) -> None:
+        with self.lock:
+            self.upstream_fetches += 1
+            self.upstream_seconds += seconds
+            self.latencies.append(seconds)
+            if len(self.latencies) > 4096:
+                del self.latencies[:2048]
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            lat = sorted(self.latencies)
+            out = {k: getattr(self, k) for k in (
+                "memory_hits", "disk_hits", "misses", "coalesced", "upstream_fetches",
+                "upstream_cells",
+                "upstream_errors", "upstream_timeouts", "upstream_bytes", "upstream_writes",
+                "bytes_served")}
+            out["upstream_seconds_total"] = round(self.upstream_seconds, 6)
+            if lat:
+                out["upstream_latency_p50_ms"] = round(1000 * lat[len(lat) // 2], 3)
+                out["upstream_latency_p99_ms"] = round(1000 * lat[min(len(lat) - 1,
+                                                                      int(len(lat) * 0.99))], 3)
+            hits = self.memory_hits + self.disk_hits
+            total = hits + self.misses
+            out["hit_ratio"] = round(hits / total, 4) if total else None
+            return out
+
+
+# -- value encoding (no pickle) -----------------------------------------------------------------
+_MAGIC = b"VGC2"  # VGC1 entries (no checksum) read as damaged and are refetched
+
+
+def encode_cell(arr: np.ndarray) -> bytes:
+    arr = np.ascontiguousarray(arr)
+    dt = arr.dtype.str.encode()
+    header = _MAGIC + struct.pack("<B", len(dt)) + dt + struct.pack("<B", arr.ndim)
+    header += struct.pack(f"<{arr.ndim}Q", *arr.shape)
+    body = header + blosc.compress(arr.tobytes(), typesize=arr.dtype.itemsize, cname="lz4")
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def decode_cell(data: bytes, where: str) -> np.ndarray:
+    try:
+        if data[:4] != _MAGIC:
+            raise ValueError("bad magic")
+        if len(data) < 9 or struct.unpack("<I", data[-4:])[0] != zlib.crc32(data[:-4]):
+            raise ValueError("checksum mismatch")
+        data = data[:-4]
+        n = data[4]
+        dt = np.dtype(data[5 : 5 + n].decode())
+        pos = 5 + n
+        ndim = data[pos]
+        shape = struct.unpack(f"<{ndim}Q", data[pos + 1 : pos + 1 + 8 * ndim])
+        raw = blosc.decompress(data[pos + 1 + 8 * ndim :])
+        return np.frombuffer(raw, dtype=dt).reshape(shape).copy()
+    except Exception as exc:
+        raise CorruptChunkError(f"cache entry {where} is damaged: {exc}", chunk=where) from exc
+
+
+class MemoryTier:
+    """An LRU of arrays bounded by their total bytes."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def drop_prefix(self, prefix: str) -> int:
+        """Drop every entry whose key starts with ``prefix`` (a scan bounded by the tier's
+        capacity); return how many."""
+        with self._lock:
+            gone = [k for k in self._items if k.startswith(prefix)]
+            for k in gone:
+                self.used -= self._items.pop(k).nbytes
+        return len(gone)
+
+    def get(self, key: str) -> np.ndarray | None:
+        with self._lock:
+            arr = self._items.get(key)
+            if arr is not None:
+                self._items.move_to_end(key)
+            return arr
+
+    def put(self, key: str, arr: np.ndarray) -> None:
+        if arr.nbytes > self.capacity:
+            return
+        arr.flags.writeable = False  # shared between requests: nobody may change it
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.used -= old.nbytes
+            self._items[key] = arr
+            self.used += arr.nbytes
+            while self.used > self.capacity and self._items:
+                _, gone = self._items.popitem(last=False)
+                self.used -= gone.nbytes
+
+    def pop(self, key: str) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.used -= old.nbytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _bytes_only_disk() -> type:
+    """A diskcache ``Disk`` that never unpickles a value (the tier only stores bytes; a pickled
+    entry on disk is not ours, and reads as missing)."""
+    import diskcache
+    from diskcache.core import MODE_PICKLE
+
+    class BytesOnlyDisk(diskcache.Disk):
+        def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+            if mode == MODE_PICKLE:
+                raise OSError("a pickled cache entry is refused")  # diskcache: a miss
+            return super().fetch(mode, filename, value, read)
+
+    return BytesOnlyDisk
+
+
+class DiskTier:
+    """A size-capped LRU on disk (diskcache: SQLite index + files, atomic, survives restarts)."""
+
+    def __init__(self, path: Path, capacity: int) -> None:
+        import diskcache
+
+        path.mkdir(parents=True, exist_ok=True)
+        self._cache = diskcache.Cache(
+            str(path), disk=_bytes_only_disk(), size_limit=capacity,
+            eviction_policy="least-recently-used", cull_limit=16, disk_min_file_size=2**15,
+            tag_index=True,  # drop_tag finds a channel's entries through an index, no scan
+        )
+
+    def get(self, key: str) -> np.ndarray | None:
+        data = self._cache.get(key, default=None, read=False)
+        if data is None:
+            return None
+        if not isinstance(data, bytes):
+            self._cache.delete(key)
+            return None
+        return decode_cell(data, key)
+
+    def put(self, key: str, arr: np.ndarray, tag: str | None = None) -> None:
+        self._cache.set(key, encode_cell(arr), tag=tag)
+
+    def pop(self, key: str) -> None:
+        self._cache.delete(key)
+
+    def drop_tag(self, tag: str) -> int:
+        return int(self._cache.evict(tag, retry=True))
+
+    def volume(self) -> int:
+        return int(self._cache.volume())
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+class TieredCache:
+    """Memory in front of (optional) disk; a disk hit is promoted to memory."""
+
+    def __init__(self, memory_bytes: int, disk_path: Path | None = None,
+                 disk_bytes: int = 0) -> None:
+        self.memory = MemoryTier(memory_bytes)
+        self.disk = DiskTier(disk_path, disk_bytes) if disk_path is not None else None
+        self.metrics = CacheMetrics()
+        self._lock = threading.Lock()
+        self._pops = 0  # how many drops so far: a disk hit read across one is not promoted
+
+    def get(self, key: str) -> np.ndarray | None:
+        arr = self.memory.get(key)
+        if arr is not None:
+            self.metrics.add(memory_hits=1)
+            return arr
+        if self.disk is not None:
+            with self._lock:
+                seen = self._pops
+            try:
+                arr = self.disk.get(key)
+            except CorruptChunkError:
+                self.disk.pop(key)  # a damaged entry is refetched, never served
+                arr = None
+            if arr is not None:
+                self.metrics.add(disk_hits=1)
+                with self._lock:
+                    # a drop since the disk read may have been a write's: then what was read
+                    # is (or may be) the old value, and must not outlive the drop in memory
+                    if self._pops == seen:
+                        self.memory.put(key, arr)
+                return arr
+        self.metrics.add(misses=1)
+        return None
+
+    def put(self, key: str, arr: np.ndarray) -> None:
+        self.memory.put(key, arr)
+        if self.disk is not None:
+            self.disk.put(key, arr, tag=key.split(_TAG_END, 1)[0] if _TAG_END in key else None)
+
+    def pop(self, key: str) -> None:
+        if self.disk is not None:
+            self.disk.pop(key)
+        with self._lock:  # counted after the disk drop, so a read of the old entry sees it
+            self._pops += 1
+            self.memory.pop(key)
+
+    def drop_tag(self, tag: str) -> int:
+        """Drop every entry of ``tag`` (one channel incarnation) from both tiers."""
+        n = self.disk.drop_tag(tag) if self.disk is not None else 0
+        with self._lock:  # counted, as pop does: a disk hit read before is not promoted
+            self._pops += 1
+            n += self.memory.drop_prefix(tag + _TAG_END)
+        return n
+
+    def close(self) -> None:
+        if self.disk is not None:
+            self.disk.close()
+
+
+#: ends a key's tag: keys are "<tag>~<remote>/<scale>/<z>_<y>_<x>"
+_TAG_END = "~"
