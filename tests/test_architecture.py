@@ -16,6 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "voxgate"
 
 #: lowest first; a unit is a subpackage or top-level module of voxgate ("voxgate": __init__)
 LAYERS: tuple[tuple[str, ...], ...] = (
+    ("progress",),  # progress bars and byte units (rich, imported when drawn)
     ("errors", "parallel", "synthetic"),  # stdlib / numpy only
     ("geometry",),
     ("meta",),

@@ -29,6 +29,7 @@ from .errors import InvalidRequestError, MissingChunkError, OutOfBoundsError, Pa
 from .geometry import Box, Vec, chunk_boxes, grow_block
 from .meta import VolumeMeta
 from .parallel import default_workers, run_blocks
+from .progress import progress_bar
 from .registry import create_remote, open_remote, resolve_for_create
 from .remotes.base import (
     Capability,
@@ -190,27 +191,8 @@ def _progress(enabled: bool, total: int, total_bytes: int, label: str) -> Iterat
     if not enabled:
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-    ) as bar:
-        task = bar.add_task(label, total=total_bytes)
-        yield lambda n: bar.advance(task, n)
+    with progress_bar(True, total_bytes, label, unit="bytes") as bar:  # KiB/MiB/GiB
+        yield bar.advance
 
 
 def copy(

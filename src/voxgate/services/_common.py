@@ -21,6 +21,7 @@ from ..errors import (
 )
 from ..geometry import Box, Vec, VoxelSize
 from ..meta import Scale, VolumeMeta
+from ..progress import progress_bar  # one progress bar (and byte unit) for every Service
 from ..registry import create_remote, resolve_for_create
 from ..remotes.base import Capability, Remote, has_capability
 from ..remotes.memory import MemoryRemote
@@ -164,40 +165,3 @@ def block_boxes(region: Box, block: Vec) -> Iterator[Box]:
             for x in range(region.start.x, region.stop.x, block.x):
                 start = Vec(z, y, x)
                 yield Box(start, start + block).intersect(region)
-
-
-class progress_bar:
-    """A rich progress bar over ``total`` steps, or nothing when ``enabled`` is False."""
-
-    def __init__(self, enabled: bool, total: int, label: str) -> None:
-        self.enabled = enabled and total > 0
-        self.total = total
-        self.label = label
-        self._bar: Any = None
-        self._task: Any = None
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> progress_bar:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeRemainingColumn())
-            self._bar.__enter__()
-            self._task = self._bar.add_task(self.label, total=self.total)
-        return self
-
-    def advance(self, n: int = 1) -> None:
-        if self._bar is not None:
-            with self._lock:
-                self._bar.advance(self._task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
