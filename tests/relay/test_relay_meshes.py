@@ -95,6 +95,12 @@ def layers(tmp_path_factory: pytest.TempPathFactory) -> Layers:
     shard = np.random.default_rng(7).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
     (multires / "mesh" / "a1.shard").write_bytes(shard)
 
+    # sharded multi-resolution meshes and sharded skeletons (neuroglancer_uint64_sharded_v1)
+    sharded = _segmentation(root / "lab" / "em" / "sharded", labels)
+    write_meshes(sharded.url, meshes, format="multires", lods=2, sharded=True)
+    write_skeletons(sharded.url, voxgate.skeletonize(sharded, ids=ids, dust_threshold=0),
+                    sharded=True)
+
     # a zarr segmentation: no mesh files; layers at other depths
     zseg = voxgate.create(f"zarr://{root}/lab/em/zseg.zarr", shape=SHAPE, chunks=(16, 64, 64),
                           dtype="uint64", voxel_size=VOXEL, kind="segmentation")
@@ -189,7 +195,7 @@ def cloudvolume(relay: RelayProcess, name: str, where: str = "lab/em") -> Any:
                        cache=False)
 
 
-@pytest.mark.parametrize("name", ["legacy", "multires"])
+@pytest.mark.parametrize("name", ["legacy", "multires", "sharded"])
 def test_cloudvolume_meshes_through_the_relay_equal_the_files(relay: RelayProcess,
                                                               layers: Layers, name: str) -> None:
     files = read_meshes(f"precomputed://file://{layers.root}/lab/em/{name}", layers.ids)
@@ -219,11 +225,13 @@ def test_cloudvolume_reads_a_gzip_stored_fragment(relay: RelayProcess, layers: L
     assert part.status_code == 206 and part.content == gzip.decompress(stored)[4:12]
 
 
+@pytest.mark.parametrize("name", ["skel", "sharded"])
 def test_cloudvolume_skeletons_through_the_relay_equal_the_files(relay: RelayProcess,
-                                                                 layers: Layers) -> None:
-    files = read_skeletons(f"precomputed://file://{layers.skel}", layers.ids)
+                                                                 layers: Layers,
+                                                                 name: str) -> None:
+    files = read_skeletons(f"precomputed://file://{layers.root}/lab/em/{name}", layers.ids)
     assert files and set(files) <= set(layers.ids)
-    cv = cloudvolume(relay, "skel")
+    cv = cloudvolume(relay, name)
     for i, sk in files.items():
         got = cv.skeleton.get(i)
         assert got.id == i
@@ -274,6 +282,20 @@ def test_byte_ranges_are_exact(relay: RelayProcess, layers: Layers, which: str) 
     status, headers, body = raw_request(relay, f"/precomputed/lab/em/multires/{rel}", "HEAD",
                                         {"Range": "bytes=5-9"})
     assert status == 206 and headers["content-range"] == f"bytes 5-9/{size}" and body == b""
+
+
+def test_large_files_are_streamed_whole_and_by_range(relay: RelayProcess,
+                                                    layers: Layers) -> None:
+    # above 16 MiB a file (or a range of it) is sent in blocks instead of read whole
+    data = np.random.default_rng(5).integers(0, 256, 17 * 2**20 + 3, dtype=np.uint8).tobytes()
+    (layers.multires / "mesh" / "big.shard").write_bytes(data)
+    url = layer_url(relay, "multires") + "/mesh/big.shard"
+    whole = httpx.get(url)
+    assert whole.status_code == 200 and int(whole.headers["content-length"]) == len(data)
+    assert whole.content == data
+    part = httpx.get(url, headers={"Range": f"bytes=5-{len(data) - 2}"})
+    assert part.status_code == 206 and part.content == data[5:-1]
+    assert part.headers["content-range"] == f"bytes 5-{len(data) - 2}/{len(data)}"
 
 
 def test_annotation_layer_beside_the_segmentation(relay: RelayProcess, layers: Layers) -> None:
@@ -348,6 +370,7 @@ def test_tokens_apply_to_files(private_relay: RelayProcess, layers: Layers) -> N
 def test_data_root_finds_layers_at_any_depth(layers: Layers) -> None:
     found = {key: url for key, url in data_root_volumes(layers.root)}
     assert set(found) == {("lab", "em", "legacy"), ("lab", "em", "multires"), ("lab", "em", "skel"),
+                          ("lab", "em", "sharded"),
                           ("lab", "em", "zseg"), ("data", "default", "flat"),
                           ("lab", "deep_er", "seg2")}
     assert found[("lab", "em", "zseg")].startswith("zarr://")
@@ -374,7 +397,7 @@ def test_the_relay_lists_layers_not_their_directories(relay: RelayProcess) -> No
         colls = http.get("/v1/collection/").json()["collections"]
         assert sorted(colls) == ["data", "lab"]
         chans = http.get("/v1/collection/lab/experiment/em/channel/").json()["channels"]
-        assert sorted(chans) == ["legacy", "multires", "skel", "zseg"]
+        assert sorted(chans) == ["legacy", "multires", "sharded", "skel", "zseg"]
         assert http.get("/v1/collection/lab/experiment/deep_er/channel/").json()["channels"] \
             == ["seg2"]
     for name in ("mesh", "skeletons", "ann"):
@@ -390,7 +413,7 @@ def browser(relay: RelayProcess) -> Iterator[Browser]:
         yield b
 
 
-@pytest.mark.parametrize("name", ["multires", "legacy"])
+@pytest.mark.parametrize("name", ["multires", "legacy", "sharded"])
 def test_neuroglancer_draws_meshes_through_the_relay(relay: RelayProcess, layers: Layers,
                                                      browser: Browser, name: str) -> None:
     import neuroglancer
@@ -415,7 +438,9 @@ def test_neuroglancer_draws_meshes_through_the_relay(relay: RelayProcess, layers
     colours = len(np.unique(img.reshape(-1, 3), axis=0))
     mine = browser.responses_since(before, prefix)
     assert any(u.endswith("/mesh/info") for u, _ in mine), mine
-    if name == "multires":
+    if name == "sharded":  # manifests and fragments are read from shard files by range
+        assert any(u.endswith(".shard") and st == 206 for u, st in mine), mine
+    elif name == "multires":
         assert any(u.endswith(".index") for u, _ in mine), mine  # the manifests
         fragments = [(u, st) for u, st in mine if u.rsplit("/", 1)[1].isdigit()]
         assert fragments and all(st in (200, 206) for _, st in fragments), mine
@@ -468,7 +493,7 @@ def chained(relay: RelayProcess, tmp_path_factory: pytest.TempPathFactory,
     d = tmp_path_factory.mktemp("mesh-relay-chained")
     cfg = _config(d / "relay.toml", auth=False)
     with open(cfg, "a") as f:
-        for name in ("legacy", "multires", "skel"):
+        for name in ("legacy", "multires", "skel", "sharded"):
             f.write(f'\n[[channel]]\nname = "far/em/{name}"\n'
                     f'upstream = "precomputed://{layer_url(relay, name)}"\n')
     r = start_relay(cfg, free_port())
@@ -477,17 +502,18 @@ def chained(relay: RelayProcess, tmp_path_factory: pytest.TempPathFactory,
 
 
 def test_a_relay_of_a_relay_serves_the_same_files(chained: RelayProcess, layers: Layers) -> None:
-    for name in ("legacy", "multires"):
+    for name in ("legacy", "multires", "sharded"):
         files = read_meshes(f"precomputed://file://{layers.root}/lab/em/{name}", layers.ids)
         cv = cloudvolume(chained, name, "far/em")
         got = cv.mesh.get(layers.ids, **({"fuse": False} if name == "legacy" else {}))
         for i in layers.ids:
             assert np.allclose(np.asarray(got[i].vertices), files[i].vertices, atol=1e-3)
             assert np.array_equal(np.asarray(got[i].faces), files[i].faces)
-    skels = read_skeletons(f"precomputed://file://{layers.skel}", layers.ids)
-    cv = cloudvolume(chained, "skel", "far/em")
-    for i, sk in skels.items():
-        assert np.array_equal(np.asarray(cv.skeleton.get(i).edges), sk.edges)
+    for name in ("skel", "sharded"):
+        skels = read_skeletons(f"precomputed://file://{layers.root}/lab/em/{name}", layers.ids)
+        cv = cloudvolume(chained, name, "far/em")
+        for i, sk in skels.items():
+            assert np.array_equal(np.asarray(cv.skeleton.get(i).edges), sk.edges)
 
 
 def test_ranges_of_a_file_over_http(chained: RelayProcess, layers: Layers) -> None:
