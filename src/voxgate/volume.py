@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from . import notebook
 from .errors import (
     DtypeError,
     IndexingError,
@@ -47,6 +46,9 @@ from .errors import (
 )
 from .geometry import Box, Vec, VoxelSize, chunk_boxes, grow_block
 from .meta import Kind, Scale, VolumeMeta
+from .notebook import check_array_caller, refuse_arithmetic, repr_html
+from .notebook import preview as _preview
+from .notebook import to_xarray as _to_xarray
 from .parallel import run_blocks
 from .registry import open_remote
 
@@ -415,7 +417,7 @@ class Volume:
         return view
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        notebook.check_array_caller(self)  # xr.DataArray(vol) would read it all: to_xarray
+        check_array_caller(self)  # xr.DataArray(vol) would read it all: to_xarray
         arr = self.read()  # always an ndarray (0-d when every axis is dropped: _finish)
         if dtype is not None:
             arr = arr.astype(dtype, copy=False)
@@ -450,7 +452,7 @@ class Volume:
     # -- notebooks (voxgate.notebook) -----------------------------------------------------------
     def _repr_html_(self) -> str:
         """Metadata and a thumbnail of the middle slice; reads only the thumbnail, never raises."""
-        return notebook.repr_html(self)
+        return repr_html(self)
 
     def preview(self, z: int | None = None, ax: Any = None, **options: Any) -> Any:
         """Draw slice ``z`` (default: the middle one) with matplotlib; returns the Axes.
@@ -458,20 +460,20 @@ class Volume:
         ``labels=seg_volume`` draws a segmentation over an image; see
         :func:`voxgate.notebook.preview` for ``channel``, ``alpha`` and ``max_px``.
         """
-        return notebook.preview(self, z, ax, **options)
+        return _preview(self, z, ax, **options)
 
     def to_xarray(self, chunks: Any = "auto", name: str | None = None) -> xarray.DataArray:
         """A lazy xarray DataArray over :meth:`to_dask`, coordinates the voxel centres in nm."""
-        return notebook.to_xarray(self, chunks, name)
+        return _to_xarray(self, chunks, name)
 
     # A Volume does no arithmetic: it would read everything.  vol.to_dask() does it lazily.
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
         name = getattr(ufunc, "__name__", str(ufunc))
-        raise notebook.refuse_arithmetic(self, f"np.{name}" + ("" if method == "__call__" else
+        raise refuse_arithmetic(self, f"np.{name}" + ("" if method == "__call__" else
                                                       f".{method}"))
 
     def _no_arithmetic(self, op: str) -> Any:
-        raise notebook.refuse_arithmetic(self, op)
+        raise refuse_arithmetic(self, op)
 
     def __add__(self, other: Any) -> Any:
         return self._no_arithmetic("+")
