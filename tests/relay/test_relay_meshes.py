@@ -532,3 +532,38 @@ def test_ranges_of_a_file_over_http(chained: RelayProcess, layers: Layers) -> No
         res = httpx.get(url, headers={"Range": header})
         assert res.status_code == 416, (header, res.text)
     assert httpx.get(layer_url(chained, "multires", "far/em") + "/mesh/nope").status_code == 404
+
+
+CYAN_POINTS = "void main() { setColor(vec3(0.0, 1.0, 1.0)); setPointMarkerSize(20.0); }"
+
+
+def test_neuroglancer_draws_an_annotation_layer_through_the_relay(
+        relay: RelayProcess, browser: Browser) -> None:
+    import neuroglancer
+
+    source = layer_url(relay, "legacy") + "/ann"
+
+    def draw(with_layer: bool, name: str) -> np.ndarray:
+        with browser.viewer.txn() as s:
+            s.layers.clear()
+            if with_layer:
+                s.layers["ann"] = neuroglancer.AnnotationLayer(
+                    source=f"precomputed://{source}", shader=CYAN_POINTS)
+            s.layout = "3d"
+            s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm",
+                                                        scales=list(VOXEL[::-1]))
+            s.position = [78, 68, 26]
+            s.projection_scale = 200
+        img = browser.screenshot(save_as=name)
+        return (img[..., 1] > 150) & (img[..., 2] > 150) & (img[..., 0] < 100)  # cyan
+
+    empty = draw(False, "relay-annotations-none.png")
+    before = len(browser.responses)
+    drawn = draw(True, "relay-annotations.png")
+    mine = browser.responses_since(before, source + "/")
+    assert any(u.endswith("/ann/info") for u, _ in mine), mine
+    assert any("/ann/spatial0/" in u for u, _ in mine), mine
+    assert all(st == 200 for _, st in mine), mine
+    # the two points of the annotation layer's spatial index, as cyan discs
+    assert (drawn & ~empty).sum() > 50, ((drawn & ~empty).sum(), empty.sum())
+    assert not browser.errors, browser.errors
