@@ -37,6 +37,7 @@ from .errors import (
     bad_request,
     not_found,
 )
+from .stats import SCAN_BYTES, LabelStatsCache
 
 __all__ = ["CHANNEL_DATATYPES", "SCAN_BYTES", "Relay", "local_channel_meta"]
 
@@ -49,8 +50,6 @@ _FILE_URL = re.compile(r"file://[^\s'\"\[\]()<>,;]*")
 #: the relay's own routes, which messages may name
 _ROUTES = ("/v1/", "/v0.", "/precomputed/", "/ping", "/metrics")
 
-#: blocks scanned at once by ids / bounding boxes / reserve (bounded memory on big volumes)
-SCAN_BYTES = 64 * 2**20
 
 #: the datatypes of channels created through the project service (bossDB's)
 CHANNEL_DATATYPES = ("uint8", "uint16", "uint32", "uint64")
@@ -71,6 +70,8 @@ class Relay:
         self._reserve_lock = threading.Lock()
         self._jobs_lock = threading.Lock()
         self._downsample: dict[str, str] = {}
+        #: whole-channel ids and bounding boxes, one pass each, dropped by writes
+        self.stats = LabelStatsCache()
 
     # -- auth -----------------------------------------------------------------------------------
     @staticmethod
@@ -221,7 +222,8 @@ class Relay:
         if not bounds.contains(box):
             raise bad_request(1001, f"this channel's data covers {bounds} at resolution {res}; "
                               f"{box} cannot be written")
-        remote.write(box, np.ascontiguousarray(data), res)
+        with self.stats.writing(remote):
+            remote.write(box, np.ascontiguousarray(data), res)
         if res == 0 and len(remote.meta.scales) > 1:
             # as bossDB does: new base data leaves the coarser levels stale
             with self._jobs_lock:
@@ -248,7 +250,8 @@ class Relay:
             from ..volume import Volume
 
             try:
-                downsample(Volume(remote), len(remote.meta.scales), prefer="local")
+                with self.stats.writing(remote):
+                    downsample(Volume(remote), len(remote.meta.scales), prefer="local")
             except Exception as exc:  # the job's outcome is its status; the log says why
                 log.warning("downsample of %s failed: %s", remote.url, exc)
                 state = "FAILED"
@@ -268,7 +271,10 @@ class Relay:
                                                                remote.meta.scale(res).bounds)]
 
     def ids_in(self, remote: CachedRemote, box: Box, res: int) -> list[int]:
-        inside = box.intersect(remote.meta.scale(res).bounds)
+        bounds = remote.meta.scale(res).bounds
+        if box.contains(bounds):  # the whole channel: one pass, cached (bounding boxes too)
+            return self.stats.ids(remote, res)
+        inside = box.intersect(bounds)
         found: set[int] = set()
         if inside.is_empty():
             return []
@@ -276,20 +282,6 @@ class Relay:
             found.update(int(v) for v in np.unique(remote.read(block, res)))
         found.discard(0)
         return sorted(found)
-
-    def bounding_box(self, remote: CachedRemote, ident: int, res: int) -> Box | None:
-        lo: list[int] | None = None
-        hi: list[int] | None = None
-        value = np.asarray(ident).astype(remote.meta.dtype)
-        for block in self._blocks(remote, remote.meta.scale(res).bounds, res):
-            where = np.nonzero(remote.read(block, res) == value)
-            if not where[0].size:
-                continue
-            b_lo = [int(w.min()) + s for w, s in zip(where, block.start, strict=True)]
-            b_hi = [int(w.max()) + 1 + s for w, s in zip(where, block.start, strict=True)]
-            lo = b_lo if lo is None else [min(a, b) for a, b in zip(lo, b_lo, strict=True)]
-            hi = b_hi if hi is None else [max(a, b) for a, b in zip(hi, b_hi, strict=True)]
-        return None if lo is None or hi is None else Box(lo, hi)
 
     def reserve(self, entry: ChannelEntry, count: int, token: str | None = None) -> int:
         key = "/".join(entry.key)
@@ -369,7 +361,8 @@ class Relay:
         out = {"cache": self.cache.metrics.snapshot(),
                "memory_bytes_used": self.cache.memory.used,
                "memory_entries": len(self.cache.memory),
-               "channels": len(self.catalog.channels)}
+               "channels": len(self.catalog.channels),
+               "label_stats": self.stats.metrics()}
         if self.cache.disk is not None:
             out["disk_bytes_used"] = self.cache.disk.volume()
         return out

@@ -2,13 +2,17 @@
 
 Locally it runs block by block (counts add, boxes take min/max, centroids are count-weighted
 means), so any volume fits.  On a store that knows its ids and bounding boxes (bossDB), the
-server path asks it instead: ids and bounding boxes only, counts and centroids missing.
+server path asks it instead: ids and bounding boxes only, counts and centroids missing.  It
+costs one request per id, so "auto" times them as they go and leaves for the local path when
+the ids left would take longer than reading and computing the whole volume here.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +26,7 @@ from ._common import Prefer, Provenance, as_volume, block_boxes, choose_path, pr
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COLUMNS", "label_stats", "label_stats_kernel"]
+__all__ = ["COLUMNS", "label_stats", "label_stats_kernel", "merge_stats", "server_is_slower"]
 
 BLOCK_BYTES = 64 * 2**20
 COLUMNS = ["id", "voxel_count", "z0", "y0", "x0", "z1", "y1", "x1",
@@ -58,7 +62,9 @@ def label_stats_kernel(
             "sum": (cent + o) * counts[:, None]}
 
 
-def _merge(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def merge_stats(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The kernel's results of several blocks (or merged ones) as one: counts and coordinate
+    sums add, boxes take the min / max."""
     if not parts:
         z = np.zeros((0, 3), dtype=np.int64)
         return {"id": np.zeros(0, dtype=np.uint64), "count": np.zeros(0, dtype=np.int64),
@@ -105,7 +111,10 @@ def label_stats(
 
     ``df.attrs["provenance"]`` says which path ran.  The server path (a store with
     server-side ids and bounding boxes, e.g. bossDB) fills id and the box; voxel_count and the
-    centroid are missing (NaN / <NA>) there.
+    centroid are missing (NaN / <NA>) there.  With ``prefer="auto"`` the server path is left
+    for the local one as soon as the measured time per bounding box, times the ids still to
+    ask, would exceed the local path's time estimated from one block read and computed (see
+    :func:`server_is_slower`).  ``progress`` draws a bar over the ids asked, or the blocks.
     """
     t0 = time.perf_counter()
     vol = as_volume(source)
@@ -114,8 +123,7 @@ def label_stats(
     if vol.dtype.kind not in "ui":
         raise InvalidRequestError(f"label_stats needs integer labels, got {vol.dtype.name}")
     region = vol.bounds
-    remote = vol.remote
-    path = choose_path(prefer, remote, Capability.SERVER_BOUNDING_BOXES,
+    path = choose_path(prefer, vol.remote, Capability.SERVER_BOUNDING_BOXES,
                        "compute label statistics")
     if path == "server" and region != vol.scale_meta.bounds:
         # the server's bounding boxes describe whole objects; for part of the volume only the
@@ -127,41 +135,119 @@ def label_stats(
                 f"{vol.url}'s server gives bounding boxes of whole objects; for the region "
                 f"{region!r} use prefer='local' or 'auto'")
         path = "local"
+    local = _Local(vol, block, workers)
+    details: dict[str, Any] = {}
     if path == "server":
-        ids = remote.ids_in(region, vol.scale)  # type: ignore[attr-defined]
-        rows = []
-        for i in ids:
-            b = remote.bounding_box(int(i), vol.scale, tight=True)  # type: ignore[attr-defined]
-            b = b.intersect(region)
-            rows.append((int(i), *b.start, *b.stop))
-        import pandas as pd
-
-        df = pd.DataFrame(rows, columns=["id", "z0", "y0", "x0", "z1", "y1", "x1"])
-        df["id"] = df["id"].astype(np.uint64)
-        df["voxel_count"] = pd.array([pd.NA] * len(df), dtype="Int64")
-        for ax in "zyx":
-            df[f"centroid_{ax}"] = np.nan
-        df = df[COLUMNS]
-        df.attrs["provenance"] = Provenance("label_stats", "server", vol.url,
-                                            {"seconds": round(time.perf_counter() - t0, 3)})
-        return df
-    base = Vec.of(block) if block is not None else grow_block(
-        vol.chunks, vol.dtype.itemsize, region.shape, BLOCK_BYTES)
-    blocks = list(block_boxes(region, base))
-    parts: list[dict[str, np.ndarray]] = []
-
-    def one(b: Box) -> dict[str, np.ndarray]:
-        return label_stats_kernel(remote.read(b, vol.scale), tuple(b.start))
-
-    with progress_bar(progress, len(blocks), "label stats") as bar:
-        def done(_b: Box, out: object) -> None:
-            parts.append(out)  # type: ignore[arg-type]
-            bar.advance()
-
-        res = run_blocks(one, blocks, workers=workers, on_done=done)
-    if res.failed:
-        raise res.failed[0][1]
-    df = _frame(_merge(parts))
+        df, details = _server(vol, local, prefer, workers, progress)
+        if df is not None:
+            details["seconds"] = round(time.perf_counter() - t0, 3)
+            df.attrs["provenance"] = Provenance("label_stats", "server", vol.url, details)
+            return df
+    df = _frame(local.run(progress))
     df.attrs["provenance"] = Provenance("label_stats", "local", vol.url, {
-        "blocks": len(blocks), "seconds": round(time.perf_counter() - t0, 3)})
+        **details, "blocks": len(local.blocks), "seconds": round(time.perf_counter() - t0, 3)})
     return df
+
+
+#: bounding-box requests in flight at once on the server path
+SERVER_CONCURRENCY = 8
+#: below this many estimated seconds left, the server path carries on without measuring the
+#: local one (at most this much is lost when local would have been faster)
+SERVER_CHECK_SECONDS = 2.0
+
+
+def server_is_slower(seconds_per_id: float, ids_left: int, block_seconds: float,
+                     blocks: int) -> bool:
+    """The rule that leaves the server path: the ids still to ask at the measured seconds per
+    bounding box (requests in flight together) take longer than the whole local path, one
+    block's measured read-and-compute time times the number of blocks (no credit taken for
+    the local path's parallelism, so a tie goes to the server, which moves no voxels)."""
+    return seconds_per_id * ids_left > block_seconds * blocks
+
+
+class _Local:
+    """The local path: blocks of the view, computed block by block; one block may be computed
+    ahead (to time it) and is then not computed again."""
+
+    def __init__(self, vol: Any, block: Sequence[int] | None, workers: int | None) -> None:
+        self.vol = vol
+        region = vol.bounds
+        base = Vec.of(block) if block is not None else grow_block(
+            vol.chunks, vol.dtype.itemsize, region.shape, BLOCK_BYTES)
+        self.blocks = list(block_boxes(region, base))
+        self.workers = workers
+        self.ahead: dict[Box, dict[str, np.ndarray]] = {}
+
+    def one(self, b: Box) -> dict[str, np.ndarray]:
+        return label_stats_kernel(self.vol.remote.read(b, self.vol.scale), tuple(b.start))
+
+    def time_one(self) -> float:
+        """Compute the first block now; return the seconds it took (read and kernel)."""
+        t = time.perf_counter()
+        b = self.blocks[0]
+        self.ahead[b] = self.one(b)
+        return time.perf_counter() - t
+
+    def run(self, progress: bool) -> dict[str, np.ndarray]:
+        parts = list(self.ahead.values())
+        todo = [b for b in self.blocks if b not in self.ahead]
+        lock = threading.Lock()
+        with progress_bar(progress, len(self.blocks), "label stats") as bar:
+            bar.advance(len(self.ahead))
+
+            def done(_b: Box, out: object) -> None:
+                with lock:
+                    parts.append(out)  # type: ignore[arg-type]
+                    if len(parts) >= 64:  # bounded memory with many blocks and ids
+                        parts[:] = [merge_stats(parts)]
+                bar.advance()
+
+            res = run_blocks(self.one, todo, workers=self.workers, on_done=done)
+        if res.failed:
+            raise res.failed[0][1]
+        return merge_stats(parts)
+
+
+def _server(vol: Any, local: _Local, prefer: str, workers: int | None, progress: bool
+            ) -> tuple[pd.DataFrame | None, dict[str, Any]]:
+    """Ids, then their boxes in growing batches of concurrent requests, each batch timed; with
+    "auto", (None, why) as soon as :func:`server_is_slower` says the local path wins."""
+    import pandas as pd
+
+    remote, scale, region = vol.remote, vol.scale, vol.bounds
+    ids = remote.ids_in(region, scale)
+    n = len(ids)
+    rows: list[tuple[int, ...]] = []
+    block_seconds: float | None = None
+    conc = workers or SERVER_CONCURRENCY
+
+    def box_of(i: np.uint64) -> tuple[int, ...]:
+        b = remote.bounding_box(int(i), scale, tight=True).intersect(region)
+        return (int(i), *b.start, *b.stop)
+
+    with progress_bar(progress, n, "label stats (bounding boxes)") as bar, \
+            ThreadPoolExecutor(conc, thread_name_prefix="voxgate-boxes") as pool:
+        batch = 1  # the first request alone: its latency, before any concurrency
+        while len(rows) < n:
+            chunk = ids[len(rows):len(rows) + batch]
+            t = time.perf_counter()
+            rows.extend(pool.map(box_of, chunk))
+            per_id = (time.perf_counter() - t) / len(chunk)
+            bar.advance(len(chunk))
+            left = n - len(rows)
+            if prefer == "auto" and left and per_id * left > SERVER_CHECK_SECONDS:
+                if block_seconds is None:
+                    block_seconds = local.time_one()
+                if server_is_slower(per_id, left, block_seconds, len(local.blocks)):
+                    return None, {"left_server_path": {
+                        "ids": n, "boxes_asked": len(rows),
+                        "seconds_per_id": round(per_id, 4),
+                        "server_seconds_left": round(per_id * left, 1),
+                        "local_seconds": round(block_seconds * len(local.blocks), 1)}}
+            batch = min(batch * 4, 4 * conc)
+    df = pd.DataFrame(rows, columns=["id", "z0", "y0", "x0", "z1", "y1", "x1"])
+    df["id"] = df["id"].astype(np.uint64)
+    df["voxel_count"] = pd.array([pd.NA] * len(df), dtype="Int64")
+    for ax in "zyx":
+        df[f"centroid_{ax}"] = np.nan
+    return df[COLUMNS], {"ids": n, "requests": n + 1}

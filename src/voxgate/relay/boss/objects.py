@@ -68,7 +68,8 @@ def object_handlers(relay: Relay) -> dict[str, Handler]:
             raise bad_request(INVALID_ARGUMENT, f"type must be loose or tight, got {kind!r}")
         dt = remote.meta.dtype  # an id above the dtype's range cannot be stored in it
         fits = not np.issubdtype(dt, np.integer) or ident <= int(np.iinfo(dt).max)
-        box = await run(lambda: relay.bounding_box(remote, ident, res)) if fits else None
+        # every id's box comes from one pass over the channel, kept until it is written
+        box = await run(lambda: relay.stats.bounding_box(remote, ident, res)) if fits else None
         if box is None:
             raise not_found(f"Object id {ident} not found", OBJECT_NOT_FOUND)
         if kind == "loose":
