@@ -335,6 +335,16 @@ def test_files_the_info_does_not_name_are_not_served(relay: RelayProcess, path: 
     assert res.json()["status"] == 404
 
 
+def test_trailing_slashes(relay: RelayProcess) -> None:
+    # a trailing slash redirects to the path without it, as the router does elsewhere
+    res = httpx.get(layer_url(relay, "legacy") + "/mesh/info/")
+    assert res.status_code == 307 and res.headers["location"].endswith("/legacy/mesh/info")
+    assert httpx.get(layer_url(relay, "legacy") + "/info/", follow_redirects=True).json()[
+        "mesh"] == "mesh"
+    res = httpx.get(layer_url(relay, "legacy") + "/")
+    assert res.status_code == 404 and "no such endpoint" in res.json()["message"]
+
+
 def test_an_absent_file_is_a_404_naming_it(relay: RelayProcess) -> None:
     res = httpx.get(layer_url(relay, "legacy") + "/mesh/999999:0")
     assert res.status_code == 404 and "no file mesh/999999:0" in res.json()["message"]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from anyio import to_thread
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..formats.precomputed_chunks import encode_chunk
@@ -221,6 +221,12 @@ def precomputed_routes(relay: Relay) -> list[Route]:
         """Any other path under a channel: a file of its upstream layer, or a 404 that says
         what the channel serves."""
         p = request.path_params
+        if p["path"].endswith("/") and p["path"].strip("/"):
+            # as the router does for the other routes: the same path without the slash
+            return RedirectResponse(request.url.replace(path=request.url.path.rstrip("/")),
+                                    status_code=307)
+        if not p["path"]:
+            raise BossHTTPError(404, 4000, f"no such endpoint: {request.url.path}")
         remote = await open_remote(request)
         answer = await serve_file(request, remote, p["path"])
         if answer is not None:
