@@ -544,6 +544,15 @@ def test_ranges_of_a_file_over_http(chained: RelayProcess, layers: Layers) -> No
     assert httpx.get(layer_url(chained, "multires", "far/em") + "/mesh/nope").status_code == 404
 
 
+def test_an_annotation_layer_over_http(chained: RelayProcess, layers: Layers) -> None:
+    base = layer_url(chained, "legacy", "far/em")
+    assert httpx.get(base + "/ann/info").json()["@type"] == "neuroglancer_annotations_v1"
+    assert httpx.get(base + "/ann/spatial0/0_0_0").content == \
+        (layers.legacy / "ann/spatial0/0_0_0").read_bytes()
+    for path in ("/nothing/info", "/secret/file", "/nothing/a/b"):
+        assert httpx.get(base + path).status_code == 404, path
+
+
 CYAN_POINTS = "void main() { setColor(vec3(0.0, 1.0, 1.0)); setPointMarkerSize(20.0); }"
 
 

@@ -40,7 +40,6 @@ from ..storage import (
     SUFFIXES,
     decompress,
     is_local,
-    join,
     kvstore_spec,
     local_path,
     split_url,
@@ -180,8 +179,8 @@ class LayerFiles:
             self._memo[key] = (now, value)
         return value
 
-    def _read_info(self, location: str) -> dict[str, Any] | None:
-        data = self._get_whole(location, "info")
+    def _read_info(self, location: str, name: str = "info") -> dict[str, Any] | None:
+        data = self._get_whole(location, name)
         if data is None:
             return None
         try:
@@ -226,7 +225,7 @@ class LayerFiles:
     def is_annotation_dir(self, location: str, name: str) -> bool:
         """Whether ``location/name`` is an annotation layer (its info says so)."""
         def look() -> bool:
-            info = self._read_info(join(location, name))
+            info = self._read_info(location, f"{name}/info")  # one kvstore per layer
             return info is not None and info.get("@type") == ANNOTATION_TYPE
 
         return bool(self._remember((location, "ann:" + name), look))
