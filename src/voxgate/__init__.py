@@ -15,6 +15,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# the Services come from their defining modules: "from .services import mesh" (also a
+# submodule's name) made mypy report no-redef here whenever a module imported by these did
+# "from . import <module>"
 if TYPE_CHECKING:
     from . import errors
     from .api import create, open
@@ -22,15 +25,12 @@ if TYPE_CHECKING:
     from .geometry import Box, Vec, VoxelSize
     from .meta import Scale, VolumeMeta
     from .remotes.base import Capability, Remote, has_capability
-    from .services import (
-        connected_components,
-        downsample,
-        label_stats,
-        map_blocks,
-        mesh,
-        skeletonize,
-        write_meshes,
-    )
+    from .services.connected_components import connected_components
+    from .services.downsample import downsample
+    from .services.label_stats import label_stats
+    from .services.map_blocks import map_blocks
+    from .services.mesh import mesh, write_meshes
+    from .services.skeletonize import skeletonize
     from .transfer import CopyReport, copy
     from .volume import Volume
 
