@@ -1,0 +1,183 @@
+"""Looking at data: :func:`view` (``voxgate view URL ...``, ``vol.view()``).
+
+Any Volumes, from any Remote, are served through an in-process relay on 127.0.0.1 (so
+Neuroglancer reads them in the precomputed dialect, meshes and skeletons of precomputed layers
+included) and shown in Neuroglancer, whose client comes from the ``neuroglancer`` PyPI package
+and is served by its own Python server on 127.0.0.1: nothing is fetched from the internet.
+Image layers and segmentation layers are chosen from each Volume's ``kind``; a segmentation
+starts with the largest segments of its middle slice selected, so their meshes and skeletons
+show in the 3-D panel.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+import webbrowser
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from html import escape
+from typing import Any
+
+import numpy as np
+
+from .api import open as open_volume
+from .errors import InvalidRequestError, MissingDependencyError, VoxgateError
+from .relay.config import ChannelConfig, RelayConfig
+from .volume import Volume
+
+__all__ = ["ViewerSession", "view"]
+
+COLLECTION, EXPERIMENT = "view", "data"
+#: segments selected at the start in each segmentation layer (largest first)
+SELECTED = 12
+_NAME = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass
+class ViewerSession:
+    """A running view: ``url`` is the Neuroglancer link; ``stop()`` ends both servers."""
+
+    url: str
+    relay_url: str
+    layers: dict[str, str]  # layer name -> Neuroglancer source URL
+    viewer: Any = field(repr=False)  # neuroglancer.Viewer
+    _server: Any = field(repr=False)  # uvicorn.Server
+    _thread: threading.Thread = field(repr=False)
+
+    def stop(self) -> None:
+        import neuroglancer
+
+        self._server.should_exit = True
+        self._thread.join(10)
+        neuroglancer.stop()
+
+    def _repr_html_(self) -> str:
+        link = escape(self.url, quote=True)
+        return (f'<iframe src="{link}" width="100%" height="600" style="border:0"></iframe>'
+                f'<p><a href="{link}" target="_blank">open in a new tab</a></p>')
+
+    def __enter__(self) -> ViewerSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _layer_name(vol: Volume, taken: set[str]) -> str:
+    tail = vol.url.rstrip("/").rsplit("/", 1)[-1] or "layer"
+    base = _NAME.sub("-", tail.rsplit(".", 1)[0] if "." in tail else tail).strip("-_")
+    base = (base or "layer")[:60]
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    taken.add(name)
+    return name
+
+
+def _middle_ids(vol: Volume, limit: int) -> list[int]:
+    """The ``limit`` largest segments of the middle z-slice (read with a stride, bounded)."""
+    plane = vol.at_scale(len(vol.meta.scales) - 1) if len(vol.meta.scales) > 1 else vol
+    z = plane.shape[-3] // 2
+    step = max(1, max(plane.shape[-2:]) // 512)
+    try:
+        data = np.asarray(plane[z, ::step, ::step].read()).ravel()
+    except VoxgateError:
+        return []
+    ids, counts = np.unique(data[data != 0], return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:limit]
+    return [int(i) for i in ids[order]]
+
+
+def _start_relay(channels: list[ChannelConfig], port: int) -> tuple[Any, threading.Thread, str]:
+    import uvicorn
+
+    from .relay.app import build_app
+
+    host = "127.0.0.1"
+    port = port or _free_port(host)
+    app = build_app(RelayConfig(host=host, port=port, channels=channels))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           access_log=False, lifespan="off"))
+    thread = threading.Thread(target=server.run, name="voxgate-view-relay", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise VoxgateError(f"the viewer's relay could not start on {host}:{port} (is the "
+                               "port taken? pass another port)")
+        time.sleep(0.02)
+    return server, thread, f"http://{host}:{port}"
+
+
+def view(*volumes: Volume | str, names: Sequence[str] | None = None, open_browser: bool = False,
+         port: int = 0, segments: dict[str, list[int]] | None = None) -> ViewerSession:
+    """Show ``volumes`` (Volumes or URLs) in Neuroglancer; returns the running session.
+
+    ``names``: layer names (default: from the URLs).  ``open_browser``: open the link in the
+    system's browser.  ``port``: the relay's port (default: a free one).  ``segments``: {layer
+    name: ids} to select instead of the largest segments of the middle slice.  In Jupyter the
+    session shows the viewer inline.  Both servers listen on 127.0.0.1 only; ``stop()`` ends
+    them.
+    """
+    if not volumes:
+        raise InvalidRequestError("view needs at least one Volume or URL")
+    try:
+        import neuroglancer
+    except ImportError:
+        raise MissingDependencyError(
+            "voxgate view needs the neuroglancer package: pip install 'voxgate[view]'",
+            extra="view") from None
+    vols = [v if isinstance(v, Volume) else open_volume(v) for v in volumes]
+    if names is not None and len(names) != len(vols):
+        raise InvalidRequestError(f"names has {len(names)} entries for {len(vols)} volumes")
+    taken: set[str] = set()
+    layer_names = ([_NAME.sub("-", n) for n in names] if names is not None
+                   else [_layer_name(v, taken) for v in vols])
+    if len(set(layer_names)) != len(layer_names):
+        raise InvalidRequestError(f"layer names must differ, got {layer_names}")
+    channels = []
+    for v, name in zip(vols, layer_names, strict=True):
+        spec = v.remote.spec()
+        channels.append(ChannelConfig(COLLECTION, EXPERIMENT, name, spec["url"],
+                                      options=dict(spec.get("options", {})), writable=False))
+    server, thread, relay_url = _start_relay(channels, port)
+    try:
+        neuroglancer.set_server_bind_address("127.0.0.1")
+        viewer = neuroglancer.Viewer()
+        sources: dict[str, str] = {}
+        with viewer.txn() as s:
+            for v, name in zip(vols, layer_names, strict=True):
+                source = f"precomputed://{relay_url}/precomputed/{COLLECTION}/{EXPERIMENT}/{name}"
+                sources[name] = source
+                if v.kind == "segmentation":
+                    ids = (segments or {}).get(name)
+                    if ids is None:
+                        ids = _middle_ids(v, SELECTED)
+                    s.layers[name] = neuroglancer.SegmentationLayer(source=source,
+                                                                    segments=ids)
+                else:
+                    s.layers[name] = neuroglancer.ImageLayer(source=source)
+            first = vols[0].at_scale(0)
+            b = first.bounds
+            # x, y, z voxels: Neuroglancer's order
+            s.position = [(lo + hi) / 2 for lo, hi in zip(b.start.xyz(), b.stop.xyz(),
+                                                            strict=True)]
+            s.layout = "4panel"
+    except BaseException:
+        server.should_exit = True
+        thread.join(10)
+        raise
+    session = ViewerSession(str(viewer.get_viewer_url()), relay_url, sources, viewer, server,
+                            thread)
+    if open_browser:
+        webbrowser.open(session.url)
+    return session

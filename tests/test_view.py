@@ -1,0 +1,149 @@
+"""voxgate.view / vol.view(): any Volumes shown in Neuroglancer through an in-process relay.
+
+Neuroglancer's client (the PyPI package's) runs in Debian's headless Chromium; the tests look
+at the pixels of each panel, not only at which files were fetched."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import voxgate
+from voxgate.errors import InvalidRequestError
+from voxgate.formats.mesh import write_meshes
+from voxgate.formats.skeleton import write_skeletons
+from voxgate.synthetic import synthetic_labels
+from voxgate.view import ViewerSession, view
+
+from .relay.browser import CHROMIUM, FLAGS
+
+
+@dataclass
+class Data:
+    image: str  # a zarr image: no meshes there, served by the relay all the same
+    seg: str  # a precomputed segmentation with multires meshes and skeletons
+    ids: list[int]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
+    root = tmp_path_factory.mktemp("view")
+    labels = synthetic_labels((32, 96, 96), cell=(16, 32, 32), seed=3)
+    seg = voxgate.create(f"precomputed://file://{root}/seg", shape=labels.shape,
+                         chunks=(32, 64, 64), dtype="uint64", voxel_size=(40, 8, 8),
+                         kind="segmentation")
+    seg[:] = labels
+    img = voxgate.create(f"zarr://{root}/img.zarr", shape=labels.shape, chunks=(32, 64, 64),
+                         dtype="uint8", voxel_size=(40, 8, 8))
+    rng = np.random.default_rng(0)
+    img[:] = ((labels * 37) % 200 + 30 + rng.integers(0, 20, labels.shape)).astype(np.uint8)
+    ids = [int(i) for i in np.unique(labels) if i]
+    write_meshes(seg.url, voxgate.mesh(seg, ids=ids), format="multires")
+    write_skeletons(seg.url, voxgate.skeletonize(seg, ids=ids))
+    return Data(img.url, seg.url, ids)
+
+
+@dataclass
+class Page:
+    page: Any
+    responses: list[tuple[str, int]]
+    errors: list[str]
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    from playwright.sync_api import sync_playwright
+
+    out = Page(None, [], [])
+    with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
+        ctx = p.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
+            viewport={"width": 1024, "height": 768})
+        try:
+            out.page = ctx.new_page()
+            out.page.on("response", lambda r: out.responses.append((r.url, r.status)))
+            out.page.on("pageerror", lambda e: out.errors.append(str(e)))
+            yield out
+        finally:
+            ctx.close()
+
+
+def screenshot(session: ViewerSession, name: str) -> np.ndarray:
+    import io
+    import os
+
+    from PIL import Image
+
+    shot = session.viewer.screenshot(size=[800, 800]).screenshot  # waits until all is drawn
+    image = Image.open(io.BytesIO(shot.image)).convert("RGB")
+    if os.environ.get("VOXGATE_SAVE_SCREENSHOTS"):
+        os.makedirs(os.environ["VOXGATE_SAVE_SCREENSHOTS"], exist_ok=True)
+        image.save(Path(os.environ["VOXGATE_SAVE_SCREENSHOTS"]) / name)
+    return np.asarray(image).astype(int)
+
+
+def drawn(panel: np.ndarray) -> tuple[float, int]:
+    """(fraction of pixels off the grey/black backgrounds, distinct colours) of a panel."""
+    grey = (np.abs(panel - 128).sum(-1) <= 15) | (panel.sum(-1) <= 30)
+    return float((~grey).mean()), len(np.unique(panel.reshape(-1, 3), axis=0))
+
+
+def test_view_draws_image_segmentation_meshes_and_skeletons(data: Data, page: Page) -> None:
+    with view(data.image, data.seg) as session:
+        assert set(session.layers) == {"img", "seg"}
+        assert all(s.startswith(f"precomputed://{session.relay_url}/precomputed/")
+                   for s in session.layers.values())
+        assert session.url.startswith("http://127.0.0.1:")
+        assert session.relay_url.startswith("http://127.0.0.1:")
+        page.page.goto(session.url)
+        shot = screenshot(session, "view-4panel.png")
+        # the 4-panel layout: xy | xz over 3-D | yz
+        quads = {"xy": shot[:400, :400], "xz": shot[:400, 400:], "3d": shot[400:, :400],
+                 "yz": shot[400:, 400:]}
+        for name, quad in quads.items():
+            frac, colours = drawn(quad)
+            assert frac > 0.02 and colours > 20, (name, frac, colours)
+        # the 3-D panel shows the selected segments' meshes: many shaded colours
+        assert drawn(quads["3d"])[1] > 200
+        page.page.evaluate("0")  # Playwright delivers page events during its own calls
+        relay = [(u, st) for u, st in page.responses if u.startswith(session.relay_url)]
+        assert any("/seg/mesh/" in u and u.endswith(".index") for u, _ in relay), relay
+        assert any("/seg/skeletons/" in u for u, _ in relay), relay
+        assert any("/img/" in u for u, _ in relay), relay
+        assert all(st in (200, 206) for _, st in relay), relay
+        # the image alone is drawn too (the segmentation is hidden)
+        with session.viewer.txn() as s:
+            s.layers["seg"].visible = False
+        frac, colours = drawn(screenshot(session, "view-image.png")[:400, :400])
+        assert frac > 0.02 and colours > 20, (frac, colours)
+        assert page.errors == []
+
+
+def test_view_selects_segments_and_names_layers(data: Data) -> None:
+    vol = voxgate.open(data.seg)
+    with view(vol, names=["cells"], segments={"cells": data.ids[:2]}) as session:
+        assert list(session.layers) == ["cells"]
+        state = session.viewer.state
+        assert sorted(int(i) for i in state.layers["cells"].segments) == sorted(data.ids[:2])
+        html = session._repr_html_()
+        assert "<iframe" in html and session.url in html
+    with view(vol) as session:  # the largest segments of the middle slice
+        chosen = [int(i) for i in session.viewer.state.layers["seg"].segments]
+        assert chosen and set(chosen) <= set(data.ids)
+    with voxgate.open(data.seg).view() as session:  # the Volume's own method
+        assert list(session.layers) == ["seg"]
+
+
+def test_view_refuses_bad_requests(data: Data) -> None:
+    with pytest.raises(InvalidRequestError, match="at least one"):
+        view()
+    with pytest.raises(InvalidRequestError, match="names has 2 entries"):
+        view(data.seg, names=["a", "b"])
+    with pytest.raises(InvalidRequestError, match="must differ"):
+        view(data.seg, data.image, names=["a", "a"])
