@@ -132,8 +132,9 @@ class LabelStatsCache:
         self._kept: OrderedDict[tuple[int, int], tuple[CachedRemote, int, ChannelStats]] = \
             OrderedDict()
         self._flights: dict[tuple[int, int], tuple[CachedRemote, _Flight]] = {}
-        #: passes run so far (tests and /metrics read it)
+        #: passes run so far, and requests that joined one in progress (/metrics shows them)
         self.computations = 0
+        self.joined = 0
 
     # -- writes ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -165,6 +166,7 @@ class LabelStatsCache:
             if running is not None and running[0] is remote \
                     and running[1].generation == generation:
                 flight, mine = running[1], False
+                self.joined += 1
             else:
                 flight, mine = _Flight(generation), True
                 self._flights[key] = (remote, flight)
@@ -204,5 +206,6 @@ class LabelStatsCache:
 
     def metrics(self) -> dict[str, int]:
         with self._lock:
-            return {"computations": self.computations, "kept": len(self._kept),
+            return {"computations": self.computations, "joined": self.joined,
+                    "kept": len(self._kept),
                     "kept_bytes": sum(s.nbytes for _, _, s in self._kept.values())}
