@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("transfer",),
     ("compat",),
     ("relay",),
-    ("view",),  # voxgate.view: Neuroglancer on any Volumes through an in-process relay
+    ("viewer",),  # voxgate.view: Neuroglancer on any Volumes through an in-process relay
     ("voxgate",),  # the package's public face: re-exports only
     ("cli",),
     ("__main__",),  # python -m voxgate: runs the cli

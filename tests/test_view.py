@@ -19,7 +19,7 @@ from voxgate.errors import InvalidRequestError
 from voxgate.formats.mesh import write_meshes
 from voxgate.formats.skeleton import write_skeletons
 from voxgate.synthetic import synthetic_labels
-from voxgate.view import ViewerSession, view
+from voxgate.viewer import ViewerSession, view
 
 from .relay.browser import CHROMIUM, FLAGS
 
@@ -147,3 +147,34 @@ def test_view_refuses_bad_requests(data: Data) -> None:
         view(data.seg, names=["a", "b"])
     with pytest.raises(InvalidRequestError, match="must differ"):
         view(data.seg, data.image, names=["a", "a"])
+
+
+def test_voxgate_view_command_prints_a_working_link(data: Data) -> None:
+    """``voxgate view URL --no-browser`` serves until interrupted; its link and relay answer."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, "-m", "voxgate", "view", data.image, data.seg,
+                             "--no-browser"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "BROWSER": "false"})
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until the servers are up
+        assert line.startswith("Neuroglancer: http://127.0.0.1:"), line
+        link = line.split(": ", 1)[1].strip()
+        assert httpx.get(link, timeout=30).status_code == 200  # the client's page
+        state = httpx.get(link.replace("/v/", "/state/", 1).rstrip("/"), timeout=30)
+        if state.status_code == 200:  # neuroglancer's state endpoint, where it has one
+            assert "seg" in state.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "img, seg" in err and "Ctrl-C" in err
+    bad = subprocess.run([sys.executable, "-m", "voxgate", "view"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode != 0 and "Missing argument" in bad.stderr

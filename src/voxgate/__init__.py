@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .services.mesh import mesh, write_meshes
     from .services.skeletonize import skeletonize
     from .transfer import CopyReport, copy
+    from .viewer import view
     from .volume import Volume
 
 __version__ = "0.1.0"
@@ -58,6 +59,7 @@ __all__ = [
     "mesh",
     "open",
     "skeletonize",
+    "view",
     "write_meshes",
 ]
 
@@ -73,6 +75,7 @@ _LAZY = {
     "connected_components": ".services", "downsample": ".services", "label_stats": ".services",
     "map_blocks": ".services", "mesh": ".services", "skeletonize": ".services",
     "write_meshes": ".services",
+    "view": ".viewer",
 }
 
 

@@ -213,6 +213,37 @@ def serve(config: Path | None, data_root: Path | None, host: str | None, port: i
         _fail(exc)
 
 
+@main.command("view")
+@click.argument("urls", nargs=-1, required=True)
+@click.option("--no-browser", is_flag=True, help="Only print the link; do not open a browser.")
+@click.option("--port", type=int, default=0,
+              help="Port of the in-process relay (default: a free one).")
+def view_cmd(urls: tuple[str, ...], no_browser: bool, port: int) -> None:
+    """Show URLS in Neuroglancer (offline client) through an in-process relay on 127.0.0.1,
+    until Ctrl-C."""
+    import time
+
+    from .viewer import view
+
+    try:
+        if port:
+            _check_port("127.0.0.1", port)
+        session = view(*urls, open_browser=not no_browser, port=port)
+    except VoxgateError as exc:
+        _fail(exc)
+        return
+    click.echo(f"Neuroglancer: {session.url}")
+    click.echo(f"layers served by {session.relay_url}/ : {', '.join(session.layers)} "
+               "(Ctrl-C to stop)", err=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        session.stop()
+
+
 def _check_port(host: str, port: int) -> None:
     """Bind ``host:port`` once (as the server will, with SO_REUSEADDR) so that a taken port is
     said before "listening" is printed, not logged by the server after it."""

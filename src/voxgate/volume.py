@@ -468,12 +468,12 @@ class Volume:
 
     def view(self, **options: Any) -> Any:
         """Show this volume in Neuroglancer through an in-process relay:
-        ``voxgate.view(self, **options)`` (a :class:`voxgate.view.ViewerSession`)."""
+        ``voxgate.view(self, **options)`` (a :class:`voxgate.viewer.ViewerSession`)."""
         import importlib
 
         # the viewer sits above the relay, far above the Volume: it is reached by name at
         # call time, as the registry reaches Remote classes (docs/architecture.md)
-        return importlib.import_module("voxgate.view").view(self, **options)
+        return importlib.import_module("voxgate.viewer").view(self, **options)
 
     # A Volume does no arithmetic: it would read everything.  vol.to_dask() does it lazily.
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:

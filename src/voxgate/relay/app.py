@@ -94,7 +94,9 @@ def build_app(config: RelayConfig) -> Starlette:
                             # plain-text page (Starlette re-raises it after, so it is logged)
                             Exception: handler},
         middleware=[Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET"],
-                               allow_headers=["*"], expose_headers=["Content-Encoding"]),
+                               allow_headers=["*"],
+                               expose_headers=["Content-Encoding", "Content-Range",
+                                               "Accept-Ranges", "X-Voxgate-Error"]),
                     Middleware(_KeepConnection, relay=relay)],
     )
     app.state.relay = relay
