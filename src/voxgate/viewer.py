@@ -134,8 +134,8 @@ def view(*volumes: Volume | str, names: Sequence[str] | None = None, open_browse
         import neuroglancer
     except ImportError:
         raise MissingDependencyError(
-            "voxgate view needs the neuroglancer package: pip install 'voxgate[view]'",
-            extra="view") from None
+            "voxgate view needs the neuroglancer package (its offline client): "
+            "pip install 'voxgate[view]'") from None
     vols = [v if isinstance(v, Volume) else open_volume(v) for v in volumes]
     if names is not None and len(names) != len(vols):
         raise InvalidRequestError(f"names has {len(names)} entries for {len(vols)} volumes")
