@@ -46,6 +46,15 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
     ids = [int(i) for i in np.unique(labels) if i]
     write_meshes(seg.url, voxgate.mesh(seg, ids=ids), format="multires")
     write_skeletons(seg.url, voxgate.skeletonize(seg, ids=ids))
+    # an annotation layer inside the segmentation's directory, by Neuroglancer's own writer
+    import neuroglancer
+    from neuroglancer.write_annotations import AnnotationWriter
+
+    space = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm", scales=[8, 8, 40])
+    writer = AnnotationWriter(space, "point")
+    for x, y, z in [(20, 30, 10), (60, 50, 20), (80, 20, 5)]:
+        writer.add_point([x, y, z])
+    writer.write(str(root / "seg" / "points"))
     return Data(img.url, seg.url, ids)
 
 
@@ -96,7 +105,7 @@ def drawn(panel: np.ndarray) -> tuple[float, int]:
 
 def test_view_draws_image_segmentation_meshes_and_skeletons(data: Data, page: Page) -> None:
     with view(data.image, data.seg) as session:
-        assert set(session.layers) == {"img", "seg"}
+        assert set(session.layers) == {"img", "seg", "seg/points"}
         assert all(s.startswith(f"precomputed://{session.relay_url}/precomputed/")
                    for s in session.layers.values())
         assert session.url.startswith("http://127.0.0.1:")
@@ -116,6 +125,7 @@ def test_view_draws_image_segmentation_meshes_and_skeletons(data: Data, page: Pa
         assert any("/seg/mesh/" in u and u.endswith(".index") for u, _ in relay), relay
         assert any("/seg/skeletons/" in u for u, _ in relay), relay
         assert any("/img/" in u for u, _ in relay), relay
+        assert any("/seg/points/" in u and "spatial" in u for u, _ in relay), relay
         assert all(st in (200, 206) for _, st in relay), relay
         # the image alone is drawn too (the segmentation is hidden)
         with session.viewer.txn() as s:
@@ -128,7 +138,7 @@ def test_view_draws_image_segmentation_meshes_and_skeletons(data: Data, page: Pa
 def test_view_selects_segments_and_names_layers(data: Data) -> None:
     vol = voxgate.open(data.seg)
     with view(vol, names=["cells"], segments={"cells": data.ids[:2]}) as session:
-        assert list(session.layers) == ["cells"]
+        assert list(session.layers) == ["cells", "cells/points"]
         state = session.viewer.state
         assert sorted(int(i) for i in state.layers["cells"].segments) == sorted(data.ids[:2])
         html = session._repr_html_()
@@ -137,7 +147,7 @@ def test_view_selects_segments_and_names_layers(data: Data) -> None:
         chosen = [int(i) for i in session.viewer.state.layers["seg"].segments]
         assert chosen and set(chosen) <= set(data.ids)
     with voxgate.open(data.seg).view() as session:  # the Volume's own method
-        assert list(session.layers) == ["seg"]
+        assert list(session.layers) == ["seg", "seg/points"]
 
 
 def test_view_refuses_bad_requests(data: Data) -> None:

@@ -4,13 +4,16 @@ Any Volumes, from any Remote, are served through an in-process relay on 127.0.0.
 Neuroglancer reads them in the precomputed dialect, meshes and skeletons of precomputed layers
 included) and shown in Neuroglancer, whose client comes from the ``neuroglancer`` PyPI package
 and is served by its own Python server on 127.0.0.1: nothing is fetched from the internet.
-Image layers and segmentation layers are chosen from each Volume's ``kind``; a segmentation
+Image layers and segmentation layers are chosen from each Volume's ``kind``, annotation layers
+kept in sub-directories of a local precomputed layer are shown beside it, and a segmentation
 starts with the largest segments of its middle slice selected, so their meshes and skeletons
 show in the 3-D panel.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import socket
 import threading
@@ -26,6 +29,8 @@ import numpy as np
 from .api import open as open_volume
 from .errors import InvalidRequestError, MissingDependencyError, VoxgateError
 from .relay.config import ChannelConfig, RelayConfig
+from .relay.layer_files import ANNOTATION_TYPE
+from .storage import is_local, local_path
 from .volume import Volume
 
 __all__ = ["ViewerSession", "view"]
@@ -97,6 +102,31 @@ def _middle_ids(vol: Volume, limit: int) -> list[int]:
     return [int(i) for i in ids[order]]
 
 
+def _annotation_dirs(vol: Volume) -> list[str]:
+    """The annotation layers kept in sub-directories of a precomputed layer on a local disk
+    (the relay serves them beside the layer); other stores are not searched."""
+    location = getattr(vol.remote, "location", None)
+    if not isinstance(location, str) or not vol.url.startswith("precomputed://") \
+            or not is_local(location):
+        return []
+    found = []
+    try:
+        entries = sorted(os.scandir(local_path(location)), key=lambda e: e.name)
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        try:
+            with open(os.path.join(entry.path, "info"), "rb") as f:
+                kind = json.loads(f.read()).get("@type")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if kind == ANNOTATION_TYPE:
+            found.append(entry.name)
+    return found
+
+
 def _start_relay(channels: list[ChannelConfig], port: int) -> tuple[Any, threading.Thread, str]:
     import uvicorn
 
@@ -166,6 +196,10 @@ def view(*volumes: Volume | str, names: Sequence[str] | None = None, open_browse
                                                                     segments=ids)
                 else:
                     s.layers[name] = neuroglancer.ImageLayer(source=source)
+                for sub in _annotation_dirs(v):
+                    sources[f"{name}/{sub}"] = f"{source}/{sub}"
+                    s.layers[f"{name}/{sub}"] = neuroglancer.AnnotationLayer(
+                        source=f"{source}/{sub}")
             first = vols[0].at_scale(0)
             b = first.bounds
             # x, y, z voxels: Neuroglancer's order
