@@ -4,16 +4,23 @@ results agree."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import voxgate
+from voxgate.geometry import Box, Vec, VoxelSize
+from voxgate.meta import Scale, VolumeMeta
+from voxgate.remotes.base import Capability, Remote
 from voxgate.remotes.dvid import DVIDRepo
+from voxgate.services.label_stats import server_is_slower
 from voxgate.synthetic import synthetic_labels
 from voxgate.testing.dvid import DVIDServerProcess, start_server
+from voxgate.volume import Volume
 
 from ..relay.conftest import RW, RelayProcess, free_port, start_relay
 
@@ -89,6 +96,8 @@ def test_bossdb_label_stats_both_ways(boss: RelayProcess, labels: np.ndarray) ->
     for col in ("z0", "y0", "x0", "z1", "y1", "x1"):
         np.testing.assert_array_equal(server[col].to_numpy(), local[col].to_numpy(), err_msg=col)
     assert server["voxel_count"].isna().all() and (local["voxel_count"] > 0).all()
+    details = server.attrs["provenance"].details
+    assert details["ids"] == len(local) and details["requests"] == len(local) + 1
     # for part of the volume the server's whole-object boxes do not answer: local runs
     part = voxgate.label_stats(seg[4:20, 10:50, 5:60])
     assert part.attrs["provenance"].path == "local"
@@ -157,3 +166,87 @@ def test_bossdb_downsample_on_the_server(boss: RelayProcess, labels: np.ndarray,
     for k in (1, 2):
         np.testing.assert_array_equal(voxgate.open(url, token=RW).at_scale(k).read(),
                                       expected[k - 1], err_msg=f"scale {k}")
+
+
+class SlowBoxes(Remote):
+    """A store with server-side ids and bounding boxes that answers each box after ``delay``
+    seconds (a latency wrapper: the relay before issue 11 item 6 scanned the whole volume per
+    id); voxels are read from memory."""
+
+    scheme = "slowboxes"
+
+    def __init__(self, labels: np.ndarray, delay: float) -> None:
+        self.labels, self.delay = labels, delay
+        shape = Vec(*labels.shape)
+        self.meta = VolumeMeta(labels.dtype, (Scale(0, shape, shape, VoxelSize(8, 8, 8)),),
+                               "segmentation")
+        self.url, self.mode = "slowboxes://test", "r"
+        self.boxes_asked = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, location: str, *, mode: str = "r", **options: Any) -> Remote:
+        raise NotImplementedError
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({Capability.SERVER_IDS, Capability.SERVER_BOUNDING_BOXES})
+
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        return self.labels[box.slices()].copy()
+
+    def ids_in(self, box: Box, scale: int = 0) -> np.ndarray:
+        ids = np.unique(self.labels[box.slices()])
+        return ids[ids != 0]
+
+    def bounding_box(self, ident: int, scale: int = 0, *, tight: bool = True) -> Box:
+        with self._lock:
+            self.boxes_asked += 1
+        threading.Event().wait(self.delay)  # the server's time per box
+        where = np.nonzero(self.labels == ident)
+        return Box([int(w.min()) for w in where], [int(w.max()) + 1 for w in where])
+
+
+def test_label_stats_leaves_a_slow_server_for_local(labels: np.ndarray) -> None:
+    """With "auto", the first bounding box's time times the ids left (58 x 0.1 s) is far over
+    the time of the one local block this small volume is: local runs, with every column."""
+    slow = SlowBoxes(labels, delay=0.1)
+    df = voxgate.label_stats(Volume(slow))
+    prov = df.attrs["provenance"]
+    assert prov.path == "local"
+    left = prov.details["left_server_path"]
+    assert left["ids"] == 59 and left["boxes_asked"] == 1 == slow.boxes_asked
+    assert left["server_seconds_left"] > left["local_seconds"]
+    reference = voxgate.label_stats(labels)
+    np.testing.assert_array_equal(df["id"].to_numpy(), reference["id"].to_numpy())
+    for col in ("voxel_count", "z0", "y0", "x0", "z1", "y1", "x1"):
+        np.testing.assert_array_equal(df[col].to_numpy(), reference[col].to_numpy(),
+                                      err_msg=col)
+    # "server" asks every box however long it takes (concurrently), and agrees on the boxes
+    forced = voxgate.label_stats(Volume(SlowBoxes(labels, delay=0.01)), prefer="server")
+    assert forced.attrs["provenance"].path == "server"
+    for col in ("id", "z0", "y0", "x0", "z1", "y1", "x1"):
+        np.testing.assert_array_equal(forced[col].to_numpy(), reference[col].to_numpy(),
+                                      err_msg=col)
+
+
+def test_the_rule_that_leaves_the_server_path() -> None:
+    # the numbers measured in benchmarks/README.md (label_stats through the relay): a cached
+    # relay answers a box in milliseconds, the pre-cache relay in seconds per id
+    assert not server_is_slower(0.002, 4096, 0.5, 32)   # 8 s of boxes vs 16 s local
+    assert server_is_slower(5.8, 4095, 0.5, 32)         # 6.6 h of boxes vs 16 s local
+    assert not server_is_slower(0.0, 10**6, 0.0, 1)     # a tie goes to the server
+
+
+def test_label_stats_draws_progress_on_the_server_path(boss: RelayProcess, labels: np.ndarray,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    url = f"bossdb://{boss.url}/svc/progress/seg"
+    seg = voxgate.create(url, shape=labels.shape, chunks=(16, 512, 512), dtype="uint64",
+                         voxel_size=(8, 8, 8), kind="segmentation", token=RW)
+    seg[:] = labels
+    df = voxgate.label_stats(voxgate.open(url, token=RW), progress=True)
+    assert df.attrs["provenance"].path == "server" and len(df) == 59
+    out = capsys.readouterr()
+    assert "label stats (bounding boxes)" in out.out + out.err
+    assert "59/59" in out.out + out.err
