@@ -250,3 +250,35 @@ def test_label_stats_draws_progress_on_the_server_path(boss: RelayProcess, label
     out = capsys.readouterr()
     assert "label stats (bounding boxes)" in out.out + out.err
     assert "59/59" in out.out + out.err
+
+
+def test_bossdb_ids_of_a_region_over_the_cutout_limit_come_in_slabs(
+        boss: RelayProcess, labels: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A region bigger than bossDB's cutout limit is asked for its ids in z slabs (one request
+    would answer 413); the label statistics agree with the local path."""
+    import voxgate.remotes.boss.remote as boss_remote
+
+    url = f"bossdb://{boss.url}/svc/slabs/seg"
+    seg = voxgate.create(url, shape=labels.shape, chunks=(16, 512, 512), dtype="uint64",
+                         voxel_size=(8, 8, 8), kind="segmentation", token=RW)
+    seg[:] = labels
+    seg = voxgate.open(url, token=RW)
+    whole = Box((0, 0, 0), labels.shape)
+    monkeypatch.setattr(boss_remote, "IDS_REQUEST_BYTES", 64 * 64 * 2 * 10)  # 10 planes
+    client = seg.remote.client  # type: ignore[attr-defined]
+    asked: list[str] = []
+    request = client.request
+
+    def recording(method: str, path: str, **kw: Any) -> Any:
+        asked.append(path)
+        return request(method, path, **kw)
+
+    monkeypatch.setattr(client, "request", recording)
+    ids = seg.remote.ids_in(whole)  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(ids, np.unique(labels))
+    assert [p.split("/")[-2] for p in asked] == ["0:16", "16:32"]  # the z ranges
+    server = voxgate.label_stats(seg, prefer="server")
+    local = voxgate.label_stats(seg, prefer="local")
+    for col in ("id", "z0", "y0", "x0", "z1", "y1", "x1"):
+        np.testing.assert_array_equal(server[col].to_numpy(), local[col].to_numpy(),
+                                      err_msg=col)

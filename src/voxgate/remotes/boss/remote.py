@@ -31,6 +31,9 @@ __all__ = ["BossDBRemote"]
 CUBOID = Vec(16, 512, 512)
 #: a request reads at most this many uncompressed bytes (the server's limit is 500 MiB)
 REQUEST_BYTES = 8 * 2**20
+#: an ids request covers at most this many bytes, counted as bossDB counts a cutout (uint64 a
+#: quarter); a bigger region is asked in z slabs and the ids joined
+IDS_REQUEST_BYTES = 500 * 2**20
 
 
 def _cuboid_blocks(box: Box, block: Vec) -> Iterator[Box]:
@@ -252,10 +255,24 @@ class BossDBRemote(Remote):
 
     # -- server-side operations ------------------------------------------------------------------
     def ids_in(self, box: Box, scale: int = 0) -> np.ndarray:
-        """The non-zero ids in ``box`` (server-side), as sorted uint64."""
-        resp = self.client.request("GET", self._path("ids", box, scale),
-                                   what=f"ids in {box!r} of {self.url}")
-        return np.array(sorted(int(i) for i in resp.json()["ids"]), dtype=np.uint64)
+        """The non-zero ids in ``box`` (server-side), as sorted uint64: one request when the
+        region is within the server's cutout limit (a relay answers a whole channel's from
+        its cached label statistics), else one per slab of cuboid-aligned z planes."""
+        itemsize = self.meta.dtype.itemsize
+        counted = box.size * itemsize // (4 if itemsize == 8 else 1)
+        slabs = [box]
+        if counted > IDS_REQUEST_BYTES:
+            plane = box.shape.y * box.shape.x * itemsize // (4 if itemsize == 8 else 1)
+            depth = max(CUBOID.z, IDS_REQUEST_BYTES // max(plane, 1) // CUBOID.z * CUBOID.z)
+            slabs = [Box((z, box.start.y, box.start.x),
+                         (min(z + depth, box.stop.z), box.stop.y, box.stop.x))
+                     for z in range(box.start.z, box.stop.z, depth)]
+        found: set[int] = set()
+        for slab in slabs:
+            resp = self.client.request("GET", self._path("ids", slab, scale),
+                                       what=f"ids in {slab!r} of {self.url}")
+            found.update(int(i) for i in resp.json()["ids"])
+        return np.array(sorted(found), dtype=np.uint64)
 
     def bounding_box(self, ident: int, scale: int = 0, *, tight: bool = True) -> Box:
         kind = "tight" if tight else "loose"
