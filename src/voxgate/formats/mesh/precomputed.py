@@ -21,6 +21,7 @@ from ...errors import (
     InvalidRequestError,
     RemoteNotFoundError,
 )
+from ...progress import progress_bar
 from ...storage import UNITS_NM, Directory, join
 from ...storage.sharding import ShardedStore, ShardingSpec
 from .._common import segment_id
@@ -65,6 +66,7 @@ def write_meshes(
     lods: int = 1,
     vertex_quantization_bits: int = 16,
     sharded: bool = False,
+    progress: bool = False,
 ) -> None:
     """Write ``meshes`` ({segment id: Mesh}, vertices in nm) into a precomputed layer.
 
@@ -87,7 +89,8 @@ def write_meshes(
 
     Existing meshes of other ids stay; a mesh directory that already holds the other format,
     the other layout (sharded or not) or multires meshes with other settings is refused
-    rather than mixed.
+    rather than mixed.  ``progress`` draws a bar over the segments written (sharded: over the
+    shards, each encoded and merged in turn, so memory holds one shard's meshes).
     """
     if format not in ("legacy", "multires"):
         raise InvalidRequestError(f"format must be 'legacy' or 'multires', got {format!r}")
@@ -145,21 +148,29 @@ def write_meshes(
     if sharded:
         store = ShardedStore(directory.location,
                              ShardingSpec.from_json(info["sharding"], directory.path("info")))
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            entries = {seg: (data, manifest)
-                       for (seg, _), ((_, data), (_, manifest)) in zip(
-                           items, pool.map(encode, items), strict=True)}
-        store.update(entries, _fragment_bytes)
-        entries.clear()
+        keys = np.fromiter((seg for seg, _ in items), dtype=np.uint64, count=len(items))
+        shard_of, _ = store.spec.locate(keys)
+        groups = [[items[k] for k in np.flatnonzero(shard_of == sh).tolist()]
+                  for sh in np.unique(shard_of).tolist()]
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, \
+                progress_bar(progress, len(groups), "mesh shards") as bar:
+            for group in groups:
+                entries = {seg: (data, manifest)
+                           for (seg, _), ((_, data), (_, manifest)) in zip(
+                               group, pool.map(encode, group), strict=True)}
+                store.update(entries, _fragment_bytes)
+                bar.advance()
     # a batch at a time, so memory holds a few encoded meshes, not all of them; numpy and
     # Draco release the GIL for much of the encoding
     workers = 1 if format == "legacy" else min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool, \
+            progress_bar(progress and not sharded, len(items), "mesh write") as bar:
         for at in range(0, 0 if sharded else len(items), _WRITE_BATCH):
             encoded = list(pool.map(encode, items[at:at + _WRITE_BATCH]))
             # the fragments first, then the manifests that point at them
             directory.put_many([data for data, _ in encoded])
             directory.put_many([manifest for _, manifest in encoded])
+            bar.advance(len(encoded))
     if remote.meta.extra.get("mesh") != mesh_dir:
         remote.update_info({"mesh": mesh_dir})
 
