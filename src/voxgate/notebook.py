@@ -39,6 +39,7 @@ from .storage.units import UNITS_NM
 
 __all__ = [
     "PREVIEW_PX",
+    "NoArithmetic",
     "THUMBNAIL_PX",
     "XARRAY_BLOCK_BYTES",
     "axis_coords",
@@ -480,6 +481,39 @@ def check_array_caller(vol: Any) -> None:
             f"{_fmt_bytes(vol.nbytes)}) into memory; use vol.to_xarray() for a lazy DataArray "
             "(dask-backed, coordinates in nm), or xr.DataArray(vol.read()) to load it on purpose"
         )
+
+
+class NoArithmetic:
+    """A mixin for lazy views: numpy ufuncs and Python's arithmetic, comparison and unary
+    operators raise :func:`refuse_arithmetic`'s error instead of reading everything
+    (in-place forms fall back to these).  ``==`` and ``!=`` keep their identity meaning."""
+
+    __slots__ = ()
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        name = getattr(ufunc, "__name__", str(ufunc))
+        raise refuse_arithmetic(self, f"np.{name}" + ("" if method == "__call__" else
+                                                      f".{method}"))
+
+
+def _refusing(op: str) -> Any:
+    def refuse(self: Any, *_: Any) -> Any:
+        raise refuse_arithmetic(self, op)
+
+    return refuse
+
+
+#: the operators a Volume refuses, by dunder name (binary ones also reflected: __radd__ ...)
+_BINARY = {"add": "+", "sub": "-", "mul": "*", "matmul": "@", "truediv": "/",
+           "floordiv": "//", "mod": "%", "pow": "**", "and": "&", "or": "|", "xor": "^",
+           "lshift": "<<", "rshift": ">>"}
+_OTHER = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "neg": "unary -", "pos": "unary +",
+          "abs": "abs()", "invert": "~"}
+for _name, _op in _BINARY.items():
+    setattr(NoArithmetic, f"__{_name}__", _refusing(_op))
+    setattr(NoArithmetic, f"__r{_name}__", _refusing(_op))
+for _name, _op in _OTHER.items():
+    setattr(NoArithmetic, f"__{_name}__", _refusing(_op))
 
 
 def refuse_arithmetic(vol: Any, op: str) -> LazyOperationError:

@@ -46,7 +46,7 @@ from .errors import (
 )
 from .geometry import Box, Vec, VoxelSize, chunk_boxes, grow_block
 from .meta import Kind, Scale, VolumeMeta
-from .notebook import check_array_caller, refuse_arithmetic, repr_html
+from .notebook import NoArithmetic, check_array_caller, repr_html
 from .notebook import preview as _preview
 from .notebook import to_xarray as _to_xarray
 from .parallel import run_blocks
@@ -97,8 +97,13 @@ def _index_int(value: Any, what: str) -> int:
         ) from None
 
 
-class Volume:
-    """A lazy, numpy-like view of one Resource at one scale."""
+class Volume(NoArithmetic):
+    """A lazy, numpy-like view of one Resource at one scale.
+
+    It does no arithmetic (``vol + 1``, ``np.sqrt(vol)``, comparisons raise
+    :class:`LazyOperationError`): that would read all of it.  ``vol.to_dask()`` does
+    arithmetic lazily, block by block.
+    """
 
     __slots__ = ("_axes", "_bounds_mode", "_remote", "_scale")
 
@@ -474,92 +479,6 @@ class Volume:
         # the viewer sits above the relay, far above the Volume: it is reached by name at
         # call time, as the registry reaches Remote classes (docs/architecture.md)
         return importlib.import_module("voxgate.viewer").view(self, **options)
-
-    # A Volume does no arithmetic: it would read everything.  vol.to_dask() does it lazily.
-    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
-        name = getattr(ufunc, "__name__", str(ufunc))
-        raise refuse_arithmetic(self, f"np.{name}" + ("" if method == "__call__" else
-                                                      f".{method}"))
-
-    def _no_arithmetic(self, op: str) -> Any:
-        raise refuse_arithmetic(self, op)
-
-    def __add__(self, other: Any) -> Any:
-        return self._no_arithmetic("+")
-
-    def __sub__(self, other: Any) -> Any:
-        return self._no_arithmetic("-")
-
-    def __mul__(self, other: Any) -> Any:
-        return self._no_arithmetic("*")
-
-    def __matmul__(self, other: Any) -> Any:
-        return self._no_arithmetic("@")
-
-    def __truediv__(self, other: Any) -> Any:
-        return self._no_arithmetic("/")
-
-    def __floordiv__(self, other: Any) -> Any:
-        return self._no_arithmetic("//")
-
-    def __mod__(self, other: Any) -> Any:
-        return self._no_arithmetic("%")
-
-    def __pow__(self, other: Any) -> Any:
-        return self._no_arithmetic("**")
-
-    def __and__(self, other: Any) -> Any:
-        return self._no_arithmetic("&")
-
-    def __or__(self, other: Any) -> Any:
-        return self._no_arithmetic("|")
-
-    def __xor__(self, other: Any) -> Any:
-        return self._no_arithmetic("^")
-
-    def __lshift__(self, other: Any) -> Any:
-        return self._no_arithmetic("<<")
-
-    def __rshift__(self, other: Any) -> Any:
-        return self._no_arithmetic(">>")
-
-    __radd__ = __add__
-    __rsub__ = __sub__
-    __rmul__ = __mul__
-    __rmatmul__ = __matmul__
-    __rtruediv__ = __truediv__
-    __rfloordiv__ = __floordiv__
-    __rmod__ = __mod__
-    __rpow__ = __pow__
-    __rand__ = __and__
-    __ror__ = __or__
-    __rxor__ = __xor__
-    __rlshift__ = __lshift__
-    __rrshift__ = __rshift__
-
-    def __lt__(self, other: Any) -> Any:
-        return self._no_arithmetic("<")
-
-    def __le__(self, other: Any) -> Any:
-        return self._no_arithmetic("<=")
-
-    def __gt__(self, other: Any) -> Any:
-        return self._no_arithmetic(">")
-
-    def __ge__(self, other: Any) -> Any:
-        return self._no_arithmetic(">=")
-
-    def __neg__(self) -> Any:
-        return self._no_arithmetic("unary -")
-
-    def __pos__(self) -> Any:
-        return self._no_arithmetic("unary +")
-
-    def __abs__(self) -> Any:
-        return self._no_arithmetic("abs()")
-
-    def __invert__(self) -> Any:
-        return self._no_arithmetic("~")
 
     # -- writing --------------------------------------------------------------------------------
     def __setitem__(self, key: Any, value: Any) -> None:
