@@ -349,7 +349,7 @@ def mesh_cmd(url: str, ids: str | None, out: str | None, fmt: str, simplify: flo
         if out is None and result.provenance.path != "local":
             target = None
         if target:
-            write_meshes(target, result, format=fmt, sharded=sharded)
+            write_meshes(target, result, format=fmt, sharded=sharded, progress=True)
             click.echo(f"wrote {len(result)} {fmt}{' sharded' if sharded else ''} meshes "
                        f"into {target}")
         if obj_dir is not None:
@@ -373,8 +373,10 @@ def mesh_cmd(url: str, ids: str | None, out: str | None, fmt: str, simplify: flo
               help="Store the skeletons in neuroglancer_uint64_sharded_v1 shard files instead "
                    "of one file per id.")
 @click.option("--dust", type=int, default=100, help="Skip objects smaller than this (voxels).")
+@click.option("--workers", type=int, default=None,
+              help="Processes for the blocks of a large volume (default: one).")
 def skeletonize_cmd(url: str, ids: str | None, out: str | None, swc_dir: Path | None,
-                    sharded: bool, dust: int) -> None:
+                    sharded: bool, dust: int, workers: int | None) -> None:
     """Skeletonize the segments of URL (kimimaro).
 
     The skeletons go into URL when it is a precomputed layer, into --out, and/or as SWC files
@@ -384,7 +386,8 @@ def skeletonize_cmd(url: str, ids: str | None, out: str | None, swc_dir: Path | 
 
     try:
         vol, target = _output_layer(url, out, sharded, "skeletons", swc_dir)
-        result = skeletonize(vol, _ids(ids), dust_threshold=dust)
+        result = skeletonize(vol, _ids(ids), dust_threshold=dust, workers=workers,
+                             progress=True)
         click.echo(f"{len(result)} skeletons ({result.provenance.path})")
         if out is None and result.provenance.path != "local":
             target = None  # the store's own skeletons: they are there already
@@ -502,7 +505,8 @@ def _demo(root: Path, size: int) -> None:
 
     say = click.echo
     t0 = time.perf_counter()
-    image, labels = synthetic_em((size // 2, size, size), seed=0)
+    image, labels = synthetic_em((size // 2, size, size), seed=0,
+                                 progress=sys.stderr.isatty())
     say(f"synthetic EM: image {image.shape} uint8, segmentation with "
         f"{len(np.unique(labels)) - 1} cells (uint64), voxel size 40 x 8 x 8 nm (z, y, x)")
 
