@@ -17,6 +17,7 @@ calls) by calling :meth:`Remote._check_present` at the top of its ``read``.
 from __future__ import annotations
 
 import abc
+import difflib
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -199,11 +200,37 @@ def require_capability(remote: Remote, capability: Capability | str) -> None:
         )
 
 
-def check_options(cls_name: str, given: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+#: options every store takes, handled by the registry before a Remote sees the rest
+COMMON_OPTIONS = {"open": ("mode", "missing"), "create": ("exist_ok",)}
+
+
+def check_options(
+    cls_name: str, given: Mapping[str, Any], allowed: tuple[str, ...], action: str = ""
+) -> None:
+    """Refuse options ``cls_name`` does not know, listing the ones it accepts.
+
+    ``allowed`` is every option the Remote's ``open`` or ``create`` takes (named parameters
+    included, so the message lists them all); ``action`` ("open" or "create") adds the options
+    every store takes there.  A misspelt name gets the closest accepted one as a suggestion.
+    """
     unknown = sorted(set(given) - set(allowed))
-    if unknown:
-        hint = f"; it accepts {', '.join(allowed)}" if allowed else "; it accepts none"
-        raise InvalidRequestError(f"{cls_name} got unknown option(s) {', '.join(unknown)}{hint}")
+    if not unknown:
+        return
+    accepted = [*allowed, *(o for o in COMMON_OPTIONS.get(action, ()) if o not in allowed)]
+    named = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, accepted, n=1, cutoff=0.6)
+        named.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+    where = f" to {action}" if action else ""
+    if allowed:
+        hint = f"; it accepts {', '.join(accepted)}"
+    else:
+        hint = f"; it takes no options of its own{where}" + (
+            f" (only {', '.join(accepted)})" if accepted else ""
+        )
+    raise InvalidRequestError(
+        f"{cls_name} got unknown option(s){where} {', '.join(named)}{hint}"
+    )
 
 
 def check_missing(missing: object) -> str:

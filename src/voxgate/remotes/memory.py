@@ -90,7 +90,7 @@ class MemoryRemote(Remote):
 
     @classmethod
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> MemoryRemote:
-        check_options("mem://", options, cls.open_options)
+        check_options("mem://", options, cls.open_options, "open")
         name = _name(location)
         with _table_lock:
             stored = _volumes.get(name)
@@ -107,7 +107,7 @@ class MemoryRemote(Remote):
     def create(
         cls, location: str, meta: VolumeMeta, *, exist_ok: bool = False, **options: Any
     ) -> MemoryRemote:
-        check_options("mem://", options, cls.create_options)
+        check_options("mem://", options, cls.create_options, "create")
         name = _name(location)
         lead = (meta.num_channels,) if meta.num_channels > 1 else ()
         with _table_lock:

@@ -205,7 +205,7 @@ class N5Remote(Remote):
     # -- opening --------------------------------------------------------------------------------
     @classmethod
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> N5Remote:
-        check_options("n5://", options, cls.open_options)
+        check_options("n5://", options, cls.open_options, "open")
         attrs = _optional_json(location, "attributes.json")
         if "dimensions" in attrs:
             return cls._open_single(location, attrs, mode)
@@ -359,7 +359,7 @@ class N5Remote(Remote):
         compression: str = "gzip",
         **options: Any,
     ) -> N5Remote:
-        check_options("n5://", options, cls.create_options)
+        check_options("n5://", options, cls.create_options, "create")
         if compression not in _COMPRESSIONS:
             raise InvalidRequestError(
                 f"compression must be one of {', '.join(_COMPRESSIONS)}, got {compression!r}"

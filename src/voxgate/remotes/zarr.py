@@ -35,6 +35,7 @@ from ..storage import (
     join,
     kvstore_exists,
     kvstore_spec,
+    UNITS_NM,
     local_path,
     read_json,
     ts_context,
@@ -52,6 +53,7 @@ _UNITS_NM = {
     "nanometer": 1.0,
     "micrometer": 1e3,
     "millimeter": 1e6,
+    "picometer": 1e-3,
     "centimeter": 1e7,
     "meter": 1e9,
 }
@@ -98,7 +100,7 @@ class ZarrRemote(Remote):
     # -- opening --------------------------------------------------------------------------------
     @classmethod
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> ZarrRemote:
-        check_options("zarr://", options, cls.open_options)
+        check_options("zarr://", options, cls.open_options, "open")
         if kvstore_exists(location, "zarr.json"):
             node = read_json(location, "zarr.json")
             if node.get("node_type") == "group":
@@ -228,7 +230,8 @@ class ZarrRemote(Remote):
         shards: Any = None,
         **options: Any,
     ) -> ZarrRemote:
-        check_options("zarr://", options, ())
+        check_options("zarr://", options, cls.create_options, "create")
+        _nm_per(meta.voxel_size.unit)  # an unknown unit is refused before anything is written
         if zarr_format not in (2, 3):
             raise InvalidRequestError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
         if compression not in _COMPRESSIONS:
@@ -456,11 +459,24 @@ def _transforms(base: Scale, sc: Scale, lead: list[int]) -> list[dict[str, Any]]
     """A dataset's ``coordinateTransformations``: its voxel size, then the pixel-centre
     translation (half a block in from scale 0 for a downsampled scale, as NGFF and
     ome-zarr-py place it; exactly the store's own when the scale was read with one)."""
+    nm = _nm_per(sc.voxel_size.unit)
     return [
-        {"type": "scale", "scale": [1.0] * len(lead) + list(sc.voxel_size.zyx())},
+        {"type": "scale", "scale": [1.0] * len(lead) + [v * nm for v in sc.voxel_size.zyx()]},
         {"type": "translation",
-         "translation": [0.0] * len(lead) + list(centre_translation(base, sc))},
+         "translation": [0.0] * len(lead) + [v * nm for v in centre_translation(base, sc)]},
     ]
+
+
+def _nm_per(unit: str) -> float:
+    """Nanometres per ``unit`` of a VoxelSize: the axes voxgate writes are in nanometres, so
+    a voxel size in another unit is converted, never written as if it were nm."""
+    factor = UNITS_NM.get(unit, _UNITS_NM.get(unit))
+    if factor is None:
+        raise InvalidRequestError(
+            f"voxel size unit {unit!r} is not a length unit voxgate knows; use one of "
+            f"{', '.join(sorted(set(UNITS_NM) | set(_UNITS_NM)))}"
+        )
+    return factor
 
 
 def _scale_transform(transforms: list[dict[str, Any]], rank: int) -> list[float]:

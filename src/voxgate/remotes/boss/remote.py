@@ -113,7 +113,7 @@ class BossDBRemote(Remote):
 
     @classmethod
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> BossDBRemote:
-        check_options("bossdb://", options, cls.open_options)
+        check_options("bossdb://", options, cls.open_options, "open")
         server, c, e, ch = _parse_location(location)
         settings = boss_settings(options.pop("server", None) or server,
                                  options.pop("token", None))
@@ -123,7 +123,7 @@ class BossDBRemote(Remote):
     def create(cls, location: str, meta: VolumeMeta, *, exist_ok: bool = False,
                **options: Any) -> BossDBRemote:
         """Make the collection, frame, experiment and channel for ``meta`` (as needed)."""
-        check_options("bossdb://", options, cls.open_options)
+        check_options("bossdb://", options, cls.open_options, "create")
         server, c, e, ch = _parse_location(location)
         settings = boss_settings(options.get("server") or server, options.get("token"))
         project = BossProject(settings.url, settings.token)

@@ -208,7 +208,7 @@ class DVIDRemote(Remote):
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> DVIDRemote:
-        check_options("dvid://", options, cls.open_options)
+        check_options("dvid://", options, cls.open_options, "open")
         server, node, instance = parse_location(location)
         return cls(server, node, instance, mode, **options)
 
@@ -220,7 +220,7 @@ class DVIDRemote(Remote):
         Its geometry (shape, offset, kind) is kept in the instance's tags and its extents;
         an image volume's scales 1.. become instances ``<name>_1``, ... .
         """
-        check_options("dvid://", options, cls.create_options)
+        check_options("dvid://", options, cls.create_options, "create")
         server, node, instance = parse_location(location)
         typename = options.pop("typename", None)
         versioned = options.pop("versioned", True)

@@ -76,7 +76,7 @@ class HDF5Remote(Remote):
     # -- opening --------------------------------------------------------------------------------
     @classmethod
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> HDF5Remote:
-        check_options("hdf5://", options, cls.open_options)
+        check_options("hdf5://", options, cls.open_options, "open")
         path, name = _split(location)
         shared = _acquire(path, writable=mode == "r+")
         try:
@@ -186,7 +186,7 @@ class HDF5Remote(Remote):
         ``checksum`` adds HDF5's Fletcher-32 filter so a damaged chunk is an error, never
         silently wrong data (uncompressed chunks have no other check).
         """
-        check_options("hdf5://", options, cls.create_options)
+        check_options("hdf5://", options, cls.create_options, "create")
         if compression not in _COMPRESSIONS:
             raise InvalidRequestError(
                 f"compression must be one of {', '.join(_COMPRESSIONS)}, got {compression!r}"

@@ -84,7 +84,7 @@ class PrecomputedRemote(Remote):
     # -- opening --------------------------------------------------------------------------------
     @classmethod
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> PrecomputedRemote:
-        check_options("precomputed://", options, cls.open_options)
+        check_options("precomputed://", options, cls.open_options, "open")
         location, info = read_layer_info(location, mode)
         return cls(location, info, mode)
 
@@ -110,7 +110,7 @@ class PrecomputedRemote(Remote):
         every scale.  Encodings come from each scale's ``encoding``: None is raw for images
         and compressed_segmentation (8x8x8 blocks) for segmentations.
         """
-        check_options("precomputed://", options, ())
+        check_options("precomputed://", options, cls.create_options, "create")
         if not isinstance(sharded, (bool, Mapping)):
             raise InvalidRequestError(
                 f"sharded must be True, False or a sharding spec dict, got {sharded!r}"

@@ -1,0 +1,107 @@
+"""Every store keeps the voxel-size unit it is given (or converts it to nm), and refuses an
+option it does not know by listing the ones it accepts, with the closest name for a typo."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+import voxgate
+from voxgate.errors import InvalidRequestError
+from voxgate.geometry import VoxelSize
+from voxgate.storage import UNITS_NM
+
+STORES = {
+    "zarr3": ("zarr://{d}/v.zarr", {}),
+    "zarr2": ("zarr://{d}/v.zarr", {"zarr_format": 2}),
+    "n5": ("n5://{d}/v.n5", {}),
+    "hdf5": ("hdf5://{d}/v.h5", {}),
+    "precomputed": ("precomputed://file://{d}/v", {}),
+    "mem": ("mem://units-{name}", {}),
+}
+
+
+def _url(tmp_path: Any, store: str) -> tuple[str, dict[str, Any]]:
+    pattern, options = STORES[store]
+    return pattern.format(d=tmp_path, name=tmp_path.name), options
+
+
+def _nm(vs: VoxelSize) -> tuple[float, ...]:
+    return tuple(v * UNITS_NM[vs.unit] for v in vs.zyx())
+
+
+@pytest.mark.parametrize("store", sorted(STORES))
+def test_a_micrometre_voxel_size_reopens_as_the_same_length(tmp_path: Any, store: str) -> None:
+    url, options = _url(tmp_path, store)
+    voxgate.create(url, shape=(8, 16, 16), dtype="uint8", chunks=(4, 8, 8),
+                   voxel_size=VoxelSize(4, 4, 40, "um"), num_scales=2, **options)
+    again = voxgate.open(url)
+    assert _nm(again.voxel_size) == pytest.approx((4000.0, 4000.0, 40000.0))
+    coarse = again.at_scale(1).voxel_size
+    assert _nm(coarse) == pytest.approx((8000.0, 8000.0, 40000.0))
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_zarr_axes_say_nanometer_and_hold_nanometres(tmp_path: Any, fmt: int) -> None:
+    """OME-Zarr readers (napari, ome-zarr-py) see the real size: the numbers match the unit."""
+    url = f"zarr://{tmp_path}/v.zarr"
+    voxgate.create(url, shape=(8, 16, 16), dtype="uint8", chunks=(4, 8, 8),
+                   voxel_size=VoxelSize(0.5, 0.25, 0.25, "um"), num_scales=2, zarr_format=fmt)
+    if fmt == 3:
+        ms = json.loads((tmp_path / "v.zarr" / "zarr.json").read_text())["attributes"]["ome"]
+    else:
+        ms = json.loads((tmp_path / "v.zarr" / ".zattrs").read_text())
+    multiscale = ms["multiscales"][0]
+    assert {a["unit"] for a in multiscale["axes"]} == {"nanometer"}
+    scale0, scale1 = (d["coordinateTransformations"] for d in multiscale["datasets"])
+    assert scale0[0]["scale"] == [500.0, 250.0, 250.0]
+    assert scale1[0]["scale"] == [500.0, 500.0, 500.0]
+    assert scale1[1]["translation"] == [0.0, 125.0, 125.0]
+
+
+def test_zarr_refuses_a_unit_it_does_not_know(tmp_path: Any) -> None:
+    with pytest.raises(InvalidRequestError, match=r"'furlong'.*nm.*um"):
+        voxgate.create(f"zarr://{tmp_path}/v.zarr", shape=(8, 8, 8), dtype="uint8",
+                       chunks=(4, 4, 4), voxel_size=VoxelSize(1, 1, 1, "furlong"))
+    assert not (tmp_path / "v.zarr").exists()
+
+
+TYPOS = {
+    "zarr3": ("compresion", "compression", ["zarr_format", "compression", "shards"]),
+    "n5": ("compresion", "compression", ["compression"]),
+    "hdf5": ("checksums", "checksum", ["compression", "compression_level", "checksum"]),
+    "precomputed": ("shard", "sharded", ["sharded"]),
+}
+
+
+@pytest.mark.parametrize("store", sorted(TYPOS))
+def test_a_misspelt_create_option_lists_the_accepted_ones(tmp_path: Any, store: str) -> None:
+    url, _ = _url(tmp_path, store)
+    typo, meant, accepted = TYPOS[store]
+    with pytest.raises(InvalidRequestError) as info:
+        voxgate.create(url, shape=(8, 8, 8), dtype="uint8", chunks=(4, 4, 4),
+                       voxel_size=(1, 1, 1), **{typo: "zstd"})
+    message = str(info.value)
+    assert f"{typo!r} (did you mean {meant!r}?)" in message
+    assert "accepts none" not in message
+    for name in accepted:
+        assert name in message.split("it accepts", 1)[1]
+    assert not voxgate.registry.resolve_for_create(url)[0].exists(
+        voxgate.registry.resolve_for_create(url)[1])
+
+
+def test_an_option_of_create_given_to_open_says_what_open_takes(tmp_path: Any) -> None:
+    url = f"zarr://{tmp_path}/v.zarr"
+    voxgate.create(url, shape=(8, 8, 8), dtype="uint8", chunks=(4, 4, 4), voxel_size=(1, 1, 1))
+    with pytest.raises(InvalidRequestError, match=r"to open 'compression'.*only mode, missing"):
+        voxgate.open(url, compression="zstd")
+
+
+def test_a_name_far_from_every_option_gets_no_guess(tmp_path: Any) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        voxgate.create(f"n5://{tmp_path}/v.n5", shape=(8, 8, 8), dtype="uint8",
+                       chunks=(4, 4, 4), voxel_size=(1, 1, 1), colour="red")
+    assert "did you mean" not in str(info.value)
+    assert "it accepts compression, exist_ok" in str(info.value)
