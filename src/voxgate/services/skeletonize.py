@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidRequestError, RemoteNotFoundError
+from ..errors import InvalidRequestError, RemoteNotFoundError, VoxgateError
 from ..formats.skeleton import Skeleton
 from ..geometry import Box, Vec, grow_block
 from ..remotes.base import Capability
@@ -248,6 +248,7 @@ def _in_processes(vol: Any, jobs: list[tuple[Box, Box]], ids: list[int] | None,
     an in-memory one (a numpy array, mem://) has its blocks read here and sent over."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     spec = vol.remote.spec() if portable else None
     todo = iter(enumerate(jobs))
@@ -268,7 +269,17 @@ def _in_processes(vol: Any, jobs: list[tuple[Box, Box]], ids: list[int] | None,
                     return
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    yield running.pop(fut), fut.result()
+                    at = running.pop(fut)
+                    try:
+                        found = fut.result()
+                    except BrokenProcessPool:
+                        raise VoxgateError(
+                            f"a worker process skeletonizing block {jobs[at][1]} died: out of "
+                            "memory (pass a smaller block= or fewer workers=), or the main "
+                            "script lacks the `if __name__ == \"__main__\":` guard that "
+                            "spawned processes need (or was read from stdin); workers=None runs "
+                            "the blocks in this process") from None
+                    yield at, found
         finally:
             for fut in running:
                 fut.cancel()
