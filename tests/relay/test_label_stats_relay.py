@@ -287,3 +287,26 @@ def test_a_pass_during_a_write_is_not_served_after_it(
     # once the write has returned, what that pass computed is not served
     assert stats.bounding_box(remote, target, 0) == Box(lo, (z, y, x))
     assert stats.metrics()["computations"] == 2
+
+
+def test_an_upstream_failure_in_a_pass_is_a_502_and_not_kept(
+        relay_in_process: tuple[Relay, Any, Gated], labels: np.ndarray) -> None:
+    from voxgate.relay.cache import UpstreamError
+
+    relay, remote, gated = relay_in_process
+    gated.release.set()
+    inner_read = gated.read
+    failures = [OSError("disk went away")]
+
+    def read(box: Box, scale: int = 0) -> np.ndarray:
+        if failures:
+            raise failures.pop()
+        return inner_read(box, scale)
+
+    gated.read = read  # type: ignore[method-assign]
+    target = int(np.unique(labels)[1])
+    with pytest.raises(UpstreamError, match="disk went away"):
+        relay.stats.bounding_box(remote, target, 0)
+    # the failure is not kept: the next request computes again, and succeeds
+    assert relay.stats.bounding_box(remote, target, 0) == Box(*tight_boxes(labels)[target])
+    assert relay.stats.metrics()["computations"] == 2

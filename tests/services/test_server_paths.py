@@ -208,14 +208,16 @@ class SlowBoxes(Remote):
 
 
 def test_label_stats_leaves_a_slow_server_for_local(labels: np.ndarray) -> None:
-    """With "auto", the first bounding box's time times the ids left (58 x 0.1 s) is far over
-    the time of the one local block this small volume is: local runs, with every column."""
-    slow = SlowBoxes(labels, delay=0.1)
+    """With "auto", the time per bounding box times the ids left (54 x 0.5 s / 4 in flight)
+    is far over the time of the one local block this small volume is: local runs, with every
+    column."""
+    slow = SlowBoxes(labels, delay=0.5)
     df = voxgate.label_stats(Volume(slow))
     prov = df.attrs["provenance"]
     assert prov.path == "local"
     left = prov.details["left_server_path"]
-    assert left["ids"] == 59 and left["boxes_asked"] == 1 == slow.boxes_asked
+    # the first box alone (what is paid once), then a batch of 4 timed: 5 asked
+    assert left["ids"] == 59 and left["boxes_asked"] == 5 == slow.boxes_asked
     assert left["server_seconds_left"] > left["local_seconds"]
     reference = voxgate.label_stats(labels)
     np.testing.assert_array_equal(df["id"].to_numpy(), reference["id"].to_numpy())

@@ -5,7 +5,10 @@ route, and its ids route for a whole channel, answer from.
 Before, every boundingbox request scanned the whole channel for its one id (4096 ids of a
 256x1024x1024 channel: hours).  Now the first request computes every id's box in one pass
 with the local label_stats kernel (blocks of :data:`SCAN_BYTES`, a few at a time: bounded
-memory), and the next ones look theirs up.
+memory), and the next ones look theirs up.  The pass reads the upstream itself, not through
+the chunk cache: writes through the relay reach the upstream before they return, so it sees
+every acknowledged write, and it neither evicts the cache's working set nor pays for filling
+it (through the cache the 256x1024x1024 pass took 2 to 3 times as long).
 
 Freshness.  Every write through the relay (cutouts, to_black, the downsample job) runs inside
 :meth:`LabelStatsCache.writing`, which moves the channel's *generation* on when it starts and
@@ -35,10 +38,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import AuthenticationError, MissingChunkError
 from ..geometry import Box, chunk_boxes, grow_block
 from ..parallel import run_blocks
 from ..services.label_stats import label_stats_kernel, merge_stats
-from .cache import CachedRemote
+from .cache import CachedRemote, UpstreamError
 
 __all__ = ["KEEP_BYTES", "SCAN_BYTES", "SCAN_WORKERS", "ChannelStats", "LabelStatsCache"]
 
@@ -80,8 +84,10 @@ class ChannelStats:
 
 def compute_stats(remote: CachedRemote, res: int, *, workers: int = SCAN_WORKERS
                   ) -> ChannelStats:
-    """One pass over the whole channel at ``res``: blocks of about SCAN_BYTES aligned to the
-    cache cells, ``workers`` at a time, partial results merged as they come in."""
+    """One pass over the whole channel at ``res``, read from ``remote``'s upstream: blocks of
+    about SCAN_BYTES aligned to the cache cells, ``workers`` at a time, partial results merged
+    as they come in.  The upstream's failures are the relay's UpstreamError (502), as for
+    reads through the cache."""
     t0 = time.perf_counter()
     bounds = remote.meta.scale(res).bounds
     block = grow_block(remote.grid(res), remote.meta.dtype.itemsize, bounds.shape, SCAN_BYTES)
@@ -89,8 +95,16 @@ def compute_stats(remote: CachedRemote, res: int, *, workers: int = SCAN_WORKERS
     lock = threading.Lock()
     parts: list[dict[str, np.ndarray]] = []
 
+    upstream = remote.upstream
+
     def one(b: Box) -> dict[str, np.ndarray]:
-        return label_stats_kernel(remote.read(b, res), tuple(b.start))
+        try:
+            data = upstream.read(b, res)
+        except (UpstreamError, AuthenticationError, MissingChunkError):
+            raise
+        except Exception as exc:
+            raise UpstreamError(f"upstream {upstream.url} failed: {exc}") from exc
+        return label_stats_kernel(data, tuple(b.start))
 
     def done(_b: Box, out: object) -> None:
         with lock:

@@ -105,6 +105,7 @@ def label_stats(
     block: Sequence[int] | None = None,
     workers: int | None = None,
     progress: bool = False,
+    as_labels: bool = False,
 ) -> pd.DataFrame:
     """One row per non-zero label: id (uint64), voxel_count, the bounding box z0..x1
     (half-open, dataset voxel coordinates at the volume's scale) and the centroid.
@@ -115,9 +116,18 @@ def label_stats(
     for the local one as soon as the measured time per bounding box, times the ids still to
     ask, would exceed the local path's time estimated from one block read and computed (see
     :func:`server_is_slower`).  ``progress`` draws a bar over the ids asked, or the blocks.
+
+    An image (``kind='image'``) is refused: its intensities are not labels.  ``as_labels=True``
+    counts its values anyway (labels kept in a store that calls them an image); a numpy array
+    is taken as labels.
     """
     t0 = time.perf_counter()
-    vol = as_volume(source)
+    vol = as_volume(source, kind="segmentation" if isinstance(source, np.ndarray) else None)
+    if vol.kind != "segmentation" and not as_labels:
+        raise InvalidRequestError(
+            f"label_stats needs a segmentation; {vol.url} is an image (kind='image'), whose "
+            "intensities are not labels. Compute the statistics of its segmentation, or pass "
+            "as_labels=True (voxgate stats --as-labels) if its values are labels")
     if vol.ndim != 3 or any(a.step != 1 for a in vol._axes):
         raise InvalidRequestError("label_stats needs a 3-D view with step 1")
     if vol.dtype.kind not in "ui":
@@ -235,7 +245,10 @@ def _server(vol: Any, local: _Local, prefer: str, workers: int | None, progress:
             per_id = (time.perf_counter() - t) / len(chunk)
             bar.advance(len(chunk))
             left = n - len(rows)
-            if prefer == "auto" and left and per_id * left > SERVER_CHECK_SECONDS:
+            # the first box, asked alone, pays what is paid once (connections, a server's
+            # first pass over the channel): the rule looks at the batches after it
+            if prefer == "auto" and len(rows) > 1 and left \
+                    and per_id * left > SERVER_CHECK_SECONDS:
                 if block_seconds is None:
                     block_seconds = local.time_one()
                 if server_is_slower(per_id, left, block_seconds, len(local.blocks)):

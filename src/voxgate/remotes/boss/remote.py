@@ -32,8 +32,8 @@ CUBOID = Vec(16, 512, 512)
 #: a request reads at most this many uncompressed bytes (the server's limit is 500 MiB)
 REQUEST_BYTES = 8 * 2**20
 #: an ids request covers at most this many bytes, counted as bossDB counts a cutout (uint64 a
-#: quarter); a bigger region is asked in z slabs and the ids joined
-IDS_REQUEST_BYTES = 500 * 2**20
+#: quarter; its CUTOUT_MAX_SIZE); a bigger region is asked in z slabs and the ids joined
+IDS_REQUEST_BYTES = 520 * 2**20
 
 
 def _cuboid_blocks(box: Box, block: Vec) -> Iterator[Box]:
