@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from . import errors
     from .api import create, open
     from .errors import VoxgateError
+    from .formats.annotation import read_annotations, write_annotations
     from .geometry import Box, Vec, VoxelSize
     from .meta import Scale, VolumeMeta
     from .remotes.base import Capability, Remote, has_capability
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
     from .services.label_stats import label_stats
     from .services.map_blocks import map_blocks
     from .services.mesh import mesh, write_meshes
+    from .services.predict import predict
     from .services.skeletonize import skeletonize
+    from .services.synapses import detect_synapses
     from .transfer import CopyReport, copy
     from .viewer import view
     from .volume import Volume
@@ -51,6 +54,7 @@ __all__ = [
     "connected_components",
     "copy",
     "create",
+    "detect_synapses",
     "downsample",
     "errors",
     "has_capability",
@@ -58,8 +62,11 @@ __all__ = [
     "map_blocks",
     "mesh",
     "open",
+    "predict",
+    "read_annotations",
     "skeletonize",
     "view",
+    "write_annotations",
     "write_meshes",
 ]
 
@@ -74,8 +81,10 @@ _LAZY = {
     "create": ".api", "open": ".api",
     "connected_components": ".services", "downsample": ".services", "label_stats": ".services",
     "map_blocks": ".services", "mesh": ".services", "skeletonize": ".services",
-    "write_meshes": ".services",
+    "write_meshes": ".services", "predict": ".services",
+    "detect_synapses": ".services",
     "view": ".viewer",
+    "read_annotations": ".formats.annotation", "write_annotations": ".formats.annotation",
 }
 
 

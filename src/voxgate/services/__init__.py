@@ -10,16 +10,20 @@ from .downsample import downsample
 from .label_stats import label_stats
 from .map_blocks import map_blocks
 from .mesh import MeshResult, mesh, write_meshes
+from .predict import predict
 from .skeletonize import SkeletonResult, skeletonize
+from .synapses import detect_synapses
 
 __all__ = [
     "MeshResult",
     "SkeletonResult",
     "connected_components",
+    "detect_synapses",
     "downsample",
     "label_stats",
     "map_blocks",
     "mesh",
+    "predict",
     "skeletonize",
     "write_meshes",
 ]

@@ -1,0 +1,497 @@
+"""predict: run a model over any volume block by block, with halos, seam-free.
+
+The model is an ONNX file (run with onnxruntime), the name of a built-in model
+(``voxgate.models``) or a Python callable taking a float32 (z, y, x) array in 0..1 and
+returning (z, y, x) or (c, z, y, x).  Blocks are planned as ``map_blocks`` plans them (whole
+output chunks per block, so no two blocks write one chunk) and run on the local threaded
+scheduler or a ``dask.distributed`` client.
+
+Seams: each block is read with ``halo`` voxels of context, clipped to the volume (the model
+sees the volume's own faces exactly as a whole-volume run does, not a band of fill), padded
+with zeros at the volume's upper faces to the model's size step, and cropped back.  With a
+halo at least the model's receptive radius, a block's output equals the whole-volume output
+up to float rounding (1 grey level in uint8).  An ONNX model's size step (the product of its
+poolings, 1 for a plain convolution stack) and receptive radius are measured once per model
+by probing it on small volumes: the smallest step whose sizes come back with their own
+spatial shape, then the farthest output voxel that changes when a step-sized cube of input
+changes.  The default halo is that radius rounded up to the step.
+
+Every check of the model (file present, ONNX, input rank and dtype, output shape) happens
+before any block runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CapabilityNotSupportedError, InvalidRequestError, MissingDependencyError
+from ..geometry import Box, Vec, grow_block
+from ..meta import Scale, VolumeMeta
+from ..volume import Volume
+from ._common import ArrayResult, Provenance, as_volume, block_boxes, progress_bar, resolve_output
+
+__all__ = ["ModelRunner", "load_model", "predict", "probability_to_uint8"]
+
+#: a default block holds about this many voxels (16 MiB of float32 input)
+BLOCK_VOXELS = 2**22
+#: poolings up to this product per axis are found by the shape probe
+_MAX_STEP = 32
+#: the receptive-field probe grows its cube up to this edge
+_MAX_PROBE = 128
+_ONES = Vec(1, 1, 1)
+
+
+def probability_to_uint8(p: np.ndarray) -> np.ndarray:
+    """Probabilities in 0..1 as grey levels: round(p * 255), clipped."""
+    return np.rint(np.clip(p, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def to_unit_float(data: np.ndarray) -> np.ndarray:
+    """An image as float32 in 0..1: integers divided by their type's maximum, floats as they
+    are, booleans as 0 / 1."""
+    if data.dtype.kind in "ui":
+        return data.astype(np.float32) / np.float32(np.iinfo(data.dtype).max)
+    return data.astype(np.float32, copy=False)
+
+
+# -- models -----------------------------------------------------------------------------------
+
+_SESSIONS = threading.local()
+_PROBED: dict[tuple[str, tuple[str, ...]], tuple[Vec, Vec, int]] = {}
+_PROBED_LOCK = threading.Lock()
+
+
+@dataclass
+class ModelRunner:
+    """A checked model, picklable to other processes: call it on a float32 (z, y, x) array
+    to get a float32 (c, z, y, x) array of the same spatial shape.
+
+    An ONNX model travels as its bytes; each thread (or process) that calls it builds its own
+    onnxruntime InferenceSession once and keeps it.
+    """
+
+    name: str
+    fn: Callable[[np.ndarray], Any] | None = None
+    onnx: bytes | None = field(default=None, repr=False)
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    threads: int = 0
+    input_rank: int = 3
+    output_rank: int = 3
+    #: input sizes must be multiples of this (product of the model's poolings)
+    step: Vec = _ONES
+    #: the farthest an input voxel reaches in the output (measured), per axis
+    radius: Vec | None = None
+    #: output channels (None until a callable has run once)
+    channels: int | None = None
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.onnx or b"").hexdigest()[:16]
+
+    def session(self) -> Any:
+        key = (self.digest, self.providers, self.threads)
+        cache = getattr(_SESSIONS, "sessions", None)
+        if cache is None:
+            cache = _SESSIONS.sessions = {}
+        if key not in cache:
+            cache[key] = _make_session(self.onnx or b"", self.providers, self.threads)
+        return cache[key]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.fn is not None:
+            y = np.asarray(self.fn(x))
+            if y.ndim == 3:
+                y = y[None]
+            if y.ndim != 4 or y.shape[1:] != x.shape:
+                raise InvalidRequestError(
+                    f"model {self.name} returned shape {y.shape} for input {x.shape}; it must "
+                    "return (z, y, x) or (c, z, y, x) of the shape it was given")
+            return y
+        sess = self.session()
+        feed = x.reshape((1,) * (self.input_rank - 3) + x.shape)
+        y = sess.run(None, {sess.get_inputs()[0].name: feed})[0]
+        y = np.asarray(y, dtype=np.float32)
+        y = y.reshape(y.shape[-4:] if y.ndim >= 4 else (1, *y.shape))
+        if y.shape[1:] != x.shape:
+            raise InvalidRequestError(
+                f"model {self.name} returned spatial shape {y.shape[1:]} for an input of "
+                f"{x.shape}; predict needs an output of the input's spatial shape (a network "
+                "with 'same' padding)")
+        return y
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:  # pragma: no cover - a core dependency
+        raise MissingDependencyError(
+            "predict needs onnxruntime for ONNX models: pip install onnxruntime "
+            "(onnxruntime-gpu for CUDA)") from exc
+    return onnxruntime
+
+
+def _make_session(data: bytes, providers: tuple[str, ...], threads: int) -> Any:
+    ort = _ort()
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(data, sess_options=opts, providers=list(providers))
+
+
+def providers_for(device: str) -> tuple[str, ...]:
+    """onnxruntime execution providers for ``device`` ("cpu", "cuda" or "auto")."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise InvalidRequestError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    available = _ort().get_available_providers()
+    cuda = "CUDAExecutionProvider" in available
+    if device == "cuda" and not cuda:
+        raise CapabilityNotSupportedError(
+            "device='cuda' needs onnxruntime's CUDAExecutionProvider, which this onnxruntime "
+            f"does not offer (it has {', '.join(available)}); install onnxruntime-gpu on a "
+            "machine with CUDA, or use device='cpu' / 'auto'")
+    if cuda and device != "cpu":
+        return ("CUDAExecutionProvider", "CPUExecutionProvider")
+    return ("CPUExecutionProvider",)
+
+
+def _model_path(model: str | os.PathLike[str]) -> tuple[Path, str, dict[str, Any]]:
+    """The file of an ONNX path or a built-in name, its display name and built-in facts."""
+    text = os.fspath(model)
+    path = Path(text).expanduser()
+    looks_like_path = path.suffix == ".onnx" or os.sep in text or "/" in text
+    if path.exists() or looks_like_path:
+        if not path.is_file():
+            raise InvalidRequestError(
+                f"model file {path} does not exist; pass the path of an ONNX file, the name of "
+                "a built-in model or a Python callable")
+        return path, str(path), {}
+    try:
+        from ..models import model_info, resolve_model
+    except ImportError as exc:
+        raise InvalidRequestError(
+            f"{text!r} is neither an existing ONNX file nor a built-in model (this voxgate has "
+            "no built-in models)") from exc
+    try:
+        found = Path(resolve_model(text))
+        info = dict(model_info(text))
+    except (KeyError, LookupError, ValueError, FileNotFoundError) as exc:
+        raise InvalidRequestError(
+            f"{text!r} is neither an existing ONNX file nor a built-in model: {exc}") from exc
+    return found, text, info
+
+
+def load_model(model: Any, *, device: str = "auto", workers: int = 1) -> ModelRunner:
+    """Check ``model`` and make its runner; raises InvalidRequestError naming what does not fit
+    (a missing or non-ONNX file, an input that is not one float tensor of rank 3 or 5, an
+    output of another spatial shape than its input)."""
+    if callable(model) and not isinstance(model, (str, os.PathLike)):
+        if device not in ("auto", "cpu", "cuda"):
+            raise InvalidRequestError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        return ModelRunner(name=getattr(model, "__name__", type(model).__name__), fn=model)
+    if not isinstance(model, (str, os.PathLike)):
+        raise InvalidRequestError(
+            f"model must be an ONNX file path, a built-in model name or a callable, got "
+            f"{type(model).__name__}")
+    path, name, info = _model_path(model)
+    data = path.read_bytes()
+    providers = providers_for(device)
+    threads = 0 if "CUDAExecutionProvider" in providers else max(
+        1, (os.cpu_count() or 1) // max(1, workers))
+    try:
+        sess = _make_session(data, providers, threads)
+    except Exception as exc:
+        raise InvalidRequestError(
+            f"{path} is not an ONNX model onnxruntime can load ({type(exc).__name__}: "
+            f"{str(exc).strip()[:200]}); pass an .onnx file exported with a 3-D input") from exc
+    inputs, outputs = sess.get_inputs(), sess.get_outputs()
+    if len(inputs) != 1:
+        raise InvalidRequestError(
+            f"model {name} takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
+            "predict feeds one image tensor")
+    inp, out = inputs[0], outputs[0]
+    if inp.type != "tensor(float)":
+        raise InvalidRequestError(
+            f"model {name} takes {inp.type} input {inp.name!r}; predict feeds float32 "
+            "(tensor(float)) images scaled to 0..1")
+    if out.type not in ("tensor(float)", "tensor(double)", "tensor(float16)"):
+        raise InvalidRequestError(
+            f"model {name} returns {out.type}; predict needs float probabilities")
+    shape = list(inp.shape)
+    if len(shape) not in (3, 5) or any(isinstance(d, int) and d != 1 for d in shape[:-3]):
+        raise InvalidRequestError(
+            f"model {name} takes input of shape {shape}; predict needs rank 5 (1, 1, z, y, x) "
+            "or rank 3 (z, y, x)")
+    if len(out.shape) not in (3, 4, 5):
+        raise InvalidRequestError(
+            f"model {name} returns rank {len(out.shape)} ({out.shape}); predict needs "
+            "(1, c, z, y, x), (c, z, y, x) or (z, y, x)")
+    runner = ModelRunner(name=name, onnx=data, providers=providers, threads=threads,
+                         input_rank=len(shape), output_rank=len(out.shape))
+    fixed = [d for d in shape[-3:] if isinstance(d, int)]
+    if fixed:
+        raise InvalidRequestError(
+            f"model {name} takes a fixed input shape {shape}; predict runs blocks of any size "
+            "and needs dynamic spatial axes (export with dynamic_axes for z, y, x)")
+    key = (runner.digest, providers)
+    with _PROBED_LOCK:
+        probed = _PROBED.get(key)
+    if probed is None:
+        probed = _probe(runner)
+        with _PROBED_LOCK:
+            _PROBED[key] = probed
+    runner.step, runner.radius, runner.channels = probed
+    if "halo" in info:
+        runner.radius = Vec.of(info["halo"], "halo")
+    return runner
+
+
+def _try(runner: ModelRunner, shape: tuple[int, int, int]) -> np.ndarray | None:
+    try:
+        return runner(np.zeros(shape, np.float32))
+    except Exception:  # onnxruntime refuses shapes its poolings cannot join back up
+        return None
+
+
+def _probe(runner: ModelRunner) -> tuple[Vec, Vec, int]:
+    """The model's size step (per axis), receptive radius (per axis) and output channels."""
+    m = 1
+    while m <= _MAX_STEP and (_try(runner, (3 * m,) * 3) is None
+                              or _try(runner, (5 * m,) * 3) is None):
+        m *= 2
+    if m > _MAX_STEP:
+        raise InvalidRequestError(
+            f"model {runner.name} does not return its input's spatial shape for any size "
+            f"3·2^k or 5·2^k (k <= 5); predict needs a fully convolutional model with 'same' "
+            "padding whose output has the input's spatial shape")
+    step = [m, m, m]
+    for ax in range(3):  # anisotropic poolings: the smallest step per axis
+        while step[ax] > 1:
+            trial = [3 * m] * 3
+            trial[ax] = 3 * (step[ax] // 2)
+            if _try(runner, (trial[0], trial[1], trial[2])) is None:
+                break
+            step[ax] //= 2
+    sv = Vec(*step)
+    rng = np.random.default_rng(0)
+    size = 32
+    while True:
+        edge = [max(size, 4 * s) // s * s for s in sv]
+        base = rng.random(edge, dtype=np.float32)
+        centre = [e // 2 // s * s for e, s in zip(edge, sv, strict=True)]
+        cube = tuple(slice(c, c + s) for c, s in zip(centre, sv, strict=True))
+        moved = base.copy()
+        moved[cube] = 1.0 - moved[cube]
+        a, b = runner(base), runner(moved)
+        changed = np.nonzero(np.any(a != b, axis=0))
+        radius = [0, 0, 0]
+        for ax in range(3):
+            if changed[ax].size:
+                lo = centre[ax] - int(changed[ax].min())
+                hi = int(changed[ax].max()) - (centre[ax] + sv[ax] - 1)
+                radius[ax] = max(lo, hi, 0)
+        touching = any(
+            changed[ax].size and (changed[ax].min() == 0 or changed[ax].max() == edge[ax] - 1)
+            for ax in range(3))
+        if not touching or size >= _MAX_PROBE:
+            return sv, Vec(*radius), int(a.shape[0])
+        size *= 2
+
+
+# -- blocks -----------------------------------------------------------------------------------
+
+
+def _round_up(v: Vec, m: Sequence[int]) -> Vec:
+    return Vec(*(-(-a // b) * b for a, b in zip(v, m, strict=True)))
+
+
+def _lcm(a: Sequence[int], b: Sequence[int]) -> Vec:
+    return Vec(*(math.lcm(x, y) for x, y in zip(a, b, strict=True)))
+
+
+def _infer(runner: ModelRunner, src: Volume, block: Box, halo: Vec,
+           region: Box) -> np.ndarray:
+    """The model's float32 (c, z, y, x) output over ``block``."""
+    ext = Box(block.start - halo, block.stop + halo).intersect(region)
+    x = to_unit_float(src.read(ext))
+    need = _round_up(ext.shape, runner.step)
+    if need != ext.shape:  # only at the volume's upper faces, as the whole-volume run pads
+        x = np.pad(x, [(0, n - s) for n, s in zip(need, ext.shape, strict=True)])
+    y = runner(x)
+    return y[(slice(None), *block.slices(ext.start))]
+
+
+def _store(y: np.ndarray, out: Volume, block: Box) -> None:
+    data = probability_to_uint8(y) if out.dtype == np.uint8 else y.astype(out.dtype)
+    out.write(np.ascontiguousarray(data if out.meta.num_channels > 1 else data[0]), block)
+
+
+def _run_block(runner: ModelRunner, src: Volume, out: Volume, block: Box, halo: Vec,
+               region: Box) -> Box:
+    _store(_infer(runner, src, block, halo, region), out, block)
+    return block
+
+
+def predict(
+    model: Any,
+    source: Any,
+    out: Any = None,
+    *,
+    block: Sequence[int] | None = None,
+    halo: Sequence[int] | None = None,
+    client: Any = None,
+    workers: int | None = None,
+    device: str = "auto",
+    dtype: Any = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    retries: int = 2,
+    **create_options: Any,
+) -> Any:
+    """Run ``model`` over every block of ``source`` and return or write its output.
+
+    ``model``: an ONNX file, a built-in model name or a callable (float32 (z, y, x) in 0..1 ->
+    (z, y, x) or (c, z, y, x) probabilities).  ``dtype``: "uint8" (default; round(p * 255))
+    or "float32" (values as returned).  ``out``: None returns a numpy array ((c, z, y, x) for
+    several channels); a URL is created like the source (same region, voxel size and chunks);
+    a writable Volume is written in place.  ``halo`` defaults to the ONNX model's measured
+    receptive radius rounded up to its size step (0 for a callable: pass the radius of a
+    callable that looks at neighbours); ``block`` to about 4 Mi voxels, rounded up to whole
+    output chunks and to the model's size step.  ``workers`` blocks run at once on local
+    threads (each with its own onnxruntime session), or on ``client`` (dask.distributed).
+    ``device``: "cpu", "cuda" (onnxruntime-gpu's CUDA provider) or "auto" (CUDA when there).
+    """
+    t0 = time.perf_counter()
+    dt = np.dtype("uint8" if dtype is None else dtype)
+    if dt not in (np.dtype(np.uint8), np.dtype(np.float32)):
+        raise InvalidRequestError(
+            f"dtype must be 'uint8' (probabilities as 0..255) or 'float32', got {dt.name}")
+    src = as_volume(source)
+    if src.ndim != 3 or any(a.step != 1 for a in src._axes):
+        raise InvalidRequestError(
+            f"predict needs a 3-D single-channel view with step 1, got shape {src.shape}")
+    if workers is not None and workers < 1:
+        raise InvalidRequestError(f"workers must be >= 1, got {workers}")
+    nworkers = workers or (1 if client is not None else 2)
+    runner = load_model(model, device=device, workers=nworkers)
+    region = src.bounds
+    if halo is None:
+        h = _round_up(runner.radius or Vec(0, 0, 0), runner.step)
+    else:
+        h = Vec.of(halo, "halo")
+        if any(v < 0 for v in h):
+            raise InvalidRequestError(f"halo must not be negative, got {tuple(h)}")
+        h = _round_up(h, runner.step)
+    if block is None:
+        b = grow_block(src.chunks, 4, region.shape, 4 * BLOCK_VOXELS)
+    else:
+        b = Vec.of(block, "block")
+        if any(v <= 0 for v in b):
+            raise InvalidRequestError(f"block must be positive in every axis, got {tuple(b)}")
+    if any(hv > bv for hv, bv in zip(h, b, strict=True)):
+        raise InvalidRequestError(
+            f"halo {tuple(h)} is larger than the block {tuple(b)}: each block would read more "
+            "of its neighbours than of itself; use a larger block")
+    b = _round_up(b, runner.step)
+    chunks = src.chunks
+    if all(c <= v for c, v in zip(chunks, b, strict=True)):
+        b = _round_up(b, _lcm(chunks, runner.step))  # blocks read whole source chunks
+    else:  # source chunks larger than a block (a numpy array is one chunk): output chunks
+        chunks = b  # of one block
+    blocks = list(block_boxes(region, b))
+    first: np.ndarray | None = None
+    if runner.channels is None:  # a callable: its first block tells the output's channels
+        first = _infer(runner, src, blocks[0], h, region)
+        runner.channels = int(first.shape[0])
+    channels = runner.channels
+    meta = VolumeMeta(dt, (Scale(0, region.shape, chunks, src.voxel_size, region.start),),
+                      "image", num_channels=channels)
+
+    def fits(vol: Volume) -> None:
+        if (vol.dtype != dt or vol.meta.num_channels != channels
+                or not vol.bounds.contains(region)):
+            raise InvalidRequestError(
+                f"out {vol.url} is {vol.dtype.name} with {vol.meta.num_channels} channel(s) "
+                f"covering {vol.bounds!r}; predict writes {dt.name} with {channels} "
+                f"channel(s) covering {region!r}")
+
+    target = resolve_output(out, meta, overwrite=overwrite, options=create_options, check=fits)
+    grid = target.remote.write_grid(target.scale)
+    if any(v % g for v, g in zip(b, grid, strict=True)):  # whole output chunks (or shards)
+        b = _round_up(b, _lcm(grid, runner.step))
+        blocks = list(block_boxes(region, b))
+        first = None
+    todo = blocks
+    with progress_bar(progress, len(blocks), "predict") as bar:
+        if first is not None:
+            _store(first, target, blocks[0])
+            bar.advance()
+            todo = blocks[1:]
+        finished = list(blocks[:len(blocks) - len(todo)])
+        if client is not None:
+            for vol in (src, target):
+                if vol.url.startswith("mem://"):
+                    raise InvalidRequestError(
+                        f"{vol.url} lives in this process only; a dask.distributed cluster "
+                        "needs volumes its workers can open by URL (zarr://, precomputed://, "
+                        "...)")
+            from distributed import as_completed
+
+            shipped = client.scatter(_for_cluster(runner), broadcast=True)
+            n = len(todo)
+            futures = client.map(_run_block, [shipped] * n, [src] * n, [target] * n, todo,
+                                 [h] * n, [region] * n, pure=False, retries=retries)
+            for fut in as_completed(futures):
+                finished.append(fut.result())  # a block that failed after its retries raises
+                bar.advance()
+        else:
+            import dask
+
+            def tracked(bx: Box) -> Box:
+                done = _run_block(runner, src, target, bx, h, region)
+                bar.advance()
+                return done
+
+            tasks = [dask.delayed(tracked, pure=False)(bx) for bx in todo]
+            finished += list(dask.compute(*tasks, scheduler="threads", num_workers=nworkers))
+    missing = set(blocks) - set(finished)
+    if missing:
+        raise RuntimeError(f"predict: {len(missing)} blocks did not complete: "
+                           f"{sorted(missing, key=lambda x: tuple(x.start))[:5]}")
+    prov = Provenance("predict", "local", src.url, {
+        "model": runner.name, "providers": list(runner.providers) if runner.onnx else [],
+        "block": tuple(b), "halo": tuple(h), "step": tuple(runner.step),
+        "blocks": len(blocks), "channels": channels,
+        "scheduler": "distributed" if client is not None else "threads",
+        "seconds": round(time.perf_counter() - t0, 3)})
+    if out is None:
+        return ArrayResult(target.read(), prov)
+    _PROVENANCE[target.url] = prov
+    return target
+
+
+def _for_cluster(runner: ModelRunner) -> ModelRunner:
+    """The runner as workers get it: their threads share the worker's cores (onnxruntime's
+    default threads), not this process's split."""
+    if runner.onnx is None:
+        return runner
+    return ModelRunner(**{**runner.__dict__, "threads": 0})
+
+
+_PROVENANCE: dict[str, Provenance] = {}
+
+
+def predict_provenance(vol: Volume) -> Provenance | None:
+    """How the last ``predict`` into this volume's URL in this process ran."""
+    return _PROVENANCE.get(vol.url)
