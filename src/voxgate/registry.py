@@ -44,6 +44,7 @@ _BUILTIN: dict[str, str] = {
     "precomputed": "voxgate.remotes.precomputed:PrecomputedRemote",
     "bossdb": "voxgate.remotes.boss:BossDBRemote",
     "dvid": "voxgate.remotes.dvid:DVIDRemote",
+    "tiff": "voxgate.remotes.tiff:TiffRemote",
 }
 
 _registered: dict[str, str | type[Remote]] = {}
@@ -105,6 +106,8 @@ def detect_format(location: str) -> str:
     lower = path.lower()
     if lower.endswith((".h5", ".hdf5", ".hdf")):
         return "hdf5"
+    if lower.endswith((".tif", ".tiff", ".btf", ".tf8", ".tf2")):
+        return "tiff"
     from .storage import kvstore_exists
 
     for marker, scheme in _MARKERS:
@@ -141,6 +144,8 @@ def resolve_for_create(url: str) -> tuple[type[Remote], str]:
             scheme = "zarr"
         elif lowered.rstrip("/").endswith(".n5"):
             scheme = "n5"
+        elif lowered.endswith((".tif", ".tiff", ".btf")):
+            scheme = "tiff"
         else:
             raise InvalidRequestError(
                 f"cannot tell which format to create at {location!r}; name it in the URL, "
