@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from cloudvolume import CloudVolume
 
 import voxgate
 
+from .browser import Browser, neuroglancer_browser
 from .conftest import RO, RelayProcess, Upstreams, free_port, start_relay, write_config
 
 XYZ = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
@@ -379,42 +379,10 @@ def test_tokens_apply(relay: RelayProcess, upstreams: Upstreams) -> None:
 # -- Neuroglancer in headless Chromium ------------------------------------------------------------
 # The recipe in specs/neuroglancer-headless.md: the PyPI client only runs behind neuroglancer's
 # Python server, Debian's Chromium renders WebGL2 in software (SwiftShader)
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless=new", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-         "--use-gl=angle", "--no-sandbox", "--disable-gpu-sandbox",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--no-first-run", "--disable-quic"]
-
-
-@dataclass
-class Browser:
-    viewer: Any  # neuroglancer.Viewer
-    page: Any  # playwright's Page
-    responses: list[tuple[str, int]]  # (url, status) of every response the page received
-    errors: list[str]  # uncaught exceptions in the page
-
-
 @pytest.fixture(scope="module")
 def browser(open_relay: RelayProcess) -> Iterator[Browser]:
-    import neuroglancer
-    from playwright.sync_api import sync_playwright
-
-    neuroglancer.set_server_bind_address("127.0.0.1")
-    viewer = neuroglancer.Viewer()
-    out = Browser(viewer, None, [], [])
-    with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
-        ctx = p.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1024, "height": 768})
-        try:
-            page = out.page = ctx.new_page()
-            page.on("response", lambda r: out.responses.append((r.url, r.status)))
-            page.on("pageerror", lambda e: out.errors.append(str(e)))
-            page.goto(viewer.get_viewer_url())
-            yield out
-        finally:
-            ctx.close()
-            neuroglancer.stop()
+    with neuroglancer_browser() as b:
+        yield b
 
 
 @pytest.mark.parametrize("name", ["raw", "seg"])

@@ -14,6 +14,7 @@ from ...errors import InvalidRequestError
 from ...geometry import Vec
 from ...meta import Scale
 from ...storage import kvstore_spec, ts_context, ts_errors
+from ...storage.sharding import ShardingSpec
 
 _SHARDING_TYPE = "neuroglancer_uint64_sharded_v1"
 #: ``sharded=True`` puts up to this many uncompressed bytes in one shard: writes and copies
@@ -90,28 +91,15 @@ def _pick_sharding(sc: Scale, voxel_bytes: int, encoding: str) -> dict[str, Any]
 
 
 def _check_sharding(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A sharding spec given to create(), checked (storage.sharding.ShardingSpec) and completed
+    with the default encodings; unknown keys are refused rather than dropped."""
     out = {"@type": _SHARDING_TYPE, "minishard_index_encoding": "raw", "data_encoding": "raw",
            **spec}
-    problems = []
-    if out["@type"] != _SHARDING_TYPE:
-        problems.append(f"@type must be {_SHARDING_TYPE!r}")
-    if out.get("hash") not in ("identity", "murmurhash3_x86_128"):
-        problems.append("hash must be 'identity' or 'murmurhash3_x86_128'")
-    bits = [out.get(k) for k in ("preshift_bits", "minishard_bits", "shard_bits")]
-    if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in bits):
-        problems.append("preshift_bits, minishard_bits and shard_bits must be integers >= 0")
-    elif sum(bits) > 64:  # type: ignore[arg-type]
-        problems.append("preshift_bits + minishard_bits + shard_bits must be <= 64")
-    for k in ("minishard_index_encoding", "data_encoding"):
-        if out[k] not in ("raw", "gzip"):
-            problems.append(f"{k} must be 'raw' or 'gzip'")
     unknown = set(out) - {"@type", "hash", "preshift_bits", "minishard_bits", "shard_bits",
                           "minishard_index_encoding", "data_encoding"}
     if unknown:
-        problems.append(f"unknown keys {sorted(unknown)}")
-    if problems:
-        raise InvalidRequestError("bad sharding spec: " + "; ".join(problems))
-    return out
+        raise InvalidRequestError(f"bad sharding spec: unknown keys {sorted(unknown)}")
+    return ShardingSpec.from_json(out, "sharding").to_json()
 
 
 def _shard_shape(sc: Scale, sharding: Mapping[str, Any]) -> Vec:
