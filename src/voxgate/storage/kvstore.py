@@ -35,7 +35,9 @@ from ..errors import (
 )
 
 __all__ = [
+    "GCS_FIRST_CONTACT_RETRIES",
     "atomic_write",
+    "gcs_credentials",
     "is_local",
     "join",
     "kvstore_exists",
@@ -83,6 +85,96 @@ def set_request_retries(max_retries: int, initial_delay: float, max_delay: float
         _retries = {"max_retries": int(max_retries), "initial_delay": f"{initial_delay:g}s",
                     "max_delay": f"{max_delay:g}s"}
         _context = None
+
+
+#: the first request to a gs:// bucket is retried this few times: a bucket that cannot be
+#: reached at all (no network, a name that does not resolve) fails in about a second, not after
+#: tensorstore's 32 retries; once a bucket has answered, the usual retries apply
+GCS_FIRST_CONTACT_RETRIES = {"max_retries": 2, "initial_delay": "0.2s", "max_delay": "1s"}
+_probe_context: ts.Context | None = None
+_buckets_reached: set[str] = set()
+
+
+def _gcs_bucket(location: str) -> str | None:
+    parsed = urlparse(location)
+    return parsed.netloc if parsed.scheme == "gs" else None
+
+
+def gcs_credentials() -> str:
+    """Where tensorstore will find Google credentials, in words ("none" when it will send
+    unauthenticated requests, which only public buckets answer).
+
+    Raises AuthenticationError at once when ``GOOGLE_APPLICATION_CREDENTIALS`` names a file
+    that cannot be read: tensorstore would otherwise drop to unauthenticated requests
+    silently.
+    """
+    if os.environ.get("GOOGLE_AUTH_TOKEN_FOR_TESTING"):
+        return "GOOGLE_AUTH_TOKEN_FOR_TESTING"
+    named = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if named:
+        if not os.access(named, os.R_OK) or not os.path.isfile(named):
+            raise AuthenticationError(
+                f"GOOGLE_APPLICATION_CREDENTIALS is {named!r}, which is not a readable file; "
+                "point it at a service-account or user credentials JSON file, or unset it to "
+                "use `gcloud auth application-default login` credentials"
+            )
+        return f"GOOGLE_APPLICATION_CREDENTIALS ({named})"
+    config = os.environ.get("CLOUDSDK_CONFIG") or os.path.join(
+        os.path.expanduser("~"), ".config", "gcloud")
+    adc = os.path.join(config, "application_default_credentials.json")
+    if os.path.isfile(adc):
+        return f"gcloud application-default credentials ({adc})"
+    return (f"none (GOOGLE_APPLICATION_CREDENTIALS is unset and {adc} does not exist; off "
+            "Google Compute Engine requests go unauthenticated, which only public buckets "
+            "allow)")
+
+
+def _context_for(location: str) -> ts.Context:
+    """The shared context, or for a gs:// bucket not reached yet in this process, one that
+    retries its first request only a few times."""
+    global _probe_context
+    bucket = _gcs_bucket(location)
+    if bucket is None or bucket in _buckets_reached:
+        return ts_context()
+    gcs_credentials()  # a broken GOOGLE_APPLICATION_CREDENTIALS fails before any request
+    with _context_lock:
+        if _probe_context is None:
+            _probe_context = ts.Context({"gcs_request_retries": dict(GCS_FIRST_CONTACT_RETRIES)})
+        return _probe_context
+
+
+def _first_contact(location: str) -> bool:
+    bucket = _gcs_bucket(location)
+    return bucket is not None and bucket not in _buckets_reached
+
+
+def _reached(location: str) -> None:
+    bucket = _gcs_bucket(location)
+    if bucket is not None:
+        _buckets_reached.add(bucket)
+
+
+def _gcs_failure(exc: BaseException, location: str, what: str) -> VoxgateError:
+    """A first request to a gs:// bucket that failed, with where credentials came from."""
+    error = _translate(exc, what)
+    if isinstance(error, (RemoteUnavailableError, AuthenticationError)):
+        try:
+            creds = gcs_credentials()
+        except AuthenticationError as bad:
+            creds = str(bad)
+        if isinstance(error, RemoteUnavailableError):
+            advice = (f"gave up after {GCS_FIRST_CONTACT_RETRIES['max_retries']} retries of the "
+                      "first request to this bucket: check the network and the bucket's name")
+        else:
+            advice = "the bucket refused the request: use credentials that may read it"
+        if creds.startswith("none"):
+            advice += ("; for a private bucket run `gcloud auth application-default login` or "
+                       "set GOOGLE_APPLICATION_CREDENTIALS=/path/to/key.json")
+        return type(error)(
+            f"{what}: {location} could not be read ({exc}); Google credentials: {creds}; "
+            f"{advice}"
+        )
+    return error
 
 
 def is_local(location: str) -> bool:
@@ -172,11 +264,17 @@ def kvstore_exists(location: str, key: str) -> bool:
     """Whether ``key`` exists under ``location`` (local paths are checked without tensorstore)."""
     if is_local(location):
         return os.path.exists(os.path.join(local_path(location), key))
+    context = _context_for(location)
     try:
-        kv = ts.KvStore.open(kvstore_spec(location), context=ts_context()).result()
-        return bool(kv.read(key).result().state == "value")
-    except ValueError:
+        kv = ts.KvStore.open(kvstore_spec(location), context=context).result()
+        found = bool(kv.read(key).result().state == "value")
+    except ValueError as exc:
+        if _first_contact(location):
+            # a bucket that never answered: say why, instead of "does not exist" later
+            raise _gcs_failure(exc, location, f"looking for {key}") from exc
         return False
+    _reached(location)
+    return found
 
 
 def read_json(location: str, key: str) -> Any:
@@ -191,9 +289,16 @@ def read_json(location: str, key: str) -> Any:
         except FileNotFoundError:
             raise RemoteNotFoundError(f"{path} does not exist") from None
     else:
-        with ts_errors(f"reading {key} of {location}"):
-            kv = ts.KvStore.open(kvstore_spec(location), context=ts_context()).result()
+        what = f"reading {key} of {location}"
+        context = _context_for(location)
+        try:
+            kv = ts.KvStore.open(kvstore_spec(location), context=context).result()
             r = kv.read(key).result()
+        except (ValueError, RuntimeError, OSError) as exc:
+            if _first_contact(location):
+                raise _gcs_failure(exc, location, what) from exc
+            raise _translate(exc, what) from exc
+        _reached(location)
         if r.state != "value":
             raise RemoteNotFoundError(f"{join(location, key)} does not exist")
         data = bytes(r.value)
