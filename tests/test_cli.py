@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from click.testing import CliRunner
@@ -258,3 +259,93 @@ def test_serve_refuses_a_taken_port_before_saying_listening(tmp_path: Path) -> N
     assert res.exit_code == 1, res.output
     assert f"port {port} on 127.0.0.1 is already in use" in res.output and "--port" in res.output
     assert "listening" not in res.output
+
+
+def _interrupt_after(monkeypatch: Any, cls: type, writes: int) -> list[int]:
+    """Make ``cls.write`` raise KeyboardInterrupt (as Ctrl-C would) after ``writes`` writes."""
+    calls = [0]
+    real = cls.write
+
+    def write(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if calls[0] >= writes:
+            raise KeyboardInterrupt
+        calls[0] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "write", write)
+    return calls
+
+
+def test_cp_interrupted_says_how_to_resume_and_status_forget(tmp_path: Path,
+                                                              monkeypatch: Any) -> None:
+    from voxgate import transfer
+    from voxgate.remotes.n5 import N5Remote
+
+    v = _vol(tmp_path)
+    dst = f"n5://{tmp_path}/b.n5"
+    monkeypatch.setattr(transfer, "BLOCK_BYTES", 1)  # one block per chunk: 12 + 4 blocks
+    calls = _interrupt_after(monkeypatch, N5Remote, 5)
+    res = CliRunner().invoke(main, ["cp", v.url, dst, "--no-progress", "--workers", "1"])
+    assert res.exit_code == 130, res.output
+    journals = list((Path(os.environ["VOXGATE_STATE_DIR"]) / "transfers").glob("*.journal"))
+    assert len(journals) == 1
+    assert "interrupted after 5 of 16 blocks; run the same command again to resume" in res.output
+    assert f"journal at {journals[0]}" in res.output
+
+    res = CliRunner().invoke(main, ["cp", "--status"])
+    assert res.exit_code == 0, res.output
+    assert f"{v.url} -> {dst}" in res.output and "5/16 blocks done" in res.output
+    assert str(journals[0]) in res.output
+
+    # the same command resumes: the 5 blocks done are not written again
+    calls[0] = -1000  # no interrupt now; count the writes
+    res = CliRunner().invoke(main, ["cp", v.url, dst, "--no-progress", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert "resumed: 5 chunks already done" in res.output
+    # 11 blocks left: scale 0's 7, and scale 1's 4, which are fill (never downsampled) and
+    # need no write into the destination this copy created
+    assert calls[0] == -1000 + 7
+    np.testing.assert_array_equal(voxgate.open(dst).read(), v.read())
+    assert CliRunner().invoke(main, ["cp", "--status"]).output.startswith("no unfinished copies")
+
+
+def test_cp_forget(tmp_path: Path, monkeypatch: Any) -> None:
+    from voxgate import transfer
+    from voxgate.remotes.zarr import ZarrRemote
+
+    v = _vol(tmp_path)
+    monkeypatch.setattr(transfer, "BLOCK_BYTES", 1)
+    _interrupt_after(monkeypatch, ZarrRemote, 2)
+    for name in ("b", "c"):
+        res = CliRunner().invoke(main, ["cp", v.url, str(tmp_path / f"{name}.zarr"),
+                                        "--no-progress", "--workers", "1"])
+        assert res.exit_code == 130, res.output
+    state = Path(os.environ["VOXGATE_STATE_DIR"]) / "transfers"
+    assert len(list(state.glob("*.journal"))) == 2
+    # the destination as typed (a bare path) finds the journal its zarr:// URL named
+    res = CliRunner().invoke(main, ["cp", "--forget", v.url, str(tmp_path / "b.zarr")])
+    assert res.exit_code == 0, res.output
+    assert "forgot" in res.output and "b.zarr" in res.output and "c.zarr" not in res.output
+    status = CliRunner().invoke(main, ["cp", "--status"]).output
+    assert "c.zarr" in status and "b.zarr" not in status
+    res = CliRunner().invoke(main, ["cp", "--forget", v.url, str(tmp_path / "b.zarr")])
+    assert res.exit_code == 0 and "nothing to forget" in res.output
+    res = CliRunner().invoke(main, ["cp", "--forget-all"])
+    assert res.exit_code == 0 and "c.zarr" in res.output
+    assert not list(state.glob("*.journal"))
+    for args in (["cp", "--status", v.url], ["cp", "--forget", v.url], ["cp"],
+                 ["cp", "--status", "--forget-all"]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2, (args, res.output)
+
+
+def test_stats_refuses_an_image(tmp_path: Path) -> None:
+    v = _vol(tmp_path)  # uint16 intensities, kind='image'
+    res = CliRunner().invoke(main, ["stats", v.url])
+    assert res.exit_code == 1
+    assert "label_stats needs a segmentation" in res.output and "--as-labels" in res.output
+    res = CliRunner().invoke(main, ["stats", v.url, "--as-labels", "--csv",
+                                    str(tmp_path / "s.csv")])
+    assert res.exit_code == 0, res.output
+    # every voxel of the ramp is its own value: 8*16*24 - 1 labels (0 is background)
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 8 * 16 * 24 - 1 + 1

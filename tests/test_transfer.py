@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import voxgate
+import voxgate.transfer  # tests patch its BLOCK_BYTES; also when run alone (-k)
 from voxgate.errors import InvalidRequestError, OutOfBoundsError
 from voxgate.geometry import Box
 from voxgate.synthetic import synthetic_em
@@ -210,3 +211,54 @@ def test_interrupted_copy_resumes(tmp_path: Path, how: str, em: tuple[np.ndarray
     again = voxgate.copy(src.url, dst_url, progress=False)
     assert not again.resumed
     np.testing.assert_array_equal(out_vol.read(), labels)
+
+
+def test_ctrl_c_raises_copy_interrupted_and_the_journal_is_listed_and_forgotten(
+    tmp_path: Path, em: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (SIGINT to the process, taken by the main thread while workers write) ends the
+    copy with CopyInterrupted, a KeyboardInterrupt naming the journal; list_journals shows
+    it, forget_journals deletes it, and the copy run again then starts from the beginning."""
+    from voxgate.remotes.precomputed import PrecomputedRemote
+    from voxgate.transfer import CopyInterrupted, forget_journals, list_journals
+
+    img, _ = em
+    src = _make("zarr3", tmp_path, "src", img, "image")
+    dst_url = f"precomputed://file://{tmp_path}/dst"
+    monkeypatch.setattr(voxgate.transfer, "BLOCK_BYTES", 1)  # one block per chunk
+    real = PrecomputedRemote.write
+    writes = [0]
+
+    def write(self: PrecomputedRemote, *args: object, **kwargs: object) -> None:
+        writes[0] += 1
+        if writes[0] == 4:
+            signal.raise_signal(signal.SIGINT)  # handled by the main thread, as Ctrl-C is
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PrecomputedRemote, "write", write)
+    with pytest.raises(CopyInterrupted) as info:
+        voxgate.copy(src, dst_url, workers=2, progress=False)
+    stop = info.value
+    assert isinstance(stop, KeyboardInterrupt)
+    assert stop.journal.exists() and f"journal at {stop.journal}" in str(stop)
+    lines = stop.journal.read_text().splitlines()
+    assert stop.blocks_done == len(lines) - 2 >= 4  # header, "created", one line per block
+    assert stop.blocks_done < stop.blocks_total
+    assert "run the same copy again to resume" in str(stop)
+
+    [status] = list_journals()
+    assert (status.src, status.dst) == (src.url, dst_url)
+    assert (status.blocks_done, status.blocks_total) == (stop.blocks_done, stop.blocks_total)
+    assert status.path == stop.journal and status.age >= 0
+    assert f"{stop.blocks_done}/{stop.blocks_total} blocks done" in str(status)
+
+    assert forget_journals(src.url, f"zarr://{tmp_path}/other.zarr") == []
+    with pytest.raises(InvalidRequestError, match="both"):
+        forget_journals(src.url)
+    [gone] = forget_journals(src.url, dst_url)
+    assert gone.path == stop.journal and not stop.journal.exists()
+    assert list_journals() == []
+    monkeypatch.setattr(PrecomputedRemote, "write", real)
+    report = voxgate.copy(src, dst_url, workers=2, progress=False)
+    assert not report.resumed and report.blocks_skipped == 0
+    np.testing.assert_array_equal(voxgate.open(dst_url).read(), img)

@@ -143,8 +143,8 @@ def info(url: str, as_json: bool, check: bool, missing: str) -> None:
 
 
 @main.command()
-@click.argument("src")
-@click.argument("dst")
+@click.argument("src", required=False)
+@click.argument("dst", required=False)
 @click.option("--box", default=None, help="Only this scale-0 region, 'z0:z1,y0:y1,x0:x1'.")
 @click.option("--scales", default=None, help="Comma-separated scale indices (default: all).")
 @click.option("--workers", type=int, default=None, help="Blocks in flight at once.")
@@ -155,13 +155,39 @@ def info(url: str, as_json: bool, check: bool, missing: str) -> None:
 )
 @click.option("--missing", type=click.Choice(["fill", "error"]), default="fill",
               help=_MISSING_HELP)
+@click.option("--status", is_flag=True,
+              help="List the journals of unfinished copies (source, destination, blocks done, "
+                   "age) instead of copying.")
+@click.option("--forget", is_flag=True,
+              help="Delete the journal(s) of the unfinished copy SRC -> DST instead of copying.")
+@click.option("--forget-all", is_flag=True, help="Delete every unfinished copy's journal.")
 def cp(
-    src: str, dst: str, box: str | None, scales: str | None, workers: int | None,
-    no_progress: bool, options: tuple[str, ...], missing: str,
+    src: str | None, dst: str | None, box: str | None, scales: str | None,
+    workers: int | None, no_progress: bool, options: tuple[str, ...], missing: str,
+    status: bool, forget: bool, forget_all: bool,
 ) -> None:
-    """Copy SRC to DST (created with SRC's metadata if missing); rerun to resume."""
-    from .transfer import copy
+    """Copy SRC to DST (created with SRC's metadata if missing); rerun to resume.
 
+    An interrupted copy (Ctrl-C, a kill, a failure) keeps a journal of the blocks it finished;
+    the same command run again skips them.  --status lists such journals, --forget SRC DST or
+    --forget-all deletes them.
+    """
+    from .transfer import CopyInterrupted, copy
+
+    if sum((status, forget, forget_all)) > 1:
+        raise click.UsageError("give one of --status, --forget, --forget-all")
+    if status or forget_all:
+        if src is not None:
+            raise click.UsageError(
+                f"--{'status' if status else 'forget-all'} takes no SRC/DST "
+                "(use --forget SRC DST for one copy)")
+        _journals(forget=forget_all)
+        return
+    if src is None or dst is None:
+        raise click.UsageError("give SRC and DST (or --status / --forget-all)")
+    if forget:
+        _journals(forget=True, src=src, dst=dst)
+        return
     try:
         parsed_box = Box.parse(box) if box else None
         scale_list = [int(s) for s in scales.split(",")] if scales else None
@@ -170,10 +196,37 @@ def cp(
             src, dst, box=parsed_box, scales=scale_list, workers=workers,
             progress=not no_progress, missing=missing, **opts,
         )
+    except CopyInterrupted as exc:
+        click.echo(
+            f"interrupted after {exc.blocks_done} of {exc.blocks_total} blocks; run the same "
+            f"command again to resume (journal at {exc.journal}; voxgate cp --forget SRC DST "
+            "deletes it)", err=True)
+        sys.exit(130)
     except (VoxgateError, OSError, ValueError) as exc:
         _fail(exc)
         return
     click.echo(str(report))
+
+
+def _journals(*, forget: bool, src: str | None = None, dst: str | None = None) -> None:
+    """List (or delete) the journals of unfinished copies."""
+    from .transfer import forget_journals, journal_dir, list_journals
+
+    if not forget:
+        found = list_journals()
+        if not found:
+            click.echo(f"no unfinished copies (journals live in {journal_dir()})")
+        for j in found:
+            click.echo(str(j))
+        return
+    gone = forget_journals(src, dst)
+    if not gone:
+        which = "" if src is None else f" from {src} to {dst}"
+        click.echo(f"no unfinished copy{which}; nothing to forget (voxgate cp --status lists "
+                   "them)")
+    for j in gone:
+        click.echo(f"forgot {j.src} -> {j.dst}: {j.blocks_done}/{j.blocks_total} blocks "
+                   f"were done ({j.path} deleted; the destination is left as it is)")
 
 
 @main.command()
@@ -452,12 +505,16 @@ def cc_cmd(url: str, out: str, connectivity: str, block: str | None, overwrite: 
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Write the table to this CSV file.")
 @click.option("--prefer", type=click.Choice(["auto", "server", "local"]), default="auto")
-def stats_cmd(url: str, csv_path: Path | None, prefer: str) -> None:
-    """Ids, voxel counts, bounding boxes and centroids of every label in URL."""
+@click.option("--as-labels", is_flag=True, default=False,
+              help="Count an image's values as labels (refused otherwise: intensities are not "
+                   "labels).")
+def stats_cmd(url: str, csv_path: Path | None, prefer: str, as_labels: bool) -> None:
+    """Ids, voxel counts, bounding boxes and centroids of every label in URL (a segmentation)."""
     from .services import label_stats
 
     try:
-        df = label_stats(url, prefer=prefer, progress=True)  # type: ignore[arg-type]
+        df = label_stats(url, prefer=prefer, progress=True,  # type: ignore[arg-type]
+                         as_labels=as_labels)
     except (VoxgateError, OSError) as exc:
         _fail(exc)
         return

@@ -40,7 +40,15 @@ from .remotes.base import (
 )
 from .volume import Volume
 
-__all__ = ["CopyReport", "copy", "journal_dir"]
+__all__ = [
+    "CopyInterrupted",
+    "CopyReport",
+    "JournalStatus",
+    "copy",
+    "forget_journals",
+    "journal_dir",
+    "list_journals",
+]
 
 #: blocks grow from the write grid toward this many bytes (bounded memory, little overhead)
 BLOCK_BYTES = 8 * 2**20
@@ -100,6 +108,102 @@ def journal_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "voxgate" / "transfers"
 
 
+class CopyInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`copy`: the blocks finished are recorded in ``journal`` and the
+    same copy (same source, destination, box and scales) run again resumes from them."""
+
+    def __init__(self, message: str, journal: Path, blocks_done: int, blocks_total: int) -> None:
+        super().__init__(message)
+        self.journal = journal
+        self.blocks_done = blocks_done
+        self.blocks_total = blocks_total
+
+
+@dataclass(frozen=True)
+class JournalStatus:
+    """An unfinished copy's journal, as :func:`list_journals` finds it."""
+
+    path: Path
+    src: str
+    dst: str
+    box: str | None
+    scales: list[int]
+    blocks_done: int
+    blocks_total: int
+    #: seconds since the journal was last written
+    age: float
+
+    def __str__(self) -> str:
+        region = "" if self.box is None else f" box {self.box}"
+        return (
+            f"{self.src} -> {self.dst}{region} scales {self.scales}: "
+            f"{self.blocks_done}/{self.blocks_total} blocks done, last written "
+            f"{_age(self.age)} ago ({self.path})"
+        )
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _read_status(path: Path, now: float) -> JournalStatus | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = json.loads(f.readline())
+        done = _Journal.read_done(path)[0]
+        mtime = path.stat().st_mtime
+    except (OSError, ValueError):
+        return None  # not a journal (or removed meanwhile)
+    if not isinstance(header, dict) or "src" not in header or "dst" not in header:
+        return None
+    return JournalStatus(path, str(header["src"]), str(header["dst"]), header.get("box"),
+                         list(header.get("scales", [])), len(done), int(header.get("blocks", 0)),
+                         max(0.0, now - mtime))
+
+
+def list_journals() -> list[JournalStatus]:
+    """The journals of copies that did not finish (interrupted, killed or failed), oldest
+    first.  Each is resumed by running the same copy again, or removed by
+    :func:`forget_journals`."""
+    folder = journal_dir()
+    if not folder.is_dir():
+        return []
+    now = time.time()
+    found = [_read_status(p, now) for p in folder.glob("*.journal")]
+    return sorted((j for j in found if j is not None), key=lambda j: -j.age)
+
+
+def _spellings(url: str) -> set[str]:
+    """``url`` as given and as the Remote that opens it names itself (a bare path or a
+    scheme-less storage URL is recorded by its Remote's URL)."""
+    names = {url}
+    with contextlib.suppress(Exception):
+        remote = open_remote(url)
+        names.add(remote.url)
+        remote.close()
+    return names
+
+
+def forget_journals(src: str | None = None, dst: str | None = None) -> list[JournalStatus]:
+    """Delete the journals of unfinished copies from ``src`` to ``dst`` (every journal when
+    both are None); return what was deleted.  The destinations are left as they are: a copy
+    run again after this starts from the first block."""
+    if (src is None) != (dst is None):
+        raise InvalidRequestError("give both src and dst, or neither to forget every journal")
+    srcs = None if src is None else _spellings(src)
+    dsts = None if dst is None else _spellings(dst)
+    gone = []
+    for j in list_journals():
+        if srcs is not None and dsts is not None and (j.src not in srcs or j.dst not in dsts):
+            continue
+        j.path.unlink(missing_ok=True)
+        gone.append(j)
+    return gone
+
+
 def _as_remote(
     x: str | os.PathLike[str] | Volume, mode: str, **options: Any
 ) -> tuple[Remote, Box | None, int]:
@@ -149,16 +253,25 @@ class _Journal:
             self._file.flush()
 
     def _load(self) -> None:
-        with open(self.path, encoding="utf-8") as f:
+        self.done, self.created = self.read_done(self.path)
+
+    @staticmethod
+    def read_done(path: Path) -> tuple[set[tuple[int, ...]], bool]:
+        """The blocks a journal records as finished, and whether the copy created its
+        destination."""
+        done: set[tuple[int, ...]] = set()
+        created = False
+        with open(path, encoding="utf-8") as f:
             lines = f.read().split("\n")
         # the last line may be cut short by a kill: only complete lines count
         for line in lines[1:-1]:
             if line == "created":
-                self.created = True
+                created = True
                 continue
             parts = line.split()
             if len(parts) == 4 and all(p.lstrip("-").isdigit() for p in parts):
-                self.done.add(tuple(int(p) for p in parts))
+                done.add(tuple(int(p) for p in parts))
+        return done, created
 
     def mark_created(self) -> None:
         """Record that this copy made the destination: its untouched blocks are still fill."""
@@ -370,7 +483,17 @@ def copy(
                 if advance is not None:
                     advance(nbytes)
 
-            res = run_blocks(run_one, todo, workers=workers, on_done=done)
+            try:
+                res = run_blocks(run_one, todo, workers=workers, on_done=done)
+            except KeyboardInterrupt as stop:
+                # blocks in flight at the interrupt finished and are recorded too
+                finished = len(_Journal.read_done(journal.path)[0])
+                raise CopyInterrupted(
+                    f"copy {s_remote.url} -> {d_remote.url} interrupted after {finished} of "
+                    f"{len(plan)} blocks; run the same copy again to resume (journal at "
+                    f"{journal.path})",
+                    journal.path, finished, len(plan),
+                ) from stop
         if res.failed:
             item, exc = res.failed[0]
             raise PartialWriteError(
