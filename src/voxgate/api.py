@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, VoxelOrderWarning
+from .geometry import VoxelSize
 from .meta import VolumeMeta
 from .registry import create_remote, open_remote
 from .remotes.base import check_missing
@@ -77,7 +79,12 @@ def create(
     "image" or "segmentation".  ``num_scales`` > 1 lays out that many levels of 2x
     downsampling (toward isotropy) in the store's metadata; their voxels start as the fill
     value until written or computed with ``voxgate.downsample``.
+
+    A bare ``voxel_size`` triple that reads like CloudVolume's (x, y, z) order, e.g.
+    ``(8, 8, 40)``, gives a :class:`~voxgate.errors.VoxelOrderWarning`; a
+    ``VoxelSize(z=40, y=8, x=8)`` never does.
     """
+    _check_voxel_order(voxel_size)
     meta = VolumeMeta.build(
         shape=shape,
         dtype=dtype,
@@ -91,3 +98,29 @@ def create(
     )
     remote = create_remote(os.fspath(url), meta, exist_ok=exist_ok, **options)
     return Volume(remote, 0)
+
+
+def _check_voxel_order(voxel_size: Any, stacklevel: int = 3) -> None:
+    """Warn (VoxelOrderWarning) when a bare ``voxel_size`` triple looks like (x, y, z).
+
+    The sign is the pattern of anisotropic data written in CloudVolume's order: the first two
+    sizes equal and the last larger, ``(8, 8, 40)``.  Read (z, y, x) that is a voxel longer
+    along x than along y, which microscopes rarely make; read backwards it is the common
+    8 x 8 nm in-plane, 40 nm sections.  Isotropic sizes, a z larger than x and y, and a
+    :class:`VoxelSize` (named axes) never warn.
+    """
+    if isinstance(voxel_size, VoxelSize) or isinstance(voxel_size, (str, bytes)):
+        return
+    try:
+        z, y, x = (float(v) for v in voxel_size)
+    except (TypeError, ValueError):
+        return  # VoxelSize.of says what is wrong
+    if z == y < x:
+        warnings.warn(
+            f"voxel_size={tuple(voxel_size)!r} is read (z, y, x) = ({z:g}, {y:g}, {x:g}) nm, "
+            f"a voxel longer along x than along y; if you meant (x, y, z) as CloudVolume and "
+            f"Neuroglancer write it, pass voxel_size=({x:g}, {y:g}, {z:g}). voxgate takes "
+            f"(z, y, x); pass VoxelSize(z={z:g}, y={y:g}, x={x:g}) to keep these sizes without "
+            "this warning",
+            VoxelOrderWarning, stacklevel=stacklevel,
+        )

@@ -27,7 +27,9 @@ __all__ = [
     "RemoteNotFoundError",
     "RemoteUnavailableError",
     "UnknownSchemeError",
+    "VoxelOrderWarning",
     "VoxgateError",
+    "VoxgateWarning",
 ]
 
 
@@ -127,3 +129,13 @@ class PartialWriteError(VoxgateError, OSError):
         super().__init__(message)
         self.written = list(written)
         self.failed = list(failed)
+
+
+class VoxgateWarning(UserWarning):
+    """Base class of the warnings voxgate gives (``warnings.simplefilter("error",
+    VoxgateWarning)`` turns them into errors)."""
+
+
+class VoxelOrderWarning(VoxgateWarning):
+    """A bare ``voxel_size`` triple looks like it was written (x, y, z), CloudVolume's order;
+    voxgate takes (z, y, x).  Pass ``VoxelSize(z=..., y=..., x=...)`` to say which is which."""

@@ -105,3 +105,32 @@ def test_a_name_far_from_every_option_gets_no_guess(tmp_path: Any) -> None:
                        chunks=(4, 4, 4), voxel_size=(1, 1, 1), colour="red")
     assert "did you mean" not in str(info.value)
     assert "it accepts compression, exist_ok" in str(info.value)
+
+
+def test_a_voxel_size_in_cloudvolume_order_warns(tmp_path: Any) -> None:
+    from voxgate.errors import VoxelOrderWarning, VoxgateWarning
+
+    with pytest.warns(VoxelOrderWarning) as record:
+        vol = voxgate.create(f"zarr://{tmp_path}/v.zarr", shape=(8, 8, 8), dtype="uint8",
+                             chunks=(4, 4, 4), voxel_size=(8, 8, 40))
+    [warning] = record
+    assert issubclass(VoxelOrderWarning, VoxgateWarning) and issubclass(VoxgateWarning,
+                                                                        UserWarning)
+    message = str(warning.message)
+    assert "(z, y, x) = (8, 8, 40)" in message and "voxel_size=(40, 8, 8)" in message
+    assert "VoxelSize(z=8, y=8, x=40)" in message
+    assert warning.filename == __file__  # points at the caller's line
+    # a warning only: the sizes are kept as given
+    assert vol.voxel_size.zyx() == (8.0, 8.0, 40.0)
+
+
+@pytest.mark.parametrize("voxel_size", [(40, 8, 8), (8, 8, 8), [4.0, 4.0, 4.0], (40, 4, 8),
+                                        (8, 16, 40), VoxelSize(8, 8, 40)])
+def test_other_voxel_sizes_do_not_warn(tmp_path: Any, voxel_size: Any) -> None:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        voxgate.create(f"zarr://{tmp_path}/v.zarr", shape=(8, 8, 8), dtype="uint8",
+                       chunks=(4, 4, 4), voxel_size=voxel_size)
+    assert [str(w.message) for w in record] == []

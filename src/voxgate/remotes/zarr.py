@@ -31,11 +31,11 @@ from ..meta import (
     offset_from_translation,
 )
 from ..storage import (
+    UNITS_NM,
     is_local,
     join,
     kvstore_exists,
     kvstore_spec,
-    UNITS_NM,
     local_path,
     read_json,
     ts_context,
