@@ -598,5 +598,80 @@ def _demo(root: Path, size: int) -> None:
         raise click.ClickException("round trip mismatch")
 
 
+# -- learned models: predict, synapses (issue 12) ---------------------------------------------
+
+
+@main.command("predict")
+@click.argument("model")
+@click.argument("src")
+@click.argument("out")
+@click.option("--block", default=None, help="Block shape 'z,y,x' (default about 4 Mi voxels).")
+@click.option("--halo", default=None,
+              help="Context voxels 'z,y,x' (default: the model's measured receptive radius).")
+@click.option("--workers", type=int, default=None, help="Blocks run at once (default 2).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              help="onnxruntime device: 'cuda' needs onnxruntime-gpu (default: CUDA if there).")
+@click.option("--float32", "as_float", is_flag=True,
+              help="Store the model's values as float32 (default uint8: round(p * 255)).")
+@click.option("--overwrite", is_flag=True, help="Write into OUT even if it exists.")
+def predict_cmd(model: str, src: str, out: str, block: str | None, halo: str | None,
+                workers: int | None, device: str, as_float: bool, overwrite: bool) -> None:
+    """Run MODEL (an .onnx file or a built-in name) over SRC block by block into OUT."""
+    from .services.predict import predict, predict_provenance
+
+    try:
+        vol = predict(model, src, out, block=_zyx(block, "--block"), halo=_zyx(halo, "--halo"),
+                      workers=workers, device=device, dtype="float32" if as_float else None,
+                      progress=True, overwrite=overwrite)
+    except (VoxgateError, OSError) as exc:
+        _fail(exc)
+        return
+    prov = predict_provenance(vol)
+    d = prov.details if prov is not None else {}
+    click.echo(f"{vol.url}: {d.get('blocks', '?')} blocks of {d.get('block')} (halo "
+               f"{d.get('halo')}) with {d.get('model')} on "
+               f"{', '.join(d.get('providers') or ['?'])} in {d.get('seconds', '?')} s")
+
+
+@main.command("synapses")
+@click.argument("src")
+@click.option("--out", "out", default=None,
+              help="Write the detections as a precomputed annotation layer at this URL.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write the table to this CSV file.")
+@click.option("--segmentation", default=None,
+              help="A segmentation covering SRC: adds pre_id / post_id to every detection.")
+@click.option("--threshold", type=float, default=0.5, help="Probability threshold (0..1].")
+@click.option("--min-size", type=int, default=None, help="Smallest detection (voxels).")
+@click.option("--model", default="synapse-unet", help="An .onnx file or a built-in name.")
+@click.option("--probabilities", default=None, help="Keep the probability map at this URL.")
+@click.option("--block", default=None, help="Block shape 'z,y,x'.")
+@click.option("--workers", type=int, default=None, help="Blocks run at once.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--sharded", is_flag=True, help="Store the annotation indexes in shards.")
+def synapses_cmd(src: str, out: str | None, csv_path: Path | None, segmentation: str | None,
+                 threshold: float, min_size: int | None, model: str,
+                 probabilities: str | None, block: str | None, workers: int | None,
+                 device: str, sharded: bool) -> None:
+    """Detect synapses in SRC (an EM image) with a model; a table, an annotation layer."""
+    from .services.synapses import detect_synapses
+
+    try:
+        df = detect_synapses(src, model=model, threshold=threshold, min_size=min_size,
+                             segmentation=segmentation, out=out, probabilities=probabilities,
+                             block=_zyx(block, "--block"), workers=workers, device=device,
+                             sharded=sharded, progress=True)
+    except (VoxgateError, OSError) as exc:
+        _fail(exc)
+        return
+    if csv_path is not None:
+        df.to_csv(csv_path, index=False)
+        click.echo(f"{len(df)} synapses written to {csv_path}")
+    if out is not None:
+        click.echo(f"{len(df)} synapses written to the annotation layer {out}")
+    if csv_path is None and out is None:
+        click.echo(df.to_string(index=False, max_rows=40))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

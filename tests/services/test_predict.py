@@ -230,3 +230,27 @@ def test_cuda_device_without_the_provider(models: dict[str, Path], image: np.nda
         voxgate.predict(models["conv"], image, device="cuda", progress=False)
     auto = voxgate.predict(models["conv"], image, device="auto", progress=False)
     assert auto.provenance.details["providers"] == ["CPUExecutionProvider"]
+
+
+def test_cli_predict(models: dict[str, Path], image: np.ndarray, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from voxgate.cli import main
+
+    src = voxgate.create(f"zarr://{tmp_path}/img.zarr", shape=SHAPE, chunks=(8, 16, 16),
+                         dtype="uint8", voxel_size=(40, 8, 8))
+    src[:] = image
+    out = f"zarr://{tmp_path}/cli.zarr"
+    res = CliRunner().invoke(main, ["predict", str(models["pool"]), src.url, out,
+                                    "--block", "8,16,16", "--workers", "2", "--device", "cpu",
+                                    "--float32"])
+    assert res.exit_code == 0, res.output
+    assert "blocks of (8, 16, 16) (halo (6, 6, 6))" in res.output
+    assert "CPUExecutionProvider" in res.output
+    np.testing.assert_allclose(voxgate.open(out).read(),
+                               run_whole(models["pool"], image, (2, 2, 2)), atol=1e-5)
+    again = CliRunner().invoke(main, ["predict", str(models["pool"]), src.url, out])
+    assert again.exit_code != 0 and "overwrite" in again.output
+    bad = CliRunner().invoke(main, ["predict", str(tmp_path / "none.onnx"), src.url,
+                                    f"zarr://{tmp_path}/x.zarr"])
+    assert bad.exit_code != 0 and "does not exist" in bad.output

@@ -237,3 +237,31 @@ def test_builtin_model_accuracy_on_a_held_out_seed() -> None:
     right = sum(int(found["post_id"].iloc[c]) == int(g.post_id[r]) and
                 int(found["pre_id"].iloc[c]) == int(g.pre_id[r]) for r, c in matched)
     assert right >= 0.9 * len(matched)
+
+
+def test_cli_synapses(stores: dict[str, Any], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from voxgate.cli import main
+
+    from .onnx_models import conv_model
+
+    model = conv_model(tmp_path / "conv.onnx", seed=7)
+    src = stores["urls"]["zarr"]
+    direct = voxgate.detect_synapses(src, model=str(model), segmentation=stores["segmentation"],
+                                     min_size=5, threshold=0.6, progress=False)
+    assert len(direct) > 0
+    csv = tmp_path / "synapses.csv"
+    out = f"precomputed://file://{tmp_path}/synapses"
+    res = CliRunner().invoke(main, ["synapses", src, "--out", out, "--csv", str(csv),
+                                    "--segmentation", stores["segmentation"], "--threshold",
+                                    "0.6", "--min-size", "5", "--model", str(model)])
+    assert res.exit_code == 0, res.output
+    assert f"{len(direct)} synapses written to {csv}" in res.output
+    table = pd.read_csv(csv)
+    np.testing.assert_array_equal(table[["z", "y", "x", "size"]].to_numpy(),
+                                  direct[["z", "y", "x", "size"]].to_numpy())
+    np.testing.assert_array_equal(table["post_id"].to_numpy(), direct["post_id"].astype(int))
+    from voxgate.formats.annotation import read_annotations
+
+    assert len(read_annotations(out)) == len(direct)
