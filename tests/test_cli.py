@@ -349,3 +349,14 @@ def test_stats_refuses_an_image(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     # every voxel of the ramp is its own value: 8*16*24 - 1 labels (0 is background)
     assert len((tmp_path / "s.csv").read_text().splitlines()) == 8 * 16 * 24 - 1 + 1
+
+
+def test_cp_with_a_misspelt_option_lists_the_accepted_ones(tmp_path: Path) -> None:
+    v = _vol(tmp_path)
+    res = CliRunner().invoke(main, ["cp", v.url, f"zarr://{tmp_path}/b.zarr", "--no-progress",
+                                    "-o", "compresion=zstd"])
+    assert res.exit_code == 1
+    assert "'compresion' (did you mean 'compression'?)" in res.output
+    assert "it accepts zarr_format, compression, shards" in res.output
+    assert "accepts none" not in res.output
+    assert not (tmp_path / "b.zarr").exists()
