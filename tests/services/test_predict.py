@@ -226,6 +226,8 @@ def test_cuda_device_without_the_provider(models: dict[str, Path], image: np.nda
         assert got.provenance.details["providers"][0] == "CUDAExecutionProvider"
         np.testing.assert_allclose(got, run_whole(models["conv"], image), atol=1e-4)
         return
+    with pytest.raises(CapabilityNotSupportedError, match="on its server"):
+        voxgate.predict(models["conv"], image, prefer="server", progress=False)
     with pytest.raises(CapabilityNotSupportedError, match="onnxruntime-gpu"):
         voxgate.predict(models["conv"], image, device="cuda", progress=False)
     auto = voxgate.predict(models["conv"], image, device="auto", progress=False)

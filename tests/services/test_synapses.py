@@ -265,3 +265,25 @@ def test_cli_synapses(stores: dict[str, Any], tmp_path: Path) -> None:
     from voxgate.formats.annotation import read_annotations
 
     assert len(read_annotations(out)) == len(direct)
+
+
+def test_large_volume_path_and_cluster(volume: SyntheticSynapses, reference: pd.DataFrame,
+                                       stores: dict[str, Any],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past IN_MEMORY_VOXELS (lowered here) the probabilities, mask and components live in
+    temporary zarr volumes, as they do for a dask.distributed client; same table."""
+    from distributed import Client, LocalCluster
+
+    synapses_module = importlib.import_module("voxgate.services.synapses")
+    monkeypatch.setattr(synapses_module, "IN_MEMORY_VOXELS", 1000)
+    src = stores["urls"]["zarr"]
+    got = voxgate.detect_synapses(src, model=darkness, segmentation=stores["segmentation"],
+                                  min_size=20, block=(8, 64, 64), progress=False)
+    _same(got, reference)
+    monkeypatch.undo()
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as c, Client(c) as client:
+        on_cluster = voxgate.detect_synapses(src, model=darkness,
+                                             segmentation=stores["segmentation"], min_size=20,
+                                             block=(8, 64, 64), client=client, progress=False)
+    _same(on_cluster, reference)

@@ -40,7 +40,8 @@ from ..meta import Scale, VolumeMeta
 from ..volume import Volume
 from ._common import ArrayResult, Provenance, as_volume, block_boxes, progress_bar, resolve_output
 
-__all__ = ["ModelRunner", "load_model", "predict", "probability_to_uint8"]
+__all__ = ["ModelRunner", "load_model", "no_server_path", "predict", "predict_provenance",
+           "probability_to_uint8", "providers_for", "to_unit_float"]
 
 #: a default block holds about this many voxels (16 MiB of float32 input)
 BLOCK_VOXELS = 2**22
@@ -356,6 +357,7 @@ def predict(
     dtype: Any = None,
     progress: bool = True,
     overwrite: bool = False,
+    prefer: str = "auto",
     retries: int = 2,
     **create_options: Any,
 ) -> Any:
@@ -371,8 +373,10 @@ def predict(
     output chunks and to the model's size step.  ``workers`` blocks run at once on local
     threads (each with its own onnxruntime session), or on ``client`` (dask.distributed).
     ``device``: "cpu", "cuda" (onnxruntime-gpu's CUDA provider) or "auto" (CUDA when there).
+    No store runs models on its server: ``prefer="server"`` is refused.
     """
     t0 = time.perf_counter()
+    no_server_path(prefer)
     dt = np.dtype("uint8" if dtype is None else dtype)
     if dt not in (np.dtype(np.uint8), np.dtype(np.float32)):
         raise InvalidRequestError(
@@ -479,6 +483,15 @@ def predict(
         return ArrayResult(target.read(), prov)
     _PROVENANCE[target.url] = prov
     return target
+
+
+def no_server_path(prefer: str) -> None:
+    """Refuse ``prefer="server"``: no store runs a model on its server."""
+    if prefer not in ("auto", "server", "local"):
+        raise InvalidRequestError(f"prefer must be 'auto', 'server' or 'local', got {prefer!r}")
+    if prefer == "server":
+        raise CapabilityNotSupportedError(
+            "no store runs models on its server; use prefer='local' or 'auto'")
 
 
 def _for_cluster(runner: ModelRunner) -> ModelRunner:

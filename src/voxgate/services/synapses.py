@@ -20,6 +20,7 @@ the cleft evenly, which side is "post" follows the voxel majority.
 from __future__ import annotations
 
 import math
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -34,12 +35,14 @@ from ..volume import Volume
 from ._common import Provenance, as_volume, block_boxes, progress_bar
 from .connected_components import connected_components, connected_components_provenance
 from .map_blocks import map_blocks
-from .predict import load_model, predict
+from .predict import load_model, no_server_path, predict
 
 __all__ = ["DEFAULT_MIN_SIZE", "detect_synapses", "synapse_segments"]
 
 #: detections smaller than this many voxels are dropped unless the model's card says otherwise
 DEFAULT_MIN_SIZE = 10
+#: larger volumes keep their probabilities, mask and components in temporary zarr volumes
+IN_MEMORY_VOXELS = 2**26
 #: the stats pass reads blocks of about this many voxels
 _STATS_VOXELS = 2**22
 
@@ -106,6 +109,7 @@ def detect_synapses(
     voxel_size: Any = None,
     progress: bool = True,
     overwrite: bool = False,
+    prefer: str = "auto",
 ) -> Any:
     """Find synapses in ``source`` (any Volume, URL or numpy array) with ``model``.
 
@@ -121,11 +125,12 @@ def detect_synapses(
     ``probabilities``: a URL that keeps the uint8 probability map.  ``block``, ``halo``,
     ``workers``, ``client``, ``device``: as :func:`predict` (``block`` also cuts the
     connected components and stats passes).  ``voxel_size`` (z, y, x nm): of a numpy
-    ``source`` (default 1 nm); a store's own is used otherwise.
+    ``source`` (default 1 nm); a store's own is used otherwise.  ``prefer="server"`` is
+    refused (no store runs models on its server).
     """
-    import pandas as pd
 
     t0 = time.perf_counter()
+    no_server_path(prefer)
     if isinstance(threshold, bool) or not 0 < float(threshold) <= 1:
         raise InvalidRequestError(f"threshold must be a probability in (0, 1], got {threshold!r}")
     min_size = _min_size_for(model) if min_size is None else min_size
@@ -157,21 +162,57 @@ def detect_synapses(
         raise InvalidRequestError(
             f"model {runner.name} returns {runner.channels} channels; detect_synapses needs one "
             "synapse probability per voxel")
-    probs = predict(model, src, probabilities, block=block, halo=halo, client=client,
-                    workers=workers, device=device, progress=progress, overwrite=overwrite)
-    if probs.ndim != 3:
-        raise InvalidRequestError(
-            f"model {runner.name} returned {probs.shape[0]} channels; detect_synapses needs one "
-            "synapse probability per voxel")
-    prob_vol = as_volume(np.asarray(probs)) if isinstance(probs, np.ndarray) else probs
-    level = math.ceil(float(threshold) * 255 - 1e-6)
-    mask = map_blocks(lambda p: (p >= level).astype(np.uint8), prob_vol, dtype=np.uint8,
-                      block=block or (128, 256, 256))
-    labels = connected_components(np.asarray(mask), block=block, workers=workers,
-                                  progress=progress)
-    lab_vol = as_volume(np.asarray(labels))
-    prov = getattr(labels, "provenance", None) or connected_components_provenance(lab_vol)
-    n = int(prov.details["components"]) if prov is not None else int(np.asarray(labels).max())
+    # in memory for small volumes; temporary zarr volumes for large ones or for a cluster
+    # (whose workers write the probabilities and must reach them by URL)
+    tmp = tempfile.TemporaryDirectory(prefix="voxgate-synapses-") if (
+        client is not None or math.prod(region.shape) > IN_MEMORY_VOXELS) else None
+    scratch = (lambda name: f"zarr://{tmp.name}/{name}.zarr") if tmp is not None else (
+        lambda name: None)
+    try:
+        probs = predict(model, src, probabilities if probabilities is not None else
+                        scratch("probabilities"), block=block, halo=halo, client=client,
+                        workers=workers, device=device, progress=progress, overwrite=overwrite)
+        if probs.ndim != 3:
+            raise InvalidRequestError(
+                f"model {runner.name} returned {probs.shape[0]} channels; detect_synapses "
+                "needs one synapse probability per voxel")
+        prob_vol = as_volume(np.asarray(probs)) if isinstance(probs, np.ndarray) else probs
+        level = math.ceil(float(threshold) * 255 - 1e-6)
+        mask = map_blocks(lambda p: (p >= level).astype(np.uint8), prob_vol, scratch("mask"),
+                          dtype=np.uint8, block=block or (128, 256, 256))
+        labels = connected_components(mask if tmp is not None else np.asarray(mask),
+                                      scratch("components"), block=block, workers=workers,
+                                      progress=progress)
+        lab_vol = labels if isinstance(labels, Volume) else as_volume(np.asarray(labels))
+        prov = getattr(labels, "provenance", None) or connected_components_provenance(lab_vol)
+        n = int(prov.details["components"]) if prov is not None else int(lab_vol.read().max())
+        table = _table(src, region, prob_vol, lab_vol, n, seg, min_size, shell, block, workers,
+                       progress)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    if out is not None:
+        from ..formats.annotation import write_annotations
+
+        write_annotations(out, table, voxel_size=src.voxel_size, kind="point",
+                          properties=["size", "score"],
+                          relationships=["pre_id", "post_id"] if seg is not None else [],
+                          sharded=sharded, bounds=region, progress=progress)
+    table.attrs["provenance"] = Provenance("detect_synapses", "local", src.url, {
+        "model": runner.name, "threshold": float(threshold), "min_size": int(min_size),
+        "components": n, "detections": len(table),
+        "probabilities": prob_vol.url if probabilities is not None else None,
+        "annotations": str(out) if out is not None else None,
+        "seconds": round(time.perf_counter() - t0, 3)})
+    return table
+
+
+def _table(src: Volume, region: Box, prob_vol: Volume, lab_vol: Volume, n: int,
+           seg: Volume | None, min_size: int, shell: float, block: Sequence[int] | None,
+           workers: int | None, progress: bool) -> Any:
+    """The detections table from the components ``lab_vol`` (numbered 1..n) and the
+    probabilities, both read by blocks."""
+    import pandas as pd
 
     # one pass over blocks: per component voxel count, coordinate sums, probability sum, box
     shape = Vec(*region.shape)
@@ -251,17 +292,4 @@ def detect_synapses(
     if seg is not None:
         table["pre_id"] = pre
         table["post_id"] = post
-    if out is not None:
-        from ..formats.annotation import write_annotations
-
-        write_annotations(out, table, voxel_size=vs, kind="point",
-                          properties=["size", "score"],
-                          relationships=["pre_id", "post_id"] if seg is not None else [],
-                          sharded=sharded, bounds=region, progress=progress)
-    table.attrs["provenance"] = Provenance("detect_synapses", "local", src.url, {
-        "model": runner.name, "threshold": float(threshold), "min_size": int(min_size),
-        "components": n, "detections": len(kept),
-        "probabilities": prob_vol.url if probabilities is not None else None,
-        "annotations": str(out) if out is not None else None,
-        "seconds": round(time.perf_counter() - t0, 3)})
     return table
