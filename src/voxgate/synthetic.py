@@ -103,8 +103,9 @@ def synthetic_neurites(
     The (z, y) plane is cut into ``lanes`` (z lanes, y lanes); in each, a tube of ``radius``
     voxels runs the whole x extent with a smooth wiggle in z and y, and a branch leaves it
     part way.  The wiggle is one to two waves along x, of 0.6 times the lane's free half
-    width, so a block face through the middle of a lane is crossed at a good angle.  Tubes stay inside their lanes, so each id is one connected object; the rest is
-    background (0).  ``progress``: a bar over the tubes.
+    width, so a block face through the middle of a lane is crossed at a good angle.  Tubes
+    stay inside their lanes, so each id is one connected object; the rest is background (0).
+    ``progress``: a bar over the tubes.
     """
     rng = np.random.default_rng(seed)
     nz, ny = lanes
