@@ -312,3 +312,70 @@ def _boss_url_for_state_machine(boss_server: RelayProcess,
 
 TestBossStateMachine = remote_state_machine(_sm_url, dtype="uint16").TestCase
 TestBossStateMachine.settings = settings(max_examples=5, stateful_step_count=8, deadline=None)
+
+
+# -- connection errors name the server; a name that does not resolve is not retried ------------
+@pytest.fixture
+def lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Counts host name lookups of *.invalid and api.bossdb.io, which fail as an unknown name
+    does (socket.gaierror) without asking any DNS server; other names resolve as usual."""
+    import socket
+
+    calls: list[str] = []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
+        if isinstance(host, str) and (host.endswith(".invalid") or host == "api.bossdb.io"):
+            calls.append(host)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return calls
+
+
+def test_unresolvable_host_fails_at_once_and_names_it(lookups: list[str]) -> None:
+    with pytest.raises(RemoteUnavailableError) as info:
+        voxgate.open("bossdb://http://nonexistent.invalid:8080/lab/em/raw")
+    assert lookups == ["nonexistent.invalid"]  # one attempt: not retried
+    msg = str(info.value)
+    assert "could not reach nonexistent.invalid:8080" in msg and "does not resolve" in msg
+    with pytest.raises(RemoteUnavailableError, match=r"nonexistent\.invalid"):
+        BossProject("https://nonexistent.invalid").list_collections()
+    assert lookups == ["nonexistent.invalid"] * 2
+
+
+def test_default_host_is_api_bossdb_io_and_named_when_unreachable(
+        lookups: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("VOXGATE_BOSS_URL", "VOXGATE_BOSS_TOKEN", "INTERN_HOST", "INTERN_TOKEN",
+                "INTERN_PROTOCOL", "VOXGATE_CONFIG", "INTERN_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / ".config"))
+    with pytest.raises(RemoteUnavailableError) as info:
+        voxgate.open("bossdb://lab/em_2024/raw")  # no server in the URL: api.bossdb.io
+    assert lookups == ["api.bossdb.io"]
+    msg = str(info.value)
+    assert "could not reach api.bossdb.io (the default bossDB host;" in msg
+    assert "bossdb://https://HOST/collection/experiment/channel" in msg
+
+
+def test_refused_connection_is_retried_and_names_the_server(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    port = free_port()  # nothing listens there
+    attempts: list[object] = []
+    real = socket.create_connection
+
+    def create_connection(address: tuple[str, int], *args: object, **kwargs: object) -> object:
+        if address[1] == port:
+            attempts.append(address)
+        return real(address, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    with pytest.raises(RemoteUnavailableError) as info:
+        voxgate.open(f"bossdb://http://127.0.0.1:{port}/lab/em/raw")
+    assert len(attempts) == 5  # a refused connection may be a restart: 4 retries
+    msg = str(info.value)
+    assert f"could not reach 127.0.0.1:{port} (the bossDB server named in the URL" in msg

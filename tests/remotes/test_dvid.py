@@ -754,3 +754,40 @@ def test_bossdb_to_dvid_and_back(dvid_server: DVIDServerProcess, tmp_path: Path,
         assert repo.versions()[child].parents == (repo.root,)
     finally:
         relay.stop()
+
+
+def test_unresolvable_host_fails_at_once_and_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DVID server whose name does not resolve is not retried, and the error names it (the
+    lookup of *.invalid fails as an unknown name does, without asking any DNS server)."""
+    import socket
+
+    lookups: list[str] = []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
+        if isinstance(host, str) and host.endswith(".invalid"):
+            lookups.append(host)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(RemoteUnavailableError) as info:
+        voxgate.open("dvid://nonexistent.invalid:8000/3f8a/segmentation")
+    assert lookups == ["nonexistent.invalid"]  # one attempt
+    msg = str(info.value)
+    assert "could not reach nonexistent.invalid:8000 (the DVID server)" in msg
+    assert "does not resolve" in msg
+    with pytest.raises(RemoteUnavailableError, match=r"nonexistent\.invalid"):
+        DVIDRepo.create("http://nonexistent.invalid", alias="x")
+    assert lookups == ["nonexistent.invalid"] * 2
+
+
+def test_refused_connection_names_the_server() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(RemoteUnavailableError, match=f"could not reach 127.0.0.1:{port} "
+                                                     r"\(the DVID server\)"):
+        voxgate.open(f"dvid://127.0.0.1:{port}/3f8a/segmentation")

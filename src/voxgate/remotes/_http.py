@@ -2,16 +2,19 @@
 
 Used by the REST Remotes (bossDB, DVID).  Connection errors, timeouts, a connection closed
 mid-body and 5xx answers are retried with exponential backoff; 4xx answers are not (they will
-not change) and become voxgate errors of the right class.  Tokens are sent in headers only and
-never appear in errors, logs or reprs.
+not change) and become voxgate errors of the right class, nor is a host name that does not
+resolve (a typo or no DNS: asking again only waits).  Connection errors name the server.
+Tokens are sent in headers only and never appear in errors, logs or reprs.
 """
 
 from __future__ import annotations
 
 import random
+import socket
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 
@@ -55,8 +58,12 @@ class HTTPClient:
         retries: int = 4,
         backoff: float = 0.1,
         max_connections: int = 16,
+        unreachable_hint: str = "",
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.host = urlparse(self.base_url).netloc or self.base_url
+        #: said after the host when it cannot be reached (e.g. where the host came from)
+        self.unreachable_hint = unreachable_hint
         self.retries = retries
         self.backoff = backoff
         self._client = httpx.Client(
@@ -92,6 +99,7 @@ class HTTPClient:
         expected = (expect,) if isinstance(expect, int) else expect
         what = what or f"{method} {self.base_url}{path.split('?')[0]}"
         last: str = ""
+        reached = False  # the last attempt got an answer (a 5xx), not a transport error
         for attempt in range(self.retries + 1):
             if attempt:
                 delay = self.backoff * 2 ** (attempt - 1) * (1 + random.random() * 0.25)
@@ -103,10 +111,16 @@ class HTTPClient:
                 else:
                     resp = self._stream_into(method, path, into, kwargs)
             except httpx.TimeoutException as exc:
-                last = f"timed out ({type(exc).__name__})"
+                last, reached = f"timed out ({type(exc).__name__})", False
                 continue
             except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                if _name_not_resolved(exc):
+                    raise RemoteUnavailableError(
+                        f"{what}: could not reach {self.host}{self.unreachable_hint}: the host "
+                        f"name does not resolve ({exc}); not retried: check the name, or the "
+                        "network's DNS"
+                    ) from None
+                last, reached = f"{type(exc).__name__}: {exc}", False
                 continue
             if resp.status_code in expected:
                 return resp
@@ -116,11 +130,16 @@ class HTTPClient:
                 raise CorruptChunkError(f"{what}: HTTP {resp.status_code}: {_snippet(resp)}",
                                         chunk=what)
             if resp.status_code in _RETRY_STATUS:
-                last = f"HTTP {resp.status_code}: {_snippet(resp)}"
+                last, reached = f"HTTP {resp.status_code}: {_snippet(resp)}", True
                 continue
             raise _error(resp, what)
+        if reached:
+            raise RemoteUnavailableError(
+                f"{what} failed after {self.retries + 1} attempts: {self.host} answered {last}"
+            )
         raise RemoteUnavailableError(
-            f"{what} failed after {self.retries + 1} attempts: {last}"
+            f"{what} failed after {self.retries + 1} attempts: could not reach "
+            f"{self.host}{self.unreachable_hint}: {last}"
         )
 
 
@@ -150,6 +169,19 @@ class HTTPClient:
             else:
                 into[:] = resp.read()
             return resp
+
+
+def _name_not_resolved(exc: BaseException) -> bool:
+    """Whether a transport error comes from a host name lookup that failed (socket.gaierror,
+    which httpx wraps twice)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, socket.gaierror):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _snippet(resp: httpx.Response) -> str:

@@ -79,7 +79,7 @@ def boss_settings(url: str | None = None, token: str | None = None) -> BossSetti
     return BossSettings(found_url[0].rstrip("/"), found_token, found_url[1])
 
 
-_clients: dict[tuple[str, str, float], HTTPClient] = {}
+_clients: dict[tuple[str, str, float, str], HTTPClient] = {}
 _clients_lock = threading.Lock()
 
 
@@ -91,8 +91,19 @@ def _close_clients() -> None:
         _clients.clear()
 
 
+def unreachable_hint(settings: BossSettings) -> str:
+    """What a connection error says after the host: which server this is and how to pick
+    another (``bossdb://c/e/ch`` without a server means api.bossdb.io)."""
+    if settings.url.rstrip("/") == PUBLIC_URL:
+        return (" (the default bossDB host; bossdb://https://HOST/collection/experiment/channel, "
+                "server=... or VOXGATE_BOSS_URL picks another)")
+    if settings.source == "arguments":
+        return " (the bossDB server named in the URL or the server= option)"
+    return f" (the bossDB server from {settings.source})"
+
+
 def _client(settings: BossSettings, timeout: float, concurrency: int) -> HTTPClient:
-    key = (settings.url, settings.token, timeout)
+    key = (settings.url, settings.token, timeout, settings.source)
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
@@ -100,7 +111,8 @@ def _client(settings: BossSettings, timeout: float, concurrency: int) -> HTTPCli
             if settings.token and settings.token != "public":
                 headers["Authorization"] = f"Token {settings.token}"
             client = HTTPClient(settings.url, headers=headers, timeout=timeout,
-                                max_connections=max(concurrency, 16))
+                                max_connections=max(concurrency, 16),
+                                unreachable_hint=unreachable_hint(settings))
             _clients[key] = client
         return client
 

@@ -88,7 +88,8 @@ def client_for(server: str, *, token: str | None = None, timeout: float = 60.0,
             if tok:
                 headers["Authorization"] = f"Bearer {tok}"
             c = HTTPClient(server, headers=headers, timeout=timeout,
-                           max_connections=max(concurrency, 16))
+                           max_connections=max(concurrency, 16),
+                           unreachable_hint=" (the DVID server)")
             _clients[key] = c
         return c
 
