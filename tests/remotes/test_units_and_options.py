@@ -134,3 +134,20 @@ def test_other_voxel_sizes_do_not_warn(tmp_path: Any, voxel_size: Any) -> None:
         voxgate.create(f"zarr://{tmp_path}/v.zarr", shape=(8, 8, 8), dtype="uint8",
                        chunks=(4, 4, 4), voxel_size=voxel_size)
     assert [str(w.message) for w in record] == []
+
+
+@pytest.mark.parametrize("unit", ["micrometer", "um", "µm"])
+def test_zarr_reads_axes_in_micrometres_as_nanometres(tmp_path: Any, unit: str) -> None:
+    """A group written by another tool with its axes in micrometres (the OME name, or the
+    short one some writers use) opens in nm."""
+    url = f"zarr://{tmp_path}/v.zarr"
+    voxgate.create(url, shape=(8, 8, 8), dtype="uint8", chunks=(4, 4, 4),
+                   voxel_size=(40, 8, 8))
+    path = tmp_path / "v.zarr" / "zarr.json"
+    group = json.loads(path.read_text(encoding="utf-8"))
+    multiscale = group["attributes"]["ome"]["multiscales"][0]
+    for axis in multiscale["axes"]:
+        axis["unit"] = unit
+    multiscale["datasets"][0]["coordinateTransformations"][0]["scale"] = [0.04, 0.008, 0.008]
+    path.write_text(json.dumps(group), encoding="utf-8")
+    assert voxgate.open(url).voxel_size.zyx() == pytest.approx((40.0, 8.0, 8.0))

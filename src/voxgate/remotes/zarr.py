@@ -61,9 +61,11 @@ _COMPRESSIONS = ("blosc-zstd", "blosc-lz4", "zstd", "gzip", "none")
 
 
 def _unit_factor(unit: str | None) -> float:
+    """Nanometres per axis unit: the OME-Zarr names, and the short ones some writers use
+    ("um", "µm", "mm": read as nm they made lengths 1000x too small)."""
     if unit is None:
         return 1.0
-    return _UNITS_NM.get(unit, 1.0)
+    return _UNITS_NM.get(unit) or UNITS_NM.get(unit) or 1.0
 
 
 def _guess_kind(dtype: np.dtype[Any]) -> str:
