@@ -45,6 +45,7 @@ _BUILTIN: dict[str, str] = {
     "bossdb": "voxgate.remotes.boss:BossDBRemote",
     "dvid": "voxgate.remotes.dvid:DVIDRemote",
     "tiff": "voxgate.remotes.tiff:TiffRemote",
+    "knossos": "voxgate.remotes.knossos:KnossosRemote",
 }
 
 _registered: dict[str, str | type[Remote]] = {}
@@ -92,6 +93,8 @@ def _load(scheme: str) -> type[Remote]:
 
 
 _MARKERS: tuple[tuple[str, str], ...] = (
+    ("knossos.conf", "knossos"),
+    ("mag1/knossos.conf", "knossos"),
     ("zarr.json", "zarr"),
     (".zarray", "zarr"),
     (".zgroup", "zarr"),
@@ -110,6 +113,11 @@ def detect_format(location: str) -> str:
         return "tiff"
     from .storage import kvstore_exists
 
+    local = path.removeprefix("file://")
+    if os.path.isdir(local) and any(
+        n.endswith((".k.toml", ".pyk.conf", ".pyknossos.conf")) for n in os.listdir(local)
+    ):
+        return "knossos"
     for marker, scheme in _MARKERS:
         if kvstore_exists(path, marker):
             return scheme

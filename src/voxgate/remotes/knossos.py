@@ -1,0 +1,525 @@
+"""``knossos://``: KNOSSOS datasets (raw uint8 cubes; jpg/png cubes read).
+
+A dataset is described by one configuration file; the location is that file or the directory
+holding it.  In a directory voxgate looks, in this order, for ``*.k.toml`` (KNOSSOS 5 and
+knossos_utils), ``*.pyk.conf`` / ``*.pyknossos.conf`` / ``ariadne.conf`` (PyKNOSSOS),
+``knossos.conf`` / ``*.k.conf`` and ``mag1/knossos.conf`` (the classic format).
+
+- **classic** ``knossos.conf``: ``experiment name "NAME";``, ``boundary x|y|z N;``,
+  ``scale x|y|z F;`` (nm), optional ``magnification M;`` and ``png;``/``jpg;``.  Cubes are
+  128^3.  Magnifications are powers of two (``mag1``, ``mag2``, ``mag4`` ... folders, as many
+  as exist); mag M has M times the voxel size on every axis.
+- ``.k.toml``: the first ``[[Layer]]``: ``Name``, ``Extent_px`` (x, y, z), ``VoxelSize_nm``
+  (one x, y, z triple per magnification), ``CubeShape_px``, ``FileExtension``.  Mags are
+  ordinal: folder ``magN`` holds the N-th voxel size.
+- ``.pyk.conf``: ``_BaseName``, ``_Extent``, ``_DataScale`` (x,y,z triples, one per mag),
+  ``_CubeSize``, ``_BaseExt`` / ``_FileType``; ordinal mags unless ``_ServerFormat = knossos``.
+
+Cube files: ``magM/xXXXX/yYYYY/zZZZZ/NAME_magM_xXXXX_yYYYY_zZZZZ.EXT`` (four-digit cube
+indices), ``.raw`` holding the cube's voxels x fastest (C order over z, y, x); ``.png`` and
+``.jpg`` cubes are 2-D images of the same voxels, read only.  An absent cube is fill (0).
+Scale k is the k-th magnification; the shape of mag M is the mag-1 extent divided by its
+factor, rounded up.
+
+``voxgate.create("knossos://DIR", ...)`` writes ``DIR/NAME.k.toml`` (NAME: the directory's
+name) with one layer, uint8 raw cubes of the chunk shape given, and two keys of its own that
+KNOSSOS ignores (``VoxgateOffset_px``, ``VoxgateKind``).  ``conf="knossos.conf"`` writes the
+classic file instead (128^3 cubes, isotropic power-of-two scales only).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import (
+    CapabilityNotSupportedError,
+    CorruptChunkError,
+    InvalidRequestError,
+    MissingDependencyError,
+    RemoteExistsError,
+    RemoteNotFoundError,
+)
+from ..geometry import Box, Vec, VoxelSize, chunk_boxes
+from ..meta import Scale, VolumeMeta, check_new_scales
+from ..storage import atomic_write, is_local, local_path
+from .base import Capability, Remote, check_options
+
+__all__ = ["KnossosRemote", "parse_knossos_conf"]
+
+CUBE_EDGE = 128
+_EXTS = (".raw", ".png", ".jpg", ".jpeg")
+
+
+@dataclass
+class _Dataset:
+    """What a configuration file says (x, y, z order, as KNOSSOS writes it)."""
+
+    conf: str
+    name: str
+    extent_xyz: list[int]
+    voxel_sizes_xyz: list[list[float]]  # per scale
+    mags: list[int]  # folder number per scale
+    cube_xyz: list[int]
+    exts: list[str]
+    offset_zyx: list[int] = field(default_factory=lambda: [0, 0, 0])
+    kind: str = "image"
+
+
+def parse_knossos_conf(text: str, conf: str) -> dict[str, Any]:
+    """The ``key value;`` lines of a classic knossos.conf as a dict (``"boundary x"``: 1024)."""
+    out: dict[str, Any] = {}
+    for line in text.splitlines():
+        m = re.match(r'\s*([A-Za-z _]+?)\s*(?:"([^"]*)"|([-+0-9.eE]+))?\s*;', line)
+        if not m:
+            continue
+        key, s, n = m.group(1).strip(), m.group(2), m.group(3)
+        if s is not None:
+            out[key] = s
+        elif n is not None:
+            try:
+                out[key] = float(n) if any(c in n for c in ".eE") else int(n)
+            except ValueError as exc:
+                raise InvalidRequestError(f"{conf}: cannot read {line.strip()!r}") from exc
+        else:
+            out[key] = True
+    return out
+
+
+def _need(d: dict[str, Any], key: str, conf: str) -> Any:
+    if key not in d:
+        raise InvalidRequestError(f"{conf} has no {key!r} entry; a KNOSSOS dataset needs it")
+    return d[key]
+
+
+def _numbers(value: object, n: int, what: str, conf: str) -> list[float]:
+    if not isinstance(value, (list, tuple)) or len(value) != n or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value
+    ):
+        raise InvalidRequestError(f"{conf}: {what} must be {n} positive numbers, got {value!r}")
+    return [float(v) for v in value]
+
+
+def _xyz(value: object, what: str, conf: str) -> list[float]:
+    """A triple written as a TOML table {x, y, z} or as a list [x, y, z]."""
+    if isinstance(value, dict):
+        value = [value.get("x"), value.get("y"), value.get("z")]
+    return _numbers(value, 3, what, conf)
+
+
+class KnossosRemote(Remote):
+    scheme = "knossos"
+    create_options = ("conf", "experiment")
+
+    def __init__(self, location: str, root: str, ds: _Dataset, mode: str) -> None:
+        self.location = location
+        self.root = root
+        self.ds = ds
+        self.mode = mode
+        self.url = f"knossos://{location}"
+        self.meta = self._meta(ds)
+
+    # -- opening --------------------------------------------------------------------------------
+    @staticmethod
+    def _path(location: str) -> str:
+        if not is_local(location):
+            raise CapabilityNotSupportedError(
+                f"knossos:// reads local datasets only, not {location!r}"
+            )
+        return local_path(location)
+
+    @staticmethod
+    def find_conf(path: str) -> str | None:
+        """The configuration file of the dataset at ``path`` (a file or directory), or None."""
+        if os.path.isfile(path):
+            return path
+        if not os.path.isdir(path):
+            return None
+        names = sorted(os.listdir(path))
+        for pred in (
+            lambda n: n.endswith(".k.toml"),
+            lambda n: n.endswith((".pyk.conf", ".pyknossos.conf")) or n == "ariadne.conf",
+            lambda n: n == "knossos.conf" or n.endswith(".k.conf"),
+        ):
+            for n in names:
+                if pred(n) and os.path.isfile(os.path.join(path, n)):
+                    return os.path.join(path, n)
+        legacy = os.path.join(path, "mag1", "knossos.conf")
+        return legacy if os.path.isfile(legacy) else None
+
+    @classmethod
+    def open(cls, location: str, *, mode: str = "r", **options: Any) -> KnossosRemote:
+        check_options("knossos://", options, cls.open_options)
+        path = cls._path(location)
+        conf = cls.find_conf(path)
+        if conf is None:
+            raise RemoteNotFoundError(
+                f"no KNOSSOS dataset at {location!r}: no *.k.toml, *.pyk.conf, knossos.conf or "
+                "mag1/knossos.conf there"
+            )
+        ds = _read_conf(conf)
+        root = os.path.dirname(conf)
+        if os.path.basename(root).startswith("mag") and conf.endswith("knossos.conf") and \
+                os.path.basename(root)[3:].isdigit():
+            root = os.path.dirname(root)  # mag1/knossos.conf: the dataset is the parent
+        if not ds.mags:  # classic: the power-of-two mag folders present
+            mags = sorted(
+                int(n[3:]) for n in os.listdir(root)
+                if n.startswith("mag") and n[3:].isdigit() and os.path.isdir(
+                    os.path.join(root, n))
+            )
+            mags = [m for m in mags if m & (m - 1) == 0] or [1]
+            if mags[0] != 1:
+                mags = [1, *mags]
+            ds.mags = mags
+            base = ds.voxel_sizes_xyz[0]
+            ds.voxel_sizes_xyz = [[v * m for v in base] for m in mags]
+        return cls(location, root, ds, mode)
+
+    @staticmethod
+    def _meta(ds: _Dataset) -> VolumeMeta:
+        vs0 = ds.voxel_sizes_xyz[0]
+        scales = []
+        cube = Vec(*ds.cube_xyz[::-1])
+        for i, vs in enumerate(ds.voxel_sizes_xyz):
+            f = [v / b for v, b in zip(vs, vs0, strict=True)]
+            shape_xyz = [max(1, math.ceil(e / fi - 1e-9)) for e, fi in
+                         zip(ds.extent_xyz, f, strict=True)]
+            offset = Vec(*(int(o // fi) for o, fi in zip(ds.offset_zyx, f[::-1], strict=True)))
+            scales.append(Scale(i, Vec(*shape_xyz[::-1]), cube, VoxelSize(vs[2], vs[1], vs[0]),
+                                offset, ds.exts[0].lstrip("."), f"mag{ds.mags[i]}"))
+        kind = ds.kind if ds.kind in ("image", "segmentation") else "image"
+        return VolumeMeta(np.dtype("uint8"), tuple(scales), kind, 1, 0)  # type: ignore[arg-type]
+
+    # -- creating -------------------------------------------------------------------------------
+    @classmethod
+    def exists(cls, location: str) -> bool:
+        return cls.find_conf(cls._path(location)) is not None
+
+    @classmethod
+    def create(
+        cls,
+        location: str,
+        meta: VolumeMeta,
+        *,
+        exist_ok: bool = False,
+        conf: str = "toml",
+        experiment: str | None = None,
+        **options: Any,
+    ) -> KnossosRemote:
+        check_options("knossos://", options, cls.create_options)
+        path = cls._path(location)
+        if meta.dtype != np.uint8:
+            raise CapabilityNotSupportedError(
+                f"KNOSSOS raw cubes hold uint8 voxels, not {meta.dtype.name}; store "
+                f"{meta.dtype.name} data in zarr://, n5:// or precomputed://"
+            )
+        if meta.num_channels != 1:
+            raise CapabilityNotSupportedError("a KNOSSOS layer holds one channel")
+        if meta.fill_value != 0:
+            raise InvalidRequestError("KNOSSOS absent cubes read as 0: the fill value must be 0")
+        if conf not in ("toml", "knossos.conf"):
+            raise InvalidRequestError(
+                f"conf must be 'toml' (NAME.k.toml, any cube shape and scales) or "
+                f"'knossos.conf' (the classic file: 128^3 cubes, power-of-two mags), got {conf!r}"
+            )
+        if cls.exists(location):
+            if not exist_ok:
+                raise RemoteExistsError(
+                    f"a KNOSSOS dataset already exists at {location!r} (pass exist_ok=True to "
+                    "open it)"
+                )
+            existing = cls.open(location, mode="r+")
+            if existing.meta.shape != meta.shape:
+                raise RemoteExistsError(
+                    f"{location!r} already holds a volume of shape {tuple(existing.meta.shape)}"
+                    f", not {tuple(meta.shape)}"
+                )
+            return existing
+        name = experiment or os.path.basename(os.path.normpath(path)) or "dataset"
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+            raise InvalidRequestError(
+                f"experiment name {name!r} must be letters, digits, '.', '_' or '-' (it is part "
+                "of every cube's file name); pass experiment='...'"
+            )
+        s0 = meta.scales[0]
+        vs0 = s0.voxel_size.xyz()
+        if s0.voxel_size.unit != "nm":
+            raise InvalidRequestError("KNOSSOS voxel sizes are in nm; give voxel_size in nm")
+        os.makedirs(path, exist_ok=True)
+        if conf == "knossos.conf":
+            if tuple(s0.chunks) != (CUBE_EDGE,) * 3:
+                raise InvalidRequestError(
+                    f"a classic knossos.conf dataset has 128^3 cubes; create it with "
+                    f"chunks=(128, 128, 128), not {tuple(s0.chunks)} (or use conf='toml')"
+                )
+            for sc in meta.scales:
+                f = [v / b for v, b in zip(sc.voxel_size.xyz(), vs0, strict=True)]
+                if len(set(f)) != 1 or f[0] != 2**sc.index:
+                    raise InvalidRequestError(
+                        "a classic knossos.conf holds isotropic power-of-two mags only (scale "
+                        f"{sc.index} is {sc.voxel_size.zyx()} nm); use conf='toml'"
+                    )
+            if any(s0.offset) or meta.kind != "image":
+                raise InvalidRequestError(
+                    "a classic knossos.conf has no offset or kind; use conf='toml'"
+                )
+            lines = [f'experiment name "{name}";']
+            lines += [f"boundary {a} {n};" for a, n in zip("xyz", s0.shape.xyz(), strict=True)]
+            lines += [f"scale {a} {v!r};" for a, v in zip("xyz", vs0, strict=True)]
+            lines += ["magnification 1;"]
+            atomic_write(os.path.join(path, "knossos.conf"), ("\n".join(lines) + "\n").encode())
+            for sc in meta.scales:
+                os.makedirs(os.path.join(path, f"mag{2 ** sc.index}"), exist_ok=True)
+        else:
+            ds = _Dataset(
+                conf=os.path.join(path, f"{name}.k.toml"), name=name,
+                extent_xyz=list(s0.shape.xyz()),
+                voxel_sizes_xyz=[list(sc.voxel_size.xyz()) for sc in meta.scales],
+                mags=[i + 1 for i in range(len(meta.scales))],
+                cube_xyz=list(s0.chunks.xyz()), exts=[".raw"],
+                offset_zyx=list(s0.offset), kind=meta.kind,
+            )
+            _write_toml(ds)
+        return cls.open(location, mode="r+")
+
+    # -- data -----------------------------------------------------------------------------------
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        caps = {Capability.CHUNK_PRESENCE}
+        if self.mode == "r+":
+            caps.add(Capability.WRITE)
+            if self.ds.conf.endswith(".k.toml"):
+                caps.add(Capability.ADD_SCALES)
+        return frozenset(caps)
+
+    def cube_path(self, scale: int, cube_xyz: Sequence[int], ext: str = ".raw") -> str:
+        m = f"mag{self.ds.mags[scale]}"
+        x, y, z = (int(v) for v in cube_xyz)
+        return os.path.join(
+            self.root, m, f"x{x:04d}", f"y{y:04d}", f"z{z:04d}",
+            f"{self.ds.name}_{m}_x{x:04d}_y{y:04d}_z{z:04d}{ext}",
+        )
+
+    def _find_cube(self, scale: int, cube_xyz: Sequence[int]) -> str | None:
+        for ext in self.ds.exts:
+            p = self.cube_path(scale, cube_xyz, ext)
+            if os.path.exists(p):
+                return p
+        return None
+
+    def _grid(self, scale: int) -> tuple[Box, Vec]:
+        sc = self.meta.scale(scale)
+        # cubes are anchored at the dataset origin, not at the offset
+        return Box(Vec(0, 0, 0), sc.shape), sc.chunks
+
+    def _cubes(self, box: Box, scale: int) -> list[tuple[Vec, Box, Box]]:
+        """(grid index z, y, x; the cube's box clipped to the volume; the part of ``box`` in
+        it), in coordinates from the dataset's origin."""
+        sc = self.meta.scale(scale)
+        bounds, cube = self._grid(scale)
+        local = box.translate([-o for o in sc.offset])
+        return [(idx, cell, cell.intersect(local)) for idx, cell in
+                chunk_boxes(local, cube, bounds)]
+
+    def _read_cube(self, path: str) -> np.ndarray:
+        cz, cy, cx = self.meta.scale(0).chunks
+        n = cz * cy * cx
+        if path.endswith(".raw"):
+            with open(path, "rb") as f:
+                data = f.read()
+            if len(data) != n:
+                raise CorruptChunkError(
+                    f"KNOSSOS cube {path} holds {len(data)} bytes, not the {n} of a "
+                    f"{cx}x{cy}x{cz} uint8 cube (truncated or not a cube)", chunk=path
+                )
+            return np.frombuffer(data, np.uint8).reshape(cz, cy, cx)
+        img = _decode_image(path)
+        if img.size != n:
+            raise CorruptChunkError(
+                f"KNOSSOS cube {path} decodes to {img.shape} ({img.size} values), not the {n} "
+                f"of a {cx}x{cy}x{cz} cube", chunk=path
+            )
+        return img.reshape(cz, cy, cx)
+
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        if self.missing == "error":
+            self._check_present(box, scale)
+        sc = self.meta.scale(scale)
+        out = np.zeros(tuple(box.shape), dtype=np.uint8)
+        local = box.translate([-o for o in sc.offset])
+        for idx, _cell, part in self._cubes(box, scale):
+            path = self._find_cube(scale, idx[::-1])
+            if path is None:
+                continue
+            cube = self._read_cube(path)
+            origin = [i * c for i, c in zip(idx, sc.chunks, strict=True)]
+            out[part.slices(local.start)] = cube[part.slices(origin)]
+        return out
+
+    def absent_chunks(self, box: Box, scale: int = 0) -> list[Vec]:
+        return sorted(idx for idx, _, _ in self._cubes(box, scale)
+                      if self._find_cube(scale, idx[::-1]) is None)
+
+    def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
+        self._check_writable()
+        sc = self.meta.scale(scale)
+        local = box.translate([-o for o in sc.offset])
+        for idx, cell, part in self._cubes(box, scale):
+            origin = [i * c for i, c in zip(idx, sc.chunks, strict=True)]
+            path = self.cube_path(scale, idx[::-1])
+            if part == cell or self._find_cube(scale, idx[::-1]) is None:
+                cube = np.zeros(tuple(sc.chunks), np.uint8)
+            else:
+                existing = self._find_cube(scale, idx[::-1])
+                cube = self._read_cube(existing).copy() if existing else \
+                    np.zeros(tuple(sc.chunks), np.uint8)
+            cube[part.slices(origin)] = array[part.slices(local.start)]
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            atomic_write(path, cube.tobytes())
+
+    def add_scales(self, scales: Sequence[Scale]) -> None:
+        self._check_writable()
+        if not self.ds.conf.endswith(".k.toml"):
+            raise CapabilityNotSupportedError(
+                f"{self.url} is described by {os.path.basename(self.ds.conf)}; voxgate adds "
+                "scales to .k.toml datasets"
+            )
+        check_new_scales(self.meta, scales)
+        for sc in scales:
+            self.ds.voxel_sizes_xyz.append(list(sc.voxel_size.xyz()))
+            self.ds.mags.append(len(self.ds.mags) + 1)
+        _write_toml(self.ds)
+        self.meta = self._meta(self.ds)
+
+
+def _decode_image(path: str) -> np.ndarray:
+    with open(path, "rb") as f:
+        data = f.read()
+    if path.lower().endswith((".jpg", ".jpeg")):
+        import simplejpeg
+
+        try:
+            return np.asarray(simplejpeg.decode_jpeg(data, colorspace="GRAY"))[..., 0]
+        except ValueError as exc:
+            raise CorruptChunkError(f"KNOSSOS cube {path} is not a readable JPEG: {exc}",
+                                    chunk=path) from exc
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"reading the PNG cube {path} needs pillow: pip install pillow"
+        ) from exc
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("L"))
+    except OSError as exc:
+        raise CorruptChunkError(f"KNOSSOS cube {path} is not a readable PNG: {exc}",
+                                chunk=path) from exc
+
+
+def _read_conf(conf: str) -> _Dataset:
+    try:
+        with open(conf, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise RemoteNotFoundError(f"cannot read KNOSSOS configuration {conf}: {exc}") from exc
+    base = os.path.basename(conf)
+    if base.endswith(".toml"):
+        try:
+            doc = tomllib.loads(raw.decode())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidRequestError(f"{conf} is not valid TOML: {exc}") from exc
+        layers = doc.get("Layer")
+        if not isinstance(layers, list) or not layers or not isinstance(layers[0], dict):
+            raise InvalidRequestError(f"{conf} has no [[Layer]] table")
+        layer = layers[0]
+        sizes = _need(layer, "VoxelSize_nm", conf)
+        if isinstance(sizes, dict) or (sizes and not isinstance(sizes[0], (list, dict))):
+            sizes = [sizes]
+        vs = [_xyz(s, "VoxelSize_nm", conf) for s in sizes]
+        cube = [int(v) for v in _xyz(layer.get("CubeShape_px", [CUBE_EDGE] * 3),
+                                     "CubeShape_px", conf)]
+        exts = layer.get("FileExtension", [".raw"])
+        exts = [exts] if isinstance(exts, str) else list(exts)
+        offset = layer.get("VoxgateOffset_px", [0, 0, 0])
+        return _Dataset(
+            conf=conf, name=str(_need(layer, "Name", conf)),
+            extent_xyz=[int(v) for v in _xyz(_need(layer, "Extent_px", conf), "Extent_px",
+                                             conf)],
+            voxel_sizes_xyz=vs, mags=list(range(1, len(vs) + 1)), cube_xyz=cube,
+            exts=_exts(exts, conf), offset_zyx=[int(v) for v in offset][::-1],
+            kind=str(layer.get("VoxgateKind", "image")),
+        )
+    text = raw.decode(errors="replace")
+    if base.endswith((".pyk.conf", ".pyknossos.conf")) or base == "ariadne.conf":
+        kv: dict[str, str] = {}
+        for line in text.splitlines():
+            if "=" in line:
+                k, _, v = line.partition("=")
+                kv.setdefault(k.strip(), v.strip().strip('"'))
+        nums = [float(t) for t in re.split(r"[,\s]+", _need(kv, "_DataScale", conf)) if t]
+        if len(nums) < 3:
+            raise InvalidRequestError(f"{conf}: _DataScale needs x,y,z triples")
+        vs = [nums[i:i + 3] for i in range(0, len(nums) - len(nums) % 3, 3)]
+        extent = [int(float(t)) for t in re.split(r"[,\s]+", _need(kv, "_Extent", conf)) if t]
+        cube = ([int(t) for t in re.split(r"[,\s]+", kv["_CubeSize"]) if t]
+                if "_CubeSize" in kv else [CUBE_EDGE] * 3)
+        ext = kv.get("_BaseExt") or {"0": ".raw", "2": ".png", "3": ".jpg"}.get(
+            kv.get("_FileType", "0"), ".raw")
+        ordinal = kv.get("_ServerFormat", "") != "knossos"
+        mags = list(range(1, len(vs) + 1)) if ordinal else [2**i for i in range(len(vs))]
+        return _Dataset(conf=conf, name=_need(kv, "_BaseName", conf),
+                        extent_xyz=extent[:3], voxel_sizes_xyz=vs, mags=mags,
+                        cube_xyz=cube[:3], exts=_exts(["." + ext.lstrip(".")], conf))
+    d = parse_knossos_conf(text, conf)
+    name = str(_need(d, "experiment name", conf))
+    if name.endswith("_mag1"):
+        name = name[: -len("_mag1")]
+    extent = [int(_need(d, f"boundary {a}", conf)) for a in "xyz"]
+    scale = [float(_need(d, f"scale {a}", conf)) for a in "xyz"]
+    exts = [".raw"] + ([".png"] if d.get("png") else []) + ([".jpg"] if d.get("jpg") else [])
+    edge = int(d.get("cube_edge_length", CUBE_EDGE))
+    return _Dataset(conf=conf, name=name, extent_xyz=extent, voxel_sizes_xyz=[scale], mags=[],
+                    cube_xyz=[edge] * 3, exts=_exts(exts, conf))
+
+
+def _exts(exts: list[str], conf: str) -> list[str]:
+    out = []
+    for e in exts:
+        e = "." + str(e).lstrip(".").lower()
+        if e not in _EXTS:
+            raise CapabilityNotSupportedError(
+                f"{conf}: cubes of type {e} are not supported; voxgate reads .raw, .png and .jpg "
+                "cubes (segmentation overlays .seg.sz.zip are not read)"
+            )
+        out.append(e)
+    return out or [".raw"]
+
+
+def _toml_list(values: Sequence[float]) -> str:
+    return "[" + ", ".join(repr(int(v)) if float(v).is_integer() else repr(float(v))
+                           for v in values) + "]"
+
+
+def _write_toml(ds: _Dataset) -> None:
+    lines = [
+        "[[Layer]]",
+        f'Name = "{ds.name}"',
+        f"Extent_px = {_toml_list(ds.extent_xyz)}",
+        "VoxelSize_nm = [" + ", ".join(_toml_list(v) for v in ds.voxel_sizes_xyz) + "]",
+        f"CubeShape_px = {_toml_list(ds.cube_xyz)}",
+        "FileExtension = [" + ", ".join(f'"{e}"' for e in ds.exts) + "]",
+        f"VoxgateOffset_px = {_toml_list(ds.offset_zyx[::-1])}",
+        f'VoxgateKind = "{ds.kind}"',
+    ]
+    atomic_write(ds.conf, ("\n".join(lines) + "\n").encode())
