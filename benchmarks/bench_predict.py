@@ -34,8 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import voxgate  # noqa: E402
-from voxgate.services.predict import load_model, providers_for  # noqa: E402
+import voxgate
+from voxgate.services.predict import load_model, providers_for
 
 
 def stand_in_model(path: Path) -> Path:
