@@ -53,7 +53,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     args = ap.parse_args()
-    shape = tuple(int(v) for v in args.shape.split(","))
+    z, y, x = (int(v) for v in args.shape.split(","))
+    shape = (z, y, x)
     block = tuple(int(v) for v in args.block.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="bench-predict-"))
     model: str = args.model

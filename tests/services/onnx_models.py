@@ -9,7 +9,7 @@ import numpy as np
 
 
 def conv_model(path: Path, *, layers: int = 2, pool: bool = False, channels_out: int = 1,
-               seed: int = 0, input_shape: Sequence[object] = (1, 1, "z", "y", "x"),
+               seed: int = 0, input_shape: Sequence[str | int | None] = (1, 1, "z", "y", "x"),
                input_type: str = "FLOAT", pads: int = 1) -> Path:
     """3-D convolutions (3x3x3, fixed random weights) with ReLU between them and a Sigmoid at
     the end; ``pool`` puts a 2x max pooling after the first and a nearest 2x upsampling before
