@@ -310,6 +310,27 @@ def _bounds(lo: np.ndarray, hi: np.ndarray | None, box: Box | None
         np.floor(top.max(axis=0)).astype(np.float64) + 1
 
 
+class _Files(Directory):
+    """An index directory this write created afresh (an older one was removed first).  On
+    local disks each file is written to ``.<name>.tmp`` and renamed (atomic as
+    ``Directory.put_many``, without its random temporary names, thread pool and clean-up of
+    compressed variants that a fresh directory has none of: a third of the system calls, which
+    matters at one file per annotation)."""
+
+    def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
+        if not self.local:
+            super().put_many(items)
+            return
+        directory = local_path(self.location)
+        os.makedirs(directory, exist_ok=True)
+        for name, data in items:
+            path = os.path.join(directory, name)
+            tmp = os.path.join(directory, f".{name}.tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+
+
 def _put_shard(directory: Directory, spec: ShardingSpec, shard: int,
                entries: Mapping[int, bytes]) -> None:
     data = encode_shard(spec, {k: (b"", v) for k, v in entries.items()})
@@ -328,7 +349,7 @@ def _groups(keys: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
 
 def _write_by_id(location: str, reader: _Reader, sharded: bool, progress: bool
                  ) -> dict[str, Any]:
-    directory = Directory(join(location, "by_id"))
+    directory = _Files(join(location, "by_id"))
     n = reader.n
     if not sharded:
         with progress_bar(progress, n, "annotations by id") as bar:
@@ -354,7 +375,7 @@ def _write_by_id(location: str, reader: _Reader, sharded: bool, progress: bool
 
 def _write_relationship(location: str, key: str, reader: _Reader, pairs_path: str,
                         sharded: bool, progress: bool, name: str) -> dict[str, Any]:
-    directory = Directory(join(location, key))
+    directory = _Files(join(location, key))
     total = os.path.getsize(pairs_path) // 16
     spec = ShardingSpec.for_count(total) if sharded else None
     buckets = (1 << spec.shard_bits) if spec is not None else \
@@ -408,7 +429,7 @@ def _cell_bounds(level: Level) -> tuple[np.ndarray, np.ndarray]:
 
 def _write_level(location: str, key: str, level: Level, reader: _Reader, sharded: bool,
                  limit: int, progress: bool, number: int) -> dict[str, Any]:
-    directory = Directory(join(location, key))
+    directory = _Files(join(location, key))
     starts, stops = _cell_bounds(level)
     cells = level.cells[starts] if len(starts) else np.zeros((0, 3), np.int64)
 
