@@ -167,5 +167,6 @@ def test_every_python_block_is_seen() -> None:
     readme = python_blocks(ROOT / "README.md")
     assert len(readme) >= 2
     assert all("voxgate" in b.code for b in readme)
-    fences = sum(p.read_text(encoding="utf-8").count("```python") for p in PAGES)
+    fence = re.compile(r"^\s{0,3}```+\s*python\b", re.M)
+    fences = sum(len(fence.findall(p.read_text(encoding="utf-8"))) for p in PAGES)
     assert fences == sum(len(python_blocks(p)) for p in PAGES)
