@@ -10,11 +10,13 @@ import numpy as np
 
 def conv_model(path: Path, *, layers: int = 2, pool: bool = False, channels_out: int = 1,
                seed: int = 0, input_shape: Sequence[str | int | None] = (1, 1, "z", "y", "x"),
-               input_type: str = "FLOAT", pads: int = 1) -> Path:
+               input_type: str = "FLOAT", pads: int = 1,
+               card: dict[str, object] | None = None) -> Path:
     """3-D convolutions (3x3x3, fixed random weights) with ReLU between them and a Sigmoid at
     the end; ``pool`` puts a 2x max pooling after the first and a nearest 2x upsampling before
     the Sigmoid (a one-level U-Net's size step of 2); ``pads=0`` makes 'valid' convolutions
-    whose output is smaller than their input."""
+    whose output is smaller than their input; ``card``: a voxgate model card stored in the
+    file's metadata."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -55,6 +57,10 @@ def conv_model(path: Path, *, layers: int = 2, pool: bool = False, channels_out:
     graph = helper.make_graph(nodes, "voxgate-test", [x], [y], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    if card is not None:  # as voxgate.models.train stores it
+        import json
+
+        helper.set_model_props(model, {"voxgate": json.dumps(card)})
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path

@@ -92,6 +92,24 @@ def test_onnx_seam_free_with_the_derived_halo(name: str, models: dict[str, Path]
     assert np.abs(short - ref).max() > 1e-3
 
 
+def test_card_states_step_and_halo(tmp_path: Path, image: np.ndarray) -> None:
+    """A card in the file (as voxgate.models.train writes) replaces the probes; its halo is
+    used (here larger than the measured radius: still seam-free)."""
+    path = conv_model(tmp_path / "carded.onnx", layers=3, pool=True, seed=2,
+                      card={"valid_shape": {"multiple_of": [2, 2, 2]}, "halo": [8, 8, 8],
+                            "min_size": 3})
+    runner = load_model(path, device="cpu")
+    assert tuple(runner.step) == (2, 2, 2) and tuple(runner.radius or ()) == (8, 8, 8)
+    assert runner.card["min_size"] == 3
+    got = voxgate.predict(path, image, block=(8, 16, 16), dtype="float32", progress=False)
+    assert got.provenance.details["halo"] == (8, 8, 8)
+    np.testing.assert_allclose(got, run_whole(path, image, (2, 2, 2)), atol=1e-5)
+    wrong = conv_model(tmp_path / "wrong.onnx", pads=0,
+                       card={"valid_shape": {"multiple_of": [1, 1, 1]}, "halo": [1, 1, 1]})
+    with pytest.raises(InvalidRequestError, match="card's size step"):
+        load_model(wrong, device="cpu")
+
+
 def test_outputs_zarr_and_precomputed(models: dict[str, Path], image: np.ndarray,
                                       tmp_path: Path) -> None:
     src = voxgate.create(f"zarr://{tmp_path}/img.zarr", shape=SHAPE, chunks=(8, 16, 16),

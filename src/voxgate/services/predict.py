@@ -23,6 +23,7 @@ before any block runs.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import threading
@@ -94,6 +95,8 @@ class ModelRunner:
     radius: Vec | None = None
     #: output channels (None until a callable has run once)
     channels: int | None = None
+    #: what the model's card says (built-in models, files written by voxgate.models.train)
+    card: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def digest(self) -> str:
@@ -245,16 +248,20 @@ def load_model(model: Any, *, device: str = "auto", workers: int = 1) -> ModelRu
         raise InvalidRequestError(
             f"model {name} takes a fixed input shape {shape}; predict runs blocks of any size "
             "and needs dynamic spatial axes (export with dynamic_axes for z, y, x)")
+    try:  # a card its trainer stored in the file (voxgate.models.train does)
+        stored = sess.get_modelmeta().custom_metadata_map.get("voxgate")
+        card = {**(json.loads(stored) if stored else {}), **info}
+    except (ValueError, AttributeError):
+        card = dict(info)
+    runner.card = card
     key = (runner.digest, providers)
     with _PROBED_LOCK:
         probed = _PROBED.get(key)
     if probed is None:
-        probed = _probe(runner)
+        probed = _from_card(runner, card) or _probe(runner)
         with _PROBED_LOCK:
             _PROBED[key] = probed
     runner.step, runner.radius, runner.channels = probed
-    if "halo" in info:
-        runner.radius = Vec.of(info["halo"], "halo")
     return runner
 
 
@@ -263,6 +270,23 @@ def _try(runner: ModelRunner, shape: tuple[int, int, int]) -> np.ndarray | None:
         return runner(np.zeros(shape, np.float32))
     except Exception:  # onnxruntime refuses shapes its poolings cannot join back up
         return None
+
+
+def _from_card(runner: ModelRunner, card: dict[str, Any]) -> tuple[Vec, Vec, int] | None:
+    """Size step and halo as the model's card states them (``valid_shape.multiple_of``,
+    ``halo``), checked on one small input; None when the card does not say."""
+    multiple = (card.get("valid_shape") or {}).get("multiple_of")
+    if multiple is None or card.get("halo") is None:
+        return None
+    step = Vec.of(multiple, "the card's valid_shape.multiple_of")
+    shape = (3 * step.z, 3 * step.y, 3 * step.x)
+    y = _try(runner, shape)
+    if y is None:
+        raise InvalidRequestError(
+            f"model {runner.name} does not return the spatial shape {shape} of its input (a "
+            f"multiple of its card's size step {tuple(step)}); predict needs a model whose "
+            "output has the input's spatial shape")
+    return step, Vec.of(card["halo"], "the card's halo"), int(y.shape[0])
 
 
 def _probe(runner: ModelRunner) -> tuple[Vec, Vec, int]:

@@ -47,17 +47,6 @@ IN_MEMORY_VOXELS = 2**26
 _STATS_VOXELS = 2**22
 
 
-def _min_size_for(model: Any) -> int:
-    if isinstance(model, str):
-        try:
-            from ..models import BUILTIN, model_info
-        except ImportError:  # pragma: no cover - the models package ships with voxgate
-            return DEFAULT_MIN_SIZE
-        if model in BUILTIN:
-            return int(model_info(model).get("min_size", DEFAULT_MIN_SIZE))
-    return DEFAULT_MIN_SIZE
-
-
 def _local_reader(vol: Volume) -> Any:
     """Read ``vol`` by boxes relative to its own first voxel."""
     origin = vol.bounds.start
@@ -133,8 +122,8 @@ def detect_synapses(
     no_server_path(prefer)
     if isinstance(threshold, bool) or not 0 < float(threshold) <= 1:
         raise InvalidRequestError(f"threshold must be a probability in (0, 1], got {threshold!r}")
-    min_size = _min_size_for(model) if min_size is None else min_size
-    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 1:
+    if min_size is not None and (isinstance(min_size, bool) or not isinstance(
+            min_size, (int, np.integer)) or min_size < 1):
         raise InvalidRequestError(f"min_size must be a positive number of voxels, got {min_size!r}")
     if not shell > 0:
         raise InvalidRequestError(f"shell must be a positive distance in nm, got {shell!r}")
@@ -162,6 +151,8 @@ def detect_synapses(
         raise InvalidRequestError(
             f"model {runner.name} returns {runner.channels} channels; detect_synapses needs one "
             "synapse probability per voxel")
+    if min_size is None:
+        min_size = int(runner.card.get("min_size", DEFAULT_MIN_SIZE))
     # in memory for small volumes; temporary zarr volumes for large ones or for a cluster
     # (whose workers write the probabilities and must reach them by URL)
     tmp = tempfile.TemporaryDirectory(prefix="voxgate-synapses-") if (
