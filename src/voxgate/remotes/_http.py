@@ -99,7 +99,9 @@ class HTTPClient:
         expected = (expect,) if isinstance(expect, int) else expect
         what = what or f"{method} {self.base_url}{path.split('?')[0]}"
         last: str = ""
-        reached = False  # the last attempt got an answer (a 5xx), not a transport error
+        # how far the last attempt got: "" (no connection), "connected" (then timed out or the
+        # connection broke) or "answered" (a 5xx)
+        reached = ""
         for attempt in range(self.retries + 1):
             if attempt:
                 delay = self.backoff * 2 ** (attempt - 1) * (1 + random.random() * 0.25)
@@ -111,7 +113,8 @@ class HTTPClient:
                 else:
                     resp = self._stream_into(method, path, into, kwargs)
             except httpx.TimeoutException as exc:
-                last, reached = f"timed out ({type(exc).__name__})", False
+                last = f"timed out ({type(exc).__name__})"
+                reached = "" if isinstance(exc, httpx.ConnectTimeout) else "connected"
                 continue
             except httpx.TransportError as exc:
                 if _name_not_resolved(exc):
@@ -120,7 +123,8 @@ class HTTPClient:
                         f"name does not resolve ({exc}); not retried: check the name, or the "
                         "network's DNS"
                     ) from None
-                last, reached = f"{type(exc).__name__}: {exc}", False
+                last = f"{type(exc).__name__}: {exc}"
+                reached = "" if isinstance(exc, httpx.ConnectError) else "connected"
                 continue
             if resp.status_code in expected:
                 return resp
@@ -130,12 +134,17 @@ class HTTPClient:
                 raise CorruptChunkError(f"{what}: HTTP {resp.status_code}: {_snippet(resp)}",
                                         chunk=what)
             if resp.status_code in _RETRY_STATUS:
-                last, reached = f"HTTP {resp.status_code}: {_snippet(resp)}", True
+                last, reached = f"HTTP {resp.status_code}: {_snippet(resp)}", "answered"
                 continue
             raise _error(resp, what)
-        if reached:
+        if reached == "answered":
             raise RemoteUnavailableError(
                 f"{what} failed after {self.retries + 1} attempts: {self.host} answered {last}"
+            )
+        if reached == "connected":
+            raise RemoteUnavailableError(
+                f"{what} failed after {self.retries + 1} attempts: {self.host} did not answer "
+                f"in full: {last}"
             )
         raise RemoteUnavailableError(
             f"{what} failed after {self.retries + 1} attempts: could not reach "
