@@ -182,7 +182,7 @@ def test_voxgate_view_command_prints_a_working_link(data: Data) -> None:
             assert "seg" in state.text
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=90)
     assert proc.returncode == 0, err
     assert "img, seg" in err and "Ctrl-C" in err
     bad = subprocess.run([sys.executable, "-m", "voxgate", "view"], capture_output=True,

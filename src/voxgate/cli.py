@@ -274,8 +274,6 @@ def serve(config: Path | None, data_root: Path | None, host: str | None, port: i
 def view_cmd(urls: tuple[str, ...], no_browser: bool, port: int) -> None:
     """Show URLS in Neuroglancer (offline client) through an in-process relay on 127.0.0.1,
     until Ctrl-C."""
-    import time
-
     from .viewer import view
 
     try:
@@ -285,10 +283,11 @@ def view_cmd(urls: tuple[str, ...], no_browser: bool, port: int) -> None:
     except VoxgateError as exc:
         _fail(exc)
         return
-    click.echo(f"Neuroglancer: {session.url}")
-    click.echo(f"layers served by {session.relay_url}/ : {', '.join(session.layers)} "
-               "(Ctrl-C to stop)", err=True)
-    try:
+    try:  # from here on Ctrl-C ends the session cleanly, whenever it comes
+        click.echo(f"layers served by {session.relay_url}/ : {', '.join(session.layers)} "
+                   "(Ctrl-C to stop)", err=True)
+        click.echo(f"Neuroglancer: {session.url}")
+        sys.stdout.flush()
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

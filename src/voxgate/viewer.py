@@ -52,12 +52,22 @@ class ViewerSession:
     _server: Any = field(repr=False)  # uvicorn.Server
     _thread: threading.Thread = field(repr=False)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the relay and Neuroglancer's server, waiting at most about ``timeout`` s for
+        open connections to finish (a browser tab holds some open for as long as it lives)."""
         import neuroglancer
 
         self._server.should_exit = True
-        self._thread.join(10)
-        neuroglancer.stop()
+        self._thread.join(timeout / 2)
+        if self._thread.is_alive():
+            self._server.force_exit = True  # do not wait for the browser's keep-alives
+            self._thread.join(timeout / 2)
+        # neuroglancer.stop() waits for every connection to close: run it on a thread that
+        # is given up (it is a daemon) if a client keeps one open
+        stopper = threading.Thread(target=neuroglancer.stop, name="voxgate-view-stop",
+                                   daemon=True)
+        stopper.start()
+        stopper.join(timeout / 2)
 
     def _repr_html_(self) -> str:
         link = escape(self.url, quote=True)
