@@ -46,6 +46,7 @@ _BUILTIN: dict[str, str] = {
     "dvid": "voxgate.remotes.dvid:DVIDRemote",
     "tiff": "voxgate.remotes.tiff:TiffRemote",
     "knossos": "voxgate.remotes.knossos:KnossosRemote",
+    "webknossos": "voxgate.remotes.webknossos:WebknossosRemote",
 }
 
 _registered: dict[str, str | type[Remote]] = {}
@@ -93,6 +94,7 @@ def _load(scheme: str) -> type[Remote]:
 
 
 _MARKERS: tuple[tuple[str, str], ...] = (
+    ("datasource-properties.json", "webknossos"),
     ("knossos.conf", "knossos"),
     ("mag1/knossos.conf", "knossos"),
     ("zarr.json", "zarr"),

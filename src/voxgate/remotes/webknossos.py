@@ -1,0 +1,560 @@
+"""``webknossos://``: WEBKNOSSOS datasets (a directory described by ``datasource-properties.json``).
+
+A dataset holds layers (``dataLayers``: color or segmentation, each with its bounding box, dtype
+``elementClass``, ``numChannels`` and magnifications ``mags``); each layer is one Volume:
+
+    webknossos:///data/ds/color          the layer "color" of the dataset /data/ds
+    webknossos:///data/ds                the dataset's only layer (or layer="color")
+
+Scale k is the k-th mag of the layer; its voxel size is the dataset's ``scale.factor`` times the
+mag (which may be anisotropic, ``[2, 2, 1]``), its bounds the layer's mag-1 bounding box divided
+by the mag (rounded outward).  Dataset coordinates are WEBKNOSSOS' absolute coordinates: the
+bounding box's ``topLeft`` is the volume's offset.
+
+- ``zarr3`` and ``zarr`` layers: each mag is a Zarr array with axes ``c, x, y, z`` (the mag's
+  ``axisOrder``) read and written through tensorstore, transposed to voxgate's ``[c,] z, y, x``
+  (the same plumbing as zarr://).
+- ``wkw`` layers: read through the ``wkw`` package (``pip install wkw``), never written.
+
+``voxgate.create("webknossos:///data/ds/NAME", ...)`` adds a zarr3 layer NAME to the dataset
+(creating the dataset when there is none; without a layer name the layer is "color" for images
+and "segmentation" for segmentations), laid out as the ``webknossos`` Python package lays out
+its own: sharded arrays with ``c, x, y, z`` dimensions, a transpose codec and zstd, mag
+directories ``1``, ``2``, ``2-2-1``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorstore as ts
+
+from ..errors import (
+    CapabilityNotSupportedError,
+    CorruptChunkError,
+    InvalidRequestError,
+    MissingDependencyError,
+    RemoteExistsError,
+    RemoteNotFoundError,
+)
+from ..geometry import Box, Vec, VoxelSize
+from ..meta import Kind, Scale, VolumeMeta, check_new_scales
+from ..storage import (
+    UNITS_NM,
+    is_local,
+    join,
+    kvstore_exists,
+    kvstore_spec,
+    local_path,
+    read_json,
+    ts_context,
+    ts_errors,
+    write_json,
+)
+from ._tensorstore import TSArray
+from .base import Capability, Remote, check_options
+
+__all__ = ["PROPERTIES", "WebknossosRemote", "layer_names"]
+
+PROPERTIES = "datasource-properties.json"
+_ELEMENT_CLASSES = {"float": "float32", "double": "float64"}
+_UNITS = {"nanometer": 1.0, "micrometer": 1e3, "millimeter": 1e6, "angstrom": 0.1,
+          "picometer": 1e-3, "meter": 1e9, **UNITS_NM}
+_DEFAULT_AXES = {"c": 0, "x": 1, "y": 2, "z": 3}
+
+
+def _split(location: str) -> tuple[str, str]:
+    loc = location.rstrip("/")
+    if "/" not in loc:
+        return "", loc
+    parent, _, name = loc.rpartition("/")
+    return parent, name
+
+
+def _props(location: str) -> dict[str, Any] | None:
+    if not location or not kvstore_exists(location, PROPERTIES):
+        return None
+    value = read_json(location, PROPERTIES)
+    if not isinstance(value, dict) or not isinstance(value.get("dataLayers"), list):
+        raise InvalidRequestError(
+            f"{join(location, PROPERTIES)} is not a WEBKNOSSOS datasource description (it has "
+            "no dataLayers list)"
+        )
+    return value
+
+
+def layer_names(location: str) -> list[str]:
+    """The names of the layers of the dataset at ``location``."""
+    props = _props(location)
+    if props is None:
+        raise RemoteNotFoundError(f"no {PROPERTIES} at {location!r}")
+    return [str(layer.get("name")) for layer in props["dataLayers"] if isinstance(layer, dict)]
+
+
+def _mag(value: object, where: str) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value] * 3
+    if isinstance(value, str):
+        parts = value.split("-")
+        value = [int(p) for p in parts] if all(p.isdigit() for p in parts) else value
+        if isinstance(value, list) and len(value) == 1:
+            value = value * 3
+    if isinstance(value, list) and len(value) == 3 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+    ):
+        return list(value)
+    raise InvalidRequestError(f"{where}: a mag must be a positive integer or [x, y, z], got "
+                              f"{value!r}")
+
+
+def _mag_name(mag: Sequence[int]) -> str:
+    return str(mag[0]) if len(set(mag)) == 1 else "-".join(str(m) for m in mag)
+
+
+def _dtype(layer: dict[str, Any], where: str) -> tuple[np.dtype[Any], int]:
+    ec = str(layer.get("elementClass", "uint8"))
+    channels = int(layer.get("numChannels", 1) or 1)
+    if ec == "uint24":  # RGB color layers
+        return np.dtype("uint8"), 3
+    try:
+        return np.dtype(_ELEMENT_CLASSES.get(ec, ec)), channels
+    except TypeError as exc:
+        raise InvalidRequestError(f"{where}: unknown elementClass {ec!r}") from exc
+
+
+class _WKWArray:
+    """A wkw mag read through the ``wkw`` package (channel-first x, y, z, Fortran order)."""
+
+    def __init__(self, path: str, channels: int) -> None:
+        try:
+            import wkw
+        except ImportError as exc:
+            raise MissingDependencyError(
+                f"the WKW layer at {path} needs the wkw package (pip install wkw); voxgate "
+                "reads WKW layers through it and writes zarr3 layers only"
+            ) from exc
+        if not os.path.exists(os.path.join(path, "header.wkw")):
+            raise RemoteNotFoundError(f"the WKW mag {path} has no header.wkw")
+        self.path = path
+        self.channels = channels
+        self.ds = wkw.Dataset.open(path)
+        self.block = int(self.ds.header.block_len)
+
+    def read(self, box: Box) -> np.ndarray:
+        off = list(box.start.xyz())
+        size = [b - a for a, b in zip(box.start.xyz(), box.stop.xyz(), strict=True)]
+        try:
+            arr = self.ds.read(off, size)  # (c, x, y, z)
+        except Exception as exc:
+            raise CorruptChunkError(f"reading {box!r} of the WKW mag {self.path} failed: {exc}",
+                                    chunk=self.path) from exc
+        out = np.ascontiguousarray(np.asarray(arr).transpose(0, 3, 2, 1))
+        return out if self.channels > 1 else out[0]
+
+
+class WebknossosRemote(Remote):
+    scheme = "webknossos"
+    open_options = ("layer",)
+    create_options = ("layer",)
+
+    def __init__(
+        self,
+        dataset: str,
+        layer: str,
+        meta: VolumeMeta,
+        arrays: list[Any],
+        mags: list[list[int]],
+        data_format: str,
+        mode: str,
+    ) -> None:
+        self.dataset = dataset
+        self.layer = layer
+        self.meta = meta
+        self._arrays = arrays
+        self._mags = mags
+        self.data_format = data_format
+        self.mode = mode
+        self.url = f"webknossos://{join(dataset, layer)}"
+
+    # -- opening --------------------------------------------------------------------------------
+    @classmethod
+    def _locate(cls, location: str, layer: str | None) -> tuple[str, str | None, dict[str, Any]]:
+        props = _props(location)
+        if props is not None:
+            return location, layer, props
+        parent, name = _split(location)
+        props = _props(parent)
+        if props is not None:
+            if layer is not None and layer != name:
+                raise InvalidRequestError(f"{location!r} names layer {name!r}, layer={layer!r}")
+            return parent, name, props
+        raise RemoteNotFoundError(
+            f"no WEBKNOSSOS dataset at {location!r}: neither it nor its parent holds {PROPERTIES}"
+        )
+
+    @classmethod
+    def open(cls, location: str, *, mode: str = "r", **options: Any) -> WebknossosRemote:
+        check_options("webknossos://", options, cls.open_options)
+        dataset, layer, props = cls._locate(location, options.get("layer"))
+        layers = [la for la in props["dataLayers"] if isinstance(la, dict)]
+        names = [str(la.get("name")) for la in layers]
+        if layer is None:
+            if len(layers) != 1:
+                raise InvalidRequestError(
+                    f"the WEBKNOSSOS dataset {dataset!r} has layers {names}; name one: "
+                    + ", ".join(f"webknossos://{join(dataset, n)}" for n in names)
+                )
+            layer = names[0]
+        if layer not in names:
+            raise RemoteNotFoundError(
+                f"the WEBKNOSSOS dataset {dataset!r} has no layer {layer!r}; its layers are "
+                f"{names}"
+            )
+        return cls._open_layer(dataset, layers[names.index(layer)], props, mode)
+
+    @classmethod
+    def _open_layer(
+        cls, dataset: str, layer: dict[str, Any], props: dict[str, Any], mode: str
+    ) -> WebknossosRemote:
+        name = str(layer["name"])
+        where = f"layer {name!r} of {join(dataset, PROPERTIES)}"
+        fmt = str(layer.get("dataFormat", "wkw"))
+        dtype, channels = _dtype(layer, where)
+        kind: Kind = "segmentation" if layer.get("category") == "segmentation" else "image"
+        bb = layer.get("boundingBox")
+        if not isinstance(bb, dict):
+            raise InvalidRequestError(f"{where} has no boundingBox")
+        top = [int(v) for v in bb.get("topLeft", [0, 0, 0])]
+        size = [int(bb.get("width", 0)), int(bb.get("height", 0)), int(bb.get("depth", 0))]
+        scale = props.get("scale", {})
+        if isinstance(scale, dict):
+            factor = scale.get("factor", [1, 1, 1])
+            unit = _UNITS.get(str(scale.get("unit", "nanometer")), 1.0)
+        else:  # older files: "scale": [x, y, z] in nm
+            factor, unit = scale, 1.0
+        base = [float(v) * unit for v in factor]
+        entries = layer.get("mags")
+        if entries is None:  # older files
+            entries = [{"mag": r.get("resolution"), "cubeLength": r.get("cubeLength")}
+                       for r in layer.get("wkwResolutions", [])]
+        if not entries:
+            raise InvalidRequestError(f"{where} lists no mags")
+        entries = sorted(entries, key=lambda e: _mag(e.get("mag"), where))
+        scales, arrays, mags = [], [], []
+        for i, entry in enumerate(entries):
+            mag = _mag(entry.get("mag"), where)
+            path = cls._mag_path(dataset, name, entry, mag)
+            lo = [t // m for t, m in zip(top, mag, strict=True)]
+            hi = [math.ceil((t + s) / m) for t, s, m in zip(top, size, mag, strict=True)]
+            offset = Vec(lo[2], lo[1], lo[0])
+            shape = Vec(*[h - low for h, low in zip(hi, lo, strict=True)][::-1])
+            arr: TSArray | _WKWArray
+            if fmt in ("zarr3", "zarr"):
+                arr, chunks = cls._open_zarr(path, fmt, entry, channels, hi, mode, where)
+            elif fmt == "wkw":
+                if mode == "r+":
+                    raise CapabilityNotSupportedError(
+                        f"{where} is a WKW layer; voxgate reads WKW (through the wkw package) "
+                        "but writes zarr3 layers only: open it with mode='r'"
+                    )
+                wkw_arr = _WKWArray(local_path(path) if is_local(path) else path, channels)
+                chunks = Vec(wkw_arr.block, wkw_arr.block, wkw_arr.block)
+                arr = wkw_arr
+            else:
+                raise CapabilityNotSupportedError(
+                    f"{where} has dataFormat {fmt!r}; voxgate reads zarr3, zarr and wkw layers"
+                )
+            vs = VoxelSize(base[2] * mag[2], base[1] * mag[1], base[0] * mag[0])
+            scales.append(Scale(i, shape, chunks, vs, offset, fmt, _mag_name(mag)))
+            arrays.append(arr)
+            mags.append(mag)
+        meta = VolumeMeta(dtype, tuple(scales), kind, channels, 0)
+        return cls(dataset, name, meta, arrays, mags, fmt, mode)
+
+    @staticmethod
+    def _mag_path(dataset: str, layer: str, entry: dict[str, Any], mag: list[int]) -> str:
+        path = entry.get("path")
+        if isinstance(path, str) and path:
+            if "://" in path or path.startswith("/"):
+                return path
+            return join(dataset, path.removeprefix("./"))
+        for cand in (_mag_name(mag), "-".join(str(m) for m in mag)):
+            if kvstore_exists(join(dataset, layer, cand), "zarr.json") or kvstore_exists(
+                join(dataset, layer, cand), "header.wkw"
+            ) or kvstore_exists(join(dataset, layer, cand), ".zarray"):
+                return join(dataset, layer, cand)
+        return join(dataset, layer, _mag_name(mag))
+
+    @staticmethod
+    def _open_zarr(
+        path: str, fmt: str, entry: dict[str, Any], channels: int, hi: list[int], mode: str,
+        where: str,
+    ) -> tuple[TSArray, Vec]:
+        marker = "zarr.json" if fmt == "zarr3" else ".zarray"
+        if not kvstore_exists(path, marker):
+            raise RemoteNotFoundError(
+                f"{where} names the mag {path}, which holds no Zarr array (no {marker}): the "
+                "properties file and the data on disk disagree"
+            )
+        with ts_errors(f"opening the WEBKNOSSOS mag {path}"):
+            store = ts.open(
+                {"driver": fmt, "kvstore": kvstore_spec(path)},
+                read=True, write=mode == "r+", context=ts_context(),
+            ).result()
+        axes = entry.get("axisOrder") or (_DEFAULT_AXES if store.rank == 4 else
+                                          {"x": 0, "y": 1, "z": 2})
+        try:
+            order = [int(axes[a]) for a in ("z", "y", "x")]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"{where}: axisOrder {axes!r} lacks x, y or z") from exc
+        has_c = "c" in axes and axes["c"] is not None
+        if has_c:
+            order = [int(axes["c"]), *order]
+        if sorted(order) != list(range(store.rank)):
+            raise InvalidRequestError(
+                f"{where}: axisOrder {axes!r} does not match the {store.rank}-D array at {path}"
+            )
+        view = store[ts.d[order].transpose[:]]
+        spatial = view.shape[-3:]
+        need = hi[::-1]
+        if any(s < n for s, n in zip(spatial, need, strict=True)):
+            raise CorruptChunkError(
+                f"the array at {path} has shape {tuple(spatial)} (z, y, x) but {where} needs "
+                f"{tuple(need)}", chunk=path
+            )
+        layout = view.chunk_layout.read_chunk.shape
+        chunks = Vec(*(int(n or 1) for n in (layout or (1, 1, 1))[-3:]))
+        arr = TSArray(view, reversed_axes=False, channel=has_c, keep_channel=channels > 1,
+                      name=path)
+        return arr, chunks
+
+    # -- creating -------------------------------------------------------------------------------
+    @classmethod
+    def _target(cls, location: str, layer: str | None, kind: str) -> tuple[str, str]:
+        """(dataset, layer name) that ``create`` writes for ``location``."""
+        parent, name = _split(location)
+        if _props(location) is None and _props(parent) is not None:
+            return parent, name
+        return location, layer or ("segmentation" if kind == "segmentation" else "color")
+
+    @classmethod
+    def exists(cls, location: str) -> bool:
+        try:
+            _dataset, layer, props = cls._locate(location, None)
+        except RemoteNotFoundError:
+            return False
+        names = [str(la.get("name")) for la in props["dataLayers"] if isinstance(la, dict)]
+        return layer in names if layer is not None else bool(names)
+
+    @classmethod
+    def create(
+        cls,
+        location: str,
+        meta: VolumeMeta,
+        *,
+        exist_ok: bool = False,
+        layer: str | None = None,
+        **options: Any,
+    ) -> WebknossosRemote:
+        check_options("webknossos://", options, cls.create_options)
+        dataset, name = cls._target(location, layer, meta.kind)
+        props = _props(dataset)
+        names = [str(la.get("name")) for la in (props or {}).get("dataLayers", [])
+                 if isinstance(la, dict)]
+        if name in names:
+            if not exist_ok:
+                raise RemoteExistsError(
+                    f"the WEBKNOSSOS dataset {dataset!r} has a layer {name!r} already (pass "
+                    "exist_ok=True to open it)"
+                )
+            existing = cls.open(join(dataset, name), mode="r+")
+            if existing.meta.dtype != meta.dtype or existing.meta.shape != meta.shape:
+                raise RemoteExistsError(
+                    f"layer {name!r} of {dataset!r} holds a {existing.meta.dtype.name} volume "
+                    f"of shape {tuple(existing.meta.shape)}, not {meta.dtype.name} "
+                    f"{tuple(meta.shape)}"
+                )
+            return existing
+        if meta.fill_value != 0:
+            raise InvalidRequestError("WEBKNOSSOS layers read absent data as 0: fill value 0")
+        if not name or "/" in name:
+            raise InvalidRequestError(f"a layer name must be a plain name, got {name!r}")
+        s0 = meta.scales[0]
+        vs0 = s0.voxel_size
+        unit_nm = UNITS_NM.get(vs0.unit)
+        if unit_nm is None:
+            raise InvalidRequestError(f"unknown voxel size unit {vs0.unit!r}")
+        base_xyz = [v * unit_nm for v in vs0.xyz()]
+        if props is None:
+            props = {"id": {"name": _split(dataset)[1] or "dataset", "team": ""},
+                     "scale": {"factor": base_xyz, "unit": "nanometer"},
+                     "dataLayers": [], "version": 1}
+            write_json(dataset, "zarr.json", {"zarr_format": 3, "node_type": "group"})
+        else:
+            have = props.get("scale", {})
+            have_f = have.get("factor") if isinstance(have, dict) else have
+            have_nm = [float(v) * _UNITS.get(str(have.get("unit", "nanometer")), 1.0)
+                       if isinstance(have, dict) else float(v) for v in have_f or []]
+            if len(have_nm) != 3 or any(abs(a - b) > 1e-6 * max(1.0, b)
+                                        for a, b in zip(have_nm, base_xyz, strict=True)):
+                raise InvalidRequestError(
+                    f"the dataset {dataset!r} has voxel size {have_nm} nm (x, y, z); a new "
+                    f"layer's scale 0 must have it too, not {base_xyz}"
+                )
+        mags = [cls._scale_mag(sc, vs0) for sc in meta.scales]
+        entries = []
+        for sc, mag in zip(meta.scales, mags, strict=True):
+            path = join(dataset, name, _mag_name(mag))
+            cls._create_array(path, meta, sc, s0, mag)
+            entries.append({"mag": mag, "path": f"./{name}/{_mag_name(mag)}",
+                            "axisOrder": dict(_DEFAULT_AXES)})
+        top = list(s0.offset.xyz())
+        size = list(s0.shape.xyz())
+        entry: dict[str, Any] = {
+            "name": name,
+            "category": "segmentation" if meta.kind == "segmentation" else "color",
+            "boundingBox": {"topLeft": top, "width": size[0], "height": size[1],
+                            "depth": size[2]},
+            "dataFormat": "zarr3",
+            "mags": entries,
+            "numChannels": meta.num_channels,
+            "elementClass": {"float32": "float", "float64": "double"}.get(meta.dtype.name,
+                                                                          meta.dtype.name),
+        }
+        cls._write_layer_group(dataset, name, mags, base_xyz)
+        props["dataLayers"] = [*props["dataLayers"], entry]
+        # written last: a layer whose creation was interrupted is not listed
+        write_json(dataset, PROPERTIES, props)
+        return cls.open(join(dataset, name), mode="r+")
+
+    @staticmethod
+    def _scale_mag(sc: Scale, vs0: VoxelSize) -> list[int]:
+        mag = [v / b for v, b in zip(sc.voxel_size.xyz(), vs0.xyz(), strict=True)]
+        if any(abs(m - round(m)) > 1e-6 or round(m) < 1 for m in mag):
+            raise InvalidRequestError(
+                f"scale {sc.index} has voxel size {sc.voxel_size.zyx()}, not a whole multiple "
+                f"of scale 0's {vs0.zyx()}: WEBKNOSSOS mags are integer factors"
+            )
+        return [round(m) for m in mag]
+
+    @staticmethod
+    def _create_array(path: str, meta: VolumeMeta, sc: Scale, s0: Scale, mag: list[int]
+                      ) -> None:
+        nc = meta.num_channels
+        # the mag's extent as WEBKNOSSOS derives it: the mag-1 box's end divided, rounded up
+        end = [math.ceil((o + s) / m) for o, s, m in zip(s0.offset.xyz(), s0.shape.xyz(), mag,
+                                                          strict=True)]
+        chunk = list(sc.chunks.xyz())
+        shard = [c * max(1, min(math.ceil(e / c), max(1, 1024 // c)))
+                 for c, e in zip(chunk, end, strict=True)]
+        spec = {
+            "driver": "zarr3",
+            "kvstore": kvstore_spec(path),
+            "metadata": {
+                "shape": [nc, *end],
+                "chunk_grid": {"name": "regular",
+                               "configuration": {"chunk_shape": [nc, *shard]}},
+                "chunk_key_encoding": {"name": "default"},
+                "data_type": meta.dtype.name,
+                "fill_value": 0,
+                "dimension_names": ["c", "x", "y", "z"],
+                "codecs": [{
+                    "name": "sharding_indexed",
+                    "configuration": {
+                        "chunk_shape": [nc, *chunk],
+                        "codecs": [
+                            {"name": "transpose", "configuration": {"order": [3, 2, 1, 0]}},
+                            {"name": "bytes", "configuration": {"endian": "little"}},
+                            {"name": "zstd", "configuration": {"level": 5, "checksum": True}},
+                        ],
+                        "index_codecs": [
+                            {"name": "bytes", "configuration": {"endian": "little"}},
+                            {"name": "crc32c"},
+                        ],
+                        "index_location": "end",
+                    },
+                }],
+            },
+        }
+        with ts_errors(f"creating the WEBKNOSSOS mag {path}"):
+            ts.open(spec, create=True, context=ts_context()).result()
+
+    @staticmethod
+    def _write_layer_group(dataset: str, name: str, mags: list[list[int]],
+                           base_xyz: list[float]) -> None:
+        """The layer's zarr.json: an OME-Zarr 0.5 multiscale group, as webknossos writes."""
+        axes = [{"name": "c", "type": "channel"}] + [
+            {"name": a, "type": "space", "unit": "nanometer"} for a in "xyz"]
+        datasets = [{"path": _mag_name(m), "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, *(b * f for b, f in zip(base_xyz, m,
+                                                                     strict=True))]}]}
+            for m in mags]
+        write_json(join(dataset, name), "zarr.json", {
+            "zarr_format": 3, "node_type": "group",
+            "attributes": {"ome": {"version": "0.5", "multiscales": [
+                {"axes": axes, "datasets": datasets}]}},
+        })
+
+    # -- data -----------------------------------------------------------------------------------
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        if self.data_format == "wkw":
+            return frozenset()
+        caps = {Capability.CHUNK_PRESENCE}
+        if self.mode == "r+":
+            caps |= {Capability.WRITE, Capability.ADD_SCALES}
+        return frozenset(caps)
+
+    def write_grid(self, scale: int = 0) -> Vec:
+        arr = self._arrays[scale]
+        if isinstance(arr, TSArray):
+            shape = arr.store.chunk_layout.write_chunk.shape
+            if shape:
+                return Vec(*(int(n or 1) for n in shape[-3:]))
+        return self.meta.scale(scale).chunks
+
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        if self.missing == "error":
+            self._check_present(box, scale)
+        return np.asarray(self._arrays[scale].read(box))
+
+    def absent_chunks(self, box: Box, scale: int = 0) -> list[Vec]:
+        arr = self._arrays[scale]
+        if not isinstance(arr, TSArray):
+            return super().absent_chunks(box, scale)
+        sc = self.meta.scale(scale)
+        return arr.absent_chunks(box, sc.chunks, sc.bounds)
+
+    def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
+        self._check_writable()
+        arr = self._arrays[scale]
+        if not isinstance(arr, TSArray):
+            raise CapabilityNotSupportedError(f"{self.url} is a WKW layer: read only")
+        arr.write(box, array)
+
+    def add_scales(self, scales: Sequence[Scale]) -> None:
+        self._check_writable()
+        if self.data_format != "zarr3":
+            raise CapabilityNotSupportedError(f"{self.url}: scales are added to zarr3 layers")
+        check_new_scales(self.meta, scales)
+        props = read_json(self.dataset, PROPERTIES)
+        layers = [la for la in props["dataLayers"] if la.get("name") == self.layer]
+        if not layers:
+            raise RemoteNotFoundError(f"{self.layer!r} is gone from {self.dataset}")
+        vs0 = self.meta.scales[0].voxel_size
+        base_xyz = [v * UNITS_NM.get(vs0.unit, 1.0) for v in vs0.xyz()]
+        for sc in scales:
+            mag = self._scale_mag(sc, vs0)
+            self._create_array(join(self.dataset, self.layer, _mag_name(mag)), self.meta, sc,
+                               self.meta.scales[0], mag)
+            layers[0]["mags"].append({"mag": mag, "path": f"./{self.layer}/{_mag_name(mag)}",
+                                      "axisOrder": dict(_DEFAULT_AXES)})
+        mags = [_mag(e["mag"], self.url) for e in layers[0]["mags"]]
+        self._write_layer_group(self.dataset, self.layer, mags, base_xyz)
+        write_json(self.dataset, PROPERTIES, props)
+        fresh = WebknossosRemote.open(join(self.dataset, self.layer), mode="r+")
+        self.meta, self._arrays, self._mags = fresh.meta, fresh._arrays, fresh._mags
