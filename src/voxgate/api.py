@@ -17,8 +17,17 @@ from .volume import Bounds, Volume
 __all__ = ["create", "create_remote", "open", "open_remote"]
 
 
+def _spec_url(url: Any) -> Any:
+    """A TensorStore spec given as a dict, as its ``tensorstore://`` URL."""
+    if isinstance(url, dict):
+        import json
+
+        return "tensorstore://" + json.dumps(url, sort_keys=True, separators=(",", ":"))
+    return url
+
+
 def open(
-    url: str | os.PathLike[str] | Volume,
+    url: str | os.PathLike[str] | Volume | dict[str, Any],
     *,
     scale: int = 0,
     mode: str = "r",
@@ -38,7 +47,12 @@ def open(
     indices.  "error" needs a store whose chunks voxgate can see (zarr, N5, precomputed, HDF5
     chunked datasets, mem://); bossdb:// and dvid:// refuse it with
     CapabilityNotSupportedError.  :meth:`Volume.missing_chunks` lists absent chunks.
+
+    ``url`` may also be a TensorStore spec (a dict with a ``driver``): any array TensorStore
+    opens, with ``voxel_size=`` and ``kind=`` for what the spec does not say (see
+    docs/remotes/tensorstore.md).
     """
+    url = _spec_url(url)
     if isinstance(url, Volume):
         missing = check_missing(options.pop("missing", url.remote.missing))
         if options:
@@ -59,7 +73,7 @@ def open(
 
 
 def create(
-    url: str | os.PathLike[str],
+    url: str | os.PathLike[str] | dict[str, Any],
     *,
     shape: Any,
     dtype: Any,
@@ -96,7 +110,7 @@ def create(
         num_scales=num_scales,
         num_channels=num_channels,
     )
-    remote = create_remote(os.fspath(url), meta, exist_ok=exist_ok, **options)
+    remote = create_remote(os.fspath(_spec_url(url)), meta, exist_ok=exist_ok, **options)
     return Volume(remote, 0)
 
 

@@ -47,6 +47,7 @@ _BUILTIN: dict[str, str] = {
     "tiff": "voxgate.remotes.tiff:TiffRemote",
     "knossos": "voxgate.remotes.knossos:KnossosRemote",
     "webknossos": "voxgate.remotes.webknossos:WebknossosRemote",
+    "tensorstore": "voxgate.remotes.tensorstore_spec:TensorStoreRemote",
 }
 
 _registered: dict[str, str | type[Remote]] = {}

@@ -1,0 +1,268 @@
+"""``tensorstore://<json>``: any array TensorStore can open, from its JSON spec.
+
+``voxgate.open({"driver": "zarr3", "kvstore": {"driver": "ocdbt", "base": "file:///d"}})``
+(a dict) or ``voxgate.open('tensorstore://{"driver": ...}')`` opens whatever TensorStore opens
+— a driver voxgate does not wrap (OCDBT, zip, an in-memory array, a future format), or a spec
+with its own ``transform`` — as a Volume of one scale.
+
+Axes: the array must be 3-D (z, y, x) or 4-D with a channel axis.  Dimension labels ``x``,
+``y``, ``z`` and ``c``/``channel`` name them in any order; unlabelled 3-D arrays are
+``z, y, x`` and 4-D ones ``c, z, y, x``, unless ``axes="xyz"`` (or ``"czyx"``, ``"xyzc"``,
+...) says otherwise.  Other dimensions of length 1 are dropped.
+
+Geometry: ``voxel_size`` (z, y, x, nm) and ``kind`` are open options, for specs that have none;
+without them the voxel size comes from the array's ``dimension_units`` (zarr3, N5 and
+precomputed keep them) or is 1 nm, and the kind is guessed from the dtype.  The offset is the
+array's domain origin, or the ``offset`` option (which moves it).  Reads and writes go as the
+driver allows (a zip kvstore is read only).
+
+``voxgate.create('tensorstore://<json>', ...)`` creates the array with TensorStore's
+driver-neutral schema: dtype, shape, chunk shape, labels and ``dimension_units`` from the
+voxel size; an offset only where the driver can store a domain origin.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import tensorstore as ts
+
+from ..errors import (
+    CapabilityNotSupportedError,
+    InvalidRequestError,
+    RemoteExistsError,
+    RemoteNotFoundError,
+    VoxgateError,
+)
+from ..geometry import Box, Vec, VoxelSize
+from ..meta import Kind, Scale, VolumeMeta
+from ..storage import UNITS_NM, ts_context, ts_errors
+from ._tensorstore import TSArray
+from .base import Capability, Remote, check_options
+
+__all__ = ["TensorStoreRemote", "spec_url"]
+
+_CHANNEL = ("c", "channel", "ch")
+_UNIT_NAMES = {"nanometer": 1.0, "micrometer": 1e3, "um": 1e3, "millimeter": 1e6, **UNITS_NM}
+
+
+def spec_url(spec: dict[str, Any]) -> str:
+    """The ``tensorstore://`` URL of a spec (compact JSON, keys sorted)."""
+    return "tensorstore://" + json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+def _parse(location: str) -> dict[str, Any]:
+    try:
+        spec = json.loads(location)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(
+            f"tensorstore:// takes a TensorStore spec as JSON, e.g. tensorstore://"
+            f'{{"driver": "zarr3", "kvstore": "file:///data/a.zarr"}}; {location[:80]!r} is not '
+            f"JSON ({exc})"
+        ) from exc
+    if not isinstance(spec, dict) or "driver" not in spec:
+        raise InvalidRequestError(
+            f"a TensorStore spec is a JSON object with a 'driver', got {location[:80]!r}"
+        )
+    return spec
+
+
+def _kind(value: object, dtype: np.dtype[Any]) -> Kind:
+    if value is None:
+        return "segmentation" if dtype.kind in "ui" and dtype.itemsize >= 4 else "image"
+    if value not in ("image", "segmentation"):
+        raise InvalidRequestError(f"kind must be 'image' or 'segmentation', got {value!r}")
+    return value
+
+
+class TensorStoreRemote(Remote):
+    scheme = "tensorstore"
+    open_options = ("voxel_size", "kind", "offset", "axes")
+    create_options = ()
+
+    def __init__(self, spec: dict[str, Any], meta: VolumeMeta, arr: TSArray, mode: str,
+                 options: dict[str, Any]) -> None:
+        self.ts_spec = spec
+        self.meta = meta
+        self.mode = mode
+        self.url = spec_url(spec)
+        self._arr = arr
+        self._options = options
+
+    @classmethod
+    def open(cls, location: str, *, mode: str = "r", **options: Any) -> TensorStoreRemote:
+        check_options("tensorstore://", options, cls.open_options)
+        spec = _parse(location)
+        with ts_errors(f"opening the TensorStore spec {location[:200]}"):
+            try:
+                store = ts.open(spec, read=True, write=mode == "r+",
+                                context=ts_context()).result()
+            except ValueError as exc:
+                if "NOT_FOUND" in str(exc):
+                    raise RemoteNotFoundError(
+                        f"TensorStore finds no array for {location[:200]}: {exc}"
+                    ) from exc
+                raise
+        return cls._from_store(spec, store, mode, options)
+
+    @classmethod
+    def _from_store(cls, spec: dict[str, Any], store: ts.TensorStore, mode: str,
+                    options: dict[str, Any]) -> TensorStoreRemote:
+        where = "the TensorStore array " + json.dumps(spec)[:200]
+        labels = [(n or "").lower() for n in store.domain.labels]
+        given = options.get("axes")
+        if given is not None:
+            if not isinstance(given, str) or len(given) != store.rank:
+                raise InvalidRequestError(
+                    f"axes must be a string of {store.rank} letters (x, y, z and c), got "
+                    f"{given!r}"
+                )
+            labels = ["c" if a in "cC" else a.lower() for a in given]
+        elif not {"x", "y", "z"} <= set(labels):
+            if store.rank == 3:
+                labels = ["z", "y", "x"]
+            elif store.rank == 4:
+                labels = ["c", "z", "y", "x"]
+            else:
+                raise InvalidRequestError(
+                    f"{where} has {store.rank} unlabelled dimensions; voxgate opens 3-D "
+                    "(z, y, x) and 4-D (c, z, y, x) arrays, or name them with axes='...'"
+                )
+        if not {"x", "y", "z"} <= set(labels):
+            raise InvalidRequestError(f"{where} has axes {labels}; x, y and z are needed")
+        chans = [i for i, n in enumerate(labels) if n in _CHANNEL]
+        if len(chans) > 1:
+            raise InvalidRequestError(f"{where} has more than one channel axis: {labels}")
+        view = store
+        keep = [labels.index(a) for a in ("z", "y", "x")]
+        order = chans + keep
+        for i in sorted(set(range(store.rank)) - set(order), reverse=True):
+            if store.shape[i] != 1:
+                raise CapabilityNotSupportedError(
+                    f"{where} has a dimension {labels[i]!r} of length {store.shape[i]}; only "
+                    "x, y, z, one channel axis and length-1 dimensions are supported"
+                )
+            view = view[ts.d[i][view.domain.origin[i]]]
+            order = [o - 1 if o > i else o for o in order]
+        if order != list(range(len(order))):
+            view = view[ts.d[order].transpose[:]]
+        lead = 1 if chans else 0
+        if options.get("offset") is not None:
+            offset = Vec.of(options["offset"], "offset")
+            view = view[ts.d[:].translate_to[(*([0] * lead), *offset)]]
+        else:
+            offset = Vec(*(int(v) for v in view.domain.origin[lead:]))
+        if chans and view.domain.origin[0] != 0:
+            view = view[ts.d[0].translate_to[0]]
+        shape = Vec(*(int(v) for v in view.shape[lead:]))
+        channels = int(view.shape[0]) if chans else 1
+        dtype = np.dtype(view.dtype.numpy_dtype)
+        layout = view.chunk_layout.read_chunk.shape
+        chunks = Vec(*(int(n or 64) for n in layout[lead:])) if layout else Vec(64, 64, 64)
+        chunks = Vec(*(min(c, max(1, s)) for c, s in zip(chunks, shape, strict=True)))
+        if options.get("voxel_size") is not None:
+            vs = VoxelSize.of(options["voxel_size"])
+        else:
+            vs = cls._units(view, lead)
+        meta = VolumeMeta(dtype, (Scale(0, shape, chunks, vs, offset, str(spec["driver"])),),
+                          _kind(options.get("kind"), dtype), channels, 0)
+        arr = TSArray(view, reversed_axes=False, channel=bool(chans), keep_channel=channels > 1,
+                      name=where)
+        return cls(spec, meta, arr, mode, {k: v for k, v in options.items() if v is not None})
+
+    @staticmethod
+    def _units(view: ts.TensorStore, lead: int) -> VoxelSize:
+        out = []
+        for u in list(view.dimension_units)[lead:]:
+            if u is None:
+                out.append(1.0)
+                continue
+            f = _UNIT_NAMES.get(u.base_unit, 1.0 if not u.base_unit else None)
+            if f is None:
+                raise InvalidRequestError(
+                    f"dimension unit {u} is not a length voxgate knows; pass voxel_size=(z, y, x)"
+                )
+            out.append(float(u.multiplier) * f)
+        return VoxelSize(out[0], out[1], out[2])
+
+    @classmethod
+    def exists(cls, location: str) -> bool:
+        try:
+            cls.open(location)
+        except RemoteNotFoundError:
+            return False
+        return True
+
+    @classmethod
+    def create(cls, location: str, meta: VolumeMeta, *, exist_ok: bool = False,
+               **options: Any) -> TensorStoreRemote:
+        check_options("tensorstore://", options, cls.create_options)
+        spec = _parse(location)
+        if cls.exists(location):
+            if not exist_ok:
+                raise RemoteExistsError(
+                    f"TensorStore opens an array at {location[:200]} already (pass "
+                    "exist_ok=True to open it)"
+                )
+            existing = cls.open(location, mode="r+")
+            if existing.meta.dtype != meta.dtype or existing.meta.shape != meta.shape:
+                raise RemoteExistsError(
+                    f"{location[:200]} holds a {existing.meta.dtype.name} array of shape "
+                    f"{tuple(existing.meta.shape)}, not {meta.dtype.name} {tuple(meta.shape)}"
+                )
+            return existing
+        if len(meta.scales) > 1:
+            raise CapabilityNotSupportedError(
+                "a TensorStore spec names one array: create it with num_scales=1"
+            )
+        sc = meta.scales[0]
+        nc = meta.num_channels
+        lead = [nc] if nc > 1 else []
+        labels = (["c"] if nc > 1 else []) + ["z", "y", "x"]
+        unit = sc.voxel_size.unit
+        units = ([[1, ""]] if nc > 1 else []) + [[v, unit] for v in sc.voxel_size.zyx()]
+        domain = ts.IndexDomain(inclusive_min=[*([0] * len(lead)), *sc.offset],
+                                shape=[*lead, *sc.shape], labels=labels)
+        kw: dict[str, Any] = {
+            "dtype": ts.dtype(meta.dtype.name), "domain": domain,
+            "chunk_layout": ts.ChunkLayout(chunk_shape=[*lead, *sc.chunks]),
+            "dimension_units": units, "fill_value": np.zeros((), meta.dtype),
+        }
+        try:
+            with ts_errors(f"creating {location[:200]}"):
+                ts.open(spec, create=True, context=ts_context(), **kw).result()
+        except VoxgateError as exc:
+            if any(sc.offset) and "bounds" in str(exc).lower():
+                raise InvalidRequestError(
+                    f"the {spec['driver']} driver cannot store an offset {tuple(sc.offset)}; "
+                    "create the array at the origin and open it with offset=(z, y, x)"
+                ) from exc
+            raise
+        return cls.open(location, mode="r+")
+
+    # -- data -----------------------------------------------------------------------------------
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({Capability.WRITE}) if self.mode == "r+" else frozenset()
+
+    def write_grid(self, scale: int = 0) -> Vec:
+        layout = self._arr.store.chunk_layout.write_chunk.shape
+        if not layout:
+            return self.meta.scale(0).chunks
+        return Vec(*(int(n or 64) for n in layout[-3:]))
+
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        return self._arr.read(box)
+
+    def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
+        self._check_writable()
+        self._arr.write(box, array)
+
+    def spec(self) -> dict[str, Any]:
+        out = super().spec()
+        if self._options:
+            out["options"] = {**out.get("options", {}), **{
+                k: list(v) if isinstance(v, tuple) else v for k, v in self._options.items()}}
+        return out
