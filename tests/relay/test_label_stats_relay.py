@@ -310,3 +310,17 @@ def test_an_upstream_failure_in_a_pass_is_a_502_and_not_kept(
     # the failure is not kept: the next request computes again, and succeeds
     assert relay.stats.bounding_box(remote, target, 0) == Box(*tight_boxes(labels)[target])
     assert relay.stats.metrics()["computations"] == 2
+
+
+def test_an_upstream_that_does_not_answer_is_a_504(
+        relay_in_process: tuple[Relay, Any, Gated], labels: np.ndarray) -> None:
+    from voxgate.relay.cache import UpstreamTimeoutError
+
+    relay, remote, gated = relay_in_process
+    remote.timeout = 0.2  # the relay's upstream_timeout; the first read waits for the test
+    with pytest.raises(UpstreamTimeoutError, match="did not answer"):
+        relay.stats.bounding_box(remote, int(np.unique(labels)[1]), 0)
+    gated.release.set()
+    remote.timeout = 30.0
+    target = int(np.unique(labels)[1])
+    assert relay.stats.bounding_box(remote, target, 0) == Box(*tight_boxes(labels)[target])

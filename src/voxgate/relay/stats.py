@@ -33,7 +33,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +43,7 @@ from ..errors import AuthenticationError, MissingChunkError
 from ..geometry import Box, chunk_boxes, grow_block
 from ..parallel import run_blocks
 from ..services.label_stats import label_stats_kernel, merge_stats
-from .cache import CachedRemote, UpstreamError
+from .cache import CachedRemote, UpstreamError, UpstreamTimeoutError
 
 __all__ = ["KEEP_BYTES", "SCAN_BYTES", "SCAN_WORKERS", "ChannelStats", "LabelStatsCache"]
 
@@ -57,6 +58,8 @@ SCAN_WORKERS = 2
 KEEP_BYTES = 256 * 2**20
 #: partial results are merged whenever this many blocks have come in (bounded memory)
 _MERGE_EVERY = 16
+#: the passes' upstream reads (each waited for at most the relay's upstream timeout)
+_read_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="voxgate-stats")
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,9 @@ def compute_stats(remote: CachedRemote, res: int, *, workers: int = SCAN_WORKERS
                   ) -> ChannelStats:
     """One pass over the whole channel at ``res``, read from ``remote``'s upstream: blocks of
     about SCAN_BYTES aligned to the cache cells, ``workers`` at a time, partial results merged
-    as they come in.  The upstream's failures are the relay's UpstreamError (502), as for
-    reads through the cache."""
+    as they come in.  The upstream's failures are the relay's UpstreamError (502), and a read
+    that takes longer than the relay's upstream timeout its UpstreamTimeoutError (504), as
+    for reads through the cache."""
     t0 = time.perf_counter()
     bounds = remote.meta.scale(res).bounds
     block = grow_block(remote.grid(res), remote.meta.dtype.itemsize, bounds.shape, SCAN_BYTES)
@@ -99,7 +103,10 @@ def compute_stats(remote: CachedRemote, res: int, *, workers: int = SCAN_WORKERS
 
     def one(b: Box) -> dict[str, np.ndarray]:
         try:
-            data = upstream.read(b, res)
+            data = _read_pool.submit(upstream.read, b, res).result(timeout=remote.timeout)
+        except FutureTimeout:
+            raise UpstreamTimeoutError(f"upstream {upstream.url} did not answer within "
+                                       f"{remote.timeout:g} s") from None
         except (UpstreamError, AuthenticationError, MissingChunkError):
             raise
         except Exception as exc:
