@@ -362,7 +362,7 @@ class TiffRemote(Remote):
             own = _own_tag(first)
             vs = cls._voxel_size(tf, first, own, options)
             dtype = np.dtype(first.dtype)
-            chunks = _chunks(own, nz, page_lists[0][0])
+            chunks = _chunks(own, (nz, int(shape[-2]), int(shape[-1])), page_lists[0][0])
             encoding = _compression_name(int(first.compression))
         meta = cls._meta(dtype, (nz, int(shape[-2]), int(shape[-1])), chunks, vs, own, options,
                          nc, encoding)
@@ -411,7 +411,7 @@ class TiffRemote(Remote):
         assert first_shape is not None and vs_first is not None
         dtype = np.dtype(first_dtype)
         shape = (len(files), int(first_shape[0]), int(first_shape[1]))
-        chunks = _chunks(own, len(files), pages[0])
+        chunks = _chunks(own, shape, pages[0])
         meta = cls._meta(dtype, shape, chunks, vs_first, own, options, samples,
                          _compression_name(pages[0].compression))
         return cls(location, meta, [pages], mode, slices=True)
@@ -764,7 +764,7 @@ class TiffRemote(Remote):
                     self._pages[0][z] = _page_info(tf, tf.pages.first, page.path, 0)
 
 
-def _chunks(own: dict[str, Any], nz: int, page: _Page) -> Vec:
+def _chunks(own: dict[str, Any], shape: Sequence[int], page: _Page) -> Vec:
     """The block shape reads and copies should use: the chunks voxgate was created with, else
     up to 64 pages of whole segments (strips or tiles), about 256 x 256 voxels across."""
     given = own.get("chunks")
@@ -779,7 +779,7 @@ def _chunks(own: dict[str, Any], nz: int, page: _Page) -> Vec:
         ny, nx = min(sh * 256, 256), 256
     else:  # compressed strips decode whole: whole strips, about 256 rows
         ny, nx = sh * max(1, 256 // sh), sw
-    return Vec(max(1, min(nz, 64)), ny, nx)
+    return Vec(max(1, min(shape[0], 64)), min(ny, shape[1]), min(nx, shape[2]))
 
 
 def _zero_tiles(n: int, tile: tuple[int, ...], dtype: np.dtype[Any]) -> Iterator[np.ndarray]:
