@@ -14,6 +14,7 @@ from hypothesis import settings
 import voxgate
 from voxgate.cli import main
 from voxgate.errors import (
+    CapabilityNotSupportedError,
     CorruptChunkError,
     InvalidRequestError,
     RemoteNotFoundError,
@@ -252,6 +253,16 @@ def test_copy_tiff_stack_to_zarr_and_back(tmp_path: Path) -> None:
                  compression="zlib")
     back = np.stack([tifffile.imread(tmp_path / "back" / f"{z:05d}.tif") for z in range(10)])
     np.testing.assert_array_equal(back, data)
+
+
+def test_multiscale_source_copies_one_scale(tmp_path: Path) -> None:
+    src = voxgate.create(f"zarr://{tmp_path}/ms.zarr", shape=(4, 40, 40), chunks=(4, 16, 16),
+                         dtype="uint8", voxel_size=(8, 8, 8), num_scales=2)
+    src[:] = 5
+    with pytest.raises(CapabilityNotSupportedError, match="--scales 0"):
+        voxgate.copy(src, f"tiff://{tmp_path}/ms.tif", progress=False)
+    voxgate.copy(src, f"tiff://{tmp_path}/ms.tif", scales=[0], progress=False)
+    assert (tifffile.imread(tmp_path / "ms.tif") == 5).all()
 
 
 def test_cli_info_and_cp(tmp_path: Path) -> None:

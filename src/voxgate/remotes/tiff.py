@@ -484,8 +484,8 @@ class TiffRemote(Remote):
             )
         if len(meta.scales) > 1:
             raise CapabilityNotSupportedError(
-                "tiff:// holds one scale; create it with num_scales=1 (or write the coarser "
-                "scales to separate files)"
+                "tiff:// holds one scale; create it with num_scales=1, or copy one scale into "
+                "it (voxgate.copy(..., scales=[0]), voxgate cp --scales 0)"
             )
         if meta.fill_value != 0:
             raise InvalidRequestError(
