@@ -18,6 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "voxgate"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("progress",),  # progress bars and byte units (rich, imported when drawn)
     ("errors", "parallel", "synthetic"),  # stdlib / numpy only
+    ("models",),  # built-in ONNX models: resolve, describe, load (onnxruntime); training (torch)
     ("geometry",),
     ("meta",),
     ("storage",),  # key-value access, atomic writes, URL joins, compression suffixes
