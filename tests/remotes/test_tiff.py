@@ -283,3 +283,26 @@ def test_detect_and_create_by_suffix(tmp_path: Path) -> None:
     vol = voxgate.create(str(tmp_path / "made.tif"), shape=(2, 20, 20), chunks=(1, 16, 16),
                          dtype="uint8", voxel_size=(1, 1, 1))
     assert vol.url == f"tiff://{tmp_path}/made.tif"
+
+
+def test_ome_pyramid_levels_are_scales(tmp_path: Path) -> None:
+    data = _stack((4, 64, 96), "uint8")
+    path = tmp_path / "pyr.ome.tif"
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tw:
+        tw.write(data, subifds=2, tile=(32, 32), compression="zlib",
+                 metadata={"axes": "ZYX", "PhysicalSizeX": 0.01, "PhysicalSizeY": 0.01,
+                           "PhysicalSizeZ": 0.05})
+        tw.write(data[:, ::2, ::2], subfiletype=1, tile=(32, 32), compression="zlib")
+        tw.write(data[:, ::4, ::4], subfiletype=1, tile=(32, 32), compression="zlib")
+    vol = voxgate.open(f"tiff://{path}")
+    assert [tuple(s.shape) for s in vol.scales] == [(4, 64, 96), (4, 32, 48), (4, 16, 24)]
+    assert [s.voxel_size.zyx() for s in vol.scales] == [(50.0, 10.0, 10.0), (50.0, 20.0, 20.0),
+                                                        (50.0, 40.0, 40.0)]
+    np.testing.assert_array_equal(vol.read(), data)
+    np.testing.assert_array_equal(vol.at_scale(1)[1:3, 5:20, 7:40].read(),
+                                  data[1:3, ::2, ::2][:, 5:20, 7:40])
+    np.testing.assert_array_equal(vol.at_scale(2).read(), data[:, ::4, ::4])
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(vol.at_scale(2)))  # decoders rebuilt after unpickling
+    np.testing.assert_array_equal(clone.read(), data[:, ::4, ::4])

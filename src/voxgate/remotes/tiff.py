@@ -33,7 +33,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -87,7 +87,8 @@ class _Page:
     """One 2-D page of one file: where its segments (strips or tiles) are, how to decode them."""
 
     path: str
-    index: int  # page index inside its file
+    index: int  # page index inside its file (of its pyramid level's pages)
+    key: tuple[int, int]  # (pyramid level, position in the level's pages): finds its decoder
     offsets: np.ndarray  # uint64, one per segment
     bytecounts: np.ndarray
     seg_shape: tuple[int, int]  # rows, columns of one segment (strip: rowsperstrip x width)
@@ -126,7 +127,8 @@ class _File:
             os.close(self.fd)
 
 
-def _page_info(tf: Any, page: Any, path: str, index: int) -> _Page:
+def _page_info(tf: Any, page: Any, path: str, index: int,
+               key: tuple[int, int] = (0, 0)) -> _Page:
     if page.bitspersample not in (8, 16, 32, 64) or page.dtype is None:
         raise CapabilityNotSupportedError(
             f"page {index} of {path} has {page.bitspersample}-bit samples; voxgate reads TIFFs "
@@ -152,6 +154,7 @@ def _page_info(tf: Any, page: Any, path: str, index: int) -> _Page:
     return _Page(
         path=path,
         index=index,
+        key=key,
         offsets=np.array(page.dataoffsets, dtype=np.uint64),
         bytecounts=np.array(page.databytecounts, dtype=np.uint64),
         seg_shape=seg,
@@ -230,9 +233,10 @@ class TiffRemote(Remote):
         self,
         location: str,
         meta: VolumeMeta,
-        pages: list[list[_Page]],  # [channel][z]
+        pages: list[list[list[_Page]]],  # [scale][channel][z]
         mode: str,
         slices: bool,
+        decoders: dict[tuple[str, tuple[int, int]], Any] | None = None,
     ) -> None:
         self.location = location
         self.meta = meta
@@ -240,6 +244,7 @@ class TiffRemote(Remote):
         self.url = f"tiff://{location}"
         self._pages = pages
         self._slices = slices
+        self._decoders = decoders if decoders is not None else {}
         self._files: dict[str, _File] = {}
         self._files_lock = threading.Lock()
         self._slice_locks: dict[int, threading.Lock] = {}
@@ -324,49 +329,78 @@ class TiffRemote(Remote):
                 raise CapabilityNotSupportedError(
                     f"{path} has both a channel axis and {samples} samples per pixel"
                 )
-            nz = lead_shape[z_axis] if z_axis is not None else 1
             nc = lead_shape[c_axis] if c_axis is not None else samples
-            pages_in_series = list(s0.pages)
-            if len(pages_in_series) != int(np.prod(lead_shape, dtype=np.int64)):
-                raise CorruptChunkError(
-                    f"{path} announces {int(np.prod(lead_shape))} pages but holds "
-                    f"{len(pages_in_series)}", chunk=path
-                )
-            page_lists: list[list[_Page]] = []
+            decoders: dict[tuple[str, tuple[int, int]], Any] = {}
+            levels: list[list[list[_Page]]] = []
+            level_shapes: list[tuple[int, int, int]] = []
             first = None
-            for c in range(1 if samples > 1 else nc):
-                row = []
-                for z in range(nz):
-                    idx = [0] * len(lead_shape)
-                    if z_axis is not None:
-                        idx[z_axis] = z
-                    if c_axis is not None:
-                        idx[c_axis] = c
-                    flat = int(np.ravel_multi_index(idx, lead_shape)) if lead_shape else 0
-                    frame = pages_in_series[flat]
-                    if frame is None:
-                        raise CorruptChunkError(f"page {flat} of {path} is missing", chunk=path)
-                    page = tf.pages.get(frame.index, aspage=True)  # tags and their offsets
-                    if first is None:
-                        first = page
-                    elif page.shape != first.shape or page.dtype != first.dtype:
-                        raise InvalidRequestError(
-                            f"page {page.index} of {path} has shape {page.shape} and dtype "
-                            f"{page.dtype}, page {first.index} has {first.shape} and "
-                            f"{first.dtype}; every page of a volume must have the same shape "
-                            "and dtype"
-                        )
-                    row.append(_page_info(tf, page, path, page.index))
-                page_lists.append(row)
+            for k, level in enumerate(s0.levels or [s0]):
+                lshape = tuple(int(n) for n in level.shape)
+                if samples > 1:
+                    lshape = lshape[:-1]
+                lead = lshape[:-2]
+                if len(lead) != len(lead_shape):
+                    raise CapabilityNotSupportedError(
+                        f"pyramid level {k} of {path} has shape {level.shape}, level 0 "
+                        f"{s0.shape}: voxgate reads levels that keep level 0's axes"
+                    )
+                frames = list(level.pages)
+                if len(frames) != int(np.prod(lead, dtype=np.int64)):
+                    raise CorruptChunkError(
+                        f"{path} announces {int(np.prod(lead))} pages at level {k} but holds "
+                        f"{len(frames)}", chunk=path
+                    )
+                nz = lead[z_axis] if z_axis is not None else 1
+                page_lists: list[list[_Page]] = []
+                level_first = None
+                for c in range(1 if samples > 1 else nc):
+                    row = []
+                    for z in range(nz):
+                        idx = [0] * len(lead)
+                        if z_axis is not None:
+                            idx[z_axis] = z
+                        if c_axis is not None:
+                            idx[c_axis] = c
+                        flat = int(np.ravel_multi_index(idx, lead)) if lead else 0
+                        frame = frames[flat]
+                        if frame is None:
+                            raise CorruptChunkError(f"page {flat} of level {k} of {path} is "
+                                                    "missing", chunk=path)
+                        page = frame.aspage()  # the whole page: tags and their offsets
+                        if level_first is None:
+                            level_first = page
+                        elif page.shape != level_first.shape or page.dtype != level_first.dtype:
+                            raise InvalidRequestError(
+                                f"page {page.index} of {path} has shape {page.shape} and dtype "
+                                f"{page.dtype}, page {level_first.index} has "
+                                f"{level_first.shape} and {level_first.dtype}; every page of a "
+                                "volume must have the same shape and dtype"
+                            )
+                        decoders[(path, (k, flat))] = page.decode
+                        row.append(_page_info(tf, page, path, page.index, (k, flat)))
+                    page_lists.append(row)
+                if first is None:
+                    first = level_first
+                levels.append(page_lists)
+                level_shapes.append((nz, int(lshape[-2]), int(lshape[-1])))
             assert first is not None
             own = _own_tag(first)
             vs = cls._voxel_size(tf, first, own, options)
             dtype = np.dtype(first.dtype)
-            chunks = _chunks(own, (nz, int(shape[-2]), int(shape[-1])), page_lists[0][0])
+            chunks = _chunks(own, level_shapes[0], levels[0][0][0])
             encoding = _compression_name(int(first.compression))
-        meta = cls._meta(dtype, (nz, int(shape[-2]), int(shape[-1])), chunks, vs, own, options,
-                         nc, encoding)
-        return cls(location, meta, page_lists, mode, slices=False)
+        meta = cls._meta(dtype, level_shapes[0], chunks, vs, own, options, nc, encoding)
+        scales = [meta.scales[0]]
+        for k in range(1, len(levels)):
+            f = [max(1, round(a / b))
+                 for a, b in zip(level_shapes[0], level_shapes[k], strict=True)]
+            scales.append(Scale(
+                k, Vec(*level_shapes[k]), _chunks({}, level_shapes[k], levels[k][0][0]),
+                VoxelSize(vs.z * f[0], vs.y * f[1], vs.x * f[2], vs.unit),
+                Vec(*(o // fi for o, fi in zip(meta.scales[0].offset, f, strict=True))),
+                encoding, f"level {k}"))
+        meta = replace(meta, scales=tuple(scales))
+        return cls(location, meta, levels, mode, slices=False, decoders=decoders)
 
     @classmethod
     def _open_slices(
@@ -377,6 +411,7 @@ class TiffRemote(Remote):
         if not files:
             raise RemoteNotFoundError(f"{location!r} is a directory without .tif/.tiff slices")
         pages: list[_Page] = []
+        decoders: dict[tuple[str, tuple[int, int]], Any] = {}
         first_shape = first_dtype = None
         own: dict[str, Any] = {}
         vs_first = None
@@ -403,6 +438,7 @@ class TiffRemote(Remote):
                             "shape and dtype"
                         )
                     pages.append(_page_info(tf, page, f, 0))
+                    decoders[(f, (0, 0))] = page.decode
             except (tifffile.TiffFileError, ValueError, OSError) as exc:
                 if isinstance(exc, InvalidRequestError):
                     raise
@@ -414,7 +450,7 @@ class TiffRemote(Remote):
         chunks = _chunks(own, shape, pages[0])
         meta = cls._meta(dtype, shape, chunks, vs_first, own, options, samples,
                          _compression_name(pages[0].compression))
-        return cls(location, meta, [pages], mode, slices=True)
+        return cls(location, meta, [[pages]], mode, slices=True, decoders=decoders)
 
     @staticmethod
     def _voxel_size(tf: Any, page: Any, own: dict[str, Any], options: dict[str, Any]) -> VoxelSize:
@@ -564,7 +600,7 @@ class TiffRemote(Remote):
         if self._slices:
             sc = self.meta.scale(0)
             return Vec(1, sc.shape[1], sc.shape[2])
-        return Vec(1, *self._pages[0][0].seg_shape)
+        return Vec(1, *self._pages[scale][0][0].seg_shape)
 
     def _file(self, path: str) -> _File:
         with self._files_lock:
@@ -584,7 +620,7 @@ class TiffRemote(Remote):
         state["_files"] = {}
         state["_files_lock"] = None
         state["_slice_locks"] = {}
-        state.pop("_decoders", None)
+        state["_decoders"] = {}  # closures over tifffile pages: rebuilt after unpickling
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -628,16 +664,19 @@ class TiffRemote(Remote):
         return arr.astype(page.raw_dtype.newbyteorder("="), copy=False)
 
     def _decoder(self, page: _Page) -> Any:
-        """tifffile's decode function of the page (the page object is read once, cached)."""
-        key = (page.path, page.index)
-        cache = self.__dict__.setdefault("_decoders", {})
-        fn = cache.get(key)
+        """tifffile's decode function of the page (made at open, or again after unpickling)."""
+        fn = self._decoders.get((page.path, page.key))
         if fn is None:
             tifffile = _tifffile()
             with tifffile.TiffFile(page.path) as tf:
-                p = tf.pages[page.index]
-                fn = p.decode
-            cache[key] = fn
+                if self._slices:
+                    self._decoders[(page.path, (0, 0))] = tf.pages.first.decode
+                else:
+                    for k, level in enumerate(tf.series[0].levels or [tf.series[0]]):
+                        for i, frame in enumerate(level.pages):
+                            if frame is not None:
+                                self._decoders[(page.path, (k, i))] = frame.aspage().decode
+            fn = self._decoders[(page.path, page.key)]
         return fn
 
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
@@ -645,9 +684,9 @@ class TiffRemote(Remote):
         local = box.translate([-o for o in sc.offset])
         (z0, y0, x0), (z1, y1, x1) = local.start, local.stop
         nc = self.meta.num_channels
-        per_page_channels = len(self._pages) == 1 and nc > 1  # samples per pixel
+        per_page_channels = len(self._pages[scale]) == 1 and nc > 1  # samples per pixel
         out = np.empty((nc, z1 - z0, y1 - y0, x1 - x0), dtype=self.meta.dtype)
-        for c, row in enumerate(self._pages):
+        for c, row in enumerate(self._pages[scale]):
             for z in range(z0, z1):
                 page = row[z]
                 for seg, ry, rx in self._segments(page, y0, y1, x0, x1):
@@ -674,28 +713,29 @@ class TiffRemote(Remote):
             self._write_slices(start, stop, arr[0])
             return
         (z0, y0, x0), (z1, y1, x1) = start, stop
-        for c, row in enumerate(self._pages):
+        for c, row in enumerate(self._pages[scale]):
             for z in range(z0, z1):
                 page = row[z]
                 for seg, ry, rx in self._segments(page, y0, y1, x0, x1):
-                    self._write_segment(page, seg, ry, rx, arr[c, z - z0], y0, y1, x0, x1)
+                    self._write_segment(page, seg, ry, rx, arr[c, z - z0], y0, y1, x0, x1,
+                                        scale)
 
     def _write_segment(self, page: _Page, seg: int, ry: int, rx: int, plane: np.ndarray,
-                       y0: int, y1: int, x0: int, x1: int) -> None:
+                       y0: int, y1: int, x0: int, x1: int, scale: int = 0) -> None:
         sh, sw = page.seg_shape
         if page.predictor != 1 or page.samples != 1:
             raise CapabilityNotSupportedError(
                 f"{page.path} uses a predictor or several samples per pixel; voxgate writes "
                 "TIFFs without predictor, one sample per pixel (copy it to a new tiff:// first)"
             )
-        sc = self.meta.scale(0)
+        sc = self.meta.scale(scale)
         ny, nx = int(sc.shape[1]), int(sc.shape[2])
         a, b = max(y0, ry), min(y1, ry + sh)
         cx0, cx1 = max(x0, rx), min(x1, rx + sw)
         covers = a == ry and (b == ry + sh or b == ny) and cx0 == rx and (
             cx1 == rx + sw or cx1 == nx)
         # writes of one tile from several threads (unaligned boxes) take turns
-        with _SEGMENT_LOCKS[hash((page.path, page.index, seg)) % len(_SEGMENT_LOCKS)]:
+        with _SEGMENT_LOCKS[hash((page.path, page.key, seg)) % len(_SEGMENT_LOCKS)]:
             if covers:
                 tile = np.zeros((sh, sw), dtype=self.meta.dtype)
             else:
@@ -738,7 +778,7 @@ class TiffRemote(Remote):
         whole = (y0, x0) == (0, 0) and (y1, x1) == (int(sc.shape[1]), int(sc.shape[2]))
         tifffile = _tifffile()
         for z in range(z0, z1):
-            page = self._pages[0][z]
+            page = self._pages[0][0][z]
             with self._files_lock:
                 lock = self._slice_locks.setdefault(z, threading.Lock())
             with lock:
@@ -759,9 +799,10 @@ class TiffRemote(Remote):
                     old = self._files.pop(page.path, None)
                 if old is not None:
                     old.close()
-                self.__dict__.get("_decoders", {}).pop((page.path, 0), None)
+                self._decoders.pop((page.path, (0, 0)), None)
                 with tifffile.TiffFile(page.path) as tf:
-                    self._pages[0][z] = _page_info(tf, tf.pages.first, page.path, 0)
+                    self._pages[0][0][z] = _page_info(tf, tf.pages.first, page.path, 0)
+                    self._decoders[(page.path, (0, 0))] = tf.pages.first.decode
 
 
 def _chunks(own: dict[str, Any], shape: Sequence[int], page: _Page) -> Vec:
