@@ -39,6 +39,11 @@ def darkness(a: np.ndarray) -> np.ndarray:
     return np.clip((0.16 - a) * 20, 0, 1).astype(np.float32)
 
 
+#: the built-in model where it is installed (the store comparisons then run the U-Net, halos
+#: and all), else the stand-in
+MODEL: Any = builtin_model() or darkness
+
+
 @pytest.fixture(scope="module")
 def volume() -> SyntheticSynapses:
     return synapses(SHAPE, seed=21, voxel_size=VOXEL, density=2.0)
@@ -46,7 +51,7 @@ def volume() -> SyntheticSynapses:
 
 @pytest.fixture(scope="module")
 def reference(volume: SyntheticSynapses) -> pd.DataFrame:
-    return voxgate.detect_synapses(volume.image, model=darkness, segmentation=volume.labels,
+    return voxgate.detect_synapses(volume.image, model=MODEL, segmentation=volume.labels,
                                    voxel_size=VOXEL, min_size=20, progress=False)
 
 
@@ -59,10 +64,10 @@ def test_blockwise_equals_whole_volume(volume: SyntheticSynapses,
     assert len(reference) >= 4  # enough detections for the comparison to mean something
     assert list(reference.columns) == ["id", "z", "y", "x", "x_nm", "y_nm", "z_nm", "size",
                                        "score", "pre_id", "post_id"]
-    whole = voxgate.detect_synapses(volume.image, model=darkness, segmentation=volume.labels,
+    whole = voxgate.detect_synapses(volume.image, model=MODEL, segmentation=volume.labels,
                                     voxel_size=VOXEL, min_size=20, block=SHAPE, progress=False)
     assert whole.attrs["provenance"].details["detections"] == len(whole)
-    blocks = voxgate.detect_synapses(volume.image, model=darkness, segmentation=volume.labels,
+    blocks = voxgate.detect_synapses(volume.image, model=MODEL, segmentation=volume.labels,
                                      voxel_size=VOXEL, min_size=20, block=(8, 48, 40),
                                      progress=False)
     _same(whole, reference)
@@ -70,8 +75,8 @@ def test_blockwise_equals_whole_volume(volume: SyntheticSynapses,
     # the table's facts, recomputed from the whole-volume components
     from scipy import ndimage
 
-    comp, _ = ndimage.label(darkness(volume.image.astype(np.float32) / 255) >= 128 / 255,
-                            structure=np.ones((3, 3, 3)))
+    whole_prob = voxgate.predict(MODEL, volume.image, block=SHAPE, progress=False)  # one run
+    comp, _ = ndimage.label(whole_prob >= 128, structure=np.ones((3, 3, 3)))
     sizes = np.bincount(comp.ravel())[1:]
     crossing = [sl for sl in ndimage.find_objects(comp)
                 if any(s.start // b != (s.stop - 1) // b
@@ -86,10 +91,10 @@ def test_blockwise_equals_whole_volume(volume: SyntheticSynapses,
 
 def test_min_size_threshold_and_bad_input(volume: SyntheticSynapses,
                                           reference: pd.DataFrame) -> None:
-    few = voxgate.detect_synapses(volume.image, model=darkness, min_size=200, progress=False)
+    few = voxgate.detect_synapses(volume.image, model=MODEL, min_size=200, progress=False)
     assert len(few) == int((reference["size"] >= 200).sum())
     assert "pre_id" not in few.columns
-    strict = voxgate.detect_synapses(volume.image, model=darkness, min_size=20, threshold=0.99,
+    strict = voxgate.detect_synapses(volume.image, model=MODEL, min_size=20, threshold=0.99,
                                      progress=False)
     assert strict["size"].sum() < reference["size"].sum()
     with pytest.raises(InvalidRequestError, match="threshold"):
@@ -174,7 +179,7 @@ def test_same_detections_from_every_store(store: str, stores: dict[str, Any],
     source = volume.image if store == "numpy" else stores["urls"][store]
     segmentation = stores["bossdb_segmentation"] if store == "bossdb" else (
         volume.labels if store == "numpy" else stores["segmentation"])
-    got = voxgate.detect_synapses(source, model=darkness, segmentation=segmentation,
+    got = voxgate.detect_synapses(source, model=MODEL, segmentation=segmentation,
                                   min_size=20, block=(8, 64, 64), progress=False,
                                   voxel_size=VOXEL if store == "numpy" else None)
     _same(got, reference)
@@ -190,7 +195,7 @@ def test_outputs_annotations_and_probabilities(volume: SyntheticSynapses, tmp_pa
                          offset=(100, 0, 50))
     seg[:] = volume.labels
     out = f"precomputed://file://{tmp_path}/synapses"
-    got = voxgate.detect_synapses(src, model=darkness, segmentation=seg, min_size=20,
+    got = voxgate.detect_synapses(src, model=MODEL, segmentation=seg, min_size=20,
                                   out=out, probabilities=f"zarr://{tmp_path}/prob.zarr",
                                   progress=False)
     # dataset coordinates include the offset
@@ -199,8 +204,8 @@ def test_outputs_annotations_and_probabilities(volume: SyntheticSynapses, tmp_pa
     _same(got, moved)
     prob = voxgate.open(f"zarr://{tmp_path}/prob.zarr")
     assert prob.bounds == src.bounds and prob.dtype == np.uint8
-    np.testing.assert_array_equal(
-        prob.read(), np.rint(np.clip(darkness(volume.image / np.float32(255)), 0, 1) * 255))
+    np.testing.assert_array_equal(prob.read(), voxgate.predict(MODEL, volume.image,
+                                                               progress=False))
     from voxgate.formats.annotation import read_annotations
 
     back = read_annotations(out).sort_values("id").reset_index(drop=True)
@@ -213,30 +218,31 @@ def test_outputs_annotations_and_probabilities(volume: SyntheticSynapses, tmp_pa
 
 @pytest.mark.skipif(builtin_model() is None, reason="the built-in synapse model is not installed")
 def test_builtin_model_accuracy_on_a_held_out_seed() -> None:
-    """Precision and recall of detect_synapses against the generator's synapses, a detection
-    matching a true synapse within 200 nm (one-to-one, nearest first)."""
+    """Precision and recall of detect_synapses against the generator's synapses on a seed the
+    model was not trained on (the last of voxgate.models.evaluate's held-out seeds), a
+    detection matching a true synapse within 250 nm, one-to-one (an optimal assignment); and
+    the pre/post cells of the matched detections."""
     from scipy.optimize import linear_sum_assignment
 
-    info = importlib.import_module("voxgate.models").model_info("synapse-unet")
-    used = set(info.get("training", {}).get("seeds", []))
-    seed = next(s for s in range(1000, 2000) if s not in used)
-    g = synapses((32, 256, 256), seed=seed, voxel_size=VOXEL)
+    evaluate = importlib.import_module("voxgate.models.evaluate")
+    seed = evaluate.HELD_OUT_SEEDS[-1]
+    within = 250.0
+    g = synapses((32, 256, 256), seed=seed, voxel_size=VOXEL, density=2.0)
     found = voxgate.detect_synapses(g.image, model="synapse-unet", segmentation=g.labels,
-                                    progress=False)
+                                    voxel_size=VOXEL, progress=False)
     truth = g.centres * np.asarray(VOXEL)
     det = found[["z", "y", "x"]].to_numpy() * np.asarray(VOXEL)
     dist = np.sqrt(((truth[:, None, :] - det[None, :, :]) ** 2).sum(-1))
-    rows, cols = linear_sum_assignment(np.where(dist <= 200, dist, 1e9))
-    hits = int((dist[rows, cols] <= 200).sum())
-    precision = hits / max(1, len(det))
-    recall = hits / max(1, len(truth))
+    rows, cols = linear_sum_assignment(np.where(dist <= within, dist, 1e9))
+    ok = dist[rows, cols] <= within
+    hits = int(ok.sum())
+    precision, recall = hits / max(1, len(det)), hits / max(1, len(truth))
     assert len(truth) >= 5
     assert precision >= 0.9 and recall >= 0.9, (precision, recall, len(truth), len(det))
-    # the matched detections name the generator's cells
-    matched = [(r, c) for r, c in zip(rows, cols, strict=True) if dist[r, c] <= 200]
-    right = sum(int(found["post_id"].iloc[c]) == int(g.post_id[r]) and
-                int(found["pre_id"].iloc[c]) == int(g.pre_id[r]) for r, c in matched)
-    assert right >= 0.9 * len(matched)
+    right = sum(int(found["post_id"].iloc[c]) == int(g.post_id[r])
+                and int(found["pre_id"].iloc[c]) == int(g.pre_id[r])
+                for r, c in zip(rows[ok], cols[ok], strict=True))
+    assert right >= 0.9 * hits, (right, hits)
 
 
 def test_cli_synapses(stores: dict[str, Any], tmp_path: Path) -> None:
@@ -277,13 +283,13 @@ def test_large_volume_path_and_cluster(volume: SyntheticSynapses, reference: pd.
     synapses_module = importlib.import_module("voxgate.services.synapses")
     monkeypatch.setattr(synapses_module, "IN_MEMORY_VOXELS", 1000)
     src = stores["urls"]["zarr"]
-    got = voxgate.detect_synapses(src, model=darkness, segmentation=stores["segmentation"],
+    got = voxgate.detect_synapses(src, model=MODEL, segmentation=stores["segmentation"],
                                   min_size=20, block=(8, 64, 64), progress=False)
     _same(got, reference)
     monkeypatch.undo()
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as c, Client(c) as client:
-        on_cluster = voxgate.detect_synapses(src, model=darkness,
+        on_cluster = voxgate.detect_synapses(src, model=MODEL,
                                              segmentation=stores["segmentation"], min_size=20,
                                              block=(8, 64, 64), client=client, progress=False)
     _same(on_cluster, reference)

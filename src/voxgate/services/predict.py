@@ -148,6 +148,7 @@ def _ort() -> Any:
 def _make_session(data: bytes, providers: tuple[str, ...], threads: int) -> Any:
     ort = _ort()
     opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # the shape probes' refusals are expected, not news
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -276,7 +277,8 @@ def _from_card(runner: ModelRunner, card: dict[str, Any]) -> tuple[Vec, Vec, int
     """Size step and halo as the model's card states them (``valid_shape.multiple_of``,
     ``halo``), checked on one small input; None when the card does not say."""
     multiple = (card.get("valid_shape") or {}).get("multiple_of")
-    if multiple is None or card.get("halo") is None:
+    halo = card.get("halo", card.get("recommended_halo"))
+    if multiple is None or halo is None:
         return None
     step = Vec.of(multiple, "the card's valid_shape.multiple_of")
     shape = (3 * step.z, 3 * step.y, 3 * step.x)
@@ -286,7 +288,7 @@ def _from_card(runner: ModelRunner, card: dict[str, Any]) -> tuple[Vec, Vec, int
             f"model {runner.name} does not return the spatial shape {shape} of its input (a "
             f"multiple of its card's size step {tuple(step)}); predict needs a model whose "
             "output has the input's spatial shape")
-    return step, Vec.of(card["halo"], "the card's halo"), int(y.shape[0])
+    return step, Vec.of(halo, "the card's halo"), int(y.shape[0])
 
 
 def _probe(runner: ModelRunner) -> tuple[Vec, Vec, int]:

@@ -152,7 +152,8 @@ def detect_synapses(
             f"model {runner.name} returns {runner.channels} channels; detect_synapses needs one "
             "synapse probability per voxel")
     if min_size is None:
-        min_size = int(runner.card.get("min_size", DEFAULT_MIN_SIZE))
+        min_size = int(runner.card.get("min_size") or (runner.card.get("accuracy") or {}).get(
+            "min_size") or DEFAULT_MIN_SIZE)
     # in memory for small volumes; temporary zarr volumes for large ones or for a cluster
     # (whose workers write the probabilities and must reach them by URL)
     tmp = tempfile.TemporaryDirectory(prefix="voxgate-synapses-") if (
