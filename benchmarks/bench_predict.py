@@ -1,6 +1,6 @@
 """voxgate.predict vs onnxruntime called directly on the whole in-memory volume (issue 12).
 
-    python benchmarks/bench_predict.py [--shape 64,512,512] [--block 64,256,256]
+    python benchmarks/bench_predict.py [--shape 64,512,512] [--block 64,512,256]
                                        [--model synapse-unet] [--repeats 3] [--device cpu]
 
 The model is the built-in ``synapse-unet`` when it is installed, else (or with ``--model
@@ -14,6 +14,10 @@ medians of ``--repeats`` interleaved rounds:
   alone (the same one run plus reading, scaling, cropping and the uint8 output);
 - predict, 1 and 2 workers: ``block=--block`` with the model's default halo; a worker's
   session gets cores / workers intra-op threads.
+
+``--accuracy N`` instead runs ``detect_synapses`` on the last N of the held-out seeds
+(``voxgate.models.evaluate.HELD_OUT_SEEDS``) and reports precision and recall against the
+generator's synapses (matched one-to-one within 250 nm) and how often both cells are right.
 
 The ratio is each row's time over direct's (target <= 1.15 for 1 worker); voxels per second
 count output voxels.  ``--device cuda`` runs both sides on onnxruntime-gpu's CUDA provider.
@@ -44,15 +48,53 @@ def stand_in_model(path: Path) -> Path:
     return conv_model(path, layers=4, seed=0)
 
 
+def accuracy(n: int, model: str, device: str) -> None:
+    """detect_synapses against the generator's ground truth on held-out seeds."""
+    from scipy.optimize import linear_sum_assignment
+
+    from voxgate.models.evaluate import HELD_OUT_SEEDS
+    from voxgate.synthetic import synapses
+
+    voxel = np.asarray((40.0, 8.0, 8.0))
+    tp = fp = fn = right = 0
+    seconds = 0.0
+    seeds = HELD_OUT_SEEDS[-n:]
+    for seed in seeds:
+        g = synapses((32, 256, 256), seed=seed, density=2.0)
+        t0 = time.perf_counter()
+        found = voxgate.detect_synapses(g.image, model=model, segmentation=g.labels,
+                                        voxel_size=tuple(voxel), device=device, progress=False)
+        seconds += time.perf_counter() - t0
+        truth, det = g.centres * voxel, found[["z", "y", "x"]].to_numpy() * voxel
+        dist = np.sqrt(((truth[:, None, :] - det[None, :, :]) ** 2).sum(-1))
+        rows, cols = linear_sum_assignment(np.where(dist <= 250, dist, 1e9))
+        ok = dist[rows, cols] <= 250
+        hits = int(ok.sum())
+        tp, fp, fn = tp + hits, fp + len(det) - hits, fn + len(truth) - hits
+        right += sum(int(found["post_id"].iloc[c]) == int(g.post_id[r])
+                     and int(found["pre_id"].iloc[c]) == int(g.pre_id[r])
+                     for r, c in zip(rows[ok], cols[ok], strict=True))
+    print(f"seeds {list(seeds)}, (32, 256, 256) at density 2/um^3, matched within 250 nm")
+    print(f"synapses {tp + fn}, detections {tp + fp}: precision {tp / max(1, tp + fp):.3f}, "
+          f"recall {tp / max(1, tp + fn):.3f}; pre and post cells right for {right} of {tp} "
+          f"matches; {seconds:.1f} s in detect_synapses")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", default="64,512,512")
-    ap.add_argument("--block", default="64,256,256")
+    ap.add_argument("--block", default="64,512,256")
     ap.add_argument("--model", default="synapse-unet",
                     help="a built-in name, an .onnx path, or 'conv' for the stand-in")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--accuracy", type=int, default=0, metavar="N",
+                    help="instead: detect_synapses on the last N held-out seeds, precision / "
+                         "recall within 250 nm and the pre/post cells of the matches")
     args = ap.parse_args()
+    if args.accuracy:
+        accuracy(args.accuracy, args.model, args.device)
+        return
     z, y, x = (int(v) for v in args.shape.split(","))
     shape = (z, y, x)
     block = tuple(int(v) for v in args.block.split(","))

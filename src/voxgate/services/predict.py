@@ -22,6 +22,7 @@ before any block runs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -53,9 +54,14 @@ _MAX_PROBE = 128
 _ONES = Vec(1, 1, 1)
 
 
-def probability_to_uint8(p: np.ndarray) -> np.ndarray:
-    """Probabilities in 0..1 as grey levels: round(p * 255), clipped."""
-    return np.rint(np.clip(p, 0.0, 1.0) * 255.0).astype(np.uint8)
+def probability_to_uint8(p: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+    """Probabilities in 0..1 as grey levels: round(p * 255), clipped (``inplace``: a float32
+    ``p`` is used as the scratch space)."""
+    q = p if inplace and p.dtype == np.float32 else np.array(p, dtype=np.float32)
+    np.clip(q, 0.0, 1.0, out=q)
+    q *= 255.0
+    np.rint(q, out=q)
+    return q.astype(np.uint8)
 
 
 def to_unit_float(data: np.ndarray) -> np.ndarray:
@@ -71,6 +77,8 @@ def to_unit_float(data: np.ndarray) -> np.ndarray:
 _SESSIONS = threading.local()
 _PROBED: dict[tuple[str, tuple[str, ...]], tuple[Vec, Vec, int]] = {}
 _PROBED_LOCK = threading.Lock()
+#: models (by content and providers) that passed every check: not loaded and checked again
+_CHECKED: dict[tuple[str, tuple[str, ...]], ModelRunner] = {}
 
 
 @dataclass
@@ -214,6 +222,11 @@ def load_model(model: Any, *, device: str = "auto", workers: int = 1) -> ModelRu
     providers = providers_for(device)
     threads = 0 if "CUDAExecutionProvider" in providers else max(
         1, (os.cpu_count() or 1) // max(1, workers))
+    key = (hashlib.sha256(data).hexdigest(), providers)
+    with _PROBED_LOCK:
+        checked = _CHECKED.get(key)
+    if checked is not None:  # the same bytes passed every check before
+        return dataclasses.replace(checked, name=name, threads=threads)
     try:
         sess = _make_session(data, providers, threads)
     except Exception as exc:
@@ -263,6 +276,8 @@ def load_model(model: Any, *, device: str = "auto", workers: int = 1) -> ModelRu
         with _PROBED_LOCK:
             _PROBED[key] = probed
     runner.step, runner.radius, runner.channels = probed
+    with _PROBED_LOCK:
+        _CHECKED[key] = runner
     return runner
 
 
@@ -360,7 +375,9 @@ def _infer(runner: ModelRunner, src: Volume, block: Box, halo: Vec,
 
 
 def _store(y: np.ndarray, out: Volume, block: Box) -> None:
-    data = probability_to_uint8(y) if out.dtype == np.uint8 else y.astype(out.dtype)
+    # y is this block's own (cropped) model output: scale it in place
+    data = probability_to_uint8(y, inplace=True) if out.dtype == np.uint8 else y.astype(
+        out.dtype, copy=False)
     out.write(np.ascontiguousarray(data if out.meta.num_channels > 1 else data[0]), block)
 
 
