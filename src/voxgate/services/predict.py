@@ -220,8 +220,10 @@ def load_model(model: Any, *, device: str = "auto", workers: int = 1) -> ModelRu
     path, name, info = _model_path(model)
     data = path.read_bytes()
     providers = providers_for(device)
-    threads = 0 if "CUDAExecutionProvider" in providers else max(
-        1, (os.cpu_count() or 1) // max(1, workers))
+    # one worker: onnxruntime's own default (as a direct InferenceSession); several share
+    # the cores
+    threads = 0 if "CUDAExecutionProvider" in providers or workers <= 1 else max(
+        1, (os.cpu_count() or 1) // workers)
     key = (hashlib.sha256(data).hexdigest(), providers)
     with _PROBED_LOCK:
         checked = _CHECKED.get(key)
@@ -440,8 +442,9 @@ def predict(
         if any(v < 0 for v in h):
             raise InvalidRequestError(f"halo must not be negative, got {tuple(h)}")
         h = _round_up(h, runner.step)
-    if block is None:
+    if block is None:  # at least the halo, so that a block is mostly its own voxels
         b = grow_block(src.chunks, 4, region.shape, 4 * BLOCK_VOXELS)
+        b = Vec(*(max(v, hv) for v, hv in zip(b, h, strict=True)))
     else:
         b = Vec.of(block, "block")
         if any(v <= 0 for v in b):
