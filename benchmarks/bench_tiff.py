@@ -137,12 +137,14 @@ def main() -> None:
             assert (vol[z].read() == want).all(), z
             assert (hand[z] == want).all(), z
         print()
-        print("| copy of the stack to zarr v3 | median time | throughput | peak RSS |")
-        print("|---|---|---|---|")
+        print("| copy of the stack to zarr v3 | median time | throughput | peak RSS | runs |")
+        print("|---|---|---|---|---|")
         for name, rs in results.items():
             t = float(np.median([r["seconds"] for r in rs]))
             rss = max(r["maxrss_mib"] for r in rs)
-            print(f"| {name} | {t:.1f} s | {size / 2**20 / t:.0f} MiB/s | {rss:.0f} MiB |")
+            runs = ", ".join(f"{r['seconds']:.1f}" for r in rs)
+            print(f"| {name} | {t:.1f} s | {size / 2**20 / t:.0f} MiB/s | {rss:.0f} MiB | "
+                  f"{runs} s |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
