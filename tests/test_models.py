@@ -95,6 +95,8 @@ def test_synapses_are_apart_and_density_counts():
     assert d.min() >= 600.0  # placed 700 nm apart; centres sit on their blobs
     none = synapses((8, 32, 32), seed=1, density=0.0)
     assert len(none.centres) == 0 and not none.mask.any()
+    with pytest.raises(ValueError, match="densities >= 0"):
+        synapses((8, 32, 32), density=-1.0)
 
 
 # --- matching rule ------------------------------------------------------------------------

@@ -189,6 +189,9 @@ def synapses(
     are placed when there is no room); ``lone_vesicles``: that many vesicle clusters without a
     density per synapse, as distractors.  The image is blurred in-plane and noisy.
     """
+    if len(shape) != 3 or min(shape) < 1 or density < 0 or lone_vesicles < 0:
+        raise ValueError(f"shape {shape}, density {density}, lone_vesicles {lone_vesicles}: "
+                         f"give a (z, y, x) shape of positive sizes and densities >= 0")
     vs = np.asarray(voxel_size, dtype=np.float64)
     labels = synthetic_labels(shape, cell=cell, seed=seed)
     rng = np.random.default_rng([seed, 12])
