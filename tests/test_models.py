@@ -132,6 +132,19 @@ def test_resolve_builtin_and_paths(tmp_path):
     assert resolve_model(str(path)) == path
 
 
+def test_model_files_are_package_data():
+    """Wheels carry the .onnx and its card (editable installs read them from src)."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = data["package-data"].get("voxgate", [])
+    for name in ("synapse_unet.onnx", "synapse_unet.json"):
+        assert any(fnmatch.fnmatch(f"models/{name}", p) for p in patterns), patterns
+        assert (root / "src" / "voxgate" / "models" / name).is_file()
+
+
 def test_resolve_errors(tmp_path):
     with pytest.raises(InvalidRequestError, match="synapse-unet"):
         resolve_model("synapse-net")
