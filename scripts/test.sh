@@ -60,4 +60,15 @@ fi
 export VIRTUAL_ENV="$PWD/.venv"
 export PATH="$VIRTUAL_ENV/bin:$PATH"
 python -m pip install -e ".[test]"
+
+# the webknossos package (an oracle of tests/remotes/test_webknossos_peer.py) pins older click,
+# rich, httpx, networkx and protobuf than voxgate's environment holds: it gets a venv of its own
+WK=.venv-webknossos
+if [ -z "${VOXGATE_WEBKNOSSOS_PYTHON:-}" ]; then
+    if ! "$WK/bin/python" -c "import webknossos" >/dev/null 2>&1; then
+        "$PYTHON" -m venv --clear "$WK"
+        "$WK/bin/python" -m pip install --quiet "webknossos==4.3.3"
+    fi
+    export VOXGATE_WEBKNOSSOS_PYTHON="$PWD/$WK/bin/python"
+fi
 exec python -m pytest "$@"
