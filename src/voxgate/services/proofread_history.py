@@ -1,0 +1,183 @@
+"""Where proofreading edits are recorded, and what undo needs to restore them.
+
+A file store keeps its history beside the data: ``<layer>/.voxgate/history.jsonl`` (one JSON
+object per line, appended) and the voxels an edit replaced in ``<layer>/.voxgate/undo/<n>/``,
+one compressed ``.npz`` per block (raw arrays, never pickles; read with
+``allow_pickle=False``).  An HDF5 dataset's history sits in ``<file>.voxgate/<dataset>/``.
+A store without a local directory (bossdb://, mem://, s3://, relays) keeps it under
+``$VOXGATE_PROOFREAD_DIR`` (default ``$VOXGATE_STATE_DIR/proofread``, else
+``~/.local/share/voxgate/proofread``), in a directory
+named after its URL; ``history_dir=`` names another place.  A DVID node's edits are also
+written to the node's own log (``POST /api/node/<uuid>/log``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import json
+import os
+import threading
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CorruptChunkError, InvalidRequestError
+from ..geometry import Box
+from ..storage import split_url
+
+__all__ = ["HISTORY_ENV", "History", "current_user", "history_location"]
+
+#: environment variable naming the directory that holds histories of stores without a local dir
+HISTORY_ENV = "VOXGATE_PROOFREAD_DIR"
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def current_user(user: str | None = None) -> str:
+    """``user`` itself, else ``$VOXGATE_USER``, else the login name."""
+    if user:
+        return str(user)
+    env = os.environ.get("VOXGATE_USER")
+    if env:
+        return env
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name (some containers)
+        return "unknown"
+
+
+def history_location(url: str, scale: int, history_dir: str | os.PathLike[str] | None) -> Path:
+    """The directory that holds the history of the volume at ``url`` (scale ``scale``)."""
+    suffix = f"s{scale}" if scale else ""
+    if history_dir is not None:
+        base = Path(history_dir)
+        return base / suffix if suffix else base
+    _, rest = split_url(url)
+    rest = rest.split("#", 1)[0]
+    if rest.startswith("file://"):
+        rest = rest[len("file://"):]
+    if rest.startswith("/"):
+        p = Path(rest)
+        if p.is_dir():
+            out = p / ".voxgate"
+            return out / suffix if suffix else out
+        # a file (HDF5), maybe followed by a path inside it
+        inner: list[str] = []
+        q = p
+        while q != q.parent and not q.exists():
+            inner.insert(0, q.name)
+            q = q.parent
+        if q.is_file():
+            out = Path(str(q) + ".voxgate").joinpath(*inner) if inner else \
+                Path(str(q) + ".voxgate")
+            return out / suffix if suffix else out
+    state = os.environ.get("VOXGATE_STATE_DIR")
+    root = Path(os.environ.get(HISTORY_ENV) or (Path(state) / "proofread" if state else
+                Path.home() / ".local" / "share" / "voxgate" / "proofread"))
+    out = root / urllib.parse.quote(url, safe="")
+    return out / suffix if suffix else out
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class History:
+    """The history file and undo blocks of one volume."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.file = root / "history.jsonl"
+        with _locks_guard:
+            self.lock = _locks.setdefault(str(root), threading.Lock())
+
+    # -- records ------------------------------------------------------------------------------
+    def lines(self) -> list[dict[str, Any]]:
+        if not self.file.exists():
+            return []
+        out = []
+        for i, line in enumerate(self.file.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                raise CorruptChunkError(f"line {i} of {self.file} is not JSON; the history is "
+                                        "damaged", chunk=str(self.file)) from None
+        return out
+
+    def entries(self) -> list[dict[str, Any]]:
+        """One dict per edit: the first line of each ``n`` updated by its later lines."""
+        by_n: dict[int, dict[str, Any]] = {}
+        for rec in self.lines():
+            n = int(rec["n"])
+            if n in by_n:
+                by_n[n].update(rec)
+            else:
+                by_n[n] = dict(rec)
+        return [by_n[k] for k in sorted(by_n)]
+
+    def append(self, rec: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(rec, sort_keys=True) + "\n"
+        with self.lock, open(self.file, "a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def start(self, rec: dict[str, Any]) -> int:
+        """Append a new edit record (status 'started'); returns its number."""
+        with self.lock:
+            entries = self.entries()
+            n = (max(int(e["n"]) for e in entries) + 1) if entries else 1
+        rec = {"n": n, "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
+               "status": "started", **rec}
+        self.append(rec)
+        return n
+
+    def update(self, n: int, **fields: Any) -> None:
+        self.append({"n": n, **fields})
+
+    # -- undo blocks --------------------------------------------------------------------------
+    def undo_dir(self, n: int) -> Path:
+        return self.root / "undo" / str(n)
+
+    def save_block(self, n: int, box: Box, data: np.ndarray) -> None:
+        """Keep ``data`` (the voxels of ``box`` before edit ``n``) so undo can restore them."""
+        d = self.undo_dir(n)
+        d.mkdir(parents=True, exist_ok=True)
+        import io
+
+        buf = io.BytesIO()
+        np.savez_compressed(buf, data=np.ascontiguousarray(data),
+                            start=np.array(tuple(box.start), dtype=np.int64),
+                            stop=np.array(tuple(box.stop), dtype=np.int64))
+        name = "_".join(str(v) for v in box.start) + ".npz"
+        _atomic_write(d / name, buf.getvalue())
+
+    def blocks(self, n: int) -> list[tuple[Box, np.ndarray]]:
+        """The saved blocks of edit ``n`` as (box, voxels before the edit)."""
+        d = self.undo_dir(n)
+        if not d.is_dir():
+            return []
+        out = []
+        for f in sorted(d.glob("*.npz")):
+            try:
+                with np.load(f, allow_pickle=False) as z:
+                    box = Box(tuple(int(v) for v in z["start"]), tuple(int(v) for v in z["stop"]))
+                    out.append((box, z["data"]))
+            except (OSError, ValueError, KeyError) as exc:
+                raise CorruptChunkError(f"undo block {f} does not load ({exc})",
+                                        chunk=str(f)) from None
+        return out
+
+    def entry(self, n: int) -> dict[str, Any]:
+        for e in self.entries():
+            if int(e["n"]) == n:
+                return e
+        raise InvalidRequestError(f"edit {n} is not in the history at {self.file}")
