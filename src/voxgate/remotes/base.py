@@ -65,6 +65,12 @@ class Capability(enum.StrEnum):
     ADD_SCALES = "add_scales"
     #: tells absent chunks from stored ones: ``absent_chunks`` and ``missing="error"``
     CHUNK_PRESENCE = "chunk_presence"
+    #: hands out unused segment ids: ``reserve_ids(count) -> first`` (bossDB reserve, DVID
+    #: nextlabel); proofreading's splits take their new ids from it
+    RESERVE_IDS = "reserve_ids"
+    #: merges and splits segments on the server (DVID labelmap merge / split / renumber,
+    #: through ``remote.labels``)
+    SERVER_PROOFREAD = "server_proofread"
 
 
 class Remote(abc.ABC):

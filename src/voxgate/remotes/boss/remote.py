@@ -153,8 +153,10 @@ class BossDBRemote(Remote):
                 Capability.SERVER_DOWNSAMPLE, Capability.BATCH_READ}
         if self.mode == "r+":
             caps.add(Capability.WRITE)
+            caps.add(Capability.RESERVE_IDS)
         if self.meta.kind != "segmentation":
-            caps -= {Capability.SERVER_IDS, Capability.SERVER_BOUNDING_BOXES}
+            caps -= {Capability.SERVER_IDS, Capability.SERVER_BOUNDING_BOXES,
+                     Capability.RESERVE_IDS}
         return frozenset(caps)
 
     def spec(self) -> dict[str, Any]:

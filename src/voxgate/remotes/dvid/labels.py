@@ -137,6 +137,34 @@ class DVIDLabels:
                      what=f"cleaving {len(svs)} supervoxels from {lab}")
         return int(resp.json()["CleavedLabel"])
 
+    def split(self, body: int, rles: bytes) -> tuple[int, int]:
+        """Move the voxels of ``body`` in the sparse volume ``rles`` (DVID's ``rles`` encoding,
+        :func:`voxgate.formats.dvid_block.encode_rles`) to a new body: ``POST split/<body>``.
+        Returns (the new body, the mutation id)."""
+        lab = self._label(body)
+        resp = _call(self.client, "POST", f"{self._base}/split/{lab}", content=rles,
+                     what=f"splitting label {lab}")
+        d = json.loads(resp.content, parse_int=int)
+        return int(d["label"]), int(d.get("MutationID", 0))
+
+    def renumber(self, mapping: dict[int, int]) -> None:
+        """Give body ``old`` the id ``new`` for each ``{new: old}``: ``POST renumber``."""
+        pairs: list[int] = []
+        for new, old in mapping.items():
+            pairs += [self._label(new), self._label(old)]
+        _call(self.client, "POST", f"{self._base}/renumber", content=json.dumps(pairs),
+              what=f"renumbering {mapping}")
+
+    def post_mappings(self, ops: Iterable[tuple[int, Iterable[int]]]) -> None:
+        """Map supervoxels to bodies: ``(body, [supervoxel, ...])`` each (``POST mappings``)."""
+        from ...formats.dvid_proto import MappingOp, encode_mapping_ops
+
+        items = [MappingOp(self._label(b), [self._label(s) for s in svs]) for b, svs in ops]
+        if not items:
+            return
+        _call(self.client, "POST", f"{self._base}/mappings", content=encode_mapping_ops(items),
+              what=f"posting {len(items)} mapping(s)")
+
     def maxlabel(self) -> int:
         resp = _call(self.client, "GET", f"{self._base}/maxlabel", what="maxlabel")
         return int(json.loads(resp.content)["maxlabel"])

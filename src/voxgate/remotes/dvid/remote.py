@@ -303,6 +303,10 @@ class DVIDRemote(Remote):
         caps = {Capability.VERSIONING, Capability.BATCH_READ}
         if self.mode == "r+":
             caps.add(Capability.WRITE)
+            if self.typename in ("labelmap", "labelarray"):
+                caps.add(Capability.RESERVE_IDS)
+            if self.typename == "labelmap" and not self.supervoxels:
+                caps.add(Capability.SERVER_PROOFREAD)
         if self._instances.get(self._mesh_name) == "keyvalue":
             caps.add(Capability.SERVER_MESH)
         if self._instances.get(self._skel_name) == "keyvalue":

@@ -15,6 +15,7 @@ import numpy as np
 from ...formats.dvid_block import (
     DVIDFormatError,
     decode_label_block,
+    decode_rles,
     encode_label_block,
     encode_rles,
     pack_block_records,
@@ -396,7 +397,114 @@ def _labels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
             ctx.mutated()
             ctx.state.save()
             return _json({"CleavedLabel": new, "MutationID": ctx.repo.mutation_id})
+    if is_map and kw == "split" and method == "POST":
+        return _split(ctx, parts, body)
+    if is_map and kw == "renumber" and method == "POST":
+        return _renumber(ctx, body)
     raise not_found
+
+
+def _split(ctx: _Ctx, parts: list[str], body: bytes) -> Reply:
+    """``POST split/<label>`` as DVID's labelmap does it (mutate.go SplitLabels): the voxels
+    of the posted sparse volume get a new body; every supervoxel under it is replaced by two
+    new supervoxels, the split part (mapped to the new body) and the remainder (mapped to the
+    old body) in every block that holds it, and the old supervoxel maps to 0."""
+    if not getattr(ctx.state, "allow_labelmap_split", True):
+        raise DVIDError("Split endpoint deactivated in this DVID server's configuration.")
+    label = _label_arg(parts, "split")
+    try:
+        runs = decode_rles(body).astype(np.int64)
+    except DVIDFormatError as exc:
+        raise DVIDError(f"split label {label}: {exc}") from None
+    size = int(runs[:, 3].sum()) if len(runs) else 0
+    with ctx.state.lock:
+        idx = _index(ctx)
+        have = _supervoxels_of(ctx, label, False)
+        if not have:
+            raise DVIDError(f"split label {label}: unable to modify split index for data "
+                            f"{ctx.inst.name!r}: missing label {label}")
+        if size == 0:
+            raise DVIDError(f"split label {label}: bad split since split volume was zero voxels")
+        total = sum(sum(idx[sv].values()) for sv in have)
+        if size >= total:
+            raise DVIDError(f"split label {label}: split volume of {size} voxels >= {total} of "
+                            f"label {label}")
+        vol = _Vol(ctx, 0)
+        bz_, by_, bx_ = vol.bs
+        masks: dict[tuple[int, int, int], np.ndarray] = {}
+        for x, y, z, n in runs.tolist():
+            xx, end = x, x + n
+            while xx < end:
+                bk = (z // bz_, y // by_, xx // bx_)
+                stop = min(end, (bk[2] + 1) * bx_)
+                m = masks.setdefault(bk, np.zeros(vol.bs, dtype=bool))
+                m[z - bk[0] * bz_, y - bk[1] * by_, xx - bk[2] * bx_:stop - bk[2] * bx_] = True
+                xx = stop
+        to_label, _ = _new_labels(ctx, 1)
+        splits: dict[int, tuple[int, int]] = {}
+        for bk in sorted(masks):
+            blk = vol.block(*bk)
+            if blk is None:
+                raise DVIDError(f"split label {label}: split on block {bk[::-1]} attempted but "
+                                "block doesn't exist")
+            for sv in np.unique(blk[masks[bk]]).tolist():
+                if sv == 0:
+                    continue
+                if sv not in have:
+                    raise DVIDError(f"split label {label}: supervoxel {sv} was part of split "
+                                    f"volume yet was not part of body label {label}")
+                if sv not in splits:
+                    a, _ = _new_labels(ctx, 1)
+                    b, _ = _new_labels(ctx, 1)
+                    splits[sv] = (a, b)
+        for bk in sorted({b for sv in splits for b in idx.get(sv, {})}):
+            cur = vol.block(*bk)
+            if cur is None:
+                continue
+            new = cur.copy()
+            m = masks.get(bk)
+            for sv, (a, b) in splits.items():
+                hit = cur == sv
+                if m is None:
+                    new[hit] = b
+                else:
+                    new[hit & m] = a
+                    new[hit & ~m] = b
+            vol.write((bk[0] * bz_, bk[1] * by_, bk[2] * bx_), new)
+        store = ctx.store("mapping")
+        for sv, (a, b) in splits.items():
+            store.put(str(a), ctx.version, struct.pack("<Q", to_label))
+            store.put(str(b), ctx.version, struct.pack("<Q", label))
+            store.put(str(sv), ctx.version, struct.pack("<Q", 0))
+        ctx.mutated()
+        ctx.state.save()
+        text = f'{{"label": {to_label}, "MutationID": {ctx.repo.mutation_id}}}'
+        return Reply(body=text.encode(), content_type="application/json")
+
+
+def _renumber(ctx: _Ctx, body: bytes) -> Reply:
+    """``POST renumber``: ``[new1, old1, new2, old2, ...]``, each old body gets the new id."""
+    nums = [_as_label(v) for v in _body_list(body, "renumber")]
+    if len(nums) % 2:
+        raise DVIDError("renumber: expected an even number of labels [new1, old1, ...]")
+    with ctx.state.lock:
+        store = ctx.store("mapping")
+        for new, old in zip(nums[::2], nums[1::2], strict=True):
+            if new == 0 or old == 0:
+                raise DVIDError("renumber: label 0 is protected background and cannot be used")
+            if new == old:
+                continue
+            svs = _supervoxels_of(ctx, old, False)
+            if not svs:
+                raise DVIDError(f"renumber: label {old} does not exist")
+            if _supervoxels_of(ctx, new, False):
+                raise DVIDError(f"renumber: label {new} already exists")
+            for sv in svs:
+                store.put(str(sv), ctx.version, struct.pack("<Q", new))
+            _note_labels(ctx, new)
+            ctx.mutated()
+        ctx.state.save()
+    return Reply(body=b"")
 
 
 def _uint(text: str) -> int:

@@ -34,6 +34,10 @@ from .voxels import _voxels
 class DVIDState:
     """Everything the server knows; one lock guards metadata and writes."""
 
+    #: DVID answers ``POST split/<label>`` only with ``AllowLabelmapSplit`` in its config; the
+    #: test server allows it unless this is set False
+    allow_labelmap_split: bool = True
+
     def __init__(self, data_root: Path | None = None) -> None:
         self.data_root = data_root
         self.lock = threading.RLock()
