@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .services.map_blocks import map_blocks
     from .services.mesh import mesh, write_meshes
     from .services.predict import predict
+    from .services.proofread import history, merge, relabel, split, undo
     from .services.skeletonize import skeletonize
     from .services.synapses import detect_synapses
     from .transfer import CopyReport, copy
@@ -58,13 +59,18 @@ __all__ = [
     "downsample",
     "errors",
     "has_capability",
+    "history",
     "label_stats",
     "map_blocks",
+    "merge",
     "mesh",
     "open",
     "predict",
     "read_annotations",
+    "relabel",
     "skeletonize",
+    "split",
+    "undo",
     "view",
     "write_annotations",
     "write_meshes",
@@ -83,6 +89,8 @@ _LAZY = {
     "map_blocks": ".services", "mesh": ".services", "skeletonize": ".services",
     "write_meshes": ".services", "predict": ".services",
     "detect_synapses": ".services",
+    "merge": ".services", "split": ".services", "relabel": ".services",
+    "history": ".services", "undo": ".services",
     "view": ".viewer",
     "read_annotations": ".formats.annotation", "write_annotations": ".formats.annotation",
 }

@@ -11,19 +11,26 @@ from .label_stats import label_stats
 from .map_blocks import map_blocks
 from .mesh import MeshResult, mesh, write_meshes
 from .predict import predict
+from .proofread import EditResult, history, merge, relabel, split, undo
 from .skeletonize import SkeletonResult, skeletonize
 from .synapses import detect_synapses
 
 __all__ = [
+    "EditResult",
     "MeshResult",
     "SkeletonResult",
     "connected_components",
     "detect_synapses",
     "downsample",
+    "history",
     "label_stats",
     "map_blocks",
+    "merge",
     "mesh",
     "predict",
+    "relabel",
     "skeletonize",
+    "split",
+    "undo",
     "write_meshes",
 ]
