@@ -462,14 +462,14 @@ def _split(ctx: _Ctx, parts: list[str], body: bytes) -> Reply:
             if cur is None:
                 continue
             new = cur.copy()
-            m = masks.get(bk)
+            sel = masks.get(bk)
             for sv, (a, b) in splits.items():
                 hit = cur == sv
-                if m is None:
+                if sel is None:
                     new[hit] = b
                 else:
-                    new[hit & m] = a
-                    new[hit & ~m] = b
+                    new[hit & sel] = a
+                    new[hit & ~sel] = b
             vol.write((bk[0] * bz_, bk[1] * by_, bk[2] * bx_), new)
         store = ctx.store("mapping")
         for sv, (a, b) in splits.items():
