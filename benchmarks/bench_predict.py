@@ -12,8 +12,8 @@ medians of ``--repeats`` interleaved rounds:
   step), default session options (onnxruntime's intra-op threads = all cores);
 - predict, one block: ``predict(..., block=<whole volume>, workers=1)``: voxgate's overhead
   alone (the same one run plus reading, scaling, cropping and the uint8 output);
-- predict, 1 and 2 workers: ``block=--block`` with the model's default halo; a worker's
-  session gets cores / workers intra-op threads.
+- predict, 1 and 2 workers: ``block=--block`` with the model's default halo; one worker's
+  session has onnxruntime's default threads, two workers' one intra-op thread each.
 
 ``--accuracy N`` instead runs ``detect_synapses`` on the last N of the held-out seeds
 (``voxgate.models.evaluate.HELD_OUT_SEEDS``) and reports precision and recall against the
