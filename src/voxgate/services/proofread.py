@@ -251,8 +251,12 @@ def _edit_blocks(vol: Volume, hist: History, n: int, blocks: list[Box],
         res = run_blocks(one, blocks, workers=workers, on_done=lambda _b, _o: bar.advance())
     if res.failed:
         failed = [b for b, _ in res.failed]
-        hist.update(n, status="partial", blocks=len(written))
         exc = res.failed[0][1]
+        if not written:  # the store is as it was: the store's own error says why
+            hist.update(n, status="failed", blocks=0)
+            exc.add_note(f"{label} of {vol.url}: nothing was written; the volume is unchanged")
+            raise exc
+        hist.update(n, status="partial", blocks=len(written))
         raise PartialWriteError(
             f"{label} of {vol.url} failed at {failed[0]!r} ({exc}); {len(written)} block(s) were "
             f"written: {[tuple(map(tuple, (b.start, b.stop))) for b in written[:10]]}"
@@ -286,6 +290,24 @@ def _remap_fn(mapping: Mapping[int, int], dtype: np.dtype[Any]
         return out
 
     return fn
+
+
+def _check_remesh(vol: Volume, remesh: bool) -> None:
+    """Refuse ``remesh=True`` before editing where there is nowhere to put the meshes."""
+    if not remesh:
+        return
+    remote: Any = vol.remote
+    if remote.scheme == "precomputed":
+        from ..storage import read_json
+
+        if read_json(remote.location, "info").get("mesh"):
+            return
+    elif has_capability(remote, Capability.SERVER_PROOFREAD):
+        return
+    raise CapabilityNotSupportedError(
+        f"remesh=True writes meshes into a precomputed layer's mesh directory (the 'mesh' key "
+        f"of its info) or a DVID labelmap's <name>_meshes; {vol.url} has neither (write "
+        "meshes with voxgate.write_meshes first, or edit without remesh=True)")
 
 
 def _remesh(vol: Volume, ids: Iterable[int], remesh: bool, boxes: Iterable[Box] = ()) -> int:
@@ -348,6 +370,7 @@ def relabel(seg: Any, mapping: Mapping[Any, Any], *, user: str | None = None,
     that hold the old ids only.  A new id may be an existing one (that is a merge)."""
     t0 = time.perf_counter()
     vol = _open(seg)
+    _check_remesh(vol, remesh)
     if not isinstance(mapping, Mapping) or not mapping:
         raise InvalidRequestError(f"mapping must be a non-empty {{old id: new id}} dict, got "
                                   f"{mapping!r}")
@@ -384,6 +407,7 @@ def merge(seg: Any, ids: Iterable[Any], into: Any = None, *, user: str | None = 
     then be one of ``ids``); elsewhere the blocks holding ``ids`` are rewritten.
     """
     vol = _open(seg)
+    _check_remesh(vol, remesh)
     if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
         raise InvalidRequestError(f"ids must be a list of segment ids, got {ids!r}")
     labs = sorted({_label(i, vol.dtype) for i in ids})
@@ -529,6 +553,7 @@ def split(seg: Any, id: Any, *, seeds: Any = None, image: Any = None,
     """
     t0 = time.perf_counter()
     vol = _open(seg)
+    _check_remesh(vol, remesh)
     label = _label(id, vol.dtype)
     sid_box = _boxes(vol, [label])[label]
     if box is not None:
