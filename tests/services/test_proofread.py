@@ -335,3 +335,31 @@ def test_read_only_token_through_the_relay(relay_seg: Callable[[str], voxgate.Vo
     with pytest.raises(AuthenticationError):
         voxgate.merge(ro, [10, 20])
     assert np.array_equal(relay_seg("rw").read(), labels())
+
+
+def test_cli_merge_split_history_undo(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from voxgate.cli import main
+
+    url = f"zarr://{tmp_path}/c.zarr"
+    _file_store(url)
+    run = CliRunner().invoke
+    r = run(main, ["merge", url, "10", "20", "--into", "20", "--user", "ana"])
+    assert r.exit_code == 0, r.output
+    assert "edit 1: merged" in r.output
+    r = run(main, ["split", url, "40", "--seed", "141:17,32,4", "--seed", "142:17,32,19",
+                   "--seed", "142:17,33,20"])
+    assert r.exit_code == 0, r.output
+    assert "new ids 141, 142" in r.output
+    got = voxgate.open(url).read()
+    assert (got[labels() == 10] == 20).all() and (got[DUMBBELL_B] == 142).all()
+    r = run(main, ["history", url])
+    assert r.exit_code == 0 and "ana" in r.output and "split" in r.output
+    r = run(main, ["split", url, "40", "--seed", "nonsense"])
+    assert r.exit_code != 0 and "ID:z,y,x" in r.output
+    r = run(main, ["undo", url, "-n", "2"])
+    assert r.exit_code == 0, r.output
+    assert voxgate.open(url).read().tobytes() == labels().tobytes()
+    r = run(main, ["undo", url])
+    assert r.exit_code != 0 and "0 edit(s) left" in r.output
