@@ -363,3 +363,31 @@ def test_cli_merge_split_history_undo(tmp_path: Path) -> None:
     assert voxgate.open(url).read().tobytes() == labels().tobytes()
     r = run(main, ["undo", url])
     assert r.exit_code != 0 and "0 edit(s) left" in r.output
+
+
+@pytest.mark.parametrize("fmt", ["legacy", "multires"])
+def test_remesh_follows_the_edits(tmp_path: Path, fmt: str) -> None:
+    from voxgate.formats.mesh import read_meshes
+
+    url = f"precomputed://{tmp_path}/m"
+    vol = _file_store(url, encoding="compressed_segmentation")
+    voxgate.write_meshes(url, voxgate.mesh(vol, ids=[10, 20, 40]), format=fmt)
+    voxgate.merge(vol, [10, 20], remesh=True)
+    r = voxgate.split(vol, 40, seeds={141: [(17, 32, 4)], 142: [(17, 32, 19)]}, remesh=True)
+    got = read_meshes(url, [10, 141, 142])
+    assert set(got) == {10, 141, 142}
+    hi = got[10].vertices.max(axis=0)          # x, y, z nm: the merged mesh reaches 20's corner
+    assert hi[0] >= 37 * 8 and hi[2] >= 19 * 8
+    assert got[141].vertices[:, 0].max() < got[142].vertices[:, 0].min() + 8 * 8
+    fresh = voxgate.mesh(vol, ids=list(r.new_ids))
+    for i in r.new_ids:
+        assert abs(len(got[i].vertices) - len(fresh[i].vertices)) <= len(fresh[i].vertices) // 4
+
+
+def test_remesh_on_dvid(dvid: DVIDServerProcess) -> None:
+    repo = DVIDRepo.create(dvid.url, alias="remesh")
+    vol = _file_store(repo.url("seg"))
+    voxgate.merge(vol, [10, 20], remesh=True)
+    assert vol.remote.has_mesh(10)  # type: ignore[attr-defined]
+    verts, _ = vol.remote.get_mesh_arrays(10)  # type: ignore[attr-defined]
+    assert verts[:, 0].max() >= 37 * 8

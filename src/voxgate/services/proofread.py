@@ -348,8 +348,6 @@ def _remesh(vol: Volume, ids: Iterable[int], remesh: bool, boxes: Iterable[Box] 
         if not legacy:
             opts["sharded"] = bool(dinfo.get("sharding"))
             opts["vertex_quantization_bits"] = int(dinfo.get("vertex_quantization_bits", 16))
-            opts["lods"] = max(1, len(dinfo.get("lod_scale_multiplier", [1]) or [1])) \
-                if isinstance(dinfo.get("lod_scale_multiplier"), list) else 1
         write_meshes(remote.spec()["url"], meshes, **opts)
     elif has_capability(remote, Capability.SERVER_PROOFREAD):
         for i, m in meshes.items():
