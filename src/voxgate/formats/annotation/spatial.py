@@ -38,7 +38,7 @@ class Level:
     grid_shape: np.ndarray  # (3,) int64, x y z
     chunk_size: np.ndarray  # (3,) float64, x y z
     indices: np.ndarray  # (m,) int64 annotation indices (an extended one once per cell)
-    cells: np.ndarray  # (m, 3) int64 cells, x y z
+    cells: np.ndarray  # (m, 3) int32 cells, x y z
 
     def cell_counts(self) -> np.ndarray:
         """How many annotations each non-empty cell holds."""
@@ -74,6 +74,16 @@ def _expand(first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return which, first[which] + offset
 
 
+def _point_cells(lo: np.ndarray, which: np.ndarray, lower: np.ndarray, chunk: np.ndarray,
+                 grid: np.ndarray) -> np.ndarray:
+    """The cell (int32, x y z) of each point ``lo[which]``, one axis at a time (memory: a few
+    bytes per point, not the float64 temporaries of the whole array)."""
+    out = np.empty((len(which), 3), np.int32)
+    for d in range(3):
+        out[:, d] = np.clip(np.floor((lo[which, d] - lower[d]) / chunk[d]), 0, grid[d] - 1)
+    return out
+
+
 def plan_levels(lo: np.ndarray, hi: np.ndarray | None, lower: np.ndarray, upper: np.ndarray,
                 limit: int, *, seed: int = 0) -> list[Level]:
     """The levels for annotations whose boxes are ``lo``..``hi`` ((n, 3) float, x y z; ``hi``
@@ -84,48 +94,65 @@ def plan_levels(lo: np.ndarray, hi: np.ndarray | None, lower: np.ndarray, upper:
     extent = np.asarray(upper, np.float64) - lower
     chunk = np.where(extent > 0, extent, 1.0)
     grid = np.ones(3, np.int64)
-    priority = rng.random(n)
-    remaining = np.arange(n, dtype=np.int64)
+    # the annotations still to place, kept in a random order (a stable sort by cell keeps it
+    # within each cell, so a cell's first annotations are a uniform sample of it)
+    remaining = np.argsort(rng.random(n, dtype=np.float32), kind="stable")
     levels: list[Level] = []
     while True:
         last_level = len(levels) == MAX_LEVELS - 1
         if not len(remaining):
             if not levels:
-                levels.append(Level(grid.copy(), chunk.copy(), remaining, np.zeros((0, 3),
-                                                                                   np.int64)))
+                levels.append(Level(grid.copy(), chunk.copy(), remaining,
+                                    np.zeros((0, 3), np.int32)))
             return levels
-        first, last = cell_ranges(lo[remaining], (lo if hi is None else hi)[remaining], lower,
-                                  chunk, grid)
         finer = next_chunk(chunk)
-        forced = np.zeros(len(remaining), bool)
         if hi is None:
-            which, cells = np.arange(len(remaining)), first
+            which, cells = np.arange(len(remaining)), _point_cells(lo, remaining, lower, chunk,
+                                                                  grid)
+            forced = None
         else:
-            which, cells = _expand(first, last)
+            first, last = cell_ranges(lo[remaining], hi[remaining], lower, chunk, grid)
+            which, cells64 = _expand(first, last)
+            cells = cells64.astype(np.int32)
+            del first, last, cells64
             f2, l2 = cell_ranges(lo[remaining], hi[remaining], lower, finer,
                                  np.round(grid * chunk / finer).astype(np.int64))
             forced = (l2 - f2 + 1).prod(axis=1) > MAX_SPAN
-        key = cells[:, 0] + grid[0] * (cells[:, 1] + grid[1] * cells[:, 2])
-        rank_key = np.where(forced[which], -1.0, priority[remaining[which]])
-        order = np.lexsort((rank_key, key))
-        _, start, counts = np.unique(key[order], return_index=True, return_counts=True)
+            del f2, l2
+        key = cells[:, 0] + grid[0] * (cells[:, 1] + grid[1] * cells[:, 2].astype(np.int64))
+        if forced is not None:  # forced ones first within their cells
+            key = key * 2 + ~forced[which]
+        order = np.argsort(key, kind="stable")
+        sorted_key = key[order]
+        del key
+        starts = np.concatenate([[0], np.flatnonzero(sorted_key[1:] != sorted_key[:-1]) + 1])
+        del sorted_key
+        counts = np.diff(np.append(starts, len(order)))
+        if forced is not None:  # one run per cell, forced or not
+            cell_of_run = cells[order[starts]]
+            same = np.concatenate([[False], (cell_of_run[1:] == cell_of_run[:-1]).all(axis=1)])
+            cell_starts = np.flatnonzero(~same)
+            cell_counts = np.add.reduceat(counts, cell_starts)
+            starts, counts = starts[cell_starts], cell_counts
         most = int(counts.max())
         if most <= limit or last_level:
             quota = counts
         else:
             quota = np.minimum(np.floor(counts * (limit / most) + rng.random(len(counts))),
                                limit).astype(np.int64)
-        rank = np.arange(len(order)) - np.repeat(start, counts)
-        ok_sorted = (rank < np.repeat(quota, counts)) | forced[which[order]]
+        ok_sorted = np.arange(len(order)) < np.repeat(starts + quota, counts)
+        if forced is not None:
+            ok_sorted |= forced[which[order]]
         ok = np.empty_like(ok_sorted)
         ok[order] = ok_sorted
+        del ok_sorted
         if hi is None:
             emitted = ok
         else:  # an extended annotation is emitted where every cell it meets has room
             emitted = np.ones(len(remaining), bool)
             np.logical_and.at(emitted, which, ok)
-        keep = emitted[which[order]]
-        chosen = order[keep]
+        chosen = order[emitted[which[order]]]
+        del order
         levels.append(Level(grid.copy(), chunk.copy(), remaining[which[chosen]], cells[chosen]))
         remaining = remaining[~emitted]
         grid = np.round(grid * chunk / finer).astype(np.int64)
