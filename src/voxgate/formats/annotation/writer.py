@@ -43,7 +43,6 @@ from .encoding import (
     compressed_morton_code,
     encode_multiple,
     kind_of,
-    relationship_bytes,
     storage_order,
 )
 from .reader import annotation_location, read_info
@@ -85,6 +84,28 @@ def _dimensions(voxel_size: object) -> dict[str, list[Any]]:
     return {axis: [v * per_nm * 1e-9, "m"] for axis, v in zip("xyz", size.xyz(), strict=True)}
 
 
+def relationship_tails(related: Sequence[tuple[np.ndarray, np.ndarray]], n: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The by-id tails of ``n`` rows (per relationship ``u32 count, u64 ids[count]``), all in
+    one byte array, and each row's size; vectorised (no Python object per row)."""
+    sizes = np.zeros(n, np.int64)
+    for counts, _ in related:
+        sizes += 4 + 8 * counts.astype(np.int64)
+    buf = np.zeros(int(sizes.sum()), np.uint8)
+    at = np.cumsum(sizes) - sizes  # where each row's tail starts
+    for counts, flat in related:
+        buf[at[:, None] + np.arange(4)] = counts.astype("<u4").view(np.uint8).reshape(n, 4)
+        at += 4
+        if len(flat):
+            c = counts.astype(np.int64)
+            row = np.repeat(np.arange(n), c)
+            place = np.arange(len(flat)) - np.repeat(np.cumsum(c) - c, c)
+            buf[(at[row] + 8 * place)[:, None] + np.arange(8)] = \
+                flat.astype("<u8").view(np.uint8).reshape(-1, 8)
+        at += 8 * counts.astype(np.int64)
+    return buf, sizes
+
+
 class _Spill:
     """The first pass's files: records, relationship tails and (segment, annotation) pairs."""
 
@@ -102,13 +123,8 @@ class _Spill:
         n = len(chunk.ids)
         self.records.write(chunk.records.tobytes())
         if self.tails is not None:
-            starts = [np.concatenate([[0], np.cumsum(c, dtype=np.int64)])
-                      for c, _ in chunk.related]
-            tails = [relationship_bytes([flat[s[i]:s[i + 1]] for (_, flat), s
-                                         in zip(chunk.related, starts, strict=True)])
-                     for i in range(n)]
-            sizes = np.fromiter((len(t) for t in tails), np.int64, count=n)
-            self.tails.write(b"".join(tails))
+            buf, sizes = relationship_tails(chunk.related, n)
+            self.tails.write(buf.tobytes())
             self.tail_ends.append(self.tail_at + np.cumsum(sizes))
             self.tail_at += int(sizes.sum())
             for (counts, flat), out in zip(chunk.related, self.pairs, strict=True):
