@@ -28,12 +28,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 CHUNK = 100_000
 VOXEL = (40, 8, 8)
 
 
-def chunks(n: int, seed: int = 0) -> Iterator[object]:
+def chunks(n: int, seed: int = 0) -> Iterator[Any]:
     import numpy as np
     import pandas as pd
 
