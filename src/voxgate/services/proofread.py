@@ -92,6 +92,11 @@ def _open(seg: Any) -> Volume:
             "proofreading edits a stored volume (a Volume or URL); for a numpy array, copy it "
             "into one first (voxgate.copy(arr, 'mem://name')) or use numpy directly")
     vol = as_volume(seg, mode="r+")
+    if vol.remote.scheme == "dvid" and getattr(vol.remote, "locked", False):
+        raise ReadOnlyError(
+            f"{vol.url}: node {vol.meta.extra.get('dvid', {}).get('node')} is committed "
+            "(locked) and DVID refuses edits to it; branch it (DVIDRepo.branch) and proofread "
+            "the branch's node opened with mode='r+'")
     if vol.mode != "r+" or not has_capability(vol.remote, Capability.WRITE):
         raise ReadOnlyError(
             f"{vol.url} is opened read-only and proofreading writes to it; open it with "
@@ -652,6 +657,32 @@ def _dvid_log(vol: Volume, record: dict[str, Any]) -> None:
     remote.repo.add_log(remote.uuid, DVID_LOG_PREFIX + json.dumps(record, sort_keys=True))
 
 
+def _log_entries(vol: Volume) -> list[dict[str, Any]]:
+    """The edits recorded in a DVID node's log (``voxgate-proofread`` lines), folded by n."""
+    import json
+
+    remote: Any = vol.remote
+    by_n: dict[int, dict[str, Any]] = {}
+    for line in remote.repo.log(remote.uuid):
+        _, sep, text = line.partition(DVID_LOG_PREFIX)
+        if not sep:
+            continue
+        try:
+            rec = json.loads(text)
+        except ValueError:
+            continue  # not ours after all
+        by_n.setdefault(int(rec["n"]), {}).update(rec)
+    return [by_n[k] for k in sorted(by_n)]
+
+
+def _adopt_log(vol: Volume, hist: History) -> None:
+    """A DVID node edited elsewhere: its log's records become this machine's history."""
+    if vol.remote.scheme != "dvid" or hist.entries():
+        return
+    for rec in _log_entries(vol):
+        hist.append(rec)
+
+
 def _dvid_merge(vol: Volume, ids: list[int], target: int, user: str | None, history_dir: Any,
                 remesh: bool) -> EditResult:
     t0 = time.perf_counter()
@@ -665,8 +696,7 @@ def _dvid_merge(vol: Volume, ids: list[int], target: int, user: str | None, hist
                ids, boxes.values())
     mutation = labels.merge(target, others)
     hist.update(n, status="done", mutation=mutation, seconds=round(time.perf_counter() - t0, 3))
-    _dvid_log(vol, {"n": n, "operation": "merge", "into": target, "ids": ids,
-                    "user": current_user(user), "mutation": mutation})
+    _dvid_log(vol, hist.entry(n))
     _remesh(vol, [target], remesh, boxes.values())
     return EditResult(n, "merge", {o: target for o in others}, (), 0, tuple(boxes.values()),
                       Provenance("merge", "server", vol.url, {"mutation": mutation}))
@@ -710,8 +740,7 @@ def _dvid_split(vol: Volume, label: int, keys: list[int | None], pieces: np.ndar
         hist.update(n, new_bodies=made, renumbered_all=True)
     hist.update(n, status="done", new_ids=made, ids=sorted({label, *made}), mutations=mutations,
                 seconds=round(time.perf_counter() - t0, 3))
-    _dvid_log(vol, {"n": n, "operation": "split", "id": label, "new_ids": made,
-                    "user": current_user(user), "mutations": mutations})
+    _dvid_log(vol, hist.entry(n))
     _remesh(vol, [label, *made], remesh, [sbox])
     return EditResult(n, "split", {}, tuple(made), 0, (sbox,),
                       Provenance("split", "server", vol.url, {"mutations": mutations}))
@@ -755,7 +784,10 @@ def history(seg: Any, *, history_dir: Any = None) -> pd.DataFrame:
     vol = as_volume(seg) if not isinstance(seg, np.ndarray) else None
     if vol is None:
         raise InvalidRequestError("a numpy array has no history; give the volume's URL")
-    entries = _hist(vol, history_dir).entries()
+    hist = _hist(vol, history_dir)
+    entries = hist.entries()
+    if not entries and vol.remote.scheme == "dvid":
+        entries = _log_entries(vol)
     cols = ["n", "time", "user", "operation", "path", "params", "ids", "boxes", "blocks",
             "status", "undoes", "seconds"]
     return pd.DataFrame([{c: e.get(c) for c in cols} for e in entries], columns=cols)
@@ -769,6 +801,7 @@ def undo(seg: Any, n: int = 1, *, user: str | None = None, progress: bool = Fals
         raise InvalidRequestError(f"n must be a positive integer, got {n!r}")
     vol = _open(seg)
     hist = _hist(vol, history_dir)
+    _adopt_log(vol, hist)
     todo = [e for e in hist.entries()
             if e.get("operation") != "undo" and e.get("status") in ("done", "partial",
                                                                      "started")]
@@ -799,7 +832,8 @@ def undo(seg: Any, n: int = 1, *, user: str | None = None, progress: bool = Fals
         hist.update(k, status="undone")
         hist.update(u, status="done", blocks=written, seconds=round(time.perf_counter() - t0, 3))
         if e.get("path") == "server":
-            _dvid_log(vol, {"n": u, "operation": "undo", "undoes": k, "user": current_user(user)})
+            _dvid_log(vol, {"n": k, "status": "undone"})
+            _dvid_log(vol, hist.entry(u))
         out.append(EditResult(u, "undo", {}, (), written, (),
                               Provenance("undo", e.get("path", "local"), vol.url, {"undid": k})))
     _forget_stats(vol)
