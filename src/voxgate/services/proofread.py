@@ -255,6 +255,7 @@ def _edit_blocks(vol: Volume, hist: History, n: int, blocks: list[Box],
     with progress_bar(progress, len(blocks), label) as bar:
         res = run_blocks(one, blocks, workers=workers, on_done=lambda _b, _o: bar.advance())
     if res.failed:
+        _forget_stats(vol)  # the ids' boxes may have moved part-way: find them again
         failed = [b for b, _ in res.failed]
         exc = res.failed[0][1]
         if not written:  # the store is as it was: the store's own error says why

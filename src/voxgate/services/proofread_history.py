@@ -59,6 +59,8 @@ def history_location(url: str, scale: int, history_dir: str | os.PathLike[str] |
     rest = rest.split("#", 1)[0]
     if rest.startswith("file://"):
         rest = rest[len("file://"):]
+    if "://" not in rest and not rest.startswith("/"):  # a relative path: where it is now
+        rest = str(Path(rest).resolve())
     if rest.startswith("/"):
         p = Path(rest)
         if p.is_dir():
