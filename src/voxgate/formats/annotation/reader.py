@@ -38,6 +38,8 @@ __all__ = ["annotation_location", "read_annotations", "read_info", "read_related
 
 #: spatial cells asked for by name at most; more are found by listing the level
 _MAX_NAMED_CELLS = 4096
+#: above this many annotations found in a box, a sharded by-id index is read shard by shard
+_WHOLE_SHARDS = 50_000
 
 
 def _plain(data: bytes) -> bool:
@@ -269,7 +271,12 @@ def read_annotations(url: str | os.PathLike[str], *, box: Box | None = None,
     records, found = records[keep], found[keep]
     related = [[] for _ in names]
     if names and len(found):
-        singles = layer.singles(found.tolist())
+        wanted = found.tolist()
+        if layer.by_id.get("sharding") and len(wanted) > _WHOLE_SHARDS:
+            every = layer.singles(None)  # whole shards: far fewer reads than one per id
+            singles = {i: every[i] for i in wanted if i in every}
+        else:
+            singles = layer.singles(wanted)
         missing = [i for i in found.tolist() if i not in singles]
         if missing:
             raise CorruptChunkError(f"{layer.where}: annotations {missing[:10]} are in the "
