@@ -568,3 +568,54 @@ def test_public_names() -> None:
     assert voxgate.read_annotations is read_annotations
     assert "write_annotations" in voxgate.__all__ and "read_annotations" in voxgate.__all__
     assert os.path.basename(voxgate.__file__) == "__init__.py"
+
+
+def test_an_empty_table_and_given_bounds(tmp_path: Path) -> None:
+    empty = pd.DataFrame({"z": np.zeros(0), "y": np.zeros(0), "x": np.zeros(0),
+                          "score": np.zeros(0, np.float32)})
+    bounds = Box((0, 0, 0), (10, 20, 30))
+    write_annotations(tmp_path / "e", empty, voxel_size=VOXEL, bounds=bounds)
+    info = json.loads((tmp_path / "e/info").read_text())
+    assert info["lower_bound"] == [0, 0, 0] and info["upper_bound"] == [30, 20, 10]
+    got = read_annotations(tmp_path / "e")
+    assert got.empty and list(got.columns) == ["id", "z", "y", "x", "score"]
+    assert read_annotations(tmp_path / "e", box=bounds).empty
+    table = pd.DataFrame({"z": [1.5, 9.0], "y": [0.0, 19.5], "x": [29.0, 3.0]})
+    write_annotations(tmp_path / "b", table, voxel_size=VOXEL, bounds=bounds, limit=1)
+    info = json.loads((tmp_path / "b/info").read_text())
+    assert info["upper_bound"] == [30, 20, 10] and len(info["spatial"]) >= 2
+    assert_same(read_annotations(tmp_path / "b"),
+                expected(table.assign(id=np.array([1, 2], np.uint64))))
+
+
+def test_s3_round_trip_and_rewrite(s3_bucket: str) -> None:
+    """On object storage (a local S3 server): both layouts round trip, and writing again
+    removes the earlier layer's index objects."""
+    table = points_table(150, seed=31)
+    url = f"precomputed://s3://{s3_bucket}/syn"
+    write_annotations(url, table, voxel_size=VOXEL, limit=20)
+    assert_same(read_annotations(url), expected(table))
+    box = Box((0, 0, 0), (15, 60, 130))
+    assert_same(read_annotations(url, box=box),
+                expected(table[(table.z < 15) & (table.y < 60) & (table.x < 130)]))
+    write_annotations(url, table[:40], voxel_size=VOXEL, limit=20, sharded=True)
+    assert_same(read_annotations(url), expected(table[:40]))
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["VOXGATE_S3_ENDPOINT"],
+                      region_name="us-east-1")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert not [k for k in keys if k.startswith("syn/") and not k.endswith((".shard", "info"))]
+
+
+def test_many_annotations_in_a_box_read_whole_shards(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from voxgate.formats.annotation import reader
+
+    table = points_table(300, seed=37)
+    write_annotations(tmp_path, table, voxel_size=VOXEL, sharded=True, limit=30)
+    box = Box((0, 0, 0), (20, 100, 200))
+    want = expected(table[(table.z < 20) & (table.y < 100) & (table.x < 200)])
+    monkeypatch.setattr(reader, "_WHOLE_SHARDS", 10)
+    assert len(want) > 10
+    assert_same(read_annotations(tmp_path, box=box), want)
