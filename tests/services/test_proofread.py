@@ -295,6 +295,21 @@ def test_dvid_server_and_local_paths_agree(dvid: DVIDServerProcess, tmp_path: Pa
         assert vol.read().tobytes() == orig.tobytes()
 
 
+def test_dvid_server_path_equals_zarr(dvid: DVIDServerProcess, tmp_path: Path) -> None:
+    """The same edits through DVID's endpoints and on a zarr copy: identical voxels (the split
+    piece's new id is DVID's next label there and max + 1 here: both 41)."""
+    repo = DVIDRepo.create(dvid.url, alias="parity-zarr")
+    vols = {"dvid": _file_store(repo.url("seg")), "zarr": _file_store(f"zarr://{tmp_path}/z")}
+    for name, vol in vols.items():
+        m = voxgate.merge(vol, [10, 20, 5], into=20)
+        s = voxgate.split(vol, 30)
+        w = voxgate.split(vol, 40, seeds={141: [(17, 32, 4)], 40: [(17, 32, 19)]})
+        assert s.new_ids == (41,) and w.new_ids == (141,)
+        assert {r.provenance.path for r in (m, s, w)  # type: ignore[union-attr]
+                } == {"server" if name == "dvid" else "local"}
+    assert np.array_equal(vols["dvid"].read(), vols["zarr"].read())
+
+
 def test_dvid_committed_node_is_refused(dvid: DVIDServerProcess) -> None:
     repo = DVIDRepo.create(dvid.url, alias="locked")
     vol = _file_store(repo.url("seg"))
