@@ -619,3 +619,16 @@ def test_many_annotations_in_a_box_read_whole_shards(tmp_path: Path,
     monkeypatch.setattr(reader, "_WHOLE_SHARDS", 10)
     assert len(want) > 10
     assert_same(read_annotations(tmp_path, box=box), want)
+
+
+def test_progress_bars_draw_and_write_the_same(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    table = points_table(200, seed=41)
+    write_annotations(tmp_path / "p", table, voxel_size=VOXEL, sharded=True, limit=50,
+                      progress=True)
+    write_annotations(tmp_path / "q", table, voxel_size=VOXEL, sharded=True, limit=50)
+    assert "spatial level 0" in capsys.readouterr().out
+    for f in (tmp_path / "q").rglob("*"):
+        if f.is_file():
+            assert (tmp_path / "p" / f.relative_to(tmp_path / "q")).read_bytes() == \
+                f.read_bytes()
