@@ -345,7 +345,7 @@ def test_bad_input(tmp_path: Path) -> None:
         voxgate.split(vol, 40, seeds={41: [(17, 32, 4)], 20: [(17, 32, 19)]})
     with pytest.raises(InvalidRequestError, match="one connected piece"):
         voxgate.split(vol, 10)
-    with pytest.raises(CapabilityNotSupportedError, match="mesh directory"):
+    with pytest.raises(CapabilityNotSupportedError, match="meshes directory"):
         voxgate.merge(vol, [10, 20], remesh=True)  # zarr has no mesh directory: refused first
     assert voxgate.history(vol).empty
     ro = voxgate.open(f"zarr://{tmp_path}/b.zarr")
@@ -417,8 +417,9 @@ def test_remesh_follows_the_edits(tmp_path: Path, fmt: str) -> None:
 def test_remesh_on_dvid(dvid: DVIDServerProcess) -> None:
     repo = DVIDRepo.create(dvid.url, alias="remesh")
     vol = _file_store(repo.url("seg"))
-    voxgate.merge(vol, [10, 20], remesh=True)
+    voxgate.merge(vol, [10, 20], remesh="both")
     assert vol.remote.has_mesh(10)  # type: ignore[attr-defined]
+    assert vol.remote.has_skeleton(10)  # type: ignore[attr-defined]
     verts, _ = vol.remote.get_mesh_arrays(10)  # type: ignore[attr-defined]
     assert verts[:, 0].max() >= 37 * 8
 
@@ -436,3 +437,19 @@ def test_dvid_history_lives_in_the_node_log(dvid: DVIDServerProcess, tmp_path: P
     assert vol.read().tobytes() == labels().tobytes()
     h = voxgate.history(vol, history_dir=tmp_path / "elsewhere")
     assert list(h["status"][:2]) == ["undone", "undone"]
+
+
+def test_remesh_skeletons_too(tmp_path: Path) -> None:
+    from voxgate.formats.skeleton import read_skeletons, write_skeletons
+
+    url = f"precomputed://{tmp_path}/k"
+    vol = _file_store(url, encoding="compressed_segmentation")
+    voxgate.write_meshes(url, voxgate.mesh(vol, ids=[10, 20]), format="legacy")
+    with pytest.raises(CapabilityNotSupportedError, match="skeletons directory"):
+        voxgate.merge(vol, [10, 20], remesh="both")
+    write_skeletons(url, voxgate.skeletonize(vol, ids=[10, 20], dust_threshold=0))
+    with pytest.raises(InvalidRequestError, match="remesh must be"):
+        voxgate.merge(vol, [10, 20], remesh="yes")
+    voxgate.merge(vol, [10, 20], remesh="both")
+    sk = read_skeletons(url, [10])[10]
+    assert sk.vertices[:, 0].max() >= 26 * 8  # x nm: the merged skeleton reaches 20's voxels

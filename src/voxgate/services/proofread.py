@@ -298,32 +298,56 @@ def _remap_fn(mapping: Mapping[int, int], dtype: np.dtype[Any]
     return fn
 
 
-def _check_remesh(vol: Volume, remesh: bool) -> None:
-    """Refuse ``remesh=True`` before editing where there is nowhere to put the meshes."""
-    if not remesh:
-        return
+#: what ``remesh=`` asks for: True / "meshes", "skeletons", or "both"
+REMESH_CHOICES = (False, True, "meshes", "skeletons", "both")
+
+
+def _remesh_kinds(remesh: Any) -> tuple[bool, bool]:
+    """(meshes, skeletons) that ``remesh`` asks for."""
+    if isinstance(remesh, np.bool_):
+        remesh = bool(remesh)
+    if remesh not in REMESH_CHOICES or (remesh is not True and remesh is not False
+                                        and not isinstance(remesh, str)):
+        raise InvalidRequestError(f"remesh must be True, False, 'meshes', 'skeletons' or 'both', "
+                                  f"got {remesh!r}")
+    return remesh in (True, "meshes", "both"), remesh in ("skeletons", "both")
+
+
+def _layer_dir(vol: Volume, key: str) -> str | None:
+    """A precomputed layer's ``mesh`` / ``skeletons`` directory named in its info."""
+    from ..storage import read_json
+
     remote: Any = vol.remote
-    if remote.scheme == "precomputed":
-        from ..storage import read_json
-
-        if read_json(remote.location, "info").get("mesh"):
-            return
-    elif has_capability(remote, Capability.SERVER_PROOFREAD):
-        return
-    raise CapabilityNotSupportedError(
-        f"remesh=True writes meshes into a precomputed layer's mesh directory (the 'mesh' key "
-        f"of its info) or a DVID labelmap's <name>_meshes; {vol.url} has neither (write "
-        "meshes with voxgate.write_meshes first, or edit without remesh=True)")
+    if remote.scheme != "precomputed":
+        return None
+    name = read_json(remote.location, "info").get(key)
+    return str(name) if name else None
 
 
-def _remesh(vol: Volume, ids: Iterable[int], remesh: bool, boxes: Iterable[Box] = ()) -> int:
-    """Mesh ``ids`` again (marching cubes over their boxes) and store the meshes where the
-    layer keeps them: a precomputed layer's mesh directory (its format and layout kept), or a
-    DVID labelmap's ``<name>_meshes`` keyvalue.  Returns how many meshes were written."""
-    if not remesh:
+def _check_remesh(vol: Volume, remesh: Any) -> None:
+    """Refuse ``remesh`` before editing where there is nowhere to put the meshes / skeletons."""
+    meshes, skels = _remesh_kinds(remesh)
+    dvid = has_capability(vol.remote, Capability.SERVER_PROOFREAD)
+    for wanted, key, kv, what, writer in (
+            (meshes, "mesh", "_meshes", "meshes", "voxgate.write_meshes"),
+            (skels, "skeletons", "_skeletons", "skeletons", "voxgate.formats.skeleton."
+                                                            "write_skeletons")):
+        if wanted and not dvid and _layer_dir(vol, key) is None:
+            raise CapabilityNotSupportedError(
+                f"remesh={remesh!r} writes {what} into a precomputed layer's {what} directory "
+                f"(the {key!r} key of its info) or a DVID labelmap's <name>{kv} keyvalue; "
+                f"{vol.url} has neither (write {what} with {writer} first, or edit without "
+                "remesh)")
+
+
+def _remesh(vol: Volume, ids: Iterable[int], remesh: Any, boxes: Iterable[Box] = ()) -> int:
+    """Mesh (and / or skeletonize) ``ids`` again over their boxes and store the results where
+    the layer keeps them: a precomputed layer's mesh / skeleton directory (format and layout
+    kept), or a DVID labelmap's ``<name>_meshes`` / ``<name>_skeletons`` keyvalue.  Returns how
+    many meshes and skeletons were written."""
+    meshes_wanted, skels_wanted = _remesh_kinds(remesh)
+    if not (meshes_wanted or skels_wanted):
         return 0
-    from .mesh import mesh as mesh_service
-
     wanted = sorted({int(i) for i in ids})
     full = vol.at_scale(vol.scale)
     region = full.bounds
@@ -335,40 +359,52 @@ def _remesh(vol: Volume, ids: Iterable[int], remesh: bool, boxes: Iterable[Box] 
     lo = region.start - full.bounds.start
     hi = region.stop - full.bounds.start
     view = full[lo.z:hi.z, lo.y:hi.y, lo.x:hi.x]
-    meshes = dict(mesh_service(view, ids=wanted, prefer="local"))
     remote: Any = vol.remote
-    if remote.scheme == "precomputed":
-        from ..formats.mesh import write_meshes
-        from ..storage import join, read_json
+    written = 0
+    if meshes_wanted:
+        from .mesh import mesh as mesh_service
 
-        info = read_json(remote.location, "info")
-        mesh_dir = info.get("mesh")
-        if not mesh_dir:
-            raise CapabilityNotSupportedError(
-                f"{vol.url} has no mesh directory (no 'mesh' in its info); write meshes with "
-                "voxgate.write_meshes first, or edit without remesh=True")
-        dinfo = read_json(join(remote.location, mesh_dir), "info")
-        legacy = dinfo.get("@type") == "neuroglancer_legacy_mesh"
-        opts: dict[str, Any] = {"format": "legacy" if legacy else "multires",
-                                "mesh_dir": mesh_dir}
-        if not legacy:
-            opts["sharded"] = bool(dinfo.get("sharding"))
-            opts["vertex_quantization_bits"] = int(dinfo.get("vertex_quantization_bits", 16))
-        write_meshes(remote.spec()["url"], meshes, **opts)
-    elif has_capability(remote, Capability.SERVER_PROOFREAD):
-        for i, m in meshes.items():
-            remote.put_mesh(i, m)
-    else:
-        raise CapabilityNotSupportedError(
-            f"remesh=True writes meshes into a precomputed layer's mesh directory or a DVID "
-            f"labelmap's <name>_meshes; {vol.url} has neither (mesh with voxgate.mesh)")
-    return len(meshes)
+        meshes = dict(mesh_service(view, ids=wanted, prefer="local"))
+        mesh_dir = _layer_dir(vol, "mesh")
+        if mesh_dir is not None:
+            from ..formats.mesh import write_meshes
+            from ..storage import join, read_json
+
+            dinfo = read_json(join(remote.location, mesh_dir), "info")
+            legacy = dinfo.get("@type") == "neuroglancer_legacy_mesh"
+            opts: dict[str, Any] = {"format": "legacy" if legacy else "multires",
+                                    "mesh_dir": mesh_dir}
+            if not legacy:
+                opts["sharded"] = bool(dinfo.get("sharding"))
+                opts["vertex_quantization_bits"] = int(dinfo.get("vertex_quantization_bits", 16))
+            write_meshes(remote.spec()["url"], meshes, **opts)
+        else:
+            for i, m in meshes.items():
+                remote.put_mesh(i, m)
+        written += len(meshes)
+    if skels_wanted:
+        from .skeletonize import skeletonize
+
+        skels = dict(skeletonize(view, ids=wanted, prefer="local", dust_threshold=0))
+        skel_dir = _layer_dir(vol, "skeletons")
+        if skel_dir is not None:
+            from ..formats.skeleton import write_skeletons
+            from ..storage import join, read_json
+
+            sinfo = read_json(join(remote.location, skel_dir), "info")
+            write_skeletons(remote.spec()["url"], skels, skel_dir=skel_dir,
+                            sharded=bool(sinfo.get("sharding")))
+        else:
+            for i, sk in skels.items():
+                remote.put_skeleton(i, sk)
+        written += len(skels)
+    return written
 
 
 # -- merge / relabel ------------------------------------------------------------------------------
 def relabel(seg: Any, mapping: Mapping[Any, Any], *, user: str | None = None,
             progress: bool = False, workers: int | None = None, history_dir: Any = None,
-            remesh: bool = False, _operation: str = "relabel",
+            remesh: Any = False, _operation: str = "relabel",
             _params: dict[str, Any] | None = None) -> EditResult:
     """Give every voxel of each id in ``mapping`` its new id (``{old: new}``), in the blocks
     that hold the old ids only.  A new id may be an existing one (that is a merge)."""
@@ -404,7 +440,7 @@ def relabel(seg: Any, mapping: Mapping[Any, Any], *, user: str | None = None,
 
 def merge(seg: Any, ids: Iterable[Any], into: Any = None, *, user: str | None = None,
           prefer: Prefer = "auto", progress: bool = False, workers: int | None = None,
-          history_dir: Any = None, remesh: bool = False) -> EditResult:
+          history_dir: Any = None, remesh: Any = False) -> EditResult:
     """Every voxel of ``ids`` gets ``into`` (default: the smallest of ``ids``).
 
     On a ``dvid://`` labelmap opened read-write DVID merges the bodies itself (``into`` must
@@ -544,7 +580,7 @@ def _existing(vol: Volume, ids: list[int]) -> list[int]:
 def split(seg: Any, id: Any, *, seeds: Any = None, image: Any = None,
           box: Any = None, user: str | None = None, prefer: Prefer = "auto",
           progress: bool = False, workers: int | None = None, history_dir: Any = None,
-          remesh: bool = False) -> EditResult:
+          remesh: Any = False) -> EditResult:
     """Split segment ``id`` into pieces.
 
     ``seeds``: ``{piece id: [(z, y, x), ...]}`` in dataset voxels (a piece id equal to ``id``
@@ -685,7 +721,7 @@ def _adopt_log(vol: Volume, hist: History) -> None:
 
 
 def _dvid_merge(vol: Volume, ids: list[int], target: int, user: str | None, history_dir: Any,
-                remesh: bool) -> EditResult:
+                remesh: Any) -> EditResult:
     t0 = time.perf_counter()
     labels = _dvid_labels(vol)
     others = [i for i in ids if i != target]
@@ -704,7 +740,7 @@ def _dvid_merge(vol: Volume, ids: list[int], target: int, user: str | None, hist
 
 
 def _dvid_split(vol: Volume, label: int, keys: list[int | None], pieces: np.ndarray, sbox: Box,
-                seeded: bool, user: str | None, history_dir: Any, remesh: bool,
+                seeded: bool, user: str | None, history_dir: Any, remesh: Any,
                 t0: float) -> EditResult:
     from ..formats.dvid_block import encode_rles, rles_from_mask
 
