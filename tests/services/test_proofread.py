@@ -364,6 +364,14 @@ def test_read_only_token_through_the_relay(relay_seg: Callable[[str], voxgate.Vo
     ro = relay_seg("ro")
     with pytest.raises(AuthenticationError):
         voxgate.merge(ro, [10, 20])
+    rw = relay_seg("rw")  # boxes come from bossDB's boundingbox (no label_stats pass)
+    with pytest.raises(InvalidRequestError, match=r"\[99\] have no voxels"):
+        voxgate.merge(rw, [10, 99])
+    with pytest.raises(InvalidRequestError, match="already label"):
+        voxgate.split(rw, 40, seeds={141: [(17, 32, 4)], 20: [(17, 32, 19)]})
+    from voxgate.services import proofread
+
+    assert not [k for k in proofread._STATS if k[0].startswith("bossdb://")]
     assert np.array_equal(relay_seg("rw").read(), labels())
 
 

@@ -33,11 +33,11 @@ from ..errors import (
     InvalidRequestError,
     PartialWriteError,
     ReadOnlyError,
+    RemoteNotFoundError,
 )
 from ..geometry import Box, Vec, chunk_boxes
 from ..parallel import run_blocks
 from ..remotes.base import Capability, has_capability
-from ..remotes.dvid import LabelNotFoundError
 from ..volume import Volume
 from ._common import Prefer, Provenance, as_volume, choose_path, progress_bar
 from .proofread_history import History, current_user, history_location
@@ -165,6 +165,9 @@ def _boxes(vol: Volume, ids: Iterable[int]) -> dict[int, Box]:
         for i, s in zip(ids, sizes.tolist(), strict=True):
             if s:
                 out[i] = labels.sparsevol_size(i).box.intersect(region)
+    elif has_capability(vol.remote, Capability.SERVER_BOUNDING_BOXES):
+        out = _server_boxes(vol, ids)
+        out = {i: b.intersect(region) for i, b in out.items()}
     else:
         boxes = _stats(vol)["boxes"]
         for i in ids:
@@ -175,6 +178,19 @@ def _boxes(vol: Volume, ids: Iterable[int]) -> dict[int, Box]:
         raise InvalidRequestError(
             f"id(s) {missing} have no voxels in {vol.url} inside {region!r}; merge, split and "
             "relabel edit existing segments (voxgate stats URL lists them)")
+    return out
+
+
+def _server_boxes(vol: Volume, ids: Iterable[int]) -> dict[int, Box]:
+    """Tight boxes of ``ids`` asked of a store that knows them (bossDB ``boundingbox``), one
+    request per id; ids the store does not know are left out."""
+    remote: Any = vol.remote
+    out = {}
+    for i in ids:
+        try:
+            out[i] = remote.bounding_box(i, vol.scale, tight=True)
+        except RemoteNotFoundError:
+            continue
     return out
 
 
@@ -573,6 +589,8 @@ def _existing(vol: Volume, ids: list[int]) -> list[int]:
     labels = _dvid_labels(vol)
     if labels is not None:
         return [i for i, s in zip(ids, labels.sizes(ids).tolist(), strict=True) if s]
+    if has_capability(vol.remote, Capability.SERVER_BOUNDING_BOXES):
+        return sorted(_server_boxes(vol, ids))
     boxes = _stats(vol)["boxes"]
     return [i for i in ids if i in boxes]
 
@@ -799,7 +817,7 @@ def _dvid_undo(vol: Volume, e: dict[str, Any]) -> None:
                 continue
             try:
                 ops.append((label, [int(s) for s in labels.supervoxels(int(b))]))
-            except LabelNotFoundError:  # a body the edit never finished making
+            except RemoteNotFoundError:  # a body the edit never finished making
                 continue
     labels.post_mappings(ops)
 
