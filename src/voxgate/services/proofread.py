@@ -749,7 +749,11 @@ def _dvid_merge(vol: Volume, ids: list[int], target: int, user: str | None, hist
     n = _start(hist, vol, "merge", "server", user, {"into": target, "ids": ids,
                                                       "undo_mappings": before},
                ids, boxes.values())
-    mutation = labels.merge(target, others)
+    try:
+        mutation = labels.merge(target, others)
+    except Exception:
+        hist.update(n, status="failed")  # DVID refused it: nothing changed
+        raise
     hist.update(n, status="done", mutation=mutation, seconds=round(time.perf_counter() - t0, 3))
     _dvid_log(vol, hist.entry(n))
     _remesh(vol, [target], remesh, boxes.values())
@@ -778,7 +782,12 @@ def _dvid_split(vol: Volume, label: int, keys: list[int | None], pieces: np.ndar
     mutations = []
     for k in order:
         runs = rles_from_mask(pieces == k, (sbox.start.z, sbox.start.y, sbox.start.x))
-        new, mut = labels.split(label, encode_rles(runs))
+        try:
+            new, mut = labels.split(label, encode_rles(runs))
+        except Exception:
+            if not made:  # DVID refused the first piece: nothing changed
+                hist.update(n, status="failed")
+            raise
         mutations.append(mut)
         want = keys[k - 1]
         if want is not None and want != new:
