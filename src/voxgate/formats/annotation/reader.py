@@ -4,7 +4,6 @@ annotation from the by-id index, some by id, or those in a box from the spatial 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from ...errors import (
 from ...geometry import Box
 from ...storage import Directory, join, split_url
 from ...storage.sharding import ShardedStore, ShardingSpec, decode_shard
+from ..layer import read_info as read_dir_info
 from .encoding import (
     ANNOTATION_INFO_TYPE,
     PropertySpec,
@@ -58,19 +58,7 @@ def annotation_location(url: str | os.PathLike[str]) -> str:
 
 def read_info(location: str) -> dict[str, Any] | None:
     """The ``info`` JSON object at ``location``, or None when there is none."""
-    directory = Directory(location)
-    raw = directory.get("info", plain=_plain)
-    if raw is None:
-        return None
-    try:
-        info = json.loads(raw)
-    except ValueError as exc:
-        raise CorruptChunkError(f"{directory.path('info')} is not valid JSON: {exc}",
-                                chunk=directory.path("info")) from None
-    if not isinstance(info, dict):
-        raise CorruptChunkError(f"{directory.path('info')} is not a JSON object",
-                                chunk=directory.path("info"))
-    return info
+    return read_dir_info(Directory(location))
 
 
 # -- the layer ----------------------------------------------------------------------------------
