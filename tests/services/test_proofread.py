@@ -461,3 +461,19 @@ def test_remesh_skeletons_too(tmp_path: Path) -> None:
     voxgate.merge(vol, [10, 20], remesh="both")
     sk = read_skeletons(url, [10])[10]
     assert sk.vertices[:, 0].max() >= 26 * 8  # x nm: the merged skeleton reaches 20's voxels
+
+
+def test_history_sits_beside_the_data(tmp_path: Path) -> None:
+    h5 = _file_store(f"hdf5://{tmp_path}/f.h5#/a/seg")
+    voxgate.merge(h5, [10, 20])
+    assert (tmp_path / "f.h5.voxgate" / "a" / "seg" / "history.jsonl").is_file()
+    assert list((tmp_path / "f.h5.voxgate" / "a" / "seg" / "undo" / "1").glob("*.npz"))
+    n5 = _file_store(f"n5://{tmp_path}/s.n5")
+    voxgate.merge(n5, [10, 20], user="ana")
+    rec = json.loads((tmp_path / "s.n5" / ".voxgate" / "history.jsonl").read_text()
+                     .splitlines()[0])
+    assert rec["user"] == "ana" and rec["operation"] == "merge" and rec["ids"] == [10, 20]
+    assert rec["boxes"] == [[12, 12, 26, 20, 26, 38]]
+    mem = _file_store("mem://proofread/x")  # no folder of its own: under the state folder
+    voxgate.merge(mem, [10, 20])
+    assert len(voxgate.history("mem://proofread/x")) == 1

@@ -56,7 +56,8 @@ def history_location(url: str, scale: int, history_dir: str | os.PathLike[str] |
         base = Path(history_dir)
         return base / suffix if suffix else base
     _, rest = split_url(url)
-    rest = rest.split("#", 1)[0]
+    rest, _, fragment = rest.partition("#")  # hdf5: the dataset inside the file after '#'
+    inside = [p for p in fragment.split("/") if p]
     if rest.startswith("file://"):
         rest = rest[len("file://"):]
     if "://" not in rest and not rest.startswith("/"):  # a relative path: where it is now
@@ -73,8 +74,7 @@ def history_location(url: str, scale: int, history_dir: str | os.PathLike[str] |
             inner.insert(0, q.name)
             q = q.parent
         if q.is_file():
-            out = Path(str(q) + ".voxgate").joinpath(*inner) if inner else \
-                Path(str(q) + ".voxgate")
+            out = Path(str(q) + ".voxgate").joinpath(*inner, *inside)
             return out / suffix if suffix else out
     state = os.environ.get("VOXGATE_STATE_DIR")
     root = Path(os.environ.get(HISTORY_ENV) or (Path(state) / "proofread" if state else
