@@ -477,3 +477,25 @@ def test_history_sits_beside_the_data(tmp_path: Path) -> None:
     mem = _file_store("mem://proofread/x")  # no folder of its own: under the state folder
     voxgate.merge(mem, [10, 20])
     assert len(voxgate.history("mem://proofread/x")) == 1
+
+
+def test_blockwise_edits_equal_whole_array_edits(tmp_path: Path) -> None:
+    """Odd chunks (5, 7, 9): blocks cut every segment; the result is the numpy edit of the
+    whole array."""
+    orig = labels()
+    vol = voxgate.create(f"zarr://{tmp_path}/odd.zarr", shape=SHAPE, chunks=(5, 7, 9),
+                         dtype="uint64", voxel_size=(8, 8, 8), kind="segmentation")
+    vol[:] = orig
+    vol = voxgate.open(vol.url, mode="r+")
+    voxgate.relabel(vol, {10: 77, 5: 20}, workers=2)
+    want = orig.copy()
+    want[orig == 10] = 77
+    want[orig == 5] = 20
+    assert np.array_equal(vol.read(), want)
+    s = voxgate.split(vol, 40, seeds={141: [(17, 32, 4)], 142: [(17, 32, 19)]}, workers=2)
+    pieces, _ = split_kernel(orig, 40, [[(17, 32, 4)], [(17, 32, 19)]])
+    want[pieces == 1] = 141
+    want[pieces == 2] = 142
+    assert s.new_ids == (141, 142) and np.array_equal(vol.read(), want)
+    voxgate.undo(vol, n=2)
+    assert vol.read().tobytes() == orig.tobytes()
