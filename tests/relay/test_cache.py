@@ -809,3 +809,28 @@ def test_upstream_errors_are_counted_and_not_cached() -> None:
         remote.read(whole(remote))
     assert remote.cache.metrics.upstream_errors == 1
     np.testing.assert_array_equal(remote.read(whole(remote)), data)
+
+
+def test_a_cached_remote_claims_only_what_it_can_do_itself() -> None:
+    """Server-side work (ids, meshes, proofreading, id reservation) is the upstream's: a
+    CachedRemote has none of those methods, so it must not claim those capabilities."""
+    from voxgate.remotes.base import Capability, has_capability
+
+    class Rich(CountingRemote):
+        @property
+        def capabilities(self) -> frozenset[Capability]:
+            return frozenset(Capability)  # every capability there is
+
+    up = mem_volume("claims", np.zeros((8, 16, 16), np.uint8), (8, 16, 16))
+    rich = Rich(up.inner)
+    remote = CachedRemote(rich, TieredCache(2**20), identity="claims")
+    assert remote.capabilities == {Capability.WRITE, Capability.CHUNK_PRESENCE,
+                                   Capability.BATCH_READ}
+    for cap in remote.capabilities:  # each one it claims, it has the method for
+        assert has_capability(remote, cap)
+    assert hasattr(remote, "write") and hasattr(remote, "absent_chunks")
+    for cap in (Capability.SERVER_IDS, Capability.RESERVE_IDS, Capability.SERVER_PROOFREAD,
+                Capability.SERVER_MESH):
+        assert not has_capability(remote, cap)
+    plain = CachedRemote(up, TieredCache(2**20), identity="plain")
+    assert plain.capabilities == up.capabilities & CachedRemote.PASSED_THROUGH

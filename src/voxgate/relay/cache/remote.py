@@ -89,9 +89,15 @@ class CachedRemote(Remote):
         """The cache tag a CachedRemote made with ``tag=tag`` gives its entries."""
         return hashlib.sha256(tag.encode()).hexdigest()[:16]
 
+    #: what a CachedRemote itself can do when its upstream can: write (through the cache, so
+    #: reads see it), tell absent chunks; server-side work (ids, meshes, proofreading, id
+    #: reservation...) is the upstream's, asked of ``upstream`` directly, never claimed here
+    PASSED_THROUGH = frozenset({Capability.WRITE, Capability.CHUNK_PRESENCE,
+                                Capability.BATCH_READ})
+
     @property
     def capabilities(self) -> frozenset[Capability]:
-        return self.upstream.capabilities
+        return self.upstream.capabilities & self.PASSED_THROUGH
 
     def grid(self, scale: int) -> Vec:
         """The cache cell shape at ``scale``: also the chunk size the precomputed dialect serves."""
