@@ -7,18 +7,26 @@ journal; an interrupted copy (Ctrl-C, kill -9, a crash) rerun with the same argu
 blocks the journal records and finishes the rest.  A block is written whole or not at all as
 far as the journal is concerned, and writing a block twice gives the same bytes, so the result
 is identical to an uninterrupted copy.  The journal is deleted when the copy completes.
+
+With a ``dask.distributed`` Client the same block plan runs as tasks on the cluster: each task
+reopens the source and destination from their specs, copies its one block and returns; the
+journal, the progress bar and the report stay on the client, which records a block when its
+task has finished.  A worker that dies mid-block leaves that block unrecorded, and the
+scheduler (or a rerun) simply copies it again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +36,7 @@ import numpy as np
 from .errors import InvalidRequestError, MissingChunkError, OutOfBoundsError, PartialWriteError
 from .geometry import Box, Vec, chunk_boxes, grow_block
 from .meta import VolumeMeta
-from .parallel import default_workers, run_blocks
+from .parallel import BlockResults, default_workers, run_blocks
 from .progress import progress_bar
 from .registry import create_remote, open_remote, resolve_for_create
 from .remotes.base import (
@@ -52,6 +60,9 @@ __all__ = [
 
 #: blocks grow from the write grid toward this many bytes (bounded memory, little overhead)
 BLOCK_BYTES = 8 * 2**20
+#: with a dask.distributed Client, at most this many tasks per worker thread are submitted
+#: ahead of the finished ones (the client's memory and the scheduler's queue stay bounded)
+TASKS_PER_THREAD = 4
 
 
 @dataclass
@@ -317,6 +328,8 @@ def copy(
     workers: int | None = None,
     progress: bool = True,
     missing: str = "fill",
+    client: Any = None,
+    retries: int = 2,
     **create_options: Any,
 ) -> CopyReport:
     """Copy a volume (all its scales by default) from ``src`` to ``dst``.
@@ -331,9 +344,19 @@ def copy(
     (``report.absent_chunks``, per scale) and copied as the fill value; with
     ``missing="error"`` the copy refuses to start when any is absent (MissingChunkError) and
     reads the source with ``missing="error"``.
+
+    ``client``: a ``dask.distributed.Client``; the blocks then run as tasks on its cluster
+    (each task reopens both volumes by URL, so ``mem://`` is refused), with ``retries``
+    retries of a task that raises; the journal and the progress bar stay here.  Without one,
+    ``workers`` threads of this process copy the blocks.
     """
     t0 = time.perf_counter()
     check_missing(missing)
+    if client is not None:
+        _check_for_cluster(_name(src), "source")
+        _check_for_cluster(_name(dst), "destination")
+        if not isinstance(retries, int) or retries < 0:
+            raise InvalidRequestError(f"retries must be a whole number >= 0, got {retries!r}")
     s_remote, s_box, _ = _as_remote(src, "r", missing=missing)
     if box is None:
         box = s_box
@@ -450,17 +473,13 @@ def copy(
         else:
             todo.append((k, idx, part, n_chunks))
     lock = threading.Lock()
-    fill = smeta.fill_value
     workers = workers or default_workers()
 
     def run_one(item: tuple[int, Vec, Box, int]) -> tuple[int, int, bool]:
         k, idx, part, n_chunks = item
-        data = s_remote.read(part, k)
-        empty = skip_fill and not np.any(data != fill)
-        if not empty:
-            d_remote.write(part, np.ascontiguousarray(data, dtype=dmeta.dtype), k)
+        nbytes, empty = _copy_part(s_remote, d_remote, k, part, skip_fill)
         journal.record((k, *idx))
-        return n_chunks, data.nbytes, empty
+        return n_chunks, nbytes, empty
 
     total_bytes = sum(p.size for _, _, p, _ in todo) * itemsize * channels
     complete = False
@@ -484,7 +503,11 @@ def copy(
                     advance(nbytes)
 
             try:
-                res = run_blocks(run_one, todo, workers=workers, on_done=done)
+                if client is None:
+                    res = run_blocks(run_one, todo, workers=workers, on_done=done)
+                else:
+                    res = _run_on_cluster(client, todo, s_remote, d_remote, skip_fill, retries,
+                                          journal, done)
             except KeyboardInterrupt as stop:
                 # blocks in flight at the interrupt finished and are recorded too
                 finished = len(_Journal.read_done(journal.path)[0])
@@ -508,3 +531,97 @@ def copy(
         journal.close(complete=complete)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _check_for_cluster(url: str, role: str) -> None:
+    """Refuse volumes a cluster's workers cannot reopen, or must not write from many
+    processes at once."""
+    if url.startswith("mem://"):
+        raise InvalidRequestError(
+            f"copy with a dask.distributed client: the {role} {url} lives in this process only; "
+            "a cluster's workers open volumes by URL (zarr://, n5://, precomputed://, ...), so "
+            "copy it without client= or write it to a store first")
+    if role == "destination" and url.startswith(("hdf5://", "tiff://")):
+        raise InvalidRequestError(
+            f"copy with a dask.distributed client: the destination {url} is one file that "
+            "several worker processes cannot write at once; copy to zarr://, n5:// or "
+            "precomputed:// on the cluster, or to this file without client=")
+
+
+def _copy_part(s: Remote, d: Remote, scale: int, part: Box, skip_fill: bool) -> tuple[int, bool]:
+    """Copy one block: read it from ``s``, write it to ``d`` unless it holds only the fill
+    value and may stay absent (``skip_fill``).  Returns (bytes read, whether left as fill)."""
+    data = s.read(part, scale)
+    empty = skip_fill and not np.any(data != s.meta.fill_value)
+    if not empty:
+        d.write(part, np.ascontiguousarray(data, dtype=d.meta.dtype), scale)
+    return data.nbytes, empty
+
+
+@functools.lru_cache(maxsize=8)
+def _worker_remote(spec: str, run: str) -> Remote:
+    """A Remote reopened from its JSON spec on a worker, once per process and copy run
+    (``run``: a fresh id per ``copy`` call, so a recreated destination is never served stale)."""
+    given = json.loads(spec)
+    return open_remote(given["url"], mode=given.get("mode", "r"), **given.get("options", {}))
+
+
+def _copy_block(src: str, dst: str, run: str, scale: int, part: Box,
+                skip_fill: bool) -> tuple[int, bool]:
+    """One task of a distributed copy, on a worker (see :func:`_copy_part`)."""
+    return _copy_part(_worker_remote(src, run), _worker_remote(dst, run), scale, part, skip_fill)
+
+
+def _run_on_cluster(
+    client: Any,
+    todo: list[tuple[int, Vec, Box, int]],
+    s_remote: Remote,
+    d_remote: Remote,
+    skip_fill: bool,
+    retries: int,
+    journal: _Journal,
+    on_done: Callable[[tuple[int, Vec, Box, int], object], None],
+) -> BlockResults[tuple[int, Vec, Box, int]]:
+    """Run the blocks as dask.distributed tasks, a window of them at a time; record each in
+    the journal here, on the client, once its task has finished."""
+    from distributed import as_completed
+
+    run = uuid.uuid4().hex
+    src_spec = json.dumps(s_remote.spec(), sort_keys=True)
+    dst_spec = json.dumps(d_remote.spec(), sort_keys=True)
+    threads = sum(client.nthreads().values()) or 1
+    window = max(8, TASKS_PER_THREAD * threads)
+    items = iter(todo)
+    pending: dict[Any, tuple[int, Vec, Box, int]] = {}
+
+    def submit(item: tuple[int, Vec, Box, int]) -> Any:
+        k, _, part, _ = item
+        fut = client.submit(_copy_block, src_spec, dst_spec, run, k, part, skip_fill,
+                            pure=False, retries=retries)
+        pending[fut] = item
+        return fut
+
+    results: BlockResults[tuple[int, Vec, Box, int]] = BlockResults()
+    first = [submit(item) for _, item in zip(range(window), items, strict=False)]
+    finished = as_completed(first)
+    try:
+        for fut in finished:
+            item = pending.pop(fut)
+            try:
+                out = fut.result()
+            except Exception as exc:  # the task's error after its retries, or a cancel
+                results.failed.append((item, exc))
+            else:
+                journal.record((item[0], *item[1]))
+                results.done.append(item)
+                on_done(item, (item[3], *out))
+            if not results.failed:
+                nxt = next(items, None)
+                if nxt is not None:
+                    finished.add(submit(nxt))
+    finally:
+        # stopped (Ctrl-C) or failed: what was not finished is dropped; a block caught
+        # mid-write on a worker is written whole again by the rerun
+        if pending:
+            client.cancel(list(pending))
+    return results
