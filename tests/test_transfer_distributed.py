@@ -211,3 +211,25 @@ def test_volumes_workers_cannot_open_are_refused(cluster: Any, tmp_path: Path,
                      progress=False)
     with pytest.raises(InvalidRequestError, match="retries"):
         voxgate.copy(src.url, dst, client=cluster, progress=False, retries=-1)
+
+
+def test_cli_cp_scheduler(cluster: Any, tmp_path: Path, small_blocks: None,
+                          em: tuple[np.ndarray, np.ndarray]) -> None:
+    from click.testing import CliRunner
+
+    from voxgate.cli import main
+
+    _, labels = em
+    src = _source(f"n5://{tmp_path}/src.n5", labels, "segmentation")
+    dst = f"zarr://{tmp_path}/dst.zarr"
+    address = cluster.scheduler.address
+    assert address.startswith("tcp://127.0.0.1:")
+    res = CliRunner().invoke(main, ["cp", src.url, dst, "--scheduler", address, "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "created and copied" in res.output
+    _assert_same(src, dst)
+    res = CliRunner().invoke(main, ["cp", src.url, dst, "--scheduler", address, "--workers", "2"])
+    assert res.exit_code != 0 and "--workers" in res.output
+    res = CliRunner().invoke(main, ["cp", "mem://nowhere", f"zarr://{tmp_path}/x.zarr",
+                                    "--scheduler", address])
+    assert res.exit_code != 0 and "lives in this process only" in res.output
