@@ -51,6 +51,7 @@ seg[:] = labels
 
 # page (relative to the repository) -> the number of blocks marked no-run on it
 NO_RUN: dict[str, int] = {
+    "docs/copy.md": 3,  # a SLURM / PBS / Kubernetes cluster (dask-jobqueue, dask-kubernetes)
     "docs/remotes/bossdb.md": 2,  # a bossDB server and token
     "docs/remotes/dvid.md": 1,  # a DVID server
     "docs/services/map_blocks.md": 1,  # a Dask scheduler and an S3 bucket
