@@ -7,6 +7,7 @@ port = 8080
 upstream_timeout = 30          # seconds before an upstream read answers 504
 max_cutout_bytes = "520 MiB"   # bossDB's CUTOUT_MAX_SIZE; larger requests answer 413
 state_path = "relay-state.json" # metadata, reserved ids, local projects (default: beside the cache)
+generations_path = "/shared/gens"  # ETag write generations: relays behind one HTTP cache share it
 
 [cache]
 memory_bytes = "2 GiB"
@@ -142,6 +143,8 @@ class RelayConfig:
     max_cutout_bytes: int = 520 * 2**20
     state_path: Path | None = None
     data_root: Path | None = None
+    #: the write generations behind ETags (a directory relays behind one HTTP cache share)
+    generations_path: Path | None = None
     cache: CacheConfig = field(default_factory=CacheConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     channels: list[ChannelConfig] = field(default_factory=list)
@@ -191,7 +194,7 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
     server = raw.get("server", {})
     for key in server:
         if key not in ("host", "port", "upstream_timeout", "max_cutout_bytes", "state_path",
-                       "data_root"):
+                       "data_root", "generations_path"):
             raise InvalidRequestError(f"unknown [server] key {key!r}")
     cfg.host = str(server.get("host", cfg.host))
     cfg.port = int(server.get("port", cfg.port))
@@ -200,6 +203,8 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
                                        "max_cutout_bytes")
     if "state_path" in server:
         cfg.state_path = base / server["state_path"]
+    if "generations_path" in server:
+        cfg.generations_path = base / server["generations_path"]
     data_root = server.get("data_root", raw.get("data_root"))
     if data_root is not None:
         cfg.data_root = base / data_root
@@ -260,7 +265,7 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
             setattr(cfg.cache, key, parse_bytes(value, key))
         elif key == "disk_path":
             cfg.cache.disk_path = Path(value)
-        elif key in ("data_root", "state_path"):
+        elif key in ("data_root", "state_path", "generations_path"):
             setattr(cfg, key, Path(value))
         elif hasattr(cfg, key):
             setattr(cfg, key, value)

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from ..formats.precomputed_chunks import encode_chunk
 from ..geometry import Box
 from .cache import CachedRemote
+from .catalog import ChannelEntry
 from .errors import BossHTTPError
 from .layer_files import LayerFiles, check_file_path, not_served, upstream_layer
 from .state import Relay
@@ -104,15 +105,19 @@ def _accepts_gzip(header: str) -> bool:
 def precomputed_routes(relay: Relay) -> list[Route]:
     files = LayerFiles()
 
-    async def open_remote(request: Request) -> CachedRemote:
-        """The channel's Remote, opened off the event loop (a slow upstream must not stall
-        every other request while it opens)."""
+    async def open_entry(request: Request) -> tuple[ChannelEntry, CachedRemote]:
+        """The channel and its Remote, opened off the event loop (a slow upstream must not
+        stall every other request while it opens)."""
         p = request.path_params
         relay.authorize(request, p["c"], write=False)
         entry = relay.channel(p["c"], p["e"], p["ch"])
         token = relay.token(request)
-        return await to_thread.run_sync(lambda: relay.remote(entry, token),
-                                        limiter=relay.limiter)
+        remote = await to_thread.run_sync(lambda: relay.remote(entry, token),
+                                          limiter=relay.limiter)
+        return entry, remote
+
+    async def open_remote(request: Request) -> CachedRemote:
+        return (await open_entry(request))[1]
 
     async def info(request: Request) -> Response:
         remote = await open_remote(request)
@@ -128,7 +133,7 @@ def precomputed_routes(relay: Relay) -> list[Route]:
 
     async def chunk(request: Request) -> Response:
         p = request.path_params
-        remote = await open_remote(request)
+        entry, remote = await open_entry(request)
         key, name = p["key"], p["chunk"]
         # exactly the keys the info lists ("s01" or "s-1" are not keys, even if int() takes them)
         keys = [f"s{s.index}" for s in remote.meta.scales]
@@ -166,18 +171,26 @@ def precomputed_routes(relay: Relay) -> list[Route]:
         served = _served_dtype(remote)
 
         use_gzip = _accepts_gzip(request.headers.get("accept-encoding", ""))
+        # the ETag comes from the write generation, before any data is read (docs/relay.md)
+        version = await to_thread.run_sync(lambda: relay.generation(entry, remote),
+                                           limiter=relay.limiter)
+        etag = relay.etag(remote, version, "chunk", scale, box, encoding, served.name,
+                          "gzip" if use_gzip else "identity")
+        headers = {**relay.cache_headers(etag), "Vary": "Accept-Encoding"}
+        if use_gzip:
+            headers["Content-Encoding"] = "gzip"
+        if relay.not_modified(request, etag):
+            return Response(status_code=304, headers=headers)
 
         def work() -> bytes:
             arr = remote.read(box, scale).astype(served, copy=False)
             if arr.ndim == 3:
                 arr = arr[None]
             data = encode_chunk(arr, encoding, block_size=_CSEG_BLOCK[::-1])
-            return gzip.compress(data, compresslevel=1) if use_gzip else data
+            # mtime=0: the same chunk is the same bytes every time (a strong ETag's promise)
+            return gzip.compress(data, compresslevel=1, mtime=0) if use_gzip else data
 
         data = await to_thread.run_sync(work, limiter=relay.limiter)
-        headers = {"Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
-        if use_gzip:
-            headers["Content-Encoding"] = "gzip"
         return Response(data, media_type="application/octet-stream", headers=headers)
 
     async def file_dirs_hint(remote: CachedRemote) -> str:

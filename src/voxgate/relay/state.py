@@ -10,12 +10,16 @@ downsampling, channels created and deleted through the project service).  The ro
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
 import shutil
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -37,6 +41,7 @@ from .errors import (
     bad_request,
     not_found,
 )
+from .generations import Generations
 from .stats import SCAN_BYTES, LabelStatsCache
 
 __all__ = ["CHANNEL_DATATYPES", "SCAN_BYTES", "Relay", "local_channel_meta"]
@@ -72,6 +77,10 @@ class Relay:
         self._downsample: dict[str, str] = {}
         #: whole-channel ids and bounding boxes, one pass each, dropped by writes
         self.stats = LabelStatsCache()
+        #: the write generations behind ETags, and the one this relay's cells are current for
+        self.generations = Generations(self._generations_dir())
+        self._seen: dict[str, str] = {}
+        self._seen_lock = threading.Lock()
 
     # -- auth -----------------------------------------------------------------------------------
     @staticmethod
@@ -222,12 +231,100 @@ class Relay:
         if not bounds.contains(box):
             raise bad_request(1001, f"this channel's data covers {bounds} at resolution {res}; "
                               f"{box} cannot be written")
-        with self.stats.writing(remote):
+        with self.writing(remote):
             remote.write(box, np.ascontiguousarray(data), res)
         if res == 0 and len(remote.meta.scales) > 1:
             # as bossDB does: new base data leaves the coarser levels stale
             with self._jobs_lock:
                 self._downsample[remote.url] = "NOT_DOWNSAMPLED"
+
+    # -- HTTP caching: write generations and ETags (docs/relay.md, "Behind an HTTP cache") ------
+    def _generations_dir(self) -> Path | None:
+        if self.config.generations_path is not None:
+            return self.config.generations_path
+        state = self.catalog.state_path
+        return state.parent / ".voxgate-generations" if state is not None else None
+
+    @contextlib.contextmanager
+    def writing(self, remote: CachedRemote) -> Iterator[None]:
+        """Wrap every write to ``remote``'s channel: its generation is bumped before the
+        upstream write (a relay killed half way leaves a new one) and after it (a response
+        computed during the write is never current after it), whether it wrote all, part or
+        nothing; the channel's label statistics are dropped."""
+        tag = remote.tag
+        with self.stats.writing(remote):
+            pre = self.generations.bump(tag)
+            try:
+                yield
+            finally:
+                post = self.generations.bump(tag)
+                with self._seen_lock:
+                    seen = self._seen.get(tag)
+                    # this relay's cells are current for the new generation only when no other
+                    # write (another relay's, or a concurrent one here) came in between
+                    mine = seen is not None and _next(seen) == pre and _next(pre) == post
+                    if mine:
+                        self._seen[tag] = post
+                if mine:
+                    self._remember_seen(tag, post)
+
+    def generation(self, entry: ChannelEntry, remote: CachedRemote) -> str:
+        """The channel's write generation now.  When it is not one this relay made (a write
+        through another relay that shares the generations, or before this relay started),
+        the channel's cached cells and label statistics are dropped first, so what is read
+        next is at least as new as the generation returned."""
+        tag = remote.tag
+        version = self.generations.current(tag)
+        with self._seen_lock:
+            seen = self._seen.get(tag)
+        if seen == version:
+            return version
+        if seen is None and (self.generations.directory is None or self.catalog.state.get(
+                "generations_seen", {}).get(tag) == version):
+            pass  # kept in memory (no other relay writes), or cached cells current for it
+        else:
+            for r in {id(r): r for r in [remote, *self.catalog.open_remotes(entry)]}.values():
+                r.invalidate()
+            with self.stats.writing(remote):
+                pass  # (drops the channel's label statistics)
+        with self._seen_lock:
+            self._seen[tag] = version
+        self._remember_seen(tag, version)
+        return version
+
+    def _remember_seen(self, tag: str, version: str) -> None:
+        """Keep the generation the disk tier's cells are current for across restarts."""
+        if self.generations.directory is None or self.cache.disk is None:
+            return
+        cat = self.catalog
+        with cat.lock:
+            seen = cat.state.setdefault("generations_seen", {})
+            if seen.get(tag) != version:
+                seen[tag] = version
+                cat.save()
+
+    @staticmethod
+    def etag(remote: CachedRemote, version: str, *request: object) -> str:
+        """A strong ETag: the channel, its generation and the request's normalized region,
+        scale and encoding (what the response's bytes are a function of)."""
+        text = json.dumps([remote.tag, version, *(str(p) for p in request)])
+        return '"vg-' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
+
+    @staticmethod
+    def not_modified(request: Request, etag: str) -> bool:
+        """Whether the request's If-None-Match names ``etag`` (weak comparison, RFC 9110)."""
+        header = request.headers.get("if-none-match")
+        if not header:
+            return False
+        tags = [t.strip() for t in header.split(",")]
+        return "*" in tags or etag in [t[2:] if t.startswith("W/") else t for t in tags]
+
+    @staticmethod
+    def cache_headers(etag: str) -> dict[str, str]:
+        """Headers of a cacheable response: any cache may store it but must ask again (with
+        If-None-Match) before each use; nginx reads X-Accel-Expires (stored, already
+        expired), since it takes ``no-cache`` for "do not store"."""
+        return {"ETag": etag, "X-Accel-Expires": "@1", "Cache-Control": "public, no-cache"}
 
     # -- server-side downsampling (bossDB's /v1/downsample/) ------------------------------------
     def downsample_status(self, entry: ChannelEntry, remote: CachedRemote) -> str:
@@ -250,7 +347,7 @@ class Relay:
             from ..volume import Volume
 
             try:
-                with self.stats.writing(remote):
+                with self.writing(remote):
                     downsample(Volume(remote), len(remote.meta.scales), prefer="local")
             except Exception as exc:  # the job's outcome is its status; the log says why
                 log.warning("downsample of %s failed: %s", remote.url, exc)
@@ -366,6 +463,12 @@ class Relay:
         if self.cache.disk is not None:
             out["disk_bytes_used"] = self.cache.disk.volume()
         return out
+
+
+def _next(version: str) -> str:
+    """The generation after ``version`` (``nonce.counter``)."""
+    nonce, _, counter = version.rpartition(".")
+    return f"{nonce}.{int(counter) + 1}"
 
 
 def local_channel_meta(frame: dict[str, Any], experiment: dict[str, Any],

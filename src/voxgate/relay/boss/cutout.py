@@ -133,11 +133,21 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
     async def cutout(request: Request) -> Response:
         if request.method == "GET":
             cut = await run(lambda: _Cutout(relay, request, write=False))
+            accept = request.headers.get("accept", "application/blosc").lower()
+            # the ETag comes from the write generation, before any data is read: a conditional
+            # GET whose ETag is current is answered without reading (docs/relay.md)
+            version = await run(lambda: relay.generation(cut.entry, cut.remote))
+            etag = relay.etag(cut.remote, version, "cutout", cut.res, cut.box, cut.time,
+                              "npygz" if "application/npygz" in accept else accept)
+            headers = {**relay.cache_headers(etag), "Vary": "Accept"}
+            if relay.not_modified(request, etag):
+                return Response(status_code=304, headers=headers)
             arr = await run(cut.read)
             if cut.time is not None:
                 arr = arr[np.newaxis]
-            accept = request.headers.get("accept", "application/blosc").lower()
-            return await run(lambda: _encode_response(arr, accept))
+            response = await run(lambda: _encode_response(arr, accept))
+            response.headers.update(headers)
+            return response
         cut = await run(lambda: _Cutout(relay, request, write=True))
         if not cut.entry.writable:
             raise BossHTTPError(403, MISSING_PERMISSION,

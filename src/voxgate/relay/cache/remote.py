@@ -269,6 +269,22 @@ class CachedRemote(Remote):
                 lock.release()
         self.upstream.close()
 
+    def invalidate(self) -> int:
+        """Forget everything cached of this channel, as after a write made elsewhere (another
+        relay): fetches in flight store nothing and no later read joins them, and every cell
+        carrying this Remote's tag is dropped from both tiers; return how many."""
+        for lock in _STRIPES:  # in order, as writers take them: no fetch is storing meanwhile
+            lock.acquire()
+        try:
+            with self._lock:
+                for flight in self._inflight.values():
+                    flight.stale = True
+                self._inflight.clear()
+            return self.cache.drop_tag(self.tag)
+        finally:
+            for lock in _STRIPES:
+                lock.release()
+
     def drop_cached(self) -> int:
         """Drop every cached cell carrying this Remote's tag, from both tiers."""
         return self.cache.drop_tag(self.tag)
