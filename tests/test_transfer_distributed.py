@@ -233,3 +233,21 @@ def test_cli_cp_scheduler(cluster: Any, tmp_path: Path, small_blocks: None,
     res = CliRunner().invoke(main, ["cp", "mem://nowhere", f"zarr://{tmp_path}/x.zarr",
                                     "--scheduler", address])
     assert res.exit_code != 0 and "lives in this process only" in res.output
+
+
+def test_relative_paths_reach_workers_in_another_directory(
+        cluster: Any, tmp_path: Path, em: tuple[np.ndarray, np.ndarray],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    image, _ = em
+    monkeypatch.chdir(tmp_path)
+    src = _source("zarr://rel-src.zarr", image, "image")
+    before = cluster.run(os.getcwd)
+    cluster.run(os.chdir, "/")  # as on a real cluster, the workers run elsewhere
+    try:
+        voxgate.copy("zarr://rel-src.zarr", "zarr://rel-dst.zarr", client=cluster,
+                     progress=False)
+    finally:
+        for worker, cwd in before.items():
+            cluster.run(os.chdir, cwd, workers=[worker])
+    assert not os.path.exists("/rel-dst.zarr")
+    _assert_same(src, str(tmp_path / "rel-dst.zarr"))

@@ -548,6 +548,19 @@ def _check_for_cluster(url: str, role: str) -> None:
             "precomputed:// on the cluster, or to this file without client=")
 
 
+#: schemes whose URL is a local path after ``scheme://`` (unless it holds another ``://``)
+_PATH_SCHEMES = ("zarr", "n5", "hdf5", "tiff", "precomputed")
+
+
+def _absolute_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with a relative local path made absolute: a worker's working directory is
+    not the client's."""
+    scheme, sep, rest = str(spec["url"]).partition("://")
+    if sep and scheme in _PATH_SCHEMES and "://" not in rest and not os.path.isabs(rest):
+        return {**spec, "url": f"{scheme}://{os.path.abspath(rest)}"}
+    return spec
+
+
 def _copy_part(s: Remote, d: Remote, scale: int, part: Box, skip_fill: bool) -> tuple[int, bool]:
     """Copy one block: read it from ``s``, write it to ``d`` unless it holds only the fill
     value and may stay absent (``skip_fill``).  Returns (bytes read, whether left as fill)."""
@@ -587,8 +600,8 @@ def _run_on_cluster(
     from distributed import as_completed
 
     run = uuid.uuid4().hex
-    src_spec = json.dumps(s_remote.spec(), sort_keys=True)
-    dst_spec = json.dumps(d_remote.spec(), sort_keys=True)
+    src_spec = json.dumps(_absolute_spec(s_remote.spec()), sort_keys=True)
+    dst_spec = json.dumps(_absolute_spec(d_remote.spec()), sort_keys=True)
     threads = sum(client.nthreads().values()) or 1
     window = max(8, TASKS_PER_THREAD * threads)
     items = iter(todo)
