@@ -42,6 +42,7 @@ apt_install() {
 
 needed=()
 [ -x "$CHROMIUM" ] || needed+=(chromium)
+[ -x /usr/sbin/nginx ] || needed+=(nginx)  # the HTTP cache of tests/relay/test_http_cache.py
 command -v "$PYTHON" >/dev/null 2>&1 || needed+=(python3)
 # Debian splits venv (and the pip it bootstraps) out of python3
 if [ ! -x .venv/bin/python ] && ! "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1; then

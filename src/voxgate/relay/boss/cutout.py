@@ -132,11 +132,15 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
     # -- cutouts --------------------------------------------------------------------------------
     async def cutout(request: Request) -> Response:
         if request.method == "GET":
-            cut = await run(lambda: _Cutout(relay, request, write=False))
+            def parse() -> tuple[_Cutout, str]:
+                cut = _Cutout(relay, request, write=False)
+                # the ETag comes from the write generation, before any data is read: a
+                # conditional GET whose ETag is current is answered without reading
+                # (docs/relay.md, "Behind an HTTP cache")
+                return cut, relay.generation(cut.entry, cut.remote)
+
+            cut, version = await run(parse)
             accept = request.headers.get("accept", "application/blosc").lower()
-            # the ETag comes from the write generation, before any data is read: a conditional
-            # GET whose ETag is current is answered without reading (docs/relay.md)
-            version = await run(lambda: relay.generation(cut.entry, cut.remote))
             etag = relay.etag(cut.remote, version, "cutout", cut.res, cut.box, cut.time,
                               "npygz" if "application/npygz" in accept else accept)
             headers = {**relay.cache_headers(etag), "Vary": "Accept"}
