@@ -170,8 +170,13 @@ def test_a_write_changes_the_etag_of_every_response_of_its_channel(one) -> None:
         before = {name: _etag(http.get(url, headers={"Accept-Encoding": "identity"}))
                   for name, url in (("a", _cutout_url(A)), ("near", _cutout_url(NEAR)),
                                     ("far", _cutout_url(FAR)), ("chunk", _chunk_url(CHUNK)))}
+        cells = http.get("/metrics").json()["cache"]["upstream_cells"]
         new = np.full(tuple(A.shape), 7, np.uint8)
         _post(http, A, new)
+        # this relay's own write keeps its cached cells current: FAR still comes from them
+        np.testing.assert_array_equal(_decode(http.get(_cutout_url(FAR)), FAR),
+                                      data[FAR.slices()])
+        assert http.get("/metrics").json()["cache"]["upstream_cells"] == cells
         after = {}
         for name, url in (("a", _cutout_url(A)), ("near", _cutout_url(NEAR)),
                           ("far", _cutout_url(FAR)), ("chunk", _chunk_url(CHUNK))):
@@ -450,3 +455,23 @@ def test_nginx_serves_repeated_reads_from_its_cache_and_never_a_stale_region_aft
             np.testing.assert_array_equal(_decode(http.get(_cutout_url(A)), A), newer)
         statuses = {http.get(_cutout_url(A)).headers["x-cache-status"] for _ in range(2)}
         assert statuses <= {"HIT", "REVALIDATED"}, statuses
+
+
+# -- the generations store ----------------------------------------------------------------------
+def test_generations_are_shared_through_their_directory_and_a_damaged_file_is_replaced(
+        tmp_path: Path) -> None:
+    from voxgate.relay.generations import Generations
+
+    one, two = Generations(tmp_path / "g"), Generations(tmp_path / "g")
+    start = one.current("chan")
+    assert two.current("chan") == start  # made once, read by both
+    bumped = two.bump("chan")
+    assert bumped != start and one.current("chan") == bumped
+    assert one.current("other") != bumped  # per channel
+    for f in (tmp_path / "g").glob("*.json"):
+        f.write_text("{not json")
+    fresh = one.current("chan")
+    assert fresh.split(".")[0] != bumped.split(".")[0]  # a new nonce: no ETag repeats
+    assert two.current("chan") == fresh
+    mem = Generations(None)
+    assert mem.bump("chan") != Generations(None).bump("chan")  # nonce per process life

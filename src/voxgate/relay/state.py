@@ -80,6 +80,8 @@ class Relay:
         #: the write generations behind ETags, and the one this relay's cells are current for
         self.generations = Generations(self._generations_dir())
         self._seen: dict[str, str] = {}
+        #: the generations this relay's own writes made, not yet seen by a read
+        self._own: dict[str, set[str]] = {}
         self._seen_lock = threading.Lock()
 
     # -- auth -----------------------------------------------------------------------------------
@@ -253,42 +255,50 @@ class Relay:
         nothing; the channel's label statistics are dropped."""
         tag = remote.tag
         with self.stats.writing(remote):
-            pre = self.generations.bump(tag)
+            self._made(tag, self.generations.bump(tag))
             try:
                 yield
             finally:
-                post = self.generations.bump(tag)
-                with self._seen_lock:
-                    seen = self._seen.get(tag)
-                    # this relay's cells are current for the new generation only when no other
-                    # write (another relay's, or a concurrent one here) came in between
-                    mine = seen is not None and _next(seen) == pre and _next(pre) == post
-                    if mine:
-                        self._seen[tag] = post
-                if mine:
-                    self._remember_seen(tag, post)
+                self._made(tag, self.generations.bump(tag))
+
+    def _made(self, tag: str, version: str) -> None:
+        with self._seen_lock:
+            own = self._own.setdefault(tag, set())
+            if len(own) >= 100_000:  # writes and no reads: forgotten (the next read drops
+                own.clear()          # the channel's cells, which is always safe)
+            own.add(version)
 
     def generation(self, entry: ChannelEntry, remote: CachedRemote) -> str:
-        """The channel's write generation now.  When it is not one this relay made (a write
-        through another relay that shares the generations, or before this relay started),
-        the channel's cached cells and label statistics are dropped first, so what is read
-        next is at least as new as the generation returned."""
+        """The channel's write generation now.  When it moved by a bump this relay did not
+        make (a write through another relay that shares the generations, or before this relay
+        started), the channel's cached cells and label statistics are dropped first, so what
+        is read next is at least as new as the generation returned.  (This relay's own writes
+        keep its cells current themselves: see :mod:`.cache`.)"""
         tag = remote.tag
         version = self.generations.current(tag)
         with self._seen_lock:
             seen = self._seen.get(tag)
+            own = set(self._own.get(tag, ()))
         if seen == version:
             return version
-        if seen is None and (self.generations.directory is None or self.catalog.state.get(
-                "generations_seen", {}).get(tag) == version):
-            pass  # kept in memory (no other relay writes), or cached cells current for it
-        else:
+        if seen is not None:
+            fresh = _only_own(seen, version, own)
+        else:  # the first look in this process: kept in memory (no other relay writes), or
+            # the disk tier's cells are current for it
+            fresh = self.generations.directory is None or self.catalog.state.get(
+                "generations_seen", {}).get(tag) == version
+        if not fresh:
             for r in {id(r): r for r in [remote, *self.catalog.open_remotes(entry)]}.values():
                 r.invalidate()
             with self.stats.writing(remote):
                 pass  # (drops the channel's label statistics)
         with self._seen_lock:
-            self._seen[tag] = version
+            now = self._seen.get(tag)
+            if now is None or not _before(version, now):  # never back to an older one
+                self._seen[tag] = version
+                mine = self._own.get(tag)
+                if mine is not None:
+                    mine -= {v for v in mine if not _before(version, v)}
         self._remember_seen(tag, version)
         return version
 
@@ -465,10 +475,21 @@ class Relay:
         return out
 
 
-def _next(version: str) -> str:
-    """The generation after ``version`` (``nonce.counter``)."""
+def _split(version: str) -> tuple[str, int]:
     nonce, _, counter = version.rpartition(".")
-    return f"{nonce}.{int(counter) + 1}"
+    return nonce, int(counter)
+
+
+def _before(a: str, b: str) -> bool:
+    """Whether generation ``a`` comes before ``b`` (the same nonce, a smaller counter)."""
+    (na, ca), (nb, cb) = _split(a), _split(b)
+    return na == nb and ca < cb
+
+
+def _only_own(seen: str, version: str, own: set[str]) -> bool:
+    """Whether every bump from ``seen`` up to ``version`` is one of ``own``."""
+    (ns, cs), (nv, cv) = _split(seen), _split(version)
+    return ns == nv and cs < cv and all(f"{nv}.{k}" in own for k in range(cs + 1, cv + 1))
 
 
 def local_channel_meta(frame: dict[str, Any], experiment: dict[str, Any],
