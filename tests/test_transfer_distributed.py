@@ -251,3 +251,36 @@ def test_relative_paths_reach_workers_in_another_directory(
             cluster.run(os.chdir, cwd, workers=[worker])
     assert not os.path.exists("/rel-dst.zarr")
     _assert_same(src, str(tmp_path / "rel-dst.zarr"))
+
+
+class _CountingClient:
+    """The cluster's client, counting the copy's tasks submitted and not yet finished."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.submitted: list[Any] = []
+        self.most_in_flight = 0
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        fut = self.client.submit(*args, **kwargs)
+        self.submitted.append(fut)
+        in_flight = sum(1 for f in self.submitted if not f.done())
+        self.most_in_flight = max(self.most_in_flight, in_flight)
+        return fut
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_a_window_of_tasks_is_in_flight(cluster: Any, tmp_path: Path, small_blocks: None,
+                                        em: tuple[np.ndarray, np.ndarray]) -> None:
+    image, _ = em
+    src = _source(f"zarr://{tmp_path}/src.zarr", image, "image")
+    counting = _CountingClient(cluster)
+    report = voxgate.copy(src.url, f"zarr://{tmp_path}/dst.zarr", client=counting,
+                          progress=False)
+    threads = sum(cluster.nthreads().values())
+    window = max(8, voxgate.transfer.TASKS_PER_THREAD * threads)
+    assert len(counting.submitted) == report.blocks_total > window  # one task per block
+    assert counting.most_in_flight <= window
+    _assert_same(src, f"zarr://{tmp_path}/dst.zarr")

@@ -602,8 +602,11 @@ def _run_on_cluster(
     run = uuid.uuid4().hex
     src_spec = json.dumps(_absolute_spec(s_remote.spec()), sort_keys=True)
     dst_spec = json.dumps(_absolute_spec(d_remote.spec()), sort_keys=True)
-    threads = sum(client.nthreads().values()) or 1
-    window = max(8, TASKS_PER_THREAD * threads)
+
+    def window() -> int:  # asked again as the run goes: an adaptive cluster grows and shrinks
+        return max(8, TASKS_PER_THREAD * sum(client.nthreads().values()))
+
+    size, asked = window(), time.monotonic()
     items = iter(todo)
     pending: dict[Any, tuple[int, Vec, Box, int]] = {}
 
@@ -615,7 +618,7 @@ def _run_on_cluster(
         return fut
 
     results: BlockResults[tuple[int, Vec, Box, int]] = BlockResults()
-    first = [submit(item) for _, item in zip(range(window), items, strict=False)]
+    first = [submit(item) for _, item in zip(range(size), items, strict=False)]
     finished = as_completed(first)
     try:
         for fut in finished:
@@ -628,10 +631,13 @@ def _run_on_cluster(
                 journal.record((item[0], *item[1]))
                 results.done.append(item)
                 on_done(item, (item[3], *out))
-            if not results.failed:
+            if time.monotonic() - asked > 5:
+                size, asked = window(), time.monotonic()
+            while not results.failed and len(pending) < size:
                 nxt = next(items, None)
-                if nxt is not None:
-                    finished.add(submit(nxt))
+                if nxt is None:
+                    break
+                finished.add(submit(nxt))
     finally:
         # stopped (Ctrl-C) or failed: what was not finished is dropped; a block caught
         # mid-write on a worker is written whole again by the rerun
