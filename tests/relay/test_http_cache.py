@@ -433,6 +433,10 @@ def test_nginx_serves_repeated_reads_from_its_cache_and_never_a_stale_region_aft
             assert res.headers["x-cache-status"] in ("HIT", "REVALIDATED"), res.headers
             assert res.content == chunk.content
         assert _served(pair) == served  # no relay read a voxel for them
+        # what carries no ETag (info, project service records) is never stored
+        for path in ("/precomputed/c/e/img/info", "/v1/collection/c/experiment/e/channel/img/"):
+            assert http.get(path).headers["x-cache-status"] == "MISS"
+            assert http.get(path).headers["x-cache-status"] == "MISS"
         # a client's own conditional GET is answered by nginx
         res = http.get(_cutout_url(A), headers={"If-None-Match": first.headers["etag"]})
         assert res.status_code == 304
@@ -475,3 +479,11 @@ def test_generations_are_shared_through_their_directory_and_a_damaged_file_is_re
     assert two.current("chan") == fresh
     mem = Generations(None)
     assert mem.bump("chan") != Generations(None).bump("chan")  # nonce per process life
+
+
+def test_generations_path_in_the_config_is_relative_to_the_file(tmp_path: Path) -> None:
+    from voxgate.relay.config import load_config
+
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text('[server]\ngenerations_path = "shared/gens"\n')
+    assert load_config(cfg).generations_path == tmp_path / "shared" / "gens"
