@@ -39,12 +39,19 @@ def _upstream(root: Path) -> tuple[str, np.ndarray]:
     url = f"zarr://{root}/img.zarr"
     vol = voxgate.create(url, shape=SHAPE, chunks=CHUNKS, dtype="uint8", voxel_size=(40, 8, 8))
     vol[:] = data
+    # the same data again, for the read-only channel (a writable channel of the same upstream
+    # would make its responses revalidated on every use too)
+    voxgate.create(url.replace("img.zarr", "ro.zarr"), shape=SHAPE, chunks=CHUNKS,
+                   dtype="uint8", voxel_size=(40, 8, 8))[:] = data
     return url, data
 
 
 def _config(d: Path, upstream: str, generations: Path | None = None) -> Path:
+    """A relay of ``upstream`` as c/e/img (and c/e/img_ro, read-only), and of its copy as
+    c/e/ro, read-only (reusable for an hour)."""
     d.mkdir(parents=True, exist_ok=True)
     gens = f'generations_path = "{generations}"' if generations is not None else ""
+    gens += "\nread_only_max_age = 3600"
     cfg = d / "relay.toml"
     cfg.write_text(f"""
 [server]
@@ -57,6 +64,14 @@ disk_path = "{d / 'cache'}"
 [[channel]]
 name = "c/e/img"
 upstream = "{upstream}"
+[[channel]]
+name = "c/e/ro"
+upstream = "{upstream.replace('img.zarr', 'ro.zarr')}"
+writable = false
+[[channel]]
+name = "c/e/img_ro"
+upstream = "{upstream}"
+writable = false
 [auth]
 public_read = false
 tokens = {{ "{RW}" = "read-write" }}
@@ -107,7 +122,8 @@ def test_cutouts_have_a_strong_etag_and_a_conditional_get_answers_304(one) -> No
         first = http.get(_cutout_url(A))
         etag = _etag(first)
         np.testing.assert_array_equal(_decode(first, A), data[A.slices()])
-        assert "no-cache" in first.headers["cache-control"]
+        # writable: revalidated on every use, whatever read_only_max_age says
+        assert first.headers["cache-control"] == "public, no-cache"
         assert "accept" in first.headers["vary"].lower()
         again = http.get(_cutout_url(A))
         assert again.headers["etag"] == etag and again.content == first.content
@@ -452,6 +468,16 @@ def test_nginx_serves_repeated_reads_from_its_cache_and_never_a_stale_region_aft
             res = http.get(_chunk_url(CHUNK), headers={"Accept-Encoding": "identity"})
             assert res.status_code == 200
             assert res.content[:64] == new.tobytes()[:64]  # its first row of x is A's
+        # a read-only channel (read_only_max_age = 3600): reused without asking, a true HIT
+        ro = http.get(_cutout_url(A, "c/e/ro"))
+        assert ro.headers["x-cache-status"] == "MISS"
+        assert "max-age=3600" in ro.headers["cache-control"]
+        again = http.get(_cutout_url(A, "c/e/ro"))
+        assert again.headers["x-cache-status"] == "HIT" and again.content == ro.content
+        # but not one whose upstream a writable channel shares: that one is revalidated
+        shared = http.get(_cutout_url(A, "c/e/img_ro"))
+        assert shared.headers["cache-control"] == "public, no-cache"
+        np.testing.assert_array_equal(_decode(shared, A), new)
         # and a second write: whichever relay takes it, the next reads see it
         newer = np.full(tuple(A.shape), 43, np.uint8)
         _post(http, A, newer)

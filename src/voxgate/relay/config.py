@@ -8,6 +8,7 @@ upstream_timeout = 30          # seconds before an upstream read answers 504
 max_cutout_bytes = "520 MiB"   # bossDB's CUTOUT_MAX_SIZE; larger requests answer 413
 state_path = "relay-state.json" # metadata, reserved ids, local projects (default: beside the cache)
 generations_path = "/shared/gens"  # ETag write generations: relays behind one HTTP cache share it
+read_only_max_age = 0          # seconds an HTTP cache may reuse writable = false channels' data
 
 [cache]
 memory_bytes = "2 GiB"
@@ -145,6 +146,9 @@ class RelayConfig:
     data_root: Path | None = None
     #: the write generations behind ETags (a directory relays behind one HTTP cache share)
     generations_path: Path | None = None
+    #: seconds an HTTP cache may reuse a read-only channel's responses without asking (0:
+    #: revalidate every use, as for writable channels)
+    read_only_max_age: int = 0
     cache: CacheConfig = field(default_factory=CacheConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     channels: list[ChannelConfig] = field(default_factory=list)
@@ -194,7 +198,7 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
     server = raw.get("server", {})
     for key in server:
         if key not in ("host", "port", "upstream_timeout", "max_cutout_bytes", "state_path",
-                       "data_root", "generations_path"):
+                       "data_root", "generations_path", "read_only_max_age"):
             raise InvalidRequestError(f"unknown [server] key {key!r}")
     cfg.host = str(server.get("host", cfg.host))
     cfg.port = int(server.get("port", cfg.port))
@@ -205,6 +209,11 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
         cfg.state_path = base / server["state_path"]
     if "generations_path" in server:
         cfg.generations_path = base / server["generations_path"]
+    age = server.get("read_only_max_age", 0)
+    if isinstance(age, bool) or not isinstance(age, int) or age < 0:
+        raise InvalidRequestError(f"read_only_max_age must be a whole number of seconds >= 0, "
+                                  f"got {age!r}")
+    cfg.read_only_max_age = age
     data_root = server.get("data_root", raw.get("data_root"))
     if data_root is not None:
         cfg.data_root = base / data_root

@@ -176,7 +176,7 @@ def precomputed_routes(relay: Relay) -> list[Route]:
                                            limiter=relay.limiter)
         etag = relay.etag(remote, version, "chunk", scale, box, encoding, served.name,
                           "gzip" if use_gzip else "identity")
-        headers = {**relay.cache_headers(etag), "Vary": "Accept-Encoding"}
+        headers = {**relay.cache_headers(entry, etag), "Vary": "Accept-Encoding"}
         if use_gzip:
             headers["Content-Encoding"] = "gzip"
         if relay.not_modified(request, etag):

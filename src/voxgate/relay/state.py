@@ -329,11 +329,18 @@ class Relay:
         tags = [t.strip() for t in header.split(",")]
         return "*" in tags or etag in [t[2:] if t.startswith("W/") else t for t in tags]
 
-    @staticmethod
-    def cache_headers(etag: str) -> dict[str, str]:
+    def cache_headers(self, entry: ChannelEntry, etag: str) -> dict[str, str]:
         """Headers of a cacheable response: any cache may store it but must ask again (with
         If-None-Match) before each use; nginx reads X-Accel-Expires (stored, already
-        expired), since it takes ``no-cache`` for "do not store"."""
+        expired), since it takes ``no-cache`` for "do not store".  A read-only channel's
+        responses may be reused for ``read_only_max_age`` seconds when that is set and no
+        writable channel here has its upstream: no write goes through this relay to them."""
+        age = self.config.read_only_max_age
+        if age > 0 and not entry.writable and not any(
+                e.writable and e.upstream_url == entry.upstream_url
+                for e in list(self.catalog.channels.values())):
+            return {"ETag": etag, "X-Accel-Expires": str(age),
+                    "Cache-Control": f"public, max-age={age}"}
         return {"ETag": etag, "X-Accel-Expires": "@1", "Cache-Control": "public, no-cache"}
 
     # -- server-side downsampling (bossDB's /v1/downsample/) ------------------------------------

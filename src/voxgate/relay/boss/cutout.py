@@ -143,7 +143,7 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
             accept = request.headers.get("accept", "application/blosc").lower()
             etag = relay.etag(cut.remote, version, "cutout", cut.res, cut.box, cut.time,
                               "npygz" if "application/npygz" in accept else accept)
-            headers = {**relay.cache_headers(etag), "Vary": "Accept"}
+            headers = {**relay.cache_headers(cut.entry, etag), "Vary": "Accept"}
             if relay.not_modified(request, etag):
                 return Response(status_code=304, headers=headers)
             arr = await run(cut.read)
