@@ -9,7 +9,8 @@ sharing it and one generations directory; Debian's nginx (/usr/sbin/nginx) with 
 configuration of docs/relay.md ("Behind an HTTP cache") on 127.0.0.1.  Cutouts: 16 distinct
 512 x 512 x 16 regions, each read once to warm every tier, then ``--repeats`` rounds of all of
 them, one client (p50 / p99 per request) and then ``--clients`` concurrent clients
-(throughput).  The hit ratio counts responses whose X-Cache-Status (nginx's
+(throughput); then the same through nginx of a read-only copy (``read_only_max_age = 3600``:
+reused without revalidation).  The hit ratio counts responses whose X-Cache-Status (nginx's
 ``$upstream_cache_status``) is HIT or REVALIDATED, i.e. whose body came from nginx's cache.
 """
 
@@ -42,9 +43,12 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
+CHANNEL = {"chan": "img"}
+
+
 def url_of(box: Box) -> str:
     (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
-    return f"/v1/cutout/c/e/img/0/{x0}:{x1}/{y0}:{y1}/{z0}:{z1}/"
+    return f"/v1/cutout/c/e/{CHANNEL['chan']}/0/{x0}:{x1}/{y0}:{y1}/{z0}:{z1}/"
 
 
 def one_client(base: str, boxes: list[Box], repeats: int,
@@ -114,8 +118,9 @@ def main() -> None:
         tmp = Path(tmp_name)
         data = np.random.default_rng(0).integers(0, 255, SHAPE, dtype=np.uint8)
         url = f"zarr://{tmp}/img.zarr"
-        voxgate.create(url, shape=SHAPE, chunks=(16, 256, 256), dtype="uint8",
-                       voxel_size=(40, 8, 8))[:] = data
+        for u in (url, url.replace("img.zarr", "ro.zarr")):  # (ro: the read-only channel's)
+            voxgate.create(u, shape=SHAPE, chunks=(16, 256, 256), dtype="uint8",
+                           voxel_size=(40, 8, 8))[:] = data
         gens = tmp / "generations"
         a = start_relay(_config(tmp / "a", url, gens), free_port())
         b = start_relay(_config(tmp / "b", url, gens), free_port())
@@ -128,8 +133,10 @@ def main() -> None:
                   f"{args.clients} clients MiB/s |")
             print("|---|---|---|---|---|---|")
             for label, base in (("relay directly", a.url), ("nginx -> 2 relays", nginx.url),
-                                ("relay directly, If-None-Match", a.url)):
+                                ("relay directly, If-None-Match", a.url),
+                                ("nginx, read-only channel, max-age=3600", nginx.url)):
                 conditional = label.endswith("Match")
+                CHANNEL["chan"] = "ro" if "read-only" in label else "img"
                 times, statuses = one_client(base, boxes, args.repeats, conditional)
                 hits = statuses["HIT"] + statuses["REVALIDATED"]
                 ratio = f"{hits / sum(statuses.values()):.3f}" if hits else "-"
