@@ -485,6 +485,14 @@ def test_nginx_serves_repeated_reads_from_its_cache_and_never_a_stale_region_aft
             np.testing.assert_array_equal(_decode(http.get(_cutout_url(A)), A), newer)
         statuses = {http.get(_cutout_url(A)).headers["x-cache-status"] for _ in range(2)}
         assert statuses <= {"HIT", "REVALIDATED"}, statuses
+        # writes and reads alternating over both relays (round robin): each read sees the write
+        # before it, whichever relay took either
+        for k in range(50, 60):
+            value = np.full(tuple(NEAR.shape), k, np.uint8)
+            _post(http, NEAR, value)
+            np.testing.assert_array_equal(_decode(http.get(_cutout_url(NEAR)), NEAR), value)
+            np.testing.assert_array_equal(_decode(http.get(_cutout_url(A)), A)[8:, 32:, 32:],
+                                          value[:8, :32, :32])
 
 
 # -- the generations store ----------------------------------------------------------------------
