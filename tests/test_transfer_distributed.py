@@ -13,7 +13,7 @@ import pytest
 
 import voxgate
 import voxgate.transfer
-from voxgate.errors import InvalidRequestError
+from voxgate.errors import InvalidRequestError, PartialWriteError
 from voxgate.synthetic import synthetic_em
 from voxgate.transfer import CopyInterrupted
 
@@ -284,3 +284,26 @@ def test_a_window_of_tasks_is_in_flight(cluster: Any, tmp_path: Path, small_bloc
     assert len(counting.submitted) == report.blocks_total > window  # one task per block
     assert counting.most_in_flight <= window
     _assert_same(src, f"zarr://{tmp_path}/dst.zarr")
+
+
+def test_a_block_that_keeps_failing_stops_the_copy_and_a_rerun_resumes(
+        cluster: Any, tmp_path: Path, small_blocks: None,
+        em: tuple[np.ndarray, np.ndarray]) -> None:
+    image, _ = em
+    src = _source(f"zarr://{tmp_path}/src.zarr", image, "image")
+    chunks = sorted(p for p in (tmp_path / "src.zarr").rglob("*")
+                    if p.is_file() and "c" in p.relative_to(tmp_path / "src.zarr").parts)
+    bad = chunks[len(chunks) // 2]
+    good = bad.read_bytes()
+    bad.write_bytes(b"not a blosc chunk")
+    dst = f"zarr://{tmp_path}/dst.zarr"
+    with pytest.raises(PartialWriteError, match="rerun the same copy to resume") as failed:
+        voxgate.copy(src.url, dst, client=cluster, progress=False, retries=1)
+    assert len(failed.value.failed) == 1
+    [status] = voxgate.transfer.list_journals()
+    assert 0 < status.blocks_done < status.blocks_total
+    bad.write_bytes(good)
+    report = voxgate.copy(src.url, dst, client=cluster, progress=False)
+    assert report.resumed and report.blocks_skipped == status.blocks_done
+    assert report.blocks_skipped + report.blocks_written == report.blocks_total
+    _assert_same(src, dst)
