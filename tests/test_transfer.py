@@ -236,8 +236,13 @@ def test_ctrl_c_raises_copy_interrupted_and_the_journal_is_listed_and_forgotten(
         real(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(PrecomputedRemote, "write", write)
-    with pytest.raises(CopyInterrupted) as info:
-        voxgate.copy(src, dst_url, workers=2, progress=False)
+    # Python's own Ctrl-C handler, whatever an earlier test or library left installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(CopyInterrupted) as info:
+            voxgate.copy(src, dst_url, workers=2, progress=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     stop = info.value
     assert isinstance(stop, KeyboardInterrupt)
     assert stop.journal.exists() and f"journal at {stop.journal}" in str(stop)

@@ -168,9 +168,15 @@ def test_voxgate_view_command_prints_a_working_link(data: Data) -> None:
 
     import httpx
 
+    def default_sigint() -> None:
+        # a child inherits an ignored SIGINT: something in a long test run (a C library)
+        # may have left this process ignoring it, and Ctrl-C must reach the command
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen([sys.executable, "-m", "voxgate", "view", data.image, data.seg,
                              "--no-browser"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "BROWSER": "false"})
+                            text=True, env={**os.environ, "BROWSER": "false"},
+                            preexec_fn=default_sigint)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # blocks until the servers are up
