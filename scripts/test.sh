@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run), for a fresh machine: installs what the suite needs that pip
-# cannot (Debian's chromium, for the Neuroglancer tests), makes .venv, installs voxgate with its
-# test extra, and runs pytest with any arguments given.  Rerunning it is safe: every step either
+# cannot (Debian's chromium, for the Neuroglancer tests, and nginx, the HTTP cache the relay is
+# tested behind), makes .venv, installs voxgate with its test extra, makes .venv-webknossos for
+# the webknossos peer tests, and runs pytest with any arguments given.  Rerunning it is safe: every step either
 # is skipped or repeats harmlessly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
