@@ -17,7 +17,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "voxgate"
 #: lowest first; a unit is a subpackage or top-level module of voxgate ("voxgate": __init__)
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("progress",),  # progress bars and byte units (rich, imported when drawn)
-    ("errors", "parallel", "synthetic"),  # stdlib / numpy only
+    ("errors", "parallel"),  # stdlib / numpy only
+    ("synthetic",),  # synthetic test volumes (errors for bad input)
     ("models",),  # built-in ONNX models: resolve, describe, load (onnxruntime); training (torch)
     ("geometry",),
     ("meta",),
@@ -193,9 +194,9 @@ def test_checker_finds_a_type_checking_import_and_a_same_layer_one() -> None:
         "if TYPE_CHECKING:\n    from voxgate.volume import Volume\n"
         "from .parallel import run_blocks\n"
     )
-    assert _check_source("voxgate.synthetic", src) == [
-        "voxgate.synthetic:3 imports voxgate.volume.Volume (upward)",
-        "voxgate.synthetic:4 imports voxgate.parallel.run_blocks (upward)",
+    assert _check_source("voxgate.errors", src) == [
+        "voxgate.errors:3 imports voxgate.volume.Volume (upward)",
+        "voxgate.errors:4 imports voxgate.parallel.run_blocks (upward)",
     ]
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InvalidRequestError
 from .progress import progress_bar
 
 __all__ = [
@@ -111,8 +112,8 @@ def synthetic_neurites(
     nz, ny = lanes
     lz, ly = shape[0] / nz, shape[1] / ny
     if min(lz, ly) < 2 * radius + 4:
-        raise ValueError(f"lanes of {lz:.0f} x {ly:.0f} voxels are too narrow for radius "
-                         f"{radius}: use fewer lanes or a larger shape")
+        raise InvalidRequestError(f"lanes of {lz:.0f} x {ly:.0f} voxels are too narrow for "
+                                  f"radius {radius}: use fewer lanes or a larger shape")
     out = np.zeros(shape, dtype=np.uint64)
     ball = math.ceil(radius)
     offs = np.stack(np.meshgrid(*([np.arange(-ball, ball + 1)] * 3), indexing="ij"), -1)
@@ -190,8 +191,9 @@ def synapses(
     density per synapse, as distractors.  The image is blurred in-plane and noisy.
     """
     if len(shape) != 3 or min(shape) < 1 or density < 0 or lone_vesicles < 0:
-        raise ValueError(f"shape {shape}, density {density}, lone_vesicles {lone_vesicles}: "
-                         f"give a (z, y, x) shape of positive sizes and densities >= 0")
+        raise InvalidRequestError(
+            f"shape {shape}, density {density}, lone_vesicles {lone_vesicles}: give a (z, y, x) "
+            "shape of positive sizes and densities >= 0")
     vs = np.asarray(voxel_size, dtype=np.float64)
     labels = synthetic_labels(shape, cell=cell, seed=seed)
     rng = np.random.default_rng([seed, 12])
