@@ -1,0 +1,299 @@
+"""``voxgate info``, ``voxgate cp`` (and its journals), ``voxgate demo``."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import VoxgateError
+from ..geometry import Box
+from . import _MISSING_HELP, _fail, main
+
+
+def _absent_by_scale(vol: Any) -> dict[int, list[Any]] | None:
+    """Absent chunks of every scale, or None when the store cannot tell (bossdb, dvid)."""
+    from ..remotes.base import Capability, has_capability
+
+    if not has_capability(vol.remote, Capability.CHUNK_PRESENCE):
+        return None
+    return {s.index: vol.at_scale(s.index).missing_chunks() for s in vol.meta.scales}
+
+
+@main.command()
+@click.argument("url")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--check", is_flag=True,
+              help="Also list the chunks absent from the store inside each scale's bounds.")
+@click.option("--missing", type=click.Choice(["fill", "error"]), default="fill",
+              help="With --check: 'error' exits with an error when any chunk is absent.")
+def info(url: str, as_json: bool, check: bool, missing: str) -> None:
+    """Describe the volume at URL: dtype, kind, scales, chunks, voxel sizes."""
+    from ..api import open as vopen
+    from ..remotes.base import LISTED_CHUNKS, format_chunks
+
+    try:
+        vol = vopen(url)
+        absent = _absent_by_scale(vol) if check else None
+    except (VoxgateError, OSError) as exc:
+        _fail(exc)
+        return
+    meta = vol.meta
+    total_absent = sum(len(v) for v in (absent or {}).values())
+    if as_json:
+        import json
+
+        out: dict[str, Any] = {
+            "url": vol.url,
+            "dtype": meta.dtype.name,
+            "kind": meta.kind,
+            "num_channels": meta.num_channels,
+            "scales": [
+                {
+                    "index": s.index,
+                    "shape_zyx": list(s.shape),
+                    "chunks_zyx": list(s.chunks),
+                    "voxel_size_zyx": list(s.voxel_size.zyx()),
+                    "unit": s.voxel_size.unit,
+                    "offset_zyx": list(s.offset),
+                    "encoding": s.encoding,
+                }
+                for s in meta.scales
+            ],
+        }
+        if check:
+            # per scale: how many chunks are absent and the first few grid indices (z, y, x);
+            # null when the store cannot tell
+            out["absent_chunks"] = None if absent is None else {
+                str(k): {"total": len(v),
+                         "first_zyx": [[int(i) for i in g] for g in v[:LISTED_CHUNKS]]}
+                for k, v in absent.items()
+            }
+        click.echo(json.dumps(out, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console()
+        console.print(f"[bold]{vol.url}[/bold]")
+        console.print(
+            f"  {meta.dtype.name} {meta.kind}, {meta.num_channels} channel(s), "
+            f"{len(meta.scales)} scale(s), axes (z, y, x)"
+        )
+        table = Table("scale", "shape", "chunks", "voxel size", "offset", "encoding")
+        for s in meta.scales:
+            vs = s.voxel_size
+            table.add_row(
+                str(s.index),
+                " x ".join(map(str, s.shape)),
+                " x ".join(map(str, s.chunks)),
+                f"{vs.z:g} x {vs.y:g} x {vs.x:g} {vs.unit}",
+                ", ".join(map(str, s.offset)),
+                s.encoding or "",
+            )
+        console.print(table)
+        if check and absent is None:
+            click.echo("check: this store shows clients no chunks (it answers every region in "
+                       "bounds), so absent chunks cannot be listed")
+        elif check and not total_absent:
+            click.echo(f"check: no chunk absent in {len(absent or {})} scale(s)")
+        elif check and absent is not None:
+            for k, v in absent.items():
+                if v:
+                    click.echo(f"check: {len(v)} chunk(s) absent at scale {k}: "
+                               f"{format_chunks(v)}")
+            click.echo(f"check: {total_absent} chunk(s) absent in all; they read as the fill "
+                       f"value {meta.fill_value} (open with missing='error' to refuse them)")
+    if check and missing == "error":
+        if absent is None:
+            raise click.ClickException(
+                f"CapabilityNotSupportedError: {vol.url} cannot tell absent chunks"
+            )
+        if total_absent:
+            raise click.ClickException(
+                f"MissingChunkError: {total_absent} chunk(s) absent from {vol.url}"
+            )
+
+
+@main.command()
+@click.argument("src", required=False)
+@click.argument("dst", required=False)
+@click.option("--box", default=None, help="Only this scale-0 region, 'z0:z1,y0:y1,x0:x1'.")
+@click.option("--scales", default=None, help="Comma-separated scale indices (default: all).")
+@click.option("--workers", type=int, default=None, help="Blocks in flight at once.")
+@click.option("--no-progress", is_flag=True, help="Do not draw a progress bar.")
+@click.option(
+    "--option", "-o", "options", multiple=True,
+    help="Destination option KEY=VALUE when cp creates it (e.g. -o zarr_format=2).",
+)
+@click.option("--missing", type=click.Choice(["fill", "error"]), default="fill",
+              help=_MISSING_HELP)
+@click.option("--status", is_flag=True,
+              help="List the journals of unfinished copies (source, destination, blocks done, "
+                   "age) instead of copying.")
+@click.option("--forget", is_flag=True,
+              help="Delete the journal(s) of the unfinished copy SRC -> DST instead of copying.")
+@click.option("--forget-all", is_flag=True, help="Delete every unfinished copy's journal.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run the blocks on the dask.distributed scheduler at ADDRESS "
+                   "(tcp://host:port); the journal and progress stay here.")
+def cp(
+    src: str | None, dst: str | None, box: str | None, scales: str | None,
+    workers: int | None, no_progress: bool, options: tuple[str, ...], missing: str,
+    status: bool, forget: bool, forget_all: bool, scheduler: str | None,
+) -> None:
+    """Copy SRC to DST (created with SRC's metadata if missing); rerun to resume.
+
+    An interrupted copy (Ctrl-C, a kill, a failure) keeps a journal of the blocks it finished;
+    the same command run again skips them.  --status lists such journals, --forget SRC DST or
+    --forget-all deletes them.
+    """
+    import contextlib
+
+    from ..transfer import CopyInterrupted, copy
+
+    if sum((status, forget, forget_all)) > 1:
+        raise click.UsageError("give one of --status, --forget, --forget-all")
+    if status or forget_all:
+        if src is not None:
+            raise click.UsageError(
+                f"--{'status' if status else 'forget-all'} takes no SRC/DST "
+                "(use --forget SRC DST for one copy)")
+        _journals(forget=forget_all)
+        return
+    if src is None or dst is None:
+        raise click.UsageError("give SRC and DST (or --status / --forget-all)")
+    if forget:
+        _journals(forget=True, src=src, dst=dst)
+        return
+    try:
+        parsed_box = Box.parse(box) if box else None
+        scale_list = [int(s) for s in scales.split(",")] if scales else None
+        opts = dict(_parse_option(o) for o in options)
+        with contextlib.ExitStack() as stack:
+            client = None
+            if scheduler is not None:
+                if workers is not None:
+                    raise click.UsageError(
+                        "--workers sets the threads of a local copy; with --scheduler the "
+                        "cluster's worker threads run the blocks (give one or the other)")
+                from distributed import Client
+
+                client = stack.enter_context(Client(scheduler, timeout="30s"))
+            report = copy(
+                src, dst, box=parsed_box, scales=scale_list, workers=workers,
+                progress=not no_progress, missing=missing, client=client, **opts,
+            )
+    except CopyInterrupted as exc:
+        click.echo(
+            f"interrupted after {exc.blocks_done} of {exc.blocks_total} blocks; run the same "
+            f"command again to resume (journal at {exc.journal}; voxgate cp --forget SRC DST "
+            "deletes it)", err=True)
+        sys.exit(130)
+    except (VoxgateError, OSError, ValueError) as exc:
+        _fail(exc)
+        return
+    click.echo(str(report))
+
+
+def _journals(*, forget: bool, src: str | None = None, dst: str | None = None) -> None:
+    """List (or delete) the journals of unfinished copies."""
+    from ..transfer import forget_journals, journal_dir, list_journals
+
+    if not forget:
+        found = list_journals()
+        if not found:
+            click.echo(f"no unfinished copies (journals live in {journal_dir()})")
+        for j in found:
+            click.echo(str(j))
+        return
+    gone = forget_journals(src, dst)
+    if not gone:
+        which = "" if src is None else f" from {src} to {dst}"
+        click.echo(f"no unfinished copy{which}; nothing to forget (voxgate cp --status lists "
+                   "them)")
+    for j in gone:
+        click.echo(f"forgot {j.src} -> {j.dst}: {j.blocks_done}/{j.blocks_total} blocks "
+                   f"were done ({j.path} deleted; the destination is left as it is)")
+
+
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise click.BadParameter(f"options are KEY=VALUE, got {text!r}")
+    import json
+
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+@main.command()
+@click.option(
+    "--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Where to write the demo data (default: a temporary folder, removed afterwards).",
+)
+@click.option("--size", type=int, default=128, help="Edge length of the synthetic volume.")
+def demo(directory: Path | None, size: int) -> None:
+    """Build a small synthetic EM image and segmentation, write, copy and read them back."""
+    if directory is None:
+        with tempfile.TemporaryDirectory(prefix="voxgate-demo-") as tmp:
+            _demo(Path(tmp), size)
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        _demo(directory, size)
+
+
+def _demo(root: Path, size: int) -> None:
+    import numpy as np
+
+    from .. import copy, create
+    from .. import open as vopen
+    from ..synthetic import synthetic_em
+
+    say = click.echo
+    t0 = time.perf_counter()
+    image, labels = synthetic_em((size // 2, size, size), seed=0,
+                                 progress=sys.stderr.isatty())
+    say(f"synthetic EM: image {image.shape} uint8, segmentation with "
+        f"{len(np.unique(labels)) - 1} cells (uint64), voxel size 40 x 8 x 8 nm (z, y, x)")
+
+    img_url = f"zarr://{root / 'em.zarr'}"
+    seg_url = f"zarr://{root / 'seg.zarr'}"
+    img = create(img_url, shape=image.shape, dtype="uint8", chunks=(32, 64, 64),
+                 voxel_size=(40, 8, 8), kind="image", exist_ok=True)
+    img[:] = image
+    seg = create(seg_url, shape=labels.shape, dtype="uint64", chunks=(32, 64, 64),
+                 voxel_size=(40, 8, 8), kind="segmentation", exist_ok=True)
+    seg[:] = labels
+    say(f"wrote {img_url} and {seg_url} (OME-Zarr, Zarr v3, blosc-zstd)")
+
+    for name in ("em", "seg"):
+        report = copy(f"zarr://{root / (name + '.zarr')}", f"precomputed://file://{root / name}",
+                      progress=sys.stderr.isatty())
+        say(f"copied: {report}")
+
+    pre_img = vopen(root / "em")  # format detected from the precomputed 'info' file
+    pre_seg = vopen(root / "seg")
+    same_img = np.array_equal(pre_img.read(), image)
+    same_seg = np.array_equal(pre_seg.read(), labels)
+    say(f"read back {pre_img.url}: {pre_img.shape} {pre_img.dtype}, equal to the original: "
+        f"{same_img}")
+    say(f"read back {pre_seg.url}: {pre_seg.shape} {pre_seg.dtype} "
+        f"({pre_seg.meta.scale(0).encoding}), equal to the original: {same_seg}")
+    cut = pre_seg[10:20, ::2, -40:]
+    say(f"a lazy view seg[10:20, ::2, -40:] -> {cut.shape}, ids in it: "
+        f"{len(np.unique(cut.read()))}")
+    say(f"done in {time.perf_counter() - t0:.2f} s; data in {root}")
+    if not (same_img and same_seg):
+        raise click.ClickException("round trip mismatch")
+
+
+# -- learned models: predict, synapses (issue 12) ---------------------------------------------
