@@ -53,6 +53,14 @@ def _output_layer(url: str, out: str | None, sharded: bool, what: str,
     return vol, target
 
 
+def _write_each(directory: Path, texts: dict[int, str], suffix: str) -> None:
+    """One ``<id>.<suffix>`` text file per segment in ``directory`` (made if need be)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, text in texts.items():
+        (directory / f"{i}.{suffix}").write_text(text)
+    click.echo(f"wrote {len(texts)} {suffix.upper()} files into {directory}")
+
+
 @main.command("mesh")
 @click.argument("url")
 @click.option("--ids", default=None, help="Comma-separated ids (default: every id).")
@@ -93,10 +101,7 @@ def mesh_cmd(url: str, ids: str | None, out: str | None, fmt: str, simplify: flo
             click.echo(f"wrote {len(result)} {fmt}{' sharded' if sharded else ''} meshes "
                        f"into {target}")
         if obj_dir is not None:
-            obj_dir.mkdir(parents=True, exist_ok=True)
-            for i, m in result.items():
-                (obj_dir / f"{i}.obj").write_text(m.to_obj())
-            click.echo(f"wrote {len(result)} OBJ files into {obj_dir}")
+            _write_each(obj_dir, {i: m.to_obj() for i, m in result.items()}, "obj")
     except (VoxgateError, OSError) as exc:
         _fail(exc)
 
@@ -136,10 +141,7 @@ def skeletonize_cmd(url: str, ids: str | None, out: str | None, swc_dir: Path | 
             click.echo(f"wrote {len(result)}{' sharded' if sharded else ''} skeletons "
                        f"into {target}")
         if swc_dir is not None:
-            swc_dir.mkdir(parents=True, exist_ok=True)
-            for i, sk in result.items():
-                (swc_dir / f"{i}.swc").write_text(sk.to_swc())
-            click.echo(f"wrote {len(result)} SWC files into {swc_dir}")
+            _write_each(swc_dir, {i: sk.to_swc() for i, sk in result.items()}, "swc")
     except (VoxgateError, OSError) as exc:
         _fail(exc)
 
