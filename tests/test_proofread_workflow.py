@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import voxgate
-from tests.relay.conftest import RW, free_port, start_relay
+from tests.relay.conftest import RW, free_port, one_channel_config, start_relay
 from tests.services.test_proofread import DUMBBELL_A, DUMBBELL_B, _file_store, labels
 from voxgate.remotes.dvid import DVIDRepo
 from voxgate.testing.dvid import DVIDServerProcess, start_server
@@ -29,20 +29,7 @@ def test_bossdb_to_dvid_branch_and_back(tmp_path: Path, dvid: DVIDServerProcess)
     # a segmentation in bossDB (here: a relay serving a zarr upstream in the bossDB dialect)
     up = tmp_path / "lab.zarr"
     _file_store(f"zarr://{up}")
-    cfg = tmp_path / "relay.toml"
-    cfg.write_text(f"""
-[server]
-host = "127.0.0.1"
-state_path = "{tmp_path / 'state.json'}"
-[cache]
-memory_bytes = "16 MiB"
-[[channel]]
-name = "lab/em/seg"
-upstream = "zarr://{up}"
-[auth]
-public_read = false
-tokens = {{ "{RW}" = "read-write" }}
-""")
+    cfg = one_channel_config(tmp_path, f"zarr://{up}")
     relay = start_relay(cfg, free_port())
     try:
         boss_url = f"bossdb://{relay.url}/lab/em/seg"

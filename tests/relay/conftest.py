@@ -129,6 +129,25 @@ def make_upstreams(root: Path) -> Upstreams:
     return Upstreams(root, image, image1, labels, image16)
 
 
+def one_channel_config(directory: Path, upstream: str, name: str = "lab/em/seg") -> Path:
+    """``directory/relay.toml``: one private channel on ``upstream``, the RW and RO tokens."""
+    cfg = directory / "relay.toml"
+    cfg.write_text(f"""
+[server]
+host = "127.0.0.1"
+state_path = "{directory / 'state.json'}"
+[cache]
+memory_bytes = "16 MiB"
+[[channel]]
+name = "{name}"
+upstream = "{upstream}"
+[auth]
+public_read = false
+tokens = {{ "{RW}" = "read-write", "{RO}" = "read" }}
+""")
+    return cfg
+
+
 def write_config(path: Path, root: Path, *, extra: str = "", disk: bool = True,
                  auth: bool = True) -> Path:
     text = f"""

@@ -59,24 +59,11 @@ def _file_store(url: str, **kw: Any) -> voxgate.Volume:
 
 @pytest.fixture
 def relay_seg(tmp_path: Path) -> Iterator[Callable[[str], voxgate.Volume]]:
-    from tests.relay.conftest import RO, RW, free_port, start_relay
+    from tests.relay.conftest import RO, RW, free_port, one_channel_config, start_relay
 
     up = tmp_path / "up.zarr"
     _file_store(f"zarr://{up}")
-    cfg = tmp_path / "relay.toml"
-    cfg.write_text(f"""
-[server]
-host = "127.0.0.1"
-state_path = "{tmp_path / 'state.json'}"
-[cache]
-memory_bytes = "16 MiB"
-[[channel]]
-name = "lab/em/seg"
-upstream = "zarr://{up}"
-[auth]
-public_read = false
-tokens = {{ "{RW}" = "read-write", "{RO}" = "read" }}
-""")
+    cfg = one_channel_config(tmp_path, f"zarr://{up}")
     relay = start_relay(cfg, free_port())
     tokens = {"rw": RW, "ro": RO}
 
