@@ -1,0 +1,284 @@
+"""What every proofreading edit shares: :class:`EditResult`, the checks of the volume and ids,
+where ids are (DVID's label index, a store's bounding boxes or the cached label stats) and the
+block-wise edit that saves each block's old voxels to the history before writing it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ...errors import InvalidRequestError, PartialWriteError, ReadOnlyError, RemoteNotFoundError
+from ...geometry import Box, Vec, chunk_boxes
+from ...parallel import run_blocks
+from ...remotes.base import Capability, has_capability
+from ...volume import Volume
+from .._common import Provenance, as_volume, progress_bar
+from ..proofread_history import History, current_user, history_location
+
+#: ids given as floats are refused: a float holds integers exactly only up to 2^53
+EXACT_FLOAT_IDS = 2**53
+
+
+@dataclass(frozen=True)
+class EditResult:
+    """What one edit did: its number in the history, the ids it changed (old -> new, for a
+    split the new ids of its pieces), the blocks it rewrote and which path ran."""
+
+    n: int
+    operation: str
+    mapping: dict[int, int] = field(default_factory=dict)
+    new_ids: tuple[int, ...] = ()
+    blocks: int = 0
+    boxes: tuple[Box, ...] = ()
+    provenance: Provenance | None = None
+
+
+# -- input checks ---------------------------------------------------------------------------------
+def _label(v: Any, dtype: np.dtype[Any], what: str = "id") -> int:
+    if isinstance(v, (float, np.floating)):
+        raise InvalidRequestError(
+            f"{what} {v!r} is a float; segment ids are integers up to 2^64-1 and a float holds "
+            f"them exactly only up to 2^53 ({EXACT_FLOAT_IDS}): pass an int")
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise InvalidRequestError(f"{what} must be an integer, got {v!r}")
+    v = int(v)
+    top = int(np.iinfo(dtype).max)
+    if v <= 0:
+        raise InvalidRequestError(f"{what} {v} is not a segment id: 0 is background, ids are "
+                                  f"1..{top}")
+    if v > top:
+        raise InvalidRequestError(f"{what} {v} does not fit this volume's {dtype.name} labels "
+                                  f"(1..{top})")
+    return v
+
+
+def _open(seg: Any) -> Volume:
+    if isinstance(seg, np.ndarray):
+        raise InvalidRequestError(
+            "proofreading edits a stored volume (a Volume or URL); for a numpy array, copy it "
+            "into one first (voxgate.copy(arr, 'mem://name')) or use numpy directly")
+    vol = as_volume(seg, mode="r+")
+    if vol.remote.scheme == "dvid" and getattr(vol.remote, "locked", False):
+        raise ReadOnlyError(
+            f"{vol.url}: node {vol.meta.extra.get('dvid', {}).get('node')} is committed "
+            "(locked) and DVID refuses edits to it; branch it (DVIDRepo.branch) and proofread "
+            "the branch's node opened with mode='r+'")
+    if vol.mode != "r+" or not has_capability(vol.remote, Capability.WRITE):
+        raise ReadOnlyError(
+            f"{vol.url} is opened read-only and proofreading writes to it; open it with "
+            "voxgate.open(url, mode='r+') (a read-only token or file cannot be edited)")
+    if vol.kind != "segmentation":
+        raise InvalidRequestError(
+            f"{vol.url} is an image (kind='image'); merge, split and relabel edit a "
+            "segmentation's labels")
+    if vol.dtype.kind not in "ui" or vol.ndim != 3 or any(a.step != 1 for a in vol._axes):
+        raise InvalidRequestError(
+            f"proofreading needs a 3-D integer segmentation view with step 1, got "
+            f"{vol.dtype.name} with shape {vol.shape}")
+    return vol
+
+
+def _hist(vol: Volume, history_dir: Any) -> History:
+    return History(history_location(_stable_url(vol), vol.scale, history_dir))
+
+
+def _stable_url(vol: Volume) -> str:
+    return str(vol.remote.spec()["url"])
+
+
+# -- where ids are --------------------------------------------------------------------------------
+_stats_lock = threading.Lock()
+#: (volume URL, scale) -> {"boxes": {id: Box}, "max": largest id}: the label_stats of a volume,
+#: computed once per process and kept up to date by the edits made here
+_STATS: dict[tuple[str, int], dict[str, Any]] = {}
+
+
+def _dvid_labels(vol: Volume) -> Any:
+    return getattr(vol.remote, "labels", None) if has_capability(
+        vol.remote, Capability.SERVER_PROOFREAD) else None
+
+
+def _stats(vol: Volume) -> dict[str, Any]:
+    key = (_stable_url(vol), vol.scale)
+    with _stats_lock:
+        got = _STATS.get(key)
+    if got is not None:
+        return got
+    from ..label_stats import label_stats
+
+    df = label_stats(vol.at_scale(vol.scale))  # the whole volume: the cache serves any view
+    boxes = {int(r.id): Box((int(r.z0), int(r.y0), int(r.x0)), (int(r.z1), int(r.y1), int(r.x1)))
+             for r in df.itertuples()}
+    out = {"boxes": boxes, "max": max(boxes, default=0)}
+    with _stats_lock:
+        _STATS[key] = out
+    return out
+
+
+def _forget_stats(vol: Volume) -> None:
+    with _stats_lock:
+        _STATS.pop((_stable_url(vol), vol.scale), None)
+
+
+def _boxes(vol: Volume, ids: Iterable[int]) -> dict[int, Box]:
+    """The box of each id inside the view; unknown ids are refused."""
+    ids = list(ids)
+    region = vol.bounds
+    out: dict[int, Box] = {}
+    labels = _dvid_labels(vol)
+    if labels is not None and vol.scale == 0:
+        sizes = labels.sizes(ids)
+        for i, s in zip(ids, sizes.tolist(), strict=True):
+            if s:
+                out[i] = labels.sparsevol_size(i).box.intersect(region)
+    elif has_capability(vol.remote, Capability.SERVER_BOUNDING_BOXES):
+        out = _server_boxes(vol, ids)
+        out = {i: b.intersect(region) for i, b in out.items()}
+    else:
+        boxes = _stats(vol)["boxes"]
+        for i in ids:
+            if i in boxes:
+                out[i] = boxes[i].intersect(region)
+    missing = [i for i in ids if i not in out or out[i].is_empty()]
+    if missing:
+        raise InvalidRequestError(
+            f"id(s) {missing} have no voxels in {vol.url} inside {region!r}; merge, split and "
+            "relabel edit existing segments (voxgate stats URL lists them)")
+    return out
+
+
+def _server_boxes(vol: Volume, ids: Iterable[int]) -> dict[int, Box]:
+    """Tight boxes of ``ids`` asked of a store that knows them (bossDB ``boundingbox``), one
+    request per id; ids the store does not know are left out."""
+    remote: Any = vol.remote
+    out = {}
+    for i in ids:
+        try:
+            out[i] = remote.bounding_box(i, vol.scale, tight=True)
+        except RemoteNotFoundError:
+            continue
+    return out
+
+
+def _new_ids(vol: Volume, count: int) -> list[int]:
+    """``count`` unused ids: reserved by the store where it can, else max + 1 onwards."""
+    if count == 0:
+        return []
+    if has_capability(vol.remote, Capability.RESERVE_IDS):
+        first = int(vol.remote.reserve_ids(count))  # type: ignore[attr-defined]
+    else:
+        st = _stats(vol)
+        with _stats_lock:
+            first = int(st["max"]) + 1
+            st["max"] = first + count - 1
+    top = int(np.iinfo(vol.dtype).max)
+    if first + count - 1 > top:
+        raise InvalidRequestError(f"{vol.url} has no free ids left in {vol.dtype.name}")
+    return list(range(first, first + count))
+
+
+def _note_boxes(vol: Volume, gone: Iterable[int], boxes: Mapping[int, Box]) -> None:
+    """Keep the cached label boxes right after an edit: ``gone`` ids vanished, ``boxes``
+    (new or grown ids) join their boxes."""
+    key = (_stable_url(vol), vol.scale)
+    with _stats_lock:
+        st = _STATS.get(key)
+        if st is None:
+            return
+        for i in gone:
+            st["boxes"].pop(i, None)
+        for i, b in boxes.items():
+            old = st["boxes"].get(i)
+            st["boxes"][i] = b if old is None else _union([old, b])
+            st["max"] = max(st["max"], i)
+
+
+def _union(boxes: Sequence[Box]) -> Box:
+    return Box(tuple(min(b.start[d] for b in boxes) for d in range(3)),
+               tuple(max(b.stop[d] for b in boxes) for d in range(3)))
+
+
+def _blocks(vol: Volume, boxes: Iterable[Box]) -> list[Box]:
+    """The write-grid blocks (clipped to the view) that touch any of ``boxes``."""
+    grid = vol.remote.write_grid(vol.scale)
+    bounds = vol.scale_meta.bounds
+    region = vol.bounds
+    seen: dict[Vec, Box] = {}
+    for b in boxes:
+        for g, cell in chunk_boxes(b, grid, bounds):
+            if g not in seen:
+                c = cell.intersect(region)
+                if not c.is_empty():
+                    seen[g] = c
+    return [seen[g] for g in sorted(seen)]
+
+
+# -- the block-wise edit --------------------------------------------------------------------------
+def _edit_blocks(vol: Volume, hist: History, n: int, blocks: list[Box],
+                 fn: Callable[[np.ndarray, Box], np.ndarray | None], *, label: str,
+                 progress: bool, workers: int | None) -> list[Box]:
+    """Rewrite ``blocks`` with ``fn(old voxels, box)`` (None: unchanged); each block's old
+    voxels are saved to the history before it is written.  Returns the blocks written."""
+    remote, scale = vol.remote, vol.scale
+    written: list[Box] = []
+    lock = threading.Lock()
+
+    def one(b: Box) -> bool:
+        old = remote.read(b, scale)
+        new = fn(old, b)
+        if new is None or np.array_equal(new, old):
+            return False
+        hist.save_block(n, b, old)
+        remote.write(b, np.ascontiguousarray(new, dtype=vol.dtype), scale)
+        with lock:
+            written.append(b)
+        return True
+
+    with progress_bar(progress, len(blocks), label) as bar:
+        res = run_blocks(one, blocks, workers=workers, on_done=lambda _b, _o: bar.advance())
+    if res.failed:
+        _forget_stats(vol)  # the ids' boxes may have moved part-way: find them again
+        failed = [b for b, _ in res.failed]
+        exc = res.failed[0][1]
+        if not written:  # the store is as it was: the store's own error says why
+            hist.update(n, status="failed", blocks=0)
+            exc.add_note(f"{label} of {vol.url}: nothing was written; the volume is unchanged")
+            raise exc
+        hist.update(n, status="partial", blocks=len(written))
+        raise PartialWriteError(
+            f"{label} of {vol.url} failed at {failed[0]!r} ({exc}); {len(written)} block(s) were "
+            f"written: {[tuple(map(tuple, (b.start, b.stop))) for b in written[:10]]}"
+            f"{' ...' if len(written) > 10 else ''}. Their old voxels are saved in the history "
+            f"(edit {n}): voxgate.undo restores them", written=written, failed=failed) from exc
+    return written
+
+
+def _start(hist: History, vol: Volume, operation: str, path: str, user: str | None,
+           params: dict[str, Any], ids: Iterable[int], boxes: Iterable[Box]) -> int:
+    return hist.start({
+        "user": current_user(user), "operation": operation, "path": path,
+        "url": _stable_url(vol), "scale": vol.scale, "params": params,
+        "ids": [int(i) for i in ids],
+        "boxes": [[*map(int, b.start), *map(int, b.stop)] for b in boxes]})
+
+
+def _remap_fn(mapping: Mapping[int, int], dtype: np.dtype[Any]
+              ) -> Callable[[np.ndarray, Box], np.ndarray | None]:
+    keys = np.array(sorted(mapping), dtype=dtype)
+    vals = np.array([mapping[int(k)] for k in keys], dtype=dtype)
+
+    def fn(data: np.ndarray, _b: Box) -> np.ndarray | None:
+        pos = np.searchsorted(keys, data)
+        pos[pos >= len(keys)] = 0
+        hit = keys[pos] == data
+        if not hit.any():
+            return None
+        out = data.copy()
+        out[hit] = vals[pos[hit]]
+        return out
+
+    return fn

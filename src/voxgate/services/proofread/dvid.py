@@ -1,0 +1,147 @@
+"""DVID's server path: merges and splits run by DVID itself (``POST merge``, ``POST
+split/<label>``, ``POST renumber``), recorded in the node's log, and their undo (``POST
+mappings``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ...errors import CapabilityNotSupportedError, RemoteNotFoundError
+from ...geometry import Box
+from ...volume import Volume
+from .._common import Provenance
+from ..proofread_history import History
+from .core import EditResult, _boxes, _dvid_labels, _hist, _start
+from .remeshing import _remesh
+
+#: the DVID log line prefix of voxgate's edit records
+DVID_LOG_PREFIX = "voxgate-proofread "
+
+
+def _dvid_log(vol: Volume, record: dict[str, Any]) -> None:
+    import json
+
+    remote: Any = vol.remote
+    remote.repo.add_log(remote.uuid, DVID_LOG_PREFIX + json.dumps(record, sort_keys=True))
+
+
+def _log_entries(vol: Volume) -> list[dict[str, Any]]:
+    """The edits recorded in a DVID node's log (``voxgate-proofread`` lines), folded by n."""
+    import json
+
+    remote: Any = vol.remote
+    by_n: dict[int, dict[str, Any]] = {}
+    for line in remote.repo.log(remote.uuid):
+        _, sep, text = line.partition(DVID_LOG_PREFIX)
+        if not sep:
+            continue
+        try:
+            rec = json.loads(text)
+        except ValueError:
+            continue  # not ours after all
+        by_n.setdefault(int(rec["n"]), {}).update(rec)
+    return [by_n[k] for k in sorted(by_n)]
+
+
+def _adopt_log(vol: Volume, hist: History) -> None:
+    """A DVID node edited elsewhere: its log's records become this machine's history."""
+    if vol.remote.scheme != "dvid" or hist.entries():
+        return
+    for rec in _log_entries(vol):
+        hist.append(rec)
+
+
+def _dvid_merge(vol: Volume, ids: list[int], target: int, user: str | None, history_dir: Any,
+                remesh: Any) -> EditResult:
+    t0 = time.perf_counter()
+    labels = _dvid_labels(vol)
+    others = [i for i in ids if i != target]
+    boxes = _boxes(vol, ids)
+    before = {str(o): [int(s) for s in labels.supervoxels(o)] for o in others}
+    hist = _hist(vol, history_dir)
+    n = _start(hist, vol, "merge", "server", user, {"into": target, "ids": ids,
+                                                      "undo_mappings": before},
+               ids, boxes.values())
+    try:
+        mutation = labels.merge(target, others)
+    except Exception:
+        hist.update(n, status="failed")  # DVID refused it: nothing changed
+        raise
+    hist.update(n, status="done", mutation=mutation, seconds=round(time.perf_counter() - t0, 3))
+    _dvid_log(vol, hist.entry(n))
+    _remesh(vol, [target], remesh, boxes.values())
+    return EditResult(n, "merge", {o: target for o in others}, (), 0, tuple(boxes.values()),
+                      Provenance("merge", "server", vol.url, {"mutation": mutation}))
+
+
+def _dvid_split(vol: Volume, label: int, keys: list[int | None], pieces: np.ndarray, sbox: Box,
+                seeded: bool, user: str | None, history_dir: Any, remesh: Any,
+                t0: float) -> EditResult:
+    from ...formats.dvid_block import encode_rles, rles_from_mask
+
+    labels = _dvid_labels(vol)
+    hist = _hist(vol, history_dir)
+    n = _start(hist, vol, "split", "server", user,
+               {"id": label, "seeded": seeded, "box": [*map(int, sbox.start),
+                                                       *map(int, sbox.stop)]},
+               [label], [sbox])
+    made: list[int] = []
+    hist.update(n, new_bodies=made)
+    keep = keys.index(label) + 1 if label in keys else None
+    last = 0
+    order = [k for k in range(1, len(keys) + 1) if k != keep]
+    if keep is None:  # every piece gets a new id: the last one by renumbering what remains
+        last = order.pop()
+    mutations = []
+    for k in order:
+        runs = rles_from_mask(pieces == k, (sbox.start.z, sbox.start.y, sbox.start.x))
+        try:
+            new, mut = labels.split(label, encode_rles(runs))
+        except Exception:
+            if not made:  # DVID refused the first piece: nothing changed
+                hist.update(n, status="failed")
+            raise
+        mutations.append(mut)
+        want = keys[k - 1]
+        if want is not None and want != new:
+            labels.renumber({want: new})
+            new = want
+        made.append(int(new))
+        hist.update(n, new_bodies=made)
+    if keep is None:
+        want = keys[last - 1]
+        if want is None:
+            want = int(labels.reserve_ids(1))
+        labels.renumber({want: label})
+        made.append(int(want))
+        hist.update(n, new_bodies=made, renumbered_all=True)
+    hist.update(n, status="done", new_ids=made, ids=sorted({label, *made}), mutations=mutations,
+                seconds=round(time.perf_counter() - t0, 3))
+    _dvid_log(vol, hist.entry(n))
+    _remesh(vol, [label, *made], remesh, [sbox])
+    return EditResult(n, "split", {}, tuple(made), 0, (sbox,),
+                      Provenance("split", "server", vol.url, {"mutations": mutations}))
+
+
+def _dvid_undo(vol: Volume, e: dict[str, Any]) -> None:
+    labels = _dvid_labels(vol)
+    if labels is None:
+        raise CapabilityNotSupportedError(
+            f"edit {e['n']} ran on DVID's server; undo it on the same dvid:// labelmap opened "
+            "with mode='r+'")
+    ops: list[tuple[int, list[int]]] = []
+    if e["operation"] == "merge":
+        ops = [(int(b), svs) for b, svs in e["params"]["undo_mappings"].items()]
+    else:
+        label = int(e["params"]["id"])
+        for b in e.get("new_bodies", []):
+            if b == label:
+                continue
+            try:
+                ops.append((label, [int(s) for s in labels.supervoxels(int(b))]))
+            except RemoteNotFoundError:  # a body the edit never finished making
+                continue
+    labels.post_mappings(ops)

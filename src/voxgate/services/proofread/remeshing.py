@@ -1,0 +1,117 @@
+"""``remesh=``: mesh and / or skeletonize the edited ids again and store the results where
+the layer keeps them (a precomputed layer's directories or a DVID labelmap's keyvalues)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from ...errors import CapabilityNotSupportedError, InvalidRequestError
+from ...geometry import Box
+from ...remotes.base import Capability, has_capability
+from ...volume import Volume
+from .core import _union
+
+#: what ``remesh=`` asks for: True / "meshes", "skeletons", or "both"
+REMESH_CHOICES = (False, True, "meshes", "skeletons", "both")
+
+
+def _remesh_kinds(remesh: Any) -> tuple[bool, bool]:
+    """(meshes, skeletons) that ``remesh`` asks for."""
+    if isinstance(remesh, np.bool_):
+        remesh = bool(remesh)
+    if remesh not in REMESH_CHOICES or (remesh is not True and remesh is not False
+                                        and not isinstance(remesh, str)):
+        raise InvalidRequestError(f"remesh must be True, False, 'meshes', 'skeletons' or 'both', "
+                                  f"got {remesh!r}")
+    return remesh in (True, "meshes", "both"), remesh in ("skeletons", "both")
+
+
+def _layer_dir(vol: Volume, key: str) -> str | None:
+    """A precomputed layer's ``mesh`` / ``skeletons`` directory named in its info."""
+    from ...storage import read_json
+
+    remote: Any = vol.remote
+    if remote.scheme != "precomputed":
+        return None
+    name = read_json(remote.location, "info").get(key)
+    return str(name) if name else None
+
+
+def _check_remesh(vol: Volume, remesh: Any) -> None:
+    """Refuse ``remesh`` before editing where there is nowhere to put the meshes / skeletons."""
+    meshes, skels = _remesh_kinds(remesh)
+    dvid = has_capability(vol.remote, Capability.SERVER_PROOFREAD)
+    for wanted, key, kv, what, writer in (
+            (meshes, "mesh", "_meshes", "meshes", "voxgate.write_meshes"),
+            (skels, "skeletons", "_skeletons", "skeletons", "voxgate.formats.skeleton."
+                                                            "write_skeletons")):
+        if wanted and not dvid and _layer_dir(vol, key) is None:
+            raise CapabilityNotSupportedError(
+                f"remesh={remesh!r} writes {what} into a precomputed layer's {what} directory "
+                f"(the {key!r} key of its info) or a DVID labelmap's <name>{kv} keyvalue; "
+                f"{vol.url} has neither (write {what} with {writer} first, or edit without "
+                "remesh)")
+
+
+def _remesh(vol: Volume, ids: Iterable[int], remesh: Any, boxes: Iterable[Box] = ()) -> int:
+    """Mesh (and / or skeletonize) ``ids`` again over their boxes and store the results where
+    the layer keeps them: a precomputed layer's mesh / skeleton directory (format and layout
+    kept), or a DVID labelmap's ``<name>_meshes`` / ``<name>_skeletons`` keyvalue.  Returns how
+    many meshes and skeletons were written."""
+    meshes_wanted, skels_wanted = _remesh_kinds(remesh)
+    if not (meshes_wanted or skels_wanted):
+        return 0
+    wanted = sorted({int(i) for i in ids})
+    full = vol.at_scale(vol.scale)
+    region = full.bounds
+    bl = list(boxes)
+    if bl:  # one voxel more on every side: the surface closes where a segment meets the box
+        u = _union(bl)
+        region = Box(tuple(a - 1 for a in u.start), tuple(b + 1 for b in u.stop)).intersect(
+            full.bounds)
+    lo = region.start - full.bounds.start
+    hi = region.stop - full.bounds.start
+    view = full[lo.z:hi.z, lo.y:hi.y, lo.x:hi.x]
+    remote: Any = vol.remote
+    written = 0
+    if meshes_wanted:
+        from ..mesh import mesh as mesh_service
+
+        meshes = dict(mesh_service(view, ids=wanted, prefer="local"))
+        mesh_dir = _layer_dir(vol, "mesh")
+        if mesh_dir is not None:
+            from ...formats.mesh import write_meshes
+            from ...storage import join, read_json
+
+            dinfo = read_json(join(remote.location, mesh_dir), "info")
+            legacy = dinfo.get("@type") == "neuroglancer_legacy_mesh"
+            opts: dict[str, Any] = {"format": "legacy" if legacy else "multires",
+                                    "mesh_dir": mesh_dir}
+            if not legacy:
+                opts["sharded"] = bool(dinfo.get("sharding"))
+                opts["vertex_quantization_bits"] = int(dinfo.get("vertex_quantization_bits", 16))
+            write_meshes(remote.spec()["url"], meshes, **opts)
+        else:
+            for i, m in meshes.items():
+                remote.put_mesh(i, m)
+        written += len(meshes)
+    if skels_wanted:
+        from ..skeletonize import skeletonize
+
+        skels = dict(skeletonize(view, ids=wanted, prefer="local", dust_threshold=0))
+        skel_dir = _layer_dir(vol, "skeletons")
+        if skel_dir is not None:
+            from ...formats.skeleton import write_skeletons
+            from ...storage import join, read_json
+
+            sinfo = read_json(join(remote.location, skel_dir), "info")
+            write_skeletons(remote.spec()["url"], skels, skel_dir=skel_dir,
+                            sharded=bool(sinfo.get("sharding")))
+        else:
+            for i, sk in skels.items():
+                remote.put_skeleton(i, sk)
+        written += len(skels)
+    return written

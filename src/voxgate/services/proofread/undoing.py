@@ -1,0 +1,93 @@
+"""history (the edits of a volume as a table) and undo."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ...errors import InvalidRequestError, PartialWriteError
+from ...geometry import Box
+from ...parallel import run_blocks
+from ...volume import Volume
+from .._common import Provenance, as_volume, progress_bar
+from ..proofread_history import current_user
+from .core import EditResult, _forget_stats, _hist, _open, _stable_url
+from .dvid import _adopt_log, _dvid_log, _dvid_undo, _log_entries
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def _restore(vol: Volume, data: dict[Box, np.ndarray], label: str, progress: bool,
+             workers: int | None) -> Any:
+    with progress_bar(progress, len(data), label) as bar:
+        return run_blocks(lambda b: vol.remote.write(b, data[b], vol.scale), list(data),
+                          workers=workers, on_done=lambda _b, _o: bar.advance())
+
+
+# -- history and undo -----------------------------------------------------------------------------
+def history(seg: Any, *, history_dir: Any = None) -> pd.DataFrame:
+    """The edits of a volume, one row each: n, time, user, operation, path (local / server),
+    params, ids, boxes, blocks, status (started, done, partial, undone) and for undo rows the
+    edit they undid."""
+    import pandas as pd
+
+    vol = as_volume(seg) if not isinstance(seg, np.ndarray) else None
+    if vol is None:
+        raise InvalidRequestError("a numpy array has no history; give the volume's URL")
+    hist = _hist(vol, history_dir)
+    entries = hist.entries()
+    if not entries and vol.remote.scheme == "dvid":
+        entries = _log_entries(vol)
+    cols = ["n", "time", "user", "operation", "path", "params", "ids", "boxes", "blocks",
+            "status", "undoes", "seconds"]
+    return pd.DataFrame([{c: e.get(c) for c in cols} for e in entries], columns=cols)
+
+
+def undo(seg: Any, n: int = 1, *, user: str | None = None, progress: bool = False,
+         workers: int | None = None, history_dir: Any = None) -> list[EditResult]:
+    """Undo the last ``n`` edits not yet undone, newest first: the voxels each changed are
+    written back as they were (a DVID server edit restores the supervoxel -> body mapping)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InvalidRequestError(f"n must be a positive integer, got {n!r}")
+    vol = _open(seg)
+    hist = _hist(vol, history_dir)
+    _adopt_log(vol, hist)
+    todo = [e for e in hist.entries()
+            if e.get("operation") != "undo" and e.get("status") in ("done", "partial",
+                                                                     "started")]
+    if len(todo) < n:
+        raise InvalidRequestError(
+            f"{vol.url} has {len(todo)} edit(s) left to undo, not {n} (voxgate history URL)")
+    out = []
+    for e in reversed(todo[-n:]):
+        t0 = time.perf_counter()
+        k = int(e["n"])
+        u = hist.start({"user": current_user(user), "operation": "undo", "undoes": k,
+                        "path": e.get("path", "local"), "url": _stable_url(vol),
+                        "scale": vol.scale, "params": {}, "ids": e.get("ids", []),
+                        "boxes": e.get("boxes", [])})
+        if e.get("path") == "server":
+            _dvid_undo(vol, e)
+            written = 0
+        else:
+            saved = hist.blocks(k)
+            if saved:
+                res = _restore(vol, dict(saved), f"undo {k}", progress, workers)
+                if res.failed:
+                    raise PartialWriteError(
+                        f"undo of edit {k} failed at {res.failed[0][0]!r} "
+                        f"({res.failed[0][1]}); run undo again to finish it",
+                        written=res.done, failed=[b for b, _ in res.failed])
+            written = len(saved)
+        hist.update(k, status="undone")
+        hist.update(u, status="done", blocks=written, seconds=round(time.perf_counter() - t0, 3))
+        if e.get("path") == "server":
+            _dvid_log(vol, {"n": k, "status": "undone"})
+            _dvid_log(vol, hist.entry(u))
+        out.append(EditResult(u, "undo", {}, (), written, (),
+                              Provenance("undo", e.get("path", "local"), vol.url, {"undid": k})))
+    _forget_stats(vol)
+    return out
