@@ -29,6 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("notebook",),  # HTML repr, previews, xarray for Volume (knows it by public attributes)
     ("volume",),
     ("api",),  # voxgate.open / voxgate.create
+    ("blockwise",),  # plan blocks, run them on threads / processes / dask, one retry rule
     ("services",),
     ("transfer",),
     ("compat",),

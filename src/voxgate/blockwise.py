@@ -1,0 +1,441 @@
+"""One planning layer for everything that runs block by block (the Services, ``voxgate.copy``).
+
+**Plan**: :func:`block_shape` picks a block from the output's write unit (a chunk, or a whole
+shard) and a memory budget; :func:`plan_blocks` cuts a region into blocks of that shape on a grid
+anchored at the output's origin, so every block writes whole chunks or shards and no two blocks
+share one, in Morton (z-) order, so neighbouring blocks run close together.
+
+**Run**: :func:`run_blocks` calls one function on every block on this process's threads, on
+spawned processes (for kernels that hold the GIL), or on a ``dask.distributed`` ``client``, with
+at most a window of blocks in flight whatever their number; one progress bar (the Service's name,
+its blocks and bytes); one retry rule (:func:`is_transient`: an unreachable store, a dask worker
+that died, retried :data:`RETRIES` times with backoff; any other error raised at once, naming the
+block); Ctrl-C cancels what is in flight.  The function and what it holds are sent to each
+worker once (scattered on a cluster, installed once per process), the blocks one by one; a
+Volume travels as its spec and the worker reopens it by URL.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import pickle
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from .errors import InvalidRequestError, RemoteUnavailableError, VoxgateError
+from .geometry import Box, Vec, chunk_boxes, grow_block
+from .parallel import BlockResults, default_workers
+from .progress import progress_bar
+from .registry import open_remote
+from .remotes.base import Remote
+
+__all__ = [
+    "BLOCK_BYTES",
+    "RETRIES",
+    "TASKS_PER_THREAD",
+    "Block",
+    "BlockResults",
+    "Scheduler",
+    "block_shape",
+    "check_for_cluster",
+    "cluster_spec",
+    "is_transient",
+    "plan_blocks",
+    "run_blocks",
+    "scheduler_name",
+    "worker_remote",
+]
+
+T = TypeVar("T")
+Scheduler = Literal["threads", "processes", "distributed"]
+
+#: blocks grow from the write unit toward this many bytes (bounded memory, little overhead)
+BLOCK_BYTES = 8 * 2**20
+#: on a cluster, at most this many tasks per worker thread are submitted ahead of the finished
+TASKS_PER_THREAD = 4
+#: a block failing with a transient error (:func:`is_transient`) is run again this many times
+RETRIES = 2
+#: seconds before the first retry of a block; doubled for each further one
+BACKOFF = 0.5
+
+
+# -- plan -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a plan: its index on the block grid and its box (clipped to the region)."""
+
+    index: Vec
+    box: Box
+
+    def __repr__(self) -> str:
+        return f"block {tuple(self.index)} {self.box!r}"
+
+
+def block_shape(grid: Sequence[int], itemsize: int, region_shape: Sequence[int], *,
+                budget: int = BLOCK_BYTES, block: Sequence[int] | None = None,
+                at_least: Sequence[int] | None = None) -> Vec:
+    """A block shape made of whole write units ``grid`` (chunks or shards).
+
+    Without ``block``: ``grid`` doubled (x, then y, then z) toward ``budget`` bytes of
+    ``itemsize``-byte voxels, not past ``region_shape``.  With ``block`` (a user's wish):
+    each axis rounded up to a multiple of ``grid``.  ``at_least`` raises each axis to at
+    least that many voxels (rounded up to whole units)."""
+    g = Vec.of(grid)
+    if block is not None:
+        want = Vec.of(block)
+        if any(b < 1 for b in want):
+            raise InvalidRequestError(f"block must be three positive integers, got {block!r}")
+        out = Vec(*(max(u, math.ceil(b / u) * u) for b, u in zip(want, g, strict=True)))
+    else:
+        out = grow_block(g, max(1, int(itemsize)), Vec.of(region_shape), int(budget))
+    if at_least is not None:
+        out = Vec(*(max(o, math.ceil(a / u) * u) for o, a, u in zip(out, at_least, g,
+                                                                      strict=True)))
+    return out
+
+
+def _morton(index: Sequence[int]) -> int:
+    """Interleave the bits of a grid index (z, y, x): near cells get near numbers."""
+    code = 0
+    for bit in range(21):
+        for ax, v in enumerate(index):
+            code |= ((v >> bit) & 1) << (3 * bit + (2 - ax))
+    return code
+
+
+def plan_blocks(region: Box, block: Sequence[int], bounds: Box | None = None, *,
+                order: Literal["morton", "row"] = "morton") -> list[Block]:
+    """``region`` cut into blocks of shape ``block`` on a grid anchored at ``bounds.start``
+    (the output's origin; default the region's), each clipped to ``region``, in Morton order
+    (``order="row"``: z, then y, then x)."""
+    bounds = region if bounds is None else bounds
+    blocks = [Block(idx, cell.intersect(region))
+              for idx, cell in chunk_boxes(region, Vec.of(block), bounds)]
+    blocks = [b for b in blocks if not b.box.is_empty()]
+    if order == "morton":
+        blocks.sort(key=lambda b: _morton(b.index))
+    return blocks
+
+
+# -- stores on workers ----------------------------------------------------------------------------
+
+#: schemes whose URL is a local path after ``scheme://`` (unless it holds another ``://``)
+_PATH_SCHEMES = ("zarr", "n5", "hdf5", "tiff", "precomputed")
+
+
+def cluster_spec(remote: Remote, mode: str | None = None) -> str:
+    """The Remote's spec as JSON for a worker (:func:`worker_remote`), a relative local path
+    made absolute (a worker's working directory is not ours)."""
+    spec = dict(remote.spec())
+    if mode is not None:
+        spec["mode"] = mode
+    scheme, sep, rest = str(spec["url"]).partition("://")
+    if sep and scheme in _PATH_SCHEMES and "://" not in rest and not os.path.isabs(rest):
+        spec["url"] = f"{scheme}://{os.path.abspath(rest)}"
+    return json.dumps(spec, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=16)
+def worker_remote(spec: str, run: str = "") -> Remote:
+    """A Remote reopened from :func:`cluster_spec` on a worker, once per process and ``run``
+    (give each run a fresh id, e.g. ``uuid4().hex``, so a recreated store is never stale)."""
+    given = json.loads(spec)
+    return open_remote(given["url"], mode=given.get("mode", "r"), **given.get("options", {}))
+
+
+def check_for_cluster(url: str, role: str, what: str, *, writes: bool = False) -> None:
+    """Refuse a volume a cluster's (or spawned processes') workers cannot reopen by URL, or,
+    with ``writes``, one that is one file several processes cannot write at once."""
+    if url.startswith("mem://"):
+        raise InvalidRequestError(
+            f"{what} with a dask.distributed client: the {role} {url} lives in this process "
+            "only; a cluster's workers open volumes by URL (zarr://, n5://, precomputed://, ...), "
+            "so run it without client= or write it to a store first")
+    if writes and url.startswith(("hdf5://", "tiff://")):
+        raise InvalidRequestError(
+            f"{what} with a dask.distributed client: the {role} {url} is one file that several "
+            "worker processes cannot write at once; use zarr://, n5:// or precomputed:// on the "
+            "cluster, or run it without client=")
+
+
+# -- run ------------------------------------------------------------------------------------------
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth running the block again: the store was unreachable (RemoteUnavailableError), or a
+    dask worker died under it (distributed's KilledWorker, CommClosedError)."""
+    if isinstance(exc, RemoteUnavailableError):
+        return True
+    try:
+        from distributed.comm.core import CommClosedError
+        from distributed.scheduler import KilledWorker
+    except ImportError:
+        return False
+    return isinstance(exc, (KilledWorker, CommClosedError))
+
+
+def scheduler_name(client: Any = None, processes: bool = False) -> Scheduler:
+    """What a Service's provenance says ran it."""
+    return "distributed" if client is not None else "processes" if processes else "threads"
+
+
+def _name_block(exc: BaseException, name: str, item: object, attempts: int) -> BaseException:
+    """``exc`` with a note naming the block it came from (the traceback shows it)."""
+    with_retries = f" after {attempts} attempts" if attempts > 1 else ""
+    note = f"{name}: {item!r} failed{with_retries}"
+    if note not in getattr(exc, "__notes__", ()):
+        exc.add_note(note)
+    try:
+        exc.block = item  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+    return exc
+
+
+def _broken_pool(exc: BaseException, name: str, item: object) -> BaseException:
+    """A spawned process that died says why it may have (the pool's own error does not)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    if not isinstance(exc, BrokenProcessPool):
+        return exc
+    err = VoxgateError(
+        f"{name}: a worker process running {item!r} died: out of memory (pass a smaller "
+        "block= or fewer workers=), or the main script lacks the `if __name__ == "
+        "\"__main__\":` guard that spawned processes need (or was read from stdin); "
+        "workers=None or 1 runs the blocks in this process")
+    err.__cause__ = exc
+    return err
+
+
+_INSTALLED: dict[str, Any] = {}
+
+
+def _install(key: str, payload: bytes) -> None:
+    """Process-pool initializer: the function, unpickled once per process."""
+    _INSTALLED[key] = pickle.loads(payload)  # our own pickle, from the parent process
+
+
+def _call_installed(key: str, item: Any) -> Any:
+    return _INSTALLED[key](item)
+
+
+def _call(fn: Callable[[Any], Any], item: Any) -> Any:
+    return fn(item)
+
+
+class _Pool:
+    """Submit / cancel / window over threads, spawned processes or a dask client."""
+
+    def __init__(self, fn: Callable[[Any], Any], kind: Scheduler, workers: int, client: Any,
+                 name: str) -> None:
+        self.kind, self.client, self.name = kind, client, name
+        self.workers = workers
+        self._asked = 0.0
+        self._window = 1
+        if kind == "distributed":
+            # the function (and what it holds: a model, Volumes as specs) goes to every worker
+            # once; tasks then carry only their block
+            self._fn = client.scatter(fn, broadcast=True, hash=False)
+            self._run = uuid.uuid4().hex[:8]
+        elif kind == "processes":
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            key = uuid.uuid4().hex
+            self._key = key
+            self._pool: Any = ProcessPoolExecutor(
+                max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_install, initargs=(key, pickle.dumps(fn)))
+        else:
+            self._fn = fn
+            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="voxgate")
+
+    def window(self) -> int:
+        if self.kind == "distributed":
+            now = time.monotonic()
+            if now - self._asked > 5:  # asked again as the run goes: adaptive clusters change
+                self._window = max(8, TASKS_PER_THREAD * sum(self.client.nthreads().values()))
+                self._asked = now
+            return self._window
+        return self.workers + 1 if self.kind == "processes" else 2 * self.workers
+
+    def submit(self, item: Any, n: int, attempt: int) -> Any:
+        if self.kind == "distributed":
+            key = f"{self.name.replace(' ', '_')}-{self._run}-{n}-{attempt}"
+            return self.client.submit(_call, self._fn, item, pure=False, key=key)
+        if self.kind == "processes":
+            return self._pool.submit(_call_installed, self._key, item)
+        return self._pool.submit(self._fn, item)
+
+    def wait(self, pending: Iterable[Any], timeout: float | None) -> list[Any]:
+        pending = list(pending)
+        if self.kind == "distributed":
+            from distributed import wait as dwait
+
+            try:
+                done, _ = dwait(pending, timeout=timeout, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                return []
+            return list(done)
+        done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+        return list(done)
+
+    def cancel(self, pending: Sequence[Any], *, finish: bool) -> None:
+        if self.kind == "distributed":
+            if pending:
+                self.client.cancel(list(pending))
+            return
+        for fut in pending:
+            fut.cancel()
+        if finish:  # blocks already running finish, so none is left half-written by us
+            wait(pending)
+
+    def close(self) -> None:
+        if self.kind == "distributed":
+            self.client.cancel([self._fn])
+        else:
+            self._pool.shutdown(wait=self.kind == "threads", cancel_futures=True)
+
+
+def run_blocks(
+    fn: Callable[[T], object],
+    items: Iterable[T],
+    *,
+    name: str = "blocks",
+    client: Any = None,
+    workers: int | None = None,
+    processes: bool = False,
+    progress: bool = False,
+    nbytes: Callable[[T], int] | None = None,
+    on_done: Callable[[T, object], None] | None = None,
+    retries: int = RETRIES,
+    collect: bool = False,
+) -> BlockResults[T]:
+    """Call ``fn(item)`` for every item (blocks, usually :class:`Block` or :class:`Box`).
+
+    Where: a ``dask.distributed`` ``client``'s cluster; else ``workers`` spawned processes
+    when ``processes`` (``fn`` and the items must pickle: a module-level function or a
+    ``functools.partial`` of one); else ``workers`` threads of this process (default
+    :func:`parallel.default_workers`; 1 runs them here, one by one).  On a cluster or in
+    processes ``fn`` is sent once per worker, not per block.
+
+    ``on_done(item, result)`` runs here, in the calling thread, as each block finishes (any
+    order).  ``progress`` draws one bar labelled with ``name`` and the number of blocks, over
+    bytes when ``nbytes(item)`` gives a block's size, else over blocks.
+
+    A block raising a transient error (:func:`is_transient`) is run again, up to ``retries``
+    times, after :data:`BACKOFF` seconds (doubled each time).  Any other error, or one still
+    failing after its retries, stops the run: no new block starts, the ones running finish
+    (and reach ``on_done``; on a cluster they are cancelled), and the error is raised with a
+    note naming the block (``exc.block``); with ``collect`` it is returned in
+    ``BlockResults.failed`` instead.  KeyboardInterrupt cancels
+    the blocks not started (threads and processes finish the ones running) and re-raises.
+    """
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise InvalidRequestError(f"workers must be an integer >= 1, got {workers!r}")
+    if not isinstance(retries, int) or retries < 0:
+        raise InvalidRequestError(f"retries must be a whole number >= 0, got {retries!r}")
+    todo = list(items)
+    results: BlockResults[T] = BlockResults()
+    kind = scheduler_name(client, processes)
+    nworkers = workers or default_workers()
+    total_bytes = sum(nbytes(i) for i in todo) if nbytes is not None else 0
+    label = f"{name} ({len(todo)} block{'s' if len(todo) != 1 else ''})"
+    bar = progress_bar(progress, total_bytes if nbytes is not None else len(todo), label,
+                       unit="bytes" if nbytes is not None else "steps")
+
+    def finished(item: T, out: object) -> None:
+        results.done.append(item)
+        if on_done is not None:
+            on_done(item, out)
+        bar.advance(nbytes(item) if nbytes is not None else 1)
+
+    def give_up(item: T, exc: BaseException, attempts: int) -> None:
+        results.failed.append((item, _name_block(exc, name, item, attempts)))
+
+    with bar:
+        if kind == "threads" and nworkers == 1:
+            _serial(fn, todo, retries, finished, give_up)
+        elif todo:
+            _pooled(_Pool(fn, kind, nworkers, client, name), todo, retries, finished, give_up)
+    if results.failed and not collect:
+        raise results.failed[0][1]
+    return results
+
+
+def _serial(fn: Callable[[T], object], todo: list[T], retries: int,
+            finished: Callable[[T, object], None],
+            give_up: Callable[[T, BaseException, int], None]) -> None:
+    for item in todo:
+        attempt = 0
+        while True:
+            try:
+                out = fn(item)
+            except Exception as exc:
+                if is_transient(exc) and attempt < retries:
+                    time.sleep(BACKOFF * 2**attempt)
+                    attempt += 1
+                    continue
+                give_up(item, exc, attempt + 1)
+                return
+            finished(item, out)
+            break
+
+
+def _pooled(pool: _Pool, todo: list[T], retries: int, finished: Callable[[T, object], None],
+            give_up: Callable[[T, BaseException, int], None]) -> None:
+    queue = iter(enumerate(todo))
+    again: list[tuple[float, int, T, int]] = []  # (due, n, item, attempt): retries waiting
+    pending: dict[Any, tuple[int, T, int]] = {}
+    failed = False
+    try:
+        while True:
+            now = time.monotonic()
+            while not failed and len(pending) < pool.window():
+                if again and again[0][0] <= now:
+                    _, n, item, attempt = again.pop(0)
+                else:
+                    nxt = next(queue, None)
+                    if nxt is None:
+                        break
+                    (n, item), attempt = nxt, 0
+                pending[pool.submit(item, n, attempt)] = (n, item, attempt)
+            if not pending:
+                if failed or not again:
+                    return
+                time.sleep(max(0.0, again[0][0] - time.monotonic()))
+                continue
+            timeout = max(0.01, again[0][0] - now) if again and not failed else None
+            for fut in pool.wait(pending, timeout):
+                n, item, attempt = pending.pop(fut)
+                try:
+                    out = fut.result()
+                except Exception as exc:
+                    if is_transient(exc) and attempt < retries and not failed:
+                        again.append((time.monotonic() + BACKOFF * 2**attempt, n, item,
+                                      attempt + 1))
+                        again.sort(key=lambda a: a[0])
+                        continue
+                    give_up(item, _broken_pool(exc, pool.name, item), attempt + 1)
+                    failed = True
+                    continue
+                finished(item, out)
+            if failed and pool.kind == "distributed" and pending:
+                pool.cancel(list(pending), finish=False)
+                pending.clear()
+    except KeyboardInterrupt:
+        pool.cancel(list(pending), finish=pool.kind == "threads")
+        for fut, (_, item, _) in list(pending.items()):
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                finished(item, fut.result())
+        raise
+    finally:
+        pool.close()
