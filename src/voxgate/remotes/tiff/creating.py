@@ -1,0 +1,126 @@
+"""``TiffRemote.create``: a tiled BigTIFF with OME-XML metadata, or a directory of slices."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ...errors import CapabilityNotSupportedError, InvalidRequestError, RemoteExistsError
+from ...meta import VolumeMeta
+from ..base import check_options
+from .pages import TIFF_SUFFIXES, VOXGATE_TAG, _tifffile, _write_slice
+
+if TYPE_CHECKING:
+    from .remote import TiffRemote
+
+#: compressions ``create`` accepts without imagecodecs (tifffile's own zlib and lzma codecs)
+_COMPRESSIONS = ("none", "zlib", "lzma", "zstd", "lzw", "deflate")
+
+
+def create_tiff(
+    cls: type[TiffRemote],
+    location: str,
+    meta: VolumeMeta,
+    *,
+    exist_ok: bool = False,
+    compression: str = "none",
+    layout: str | None = None,
+    **options: Any,
+) -> TiffRemote:
+    check_options("tiff://", options, cls.create_options)
+    tifffile = _tifffile()
+    path = cls._path(location)
+    if layout is None:
+        layout = "file" if path.lower().endswith(TIFF_SUFFIXES) else "slices"
+    if layout not in ("file", "slices"):
+        raise InvalidRequestError(
+            f"layout must be 'file' (one BigTIFF) or 'slices' (a directory of 2-D TIFFs), "
+            f"got {layout!r}"
+        )
+    comp = None if compression in ("none", None) else compression
+    if comp is not None and comp not in _COMPRESSIONS:
+        raise InvalidRequestError(
+            f"compression must be one of {', '.join(_COMPRESSIONS)}, got {compression!r}"
+        )
+    if len(meta.scales) > 1:
+        raise CapabilityNotSupportedError(
+            "tiff:// holds one scale; create it with num_scales=1, or copy one scale into "
+            "it (voxgate.copy(..., scales=[0]), voxgate cp --scales 0)"
+        )
+    if meta.fill_value != 0:
+        raise InvalidRequestError(
+            f"TIFF has no fill value; cannot create a volume with fill value "
+            f"{meta.fill_value!r}"
+        )
+    if cls.exists(location):
+        if not exist_ok:
+            raise RemoteExistsError(
+                f"a TIFF already exists at {location!r} (pass exist_ok=True to open it)"
+            )
+        existing = cls.open(location, mode="r+")
+        if existing.meta.dtype != meta.dtype or existing.meta.shape != meta.shape:
+            raise RemoteExistsError(
+                f"{location!r} already holds a {existing.meta.dtype.name} volume of shape "
+                f"{tuple(existing.meta.shape)}, not the {meta.dtype.name} "
+                f"{tuple(meta.shape)} asked for"
+            )
+        return existing
+    sc = meta.scales[0]
+    own = {
+        "kind": meta.kind,
+        "offset": list(sc.offset),
+        "voxel_size": list(sc.voxel_size.zyx()),
+        "unit": sc.voxel_size.unit,
+        "chunks": list(sc.chunks),
+    }
+    tile = tuple(max(16, -(-int(n) // 16) * 16) for n in sc.chunks[1:])
+    nz, ny, nx = (int(n) for n in sc.shape)
+    channels = meta.num_channels
+    extratags = [(VOXGATE_TAG, "s", 0, json.dumps(own), True)]
+    if layout == "file":
+        tmp = path + ".voxgate-tmp"
+        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+        nt = -(-ny // tile[0]) * -(-nx // tile[1])
+        unit = sc.voxel_size.unit
+        ome_unit = "µm" if unit in ("um", "µm", "micrometer") else unit
+        md: dict[str, Any] = {
+            "axes": "CZYX" if channels > 1 else "ZYX",
+            "PhysicalSizeX": sc.voxel_size.x, "PhysicalSizeXUnit": ome_unit,
+            "PhysicalSizeY": sc.voxel_size.y, "PhysicalSizeYUnit": ome_unit,
+            "PhysicalSizeZ": sc.voxel_size.z, "PhysicalSizeZUnit": ome_unit,
+        }
+        shape = (channels, nz, ny, nx) if channels > 1 else (nz, ny, nx)
+        # OME has no 64-bit integers: those files carry the voxel size in voxgate's tag only
+        ome = meta.dtype.name not in ("uint64", "int64")
+        if not ome:
+            md = {"axes": md["axes"]}
+        with tifffile.TiffWriter(tmp, bigtiff=True, ome=ome) as tw:
+            tw.write(
+                _zero_tiles(nt * nz * channels, tile, meta.dtype),
+                shape=shape, dtype=meta.dtype, tile=tile, compression=comp,
+                photometric="minisblack", metadata=md, extratags=extratags,
+            )
+        os.replace(tmp, path)
+    else:
+        os.makedirs(path, exist_ok=True)
+        if channels > 1:
+            raise CapabilityNotSupportedError(
+                "a directory of slices holds one channel; create a single .tif file for "
+                f"{channels} channels"
+            )
+        width = max(5, len(str(nz - 1)))
+        zero = np.zeros((ny, nx), dtype=meta.dtype)
+        for z in range(nz):
+            name = os.path.join(path, f"{z:0{width}d}.tif")
+            _write_slice(name, zero, tile, comp, extratags)
+    return cls.open(location, mode="r+")
+
+
+def _zero_tiles(n: int, tile: tuple[int, ...], dtype: np.dtype[Any]) -> Iterator[np.ndarray]:
+    zero = np.zeros(tile, dtype=dtype)
+    for _ in range(n):
+        yield zero

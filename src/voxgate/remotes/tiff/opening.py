@@ -1,0 +1,264 @@
+"""Opening a ``tiff://`` location: one TIFF file (its first series, pyramid levels as scales)
+or a directory of 2-D slices, and the voxel size read from OME-XML or ImageJ metadata."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ...errors import (
+    CapabilityNotSupportedError,
+    CorruptChunkError,
+    InvalidRequestError,
+    RemoteNotFoundError,
+)
+from ...geometry import Vec, VoxelSize
+from ...meta import Scale
+from ...storage import UNITS_NM
+from .pages import (
+    _chunks,
+    _compression_name,
+    _own_tag,
+    _Page,
+    _page_info,
+    _page_span,
+    _tifffile,
+)
+
+if TYPE_CHECKING:
+    from .remote import TiffRemote
+
+_Z_AXES = "ZQIT"  # axes that can hold the z slices (T/I/Q: unlabelled image sequences)
+
+
+def _unit_nm(unit: object, default: float = 1000.0) -> float:
+    if not isinstance(unit, str) or not unit.strip():
+        return default
+    u = unit.strip().replace("\\u00B5", "µ")
+    return float(UNITS_NM.get(u, UNITS_NM.get(u.lower(), default)))
+
+
+def _ome_voxel_size(xml: str) -> tuple[float, float, float] | None:
+    """(z, y, x) in nm from the first Pixels element of OME-XML; missing sizes count as 1 µm
+    (OME's default unit) only when another one is given."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return None
+    out: list[float | None] = []
+    found = False
+    for ax in "ZYX":
+        v = pixels.get(f"PhysicalSize{ax}")
+        if v is None:
+            out.append(None)
+            continue
+        found = True
+        out.append(float(v) * _unit_nm(pixels.get(f"PhysicalSize{ax}Unit"), 1000.0))
+    if not found:
+        return None
+    known = [v for v in out if v is not None]
+    z, y, x = (v if v is not None else known[-1] for v in out)
+    return z, y, x
+
+
+def _imagej_voxel_size(tf: Any, page: Any) -> tuple[float, float, float] | None:
+    ij = tf.imagej_metadata
+    if not ij:
+        return None
+    f = _unit_nm(ij.get("unit"), 1000.0)
+    sizes = []
+    for tag in ("YResolution", "XResolution"):
+        t = page.tags.get(tag)
+        if t is None:
+            return None
+        num, den = t.value
+        sizes.append(den / num * f if num else 1.0)
+    z = float(ij.get("spacing", 1.0)) * f
+    return z, sizes[0], sizes[1]
+
+
+def open_file(
+    cls: type[TiffRemote], location: str, path: str, mode: str, options: dict[str, Any]
+) -> TiffRemote:
+    """The first series of one TIFF file (``TiffRemote._open_file``)."""
+    tifffile = _tifffile()
+    try:
+        tf = tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, ValueError, OSError) as exc:
+        raise CorruptChunkError(f"{path} is not a readable TIFF file: {exc}",
+                                chunk=path) from exc
+    with tf:
+        series = tf.series
+        if not series:
+            raise InvalidRequestError(f"{path} holds no image")
+        s0 = series[0]
+        if len(series) > 1 and not (tf.is_ome or tf.is_imagej):
+            shapes = ", ".join(
+                f"pages {_page_span(tf, s)} of shape {tuple(s.shape[-2:])}"
+                for s in series[:4]
+            )
+            raise InvalidRequestError(
+                f"{path} has pages of different shapes or dtypes ({shapes}); a volume "
+                "needs every page to have the first one's shape and dtype (split the "
+                "file, or open the pages as separate volumes)"
+            )
+        axes = s0.axes.upper()
+        shape = tuple(int(n) for n in s0.shape)
+        samples = 1
+        if axes.endswith("S"):
+            samples = shape[-1]
+            axes, shape = axes[:-1], shape[:-1]
+        if not axes.endswith("YX"):
+            raise CapabilityNotSupportedError(
+                f"{path} has axes {s0.axes!r}; voxgate reads series of 2-D (Y, X) pages"
+            )
+        lead_axes, lead_shape = axes[:-2], shape[:-2]
+        z_axis = c_axis = None
+        for i, (a, n) in enumerate(zip(lead_axes, lead_shape, strict=True)):
+            if n == 1:
+                continue
+            if a == "C" and c_axis is None:
+                c_axis = i
+            elif a in _Z_AXES and z_axis is None:
+                z_axis = i
+            else:
+                raise CapabilityNotSupportedError(
+                    f"{path} has axes {s0.axes!r} of shape {s0.shape}: besides one z axis "
+                    "(Z, or an unlabelled page sequence) and one channel axis C, every axis "
+                    "must have length 1"
+                )
+        if samples > 1 and c_axis is not None:
+            raise CapabilityNotSupportedError(
+                f"{path} has both a channel axis and {samples} samples per pixel"
+            )
+        nc = lead_shape[c_axis] if c_axis is not None else samples
+        decoders: dict[tuple[str, tuple[int, int]], Any] = {}
+        levels: list[list[list[_Page]]] = []
+        level_shapes: list[tuple[int, int, int]] = []
+        first = None
+        for k, level in enumerate(s0.levels or [s0]):
+            lshape = tuple(int(n) for n in level.shape)
+            if samples > 1:
+                lshape = lshape[:-1]
+            lead = lshape[:-2]
+            if len(lead) != len(lead_shape):
+                raise CapabilityNotSupportedError(
+                    f"pyramid level {k} of {path} has shape {level.shape}, level 0 "
+                    f"{s0.shape}: voxgate reads levels that keep level 0's axes"
+                )
+            frames = list(level.pages)
+            if len(frames) != int(np.prod(lead, dtype=np.int64)):
+                raise CorruptChunkError(
+                    f"{path} announces {int(np.prod(lead))} pages at level {k} but holds "
+                    f"{len(frames)}", chunk=path
+                )
+            nz = lead[z_axis] if z_axis is not None else 1
+            page_lists: list[list[_Page]] = []
+            level_first = None
+            for c in range(1 if samples > 1 else nc):
+                row = []
+                for z in range(nz):
+                    idx = [0] * len(lead)
+                    if z_axis is not None:
+                        idx[z_axis] = z
+                    if c_axis is not None:
+                        idx[c_axis] = c
+                    flat = int(np.ravel_multi_index(idx, lead)) if lead else 0
+                    frame = frames[flat]
+                    if frame is None:
+                        raise CorruptChunkError(f"page {flat} of level {k} of {path} is "
+                                                "missing", chunk=path)
+                    page = frame.aspage()  # the whole page: tags and their offsets
+                    if level_first is None:
+                        level_first = page
+                    elif page.shape != level_first.shape or page.dtype != level_first.dtype:
+                        raise InvalidRequestError(
+                            f"page {page.index} of {path} has shape {page.shape} and dtype "
+                            f"{page.dtype}, page {level_first.index} has "
+                            f"{level_first.shape} and {level_first.dtype}; every page of a "
+                            "volume must have the same shape and dtype"
+                        )
+                    decoders[(path, (k, flat))] = page.decode
+                    row.append(_page_info(tf, page, path, page.index, (k, flat)))
+                page_lists.append(row)
+            if first is None:
+                first = level_first
+            levels.append(page_lists)
+            level_shapes.append((nz, int(lshape[-2]), int(lshape[-1])))
+        assert first is not None
+        own = _own_tag(first)
+        vs = cls._voxel_size(tf, first, own, options)
+        dtype = np.dtype(first.dtype)
+        chunks = _chunks(own, level_shapes[0], levels[0][0][0])
+        encoding = _compression_name(int(first.compression))
+    meta = cls._meta(dtype, level_shapes[0], chunks, vs, own, options, nc, encoding)
+    scales = [meta.scales[0]]
+    for k in range(1, len(levels)):
+        f = [max(1, round(a / b))
+             for a, b in zip(level_shapes[0], level_shapes[k], strict=True)]
+        scales.append(Scale(
+            k, Vec(*level_shapes[k]), _chunks({}, level_shapes[k], levels[k][0][0]),
+            VoxelSize(vs.z * f[0], vs.y * f[1], vs.x * f[2], vs.unit),
+            Vec(*(o // fi for o, fi in zip(meta.scales[0].offset, f, strict=True))),
+            encoding, f"level {k}"))
+    meta = replace(meta, scales=tuple(scales))
+    return cls(location, meta, levels, mode, slices=False, decoders=decoders)
+
+
+def open_slices(
+    cls: type[TiffRemote], location: str, path: str, mode: str, options: dict[str, Any]
+) -> TiffRemote:
+    """A directory of 2-D TIFF slices (``TiffRemote._open_slices``)."""
+    tifffile = _tifffile()
+    files = cls._slice_files(path)
+    if not files:
+        raise RemoteNotFoundError(f"{location!r} is a directory without .tif/.tiff slices")
+    pages: list[_Page] = []
+    decoders: dict[tuple[str, tuple[int, int]], Any] = {}
+    first_shape = first_dtype = None
+    own: dict[str, Any] = {}
+    vs_first = None
+    samples = 1
+    for f in files:
+        try:
+            with tifffile.TiffFile(f) as tf:
+                page = tf.pages.first
+                if len(tf.pages) != 1:
+                    raise InvalidRequestError(
+                        f"{f} holds {len(tf.pages)} pages; a directory of slices needs one "
+                        "2-D page per file (open a multipage file on its own)"
+                    )
+                if first_shape is None:
+                    first_shape, first_dtype = page.shape, page.dtype
+                    own = _own_tag(page)
+                    vs_first = cls._voxel_size(tf, page, own, options)
+                    samples = int(page.samplesperpixel)
+                elif page.shape != first_shape or page.dtype != first_dtype:
+                    raise InvalidRequestError(
+                        f"slice {os.path.basename(f)} of {path} has shape {page.shape} and "
+                        f"dtype {page.dtype} but {os.path.basename(files[0])} has "
+                        f"{first_shape} and {first_dtype}; every slice must have the same "
+                        "shape and dtype"
+                    )
+                pages.append(_page_info(tf, page, f, 0))
+                decoders[(f, (0, 0))] = page.decode
+        except (tifffile.TiffFileError, ValueError, OSError) as exc:
+            if isinstance(exc, InvalidRequestError):
+                raise
+            raise CorruptChunkError(f"{f} is not a readable TIFF file: {exc}",
+                                    chunk=f) from exc
+    assert first_shape is not None and vs_first is not None
+    dtype = np.dtype(first_dtype)
+    shape = (len(files), int(first_shape[0]), int(first_shape[1]))
+    chunks = _chunks(own, shape, pages[0])
+    meta = cls._meta(dtype, shape, chunks, vs_first, own, options, samples,
+                     _compression_name(pages[0].compression))
+    return cls(location, meta, [[pages]], mode, slices=True, decoders=decoders)

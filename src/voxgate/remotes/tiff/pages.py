@@ -1,0 +1,192 @@
+"""The TIFF file layer under ``tiff://``: one page's segment table (:class:`_Page`), an open
+file read with ``pread`` (:class:`_File`), voxgate's own tag, compression names, the block shape
+of a volume and writing one 2-D slice file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...errors import CapabilityNotSupportedError, CorruptChunkError, MissingDependencyError
+from ...geometry import Vec
+from ...meta import Kind
+
+#: suffixes of single TIFF files (anything else is a directory of slices)
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
+#: the private tag voxgate writes its own metadata to (JSON: kind, offset, voxel size, unit)
+VOXGATE_TAG = 65000
+
+
+def _tifffile() -> Any:
+    try:
+        import tifffile
+    except ImportError as exc:  # pragma: no cover - a core dependency
+        raise MissingDependencyError(
+            "tiff:// needs the tifffile package: pip install tifffile"
+        ) from exc
+    return tifffile
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that puts ``s2.tif`` before ``s10.tif``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def _guess_kind(dtype: np.dtype[Any]) -> Kind:
+    return "segmentation" if dtype.kind in "ui" and dtype.itemsize >= 4 else "image"
+
+
+@dataclass
+class _Page:
+    """One 2-D page of one file: where its segments (strips or tiles) are, how to decode them."""
+
+    path: str
+    index: int  # page index inside its file (of its pyramid level's pages)
+    key: tuple[int, int]  # (pyramid level, position in the level's pages): finds its decoder
+    offsets: np.ndarray  # uint64, one per segment
+    bytecounts: np.ndarray
+    seg_shape: tuple[int, int]  # rows, columns of one segment (strip: rowsperstrip x width)
+    grid_x: int  # segments per row of segments
+    tiled: bool
+    compression: int
+    predictor: int
+    raw_dtype: np.dtype[Any]  # dtype with the file's byte order
+    samples: int
+    offsets_at: int  # file offset of the offsets entries (for in-place updates), -1 if unknown
+    bytecounts_at: int
+    offset_fmt: np.dtype[Any]
+    bytecount_fmt: np.dtype[Any]
+
+
+class _File:
+    """An open file (one descriptor, pread from many threads)."""
+
+    def __init__(self, path: str, writable: bool) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        self.lock = threading.Lock()
+
+    def pread(self, n: int, at: int, what: str) -> bytes:
+        data = os.pread(self.fd, n, at)
+        if len(data) != n:
+            raise CorruptChunkError(
+                f"{what} of {self.path} is truncated: {n} bytes expected at offset {at}, "
+                f"{len(data)} there (the file ends early)",
+                chunk=what + f" of {self.path}",
+            )
+        return data
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def _page_info(tf: Any, page: Any, path: str, index: int,
+               key: tuple[int, int] = (0, 0)) -> _Page:
+    if page.bitspersample not in (8, 16, 32, 64) or page.dtype is None:
+        raise CapabilityNotSupportedError(
+            f"page {index} of {path} has {page.bitspersample}-bit samples; voxgate reads TIFFs "
+            "of 8, 16, 32 or 64-bit samples"
+        )
+    if page.samplesperpixel > 1 and page.planarconfig != 1:
+        raise CapabilityNotSupportedError(
+            f"page {index} of {path} stores its {page.samplesperpixel} samples in separate "
+            "planes; voxgate reads interleaved (contiguous) samples"
+        )
+    if page.is_tiled:
+        if page.tiledepth > 1:
+            raise CapabilityNotSupportedError(f"page {index} of {path} has 3-D tiles")
+        seg = (int(page.tilelength), int(page.tilewidth))
+        grid_x = -(-int(page.imagewidth) // seg[1])
+        off_tag, cnt_tag = page.tags.get("TileOffsets"), page.tags.get("TileByteCounts")
+    else:
+        seg = (int(min(page.rowsperstrip, page.imagelength)), int(page.imagewidth))
+        grid_x = 1
+        off_tag, cnt_tag = page.tags.get("StripOffsets"), page.tags.get("StripByteCounts")
+    fmt = {3: "H", 4: "I", 16: "Q"}
+    order = tf.byteorder
+    return _Page(
+        path=path,
+        index=index,
+        key=key,
+        offsets=np.array(page.dataoffsets, dtype=np.uint64),
+        bytecounts=np.array(page.databytecounts, dtype=np.uint64),
+        seg_shape=seg,
+        grid_x=grid_x,
+        tiled=bool(page.is_tiled),
+        compression=int(page.compression),
+        predictor=int(page.predictor),
+        raw_dtype=np.dtype(page.dtype).newbyteorder(order),
+        samples=int(page.samplesperpixel),
+        offsets_at=int(off_tag.valueoffset) if off_tag is not None else -1,
+        bytecounts_at=int(cnt_tag.valueoffset) if cnt_tag is not None else -1,
+        offset_fmt=np.dtype(order + fmt.get(int(off_tag.dtype), "Q")) if off_tag else
+        np.dtype("Q"),
+        bytecount_fmt=np.dtype(order + fmt.get(int(cnt_tag.dtype), "Q")) if cnt_tag else
+        np.dtype("Q"),
+    )
+
+
+def _chunks(own: dict[str, Any], shape: Sequence[int], page: _Page) -> Vec:
+    """The block shape reads and copies should use: the chunks voxgate was created with, else
+    up to 64 pages of whole segments (strips or tiles), about 256 x 256 voxels across."""
+    given = own.get("chunks")
+    if isinstance(given, list) and len(given) == 3 and all(
+        isinstance(n, int) and n > 0 for n in given
+    ):
+        return Vec(*given)
+    sh, sw = page.seg_shape
+    if page.tiled or sw < 256:  # tiles (or narrow strips): a whole number of segments
+        ny, nx = sh * max(1, 256 // sh), sw * max(1, 256 // sw)
+    elif page.compression == 1:  # uncompressed strips are read by rows: any block will do
+        ny, nx = min(sh * 256, 256), 256
+    else:  # compressed strips decode whole: whole strips, about 256 rows
+        ny, nx = sh * max(1, 256 // sh), sw
+    return Vec(max(1, min(shape[0], 64)), min(ny, shape[1]), min(nx, shape[2]))
+
+
+def _write_slice(path: str, plane: np.ndarray, tile: tuple[int, ...] | None, comp: str | None,
+                 extratags: list[Any]) -> None:
+    tifffile = _tifffile()
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    if tile is not None and (plane.shape[0] < tile[0] or plane.shape[1] < tile[1]):
+        tile = None if comp is None else tile
+    tifffile.imwrite(tmp, plane, tile=tile, compression=comp, photometric="minisblack",
+                     metadata=None, extratags=extratags)
+    os.replace(tmp, path)
+
+
+def _own_tag(page: Any) -> dict[str, Any]:
+    tag = page.tags.get(VOXGATE_TAG)
+    if tag is None:
+        return {}
+    try:
+        value = json.loads(tag.value)
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _compression_name(code: int) -> str | None:
+    if code == 1:
+        return None
+    tifffile = _tifffile()
+    try:
+        return str(tifffile.COMPRESSION(code).name.lower())
+    except ValueError:
+        return str(code)
+
+
+def _page_span(tf: Any, series: Any) -> str:
+    pages = [p.index for p in series.pages if p is not None]
+    if not pages:
+        return "?"
+    return f"{pages[0]}-{pages[-1]}" if len(pages) > 1 else str(pages[0])

@@ -1,0 +1,372 @@
+"""The ``tiff://`` Remote: opening (delegated to :mod:`.opening`), creating (:mod:`.creating`),
+lazy reads of the segments a box crosses and tile-by-tile writes."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ...errors import (
+    CapabilityNotSupportedError,
+    CorruptChunkError,
+    InvalidRequestError,
+    RemoteNotFoundError,
+)
+from ...geometry import Box, Vec, VoxelSize
+from ...meta import Scale, VolumeMeta
+from ...storage import is_local, local_path
+from ..base import Capability, Remote, check_options
+from .creating import create_tiff
+from .opening import _imagej_voxel_size, _ome_voxel_size, open_file, open_slices
+from .pages import (
+    TIFF_SUFFIXES,
+    VOXGATE_TAG,
+    _compression_name,
+    _File,
+    _guess_kind,
+    _own_tag,
+    _Page,
+    _page_info,
+    _tifffile,
+    _write_slice,
+    natural_key,
+)
+
+_SEGMENT_LOCKS = [threading.Lock() for _ in range(64)]
+
+
+class TiffRemote(Remote):
+    scheme = "tiff"
+    open_options = ("voxel_size", "kind")
+    create_options = ("compression", "layout")
+
+    def __init__(
+        self,
+        location: str,
+        meta: VolumeMeta,
+        pages: list[list[list[_Page]]],  # [scale][channel][z]
+        mode: str,
+        slices: bool,
+        decoders: dict[tuple[str, tuple[int, int]], Any] | None = None,
+    ) -> None:
+        self.location = location
+        self.meta = meta
+        self.mode = mode
+        self.url = f"tiff://{location}"
+        self._pages = pages
+        self._slices = slices
+        self._decoders = decoders if decoders is not None else {}
+        self._files: dict[str, _File] = {}
+        self._files_lock = threading.Lock()
+        self._slice_locks: dict[int, threading.Lock] = {}
+
+    # -- opening --------------------------------------------------------------------------------
+    @classmethod
+    def _path(cls, location: str) -> str:
+        if not is_local(location):
+            raise CapabilityNotSupportedError(
+                f"tiff:// reads local files only, not {location!r}; copy the file to a local "
+                "disk first"
+            )
+        return local_path(location)
+
+    @classmethod
+    def open(cls, location: str, *, mode: str = "r", **options: Any) -> TiffRemote:
+        check_options("tiff://", options, cls.open_options)
+        path = cls._path(location)
+        if os.path.isdir(path):
+            return cls._open_slices(location, path, mode, options)
+        if not os.path.isfile(path):
+            raise RemoteNotFoundError(f"no TIFF file or directory of TIFF slices at {location!r}")
+        return cls._open_file(location, path, mode, options)
+
+    @staticmethod
+    def _slice_files(path: str) -> list[str]:
+        names = [n for n in os.listdir(path) if n.lower().endswith(TIFF_SUFFIXES)
+                 and not n.startswith(".")]
+        return [os.path.join(path, n) for n in sorted(names, key=natural_key)]
+
+    @classmethod
+    def _open_file(
+        cls, location: str, path: str, mode: str, options: dict[str, Any]
+    ) -> TiffRemote:
+        return open_file(cls, location, path, mode, options)
+
+    @classmethod
+    def _open_slices(
+        cls, location: str, path: str, mode: str, options: dict[str, Any]
+    ) -> TiffRemote:
+        return open_slices(cls, location, path, mode, options)
+
+    @staticmethod
+    def _voxel_size(tf: Any, page: Any, own: dict[str, Any], options: dict[str, Any]) -> VoxelSize:
+        if options.get("voxel_size") is not None:
+            return VoxelSize.of(options["voxel_size"])
+        if "voxel_size" in own:
+            return VoxelSize.of(own["voxel_size"], own.get("unit", "nm"))
+        found = None
+        if tf.is_ome and tf.ome_metadata:
+            found = _ome_voxel_size(tf.ome_metadata)
+        if found is None and tf.is_imagej:
+            found = _imagej_voxel_size(tf, page)
+        if found is None:
+            return VoxelSize(1.0, 1.0, 1.0)
+        z, y, x = (round(v, 6) for v in found)
+        return VoxelSize(z, y, x)
+
+    @staticmethod
+    def _meta(
+        dtype: np.dtype[Any],
+        shape: tuple[int, int, int],
+        chunks: Vec,
+        vs: VoxelSize,
+        own: dict[str, Any],
+        options: dict[str, Any],
+        channels: int,
+        encoding: str | None,
+    ) -> VolumeMeta:
+        kind = options.get("kind") or own.get("kind") or _guess_kind(dtype)
+        if kind not in ("image", "segmentation"):
+            raise InvalidRequestError(f"kind must be 'image' or 'segmentation', got {kind!r}")
+        offset = Vec.of(own.get("offset", (0, 0, 0)), "offset")
+        scale = Scale(0, Vec(*shape), chunks, vs, offset, encoding)
+        return VolumeMeta(dtype, (scale,), kind, channels, 0)
+
+    # -- creating -------------------------------------------------------------------------------
+    @classmethod
+    def exists(cls, location: str) -> bool:
+        path = cls._path(location)
+        return os.path.isfile(path) or (os.path.isdir(path) and bool(cls._slice_files(path)))
+
+    @classmethod
+    def create(
+        cls,
+        location: str,
+        meta: VolumeMeta,
+        *,
+        exist_ok: bool = False,
+        compression: str = "none",
+        layout: str | None = None,
+        **options: Any,
+    ) -> TiffRemote:
+        return create_tiff(cls, location, meta, exist_ok=exist_ok, compression=compression,
+                           layout=layout, **options)
+
+    # -- data -----------------------------------------------------------------------------------
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({Capability.WRITE}) if self.mode == "r+" else frozenset()
+
+    def write_grid(self, scale: int = 0) -> Vec:
+        if self._slices:
+            sc = self.meta.scale(0)
+            return Vec(1, sc.shape[1], sc.shape[2])
+        return Vec(1, *self._pages[scale][0][0].seg_shape)
+
+    def _file(self, path: str) -> _File:
+        with self._files_lock:
+            f = self._files.get(path)
+            if f is None:
+                f = self._files[path] = _File(path, self.mode == "r+")
+            return f
+
+    def close(self) -> None:
+        with self._files_lock:
+            for f in self._files.values():
+                f.close()
+            self._files.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_files"] = {}
+        state["_files_lock"] = None
+        state["_slice_locks"] = {}
+        state["_decoders"] = {}  # closures over tifffile pages: rebuilt after unpickling
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._files_lock = threading.Lock()
+
+    def _segments(self, page: _Page, y0: int, y1: int, x0: int, x1: int
+                  ) -> Iterator[tuple[int, int, int]]:
+        """(segment index, segment row start, segment column start) of segments touching the
+        rows [y0, y1) and columns [x0, x1) of ``page``."""
+        sh, sw = page.seg_shape
+        for gy in range(y0 // sh, -(-y1 // sh)):
+            for gx in range(x0 // sw, -(-x1 // sw)):
+                yield gy * page.grid_x + gx, gy * sh, gx * sw
+
+    def _decode(self, page: _Page, seg: int, rows: tuple[int, int]) -> np.ndarray:
+        """Rows ``rows`` (segment-relative) of segment ``seg``, shape (rows, width, samples)."""
+        f = self._file(page.path)
+        what = f"segment {seg} of page {page.index}"
+        sw = page.seg_shape[1]
+        off, n = int(page.offsets[seg]), int(page.bytecounts[seg])
+        rb = sw * page.samples * page.raw_dtype.itemsize
+        if off == 0 or n == 0:
+            return np.zeros((rows[1] - rows[0], sw, page.samples), page.raw_dtype.newbyteorder("="))
+        if page.compression == 1:
+            data = f.pread((rows[1] - rows[0]) * rb, off + rows[0] * rb, what)
+            arr = np.frombuffer(data, page.raw_dtype).reshape(rows[1] - rows[0], sw, page.samples)
+            return arr.astype(page.raw_dtype.newbyteorder("="), copy=False)
+        data = f.pread(n, off, what)
+        try:
+            decoded = self._decoder(page)(data, seg)[0]
+        except Exception as exc:
+            raise CorruptChunkError(
+                f"{what} of {page.path} does not decode ({_compression_name(page.compression)}):"
+                f" {exc}", chunk=f"{what} of {page.path}"
+            ) from exc
+        if decoded is None:
+            raise CorruptChunkError(f"{what} of {page.path} does not decode",
+                                    chunk=f"{what} of {page.path}")
+        arr = np.asarray(decoded).reshape(-1, sw, page.samples)[rows[0]:rows[1]]
+        return arr.astype(page.raw_dtype.newbyteorder("="), copy=False)
+
+    def _decoder(self, page: _Page) -> Any:
+        """tifffile's decode function of the page (made at open, or again after unpickling)."""
+        fn = self._decoders.get((page.path, page.key))
+        if fn is None:
+            tifffile = _tifffile()
+            with tifffile.TiffFile(page.path) as tf:
+                if self._slices:
+                    self._decoders[(page.path, (0, 0))] = tf.pages.first.decode
+                else:
+                    for k, level in enumerate(tf.series[0].levels or [tf.series[0]]):
+                        for i, frame in enumerate(level.pages):
+                            if frame is not None:
+                                self._decoders[(page.path, (k, i))] = frame.aspage().decode
+            fn = self._decoders[(page.path, page.key)]
+        return fn
+
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        sc = self.meta.scale(scale)
+        local = box.translate([-o for o in sc.offset])
+        (z0, y0, x0), (z1, y1, x1) = local.start, local.stop
+        nc = self.meta.num_channels
+        per_page_channels = len(self._pages[scale]) == 1 and nc > 1  # samples per pixel
+        out = np.empty((nc, z1 - z0, y1 - y0, x1 - x0), dtype=self.meta.dtype)
+        for c, row in enumerate(self._pages[scale]):
+            for z in range(z0, z1):
+                page = row[z]
+                for seg, ry, rx in self._segments(page, y0, y1, x0, x1):
+                    sh, sw = page.seg_shape
+                    a, b = max(y0, ry), min(y1, ry + sh)
+                    arr = self._decode(page, seg, (a - ry, b - ry))
+                    cx0, cx1 = max(x0, rx), min(x1, rx + sw)
+                    part = arr[:, cx0 - rx: cx1 - rx]
+                    if per_page_channels:
+                        out[:, z - z0, a - y0: b - y0, cx0 - x0: cx1 - x0] = np.moveaxis(
+                            part, -1, 0)
+                    else:
+                        out[c, z - z0, a - y0: b - y0, cx0 - x0: cx1 - x0] = part[..., 0]
+        return out if nc > 1 else out[0]
+
+    # -- writes ---------------------------------------------------------------------------------
+    def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
+        self._check_writable()
+        sc = self.meta.scale(scale)
+        start = [a - o for a, o in zip(box.start, sc.offset, strict=True)]
+        stop = [b - o for b, o in zip(box.stop, sc.offset, strict=True)]
+        arr = array if self.meta.num_channels > 1 else array[np.newaxis]
+        if self._slices:
+            self._write_slices(start, stop, arr[0])
+            return
+        (z0, y0, x0), (z1, y1, x1) = start, stop
+        for c, row in enumerate(self._pages[scale]):
+            for z in range(z0, z1):
+                page = row[z]
+                for seg, ry, rx in self._segments(page, y0, y1, x0, x1):
+                    self._write_segment(page, seg, ry, rx, arr[c, z - z0], y0, y1, x0, x1,
+                                        scale)
+
+    def _write_segment(self, page: _Page, seg: int, ry: int, rx: int, plane: np.ndarray,
+                       y0: int, y1: int, x0: int, x1: int, scale: int = 0) -> None:
+        sh, sw = page.seg_shape
+        if page.predictor != 1 or page.samples != 1:
+            raise CapabilityNotSupportedError(
+                f"{page.path} uses a predictor or several samples per pixel; voxgate writes "
+                "TIFFs without predictor, one sample per pixel (copy it to a new tiff:// first)"
+            )
+        sc = self.meta.scale(scale)
+        ny, nx = int(sc.shape[1]), int(sc.shape[2])
+        a, b = max(y0, ry), min(y1, ry + sh)
+        cx0, cx1 = max(x0, rx), min(x1, rx + sw)
+        covers = a == ry and (b == ry + sh or b == ny) and cx0 == rx and (
+            cx1 == rx + sw or cx1 == nx)
+        # writes of one tile from several threads (unaligned boxes) take turns
+        with _SEGMENT_LOCKS[hash((page.path, page.key, seg)) % len(_SEGMENT_LOCKS)]:
+            if covers:
+                tile = np.zeros((sh, sw), dtype=self.meta.dtype)
+            else:
+                tile = self._decode(page, seg, (0, sh))[..., 0].copy()
+            tile[a - ry: b - ry, cx0 - rx: cx1 - rx] = plane[a - y0: b - y0, cx0 - x0: cx1 - x0]
+            self._store_segment(page, seg, tile)
+
+    def _store_segment(self, page: _Page, seg: int, tile: np.ndarray) -> None:
+        f = self._file(page.path)
+        raw = tile.astype(page.raw_dtype, copy=False)
+        if page.compression == 1:
+            os.pwrite(f.fd, raw.tobytes(), int(page.offsets[seg]))
+            return
+        tifffile = _tifffile()
+        encode = tifffile.TIFF.COMPRESSORS[page.compression]
+        data = bytes(encode(raw))
+        if len(data) >= 1 << (8 * page.bytecount_fmt.itemsize):
+            raise CapabilityNotSupportedError(
+                f"{page.path}: the new tile does not fit the file's byte count entries"
+            )
+        with f.lock:
+            fcntl.flock(f.fd, fcntl.LOCK_EX)
+            try:
+                end = os.lseek(f.fd, 0, os.SEEK_END)
+                end += (-end) % 2  # TIFF data starts on a word boundary
+                os.pwrite(f.fd, data, end)
+                os.fsync(f.fd)
+                os.pwrite(f.fd, np.array([len(data)], page.bytecount_fmt).tobytes(),
+                          page.bytecounts_at + seg * page.bytecount_fmt.itemsize)
+                os.pwrite(f.fd, np.array([end], page.offset_fmt).tobytes(),
+                          page.offsets_at + seg * page.offset_fmt.itemsize)
+            finally:
+                fcntl.flock(f.fd, fcntl.LOCK_UN)
+            page.offsets[seg] = end
+            page.bytecounts[seg] = len(data)
+
+    def _write_slices(self, start: Sequence[int], stop: Sequence[int], arr: np.ndarray) -> None:
+        (z0, y0, x0), (z1, y1, x1) = start, stop
+        sc = self.meta.scale(0)
+        whole = (y0, x0) == (0, 0) and (y1, x1) == (int(sc.shape[1]), int(sc.shape[2]))
+        tifffile = _tifffile()
+        for z in range(z0, z1):
+            page = self._pages[0][0][z]
+            with self._files_lock:
+                lock = self._slice_locks.setdefault(z, threading.Lock())
+            with lock:
+                if whole:
+                    plane = arr[z - z0]
+                else:
+                    plane = self.read(Box(Vec(z, 0, 0) + sc.offset,
+                                          Vec(z + 1, *sc.shape[1:]) + sc.offset))[0]
+                    plane[y0:y1, x0:x1] = arr[z - z0]
+                with tifffile.TiffFile(page.path) as tf:
+                    p = tf.pages.first
+                    own = _own_tag(p)
+                    tile = (p.tilelength, p.tilewidth) if p.is_tiled else None
+                    comp = None if p.compression == 1 else _compression_name(int(p.compression))
+                extratags = [(VOXGATE_TAG, "s", 0, json.dumps(own), True)] if own else []
+                _write_slice(page.path, np.ascontiguousarray(plane), tile, comp, extratags)
+                with self._files_lock:
+                    old = self._files.pop(page.path, None)
+                if old is not None:
+                    old.close()
+                self._decoders.pop((page.path, (0, 0)), None)
+                with tifffile.TiffFile(page.path) as tf:
+                    self._pages[0][0][z] = _page_info(tf, tf.pages.first, page.path, 0)
+                    self._decoders[(page.path, (0, 0))] = tf.pages.first.decode
