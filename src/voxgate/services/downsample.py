@@ -16,26 +16,34 @@ copy, and its results' ``.T`` are C-order (z, y, x) again.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from ..blockwise import (
+    block_shape,
+    check_for_cluster,
+    cluster_spec,
+    plan_blocks,
+    run_blocks,
+    scheduler_name,
+    worker_remote,
+)
 from ..errors import InvalidRequestError
-from ..geometry import Box, Vec, grow_block
+from ..geometry import Box, Vec
 from ..meta import Scale, VolumeMeta, next_scales
-from ..parallel import run_blocks
 from ..remotes.base import Capability
 from ..volume import Volume
 from ._common import (
     Prefer,
     Provenance,
     as_volume,
-    block_boxes,
     choose_path,
-    progress_bar,
     scratch_remote,
 )
 
@@ -405,38 +413,21 @@ def downsample(
         cum = Vec(*(c * v for c, v in zip(cum, f, strict=True)))
         wg = remote.write_grid(k)
         grid = Vec(*(math.lcm(g, w * c) for g, w, c in zip(grid, wg, cum, strict=True)))
-    if block is None:
-        itemsize = meta.dtype.itemsize * meta.num_channels
-        base = grow_block(grid, itemsize, s0.shape, BLOCK_BYTES)
-    else:
-        base = Vec(*(max(g, math.ceil(b / g) * g) for b, g in zip(Vec.of(block), grid,
-                                                                   strict=True)))
-    blocks = list(block_boxes(s0.bounds, base))
-
+    itemsize = meta.dtype.itemsize * meta.num_channels
+    base = block_shape(grid, itemsize, s0.shape, budget=BLOCK_BYTES, block=block)
+    blocks = [p.box for p in plan_blocks(s0.bounds, base, s0.bounds)]
     if client is not None:
-        if remote.url.startswith("mem://"):
-            raise InvalidRequestError(
-                f"{remote.url} lives in this process only; a dask.distributed cluster needs a "
-                "volume its workers can open by URL")
-        spec = remote.spec()
-        futures = client.map(_downsample_block, [spec] * len(blocks), blocks,
-                             [steps] * len(blocks), pure=False, retries=2)
-        with progress_bar(progress, len(blocks), "downsample") as bar:
-            from distributed import as_completed
-
-            for fut in as_completed(futures):
-                fut.result()  # a block that failed after its retries raises here
-                bar.advance()
+        check_for_cluster(remote.url, "volume", "downsample", writes=True)
+        fn: Any = functools.partial(_downsample_block, cluster_spec(remote, "r+"),
+                                    uuid.uuid4().hex, steps=tuple(steps))
     else:
-        with progress_bar(progress, len(blocks), "downsample") as bar:
-            res = run_blocks(lambda b: _block(remote, b, steps), blocks, workers=workers,
-                             on_done=lambda _b, _o: bar.advance())
-        if res.failed:
-            raise res.failed[0][1]
+        fn = functools.partial(_block, remote, steps=steps)
+    run_blocks(fn, blocks, name="downsample", client=client, workers=workers,
+               progress=progress, nbytes=lambda b: b.size * itemsize)
     out = Volume(remote, 0)
     _PROVENANCE[out.url] = Provenance("downsample", "local", out.url, {
         "scales": num_scales, "factors": [tuple(f) for f in steps], "blocks": len(blocks),
-        "scheduler": "distributed" if client is not None else "threads",
+        "scheduler": scheduler_name(client),
         "seconds": round(time.perf_counter() - t0, 3)})
     return out
 
@@ -456,12 +447,10 @@ def _block(remote: Any, b: Box, steps: Sequence[Vec]) -> None:
         remote.write(target, arr[(..., *target.slices(start))], k)
 
 
-def _downsample_block(spec: dict[str, Any], b: Box, steps: Sequence[Vec]) -> Box:
-    """A block on a dask.distributed worker: reopen the store from its spec."""
-    from ..api import open_remote
-
-    remote = open_remote(spec["url"], mode="r+", **spec.get("options", {}))
-    _block(remote, b, steps)
+def _downsample_block(spec: str, run: str, b: Box, steps: Sequence[Vec]) -> Box:
+    """A block on a dask.distributed worker: the store reopened from its spec once per worker
+    process and run."""
+    _block(worker_remote(spec, run), b, steps)
     return b
 
 

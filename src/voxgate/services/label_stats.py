@@ -9,7 +9,7 @@ the ids left would take longer than reading and computing the whole volume here.
 
 from __future__ import annotations
 
-import threading
+import functools
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..blockwise import block_shape, check_for_cluster, plan_blocks, run_blocks, scheduler_name
 from ..errors import InvalidRequestError
-from ..geometry import Box, Vec, grow_block
-from ..parallel import run_blocks
+from ..geometry import Box, Vec
 from ..remotes.base import Capability
-from ._common import Prefer, Provenance, as_volume, block_boxes, choose_path, progress_bar
+from ._common import Prefer, Provenance, as_volume, choose_path, progress_bar
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -106,6 +106,7 @@ def label_stats(
     workers: int | None = None,
     progress: bool = False,
     as_labels: bool = False,
+    client: Any = None,
 ) -> pd.DataFrame:
     """One row per non-zero label: id (uint64), voxel_count, the bounding box z0..x1
     (half-open, dataset voxel coordinates at the volume's scale) and the centroid.
@@ -120,6 +121,10 @@ def label_stats(
     An image (``kind='image'``) is refused: its intensities are not labels.  ``as_labels=True``
     counts its values anyway (labels kept in a store that calls them an image); a numpy array
     is taken as labels.
+
+    The local path runs its blocks on ``workers`` threads, or on a ``dask.distributed``
+    ``client``'s workers (which reopen the volume by URL; each block's statistics come back
+    here and are merged).
     """
     t0 = time.perf_counter()
     vol = as_volume(source, kind="segmentation" if isinstance(source, np.ndarray) else None)
@@ -145,7 +150,9 @@ def label_stats(
                 f"{vol.url}'s server gives bounding boxes of whole objects; for the region "
                 f"{region!r} use prefer='local' or 'auto'")
         path = "local"
-    local = _Local(vol, block, workers)
+    if client is not None:
+        check_for_cluster(vol.url, "volume", "label_stats")
+    local = _Local(vol, block, workers, client)
     details: dict[str, Any] = {}
     if path == "server":
         df, details = _server(vol, local, prefer, workers, progress)
@@ -155,7 +162,8 @@ def label_stats(
             return df
     df = _frame(local.run(progress))
     df.attrs["provenance"] = Provenance("label_stats", "local", vol.url, {
-        **details, "blocks": len(local.blocks), "seconds": round(time.perf_counter() - t0, 3)})
+        **details, "blocks": len(local.blocks), "scheduler": scheduler_name(client),
+        "seconds": round(time.perf_counter() - t0, 3)})
     return df
 
 
@@ -179,17 +187,20 @@ class _Local:
     """The local path: blocks of the view, computed block by block; one block may be computed
     ahead (to time it) and is then not computed again."""
 
-    def __init__(self, vol: Any, block: Sequence[int] | None, workers: int | None) -> None:
+    def __init__(self, vol: Any, block: Sequence[int] | None, workers: int | None,
+                 client: Any = None) -> None:
         self.vol = vol
         region = vol.bounds
-        base = Vec.of(block) if block is not None else grow_block(
-            vol.chunks, vol.dtype.itemsize, region.shape, BLOCK_BYTES)
-        self.blocks = list(block_boxes(region, base))
+        base = Vec.of(block) if block is not None else block_shape(
+            vol.chunks, vol.dtype.itemsize, region.shape, budget=BLOCK_BYTES)
+        # on the store's chunk grid, so a block reads whole chunks
+        self.blocks = [p.box for p in plan_blocks(region, base, vol.scale_meta.bounds)]
         self.workers = workers
+        self.client = client
         self.ahead: dict[Box, dict[str, np.ndarray]] = {}
 
     def one(self, b: Box) -> dict[str, np.ndarray]:
-        return label_stats_kernel(self.vol.remote.read(b, self.vol.scale), tuple(b.start))
+        return _block_stats(self.vol, b)
 
     def time_one(self) -> float:
         """Compute the first block now; return the seconds it took (read and kernel)."""
@@ -201,21 +212,22 @@ class _Local:
     def run(self, progress: bool) -> dict[str, np.ndarray]:
         parts = list(self.ahead.values())
         todo = [b for b in self.blocks if b not in self.ahead]
-        lock = threading.Lock()
-        with progress_bar(progress, len(self.blocks), "label stats") as bar:
-            bar.advance(len(self.ahead))
+        itemsize = self.vol.dtype.itemsize
 
-            def done(_b: Box, out: object) -> None:
-                with lock:
-                    parts.append(out)  # type: ignore[arg-type]
-                    if len(parts) >= 64:  # bounded memory with many blocks and ids
-                        parts[:] = [merge_stats(parts)]
-                bar.advance()
+        def done(_b: Box, out: object) -> None:  # here, in this thread: no lock
+            parts.append(out)  # type: ignore[arg-type]
+            if len(parts) >= 64:  # bounded memory with many blocks and ids
+                parts[:] = [merge_stats(parts)]
 
-            res = run_blocks(self.one, todo, workers=self.workers, on_done=done)
-        if res.failed:
-            raise res.failed[0][1]
+        run_blocks(functools.partial(_block_stats, self.vol), todo, name="label stats",
+                   client=self.client, workers=self.workers, progress=progress,
+                   nbytes=lambda b: b.size * itemsize, on_done=done)
         return merge_stats(parts)
+
+
+def _block_stats(vol: Any, b: Box) -> dict[str, np.ndarray]:
+    """One block's statistics (on a cluster ``vol`` arrives as its spec, reopened by URL)."""
+    return label_stats_kernel(vol.remote.read(b, vol.scale), tuple(b.start))
 
 
 def _server(vol: Any, local: _Local, prefer: str, workers: int | None, progress: bool

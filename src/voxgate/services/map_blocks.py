@@ -3,19 +3,28 @@
 Each block is read with its halo (outside the volume reads as fill), passed to ``fn``, cropped
 back to the block and written to the output.  The local threaded scheduler runs it by default;
 pass a ``dask.distributed`` Client to spread it over a cluster, whose workers reopen both
-volumes from their URLs (so in-memory ``mem://`` volumes cannot go there).  Every block is
-accounted for at the end: a block that failed (after the scheduler's retries) raises, so the
-output is never silently incomplete.
+volumes from their URLs (so in-memory ``mem://`` volumes cannot go there).  The blocks run
+through :mod:`voxgate.blockwise`: a block failing with a transient error (an unreachable store,
+a worker that died) is run again; any other error stops the run and is raised naming the block,
+so the output is never silently incomplete.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from ..blockwise import (
+    block_shape,
+    check_for_cluster,
+    plan_blocks,
+    run_blocks,
+    scheduler_name,
+)
 from ..errors import DtypeError, InvalidRequestError
 from ..geometry import Box, Vec
 from ..volume import Volume
@@ -23,8 +32,6 @@ from ._common import (
     ArrayResult,
     Provenance,
     as_volume,
-    block_boxes,
-    progress_bar,
     region_meta,
     resolve_output,
 )
@@ -79,6 +86,8 @@ def map_blocks(
     source's; it must not exist unless ``overwrite``); a writable Volume is written in place.
     ``client``: a ``dask.distributed.Client``; without one the local threaded scheduler runs
     ``workers`` blocks at a time.  ``block`` is rounded up to whole chunks of the output.
+    ``retries``: how many times a block failing with a transient error (an unreachable store,
+    a dask worker that died) is run again; other errors are raised at once, naming the block.
     """
     t0 = time.perf_counter()
     src = as_volume(source)
@@ -102,43 +111,19 @@ def map_blocks(
 
     target = resolve_output(out, region_meta(src, region, dt, kind or src.kind),
                             overwrite=overwrite, options=create_options, check=covers_region)
-    # whole output chunks per block: two blocks never rewrite the same chunk at once
+    # whole output chunks per block, on the output's chunk grid: two blocks never rewrite the
+    # same chunk at once
     grid = target.remote.write_grid(target.scale)
-    b = Vec(*(-(-v // g) * g for v, g in zip(b, grid, strict=True)))
-    blocks = list(block_boxes(region, b))
+    b = block_shape(grid, dt.itemsize, region.shape, block=b)
+    blocks = [p.box for p in plan_blocks(region, b, target.bounds)]
     if client is not None:
-        for vol in (src, target):
-            if vol.url.startswith("mem://"):
-                raise InvalidRequestError(
-                    f"{vol.url} lives in this process only; a dask.distributed cluster needs "
-                    "volumes its workers can open by URL (zarr://, precomputed://, ...)")
-        futures = client.map(run_block, [fn] * len(blocks), [src] * len(blocks),
-                             [target] * len(blocks), blocks, [h] * len(blocks), pure=False,
-                             retries=retries)
-        with progress_bar(progress, len(blocks), "map_blocks") as bar:
-            from distributed import as_completed
-
-            finished = []
-            for fut in as_completed(futures):
-                finished.append(fut.result())  # a block that failed after its retries raises
-                bar.advance()
-    else:
-        import dask
-
-        with progress_bar(progress, len(blocks), "map_blocks") as bar:
-            def tracked(bx: Box) -> Box:
-                done = run_block(fn, src, target, bx, h)
-                bar.advance()
-                return done
-
-            tasks = [dask.delayed(tracked, pure=False)(bx) for bx in blocks]
-            finished = list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
-    missing = {bx for bx in blocks} - set(finished)
-    if missing:
-        raise RuntimeError(f"map_blocks: {len(missing)} blocks did not complete: "
-                           f"{sorted(missing, key=lambda x: tuple(x.start))[:5]}")
+        check_for_cluster(src.url, "source", "map_blocks")
+        check_for_cluster(target.url, "output", "map_blocks", writes=True)
+    run_blocks(functools.partial(run_block, fn, src, target, halo=h), blocks, name="map_blocks",
+               client=client, workers=workers, progress=progress, retries=retries,
+               nbytes=lambda bx: bx.size * dt.itemsize)
     prov = Provenance("map_blocks", "local", src.url, {
-        "blocks": len(blocks), "scheduler": "distributed" if client is not None else "threads",
+        "blocks": len(blocks), "scheduler": scheduler_name(client),
         "seconds": round(time.perf_counter() - t0, 3)})
     if out is None:
         return ArrayResult(target.read(), prov)
