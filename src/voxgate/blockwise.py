@@ -234,8 +234,9 @@ class _Pool:
     """Submit / cancel / window over threads, spawned processes or a dask client."""
 
     def __init__(self, fn: Callable[[Any], Any], kind: Scheduler, workers: int, client: Any,
-                 name: str) -> None:
+                 name: str, prepare: Callable[[Any], Any] | None = None) -> None:
         self.kind, self.client, self.name = kind, client, name
+        self.prepare = prepare
         self.workers = workers
         self._asked = 0.0
         self._window = 1
@@ -267,6 +268,8 @@ class _Pool:
         return self.workers + 1 if self.kind == "processes" else 2 * self.workers
 
     def submit(self, item: Any, n: int, attempt: int) -> Any:
+        if self.prepare is not None:
+            item = self.prepare(item)
         if self.kind == "distributed":
             key = f"{self.name.replace(' ', '_')}-{self._run}-{n}-{attempt}"
             return self.client.submit(_call, self._fn, item, pure=False, key=key)
@@ -317,6 +320,7 @@ def run_blocks(
     on_done: Callable[[T, object], None] | None = None,
     retries: int = RETRIES,
     collect: bool = False,
+    prepare: Callable[[T], Any] | None = None,
 ) -> BlockResults[T]:
     """Call ``fn(item)`` for every item (blocks, usually :class:`Block` or :class:`Box`).
 
@@ -326,9 +330,12 @@ def run_blocks(
     :func:`parallel.default_workers`; 1 runs them here, one by one).  On a cluster or in
     processes ``fn`` is sent once per worker, not per block.
 
-    ``on_done(item, result)`` runs here, in the calling thread, as each block finishes (any
-    order).  ``progress`` draws one bar labelled with ``name`` and the number of blocks, over
-    bytes when ``nbytes(item)`` gives a block's size, else over blocks.
+    ``prepare(item)``, when given, runs here just before a block is sent, and ``fn`` gets what
+    it returns (e.g. the block's data read from an in-memory volume, which a spawned process
+    cannot open); ``on_done`` still gets the item.  ``on_done(item, result)`` runs here, in
+    the calling thread, as each block finishes (any order).  ``progress`` draws one bar
+    labelled with ``name`` and the number of blocks, over bytes when ``nbytes(item)`` gives a
+    block's size, else over blocks.
 
     A block raising a transient error (:func:`is_transient`) is run again, up to ``retries``
     times, after :data:`BACKOFF` seconds (doubled each time).  Any other error, or one still
@@ -363,9 +370,10 @@ def run_blocks(
 
     with bar:
         if kind == "threads" and nworkers == 1:
-            _serial(fn, todo, retries, finished, give_up)
+            _serial(fn, todo, retries, finished, give_up, prepare)
         elif todo:
-            _pooled(_Pool(fn, kind, nworkers, client, name), todo, retries, finished, give_up)
+            _pooled(_Pool(fn, kind, nworkers, client, name, prepare), todo, retries, finished,
+                    give_up)
     if results.failed and not collect:
         raise results.failed[0][1]
     return results
@@ -373,12 +381,13 @@ def run_blocks(
 
 def _serial(fn: Callable[[T], object], todo: list[T], retries: int,
             finished: Callable[[T, object], None],
-            give_up: Callable[[T, BaseException, int], None]) -> None:
+            give_up: Callable[[T, BaseException, int], None],
+            prepare: Callable[[T], Any] | None) -> None:
     for item in todo:
         attempt = 0
         while True:
             try:
-                out = fn(item)
+                out = fn(prepare(item) if prepare is not None else item)
             except Exception as exc:
                 if is_transient(exc) and attempt < retries:
                     time.sleep(BACKOFF * 2**attempt)

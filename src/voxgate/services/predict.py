@@ -23,6 +23,7 @@ before any block runs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -36,11 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from ..blockwise import check_for_cluster, run_blocks, scheduler_name
 from ..errors import CapabilityNotSupportedError, InvalidRequestError, MissingDependencyError
 from ..geometry import Box, Vec, grow_block
 from ..meta import Scale, VolumeMeta
 from ..volume import Volume
-from ._common import ArrayResult, Provenance, as_volume, block_boxes, progress_bar, resolve_output
+from ._common import ArrayResult, Provenance, as_volume, block_boxes, resolve_output
 
 __all__ = ["ModelRunner", "load_model", "no_server_path", "predict", "predict_provenance",
            "probability_to_uint8", "providers_for", "to_unit_float"]
@@ -483,47 +485,22 @@ def predict(
         blocks = list(block_boxes(region, b))
         first = None
     todo = blocks
-    with progress_bar(progress, len(blocks), "predict") as bar:
-        if first is not None:
-            _store(first, target, blocks[0])
-            bar.advance()
-            todo = blocks[1:]
-        finished = list(blocks[:len(blocks) - len(todo)])
-        if client is not None:
-            for vol in (src, target):
-                if vol.url.startswith("mem://"):
-                    raise InvalidRequestError(
-                        f"{vol.url} lives in this process only; a dask.distributed cluster "
-                        "needs volumes its workers can open by URL (zarr://, precomputed://, "
-                        "...)")
-            from distributed import as_completed
-
-            shipped = client.scatter(_for_cluster(runner), broadcast=True)
-            n = len(todo)
-            futures = client.map(_run_block, [shipped] * n, [src] * n, [target] * n, todo,
-                                 [h] * n, [region] * n, pure=False, retries=retries)
-            for fut in as_completed(futures):
-                finished.append(fut.result())  # a block that failed after its retries raises
-                bar.advance()
-        else:
-            import dask
-
-            def tracked(bx: Box) -> Box:
-                done = _run_block(runner, src, target, bx, h, region)
-                bar.advance()
-                return done
-
-            tasks = [dask.delayed(tracked, pure=False)(bx) for bx in todo]
-            finished += list(dask.compute(*tasks, scheduler="threads", num_workers=nworkers))
-    missing = set(blocks) - set(finished)
-    if missing:
-        raise RuntimeError(f"predict: {len(missing)} blocks did not complete: "
-                           f"{sorted(missing, key=lambda x: tuple(x.start))[:5]}")
+    if first is not None:  # the callable's first block, computed above to learn its channels
+        _store(first, target, blocks[0])
+        todo = blocks[1:]
+    if client is not None:
+        check_for_cluster(src.url, "source", "predict")
+        check_for_cluster(target.url, "output", "predict", writes=True)
+    # the runner (and its model bytes) travels to each worker once, with the two Volumes
+    fn = functools.partial(_run_block, _for_cluster(runner) if client is not None else runner,
+                           src, target, halo=h, region=region)
+    run_blocks(fn, todo, name="predict", client=client, workers=nworkers, progress=progress,
+               retries=retries, nbytes=lambda bx: bx.size * src.dtype.itemsize)
     prov = Provenance("predict", "local", src.url, {
         "model": runner.name, "providers": list(runner.providers) if runner.onnx else [],
         "block": tuple(b), "halo": tuple(h), "step": tuple(runner.step),
         "blocks": len(blocks), "channels": channels,
-        "scheduler": "distributed" if client is not None else "threads",
+        "scheduler": scheduler_name(client),
         "seconds": round(time.perf_counter() - t0, 3)})
     if out is None:
         return ArrayResult(target.read(), prov)

@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from ..blockwise import run_blocks
 from ..errors import InvalidRequestError
 from ..geometry import Box, Vec, grow_block
-from ..parallel import run_blocks
 from ..volume import Volume
-from ._common import Provenance, as_volume, block_boxes, progress_bar
+from ._common import Provenance, as_volume, block_boxes
 from .connected_components import connected_components, connected_components_provenance
 from .map_blocks import map_blocks
 from .predict import load_model, no_server_path, predict
@@ -171,7 +171,8 @@ def detect_synapses(
         prob_vol = as_volume(np.asarray(probs)) if isinstance(probs, np.ndarray) else probs
         level = math.ceil(float(threshold) * 255 - 1e-6)
         mask = map_blocks(lambda p: (p >= level).astype(np.uint8), prob_vol, scratch("mask"),
-                          dtype=np.uint8, block=block or (128, 256, 256))
+                          dtype=np.uint8, block=block or (128, 256, 256), client=client,
+                          workers=workers)
         labels = connected_components(mask if tmp is not None else np.asarray(mask),
                                       scratch("components"), block=block, workers=workers,
                                       progress=progress)
@@ -239,10 +240,7 @@ def _table(src: Volume, region: Box, prob_vol: Volume, lab_vol: Volume, n: int,
                 np.minimum.at(lo[:, a], ids, coords[:, a])
                 np.maximum.at(hi[:, a], ids, coords[:, a])
 
-    with progress_bar(progress, len(boxes), "synapse stats") as bar:
-        res = run_blocks(stats, boxes, workers=workers, on_done=lambda _b, _o: bar.advance())
-    if res.failed:
-        raise res.failed[0][1]
+    run_blocks(stats, boxes, name="synapse stats", workers=workers, progress=progress)
     kept = np.nonzero(count[1:] >= min_size)[0] + 1
     vs = src.voxel_size
     vs_zyx = (vs.z, vs.y, vs.x)
@@ -268,11 +266,7 @@ def _table(src: Volume, region: Box, prob_vol: Volume, lab_vol: Volume, n: int,
             window = read_seg(Box(box.start + Vec(*seg_origin), box.stop + Vec(*seg_origin)))
             pre[i], post[i] = synapse_segments(det, window, vs_zyx, shell)
 
-    with progress_bar(progress, len(kept), "synapses") as bar:
-        res2 = run_blocks(place, range(len(kept)), workers=workers,
-                          on_done=lambda _b, _o: bar.advance())
-    if res2.failed:
-        raise res2.failed[0][1]
+    run_blocks(place, range(len(kept)), name="synapses", workers=workers, progress=progress)
     at = position + np.asarray(tuple(region.start), np.int64)
     table = pd.DataFrame({
         "id": np.arange(1, len(kept) + 1, dtype=np.uint64),
