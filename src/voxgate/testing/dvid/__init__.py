@@ -18,8 +18,9 @@ documented header + lz4 frame of our own.
 
 Split by concern: :mod:`.model` (type tables, errors, replies, repos, nodes, instances),
 :mod:`.store` (versioned storage), :mod:`.state` (the version DAG and the router),
-:mod:`.keyvalue`, :mod:`.grid`, :mod:`.voxels` and :mod:`.labels` (the data types), and
-:mod:`.server` (the ASGI app, the command line and the subprocess helpers).
+:mod:`.keyvalue`, :mod:`.grid`, :mod:`.voxels` and :mod:`.labels` (the data types; the label
+bookkeeping in :mod:`.labelindex`), and :mod:`.server` (the ASGI app, the command line and the
+subprocess helpers).
 """
 
 from __future__ import annotations

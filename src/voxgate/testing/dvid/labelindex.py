@@ -1,0 +1,191 @@
+"""The label bookkeeping under the DVID test server's labelmap/labelarray endpoints: the
+supervoxel -> body mapping, label indexes (supervoxel -> blocks), sparse-volume runs, labels at
+points, new labels and the parsing of label arguments."""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+
+from ...formats.dvid_block import rles_from_mask
+from .grid import _scale, _Vol
+from .model import DVIDError, _Ctx
+
+
+def _note_labels(ctx: _Ctx, top: int) -> None:
+    inst = ctx.inst
+    v = str(ctx.version)
+    if top > inst.max_label.get(v, 0):
+        inst.max_label[v] = top
+    inst.max_repo_label = max(inst.max_repo_label, top)
+
+
+# -- label bookkeeping --------------------------------------------------------------------------
+def _mapping(ctx: _Ctx) -> dict[int, int]:
+    """supervoxel -> body at this version (labelarray: no mapping)."""
+    if ctx.inst.typename != "labelmap":
+        return {}
+    key = ("mapping", ctx.version, ctx.inst.mutations)  # a read racing a write keeps no stale copy
+    cached = ctx.inst.caches.get(key)
+    if cached is not None:
+        return dict(cached)
+    store = ctx.store("mapping")
+    out: dict[int, int] = {}
+    for k in store.keys(ctx.ancestry):
+        v = store.get(k, ctx.ancestry)
+        if isinstance(v, bytes):
+            out[int(k)] = struct.unpack("<Q", v)[0]
+    ctx.inst.caches[key] = out
+    return dict(out)
+
+
+def _apply_mapping(ctx: _Ctx, data: np.ndarray) -> np.ndarray:
+    m = _mapping(ctx)
+    if not m:
+        return data
+    keys = np.array(sorted(m), dtype=np.uint64)
+    vals = np.array([m[int(k)] for k in keys], dtype=np.uint64)
+    pos = np.searchsorted(keys, data)
+    pos[pos >= len(keys)] = 0
+    hit = keys[pos] == data
+    out = data.copy()
+    out[hit] = vals[pos[hit]]
+    return out
+
+
+def _index(ctx: _Ctx, scale: int = 0) -> dict[int, dict[tuple[int, int, int], int]]:
+    """supervoxel -> {block (z, y, x): voxel count} at this version and scale."""
+    key = ("index", ctx.version, scale, ctx.inst.mutations)
+    cached = ctx.inst.caches.get(key)
+    if cached is not None:
+        return dict(cached)
+    vol = _Vol(ctx, scale)
+    out: dict[int, dict[tuple[int, int, int], int]] = {}
+    for bk in vol.block_keys():
+        blk = vol.block(*bk)
+        if blk is None:
+            continue
+        labels, counts = np.unique(blk, return_counts=True)
+        for lab, c in zip(labels.tolist(), counts.tolist(), strict=True):
+            if lab:
+                out.setdefault(lab, {})[bk] = c
+    ctx.inst.caches[key] = out
+    return dict(out)
+
+
+def _supervoxels_of(ctx: _Ctx, label: int, supervoxels: bool) -> set[int]:
+    idx = _index(ctx)
+    if supervoxels:
+        return {label} if label in idx else set()
+    m = _mapping(ctx)
+    return {sv for sv in idx if m.get(sv, sv) == label}
+
+
+def _label_arg(parts: list[str], what: str) -> int:
+    if len(parts) < 2:
+        raise DVIDError(f"DVID requires label to follow '{what}' command")
+    text = parts[1]
+    if not text.isdigit() or int(text) >= 2**64:
+        raise DVIDError(f'strconv.ParseUint: parsing "{text}": invalid syntax')
+    label = int(text)
+    if label == 0:
+        raise DVIDError("Label 0 is protected background value and cannot be used as sparse "
+                        "volume.\n".rstrip())
+    return label
+
+
+def _body_list(body: bytes, what: str) -> list[Any]:
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise DVIDError(f"Bad {what} request JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise DVIDError(f"Bad {what} request JSON: expected a list")
+    return data
+
+
+def _bounds(ctx: _Ctx) -> tuple[list[int], list[int]]:
+    """Optional minx..maxz query bounds as inclusive (z, y, x) lists."""
+    lo, hi = [-(2**62)] * 3, [2**62] * 3
+    for i, axis in enumerate("zyx"):
+        for name, target in ((f"min{axis}", lo), (f"max{axis}", hi)):
+            if name in ctx.q:
+                try:
+                    target[i] = int(ctx.q[name])
+                except ValueError:
+                    raise DVIDError(f"error parsing bounds from query string: {name}="
+                                    f"{ctx.q[name]!r}") from None
+    return lo, hi
+
+
+def _runs(ctx: _Ctx, svs: set[int], scale: int, lo: list[int], hi: list[int]) -> np.ndarray:
+    vol = _Vol(ctx, scale)
+    idx = _index(ctx, scale)
+    blocks = sorted({b for sv in svs for b in idx.get(sv, {})})
+    wanted = np.array(sorted(svs), dtype=np.uint64)
+    parts = []
+    for bz, by, bx in blocks:
+        blk = vol.block(bz, by, bx)
+        if blk is None:
+            continue
+        o = (bz * vol.bs[0], by * vol.bs[1], bx * vol.bs[2])
+        a = [max(lo_i - o_i, 0) for lo_i, o_i in zip(lo, o, strict=True)]
+        e = [min(hi_i - o_i + 1, b) for hi_i, o_i, b in zip(hi, o, vol.bs, strict=True)]
+        if any(x >= y for x, y in zip(a, e, strict=True)):
+            continue
+        sub = blk[a[0]:e[0], a[1]:e[1], a[2]:e[2]]
+        mask = np.isin(sub, wanted)
+        parts.append(rles_from_mask(mask, (o[0] + a[0], o[1] + a[1], o[2] + a[2])))
+    if not parts:
+        return np.zeros((0, 4), dtype=np.int32)
+    runs = np.concatenate(parts).astype(np.int64)
+    runs = runs[np.lexsort((runs[:, 0], runs[:, 1], runs[:, 2]))]
+    # join runs that continue across block boundaries along x
+    merged: list[list[int]] = []
+    for x, y, z, n in runs.tolist():
+        if merged and merged[-1][1] == y and merged[-1][2] == z and \
+                merged[-1][0] + merged[-1][3] == x:
+            merged[-1][3] += n
+        else:
+            merged.append([x, y, z, n])
+    return np.array(merged, dtype=np.int32)
+
+
+
+def _uint(text: str) -> int:
+    if not text.isdigit() or int(text) >= 2**64:
+        raise DVIDError(f'strconv.ParseUint: parsing "{text}": invalid syntax')
+    return int(text)
+
+
+def _as_label(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**64:
+        raise DVIDError(f"labels must be unsigned 64-bit integers, got {v!r}")
+    return v
+
+
+def _new_labels(ctx: _Ctx, count: int) -> tuple[int, int]:
+    inst = ctx.inst
+    if inst.next_label:
+        start, end = inst.next_label + 1, inst.next_label + count
+        inst.next_label = end
+        return start, end
+    start, end = inst.max_repo_label + 1, inst.max_repo_label + count
+    inst.max_repo_label = end
+    inst.max_label[str(ctx.version)] = end
+    return start, end
+
+
+def _points(ctx: _Ctx, pts: list[tuple[int, int, int]]) -> list[int]:
+    vol = _Vol(ctx, _scale(ctx))
+    out = []
+    for x, y, z in pts:
+        out.append(int(vol.read((z, y, x), (1, 1, 1))[0, 0, 0]))
+    if ctx.flag("supervoxels"):
+        return out
+    m = _mapping(ctx)
+    return [m.get(v, v) for v in out]
+
