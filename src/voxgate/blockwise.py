@@ -7,12 +7,12 @@ share one, in Morton (z-) order, so neighbouring blocks run close together.
 
 **Run**: :func:`run_blocks` calls one function on every block on this process's threads, on
 spawned processes (for kernels that hold the GIL), or on a ``dask.distributed`` ``client``, with
-at most a window of blocks in flight whatever their number; one progress bar (the Service's name,
-its blocks and bytes); one retry rule (:func:`is_transient`: an unreachable store, a dask worker
-that died, retried :data:`RETRIES` times with backoff; any other error raised at once, naming the
-block); Ctrl-C cancels what is in flight.  The function and what it holds are sent to each
-worker once (scattered on a cluster, installed once per process), the blocks one by one; a
-Volume travels as its spec and the worker reopens it by URL.
+at most a window of blocks in flight whatever their number; one progress bar (the Service's
+name, its bytes, the blocks done); one retry rule (:func:`is_transient`: an unreachable store,
+a dask worker that died, retried :data:`RETRIES` times with backoff; any other error raised at
+once, naming the block); Ctrl-C cancels what is in flight.  The function and what it holds are
+sent to each worker once (scattered on a cluster, installed once per process), the blocks one
+by one; a Volume travels as its spec and the worker reopens it by URL.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any, Literal, TypeVar
 from .errors import InvalidRequestError, RemoteUnavailableError, VoxgateError
 from .geometry import Box, Vec, chunk_boxes, grow_block
 from .parallel import BlockResults, default_workers
-from .progress import progress_bar
+from .progress import format_bytes, progress_bar
 from .registry import open_remote
 from .remotes.base import Remote
 
@@ -334,8 +334,8 @@ def run_blocks(
     it returns (e.g. the block's data read from an in-memory volume, which a spawned process
     cannot open); ``on_done`` still gets the item.  ``on_done(item, result)`` runs here, in
     the calling thread, as each block finishes (any order).  ``progress`` draws one bar
-    labelled with ``name`` and the number of blocks, over bytes when ``nbytes(item)`` gives a
-    block's size, else over blocks.
+    over the blocks (done / total), labelled with ``name`` and, when ``nbytes(item)`` gives a
+    block's size in bytes, the total.
 
     A block raising a transient error (:func:`is_transient`) is run again, up to ``retries``
     times, after :data:`BACKOFF` seconds (doubled each time).  Any other error, or one still
@@ -355,15 +355,14 @@ def run_blocks(
     kind = scheduler_name(client, processes)
     nworkers = workers or default_workers()
     total_bytes = sum(nbytes(i) for i in todo) if nbytes is not None else 0
-    label = f"{name} ({len(todo)} block{'s' if len(todo) != 1 else ''})"
-    bar = progress_bar(progress, total_bytes if nbytes is not None else len(todo), label,
-                       unit="bytes" if nbytes is not None else "steps")
+    label = f"{name} ({format_bytes(total_bytes)})" if nbytes is not None else name
+    bar = progress_bar(progress, len(todo), label)
 
     def finished(item: T, out: object) -> None:
         results.done.append(item)
         if on_done is not None:
             on_done(item, out)
-        bar.advance(nbytes(item) if nbytes is not None else 1)
+        bar.advance()
 
     def give_up(item: T, exc: BaseException, attempts: int) -> None:
         results.failed.append((item, _name_block(exc, name, item, attempts)))

@@ -20,20 +20,22 @@ joined by merging the vertices they share.  Then, per segment:
   length: each loop loses its longest edge), so every skeleton is a forest as kimimaro's are;
 - short spurs that block faces cause are pruned (:func:`_prune_face_ticks`).
 
-Memory is a few blocks per worker, never the whole volume.  Blocks run one after another, on
-``workers`` spawned processes (kimimaro holds the GIL, so threads would not help), or on a
-``dask.distributed`` Client.
+Memory is a few blocks per worker, never the whole volume.  Blocks run (through
+:mod:`voxgate.blockwise`) one after another, on ``workers`` spawned processes (kimimaro holds
+the GIL, so threads would not help), or on a ``dask.distributed`` Client.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidRequestError, RemoteNotFoundError, VoxgateError
+from ..blockwise import cluster_spec, run_blocks, worker_remote
+from ..errors import InvalidRequestError, RemoteNotFoundError
 from ..formats.skeleton import Skeleton
 from ..geometry import Box, Vec, grow_block
 from ..remotes.base import Capability
@@ -198,30 +200,31 @@ def _blockwise(vol: Any, base: Vec, ids: list[int] | None, dust_threshold: int,
     portable = not vol.url.startswith("mem://")
     scheduler = "distributed" if client is not None else (
         "processes" if workers is not None and workers > 1 and len(jobs) > 1 else "serial")
-    with progress_bar(progress, len(jobs), "skeletonize") as bar:
-        if client is not None:
-            if not portable:
-                raise InvalidRequestError(
-                    f"{vol.url} lives in this process only; a dask.distributed cluster needs "
-                    "a volume its workers can open by URL")
-            from distributed import as_completed
+    source: Any = vol.remote
+    prepare = None
+    if client is not None:
+        if not portable:
+            raise InvalidRequestError(
+                f"{vol.url} lives in this process only; a dask.distributed cluster needs "
+                "a volume its workers can open by URL")
+        source = cluster_spec(vol.remote, "r")
+    elif scheduler == "processes":
+        if portable:  # each process reopens the store and reads its own blocks
+            source = cluster_spec(vol.remote, "r")
+        else:  # an in-memory volume: its blocks are read here and sent over
+            source = None
 
-            spec = vol.remote.spec()
-            futs = client.map(_block_job, [spec] * len(jobs), [vol.scale] * len(jobs),
-                              [e for e, _ in jobs], [c for _, c in jobs], [ids] * len(jobs),
-                              [vs] * len(jobs), [teasar] * len(jobs), pure=False, retries=2)
-            where = {f.key: at for at, f in enumerate(futs)}
-            for fut in as_completed(futs):
-                collect(where[fut.key], fut.result())
-                bar.advance()
-        elif scheduler == "processes":
-            for at, found in _in_processes(vol, jobs, ids, vs, teasar, workers or 1, portable):
-                collect(at, found)
-                bar.advance()
-        else:
-            for at, (ext, core) in enumerate(jobs):
-                collect(at, _block_job(vol.remote, vol.scale, ext, core, ids, vs, teasar))
-                bar.advance()
+            def prepare(job: tuple[int, Box, Box]) -> tuple[int, Box, Box, np.ndarray]:
+                return (*job, vol.remote.read(job[1], vol.scale))
+
+    itemsize = vol.dtype.itemsize
+    run_blocks(functools.partial(_block_job, source, vol.scale, ids=ids, voxel_size=vs,
+                                 teasar_params=teasar),
+               [(at, ext, core) for at, (ext, core) in enumerate(jobs)], name="skeletonize",
+               client=client, workers=workers if scheduler == "processes" else 1,
+               processes=scheduler == "processes", progress=progress, prepare=prepare,
+               nbytes=lambda job: job[2].size * itemsize,
+               on_done=lambda job, found: collect(job[0], found))  # type: ignore[arg-type]
     faces = tuple(np.arange(r0 + b, r1, b, dtype=np.int64)
                   for r0, r1, b in zip(region.start, region.stop, base, strict=True))
     params = {**_TEASAR_DEFAULTS, **(teasar or {})}
@@ -239,65 +242,17 @@ def _blockwise(vol: Any, base: Vec, ids: list[int] | None, dust_threshold: int,
     return out
 
 
-def _in_processes(vol: Any, jobs: list[tuple[Box, Box]], ids: list[int] | None,
-                  vs: tuple[float, ...], teasar: dict[str, Any] | None, workers: int,
-                  portable: bool) -> Iterator[tuple[int, dict[int, _Piece]]]:
-    """Blocks on a pool of spawned processes, at most ``workers + 1`` in flight.
-
-    A store the processes can open by URL is reopened there and each reads its own blocks;
-    an in-memory one (a numpy array, mem://) has its blocks read here and sent over."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
-
-    spec = vol.remote.spec() if portable else None
-    todo = iter(enumerate(jobs))
-    running: dict[Future[dict[int, _Piece]], int] = {}
-    with ProcessPoolExecutor(max_workers=workers,
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
-        try:
-            while True:
-                while len(running) < workers + 1:
-                    nxt = next(todo, None)
-                    if nxt is None:
-                        break
-                    at, (ext, core) = nxt
-                    src = spec if portable else vol.remote.read(ext, vol.scale)
-                    running[pool.submit(_block_job, src, vol.scale, ext, core, ids, vs,
-                                        teasar)] = at
-                if not running:
-                    return
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    at = running.pop(fut)
-                    try:
-                        found = fut.result()
-                    except BrokenProcessPool:
-                        raise VoxgateError(
-                            f"a worker process skeletonizing block {jobs[at][1]} died: out of "
-                            "memory (pass a smaller block= or fewer workers=), or the main "
-                            "script lacks the `if __name__ == \"__main__\":` guard that "
-                            "spawned processes need (or was read from stdin); workers=None runs "
-                            "the blocks in this process") from None
-                    yield at, found
-        finally:
-            for fut in running:
-                fut.cancel()
-
-
-def _block_job(source: Any, scale: int, ext: Box, core: Box, ids: list[int] | None,
+def _block_job(source: Any, scale: int, job: tuple[Any, ...], ids: list[int] | None,
                voxel_size: Sequence[float], teasar_params: Mapping[str, Any] | None
                ) -> dict[int, _Piece]:
-    """One block's pieces: read ``ext`` (the block ``core`` plus one voxel on its upper faces)
-    from a Remote, a Remote's spec (reopened here, in a worker process) or take it as given."""
-    if isinstance(source, np.ndarray):
-        labels = source
+    """One block's pieces.  ``job``: (number, ext, core[, labels]); the labels of ``ext`` (the
+    block ``core`` plus one voxel on its upper faces) are given, or read from ``source``: a
+    Remote, or its spec reopened here, in a worker process (:func:`blockwise.worker_remote`)."""
+    _, ext, core, *given = job
+    if given:
+        labels = given[0]
     else:
-        remote = source
-        if isinstance(source, dict):
-            from ..api import open_remote
-
-            remote = open_remote(source["url"], mode="r", **source.get("options", {}))
+        remote = worker_remote(source) if isinstance(source, str) else source
         labels = remote.read(ext, scale)
     return block_pieces(labels, tuple(ext.start), core, voxel_size, ids,
                         teasar_params=teasar_params)
