@@ -441,9 +441,10 @@ def _pooled(pool: _Pool, todo: list[T], retries: int, finished: Callable[[T, obj
                 pending.clear()
     except KeyboardInterrupt:
         pool.cancel(list(pending), finish=pool.kind == "threads")
-        for fut, (_, item, _) in list(pending.items()):
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                finished(item, fut.result())
+        if pool.kind == "threads":  # the blocks that were running finished: they count
+            for fut, (_, item, _) in list(pending.items()):
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    finished(item, fut.result())
         raise
     finally:
         pool.close()

@@ -26,17 +26,24 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .blockwise import (
+    TASKS_PER_THREAD,  # noqa: F401 - the cluster's window, documented here
+    check_for_cluster,
+    cluster_spec,
+    run_blocks,
+    worker_remote,
+)
 from .errors import InvalidRequestError, MissingChunkError, OutOfBoundsError, PartialWriteError
 from .geometry import Box, Vec, chunk_boxes, grow_block
 from .meta import VolumeMeta
-from .parallel import BlockResults, default_workers, run_blocks
+from .parallel import default_workers
 from .progress import progress_bar
 from .registry import create_remote, open_remote, resolve_for_create
 from .remotes.base import (
@@ -60,9 +67,6 @@ __all__ = [
 
 #: blocks grow from the write grid toward this many bytes (bounded memory, little overhead)
 BLOCK_BYTES = 8 * 2**20
-#: with a dask.distributed Client, at most this many tasks per worker thread are submitted
-#: ahead of the finished ones (the client's memory and the scheduler's queue stay bounded)
-TASKS_PER_THREAD = 4
 
 
 @dataclass
@@ -346,15 +350,17 @@ def copy(
     reads the source with ``missing="error"``.
 
     ``client``: a ``dask.distributed.Client``; the blocks then run as tasks on its cluster
-    (each task reopens both volumes by URL, so ``mem://`` is refused), with ``retries``
-    retries of a task that raises; the journal and the progress bar stay here.  Without one,
-    ``workers`` threads of this process copy the blocks.
+    (each worker reopens both volumes by URL, so ``mem://`` is refused); the journal and the
+    progress bar stay here.  Without one, ``workers`` threads of this process copy the blocks.
+    Either way the blocks run through :mod:`voxgate.blockwise`: a block failing with a
+    transient error (the store unreachable, a worker that died) is run again up to
+    ``retries`` times; any other error stops the copy (PartialWriteError, resumable).
     """
     t0 = time.perf_counter()
     check_missing(missing)
     if client is not None:
-        _check_for_cluster(_name(src), "source")
-        _check_for_cluster(_name(dst), "destination")
+        check_for_cluster(_name(src), "source", "copy")
+        check_for_cluster(_name(dst), "destination", "copy", writes=True)
         if not isinstance(retries, int) or retries < 0:
             raise InvalidRequestError(f"retries must be a whole number >= 0, got {retries!r}")
     s_remote, s_box, _ = _as_remote(src, "r", missing=missing)
@@ -472,14 +478,12 @@ def copy(
             report.chunks_skipped += n_chunks
         else:
             todo.append((k, idx, part, n_chunks))
-    lock = threading.Lock()
     workers = workers or default_workers()
-
-    def run_one(item: tuple[int, Vec, Box, int]) -> tuple[int, int, bool]:
-        k, idx, part, n_chunks = item
-        nbytes, empty = _copy_part(s_remote, d_remote, k, part, skip_fill)
-        journal.record((k, *idx))
-        return n_chunks, nbytes, empty
+    if client is None:
+        fn: Any = functools.partial(_copy_item, s_remote, d_remote, skip_fill=skip_fill)
+    else:  # each worker reopens both stores by their specs, once per process and run
+        fn = functools.partial(_copy_block, cluster_spec(s_remote), cluster_spec(d_remote),
+                               uuid.uuid4().hex, skip_fill=skip_fill)
 
     total_bytes = sum(p.size for _, _, p, _ in todo) * itemsize * channels
     complete = False
@@ -487,27 +491,24 @@ def copy(
         with _progress(progress, len(todo), total_bytes, "copy") as advance:
 
             def done(item: tuple[int, Vec, Box, int], out: object) -> None:
+                # here, in this thread, once the block is written (on a cluster too)
                 assert isinstance(out, tuple)
-                n_chunks: int = out[0]
-                nbytes: int = out[1]
-                empty: bool = out[2]
-                with lock:
-                    report.blocks_written += 1
-                    if empty:
-                        report.blocks_empty += 1
-                    else:
-                        report.chunks_written += n_chunks
-                        report.bytes_written += nbytes
-                    report.per_scale[item[0]] = report.per_scale.get(item[0], 0) + 1
+                nbytes: int = out[0]
+                empty: bool = out[1]
+                journal.record((item[0], *item[1]))
+                report.blocks_written += 1
+                if empty:
+                    report.blocks_empty += 1
+                else:
+                    report.chunks_written += item[3]
+                    report.bytes_written += nbytes
+                report.per_scale[item[0]] = report.per_scale.get(item[0], 0) + 1
                 if advance is not None:
                     advance(nbytes)
 
             try:
-                if client is None:
-                    res = run_blocks(run_one, todo, workers=workers, on_done=done)
-                else:
-                    res = _run_on_cluster(client, todo, s_remote, d_remote, skip_fill, retries,
-                                          journal, done)
+                res = run_blocks(fn, todo, name="copy", client=client, workers=workers,
+                                 on_done=done, retries=retries, collect=True)
             except KeyboardInterrupt as stop:
                 # blocks in flight at the interrupt finished and are recorded too
                 finished = len(_Journal.read_done(journal.path)[0])
@@ -533,34 +534,6 @@ def copy(
     return report
 
 
-def _check_for_cluster(url: str, role: str) -> None:
-    """Refuse volumes a cluster's workers cannot reopen, or must not write from many
-    processes at once."""
-    if url.startswith("mem://"):
-        raise InvalidRequestError(
-            f"copy with a dask.distributed client: the {role} {url} lives in this process only; "
-            "a cluster's workers open volumes by URL (zarr://, n5://, precomputed://, ...), so "
-            "copy it without client= or write it to a store first")
-    if role == "destination" and url.startswith(("hdf5://", "tiff://")):
-        raise InvalidRequestError(
-            f"copy with a dask.distributed client: the destination {url} is one file that "
-            "several worker processes cannot write at once; copy to zarr://, n5:// or "
-            "precomputed:// on the cluster, or to this file without client=")
-
-
-#: schemes whose URL is a local path after ``scheme://`` (unless it holds another ``://``)
-_PATH_SCHEMES = ("zarr", "n5", "hdf5", "tiff", "precomputed")
-
-
-def _absolute_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """``spec`` with a relative local path made absolute: a worker's working directory is
-    not the client's."""
-    scheme, sep, rest = str(spec["url"]).partition("://")
-    if sep and scheme in _PATH_SCHEMES and "://" not in rest and not os.path.isabs(rest):
-        return {**spec, "url": f"{scheme}://{os.path.abspath(rest)}"}
-    return spec
-
-
 def _copy_part(s: Remote, d: Remote, scale: int, part: Box, skip_fill: bool) -> tuple[int, bool]:
     """Copy one block: read it from ``s``, write it to ``d`` unless it holds only the fill
     value and may stay absent (``skip_fill``).  Returns (bytes read, whether left as fill)."""
@@ -571,76 +544,14 @@ def _copy_part(s: Remote, d: Remote, scale: int, part: Box, skip_fill: bool) -> 
     return data.nbytes, empty
 
 
-@functools.lru_cache(maxsize=8)
-def _worker_remote(spec: str, run: str) -> Remote:
-    """A Remote reopened from its JSON spec on a worker, once per process and copy run
-    (``run``: a fresh id per ``copy`` call, so a recreated destination is never served stale)."""
-    given = json.loads(spec)
-    return open_remote(given["url"], mode=given.get("mode", "r"), **given.get("options", {}))
+def _copy_item(s: Remote, d: Remote, item: tuple[int, Vec, Box, int],
+               skip_fill: bool) -> tuple[int, bool]:
+    """One block of a local copy (see :func:`_copy_part`)."""
+    return _copy_part(s, d, item[0], item[2], skip_fill)
 
 
-def _copy_block(src: str, dst: str, run: str, scale: int, part: Box,
+def _copy_block(src: str, dst: str, run: str, item: tuple[int, Vec, Box, int],
                 skip_fill: bool) -> tuple[int, bool]:
     """One task of a distributed copy, on a worker (see :func:`_copy_part`)."""
-    return _copy_part(_worker_remote(src, run), _worker_remote(dst, run), scale, part, skip_fill)
-
-
-def _run_on_cluster(
-    client: Any,
-    todo: list[tuple[int, Vec, Box, int]],
-    s_remote: Remote,
-    d_remote: Remote,
-    skip_fill: bool,
-    retries: int,
-    journal: _Journal,
-    on_done: Callable[[tuple[int, Vec, Box, int], object], None],
-) -> BlockResults[tuple[int, Vec, Box, int]]:
-    """Run the blocks as dask.distributed tasks, a window of them at a time; record each in
-    the journal here, on the client, once its task has finished."""
-    from distributed import as_completed
-
-    run = uuid.uuid4().hex
-    src_spec = json.dumps(_absolute_spec(s_remote.spec()), sort_keys=True)
-    dst_spec = json.dumps(_absolute_spec(d_remote.spec()), sort_keys=True)
-
-    def window() -> int:  # asked again as the run goes: an adaptive cluster grows and shrinks
-        return max(8, TASKS_PER_THREAD * sum(client.nthreads().values()))
-
-    size, asked = window(), time.monotonic()
-    items = iter(todo)
-    pending: dict[Any, tuple[int, Vec, Box, int]] = {}
-
-    def submit(item: tuple[int, Vec, Box, int]) -> Any:
-        k, _, part, _ = item
-        fut = client.submit(_copy_block, src_spec, dst_spec, run, k, part, skip_fill,
-                            pure=False, retries=retries)
-        pending[fut] = item
-        return fut
-
-    results: BlockResults[tuple[int, Vec, Box, int]] = BlockResults()
-    first = [submit(item) for _, item in zip(range(size), items, strict=False)]
-    finished = as_completed(first)
-    try:
-        for fut in finished:
-            item = pending.pop(fut)
-            try:
-                out = fut.result()
-            except Exception as exc:  # the task's error after its retries, or a cancel
-                results.failed.append((item, exc))
-            else:
-                journal.record((item[0], *item[1]))
-                results.done.append(item)
-                on_done(item, (item[3], *out))
-            if time.monotonic() - asked > 5:
-                size, asked = window(), time.monotonic()
-            while not results.failed and len(pending) < size:
-                nxt = next(items, None)
-                if nxt is None:
-                    break
-                finished.add(submit(nxt))
-    finally:
-        # stopped (Ctrl-C) or failed: what was not finished is dropped; a block caught
-        # mid-write on a worker is written whole again by the rerun
-        if pending:
-            client.cancel(list(pending))
-    return results
+    return _copy_part(worker_remote(src, run), worker_remote(dst, run), item[0], item[2],
+                      skip_fill)
