@@ -25,9 +25,12 @@ from . import _fail, main
 @click.option("--disk-bytes", default=None, help="Disk cache size, e.g. '200 GiB'.")
 @click.option("--state-path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where metadata, reserved ids and created projects are kept.")
+@click.option("--workers", default=None, metavar="N|auto",
+              help="Worker processes serving the port (default 1; 'auto': one per core). Each "
+                   "has its own memory cache of --memory-bytes; they share the disk cache.")
 def serve(config: Path | None, data_root: Path | None, host: str | None, port: int | None,
           memory_bytes: str | None, disk_path: Path | None, disk_bytes: str | None,
-          state_path: Path | None) -> None:
+          state_path: Path | None, workers: str | None) -> None:
     """Run the relay: serve CONFIG's channels (and/or --data-root) in the bossDB and
     Neuroglancer precomputed dialects."""
     from ..relay import load_config
@@ -36,12 +39,13 @@ def serve(config: Path | None, data_root: Path | None, host: str | None, port: i
     try:
         cfg = load_config(config, data_root=data_root, host=host, port=port,
                           memory_bytes=memory_bytes, disk_path=disk_path, disk_bytes=disk_bytes,
-                          state_path=state_path)
+                          state_path=state_path, workers=workers)
         if not cfg.channels and cfg.data_root is None:
             raise click.UsageError("give a CONFIG file with [[channel]] entries or --data-root")
         _check_port(cfg.host, cfg.port)
         click.echo(f"voxgate relay: {len(cfg.channels)} configured channel(s)"
                    + (f", data root {cfg.data_root}" if cfg.data_root else "")
+                   + (f", {cfg.workers} worker processes" if cfg.workers > 1 else "")
                    + f", listening on http://{cfg.host}:{cfg.port} (index page: "
                    f"http://{cfg.host}:{cfg.port}/)", err=True)
         run(cfg)

@@ -4,6 +4,7 @@ dialects' routes, the error handlers and middleware, and :func:`serve`."""
 from __future__ import annotations
 
 import logging
+import os
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -25,6 +26,9 @@ __all__ = ["Relay", "build_app", "serve"]
 
 log = logging.getLogger("voxgate.relay")
 
+#: seconds an idle keep-alive connection stays open
+UVICORN_KEEP_ALIVE = 30
+
 
 class _KeepConnection:
     """Answers an exception no handler took with the boss JSON 500 right here.
@@ -34,22 +38,32 @@ class _KeepConnection:
     got "connection reset" on its next request.  Caught here, the exception is logged and
     answered, and the connection stays usable.  (Only an exception after the response began
     still closes it: half a response cannot be taken back.)
+
+    Also, first, the state other worker processes saved is taken in (one ``stat`` when none
+    was: every request sees what was saved before it began), and with ``--workers N`` every
+    response says which worker answered (``X-Voxgate-Worker: PID``).
     """
 
     def __init__(self, app: ASGIApp, relay: Relay) -> None:
         self.app = app
         self.relay = relay
+        self.worker = [(b"x-voxgate-worker", str(os.getpid()).encode())] \
+            if relay.config.workers > 1 else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        self.relay.catalog.refresh()
         started = False
 
         async def tracked(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if self.worker:
+                    message = {**message,
+                               "headers": [*message.get("headers", []), *self.worker]}
             await send(message)
 
         try:
@@ -104,7 +118,13 @@ def build_app(config: RelayConfig) -> Starlette:
 
 
 def serve(config: RelayConfig) -> None:
-    """Run the relay until interrupted (``voxgate serve``)."""
+    """Run the relay until interrupted (``voxgate serve``); with ``config.workers`` > 1,
+    that many worker processes on the one port (:mod:`.workers`)."""
+    if config.workers > 1:
+        from .workers import run_workers
+
+        run_workers(config)
+        return
     import uvicorn
 
     from .cache import limit_heap_growth
@@ -113,5 +133,5 @@ def serve(config: RelayConfig) -> None:
     app = build_app(config)
     log.info("voxgate relay on http://%s:%d", config.host, config.port)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False,
-                timeout_keep_alive=30)
+                timeout_keep_alive=UVICORN_KEEP_ALIVE)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,8 +38,14 @@ from ..geometry import Vec
 from ..remotes.base import Remote
 from .cache import CachedRemote, TieredCache, UpstreamError, UpstreamTimeoutError
 from .config import ChannelConfig, RelayConfig, check_name
+from .statefile import StateFile, TransactionLock
 
 __all__ = ["Catalog", "ChannelEntry", "NotFound", "ResourceExists", "data_root_volumes"]
+
+
+def _empty_state() -> dict[str, Any]:
+    return {"collections": {}, "experiments": {}, "coords": {}, "channels": {},
+            "local_channels": {}, "meta": {}, "reserved": {}, "deleted": [], "downsample": {}}
 
 
 class NotFound(VoxgateError, LookupError):
@@ -86,12 +91,15 @@ class Catalog:
     def __init__(self, config: RelayConfig, cache: TieredCache) -> None:
         self.config = config
         self.cache = cache
-        #: guards ``channels`` and ``state``: held by whoever changes them (and saves)
-        self.lock = threading.RLock()
+        #: guards the in-memory bookkeeping of opened Remotes
+        self._mutex = threading.RLock()
         self.channels: dict[tuple[str, str, str], ChannelEntry] = {}
         self._opening: dict[tuple[tuple[str, str, str], str], Future[CachedRemote]] = {}
         self.state_path = self._state_path()
-        self.state: dict[str, Any] = self._load_state()
+        self._file = StateFile(self.state_path, _empty_state(), on_change=self._state_changed)
+        #: held by whoever changes ``state`` or ``channels`` (and saves): a transaction on the
+        #: state file, so also across the processes of ``voxgate serve --workers N``
+        self.lock = TransactionLock(self._file)
         for ch in config.channels:
             self._add_config_channel(ch)
         if config.data_root is not None:
@@ -102,6 +110,11 @@ class Catalog:
                 self.channels[(c, e, n)] = ChannelEntry(c, e, n, spec["url"], local=True)
 
     # -- state ----------------------------------------------------------------------------------
+    @property
+    def state(self) -> dict[str, Any]:
+        """The state (what clients created or changed); change it only holding :attr:`lock`."""
+        return self._file.data
+
     def _state_path(self) -> Path | None:
         if self.config.state_path is not None:
             return self.config.state_path
@@ -111,27 +124,52 @@ class Catalog:
             return self.config.cache.disk_path / "relay-state.json"
         return None  # a relay with neither keeps its state in memory
 
-    def _load_state(self) -> dict[str, Any]:
-        empty: dict[str, Any] = {
-            "collections": {}, "experiments": {}, "coords": {}, "channels": {},
-            "local_channels": {}, "meta": {}, "reserved": {}, "deleted": [],
-        }
-        if self.state_path is None or not self.state_path.exists():
-            return empty
-        try:
-            loaded = json.loads(self.state_path.read_text())
-        except ValueError as exc:
-            raise InvalidRequestError(f"relay state {self.state_path} is damaged: {exc}") from None
-        return {**empty, **loaded}
+    def refresh(self) -> None:
+        """Take in what other worker processes saved (one ``stat`` when nothing was)."""
+        self._file.refresh()
 
     def save(self) -> None:
-        if self.state_path is None:
+        self._file.save()
+
+    def _state_changed(self, before: dict[str, Any], after: dict[str, Any]) -> None:
+        """Another process created or deleted channels: follow it.  A channel deleted, or
+        deleted and created again (a new incarnation), is a new entry here; the old entry's
+        Remotes are closed and its cells dropped, in the background."""
+        old, new = before.get("local_channels", {}), after.get("local_channels", {})
+        if old == new:
             return
-        with self.lock:
-            self.state_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.state_path.with_name(self.state_path.name + f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(self.state, indent=1, sort_keys=True))
-            os.replace(tmp, self.state_path)
+        channels = dict(self.channels)  # replaced whole: readers iterating keep the old one
+        gone: list[ChannelEntry] = []
+        for key in old.keys() | new.keys():
+            b, a = old.get(key), new.get(key)
+            parts = key.split("/")
+            if a == b or len(parts) != 3:
+                continue
+            k = (parts[0], parts[1], parts[2])
+            entry = channels.get(k)
+            if a is None:
+                if entry is not None and entry.local:
+                    del channels[k]
+                    gone.append(entry)
+                continue
+            same = (entry is not None and entry.local and b is not None
+                    and entry.upstream_url == a.get("url")
+                    and (not b.get("incarnation") or b.get("incarnation") == a.get("incarnation")))
+            if not same:
+                channels[k] = ChannelEntry(k[0], k[1], k[2], a["url"], local=True)
+                if entry is not None:
+                    gone.append(entry)
+        self.channels = channels
+        if gone:
+            threading.Thread(target=self._forget, args=(gone,), name="voxgate-forget",
+                             daemon=True).start()
+
+    def _forget(self, entries: list[ChannelEntry]) -> None:
+        for entry in entries:
+            tags = {r.tag for r in self.open_remotes(entry)}
+            self.forget_remotes(entry)
+            for tag in tags:
+                self.cache.drop_tag(tag)
 
     # -- channels -------------------------------------------------------------------------------
     def _add_config_channel(self, ch: ChannelConfig) -> None:
@@ -178,7 +216,7 @@ class Catalog:
             fingerprint = hashlib.sha256((token or "").encode()).hexdigest()[:16]
             if token:
                 options["token"] = token
-        with self.lock:
+        with self._mutex:
             cached = entry._remotes.get(fingerprint)
             if cached is not None:
                 return cached
@@ -221,22 +259,22 @@ class Catalog:
                 # unreachable, or answering what cannot be read: the upstream's fault (502)
                 err = UpstreamError(f"upstream {entry.upstream_url} could not be opened: {exc}")
                 err.__cause__ = exc
-            with self.lock:
+            with self._mutex:
                 self._opening.pop((entry.key, fingerprint), None)
             fut.set_exception(err)
             return
-        with self.lock:
+        with self._mutex:
             entry._remotes.setdefault(fingerprint, cached)
             self._opening.pop((entry.key, fingerprint), None)
         fut.set_result(entry._remotes[fingerprint])
 
     def open_remotes(self, entry: ChannelEntry) -> list[CachedRemote]:
         """The channel's Remotes opened so far (one per forwarded token)."""
-        with self.lock:
+        with self._mutex:
             return list(entry._remotes.values())
 
     def forget_remotes(self, entry: ChannelEntry) -> None:
-        with self.lock:
+        with self._mutex:
             remotes = list(entry._remotes.values())
             entry._remotes.clear()
         for r in remotes:  # outside the lock: a close waits for writes in progress

@@ -9,6 +9,7 @@ max_cutout_bytes = "520 MiB"   # bossDB's CUTOUT_MAX_SIZE; larger requests answe
 state_path = "relay-state.json" # metadata, reserved ids, local projects (default: beside the cache)
 generations_path = "/shared/gens"  # ETag write generations: relays behind one HTTP cache share it
 read_only_max_age = 0          # seconds an HTTP cache may reuse writable = false channels' data
+workers = 1                    # processes serving the port ("auto": one per core)
 
 [cache]
 memory_bytes = "2 GiB"
@@ -33,10 +34,11 @@ tokens = { "s3cret-rw" = "read-write", "s3cret-ro" = "read" }
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +50,11 @@ __all__ = [
     "ChannelConfig",
     "RelayConfig",
     "TokenGrant",
+    "config_from_json",
+    "config_to_json",
     "load_config",
     "parse_bytes",
+    "parse_workers",
 ]
 
 #: bossDB's NameValidator (letters, digits, '_' and '-') and its CharField(max_length=255);
@@ -149,9 +154,54 @@ class RelayConfig:
     #: seconds an HTTP cache may reuse a read-only channel's responses without asking (0:
     #: revalidate every use, as for writable channels)
     read_only_max_age: int = 0
+    #: processes accepting on the port (docs/relay.md, "Several worker processes")
+    workers: int = 1
     cache: CacheConfig = field(default_factory=CacheConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     channels: list[ChannelConfig] = field(default_factory=list)
+
+
+def parse_workers(value: object) -> int:
+    """``workers``: a whole number >= 1, or ``"auto"`` (the cores this process may use)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # (not Linux)
+            return max(1, os.cpu_count() or 1)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequestError(f"workers must be a whole number >= 1 or \"auto\", "
+                                  f"got {value!r}")
+    return value
+
+
+def config_to_json(cfg: RelayConfig) -> str:
+    """The configuration as JSON (what ``voxgate serve --workers N`` hands each worker on a
+    pipe; tokens included, so it never goes into a command line or the environment)."""
+    doc = asdict(cfg)
+    doc["auth"]["tokens"] = {t: {"role": g.role, "collections": None if g.collections is None
+                                 else sorted(g.collections)}
+                             for t, g in cfg.auth.tokens.items()}
+    return json.dumps(doc, default=str)
+
+
+def config_from_json(text: str) -> RelayConfig:
+    """The inverse of :func:`config_to_json`."""
+    doc = json.loads(text)
+    path = (lambda v: None if v is None else Path(v))  # noqa: E731
+    cache = CacheConfig(doc["cache"]["memory_bytes"], path(doc["cache"]["disk_path"]),
+                        doc["cache"]["disk_bytes"])
+    auth = AuthConfig(doc["auth"]["public_read"], {
+        t: TokenGrant(g["role"], None if g["collections"] is None else frozenset(g["collections"]))
+        for t, g in doc["auth"]["tokens"].items()})
+    channels = [ChannelConfig(**c) for c in doc["channels"]]
+    return RelayConfig(
+        host=doc["host"], port=doc["port"], upstream_timeout=doc["upstream_timeout"],
+        max_cutout_bytes=doc["max_cutout_bytes"], state_path=path(doc["state_path"]),
+        data_root=path(doc["data_root"]), generations_path=path(doc["generations_path"]),
+        read_only_max_age=doc["read_only_max_age"], workers=doc["workers"], cache=cache,
+        auth=auth, channels=channels)
 
 
 def _tokens(table: object, where: str) -> dict[str, TokenGrant]:
@@ -198,7 +248,7 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
     server = raw.get("server", {})
     for key in server:
         if key not in ("host", "port", "upstream_timeout", "max_cutout_bytes", "state_path",
-                       "data_root", "generations_path", "read_only_max_age"):
+                       "data_root", "generations_path", "read_only_max_age", "workers"):
             raise InvalidRequestError(f"unknown [server] key {key!r}")
     cfg.host = str(server.get("host", cfg.host))
     cfg.port = int(server.get("port", cfg.port))
@@ -214,6 +264,7 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
         raise InvalidRequestError(f"read_only_max_age must be a whole number of seconds >= 0, "
                                   f"got {age!r}")
     cfg.read_only_max_age = age
+    cfg.workers = parse_workers(server.get("workers", 1))
     data_root = server.get("data_root", raw.get("data_root"))
     if data_root is not None:
         cfg.data_root = base / data_root
@@ -276,6 +327,8 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
             cfg.cache.disk_path = Path(value)
         elif key in ("data_root", "state_path", "generations_path"):
             setattr(cfg, key, Path(value))
+        elif key == "workers":
+            cfg.workers = parse_workers(value)
         elif hasattr(cfg, key):
             setattr(cfg, key, value)
         else:

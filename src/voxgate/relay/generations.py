@@ -15,15 +15,22 @@ cells of the channel when they see a generation they did not make.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import threading
 import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["Generations"]
+
+#: generation files kept open at once (beyond: the least recently used one is closed, and read
+#: again the next time)
+_KEEP_OPEN = 256
 
 
 class Generations:
@@ -34,8 +41,9 @@ class Generations:
         self._lock = threading.Lock()
         self._memory: dict[str, int] = {}
         self._nonce = uuid.uuid4().hex  # the in-memory generations' (one per process life)
-        #: file name -> ((inode, mtime, size), version) of the last read
-        self._seen_files: dict[str, tuple[tuple[int, int, int], str]] = {}
+        #: file name -> (the file last read, kept open so its inode is never reused; its
+        #: (device, inode); its version), the most recently used last
+        self._seen_files: OrderedDict[str, tuple[int, tuple[int, int], str]] = OrderedDict()
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -45,7 +53,12 @@ class Generations:
 
     def current(self, tag: str) -> str:
         """The channel's generation as text (``nonce.counter``); a channel never written
-        through any relay sharing the directory gets a nonce of its own on first use."""
+        through any relay sharing the directory gets a nonce of its own on first use.
+
+        One ``stat`` when it did not change: files are only ever replaced whole, and the
+        last one read stays open, so a file with its inode is that very file (a replaced
+        file's inode could otherwise be reused by a later one, and a time stamp's
+        granularity is coarser than two writes)."""
         if self.directory is None:
             with self._lock:
                 return f"{self._nonce}.{self._memory.get(tag, 0)}"
@@ -55,17 +68,75 @@ class Generations:
             st = os.stat(path)
         except FileNotFoundError:
             return self._update(tag, 0)
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         with self._lock:
             known = self._seen_files.get(name)
-        if known is not None and known[0] == stamp:
-            return known[1]
-        version = self._read(path)
-        if version is None:  # replaced between the stat and the read, or damaged: ask again
+            if known is not None and known[1] == (st.st_dev, st.st_ino):
+                self._seen_files.move_to_end(name)
+                return known[2]
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return self._update(tag, 0)
+        st = os.fstat(fd)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            version = self._parse(f.read())
+        if version is None:  # damaged: made again
+            os.close(fd)
             return self._update(tag, 0)
         with self._lock:
-            self._seen_files[name] = (stamp, version)
+            old = self._seen_files.pop(name, None)
+            self._seen_files[name] = (fd, (st.st_dev, st.st_ino), version)
+            closing = [old[0]] if old is not None else []
+            while len(self._seen_files) > _KEEP_OPEN:
+                closing.append(self._seen_files.popitem(last=False)[1][0])
+        for held in closing:
+            os.close(held)
         return version
+
+    # -- the write protocol of a shared disk tier (voxgate serve --workers N) --------------------
+    def _lock_path(self, tag: str, kind: str) -> Path:
+        assert self.directory is not None
+        return self.directory / (self._name(tag)[:-5] + kind)
+
+    @contextlib.contextmanager
+    def write_lock(self, tag: str) -> Iterator[None]:
+        """Held (shared with other writers) for the whole of a write to the channel, from the
+        bump before it to the bump after it: no cell of the channel is stored in a shared
+        disk tier meanwhile (see :meth:`store_lock`)."""
+        if self.directory is None:
+            yield
+            return
+        fd = os.open(self._lock_path(tag, ".w"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # (lets the lock go)
+
+    @contextlib.contextmanager
+    def store_lock(self, tag: str) -> Iterator[bool]:
+        """Yield whether a cell of the channel may be stored in a disk tier shared by several
+        processes now: True only while no write to the channel is in progress in any process
+        (they hold :meth:`write_lock`); then no write can begin until this is let go.  The
+        caller also checks that the generation is still the one its data was read under."""
+        if self.directory is None:
+            yield True
+            return
+        gate = os.open(self._lock_path(tag, ".p"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(gate, fcntl.LOCK_EX)  # one storer at a time (quick)
+            fd = os.open(self._lock_path(tag, ".w"), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    yield False  # a write is in progress: what was read may be old
+                    return
+                yield True
+            finally:
+                os.close(fd)
+        finally:
+            os.close(gate)
 
     def bump(self, tag: str) -> str:
         """Count a write (or its end) of the channel; return the new generation."""
@@ -76,11 +147,11 @@ class Generations:
         return self._update(tag, 1)
 
     @staticmethod
-    def _read(path: Path) -> str | None:
+    def _parse(data: bytes) -> str | None:
         try:
-            doc = json.loads(path.read_bytes())
+            doc = json.loads(data)
             return f"{doc['nonce']}.{int(doc['generation'])}"
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             return None
 
     def _update(self, tag: str, step: int) -> str:

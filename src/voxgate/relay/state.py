@@ -18,7 +18,8 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from .errors import (
     not_found,
 )
 from .generations import Generations
+from .shared_cache import SharedDiskCache
 from .stats import SCAN_BYTES, LabelStatsCache
 
 __all__ = ["CHANNEL_DATATYPES", "SCAN_BYTES", "Relay", "local_channel_meta"]
@@ -68,17 +70,24 @@ class Relay:
         # a dead upstream fails in about a second instead of being retried for minutes
         t = config.upstream_timeout
         set_request_retries(4, min(0.1, t / 40), min(1.0, t / 8))
-        self.cache = TieredCache(config.cache.memory_bytes, config.cache.disk_path,
-                                 config.cache.disk_bytes)
+        gen_dir = self._generations_dir(config)
+        #: the write generations behind ETags, and the one this relay's cells are current for
+        self.generations = Generations(gen_dir)
+        if config.workers > 1 and config.cache.disk_path is not None and gen_dir is not None:
+            # a worker of several: its own memory tier, the disk tier shared (shared_cache)
+            self.cache: TieredCache = SharedDiskCache(
+                config.cache.memory_bytes, config.cache.disk_path, config.cache.disk_bytes,
+                self.generations, self._may_store)
+        else:
+            self.cache = TieredCache(config.cache.memory_bytes, config.cache.disk_path,
+                                     config.cache.disk_bytes)
         self.catalog = Catalog(config, self.cache)
         self.limiter = anyio.CapacityLimiter(32)
         self._reserve_lock = threading.Lock()
         self._jobs_lock = threading.Lock()
-        self._downsample: dict[str, str] = {}
-        #: whole-channel ids and bounding boxes, one pass each, dropped by writes
-        self.stats = LabelStatsCache()
-        #: the write generations behind ETags, and the one this relay's cells are current for
-        self.generations = Generations(self._generations_dir())
+        #: whole-channel ids and bounding boxes, one pass each, dropped by writes (and by
+        #: writes through other workers or relays: the generation is looked at first)
+        self.stats = LabelStatsCache(freshen=self.freshen)
         self._seen: dict[str, str] = {}
         #: the generations this relay's own writes made, not yet seen by a read
         self._own: dict[str, set[str]] = {}
@@ -237,14 +246,22 @@ class Relay:
             remote.write(box, np.ascontiguousarray(data), res)
         if res == 0 and len(remote.meta.scales) > 1:
             # as bossDB does: new base data leaves the coarser levels stale
-            with self._jobs_lock:
-                self._downsample[remote.url] = "NOT_DOWNSAMPLED"
+            if self._job(remote.url) != "NOT_DOWNSAMPLED":
+                self._set_downsample(remote.url, "NOT_DOWNSAMPLED")
 
     # -- HTTP caching: write generations and ETags (docs/relay.md, "Behind an HTTP cache") ------
-    def _generations_dir(self) -> Path | None:
-        if self.config.generations_path is not None:
-            return self.config.generations_path
-        state = self.catalog.state_path
+    @staticmethod
+    def _generations_dir(config: RelayConfig) -> Path | None:
+        if config.generations_path is not None:
+            return config.generations_path
+        if config.state_path is not None:
+            state: Path | None = config.state_path
+        elif config.data_root is not None:
+            state = config.data_root / ".voxgate-relay-state.json"
+        elif config.cache.disk_path is not None:
+            state = config.cache.disk_path / "relay-state.json"
+        else:
+            state = None  # (as Catalog's state path)
         return state.parent / ".voxgate-generations" if state is not None else None
 
     @contextlib.contextmanager
@@ -254,7 +271,9 @@ class Relay:
         computed during the write is never current after it), whether it wrote all, part or
         nothing; the channel's label statistics are dropped."""
         tag = remote.tag
-        with self.stats.writing(remote):
+        # (shared with other writers: no cell of the channel enters a disk tier shared by
+        # worker processes meanwhile, see shared_cache)
+        with self.generations.write_lock(tag), self.stats.writing(remote):
             self._made(tag, self.generations.bump(tag))
             try:
                 yield
@@ -274,7 +293,34 @@ class Relay:
         started), the channel's cached cells and label statistics are dropped first, so what
         is read next is at least as new as the generation returned.  (This relay's own writes
         keep its cells current themselves: see :mod:`.cache`.)"""
+        return self._look(remote.tag, lambda: [remote, *self.catalog.open_remotes(entry)])
+
+    def freshen(self, remote: CachedRemote) -> None:
+        """Look at the generation of ``remote``'s channel before reading it some other way
+        than a cutout or chunk (ids, reservations, label statistics, downsampling): a write
+        through another worker or relay drops the cells and statistics it made old."""
         tag = remote.tag
+
+        def remotes() -> list[CachedRemote]:
+            found = {id(remote): remote}
+            for e in list(self.catalog.channels.values()):
+                for r in self.catalog.open_remotes(e):
+                    if r.tag == tag:
+                        found[id(r)] = r
+            return list(found.values())
+
+        self._look(tag, remotes)
+
+    def _may_store(self, tag: str) -> bool:
+        """Whether the channel of ``tag`` is still at the generation this process last saw
+        (give or take its own writes): then what it reads may go into a shared disk tier."""
+        version = self.generations.current(tag)
+        with self._seen_lock:
+            seen = self._seen.get(tag)
+            own = set(self._own.get(tag, ()))
+        return seen is not None and (seen == version or _only_own(seen, version, own))
+
+    def _look(self, tag: str, remotes: Callable[[], list[CachedRemote]]) -> str:
         version = self.generations.current(tag)
         with self._seen_lock:
             seen = self._seen.get(tag)
@@ -288,10 +334,9 @@ class Relay:
             fresh = self.generations.directory is None or self.catalog.state.get(
                 "generations_seen", {}).get(tag) == version
         if not fresh:
-            for r in {id(r): r for r in [remote, *self.catalog.open_remotes(entry)]}.values():
+            for r in {id(r): r for r in remotes()}.values():
                 r.invalidate()
-            with self.stats.writing(remote):
-                pass  # (drops the channel's label statistics)
+            self.stats.drop(tag)
         with self._seen_lock:
             now = self._seen.get(tag)
             if now is None or not _before(version, now):  # never back to an older one
@@ -344,9 +389,30 @@ class Relay:
         return {"ETag": etag, "X-Accel-Expires": "@1", "Cache-Control": "public, no-cache"}
 
     # -- server-side downsampling (bossDB's /v1/downsample/) ------------------------------------
+    # (kept in the state file, so every worker process answers the same: {"status", "pid"})
+    def _job(self, url: str) -> str | None:
+        job = self.catalog.state.get("downsample", {}).get(url)
+        if not isinstance(job, dict):
+            return None
+        status = str(job.get("status"))
+        if status == "IN_PROGRESS" and not _alive(job.get("pid")):
+            return "FAILED"  # its process ended without saying (killed)
+        return status
+
+    def _set_downsample(self, url: str, status: str | None) -> None:
+        cat = self.catalog
+        with cat.lock:
+            jobs = cat.state.setdefault("downsample", {})
+            want = None if status is None else {"status": status, "pid": os.getpid()}
+            if jobs.get(url) != want and (status is not None or url in jobs):
+                if want is None:
+                    del jobs[url]
+                else:
+                    jobs[url] = want
+                cat.save()
+
     def downsample_status(self, entry: ChannelEntry, remote: CachedRemote) -> str:
-        with self._jobs_lock:
-            state = self._downsample.get(remote.url)
+        state = self._job(remote.url)
         if state is not None:
             return state
         return "DOWNSAMPLED" if len(remote.meta.scales) > 1 else "NOT_DOWNSAMPLED"
@@ -354,16 +420,17 @@ class Relay:
     def start_downsample(self, entry: ChannelEntry, remote: CachedRemote) -> None:
         """Recompute every coarser level from level 0 in the background, through the cache
         (so cached cells of those levels are replaced as they are written)."""
-        with self._jobs_lock:
-            if self._downsample.get(remote.url) in ("QUEUED", "IN_PROGRESS"):
+        with self._jobs_lock, self.catalog.lock:  # (one job per channel in every worker)
+            if self._job(remote.url) in ("QUEUED", "IN_PROGRESS"):
                 raise BossHTTPError(409, 2006, "a downsample of this channel is already running")
-            self._downsample[remote.url] = "IN_PROGRESS"
+            self._set_downsample(remote.url, "IN_PROGRESS")
 
         def job() -> None:
             from ..services.downsample import downsample
             from ..volume import Volume
 
             try:
+                self.freshen(remote)
                 with self.writing(remote):
                     downsample(Volume(remote), len(remote.meta.scales), prefer="local")
             except Exception as exc:  # the job's outcome is its status; the log says why
@@ -371,8 +438,7 @@ class Relay:
                 state = "FAILED"
             else:
                 state = "DOWNSAMPLED"
-            with self._jobs_lock:
-                self._downsample[remote.url] = state
+            self._set_downsample(remote.url, state)
 
         threading.Thread(target=job, name="voxgate-downsample", daemon=True).start()
 
@@ -388,6 +454,7 @@ class Relay:
         bounds = remote.meta.scale(res).bounds
         if box.contains(bounds):  # the whole channel: one pass, cached (bounding boxes too)
             return self.stats.ids(remote, res)
+        self.freshen(remote)
         inside = box.intersect(bounds)
         found: set[int] = set()
         if inside.is_empty():
@@ -399,19 +466,28 @@ class Relay:
 
     def reserve(self, entry: ChannelEntry, count: int, token: str | None = None) -> int:
         key = "/".join(entry.key)
+        cat = self.catalog
         with self._reserve_lock:
-            reserved = self.catalog.state["reserved"]
-            if key not in reserved:
-                # the first reservation starts above every id already in the volume
+            with cat.lock:
+                known = key in cat.state["reserved"]
+            top = 0
+            if not known:
+                # the first reservation starts above every id already in the volume (read
+                # outside the state's lock: other workers' state changes go on meanwhile)
                 remote = self.remote(entry, token)
-                top = 0
+                self.freshen(remote)
                 for block in self._blocks(remote, remote.meta.scale(0).bounds, 0):
                     top = max(top, int(remote.read(block, 0).max(initial=0)))
-                reserved[key] = top + 1
-            start = int(reserved[key])
-            reserved[key] = start + count
-            self.catalog.save()
-            return start
+            # read, advanced and saved under the state file's lock: two workers reserving at
+            # once get disjoint ranges
+            with cat.lock:
+                reserved = cat.state["reserved"]
+                if key not in reserved:
+                    reserved[key] = top + 1
+                start = int(reserved[key])
+                reserved[key] = start + count
+                cat.save()
+                return start
 
     def create_local_channel(self, c: str, e: str, ch: str, body: dict[str, Any],
                              user: str) -> ChannelEntry:
@@ -438,7 +514,8 @@ class Relay:
         key = f"{c}/{e}/{ch}"
         with cat.lock:
             cat.channels[(c, e, ch)] = entry
-            cat.state["local_channels"][key] = {"url": url}
+            # its incarnation from the start (every worker process reads it from the state)
+            cat.state["local_channels"][key] = {"url": url, "incarnation": uuid.uuid4().hex}
             cat.state["channels"][key] = {
                 "description": str(body.get("description", "")), "creator": user,
                 "sources": list(body.get("sources", [])), "related": list(body.get("related", [])),
@@ -463,23 +540,38 @@ class Relay:
         # its Remotes closed and its cells dropped from memory and disk; a channel created
         # later under this name is a new incarnation, with a cache identity of its own (and
         # no downsample status of the old one)
-        urls = [r.url for r in cat.open_remotes(entry)]
-        with self._jobs_lock:
-            for url in urls:
-                self._downsample.pop(url, None)
+        for url in {r.url for r in cat.open_remotes(entry)} | {entry.upstream_url}:
+            self._set_downsample(url, None)
         cat.drop_channel(entry, tag)
         location = entry.upstream_url.split("://", 1)[1]
         shutil.rmtree(location, ignore_errors=True)
 
     def metrics(self) -> dict[str, Any]:
-        out = {"cache": self.cache.metrics.snapshot(),
+        out: dict[str, Any] = {"cache": self.cache.metrics.snapshot(),
                "memory_bytes_used": self.cache.memory.used,
                "memory_entries": len(self.cache.memory),
                "channels": len(self.catalog.channels),
-               "label_stats": self.stats.metrics()}
+               "label_stats": self.stats.metrics(),
+               # the figures are this process's: with --workers N, the worker that answered
+               "worker": {"pid": os.getpid(), "workers": self.config.workers}}
         if self.cache.disk is not None:
             out["disk_bytes_used"] = self.cache.disk.volume()
+        if isinstance(self.cache, SharedDiskCache):
+            out["worker"]["cells_not_shared"] = self.cache.not_shared
         return out
+
+
+def _alive(pid: object) -> bool:
+    """Whether process ``pid`` is running (a downsample job's)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _split(version: str) -> tuple[str, int]:

@@ -17,6 +17,10 @@ only if the generation is unchanged when it ends, and served only while it still
 that read (part of) the channel before a write is never served once that write has returned.
 Requests that arrive while a computation for the same channel and resolution is running, with
 no write begun since, join it (single flight); after a write began they start a new one.
+Writes through another worker process of ``voxgate serve --workers N`` (or another relay sharing
+the write generations) are seen the same way: every :meth:`LabelStatsCache.get` first looks at
+the channel's shared write generation (the relay's ``freshen``), and a generation this process
+did not make moves the channel's generation here on, as a write would.
 Results are kept per CachedRemote (one per channel incarnation and forwarded token, so a
 channel deleted and created again never meets the old results) and resolution, least recently
 used first out beyond :data:`KEEP_BYTES`.  The generation is per channel (its cache tag), so a
@@ -32,7 +36,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -143,9 +147,13 @@ class LabelStatsCache:
     """Whole-channel label statistics per (CachedRemote, resolution): cached, single flight,
     invalidated by writes (see the module docstring)."""
 
-    def __init__(self, keep_bytes: int = KEEP_BYTES, workers: int = SCAN_WORKERS) -> None:
+    def __init__(self, keep_bytes: int = KEEP_BYTES, workers: int = SCAN_WORKERS,
+                 freshen: Callable[[CachedRemote], None] | None = None) -> None:
         self.keep_bytes = keep_bytes
         self.workers = workers
+        #: called first by every :meth:`get`: the relay's look at the channel's write
+        #: generation, which :meth:`drop`\ s its results when another process wrote it
+        self._freshen = freshen
         self._lock = threading.Lock()
         self._generation: dict[str, int] = {}
         # (id of the CachedRemote, res) -> (the remote, kept alive so its id is not reused;
@@ -167,6 +175,11 @@ class LabelStatsCache:
         finally:
             self._bump(remote.tag)  # whether it wrote all, part or nothing
 
+    def drop(self, tag: str) -> None:
+        """The channel was written elsewhere (another worker process or relay): results
+        computed so far, or being computed, are stale."""
+        self._bump(tag)
+
     def _bump(self, tag: str) -> None:
         with self._lock:
             self._generation[tag] = self._generation.get(tag, 0) + 1
@@ -177,6 +190,8 @@ class LabelStatsCache:
     def get(self, remote: CachedRemote, res: int) -> ChannelStats:
         """The statistics of ``remote``'s whole channel at ``res``, current as of this call."""
         key = (id(remote), res)
+        if self._freshen is not None:
+            self._freshen(remote)
         with self._lock:
             generation = self._generation.get(remote.tag, 0)
             kept = self._kept.get(key)

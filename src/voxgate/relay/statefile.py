@@ -1,0 +1,222 @@
+"""The relay's state file, shared by every process that serves it (``voxgate serve --workers
+N``): what clients created or changed through the project service, reserved ids, metadata,
+downsample status.
+
+Each process keeps the state in memory (:attr:`StateFile.data`) and
+
+- *refreshes* it whenever the file was replaced by another process (checked with one
+  ``stat`` per request: the file is only ever replaced whole, and the process keeps the last
+  file it read open, so its inode cannot be reused by a later file and "same inode" means
+  "same content");
+- changes it in *transactions*: an exclusive ``flock`` on ``NAME.lock`` beside the file, a
+  refresh, the change, and a save (write a new file, rename it over the old one) before the
+  lock is let go.  A read-modify-write such as reserving ids is therefore atomic across
+  processes: two workers reserving at once get disjoint ranges.
+
+A refresh is a three-way merge: the changes another process saved (the file now against the
+file last read) are applied to the memory copy in place, except where this process changed
+the same value and has not saved it yet (then its value is kept, and saved next: the last
+writer wins).  Dictionaries are merged key by key (and keep their identity, so a handler
+holding one of them keeps working on the live state); the top-level ``deleted`` list is
+merged as a set; any other value is replaced whole.  A process's own changes are never lost
+to another's save, and a change saved by one process is seen by every request that any
+process begins after the save returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ..errors import InvalidRequestError
+
+__all__ = ["StateFile", "merge_into"]
+
+log = logging.getLogger("voxgate.relay")
+
+_MISSING: Any = object()
+#: top-level lists merged as sets (items added and removed on each side)
+_SET_LISTS = frozenset({"deleted"})
+
+
+def merge_into(ours: dict[str, Any], base: dict[str, Any], theirs: dict[str, Any],
+               top: bool = True) -> None:
+    """Apply the changes from ``base`` to ``theirs`` to ``ours``, in place, wherever ``ours``
+    still holds the ``base`` value (see the module docstring)."""
+    for key in list(base.keys() | theirs.keys()):
+        b, t = base.get(key, _MISSING), theirs.get(key, _MISSING)
+        if t == b:
+            continue  # they did not change it
+        o = ours.get(key, _MISSING)
+        if isinstance(o, dict) and isinstance(t, dict) and (b is _MISSING or isinstance(b, dict)):
+            merge_into(o, {} if b is _MISSING else b, t, top=False)  # key by key, in place
+        elif top and key in _SET_LISTS and isinstance(o, list) and isinstance(t, list):
+            old = b if isinstance(b, list) else []
+            removed = [x for x in old if x not in o]
+            added = [x for x in o if x not in old and x not in t]
+            o[:] = [x for x in t if x not in removed] + added
+        elif o == b:  # we did not change it: theirs
+            if t is _MISSING:
+                ours.pop(key, None)
+            else:
+                ours[key] = copy.deepcopy(t)
+        # else both changed the same value: ours is kept, and saved next
+
+
+class StateFile:
+    """A JSON document in a file that several processes read and change (module docstring);
+    in memory only when ``path`` is None."""
+
+    def __init__(self, path: Path | None, empty: dict[str, Any],
+                 on_change: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
+                 ) -> None:
+        self.path = path
+        self._empty = empty
+        #: called (under the lock) with the memory copy before and after a refresh changed it
+        self.on_change = on_change
+        self._mutex = threading.RLock()
+        self._depth = 0  # transactions entered by the thread holding _mutex
+        self._lock_fd: int | None = None
+        self._held: int | None = None  # the file last read or written, kept open
+        self._held_id: tuple[int, int] | None = None
+        self.base: dict[str, Any] = copy.deepcopy(empty)
+        self.data: dict[str, Any] = copy.deepcopy(empty)
+        if path is not None:
+            loaded = self._read_current()
+            if loaded is not None:
+                self.base = {**copy.deepcopy(empty), **loaded}
+                self.data = copy.deepcopy(self.base)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def _file_id(self) -> tuple[int, int] | None:
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def _read_current(self) -> dict[str, Any] | None:
+        """Read the file now at ``path`` (and keep it open); None when there is none."""
+        assert self.path is not None
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fd)
+            with os.fdopen(os.dup(fd), "rb") as f:
+                text = f.read()
+            doc = json.loads(text)
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            os.close(fd)
+            raise InvalidRequestError(f"relay state {self.path} is damaged: {exc}; restore it "
+                                      "from a backup or move it away to start empty") from None
+        self._hold(fd, (st.st_dev, st.st_ino))
+        return doc
+
+    def _hold(self, fd: int, ident: tuple[int, int]) -> None:
+        if self._held is not None:
+            os.close(self._held)
+        self._held, self._held_id = fd, ident
+
+    def refresh(self) -> None:
+        """Take in what other processes saved since this one last read or wrote the file."""
+        if self.path is None or self._file_id() == self._held_id:
+            return  # (the common case: one stat)
+        with self._mutex:
+            self._refresh_locked()
+
+    def _refresh_locked(self) -> None:
+        if self.path is None or self._file_id() == self._held_id:
+            return
+        try:
+            theirs = self._read_current()
+        except InvalidRequestError as exc:  # replaced by something else: keep what we have
+            log.warning("%s", exc)
+            return
+        if theirs is None:
+            return
+        theirs = {**copy.deepcopy(self._empty), **theirs}
+        before = copy.deepcopy(self.data) if self.on_change is not None else {}
+        merge_into(self.data, self.base, theirs)
+        self.base = theirs
+        if self.on_change is not None and before != self.data:
+            self.on_change(before, self.data)
+
+    # -- changing ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[dict[str, Any]]:
+        """Hold the state for a read-modify-write (reentrant): the process's lock and the
+        file's, then a refresh; changes made inside are saved by :meth:`save`."""
+        with self._mutex:
+            self._depth += 1
+            try:
+                if self._depth == 1 and self.path is not None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(self.path.with_name(self.path.name + ".lock"),
+                                 os.O_RDWR | os.O_CREAT, 0o600)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX)
+                    except BaseException:
+                        os.close(fd)
+                        raise
+                    self._lock_fd = fd
+                    self._refresh_locked()
+                yield self.data
+            finally:
+                if self._depth == 1 and self._lock_fd is not None:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                    os.close(self._lock_fd)
+                    self._lock_fd = None
+                self._depth -= 1
+
+    def save(self) -> None:
+        """Write the memory copy (merged with whatever another process saved first)."""
+        with self.transaction():
+            if self.path is None:
+                return
+            tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                with os.fdopen(os.dup(fd), "w") as f:
+                    f.write(json.dumps(self.data, indent=1, sort_keys=True))
+                os.replace(tmp, self.path)
+                st = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._hold(fd, (st.st_dev, st.st_ino))
+            self.base = copy.deepcopy(self.data)
+
+
+class TransactionLock:
+    """``with catalog.lock:`` as before, now a :meth:`StateFile.transaction`."""
+
+    def __init__(self, state: StateFile) -> None:
+        self._state = state
+        self._local = threading.local()
+
+    def __enter__(self) -> TransactionLock:
+        cm = self._state.transaction()
+        cm.__enter__()
+        stack = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        stack.append(cm)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._local.stack.pop().__exit__(kind, exc, tb)

@@ -1,0 +1,299 @@
+"""``voxgate serve`` with several worker processes on one port (issue 15, item 4): every worker
+answers, and what one worker acknowledged is what the next request sees on any worker: cutouts
+(memory tiers, the shared disk tier), reserved ids, created / deleted / recreated channels,
+label statistics; SIGTERM and SIGINT stop every process (docs/relay.md, "Several worker
+processes").
+
+Which worker answers is the kernel's choice, so every request here goes on a fresh connection,
+and the tests check (``X-Voxgate-Worker``) that both workers served."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import blosc
+import httpx
+import numpy as np
+import pytest
+from intern.remote.boss import BossRemote
+from intern.resource.boss.resource import ChannelResource
+
+import voxgate
+from voxgate.geometry import Box
+
+from .conftest import RW, RelayProcess, free_port, start_relay
+
+SHAPE = (32, 256, 256)
+CHUNKS = (16, 64, 64)
+HEADERS = {"Authorization": f"Token {RW}"}
+
+
+def _config(d: Path, workers: int = 2, disk: bool = True, channel: str = "") -> Path:
+    cfg = d / "relay.toml"
+    cfg.write_text(f"""
+[server]
+workers = {workers}
+[cache]
+memory_bytes = "32 MiB"
+{f'disk_path = "{d / "cache"}"' if disk else ""}
+disk_bytes = "64 MiB"
+[auth]
+public_read = false
+tokens = {{ "{RW}" = "read-write" }}
+{f'[[channel]]{chr(10)}name = "c/e/img"{chr(10)}upstream = "{channel}"' if channel else ""}
+""")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    d = tmp_path_factory.mktemp("workers")
+    root = d / "data"
+    rng = np.random.default_rng(4)
+    img = voxgate.create(f"zarr://{root}/c/e/img.zarr", shape=SHAPE, chunks=CHUNKS,
+                         dtype="uint8", voxel_size=(40, 8, 8))
+    img[:] = rng.integers(1, 250, SHAPE, dtype=np.uint8)
+    seg = voxgate.create(f"zarr://{root}/c/e/seg.zarr", shape=SHAPE, chunks=CHUNKS,
+                         dtype="uint64", voxel_size=(40, 8, 8), kind="segmentation")
+    seg[:] = np.uint64(5)
+    r = start_relay(_config(d), free_port(), "--data-root", str(root))
+    yield r
+    r.stop()
+
+
+def _get(r: RelayProcess, path: str, **kw: object) -> httpx.Response:
+    """A request on a connection of its own (so either worker may answer it)."""
+    with httpx.Client(base_url=r.url, headers=HEADERS, timeout=60) as http:
+        return http.request(kw.pop("method", "GET"), path, **kw)  # type: ignore[arg-type]
+
+
+def _url(box: Box, path: str) -> str:
+    (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
+    return f"/v1/cutout/{path}/0/{x0}:{x1}/{y0}:{y1}/{z0}:{z1}/"
+
+
+def _read(r: RelayProcess, box: Box, path: str, dtype: str, seen: set[str]) -> np.ndarray:
+    res = _get(r, _url(box, path), headers={**HEADERS, "Accept": "application/blosc"})
+    assert res.status_code == 200, res.text
+    seen.add(res.headers["x-voxgate-worker"])
+    return np.frombuffer(blosc.decompress(res.content), dtype).reshape(tuple(box.shape))
+
+
+def _write(r: RelayProcess, box: Box, arr: np.ndarray, path: str) -> str:
+    res = _get(r, _url(box, path), method="POST",
+               content=blosc.compress(arr.tobytes(), typesize=arr.dtype.itemsize),
+               headers={**HEADERS, "Content-Type": "application/blosc"})
+    assert res.status_code == 201, res.text
+    return res.headers["x-voxgate-worker"]
+
+
+def _worker_pids(r: RelayProcess) -> set[int]:
+    return {int(p) for p in Path(f"/proc/{r.proc.pid}/task/{r.proc.pid}/children")
+            .read_text().split()}
+
+
+def test_every_worker_answers_on_one_port(relay: RelayProcess) -> None:
+    seen = {_get(relay, "/ping/").headers["x-voxgate-worker"] for _ in range(40)}
+    assert {int(p) for p in seen} == _worker_pids(relay)
+    assert len(seen) == 2
+    metrics = _get(relay, "/metrics").json()
+    assert metrics["worker"]["workers"] == 2 and str(metrics["worker"]["pid"]) in seen
+
+
+def test_a_write_through_one_worker_is_read_by_every_next_request(relay: RelayProcess) -> None:
+    box = Box((4, 30, 40), (20, 100, 150))  # across cache cells
+    seen: set[str] = set()
+    rng = np.random.default_rng(7)
+    writers = set()
+    for i in range(12):
+        for _ in range(3):  # both workers hold the region in their memory tiers (and disk)
+            _read(relay, box, "c/e/img", "uint8", seen)
+        data = rng.integers(0, 255, tuple(box.shape), dtype=np.uint8)
+        if i % 3 == 2:  # intern, on its own connection
+            BossRemote({"protocol": "http", "host": f"127.0.0.1:{relay.port}", "token": RW}
+                       ).create_cutout(ChannelResource("img", "c", "e", datatype="uint8"), 0,
+                                       [box.start.x, box.stop.x], [box.start.y, box.stop.y],
+                                       [box.start.z, box.stop.z], data)
+        else:
+            writers.add(_write(relay, box, data, "c/e/img"))
+        for _ in range(6):
+            np.testing.assert_array_equal(_read(relay, box, "c/e/img", "uint8", seen), data)
+        got = BossRemote({"protocol": "http", "host": f"127.0.0.1:{relay.port}", "token": RW}
+                         ).get_cutout(ChannelResource("img", "c", "e", datatype="uint8"), 0,
+                                      [box.start.x, box.stop.x], [box.start.y, box.stop.y],
+                                      [box.start.z, box.stop.z])
+        np.testing.assert_array_equal(got, data)
+    assert len(seen) == 2 and writers <= seen
+
+
+def test_reads_racing_a_writer_never_see_a_value_older_than_an_acknowledged_write(
+        relay: RelayProcess) -> None:
+    box = Box((0, 128, 128), (16, 192, 256))
+    acked: list[tuple[float, int]] = [(0.0, 0)]  # (when acknowledged, value)
+    _write(relay, box, np.zeros(tuple(box.shape), np.uint8), "c/e/img")
+    stop = threading.Event()
+    reads: list[tuple[float, int]] = []  # (when the read began, smallest value it saw)
+    seen: set[str] = set()
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                t0 = time.monotonic()
+                arr = _read(relay, box, "c/e/img", "uint8", seen)
+                reads.append((t0, int(arr.min())))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for value in range(1, 16):
+            _write(relay, box, np.full(tuple(box.shape), value, np.uint8), "c/e/img")
+            acked.append((time.monotonic(), value))
+            time.sleep(0.03)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert len(reads) > 30 and len(seen) == 2
+    for began, smallest in reads:
+        floor = max(v for t, v in acked if t <= began)
+        assert smallest >= floor, (began, smallest, floor)
+
+
+def test_ids_reserved_through_both_workers_at_once_never_overlap(relay: RelayProcess) -> None:
+    ranges: list[tuple[int, int]] = []
+    seen: set[str] = set()
+    lock = threading.Lock()
+
+    def reserve() -> None:
+        for _ in range(12):
+            res = _get(relay, "/v1/reserve/c/e/seg/7/")
+            assert res.status_code == 200, res.text
+            with lock:
+                ranges.append((res.json()["start_id"], 7))
+                seen.add(res.headers["x-voxgate-worker"])
+
+    threads = [threading.Thread(target=reserve) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 2
+    ids = [start + k for start, n in ranges for k in range(n)]
+    assert len(ids) == 48 * 7 == len(set(ids))
+    assert min(ids) == 6  # above the volume's largest id (5), reserved once for both workers
+    assert max(ids) == 6 + 48 * 7 - 1  # and nothing skipped
+
+
+def test_label_stats_after_a_write_through_the_other_worker(relay: RelayProcess) -> None:
+    seen: set[str] = set()
+
+    def bbox() -> dict[str, list[int]]:
+        res = _get(relay, "/v1/boundingbox/c/e/seg/0/9001/?type=tight")
+        seen.add(res.headers["x-voxgate-worker"])
+        return res.json() if res.status_code == 200 else {}
+
+    first = Box((0, 0, 0), (4, 8, 8))
+    _write(relay, first, np.full(tuple(first.shape), 9001, np.uint64), "c/e/seg")
+    for _ in range(8):  # computed (and kept) in both workers
+        assert bbox()["x_range"] == [0, 8]
+    for step in range(1, 4):
+        more = Box((8, 40 * step, 50 * step), (12, 40 * step + 8, 50 * step + 8))
+        _write(relay, more, np.full(tuple(more.shape), 9001, np.uint64), "c/e/seg")
+        for _ in range(6):
+            got = bbox()
+            assert got["x_range"] == [0, 50 * step + 8] and got["z_range"] == [0, 12], got
+            ids = _get(relay, "/v1/ids/c/e/seg/0/0:256/0:256/0:32/").json()["ids"]
+            assert "9001" in ids
+    assert len(seen) == 2
+
+
+def _project(r: RelayProcess, path: str, body: dict[str, object] | None = None,
+             method: str = "POST") -> None:
+    res = _get(r, f"/v1/{path}", method=method, json=body)
+    assert res.status_code in (200, 201, 204), res.text
+
+
+def test_a_channel_deleted_and_created_again_through_either_worker_never_serves_old_bytes(
+        relay: RelayProcess) -> None:
+    _project(relay, "collection/lab/", {"description": ""})
+    _project(relay, "coord/frame1/", {"x_start": 0, "x_stop": 128, "y_start": 0, "y_stop": 128,
+                                      "z_start": 0, "z_stop": 16, "x_voxel_size": 4,
+                                      "y_voxel_size": 4, "z_voxel_size": 40,
+                                      "voxel_unit": "nanometers"})
+    _project(relay, "collection/lab/experiment/ex/", {"coord_frame": "frame1",
+                                                      "num_hierarchy_levels": 1})
+    box = Box((0, 0, 0), (16, 128, 128))
+    seen: set[str] = set()
+    for round_ in range(4):
+        _project(relay, "collection/lab/experiment/ex/channel/ch/",
+                 {"type": "image", "datatype": "uint8"})
+        for _ in range(4):  # a new channel: zeros on every worker, never the last one's data
+            got = _read(relay, box, "lab/ex/ch", "uint8", seen)
+            assert not got.any(), f"round {round_}: old bytes served"
+        data = np.full(tuple(box.shape), 100 + round_, np.uint8)
+        _write(relay, box, data, "lab/ex/ch")
+        for _ in range(6):
+            np.testing.assert_array_equal(_read(relay, box, "lab/ex/ch", "uint8", seen), data)
+        _project(relay, "collection/lab/experiment/ex/channel/ch/", method="DELETE")
+        for _ in range(4):
+            assert _get(relay, _url(box, "lab/ex/ch")).status_code == 404
+    assert len(seen) == 2
+    # what every worker created is in the one state: listed by every worker
+    for _ in range(6):
+        assert _get(relay, "/v1/collection/").json()["collections"].count("lab") == 1
+        assert _get(relay, "/v1/collection/lab/experiment/").json()["experiments"] == ["ex"]
+
+
+def test_metadata_set_through_one_worker_is_read_through_the_other(relay: RelayProcess) -> None:
+    for i in range(6):
+        res = _get(relay, f"/v1/meta/c/e/img/?key=k{i}&value=v{i}", method="POST")
+        assert res.status_code == 201, res.text
+        for _ in range(4):
+            keys = _get(relay, "/v1/meta/c/e/img/").json()["keys"]
+            assert [f"k{j}" for j in range(i + 1)] == sorted(keys)
+
+
+def test_the_shared_disk_tier_stays_under_its_cap(relay: RelayProcess) -> None:
+    seen: set[str] = set()
+    for z in (0, 16):
+        for y in range(0, 256, 64):
+            _read(relay, Box((z, y, 0), (z + 16, y + 64, 256)), "c/e/seg", "uint64", seen)
+    used = {int(_get(relay, "/metrics").json()["disk_bytes_used"]) for _ in range(6)}
+    assert max(used) <= 64 * 2**20
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_stop_every_process(tmp_path: Path, sig: int,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"zarr://{tmp_path}/img.zarr"
+    voxgate.create(url, shape=(16, 64, 64), chunks=(16, 64, 64), dtype="uint8",
+                   voxel_size=(1, 1, 1))
+    # no state file, data root or disk cache: the state and the generations go to a
+    # temporary directory of the parent's, removed when it exits
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    r = start_relay(_config(tmp_path, disk=False, channel=url), free_port())
+    pids = _worker_pids(r)
+    assert len(pids) == 2
+    made = list(scratch.glob("voxgate-relay-*"))
+    assert len(made) == 1 and (made[0] / ".voxgate-generations").is_dir()
+    _project(r, "collection/kept/", {"description": ""})
+    assert "kept" in _get(r, "/v1/collection/").json()["collections"]
+    r.proc.send_signal(sig)
+    assert r.proc.wait(timeout=30) == 0
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if Path(f"/proc/{p}").exists()]
+    assert "Traceback" not in r.log.read_text()
+    assert not list(scratch.iterdir())
