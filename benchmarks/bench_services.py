@@ -70,11 +70,17 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data", type=Path, default=Path(__file__).parent / "data")
     p.add_argument("--only", default="mesh,downsample,cc,cluster",
-                   help="comma-separated groups of rows to run")
+                   help="comma-separated groups of rows to run (cluster-mesh and "
+                   "cluster-downsample: one of the cluster's two rows)")
     args = p.parse_args()
     only = set(args.only.split(","))
-    if not only <= {"mesh", "downsample", "cc", "cluster"}:
-        p.error(f"--only takes mesh, downsample, cc, cluster; got {args.only!r}")
+    if not only <= {"mesh", "downsample", "cc", "cluster", "cluster-mesh", "cluster-downsample"}:
+        p.error(f"--only takes mesh, downsample, cc, cluster (cluster-mesh, "
+                f"cluster-downsample); got {args.only!r}")
+    if "cluster" in only:
+        only |= {"cluster-mesh", "cluster-downsample"}
+    if only & {"cluster-mesh", "cluster-downsample"}:
+        only.add("cluster")
     from bench_io import prepare
 
     data = prepare(args.data, args.size)
@@ -160,8 +166,9 @@ def main() -> None:
                 return voxgate.downsample(store, 3, block=block, client=c)
 
             r = rows_for(f"block-wise from zarr, {n} worker process(es)", {
-                f"mesh, {n} workers": blockwise_mesh,
-                f"downsample 3 scales, {n} workers": blockwise_downsample,
+                **({f"mesh, {n} workers": blockwise_mesh} if "cluster-mesh" in only else {}),
+                **({f"downsample 3 scales, {n} workers": blockwise_downsample}
+                   if "cluster-downsample" in only else {}),
             }, args.repeats)
             scale_rows.append(r)
     for (_label, name, t1, _), (_, _, t2, _) in zip(*scale_rows[:2], strict=True):
