@@ -578,9 +578,13 @@ tokens = { alice = "read-write", bob = "read-write" }
                 "datatype"] == "uint64"
             assert (cutout(alice) == token_id("alice")).all()
             assert (cutout(bob) == token_id("bob")).all()
-            hits = alice.get("/metrics").json()["cache"]["memory_hits"]
+            hits = alice.get("/metrics").json()["cache"]["response_hits"]
+            # the repeated cutout is alice's own encoded response (each token's view has keys
+            # of its own), and bob's next one is his
             assert (cutout(alice) == token_id("alice")).all()
-            assert alice.get("/metrics").json()["cache"]["memory_hits"] > hits
+            assert alice.get("/metrics").json()["cache"]["response_hits"] == hits + 1
+            assert (cutout(bob) == token_id("bob")).all()
+            assert alice.get("/metrics").json()["cache"]["response_hits"] == hits + 2
             ids = alice.get(f"/v1/ids/p/e/seg/0/0:{x}/0:{y}/0:{z}/").json()["ids"]
             assert ids == [str(token_id("alice"))]
             # the object services read with the client's own credentials too
@@ -776,10 +780,16 @@ def test_metrics_report_hits_misses_bytes_and_upstream_latency(tmp_path: Path) -
         assert c["hit_ratio"] == 0
         assert m1["memory_entries"] == 2 and m1["memory_bytes_used"] == 2 * 32 * 128 * 256
         assert m1["disk_bytes_used"] > 0
-        _get(relay, box)
+        assert c["response_hits"] == 0 and c["response_misses"] == 1
+        _get(relay, box)  # the same request again: its encoded response, as kept
+        c = _metrics(relay)["cache"]
+        assert c["response_hits"] == 1 and c["memory_hits"] == 0 and c["misses"] == 2
+        other = ((200, 300), (0, 100), (11, 21))  # the same two cells, another region
+        _get(relay, other)
         c = _metrics(relay)["cache"]
         assert c["memory_hits"] == 2 and c["misses"] == 2 and c["upstream_cells"] == 2
         assert c["bytes_served"] == 2 * 10 * 100 * 100 and c["hit_ratio"] == 0.5
+        assert c["response_misses"] == 2
         # a write is counted, goes through, and the next read of the cell it covers is a hit
         patch = np.full((32, 128, 256), 3, np.uint8)
         with relay.client(RW) as http:

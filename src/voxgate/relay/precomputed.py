@@ -182,16 +182,26 @@ def precomputed_routes(relay: Relay) -> list[Route]:
         if relay.not_modified(request, etag):
             return Response(status_code=304, headers=headers)
 
+        media = "application/octet-stream"
+
         def work() -> bytes:
-            arr = remote.read(box, scale).astype(served, copy=False)
+            # raw chunks are only copied out: the cached cell itself, when it is one
+            read = remote.read_shared if encoding == "raw" else remote.read
+            arr = read(box, scale).astype(served, copy=False)
             if arr.ndim == 3:
                 arr = arr[None]
             data = encode_chunk(arr, encoding, block_size=_CSEG_BLOCK[::-1])
             # mtime=0: the same chunk is the same bytes every time (a strong ETag's promise)
-            return gzip.compress(data, compresslevel=1, mtime=0) if use_gzip else data
+            data = gzip.compress(data, compresslevel=1, mtime=0) if use_gzip else data
+            # kept for the next request with this ETag, whose generation was taken before
+            # the read (relay.cache.responses)
+            remote.keep_response(etag, data, media)
+            return data
 
-        data = await to_thread.run_sync(work, limiter=relay.limiter)
-        return Response(data, media_type="application/octet-stream", headers=headers)
+        found = remote.response(etag)
+        data = found[0] if found is not None else await to_thread.run_sync(
+            work, limiter=relay.limiter)
+        return Response(data, media_type=media, headers=headers)
 
     async def file_dirs_hint(remote: CachedRemote) -> str:
         location = upstream_layer(remote.url)

@@ -22,7 +22,7 @@ from ..errors import (
     bad_request,
 )
 from ..state import Relay
-from .codecs import _encode_response, decode_body
+from .codecs import decode_body, encode_cutout
 from .routing import Handler, runner
 
 # ASCII digits only, and few enough that int() never refuses them (Python caps long strings)
@@ -109,8 +109,8 @@ class _Cutout:
     def read(self) -> np.ndarray:
         bounds = self.remote.meta.scale(self.res).bounds
         inside = self.box.intersect(bounds)
-        if inside == self.box:
-            return self.remote.read(self.box, self.res)
+        if inside == self.box:  # only encoded: the cached cell itself when it is one
+            return self.remote.read_shared(self.box, self.res)
         out = np.zeros(tuple(self.box.shape), dtype=self.dtype)
         if not inside.is_empty():
             out[inside.slices(self.box.start)] = self.remote.read(inside, self.res)
@@ -123,6 +123,16 @@ def _size(n: int) -> str:
         if n >= k:
             return f"{n / k:.4g} {unit}"
     return f"{n} bytes"
+
+
+def _encoded(cut: _Cutout, accept: str, etag: str) -> tuple[bytes, str]:
+    """Read and encode a cutout in one thread hop, and keep the response for its ETag."""
+    arr = cut.read()
+    if cut.time is not None:
+        arr = arr[np.newaxis]
+    body, media = encode_cutout(arr, accept)
+    cut.remote.keep_response(etag, body, media)
+    return body, media
 
 
 def cutout_handlers(relay: Relay) -> dict[str, Handler]:
@@ -146,12 +156,13 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
             headers = {**relay.cache_headers(cut.entry, etag), "Vary": "Accept"}
             if relay.not_modified(request, etag):
                 return Response(status_code=304, headers=headers)
-            arr = await run(cut.read)
-            if cut.time is not None:
-                arr = arr[np.newaxis]
-            response = await run(lambda: _encode_response(arr, accept))
-            response.headers.update(headers)
-            return response
+            # an encoded response kept under this ETag is these bytes (the generation in it
+            # was taken before any data was read: see relay.cache.responses)
+            found = cut.remote.response(etag)
+            if found is None:
+                found = await run(lambda: _encoded(cut, accept, etag))
+            body, media = found
+            return Response(body, media_type=media, headers=headers)
         cut = await run(lambda: _Cutout(relay, request, write=True))
         if not cut.entry.writable:
             raise BossHTTPError(403, MISSING_PERMISSION,

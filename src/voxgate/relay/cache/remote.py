@@ -119,16 +119,52 @@ class CachedRemote(Remote):
     def cells(self, box: Box, scale: int) -> Iterator[tuple[Vec, Box]]:
         return chunk_boxes(box, self._grids[scale], self.meta.scale(scale).bounds)
 
+    # -- encoded responses (.responses) ---------------------------------------------------------
+    def _response_key(self, etag: str) -> str:
+        # behind this Remote's prefix: the channel's tag (dropped with its cells) and the
+        # identity, which holds a forwarded token's fingerprint (one client's response is
+        # never another's)
+        return f"{self._prefix}|{etag}"
+
+    def response(self, etag: str) -> tuple[bytes, str] | None:
+        """The encoded response (body, media type) kept under ``etag``, or None."""
+        found = self.cache.responses.get(self._response_key(etag))
+        self.cache.metrics.add(**{"response_hits" if found else "response_misses": 1})
+        return found
+
+    def keep_response(self, etag: str, body: bytes, media_type: str) -> None:
+        """Keep an encoded response for later requests with the same ETag.  ``etag`` must
+        hold the generation taken *before* the data was read (see .responses)."""
+        if not self._closed:
+            self.cache.responses.put(self._response_key(etag), body, media_type)
+
     # -- reading --------------------------------------------------------------------------------
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        return self._read(box, scale, shared=False)
+
+    def read_shared(self, box: Box, scale: int = 0) -> np.ndarray:
+        """:meth:`read` for a caller that only reads the result (to encode it): a box that is
+        exactly one cell held in memory comes back as the cached array itself, read-only,
+        without a copy."""
+        return self._read(box, scale, shared=True)
+
+    def _read(self, box: Box, scale: int, shared: bool) -> np.ndarray:
         deadline = time.monotonic() + self.timeout
+        cells = list(self.cells(box, scale))
+        looked = False  # whether the one cell was looked up already (a miss, counted once)
+        if shared and len(cells) == 1 and cells[0][1] == box:
+            arr = self.cache.get(self._key(scale, cells[0][0]))
+            if arr is not None:
+                self.cache.metrics.add(bytes_served=arr.nbytes)
+                return arr
+            looked = True
         lead = (self.meta.num_channels,) if self.meta.num_channels > 1 else ()
         out = np.empty(lead + tuple(box.shape), dtype=self.meta.dtype)
         waiting: list[tuple[Box, Future[np.ndarray]]] = []
         mine: list[tuple[str, Box, _Flight]] = []
-        for idx, cell in self.cells(box, scale):
+        for idx, cell in cells:
             key = self._key(scale, idx)
-            arr = self.cache.get(key)
+            arr = None if looked else self.cache.get(key)
             if arr is not None:
                 self._place(out, box, cell, arr)
                 continue

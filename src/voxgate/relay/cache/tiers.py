@@ -16,6 +16,7 @@ import blosc
 import numpy as np
 
 from ...errors import CorruptChunkError
+from .responses import RESPONSE_SHARE, ResponseCache
 
 __all__ = ["CacheMetrics", "DiskTier", "MemoryTier", "TieredCache", "decode_cell", "encode_cell"]
 
@@ -34,6 +35,8 @@ class CacheMetrics:
     upstream_seconds: float = 0.0
     upstream_writes: int = 0
     bytes_served: int = 0
+    response_hits: int = 0  # encoded responses served as stored (.responses)
+    response_misses: int = 0
     latencies: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -57,7 +60,7 @@ class CacheMetrics:
                 "memory_hits", "disk_hits", "misses", "coalesced", "upstream_fetches",
                 "upstream_cells",
                 "upstream_errors", "upstream_timeouts", "upstream_bytes", "upstream_writes",
-                "bytes_served")}
+                "bytes_served", "response_hits", "response_misses")}
             out["upstream_seconds_total"] = round(self.upstream_seconds, 6)
             if lat:
                 out["upstream_latency_p50_ms"] = round(1000 * lat[len(lat) // 2], 3)
@@ -203,11 +206,15 @@ class DiskTier:
 
 
 class TieredCache:
-    """Memory in front of (optional) disk; a disk hit is promoted to memory."""
+    """Memory in front of (optional) disk; a disk hit is promoted to memory.  The memory
+    budget is shared: :data:`~.responses.RESPONSE_SHARE` of it holds encoded responses
+    (:attr:`responses`), the rest cells."""
 
     def __init__(self, memory_bytes: int, disk_path: Path | None = None,
                  disk_bytes: int = 0) -> None:
-        self.memory = MemoryTier(memory_bytes)
+        share = int(memory_bytes * RESPONSE_SHARE)
+        self.responses = ResponseCache(share)
+        self.memory = MemoryTier(memory_bytes - share)
         self.disk = DiskTier(disk_path, disk_bytes) if disk_path is not None else None
         self.metrics = CacheMetrics()
         self._lock = threading.Lock()
@@ -255,6 +262,7 @@ class TieredCache:
         with self._lock:  # counted, as pop does: a disk hit read before is not promoted
             self._pops += 1
             n += self.memory.drop_prefix(tag + _TAG_END)
+        self.responses.drop_prefix(tag + _TAG_END)
         return n
 
     def close(self) -> None:
