@@ -414,7 +414,7 @@ def _as_czyx(
     channels = view.shape[0] if channel_names else 1
     arr = TSArray(
         view, reversed_axes=False, channel=bool(channel_names), keep_channel=channels > 1,
-        name=where,
+        name=where, reference_writes=True,  # opened with ts_context() alone
     )
     return arr, channels
 

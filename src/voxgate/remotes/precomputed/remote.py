@@ -310,6 +310,7 @@ class PrecomputedRemote(Remote):
             channel=True,
             keep_channel=self.meta.num_channels > 1,
             name=f"{self.url} scale {scale}",
+            reference_writes=True,  # opened with ts_context() alone
         )
 
     def _chunk_io(self, scale: int, store: _ChunkStore) -> _ChunkScale:
