@@ -113,6 +113,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes of each of the two relays (voxgate serve --workers)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -122,13 +124,18 @@ def main() -> None:
             voxgate.create(u, shape=SHAPE, chunks=(16, 256, 256), dtype="uint8",
                            voxel_size=(40, 8, 8))[:] = data
         gens = tmp / "generations"
-        a = start_relay(_config(tmp / "a", url, gens), free_port())
-        b = start_relay(_config(tmp / "b", url, gens), free_port())
+        configs = [_config(tmp / name, url, gens) for name in ("a", "b")]
+        for cfg in configs:
+            cfg.write_text(cfg.read_text().replace("[server]\n",
+                                                   f"[server]\nworkers = {args.workers}\n", 1))
+        a = start_relay(configs[0], free_port())
+        b = start_relay(configs[1], free_port())
         nginx = start_nginx(tmp / "nginx", [a.port, b.port])
         try:
             boxes = [Box((0, y, x), (16, y + 512, x + 512))
                      for y in range(0, 2048, 512) for x in range(0, 2048, 512)]
-            print(f"{len(boxes)} regions of 512 x 512 x 16 uint8, {args.repeats} warm rounds")
+            print(f"{len(boxes)} regions of 512 x 512 x 16 uint8, {args.repeats} warm rounds, "
+                  f"{args.workers} worker process(es) per relay")
             print("| path | p50 ms | p99 ms | X-Cache-Status | hit ratio | "
                   f"{args.clients} clients MiB/s |")
             print("|---|---|---|---|---|---|")

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import blosc
 import httpx
@@ -174,23 +175,23 @@ def test_ids_reserved_through_both_workers_at_once_never_overlap(relay: RelayPro
     lock = threading.Lock()
 
     def reserve() -> None:
-        for _ in range(12):
+        for _ in range(25):
             res = _get(relay, "/v1/reserve/c/e/seg/7/")
             assert res.status_code == 200, res.text
             with lock:
                 ranges.append((res.json()["start_id"], 7))
                 seen.add(res.headers["x-voxgate-worker"])
 
-    threads = [threading.Thread(target=reserve) for _ in range(4)]
+    threads = [threading.Thread(target=reserve) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert len(seen) == 2
     ids = [start + k for start, n in ranges for k in range(n)]
-    assert len(ids) == 48 * 7 == len(set(ids))
+    assert len(ids) == 200 * 7 == len(set(ids))
     assert min(ids) == 6  # above the volume's largest id (5), reserved once for both workers
-    assert max(ids) == 6 + 48 * 7 - 1  # and nothing skipped
+    assert max(ids) == 6 + 200 * 7 - 1  # and nothing skipped
 
 
 def test_label_stats_after_a_write_through_the_other_worker(relay: RelayProcess) -> None:
@@ -297,3 +298,47 @@ def test_sigterm_and_sigint_stop_every_process(tmp_path: Path, sig: int,
     assert not [p for p in pids if Path(f"/proc/{p}").exists()]
     assert "Traceback" not in r.log.read_text()
     assert not list(scratch.iterdir())
+
+
+# -- the shared state file, two processes' views of it in one (flock is per open file) ----------
+def test_state_files_merge_what_each_view_changed_and_reserve_atomically(tmp_path: Path) -> None:
+    from voxgate.relay.statefile import StateFile
+
+    empty: dict[str, Any] = {"collections": {}, "meta": {}, "reserved": {}, "deleted": []}
+    one, two = StateFile(tmp_path / "s.json", empty), StateFile(tmp_path / "s.json", empty)
+    with one.transaction() as st:
+        st["collections"]["a"] = {"description": "1"}
+        st["deleted"].append("old")
+        one.save()
+    two.refresh()
+    assert two.data["collections"] == {"a": {"description": "1"}}
+    store = two.data["meta"].setdefault("a", {})  # changed outside a transaction, as handlers do
+    store["k"] = "v"
+    with one.transaction() as st:  # meanwhile the other view saves other changes
+        st["collections"]["b"] = {}
+        st["deleted"].remove("old")
+        st["deleted"].append("gone")
+        one.save()
+    two.refresh()  # takes them in, keeping its own unsaved change (and the dict it holds)
+    assert two.data["meta"]["a"] is store and store == {"k": "v"}
+    assert set(two.data["collections"]) == {"a", "b"} and two.data["deleted"] == ["gone"]
+    two.save()
+    one.refresh()
+    assert one.data["meta"] == {"a": {"k": "v"}} and set(one.data["collections"]) == {"a", "b"}
+
+    starts: list[int] = []
+
+    def reserve(view: StateFile) -> None:
+        for _ in range(200):
+            with view.transaction() as st:
+                start = st["reserved"].get("x", 1)
+                st["reserved"]["x"] = start + 3
+                view.save()
+            starts.append(start)
+
+    threads = [threading.Thread(target=reserve, args=(v,)) for v in (one, two)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(starts) == list(range(1, 1 + 3 * 400, 3))

@@ -33,6 +33,10 @@ __all__ = ["Generations"]
 _KEEP_OPEN = 256
 
 
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class Generations:
     """Per-channel (nonce, counter) pairs, in memory or in a shared directory."""
 
@@ -42,8 +46,8 @@ class Generations:
         self._memory: dict[str, int] = {}
         self._nonce = uuid.uuid4().hex  # the in-memory generations' (one per process life)
         #: file name -> (the file last read, kept open so its inode is never reused; its
-        #: (device, inode); its version), the most recently used last
-        self._seen_files: OrderedDict[str, tuple[int, tuple[int, int], str]] = OrderedDict()
+        #: (device, inode, size, mtime); its version), the most recently used last
+        self._seen_files: OrderedDict[str, tuple[int, tuple[int, ...], str]] = OrderedDict()
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -58,7 +62,8 @@ class Generations:
         One ``stat`` when it did not change: files are only ever replaced whole, and the
         last one read stays open, so a file with its inode is that very file (a replaced
         file's inode could otherwise be reused by a later one, and a time stamp's
-        granularity is coarser than two writes)."""
+        granularity is coarser than two writes); size and time stamp catch a file changed
+        in place by something else."""
         if self.directory is None:
             with self._lock:
                 return f"{self._nonce}.{self._memory.get(tag, 0)}"
@@ -70,7 +75,7 @@ class Generations:
             return self._update(tag, 0)
         with self._lock:
             known = self._seen_files.get(name)
-            if known is not None and known[1] == (st.st_dev, st.st_ino):
+            if known is not None and known[1] == _identity(st):
                 self._seen_files.move_to_end(name)
                 return known[2]
         try:
@@ -85,7 +90,7 @@ class Generations:
             return self._update(tag, 0)
         with self._lock:
             old = self._seen_files.pop(name, None)
-            self._seen_files[name] = (fd, (st.st_dev, st.st_ino), version)
+            self._seen_files[name] = (fd, _identity(st), version)
             closing = [old[0]] if old is not None else []
             while len(self._seen_files) > _KEEP_OPEN:
                 closing.append(self._seen_files.popitem(last=False)[1][0])

@@ -72,6 +72,12 @@ def merge_into(ours: dict[str, Any], base: dict[str, Any], theirs: dict[str, Any
         # else both changed the same value: ours is kept, and saved next
 
 
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    """What tells files apart: the inode (never reused while the last file read is held
+    open), and size and time stamp for a file changed in place by something else."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class StateFile:
     """A JSON document in a file that several processes read and change (module docstring);
     in memory only when ``path`` is None."""
@@ -87,7 +93,7 @@ class StateFile:
         self._depth = 0  # transactions entered by the thread holding _mutex
         self._lock_fd: int | None = None
         self._held: int | None = None  # the file last read or written, kept open
-        self._held_id: tuple[int, int] | None = None
+        self._held_id: tuple[int, ...] | None = None
         self.base: dict[str, Any] = copy.deepcopy(empty)
         self.data: dict[str, Any] = copy.deepcopy(empty)
         if path is not None:
@@ -97,13 +103,12 @@ class StateFile:
                 self.data = copy.deepcopy(self.base)
 
     # -- reading ----------------------------------------------------------------------------------
-    def _file_id(self) -> tuple[int, int] | None:
+    def _file_id(self) -> tuple[int, ...] | None:
         assert self.path is not None
         try:
-            st = os.stat(self.path)
+            return _identity(os.stat(self.path))
         except FileNotFoundError:
             return None
-        return (st.st_dev, st.st_ino)
 
     def _read_current(self) -> dict[str, Any] | None:
         """Read the file now at ``path`` (and keep it open); None when there is none."""
@@ -123,10 +128,10 @@ class StateFile:
             os.close(fd)
             raise InvalidRequestError(f"relay state {self.path} is damaged: {exc}; restore it "
                                       "from a backup or move it away to start empty") from None
-        self._hold(fd, (st.st_dev, st.st_ino))
+        self._hold(fd, _identity(st))
         return doc
 
-    def _hold(self, fd: int, ident: tuple[int, int]) -> None:
+    def _hold(self, fd: int, ident: tuple[int, ...]) -> None:
         if self._held is not None:
             os.close(self._held)
         self._held, self._held_id = fd, ident
@@ -197,7 +202,7 @@ class StateFile:
             except BaseException:
                 os.close(fd)
                 raise
-            self._hold(fd, (st.st_dev, st.st_ino))
+            self._hold(fd, _identity(st))
             self.base = copy.deepcopy(self.data)
 
 
