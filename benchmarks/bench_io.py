@@ -1,12 +1,17 @@
 """voxgate I/O against tensorstore, CloudVolume and zarr-python on the same files, in one run.
 
     python benchmarks/bench_io.py [--size 512] [--repeats 5] [--data benchmarks/data]
+                                  [--only WORDS] [--tensorstore-only]
 
 On 512^3 volumes (uint8 image, uint64 segmentation, 64^3 chunks) it times unaligned 128^3
 cutouts (20 places, each read by every library in turn), a full read, a full write and a
 zarr -> precomputed copy, and prints medians and each library's time relative to voxgate's.
 Runs are interleaved (every library once per round, in a new random order each round) so drift
-in the machine's load hits all of them alike.  Needs the test extra (cloud-volume, zarr).
+in the machine's load hits all of them alike.  Beside the wall time it reports the process's
+CPU time (all threads) per call, which the load of other processes on a shared machine moves
+much less.  ``--only "cutout,zarr"`` runs the rows whose label holds one of the words;
+``--tensorstore-only`` leaves CloudVolume and zarr-python out (they take most of the run).
+Needs the test extra (cloud-volume, zarr).
 """
 
 from __future__ import annotations
@@ -29,13 +34,30 @@ from voxgate.synthetic import synthetic_em
 
 CUTOUT = 128
 N_CUTOUTS = 20
+#: (label, library, median wall seconds, wall / voxgate's, median CPU seconds, CPU / voxgate's)
+Row = tuple[str, str, float, float, float, float]
+#: set by main: which rows run, and whether the other libraries run beside tensorstore
+ONLY: list[str] = []
+OTHERS = True
 
 
-def timed(fn: Callable[[], object]) -> float:
+def wanted(label: str) -> bool:
+    return not ONLY or any(word in label for word in ONLY)
+
+
+def others(fns: dict[str, Callable[..., object]]) -> dict[str, Callable[..., object]]:
+    """``fns`` without CloudVolume and zarr-python when --tensorstore-only is given."""
+    keep = ("voxgate", "tensorstore")
+    return fns if OTHERS else {k: v for k, v in fns.items() if k in keep}
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall and process CPU time (every thread) of one call."""
     gc.collect()
+    c0 = time.process_time()
     t0 = time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def boxes(size: int, seed: int = 7) -> list[tuple[int, int, int]]:
@@ -66,10 +88,10 @@ def prepare(root: Path, size: int) -> dict[str, np.ndarray]:
     return {"image": image, "seg": labels}
 
 
-def bench(root: Path, size: int, repeats: int) -> list[tuple[str, str, float, float]]:
+def bench(root: Path, size: int, repeats: int) -> list[Row]:
     data = prepare(root, size)
     cut = boxes(size)
-    rows: list[tuple[str, str, float, float]] = []
+    rows: list[Row] = []
 
     for name, fmt_label in (("img", "uint8 raw precomputed"),
                             ("seg", "uint64 compressed_segmentation precomputed")):
@@ -89,6 +111,10 @@ def bench(root: Path, size: int, repeats: int) -> list[tuple[str, str, float, fl
         def cv_cut(z: int, y: int, x: int, c: CloudVolume = cv) -> None:
             c[x:x + CUTOUT, y:y + CUTOUT, z:z + CUTOUT]
 
+        cut_label = f"{CUTOUT}^3 unaligned cutout, {fmt_label}"
+        read_label = f"full read {size}^3, {fmt_label}"
+        if not (wanted(cut_label) or wanted(read_label)):
+            continue
         # correctness first: the three agree
         z, y, x = cut[0]
         a = vg[z:z + CUTOUT, y:y + CUTOUT, x:x + CUTOUT].read()
@@ -96,14 +122,15 @@ def bench(root: Path, size: int, repeats: int) -> list[tuple[str, str, float, fl
         c = np.asarray(cv[x:x + CUTOUT, y:y + CUTOUT, z:z + CUTOUT])[..., 0].T
         assert np.array_equal(a, b) and np.array_equal(a, c)
         assert np.array_equal(a, expected[z:z + CUTOUT, y:y + CUTOUT, x:x + CUTOUT])
-        rows += run_cutouts(f"{CUTOUT}^3 unaligned cutout, {fmt_label}",
-                            {"voxgate": vg_cut, "tensorstore": ts_cut, "CloudVolume": cv_cut},
-                            cut, repeats)
-        rows += run_round(f"full read {size}^3, {fmt_label}", {
-            "voxgate": lambda v=vg: v.read(),
-            "tensorstore": lambda s=tstore: s[..., 0].read(order="F").result(),
-            "CloudVolume": lambda c=cv: c[:, :, :],
-        }, max(2, repeats // 2))
+        if wanted(cut_label):
+            rows += run_cutouts(cut_label, others(
+                {"voxgate": vg_cut, "tensorstore": ts_cut, "CloudVolume": cv_cut}), cut, repeats)
+        if wanted(read_label):
+            rows += run_round(read_label, others({
+                "voxgate": lambda v=vg: v.read(),
+                "tensorstore": lambda s=tstore: s[..., 0].read(order="F").result(),
+                "CloudVolume": lambda c=cv: c[:, :, :],
+            }), max(2, repeats // 2))
 
     # zarr v3 blosc-zstd, uint8: voxgate vs tensorstore vs zarr-python
     zpath = root / "img.zarr" / "0"
@@ -120,14 +147,17 @@ def bench(root: Path, size: int, repeats: int) -> list[tuple[str, str, float, fl
     def zz_cut(z: int, y: int, x: int) -> None:
         zz[z:z + CUTOUT, y:y + CUTOUT, x:x + CUTOUT]
 
-    rows += run_cutouts(f"{CUTOUT}^3 unaligned cutout, uint8 zarr v3 blosc-zstd",
-                        {"voxgate": vgz_cut, "tensorstore": tsz_cut, "zarr-python": zz_cut},
-                        cut, repeats)
-    rows += run_round(f"full read {size}^3, uint8 zarr v3 blosc-zstd", {
-        "voxgate": lambda: vgz.read(),
-        "tensorstore": lambda: tsz.read().result(),
-        "zarr-python": lambda: zz[:],
-    }, max(2, repeats // 2))
+    label = f"{CUTOUT}^3 unaligned cutout, uint8 zarr v3 blosc-zstd"
+    if wanted(label):
+        rows += run_cutouts(label, others(
+            {"voxgate": vgz_cut, "tensorstore": tsz_cut, "zarr-python": zz_cut}), cut, repeats)
+    label = f"full read {size}^3, uint8 zarr v3 blosc-zstd"
+    if wanted(label):
+        rows += run_round(label, others({
+            "voxgate": lambda: vgz.read(),
+            "tensorstore": lambda: tsz.read().result(),
+            "zarr-python": lambda: zz[:],
+        }), max(2, repeats // 2))
 
     # full writes of the segmentation: precomputed compressed_segmentation and zarr
     seg = data["seg"]
@@ -163,17 +193,21 @@ def bench(root: Path, size: int, repeats: int) -> list[tuple[str, str, float, fl
                     create=True).result()
         s[..., 0].write(seg.T).result()
 
-    rows += run_round(f"full write {size}^3 uint64 seg, precomputed compressed_segmentation", {
-        "voxgate": vg_write_pre, "tensorstore": ts_write_pre, "CloudVolume": cv_write_pre,
-    }, max(2, repeats // 2), setup=fresh)
+    label = f"full write {size}^3 uint64 seg, precomputed compressed_segmentation"
+    if wanted(label):
+        rows += run_round(label, others({
+            "voxgate": vg_write_pre, "tensorstore": ts_write_pre, "CloudVolume": cv_write_pre,
+        }), max(2, repeats // 2), setup=fresh)
 
     def vg_copy() -> None:
         voxgate.copy(f"zarr://{root}/seg.zarr", f"precomputed://file://{out}/copy",
                      progress=False)
 
-    rows += run_round(f"copy {size}^3 uint64 seg zarr -> precomputed (CloudVolume: write only)", {
-        "voxgate": vg_copy, "CloudVolume": cv_write_pre,
-    }, max(2, repeats // 2), setup=fresh)
+    label = f"copy {size}^3 uint64 seg zarr -> precomputed (CloudVolume: write only)"
+    if wanted(label) and OTHERS:
+        rows += run_round(label, {
+            "voxgate": vg_copy, "CloudVolume": cv_write_pre,
+        }, max(2, repeats // 2), setup=fresh)
     shutil.rmtree(out, ignore_errors=True)
     return rows
 
@@ -183,10 +217,11 @@ def run_cutouts(
     fns: dict[str, Callable[[int, int, int], object]],
     cuts: list[tuple[int, int, int]],
     repeats: int,
-) -> list[tuple[str, str, float, float]]:
+) -> list[Row]:
     """Median time of one cutout; every cutout is read by every library in a shuffled order
     before the next, so the libraries see the same machine state."""
     times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     order = list(fns.items())
     rng = np.random.default_rng(1)
     for fn in fns.values():
@@ -198,23 +233,28 @@ def run_cutouts(
             for c in cuts:
                 rng.shuffle(order)  # type: ignore[arg-type]
                 for name, fn in order:
+                    c0 = time.process_time()
                     t0 = time.perf_counter()
                     fn(*c)
                     times[name].append(time.perf_counter() - t0)
+                    cpu[name].append(time.process_time() - c0)
     finally:
         gc.enable()
-    return _report(label, times)
+    return _report(label, times, cpu)
 
 
-def _report(label: str, times: dict[str, list[float]]) -> list[tuple[str, str, float, float]]:
+def _report(label: str, times: dict[str, list[float]], cpu: dict[str, list[float]]) -> list[Row]:
     base = statistics.median(times["voxgate"])
+    cpu_base = statistics.median(cpu["voxgate"])
     rows = []
     for name, ts_ in times.items():
         med = statistics.median(ts_)
-        rows.append((label, name, med, med / base))
+        cmed = statistics.median(cpu[name])
+        rows.append((label, name, med, med / base, cmed, cmed / cpu_base))
     print(f"\n{label}")
-    for _, name, med, ratio in rows:
-        print(f"  {name:12s} {med * 1000:10.2f} ms   {ratio:5.2f}x voxgate's time")
+    for _, name, med, ratio, cmed, cratio in rows:
+        print(f"  {name:12s} {med * 1000:10.2f} ms   {ratio:5.2f}x voxgate's time   "
+              f"CPU {cmed * 1000:10.2f} ms   {cratio:5.2f}x voxgate's")
     return rows
 
 
@@ -224,8 +264,9 @@ def run_round(
     repeats: int,
     per: int = 1,
     setup: Callable[[], None] | None = None,
-) -> list[tuple[str, str, float, float]]:
+) -> list[Row]:
     times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():  # warm-up: imports, page cache, thread pools
         if setup:
             setup()
@@ -239,8 +280,10 @@ def run_round(
         for name, fn in order:
             if setup:
                 setup()
-            times[name].append(timed(fn) / per)
-    return _report(label, times)
+            wall, used = timed(fn)
+            times[name].append(wall / per)
+            cpu[name].append(used / per)
+    return _report(label, times, cpu)
 
 
 def main() -> None:
@@ -248,13 +291,22 @@ def main() -> None:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--data", type=Path, default=Path(__file__).parent / "data")
+    p.add_argument("--only", default="",
+                   help="comma-separated words: run only the rows whose label holds one "
+                        "(e.g. 'cutout,zarr', 'write')")
+    p.add_argument("--tensorstore-only", action="store_true",
+                   help="compare with tensorstore alone (no CloudVolume, no zarr-python)")
     args = p.parse_args()
+    global OTHERS
+    ONLY[:] = [w.strip() for w in args.only.split(",") if w.strip()]
+    OTHERS = not args.tensorstore_only
     rows = bench(args.data, args.size, args.repeats)
-    print("\n| operation | library | median | time relative to voxgate |")
-    print("|---|---|---|---|")
-    for label, name, med, ratio in rows:
+    print("\n| operation | library | median | time relative to voxgate "
+          "| CPU time relative to voxgate |")
+    print("|---|---|---|---|---|")
+    for label, name, med, ratio, _, cratio in rows:
         unit = f"{med * 1000:.2f} ms" if med < 1 else f"{med:.3f} s"
-        print(f"| {label} | {name} | {unit} | {ratio:.2f} |")
+        print(f"| {label} | {name} | {unit} | {ratio:.2f} | {cratio:.2f} |")
 
 
 if __name__ == "__main__":
