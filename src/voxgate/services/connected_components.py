@@ -9,23 +9,24 @@ result equals the whole-volume answer exactly whatever the block size.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..blockwise import block_shape, check_for_cluster, plan_blocks, run_blocks, scheduler_name
 from ..errors import InvalidRequestError
-from ..geometry import Box, Vec, grow_block
-from ..parallel import run_blocks
+from ..geometry import Box, Vec
+from ..remotes.memory import MemoryRemote
 from ..volume import Volume
 from ._common import (
     ArrayResult,
     Provenance,
     as_volume,
-    block_boxes,
-    progress_bar,
     region_meta,
     resolve_output,
 )
@@ -39,6 +40,10 @@ __all__ = [
 
 #: blocks grow toward this many bytes of input
 BLOCK_BYTES = 64 * 2**20
+#: a store's volume up to this many bytes (at 8 bytes a voxel) is labelled in one piece
+WHOLE_BYTES = 512 * 2**20
+_ID_DTYPES = (np.dtype(np.uint32), np.dtype(np.uint64))
+_U32_MAX = 2**32 - 1
 _CONNECTIVITY = (6, 18, 26)
 _ONE = Vec(1, 1, 1)
 
@@ -69,21 +74,60 @@ def canonical_order(labels: np.ndarray) -> np.ndarray:
                       dtype=np.uint64)
 
 
-def connected_components_kernel(labels: np.ndarray, connectivity: int = 26) -> np.ndarray:
-    """cc3d on one in-memory array, canonically numbered (uint64)."""
+def connected_components_kernel(labels: np.ndarray, connectivity: int = 26,
+                                dtype: Any = np.uint64) -> np.ndarray:
+    """cc3d on one in-memory array, canonically numbered (cc3d's own numbering already is:
+    components in the order of their first voxel in a C-order scan), as ``dtype``."""
     if connectivity not in _CONNECTIVITY:
         raise InvalidRequestError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
-    return canonical_order(_cc3d(labels, connectivity))
+    return _cc3d(labels, connectivity, _id_dtype(dtype))[0]
 
 
-def _cc3d(labels: np.ndarray, connectivity: int) -> np.ndarray:
+def _id_dtype(dtype: Any) -> np.dtype | None:
+    """The output dtype asked for: uint32 or uint64, None for "auto"."""
+    if isinstance(dtype, str) and dtype == "auto":
+        return None
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt not in _ID_DTYPES:
+        raise InvalidRequestError(
+            f"dtype must be uint64 (the default: segment ids are uint64 everywhere), uint32 or "
+            f"'auto' (uint32 when the components fit, else uint64), got {dtype!r}")
+    return dt
+
+
+def _fits(n: int, dt: np.dtype | None) -> np.dtype:
+    """``dt`` (or for "auto" the narrowest id dtype) holding labels up to ``n``."""
+    if dt is None:
+        return np.dtype(np.uint32) if n <= _U32_MAX else np.dtype(np.uint64)
+    if n > np.iinfo(dt).max:
+        raise InvalidRequestError(
+            f"{n} components do not fit in {dt.name} ids; use dtype=np.uint64 (or 'auto')")
+    return dt
+
+
+def _cc3d(labels: np.ndarray, connectivity: int, dt: np.dtype | None) -> tuple[np.ndarray, int]:
+    """cc3d's labels as ``dt`` (None: uint32 when they fit, else uint64) and their count.
+
+    cc3d writes the asked dtype itself: at 512^3 its uint64 output costs 0.38 s of CPU against
+    0.36 s for its uint32 output plus a cast, and it allocates 1 GiB instead of 1.5 GiB (on a
+    machine whose free memory is fragmented, each fresh GiB can stall for seconds in the
+    kernel; docs/services/connected_components.md)."""
     import cc3d
 
-    # cc3d's own narrow output then one cast is 2x faster than asking it for uint64 (measured
-    # at 512^3); ids stay uint64 end to end
-    out = cc3d.connected_components(  # type: ignore[call-overload]
-        np.ascontiguousarray(labels), connectivity=connectivity)
-    return np.asarray(out).astype(np.uint64, copy=False)
+    labels = np.ascontiguousarray(labels)
+    if dt is not None:
+        try:
+            out, n = cc3d.connected_components(  # type: ignore[call-overload]
+                labels, connectivity=connectivity, return_N=True, out_dtype=dt)
+            return out, int(n)
+        except ValueError:
+            pass  # cc3d's worst-case estimate exceeds dt: its own choice, then a checked cast
+    out, n = cc3d.connected_components(  # type: ignore[call-overload]
+        labels, connectivity=connectivity, return_N=True)
+    return out.astype(_fits(int(n), dt), copy=False), int(n)
 
 
 class _UnionFind:
@@ -122,8 +166,10 @@ def connected_components(
     out: Any = None,
     *,
     connectivity: int = 26,
+    dtype: Any = None,
     block: Sequence[int] | None = None,
     workers: int | None = None,
+    client: Any = None,
     progress: bool = False,
     prefer: str = "auto",
     overwrite: bool = False,
@@ -131,151 +177,217 @@ def connected_components(
 ) -> Any:
     """Label connected regions of ``source`` (any non-zero value; equal values connect).
 
-    ``out``: None returns a numpy array; a URL creates that volume (uint64 segmentation with
-    the source's scale-0 geometry; it must not exist unless ``overwrite``); a writable Volume
-    is written in place.  Runs block by block (``block`` in voxels) with labels joined across
-    block borders, so the result equals the whole-volume answer.
+    ``out``: None returns a numpy array; a URL creates that volume (a segmentation with the
+    source's scale-0 geometry; it must not exist unless ``overwrite``); a writable Volume is
+    written in place.  ``dtype``: the ids' type, uint64 by default (segment ids are uint64
+    everywhere), ``np.uint32`` (half the memory; an error if the components do not fit) or
+    ``"auto"`` (uint32 when they fit, else uint64; a new ``out`` store is uint64, its type being
+    fixed before the count is known); with a given ``out`` Volume, its type (uint32 or uint64).
+    Runs block by block (``block`` in voxels, rounded up to whole chunks of a store ``out``) with
+    labels joined across block borders, so the result equals the whole-volume answer; on
+    ``workers`` threads, or on a ``dask.distributed`` ``client`` (the source and ``out`` must
+    then be stores its workers can open by URL).
     """
     t0 = time.perf_counter()
     if connectivity not in _CONNECTIVITY:
         raise InvalidRequestError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
+    want = np.dtype(np.uint64) if dtype is None else _id_dtype(dtype)
     src = as_volume(source)
     _no_server_path(prefer)
     region = src.bounds if src.ndim == 3 else None
     if region is None or any(a.step != 1 for a in src._axes):
         raise InvalidRequestError("connected_components needs a 3-D view with step 1")
     scale = src.scale
-    grid = src.chunks
-    base = Vec.of(block) if block is not None else grow_block(
-        grid, max(8, src.dtype.itemsize), region.shape, BLOCK_BYTES)
-    blocks = list(block_boxes(region, base))
-    if len(blocks) == 1 and out is None and not create_options:
-        # one block in memory: cc3d's own numbering is already the canonical one
-        data = source if isinstance(source, np.ndarray) else src.remote.read(region, scale)
-        cc = _cc3d(data, connectivity)
-        return ArrayResult(cc, Provenance("connected_components", "local", src.url, {
-            "connectivity": connectivity, "blocks": 1, "components": int(cc.max(initial=0)),
-            "seconds": round(time.perf_counter() - t0, 3)}))
+    if client is not None:
+        check_for_cluster(src.url, "source", "connected_components")
+        if out is None:
+            check_for_cluster("mem://", "output", "connected_components", writes=True)
+    if isinstance(out, Volume) and dtype is None:
+        want = out.dtype if out.dtype in _ID_DTYPES else np.dtype(np.uint64)
 
-    def uint64_covering_region(vol: Volume) -> None:
-        if vol.dtype != np.uint64 or vol.scale_meta.bounds != region or vol.scale != 0:
+    def details(n_blocks: int, n: int, dt: np.dtype) -> dict[str, Any]:
+        return {"connectivity": connectivity, "blocks": n_blocks, "components": n,
+                "dtype": dt.name, "scheduler": scheduler_name(client),
+                "seconds": round(time.perf_counter() - t0, 3)}
+
+    if out is None and not create_options and (block is None or all(
+            b >= s for b, s in zip(block, region.shape, strict=True))) and (
+            region.size * max(8, src.dtype.itemsize) <= WHOLE_BYTES
+            or isinstance(source, np.ndarray)):
+        # in memory in one piece: cc3d's own numbering is already the canonical one
+        data = source if isinstance(source, np.ndarray) else src.remote.read(region, scale)
+        cc, n = _cc3d(data, connectivity, want)
+        return ArrayResult(cc, Provenance("connected_components", "local", src.url,
+                                          details(1, n, cc.dtype)))
+
+    def id_type_covering_region(vol: Volume) -> None:
+        if (vol.dtype not in _ID_DTYPES or vol.scale_meta.bounds != region or vol.scale != 0
+                or (want is not None and vol.dtype != want)):
+            wanted = "uint32 or uint64" if want is None else want.name
             raise InvalidRequestError(
-                f"out must be a uint64 volume covering {region!r} at scale 0; {vol.url} is "
+                f"out must be a {wanted} volume covering {region!r} at scale 0; {vol.url} is "
                 f"{vol.dtype.name} covering {vol.scale_meta.bounds!r}")
 
-    written = resolve_output(out, region_meta(src, region, np.uint64, "segmentation"),
-                             overwrite=overwrite, options=create_options,
-                             check=uint64_covering_region)
-    target = written.remote
-    result_volume = None if out is None else written
-    shape = tuple(region.shape)
-    reader = src.remote
+    if out is None:
+        # the result itself holds the first pass's block labels (uint32 for "auto": a block's
+        # labels always fit), relabelled in place: no scratch copy, no final copy
+        local_dt = np.dtype(np.uint32) if want is None else want
+        arr = np.zeros(tuple(region.shape), dtype=local_dt)
+        target = Volume(MemoryRemote.wrap(
+            "connected-components", region_meta(src, region, local_dt, "segmentation"),
+            [arr], mode="r+"))
+        grid = _ONE  # in memory: any block shape, writes are whole-array slices under a lock
+    else:
+        target = resolve_output(out, region_meta(src, region, want or np.uint64,
+                                                 "segmentation"),
+                                overwrite=overwrite, options=create_options,
+                                check=id_type_covering_region)
+        if client is not None:
+            check_for_cluster(target.url, "output", "connected_components", writes=True)
+        grid = target.remote.write_grid(0)
+    if block is None:
+        # whole chunks of the source (and of a store output, made with the same chunks)
+        base = block_shape(src.chunks if out is None else grid, max(8, src.dtype.itemsize),
+                           region.shape, budget=BLOCK_BYTES)
+    else:
+        base = block_shape(grid, 1, region.shape, block=block)
+    blocks = [p.box for p in plan_blocks(region, base, order="row")]
+    job = _Job(src, target, region, base, connectivity)
 
     # pass 1: label each block on its own
     counts: dict[Box, int] = {}
     firsts: dict[Box, np.ndarray] = {}
 
-    def label(b: Box) -> None:
-        cc = _cc3d(reader.read(b, scale), connectivity)
-        n = int(cc.max(initial=0))
-        fi = np.zeros(n + 1, dtype=np.int64)
-        if n:
-            # cc3d numbers components by their first voxel in memory (C) order, so label j
-            # first appears where the running maximum first reaches j: O(n), no sort
-            run = np.maximum.accumulate(cc.ravel())
-            pos = np.searchsorted(run, np.arange(1, n + 1, dtype=run.dtype))
-            local = np.stack(np.unravel_index(pos, cc.shape), axis=1) + np.asarray(
-                tuple(b.start - region.start))
-            fi[1:] = np.ravel_multi_index(local.T, shape)
-        counts[b], firsts[b] = n, fi
-        target.write(b, cc, 0)
+    def got_labels(b: Box, r: object) -> None:
+        counts[b], firsts[b] = r  # type: ignore[misc]
 
-    with progress_bar(progress, 3 * len(blocks), "connected components") as bar:
-        _run(label, blocks, workers, bar)
-        offsets: dict[Box, int] = {}
-        total = 0
-        for b in blocks:
-            offsets[b] = total
-            total += counts[b]
-        first_index = np.full(total + 1, np.iinfo(np.int64).max, dtype=np.int64)
-        for b in blocks:
-            n = counts[b]
-            first_index[offsets[b] + 1: offsets[b] + n + 1] = firsts[b][1:]
+    run = functools.partial(run_blocks, client=client, workers=workers, progress=progress)
+    run(functools.partial(_label_block, job), blocks, name="connected components: label",
+        on_done=got_labels)
+    offsets: dict[Box, int] = {}
+    total = 0
+    for b in blocks:
+        offsets[b] = total
+        total += counts[b]
+    first_index = np.full(total + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    for b in blocks:
+        n = counts[b]
+        first_index[offsets[b] + 1: offsets[b] + n + 1] = firsts[b][1:]
+    starts = {tuple(b.start): o for b, o in offsets.items()}
 
-        def owner_offset(start: Vec) -> int:
-            return offsets[_block_at(start, region, base)]
+    # pass 2: voxel pairs across block borders that must join
+    pairs: list[np.ndarray] = []
+    run(functools.partial(_join_block, job, starts), blocks, name="connected components: join",
+        on_done=lambda _b, r: pairs.append(r) if r is not None else None)  # type: ignore[arg-type]
+    uf = _UnionFind(total)
+    if pairs:
+        for a, b2 in np.unique(np.concatenate(pairs), axis=0):
+            uf.union(int(a), int(b2))
+    roots = uf.roots()
+    # canonical numbering: components by the first voxel of any of their parts
+    best = np.full(total + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(best, roots, first_index)
+    comp_roots = np.unique(roots[1:]) if total else np.zeros(0, dtype=np.int64)
+    order = comp_roots[np.argsort(best[comp_roots], kind="stable")]
+    final_dt = _fits(len(order), want)
+    rank = np.zeros(total + 1, dtype=final_dt)
+    rank_of_root = np.zeros(total + 1, dtype=final_dt)
+    rank_of_root[order] = np.arange(1, len(order) + 1, dtype=final_dt)
+    rank[1:] = rank_of_root[roots[1:]]
 
-        # pass 2: voxel pairs across block borders that must join
-        pairs: list[np.ndarray] = []
-
-        def global_labels(box: Box) -> np.ndarray:
-            lab = np.zeros(tuple(box.shape), dtype=np.uint64)
-            for nb in _touching(box, region, base):
-                part = nb.intersect(box)
-                local = target.read(part, 0)
-                off = np.uint64(owner_offset(nb.start))
-                lab[part.slices(box.start)] = np.where(local > 0, local + off, 0)
-            return lab
-
-        def join(b: Box) -> None:
-            # only voxel pairs across this block's upper faces: every border between two
-            # blocks is the upper face of one of them
-            found = []
-            for axis in range(3):
-                if b.stop[axis] >= region.stop[axis]:
-                    continue
-                lo = list(b.start - _ONE)
-                hi = list(b.stop + _ONE)
-                lo[axis], hi[axis] = b.stop[axis] - 1, b.stop[axis] + 1
-                slab = Box(lo, hi).intersect(region)
-                inp = reader.read(slab, scale)
-                lab = global_labels(slab)
-                inner = [slice(a - s0, e - s0) for a, e, s0 in zip(b.start, b.stop, slab.start,
-                                                                    strict=True)]
-                inner[axis] = slice(0, 1)
-                for d in _neighbours(connectivity, axis):
-                    a_sl, b_sl = _shifted(tuple(inner), d, lab.shape)
-                    if a_sl is None or b_sl is None:
-                        continue
-                    la, lb = lab[a_sl], lab[b_sl]
-                    m = (la != lb) & (la > 0) & (lb > 0) & (inp[a_sl] == inp[b_sl])
-                    if m.any():
-                        found.append(np.stack([la[m], lb[m]], axis=1))
-            if found:
-                pairs.append(np.unique(np.concatenate(found), axis=0))
-
-        _run(join, blocks, workers, bar)
-        uf = _UnionFind(total)
-        if pairs:
-            for a, b2 in np.unique(np.concatenate(pairs), axis=0):
-                uf.union(int(a), int(b2))
-        roots = uf.roots()
-        # canonical numbering: components by the first voxel of any of their parts
-        best = np.full(total + 1, np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(best, roots, first_index)
-        comp_roots = np.unique(roots[1:]) if total else np.zeros(0, dtype=np.int64)
-        order = comp_roots[np.argsort(best[comp_roots], kind="stable")]
-        rank = np.zeros(total + 1, dtype=np.uint64)
-        rank_of_root = np.zeros(total + 1, dtype=np.uint64)
-        rank_of_root[order] = np.arange(1, len(order) + 1, dtype=np.uint64)
-        rank[1:] = rank_of_root[roots[1:]]
-
-        # pass 3: rewrite every block with the final numbers
-        def relabel(b: Box) -> None:
-            n = counts[b]
-            table = np.zeros(n + 1, dtype=np.uint64)
-            table[1:] = rank[offsets[b] + 1: offsets[b] + n + 1]
-            target.write(b, table[target.read(b, 0)], 0)
-
-        _run(relabel, blocks, workers, bar)
-    prov = Provenance("connected_components", "local", src.url, {
-        "connectivity": connectivity, "blocks": len(blocks), "components": len(order),
-        "seconds": round(time.perf_counter() - t0, 3)})
-    if result_volume is None:
-        arr = target.read(Box(region.start, region.stop), 0)
+    # pass 3: rewrite every block with the final numbers (for "auto" past uint32: into a
+    # uint64 array)
+    dest = target
+    if out is None and final_dt != target.dtype:
+        arr = np.zeros(tuple(region.shape), dtype=final_dt)
+        dest = Volume(MemoryRemote.wrap(
+            "connected-components", region_meta(src, region, final_dt, "segmentation"),
+            [arr], mode="r+"))
+    tables = {tuple(b.start): rank[offsets[b]: offsets[b] + counts[b] + 1] for b in blocks}
+    run(functools.partial(_relabel_block, job, dest, tables), blocks,
+        name="connected components: relabel")
+    prov = Provenance("connected_components", "local", src.url,
+                      details(len(blocks), len(order), final_dt))
+    if out is None:
         return ArrayResult(arr, prov)
-    _PROVENANCE[result_volume.url] = prov
-    return result_volume
+    _PROVENANCE[target.url] = prov
+    return target
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every block of one run needs (pickles small: Volumes travel as their specs)."""
+
+    src: Volume
+    target: Volume
+    region: Box
+    base: Vec
+    connectivity: int
+
+
+def _label_block(job: _Job, b: Box) -> tuple[int, np.ndarray]:
+    """Pass 1: cc3d on one block, written to the target; its count and each label's first
+    voxel (a flat index in the region)."""
+    target = job.target.remote
+    cc, n = _cc3d(job.src.remote.read(b, job.src.scale), job.connectivity, target.meta.dtype)
+    fi = np.zeros(n + 1, dtype=np.int64)
+    if n:
+        # cc3d numbers components by their first voxel in memory (C) order, so label j
+        # first appears where the running maximum first reaches j: O(n), no sort
+        run = np.maximum.accumulate(cc.ravel())
+        pos = np.searchsorted(run, np.arange(1, n + 1, dtype=run.dtype))
+        local = np.stack(np.unravel_index(pos, cc.shape), axis=1) + np.asarray(
+            tuple(b.start - job.region.start))
+        fi[1:] = np.ravel_multi_index(local.T, tuple(job.region.shape))
+    target.write(b, cc, 0)
+    return n, fi
+
+
+def _join_block(job: _Job, offsets: dict[tuple[int, ...], int], b: Box) -> np.ndarray | None:
+    """Pass 2: the (global label, global label) pairs that touch across this block's upper
+    faces (every border between two blocks is the upper face of one of them)."""
+    region, base = job.region, job.base
+    target = job.target.remote
+
+    def global_labels(box: Box) -> np.ndarray:
+        lab = np.zeros(tuple(box.shape), dtype=np.uint64)
+        for nb in _touching(box, region, base):
+            part = nb.intersect(box)
+            local = target.read(part, 0).astype(np.uint64, copy=False)
+            off = np.uint64(offsets[tuple(_block_at(nb.start, region, base).start)])
+            lab[part.slices(box.start)] = np.where(local > 0, local + off, 0)
+        return lab
+
+    found = []
+    for axis in range(3):
+        if b.stop[axis] >= region.stop[axis]:
+            continue
+        lo = list(b.start - _ONE)
+        hi = list(b.stop + _ONE)
+        lo[axis], hi[axis] = b.stop[axis] - 1, b.stop[axis] + 1
+        slab = Box(lo, hi).intersect(region)
+        inp = job.src.remote.read(slab, job.src.scale)
+        lab = global_labels(slab)
+        inner = [slice(a - s0, e - s0) for a, e, s0 in zip(b.start, b.stop, slab.start,
+                                                            strict=True)]
+        inner[axis] = slice(0, 1)
+        for d in _neighbours(job.connectivity, axis):
+            a_sl, b_sl = _shifted(tuple(inner), d, lab.shape)
+            if a_sl is None or b_sl is None:
+                continue
+            la, lb = lab[a_sl], lab[b_sl]
+            m = (la != lb) & (la > 0) & (lb > 0) & (inp[a_sl] == inp[b_sl])
+            if m.any():
+                found.append(np.stack([la[m], lb[m]], axis=1))
+    return np.unique(np.concatenate(found), axis=0) if found else None
+
+
+def _relabel_block(job: _Job, dest: Volume, tables: dict[tuple[int, ...], np.ndarray],
+                   b: Box) -> None:
+    """Pass 3: one block's local labels replaced by their final numbers."""
+    table = tables[tuple(b.start)].copy()
+    table[0] = 0
+    dest.remote.write(b, table[job.target.remote.read(b, 0)], 0)
 
 
 _PROVENANCE: dict[str, Provenance] = {}
@@ -295,12 +407,6 @@ def _no_server_path(prefer: str) -> None:
 
         raise CapabilityNotSupportedError(
             "no store runs connected components on its server; use prefer='local' or 'auto'")
-
-
-def _run(fn: Any, blocks: list[Box], workers: int | None, bar: progress_bar) -> None:
-    res = run_blocks(fn, blocks, workers=workers, on_done=lambda _b, _o: bar.advance())
-    if res.failed:
-        raise res.failed[0][1]
 
 
 def _block_at(start: Vec, region: Box, base: Vec) -> Box:

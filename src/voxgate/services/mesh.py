@@ -16,17 +16,27 @@ help), otherwise one after another.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from ..blockwise import (
+    Block,
+    block_shape,
+    check_for_cluster,
+    plan_blocks,
+    run_blocks,
+    scheduler_name,
+)
 from ..errors import InvalidRequestError, RemoteNotFoundError
 from ..formats.mesh import Mesh
-from ..geometry import Box, Vec, grow_block
+from ..geometry import Box, Vec
 from ..remotes.base import Capability
-from ._common import Prefer, Provenance, as_volume, block_boxes, choose_path, progress_bar
+from ..volume import Volume
+from ._common import Prefer, Provenance, as_volume, choose_path
 
 __all__ = ["MeshResult", "mesh", "mesh_kernel", "write_meshes"]
 
@@ -72,35 +82,39 @@ def mesh_kernel(labels: np.ndarray, voxel_size: Sequence[float], origin: Sequenc
     mesher = zmesh.Mesher((vx, vy, vz))
     mesher.mesh(np.ascontiguousarray(labels).T)  # Fortran-order (x, y, z): the same memory
     shift = np.array([origin[2] * vx, origin[1] * vy, origin[0] * vz], dtype=np.float32)
-    present_ids = [int(i) for i in mesher.ids()]
-    wanted = present_ids if ids is None else [int(i) for i in ids]
-    present = set(present_ids)
+    shifted = bool(shift.any())
+    present = mesher.ids()
+    if ids is None:
+        wanted = present
+    else:
+        have = set(present)
+        wanted = [i for i in ids if int(i) in have]
+    kwargs: dict[str, Any] = {"normals": False, "voxel_centered": True}
+    if simplify is not None:
+        kwargs["reduction_factor"] = simplify[0]
+        kwargs["max_error"] = simplify[1] if simplify[1] is not None else 1e9
     out: dict[int, Mesh] = {}
     for i in wanted:
-        if i not in present:
-            continue
-        kwargs: dict[str, Any] = {"normals": False, "voxel_centered": True}
-        if simplify is not None:
-            kwargs["reduction_factor"] = simplify[0]
-            kwargs["max_error"] = simplify[1] if simplify[1] is not None else 1e9
         m = mesher.get(i, **kwargs)
         mesher.erase(i)
-        vertices = np.asarray(m.vertices, dtype=np.float32)
-        vertices += shift  # zmesh hands over a fresh array: shifted in place, no copy
-        out[i] = Mesh(vertices, np.asarray(m.faces, dtype=np.uint32).reshape(-1, 3), id=i)
+        vertices, faces = m.vertices, m.faces
+        if shifted:
+            vertices += shift  # zmesh hands over a fresh array: shifted in place, no copy
+        if (vertices.dtype == np.float32 and faces.dtype == np.uint32 and vertices.ndim == 2
+                and faces.ndim == 2 and vertices.flags.c_contiguous
+                and faces.flags.c_contiguous):
+            # zmesh's own arrays, as a Mesh holds them: no checking pass, no copy
+            out[int(i)] = Mesh._trusted(vertices, faces, int(i))
+        else:
+            out[int(i)] = Mesh(vertices, np.asarray(faces).reshape(-1, 3), id=int(i))
     return out
 
 
-def _block_pieces(vol_url_or_remote: Any, scale: int, block: Box, region: Box,
-                  voxel_size: Sequence[float], ids: list[int] | None) -> dict[int, Mesh]:
+def _block_pieces(vol: Volume, region: Box, voxel_size: Sequence[float],
+                  ids: list[int] | None, block: Block) -> dict[int, Mesh]:
     """One block's pieces: the block plus one voxel on its upper faces (clipped)."""
-    remote = vol_url_or_remote
-    if isinstance(remote, str):
-        from ..api import open_remote
-
-        remote = open_remote(remote)
-    ext = Box(block.start, block.stop + _ONE).intersect(region)
-    labels = remote.read(ext, scale)
+    ext = Box(block.box.start, block.box.stop + _ONE).intersect(region)
+    labels = vol.remote.read(ext, vol.scale)
     return mesh_kernel(labels, voxel_size, tuple(ext.start), ids)
 
 
@@ -147,44 +161,41 @@ def mesh(
     else:
         region = vol.bounds
         vs = vol.scale_meta.voxel_size.zyx()
-        if block is None and region.size * vol.dtype.itemsize <= WHOLE_BYTES:
-            # a numpy array is meshed as it is; a store's volume is read once
+        if block is None and (isinstance(source, np.ndarray)
+                              or region.size * vol.dtype.itemsize <= WHOLE_BYTES):
+            # a numpy array is meshed as it is, whatever its size (it is in memory already:
+            # cutting it into blocks would copy it); a store's volume is read once
             labels = source if isinstance(source, np.ndarray) else vol.read()
             result.update(mesh_kernel(labels, vs, tuple(region.start), id_list, simp))
             details = {"blocks": 1}
         else:
-            base = Vec.of(block) if block is not None else grow_block(
-                vol.chunks, vol.dtype.itemsize, region.shape, WHOLE_BYTES // 4)
-            blocks = list(block_boxes(region, base))
-            pieces: dict[int, list[Mesh]] = {}
-            with progress_bar(progress, len(blocks), "mesh") as bar:
-                if client is not None:
-                    if vol.url.startswith("mem://"):
-                        raise InvalidRequestError(
-                            f"{vol.url} lives in this process only; a dask.distributed cluster "
-                            "needs a volume its workers can open by URL")
-                    from distributed import as_completed
+            # the user's block as given; else whole chunks of the source, on its chunk grid
+            base = Vec.of(block) if block is not None else block_shape(
+                vol.chunks, vol.dtype.itemsize, region.shape, budget=WHOLE_BYTES // 4)
+            blocks = plan_blocks(region, base, None if block is not None
+                                 else vol.scale_meta.bounds)
+            if client is not None:
+                check_for_cluster(vol.url, "source", "mesh")
+            pieces: dict[int, list[tuple[int, Box, Mesh]]] = {}
+            order = {b.index: n for n, b in enumerate(blocks)}
 
-                    futs = client.map(_block_pieces, [vol.url] * len(blocks),
-                                      [vol.scale] * len(blocks), blocks,
-                                      [region] * len(blocks), [vs] * len(blocks),
-                                      [id_list] * len(blocks), pure=False, retries=2)
-                    for fut in as_completed(futs):
-                        for i, m in fut.result().items():
-                            pieces.setdefault(i, []).append(m)
-                        bar.advance()
-                else:
-                    for bx in blocks:
-                        for i, m in _block_pieces(remote, vol.scale, bx, region, vs,
-                                                  id_list).items():
-                            pieces.setdefault(i, []).append(m)
-                        bar.advance()
+            def collect(b: Block, got: object) -> None:
+                for i, m in got.items():  # type: ignore[attr-defined]
+                    pieces.setdefault(i, []).append((order[b.index], b.box, m))
+
+            # zmesh holds the GIL: here the blocks run one by one (workers=1); a client's
+            # worker processes run them side by side
+            run_blocks(functools.partial(_block_pieces, vol, region, vs, id_list), blocks,
+                       name="mesh", client=client, workers=1, progress=progress,
+                       nbytes=lambda b: b.box.size * vol.dtype.itemsize, on_done=collect)
             for i, parts in pieces.items():
-                stitched = parts[0] if len(parts) == 1 else _stitch(parts, vs, i)
+                parts.sort(key=lambda p: p[0])  # block order: the same result every run
+                stitched = parts[0][2] if len(parts) == 1 else _stitch(
+                    [(bx, m) for _, bx, m in parts], vs, i, region)
                 if simp is not None:
                     stitched = _simplify(stitched, vs, simp)
                 result[i] = stitched
-            details = {"blocks": len(blocks)}
+            details = {"blocks": len(blocks), "scheduler": scheduler_name(client)}
     missing = [] if id_list is None else [i for i in id_list if i not in result]
     if missing and strict:
         raise RemoteNotFoundError(f"no voxels (or stored meshes) for ids {missing[:10]}")
@@ -196,28 +207,56 @@ def mesh(
     return result
 
 
-def _stitch(parts: list[Mesh], voxel_size: Sequence[float], ident: int) -> Mesh:
-    """Join one segment's block pieces, merging the vertices they share on block faces.
+def _stitch(parts: list[tuple[Box, Mesh]], voxel_size: Sequence[float], ident: int,
+            region: Box) -> Mesh:
+    """Join one segment's block pieces (each with its block), merging the vertices they share.
 
-    Marching cubes puts every vertex on a multiple of half a voxel, so positions quantized to
-    half voxels are exact integers: one integer key per vertex, and a 1-D integer unique
-    (much faster than comparing float rows) finds the shared ones.
+    Two blocks share the vertices that lie in the voxel-centre plane of their border (each
+    block meshes the cubes up to the first voxel of the next one), and only those: marching
+    cubes puts one vertex on each cube edge.  So only vertices within a quarter voxel of a
+    piece's inner faces are candidates; every vertex sits on a multiple of half a voxel, so a
+    candidate's position in half voxels is an exact integer, and a 1-D unique of one integer
+    key each merges the copies.  Vertices keep the order of their first occurrence.
     """
-    vertices = np.concatenate([p.vertices for p in parts])
-    offsets = np.cumsum([0] + [len(p.vertices) for p in parts[:-1]])
-    faces = np.concatenate([p.faces + np.uint32(o) for p, o in zip(parts, offsets, strict=True)])
-    half = np.array([voxel_size[2], voxel_size[1], voxel_size[0]], dtype=np.float64) / 2
-    q = np.rint(vertices / half).astype(np.int64)
-    q -= q.min(axis=0)
-    span = q.max(axis=0) + 1
-    keys = (q[:, 2] * span[1] + q[:, 1]) * span[0] + q[:, 0]
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    new_faces = inverse.astype(np.uint32)[faces]
-    # pieces share vertices, never triangles (each cube belongs to one block); drop any face
-    # that merging made degenerate, should rounding ever collapse one
-    ok = ((new_faces[:, 0] != new_faces[:, 1]) & (new_faces[:, 1] != new_faces[:, 2])
-          & (new_faces[:, 0] != new_faces[:, 2]))
-    return Mesh(vertices[first], new_faces[ok], id=ident)
+    vz, vy, vx = (float(v) for v in voxel_size)
+    res = (vx, vy, vz)
+    sizes = [len(m.vertices) for _, m in parts]
+    starts = np.cumsum([0, *sizes])
+    n = int(starts[-1])
+    vertices = np.concatenate([m.vertices for _, m in parts])
+    found = []
+    for (box, m), o in zip(parts, starts, strict=False):
+        mask: np.ndarray | None = None
+        for c, ax in ((0, 2), (1, 1), (2, 0)):  # vertex column (x, y, z) and box axis
+            col = m.vertices[:, c]
+            tol = res[c] / 4
+            if box.start[ax] > region.start[ax]:
+                hit = col < (box.start[ax] + 0.5) * res[c] + tol
+                mask = hit if mask is None else mask | hit
+            if box.stop[ax] < region.stop[ax]:
+                hit = col > (box.stop[ax] + 0.5) * res[c] - tol
+                mask = hit if mask is None else mask | hit
+        if mask is not None:
+            found.append(np.flatnonzero(mask) + o)
+    idx = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+    rep = np.arange(n, dtype=np.int64)
+    if len(idx):
+        q = np.rint(vertices[idx] / (np.array(res) / 2)).astype(np.int64)
+        q -= q.min(axis=0)
+        span = q.max(axis=0) + 1
+        keys = (q[:, 2] * span[1] + q[:, 1]) * span[0] + q[:, 0]
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        rep[idx] = idx[first][inverse.reshape(-1)]  # each candidate -> its first copy
+    keep = rep == np.arange(n)
+    new_index = (np.cumsum(keep, dtype=np.int64) - 1).astype(np.uint32)[rep]
+    faces = np.empty((sum(len(m.faces) for _, m in parts), 3), dtype=np.uint32)
+    k = 0
+    for (_, m), o, size in zip(parts, starts, sizes, strict=False):
+        # each piece's faces through its slice of the new numbering: one gather, no shifted
+        # copy (merged vertices are distinct positions, so no face collapses)
+        np.take(new_index[o:o + size], m.faces, out=faces[k:k + len(m.faces)])
+        k += len(m.faces)
+    return Mesh._trusted(vertices[keep], faces, ident)
 
 
 def _simplify(m: Mesh, voxel_size: Sequence[float], simp: tuple[float, float | None]) -> Mesh:

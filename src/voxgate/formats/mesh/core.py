@@ -43,6 +43,15 @@ class Mesh:
                     f"normals has {len(self.normals)} rows; there must be one per vertex ({n})"
                 )
 
+    @classmethod
+    def _trusted(cls, vertices: np.ndarray, faces: np.ndarray, id: int) -> Mesh:
+        """A Mesh of arrays a kernel just made (C-contiguous float32 (n, 3) vertices, uint32
+        (m, 3) faces in range, a uint64 id), without the checks: they cost a full pass over
+        every mesh, about 2% of meshing 2000 segments."""
+        m = object.__new__(cls)
+        m.vertices, m.faces, m.id, m.normals = vertices, faces, id, None
+        return m
+
     # -- basics ---------------------------------------------------------------------------------
     def __len__(self) -> int:
         return int(self.vertices.shape[0])
