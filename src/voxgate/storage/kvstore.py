@@ -44,6 +44,7 @@ __all__ = [
     "kvstore_spec",
     "local_path",
     "read_json",
+    "set_copy_concurrency",
     "set_request_retries",
     "ts_context",
     "ts_errors",
@@ -57,6 +58,19 @@ _retries: dict[str, Any] | None = None
 _RETRY_RESOURCES = ("http_request_retries", "gcs_request_retries", "s3_request_retries")
 
 
+_copy_limit: int | None = None
+
+
+def set_copy_concurrency(limit: int | None) -> None:
+    """How many threads tensorstore may use in this process to decode, encode and copy chunks
+    (None: one per core, at least 2).  Stores opened afterwards use it; a dask worker running
+    block-wise work sets its own thread count, so its processes do not each take every core."""
+    global _context, _copy_limit
+    with _context_lock:
+        if limit != _copy_limit:
+            _copy_limit, _context = limit, None
+
+
 def ts_context() -> ts.Context:
     """One tensorstore Context per process: a shared cache pool and concurrency limits."""
     global _context
@@ -64,7 +78,7 @@ def ts_context() -> ts.Context:
         if _context is None:
             spec: dict[str, Any] = {
                 "cache_pool": {"total_bytes_limit": 0},
-                "data_copy_concurrency": {"limit": max(2, os.cpu_count() or 2)},
+                "data_copy_concurrency": {"limit": _copy_limit or max(2, os.cpu_count() or 2)},
                 "file_io_concurrency": {"limit": 32},
             }
             if _retries is not None:
