@@ -5,11 +5,13 @@
 
 Uses the volumes bench_io.py generates (about 2000 labels at 512^3).  Rows:
 
-- mesh every label: voxgate.mesh (in memory) vs zmesh called directly vs intern's MeshService;
+- mesh every label: voxgate.mesh (in memory) vs zmesh called directly (the same options)
+  vs intern's MeshService;
 - downsample 3 scales by (2,2,2) and by (1,2,2): voxgate.downsample's kernel path vs tinybrain
   directly (in memory; tinybrain's own output is not exact at odd extents, see
   docs/services/downsample.md, but at 512^3 its speed is the reference);
-- connected components: voxgate vs cc3d directly (in memory);
+- connected components: voxgate vs cc3d directly (in memory), with uint64 ids and with
+  uint32 ids;
 - block-wise mesh and downsample from the zarr store on a dask.distributed LocalCluster with 1
   and with 2 worker processes.
 
@@ -92,11 +94,12 @@ def main() -> None:
     import zmesh
 
     def zmesh_direct() -> dict[int, object]:
+        # the options voxgate uses: vertices on voxel centres, no normals
         m = zmesh.Mesher(vs)
         m.mesh(seg.T)
         out = {}
         for i in m.ids():
-            out[i] = m.get(i, normals=False)
+            out[i] = m.get(i, normals=False, voxel_centered=True)
             m.erase(i)
         return out
 
@@ -139,12 +142,16 @@ def main() -> None:
     import cc3d
 
     if "cc" in only:
-        rows += rows_for("connected components (26), in memory", {
+        # like for like, row by row: the same array, connectivity and output dtype
+        rows += rows_for("connected components (26), in memory, uint64 ids", {
             "voxgate": lambda: voxgate.connected_components(seg),
-            "cc3d direct": lambda: cc3d.connected_components(seg, connectivity=26),
-            # voxgate returns uint64 ids (ids are uint64 end to end): the like-for-like call
-            "cc3d direct, uint64 out": lambda: cc3d.connected_components(seg, connectivity=26,
-                                                                         out_dtype=np.uint64),
+            "cc3d direct, out_dtype=uint64": lambda: cc3d.connected_components(
+                seg, connectivity=26, out_dtype=np.uint64),
+        }, args.repeats)
+        rows += rows_for("connected components (26), in memory, uint32 ids", {
+            "voxgate": lambda: voxgate.connected_components(seg, dtype=np.uint32),
+            "cc3d direct (its default: uint32 here)": lambda: cc3d.connected_components(
+                seg, connectivity=26),
         }, args.repeats)
 
     from distributed import Client, LocalCluster
