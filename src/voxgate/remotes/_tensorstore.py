@@ -26,7 +26,7 @@ from ..storage import ts_context, ts_errors
 __all__ = ["REFERENCE_WRITE_BYTES", "TSArray"]
 
 #: writes of at least this many bytes to local files are encoded from the caller's array (no
-#: copy); smaller ones are not worth opening a handle for (about 0.1 ms)
+#: copy); smaller ones copy (a copy of less is cheap, and each handle costs a little)
 REFERENCE_WRITE_BYTES = 4 * 2**20
 
 
@@ -52,14 +52,19 @@ class TSArray:
     ) -> None:
         """``reference_writes``: large writes may go through a private handle (module
         docstring).  Only for stores opened with voxgate's own context and a spec with no
-        context of its own: the private handle is opened from ``store.spec()``, which leaves
-        the store's context resources out, in a child of :func:`ts_context`."""
+        context of its own: the private handle is opened from ``store.spec()`` (which leaves
+        the store's context resources out, and holds its whole metadata: it is not read again)
+        in a child of :func:`ts_context`."""
         self.store = store
         self.reversed_axes = reversed_axes
         self.channel = channel
         self.keep_channel = keep_channel
         self.name = name
-        self.reference_writes = reference_writes and _on_local_files(store)
+        # single-channel only: tensorstore (zarr, zarr3, precomputed alike) stores wrong or no
+        # chunks for referenced multi-channel sources in several layouts (a C-order
+        # (2, z, y, x) source with (2, 16, 32, 32) zarr3 chunks, or a precomputed
+        # x, y, z, c view of one), while it copies those correctly
+        self.reference_writes = reference_writes and not keep_channel and _on_local_files(store)
 
     def _index(self, box: Box) -> tuple[slice, ...]:
         zyx = tuple(slice(a, b) for a, b in zip(box.start, box.stop, strict=True))
@@ -104,7 +109,11 @@ class TSArray:
             if self.reference_writes and native.nbytes >= REFERENCE_WRITE_BYTES:
                 # a cache nobody else reads: released with the handle, before we return
                 private = ts.Context({"cache_pool": {"total_bytes_limit": 0}}, parent=ts_context())
-                store = ts.open(self.store.spec(), read=True, write=True, context=private).result()
+                # the spec holds the whole metadata: reading it again from the store would wait
+                # behind the writes queued for the file I/O threads (3-12 ms under load)
+                store = ts.open(
+                    self.store.spec(), read=True, write=True, context=private, assume_metadata=True
+                ).result()
                 store[self._index(box)].write(
                     native, can_reference_source_data_indefinitely=True
                 ).result()
