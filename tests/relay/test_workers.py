@@ -327,18 +327,24 @@ def test_state_files_merge_what_each_view_changed_and_reserve_atomically(tmp_pat
     assert one.data["meta"] == {"a": {"k": "v"}} and set(one.data["collections"]) == {"a", "b"}
 
     starts: list[int] = []
+    errors: list[BaseException] = []
 
     def reserve(view: StateFile) -> None:
-        for _ in range(200):
-            with view.transaction() as st:
-                start = st["reserved"].get("x", 1)
-                st["reserved"]["x"] = start + 3
-                view.save()
-            starts.append(start)
+        try:
+            for _ in range(200):
+                with view.transaction() as st:
+                    start = st["reserved"].get("x", 1)
+                    st["reserved"]["x"] = start + 3
+                    view.save()
+                starts.append(start)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
 
     threads = [threading.Thread(target=reserve, args=(v,)) for v in (one, two)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(starts) == list(range(1, 1 + 3 * 400, 3))
+    assert not errors, errors
+    doubled = sorted({s for s in starts if starts.count(s) > 1})
+    assert sorted(starts) == list(range(1, 1 + 3 * 400, 3)), (len(starts), doubled[:10])

@@ -96,7 +96,8 @@ class Catalog:
         self.channels: dict[tuple[str, str, str], ChannelEntry] = {}
         self._opening: dict[tuple[tuple[str, str, str], str], Future[CachedRemote]] = {}
         self.state_path = self._state_path()
-        self._file = StateFile(self.state_path, _empty_state(), on_change=self._state_changed)
+        self._file = StateFile(self.state_path, _empty_state(), on_change=self._state_changed,
+                               watch="local_channels")
         #: held by whoever changes ``state`` or ``channels`` (and saves): a transaction on the
         #: state file, so also across the processes of ``voxgate serve --workers N``
         self.lock = TransactionLock(self._file)
@@ -131,11 +132,12 @@ class Catalog:
     def save(self) -> None:
         self._file.save()
 
-    def _state_changed(self, before: dict[str, Any], after: dict[str, Any]) -> None:
-        """Another process created or deleted channels: follow it.  A channel deleted, or
-        deleted and created again (a new incarnation), is a new entry here; the old entry's
-        Remotes are closed and its cells dropped, in the background."""
-        old, new = before.get("local_channels", {}), after.get("local_channels", {})
+    def _state_changed(self, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """Another process created or deleted channels (``local_channels`` went from ``old``
+        to ``new``): follow it.  A channel deleted, or deleted and created again (a new
+        incarnation), is a new entry here; the old entry's Remotes are closed and its cells
+        dropped, in the background."""
+        old, new = old or {}, new or {}
         if old == new:
             return
         channels = dict(self.channels)  # replaced whole: readers iterating keep the old one

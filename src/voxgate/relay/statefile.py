@@ -83,12 +83,14 @@ class StateFile:
     in memory only when ``path`` is None."""
 
     def __init__(self, path: Path | None, empty: dict[str, Any],
-                 on_change: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
-                 ) -> None:
+                 on_change: Callable[[Any, Any], None] | None = None,
+                 watch: str = "") -> None:
         self.path = path
         self._empty = empty
-        #: called (under the lock) with the memory copy before and after a refresh changed it
+        #: called (under the lock) with the value of ``watch`` before and after a refresh
+        #: that changed it
         self.on_change = on_change
+        self._watch = watch
         self._mutex = threading.RLock()
         self._depth = 0  # transactions entered by the thread holding _mutex
         self._lock_fd: int | None = None
@@ -154,11 +156,13 @@ class StateFile:
         if theirs is None:
             return
         theirs = {**copy.deepcopy(self._empty), **theirs}
-        before = copy.deepcopy(self.data) if self.on_change is not None else {}
+        watched = self.on_change is not None and theirs.get(self._watch) != self.base.get(
+            self._watch)
+        before = copy.deepcopy(self.data.get(self._watch)) if watched else None
         merge_into(self.data, self.base, theirs)
         self.base = theirs
-        if self.on_change is not None and before != self.data:
-            self.on_change(before, self.data)
+        if watched and self.on_change is not None and before != self.data.get(self._watch):
+            self.on_change(before, self.data.get(self._watch))
 
     # -- changing ---------------------------------------------------------------------------------
     @contextlib.contextmanager
