@@ -123,8 +123,9 @@ class TSArray:
 
 
 def _on_local_files(store: ts.TensorStore) -> bool:
-    """Whether ``store`` keeps its chunks in local files (opening another handle on it costs
-    a metadata read from disk, not a request over the network)."""
+    """Whether ``store`` keeps its chunks in local files: a handle in another context reaches
+    the same chunks only there (a ``memory://`` kvstore belongs to its context), and only there
+    is the copy a noticeable part of a write (next to a request over the network it is not)."""
     try:
         kv = store.kvstore
     except (AttributeError, ValueError):
