@@ -173,7 +173,7 @@ def cluster() -> Iterator[object]:
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address=None) as c, Client(c) as client:
+                      host="127.0.0.1", dashboard_address=":0") as c, Client(c) as client:
         yield client
 
 

@@ -165,7 +165,7 @@ def test_serial_processes_and_dask_give_the_same_skeletons(tmp_path: Path) -> No
     assert procs.provenance.details["scheduler"] == "processes"
     in_memory = skeletonize(labels, voxel_size=VS, block=BLOCK, workers=2)  # blocks sent over
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+                                  host="127.0.0.1", dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
         on_dask = skeletonize(url, block=BLOCK, client=client)
     assert on_dask.provenance.details["scheduler"] == "distributed"

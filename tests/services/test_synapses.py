@@ -288,7 +288,7 @@ def test_large_volume_path_and_cluster(volume: SyntheticSynapses, reference: pd.
     _same(got, reference)
     monkeypatch.undo()
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as c, Client(c) as client:
+                      dashboard_address=":0") as c, Client(c) as client:
         on_cluster = voxgate.detect_synapses(src, model=MODEL,
                                              segmentation=stores["segmentation"], min_size=20,
                                              block=(8, 64, 64), client=client, progress=False)
