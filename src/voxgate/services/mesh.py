@@ -111,11 +111,38 @@ def mesh_kernel(labels: np.ndarray, voxel_size: Sequence[float], origin: Sequenc
 
 
 def _block_pieces(vol: Volume, region: Box, voxel_size: Sequence[float],
-                  ids: list[int] | None, block: Block) -> dict[int, Mesh]:
-    """One block's pieces: the block plus one voxel on its upper faces (clipped)."""
+                  ids: list[int] | None, pack: bool, block: Block) -> Any:
+    """One block's pieces: the block plus one voxel on its upper faces (clipped); packed
+    (:func:`_pack`) for a trip from a cluster's worker."""
     ext = Box(block.box.start, block.box.stop + _ONE).intersect(region)
     labels = vol.remote.read(ext, vol.scale)
-    return mesh_kernel(labels, voxel_size, tuple(ext.start), ids)
+    pieces = mesh_kernel(labels, voxel_size, tuple(ext.start), ids)
+    return _pack(pieces) if pack else pieces
+
+
+def _pack(meshes: dict[int, Mesh]) -> tuple[np.ndarray, ...]:
+    """Meshes as five arrays (ids, vertex counts, face counts, all vertices, all faces).
+
+    A block's few hundred meshes as a dict cost the client thousands of small frames to
+    receive and unpickle; five large buffers cost it one copy each.
+    """
+    ms = list(meshes.values())
+    return (np.fromiter(meshes, dtype=np.uint64, count=len(ms)),
+            np.fromiter((len(m.vertices) for m in ms), dtype=np.int64, count=len(ms)),
+            np.fromiter((len(m.faces) for m in ms), dtype=np.int64, count=len(ms)),
+            np.concatenate([m.vertices for m in ms]) if ms else np.zeros((0, 3), np.float32),
+            np.concatenate([m.faces for m in ms]) if ms else np.zeros((0, 3), np.uint32))
+
+
+def _unpack(packed: Any) -> dict[int, Mesh]:
+    """:func:`_pack`'s meshes again, as views of its arrays (no copy)."""
+    if isinstance(packed, dict):
+        return packed
+    ids, nv, nf, vertices, faces = packed
+    vo = np.concatenate([[0], np.cumsum(nv)]).tolist()
+    fo = np.concatenate([[0], np.cumsum(nf)]).tolist()
+    return {i: Mesh._trusted(vertices[vo[k]:vo[k + 1]], faces[fo[k]:fo[k + 1]], i)
+            for k, i in enumerate(ids.tolist())}
 
 
 def mesh(
@@ -180,12 +207,13 @@ def mesh(
             order = {b.index: n for n, b in enumerate(blocks)}
 
             def collect(b: Block, got: object) -> None:
-                for i, m in got.items():  # type: ignore[attr-defined]
+                for i, m in _unpack(got).items():
                     pieces.setdefault(i, []).append((order[b.index], b.box, m))
 
             # zmesh holds the GIL: here the blocks run one by one (workers=1); a client's
             # worker processes run them side by side
-            run_blocks(functools.partial(_block_pieces, vol, region, vs, id_list), blocks,
+            run_blocks(functools.partial(_block_pieces, vol, region, vs, id_list,
+                                         client is not None), blocks,
                        name="mesh", client=client, workers=1, progress=progress,
                        nbytes=lambda b: b.box.size * vol.dtype.itemsize, on_done=collect)
             for i, parts in pieces.items():
