@@ -844,3 +844,34 @@ def test_a_cached_remote_claims_only_what_it_can_do_itself() -> None:
         assert not has_capability(remote, cap)
     plain = CachedRemote(up, TieredCache(2**20), identity="plain")
     assert plain.capabilities == up.capabilities & CachedRemote.PASSED_THROUGH
+
+
+def test_cells_written_behind_never_outlive_a_drop(tmp_path: Path) -> None:
+    """A fetched cell goes to disk behind the request; a drop of its key or its channel (a
+    write, an invalidation) before that disk write lands means it is not stored."""
+    from voxgate.relay.cache import tiers
+
+    cache = TieredCache(2**24, tmp_path / "disk", 2**30)
+    assert cache.disk is not None
+    old = np.full((16, 64, 64), 1, np.uint8)
+    gate = threading.Event()
+    tiers._behind_pool.submit(gate.wait, 30)  # holds the writer thread: nothing lands yet
+    try:
+        cache.put_behind("t~r/0/0_0_0", old)  # then a write drops the cell
+        cache.put_behind("t~r/0/0_0_1", old)  # then the channel is dropped
+        cache.put_behind("u~r/0/0_0_0", old)  # nothing happens to this one
+        assert cache.memory.get("t~r/0/0_0_0") is not None  # in memory at once
+        cache.pop("t~r/0/0_0_0")
+        cache.drop_tag("t")
+    finally:
+        gate.set()
+    cache.flush()
+    assert cache.disk.get("t~r/0/0_0_0") is None and cache.disk.get("t~r/0/0_0_1") is None
+    np.testing.assert_array_equal(cache.disk.get("u~r/0/0_0_0"), old)
+    # and one that lands first is removed by the drop that follows it
+    cache.put_behind("t~r/0/0_0_2", old)
+    cache.flush()
+    assert cache.disk.get("t~r/0/0_0_2") is not None
+    cache.pop("t~r/0/0_0_2")
+    assert cache.disk.get("t~r/0/0_0_2") is None and cache.get("t~r/0/0_0_2") is None
+    cache.close()

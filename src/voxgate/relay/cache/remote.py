@@ -240,7 +240,8 @@ class CachedRemote(Remote):
             if stripe.acquire(blocking=False):
                 try:
                     if not flight.stale and not self._closed:
-                        self.cache.put(key, arr)
+                        # (its disk write behind this request: see TieredCache.put_behind)
+                        self.cache.put_behind(key, arr)
                 finally:
                     stripe.release()
         self._land(items)

@@ -8,6 +8,8 @@ import struct
 import threading
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,6 +181,8 @@ class DiskTier:
             eviction_policy="least-recently-used", cull_limit=16, disk_min_file_size=2**15,
             tag_index=True,  # drop_tag finds a channel's entries through an index, no scan
         )
+        #: called before the volume is measured (TieredCache: finish the writes behind)
+        self.before_volume: Callable[[], object] | None = None
 
     def get(self, key: str) -> np.ndarray | None:
         data = self._cache.get(key, default=None, read=False)
@@ -192,6 +196,10 @@ class DiskTier:
     def put(self, key: str, arr: np.ndarray, tag: str | None = None) -> None:
         self._cache.set(key, encode_cell(arr), tag=tag)
 
+    def put_encoded(self, key: str, data: bytes, tag: str | None = None) -> None:
+        """Store what :func:`encode_cell` made (encoded beforehand, outside any lock)."""
+        self._cache.set(key, data, tag=tag)
+
     def pop(self, key: str) -> None:
         self._cache.delete(key)
 
@@ -199,10 +207,21 @@ class DiskTier:
         return int(self._cache.evict(tag, retry=True))
 
     def volume(self) -> int:
+        if self.before_volume is not None:
+            self.before_volume()  # (cells being written behind are counted too)
         return int(self._cache.volume())
 
     def close(self) -> None:
         self._cache.close()
+
+
+#: cells fetched from the upstream are written to the disk tier on this thread, after the
+#: request that fetched them has its data (an encoded 1 MiB cell took ~3 ms to store, on the
+#: request's path before)
+_behind_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxgate-disk-behind")
+#: at most this many cells wait to be written behind; past it, put_behind stores at once
+_BEHIND_MAX = 256
+_NSTRIPES = 256
 
 
 class TieredCache:
@@ -219,6 +238,15 @@ class TieredCache:
         self.metrics = CacheMetrics()
         self._lock = threading.Lock()
         self._pops = 0  # how many drops so far: a disk hit read across one is not promoted
+        # drops per key stripe, and of whole channels: a cell written behind is stored only
+        # when neither moved since it was fetched (it may be old data otherwise)
+        self._stripe_pops = [0] * _NSTRIPES
+        self._tag_drops: dict[str | None, int] = {}
+        self._closed = False
+        self._behind = 0  # cells waiting to be written behind
+        self._behind_done = threading.Condition(self._lock)
+        if self.disk is not None:
+            self.disk.before_volume = self.flush
 
     def get(self, key: str) -> np.ndarray | None:
         arr = self.memory.get(key)
@@ -247,27 +275,89 @@ class TieredCache:
     def put(self, key: str, arr: np.ndarray) -> None:
         self.memory.put(key, arr)
         if self.disk is not None:
-            self.disk.put(key, arr, tag=key.split(_TAG_END, 1)[0] if _TAG_END in key else None)
+            self.disk.put(key, arr, tag=_tag(key))
+
+    def put_behind(self, key: str, arr: np.ndarray) -> None:
+        """:meth:`put` a cell fetched from the upstream, its disk write behind the caller: in
+        memory now, on disk a moment later unless a drop of its key or channel (a write, an
+        invalidation) came in between, since then it may be old data.  (A subclass that
+        changes :meth:`put` gets :meth:`put` itself.)"""
+        if self.disk is None or type(self).put is not TieredCache.put:
+            self.put(key, arr)
+            return
+        self.memory.put(key, arr)
+        stripe = hash(key) % _NSTRIPES
+        with self._lock:
+            seen = (self._stripe_pops[stripe], self._tag_drops.get(_tag(key), 0))
+            later = self._behind < _BEHIND_MAX and not self._closed
+            if later:
+                self._behind += 1
+        if later:
+            _behind_pool.submit(self._store_behind, key, arr, stripe, seen)
+        else:
+            self._store_behind(key, arr, stripe, seen, counted=False)
+
+    def _store_behind(self, key: str, arr: np.ndarray, stripe: int, seen: tuple[int, int],
+                      counted: bool = True) -> None:
+        try:
+            data = encode_cell(arr)  # outside the lock
+            with self._lock:
+                # under the lock drops count under: a drop either came before (then this
+                # cell is not stored) or waits until it is stored, and then removes it
+                if not self._closed and self.disk is not None and (
+                        self._stripe_pops[stripe], self._tag_drops.get(_tag(key), 0)) == seen:
+                    self.disk.put_encoded(key, data, tag=_tag(key))
+        except Exception:  # a cell that cannot be stored stays in memory only
+            pass
+        finally:
+            if counted:
+                with self._lock:
+                    self._behind -= 1
+                    self._behind_done.notify_all()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until the cells being written behind are on disk (or skipped)."""
+        with self._lock:
+            self._behind_done.wait_for(lambda: self._behind == 0, timeout)
+
+    def _count_drop(self, key: str | None = None, tag: str | None = None) -> None:
+        # (under self._lock) a key's drop, or a whole channel's (its tag)
+        self._pops += 1
+        if key is None:
+            self._tag_drops[tag] = self._tag_drops.get(tag, 0) + 1
+        else:
+            self._stripe_pops[hash(key) % _NSTRIPES] += 1
 
     def pop(self, key: str) -> None:
+        with self._lock:  # counted before the disk drop too: a cell written behind after it
+            self._count_drop(key)  # is not stored
         if self.disk is not None:
             self.disk.pop(key)
         with self._lock:  # counted after the disk drop, so a read of the old entry sees it
-            self._pops += 1
+            self._count_drop(key)
             self.memory.pop(key)
 
     def drop_tag(self, tag: str) -> int:
         """Drop every entry of ``tag`` (one channel incarnation) from both tiers."""
+        with self._lock:
+            self._count_drop(tag=tag)
         n = self.disk.drop_tag(tag) if self.disk is not None else 0
         with self._lock:  # counted, as pop does: a disk hit read before is not promoted
-            self._pops += 1
+            self._count_drop(tag=tag)
             n += self.memory.drop_prefix(tag + _TAG_END)
         self.responses.drop_prefix(tag + _TAG_END)
         return n
 
     def close(self) -> None:
+        self.flush()
+        with self._lock:
+            self._closed = True
         if self.disk is not None:
             self.disk.close()
+
+
+def _tag(key: str) -> str | None:
+    return key.split(_TAG_END, 1)[0] if _TAG_END in key else None
 
 
 #: ends a key's tag: keys are "<tag>~<remote>/<scale>/<z>_<y>_<x>"
