@@ -169,3 +169,27 @@ def test_every_write_through_a_private_handle(
     fresh = voxgate.open(url)
     for k in (0, 1):
         assert np.array_equal(fresh.at_scale(k).read(), expected[k])
+
+
+def test_private_handle_keeps_the_view(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, private_opens: list[dict[str, Any]]
+) -> None:
+    """A zarr array stored (t, x, y, z) is read as z, y, x with the t axis dropped; the private
+    handle, opened from the view's spec, writes through the same transform."""
+    monkeypatch.setattr(_tensorstore, "REFERENCE_WRITE_BYTES", 0)
+    path = tmp_path / "arr"
+    ts.open({"driver": "zarr3", "kvstore": f"file://{path}/", "metadata": {
+        "shape": [1, 50, 40, 30], "data_type": "uint32", "fill_value": 0,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1, 16, 16, 16]}},
+        "chunk_key_encoding": {"name": "default"},
+        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+        "dimension_names": ["t", "x", "y", "z"]}}, create=True).result()
+    vol = voxgate.open(f"zarr://{path}", mode="r+")
+    assert vol.shape == (30, 40, 50)
+    data = np.random.default_rng(3).integers(0, 1000, vol.shape, dtype=np.uint32)
+    kept = data.copy()
+    vol[:] = data
+    data[:] = 0
+    assert private_opens
+    stored = ts.open({"driver": "zarr3", "kvstore": f"file://{path}/"}).result().read().result()
+    assert np.array_equal(stored[0], kept.transpose(2, 1, 0))
