@@ -313,6 +313,16 @@ class _Pool:
             client.run(_setup_worker)
             self._fn = client.scatter(fn, broadcast=True, hash=False)
             self._run = uuid.uuid4().hex[:8]
+            # results straight from the worker holding them when it is reachable: the client's
+            # own setting, else when the scheduler is on this machine (a LocalCluster, whose
+            # scheduler would otherwise relay every byte through this process)
+            direct = client.direct_to_workers
+            if direct is None:
+                from urllib.parse import urlparse
+
+                host = urlparse(str(client.scheduler.address)).hostname
+                direct = host in ("127.0.0.1", "localhost", "::1")
+            self._direct = bool(direct)
         elif kind == "processes":
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
@@ -344,6 +354,11 @@ class _Pool:
         if self.kind == "processes":
             return self._pool.submit(_call_installed, self._key, item)
         return self._pool.submit(self._fn, item)
+
+    def result(self, fut: Any) -> Any:
+        if self.kind == "distributed":
+            return self.client.gather(fut, direct=self._direct)
+        return fut.result()
 
     def wait(self, pending: Iterable[Any], timeout: float | None) -> list[Any]:
         pending = list(pending)
@@ -493,7 +508,7 @@ def _pooled(pool: _Pool, todo: list[T], retries: int, finished: Callable[[T, obj
             for fut in pool.wait(pending, timeout):
                 n, item, attempt = pending.pop(fut)
                 try:
-                    out = fut.result()
+                    out = pool.result(fut)
                 except Exception as exc:
                     if is_transient(exc) and attempt < retries and not failed:
                         again.append((time.monotonic() + BACKOFF * 2**attempt, n, item,
