@@ -61,6 +61,9 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     seg = voxgate.create(f"zarr://{root}/c/e/seg.zarr", shape=SHAPE, chunks=CHUNKS,
                          dtype="uint64", voxel_size=(40, 8, 8), kind="segmentation")
     seg[:] = np.uint64(5)
+    multi = voxgate.create(f"precomputed://file://{root}/c/e/multi", shape=SHAPE,
+                           chunks=CHUNKS, dtype="uint8", voxel_size=(40, 8, 8), num_scales=2)
+    multi[:] = np.uint8(1)
     r = start_relay(_config(d), free_port(), "--data-root", str(root))
     yield r
     r.stop()
@@ -214,6 +217,34 @@ def test_label_stats_after_a_write_through_the_other_worker(relay: RelayProcess)
             assert got["x_range"] == [0, 50 * step + 8] and got["z_range"] == [0, 12], got
             ids = _get(relay, "/v1/ids/c/e/seg/0/0:256/0:256/0:32/").json()["ids"]
             assert "9001" in ids
+    assert len(seen) == 2
+
+
+def test_downsample_status_is_the_same_on_every_worker(relay: RelayProcess) -> None:
+    box = Box((0, 0, 0), (16, 64, 64))
+    _write(relay, box, np.full(tuple(box.shape), 7, np.uint8), "c/e/multi")
+    seen: set[str] = set()
+    for _ in range(6):  # new base data: the coarser level is stale, says every worker
+        res = _get(relay, "/v1/downsample/c/e/multi/")
+        seen.add(res.headers["x-voxgate-worker"])
+        assert res.json()["status"] == "NOT_DOWNSAMPLED"
+    assert _get(relay, "/v1/downsample/c/e/multi/", method="POST").status_code == 201
+    deadline = time.monotonic() + 60
+    done = 0
+    while done < 6:  # running, then done, on every worker; never back to not downsampled
+        res = _get(relay, "/v1/downsample/c/e/multi/")
+        seen.add(res.headers["x-voxgate-worker"])
+        status = res.json()["status"]
+        assert status in ("IN_PROGRESS", "DOWNSAMPLED"), status
+        done = done + 1 if status == "DOWNSAMPLED" else 0
+        assert time.monotonic() < deadline
+    coarse = Box((0, 0, 0), (16, 32, 32))  # what the written box became at level 1
+    for _ in range(4):
+        got = _get(relay, "/v1/cutout/c/e/multi/1/0:32/0:32/0:16/",
+                   headers={**HEADERS, "Accept": "application/blosc"})
+        seen.add(got.headers["x-voxgate-worker"])
+        arr = np.frombuffer(blosc.decompress(got.content), np.uint8)
+        assert arr.size == coarse.size and (arr == 7).all()
     assert len(seen) == 2
 
 
