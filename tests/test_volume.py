@@ -252,9 +252,9 @@ def test_pickle_of_mem_volume_reopens_in_process(vol: voxgate.Volume, ref: np.nd
 
 
 def test_partial_write_says_what_was_stored(monkeypatch: pytest.MonkeyPatch) -> None:
-    from voxgate import volume as volume_module
     from voxgate.errors import PartialWriteError
     from voxgate.remotes.memory import MemoryRemote
+    from voxgate.volume import writing as volume_module
 
     v = voxgate.create("mem://pw", shape=(16, 8, 8), chunks=(4, 8, 8), dtype="uint8",
                        voxel_size=(1, 1, 1))

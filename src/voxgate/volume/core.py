@@ -1,100 +1,39 @@
-"""The lazy, numpy-like Volume.
-
-A Volume is a Remote, a scale and a view (per axis: start, stop, step, kept or dropped).
-Indexing composes views without I/O; ``read()``, ``np.asarray(vol)`` and writes do I/O.
-
-Two coordinate systems, never mixed:
-
-- indexing (``vol[...]``) is numpy's: 0 is the first voxel of the view, negative indices count
-  from the end;
-- :class:`Box` arguments (``vol.read(box)``, ``vol.write(array, box)``, ``vol.bounds``) are dataset
-  voxel coordinates at the volume's scale, which include the volume's ``offset`` (a precomputed
-  ``voxel_offset``, a bossDB frame start).
-
-Bounds modes: "error" refuses any index or box outside the volume; "clip" is numpy's slicing;
-"fill" reads voxels outside the volume as the fill value (writes outside are still refused).
-With "fill", numpy's rule for negative indices is applied first: ``-k`` means ``n - k`` on an
-axis of length ``n``, so ``vol[-3:]`` is the last three voxels, never voxels before the first.
-Only a position still outside ``[0, n)`` after that rule reads as fill: on an axis of length
-10, ``vol[-12:3]`` covers -2..2 (two fill voxels, then voxels 0, 1, 2) and ``vol[8:12]``
-covers voxels 8, 9 and two fill voxels.  To name a region before the first voxel without that
-rule, read a :class:`Box` (dataset coordinates, never counted from the end):
-``vol.read(Box((-2, 0, 0), (3, 4, 4)))``.
-
-Indices are integers, slices with positive steps and ``...``; booleans (``vol[True]``, masks)
-are refused with an IndexingError rather than taken as 0 or 1.  A view with every axis dropped
-(``vol[1, 2, 3]``) reads as a 0-d array.
-"""
+"""The lazy, numpy-like Volume (the package docstring describes the coordinate systems,
+bounds modes and indices)."""
 
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .errors import (
-    DtypeError,
+from ..errors import (
     IndexingError,
     InvalidRequestError,
     OutOfBoundsError,
-    PartialWriteError,
-    ReadOnlyError,
 )
-from .geometry import Box, Vec, VoxelSize, chunk_boxes, grow_block
-from .meta import Kind, Scale, VolumeMeta
-from .notebook import NoArithmetic, check_array_caller, repr_html
-from .notebook import preview as _preview
-from .notebook import to_xarray as _to_xarray
-from .parallel import run_blocks
-from .registry import open_remote
+from ..geometry import Box, Vec, VoxelSize
+from ..meta import Kind, Scale, VolumeMeta
+from ..notebook import NoArithmetic, check_array_caller, repr_html
+from ..notebook import preview as _preview
+from ..notebook import to_xarray as _to_xarray
+from ..registry import open_remote
+from .axes import _Axis, _fmt_slice, _index_int
+from .writing import write_view
 
 if TYPE_CHECKING:
     import dask.array
     import xarray
 
-    from .remotes.base import Remote
+    from ..remotes.base import Remote
 
 __all__ = ["Bounds", "Volume"]
 
 Bounds = Literal["error", "clip", "fill"]
-
-#: large writes are cut into blocks of whole chunks (or shards) of about this size, written in
-#: parallel; a failure reports which blocks were stored
-WRITE_BLOCK_BYTES = 8 * 2**20
 _BOUNDS = ("error", "clip", "fill")
-
-
-@dataclass(frozen=True)
-class _Axis:
-    """One axis of a view, in 0-based index coordinates of the scale (before the offset)."""
-
-    start: int
-    step: int
-    length: int
-    keep: bool = True
-
-    @property
-    def stop(self) -> int:
-        """One past the last index touched (not numpy's stop: exact for any step)."""
-        return self.start + (self.length - 1) * self.step + 1 if self.length else self.start
-
-
-def _index_int(value: Any, what: str) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise IndexingError(
-            f"{what} must be an integer, a slice or '...', got the boolean {value!r}: a boolean "
-            "index is not taken as 0 or 1 (numpy would read it as a mask); use an integer"
-        )
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise IndexingError(
-            f"{what} must be an integer, a slice or '...', got {type(value).__name__} {value!r}"
-        ) from None
 
 
 class Volume(NoArithmetic):
@@ -494,107 +433,11 @@ class Volume(NoArithmetic):
         if box is not None:
             self._box_view(box).write(value, workers=workers)
             return
-        if self.mode != "r+":
-            raise ReadOnlyError(f"{self.url} is opened read-only; open it with mode='r+' to write")
-        arr = self._coerce(value)
-        if any(a.length == 0 for a in self._axes):
-            return
-        sc = self.scale_meta
-        need = self._box()
-        if not sc.bounds.contains(need):
-            raise OutOfBoundsError(
-                f"cannot write {need!r}: it is outside the volume's bounds {sc.bounds!r}"
-            )
-        if len(self._axes) == 4 and (
-            self._axes[0].length != self.meta.num_channels or not self._axes[0].keep
-        ):
-            raise InvalidRequestError("writes must cover every channel of a multi-channel volume")
-        # put dropped axes back so the array has the enclosing box's shape
-        full = arr.reshape(tuple(a.length for a in self._axes))
-        if any(a.step != 1 for a in self._spatial):
-            data = self._remote.read(need, self._scale)
-            data[self._select(drop=False)] = full
-        else:
-            data = full
-        data = np.ascontiguousarray(data, dtype=self.dtype)
-        self._write_blocks(need, data, workers)
-
-    def _coerce(self, value: Any) -> np.ndarray:
-        dt = self.dtype
-        if isinstance(value, Volume):
-            value = value.read()
-        if isinstance(value, (bool, int, float, np.generic)) and not isinstance(value, np.ndarray):
-            _check_scalar(value, dt)
-            return np.broadcast_to(np.asarray(value, dtype=dt), self.shape)
-        arr = np.asarray(value)
-        if arr.dtype == object:
-            raise DtypeError(f"cannot write an object array into a {dt.name} volume")
-        if not np.can_cast(arr.dtype, dt, casting="safe"):
-            raise DtypeError(
-                f"cannot write {arr.dtype.name} data into a {dt.name} volume without losing "
-                f"values; convert it first (e.g. arr.astype('{dt.name}'))"
-            )
-        try:
-            return np.broadcast_to(arr, self.shape)
-        except ValueError:
-            raise InvalidRequestError(
-                f"cannot write an array of shape {arr.shape} into a region of shape {self.shape}"
-            ) from None
-
-    def _write_blocks(self, box: Box, data: np.ndarray, workers: int | None) -> None:
-        grid = self._remote.write_grid(self._scale)
-        itemsize = self.dtype.itemsize * self.meta.num_channels
-        block = grow_block(grid, itemsize, box.shape, WRITE_BLOCK_BYTES)
-        blocks = [
-            cell.intersect(box) for _, cell in chunk_boxes(box, block, self.scale_meta.bounds)
-        ]
-        if len(blocks) == 1:
-            self._remote.write(box, data, self._scale)
-            return
-
-        def put(b: Box) -> None:
-            self._remote.write(b, data[(..., *b.slices(box.start))], self._scale)
-
-        res = run_blocks(put, blocks, workers=workers)
-        if res.failed:
-            first = res.failed[0][1]
-            failed = [b for b, _ in res.failed]
-            untouched = [b for b in blocks if b not in res.done and b not in failed]
-            raise PartialWriteError(
-                f"writing {box!r} to {self.url} failed in {len(failed)} of {len(blocks)} blocks "
-                f"({first}); {len(res.done)} blocks were written, {len(untouched)} not attempted",
-                written=list(res.done),
-                failed=failed + untouched,
-            ) from first
+        write_view(self, value, workers)
 
 
-def _check_scalar(value: Any, dt: np.dtype[Any]) -> None:
-    if isinstance(value, np.generic):
-        if not np.can_cast(value.dtype, dt, casting="safe") and not (
-            np.issubdtype(value.dtype, np.integer)
-            and np.issubdtype(dt, np.integer)
-            and np.iinfo(dt).min <= int(value) <= np.iinfo(dt).max
-        ):
-            raise DtypeError(f"cannot store {value!r} ({value.dtype.name}) in a {dt.name} volume")
-        return
-    if isinstance(value, bool):
-        return
-    if isinstance(value, int):
-        if np.issubdtype(dt, np.integer):
-            info = np.iinfo(dt)
-            if not info.min <= value <= info.max:
-                raise DtypeError(
-                    f"{value} does not fit in {dt.name} (range {info.min}..{info.max})"
-                )
-        return
-    if isinstance(value, float) and not np.issubdtype(dt, np.floating):
-        raise DtypeError(f"cannot store the float {value!r} in a {dt.name} volume")
 
 
-def _fmt_slice(s: slice) -> str:
-    a = "" if s.start is None else s.start
-    b = "" if s.stop is None else s.stop
-    return f"{a}:{b}" + ("" if s.step is None else f":{s.step}")
 
 
 class _DaskSource:

@@ -1,0 +1,47 @@
+"""The axes of a Volume's view: one ``_Axis`` per dimension (start, step, length, kept or
+dropped), integer index checks and slice formatting for messages."""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import IndexingError
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One axis of a view, in 0-based index coordinates of the scale (before the offset)."""
+
+    start: int
+    step: int
+    length: int
+    keep: bool = True
+
+    @property
+    def stop(self) -> int:
+        """One past the last index touched (not numpy's stop: exact for any step)."""
+        return self.start + (self.length - 1) * self.step + 1 if self.length else self.start
+
+
+def _index_int(value: Any, what: str) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise IndexingError(
+            f"{what} must be an integer, a slice or '...', got the boolean {value!r}: a boolean "
+            "index is not taken as 0 or 1 (numpy would read it as a mask); use an integer"
+        )
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise IndexingError(
+            f"{what} must be an integer, a slice or '...', got {type(value).__name__} {value!r}"
+        ) from None
+
+
+def _fmt_slice(s: slice) -> str:
+    a = "" if s.start is None else s.start
+    b = "" if s.stop is None else s.stop
+    return f"{a}:{b}" + ("" if s.step is None else f":{s.step}")

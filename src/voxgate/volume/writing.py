@@ -1,0 +1,131 @@
+"""Writes into a Volume's view: the value checked and broadcast, then cut on the store's write
+grid into blocks of about ``WRITE_BLOCK_BYTES`` written in parallel (``Volume.write``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import (
+    DtypeError,
+    InvalidRequestError,
+    OutOfBoundsError,
+    PartialWriteError,
+    ReadOnlyError,
+)
+from ..geometry import Box, chunk_boxes, grow_block
+from ..parallel import run_blocks
+
+if TYPE_CHECKING:
+    from .core import Volume
+
+__all__ = ["WRITE_BLOCK_BYTES", "coerce", "write_blocks", "write_view"]
+
+#: large writes are cut into blocks of whole chunks (or shards) of about this size, written in
+#: parallel; a failure reports which blocks were stored
+WRITE_BLOCK_BYTES = 8 * 2**20
+
+
+def write_view(vol: Volume, value: Any, workers: int | None) -> None:
+    """The body of ``Volume.write`` for the view itself (no ``box``)."""
+    if vol.mode != "r+":
+        raise ReadOnlyError(f"{vol.url} is opened read-only; open it with mode='r+' to write")
+    arr = coerce(vol, value)
+    if any(a.length == 0 for a in vol._axes):
+        return
+    sc = vol.scale_meta
+    need = vol._box()
+    if not sc.bounds.contains(need):
+        raise OutOfBoundsError(
+            f"cannot write {need!r}: it is outside the volume's bounds {sc.bounds!r}"
+        )
+    if len(vol._axes) == 4 and (
+        vol._axes[0].length != vol.meta.num_channels or not vol._axes[0].keep
+    ):
+        raise InvalidRequestError("writes must cover every channel of a multi-channel volume")
+    # put dropped axes back so the array has the enclosing box's shape
+    full = arr.reshape(tuple(a.length for a in vol._axes))
+    if any(a.step != 1 for a in vol._spatial):
+        data = vol._remote.read(need, vol._scale)
+        data[vol._select(drop=False)] = full
+    else:
+        data = full
+    data = np.ascontiguousarray(data, dtype=vol.dtype)
+    write_blocks(vol, need, data, workers)
+
+
+def coerce(vol: Volume, value: Any) -> np.ndarray:
+    """``value`` checked against the volume's dtype and broadcast to the view's shape."""
+    from .core import Volume
+
+    dt = vol.dtype
+    if isinstance(value, Volume):
+        value = value.read()
+    if isinstance(value, (bool, int, float, np.generic)) and not isinstance(value, np.ndarray):
+        _check_scalar(value, dt)
+        return np.broadcast_to(np.asarray(value, dtype=dt), vol.shape)
+    arr = np.asarray(value)
+    if arr.dtype == object:
+        raise DtypeError(f"cannot write an object array into a {dt.name} volume")
+    if not np.can_cast(arr.dtype, dt, casting="safe"):
+        raise DtypeError(
+            f"cannot write {arr.dtype.name} data into a {dt.name} volume without losing "
+            f"values; convert it first (e.g. arr.astype('{dt.name}'))"
+        )
+    try:
+        return np.broadcast_to(arr, vol.shape)
+    except ValueError:
+        raise InvalidRequestError(
+            f"cannot write an array of shape {arr.shape} into a region of shape {vol.shape}"
+        ) from None
+
+
+def write_blocks(vol: Volume, box: Box, data: np.ndarray, workers: int | None) -> None:
+    grid = vol._remote.write_grid(vol._scale)
+    itemsize = vol.dtype.itemsize * vol.meta.num_channels
+    block = grow_block(grid, itemsize, box.shape, WRITE_BLOCK_BYTES)
+    blocks = [
+        cell.intersect(box) for _, cell in chunk_boxes(box, block, vol.scale_meta.bounds)
+    ]
+    if len(blocks) == 1:
+        vol._remote.write(box, data, vol._scale)
+        return
+
+    def put(b: Box) -> None:
+        vol._remote.write(b, data[(..., *b.slices(box.start))], vol._scale)
+
+    res = run_blocks(put, blocks, workers=workers)
+    if res.failed:
+        first = res.failed[0][1]
+        failed = [b for b, _ in res.failed]
+        untouched = [b for b in blocks if b not in res.done and b not in failed]
+        raise PartialWriteError(
+            f"writing {box!r} to {vol.url} failed in {len(failed)} of {len(blocks)} blocks "
+            f"({first}); {len(res.done)} blocks were written, {len(untouched)} not attempted",
+            written=list(res.done),
+            failed=failed + untouched,
+        ) from first
+
+
+def _check_scalar(value: Any, dt: np.dtype[Any]) -> None:
+    if isinstance(value, np.generic):
+        if not np.can_cast(value.dtype, dt, casting="safe") and not (
+            np.issubdtype(value.dtype, np.integer)
+            and np.issubdtype(dt, np.integer)
+            and np.iinfo(dt).min <= int(value) <= np.iinfo(dt).max
+        ):
+            raise DtypeError(f"cannot store {value!r} ({value.dtype.name}) in a {dt.name} volume")
+        return
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if np.issubdtype(dt, np.integer):
+            info = np.iinfo(dt)
+            if not info.min <= value <= info.max:
+                raise DtypeError(
+                    f"{value} does not fit in {dt.name} (range {info.min}..{info.max})"
+                )
+        return
+    if isinstance(value, float) and not np.issubdtype(dt, np.floating):
+        raise DtypeError(f"cannot store the float {value!r} in a {dt.name} volume")
