@@ -9,6 +9,7 @@ and the tests check (``X-Voxgate-Worker``) that both workers served."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -321,6 +322,21 @@ def test_sigterm_and_sigint_stop_every_process(tmp_path: Path, sig: int,
     assert len(made) == 1 and (made[0] / ".voxgate-generations").is_dir()
     _project(r, "collection/kept/", {"description": ""})
     assert "kept" in _get(r, "/v1/collection/").json()["collections"]
+    if sig == signal.SIGTERM:  # a worker that dies is started again
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while (victim in _worker_pids(r) or len(_worker_pids(r)) < 2) \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pids = _worker_pids(r)
+        assert victim not in pids and len(pids) == 2
+        answered = set()
+        for _ in range(40):
+            res = _get(r, "/v1/collection/")
+            assert "kept" in res.json()["collections"]
+            answered.add(int(res.headers["x-voxgate-worker"]))
+        assert answered == pids
     r.proc.send_signal(sig)
     assert r.proc.wait(timeout=30) == 0
     deadline = time.monotonic() + 10

@@ -61,12 +61,13 @@ class _Worker:
         self.stdin: IO[bytes] = self.proc.stdin
         self.stdout: IO[bytes] = self.proc.stdout
         # the configuration on a pipe (its tokens never in a command line or the environment)
-        self.stdin.write(config_json.encode() + b"\n")
-        self.stdin.flush()
+        with contextlib.suppress(BrokenPipeError):  # (ended at once: wait_ready says so)
+            self.stdin.write(config_json.encode() + b"\n")
+            self.stdin.flush()
 
-    def wait_ready(self, deadline: float) -> bool:
+    def wait_ready(self, deadline: float, stopping: threading.Event) -> bool:
         """Whether the worker said it serves, before it ended or ``deadline`` passed."""
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stopping.is_set():
             ready, _, _ = select.select([self.stdout], [], [], 0.5)
             if ready:
                 return self.stdout.readline().strip() == b"ready"
@@ -131,7 +132,7 @@ def run_workers(config: RelayConfig) -> None:
         workers = [_Worker(i, text, sock) for i in range(cfg.workers)]
         deadline = time.monotonic() + START_SECONDS
         for w in workers:
-            if not w.wait_ready(deadline) and not stopping.is_set():
+            if not w.wait_ready(deadline, stopping) and not stopping.is_set():
                 raise RemoteUnavailableError(
                     f"relay worker {w.slot + 1} of {cfg.workers} did not start (exit code "
                     f"{w.proc.poll()}; its error is above)")
@@ -151,7 +152,7 @@ def run_workers(config: RelayConfig) -> None:
                       f"code {code}; starting another", file=sys.stderr, flush=True)
                 w.close()
                 workers[i] = _Worker(w.slot, text, sock)
-                if not workers[i].wait_ready(time.monotonic() + START_SECONDS) \
+                if not workers[i].wait_ready(time.monotonic() + START_SECONDS, stopping) \
                         and not stopping.is_set():
                     print(f"voxgate relay: worker {w.slot + 1} did not start again",
                           file=sys.stderr, flush=True)
@@ -212,6 +213,7 @@ def worker_main() -> None:
                                            timeout_keep_alive=UVICORN_KEEP_ALIVE))
     sys.stdout.write("ready\n")
     sys.stdout.flush()
+    os.dup2(2, 1)  # nobody reads the pipe from now on: anything printed goes to the log
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # (uvicorn raises the SIGINT it stopped for again)
