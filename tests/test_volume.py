@@ -280,6 +280,45 @@ def test_partial_write_says_what_was_stored(monkeypatch: pytest.MonkeyPatch) -> 
     assert "disk full" in str(err)
 
 
+@pytest.mark.parametrize("kind", ["scalar", "fortran", "uint8 into uint16", "c-order"])
+def test_writes_convert_block_by_block(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scalar, an array not in C order or of another dtype becomes C-order arrays of the
+    volume's dtype one block at a time (never the whole region at once); a C-order array of
+    the volume's dtype is handed over in views of itself, as before."""
+    from voxgate.remotes.memory import MemoryRemote
+    from voxgate.volume import writing
+
+    v = voxgate.create(f"mem://conv-{kind}", shape=(16, 8, 8), chunks=(4, 8, 8),
+                       dtype="uint16", voxel_size=(1, 1, 1))
+    monkeypatch.setattr(writing, "WRITE_BLOCK_BYTES", 2 * 4 * 8 * 8)  # one chunk per block
+    values = np.arange(16 * 8 * 8, dtype=np.uint16).reshape(16, 8, 8)
+    value: object = {
+        "scalar": 7,
+        "fortran": np.asfortranarray(values),
+        "uint8 into uint16": (values % 200).astype(np.uint8),
+        "c-order": values,
+    }[kind]
+    received: list[np.ndarray] = []
+    real = MemoryRemote.write
+
+    def spy(self, box, array, scale=0):  # type: ignore[no-untyped-def]
+        received.append(array)
+        real(self, box, array, scale)
+
+    monkeypatch.setattr(MemoryRemote, "write", spy)
+    v[:] = value
+    expected = np.broadcast_to(np.asarray(value, dtype=np.uint16), (16, 8, 8))
+    np.testing.assert_array_equal(v.read(), expected)
+    assert len(received) == 4
+    assert all(a.dtype == np.uint16 and a.shape == (4, 8, 8) for a in received)
+    if kind == "c-order":
+        assert all(np.shares_memory(a, values) for a in received)
+    else:
+        # each block its own C-order array, none a view of a whole converted region
+        assert all(a.flags.c_contiguous and (a.base is None or a.base.nbytes == a.nbytes)
+                   for a in received)
+
+
 def test_scalar_index_reads_as_0d_array(vol: voxgate.Volume, ref: np.ndarray) -> None:
     point = vol[1, 2, 3]
     arr = np.asarray(point)  # numpy 2 refuses a numpy scalar from __array__

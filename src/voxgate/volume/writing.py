@@ -51,8 +51,11 @@ def write_view(vol: Volume, value: Any, workers: int | None) -> None:
         data[vol._select(drop=False)] = full
     else:
         data = full
-    data = np.ascontiguousarray(data, dtype=vol.dtype)
-    write_blocks(vol, need, data, workers)
+    # a broadcast scalar, another dtype or an array not in C order is made a C-order array of
+    # the volume's dtype block by block as the blocks are written (a few blocks in memory at
+    # once), not whole first: filling a 1 GiB volume with 0 no longer allocates 1 GiB
+    convert = data.dtype != vol.dtype or not data.flags.c_contiguous
+    write_blocks(vol, need, data, workers, convert=convert)
 
 
 def coerce(vol: Volume, value: Any) -> np.ndarray:
@@ -81,7 +84,16 @@ def coerce(vol: Volume, value: Any) -> np.ndarray:
         ) from None
 
 
-def write_blocks(vol: Volume, box: Box, data: np.ndarray, workers: int | None) -> None:
+def write_blocks(
+    vol: Volume, box: Box, data: np.ndarray, workers: int | None, *, convert: bool = False
+) -> None:
+    """Write ``data`` (the shape of ``box``) in blocks; with ``convert`` each block is made a
+    C-order array of the volume's dtype just before it is written (Remotes get those)."""
+
+    def part(b: Box) -> np.ndarray:
+        a = data if b == box else data[(..., *b.slices(box.start))]
+        return np.ascontiguousarray(a, dtype=vol.dtype) if convert else a
+
     grid = vol._remote.write_grid(vol._scale)
     itemsize = vol.dtype.itemsize * vol.meta.num_channels
     block = grow_block(grid, itemsize, box.shape, WRITE_BLOCK_BYTES)
@@ -89,11 +101,11 @@ def write_blocks(vol: Volume, box: Box, data: np.ndarray, workers: int | None) -
         cell.intersect(box) for _, cell in chunk_boxes(box, block, vol.scale_meta.bounds)
     ]
     if len(blocks) == 1:
-        vol._remote.write(box, data, vol._scale)
+        vol._remote.write(box, part(box), vol._scale)
         return
 
     def put(b: Box) -> None:
-        vol._remote.write(b, data[(..., *b.slices(box.start))], vol._scale)
+        vol._remote.write(b, part(b), vol._scale)
 
     res = run_blocks(put, blocks, workers=workers)
     if res.failed:
