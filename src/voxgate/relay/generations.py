@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["Generations"]
+__all__ = ["Generations", "before_generation", "only_own"]
 
 #: generation files kept open at once (beyond: the least recently used one is closed, and read
 #: again the next time)
@@ -181,3 +181,20 @@ class Generations:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
         return f"{nonce}.{counter}"
+
+
+def _split(version: str) -> tuple[str, int]:
+    nonce, _, counter = version.rpartition(".")
+    return nonce, int(counter)
+
+
+def before_generation(a: str, b: str) -> bool:
+    """Whether generation ``a`` comes before ``b`` (the same nonce, a smaller counter)."""
+    (na, ca), (nb, cb) = _split(a), _split(b)
+    return na == nb and ca < cb
+
+
+def only_own(seen: str, version: str, own: set[str]) -> bool:
+    """Whether every bump from ``seen`` up to ``version`` is one of ``own``."""
+    (ns, cs), (nv, cv) = _split(seen), _split(version)
+    return ns == nv and cs < cv and all(f"{nv}.{k}" in own for k in range(cs + 1, cv + 1))

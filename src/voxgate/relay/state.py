@@ -42,7 +42,8 @@ from .errors import (
     bad_request,
     not_found,
 )
-from .generations import Generations
+from .generations import Generations, before_generation, only_own
+from .jobs import job_status, set_job_status
 from .shared_cache import SharedDiskCache
 from .stats import SCAN_BYTES, LabelStatsCache
 
@@ -246,8 +247,8 @@ class Relay:
             remote.write(box, np.ascontiguousarray(data), res)
         if res == 0 and len(remote.meta.scales) > 1:
             # as bossDB does: new base data leaves the coarser levels stale
-            if self._job(remote.url) != "NOT_DOWNSAMPLED":
-                self._set_downsample(remote.url, "NOT_DOWNSAMPLED")
+            if job_status(self.catalog, remote.url) != "NOT_DOWNSAMPLED":
+                set_job_status(self.catalog, remote.url, "NOT_DOWNSAMPLED")
 
     # -- HTTP caching: write generations and ETags (docs/relay.md, "Behind an HTTP cache") ------
     @staticmethod
@@ -318,7 +319,7 @@ class Relay:
         with self._seen_lock:
             seen = self._seen.get(tag)
             own = set(self._own.get(tag, ()))
-        return seen is not None and (seen == version or _only_own(seen, version, own))
+        return seen is not None and (seen == version or only_own(seen, version, own))
 
     def _look(self, tag: str, remotes: Callable[[], list[CachedRemote]]) -> str:
         version = self.generations.current(tag)
@@ -328,7 +329,7 @@ class Relay:
         if seen == version:
             return version
         if seen is not None:
-            fresh = _only_own(seen, version, own)
+            fresh = only_own(seen, version, own)
         else:  # the first look in this process: kept in memory (no other relay writes), or
             # the disk tier's cells are current for it
             fresh = self.generations.directory is None or self.catalog.state.get(
@@ -339,11 +340,11 @@ class Relay:
             self.stats.drop(tag)
         with self._seen_lock:
             now = self._seen.get(tag)
-            if now is None or not _before(version, now):  # never back to an older one
+            if now is None or not before_generation(version, now):  # never back to an older one
                 self._seen[tag] = version
                 mine = self._own.get(tag)
                 if mine is not None:
-                    mine -= {v for v in mine if not _before(version, v)}
+                    mine -= {v for v in mine if not before_generation(version, v)}
         self._remember_seen(tag, version)
         return version
 
@@ -389,30 +390,9 @@ class Relay:
         return {"ETag": etag, "X-Accel-Expires": "@1", "Cache-Control": "public, no-cache"}
 
     # -- server-side downsampling (bossDB's /v1/downsample/) ------------------------------------
-    # (kept in the state file, so every worker process answers the same: {"status", "pid"})
-    def _job(self, url: str) -> str | None:
-        job = self.catalog.state.get("downsample", {}).get(url)
-        if not isinstance(job, dict):
-            return None
-        status = str(job.get("status"))
-        if status == "IN_PROGRESS" and not _alive(job.get("pid")):
-            return "FAILED"  # its process ended without saying (killed)
-        return status
-
-    def _set_downsample(self, url: str, status: str | None) -> None:
-        cat = self.catalog
-        with cat.lock:
-            jobs = cat.state.setdefault("downsample", {})
-            want = None if status is None else {"status": status, "pid": os.getpid()}
-            if jobs.get(url) != want and (status is not None or url in jobs):
-                if want is None:
-                    del jobs[url]
-                else:
-                    jobs[url] = want
-                cat.save()
-
+    # (the status is kept in the state file, so every worker process answers the same)
     def downsample_status(self, entry: ChannelEntry, remote: CachedRemote) -> str:
-        state = self._job(remote.url)
+        state = job_status(self.catalog, remote.url)
         if state is not None:
             return state
         return "DOWNSAMPLED" if len(remote.meta.scales) > 1 else "NOT_DOWNSAMPLED"
@@ -421,9 +401,9 @@ class Relay:
         """Recompute every coarser level from level 0 in the background, through the cache
         (so cached cells of those levels are replaced as they are written)."""
         with self._jobs_lock, self.catalog.lock:  # (one job per channel in every worker)
-            if self._job(remote.url) in ("QUEUED", "IN_PROGRESS"):
+            if job_status(self.catalog, remote.url) in ("QUEUED", "IN_PROGRESS"):
                 raise BossHTTPError(409, 2006, "a downsample of this channel is already running")
-            self._set_downsample(remote.url, "IN_PROGRESS")
+            set_job_status(self.catalog, remote.url, "IN_PROGRESS")
 
         def job() -> None:
             from ..services.downsample import downsample
@@ -438,7 +418,7 @@ class Relay:
                 state = "FAILED"
             else:
                 state = "DOWNSAMPLED"
-            self._set_downsample(remote.url, state)
+            set_job_status(self.catalog, remote.url, state)
 
         threading.Thread(target=job, name="voxgate-downsample", daemon=True).start()
 
@@ -543,7 +523,7 @@ class Relay:
         # later under this name is a new incarnation, with a cache identity of its own (and
         # no downsample status of the old one)
         for url in {r.url for r in cat.open_remotes(entry)} | {entry.upstream_url}:
-            self._set_downsample(url, None)
+            set_job_status(cat, url, None)
         cat.drop_channel(entry, tag)
         location = entry.upstream_url.split("://", 1)[1]
         shutil.rmtree(location, ignore_errors=True)
@@ -561,36 +541,6 @@ class Relay:
         if isinstance(self.cache, SharedDiskCache):
             out["worker"]["cells_not_shared"] = self.cache.not_shared
         return out
-
-
-def _alive(pid: object) -> bool:
-    """Whether process ``pid`` is running (a downsample job's)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _split(version: str) -> tuple[str, int]:
-    nonce, _, counter = version.rpartition(".")
-    return nonce, int(counter)
-
-
-def _before(a: str, b: str) -> bool:
-    """Whether generation ``a`` comes before ``b`` (the same nonce, a smaller counter)."""
-    (na, ca), (nb, cb) = _split(a), _split(b)
-    return na == nb and ca < cb
-
-
-def _only_own(seen: str, version: str, own: set[str]) -> bool:
-    """Whether every bump from ``seen`` up to ``version`` is one of ``own``."""
-    (ns, cs), (nv, cv) = _split(seen), _split(version)
-    return ns == nv and cs < cv and all(f"{nv}.{k}" in own for k in range(cs + 1, cv + 1))
 
 
 def local_channel_meta(frame: dict[str, Any], experiment: dict[str, Any],
