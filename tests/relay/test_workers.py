@@ -395,3 +395,31 @@ def test_state_files_merge_what_each_view_changed_and_reserve_atomically(tmp_pat
     assert not errors, errors
     doubled = sorted({s for s in starts if starts.count(s) > 1})
     assert sorted(starts) == list(range(1, 1 + 3 * 400, 3)), (len(starts), doubled[:10])
+
+
+def test_workers_in_the_config_and_the_configuration_handed_to_each_worker(
+        tmp_path: Path) -> None:
+    from voxgate.errors import InvalidRequestError
+    from voxgate.relay.config import config_from_json, config_to_json, load_config
+
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text(f"""
+[server]
+workers = "auto"
+state_path = "state.json"
+[cache]
+disk_path = "cache"
+[[channel]]
+name = "c/e/img"
+upstream = "zarr://{tmp_path}/img.zarr"
+options = {{ missing = "error" }}
+[auth]
+tokens = {{ "t1" = "read", "t2" = {{ role = "read-write", collections = ["c"] }} }}
+""")
+    loaded = load_config(cfg)
+    assert loaded.workers == len(os.sched_getaffinity(0))
+    assert load_config(cfg, workers="3").workers == 3
+    assert config_from_json(config_to_json(loaded)) == loaded  # tokens, paths, channels
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(InvalidRequestError, match="workers must be a whole number"):
+            load_config(cfg, workers=bad)
