@@ -423,3 +423,19 @@ tokens = {{ "t1" = "read", "t2" = {{ role = "read-write", collections = ["c"] }}
     for bad in ("0", "two", "-1"):
         with pytest.raises(InvalidRequestError, match="workers must be a whole number"):
             load_config(cfg, workers=bad)
+
+
+def test_a_worker_that_cannot_start_stops_the_relay_with_its_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    voxgate.create(f"zarr://{tmp_path}/data/c/e/img.zarr", shape=(16, 64, 64),
+                   chunks=(16, 64, 64), dtype="uint8", voxel_size=(1, 1, 1))
+    (tmp_path / "data" / ".voxgate-relay-state.json").write_text("{damaged")
+    exe = Path(sys.executable).with_name("voxgate")
+    done = subprocess.run([str(exe), "serve", "--data-root", str(tmp_path / "data"),
+                           "--workers", "2", "--port", str(free_port())],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "is damaged" in done.stderr and "did not start" in done.stderr, done.stderr
+    assert "Fatal Python error" not in done.stderr and "Traceback" not in done.stderr

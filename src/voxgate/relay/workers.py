@@ -183,8 +183,8 @@ def _stop(workers: list[_Worker]) -> None:
 def _watch_parent() -> None:
     """Stop this worker when its parent is gone: its standard input (the parent's pipe)
     reaches its end only then (or when the parent closes it, after stopping the workers)."""
-    with contextlib.suppress(OSError, ValueError):
-        while sys.stdin.buffer.read(65536):
+    with contextlib.suppress(OSError):
+        while os.read(0, 65536):  # (the raw descriptor: no buffer lock held at exit)
             pass
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(STOP_SECONDS)
@@ -200,7 +200,13 @@ def worker_main() -> None:
     from .cache import limit_heap_growth
 
     fd = int(os.environ.pop(_FD_VARIABLE))
-    config = config_from_json(sys.stdin.buffer.readline().decode())
+    line = b""
+    while not line.endswith(b"\n"):  # one line, read from the raw descriptor (no buffer)
+        part = os.read(0, 65536)
+        if not part:
+            sys.exit(1)  # the parent is gone already
+        line += part
+    config = config_from_json(line.decode())
     threading.Thread(target=_watch_parent, name="voxgate-parent", daemon=True).start()
     limit_heap_growth()  # RSS stays near the cache budget (docs/relay.md, "Memory")
     try:
