@@ -26,6 +26,10 @@ from ..errors import (
 __all__ = ["blosc_level", "decode_body", "encode_blosc", "encode_cutout"]
 
 
+#: the blosc header's flag of a buffer stored without compression (its bytes follow the header)
+_MEMCPYED = 0x02
+
+
 def _blosc_header_nbytes(body: bytes) -> int:
     if len(body) < 16:
         raise ValueError("shorter than a blosc header")
@@ -56,6 +60,11 @@ def decode_body(body: bytes, content_type: str, dtype: np.dtype[Any],
             raise bad_request(DATA_DIMENSION_MISMATCH, f"Data dimensions in URL do not match "
                               f"POSTed data: the region {shape} of {dtype.name} is {expected} "
                               f"bytes, the body holds {nbytes}")
+        if body[2] & _MEMCPYED and len(body) == 16 + expected and \
+                struct.unpack_from("<I", body, 12)[0] == len(body):
+            # stored as is (incompressible voxels): the bytes after the header, not copied
+            return np.frombuffer(body, dtype=dtype, count=math.prod(shape),
+                                 offset=16).reshape(shape)
         try:
             raw = blosc.decompress(body)
         except Exception as exc:
