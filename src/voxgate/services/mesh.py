@@ -88,7 +88,7 @@ def mesh_kernel(labels: np.ndarray, voxel_size: Sequence[float], origin: Sequenc
         wanted = present
     else:
         have = set(present)
-        wanted = [i for i in ids if int(i) in have]
+        wanted = list(dict.fromkeys(int(i) for i in ids if int(i) in have))  # once each
     kwargs: dict[str, Any] = {"normals": False, "voxel_centered": True}
     if simplify is not None:
         kwargs["reduction_factor"] = simplify[0]
