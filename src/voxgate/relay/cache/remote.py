@@ -285,8 +285,8 @@ class CachedRemote(Remote):
                 self._detach(keys)
             self.cache.metrics.add(upstream_writes=1)
             for key, (_, cell) in zip(keys, cells, strict=True):
-                if box.contains(cell):
-                    self.cache.put(key, np.array(array[(..., *cell.slices(box.start))]))
+                if box.contains(cell):  # (on disk behind the acknowledgement, as fetches)
+                    self.cache.put_behind(key, np.array(array[(..., *cell.slices(box.start))]))
         finally:
             for i in stripes:
                 _STRIPES[i].release()
