@@ -198,6 +198,44 @@ def test_ids_reserved_through_both_workers_at_once_never_overlap(relay: RelayPro
     assert max(ids) == 6 + 200 * 7 - 1  # and nothing skipped
 
 
+def test_a_name_created_through_both_workers_at_once_is_created_once(
+        relay: RelayProcess) -> None:
+    """Each name POSTed by 8 threads at once (through both workers): one 201, the rest 400."""
+    names = [f"race{k}" for k in range(6)]
+    seen: set[str] = set()
+    lock = threading.Lock()
+    frame = {"x_start": 0, "x_stop": 64, "y_start": 0, "y_stop": 64, "z_start": 0,
+             "z_stop": 8, "x_voxel_size": 4.0, "y_voxel_size": 4.0, "z_voxel_size": 40.0,
+             "voxel_unit": "nanometers"}
+
+    def run(paths: dict[str, str], body: dict[str, object]) -> None:
+        statuses: dict[str, list[int]] = {n: [] for n in paths}
+
+        def create(path: str, key: str) -> None:
+            res = _get(relay, path, method="POST", json=body)
+            with lock:
+                statuses[key].append(res.status_code)
+                seen.add(res.headers["x-voxgate-worker"])
+
+        threads = [threading.Thread(target=create, args=(p, n))
+                   for n, p in paths.items() for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(sorted(v) == [201] + [400] * 7 for v in statuses.values()), statuses
+
+    run({n: f"/v1/collection/{n}/" for n in names}, {"description": "x"})
+    run({n: f"/v1/coord/{n}/" for n in names}, frame)
+    run({n: f"/v1/collection/{names[0]}/experiment/{n}/" for n in names},
+        {"coord_frame": names[1]})
+    run({n: f"/v1/collection/{names[0]}/experiment/{names[2]}/channel/{n}/" for n in names},
+        {"type": "image", "datatype": "uint8"})
+    assert len(seen) == 2
+    listed = _get(relay, "/v1/collection/").json()["collections"]
+    assert all(listed.count(n) == 1 for n in names)
+
+
 def test_label_stats_after_a_write_through_the_other_worker(relay: RelayProcess) -> None:
     seen: set[str] = set()
 

@@ -38,6 +38,7 @@ from .errors import (
     INVALID_POST_ARGUMENT,
     MISSING_PERMISSION,
     REQUEST_TOO_LARGE,
+    RESOURCE_EXISTS,
     BossHTTPError,
     bad_request,
     not_found,
@@ -491,10 +492,14 @@ class Relay:
         url = f"zarr://{path}"
         # blosc-lz4, as bossDB keeps its cuboids in a fast blosc codec: blosc-zstd (zarr's
         # default) made every cutout POST spend about 3x as long compressing (measured)
-        create_remote(url, meta, exist_ok=False, compression="blosc-lz4")
         entry = ChannelEntry(c, e, ch, url, local=True)
         key = f"{c}/{e}/{ch}"
+        # the check, the store's creation and the record under one lock, which every worker
+        # process shares: the same name POSTed through two workers at once is created once
         with cat.lock:
+            if ch in cat.channel_names(c, e):
+                raise bad_request(RESOURCE_EXISTS, f"Channel {ch} already exists in {c}/{e}")
+            create_remote(url, meta, exist_ok=False, compression="blosc-lz4")
             cat.channels[(c, e, ch)] = entry
             # its incarnation from the start (every worker process reads it from the state)
             cat.state["local_channels"][key] = {"url": url, "incarnation": uuid.uuid4().hex}

@@ -153,6 +153,9 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
             record = {"description": _text(body, "description"),
                       "public": _flag(body, "public", False)}
             with cat.lock:
+                # again under the lock (another worker process may have created it meanwhile)
+                if c in cat.collection_names():
+                    raise bad_request(RESOURCE_EXISTS, f"Collection {c} already exists")
                 cat.state["collections"][c] = {**record, "creator": relay.user(request)}
                 _undelete(cat.state, c)
                 cat.save()
@@ -235,6 +238,8 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
             if record["num_time_samples"] != 1:
                 raise _invalid("this relay stores one time sample per channel")
             with cat.lock:
+                if e in cat.experiment_names(c):  # again under the lock, as for collections
+                    raise bad_request(RESOURCE_EXISTS, f"Experiment {e} already exists in {c}")
                 cat.state["experiments"][key] = {
                     **record, "coord_frame": frame, "creator": relay.user(request)}
                 _undelete(cat.state, c, e)
@@ -288,6 +293,8 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
             body = await _json_body(request)
             rec = _frame_record(name, body)
             with cat.lock:
+                if name in cat.state["coords"]:  # again under the lock, as for collections
+                    raise bad_request(RESOURCE_EXISTS, f"Coordinate frame {name} already exists")
                 cat.state["coords"][name] = {**rec, "creator": relay.user(request),
                                              "owner": _owner(token)}
                 _undelete(cat.state, "coord", name)
