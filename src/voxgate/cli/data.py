@@ -13,6 +13,7 @@ import click
 from ..errors import VoxgateError
 from ..geometry import Box
 from . import _MISSING_HELP, _fail, main
+from ._cluster import cluster_client, scheduler_option
 
 
 def _absent_by_scale(vol: Any) -> dict[int, list[Any]] | None:
@@ -138,9 +139,8 @@ def info(url: str, as_json: bool, check: bool, missing: str) -> None:
 @click.option("--forget", is_flag=True,
               help="Delete the journal(s) of the unfinished copy SRC -> DST instead of copying.")
 @click.option("--forget-all", is_flag=True, help="Delete every unfinished copy's journal.")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="Run the blocks on the dask.distributed scheduler at ADDRESS "
-                   "(tcp://host:port); the journal and progress stay here.")
+@scheduler_option("Run the blocks on the dask.distributed scheduler at ADDRESS "
+                  "(tcp://host:port); the journal and progress stay here.")
 def cp(
     src: str | None, dst: str | None, box: str | None, scales: str | None,
     workers: int | None, no_progress: bool, options: tuple[str, ...], missing: str,
@@ -152,8 +152,6 @@ def cp(
     the same command run again skips them.  --status lists such journals, --forget SRC DST or
     --forget-all deletes them.
     """
-    import contextlib
-
     from ..transfer import CopyInterrupted, copy
 
     if sum((status, forget, forget_all)) > 1:
@@ -174,16 +172,7 @@ def cp(
         parsed_box = Box.parse(box) if box else None
         scale_list = [int(s) for s in scales.split(",")] if scales else None
         opts = dict(_parse_option(o) for o in options)
-        with contextlib.ExitStack() as stack:
-            client = None
-            if scheduler is not None:
-                if workers is not None:
-                    raise click.UsageError(
-                        "--workers sets the threads of a local copy; with --scheduler the "
-                        "cluster's worker threads run the blocks (give one or the other)")
-                from distributed import Client
-
-                client = stack.enter_context(Client(scheduler, timeout="30s"))
+        with cluster_client(scheduler, workers) as client:
             report = copy(
                 src, dst, box=parsed_box, scales=scale_list, workers=workers,
                 progress=not no_progress, missing=missing, client=client, **opts,

@@ -9,6 +9,7 @@ import click
 
 from ..errors import InvalidRequestError, VoxgateError
 from . import _fail, main
+from ._cluster import cluster_client, scheduler_option
 
 
 def _ids(text: str | None) -> list[int] | None:
@@ -53,6 +54,11 @@ def _output_layer(url: str, out: str | None, sharded: bool, what: str,
     return vol, target
 
 
+_BLOCKS_HELP = ("Run the blocks on the dask.distributed scheduler at ADDRESS (tcp://host:port); "
+                "URL must be a URL every worker can open.  A volume done in one piece (see "
+                "--block) runs here.")
+
+
 def _write_each(directory: Path, texts: dict[int, str], suffix: str) -> None:
     """One ``<id>.<suffix>`` text file per segment in ``directory`` (made if need be)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -76,8 +82,14 @@ def _write_each(directory: Path, texts: dict[int, str], suffix: str) -> None:
               help="Store the meshes in neuroglancer_uint64_sharded_v1 shard files (multires "
                    "only) instead of files per id.")
 @click.option("--prefer", type=click.Choice(["auto", "server", "local"]), default="auto")
+@click.option("--block", default=None,
+              help="Mesh block by block, blocks of 'z,y,x' voxels (default: a volume up to "
+                   "512 MiB of labels in one piece here, a larger one in blocks of whole "
+                   "chunks).")
+@scheduler_option(_BLOCKS_HELP)
 def mesh_cmd(url: str, ids: str | None, out: str | None, fmt: str, simplify: float | None,
-             max_error: float | None, obj_dir: Path | None, sharded: bool, prefer: str) -> None:
+             max_error: float | None, obj_dir: Path | None, sharded: bool, prefer: str,
+             block: str | None, scheduler: str | None) -> None:
     """Mesh the segments of URL (marching cubes, or the store's own meshes).
 
     The meshes go into URL when it is a precomputed layer, into --out, and/or as OBJ files into
@@ -90,7 +102,9 @@ def mesh_cmd(url: str, ids: str | None, out: str | None, fmt: str, simplify: flo
                                       "reads no sharded legacy meshes): drop --format legacy")
         vol, target = _output_layer(url, out, sharded, "meshes", obj_dir)
         simp = None if simplify is None else (simplify, max_error)
-        result = mesh(vol, _ids(ids), simplify=simp, prefer=prefer, progress=True)  # type: ignore[arg-type]
+        with cluster_client(scheduler) as client:
+            result = mesh(vol, _ids(ids), simplify=simp, prefer=prefer,  # type: ignore[arg-type]
+                          block=_zyx(block, "--block"), client=client, progress=True)
         click.echo(f"{len(result)} meshes ({result.provenance.path}), "
                    f"{sum(len(m.faces) for m in result.values())} triangles")
         # meshes computed here go back into a precomputed source; stored ones are there already
@@ -120,8 +134,13 @@ def mesh_cmd(url: str, ids: str | None, out: str | None, fmt: str, simplify: flo
 @click.option("--dust", type=int, default=100, help="Skip objects smaller than this (voxels).")
 @click.option("--workers", type=int, default=None,
               help="Processes for the blocks of a large volume (default: one).")
+@click.option("--block", default=None,
+              help="Skeletonize block by block, blocks of 'z,y,x' voxels (default: a volume "
+                   "up to 128 MiB of labels in one piece here, a larger one in blocks).")
+@scheduler_option(_BLOCKS_HELP)
 def skeletonize_cmd(url: str, ids: str | None, out: str | None, swc_dir: Path | None,
-                    sharded: bool, dust: int, workers: int | None) -> None:
+                    sharded: bool, dust: int, workers: int | None, block: str | None,
+                    scheduler: str | None) -> None:
     """Skeletonize the segments of URL (kimimaro).
 
     The skeletons go into URL when it is a precomputed layer, into --out, and/or as SWC files
@@ -131,8 +150,9 @@ def skeletonize_cmd(url: str, ids: str | None, out: str | None, swc_dir: Path | 
 
     try:
         vol, target = _output_layer(url, out, sharded, "skeletons", swc_dir)
-        result = skeletonize(vol, _ids(ids), dust_threshold=dust, workers=workers,
-                             progress=True)
+        with cluster_client(scheduler, workers) as client:
+            result = skeletonize(vol, _ids(ids), dust_threshold=dust, workers=workers,
+                                 block=_zyx(block, "--block"), client=client, progress=True)
         click.echo(f"{len(result)} skeletons ({result.provenance.path})")
         if out is None and result.provenance.path != "local":
             target = None  # the store's own skeletons: they are there already
@@ -150,15 +170,17 @@ def skeletonize_cmd(url: str, ids: str | None, out: str | None, swc_dir: Path | 
 @click.argument("url")
 @click.option("--num-scales", type=int, default=None, help="Scales in all, scale 0 included.")
 @click.option("--block", default=None, help="Block shape 'z,y,x' (scale-0 voxels).")
-@click.option("--workers", type=int, default=None)
+@click.option("--workers", type=int, default=None, help="Blocks run at once on this machine.")
+@scheduler_option()
 def downsample_cmd(url: str, num_scales: int | None, block: str | None,
-                   workers: int | None) -> None:
+                   workers: int | None, scheduler: str | None) -> None:
     """Compute URL's coarser scales (mean for images, mode for segmentations) into the store."""
     from ..services import downsample
 
     try:
-        vol = downsample(url, num_scales, block=_zyx(block, "--block"), workers=workers,
-                         progress=True)
+        with cluster_client(scheduler, workers) as client:
+            vol = downsample(url, num_scales, block=_zyx(block, "--block"), workers=workers,
+                             client=client, progress=True)
         for s in vol.scales:
             click.echo(f"scale {s.index}: {' x '.join(map(str, s.shape))} voxels of "
                        f"{s.voxel_size.z:g} x {s.voxel_size.y:g} x {s.voxel_size.x:g} nm")
@@ -172,19 +194,27 @@ def downsample_cmd(url: str, num_scales: int | None, block: str | None,
 @click.option("--connectivity", type=click.Choice(["6", "18", "26"]), default="26")
 @click.option("--block", default=None, help="Block shape 'z,y,x'.")
 @click.option("--overwrite", is_flag=True, help="Write into OUT even if it exists.")
-def cc_cmd(url: str, out: str, connectivity: str, block: str | None, overwrite: bool) -> None:
+@click.option("--dtype", type=click.Choice(["uint64", "uint32", "auto"]), default="uint64",
+              help="The ids' type: uint64 (default; segment ids are uint64 everywhere), uint32 "
+                   "(half the bytes; an error once more than 4294967295 components are found) "
+                   "or auto (an existing OUT with --overwrite keeps its uint32 or uint64; a new "
+                   "OUT is uint64, its type being fixed before the count is known).")
+@scheduler_option()
+def cc_cmd(url: str, out: str, connectivity: str, block: str | None, overwrite: bool,
+           dtype: str, scheduler: str | None) -> None:
     """Label the connected components of URL into the new volume OUT."""
     from ..services import connected_components
 
     try:
-        vol = connected_components(url, out, connectivity=int(connectivity),
-                                   block=_zyx(block, "--block"), overwrite=overwrite,
-                                   progress=True)
+        with cluster_client(scheduler) as client:
+            vol = connected_components(url, out, connectivity=int(connectivity), dtype=dtype,
+                                       block=_zyx(block, "--block"), overwrite=overwrite,
+                                       client=client, progress=True)
         from ..services.connected_components import connected_components_provenance
 
         prov = connected_components_provenance(vol)
         count = "?" if prov is None else prov.details["components"]
-        click.echo(f"{count} components written to {vol.url}")
+        click.echo(f"{count} components written to {vol.url} ({vol.dtype.name})")
     except (VoxgateError, OSError) as exc:
         _fail(exc)
 
@@ -197,13 +227,16 @@ def cc_cmd(url: str, out: str, connectivity: str, block: str | None, overwrite: 
 @click.option("--as-labels", is_flag=True, default=False,
               help="Count an image's values as labels (refused otherwise: intensities are not "
                    "labels).")
-def stats_cmd(url: str, csv_path: Path | None, prefer: str, as_labels: bool) -> None:
+@scheduler_option()
+def stats_cmd(url: str, csv_path: Path | None, prefer: str, as_labels: bool,
+              scheduler: str | None) -> None:
     """Ids, voxel counts, bounding boxes and centroids of every label in URL (a segmentation)."""
     from ..services import label_stats
 
     try:
-        df = label_stats(url, prefer=prefer, progress=True,  # type: ignore[arg-type]
-                         as_labels=as_labels)
+        with cluster_client(scheduler) as client:
+            df = label_stats(url, prefer=prefer, progress=True,  # type: ignore[arg-type]
+                             as_labels=as_labels, client=client)
     except (VoxgateError, OSError) as exc:
         _fail(exc)
         return
@@ -229,15 +262,21 @@ def stats_cmd(url: str, csv_path: Path | None, prefer: str, as_labels: bool) -> 
 @click.option("--float32", "as_float", is_flag=True,
               help="Store the model's values as float32 (default uint8: round(p * 255)).")
 @click.option("--overwrite", is_flag=True, help="Write into OUT even if it exists.")
+@scheduler_option("Run the blocks on the dask.distributed scheduler at ADDRESS "
+                  "(tcp://host:port); MODEL is loaded here and sent to each worker once, SRC "
+                  "and OUT must be URLs every worker can open.")
 def predict_cmd(model: str, src: str, out: str, block: str | None, halo: str | None,
-                workers: int | None, device: str, as_float: bool, overwrite: bool) -> None:
+                workers: int | None, device: str, as_float: bool, overwrite: bool,
+                scheduler: str | None) -> None:
     """Run MODEL (an .onnx file or a built-in name) over SRC block by block into OUT."""
     from ..services.predict import predict, predict_provenance
 
     try:
-        vol = predict(model, src, out, block=_zyx(block, "--block"), halo=_zyx(halo, "--halo"),
-                      workers=workers, device=device, dtype="float32" if as_float else None,
-                      progress=True, overwrite=overwrite)
+        with cluster_client(scheduler, workers) as client:
+            vol = predict(model, src, out, block=_zyx(block, "--block"),
+                          halo=_zyx(halo, "--halo"), workers=workers, client=client,
+                          device=device, dtype="float32" if as_float else None,
+                          progress=True, overwrite=overwrite)
     except (VoxgateError, OSError) as exc:
         _fail(exc)
         return
@@ -264,18 +303,23 @@ def predict_cmd(model: str, src: str, out: str, block: str | None, halo: str | N
 @click.option("--workers", type=int, default=None, help="Blocks run at once.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @click.option("--sharded", is_flag=True, help="Store the annotation indexes in shards.")
+@scheduler_option("Run the blocks on the dask.distributed scheduler at ADDRESS "
+                  "(tcp://host:port); SRC, --segmentation and the temporary volumes (in "
+                  "$TMPDIR here) must be reachable from every worker.")
 def synapses_cmd(src: str, out: str | None, csv_path: Path | None, segmentation: str | None,
                  threshold: float, min_size: int | None, model: str,
                  probabilities: str | None, block: str | None, workers: int | None,
-                 device: str, sharded: bool) -> None:
+                 device: str, sharded: bool, scheduler: str | None) -> None:
     """Detect synapses in SRC (an EM image) with a model; a table, an annotation layer."""
     from ..services.synapses import detect_synapses
 
     try:
-        df = detect_synapses(src, model=model, threshold=threshold, min_size=min_size,
-                             segmentation=segmentation, out=out, probabilities=probabilities,
-                             block=_zyx(block, "--block"), workers=workers, device=device,
-                             sharded=sharded, progress=True)
+        with cluster_client(scheduler, workers) as client:
+            df = detect_synapses(src, model=model, threshold=threshold, min_size=min_size,
+                                 segmentation=segmentation, out=out,
+                                 probabilities=probabilities, block=_zyx(block, "--block"),
+                                 workers=workers, client=client, device=device,
+                                 sharded=sharded, progress=True)
     except (VoxgateError, OSError) as exc:
         _fail(exc)
         return
