@@ -37,6 +37,7 @@ from ..geometry import Box, Vec
 from ..remotes.base import Capability
 from ..volume import Volume
 from ._common import Prefer, Provenance, as_volume, choose_path
+from ._mesh_stitch import Stitcher, touches
 
 __all__ = ["MeshResult", "mesh", "mesh_kernel", "write_meshes"]
 
@@ -112,12 +113,14 @@ def mesh_kernel(labels: np.ndarray, voxel_size: Sequence[float], origin: Sequenc
 
 def _block_pieces(vol: Volume, region: Box, voxel_size: Sequence[float],
                   ids: list[int] | None, pack: bool, block: Block) -> Any:
-    """One block's pieces: the block plus one voxel on its upper faces (clipped); packed
-    (:func:`_pack`) for a trip from a cluster's worker."""
+    """One block's pieces: the block plus one voxel on its upper faces (clipped), with the
+    inner faces each piece reaches (:func:`touches`); packed (:func:`_pack`) for a trip from
+    a cluster's worker."""
     ext = Box(block.box.start, block.box.stop + _ONE).intersect(region)
     labels = vol.remote.read(ext, vol.scale)
     pieces = mesh_kernel(labels, voxel_size, tuple(ext.start), ids)
-    return _pack(pieces) if pack else pieces
+    bits = touches(labels, ext, block.box, region, list(pieces))
+    return (*_pack(pieces), bits) if pack else (pieces, bits)
 
 
 def _pack(meshes: dict[int, Mesh]) -> tuple[np.ndarray, ...]:
@@ -134,15 +137,16 @@ def _pack(meshes: dict[int, Mesh]) -> tuple[np.ndarray, ...]:
             np.concatenate([m.faces for m in ms]) if ms else np.zeros((0, 3), np.uint32))
 
 
-def _unpack(packed: Any) -> dict[int, Mesh]:
-    """:func:`_pack`'s meshes again, as views of its arrays (no copy)."""
-    if isinstance(packed, dict):
-        return packed
-    ids, nv, nf, vertices, faces = packed
+def _unpack(packed: Any) -> tuple[dict[int, Mesh], np.ndarray]:
+    """:func:`_block_pieces`'s meshes again (as views of :func:`_pack`'s arrays: no copy),
+    and their :func:`touches` bits."""
+    if len(packed) == 2:
+        return packed[0], packed[1]
+    ids, nv, nf, vertices, faces, bits = packed
     vo = np.concatenate([[0], np.cumsum(nv)]).tolist()
     fo = np.concatenate([[0], np.cumsum(nf)]).tolist()
     return {i: Mesh._trusted(vertices[vo[k]:vo[k + 1]], faces[fo[k]:fo[k + 1]], i)
-            for k, i in enumerate(ids.tolist())}
+            for k, i in enumerate(ids.tolist())}, bits
 
 
 def mesh(
@@ -203,12 +207,14 @@ def mesh(
                                  else vol.scale_meta.bounds)
             if client is not None:
                 check_for_cluster(vol.url, "source", "mesh")
-            pieces: dict[int, list[tuple[int, Box, Mesh]]] = {}
-            order = {b.index: n for n, b in enumerate(blocks)}
+            # each segment is stitched (and simplified) here as soon as every block it may
+            # reach has arrived, while the workers go on with the others
+            stitcher = Stitcher({b.index: n for n, b in enumerate(blocks)}, region, vs,
+                                None if simp is None
+                                else functools.partial(_simplify, voxel_size=vs, simp=simp))
 
             def collect(b: Block, got: object) -> None:
-                for i, m in _unpack(got).items():
-                    pieces.setdefault(i, []).append((order[b.index], b.box, m))
+                stitcher.add(b.index, b.box, *_unpack(got))
 
             # zmesh holds the GIL: here the blocks run one by one (workers=1); a client's
             # worker processes run them side by side
@@ -216,13 +222,7 @@ def mesh(
                                          client is not None), blocks,
                        name="mesh", client=client, workers=1, progress=progress,
                        nbytes=lambda b: b.box.size * vol.dtype.itemsize, on_done=collect)
-            for i, parts in pieces.items():
-                parts.sort(key=lambda p: p[0])  # block order: the same result every run
-                stitched = parts[0][2] if len(parts) == 1 else _stitch(
-                    [(bx, m) for _, bx, m in parts], vs, i, region)
-                if simp is not None:
-                    stitched = _simplify(stitched, vs, simp)
-                result[i] = stitched
+            result.update(stitcher.finish())
             details = {"blocks": len(blocks), "scheduler": scheduler_name(client)}
     missing = [] if id_list is None else [i for i in id_list if i not in result]
     if missing and strict:
@@ -233,58 +233,6 @@ def mesh(
         **details, "ids": len(result), "simplify": simp,
         "seconds": round(time.perf_counter() - t0, 3)})
     return result
-
-
-def _stitch(parts: list[tuple[Box, Mesh]], voxel_size: Sequence[float], ident: int,
-            region: Box) -> Mesh:
-    """Join one segment's block pieces (each with its block), merging the vertices they share.
-
-    Two blocks share the vertices that lie in the voxel-centre plane of their border (each
-    block meshes the cubes up to the first voxel of the next one), and only those: marching
-    cubes puts one vertex on each cube edge.  So only vertices within a quarter voxel of a
-    piece's inner faces are candidates; every vertex sits on a multiple of half a voxel, so a
-    candidate's position in half voxels is an exact integer, and a 1-D unique of one integer
-    key each merges the copies.  Vertices keep the order of their first occurrence.
-    """
-    vz, vy, vx = (float(v) for v in voxel_size)
-    res = (vx, vy, vz)
-    sizes = [len(m.vertices) for _, m in parts]
-    starts = np.cumsum([0, *sizes])
-    n = int(starts[-1])
-    vertices = np.concatenate([m.vertices for _, m in parts])
-    found = []
-    for (box, m), o in zip(parts, starts, strict=False):
-        mask: np.ndarray | None = None
-        for c, ax in ((0, 2), (1, 1), (2, 0)):  # vertex column (x, y, z) and box axis
-            col = m.vertices[:, c]
-            tol = res[c] / 4
-            if box.start[ax] > region.start[ax]:
-                hit = col < (box.start[ax] + 0.5) * res[c] + tol
-                mask = hit if mask is None else mask | hit
-            if box.stop[ax] < region.stop[ax]:
-                hit = col > (box.stop[ax] + 0.5) * res[c] - tol
-                mask = hit if mask is None else mask | hit
-        if mask is not None:
-            found.append(np.flatnonzero(mask) + o)
-    idx = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
-    rep = np.arange(n, dtype=np.int64)
-    if len(idx):
-        q = np.rint(vertices[idx] / (np.array(res) / 2)).astype(np.int64)
-        q -= q.min(axis=0)
-        span = q.max(axis=0) + 1
-        keys = (q[:, 2] * span[1] + q[:, 1]) * span[0] + q[:, 0]
-        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        rep[idx] = idx[first][inverse.reshape(-1)]  # each candidate -> its first copy
-    keep = rep == np.arange(n)
-    new_index = (np.cumsum(keep, dtype=np.int64) - 1).astype(np.uint32)[rep]
-    faces = np.empty((sum(len(m.faces) for _, m in parts), 3), dtype=np.uint32)
-    k = 0
-    for (_, m), o, size in zip(parts, starts, sizes, strict=False):
-        # each piece's faces through its slice of the new numbering: one gather, no shifted
-        # copy (merged vertices are distinct positions, so no face collapses)
-        np.take(new_index[o:o + size], m.faces, out=faces[k:k + len(m.faces)])
-        k += len(m.faces)
-    return Mesh._trusted(vertices[keep], faces, ident)
 
 
 def _simplify(m: Mesh, voxel_size: Sequence[float], simp: tuple[float, float | None]) -> Mesh:
