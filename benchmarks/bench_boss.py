@@ -1,13 +1,15 @@
 """bossdb:// against intern's BossRemote, through the same local relay with a warm cache.
 
-    python benchmarks/bench_boss.py [--repeats 3] [--data benchmarks/data-boss]
+    python benchmarks/bench_boss.py [--repeats 3] [--data DIR] [--relay-workers 1,2]
 
 Reads and writes a 64 x 2048 x 2048 uint8 box and a 64 x 1024 x 1024 uint64 box with voxgate
 (``vol[...]``, ``vol[...] = data``) and with intern 1.4.2 (``get_cutout`` / ``create_cutout``,
 its defaults: a multiprocessing pool for big reads).  Every measurement runs in a fresh
 subprocess, so peak memory (the process's peak RSS, VmHWM, minus its RSS after imports; and
 the largest child's for intern's pool) is comparable.  Targets (issue 4): at least 3x faster
-than intern, peak memory at most 2x the output array.
+than intern, peak memory at most 2x the output array.  ``--relay-workers 1,2`` runs the
+whole table once per number of relay worker processes (``voxgate serve --workers N``), each
+against a relay of its own over the same store.
 """
 
 from __future__ import annotations
@@ -88,19 +90,39 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data", type=Path, default=Path(__file__).parent / "data-boss")
+    p.add_argument("--relay-workers", default="1",
+                   help="relay worker processes, one table per comma-separated count (1,2)")
     args = p.parse_args()
     root = args.data
     root.mkdir(parents=True, exist_ok=True)
     script = root / "child.py"
     script.write_text(CHILD)
+    tables = []
+    for workers in (int(w) for w in args.relay_workers.split(",")):
+        tables.append((workers, table(root, script, workers, args.repeats)))
+    for workers, rows in tables:
+        print(f"\nrelay worker processes: {workers}")
+        print("| operation | client | median s | MiB/s | peak RSS / array | largest child RSS / "
+              "array | intern time / this |")
+        print("|---|---|---|---|---|---|---|")
+        for op, which, secs, rate, peak, child, speedup in rows:
+            print(f"| {op} | {which} | {secs:.3f} | {rate:.0f} | {peak:.2f} | {child:.2f} | "
+                  f"{speedup:.2f} |")
+
+
+Row = tuple[str, str, float, float, float, float, float]
+
+
+def table(root: Path, script: Path, workers: int, repeats: int) -> list[Row]:
     cfg = root / "relay.toml"
     cfg.write_text(f'[server]\nstate_path = "{root / "state.json"}"\n'
                    '[cache]\nmemory_bytes = "3 GiB"\n')
-    relay = start_relay(cfg, free_port(), "--data-root", str(root / "store"))
+    relay = start_relay(cfg, free_port(), "--data-root", str(root / "store"),
+                        "--workers", str(workers))
     import voxgate
 
     cases = [("uint8", (64, 2048, 2048), "img"), ("uint64", (64, 1024, 1024), "seg")]
-    rows = []
+    rows: list[Row] = []
     try:
         for dtype, shape, name in cases:
             url = f"bossdb://{relay.url}/bench/{name}/data"
@@ -115,7 +137,7 @@ def main() -> None:
             nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
             for op in ("read", "write"):
                 results: dict[str, list[dict[str, float]]] = {"voxgate": [], "intern": []}
-                for _ in range(args.repeats):
+                for _ in range(repeats):
                     for which in ("voxgate", "intern"):
                         results[which].append(run(which, op, url, relay.port, dtype, shape,
                                                   script))
@@ -131,12 +153,7 @@ def main() -> None:
                     print(rows[-1], flush=True)
     finally:
         relay.stop()
-    print("\n| operation | client | median s | MiB/s | peak RSS / array | largest child RSS / "
-          "array | intern time / this |")
-    print("|---|---|---|---|---|---|---|")
-    for op, which, secs, rate, peak, child, speedup in rows:
-        print(f"| {op} | {which} | {secs:.3f} | {rate:.0f} | {peak:.2f} | {child:.2f} | "
-              f"{speedup:.2f} |")
+    return rows
 
 
 if __name__ == "__main__":
