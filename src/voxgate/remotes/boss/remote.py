@@ -32,11 +32,6 @@ __all__ = ["BossDBRemote"]
 CUBOID = Vec(16, 512, 512)
 #: a request reads at most this many uncompressed bytes (the server's limit is 500 MiB)
 REQUEST_BYTES = 8 * 2**20
-#: a write request sends at most this many uncompressed bytes: fewer, bigger POSTs than reads
-#: (each write costs the server a fixed amount besides its bytes: two write-generation bumps,
-#: an upstream write call); measured through a relay, 32 MiB POSTs wrote 64x2048x2048 uint8
-#: in 0.47-0.59 s, 8 MiB ones in 0.54-0.84 s
-WRITE_REQUEST_BYTES = 32 * 2**20
 #: an ids request covers at most this many bytes, counted as bossDB counts a cutout (uint64 a
 #: quarter; its CUTOUT_MAX_SIZE); a bigger region is asked in z slabs and the ids joined
 IDS_REQUEST_BYTES = 520 * 2**20
@@ -136,11 +131,10 @@ def _pack(part: np.ndarray) -> tuple[list[Any], int]:
     return [body], len(body)
 
 
-def _request_block(itemsize: int, target: int | None = None) -> Vec:
-    """Cuboid-aligned request shape near ``target`` bytes (REQUEST_BYTES; more z slabs for
-    small dtypes)."""
+def _request_block(itemsize: int) -> Vec:
+    """Cuboid-aligned request shape near REQUEST_BYTES (more z slabs for small dtypes)."""
     per_cuboid = CUBOID.prod() * itemsize
-    k = max(1, (REQUEST_BYTES if target is None else target) // per_cuboid)
+    k = max(1, REQUEST_BYTES // per_cuboid)
     # grow along x, then y, then z in cuboid units
     shape = [CUBOID.z, CUBOID.y, CUBOID.x]
     axis = 2
@@ -309,7 +303,7 @@ class BossDBRemote(Remote):
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
         self._check_writable()
         dtype = self.meta.dtype
-        blocks = list(_cuboid_blocks(box, _request_block(dtype.itemsize, WRITE_REQUEST_BYTES)))
+        blocks = list(_cuboid_blocks(box, _request_block(dtype.itemsize)))
 
         def send(b: Box) -> None:
             part = np.ascontiguousarray(array[b.slices(box.start)], dtype=dtype)
