@@ -62,9 +62,19 @@ def touches(labels: np.ndarray, ext: Box, box: Box, region: Box, ids: Sequence[i
         if box.stop[ax] < region.stop[ax] and ext.stop[ax] > box.stop[ax]:
             layers.append((box.stop[ax] - ext.start[ax], _UPPER[ax]))
         for at, bit in layers:
-            face = np.ascontiguousarray(np.take(labels, at, axis=ax))
-            out[np.isin(wanted, np.unique(face), assume_unique=True)] |= bit
+            out[np.isin(wanted, _present(np.take(labels, at, axis=ax)),
+                        assume_unique=True)] |= bit
     return out
+
+
+def _present(face: np.ndarray) -> np.ndarray:
+    """The ids in a face, sorted: the first of each run along its rows, then a unique of
+    those (a segmentation's runs make that a few hundred values, not a face's worth)."""
+    flat = face.ravel()
+    if len(flat) < 2:
+        return flat
+    runs = np.flatnonzero(flat[1:] != flat[:-1])
+    return np.unique(np.concatenate([flat[:1], flat[runs + 1]]))
 
 
 def _neighbours(index: Vec, bits: int) -> list[Vec]:
@@ -135,7 +145,7 @@ class Stitcher:
 
 
 def stitch(parts: list[tuple[Box, Mesh]], voxel_size: Sequence[float], ident: int,
-            region: Box) -> Mesh:
+           region: Box) -> Mesh:
     """Join one segment's block pieces (each with its block), merging the vertices they share.
 
     Two blocks share the vertices that lie in the voxel-centre plane of their border (each
@@ -144,14 +154,18 @@ def stitch(parts: list[tuple[Box, Mesh]], voxel_size: Sequence[float], ident: in
     piece's inner faces are candidates; every vertex sits on a multiple of half a voxel, so a
     candidate's position in half voxels is an exact integer, and a 1-D unique of one integer
     key each merges the copies.  Vertices keep the order of their first occurrence.
+
+    Every other vertex is kept, so a kept vertex's new number is its old one (in the pieces
+    joined end to end) minus the copies dropped before it, and a dropped copy takes its first
+    copy's: a piece with nothing dropped is copied and its faces shifted, the others go
+    through a renumbering of their own vertices only.
     """
     vz, vy, vx = (float(v) for v in voxel_size)
     res = (vx, vy, vz)
     sizes = [len(m.vertices) for _, m in parts]
     starts = np.cumsum([0, *sizes])
     n = int(starts[-1])
-    vertices = np.concatenate([m.vertices for _, m in parts])
-    found = []
+    found, cands = [], []
     for (box, m), o in zip(parts, starts, strict=False):
         mask: np.ndarray | None = None
         for c, _ax, lo, hi in _candidate_bounds(box, region, res):
@@ -163,23 +177,40 @@ def stitch(parts: list[tuple[Box, Mesh]], voxel_size: Sequence[float], ident: in
                 hit = col > hi
                 mask = hit if mask is None else mask | hit
         if mask is not None:
-            found.append(np.flatnonzero(mask) + o)
-    idx = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
-    rep = np.arange(n, dtype=np.int64)
+            local = np.flatnonzero(mask)
+            found.append(local + o)
+            cands.append(m.vertices[local])
+    drop = target = np.zeros(0, dtype=np.int64)  # dropped copies, ascending; their first copy
+    idx = np.concatenate(found) if found else drop
     if len(idx):
-        q = np.rint(vertices[idx] / (np.array(res) / 2)).astype(np.int64)
+        q = np.rint(np.concatenate(cands) / (np.array(res) / 2)).astype(np.int64)
         q -= q.min(axis=0)
         span = q.max(axis=0) + 1
         keys = (q[:, 2] * span[1] + q[:, 1]) * span[0] + q[:, 0]
         _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        rep[idx] = idx[first][inverse.reshape(-1)]  # each candidate -> its first copy
-    keep = rep == np.arange(n)
-    new_index = (np.cumsum(keep, dtype=np.int64) - 1).astype(np.uint32)[rep]
+        rep = idx[first][inverse.reshape(-1)]  # each candidate -> its first copy
+        dup = rep != idx
+        drop, target = idx[dup], rep[dup]
+    target_new = target - np.searchsorted(drop, target)  # first copies are never dropped
+    vertices = np.empty((n - len(drop), 3), dtype=np.float32)
     faces = np.empty((sum(len(m.faces) for _, m in parts), 3), dtype=np.uint32)
     k = 0
     for (_, m), o, size in zip(parts, starts, sizes, strict=False):
-        # each piece's faces through its slice of the new numbering: one gather, no shifted
-        # copy (merged vertices are distinct positions, so no face collapses)
-        np.take(new_index[o:o + size], m.faces, out=faces[k:k + len(m.faces)])
+        a, b = (int(v) for v in np.searchsorted(drop, [o, o + size]))
+        base = int(o) - a  # the new number of this piece's first vertex
+        out = faces[k:k + len(m.faces)]
+        if a == b:
+            np.add(m.faces, np.uint32(base), out=out)
+            vertices[base:base + size] = m.vertices
+        else:
+            local = drop[a:b] - o
+            keep = np.ones(size, dtype=bool)
+            keep[local] = False
+            new_index = np.cumsum(keep, dtype=np.int64)
+            new_index += base - 1
+            new_index[local] = target_new[a:b]
+            # merged vertices are distinct positions, so no face collapses
+            np.take(new_index.astype(np.uint32), m.faces, out=out)
+            vertices[base:base + size - len(local)] = m.vertices[keep]
         k += len(m.faces)
-    return Mesh._trusted(vertices[keep], faces, ident)
+    return Mesh._trusted(vertices, faces, ident)
