@@ -52,6 +52,7 @@ __all__ = [
     "run_blocks",
     "scheduler_name",
     "worker_remote",
+    "worker_threads",
 ]
 
 T = TypeVar("T")
@@ -262,21 +263,46 @@ def _call_installed(key: str, item: Any) -> Any:
 
 
 _set_up = False
+_ts_threads: int | None = None
 
 
-def _setup_worker(dask_worker: Any = None) -> None:
-    """Once per dask worker process, before its blocks: malloc as in :func:`_tune_malloc`, and
-    tensorstore's decode / encode / copy threads limited to the worker's own threads (a
-    worker with one thread uses one core, as dask counts it, not one per core of the machine:
-    two such workers on two cores made 4 busy threads, and 2 workers ran a block-wise
-    downsample only 1.28x faster than 1).  ``VOXGATE_WORKER_TS_THREADS=0`` keeps
-    tensorstore's default."""
-    global _set_up
-    if _set_up:
-        return
-    _set_up = True
-    _tune_malloc()
-    if os.environ.get("VOXGATE_WORKER_TS_THREADS") == "0":
+def _host(address: str) -> str:
+    from urllib.parse import urlparse
+
+    return urlparse(str(address)).hostname or str(address)
+
+
+def _workers_per_host(client: Any) -> dict[str, int]:
+    """How many dask workers each host runs (for :func:`_setup_worker`'s share of cores)."""
+    counts: dict[str, int] = {}
+    for address in client.nthreads():
+        counts[_host(address)] = counts.get(_host(address), 0) + 1
+    return counts
+
+
+def worker_threads(nthreads: int, cores: int, workers_on_host: int) -> int:
+    """tensorstore threads for one dask worker: its share of its host's cores
+    (``cores // workers_on_host``), and never fewer than its own task threads."""
+    return max(1, int(nthreads), int(cores) // max(1, int(workers_on_host)))
+
+
+def _setup_worker(dask_worker: Any = None, per_host: dict[str, int] | None = None) -> None:
+    """Before a run's blocks, on each dask worker process: malloc as in :func:`_tune_malloc`
+    (once), and tensorstore's decode / encode / copy threads set to the worker's share of its
+    host's cores (:func:`worker_threads`; ``per_host`` counts the workers on each host).
+
+    Without a limit every worker process would use one thread per core of the machine: two
+    one-thread workers on two cores made 4 busy threads, and 2 workers ran a block-wise
+    downsample only 1.28x faster than 1.  With only its own thread count as the limit, a lone
+    one-thread worker would decode on one core while the other idles (a handicapped
+    baseline).  ``VOXGATE_WORKER_TS_THREADS=0`` keeps tensorstore's default; another number
+    sets that many threads."""
+    global _set_up, _ts_threads
+    if not _set_up:
+        _set_up = True
+        _tune_malloc()
+    wish = os.environ.get("VOXGATE_WORKER_TS_THREADS")
+    if wish == "0":
         return
     if dask_worker is None:
         try:
@@ -286,13 +312,27 @@ def _setup_worker(dask_worker: Any = None) -> None:
         except (ImportError, ValueError):
             return
     nthreads = getattr(getattr(dask_worker, "state", dask_worker), "nthreads", None)
-    if isinstance(nthreads, int) and nthreads > 0:
-        set_copy_concurrency(nthreads)
+    if not isinstance(nthreads, int) or nthreads < 1:
+        return
+    if wish is not None and wish.isdigit():
+        limit = int(wish)
+    else:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        # a worker that joined after the run began (per_host unknown): its own threads only
+        here = (per_host or {}).get(_host(getattr(dask_worker, "address", "")), cores)
+        limit = worker_threads(nthreads, cores, here)
+    if limit != _ts_threads:
+        _ts_threads = limit
+        set_copy_concurrency(limit)
 
 
 def _call(fn: Callable[[Any], Any], item: Any) -> Any:
     """A block on a dask worker."""
-    _setup_worker()
+    if not _set_up:  # a worker that joined the cluster after the run began
+        _setup_worker()
     return fn(item)
 
 
@@ -310,7 +350,7 @@ class _Pool:
             # the workers set up before the function arrives (its Volumes reopen as it does);
             # the function (and what it holds: a model, Volumes as specs) goes to every worker
             # once; tasks then carry only their block
-            client.run(_setup_worker)
+            client.run(_setup_worker, per_host=_workers_per_host(client))
             self._fn = client.scatter(fn, broadcast=True, hash=False)
             self._run = uuid.uuid4().hex[:8]
             # results straight from the worker holding them when it is reachable: the client's

@@ -99,3 +99,21 @@ def test_copy_and_downsample_with_a_client_equal_without(cluster: Any, tmp_path:
     for k in range(3):
         np.testing.assert_array_equal(a.at_scale(k).read(), b.at_scale(k).read())
     np.testing.assert_array_equal(b.read(), labels)
+
+
+def _ts_limit() -> int | None:
+    from voxgate.storage import kvstore
+
+    return kvstore._copy_limit
+
+
+def test_each_worker_decodes_on_its_share_of_the_cores(cluster: Any) -> None:
+    from voxgate.blockwise import worker_threads
+
+    run_blocks(functools.partial(_once, "/nonexistent", "none"), BLOCKS[:2], client=cluster)
+    cores = len(os.sched_getaffinity(0))
+    # two one-thread workers on this machine: half its cores each (at least their one thread)
+    assert set(cluster.run(_ts_limit).values()) == {worker_threads(1, cores, 2)}
+    assert worker_threads(1, 2, 1) == 2  # a lone worker on 2 cores decodes on both
+    assert worker_threads(1, 2, 2) == worker_threads(1, 2, 4) == 1
+    assert worker_threads(4, 2, 1) == 4  # never fewer than its own task threads
