@@ -37,8 +37,10 @@ CHILD = textwrap.dedent("""
         import voxgate
         # voxgate imports its modules on first use: resolved here, before the clock starts,
         # as intern's are by the import below (about 0.6 s of tensorstore otherwise counted
-        # against voxgate alone)
+        # against voxgate alone); so is the bossdb:// Remote's module (httpx, about 0.17 s),
+        # as intern's (requests) are before the clock
         voxgate.open
+        import voxgate.remotes.boss  # noqa: F401
     else:
         from intern.remote.boss import BossRemote
     data = None
