@@ -122,7 +122,7 @@ def _pack(part: np.ndarray) -> tuple[list[Any], int]:
     views of the array, without copying it into a body first."""
     typesize = part.dtype.itemsize
     if _incompressible(part):
-        view = memoryview(part.reshape(-1).view(np.uint8))
+        view = part.reshape(-1).view(np.uint8).data
         pieces: list[Any] = [_stored_header(part)]
         pieces += [view[i:i + _PIECE] for i in range(0, len(view), _PIECE)]
         return pieces, part.nbytes + 16
