@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,6 +73,88 @@ def _ts_threads() -> int:
     from voxgate.storage import kvstore
 
     return kvstore._copy_limit or 0
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (Linux /proc/stat; nan elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+    except OSError:
+        return float("nan")
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds(procs: list[Any]) -> float:
+    """CPU seconds of this process and its cluster's processes."""
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except Exception:  # a process that ended
+            continue
+        total += t.user + t.system
+    return total
+
+
+def cluster_rows(store: str, block: tuple[int, int, int], only: set[str], repeats: int
+                 ) -> list[tuple[str, str, float, float]]:
+    """Block-wise mesh and downsample from the zarr store on a LocalCluster of 1 and one of 2
+    worker processes, timed alike: both clusters up at once, the same store and blocks, one
+    task thread per worker, one untimed run of each first (workers import zmesh and tinybrain,
+    set their threads, the page cache is warm), then ``repeats`` rounds alternating which
+    cluster goes first; medians.  tensorstore's threads per worker are its share of the
+    machine's cores (voxgate.blockwise.worker_threads): the lone worker decodes on all of them,
+    each of 2 workers on half; the rows say how many.  Each row also says how many cores the
+    rest of the machine used meanwhile (from /proc/stat, less our processes' CPU): this
+    machine is shared, and a busy neighbour slows the 2-worker runs most."""
+    import psutil
+    from distributed import Client, LocalCluster
+
+    ops: dict[str, Callable[[Any], object]] = {}
+    if "cluster-mesh" in only:
+        ops["mesh"] = lambda c: voxgate.mesh(store, block=block, client=c)
+    if "cluster-downsample" in only:
+        ops["downsample 3 scales"] = lambda c: voxgate.downsample(store, 3, block=block,
+                                                                  client=c)
+    out: list[tuple[str, str, float, float]] = []
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as one, Client(one) as c1, \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address=None) as two, Client(two) as c2:
+        clients = {1: c1, 2: c2}
+        me = psutil.Process()
+        for op, fn in ops.items():
+            for c in clients.values():
+                fn(c)  # the warm-up
+            threads = {n: "+".join(map(str, sorted(c.run(_ts_threads).values())))
+                       for n, c in clients.items()}
+            procs = [me, *me.children(recursive=True)]
+            times: dict[int, list[float]] = {1: [], 2: []}
+            other: dict[int, list[float]] = {1: [], 2: []}
+            for r in range(repeats):
+                for n in (1, 2) if r % 2 == 0 else (2, 1):
+                    gc.collect()
+                    b0, o0 = _busy_seconds(), _own_seconds(procs)
+                    t0 = time.perf_counter()
+                    fn(clients[n])
+                    wall = time.perf_counter() - t0
+                    foreign = (_busy_seconds() - b0) - (_own_seconds(procs) - o0)
+                    times[n].append(wall)
+                    other[n].append(max(0.0, foreign) / wall)
+            print(f"\nblock-wise {op} from zarr (1 task thread per worker)")
+            med = {n: statistics.median(ts) for n, ts in times.items()}
+            for n in (1, 2):
+                label = (f"block-wise from zarr, {n} worker process(es) ({threads[n]} "
+                         "tensorstore threads)")
+                note = (f"{op}, {n} workers (others used "
+                        f"{statistics.median(other[n]):.2f} cores)")
+                print(f"  {note:58s} {med[n]:8.3f} s   runs "
+                      + " ".join(f"{t:.2f}" for t in times[n]), flush=True)
+                out.append((label, note, med[n], float("nan")))
+            print(f"  speed-up with 2 workers, {op}: {med[1] / med[2]:.2f}x")
+            out.insert(0, (f"speed-up 2 vs 1 workers, {op}", "", med[1] / med[2], 0.0))
+    return out
 
 
 def main() -> None:
@@ -161,46 +245,14 @@ def main() -> None:
                 seg, connectivity=26),
         }, args.repeats)
 
-    from distributed import Client, LocalCluster
 
     store = f"zarr://{args.data}/svc-seg.zarr"  # a copy: downsampling adds scales to it
     if "cluster" in only and not voxgate.registry.resolve(store)[0].exists(
             str(args.data / "svc-seg.zarr")):
         voxgate.copy(f"zarr://{args.data}/seg.zarr", store, progress=False)
     block = (128, 256, 256)
-    scale_rows = []
-    # Both rows alike: the same store and blocks, one task thread per worker process, one
-    # untimed run of each first (workers import zmesh / tinybrain, the page cache is warm),
-    # then the median of --repeats.  tensorstore's decode threads per worker are its share of
-    # the machine's cores (voxgate.blockwise.worker_threads): the lone worker decodes on all
-    # of them, each of 2 workers on half; the row's label says how many.
-    for n in (1, 2) if "cluster" in only else ():
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                          host="127.0.0.1", dashboard_address=None) as cluster, \
-                Client(cluster) as client:
-            def blockwise_mesh(c: Client = client) -> object:
-                return voxgate.mesh(store, block=block, client=c)
-
-            def blockwise_downsample(c: Client = client) -> object:
-                return voxgate.downsample(store, 3, block=block, client=c)
-
-            fns = {
-                **({f"mesh, {n} workers": blockwise_mesh} if "cluster-mesh" in only else {}),
-                **({f"downsample 3 scales, {n} workers": blockwise_downsample}
-                   if "cluster-downsample" in only else {}),
-            }
-            for _name, fn in fns.items():  # the warm-up: also sets the workers' threads
-                fn()
-            threads = sorted(client.run(_ts_threads).values())
-            r = rows_for(f"block-wise from zarr, {n} worker process(es) (1 task thread, "
-                         f"{'+'.join(map(str, threads))} tensorstore threads)", fns,
-                         args.repeats)
-            scale_rows.append(r)
-    for (_label, name, t1, _), (_, _, t2, _) in zip(*scale_rows[:2], strict=True):
-        print(f"  speed-up with 2 workers, {name.split(',')[0]}: {t1 / t2:.2f}x")
-        rows.append((f"speed-up 2 vs 1 workers, {name.split(',')[0]}", "", t1 / t2, 0.0))
-    for r in scale_rows:
-        rows += r
+    if "cluster" in only:
+        rows += cluster_rows(store, block, only, args.repeats)
     print("\n| operation | implementation | median s | time relative to voxgate |")
     print("|---|---|---|---|")
     for label, name, med, ratio in rows:
