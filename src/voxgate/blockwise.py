@@ -406,7 +406,10 @@ class _Pool:
             from distributed import wait as dwait
 
             try:
-                done, _ = dwait(pending, timeout=timeout, return_when="FIRST_COMPLETED")
+                # on *this* client (distributed.wait takes the default one: a client made with
+                # set_as_default=False, or another default client, would fail or be asked)
+                with self.client.as_current():
+                    done, _ = dwait(pending, timeout=timeout, return_when="FIRST_COMPLETED")
             except TimeoutError:
                 return []
             return list(done)

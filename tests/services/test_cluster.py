@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,29 @@ def test_another_error_is_raised_naming_the_block(cluster: Any, tmp_path: Path) 
     assert "refuse: block (0, 1, 1)" in "".join(err.value.__notes__)
     assert err.value.block == next(b for b in BLOCKS  # type: ignore[attr-defined]
                                    if tuple(b.index) == (0, 1, 1))
+
+
+NOT_DEFAULT = """
+from distributed import Client, LocalCluster
+from voxgate.blockwise import plan_blocks, run_blocks
+from voxgate.geometry import Box, Vec
+
+blocks = plan_blocks(Box(Vec(0, 0, 0), Vec(32, 32, 64)), (16, 16, 16))
+with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                  dashboard_address=":0") as c, Client(c, set_as_default=False) as client:
+    res = run_blocks(lambda b: b.box.size, blocks, client=client, name="nodefault")
+    assert len(res.done) == len(blocks) and not res.failed, res
+    print("ran", len(res.done))
+"""
+
+
+def test_a_client_that_is_not_the_default_runs_the_blocks() -> None:
+    """The blocks wait on the client given, not on dask's default client (there is none here:
+    the only client is made with set_as_default=False)."""
+    out = subprocess.run([sys.executable, "-c", NOT_DEFAULT], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ran 16" in out.stdout  # 2 x 2 x 4 blocks
 
 
 def test_label_stats_with_a_client_equals_without(cluster: Any, tmp_path: Path) -> None:
