@@ -10,6 +10,8 @@ processes.
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -491,3 +493,51 @@ def test_drop_tag_drops_one_channels_cells_from_both_tiers(tmp_path: Path) -> No
         assert cache.memory.get(keys[r]) is None and cache.disk.get(keys[r]) is None
     assert cache.memory.get(keys[b]) is not None and cache.disk.get(keys[b]) is not None
     cache.close()
+
+
+def test_a_relay_stopped_mid_delete_never_serves_the_deleted_store_again(
+        tmp_path: Path, relay_factory) -> None:  # type: ignore[no-untyped-def]
+    """A relay stopped after saving a delete but before its store was moved aside and removed
+    (the channel's data still in the data root, which a starting relay scans for volumes)
+    finishes the removal when it starts: the name is free, the old data served nowhere."""
+    relay = _data_root_relay(tmp_path, relay_factory)
+    old = np.random.default_rng(6).integers(1, 255, tuple(CUT.shape), dtype=np.uint8)
+    with relay.client(RW) as http:
+        _make_project(http)
+        _make_channel(http, "uint8")
+    _cutout_post(relay.url, CUT, old, path="lab/exp/ch")
+    relay.stop()
+    store = tmp_path / "data" / "lab" / "exp" / "ch.zarr"
+    kept = tmp_path / "kept.zarr"
+    shutil.copytree(store, kept)  # what the store held before the delete
+    relay = _data_root_relay(tmp_path, relay_factory)
+    with relay.client(RW) as http:
+        _delete_channel(http)
+        assert http.get("/v1/collection/lab/experiment/exp/channel/").json()["channels"] == []
+    relay.stop()
+    assert not store.exists() and not any(store.parent.iterdir())  # moved aside, removed
+    state_file = tmp_path / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state.get("removing", {}) == {}
+    # as if stopped between saving the delete and moving the store aside
+    shutil.copytree(kept, store)
+    state["removing"] = {str(store.with_name(".deleted-0")): str(store)}
+    state_file.write_text(json.dumps(state))
+    relay = _data_root_relay(tmp_path, relay_factory)
+    assert not store.exists() and not any(store.parent.iterdir())
+    with relay.client(RW) as http:
+        assert http.get("/v1/collection/lab/experiment/exp/channel/").json()["channels"] == []
+        _make_channel(http, "uint8")
+    got = _cutout_get(relay.url, CUT, np.uint8, path="lab/exp/ch")
+    assert not got.any(), f"{np.count_nonzero(got)} voxels of the deleted store were served"
+    _cutout_post(relay.url, CUT, old, path="lab/exp/ch")
+    np.testing.assert_array_equal(_cutout_get(relay.url, CUT, np.uint8, path="lab/exp/ch"), old)
+    # a volume put into the data root while the relay runs is not a channel yet, and a create
+    # of its name says so instead of overwriting (or deleting) it
+    shutil.copytree(kept, store.with_name("other.zarr"))
+    with relay.client(RW) as http:
+        res = http.post("/v1/collection/lab/experiment/exp/channel/other/",
+                        json={"type": "image", "datatype": "uint8"})
+    assert res.status_code == 400 and "restart" in res.json()["message"], res.text
+    assert (store.with_name("other.zarr") / "zarr.json").exists() or any(
+        store.with_name("other.zarr").iterdir())

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,7 +47,10 @@ __all__ = ["Catalog", "ChannelEntry", "NotFound", "ResourceExists", "data_root_v
 
 def _empty_state() -> dict[str, Any]:
     return {"collections": {}, "experiments": {}, "coords": {}, "channels": {},
-            "local_channels": {}, "meta": {}, "reserved": {}, "deleted": [], "downsample": {}}
+            "local_channels": {}, "meta": {}, "reserved": {}, "deleted": [], "downsample": {},
+            # stores of deleted channels being removed: {hidden path: the store's path}, saved
+            # with the delete, cleared once it is gone (a relay stopped in between finishes it)
+            "removing": {}}
 
 
 class NotFound(VoxgateError, LookupError):
@@ -104,6 +109,7 @@ class Catalog:
         for ch in config.channels:
             self._add_config_channel(ch)
         if config.data_root is not None:
+            self.finish_removals()
             self.scan_data_root()
         for key, spec in self.state.get("local_channels", {}).items():
             c, e, n = key.split("/")
@@ -179,6 +185,22 @@ class Catalog:
             ch.collection, ch.experiment, ch.channel, ch.upstream, ch.options, ch.forward_token,
             ch.writable,
         )
+
+    def finish_removals(self) -> None:
+        """Remove the stores of deleted channels that a stopped relay left (before the data
+        root is scanned: else such a store would come back as a channel, with the deleted
+        channel's data)."""
+        with self.lock:
+            removing = self.state.setdefault("removing", {})
+            if not removing:
+                return
+            for hidden, location in list(removing.items()):
+                if Path(location).exists():  # stopped before the store was moved aside
+                    os.replace(location, hidden)
+                shutil.rmtree(hidden, ignore_errors=True)
+                if not Path(hidden).exists():
+                    removing.pop(hidden)
+            self.save()
 
     def scan_data_root(self) -> None:
         """Add every volume under the data root as a channel (see :func:`data_root_volumes`)."""

@@ -499,18 +499,33 @@ class Relay:
         with cat.lock:
             if ch in cat.channel_names(c, e):
                 raise bad_request(RESOURCE_EXISTS, f"Channel {ch} already exists in {c}/{e}")
+            if path.exists():
+                raise bad_request(RESOURCE_EXISTS, f"{path.name} exists in the data root of "
+                                  f"this relay but is not a channel (a volume put there while "
+                                  f"it runs is served after a restart); remove it, or restart "
+                                  f"the relay to serve it as channel {ch}")
             create_remote(url, meta, exist_ok=False, compression="blosc-lz4")
-            cat.channels[(c, e, ch)] = entry
-            # its incarnation from the start (every worker process reads it from the state)
-            cat.state["local_channels"][key] = {"url": url, "incarnation": uuid.uuid4().hex}
-            cat.state["channels"][key] = {
-                "description": str(body.get("description", "")), "creator": user,
-                "sources": list(body.get("sources", [])), "related": list(body.get("related", [])),
-                "public": bool(body.get("public", False)),
-            }
-            while key in cat.state["deleted"]:
-                cat.state["deleted"].remove(key)
-            cat.save()
+            try:
+                cat.channels[(c, e, ch)] = entry
+                # its incarnation from the start (every worker process reads it from the state)
+                cat.state["local_channels"][key] = {"url": url,
+                                                    "incarnation": uuid.uuid4().hex}
+                cat.state["channels"][key] = {
+                    "description": str(body.get("description", "")), "creator": user,
+                    "sources": list(body.get("sources", [])),
+                    "related": list(body.get("related", [])),
+                    "public": bool(body.get("public", False)),
+                }
+                while key in cat.state["deleted"]:
+                    cat.state["deleted"].remove(key)
+                cat.save()
+            except BaseException:
+                # the state could not be saved: the channel was not created, and its store goes
+                cat.channels.pop((c, e, ch), None)
+                cat.state["local_channels"].pop(key, None)
+                cat.state["channels"].pop(key, None)
+                shutil.rmtree(path, ignore_errors=True)
+                raise
         return entry
 
     def delete_local_channel(self, entry: ChannelEntry) -> None:
@@ -523,15 +538,27 @@ class Relay:
             cat.state["channels"].pop(key, None)
             cat.state["meta"].pop(key, None)
             cat.state["reserved"].pop(key, None)
+            location = entry.upstream_url.split("://", 1)[1]
+            # the store is moved aside (a hidden name the data root's scan skips) and removed
+            # after the lock; the move is saved with the delete, so a relay stopped before the
+            # store is gone removes it when it starts instead of serving it as a channel again,
+            # and a channel created meanwhile under this name has its own store
+            hidden = str(Path(location).with_name(f".deleted-{uuid.uuid4().hex}"))
+            cat.state.setdefault("removing", {})[hidden] = location
             cat.save()
+            if Path(location).exists():
+                os.replace(location, hidden)
         # its Remotes closed and its cells dropped from memory and disk; a channel created
         # later under this name is a new incarnation, with a cache identity of its own (and
         # no downsample status of the old one)
         for url in {r.url for r in cat.open_remotes(entry)} | {entry.upstream_url}:
             set_job_status(cat, url, None)
         cat.drop_channel(entry, tag)
-        location = entry.upstream_url.split("://", 1)[1]
-        shutil.rmtree(location, ignore_errors=True)
+        shutil.rmtree(hidden, ignore_errors=True)
+        with cat.lock:
+            if not Path(hidden).exists():
+                cat.state.setdefault("removing", {}).pop(hidden, None)
+                cat.save()
 
     def metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {"cache": self.cache.metrics.snapshot(),
