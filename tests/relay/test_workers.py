@@ -354,34 +354,40 @@ def test_sigterm_and_sigint_stop_every_process(tmp_path: Path, sig: int,
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))
     r = start_relay(_config(tmp_path, disk=False, channel=url), free_port())
-    pids = _worker_pids(r)
-    assert len(pids) == 2
-    made = list(scratch.glob("voxgate-relay-*"))
-    assert len(made) == 1 and (made[0] / ".voxgate-generations").is_dir()
-    _project(r, "collection/kept/", {"description": ""})
-    assert "kept" in _get(r, "/v1/collection/").json()["collections"]
-    if sig == signal.SIGTERM:  # a worker that dies is started again
-        victim = min(pids)
-        os.kill(victim, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while (victim in _worker_pids(r) or len(_worker_pids(r)) < 2) \
-                and time.monotonic() < deadline:
-            time.sleep(0.1)
+    try:
         pids = _worker_pids(r)
-        assert victim not in pids and len(pids) == 2
-        answered = set()
-        for _ in range(40):
-            res = _get(r, "/v1/collection/")
-            assert "kept" in res.json()["collections"]
-            answered.add(int(res.headers["x-voxgate-worker"]))
-        assert answered == pids
-    r.proc.send_signal(sig)
-    assert r.proc.wait(timeout=30) == 0
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [p for p in pids if Path(f"/proc/{p}").exists()]
-    assert "Traceback" not in r.log.read_text()
+        assert len(pids) == 2
+        made = list(scratch.glob("voxgate-relay-*"))
+        assert len(made) == 1 and (made[0] / ".voxgate-generations").is_dir()
+        _project(r, "collection/kept/", {"description": ""})
+        assert "kept" in _get(r, "/v1/collection/").json()["collections"]
+        if sig == signal.SIGTERM:  # a worker that dies is started again
+            victim = min(pids)
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while (victim in _worker_pids(r) or len(_worker_pids(r)) < 2) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.1)
+            pids = _worker_pids(r)
+            assert victim not in pids and len(pids) == 2
+            # the new worker answers once it has started (imports take a moment): both do, and
+            # every answer holds the state saved before the kill
+            answered: set[int] = set()
+            deadline = time.monotonic() + 60
+            while answered != pids and time.monotonic() < deadline:
+                res = _get(r, "/v1/collection/")
+                assert "kept" in res.json()["collections"]
+                answered.add(int(res.headers["x-voxgate-worker"]))
+            assert answered == pids
+        r.proc.send_signal(sig)
+        assert r.proc.wait(timeout=30) == 0
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [p for p in pids if Path(f"/proc/{p}").exists()]
+        assert "Traceback" not in r.log.read_text()
+    finally:
+        r.stop()  # (a no-op when it stopped; else not left running past a failure)
     assert not list(scratch.iterdir())
 
 
