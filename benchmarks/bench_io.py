@@ -130,7 +130,7 @@ def bench(root: Path, size: int, repeats: int) -> list[Row]:
                 "voxgate": lambda v=vg: v.read(),
                 "tensorstore": lambda s=tstore: s[..., 0].read(order="F").result(),
                 "CloudVolume": lambda c=cv: c[:, :, :],
-            }), max(2, repeats // 2))
+            }), repeats)
 
     # zarr v3 blosc-zstd, uint8: voxgate vs tensorstore vs zarr-python
     zpath = root / "img.zarr" / "0"
@@ -157,7 +157,7 @@ def bench(root: Path, size: int, repeats: int) -> list[Row]:
             "voxgate": lambda: vgz.read(),
             "tensorstore": lambda: tsz.read().result(),
             "zarr-python": lambda: zz[:],
-        }), max(2, repeats // 2))
+        }), repeats)
 
     # full writes of the segmentation: precomputed compressed_segmentation and zarr
     seg = data["seg"]
