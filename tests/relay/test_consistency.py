@@ -541,3 +541,33 @@ def test_a_relay_stopped_mid_delete_never_serves_the_deleted_store_again(
     assert res.status_code == 400 and "restart" in res.json()["message"], res.text
     assert (store.with_name("other.zarr") / "zarr.json").exists() or any(
         store.with_name("other.zarr").iterdir())
+
+
+def test_a_create_whose_state_cannot_be_saved_leaves_nothing_behind(
+        tmp_path: Path, inproc: Callable[[RelayConfig], InProcessRelay],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A channel create that fails on saving the state (a full disk, say) answers an error and
+    leaves neither a record nor a store: the same create succeeds afterwards."""
+    r = inproc(RelayConfig(state_path=tmp_path / "state.json", data_root=tmp_path / "data",
+                           cache=CacheConfig(memory_bytes=2**26)))
+    store = tmp_path / "data" / "lab" / "exp" / "ch.zarr"
+    with httpx.Client(base_url=r.url, timeout=60) as http:
+        _make_project(http)
+        cat = r.relay.catalog
+        saved = cat.save
+
+        def full_disk() -> None:
+            if "lab/exp/ch" in cat.state["local_channels"]:
+                raise OSError(28, "No space left on device")
+            saved()
+
+        monkeypatch.setattr(cat, "save", full_disk)
+        res = http.post("/v1/collection/lab/experiment/exp/channel/ch/",
+                        json={"type": "image", "datatype": "uint8"})
+        assert res.status_code >= 500, res.text
+        assert not store.exists()
+        assert "lab/exp/ch" not in cat.state["local_channels"]
+        monkeypatch.setattr(cat, "save", saved)
+        assert http.get("/v1/collection/lab/experiment/exp/channel/").json()["channels"] == []
+        _make_channel(http, "uint8")
+        assert store.exists()

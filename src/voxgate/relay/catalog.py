@@ -191,16 +191,21 @@ class Catalog:
         root is scanned: else such a store would come back as a channel, with the deleted
         channel's data)."""
         with self.lock:
-            removing = self.state.setdefault("removing", {})
-            if not removing:
-                return
-            for hidden, location in list(removing.items()):
+            removing = dict(self.state.get("removing", {}))
+            for hidden, location in removing.items():
                 if Path(location).exists():  # stopped before the store was moved aside
                     os.replace(location, hidden)
-                shutil.rmtree(hidden, ignore_errors=True)
-                if not Path(hidden).exists():
-                    removing.pop(hidden)
-            self.save()
+        for hidden in removing:
+            self.remove_moved(hidden)
+
+    def remove_moved(self, hidden: str) -> None:
+        """Remove a deleted channel's store, moved aside to ``hidden`` (outside the lock: it
+        may be large), and its entry in ``removing`` once it is gone."""
+        shutil.rmtree(hidden, ignore_errors=True)
+        if not Path(hidden).exists():
+            with self.lock:
+                if self.state.setdefault("removing", {}).pop(hidden, None) is not None:
+                    self.save()
 
     def scan_data_root(self) -> None:
         """Add every volume under the data root as a channel (see :func:`data_root_volumes`)."""

@@ -505,6 +505,7 @@ class Relay:
                                   f"it runs is served after a restart); remove it, or restart "
                                   f"the relay to serve it as channel {ch}")
             create_remote(url, meta, exist_ok=False, compression="blosc-lz4")
+            undeleted = cat.state["deleted"].count(key)  # (put back if the save fails)
             try:
                 cat.channels[(c, e, ch)] = entry
                 # its incarnation from the start (every worker process reads it from the state)
@@ -524,6 +525,7 @@ class Relay:
                 cat.channels.pop((c, e, ch), None)
                 cat.state["local_channels"].pop(key, None)
                 cat.state["channels"].pop(key, None)
+                cat.state["deleted"] += [key] * undeleted
                 shutil.rmtree(path, ignore_errors=True)
                 raise
         return entry
@@ -554,11 +556,7 @@ class Relay:
         for url in {r.url for r in cat.open_remotes(entry)} | {entry.upstream_url}:
             set_job_status(cat, url, None)
         cat.drop_channel(entry, tag)
-        shutil.rmtree(hidden, ignore_errors=True)
-        with cat.lock:
-            if not Path(hidden).exists():
-                cat.state.setdefault("removing", {}).pop(hidden, None)
-                cat.save()
+        cat.remove_moved(hidden)
 
     def metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {"cache": self.cache.metrics.snapshot(),
