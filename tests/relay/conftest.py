@@ -206,3 +206,13 @@ def relay_factory(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
     yield make
     for r in started:
         r.stop()
+
+
+@pytest.fixture
+def own_relay(tmp_path: Path, relay_factory: Callable[..., RelayProcess]
+              ) -> tuple[RelayProcess, Upstreams]:
+    """A relay over upstreams of this test's own: writes to them touch nothing shared."""
+    root = tmp_path / "upstreams"
+    root.mkdir()
+    ups = make_upstreams(root)
+    return relay_factory(write_config(tmp_path / "relay.toml", ups.root)), ups

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Callable
-from pathlib import Path
 
 import blosc
 import numpy as np
@@ -18,15 +16,7 @@ from intern.remote.boss import BossRemote
 import voxgate
 from voxgate.remotes.boss.remote import _pack
 
-from .conftest import RW, SHAPE, RelayProcess, Upstreams, make_upstreams, write_config
-
-
-def _own_relay(tmp_path: Path, relay_factory: Callable[..., RelayProcess]
-               ) -> tuple[RelayProcess, Upstreams]:
-    root = tmp_path / "upstreams"
-    root.mkdir()
-    ups = make_upstreams(root)
-    return relay_factory(write_config(tmp_path / "relay.toml", ups.root)), ups
+from .conftest import RW, SHAPE, RelayProcess, Upstreams
 
 
 def test_stored_body_is_a_blosc_buffer_bossdb_reads() -> None:
@@ -46,8 +36,8 @@ def test_stored_body_is_a_blosc_buffer_bossdb_reads() -> None:
 
 
 def test_incompressible_write_reads_back_everywhere(
-        tmp_path: Path, relay_factory: Callable[..., RelayProcess]) -> None:
-    relay, ups = _own_relay(tmp_path, relay_factory)
+        own_relay: tuple[RelayProcess, Upstreams]) -> None:
+    relay, ups = own_relay
     url = f"bossdb://http://127.0.0.1:{relay.port}/lab/em/raw"
     vol = voxgate.open(url, mode="r+", token=RW)
     new = np.random.default_rng(2).integers(1, 200, SHAPE).astype(np.uint8)
@@ -66,8 +56,8 @@ def test_incompressible_write_reads_back_everywhere(
 
 
 def test_write_racing_reads_is_old_or_new_never_mixed(
-        tmp_path: Path, relay_factory: Callable[..., RelayProcess]) -> None:
-    relay, _ = _own_relay(tmp_path, relay_factory)
+        own_relay: tuple[RelayProcess, Upstreams]) -> None:
+    relay, _ = own_relay
     url = f"bossdb://http://127.0.0.1:{relay.port}/lab/em/raw"
     vol = voxgate.open(url, mode="r+", token=RW)
     rng = np.random.default_rng(3)

@@ -23,17 +23,7 @@ from requests import HTTPError
 
 import voxgate
 
-from .conftest import RO, RW, SHAPE, RelayProcess, Upstreams, make_upstreams, write_config
-
-
-@pytest.fixture
-def own_relay(tmp_path: Path, relay_factory: Callable[..., RelayProcess]
-              ) -> tuple[RelayProcess, Upstreams]:
-    """A relay over upstreams of this test's own: writes to them touch nothing shared."""
-    root = tmp_path / "upstreams"
-    root.mkdir()
-    ups = make_upstreams(root)
-    return relay_factory(write_config(tmp_path / "relay.toml", ups.root)), ups
+from .conftest import RO, RW, SHAPE, RelayProcess, Upstreams, write_config
 
 
 def remote(relay: RelayProcess, token: str = RW) -> BossRemote:
