@@ -82,6 +82,13 @@ def start_relay_with_scheme(config: Path, scheme: str, target: str) -> RelayProc
     return wait_for_relay(proc, port, config, log)
 
 
+def _all_ready(log: Path) -> bool:
+    """Whether a relay of several worker processes has every one serving (one answering
+    /ping/ says only that one is: a worker killed while the others start stops the relay)."""
+    text = log.read_text(errors="replace")
+    return "worker processes" not in text or "workers ready" in text
+
+
 def wait_for_relay(proc: subprocess.Popen[bytes], port: int, config: Path,
                    log: Path) -> RelayProcess:
     """Wait until a started relay answers /ping/ (or fail with its log)."""
@@ -91,10 +98,11 @@ def wait_for_relay(proc: subprocess.Popen[bytes], port: int, config: Path,
         if proc.poll() is not None:
             raise RuntimeError(f"relay exited: {log.read_text()}")
         try:
-            if httpx.get(url + "/ping/", timeout=1).status_code == 200:
+            if httpx.get(url + "/ping/", timeout=1).status_code == 200 and _all_ready(log):
                 return RelayProcess(url, port, config, proc, log)
         except httpx.HTTPError:
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     proc.kill()
     raise RuntimeError(f"relay did not start: {log.read_text()}")
 

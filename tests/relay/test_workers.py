@@ -101,6 +101,19 @@ def _worker_pids(r: RelayProcess) -> set[int]:
             .read_text().split()}
 
 
+def _wait_answered_by(r: RelayProcess, pids: set[int], holding: str | None = None) -> None:
+    """Ask until every one of ``pids`` has answered (each answer listing collection
+    ``holding``, when given)."""
+    answered: set[int] = set()
+    deadline = time.monotonic() + 60
+    while answered != pids and time.monotonic() < deadline:
+        res = _get(r, "/v1/collection/")
+        if holding is not None:
+            assert holding in res.json()["collections"]
+        answered.add(int(res.headers["x-voxgate-worker"]))
+    assert answered == pids, f"workers {sorted(pids - answered)} never answered: {r.log.read_text()}"
+
+
 def test_every_worker_answers_on_one_port(relay: RelayProcess) -> None:
     seen = {_get(relay, "/ping/").headers["x-voxgate-worker"] for _ in range(40)}
     assert {int(p) for p in seen} == _worker_pids(relay)
@@ -357,6 +370,9 @@ def test_sigterm_and_sigint_stop_every_process(tmp_path: Path, sig: int,
     try:
         pids = _worker_pids(r)
         assert len(pids) == 2
+        # /ping/ answered means one worker serves; the other may still be starting (a worker
+        # killed then stops the relay: "did not start"), so wait until both answer
+        _wait_answered_by(r, pids)
         made = list(scratch.glob("voxgate-relay-*"))
         assert len(made) == 1 and (made[0] / ".voxgate-generations").is_dir()
         _project(r, "collection/kept/", {"description": ""})
@@ -372,13 +388,7 @@ def test_sigterm_and_sigint_stop_every_process(tmp_path: Path, sig: int,
             assert victim not in pids and len(pids) == 2
             # the new worker answers once it has started (imports take a moment): both do, and
             # every answer holds the state saved before the kill
-            answered: set[int] = set()
-            deadline = time.monotonic() + 60
-            while answered != pids and time.monotonic() < deadline:
-                res = _get(r, "/v1/collection/")
-                assert "kept" in res.json()["collections"]
-                answered.add(int(res.headers["x-voxgate-worker"]))
-            assert answered == pids
+            _wait_answered_by(r, pids, holding="kept")
         r.proc.send_signal(sig)
         assert r.proc.wait(timeout=30) == 0
         deadline = time.monotonic() + 10
@@ -482,4 +492,5 @@ def test_a_worker_that_cannot_start_stops_the_relay_with_its_error(tmp_path: Pat
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "is damaged" in done.stderr and "did not start" in done.stderr, done.stderr
+    assert "workers ready" not in done.stderr
     assert "Fatal Python error" not in done.stderr and "Traceback" not in done.stderr

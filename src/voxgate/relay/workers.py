@@ -136,6 +136,8 @@ def run_workers(config: RelayConfig) -> None:
                 raise RemoteUnavailableError(
                     f"relay worker {w.slot + 1} of {cfg.workers} did not start (exit code "
                     f"{w.proc.poll()}; its error is above)")
+        if not stopping.is_set():
+            print(f"voxgate relay: all {cfg.workers} workers ready", file=sys.stderr, flush=True)
         restarts: list[float] = []
         while not stopping.wait(0.25):
             for i, w in enumerate(workers):
