@@ -111,7 +111,8 @@ def _wait_answered_by(r: RelayProcess, pids: set[int], holding: str | None = Non
         if holding is not None:
             assert holding in res.json()["collections"]
         answered.add(int(res.headers["x-voxgate-worker"]))
-    assert answered == pids, f"workers {sorted(pids - answered)} never answered: {r.log.read_text()}"
+    assert answered == pids, \
+        f"workers {sorted(pids - answered)} never answered: {r.log.read_text()}"
 
 
 def test_every_worker_answers_on_one_port(relay: RelayProcess) -> None:
@@ -146,6 +147,50 @@ def test_a_write_through_one_worker_is_read_by_every_next_request(relay: RelayPr
                                       [box.start.z, box.stop.z])
         np.testing.assert_array_equal(got, data)
     assert len(seen) == 2 and writers <= seen
+
+
+def test_a_write_through_the_boss_dialect_changes_every_workers_precomputed_chunk(
+        relay: RelayProcess) -> None:
+    """The precomputed dialect's chunks (ETag, encoded-response cache) follow a write made
+    through the other dialect and either worker: the next GET from every worker has the new
+    bytes, and a conditional GET with the old ETag is answered 200 with them, never 304."""
+    info = _get(relay, "/precomputed/c/e/img/info").json()
+    scale = info["scales"][0]
+    assert scale["encoding"] == "raw"
+    cz, cy, cx = scale["chunk_sizes"][0][::-1]
+    box = Box((0, 0, 0), (min(cz, SHAPE[0]), min(cy, SHAPE[1]), min(cx, SHAPE[2])))
+    path = f"/precomputed/c/e/img/{scale['key']}/" + "_".join(
+        f"{a}-{b}" for a, b in zip(box.start.xyz(), box.stop.xyz(), strict=True))
+
+    def chunk(headers: dict[str, str] | None = None) -> httpx.Response:
+        res = _get(relay, path, headers={**HEADERS, **(headers or {})})
+        assert res.status_code in (200, 304), res.text
+        return res
+
+    def voxels(res: httpx.Response) -> np.ndarray:
+        return np.frombuffer(res.content, np.uint8).reshape(tuple(box.shape))
+
+    before, old_tags = {}, set()
+    for _ in range(40):  # every worker serves it (and keeps its encoded response)
+        res = chunk()
+        before[res.headers["x-voxgate-worker"]] = voxels(res)
+        old_tags.add(res.headers["etag"])
+    assert len(before) == 2 and len(old_tags) == 1
+    data = (255 - next(iter(before.values()))).astype(np.uint8)
+    BossRemote({"protocol": "http", "host": f"127.0.0.1:{relay.port}", "token": RW}
+               ).create_cutout(ChannelResource("img", "c", "e", datatype="uint8"), 0,
+                               [box.start.x, box.stop.x], [box.start.y, box.stop.y],
+                               [box.start.z, box.stop.z], data)
+    seen, new_tags = set(), set()
+    for _ in range(40):
+        res = chunk({"If-None-Match": next(iter(old_tags))})
+        assert res.status_code == 200
+        np.testing.assert_array_equal(voxels(res), data)
+        seen.add(res.headers["x-voxgate-worker"])
+        new_tags.add(res.headers["etag"])
+    assert len(seen) == 2 and not new_tags & old_tags
+    for _ in range(6):  # the new ETag is current: 304 from either worker
+        assert chunk({"If-None-Match": next(iter(new_tags))}).status_code == 304
 
 
 def test_reads_racing_a_writer_never_see_a_value_older_than_an_acknowledged_write(
