@@ -415,9 +415,6 @@ def test_sigterm_and_sigint_stop_every_process(tmp_path: Path, sig: int,
     try:
         pids = _worker_pids(r)
         assert len(pids) == 2
-        # /ping/ answered means one worker serves; the other may still be starting (a worker
-        # killed then stops the relay: "did not start"), so wait until both answer
-        _wait_answered_by(r, pids)
         made = list(scratch.glob("voxgate-relay-*"))
         assert len(made) == 1 and (made[0] / ".voxgate-generations").is_dir()
         _project(r, "collection/kept/", {"description": ""})
