@@ -393,6 +393,18 @@ tokens = {{ "{RW}" = "read-write" }}
     return relay_factory(cfg, "--data-root", str(tmp_path / "data"))
 
 
+def _channel_with_data(tmp_path: Path, relay_factory: Callable[..., RelayProcess], seed: int
+                       ) -> tuple[RelayProcess, np.ndarray]:
+    """A data-root relay with a uint8 channel lab/exp/ch holding random voxels in CUT."""
+    relay = _data_root_relay(tmp_path, relay_factory)
+    old = np.random.default_rng(seed).integers(1, 255, tuple(CUT.shape), dtype=np.uint8)
+    with relay.client(RW) as http:
+        _make_project(http)
+        _make_channel(http, "uint8")
+    _cutout_post(relay.url, CUT, old, path="lab/exp/ch")
+    return relay, old
+
+
 def _ok(res: httpx.Response, status: int) -> None:
     assert res.status_code == status, res.text
 
@@ -417,12 +429,7 @@ def _delete_channel(http: httpx.Client) -> None:
 @pytest.mark.parametrize("second_dtype", ["uint8", "uint64"])
 def test_a_recreated_channel_never_serves_the_deleted_ones_data(
         second_dtype: str, tmp_path: Path, relay_factory) -> None:  # type: ignore[no-untyped-def]
-    relay = _data_root_relay(tmp_path, relay_factory)
-    old = np.random.default_rng(4).integers(1, 255, tuple(CUT.shape), dtype=np.uint8)
-    with relay.client(RW) as http:
-        _make_project(http)
-        _make_channel(http, "uint8")
-    _cutout_post(relay.url, CUT, old, path="lab/exp/ch")
+    relay, old = _channel_with_data(tmp_path, relay_factory, 4)
     np.testing.assert_array_equal(_cutout_get(relay.url, CUT, np.uint8, path="lab/exp/ch"), old)
     np.testing.assert_array_equal(_cutout_get(relay.url, CUT, np.uint8, path="lab/exp/ch"), old)
     with relay.client(RW) as http:
@@ -448,12 +455,7 @@ def test_a_recreated_channel_never_serves_the_deleted_ones_data(
 
 def test_delete_and_recreate_across_restarts_with_the_disk_tier(
         tmp_path: Path, relay_factory) -> None:  # type: ignore[no-untyped-def]
-    old = np.random.default_rng(5).integers(1, 255, tuple(CUT.shape), dtype=np.uint8)
-    first = _data_root_relay(tmp_path, relay_factory)
-    with first.client(RW) as http:
-        _make_project(http)
-        _make_channel(http, "uint8")
-    _cutout_post(first.url, CUT, old, path="lab/exp/ch")
+    first, old = _channel_with_data(tmp_path, relay_factory, 5)
     np.testing.assert_array_equal(_cutout_get(first.url, CUT, np.uint8, path="lab/exp/ch"), old)
     first.stop()
     second = _data_root_relay(tmp_path, relay_factory)  # memory empty, disk cache kept
@@ -500,12 +502,7 @@ def test_a_relay_stopped_mid_delete_never_serves_the_deleted_store_again(
     """A relay stopped after saving a delete but before its store was moved aside and removed
     (the channel's data still in the data root, which a starting relay scans for volumes)
     finishes the removal when it starts: the name is free, the old data served nowhere."""
-    relay = _data_root_relay(tmp_path, relay_factory)
-    old = np.random.default_rng(6).integers(1, 255, tuple(CUT.shape), dtype=np.uint8)
-    with relay.client(RW) as http:
-        _make_project(http)
-        _make_channel(http, "uint8")
-    _cutout_post(relay.url, CUT, old, path="lab/exp/ch")
+    relay, old = _channel_with_data(tmp_path, relay_factory, 6)
     relay.stop()
     store = tmp_path / "data" / "lab" / "exp" / "ch.zarr"
     kept = tmp_path / "kept.zarr"
