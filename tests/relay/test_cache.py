@@ -212,6 +212,37 @@ def test_concurrent_reads_of_a_missing_cell_make_one_upstream_fetch() -> None:
     assert len(up.reads) == cells  # and then it is cached
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["chunk store", "REST store"])
+def test_missing_cells_tiling_a_box_are_one_read_only_from_a_rest_upstream(batch: bool) -> None:
+    """An upstream of REST requests (Capability.BATCH_READ: bossDB, DVID) gets the missing
+    cells that tile a box as one read, which it cuts into requests of its own size; any other
+    gets one read per cell (decoded straight into the cached array), in parallel."""
+    from voxgate.remotes.base import Capability
+
+    class Rest(CountingRemote):
+        @property
+        def capabilities(self) -> frozenset[Capability]:
+            return self.inner.capabilities | {Capability.BATCH_READ}
+
+    data = np.random.default_rng(3).integers(0, 255, (64, 256, 256), dtype=np.uint8)
+    counted = mem_volume(f"tiling-{batch}", data, (64, 128, 128))  # 1 MiB chunks: cells
+    up = Rest(counted.inner) if batch else counted
+    remote = CachedRemote(up, TieredCache(2**26), identity=f"tiling-{batch}")
+    box = Box((3, 100, 90), (60, 200, 250))  # inside all four cells
+    cells = [c for _, c in remote.cells(box, 0)]
+    assert len(cells) == 4
+    np.testing.assert_array_equal(remote.read(box), data[box.slices()])
+    if batch:
+        assert up.reads == [whole(remote)]
+    else:
+        assert sorted(map(repr, up.reads)) == sorted(map(repr, cells))
+    m = remote.cache.metrics.snapshot()
+    assert m["upstream_cells"] == 4 and m["upstream_fetches"] == (1 if batch else 4)
+    up.reads.clear()
+    np.testing.assert_array_equal(remote.read(box), data[box.slices()])
+    assert not up.reads  # every cell cached, both ways
+
+
 def test_single_flight_through_the_relay(tmp_path: Path) -> None:
     shape = (32, 128, 256)  # one cache cell of 16 chunks
     data = np.random.default_rng(2).integers(0, 255, shape, dtype=np.uint8)

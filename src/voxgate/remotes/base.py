@@ -55,6 +55,9 @@ class Capability(enum.StrEnum):
     """Optional things a Remote can do."""
 
     WRITE = "write"
+    #: reads a box as REST requests of its own size (bossDB cuboids, DVID tiles), in
+    #: parallel: one read of a large box costs fewer round trips than many small reads (the
+    #: relay's cache then fetches the missing cells that tile a box in one read)
     BATCH_READ = "batch_read"
     SERVER_DOWNSAMPLE = "server_downsample"
     SERVER_MESH = "server_mesh"

@@ -74,6 +74,9 @@ class CachedRemote(Remote):
         self._inflight: dict[str, _Flight] = {}
         self._lock = threading.Lock()
         self._closed = False
+        #: whether missing cells that tile a box are read in one upstream read (an upstream
+        #: whose reads are REST requests of its own size: Capability.BATCH_READ)
+        self._one_read = Capability.BATCH_READ in upstream.capabilities
         self._grids = [
             grow_block(s.chunks, self.meta.dtype.itemsize * self.meta.num_channels, s.shape,
                        CELL_BYTES)
@@ -177,12 +180,22 @@ class CachedRemote(Remote):
                     self._inflight[key] = flight
                     mine.append((key, cell, flight))
             waiting.append((cell, flight.future))
-        # one upstream read per missing cell, in parallel: each decodes straight into the
-        # array that is cached.  (Reading the cells that tile a box in one call, as the relay
-        # once did, allocates and copies a box-sized buffer on top: a cold 128^3 uint64 box of
-        # 64^3 chunks took 65-75 ms that way against 32 ms; benchmarks/README.md, item 7.)
-        for item in mine:
-            _fetch_pool.submit(self._run_fetch, *item, scale)
+        if mine:
+            union = mine[0][1]
+            for _, cell, _ in mine[1:]:
+                union = Box(np.minimum(union.start, cell.start), np.maximum(union.stop, cell.stop))
+            if self._one_read and len(mine) > 1 \
+                    and sum(c.size for _, c, _ in mine) == union.size:
+                # a REST upstream, the missing cells tiling one box: one read, which the
+                # upstream cuts into requests of its own size (fewer round trips)
+                _fetch_pool.submit(self._run_fetch, mine, union, scale)
+            else:
+                # one read per cell, in parallel: each decodes straight into the array that is
+                # cached, where one read of the box they tile would allocate and copy a
+                # box-sized buffer on top (benchmarks/README.md, item 7: a cold 128^3 uint64
+                # read of local 64^3 chunks, 65-75 ms that way, 32-35 ms per cell)
+                for item in mine:
+                    _fetch_pool.submit(self._run_fetch, [item], item[1], scale)
         for cell, fut in waiting:
             try:
                 arr = fut.result(timeout=max(0.0, deadline - time.monotonic()))
@@ -200,11 +213,12 @@ class CachedRemote(Remote):
         part = cell.intersect(box)
         out[(..., *part.slices(box.start))] = arr[(..., *part.slices(cell.start))]
 
-    def _run_fetch(self, key: str, cell: Box, flight: _Flight, scale: int) -> None:
-        """Read one cell from the upstream, cache it and hand it to its readers."""
+    def _run_fetch(self, items: list[tuple[str, Box, _Flight]], region: Box,
+                   scale: int) -> None:
+        """Read ``region`` (one cell, or several that tile it) and hand each cell its data."""
         t0 = time.perf_counter()
         try:
-            arr = self.upstream.read(cell, scale)
+            data = self.upstream.read(region, scale)
         except BaseException as exc:
             self.cache.metrics.add(upstream_errors=1)
             # the cells lie inside the dataset, so whatever goes wrong reading them is the
@@ -215,31 +229,39 @@ class CachedRemote(Remote):
             if not isinstance(exc, (UpstreamError, AuthenticationError, MissingChunkError)):
                 err = UpstreamError(f"upstream {self.upstream.url} failed: {exc}")
                 err.__cause__ = exc
-            self._land(key, flight)
-            flight.future.set_exception(err)
+            self._land(items)
+            for _, _, flight in items:
+                flight.future.set_exception(err)
             return
         self.cache.metrics.upstream_latency(time.perf_counter() - t0)
-        self.cache.metrics.add(upstream_bytes=arr.nbytes, upstream_cells=1)
-        # cached only when no write detached this fetch (then it may hold the old data),
-        # checked and stored under the stripe writers of the cell hold, so no write can
-        # detach it in between; a writer holding it now means the data is going stale, so
-        # the fetch does not wait for it, it just does not cache
-        stripe = _STRIPES[hash(key) % len(_STRIPES)]
-        if stripe.acquire(blocking=False):
-            try:
-                if not flight.stale and not self._closed:
-                    # (its disk write behind this request: see TieredCache.put_behind)
-                    self.cache.put_behind(key, arr)
-            finally:
-                stripe.release()
-        self._land(key, flight)
-        flight.future.set_result(arr)
+        self.cache.metrics.add(upstream_bytes=data.nbytes, upstream_cells=len(items))
+        results = []
+        for key, cell, flight in items:
+            arr = data if cell == region else np.ascontiguousarray(
+                data[(..., *cell.slices(region.start))])
+            results.append(arr)
+            # cached only when no write detached this fetch (then it may hold the old data),
+            # checked and stored under the stripe writers of the cell hold, so no write can
+            # detach it in between; a writer holding it now means the data is going stale, so
+            # the fetch does not wait for it, it just does not cache
+            stripe = _STRIPES[hash(key) % len(_STRIPES)]
+            if stripe.acquire(blocking=False):
+                try:
+                    if not flight.stale and not self._closed:
+                        # (its disk write behind this request: see TieredCache.put_behind)
+                        self.cache.put_behind(key, arr)
+                finally:
+                    stripe.release()
+        self._land(items)
+        for (_, _, flight), arr in zip(items, results, strict=True):
+            flight.future.set_result(arr)
 
-    def _land(self, key: str, flight: _Flight) -> None:
-        """A fetch is over: remove its in-flight entry (never a newer fetch's)."""
+    def _land(self, items: list[tuple[str, Box, _Flight]]) -> None:
+        """A fetch is over: remove its in-flight entries (never a newer fetch's)."""
         with self._lock:
-            if self._inflight.get(key) is flight:
-                del self._inflight[key]
+            for key, _, flight in items:
+                if self._inflight.get(key) is flight:
+                    del self._inflight[key]
 
     def _detach(self, keys: list[str]) -> None:
         """No read that begins from now on may join a fetch in flight for ``keys``, and those
