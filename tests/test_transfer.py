@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,11 +121,12 @@ def test_copy_bad_input(tmp_path: Path, em: tuple[np.ndarray, np.ndarray]) -> No
 
 # The child copies with two workers.  Its source lets the first READS_BEFORE_PAUSE reads through
 # and holds every later read until it is released; once both workers are held it prints
-# "paused".  Each worker finishes a block (read, write, journal) before taking the next, so at
-# that point exactly READS_BEFORE_PAUSE blocks are done and recorded, whatever the machine's
-# load.  A SIGINT releases the held reads (as in-flight reads finish on their own after a
-# Ctrl-C) and then raises KeyboardInterrupt as Python's default handler does; a SIGKILL never
-# releases them.
+# "paused".  Each worker finishes a block (read, write) before taking the next, and the copy's
+# own thread records it in the journal a moment later, so from then on exactly
+# READS_BEFORE_PAUSE blocks are done, and recorded once the parent has seen them all in the
+# journal, whatever the machine's load.  A SIGINT releases the held reads (as in-flight reads
+# finish on their own after a Ctrl-C) and then raises KeyboardInterrupt as Python's default
+# handler does; a SIGKILL never releases them.
 READS_BEFORE_PAUSE = 8
 WORKERS = 2
 _CHILD = textwrap.dedent("""
@@ -181,6 +183,14 @@ def test_interrupted_copy_resumes(tmp_path: Path, how: str, em: tuple[np.ndarray
     if first != [b"started\n", b"paused\n"]:  # the copy ended (or failed) without pausing
         out, err = proc.communicate(timeout=60)
         pytest.fail(f"child did not pause: {first!r} {out!r} {err.decode()[-2000:]}")
+    # the last finished block may not be recorded yet (its record is written by the copy's
+    # thread after the worker is done): wait until all of them are, and never more
+    recorded, deadline = -1, time.monotonic() + 60
+    while recorded < READS_BEFORE_PAUSE and time.monotonic() < deadline:
+        found = list((state / "transfers").glob("*.journal"))
+        recorded = len(found[0].read_text().splitlines()) - 2 if found else -1
+        time.sleep(0.02)
+    assert recorded == READS_BEFORE_PAUSE
     proc.send_signal(getattr(signal, how))
     out, _ = proc.communicate(timeout=60)
     assert b"finished" not in out
