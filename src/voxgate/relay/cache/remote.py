@@ -53,6 +53,14 @@ _fetch_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="voxgate-ups
 _STRIPES = [threading.Lock() for _ in range(256)]
 
 
+def _tiled(cells: list[Box]) -> Box | None:
+    """The box two or more ``cells`` (disjoint, from one grid) tile exactly, or None."""
+    if len(cells) < 2:
+        return None
+    union = Box(np.min([c.start for c in cells], axis=0), np.max([c.stop for c in cells], axis=0))
+    return union if sum(c.size for c in cells) == union.size else None
+
+
 class CachedRemote(Remote):
     """A Remote that caches another one cell by cell (see the module docstring)."""
 
@@ -180,22 +188,17 @@ class CachedRemote(Remote):
                     self._inflight[key] = flight
                     mine.append((key, cell, flight))
             waiting.append((cell, flight.future))
-        if mine:
-            union = mine[0][1]
-            for _, cell, _ in mine[1:]:
-                union = Box(np.minimum(union.start, cell.start), np.maximum(union.stop, cell.stop))
-            if self._one_read and len(mine) > 1 \
-                    and sum(c.size for _, c, _ in mine) == union.size:
-                # a REST upstream, the missing cells tiling one box: one read, which the
-                # upstream cuts into requests of its own size (fewer round trips)
-                _fetch_pool.submit(self._run_fetch, mine, union, scale)
-            else:
-                # one read per cell, in parallel: each decodes straight into the array that is
-                # cached, where one read of the box they tile would allocate and copy a
-                # box-sized buffer on top (benchmarks/README.md, item 7: a cold 128^3 uint64
-                # read of local 64^3 chunks, 65-75 ms that way, 32-35 ms per cell)
-                for item in mine:
-                    _fetch_pool.submit(self._run_fetch, [item], item[1], scale)
+        # a REST upstream gets missing cells that tile one box as one read, which it cuts into
+        # requests of its own size (fewer round trips); otherwise one read per cell, in
+        # parallel: each decodes straight into the array that is cached, where one read of the
+        # box they tile would allocate and copy a box-sized buffer on top (benchmarks/README.md,
+        # item 7: a cold 128^3 uint64 read of local 64^3 chunks, 65-75 ms that way, 32-35 ms)
+        union = _tiled([cell for _, cell, _ in mine]) if self._one_read else None
+        if union is not None:
+            _fetch_pool.submit(self._run_fetch, mine, union, scale)
+        else:
+            for item in mine:
+                _fetch_pool.submit(self._run_fetch, [item], item[1], scale)
         for cell, fut in waiting:
             try:
                 arr = fut.result(timeout=max(0.0, deadline - time.monotonic()))
