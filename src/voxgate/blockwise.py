@@ -170,10 +170,16 @@ def check_for_cluster(url: str, role: str, what: str, *, writes: bool = False) -
 
 # -- run ------------------------------------------------------------------------------------------
 
+class WorkersLostError(VoxgateError):
+    """A cluster cancelled a block's task because every worker holding what the task needed
+    (the function sent once per run) died at once; the block is run again."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """Worth running the block again: the store was unreachable (RemoteUnavailableError), or a
-    dask worker died under it (distributed's KilledWorker, CommClosedError)."""
-    if isinstance(exc, RemoteUnavailableError):
+    dask worker died under it (distributed's KilledWorker, CommClosedError, or every worker at
+    once: WorkersLostError)."""
+    if isinstance(exc, (RemoteUnavailableError, WorkersLostError)):
         return True
     try:
         from distributed.comm.core import CommClosedError
@@ -351,6 +357,7 @@ class _Pool:
             # the function (and what it holds: a model, Volumes as specs) goes to every worker
             # once; tasks then carry only their block
             client.run(_setup_worker, per_host=_workers_per_host(client))
+            self._plain = fn
             self._fn = client.scatter(fn, broadcast=True, hash=False)
             self._run = uuid.uuid4().hex[:8]
             # results straight from the worker holding them when it is reachable: the client's
@@ -389,6 +396,10 @@ class _Pool:
         if self.prepare is not None:
             item = self.prepare(item)
         if self.kind == "distributed":
+            if self._fn.status != "finished":
+                # every worker holding the function died at once (the scheduler forgot it and
+                # cancelled the blocks needing it): send it again; scatter waits for a worker
+                self._fn = self.client.scatter(self._plain, broadcast=True, hash=False)
             key = f"{self.name.replace(' ', '_')}-{self._run}-{n}-{attempt}"
             return self.client.submit(_call, self._fn, item, pure=False, key=key)
         if self.kind == "processes":
@@ -397,14 +408,22 @@ class _Pool:
 
     def result(self, fut: Any) -> Any:
         if self.kind == "distributed":
+            if fut.cancelled():  # not by us: those never come back here (see _pooled)
+                raise WorkersLostError(
+                    f"{self.name}: the cluster forgot a block's task ({fut.key}): every "
+                    "worker holding what it needed died")
             return self.client.gather(fut, direct=self._direct)
         return fut.result()
 
     def wait(self, pending: Iterable[Any], timeout: float | None) -> list[Any]:
         pending = list(pending)
         if self.kind == "distributed":
+            from distributed import client as dclient
             from distributed import wait as dwait
 
+            # raised by distributed.wait (2024.12 and later) when a future it waits on is
+            # cancelled; older versions return those as done
+            cancelled = getattr(dclient, "FuturesCancelledError", ())
             try:
                 # on *this* client (distributed.wait takes the default one: a client made with
                 # set_as_default=False, or another default client, would fail or be asked)
@@ -412,6 +431,8 @@ class _Pool:
                     done, _ = dwait(pending, timeout=timeout, return_when="FIRST_COMPLETED")
             except TimeoutError:
                 return []
+            except cancelled:  # result() tells these apart from blocks that ran
+                return [f for f in pending if f.status != "pending"]
             return list(done)
         done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
         return list(done)

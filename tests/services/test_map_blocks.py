@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -104,12 +105,36 @@ def cluster() -> Iterator[object]:
         yield client
 
 
+def _claim(marker: str) -> bool:
+    """True for exactly one caller across processes: the one that creates ``marker``."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 def _killer(marker: str) -> object:
     def fn(a: np.ndarray) -> np.ndarray:
-        # the first worker to reach a block with these values dies mid-run, once
-        if a.mean() > 0 and not os.path.exists(marker):
-            open(marker, "w").close()
+        # the first worker to reach a block dies mid-run, once (claimed atomically: both
+        # workers start a block at the same moment, and both must not die)
+        if _claim(marker):
             os._exit(1)
+        return blur(a)
+    return fn
+
+
+def _all_killer(markers: list[str]) -> object:
+    def fn(a: np.ndarray) -> np.ndarray:
+        # the first block on each worker waits until every worker holds one, then all die
+        # together: nothing the client sent them (the scattered function) survives
+        for m in markers:
+            if _claim(m):
+                deadline = time.monotonic() + 30
+                while (not all(os.path.exists(x) for x in markers)
+                       and time.monotonic() < deadline):
+                    time.sleep(0.01)
+                os._exit(1)
         return blur(a)
     return fn
 
@@ -126,6 +151,12 @@ def test_distributed_cluster(cluster: object, src: voxgate.Volume, image: np.nda
                               halo=(1, 1, 1), client=cluster)
     assert (tmp_path / "died").exists()
     np.testing.assert_array_equal(out2.read(), ref)
+    # every worker dies at once: the nannies start new ones, which get the function again
+    markers = [str(tmp_path / f"all-died-{i}") for i in range(2)]
+    out3 = voxgate.map_blocks(_all_killer(markers), src.url, out=f"zarr://{tmp_path}/out3.zarr",
+                              block=(16, 32, 32), halo=(1, 1, 1), client=cluster)
+    assert all(os.path.exists(m) for m in markers)
+    np.testing.assert_array_equal(out3.read(), ref)
     with pytest.raises(InvalidRequestError, match="this process only"):
         voxgate.map_blocks(blur, image, client=cluster)
 
