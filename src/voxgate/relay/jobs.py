@@ -1,7 +1,13 @@
 """The status of server-side downsample jobs (bossDB's ``/v1/downsample/``), kept in the relay's
 state file so that every worker process of ``voxgate serve --workers N`` answers the same:
 ``state["downsample"][upstream URL] = {"status", "pid"}`` (the pid of the process running
-it: a job whose process is gone without saying how it ended is FAILED)."""
+it: a job whose process is gone without saying how it ended is FAILED), and ``"written":
+true`` once level 0 was written while the job ran.
+
+A write to level 0 makes a finished pyramid stale: DOWNSAMPLED becomes NOT_DOWNSAMPLED, as in
+bossDB.  A write *during* a job leaves it IN_PROGRESS (a second POST is refused with 409, as
+in bossDB) but the job then ends NOT_DOWNSAMPLED, since it may have read that region before
+the write landed: bossDB would say DOWNSAMPLED over a pyramid that lacks the write."""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import os
 
 from .catalog import Catalog
 
-__all__ = ["job_status", "set_job_status"]
+__all__ = ["finish_job", "job_status", "note_write", "set_job_status"]
 
 
 def job_status(catalog: Catalog, url: str) -> str | None:
@@ -34,6 +40,41 @@ def set_job_status(catalog: Catalog, url: str, status: str | None) -> None:
             else:
                 jobs[url] = want
             catalog.save()
+
+
+def note_write(catalog: Catalog, url: str) -> None:
+    """Level 0 of the channel (upstream ``url``) was written: see the module docstring.  Called
+    after the write's data landed; a job that had started by then is seen here (its status is
+    saved before it reads anything, and the state is refreshed first)."""
+    catalog.refresh()  # (one stat unless another process saved)
+    status = job_status(catalog, url)
+    job = catalog.state.get("downsample", {}).get(url)
+    if status == "NOT_DOWNSAMPLED" or (status in _RUNNING and isinstance(job, dict)
+                                       and job.get("written")):
+        return  # nothing to change (the common case: no lock taken)
+    with catalog.lock:
+        status = job_status(catalog, url)
+        job = catalog.state.get("downsample", {}).get(url)
+        if status in _RUNNING and isinstance(job, dict):
+            if not job.get("written"):
+                job["written"] = True
+                catalog.save()
+        elif status != "NOT_DOWNSAMPLED":
+            set_job_status(catalog, url, "NOT_DOWNSAMPLED")
+
+
+def finish_job(catalog: Catalog, url: str, ok: bool) -> str:
+    """Record how the channel's job ended and return the status: FAILED, or DOWNSAMPLED unless
+    level 0 was written while it ran (then NOT_DOWNSAMPLED)."""
+    with catalog.lock:
+        job = catalog.state.get("downsample", {}).get(url)
+        written = isinstance(job, dict) and bool(job.get("written"))
+        status = "FAILED" if not ok else "NOT_DOWNSAMPLED" if written else "DOWNSAMPLED"
+        set_job_status(catalog, url, status)
+    return status
+
+
+_RUNNING = ("QUEUED", "IN_PROGRESS")
 
 
 def _alive(pid: object) -> bool:

@@ -44,7 +44,7 @@ from .errors import (
     not_found,
 )
 from .generations import Generations, before_generation, only_own
-from .jobs import job_status, set_job_status
+from .jobs import finish_job, job_status, note_write, set_job_status
 from .shared_cache import SharedDiskCache
 from .stats import SCAN_BYTES, LabelStatsCache
 
@@ -247,9 +247,9 @@ class Relay:
         with self.writing(remote):
             remote.write(box, np.ascontiguousarray(data), res)
         if res == 0 and len(remote.meta.scales) > 1:
-            # as bossDB does: new base data leaves the coarser levels stale
-            if job_status(self.catalog, remote.url) != "NOT_DOWNSAMPLED":
-                set_job_status(self.catalog, remote.url, "NOT_DOWNSAMPLED")
+            # new base data leaves the coarser levels stale, and a job running now may have
+            # read the region before this write landed (jobs.py)
+            note_write(self.catalog, remote.url)
 
     # -- HTTP caching: write generations and ETags (docs/relay.md, "Behind an HTTP cache") ------
     @staticmethod
@@ -416,10 +416,11 @@ class Relay:
                     downsample(Volume(remote), len(remote.meta.scales), prefer="local")
             except Exception as exc:  # the job's outcome is its status; the log says why
                 log.warning("downsample of %s failed: %s", remote.url, exc)
-                state = "FAILED"
+                finish_job(self.catalog, remote.url, ok=False)
             else:
-                state = "DOWNSAMPLED"
-            set_job_status(self.catalog, remote.url, state)
+                if finish_job(self.catalog, remote.url, ok=True) == "NOT_DOWNSAMPLED":
+                    log.info("downsample of %s ended NOT_DOWNSAMPLED: level 0 was written "
+                             "while it ran", remote.url)
 
         threading.Thread(target=job, name="voxgate-downsample", daemon=True).start()
 

@@ -34,7 +34,7 @@ from ..blockwise import (
     scheduler_name,
     worker_remote,
 )
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, VoxgateError
 from ..geometry import Box, Vec
 from ..meta import Scale, VolumeMeta, next_scales
 from ..remotes.base import Capability
@@ -462,19 +462,37 @@ def downsample_provenance(vol: Volume) -> Provenance | None:
     return _PROVENANCE.get(vol.url)
 
 
+#: how many times the server's job is started when level 0 keeps changing while it runs
+SERVER_ATTEMPTS = 3
+
+
 def _server_downsample(remote: Any, timeout: float = 3600.0) -> None:
-    """Ask a bossDB-dialect server to downsample and wait for it."""
+    """Ask a bossDB-dialect server to downsample and wait for it.
+
+    The job sets the status IN_PROGRESS before the POST is answered, so NOT_DOWNSAMPLED seen
+    afterwards means level 0 was written while it ran or since it ended (a voxgate relay ends
+    such a job NOT_DOWNSAMPLED): the coarser levels may lack that write, and the job is
+    started again, up to :data:`SERVER_ATTEMPTS` times."""
     project = remote.project
     c, e, ch = remote.collection, remote.experiment, remote.channel
-    project.start_downsample(c, e, ch)
     deadline = time.monotonic() + timeout
-    delay = 0.2
-    while time.monotonic() < deadline:
-        status = project.downsample_status(c, e, ch)["status"]
-        if status == "DOWNSAMPLED":
-            return
-        if status == "FAILED":
-            raise InvalidRequestError(f"the server's downsample of {remote.url} failed")
-        time.sleep(delay)
-        delay = min(delay * 2, 10.0)
-    raise TimeoutError(f"the server's downsample of {remote.url} did not finish in {timeout} s")
+    for _ in range(SERVER_ATTEMPTS):
+        project.start_downsample(c, e, ch)
+        delay = 0.2
+        while time.monotonic() < deadline:
+            status = project.downsample_status(c, e, ch)["status"]
+            if status == "DOWNSAMPLED":
+                return
+            if status == "FAILED":
+                raise InvalidRequestError(f"the server's downsample of {remote.url} failed")
+            if status == "NOT_DOWNSAMPLED":
+                break  # written meanwhile: again
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        else:
+            raise TimeoutError(f"the server's downsample of {remote.url} did not finish in "
+                               f"{timeout} s")
+    raise VoxgateError(
+        f"the server's downsample of {remote.url} ran {SERVER_ATTEMPTS} times and each time "
+        "level 0 was written while it ran, so the coarser levels may lack those writes: "
+        "downsample once the writes are over")

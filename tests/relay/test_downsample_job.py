@@ -1,0 +1,142 @@
+"""The relay's server-side downsample job (bossDB's ``/v1/downsample/``) when level 0 is written
+while it runs, and the client's rule for it.
+
+In process, on the relay's own ``Relay`` with an upstream whose first read waits for the test:
+the job reads level 0, a write lands, the job goes on with what it read.  Its pyramid then
+lacks the write, so it must not end DOWNSAMPLED (bossDB would say DOWNSAMPLED; the relay says
+NOT_DOWNSAMPLED), and while it runs a second POST is refused as bossDB refuses it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import voxgate
+from voxgate.errors import VoxgateError
+from voxgate.geometry import Box
+from voxgate.relay.config import ChannelConfig, RelayConfig
+from voxgate.relay.errors import BossHTTPError
+from voxgate.relay.state import Relay
+
+from ..services.numpy_reference import downsample_scales
+from .test_label_stats_relay import Gated, wait_until
+
+#: the module (voxgate.services.downsample is also the name of the function)
+ds = importlib.import_module("voxgate.services.downsample")
+
+SHAPE = (8, 45, 51)  # z, y, x: odd y and x
+FACTORS = [(1, 2, 2), (1, 2, 2)]
+
+
+@pytest.fixture
+def job_relay(tmp_path: Path) -> Iterator[tuple[Relay, Any, Any, Gated, np.ndarray]]:
+    url = f"zarr://{tmp_path / 'img.zarr'}"
+    data = np.random.default_rng(3).integers(0, 256, SHAPE, dtype=np.uint8)
+    vol = voxgate.create(url, shape=SHAPE, chunks=(4, 16, 16), dtype="uint8",
+                         voxel_size=(40, 8, 8))
+    vol[:] = data
+    voxgate.downsample(url, 3, factors=FACTORS)  # a pyramid to start from
+    cfg = RelayConfig()
+    cfg.channels = [ChannelConfig("c", "e", "img", url)]
+    relay = Relay(cfg)
+    entry = relay.channel("c", "e", "img")
+    remote = relay.remote(entry)
+    gated = Gated(remote.upstream)
+    remote.upstream = gated  # the relay's own CachedRemote, over a gate
+    yield relay, entry, remote, gated, data
+    gated.release.set()
+    relay.cache.close()
+
+
+def _levels(remote: Any) -> list[np.ndarray]:
+    return [remote.read(remote.meta.scale(k).bounds, k) for k in (1, 2)]
+
+
+def test_a_write_during_the_job_ends_it_not_downsampled(
+        job_relay: tuple[Relay, Any, Any, Gated, np.ndarray]) -> None:
+    relay, entry, remote, gated, data = job_relay
+    assert relay.downsample_status(entry, remote) == "DOWNSAMPLED"  # the upstream's pyramid
+    relay.start_downsample(entry, remote)
+    assert gated.entered.wait(60)  # the job read level 0 and waits
+    assert relay.downsample_status(entry, remote) == "IN_PROGRESS"
+    new = data.copy()
+    new[2:7, 10:41, 5:50] = 255 - new[2:7, 10:41, 5:50]
+    relay.write(remote, Box((0, 0, 0), SHAPE), new, 0)
+    # still running: bossDB's status, and a second job is refused as bossDB refuses it
+    assert relay.downsample_status(entry, remote) == "IN_PROGRESS"
+    with pytest.raises(BossHTTPError) as err:
+        relay.start_downsample(entry, remote)
+    assert err.value.status == 409
+    gated.release.set()
+    wait_until(lambda: relay.downsample_status(entry, remote) != "IN_PROGRESS", "the job ended")
+    # the job downsampled what it had read: its levels lack the write, and the status says so
+    stale = downsample_scales(data, FACTORS, "image")
+    for got, want in zip(_levels(remote), stale, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert relay.downsample_status(entry, remote) == "NOT_DOWNSAMPLED"
+    # the next job (nothing written meanwhile) makes the pyramid of the new data
+    relay.start_downsample(entry, remote)
+    wait_until(lambda: relay.downsample_status(entry, remote) != "IN_PROGRESS", "the job ended")
+    assert relay.downsample_status(entry, remote) == "DOWNSAMPLED"
+    for got, want in zip(_levels(remote), downsample_scales(new, FACTORS, "image"), strict=True):
+        np.testing.assert_array_equal(got, want)
+    # and a write after it ends makes it NOT_DOWNSAMPLED again, as in bossDB
+    relay.write(remote, Box((0, 0, 0), (1, 1, 1)), np.zeros((1, 1, 1), np.uint8), 0)
+    assert relay.downsample_status(entry, remote) == "NOT_DOWNSAMPLED"
+
+
+def test_a_job_with_no_write_during_it_ends_downsampled(
+        job_relay: tuple[Relay, Any, Any, Gated, np.ndarray]) -> None:
+    relay, entry, remote, gated, data = job_relay
+    # a write before the job: NOT_DOWNSAMPLED, then the job takes it in
+    new = data // 2
+    relay.write(remote, Box((0, 0, 0), SHAPE), new, 0)
+    assert relay.downsample_status(entry, remote) == "NOT_DOWNSAMPLED"
+    gated.release.set()
+    relay.start_downsample(entry, remote)
+    wait_until(lambda: relay.downsample_status(entry, remote) != "IN_PROGRESS", "the job ended")
+    assert relay.downsample_status(entry, remote) == "DOWNSAMPLED"
+    for got, want in zip(_levels(remote), downsample_scales(new, FACTORS, "image"), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+class FakeProject:
+    """A bossDB-dialect project service whose jobs end with the given statuses in turn."""
+
+    def __init__(self, outcomes: list[str]) -> None:
+        self.outcomes = outcomes
+        self.started = 0
+
+    def start_downsample(self, c: str, e: str, ch: str) -> None:
+        self.started += 1
+
+    def downsample_status(self, c: str, e: str, ch: str) -> dict[str, str]:
+        return {"status": self.outcomes[self.started - 1]}
+
+
+class FakeRemote:
+    url = "bossdb://http://127.0.0.1:1/c/e/ch"
+    collection, experiment, channel = "c", "e", "ch"
+
+    def __init__(self, project: FakeProject) -> None:
+        self.project = project
+
+
+def test_the_client_starts_the_job_again_when_level_0_changed_while_it_ran() -> None:
+    project = FakeProject(["NOT_DOWNSAMPLED", "DOWNSAMPLED"])
+    ds._server_downsample(FakeRemote(project))
+    assert project.started == 2
+    always = FakeProject(["NOT_DOWNSAMPLED"] * ds.SERVER_ATTEMPTS)
+    with pytest.raises(VoxgateError, match="written while it ran"):
+        ds._server_downsample(FakeRemote(always))
+    assert always.started == ds.SERVER_ATTEMPTS
+    failed = FakeProject(["FAILED"])
+    with pytest.raises(voxgate.errors.InvalidRequestError, match="failed"):
+        ds._server_downsample(FakeRemote(failed))
+    assert failed.started == 1
