@@ -206,3 +206,47 @@ def test_public_stored_whole_and_blockwise(tmp_path: Path, kind: str, dtype: str
         again = voxgate.open(url)
         for k, w in enumerate(want, start=1):
             assert_same(again.at_scale(k).read(), w, f"{name}, scale {k}")
+
+
+#: level 0 in shards of 2 x 2 x 2 chunks (hash "identity" on the compressed Morton code, 3 bits
+#: preshifted)
+SMALL_SHARDS = {"@type": "neuroglancer_uint64_sharded_v1", "preshift_bits": 3, "hash": "identity",
+                "minishard_bits": 0, "shard_bits": 6, "minishard_index_encoding": "gzip",
+                "data_encoding": "gzip"}
+
+
+@pytest.mark.parametrize(("kind", "dtype", "encoding"), [
+    ("image", "uint8", "raw"),
+    ("segmentation", "uint64", "compressed_segmentation"),
+])
+def test_sharded_precomputed_with_an_offset_read_by_its_peers(tmp_path: Path, kind: str,
+                                                              dtype: str, encoding: str) -> None:
+    """A sharded precomputed layer with odd extents and an odd voxel offset, downsampled: every
+    level (each sharded: the coarser ones get a sharding of their own, here one shard each),
+    read by CloudVolume and by tensorstore (not by voxgate), equals the numpy pyramid.  Levels
+    group voxels from the layer's first voxel; their offsets round down and their shapes up
+    (voxgate.meta.next_scales)."""
+    import tensorstore as ts
+    from cloudvolume import CloudVolume
+
+    shape, offset = (19, 45, 37), (3, 7, 5)  # z, y, x
+    data = make(kind, dtype, shape, 21)
+    path = tmp_path / "layer"
+    opts = {"encoding": encoding} if encoding != "raw" else {}
+    vol = voxgate.create(f"precomputed://file://{path}", shape=shape, chunks=(4, 8, 8),
+                         dtype=dtype, voxel_size=(8, 8, 8), kind=kind, offset=offset,
+                         sharded=SMALL_SHARDS, **opts)
+    vol[:] = data
+    voxgate.downsample(vol.url, 3)
+    want = [data, *downsample_scales(data, [(2, 2, 2), (2, 2, 2)], kind)]
+    for mip, w in enumerate(want):
+        cv = CloudVolume(f"file://{path}", mip=mip, progress=False, fill_missing=False,
+                         bounded=True)
+        assert "sharding" in cv.scale, mip
+        assert tuple(cv.voxel_offset) == tuple(o // 2**mip for o in offset[::-1]), mip
+        assert_same(np.asarray(cv[:, :, :])[..., 0].transpose(2, 1, 0), w,
+                    f"CloudVolume, mip {mip}")
+        store = ts.open({"driver": "neuroglancer_precomputed", "scale_index": mip,
+                         "kvstore": f"file://{path}/"}).result()
+        assert_same(np.asarray(store.read().result())[..., 0].transpose(2, 1, 0), w,
+                    f"tensorstore, mip {mip}")
