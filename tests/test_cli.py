@@ -360,3 +360,23 @@ def test_cp_with_a_misspelt_option_lists_the_accepted_ones(tmp_path: Path) -> No
     assert "it accepts zarr_format, compression, shards" in res.output
     assert "accepts none" not in res.output
     assert not (tmp_path / "b.zarr").exists()
+
+
+def test_mesh_close_flag(tmp_path: Path) -> None:
+    """--no-close reaches the Service: OBJ files of segments cut by the volume's edge are open
+    there (fewer faces) and equal voxgate.mesh(..., close=False)."""
+    seg = _seg(tmp_path)
+    run = CliRunner().invoke
+    counts = {}
+    for flag in ("--close", "--no-close"):
+        out = tmp_path / flag.strip("-")
+        # (--prefer local: the first run stores its meshes in the layer, which "auto" would use)
+        res = run(main, ["mesh", seg.url, "--ids", "1", flag, "--prefer", "local",
+                         "--obj-dir", str(out)])
+        assert res.exit_code == 0, res.output
+        counts[flag] = sum(line.startswith("f ") for line in (out / "1.obj").read_text()
+                           .splitlines())
+    ref = {c: len(voxgate.mesh(seg, ids=[1], close=c, prefer="local")[1].faces)
+           for c in (True, False)}
+    assert counts == {"--close": ref[True], "--no-close": ref[False]}
+    assert ref[False] < ref[True]

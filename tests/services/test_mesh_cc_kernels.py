@@ -1,5 +1,7 @@
 """mesh and connected_components against their kernels and independent oracles: zmesh called
-directly, scipy.ndimage.label; the ids' dtype; the same result on a 2-worker dask cluster."""
+directly (closed meshes: zmesh on the padded array), a numpy check of every mesh's surface
+(closed, outward, enclosing its voxels), scipy.ndimage.label; the ids' dtype; the same result
+on a 2-worker dask cluster."""
 
 from __future__ import annotations
 
@@ -31,10 +33,17 @@ def labels() -> np.ndarray:
     return np.where(lab > 0, lab + np.uint64(2**33), 0).astype(np.uint64)
 
 
-def _zmesh(labels: np.ndarray, vs: tuple[float, float, float]) -> dict[int, Any]:
+def _zmesh(labels: np.ndarray, vs: tuple[float, float, float], closed: bool = False
+           ) -> dict[int, Any]:
+    """zmesh on the array; ``closed``: on the array padded with one voxel of background on
+    every side, its vertices moved back by that voxel (what voxgate's default must equal)."""
     m = zmesh.Mesher((vs[2], vs[1], vs[0]))
-    m.mesh(labels.T)
-    return {int(i): m.get(i, normals=False, voxel_centered=True) for i in m.ids()}
+    m.mesh((np.pad(labels, 1) if closed else labels).T)
+    out = {int(i): m.get(i, normals=False, voxel_centered=True) for i in m.ids()}
+    if closed:
+        for mesh in out.values():
+            mesh.vertices -= np.array([vs[2], vs[1], vs[0]], dtype=np.float32)
+    return out
 
 
 def _triangles(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -44,14 +53,16 @@ def _triangles(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return np.unique(t.reshape(len(faces), 9), axis=0)
 
 
-def test_mesh_equals_zmesh_called_directly(labels: np.ndarray) -> None:
-    got = voxgate.mesh(labels, voxel_size=VS)
-    ref = _zmesh(labels, VS)
+@pytest.mark.parametrize("close", [True, False])
+def test_mesh_equals_zmesh_called_directly(labels: np.ndarray, close: bool) -> None:
+    got = voxgate.mesh(labels, voxel_size=VS, close=close)
+    ref = _zmesh(labels, VS, closed=close)
     assert set(got) == set(ref) and len(ref) > 5
     for i, m in ref.items():
         np.testing.assert_array_equal(got[i].vertices, m.vertices)
         np.testing.assert_array_equal(got[i].faces, m.faces)
         assert got[i].id == i
+    assert got.provenance.details["closed"] is close
 
 
 def test_mesh_of_a_store_with_offset_is_zmesh_shifted(tmp_path: Path, labels: np.ndarray
@@ -61,7 +72,7 @@ def test_mesh_of_a_store_with_offset_is_zmesh_shifted(tmp_path: Path, labels: np
     vol[:] = labels
     got = voxgate.mesh(vol)
     shift = np.array([7 * VS[2], 5 * VS[1], 3 * VS[0]], dtype=np.float32)
-    for i, m in _zmesh(labels, VS).items():
+    for i, m in _zmesh(labels, VS, closed=True).items():
         np.testing.assert_array_equal(got[i].vertices, m.vertices + shift)
         np.testing.assert_array_equal(got[i].faces, m.faces)
 
@@ -69,16 +80,20 @@ def test_mesh_of_a_store_with_offset_is_zmesh_shifted(tmp_path: Path, labels: np
 def test_a_large_numpy_array_is_meshed_in_place(labels: np.ndarray,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mesh_module, "WHOLE_BYTES", 1)  # every array is "large"
-    got = voxgate.mesh(labels, voxel_size=VS)
-    assert got.provenance.details["blocks"] == 1  # not cut into copied blocks
-    ref = _zmesh(labels, VS)
-    assert all(np.array_equal(got[i].vertices, ref[i].vertices) for i in ref)
+    for close in (False, True):  # (closed: one padded copy, still not blocks)
+        got = voxgate.mesh(labels, voxel_size=VS, close=close)
+        assert got.provenance.details["blocks"] == 1  # not cut into copied blocks
+        ref = _zmesh(labels, VS, closed=close)
+        assert all(np.array_equal(got[i].vertices, ref[i].vertices) for i in ref)
 
 
-def test_stitched_blocks_have_zmesh_triangles_and_a_fixed_order(labels: np.ndarray) -> None:
-    ref = _zmesh(labels, VS)
-    a = voxgate.mesh(labels, voxel_size=VS, block=(4, 7, 10))
-    b = voxgate.mesh(labels, voxel_size=VS, block=(4, 7, 10))
+@pytest.mark.parametrize("close", [True, False])
+def test_stitched_blocks_have_zmesh_triangles_and_a_fixed_order(labels: np.ndarray,
+                                                                close: bool) -> None:
+    # closed: only the blocks' sides on the volume's edges are closed, never inner ones
+    ref = _zmesh(labels, VS, closed=close)
+    a = voxgate.mesh(labels, voxel_size=VS, block=(4, 7, 10), close=close)
+    b = voxgate.mesh(labels, voxel_size=VS, block=(4, 7, 10), close=close)
     assert a.provenance.details["blocks"] == 4 * 4 * 4
     for i, m in ref.items():
         # the same surface (every shared border vertex merged, no doubled triangle)
@@ -86,6 +101,52 @@ def test_stitched_blocks_have_zmesh_triangles_and_a_fixed_order(labels: np.ndarr
         np.testing.assert_array_equal(_triangles(a[i].vertices, a[i].faces),
                                       _triangles(m.vertices, m.faces))
         assert a[i] == b[i]  # and the same arrays every run
+
+
+def _exposed_faces(mask: np.ndarray) -> int:
+    """The voxel faces between ``mask`` and the rest (the volume's outside included)."""
+    p = np.pad(mask, 1).astype(np.int8)
+    return sum(int(np.count_nonzero(np.diff(p, axis=ax))) for ax in range(3))
+
+
+# (5, 5, 7): the last blocks along y and x are one voxel wide
+@pytest.mark.parametrize("block", [None, (5, 5, 7)])
+def test_every_mesh_is_a_closed_outward_surface_around_its_voxels(block: Any) -> None:
+    """Checked with numpy against the voxels alone (no mesher): every edge of every mesh
+    has exactly two faces (closed, also where a segment meets the volume's edge), the enclosed
+    volume is positive (faces wound outward) and within a fraction of a voxel per exposed
+    voxel face of the voxel count (marching cubes cuts corners), and the vertices span the
+    segment's voxel bounding box to within half a voxel."""
+    lab = synthetic_labels((15, 26, 29), cell=(6, 10, 12), seed=11)
+    got = voxgate.mesh(lab, block=block, voxel_size=(1, 1, 1))
+    ids = [int(i) for i in np.unique(lab) if i]
+    assert sorted(got) == ids
+    at_edge = 0
+    for i in ids:
+        m, mask = got[i], lab == i
+        f = m.faces.astype(np.int64)
+        edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+        _, count = np.unique(edges, axis=0, return_counts=True)
+        assert (count == 2).all(), f"id {i}: {int((count != 2).sum())} open edges"
+        v = m.vertices.astype(np.float64)
+        volume = np.einsum("ij,ij->i", v[f[:, 0]], np.cross(v[f[:, 1]], v[f[:, 2]])).sum() / 6
+        n, exposed = int(mask.sum()), _exposed_faces(mask)
+        assert volume > 0 and abs(volume - n) <= 0.15 * exposed, (i, volume, n, exposed)
+        where = np.nonzero(mask)  # z, y, x; vertices are x, y, z on voxel faces
+        lo = np.array([w.min() for w in where][::-1], float)
+        hi = np.array([w.max() + 1 for w in where][::-1], float)
+        assert (np.abs(v.min(axis=0) - lo) <= 0.5).all() and (np.abs(v.max(axis=0) - hi)
+                                                              <= 0.5).all(), i
+        at_edge += bool(mask[0].any() or mask[-1].any() or mask[:, 0].any()
+                        or mask[:, -1].any() or mask[:, :, 0].any() or mask[:, :, -1].any())
+    assert at_edge > len(ids) // 2  # most segments are cut by the volume's edge
+    opened = voxgate.mesh(lab, block=block, voxel_size=(1, 1, 1), close=False)
+    assert any(len(opened[i].faces) < len(got[i].faces) for i in ids)
+
+
+def test_close_must_be_a_bool(labels: np.ndarray) -> None:
+    with pytest.raises(InvalidRequestError, match="close"):
+        voxgate.mesh(labels, voxel_size=VS, close="yes")  # type: ignore[arg-type]
 
 
 # -- connected components -------------------------------------------------------------------

@@ -76,6 +76,9 @@ def _write_each(directory: Path, texts: dict[int, str], suffix: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["multires", "legacy"]), default="multires")
 @click.option("--simplify", type=float, default=None, help="Reduction factor (>= 1).")
 @click.option("--max-error", type=float, default=None, help="Simplification error bound, nm.")
+@click.option("--close/--no-close", default=True, show_default=True,
+              help="Close the meshes where segments meet the edge of the volume (as Igneous "
+                   "does), or leave them open there.")
 @click.option("--obj-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write one OBJ file per id here.")
 @click.option("--sharded", is_flag=True,
@@ -88,8 +91,8 @@ def _write_each(directory: Path, texts: dict[int, str], suffix: str) -> None:
                    "chunks).")
 @scheduler_option(_BLOCKS_HELP)
 def mesh_cmd(url: str, ids: str | None, out: str | None, fmt: str, simplify: float | None,
-             max_error: float | None, obj_dir: Path | None, sharded: bool, prefer: str,
-             block: str | None, scheduler: str | None) -> None:
+             max_error: float | None, close: bool, obj_dir: Path | None, sharded: bool,
+             prefer: str, block: str | None, scheduler: str | None) -> None:
     """Mesh the segments of URL (marching cubes, or the store's own meshes).
 
     The meshes go into URL when it is a precomputed layer, into --out, and/or as OBJ files into
@@ -104,7 +107,8 @@ def mesh_cmd(url: str, ids: str | None, out: str | None, fmt: str, simplify: flo
         simp = None if simplify is None else (simplify, max_error)
         with cluster_client(scheduler) as client:
             result = mesh(vol, _ids(ids), simplify=simp, prefer=prefer,  # type: ignore[arg-type]
-                          block=_zyx(block, "--block"), client=client, progress=True)
+                          block=_zyx(block, "--block"), client=client, progress=True,
+                          close=close)
         click.echo(f"{len(result)} meshes ({result.provenance.path}), "
                    f"{sum(len(m.faces) for m in result.values())} triangles")
         # meshes computed here go back into a precomputed source; stored ones are there already

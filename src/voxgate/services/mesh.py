@@ -9,7 +9,10 @@ Volumes larger than one block are meshed block by block: each block is read with
 voxel on its upper faces, so marching cubes sees every pair of neighbouring voxels exactly
 once, and the pieces of each segment are stitched by merging the vertices they share on
 block faces.  The result has no cracks and no duplicate faces at block borders, and equals the
-whole-volume mesh.  Simplification, when asked for, runs on the stitched mesh.  Blocks run on
+whole-volume mesh.  Segments cut by the edge of the region meshed are closed there (a layer
+of background is added on the region's sides before marching cubes; block-wise, on the
+blocks' sides that are the region's), unless ``close=False``.  Simplification, when asked for,
+runs on the stitched mesh.  Blocks run on
 a ``dask.distributed`` Client when one is given (zmesh holds the GIL, so threads would not
 help), otherwise one after another.
 """
@@ -72,13 +75,36 @@ def _simplify_args(simplify: Any) -> tuple[float, float | None] | None:
     return factor, error
 
 
+def _closed(labels: np.ndarray, origin: Sequence[int], close: Sequence[bool]
+            ) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``labels`` with a layer of background on the sides ``close`` names (lower z, y, x, then
+    upper z, y, x), and the dataset coordinate of its first voxel then."""
+    lo, hi = [int(bool(c)) for c in close[:3]], [int(bool(c)) for c in close[3:]]
+    if not any(lo) and not any(hi):
+        return labels, tuple(origin)
+    out = np.zeros(tuple(n + a + b for n, a, b in zip(labels.shape, lo, hi, strict=True)),
+                   dtype=labels.dtype)
+    out[tuple(slice(a, a + n) for a, n in zip(lo, labels.shape, strict=True))] = labels
+    return out, tuple(o - a for o, a in zip(origin, lo, strict=True))
+
+
 def mesh_kernel(labels: np.ndarray, voxel_size: Sequence[float], origin: Sequence[int],
                 ids: Iterable[int] | None = None,
-                simplify: tuple[float, float | None] | None = None) -> dict[int, Mesh]:
+                simplify: tuple[float, float | None] | None = None,
+                close: bool | Sequence[bool] = False) -> dict[int, Mesh]:
     """Marching cubes on a C-order (z, y, x) label array; ``origin`` is its first voxel's
-    dataset coordinate (z, y, x), ``voxel_size`` (z, y, x) in nm."""
+    dataset coordinate (z, y, x), ``voxel_size`` (z, y, x) in nm.
+
+    ``close``: segments that reach the array's edge are left open there (False, zmesh's own
+    behaviour), closed on every side (True), or on the sides named by six flags (lower z, y,
+    x, upper z, y, x): the array is meshed with a layer of background (0) added there, as
+    Igneous does at a dataset's edges (``closed_dataset_edges``), at the cost of a copy."""
     import zmesh
 
+    flags = [bool(close)] * 6 if isinstance(close, bool) else [bool(c) for c in close]
+    if len(flags) != 6:
+        raise InvalidRequestError(f"close is a bool or six bools, got {close!r}")
+    labels, origin = _closed(labels, origin, flags)
     vz, vy, vx = (float(v) for v in voxel_size)
     mesher = zmesh.Mesher((vx, vy, vz))
     mesher.mesh(np.ascontiguousarray(labels).T)  # Fortran-order (x, y, z): the same memory
@@ -112,13 +138,17 @@ def mesh_kernel(labels: np.ndarray, voxel_size: Sequence[float], origin: Sequenc
 
 
 def _block_pieces(vol: Volume, region: Box, voxel_size: Sequence[float],
-                  ids: list[int] | None, pack: bool, block: Block) -> Any:
+                  ids: list[int] | None, pack: bool, block: Block, close: bool = False) -> Any:
     """One block's pieces: the block plus one voxel on its upper faces (clipped), with the
     inner faces each piece reaches (:func:`touches`); packed (:func:`_pack`) for a trip from
-    a cluster's worker."""
+    a cluster's worker.  With ``close``, closed on the sides that are the region's edges."""
     ext = Box(block.box.start, block.box.stop + _ONE).intersect(region)
     labels = vol.remote.read(ext, vol.scale)
-    pieces = mesh_kernel(labels, voxel_size, tuple(ext.start), ids)
+    # (the upper side by the block's own box: a block whose extra voxel is the region's last
+    # leaves the cap to the block of that voxel, which meshes the cubes past it)
+    sides = [close and a == b for a, b in zip(block.box.start, region.start, strict=True)]
+    sides += [close and a == b for a, b in zip(block.box.stop, region.stop, strict=True)]
+    pieces = mesh_kernel(labels, voxel_size, tuple(ext.start), ids, close=sides)
     bits = touches(labels, ext, block.box, region, list(pieces))
     return (*_pack(pieces), bits) if pack else (pieces, bits)
 
@@ -160,6 +190,7 @@ def mesh(
     client: Any = None,
     progress: bool = False,
     voxel_size: Any = None,
+    close: bool = True,
 ) -> MeshResult:
     """Meshes of ``ids`` (all ids present when None) in ``source``, as ``{id: Mesh}``.
 
@@ -168,8 +199,13 @@ def mesh(
     simplification), a reduction factor, or (reduction_factor, max_error_nm).  ``prefer``:
     "server" uses meshes the store already holds (precomputed mesh directory, DVID
     ``_meshes`` keyvalue; with ids=None, every stored mesh), "local" runs marching cubes,
-    "auto" the first when offered.
+    "auto" the first when offered.  ``close``: a segment cut by the edge of the region meshed
+    gets a surface there too, so every mesh is closed (watertight), as Igneous makes them
+    (its ``closed_dataset_edges``); False leaves them open there (zmesh's default) and meshes
+    a numpy array without the padded copy that closing needs.
     """
+    if not isinstance(close, bool):
+        raise InvalidRequestError(f"close must be True or False, got {close!r}")
     t0 = time.perf_counter()
     vol = as_volume(source, voxel_size=voxel_size, kind="segmentation"
                     if isinstance(source, np.ndarray) else None)
@@ -197,7 +233,8 @@ def mesh(
             # a numpy array is meshed as it is, whatever its size (it is in memory already:
             # cutting it into blocks would copy it); a store's volume is read once
             labels = source if isinstance(source, np.ndarray) else vol.read()
-            result.update(mesh_kernel(labels, vs, tuple(region.start), id_list, simp))
+            result.update(mesh_kernel(labels, vs, tuple(region.start), id_list, simp,
+                                      close=close))
             details = {"blocks": 1}
         else:
             # the user's block as given; else whole chunks of the source, on its chunk grid
@@ -219,7 +256,7 @@ def mesh(
             # zmesh holds the GIL: here the blocks run one by one (workers=1); a client's
             # worker processes run them side by side
             run_blocks(functools.partial(_block_pieces, vol, region, vs, id_list,
-                                         client is not None), blocks,
+                                         client is not None, close=close), blocks,
                        name="mesh", client=client, workers=1, progress=progress,
                        nbytes=lambda b: b.box.size * vol.dtype.itemsize, on_done=collect)
             result.update(stitcher.finish())
@@ -230,7 +267,7 @@ def mesh(
     for i in missing:
         result[i] = Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint32), id=i)
     result.provenance = Provenance("mesh", path, vol.url, {
-        **details, "ids": len(result), "simplify": simp,
+        **details, "ids": len(result), "simplify": simp, "closed": close and path == "local",
         "seconds": round(time.perf_counter() - t0, 3)})
     return result
 
