@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import operator
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -91,8 +92,11 @@ class VoxelSize(NamedTuple):
             )
         out = []
         for v in items:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise InvalidRequestError(f"voxel sizes must be positive numbers, got {items!r}")
+            # (numbers.Real: numpy's integer and float scalars too, not numpy's bool)
+            if (isinstance(v, bool) or not isinstance(v, numbers.Real)
+                    or not math.isfinite(float(v)) or not float(v) > 0):
+                raise InvalidRequestError(
+                    f"voxel sizes must be positive finite numbers, got {items!r}")
             out.append(float(v))
         return cls(out[0], out[1], out[2], unit)
 

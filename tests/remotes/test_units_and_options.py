@@ -151,3 +151,22 @@ def test_zarr_reads_axes_in_micrometres_as_nanometres(tmp_path: Any, unit: str) 
     multiscale["datasets"][0]["coordinateTransformations"][0]["scale"] = [0.04, 0.008, 0.008]
     path.write_text(json.dumps(group), encoding="utf-8")
     assert voxgate.open(url).voxel_size.zyx() == pytest.approx((40.0, 8.0, 8.0))
+
+
+def test_voxel_sizes_of_numpy_numbers_are_taken_and_bad_ones_refused(tmp_path: Any) -> None:
+    """numpy's integer and float scalars are numbers (a voxel size read from an array or a
+    file often is one); bools, strings, zero, negative, infinite and NaN sizes are refused."""
+    import numpy as np
+
+    from voxgate.errors import InvalidRequestError
+
+    for vs in (np.array([40, 8, 4]), (np.int64(40), np.uint8(8), np.float32(4.0))):
+        vol = voxgate.create(f"zarr://{tmp_path}/ok{len(list(tmp_path.iterdir()))}.zarr",
+                             shape=(4, 4, 4), chunks=(4, 4, 4), dtype="uint8", voxel_size=vs)
+        assert vol.voxel_size.zyx() == (40.0, 8.0, 4.0)
+    for bad in ((0, 8, 4), (-1, 8, 4), (float("inf"), 8, 4), (float("nan"), 8, 4),
+                (True, 8, 4), (np.True_, 8, 4), ("40", 8, 4)):
+        with pytest.raises(InvalidRequestError, match="positive finite numbers"):
+            voxgate.create(f"zarr://{tmp_path}/bad.zarr", shape=(4, 4, 4), chunks=(4, 4, 4),
+                           dtype="uint8", voxel_size=bad)
+        assert not (tmp_path / "bad.zarr").exists()  # refused before anything was made

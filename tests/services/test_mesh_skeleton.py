@@ -205,3 +205,41 @@ def test_skeletonize_local_and_stored(seg: voxgate.Volume, labels: np.ndarray) -
     np.testing.assert_allclose(stored[big[0]].vertices, sk[big[0]].vertices, atol=1e-3)
     missing = voxgate.skeletonize(seg, ids=[10**12], prefer="local")
     assert len(missing[10**12].vertices) == 0
+
+
+@pytest.mark.parametrize("block", [None, (8, 20, 24)])
+def test_every_skeleton_stays_inside_its_voxels(tmp_path: Path, block: tuple[int, ...] | None
+                                                ) -> None:
+    """Checked with numpy and scipy against the voxels alone (no kimimaro): on an odd volume
+    with an offset and anisotropic voxels, whole and block by block, every vertex is the
+    centre of a voxel of its own segment, every edge joins neighbouring voxels (26-connected),
+    and a skeleton has one connected piece per 26-connected piece of its segment."""
+    import scipy.ndimage
+    import scipy.sparse
+    import scipy.sparse.csgraph
+
+    lab = synthetic_labels((21, 47, 53), cell=(7, 16, 16), seed=5)
+    vs, off = np.array([40, 8, 4]), np.array([3, 5, 7])  # z, y, x
+    vol = voxgate.create(f"zarr://{tmp_path}/s.zarr", shape=lab.shape, chunks=(8, 16, 16),
+                         dtype="uint64", voxel_size=tuple(vs), kind="segmentation",
+                         offset=tuple(off))
+    vol[:] = lab
+    sk = voxgate.skeletonize(vol, block=block, dust_threshold=0)
+    ids = [int(i) for i in np.unique(lab) if i]
+    assert sorted(sk) == ids
+    for i in ids:
+        s = sk[i]
+        v = np.asarray(s.vertices, np.float64)[:, ::-1]  # z, y, x nm
+        at = v / vs - off - 0.5  # voxel indices, exactly, for a voxel centre
+        idx = np.rint(at).astype(np.int64)
+        assert len(v) and np.abs(at - idx).max() < 1e-3, i
+        assert ((idx >= 0) & (idx < lab.shape)).all(), i
+        assert (lab[tuple(idx.T)] == i).all(), f"id {i}: a vertex outside its voxels"
+        e = np.asarray(s.edges, np.int64)
+        steps = np.abs(idx[e[:, 0]] - idx[e[:, 1]]) if len(e) else np.zeros((0, 3))
+        assert (steps <= 1).all() and (steps.sum(axis=1) > 0).all(), i
+        n = len(v)
+        graph = scipy.sparse.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
+        pieces = scipy.sparse.csgraph.connected_components(graph, directed=False)[0]
+        _, parts = scipy.ndimage.label(lab == i, structure=np.ones((3, 3, 3)))
+        assert pieces == parts, (i, pieces, parts)
