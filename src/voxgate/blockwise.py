@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from .errors import InvalidRequestError, RemoteUnavailableError, VoxgateError
-from .geometry import Box, Vec, chunk_boxes, grow_block
+from .geometry import Box, Vec, chunk_boxes, grow_block, whole
 from .parallel import BlockResults, default_workers
 from .progress import format_bytes, progress_bar
 from .registry import open_remote
@@ -492,11 +492,15 @@ def run_blocks(
     ``BlockResults.failed`` instead.  KeyboardInterrupt cancels
     the blocks not started (threads and processes finish the ones running) and re-raises.
     """
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 1):
-        raise InvalidRequestError(f"workers must be an integer >= 1, got {workers!r}")
-    if not isinstance(retries, int) or retries < 0:
+    if workers is not None:
+        n = whole(workers)
+        if n is None or n < 1:
+            raise InvalidRequestError(f"workers must be an integer >= 1, got {workers!r}")
+        workers = n
+    r = whole(retries)
+    if r is None or r < 0:
         raise InvalidRequestError(f"retries must be a whole number >= 0, got {retries!r}")
+    retries = r
     todo = list(items)
     results: BlockResults[T] = BlockResults()
     kind = scheduler_name(client, processes)

@@ -16,7 +16,21 @@ from typing import NamedTuple
 
 from .errors import InvalidRequestError
 
-__all__ = ["Box", "Vec", "VoxelSize", "chunk_boxes", "grid_shape", "grow_block"]
+__all__ = ["Box", "Vec", "VoxelSize", "chunk_boxes", "grid_shape", "grow_block", "whole"]
+
+
+def whole(value: object) -> int | None:
+    """``value`` as a Python int when it is a whole number (an int or a numpy integer, never a
+    bool), else None: the check of a count or an index given by a user, who may well hold a
+    numpy integer."""
+    if type(value) is int:
+        return value
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:  # numpy's bool has __index__ and refuses it
+        return None
 
 
 def _as_int(value: object, what: str) -> int:

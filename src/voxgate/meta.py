@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import InvalidRequestError
-from .geometry import Box, Vec, VoxelSize
+from .geometry import Box, Vec, VoxelSize, whole
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -98,8 +98,10 @@ class VolumeMeta:
             raise InvalidRequestError("a segmentation has exactly one channel")
 
     def scale(self, index: int) -> Scale:
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise InvalidRequestError(f"scale must be an integer, got {index!r}")
+        given = index
+        index = whole(index)  # type: ignore[assignment]
+        if index is None:
+            raise InvalidRequestError(f"scale must be an integer, got {given!r}")
         if not 0 <= index < len(self.scales):
             raise InvalidRequestError(
                 f"scale {index} does not exist; this volume has scales 0..{len(self.scales) - 1}"
@@ -149,8 +151,10 @@ class VolumeMeta:
             raise InvalidRequestError(f"shape must be positive in every axis, got {tuple(sh)}")
         if any(c <= 0 for c in ch):
             raise InvalidRequestError(f"chunks must be positive in every axis, got {tuple(ch)}")
-        if isinstance(num_scales, bool) or not isinstance(num_scales, int) or num_scales < 1:
+        n = whole(num_scales)
+        if n is None or n < 1:
             raise InvalidRequestError(f"num_scales must be a positive integer, got {num_scales!r}")
+        num_scales = n
         if kind not in ("image", "segmentation"):
             raise InvalidRequestError(f"kind must be 'image' or 'segmentation', got {kind!r}")
         dt = check_dtype(dtype)

@@ -170,3 +170,31 @@ def test_voxel_sizes_of_numpy_numbers_are_taken_and_bad_ones_refused(tmp_path: A
             voxgate.create(f"zarr://{tmp_path}/bad.zarr", shape=(4, 4, 4), chunks=(4, 4, 4),
                            dtype="uint8", voxel_size=bad)
         assert not (tmp_path / "bad.zarr").exists()  # refused before anything was made
+
+
+def test_counts_and_indices_may_be_numpy_integers(tmp_path: Any) -> None:
+    """A count or an index computed with numpy (np.int64) is an integer: scales, workers,
+    retries, n; numpy's bool and floats are still refused."""
+    import numpy as np
+
+    from voxgate.errors import InvalidRequestError
+
+    data = np.arange(8 * 16 * 16, dtype=np.uint8).reshape(8, 16, 16)
+    vol = voxgate.create(f"zarr://{tmp_path}/a.zarr", shape=data.shape, chunks=(4, 8, 8),
+                         dtype="uint8", voxel_size=(8, 8, 8), num_scales=np.int64(2))
+    vol[:] = data
+    voxgate.downsample(vol.url, np.int64(3), workers=np.int64(2))
+    again = voxgate.open(vol.url)
+    level = again.at_scale(np.int64(1))
+    assert level.shape == (4, 8, 8) and type(level.scale) is int
+    np.testing.assert_array_equal(
+        voxgate.map_blocks(lambda a: a + 1, again, block=(4, 8, 8), workers=np.uint8(2)),
+        data + 1)
+    report = voxgate.copy(vol.url, f"zarr://{tmp_path}/b.zarr", retries=np.int64(1),
+                          progress=False)
+    assert report.scales == [0, 1, 2]
+    for bad in (np.True_, np.float64(2.0), 2.5):
+        with pytest.raises(InvalidRequestError, match="workers"):
+            voxgate.map_blocks(lambda a: a, again, workers=bad)
+    with pytest.raises(InvalidRequestError, match="scale must be an integer"):
+        again.at_scale(np.float32(1))

@@ -4,6 +4,7 @@ bounds modes and indices)."""
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -58,7 +59,7 @@ class Volume(NoArithmetic):
             raise InvalidRequestError(f"bounds must be one of {_BOUNDS}, got {bounds!r}")
         sc = remote.meta.scale(scale)
         self._remote = remote
-        self._scale = scale
+        self._scale = operator.index(scale)  # (a plain int, also for a numpy integer)
         self._bounds_mode: Bounds = bounds
         if _axes is None:
             lead = (

@@ -21,6 +21,7 @@ from ...errors import (
     InvalidRequestError,
     RemoteNotFoundError,
 )
+from ...geometry import whole
 from ...progress import progress_bar
 from ...storage import UNITS_NM, Directory, join
 from ...storage.sharding import ShardedStore, ShardingSpec
@@ -102,8 +103,10 @@ def write_meshes(
             "sharded=True"
         )
     mesh_dir = check_dir_name(mesh_dir, "mesh_dir")
-    if isinstance(lods, bool) or not isinstance(lods, int) or not 1 <= lods <= 10:
+    n = whole(lods)
+    if n is None or not 1 <= n <= 10:
         raise InvalidRequestError(f"lods must be an integer from 1 to 10, got {lods!r}")
+    lods = n
     if vertex_quantization_bits not in (10, 16) or isinstance(vertex_quantization_bits, bool):
         raise InvalidRequestError(
             f"vertex_quantization_bits must be 10 or 16, got {vertex_quantization_bits!r}"
