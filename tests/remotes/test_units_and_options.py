@@ -198,3 +198,6 @@ def test_counts_and_indices_may_be_numpy_integers(tmp_path: Any) -> None:
             voxgate.map_blocks(lambda a: a, again, workers=bad)
     with pytest.raises(InvalidRequestError, match="scale must be an integer"):
         again.at_scale(np.float32(1))
+    labels = (data // 64).astype(np.uint32)  # a few slabs of ids
+    simple = voxgate.mesh(labels, voxel_size=np.array([8, 8, 8]), simplify=np.int64(4))
+    assert sorted(simple) == [int(i) for i in np.unique(labels) if i]

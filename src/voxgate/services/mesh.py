@@ -20,6 +20,7 @@ help), otherwise one after another.
 from __future__ import annotations
 
 import functools
+import numbers
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -58,7 +59,7 @@ class MeshResult(dict[int, Mesh]):
 def _simplify_args(simplify: Any) -> tuple[float, float | None] | None:
     if simplify is None:
         return None
-    if isinstance(simplify, (int, float)) and not isinstance(simplify, bool):
+    if isinstance(simplify, numbers.Real) and not isinstance(simplify, bool):  # numpy's too
         factor, error = float(simplify), None
     elif isinstance(simplify, Sequence) and len(simplify) == 2:
         factor, error = float(simplify[0]), (None if simplify[1] is None else float(simplify[1]))
