@@ -34,11 +34,10 @@ def whole(value: object) -> int | None:
 
 
 def _as_int(value: object, what: str) -> int:
-    if type(value) is int:
-        return value
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
+    n = whole(value)
+    if n is None:
         raise InvalidRequestError(f"{what} must be an integer, got {value!r}")
-    return operator.index(value)
+    return n
 
 
 class Vec(NamedTuple):

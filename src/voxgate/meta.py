@@ -98,15 +98,14 @@ class VolumeMeta:
             raise InvalidRequestError("a segmentation has exactly one channel")
 
     def scale(self, index: int) -> Scale:
-        given = index
-        index = whole(index)  # type: ignore[assignment]
-        if index is None:
-            raise InvalidRequestError(f"scale must be an integer, got {given!r}")
-        if not 0 <= index < len(self.scales):
+        n = whole(index)
+        if n is None:
+            raise InvalidRequestError(f"scale must be an integer, got {index!r}")
+        if not 0 <= n < len(self.scales):
             raise InvalidRequestError(
-                f"scale {index} does not exist; this volume has scales 0..{len(self.scales) - 1}"
+                f"scale {n} does not exist; this volume has scales 0..{len(self.scales) - 1}"
             )
-        return self.scales[index]
+        return self.scales[n]
 
     @property
     def shape(self) -> Vec:

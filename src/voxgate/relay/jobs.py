@@ -17,6 +17,9 @@ from .catalog import Catalog
 
 __all__ = ["finish_job", "job_status", "note_write", "set_job_status"]
 
+#: the statuses of a job that has not ended
+_RUNNING = ("QUEUED", "IN_PROGRESS")
+
 
 def job_status(catalog: Catalog, url: str) -> str | None:
     """The recorded status of the channel (upstream ``url``), or None when there is none."""
@@ -72,9 +75,6 @@ def finish_job(catalog: Catalog, url: str, ok: bool) -> str:
         status = "FAILED" if not ok else "NOT_DOWNSAMPLED" if written else "DOWNSAMPLED"
         set_job_status(catalog, url, status)
     return status
-
-
-_RUNNING = ("QUEUED", "IN_PROGRESS")
 
 
 def _alive(pid: object) -> bool:
