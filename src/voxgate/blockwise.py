@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from .errors import InvalidRequestError, RemoteUnavailableError, VoxgateError
-from .geometry import Box, Vec, chunk_boxes, grow_block, whole
+from .geometry import Box, Vec, chunk_boxes, grow_block, whole_at_least
 from .parallel import BlockResults, default_workers
 from .progress import format_bytes, progress_bar
 from .registry import open_remote
@@ -493,14 +493,8 @@ def run_blocks(
     the blocks not started (threads and processes finish the ones running) and re-raises.
     """
     if workers is not None:
-        n = whole(workers)
-        if n is None or n < 1:
-            raise InvalidRequestError(f"workers must be an integer >= 1, got {workers!r}")
-        workers = n
-    r = whole(retries)
-    if r is None or r < 0:
-        raise InvalidRequestError(f"retries must be a whole number >= 0, got {retries!r}")
-    retries = r
+        workers = whole_at_least(workers, 1, "workers")
+    retries = whole_at_least(retries, 0, "retries")
     todo = list(items)
     results: BlockResults[T] = BlockResults()
     kind = scheduler_name(client, processes)

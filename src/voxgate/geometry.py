@@ -16,7 +16,8 @@ from typing import NamedTuple
 
 from .errors import InvalidRequestError
 
-__all__ = ["Box", "Vec", "VoxelSize", "chunk_boxes", "grid_shape", "grow_block", "whole"]
+__all__ = ["Box", "Vec", "VoxelSize", "chunk_boxes", "grid_shape", "grow_block", "whole",
+           "whole_at_least"]
 
 
 def whole(value: object) -> int | None:
@@ -31,6 +32,15 @@ def whole(value: object) -> int | None:
         return operator.index(value)
     except TypeError:  # numpy's bool has __index__ and refuses it
         return None
+
+
+def whole_at_least(value: object, minimum: int, what: str) -> int:
+    """``value`` as a Python int (:func:`whole`) of at least ``minimum``, else
+    InvalidRequestError naming ``what``."""
+    n = whole(value)
+    if n is None or n < minimum:
+        raise InvalidRequestError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return n
 
 
 def _as_int(value: object, what: str) -> int:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import InvalidRequestError
-from .geometry import Box, Vec, VoxelSize, whole
+from .geometry import Box, Vec, VoxelSize, whole, whole_at_least
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -150,10 +150,7 @@ class VolumeMeta:
             raise InvalidRequestError(f"shape must be positive in every axis, got {tuple(sh)}")
         if any(c <= 0 for c in ch):
             raise InvalidRequestError(f"chunks must be positive in every axis, got {tuple(ch)}")
-        n = whole(num_scales)
-        if n is None or n < 1:
-            raise InvalidRequestError(f"num_scales must be a positive integer, got {num_scales!r}")
-        num_scales = n
+        num_scales = whole_at_least(num_scales, 1, "num_scales")
         if kind not in ("image", "segmentation"):
             raise InvalidRequestError(f"kind must be 'image' or 'segmentation', got {kind!r}")
         dt = check_dtype(dtype)

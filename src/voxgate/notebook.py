@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidRequestError, LazyOperationError, MissingDependencyError
-from .geometry import whole
+from .geometry import whole_at_least
 from .meta import centre_translation
 from .storage.units import UNITS_NM
 
@@ -373,10 +373,7 @@ def preview(
     in nanometres (voxel centres); the plane is read strided to at most ``max_px`` pixels on
     its long side.  ``ax`` defaults to a new figure's Axes.
     """
-    px = whole(max_px)
-    if px is None or px < 1:
-        raise InvalidRequestError(f"max_px must be a positive integer, got {max_px!r}")
-    max_px = px
+    max_px = whole_at_least(max_px, 1, "max_px")
     if not 0.0 <= alpha <= 1.0:
         raise InvalidRequestError(f"alpha must be between 0 and 1, got {alpha!r}")
     _require("matplotlib", "Volume.preview")

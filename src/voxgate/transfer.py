@@ -41,7 +41,7 @@ from .blockwise import (
     worker_remote,
 )
 from .errors import InvalidRequestError, MissingChunkError, OutOfBoundsError, PartialWriteError
-from .geometry import Box, Vec, chunk_boxes, grow_block, whole
+from .geometry import Box, Vec, chunk_boxes, grow_block, whole_at_least
 from .meta import VolumeMeta
 from .parallel import default_workers
 from .progress import progress_bar
@@ -361,9 +361,7 @@ def copy(
     if client is not None:
         check_for_cluster(_name(src), "source", "copy")
         check_for_cluster(_name(dst), "destination", "copy", writes=True)
-        if whole(retries) is None or retries < 0:
-            raise InvalidRequestError(f"retries must be a whole number >= 0, got {retries!r}")
-        retries = int(retries)
+        retries = whole_at_least(retries, 0, "retries")
     s_remote, s_box, _ = _as_remote(src, "r", missing=missing)
     if box is None:
         box = s_box

@@ -35,7 +35,7 @@ from ..blockwise import (
     worker_remote,
 )
 from ..errors import InvalidRequestError, VoxgateError
-from ..geometry import Box, Vec, whole
+from ..geometry import Box, Vec, whole_at_least
 from ..meta import Scale, VolumeMeta, next_scales
 from ..remotes.base import Capability
 from ..volume import Volume
@@ -376,10 +376,7 @@ def downsample(
         return done
     if num_scales is None:
         num_scales = len(meta.scales) if len(meta.scales) > 1 else _default_num_scales(meta)
-    n = whole(num_scales)
-    if n is None or n < 2:
-        raise InvalidRequestError(f"num_scales must be an integer >= 2, got {num_scales!r}")
-    num_scales = n
+    num_scales = whole_at_least(num_scales, 2, "num_scales")
     existing = len(meta.scales)
     if factors is not None and len(factors) != num_scales - 1:
         raise InvalidRequestError(

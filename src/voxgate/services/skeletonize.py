@@ -37,7 +37,7 @@ import numpy as np
 from ..blockwise import cluster_spec, run_blocks, worker_remote
 from ..errors import InvalidRequestError, RemoteNotFoundError
 from ..formats.skeleton import Skeleton
-from ..geometry import Box, Vec, grow_block, whole
+from ..geometry import Box, Vec, grow_block, whole_at_least
 from ..remotes.base import Capability
 from ._common import Prefer, Provenance, as_volume, block_boxes, choose_path, progress_bar
 
@@ -128,10 +128,7 @@ def skeletonize(
     if vol.ndim != 3 or any(a.step != 1 for a in vol._axes):
         raise InvalidRequestError("skeletonize needs a 3-D view with step 1")
     if workers is not None:
-        n = whole(workers)
-        if n is None or n < 1:
-            raise InvalidRequestError(f"workers must be an integer >= 1, got {workers!r}")
-        workers = n
+        workers = whole_at_least(workers, 1, "workers")
     base = None if block is None else _block_shape(block)
     id_list = None if ids is None else [int(i) for i in ids]
     path = choose_path(prefer, vol.remote, Capability.SERVER_SKELETON, "skeletonize")

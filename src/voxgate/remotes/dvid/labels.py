@@ -20,7 +20,7 @@ from ...formats.dvid_block import (
     decode_rles,
     rles_to_coordinates,
 )
-from ...geometry import Box, Vec, whole
+from ...geometry import Box, Vec, whole_at_least
 from .._http import HTTPClient
 from .client import LabelNotFoundError, _call
 
@@ -175,10 +175,7 @@ class DVIDLabels:
 
     def reserve_ids(self, count: int) -> int:
         """Reserve ``count`` new label ids (``POST nextlabel``); returns the first."""
-        n = whole(count)
-        if n is None or n < 1:
-            raise InvalidRequestError(f"reserve at least one id, not {count!r}")
-        count = n
+        count = whole_at_least(count, 1, "the count of ids to reserve")
         resp = _call(self.client, "POST", f"{self._base}/nextlabel/{count}",
                      what=f"reserving {count} ids")
         return int(json.loads(resp.content)["start"])

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...errors import InvalidRequestError, PartialWriteError
-from ...geometry import Box, whole
+from ...geometry import Box, whole_at_least
 from ...parallel import run_blocks
 from ...volume import Volume
 from .._common import Provenance, as_volume, progress_bar
@@ -50,10 +50,7 @@ def undo(seg: Any, n: int = 1, *, user: str | None = None, progress: bool = Fals
          workers: int | None = None, history_dir: Any = None) -> list[EditResult]:
     """Undo the last ``n`` edits not yet undone, newest first: the voxels each changed are
     written back as they were (a DVID server edit restores the supervoxel -> body mapping)."""
-    count = whole(n)
-    if count is None or count < 1:
-        raise InvalidRequestError(f"n must be a positive integer, got {n!r}")
-    n = count
+    n = whole_at_least(n, 1, "n")
     vol = _open(seg)
     hist = _hist(vol, history_dir)
     _adopt_log(vol, hist)
