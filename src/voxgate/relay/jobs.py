@@ -45,24 +45,29 @@ def set_job_status(catalog: Catalog, url: str, status: str | None) -> None:
             catalog.save()
 
 
+def _after_write(catalog: Catalog, url: str) -> dict[str, object] | str | None:
+    """What a level-0 write changes: the record of a running job not yet marked written (to
+    mark), "reset" (a status to make NOT_DOWNSAMPLED), or None (nothing)."""
+    status = job_status(catalog, url)
+    if status in _RUNNING:  # (job_status found its record, a dict)
+        job = catalog.state["downsample"][url]
+        return None if job.get("written") else job
+    return None if status == "NOT_DOWNSAMPLED" else "reset"
+
+
 def note_write(catalog: Catalog, url: str) -> None:
     """Level 0 of the channel (upstream ``url``) was written: see the module docstring.  Called
     after the write's data landed; a job that had started by then is seen here (its status is
     saved before it reads anything, and the state is refreshed first)."""
     catalog.refresh()  # (one stat unless another process saved)
-    status = job_status(catalog, url)
-    job = catalog.state.get("downsample", {}).get(url)
-    if status == "NOT_DOWNSAMPLED" or (status in _RUNNING and isinstance(job, dict)
-                                       and job.get("written")):
+    if _after_write(catalog, url) is None:
         return  # nothing to change (the common case: no lock taken)
-    with catalog.lock:
-        status = job_status(catalog, url)
-        job = catalog.state.get("downsample", {}).get(url)
-        if status in _RUNNING and isinstance(job, dict):
-            if not job.get("written"):
-                job["written"] = True
-                catalog.save()
-        elif status != "NOT_DOWNSAMPLED":
+    with catalog.lock:  # decided again on the state as it is under the lock
+        change = _after_write(catalog, url)
+        if isinstance(change, dict):
+            change["written"] = True
+            catalog.save()
+        elif change == "reset":
             set_job_status(catalog, url, "NOT_DOWNSAMPLED")
 
 

@@ -21,7 +21,7 @@ from ...errors import (
     InvalidRequestError,
     RemoteNotFoundError,
 )
-from ...geometry import whole
+from ...geometry import whole, whole_at_least
 from ...progress import progress_bar
 from ...storage import UNITS_NM, Directory, join
 from ...storage.sharding import ShardedStore, ShardingSpec
@@ -270,8 +270,7 @@ def read_meshes(
     transform = info.get("transform")
     if transform is not None:
         _transform_matrix(transform, f"{directory.path('info')} transform")
-    if isinstance(lod, bool) or not isinstance(lod, int) or lod < 0:
-        raise InvalidRequestError(f"lod must be an integer >= 0, got {lod!r}")
+    lod = whole_at_least(lod, 0, "lod")
     pattern = _LEGACY_MANIFEST if kind == LEGACY_MESH_TYPE else _MULTIRES_MANIFEST
     if ids is None and store is not None:
         wanted = store.keys()
