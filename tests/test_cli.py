@@ -84,8 +84,19 @@ def test_demo_runs_as_installed_command(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "equal to the original: True" in proc.stdout
     assert "equal to the original: False" not in proc.stdout
+    assert f"data in {tmp_path / 'demo'}" in proc.stdout
     seg = voxgate.open(tmp_path / "demo" / "seg")
     assert seg.kind == "segmentation" and seg.dtype == np.uint64
+
+
+def test_demo_without_dir_says_its_data_is_gone() -> None:
+    res = CliRunner().invoke(main, ["demo", "--size", "48"])
+    assert res.exit_code == 0, res.output
+    assert "seg[4:8, ::2, -16:] -> (4, 24, 16)" in res.output
+    assert "now removed (keep it with --dir DIR)" in res.output
+    assert "data in " not in res.output
+    small = CliRunner().invoke(main, ["demo", "--size", "32"])
+    assert small.exit_code == 2 and "32 is not in the range x>=48" in small.output
 
 
 def _seg(tmp_path: Path) -> voxgate.Volume:

@@ -229,18 +229,19 @@ def _parse_option(text: str) -> tuple[str, Any]:
     "--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Where to write the demo data (default: a temporary folder, removed afterwards).",
 )
-@click.option("--size", type=int, default=128, help="Edge length of the synthetic volume.")
+@click.option("--size", type=click.IntRange(min=48), default=128,
+              help="Edge length (y, x) of the synthetic volume; z is half of it.  At least 48.")
 def demo(directory: Path | None, size: int) -> None:
     """Build a small synthetic EM image and segmentation, write, copy and read them back."""
     if directory is None:
         with tempfile.TemporaryDirectory(prefix="voxgate-demo-") as tmp:
-            _demo(Path(tmp), size)
+            _demo(Path(tmp), size, kept=False)
     else:
         directory.mkdir(parents=True, exist_ok=True)
-        _demo(directory, size)
+        _demo(directory, size, kept=True)
 
 
-def _demo(root: Path, size: int) -> None:
+def _demo(root: Path, size: int, kept: bool) -> None:
     import numpy as np
 
     from .. import copy, create
@@ -277,10 +278,13 @@ def _demo(root: Path, size: int) -> None:
         f"{same_img}")
     say(f"read back {pre_seg.url}: {pre_seg.shape} {pre_seg.dtype} "
         f"({pre_seg.meta.scale(0).encoding}), equal to the original: {same_seg}")
-    cut = pre_seg[10:20, ::2, -40:]
-    say(f"a lazy view seg[10:20, ::2, -40:] -> {cut.shape}, ids in it: "
+    z0, z1, x0 = size // 12, size // 6, size // 3
+    cut = pre_seg[z0:z1, ::2, -x0:]
+    say(f"a lazy view seg[{z0}:{z1}, ::2, -{x0}:] -> {cut.shape}, ids in it: "
         f"{len(np.unique(cut.read()))}")
-    say(f"done in {time.perf_counter() - t0:.2f} s; data in {root}")
+    where = (f"data in {root}" if kept else
+             "the data was in a temporary folder, now removed (keep it with --dir DIR)")
+    say(f"done in {time.perf_counter() - t0:.2f} s; {where}")
     if not (same_img and same_seg):
         raise click.ClickException("round trip mismatch")
 
