@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run), for a fresh machine: installs what the suite needs that pip
 # cannot (Debian's chromium, for the Neuroglancer tests, and nginx, the HTTP cache the relay is
-# tested behind), makes .venv, installs voxgate with its test extra, makes .venv-webknossos for
-# the webknossos peer tests, and runs pytest with any arguments given.  Rerunning it is safe: every step either
-# is skipped or repeats harmlessly.
+# tested behind), makes .venv, installs voxgate with its test extra, makes .venv-webknossos and
+# .venv-igneous for the peer tests that need older libraries, and runs pytest with any arguments
+# given.  Rerunning it is safe: every step either is skipped or repeats harmlessly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,5 +72,15 @@ if [ -z "${VOXGATE_WEBKNOSSOS_PYTHON:-}" ]; then
         "$WK/bin/python" -m pip install --quiet "webknossos==4.3.3"
     fi
     export VOXGATE_WEBKNOSSOS_PYTHON="$PWD/$WK/bin/python"
+fi
+# Igneous (the oracle of tests/services/test_downsample_igneous.py) pins DracoPy below 2, whose
+# encoder refuses voxgate's unquantized mesh positions: it too gets a venv of its own
+IG=.venv-igneous
+if [ -z "${VOXGATE_IGNEOUS_PYTHON:-}" ]; then
+    if ! "$IG/bin/python" -c "import igneous.task_creation" >/dev/null 2>&1; then
+        "$PYTHON" -m venv --clear "$IG"
+        "$IG/bin/python" -m pip install --quiet "igneous-pipeline==4.37.0"
+    fi
+    export VOXGATE_IGNEOUS_PYTHON="$PWD/$IG/bin/python"
 fi
 exec python -m pytest "$@"
