@@ -56,6 +56,7 @@ def boss_routes(relay: Relay) -> list[Route]:
     res = "{res}/{x}/{y}/{z}"
     cut_methods = ["GET", "POST"]
     rw = ["GET", "POST", "PUT", "DELETE"]
+    black = [*rw, "PATCH"]
     routes = [
         Route("/ping", ping), Route("/ping/", ping),
         Route("/v0.{minor}/{rest:path}", old_version, methods=rw),
@@ -72,10 +73,12 @@ def boss_routes(relay: Relay) -> list[Route]:
         Route(f"/v1/collection/{c}/experiment/{e}/channel/{ch}/", channel, methods=rw),
         Route("/v1/coord", list_coords), Route("/v1/coord/", list_coords),
         Route("/v1/coord/{cf}", coord, methods=rw), Route("/v1/coord/{cf}/", coord, methods=rw),
-        Route(f"/v1/cutout/to_black/{c}/{e}/{ch}/{res}", to_black, methods=["PUT"]),
-        Route(f"/v1/cutout/to_black/{c}/{e}/{ch}/{res}/", to_black, methods=["PUT"]),
-        Route(f"/v1/cutout/to_black/{c}/{e}/{ch}/{res}/{{t}}", to_black, methods=["PUT"]),
-        Route(f"/v1/cutout/to_black/{c}/{e}/{ch}/{res}/{{t}}/", to_black, methods=["PUT"]),
+        # other methods too, answered 405 by to_black as bossDB does: with PUT alone, a GET
+        # fell through to the cutout route, which looked for a collection "to_black" (a 404)
+        Route(f"/v1/cutout/to_black/{c}/{e}/{ch}/{res}", to_black, methods=black),
+        Route(f"/v1/cutout/to_black/{c}/{e}/{ch}/{res}/", to_black, methods=black),
+        Route(f"/v1/cutout/to_black/{c}/{e}/{ch}/{res}/{{t}}", to_black, methods=black),
+        Route(f"/v1/cutout/to_black/{c}/{e}/{ch}/{res}/{{t}}/", to_black, methods=black),
         Route(f"/v1/cutout/{c}/{e}/{ch}/{res}", cutout, methods=cut_methods),
         Route(f"/v1/cutout/{c}/{e}/{ch}/{res}/", cutout, methods=cut_methods),
         Route(f"/v1/cutout/{c}/{e}/{ch}/{res}/{{t}}", cutout, methods=cut_methods),

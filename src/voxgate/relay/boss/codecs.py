@@ -78,6 +78,11 @@ def decode_body(body: bytes, content_type: str, dtype: np.dtype[Any],
             if d.unconsumed_tail:
                 raise bad_request(DATA_DIMENSION_MISMATCH, "Data dimensions in URL do not match "
                                   "POSTed data: the body inflates past the region's size")
+            if not d.eof or d.unused_data:
+                # a cut-off stream inflates to what it holds: the data would be taken unchecked
+                raise bad_request(DATA_DIMENSION_MISMATCH, "Failed to unpack data: the zlib "
+                                  "stream is " + ("truncated (it does not end)" if not d.eof
+                                                  else "followed by bytes that are not in it"))
             buf = io.BytesIO(raw)
             # the header is checked before numpy allocates what it declares
             head_shape, _, head_dtype = _npy_header(buf)
@@ -85,8 +90,11 @@ def decode_body(body: bytes, content_type: str, dtype: np.dtype[Any],
                 raise bad_request(DATA_DIMENSION_MISMATCH, "Failed to unpack data: the .npy "
                                   "holds Python objects, which only unpickling could read")
             if head_dtype != dtype:
+                got, want = head_dtype.name, dtype.name
+                if got == want:  # the same type in another byte order: name both orders
+                    got, want = f"{got} ({head_dtype.str})", f"{want} ({dtype.str})"
                 raise bad_request(DATATYPE_DOES_NOT_MATCH, f"Datatype does not match channel: "
-                                  f"got {head_dtype.name}, the channel is {dtype.name}")
+                                  f"got {got}, the channel is {want}")
             if head_shape != shape:
                 raise bad_request(DATA_DIMENSION_MISMATCH, f"Data dimensions in URL do not "
                                   f"match POSTed data: URL {shape}, body {head_shape}")
@@ -182,6 +190,11 @@ async def _json_body(request: Request) -> dict[str, Any]:
     body = b"".join(parts)
     if not body:
         return {}
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media and media != "application/json" and not media.endswith("+json"):
+        # as bossDB's parsers (DRF) answer a body they cannot parse; no Content-Type is taken
+        raise BossHTTPError(415, 0, f'Unsupported media type "{media[:100]}" in request: send '
+                            "the record as application/json", drf=True)
     import json as _json
 
     def finite(text: str) -> float:
@@ -202,4 +215,10 @@ async def _json_body(request: Request) -> dict[str, Any]:
         raise bad_request(INVALID_POST_ARGUMENT, f"the body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise bad_request(INVALID_POST_ARGUMENT, "the body must be a JSON object")
+    try:
+        # a lone surrogate ("\ud800") parses, but no UTF-8 response could ever show it
+        _json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request(INVALID_POST_ARGUMENT, "the body is not valid JSON text: it holds a "
+                          "lone UTF-16 surrogate escape (\\ud800-\\udfff not in a pair)") from None
     return data

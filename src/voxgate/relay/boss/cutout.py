@@ -13,6 +13,7 @@ from starlette.responses import Response
 from ...geometry import Box
 from ..cache import CachedRemote
 from ..errors import (
+    DATATYPE_NOT_SUPPORTED,
     INVALID_CUTOUT_ARGS,
     INVALID_URL,
     MISSING_PERMISSION,
@@ -23,7 +24,8 @@ from ..errors import (
 )
 from ..state import Relay
 from .codecs import decode_body, encode_cutout
-from .routing import Handler, runner
+from .records import _short
+from .routing import Handler, reads, runner
 
 # ASCII digits only, and few enough that int() never refuses them (Python caps long strings)
 _RANGE = re.compile(r"([0-9]{1,18}):([0-9]{1,18})")
@@ -125,9 +127,41 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
-def _encoded(cut: _Cutout, accept: str, etag: str) -> tuple[bytes, str]:
-    """Read and encode a cutout in one thread hop, and keep the response for its ETag."""
+def _read_query(request: Request, cut: _Cutout) -> np.ndarray | None:
+    """The ids of a GET's ``?filter=`` (None: no filter), the other query parameters checked:
+    ``access-mode`` is cache, no-cache or raw (each reads the same data here), and not sent
+    with the deprecated ``no-cache``.  Others (``iso``) are ignored, as bossDB ignores them."""
+    q = request.query_params
+    mode = q.get("access-mode")
+    if mode is not None:
+        if mode not in ("cache", "no-cache", "raw"):
+            raise bad_request(INVALID_CUTOUT_ARGS, f"access-mode must be cache, no-cache or raw, "
+                              f"got {_short(mode)}")
+        if "no-cache" in q:
+            raise bad_request(INVALID_CUTOUT_ARGS, "send access-mode or the deprecated no-cache "
+                              "parameter, not both")
+    text = q.get("filter")
+    if text is None:
+        return None
+    dt = cut.dtype
+    if cut.remote.meta.kind != "segmentation" or not np.issubdtype(dt, np.integer):
+        raise bad_request(DATATYPE_NOT_SUPPORTED, "filter is only supported on annotation "
+                          "channels")
+    parts = text.split(",")
+    if not all(_ID.fullmatch(p) and int(p) < 2**64 for p in parts):
+        raise bad_request(INVALID_CUTOUT_ARGS, f"filter must be object ids separated by commas "
+                          f"(integers from 0 to 2**64-1, e.g. filter=1,7,9), got {_short(text)}")
+    top = int(np.iinfo(dt).max)  # (an id above the channel's dtype is in no voxel)
+    return np.array(sorted({int(p) for p in parts if int(p) <= top}), dtype=dt)
+
+
+def _encoded(cut: _Cutout, accept: str, etag: str,
+             keep: np.ndarray | None = None) -> tuple[bytes, str]:
+    """Read and encode a cutout in one thread hop (only the ids in ``keep`` when it is
+    given: every other voxel reads 0), and keep the response for its ETag."""
     arr = cut.read()
+    if keep is not None:  # (a new array: the one read may be the cached cell itself)
+        arr = np.where(np.isin(arr, keep), arr, arr.dtype.type(0))
     if cut.time is not None:
         arr = arr[np.newaxis]
     body, media = encode_cutout(arr, accept)
@@ -141,18 +175,20 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
 
     # -- cutouts --------------------------------------------------------------------------------
     async def cutout(request: Request) -> Response:
-        if request.method == "GET":
-            def parse() -> tuple[_Cutout, str]:
+        if reads(request):
+            def parse() -> tuple[_Cutout, np.ndarray | None, str]:
                 cut = _Cutout(relay, request, write=False)
+                keep = _read_query(request, cut)
                 # the ETag comes from the write generation, before any data is read: a
                 # conditional GET whose ETag is current is answered without reading
                 # (docs/relay.md, "Behind an HTTP cache")
-                return cut, relay.generation(cut.entry, cut.remote)
+                return cut, keep, relay.generation(cut.entry, cut.remote)
 
-            cut, version = await run(parse)
+            cut, keep, version = await run(parse)
             accept = request.headers.get("accept", "application/blosc").lower()
             etag = relay.etag(cut.remote, version, "cutout", cut.res, cut.box, cut.time,
-                              "npygz" if "application/npygz" in accept else accept)
+                              "npygz" if "application/npygz" in accept else accept,
+                              *([] if keep is None else ["filter", keep.tolist()]))
             headers = {**relay.cache_headers(cut.entry, etag), "Vary": "Accept"}
             if relay.not_modified(request, etag):
                 return Response(status_code=304, headers=headers)
@@ -160,7 +196,7 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
             # was taken before any data was read: see relay.cache.responses)
             found = cut.remote.response(etag)
             if found is None:
-                found = await run(lambda: _encoded(cut, accept, etag))
+                found = await run(lambda: _encoded(cut, accept, etag, keep))
             body, media = found
             return Response(body, media_type=media, headers=headers)
         cut = await run(lambda: _Cutout(relay, request, write=True))
@@ -175,6 +211,9 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
         return Response(status_code=201)
 
     async def to_black(request: Request) -> Response:
+        if request.method != "PUT":  # (routed here whatever the method: see boss_routes)
+            raise BossHTTPError(405, 0, f'Method "{request.method}" not allowed.', drf=True,
+                                headers={"Allow": "PUT"})
         cut = await run(lambda: _Cutout(relay, request, write=True))
         data = np.zeros(tuple(cut.box.shape), dtype=cut.dtype)
         await run(lambda: relay.write(cut.remote, cut.box, data, cut.res))

@@ -22,7 +22,7 @@ from ..errors import (
 from ..state import Relay
 from .cutout import _ID, _INT, _Cutout
 from .records import _short
-from .routing import Handler, json, runner
+from .routing import Handler, json, reads, runner
 
 _BOSS_CUBOID = Vec(16, 512, 512)  # z, y, x: the grid "loose" bounding boxes align to
 
@@ -101,7 +101,7 @@ def object_handlers(relay: Relay) -> dict[str, Handler]:
     # -- downsample status ----------------------------------------------------------------------
     async def downsample(request: Request) -> Response:
         p = request.path_params
-        relay.authorize(request, p["c"], write=request.method != "GET")
+        relay.authorize(request, p["c"], write=not reads(request))
         entry = relay.channel(p["c"], p["e"], p["ch"])
         remote = await run(lambda: relay.remote(entry, None))
         meta = remote.meta

@@ -40,7 +40,7 @@ from .records import (
     _text,
     _undelete,
 )
-from .routing import Handler, json, runner
+from .routing import Handler, json, reads, runner
 
 
 def _channel_json(relay: Relay, entry: ChannelEntry) -> dict[str, Any]:
@@ -140,10 +140,10 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
 
     async def collection(request: Request) -> Response:
         c = request.path_params["c"]
-        write = request.method != "GET"
+        write = not reads(request)
         relay.authorize(request, c, write=write)
         cat = relay.catalog
-        if request.method == "GET":
+        if reads(request):
             return json(await run(lambda: collection_json(relay.known_collection(c))))
         if request.method == "POST":
             check = _name(c, "collection")
@@ -214,10 +214,10 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
 
     async def experiment(request: Request) -> Response:
         c, e = request.path_params["c"], request.path_params["e"]
-        relay.authorize(request, c, write=request.method != "GET")
+        relay.authorize(request, c, write=not reads(request))
         cat = relay.catalog
         key = f"{c}/{e}"
-        if request.method == "GET":
+        if reads(request):
             relay.known_experiment(c, e)
             return json(await run(lambda: experiment_json(c, e)))
         if request.method == "POST":
@@ -283,7 +283,7 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
 
     async def coord(request: Request) -> Response:
         name = request.path_params["cf"]
-        token = relay.authorize(request, None, write=request.method != "GET")
+        token = relay.authorize(request, None, write=not reads(request))
         cat = relay.catalog
         frames = await run(frame_index)
         if request.method == "POST":
@@ -307,7 +307,7 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
             raise BossHTTPError(403, MISSING_PERMISSION, "This user does not have the required "
                                 f"permissions: the token may not read coordinate frame {name} "
                                 "(it neither created it nor may read a collection that uses it)")
-        if request.method == "GET":
+        if reads(request):
             return json(_frame_json(await run(lambda: frame_record(name, frames[name]))))
         stored = cat.state["coords"].get(name)
         if stored is None:
@@ -358,10 +358,10 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
 
     async def channel(request: Request) -> Response:
         c, e, ch = (request.path_params[k] for k in ("c", "e", "ch"))
-        relay.authorize(request, c, write=request.method != "GET")
+        relay.authorize(request, c, write=not reads(request))
         cat = relay.catalog
         key = f"{c}/{e}/{ch}"
-        if request.method == "GET":
+        if reads(request):
             entry = relay.channel(c, e, ch)
             return json(await run(lambda: _channel_json(relay, entry)))
         if request.method == "POST":
@@ -418,7 +418,7 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
     async def metadata(request: Request) -> Response:
         p = request.path_params
         parts = [p[k] for k in ("c", "e", "ch") if p.get(k)]
-        relay.authorize(request, parts[0], write=request.method != "GET")
+        relay.authorize(request, parts[0], write=not reads(request))
         if len(parts) == 1:
             relay.known_collection(parts[0])
         elif len(parts) == 2:
@@ -428,14 +428,14 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
         store = relay.catalog.state["meta"].setdefault("/".join(parts), {})
         key = request.query_params.get("key")
         value = request.query_params.get("value")
-        if request.method == "GET":
+        if reads(request):
             if key is None:
                 return json({"keys": sorted(store)})
             if key not in store:
                 raise bad_request(INVALID_POST_ARGUMENT,
                                   f"Invalid request. Key {key} Not found in the database")
             return json({"key": key, "value": store[key]})
-        if key is None:
+        if not key:  # an empty "key=" names no key
             raise bad_request(INVALID_POST_ARGUMENT, "Missing optional argument key in request")
         if request.method in ("POST", "PUT"):
             if value is None:

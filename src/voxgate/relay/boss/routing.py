@@ -12,10 +12,16 @@ from starlette.responses import JSONResponse, Response
 
 from ..state import Relay
 
-__all__ = ["Handler", "json", "runner"]
+__all__ = ["Handler", "json", "reads", "runner"]
 
 #: a route's endpoint
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+def reads(request: Request) -> bool:
+    """Whether the request only reads: GET, or HEAD, which Starlette routes to every GET
+    route's handler (a handler that took "not GET" for a write answered HEAD with a DELETE)."""
+    return request.method in ("GET", "HEAD")
 
 
 def json(data: Any, status: int = 200) -> JSONResponse:
