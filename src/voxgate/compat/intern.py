@@ -244,6 +244,13 @@ class BossRemote:
         return self.get_collection(resource.name)
 
     # -- creating and deleting -------------------------------------------------------------------
+    def _forget(self, *parts: str) -> None:
+        """Drop the Remotes kept for the channels under ``parts`` (a collection, experiment or
+        channel this object deletes or creates): a channel created again under a name is read
+        with its own metadata, not the deleted one's."""
+        for key in [k for k in self._remotes if k[: len(parts)] == parts]:
+            self._remotes.pop(key).close()
+
     def create_project(self, resource: Resource) -> Resource:
         p = self.project
         if isinstance(resource, CollectionResource):
@@ -264,6 +271,7 @@ class BossRemote:
                                 time_step_unit=r2.time_step_unit)
         else:
             r3 = resource
+            self._forget(r3.collection_name, r3.experiment_name, r3.name)
             p.create_channel(r3.collection_name, r3.experiment_name, r3.name, type=r3.type,
                              datatype=r3.datatype, description=r3.description,
                              base_resolution=r3.base_resolution, sources=tuple(r3.sources),
@@ -274,12 +282,15 @@ class BossRemote:
         p = self.project
         if isinstance(resource, ChannelResource):
             p.delete_channel(resource.collection_name, resource.experiment_name, resource.name)
+            self._forget(resource.collection_name, resource.experiment_name, resource.name)
         elif isinstance(resource, ExperimentResource):
             p.delete_experiment(resource.collection_name, resource.name)
+            self._forget(resource.collection_name, resource.name)
         elif isinstance(resource, CoordinateFrameResource):
             p.delete_coordinate_frame(resource.name)
         else:
             p.delete_collection(resource.name)
+            self._forget(resource.name)
 
     # -- cutouts ---------------------------------------------------------------------------------
     def get_cutout(self, resource: ChannelResource | str, resolution: int,

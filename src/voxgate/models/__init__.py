@@ -11,6 +11,7 @@ extra; nothing here imports it.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -91,7 +92,8 @@ def model_info(name_or_path: str | Path) -> dict[str, Any]:
 
 
 def load_session(model: str | Path, *, device: str = "cpu") -> Any:
-    """An ``onnxruntime.InferenceSession`` on the model (cached per file and device).
+    """An ``onnxruntime.InferenceSession`` on the model (cached per file content and device:
+    a file saved again is loaded again, even within one tick of a coarse file time stamp).
 
     ``device``: "cpu"; "cuda" (onnxruntime's CUDA provider, from ``onnxruntime-gpu``); "auto"
     (CUDA when available, else the CPU).
@@ -99,11 +101,12 @@ def load_session(model: str | Path, *, device: str = "cpu") -> Any:
     if device not in DEVICES:
         raise InvalidRequestError(f"device={device!r}: use one of {', '.join(DEVICES)}")
     path = resolve_model(model).resolve()
-    return _session(str(path), path.stat().st_mtime_ns, device)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _session(str(path), digest, device)
 
 
 @functools.lru_cache(maxsize=8)
-def _session(path: str, mtime_ns: int, device: str) -> Any:
+def _session(path: str, digest: str, device: str) -> Any:
     try:
         import onnxruntime as ort
     except ImportError as exc:

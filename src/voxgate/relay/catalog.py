@@ -99,7 +99,9 @@ class Catalog:
         #: guards the in-memory bookkeeping of opened Remotes
         self._mutex = threading.RLock()
         self.channels: dict[tuple[str, str, str], ChannelEntry] = {}
-        self._opening: dict[tuple[tuple[str, str, str], str], Future[CachedRemote]] = {}
+        #: opens in flight, by (the entry, its token's fingerprint): by the entry object, not
+        #: its name, so a channel deleted and created again never joins the old one's open
+        self._opening: dict[tuple[int, str], Future[CachedRemote]] = {}
         self.state_path = self._state_path()
         self._file = StateFile(self.state_path, _empty_state(), on_change=self._state_changed,
                                watch="local_channels")
@@ -249,7 +251,7 @@ class Catalog:
             cached = entry._remotes.get(fingerprint)
             if cached is not None:
                 return cached
-            slot = (entry.key, fingerprint)
+            slot = (id(entry), fingerprint)  # (alive while its open is in flight)
             fut = self._opening.get(slot)
             if fut is None:
                 fut = Future()
@@ -289,12 +291,12 @@ class Catalog:
                 err = UpstreamError(f"upstream {entry.upstream_url} could not be opened: {exc}")
                 err.__cause__ = exc
             with self._mutex:
-                self._opening.pop((entry.key, fingerprint), None)
+                self._opening.pop((id(entry), fingerprint), None)
             fut.set_exception(err)
             return
         with self._mutex:
             entry._remotes.setdefault(fingerprint, cached)
-            self._opening.pop((entry.key, fingerprint), None)
+            self._opening.pop((id(entry), fingerprint), None)
         fut.set_result(entry._remotes[fingerprint])
 
     def open_remotes(self, entry: ChannelEntry) -> list[CachedRemote]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -218,7 +219,7 @@ def _blockwise(vol: Any, base: Vec, ids: list[int] | None, dust_threshold: int,
 
     itemsize = vol.dtype.itemsize
     run_blocks(functools.partial(_block_job, source, vol.scale, ids=ids, voxel_size=vs,
-                                 teasar_params=teasar),
+                                 teasar_params=teasar, run=uuid.uuid4().hex),
                [(at, ext, core) for at, (ext, core) in enumerate(jobs)], name="skeletonize",
                client=client, workers=workers if scheduler == "processes" else 1,
                processes=scheduler == "processes", progress=progress, prepare=prepare,
@@ -242,16 +243,17 @@ def _blockwise(vol: Any, base: Vec, ids: list[int] | None, dust_threshold: int,
 
 
 def _block_job(source: Any, scale: int, job: tuple[Any, ...], ids: list[int] | None,
-               voxel_size: Sequence[float], teasar_params: Mapping[str, Any] | None
-               ) -> dict[int, _Piece]:
+               voxel_size: Sequence[float], teasar_params: Mapping[str, Any] | None,
+               run: str = "") -> dict[int, _Piece]:
     """One block's pieces.  ``job``: (number, ext, core[, labels]); the labels of ``ext`` (the
     block ``core`` plus one voxel on its upper faces) are given, or read from ``source``: a
-    Remote, or its spec reopened here, in a worker process (:func:`blockwise.worker_remote`)."""
+    Remote, or its spec reopened here, in a worker process, once per ``run``
+    (:func:`blockwise.worker_remote`: a store recreated since an earlier run is opened anew)."""
     _, ext, core, *given = job
     if given:
         labels = given[0]
     else:
-        remote = worker_remote(source) if isinstance(source, str) else source
+        remote = worker_remote(source, run) if isinstance(source, str) else source
         labels = remote.read(ext, scale)
     return block_pieces(labels, tuple(ext.start), core, voxel_size, ids,
                         teasar_params=teasar_params)

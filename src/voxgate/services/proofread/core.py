@@ -95,6 +95,9 @@ _stats_lock = threading.Lock()
 #: (volume URL, scale) -> {"boxes": {id: Box}, "max": largest id}: the label_stats of a volume,
 #: computed once per process and kept up to date by the edits made here
 _STATS: dict[tuple[str, int], dict[str, Any]] = {}
+#: (volume URL, scale) -> edits noted so far: a pass that began before an edit and ends after
+#: it (it may have read the old voxels) is not kept
+_EDITS: dict[tuple[str, int], int] = {}
 
 
 def _dvid_labels(vol: Volume) -> Any:
@@ -104,24 +107,34 @@ def _dvid_labels(vol: Volume) -> Any:
 
 def _stats(vol: Volume) -> dict[str, Any]:
     key = (_stable_url(vol), vol.scale)
-    with _stats_lock:
-        got = _STATS.get(key)
-    if got is not None:
-        return got
     from ..label_stats import label_stats
 
-    df = label_stats(vol.at_scale(vol.scale))  # the whole volume: the cache serves any view
-    boxes = {int(r.id): Box((int(r.z0), int(r.y0), int(r.x0)), (int(r.z1), int(r.y1), int(r.x1)))
-             for r in df.itertuples()}
-    out = {"boxes": boxes, "max": max(boxes, default=0)}
-    with _stats_lock:
-        _STATS[key] = out
-    return out
+    while True:
+        with _stats_lock:
+            got = _STATS.get(key)
+            if got is not None:
+                return got
+            edits = _EDITS.get(key, 0)
+        df = label_stats(vol.at_scale(vol.scale))  # the whole volume: the cache serves any view
+        boxes = {int(r.id): Box((int(r.z0), int(r.y0), int(r.x0)),
+                                (int(r.z1), int(r.y1), int(r.x1))) for r in df.itertuples()}
+        out = {"boxes": boxes, "max": max(boxes, default=0)}
+        with _stats_lock:
+            if _EDITS.get(key, 0) == edits:  # no edit was noted while the pass read
+                return _STATS.setdefault(key, out)
+        # else an edit landed meanwhile: the statistics it kept, or another pass
+
+
+def _edited(key: tuple[str, int]) -> None:
+    # (under _stats_lock) a pass running now may have read what this edit changed
+    _EDITS[key] = _EDITS.get(key, 0) + 1
 
 
 def _forget_stats(vol: Volume) -> None:
+    key = (_stable_url(vol), vol.scale)
     with _stats_lock:
-        _STATS.pop((_stable_url(vol), vol.scale), None)
+        _STATS.pop(key, None)
+        _edited(key)
 
 
 def _boxes(vol: Volume, ids: Iterable[int]) -> dict[int, Box]:
@@ -186,6 +199,7 @@ def _note_boxes(vol: Volume, gone: Iterable[int], boxes: Mapping[int, Box]) -> N
     (new or grown ids) join their boxes."""
     key = (_stable_url(vol), vol.scale)
     with _stats_lock:
+        _edited(key)
         st = _STATS.get(key)
         if st is None:
             return
