@@ -391,6 +391,38 @@ def test_metadata_set_through_one_worker_is_read_through_the_other(relay: RelayP
             assert [f"k{j}" for j in range(i + 1)] == sorted(keys)
 
 
+def test_one_metadata_key_posted_at_once_through_both_workers_is_created_once(
+        relay: RelayProcess) -> None:
+    # bossDB's POST /meta/ refuses a key that exists; two workers that each checked their own
+    # copy of the state before either saved would both answer 201, the second value silently
+    # replacing the first
+    lock = threading.Lock()
+    statuses: dict[str, list[int]] = {}
+    seen: set[str] = set()
+    keys = [f"race{i}" for i in range(24)]
+
+    def post(key: str, n: int) -> None:
+        res = _get(relay, f"/v1/meta/c/e/seg/?key={key}&value=v{n}", method="POST")
+        with lock:
+            statuses.setdefault(key, []).append(res.status_code)
+            seen.add(res.headers["x-voxgate-worker"])
+
+    threads = [threading.Thread(target=post, args=(k, n)) for k in keys for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(sorted(v) == [201] + [400] * 5 for v in statuses.values()), statuses
+    assert len(seen) == 2
+    assert set(keys) <= set(_get(relay, "/v1/meta/c/e/seg/").json()["keys"])
+    for key in keys:  # and the one that was created is the value every worker reads
+        values = {_get(relay, f"/v1/meta/c/e/seg/?key={key}").json()["value"] for _ in range(2)}
+        assert len(values) == 1, (key, values)
+        deleted = [_get(relay, f"/v1/meta/c/e/seg/?key={key}", method="DELETE").status_code
+                   for _ in range(2)]
+        assert deleted == [204, 400]
+
+
 def test_the_shared_disk_tier_stays_under_its_cap(relay: RelayProcess) -> None:
     seen: set[str] = set()
     for z in (0, 16):

@@ -425,10 +425,11 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
             relay.known_experiment(*parts)
         else:
             relay.channel(*parts)
-        store = relay.catalog.state["meta"].setdefault("/".join(parts), {})
+        path = "/".join(parts)
         key = request.query_params.get("key")
         value = request.query_params.get("value")
         if reads(request):
+            store = relay.catalog.state["meta"].get(path, {})
             if key is None:
                 return json({"keys": sorted(store)})
             if key not in store:
@@ -437,25 +438,24 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
             return json({"key": key, "value": store[key]})
         if not key:  # an empty "key=" names no key
             raise bad_request(INVALID_POST_ARGUMENT, "Missing optional argument key in request")
-        if request.method in ("POST", "PUT"):
-            if value is None:
-                raise bad_request(INVALID_POST_ARGUMENT,
-                                  "Missing optional argument value in request")
+        if request.method in ("POST", "PUT") and value is None:
+            raise bad_request(INVALID_POST_ARGUMENT, "Missing optional argument value in request")
+        with relay.catalog.lock:
+            # checked and changed under the state file's lock: two worker processes POSTing
+            # one key cannot both succeed, and neither change is lost
+            store = relay.catalog.state["meta"].setdefault(path, {})
             if request.method == "POST" and key in store:
                 raise bad_request(INVALID_POST_ARGUMENT, f"Invalid request. The key {key} "
                                   "already exists")
-            if request.method == "PUT" and key not in store:
+            if request.method != "POST" and key not in store:
                 raise bad_request(INVALID_POST_ARGUMENT,
                                   f"Invalid request. Key {key} Not found in the database")
-            store[key] = value
+            if request.method == "DELETE":
+                del store[key]
+            else:
+                store[key] = value
             relay.catalog.save()
-            return Response(status_code=201 if request.method == "POST" else 200)
-        if key not in store:
-            raise bad_request(INVALID_POST_ARGUMENT,
-                              f"Invalid request. Key {key} Not found in the database")
-        del store[key]
-        relay.catalog.save()
-        return Response(status_code=204)
+        return Response(status_code={"POST": 201, "PUT": 200}.get(request.method, 204))
 
     return {"list_collections": list_collections, "collection": collection,
             "list_experiments": list_experiments, "experiment": experiment,
