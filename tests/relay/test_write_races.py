@@ -388,3 +388,52 @@ def test_a_channel_created_again_never_joins_the_deleted_ones_open_in_flight(
     raw = blosc.decompress(res.content)
     assert len(raw) == box.size * 8, f"{len(raw)} bytes: not the new channel's uint64 voxels"
     assert not np.frombuffer(raw, np.uint64).any()  # a new channel starts empty
+
+
+# -- a write in flight when its channel is deleted ------------------------------------------------
+def test_a_write_in_flight_never_lands_in_a_deleted_channels_path(
+        tmp_path: Path, inproc: Callable[[RelayConfig], InProcessRelay]) -> None:
+    """A write under way (its upstream write held) when its channel is deleted: the delete waits
+    for it before moving the store aside, so nothing of the deleted channel lands in the path
+    that a channel created again under the name uses.  A write that found the channel before
+    the delete but begins after it is refused, and writes nothing."""
+    from voxgate.relay.catalog import NotFound
+
+    from .test_consistency import _make_channel, _make_project
+
+    relay = inproc(RelayConfig(state_path=tmp_path / "state.json", data_root=tmp_path / "data",
+                               upstream_timeout=60.0, cache=CacheConfig(memory_bytes=2**26)))
+    with httpx.Client(base_url=relay.url, timeout=60) as http:
+        _make_project(http)
+        _make_channel(http, "uint8")
+    r = relay.relay
+    entry = r.catalog.channel("lab", "exp", "ch")
+    remote = r.remote(entry)
+    location = Path(entry.upstream_url.split("://", 1)[1])
+    assert location.is_dir()
+    gate = WriteGate(remote.upstream)
+    remote.upstream = gate
+    gate.hold_writes = True
+    box = Box((0, 0, 0), (4, 16, 16))
+    data = np.full(tuple(box.shape), 7, np.uint8)
+    writer = _in_thread(lambda: r.write(remote, box, data, 0))
+    assert gate.writing.wait(60), "the write never reached the upstream"
+    deleter = _in_thread(lambda: r.delete_local_channel(entry))
+    deleter[0].join(0.5)
+    moved_during_the_write = not location.exists()
+    gate.release_write.set()
+    _joined(*writer)  # acknowledged: it began before the delete
+    _joined(*deleter)
+    assert not moved_during_the_write, "the store was moved aside under a write in progress"
+    assert not location.exists(), (
+        f"the deleted channel's write left {sorted(p.name for p in location.rglob('*'))}")
+    gate.hold_writes = False
+    with pytest.raises(NotFound, match="deleted before this write began"):
+        r.write(remote, box, data, 0)
+    assert not location.exists(), "a write refused after the delete still wrote"
+    (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
+    with httpx.Client(base_url=relay.url, timeout=60) as http:
+        _make_channel(http, "uint8")
+        res = http.get(f"/v1/cutout/lab/exp/ch/0/{x0}:{x1}/{y0}:{y1}/{z0}:{z1}/")
+    assert res.status_code == 200, res.text
+    assert not np.frombuffer(blosc.decompress(res.content), np.uint8).any()

@@ -284,6 +284,7 @@ class Catalog:
             cached = CachedRemote(upstream, self.cache, identity=identity,
                                   timeout=self.config.upstream_timeout,
                                   tag=self.cache_tag(entry))
+            cached.origin = (entry.upstream_url, incarnation)
         except BaseException as exc:
             err: BaseException = exc
             if not isinstance(exc, (RemoteNotFoundError, AuthenticationError, UpstreamError)):
@@ -327,6 +328,18 @@ class Catalog:
                 spec["incarnation"] = uuid.uuid4().hex
                 self.save()
             return str(spec["incarnation"])
+
+    def live(self, remote: CachedRemote) -> bool:
+        """Whether ``remote`` still serves its channel: false once the channel it was opened
+        for was deleted (in any worker process: the state file is read again if it changed),
+        even if one of the same name was created since.  Channels of the config or the data
+        root scan, which the API cannot delete, are always live."""
+        url, incarnation = remote.origin
+        if not incarnation:
+            return True
+        self._file.refresh()
+        return any(spec.get("url") == url and spec.get("incarnation") == incarnation
+                   for spec in self.state["local_channels"].values())
 
     def cache_tag(self, entry: ChannelEntry) -> str:
         """What every cached cell of the channel is tagged with (all tokens' views of it)."""

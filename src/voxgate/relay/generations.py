@@ -119,6 +119,22 @@ class Generations:
             os.close(fd)  # (lets the lock go)
 
     @contextlib.contextmanager
+    def exclusive(self, tag: str) -> Iterator[None]:
+        """Held alone: waits until no write to the channel is in progress in any process (they
+        hold :meth:`write_lock`), and no write begins until it is let go.  A channel's delete
+        holds it while its store is moved aside, so no write in flight lands in the path a
+        channel created again under the name will use."""
+        if self.directory is None:
+            yield
+            return
+        fd = os.open(self._lock_path(tag, ".w"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
     def store_lock(self, tag: str) -> Iterator[bool]:
         """Yield whether a cell of the channel may be stored in a disk tier shared by several
         processes now: True only while no write to the channel is in progress in any process

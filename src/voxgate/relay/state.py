@@ -276,6 +276,10 @@ class Relay:
         # (shared with other writers: no cell of the channel enters a disk tier shared by
         # worker processes meanwhile, see shared_cache)
         with self.generations.write_lock(tag), self.stats.writing(remote):
+            if not self.catalog.live(remote):
+                # deleted (by any worker) after this request found it: its store has been
+                # moved aside, and its path may already be a new channel's
+                raise NotFound("Channel not found: it was deleted before this write began")
             self._made(tag, self.generations.bump(tag))
             try:
                 yield
@@ -535,7 +539,12 @@ class Relay:
         cat = self.catalog
         key = "/".join(entry.key)
         tag = cat.cache_tag(entry)  # its incarnation's: taken while it still has one
-        with cat.lock:
+        # no write to it is in progress in any worker process while its store is moved aside,
+        # and a write that begins later finds it deleted (Relay.writing): none lands in the
+        # store's path, which a channel created again under this name uses next.  (Taken
+        # before the catalog's lock, as writers do: they hold the write lock, never wait for
+        # the catalog's under it.)
+        with self.generations.exclusive(CachedRemote.tag_of(tag)), cat.lock:
             cat.channels.pop(entry.key, None)
             cat.state["local_channels"].pop(key, None)
             cat.state["channels"].pop(key, None)

@@ -79,6 +79,10 @@ class CachedRemote(Remote):
         #: delete drops the cells of every token's view of it)
         self.tag = self.tag_of(tag if tag is not None else identity)
         self._prefix = f"{self.tag}{_TAG_END}{ident}"
+        #: (upstream URL, incarnation) of the channel this Remote serves, set by the relay's
+        #: catalog for a channel created through the project service: a write checks that this
+        #: incarnation is still the channel's (see Relay.writing); ("", "") for the others
+        self.origin: tuple[str, str] = ("", "")
         self._inflight: dict[str, _Flight] = {}
         self._lock = threading.Lock()
         self._closed = False
