@@ -118,6 +118,11 @@ def _cc3d(labels: np.ndarray, connectivity: int, dt: np.dtype | None) -> tuple[n
     import cc3d
 
     labels = np.ascontiguousarray(labels)
+    if labels.dtype == np.uint64:
+        # cc3d 4.1 raises OverflowError on some small or thin arrays (a block at the volume's
+        # edge) holding ids >= 2**63; as int64 (a view: no copy) the same ids stay distinct and
+        # 0 stays 0, so the components are the same
+        labels = labels.view(np.int64)
     if dt is not None:
         try:
             out, n = cc3d.connected_components(  # type: ignore[call-overload]

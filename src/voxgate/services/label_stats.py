@@ -45,6 +45,10 @@ def label_stats_kernel(
     import fastremap
 
     labels = np.ascontiguousarray(labels)
+    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
+        raise InvalidRequestError(
+            f"label_stats found negative labels ({int(labels.min())}) in {labels.dtype.name} "
+            "data; segment ids are uint64 (0 is background, ids 1..2**64-1)")
     dense, mapping = fastremap.renumber(labels, preserve_zero=True, in_place=False)
     stats = cc3d.statistics(dense)
     inv = {v: k for k, v in mapping.items()}

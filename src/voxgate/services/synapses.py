@@ -56,6 +56,13 @@ def _local_reader(vol: Volume) -> Any:
     return read
 
 
+def _grey_level(threshold: float) -> int:
+    """The smallest grey level g with g / 255 >= threshold (the documented rule, compared as
+    it reads: a tolerance here took levels just below the threshold, and all of them, 0
+    included, for a threshold under 4e-9)."""
+    return next((g for g in range(256) if g / 255 >= threshold), 256)
+
+
 def _mode(values: np.ndarray, exclude: Sequence[int] = ()) -> int:
     values = values[values != 0]
     for e in exclude:
@@ -169,7 +176,7 @@ def detect_synapses(
                 f"model {runner.name} returned {probs.shape[0]} channels; detect_synapses "
                 "needs one synapse probability per voxel")
         prob_vol = as_volume(np.asarray(probs)) if isinstance(probs, np.ndarray) else probs
-        level = math.ceil(float(threshold) * 255 - 1e-6)
+        level = _grey_level(float(threshold))
         mask = map_blocks(lambda p: (p >= level).astype(np.uint8), prob_vol, scratch("mask"),
                           dtype=np.uint8, block=block or (128, 256, 256), client=client,
                           workers=workers)

@@ -80,6 +80,10 @@ def split_kernel(labels: np.ndarray, label: int, seeds: Sequence[Sequence[Sequen
         lev[~mask] = 65535
         ws = ndimage.watershed_ift(lev, markers).astype(np.int32)
         ws[~mask] = 0
+        # watershed_ift floods through the voxels outside the segment too: parts of the
+        # segment no seed reaches inside it go to piece 1, as scikit-image's path gives them
+        parts, _ = ndimage.label(mask)  # 6-connected, the flooding's own connectivity
+        ws[mask & ~np.isin(parts, parts[markers > 0])] = 0
     ws[mask & (ws == 0)] = 1
     return ws, len(seeds)
 
