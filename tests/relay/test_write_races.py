@@ -437,3 +437,65 @@ def test_a_write_in_flight_never_lands_in_a_deleted_channels_path(
         res = http.get(f"/v1/cutout/lab/exp/ch/0/{x0}:{x1}/{y0}:{y1}/{z0}:{z1}/")
     assert res.status_code == 200, res.text
     assert not np.frombuffer(blosc.decompress(res.content), np.uint8).any()
+
+
+class ReadGate(GatedRemote):
+    """Once armed, the next read says so (``entered``) and waits for ``release`` *before* it
+    reads: it reaches the store only after whatever the test does meanwhile."""
+
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        with self._lock:
+            first, self._armed = self._armed, False
+        if first:
+            self.entered.set()
+            assert self.release.wait(60), "the test never released the read"
+        return self.inner.read(box, scale)
+
+
+@pytest.mark.parametrize("dialect", ["boss", "precomputed"])
+def test_a_read_in_flight_when_its_channel_is_deleted_and_created_again_is_refused(
+        dialect: str, tmp_path: Path, inproc: Callable[[RelayConfig], InProcessRelay]) -> None:
+    """A read that found the channel before its delete but reaches the store after it reads the
+    path the channel created again under the name uses, with the deleted channel's metadata:
+    it must answer 404, not the new channel's bytes taken for the old dtype (or zeros)."""
+    from .test_consistency import _delete_channel, _make_channel, _make_project
+
+    relay = inproc(RelayConfig(state_path=tmp_path / "state.json", data_root=tmp_path / "data",
+                               upstream_timeout=60.0, cache=CacheConfig(memory_bytes=2**26)))
+    box = Box((0, 0, 0), (16, 200, 256))  # the channel's first precomputed chunk
+    (z0, y0, x0), (z1, y1, x1) = box.start, box.stop
+    cutout = f"/v1/cutout/lab/exp/ch/0/{x0}:{x1}/{y0}:{y1}/{z0}:{z1}/"
+    url = cutout if dialect == "boss" else \
+        f"/precomputed/lab/exp/ch/s0/{x0}-{x1}_{y0}-{y1}_{z0}-{z1}"
+    with httpx.Client(base_url=relay.url, timeout=60) as http:
+        _make_project(http)
+        _make_channel(http, "uint8")
+        old = np.full(tuple(box.shape), 3, np.uint8)  # (chunks that exist: read, not skipped)
+        res = http.post(cutout, content=blosc.compress(old.tobytes(), typesize=1),
+                        headers={"Content-Type": "application/blosc"})
+        assert res.status_code == 201, res.text
+        r = relay.relay
+        remote = r.remote(r.catalog.channel("lab", "exp", "ch"))
+        remote.cache.drop_tag(remote.tag)  # (nothing of it cached: the read goes upstream)
+        gate = ReadGate(remote.upstream)
+        remote.upstream = gate
+        gate.arm()
+        reader = _in_thread(lambda: http.get(url, headers={"Accept-Encoding": "identity"}))
+        try:
+            assert gate.entered.wait(60), "the read never reached the upstream"
+            _delete_channel(http)
+            _make_channel(http, "uint64")
+            new = np.full(tuple(box.shape), 2**40 + 5, np.uint64)
+            res = http.post(cutout, content=blosc.compress(new.tobytes(), typesize=8),
+                            headers={"Content-Type": "application/blosc"})
+            assert res.status_code == 201, res.text
+        finally:
+            gate.release.set()
+        got = _joined(*reader)
+        assert got.status_code == 404, (got.status_code, got.content[:200])
+        assert "deleted while this read ran" in got.text
+        again = http.get(cutout)  # the new channel, read by a new request: its own data
+        assert again.status_code == 200, again.text
+        np.testing.assert_array_equal(
+            np.frombuffer(blosc.decompress(again.content), np.uint64).reshape(tuple(box.shape)),
+            new)

@@ -187,7 +187,7 @@ def precomputed_routes(relay: Relay) -> list[Route]:
         def work() -> bytes:
             # raw chunks are only copied out: the cached cell itself, when it is one
             read = remote.read_shared if encoding == "raw" else remote.read
-            arr = read(box, scale).astype(served, copy=False)
+            arr = relay.read_live(remote, lambda: read(box, scale)).astype(served, copy=False)
             if arr.ndim == 3:
                 arr = arr[None]
             data = encode_chunk(arr, encoding, block_size=_CSEG_BLOCK[::-1])

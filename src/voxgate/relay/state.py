@@ -21,7 +21,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
@@ -51,6 +51,7 @@ from .stats import SCAN_BYTES, LabelStatsCache
 __all__ = ["CHANNEL_DATATYPES", "SCAN_BYTES", "Relay", "local_channel_meta"]
 
 log = logging.getLogger("voxgate.relay")
+T = TypeVar("T")
 
 #: an absolute path in a message: "/" not inside a word, a URL or a label, up to a space,
 #: quote or bracket
@@ -285,6 +286,23 @@ class Relay:
                 yield
             finally:
                 self._made(tag, self.generations.bump(tag))
+
+    def read_live(self, remote: CachedRemote, read: Callable[[], T]) -> T:
+        """``read()`` (a read of ``remote``'s channel), refused as the write is (404) when the
+        channel was deleted before it finished, in any worker process: a read that reached the
+        store after the delete moved it aside read the path a channel created again under the
+        name uses, with the deleted channel's metadata (zeros, a decoding error, or the new
+        channel's bytes taken for the old dtype).  What it read is never cached: the delete
+        closed its Remote."""
+        try:
+            out = read()
+        except Exception:
+            if not self.catalog.live(remote):
+                raise NotFound("Channel not found: it was deleted while this read ran") from None
+            raise
+        if not self.catalog.live(remote):
+            raise NotFound("Channel not found: it was deleted while this read ran")
+        return out
 
     def _made(self, tag: str, version: str) -> None:
         with self._seen_lock:

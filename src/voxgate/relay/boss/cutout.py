@@ -60,6 +60,7 @@ class _Cutout:
 
     def __init__(self, relay: Relay, request: Request, *, write: bool) -> None:
         p = request.path_params
+        self.relay = relay
         self.c, self.e, self.ch = p["c"], p["e"], p["ch"]
         self.token = relay.authorize(request, self.c, write=write)
         entry = relay.channel(self.c, self.e, self.ch)
@@ -159,7 +160,7 @@ def _encoded(cut: _Cutout, accept: str, etag: str,
              keep: np.ndarray | None = None) -> tuple[bytes, str]:
     """Read and encode a cutout in one thread hop (only the ids in ``keep`` when it is
     given: every other voxel reads 0), and keep the response for its ETag."""
-    arr = cut.read()
+    arr = cut.relay.read_live(cut.remote, cut.read)
     if keep is not None:  # (a new array: the one read may be the cached cell itself)
         arr = np.where(np.isin(arr, keep), arr, arr.dtype.type(0))
     if cut.time is not None:
