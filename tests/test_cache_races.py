@@ -106,10 +106,10 @@ def test_intern_compat_reads_a_recreated_channel_with_its_new_metadata(
 # -- proofreading: label statistics computed across an edit --------------------------------------
 def test_label_stats_read_before_an_edit_never_replace_the_edited_ones(tmp_path: Path) -> None:
     """Two splits in two threads of one process: the first one's label-statistics pass reads
-    the volume, then waits (gate) while the second split runs whole (its own pass, a new id,
-    the write, the statistics kept up to date).  The first split's pass, which read the
-    volume before that edit, must not replace the edited statistics: its new id must not be
-    the one the second split gave out."""
+    the volume, then waits (gate).  The second split must wait for the whole first edit (edits
+    of one volume run one at a time: services/proofread/core._one_edit), and then take a new
+    id the first one did not give out; the first one's pass, which read the volume before the
+    second edit, is never what the second one's new id comes from."""
     from voxgate.services.proofread import _STATS
 
     shape = (8, 32, 64)
@@ -127,34 +127,39 @@ def test_label_stats_read_before_an_edit_never_replace_the_edited_ones(tmp_path:
     try:
         gate.arm()  # the first read (the first split's statistics pass) waits
         first, out = _in_thread(lambda: voxgate.split(vol, 2, history_dir=history))
+        second: tuple[threading.Thread, dict[str, Any]] | None = None
         try:
             assert gate.entered.wait(60), "the first split's pass never read the volume"
-            second = voxgate.split(vol, 1, history_dir=history)  # acknowledged
+            second = _in_thread(lambda: voxgate.split(vol, 1, history_dir=history))
+            second[0].join(1.0)
+            assert second[0].is_alive(), "the second split ran during the first one"
         finally:
             gate.release.set()
         done = _joined(first, out)
-        taken = set(second.new_ids)
-        assert taken and set(done.new_ids), (second, done)
+        assert second is not None
+        later = _joined(*second)
+        taken = set(later.new_ids)
+        assert taken and set(done.new_ids), (later, done)
         assert not taken & set(done.new_ids), \
             f"both splits gave out id(s) {sorted(taken & set(done.new_ids))}"
         final = voxgate.open(url).read()
-        for i in (*second.new_ids, *done.new_ids):
+        for i in (*later.new_ids, *done.new_ids):
             assert int((final == i).sum()) == 8 * 28 * 10  # one piece each, no shared id
     finally:
         _STATS.clear()
 
 
 def test_label_stats_read_before_an_undo_are_not_kept_after_it(tmp_path: Path) -> None:
-    """A relabel's label-statistics pass reads the volume, then waits (gate) while an undo of
-    an earlier split runs whole (the split's new id goes away); the pass, which read that id,
-    must not be kept: an edit made after the undo is told the id has no voxels."""
+    """A relabel's label-statistics pass reads the volume, then waits (gate); an undo asked for
+    meanwhile waits for the relabel (edits of one volume run one at a time) and then undoes
+    it.  What the relabel's pass and edit kept (id 5 has voxels) must not outlive the undo:
+    an edit made after it is told that 5 has no voxels."""
     from voxgate.errors import InvalidRequestError
     from voxgate.services.proofread import _STATS
 
     shape = (8, 32, 64)
     labels = np.zeros(shape, np.uint64)
-    labels[:, 2:30, 0:10] = 1  # segment 1: two pieces
-    labels[:, 2:30, 20:30] = 1
+    labels[:, 2:30, 0:10] = 1
     labels[:, 2:30, 40:60] = 2
     url = "mem://cache-races-undo"
     voxgate.create(url, shape=shape, chunks=(8, 32, 32), dtype="uint64",
@@ -163,19 +168,23 @@ def test_label_stats_read_before_an_undo_are_not_kept_after_it(tmp_path: Path) -
     vol = Volume(gate)
     history = tmp_path / "history"
     try:
-        (new_id,) = voxgate.split(vol, 1, history_dir=history).new_ids  # an earlier edit
-        _STATS.clear()  # (as in a process started since: nothing kept yet)
-        gate.arm()  # the relabel's pass reads the volume (the split's id in it), then waits
+        gate.arm()  # the relabel's pass reads the volume, then waits
         relabel, out = _in_thread(lambda: voxgate.relabel(vol, {2: 5}, history_dir=history))
+        undo: tuple[threading.Thread, dict[str, Any]] | None = None
         try:
             assert gate.entered.wait(60), "the relabel's pass never read the volume"
-            voxgate.undo(vol, history_dir=history)  # acknowledged: new_id has no voxel now
+            undo = _in_thread(lambda: voxgate.undo(vol, history_dir=history))
+            undo[0].join(1.0)
+            assert undo[0].is_alive(), "the undo ran during the relabel"
         finally:
             gate.release.set()
         _joined(relabel, out)
-        assert not (voxgate.open(url).read() == new_id).any()
+        assert undo is not None
+        (undone,) = _joined(*undo)
+        assert undone.operation == "undo"
+        np.testing.assert_array_equal(voxgate.open(url).read(), labels)
         with pytest.raises(InvalidRequestError, match="have no voxels"):
-            voxgate.relabel(vol, {new_id: 9}, history_dir=history)
+            voxgate.relabel(vol, {5: 9}, history_dir=history)
     finally:
         _STATS.clear()
 

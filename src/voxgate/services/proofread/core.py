@@ -4,10 +4,14 @@ block-wise edit that saves each block's old voxels to the history before writing
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
+import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -80,6 +84,57 @@ def _open(seg: Any) -> Volume:
             f"proofreading needs a 3-D integer segmentation view with step 1, got "
             f"{vol.dtype.name} with shape {vol.shape}")
     return vol
+
+
+#: history folder -> the lock its volume's edits take in this process, and the file lock (and
+#: how deep the holding thread is in nested edits: merge runs relabel)
+_EDIT_LOCKS: dict[str, threading.RLock] = {}
+_EDIT_FILES: dict[str, list[int]] = {}
+_edit_guard = threading.Lock()
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def _one_edit(vol: Volume, history_dir: Any) -> Iterator[None]:
+    """Held for a whole edit of ``vol`` (its reads, its new ids, its writes, its history): two
+    edits of one volume, in threads or processes of this machine, run one after the other.
+    Each reads the blocks it rewrites, so two at once lost one another's changes where their
+    blocks met.  Between processes it is a lock file beside the history (``edit.lock``)."""
+    root = history_location(_stable_url(vol), vol.scale, history_dir)
+    key = str(root)
+    with _edit_guard:
+        lock = _EDIT_LOCKS.setdefault(key, threading.RLock())
+    with lock:
+        held = _EDIT_FILES.get(key)
+        if held is None:
+            root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(root / "edit.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            held = _EDIT_FILES[key] = [fd, 0]
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+            if held[1] == 0:
+                del _EDIT_FILES[key]
+                os.close(held[0])  # (lets the file lock go)
+
+
+def one_edit_at_a_time(fn: _F) -> _F:
+    """Run the edit ``fn(seg, ...)`` under :func:`_one_edit` of its volume."""
+
+    @functools.wraps(fn)
+    def run(seg: Any, *args: Any, history_dir: Any = None, **kw: Any) -> Any:
+        vol = _open(seg)
+        with _one_edit(vol, history_dir):
+            return fn(vol, *args, history_dir=history_dir, **kw)
+
+    return run  # type: ignore[return-value]
 
 
 def _hist(vol: Volume, history_dir: Any) -> History:

@@ -23,11 +23,13 @@ from .core import (
     _remap_fn,
     _start,
     _union,
+    one_edit_at_a_time,
 )
 from .dvid import _dvid_merge
 from .remeshing import _check_remesh, _remesh
 
 
+@one_edit_at_a_time
 def relabel(seg: Any, mapping: Mapping[Any, Any], *, user: str | None = None,
             progress: bool = False, workers: int | None = None, history_dir: Any = None,
             remesh: Any = False, _operation: str = "relabel",
@@ -64,6 +66,7 @@ def relabel(seg: Any, mapping: Mapping[Any, Any], *, user: str | None = None,
                                  {"blocks": len(written), "blocks_considered": len(blocks)}))
 
 
+@one_edit_at_a_time
 def merge(seg: Any, ids: Iterable[Any], into: Any = None, *, user: str | None = None,
           prefer: Prefer = "auto", progress: bool = False, workers: int | None = None,
           history_dir: Any = None, remesh: Any = False) -> EditResult:
@@ -77,6 +80,8 @@ def merge(seg: Any, ids: Iterable[Any], into: Any = None, *, user: str | None = 
     if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
         raise InvalidRequestError(f"ids must be a list of segment ids, got {ids!r}")
     labs = sorted({_label(i, vol.dtype) for i in ids})
+    if not labs:
+        raise InvalidRequestError("a merge needs at least two ids, got none")
     target = labs[0] if into is None else _label(into, vol.dtype, "into")
     if len(set(labs) | {target}) < 2:
         raise InvalidRequestError(f"a merge needs at least two ids, got {labs} into {target}")

@@ -28,6 +28,7 @@ from .core import (
     _server_boxes,
     _start,
     _stats,
+    one_edit_at_a_time,
 )
 from .dvid import _dvid_split
 from .remeshing import _check_remesh, _remesh
@@ -105,6 +106,7 @@ def _seed_groups(vol: Volume, label: int, seeds: Any, sbox: Box, labels: np.ndar
         raise InvalidRequestError(f"a seeded split needs at least two seed groups, got "
                                   f"{len(groups)} (one piece is a relabel: voxgate.relabel)")
     out = []
+    seen: dict[tuple[int, int, int], int | None] = {}
     for key, pts in zip(keys, groups, strict=True):
         pts = [pts] if len(pts) == 3 and all(isinstance(v, (int, np.integer)) for v in pts) \
             else pts
@@ -122,6 +124,11 @@ def _seed_groups(vol: Volume, label: int, seeds: Any, sbox: Box, labels: np.ndar
                 raise InvalidRequestError(
                     f"seed {tuple(v)} (z, y, x) lies outside segment {label} (it holds "
                     f"{got}); seeds are voxels of the segment being split")
+            if idx in seen and seen[idx] != key:
+                raise InvalidRequestError(
+                    f"seed {tuple(v)} (z, y, x) is in two seed groups ({seen[idx]} and {key}); "
+                    "a voxel can start one piece only")
+            seen[idx] = key
             local.append(idx)
         out.append(local)
     fixed = [k for k in keys if k is not None]
@@ -147,6 +154,7 @@ def _existing(vol: Volume, ids: list[int]) -> list[int]:
     return [i for i in ids if i in boxes]
 
 
+@one_edit_at_a_time
 def split(seg: Any, id: Any, *, seeds: Any = None, image: Any = None,
           box: Any = None, user: str | None = None, prefer: Prefer = "auto",
           progress: bool = False, workers: int | None = None, history_dir: Any = None,
@@ -167,6 +175,10 @@ def split(seg: Any, id: Any, *, seeds: Any = None, image: Any = None,
     label = _label(id, vol.dtype)
     sid_box = _boxes(vol, [label])[label]
     if box is not None:
+        if not isinstance(box, Box) and (isinstance(box, (str, bytes)) or not isinstance(
+                box, Sequence) or len(box) != 2):
+            raise InvalidRequestError(
+                f"box must be a voxgate.Box or a (start, stop) pair of (z, y, x), got {box!r}")
         sbox = (box if isinstance(box, Box) else Box(*box)).intersect(vol.bounds)
         if sbox.is_empty():
             raise InvalidRequestError(f"box {box!r} lies outside {vol.url} ({vol.bounds!r})")

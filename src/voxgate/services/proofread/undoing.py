@@ -13,7 +13,7 @@ from ...parallel import run_blocks
 from ...volume import Volume
 from .._common import Provenance, as_volume, progress_bar
 from ..proofread_history import current_user
-from .core import EditResult, _forget_stats, _hist, _open, _stable_url
+from .core import EditResult, _forget_stats, _hist, _open, _stable_url, one_edit_at_a_time
 from .dvid import _adopt_log, _dvid_log, _dvid_undo, _log_entries
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ def history(seg: Any, *, history_dir: Any = None) -> pd.DataFrame:
     return pd.DataFrame([{c: e.get(c) for c in cols} for e in entries], columns=cols)
 
 
+@one_edit_at_a_time
 def undo(seg: Any, n: int = 1, *, user: str | None = None, progress: bool = False,
          workers: int | None = None, history_dir: Any = None) -> list[EditResult]:
     """Undo the last ``n`` edits not yet undone, newest first: the voxels each changed are
