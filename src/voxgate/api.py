@@ -9,7 +9,7 @@ from typing import Any
 from .errors import InvalidRequestError, VoxelOrderWarning
 from .geometry import VoxelSize
 from .meta import VolumeMeta
-from .registry import create_remote, open_remote
+from .registry import create_remote, open_remote, split_url
 from .remotes.base import check_missing
 from .volume import Bounds, Volume
 
@@ -98,6 +98,18 @@ def create(
     ``(8, 8, 40)``, gives a :class:`~voxgate.errors.VoxelOrderWarning`; a
     ``VoxelSize(z=40, y=8, x=8)`` never does.
     """
+    url = _spec_url(url)
+    if not isinstance(url, (str, os.PathLike)):
+        raise InvalidRequestError(
+            f"a volume URL must be a string, a path or a TensorStore spec dict, got "
+            f"{type(url).__name__} {url!r}"
+        )
+    if encoding is not None and split_url(os.fspath(url))[0] != "precomputed":
+        raise InvalidRequestError(
+            f"encoding={encoding!r} applies to precomputed:// volumes only (raw, jpeg, png, "
+            "compressed_segmentation); zarr:// takes compression=, other stores their own "
+            "options"
+        )
     _check_voxel_order(voxel_size)
     meta = VolumeMeta.build(
         shape=shape,
@@ -110,7 +122,7 @@ def create(
         num_scales=num_scales,
         num_channels=num_channels,
     )
-    remote = create_remote(os.fspath(_spec_url(url)), meta, exist_ok=exist_ok, **options)
+    remote = create_remote(os.fspath(url), meta, exist_ok=exist_ok, **options)
     return Volume(remote, 0)
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "BlockResults",
     "Scheduler",
     "block_shape",
+    "check_client",
     "check_for_cluster",
     "cluster_spec",
     "is_transient",
@@ -151,6 +152,17 @@ def worker_remote(spec: str, run: str = "") -> Remote:
     (give each run a fresh id, e.g. ``uuid4().hex``, so a recreated store is never stale)."""
     given = json.loads(spec)
     return open_remote(given["url"], mode=given.get("mode", "r"), **given.get("options", {}))
+
+
+def check_client(client: Any, what: str) -> None:
+    """Refuse a ``client=`` that is not a ``dask.distributed`` Client (None is fine)."""
+    if client is None:
+        return
+    if not all(callable(getattr(client, name, None)) for name in ("submit", "scatter", "run")):
+        raise InvalidRequestError(
+            f"{what}: client must be a dask.distributed Client (or None to run here), got "
+            f"{type(client).__name__} {client!r}"
+        )
 
 
 def check_for_cluster(url: str, role: str, what: str, *, writes: bool = False) -> None:
@@ -495,6 +507,7 @@ def run_blocks(
     if workers is not None:
         workers = whole_at_least(workers, 1, "workers")
     retries = whole_at_least(retries, 0, "retries")
+    check_client(client, name)
     todo = list(items)
     results: BlockResults[T] = BlockResults()
     kind = scheduler_name(client, processes)

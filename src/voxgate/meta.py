@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -13,12 +13,14 @@ from .errors import InvalidRequestError
 from .geometry import Box, Vec, VoxelSize, whole, whole_at_least
 
 __all__ = [
+    "MAX_COORDINATE",
     "SUPPORTED_DTYPES",
     "Kind",
     "Scale",
     "VolumeMeta",
-    "check_dtype",
     "centre_translation",
+    "check_dtype",
+    "check_ids",
     "check_new_scales",
     "default_factors",
     "next_scales",
@@ -33,7 +35,42 @@ SUPPORTED_DTYPES = (
 )
 
 
+#: the largest voxel coordinate (of a shape, an offset or their sum) a volume may have:
+#: tensorstore's finite index range, 2**62 - 2
+MAX_COORDINATE = 2**62 - 2
+
+#: the largest segment id (ids are uint64 end to end)
+_MAX_ID = 2**64 - 1
+
+
+def check_ids(ids: object, what: str = "ids") -> list[int] | None:
+    """``ids`` (None, or an iterable of segment ids) as a list of Python ints.
+
+    Refuses a string (its characters are not ids), a bare number, floats (1.5 is not read as
+    1), booleans and values outside the uint64 range 0..2**64-1, naming the bad entry."""
+    if ids is None:
+        return None
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise InvalidRequestError(
+            f"{what} must be a list of segment ids (integers 0..2**64-1), got {ids!r}")
+    out = []
+    for v in ids:
+        n = whole(v)
+        if n is None:
+            raise InvalidRequestError(
+                f"{what} must hold integers (uint64 segment ids), got {v!r} of type "
+                f"{type(v).__name__}; a float or a boolean is not taken as an id")
+        if not 0 <= n <= _MAX_ID:
+            raise InvalidRequestError(
+                f"{what}: {n} is not a uint64 segment id (ids are 0..{_MAX_ID})")
+        out.append(n)
+    return out
+
+
 def check_dtype(dtype: object) -> np.dtype[Any]:
+    if dtype is None:  # np.dtype(None) is float64: never a silent default
+        raise InvalidRequestError(
+            f"dtype is required; use one of {', '.join(SUPPORTED_DTYPES)}")
     try:
         dt = np.dtype(dtype)  # type: ignore[call-overload]
     except TypeError:
@@ -150,7 +187,13 @@ class VolumeMeta:
             raise InvalidRequestError(f"shape must be positive in every axis, got {tuple(sh)}")
         if any(c <= 0 for c in ch):
             raise InvalidRequestError(f"chunks must be positive in every axis, got {tuple(ch)}")
+        for what, value in (("shape", sh), ("offset", off), ("offset + shape", off + sh)):
+            if any(abs(v) > MAX_COORDINATE for v in value):
+                raise InvalidRequestError(
+                    f"{what} {tuple(value)} is out of range: voxel coordinates must stay within "
+                    f"+-{MAX_COORDINATE} (2**62 - 2)")
         num_scales = whole_at_least(num_scales, 1, "num_scales")
+        num_channels = whole_at_least(num_channels, 1, "num_channels")
         if kind not in ("image", "segmentation"):
             raise InvalidRequestError(f"kind must be 'image' or 'segmentation', got {kind!r}")
         dt = check_dtype(dtype)
@@ -188,6 +231,12 @@ def next_scales(meta: VolumeMeta, count: int, factors: Sequence[Vec] | None = No
         f = Vec.of(factors[i]) if factors is not None else default_factors(prev.voxel_size)
         if any(v < 1 for v in f):
             raise InvalidRequestError(f"downsampling factors must be >= 1, got {tuple(f)}")
+        if prev.shape == (1, 1, 1) and f != (1, 1, 1):
+            # a scale of one voxel cannot be downsampled further (and asking for 2**70 scales
+            # would loop for ever)
+            raise InvalidRequestError(
+                f"{count} more scale(s) asked for, but scale {prev.index} is already one voxel: "
+                f"this volume has at most {prev.index + 1} scales")
         prev = Scale(
             prev.index + 1,
             Vec(*(math.ceil(s / k) for s, k in zip(prev.shape, f, strict=True))),

@@ -189,4 +189,31 @@ def create_remote(
 ) -> Remote:
     """Create the Remote at ``url`` (the layer under :func:`voxgate.create`)."""
     cls, location = resolve_for_create(url)
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    if any(_BUILTIN[s] == target for s in _DIRECTORY_SCHEMES) or (
+            split_url(url)[0] in _DIRECTORY_SCHEMES):
+        _check_directory_location(location)
     return cls.create(location, meta, exist_ok=exist_ok, **options)
+
+
+#: formats stored as a directory of files (a local one is refused where a file stands)
+_DIRECTORY_SCHEMES = ("zarr", "n5", "precomputed")
+
+
+def _check_directory_location(location: str) -> None:
+    """Refuse a local directory-format location that is, or lies inside, a regular file."""
+    if "://" in location and not location.startswith("file://"):
+        return
+    path = os.path.abspath(os.path.expanduser(location.removeprefix("file://")))
+    probe = path
+    while True:
+        if os.path.exists(probe):
+            if not os.path.isdir(probe):
+                where = "is" if probe == path else f"lies inside {probe!r}, which is"
+                raise InvalidRequestError(
+                    f"cannot create a volume at {path!r}: it {where} a file, not a directory")
+            return
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return
+        probe = parent

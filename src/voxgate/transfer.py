@@ -26,7 +26,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import numpy as np
 
 from .blockwise import (
     TASKS_PER_THREAD,  # noqa: F401 - the cluster's window, documented here
+    check_client,
     check_for_cluster,
     cluster_spec,
     run_blocks,
@@ -232,6 +233,20 @@ def _as_remote(
     return open_remote(os.fspath(x), mode=mode, **options), None, 0
 
 
+def _check_scales(scales: object, meta: VolumeMeta) -> list[int]:
+    """``copy``'s ``scales``: a non-empty sequence of distinct scale indices of ``meta``."""
+    given = None if isinstance(scales, (str, bytes)) or not isinstance(scales, Iterable) \
+        else list(scales)
+    if not given:
+        raise InvalidRequestError(
+            f"scales must be a non-empty list of scale indices (0..{len(meta.scales) - 1}), "
+            f"or None for all, got {scales!r}")
+    wanted = [meta.scale(k).index for k in given]  # refuses non-integers and unknown scales
+    if len(set(wanted)) != len(wanted):
+        raise InvalidRequestError(f"scales lists a scale more than once: {given!r}")
+    return wanted
+
+
 def _name(x: str | os.PathLike[str] | Volume) -> str:
     return x.url if isinstance(x, Volume) else os.fspath(x)
 
@@ -358,20 +373,31 @@ def copy(
     """
     t0 = time.perf_counter()
     check_missing(missing)
+    for role, x in (("source", src), ("destination", dst)):
+        if not isinstance(x, (str, os.PathLike, Volume)):
+            raise InvalidRequestError(
+                f"the copy's {role} must be a URL, a path or a Volume, got {type(x).__name__} "
+                f"{x!r}")
+    if workers is not None:
+        workers = whole_at_least(workers, 1, "workers")
+    retries = whole_at_least(retries, 0, "retries")
+    check_client(client, "copy")
     if client is not None:
         check_for_cluster(_name(src), "source", "copy")
         check_for_cluster(_name(dst), "destination", "copy", writes=True)
-        retries = whole_at_least(retries, 0, "retries")
+    if box is not None and not isinstance(box, Box):
+        raise InvalidRequestError(f"box must be a voxgate.Box, got {type(box).__name__}")
     s_remote, s_box, _ = _as_remote(src, "r", missing=missing)
     if box is None:
         box = s_box
-    if box is not None and not isinstance(box, Box):
-        raise InvalidRequestError(f"box must be a voxgate.Box, got {type(box).__name__}")
     smeta = s_remote.meta
     if scales is None:
         wanted = list(range(len(smeta.scales)))
     else:
-        wanted = [smeta.scale(int(k)).index for k in scales]
+        wanted = _check_scales(scales, smeta)
+    # refused before the destination is created: a refused copy leaves nothing behind
+    if box is not None and not smeta.scale(0).bounds.contains(box):
+        raise OutOfBoundsError(f"{box!r} is outside the source's bounds {smeta.scale(0).bounds!r}")
 
     absent: dict[int, list[Vec]] = {}
     checked = has_capability(s_remote, Capability.CHUNK_PRESENCE)
@@ -397,6 +423,8 @@ def copy(
     created = False
     if isinstance(dst, Volume):
         d_remote, _, _ = _as_remote(dst, "r+")
+        if d_remote.url == s_remote.url:
+            raise InvalidRequestError("source and destination are the same volume")
     else:
         dst_url = os.fspath(dst)
         if dst_url == s_remote.url or dst_url == getattr(src, "url", src):
@@ -433,8 +461,6 @@ def copy(
                 f"scale {k}: source covers {ss.bounds!r}, destination {ds.bounds!r}; they must "
                 "match (copy into a fresh destination to create it with the source's geometry)"
             )
-    if box is not None and not smeta.scale(0).bounds.contains(box):
-        raise OutOfBoundsError(f"{box!r} is outside the source's bounds {smeta.scale(0).bounds!r}")
 
     # the plan: (scale, block index, block box) for every block of every scale
     itemsize, channels = smeta.dtype.itemsize, smeta.num_channels

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import webbrowser
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
@@ -28,6 +28,8 @@ import numpy as np
 
 from .api import open as open_volume
 from .errors import InvalidRequestError, MissingDependencyError, VoxgateError
+from .geometry import whole
+from .meta import check_ids
 from .relay.config import ChannelConfig, RelayConfig
 from .relay.layer_files import ANNOTATION_TYPE
 from .storage import is_local, local_path
@@ -184,6 +186,24 @@ def view(*volumes: Volume | str, names: Sequence[str] | None = None, open_browse
                    else [_layer_name(v, taken) for v in vols])
     if len(set(layer_names)) != len(layer_names):
         raise InvalidRequestError(f"layer names must differ, got {layer_names}")
+    port_n = whole(port)
+    if port_n is None or not 0 <= port_n <= 65535:
+        raise InvalidRequestError(f"port must be an integer 0..65535 (0: a free one), got "
+                                  f"{port!r}")
+    port = port_n
+    if segments is not None:
+        if not isinstance(segments, Mapping):
+            raise InvalidRequestError(
+                f"segments must be a dict {{layer name: [ids]}}, got {segments!r}")
+        seg_layers = [n for v, n in zip(vols, layer_names, strict=True)
+                      if v.kind == "segmentation"]
+        unknown = sorted(str(k) for k in segments if k not in seg_layers)
+        if unknown:
+            raise InvalidRequestError(
+                f"segments names layer(s) {unknown}, which are not segmentation layers here; "
+                f"the segmentation layers are {seg_layers}")
+        for key, given in segments.items():
+            check_ids(given, f"segments[{key!r}]")
     channels = []
     for v, name in zip(vols, layer_names, strict=True):
         spec = v.remote.spec()

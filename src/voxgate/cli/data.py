@@ -168,10 +168,10 @@ def cp(
     if forget:
         _journals(forget=True, src=src, dst=dst)
         return
+    scale_list = _parse_scales(scales)
+    opts = dict(_parse_option(o) for o in options)
     try:
-        parsed_box = Box.parse(box) if box else None
-        scale_list = [int(s) for s in scales.split(",")] if scales else None
-        opts = dict(_parse_option(o) for o in options)
+        parsed_box = Box.parse(box) if box is not None else None
         with cluster_client(scheduler, workers) as client:
             report = copy(
                 src, dst, box=parsed_box, scales=scale_list, workers=workers,
@@ -212,10 +212,24 @@ def _journals(*, forget: bool, src: str | None = None, dst: str | None = None) -
 
 
 
+def _parse_scales(text: str | None) -> list[int] | None:
+    """``--scales 0,2`` as [0, 2] (None when not given)."""
+    if text is None:
+        return None
+    try:
+        out = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            f"scales are comma-separated scale indices such as 0,1,2, got {text!r}",
+            param_hint="'--scales'") from None
+    return out
+
+
 def _parse_option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
-    if not sep:
-        raise click.BadParameter(f"options are KEY=VALUE, got {text!r}")
+    if not sep or not key.strip():
+        raise click.BadParameter(f"options are KEY=VALUE, got {text!r}",
+                                 param_hint="'--option' / '-o'")
     import json
 
     try:

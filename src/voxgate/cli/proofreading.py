@@ -9,7 +9,7 @@ import click
 
 from ..errors import VoxgateError
 from . import _fail, main
-from .services import _zyx
+from .services import _to_csv, _zyx
 
 
 def _seed(text: str) -> tuple[int, tuple[int, int, int]]:
@@ -92,7 +92,7 @@ def history_cmd(url: str, csv_path: Path | None) -> None:
         _fail(exc)
         return
     if csv_path is not None:
-        df.to_csv(csv_path, index=False)
+        _to_csv(df, csv_path)
         click.echo(f"{len(df)} edits written to {csv_path}")
     elif df.empty:
         click.echo(f"no edits recorded for {url}")

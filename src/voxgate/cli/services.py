@@ -59,6 +59,14 @@ _BLOCKS_HELP = ("Run the blocks on the dask.distributed scheduler at ADDRESS (tc
                 "--block) runs here.")
 
 
+def _to_csv(df: Any, path: Path) -> None:
+    """Write a table to ``path``; a path that cannot be written is a one-line error."""
+    try:
+        df.to_csv(path, index=False)
+    except OSError as exc:
+        _fail(exc)
+
+
 def _write_each(directory: Path, texts: dict[int, str], suffix: str) -> None:
     """One ``<id>.<suffix>`` text file per segment in ``directory`` (made if need be)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -245,7 +253,7 @@ def stats_cmd(url: str, csv_path: Path | None, prefer: str, as_labels: bool,
         _fail(exc)
         return
     if csv_path is not None:
-        df.to_csv(csv_path, index=False)
+        _to_csv(df, csv_path)
         click.echo(f"{len(df)} labels written to {csv_path}")
     else:
         click.echo(df.to_string(index=False, max_rows=40))
@@ -328,7 +336,7 @@ def synapses_cmd(src: str, out: str | None, csv_path: Path | None, segmentation:
         _fail(exc)
         return
     if csv_path is not None:
-        df.to_csv(csv_path, index=False)
+        _to_csv(df, csv_path)
         click.echo(f"{len(df)} synapses written to {csv_path}")
     if out is not None:
         click.echo(f"{len(df)} synapses written to the annotation layer {out}")

@@ -18,7 +18,8 @@ from . import _fail, main
               help="Serve every volume under DIR/collection/experiment/channel; channels "
                    "created through the API are written here.")
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Port (default 8080).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port (default 8080).")
 @click.option("--memory-bytes", default=None, help="Memory cache size, e.g. '2 GiB'.")
 @click.option("--disk-path", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Disk cache folder (none: memory only).")
@@ -56,7 +57,7 @@ def serve(config: Path | None, data_root: Path | None, host: str | None, port: i
 @main.command("view")
 @click.argument("urls", nargs=-1, required=True)
 @click.option("--no-browser", is_flag=True, help="Only print the link; do not open a browser.")
-@click.option("--port", type=int, default=0,
+@click.option("--port", type=click.IntRange(0, 65535), default=0,
               help="Port of the in-process relay (default: a free one).")
 def view_cmd(urls: tuple[str, ...], no_browser: bool, port: int) -> None:
     """Show URLS in Neuroglancer (offline client) through an in-process relay on 127.0.0.1,

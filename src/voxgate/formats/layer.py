@@ -22,7 +22,7 @@ __all__ = ["Layer", "check_dir_name", "layer_location", "open_layer", "read_info
 
 def layer_location(url: str | os.PathLike[str]) -> str:
     """The storage location of a precomputed layer named by a voxgate URL or a bare location."""
-    scheme, location = split_url(os.fspath(url))
+    scheme, location = split_url(url)  # refuses a non-path url
     if scheme not in (None, "precomputed"):
         raise InvalidRequestError(
             f"meshes and skeletons live in Neuroglancer precomputed layers; {url!r} names a "

@@ -39,6 +39,8 @@ CORE_KEYS = frozenset({"@type", "type", "data_type", "num_channels", "scales"})
 
 def normalize_location(location: str) -> str:
     """Local paths become absolute, so a spec reopens the same layer from another directory."""
+    if "://" in location and "://" not in location.rstrip("/"):
+        return location  # "https://" names no host: left for the storage layer to refuse
     location = location.rstrip("/") or "/"
     if "://" not in location:
         return os.path.abspath(os.path.expanduser(location))

@@ -114,10 +114,19 @@ class MemoryRemote(Remote):
             if name in _volumes and not exist_ok:
                 raise RemoteExistsError(f"mem://{name} already exists (pass exist_ok=True)")
             if name not in _volumes:
-                arrays = [
-                    np.full(lead + tuple(s.shape), meta.fill_value, dtype=meta.dtype)
-                    for s in meta.scales
-                ]
+                try:
+                    arrays = [
+                        np.full(lead + tuple(s.shape), meta.fill_value, dtype=meta.dtype)
+                        for s in meta.scales
+                    ]
+                except (MemoryError, ValueError):
+                    nbytes = sum(int(np.prod(lead + tuple(s.shape), dtype=object))
+                                 for s in meta.scales) * meta.dtype.itemsize
+                    raise InvalidRequestError(
+                        f"mem://{name} would hold {nbytes} bytes in this process's memory, more "
+                        "than can be allocated; use a store on disk (zarr://, n5://, ...) for "
+                        "a volume this large"
+                    ) from None
                 _volumes[name] = _Stored(meta, arrays, threading.Lock(),
                                          [set() for _ in meta.scales])
             stored = _volumes[name]

@@ -242,6 +242,15 @@ class ZarrRemote(Remote):
             )
         if shards is not None and zarr_format != 3:
             raise InvalidRequestError("shards need zarr_format=3 (Zarr v2 has no sharding)")
+        if shards is not None:
+            # checked for every scale before any array is created
+            shape = Vec.of(shards, "shards")
+            for sc in meta.scales:
+                if any(s < 1 or s % c for s, c in zip(shape, sc.chunks, strict=True)):
+                    raise InvalidRequestError(
+                        f"shards {tuple(shape)} must be positive multiples of the chunks "
+                        f"{tuple(sc.chunks)} (z, y, x)"
+                    )
         if cls.exists(location):
             if not exist_ok:
                 raise RemoteExistsError(

@@ -63,7 +63,15 @@ _array_lock = threading.Lock()
 
 def as_volume(data: Any, *, voxel_size: Any = None, kind: str | None = None,
               mode: str = "r") -> Volume:
-    """A Volume from a Volume, a URL / path, or a 3-D numpy array (wrapped without a copy)."""
+    """A Volume from a Volume, a URL / path, or a 3-D numpy array (wrapped without a copy).
+
+    ``voxel_size`` is for a numpy array only (a store's volume has its own); ``kind``
+    "segmentation" for an array needs integer labels."""
+    if not isinstance(data, np.ndarray) and voxel_size is not None:
+        raise InvalidRequestError(
+            "voxel_size is for a numpy source; a store's volume has its own voxel size "
+            f"({type(data).__name__} given)"
+        )
     if isinstance(data, Volume):
         return data
     if isinstance(data, (str, os.PathLike)):
@@ -72,6 +80,15 @@ def as_volume(data: Any, *, voxel_size: Any = None, kind: str | None = None,
         if data.ndim != 3:
             raise InvalidRequestError(
                 f"a numpy array given to a Service must be 3-D (z, y, x), got shape {data.shape}"
+            )
+        if data.dtype.kind not in "biuf":
+            raise InvalidRequestError(
+                f"a numpy array given to a Service must hold numbers, got dtype {data.dtype}"
+            )
+        if kind == "segmentation" and data.dtype.kind not in "iu":
+            raise InvalidRequestError(
+                f"a segmentation needs integer labels, got a {data.dtype} array; convert it "
+                "(e.g. arr.astype('uint64')) if its values are ids"
             )
         arr = np.ascontiguousarray(data)
         if kind is None:

@@ -18,9 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from ..blockwise import block_shape, check_for_cluster, plan_blocks, run_blocks, scheduler_name
+from ..blockwise import (
+    block_shape,
+    check_client,
+    check_for_cluster,
+    plan_blocks,
+    run_blocks,
+    scheduler_name,
+)
 from ..errors import InvalidRequestError
-from ..geometry import Box, Vec
+from ..geometry import Box, Vec, whole, whole_at_least
 from ..remotes.memory import MemoryRemote
 from ..volume import Volume
 from ._common import (
@@ -194,9 +201,15 @@ def connected_components(
     then be stores its workers can open by URL).
     """
     t0 = time.perf_counter()
-    if connectivity not in _CONNECTIVITY:
+    if whole(connectivity) not in _CONNECTIVITY:  # 26.0 or True are not connectivities
         raise InvalidRequestError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
     want = np.dtype(np.uint64) if dtype is None else _id_dtype(dtype)
+    # refused before an out= URL is created
+    if workers is not None:
+        workers = whole_at_least(workers, 1, "workers")
+    check_client(client, "connected_components")
+    if out is None and create_options:
+        raise InvalidRequestError(f"options {sorted(create_options)} need an out= URL")
     src = as_volume(source)
     _no_server_path(prefer)
     region = src.bounds if src.ndim == 3 else None
@@ -226,6 +239,10 @@ def connected_components(
                                           details(1, n, cc.dtype)))
 
     def id_type_covering_region(vol: Volume) -> None:
+        if vol.url == src.url:
+            raise InvalidRequestError(
+                f"out is the source {src.url}: blocks are joined by reading the source across "
+                "their borders, after earlier blocks were overwritten; write to another volume")
         if (vol.dtype not in _ID_DTYPES or vol.scale_meta.bounds != region or vol.scale != 0
                 or (want is not None and vol.dtype != want)):
             wanted = "uint32 or uint64" if want is None else want.name

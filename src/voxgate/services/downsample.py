@@ -27,6 +27,7 @@ import numpy as np
 
 from ..blockwise import (
     block_shape,
+    check_client,
     check_for_cluster,
     cluster_spec,
     plan_blocks,
@@ -355,7 +356,22 @@ def downsample(
     ``downsample_provenance`` attribute is not set — call ``downsample_provenance(vol)``.
     """
     t0 = time.perf_counter()
+    # what would be refused after new scales are added to the metadata is refused here
+    if workers is not None:
+        workers = whole_at_least(workers, 1, "workers")
+    check_client(client, "downsample")
+    if block is not None and any(b < 1 for b in Vec.of(block, "block")):
+        raise InvalidRequestError(f"block must be three positive integers, got {block!r}")
+    if factors is not None and (isinstance(factors, (str, bytes))
+                                or not isinstance(factors, Sequence)):
+        raise InvalidRequestError(
+            f"factors must be a list of (z, y, x) factors, one per new scale, got {factors!r}")
     vol = as_volume(source, mode="r+")
+    if isinstance(vol, Volume) and not isinstance(source, np.ndarray) and (
+            not vol._plain or vol.bounds != vol.scale_meta.bounds):
+        raise InvalidRequestError(
+            f"downsample computes whole scales of a volume; {vol.url} was given as a view "
+            f"{vol.shape} of it: pass the volume itself (voxgate.open(url, mode='r+'))")
     if isinstance(source, np.ndarray):
         # an array: compute into a writable in-memory copy (the caller's array is not changed)
         copy = scratch_remote(vol.meta.with_scales(vol.meta.scales[:1]))

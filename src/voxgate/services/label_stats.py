@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..blockwise import block_shape, check_for_cluster, plan_blocks, run_blocks, scheduler_name
+from ..blockwise import (
+    block_shape,
+    check_client,
+    check_for_cluster,
+    plan_blocks,
+    run_blocks,
+    scheduler_name,
+)
 from ..errors import InvalidRequestError
 from ..geometry import Box, Vec
 from ..remotes.base import Capability
@@ -154,6 +161,7 @@ def label_stats(
                 f"{vol.url}'s server gives bounding boxes of whole objects; for the region "
                 f"{region!r} use prefer='local' or 'auto'")
         path = "local"
+    check_client(client, "label_stats")
     if client is not None:
         check_for_cluster(vol.url, "volume", "label_stats")
     local = _Local(vol, block, workers, client)
@@ -195,6 +203,9 @@ class _Local:
                  client: Any = None) -> None:
         self.vol = vol
         region = vol.bounds
+        if block is not None and any(b < 1 for b in Vec.of(block, "block")):
+            raise InvalidRequestError(
+                f"block must be three positive integers (z, y, x), got {block!r}")
         base = Vec.of(block) if block is not None else block_shape(
             vol.chunks, vol.dtype.itemsize, region.shape, budget=BLOCK_BYTES)
         # on the store's chunk grid, so a block reads whole chunks

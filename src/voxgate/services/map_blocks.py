@@ -20,13 +20,14 @@ import numpy as np
 
 from ..blockwise import (
     block_shape,
+    check_client,
     check_for_cluster,
     plan_blocks,
     run_blocks,
     scheduler_name,
 )
 from ..errors import DtypeError, InvalidRequestError
-from ..geometry import Box, Vec
+from ..geometry import Box, Vec, whole_at_least
 from ..volume import Volume
 from ._common import (
     ArrayResult,
@@ -90,6 +91,15 @@ def map_blocks(
     a dask worker that died) is run again; other errors are raised at once, naming the block.
     """
     t0 = time.perf_counter()
+    if not callable(fn):
+        raise InvalidRequestError(
+            f"map_blocks applies a function to each block; fn must be callable, got "
+            f"{type(fn).__name__} {fn!r}")
+    # refused before an out= URL is created
+    if workers is not None:
+        workers = whole_at_least(workers, 1, "workers")
+    retries = whole_at_least(retries, 0, "retries")
+    check_client(client, "map_blocks")
     src = as_volume(source)
     if src.ndim != 3 or any(a.step != 1 for a in src._axes):
         raise InvalidRequestError("map_blocks needs a 3-D view with step 1")
@@ -104,10 +114,21 @@ def map_blocks(
             f"halo {tuple(h)} is larger than the block {tuple(b)}: each block would read more "
             "of its neighbours than of itself; use a larger block or a smaller halo")
     region = src.bounds
-    dt = np.dtype(dtype) if dtype is not None else src.dtype
+    try:
+        dt = np.dtype(dtype) if dtype is not None else src.dtype
+    except TypeError:
+        raise InvalidRequestError(f"unknown dtype {dtype!r}; give a numpy dtype such as "
+                                  "'uint8', 'uint64' or 'float32'") from None
+    if client is not None:
+        check_for_cluster(src.url, "source", "map_blocks")
+
     def covers_region(vol: Volume) -> None:
         if not vol.bounds.contains(region):
             raise InvalidRequestError(f"out {vol.url} covers {vol.bounds!r}, not {region!r}")
+        if any(h) and vol.url == src.url:
+            raise InvalidRequestError(
+                f"out is the source {src.url}: with a halo each block reads its neighbours, "
+                "which earlier blocks would already have overwritten; write to another volume")
 
     target = resolve_output(out, region_meta(src, region, dt, kind or src.kind),
                             overwrite=overwrite, options=create_options, check=covers_region)
@@ -117,7 +138,6 @@ def map_blocks(
     b = block_shape(grid, dt.itemsize, region.shape, block=b)
     blocks = [p.box for p in plan_blocks(region, b, target.bounds)]
     if client is not None:
-        check_for_cluster(src.url, "source", "map_blocks")
         check_for_cluster(target.url, "output", "map_blocks", writes=True)
     run_blocks(functools.partial(run_block, fn, src, target, halo=h), blocks, name="map_blocks",
                client=client, workers=workers, progress=progress, retries=retries,

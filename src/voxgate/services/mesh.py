@@ -20,6 +20,7 @@ help), otherwise one after another.
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,6 +39,7 @@ from ..blockwise import (
 from ..errors import InvalidRequestError, RemoteNotFoundError
 from ..formats.mesh import Mesh
 from ..geometry import Box, Vec
+from ..meta import check_ids
 from ..remotes.base import Capability
 from ..volume import Volume
 from ._common import Prefer, Provenance, as_volume, choose_path
@@ -59,20 +61,31 @@ class MeshResult(dict[int, Mesh]):
 def _simplify_args(simplify: Any) -> tuple[float, float | None] | None:
     if simplify is None:
         return None
-    if isinstance(simplify, numbers.Real) and not isinstance(simplify, bool):  # numpy's too
+    def real(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):  # numpy's too
+            raise InvalidRequestError(
+                "simplify is None, a reduction factor, or (reduction_factor, max_error_nm) of "
+                f"numbers, got {simplify!r}")
+        return float(v)
+
+    if isinstance(simplify, numbers.Real) and not isinstance(simplify, bool):
         factor, error = float(simplify), None
-    elif isinstance(simplify, Sequence) and len(simplify) == 2:
-        factor, error = float(simplify[0]), (None if simplify[1] is None else float(simplify[1]))
+    elif isinstance(simplify, Sequence) and not isinstance(simplify, str) and len(simplify) == 2:
+        factor, error = real(simplify[0]), (None if simplify[1] is None else real(simplify[1]))
     elif isinstance(simplify, Mapping):
-        factor = float(simplify.get("reduction_factor", 0))
+        factor = real(simplify.get("reduction_factor", 0))
         error = simplify.get("max_error")
-        error = None if error is None else float(error)
+        error = None if error is None else real(error)
     else:
         raise InvalidRequestError(
             "simplify is None, a reduction factor, or (reduction_factor, max_error_nm), got "
             f"{simplify!r}")
-    if factor < 1:
-        raise InvalidRequestError(f"the reduction factor must be >= 1, got {factor}")
+    if not (math.isfinite(factor) and factor >= 1):
+        raise InvalidRequestError(f"the reduction factor must be a finite number >= 1, got "
+                                  f"{factor}")
+    if error is not None and not (math.isfinite(error) and error >= 0):
+        raise InvalidRequestError(f"max_error must be a finite distance >= 0 nm (or None), got "
+                                  f"{error}")
     return factor, error
 
 
@@ -217,7 +230,12 @@ def mesh(
     if vol.ndim != 3 or any(a.step != 1 for a in vol._axes):
         raise InvalidRequestError("mesh needs a 3-D view with step 1")
     simp = _simplify_args(simplify)
-    id_list = None if ids is None else [int(i) for i in ids]
+    id_list = check_ids(ids)
+    if block is not None:
+        block = Vec.of(block, "block")
+        if any(b < 1 for b in block):
+            raise InvalidRequestError(f"block must be three positive integers (z, y, x), got "
+                                      f"{tuple(block)}")
     remote = vol.remote
     path = choose_path(prefer, remote, Capability.SERVER_MESH, "mesh")
     result = MeshResult()

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..blockwise import check_for_cluster, run_blocks, scheduler_name
 from ..errors import CapabilityNotSupportedError, InvalidRequestError, MissingDependencyError
-from ..geometry import Box, Vec, grow_block
+from ..geometry import Box, Vec, grow_block, whole_at_least
 from ..meta import Scale, VolumeMeta
 from ..volume import Volume
 from ._common import ArrayResult, Provenance, as_volume, block_boxes, resolve_output
@@ -424,16 +424,22 @@ def predict(
     """
     t0 = time.perf_counter()
     no_server_path(prefer)
-    dt = np.dtype("uint8" if dtype is None else dtype)
+    try:
+        dt = np.dtype("uint8" if dtype is None else dtype)
+    except TypeError:
+        dt = None
     if dt not in (np.dtype(np.uint8), np.dtype(np.float32)):
+        if dt is None:
+            raise InvalidRequestError(
+                f"dtype must be 'uint8' (probabilities as 0..255) or 'float32', got {dtype!r}")
         raise InvalidRequestError(
             f"dtype must be 'uint8' (probabilities as 0..255) or 'float32', got {dt.name}")
     src = as_volume(source)
     if src.ndim != 3 or any(a.step != 1 for a in src._axes):
         raise InvalidRequestError(
             f"predict needs a 3-D single-channel view with step 1, got shape {src.shape}")
-    if workers is not None and workers < 1:
-        raise InvalidRequestError(f"workers must be >= 1, got {workers}")
+    if workers is not None:
+        workers = whole_at_least(workers, 1, "workers")
     nworkers = workers or (1 if client is not None else 2)
     runner = load_model(model, device=device, workers=nworkers)
     region = src.bounds

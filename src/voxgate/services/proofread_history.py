@@ -53,6 +53,10 @@ def history_location(url: str, scale: int, history_dir: str | os.PathLike[str] |
     """The directory that holds the history of the volume at ``url`` (scale ``scale``)."""
     suffix = f"s{scale}" if scale else ""
     if history_dir is not None:
+        if not isinstance(history_dir, (str, os.PathLike)):
+            raise InvalidRequestError(
+                f"history_dir must be a directory path, got {type(history_dir).__name__} "
+                f"{history_dir!r}")
         base = Path(history_dir)
         return base / suffix if suffix else base
     _, rest = split_url(url)

@@ -28,6 +28,8 @@ the GIL, so threads would not help), or on a ``dask.distributed`` Client.
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,7 +40,8 @@ import numpy as np
 from ..blockwise import cluster_spec, run_blocks, worker_remote
 from ..errors import InvalidRequestError, RemoteNotFoundError
 from ..formats.skeleton import Skeleton
-from ..geometry import Box, Vec, grow_block, whole_at_least
+from ..geometry import Box, Vec, grow_block, whole, whole_at_least
+from ..meta import check_ids
 from ..remotes.base import Capability
 from ._common import Prefer, Provenance, as_volume, block_boxes, choose_path, progress_bar
 
@@ -53,6 +56,32 @@ _ONE = Vec(1, 1, 1)
 #: kimimaro's TEASAR defaults for the two that decide how far a path invalidates its
 #: surroundings (``scale * radius + const`` nm); teasar_params overrides them
 _TEASAR_DEFAULTS = {"scale": 1.5, "const": 300.0}
+#: the TEASAR parameters kimimaro passes on to its tracer (``teasar_params`` keys)
+_TEASAR_KEYS = ("scale", "const", "pdrf_scale", "pdrf_exponent", "soma_detection_threshold",
+               "soma_acceptance_threshold", "soma_invalidation_scale",
+               "soma_invalidation_const", "max_paths")
+
+
+def _check_teasar(params: object) -> dict[str, Any] | None:
+    """``teasar_params`` as a dict of known keys and real numbers (max_paths: None too)."""
+    if params is None:
+        return None
+    if not isinstance(params, Mapping):
+        raise InvalidRequestError(
+            f"teasar_params must be a dict of TEASAR parameters ({', '.join(_TEASAR_KEYS)}), "
+            f"got {params!r}")
+    unknown = sorted(str(k) for k in params if k not in _TEASAR_KEYS)
+    if unknown:
+        raise InvalidRequestError(
+            f"teasar_params has unknown key(s) {unknown}; kimimaro takes {', '.join(_TEASAR_KEYS)}")
+    for k, v in params.items():
+        if k == "max_paths" and v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise InvalidRequestError(f"teasar_params[{k!r}] must be a finite number, got {v!r}")
+    return dict(params)
+
+
 #: one piece of a segment's skeleton from one block: voxel (z, y, x) dataset coordinates
 #: int64 (n, 3), edges uint32 (m, 2), radius float32 (n,), SWC types uint8 (n,), and the
 #: core voxel counts of the connected components, each on one vertex of its piece (n,)
@@ -130,8 +159,14 @@ def skeletonize(
         raise InvalidRequestError("skeletonize needs a 3-D view with step 1")
     if workers is not None:
         workers = whole_at_least(workers, 1, "workers")
+    dust_threshold = whole_at_least(dust_threshold, 0, "dust_threshold (voxels)")
+    teasar_params = _check_teasar(teasar_params)
+    if whole(parallel) is None:
+        raise InvalidRequestError(
+            f"parallel must be an integer (kimimaro's processes; <= 0: one per core), got "
+            f"{parallel!r}")
     base = None if block is None else _block_shape(block)
-    id_list = None if ids is None else [int(i) for i in ids]
+    id_list = check_ids(ids)
     path = choose_path(prefer, vol.remote, Capability.SERVER_SKELETON, "skeletonize")
     result = SkeletonResult()
     details: dict[str, Any] = {}

@@ -20,6 +20,7 @@ the cleft evenly, which side is "post" follows the voxel majority.
 from __future__ import annotations
 
 import math
+import numbers
 import tempfile
 import threading
 import time
@@ -127,7 +128,8 @@ def detect_synapses(
 
     t0 = time.perf_counter()
     no_server_path(prefer)
-    if isinstance(threshold, bool) or not 0 < float(threshold) <= 1:
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not (
+            0 < float(threshold) <= 1):
         raise InvalidRequestError(f"threshold must be a probability in (0, 1], got {threshold!r}")
     if min_size is not None and (isinstance(min_size, bool) or not isinstance(
             min_size, (int, np.integer)) or min_size < 1):
@@ -138,6 +140,10 @@ def detect_synapses(
         raise InvalidRequestError(
             "voxel_size is for a numpy source; a store's volume has its own voxel size")
     src = as_volume(source, voxel_size=voxel_size)
+    if not isinstance(source, np.ndarray) and src.kind == "segmentation":
+        raise InvalidRequestError(
+            f"detect_synapses needs an EM image; {src.url} is a segmentation (its labels are "
+            "not intensities): give the image, and the segmentation as segmentation=")
     if src.ndim != 3:
         raise InvalidRequestError(
             f"detect_synapses needs a 3-D single-channel image, got shape {src.shape}")

@@ -144,33 +144,54 @@ def gcs_credentials() -> str:
 
 
 def _context_for(location: str) -> ts.Context:
-    """The shared context, or for a gs:// bucket not reached yet in this process, one that
-    retries its first request only a few times."""
+    """The shared context, or for a gs:// bucket (or an http(s):// or s3:// host) not reached
+    yet in this process, one that retries its first request only a few times."""
     global _probe_context
-    bucket = _gcs_bucket(location)
-    if bucket is None or bucket in _buckets_reached:
+    key = _first_contact_key(location)
+    if key is None or key in _buckets_reached:
         return ts_context()
-    gcs_credentials()  # a broken GOOGLE_APPLICATION_CREDENTIALS fails before any request
+    if _gcs_bucket(location) is not None:
+        gcs_credentials()  # a broken GOOGLE_APPLICATION_CREDENTIALS fails before any request
     with _context_lock:
         if _probe_context is None:
-            _probe_context = ts.Context({"gcs_request_retries": dict(GCS_FIRST_CONTACT_RETRIES)})
+            _probe_context = ts.Context({name: dict(GCS_FIRST_CONTACT_RETRIES)
+                                         for name in _RETRY_RESOURCES})
         return _probe_context
 
 
+def _first_contact_key(location: str) -> str | None:
+    """The bucket or host whose first request gets few retries: a gs:// bucket, or an
+    http(s):// or s3:// host unless ``set_request_retries`` chose the policy (the relay)."""
+    parsed = urlparse(location)
+    if parsed.scheme == "gs":
+        return f"gs://{parsed.netloc}"
+    if parsed.scheme in ("http", "https", "s3") and _retries is None:
+        return f"{parsed.scheme}://{parsed.netloc}"
+    return None
+
+
 def _first_contact(location: str) -> bool:
-    bucket = _gcs_bucket(location)
-    return bucket is not None and bucket not in _buckets_reached
+    key = _first_contact_key(location)
+    return key is not None and key not in _buckets_reached
 
 
 def _reached(location: str) -> None:
-    bucket = _gcs_bucket(location)
-    if bucket is not None:
-        _buckets_reached.add(bucket)
+    key = _first_contact_key(location)
+    if key is not None:
+        _buckets_reached.add(key)
 
 
 def _gcs_failure(exc: BaseException, location: str, what: str) -> VoxgateError:
-    """A first request to a gs:// bucket that failed, with where credentials came from."""
+    """A first request to a gs:// bucket (or an http(s)/s3 host) that failed, with where
+    credentials came from for gs://."""
     error = _translate(exc, what)
+    if _gcs_bucket(location) is None:
+        if isinstance(error, RemoteUnavailableError):
+            return RemoteUnavailableError(
+                f"{what}: {location} could not be reached ({exc}); gave up after "
+                f"{GCS_FIRST_CONTACT_RETRIES['max_retries']} retries of the first request to "
+                "this host: check the address and that the server is running")
+        return error
     if isinstance(error, (RemoteUnavailableError, AuthenticationError)):
         try:
             creds = gcs_credentials()
@@ -215,6 +236,12 @@ def kvstore_spec(location: str) -> dict[str, Any]:
     if is_local(location):
         return {"driver": "file", "path": local_path(location).rstrip("/") + "/"}
     parsed = urlparse(location)
+    if parsed.scheme in ("gs", "s3", "http", "https") and not parsed.netloc:
+        what = "bucket" if parsed.scheme in ("gs", "s3") else "host"
+        raise InvalidRequestError(
+            f"{location!r} names no {what}: write {parsed.scheme}://"
+            f"{'BUCKET' if parsed.scheme in ('gs', 's3') else 'HOST[:PORT]'}/path"
+        )
     path = parsed.path.strip("/")
     path = path + "/" if path else ""
     if parsed.scheme == "gs":
@@ -278,9 +305,10 @@ def kvstore_exists(location: str, key: str) -> bool:
     """Whether ``key`` exists under ``location`` (local paths are checked without tensorstore)."""
     if is_local(location):
         return os.path.exists(os.path.join(local_path(location), key))
+    spec = kvstore_spec(location)  # a malformed location is an error, not "absent"
     context = _context_for(location)
     try:
-        kv = ts.KvStore.open(kvstore_spec(location), context=context).result()
+        kv = ts.KvStore.open(spec, context=context).result()
         found = bool(kv.read(key).result().state == "value")
     except ValueError as exc:
         if _first_contact(location):
@@ -304,9 +332,10 @@ def read_json(location: str, key: str) -> Any:
             raise RemoteNotFoundError(f"{path} does not exist") from None
     else:
         what = f"reading {key} of {location}"
+        spec = kvstore_spec(location)
         context = _context_for(location)
         try:
-            kv = ts.KvStore.open(kvstore_spec(location), context=context).result()
+            kv = ts.KvStore.open(spec, context=context).result()
             r = kv.read(key).result()
         except (ValueError, RuntimeError, OSError) as exc:
             if _first_contact(location):

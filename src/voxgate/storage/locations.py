@@ -16,7 +16,7 @@ __all__ = ["STORAGE_SCHEMES", "split_url"]
 STORAGE_SCHEMES = ("file", "gs", "s3", "http", "https")
 
 
-def split_url(url: str) -> tuple[str | None, str]:
+def split_url(url: str | os.PathLike[str]) -> tuple[str | None, str]:
     """``"zarr:///a/b"`` -> ``("zarr", "/a/b")``; a bare path or storage URL -> ``(None, url)``."""
     if not isinstance(url, (str, os.PathLike)):
         raise InvalidRequestError(f"a volume URL must be a string or path, got {url!r}")

@@ -16,7 +16,7 @@ from ..errors import (
     InvalidRequestError,
     OutOfBoundsError,
 )
-from ..geometry import Box, Vec, VoxelSize
+from ..geometry import Box, Vec, VoxelSize, whole_at_least
 from ..meta import Kind, Scale, VolumeMeta
 from ..notebook import NoArithmetic, check_array_caller, repr_html
 from ..notebook import preview as _preview
@@ -310,7 +310,15 @@ class Volume(NoArithmetic):
                 return data
         else:
             lead = (self.meta.num_channels,) if self.meta.num_channels > 1 else ()
-            data = np.full(lead + tuple(need.shape), self.meta.fill_value, dtype=self.dtype)
+            try:
+                data = np.full(lead + tuple(need.shape), self.meta.fill_value, dtype=self.dtype)
+            except (MemoryError, ValueError):
+                nbytes = math.prod(lead + tuple(need.shape)) * self.dtype.itemsize
+                raise InvalidRequestError(
+                    f"reading {need!r} (bounds='{self._bounds_mode}') needs an array of "
+                    f"{nbytes} bytes, more than can be allocated; read a smaller region, or "
+                    "use to_dask() to work on it block by block"
+                ) from None
             if not inside.is_empty():
                 data[(..., *inside.slices(need.start))] = self._remote.read(inside, self._scale)
         return self._finish(data)
@@ -379,10 +387,22 @@ class Volume(NoArithmetic):
         previous = tuple(
             p for p, a in zip(lead + storage, self._axes, strict=True) if a.keep
         )
-        if isinstance(chunks, str):
-            # grow from the storage chunks so no dask block splits a stored chunk
+        try:
+            # a string grows from the storage chunks so no dask block splits a stored chunk
             chunks = da.core.normalize_chunks(
-                chunks, self.shape, dtype=self.dtype, previous_chunks=previous
+                chunks, self.shape, dtype=self.dtype,
+                previous_chunks=previous if isinstance(chunks, str) else None,
+            )
+        except (ValueError, TypeError, ZeroDivisionError) as exc:
+            raise InvalidRequestError(
+                f"to_dask chunks {chunks!r} not understood for shape {self.shape} ({exc}); give "
+                "'auto', a byte size such as '64MiB', or one positive block length per axis "
+                f"({self.ndim} of them; -1 for a whole axis)"
+            ) from None
+        if any(c < 1 for axis, n in zip(chunks, self.shape, strict=True) if n for c in axis):
+            raise InvalidRequestError(
+                f"to_dask chunks {chunks!r} holds a block length below 1; give positive lengths "
+                "(-1 for a whole axis)"
             )
         return da.from_array(
             _DaskSource(self),
@@ -431,6 +451,8 @@ class Volume(NoArithmetic):
         block fails, :class:`PartialWriteError` lists the boxes that were stored and those
         that were not.
         """
+        if workers is not None:
+            workers = whole_at_least(workers, 1, "workers")
         if box is not None:
             self._box_view(box).write(value, workers=workers)
             return

@@ -18,6 +18,7 @@ from ...errors import (
     RemoteNotFoundError,
 )
 from ...geometry import Box
+from ...meta import check_ids
 from ...storage import Directory, join, split_url
 from ...storage.sharding import ShardedStore, ShardingSpec, decode_shard
 from ..layer import read_info as read_dir_info
@@ -48,7 +49,7 @@ def _plain(data: bytes) -> bool:
 
 def annotation_location(url: str | os.PathLike[str]) -> str:
     """The storage location of an annotation layer named by a voxgate URL or a bare one."""
-    scheme, location = split_url(os.fspath(url))
+    scheme, location = split_url(url)  # refuses a non-path url
     if scheme not in (None, "precomputed"):
         raise InvalidRequestError(
             f"annotation layers are Neuroglancer precomputed directories; {url!r} names a "
@@ -251,7 +252,7 @@ def read_annotations(url: str | os.PathLike[str], *, box: Box | None = None,
         box = Box(np.floor(layer.lower[::-1]).astype(int).tolist(),
                   (np.ceil(layer.upper[::-1]).astype(int) + 1).tolist())
     if box is None:
-        wanted = None if ids is None else [int(i) for i in ids]
+        wanted = check_ids(ids)
         records, found, related = layer.decode_singles(layer.singles(wanted))
         return records_to_frame(layer.kind, layer.properties, records, found, names, related)
     records, found = layer.spatial_records(box)

@@ -124,6 +124,10 @@ def _release(shared: _SharedFile) -> None:
 
 
 def _h5open(path: str, mode: str) -> h5py.File:
+    if os.path.isdir(path):
+        raise InvalidRequestError(
+            f"{path} is a directory, not an HDF5 file (a zarr or N5 store? name it zarr:// or "
+            "n5://)")
     try:
         return h5py.File(path, mode, rdcc_nbytes=_CACHE_BYTES, rdcc_nslots=_CACHE_SLOTS)
     except FileNotFoundError:
