@@ -6,10 +6,10 @@ import os
 import warnings
 from typing import Any
 
-from .errors import InvalidRequestError, VoxelOrderWarning
+from .errors import InvalidRequestError, VoxelOrderWarning, VoxgateError
 from .geometry import VoxelSize
 from .meta import VolumeMeta
-from .registry import create_remote, open_remote, split_url
+from .registry import create_remote, open_remote, resolve_for_create
 from .remotes.base import check_missing
 from .volume import Bounds, Volume
 
@@ -72,6 +72,15 @@ def open(
     return Volume(remote, scale, bounds=bounds)
 
 
+def _format_created_at(url: str) -> str | None:
+    """The scheme of the format :func:`create` makes at ``url`` (None: it cannot tell, and
+    says so itself)."""
+    try:
+        return str(resolve_for_create(url)[0].scheme)
+    except VoxgateError:
+        return None
+
+
 def create(
     url: str | os.PathLike[str] | dict[str, Any],
     *,
@@ -104,7 +113,7 @@ def create(
             f"a volume URL must be a string, a path or a TensorStore spec dict, got "
             f"{type(url).__name__} {url!r}"
         )
-    if encoding is not None and split_url(os.fspath(url))[0] != "precomputed":
+    if encoding is not None and _format_created_at(os.fspath(url)) not in (None, "precomputed"):
         raise InvalidRequestError(
             f"encoding={encoding!r} applies to precomputed:// volumes only (raw, jpeg, png, "
             "compressed_segmentation); zarr:// takes compression=, other stores their own "
