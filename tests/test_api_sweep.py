@@ -383,8 +383,10 @@ def test_open(bad_files: Path, case: str) -> None:
 def test_open_of_a_refused_port_fails_fast() -> None:
     """Before: tensorstore's default retries (32, up to 32 s apart) held it for minutes."""
     t0 = time.monotonic()
+    # (its first request to the host: "could not be reached"; after a relay in this process
+    # set its own retry policy, tensorstore's "unavailable": either way not "no array there")
     _raises(lambda: voxgate.open("zarr://http://127.0.0.1:1/x.zarr"), RemoteUnavailableError,
-            "could not be reached")
+            "could not be reached|storage unavailable")
     assert time.monotonic() - t0 < 30
 
 

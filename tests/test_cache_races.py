@@ -32,28 +32,7 @@ from voxgate.volume import Volume
 
 from .relay.conftest import RW, RelayProcess, free_port, start_relay
 from .relay.test_consistency import GatedRemote
-
-
-def _in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
-    out: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            out["value"] = fn()
-        except BaseException as exc:  # handed to the test
-            out["error"] = exc
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    return t, out
-
-
-def _joined(t: threading.Thread, out: dict[str, Any]) -> Any:
-    t.join(60)
-    assert not t.is_alive(), "the call never returned"
-    if "error" in out:
-        raise out["error"]
-    return out.get("value")
+from .relay.test_write_races import _in_thread, _joined
 
 
 # -- compat.intern: a channel deleted and created again ------------------------------------------

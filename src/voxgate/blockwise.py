@@ -165,6 +165,15 @@ def check_client(client: Any, what: str) -> None:
         )
 
 
+def check_run(workers: Any, retries: Any, client: Any, what: str) -> tuple[int | None, int]:
+    """``workers`` (None, or a whole number >= 1), ``retries`` (>= 0) and ``client`` checked
+    before a run creates anything; returns the two numbers as ints."""
+    n = None if workers is None else whole_at_least(workers, 1, "workers")
+    r = whole_at_least(retries, 0, "retries")
+    check_client(client, what)
+    return n, r
+
+
 def check_for_cluster(url: str, role: str, what: str, *, writes: bool = False) -> None:
     """Refuse a volume a cluster's (or spawned processes') workers cannot reopen by URL, or,
     with ``writes``, one that is one file several processes cannot write at once."""
@@ -504,10 +513,7 @@ def run_blocks(
     ``BlockResults.failed`` instead.  KeyboardInterrupt cancels
     the blocks not started (threads and processes finish the ones running) and re-raises.
     """
-    if workers is not None:
-        workers = whole_at_least(workers, 1, "workers")
-    retries = whole_at_least(retries, 0, "retries")
-    check_client(client, name)
+    workers, retries = check_run(workers, retries, client, name)
     todo = list(items)
     results: BlockResults[T] = BlockResults()
     kind = scheduler_name(client, processes)

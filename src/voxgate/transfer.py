@@ -35,14 +35,14 @@ import numpy as np
 
 from .blockwise import (
     TASKS_PER_THREAD,  # noqa: F401 - the cluster's window, documented here
-    check_client,
     check_for_cluster,
+    check_run,
     cluster_spec,
     run_blocks,
     worker_remote,
 )
 from .errors import InvalidRequestError, MissingChunkError, OutOfBoundsError, PartialWriteError
-from .geometry import Box, Vec, chunk_boxes, grow_block, whole_at_least
+from .geometry import Box, Vec, chunk_boxes, grow_block
 from .meta import VolumeMeta
 from .parallel import default_workers
 from .progress import progress_bar
@@ -378,10 +378,7 @@ def copy(
             raise InvalidRequestError(
                 f"the copy's {role} must be a URL, a path or a Volume, got {type(x).__name__} "
                 f"{x!r}")
-    if workers is not None:
-        workers = whole_at_least(workers, 1, "workers")
-    retries = whole_at_least(retries, 0, "retries")
-    check_client(client, "copy")
+    workers, retries = check_run(workers, retries, client, "copy")
     if client is not None:
         check_for_cluster(_name(src), "source", "copy")
         check_for_cluster(_name(dst), "destination", "copy", writes=True)

@@ -104,35 +104,29 @@ class Generations:
         return self.directory / (self._name(tag)[:-5] + kind)
 
     @contextlib.contextmanager
-    def write_lock(self, tag: str) -> Iterator[None]:
-        """Held (shared with other writers) for the whole of a write to the channel, from the
-        bump before it to the bump after it: no cell of the channel is stored in a shared
-        disk tier meanwhile (see :meth:`store_lock`)."""
+    def _flocked(self, tag: str, how: int) -> Iterator[None]:
         if self.directory is None:
             yield
             return
         fd = os.open(self._lock_path(tag, ".w"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            fcntl.flock(fd, how)
             yield
         finally:
             os.close(fd)  # (lets the lock go)
 
-    @contextlib.contextmanager
-    def exclusive(self, tag: str) -> Iterator[None]:
+    def write_lock(self, tag: str) -> contextlib.AbstractContextManager[None]:
+        """Held (shared with other writers) for the whole of a write to the channel, from the
+        bump before it to the bump after it: no cell of the channel is stored in a shared
+        disk tier meanwhile (see :meth:`store_lock`)."""
+        return self._flocked(tag, fcntl.LOCK_SH)
+
+    def exclusive(self, tag: str) -> contextlib.AbstractContextManager[None]:
         """Held alone: waits until no write to the channel is in progress in any process (they
         hold :meth:`write_lock`), and no write begins until it is let go.  A channel's delete
         holds it while its store is moved aside, so no write in flight lands in the path a
         channel created again under the name will use."""
-        if self.directory is None:
-            yield
-            return
-        fd = os.open(self._lock_path(tag, ".w"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return self._flocked(tag, fcntl.LOCK_EX)
 
     @contextlib.contextmanager
     def store_lock(self, tag: str) -> Iterator[bool]:

@@ -20,14 +20,14 @@ import numpy as np
 
 from ..blockwise import (
     block_shape,
-    check_client,
     check_for_cluster,
+    check_run,
     plan_blocks,
     run_blocks,
     scheduler_name,
 )
 from ..errors import DtypeError, InvalidRequestError
-from ..geometry import Box, Vec, whole_at_least
+from ..geometry import Box, Vec
 from ..volume import Volume
 from ._common import (
     ArrayResult,
@@ -96,10 +96,7 @@ def map_blocks(
             f"map_blocks applies a function to each block; fn must be callable, got "
             f"{type(fn).__name__} {fn!r}")
     # refused before an out= URL is created
-    if workers is not None:
-        workers = whole_at_least(workers, 1, "workers")
-    retries = whole_at_least(retries, 0, "retries")
-    check_client(client, "map_blocks")
+    workers, retries = check_run(workers, retries, client, "map_blocks")
     src = as_volume(source)
     if src.ndim != 3 or any(a.step != 1 for a in src._axes):
         raise InvalidRequestError("map_blocks needs a 3-D view with step 1")

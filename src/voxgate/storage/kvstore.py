@@ -314,6 +314,9 @@ def kvstore_exists(location: str, key: str) -> bool:
         if _first_contact(location):
             # a bucket that never answered: say why, instead of "does not exist" later
             raise _gcs_failure(exc, location, f"looking for {key}") from exc
+        error = _translate(exc, f"looking for {key} under {location}")
+        if isinstance(error, (RemoteUnavailableError, AuthenticationError)):
+            raise error from exc  # unreachable or refused is not "absent"
         return False
     _reached(location)
     return found
