@@ -82,6 +82,20 @@ class Block:
         return f"block {tuple(self.index)} {self.box!r}"
 
 
+def check_block(block: Any) -> Vec | None:
+    """A user's ``block=`` (None, or three positive whole numbers (z, y, x)) as a Vec."""
+    if block is None:
+        return None
+    try:
+        want = Vec.of(block, "block")
+    except Exception:
+        want = None
+    if want is None or any(b < 1 for b in want):
+        raise InvalidRequestError(
+            f"block must be three positive integers (z, y, x), got {block!r}")
+    return want
+
+
 def block_shape(grid: Sequence[int], itemsize: int, region_shape: Sequence[int], *,
                 budget: int = BLOCK_BYTES, block: Sequence[int] | None = None,
                 at_least: Sequence[int] | None = None) -> Vec:
@@ -93,9 +107,8 @@ def block_shape(grid: Sequence[int], itemsize: int, region_shape: Sequence[int],
     least that many voxels (rounded up to whole units)."""
     g = Vec.of(grid)
     if block is not None:
-        want = Vec.of(block)
-        if any(b < 1 for b in want):
-            raise InvalidRequestError(f"block must be three positive integers, got {block!r}")
+        want = check_block(block)
+        assert want is not None
         out = Vec(*(max(u, math.ceil(b / u) * u) for b, u in zip(want, g, strict=True)))
     else:
         out = grow_block(g, max(1, int(itemsize)), Vec.of(region_shape), int(budget))

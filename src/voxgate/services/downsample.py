@@ -27,6 +27,7 @@ import numpy as np
 
 from ..blockwise import (
     block_shape,
+    check_block,
     check_client,
     check_for_cluster,
     cluster_spec,
@@ -360,8 +361,7 @@ def downsample(
     if workers is not None:
         workers = whole_at_least(workers, 1, "workers")
     check_client(client, "downsample")
-    if block is not None and any(b < 1 for b in Vec.of(block, "block")):
-        raise InvalidRequestError(f"block must be three positive integers, got {block!r}")
+    check_block(block)
     if factors is not None and (isinstance(factors, (str, bytes))
                                 or not isinstance(factors, Sequence)):
         raise InvalidRequestError(

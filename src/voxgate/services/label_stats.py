@@ -19,6 +19,7 @@ import numpy as np
 
 from ..blockwise import (
     block_shape,
+    check_block,
     check_client,
     check_for_cluster,
     plan_blocks,
@@ -26,7 +27,7 @@ from ..blockwise import (
     scheduler_name,
 )
 from ..errors import InvalidRequestError
-from ..geometry import Box, Vec
+from ..geometry import Box
 from ..remotes.base import Capability
 from ._common import Prefer, Provenance, as_volume, choose_path, progress_bar
 
@@ -203,10 +204,8 @@ class _Local:
                  client: Any = None) -> None:
         self.vol = vol
         region = vol.bounds
-        if block is not None and any(b < 1 for b in Vec.of(block, "block")):
-            raise InvalidRequestError(
-                f"block must be three positive integers (z, y, x), got {block!r}")
-        base = Vec.of(block) if block is not None else block_shape(
+        given = check_block(block)
+        base = given if given is not None else block_shape(
             vol.chunks, vol.dtype.itemsize, region.shape, budget=BLOCK_BYTES)
         # on the store's chunk grid, so a block reads whole chunks
         self.blocks = [p.box for p in plan_blocks(region, base, vol.scale_meta.bounds)]

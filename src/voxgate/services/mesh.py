@@ -31,6 +31,7 @@ import numpy as np
 from ..blockwise import (
     Block,
     block_shape,
+    check_block,
     check_for_cluster,
     plan_blocks,
     run_blocks,
@@ -231,11 +232,7 @@ def mesh(
         raise InvalidRequestError("mesh needs a 3-D view with step 1")
     simp = _simplify_args(simplify)
     id_list = check_ids(ids)
-    if block is not None:
-        block = Vec.of(block, "block")
-        if any(b < 1 for b in block):
-            raise InvalidRequestError(f"block must be three positive integers (z, y, x), got "
-                                      f"{tuple(block)}")
+    block = check_block(block)
     remote = vol.remote
     path = choose_path(prefer, remote, Capability.SERVER_MESH, "mesh")
     result = MeshResult()

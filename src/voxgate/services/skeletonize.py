@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..blockwise import cluster_spec, run_blocks, worker_remote
+from ..blockwise import check_block, cluster_spec, run_blocks, worker_remote
 from ..errors import InvalidRequestError, RemoteNotFoundError
 from ..formats.skeleton import Skeleton
 from ..geometry import Box, Vec, grow_block, whole, whole_at_least
@@ -197,13 +197,8 @@ def skeletonize(
 
 
 def _block_shape(block: Sequence[int]) -> Vec:
-    try:
-        base = Vec.of(block)
-    except Exception:
-        raise InvalidRequestError(
-            f"block must be three positive integers (z, y, x), got {block!r}") from None
-    if min(base) < 1:
-        raise InvalidRequestError(f"block must be three positive integers (z, y, x), got {block!r}")
+    base = check_block(block)
+    assert base is not None
     return base
 
 
