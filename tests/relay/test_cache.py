@@ -37,6 +37,7 @@ from voxgate.relay.cache import (
     UpstreamError,
 )
 from voxgate.relay.cache import remote as cache_module  # CachedRemote reads CELL_BYTES there
+from voxgate.relay.cache.responses import RESPONSE_SHARE
 from voxgate.relay.catalog import Catalog
 from voxgate.relay.config import ChannelConfig, RelayConfig
 from voxgate.remotes.base import Remote
@@ -459,16 +460,21 @@ def test_a_disk_hit_read_across_a_write_is_not_promoted(tmp_path: Path) -> None:
     np.testing.assert_array_equal(remote.read(box), expected)
 
 
+@pytest.mark.parametrize("thrashing", [False, True], ids=["memory and disk", "thrashing"])
 def test_concurrent_reads_and_writes_leave_the_cache_equal_to_the_upstream(
-        tmp_path: Path) -> None:
+        tmp_path: Path, thrashing: bool) -> None:
+    """Also with a memory tier of 1 cell and no disk: then reads skim (read their parts of
+    the cells, caching nothing) and one in SKIM_PROBE fetches whole cells, both racing the
+    writes."""
     data = np.zeros((16, 64, 64), np.uint8)
-    up = mem_volume("stress", data, (8, 32, 32))
+    up = mem_volume(f"stress-{thrashing}", data, (8, 32, 32))
     up.delay = 0.003  # random jitter up to 3 ms widens every window
     old_cell_bytes = cache_module.CELL_BYTES
     cache_module.CELL_BYTES = 8 * 32 * 32
     try:
-        remote = CachedRemote(up, TieredCache(2**26, tmp_path / "disk", 2**30),
-                              identity="stress")
+        cache = (TieredCache(int(8 * 32 * 32 / (1 - RESPONSE_SHARE)) + 1) if thrashing
+                 else TieredCache(2**26, tmp_path / "disk", 2**30))
+        remote = CachedRemote(up, cache, identity="stress")
     finally:
         cache_module.CELL_BYTES = old_cell_bytes
     stop = threading.Event()  # set when the writers are done: the readers stop then
@@ -495,8 +501,8 @@ def test_concurrent_reads_and_writes_leave_the_cache_equal_to_the_upstream(
             while not stop.is_set() or reads[i] < 10:
                 remote.read(random_box(rng))
                 reads[i] += 1
-                if rng.random() < 0.1:  # sometimes lose the memory tier: disk hits promote
-                    remote.cache.memory = MemoryTier(2**26)
+                if not thrashing and rng.random() < 0.1:  # lose the memory tier at times:
+                    remote.cache.memory = MemoryTier(2**26)  # disk hits promote
         except BaseException as exc:
             errors.append(exc)
 
@@ -513,6 +519,103 @@ def test_concurrent_reads_and_writes_leave_the_cache_equal_to_the_upstream(
     assert len(up.writes) == 3 * writes_each and min(reads) >= 10
     _cells_match_upstream(remote, up)
     np.testing.assert_array_equal(remote.read(whole(remote)), up.inner.read(whole(remote)))
+    m = remote.cache.metrics.snapshot()
+    if thrashing:  # both kinds of read ran
+        assert m["upstream_parts"] > 0 and m["upstream_cells"] > 0, m
+    else:
+        assert m["upstream_parts"] == 0, m
+
+
+def _thrashing_cache(name: str, data: np.ndarray) -> tuple[CountingRemote, CachedRemote]:
+    """An upstream cut in 16 cells of 16 x 128 x 128 (256 KiB of uint8) in front of a memory
+    tier that holds two cells, and no disk tier."""
+    up = mem_volume(name, data, (16, 128, 128))
+    old_cell_bytes = cache_module.CELL_BYTES
+    cache_module.CELL_BYTES = 16 * 128 * 128
+    try:
+        cache = TieredCache(int(2 * 16 * 128 * 128 / (1 - RESPONSE_SHARE)) + 1)
+        return up, CachedRemote(up, cache, identity=name)
+    finally:
+        cache_module.CELL_BYTES = old_cell_bytes
+
+
+def test_a_thrashing_cache_reads_only_the_box_from_the_upstream() -> None:
+    """A memory tier too small for what is read evicts cells nobody read; the cache then
+    stops reading whole cells (several times the box) and reads each box as the upstream
+    read would, caching nothing, except one read in SKIM_PROBE, which still fetches cells."""
+    from voxgate.relay.cache.tiers import SKIM_PROBE
+
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 255, (64, 256, 256), dtype=np.uint8)
+    up, remote = _thrashing_cache("thrash", data)
+    assert not remote.cache.skim()  # a new cache has evicted nothing
+    boxes = []
+    for _ in range(60):
+        z, y, x = (int(v) for v in rng.integers(0, 48, 3))
+        boxes.append(Box((z, y, x), (z + 12, y + 200, x + 200)))  # a part of 4 to 8 cells
+    cells = {c for _, c in remote.cells(whole(remote), 0)}
+    whole_reads = parts = 0
+    for i, box in enumerate(boxes):
+        up.reads.clear()
+        np.testing.assert_array_equal(remote.read(box), data[box.slices()])
+        if set(up.reads) <= cells:  # whole cells (none reaches the box alone)
+            whole_reads += 1
+            continue
+        assert i >= 2  # only once cells were evicted unread
+        # the box in one read, or (where some cells were held) the parts of the others
+        assert all(box.contains(r) for r in up.reads) and not set(up.reads) & cells, up.reads
+        parts += len(up.reads)
+    m = remote.cache.metrics.snapshot()
+    skimmed = len(boxes) - whole_reads
+    assert m["upstream_parts"] == parts and skimmed >= len(boxes) * 3 // 4, (m, skimmed)
+    # while it thrashes, one read in SKIM_PROBE fetches whole cells (a few more at the start)
+    assert whole_reads <= 8 + len(boxes) // SKIM_PROBE + 1, whole_reads
+    assert remote.cache.memory.evicted_unread >= remote.cache.memory.evicted // 2
+    assert remote.cache.memory.waste > 0.5
+
+
+def test_a_thrashing_cache_caches_again_when_reads_come_back() -> None:
+    """After thrashing, reads of a region the memory tier can hold are cached again: one
+    read in SKIM_PROBE fetches cells, later reads of them are hits, and nothing more is read
+    from the upstream."""
+    from voxgate.relay.cache.tiers import SKIM_PROBE
+
+    rng = np.random.default_rng(6)
+    data = rng.integers(0, 255, (64, 256, 256), dtype=np.uint8)
+    up, remote = _thrashing_cache("comeback", data)
+    for z in range(0, 64, 16):  # every cell once, unread: thrashing
+        for y in (0, 128):
+            remote.read(Box((z, y, 0), (z + 4, y + 128, 256)))
+    assert remote.cache.memory.waste > 0.5
+    box = Box((1, 2, 3), (9, 100, 120))  # inside one cell
+    up.reads.clear()
+    for _ in range(SKIM_PROBE + 4):
+        np.testing.assert_array_equal(remote.read(box), data[box.slices()])
+    cell = Box((0, 0, 0), (16, 128, 128))
+    assert up.reads.count(cell) == 1 and len(up.reads) <= SKIM_PROBE, up.reads
+    assert set(up.reads) <= {box, cell}
+    up.reads.clear()
+    np.testing.assert_array_equal(remote.read(box), data[box.slices()])
+    assert not up.reads  # a hit
+
+
+def test_a_cache_with_a_disk_tier_never_skims(tmp_path: Path) -> None:
+    """Cells the memory tier evicts stay on disk: whole cells are still worth reading."""
+    rng = np.random.default_rng(7)
+    data = rng.integers(0, 255, (64, 256, 256), dtype=np.uint8)
+    up = mem_volume("skim-disk", data, (16, 128, 128))
+    old_cell_bytes = cache_module.CELL_BYTES
+    cache_module.CELL_BYTES = 16 * 128 * 128
+    try:
+        remote = CachedRemote(up, TieredCache(2 * 16 * 128 * 128, tmp_path / "d", 2**30),
+                              identity="skim-disk")
+    finally:
+        cache_module.CELL_BYTES = old_cell_bytes
+    for z in range(0, 64, 16):
+        for y in (0, 128):
+            remote.read(Box((z, y, 0), (z + 4, y + 128, 256)))
+    assert remote.cache.memory.waste > 0.5 and not remote.cache.skim()
+    assert remote.cache.metrics.snapshot()["upstream_parts"] == 0
 
 
 # -- per-user credentials -----------------------------------------------------------------------
@@ -709,17 +812,19 @@ def test_cache_entries_are_checked_never_unpickled(tmp_path: Path) -> None:
 
 
 # -- through a relay: restarts, damage, metrics -------------------------------------------------
-def _zarr_relay(tmp_path: Path, data: np.ndarray) -> Path:
+def _zarr_relay(tmp_path: Path, data: np.ndarray, memory: str = "64 MiB",
+                disk: bool = True) -> Path:
     vol = voxgate.create(f"zarr://{tmp_path}/up.zarr", shape=data.shape, chunks=(16, 64, 64),
                          dtype=data.dtype, voxel_size=(40, 8, 8))
     vol[:] = data
     cfg = tmp_path / "relay.toml"
+    disk_path = f'disk_path = "{tmp_path / "cache"}"' if disk else ""
     cfg.write_text(f"""
 [server]
 state_path = "{tmp_path / 'state.json'}"
 [cache]
-memory_bytes = "64 MiB"
-disk_path = "{tmp_path / 'cache'}"
+memory_bytes = "{memory}"
+{disk_path}
 [[channel]]
 name = "d/t/img"
 upstream = "zarr://{tmp_path}/up.zarr"
@@ -834,6 +939,36 @@ def test_metrics_report_hits_misses_bytes_and_upstream_latency(tmp_path: Path) -
         np.testing.assert_array_equal(_get(relay, ((256, 512), (0, 128), (0, 32))), patch)
         c = _metrics(relay)["cache"]
         assert c["upstream_writes"] == 1 and c["memory_hits"] == 3 and c["upstream_cells"] == 2
+    finally:
+        relay.stop()
+
+
+def test_a_relay_whose_memory_cannot_hold_a_cell_reads_only_the_boxes(tmp_path: Path) -> None:
+    """1 MiB of memory and no disk: cells of 1 MiB cannot be kept (the encoded responses take
+    a quarter), so after the first reads each cutout is one upstream read of its box, and a
+    write through the relay is still seen by the next read."""
+    data = np.random.default_rng(9).integers(1, 255, SHAPE, dtype=np.uint8)
+    relay = start_relay(_zarr_relay(tmp_path, data, memory="1 MiB", disk=False), free_port())
+    try:
+        for z in range(14):  # distinct boxes: no encoded response answers them
+            box = ((200, 300), (0, 100), (z, z + 10))  # across two cells
+            np.testing.assert_array_equal(_get(relay, box), data[z:z + 10, 0:100, 200:300])
+        m = _metrics(relay)
+        c = m["cache"]
+        assert m["memory_evicted_unread"] == m["memory_evicted"] >= 11 and m["memory_entries"] == 0
+        # whole cells (two per read) until eleven had gone unread, then mostly boxes alone
+        assert c["upstream_parts"] >= 4 and c["upstream_cells"] <= 2 * (14 - 4), c
+        assert c["upstream_bytes"] == (c["upstream_cells"] * 32 * 128 * 256
+                                       + c["upstream_parts"] * 10 * 100 * 100)
+        patch = np.full((32, 128, 256), 7, np.uint8)
+        with relay.client(RW) as http:
+            res = http.post("/v1/cutout/d/t/img/0/256:512/0:128/0:32/",
+                            content=blosc.compress(patch.tobytes(), typesize=1),
+                            headers={"Content-Type": "application/blosc"})
+        assert res.status_code == 201
+        data[0:32, 0:128, 256:512] = 7
+        np.testing.assert_array_equal(_get(relay, ((250, 300), (0, 100), (3, 13))),
+                                      data[3:13, 0:100, 250:300])
     finally:
         relay.stop()
 

@@ -590,6 +590,9 @@ class Relay:
         out: dict[str, Any] = {"cache": self.cache.metrics.snapshot(),
                "memory_bytes_used": self.cache.memory.used,
                "memory_entries": len(self.cache.memory),
+               # cells evicted to make room, the share never read (TieredCache.skim)
+               "memory_evicted": self.cache.memory.evicted,
+               "memory_evicted_unread": self.cache.memory.evicted_unread,
                "channels": len(self.catalog.channels),
                "label_stats": self.stats.metrics(),
                # the figures are this process's: with --workers N, the worker that answered

@@ -1,13 +1,15 @@
 """The relay's chunk cache: memory (LRU by bytes) then disk (size-capped LRU), in front of a Remote.
 
-:class:`CachedRemote` is itself a Remote.  It cuts every read on a grid aligned to the
-upstream's chunks (edge cells clipped to the dataset), serves the cells it holds and fetches the
-rest from the upstream, concurrently, with one upstream fetch per missing cell however many
-requests want it at once.  Writes go through to the upstream before they return; the cells they
-touch are dropped from both tiers *before* the upstream write, so a relay killed half way never
-serves stale data after a restart, and the cells the write covers completely are cached again
-afterwards.  Nothing written can be lost to eviction: the upstream has it before the client is
-told it was stored.
+:class:`CachedRemote` is itself a Remote.  It cuts every read on a grid aligned to the upstream's
+chunks (edge cells clipped to the dataset), serves the cells it holds and fetches the rest from the
+upstream, concurrently, with one upstream fetch per missing cell however many requests want it at
+once.  While the memory tier is too small for what is read (it evicts mostly cells nobody read, and
+no disk tier keeps them), a read that misses cells reads its box alone from the upstream and caches
+nothing, except one read in eight, which still fetches whole cells (:meth:`TieredCache.skim`).
+Writes go through to the upstream before they return; the cells they touch are dropped from both
+tiers *before* the upstream write, so a relay killed half way never serves stale data after a
+restart, and the cells the write covers completely are cached again afterwards.  Nothing written
+can be lost to eviction: the upstream has it before the client is told it was stored.
 
 Read-your-writes: every read that begins after a write was acknowledged sees it.  Before the
 write returns (still holding its cells' locks) it *detaches* every upstream fetch in flight for

@@ -177,21 +177,35 @@ class CachedRemote(Remote):
         out = np.empty(lead + tuple(box.shape), dtype=self.meta.dtype)
         waiting: list[tuple[Box, Future[np.ndarray]]] = []
         mine: list[tuple[str, Box, _Flight]] = []
+        parts: list[Box] = []  # parts of missing cells read for this request alone
+        skim: bool | None = None  # asked of the cache once, at the first missing cell
         for idx, cell in cells:
             key = self._key(scale, idx)
             arr = None if looked else self.cache.get(key)
             if arr is not None:
                 self._place(out, box, cell, arr)
                 continue
+            if skim is None:
+                skim = self.cache.skim()
             with self._lock:
                 flight = self._inflight.get(key)
                 if flight is not None:
                     self.cache.metrics.add(coalesced=1)
+                elif skim:
+                    parts.append(cell.intersect(box))
+                    continue
                 else:
                     flight = _Flight()
                     self._inflight[key] = flight
                     mine.append((key, cell, flight))
             waiting.append((cell, flight.future))
+        if parts and not waiting:
+            # the cache thrashes (TieredCache.skim): the box is read as a read of the upstream
+            # itself would read it, in one read, caching nothing (even around cells it held:
+            # one read is faster than the parts of the others, each read on its own)
+            out = self._wait(_fetch_pool.submit(self._read_part, box, scale), deadline)
+            self.cache.metrics.add(bytes_served=out.nbytes)
+            return out
         # a REST upstream gets missing cells that tile one box as one read, which it cuts into
         # requests of its own size (fewer round trips); otherwise one read per cell, in
         # parallel: each decodes straight into the array that is cached, where one read of the
@@ -203,17 +217,47 @@ class CachedRemote(Remote):
         else:
             for item in mine:
                 _fetch_pool.submit(self._run_fetch, [item], item[1], scale)
+        waiting += [(part, _fetch_pool.submit(self._read_part, part, scale)) for part in parts]
         for cell, fut in waiting:
-            try:
-                arr = fut.result(timeout=max(0.0, deadline - time.monotonic()))
-            except FutureTimeout:
-                self.cache.metrics.add(upstream_timeouts=1)
-                raise UpstreamTimeoutError(
-                    f"upstream {self.upstream.url} did not answer within {self.timeout:g} s"
-                ) from None
-            self._place(out, box, cell, arr)
+            self._place(out, box, cell, self._wait(fut, deadline))
         self.cache.metrics.add(bytes_served=out.nbytes)
         return out
+
+    def _wait(self, fut: Future[np.ndarray], deadline: float) -> np.ndarray:
+        try:
+            return fut.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            self.cache.metrics.add(upstream_timeouts=1)
+            raise UpstreamTimeoutError(
+                f"upstream {self.upstream.url} did not answer within {self.timeout:g} s"
+            ) from None
+
+    def _read_part(self, region: Box, scale: int) -> np.ndarray:
+        """Read ``region`` for one request only (nothing cached: see TieredCache.skim)."""
+        t0 = time.perf_counter()
+        try:
+            data = self.upstream.read(region, scale)
+        except BaseException as exc:
+            err = self._upstream_failure(exc)
+            if err is exc:
+                raise
+            raise err from exc
+        self.cache.metrics.upstream_latency(time.perf_counter() - t0)
+        self.cache.metrics.add(upstream_bytes=data.nbytes, upstream_parts=1)
+        return data
+
+    def _upstream_failure(self, exc: BaseException) -> BaseException:
+        """What a failed upstream read raises to the reads waiting on it."""
+        self.cache.metrics.add(upstream_errors=1)
+        # the cells lie inside the dataset, so whatever goes wrong reading them is the
+        # upstream's failure (502): unreachable, refusing, or answering what cannot be
+        # decoded.  Refused credentials stay themselves (a forwarded token: 403), and so does
+        # an absent chunk of an upstream opened with missing="error".
+        if isinstance(exc, (UpstreamError, AuthenticationError, MissingChunkError)):
+            return exc
+        err = UpstreamError(f"upstream {self.upstream.url} failed: {exc}")
+        err.__cause__ = exc
+        return err
 
     @staticmethod
     def _place(out: np.ndarray, box: Box, cell: Box, arr: np.ndarray) -> None:
@@ -227,15 +271,7 @@ class CachedRemote(Remote):
         try:
             data = self.upstream.read(region, scale)
         except BaseException as exc:
-            self.cache.metrics.add(upstream_errors=1)
-            # the cells lie inside the dataset, so whatever goes wrong reading them is the
-            # upstream's failure (502): unreachable, refusing, or answering what cannot be
-            # decoded.  Refused credentials stay themselves (a forwarded token: 403).
-            err: BaseException = exc
-            # an absent chunk of an upstream opened with missing="error" stays itself too
-            if not isinstance(exc, (UpstreamError, AuthenticationError, MissingChunkError)):
-                err = UpstreamError(f"upstream {self.upstream.url} failed: {exc}")
-                err.__cause__ = exc
+            err = self._upstream_failure(exc)
             self._land(items)
             for _, _, flight in items:
                 flight.future.set_exception(err)

@@ -31,6 +31,7 @@ class CacheMetrics:
     coalesced: int = 0
     upstream_fetches: int = 0  # upstream reads (one may bring several cells)
     upstream_cells: int = 0  # cells those reads brought
+    upstream_parts: int = 0  # parts of cells read for one request only, not cached (skim)
     upstream_errors: int = 0
     upstream_timeouts: int = 0
     upstream_bytes: int = 0
@@ -60,7 +61,7 @@ class CacheMetrics:
             lat = sorted(self.latencies)
             out = {k: getattr(self, k) for k in (
                 "memory_hits", "disk_hits", "misses", "coalesced", "upstream_fetches",
-                "upstream_cells",
+                "upstream_cells", "upstream_parts",
                 "upstream_errors", "upstream_timeouts", "upstream_bytes", "upstream_writes",
                 "bytes_served", "response_hits", "response_misses")}
             out["upstream_seconds_total"] = round(self.upstream_seconds, 6)
@@ -113,6 +114,14 @@ class MemoryTier:
         self.used = 0
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+        #: keys stored and not read since (an entry evicted while in here was wasted work)
+        self._unread: set[str] = set()
+        #: entries evicted to make room, and how many of them were never read
+        self.evicted = 0
+        self.evicted_unread = 0
+        #: a moving average (the last ~16 evictions) of whether an evicted entry was unread:
+        #: near 1 when the tier is too small for what is being read (it thrashes)
+        self.waste = 0.0
 
     def drop_prefix(self, prefix: str) -> int:
         """Drop every entry whose key starts with ``prefix`` (a scan bounded by the tier's
@@ -121,6 +130,7 @@ class MemoryTier:
             gone = [k for k in self._items if k.startswith(prefix)]
             for k in gone:
                 self.used -= self._items.pop(k).nbytes
+                self._unread.discard(k)
         return len(gone)
 
     def get(self, key: str) -> np.ndarray | None:
@@ -128,10 +138,13 @@ class MemoryTier:
             arr = self._items.get(key)
             if arr is not None:
                 self._items.move_to_end(key)
+                self._unread.discard(key)
             return arr
 
     def put(self, key: str, arr: np.ndarray) -> None:
-        if arr.nbytes > self.capacity:
+        if arr.nbytes > self.capacity:  # (as good as evicted unread at once)
+            with self._lock:
+                self._evict(unread=True)
             return
         arr.flags.writeable = False  # shared between requests: nobody may change it
         with self._lock:
@@ -139,16 +152,26 @@ class MemoryTier:
             if old is not None:
                 self.used -= old.nbytes
             self._items[key] = arr
+            self._unread.add(key)
             self.used += arr.nbytes
             while self.used > self.capacity and self._items:
-                _, gone = self._items.popitem(last=False)
+                k, gone = self._items.popitem(last=False)
                 self.used -= gone.nbytes
+                self._evict(unread=k in self._unread)
+                self._unread.discard(k)
+
+    def _evict(self, unread: bool) -> None:
+        # (under self._lock) count an entry evicted to make room
+        self.evicted += 1
+        self.evicted_unread += unread
+        self.waste += (unread - self.waste) / 16
 
     def pop(self, key: str) -> None:
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
                 self.used -= old.nbytes
+                self._unread.discard(key)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -224,6 +247,10 @@ _BEHIND_MAX = 256
 _NSTRIPES = 256
 
 
+#: while the cache thrashes, one read in this many still fetches whole cells (TieredCache.skim)
+SKIM_PROBE = 8
+
+
 class TieredCache:
     """Memory in front of (optional) disk; a disk hit is promoted to memory.  The memory
     budget is shared: :data:`~.responses.RESPONSE_SHARE` of it holds encoded responses
@@ -244,9 +271,24 @@ class TieredCache:
         self._tag_drops: dict[str | None, int] = {}
         self._closed = False
         self._behind = 0  # cells waiting to be written behind
+        self._skims = 0  # reads that asked skim() while the memory tier thrashed
         self._behind_done = threading.Condition(self._lock)
         if self.disk is not None:
             self.disk.before_volume = self.flush
+
+    def skim(self) -> bool:
+        """Whether a read takes from the upstream only its own parts of the cells it misses,
+        caching nothing, rather than whole cells: yes while the cache is too small for what
+        is being read, as its memory tier tells by evicting mostly cells nobody read
+        (:attr:`MemoryTier.waste` over 1/2, counting cells too big to keep at all) with no
+        disk tier behind to keep them.  Whole cells then cost a read up to several times its
+        own size and are thrown away unread.  One such read in :data:`SKIM_PROBE` still
+        fetches whole cells, so the tier notices when reads come back to cells it can keep."""
+        if self.disk is not None or self.memory.waste <= 0.5:
+            return False
+        with self._lock:
+            self._skims += 1
+            return self._skims % SKIM_PROBE != 0
 
     def get(self, key: str) -> np.ndarray | None:
         arr = self.memory.get(key)
