@@ -506,6 +506,34 @@ def test_bad_input_is_refused(sweep: Sweep, c: Case) -> None:
         assert_unchanged(sweep, f"{c.method} {c.path}")
 
 
+# -- metadata keys: bossDB's DynamoDB limit (a sort key of at most 1024 bytes) ----------------
+@pytest.mark.parametrize(("method", "key", "value", "says"), [
+    pytest.param("POST", "k" * 1025, "x", "at most 1024 bytes", id="POST key of 1025 bytes"),
+    pytest.param("POST", "%C3%A9" * 513, "x", "got one of 1026", id="POST key of 513 x 2 bytes"),
+    pytest.param("GET", "k" * 1025, None, "at most 1024 bytes", id="GET key of 1025 bytes"),
+    pytest.param("DELETE", "k" * 1025, None, "at most 1024 bytes", id="DELETE key of 1025"),
+    pytest.param("PUT", "k" * 1025, "x", "at most 1024 bytes", id="PUT key of 1025 bytes"),
+])
+def test_metadata_keys_have_bossdbs_limit(sweep: Sweep, method: str, key: str,
+                                          value: str | None, says: str) -> None:
+    path = f"/v1/meta/lab/?key={key}" + ("" if value is None else f"&value={value}")
+    res = send(sweep.relay, method, path)
+    assert res.status == 400, (res.status, res.body[:400])
+    doc = res.json()
+    assert (doc["code"], says in doc["message"]) == (1003, True), doc["message"][:400]
+    assert len(doc["message"]) < 200  # the key is not echoed back whole
+    assert_unchanged(sweep, f"{method} {path[:60]}")
+
+
+def test_a_metadata_key_at_bossdbs_limit_is_kept(sweep: Sweep) -> None:
+    key, value = "k" * 1022 + "%C3%A9", "v" * 60_000  # 1024 bytes; a value of 60 KB
+    assert send(sweep.relay, "POST", f"/v1/meta/lab/?key={key}&value={value}").status == 201
+    res = send(sweep.relay, "GET", f"/v1/meta/lab/?key={key}")
+    assert res.status == 200 and res.json() == {"key": "k" * 1022 + "é", "value": value}
+    assert send(sweep.relay, "DELETE", f"/v1/meta/lab/?key={key}").status == 204
+    assert_unchanged(sweep, "POST and DELETE of a key at the limit")
+
+
 # -- HEAD is a GET: it used to run the handler's write branch (a DELETE) ----------------------
 HEADS = ["/v1/collection/proj", DEEP, f"{DEEP}/channel/loc", "/v1/coord/pframe",
          "/v1/meta/lab/?key=k", "/v1/cutout/lab/em/img/0/0:16/0:8/0:2/",

@@ -428,6 +428,8 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
         path = "/".join(parts)
         key = request.query_params.get("key")
         value = request.query_params.get("value")
+        if key:
+            _check_meta_key(key)
         if reads(request):
             store = relay.catalog.state["meta"].get(path, {})
             if key is None:
@@ -461,3 +463,18 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
             "list_experiments": list_experiments, "experiment": experiment,
             "list_coords": list_coords, "coord": coord, "list_channels": list_channels,
             "channel": channel, "metadata": metadata}
+
+
+#: bossDB keeps metadata in DynamoDB with the key as the table's sort key, at most 1024 bytes
+#: (django/bossmeta/metadb.py); bossDB answers a longer one with DynamoDB's error, a 500.  (A
+#: value has no limit of its own here: the URL that carries it is limited to 64 KiB by the
+#: HTTP server, far below DynamoDB's 400 KB item.)
+META_KEY_BYTES = 1024
+
+
+def _check_meta_key(key: str) -> None:
+    """A metadata key over :data:`META_KEY_BYTES` (UTF-8) is refused (400), never echoed whole."""
+    n = len(key.encode("utf-8", "surrogatepass"))
+    if n > META_KEY_BYTES:
+        raise bad_request(INVALID_POST_ARGUMENT, f"metadata keys are at most {META_KEY_BYTES} "
+                          f"bytes (UTF-8), got one of {n} starting {key[:40]!r}")
