@@ -63,24 +63,24 @@ export VIRTUAL_ENV="$PWD/.venv"
 export PATH="$VIRTUAL_ENV/bin:$PATH"
 python -m pip install -e ".[test]"
 
-# the webknossos package (an oracle of tests/remotes/test_webknossos_peer.py) pins older click,
-# rich, httpx, networkx and protobuf than voxgate's environment holds: it gets a venv of its own
-WK=.venv-webknossos
-if [ -z "${VOXGATE_WEBKNOSSOS_PYTHON:-}" ]; then
-    if ! "$WK/bin/python" -c "import webknossos" >/dev/null 2>&1; then
-        "$PYTHON" -m venv --clear "$WK"
-        "$WK/bin/python" -m pip install --quiet "webknossos==4.3.3"
+# peer_venv DIR MODULE REQUIREMENT VARIABLE: an oracle whose pins clash with voxgate's environment
+# gets a venv of its own (DIR, made unless MODULE already imports there), whose python the tests
+# find in VARIABLE; a VARIABLE set already is used as it is
+peer_venv() {
+    local dir=$1 module=$2 requirement=$3 variable=$4
+    if [ -n "${!variable:-}" ]; then
+        return
     fi
-    export VOXGATE_WEBKNOSSOS_PYTHON="$PWD/$WK/bin/python"
-fi
+    if ! "$dir/bin/python" -c "import $module" >/dev/null 2>&1; then
+        "$PYTHON" -m venv --clear "$dir"
+        "$dir/bin/python" -m pip install --quiet "$requirement"
+    fi
+    export "$variable=$PWD/$dir/bin/python"
+}
+# webknossos (the oracle of tests/remotes/test_webknossos_peer.py) pins older click, rich,
+# httpx, networkx and protobuf than voxgate's environment holds
+peer_venv .venv-webknossos webknossos "webknossos==4.3.3" VOXGATE_WEBKNOSSOS_PYTHON
 # Igneous (the oracle of tests/services/test_downsample_igneous.py) pins DracoPy below 2, whose
-# encoder refuses voxgate's unquantized mesh positions: it too gets a venv of its own
-IG=.venv-igneous
-if [ -z "${VOXGATE_IGNEOUS_PYTHON:-}" ]; then
-    if ! "$IG/bin/python" -c "import igneous.task_creation" >/dev/null 2>&1; then
-        "$PYTHON" -m venv --clear "$IG"
-        "$IG/bin/python" -m pip install --quiet "igneous-pipeline==4.37.0"
-    fi
-    export VOXGATE_IGNEOUS_PYTHON="$PWD/$IG/bin/python"
-fi
+# encoder refuses voxgate's unquantized mesh positions
+peer_venv .venv-igneous igneous.task_creation "igneous-pipeline==4.37.0" VOXGATE_IGNEOUS_PYTHON
 exec python -m pytest "$@"
