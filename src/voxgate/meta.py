@@ -13,6 +13,7 @@ from .errors import InvalidRequestError
 from .geometry import Box, Vec, VoxelSize, whole, whole_at_least
 
 __all__ = [
+    "MAX_CHUNK_BYTES",
     "MAX_COORDINATE",
     "SUPPORTED_DTYPES",
     "Kind",
@@ -38,6 +39,8 @@ SUPPORTED_DTYPES = (
 #: the largest voxel coordinate (of a shape, an offset or their sum) a volume may have:
 #: tensorstore's finite index range, 2**62 - 2
 MAX_COORDINATE = 2**62 - 2
+#: the most bytes one chunk may hold, every channel included (blosc's limit; create refuses more)
+MAX_CHUNK_BYTES = 2**31 - 1
 
 #: the largest segment id (ids are uint64 end to end)
 _MAX_ID = 2**64 - 1
@@ -197,6 +200,14 @@ class VolumeMeta:
         if kind not in ("image", "segmentation"):
             raise InvalidRequestError(f"kind must be 'image' or 'segmentation', got {kind!r}")
         dt = check_dtype(dtype)
+        # (a chunk larger than the volume holds only the volume)
+        nbytes = math.prod(min(c, s) for c, s in zip(ch, sh, strict=True)) * num_channels
+        nbytes *= dt.itemsize
+        if nbytes > MAX_CHUNK_BYTES:
+            raise InvalidRequestError(
+                f"a chunk of {tuple(ch)} voxels x {num_channels} channel(s) of {dt} is "
+                f"{nbytes} bytes; a chunk is at most {MAX_CHUNK_BYTES} (2**31 - 1: blosc's limit, "
+                "and more than any reader should have to hold at once): give smaller chunks")
         base = cls(dt, (Scale(0, sh, ch, vs, off, encoding),), kind,  # type: ignore[arg-type]
                    num_channels)
         return base.with_scales([*base.scales, *next_scales(base, num_scales - 1)])
