@@ -12,12 +12,15 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
 import voxgate
-from voxgate.services.proofread.core import _one_edit
+from voxgate.services.proofread.core import _one_edit, _volume_key
 
 
 def _interleaved(path: Path) -> str:
@@ -31,6 +34,28 @@ def _interleaved(path: Path) -> str:
                        voxel_size=(40, 8, 8), kind="segmentation")
     v[:] = lab
     return url
+
+
+def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # handed to the test
+            out["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, out
+
+
+def _joined(t: threading.Thread, out: dict[str, Any]) -> Any:
+    t.join(120)
+    assert not t.is_alive(), "the edit never returned"
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
 
 
 def test_two_merges_at_once_in_threads_both_land(tmp_path: Path) -> None:
@@ -78,3 +103,75 @@ def test_an_edit_in_another_process_waits_for_the_one_in_progress(tmp_path: Path
     assert waited, f"the other process's merge did not wait: {out!r}"
     assert set(np.unique(voxgate.open(url).read()).tolist()) == {1, 3}
     assert sorted(voxgate.history(url)["n"]) == [1, 2]
+
+
+def test_two_merges_with_different_history_dirs_in_threads_both_land(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first merge (history in h1) has read a block it rewrites and waits before writing it
+    (gate); a second merge of the same volume (history in h2) must wait for the whole first
+    one: edits of one volume run one at a time in a process whatever their history_dir.  On
+    the old code (a lock per history folder) the second one ran meanwhile and the first then
+    wrote back its stale block, bringing id 4 back."""
+    url = _interleaved(tmp_path / "s.zarr")
+    vol = voxgate.open(url, mode="r+")
+    held, release = threading.Event(), threading.Event()
+    armed = [True]
+    write = vol.remote.write
+
+    def gated_write(box: Any, array: np.ndarray, scale: int = 0) -> None:
+        if armed[0]:  # (the first write: the first merge's, after it read the block)
+            armed[0] = False
+            held.set()
+            assert release.wait(60)
+        write(box, array, scale)
+
+    monkeypatch.setattr(vol.remote, "write", gated_write)
+    h1, h2 = tmp_path / "h1", tmp_path / "h2"
+    first = _in_thread(lambda: voxgate.merge(vol, [1, 2], history_dir=h1))
+    try:
+        assert held.wait(60), "the first merge never wrote a block"
+        second = _in_thread(lambda: voxgate.merge(vol, [3, 4], history_dir=h2))
+        second[0].join(2.0)  # (on the old code the second merge is done well before this)
+        ran_during = not second[0].is_alive()
+    finally:
+        release.set()
+    _joined(*first)
+    _joined(*second)
+    left = set(np.unique(voxgate.open(url).read()).tolist())
+    assert left == {1, 3}, f"ids left {left}: an edit was lost"
+    assert not ran_during, "the second merge ran while the first one held its edit"
+    for h in (h1, h2):
+        hist = voxgate.history(url, history_dir=h)
+        assert list(hist["operation"]) == ["merge"] and list(hist["status"]) == ["done"], hist
+
+
+def test_a_volume_has_one_edit_lock_whatever_its_url_view_or_scale(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = _interleaved(tmp_path / "s.zarr")
+    _interleaved(tmp_path / "t.zarr")
+    keys = {_volume_key(voxgate.open(u, mode="r+"))
+            for u in (url, "zarr://s.zarr", "zarr://./s.zarr", f"zarr://file://{tmp_path}/s.zarr",
+                      str(tmp_path / "s.zarr"))}
+    vol = voxgate.open(url, mode="r+")
+    keys |= {_volume_key(vol[2:6, 0:16, 8:40]), _volume_key(vol.at_scale(0))}
+    assert keys == {str(tmp_path / "s.zarr" / ".voxgate")}
+    assert _volume_key(voxgate.open(str(tmp_path / "t.zarr"))) != keys.pop()
+
+
+def test_the_history_of_a_named_or_hosted_volume_is_never_a_folder_here(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mem://name and dvid://host:port/... name no folder: a folder of the same name in the
+    working directory is not theirs (their history went into it before)."""
+    from voxgate.services.proofread_history import HISTORY_ENV, history_location
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(HISTORY_ENV, str(tmp_path / "state"))
+    (tmp_path / "seg").mkdir()
+    (tmp_path / "127.0.0.1:8000" / "abc" / "seg").mkdir(parents=True)
+    for url in ("mem://seg", "dvid://127.0.0.1:8000/abc/seg"):
+        where = history_location(url, 0, None)
+        assert where.parent == tmp_path / "state", (url, where)
+    # a zarr path relative to the working directory is still that folder's
+    (tmp_path / "s.zarr").mkdir()
+    assert history_location("zarr://s.zarr", 0, None) == tmp_path / "s.zarr" / ".voxgate"

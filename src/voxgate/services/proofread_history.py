@@ -49,6 +49,11 @@ def current_user(user: str | None = None) -> str:
         return "unknown"
 
 
+#: schemes whose location is a name or a host and port, not a path (a folder of that name in the
+#: working directory is not the volume's)
+_NOT_PATHS = frozenset({"mem", "bossdb", "dvid", "webknossos", "tensorstore"})
+
+
 def history_location(url: str, scale: int, history_dir: str | os.PathLike[str] | None) -> Path:
     """The directory that holds the history of the volume at ``url`` (scale ``scale``)."""
     suffix = f"s{scale}" if scale else ""
@@ -59,9 +64,11 @@ def history_location(url: str, scale: int, history_dir: str | os.PathLike[str] |
                 f"{history_dir!r}")
         base = Path(history_dir)
         return base / suffix if suffix else base
-    _, rest = split_url(url)
+    scheme, rest = split_url(url)
     rest, _, fragment = rest.partition("#")  # hdf5: the dataset inside the file after '#'
     inside = [p for p in fragment.split("/") if p]
+    if scheme in _NOT_PATHS:  # a name or a host, never a folder of the working directory
+        rest = "://"
     if rest.startswith("file://"):
         rest = rest[len("file://"):]
     if "://" not in rest and not rest.startswith("/"):  # a relative path: where it is now

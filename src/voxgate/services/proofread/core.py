@@ -86,25 +86,42 @@ def _open(seg: Any) -> Volume:
     return vol
 
 
-#: history folder -> the lock its volume's edits take in this process, and the file lock (and
-#: how deep the holding thread is in nested edits: merge runs relabel)
+#: volume (:func:`_volume_key`) -> the lock every edit of it takes in this process
+_VOLUME_LOCKS: dict[str, threading.RLock] = {}
+#: history folder -> the lock its edits take in this process, and its file lock (and how deep
+#: the holding thread is in nested edits: merge runs relabel)
 _EDIT_LOCKS: dict[str, threading.RLock] = {}
 _EDIT_FILES: dict[str, list[int]] = {}
 _edit_guard = threading.Lock()
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+def _volume_key(vol: Volume) -> str:
+    """One name per volume, whatever its view, scale, ``history_dir`` or URL spelling: the
+    folder its history is kept in by default (beside the data of a file store, so
+    ``zarr://a.zarr``, ``zarr:///abs/a.zarr`` and ``a.zarr`` name one volume; for other stores
+    a folder named after the URL).  Its scales share one name: they share meshes."""
+    return str(history_location(_stable_url(vol), 0, None))
+
+
 @contextlib.contextmanager
 def _one_edit(vol: Volume, history_dir: Any) -> Iterator[None]:
-    """Held for a whole edit of ``vol`` (its reads, its new ids, its writes, its history): two
-    edits of one volume, in threads or processes of this machine, run one after the other.
-    Each reads the blocks it rewrites, so two at once lost one another's changes where their
-    blocks met.  Between processes it is a lock file beside the history (``edit.lock``)."""
+    """Held for a whole edit of ``vol`` (its reads, its new ids, its writes, its history).
+    Each edit reads the blocks it rewrites, so two at once lost one another's changes where
+    their blocks met.
+
+    In this process two edits of one volume run one after the other, whatever their
+    ``history_dir``: the first lock is the volume's (:func:`_volume_key`).  Between processes
+    the lock is a file in the history folder (``edit.lock``), so edits of other processes wait
+    only when they keep their history in the same folder (the default one does, for every
+    process of this machine).  The locks are always taken in this order (volume, then history
+    folder), and both are re-entrant: an edit may run another edit of its volume."""
     root = history_location(_stable_url(vol), vol.scale, history_dir)
     key = str(root)
     with _edit_guard:
+        vlock = _VOLUME_LOCKS.setdefault(_volume_key(vol), threading.RLock())
         lock = _EDIT_LOCKS.setdefault(key, threading.RLock())
-    with lock:
+    with vlock, lock:
         held = _EDIT_FILES.get(key)
         if held is None:
             root.mkdir(parents=True, exist_ok=True)
@@ -151,7 +168,10 @@ _stats_lock = threading.Lock()
 #: computed once per process and kept up to date by the edits made here
 _STATS: dict[tuple[str, int], dict[str, Any]] = {}
 #: (volume URL, scale) -> edits noted so far: a pass that began before an edit and ends after
-#: it (it may have read the old voxels) is not kept
+#: it (it may have read the old voxels) is not kept.  Every pass and edit of the library runs
+#: under its volume's edit lock (:func:`_one_edit`), so none overlap; this check stays for a
+#: lock name that moved under a running edit (its default history folder: a changed
+#: ``$VOXGATE_STATE_DIR`` or working directory) and costs one count per edit
 _EDITS: dict[tuple[str, int], int] = {}
 
 
