@@ -175,3 +175,29 @@ def test_the_history_of_a_named_or_hosted_volume_is_never_a_folder_here(
     # a zarr path relative to the working directory is still that folder's
     (tmp_path / "s.zarr").mkdir()
     assert history_location("zarr://s.zarr", 0, None) == tmp_path / "s.zarr" / ".voxgate"
+
+
+def test_edits_through_two_spellings_of_one_volume_share_its_ids(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The statistics new ids come from are the volume's, not its URL's as typed: a split
+    through zarr://s.zarr and then one through the absolute path, then one through the first
+    again, give out three different ids (the cached statistics of the first spelling did not
+    know the second's new id before)."""
+    from voxgate.services.proofread import _STATS
+
+    monkeypatch.chdir(tmp_path)
+    labels = np.zeros((4, 16, 64), np.uint64)
+    for i, x in enumerate(range(0, 60, 10)):  # segments 1, 2, 3: two pieces each
+        labels[:, 2:14, x:x + 4] = 1 + i // 2
+    voxgate.create(f"zarr://{tmp_path}/s.zarr", shape=labels.shape, chunks=(4, 16, 32),
+                   dtype="uint64", voxel_size=(8, 8, 8), kind="segmentation")[:] = labels
+    try:
+        a = voxgate.open("zarr://s.zarr", mode="r+")
+        b = voxgate.open(str(tmp_path / "s.zarr"), mode="r+")
+        new = [list(voxgate.split(v, i, history_dir=tmp_path / "h").new_ids)
+               for v, i in ((a, 1), (b, 2), (a, 3))]
+        assert new == [[4], [5], [6]], new
+        final = voxgate.open(str(tmp_path / "s.zarr")).read()
+        assert sorted(np.unique(final).tolist()) == [0, 1, 2, 3, 4, 5, 6]
+    finally:
+        _STATS.clear()

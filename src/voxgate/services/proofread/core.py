@@ -164,15 +164,21 @@ def _stable_url(vol: Volume) -> str:
 
 # -- where ids are --------------------------------------------------------------------------------
 _stats_lock = threading.Lock()
-#: (volume URL, scale) -> {"boxes": {id: Box}, "max": largest id}: the label_stats of a volume,
-#: computed once per process and kept up to date by the edits made here
+#: (volume, scale) -> {"boxes": {id: Box}, "max": largest id}: the label_stats of a volume,
+#: computed once per process and kept up to date by the edits made here (the volume named by
+#: :func:`_volume_key`, so every URL spelling and view of it shares them)
 _STATS: dict[tuple[str, int], dict[str, Any]] = {}
-#: (volume URL, scale) -> edits noted so far: a pass that began before an edit and ends after
+#: (volume, scale) -> edits noted so far: a pass that began before an edit and ends after
 #: it (it may have read the old voxels) is not kept.  Every pass and edit of the library runs
 #: under its volume's edit lock (:func:`_one_edit`), so none overlap; this check stays for a
 #: lock name that moved under a running edit (its default history folder: a changed
 #: ``$VOXGATE_STATE_DIR`` or working directory) and costs one count per edit
 _EDITS: dict[tuple[str, int], int] = {}
+
+
+def _stats_key(vol: Volume) -> tuple[str, int]:
+    # by the volume's one name (not its URL as typed: two spellings of one store share it)
+    return _volume_key(vol), vol.scale
 
 
 def _dvid_labels(vol: Volume) -> Any:
@@ -181,7 +187,7 @@ def _dvid_labels(vol: Volume) -> Any:
 
 
 def _stats(vol: Volume) -> dict[str, Any]:
-    key = (_stable_url(vol), vol.scale)
+    key = _stats_key(vol)
     from ..label_stats import label_stats
 
     while True:
@@ -206,7 +212,7 @@ def _edited(key: tuple[str, int]) -> None:
 
 
 def _forget_stats(vol: Volume) -> None:
-    key = (_stable_url(vol), vol.scale)
+    key = _stats_key(vol)
     with _stats_lock:
         _STATS.pop(key, None)
         _edited(key)
@@ -272,7 +278,7 @@ def _new_ids(vol: Volume, count: int) -> list[int]:
 def _note_boxes(vol: Volume, gone: Iterable[int], boxes: Mapping[int, Box]) -> None:
     """Keep the cached label boxes right after an edit: ``gone`` ids vanished, ``boxes``
     (new or grown ids) join their boxes."""
-    key = (_stable_url(vol), vol.scale)
+    key = _stats_key(vol)
     with _stats_lock:
         _edited(key)
         st = _STATS.get(key)
