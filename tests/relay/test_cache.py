@@ -1042,3 +1042,22 @@ def test_cells_written_behind_never_outlive_a_drop(tmp_path: Path) -> None:
     cache.pop("t~r/0/0_0_2")
     assert cache.disk.get("t~r/0/0_0_2") is None and cache.get("t~r/0/0_0_2") is None
     cache.close()
+
+
+def test_a_retired_remote_reads_and_writes_through_but_caches_nothing() -> None:
+    """A Remote replaced because the upstream's metadata changed (Relay.upstream_meta_changed)
+    serves the requests that still hold it, but caches nothing more: its cell grid may not be
+    the channel's any more."""
+    data = np.arange(16 * 64 * 64, dtype=np.uint32).reshape(16, 64, 64)
+    up = mem_volume("retired", data, (8, 32, 32))
+    remote = CachedRemote(up, TieredCache(2**26), identity="retired")
+    remote.read(Box((0, 0, 0), (8, 32, 32)))
+    assert len(remote.cache.memory) == 1
+    remote.retire()
+    remote.cache.drop_tag(remote.tag)
+    box = Box((0, 0, 0), (16, 64, 64))
+    patch = np.full((16, 64, 64), 9, np.uint32)
+    remote.write(box, patch)  # covers every cell: cached again by a live Remote
+    np.testing.assert_array_equal(remote.read(box), patch)
+    assert len(remote.cache.memory) == 0
+    np.testing.assert_array_equal(up.inner.read(box), patch)  # the upstream has it

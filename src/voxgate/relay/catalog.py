@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -73,6 +76,7 @@ MAX_DEPTH = 8
 #: the ``@type`` of a precomputed volume's info (meshes, skeletons, annotations have others)
 VOLUME_TYPE = "neuroglancer_multiscale_volume"
 _open_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="voxgate-open")
+log = logging.getLogger("voxgate.relay")
 
 
 @dataclass
@@ -86,6 +90,10 @@ class ChannelEntry:
     writable: bool = True
     local: bool = False  # created through the project service under the data root
     _remotes: dict[str, CachedRemote] = field(default_factory=dict, repr=False)
+    #: when the upstream's metadata was last read again (Catalog.check_meta), and whether a
+    #: read of it is in flight
+    _meta_checked: float = field(default=0.0, repr=False)
+    _meta_checking: bool = field(default=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -299,6 +307,54 @@ class Catalog:
             entry._remotes.setdefault(fingerprint, cached)
             self._opening.pop((id(entry), fingerprint), None)
         fut.set_result(entry._remotes[fingerprint])
+
+    def check_meta(self, entry: ChannelEntry, changed: Callable[[ChannelEntry], None]) -> None:
+        """Read the upstream's metadata again, in the background, when the last read is
+        ``upstream_meta_seconds`` old, and call ``changed(entry)`` (there) when it differs
+        from what the channel's Remotes were opened with: a change made outside the relay
+        (scales added by a downsample, a volume made again with another shape).  Channels that
+        forward each client's token are not read again (the relay has no token of its own)."""
+        every = self.config.upstream_meta_seconds
+        if not every or entry.forward_token:
+            return
+        now = time.monotonic()
+        with self._mutex:
+            opened = next(iter(entry._remotes.values()), None)
+            if opened is None or entry._meta_checking:
+                return
+            if not entry._meta_checked:
+                entry._meta_checked = now  # (opened just now)
+            if now - entry._meta_checked < every:
+                return
+            entry._meta_checking = True
+        _open_pool.submit(self._check_meta, entry, opened, changed)
+
+    def _check_meta(self, entry: ChannelEntry, opened: CachedRemote,
+                    changed: Callable[[ChannelEntry], None]) -> None:
+        try:
+            fresh = open_remote(entry.upstream_url, mode="r", **entry.options)
+            try:
+                differs = fresh.meta != opened.meta
+            finally:
+                fresh.close()
+            if differs:
+                changed(entry)
+        except Exception as exc:  # unreachable now: the next request's read says so
+            log.warning("could not read the metadata of %s again: %s", entry.upstream_url,
+                        type(exc).__name__)
+        finally:
+            with self._mutex:
+                entry._meta_checking = False
+                entry._meta_checked = time.monotonic()
+
+    def retire_remotes(self, entry: ChannelEntry) -> None:
+        """Forget the channel's Remotes (the next request opens the upstream again), leaving
+        their upstreams open for the reads in progress; what those read is not cached."""
+        with self._mutex:
+            remotes = list(entry._remotes.values())
+            entry._remotes.clear()
+        for r in remotes:
+            r.retire()
 
     def open_remotes(self, entry: ChannelEntry) -> list[CachedRemote]:
         """The channel's Remotes opened so far (one per forwarded token)."""

@@ -9,6 +9,7 @@ max_cutout_bytes = "520 MiB"   # bossDB's CUTOUT_MAX_SIZE; larger requests answe
 state_path = "relay-state.json" # metadata, reserved ids, local projects (default: beside the cache)
 generations_path = "/shared/gens"  # ETag write generations: relays behind one HTTP cache share it
 read_only_max_age = 0          # seconds an HTTP cache may reuse writable = false channels' data
+upstream_meta_seconds = 10     # how often an upstream's metadata is read again (0: never)
 workers = 1                    # processes serving the port ("auto": one per core)
 
 [cache]
@@ -154,6 +155,9 @@ class RelayConfig:
     #: seconds an HTTP cache may reuse a read-only channel's responses without asking (0:
     #: revalidate every use, as for writable channels)
     read_only_max_age: int = 0
+    #: seconds between reads of a channel's upstream metadata, in the background, to take in
+    #: a change made outside the relay (new scales, a new shape); 0: read it once (docs/relay.md)
+    upstream_meta_seconds: float = 10.0
     #: processes accepting on the port (docs/relay.md, "Several worker processes")
     workers: int = 1
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -201,6 +205,7 @@ def config_from_json(text: str) -> RelayConfig:
         max_cutout_bytes=doc["max_cutout_bytes"], state_path=path(doc["state_path"]),
         data_root=path(doc["data_root"]), generations_path=path(doc["generations_path"]),
         read_only_max_age=doc["read_only_max_age"], workers=doc["workers"], cache=cache,
+        upstream_meta_seconds=doc["upstream_meta_seconds"],
         auth=auth, channels=channels)
 
 
@@ -248,7 +253,8 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
     server = raw.get("server", {})
     for key in server:
         if key not in ("host", "port", "upstream_timeout", "max_cutout_bytes", "state_path",
-                       "data_root", "generations_path", "read_only_max_age", "workers"):
+                       "data_root", "generations_path", "read_only_max_age", "workers",
+                       "upstream_meta_seconds"):
             raise InvalidRequestError(f"unknown [server] key {key!r}")
     cfg.host = str(server.get("host", cfg.host))
     cfg.port = int(server.get("port", cfg.port))
@@ -264,6 +270,11 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
         raise InvalidRequestError(f"read_only_max_age must be a whole number of seconds >= 0, "
                                   f"got {age!r}")
     cfg.read_only_max_age = age
+    every = server.get("upstream_meta_seconds", cfg.upstream_meta_seconds)
+    if isinstance(every, bool) or not isinstance(every, (int, float)) or not 0 <= every < 1e9:
+        raise InvalidRequestError(f"upstream_meta_seconds must be a number of seconds >= 0, "
+                                  f"got {every!r}")
+    cfg.upstream_meta_seconds = float(every)
     cfg.workers = parse_workers(server.get("workers", 1))
     data_root = server.get("data_root", raw.get("data_root"))
     if data_root is not None:

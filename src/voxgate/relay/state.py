@@ -204,7 +204,23 @@ class Relay:
             raise not_found(str(exc)) from None
 
     def remote(self, entry: ChannelEntry, token: str | None = None) -> CachedRemote:
-        return self.catalog.remote(entry, token)
+        remote = self.catalog.remote(entry, token)
+        self.catalog.check_meta(entry, self.upstream_meta_changed)
+        return remote
+
+    def upstream_meta_changed(self, entry: ChannelEntry) -> None:
+        """The upstream's metadata changed outside the relay (seen by Catalog.check_meta): the
+        channel's Remotes are replaced (the next request opens it again, with the new
+        metadata), its cells and label statistics dropped, and its write generation bumped,
+        so every ETag changes and other worker processes and relays sharing the generations
+        drop their cells too (each reads the metadata again on its own schedule)."""
+        tag = CachedRemote.tag_of(self.catalog.cache_tag(entry))
+        log.info("the metadata of %s changed upstream: opening it again", "/".join(entry.key))
+        with self.generations.exclusive(tag):  # (no write of the channel is in progress)
+            self.catalog.retire_remotes(entry)
+            self.cache.drop_tag(tag)
+            self.stats.drop(tag)
+            self.generations.bump(tag)
 
     def frame_at(self, c: str, e: str, entry: ChannelEntry, res: int) -> Box:
         """The coordinate frame at resolution ``res``, in that resolution's voxels."""

@@ -336,7 +336,9 @@ class CachedRemote(Remote):
                 self._detach(keys)
             self.cache.metrics.add(upstream_writes=1)
             for key, (_, cell) in zip(keys, cells, strict=True):
-                if box.contains(cell):  # (on disk behind the acknowledgement, as fetches)
+                # (a Remote closed or retired meanwhile caches nothing: its grid may not be
+                # the channel's any more)
+                if box.contains(cell) and not self._closed:  # (on disk behind, as fetches)
                     self.cache.put_behind(key, np.array(array[(..., *cell.slices(box.start))]))
         finally:
             for i in stripes:
@@ -344,6 +346,12 @@ class CachedRemote(Remote):
 
     def close(self) -> None:
         """Stop caching (fetches still in flight store nothing) and close the upstream."""
+        self.retire()
+        self.upstream.close()
+
+    def retire(self) -> None:
+        """Stop caching (fetches still in flight store nothing), leaving the upstream open for
+        reads in progress (a Remote replaced by one with the upstream's new metadata)."""
         for lock in _STRIPES:  # in order, as writers take them: no fetch is storing meanwhile
             lock.acquire()
         try:
@@ -355,7 +363,6 @@ class CachedRemote(Remote):
         finally:
             for lock in _STRIPES:
                 lock.release()
-        self.upstream.close()
 
     def invalidate(self) -> int:
         """Forget everything cached of this channel, as after a write made elsewhere (another
