@@ -12,7 +12,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ import pytest
 
 import voxgate
 from voxgate.services.proofread.core import _one_edit, _volume_key
+
+from ..relay.test_write_races import _in_thread, _joined
 
 
 def _interleaved(path: Path) -> str:
@@ -34,28 +35,6 @@ def _interleaved(path: Path) -> str:
                        voxel_size=(40, 8, 8), kind="segmentation")
     v[:] = lab
     return url
-
-
-def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
-    out: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            out["value"] = fn()
-        except BaseException as exc:  # handed to the test
-            out["error"] = exc
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    return t, out
-
-
-def _joined(t: threading.Thread, out: dict[str, Any]) -> Any:
-    t.join(120)
-    assert not t.is_alive(), "the edit never returned"
-    if "error" in out:
-        raise out["error"]
-    return out.get("value")
 
 
 def test_two_merges_at_once_in_threads_both_land(tmp_path: Path) -> None:
