@@ -34,6 +34,7 @@ disk_path = "{d / 'cache'}"
 name = "lab/em/img"
 upstream = "{upstream}"
 [auth]
+public_read = true
 tokens = {{ "{RW}" = "read-write" }}
 """)
     return cfg
@@ -59,7 +60,8 @@ def _until(what: str, check: object, seconds: float = 30.0) -> None:
 
 def test_scales_added_upstream_are_served(tmp_path: Path) -> None:
     """A downsample run on the upstream itself: the relay's precomputed info and bossDB
-    cutouts get the new scale, its cells of scale 0 are dropped and every ETag changes."""
+    cutouts get the new scale (CloudVolume reads it through the relay), and every ETag
+    changes."""
     url = f"precomputed://file://{tmp_path}/img"
     data = np.random.default_rng(0).integers(0, 255, (32, 64, 96), dtype=np.uint8)
     voxgate.create(url, shape=data.shape, chunks=(16, 32, 32), dtype="uint8",
@@ -79,6 +81,13 @@ def test_scales_added_upstream_are_served(tmp_path: Path) -> None:
                 http.get("/precomputed/lab/em/img/info").json()["scales"]) == 2)
             got1, _ = _cutout(http, 1, ((0, 48), (0, 32), (0, 16)))
             np.testing.assert_array_equal(got1, scale1)
+            from cloudvolume import CloudVolume  # the new level, as a peer reads it
+
+            cv = CloudVolume(f"precomputed://{relay.url}/precomputed/lab/em/img", mip=1,
+                             progress=False, fill_missing=False, bounded=True, cache=False)
+            assert list(cv.volume_size) == [48, 32, 16]
+            np.testing.assert_array_equal(
+                np.asarray(cv[0:48, 0:32, 0:16])[..., 0].transpose(2, 1, 0), scale1)
             again, etag2 = _cutout(http, 0, box)
             np.testing.assert_array_equal(again, data[2:30, 1:60, 3:90])
             assert etag2 != etag  # (an HTTP cache in front revalidates to the new one)
