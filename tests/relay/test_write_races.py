@@ -499,3 +499,44 @@ def test_a_read_in_flight_when_its_channel_is_deleted_and_created_again_is_refus
         np.testing.assert_array_equal(
             np.frombuffer(blosc.decompress(again.content), np.uint64).reshape(tuple(box.shape)),
             new)
+
+
+# -- the upstream's metadata changed outside the relay, while a write is in flight ---------------
+def test_a_metadata_refresh_waits_for_a_write_in_flight_and_serves_it(
+        tmp_path: Path, inproc: Callable[[RelayConfig], InProcessRelay]) -> None:
+    """Relay.upstream_meta_changed (the background metadata check found a change) while a
+    write is at the upstream: the refresh waits for it (the channel's exclusive write lock),
+    then the channel is opened again and its cells dropped; the acknowledged write is what
+    every later read gets, under a new ETag, and the retired Remote caches nothing."""
+    url, data = _zarr_store(tmp_path, np.uint8)
+    config = _config(tmp_path / "relay", url)
+    config.upstream_meta_seconds = 0  # (this test calls the refresh itself)
+    relay = inproc(config)
+    entry = relay.relay.catalog.channel("c", "e", "img")
+    cached = relay.relay.catalog.remote(entry)
+    gate = WriteGate(cached.upstream)
+    cached.upstream = gate
+    before = _get(relay.url, "boss", CELL)
+    np.testing.assert_array_equal(_array(before, "boss", CELL), data[CELL.slices()])
+
+    gate.hold_writes = True
+    writer, out = _in_thread(lambda: _post(relay.url, CELL, 11))
+    try:
+        assert gate.writing.wait(60), "the write never reached the upstream"
+        refresh, rout = _in_thread(lambda: relay.relay.upstream_meta_changed(entry))
+        refresh.join(0.5)
+        assert refresh.is_alive(), "the refresh did not wait for the write in flight"
+        assert relay.relay.catalog.open_remotes(entry) == [cached]
+    finally:
+        gate.release_write.set()
+    _joined(writer, out)  # acknowledged (201)
+    _joined(refresh, rout)
+    assert cached._closed and relay.relay.catalog.open_remotes(entry) == []
+    after = _get(relay.url, "boss", CELL)
+    np.testing.assert_array_equal(_array(after, "boss", CELL), np.full((32, 128, 256), 11))
+    assert after.headers["etag"] != before.headers["etag"]
+    (fresh,) = relay.relay.catalog.open_remotes(entry)
+    assert fresh is not cached and fresh.meta == cached.meta
+    cached.read(OTHER)  # a request still holding the retired Remote: served, not cached
+    assert not [k for k in relay.relay.cache.memory._items if k.startswith(cached._prefix)
+                and k.endswith("/0/0_1_0")]
