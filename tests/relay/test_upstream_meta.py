@@ -164,3 +164,31 @@ def test_a_store_opened_twice_has_equal_metadata(tmp_path: Path) -> None:
                        num_scales=2)[:] = 5
         a, b = open_remote(url), open_remote(url)
         assert a.meta == b.meta, url
+
+
+def test_a_change_seen_after_the_channel_was_deleted_touches_nothing(tmp_path: Path) -> None:
+    """The background check of a channel deleted meanwhile (its store's path may be a new
+    channel's) neither bumps a generation nor drops anything."""
+    from voxgate.relay.cache import CachedRemote
+    from voxgate.relay.config import CacheConfig, ChannelConfig, RelayConfig
+    from voxgate.relay.state import Relay
+
+    url = f"zarr://{tmp_path}/img.zarr"
+    voxgate.create(url, shape=(8, 16, 16), chunks=(8, 16, 16), dtype="uint8",
+                   voxel_size=(8, 8, 8))[:] = 3
+    relay = Relay(RelayConfig(state_path=tmp_path / "state.json",
+                              cache=CacheConfig(memory_bytes=2**24),
+                              channels=[ChannelConfig("c", "e", "img", url)]))
+    entry = relay.catalog.channel("c", "e", "img")
+    remote = relay.remote(entry)
+    remote.read(remote.meta.scale(0).bounds)
+    tag = CachedRemote.tag_of(relay.catalog.cache_tag(entry))
+    version = relay.generations.current(tag)
+    relay.catalog.channels.pop(entry.key)  # (as a delete does)
+    relay.upstream_meta_changed(entry)
+    assert relay.generations.current(tag) == version
+    assert relay.catalog.open_remotes(entry) == [remote] and len(relay.cache.memory) == 1
+    relay.catalog.channels[entry.key] = entry  # and while it is the channel: all of it
+    relay.upstream_meta_changed(entry)
+    assert relay.generations.current(tag) != version
+    assert relay.catalog.open_remotes(entry) == [] and len(relay.cache.memory) == 0

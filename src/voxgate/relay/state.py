@@ -214,6 +214,8 @@ class Relay:
         metadata), its cells and label statistics dropped, and its write generation bumped,
         so every ETag changes and other worker processes and relays sharing the generations
         drop their cells too (each reads the metadata again on its own schedule)."""
+        if self.catalog.channels.get(entry.key) is not entry:
+            return  # deleted meanwhile (its store may be another channel's now)
         tag = CachedRemote.tag_of(self.catalog.cache_tag(entry))
         log.info("the metadata of %s changed upstream: opening it again", "/".join(entry.key))
         with self.generations.exclusive(tag):  # (no write of the channel is in progress)
