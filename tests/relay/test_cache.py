@@ -897,6 +897,17 @@ def test_damaged_disk_cache_through_a_relay(tmp_path: Path) -> None:
         second.stop()
 
 
+def _post_cell(relay: RelayProcess, value: int) -> np.ndarray:
+    """Write the cell x 256:512, y 0:128, z 0:32 full of ``value`` through the relay (201)."""
+    patch = np.full((32, 128, 256), value, np.uint8)
+    with relay.client(RW) as http:
+        res = http.post("/v1/cutout/d/t/img/0/256:512/0:128/0:32/",
+                        content=blosc.compress(patch.tobytes(), typesize=1),
+                        headers={"Content-Type": "application/blosc"})
+    assert res.status_code == 201, res.text
+    return patch
+
+
 def test_metrics_report_hits_misses_bytes_and_upstream_latency(tmp_path: Path) -> None:
     data = np.random.default_rng(8).integers(1, 255, SHAPE, dtype=np.uint8)
     cfg = _zarr_relay(tmp_path, data)
@@ -928,12 +939,7 @@ def test_metrics_report_hits_misses_bytes_and_upstream_latency(tmp_path: Path) -
         assert c["bytes_served"] == 2 * 10 * 100 * 100 and c["hit_ratio"] == 0.5
         assert c["response_misses"] == 2
         # a write is counted, goes through, and the next read of the cell it covers is a hit
-        patch = np.full((32, 128, 256), 3, np.uint8)
-        with relay.client(RW) as http:
-            res = http.post("/v1/cutout/d/t/img/0/256:512/0:128/0:32/",
-                            content=blosc.compress(patch.tobytes(), typesize=1),
-                            headers={"Content-Type": "application/blosc"})
-        assert res.status_code == 201
+        patch = _post_cell(relay, 3)
         np.testing.assert_array_equal(
             voxgate.open(f"zarr://{tmp_path}/up.zarr")[0:32, 0:128, 256:512].read(), patch)
         np.testing.assert_array_equal(_get(relay, ((256, 512), (0, 128), (0, 32))), patch)
@@ -960,12 +966,7 @@ def test_a_relay_whose_memory_cannot_hold_a_cell_reads_only_the_boxes(tmp_path: 
         assert c["upstream_parts"] >= 4 and c["upstream_cells"] <= 2 * (14 - 4), c
         assert c["upstream_bytes"] == (c["upstream_cells"] * 32 * 128 * 256
                                        + c["upstream_parts"] * 10 * 100 * 100)
-        patch = np.full((32, 128, 256), 7, np.uint8)
-        with relay.client(RW) as http:
-            res = http.post("/v1/cutout/d/t/img/0/256:512/0:128/0:32/",
-                            content=blosc.compress(patch.tobytes(), typesize=1),
-                            headers={"Content-Type": "application/blosc"})
-        assert res.status_code == 201
+        _post_cell(relay, 7)
         data[0:32, 0:128, 256:512] = 7
         np.testing.assert_array_equal(_get(relay, ((250, 300), (0, 100), (3, 13))),
                                       data[3:13, 0:100, 250:300])
