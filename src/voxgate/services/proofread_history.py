@@ -68,7 +68,7 @@ def history_location(url: str, scale: int, history_dir: str | os.PathLike[str] |
     rest, _, fragment = rest.partition("#")  # hdf5: the dataset inside the file after '#'
     inside = [p for p in fragment.split("/") if p]
     if scheme in _NOT_PATHS:  # a name or a host, never a folder of the working directory
-        rest = "://"
+        return _in_state_dir(url, suffix)
     if rest.startswith("file://"):
         rest = rest[len("file://"):]
     if "://" not in rest and not rest.startswith("/"):  # a relative path: where it is now
@@ -87,6 +87,11 @@ def history_location(url: str, scale: int, history_dir: str | os.PathLike[str] |
         if q.is_file():
             out = Path(str(q) + ".voxgate").joinpath(*inner, *inside)
             return out / suffix if suffix else out
+    return _in_state_dir(url, suffix)
+
+
+def _in_state_dir(url: str, suffix: str) -> Path:
+    """The history folder of a volume that has no folder of its own to keep it beside."""
     state = os.environ.get("VOXGATE_STATE_DIR")
     root = Path(os.environ.get(HISTORY_ENV) or (Path(state) / "proofread" if state else
                 Path.home() / ".local" / "share" / "voxgate" / "proofread"))
