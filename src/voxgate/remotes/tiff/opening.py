@@ -3,6 +3,7 @@ or a directory of 2-D slices, and the voxel size read from OME-XML or ImageJ met
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -201,9 +202,7 @@ def open_file(
         encoding = _compression_name(int(first.compression))
     meta = cls._meta(dtype, level_shapes[0], chunks, vs, own, options, nc, encoding)
     scales = [meta.scales[0]]
-    for k in range(1, len(levels)):
-        f = [max(1, round(a / b))
-             for a, b in zip(level_shapes[0], level_shapes[k], strict=True)]
+    for k, f in enumerate(_level_factors(level_shapes)[1:], start=1):
         scales.append(Scale(
             k, Vec(*level_shapes[k]), _chunks({}, level_shapes[k], levels[k][0][0]),
             VoxelSize(vs.z * f[0], vs.y * f[1], vs.x * f[2], vs.unit),
@@ -211,6 +210,44 @@ def open_file(
             encoding, f"level {k}"))
     meta = replace(meta, scales=tuple(scales))
     return cls(location, meta, levels, mode, slices=False, decoders=decoders)
+
+
+def _level_factors(shapes: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """The cumulative (z, y, x) downsampling factor of each pyramid level from the shapes alone.
+
+    A TIFF pyramid states no factors, and the ratio of a coarse level's extent to level 0's
+    drifts from the factor at odd extents (53 halved four times, rounding up, is 4: 53 / 4 is
+    13, not 16).  So each level's factor is inferred from the level before it: an axis that
+    keeps its extent was not downsampled (1); one that shrank takes, of the steps ``f`` that
+    give its extent rounding up or down, the one it took at the level before (pyramids keep
+    their step), else the one nearest the ratio of the level's longest shrinking axis (the
+    least blurred by rounding); the steps multiply.
+    """
+    out = [(1, 1, 1)]
+    last = (1, 1, 1)
+    for prev, cur in itertools.pairwise(shapes):
+        shrunk = [(p, n) for p, n in zip(prev, cur, strict=True) if 0 < n < p]
+        longest = max(shrunk, default=(1, 1))
+        ref = max(1, round(longest[0] / longest[1]))
+        step = []
+        for p, n, before in zip(prev, cur, last, strict=True):
+            if n <= 0 or n >= p:
+                step.append(1)
+                continue
+            # the f with floor(p / f) <= n <= ceil(p / f)
+            hi = p if n == 1 else (p - 1) // (n - 1)
+            fits = [f for f in range(max(2, p // (n + 1) + 1), hi + 1)
+                    if p // f <= n <= -(-p // f)]
+            if before in fits:
+                step.append(before)
+            elif fits:
+                step.append(min(fits, key=lambda f: (abs(f - ref), f)))
+            else:
+                step.append(max(1, round(p / n)))
+        last = (step[0], step[1], step[2])
+        z, y, x = (a * b for a, b in zip(out[-1], last, strict=True))
+        out.append((z, y, x))
+    return out
 
 
 def open_slices(
