@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..blockwise import check_for_cluster, run_blocks, scheduler_name
+from ..blockwise import check_for_cluster, plan_blocks, run_blocks, scheduler_name
 from ..errors import CapabilityNotSupportedError, InvalidRequestError, MissingDependencyError
 from ..geometry import Box, Vec, grow_block, whole_at_least
 from ..meta import Scale, VolumeMeta
@@ -368,8 +368,18 @@ def _lcm(a: Sequence[int], b: Sequence[int]) -> Vec:
 
 def _infer(runner: ModelRunner, src: Volume, block: Box, halo: Vec,
            region: Box) -> np.ndarray:
-    """The model's float32 (c, z, y, x) output over ``block``."""
-    ext = Box(block.start - halo, block.stop + halo).intersect(region)
+    """The model's float32 (c, z, y, x) output over ``block``.
+
+    The block's halo is widened to the model's size step on a grid anchored at the region's
+    start, where a whole-volume run has its poolings: a block that starts off that grid (one
+    on the output's chunk grid, when the output's origin is not the region's) then sees the
+    poolings the whole volume does, and padding is needed at the region's upper faces only."""
+    step = runner.step
+    lo = Vec(*(r + (a - r) // s * s for a, r, s in zip(block.start - halo, region.start, step,
+                                                        strict=True)))
+    hi = Vec(*(r + -(-(a - r) // s) * s for a, r, s in zip(block.stop + halo, region.start,
+                                                            step, strict=True)))
+    ext = Box(lo, hi).intersect(region)
     x = to_unit_float(src.read(ext))
     need = _round_up(ext.shape, runner.step)
     if need != ext.shape:  # only at the volume's upper faces, as the whole-volume run pads
@@ -488,8 +498,12 @@ def predict(
     grid = target.remote.write_grid(target.scale)
     if any(v % g for v, g in zip(b, grid, strict=True)):  # whole output chunks (or shards)
         b = _round_up(b, _lcm(grid, runner.step))
-        blocks = list(block_boxes(region, b))
+    # on the output's chunk grid (anchored at its origin, which is not the region's when the
+    # output is a larger given Volume), so no two blocks write one chunk
+    planned = [p.box for p in plan_blocks(region, b, target.bounds, order="row")]
+    if planned[:1] != blocks[:1]:
         first = None
+    blocks = planned
     todo = blocks
     if first is not None:  # the callable's first block, computed above to learn its channels
         _store(first, target, blocks[0])

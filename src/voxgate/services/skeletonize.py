@@ -94,6 +94,14 @@ class SkeletonResult(dict[int, Skeleton]):
     provenance: Provenance
 
 
+def _fix_borders(shape: Sequence[int]) -> bool:
+    """kimimaro's ``fix_borders``, except for an array one voxel thick on two axes or more (a
+    line, or a single voxel: a volume's last block in a corner), on which kimimaro 4 raises
+    IndexError.  Such an array needs no border targets: every path in it runs voxel by voxel
+    along the line, through the voxel that every face plane holds."""
+    return sum(1 for n in shape if n > 1) >= 2
+
+
 def skeletonize_kernel(labels: np.ndarray, voxel_size: Any, origin: Any,
                        ids: list[int] | None = None, *, dust_threshold: int = 100,
                        teasar_params: Mapping[str, Any] | None = None,
@@ -104,7 +112,7 @@ def skeletonize_kernel(labels: np.ndarray, voxel_size: Any, origin: Any,
     vz, vy, vx = (float(v) for v in voxel_size)
     kwargs: dict[str, Any] = {
         "anisotropy": (vx, vy, vz), "dust_threshold": dust_threshold, "progress": progress,
-        "parallel": parallel, "fix_branching": True, "fix_borders": True,
+        "parallel": parallel, "fix_branching": True, "fix_borders": _fix_borders(labels.shape),
     }
     if teasar_params is not None:
         kwargs["teasar_params"] = dict(teasar_params)
@@ -304,13 +312,16 @@ def block_pieces(labels: np.ndarray, origin: Sequence[int], core: Box,
         labels = fastremap.mask_except(np.ascontiguousarray(labels), list(ids), in_place=False)
     labels = np.ascontiguousarray(labels)
     vz, vy, vx = (float(v) for v in voxel_size)
-    cc = cc3d.connected_components(labels, connectivity=26)
+    # cc3d 4.1 raises OverflowError on small or thin arrays holding ids >= 2**63 (a block at
+    # the volume's edge); as int64 (a view) the ids stay distinct and 0 stays 0
+    cc = cc3d.connected_components(labels.view(np.int64) if labels.dtype == np.uint64
+                                   else labels, connectivity=26)
     inner = tuple(slice(c0 - o, c1 - o) for c0, c1, o in
                   zip(core.start, core.stop, origin, strict=True))
     counts = np.bincount(cc[inner].ravel(), minlength=int(cc.max()) + 1)
     kwargs: dict[str, Any] = {
         "anisotropy": (vx, vy, vz), "dust_threshold": 0, "progress": False, "parallel": 1,
-        "fix_branching": True, "fix_borders": True,
+        "fix_branching": True, "fix_borders": _fix_borders(labels.shape),
     }
     if teasar_params is not None:
         kwargs["teasar_params"] = dict(teasar_params)
