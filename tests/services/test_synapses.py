@@ -280,6 +280,8 @@ def test_large_volume_path_and_cluster(volume: SyntheticSynapses, reference: pd.
     temporary zarr volumes, as they do for a dask.distributed client; same table."""
     from distributed import Client, LocalCluster
 
+    from voxgate.blockwise import scheduler_name
+
     synapses_module = importlib.import_module("voxgate.services.synapses")
     monkeypatch.setattr(synapses_module, "IN_MEMORY_VOXELS", 1000)
     src = stores["urls"]["zarr"]
@@ -293,3 +295,6 @@ def test_large_volume_path_and_cluster(volume: SyntheticSynapses, reference: pd.
                                              segmentation=stores["segmentation"], min_size=20,
                                              block=(8, 64, 64), client=client, progress=False)
     _same(on_cluster, reference)
+    # every block-wise step ran on the cluster, the connected components included
+    assert on_cluster.attrs["provenance"].details["components_scheduler"] == \
+        scheduler_name(client)

@@ -188,7 +188,7 @@ def detect_synapses(
                           workers=workers)
         labels = connected_components(mask if tmp is not None else np.asarray(mask),
                                       scratch("components"), block=block, workers=workers,
-                                      progress=progress)
+                                      client=client, progress=progress)
         lab_vol = labels if isinstance(labels, Volume) else as_volume(np.asarray(labels))
         prov = getattr(labels, "provenance", None) or connected_components_provenance(lab_vol)
         n = int(prov.details["components"]) if prov is not None else int(lab_vol.read().max())
@@ -207,6 +207,7 @@ def detect_synapses(
     table.attrs["provenance"] = Provenance("detect_synapses", "local", src.url, {
         "model": runner.name, "threshold": float(threshold), "min_size": int(min_size),
         "components": n, "detections": len(table),
+        "components_scheduler": prov.details.get("scheduler") if prov is not None else None,
         "probabilities": prob_vol.url if probabilities is not None else None,
         "annotations": str(out) if out is not None else None,
         "seconds": round(time.perf_counter() - t0, 3)})
