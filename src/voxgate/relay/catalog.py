@@ -255,27 +255,57 @@ class Catalog:
             fingerprint = hashlib.sha256((token or "").encode()).hexdigest()[:16]
             if token:
                 options["token"] = token
-        with self._mutex:
-            cached = entry._remotes.get(fingerprint)
-            if cached is not None:
-                return cached
-            slot = (id(entry), fingerprint)  # (alive while its open is in flight)
-            fut = self._opening.get(slot)
-            if fut is None:
-                fut = Future()
-                self._opening[slot] = fut
-                _open_pool.submit(self._open, entry, fingerprint, options, fut)
-        try:
-            return fut.result(timeout=self.config.upstream_timeout)
-        except FutureTimeout:
-            raise UpstreamTimeoutError(
-                f"upstream {entry.upstream_url} did not answer within "
-                f"{self.config.upstream_timeout:g} s (opening it)"
-            ) from None
+        deadline = time.monotonic() + self.config.upstream_timeout
+        for _ in range(3):  # (an open that began before a change was recorded: once more)
+            stale: CachedRemote | None = None
+            epoch = self.meta_epoch(entry)
+            with self._mutex:
+                cached = entry._remotes.get(fingerprint)
+                if cached is not None and cached.meta_epoch >= epoch:
+                    return cached
+                if cached is not None:
+                    # the upstream's metadata changed since it was opened, as another worker
+                    # process saw (Relay.upstream_meta_changed): opened again, with the new
+                    stale = entry._remotes.pop(fingerprint)
+                slot = (id(entry), fingerprint)  # (alive while its open is in flight)
+                fut = self._opening.get(slot)
+                if fut is None:
+                    fut = Future()
+                    self._opening[slot] = fut
+                    _open_pool.submit(self._open, entry, fingerprint, options, fut)
+            if stale is not None:
+                stale.retire()  # (reads in progress finish on it; it caches nothing more)
+            try:
+                opened = fut.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                raise UpstreamTimeoutError(
+                    f"upstream {entry.upstream_url} did not answer within "
+                    f"{self.config.upstream_timeout:g} s (opening it)"
+                ) from None
+            if opened.meta_epoch >= epoch:
+                return opened
+        return opened
+
+    def meta_epoch(self, entry: ChannelEntry) -> int:
+        """How many changes of the channel's upstream metadata a worker process recorded
+        (:meth:`note_meta_change`): a Remote opened before the last of them reads with old
+        metadata.  (The state is taken in afresh at the start of every request.)"""
+        return int(self.state.get("meta_changes", {}).get("/".join(entry.key), 0))
+
+    def note_meta_change(self, entry: ChannelEntry) -> None:
+        """Record, in the state every worker process shares, that the channel's upstream
+        metadata changed: each one's next request to it opens it again (:meth:`remote`),
+        instead of serving the old shape, scales and bytes until its own check comes round."""
+        key = "/".join(entry.key)
+        with self.lock:
+            changes = self.state.setdefault("meta_changes", {})
+            changes[key] = int(changes.get(key, 0)) + 1
+            self.save()
 
     def _open(self, entry: ChannelEntry, fingerprint: str, options: dict[str, Any],
               fut: Future[CachedRemote]) -> None:
         try:
+            epoch = self.meta_epoch(entry)  # (before the metadata is read)
             mode = "r+" if entry.writable else "r"
             try:
                 upstream: Remote = open_remote(entry.upstream_url, mode=mode, **options)
@@ -293,6 +323,7 @@ class Catalog:
                                   timeout=self.config.upstream_timeout,
                                   tag=self.cache_tag(entry))
             cached.origin = (entry.upstream_url, incarnation)
+            cached.meta_epoch = epoch
         except BaseException as exc:
             err: BaseException = exc
             if not isinstance(exc, (RemoteNotFoundError, AuthenticationError, UpstreamError)):

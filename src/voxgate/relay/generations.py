@@ -2,9 +2,10 @@
 
 Every channel incarnation has a *generation*: a random nonce and a counter that every write
 through the relay bumps twice, once before its upstream write and once after it.  A response's
-ETag is a hash of the channel's cache tag, its generation and the request's normalized region,
-scale and encoding, so it can be computed, and a conditional GET answered 304, without reading
-any data; and it changes whenever a write through the relay may have changed the response.
+ETag is a hash of the channel's cache tag, its generation, a digest of the metadata it is read
+with and the request's normalized region, scale and encoding, so it can be computed, and a
+conditional GET answered 304, without reading any data; and it changes whenever a write through
+the relay may have changed the response.
 
 Kept in memory (with a nonce made at start-up, so a restarted relay never repeats an ETag of
 its previous life), or in a directory: one small file per channel, replaced atomically under a

@@ -213,12 +213,17 @@ class Relay:
         channel's Remotes are replaced (the next request opens it again, with the new
         metadata), its cells and label statistics dropped, and its write generation bumped,
         so every ETag changes and other worker processes and relays sharing the generations
-        drop their cells too (each reads the metadata again on its own schedule)."""
+        drop their cells too.  The change is also recorded in the state the worker processes
+        share, so each of them opens the channel again on its next request to it (Catalog.remote)
+        rather than serving the old metadata until its own check comes round."""
         if self.catalog.channels.get(entry.key) is not entry:
             return  # deleted meanwhile (its store may be another channel's now)
         tag = CachedRemote.tag_of(self.catalog.cache_tag(entry))
         log.info("the metadata of %s changed upstream: opening it again", "/".join(entry.key))
         with self.generations.exclusive(tag):  # (no write of the channel is in progress)
+            # (recorded before the Remotes go: one opened meanwhile reads the new metadata and
+            # is not opened once more)
+            self.catalog.note_meta_change(entry)
             self.catalog.retire_remotes(entry)
             self.cache.drop_tag(tag)
             self.stats.drop(tag)
@@ -402,9 +407,12 @@ class Relay:
 
     @staticmethod
     def etag(remote: CachedRemote, version: str, *request: object) -> str:
-        """A strong ETag: the channel, its generation and the request's normalized region,
-        scale and encoding (what the response's bytes are a function of)."""
-        text = json.dumps([remote.tag, version, *(str(p) for p in request)])
+        """A strong ETag: the channel, its generation, the metadata it is read with and the
+        request's normalized region, scale and encoding (what the response's bytes are a
+        function of).  (The metadata: a worker process still on the upstream's old metadata
+        after another one saw it change, and bumped the generation, answers the same request
+        with other bytes.)"""
+        text = json.dumps([remote.tag, version, remote.meta_key, *(str(p) for p in request)])
         return '"vg-' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
 
     @staticmethod

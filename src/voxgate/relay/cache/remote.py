@@ -6,6 +6,7 @@ want it, writes through to the upstream; the rules it keeps are in the package's
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -22,10 +23,12 @@ from ...errors import (
     VoxgateError,
 )
 from ...geometry import Box, Vec, chunk_boxes, grow_block
+from ...meta import VolumeMeta
 from ...remotes.base import Capability, Remote
 from .tiers import _TAG_END, TieredCache
 
-__all__ = ["CELL_BYTES", "CachedRemote", "UpstreamError", "UpstreamTimeoutError"]
+__all__ = ["CELL_BYTES", "CachedRemote", "UpstreamError", "UpstreamTimeoutError",
+           "meta_fingerprint"]
 
 #: cache cells grow from the upstream's chunks toward this size (fewer entries, same alignment)
 CELL_BYTES = 2**20
@@ -53,6 +56,17 @@ _fetch_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="voxgate-ups
 _STRIPES = [threading.Lock() for _ in range(256)]
 
 
+def meta_fingerprint(meta: VolumeMeta) -> str:
+    """A short digest of what a cell's bytes and place depend on in ``meta`` (dtype, kind,
+    channels, fill value, every scale's shape, chunks, offset, voxel size and encoding), the
+    same in every process: part of a CachedRemote's cell keys and of the relay's ETags."""
+    text = json.dumps([meta.dtype.str, meta.kind, meta.num_channels, repr(meta.fill_value),
+                       [[s.index, list(s.shape), list(s.chunks), list(s.offset),
+                         list(s.voxel_size), s.encoding, s.key] for s in meta.scales]],
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _tiled(cells: list[Box]) -> Box | None:
     """The box two or more ``cells`` (disjoint, from one grid) tile exactly, or None."""
     if len(cells) < 2:
@@ -74,7 +88,12 @@ class CachedRemote(Remote):
         self.mode = upstream.mode
         self.url = upstream.url
         self.timeout = timeout
-        ident = hashlib.sha256(identity.encode()).hexdigest()[:20]
+        #: the metadata this Remote reads with: in its cell keys (below), so cells read
+        #: under other metadata (another worker process, not yet reopened after the
+        #: upstream's metadata changed, storing in the disk tier they share) are never taken
+        #: for cells of this grid, nor its cells for theirs
+        self.meta_key = meta_fingerprint(self.meta)
+        ident = hashlib.sha256(f"{identity}|{self.meta_key}".encode()).hexdigest()[:20]
         #: the tag every entry of this Remote carries (the relay passes the channel's, so a
         #: delete drops the cells of every token's view of it)
         self.tag = self.tag_of(tag if tag is not None else identity)
@@ -83,6 +102,9 @@ class CachedRemote(Remote):
         #: catalog for a channel created through the project service: a write checks that this
         #: incarnation is still the channel's (see Relay.writing); ("", "") for the others
         self.origin: tuple[str, str] = ("", "")
+        #: how many metadata changes of its channel had been recorded (in the relay's state,
+        #: shared by its worker processes) when this Remote was opened (see Catalog.remote)
+        self.meta_epoch = 0
         self._inflight: dict[str, _Flight] = {}
         self._lock = threading.Lock()
         self._closed = False

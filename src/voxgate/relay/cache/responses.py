@@ -3,12 +3,12 @@ chunk bodies, by the response's ETag, in an LRU bounded by bytes (a share of the
 tier's budget), per process.
 
 The key is the ETag (:meth:`voxgate.relay.state.Relay.etag`: the channel's cache tag, its
-write generation and the request's normalized region, scale and encoding) behind the
-CachedRemote's identity prefix (which holds the channel's tag, so a channel's entries are
-dropped with its cells, and the fingerprint of a forwarded token, so one client's response is
-never another's).  A write through any relay sharing the generations moves the generation, so
-the ETag of every response it may change is a new key and what was stored under the old one is
-never found again; it ages out of the LRU.
+write generation, the metadata's digest and the request's normalized region, scale and
+encoding) behind the CachedRemote's identity prefix (which holds the channel's tag, so a
+channel's entries are dropped with its cells, and the fingerprint of a forwarded token, so one
+client's response is never another's).  A write through any relay sharing the generations
+moves the generation, so the ETag of every response it may change is a new key and what was
+stored under the old one is never found again; it ages out of the LRU.
 
 The one rule a caller keeps: the generation in the key is taken *before* the data is read.
 A read racing a write then stores its (possibly old) bytes under the generation from before
