@@ -4,9 +4,11 @@ The copy walks the destination's write grid (chunks, or shards where the store h
 grouped into blocks of a few MiB, and runs a bounded number of blocks at once: memory stays at
 a few blocks per worker whatever the volume's size.  Every finished block is appended to a
 journal; an interrupted copy (Ctrl-C, kill -9, a crash) rerun with the same arguments skips the
-blocks the journal records and finishes the rest.  A block is written whole or not at all as
-far as the journal is concerned, and writing a block twice gives the same bytes, so the result
-is identical to an uninterrupted copy.  The journal is deleted when the copy completes.
+blocks the journal records (or, with ``verify=True``, checks them against the source and
+rewrites the ones that differ: the source may have changed meanwhile) and finishes the rest.
+A block is written whole or not at all as far as the journal is concerned, and writing a block
+twice gives the same bytes, so the result is identical to an uninterrupted copy of the same
+source.  The journal is deleted when the copy completes.
 
 With a ``dask.distributed`` Client the same block plan runs as tasks on the cluster: each task
 reopens the source and destination from their specs, copies its one block and returns; the
@@ -69,6 +71,10 @@ __all__ = [
 #: blocks grow from the write grid toward this many bytes (bounded memory, little overhead)
 BLOCK_BYTES = 8 * 2**20
 
+#: one block of the plan: scale, block index, its box, its write-grid cells, and whether the
+#: journal lists it as finished by an earlier run
+_Item = tuple[int, Vec, Box, int, bool]
+
 
 @dataclass
 class CopyReport:
@@ -81,6 +87,9 @@ class CopyReport:
     blocks_written: int = 0
     blocks_skipped: int = 0
     blocks_empty: int = 0
+    #: blocks an interrupted run had finished that differed from the source on the rerun (the
+    #: source or the destination changed in between) and were copied again
+    blocks_changed: int = 0
     chunks_written: int = 0
     chunks_skipped: int = 0
     bytes_written: int = 0
@@ -106,6 +115,9 @@ class CopyReport:
         rate = mb / self.seconds if self.seconds > 0 else float("inf")
         verb = "created and copied" if self.created else "copied"
         extra = f", resumed: {self.chunks_skipped} chunks already done" if self.resumed else ""
+        if self.blocks_changed:
+            extra += (f", {self.blocks_changed} finished block(s) differed from the source and "
+                      "were copied again")
         absent = self.absent_summary()
         if absent:
             absent = f"; source {absent}, copied as the fill value"
@@ -223,12 +235,33 @@ def forget_journals(src: str | None = None, dst: str | None = None) -> list[Jour
 def _as_remote(
     x: str | os.PathLike[str] | Volume, mode: str, **options: Any
 ) -> tuple[Remote, Box | None, int]:
+    """The Remote behind ``x``, and for a view of part of a Volume the region it covers (at
+    the view's scale, returned third).  A copy carries every channel at full resolution, so
+    views that pick channels or step through voxels are refused rather than copied whole."""
     if isinstance(x, Volume):
+        role = "source" if mode == "r" else "destination"
+        axes = x._axes
+        if len(axes) == 4 and (axes[0].start, axes[0].length, axes[0].keep) != (
+                0, x.meta.num_channels, True):
+            raise InvalidRequestError(
+                f"the copy's {role} is a view that selects channels of {x.url}; a copy carries "
+                f"all {x.meta.num_channels} channels: copy the whole channel axis "
+                "(vol[:, z0:z1, ...]) or write the channel's array to a volume created for it")
+        if any(a.step != 1 for a in axes):
+            raise InvalidRequestError(
+                f"the copy's {role} is a strided view of {x.url} (a step other than 1); a copy "
+                "copies voxels at their scale: copy another scale (vol.at_scale(k)) or a "
+                "step-1 region")
         remote = x.remote
         if mode == "r+" and remote.mode != "r+":
             remote = open_remote(x.url, mode="r+")
         full = x.at_scale(x.scale)
-        box = None if x.shape == full.shape else x.bounds
+        box = None if x.bounds == full.bounds else x.bounds
+        if box is not None and mode == "r+":
+            raise InvalidRequestError(
+                f"the copy's destination is a view of part of {x.url} ({box!r}); give the "
+                "whole destination (its URL or voxgate.open(url)) and the region as box= or "
+                "as a view of the source")
         return remote, box, x.scale
     return open_remote(os.fspath(x), mode=mode, **options), None, 0
 
@@ -249,6 +282,20 @@ def _check_scales(scales: object, meta: VolumeMeta) -> list[int]:
 
 def _name(x: str | os.PathLike[str] | Volume) -> str:
     return x.url if isinstance(x, Volume) else os.fspath(x)
+
+
+def _covering_box(view: Box, meta: VolumeMeta, scale: int) -> Box:
+    """The scale-0 region covering ``view``, a region of ``scale`` (the inverse of
+    :func:`_scale_box`, which maps it back to at least ``view``)."""
+    s0, sk = meta.scale(0), meta.scale(scale)
+    start, stop = [], []
+    for a, b, n0, nk, o0, ok in zip(
+        view.start, view.stop, s0.shape, sk.shape, s0.offset, sk.offset, strict=True
+    ):
+        f = n0 / nk
+        start.append(o0 + math.floor((a - ok) * f))
+        stop.append(o0 + math.ceil((b - ok) * f))
+    return Box(start, stop).intersect(s0.bounds)
 
 
 def _scale_box(box: Box, meta: VolumeMeta, scale: int) -> Box:
@@ -349,6 +396,7 @@ def copy(
     missing: str = "fill",
     client: Any = None,
     retries: int = 2,
+    verify: bool = False,
     **create_options: Any,
 ) -> CopyReport:
     """Copy a volume (all its scales by default) from ``src`` to ``dst``.
@@ -357,7 +405,9 @@ def copy(
     to its Remote, e.g. ``zarr_format=2`` or ``sharded=True``); when it exists, its dtype and
     shapes must match.  ``box`` limits the copy to a scale-0 region (dataset coordinates);
     coarser scales copy the voxels that region covers.  Rerunning an interrupted copy with the
-    same arguments resumes it.
+    same arguments resumes it: the blocks its journal lists are skipped, or with ``verify=True``
+    read again from both stores and copied again where they differ (for a source that may
+    have changed since the interruption; it costs a read of both for the part already done).
 
     Chunks absent from the source inside the copied region are listed in the report
     (``report.absent_chunks``, per scale) and copied as the fill value; with
@@ -379,15 +429,26 @@ def copy(
                 f"the copy's {role} must be a URL, a path or a Volume, got {type(x).__name__} "
                 f"{x!r}")
     workers, retries = check_run(workers, retries, client, "copy")
+    if not isinstance(verify, bool):
+        raise InvalidRequestError(f"verify must be True or False, got {verify!r}")
     if client is not None:
         check_for_cluster(_name(src), "source", "copy")
         check_for_cluster(_name(dst), "destination", "copy", writes=True)
     if box is not None and not isinstance(box, Box):
         raise InvalidRequestError(f"box must be a voxgate.Box, got {type(box).__name__}")
-    s_remote, s_box, _ = _as_remote(src, "r", missing=missing)
-    if box is None:
-        box = s_box
+    s_remote, s_box, view_scale = _as_remote(src, "r", missing=missing)
     smeta = s_remote.meta
+    # a view of a coarser scale is copied exactly at its scale; the other scales copy the
+    # voxels of the scale-0 region that covers it
+    exact: dict[int, Box] = {}
+    if box is None and s_box is not None:
+        box = s_box if view_scale == 0 else _covering_box(s_box, smeta, view_scale)
+        exact[view_scale] = s_box
+
+    def region_of(k: int, meta: VolumeMeta) -> Box:
+        if k in exact:
+            return exact[k]
+        return meta.scale(k).bounds if box is None else _scale_box(box, meta, k)
     if scales is None:
         wanted = list(range(len(smeta.scales)))
     else:
@@ -400,7 +461,7 @@ def copy(
     checked = has_capability(s_remote, Capability.CHUNK_PRESENCE)
     if checked:
         for k in wanted:
-            region = smeta.scale(k).bounds if box is None else _scale_box(box, smeta, k)
+            region = region_of(k, smeta)
             if not region.is_empty():
                 found = s_remote.absent_chunks(region, k)
                 if found:
@@ -464,7 +525,7 @@ def copy(
     plan: list[tuple[int, Vec, Box, int]] = []
     for k in wanted:
         sc = dmeta.scale(k)
-        region = sc.bounds if box is None else _scale_box(box, dmeta, k)
+        region = region_of(k, dmeta)
         if region.is_empty():
             continue
         grid = d_remote.write_grid(k)
@@ -476,15 +537,22 @@ def copy(
                 per_block
             plan.append((k, idx, part, n_chunks))
 
-    header = {
+    header: dict[str, Any] = {
         "src": s_remote.url,
         "dst": d_remote.url,
         "box": None if box is None else str(box),
         "scales": wanted,
         "blocks": len(plan),
     }
+    if view_scale in exact:  # a view of a coarser scale: its region is part of the key
+        header["view"] = [view_scale, str(exact[view_scale])]
     digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:24]
-    journal = _Journal(journal_dir() / f"{digest}.journal", header)
+    path = journal_dir() / f"{digest}.journal"
+    if created:
+        # the destination was (re)created just now: whatever an earlier run recorded went into
+        # a store that is gone, so the copy starts from the first block
+        path.unlink(missing_ok=True)
+    journal = _Journal(path, header)
     report = CopyReport(s_remote.url, d_remote.url, wanted, blocks_total=len(plan), created=created)
     report.resumed = bool(journal.done)
     report.absent_chunks, report.absent_checked = absent, checked
@@ -493,13 +561,17 @@ def copy(
     # a destination this copy created (now or before an interruption) holds only fill where no
     # block was written yet, so all-fill source blocks need no write
     skip_fill = journal.created
-    todo = []
-    for k, idx, part, n_chunks in plan:
-        if (k, *idx) in journal.done:
+    # a block the journal lists is skipped; with verify, read again from both stores and
+    # written only when they differ (the source changed since the interrupted run, or the
+    # destination did): then a rerun never keeps stale blocks, and never rewrites finished ones
+    todo: list[_Item] = []
+    for k, idx, part, n in plan:
+        listed = (k, *idx) in journal.done
+        if listed and not verify:
             report.blocks_skipped += 1
-            report.chunks_skipped += n_chunks
+            report.chunks_skipped += n
         else:
-            todo.append((k, idx, part, n_chunks))
+            todo.append((k, idx, part, n, listed))
     workers = workers or default_workers()
     if client is None:
         fn: Any = functools.partial(_copy_item, s_remote, d_remote, skip_fill=skip_fill)
@@ -507,26 +579,33 @@ def copy(
         fn = functools.partial(_copy_block, cluster_spec(s_remote), cluster_spec(d_remote),
                                uuid.uuid4().hex, skip_fill=skip_fill)
 
-    total_bytes = sum(p.size for _, _, p, _ in todo) * itemsize * channels
+    total_bytes = sum(item[2].size for item in todo) * itemsize * channels
     complete = False
     try:
         with _progress(progress, len(todo), total_bytes, "copy") as advance:
 
-            def done(item: tuple[int, Vec, Box, int], out: object) -> None:
+            def done(item: _Item, out: object) -> None:
                 # here, in this thread, once the block is written (on a cluster too)
                 assert isinstance(out, tuple)
                 nbytes: int = out[0]
                 empty: bool = out[1]
+                unchanged: bool = out[2]
+                if advance is not None:
+                    advance(nbytes)
+                if unchanged:  # listed in the journal and still equal to the source
+                    report.blocks_skipped += 1
+                    report.chunks_skipped += item[3]
+                    return
                 journal.record((item[0], *item[1]))
                 report.blocks_written += 1
+                if item[4]:
+                    report.blocks_changed += 1
                 if empty:
                     report.blocks_empty += 1
                 else:
                     report.chunks_written += item[3]
                     report.bytes_written += nbytes
                 report.per_scale[item[0]] = report.per_scale.get(item[0], 0) + 1
-                if advance is not None:
-                    advance(nbytes)
 
             try:
                 res = run_blocks(fn, todo, name="copy", client=client, workers=workers,
@@ -546,8 +625,8 @@ def copy(
                 f"copy {s_remote.url} -> {d_remote.url} failed at block {item[2]!r} of scale "
                 f"{item[0]}: {exc}. {report.blocks_written} blocks were written this run and are "
                 "recorded; rerun the same copy to resume",
-                written=[b for _, _, b, _ in res.done],
-                failed=[b for (_, _, b, _), _ in res.failed],
+                written=[it[2] for it in res.done],
+                failed=[it[2] for it, _ in res.failed],
             ) from exc
         complete = True
     finally:
@@ -566,14 +645,33 @@ def _copy_part(s: Remote, d: Remote, scale: int, part: Box, skip_fill: bool) -> 
     return data.nbytes, empty
 
 
-def _copy_item(s: Remote, d: Remote, item: tuple[int, Vec, Box, int],
-               skip_fill: bool) -> tuple[int, bool]:
-    """One block of a local copy (see :func:`_copy_part`)."""
-    return _copy_part(s, d, item[0], item[2], skip_fill)
+def _run_item(s: Remote, d: Remote, item: _Item, skip_fill: bool) -> tuple[int, bool, bool]:
+    """One block of the plan.  A block an earlier run finished (``item[4]``) is left as it is
+    when ``d`` holds the source's voxels there, and copied again (fill included) when not.
+    Returns (bytes read, whether left as fill, whether left as it was because unchanged)."""
+    scale, part = item[0], item[2]
+    if item[4]:
+        data = s.read(part, scale)
+        if _same_voxels(data, d.read(part, scale)):
+            return data.nbytes, False, True
+        skip_fill = False  # the destination holds other voxels there: fill must be written
+    return (*_copy_part(s, d, scale, part, skip_fill), False)
 
 
-def _copy_block(src: str, dst: str, run: str, item: tuple[int, Vec, Box, int],
-                skip_fill: bool) -> tuple[int, bool]:
-    """One task of a distributed copy, on a worker (see :func:`_copy_part`)."""
-    return _copy_part(worker_remote(src, run), worker_remote(dst, run), item[0], item[2],
-                      skip_fill)
+def _same_voxels(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit for bit (NaNs of a float volume included), never through a float for ids."""
+    if a.shape != b.shape or a.dtype.itemsize != b.dtype.itemsize:
+        return False
+    return bool(np.array_equal(np.ascontiguousarray(a).view(np.uint8),
+                               np.ascontiguousarray(b).view(np.uint8)))
+
+
+def _copy_item(s: Remote, d: Remote, item: _Item, skip_fill: bool) -> tuple[int, bool, bool]:
+    """One block of a local copy (see :func:`_run_item`)."""
+    return _run_item(s, d, item, skip_fill)
+
+
+def _copy_block(src: str, dst: str, run: str, item: _Item,
+                skip_fill: bool) -> tuple[int, bool, bool]:
+    """One task of a distributed copy, on a worker (see :func:`_run_item`)."""
+    return _run_item(worker_remote(src, run), worker_remote(dst, run), item, skip_fill)

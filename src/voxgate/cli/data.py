@@ -133,6 +133,9 @@ def info(url: str, as_json: bool, check: bool, missing: str) -> None:
 )
 @click.option("--missing", type=click.Choice(["fill", "error"]), default="fill",
               help=_MISSING_HELP)
+@click.option("--verify", is_flag=True,
+              help="On a rerun, read the blocks the journal lists from both stores and copy "
+                   "again those that differ (the source changed since the interruption).")
 @click.option("--status", is_flag=True,
               help="List the journals of unfinished copies (source, destination, blocks done, "
                    "age) instead of copying.")
@@ -144,13 +147,13 @@ def info(url: str, as_json: bool, check: bool, missing: str) -> None:
 def cp(
     src: str | None, dst: str | None, box: str | None, scales: str | None,
     workers: int | None, no_progress: bool, options: tuple[str, ...], missing: str,
-    status: bool, forget: bool, forget_all: bool, scheduler: str | None,
+    verify: bool, status: bool, forget: bool, forget_all: bool, scheduler: str | None,
 ) -> None:
     """Copy SRC to DST (created with SRC's metadata if missing); rerun to resume.
 
     An interrupted copy (Ctrl-C, a kill, a failure) keeps a journal of the blocks it finished;
-    the same command run again skips them.  --status lists such journals, --forget SRC DST or
-    --forget-all deletes them.
+    the same command run again skips them (with --verify, checks them against SRC).  --status
+    lists such journals, --forget SRC DST or --forget-all deletes them.
     """
     from ..transfer import CopyInterrupted, copy
 
@@ -175,7 +178,8 @@ def cp(
         with cluster_client(scheduler, workers) as client:
             report = copy(
                 src, dst, box=parsed_box, scales=scale_list, workers=workers,
-                progress=not no_progress, missing=missing, client=client, **opts,
+                progress=not no_progress, missing=missing, client=client, verify=verify,
+                **opts,
             )
     except CopyInterrupted as exc:
         click.echo(
