@@ -328,3 +328,23 @@ def test_a_rerun_without_verify_skips_the_journal_and_cp_verify_checks_it(
     assert "1 finished block(s) differed from the source" in out.output
     for k, want in enumerate((new0, levels[1])):
         np.testing.assert_array_equal(_oracle("zarr2", tmp_path, "dst", k, want.shape), want)
+
+
+def test_a_box_copies_only_the_coarse_voxels_it_covers_at_odd_extents(tmp_path: Path) -> None:
+    """Scale 1 of an odd extent is not scale 0 divided by the shapes' ratio (53 halved is 27:
+    53 / 27 = 1.96): the box's voxels at scale 1 come from the factor 2, so a box ending at
+    scale-0 voxel 26 (relative) writes scale-1 voxels up to 13, never the 14th, of an existing
+    destination."""
+    src, levels = _source(tmp_path)
+    url = f"n5://{tmp_path}/dst.n5"
+    dst = voxgate.create(url, shape=SHAPE, dtype="uint64", chunks=(8, 16, 16),
+                         voxel_size=(40, 8, 8), kind="segmentation", num_scales=2,
+                         offset=OFFSET)
+    assert tuple(dst.at_scale(1).shape) == (37, 35, 27)
+    sentinel = np.uint64(77)
+    dst.at_scale(1)[:] = np.full((37, 35, 27), sentinel, np.uint64)
+    box = voxgate.Box(OFFSET, (OFFSET[0] + 37, OFFSET[1] + 70, OFFSET[2] + 26))
+    voxgate.copy(src, url, box=box, progress=False)
+    got = _oracle("n5", tmp_path, "dst", 1, (37, 35, 27))
+    np.testing.assert_array_equal(got[:, :, :13], levels[1][:, :, :13])
+    assert (got[:, :, 13:] == sentinel).all(), "scale-1 voxels outside the box were written"

@@ -45,7 +45,7 @@ from .blockwise import (
 )
 from .errors import InvalidRequestError, MissingChunkError, OutOfBoundsError, PartialWriteError
 from .geometry import Box, Vec, chunk_boxes, grow_block
-from .meta import VolumeMeta
+from .meta import Scale, VolumeMeta
 from .parallel import default_workers
 from .progress import progress_bar
 from .registry import create_remote, open_remote, resolve_for_create
@@ -284,15 +284,27 @@ def _name(x: str | os.PathLike[str] | Volume) -> str:
     return x.url if isinstance(x, Volume) else os.fspath(x)
 
 
+def _factors(s0: Scale, sk: Scale) -> list[float]:
+    """Scale ``sk``'s (z, y, x) downsampling factor from scale ``s0``: the ratio of the voxel
+    sizes when it is a whole number (the shapes' ratio drifts from it at odd extents: 53
+    voxels halved are 27, 53 / 27 = 1.96), else the shapes' ratio."""
+    out = []
+    for v0, vk, n0, nk in zip(s0.voxel_size.zyx(), sk.voxel_size.zyx(), s0.shape, sk.shape,
+                              strict=True):
+        r = float(vk) / float(v0) if v0 else 0.0
+        out.append(float(round(r)) if round(r) >= 1 and abs(r - round(r)) < 1e-6 * r
+                   else n0 / nk)
+    return out
+
+
 def _covering_box(view: Box, meta: VolumeMeta, scale: int) -> Box:
     """The scale-0 region covering ``view``, a region of ``scale`` (the inverse of
     :func:`_scale_box`, which maps it back to at least ``view``)."""
     s0, sk = meta.scale(0), meta.scale(scale)
     start, stop = [], []
-    for a, b, n0, nk, o0, ok in zip(
-        view.start, view.stop, s0.shape, sk.shape, s0.offset, sk.offset, strict=True
+    for a, b, f, o0, ok in zip(
+        view.start, view.stop, _factors(s0, sk), s0.offset, sk.offset, strict=True
     ):
-        f = n0 / nk
         start.append(o0 + math.floor((a - ok) * f))
         stop.append(o0 + math.ceil((b - ok) * f))
     return Box(start, stop).intersect(s0.bounds)
@@ -302,10 +314,9 @@ def _scale_box(box: Box, meta: VolumeMeta, scale: int) -> Box:
     """A scale-0 box mapped to the voxels of ``scale`` that it covers."""
     s0, sk = meta.scale(0), meta.scale(scale)
     start, stop = [], []
-    for a, b, n0, nk, o0, ok in zip(
-        box.start, box.stop, s0.shape, sk.shape, s0.offset, sk.offset, strict=True
+    for a, b, f, o0, ok in zip(
+        box.start, box.stop, _factors(s0, sk), s0.offset, sk.offset, strict=True
     ):
-        f = n0 / nk
         start.append(ok + math.floor((a - o0) / f))
         stop.append(ok + math.ceil((b - o0) / f))
     return Box(start, stop).intersect(sk.bounds)
