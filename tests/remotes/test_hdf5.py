@@ -448,3 +448,27 @@ def test_file_locked_by_another_process(tmp_path: Path) -> None:
         if holder.stdout is not None:
             holder.stdout.close()
     assert not voxgate.open(str(path)).read().any()
+
+
+def test_a_file_deleted_and_made_again_while_a_volume_is_open_is_the_new_file(
+        tmp_path: Path) -> None:
+    """The process shares one h5py handle per path; a file deleted (and made again under its
+    name, by voxgate or by h5py) while a Volume still holds the old handle is opened anew,
+    not served from the deleted file nor refused as "not a volume"."""
+    path = tmp_path / "a.h5"
+    url = f"hdf5://{path}#/v"
+    old = voxgate.create(url, shape=(8, 16, 16), dtype="uint8", chunks=(8, 16, 16),
+                         voxel_size=(1, 1, 1))
+    old[:] = np.uint8(3)
+    path.unlink()
+    new = voxgate.create(url, shape=(4, 8, 8), dtype="uint16", chunks=(4, 8, 8),
+                         voxel_size=(2, 2, 2))
+    new[:] = np.uint16(400)
+    with h5py.File(path, "r") as f:
+        assert f["v"].shape == (4, 8, 8) and (f["v"][...] == 400).all()
+    assert (old.read() == 3).all()  # the old Volume keeps its (deleted) file
+    path.unlink()
+    with h5py.File(path, "w") as f:  # made again by another tool
+        f.create_dataset("v", data=np.full((2, 3, 5), 9, np.int32))
+    again = voxgate.open(url)
+    assert again.shape == (2, 3, 5) and (again.read() == 9).all()

@@ -53,6 +53,19 @@ class _SharedFile:
         self.writable = False
         self.users = 0
         self._datasets: dict[str, h5py.Dataset] = {}
+        #: (device, inode) of the file the handle has open
+        self.identity: tuple[int, int] | None = None
+
+    def replaced(self) -> bool:
+        """Whether the path no longer names the file the handle has open (deleted, or made
+        again under its name since): a new Remote then needs a handle of its own."""
+        if self.file is None or self.identity is None:
+            return False
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self.identity
 
     def ensure_open(self, *, writable: bool, create: bool = False) -> h5py.File:
         """The handle, opened (read-write when asked) if it is not yet.  Call under the lock."""
@@ -64,6 +77,8 @@ class _SharedFile:
         self._close()
         try:
             self.file = _h5open(self.path, "a" if create else ("r+" if writable else "r"))
+            st = os.stat(self.path)
+            self.identity = (st.st_dev, st.st_ino)
         except VoxgateError:
             if was_open:  # keep serving the readers that had it read-only
                 self.file = _h5open(self.path, "r")
@@ -97,6 +112,9 @@ _files_lock = threading.RLock()
 def _acquire(path: str, *, writable: bool, create: bool = False) -> _SharedFile:
     with _files_lock:
         shared = _files.get(path)
+        if shared is not None and shared.replaced():
+            # the Remotes still using it keep it (on the old file); this one opens the new
+            shared = None
         if shared is None:
             shared = _files[path] = _SharedFile(path)
         shared.users += 1
