@@ -348,3 +348,28 @@ def test_a_box_copies_only_the_coarse_voxels_it_covers_at_odd_extents(tmp_path: 
     got = _oracle("n5", tmp_path, "dst", 1, (37, 35, 27))
     np.testing.assert_array_equal(got[:, :, :13], levels[1][:, :, :13])
     assert (got[:, :, 13:] == sentinel).all(), "scale-1 voxels outside the box were written"
+
+
+def test_a_destination_stating_another_voxel_size_is_warned_about(tmp_path: Path) -> None:
+    """The voxels are copied (a destination may state none of its own), with a warning naming
+    both sizes; the same size in another unit is no mismatch."""
+    import warnings
+
+    from voxgate.errors import VoxgateWarning
+
+    src, levels = _source(tmp_path)
+    other = voxgate.create(f"zarr://{tmp_path}/other.zarr", shape=SHAPE, dtype="uint64",
+                           chunks=(8, 16, 16), voxel_size=(40, 4, 4), kind="segmentation",
+                           offset=OFFSET)
+    with pytest.warns(VoxgateWarning, match=r"\(40.0, 4.0, 4.0\) nm.*\(40.0, 8.0, 8.0\) nm"):
+        voxgate.copy(src, other.url, scales=[0], progress=False)
+    np.testing.assert_array_equal(other.read(), levels[0])
+    same = voxgate.create(f"n5://{tmp_path}/same.n5", shape=SHAPE, dtype="uint64",
+                          chunks=(8, 16, 16),
+                          voxel_size=voxgate.VoxelSize(0.04, 0.008, 0.008, "um"),
+                          kind="segmentation", offset=OFFSET)
+    assert same.voxel_size.unit == "um"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VoxgateWarning)
+        voxgate.copy(src, same.url, scales=[0], progress=False)
+    np.testing.assert_array_equal(same.read(), levels[0])

@@ -28,6 +28,7 @@ import os
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,7 +44,13 @@ from .blockwise import (
     run_blocks,
     worker_remote,
 )
-from .errors import InvalidRequestError, MissingChunkError, OutOfBoundsError, PartialWriteError
+from .errors import (
+    InvalidRequestError,
+    MissingChunkError,
+    OutOfBoundsError,
+    PartialWriteError,
+    VoxgateWarning,
+)
 from .geometry import Box, Vec, chunk_boxes, grow_block
 from .meta import Scale, VolumeMeta
 from .parallel import default_workers
@@ -282,6 +289,27 @@ def _check_scales(scales: object, meta: VolumeMeta) -> list[int]:
 
 def _name(x: str | os.PathLike[str] | Volume) -> str:
     return x.url if isinstance(x, Volume) else os.fspath(x)
+
+
+def _warn_voxel_sizes(k: int, ss: Scale, ds: Scale, url: str) -> None:
+    """A VoxgateWarning when an existing destination's scale ``k`` states another voxel size
+    than the source's (compared in nm): the voxels are copied all the same (a destination made
+    by a tool that stores no voxel size states 1), but they would then be read at the wrong
+    resolution."""
+    from .storage.units import UNITS_NM
+
+    a, b = UNITS_NM.get(ss.voxel_size.unit), UNITS_NM.get(ds.voxel_size.unit)
+    if a is None or b is None:
+        return
+    src_nm = [float(v) * a for v in ss.voxel_size.zyx()]
+    dst_nm = [float(v) * b for v in ds.voxel_size.zyx()]
+    if all(math.isclose(x, y, rel_tol=1e-6) for x, y in zip(src_nm, dst_nm, strict=True)):
+        return
+    warnings.warn(VoxgateWarning(
+        f"scale {k}: the destination {url} states voxels of {tuple(dst_nm)} nm (z, y, x), the "
+        f"source {tuple(src_nm)} nm; the voxels are copied as they are, so the destination's "
+        "metadata now describes them at another resolution (copy into a fresh destination to "
+        "keep the source's)"), stacklevel=3)
 
 
 def _factors(s0: Scale, sk: Scale) -> list[float]:
@@ -530,6 +558,7 @@ def copy(
                 f"scale {k}: source covers {ss.bounds!r}, destination {ds.bounds!r}; they must "
                 "match (copy into a fresh destination to create it with the source's geometry)"
             )
+        _warn_voxel_sizes(k, ss, ds, d_remote.url)
 
     # the plan: (scale, block index, block box) for every block of every scale
     itemsize, channels = smeta.dtype.itemsize, smeta.num_channels
