@@ -165,21 +165,28 @@ class History:
     def undo_dir(self, n: int) -> Path:
         return self.root / "undo" / str(n)
 
-    def save_block(self, n: int, box: Box, data: np.ndarray) -> None:
-        """Keep ``data`` (the voxels of ``box`` before edit ``n``) so undo can restore them."""
+    def save_block(self, n: int, box: Box, data: np.ndarray, scale: int | None = None) -> None:
+        """Keep ``data`` (the voxels of ``box`` before edit ``n``) so undo can restore them.
+        ``scale``: the scale they belong to where it is not the edited one (a coarser scale
+        the edit downsampled into)."""
         d = self.undo_dir(n)
         d.mkdir(parents=True, exist_ok=True)
         import io
 
         buf = io.BytesIO()
-        np.savez_compressed(buf, data=np.ascontiguousarray(data),
-                            start=np.array(tuple(box.start), dtype=np.int64),
-                            stop=np.array(tuple(box.stop), dtype=np.int64))
-        name = "_".join(str(v) for v in box.start) + ".npz"
+        arrays: dict[str, Any] = {"data": np.ascontiguousarray(data),
+                                  "start": np.array(tuple(box.start), dtype=np.int64),
+                                  "stop": np.array(tuple(box.stop), dtype=np.int64)}
+        if scale is not None:
+            arrays["scale"] = np.array(int(scale), dtype=np.int64)
+        np.savez_compressed(buf, **arrays)
+        name = ("" if scale is None else f"s{int(scale)}_") + "_".join(
+            str(v) for v in box.start) + ".npz"
         _atomic_write(d / name, buf.getvalue())
 
-    def blocks(self, n: int) -> list[tuple[Box, np.ndarray]]:
-        """The saved blocks of edit ``n`` as (box, voxels before the edit)."""
+    def blocks(self, n: int) -> list[tuple[Box, np.ndarray, int | None]]:
+        """The saved blocks of edit ``n`` as (box, voxels before the edit, their scale: None
+        for the edited scale itself)."""
         d = self.undo_dir(n)
         if not d.is_dir():
             return []
@@ -188,7 +195,8 @@ class History:
             try:
                 with np.load(f, allow_pickle=False) as z:
                     box = Box(tuple(int(v) for v in z["start"]), tuple(int(v) for v in z["stop"]))
-                    out.append((box, z["data"]))
+                    scale = int(z["scale"]) if "scale" in z.files else None
+                    out.append((box, z["data"], scale))
             except (OSError, ValueError, KeyError) as exc:
                 raise CorruptChunkError(f"undo block {f} does not load ({exc})",
                                         chunk=str(f)) from None

@@ -9,6 +9,12 @@ history (see :mod:`..proofread_history`), so :func:`undo` restores exactly what 
 changed, also after an edit that failed half-way (which raises ``PartialWriteError`` naming
 the blocks written).
 
+A volume with coarser scales (a precomputed / OME-Zarr / N5 pyramid, DVID downres levels
+written by the client) has the rewritten blocks downsampled again into each of them, as
+``voxgate.downsample`` computes them, their old voxels saved for undo too (:mod:`.coarser`); a
+store whose server computes its coarser scales (bossDB) keeps them stale until
+``voxgate.downsample(seg)``, and the edit's provenance says ``coarser_scales="stale"``.
+
 New ids come from the store's id reservation where it has one (``Capability.RESERVE_IDS``:
 bossDB ``reserve``, DVID ``nextlabel``), otherwise from the largest id in the volume + 1.
 
@@ -19,8 +25,8 @@ restores the supervoxel -> body mapping (``POST mappings``).
 
 The package by concern: :mod:`.core` (:class:`EditResult`, the checks, where ids are, the
 block-wise edit), :mod:`.merging` (relabel, merge), :mod:`.splitting` (split and its kernel),
-:mod:`.dvid` (DVID's server path), :mod:`.remeshing` (``remesh=``) and :mod:`.undoing`
-(history, undo).
+:mod:`.dvid` (DVID's server path), :mod:`.coarser` (the coarser scales), :mod:`.remeshing`
+(``remesh=``) and :mod:`.undoing` (history, undo).
 """
 
 from __future__ import annotations

@@ -5,12 +5,13 @@ mappings``)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ...errors import CapabilityNotSupportedError, RemoteNotFoundError
-from ...geometry import Box
+from ...geometry import Box, Vec, chunk_boxes
 from ...volume import Volume
 from .._common import Provenance
 from ..proofread_history import History
@@ -83,6 +84,8 @@ def _dvid_split(vol: Volume, label: int, keys: list[int | None], pieces: np.ndar
     from ...formats.dvid_block import encode_rles, rles_from_mask
 
     labels = _dvid_labels(vol)
+    body_box = labels.sparsevol_size(label).box  # every supervoxel of the body lies inside
+    svs_before = _supervoxels_in(vol, body_box)
     hist = _hist(vol, history_dir)
     n = _start(hist, vol, "split", "server", user,
                {"id": label, "seeded": seeded, "box": [*map(int, sbox.start),
@@ -119,6 +122,7 @@ def _dvid_split(vol: Volume, label: int, keys: list[int | None], pieces: np.ndar
         made.append(int(want))
         hist.update(n, new_bodies=made, renumbered_all=True)
     hist.update(n, status="done", new_ids=made, ids=sorted({label, *made}), mutations=mutations,
+                sv_splits=_lineage(svs_before, _supervoxels_in(vol, body_box)),
                 seconds=round(time.perf_counter() - t0, 3))
     _dvid_log(vol, hist.entry(n))
     _remesh(vol, [label, *made], remesh, [sbox])
@@ -126,7 +130,44 @@ def _dvid_split(vol: Volume, label: int, keys: list[int | None], pieces: np.ndar
                       Provenance("split", "server", vol.url, {"mutations": mutations}))
 
 
-def _dvid_undo(vol: Volume, e: dict[str, Any]) -> None:
+def _supervoxels_in(vol: Volume, box: Box) -> np.ndarray:
+    """The supervoxel ids (not the bodies) of ``box`` at scale 0."""
+    remote: Any = vol.remote
+    out = np.empty(tuple(box.shape), dtype=np.uint64)
+    for _, b in chunk_boxes(box, Vec(64, 64, 64), box):  # requests of a bounded size
+        out[b.slices(box.start)] = remote._get(b, 0, supervoxels=True)
+    return out
+
+
+def _lineage(before: np.ndarray, after: np.ndarray) -> dict[str, list[int]]:
+    """``{old supervoxel: [the supervoxels its voxels hold now]}`` for the supervoxels a split
+    replaced (DVID gives each split supervoxel two new ids: the split part and the rest)."""
+    changed = before != after
+    pairs = np.unique(np.stack([before[changed], after[changed]]), axis=1)
+    out: dict[str, list[int]] = {}
+    for old, new in pairs.T.tolist():
+        out.setdefault(str(int(old)), []).append(int(new))
+    return out
+
+
+def _descendants(svs: list[int], later: list[dict[str, Any]]) -> list[int]:
+    """``svs`` as they are now: each supervoxel a later split replaced gives way to the ones
+    that hold its voxels since (in the order the splits ran)."""
+    current = [int(s) for s in svs]
+    for e in later:
+        lin = e.get("sv_splits") or {}
+        if not lin:
+            continue
+        nxt: list[int] = []
+        for s in current:
+            nxt += [int(v) for v in lin.get(str(s), [s])]
+        current = nxt
+    return sorted(set(current))
+
+
+def _dvid_undo(vol: Volume, e: dict[str, Any], later: Sequence[dict[str, Any]] = ()) -> None:
+    """Undo server edit ``e``; ``later``: the edits made after it (their supervoxel splits
+    moved the voxels of ``e``'s supervoxels to new ones)."""
     labels = _dvid_labels(vol)
     if labels is None:
         raise CapabilityNotSupportedError(
@@ -134,7 +175,8 @@ def _dvid_undo(vol: Volume, e: dict[str, Any]) -> None:
             "with mode='r+'")
     ops: list[tuple[int, list[int]]] = []
     if e["operation"] == "merge":
-        ops = [(int(b), svs) for b, svs in e["params"]["undo_mappings"].items()]
+        ops = [(int(b), _descendants(svs, list(later)))
+               for b, svs in e["params"]["undo_mappings"].items()]
     else:
         label = int(e["params"]["id"])
         for b in e.get("new_bodies", []):

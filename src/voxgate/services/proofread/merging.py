@@ -11,6 +11,7 @@ from ...errors import CapabilityNotSupportedError, InvalidRequestError
 from ...geometry import Box
 from ...remotes.base import Capability
 from .._common import Prefer, Provenance, choose_path
+from .coarser import coarser_step
 from .core import (
     EditResult,
     _blocks,
@@ -59,11 +60,13 @@ def relabel(seg: Any, mapping: Mapping[Any, Any], *, user: str | None = None,
     for k, v in m.items():
         grown[v] = _union([boxes[k]] + ([grown[v]] if v in grown else []))
     _note_boxes(vol, m, grown)
+    coarse = coarser_step(vol, hist, n, written, _operation)
     hist.update(n, status="done", blocks=len(written), seconds=round(time.perf_counter() - t0, 3))
     _remesh(vol, set(m.values()), remesh, boxes.values())
     return EditResult(n, _operation, m, (), len(written), tuple(boxes.values()),
                       Provenance(_operation, "local", vol.url,
-                                 {"blocks": len(written), "blocks_considered": len(blocks)}))
+                                 {"blocks": len(written), "blocks_considered": len(blocks),
+                                  **coarse}))
 
 
 @one_edit_at_a_time

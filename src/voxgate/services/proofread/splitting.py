@@ -14,6 +14,7 @@ from ...geometry import Box, Vec
 from ...remotes.base import Capability, has_capability
 from ...volume import Volume
 from .._common import Prefer, Provenance, as_volume, choose_path
+from .coarser import coarser_step
 from .core import (
     EditResult,
     _blocks,
@@ -240,12 +241,13 @@ def split(seg: Any, id: Any, *, seeds: Any = None, image: Any = None,
     piece_boxes = _piece_boxes(pieces, sbox, ids)
     _note_boxes(vol, [label], {})
     _note_boxes(vol, [], {**piece_boxes, **({label: sid_box} if label in piece_boxes else {})})
+    coarse = coarser_step(vol, hist, n, written, "split")
     hist.update(n, status="done", blocks=len(written), new_ids=[i for i in ids if i != label],
                 seconds=round(time.perf_counter() - t0, 3))
     _remesh(vol, ids, remesh, [sbox])
     return EditResult(n, "split", {}, tuple(i for i in ids if i != label), len(written), (sbox,),
                       Provenance("split", "local", vol.url, {"blocks": len(written),
-                                                             "pieces": len(ids)}))
+                                                             "pieces": len(ids), **coarse}))
 
 
 def _seeds_json(keys: list[int | None], ids: list[int], seeds: Any) -> list[Any]:

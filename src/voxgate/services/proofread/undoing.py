@@ -20,11 +20,18 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def _restore(vol: Volume, data: dict[Box, np.ndarray], label: str, progress: bool,
-             workers: int | None) -> Any:
+def _restore(vol: Volume, saved: list[tuple[Box, np.ndarray, int | None]], label: str,
+             progress: bool, workers: int | None) -> Any:
+    """Write the saved blocks back, each at its scale (the edited one, or a coarser one the
+    edit downsampled into)."""
+    data = {(vol.scale if k is None else k, b): a for b, a, k in saved}
+
+    def put(key: tuple[int, Box]) -> None:
+        vol.remote.write(key[1], data[key], key[0])
+
     with progress_bar(progress, len(data), label) as bar:
-        return run_blocks(lambda b: vol.remote.write(b, data[b], vol.scale), list(data),
-                          workers=workers, on_done=lambda _b, _o: bar.advance())
+        return run_blocks(put, list(data), workers=workers,
+                          on_done=lambda _b, _o: bar.advance())
 
 
 # -- history and undo -----------------------------------------------------------------------------
@@ -70,17 +77,19 @@ def undo(seg: Any, n: int = 1, *, user: str | None = None, progress: bool = Fals
                         "scale": vol.scale, "params": {}, "ids": e.get("ids", []),
                         "boxes": e.get("boxes", [])})
         if e.get("path") == "server":
-            _dvid_undo(vol, e)
+            _dvid_undo(vol, e, [x for x in hist.entries() if int(x["n"]) > k
+                                and x.get("operation") != "undo"])
             written = 0
         else:
             saved = hist.blocks(k)
             if saved:
-                res = _restore(vol, dict(saved), f"undo {k}", progress, workers)
+                res = _restore(vol, saved, f"undo {k}", progress, workers)
                 if res.failed:
                     raise PartialWriteError(
-                        f"undo of edit {k} failed at {res.failed[0][0]!r} "
-                        f"({res.failed[0][1]}); run undo again to finish it",
-                        written=res.done, failed=[b for b, _ in res.failed])
+                        f"undo of edit {k} failed at {res.failed[0][0][1]!r} (scale "
+                        f"{res.failed[0][0][0]}: {res.failed[0][1]}); run undo again to finish "
+                        "it", written=[b for _, b in res.done],
+                        failed=[b for (_, b), _ in res.failed])
             written = len(saved)
         hist.update(k, status="undone")
         hist.update(u, status="done", blocks=written, seconds=round(time.perf_counter() - t0, 3))
