@@ -24,7 +24,8 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..formats.precomputed_chunks import encode_chunk
-from ..geometry import Box
+from ..geometry import Box, VoxelSize
+from ..storage import UNITS_NM
 from .cache import CachedRemote
 from .catalog import ChannelEntry
 from .errors import BossHTTPError
@@ -59,6 +60,14 @@ def _encoding(remote: CachedRemote) -> str:
     return "raw"
 
 
+def _resolution_nm(voxel_size: VoxelSize) -> list[float]:
+    """x, y, z in nanometres, the unit a precomputed info's resolution is always in (an
+    upstream in micrometres, e.g. an N5 or in-memory volume, keeps its unit in the meta).  A
+    unit voxgate does not know (``pixel``, none) counts as nm, as the readers do."""
+    factor = UNITS_NM.get(voxel_size.unit, 1.0)
+    return [float(v) * factor for v in voxel_size.xyz()]
+
+
 def precomputed_info(remote: CachedRemote) -> dict[str, Any]:
     meta = remote.meta
     encoding = _encoding(remote)
@@ -67,7 +76,7 @@ def precomputed_info(remote: CachedRemote) -> dict[str, Any]:
         scale: dict[str, Any] = {
             "key": f"s{s.index}",
             "size": list(s.shape.xyz()),
-            "resolution": [float(v) for v in s.voxel_size.xyz()],
+            "resolution": _resolution_nm(s.voxel_size),
             "voxel_offset": list(s.offset.xyz()),
             "chunk_sizes": [list(remote.grid(s.index).xyz())],
             "encoding": encoding,
