@@ -62,6 +62,7 @@ from .remotes.base import (
     check_missing,
     format_chunks,
     has_capability,
+    notify_written,
 )
 from .volume import Volume
 
@@ -670,6 +671,8 @@ def copy(
             ) from exc
         complete = True
     finally:
+        for k in sorted({item[0] for item in todo}):  # (written, all or in part)
+            notify_written(d_remote, k)
         journal.close(complete=complete)
     report.seconds = time.perf_counter() - t0
     return report

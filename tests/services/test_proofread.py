@@ -176,6 +176,36 @@ def test_relabel_and_big_ids_stay_exact(tmp_path: Path) -> None:
     assert vol.read().tobytes() == orig.tobytes()
 
 
+@pytest.mark.parametrize("how", ["volume", "copy", "view of another spelling"])
+def test_new_ids_after_a_plain_write_never_collide(tmp_path: Path, how: str) -> None:
+    """The ids the edits keep track of (largest id, boxes) are forgotten when this process
+    writes the volume another way (a Volume write, a copy into it): a split after painting a
+    new segment 50 gave out 50 again (two segments under one id), and a merge then left part
+    of the painted one behind."""
+    url = f"zarr://{tmp_path}/w.zarr"
+    vol = _file_store(url)
+    voxgate.merge(vol, [10, 20], into=10)  # the statistics are computed (largest id: 40)
+    painted = np.zeros(SHAPE, dtype=np.uint64)
+    painted[20:24, 28:36, 2:8] = 50  # a new segment (on background), above the largest id
+    painted[20:24, 28:36, 30:36] = 50
+    want = vol.read()
+    want[painted == 50] = 50
+    if how == "copy":
+        src = voxgate.create(f"zarr://{tmp_path}/src.zarr", shape=SHAPE, chunks=CHUNKS,
+                             dtype="uint64", voxel_size=(8, 8, 8), kind="segmentation")
+        src[:] = want
+        voxgate.copy(src, url, progress=False)
+    else:
+        target = vol if how == "volume" else voxgate.open(str(tmp_path / "w.zarr"), mode="r+")
+        target[20:24, 28:36, :] = want[20:24, 28:36, :]
+    r = voxgate.split(vol, 30)  # two pieces apart: one new id
+    assert r.new_ids and 50 not in r.new_ids and min(r.new_ids) > 50, r.new_ids
+    got = vol.read()
+    assert int((got == 50).sum()) == int((painted == 50).sum())
+    voxgate.merge(vol, [50, 5], into=5)  # 50's box is known: all of it
+    assert not (vol.read() == 50).any()
+
+
 def test_edits_touch_only_the_blocks_of_their_ids(tmp_path: Path) -> None:
     vol = _file_store(f"zarr://{tmp_path}/t.zarr")
     root = tmp_path / "t.zarr"

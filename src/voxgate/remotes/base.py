@@ -42,6 +42,8 @@ __all__ = [
     "check_options",
     "format_chunks",
     "has_capability",
+    "notify_written",
+    "on_written",
     "require_capability",
 ]
 
@@ -195,6 +197,27 @@ class Remote(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url} mode={self.mode!r}>"
+
+
+#: called with (remote, scale) after voxgate wrote voxels of that scale through a Volume, a
+#: copy or a downsample in this process (see :func:`on_written`)
+_WRITTEN_HOOKS: list[Callable[[Remote, int], None]] = []
+
+
+def on_written(hook: Callable[[Remote, int], None]) -> None:
+    """Call ``hook(remote, scale)`` whenever this process writes voxels of a volume through a
+    Volume (``vol[...] = x``, ``vol.write``), ``voxgate.copy`` or ``voxgate.downsample``: for
+    caches of what a volume holds (the proofreading Service's label statistics) to forget it.
+    A hook must be cheap and must not raise."""
+    if hook not in _WRITTEN_HOOKS:
+        _WRITTEN_HOOKS.append(hook)
+
+
+def notify_written(remote: Remote, scale: int) -> None:
+    """Tell the :func:`on_written` hooks that voxels of ``remote``'s ``scale`` were written
+    (also after a write that failed part-way: some of it may be stored)."""
+    for hook in list(_WRITTEN_HOOKS):
+        hook(remote, scale)
 
 
 def has_capability(remote: Remote, capability: Capability | str) -> bool:

@@ -39,7 +39,7 @@ from ..blockwise import (
 from ..errors import InvalidRequestError, VoxgateError
 from ..geometry import Box, Vec, whole_at_least
 from ..meta import Scale, VolumeMeta, next_scales
-from ..remotes.base import Capability
+from ..remotes.base import Capability, notify_written
 from ..volume import Volume
 from ._common import (
     Prefer,
@@ -437,8 +437,12 @@ def downsample(
                                     uuid.uuid4().hex, steps=tuple(steps))
     else:
         fn = functools.partial(_block, remote, steps=steps)
-    run_blocks(fn, blocks, name="downsample", client=client, workers=workers,
-               progress=progress, nbytes=lambda b: b.size * itemsize)
+    try:
+        run_blocks(fn, blocks, name="downsample", client=client, workers=workers,
+                   progress=progress, nbytes=lambda b: b.size * itemsize)
+    finally:  # (the coarser scales changed, all or in part)
+        for k in range(1, len(steps) + 1):
+            notify_written(remote, k)
     out = Volume(remote, 0)
     _PROVENANCE[out.url] = Provenance("downsample", "local", out.url, {
         "scales": num_scales, "factors": [tuple(f) for f in steps], "blocks": len(blocks),

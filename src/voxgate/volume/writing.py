@@ -3,6 +3,7 @@ grid into blocks of about ``WRITE_BLOCK_BYTES`` written in parallel (``Volume.wr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from ..errors import (
 )
 from ..geometry import Box, chunk_boxes, grow_block
 from ..parallel import run_blocks
+from ..remotes.base import notify_written
 
 if TYPE_CHECKING:
     from .core import Volume
@@ -94,6 +96,14 @@ def write_blocks(
         a = data if b == box else data[(..., *b.slices(box.start))]
         return np.ascontiguousarray(a, dtype=vol.dtype) if convert else a
 
+    try:
+        _write_blocks(vol, box, part, workers)
+    finally:  # (a failed write may have stored some blocks)
+        notify_written(vol._remote, vol._scale)
+
+
+def _write_blocks(vol: Volume, box: Box, part: Callable[[Box], np.ndarray],
+                  workers: int | None) -> None:
     grid = vol._remote.write_grid(vol._scale)
     itemsize = vol.dtype.itemsize * vol.meta.num_channels
     block = grow_block(grid, itemsize, box.shape, WRITE_BLOCK_BYTES)

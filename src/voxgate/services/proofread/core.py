@@ -18,7 +18,7 @@ import numpy as np
 from ...errors import InvalidRequestError, PartialWriteError, ReadOnlyError, RemoteNotFoundError
 from ...geometry import Box, Vec, chunk_boxes
 from ...parallel import run_blocks
-from ...remotes.base import Capability, has_capability
+from ...remotes.base import Capability, Remote, has_capability, on_written
 from ...volume import Volume
 from .._common import Provenance, as_volume, progress_bar
 from ..proofread_history import History, current_user, history_location
@@ -204,6 +204,19 @@ def _stats(vol: Volume) -> dict[str, Any]:
             if _EDITS.get(key, 0) == edits:  # no edit was noted while the pass read
                 return _STATS.setdefault(key, out)
         # else an edit landed meanwhile: the statistics it kept, or another pass
+
+
+def _written_elsewhere(remote: Remote, scale: int) -> None:
+    """An :func:`on_written` hook: a write made in this process outside the edits (``vol[...]
+    = x``, a copy, a downsample) may add ids (a larger max: a new id would collide with one)
+    or move them, so the volume's statistics are computed again when next needed."""
+    key = (str(history_location(str(remote.spec()["url"]), 0, None)), scale)
+    with _stats_lock:
+        _STATS.pop(key, None)
+        _edited(key)  # (a pass reading meanwhile is not kept either)
+
+
+on_written(_written_elsewhere)
 
 
 def _edited(key: tuple[str, int]) -> None:
