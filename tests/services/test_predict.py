@@ -230,6 +230,12 @@ def test_bad_models_refused_before_any_block(blocks_run: list[Any], image: np.nd
     refused(lambda a: a, "dtype must be", dtype="uint16")
     refused(lambda a: a, "device must be", device="tpu")
     refused(lambda a: a, "halo .* is larger than the block", halo=(9, 0, 0))
+    seg = voxgate.create(f"zarr://{tmp_path}/seg.zarr", shape=image.shape, chunks=(8, 16, 16),
+                         dtype="uint64", voxel_size=(8, 8, 8), kind="segmentation")
+    seg[:] = np.uint64(2**40)
+    with pytest.raises(InvalidRequestError, match="is a segmentation"):
+        voxgate.predict(lambda a: a, seg, f"zarr://{out}", progress=False)
+    assert blocks_run == [] and not out.exists()
     # a callable that returns the wrong shape fails on its first block, named
     with pytest.raises(InvalidRequestError, match="returned shape"):
         voxgate.predict(lambda a: a[1:], image, progress=False)

@@ -448,6 +448,11 @@ def predict(
     if src.ndim != 3 or any(a.step != 1 for a in src._axes):
         raise InvalidRequestError(
             f"predict needs a 3-D single-channel view with step 1, got shape {src.shape}")
+    if src.kind == "segmentation":
+        raise InvalidRequestError(
+            f"predict runs a model on an image; {src.url} is a segmentation, whose ids would be "
+            f"scaled as intensities (divided by {src.dtype.name}'s maximum).  Give the image, "
+            "or a numpy array made from the labels for the model (e.g. (seg > 0) as float32)")
     if workers is not None:
         workers = whole_at_least(workers, 1, "workers")
     nworkers = workers or (1 if client is not None else 2)
