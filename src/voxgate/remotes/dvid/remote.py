@@ -397,10 +397,31 @@ class DVIDRemote(Remote):
         self._map(fetch, parts)
         return out
 
+    def _post_label_blocks(self, box: Box, data: np.ndarray, scale: int) -> None:
+        """A block-aligned piece of a coarser label scale: ``POST blocks?scale=`` (labelmap
+        write.go storeBlocks stores gzipped label Blocks at that scale; a raw POST ignores
+        ``scale`` and would land in scale 0)."""
+        from ...formats.dvid_block import encode_label_block, pack_block_records
+
+        g = self.meta.scale(scale).chunks
+        records = []
+        for b in _tiles(box, g):
+            blk = np.ascontiguousarray(data[b.slices(box.start)], dtype="<u8")
+            records.append(((b.start.x // g.x, b.start.y // g.y, b.start.z // g.z),
+                            gzip.compress(encode_label_block(blk), 1)))
+        _call(self.client, "POST", f"/api/node/{self.uuid}/{self.instance}/blocks?scale={scale}",
+              content=pack_block_records(records), what=f"writing {box!r} of {self.url}")
+
     def _post(self, box: Box, data: np.ndarray, scale: int) -> None:
+        if self.is_label and scale > 0:
+            self._post_label_blocks(box, data, scale)
+            return
         name, q = self._target(scale)
         raw = np.ascontiguousarray(data, dtype=self.meta.dtype.newbyteorder("<")).tobytes()
-        query = q
+        # labels: DVID updates its label index by the difference to the blocks it replaces
+        # only with mutate=true; without it a write counts the new labels on top of the old
+        # ones (labelmap write.go putChunk)
+        query = q + ("mutate=true&" if self.is_label else "")
         if self.is_label and self.compression == "lz4":
             raw = lz4.block.compress(raw, store_size=False)
             query += "compression=lz4&"

@@ -57,23 +57,128 @@ def _apply_mapping(ctx: _Ctx, data: np.ndarray) -> np.ndarray:
 
 
 def _index(ctx: _Ctx, scale: int = 0) -> dict[int, dict[tuple[int, int, int], int]]:
-    """supervoxel -> {block (z, y, x): voxel count} at this version and scale."""
+    """supervoxel -> {block (z, y, x): voxel count} at this version and scale.
+
+    Scale 0 is DVID's label index, kept as DVID keeps it (labelidx.go ChangeLabelIndex): by
+    deltas on each write, so a raw POST that overwrites labels without ``?mutate=true`` adds
+    the new counts and leaves the old ones (write.go putChunk, handleBlockIndexing).  Coarser
+    scales are not indexed by DVID; their block lists come from the blocks themselves."""
     key = ("index", ctx.version, scale, ctx.inst.mutations)
     cached = ctx.inst.caches.get(key)
     if cached is not None:
         return dict(cached)
-    vol = _Vol(ctx, scale)
     out: dict[int, dict[tuple[int, int, int], int]] = {}
-    for bk in vol.block_keys():
-        blk = vol.block(*bk)
-        if blk is None:
-            continue
-        labels, counts = np.unique(blk, return_counts=True)
-        for lab, c in zip(labels.tolist(), counts.tolist(), strict=True):
-            if lab:
+    if scale == 0:
+        store = ctx.store("labelindex")
+        for k in store.keys(ctx.ancestry):
+            rows = store.get(k, ctx.ancestry)
+            if isinstance(rows, np.ndarray) and len(rows):
+                out[int(k)] = {(int(z), int(y), int(x)): int(c) for z, y, x, c in rows.tolist()}
+    else:
+        vol = _Vol(ctx, scale)
+        for bk in vol.block_keys():
+            blk = vol.block(*bk)
+            if blk is None:
+                continue
+            for lab, c in _counts(blk).items():
                 out.setdefault(lab, {})[bk] = c
     ctx.inst.caches[key] = out
     return dict(out)
+
+
+def _counts(blk: np.ndarray | None) -> dict[int, int]:
+    if blk is None:
+        return {}
+    labels, counts = np.unique(blk, return_counts=True)
+    return {lab: c for lab, c in zip(labels.tolist(), counts.tolist(), strict=True) if lab}
+
+
+def _put_blocks(ctx: _Ctx, blocks: dict[tuple[int, int, int], np.ndarray], *, mutate: bool,
+                index: bool = True, downres: bool = True) -> None:
+    """Store scale-0 blocks (z, y, x block coordinates) as DVID's labelmap does on a raw POST
+    (write.go PutLabels/putChunk): the label index gets each block's counts as a delta against
+    the previous block only when ``mutate`` (else as an ingest, added to what is there), the
+    max label follows the new labels, and the coarser scales are recomputed before the request
+    returns (downres.Mutation.Execute)."""
+    vol = _Vol(ctx, 0)
+    bz, by, bx = vol.bs
+    deltas: dict[int, dict[tuple[int, int, int], int]] = {}
+    for bk, blk in blocks.items():
+        if index:
+            new = _counts(blk)
+            old = _counts(vol.block(*bk)) if mutate else {}
+            for sv in set(new) | set(old):
+                d = new.get(sv, 0) - old.get(sv, 0)
+                if d:
+                    deltas.setdefault(sv, {})[bk] = d
+        vol.write((bk[0] * bz, bk[1] * by, bk[2] * bx), blk)
+        if blk.size:
+            _note_labels(ctx, int(blk.max()))
+    if deltas:
+        _change_index(ctx, deltas)
+    if downres and blocks:
+        _downres(ctx, set(blocks))
+
+
+def _change_index(ctx: _Ctx, deltas: dict[int, dict[tuple[int, int, int], int]]) -> None:
+    """labels.Index.ModifyBlocks: add per-block deltas; a count that reaches 0 goes away."""
+    store = ctx.store("labelindex")
+    for sv, changes in deltas.items():
+        cur = store.get(str(sv), ctx.ancestry)
+        blocks: dict[tuple[int, int, int], int] = {}
+        if isinstance(cur, np.ndarray):
+            blocks = {(int(z), int(y), int(x)): int(c) for z, y, x, c in cur.tolist()}
+        for bk, d in changes.items():
+            n = blocks.get(bk, 0) + d
+            if n > 0:
+                blocks[bk] = n
+            else:
+                blocks.pop(bk, None)
+        if blocks:
+            rows = np.array([[*bk, c] for bk, c in sorted(blocks.items())], dtype=np.int64)
+            store.put(str(sv), ctx.version, rows)
+        else:
+            store.delete(str(sv), ctx.version, ctx.ancestry)
+
+
+def _mode2(blk: np.ndarray) -> np.ndarray:
+    """2x down-sampling of a label block as DVID does it (labels/compressed.go downresArray):
+    each output voxel is the most frequent non-zero label of its 2x2x2 cell, the smaller label
+    on a tie, and 0 when all eight are 0."""
+    nz, ny, nx = blk.shape
+    cells = (blk.reshape(nz // 2, 2, ny // 2, 2, nx // 2, 2).transpose(0, 2, 4, 1, 3, 5)
+             .reshape(-1, 8))
+    votes = (cells[:, :, None] == cells[:, None, :]).sum(axis=2)
+    votes[cells == 0] = 0
+    best = votes.max(axis=1)
+    cand = np.where((votes == best[:, None]) & (cells != 0), cells,
+                    np.uint64(np.iinfo(np.uint64).max))
+    out = cand.min(axis=1)
+    out[best == 0] = 0
+    return out.reshape(nz // 2, ny // 2, nx // 2).astype(blk.dtype)
+
+
+def _downres(ctx: _Ctx, changed: set[tuple[int, int, int]]) -> None:
+    """labelmap downres.go StoreDownres, scale by scale up to MaxDownresLevel: every coarser
+    block over a changed block is recomputed from its changed octants; the octants that did
+    not change keep what the coarser block held (all eight changed: it starts from 0)."""
+    for scale in range(ctx.inst.max_downres):
+        hi, lo = _Vol(ctx, scale), _Vol(ctx, scale + 1)
+        bz, by, bx = hi.bs
+        parents: dict[tuple[int, int, int], list[tuple[int, int, int]]] = {}
+        for bk in changed:
+            parents.setdefault((bk[0] >> 1, bk[1] >> 1, bk[2] >> 1), []).append(bk)
+        for pk, octants in parents.items():
+            base = lo.block(*pk) if len(octants) < 8 else None
+            out = np.zeros(lo.bs, dtype=lo.dtype) if base is None else base.copy()
+            for z, y, x in octants:
+                blk = hi.block(z, y, x)
+                sub = _mode2(blk) if blk is not None else np.zeros(
+                    (bz // 2, by // 2, bx // 2), dtype=lo.dtype)
+                oz, oy, ox = (z % 2) * bz // 2, (y % 2) * by // 2, (x % 2) * bx // 2
+                out[oz:oz + bz // 2, oy:oy + by // 2, ox:ox + bx // 2] = sub
+            lo.store.put(lo.key(*pk), ctx.version, out)
+        changed = set(parents)
 
 
 def _supervoxels_of(ctx: _Ctx, label: int, supervoxels: bool) -> set[int]:

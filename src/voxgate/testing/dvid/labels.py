@@ -39,11 +39,12 @@ from .labelindex import (
     _new_labels,
     _note_labels,
     _points,
+    _put_blocks,
     _runs,
     _supervoxels_of,
     _uint,
 )
-from .model import MAX_LABEL, DVIDError, Reply, _Ctx, _json
+from .model import MAX_LABEL, DVIDError, Reply, _Ctx, _json, _q
 
 
 def _labels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
@@ -260,20 +261,40 @@ def _labels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
         label = _label_arg(parts, "cleave")
         svs = {_as_label(v) for v in _body_list(body, "cleave")}
         with ctx.state.lock:
+            # mutate.go CleaveLabel takes the new label before it checks anything
+            new, _ = _new_labels(ctx, 1)
+            ctx.state.save()
             have = _supervoxels_of(ctx, label, False)
             if not have:
                 raise DVIDError(f"cannot cleave non-existent label {label}")
-            if not svs <= have:
-                raise DVIDError(f"supervoxels {sorted(svs - have)} are not part of label {label}")
+            missing = sorted(svs - have)
+            if missing:
+                raise DVIDError(f"cannot cleave supervoxel {missing[0]}, which does not exist in "
+                                f"label {label} ({ctx.inst.name})")
             if svs == have:
-                raise DVIDError(f"cannot cleave all supervoxels from label {label}")
-            new, _ = _new_labels(ctx, 1)
+                raise DVIDError(f"cannot cleave all supervoxels from the label {label}")
             store = ctx.store("mapping")
             for sv in svs:
                 store.put(str(sv), ctx.version, struct.pack("<Q", new))
+            # equiv.go addCleaveToMapping: the cleaved body's own id maps to 0
+            store.put(str(new), ctx.version, struct.pack("<Q", 0))
             ctx.mutated()
             ctx.state.save()
             return _json({"CleavedLabel": new, "MutationID": ctx.repo.mutation_id})
+    if is_map and kw == "supervoxel-splits":
+        # handlers.go handleSupervoxelSplits -> vcache.go SupervoxelSplitsJSON: for this node
+        # and each ancestor (nearest first) that split supervoxels, its UUID then
+        # [[mutid, supervoxel, remain, split], ...]
+        if method != "GET":
+            raise DVIDError("The /supervoxel-splits endpoint is GET only")
+        uuids = {n.version: n.uuid for n in ctx.repo.nodes.values()}
+        items = []
+        for ver in ctx.ancestry:
+            recs = inst.sv_splits.get(str(ver))
+            if recs:
+                items.append(f'"{uuids[ver]}",[' + ",".join(
+                    "[" + ",".join(map(str, rec)) + "]" for rec in recs) + "]")
+        return Reply(body=("[" + ",".join(items) + "]").encode())
     if is_map and kw == "split" and method == "POST":
         return _split(ctx, parts, body)
     if is_map and kw == "renumber" and method == "POST":
@@ -289,12 +310,15 @@ def _split(ctx: _Ctx, parts: list[str], body: bytes) -> Reply:
     if not getattr(ctx.state, "allow_labelmap_split", True):
         raise DVIDError("Split endpoint deactivated in this DVID server's configuration.")
     label = _label_arg(parts, "split")
-    try:
-        runs = decode_rles(body).astype(np.int64)
-    except DVIDFormatError as exc:
-        raise DVIDError(f"split label {label}: {exc}") from None
-    size = int(runs[:, 3].sum()) if len(runs) else 0
     with ctx.state.lock:
+        # mutate.go SplitLabels takes the new body's label before it reads the split
+        to_label, _ = _new_labels(ctx, 1)
+        ctx.state.save()
+        try:
+            runs = decode_rles(body).astype(np.int64)
+        except DVIDFormatError as exc:
+            raise DVIDError(f"split label {label}: {exc}") from None
+        size = int(runs[:, 3].sum()) if len(runs) else 0
         idx = _index(ctx)
         have = _supervoxels_of(ctx, label, False)
         if not have:
@@ -317,7 +341,6 @@ def _split(ctx: _Ctx, parts: list[str], body: bytes) -> Reply:
                 m = masks.setdefault(bk, np.zeros(vol.bs, dtype=bool))
                 m[z - bk[0] * bz_, y - bk[1] * by_, xx - bk[2] * bx_:stop - bk[2] * bx_] = True
                 xx = stop
-        to_label, _ = _new_labels(ctx, 1)
         splits: dict[int, tuple[int, int]] = {}
         for bk in sorted(masks):
             blk = vol.block(*bk)
@@ -334,6 +357,7 @@ def _split(ctx: _Ctx, parts: list[str], body: bytes) -> Reply:
                     a, _ = _new_labels(ctx, 1)
                     b, _ = _new_labels(ctx, 1)
                     splits[sv] = (a, b)
+        changed: dict[tuple[int, int, int], np.ndarray] = {}
         for bk in sorted({b for sv in splits for b in idx.get(sv, {})}):
             cur = vol.block(*bk)
             if cur is None:
@@ -347,12 +371,17 @@ def _split(ctx: _Ctx, parts: list[str], body: bytes) -> Reply:
                 else:
                     new[hit & sel] = a
                     new[hit & ~sel] = b
-            vol.write((bk[0] * bz_, bk[1] * by_, bk[2] * bx_), new)
+            changed[bk] = new
+        # splitPass2 rewrites the blocks, splitIndex keeps the index exact, and the mutation's
+        # downres recomputes the coarser scales before the request returns
+        _put_blocks(ctx, changed, mutate=True)
         store = ctx.store("mapping")
+        mutid = ctx.repo.mutation_id + 1  # the id ctx.mutated() gives this split
         for sv, (a, b) in splits.items():
             store.put(str(a), ctx.version, struct.pack("<Q", to_label))
             store.put(str(b), ctx.version, struct.pack("<Q", label))
             store.put(str(sv), ctx.version, struct.pack("<Q", 0))
+            ctx.inst.sv_splits.setdefault(str(ctx.version), []).append([mutid, sv, b, a])
         ctx.mutated()
         ctx.state.save()
         text = f'{{"label": {to_label}, "MutationID": {ctx.repo.mutation_id}}}'
@@ -376,9 +405,13 @@ def _renumber(ctx: _Ctx, body: bytes) -> Reply:
                 raise DVIDError(f"renumber: label {old} does not exist")
             if _supervoxels_of(ctx, new, False):
                 raise DVIDError(f"renumber: label {new} already exists")
+            # equiv.go addRenumberToMapping: the new id, unless already mapped, maps to 0
+            # first (a supervoxel of the body with that id then maps to itself); mutate.go
+            # RenumberLabels does not touch maxlabel
+            if store.get(str(new), ctx.ancestry) is None:
+                store.put(str(new), ctx.version, struct.pack("<Q", 0))
             for sv in svs:
                 store.put(str(sv), ctx.version, struct.pack("<Q", new))
-            _note_labels(ctx, new)
             ctx.mutated()
         ctx.state.save()
     return Reply(body=b"")
@@ -388,9 +421,16 @@ def _blocks(ctx: _Ctx, method: str, parts: list[str], body: bytes) -> Reply:
     vol = _Vol(ctx, _scale(ctx))
     bz, by, bx = vol.bs
     if method == "POST" and parts[0] == "blocks":
-        comp = ctx.q.get("compression", "blocks")
-        if comp != "blocks":
-            raise DVIDError(f"POST /blocks takes only compression=blocks, got {comp!r}")
+        # write.go storeBlocks
+        downres = ctx.q.get("downres") == "true"
+        if downres and vol.scale != 0:
+            raise DVIDError("cannot downscale blocks of scale > 0")
+        comp = ctx.q.get("compression", "")
+        if comp not in ("", "blocks"):
+            raise DVIDError('compression must be "blocks" (default) at this time')
+        if ctx.inst.compression.split(":")[0] != "gzip":
+            raise DVIDError(f"labelmap {_q(ctx.inst.name)} cannot accept GZIP /blocks POST "
+                            f"since it internally uses {ctx.inst.compression}")
         items = []
         try:
             for (x, y, z), record in unpack_block_records(body):
@@ -402,10 +442,12 @@ def _blocks(ctx: _Ctx, method: str, parts: list[str], body: bytes) -> Reply:
         except DVIDFormatError as exc:
             raise DVIDError(f"bad block data: {exc}") from None
         with ctx.state.lock:
-            for (z, y, x), blk in items:
-                vol.write((z * bz, y * by, x * bx), blk)
-                if blk.size:
-                    _note_labels(ctx, int(blk.max()))
+            if vol.scale == 0:  # indexed as an ingest (never against the previous blocks)
+                _put_blocks(ctx, {zyx: blk for zyx, blk in items}, mutate=False,
+                            index=ctx.q.get("noindexing") != "true", downres=downres)
+            else:  # coarser scales are stored as given: no index, no max label
+                for (z, y, x), blk in items:
+                    vol.write((z * bz, y * by, x * bx), blk)
             ctx.mutated()
             ctx.state.save()
         return Reply(body=b"")

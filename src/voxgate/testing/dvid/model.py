@@ -95,13 +95,14 @@ class Instance:
     max_repo_label: int = 0
     next_label: int = 0
     last_mod: dict[str, Any] = field(default_factory=dict)
+    sv_splits: dict[str, list[list[int]]] = field(default_factory=dict)  # version -> ops
     stores: dict[str, Store] = field(default_factory=dict, repr=False)
     mutations: int = 0  # bumps on every write: invalidates index/mapping caches
     caches: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     META = ("name", "typename", "data_uuid", "repo_root", "versioned", "compression", "tags",
             "block_size", "voxel_size", "voxel_units", "max_downres", "min_point", "max_point",
-            "max_label", "max_repo_label", "next_label", "last_mod")
+            "max_label", "max_repo_label", "next_label", "last_mod", "sv_splits")
 
     @property
     def is_label(self) -> bool:

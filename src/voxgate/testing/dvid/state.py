@@ -316,6 +316,8 @@ class DVIDState:
                 inst.tags[k.strip()] = v.strip()
         if inst.is_label:
             inst.block_size = [64, 64, 64]
+            if "compression" not in cfg:
+                inst.compression = "gzip"  # labelmap.go NewData's default
         if "blocksize" in cfg:
             inst.block_size = _triple(cfg["blocksize"], int, "BlockSize")
             if inst.is_label and any(b % 8 or b < 8 for b in inst.block_size):

@@ -11,7 +11,8 @@ import lz4.block
 import numpy as np
 
 from .grid import _pt, _scale, _Vol, _xyz
-from .labels import _apply_mapping, _labels, _note_labels
+from .labelindex import _put_blocks
+from .labels import _apply_mapping, _labels
 from .model import DVIDError, Reply, _Ctx, _json, _q
 
 
@@ -66,7 +67,9 @@ def _raw(ctx: _Ctx, method: str, parts: list[str], body: bytes) -> Reply:
     if min(sx, sy, sz) <= 0:
         raise DVIDError(f"Illegal geometry requested: size {size_s}")
     inst = ctx.inst
-    vol = _Vol(ctx, _scale(ctx))
+    # a labelmap/labelarray raw POST ignores ?scale=: it always stores scale 0 and recomputes
+    # the coarser scales itself (labelmap handlers.go handleDataRequest -> write.go PutLabels)
+    vol = _Vol(ctx, 0 if method == "POST" and inst.is_label else _scale(ctx))
     start, shape = (oz, oy, ox), (sz, sy, sx)
     compression = ctx.q.get("compression", "")
     nbytes = sx * sy * sz * inst.dtype.itemsize
@@ -115,9 +118,16 @@ def _raw(ctx: _Ctx, method: str, parts: list[str], body: bytes) -> Reply:
                         f"{inst.dtype.name}, got {len(raw)} bytes")
     data = np.frombuffer(raw, dtype=inst.dtype.newbyteorder("<")).reshape(shape)
     with ctx.state.lock:
-        vol.write(start, data)
-        if inst.is_label and data.size:
-            _note_labels(ctx, int(data.max()))
+        if inst.is_label:
+            bz, by, bx = vol.bs
+            blocks = {(oz // bz + iz, oy // by + iy, ox // bx + ix):
+                      np.array(data[iz * bz:(iz + 1) * bz, iy * by:(iy + 1) * by,
+                                    ix * bx:(ix + 1) * bx])
+                      for iz in range(sz // bz) for iy in range(sy // by)
+                      for ix in range(sx // bx)}
+            _put_blocks(ctx, blocks, mutate=ctx.q.get("mutate") == "true")
+        else:
+            vol.write(start, data)
         ctx.mutated()
         ctx.state.save()
     return Reply(body=b"")
