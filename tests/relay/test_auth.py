@@ -106,7 +106,7 @@ def test_frames_follow_their_owner_and_the_collections_that_use_them(
         forbidden(bob.delete("/v1/coord/aliceframe"))
         # bob cannot build on a frame he cannot see (and is not told it exists)
         res = bob.post("/v1/collection/lab/experiment/bobexp", json={"coord_frame": "aliceframe"})
-        assert res.status_code == 400 and "does not exist" in res.json()["message"]
+        assert res.status_code == 404 and "does not exist" in res.json()["message"]
         # once an experiment of "other" uses it, whoever reads "other" sees it
         res = alice.post("/v1/collection/other/experiment/aexp",
                          json={"coord_frame": "aliceframe"})

@@ -65,6 +65,11 @@ _ROUTES = ("/v1/", "/v0.", "/precomputed/", "/ping", "/metrics")
 CHANNEL_DATATYPES = ("uint8", "uint16", "uint32", "uint64")
 
 
+#: bossDB's 401 challenge: its first authentication class (mozilla-django-oidc's
+#: OIDCAuthentication, boss/settings/production.py) names the scheme
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="api"'}
+
+
 class Relay:
     """Everything a request handler needs; one per server."""
 
@@ -104,9 +109,11 @@ class Relay:
             return None
         parts = header.split()
         if len(parts) != 2 or parts[0].lower() not in ("token", "bearer"):
-            raise BossHTTPError(401, 0, "Invalid token header. Token string should not contain "
-                                "spaces.", drf=True,
-                                headers={"WWW-Authenticate": 'Token realm="api"'})
+            # DRF TokenAuthentication's words (a keyword alone names no credentials)
+            detail = "No credentials provided." if len(parts) == 1 else \
+                "Token string should not contain spaces."
+            raise BossHTTPError(401, 0, f"Invalid token header. {detail}", drf=True,
+                                headers=_CHALLENGE)
         return None if parts[1] == "public" else parts[1]
 
     def authorize(self, request: Request, collection: str | None, *, write: bool) -> str | None:
@@ -118,12 +125,12 @@ class Relay:
         if token is None:
             if write or not auth.public_read:
                 raise BossHTTPError(401, 0, "Authentication credentials were not provided.",
-                                    drf=True, headers={"WWW-Authenticate": 'Token realm="api"'})
+                                    drf=True, headers=_CHALLENGE)
             return None
         grant = auth.tokens.get(token)
         if grant is None:
             raise BossHTTPError(401, 0, "Invalid token.", drf=True,
-                                headers={"WWW-Authenticate": 'Token realm="api"'})
+                                headers=_CHALLENGE)
         if not grant.allows(collection, write):
             what = "write to" if write else "read"
             raise BossHTTPError(403, MISSING_PERMISSION, f"This user does not have the required "

@@ -55,10 +55,23 @@ def _time(text: str, url_tail: str) -> tuple[int, int]:
     return int(text), int(text) + 1
 
 
-class _Cutout:
-    """A parsed cutout URL: the channel, resolution, box (dataset coords at res) and time."""
+def _kind_error(meta_kind: str, what: str) -> BossHTTPError:
+    """bossDB's 400 for an annotation-only operation on an image channel
+    (bosscore/request.py)."""
+    kind = "annotation" if meta_kind == "segmentation" else "image"
+    return bad_request(DATATYPE_NOT_SUPPORTED, f"The channel in request has type {kind}. {what}")
 
-    def __init__(self, relay: Relay, request: Request, *, write: bool) -> None:
+
+class _Cutout:
+    """A parsed cutout URL: the channel, resolution, box (dataset coords at res) and time.
+
+    Checked in bossDB's order (bosscore/request.py validate_cutout_service and
+    validate_ids_service): the resource and permission, the channel type (a GET's ``filter``,
+    every ``ids`` request), the time range, the resolution, the ranges; then the size limit,
+    which bossDB applies to cutouts (bossspatialdb/views.py) but not to ``ids``."""
+
+    def __init__(self, relay: Relay, request: Request, *, write: bool,
+                 service: str = "cutout") -> None:
         p = request.path_params
         self.relay = relay
         self.c, self.e, self.ch = p["c"], p["e"], p["ch"]
@@ -68,17 +81,11 @@ class _Cutout:
         self.remote: CachedRemote = relay.remote(entry, self.token)
         meta = self.remote.meta
         tail = "/".join(str(p.get(k, "")) for k in ("res", "x", "y", "z")).strip("/")
-        if not _INT.fullmatch(p["res"]):
-            raise bad_request(TYPE_ERROR, f"Invalid resolution {p['res']!r}. The resolution has "
-                              f"to be an integer within 0 and {len(meta.scales) - 1}")
-        res = int(p["res"])
-        if not 0 <= res < len(meta.scales):
-            raise bad_request(TYPE_ERROR, f"Invalid resolution {res}. The resolution has to be "
-                              f"within 0 and {len(meta.scales) - 1}")
-        self.res = res
-        x = _range(p["x"], "x", tail)
-        y = _range(p["y"], "y", tail)
-        z = _range(p["z"], "z", tail)
+        if service == "ids" and meta.kind != "segmentation":
+            raise _kind_error(meta.kind, "Can only reserve IDs for annotation channels")
+        if service == "cutout" and not write and "filter" in request.query_params and \
+                meta.kind != "segmentation":
+            raise _kind_error(meta.kind, "Filter is only valid for annotation channels")
         self.time: tuple[int, int] | None = None
         if p.get("t"):
             t = _time(p["t"], tail)
@@ -86,6 +93,19 @@ class _Cutout:
                 raise bad_request(INVALID_URL, f"Invalid time range {p['t']}: this channel has 1 "
                                   "time sample (0:1)")
             self.time = t
+        levels = len(meta.scales)
+        if not _INT.fullmatch(p["res"]):
+            raise bad_request(TYPE_ERROR, f"Invalid resolution {p['res']!r}. The resolution has "
+                              f"to be an integer within 0 and {levels}")
+        res = int(p["res"])
+        if not 0 <= res < levels:
+            # (bossDB's words: the upper bound it names is base_resolution + levels)
+            raise bad_request(TYPE_ERROR, f"Invalid resolution {res}. The resolution has to be "
+                              f"within 0 and {levels}")
+        self.res = res
+        x = _range(p["x"], "x", tail)
+        y = _range(p["y"], "y", tail)
+        z = _range(p["z"], "z", tail)
         self.box = Box((z[0], y[0], x[0]), (z[1], y[1], x[1]))
         frame = relay.frame_at(self.c, self.e, entry, res)
         if not frame.contains(self.box):
@@ -99,7 +119,7 @@ class _Cutout:
         if self.dtype.itemsize == 8:
             nbytes //= 4  # bossDB's rule: annotation cutouts compress well
         limit = relay.config.max_cutout_bytes
-        if nbytes > limit:
+        if service == "cutout" and nbytes > limit:
             raise BossHTTPError(413, REQUEST_TOO_LARGE,
                                 f"Cutout request is over {_size(limit)} when uncompressed. Reduce "
                                 "cutout dimensions.")
@@ -131,23 +151,24 @@ def _size(n: int) -> str:
 def _read_query(request: Request, cut: _Cutout) -> np.ndarray | None:
     """The ids of a GET's ``?filter=`` (None: no filter), the other query parameters checked:
     ``access-mode`` is cache, no-cache or raw (each reads the same data here), and not sent
-    with the deprecated ``no-cache``.  Others (``iso``) are ignored, as bossDB ignores them."""
+    with the deprecated ``no-cache`` (true or false).  ``iso`` is ignored: the relay keeps one
+    pyramid per channel, so there is no isotropic one to read (docs/relay.md)."""
+    # (boss/utils.py get_access_mode: its checks and messages; the values are case-insensitive)
     q = request.query_params
-    mode = q.get("access-mode")
-    if mode is not None:
-        if mode not in ("cache", "no-cache", "raw"):
-            raise bad_request(INVALID_CUTOUT_ARGS, f"access-mode must be cache, no-cache or raw, "
-                              f"got {_short(mode)}")
-        if "no-cache" in q:
-            raise bad_request(INVALID_CUTOUT_ARGS, "send access-mode or the deprecated no-cache "
-                              "parameter, not both")
+    if "no-cache" in q and "access-mode" in q:
+        raise bad_request(INVALID_CUTOUT_ARGS, "access_mode and no-cache specified  in URL, please "
+                          "specify access_mode. no-cache will be deprecated.")
+    if "no-cache" in q and q["no-cache"].lower() not in ("true", "false"):
+        raise bad_request(INVALID_CUTOUT_ARGS, "Incorrect no-cache value. Must be True or False.")
+    if "access-mode" in q and q["access-mode"].lower() not in ("cache", "no-cache", "raw"):
+        raise bad_request(INVALID_CUTOUT_ARGS, "Incorrect access_mode, possible values are [raw, "
+                          "no-cache, cache]")
     text = q.get("filter")
     if text is None:
         return None
     dt = cut.dtype
     if cut.remote.meta.kind != "segmentation" or not np.issubdtype(dt, np.integer):
-        raise bad_request(DATATYPE_NOT_SUPPORTED, "filter is only supported on annotation "
-                          "channels")
+        raise _kind_error(cut.remote.meta.kind, "Filter is only valid for annotation channels")
     parts = text.split(",")
     if not all(_ID.fullmatch(p) and int(p) < 2**64 for p in parts):
         raise bad_request(INVALID_CUTOUT_ARGS, f"filter must be object ids separated by commas "

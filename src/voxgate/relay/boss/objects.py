@@ -9,7 +9,6 @@ from starlette.responses import Response
 
 from ...geometry import Box, Vec
 from ..errors import (
-    DATATYPE_NOT_SUPPORTED,
     INVALID_ARGUMENT,
     INVALID_STATE,
     MISSING_PERMISSION,
@@ -20,9 +19,9 @@ from ..errors import (
     not_found,
 )
 from ..state import Relay
-from .cutout import _ID, _INT, _Cutout
+from .cutout import _ID, _INT, _Cutout, _kind_error
 from .records import _short
-from .routing import Handler, json, reads, runner
+from .routing import Handler, is_admin, json, reads, runner
 
 _BOSS_CUBOID = Vec(16, 512, 512)  # z, y, x: the grid "loose" bounding boxes align to
 
@@ -32,26 +31,27 @@ def object_handlers(relay: Relay) -> dict[str, Handler]:
     run = runner(relay)
 
     # -- object services ------------------------------------------------------------------------
-    def annotation(cut: _Cutout) -> None:
-        if cut.remote.meta.kind != "segmentation":
-            raise bad_request(DATATYPE_NOT_SUPPORTED, "This operation is only supported on "
-                              "annotation channels")
-
     async def ids(request: Request) -> Response:
-        cut = await run(lambda: _Cutout(relay, request, write=False))
-        annotation(cut)
+        # (bossobject/views.py Ids: the channel type first, and no size limit)
+        cut = await run(lambda: _Cutout(relay, request, write=False, service="ids"))
         found = await run(lambda: relay.ids_in(cut.remote, cut.box, cut.res))
         return json({"ids": [str(i) for i in found]})
 
     async def bounding_box(request: Request) -> Response:
         p = request.path_params
         c, e, ch = p["c"], p["e"], p["ch"]
+        # (bossobject/views.py BoundingBox: ``type`` is checked before anything else)
+        kind = request.query_params.get("type", "loose")
+        if kind not in ("loose", "tight"):
+            raise bad_request(INVALID_ARGUMENT, f"Invalid option for bounding box type "
+                              f"{kind[:60]}. The valid options are : loose or "
+                              "tight")
         token = relay.authorize(request, c, write=False)
         entry = relay.channel(c, e, ch)
         # the client's own upstream credentials (forward_token), opened off the event loop
         remote = await run(lambda: relay.remote(entry, token))
         if remote.meta.kind != "segmentation":
-            raise bad_request(DATATYPE_NOT_SUPPORTED, "This operation is only supported on "
+            raise _kind_error(remote.meta.kind, "Can only perform bounding box operations on "
                               "annotation channels")
         if not _INT.fullmatch(p["res"]) or not _ID.fullmatch(p["id"]):
             raise bad_request(INVALID_ARGUMENT, f"resolution and id must be non-negative integers "
@@ -62,21 +62,19 @@ def object_handlers(relay: Relay) -> dict[str, Handler]:
                               f"got {_short(p['id'])}")
         if not 0 <= res < len(remote.meta.scales):
             raise bad_request(TYPE_ERROR, f"Invalid resolution {res}. The resolution has to be "
-                              f"within 0 and {len(remote.meta.scales) - 1}")
-        kind = request.query_params.get("type", "loose")
-        if kind not in ("loose", "tight"):
-            raise bad_request(INVALID_ARGUMENT, f"type must be loose or tight, got {kind!r}")
+                              f"within 0 and {len(remote.meta.scales)}")
         dt = remote.meta.dtype  # an id above the dtype's range cannot be stored in it
         fits = not np.issubdtype(dt, np.integer) or ident <= int(np.iinfo(dt).max)
         # every id's box comes from one pass over the channel, kept until it is written
         box = await run(lambda: relay.stats.bounding_box(remote, ident, res)) if fits else None
         if box is None:
-            raise not_found(f"Object id {ident} not found", OBJECT_NOT_FOUND)
+            raise not_found(f"The id does not exist. {ident}", OBJECT_NOT_FOUND)
         if kind == "loose":
+            # whole cuboids, as bossDB's id index holds them (spdb object_indices.py
+            # get_loose_bounding_box): not clipped to the coordinate frame
             start = Vec(*(a // g * g for a, g in zip(box.start, _BOSS_CUBOID, strict=True)))
             stop = Vec(*(-(-b // g) * g for b, g in zip(box.stop, _BOSS_CUBOID, strict=True)))
-            frame = relay.frame_at(c, e, entry, res)
-            box = Box(start, stop).intersect(frame)
+            box = Box(start, stop)
         return json({"x_range": [box.start.x, box.stop.x], "y_range": [box.start.y, box.stop.y],
                      "z_range": [box.start.z, box.stop.z], "t_range": [0, 1]})
 
@@ -93,37 +91,51 @@ def object_handlers(relay: Relay) -> dict[str, Handler]:
             raise bad_request(INVALID_ARGUMENT, f"reserve between 1 and 2**40 ids, not {count}")
         remote = await run(lambda: relay.remote(entry, token))
         if remote.meta.kind != "segmentation":
-            raise bad_request(DATATYPE_NOT_SUPPORTED, "This operation is only supported on "
-                              "annotation channels")
+            raise _kind_error(remote.meta.kind, "Can only reserve IDs for annotation channels")
         start = await run(lambda: relay.reserve(entry, count, token))
-        return json({"start_id": start, "count": count})
+        # bossobject/views.py Reserve answers the count as the URL gave it: a string
+        return json({"start_id": start, "count": p["n"]})
 
     # -- downsample status ----------------------------------------------------------------------
     async def downsample(request: Request) -> Response:
+        # (bossspatialdb/views.py Downsample, bossspatialdb/downsample.py start)
         p = request.path_params
-        relay.authorize(request, p["c"], write=not reads(request))
+        token = relay.authorize(request, p["c"], write=not reads(request))
         entry = relay.channel(p["c"], p["e"], p["ch"])
         remote = await run(lambda: relay.remote(entry, None))
         meta = remote.meta
+        status = relay.downsample_status(entry, remote)
         if request.method == "POST":
             if not entry.writable:
                 raise BossHTTPError(403, MISSING_PERMISSION,
                                     f"channel {'/'.join(entry.key)} is read-only on this relay")
+            if status == "IN_PROGRESS":
+                raise BossHTTPError(409, INVALID_STATE, "Channel is currently being downsampled. "
+                                    "Invalid Request.")
+            if status == "DOWNSAMPLED" and not is_admin(relay, token):
+                raise BossHTTPError(409, INVALID_STATE, "Channel is already downsampled. Invalid "
+                                    "Request.")
             if len(meta.scales) < 2:
                 raise BossHTTPError(409, INVALID_STATE, "this channel has one resolution level; "
                                     "there is nothing to downsample into")
             relay.start_downsample(entry, remote)  # 409 when one is running already
             return Response(status_code=201)
         if request.method == "DELETE":
+            if status not in ("IN_PROGRESS", "QUEUED"):
+                raise BossHTTPError(409, INVALID_STATE, "You can only cancel a queued or "
+                                    "in-progress downsample operation.")
             raise BossHTTPError(409, INVALID_STATE, "this relay's downsample jobs run to the "
                                 "end once started and cannot be cancelled")
+        frames = {s.index: relay.frame_at(p["c"], p["e"], entry, s.index) for s in meta.scales}
         return json({
-            "status": relay.downsample_status(entry, remote),
+            "status": status,
             "num_hierarchy_levels": len(meta.scales),
             "voxel_size": {str(s.index): list(s.voxel_size.xyz()) for s in meta.scales},
-            "extent": {str(s.index): list(s.shape.xyz()) for s in meta.scales},
-            "cuboid_size": {str(s.index): list(remote.grid(s.index).xyz())
-                            for s in meta.scales},
+            # each level's coordinate frame stop (spdb project/resource.py
+            # get_downsampled_extent_dims halves x_stop, not the size)
+            "extent": {str(k): list(f.stop.xyz()) for k, f in frames.items()},
+            # bossDB's cuboid at every level (spdb c_lib/ndtype.py CUBOIDSIZE), x, y, z
+            "cuboid_size": {str(s.index): list(_BOSS_CUBOID.xyz()) for s in meta.scales},
         })
 
     return {"ids": ids, "bounding_box": bounding_box, "reserve": reserve,

@@ -14,7 +14,7 @@ from ..errors import (
     INTEGRITY_ERROR,
     INVALID_POST_ARGUMENT,
     MISSING_PERMISSION,
-    RESOURCE_EXISTS,
+    RESOURCE_NOT_FOUND,
     BossHTTPError,
     bad_request,
     not_found,
@@ -40,7 +40,7 @@ from .records import (
     _text,
     _undelete,
 )
-from .routing import Handler, json, reads, runner
+from .routing import Handler, is_admin, json, reads, runner
 
 
 def _channel_json(relay: Relay, entry: ChannelEntry) -> dict[str, Any]:
@@ -75,18 +75,40 @@ def _hierarchy(meta: VolumeMeta) -> str:
     return "isotropic" if f > 1.5 else "anisotropic"
 
 
+def _missing(name: str) -> BossHTTPError:
+    """The project service's 404 (bosscore/error.py BossResourceNotFoundError)."""
+    return not_found(f"{name} does not exist.")
+
+
+def _exists(name: str) -> BossHTTPError:
+    """bossDB's answer to creating a name that exists: its serializer's unique-name error,
+    400 with code 1003 (bosscore/views/views_resource.py), not 6002."""
+    return bad_request(INVALID_POST_ARGUMENT, f"{{'name': ['{name} with this name already "
+                       "exists.']}")
+
+
 def project_handlers(relay: Relay) -> dict[str, Handler]:
     """The collection, experiment, coord, channel and meta endpoints, bound to ``relay``."""
     run = runner(relay)
 
-    # -- who may see and change what -----------------------------------------------------------
-    def is_admin(token: str | None) -> bool:
-        """An open relay's every client, or a read-write token not limited to collections."""
-        auth = relay.config.auth
-        if auth.open:
-            return True
-        grant = auth.tokens.get(token) if token is not None else None
-        return grant is not None and grant.role == "read-write" and grant.collections is None
+    # -- the project service's lookups: its 404 names the missing resource only ----------------
+    def known_collection(c: str) -> str:
+        if c not in relay.catalog.collection_names():
+            raise _missing(c)
+        return c
+
+    def known_experiment(c: str, e: str) -> None:
+        if e not in relay.catalog.experiment_names(known_collection(c)):
+            raise _missing(e)
+
+    def known_channel(c: str, e: str, ch: str) -> ChannelEntry:
+        known_experiment(c, e)
+        try:
+            return relay.channel(c, e, ch)
+        except BossHTTPError as exc:
+            if exc.status == 404 and exc.code == RESOURCE_NOT_FOUND:
+                raise _missing(ch) from None
+            raise
 
     def frame_index() -> dict[str, tuple[str, str] | None]:
         """Every frame's name -> the experiment it is derived from (None: a stored frame).
@@ -120,7 +142,7 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
         """A frame is seen by its creator, by admin tokens, and by every token that may read a
         collection with an experiment that uses it."""
         token = relay.token(request)
-        if is_admin(token):
+        if is_admin(relay, token):
             return True
         stored = relay.catalog.state["coords"].get(name)
         if stored is not None and token is not None and stored.get("owner") == _owner(token):
@@ -144,23 +166,23 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
         relay.authorize(request, c, write=write)
         cat = relay.catalog
         if reads(request):
-            return json(await run(lambda: collection_json(relay.known_collection(c))))
+            return json(await run(lambda: collection_json(known_collection(c))))
         if request.method == "POST":
             check = _name(c, "collection")
             if check in cat.collection_names():
-                raise bad_request(RESOURCE_EXISTS, f"Collection {c} already exists")
+                raise _exists("collection")
             body = await _json_body(request)
             record = {"description": _text(body, "description"),
                       "public": _flag(body, "public", False)}
             with cat.lock:
                 # again under the lock (another worker process may have created it meanwhile)
                 if c in cat.collection_names():
-                    raise bad_request(RESOURCE_EXISTS, f"Collection {c} already exists")
+                    raise _exists("collection")
                 cat.state["collections"][c] = {**record, "creator": relay.user(request)}
                 _undelete(cat.state, c)
                 cat.save()
             return json(collection_json(c), 201)
-        relay.known_collection(c)
+        known_collection(c)
         if request.method == "PUT":
             body = await _json_body(request)
             _only(body, {"name", "description", "public"})
@@ -176,8 +198,8 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
             return json(collection_json(c))
         # DELETE
         if cat.experiment_names(c):
-            raise bad_request(INTEGRITY_ERROR, f"Cannot delete {c}: it has experiments. Delete "
-                              "them first")
+            raise bad_request(INTEGRITY_ERROR, f"Collection {c} has experiments that reference "
+                              "it and cannot be deleted.Please delete the experiments first.")
         with cat.lock:
             cat.state["collections"].pop(c, None)
             cat.state["deleted"].append(c)
@@ -218,34 +240,39 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
         cat = relay.catalog
         key = f"{c}/{e}"
         if reads(request):
-            relay.known_experiment(c, e)
+            known_experiment(c, e)
             return json(await run(lambda: experiment_json(c, e)))
         if request.method == "POST":
             _name(e, "experiment")
-            relay.known_collection(c)
+            known_collection(c)
             if e in cat.experiment_names(c):
-                raise bad_request(RESOURCE_EXISTS, f"Experiment {e} already exists in {c}")
+                raise bad_request(INVALID_POST_ARGUMENT, "{'non_field_errors': ['The fields "
+                                  "collection, name must make a unique set.']}")
             body = await _json_body(request)
             record = _experiment_fields(body, defaults=True)
             frame = body.get("coord_frame")
+            if frame is None:
+                raise _invalid("This request requires a valid coordinate frame")
             if not isinstance(frame, str):
                 raise _invalid(f"coord_frame must be the name of a coordinate frame (a string), "
                                f"got {_kind(frame)}")
             frames = await run(frame_index)
             users = await run(frame_users)
             if frame not in frames or not frame_visible(request, frame, users):
-                raise _invalid(f"coord_frame {_short(frame)} does not exist; create it first")
+                # bossDB: CoordinateFrame.DoesNotExist -> BossResourceNotFoundError, a 404
+                raise _missing(_short(frame).strip("'"))
             if record["num_time_samples"] != 1:
                 raise _invalid("this relay stores one time sample per channel")
             with cat.lock:
                 if e in cat.experiment_names(c):  # again under the lock, as for collections
-                    raise bad_request(RESOURCE_EXISTS, f"Experiment {e} already exists in {c}")
+                    raise bad_request(INVALID_POST_ARGUMENT, "{'non_field_errors': ['The fields "
+                                  "collection, name must make a unique set.']}")
                 cat.state["experiments"][key] = {
                     **record, "coord_frame": frame, "creator": relay.user(request)}
                 _undelete(cat.state, c, e)
                 cat.save()
             return json(experiment_json(c, e), 201)
-        relay.known_experiment(c, e)
+        known_experiment(c, e)
         if request.method == "PUT":
             body = await _json_body(request)
             _only(body, {"name", "description", "num_hierarchy_levels", "hierarchy_method",
@@ -266,8 +293,8 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
                 cat.save()
             return json(experiment_json(c, e))
         if cat.channel_names(c, e):
-            raise bad_request(INTEGRITY_ERROR, f"Cannot delete {e}: it has channels. Delete them "
-                              "first")
+            raise bad_request(INTEGRITY_ERROR, f" Experiment {e} has channels that reference it "
+                              "and cannot be deleted.Please delete the channels first.")
         with cat.lock:
             cat.state["experiments"].pop(key, None)
             cat.state["deleted"].append(key)
@@ -289,19 +316,19 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
         if request.method == "POST":
             _name(name, "coordinate frame")
             if name in frames:
-                raise bad_request(RESOURCE_EXISTS, f"Coordinate frame {name} already exists")
+                raise _exists("coordinate frame")
             body = await _json_body(request)
             rec = _frame_record(name, body)
             with cat.lock:
                 if name in cat.state["coords"]:  # again under the lock, as for collections
-                    raise bad_request(RESOURCE_EXISTS, f"Coordinate frame {name} already exists")
+                    raise _exists("coordinate frame")
                 cat.state["coords"][name] = {**rec, "creator": relay.user(request),
                                              "owner": _owner(token)}
                 _undelete(cat.state, "coord", name)
                 cat.save()
             return json(rec, 201)
         if name not in frames:
-            raise not_found(f"{name} does not exist.")
+            raise _missing(name)
         users = await run(frame_users)
         if not frame_visible(request, name, users):
             raise BossHTTPError(403, MISSING_PERMISSION, "This user does not have the required "
@@ -313,7 +340,7 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
         if stored is None:
             raise BossHTTPError(403, MISSING_PERMISSION, f"coordinate frame {name} is derived "
                                 "from the relay's upstream volumes and cannot be changed")
-        if not is_admin(token) and (token is None or stored.get("owner") != _owner(token)):
+        if not is_admin(relay, token) and (token is None or stored.get("owner") != _owner(token)):
             what = "update" if request.method == "PUT" else "delete"
             raise BossHTTPError(403, MISSING_PERMISSION, "This user does not have the required "
                                 f"permissions: only the token that created coordinate frame "
@@ -332,7 +359,9 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
         users_of = [k for k, v in cat.state["experiments"].items() if v.get("coord_frame") == name
                     and not cat.deleted(*k.split("/"))]
         if users_of:
-            raise bad_request(INTEGRITY_ERROR, f"coordinate frame {name} is used by {users_of}")
+            raise bad_request(INTEGRITY_ERROR, f" Coordinate frame {name} has experiments that "
+                              "reference it and cannot be deleted.Please delete the experiments "
+                              "first.")
         with cat.lock:
             cat.state["coords"].pop(name)
             cat.save()
@@ -362,7 +391,7 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
         cat = relay.catalog
         key = f"{c}/{e}/{ch}"
         if reads(request):
-            entry = relay.channel(c, e, ch)
+            entry = known_channel(c, e, ch)
             return json(await run(lambda: _channel_json(relay, entry)))
         if request.method == "POST":
             _name(ch, "channel")
@@ -370,9 +399,10 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
                 raise _invalid(f"channel name is {len(ch)} characters long; a channel this relay "
                                f"stores is the file {{name}}.zarr, so its name is at most "
                                f"{_STORED_NAME_MAX} characters")
-            relay.known_experiment(c, e)
+            known_experiment(c, e)
             if ch in cat.channel_names(c, e):
-                raise bad_request(RESOURCE_EXISTS, f"Channel {ch} already exists in {c}/{e}")
+                raise bad_request(INVALID_POST_ARGUMENT, "{'non_field_errors': ['The fields "
+                                  "experiment, name must make a unique set.']}")
             body = await _json_body(request)
             # the whole request is checked before anything is created
             clean: dict[str, Any] = {
@@ -389,7 +419,7 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
             entry = await run(lambda: relay.create_local_channel(c, e, ch, clean,
                                                                  relay.user(request)))
             return json(await run(lambda: _channel_json(relay, entry)), 201)
-        entry = relay.channel(c, e, ch)
+        entry = known_channel(c, e, ch)
         if request.method == "PUT":
             body = await _json_body(request)
             _only(body, {"name", "description", "sources", "related", "public",
@@ -416,8 +446,21 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
 
     # -- metadata -------------------------------------------------------------------------------
     async def metadata(request: Request) -> Response:
+        # (bossmeta/views.py: a write's missing key/value is refused before the resource is
+        # looked up; the messages are bossDB's)
         p = request.path_params
         parts = [p[k] for k in ("c", "e", "ch") if p.get(k)]
+        key = request.query_params.get("key")
+        value = request.query_params.get("value")
+        auth, token = relay.config.auth, relay.token(request)
+        if not auth.open and (token is None or token not in auth.tokens):
+            # (DRF authenticates before the view runs: a missing or bad token is a 401 first)
+            relay.authorize(request, parts[0], write=not reads(request))
+        if request.method in ("POST", "PUT") and (not key or value is None):
+            raise bad_request(INVALID_POST_ARGUMENT, "Missing optional argument key/value in the "
+                              "request")
+        if request.method == "DELETE" and not key:
+            raise bad_request(INVALID_POST_ARGUMENT, "Missing optional argument key in the request")
         relay.authorize(request, parts[0], write=not reads(request))
         if len(parts) == 1:
             relay.known_collection(parts[0])
@@ -426,8 +469,6 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
         else:
             relay.channel(*parts)
         path = "/".join(parts)
-        key = request.query_params.get("key")
-        value = request.query_params.get("value")
         if key:
             _check_meta_key(key)
         if reads(request):
@@ -438,10 +479,7 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
                 raise bad_request(INVALID_POST_ARGUMENT,
                                   f"Invalid request. Key {key} Not found in the database")
             return json({"key": key, "value": store[key]})
-        if not key:  # an empty "key=" names no key
-            raise bad_request(INVALID_POST_ARGUMENT, "Missing optional argument key in request")
-        if request.method in ("POST", "PUT") and value is None:
-            raise bad_request(INVALID_POST_ARGUMENT, "Missing optional argument value in request")
+        assert key  # (checked above for every write)
         with relay.catalog.lock:
             # checked and changed under the state file's lock: two worker processes POSTing
             # one key cannot both succeed, and neither change is lost
@@ -449,9 +487,11 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
             if request.method == "POST" and key in store:
                 raise bad_request(INVALID_POST_ARGUMENT, f"Invalid request. The key {key} "
                                   "already exists")
-            if request.method != "POST" and key not in store:
-                raise bad_request(INVALID_POST_ARGUMENT,
-                                  f"Invalid request. Key {key} Not found in the database")
+            if request.method == "PUT" and key not in store:
+                raise bad_request(INVALID_POST_ARGUMENT, f"Invalid request. The key {key} does "
+                                  "not exists")
+            if request.method == "DELETE" and key not in store:
+                raise bad_request(INVALID_POST_ARGUMENT, f"[ERROR]- Key {key} not found ")
             if request.method == "DELETE":
                 del store[key]
             else:

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..state import Relay
 
-__all__ = ["Handler", "json", "reads", "runner"]
+__all__ = ["Handler", "is_admin", "json", "reads", "runner"]
 
 #: a route's endpoint
 Handler = Callable[[Request], Awaitable[Response]]
@@ -35,3 +35,13 @@ def runner(relay: Relay) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
         return await to_thread.run_sync(fn, limiter=relay.limiter)
 
     return run
+
+
+def is_admin(relay: Relay, token: str | None) -> bool:
+    """bossDB's admin (staff) user here: an open relay's every client, or a read-write token
+    not limited to collections."""
+    auth = relay.config.auth
+    if auth.open:
+        return True
+    grant = auth.tokens.get(token) if token is not None else None
+    return grant is not None and grant.role == "read-write" and grant.collections is None
