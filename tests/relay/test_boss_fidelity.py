@@ -256,6 +256,14 @@ def test_downsample_requests_refused_as_bossdb_refuses_them(relay: RelayProcess)
         boss_error(limited.delete("/v1/downsample/lab/em/raw/"), 409, 2006,
                    "You can only cancel a queued or in-progress downsample operation.")
         assert limited.get("/v1/downsample/lab/em/raw/").json()["status"] == "DOWNSAMPLED"
+    # voxgate.downsample through bossdb:// with that token: the server's refusal of a
+    # DOWNSAMPLED channel is not a failure, but a warning that says why nothing ran
+    import voxgate
+    from voxgate.errors import VoxgateWarning
+
+    vol = voxgate.open(f"bossdb://{relay.url}/lab/em/raw", mode="r+", token=LIMITED)
+    with pytest.warns(VoxgateWarning, match="already downsampled"):
+        voxgate.downsample(vol)
 
 
 # -- metadata -------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import functools
 import math
 import time
 import uuid
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +37,7 @@ from ..blockwise import (
     scheduler_name,
     worker_remote,
 )
-from ..errors import InvalidRequestError, VoxgateError
+from ..errors import InvalidRequestError, VoxgateError, VoxgateWarning
 from ..geometry import Box, Vec, whole_at_least
 from ..meta import Scale, VolumeMeta, next_scales
 from ..remotes.base import Capability, notify_written
@@ -496,7 +497,20 @@ def _server_downsample(remote: Any, timeout: float = 3600.0) -> None:
     c, e, ch = remote.collection, remote.experiment, remote.channel
     deadline = time.monotonic() + timeout
     for _ in range(SERVER_ATTEMPTS):
-        project.start_downsample(c, e, ch)
+        try:
+            project.start_downsample(c, e, ch)
+        except InvalidRequestError as exc:
+            # bossDB runs a DOWNSAMPLED channel again for an admin only (409, "Channel is
+            # already downsampled"); its status is not reset by later writes (a voxgate relay
+            # resets it), so say that writes since the last run may be missing
+            if "HTTP 409" in str(exc) and "already downsampled" in str(exc).lower() and \
+                    project.downsample_status(c, e, ch)["status"] == "DOWNSAMPLED":
+                warnings.warn(VoxgateWarning(
+                    f"the server says {remote.url} is already downsampled and runs it again "
+                    "for an admin token only: its coarser levels are the server's last run "
+                    "(on bossDB, writes made since are not in them)"), stacklevel=3)
+                return
+            raise
         delay = 0.2
         while time.monotonic() < deadline:
             status = project.downsample_status(c, e, ch)["status"]
