@@ -49,7 +49,7 @@ from ..errors import (
 )
 from ..geometry import Box, Vec, VoxelSize, chunk_boxes
 from ..meta import Scale, VolumeMeta, check_new_scales
-from ..storage import atomic_write, is_local, local_path
+from ..storage import atomic_write, file_lock, is_local, local_path
 from .base import Capability, Remote, check_options
 
 __all__ = ["KnossosRemote", "parse_knossos_conf"]
@@ -375,15 +375,15 @@ class KnossosRemote(Remote):
         for idx, cell, part in self._cubes(box, scale):
             origin = [i * c for i, c in zip(idx, sc.chunks, strict=True)]
             path = self.cube_path(scale, idx[::-1])
-            if part == cell or self._find_cube(scale, idx[::-1]) is None:
-                cube = np.zeros(tuple(sc.chunks), np.uint8)
-            else:
-                existing = self._find_cube(scale, idx[::-1])
-                cube = self._read_cube(existing).copy() if existing else \
-                    np.zeros(tuple(sc.chunks), np.uint8)
-            cube[part.slices(origin)] = array[part.slices(local.start)]
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            atomic_write(path, cube.tobytes())
+            # one writer of a cube at a time (threads, other volumes, other processes): two
+            # writers of disjoint parts of one cube that both read it first lost one part
+            with file_lock(path):
+                existing = None if part == cell else self._find_cube(scale, idx[::-1])
+                cube = (self._read_cube(existing).copy() if existing
+                        else np.zeros(tuple(sc.chunks), np.uint8))
+                cube[part.slices(origin)] = array[part.slices(local.start)]
+                atomic_write(path, cube.tobytes())
 
     def add_scales(self, scales: Sequence[Scale]) -> None:
         self._check_writable()

@@ -3,7 +3,8 @@
 Key-value access to local files, gs://, s3:// and read-only http(s):// through tensorstore's
 kvstore drivers (:mod:`.kvstore`), atomic local writes, location joining, splitting a voxgate
 URL into format scheme and location (:mod:`.locations`), directory listing
-(:mod:`.directory`), CloudFiles' compressed-suffix convention and decompression
+(:mod:`.directory`), one writer at a time for a file read, changed and written back
+(:mod:`.locking`), CloudFiles' compressed-suffix convention and decompression
 (:mod:`.compression`) and the length units stored metadata uses (:mod:`.units`).  It imports
 nothing of voxgate but ``errors``.
 """
@@ -27,6 +28,7 @@ from .kvstore import (
     write_json,
 )
 from .locations import STORAGE_SCHEMES, split_url
+from .locking import file_lock
 from .units import UNITS_NM
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "Directory",
     "atomic_write",
     "decompress",
+    "file_lock",
     "is_local",
     "join",
     "kvstore_exists",

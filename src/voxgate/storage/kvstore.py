@@ -356,6 +356,11 @@ def read_json(location: str, key: str) -> Any:
         ) from None
 
 
+#: the process's umask, read once at import (os.umask only reads it by setting it)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str, data: bytes) -> None:
     """Write a local file whole or not at all: a temporary name in the same folder, then a
     rename.  The temporary name starts with '.' and ends in '.tmp', so no reader takes it for
@@ -363,6 +368,9 @@ def atomic_write(path: str, data: bytes) -> None:
     directory, name = os.path.split(path)
     fd, tmp = tempfile.mkstemp(dir=directory or ".", prefix=f".{name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; a chunk is made as open() makes files (0666 less the
+        # umask), so the lab's group reads what voxgate wrote as it reads tensorstore's chunks
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

@@ -8,7 +8,7 @@ import contextlib
 import gzip
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
@@ -24,6 +24,7 @@ from ...storage import (
     SUFFIXES,
     atomic_write,
     decompress,
+    file_lock,
     join,
     kvstore_spec,
     ts_context,
@@ -50,6 +51,9 @@ class _ChunkStore(Protocol):
     def put(self, name: str, data: bytes, *, compress: bool = True) -> None:
         """Store a chunk; ``compress`` False for encodings that are compressed already."""
 
+    def locked(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Hold the chunk's writer lock around reading, changing and storing it."""
+
 
 class _LocalChunks:
     """Chunk files in one local scale directory, in CloudFiles' compressed-suffix convention."""
@@ -58,6 +62,11 @@ class _LocalChunks:
         self.directory = directory
         self.where = directory
         self.gzip_writes = gzip_writes
+
+    def locked(self, name: str) -> contextlib.AbstractContextManager[None]:
+        # every variant of the chunk (name, name.gz, ...) under one lock
+        os.makedirs(self.directory, exist_ok=True)
+        return file_lock(os.path.join(self.directory, name))
 
     def get(self, name: str) -> tuple[bytes, str] | None:
         base = os.path.join(self.directory, name)
@@ -97,6 +106,12 @@ class _KvChunks:
         self.where = location
         self._spec = kvstore_spec(location)
         self._kv: ts.KvStore | None = None
+
+    @contextlib.contextmanager
+    def locked(self, name: str) -> Iterator[None]:
+        # object storage has no lock: writers of one chunk must not overlap in time (the
+        # write grid keeps voxgate's own parallel writes on whole chunks)
+        yield
 
     def _store(self) -> ts.KvStore:
         if self._kv is None:
@@ -181,21 +196,28 @@ class _ChunkScale:
         def store(cell: Box) -> None:
             part = cell.intersect(box)
             new = data[(slice(None), *part.slices(box.start))]
-            if part != cell:  # a partial chunk: read, modify, write
-                old = self._load(cell)
+            name = _chunk_name(cell)
+            # one writer of a chunk at a time: two writers of disjoint parts of it that both
+            # read it first lost one of the parts
+            with self.store.locked(name):
+                if part == cell:
+                    self._put(name, new)
+                    return
+                old = self._load(cell)  # a partial chunk: read, modify, write
                 chunk = (
                     np.zeros((self.channels, *cell.shape), self.dtype) if old is None
                     else old.copy()
                 )
                 chunk[(slice(None), *part.slices(cell.start))] = new
-                new = chunk
-            payload = encode_chunk(
-                np.ascontiguousarray(new, dtype=self.dtype), self.encoding,
-                block_size=self.block,
-            )
-            self.store.put(_chunk_name(cell), payload, compress=self.encoding != "jpeg")
+                self._put(name, chunk)
 
         _each(store, self._cells(box))
+
+    def _put(self, name: str, chunk: np.ndarray) -> None:
+        payload = encode_chunk(
+            np.ascontiguousarray(chunk, dtype=self.dtype), self.encoding, block_size=self.block,
+        )
+        self.store.put(name, payload, compress=self.encoding != "jpeg")
 
 
 _T = TypeVar("_T")

@@ -5,11 +5,12 @@ of a volume and writing one 2-D slice file."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,12 +68,35 @@ class _Page:
 
 
 class _File:
-    """An open file (one descriptor, pread from many threads)."""
+    """An open file (one descriptor, pread from many threads).
+
+    ``lock`` guards this volume's segment tables of the file and its ``flock``: taken by one
+    thread at a time (two threads' ``flock`` calls on one descriptor do not exclude each other,
+    and one's unlock would drop the other's lock).  A file no longer in its volume's table (a
+    slice replaced by a write) closes when the last reader holding it lets go of it.
+    """
 
     def __init__(self, path: str, writable: bool) -> None:
         self.path = path
         self.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
+        self._held = 0  # how deep this file's holder is in exclusive()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The file to this thread alone, in this process and against other processes (and
+        other volumes of this one, whose descriptors are others): ``lock``, then ``flock``.
+        Re-entrant."""
+        with self.lock:
+            if self._held == 0:
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+            self._held += 1
+            try:
+                yield
+            finally:
+                self._held -= 1
+                if self._held == 0:
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
 
     def pread(self, n: int, at: int, what: str) -> bytes:
         data = os.pread(self.fd, n, at)
@@ -85,8 +109,13 @@ class _File:
         return data
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        fd, self.fd = getattr(self, "fd", -1), -1  # (__init__ may have failed to open it)
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _page_info(tf: Any, page: Any, path: str, index: int,

@@ -3,7 +3,6 @@ lazy reads of the segments a box crosses and tile-by-tile writes."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import threading
@@ -20,7 +19,7 @@ from ...errors import (
 )
 from ...geometry import Box, Vec, VoxelSize
 from ...meta import Scale, VolumeMeta
-from ...storage import is_local, local_path
+from ...storage import file_lock, is_local, local_path
 from ..base import Capability, Remote, check_options
 from .creating import create_tiff
 from .opening import _imagej_voxel_size, _ome_voxel_size, open_file, open_slices
@@ -38,7 +37,13 @@ from .pages import (
     natural_key,
 )
 
-_SEGMENT_LOCKS = [threading.Lock() for _ in range(64)]
+#: one thread of this process at a time per segment (all volumes on the file): writers of one
+#: tile take turns, and a read of an uncompressed tile never sees it half rewritten in place
+_SEGMENT_LOCKS = [threading.RLock() for _ in range(64)]
+
+
+def _segment_lock(page: _Page, seg: int) -> threading.RLock:
+    return _SEGMENT_LOCKS[hash((page.path, page.key, seg)) % len(_SEGMENT_LOCKS)]
 
 
 class TiffRemote(Remote):
@@ -64,7 +69,6 @@ class TiffRemote(Remote):
         self._decoders = decoders if decoders is not None else {}
         self._files: dict[str, _File] = {}
         self._files_lock = threading.Lock()
-        self._slice_locks: dict[int, threading.Lock] = {}
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -186,7 +190,6 @@ class TiffRemote(Remote):
         state = self.__dict__.copy()
         state["_files"] = {}
         state["_files_lock"] = None
-        state["_slice_locks"] = {}
         state["_decoders"] = {}  # closures over tifffile pages: rebuilt after unpickling
         return state
 
@@ -203,17 +206,28 @@ class TiffRemote(Remote):
             for gx in range(x0 // sw, -(-x1 // sw)):
                 yield gy * page.grid_x + gx, gy * sh, gx * sw
 
-    def _decode(self, page: _Page, seg: int, rows: tuple[int, int]) -> np.ndarray:
+    def _page_file(self, scale: int, c: int, z: int) -> tuple[_Page, _File]:
+        """A page and the open file it describes, taken together: a slice write replaces
+        both, and the old page's offsets mean nothing in the new file."""
+        with self._files_lock:
+            page = self._pages[scale][c][z]
+            f = self._files.get(page.path)
+            if f is None:
+                f = self._files[page.path] = _File(page.path, self.mode == "r+")
+            return page, f
+
+    def _decode(self, page: _Page, f: _File, seg: int, rows: tuple[int, int]) -> np.ndarray:
         """Rows ``rows`` (segment-relative) of segment ``seg``, shape (rows, width, samples)."""
-        f = self._file(page.path)
         what = f"segment {seg} of page {page.index}"
         sw = page.seg_shape[1]
-        off, n = int(page.offsets[seg]), int(page.bytecounts[seg])
+        with f.lock:  # a compressed tile's offset and byte count change together
+            off, n = int(page.offsets[seg]), int(page.bytecounts[seg])
         rb = sw * page.samples * page.raw_dtype.itemsize
         if off == 0 or n == 0:
             return np.zeros((rows[1] - rows[0], sw, page.samples), page.raw_dtype.newbyteorder("="))
         if page.compression == 1:
-            data = f.pread((rows[1] - rows[0]) * rb, off + rows[0] * rb, what)
+            with _segment_lock(page, seg):  # not while this process rewrites it in place
+                data = f.pread((rows[1] - rows[0]) * rb, off + rows[0] * rb, what)
             arr = np.frombuffer(data, page.raw_dtype).reshape(rows[1] - rows[0], sw, page.samples)
             return arr.astype(page.raw_dtype.newbyteorder("="), copy=False)
         data = f.pread(n, off, what)
@@ -253,13 +267,13 @@ class TiffRemote(Remote):
         nc = self.meta.num_channels
         per_page_channels = len(self._pages[scale]) == 1 and nc > 1  # samples per pixel
         out = np.empty((nc, z1 - z0, y1 - y0, x1 - x0), dtype=self.meta.dtype)
-        for c, row in enumerate(self._pages[scale]):
+        for c in range(len(self._pages[scale])):
             for z in range(z0, z1):
-                page = row[z]
+                page, f = self._page_file(scale, c, z)
                 for seg, ry, rx in self._segments(page, y0, y1, x0, x1):
                     sh, sw = page.seg_shape
                     a, b = max(y0, ry), min(y1, ry + sh)
-                    arr = self._decode(page, seg, (a - ry, b - ry))
+                    arr = self._decode(page, f, seg, (a - ry, b - ry))
                     cx0, cx1 = max(x0, rx), min(x1, rx + sw)
                     part = arr[:, cx0 - rx: cx1 - rx]
                     if per_page_channels:
@@ -301,17 +315,38 @@ class TiffRemote(Remote):
         cx0, cx1 = max(x0, rx), min(x1, rx + sw)
         covers = a == ry and (b == ry + sh or b == ny) and cx0 == rx and (
             cx1 == rx + sw or cx1 == nx)
+        f = self._file(page.path)
         # writes of one tile from several threads (unaligned boxes) take turns
-        with _SEGMENT_LOCKS[hash((page.path, page.key, seg)) % len(_SEGMENT_LOCKS)]:
+        with _segment_lock(page, seg):
             if covers:
                 tile = np.zeros((sh, sw), dtype=self.meta.dtype)
-            else:
-                tile = self._decode(page, seg, (0, sh))[..., 0].copy()
-            tile[a - ry: b - ry, cx0 - rx: cx1 - rx] = plane[a - y0: b - y0, cx0 - x0: cx1 - x0]
-            self._store_segment(page, seg, tile)
+                tile[a - ry: b - ry, cx0 - rx: cx1 - rx] = plane[
+                    a - y0: b - y0, cx0 - x0: cx1 - x0]
+                self._store_segment(page, f, seg, tile)
+                return
+            # part of a tile: read, change, store it under the file's lock, so writers in other
+            # volumes and processes take turns too, and read it where the file says it is now
+            # (another volume or process may have rewritten it since this volume was opened)
+            with f.exclusive():
+                self._reload_entry(page, f, seg)
+                tile = self._decode(page, f, seg, (0, sh))[..., 0].copy()
+                tile[a - ry: b - ry, cx0 - rx: cx1 - rx] = plane[
+                    a - y0: b - y0, cx0 - x0: cx1 - x0]
+                self._store_segment(page, f, seg, tile)
 
-    def _store_segment(self, page: _Page, seg: int, tile: np.ndarray) -> None:
-        f = self._file(page.path)
+    @staticmethod
+    def _reload_entry(page: _Page, f: _File, seg: int) -> None:
+        """Read segment ``seg``'s offset and byte count from the file (under its lock)."""
+        if page.offsets_at < 0 or page.bytecounts_at < 0 or page.compression == 1:
+            return  # an uncompressed segment stays where it is
+        what = f"the entries of segment {seg} of page {page.index}"
+        osz, bsz = page.offset_fmt.itemsize, page.bytecount_fmt.itemsize
+        off = np.frombuffer(f.pread(osz, page.offsets_at + seg * osz, what), page.offset_fmt)
+        cnt = np.frombuffer(f.pread(bsz, page.bytecounts_at + seg * bsz, what),
+                            page.bytecount_fmt)
+        page.offsets[seg], page.bytecounts[seg] = int(off[0]), int(cnt[0])
+
+    def _store_segment(self, page: _Page, f: _File, seg: int, tile: np.ndarray) -> None:
         raw = tile.astype(page.raw_dtype, copy=False)
         if page.compression == 1:
             os.pwrite(f.fd, raw.tobytes(), int(page.offsets[seg]))
@@ -323,50 +358,49 @@ class TiffRemote(Remote):
             raise CapabilityNotSupportedError(
                 f"{page.path}: the new tile does not fit the file's byte count entries"
             )
-        with f.lock:
-            fcntl.flock(f.fd, fcntl.LOCK_EX)
-            try:
-                end = os.lseek(f.fd, 0, os.SEEK_END)
-                end += (-end) % 2  # TIFF data starts on a word boundary
-                os.pwrite(f.fd, data, end)
-                os.fsync(f.fd)
-                os.pwrite(f.fd, np.array([len(data)], page.bytecount_fmt).tobytes(),
-                          page.bytecounts_at + seg * page.bytecount_fmt.itemsize)
-                os.pwrite(f.fd, np.array([end], page.offset_fmt).tobytes(),
-                          page.offsets_at + seg * page.offset_fmt.itemsize)
-            finally:
-                fcntl.flock(f.fd, fcntl.LOCK_UN)
+        with f.exclusive():
+            end = os.lseek(f.fd, 0, os.SEEK_END)
+            end += (-end) % 2  # TIFF data starts on a word boundary
+            os.pwrite(f.fd, data, end)
+            os.fsync(f.fd)
+            os.pwrite(f.fd, np.array([len(data)], page.bytecount_fmt).tobytes(),
+                      page.bytecounts_at + seg * page.bytecount_fmt.itemsize)
+            os.pwrite(f.fd, np.array([end], page.offset_fmt).tobytes(),
+                      page.offsets_at + seg * page.offset_fmt.itemsize)
             page.offsets[seg] = end
             page.bytecounts[seg] = len(data)
 
     def _write_slices(self, start: Sequence[int], stop: Sequence[int], arr: np.ndarray) -> None:
         (z0, y0, x0), (z1, y1, x1) = start, stop
         sc = self.meta.scale(0)
-        whole = (y0, x0) == (0, 0) and (y1, x1) == (int(sc.shape[1]), int(sc.shape[2]))
+        ny, nx = int(sc.shape[1]), int(sc.shape[2])
+        whole = (y0, x0) == (0, 0) and (y1, x1) == (ny, nx)
         tifffile = _tifffile()
         for z in range(z0, z1):
-            page = self._pages[0][0][z]
-            with self._files_lock:
-                lock = self._slice_locks.setdefault(z, threading.Lock())
-            with lock:
-                if whole:
-                    plane = arr[z - z0]
-                else:
-                    plane = self.read(Box(Vec(z, 0, 0) + sc.offset,
-                                          Vec(z + 1, *sc.shape[1:]) + sc.offset))[0]
-                    plane[y0:y1, x0:x1] = arr[z - z0]
-                with tifffile.TiffFile(page.path) as tf:
+            path = self._pages[0][0][z].path
+            # one writer of a slice at a time (threads, other volumes, other processes), and
+            # the rest of the slice read from the file as it is now, not as this volume
+            # opened it: writers of disjoint parts of one slice lost all parts but one
+            with file_lock(path):
+                with tifffile.TiffFile(path) as tf:
                     p = tf.pages.first
                     own = _own_tag(p)
                     tile = (p.tilelength, p.tilewidth) if p.is_tiled else None
                     comp = None if p.compression == 1 else _compression_name(int(p.compression))
+                    if whole:
+                        plane = arr[z - z0]
+                    else:
+                        plane = np.array(p.asarray(), dtype=self.meta.dtype).reshape(ny, nx)
+                        plane[y0:y1, x0:x1] = arr[z - z0]
                 extratags = [(VOXGATE_TAG, "s", 0, json.dumps(own), True)] if own else []
-                _write_slice(page.path, np.ascontiguousarray(plane), tile, comp, extratags)
-                with self._files_lock:
-                    old = self._files.pop(page.path, None)
-                if old is not None:
-                    old.close()
-                self._decoders.pop((page.path, (0, 0)), None)
-                with tifffile.TiffFile(page.path) as tf:
-                    self._pages[0][0][z] = _page_info(tf, tf.pages.first, page.path, 0)
-                    self._decoders[(page.path, (0, 0))] = tf.pages.first.decode
+                _write_slice(path, np.ascontiguousarray(plane), tile, comp, extratags)
+                fresh = _File(path, self.mode == "r+")
+                with tifffile.TiffFile(path) as tf:
+                    page = _page_info(tf, tf.pages.first, path, 0)
+                    decoder = tf.pages.first.decode
+            # the new page and its file replace the old pair together; a read still holding
+            # the old pair finishes on the old file, which closes when it lets go
+            with self._files_lock:
+                self._files[path] = fresh
+                self._pages[0][0][z] = page
+                self._decoders[(path, (0, 0))] = decoder
