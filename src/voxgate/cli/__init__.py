@@ -23,7 +23,38 @@ def _fail(exc: Exception) -> None:
     raise click.ClickException(f"{type(exc).__name__}: {exc}")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: what an interrupted command left behind, and how to finish it (``cp`` says its own)
+_INTERRUPTED = {
+    "downsample": "the new scales may be partly written (their absent chunks read as the fill "
+                  "value); run the same command again to compute them",
+    "cc": "OUT may be partly written; run the same command again with --overwrite",
+    "predict": "OUT may be partly written; run the same command again with --overwrite",
+    "mesh": "meshes or files written so far are kept; run the same command again to redo them",
+    "skeletonize": "skeletons or files written so far are kept; run the same command again to "
+                   "redo them",
+    "synapses": "outputs may be partly written; run the same command again",
+    "merge": "the edit may be partly applied; voxgate history URL shows its status",
+    "split": "the edit may be partly applied; voxgate history URL shows its status",
+    "undo": "the undo may be partly applied; voxgate history URL shows its status",
+}
+
+
+class _Group(click.Group):
+    """Ctrl-C ends any command with one line and exit status 130 (128 + SIGINT), as shells
+    do, instead of click's bare "Aborted!" with status 1."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            name = ctx.invoked_subcommand or ""
+            hint = _INTERRUPTED.get(name)
+            click.echo(f"interrupted (Ctrl-C): voxgate {name} stopped"
+                       + (f"; {hint}" if hint else ""), err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="voxgate")
 def main() -> None:
     """voxgate: one API over zarr, N5, HDF5, precomputed and more."""
@@ -34,6 +65,8 @@ _MISSING_HELP = (
     "value; 'error' fails when any is absent."
 )
 
+
+_NO_PROGRESS_HELP = "Do not draw progress bars."
 
 # the commands register themselves with main (they import it from here)
 from . import data, proofreading, services, serving  # noqa: E402

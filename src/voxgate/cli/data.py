@@ -37,6 +37,10 @@ def info(url: str, as_json: bool, check: bool, missing: str) -> None:
     from ..api import open as vopen
     from ..remotes.base import LISTED_CHUNKS, format_chunks
 
+    if missing == "error" and not check:
+        raise click.UsageError("--missing error applies to --check (which lists absent "
+                               "chunks): give both")
+
     try:
         vol = vopen(url)
         absent = _absent_by_scale(vol) if check else None
@@ -251,12 +255,15 @@ def _parse_option(text: str) -> tuple[str, Any]:
               help="Edge length (y, x) of the synthetic volume; z is half of it.  At least 48.")
 def demo(directory: Path | None, size: int) -> None:
     """Build a small synthetic EM image and segmentation, write, copy and read them back."""
-    if directory is None:
-        with tempfile.TemporaryDirectory(prefix="voxgate-demo-") as tmp:
-            _demo(Path(tmp), size, kept=False)
-    else:
-        directory.mkdir(parents=True, exist_ok=True)
-        _demo(directory, size, kept=True)
+    try:
+        if directory is None:
+            with tempfile.TemporaryDirectory(prefix="voxgate-demo-") as tmp:
+                _demo(Path(tmp), size, kept=False)
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            _demo(directory, size, kept=True)
+    except (VoxgateError, OSError) as exc:
+        _fail(exc)
 
 
 def _demo(root: Path, size: int, kept: bool) -> None:

@@ -9,7 +9,7 @@ import click
 
 from ..errors import VoxgateError
 from . import _fail, main
-from .services import _to_csv, _zyx
+from .services import _no_progress, _to_csv, _zyx
 
 
 def _seed(text: str) -> tuple[int, tuple[int, int, int]]:
@@ -39,14 +39,15 @@ def _edit_report(r: Any) -> None:
                                            "or the login name).")
 @click.option("--prefer", type=click.Choice(["auto", "server", "local"]), default="auto")
 @click.option("--remesh", is_flag=True, help="Mesh the merged segment again.")
+@_no_progress
 def merge_cmd(url: str, ids: tuple[int, ...], into: int | None, user: str | None, prefer: str,
-              remesh: bool) -> None:
+              remesh: bool, no_progress: bool) -> None:
     """Merge segments IDS of the segmentation URL into one (recorded; voxgate undo URL)."""
     from ..services.proofread import merge
 
     try:
         _edit_report(merge(url, list(ids), into, user=user, prefer=prefer,  # type: ignore[arg-type]
-                           progress=True, remesh=remesh))
+                           progress=not no_progress, remesh=remesh))
     except (VoxgateError, OSError) as exc:
         _fail(exc)
 
@@ -62,8 +63,9 @@ def merge_cmd(url: str, ids: tuple[int, ...], into: int | None, user: str | None
 @click.option("--user", default=None, help="Recorded in the history.")
 @click.option("--prefer", type=click.Choice(["auto", "server", "local"]), default="auto")
 @click.option("--remesh", is_flag=True, help="Mesh the pieces again.")
+@_no_progress
 def split_cmd(url: str, segment: int, seeds: tuple[str, ...], image: str | None,
-              user: str | None, prefer: str, remesh: bool) -> None:
+              user: str | None, prefer: str, remesh: bool, no_progress: bool) -> None:
     """Split SEGMENT of the segmentation URL into pieces (recorded; voxgate undo URL)."""
     from ..services.proofread import split
 
@@ -73,7 +75,7 @@ def split_cmd(url: str, segment: int, seeds: tuple[str, ...], image: str | None,
         groups.setdefault(ident, []).append(point)
     try:
         _edit_report(split(url, segment, seeds=groups or None, image=image, user=user,
-                           prefer=prefer, progress=True, remesh=remesh))  # type: ignore[arg-type]
+                           prefer=prefer, progress=not no_progress, remesh=remesh))  # type: ignore[arg-type]
     except (VoxgateError, OSError) as exc:
         _fail(exc)
 
@@ -105,12 +107,13 @@ def history_cmd(url: str, csv_path: Path | None) -> None:
 @click.argument("url")
 @click.option("-n", "count", type=int, default=1, help="How many of the last edits to undo.")
 @click.option("--user", default=None, help="Recorded in the history.")
-def undo_cmd(url: str, count: int, user: str | None) -> None:
+@_no_progress
+def undo_cmd(url: str, count: int, user: str | None, no_progress: bool) -> None:
     """Undo the last edits of URL: the voxels they changed are written back."""
     from ..services.proofread import undo
 
     try:
-        for r in undo(url, count, user=user, progress=True):
+        for r in undo(url, count, user=user, progress=not no_progress):
             click.echo(f"edit {r.provenance.details['undid'] if r.provenance else '?'} undone "
                        f"({r.blocks} block(s) restored; recorded as edit {r.n})")
     except (VoxgateError, OSError) as exc:

@@ -8,17 +8,21 @@ from typing import Any
 import click
 
 from ..errors import InvalidRequestError, VoxgateError
-from . import _fail, main
+from . import _NO_PROGRESS_HELP, _fail, main
 from ._cluster import cluster_client, scheduler_option
 
 
 def _ids(text: str | None) -> list[int] | None:
-    if not text:
+    if text is None:
         return None
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        ids = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"ids are comma-separated integers, got {text!r}") from None
+        ids = []
+    if not ids:  # '' or ',' is no id at all, not "every id" (leave --ids out for that)
+        raise click.BadParameter(f"ids are comma-separated integers, got {text!r}",
+                                 param_hint="'--ids'")
+    return ids
 
 
 def _zyx(text: str | None, what: str) -> tuple[int, int, int] | None:
@@ -28,9 +32,17 @@ def _zyx(text: str | None, what: str) -> tuple[int, int, int] | None:
     if len(parts) != 3:
         raise click.BadParameter(f"{what} is 'z,y,x', got {text!r}")
     try:
-        return (int(parts[0]), int(parts[1]), int(parts[2]))
+        zyx = (int(parts[0]), int(parts[1]), int(parts[2]))
     except ValueError:
         raise click.BadParameter(f"{what} is 'z,y,x' integers, got {text!r}") from None
+    if what == "--block" and min(zyx) < 1:
+        # refused here, before the command opens or creates anything (cc made OUT first)
+        raise InvalidRequestError(f"block must be three positive integers (z, y, x), got {zyx}")
+    return zyx
+
+
+def _no_progress(f: Any) -> Any:
+    return click.option("--no-progress", is_flag=True, help=_NO_PROGRESS_HELP)(f)
 
 
 def _output_layer(url: str, out: str | None, sharded: bool, what: str,
@@ -98,9 +110,11 @@ def _write_each(directory: Path, texts: dict[int, str], suffix: str) -> None:
                    "512 MiB of labels in one piece here, a larger one in blocks of whole "
                    "chunks).")
 @scheduler_option(_BLOCKS_HELP)
+@_no_progress
 def mesh_cmd(url: str, ids: str | None, out: str | None, fmt: str, simplify: float | None,
              max_error: float | None, close: bool, obj_dir: Path | None, sharded: bool,
-             prefer: str, block: str | None, scheduler: str | None) -> None:
+             prefer: str, block: str | None, scheduler: str | None,
+             no_progress: bool) -> None:
     """Mesh the segments of URL (marching cubes, or the store's own meshes).
 
     The meshes go into URL when it is a precomputed layer, into --out, and/or as OBJ files into
@@ -115,15 +129,16 @@ def mesh_cmd(url: str, ids: str | None, out: str | None, fmt: str, simplify: flo
         simp = None if simplify is None else (simplify, max_error)
         with cluster_client(scheduler) as client:
             result = mesh(vol, _ids(ids), simplify=simp, prefer=prefer,  # type: ignore[arg-type]
-                          block=_zyx(block, "--block"), client=client, progress=True,
-                          close=close)
+                          block=_zyx(block, "--block"), client=client,
+                          progress=not no_progress, close=close)
         click.echo(f"{len(result)} meshes ({result.provenance.path}), "
                    f"{sum(len(m.faces) for m in result.values())} triangles")
         # meshes computed here go back into a precomputed source; stored ones are there already
         if out is None and result.provenance.path != "local":
             target = None
         if target:
-            write_meshes(target, result, format=fmt, sharded=sharded, progress=True)
+            write_meshes(target, result, format=fmt, sharded=sharded,
+                         progress=not no_progress)
             click.echo(f"wrote {len(result)} {fmt}{' sharded' if sharded else ''} meshes "
                        f"into {target}")
         if obj_dir is not None:
@@ -150,9 +165,10 @@ def mesh_cmd(url: str, ids: str | None, out: str | None, fmt: str, simplify: flo
               help="Skeletonize block by block, blocks of 'z,y,x' voxels (default: a volume "
                    "up to 128 MiB of labels in one piece here, a larger one in blocks).")
 @scheduler_option(_BLOCKS_HELP)
+@_no_progress
 def skeletonize_cmd(url: str, ids: str | None, out: str | None, swc_dir: Path | None,
                     sharded: bool, dust: int, workers: int | None, block: str | None,
-                    scheduler: str | None) -> None:
+                    scheduler: str | None, no_progress: bool) -> None:
     """Skeletonize the segments of URL (kimimaro).
 
     The skeletons go into URL when it is a precomputed layer, into --out, and/or as SWC files
@@ -164,7 +180,8 @@ def skeletonize_cmd(url: str, ids: str | None, out: str | None, swc_dir: Path | 
         vol, target = _output_layer(url, out, sharded, "skeletons", swc_dir)
         with cluster_client(scheduler, workers) as client:
             result = skeletonize(vol, _ids(ids), dust_threshold=dust, workers=workers,
-                                 block=_zyx(block, "--block"), client=client, progress=True)
+                                 block=_zyx(block, "--block"), client=client,
+                                 progress=not no_progress)
         click.echo(f"{len(result)} skeletons ({result.provenance.path})")
         if out is None and result.provenance.path != "local":
             target = None  # the store's own skeletons: they are there already
@@ -184,15 +201,16 @@ def skeletonize_cmd(url: str, ids: str | None, out: str | None, swc_dir: Path | 
 @click.option("--block", default=None, help="Block shape 'z,y,x' (scale-0 voxels).")
 @click.option("--workers", type=int, default=None, help="Blocks run at once on this machine.")
 @scheduler_option()
+@_no_progress
 def downsample_cmd(url: str, num_scales: int | None, block: str | None,
-                   workers: int | None, scheduler: str | None) -> None:
+                   workers: int | None, scheduler: str | None, no_progress: bool) -> None:
     """Compute URL's coarser scales (mean for images, mode for segmentations) into the store."""
     from ..services import downsample
 
     try:
         with cluster_client(scheduler, workers) as client:
             vol = downsample(url, num_scales, block=_zyx(block, "--block"), workers=workers,
-                             client=client, progress=True)
+                             client=client, progress=not no_progress)
         for s in vol.scales:
             click.echo(f"scale {s.index}: {' x '.join(map(str, s.shape))} voxels of "
                        f"{s.voxel_size.z:g} x {s.voxel_size.y:g} x {s.voxel_size.x:g} nm")
@@ -212,8 +230,9 @@ def downsample_cmd(url: str, num_scales: int | None, block: str | None,
                    "or auto (an existing OUT with --overwrite keeps its uint32 or uint64; a new "
                    "OUT is uint64, its type being fixed before the count is known).")
 @scheduler_option()
+@_no_progress
 def cc_cmd(url: str, out: str, connectivity: str, block: str | None, overwrite: bool,
-           dtype: str, scheduler: str | None) -> None:
+           dtype: str, scheduler: str | None, no_progress: bool) -> None:
     """Label the connected components of URL into the new volume OUT."""
     from ..services import connected_components
 
@@ -221,7 +240,7 @@ def cc_cmd(url: str, out: str, connectivity: str, block: str | None, overwrite: 
         with cluster_client(scheduler) as client:
             vol = connected_components(url, out, connectivity=int(connectivity), dtype=dtype,
                                        block=_zyx(block, "--block"), overwrite=overwrite,
-                                       client=client, progress=True)
+                                       client=client, progress=not no_progress)
         from ..services.connected_components import connected_components_provenance
 
         prov = connected_components_provenance(vol)
@@ -240,15 +259,16 @@ def cc_cmd(url: str, out: str, connectivity: str, block: str | None, overwrite: 
               help="Count an image's values as labels (refused otherwise: intensities are not "
                    "labels).")
 @scheduler_option()
+@_no_progress
 def stats_cmd(url: str, csv_path: Path | None, prefer: str, as_labels: bool,
-              scheduler: str | None) -> None:
+              scheduler: str | None, no_progress: bool) -> None:
     """Ids, voxel counts, bounding boxes and centroids of every label in URL (a segmentation)."""
     from ..services import label_stats
 
     try:
         with cluster_client(scheduler) as client:
-            df = label_stats(url, prefer=prefer, progress=True,  # type: ignore[arg-type]
-                             as_labels=as_labels, client=client)
+            df = label_stats(url, prefer=prefer,  # type: ignore[arg-type]
+                             progress=not no_progress, as_labels=as_labels, client=client)
     except (VoxgateError, OSError) as exc:
         _fail(exc)
         return
@@ -277,9 +297,10 @@ def stats_cmd(url: str, csv_path: Path | None, prefer: str, as_labels: bool,
 @scheduler_option("Run the blocks on the dask.distributed scheduler at ADDRESS "
                   "(tcp://host:port); MODEL is loaded here and sent to each worker once, SRC "
                   "and OUT must be URLs every worker can open.")
+@_no_progress
 def predict_cmd(model: str, src: str, out: str, block: str | None, halo: str | None,
                 workers: int | None, device: str, as_float: bool, overwrite: bool,
-                scheduler: str | None) -> None:
+                scheduler: str | None, no_progress: bool) -> None:
     """Run MODEL (an .onnx file or a built-in name) over SRC block by block into OUT."""
     from ..services.predict import predict, predict_provenance
 
@@ -288,7 +309,7 @@ def predict_cmd(model: str, src: str, out: str, block: str | None, halo: str | N
             vol = predict(model, src, out, block=_zyx(block, "--block"),
                           halo=_zyx(halo, "--halo"), workers=workers, client=client,
                           device=device, dtype="float32" if as_float else None,
-                          progress=True, overwrite=overwrite)
+                          progress=not no_progress, overwrite=overwrite)
     except (VoxgateError, OSError) as exc:
         _fail(exc)
         return
@@ -318,10 +339,12 @@ def predict_cmd(model: str, src: str, out: str, block: str | None, halo: str | N
 @scheduler_option("Run the blocks on the dask.distributed scheduler at ADDRESS "
                   "(tcp://host:port); SRC, --segmentation and the temporary volumes (in "
                   "$TMPDIR here) must be reachable from every worker.")
+@_no_progress
 def synapses_cmd(src: str, out: str | None, csv_path: Path | None, segmentation: str | None,
                  threshold: float, min_size: int | None, model: str,
                  probabilities: str | None, block: str | None, workers: int | None,
-                 device: str, sharded: bool, scheduler: str | None) -> None:
+                 device: str, sharded: bool, scheduler: str | None,
+                 no_progress: bool) -> None:
     """Detect synapses in SRC (an EM image) with a model; a table, an annotation layer."""
     from ..services.synapses import detect_synapses
 
@@ -331,7 +354,7 @@ def synapses_cmd(src: str, out: str | None, csv_path: Path | None, segmentation:
                                  segmentation=segmentation, out=out,
                                  probabilities=probabilities, block=_zyx(block, "--block"),
                                  workers=workers, client=client, device=device,
-                                 sharded=sharded, progress=True)
+                                 sharded=sharded, progress=not no_progress)
     except (VoxgateError, OSError) as exc:
         _fail(exc)
         return

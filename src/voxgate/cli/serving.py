@@ -20,10 +20,12 @@ from . import _fail, main
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="Port (default 8080).")
-@click.option("--memory-bytes", default=None, help="Memory cache size, e.g. '2 GiB'.")
+@click.option("--memory-bytes", default=None,
+              help="Memory cache size, e.g. '2 GiB' (default 512 MiB).")
 @click.option("--disk-path", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Disk cache folder (none: memory only).")
-@click.option("--disk-bytes", default=None, help="Disk cache size, e.g. '200 GiB'.")
+@click.option("--disk-bytes", default=None,
+              help="Disk cache size, e.g. '200 GiB' (default 10 GiB).")
 @click.option("--state-path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where metadata, reserved ids and created projects are kept.")
 @click.option("--workers", default=None, metavar="N|auto",
@@ -36,6 +38,7 @@ def serve(config: Path | None, data_root: Path | None, host: str | None, port: i
     Neuroglancer precomputed dialects."""
     from ..relay import load_config
     from ..relay import serve as run
+    from ..relay.config import check_paths
 
     try:
         cfg = load_config(config, data_root=data_root, host=host, port=port,
@@ -43,15 +46,31 @@ def serve(config: Path | None, data_root: Path | None, host: str | None, port: i
                           state_path=state_path, workers=workers)
         if not cfg.channels and cfg.data_root is None:
             raise click.UsageError("give a CONFIG file with [[channel]] entries or --data-root")
+        check_paths(cfg)
         _check_port(cfg.host, cfg.port)
+        if cfg.auth.open and not _loopback(cfg.host):
+            click.echo(f"warning: {cfg.host} is reachable from other machines and no [auth] "
+                       "tokens are configured: anyone who reaches this relay may read and "
+                       "write every channel", err=True)
         click.echo(f"voxgate relay: {len(cfg.channels)} configured channel(s)"
                    + (f", data root {cfg.data_root}" if cfg.data_root else "")
                    + (f", {cfg.workers} worker processes" if cfg.workers > 1 else "")
                    + f", listening on http://{cfg.host}:{cfg.port} (index page: "
                    f"http://{cfg.host}:{cfg.port}/)", err=True)
         run(cfg)
-    except VoxgateError as exc:
+    except (VoxgateError, OSError) as exc:
         _fail(exc)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @main.command("view")

@@ -51,6 +51,7 @@ __all__ = [
     "ChannelConfig",
     "RelayConfig",
     "TokenGrant",
+    "check_paths",
     "config_from_json",
     "config_to_json",
     "load_config",
@@ -209,7 +210,89 @@ def config_from_json(text: str) -> RelayConfig:
         auth=auth, channels=channels)
 
 
-def _tokens(table: object, where: str) -> dict[str, TokenGrant]:
+SECTIONS = ("server", "cache", "channel", "auth", "data_root")
+SERVER_KEYS = ("host", "port", "upstream_timeout", "max_cutout_bytes", "state_path", "data_root",
+               "generations_path", "read_only_max_age", "workers", "upstream_meta_seconds")
+CACHE_KEYS = ("memory_bytes", "disk_path", "disk_bytes")
+AUTH_KEYS = ("public_read", "tokens", "tokens_file")
+CHANNEL_KEYS = ("name", "upstream", "options", "forward_token", "writable", "missing")
+TOKEN_KEYS = ("role", "collections")
+
+
+def _check_keys(table: dict[str, Any], known: tuple[str, ...], where: str, text: str) -> None:
+    """Refuse a key that is not in ``known``, naming it, its line and the key it may be a
+    typo of: a misspelt ``tokens`` must not start an open relay."""
+    import difflib
+
+    for key in table:
+        if key in known:
+            continue
+        line = _line_of(text, key)
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = (f"did you mean {close[0]!r}?" if close
+                else f"known keys: {', '.join(known)}")
+        raise InvalidRequestError(f"{where}: unknown key {key!r}{line}; {hint}")
+
+
+def _line_of(text: str, key: str) -> str:
+    """`` (line N)``: where ``key`` is first set or opened in the TOML ``text`` ("" if unseen)."""
+    name = rf"[\"']?{re.escape(key)}[\"']?"
+    m = (re.search(rf"^\s*(\[\[?\s*)?(\w+\.)*{name}\s*(=|\]|\.)", text, re.MULTILINE)
+         or re.search(rf"[{{,]\s*{name}\s*=", text))
+    return "" if m is None else f" (line {text.count(chr(10), 0, m.start()) + 1})"
+
+
+def _table(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidRequestError(f"{where} must be a table ([section] or {{ key = value }}), "
+                                  f"got {value!r}")
+    return value
+
+
+def _bool(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequestError(f"{what} must be true or false, got {value!r}")
+    return value
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequestError(f"{what} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _port(value: object, what: str = "port") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise InvalidRequestError(f"{what} must be a whole number 1..65535, got {value!r}")
+    return value
+
+
+def _seconds(value: object, what: str) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not 0 < value < 1e9):  # (NaN fails every comparison)
+        raise InvalidRequestError(f"{what} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def _upstream(value: object, where: str) -> str:
+    """An upstream URL whose scheme names a Remote (checked now, not at the first request)."""
+    import difflib
+
+    from ..registry import known_schemes
+    from ..storage.locations import split_url
+
+    url = _text(value, f"{where}: upstream")
+    scheme, _ = split_url(url)
+    if scheme is not None and scheme not in (known := known_schemes()):
+        close = difflib.get_close_matches(scheme, known, n=1)
+        raise InvalidRequestError(
+            f"{where}: upstream {url!r} has the unknown scheme {scheme + '://'!r}"
+            + (f" (did you mean {close[0] + '://'!r}?)" if close else "")
+            + f"; known schemes: {', '.join(s + '://' for s in known)}")
+    return url
+
+
+def _tokens(table: object, where: str, text: str = "") -> dict[str, TokenGrant]:
     if not isinstance(table, dict):
         raise InvalidRequestError(f"{where}: tokens must be a table of token = role")
     out = {}
@@ -217,6 +300,8 @@ def _tokens(table: object, where: str) -> dict[str, TokenGrant]:
         if isinstance(value, str):
             role, cols = value, None
         elif isinstance(value, dict):
+            # a misspelt "collections" would grant every collection
+            _check_keys(value, TOKEN_KEYS, f"{where}: a token's table", text)
             role = value.get("role", "read")
             cols = value.get("collections")
         else:
@@ -232,39 +317,59 @@ def _tokens(table: object, where: str) -> dict[str, TokenGrant]:
     return out
 
 
+def _read_toml(p: Path, what: str) -> tuple[dict[str, Any], str]:
+    try:
+        text = p.read_text(encoding="utf-8")
+        return tomllib.loads(text), text
+    except FileNotFoundError:
+        raise InvalidRequestError(f"{what} {p} does not exist") from None
+    except UnicodeDecodeError:
+        raise InvalidRequestError(f"{what} {p} is not a TOML file (not UTF-8 text)") from None
+    except OSError as exc:
+        raise InvalidRequestError(f"{what} {p} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidRequestError(f"{what} {p} is not valid TOML: {exc}") from None
+
+
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> RelayConfig:
-    """Read a relay TOML file (paths in it are relative to the file) and apply overrides."""
-    raw: dict[str, Any] = {}
-    base = Path.cwd()
-    if path is not None:
-        p = Path(path)
-        try:
-            raw = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise InvalidRequestError(f"relay config {p} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidRequestError(f"relay config {p} is not valid TOML: {exc}") from None
-        base = p.resolve().parent
-    known = {"server", "cache", "channel", "auth", "data_root"}
-    unknown = set(raw) - known
-    if unknown:
-        raise InvalidRequestError(f"unknown section(s) in relay config: {sorted(unknown)}")
+    """Read a relay TOML file (paths in it are relative to the file) and apply overrides.
+
+    Every key and value is checked here, so a mistake stops the relay before it serves: an
+    :class:`InvalidRequestError` names the file, the key (its line, and the key it may be a
+    typo of) and what would be right."""
+    if path is None:
+        return _load(None, {}, "", Path.cwd(), overrides)
+    p = Path(path)
+    raw, text = _read_toml(p, "relay config")
+    try:
+        return _load(p, raw, text, p.resolve().parent, overrides)
+    except InvalidRequestError as exc:
+        raise InvalidRequestError(f"relay config {p}: {exc}") from None
+
+
+def _load(path: Path | None, raw: dict[str, Any], text: str, base: Path,
+          overrides: dict[str, Any]) -> RelayConfig:
+    _check_keys(raw, SECTIONS, "top level", text)
     cfg = RelayConfig()
-    server = raw.get("server", {})
-    for key in server:
-        if key not in ("host", "port", "upstream_timeout", "max_cutout_bytes", "state_path",
-                       "data_root", "generations_path", "read_only_max_age", "workers",
-                       "upstream_meta_seconds"):
-            raise InvalidRequestError(f"unknown [server] key {key!r}")
-    cfg.host = str(server.get("host", cfg.host))
-    cfg.port = int(server.get("port", cfg.port))
-    cfg.upstream_timeout = float(server.get("upstream_timeout", cfg.upstream_timeout))
+    server = _table(raw.get("server", {}), "[server]")
+    _check_keys(server, SERVER_KEYS, "[server]", text)
+
+    def where_path(table: dict[str, Any], key: str, what: str) -> Path | None:
+        if key not in table:
+            return None
+        return base / _text(table[key], what)
+
+    cfg.host = _text(server.get("host", cfg.host), "[server] host")
+    cfg.port = _port(server.get("port", cfg.port), "[server] port")
+    cfg.upstream_timeout = _seconds(server.get("upstream_timeout", cfg.upstream_timeout),
+                                    "[server] upstream_timeout")
     cfg.max_cutout_bytes = parse_bytes(server.get("max_cutout_bytes", cfg.max_cutout_bytes),
-                                       "max_cutout_bytes")
-    if "state_path" in server:
-        cfg.state_path = base / server["state_path"]
-    if "generations_path" in server:
-        cfg.generations_path = base / server["generations_path"]
+                                       "[server] max_cutout_bytes")
+    if cfg.max_cutout_bytes < 1:
+        raise InvalidRequestError("[server] max_cutout_bytes must be at least 1 byte (0 would "
+                                  "refuse every cutout)")
+    cfg.state_path = where_path(server, "state_path", "[server] state_path")
+    cfg.generations_path = where_path(server, "generations_path", "[server] generations_path")
     age = server.get("read_only_max_age", 0)
     if isinstance(age, bool) or not isinstance(age, int) or age < 0:
         raise InvalidRequestError(f"read_only_max_age must be a whole number of seconds >= 0, "
@@ -276,59 +381,40 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
                                   f"got {every!r}")
     cfg.upstream_meta_seconds = float(every)
     cfg.workers = parse_workers(server.get("workers", 1))
-    data_root = server.get("data_root", raw.get("data_root"))
-    if data_root is not None:
-        cfg.data_root = base / data_root
-    cache = raw.get("cache", {})
-    for key in cache:
-        if key not in ("memory_bytes", "disk_path", "disk_bytes"):
-            raise InvalidRequestError(f"unknown [cache] key {key!r}")
+    if "data_root" in server and "data_root" in raw:
+        raise InvalidRequestError("data_root is set twice (at the top level and under "
+                                  "[server]): keep one")
+    cfg.data_root = (where_path(server, "data_root", "[server] data_root")
+                     or where_path(raw, "data_root", "data_root"))
+    cache = _table(raw.get("cache", {}), "[cache]")
+    _check_keys(cache, CACHE_KEYS, "[cache]", text)
     cfg.cache.memory_bytes = parse_bytes(cache.get("memory_bytes", cfg.cache.memory_bytes),
-                                         "memory_bytes")
-    cfg.cache.disk_bytes = parse_bytes(cache.get("disk_bytes", cfg.cache.disk_bytes), "disk_bytes")
-    if cache.get("disk_path"):
-        cfg.cache.disk_path = base / cache["disk_path"]
-    auth = raw.get("auth", {})
-    cfg.auth.public_read = bool(auth.get("public_read", not (auth.get("tokens")
-                                                              or auth.get("tokens_file"))))
+                                         "[cache] memory_bytes")
+    cfg.cache.disk_bytes = parse_bytes(cache.get("disk_bytes", cfg.cache.disk_bytes),
+                                       "[cache] disk_bytes")
+    cfg.cache.disk_path = where_path(cache, "disk_path", "[cache] disk_path")
+    auth = _table(raw.get("auth", {}), "[auth]")
+    _check_keys(auth, AUTH_KEYS, "[auth]", text)
+    cfg.auth.public_read = _bool(auth.get("public_read", not (auth.get("tokens")
+                                                               or auth.get("tokens_file"))),
+                                 "[auth] public_read")
     tokens: dict[str, TokenGrant] = {}
     if "tokens_file" in auth:
-        tfile = base / auth["tokens_file"]
+        tfile = base / _text(auth["tokens_file"], "[auth] tokens_file")
+        traw, ttext = _read_toml(tfile, "tokens_file")
         try:
-            traw = tomllib.loads(tfile.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            tokens.update(_tokens(traw.get("tokens", traw), "tokens", ttext))
+        except InvalidRequestError as exc:
             raise InvalidRequestError(f"tokens_file {tfile}: {exc}") from None
-        tokens.update(_tokens(traw.get("tokens", traw), str(tfile)))
     if "tokens" in auth:
-        tokens.update(_tokens(auth["tokens"], "[auth] tokens"))
+        tokens.update(_tokens(auth["tokens"], "[auth] tokens", text))
     cfg.auth.tokens = tokens
-    for i, ch in enumerate(raw.get("channel", [])):
-        where = f"[[channel]] #{i + 1}"
-        try:
-            name, upstream = ch["name"], ch["upstream"]
-        except KeyError as exc:
-            raise InvalidRequestError(f"{where} needs {exc.args[0]!r}") from None
-        parts = str(name).split("/")
-        if len(parts) != 3:
-            raise InvalidRequestError(
-                f"{where}: name must be collection/experiment/channel, got {name!r}"
-            )
-        for part, what in zip(parts, ("collection", "experiment", "channel"), strict=True):
-            check_name(part, what)
-        extra = set(ch) - {"name", "upstream", "options", "forward_token", "writable", "missing"}
-        if extra:
-            raise InvalidRequestError(f"{where}: unknown key(s) {sorted(extra)}")
-        options = dict(ch.get("options", {}))
-        if "missing" in ch:  # absent upstream chunks: "fill" (default) or "error" (a 404)
-            if ch["missing"] not in ("fill", "error"):
-                raise InvalidRequestError(
-                    f"{where}: missing must be \"fill\" or \"error\", got {ch['missing']!r}"
-                )
-            options["missing"] = ch["missing"]
-        cfg.channels.append(
-            ChannelConfig(parts[0], parts[1], parts[2], str(upstream), options,
-                          bool(ch.get("forward_token", False)), bool(ch.get("writable", True)))
-        )
+    channels = raw.get("channel", [])
+    if not isinstance(channels, list):
+        raise InvalidRequestError("channels are an array of tables: write each one under "
+                                  "[[channel]] (two brackets), not [channel]")
+    for i, ch in enumerate(channels):
+        cfg.channels.append(_channel(ch, f"[[channel]] #{i + 1}", text))
     for key, value in overrides.items():
         if value is None:
             continue
@@ -340,6 +426,10 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
             setattr(cfg, key, Path(value))
         elif key == "workers":
             cfg.workers = parse_workers(value)
+        elif key == "port":
+            cfg.port = _port(value)
+        elif key == "host":
+            cfg.host = _text(value, "host")
         elif hasattr(cfg, key):
             setattr(cfg, key, value)
         else:
@@ -349,3 +439,58 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
     if dupes:
         raise InvalidRequestError(f"channel(s) configured twice: {sorted(dupes)}")
     return cfg
+
+
+def _channel(ch: object, where: str, text: str) -> ChannelConfig:
+    ch = _table(ch, where)
+    _check_keys(ch, CHANNEL_KEYS, where, text)
+    try:
+        name, upstream = ch["name"], ch["upstream"]
+    except KeyError as exc:
+        raise InvalidRequestError(f"{where} needs {exc.args[0]!r}") from None
+    parts = str(name).split("/")
+    if not isinstance(name, str) or len(parts) != 3:
+        raise InvalidRequestError(
+            f"{where}: name must be collection/experiment/channel, got {name!r}"
+        )
+    for part, what in zip(parts, ("collection", "experiment", "channel"), strict=True):
+        check_name(part, f"{where}: {what}")
+    options = dict(_table(ch.get("options", {}), f"{where}: options"))
+    if "missing" in ch:  # absent upstream chunks: "fill" (default) or "error" (a 404)
+        if ch["missing"] not in ("fill", "error"):
+            raise InvalidRequestError(
+                f"{where}: missing must be \"fill\" or \"error\", got {ch['missing']!r}"
+            )
+        options["missing"] = ch["missing"]
+    return ChannelConfig(parts[0], parts[1], parts[2], _upstream(upstream, where), options,
+                         _bool(ch.get("forward_token", False), f"{where}: forward_token"),
+                         _bool(ch.get("writable", True), f"{where}: writable"))
+
+
+def check_paths(cfg: RelayConfig) -> None:
+    """Refuse, before the relay starts, folders it could not create or write (the disk cache,
+    the data root, the write generations) and a state file that is a folder, naming the
+    setting, instead of failing after it says it listens."""
+    for path, what, writable in ((cfg.cache.disk_path, "disk cache (disk_path)", True),
+                                 (cfg.data_root, "data root (data_root)", False),
+                                 (cfg.generations_path, "generations_path", True)):
+        if path is not None:
+            _usable_dir(path, what, writable)
+    if cfg.state_path is not None:
+        if cfg.state_path.is_dir():
+            raise InvalidRequestError(f"state_path {cfg.state_path} is a folder; it names the "
+                                      "relay's state file (e.g. relay-state.json)")
+        _usable_dir(cfg.state_path.parent, "state_path's folder", True)
+
+
+def _usable_dir(path: Path, what: str, writable: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise InvalidRequestError(f"{what} {path} is a file, not a folder")
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InvalidRequestError(f"{what} {path} cannot be made: {probe} is a file")
+    if writable and not os.access(probe, os.W_OK | os.X_OK):
+        raise InvalidRequestError(f"{what} {path} cannot be written: {probe} is not writable "
+                                  "by this user")
