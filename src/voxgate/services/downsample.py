@@ -418,48 +418,108 @@ def downsample(
         meta = remote.meta
         steps += [_factors_between(meta.scale(k - 1), meta.scale(k))
                   for k in range(existing, num_scales)]
-    s0 = meta.scale(0)
-    # Blocks are whole multiples of every scale's write grid (chunk or shard) times that
-    # scale's cumulative factor: each block then writes whole chunks at every scale (no two
-    # blocks share a chunk, so threads and workers never race on one), and its partial blocks
-    # can only lie at the dataset's far edges, where the whole-volume result has them too.
-    cum = Vec(1, 1, 1)
-    grid = remote.write_grid(0)
-    for k, f in enumerate(steps, start=1):
-        cum = Vec(*(c * v for c, v in zip(cum, f, strict=True)))
-        wg = remote.write_grid(k)
-        grid = Vec(*(math.lcm(g, w * c) for g, w, c in zip(grid, wg, cum, strict=True)))
     itemsize = meta.dtype.itemsize * meta.num_channels
-    base = block_shape(grid, itemsize, s0.shape, budget=BLOCK_BYTES, block=block)
-    blocks = [p.box for p in plan_blocks(s0.bounds, base, s0.bounds)]
-    if client is not None:
-        check_for_cluster(remote.url, "volume", "downsample", writes=True)
-        fn: Any = functools.partial(_downsample_block, cluster_spec(remote, "r+"),
-                                    uuid.uuid4().hex, steps=tuple(steps))
-    else:
-        fn = functools.partial(_block, remote, steps=steps)
+    n_blocks = 0
+    written: set[int] = set()
     try:
-        run_blocks(fn, blocks, name="downsample", client=client, workers=workers,
-                   progress=progress, nbytes=lambda b: b.size * itemsize)
-    finally:  # (the coarser scales changed, all or in part)
+        # the scales in passes (see _passes): each pass reads its first scale block by block
+        # (scale 0, or the last scale of the pass before, as stored) and writes the others
+        for first, last in _passes(remote, steps, itemsize):
+            pass_steps = steps[first:last]
+            sb = meta.scale(first)
+            grid = _pass_grid(remote, first, pass_steps)
+            # a user's block is in scale-0 voxels: in this pass's first scale's voxels here
+            cum0 = _cumulative(steps[:first])
+            want = None if block is None else Vec(*(
+                max(1, -(-int(b) // c)) for b, c in zip(block, cum0, strict=True)))
+            base = block_shape(grid, itemsize, sb.shape, budget=BLOCK_BYTES, block=want)
+            blocks = [p.box for p in plan_blocks(sb.bounds, base, sb.bounds)]
+            n_blocks += len(blocks)
+            if client is not None:
+                check_for_cluster(remote.url, "volume", "downsample", writes=True)
+                fn: Any = functools.partial(_downsample_block, cluster_spec(remote, "r+"),
+                                            uuid.uuid4().hex, steps=tuple(pass_steps),
+                                            first=first)
+            else:
+                fn = functools.partial(_block, remote, steps=pass_steps, first=first)
+            written.update(range(first + 1, last + 1))
+            try:
+                run_blocks(fn, blocks, name="downsample", client=client, workers=workers,
+                           progress=progress, nbytes=lambda b: b.size * itemsize)
+            finally:  # (the pass's scales changed, all or in part: the next pass reads one)
+                for k in range(first + 1, last + 1):
+                    notify_written(remote, k)
+    finally:
+        # (every coarser scale is announced, as before, whether or not its pass ran)
         for k in range(1, len(steps) + 1):
-            notify_written(remote, k)
+            if k not in written:
+                notify_written(remote, k)
     out = Volume(remote, 0)
     _PROVENANCE[out.url] = Provenance("downsample", "local", out.url, {
-        "scales": num_scales, "factors": [tuple(f) for f in steps], "blocks": len(blocks),
+        "scales": num_scales, "factors": [tuple(f) for f in steps], "blocks": n_blocks,
         "scheduler": scheduler_name(client),
         "seconds": round(time.perf_counter() - t0, 3)})
     return out
 
 
-def _block(remote: Any, b: Box, steps: Sequence[Vec]) -> None:
-    """Downsample one scale-0 block into every coarser scale."""
-    meta = remote.meta
-    s0 = meta.scale(0)
-    levels = downsample_kernel(remote.read(b, 0), steps, meta.kind)
+def _cumulative(steps: Sequence[Vec]) -> Vec:
     cum = Vec(1, 1, 1)
-    for k, arr in enumerate(levels, start=1):
-        cum = Vec(*(c * f for c, f in zip(cum, steps[k - 1], strict=True)))
+    for f in steps:
+        cum = Vec(*(c * v for c, v in zip(cum, f, strict=True)))
+    return cum
+
+
+def _pass_grid(remote: Any, first: int, steps: Sequence[Vec]) -> Vec:
+    """The block grid of a pass reading scale ``first`` and writing the next ``len(steps)``.
+
+    Blocks are whole multiples of every written scale's write grid (chunk or shard) times its
+    factor from scale ``first`` (and of scale ``first``'s own grid): each block then writes
+    whole chunks at every scale (no two blocks share a chunk, so threads and workers never
+    race on one), and its partial blocks can only lie at the dataset's far edges, where the
+    whole-volume result has them too."""
+    cum = Vec(1, 1, 1)
+    grid = remote.write_grid(first)
+    for k, f in enumerate(steps, start=first + 1):
+        cum = Vec(*(c * v for c, v in zip(cum, f, strict=True)))
+        wg = remote.write_grid(k)
+        grid = Vec(*(math.lcm(g, w * c) for g, w, c in zip(grid, wg, cum, strict=True)))
+    return grid
+
+
+def _passes(remote: Any, steps: Sequence[Vec], itemsize: int) -> list[tuple[int, int]]:
+    """The scales grouped into passes (first, last): a pass reads scale ``first`` and writes
+    scales first+1 .. last.  A pass takes the next scale while one block of its grid (clipped
+    to scale ``first``) stays within :data:`BLOCK_BYTES`, and always at least one scale.
+
+    Every level is computed from the one before it, so a pass that starts from a stored scale
+    gives the voxels one pass would.  One pass over a deep pyramid needed blocks of the
+    coarsest chunk times its whole factor: for 64^3 chunks and 5 scales, 1024^3 voxels of
+    scale 0, the whole of a 1 GiB volume in memory at once."""
+    meta = remote.meta
+    out: list[tuple[int, int]] = []
+    first = 0
+    while first < len(steps):
+        shape = meta.scale(first).shape
+        last = first + 1
+        while last < len(steps):
+            grid = _pass_grid(remote, first, steps[first:last + 1])
+            if math.prod(min(g, n) for g, n in zip(grid, shape, strict=True)) * itemsize \
+                    > BLOCK_BYTES:
+                break
+            last += 1
+        out.append((first, last))
+        first = last
+    return out
+
+
+def _block(remote: Any, b: Box, steps: Sequence[Vec], first: int = 0) -> None:
+    """Downsample one block of scale ``first`` into the next ``len(steps)`` scales."""
+    meta = remote.meta
+    s0 = meta.scale(first)
+    levels = downsample_kernel(remote.read(b, first), steps, meta.kind)
+    cum = Vec(1, 1, 1)
+    for k, arr in enumerate(levels, start=first + 1):
+        cum = Vec(*(c * f for c, f in zip(cum, steps[k - first - 1], strict=True)))
         sk = meta.scale(k)
         start = Vec(*(o + (a - o0) // c for o, a, o0, c in zip(sk.offset, b.start, s0.offset,
                                                                cum, strict=True)))
@@ -467,10 +527,11 @@ def _block(remote: Any, b: Box, steps: Sequence[Vec]) -> None:
         remote.write(target, arr[(..., *target.slices(start))], k)
 
 
-def _downsample_block(spec: str, run: str, b: Box, steps: Sequence[Vec]) -> Box:
+def _downsample_block(spec: str, run: str, b: Box, steps: Sequence[Vec],
+                      first: int = 0) -> Box:
     """A block on a dask.distributed worker: the store reopened from its spec once per worker
     process and run."""
-    _block(worker_remote(spec, run), b, steps)
+    _block(worker_remote(spec, run), b, steps, first)
     return b
 
 

@@ -186,21 +186,37 @@ class History:
 
     def blocks(self, n: int) -> list[tuple[Box, np.ndarray, int | None]]:
         """The saved blocks of edit ``n`` as (box, voxels before the edit, their scale: None
-        for the edited scale itself)."""
+        for the edited scale itself), all loaded: :meth:`saved_blocks` names them without
+        their voxels (undo loads one at a time)."""
+        return [(box, self.load_block(f), scale) for box, scale, f in self.saved_blocks(n)]
+
+    def saved_blocks(self, n: int) -> list[tuple[Box, int | None, Path]]:
+        """The saved blocks of edit ``n`` as (box, scale: None for the edited scale itself,
+        file), without their voxels (an edit of a whole volume saved all of it)."""
         d = self.undo_dir(n)
         if not d.is_dir():
             return []
         out = []
         for f in sorted(d.glob("*.npz")):
             try:
-                with np.load(f, allow_pickle=False) as z:
+                with np.load(f, allow_pickle=False) as z:  # (an npz loads each array on demand)
                     box = Box(tuple(int(v) for v in z["start"]), tuple(int(v) for v in z["stop"]))
                     scale = int(z["scale"]) if "scale" in z.files else None
-                    out.append((box, z["data"], scale))
             except (OSError, ValueError, KeyError) as exc:
                 raise CorruptChunkError(f"undo block {f} does not load ({exc})",
                                         chunk=str(f)) from None
+            out.append((box, scale, f))
         return out
+
+    @staticmethod
+    def load_block(f: Path) -> np.ndarray:
+        """The voxels kept in one saved block's file (:meth:`saved_blocks`)."""
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                return np.asarray(z["data"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise CorruptChunkError(f"undo block {f} does not load ({exc})",
+                                    chunk=str(f)) from None
 
     def entry(self, n: int) -> dict[str, Any]:
         for e in self.entries():

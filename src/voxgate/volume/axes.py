@@ -45,3 +45,26 @@ def _fmt_slice(s: slice) -> str:
     a = "" if s.start is None else s.start
     b = "" if s.stop is None else s.stop
     return f"{a}:{b}" + ("" if s.step is None else f":{s.step}")
+
+
+def _lattice(axes: tuple[_Axis, _Axis, _Axis], offset: Any, part: Any
+             ) -> tuple[tuple[slice, ...], Any] | None:
+    """The voxels of a (strided) view's spatial ``axes`` that lie in the Box ``part`` (dataset
+    coordinates; ``offset`` is the scale's): the view's index range on each axis, and the
+    smallest Box holding them (read it and step through it to get them), or None when ``part``
+    holds none of them."""
+    from ..geometry import Box, Vec
+
+    index: list[slice] = []
+    lo: list[int] = []
+    hi: list[int] = []
+    for a, o, p0, p1 in zip(axes, offset, part.start, part.stop, strict=True):
+        first = o + a.start
+        i0 = max(0, -(-(p0 - first) // a.step))
+        i1 = min(a.length, -(-(p1 - first) // a.step))
+        if i1 <= i0:
+            return None
+        index.append(slice(i0, i1))
+        lo.append(first + i0 * a.step)
+        hi.append(first + (i1 - 1) * a.step + 1)
+    return tuple(index), Box(Vec(*lo), Vec(*hi))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,7 +13,7 @@ from ...geometry import Box, whole_at_least
 from ...parallel import run_blocks
 from ...volume import Volume
 from .._common import Provenance, as_volume, progress_bar
-from ..proofread_history import current_user
+from ..proofread_history import History, current_user
 from .core import EditResult, _forget_stats, _hist, _open, _stable_url, one_edit_at_a_time
 from .dvid import _adopt_log, _dvid_log, _dvid_undo, _log_entries
 
@@ -20,17 +21,18 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def _restore(vol: Volume, saved: list[tuple[Box, np.ndarray, int | None]], label: str,
+def _restore(vol: Volume, saved: list[tuple[Box, int | None, Path]], label: str,
              progress: bool, workers: int | None) -> Any:
     """Write the saved blocks back, each at its scale (the edited one, or a coarser one the
-    edit downsampled into)."""
-    data = {(vol.scale if k is None else k, b): a for b, a, k in saved}
+    edit downsampled into).  Each block's voxels are loaded as it is written (a few blocks in
+    memory at once): loaded all first, undoing an edit of a whole volume held all of it."""
+    files = {(vol.scale if k is None else k, b): f for b, k, f in saved}
 
     def put(key: tuple[int, Box]) -> None:
-        vol.remote.write(key[1], data[key], key[0])
+        vol.remote.write(key[1], History.load_block(files[key]), key[0])
 
-    with progress_bar(progress, len(data), label) as bar:
-        return run_blocks(put, list(data), workers=workers,
+    with progress_bar(progress, len(files), label) as bar:
+        return run_blocks(put, list(files), workers=workers,
                           on_done=lambda _b, _o: bar.advance())
 
 
@@ -81,7 +83,7 @@ def undo(seg: Any, n: int = 1, *, user: str | None = None, progress: bool = Fals
                                 and x.get("operation") != "undo"])
             written = 0
         else:
-            saved = hist.blocks(k)
+            saved = hist.saved_blocks(k)
             if saved:
                 res = _restore(vol, saved, f"undo {k}", progress, workers)
                 if res.failed:
