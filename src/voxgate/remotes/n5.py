@@ -39,6 +39,7 @@ from ..errors import (
 from ..geometry import Box, Vec, VoxelSize
 from ..meta import Kind, Scale, VolumeMeta, check_new_scales
 from ..storage import (
+    check_bucket,
     is_local,
     join,
     kvstore_exists,
@@ -378,6 +379,7 @@ class N5Remote(Remote):
             existing = cls.open(location, mode="r+")
             _check_compatible(existing.meta, meta, location)
             return existing
+        check_bucket(location, f"creating {location}")
         channels = meta.num_channels
         lead = [channels] if channels > 1 else []
         axes = ["x", "y", "z"] + (["c"] if channels > 1 else [])

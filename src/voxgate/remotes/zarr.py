@@ -32,6 +32,7 @@ from ..meta import (
 )
 from ..storage import (
     UNITS_NM,
+    check_bucket,
     is_local,
     join,
     kvstore_exists,
@@ -260,6 +261,7 @@ class ZarrRemote(Remote):
             existing = cls.open(location, mode="r+")
             _check_compatible(existing.meta, meta, location)
             return existing
+        check_bucket(location, f"creating {location}")
         channels = meta.num_channels
         lead = [channels] if channels > 1 else []
         names = (["c"] if channels > 1 else []) + ["z", "y", "x"]

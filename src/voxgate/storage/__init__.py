@@ -15,6 +15,7 @@ from .compression import GZIP_MAGIC, SUFFIXES, decompress
 from .directory import Directory
 from .kvstore import (
     atomic_write,
+    check_bucket,
     is_local,
     join,
     kvstore_exists,
@@ -38,6 +39,7 @@ __all__ = [
     "UNITS_NM",
     "Directory",
     "atomic_write",
+    "check_bucket",
     "decompress",
     "file_lock",
     "is_local",

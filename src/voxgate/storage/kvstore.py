@@ -9,7 +9,8 @@ A location is a local path, file://, gs://, s3:// or http(s):// (read-only):
   decode is a CorruptChunkError naming it, never zeros);
 - ``is_local``, ``local_path``, ``join``: location arithmetic;
 - ``atomic_write``, ``read_json``, ``write_json``, ``kvstore_exists``: small documents, written
-  whole or not at all on local disks.
+  whole or not at all on local disks;
+- ``check_bucket``: before creating on s3://, that the bucket exists.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ..errors import (
 __all__ = [
     "GCS_FIRST_CONTACT_RETRIES",
     "atomic_write",
+    "check_bucket",
     "gcs_credentials",
     "is_local",
     "join",
@@ -320,6 +322,43 @@ def kvstore_exists(location: str, key: str) -> bool:
         return False
     _reached(location)
     return found
+
+
+#: the key listed by ``check_bucket``: a name no store holds many objects under
+_BUCKET_PROBE_KEY = ".voxgate-bucket-check"
+
+
+def check_bucket(location: str, what: str) -> None:
+    """Raise RemoteNotFoundError when ``location`` is on an s3:// bucket that does not exist.
+
+    A read of a key in a missing bucket answers "absent", like a missing key, so only a
+    listing tells the two apart; and tensorstore's conditional writes (the metadata a zarr or
+    N5 array is created with) retry a 404 from a missing bucket forever.  One listing of a
+    single key name, before anything is written.  A listing that is refused (a writer may
+    lack s3:ListBucket) says nothing about the bucket, and the write goes ahead.
+    """
+    parsed = urlparse(location)
+    if parsed.scheme != "s3":
+        return
+    spec = kvstore_spec(location)
+    context = _context_for(location)
+    probe = ts.KvStore.KeyRange(_BUCKET_PROBE_KEY, _BUCKET_PROBE_KEY + "\0")
+    try:
+        kv = ts.KvStore.open(spec, context=context).result()
+        kv.list(probe).result()
+    except (ValueError, RuntimeError, OSError) as exc:
+        error = (_gcs_failure(exc, location, what) if _first_contact(location)
+                 else _translate(exc, what))
+        if isinstance(error, RemoteNotFoundError):
+            where = spec.get("endpoint") or "AWS"
+            raise RemoteNotFoundError(
+                f"{what}: the bucket {parsed.netloc!r} does not exist (at {where}); create it "
+                f"first (e.g. `aws s3 mb s3://{parsed.netloc}`) or name an existing one"
+            ) from exc
+        if isinstance(error, RemoteUnavailableError):
+            raise error from exc
+        return  # refused or otherwise unanswered: the write itself will say
+    _reached(location)
 
 
 def read_json(location: str, key: str) -> Any:

@@ -30,6 +30,7 @@ from ...geometry import Box, Vec, chunk_boxes
 from ...meta import Scale, VolumeMeta, check_new_scales
 from ...storage import (
     SUFFIXES,
+    check_bucket,
     is_local,
     join,
     kvstore_exists,
@@ -131,6 +132,7 @@ class PrecomputedRemote(Remote):
                 existing._append_scales(meta, extra, sharded)
             return existing
         _check_meta(meta)
+        check_bucket(location, f"creating {location}")
         info: dict[str, Any] = {
             "@type": "neuroglancer_multiscale_volume",
             "type": meta.kind,
