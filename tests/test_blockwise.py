@@ -146,3 +146,36 @@ def test_progress_names_the_service_blocks_and_bytes(capsys: pytest.CaptureFixtu
     voxgate.label_stats(labels, block=(16, 16, 16))
     quiet = capsys.readouterr()
     assert "label stats" not in quiet.out + quiet.err
+
+
+def test_scattering_the_function_again_survives_a_dropped_connection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After every worker died, the function is scattered again; a scheduler that drops that
+    connection while the nannies start new workers (CommClosedError, seen once under load)
+    is asked again, and only SCATTER_ATTEMPTS failures in a row stop the run."""
+    from distributed import Client, LocalCluster
+    from distributed.comm.core import CommClosedError
+
+    import voxgate.blockwise as bw
+
+    monkeypatch.setattr(bw, "BACKOFF", 0.01)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        pool = bw._Pool(_square_sum, "distributed", 1, client, "t", None)
+        real = client.scatter
+        calls = {"n": 0, "fail": 2}
+
+        def flaky(*args: object, **kwargs: object) -> object:
+            calls["n"] += 1
+            if calls["n"] <= calls["fail"]:
+                raise CommClosedError("in <TCP ConnectionPool.scatter>: Stream is closed")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(client, "scatter", flaky)
+        fut = pool._scatter_again()
+        assert calls["n"] == 3 and fut.result() is _square_sum
+        calls.update(n=0, fail=bw.SCATTER_ATTEMPTS)
+        with pytest.raises(CommClosedError):
+            pool._scatter_again()
+        assert calls["n"] == bw.SCATTER_ATTEMPTS
+        pool.close()

@@ -67,6 +67,8 @@ TASKS_PER_THREAD = 4
 RETRIES = 2
 #: seconds before the first retry of a block; doubled for each further one
 BACKOFF = 0.5
+#: times the function is scattered to a cluster again before its failure stops the run
+SCATTER_ATTEMPTS = 4
 
 
 # -- plan -----------------------------------------------------------------------------------------
@@ -433,12 +435,25 @@ class _Pool:
             if self._fn.status != "finished":
                 # every worker holding the function died at once (the scheduler forgot it and
                 # cancelled the blocks needing it): send it again; scatter waits for a worker
-                self._fn = self.client.scatter(self._plain, broadcast=True, hash=False)
+                self._fn = self._scatter_again()
             key = f"{self.name.replace(' ', '_')}-{self._run}-{n}-{attempt}"
             return self.client.submit(_call, self._fn, item, pure=False, key=key)
         if self.kind == "processes":
             return self._pool.submit(_call_installed, self._key, item)
         return self._pool.submit(self._fn, item)
+
+    def _scatter_again(self) -> Any:
+        """The function scattered to the workers again.  While the nannies are starting new
+        workers the scheduler may drop the scatter's connection (CommClosedError, seen under
+        load right after every worker died): asked again a few times, with a pause."""
+        for attempt in range(SCATTER_ATTEMPTS):
+            try:
+                return self.client.scatter(self._plain, broadcast=True, hash=False)
+            except OSError:  # (CommClosedError is one)
+                if attempt == SCATTER_ATTEMPTS - 1:
+                    raise
+                time.sleep(BACKOFF * 2**attempt)
+        raise AssertionError("unreachable")
 
     def result(self, fut: Any) -> Any:
         if self.kind == "distributed":
