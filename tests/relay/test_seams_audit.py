@@ -173,3 +173,29 @@ def test_a_restarted_relay_never_serves_disk_cells_of_the_volume_its_upstream_wa
             np.testing.assert_array_equal(_array(_cutout(r, box), box), new[box.slices()])
     finally:
         r.stop()
+
+
+def test_a_channel_whose_upstream_is_gone_does_not_fail_its_siblings(tmp_path: Path) -> None:
+    """The experiment's coordinate frame spans its channels; a channel whose upstream cannot
+    be opened is left out of it (the healthy channel's cutouts, intern's included, failed
+    with the broken one's 404), and still answers its own requests with its own error."""
+    from intern.remote.boss import BossRemote
+
+    url = f"zarr://{tmp_path}/img.zarr"
+    data = np.arange(16 * 64 * 64, dtype=np.uint64).astype(np.uint8).reshape(16, 64, 64)
+    voxgate.create(url, shape=(16, 64, 64), chunks=CHUNKS, dtype="uint8",
+                   voxel_size=(8, 8, 8))[:] = data
+    cfg = RelayConfig(upstream_timeout=60.0, state_path=tmp_path / "state.json",
+                      channels=[ChannelConfig("c", "e", "img", url),
+                                ChannelConfig("c", "e", "gone", f"zarr://{tmp_path}/no.zarr")])
+    r = InProcessRelay(cfg)
+    try:
+        box = Box((0, 0, 0), (16, 64, 64))
+        np.testing.assert_array_equal(_array(_cutout(r, box), box), data)
+        rmt = BossRemote({"protocol": "http", "host": f"127.0.0.1:{r.port}", "token": "any"})
+        got = rmt.get_cutout(rmt.get_channel("img", "c", "e"), 0, [0, 64], [0, 64], [0, 16])
+        np.testing.assert_array_equal(got, data)
+        gone = httpx.get(f"{r.url}/v1/cutout/c/e/gone/0/0:8/0:8/0:8/", timeout=60)
+        assert gone.status_code == 404 and "upstream of c/e/gone" in gone.text, gone.text
+    finally:
+        r.stop()

@@ -468,17 +468,31 @@ class Catalog:
         return f"{c}_{e}_frame"
 
     def derived_frame(self, c: str, e: str) -> dict[str, Any]:
-        """A coordinate frame spanning every channel of an experiment (scale-0 voxels)."""
+        """A coordinate frame spanning every channel of an experiment (scale-0 voxels).
+
+        A channel whose upstream cannot be opened now (gone, refused, unreachable) is left
+        out, with a warning in the log: it must not make its healthy siblings' cutouts fail
+        (their frame is this one); it says what is wrong when it is itself asked for.  With no
+        channel opened, the first one's error is raised."""
         starts: list[Vec] = []
         stops: list[Vec] = []
         vs = None
+        first: BaseException | None = None
         for entry in self.experiment_channels(c, e):
-            meta = self.remote(entry).meta
+            try:
+                meta = self.remote(entry).meta
+            except (RemoteNotFoundError, AuthenticationError, UpstreamError) as exc:
+                log.warning("the frame of %s/%s leaves out channel %s: %s", c, e,
+                            "/".join(entry.key), exc)
+                first = first or exc
+                continue
             sc = meta.scale(0)
             starts.append(sc.offset)
             stops.append(sc.offset + sc.shape)
             vs = vs or sc.voxel_size
         if not starts or vs is None:
+            if first is not None:
+                raise first
             raise NotFound(f"Experiment {e} has no channels to derive a coordinate frame from")
         lo = Vec(*(min(v[i] for v in starts) for i in range(3)))
         hi = Vec(*(max(v[i] for v in stops) for i in range(3)))
