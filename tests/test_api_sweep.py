@@ -820,6 +820,8 @@ SERVICE_OUTPUT_CASES: list[tuple[str, Callable[[voxgate.Volume, str], Any], str]
      "workers must be"),
     ("cc client an int", lambda i, o: voxgate.connected_components(i, o, client=5),
      "client must be"),
+    ("cc block 0", lambda i, o: voxgate.connected_components(i, o, block=(0, 4, 4)),
+     "block must be three positive integers"),
 ]
 
 

@@ -141,8 +141,9 @@ def test_progress_names_the_service_blocks_and_bytes(capsys: pytest.CaptureFixtu
     df = voxgate.label_stats(labels, block=(16, 16, 16), progress=True, workers=2)
     assert df["voxel_count"].tolist() == [16 * 6 * 50]
     out = capsys.readouterr()
-    text = out.out + out.err
+    text = out.err  # (on stderr: stdout is the commands' output)
     assert "label stats" in text and "16/16" in text and "512.0 KiB" in text
+    assert "label stats" not in out.out
     voxgate.label_stats(labels, block=(16, 16, 16))
     quiet = capsys.readouterr()
     assert "label stats" not in quiet.out + quiet.err

@@ -373,3 +373,12 @@ def test_a_destination_stating_another_voxel_size_is_warned_about(tmp_path: Path
         warnings.simplefilter("error", VoxgateWarning)
         voxgate.copy(src, same.url, scales=[0], progress=False)
     np.testing.assert_array_equal(same.read(), levels[0])
+
+
+def test_an_empty_box_is_refused_before_anything_is_created(tmp_path: Path) -> None:
+    """Before: an empty destination was created and 0 chunks "copied"."""
+    src, _ = _source(tmp_path)
+    box = voxgate.Box(OFFSET, (OFFSET[0], OFFSET[1] + 4, OFFSET[2] + 4))
+    with pytest.raises(InvalidRequestError, match="holds no voxels"):
+        voxgate.copy(src, f"zarr://{tmp_path}/dst.zarr", box=box, progress=False)
+    assert not (tmp_path / "dst.zarr").exists()

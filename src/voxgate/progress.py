@@ -81,8 +81,12 @@ class progress_bar:
 
             counts: list[Any] = ([TaskProgressColumn(), *_byte_columns()]
                                  if self.unit == "bytes" else [MofNCompleteColumn()])
+            from rich.console import Console
+
+            # on stderr: a command's output on stdout (``voxgate stats URL > ids.csv``) must not
+            # get the bars in it
             self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                 *counts, TimeRemainingColumn())
+                                 *counts, TimeRemainingColumn(), console=Console(stderr=True))
             self._bar.__enter__()
             self._task = self._bar.add_task(self.label, total=self.total)
         return self

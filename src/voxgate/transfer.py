@@ -496,6 +496,10 @@ def copy(
     # refused before the destination is created: a refused copy leaves nothing behind
     if box is not None and not smeta.scale(0).bounds.contains(box):
         raise OutOfBoundsError(f"{box!r} is outside the source's bounds {smeta.scale(0).bounds!r}")
+    if box is not None and box.is_empty():
+        raise InvalidRequestError(
+            f"{box!r} holds no voxels (a zero-length axis): give a box with start < stop on "
+            "every axis")
 
     absent: dict[int, list[Vec]] = {}
     checked = has_capability(s_remote, Capability.CHUNK_PRESENCE)

@@ -627,7 +627,7 @@ def test_progress_bars_draw_and_write_the_same(tmp_path: Path,
     write_annotations(tmp_path / "p", table, voxel_size=VOXEL, sharded=True, limit=50,
                       progress=True)
     write_annotations(tmp_path / "q", table, voxel_size=VOXEL, sharded=True, limit=50)
-    assert "spatial level 0" in capsys.readouterr().out
+    assert "spatial level 0" in capsys.readouterr().err  # (bars go to stderr)
     for f in (tmp_path / "q").rglob("*"):
         if f.is_file():
             assert (tmp_path / "p" / f.relative_to(tmp_path / "q")).read_bytes() == \

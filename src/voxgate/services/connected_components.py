@@ -20,6 +20,7 @@ import numpy as np
 
 from ..blockwise import (
     block_shape,
+    check_block,
     check_client,
     check_for_cluster,
     plan_blocks,
@@ -208,6 +209,7 @@ def connected_components(
     if workers is not None:
         workers = whole_at_least(workers, 1, "workers")
     check_client(client, "connected_components")
+    block = check_block(block)
     if out is None and create_options:
         raise InvalidRequestError(f"options {sorted(create_options)} need an out= URL")
     src = as_volume(source)
