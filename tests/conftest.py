@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,9 +37,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    """An S3 API server (moto, offline) on 127.0.0.1; yields its endpoint URL."""
+def start_moto(env: dict[str, str] | None = None) -> tuple[Any, str]:
+    """A moto S3 server (offline) started on 127.0.0.1 with ``env`` added to its environment;
+    returns (its process, its endpoint URL) once it answers."""
     import shutil
     import subprocess
     import sys
@@ -48,17 +49,23 @@ def s3_server() -> Iterator[str]:
     port = _free_port()
     exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
     proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
+                            env={**os.environ, **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
             urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
+            return proc, url
         except OSError:
             time.sleep(0.05)
-    else:
-        proc.kill()
-        raise RuntimeError("moto_server did not start")
+    proc.kill()
+    raise RuntimeError("moto_server did not start")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """An S3 API server (moto, offline) on 127.0.0.1; yields its endpoint URL."""
+    proc, url = start_moto()
     yield url
     proc.terminate()
     proc.wait(timeout=10)

@@ -916,18 +916,12 @@ CLI_CASES: list[tuple[str, str, int, str]] = [
 @pytest.mark.parametrize(("args", "code", "match"), [c[1:] for c in CLI_CASES],
                          ids=[c[0] for c in CLI_CASES])
 def test_cli(cli_root: Path, tmp_path: Path, args: str, code: int, match: str) -> None:
-    import re
+    from .test_cli_audit import _one_error
 
     urls = {"img": f"zarr://{cli_root}/img.zarr", "seg": f"zarr://{cli_root}/seg.zarr",
             "out": f"zarr://{tmp_path}/out.zarr", "root": str(cli_root)}
     argv = [a.format(**urls) for a in args.split(" ")]
     before = voxgate.open(urls["seg"]).read()
-    res = CliRunner().invoke(main, argv)
-    assert res.exit_code == code, res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    assert "Traceback" not in res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, res.output
-    assert re.search(match, errors[0]), errors[0]
+    _one_error(CliRunner().invoke(main, argv), code, match)
     assert not (tmp_path / "out.zarr").exists()
     np.testing.assert_array_equal(voxgate.open(urls["seg"]).read(), before)

@@ -357,26 +357,9 @@ def test_create_in_a_missing_bucket_says_so(s3_bucket: str, tmp_path: Path) -> N
 @pytest.fixture(scope="module")
 def auth_s3_server() -> Iterator[str]:
     """A second S3 API server (moto) that checks credentials after its first 3 requests."""
-    import time
-    import urllib.request
+    from tests.conftest import start_moto
 
-    from tests.conftest import _free_port
-
-    port = _free_port()
-    exe = str(Path(sys.executable).with_name("moto_server"))
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
-                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        raise RuntimeError("moto_server did not start")
+    proc, url = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "3"})
     # the three requests it lets through: a bucket and a one-chunk precomputed layer
     s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
                       aws_access_key_id="any", aws_secret_access_key="any")
