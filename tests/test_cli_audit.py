@@ -274,22 +274,35 @@ def test_demo_into_a_path_under_a_file_is_one_line(root: Path) -> None:
 
 def test_ctrl_c_during_downsample_is_status_130_and_one_line(tmp_path: Path) -> None:
     """SIGINT to a real ``voxgate downsample``: status 130, one line that says how to finish,
-    no traceback; the same command run again completes the scales."""
-    shape = (128, 512, 512)
-    vol = voxgate.create(f"zarr://{tmp_path}/v.zarr", shape=shape, chunks=(32, 64, 64),
-                         dtype="uint8", voxel_size=(1, 1, 1))
+    no traceback; the same command run again completes the scales.  The command's third
+    block waits (a marker file says so) until the signal comes: sent after a count of files,
+    the signal raced the end of the run."""
+    shape = (64, 256, 256)
+    vol = voxgate.create(f"zarr://{tmp_path}/v.zarr", shape=shape, chunks=(4, 16, 16),
+                         dtype="uint8", voxel_size=(1, 1, 1))  # 8 blocks of 32 x 128 x 128
     vol[:] = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
-    exe = Path(sys.executable).with_name("voxgate")
-    proc = subprocess.Popen([str(exe), "downsample", vol.url, "--num-scales", "4",
-                             "--workers", "1", "--block", "32,128,128", "--no-progress"],
+    ready = tmp_path / "third-block"
+    code = (
+        "import importlib, sys, time\n"
+        "d = importlib.import_module('voxgate.services.downsample')\n"
+        "real, seen = d._block, []\n"
+        "def held(*a, **k):\n"
+        "    seen.append(1)\n"
+        "    if len(seen) == 3:\n"
+        f"        open({str(ready)!r}, 'w').close()\n"
+        "        time.sleep(120)  # the test's SIGINT ends this\n"
+        "    return real(*a, **k)\n"
+        "d._block = held\n"
+        "from voxgate.cli import main\n"
+        "sys.argv[0] = 'voxgate'\n"
+        "main()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, "downsample", vol.url, "--num-scales",
+                             "4", "--workers", "1", "--block", "32,128,128", "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    scale1 = tmp_path / "v.zarr" / "1"
     deadline = time.monotonic() + 60
-    while proc.poll() is None and time.monotonic() < deadline:
-        if scale1.exists() and sum(1 for f in scale1.rglob("*") if f.is_file()) >= 3:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "downsample finished before it could be interrupted"
+    while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ready.exists() and proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
