@@ -101,7 +101,12 @@ def _volume_key(vol: Volume) -> str:
     folder its history is kept in by default (beside the data of a file store, so
     ``zarr://a.zarr``, ``zarr:///abs/a.zarr`` and ``a.zarr`` name one volume; for other stores
     a folder named after the URL).  Its scales share one name: they share meshes."""
-    return str(history_location(_stable_url(vol), 0, None))
+    return _remote_key(vol.remote)
+
+
+def _remote_key(remote: Remote) -> str:
+    """:func:`_volume_key` of the volume ``remote`` holds."""
+    return str(history_location(str(remote.spec()["url"]), 0, None))
 
 
 @contextlib.contextmanager
@@ -210,7 +215,7 @@ def _written_elsewhere(remote: Remote, scale: int) -> None:
     """An :func:`on_written` hook: a write made in this process outside the edits (``vol[...]
     = x``, a copy, a downsample) may add ids (a larger max: a new id would collide with one)
     or move them, so the volume's statistics are computed again when next needed."""
-    key = (str(history_location(str(remote.spec()["url"]), 0, None)), scale)
+    key = (_remote_key(remote), scale)
     with _stats_lock:
         _STATS.pop(key, None)
         _edited(key)  # (a pass reading meanwhile is not kept either)
