@@ -316,11 +316,15 @@ def test_damaged_and_missing_objects(layout: str, s3_bucket: str, s3_server: str
 
 
 _MISSING_BUCKET_CHILD = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     import voxgate
     out = {}
     for scheme, options in json.loads(sys.argv[1]):
         url = f"{scheme}://s3://vg-no-such-bucket/vol"
+        if scheme == "tensorstore":  # a spec whose kvstore names the bucket (and endpoint)
+            kv = {"driver": "s3", "bucket": "vg-no-such-bucket", "path": "vol/",
+                  "endpoint": os.environ["VOXGATE_S3_ENDPOINT"]}
+            url = "tensorstore://" + json.dumps({"driver": "zarr3", "kvstore": kv})
         try:
             voxgate.create(url, shape=(8, 8, 8), chunks=(8, 8, 8), dtype="uint8",
                            voxel_size=(1, 1, 1), **options)
@@ -333,11 +337,13 @@ _MISSING_BUCKET_CHILD = textwrap.dedent("""
 
 def test_create_in_a_missing_bucket_says_so(s3_bucket: str, tmp_path: Path) -> None:
     """Creating in a bucket that does not exist is a RemoteNotFoundError naming the bucket
-    (tensorstore's conditional metadata write used to retry the 404 forever: zarr and N5
-    creates hung).  In a child process, so a hang fails the test instead of stalling it."""
+    (tensorstore's conditional metadata write used to retry the 404 forever: zarr, N5 and
+    tensorstore:// spec creates hung).  In a child process, so a hang fails the test instead
+    of stalling it."""
     script = tmp_path / "child.py"
     script.write_text(_MISSING_BUCKET_CHILD)
     cases = [[s, o] for s, o, _, _ in LAYOUTS.values() if "sharded" not in o][:4]
+    cases.append(["tensorstore", {}])
     proc = subprocess.Popen([sys.executable, str(script), json.dumps(cases)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             env=os.environ.copy())
@@ -348,7 +354,7 @@ def test_create_in_a_missing_bucket_says_so(s3_bucket: str, tmp_path: Path) -> N
         proc.communicate()
         pytest.fail("voxgate.create in a missing bucket did not return (retried forever)")
     results = json.loads(out.decode().strip().splitlines()[-1])
-    assert len(results) == 4
+    assert len(results) == 5
     for where, (error, message) in results.items():
         assert error == "RemoteNotFoundError", (where, error, message)
         assert "bucket 'vg-no-such-bucket' does not exist" in message, message

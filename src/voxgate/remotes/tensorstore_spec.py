@@ -38,7 +38,7 @@ from ..errors import (
 )
 from ..geometry import Box, Vec, VoxelSize
 from ..meta import Kind, Scale, VolumeMeta
-from ..storage import UNITS_NM, ts_context, ts_errors
+from ..storage import UNITS_NM, check_spec_buckets, ts_context, ts_errors
 from ._tensorstore import TSArray
 from .base import Capability, Remote, check_options
 
@@ -230,6 +230,8 @@ class TensorStoreRemote(Remote):
             "chunk_layout": ts.ChunkLayout(chunk_shape=[*lead, *sc.chunks]),
             "dimension_units": units, "fill_value": np.zeros((), meta.dtype),
         }
+        # tensorstore retries the 404 of a missing bucket on its metadata write forever
+        check_spec_buckets(spec, f"creating {location[:200]}")
         try:
             with ts_errors(f"creating {location[:200]}"):
                 ts.open(spec, create=True, context=ts_context(), **kw).result()

@@ -16,6 +16,7 @@ from .directory import Directory
 from .kvstore import (
     atomic_write,
     check_bucket,
+    check_spec_buckets,
     is_local,
     join,
     kvstore_exists,
@@ -40,6 +41,7 @@ __all__ = [
     "Directory",
     "atomic_write",
     "check_bucket",
+    "check_spec_buckets",
     "decompress",
     "file_lock",
     "is_local",

@@ -10,7 +10,8 @@ A location is a local path, file://, gs://, s3:// or http(s):// (read-only):
 - ``is_local``, ``local_path``, ``join``: location arithmetic;
 - ``atomic_write``, ``read_json``, ``write_json``, ``kvstore_exists``: small documents, written
   whole or not at all on local disks;
-- ``check_bucket``: before creating on s3://, that the bucket exists.
+- ``check_bucket``, ``check_spec_buckets``: before creating on s3:// (a location, or the
+  kvstores of a TensorStore spec), that the bucket exists.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "GCS_FIRST_CONTACT_RETRIES",
     "atomic_write",
     "check_bucket",
+    "check_spec_buckets",
     "gcs_credentials",
     "is_local",
     "join",
@@ -340,8 +342,32 @@ def check_bucket(location: str, what: str) -> None:
     parsed = urlparse(location)
     if parsed.scheme != "s3":
         return
-    spec = kvstore_spec(location)
-    context = _context_for(location)
+    _probe_bucket(kvstore_spec(location), _context_for(location), location, what)
+
+
+def check_spec_buckets(spec: dict[str, Any], what: str) -> None:
+    """:func:`check_bucket` for a TensorStore spec: every s3 kvstore in it (its ``kvstore``,
+    and the ``base`` of one such as ocdbt's, as a JSON object or an ``s3://`` URL)."""
+    kv: Any = spec.get("kvstore")
+    while kv is not None:
+        if isinstance(kv, str):
+            if kv.startswith("s3://"):
+                bucket = urlparse(kv).netloc
+                _probe_bucket(f"s3://{bucket}/", ts_context(), f"s3://{bucket}/", what)
+            kv = kv.split("|", 1)[1] if "|" in kv else None  # "s3://b/x|ocdbt:" has no base
+            continue
+        if not isinstance(kv, dict):
+            return  # tensorstore itself says what is wrong with it
+        if kv.get("driver") == "s3" and isinstance(kv.get("bucket"), str):
+            probe = {k: v for k, v in kv.items() if k != "path"}
+            _probe_bucket(probe, ts_context(), f"s3://{kv['bucket']}/", what)
+        kv = kv.get("base")
+
+
+def _probe_bucket(spec: dict[str, Any] | str, context: ts.Context, location: str,
+                  what: str) -> None:
+    """List one key name of the bucket of ``location`` (``spec`` opens it)."""
+    bucket = urlparse(location).netloc
     probe = ts.KvStore.KeyRange(_BUCKET_PROBE_KEY, _BUCKET_PROBE_KEY + "\0")
     try:
         kv = ts.KvStore.open(spec, context=context).result()
@@ -350,10 +376,10 @@ def check_bucket(location: str, what: str) -> None:
         error = (_gcs_failure(exc, location, what) if _first_contact(location)
                  else _translate(exc, what))
         if isinstance(error, RemoteNotFoundError):
-            where = spec.get("endpoint") or "AWS"
+            where = (spec.get("endpoint") if isinstance(spec, dict) else None) or "AWS"
             raise RemoteNotFoundError(
-                f"{what}: the bucket {parsed.netloc!r} does not exist (at {where}); create it "
-                f"first (e.g. `aws s3 mb s3://{parsed.netloc}`) or name an existing one"
+                f"{what}: the bucket {bucket!r} does not exist (at {where}); create it "
+                f"first (e.g. `aws s3 mb s3://{bucket}`) or name an existing one"
             ) from exc
         if isinstance(error, RemoteUnavailableError):
             raise error from exc
