@@ -163,3 +163,22 @@ def test_undo_of_an_edit_across_a_large_volume_restores_block_by_block(
     vol = voxgate.open(url)
     assert vol[134, 390, 262].read() == 9 and vol[133, 389, 261].read() == 5
     assert vol[128:256, 384:512, 256:384].read().sum() == 14
+
+
+def test_a_volume_written_into_another_streams_block_by_block(image: Path,
+                                                             tmp_path: Path) -> None:
+    """``dst[...] = src`` between two 512 MiB volumes read the whole source first."""
+    url = f"zarr://{tmp_path}/dst.zarr"
+    voxgate.create(url, shape=(512, 1024, 1024), dtype="uint8", chunks=(64, 64, 64),
+                   voxel_size=(8, 8, 8))
+    peak = _peak_delta(f"""
+        src = voxgate.open("zarr://{image}")
+        dst = voxgate.open("{url}", mode="r+")
+        dst[...] = src[512:1024]
+    """, tmp_path)
+    assert peak < BOUND_MIB, f"writing a 512 MiB volume into another peaked at {peak} MiB"
+    dst, src = voxgate.open(url), voxgate.open(f"zarr://{image}")
+    assert (dst[448:512, 960:1024, 960:1024].read() == 7).all()
+    assert dst[0:64, 0:64, 0:64].read().max() == 0
+    np.testing.assert_array_equal(dst[440:512, 900:1024, 1000:1024].read(),
+                                  src[952:1024, 900:1024, 1000:1024].read())

@@ -364,3 +364,68 @@ def test_fill_mode_negative_start(vol: voxgate.Volume, ref: np.ndarray) -> None:
     np.testing.assert_array_equal(box[0, 0], np.r_[[0, 0], ref[0, 0, :3]])
     # past the end is fill too
     np.testing.assert_array_equal(f[0, 0, n - 2 : n + 2].read(), np.r_[ref[0, 0, -2:], [0, 0]])
+
+
+
+def test_a_volume_written_into_a_volume_is_read_block_by_block(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dst[...] = src`` reads each block of ``src`` as that block of ``dst`` is written (the
+    whole source was read first), with numpy's results: across block edges, into a plane
+    (dropped axis), with a dtype widened; a narrowing dtype refused before anything is read."""
+    from voxgate.volume import writing
+
+    monkeypatch.setattr(writing, "WRITE_BLOCK_BYTES", 2 * 4 * 8 * 8)  # one chunk per block
+    data = np.random.default_rng(3).integers(0, 200, (9, 13, 11), dtype=np.uint8)
+    src = voxgate.create("mem://v2v-src", shape=(9, 13, 11), chunks=(3, 4, 4), dtype="uint8",
+                         voxel_size=(1, 1, 1))
+    src[:] = data
+    dst = voxgate.create("mem://v2v-dst", shape=(16, 8, 8), chunks=(4, 8, 8), dtype="uint16",
+                         voxel_size=(1, 1, 1))
+    reads: list[tuple[int, ...]] = []
+    real = type(src.remote).read
+
+    def spy(self, box, scale=0):  # type: ignore[no-untyped-def]
+        if self is src.remote:
+            reads.append(tuple(box.shape))
+        return real(self, box, scale)
+
+    monkeypatch.setattr(type(src.remote), "read", spy)
+    dst[2:11, 1:8, 0:7] = src[:, 3:10, 4:11]
+    want = np.zeros((16, 8, 8), np.uint16)
+    want[2:11, 1:8, 0:7] = data[:, 3:10, 4:11]
+    np.testing.assert_array_equal(dst.read(), want)
+    # blocks of dst's chunks (4 planes): the source is read in parts of at most 4 planes
+    assert len(reads) == 3 and all(r[0] <= 4 for r in reads), reads
+    reads.clear()
+    dst[5, 0:8, 1:8] = src[4, 2:10, 0:7]  # a plane into a plane
+    want[5, 0:8, 1:8] = data[4, 2:10, 0:7]
+    np.testing.assert_array_equal(dst.read(), want)
+    assert reads == [(1, 8, 7)]
+    with pytest.raises(DtypeError, match="uint16 data into a uint8"):
+        src[0:4, 0:8, 0:8] = dst[0:4]
+    np.testing.assert_array_equal(src.read(), data)
+    with pytest.raises(InvalidRequestError, match="shape"):
+        dst[0:4] = src[0:3, 0:8, 0:8]
+
+
+def test_a_volume_written_into_itself_overlapping_is_numpy(ref: np.ndarray,
+                                                           vol: voxgate.Volume) -> None:
+    """An overlapping source in the same store is read whole before the write (as numpy
+    copies): read block by block, the blocks written first would feed the later ones."""
+    from voxgate.volume import writing
+
+    old = writing.WRITE_BLOCK_BYTES
+    writing.WRITE_BLOCK_BYTES = 4 * 2 * 4 * 4
+    try:
+        vol[1:6] = vol[0:5]
+        want = ref.copy()
+        want[1:6] = ref[0:5]
+        np.testing.assert_array_equal(vol.read(), want)
+        vol[0:5] = vol[1:6]  # the other way round
+        want[0:5] = want[1:6].copy()
+        np.testing.assert_array_equal(vol.read(), want)
+        vol.at_scale(0)[:, 0:5, :] = vol[:, 5:10, :]  # same store, disjoint: streamed
+        want[:, 0:5] = want[:, 5:10]
+        np.testing.assert_array_equal(vol.read(), want)
+    finally:
+        writing.WRITE_BLOCK_BYTES = old

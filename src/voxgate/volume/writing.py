@@ -34,6 +34,9 @@ def write_view(vol: Volume, value: Any, workers: int | None) -> None:
     """The body of ``Volume.write`` for the view itself (no ``box``)."""
     if vol.mode != "r+":
         raise ReadOnlyError(f"{vol.url} is opened read-only; open it with mode='r+' to write")
+    if _streams_from(vol, value):
+        _write_from_volume(vol, value, workers)
+        return
     arr = coerce(vol, value)
     if any(a.length == 0 for a in vol._axes):
         return
@@ -60,6 +63,53 @@ def write_view(vol: Volume, value: Any, workers: int | None) -> None:
     write_blocks(vol, need, data, workers, convert=convert)
 
 
+def _streams_from(vol: Volume, value: Any) -> bool:
+    """Whether ``value`` is a Volume to be read block by block as ``vol`` is written
+    (``dst[...] = src``): of the view's very shape (a Volume broadcast is read whole), into
+    a view without steps, and not overlapping ``vol`` in the same store (a block written
+    before another is read would change what that one reads: numpy copies then, and so is
+    the source read whole first)."""
+    from .core import Volume
+
+    if not isinstance(value, Volume) or value.shape != vol.shape:
+        return False
+    if any(a.step != 1 for a in vol._spatial) or any(a.length == 0 for a in vol._axes):
+        return False
+    same_store = value.url == vol.url and value._scale == vol._scale
+    return not (same_store and not value._box().intersect(vol._box()).is_empty())
+
+
+def _write_from_volume(vol: Volume, src: Volume, workers: int | None) -> None:
+    """``vol[...] = src`` for another Volume of the same shape: each block written is read
+    from ``src`` just before (a few blocks in memory at once; the whole source was read
+    first)."""
+    dt = vol.dtype
+    if not np.can_cast(src.dtype, dt, casting="safe"):
+        raise DtypeError(
+            f"cannot write {src.dtype.name} data into a {dt.name} volume without losing "
+            f"values; convert it first (e.g. arr.astype('{dt.name}'))"
+        )
+    need = vol._box()
+    if not vol.scale_meta.bounds.contains(need):
+        raise OutOfBoundsError(
+            f"cannot write {need!r}: it is outside the volume's bounds {vol.scale_meta.bounds!r}"
+        )
+    if len(vol._axes) == 4 and (
+        vol._axes[0].length != vol.meta.num_channels or not vol._axes[0].keep
+    ):
+        raise InvalidRequestError("writes must cover every channel of a multi-channel volume")
+    lead = (slice(None),) * (len(vol._axes) - 3)
+
+    def part(b: Box) -> np.ndarray:
+        index = (*lead, *b.slices(need.start))
+        key = tuple(s for s, a in zip(index, vol._axes, strict=True) if a.keep)
+        data = src[key].read() if key else src.read()
+        shape = tuple(a.length for a in vol._axes[:-3]) + tuple(b.shape)
+        return np.ascontiguousarray(data.reshape(shape), dtype=dt)
+
+    _write_parts(vol, need, part, workers)
+
+
 def _write_strided(vol: Volume, need: Box, full: np.ndarray, workers: int | None) -> None:
     """A view with steps: each block of its enclosing box holding voxels of the view is read,
     given the view's voxels and written back, so memory is a few blocks (the whole enclosing
@@ -83,10 +133,7 @@ def _write_strided(vol: Volume, need: Box, full: np.ndarray, workers: int | None
         data[into] = full[take]
         return data
 
-    try:
-        _write_blocks(vol, need, part, workers)
-    finally:  # (a failed write may have stored some blocks)
-        notify_written(vol._remote, vol._scale)
+    _write_parts(vol, need, part, workers)
 
 
 def coerce(vol: Volume, value: Any) -> np.ndarray:
@@ -125,9 +172,16 @@ def write_blocks(
         a = data if b == box else data[(..., *b.slices(box.start))]
         return np.ascontiguousarray(a, dtype=vol.dtype) if convert else a
 
+    _write_parts(vol, box, part, workers)
+
+
+def _write_parts(vol: Volume, box: Box, part: Callable[[Box], np.ndarray | None],
+                 workers: int | None) -> None:
+    """:func:`_write_blocks`, then the volume's write hooks told (also after a failed write:
+    it may have stored some blocks)."""
     try:
         _write_blocks(vol, box, part, workers)
-    finally:  # (a failed write may have stored some blocks)
+    finally:
         notify_written(vol._remote, vol._scale)
 
 
