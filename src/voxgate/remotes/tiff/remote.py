@@ -311,15 +311,18 @@ class TiffRemote(Remote):
             )
         sc = self.meta.scale(scale)
         ny, nx = int(sc.shape[1]), int(sc.shape[2])
-        a, b = max(y0, ry), min(y1, ry + sh)
+        # a tile is whole even at the page's edge; the last strip holds only the rows left
+        # (an uncompressed one has room for no more: writing a whole strip there overwrote
+        # what follows it in the file, e.g. the next page's directory)
+        rows = sh if page.tiled else min(sh, ny - ry)
+        a, b = max(y0, ry), min(y1, ry + rows)
         cx0, cx1 = max(x0, rx), min(x1, rx + sw)
-        covers = a == ry and (b == ry + sh or b == ny) and cx0 == rx and (
-            cx1 == rx + sw or cx1 == nx)
+        covers = a == ry and b == ry + rows and cx0 == rx and (cx1 == rx + sw or cx1 == nx)
         f = self._file(page.path)
         # writes of one tile from several threads (unaligned boxes) take turns
         with _segment_lock(page, seg):
             if covers:
-                tile = np.zeros((sh, sw), dtype=self.meta.dtype)
+                tile = np.zeros((rows, sw), dtype=self.meta.dtype)
                 tile[a - ry: b - ry, cx0 - rx: cx1 - rx] = plane[
                     a - y0: b - y0, cx0 - x0: cx1 - x0]
                 self._store_segment(page, f, seg, tile)
@@ -329,7 +332,7 @@ class TiffRemote(Remote):
             # (another volume or process may have rewritten it since this volume was opened)
             with f.exclusive():
                 self._reload_entry(page, f, seg)
-                tile = self._decode(page, f, seg, (0, sh))[..., 0].copy()
+                tile = self._decode(page, f, seg, (0, rows))[..., 0].copy()
                 tile[a - ry: b - ry, cx0 - rx: cx1 - rx] = plane[
                     a - y0: b - y0, cx0 - x0: cx1 - x0]
                 self._store_segment(page, f, seg, tile)
@@ -349,7 +352,14 @@ class TiffRemote(Remote):
     def _store_segment(self, page: _Page, f: _File, seg: int, tile: np.ndarray) -> None:
         raw = tile.astype(page.raw_dtype, copy=False)
         if page.compression == 1:
-            os.pwrite(f.fd, raw.tobytes(), int(page.offsets[seg]))
+            data = raw.tobytes()
+            if len(data) > int(page.bytecounts[seg]):  # never write past the segment's end
+                raise CorruptChunkError(
+                    f"segment {seg} of page {page.index} of {page.path} holds "
+                    f"{int(page.bytecounts[seg])} bytes, fewer than its {tile.shape[0]} rows "
+                    f"of {tile.shape[1]} voxels: nothing was written to it",
+                    chunk=f"segment {seg} of page {page.index} of {page.path}")
+            os.pwrite(f.fd, data, int(page.offsets[seg]))
             return
         tifffile = _tifffile()
         encode = tifffile.TIFF.COMPRESSORS[page.compression]
