@@ -182,3 +182,16 @@ def test_a_volume_written_into_another_streams_block_by_block(image: Path,
     assert dst[0:64, 0:64, 0:64].read().max() == 0
     np.testing.assert_array_equal(dst[440:512, 900:1024, 1000:1024].read(),
                                   src[952:1024, 900:1024, 1000:1024].read())
+
+
+def test_map_blocks_into_memory_holds_its_result_once(image: Path, tmp_path: Path) -> None:
+    """``map_blocks(fn, src)`` with no ``out`` returns the in-memory output itself: it returned
+    a read of it, holding the 256 MiB result twice at the end."""
+    peak = _peak_delta(f"""
+        src = voxgate.open("zarr://{image}")[768:1024, 0:1024, 0:1024]
+        got = voxgate.map_blocks(lambda a: a + 1, src, workers=2)
+        assert got.shape == (256, 1024, 1024) and got.dtype == np.uint8
+        assert got[0, 0, 0] == 1 and (got[192:, 960:, 960:] == 8).all()
+        assert got.provenance.service == "map_blocks"
+    """, tmp_path)
+    assert peak < BOUND_MIB, f"a 256 MiB map_blocks result peaked at {peak} MiB"

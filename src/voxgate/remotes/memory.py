@@ -171,6 +171,12 @@ class MemoryRemote(Remote):
             self._stored.written_at(scale).update(g for g, _ in chunk_boxes(box, sc.chunks,
                                                                              sc.bounds))
 
+    def array(self, scale: int = 0) -> np.ndarray:
+        """The array holding ``scale`` itself, not a copy (a Service hands over its in-memory
+        result this way: a read would hold it twice)."""
+        self.meta.scale(scale)  # (an unknown scale is refused as everywhere)
+        return self._stored.arrays[scale]
+
     def absent_chunks(self, box: Box, scale: int = 0) -> list[Vec]:
         sc = self.meta.scale(scale)
         with self._stored.lock:

@@ -8,7 +8,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -38,6 +38,7 @@ __all__ = [
     "region_meta",
     "resolve_output",
     "scratch_remote",
+    "scratch_result",
 ]
 
 Prefer = Literal["auto", "server", "local"]
@@ -115,6 +116,12 @@ def scratch_remote(meta: VolumeMeta) -> MemoryRemote:
     with _array_lock:
         name = f"scratch-{next(_array_counter)}"
     return MemoryRemote.wrap(name, meta, arrays, mode="r+")
+
+
+def scratch_result(target: Volume, prov: Provenance) -> ArrayResult:
+    """The result held in a scratch output (:func:`resolve_output`'s for ``out=None``) as an
+    array, handed over without a copy (a read of it held the result twice at the end)."""
+    return ArrayResult(cast(MemoryRemote, target.remote).array(target.scale), prov)
 
 
 class ArrayResult(np.ndarray):

@@ -30,11 +30,11 @@ from ..errors import DtypeError, InvalidRequestError
 from ..geometry import Box, Vec
 from ..volume import Volume
 from ._common import (
-    ArrayResult,
     Provenance,
     as_volume,
     region_meta,
     resolve_output,
+    scratch_result,
 )
 
 __all__ = ["map_blocks", "run_block"]
@@ -143,5 +143,5 @@ def map_blocks(
         "blocks": len(blocks), "scheduler": scheduler_name(client),
         "seconds": round(time.perf_counter() - t0, 3)})
     if out is None:
-        return ArrayResult(target.read(), prov)
+        return scratch_result(target, prov)
     return target

@@ -42,7 +42,13 @@ from ..errors import CapabilityNotSupportedError, InvalidRequestError, MissingDe
 from ..geometry import Box, Vec, grow_block, whole_at_least
 from ..meta import Scale, VolumeMeta
 from ..volume import Volume
-from ._common import ArrayResult, Provenance, as_volume, block_boxes, resolve_output
+from ._common import (
+    Provenance,
+    as_volume,
+    block_boxes,
+    resolve_output,
+    scratch_result,
+)
 
 __all__ = ["ModelRunner", "load_model", "no_server_path", "predict", "predict_provenance",
            "probability_to_uint8", "providers_for", "to_unit_float"]
@@ -528,7 +534,7 @@ def predict(
         "scheduler": scheduler_name(client),
         "seconds": round(time.perf_counter() - t0, 3)})
     if out is None:
-        return ArrayResult(target.read(), prov)
+        return scratch_result(target, prov)
     _PROVENANCE[target.url] = prov
     return target
 
