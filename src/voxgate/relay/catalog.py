@@ -120,6 +120,7 @@ class Catalog:
             self._add_config_channel(ch)
         if config.data_root is not None:
             self.finish_removals()
+            self.rebase_local_channels(config.data_root)
             self.scan_data_root()
         for key, spec in self.state.get("local_channels", {}).items():
             c, e, n = key.split("/")
@@ -216,6 +217,25 @@ class Catalog:
             with self.lock:
                 if self.state.setdefault("removing", {}).pop(hidden, None) is not None:
                     self.save()
+
+    def rebase_local_channels(self, root: Path) -> None:
+        """Record the channels created through the API at their stores under ``root``, the
+        data root as this relay names it.  A channel's store is always ``C/E/CH.zarr`` under
+        the data root, but its URL is saved whole: one saved by a relay given a relative
+        ``--data-root``, or before the data root moved, named another path than the scan
+        finds, and the channel answered every read with 404 ("deleted while this read
+        ran").  Only stores that are there are rebased."""
+        with self.lock:
+            moved = False
+            for key, spec in self.state["local_channels"].items():
+                c, e, name = key.split("/")
+                path = root / c / e / f"{name}.zarr"
+                url = f"zarr://{path}"
+                if spec.get("url") != url and path.is_dir():
+                    spec["url"] = url
+                    moved = True
+            if moved:
+                self.save()
 
     def scan_data_root(self) -> None:
         """Add every volume under the data root as a channel (see :func:`data_root_volumes`)."""

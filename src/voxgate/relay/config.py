@@ -420,10 +420,13 @@ def _load(path: Path | None, raw: dict[str, Any], text: str, base: Path,
             continue
         if key in ("memory_bytes", "disk_bytes"):
             setattr(cfg.cache, key, parse_bytes(value, key))
+        # paths given on the command line are taken from the directory it was run in, once:
+        # a relative data root kept relative made every channel created through the API
+        # unreachable (404) to a relay started from elsewhere or with the absolute path
         elif key == "disk_path":
-            cfg.cache.disk_path = Path(value)
+            cfg.cache.disk_path = Path(value).absolute()
         elif key in ("data_root", "state_path", "generations_path"):
-            setattr(cfg, key, Path(value))
+            setattr(cfg, key, Path(value).absolute())
         elif key == "workers":
             cfg.workers = parse_workers(value)
         elif key == "port":
