@@ -253,7 +253,6 @@ class KnossosRemote(Remote):
         vs0 = s0.voxel_size.xyz()
         if s0.voxel_size.unit != "nm":
             raise InvalidRequestError("KNOSSOS voxel sizes are in nm; give voxel_size in nm")
-        os.makedirs(path, exist_ok=True)
         if conf == "knossos.conf":
             if tuple(s0.chunks) != (CUBE_EDGE,) * 3:
                 raise InvalidRequestError(
@@ -271,6 +270,7 @@ class KnossosRemote(Remote):
                 raise InvalidRequestError(
                     "a classic knossos.conf has no offset or kind; use conf='toml'"
                 )
+            os.makedirs(path, exist_ok=True)  # once the request is known to be good
             lines = [f'experiment name "{name}";']
             lines += [f"boundary {a} {n};" for a, n in zip("xyz", s0.shape.xyz(), strict=True)]
             lines += [f"scale {a} {v!r};" for a, v in zip("xyz", vs0, strict=True)]
@@ -279,6 +279,7 @@ class KnossosRemote(Remote):
             for sc in meta.scales:
                 os.makedirs(os.path.join(path, f"mag{2 ** sc.index}"), exist_ok=True)
         else:
+            os.makedirs(path, exist_ok=True)
             ds = _Dataset(
                 conf=os.path.join(path, f"{name}.k.toml"), name=name,
                 extent_xyz=list(s0.shape.xyz()),

@@ -24,6 +24,7 @@ voxel size; an offset only where the driver can store a domain origin.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,12 @@ def _parse(location: str) -> dict[str, Any]:
         raise InvalidRequestError(
             f"a TensorStore spec is a JSON object with a 'driver', got {location[:80]!r}"
         )
+    try:  # a spec TensorStore cannot parse (an unknown driver, a stray member) is bad input
+        ts.Spec(spec)
+    except ValueError as exc:
+        raise InvalidRequestError(
+            f"TensorStore does not accept the spec {location[:200]}: {exc}"
+        ) from exc
     return spec
 
 
@@ -261,6 +268,13 @@ class TensorStoreRemote(Remote):
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
         self._check_writable()
         self._arr.write(box, array)
+
+    def add_scales(self, scales: Sequence[Scale]) -> None:
+        raise CapabilityNotSupportedError(
+            f"{self.url} names one array and holds one scale: downsample a copy in a store "
+            "that keeps scales (voxgate.copy(vol, 'zarr://...') then voxgate.downsample), or "
+            "open a multiscale store with its own scheme (zarr://, n5://, precomputed://)"
+        )
 
     def spec(self) -> dict[str, Any]:
         out = super().spec()

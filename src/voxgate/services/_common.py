@@ -12,6 +12,7 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
+from ..api import _spec_url
 from ..api import open as vopen
 from ..errors import (
     CapabilityNotSupportedError,
@@ -75,7 +76,7 @@ def as_volume(data: Any, *, voxel_size: Any = None, kind: str | None = None,
         )
     if isinstance(data, Volume):
         return data
-    if isinstance(data, (str, os.PathLike)):
+    if isinstance(data, (str, os.PathLike, dict)):  # a dict: a TensorStore spec, as in open
         return vopen(data, mode=mode)
     if isinstance(data, np.ndarray):
         if data.ndim != 3:
@@ -103,7 +104,8 @@ def as_volume(data: Any, *, voxel_size: Any = None, kind: str | None = None,
         remote = MemoryRemote.wrap(name, meta, [arr], mode="r")
         return Volume(remote)
     raise InvalidRequestError(
-        f"expected a voxgate Volume, a URL or a numpy array, got {type(data).__name__}"
+        f"expected a voxgate Volume, a URL, a TensorStore spec dict or a numpy array, got "
+        f"{type(data).__name__}"
     )
 
 
@@ -159,6 +161,7 @@ def resolve_output(out: Any, meta: VolumeMeta, *, overwrite: bool, options: dict
             raise ReadOnlyError(f"{out.url} is opened read-only; it cannot hold the output")
         check(out)
         return out
+    out = _spec_url(out)  # a TensorStore spec dict, as voxgate.create takes it
     cls, location = resolve_for_create(str(out))
     if cls.exists(location):
         if not overwrite:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -9,7 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...errors import CapabilityNotSupportedError, InvalidRequestError, RemoteExistsError
+from ...errors import (
+    CapabilityNotSupportedError,
+    InvalidRequestError,
+    MissingDependencyError,
+    RemoteExistsError,
+)
 from ...meta import VolumeMeta
 from ..base import check_options
 from .pages import TIFF_SUFFIXES, VOXGATE_TAG, _tifffile, _write_slice
@@ -45,6 +52,13 @@ def create_tiff(
     if comp is not None and comp not in _COMPRESSIONS:
         raise InvalidRequestError(
             f"compression must be one of {', '.join(_COMPRESSIONS)}, got {compression!r}"
+        )
+    if comp is not None:
+        _check_codec(tifffile, comp, meta.dtype)
+    if layout == "slices" and meta.num_channels > 1:
+        raise CapabilityNotSupportedError(
+            "a directory of slices holds one channel; create a single .tif file for "
+            f"{meta.num_channels} channels"
         )
     if len(meta.scales) > 1:
         raise CapabilityNotSupportedError(
@@ -98,26 +112,39 @@ def create_tiff(
         ome = meta.dtype.name not in ("uint64", "int64")
         if not ome:
             md = {"axes": md["axes"]}
-        with tifffile.TiffWriter(tmp, bigtiff=True, ome=ome) as tw:
-            tw.write(
-                _zero_tiles(nt * nz * channels, tile, meta.dtype),
-                shape=shape, dtype=meta.dtype, tile=tile, compression=comp,
-                photometric="minisblack", metadata=md, extratags=extratags,
-            )
-        os.replace(tmp, path)
+        try:
+            with tifffile.TiffWriter(tmp, bigtiff=True, ome=ome) as tw:
+                tw.write(
+                    _zero_tiles(nt * nz * channels, tile, meta.dtype),
+                    shape=shape, dtype=meta.dtype, tile=tile, compression=comp,
+                    photometric="minisblack", metadata=md, extratags=extratags,
+                )
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
     else:
         os.makedirs(path, exist_ok=True)
-        if channels > 1:
-            raise CapabilityNotSupportedError(
-                "a directory of slices holds one channel; create a single .tif file for "
-                f"{channels} channels"
-            )
         width = max(5, len(str(nz - 1)))
         zero = np.zeros((ny, nx), dtype=meta.dtype)
         for z in range(nz):
             name = os.path.join(path, f"{z:0{width}d}.tif")
             _write_slice(name, zero, tile, comp, extratags)
     return cls.open(location, mode="r+")
+
+
+def _check_codec(tifffile: Any, comp: str, dtype: np.dtype[Any]) -> None:
+    """Refuse, before anything is written, a compression whose codec is not installed
+    (tifffile has zlib and lzma of its own; zstd, LZW, ... come with imagecodecs)."""
+    try:
+        tifffile.imwrite(io.BytesIO(), np.zeros((16, 16), dtype), tile=(16, 16),
+                         compression=comp, photometric="minisblack")
+    except (ImportError, KeyError) as exc:
+        raise MissingDependencyError(
+            f"TIFF compression {comp!r} needs the imagecodecs package (pip install "
+            f"imagecodecs), or use compression='zlib' or 'lzma' ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _zero_tiles(n: int, tile: tuple[int, ...], dtype: np.dtype[Any]) -> Iterator[np.ndarray]:

@@ -15,11 +15,12 @@ from ...errors import (
     CapabilityNotSupportedError,
     CorruptChunkError,
     InvalidRequestError,
+    MissingDependencyError,
     RemoteNotFoundError,
 )
 from ...geometry import Box, Vec, VoxelSize
 from ...meta import Scale, VolumeMeta
-from ...storage import file_lock, is_local, local_path
+from ...storage import UNITS_NM, file_lock, is_local, local_path
 from ..base import Capability, Remote, check_options
 from .creating import create_tiff
 from .opening import _imagej_voxel_size, _ome_voxel_size, open_file, open_slices
@@ -36,6 +37,29 @@ from .pages import (
     _write_slice,
     natural_key,
 )
+
+
+def _spec_options(meta: VolumeMeta, options: dict[str, Any]) -> dict[str, Any]:
+    """The open options as JSON values that reopen the same geometry (``spec()``)."""
+    out: dict[str, Any] = {}
+    if options.get("voxel_size") is not None:
+        vs = meta.scale(0).voxel_size
+        f = UNITS_NM.get(vs.unit, 1.0)
+        out["voxel_size"] = [v * f for v in vs.zyx()]  # in nm, the option's unit
+    if options.get("kind") is not None:
+        out["kind"] = meta.kind
+    return out
+
+
+def _check_codec_error(exc: BaseException, page: _Page) -> None:
+    """A codec tifffile lacks (LZW, zstd, JPEG, ... come with imagecodecs) is a missing
+    dependency, not a corrupt file: raise that."""
+    if isinstance(exc, ImportError) or "imagecodecs" in str(exc):
+        raise MissingDependencyError(
+            f"{page.path} is compressed with {_compression_name(page.compression)}, whose codec "
+            "needs the imagecodecs package: pip install imagecodecs"
+        ) from exc
+
 
 #: one thread of this process at a time per segment (all volumes on the file): writers of one
 #: tile take turns, and a read of an uncompressed tile never sees it half rewritten in place
@@ -69,6 +93,7 @@ class TiffRemote(Remote):
         self._decoders = decoders if decoders is not None else {}
         self._files: dict[str, _File] = {}
         self._files_lock = threading.Lock()
+        self._options: dict[str, Any] = {}  # the open options spec() passes on
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -85,10 +110,13 @@ class TiffRemote(Remote):
         check_options("tiff://", options, cls.open_options)
         path = cls._path(location)
         if os.path.isdir(path):
-            return cls._open_slices(location, path, mode, options)
-        if not os.path.isfile(path):
+            remote = cls._open_slices(location, path, mode, options)
+        elif not os.path.isfile(path):
             raise RemoteNotFoundError(f"no TIFF file or directory of TIFF slices at {location!r}")
-        return cls._open_file(location, path, mode, options)
+        else:
+            remote = cls._open_file(location, path, mode, options)
+        remote._options = _spec_options(remote.meta, options)
+        return remote
 
     @staticmethod
     def _slice_files(path: str) -> list[str]:
@@ -142,6 +170,14 @@ class TiffRemote(Remote):
         scale = Scale(0, Vec(*shape), chunks, vs, offset, encoding)
         return VolumeMeta(dtype, (scale,), kind, channels, 0)
 
+    def spec(self) -> dict[str, Any]:
+        # the voxel size and kind given at open travel with the volume: a worker or a pickled
+        # Volume reopened the file without them, as 1 nm voxels of a guessed kind
+        out = super().spec()
+        if self._options:
+            out["options"] = {**out.get("options", {}), **self._options}
+        return out
+
     # -- creating -------------------------------------------------------------------------------
     @classmethod
     def exists(cls, location: str) -> bool:
@@ -166,6 +202,14 @@ class TiffRemote(Remote):
     @property
     def capabilities(self) -> frozenset[Capability]:
         return frozenset({Capability.WRITE}) if self.mode == "r+" else frozenset()
+
+    def add_scales(self, scales: Sequence[Scale]) -> None:
+        have = len(self.meta.scales)
+        raise CapabilityNotSupportedError(
+            f"{self.url} holds the {have} level(s) it was written with; voxgate does not add "
+            "pyramid levels to a TIFF: downsample a copy (voxgate.copy(vol, 'zarr://...') then "
+            "voxgate.downsample), or downsample with num_scales <= the levels the file has"
+        )
 
     def write_grid(self, scale: int = 0) -> Vec:
         if self._slices:
@@ -234,6 +278,7 @@ class TiffRemote(Remote):
         try:
             decoded = self._decoder(page)(data, seg)[0]
         except Exception as exc:
+            _check_codec_error(exc, page)
             raise CorruptChunkError(
                 f"{what} of {page.path} does not decode ({_compression_name(page.compression)}):"
                 f" {exc}", chunk=f"{what} of {page.path}"
@@ -362,7 +407,11 @@ class TiffRemote(Remote):
             os.pwrite(f.fd, data, int(page.offsets[seg]))
             return
         tifffile = _tifffile()
-        encode = tifffile.TIFF.COMPRESSORS[page.compression]
+        try:
+            encode = tifffile.TIFF.COMPRESSORS[page.compression]
+        except (KeyError, ImportError) as exc:
+            _check_codec_error(exc, page)
+            raise
         data = bytes(encode(raw))
         if len(data) >= 1 << (8 * page.bytecount_fmt.itemsize):
             raise CapabilityNotSupportedError(
