@@ -6,9 +6,11 @@ A dataset holds layers (``dataLayers``: color or segmentation, each with its bou
     webknossos:///data/ds/color          the layer "color" of the dataset /data/ds
     webknossos:///data/ds                the dataset's only layer (or layer="color")
 
-Scale k is the k-th mag of the layer; its voxel size is the dataset's ``scale.factor`` times the
-mag (which may be anisotropic, ``[2, 2, 1]``), its bounds the layer's mag-1 bounding box divided
-by the mag (rounded outward).  Dataset coordinates are WEBKNOSSOS' absolute coordinates: the
+``elementClass`` names a whole voxel, all channels together (2 x uint16 is "uint32", 3 x uint8
+"uint24"), as the ``webknossos`` package reads and writes it.  Scale k is the k-th mag of the
+layer; its voxel size is the dataset's ``scale.factor`` times the mag (which may be
+anisotropic, ``[2, 2, 1]``), its bounds the layer's mag-1 bounding box divided by the mag
+(rounded outward).  Dataset coordinates are WEBKNOSSOS' absolute coordinates: the
 bounding box's ``topLeft`` is the volume's offset.
 
 - ``zarr3`` and ``zarr`` layers: each mag is a Zarr array with axes ``c, x, y, z`` (the mag's
@@ -20,14 +22,19 @@ bounding box's ``topLeft`` is the volume's offset.
 (creating the dataset when there is none; without a layer name the layer is "color" for images
 and "segmentation" for segmentations), laid out as the ``webknossos`` Python package lays out
 its own: sharded arrays with ``c, x, y, z`` dimensions, a transpose codec and zstd, mag
-directories ``1``, ``2``, ``2-2-1``.
+directories ``1``, ``2``, ``2-2-1`` (shards of at most ``_SHARD_BYTES``).  Changes to
+``datasource-properties.json`` (a new layer, new mags, a raised ``largestSegmentId``) are made
+one writer at a time (``file_lock`` on local disks).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Sequence
+import re
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,10 +48,11 @@ from ..errors import (
     RemoteExistsError,
     RemoteNotFoundError,
 )
-from ..geometry import Box, Vec, VoxelSize
+from ..geometry import Box, Vec, VoxelSize, grow_block
 from ..meta import Kind, Scale, VolumeMeta, check_new_scales
 from ..storage import (
     UNITS_NM,
+    file_lock,
     is_local,
     join,
     kvstore_exists,
@@ -62,9 +70,73 @@ __all__ = ["PROPERTIES", "WebknossosRemote", "layer_names"]
 
 PROPERTIES = "datasource-properties.json"
 _ELEMENT_CLASSES = {"float": "float32", "double": "float64"}
-_UNITS = {"nanometer": 1.0, "micrometer": 1e3, "millimeter": 1e6, "angstrom": 0.1,
-          "picometer": 1e-3, "meter": 1e9, **UNITS_NM}
+#: nanometres per unit: every unit (and abbreviation) the webknossos package accepts for
+#: ``scale.unit``
+_UNITS = {
+    **UNITS_NM,
+    "yoctometer": 1e-15, "ym": 1e-15, "zeptometer": 1e-12, "zm": 1e-12, "attometer": 1e-9,
+    "am": 1e-9, "femtometer": 1e-6, "fm": 1e-6, "picometer": 1e-3, "pm": 1e-3,
+    "nanometer": 1.0, "nm": 1.0, "micrometer": 1e3, "µm": 1e3, "millimeter": 1e6, "mm": 1e6,
+    "centimeter": 1e7, "cm": 1e7, "decimeter": 1e8, "dm": 1e8, "meter": 1e9, "m": 1e9,
+    "hectometer": 1e11, "hm": 1e11, "kilometer": 1e12, "km": 1e12, "megameter": 1e15,
+    "Mm": 1e15, "gigameter": 1e18, "Gm": 1e18, "terameter": 1e21, "Tm": 1e21,
+    "petameter": 1e24, "Pm": 1e24, "exameter": 1e27, "Em": 1e27, "zettameter": 1e30,
+    "Zm": 1e30, "yottameter": 1e33, "Ym": 1e33, "angstrom": 0.1, "Å": 0.1,
+    "inch": 2.54e7, "in": 2.54e7, "foot": 3.048e8, "ft": 3.048e8, "yard": 9.144e8,
+    "yd": 9.144e8, "mile": 1.609344e12, "mi": 1.609344e12, "parsec": 3.085677581e25,
+    "pc": 3.085677581e25,
+}
 _DEFAULT_AXES = {"c": 0, "x": 1, "y": 2, "z": 3}
+#: a created mag's shards (the block every write and copy holds whole) grow from its chunks
+#: toward this many bytes; the webknossos package's 1024^3-voxel shards are 8 GiB of uint64
+_SHARD_BYTES = 32 * 2**20
+#: WEBKNOSSOS keeps larger segment ids as {"customJsonEncoding": "bigint", "value": "..."}:
+#: JavaScript numbers lose integers past 2**53 - 1
+_JS_MAX_SAFE_INTEGER = 2**53 - 1
+#: in-process half of the properties lock (file_lock covers other processes, on local disks)
+_PROPS_LOCK = threading.RLock()
+
+
+def _unit_nm(scale: dict[str, Any], where: str) -> float:
+    unit = str(scale.get("unit", "nanometer"))
+    if unit not in _UNITS:
+        raise InvalidRequestError(
+            f"{where}: unknown scale unit {unit!r}; WEBKNOSSOS units are {sorted(set(_UNITS))}"
+        )
+    return _UNITS[unit]
+
+
+def _segment_id(value: object) -> int | None:
+    """A largestSegmentId as stored: a number, WEBKNOSSOS' bigint envelope, or null."""
+    if value is None:
+        return None
+    if isinstance(value, dict) and value.get("customJsonEncoding") == "bigint":
+        value = value.get("value")
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+def _segment_id_json(value: int) -> Any:
+    if value > _JS_MAX_SAFE_INTEGER:
+        return {"customJsonEncoding": "bigint", "value": str(value)}
+    return value
+
+
+@contextlib.contextmanager
+def _properties_lock(dataset: str) -> Iterator[None]:
+    """One writer at a time of the dataset's properties file: creating a layer, adding mags and
+    raising largestSegmentId read it, change it and write it back (across processes on local
+    disks; object stores have no lock, so there only threads of one process are kept apart)."""
+    with _PROPS_LOCK:
+        if not is_local(dataset):
+            yield
+            return
+        path = local_path(dataset)
+        os.makedirs(path, exist_ok=True)
+        with file_lock(os.path.join(path, PROPERTIES)):
+            yield
 
 
 def _split(location: str) -> tuple[str, str]:
@@ -115,15 +187,43 @@ def _mag_name(mag: Sequence[int]) -> str:
     return str(mag[0]) if len(set(mag)) == 1 else "-".join(str(m) for m in mag)
 
 
-def _dtype(layer: dict[str, Any], where: str) -> tuple[np.dtype[Any], int]:
+def _element_class(dtype: np.dtype[Any], channels: int) -> str:
+    """The elementClass of a layer of ``channels`` channels of ``dtype``: WEBKNOSSOS names the
+    type of a whole voxel, all channels together (2 x uint16 is "uint32", 3 x uint8 "uint24"),
+    as the webknossos package writes it."""
+    name = re.sub(r"\d+", lambda m: str(int(m.group()) * channels), np.dtype(dtype).name)
+    return {"float32": "float", "float64": "double"}.get(name, name)
+
+
+def _dtypes(layer: dict[str, Any], where: str) -> tuple[list[np.dtype[Any]], int]:
+    """(the dtypes one channel may have, best first; the number of channels) of a layer.
+
+    elementClass is the type of a whole voxel: one channel has its bits divided by
+    numChannels.  An older voxgate wrote the channel's own type there, and "uint24" without
+    numChannels is RGB: those follow, for the data on disk to decide between."""
     ec = str(layer.get("elementClass", "uint8"))
-    channels = int(layer.get("numChannels", 1) or 1)
-    if ec == "uint24":  # RGB color layers
-        return np.dtype("uint8"), 3
     try:
-        return np.dtype(_ELEMENT_CLASSES.get(ec, ec)), channels
-    except TypeError as exc:
-        raise InvalidRequestError(f"{where}: unknown elementClass {ec!r}") from exc
+        channels = int(layer.get("numChannels") or 1)
+    except (TypeError, ValueError):
+        channels = 0
+    if channels < 1:
+        raise InvalidRequestError(f"{where}: numChannels must be a positive integer, got "
+                                  f"{layer.get('numChannels')!r}")
+    if ec == "uint24" and channels in (1, 3):  # RGB color layers
+        return [np.dtype("uint8")], 3
+    whole = _ELEMENT_CLASSES.get(ec, ec)
+    out: list[np.dtype[Any]] = []
+    m = re.fullmatch(r"([a-z]+)(\d+)", whole)
+    if m and int(m[2]) % channels == 0:
+        with contextlib.suppress(TypeError):
+            out.append(np.dtype(f"{m[1]}{int(m[2]) // channels}"))
+    if channels > 1:
+        with contextlib.suppress(TypeError):
+            out.append(np.dtype(whole))
+    if not out:
+        raise InvalidRequestError(
+            f"{where}: unknown elementClass {ec!r} for {channels} channel(s)")
+    return out, channels
 
 
 class _WKWArray:
@@ -170,6 +270,7 @@ class WebknossosRemote(Remote):
         mags: list[list[int]],
         data_format: str,
         mode: str,
+        largest_segment_id: int | None = None,
     ) -> None:
         self.dataset = dataset
         self.layer = layer
@@ -179,6 +280,9 @@ class WebknossosRemote(Remote):
         self.data_format = data_format
         self.mode = mode
         self.url = f"webknossos://{join(dataset, layer)}"
+        #: the layer's largestSegmentId as last read or written here (None: not kept); writes
+        #: of larger ids raise it in the properties file
+        self._largest = largest_segment_id
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -223,7 +327,8 @@ class WebknossosRemote(Remote):
         name = str(layer["name"])
         where = f"layer {name!r} of {join(dataset, PROPERTIES)}"
         fmt = str(layer.get("dataFormat", "wkw"))
-        dtype, channels = _dtype(layer, where)
+        dtypes, channels = _dtypes(layer, where)
+        dtype = dtypes[0]
         kind: Kind = "segmentation" if layer.get("category") == "segmentation" else "image"
         bb = layer.get("boundingBox")
         if not isinstance(bb, dict):
@@ -233,7 +338,7 @@ class WebknossosRemote(Remote):
         scale = props.get("scale", {})
         if isinstance(scale, dict):
             factor = scale.get("factor", [1, 1, 1])
-            unit = _UNITS.get(str(scale.get("unit", "nanometer")), 1.0)
+            unit = _unit_nm(scale, join(dataset, PROPERTIES))
         else:  # older files: "scale": [x, y, z] in nm
             factor, unit = scale, 1.0
         base = [float(v) * unit for v in factor]
@@ -255,6 +360,15 @@ class WebknossosRemote(Remote):
             arr: TSArray | _WKWArray
             if fmt in ("zarr3", "zarr"):
                 arr, chunks = cls._open_zarr(path, fmt, entry, channels, hi, mode, where)
+                stored = np.dtype(arr.store.dtype.numpy_dtype)
+                if i == 0 and stored != dtype and stored in dtypes:
+                    dtype = stored  # a multi-channel layer an older voxgate described
+                if stored != dtype:
+                    raise InvalidRequestError(
+                        f"{where} says elementClass {layer.get('elementClass')!r} with "
+                        f"{channels} channel(s) ({dtype.name} each), but the array at {path} "
+                        f"holds {stored.name}: the properties file and the data disagree"
+                    )
             elif fmt == "wkw":
                 if mode == "r+":
                     raise CapabilityNotSupportedError(
@@ -273,7 +387,9 @@ class WebknossosRemote(Remote):
             arrays.append(arr)
             mags.append(mag)
         meta = VolumeMeta(dtype, tuple(scales), kind, channels, 0)
-        return cls(dataset, name, meta, arrays, mags, fmt, mode)
+        largest = (_segment_id(layer.get("largestSegmentId")) if kind == "segmentation"
+                   else None)
+        return cls(dataset, name, meta, arrays, mags, fmt, mode, largest)
 
     @staticmethod
     def _mag_path(dataset: str, layer: str, entry: dict[str, Any], mag: list[int]) -> str:
@@ -362,74 +478,101 @@ class WebknossosRemote(Remote):
     ) -> WebknossosRemote:
         check_options("webknossos://", options, cls.create_options)
         dataset, name = cls._target(location, layer, meta.kind)
-        props = _props(dataset)
-        names = [str(la.get("name")) for la in (props or {}).get("dataLayers", [])
-                 if isinstance(la, dict)]
-        if name in names:
-            if not exist_ok:
-                raise RemoteExistsError(
-                    f"the WEBKNOSSOS dataset {dataset!r} has a layer {name!r} already (pass "
-                    "exist_ok=True to open it)"
-                )
-            existing = cls.open(join(dataset, name), mode="r+")
-            if existing.meta.dtype != meta.dtype or existing.meta.shape != meta.shape:
-                raise RemoteExistsError(
-                    f"layer {name!r} of {dataset!r} holds a {existing.meta.dtype.name} volume "
-                    f"of shape {tuple(existing.meta.shape)}, not {meta.dtype.name} "
-                    f"{tuple(meta.shape)}"
-                )
-            return existing
         if meta.fill_value != 0:
             raise InvalidRequestError("WEBKNOSSOS layers read absent data as 0: fill value 0")
         if not name or "/" in name:
             raise InvalidRequestError(f"a layer name must be a plain name, got {name!r}")
         s0 = meta.scales[0]
+        if any(o < 0 for o in s0.offset):
+            raise InvalidRequestError(
+                f"offset {tuple(s0.offset)} (z, y, x) is negative: WEBKNOSSOS stores voxels at "
+                "non-negative coordinates only (a layer's topLeft is >= 0); shift the volume"
+            )
         vs0 = s0.voxel_size
         unit_nm = UNITS_NM.get(vs0.unit)
         if unit_nm is None:
             raise InvalidRequestError(f"unknown voxel size unit {vs0.unit!r}")
         base_xyz = [v * unit_nm for v in vs0.xyz()]
-        if props is None:
-            props = {"id": {"name": _split(dataset)[1] or "dataset", "team": ""},
-                     "scale": {"factor": base_xyz, "unit": "nanometer"},
-                     "dataLayers": [], "version": 1}
-            write_json(dataset, "zarr.json", {"zarr_format": 3, "node_type": "group"})
-        else:
-            have = props.get("scale", {})
-            have_f = have.get("factor") if isinstance(have, dict) else have
-            have_nm = [float(v) * _UNITS.get(str(have.get("unit", "nanometer")), 1.0)
-                       if isinstance(have, dict) else float(v) for v in have_f or []]
-            if len(have_nm) != 3 or any(abs(a - b) > 1e-6 * max(1.0, b)
-                                        for a, b in zip(have_nm, base_xyz, strict=True)):
-                raise InvalidRequestError(
-                    f"the dataset {dataset!r} has voxel size {have_nm} nm (x, y, z); a new "
-                    f"layer's scale 0 must have it too, not {base_xyz}"
-                )
         mags = [cls._scale_mag(sc, vs0) for sc in meta.scales]
-        entries = []
-        for sc, mag in zip(meta.scales, mags, strict=True):
-            path = join(dataset, name, _mag_name(mag))
-            cls._create_array(path, meta, sc, s0, mag)
-            entries.append({"mag": mag, "path": f"./{name}/{_mag_name(mag)}",
-                            "axisOrder": dict(_DEFAULT_AXES)})
-        top = list(s0.offset.xyz())
-        size = list(s0.shape.xyz())
-        entry: dict[str, Any] = {
-            "name": name,
-            "category": "segmentation" if meta.kind == "segmentation" else "color",
-            "boundingBox": {"topLeft": top, "width": size[0], "height": size[1],
-                            "depth": size[2]},
-            "dataFormat": "zarr3",
-            "mags": entries,
-            "numChannels": meta.num_channels,
-            "elementClass": {"float32": "float", "float64": "double"}.get(meta.dtype.name,
-                                                                          meta.dtype.name),
-        }
-        cls._write_layer_group(dataset, name, mags, base_xyz)
-        props["dataLayers"] = [*props["dataLayers"], entry]
-        # written last: a layer whose creation was interrupted is not listed
-        write_json(dataset, PROPERTIES, props)
+        # the properties are read, checked and written back by one creator at a time: two
+        # layers created at once (threads, processes) are both listed
+        with _properties_lock(dataset):
+            props = _props(dataset)
+            names = [str(la.get("name")) for la in (props or {}).get("dataLayers", [])
+                     if isinstance(la, dict)]
+            if name in names:
+                if not exist_ok:
+                    raise RemoteExistsError(
+                        f"the WEBKNOSSOS dataset {dataset!r} has a layer {name!r} already "
+                        "(pass exist_ok=True to open it)"
+                    )
+                existing = cls.open(join(dataset, name), mode="r+")
+                if existing.meta.dtype != meta.dtype or existing.meta.shape != meta.shape:
+                    raise RemoteExistsError(
+                        f"layer {name!r} of {dataset!r} holds a {existing.meta.dtype.name} "
+                        f"volume of shape {tuple(existing.meta.shape)}, not "
+                        f"{meta.dtype.name} {tuple(meta.shape)}"
+                    )
+                return existing
+            if props is None:
+                props = {"id": {"name": _split(dataset)[1] or "dataset", "team": ""},
+                         "scale": {"factor": base_xyz, "unit": "nanometer"},
+                         "dataLayers": [], "version": 1}
+                write_json(dataset, "zarr.json", {"zarr_format": 3, "node_type": "group"})
+            else:
+                have = props.get("scale", {})
+                have_f = have.get("factor") if isinstance(have, dict) else have
+                unit = _unit_nm(have, join(dataset, PROPERTIES)) if isinstance(have, dict) \
+                    else 1.0
+                have_nm = [float(v) * unit for v in have_f or []]
+                if len(have_nm) != 3 or any(abs(a - b) > 1e-6 * max(1.0, b)
+                                            for a, b in zip(have_nm, base_xyz, strict=True)):
+                    raise InvalidRequestError(
+                        f"the dataset {dataset!r} has voxel size {have_nm} nm (x, y, z); a new "
+                        f"layer's scale 0 must have it too, not {base_xyz}"
+                    )
+            cls._check_unused([join(dataset, name, _mag_name(m)) for m in mags], name)
+            entries = []
+            for sc, mag in zip(meta.scales, mags, strict=True):
+                path = join(dataset, name, _mag_name(mag))
+                cls._create_array(path, meta, sc, s0, mag)
+                entries.append({"mag": mag, "path": f"./{name}/{_mag_name(mag)}",
+                                "axisOrder": dict(_DEFAULT_AXES)})
+            top = list(s0.offset.xyz())
+            size = list(s0.shape.xyz())
+            entry: dict[str, Any] = {
+                "name": name,
+                "category": "segmentation" if meta.kind == "segmentation" else "color",
+                "boundingBox": {"topLeft": top, "width": size[0], "height": size[1],
+                                "depth": size[2]},
+                "dataFormat": "zarr3",
+                "mags": entries,
+                "numChannels": meta.num_channels,
+                "elementClass": _element_class(meta.dtype, meta.num_channels),
+            }
+            if meta.kind == "segmentation":
+                # nothing written yet; voxgate's writes raise it (WEBKNOSSOS hands out new
+                # segment ids above it)
+                entry["largestSegmentId"] = 0
+            cls._write_layer_group(dataset, name, mags, base_xyz)
+            props["dataLayers"] = [*props["dataLayers"], entry]
+            # written last: a layer whose creation was interrupted is not listed
+            write_json(dataset, PROPERTIES, props)
         return cls.open(join(dataset, name), mode="r+")
+
+    @staticmethod
+    def _check_unused(paths: list[str], layer: str) -> None:
+        """Refuse, before anything is made, mags whose directory holds an array already that
+        the properties do not list (a creation interrupted before its properties were
+        written, or data someone unlisted): voxgate does not overwrite what it did not list."""
+        for path in paths:
+            if kvstore_exists(path, "zarr.json") or kvstore_exists(path, ".zarray") or \
+                    kvstore_exists(path, "header.wkw"):
+                raise RemoteExistsError(
+                    f"{path} holds an array already, which {PROPERTIES} does not list for "
+                    f"layer {layer!r} (left by a creation that was interrupted?); remove it, "
+                    "or create the layer under another name"
+                )
 
     @staticmethod
     def _scale_mag(sc: Scale, vs0: VoxelSize) -> list[int]:
@@ -449,8 +592,10 @@ class WebknossosRemote(Remote):
         end = [math.ceil((o + s) / m) for o, s, m in zip(s0.offset.xyz(), s0.shape.xyz(), mag,
                                                           strict=True)]
         chunk = list(sc.chunks.xyz())
-        shard = [c * max(1, min(math.ceil(e / c), max(1, 1024 // c)))
-                 for c, e in zip(chunk, end, strict=True)]
+        # shards of whole chunks covering the extent, but of at most _SHARD_BYTES: a shard is
+        # written whole, so it is the least a write or a copy block holds in memory
+        shard = list(grow_block(sc.chunks, meta.dtype.itemsize * nc, Vec(*end[::-1]),
+                                _SHARD_BYTES).xyz())
         spec = {
             "driver": "zarr3",
             "kvstore": kvstore_spec(path),
@@ -535,26 +680,55 @@ class WebknossosRemote(Remote):
         if not isinstance(arr, TSArray):
             raise CapabilityNotSupportedError(f"{self.url} is a WKW layer: read only")
         arr.write(box, array)
+        if self._largest is not None and array.size:
+            top = int(array.max())
+            if top > self._largest:
+                self._raise_largest_segment_id(top)
+
+    def _raise_largest_segment_id(self, top: int) -> None:
+        """Raise the layer's largestSegmentId to ``top`` (WEBKNOSSOS gives new segments the
+        ids above it: left lower, an annotator's new segment would merge with written ones)."""
+        with _properties_lock(self.dataset):
+            props = read_json(self.dataset, PROPERTIES)
+            layers = [la for la in props.get("dataLayers", [])
+                      if isinstance(la, dict) and la.get("name") == self.layer]
+            if not layers:
+                raise RemoteNotFoundError(f"{self.layer!r} is gone from {self.dataset}")
+            have = _segment_id(layers[0].get("largestSegmentId"))
+            if have is None:  # someone made it unknown since: leave it so
+                self._largest = None
+                return
+            if top > have:
+                layers[0]["largestSegmentId"] = _segment_id_json(top)
+                write_json(self.dataset, PROPERTIES, props)
+            self._largest = max(top, have)
 
     def add_scales(self, scales: Sequence[Scale]) -> None:
         self._check_writable()
         if self.data_format != "zarr3":
             raise CapabilityNotSupportedError(f"{self.url}: scales are added to zarr3 layers")
         check_new_scales(self.meta, scales)
-        props = read_json(self.dataset, PROPERTIES)
-        layers = [la for la in props["dataLayers"] if la.get("name") == self.layer]
-        if not layers:
-            raise RemoteNotFoundError(f"{self.layer!r} is gone from {self.dataset}")
         vs0 = self.meta.scales[0].voxel_size
         base_xyz = [v * UNITS_NM.get(vs0.unit, 1.0) for v in vs0.xyz()]
-        for sc in scales:
-            mag = self._scale_mag(sc, vs0)
-            self._create_array(join(self.dataset, self.layer, _mag_name(mag)), self.meta, sc,
-                               self.meta.scales[0], mag)
-            layers[0]["mags"].append({"mag": mag, "path": f"./{self.layer}/{_mag_name(mag)}",
-                                      "axisOrder": dict(_DEFAULT_AXES)})
-        mags = [_mag(e["mag"], self.url) for e in layers[0]["mags"]]
-        self._write_layer_group(self.dataset, self.layer, mags, base_xyz)
-        write_json(self.dataset, PROPERTIES, props)
+        # read, changed and written back by one writer at a time: mags added to two layers at
+        # once (two downsamples) are both listed
+        with _properties_lock(self.dataset):
+            props = read_json(self.dataset, PROPERTIES)
+            layers = [la for la in props["dataLayers"] if la.get("name") == self.layer]
+            if not layers:
+                raise RemoteNotFoundError(f"{self.layer!r} is gone from {self.dataset}")
+            self._check_unused([join(self.dataset, self.layer, _mag_name(self._scale_mag(
+                sc, vs0))) for sc in scales], self.layer)
+            for sc in scales:
+                mag = self._scale_mag(sc, vs0)
+                self._create_array(join(self.dataset, self.layer, _mag_name(mag)), self.meta,
+                                   sc, self.meta.scales[0], mag)
+                layers[0]["mags"].append({"mag": mag,
+                                          "path": f"./{self.layer}/{_mag_name(mag)}",
+                                          "axisOrder": dict(_DEFAULT_AXES)})
+            mags = [_mag(e["mag"], self.url) for e in layers[0]["mags"]]
+            self._write_layer_group(self.dataset, self.layer, mags, base_xyz)
+            write_json(self.dataset, PROPERTIES, props)
         fresh = WebknossosRemote.open(join(self.dataset, self.layer), mode="r+")
         self.meta, self._arrays, self._mags = fresh.meta, fresh._arrays, fresh._mags
+        self._largest = fresh._largest
