@@ -12,7 +12,6 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
-from ..api import _spec_url
 from ..api import open as vopen
 from ..errors import (
     CapabilityNotSupportedError,
@@ -26,6 +25,7 @@ from ..progress import progress_bar  # one progress bar (and byte unit) for ever
 from ..registry import create_remote, resolve_for_create
 from ..remotes.base import Capability, Remote, has_capability
 from ..remotes.memory import MemoryRemote
+from ..remotes.tensorstore_spec import spec_url
 from ..volume import Volume
 
 __all__ = [
@@ -161,7 +161,8 @@ def resolve_output(out: Any, meta: VolumeMeta, *, overwrite: bool, options: dict
             raise ReadOnlyError(f"{out.url} is opened read-only; it cannot hold the output")
         check(out)
         return out
-    out = _spec_url(out)  # a TensorStore spec dict, as voxgate.create takes it
+    if isinstance(out, dict):  # a TensorStore spec, as voxgate.create takes it
+        out = spec_url(out)
     cls, location = resolve_for_create(str(out))
     if cls.exists(location):
         if not overwrite:
