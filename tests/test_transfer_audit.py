@@ -382,3 +382,39 @@ def test_an_empty_box_is_refused_before_anything_is_created(tmp_path: Path) -> N
     with pytest.raises(InvalidRequestError, match="holds no voxels"):
         voxgate.copy(src, f"zarr://{tmp_path}/dst.zarr", box=box, progress=False)
     assert not (tmp_path / "dst.zarr").exists()
+
+
+def test_the_same_copy_with_its_create_options_run_again_finishes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy that created its destination with options (``compression="zstd"``, ``cp
+    --compression``) and was interrupted is finished by running the very same call again; it
+    was refused ("options only apply when copy creates the destination").  Options on a
+    destination no unfinished copy of this source made are still refused, before anything is
+    written."""
+    from voxgate.remotes.zarr import ZarrRemote
+
+    monkeypatch.setattr(voxgate.transfer, "BLOCK_BYTES", 1)
+    src, levels = _source(tmp_path)
+    dst = f"zarr://{tmp_path}/dst.zarr"
+    _FailingWrites(monkeypatch, ZarrRemote, 5)
+    with pytest.raises(PartialWriteError):
+        voxgate.copy(src, dst, workers=1, progress=False, compression="zstd")
+    done = _journal_blocks()
+    assert len(done) == 4
+    _FailingWrites(monkeypatch, ZarrRemote, 0)
+    report = voxgate.copy(src, dst, workers=2, progress=False, compression="zstd")
+    assert report.resumed and report.blocks_skipped == 4 and not report.created
+    for k in (0, 1):
+        got = _tensorstore({"driver": "zarr3", "kvstore": f"file://{tmp_path}/dst.zarr/{k}"},
+                           levels[k].shape)
+        np.testing.assert_array_equal(got, levels[k])
+    # finished (its journal is gone): the options are refused again, and so they are on a
+    # destination another copy made
+    other = voxgate.create(f"zarr://{tmp_path}/other.zarr", shape=SHAPE, dtype="uint64",
+                           chunks=(8, 16, 16), voxel_size=(40, 8, 8), offset=OFFSET,
+                           num_scales=2, kind="segmentation")
+    for where in (dst, other.url):
+        with pytest.raises(InvalidRequestError, match="only apply when copy creates"):
+            voxgate.copy(src, where, progress=False, compression="zstd")
+    assert not other.read().any()

@@ -288,6 +288,13 @@ def _check_scales(scales: object, meta: VolumeMeta) -> list[int]:
     return wanted
 
 
+def _refuse_options(dst: Any, create_options: dict[str, Any]) -> None:
+    raise InvalidRequestError(
+        f"{_name(dst)} exists already; options {sorted(create_options)} only apply when "
+        "copy creates the destination (or when the same copy is run again to finish it)"
+    )
+
+
 def _name(x: str | os.PathLike[str] | Volume) -> str:
     return x.url if isinstance(x, Volume) else os.fspath(x)
 
@@ -522,7 +529,7 @@ def copy(
             scale=k,
         )
 
-    created = False
+    created = refuse_options = False
     if isinstance(dst, Volume):
         d_remote, _, _ = _as_remote(dst, "r+")
         if d_remote.url == s_remote.url:
@@ -533,11 +540,10 @@ def copy(
             raise InvalidRequestError("source and destination are the same volume")
         cls, location = resolve_for_create(dst_url)
         if cls.exists(location):
-            if create_options:
-                raise InvalidRequestError(
-                    f"{dst_url} exists already; options {sorted(create_options)} only apply when "
-                    "copy creates the destination"
-                )
+            # create options on a destination that exists are refused below, unless this is
+            # the same copy run again to finish it (its journal is there): the options made
+            # the destination the first time
+            refuse_options = bool(create_options)
             d_remote = cls.open(location, mode="r+")
         else:
             keep = [
@@ -548,6 +554,12 @@ def copy(
             d_remote = create_remote(dst_url, dmeta, **create_options)
             created = True
     dmeta = d_remote.meta
+    if refuse_options and (
+        dmeta.dtype != smeta.dtype or dmeta.num_channels != smeta.num_channels
+        or any(k >= len(dmeta.scales) or smeta.scale(k).bounds != dmeta.scale(k).bounds
+               for k in wanted)
+    ):  # (no unfinished copy of this source can have made it)
+        _refuse_options(dst, create_options)
     if dmeta.dtype != smeta.dtype:
         raise InvalidRequestError(
             f"destination dtype {dmeta.dtype.name} differs from the source's {smeta.dtype.name}"
@@ -593,6 +605,8 @@ def copy(
         header["view"] = [view_scale, str(exact[view_scale])]
     digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:24]
     path = journal_dir() / f"{digest}.journal"
+    if refuse_options and not path.exists():
+        _refuse_options(dst, create_options)
     if created:
         # the destination was (re)created just now: whatever an earlier run recorded went into
         # a store that is gone, so the copy starts from the first block
