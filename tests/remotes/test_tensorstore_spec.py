@@ -156,3 +156,25 @@ def test_cli_info_and_copy(tmp_path: Path) -> None:
     assert json.loads(res.output)["scales"][0]["voxel_size_zyx"] == [30.0, 5.0, 5.0]
     voxgate.copy(url, f"n5://{tmp_path}/out.n5", progress=False)
     assert (voxgate.open(f"n5://{tmp_path}/out.n5").read() == 4).all()
+
+
+def test_create_with_the_n5_and_precomputed_drivers(tmp_path: Path) -> None:
+    """An N5 spec creates an array N5 readers open (it failed: tensorstore refuses a fill value
+    for N5); a neuroglancer_precomputed spec is refused with what to use instead (it failed
+    with tensorstore's 'Cannot inverse transform schema of rank 3')."""
+    data = np.arange(6 * 7 * 9, dtype=np.uint16).reshape(6, 7, 9)
+    spec = {"driver": "n5", "kvstore": f"file://{tmp_path}/a.n5/"}
+    vol = voxgate.create(spec, shape=data.shape, dtype="uint16", chunks=(4, 4, 4),
+                         voxel_size=(40, 8, 8))
+    vol[:] = data
+    np.testing.assert_array_equal(voxgate.open(vol.url).read(), data)
+    np.testing.assert_array_equal(np.asarray(ts.open(spec).result().read().result()), data)
+    # the axes are named in the attributes, so voxgate's n5:// reads the same array
+    attrs = json.loads((tmp_path / "a.n5" / "attributes.json").read_text())
+    assert attrs["axes"] == ["z", "y", "x"] and attrs["dimensions"] == [6, 7, 9]
+    np.testing.assert_array_equal(voxgate.open(f"n5://{tmp_path}/a.n5").read(), data)
+    with pytest.raises(CapabilityNotSupportedError, match="precomputed://"):
+        voxgate.create({"driver": "neuroglancer_precomputed",
+                        "kvstore": f"file://{tmp_path}/p/"}, shape=(8, 8, 8), dtype="uint8",
+                       chunks=(8, 8, 8), voxel_size=(1, 1, 1))
+    assert not (tmp_path / "p").exists()

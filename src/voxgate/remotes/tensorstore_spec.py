@@ -224,6 +224,13 @@ class TensorStoreRemote(Remote):
             raise CapabilityNotSupportedError(
                 "a TensorStore spec names one array: create it with num_scales=1"
             )
+        if spec["driver"] == "neuroglancer_precomputed":
+            # (its arrays are x, y, z, channel with a scale's own metadata around them)
+            raise CapabilityNotSupportedError(
+                "create neuroglancer precomputed volumes with precomputed://PATH (voxgate "
+                "writes the info file, scales and encodings); a tensorstore:// spec of that "
+                "driver opens one that exists"
+            )
         sc = meta.scales[0]
         nc = meta.num_channels
         lead = [nc] if nc > 1 else []
@@ -235,8 +242,10 @@ class TensorStoreRemote(Remote):
         kw: dict[str, Any] = {
             "dtype": ts.dtype(meta.dtype.name), "domain": domain,
             "chunk_layout": ts.ChunkLayout(chunk_shape=[*lead, *sc.chunks]),
-            "dimension_units": units, "fill_value": np.zeros((), meta.dtype),
+            "dimension_units": units,
         }
+        if spec["driver"] != "n5":  # (N5 has no fill value: absent chunks read as 0)
+            kw["fill_value"] = np.zeros((), meta.dtype)
         # tensorstore retries the 404 of a missing bucket on its metadata write forever
         check_spec_buckets(spec, f"creating {location[:200]}")
         try:
