@@ -135,6 +135,10 @@ def _ts_limit() -> int | None:
 def test_each_worker_decodes_on_its_share_of_the_cores(cluster: Any) -> None:
     from voxgate.blockwise import worker_threads
 
+    # both workers are there when the run begins (each run divides the cores among the workers
+    # it finds): a worker killed by an earlier test may still be starting again (its nanny
+    # restarts it), and the lone survivor then rightly takes both cores
+    cluster.wait_for_workers(2, timeout=120)
     run_blocks(functools.partial(_once, "/nonexistent", "none"), BLOCKS[:2], client=cluster)
     cores = len(os.sched_getaffinity(0))
     # two one-thread workers on this machine: half its cores each (at least their one thread)
