@@ -49,6 +49,8 @@ class RequestTooLargeError(InvalidRequestError):
 
 
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
+#: a large body is read in pieces of this size (HTTPClient._bulk_into)
+_PIECE = 1 << 20
 
 
 class HTTPClient:
@@ -241,7 +243,8 @@ class HTTPClient:
             pos = 0
             with memoryview(into) as view:
                 while pos < n:
-                    got = resp.readinto(view[pos:n])
+                    # (in pieces: urllib3 reads each into a temporary of the piece's size)
+                    got = resp.readinto(view[pos:min(n, pos + _PIECE)])
                     if not got:
                         break
                     pos += got
