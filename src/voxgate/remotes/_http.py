@@ -200,7 +200,7 @@ class HTTPClient:
         with self._bulk_lock:
             if self._bulk is None:
                 self._bulk = urllib3.PoolManager(
-                    num_pools=4, maxsize=self._max_connections, block=False,
+                    num_pools=4, maxsize=self._max_connections, block=True,
                     ssl_context=_ssl_context(), headers=self._headers)
             return self._bulk
 
