@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 import voxgate
-from tests.services.brute_reference import label_stats as brute_stats
+from tests.services.brute_reference import assert_stats_match, split_pieces
 from tests.services.brute_reference import relabel as brute_relabel
-from tests.services.brute_reference import split_pieces
 from tests.services.numpy_reference import downsample_scales
 from voxgate.remotes.dvid import DVIDRepo
 from voxgate.testing.dvid import DVIDServerProcess, start_server
@@ -79,14 +78,7 @@ def test_edits_reach_every_scale_and_undo_restores_every_scale(tmp_path: Path) -
     got = _scales(v)
     assert all(np.array_equal(a, b) for a, b in zip(got, _pyramid(want, v), strict=True))
 
-    stats = voxgate.label_stats(v).set_index("id")
-    ref = brute_stats(want, OFFSET)
-    assert sorted(int(i) for i in stats.index) == sorted(ref)
-    for i, r in ref.items():
-        row = stats.loc[i]
-        assert int(row.voxel_count) == r["count"]
-        assert (int(row.z0), int(row.y0), int(row.x0)) == r["lo"]
-        assert (int(row.z1), int(row.y1), int(row.x1)) == r["hi"]
+    assert_stats_match(voxgate.label_stats(v), want, OFFSET)
 
     voxgate.undo(v)
     assert all(a.tobytes() == b.tobytes()

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import textwrap
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -22,20 +19,8 @@ import pytest
 import voxgate
 from voxgate.errors import InvalidRequestError, RemoteExistsError
 
-PEER = os.environ.get("VOXGATE_WEBKNOSSOS_PYTHON")
-# as in test_webknossos_peer.py: skipped by a bare `pytest` outside CI, failing in CI without it
-needs_peer = pytest.mark.skipif(
-    not PEER and not os.environ.get("CI"),
-    reason="VOXGATE_WEBKNOSSOS_PYTHON names no Python with the webknossos package",
-)
-
-
-def peer(code: str, *args: str) -> str:
-    assert PEER, "CI must run these: scripts/test.sh sets VOXGATE_WEBKNOSSOS_PYTHON"
-    out = subprocess.run([PEER, "-c", textwrap.dedent(code), *args], capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
+from .test_webknossos_peer import peer
+from .test_webknossos_peer import pytestmark as needs_peer  # (the peer tests' own rule)
 
 
 def props(path: Path) -> dict:

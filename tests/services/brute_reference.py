@@ -95,6 +95,20 @@ def label_stats(labels: np.ndarray, origin: Sequence[int] = (0, 0, 0)) -> dict[i
             for v, s in sorted(acc.items())}
 
 
+def assert_stats_match(table: Any, labels: np.ndarray, origin: Sequence[int] = (0, 0, 0)
+                       ) -> None:
+    """A label_stats table (a DataFrame with an ``id`` column) holds exactly the ids of
+    ``labels``, with the brute-force counts and bounding boxes."""
+    stats = table.set_index("id")
+    ref = label_stats(labels, origin)
+    assert sorted(int(i) for i in stats.index) == sorted(ref)
+    for i, r in ref.items():
+        row = stats.loc[i]
+        assert int(row.voxel_count) == r["count"]
+        assert (int(row.z0), int(row.y0), int(row.x0)) == r["lo"]
+        assert (int(row.z1), int(row.y1), int(row.x1)) == r["hi"]
+
+
 def relabel(labels: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
     """Each voxel looked up once in ``mapping`` (ids not in it stay)."""
     lab = np.asarray(labels)
