@@ -40,16 +40,7 @@ def write_view(vol: Volume, value: Any, workers: int | None) -> None:
     arr = coerce(vol, value)
     if any(a.length == 0 for a in vol._axes):
         return
-    sc = vol.scale_meta
-    need = vol._box()
-    if not sc.bounds.contains(need):
-        raise OutOfBoundsError(
-            f"cannot write {need!r}: it is outside the volume's bounds {sc.bounds!r}"
-        )
-    if len(vol._axes) == 4 and (
-        vol._axes[0].length != vol.meta.num_channels or not vol._axes[0].keep
-    ):
-        raise InvalidRequestError("writes must cover every channel of a multi-channel volume")
+    need = _target_box(vol)
     # put dropped axes back so the array has the enclosing box's shape
     full = arr.reshape(tuple(a.length for a in vol._axes))
     if any(a.step != 1 for a in vol._spatial):
@@ -84,20 +75,8 @@ def _write_from_volume(vol: Volume, src: Volume, workers: int | None) -> None:
     from ``src`` just before (a few blocks in memory at once; the whole source was read
     first)."""
     dt = vol.dtype
-    if not np.can_cast(src.dtype, dt, casting="safe"):
-        raise DtypeError(
-            f"cannot write {src.dtype.name} data into a {dt.name} volume without losing "
-            f"values; convert it first (e.g. arr.astype('{dt.name}'))"
-        )
-    need = vol._box()
-    if not vol.scale_meta.bounds.contains(need):
-        raise OutOfBoundsError(
-            f"cannot write {need!r}: it is outside the volume's bounds {vol.scale_meta.bounds!r}"
-        )
-    if len(vol._axes) == 4 and (
-        vol._axes[0].length != vol.meta.num_channels or not vol._axes[0].keep
-    ):
-        raise InvalidRequestError("writes must cover every channel of a multi-channel volume")
+    _check_cast(src.dtype, dt)
+    need = _target_box(vol)
     lead = (slice(None),) * (len(vol._axes) - 3)
 
     def part(b: Box) -> np.ndarray:
@@ -108,6 +87,30 @@ def _write_from_volume(vol: Volume, src: Volume, workers: int | None) -> None:
         return np.ascontiguousarray(data.reshape(shape), dtype=dt)
 
     _write_parts(vol, need, part, workers)
+
+
+def _target_box(vol: Volume) -> Box:
+    """The box a write into the view covers, refused outside the volume's bounds or when it
+    leaves out channels of a multi-channel volume."""
+    sc = vol.scale_meta
+    need = vol._box()
+    if not sc.bounds.contains(need):
+        raise OutOfBoundsError(
+            f"cannot write {need!r}: it is outside the volume's bounds {sc.bounds!r}"
+        )
+    if len(vol._axes) == 4 and (
+        vol._axes[0].length != vol.meta.num_channels or not vol._axes[0].keep
+    ):
+        raise InvalidRequestError("writes must cover every channel of a multi-channel volume")
+    return need
+
+
+def _check_cast(dtype: np.dtype[Any], dt: np.dtype[Any]) -> None:
+    if not np.can_cast(dtype, dt, casting="safe"):
+        raise DtypeError(
+            f"cannot write {dtype.name} data into a {dt.name} volume without losing "
+            f"values; convert it first (e.g. arr.astype('{dt.name}'))"
+        )
 
 
 def _write_strided(vol: Volume, need: Box, full: np.ndarray, workers: int | None) -> None:
@@ -149,11 +152,7 @@ def coerce(vol: Volume, value: Any) -> np.ndarray:
     arr = np.asarray(value)
     if arr.dtype == object:
         raise DtypeError(f"cannot write an object array into a {dt.name} volume")
-    if not np.can_cast(arr.dtype, dt, casting="safe"):
-        raise DtypeError(
-            f"cannot write {arr.dtype.name} data into a {dt.name} volume without losing "
-            f"values; convert it first (e.g. arr.astype('{dt.name}'))"
-        )
+    _check_cast(arr.dtype, dt)
     try:
         return np.broadcast_to(arr, vol.shape)
     except ValueError:
