@@ -45,7 +45,8 @@ from .cache import CachedRemote, TieredCache, UpstreamError, UpstreamTimeoutErro
 from .config import ChannelConfig, RelayConfig, check_name
 from .statefile import StateFile, TransactionLock
 
-__all__ = ["Catalog", "ChannelEntry", "NotFound", "ResourceExists", "data_root_volumes"]
+__all__ = ["Catalog", "ChannelEntry", "NotFound", "ResourceExists", "data_root_volumes",
+           "local_store"]
 
 
 def _empty_state() -> dict[str, Any]:
@@ -229,7 +230,7 @@ class Catalog:
             moved = False
             for key, spec in self.state["local_channels"].items():
                 c, e, name = key.split("/")
-                path = root / c / e / f"{name}.zarr"
+                path = local_store(root, c, e, name)
                 url = f"zarr://{path}"
                 if spec.get("url") != url and path.is_dir():
                     spec["url"] = url
@@ -575,6 +576,12 @@ def _channel_name(parts: list[str]) -> tuple[str, str, str]:
     if len(parts) == 2:
         return DEFAULT_COLLECTION, parts[0], name
     return parts[0], "_".join(parts[1:-1]), name
+
+
+def local_store(root: Path, c: str, e: str, ch: str) -> Path:
+    """Where a channel created through the project API keeps its data: a zarr volume
+    ``C/E/CH.zarr`` under the data root."""
+    return root / c / e / f"{ch}.zarr"
 
 
 def data_root_volumes(root: Path, max_depth: int = MAX_DEPTH) -> list[tuple[tuple[str, str, str],

@@ -32,7 +32,7 @@ from ..geometry import Box, Vec, VoxelSize, chunk_boxes
 from ..meta import Scale, VolumeMeta
 from ..storage import set_request_retries
 from .cache import CachedRemote, TieredCache
-from .catalog import Catalog, ChannelEntry, NotFound, boss_unit_to_nm
+from .catalog import Catalog, ChannelEntry, NotFound, boss_unit_to_nm, local_store
 from .config import RelayConfig
 from .errors import (
     INVALID_POST_ARGUMENT,
@@ -544,7 +544,7 @@ class Relay:
         frame = dict(stored_frame) if stored_frame is not None else \
             cat.coord_frames()[exp["coord_frame"]]
         meta = local_channel_meta(frame, exp, body)
-        path = root / c / e / f"{ch}.zarr"
+        path = local_store(root, c, e, ch)
         url = f"zarr://{path}"
         # blosc-lz4, as bossDB keeps its cuboids in a fast blosc codec: blosc-zstd (zarr's
         # default) made every cutout POST spend about 3x as long compressing (measured)
