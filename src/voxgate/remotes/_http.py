@@ -201,7 +201,7 @@ class HTTPClient:
             if self._bulk is None:
                 self._bulk = urllib3.PoolManager(
                     num_pools=4, maxsize=self._max_connections, block=True,
-                    ssl_context=_ssl_context(), headers=self._headers)
+                    ssl_context=_ssl_context())
             return self._bulk
 
     def _bulk_into(self, method: str, path: str, into: bytearray,
@@ -281,7 +281,9 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 def _as_httpx(exc: urllib3.exceptions.HTTPError, request: httpx.Request) -> httpx.HTTPError:
-    """A urllib3 failure as the httpx error of the same kind (what the retry loop knows)."""
+    """A urllib3 failure as the httpx error of the same kind (what the retry loop knows).
+    Raised ``from`` the urllib3 error, whose causes lead to a socket.gaierror when a name
+    does not resolve (:func:`_name_not_resolved` follows them)."""
     text = str(exc)
     if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
         return httpx.ConnectTimeout(text, request=request)
@@ -290,13 +292,9 @@ def _as_httpx(exc: urllib3.exceptions.HTTPError, request: httpx.Request) -> http
     if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
         inner = exc.reason
         if isinstance(inner, urllib3.exceptions.HTTPError) and inner is not exc:
-            err = _as_httpx(inner, request)
-            err.__cause__ = inner
-            return err
+            return _as_httpx(inner, request)
     if isinstance(exc, urllib3.exceptions.NewConnectionError):
-        err = httpx.ConnectError(text, request=request)
-        err.__cause__ = exc.__cause__ or exc.__context__  # socket.gaierror for a bad name
-        return err
+        return httpx.ConnectError(text, request=request)
     if isinstance(exc, urllib3.exceptions.TimeoutError):
         return httpx.ReadTimeout(text, request=request)
     if isinstance(exc, urllib3.exceptions.ProtocolError):
