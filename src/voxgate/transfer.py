@@ -288,11 +288,33 @@ def _check_scales(scales: object, meta: VolumeMeta) -> list[int]:
     return wanted
 
 
-def _refuse_options(dst: Any, create_options: dict[str, Any]) -> None:
-    raise InvalidRequestError(
+def _options_refused(dst: Any, create_options: dict[str, Any]) -> InvalidRequestError:
+    return InvalidRequestError(
         f"{_name(dst)} exists already; options {sorted(create_options)} only apply when "
         "copy creates the destination (or when the same copy is run again to finish it)"
     )
+
+
+def _check_geometry(smeta: VolumeMeta, dmeta: VolumeMeta, wanted: Sequence[int],
+                    url: str) -> None:
+    """An existing destination holds the source's dtype, channels and, at every scale
+    copied, its bounds (a voxel size that differs is warned about)."""
+    if dmeta.dtype != smeta.dtype:
+        raise InvalidRequestError(
+            f"destination dtype {dmeta.dtype.name} differs from the source's {smeta.dtype.name}"
+        )
+    if dmeta.num_channels != smeta.num_channels:
+        raise InvalidRequestError("source and destination have different numbers of channels")
+    for k in wanted:
+        if k >= len(dmeta.scales):
+            raise InvalidRequestError(f"destination {url} has no scale {k}")
+        ss, ds = smeta.scale(k), dmeta.scale(k)
+        if ss.shape != ds.shape or ss.offset != ds.offset:
+            raise InvalidRequestError(
+                f"scale {k}: source covers {ss.bounds!r}, destination {ds.bounds!r}; they must "
+                "match (copy into a fresh destination to create it with the source's geometry)"
+            )
+        _warn_voxel_sizes(k, ss, ds, url)
 
 
 def _name(x: str | os.PathLike[str] | Volume) -> str:
@@ -554,28 +576,12 @@ def copy(
             d_remote = create_remote(dst_url, dmeta, **create_options)
             created = True
     dmeta = d_remote.meta
-    if refuse_options and (
-        dmeta.dtype != smeta.dtype or dmeta.num_channels != smeta.num_channels
-        or any(k >= len(dmeta.scales) or smeta.scale(k).bounds != dmeta.scale(k).bounds
-               for k in wanted)
-    ):  # (no unfinished copy of this source can have made it)
-        _refuse_options(dst, create_options)
-    if dmeta.dtype != smeta.dtype:
-        raise InvalidRequestError(
-            f"destination dtype {dmeta.dtype.name} differs from the source's {smeta.dtype.name}"
-        )
-    if dmeta.num_channels != smeta.num_channels:
-        raise InvalidRequestError("source and destination have different numbers of channels")
-    for k in wanted:
-        if k >= len(dmeta.scales):
-            raise InvalidRequestError(f"destination {d_remote.url} has no scale {k}")
-        ss, ds = smeta.scale(k), dmeta.scale(k)
-        if ss.shape != ds.shape or ss.offset != ds.offset:
-            raise InvalidRequestError(
-                f"scale {k}: source covers {ss.bounds!r}, destination {ds.bounds!r}; they must "
-                "match (copy into a fresh destination to create it with the source's geometry)"
-            )
-        _warn_voxel_sizes(k, ss, ds, d_remote.url)
+    try:
+        _check_geometry(smeta, dmeta, wanted, d_remote.url)
+    except InvalidRequestError:
+        if refuse_options:  # (no unfinished copy of this source can have made it)
+            raise _options_refused(dst, create_options) from None
+        raise
 
     # the plan: (scale, block index, block box) for every block of every scale
     itemsize, channels = smeta.dtype.itemsize, smeta.num_channels
@@ -606,7 +612,7 @@ def copy(
     digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:24]
     path = journal_dir() / f"{digest}.journal"
     if refuse_options and not path.exists():
-        _refuse_options(dst, create_options)
+        raise _options_refused(dst, create_options)
     if created:
         # the destination was (re)created just now: whatever an earlier run recorded went into
         # a store that is gone, so the copy starts from the first block
