@@ -29,6 +29,7 @@ from ..errors import (
     InvalidRequestError,
     MissingChunkError,
     ReadOnlyError,
+    RemoteExistsError,
 )
 from ..geometry import Box, Vec, chunk_boxes
 from ..meta import Scale, VolumeMeta
@@ -40,6 +41,7 @@ __all__ = [
     "bisect_absent",
     "check_missing",
     "check_options",
+    "check_same_volume",
     "format_chunks",
     "has_capability",
     "notify_written",
@@ -262,6 +264,26 @@ def check_options(
         )
     raise InvalidRequestError(
         f"{cls_name} got unknown option(s){where} {', '.join(named)}{hint}"
+    )
+
+
+def check_same_volume(existing: VolumeMeta, wanted: VolumeMeta, where: str) -> None:
+    """Refuse to hand back ``existing`` for a ``create(..., exist_ok=True)`` asking for another
+    volume: the dtype, shape (of scale 0) and channel count must all match.
+
+    ``where`` names the store's volume in the message (a location's repr, ``path#name``, ...);
+    a store without channels always reports 1.
+    """
+    if (
+        existing.dtype == wanted.dtype
+        and existing.shape == wanted.shape
+        and existing.num_channels == wanted.num_channels
+    ):
+        return
+    raise RemoteExistsError(
+        f"{where} already holds a {existing.dtype.name} volume of shape "
+        f"{tuple(existing.shape)} with {existing.num_channels} channel(s), not the "
+        f"{wanted.dtype.name} {tuple(wanted.shape)} with {wanted.num_channels} asked for"
     )
 
 

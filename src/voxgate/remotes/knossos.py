@@ -50,7 +50,7 @@ from ..errors import (
 from ..geometry import Box, Vec, VoxelSize, chunk_boxes
 from ..meta import Scale, VolumeMeta, check_new_scales
 from ..storage import atomic_write, file_lock, is_local, local_path
-from .base import Capability, Remote, check_options
+from .base import Capability, Remote, check_options, check_same_volume
 
 __all__ = ["KnossosRemote", "parse_knossos_conf"]
 
@@ -237,11 +237,7 @@ class KnossosRemote(Remote):
                     "open it)"
                 )
             existing = cls.open(location, mode="r+")
-            if existing.meta.shape != meta.shape:
-                raise RemoteExistsError(
-                    f"{location!r} already holds a volume of shape {tuple(existing.meta.shape)}"
-                    f", not {tuple(meta.shape)}"
-                )
+            check_same_volume(existing.meta, meta, repr(location))
             return existing
         name = experiment or os.path.basename(os.path.normpath(path)) or "dataset"
         if not re.fullmatch(r"[A-Za-z0-9._-]+", name):

@@ -51,7 +51,7 @@ from ..storage import (
     write_json,
 )
 from ._tensorstore import TSArray
-from .base import Capability, Remote, check_options
+from .base import Capability, Remote, check_options, check_same_volume
 
 __all__ = ["N5Remote"]
 
@@ -377,7 +377,7 @@ class N5Remote(Remote):
                     "exist_ok=True to open it)"
                 )
             existing = cls.open(location, mode="r+")
-            _check_compatible(existing.meta, meta, location)
+            check_same_volume(existing.meta, meta, repr(location))
             return existing
         check_bucket(location, f"creating {location}")
         channels = meta.num_channels
@@ -543,11 +543,3 @@ def _compression(name: str, dtype: np.dtype[Any]) -> dict[str, Any]:
     if name == "zstd":
         return {"type": "zstd", "level": 3}
     return {"type": "raw"}
-
-
-def _check_compatible(existing: VolumeMeta, wanted: VolumeMeta, location: str) -> None:
-    if existing.dtype != wanted.dtype or existing.shape != wanted.shape:
-        raise RemoteExistsError(
-            f"{location!r} already holds a {existing.dtype.name} volume of shape "
-            f"{tuple(existing.shape)}, not the {wanted.dtype.name} {tuple(wanted.shape)} asked for"
-        )

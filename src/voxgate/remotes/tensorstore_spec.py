@@ -41,7 +41,7 @@ from ..geometry import Box, Vec, VoxelSize
 from ..meta import Kind, Scale, VolumeMeta
 from ..storage import UNITS_NM, check_spec_buckets, ts_context, ts_errors
 from ._tensorstore import TSArray
-from .base import Capability, Remote, check_options
+from .base import Capability, Remote, check_options, check_same_volume
 
 __all__ = ["TensorStoreRemote", "spec_url"]
 
@@ -214,11 +214,7 @@ class TensorStoreRemote(Remote):
                     "exist_ok=True to open it)"
                 )
             existing = cls.open(location, mode="r+")
-            if existing.meta.dtype != meta.dtype or existing.meta.shape != meta.shape:
-                raise RemoteExistsError(
-                    f"{location[:200]} holds a {existing.meta.dtype.name} array of shape "
-                    f"{tuple(existing.meta.shape)}, not {meta.dtype.name} {tuple(meta.shape)}"
-                )
+            check_same_volume(existing.meta, meta, location[:200])
             return existing
         if len(meta.scales) > 1:
             raise CapabilityNotSupportedError(

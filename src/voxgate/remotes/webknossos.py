@@ -64,7 +64,7 @@ from ..storage import (
     write_json,
 )
 from ._tensorstore import TSArray
-from .base import Capability, Remote, check_options
+from .base import Capability, Remote, check_options, check_same_volume
 
 __all__ = ["PROPERTIES", "WebknossosRemote", "layer_names"]
 
@@ -507,12 +507,7 @@ class WebknossosRemote(Remote):
                         "(pass exist_ok=True to open it)"
                     )
                 existing = cls.open(join(dataset, name), mode="r+")
-                if existing.meta.dtype != meta.dtype or existing.meta.shape != meta.shape:
-                    raise RemoteExistsError(
-                        f"layer {name!r} of {dataset!r} holds a {existing.meta.dtype.name} "
-                        f"volume of shape {tuple(existing.meta.shape)}, not "
-                        f"{meta.dtype.name} {tuple(meta.shape)}"
-                    )
+                check_same_volume(existing.meta, meta, f"layer {name!r} of {dataset!r}")
                 return existing
             if props is None:
                 props = {"id": {"name": _split(dataset)[1] or "dataset", "team": ""},

@@ -44,7 +44,7 @@ from ..storage import (
     write_json,
 )
 from ._tensorstore import TSArray
-from .base import Capability, Remote, check_options
+from .base import Capability, Remote, check_options, check_same_volume
 
 __all__ = ["ZarrRemote"]
 
@@ -259,7 +259,7 @@ class ZarrRemote(Remote):
                     "to open it)"
                 )
             existing = cls.open(location, mode="r+")
-            _check_compatible(existing.meta, meta, location)
+            check_same_volume(existing.meta, meta, repr(location))
             return existing
         check_bucket(location, f"creating {location}")
         channels = meta.num_channels
@@ -600,12 +600,4 @@ def _array_spec(
             "dimension_names": names,
         },
     }
-
-
-def _check_compatible(existing: VolumeMeta, wanted: VolumeMeta, location: str) -> None:
-    if existing.dtype != wanted.dtype or existing.shape != wanted.shape:
-        raise RemoteExistsError(
-            f"{location!r} already holds a {existing.dtype.name} volume of shape "
-            f"{tuple(existing.shape)}, not the {wanted.dtype.name} {tuple(wanted.shape)} asked for"
-        )
 

@@ -8,7 +8,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ...errors import InvalidRequestError, RemoteExistsError, VoxgateError
+from ...errors import InvalidRequestError, VoxgateError
 from ...meta import Scale, VolumeMeta
 
 
@@ -69,11 +69,3 @@ def _write_scale_attrs(attrs: h5py.AttributeManager, meta: VolumeMeta, sc: Scale
     attrs["offset"] = [o * v for o, v in zip(sc.offset, vs.zyx(), strict=True)]
     axes = ["c", "z", "y", "x"] if meta.num_channels > 1 else ["z", "y", "x"]
     attrs["axes"] = np.asarray(axes, dtype=h5py.string_dtype())
-
-
-def _check_compatible(existing: VolumeMeta, wanted: VolumeMeta, where: str) -> None:
-    if existing.dtype != wanted.dtype or existing.shape != wanted.shape:
-        raise RemoteExistsError(
-            f"{where} already holds a {existing.dtype.name} volume of shape "
-            f"{tuple(existing.shape)}, not the {wanted.dtype.name} {tuple(wanted.shape)} asked for"
-        )

@@ -20,8 +20,8 @@ from ...errors import (
 )
 from ...geometry import Box, Vec, VoxelSize, chunk_boxes
 from ...meta import Kind, Scale, VolumeMeta, check_new_scales
-from ..base import Capability, Remote, check_options
-from .create import _check_compatible, _create_dataset, _create_volume, _plain, _write_scale_attrs
+from ..base import Capability, Remote, check_options, check_same_volume
+from .create import _create_dataset, _create_volume, _plain, _write_scale_attrs
 from .files import _acquire, _release, _SharedFile, _split
 from .layout import (
     DEFAULT_DATASET,
@@ -203,7 +203,7 @@ class HDF5Remote(Remote):
                     f"{path}#{name} already holds a volume (pass exist_ok=True to open it)"
                 )
             existing = cls.open(f"{path}#{name}", mode="r+")
-            _check_compatible(existing.meta, meta, f"{path}#{name}")
+            check_same_volume(existing.meta, meta, f"{path}#{name}")
             return existing
         os.makedirs(os.path.dirname(path), exist_ok=True)
         shared = _acquire(path, writable=True, create=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ...errors import InvalidRequestError, RemoteExistsError
+from ...errors import InvalidRequestError
 from ...formats.precomputed_info import DTYPES
 from ...meta import Scale, VolumeMeta
 from ...storage import UNITS_NM
@@ -101,16 +101,3 @@ def _scale_info(
             "bits); use bigger chunks"
         )
     return out
-
-
-def _check_compatible(existing: VolumeMeta, wanted: VolumeMeta, location: str) -> None:
-    if (
-        existing.dtype != wanted.dtype
-        or existing.shape != wanted.shape
-        or existing.num_channels != wanted.num_channels
-    ):
-        raise RemoteExistsError(
-            f"{location!r} already holds a {existing.dtype.name} volume of shape "
-            f"{tuple(existing.shape)} with {existing.num_channels} channel(s), not the "
-            f"{wanted.dtype.name} {tuple(wanted.shape)} with {wanted.num_channels} asked for"
-        )

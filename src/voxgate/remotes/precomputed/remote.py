@@ -42,7 +42,7 @@ from ...storage import (
     write_json,
 )
 from .._tensorstore import TSArray
-from ..base import Capability, Remote, check_options
+from ..base import Capability, Remote, check_options, check_same_volume
 from .chunks import (
     _OWN_ENCODINGS,
     _chunk_name,
@@ -53,7 +53,7 @@ from .chunks import (
     _LocalChunks,
     _ScaleIO,
 )
-from .info import _TS_ENCODINGS, _check_compatible, _check_meta, _scale_info
+from .info import _TS_ENCODINGS, _check_meta, _scale_info
 from .sharding import _shard_shape, _sharded_presence
 
 __all__ = ["PrecomputedRemote"]
@@ -126,7 +126,7 @@ class PrecomputedRemote(Remote):
                     "to open it)"
                 )
             existing = cls.open(location, mode="r+")
-            _check_compatible(existing.meta, meta, location)
+            check_same_volume(existing.meta, meta, repr(location))
             extra = meta.scales[len(existing.meta.scales) :]
             if extra:
                 existing._append_scales(meta, extra, sharded)

@@ -18,7 +18,7 @@ from ...errors import (
     RemoteExistsError,
 )
 from ...meta import VolumeMeta
-from ..base import check_options
+from ..base import check_options, check_same_volume
 from .pages import TIFF_SUFFIXES, VOXGATE_TAG, _tifffile, _write_slice
 
 if TYPE_CHECKING:
@@ -76,12 +76,7 @@ def create_tiff(
                 f"a TIFF already exists at {location!r} (pass exist_ok=True to open it)"
             )
         existing = cls.open(location, mode="r+")
-        if existing.meta.dtype != meta.dtype or existing.meta.shape != meta.shape:
-            raise RemoteExistsError(
-                f"{location!r} already holds a {existing.meta.dtype.name} volume of shape "
-                f"{tuple(existing.meta.shape)}, not the {meta.dtype.name} "
-                f"{tuple(meta.shape)} asked for"
-            )
+        check_same_volume(existing.meta, meta, repr(location))
         return existing
     sc = meta.scales[0]
     own = {
