@@ -230,11 +230,34 @@ def default_factors(voxel_size: VoxelSize) -> Vec:
     return Vec(*f)
 
 
-def next_scales(meta: VolumeMeta, count: int, factors: Sequence[Vec] | None = None) -> list[Scale]:
+#: how a coarser scale's voxels lie over the finer scale's (``Remote.pyramid_anchor``):
+#: "offset" — blocks of the factor start at the scale's first voxel, as Igneous and CloudVolume
+#: make precomputed pyramids; "origin" — voxel i covers the finer voxels [i * f, (i + 1) * f),
+#: on the grid through coordinate 0, as WEBKNOSSOS mags do
+PyramidAnchor = Literal["offset", "origin"]
+
+
+def coarser_extent(offset: Sequence[int], shape: Sequence[int], factor: Sequence[int],
+                   anchor: PyramidAnchor = "offset") -> tuple[Vec, Vec]:
+    """The (offset, shape) of the scale one ``factor`` coarser than a scale at ``offset`` of
+    ``shape``.  The offset rounds down either way; anchored at the offset the shape is
+    ``ceil(shape / factor)``, anchored at the origin it is every grid block the scale touches,
+    ``ceil((offset + shape) / factor) - floor(offset / factor)`` (one more where a block is cut
+    at both ends)."""
+    lo = Vec(*(o // k for o, k in zip(offset, factor, strict=True)))
+    if anchor == "origin":
+        hi = Vec(*(-(-(o + s) // k) for o, s, k in zip(offset, shape, factor, strict=True)))
+        return lo, Vec(*(h - low for h, low in zip(hi, lo, strict=True)))
+    return lo, Vec(*(math.ceil(s / k) for s, k in zip(shape, factor, strict=True)))
+
+
+def next_scales(meta: VolumeMeta, count: int, factors: Sequence[Vec] | None = None,
+                anchor: PyramidAnchor = "offset") -> list[Scale]:
     """``count`` scales after the coarsest one, each downsampled by its factor (z, y, x).
 
     Factors default to :func:`default_factors` of the previous scale's voxel size.  Shapes round
-    up and offsets round down, as precomputed and OME-Zarr pyramids do.
+    up and offsets round down, as precomputed and OME-Zarr pyramids do; see
+    :func:`coarser_extent` for ``anchor``.
     """
     out: list[Scale] = []
     prev = meta.scales[-1]
@@ -248,14 +271,9 @@ def next_scales(meta: VolumeMeta, count: int, factors: Sequence[Vec] | None = No
             raise InvalidRequestError(
                 f"{count} more scale(s) asked for, but scale {prev.index} is already one voxel: "
                 f"this volume has at most {prev.index + 1} scales")
-        prev = Scale(
-            prev.index + 1,
-            Vec(*(math.ceil(s / k) for s, k in zip(prev.shape, f, strict=True))),
-            prev.chunks,
-            _scaled(prev.voxel_size, f),
-            Vec(*(o // k for o, k in zip(prev.offset, f, strict=True))),
-            prev.encoding,
-        )
+        offset, shape = coarser_extent(prev.offset, prev.shape, f, anchor)
+        prev = Scale(prev.index + 1, shape, prev.chunks, _scaled(prev.voxel_size, f), offset,
+                     prev.encoding)
         out.append(prev)
     return out
 

@@ -52,7 +52,7 @@ from .errors import (
     VoxgateWarning,
 )
 from .geometry import Box, Vec, chunk_boxes, grow_block
-from .meta import Scale, VolumeMeta
+from .meta import Scale, VolumeMeta, coarser_extent
 from .parallel import default_workers
 from .progress import progress_bar
 from .registry import create_remote, open_remote, resolve_for_create
@@ -317,6 +317,34 @@ def _check_geometry(smeta: VolumeMeta, dmeta: VolumeMeta, wanted: Sequence[int],
         _warn_voxel_sizes(k, ss, ds, url)
 
 
+def _check_pyramid_fits(smeta: VolumeMeta, top: int, anchor: str, scheme: str,
+                        url: str) -> None:
+    """Before a destination is created: a store whose coarser scales lie on the grid through
+    0 (``pyramid_anchor`` "origin": WEBKNOSSOS) makes each scale's extent itself, so the
+    source's scales 1..``top`` must have those extents; a pyramid made from the volume's
+    first voxel (precomputed, after Igneous) at an offset that is not a multiple of a factor
+    does not, and its voxels would lie up to a factor - 1 voxels off there."""
+    if anchor != "origin":
+        return
+    prev = smeta.scale(0)
+    offset, shape = prev.offset, prev.shape
+    for k in range(1, top + 1):
+        sk = smeta.scale(k)
+        f = [max(1, round(b / a)) for a, b in zip(prev.voxel_size.zyx(), sk.voxel_size.zyx(),
+                                                  strict=True)]
+        offset, shape = coarser_extent(offset, shape, f, "origin")
+        if (offset, shape) != (sk.offset, sk.shape):
+            raise InvalidRequestError(
+                f"{url}: {scheme}:// puts the voxels of a coarser scale on the grid through "
+                f"0 (voxel i covers [i * factor, (i + 1) * factor) of the scale before it), so "
+                f"its scale {k} would cover {Box(offset, offset + shape)!r}; the source's scale "
+                f"{k} covers {sk.bounds!r} (a pyramid whose blocks start at the volume's first "
+                f"voxel, offset {tuple(smeta.scale(0).offset)}). Nothing was created: copy "
+                "scale 0 alone (scales=[0]) and make the coarser scales with "
+                "voxgate.downsample on the destination")
+        prev = sk
+
+
 def _name(x: str | os.PathLike[str] | Volume) -> str:
     return x.url if isinstance(x, Volume) else os.fspath(x)
 
@@ -568,6 +596,7 @@ def copy(
             refuse_options = bool(create_options)
             d_remote = cls.open(location, mode="r+")
         else:
+            _check_pyramid_fits(smeta, max(wanted), cls.pyramid_anchor, cls.scheme, dst_url)
             keep = [
                 replace(smeta.scale(k), encoding=None, key=None) for k in range(max(wanted) + 1)
             ]

@@ -267,3 +267,151 @@ def test_unlisted_arrays_are_refused_clearly_and_left_alone(tmp_path: Path) -> N
     with pytest.raises(RemoteExistsError, match=r"base/2 holds an array already"):
         voxgate.downsample(voxgate.open(f"webknossos://{ds}/base", mode="r+"), num_scales=2)
     assert props(ds) == before
+
+
+# -- mags on the grid through 0 -------------------------------------------------------------------
+# WEBKNOSSOS (and the webknossos library's downsample) puts voxel i of mag m over mag 1's
+# [i * m, (i + 1) * m), whatever the layer's topLeft.  voxgate anchored downsample's blocks at
+# the layer's first voxel (as for precomputed, after Igneous): at a topLeft that is not a
+# multiple of the mag, every coarse voxel was made of the wrong mag-1 voxels and the last one
+# of each row was never written (the mag's extent counts one block more).
+
+OFFSET = (3, 7, 45)  # z, y, x: x and y not multiples of 2 or 4
+
+
+def _reference_mags(data: np.ndarray, factors: list[tuple[int, int, int]], kind: str
+                    ) -> list[np.ndarray]:
+    from tests.services.numpy_reference import downsample_scales
+
+    return downsample_scales(data, factors, kind, start=OFFSET)
+
+
+@pytest.mark.parametrize("kind", ["image", "segmentation"])
+@pytest.mark.parametrize("block", [None, (2, 8, 8)])
+def test_downsampled_mags_lie_on_the_grid_through_zero(tmp_path: Path, kind: str,
+                                                       block: tuple[int, int, int] | None
+                                                       ) -> None:
+    rng = np.random.default_rng(5)
+    dtype = "uint8" if kind == "image" else "uint32"
+    data = (rng.integers(0, 250, (5, 23, 30)) if kind == "image"
+            else rng.integers(1, 5, (5, 23, 30))).astype(dtype)
+    url = f"webknossos://{tmp_path}/ds/{kind}"
+    vol = voxgate.create(f"webknossos://{tmp_path}/ds", layer=kind, shape=data.shape,
+                         chunks=(4, 8, 8), dtype=dtype, voxel_size=(40, 8, 8), offset=OFFSET,
+                         kind=kind)
+    vol[:] = data
+    voxgate.downsample(url, 3, block=block, workers=3)
+    factors = [(1, 2, 2), (1, 2, 2)]
+    got = voxgate.open(url)
+    mags = [m["mag"] for m in layer_props(tmp_path / "ds", kind)["mags"]]
+    assert mags == [[1, 1, 1], [2, 2, 1], [4, 4, 1]]
+    for k, want in enumerate(_reference_mags(data, factors, kind), start=1):
+        sc = got.scales[k]
+        f = 2**k
+        assert tuple(sc.offset) == (3, 7 // f, 45 // f), k
+        # every block of the grid the layer touches: one more than ceil(23 / f) in y here
+        assert tuple(sc.shape) == (5, -(-(7 + 23) // f) - 7 // f, -(-(45 + 30) // f) - 45 // f)
+        np.testing.assert_array_equal(got.at_scale(k).read(), want, err_msg=f"mag {f}")
+    # computing the existing mags again is allowed (their extent was refused as inconsistent)
+    vol[:] = data[::-1].copy()
+    voxgate.downsample(url)
+    for k, want in enumerate(_reference_mags(data[::-1], factors, kind), start=1):
+        np.testing.assert_array_equal(voxgate.open(url).at_scale(k).read(), want)
+
+
+def test_proofreading_updates_the_mags_on_the_grid_through_zero(tmp_path: Path) -> None:
+    """A merge rewrites the coarser mags as downsample computes them (the same grid)."""
+    rng = np.random.default_rng(6)
+    data = rng.integers(1, 6, (4, 21, 26)).astype(np.uint32)
+    url = f"webknossos://{tmp_path}/ds/seg"
+    vol = voxgate.create(f"webknossos://{tmp_path}/ds", layer="seg", shape=data.shape,
+                         chunks=(4, 8, 8), dtype="uint32", voxel_size=(40, 8, 8),
+                         offset=OFFSET, kind="segmentation")
+    vol[:] = data
+    voxgate.downsample(url, 3)
+    voxgate.merge(voxgate.open(url, mode="r+"), [2, 3], history_dir=tmp_path / "hist")
+    merged = np.where(data == 3, 2, data).astype(np.uint32)
+    now = voxgate.open(url)
+    np.testing.assert_array_equal(now.read(), merged)
+    for k, want in enumerate(_reference_mags(merged, [(1, 2, 2), (1, 2, 2)], "segmentation"),
+                             start=1):
+        np.testing.assert_array_equal(now.at_scale(k).read(), want, err_msg=f"mag {2**k}")
+
+
+@needs_peer
+def test_webknossos_downsample_agrees_with_voxgate_at_an_unaligned_top_left(tmp_path: Path
+                                                                             ) -> None:
+    """The webknossos library downsamples the same mag 1: voxgate's mags 2 and 4 hold what
+    the library's do, except where the library mirrors data into blocks cut by the layer's
+    edges (voxgate counts only the voxels there).  The labels are constant over the 4 x 4
+    blocks of the grid through 0 (so no mode there has a tie) and drawn from three values (so
+    a block of the grid through the layer's first voxel has a majority of another label)."""
+    z, y, x = np.meshgrid(np.arange(4) + OFFSET[0], np.arange(22) + OFFSET[1],
+                          np.arange(27) + OFFSET[2], indexing="ij")
+    table = np.random.default_rng(7).integers(1, 4, (z.max() + 1, 10, 20))
+    labels = table[z, y // 4, x // 4].astype(np.uint32)
+    url = f"webknossos://{tmp_path}/ds/seg"
+    vol = voxgate.create(f"webknossos://{tmp_path}/ds", layer="seg", shape=labels.shape,
+                         chunks=(4, 8, 8), dtype="uint32", voxel_size=(40, 8, 8),
+                         offset=OFFSET, kind="segmentation")
+    vol[:] = labels
+    voxgate.downsample(url, 3)
+    np.save(tmp_path / "labels.npy", labels.transpose(2, 1, 0))  # x, y, z
+    peer("""
+        import sys, numpy as np, webknossos as wk
+        root, out, top = sys.argv[1], sys.argv[2], [int(v) for v in sys.argv[3].split(",")]
+        ds = wk.Dataset(root, voxel_size=(8, 8, 40))
+        s = ds.add_layer("seg", wk.SEGMENTATION_CATEGORY, dtype="uint32",
+                         data_format="zarr3", largest_segment_id=10**6)
+        s.add_mag(1).write(np.load(out + "/labels.npy"), absolute_offset=top,
+                           allow_resize=True)
+        s.downsample(coarsest_mag=wk.Mag((4, 4, 1)))
+        for name in ("2-2-1", "4-4-1"):
+            m = s.get_mag(name)
+            np.save(f"{out}/wk-{name}.npy", m.read()[0])
+            np.save(f"{out}/wk-{name}-top.npy", np.array(m.bounding_box.topleft))
+    """, str(tmp_path / "wkds"), str(tmp_path), ",".join(map(str, OFFSET[::-1])))
+    ours = voxgate.open(url)
+    for k, name in [(1, "2-2-1"), (2, "4-4-1")]:
+        f = 2**k
+        theirs = np.load(tmp_path / f"wk-{name}.npy").transpose(2, 1, 0)
+        mine = ours.at_scale(k).read()
+        assert mine.shape == theirs.shape, name
+        # the blocks wholly inside the layer: all but the first and last in y and x
+        inner = (slice(None), slice(1, -1), slice(1, -1))
+        assert mine[inner].size > 0
+        np.testing.assert_array_equal(mine[inner], theirs[inner], err_msg=f"mag {name}")
+        assert len(np.unique(mine[inner])) == 3 and f == 2**k
+
+
+def test_copy_of_a_pyramid_from_the_first_voxel_is_refused_before_creating(tmp_path: Path
+                                                                           ) -> None:
+    """A precomputed pyramid made from the volume's first voxel (voxgate or Igneous) at an
+    offset that is not a multiple of the factors cannot be a WEBKNOSSOS layer's mags: the copy
+    is refused before anything is made (it used to create an empty layer, then refuse), and
+    the route its message gives (scale 0, then downsample) makes the mags."""
+    rng = np.random.default_rng(8)
+    data = rng.integers(0, 250, (5, 23, 30)).astype(np.uint8)
+    pre = f"precomputed://file://{tmp_path}/pre"
+    voxgate.create(pre, shape=data.shape, chunks=(4, 8, 8), dtype="uint8",
+                   voxel_size=(40, 8, 8), offset=OFFSET)[:] = data
+    voxgate.downsample(pre, 3)
+    with pytest.raises(InvalidRequestError, match=r"grid through 0.*scale 1 would cover "
+                       r"Box\[3:8, 3:15, 22:38\].*Nothing was created.*scales=\[0\]"):
+        voxgate.copy(pre, f"webknossos://{tmp_path}/wk")
+    assert not (tmp_path / "wk").exists()
+    voxgate.copy(pre, f"webknossos://{tmp_path}/wk", scales=[0])
+    voxgate.downsample(f"webknossos://{tmp_path}/wk", 3)
+    got = voxgate.open(f"webknossos://{tmp_path}/wk")
+    for k, want in enumerate(_reference_mags(data, [(1, 2, 2), (1, 2, 2)], "image"), start=1):
+        np.testing.assert_array_equal(got.at_scale(k).read(), want)
+    # where the offset is a multiple of every factor the two grids are one: copied whole
+    aligned = f"precomputed://file://{tmp_path}/aligned"
+    voxgate.create(aligned, shape=data.shape, chunks=(4, 8, 8), dtype="uint8",
+                   voxel_size=(40, 8, 8), offset=(3, 8, 44))[:] = data
+    voxgate.downsample(aligned, 3)
+    voxgate.copy(aligned, f"webknossos://{tmp_path}/wk2")
+    src, dst = voxgate.open(aligned), voxgate.open(f"webknossos://{tmp_path}/wk2")
+    assert len(dst.scales) == 3
+    for k in range(3):
+        np.testing.assert_array_equal(dst.at_scale(k).read(), src.at_scale(k).read())

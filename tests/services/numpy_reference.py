@@ -16,6 +16,11 @@ Rules (the same ones docs/services/downsample.md states for voxgate):
   then y, then z) wins.  That tie rule is tinybrain's own 2x2x2 mode-pooling rule.
 * several scales (``downsample_scales``): each scale is computed from the previous one (the
   stored scale k-1 is all scale k is made of), by that scale's factor.
+* ``start`` (z, y, x; the "origin" pyramid anchor of WEBKNOSSOS mags): ``arr``'s first voxel
+  sits at coordinate ``start`` and the blocks lie on the grid through coordinate 0, so output
+  voxel ``j`` (coordinate ``start // factor + j``) covers the voxels whose coordinates are in
+  ``[(start // factor + j) * factor, ... + factor)``; blocks cut by either end of ``arr`` count
+  the voxels they cover.  The next scale starts at ``start // factor``.
 """
 
 from __future__ import annotations
@@ -29,33 +34,46 @@ import numpy as np
 __all__ = ["downsample_mean", "downsample_mode", "downsample_scales", "output_shape"]
 
 
-def output_shape(shape: Sequence[int], factor: Sequence[int]) -> tuple[int, ...]:
-    """ceil(shape / factor) over the last three axes; a leading channel axis is kept."""
+def output_shape(shape: Sequence[int], factor: Sequence[int],
+                 start: Sequence[int] | None = None) -> tuple[int, ...]:
+    """ceil(shape / factor) over the last three axes (with ``start``: the grid blocks through
+    coordinate 0 that the voxels start .. start + shape touch); a leading channel axis is
+    kept."""
     lead = tuple(shape[:-3])
-    return lead + tuple(math.ceil(s / f) for s, f in zip(shape[-3:], factor, strict=True))
+    if start is None:
+        return lead + tuple(math.ceil(s / f) for s, f in zip(shape[-3:], factor, strict=True))
+    return lead + tuple(math.ceil((a + s) / f) - a // f
+                        for a, s, f in zip(start, shape[-3:], factor, strict=True))
 
 
-def _blocks(arr: np.ndarray, factor: Sequence[int]):
+def _blocks(arr: np.ndarray, factor: Sequence[int], start: Sequence[int] | None = None):
     """Yield (output index, covered voxels in C order) for every output voxel."""
     f = tuple(int(v) for v in factor)
     if len(f) != 3 or any(v < 1 for v in f):
         raise ValueError(f"factor must be three positive integers (z, y, x), got {factor!r}")
     if arr.ndim not in (3, 4):
         raise ValueError(f"arr must be (z, y, x) or (c, z, y, x), got shape {arr.shape}")
-    out_shape = output_shape(arr.shape, f)
+    out_shape = output_shape(arr.shape, f, start)
     for index in itertools.product(*(range(n) for n in out_shape)):
         lead, zyx = index[:-3], index[-3:]
-        region = lead + tuple(slice(i * step, (i + 1) * step) for i, step in zip(zyx, f,
-                                                                               strict=True))
+        if start is None:
+            region = lead + tuple(slice(i * step, (i + 1) * step)
+                                  for i, step in zip(zyx, f, strict=True))
+        else:
+            # the block's coordinates, less the array's first voxel's, clipped to the array
+            region = lead + tuple(
+                slice(max(0, (a // step + i) * step - a), (a // step + i + 1) * step - a)
+                for i, step, a in zip(zyx, f, start, strict=True))
         yield index, arr[region].ravel(order="C")
 
 
-def downsample_mean(arr: np.ndarray, factor: Sequence[int]) -> np.ndarray:
+def downsample_mean(arr: np.ndarray, factor: Sequence[int],
+                    start: Sequence[int] | None = None) -> np.ndarray:
     """One scale of image downsampling: floor of the mean (integers), mean (floats)."""
     arr = np.asarray(arr)
-    out = np.zeros(output_shape(arr.shape, factor), dtype=arr.dtype)
+    out = np.zeros(output_shape(arr.shape, factor, start), dtype=arr.dtype)
     floating = np.issubdtype(arr.dtype, np.floating)
-    for index, voxels in _blocks(arr, factor):
+    for index, voxels in _blocks(arr, factor, start):
         if floating:
             out[index] = voxels.astype(np.float64).mean()
         else:
@@ -64,14 +82,15 @@ def downsample_mean(arr: np.ndarray, factor: Sequence[int]) -> np.ndarray:
     return out
 
 
-def downsample_mode(arr: np.ndarray, factor: Sequence[int]) -> np.ndarray:
+def downsample_mode(arr: np.ndarray, factor: Sequence[int],
+                    start: Sequence[int] | None = None) -> np.ndarray:
     """One scale of segmentation downsampling: a most frequent label of each block.
 
     Ties go to the label that occurs first in the block in C order (x fastest).
     """
     arr = np.asarray(arr)
-    out = np.zeros(output_shape(arr.shape, factor), dtype=arr.dtype)
-    for index, voxels in _blocks(arr, factor):
+    out = np.zeros(output_shape(arr.shape, factor, start), dtype=arr.dtype)
+    for index, voxels in _blocks(arr, factor, start):
         counts = [int(np.count_nonzero(voxels == v)) for v in voxels]
         best = max(counts)
         out[index] = voxels[counts.index(best)]  # list.index: the first position with it
@@ -79,7 +98,7 @@ def downsample_mode(arr: np.ndarray, factor: Sequence[int]) -> np.ndarray:
 
 
 def downsample_scales(arr: np.ndarray, factors: Sequence[Sequence[int]],
-                      kind: str) -> list[np.ndarray]:
+                      kind: str, start: Sequence[int] | None = None) -> list[np.ndarray]:
     """Scales 1..len(factors): each from the previous one by its factor."""
     if kind not in ("image", "segmentation"):
         raise ValueError(f"kind must be 'image' or 'segmentation', got {kind!r}")
@@ -87,6 +106,8 @@ def downsample_scales(arr: np.ndarray, factors: Sequence[Sequence[int]],
     out: list[np.ndarray] = []
     current = np.asarray(arr)
     for f in factors:
-        current = fn(current, f)
+        current = fn(current, f, start)
         out.append(current)
+        if start is not None:
+            start = [a // k for a, k in zip(start, f, strict=True)]
     return out

@@ -55,12 +55,14 @@ def assert_same(got: np.ndarray, want: np.ndarray, what: str) -> None:
         assert bad == 0, f"{what}: {bad} of {want.size} voxels differ"
 
 
-def check_kernel(data: np.ndarray, factors: Sequence[Sequence[int]], kind: str) -> None:
-    got = downsample_kernel(data, factors, kind)
-    want = downsample_scales(data, factors, kind)
+def check_kernel(data: np.ndarray, factors: Sequence[Sequence[int]], kind: str,
+                 start: Sequence[int] | None = None) -> None:
+    got = downsample_kernel(data, factors, kind, start=start)
+    want = downsample_scales(data, factors, kind, start)
     assert len(got) == len(want) == len(factors)
     for k, (g, w) in enumerate(zip(got, want, strict=True), start=1):
-        assert_same(g, w, f"{kind} {data.dtype} {data.shape} {list(factors)} scale {k}")
+        assert_same(g, w, f"{kind} {data.dtype} {data.shape} {list(factors)} start {start} "
+                    f"scale {k}")
 
 
 # -- the reference itself: a few hand-computed answers ----------------------------------------
@@ -85,6 +87,21 @@ def test_reference_by_hand() -> None:
     # a partial edge block counts only what it covers: (1, 1, 2) over [4 4 6] -> [4, 6]
     np.testing.assert_array_equal(downsample_mode(np.array([[[4, 4, 6]]], np.uint8), (1, 1, 2)),
                                   [[[4, 6]]])
+
+
+def test_reference_on_the_grid_through_zero_by_hand() -> None:
+    # x coordinates 7..11 with factor 2: blocks {7} {8 9} {10 11} (coordinates 3, 4, 5)
+    row = np.array([[[10, 20, 31, 40, 50]]], np.uint8)
+    np.testing.assert_array_equal(downsample_mean(row, (1, 1, 2), start=(0, 0, 7)),
+                                  [[[10, 25, 45]]])
+    np.testing.assert_array_equal(downsample_mean(row, (1, 1, 2)), [[[15, 35, 50]]])
+    # factor 3 from x=5: blocks {5} {6 7 8} {9 10 11}; mode of a cut block
+    labels = np.array([[[4, 6, 6, 4, 9, 9, 4]]], np.uint8)
+    np.testing.assert_array_equal(downsample_mode(labels, (1, 1, 3), start=(0, 0, 5)),
+                                  [[[4, 6, 9]]])
+    # two levels: the second starts at 7 // 2 = 3, so its blocks are {3} {4 5}
+    got = downsample_scales(row, [(1, 1, 2), (1, 1, 2)], "image", start=(0, 0, 7))
+    np.testing.assert_array_equal(got[1], [[[10, 35]]])
 
 
 # -- the issue's reproduction, end to end ---------------------------------------------------
@@ -131,6 +148,36 @@ def test_kernel_property(kind: str, dtype_index: int, shape: tuple[int, int, int
     dtype = dtypes[dtype_index % len(dtypes)]
     data = make(kind, dtype, ((channels,) if channels else ()) + shape, seed)
     check_kernel(data, factors, kind)
+
+
+@pytest.mark.parametrize(("kind", "dtype"), [("image", "uint8"), ("image", "int16"),
+                                             ("image", "float32"), ("image", "uint64"),
+                                             ("segmentation", "uint8"),
+                                             ("segmentation", "uint64")])
+def test_kernel_on_the_grid_through_zero(kind: str, dtype: str) -> None:
+    """``start``: the blocks lie on the grid through coordinate 0 (WEBKNOSSOS mags), every
+    lead before the array's first voxel and odd extents, 1-3 levels."""
+    for shape in [(7, 13, 11), (1, 5, 4), (8, 16, 16)]:
+        for start in [(0, 0, 0), (1, 7, 45), (3, 1, 2), (5, 6, 3)]:
+            for factors in [[(2, 2, 2)], [(1, 2, 2), (2, 2, 2), (1, 3, 3)], [(3, 2, 1)]]:
+                seed = zlib.crc32(repr((kind, dtype, shape, start, factors)).encode())
+                check_kernel(make(kind, dtype, shape, seed), factors, kind, start)
+
+
+@settings(max_examples=100, deadline=None)
+@given(kind=st.sampled_from(["image", "segmentation"]),
+       shape=st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(1, 9)),
+       start=st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(0, 20)),
+       factors=st.lists(st.sampled_from(FACTORS), min_size=1, max_size=3),
+       channels=st.sampled_from([0, 0, 2]),
+       seed=st.integers(0, 2**32 - 1))
+def test_kernel_on_the_grid_through_zero_property(kind: str, shape: tuple[int, int, int],
+                                                  start: tuple[int, int, int],
+                                                  factors: list[tuple[int, int, int]],
+                                                  channels: int, seed: int) -> None:
+    dtype = "uint16" if kind == "image" else "uint32"
+    data = make(kind, dtype, ((channels,) if channels else ()) + shape, seed)
+    check_kernel(data, factors, kind, start)
 
 
 def test_mode_ties_and_edges(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,7 +32,7 @@ from ..errors import (
     RemoteExistsError,
 )
 from ..geometry import Box, Vec, chunk_boxes
-from ..meta import Scale, VolumeMeta
+from ..meta import PyramidAnchor, Scale, VolumeMeta
 
 __all__ = [
     "MISSING_MODES",
@@ -88,6 +88,11 @@ class Remote(abc.ABC):
     #: keyword options ``open``/``create`` accept besides mode; anything else is rejected.
     open_options: ClassVar[tuple[str, ...]] = ()
     create_options: ClassVar[tuple[str, ...]] = ()
+    #: where a coarser scale's voxels lie over the finer scale's, for the scales
+    #: ``voxgate.downsample`` computes and adds (``meta.coarser_extent``): "offset" (blocks
+    #: start at the scale's first voxel, as Igneous makes precomputed pyramids) or "origin"
+    #: (on the grid through coordinate 0, as WEBKNOSSOS mags are)
+    pyramid_anchor: PyramidAnchor = "offset"
 
     url: str
     meta: VolumeMeta

@@ -260,6 +260,9 @@ class WebknossosRemote(Remote):
     scheme = "webknossos"
     open_options = ("layer",)
     create_options = ("layer",)
+    # mag m's voxel i covers mag 1's [i * m, (i + 1) * m): WEBKNOSSOS and the webknossos
+    # library's downsample place mags on the grid through 0, whatever the layer's topLeft
+    pyramid_anchor = "origin"
 
     def __init__(
         self,

@@ -17,11 +17,12 @@ copy, and its results' ``.T`` are C-order (z, y, x) again.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import time
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ from ..blockwise import (
 )
 from ..errors import InvalidRequestError, VoxgateError, VoxgateWarning
 from ..geometry import Box, Vec, whole_at_least
-from ..meta import Scale, VolumeMeta, next_scales
+from ..meta import Scale, VolumeMeta, coarser_extent, next_scales
 from ..remotes.base import Capability, notify_written
 from ..volume import Volume
 from ._common import (
@@ -57,7 +58,7 @@ BLOCK_BYTES = 64 * 2**20
 
 
 def downsample_kernel(data: np.ndarray, factors: Sequence[Sequence[int]],
-                      kind: str) -> list[np.ndarray]:
+                      kind: str, *, start: Sequence[int] | None = None) -> list[np.ndarray]:
     """Downsample a C-order ([c,] z, y, x) array by each (z, y, x) factor in turn.
 
     Returns one C-order array per factor (the coarser scales, in order): scale k is computed
@@ -66,6 +67,12 @@ def downsample_kernel(data: np.ndarray, factors: Sequence[Sequence[int]],
     "segmentation" gives a most frequent label of them, ties going to the label that comes
     first in the block in C order (x fastest).  Partial blocks at odd edges count only the
     voxels they cover.
+
+    ``start`` (z, y, x), the coordinate of ``data``'s first voxel, puts the blocks on the grid
+    through coordinate 0 instead (``pyramid_anchor`` "origin"): output voxel i of a level covers
+    the input voxels [i * f, (i + 1) * f) of that grid, starting at ``start // f``; a block
+    cut by the array's start counts only the voxels it covers, as one cut by its end does, and
+    a level's shape is ``ceil((start + shape) / f) - start // f``.
     """
     if kind not in ("image", "segmentation"):
         raise InvalidRequestError(f"kind must be 'image' or 'segmentation', got {kind!r}")
@@ -81,11 +88,46 @@ def downsample_kernel(data: np.ndarray, factors: Sequence[Sequence[int]],
                 f"each factor must be three integers >= 1 (z, y, x), got {tuple(f)!r}")
         steps.append((t[0], t[1], t[2]))
     level = _mean if kind == "image" else _mode
+    at: list[int] | None = None
+    if start is not None:
+        at = [int(v) for v in start]
+        if len(at) != 3:
+            raise InvalidRequestError(f"start must be (z, y, x), got {tuple(start)!r}")
     out: list[np.ndarray] = []
     current = np.ascontiguousarray(data)
     for f in steps:
-        current = level(current, f)
+        if at is None:
+            current = level(current, f)
+        else:
+            current = _cut_at_start(level, current, f, [a % k for a, k in zip(at, f,
+                                                                            strict=True)])
+            at = [a // k for a, k in zip(at, f, strict=True)]
         out.append(current)
+    return out
+
+
+def _cut_at_start(level: Any, arr: np.ndarray, f: tuple[int, int, int],
+                  lead: Sequence[int]) -> np.ndarray:
+    """``level`` on a grid of blocks ``f`` that starts ``lead`` voxels (per axis, < f) before
+    ``arr``: along an axis with a lead the first block holds only the first ``f - lead`` voxels.
+    That block and the rest are computed apart (no block spans the cut) and put together."""
+    if not any(lead):
+        return level(arr, f)
+    parts: list[list[tuple[slice, slice]]] = []
+    for n, k, a in zip(arr.shape[-3:], f, lead, strict=True):
+        if a == 0:
+            parts.append([(slice(None), slice(None))])
+            continue
+        head = min(k - a, n)
+        parts.append([(slice(0, head), slice(0, 1))]
+                     + ([(slice(head, None), slice(1, None))] if n > head else []))
+    shape = tuple(arr.shape[:-3]) + tuple(-(-(n + a) // k) for n, k, a in zip(
+        arr.shape[-3:], f, lead, strict=True))
+    out = np.empty(shape, dtype=arr.dtype)
+    for combo in itertools.product(*parts):
+        src: tuple[Any, ...] = (Ellipsis, *(c[0] for c in combo))
+        dst: tuple[Any, ...] = (Ellipsis, *(c[1] for c in combo))
+        out[dst] = level(np.ascontiguousarray(arr[src]), f)
     return out
 
 
@@ -404,8 +446,8 @@ def downsample(
         if factors is not None and tuple(f) != tuple(factors[k - 1]):
             raise InvalidRequestError(
                 f"scale {k} exists with factors {tuple(f)}, not {tuple(factors[k - 1])}")
-        expect = Vec(*(math.ceil(s / v) for s, v in zip(meta.scale(k - 1).shape, f,
-                                                         strict=True)))
+        prev = meta.scale(k - 1)
+        _, expect = coarser_extent(prev.offset, prev.shape, f, remote.pyramid_anchor)
         if expect != meta.scale(k).shape:
             raise InvalidRequestError(
                 f"scale {k}'s shape {tuple(meta.scale(k).shape)} is not scale {k - 1}'s "
@@ -413,7 +455,7 @@ def downsample(
         steps.append(f)
     if num_scales > existing:
         new_factors = None if factors is None else [Vec.of(f) for f in factors[existing - 1:]]
-        new = next_scales(meta, num_scales - existing, new_factors)
+        new = next_scales(meta, num_scales - existing, new_factors, remote.pyramid_anchor)
         remote.add_scales(new)
         meta = remote.meta
         steps += [_factors_between(meta.scale(k - 1), meta.scale(k))
@@ -433,7 +475,7 @@ def downsample(
             want = None if block is None else Vec(*(
                 max(1, -(-int(b) // c)) for b, c in zip(block, cum0, strict=True)))
             base = block_shape(grid, itemsize, sb.shape, budget=BLOCK_BYTES, block=want)
-            blocks = [p.box for p in plan_blocks(sb.bounds, base, sb.bounds)]
+            blocks = [p.box for p in plan_blocks(sb.bounds, base, grid_anchor(remote, first))]
             n_blocks += len(blocks)
             if client is not None:
                 check_for_cluster(remote.url, "volume", "downsample", writes=True)
@@ -512,19 +554,46 @@ def _passes(remote: Any, steps: Sequence[Vec], itemsize: int) -> list[tuple[int,
     return out
 
 
-def _block(remote: Any, b: Box, steps: Sequence[Vec], first: int = 0) -> None:
-    """Downsample one block of scale ``first`` into the next ``len(steps)`` scales."""
+def grid_anchor(remote: Any, scale: int) -> Box:
+    """The box whose start anchors the block grids of a downsample reading ``scale`` (give it
+    to ``plan_blocks`` / ``chunk_boxes`` as their bounds): the scale's bounds, or, for stores
+    whose pyramids lie on the grid through 0 (``pyramid_anchor`` "origin"), the box from 0 to
+    the bounds' end.  Blocks on it that are whole multiples of every coarser factor each give
+    whole coarse voxels, and the coarse voxels of two blocks never overlap."""
+    bounds = remote.meta.scale(scale).bounds
+    if remote.pyramid_anchor == "origin":
+        return Box(Vec(0, 0, 0), bounds.stop)
+    return bounds
+
+
+def coarse_levels(remote: Any, b: Box, steps: Sequence[Vec], first: int = 0
+                  ) -> Iterator[tuple[int, Box, np.ndarray]]:
+    """Downsample box ``b`` of scale ``first`` (a block of :func:`grid_anchor`'s grid) into the
+    next ``len(steps)`` scales: (scale, the box of that scale it gives, clipped to the scale's
+    bounds, and its voxels), on the store's ``pyramid_anchor``."""
     meta = remote.meta
     s0 = meta.scale(first)
-    levels = downsample_kernel(remote.read(b, first), steps, meta.kind)
+    origin = remote.pyramid_anchor == "origin"
+    levels = downsample_kernel(remote.read(b, first), steps, meta.kind,
+                               start=b.start if origin else None)
     cum = Vec(1, 1, 1)
     for k, arr in enumerate(levels, start=first + 1):
         cum = Vec(*(c * f for c, f in zip(cum, steps[k - first - 1], strict=True)))
         sk = meta.scale(k)
-        start = Vec(*(o + (a - o0) // c for o, a, o0, c in zip(sk.offset, b.start, s0.offset,
-                                                               cum, strict=True)))
+        if origin:  # (floor divisions compose: the kernel's start at this level)
+            start = Vec(*(a // c for a, c in zip(b.start, cum, strict=True)))
+        else:
+            start = Vec(*(o + (a - o0) // c for o, a, o0, c in zip(
+                sk.offset, b.start, s0.offset, cum, strict=True)))
         target = Box(start, start + Vec(*arr.shape[-3:])).intersect(sk.bounds)
-        remote.write(target, arr[(..., *target.slices(start))], k)
+        yield k, target, arr[(..., *target.slices(start))]
+
+
+def _block(remote: Any, b: Box, steps: Sequence[Vec], first: int = 0) -> None:
+    """Downsample one block of scale ``first`` into the next ``len(steps)`` scales."""
+    for k, target, arr in coarse_levels(remote, b, steps, first):
+        if not target.is_empty():
+            remote.write(target, arr, k)
 
 
 def _downsample_block(spec: str, run: str, b: Box, steps: Sequence[Vec],

@@ -83,6 +83,7 @@ class CachedRemote(Remote):
     def __init__(self, upstream: Remote, cache: TieredCache, *, identity: str,
                  timeout: float = 30.0, tag: str | None = None) -> None:
         self.upstream = upstream
+        self.pyramid_anchor = upstream.pyramid_anchor
         self.cache = cache
         self.meta = upstream.meta
         self.mode = upstream.mode

@@ -32,7 +32,7 @@ def coarser_state(vol: Volume) -> str | None:
 def update_coarser(vol: Volume, hist: History, n: int, written: Sequence[Box]) -> int:
     """Downsample the ``written`` blocks of ``vol``'s scale into every coarser scale and save
     the coarse voxels replaced under edit ``n``.  Returns the coarse blocks written."""
-    from ..downsample import _factors_between, downsample_kernel
+    from ..downsample import _cumulative, _factors_between, coarse_levels, grid_anchor
 
     if not written or coarser_state(vol) != "updated":
         return 0
@@ -41,34 +41,25 @@ def update_coarser(vol: Volume, hist: History, n: int, written: Sequence[Box]) -
     s = vol.scale
     top = len(meta.scales) - 1
     steps = [_factors_between(meta.scale(k - 1), meta.scale(k)) for k in range(s + 1, top + 1)]
-    cums: list[Vec] = []
-    cum = Vec(1, 1, 1)
-    for f in steps:
-        cum = Vec(*(c * v for c, v in zip(cum, f, strict=True)))
-        cums.append(cum)
+    cum = _cumulative(steps)
     fine = meta.scale(s)
     grid = remote.write_grid(s)
-    # cells anchored at the scale's origin, whole multiples of the coarsest factor: each coarse
-    # voxel then comes from one cell only, computed exactly as a whole-volume downsample does
+    # cells on downsample's block grid (grid_anchor), whole multiples of the coarsest factor:
+    # each coarse voxel then comes from one cell only, computed exactly as a whole-volume
+    # downsample does
     cell = Vec(*(c * max(1, math.ceil(g / c)) for g, c in zip(grid, cum, strict=True)))
     cells: dict[Vec, Box] = {}
     for b in written:
-        for g, box in chunk_boxes(b, cell, fine.bounds):
-            cells.setdefault(g, box)
+        for g, box in chunk_boxes(b, cell, grid_anchor(remote, s)):
+            cells.setdefault(g, box.intersect(fine.bounds))
     # cell by cell (memory: one cell and its coarse voxels): the cells' coarse boxes are
     # disjoint, so each one's old voxels, saved before its write, are those before this edit
     count = 0
     for g in sorted(cells):
-        box = cells[g]
-        levels = downsample_kernel(remote.read(box, s), steps, meta.kind)
-        for k, (arr, c) in enumerate(zip(levels, cums, strict=True), start=s + 1):
-            sk = meta.scale(k)
-            start = Vec(*(o + (a - o0) // cc for o, a, o0, cc in zip(
-                sk.offset, box.start, fine.offset, c, strict=True)))
-            target = Box(start, start + Vec(*arr.shape[-3:])).intersect(sk.bounds)
+        for k, target, arr in coarse_levels(remote, cells[g], steps, s):
             if target.is_empty():
                 continue
-            new = np.ascontiguousarray(arr[(..., *target.slices(start))], dtype=meta.dtype)
+            new = np.ascontiguousarray(arr, dtype=meta.dtype)
             old = remote.read(target, k)
             if not np.array_equal(old, new):
                 hist.save_block(n, target, old, scale=k)
