@@ -35,6 +35,7 @@ STORES: dict[str, tuple[Callable[[Path], str], bool]] = {
     "knossos": (lambda root: f"knossos://{root}/vol", False),
     "webknossos": (lambda root: f"webknossos://{root}/dataset", True),
     "tensorstore": (_tensorstore, True),
+    "mem": (lambda root: f"mem://{root.name}", True),
 }
 
 

@@ -21,7 +21,7 @@ from ..errors import InvalidRequestError, RemoteExistsError, RemoteNotFoundError
 from ..geometry import Box, Vec, chunk_boxes
 from ..meta import Scale, VolumeMeta
 from ..meta import check_new_scales as _check_new_scales
-from .base import Capability, Remote, check_options
+from .base import Capability, Remote, check_options, check_same_volume
 
 __all__ = ["MemoryRemote", "delete"]
 
@@ -113,6 +113,8 @@ class MemoryRemote(Remote):
         with _table_lock:
             if name in _volumes and not exist_ok:
                 raise RemoteExistsError(f"mem://{name} already exists (pass exist_ok=True)")
+            if name in _volumes:
+                check_same_volume(_volumes[name].meta, meta, f"mem://{name}")
             if name not in _volumes:
                 try:
                     arrays = [

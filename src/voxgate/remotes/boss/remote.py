@@ -7,6 +7,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import blosc
@@ -22,7 +23,7 @@ from ...errors import (
 )
 from ...geometry import Box, Vec, VoxelSize
 from ...meta import Scale, VolumeMeta
-from ..base import Capability, Remote, check_options
+from ..base import Capability, Remote, check_options, check_same_volume
 from .client import BossSettings, _client, _parse_location, boss_settings
 from .project import _DTYPES, _UNIT_NM, BossProject
 
@@ -200,14 +201,20 @@ class BossDBRemote(Remote):
             iso = len(meta.scales) > 1 and meta.scales[1].voxel_size.z > s0.voxel_size.z * 1.5
             project.create_experiment(c, e, frame, num_hierarchy_levels=len(meta.scales),
                                       hierarchy_method="isotropic" if iso else "anisotropic")
+        opts = {k: v for k, v in options.items() if k not in ("server", "token")}
         if ch in project.list_channels(c, e):
             if not exist_ok:
                 raise RemoteExistsError(f"bossdb channel {c}/{e}/{ch} already exists")
+            found = cls(settings, c, e, ch, "r+", **opts)
+            # (an annotation channel holds uint64 whatever the dtype asked for, as made below)
+            wanted = replace(meta, dtype=np.dtype(np.uint64)) if meta.kind == "segmentation" \
+                else meta
+            check_same_volume(found.meta, wanted, f"bossdb channel {c}/{e}/{ch}")
+            return found
         else:
             seg = meta.kind == "segmentation"
             project.create_channel(c, e, ch, type="annotation" if seg else "image",
                                    datatype="uint64" if seg else meta.dtype.name)
-        opts = {k: v for k, v in options.items() if k not in ("server", "token")}
         return cls(settings, c, e, ch, "r+", **opts)
 
     @property

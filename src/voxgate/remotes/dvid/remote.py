@@ -24,7 +24,7 @@ from ...errors import (
 )
 from ...geometry import Box, Vec, VoxelSize, grow_block
 from ...meta import Kind, Scale, VolumeMeta
-from ..base import Capability, Remote, check_options
+from ..base import Capability, Remote, check_options, check_same_volume
 from .client import _call, client_for, normalize_server, parse_location
 from .keyvalue import DVIDKeyValue
 from .labels import DVIDLabels
@@ -273,7 +273,9 @@ class DVIDRemote(Remote):
             if not exist_ok:
                 raise RemoteExistsError(f"DVID repo {repo.root} already has an instance "
                                         f"{instance!r} ({existing[instance]})")
-            return cls(server, node, instance, "r+", **open_opts)
+            found = cls(server, node, instance, "r+", **open_opts)
+            check_same_volume(found.meta, meta, f"DVID instance {instance!r} of {repo.root}")
+            return found
         is_label = typename in ("labelmap", "labelarray")
         names = [instance] if is_label else [instance] + [f"{instance}_{k}" for k in
                                                            range(1, len(meta.scales))]
