@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import InvalidRequestError, VoxelOrderWarning, VoxgateError
 from .geometry import VoxelSize
-from .meta import VolumeMeta
+from .meta import VolumeMeta, next_scales
 from .registry import create_remote, open_remote, resolve_for_create
 from .remotes.base import check_missing
 from .volume import Bounds, Volume
@@ -131,6 +131,17 @@ def create(
         num_scales=num_scales,
         num_channels=num_channels,
     )
+    if len(meta.scales) > 1:
+        # the coarser scales laid out on the grid the store's pyramids use (meta.coarser_extent)
+        try:
+            cls, _ = resolve_for_create(os.fspath(url))
+        except VoxgateError:
+            cls = None  # (create_remote says what is wrong with the URL)
+        anchor = cls.create_anchor(meta, options) if cls is not None else "offset"
+        if anchor != "offset":
+            base = meta.with_scales(meta.scales[:1])
+            meta = base.with_scales([*base.scales, *next_scales(
+                base, len(meta.scales) - 1, anchor=anchor)])
     remote = create_remote(os.fspath(url), meta, exist_ok=exist_ok, **options)
     return Volume(remote, 0)
 

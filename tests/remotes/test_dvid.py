@@ -809,3 +809,23 @@ def test_create_exist_ok_checks_the_instance(repo: DVIDRepo, tmp_path: Path) -> 
     with pytest.raises(RemoteExistsError, match=r"\(8, 40, 30\).*\(8, 40, 34\)"):
         voxgate.create(url, dtype="uint8", exist_ok=True, **{**geometry, "shape": (8, 40, 34)})
     np.testing.assert_array_equal(voxgate.open(url).read(), data)
+
+
+def test_downsample_of_a_labelmap_at_an_odd_offset(repo: DVIDRepo, tmp_path: Path) -> None:
+    """A labelmap's scales lie on DVID's block grid through 0 (create checks that their
+    extents are those): voxgate.downsample computes them on that grid.  With the first-voxel
+    grid it refused them as inconsistent at an odd offset."""
+    from tests.services.numpy_reference import downsample_mode
+
+    url = repo.url(_name(tmp_path, "seg"))
+    offset = (8, 7, 45)
+    labels = np.random.default_rng(5).integers(1, 4, (6, 21, 26)).astype(np.uint64)
+    vol = voxgate.create(url, shape=labels.shape, chunks=(8, 8, 8), dtype="uint64",
+                         voxel_size=(8, 8, 8), offset=offset, kind="segmentation",
+                         num_scales=2)
+    vol[:] = labels
+    voxgate.downsample(url)
+    want = downsample_mode(labels, (2, 2, 2), start=offset)
+    got = voxgate.open(url).at_scale(1)
+    assert tuple(got.offset) == (4, 3, 22) and got.shape == want.shape
+    np.testing.assert_array_equal(got.read(), want)

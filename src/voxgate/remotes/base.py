@@ -114,6 +114,12 @@ class Remote(abc.ABC):
         raise CapabilityNotSupportedError(f"{cls.scheme}:// volumes cannot be created by voxgate")
 
     @classmethod
+    def create_anchor(cls, meta: VolumeMeta, options: Mapping[str, Any]) -> PyramidAnchor:
+        """The ``pyramid_anchor`` of the volume ``create(location, meta, **options)`` would
+        make: ``voxgate.create`` lays out ``num_scales`` on it."""
+        return cls.pyramid_anchor
+
+    @classmethod
     def exists(cls, location: str) -> bool:
         """Whether a resource exists at ``location`` (used by copy to decide to create)."""
         from ..errors import RemoteNotFoundError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -23,7 +23,7 @@ from ...errors import (
     RemoteNotFoundError,
 )
 from ...geometry import Box, Vec, VoxelSize, grow_block
-from ...meta import Kind, Scale, VolumeMeta
+from ...meta import Kind, PyramidAnchor, Scale, VolumeMeta
 from ..base import Capability, Remote, check_options, check_same_volume
 from .client import _call, client_for, normalize_server, parse_location
 from .keyvalue import DVIDKeyValue
@@ -120,6 +120,10 @@ class DVIDRemote(Remote):
                 "it; branch or make a new version (DVIDRepo.branch / new_version) and open "
                 "that node with mode='r+'")
         self.is_label = self.typename in LABEL_TYPES
+        if self.is_label:
+            # a labelmap's scale k is DVID's downres level k, on the block grid through 0
+            # (create checks its scales so): voxgate.downsample computes it on that grid
+            self.pyramid_anchor = "origin"
         self._mesh_name = meshes or f"{instance}_meshes"
         self._skel_name = skeletons or f"{instance}_skeletons"
         self._instances = {n: i["Base"]["TypeName"] for n, i in insts.items()}
@@ -211,6 +215,13 @@ class DVIDRemote(Remote):
         check_options("dvid://", options, cls.open_options, "open")
         server, node, instance = parse_location(location)
         return cls(server, node, instance, mode, **options)
+
+    @classmethod
+    def create_anchor(cls, meta: VolumeMeta, options: Mapping[str, Any]) -> PyramidAnchor:
+        typename = options.get("typename")
+        label = typename in ("labelmap", "labelarray") if typename is not None else (
+            meta.kind == "segmentation" and meta.dtype == np.uint64)
+        return "origin" if label else "offset"
 
     @classmethod
     def create(cls, location: str, meta: VolumeMeta, *, exist_ok: bool = False,
