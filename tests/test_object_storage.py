@@ -6,6 +6,7 @@ from pathlib import Path
 
 import boto3
 import numpy as np
+import pytest
 
 import voxgate
 
@@ -47,3 +48,26 @@ def test_missing_object_is_not_found(s3_bucket: str) -> None:
 
     with pytest.raises(voxgate.errors.RemoteNotFoundError):
         voxgate.open(f"zarr://s3://{s3_bucket}/nothing.zarr")
+
+
+def test_webknossos_wkw_layer_on_s3_says_it_needs_a_local_disk(s3_bucket: str,
+                                                              s3_server: str) -> None:
+    """The wkw package reads WKW files from a local disk only: a WKW layer on S3 is refused
+    with that reason (it said "the WKW mag ... has no header.wkw", which it has)."""
+    import json
+
+    from voxgate.errors import CapabilityNotSupportedError
+
+    props = {"id": {"name": "ds", "team": ""}, "scale": {"factor": [8, 8, 40],
+                                                          "unit": "nanometer"},
+             "dataLayers": [{"name": "color", "category": "color", "elementClass": "uint8",
+                             "dataFormat": "wkw", "numChannels": 1,
+                             "boundingBox": {"topLeft": [0, 0, 0], "width": 64, "height": 64,
+                                             "depth": 64},
+                             "mags": [{"mag": [1, 1, 1], "path": "./color/1"}]}]}
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.put_object(Bucket=s3_bucket, Key="ds/datasource-properties.json",
+                  Body=json.dumps(props).encode())
+    s3.put_object(Bucket=s3_bucket, Key="ds/color/1/header.wkw", Body=b"WKW\x01")
+    with pytest.raises(CapabilityNotSupportedError, match=r"WKW layer on s3://.*local disk"):
+        voxgate.open(f"webknossos://s3://{s3_bucket}/ds/color")

@@ -378,6 +378,13 @@ class WebknossosRemote(Remote):
                         f"{where} is a WKW layer; voxgate reads WKW (through the wkw package) "
                         "but writes zarr3 layers only: open it with mode='r'"
                     )
+                if not is_local(path):
+                    raise CapabilityNotSupportedError(
+                        f"{where} is a WKW layer on {path.split('://')[0]}://; the wkw package "
+                        "reads WKW files from a local disk only: download the dataset, or "
+                        "convert the layer to zarr3 (webknossos convert, or voxgate cp from a "
+                        "local copy)"
+                    )
                 wkw_arr = _WKWArray(local_path(path) if is_local(path) else path, channels)
                 chunks = Vec(wkw_arr.block, wkw_arr.block, wkw_arr.block)
                 arr = wkw_arr
