@@ -417,22 +417,14 @@ def test_bulk_bodies_are_read_without_httpx_unless_a_proxy_applies(
 def test_create_exist_ok_checks_the_channel(boss_server: RelayProcess, tmp_path: Path) -> None:
     """create(..., exist_ok=True) on a channel that exists hands it back only when it holds
     what was asked for (it returned any channel there, a uint8 one for a uint16 request)."""
-    from voxgate.errors import RemoteExistsError
+    from .test_create_existing import assert_exist_ok_checks
 
     exp = "".join(ch if ch.isalnum() else "_" for ch in tmp_path.name)
-    url = f"bossdb://{boss_server.url}/tests/{exp}/img"
-    geometry = {"shape": (4, 40, 30), "chunks": (16, 512, 512), "voxel_size": (40, 8, 8)}
-    data = np.random.default_rng(3).integers(1, 255, (4, 40, 30), dtype=np.uint8)
-    voxgate.create(url, dtype="uint8", **geometry)[:] = data
-    np.testing.assert_array_equal(voxgate.create(url, dtype="uint8", exist_ok=True,
-                                                 **geometry).read(), data)
-    with pytest.raises(RemoteExistsError, match=r"already holds a uint8 volume.*uint16"):
-        voxgate.create(url, dtype="uint16", exist_ok=True, **geometry)
-    with pytest.raises(RemoteExistsError, match=r"shape \(4, 40, 30\).*\(4, 40, 31\)"):
-        voxgate.create(url, dtype="uint8", exist_ok=True, **{**geometry, "shape": (4, 40, 31)})
-    np.testing.assert_array_equal(voxgate.open(url).read(), data)
+    assert_exist_ok_checks(f"bossdb://{boss_server.url}/tests/{exp}/img", (4, 40, 30),
+                           (16, 512, 512))
     # an annotation channel is uint64 whatever was asked: the same request again is accepted
     seg = f"bossdb://{boss_server.url}/tests/{exp}/seg"
+    geometry = {"shape": (4, 40, 30), "chunks": (16, 512, 512), "voxel_size": (40, 8, 8)}
     made = voxgate.create(seg, dtype="uint64", kind="segmentation", **geometry)
     again = voxgate.create(seg, dtype="uint64", kind="segmentation", exist_ok=True, **geometry)
     assert made.dtype == again.dtype == np.uint64

@@ -5,6 +5,7 @@ shape or channel count (``voxgate.remotes.base.check_same_volume``)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,22 @@ def test_another_channel_count_is_refused(made: tuple[str, str, np.ndarray]) -> 
             voxgate.create(url, **GEOMETRY, num_channels=3, exist_ok=True)
         assert "with 3 asked for" in str(info.value)
     _unchanged(url, data)
+
+
+def assert_exist_ok_checks(url: str, shape: tuple[int, int, int],
+                           chunks: tuple[int, int, int]) -> None:
+    """For stores with a server (bossdb://, dvid://): a new uint8 volume at ``url`` is handed
+    back by create(..., exist_ok=True) with the same geometry, and refused (data unchanged)
+    with another dtype or shape."""
+    geometry = {"shape": shape, "chunks": chunks, "voxel_size": (40, 8, 8)}
+    data = np.random.default_rng(3).integers(1, 255, shape, dtype=np.uint8)
+    voxgate.create(url, dtype="uint8", **geometry)[:] = data
+    np.testing.assert_array_equal(voxgate.create(url, dtype="uint8", exist_ok=True,
+                                                 **geometry).read(), data)
+    with pytest.raises(RemoteExistsError, match=r"already holds a uint8 volume.*uint16"):
+        voxgate.create(url, dtype="uint16", exist_ok=True, **geometry)
+    other = (*shape[:2], shape[2] + 1)
+    with pytest.raises(RemoteExistsError,
+                       match=re.escape(f"{shape}") + ".*" + re.escape(f"{other}")):
+        voxgate.create(url, dtype="uint8", exist_ok=True, **{**geometry, "shape": other})
+    np.testing.assert_array_equal(voxgate.open(url).read(), data)

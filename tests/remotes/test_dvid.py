@@ -796,19 +796,9 @@ def test_refused_connection_names_the_server() -> None:
 def test_create_exist_ok_checks_the_instance(repo: DVIDRepo, tmp_path: Path) -> None:
     """create(..., exist_ok=True) on an instance that exists hands it back only when it holds
     what was asked for (it returned any instance of the name)."""
-    from voxgate.errors import RemoteExistsError
+    from .test_create_existing import assert_exist_ok_checks
 
-    url = repo.url(_name(tmp_path, "gray"))
-    geometry = {"shape": (8, 40, 30), "chunks": (8, 16, 16), "voxel_size": (40, 8, 8)}
-    data = np.random.default_rng(4).integers(1, 255, (8, 40, 30), dtype=np.uint8)
-    voxgate.create(url, dtype="uint8", **geometry)[:] = data
-    np.testing.assert_array_equal(voxgate.create(url, dtype="uint8", exist_ok=True,
-                                                 **geometry).read(), data)
-    with pytest.raises(RemoteExistsError, match=r"already holds a uint8 volume.*uint16"):
-        voxgate.create(url, dtype="uint16", exist_ok=True, **geometry)
-    with pytest.raises(RemoteExistsError, match=r"\(8, 40, 30\).*\(8, 40, 34\)"):
-        voxgate.create(url, dtype="uint8", exist_ok=True, **{**geometry, "shape": (8, 40, 34)})
-    np.testing.assert_array_equal(voxgate.open(url).read(), data)
+    assert_exist_ok_checks(repo.url(_name(tmp_path, "gray")), (8, 40, 30), (8, 16, 16))
 
 
 def test_downsample_of_a_labelmap_at_an_odd_offset(repo: DVIDRepo, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -286,6 +287,18 @@ def _reference_mags(data: np.ndarray, factors: list[tuple[int, int, int]], kind:
     return downsample_scales(data, factors, kind, start=OFFSET)
 
 
+def _layer_at_offset(root: Path, name: str, data: np.ndarray, kind: str,
+                     **downsample: Any) -> str:
+    """A layer ``name`` of dataset root/ds at OFFSET holding ``data``, with 3 scales made by
+    voxgate.downsample (given ``downsample``'s options); its URL."""
+    url = f"webknossos://{root}/ds/{name}"
+    voxgate.create(f"webknossos://{root}/ds", layer=name, shape=data.shape, chunks=(4, 8, 8),
+                   dtype=data.dtype.name, voxel_size=(40, 8, 8), offset=OFFSET,
+                   kind=kind)[:] = data
+    voxgate.downsample(url, 3, **downsample)
+    return url
+
+
 @pytest.mark.parametrize("kind", ["image", "segmentation"])
 @pytest.mark.parametrize("block", [None, (2, 8, 8)])
 def test_downsampled_mags_lie_on_the_grid_through_zero(tmp_path: Path, kind: str,
@@ -295,12 +308,7 @@ def test_downsampled_mags_lie_on_the_grid_through_zero(tmp_path: Path, kind: str
     dtype = "uint8" if kind == "image" else "uint32"
     data = (rng.integers(0, 250, (5, 23, 30)) if kind == "image"
             else rng.integers(1, 5, (5, 23, 30))).astype(dtype)
-    url = f"webknossos://{tmp_path}/ds/{kind}"
-    vol = voxgate.create(f"webknossos://{tmp_path}/ds", layer=kind, shape=data.shape,
-                         chunks=(4, 8, 8), dtype=dtype, voxel_size=(40, 8, 8), offset=OFFSET,
-                         kind=kind)
-    vol[:] = data
-    voxgate.downsample(url, 3, block=block, workers=3)
+    url = _layer_at_offset(tmp_path, kind, data, kind, block=block, workers=3)
     factors = [(1, 2, 2), (1, 2, 2)]
     got = voxgate.open(url)
     mags = [m["mag"] for m in layer_props(tmp_path / "ds", kind)["mags"]]
@@ -313,7 +321,7 @@ def test_downsampled_mags_lie_on_the_grid_through_zero(tmp_path: Path, kind: str
         assert tuple(sc.shape) == (5, -(-(7 + 23) // f) - 7 // f, -(-(45 + 30) // f) - 45 // f)
         np.testing.assert_array_equal(got.at_scale(k).read(), want, err_msg=f"mag {f}")
     # computing the existing mags again is allowed (their extent was refused as inconsistent)
-    vol[:] = data[::-1].copy()
+    voxgate.open(url, mode="r+")[:] = data[::-1].copy()
     voxgate.downsample(url)
     for k, want in enumerate(_reference_mags(data[::-1], factors, kind), start=1):
         np.testing.assert_array_equal(voxgate.open(url).at_scale(k).read(), want)
@@ -323,12 +331,7 @@ def test_proofreading_updates_the_mags_on_the_grid_through_zero(tmp_path: Path) 
     """A merge rewrites the coarser mags as downsample computes them (the same grid)."""
     rng = np.random.default_rng(6)
     data = rng.integers(1, 6, (4, 21, 26)).astype(np.uint32)
-    url = f"webknossos://{tmp_path}/ds/seg"
-    vol = voxgate.create(f"webknossos://{tmp_path}/ds", layer="seg", shape=data.shape,
-                         chunks=(4, 8, 8), dtype="uint32", voxel_size=(40, 8, 8),
-                         offset=OFFSET, kind="segmentation")
-    vol[:] = data
-    voxgate.downsample(url, 3)
+    url = _layer_at_offset(tmp_path, "seg", data, "segmentation")
     voxgate.merge(voxgate.open(url, mode="r+"), [2, 3], history_dir=tmp_path / "hist")
     merged = np.where(data == 3, 2, data).astype(np.uint32)
     now = voxgate.open(url)
@@ -350,12 +353,7 @@ def test_webknossos_downsample_agrees_with_voxgate_at_an_unaligned_top_left(tmp_
                           np.arange(27) + OFFSET[2], indexing="ij")
     table = np.random.default_rng(7).integers(1, 4, (z.max() + 1, 10, 20))
     labels = table[z, y // 4, x // 4].astype(np.uint32)
-    url = f"webknossos://{tmp_path}/ds/seg"
-    vol = voxgate.create(f"webknossos://{tmp_path}/ds", layer="seg", shape=labels.shape,
-                         chunks=(4, 8, 8), dtype="uint32", voxel_size=(40, 8, 8),
-                         offset=OFFSET, kind="segmentation")
-    vol[:] = labels
-    voxgate.downsample(url, 3)
+    url = _layer_at_offset(tmp_path, "seg", labels, "segmentation")
     np.save(tmp_path / "labels.npy", labels.transpose(2, 1, 0))  # x, y, z
     peer("""
         import sys, numpy as np, webknossos as wk
