@@ -14,6 +14,7 @@ import blosc
 import numpy as np
 from starlette.requests import Request
 
+from ...meta import VolumeMeta
 from ..errors import (
     DATA_DIMENSION_MISMATCH,
     DATATYPE_DOES_NOT_MATCH,
@@ -23,7 +24,30 @@ from ..errors import (
     bad_request,
 )
 
-__all__ = ["blosc_level", "decode_body", "encode_blosc", "encode_cutout"]
+__all__ = ["blosc_level", "decode_body", "encode_blosc", "encode_cutout", "to_stored",
+           "wire_dtype"]
+
+
+def wire_dtype(meta: VolumeMeta) -> np.dtype[Any]:
+    """The datatype a channel has in this dialect: an annotation channel's is uint64 whatever
+    its upstream holds (bossDB's annotation channels are, and intern takes no uint32 or
+    signed channel), an image channel's is its upstream's."""
+    if meta.kind == "segmentation" and np.issubdtype(meta.dtype, np.integer):
+        return np.dtype(np.uint64)
+    return meta.dtype
+
+
+def to_stored(data: np.ndarray, meta: VolumeMeta) -> np.ndarray:
+    """Written ``data`` (of :func:`wire_dtype`) in the upstream's dtype; ids the upstream
+    cannot hold are refused (400, code 2001), not wrapped."""
+    stored = meta.dtype
+    if data.dtype == stored:
+        return data
+    top = int(np.iinfo(stored).max)
+    if data.size and int(data.max()) > top:
+        raise bad_request(DATATYPE_DOES_NOT_MATCH, f"ids above {top} cannot be written to this "
+                          f"annotation channel: its upstream holds {stored.name}")
+    return data.astype(stored)
 
 
 #: the blosc header's flag of a buffer stored without compression (its bytes follow the header)

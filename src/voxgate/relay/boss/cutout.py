@@ -23,7 +23,7 @@ from ..errors import (
     bad_request,
 )
 from ..state import Relay
-from .codecs import decode_body, encode_cutout
+from .codecs import decode_body, encode_cutout, to_stored, wire_dtype
 from .records import _short
 from .routing import Handler, reads, runner
 
@@ -114,7 +114,8 @@ class _Cutout:
                               f"coordinate frame at resolution {res} (x {frame.start.x}:"
                               f"{frame.stop.x}, y {frame.start.y}:{frame.stop.y}, z "
                               f"{frame.start.z}:{frame.stop.z})")
-        self.dtype = meta.dtype
+        #: the dtype of its bodies (uint64 for annotation channels), not always the upstream's
+        self.dtype = wire_dtype(meta)
         nbytes = self.box.size * self.dtype.itemsize
         if self.dtype.itemsize == 8:
             nbytes //= 4  # bossDB's rule: annotation cutouts compress well
@@ -133,7 +134,7 @@ class _Cutout:
         bounds = self.remote.meta.scale(self.res).bounds
         inside = self.box.intersect(bounds)
         if inside == self.box:  # only encoded: the cached cell itself when it is one
-            return self.remote.read_shared(self.box, self.res)
+            return self.remote.read_shared(self.box, self.res).astype(self.dtype, copy=False)
         out = np.zeros(tuple(self.box.shape), dtype=self.dtype)
         if not inside.is_empty():
             out[inside.slices(self.box.start)] = self.remote.read(inside, self.res)
@@ -210,7 +211,9 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
             accept = request.headers.get("accept", "application/blosc").lower()
             etag = relay.etag(cut.remote, version, "cutout", cut.res, cut.box, cut.time,
                               "npygz" if "application/npygz" in accept else accept,
-                              *([] if keep is None else ["filter", keep.tolist()]))
+                              *([] if keep is None else ["filter", keep.tolist()]),
+                              # (bodies in another dtype than the upstream's: uint64 ids)
+                              *([] if cut.dtype == cut.remote.meta.dtype else [cut.dtype.name]))
             headers = {**relay.cache_headers(cut.entry, etag), "Vary": "Accept"}
             if relay.not_modified(request, etag):
                 return Response(status_code=304, headers=headers)
@@ -228,7 +231,7 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
         body = await relay.read_body(request, math.prod(cut.shape) * cut.dtype.itemsize)
         ctype = request.headers.get("content-type", "")
         arr = await run(lambda: decode_body(body, ctype, cut.dtype, cut.shape))
-        data = arr[0] if cut.time is not None else arr
+        data = to_stored(arr[0] if cut.time is not None else arr, cut.remote.meta)
         await run(lambda: relay.write(cut.remote, cut.box, data, cut.res))
         return Response(status_code=201)
 
@@ -237,7 +240,7 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
             raise BossHTTPError(405, 0, f'Method "{request.method}" not allowed.', drf=True,
                                 headers={"Allow": "PUT"})
         cut = await run(lambda: _Cutout(relay, request, write=True))
-        data = np.zeros(tuple(cut.box.shape), dtype=cut.dtype)
+        data = np.zeros(tuple(cut.box.shape), dtype=cut.remote.meta.dtype)
         await run(lambda: relay.write(cut.remote, cut.box, data, cut.res))
         return Response(status_code=200)
 

@@ -20,7 +20,7 @@ from ..errors import (
     not_found,
 )
 from ..state import CHANNEL_DATATYPES, Relay
-from .codecs import _json_body
+from .codecs import _json_body, wire_dtype
 from .records import (
     _STORED_NAME_MAX,
     _choice,
@@ -56,7 +56,7 @@ def _channel_json(relay: Relay, entry: ChannelEntry) -> dict[str, Any]:
         "default_time_sample": 0,
         "type": "annotation" if seg else "image",
         "base_resolution": 0,
-        "datatype": meta.dtype.name,
+        "datatype": wire_dtype(meta).name,
         "creator": stored.get("creator", "voxgate"),
         "sources": stored.get("sources", []),
         "related": stored.get("related", []),

@@ -170,10 +170,24 @@ class BossDBRemote(Remote):
         if not 0 <= self.time < samples:
             raise InvalidRequestError(f"time {self.time} is outside 0..{samples - 1}")
         self._samples = samples
-        self.meta = _meta(chan, exp, frame)
+        self.meta = _meta(chan, exp, frame, self._level_voxel_sizes(exp))
 
     def __repr__(self) -> str:
         return f"<BossDBRemote {self.url} mode={self.mode!r}>"
+
+    def _level_voxel_sizes(self, exp: dict[str, Any]) -> Any:
+        """Each level's voxel size as the server's downsample status gives it (None: one
+        level, or a server that does not say).  A voxgate relay serves pyramids whose levels
+        follow no single hierarchy_method (voxgate's default halves y and x of an anisotropic
+        volume, then all three axes); bossDB's status follows its hierarchy_method."""
+        if int(exp.get("num_hierarchy_levels") or 1) < 2:
+            return None
+        try:
+            status = self.project.downsample_status(self.collection, self.experiment,
+                                                    self.channel)
+        except VoxgateError:
+            return None
+        return status.get("voxel_size") if isinstance(status, dict) else None
 
     @classmethod
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> BossDBRemote:
@@ -379,7 +393,22 @@ class BossDBRemote(Remote):
             self._pool = None
 
 
-def _meta(chan: dict[str, Any], exp: dict[str, Any], frame: dict[str, Any]) -> VolumeMeta:
+def _factors(levels: Any, k: int, iso: bool) -> Vec:
+    """Level k's cumulative factor (z, y, x): from the levels' voxel sizes (x, y, z, by level
+    number as a string) when they give whole factors, else bossDB's hierarchy rule."""
+    rule = Vec(2**k if iso else 1, 2**k, 2**k)
+    try:
+        base, here = levels["0"], levels[str(k)]
+        ratios = [float(here[i]) / float(base[i]) for i in (2, 1, 0)]
+    except (TypeError, KeyError, IndexError, ValueError, ZeroDivisionError):
+        return rule
+    if not all(r >= 1 and abs(r - round(r)) < 1e-6 for r in ratios):
+        return rule
+    return Vec(*(round(r) for r in ratios))
+
+
+def _meta(chan: dict[str, Any], exp: dict[str, Any], frame: dict[str, Any],
+          levels: Any = None) -> VolumeMeta:
     dtype = chan.get("datatype")
     if dtype not in _DTYPES:
         raise CapabilityNotSupportedError(f"bossDB datatype {dtype!r} is not supported")
@@ -391,7 +420,7 @@ def _meta(chan: dict[str, Any], exp: dict[str, Any], frame: dict[str, Any]) -> V
     iso = exp.get("hierarchy_method") == "isotropic"
     scales = []
     for k in range(int(exp.get("num_hierarchy_levels") or 1)):
-        f = Vec(2**k if iso else 1, 2**k, 2**k)
+        f = _factors(levels, k, iso)
         lo = Vec(*(a // g for a, g in zip(start, f, strict=True)))
         hi = Vec(*(-(-b // g) for b, g in zip(stop, f, strict=True)))
         scales.append(Scale(k, hi - lo, CUBOID, VoxelSize(vs.z * f.z, vs.y * f.y, vs.x * f.x),
