@@ -17,9 +17,10 @@ calls) by calling :meth:`Remote._check_present` at the top of its ``read``.
 from __future__ import annotations
 
 import abc
+import contextlib
 import difflib
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -43,10 +44,12 @@ __all__ = [
     "check_options",
     "check_same_volume",
     "format_chunks",
+    "guard_writes",
     "has_capability",
     "notify_written",
     "on_written",
     "require_capability",
+    "writes_guarded",
 ]
 
 #: what a read does with a chunk absent from the store: read it as the fill value, or raise
@@ -231,6 +234,29 @@ def notify_written(remote: Remote, scale: int) -> None:
     (also after a write that failed part-way: some of it may be stored)."""
     for hook in list(_WRITTEN_HOOKS):
         hook(remote, scale)
+
+
+#: called with (remote, scale) around every write through a Volume in this process (see
+#: :func:`guard_writes`)
+_WRITE_GUARDS: list[Callable[[Remote, int], contextlib.AbstractContextManager[Any]]] = []
+
+
+def guard_writes(hook: Callable[[Remote, int], contextlib.AbstractContextManager[Any]]) -> None:
+    """Hold ``hook(remote, scale)`` (a context manager) while this process writes voxels of a
+    volume through a Volume (``vol[...] = x``, ``vol.write``): for a Service whose edits read
+    blocks and write them back whole (proofreading) to keep such writes out of an edit in
+    progress, where they would be overwritten.  A hook must be cheap and must not raise."""
+    if hook not in _WRITE_GUARDS:
+        _WRITE_GUARDS.append(hook)
+
+
+@contextlib.contextmanager
+def writes_guarded(remote: Remote, scale: int) -> Iterator[None]:
+    """The :func:`guard_writes` hooks of a write of ``remote``'s ``scale``, all held."""
+    with contextlib.ExitStack() as stack:
+        for hook in list(_WRITE_GUARDS):
+            stack.enter_context(hook(remote, scale))
+        yield
 
 
 def has_capability(remote: Remote, capability: Capability | str) -> bool:

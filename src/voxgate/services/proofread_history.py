@@ -165,10 +165,13 @@ class History:
     def undo_dir(self, n: int) -> Path:
         return self.root / "undo" / str(n)
 
-    def save_block(self, n: int, box: Box, data: np.ndarray, scale: int | None = None) -> None:
+    def save_block(self, n: int, box: Box, data: np.ndarray, scale: int | None = None,
+                   changed: np.ndarray | None = None) -> None:
         """Keep ``data`` (the voxels of ``box`` before edit ``n``) so undo can restore them.
         ``scale``: the scale they belong to where it is not the edited one (a coarser scale
-        the edit downsampled into)."""
+        the edit downsampled into).  ``changed``: which of them the edit changes (a boolean
+        array of ``data``'s shape); undo then writes back those only, and keeps what was
+        written since to the block's other voxels (without it, the whole block)."""
         d = self.undo_dir(n)
         d.mkdir(parents=True, exist_ok=True)
         import io
@@ -179,6 +182,8 @@ class History:
                                   "stop": np.array(tuple(box.stop), dtype=np.int64)}
         if scale is not None:
             arrays["scale"] = np.array(int(scale), dtype=np.int64)
+        if changed is not None:
+            arrays["changed"] = np.ascontiguousarray(changed, dtype=bool)
         np.savez_compressed(buf, **arrays)
         name = ("" if scale is None else f"s{int(scale)}_") + "_".join(
             str(v) for v in box.start) + ".npz"
@@ -211,12 +216,24 @@ class History:
     @staticmethod
     def load_block(f: Path) -> np.ndarray:
         """The voxels kept in one saved block's file (:meth:`saved_blocks`)."""
+        return History.load_saved(f)[0]
+
+    @staticmethod
+    def load_saved(f: Path) -> tuple[np.ndarray, np.ndarray | None]:
+        """The voxels kept in one saved block's file and which of them the edit changed (None:
+        not recorded, in blocks saved before it was)."""
         try:
             with np.load(f, allow_pickle=False) as z:
-                return np.asarray(z["data"])
+                data = np.asarray(z["data"])
+                changed = np.asarray(z["changed"]) if "changed" in z.files else None
         except (OSError, ValueError, KeyError) as exc:
             raise CorruptChunkError(f"undo block {f} does not load ({exc})",
                                     chunk=str(f)) from None
+        if changed is not None and (changed.dtype != bool or changed.shape != data.shape):
+            raise CorruptChunkError(f"undo block {f} does not load (its mask of changed voxels "
+                                    f"is {changed.dtype} {changed.shape}, not bool "
+                                    f"{data.shape})", chunk=str(f))
+        return data, changed
 
     def entry(self, n: int) -> dict[str, Any]:
         for e in self.entries():

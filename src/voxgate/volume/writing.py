@@ -17,7 +17,7 @@ from ..errors import (
 )
 from ..geometry import Box, chunk_boxes, grow_block
 from ..parallel import run_blocks
-from ..remotes.base import notify_written
+from ..remotes.base import notify_written, writes_guarded
 from .axes import _lattice
 
 if TYPE_CHECKING:
@@ -176,10 +176,12 @@ def write_blocks(
 
 def _write_parts(vol: Volume, box: Box, part: Callable[[Box], np.ndarray | None],
                  workers: int | None) -> None:
-    """:func:`_write_blocks`, then the volume's write hooks told (also after a failed write:
-    it may have stored some blocks)."""
+    """:func:`_write_blocks` under the volume's write guards (an edit of the volume in progress
+    in this process is waited for), then the volume's write hooks told (also after a failed
+    write: it may have stored some blocks)."""
     try:
-        _write_blocks(vol, box, part, workers)
+        with writes_guarded(vol._remote, vol._scale):
+            _write_blocks(vol, box, part, workers)
     finally:
         notify_written(vol._remote, vol._scale)
 

@@ -62,7 +62,7 @@ def update_coarser(vol: Volume, hist: History, n: int, written: Sequence[Box]) -
             new = np.ascontiguousarray(arr, dtype=meta.dtype)
             old = remote.read(target, k)
             if not np.array_equal(old, new):
-                hist.save_block(n, target, old, scale=k)
+                hist.save_block(n, target, old, scale=k, changed=new != old)
                 remote.write(target, new, k)
                 count += 1
     return count

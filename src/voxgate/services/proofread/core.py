@@ -11,14 +11,21 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from ...errors import InvalidRequestError, PartialWriteError, ReadOnlyError, RemoteNotFoundError
+from ...errors import (
+    InvalidRequestError,
+    PartialWriteError,
+    ReadOnlyError,
+    RemoteNotFoundError,
+    VoxgateError,
+)
 from ...geometry import Box, Vec, chunk_boxes
 from ...parallel import run_blocks
-from ...remotes.base import Capability, Remote, has_capability, on_written
+from ...remotes.base import Capability, Remote, guard_writes, has_capability, on_written
 from ...volume import Volume
 from .._common import Provenance, as_volume, progress_bar
 from ..proofread_history import History, current_user, history_location
@@ -86,8 +93,62 @@ def _open(seg: Any) -> Volume:
     return vol
 
 
-#: volume (:func:`_volume_key`) -> the lock every edit of it takes in this process
-_VOLUME_LOCKS: dict[str, threading.RLock] = {}
+class _Gate:
+    """The edits of one volume in this process against its plain writes (``vol[...] = x``):
+    an edit runs alone (other edits and new writes wait; it waits for the writes in flight),
+    writes run together.  Re-entrant for the thread running the edit: an edit may run another
+    edit, or write through a Volume, of its volume."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._owner: int | None = None  # the thread running an edit
+        self._depth = 0
+        self._writes = 0  # writes in flight
+        self._waiting = 0  # edits waiting (new writes let them go first)
+
+    @contextlib.contextmanager
+    def edit(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._owner not in (None, me) or (self._owner is None and self._writes):
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            self._owner = me
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._owner = None
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            if self._owner == threading.get_ident():
+                counted = False
+            else:
+                while self._owner is not None or self._waiting:
+                    self._cond.wait()
+                self._writes += 1
+                counted = True
+        try:
+            yield
+        finally:
+            if counted:
+                with self._cond:
+                    self._writes -= 1
+                    if self._writes == 0:
+                        self._cond.notify_all()
+
+
+#: volume (:func:`_volume_key`) -> the gate its edits and writes pass in this process
+_VOLUME_LOCKS: dict[str, _Gate] = {}
 #: history folder -> the lock its edits take in this process, and its file lock (and how deep
 #: the holding thread is in nested edits: merge runs relabel)
 _EDIT_LOCKS: dict[str, threading.RLock] = {}
@@ -121,12 +182,12 @@ def _one_edit(vol: Volume, history_dir: Any) -> Iterator[None]:
     only when they keep their history in the same folder (the default one does, for every
     process of this machine).  The locks are always taken in this order (volume, then history
     folder), and both are re-entrant: an edit may run another edit of its volume."""
-    root = history_location(_stable_url(vol), vol.scale, history_dir)
+    root = _history_root(vol, history_dir)
     key = str(root)
     with _edit_guard:
-        vlock = _VOLUME_LOCKS.setdefault(_volume_key(vol), threading.RLock())
+        gate = _VOLUME_LOCKS.setdefault(_volume_key(vol), _Gate())
         lock = _EDIT_LOCKS.setdefault(key, threading.RLock())
-    with vlock, lock:
+    with gate.edit(), lock:
         held = _EDIT_FILES.get(key)
         if held is None:
             root.mkdir(parents=True, exist_ok=True)
@@ -147,6 +208,24 @@ def _one_edit(vol: Volume, history_dir: Any) -> Iterator[None]:
                 os.close(held[0])  # (lets the file lock go)
 
 
+def _edit_excludes_writes(remote: Remote, _scale: int) -> contextlib.AbstractContextManager[Any]:
+    """A :func:`guard_writes` hook: a write through a Volume (``vol[...] = x``) of a volume
+    that an edit of this process is rewriting waits for the edit.  The edit read the blocks it
+    rewrites: a write of other voxels of one of them, landing between its read and its write,
+    was overwritten with what the edit had read (lost)."""
+    if remote.mode != "r+":
+        return contextlib.nullcontext()
+    try:
+        key = _remote_key(remote)
+    except (VoxgateError, OSError, ValueError):  # (no history folder: nothing edits it)
+        return contextlib.nullcontext()
+    with _edit_guard:
+        return _VOLUME_LOCKS.setdefault(key, _Gate()).write()
+
+
+guard_writes(_edit_excludes_writes)
+
+
 def one_edit_at_a_time(fn: _F) -> _F:
     """Run the edit ``fn(seg, ...)`` under :func:`_one_edit` of its volume."""
 
@@ -160,7 +239,21 @@ def one_edit_at_a_time(fn: _F) -> _F:
 
 
 def _hist(vol: Volume, history_dir: Any) -> History:
-    return History(history_location(_stable_url(vol), vol.scale, history_dir))
+    return History(_history_root(vol, history_dir))
+
+
+def _history_root(vol: Volume, history_dir: Any) -> Path:
+    """The folder of ``vol``'s history; refused when a file stands where it or a folder above
+    it would be (it could not be made: mkdir raised a bare FileExistsError)."""
+    root = history_location(_stable_url(vol), vol.scale, history_dir)
+    for p in (root, *root.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise InvalidRequestError(
+                    f"the history of {vol.url} goes in the folder {root}, but {p} is a file; "
+                    "pass history_dir= a folder (or move the file)")
+            break
+    return root
 
 
 def _stable_url(vol: Volume) -> str:
@@ -293,6 +386,13 @@ def _new_ids(vol: Volume, count: int) -> list[int]:
     return list(range(first, first + count))
 
 
+def _covers_scale(vol: Volume) -> bool:
+    """Whether the view ``vol`` holds its whole scale.  An edit through a smaller view (or a
+    split inside a ``box``) changes the ids there only: they may go on outside it, where the
+    cached boxes must still find them (:func:`_forget_stats` then, not :func:`_note_boxes`)."""
+    return vol.bounds.contains(vol.scale_meta.bounds)
+
+
 def _note_boxes(vol: Volume, gone: Iterable[int], boxes: Mapping[int, Box]) -> None:
     """Keep the cached label boxes right after an edit: ``gone`` ids vanished, ``boxes``
     (new or grown ids) join their boxes."""
@@ -345,7 +445,7 @@ def _edit_blocks(vol: Volume, hist: History, n: int, blocks: list[Box],
         new = fn(old, b)
         if new is None or np.array_equal(new, old):
             return False
-        hist.save_block(n, b, old)
+        hist.save_block(n, b, old, changed=new != old)
         remote.write(b, np.ascontiguousarray(new, dtype=vol.dtype), scale)
         with lock:
             written.append(b)

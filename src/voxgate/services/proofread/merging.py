@@ -16,7 +16,9 @@ from .core import (
     EditResult,
     _blocks,
     _boxes,
+    _covers_scale,
     _edit_blocks,
+    _forget_stats,
     _hist,
     _label,
     _note_boxes,
@@ -59,7 +61,10 @@ def relabel(seg: Any, mapping: Mapping[Any, Any], *, user: str | None = None,
     grown: dict[int, Box] = {}
     for k, v in m.items():
         grown[v] = _union([boxes[k]] + ([grown[v]] if v in grown else []))
-    _note_boxes(vol, m, grown)
+    if _covers_scale(vol):
+        _note_boxes(vol, m, grown)
+    else:  # the old ids may go on outside the view (their boxes were cut to it)
+        _forget_stats(vol)
     coarse = coarser_step(vol, hist, n, written, _operation)
     hist.update(n, status="done", blocks=len(written), seconds=round(time.perf_counter() - t0, 3))
     _remesh(vol, set(m.values()), remesh, boxes.values())

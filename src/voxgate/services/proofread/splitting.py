@@ -19,8 +19,10 @@ from .core import (
     EditResult,
     _blocks,
     _boxes,
+    _covers_scale,
     _dvid_labels,
     _edit_blocks,
+    _forget_stats,
     _hist,
     _label,
     _new_ids,
@@ -109,9 +111,12 @@ def _seed_groups(vol: Volume, label: int, seeds: Any, sbox: Box, labels: np.ndar
     out = []
     seen: dict[tuple[int, int, int], int | None] = {}
     for key, pts in zip(keys, groups, strict=True):
+        if isinstance(pts, (str, bytes)) or not isinstance(pts, (Sequence, np.ndarray)):
+            raise InvalidRequestError(f"seed group {key} must be a list of (z, y, x) points, "
+                                      f"got {pts!r}")
         pts = [pts] if len(pts) == 3 and all(isinstance(v, (int, np.integer)) for v in pts) \
             else pts
-        if not pts:
+        if len(pts) == 0:  # (len: a (k, 3) numpy array of points has no truth value)
             raise InvalidRequestError(f"seed group {key} has no points")
         local = []
         for p in pts:
@@ -239,8 +244,12 @@ def split(seg: Any, id: Any, *, seeds: Any = None, image: Any = None,
     written = _edit_blocks(vol, hist, n, blocks, fn, label="split", progress=progress,
                            workers=workers)
     piece_boxes = _piece_boxes(pieces, sbox, ids)
-    _note_boxes(vol, [label], {})
-    _note_boxes(vol, [], {**piece_boxes, **({label: sid_box} if label in piece_boxes else {})})
+    if _covers_scale(vol) and (label in piece_boxes or sbox.contains(sid_box)):
+        _note_boxes(vol, [label], {})
+        _note_boxes(vol, [], {**piece_boxes, **({label: sid_box} if label in piece_boxes
+                                                else {})})
+    else:  # the segment may go on outside the view or the box (its box was cut to them)
+        _forget_stats(vol)
     coarse = coarser_step(vol, hist, n, written, "split")
     hist.update(n, status="done", blocks=len(written), new_ids=[i for i in ids if i != label],
                 seconds=round(time.perf_counter() - t0, 3))

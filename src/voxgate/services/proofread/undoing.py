@@ -23,13 +23,22 @@ if TYPE_CHECKING:
 
 def _restore(vol: Volume, saved: list[tuple[Box, int | None, Path]], label: str,
              progress: bool, workers: int | None) -> Any:
-    """Write the saved blocks back, each at its scale (the edited one, or a coarser one the
-    edit downsampled into).  Each block's voxels are loaded as it is written (a few blocks in
-    memory at once): loaded all first, undoing an edit of a whole volume held all of it."""
+    """Write the saved voxels back, each block at its scale (the edited one, or a coarser one
+    the edit downsampled into): the voxels the edit changed only, where the history says which
+    (the block's other voxels keep what was written to them since).  Each block's voxels are
+    loaded as it is written (a few blocks in memory at once): loaded all first, undoing an
+    edit of a whole volume held all of it."""
     files = {(vol.scale if k is None else k, b): f for b, k, f in saved}
 
     def put(key: tuple[int, Box]) -> None:
-        vol.remote.write(key[1], History.load_block(files[key]), key[0])
+        scale, box = key
+        old, changed = History.load_saved(files[key])
+        if changed is not None and not changed.all():
+            now = vol.remote.read(box, scale)
+            old = np.where(changed, old, now)
+            if np.array_equal(old, now):
+                return
+        vol.remote.write(box, np.ascontiguousarray(old), scale)
 
     with progress_bar(progress, len(files), label) as bar:
         return run_blocks(put, list(files), workers=workers,
