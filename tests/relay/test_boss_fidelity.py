@@ -7,8 +7,11 @@ where intern exposes the call, with the real intern client.
 
 from __future__ import annotations
 
+import io
+import zlib
 from collections.abc import Callable, Iterator
 
+import blosc
 import httpx
 import numpy as np
 import pytest
@@ -152,6 +155,52 @@ def test_resolution_and_filter_errors(http: httpx.Client) -> None:
     boss_error(http.get("/v1/cutout/lab/em/raw/9/0:8/0:8/0:1/?filter=1"), 400, 2003,
                "The channel in request has type image. Filter is only valid for annotation "
                "channels")
+
+
+# What Django REST framework 3.18's DefaultContentNegotiation.select_renderer picks for each
+# Accept header among bossDB's cutout renderers (blosc, blosc-python, npygz, jpeg, json, html;
+# run against the real DRF while writing this test): the most specific group of the header's
+# types first, and in it the view's renderer order; neither header order nor q-values count.
+DRF_CUTOUT_MEDIA = {
+    "application/npygz": "application/npygz",
+    "application/npygz, application/blosc": "application/blosc",
+    "application/blosc, application/npygz": "application/blosc",
+    "application/npygz;q=1.0, application/blosc;q=0.1": "application/blosc",
+    "application/npygz;v=1, application/blosc": "application/npygz",
+    "application/*": "application/blosc",
+    "*/*": "application/blosc",
+    "application/npygz, */*": "application/npygz",
+    "*/*;q=0.8, application/npygz": "application/npygz",
+    "application/*, application/npygz": "application/npygz",
+    "image/jpeg, application/npygz": "application/npygz",
+    "APPLICATION/NPYGZ": "application/npygz",
+    "application/blosc-python, application/npygz": "application/blosc-python",
+}
+
+
+def test_cutout_content_negotiation_as_django_rest_framework_does_it(
+        http: httpx.Client, setup: tuple[RelayProcess, Upstreams]) -> None:
+    """The relay preferred npygz whenever the header named it; bossDB (DRF) answers in blosc
+    when both are named alike.  blosc-python is refused (406): it needs pickle."""
+    _, ups = setup
+    url = "/v1/cutout/lab/em/raw/0/0:16/0:8/0:2/"
+    want = ups.image[0:2, 0:8, 0:16]
+    etags: dict[str, set[str]] = {}
+    for accept, media in DRF_CUTOUT_MEDIA.items():
+        res = http.get(url, headers={"Accept": accept})
+        if media == "application/blosc-python":
+            assert res.status_code == 406, accept
+            continue
+        assert res.status_code == 200, (accept, res.text)
+        assert res.headers["content-type"] == media, accept
+        if media == "application/npygz":
+            got = np.load(io.BytesIO(zlib.decompress(res.content)), allow_pickle=False)
+        else:
+            got = np.frombuffer(blosc.decompress(res.content), want.dtype).reshape(want.shape)
+        np.testing.assert_array_equal(got, want, err_msg=accept)
+        etags.setdefault(media, set()).add(res.headers["etag"])
+    # one response per body: the ETag names the media type chosen, not the header's spelling
+    assert all(len(tags) == 1 for tags in etags.values()), etags
 
 
 def test_access_mode_and_no_cache_as_bossdb_reads_them(http: httpx.Client,

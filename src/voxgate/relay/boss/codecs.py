@@ -24,8 +24,8 @@ from ..errors import (
     bad_request,
 )
 
-__all__ = ["blosc_level", "decode_body", "encode_blosc", "encode_cutout", "to_stored",
-           "wire_dtype"]
+__all__ = ["blosc_level", "cutout_media", "decode_body", "encode_blosc", "encode_cutout",
+           "to_stored", "wire_dtype"]
 
 
 def wire_dtype(meta: VolumeMeta) -> np.dtype[Any]:
@@ -175,20 +175,53 @@ def encode_blosc(arr: np.ndarray, cname: str = _CNAME, clevel: int = _CLEVEL) ->
                                     shuffle=blosc.SHUFFLE, cname=cname))
 
 
+#: bossDB's cutout renderers, in the order of its view's ``renderer_classes``
+_CUTOUT_MEDIA = ("application/blosc", "application/blosc-python", "application/npygz",
+                 "image/jpeg")
+
+
+def cutout_media(accept: str) -> str:
+    """The media type bossDB answers a cutout GET with for this Accept header, by Django REST
+    framework's content negotiation: the header's types grouped by how specific they are (with
+    parameters other than q, a full type, ``type/*``, ``*/*``), the most specific group first,
+    and in a group the first of the view's renderers (blosc, blosc-python, npygz, jpeg) that one
+    of its types matches.  The order of the types in the header and their q-values do not
+    count: ``application/npygz, application/blosc`` is answered in blosc.  A header naming
+    none of them gets blosc (the relay's default; no Accept at all is blosc too)."""
+    groups: list[list[tuple[str, str]]] = [[], [], [], []]
+    for token in accept.lower().split(","):
+        full, _, params = token.partition(";")
+        main, _, sub = full.strip().partition("/")
+        if not main:
+            continue
+        names = [p.split("=")[0].strip() for p in params.split(";") if p.strip()]
+        precedence = (0 if main == "*" else 1 if sub == "*" else
+                      2 if not names or names == ["q"] else 3)
+        groups[3 - precedence].append((main, sub))
+    for group in groups:
+        for media in _CUTOUT_MEDIA:
+            kind, sub = media.split("/")
+            if any(m in ("*", kind) and s in ("*", sub) for m, s in group):
+                return media
+    return "application/blosc"
+
+
 def encode_cutout(arr: np.ndarray, accept: str) -> tuple[bytes, str]:
-    """A cutout response's body and media type for the request's Accept header."""
-    if "application/npygz" in accept:
+    """A cutout response's body and media type for the request's Accept header
+    (:func:`cutout_media`)."""
+    media = cutout_media(accept)
+    if media == "application/npygz":
         arr = np.ascontiguousarray(arr)
         buf = io.BytesIO()
         np.save(buf, arr, allow_pickle=False)
-        return zlib.compress(buf.getbuffer(), 1), "application/npygz"
-    if "application/blosc-python" in accept and "application/blosc," not in accept + ",":
+        return zlib.compress(buf.getbuffer(), 1), media
+    if media == "application/blosc-python":
         raise BossHTTPError(406, 0, "application/blosc-python responses need pickle; ask for "
                             "application/blosc", drf=True)
-    if "image/jpeg" in accept and "application/blosc" not in accept:
+    if media == "image/jpeg":
         raise BossHTTPError(406, 0, "this relay serves cutouts as application/blosc or "
                             "application/npygz", drf=True)
-    return encode_blosc(arr), "application/blosc"
+    return encode_blosc(arr), media
 
 
 _JSON_LIMIT = 2**20

@@ -23,7 +23,7 @@ from ..errors import (
     bad_request,
 )
 from ..state import Relay
-from .codecs import decode_body, encode_cutout, to_stored, wire_dtype
+from .codecs import cutout_media, decode_body, encode_cutout, to_stored, wire_dtype
 from .records import _short
 from .routing import Handler, reads, runner
 
@@ -210,7 +210,7 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
             cut, keep, version = await run(parse)
             accept = request.headers.get("accept", "application/blosc").lower()
             etag = relay.etag(cut.remote, version, "cutout", cut.res, cut.box, cut.time,
-                              "npygz" if "application/npygz" in accept else accept,
+                              cutout_media(accept),
                               *([] if keep is None else ["filter", keep.tolist()]),
                               # (bodies in another dtype than the upstream's: uint64 ids)
                               *([] if cut.dtype == cut.remote.meta.dtype else [cut.dtype.name]))
