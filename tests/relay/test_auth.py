@@ -177,5 +177,14 @@ def test_metrics_need_a_token_when_reads_do(relay: RelayProcess, upstreams: Upst
     try:
         res = httpx.get(open_relay.url + "/metrics")
         assert res.status_code == 200 and "cache" in res.json()
+        # Basic credentials are no bossDB token: read as anonymous (as DRF's authenticators
+        # leave a scheme they do not know), where the relay answered 401 "Invalid token
+        # header"; a write stays refused
+        basic = {"Authorization": "Basic dXNlcjpwYXNz"}
+        assert httpx.get(open_relay.url + "/v1/collection/", headers=basic).status_code == 200
+        res = httpx.post(open_relay.url + "/v1/collection/basiccoll/", headers=basic,
+                         json={"description": ""})
+        assert res.status_code == 401
+        assert res.json() == {"detail": "Authentication credentials were not provided."}
     finally:
         open_relay.stop()

@@ -108,7 +108,11 @@ class Relay:
         if not header:
             return None
         parts = header.split()
-        if len(parts) != 2 or parts[0].lower() not in ("token", "bearer"):
+        if not parts or parts[0].lower() not in ("token", "bearer"):
+            # another scheme (Basic, ...) is none of bossDB's authenticators' (DRF's
+            # TokenAuthentication and the OIDC bearer class return None for it): anonymous
+            return None
+        if len(parts) != 2:
             # DRF TokenAuthentication's words (a keyword alone names no credentials)
             detail = "No credentials provided." if len(parts) == 1 else \
                 "Token string should not contain spaces."
