@@ -197,7 +197,7 @@ def create_remote(
 
 
 #: formats stored as a directory of files (a local one is refused where a file stands)
-_DIRECTORY_SCHEMES = ("zarr", "n5", "precomputed")
+_DIRECTORY_SCHEMES = ("zarr", "n5", "precomputed", "webknossos")
 
 
 def _check_directory_location(location: str) -> None:

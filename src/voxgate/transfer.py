@@ -64,6 +64,7 @@ from .remotes.base import (
     has_capability,
     notify_written,
 )
+from .storage import is_local, local_path, split_url
 from .volume import Volume
 
 __all__ = [
@@ -317,15 +318,22 @@ def _check_geometry(smeta: VolumeMeta, dmeta: VolumeMeta, wanted: Sequence[int],
         _warn_voxel_sizes(k, ss, ds, url)
 
 
-def _check_pyramid_fits(smeta: VolumeMeta, top: int, anchor: str, scheme: str,
-                        url: str) -> None:
-    """Before a destination is created: a store whose coarser scales lie on the grid through
-    0 (``pyramid_anchor`` "origin": WEBKNOSSOS) makes each scale's extent itself, so the
-    source's scales 1..``top`` must have those extents; a pyramid made from the volume's
-    first voxel (precomputed, after Igneous) at an offset that is not a multiple of a factor
-    does not, and its voxels would lie up to a factor - 1 voxels off there."""
+def _check_pyramid_fits(smeta: VolumeMeta, top: int, src_anchor: str, anchor: str,
+                        scheme: str, url: str, *, created: bool = True) -> None:
+    """Before a destination is created or written: a store whose coarser scales lie on the
+    grid through 0 (``pyramid_anchor`` "origin": WEBKNOSSOS, DVID labelmaps) makes each
+    scale's extent itself, so the source's scales 1..``top`` must have those extents; and a
+    pyramid made from the volume's first voxel (``src_anchor`` "offset": precomputed after
+    Igneous, zarr, n5, ...) at an offset that is not a multiple of a factor lies up to a
+    factor - 1 voxels off that grid, whether its extents agree or not."""
     if anchor != "origin":
         return
+    nothing = "Nothing was created" if created else "Nothing was written"
+    advice = (f"{nothing}: copy scale 0 alone (scales=[0]) and make the coarser scales with "
+              "voxgate.downsample on the destination")
+    if created:
+        advice += (" (a store that cannot add scales, as dvid://, is made first with "
+                   "voxgate.create(..., num_scales=N))")
     prev = smeta.scale(0)
     offset, shape = prev.offset, prev.shape
     for k in range(1, top + 1):
@@ -339,10 +347,57 @@ def _check_pyramid_fits(smeta: VolumeMeta, top: int, anchor: str, scheme: str,
                 f"0 (voxel i covers [i * factor, (i + 1) * factor) of the scale before it), so "
                 f"its scale {k} would cover {Box(offset, offset + shape)!r}; the source's scale "
                 f"{k} covers {sk.bounds!r} (a pyramid whose blocks start at the volume's first "
-                f"voxel, offset {tuple(smeta.scale(0).offset)}). Nothing was created: copy "
-                "scale 0 alone (scales=[0]) and make the coarser scales with "
-                "voxgate.downsample on the destination")
+                f"voxel, offset {tuple(smeta.scale(0).offset)}). {advice}")
+        if src_anchor != "origin" and any(o % n for o, n in zip(prev.offset, f, strict=True)):
+            raise InvalidRequestError(
+                f"{url}: {scheme}:// puts the voxels of a coarser scale on the grid through "
+                f"0 (voxel i covers [i * factor, (i + 1) * factor) of the scale before it); the "
+                f"source's scale {k} was made by blocks of {tuple(f)} starting at scale "
+                f"{k - 1}'s first voxel, offset {tuple(prev.offset)}, which is not a multiple "
+                f"of the factor: its voxels would lie up to a factor - 1 voxels off that grid "
+                f"(the extents agree, the voxels do not). {advice}")
         prev = sk
+
+
+#: schemes whose locations are not storage paths (a name, a server's instance, a spec)
+_PATHLESS = ("mem", "dvid", "bossdb", "tensorstore")
+
+
+def _stored_at(url: str) -> str | None:
+    """Where ``url``'s volume is stored, the same however it is spelled: the real absolute
+    path of a local location (a bare path, file://, relative, through a symlink, with a
+    trailing slash), or a storage URL without its trailing slash, with the ``#`` part (an
+    HDF5 dataset) kept; None for schemes that name no storage path (mem://, dvid://, ...)."""
+    try:
+        scheme, location = split_url(url)
+    except InvalidRequestError:
+        return None
+    if scheme in _PATHLESS:
+        return None
+    path, sep, inner = location.partition("#")
+    path = os.path.realpath(local_path(path)) if is_local(path) else path.rstrip("/")
+    return path + sep + inner.rstrip("/")
+
+
+def _check_apart(src: str, dst: str) -> None:
+    """Refuse a destination stored where the source is, inside it, or around it (under any
+    spelling): the copy would write into the source's own store, or over its files."""
+    a, b = _stored_at(src), _stored_at(dst)
+    if a is None or b is None:
+        return
+    if a == b:
+        raise InvalidRequestError(
+            f"source and destination are the same volume: {src} and {dst} are both stored at "
+            f"{a}; copy to another location")
+    if b.startswith(a + "/"):
+        raise InvalidRequestError(
+            f"the destination {dst} lies inside the source {src} ({a}): the copy would write "
+            "into the source's own store; copy to a location outside it")
+    if a.startswith(b + "/"):
+        raise InvalidRequestError(
+            f"the source {src} lies inside the destination {dst} ({b}): creating or writing "
+            "the destination would write over the source's files; copy to a location that "
+            "does not hold the source")
 
 
 def _name(x: str | os.PathLike[str] | Volume) -> str:
@@ -383,25 +438,32 @@ def _factors(s0: Scale, sk: Scale) -> list[float]:
     return out
 
 
-def _covering_box(view: Box, meta: VolumeMeta, scale: int) -> Box:
+def _block_starts(s0: Scale, sk: Scale, origin: bool) -> tuple[Vec, Vec]:
+    """Where the blocks of ``sk``'s voxels start: scale 0's first voxel and ``sk``'s (a
+    pyramid made from the first voxel), or coordinate 0 of both (``origin``: the grid through
+    0 of WEBKNOSSOS mags and DVID labelmaps, ``Remote.pyramid_anchor``)."""
+    return (Vec(0, 0, 0), Vec(0, 0, 0)) if origin else (s0.offset, sk.offset)
+
+
+def _covering_box(view: Box, meta: VolumeMeta, scale: int, origin: bool = False) -> Box:
     """The scale-0 region covering ``view``, a region of ``scale`` (the inverse of
     :func:`_scale_box`, which maps it back to at least ``view``)."""
     s0, sk = meta.scale(0), meta.scale(scale)
     start, stop = [], []
     for a, b, f, o0, ok in zip(
-        view.start, view.stop, _factors(s0, sk), s0.offset, sk.offset, strict=True
+        view.start, view.stop, _factors(s0, sk), *_block_starts(s0, sk, origin), strict=True
     ):
         start.append(o0 + math.floor((a - ok) * f))
         stop.append(o0 + math.ceil((b - ok) * f))
     return Box(start, stop).intersect(s0.bounds)
 
 
-def _scale_box(box: Box, meta: VolumeMeta, scale: int) -> Box:
+def _scale_box(box: Box, meta: VolumeMeta, scale: int, origin: bool = False) -> Box:
     """A scale-0 box mapped to the voxels of ``scale`` that it covers."""
     s0, sk = meta.scale(0), meta.scale(scale)
     start, stop = [], []
     for a, b, f, o0, ok in zip(
-        box.start, box.stop, _factors(s0, sk), s0.offset, sk.offset, strict=True
+        box.start, box.stop, _factors(s0, sk), *_block_starts(s0, sk, origin), strict=True
     ):
         start.append(ok + math.floor((a - o0) / f))
         stop.append(ok + math.ceil((b - o0) / f))
@@ -537,15 +599,17 @@ def copy(
     smeta = s_remote.meta
     # a view of a coarser scale is copied exactly at its scale; the other scales copy the
     # voxels of the scale-0 region that covers it
+    # (coarser voxels cover the blocks of the source's own pyramid grid)
+    origin = s_remote.pyramid_anchor == "origin"
     exact: dict[int, Box] = {}
     if box is None and s_box is not None:
-        box = s_box if view_scale == 0 else _covering_box(s_box, smeta, view_scale)
+        box = s_box if view_scale == 0 else _covering_box(s_box, smeta, view_scale, origin)
         exact[view_scale] = s_box
 
     def region_of(k: int, meta: VolumeMeta) -> Box:
         if k in exact:
             return exact[k]
-        return meta.scale(k).bounds if box is None else _scale_box(box, meta, k)
+        return meta.scale(k).bounds if box is None else _scale_box(box, meta, k, origin)
     if scales is None:
         wanted = list(range(len(smeta.scales)))
     else:
@@ -584,19 +648,23 @@ def copy(
         d_remote, _, _ = _as_remote(dst, "r+")
         if d_remote.url == s_remote.url:
             raise InvalidRequestError("source and destination are the same volume")
+        _check_apart(s_remote.url, d_remote.url)
     else:
         dst_url = os.fspath(dst)
         if dst_url == s_remote.url or dst_url == getattr(src, "url", src):
             raise InvalidRequestError("source and destination are the same volume")
         cls, location = resolve_for_create(dst_url)
+        _check_apart(s_remote.url, dst_url)
         if cls.exists(location):
             # create options on a destination that exists are refused below, unless this is
             # the same copy run again to finish it (its journal is there): the options made
             # the destination the first time
             refuse_options = bool(create_options)
             d_remote = cls.open(location, mode="r+")
+            _check_apart(s_remote.url, d_remote.url)  # (as the destination names itself)
         else:
-            _check_pyramid_fits(smeta, max(wanted), cls.pyramid_anchor, cls.scheme, dst_url)
+            _check_pyramid_fits(smeta, max(wanted), s_remote.pyramid_anchor,
+                                cls.create_anchor(smeta, create_options), cls.scheme, dst_url)
             keep = [
                 replace(smeta.scale(k), encoding=None, key=None) for k in range(max(wanted) + 1)
             ]
@@ -611,6 +679,9 @@ def copy(
         if refuse_options:  # (no unfinished copy of this source can have made it)
             raise _options_refused(dst, create_options) from None
         raise
+    if not created:
+        _check_pyramid_fits(smeta, max(wanted), s_remote.pyramid_anchor, d_remote.pyramid_anchor,
+                            d_remote.scheme, d_remote.url, created=False)
 
     # the plan: (scale, block index, block box) for every block of every scale
     itemsize, channels = smeta.dtype.itemsize, smeta.num_channels

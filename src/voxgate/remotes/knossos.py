@@ -114,6 +114,17 @@ def _xyz(value: object, what: str, conf: str) -> list[float]:
     return _numbers(value, 3, what, conf)
 
 
+def _scale_extent(extent_xyz: Sequence[float], offset_zyx: Sequence[int],
+                  voxel_xyz: Sequence[float], voxel0_xyz: Sequence[float]) -> tuple[Vec, Vec]:
+    """The (shape, offset), z y x, of the scale of voxel size ``voxel_xyz`` of a dataset whose
+    scale 0 has extent ``extent_xyz`` at ``offset_zyx``: divided by the factor, the shape
+    rounded up and the offset down (KNOSSOS stores only scale 0's extent)."""
+    f = [v / b for v, b in zip(voxel_xyz, voxel0_xyz, strict=True)]
+    shape_xyz = [max(1, math.ceil(e / fi - 1e-9)) for e, fi in zip(extent_xyz, f, strict=True)]
+    offset = Vec(*(int(o // fi) for o, fi in zip(offset_zyx, f[::-1], strict=True)))
+    return Vec(*shape_xyz[::-1]), offset
+
+
 class KnossosRemote(Remote):
     scheme = "knossos"
     create_options = ("conf", "experiment")
@@ -189,11 +200,8 @@ class KnossosRemote(Remote):
         scales = []
         cube = Vec(*ds.cube_xyz[::-1])
         for i, vs in enumerate(ds.voxel_sizes_xyz):
-            f = [v / b for v, b in zip(vs, vs0, strict=True)]
-            shape_xyz = [max(1, math.ceil(e / fi - 1e-9)) for e, fi in
-                         zip(ds.extent_xyz, f, strict=True)]
-            offset = Vec(*(int(o // fi) for o, fi in zip(ds.offset_zyx, f[::-1], strict=True)))
-            scales.append(Scale(i, Vec(*shape_xyz[::-1]), cube, VoxelSize(vs[2], vs[1], vs[0]),
+            shape, offset = _scale_extent(ds.extent_xyz, ds.offset_zyx, vs, vs0)
+            scales.append(Scale(i, shape, cube, VoxelSize(vs[2], vs[1], vs[0]),
                                 offset, ds.exts[0].lstrip("."), f"mag{ds.mags[i]}"))
         kind = ds.kind if ds.kind in ("image", "segmentation") else "image"
         return VolumeMeta(np.dtype("uint8"), tuple(scales), kind, 1, 0)  # type: ignore[arg-type]
@@ -249,6 +257,17 @@ class KnossosRemote(Remote):
         vs0 = s0.voxel_size.xyz()
         if s0.voxel_size.unit != "nm":
             raise InvalidRequestError("KNOSSOS voxel sizes are in nm; give voxel_size in nm")
+        for sc in meta.scales[1:]:
+            # a scale's extent is not stored: it is scale 0's divided by the factor, rounded
+            # up from the first voxel; a scale of another extent would be read back as that
+            shape, offset = _scale_extent(s0.shape.xyz(), s0.offset, sc.voxel_size.xyz(), vs0)
+            if (shape, offset) != (sc.shape, sc.offset):
+                raise InvalidRequestError(
+                    f"KNOSSOS derives a scale's extent from scale 0's (divided by the factor, "
+                    f"rounded up from the first voxel): scale {sc.index} would cover "
+                    f"{Box.from_shape(shape, offset)!r}, this volume's covers {sc.bounds!r}. "
+                    "Nothing was created: copy scale 0 alone (voxgate.copy(..., scales=[0])) "
+                    "and make the coarser scales with voxgate.downsample")
         if conf == "knossos.conf":
             if tuple(s0.chunks) != (CUBE_EDGE,) * 3:
                 raise InvalidRequestError(
