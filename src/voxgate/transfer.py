@@ -359,6 +359,20 @@ def _check_pyramid_fits(smeta: VolumeMeta, top: int, src_anchor: str, anchor: st
         prev = sk
 
 
+def _grid_translation(s0: Scale, sc: Scale) -> Scale:
+    """``sc`` of a pyramid on the grid through 0 (WEBKNOSSOS mags, DVID labelmaps) with the
+    physical position of its first voxel's centre stated (``Scale.translation``): a store
+    that states one (OME-Zarr) would otherwise take the first-voxel rule of
+    ``meta.centre_translation``, and viewers would place the scale up to ``offset mod F``
+    scale-0 voxels off.  Voxel i covers scale 0's [i * F, (i + 1) * F), so its centre lies at
+    ``i * v + (v - v0) / 2``."""
+    if sc.index == 0 or sc.translation is not None:
+        return sc
+    z, y, x = (o * v + (v - v0) / 2 for o, v, v0 in zip(sc.offset, sc.voxel_size.zyx(),
+                                                        s0.voxel_size.zyx(), strict=True))
+    return replace(sc, translation=(z, y, x))
+
+
 #: schemes whose locations are not storage paths (a name, a server's instance, a spec)
 _PATHLESS = ("mem", "dvid", "bossdb", "tensorstore")
 
@@ -668,6 +682,8 @@ def copy(
             keep = [
                 replace(smeta.scale(k), encoding=None, key=None) for k in range(max(wanted) + 1)
             ]
+            if s_remote.pyramid_anchor == "origin":
+                keep = [_grid_translation(keep[0], sc) for sc in keep]
             dmeta = replace(smeta, scales=tuple(replace(s, index=i) for i, s in enumerate(keep)),
                             extra={})
             d_remote = create_remote(dst_url, dmeta, **create_options)

@@ -413,3 +413,29 @@ def test_copy_of_a_pyramid_from_the_first_voxel_is_refused_before_creating(tmp_p
     assert len(dst.scales) == 3
     for k in range(3):
         np.testing.assert_array_equal(dst.at_scale(k).read(), src.at_scale(k).read())
+
+
+def test_mags_copied_to_ome_zarr_state_where_their_voxels_lie(tmp_path: Path) -> None:
+    """OME-Zarr states each scale's position (the centre of its first voxel).  A copy of
+    WEBKNOSSOS mags wrote the first-voxel rule's positions (scale 0's plus half a block), so
+    a viewer placed a mag up to offset mod F scale-0 voxels off where WEBKNOSSOS shows it.
+    Voxel i of mag F covers [i * F, (i + 1) * F): its centre is the mean of those scale-0
+    centres."""
+    rng = np.random.default_rng(9)
+    data = rng.integers(0, 250, (5, 23, 30)).astype(np.uint8)
+    url = _layer_at_offset(tmp_path, "color", data, "image")
+    voxgate.copy(url, f"zarr://{tmp_path}/c.ome.zarr")
+    meta = json.loads((tmp_path / "c.ome.zarr" / "zarr.json").read_text())
+    datasets = meta["attributes"]["ome"]["multiscales"][0]["datasets"]
+    v0 = np.array([40.0, 8.0, 8.0])
+    for k, ds in enumerate(datasets):
+        f = np.array([1, 2**k, 2**k])
+        first = np.array(OFFSET) // f * f  # the first block's first scale-0 voxel
+        want = (first + (f - 1) / 2) * v0  # the mean of the block's scale-0 centres
+        got = [t for t in ds["coordinateTransformations"] if t["type"] == "translation"]
+        np.testing.assert_allclose(got[0]["translation"], want, err_msg=f"scale {k}")
+    again = voxgate.open(f"zarr://{tmp_path}/c.ome.zarr")
+    source = voxgate.open(url)
+    for k in range(3):
+        assert again.scales[k].offset == source.scales[k].offset
+        np.testing.assert_array_equal(again.at_scale(k).read(), source.at_scale(k).read())
