@@ -10,6 +10,7 @@ import io
 import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import matplotlib
 
@@ -303,6 +304,21 @@ def test_to_xarray_of_views_channels_and_scales() -> None:
     np.testing.assert_allclose(x1["x"].values,
                                (t[2] + np.arange(s1.shape[-1]) * s1.voxel_size.x) * 1000)
     np.testing.assert_allclose(x1["x"].values[:2], [4.0, 20.0])
+
+
+def test_xarray_coordinates_of_mags_on_the_grid_through_zero(tmp_path: Path) -> None:
+    """A WEBKNOSSOS mag's voxel i covers mag 1's [i * F, (i + 1) * F) (not blocks from the
+    layer's first voxel): its coordinates are the centres of those blocks.  At offset x=45
+    mag 2's first voxel covers x 44 and 45 (centres 352 and 360 nm), where the first-voxel
+    rule put it at 364 nm."""
+    v = voxgate.create(f"webknossos://{tmp_path}/ds", layer="color", shape=(2, 10, 12),
+                       chunks=(2, 8, 8), dtype="uint8", voxel_size=(40, 8, 8),
+                       offset=(3, 7, 45), num_scales=2)
+    x1 = v.at_scale(1).to_xarray()
+    assert v.scales[1].offset.x == 22
+    np.testing.assert_allclose(x1["x"].values[:2], [356.0, 372.0])
+    np.testing.assert_allclose(x1["y"].values[:2], [52.0, 68.0])  # y 6 and 7, then 8 and 9
+    np.testing.assert_allclose(x1["z"].values[:1], [120.0])  # z is not downsampled
 
 
 def test_to_xarray_without_xarray_names_the_extra(image: voxgate.Volume,

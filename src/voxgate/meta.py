@@ -278,14 +278,18 @@ def next_scales(meta: VolumeMeta, count: int, factors: Sequence[Vec] | None = No
     return out
 
 
-def centre_translation(base: Scale, sc: Scale) -> tuple[float, float, float]:
+def centre_translation(base: Scale, sc: Scale,
+                       anchor: PyramidAnchor = "offset") -> tuple[float, float, float]:
     """The physical position (z, y, x, voxel-size unit) of the centre of ``sc``'s first voxel.
 
     Pixel-centre convention (OME-NGFF, ome-zarr-py): a voxel of a downsampled scale covers a
     block of scale-0 voxels starting at the same place as scale 0's first voxel, so its centre
     lies half a block in: ``t_k = t_0 + (factor - 1) / 2 * voxel_0 = t_0 + (voxel_k -
     voxel_0) / 2``, with ``t_0`` scale 0's translation (``offset * voxel size`` unless the
-    store gave another).  ``sc.translation``, when the store gave one, wins.
+    store gave another).  On the grid through 0 (``anchor`` "origin": WEBKNOSSOS mags, DVID
+    labelmaps) the block of ``sc``'s first voxel starts at ``offset_k * voxel_k`` instead of
+    scale 0's first voxel, up to ``offset mod factor`` scale-0 voxels before it.
+    ``sc.translation``, when the store gave one, wins.
     """
     if sc.translation is not None:
         return sc.translation
@@ -294,7 +298,10 @@ def centre_translation(base: Scale, sc: Scale) -> tuple[float, float, float]:
         float(o * v) for o, v in zip(base.offset, v0, strict=True))
     if sc.index == base.index:
         return (t0[0], t0[1], t0[2])
-    z, y, x = (t + (k - v) / 2 for t, k, v in zip(t0, vk, v0, strict=True))
+    shift = [0.0, 0.0, 0.0] if anchor == "offset" else [
+        float(ok * k - o0 * v) for ok, k, o0, v in zip(sc.offset, vk, base.offset, v0,
+                                                       strict=True)]
+    z, y, x = (t + d + (k - v) / 2 for t, d, k, v in zip(t0, shift, vk, v0, strict=True))
     return (z, y, x)
 
 

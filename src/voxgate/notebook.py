@@ -89,7 +89,7 @@ def axis_coords(vol: Any) -> dict[str, tuple[float, float, int | None]]:
     sc = vol.scale_meta
     unit = sc.voxel_size.unit
     factor = _nm_per_unit(unit) or 1.0
-    first = centre_translation(vol.scales[0], sc)
+    first = centre_translation(vol.scales[0], sc, vol.remote.pyramid_anchor)
     vk = sc.voxel_size.zyx()
     step = vol.voxel_size.zyx()
     kept = set(vol.dims)

@@ -52,7 +52,7 @@ from .errors import (
     VoxgateWarning,
 )
 from .geometry import Box, Vec, chunk_boxes, grow_block
-from .meta import Scale, VolumeMeta, coarser_extent
+from .meta import Scale, VolumeMeta, centre_translation, coarser_extent
 from .parallel import default_workers
 from .progress import progress_bar
 from .registry import create_remote, open_remote, resolve_for_create
@@ -357,20 +357,6 @@ def _check_pyramid_fits(smeta: VolumeMeta, top: int, src_anchor: str, anchor: st
                 f"of the factor: its voxels would lie up to a factor - 1 voxels off that grid "
                 f"(the extents agree, the voxels do not). {advice}")
         prev = sk
-
-
-def _grid_translation(s0: Scale, sc: Scale) -> Scale:
-    """``sc`` of a pyramid on the grid through 0 (WEBKNOSSOS mags, DVID labelmaps) with the
-    physical position of its first voxel's centre stated (``Scale.translation``): a store
-    that states one (OME-Zarr) would otherwise take the first-voxel rule of
-    ``meta.centre_translation``, and viewers would place the scale up to ``offset mod F``
-    scale-0 voxels off.  Voxel i covers scale 0's [i * F, (i + 1) * F), so its centre lies at
-    ``i * v + (v - v0) / 2``."""
-    if sc.index == 0 or sc.translation is not None:
-        return sc
-    z, y, x = (o * v + (v - v0) / 2 for o, v, v0 in zip(sc.offset, sc.voxel_size.zyx(),
-                                                        s0.voxel_size.zyx(), strict=True))
-    return replace(sc, translation=(z, y, x))
 
 
 #: schemes whose locations are not storage paths (a name, a server's instance, a spec)
@@ -683,7 +669,9 @@ def copy(
                 replace(smeta.scale(k), encoding=None, key=None) for k in range(max(wanted) + 1)
             ]
             if s_remote.pyramid_anchor == "origin":
-                keep = [_grid_translation(keep[0], sc) for sc in keep]
+                # (a store stating positions, OME-Zarr, takes the first-voxel rule otherwise)
+                keep = [replace(sc, translation=centre_translation(keep[0], sc, "origin"))
+                        for sc in keep]
             dmeta = replace(smeta, scales=tuple(replace(s, index=i) for i, s in enumerate(keep)),
                             extra={})
             d_remote = create_remote(dst_url, dmeta, **create_options)
