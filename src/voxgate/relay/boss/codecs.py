@@ -206,10 +206,8 @@ def cutout_media(accept: str) -> str:
     return "application/blosc"
 
 
-def encode_cutout(arr: np.ndarray, accept: str) -> tuple[bytes, str]:
-    """A cutout response's body and media type for the request's Accept header
-    (:func:`cutout_media`)."""
-    media = cutout_media(accept)
+def encode_cutout(arr: np.ndarray, media: str) -> tuple[bytes, str]:
+    """A cutout response's body and media type, for the type :func:`cutout_media` chose."""
     if media == "application/npygz":
         arr = np.ascontiguousarray(arr)
         buf = io.BytesIO()

@@ -178,7 +178,7 @@ def _read_query(request: Request, cut: _Cutout) -> np.ndarray | None:
     return np.array(sorted({int(p) for p in parts if int(p) <= top}), dtype=dt)
 
 
-def _encoded(cut: _Cutout, accept: str, etag: str,
+def _encoded(cut: _Cutout, media: str, etag: str,
              keep: np.ndarray | None = None) -> tuple[bytes, str]:
     """Read and encode a cutout in one thread hop (only the ids in ``keep`` when it is
     given: every other voxel reads 0), and keep the response for its ETag."""
@@ -187,7 +187,7 @@ def _encoded(cut: _Cutout, accept: str, etag: str,
         arr = np.where(np.isin(arr, keep), arr, arr.dtype.type(0))
     if cut.time is not None:
         arr = arr[np.newaxis]
-    body, media = encode_cutout(arr, accept)
+    body, media = encode_cutout(arr, media)
     cut.remote.keep_response(etag, body, media)
     return body, media
 
@@ -208,9 +208,8 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
                 return cut, keep, relay.generation(cut.entry, cut.remote)
 
             cut, keep, version = await run(parse)
-            accept = request.headers.get("accept", "application/blosc").lower()
-            etag = relay.etag(cut.remote, version, "cutout", cut.res, cut.box, cut.time,
-                              cutout_media(accept),
+            media = cutout_media(request.headers.get("accept", "application/blosc"))
+            etag = relay.etag(cut.remote, version, "cutout", cut.res, cut.box, cut.time, media,
                               *([] if keep is None else ["filter", keep.tolist()]),
                               # (bodies in another dtype than the upstream's: uint64 ids)
                               *([] if cut.dtype == cut.remote.meta.dtype else [cut.dtype.name]))
@@ -221,7 +220,7 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
             # was taken before any data was read: see relay.cache.responses)
             found = cut.remote.response(etag)
             if found is None:
-                found = await run(lambda: _encoded(cut, accept, etag, keep))
+                found = await run(lambda: _encoded(cut, media, etag, keep))
             body, media = found
             return Response(body, media_type=media, headers=headers)
         cut = await run(lambda: _Cutout(relay, request, write=True))
