@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -513,6 +515,69 @@ class _FailingWrites:
         monkeypatch.setattr(cls, "write", write)
 
 
+def _n5_block(root: Path, rel: str) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """An N5 block file of a voxgate-made dataset (gzip): its header, the whole decoded block
+    (x fastest) and the part of it inside the dataset."""
+    scale_dir, *idx = rel.split("/")
+    attrs = json.loads((root / scale_dir / "attributes.json").read_text())
+    assert attrs["compression"]["type"] == "gzip", attrs["compression"]
+    raw = (root / rel).read_bytes()
+    mode, ndim = struct.unpack(">HH", raw[:4])
+    size = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    header = raw[:4 + 4 * ndim + (4 if mode == 1 else 0)]  # (mode 1: + the element count)
+    block = np.frombuffer(zlib.decompress(raw[len(header):], 47),
+                          dtype=np.dtype(attrs["dataType"]).newbyteorder(">"))
+    block = block.reshape(size[::-1])
+    inside = tuple(slice(0, min(b, d - int(i) * b)) for b, d, i in
+                   zip(attrs["blockSize"], attrs["dimensions"], idx, strict=True))[::-1]
+    return header, block, block[inside]
+
+
+def _same_n5_blocks(a: Path, b: Path, rel: str) -> str | None:
+    """Why two N5 block files with other bytes still hold the same block, or None when they
+    do not: the same header and the same voxels inside the dataset, the difference being in
+    the padding of an edge block outside it (written by tensorstore, read by no one) or in
+    the compressed stream alone."""
+    header_a, block_a, inside_a = _n5_block(a, rel)
+    header_b, block_b, inside_b = _n5_block(b, rel)
+    if header_a != header_b or not np.array_equal(inside_a, inside_b):
+        return None
+    if np.array_equal(block_a, block_b):
+        return f"{rel}: same block, other gzip stream"
+    return f"{rel}: same voxels, other padding outside the dataset"
+
+
+def test_n5_block_comparison_tells_padding_from_voxels(tmp_path: Path) -> None:
+    """The check above: an edge block rewritten with other padding is the same block; one with
+    another voxel inside the dataset, or another header, is not."""
+    url = f"n5://{tmp_path}/a.n5"
+    vol = voxgate.create(url, shape=(5, 7, 9), dtype="uint16", chunks=(4, 4, 4),
+                         voxel_size=(1, 1, 1))
+    vol[:] = np.arange(5 * 7 * 9, dtype=np.uint16).reshape(5, 7, 9) + 1
+    rel = "s0/2/1/1"  # x 8..9, y 4..7, z 4..5 of blocks of 4: an edge block on every axis
+    (tmp_path / "b.n5" / "s0").mkdir(parents=True)
+    for sub in ("", "s0"):
+        (tmp_path / "b.n5" / sub / "attributes.json").write_bytes(
+            (tmp_path / "a.n5" / sub / "attributes.json").read_bytes())
+
+    def rewrite(change: Callable[[np.ndarray], None], header: bytes | None = None) -> None:
+        raw = (tmp_path / "a.n5" / rel).read_bytes()
+        block = np.frombuffer(zlib.decompress(raw[16:], 47), dtype=">u2").reshape(4, 4, 4).copy()
+        change(block)
+        out = tmp_path / "b.n5" / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes((header or raw[:16]) + zlib.compress(block.tobytes(), 1))
+
+    rewrite(lambda b: None)  # another gzip stream of the same block
+    assert "other gzip stream" in str(_same_n5_blocks(tmp_path / "a.n5", tmp_path / "b.n5", rel))
+    rewrite(lambda b: b.__setitem__((slice(None), slice(None), slice(1, None)), 77))
+    assert "other padding" in str(_same_n5_blocks(tmp_path / "a.n5", tmp_path / "b.n5", rel))
+    rewrite(lambda b: b.__setitem__((0, 0, 0), 77))  # inside the dataset
+    assert _same_n5_blocks(tmp_path / "a.n5", tmp_path / "b.n5", rel) is None
+    rewrite(lambda b: None, header=struct.pack(">HHIIII", 1, 3, 4, 4, 4, 64))  # varlength
+    assert _same_n5_blocks(tmp_path / "a.n5", tmp_path / "b.n5", rel) is None
+
+
 def _tree_digest(path: Path) -> dict[str, str]:
     if path.is_file():
         return {"": hashlib.sha256(path.read_bytes()).hexdigest()}
@@ -584,7 +649,19 @@ def test_one_worker_or_several_write_the_same_bytes(
         path = PATHS[store](tmp_path / str(workers), "dst")
         assert path is not None
         digests.append(_tree_digest(path))
-    assert digests[0] == digests[1]
+    assert digests[0].keys() == digests[1].keys()
+    differ = [rel for rel in digests[0] if digests[0][rel] != digests[1][rel]]
+    if store == "n5" and differ:
+        # seen once in ~10 runs of the suite, never reproduced in several hundred copies: an
+        # N5 block whose bytes differed while both copies read back as the source.  Only
+        # what voxgate does not write may differ (tensorstore's padding of an edge block, its
+        # gzip stream); the header and every voxel inside the dataset must be the same
+        why = [_same_n5_blocks(tmp_path / "1" / "dst.n5", tmp_path / "4" / "dst.n5", rel)
+               for rel in differ]
+        assert None not in why, [rel for rel, w in zip(differ, why, strict=True) if w is None]
+        print(f"N5 blocks with other bytes, same block: {why}")  # (shown with -rP)
+        differ = []
+    assert not differ, differ
 
 
 def test_progress_without_a_terminal(tmp_path: Path,
