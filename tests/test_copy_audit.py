@@ -38,6 +38,7 @@ from voxgate.errors import (
     VoxgateError,
 )
 from voxgate.remotes.memory import MemoryRemote
+from voxgate.remotes.webknossos import WebknossosRemote
 
 from .services.numpy_reference import downsample_scales
 
@@ -109,8 +110,13 @@ def _wk_mag(path: Path, scale: int, offset: tuple[int, ...], shape: tuple[int, .
     """A WEBKNOSSOS mag read with zarr-python: its array spans [0, end) in x, y, z (c first)."""
     import zarr
 
-    props = json.loads((path / "datasource-properties.json").read_text())
-    [layer] = props["dataLayers"]
+    if (path / "datasource-properties.json").exists():  # a dataset of one layer
+        props = json.loads((path / "datasource-properties.json").read_text())
+        [layer] = props["dataLayers"]
+    else:  # a layer of a dataset: dataset/NAME
+        props = json.loads((path.parent / "datasource-properties.json").read_text())
+        [layer] = [la for la in props["dataLayers"] if la["name"] == path.name]
+        path = path.parent
     mag_path = path / layer["mags"][scale]["path"].removeprefix("./")
     arr = zarr.open_array(str(mag_path), mode="r")
     (z0, y0, x0), (z1, y1, x1) = offset, [o + s for o, s in zip(offset, shape, strict=True)]
@@ -726,6 +732,42 @@ def test_the_source_itself_is_refused_however_it_is_spelled(tmp_path: Path) -> N
     voxgate.copy(wk, f"webknossos://{tmp_path}/wk/copy", progress=False)
     _refused("mem://a", "mem://a", RemoteNotFoundError, "no in-memory volume", tmp_path)
     MemoryRemote.clear()
+
+
+def test_layer_option_adds_a_layer_to_an_existing_webknossos_dataset(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        sources: dict[str, tuple[str, list[np.ndarray]]]) -> None:
+    """``copy(src, "webknossos://.../ds", layer="x")`` on an existing dataset is the copy to
+    its layer x, as ``.../ds/x`` is.  It was refused: "options only apply when copy creates
+    the destination" (the dataset exists), and for a source layer of the same dataset "the
+    source lies inside the destination".  A failed one is finished by the same call."""
+    _, wk_want = make_source("wk", "uint32", tmp_path, "wk")  # dataset wk, layer segmentation
+    ds = f"webknossos://{tmp_path}/wk"
+    wk = f"{ds}/segmentation"
+    src_url, want = sources["zarr2-u64"]
+    # (scale 0 alone: a first-voxel pyramid at this offset is not on WEBKNOSSOS's grid)
+    voxgate.copy(src_url, ds, layer="ids", scales=[0], progress=False)
+    assert_holds(f"{ds}/ids", "wk", tmp_path, "wk/ids", want, src_url, scales=[0])
+    voxgate.copy(wk, ds, layer="again", progress=False)
+    np.testing.assert_array_equal(voxgate.open(f"{ds}/again").read(), wk_want[0])
+    from voxgate.remotes.webknossos import layer_names
+    assert sorted(layer_names(f"{tmp_path}/wk")) == ["again", "ids", "segmentation"]
+    np.testing.assert_array_equal(voxgate.open(wk).read(), wk_want[0])  # (untouched)
+    # the source's own layer named by layer= is the source
+    _refused(wk, ds, InvalidRequestError, "same volume", tmp_path, layer="segmentation")
+    # failed after creating the layer, then finished by the same call (the layer exists now:
+    # it is not refused as an existing destination given create options)
+    failing = _FailingWrites(monkeypatch, WebknossosRemote, 1)
+    with pytest.raises(PartialWriteError, match="rerun the same copy"):
+        voxgate.copy(src_url, ds, layer="late", scales=[0], progress=False)
+    assert failing.calls == 1 and "late" in layer_names(f"{tmp_path}/wk")
+    monkeypatch.undo()
+    voxgate.copy(src_url, ds, layer="late", scales=[0], progress=False)
+    assert_holds(f"{ds}/late", "wk", tmp_path, "wk/late", want, src_url, scales=[0])
+    # a dataset that does not exist yet is made with that layer, as before
+    voxgate.copy(src_url, f"webknossos://{tmp_path}/new", layer="ids", scales=[0],
+                 progress=False)
+    assert layer_names(f"{tmp_path}/new") == ["ids"]
 
 
 def test_a_destination_inside_the_source_is_refused(tmp_path: Path) -> None:

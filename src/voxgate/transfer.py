@@ -654,6 +654,10 @@ def copy(
         if dst_url == s_remote.url or dst_url == getattr(src, "url", src):
             raise InvalidRequestError("source and destination are the same volume")
         cls, location = resolve_for_create(dst_url)
+        # (an option naming a part of the location, a WEBKNOSSOS layer=, is folded into it)
+        named, create_options = cls.create_location(location, create_options)
+        if named != location:
+            location, dst_url = named, f"{cls.scheme}://{named}"
         _check_apart(s_remote.url, dst_url)
         if cls.exists(location):
             # create options on a destination that exists are refused below, unless this is

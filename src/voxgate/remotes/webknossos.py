@@ -34,7 +34,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -466,6 +466,18 @@ class WebknossosRemote(Remote):
         if _props(location) is None and _props(parent) is not None:
             return parent, name
         return location, layer or ("segmentation" if kind == "segmentation" else "color")
+
+    @classmethod
+    def create_location(cls, location: str, options: Mapping[str, Any]
+                        ) -> tuple[str, dict[str, Any]]:
+        """``layer=NAME`` on an existing dataset is its layer NAME, ``dataset/NAME`` (a new
+        dataset keeps the option: it is created at ``location`` with that layer)."""
+        rest = dict(options)
+        layer = rest.get("layer")
+        if isinstance(layer, str) and layer and "/" not in layer and _props(location) is not None:
+            del rest["layer"]
+            return join(location, layer), rest
+        return location, rest
 
     @classmethod
     def exists(cls, location: str) -> bool:
