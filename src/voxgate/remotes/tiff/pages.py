@@ -183,14 +183,43 @@ def _chunks(own: dict[str, Any], shape: Sequence[int], page: _Page) -> Vec:
 
 
 def _write_slice(path: str, plane: np.ndarray, tile: tuple[int, ...] | None, comp: str | None,
-                 extratags: list[Any]) -> None:
+                 extratags: list[Any], keep: dict[str, Any] | None = None) -> None:
+    """Write one 2-D slice file (to a temporary name, then renamed).  ``keep``: the
+    description, resolution and predictor of the slice it replaces (:func:`_slice_keep`)."""
     tifffile = _tifffile()
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     if tile is not None and (plane.shape[0] < tile[0] or plane.shape[1] < tile[1]):
         tile = None if comp is None else tile
+    keep = dict(keep or {})
+    description = keep.pop("description", None)
+    if description is not None:  # as it was (OME-XML, ImageJ's): raw bytes, any encoding
+        extratags = [*extratags, (270, "s", 0, description, True)]
+    if comp is None:
+        keep.pop("predictor", None)  # (a predictor goes with compression only)
     tifffile.imwrite(tmp, plane, tile=tile, compression=comp, photometric="minisblack",
-                     metadata=None, extratags=extratags)
+                     metadata=None, extratags=extratags, **keep)
     os.replace(tmp, path)
+
+
+def _slice_keep(page: Any) -> dict[str, Any]:
+    """What a rewritten slice keeps of the page it replaces, besides voxgate's own tag: its
+    ImageDescription (OME-XML or ImageJ's, which say the voxel size and unit), its X/Y
+    resolution and resolution unit, and a horizontal-differencing predictor.  A write that
+    dropped them changed the volume's voxel size (to 1 nm) along with its voxels."""
+    keep: dict[str, Any] = {}
+    tags = page.tags
+    desc = tags.get(270)
+    if desc is not None:
+        value = desc.value
+        keep["description"] = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    xres, yres = tags.get(282), tags.get(283)
+    if xres is not None and yres is not None:
+        keep["resolution"] = (tuple(xres.value), tuple(yres.value))
+        unit = tags.get(296)
+        keep["resolutionunit"] = int(unit.value) if unit is not None else 2  # TIFF's default
+    if int(page.predictor) == 2:
+        keep["predictor"] = 2
+    return keep
 
 
 def _own_tag(page: Any) -> dict[str, Any]:

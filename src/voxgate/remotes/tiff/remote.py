@@ -33,6 +33,7 @@ from .pages import (
     _own_tag,
     _Page,
     _page_info,
+    _slice_keep,
     _tifffile,
     _write_slice,
     natural_key,
@@ -349,10 +350,11 @@ class TiffRemote(Remote):
     def _write_segment(self, page: _Page, seg: int, ry: int, rx: int, plane: np.ndarray,
                        y0: int, y1: int, x0: int, x1: int, scale: int = 0) -> None:
         sh, sw = page.seg_shape
-        if page.predictor != 1 or page.samples != 1:
+        if page.samples != 1 or (page.predictor != 1 and page.compression == 1):
             raise CapabilityNotSupportedError(
-                f"{page.path} uses a predictor or several samples per pixel; voxgate writes "
-                "TIFFs without predictor, one sample per pixel (copy it to a new tiff:// first)"
+                f"{page.path} has several samples per pixel or a predictor without "
+                "compression; voxgate writes TIFFs of one sample per pixel (copy it to a new "
+                "tiff:// first)"
             )
         sc = self.meta.scale(scale)
         ny, nx = int(sc.shape[1]), int(sc.shape[2])
@@ -412,6 +414,15 @@ class TiffRemote(Remote):
         except (KeyError, ImportError) as exc:
             _check_codec_error(exc, page)
             raise
+        if page.predictor != 1:  # (horizontal differencing, as tifffile, libtiff write it)
+            try:
+                predict = tifffile.TIFF.PREDICTORS[page.predictor]
+            except KeyError as exc:
+                raise MissingDependencyError(
+                    f"{page.path} uses the TIFF predictor {page.predictor}, whose encoder needs "
+                    f"the imagecodecs package: pip install imagecodecs ({exc})"
+                ) from exc
+            raw = predict(np.ascontiguousarray(raw), axis=-1)
         data = bytes(encode(raw))
         if len(data) >= 1 << (8 * page.bytecount_fmt.itemsize):
             raise CapabilityNotSupportedError(
@@ -446,13 +457,14 @@ class TiffRemote(Remote):
                     own = _own_tag(p)
                     tile = (p.tilelength, p.tilewidth) if p.is_tiled else None
                     comp = None if p.compression == 1 else _compression_name(int(p.compression))
+                    keep = _slice_keep(p)
                     if whole:
                         plane = arr[z - z0]
                     else:
                         plane = np.array(p.asarray(), dtype=self.meta.dtype).reshape(ny, nx)
                         plane[y0:y1, x0:x1] = arr[z - z0]
                 extratags = [(VOXGATE_TAG, "s", 0, json.dumps(own), True)] if own else []
-                _write_slice(path, np.ascontiguousarray(plane), tile, comp, extratags)
+                _write_slice(path, np.ascontiguousarray(plane), tile, comp, extratags, keep)
                 fresh = _File(path, self.mode == "r+")
                 with tifffile.TiffFile(path) as tf:
                     page = _page_info(tf, tf.pages.first, path, 0)
