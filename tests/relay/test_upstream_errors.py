@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import voxgate
-from voxgate.errors import CorruptChunkError
+from voxgate.errors import CapabilityNotSupportedError, CorruptChunkError, InvalidRequestError
 
 from .conftest import RW, RelayProcess, start_relay_with_scheme
 from .fault_remotes import SECRET
@@ -37,6 +37,9 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RelayProce
     vol[:] = data
     chunk = next((d / "bad").glob("*/0-64_0-64_0-16"))
     chunk.write_bytes(b"not the 65536 bytes of a raw chunk")
+    multi = voxgate.create(f"zarr://{d}/multi.zarr", shape=(5, 9, 11), chunks=(4, 8, 8),
+                           dtype="uint16", voxel_size=(40, 8, 8), num_channels=2)
+    multi[:] = np.arange(2 * 5 * 9 * 11, dtype=np.uint16).reshape(2, 5, 9, 11)
     cfg = d / "relay.toml"
     cfg.write_text(f"""
 [server]
@@ -54,10 +57,20 @@ upstream = "faultfake://partial"
 name = "f/e/corrupt"
 upstream = "faultfake://corrupt"
 [[channel]]
+name = "f/e/unsupported"
+upstream = "faultfake://unsupported"
+[[channel]]
+name = "f/e/nodep"
+upstream = "faultfake://nodep"
+[[channel]]
 name = "f/e/disk"
 upstream = "precomputed://file://{d}/bad"
+[[channel]]
+name = "f/e/multi"
+upstream = "zarr://{d}/multi.zarr"
 [auth]
 tokens = {{ "{RW}" = "read-write" }}
+public_read = true
 """)
     r = start_fault_relay(cfg)
     yield r, d
@@ -93,6 +106,9 @@ def test_errors_leave_the_connection_usable(relay: tuple[RelayProcess, Path]) ->
         for method, url, status, code in (
             ("POST", cutout("bug"), 500, 9002),       # a bug in a Remote (a RuntimeError)
             ("POST", cutout("partial"), 500, 9002),   # a VoxgateError the relay cannot map
+            # what the store cannot do, or not without a package: 501 (were 500 9002)
+            ("POST", cutout("unsupported"), 501, 9000),
+            ("POST", cutout("nodep"), 501, 9000),
             ("GET", cutout("corrupt"), 502, 5000),    # corrupt upstream data
             ("GET", cutout("disk"), 502, 5000),
             ("GET", "/v1/cutout/f/e/bug/0/0:1/0:1/0:99/", 400, 1001),
@@ -110,6 +126,53 @@ def test_errors_leave_the_connection_usable(relay: tuple[RelayProcess, Path]) ->
         # the data of a channel whose write failed still reads
         got = np.frombuffer(blosc.decompress(http.get(cutout("bug")).content), np.uint8)
         assert (got == 7).all()
+
+
+def test_what_the_store_cannot_write_is_501_and_not_retried(
+        relay: tuple[RelayProcess, Path]) -> None:
+    """A write the upstream store refuses as unsupported (CapabilityNotSupportedError) or
+    needing a package (MissingDependencyError) answered 500 "UNHANDLED_EXCEPTION": it is
+    501 with the store's reason, and voxgate's bossdb:// client raises
+    CapabilityNotSupportedError from it at once (500s are retried)."""
+    r, d = relay
+    with httpx.Client(base_url=r.url, timeout=30,
+                      headers={"Authorization": f"Token {RW}",
+                               "Content-Type": "application/blosc"}) as http:
+        for ch, words in (("unsupported", "samples per pixel"), ("nodep", "imagecodecs")):
+            res = http.post(cutout(ch), content=body())
+            assert res.status_code == 501, res.text
+            assert words in res.json()["message"]
+            no_paths(res.text, d)
+    vol = voxgate.open(f"bossdb://{r.url}/f/e/unsupported", token=RW, mode="r+")
+    with pytest.raises(CapabilityNotSupportedError, match="samples per pixel"):
+        vol[0:4, 0:16, 0:16] = np.ones((4, 16, 16), np.uint8)
+
+
+def test_a_multichannel_upstream_is_refused_in_the_bossdb_dialect(
+        relay: tuple[RelayProcess, Path]) -> None:
+    """A bossDB channel holds one value per voxel.  A cutout of a 2-channel upstream answered
+    200 with 2 x z x y x x voxels, which intern failed to reshape ("cannot reshape array");
+    it is a 400 naming the precomputed dialect, which serves it (CloudVolume reads both
+    channels)."""
+    from cloudvolume import CloudVolume
+    from intern.remote.boss import BossRemote
+    from requests import HTTPError
+
+    r, d = relay
+    rmt = BossRemote({"protocol": "http", "host": f"127.0.0.1:{r.port}", "token": RW})
+    chan = rmt.get_channel("multi", "f", "e")
+    with pytest.raises(HTTPError, match="holds 2 values per voxel") as info:
+        rmt.get_cutout(chan, 0, [0, 11], [0, 9], [0, 5])
+    assert "precomputed/f/e/multi" in str(info.value)
+    with pytest.raises(HTTPError, match="holds 2 values per voxel"):
+        rmt.create_cutout(chan, 0, [0, 11], [0, 9], [0, 5], np.ones((5, 9, 11), np.uint16))
+    vol = voxgate.open(f"bossdb://{r.url}/f/e/multi", token=RW)
+    with pytest.raises(InvalidRequestError, match="holds 2 values per voxel"):
+        vol.read()
+    cv = CloudVolume(f"precomputed://{r.url}/precomputed/f/e/multi", progress=False)
+    want = np.arange(2 * 5 * 9 * 11, dtype=np.uint16).reshape(2, 5, 9, 11)
+    np.testing.assert_array_equal(np.asarray(cv[:, :, :]).transpose(3, 2, 1, 0), want)
+    assert (d / "multi.zarr").exists()
 
 
 def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:

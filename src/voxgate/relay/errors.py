@@ -12,9 +12,11 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import (
     AuthenticationError,
+    CapabilityNotSupportedError,
     CorruptChunkError,
     InvalidRequestError,
     MissingChunkError,
+    MissingDependencyError,
     OutOfBoundsError,
     ReadOnlyError,
     RemoteNotFoundError,
@@ -49,6 +51,7 @@ OBJECT_NOT_FOUND = 4004
 IO_ERROR = 5000
 UNSUPPORTED_TRANSPORT_FORMAT = 5001
 RESOURCE_EXISTS = 6002
+FUTURE = 9000  # bossDB: a feature not (yet) available
 UNHANDLED_EXCEPTION = 9002
 UNSUPPORTED_VERSION = 9003
 
@@ -163,6 +166,12 @@ def _raw_error_response(request: Request, exc: Exception) -> Response:
         return boss_error(403, MISSING_PERMISSION, str(exc))
     if isinstance(exc, OutOfBoundsError | InvalidRequestError):
         return boss_error(400, 1001, str(exc))
+    if isinstance(exc, CapabilityNotSupportedError | MissingDependencyError):
+        # what the upstream store cannot do (a write to a TIFF of RGB pages), or not without
+        # a package the relay lacks: the request was understood and is not the client's
+        # fault, nor transient (501: clients do not retry it; voxgate's HTTP client raises
+        # CapabilityNotSupportedError from it)
+        return boss_error(501, FUTURE, f"{type(exc).__name__}: {exc}")
     if isinstance(exc, VoxgateError):
         log.warning("request %s %s failed: %s", request.method, request.url.path, exc)
         return boss_error(500, UNHANDLED_EXCEPTION, f"{type(exc).__name__}: {exc}")

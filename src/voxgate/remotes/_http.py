@@ -25,6 +25,7 @@ import urllib3
 
 from ..errors import (
     AuthenticationError,
+    CapabilityNotSupportedError,
     CorruptChunkError,
     InvalidRequestError,
     MissingChunkError,
@@ -356,4 +357,6 @@ def _error(resp: httpx.Response, what: str) -> VoxgateError:
         return RequestTooLargeError(msg)
     if status in (400, 409, 415, 422):
         return InvalidRequestError(msg)
+    if status == 501:  # (what the server, or a relay's upstream store, cannot do)
+        return CapabilityNotSupportedError(msg)
     return ServerError(msg, status)

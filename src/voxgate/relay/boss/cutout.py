@@ -86,6 +86,13 @@ class _Cutout:
         if service == "cutout" and not write and "filter" in request.query_params and \
                 meta.kind != "segmentation":
             raise _kind_error(meta.kind, "Filter is only valid for annotation channels")
+        if meta.num_channels > 1:
+            # (a bossDB channel holds one value per voxel: intern reshapes a cutout to z, y, x)
+            raise bad_request(DATATYPE_NOT_SUPPORTED, f"channel {self.ch} holds "
+                              f"{meta.num_channels} values per voxel (its upstream has "
+                              f"{meta.num_channels} channels) and a bossDB channel holds one; "
+                              "read it through the precomputed dialect: precomputed://http://"
+                              f"HOST:PORT/precomputed/{self.c}/{self.e}/{self.ch}")
         self.time: tuple[int, int] | None = None
         if p.get("t"):
             t = _time(p["t"], tail)
