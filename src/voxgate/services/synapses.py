@@ -19,24 +19,26 @@ the cleft evenly, which side is "post" follows the voxel majority.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
-from ..blockwise import run_blocks
+from ..blockwise import check_for_cluster, check_run, run_blocks
 from ..errors import InvalidRequestError
 from ..geometry import Box, Vec, grow_block
 from ..volume import Volume
 from ._common import Provenance, as_volume, block_boxes
 from .connected_components import connected_components, connected_components_provenance
 from .map_blocks import map_blocks
-from .predict import load_model, no_server_path, predict
+from .predict import load_model, no_server_path, predict, to_unit_float
 
 __all__ = ["DEFAULT_MIN_SIZE", "detect_synapses", "synapse_segments"]
 
@@ -134,12 +136,24 @@ def detect_synapses(
     if min_size is not None and (isinstance(min_size, bool) or not isinstance(
             min_size, (int, np.integer)) or min_size < 1):
         raise InvalidRequestError(f"min_size must be a positive number of voxels, got {min_size!r}")
-    if not shell > 0:
-        raise InvalidRequestError(f"shell must be a positive distance in nm, got {shell!r}")
+    if isinstance(shell, bool) or not isinstance(shell, numbers.Real) or not (
+            0 < float(shell) < math.inf):
+        raise InvalidRequestError(
+            f"shell must be a positive, finite distance in nm, got {shell!r}")
+    for name, flag in (("sharded", sharded), ("overwrite", overwrite)):
+        if not isinstance(flag, bool):
+            raise InvalidRequestError(f"{name} must be True or False, got {flag!r}")
+    # everything below is checked before predict writes the probabilities
+    check_run(workers, 0, client, "detect_synapses")
+    if out is not None:
+        _check_out(out)
     if voxel_size is not None and not isinstance(source, np.ndarray):
         raise InvalidRequestError(
             "voxel_size is for a numpy source; a store's volume has its own voxel size")
-    src = as_volume(source, voxel_size=voxel_size)
+    # a numpy source is an image whatever its integer type (as_volume would take a uint32
+    # or uint64 array for labels, which predict refuses)
+    src = as_volume(source, voxel_size=voxel_size,
+                    kind="image" if isinstance(source, np.ndarray) else None)
     if not isinstance(source, np.ndarray) and src.kind == "segmentation":
         raise InvalidRequestError(
             f"detect_synapses needs an EM image; {src.url} is a segmentation (its labels are "
@@ -148,6 +162,11 @@ def detect_synapses(
         raise InvalidRequestError(
             f"detect_synapses needs a 3-D single-channel image, got shape {src.shape}")
     region = src.bounds
+    if client is not None:
+        check_for_cluster(src.url, "source", "detect_synapses")
+        if probabilities is not None:
+            check_for_cluster(probabilities.url if isinstance(probabilities, Volume) else str(
+                probabilities), "probabilities", "detect_synapses", writes=True)
     seg = None
     if segmentation is not None:
         seg = as_volume(segmentation)
@@ -155,11 +174,25 @@ def detect_synapses(
             raise InvalidRequestError(
                 f"segmentation {seg.url} must be a 3-D integer volume, it is {seg.dtype.name} "
                 f"of shape {seg.shape}")
+        vs_seg, vs_src = seg.voxel_size, src.voxel_size
+        if not isinstance(segmentation, np.ndarray) and vs_seg.unit == vs_src.unit and not (
+                np.allclose(vs_seg.zyx(), vs_src.zyx(), rtol=1e-6)):  # an array has none
+            raise InvalidRequestError(
+                f"segmentation {seg.url} has voxels of {vs_seg.zyx()} {vs_seg.unit}, the image "
+                f"{vs_src.zyx()} {vs_src.unit}: give the segmentation's scale that matches "
+                "the image's (same scale and offset)")
         if not seg.bounds.contains(region):
             raise InvalidRequestError(
                 f"segmentation {seg.url} covers {seg.bounds!r}; it must cover the image's "
                 f"{region!r} (same scale and offset)")
     runner = load_model(model, device=device, workers=workers or 1)
+    if runner.channels is None and region.size > 0:
+        # a callable tells its channels only when run: on a corner, before predict writes
+        # (one that cannot run on so small a piece, a model of fixed input size, is checked
+        # on its first block instead, as before)
+        corner = Box(region.start, region.start + Vec(*(min(8, n) for n in region.shape)))
+        with contextlib.suppress(Exception):
+            runner.channels = int(runner(to_unit_float(src.read(corner))).shape[0])
     if runner.channels not in (None, 1):
         raise InvalidRequestError(
             f"model {runner.name} returns {runner.channels} channels; detect_synapses needs one "
@@ -182,6 +215,9 @@ def detect_synapses(
                 f"model {runner.name} returned {probs.shape[0]} channels; detect_synapses "
                 "needs one synapse probability per voxel")
         prob_vol = as_volume(np.asarray(probs)) if isinstance(probs, np.ndarray) else probs
+        if isinstance(probs, Volume) and prob_vol.bounds != region:
+            # a given Volume larger than the image: the image's region of it
+            prob_vol = prob_vol[region.slices(prob_vol.bounds.start)]
         level = _grey_level(float(threshold))
         mask = map_blocks(lambda p: (p >= level).astype(np.uint8), prob_vol, scratch("mask"),
                           dtype=np.uint8, block=block or (128, 256, 256), client=client,
@@ -212,6 +248,45 @@ def detect_synapses(
         "annotations": str(out) if out is not None else None,
         "seconds": round(time.perf_counter() - t0, 3)})
     return table
+
+
+def _check_out(out: Any) -> None:
+    """Refuse an ``out`` the annotation writer would refuse, before anything is computed."""
+    from ..formats.annotation.encoding import ANNOTATION_INFO_TYPE
+    from ..formats.annotation.reader import annotation_location, read_info
+
+    try:
+        location = annotation_location(out)
+    except InvalidRequestError as exc:
+        raise InvalidRequestError(f"out= {exc}") from exc
+    if location.startswith(("http://", "https://")):
+        raise InvalidRequestError(f"out= {out} is served over HTTP, which is read-only; write "
+                                  "the annotations to a local path, gs:// or s3://")
+    old = read_info(location)
+    if old is not None and old.get("@type") != ANNOTATION_INFO_TYPE:
+        raise InvalidRequestError(
+            f"out= {out} holds {old.get('@type') or old.get('type')!r}, not an annotation "
+            "layer; write the annotations into a directory of their own")
+
+
+def _nearest(vox: np.ndarray, start: Sequence[int], total: Sequence[float], count: int,
+             voxel_size: Sequence[float]) -> int:
+    """The row of ``vox`` (C order; plus ``start``) nearest the centroid ``total / count`` in
+    nm, ties to the first: floats find the candidates, exact fractions decide among them (a
+    tie in floats is not one: a centroid a third of a voxel off rounds either way)."""
+    at = vox + np.asarray(start, np.int64)
+    d2 = (((at - np.asarray(total) / count) * voxel_size) ** 2).sum(axis=1)
+    best = float(d2.min())
+    near = np.flatnonzero(d2 <= best + 1e-6 * (best + max(voxel_size) ** 2))
+    if len(near) == 1:
+        return int(near[0])
+    vs = [Fraction(v) for v in voxel_size]
+    sums = [int(t) for t in total]
+
+    def exact(i: int) -> Fraction:
+        return sum((((count * int(c) - t) * v) ** 2 for c, t, v in zip(at[i], sums, vs,
+                                                                       strict=True)), Fraction(0))
+    return int(min(near.tolist(), key=exact))  # min keeps the first of equal keys
 
 
 def _table(src: Volume, region: Box, prob_vol: Volume, lab_vol: Volume, n: int,
@@ -272,10 +347,9 @@ def _table(src: Volume, region: Box, prob_vol: Volume, lab_vol: Volume, n: int,
         stop = Vec(*(int(v) + 1 + g for v, g in zip(hi[label], grow, strict=True)))
         box = Box(start, stop).intersect(Box(Vec(0, 0, 0), shape))
         det = read_lab(box) == label
-        centroid = sums[label] / count[label]
         vox = np.argwhere(det)
-        d2 = (((vox + np.asarray(tuple(box.start)) - centroid) * vs_zyx) ** 2).sum(axis=1)
-        position[i] = vox[int(np.argmin(d2))] + np.asarray(tuple(box.start))
+        near = _nearest(vox, tuple(box.start), sums[label], int(count[label]), vs_zyx)
+        position[i] = vox[near] + np.asarray(tuple(box.start))
         if read_seg is not None and seg_origin is not None:
             window = read_seg(Box(box.start + Vec(*seg_origin), box.stop + Vec(*seg_origin)))
             pre[i], post[i] = synapse_segments(det, window, vs_zyx, shell)
