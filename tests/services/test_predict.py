@@ -136,6 +136,15 @@ def test_outputs_zarr_and_precomputed(models: dict[str, Path], image: np.ndarray
     # writing into an existing volume of the wrong kind is refused
     with pytest.raises(InvalidRequestError, match="float32 with 1 channel"):
         voxgate.predict(models["pool"], src, z, dtype="float32", progress=False)
+    # ... or at another scale (it was written, each voxel where the source's is not)
+    coarse = voxgate.create(f"zarr://{tmp_path}/coarse.zarr", shape=SHAPE, chunks=(8, 16, 16),
+                            dtype="uint8", voxel_size=(80, 16, 16))
+    with pytest.raises(InvalidRequestError, match="voxels of"):
+        voxgate.predict(models["pool"], src, coarse, block=(8, 16, 16), progress=False)
+    assert not coarse.read().any()
+    # (a numpy source has no voxel size of its own: any scale's volume takes its output)
+    voxgate.predict(models["pool"], image, coarse, block=(8, 16, 16), progress=False)
+    assert coarse.read().any()
 
 
 def test_offset_source_and_callable_channels(tmp_path: Path, image: np.ndarray) -> None:
