@@ -87,6 +87,30 @@ def test_outputs(src: voxgate.Volume, image: np.ndarray, tmp_path: Path) -> None
         voxgate.map_blocks(lambda a: a.astype(np.float32), src)
 
 
+def test_an_output_at_another_scale_is_refused(src: voxgate.Volume, image: np.ndarray,
+                                               tmp_path: Path) -> None:
+    """map_blocks and connected_components wrote into a given (or existing) output at another
+    voxel size, each voxel placed where the source's is not; it is refused before anything is
+    written.  A numpy source has no voxel size of its own: any scale's volume takes it."""
+    coarse = voxgate.create(f"zarr://{tmp_path}/coarse.zarr", shape=image.shape,
+                            chunks=(16, 32, 32), dtype="uint8", voxel_size=(80, 16, 16))
+    for out in (coarse, coarse.url):
+        with pytest.raises(InvalidRequestError, match=r"voxels of .* source's scale"):
+            voxgate.map_blocks(lambda a: a, src, out=out, overwrite=True)
+    assert not coarse.read().any()
+    ids = voxgate.create(f"zarr://{tmp_path}/ids.zarr", shape=image.shape, chunks=(16, 32, 32),
+                         dtype="uint64", voxel_size=(80, 16, 16), kind="segmentation")
+    with pytest.raises(InvalidRequestError, match="voxels of"):
+        voxgate.connected_components(src, out=ids)
+    assert not ids.read().any()
+    voxgate.map_blocks(lambda a: a, image, out=coarse)
+    np.testing.assert_array_equal(coarse.read(), image)
+    same = voxgate.create(f"zarr://{tmp_path}/same.zarr", shape=image.shape,
+                          chunks=(16, 32, 32), dtype="uint8", voxel_size=(40, 8, 8))
+    voxgate.map_blocks(lambda a: a, src, out=same)
+    np.testing.assert_array_equal(same.read(), image)
+
+
 def test_bad_input(src: voxgate.Volume) -> None:
     with pytest.raises(InvalidRequestError, match="larger than the block"):
         voxgate.map_blocks(blur, src, block=(8, 8, 8), halo=(4, 16, 4))

@@ -148,10 +148,12 @@ def region_meta(src: Volume, region: Box, dtype: Any, kind: str) -> VolumeMeta:
 
 
 def resolve_output(out: Any, meta: VolumeMeta, *, overwrite: bool, options: dict[str, Any],
-                   check: Callable[[Volume], None]) -> Volume:
+                   check: Callable[[Volume], None], scale_of: Volume | None = None) -> Volume:
     """A Service's output: an in-memory scratch volume for None, the given writable Volume
     (which ``check`` accepts), or a URL created with ``meta`` (an existing one only with
-    ``overwrite``; it is then checked like a given Volume)."""
+    ``overwrite``; it is then checked like a given Volume).  A given or existing output must
+    have the voxel size of ``scale_of``, the source, whose voxels it holds one for one (None:
+    a numpy source, which has no voxel size of its own)."""
     if out is None:
         if options:
             raise InvalidRequestError(f"options {sorted(options)} need an out= URL")
@@ -160,6 +162,13 @@ def resolve_output(out: Any, meta: VolumeMeta, *, overwrite: bool, options: dict
         if out.mode != "r+":
             raise ReadOnlyError(f"{out.url} is opened read-only; it cannot hold the output")
         check(out)
+        if scale_of is not None:
+            vs, want = out.voxel_size, scale_of.voxel_size
+            if vs.unit == want.unit and not np.allclose(vs.zyx(), want.zyx(), rtol=1e-6):
+                raise InvalidRequestError(
+                    f"out {out.url} has voxels of {vs.zyx()} {vs.unit}, the source "
+                    f"{scale_of.url} {want.zyx()} {want.unit}: each output voxel is written "
+                    "where the source's lies; give an output at the source's scale")
         return out
     if isinstance(out, dict):  # a TensorStore spec, as voxgate.create takes it
         out = spec_url(out)
@@ -168,7 +177,7 @@ def resolve_output(out: Any, meta: VolumeMeta, *, overwrite: bool, options: dict
         if not overwrite:
             raise RemoteExistsError(f"{out} exists; pass overwrite=True to write into it")
         return resolve_output(Volume(cls.open(location, mode="r+")), meta, overwrite=overwrite,
-                              options={}, check=check)
+                              options={}, check=check, scale_of=scale_of)
     return Volume(create_remote(str(out), meta, **options))
 
 

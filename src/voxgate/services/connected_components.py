@@ -265,7 +265,8 @@ def connected_components(
         target = resolve_output(out, region_meta(src, region, want or np.uint64,
                                                  "segmentation"),
                                 overwrite=overwrite, options=create_options,
-                                check=id_type_covering_region)
+                                check=id_type_covering_region,
+                                scale_of=None if isinstance(source, np.ndarray) else src)
         if client is not None:
             check_for_cluster(target.url, "output", "connected_components", writes=True)
         grid = target.remote.write_grid(0)

@@ -128,7 +128,8 @@ def map_blocks(
                 "which earlier blocks would already have overwritten; write to another volume")
 
     target = resolve_output(out, region_meta(src, region, dt, kind or src.kind),
-                            overwrite=overwrite, options=create_options, check=covers_region)
+                            overwrite=overwrite, options=create_options, check=covers_region,
+                            scale_of=None if isinstance(source, np.ndarray) else src)
     # whole output chunks per block, on the output's chunk grid: two blocks never rewrite the
     # same chunk at once
     grid = target.remote.write_grid(target.scale)

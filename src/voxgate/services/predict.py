@@ -504,15 +504,9 @@ def predict(
                 f"out {vol.url} is {vol.dtype.name} with {vol.meta.num_channels} channel(s) "
                 f"covering {vol.bounds!r}; predict writes {dt.name} with {channels} "
                 f"channel(s) covering {region!r}")
-        vs, want = vol.voxel_size, src.voxel_size
-        if not isinstance(source, np.ndarray) and vs.unit == want.unit and not np.allclose(
-                vs.zyx(), want.zyx(), rtol=1e-6):  # (an array has no voxel size of its own)
-            raise InvalidRequestError(
-                f"out {vol.url} has voxels of {vs.zyx()} {vs.unit}, the source "
-                f"{want.zyx()} {want.unit}: predict writes each voxel where the source's lies; "
-                "give an output at the source's scale")
 
-    target = resolve_output(out, meta, overwrite=overwrite, options=create_options, check=fits)
+    target = resolve_output(out, meta, overwrite=overwrite, options=create_options, check=fits,
+                            scale_of=None if isinstance(source, np.ndarray) else src)
     grid = target.remote.write_grid(target.scale)
     if any(v % g for v, g in zip(b, grid, strict=True)):  # whole output chunks (or shards)
         b = _round_up(b, _lcm(grid, runner.step))
