@@ -19,7 +19,8 @@ Fiji) as the voxel size when present, else 1 nm.
 
 Threads: HDF5 serialises every call in a process anyway, and h5py objects must not be used
 from two threads at once, so each file has one h5py handle shared by every Remote on it and
-one lock around every use.  Durability: HDF5 cannot replace a chunk atomically; see
+one lock around every use; a forked child of a process writing a file is refused that file.
+Durability: HDF5 cannot replace a chunk atomically; see docs/remotes/hdf5.md.
 
 The package by concern: :mod:`.files` (locations, the one shared h5py handle per file),
 :mod:`.layout` (what a file holds: volumes and the attributes that describe them),

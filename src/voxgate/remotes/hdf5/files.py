@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
+from typing import Any
 
 import h5py
 
@@ -55,6 +57,27 @@ class _SharedFile:
         self._datasets: dict[str, h5py.Dataset] = {}
         #: (device, inode) of the file the handle has open
         self.identity: tuple[int, int] | None = None
+        #: set in a forked child when the parent had the file open for writing
+        self.forked_writer = False
+        _all_shared.add(self)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: stop using a handle the parent had open for writing.
+
+        The child's copy of it shares the parent's file descriptor (and so its file lock) and
+        holds a copy of the parent's HDF5 state (metadata and chunk caches, end of file); HDF5
+        also hands that same state to any new open of the path in the child.  Reading or
+        writing through it, or closing it (which flushes), would interleave two processes'
+        metadata in one file and corrupt it, so every use in the child is refused instead.
+        Its objects stay referenced for the child's lifetime: garbage collection would close,
+        and so flush, them.  A read-only handle is safe to keep using.
+        """
+        self.lock = threading.RLock()  # another thread may have held it at the fork
+        if self.file is not None and self.writable:
+            _inherited.append((self.file, self._datasets))
+            self.forked_writer = True
+            if self.identity is not None:
+                _inherited_identities.add(self.identity)
 
     def replaced(self) -> bool:
         """Whether the path no longer names the file the handle has open (deleted, or made
@@ -69,6 +92,13 @@ class _SharedFile:
 
     def ensure_open(self, *, writable: bool, create: bool = False) -> h5py.File:
         """The handle, opened (read-write when asked) if it is not yet.  Call under the lock."""
+        if self.forked_writer or _inherited_writer(self.path):
+            raise RemoteUnavailableError(
+                f"{self.path} was open for writing in the process this one was forked from; "
+                "HDF5 cannot share an open file with a forked child (writes from both would "
+                "corrupt it).  Close the volume (vol.remote.close()) before forking, or start "
+                "workers with multiprocessing's 'spawn' or 'forkserver' method"
+            )
         if self.file is not None and (self.writable or not writable):
             return self.file
         if self.file is None and not create and not os.path.exists(self.path):
@@ -96,6 +126,9 @@ class _SharedFile:
         return ds
 
     def _close(self) -> None:
+        if self.forked_writer:  # the parent's handle: never closed here (see forget_after_fork)
+            self._datasets, self.file, self.writable = {}, None, False
+            return
         self._datasets.clear()
         if self.file is not None:
             try:
@@ -107,6 +140,33 @@ class _SharedFile:
 
 _files: dict[str, _SharedFile] = {}
 _files_lock = threading.RLock()
+#: every _SharedFile of the process, for the fork handler below
+_all_shared: weakref.WeakSet[_SharedFile] = weakref.WeakSet()
+#: a forked child's copies of its parent's writable handles: never used, never closed
+_inherited: list[Any] = []
+#: (device, inode) of those files: HDF5 would hand a new open of one the inherited state
+_inherited_identities: set[tuple[int, int]] = set()
+
+
+def _inherited_writer(path: str) -> bool:
+    if not _inherited_identities:
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) in _inherited_identities
+
+
+def _after_fork_in_child() -> None:
+    global _files_lock
+    _files_lock = threading.RLock()
+    for shared in list(_all_shared):
+        shared.forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _acquire(path: str, *, writable: bool, create: bool = False) -> _SharedFile:
@@ -158,13 +218,18 @@ def _h5open(path: str, mode: str) -> h5py.File:
                 f"cannot open {path} for writing: this process holds it open read-only "
                 "elsewhere (an h5py.File opened with 'r'?); close that handle first"
             ) from exc
-        if "lock" in lowered:
+        if isinstance(exc, BlockingIOError) or "unable to lock" in lowered:
             raise RemoteUnavailableError(
                 f"{path} is locked by another process (HDF5 allows one writer or many readers "
                 f"at a time): {text}"
             ) from exc
         if "signature" in lowered or "not an hdf5" in lowered:
             raise InvalidRequestError(f"{path} is not an HDF5 file ({text})") from exc
+        if "superblock" in lowered or "truncated file" in lowered:
+            raise InvalidRequestError(
+                f"{path} is a damaged or truncated HDF5 file ({text}); h5clear or h5repack "
+                "may recover it"
+            ) from exc
         if "permission" in lowered or "errno = 13" in lowered:
             raise ReadOnlyError(f"cannot open {path} with mode {mode!r}: {text}") from exc
         raise VoxgateError(f"cannot open HDF5 file {path}: {text}") from exc

@@ -4,14 +4,17 @@ kind, scale factors)."""
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
 import h5py
 import numpy as np
 
-from ...errors import InvalidRequestError, RemoteNotFoundError
+from ...errors import InvalidRequestError, RemoteNotFoundError, VoxgateWarning
 from ...geometry import Vec, VoxelSize
 from ...meta import SUPPORTED_DTYPES, Kind
+from ...storage.units import UNITS_NM
 
 DEFAULT_DATASET = "/volume"
 
@@ -50,33 +53,80 @@ def _triple(value: Any) -> list[float] | None:
     return [float(v) for v in value]
 
 
-_UNITS_NM = {"nm": 1.0, "nanometer": 1.0, "um": 1e3, "µm": 1e3, "micrometer": 1e3,
-             "mm": 1e6, "millimeter": 1e6}
+#: nanometres per unit: every unit a voxgate voxel size carries (which ``create`` writes as
+#: ``unit``), and the spellings other tools write ("µ" is the micro sign, "μ" Greek mu)
+_UNITS_NM = {
+    **UNITS_NM,
+    "nm": 1.0, "nanometer": 1.0, "nanometers": 1.0, "nanometre": 1.0, "nanometres": 1.0,
+    "um": 1e3, "µm": 1e3, "μm": 1e3, "micrometer": 1e3, "micrometers": 1e3,
+    "micrometre": 1e3, "micrometres": 1e3, "micron": 1e3, "microns": 1e3,
+    "mm": 1e6, "millimeter": 1e6, "millimeters": 1e6, "millimetre": 1e6, "millimetres": 1e6,
+}
 
 
-def _voxel_size(attrs: h5py.AttributeManager) -> VoxelSize | None:
-    """The voxel size (z, y, x) an object's attributes state, or None."""
+def _ignored(where: str, key: str, value: Any, fallback: str) -> None:
+    warnings.warn(
+        VoxgateWarning(
+            f"{where}: attribute {key}={value!r} is not what voxgate reads there (three "
+            f"numbers, z, y, x{'' if key.endswith('offset') else ', all positive'}); "
+            f"ignored, {fallback}"
+        ),
+        stacklevel=4,
+    )
+
+
+def _unit_nm(attrs: h5py.AttributeManager, where: str = "", *, warn: bool = False) -> float:
+    """Nanometres per the object's ``unit`` (nm when absent or unknown)."""
     unit = _attr(attrs, "unit")
-    factor = _UNITS_NM.get(unit, 1.0) if isinstance(unit, str) else 1.0
-    for key in ("voxel_size", "resolution"):
-        v = _triple(_attr(attrs, key))
-        if v is not None and all(x > 0 for x in v):
-            return VoxelSize.of([x * factor for x in v])
-    v = _triple(_attr(attrs, "element_size_um"))
-    if v is not None and all(x > 0 for x in v):
-        return VoxelSize.of([x * 1e3 for x in v])
+    if not isinstance(unit, str) or not unit.strip():
+        return 1.0
+    known = _UNITS_NM.get(unit.strip()) or _UNITS_NM.get(unit.strip().lower())
+    if known is None and warn:
+        warnings.warn(
+            VoxgateWarning(
+                f"{where}: unit {unit!r} is not a length unit voxgate knows "
+                f"({', '.join(_UNITS_NM)}); the voxel size is taken as nanometres"
+            ),
+            stacklevel=4,
+        )
+    return known or 1.0
+
+
+def _voxel_size(attrs: h5py.AttributeManager, where: str = "") -> VoxelSize | None:
+    """The voxel size (z, y, x) an object's attributes state, or None.
+
+    A voxel-size attribute that is present but not three positive numbers, or a ``unit``
+    voxgate does not know, is ignored with a :class:`VoxgateWarning` (the data stays
+    readable; the warning says why the voxel size is not the file's)."""
+    factor = _unit_nm(attrs, where, warn=True)
+    for key, scale in (("voxel_size", factor), ("resolution", factor), ("element_size_um", 1e3)):
+        raw = _attr(attrs, key)
+        if raw is None:
+            continue
+        v = _triple(raw)
+        if v is not None and all(math.isfinite(x) and x > 0 for x in v):
+            return VoxelSize.of([x * scale for x in v])
+        _ignored(where, key, raw, "the voxel size comes from the next attribute or is 1 nm")
     return None
 
 
-def _voxel_offset(attrs: h5py.AttributeManager, vs: VoxelSize | None) -> Vec:
+def _voxel_offset(attrs: h5py.AttributeManager, vs: VoxelSize | None, where: str = "") -> Vec:
     """The offset in voxels: voxgate's ``voxel_offset``, else a CREMI/gunpowder ``offset`` in
     physical units when it is a whole number of voxels."""
-    v = _triple(_attr(attrs, "voxel_offset"))
+    raw = _attr(attrs, "voxel_offset")
+    v = _triple(raw)
     if v is not None and all(x.is_integer() for x in v):
         return Vec(*(int(x) for x in v))
-    w = _triple(_attr(attrs, "offset"))
-    if w is not None and vs is not None:
-        vox = [x / s for x, s in zip(w, vs.zyx(), strict=True)]
+    if raw is not None:
+        _ignored(where, "voxel_offset", raw, "the offset comes from 'offset' or is 0")
+    raw = _attr(attrs, "offset")
+    w = _triple(raw)
+    if raw is not None and (w is None or not all(math.isfinite(x) for x in w)):
+        _ignored(where, "offset", raw, "the offset is 0")
+    elif w is not None and vs is not None:
+        # "offset" is in the file's unit, the voxel size here in nm
+        unit = _unit_nm(attrs)
+        vox = [x * unit / s for x, s in zip(w, vs.zyx(), strict=True)]
         if all(abs(x - round(x)) < 1e-6 for x in vox):
             return Vec(*(round(x) for x in vox))
     return Vec(0, 0, 0)

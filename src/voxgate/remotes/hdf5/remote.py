@@ -96,6 +96,12 @@ class HDF5Remote(Remote):
         if obj is None:
             raise RemoteNotFoundError(f"{where} does not exist{_listing(f)}")
         if isinstance(obj, h5py.Dataset):
+            if not _is_volume_dataset(obj):
+                raise InvalidRequestError(
+                    f"{where} is a {obj.ndim}-D dataset of shape {obj.shape}; voxgate reads 3-D "
+                    "(z, y, x) and 4-D (c, z, y, x) datasets and multiscale groups of them"
+                    f"{_listing(f)}"
+                )
             group_attrs = None
             datasets = [name]
         elif _is_multiscale(obj):
@@ -111,7 +117,7 @@ class HDF5Remote(Remote):
         dtype = _check_dtype(first.dtype, where)
         channel_axis = first.ndim == 4
         channels = int(first.shape[0]) if channel_axis else 1
-        base_vs = _voxel_size(group_attrs) if group_attrs is not None else None
+        base_vs = _voxel_size(group_attrs, where) if group_attrs is not None else None
         group_factors = _attr(group_attrs, "scales") if group_attrs is not None else None
         scales = []
         for i, dname in enumerate(datasets):
@@ -122,8 +128,13 @@ class HDF5Remote(Remote):
                 )
             if channel_axis and ds.shape[0] != channels:
                 raise InvalidRequestError(f"{shared.path}#{dname} has another number of channels")
+            if 0 in ds.shape:
+                raise InvalidRequestError(
+                    f"{shared.path}#{dname} is empty (shape {ds.shape}); a volume holds at "
+                    "least one voxel"
+                )
             shape = Vec(*ds.shape[-3:])
-            vs = _voxel_size(ds.attrs)
+            vs = _voxel_size(ds.attrs, f"{shared.path}#{dname}")
             if vs is None:
                 factors = _triple(_attr(ds.attrs, "downsamplingFactors"))
                 if factors is None and isinstance(group_factors, list) and i > 0:
@@ -134,7 +145,7 @@ class HDF5Remote(Remote):
                 base = base_vs or VoxelSize(1.0, 1.0, 1.0)
                 vs = VoxelSize.of([b * k for b, k in zip(base.zyx(), factors, strict=True)],
                                   base.unit)
-            offset = _voxel_offset(ds.attrs, vs)
+            offset = _voxel_offset(ds.attrs, vs, f"{shared.path}#{dname}")
             chunks = Vec(*ds.chunks[-3:]) if ds.chunks else Vec(
                 *(min(n, _CONTIGUOUS_BLOCK) for n in shape)
             )
@@ -300,11 +311,16 @@ class HDF5Remote(Remote):
             ds = self._shared.dataset(self._datasets[scale])
             if ds.chunks is None:
                 return [g for g, _ in cells] if ds.id.get_storage_size() == 0 else []
+            # a file chunked per channel (chunks (1, z, y, x)) stores each channel's chunk
+            # apart: a cell is absent when any of them is
+            leads = (
+                [(c,) for c in range(0, ds.shape[0], ds.chunks[0])] if self._channel_axis else [()]
+            )
             absent = []
             for g, cell in cells:
                 start = tuple(s.start for s in self._selection(cell, scale)[-3:])
-                coord = ((0,) if self._channel_axis else ()) + start
-                if ds.id.get_chunk_info_by_coord(coord).byte_offset is None:
+                if any(ds.id.get_chunk_info_by_coord(lead + start).byte_offset is None
+                       for lead in leads):
                     absent.append(g)
         return sorted(absent)
 
