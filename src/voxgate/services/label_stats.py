@@ -139,6 +139,8 @@ def label_stats(
     here and are merged).
     """
     t0 = time.perf_counter()
+    if not isinstance(as_labels, (bool, np.bool_)):  # "no" would count an image's values
+        raise InvalidRequestError(f"as_labels must be True or False, got {as_labels!r}")
     vol = as_volume(source, kind="segmentation" if isinstance(source, np.ndarray) else None)
     if vol.kind != "segmentation" and not as_labels:
         raise InvalidRequestError(

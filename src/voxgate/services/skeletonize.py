@@ -33,11 +33,11 @@ import numbers
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
-from ..blockwise import check_block, cluster_spec, run_blocks, worker_remote
+from ..blockwise import check_block, check_client, cluster_spec, run_blocks, worker_remote
 from ..errors import InvalidRequestError, RemoteNotFoundError
 from ..formats.skeleton import Skeleton
 from ..geometry import Box, Vec, grow_block, whole, whole_at_least
@@ -83,8 +83,9 @@ def _check_teasar(params: object) -> dict[str, Any] | None:
 
 
 #: one piece of a segment's skeleton from one block: voxel (z, y, x) dataset coordinates
-#: int64 (n, 3), edges uint32 (m, 2), radius float32 (n,), SWC types uint8 (n,), and the
-#: core voxel counts of the connected components, each on one vertex of its piece (n,)
+#: int64 (n, 3), edges uint32 (m, 2), radius float32 (n,; -1 marks a weight-only vertex,
+#: see :func:`_singletons`), SWC types uint8 (n,), and the core voxel counts of the
+#: connected components, each on one vertex of its piece (n,)
 _Piece = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -144,7 +145,8 @@ def skeletonize(
     progress: bool = False,
     voxel_size: Any = None,
 ) -> SkeletonResult:
-    """Skeletons of ``ids`` (every id with more than ``dust_threshold`` voxels when None).
+    """Skeletons of ``ids`` (when None, every id with a connected component of more than
+    ``dust_threshold`` voxels, and of more than one: kimimaro traces no single voxel).
 
     ``prefer``: "server" reads skeletons the store holds (precomputed skeleton directory,
     DVID ``_skeletons`` keyvalue; with ids=None, every stored one), "local" runs kimimaro,
@@ -176,6 +178,11 @@ def skeletonize(
     base = None if block is None else _block_shape(block)
     id_list = check_ids(ids)
     path = choose_path(prefer, vol.remote, Capability.SERVER_SKELETON, "skeletonize")
+    if client is not None:  # refused, not ignored, where the region runs in one piece too
+        if path == "local" and vol.url.startswith("mem://") and (
+                base is not None or vol.bounds.size * vol.dtype.itemsize > WHOLE_BYTES):
+            _blockwise_cluster_refusal(vol.url)
+        check_client(client, "skeletonize")
     result = SkeletonResult()
     details: dict[str, Any] = {}
     if path == "server":
@@ -242,9 +249,7 @@ def _blockwise(vol: Any, base: Vec, ids: list[int] | None, dust_threshold: int,
     prepare = None
     if client is not None:
         if not portable:
-            raise InvalidRequestError(
-                f"{vol.url} lives in this process only; a dask.distributed cluster needs "
-                "a volume its workers can open by URL")
+            _blockwise_cluster_refusal(vol.url)
         source = cluster_spec(vol.remote, "r")
     elif scheduler == "processes":
         if portable:  # each process reopens the store and reads its own blocks
@@ -278,6 +283,12 @@ def _blockwise(vol: Any, base: Vec, ids: list[int] | None, dust_threshold: int,
     details.update(blocks=len(jobs), block=tuple(base), scheduler=scheduler,
                    workers=(workers or 1) if client is None else None)
     return out
+
+
+def _blockwise_cluster_refusal(url: str) -> NoReturn:
+    raise InvalidRequestError(
+        f"{url} lives in this process only; a dask.distributed cluster needs "
+        "a volume its workers can open by URL")
 
 
 def _block_job(source: Any, scale: int, job: tuple[Any, ...], ids: list[int] | None,
@@ -329,12 +340,14 @@ def block_pieces(labels: np.ndarray, origin: Sequence[int], core: Box,
     anis = np.array([vx, vy, vz])
     shift = np.asarray(origin, dtype=np.int64)
     out: dict[int, _Piece] = {}
+    traced = np.zeros(len(counts), dtype=bool)
     for i, sk in skels.items():
         verts = np.asarray(sk.vertices, dtype=np.float64).reshape(-1, 3)
         if not len(verts):
             continue
         local = np.rint(verts / anis).astype(np.int64)[:, ::-1]  # (z, y, x) in the block
         comp = cc[local[:, 0], local[:, 1], local[:, 2]]
+        traced[comp] = True
         _, first = np.unique(comp, return_index=True)
         weight = np.zeros(len(verts), np.int64)
         weight[first] = counts[comp[first]]
@@ -348,7 +361,44 @@ def block_pieces(labels: np.ndarray, origin: Sequence[int], core: Box,
             np.zeros(n, np.uint8) if types is None else np.asarray(types, np.uint8),
             weight,
         )
+    for i, piece in _singletons(labels, cc, counts, traced, core, origin).items():
+        out[i] = piece if i not in out else _concat(out[i], piece)
     return out
+
+
+def _singletons(labels: np.ndarray, cc: np.ndarray, counts: np.ndarray, traced: np.ndarray,
+                core: Box, origin: Sequence[int]) -> dict[int, _Piece]:
+    """The core voxels kimimaro leaves untraced, as weight-only vertices (no edges, radius
+    -1: see :func:`_join`).
+
+    kimimaro skeletonizes no connected component of one voxel.  A block's component that is
+    one voxel on a lower face of the block is often the end of a segment that goes on in the
+    blocks below, whose runs read that voxel in their overlap and (``fix_borders``) end their
+    skeleton on it: the voxel is joined there, and its count must come along, or the dust
+    rule would see the segment one voxel short of the whole-volume call's count."""
+    full = np.bincount(cc.ravel(), minlength=len(counts))
+    lone = (counts == 1) & (full == 1) & ~traced
+    lone[0] = False
+    if not lone.any():
+        return {}
+    at = np.argwhere(lone[cc])
+    lo = np.asarray(core.start, dtype=np.int64) - np.asarray(origin, dtype=np.int64)
+    at = at[(at == lo).any(axis=1)]  # a voxel inside the block touches nothing beyond it
+    out: dict[int, _Piece] = {}
+    for v in at:
+        i = int(labels[tuple(v)])
+        vox = (v + np.asarray(origin, dtype=np.int64))[None]
+        piece = (vox, np.zeros((0, 2), np.uint32), np.full(1, -1, np.float32),
+                 np.zeros(1, np.uint8), np.ones(1, np.int64))
+        out[i] = piece if i not in out else _concat(out[i], piece)
+    return out
+
+
+def _concat(a: _Piece, b: _Piece) -> _Piece:
+    """Two pieces of one segment as one (``b``'s edges renumbered after ``a``'s vertices)."""
+    return (np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1] + len(a[0])]),
+            np.concatenate([a[2], b[2]]), np.concatenate([a[3], b[3]]),
+            np.concatenate([a[4], b[4]]))
 
 
 def _join(parts: list[_Piece], voxel_size: Sequence[float], dust_threshold: int,
@@ -374,11 +424,22 @@ def _join(parts: list[_Piece], voxel_size: Sequence[float], dust_threshold: int,
     inverse = inverse.reshape(-1)
     e = np.sort(inverse[edges], axis=1) if len(edges) else np.zeros((0, 2), np.int64)
     e = np.unique(e[e[:, 0] != e[:, 1]], axis=0)
+    radius_in = np.concatenate([p[2] for p in parts])
     radius = np.zeros(n, np.float32)
-    np.maximum.at(radius, inverse, np.concatenate([p[2] for p in parts]))
+    np.maximum.at(radius, inverse, radius_in)
     types = np.zeros(n, np.uint8)
     np.maximum.at(types, inverse, np.concatenate([p[3] for p in parts]))
     weight = np.bincount(inverse, weights=np.concatenate([p[4] for p in parts]), minlength=n)
+    # weight-only vertices (radius -1, :func:`_singletons`) count where they meet a traced
+    # vertex on their voxel; alone they are dropped, as kimimaro drops a lone voxel
+    real = np.bincount(inverse, weights=radius_in >= 0, minlength=n) > 0
+    if not real.any():
+        return None
+    if not real.all():
+        index = np.cumsum(real) - 1
+        e, first, radius, types, weight = (index[e], first[real], radius[real], types[real],
+                                           weight[real])
+        n = len(first)
     graph = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
     ncomp, comp = connected_components(graph, directed=False)
     keep = np.bincount(comp, weights=weight, minlength=ncomp)[comp] > dust_threshold
