@@ -567,3 +567,25 @@ def test_bad_urls_and_files(tmp_path: Path) -> None:
     (tmp_path / "cut.h5").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(VoxgateError, match="truncated"):
         voxgate.open(f"hdf5://{tmp_path}/cut.h5#/volumes/raw")
+
+
+def test_an_axes_attribute_in_another_order_is_refused(tmp_path: Path) -> None:
+    """A channel-last (z, y, x, c) or x, y, z dataset saying so in its ``axes`` attribute was
+    read as (c, z, y, x) / (z, y, x), silently transposed; it is refused naming its axes.
+    voxgate's own order, and a dataset without the attribute, open as before."""
+    path = tmp_path / "axes.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("zyxc", data=np.zeros((4, 5, 6, 2), np.uint8)).attrs["axes"] = [
+            "z", "y", "x", "c"]
+        f.create_dataset("xyz", data=np.zeros((4, 5, 6), np.uint8)).attrs["axes"] = [
+            "x", "y", "z"]
+        f.create_dataset("czyx", data=np.arange(240, dtype=np.uint8).reshape(2, 4, 5, 6)
+                         ).attrs["axes"] = ["c", "z", "y", "x"]
+        f.create_dataset("plain", data=np.zeros((4, 5, 6), np.uint8))
+    for name, words in (("zyxc", r"axes \['z', 'y', 'x', 'c'\]"), ("xyz", "axes")):
+        with pytest.raises(InvalidRequestError, match=words):
+            voxgate.open(f"hdf5://{path}#/{name}")
+    vol = voxgate.open(f"hdf5://{path}#/czyx")
+    assert vol.meta.num_channels == 2
+    np.testing.assert_array_equal(vol.read(), np.arange(240, dtype=np.uint8).reshape(2, 4, 5, 6))
+    assert voxgate.open(f"hdf5://{path}#/plain").shape == (4, 5, 6)

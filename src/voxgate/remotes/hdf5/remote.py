@@ -133,6 +133,15 @@ class HDF5Remote(Remote):
                     f"{shared.path}#{dname} is empty (shape {ds.shape}); a volume holds at "
                     "least one voxel"
                 )
+            axes = _attr(ds.attrs, "axes")
+            want = ["c", "z", "y", "x"][4 - ds.ndim:]
+            if isinstance(axes, list) and [str(a).lower() for a in axes] != want:
+                # (read as voxgate's order, they would be silently transposed)
+                raise InvalidRequestError(
+                    f"{shared.path}#{dname} has axes {axes}; voxgate reads a {ds.ndim}-D "
+                    f"dataset as {tuple(want)}: transpose it into that order (e.g. with "
+                    "h5py and numpy) or copy it with the axes reordered"
+                )
             shape = Vec(*ds.shape[-3:])
             vs = _voxel_size(ds.attrs, f"{shared.path}#{dname}")
             if vs is None:
