@@ -3,12 +3,15 @@
 Read and written through tensorstore.  ``voxgate.create("zarr://...")`` writes an OME-Zarr
 multiscale group (NGFF 0.5 on Zarr v3 by default, NGFF 0.4 with ``zarr_format=2``) whose
 datasets are ``0``, ``1``, ...; a plain array (no ``multiscales``) opens as a single scale, with
-voxel size, offset and kind read from a ``voxgate`` attribute when voxgate wrote it.
+voxel size, offset and kind read from a ``voxgate`` attribute when voxgate wrote it.  A
+bioformats2raw root of one series opens as that image; of several, a labels group or an HCS
+plate is refused with the URLs of its images (``_ome_collections``).
 """
 
 from __future__ import annotations
 
 import shutil
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +23,7 @@ from ..errors import (
     InvalidRequestError,
     RemoteExistsError,
     RemoteNotFoundError,
+    VoxgateWarning,
 )
 from ..geometry import Box, Vec, VoxelSize
 from ..meta import (
@@ -43,30 +47,42 @@ from ..storage import (
     ts_errors,
     write_json,
 )
+from ._ome_collections import collection
 from ._tensorstore import TSArray
 from .base import Capability, Remote, check_options, check_same_volume
 
 __all__ = ["ZarrRemote"]
 
-#: length units of OME-Zarr axes, in nanometres
+#: length units of OME-Zarr axes (every one NGFF names), in nanometres
 _UNITS_NM = {
-    "angstrom": 0.1,
-    "nanometer": 1.0,
-    "micrometer": 1e3,
-    "millimeter": 1e6,
-    "picometer": 1e-3,
-    "centimeter": 1e7,
-    "meter": 1e9,
+    "yoctometer": 1e-15, "zeptometer": 1e-12, "attometer": 1e-9, "femtometer": 1e-6,
+    "picometer": 1e-3, "angstrom": 0.1, "nanometer": 1.0, "micrometer": 1e3,
+    "millimeter": 1e6, "centimeter": 1e7, "decimeter": 1e8, "meter": 1e9, "hectometer": 1e11,
+    "kilometer": 1e12, "megameter": 1e15, "gigameter": 1e18, "terameter": 1e21,
+    "petameter": 1e24, "exameter": 1e27, "zettameter": 1e30, "yottameter": 1e33,
+    "inch": 2.54e7, "foot": 3.048e8, "yard": 9.144e8, "mile": 1.609344e12,
+    "parsec": 3.0856775814913673e25,
+    "micron": 1e3,  # not NGFF's, but older writers used it
 }
 _COMPRESSIONS = ("blosc-zstd", "blosc-lz4", "zstd", "gzip", "none")
 
 
-def _unit_factor(unit: str | None) -> float:
+def _unit_factor(unit: str | None, where: str = "") -> float:
     """Nanometres per axis unit: the OME-Zarr names, and the short ones some writers use
-    ("um", "µm", "mm": read as nm they made lengths 1000x too small)."""
+    ("um", "µm", "mm": read as nm they made lengths 1000x too small).  No unit is nm; a unit
+    voxgate does not know (a non-NGFF "pixel") is taken as nm with a VoxgateWarning that says
+    so (it was taken as nm silently; refusing it would leave the voxels unreadable, as the
+    HDF5 and N5 backends would not)."""
     if unit is None:
         return 1.0
-    return _UNITS_NM.get(unit) or UNITS_NM.get(unit) or 1.0
+    factor = _UNITS_NM.get(unit) or UNITS_NM.get(unit)
+    if factor is None:
+        warnings.warn(VoxgateWarning(
+            f"{where or 'an OME-Zarr axis'} has unit {unit!r}, which is not a length unit "
+            f"voxgate knows (OME-Zarr space axes use {', '.join(sorted(_UNITS_NM))}); its "
+            "voxel size is taken as nm"), stacklevel=3)
+        return 1.0
+    return factor
 
 
 def _guess_kind(dtype: np.dtype[Any]) -> str:
@@ -165,16 +181,24 @@ class ZarrRemote(Remote):
     ) -> ZarrRemote:
         multiscales = ome.get("multiscales")
         if not multiscales:
+            images = collection(location, ome, fmt)
+            if images is not None and images.kind == "bioformats2raw" and len(images.paths) == 1:
+                # one series: the file was one image, which opens under its own URL
+                return cls.open(join(location, images.paths[0]), mode=mode)
+            if images is not None:
+                raise images.refusal(location)
             raise RemoteNotFoundError(
                 f"{location!r} is a zarr group without OME-Zarr 'multiscales' metadata; open one "
-                "of its arrays instead (e.g. zarr://{location}/0)"
+                f"of its arrays instead (e.g. zarr://{join(location, '0')})"
             )
         ms = multiscales[0]
         axes = ms.get("axes") or [{"name": n} for n in ("z", "y", "x")]
         if isinstance(axes[0], str):  # NGFF 0.3 listed bare names
             axes = [{"name": n} for n in axes]
         names = [a["name"] for a in axes]
+        # the multiscale's own transformations apply after each dataset's (NGFF)
         global_scale = _scale_transform(ms.get("coordinateTransformations", []), len(names))
+        global_tr = _translation(ms.get("coordinateTransformations", []), len(names))
         info = attrs.get("voxgate", {}) if isinstance(attrs, dict) else {}
         driver = "zarr3" if fmt == 3 else "zarr"
         scales, arrays = [], []
@@ -189,9 +213,11 @@ class ZarrRemote(Remote):
             transforms = ds.get("coordinateTransformations", [])
             sc = [a * b for a, b in zip(_scale_transform(transforms, len(names)), global_scale,
                                          strict=True)]
-            tr = _translation(transforms, len(names))
+            tr = [t * g + gt for t, g, gt in zip(_translation(transforms, len(names)),
+                                                 global_scale, global_tr, strict=True)]
             spatial = [names.index(n) for n in ("z", "y", "x")]
-            units = [_unit_factor(axes[j].get("unit")) for j in spatial]
+            units = [_unit_factor(axes[j].get("unit"), f"{location!r} axis {names[j]!r}")
+                     for j in spatial]
             z, y, x = (sc[j] * u for j, u in zip(spatial, units, strict=True))
             vs = VoxelSize(z, y, x)
             tz, ty, tx = (tr[j] * u for j, u in zip(spatial, units, strict=True))
@@ -342,7 +368,8 @@ class ZarrRemote(Remote):
         attrs = group["attributes"] if v3 else group
         ome = attrs.get("ome", attrs) if v3 else attrs
         ms = ome["multiscales"][0]
-        names = [a["name"] if isinstance(a, dict) else a for a in ms.get("axes", [])]
+        axes = [a if isinstance(a, dict) else {"name": a} for a in ms.get("axes", [])]
+        names = [a["name"] for a in axes]
         lead = [self.meta.num_channels] if self.meta.num_channels > 1 else []
         if names[-3:] != ["z", "y", "x"] or len(names) != 3 + len(lead) or ms.get(
             "coordinateTransformations"
@@ -351,6 +378,8 @@ class ZarrRemote(Remote):
                 f"{self.url}: voxgate adds scales to groups with ([c,] z, y, x) axes and no "
                 "group-level transformations"
             )
+        axis_nm = [_unit_factor(a.get("unit"), f"{self.url} axis {a['name']!r}")
+                   for a in axes[-3:]]
         first = ms["datasets"][0]["path"]
         array_key = "zarr.json" if v3 else ".zarray"
         template = read_json(join(self.location, first), array_key)
@@ -360,8 +389,9 @@ class ZarrRemote(Remote):
             doc = dict(template)
             doc["shape"] = lead + list(sc.shape)
             write_json(join(self.location, path), array_key, doc)
+            # in the axes' own units (an image in micrometres gets micrometres, not nm)
             ms["datasets"].append({"path": path, "coordinateTransformations": _transforms(
-                self.meta.scales[0], sc, lead)})
+                self.meta.scales[0], sc, lead, axis_nm)})
         write_json(self.location, group_key, group)
         fresh = ZarrRemote.open(self.location, mode="r+")
         self.meta, self._arrays = fresh.meta, fresh._arrays
@@ -468,15 +498,19 @@ def _fill(store: ts.TensorStore) -> int | float:
     return value if isinstance(value, (int, float)) else 0
 
 
-def _transforms(base: Scale, sc: Scale, lead: list[int]) -> list[dict[str, Any]]:
+def _transforms(
+    base: Scale, sc: Scale, lead: list[int], axis_nm: Sequence[float] = (1.0, 1.0, 1.0)
+) -> list[dict[str, Any]]:
     """A dataset's ``coordinateTransformations``: its voxel size, then the pixel-centre
     translation (half a block in from scale 0 for a downsampled scale, as NGFF and
-    ome-zarr-py place it; exactly the store's own when the scale was read with one)."""
+    ome-zarr-py place it; exactly the store's own when the scale was read with one), in
+    units of ``axis_nm`` nanometres (z, y, x: the axes' units; nm by default)."""
     nm = _nm_per(sc.voxel_size.unit)
+    scale = [v * nm / a for v, a in zip(sc.voxel_size.zyx(), axis_nm, strict=True)]
+    shift = [v * nm / a for v, a in zip(centre_translation(base, sc), axis_nm, strict=True)]
     return [
-        {"type": "scale", "scale": [1.0] * len(lead) + [v * nm for v in sc.voxel_size.zyx()]},
-        {"type": "translation",
-         "translation": [0.0] * len(lead) + [v * nm for v in centre_translation(base, sc)]},
+        {"type": "scale", "scale": [1.0] * len(lead) + scale},
+        {"type": "translation", "translation": [0.0] * len(lead) + shift},
     ]
 
 
