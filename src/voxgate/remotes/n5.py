@@ -44,6 +44,7 @@ from ..storage import (
     join,
     kvstore_exists,
     kvstore_spec,
+    length_unit_nm,
     local_path,
     read_json,
     ts_context,
@@ -58,28 +59,6 @@ __all__ = ["N5Remote"]
 #: compressions ``create`` accepts ("none" is an alias of N5's "raw")
 _COMPRESSIONS = ("gzip", "blosc", "zstd", "raw", "none")
 
-#: length units seen in N5 attributes (n5-viewer "pixelResolution", Neuroglancer "units"), in nm
-_UNITS_NM = {
-    "nm": 1.0,
-    "nanometer": 1.0,
-    "nanometers": 1.0,
-    "um": 1e3,
-    "µm": 1e3,
-    "μm": 1e3,
-    "micrometer": 1e3,
-    "micrometers": 1e3,
-    "micron": 1e3,
-    "microns": 1e3,
-    "mm": 1e6,
-    "millimeter": 1e6,
-    "millimeters": 1e6,
-    "cm": 1e7,
-    "m": 1e9,
-    "meter": 1e9,
-    "meters": 1e9,
-    "angstrom": 0.1,
-    "Å": 0.1,
-}
 
 _N5_VERSION = "2.0.0"
 _CHANNEL_NAMES = ("c", "channel", "ch")
@@ -91,9 +70,7 @@ def _guess_kind(dtype: np.dtype[Any]) -> Kind:
 
 def _to_nm(unit: object) -> float:
     """Nanometres per ``unit``; an unknown or missing unit ("pixel", "") counts as nm."""
-    if not isinstance(unit, str):
-        return 1.0
-    return _UNITS_NM.get(unit.strip(), 1.0)
+    return length_unit_nm(unit) or 1.0
 
 
 def _numbers(value: object, n: int) -> list[float] | None:

@@ -39,14 +39,13 @@ from ..errors import (
 )
 from ..geometry import Box, Vec, VoxelSize
 from ..meta import Kind, Scale, VolumeMeta
-from ..storage import UNITS_NM, check_spec_buckets, ts_context, ts_errors
+from ..storage import check_spec_buckets, length_unit_nm, ts_context, ts_errors
 from ._tensorstore import TSArray
 from .base import Capability, Remote, check_options, check_same_volume
 
 __all__ = ["TensorStoreRemote", "spec_url"]
 
 _CHANNEL = ("c", "channel", "ch")
-_UNIT_NAMES = {"nanometer": 1.0, "micrometer": 1e3, "um": 1e3, "millimeter": 1e6, **UNITS_NM}
 
 
 def spec_url(spec: dict[str, Any]) -> str:
@@ -186,7 +185,7 @@ class TensorStoreRemote(Remote):
             if u is None:
                 out.append(1.0)
                 continue
-            f = _UNIT_NAMES.get(u.base_unit, 1.0 if not u.base_unit else None)
+            f = length_unit_nm(u.base_unit) if u.base_unit else 1.0
             if f is None:
                 raise InvalidRequestError(
                     f"dimension unit {u} is not a length voxgate knows; pass voxel_size=(z, y, x)"

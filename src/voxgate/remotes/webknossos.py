@@ -57,6 +57,7 @@ from ..storage import (
     join,
     kvstore_exists,
     kvstore_spec,
+    length_unit_nm,
     local_path,
     read_json,
     ts_context,
@@ -70,22 +71,6 @@ __all__ = ["PROPERTIES", "WebknossosRemote", "layer_names"]
 
 PROPERTIES = "datasource-properties.json"
 _ELEMENT_CLASSES = {"float": "float32", "double": "float64"}
-#: nanometres per unit: every unit (and abbreviation) the webknossos package accepts for
-#: ``scale.unit``
-_UNITS = {
-    **UNITS_NM,
-    "yoctometer": 1e-15, "ym": 1e-15, "zeptometer": 1e-12, "zm": 1e-12, "attometer": 1e-9,
-    "am": 1e-9, "femtometer": 1e-6, "fm": 1e-6, "picometer": 1e-3, "pm": 1e-3,
-    "nanometer": 1.0, "nm": 1.0, "micrometer": 1e3, "µm": 1e3, "millimeter": 1e6, "mm": 1e6,
-    "centimeter": 1e7, "cm": 1e7, "decimeter": 1e8, "dm": 1e8, "meter": 1e9, "m": 1e9,
-    "hectometer": 1e11, "hm": 1e11, "kilometer": 1e12, "km": 1e12, "megameter": 1e15,
-    "Mm": 1e15, "gigameter": 1e18, "Gm": 1e18, "terameter": 1e21, "Tm": 1e21,
-    "petameter": 1e24, "Pm": 1e24, "exameter": 1e27, "Em": 1e27, "zettameter": 1e30,
-    "Zm": 1e30, "yottameter": 1e33, "Ym": 1e33, "angstrom": 0.1, "Å": 0.1,
-    "inch": 2.54e7, "in": 2.54e7, "foot": 3.048e8, "ft": 3.048e8, "yard": 9.144e8,
-    "yd": 9.144e8, "mile": 1.609344e12, "mi": 1.609344e12, "parsec": 3.085677581e25,
-    "pc": 3.085677581e25,
-}
 _DEFAULT_AXES = {"c": 0, "x": 1, "y": 2, "z": 3}
 #: a created mag's shards (the block every write and copy holds whole) grow from its chunks
 #: toward this many bytes; the webknossos package's 1024^3-voxel shards are 8 GiB of uint64
@@ -99,11 +84,14 @@ _PROPS_LOCK = threading.RLock()
 
 def _unit_nm(scale: dict[str, Any], where: str) -> float:
     unit = str(scale.get("unit", "nanometer"))
-    if unit not in _UNITS:
+    nm = length_unit_nm(unit)
+    if nm is None:
         raise InvalidRequestError(
-            f"{where}: unknown scale unit {unit!r}; WEBKNOSSOS units are {sorted(set(_UNITS))}"
+            f"{where}: unknown scale unit {unit!r}; WEBKNOSSOS units are SI lengths and their "
+            "symbols (nanometer, nm, micrometer, µm, ...), angstrom, inch, foot, yard, mile "
+            "and parsec"
         )
-    return _UNITS[unit]
+    return nm
 
 
 def _segment_id(value: object) -> int | None:

@@ -41,6 +41,7 @@ from ..storage import (
     join,
     kvstore_exists,
     kvstore_spec,
+    length_unit_nm,
     local_path,
     read_json,
     ts_context,
@@ -53,17 +54,6 @@ from .base import Capability, Remote, check_options, check_same_volume
 
 __all__ = ["ZarrRemote"]
 
-#: length units of OME-Zarr axes (every one NGFF names), in nanometres
-_UNITS_NM = {
-    "yoctometer": 1e-15, "zeptometer": 1e-12, "attometer": 1e-9, "femtometer": 1e-6,
-    "picometer": 1e-3, "angstrom": 0.1, "nanometer": 1.0, "micrometer": 1e3,
-    "millimeter": 1e6, "centimeter": 1e7, "decimeter": 1e8, "meter": 1e9, "hectometer": 1e11,
-    "kilometer": 1e12, "megameter": 1e15, "gigameter": 1e18, "terameter": 1e21,
-    "petameter": 1e24, "exameter": 1e27, "zettameter": 1e30, "yottameter": 1e33,
-    "inch": 2.54e7, "foot": 3.048e8, "yard": 9.144e8, "mile": 1.609344e12,
-    "parsec": 3.0856775814913673e25,
-    "micron": 1e3,  # not NGFF's, but older writers used it
-}
 _COMPRESSIONS = ("blosc-zstd", "blosc-lz4", "zstd", "gzip", "none")
 
 
@@ -75,12 +65,12 @@ def _unit_factor(unit: str | None, where: str = "") -> float:
     HDF5 and N5 backends would not)."""
     if unit is None:
         return 1.0
-    factor = _UNITS_NM.get(unit) or UNITS_NM.get(unit)
+    factor = length_unit_nm(unit)
     if factor is None:
         warnings.warn(VoxgateWarning(
             f"{where or 'an OME-Zarr axis'} has unit {unit!r}, which is not a length unit "
-            f"voxgate knows (OME-Zarr space axes use {', '.join(sorted(_UNITS_NM))}); its "
-            "voxel size is taken as nm"), stacklevel=3)
+            "voxgate knows (OME-Zarr space axes use NGFF's names: nanometer, micrometer, "
+            "angstrom, millimeter, ...); its voxel size is taken as nm"), stacklevel=3)
         return 1.0
     return factor
 
@@ -517,11 +507,11 @@ def _transforms(
 def _nm_per(unit: str) -> float:
     """Nanometres per ``unit`` of a VoxelSize: the axes voxgate writes are in nanometres, so
     a voxel size in another unit is converted, never written as if it were nm."""
-    factor = UNITS_NM.get(unit, _UNITS_NM.get(unit))
+    factor = length_unit_nm(unit)
     if factor is None:
         raise InvalidRequestError(
             f"voxel size unit {unit!r} is not a length unit voxgate knows; use one of "
-            f"{', '.join(sorted(set(UNITS_NM) | set(_UNITS_NM)))}"
+            f"{', '.join(UNITS_NM)}"
         )
     return factor
 

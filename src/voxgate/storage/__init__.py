@@ -31,12 +31,13 @@ from .kvstore import (
 )
 from .locations import STORAGE_SCHEMES, split_url
 from .locking import file_lock
-from .units import UNITS_NM
+from .units import LENGTH_UNITS_NM, UNITS_NM, length_unit_nm
 
 __all__ = [
     "GZIP_MAGIC",
     "STORAGE_SCHEMES",
     "SUFFIXES",
+    "LENGTH_UNITS_NM",
     "UNITS_NM",
     "Directory",
     "atomic_write",
@@ -48,6 +49,7 @@ __all__ = [
     "join",
     "kvstore_exists",
     "kvstore_spec",
+    "length_unit_nm",
     "local_path",
     "read_json",
     "set_copy_concurrency",

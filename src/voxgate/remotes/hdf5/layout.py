@@ -14,7 +14,7 @@ import numpy as np
 from ...errors import InvalidRequestError, RemoteNotFoundError, VoxgateWarning
 from ...geometry import Vec, VoxelSize
 from ...meta import SUPPORTED_DTYPES, Kind
-from ...storage.units import UNITS_NM
+from ...storage.units import UNITS_NM, length_unit_nm
 
 DEFAULT_DATASET = "/volume"
 
@@ -53,15 +53,6 @@ def _triple(value: Any) -> list[float] | None:
     return [float(v) for v in value]
 
 
-#: nanometres per unit: every unit a voxgate voxel size carries (which ``create`` writes as
-#: ``unit``), and the spellings other tools write ("µ" is the micro sign, "μ" Greek mu)
-_UNITS_NM = {
-    **UNITS_NM,
-    "nm": 1.0, "nanometer": 1.0, "nanometers": 1.0, "nanometre": 1.0, "nanometres": 1.0,
-    "um": 1e3, "µm": 1e3, "μm": 1e3, "micrometer": 1e3, "micrometers": 1e3,
-    "micrometre": 1e3, "micrometres": 1e3, "micron": 1e3, "microns": 1e3,
-    "mm": 1e6, "millimeter": 1e6, "millimeters": 1e6, "millimetre": 1e6, "millimetres": 1e6,
-}
 
 
 def _ignored(where: str, key: str, value: Any, fallback: str) -> None:
@@ -80,12 +71,12 @@ def _unit_nm(attrs: h5py.AttributeManager, where: str = "", *, warn: bool = Fals
     unit = _attr(attrs, "unit")
     if not isinstance(unit, str) or not unit.strip():
         return 1.0
-    known = _UNITS_NM.get(unit.strip()) or _UNITS_NM.get(unit.strip().lower())
+    known = length_unit_nm(unit)
     if known is None and warn:
         warnings.warn(
             VoxgateWarning(
                 f"{where}: unit {unit!r} is not a length unit voxgate knows "
-                f"({', '.join(_UNITS_NM)}); the voxel size is taken as nanometres"
+                f"({', '.join(UNITS_NM)}, ...); the voxel size is taken as nanometres"
             ),
             stacklevel=4,
         )
