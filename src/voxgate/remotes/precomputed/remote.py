@@ -53,7 +53,7 @@ from .chunks import (
     _LocalChunks,
     _ScaleIO,
 )
-from .info import _TS_ENCODINGS, _check_meta, _scale_info
+from .info import _TS_ENCODINGS, _check_layer_info, _check_meta, _scale_info
 from .sharding import _shard_shape, _sharded_presence
 
 __all__ = ["PrecomputedRemote"]
@@ -72,7 +72,9 @@ class PrecomputedRemote(Remote):
         self._set_info(info)
 
     def _set_info(self, info: dict[str, Any]) -> None:
-        meta = meta_from_info(info, join(self.location, "info"))
+        where = join(self.location, "info")
+        _check_layer_info(info, where)  # what tensorstore would refuse only at the first read
+        meta = meta_from_info(info, where)
         with self._lock:
             self._info = info
             self.meta = meta
@@ -201,7 +203,7 @@ class PrecomputedRemote(Remote):
         """New scales in the info, sharded like scale 0 (tensorstore picks the same spec)."""
         self._check_writable()
         check_new_scales(self.meta, scales)
-        sharded = "sharding" in self._info["scales"][0]
+        sharded = self._info["scales"][0].get("sharding") is not None
         self._append_scales(self.meta, scales, sharded)
 
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
@@ -268,7 +270,8 @@ class PrecomputedRemote(Remote):
 
     def _make_io(self, scale: int) -> _ScaleIO:
         sc = self.meta.scales[scale]
-        sharded = "sharding" in self._info["scales"][scale]
+        # "sharding": null is unsharded (tensorstore, CloudVolume)
+        sharded = self._info["scales"][scale].get("sharding") is not None
         local: _LocalChunks | None = None
         if is_local(self.location):
             directory = os.path.normpath(os.path.join(local_path(self.location), sc.key or ""))
@@ -302,10 +305,16 @@ class PrecomputedRemote(Remote):
             # missing chunks unless fill_missing is set
             "store_data_equal_to_fill_value": True,
         }
-        with ts_errors(f"opening scale {scale} of {self.url}"):
-            store = ts.open(
-                spec, read=True, write=self.mode == "r+", context=ts_context()
-            ).result()
+        try:
+            with ts_errors(f"opening scale {scale} of {self.url}"):
+                store = ts.open(
+                    spec, read=True, write=self.mode == "r+", context=ts_context()
+                ).result()
+        except CorruptChunkError as exc:
+            # no chunk is read when a scale is opened: what tensorstore refused is the info
+            raise InvalidRequestError(
+                f"tensorstore refuses the info of {self.url} (scale {scale}): {exc.__cause__}"
+            ) from exc
         return TSArray(
             store,
             reversed_axes=True,
@@ -337,7 +346,7 @@ class PrecomputedRemote(Remote):
         """Our codecs with gzip sniffing, for an unsharded remote scale tensorstore failed on."""
         if not isinstance(io, TSArray) or is_local(self.location):
             return None
-        if "sharding" in self._info["scales"][scale]:
+        if self._info["scales"][scale].get("sharding") is not None:
             return None
         if self.meta.scales[scale].encoding not in _OWN_ENCODINGS:
             return None
