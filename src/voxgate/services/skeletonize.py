@@ -178,16 +178,16 @@ def skeletonize(
     base = None if block is None else _block_shape(block)
     id_list = check_ids(ids)
     path = choose_path(prefer, vol.remote, Capability.SERVER_SKELETON, "skeletonize")
+    one_piece = base is None and vol.bounds.size * vol.dtype.itemsize <= WHOLE_BYTES
     if client is not None:  # refused, not ignored, where the region runs in one piece too
-        if path == "local" and vol.url.startswith("mem://") and (
-                base is not None or vol.bounds.size * vol.dtype.itemsize > WHOLE_BYTES):
+        if path == "local" and not one_piece and vol.url.startswith("mem://"):
             _blockwise_cluster_refusal(vol.url)
         check_client(client, "skeletonize")
     result = SkeletonResult()
     details: dict[str, Any] = {}
     if path == "server":
         result.update(vol.remote.skeletons(id_list))  # type: ignore[attr-defined]
-    elif base is None and vol.bounds.size * vol.dtype.itemsize <= WHOLE_BYTES:
+    elif one_piece:
         labels = source if isinstance(source, np.ndarray) else vol.read()
         result.update(skeletonize_kernel(labels, vol.scale_meta.voxel_size.zyx(),
                                          tuple(vol.bounds.start), id_list,
