@@ -38,6 +38,7 @@ from voxgate.errors import (
     OutOfBoundsError,
     VoxgateError,
 )
+from voxgate.formats.layer import open_layer
 from voxgate.geometry import Box, Vec, VoxelSize, chunk_boxes
 from voxgate.meta import Scale
 from voxgate.remotes.precomputed.sharding import _compressed_morton, _shard_shape
@@ -533,3 +534,18 @@ def test_bad_info_is_a_clear_error(tmp_path: Path, change: Any, match: str) -> N
         voxgate.open(url(tmp_path)).read()
     assert isinstance(caught.value, VoxgateError)
     assert "could not be decoded" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("change", "match"), [b[1:] for b in BAD_INFOS[:-1]],
+                         ids=[b[0] for b in BAD_INFOS[:-1]])
+def test_mesh_and_skeleton_layers_check_the_info_alike(tmp_path: Path, change: Any,
+                                                       match: str) -> None:
+    """The layer meshes and skeletons are read from and written into checks its info by the
+    same rules as the volume (one check, formats.precomputed_info.check_layer_info): before,
+    it had checks of its own, and read a num_channels of 2.5 as 2 and a missing one as 1."""
+    info = copy.deepcopy(GOOD)
+    change(info)
+    (tmp_path / "info").write_text(json.dumps(info))
+    for mode in ("r", "r+"):
+        with pytest.raises(InvalidRequestError, match=match):
+            open_layer(url(tmp_path), mode)

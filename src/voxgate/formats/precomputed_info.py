@@ -9,6 +9,7 @@ key.  The precomputed Remote and the mesh and skeleton layer readers and writers
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -19,10 +20,12 @@ from ..errors import InvalidRequestError, ReadOnlyError, RemoteNotFoundError
 from ..geometry import Vec, VoxelSize
 from ..meta import Kind, Scale, VolumeMeta
 from ..storage import join, read_json, write_json
+from ..storage.sharding import ShardingSpec
 
 __all__ = [
     "CORE_KEYS",
     "DTYPES",
+    "check_layer_info",
     "is_http",
     "meta_from_info",
     "normalize_location",
@@ -51,43 +54,147 @@ def is_http(location: str) -> bool:
     return location.startswith(("http://", "https://"))
 
 
-def meta_from_info(info: dict[str, Any], where: str) -> VolumeMeta:
+def meta_from_info(info: Mapping[str, Any], where: str) -> VolumeMeta:
+    """The VolumeMeta of a layer's info (checked first by :func:`check_layer_info`)."""
+    check_layer_info(info, where)
+    dtype = np.dtype(str(info["data_type"]).lower())
+    scales = []
+    for i, s in enumerate(info["scales"]):
+        res = [float(v) for v in s["resolution"]]
+        scales.append(
+            Scale(
+                i,
+                Vec.from_xyz(s["size"], "size"),
+                Vec.from_xyz(s["chunk_sizes"][0], "chunk_sizes"),
+                VoxelSize(res[2], res[1], res[0]),
+                Vec.from_xyz(s.get("voxel_offset", (0, 0, 0)), "voxel_offset"),
+                str(s.get("encoding", "raw")),
+                str(s["key"]),
+            )
+        )
+    extra = {k: v for k, v in info.items() if k not in CORE_KEYS}
+    kind: Kind = "segmentation" if info["type"] == "segmentation" else "image"
+    return VolumeMeta(dtype, tuple(scales), kind, int(info["num_channels"]), 0, extra)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _triple(value: object, *, positive: bool, integer: bool = True) -> bool:
+    """Whether ``value`` is an ``[x, y, z]`` list of integers (or finite numbers), > 0 if
+    ``positive``."""
+    if not isinstance(value, list) or len(value) != 3:
+        return False
+    for v in value:
+        if integer and not _is_int(v):
+            return False
+        if not integer and (
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+        ):
+            return False
+        if positive and v <= 0:
+            return False
+    return True
+
+
+def check_layer_info(info: Mapping[str, Any], where: str) -> None:
+    """Refuse an info tensorstore, Neuroglancer or CloudVolume could not use, with an
+    InvalidRequestError naming the key that is wrong, before any chunk is touched (tensorstore
+    refused these only at the first read, as an undecodable "chunk").  Keys voxgate does not
+    interpret are not checked; ``meta_from_info`` calls it first."""
     kind_type = info.get("@type", "neuroglancer_multiscale_volume")
-    if kind_type != "neuroglancer_multiscale_volume":
+    if kind_type != "neuroglancer_multiscale_volume":  # a mesh, skeleton or annotation info
         raise InvalidRequestError(
             f"{where} describes a {kind_type}, not an image or segmentation volume"
         )
-    try:
-        layer_type = info["type"]
-        if layer_type not in ("image", "segmentation"):
-            raise InvalidRequestError(f"type is {layer_type!r}, not 'image' or 'segmentation'")
-        dtype = np.dtype(str(info["data_type"]).lower())
-        if dtype.name not in DTYPES:
-            raise InvalidRequestError(f"data_type {info['data_type']!r} is not supported")
-        channels = int(info.get("num_channels", 1))
-        scales = []
-        for i, s in enumerate(info["scales"]):
-            res = [float(v) for v in s["resolution"]]
-            if len(res) != 3:
-                raise InvalidRequestError(f"scale {i} resolution {res} is not [x, y, z]")
-            scales.append(
-                Scale(
-                    i,
-                    Vec.from_xyz(s["size"], "size"),
-                    Vec.from_xyz(s["chunk_sizes"][0], "chunk_sizes"),
-                    VoxelSize(res[2], res[1], res[0]),
-                    Vec.from_xyz(s.get("voxel_offset", (0, 0, 0)), "voxel_offset"),
-                    str(s.get("encoding", "raw")),
-                    str(s["key"]),
-                )
-            )
-        extra = {k: v for k, v in info.items() if k not in CORE_KEYS}
-        kind: Kind = "segmentation" if layer_type == "segmentation" else "image"
-        return VolumeMeta(dtype, tuple(scales), kind, channels, 0, extra)
-    except (KeyError, TypeError, IndexError, ValueError) as exc:
+    bad = f"{where} is not a valid Neuroglancer precomputed info:"
+    if info.get("type") not in ("image", "segmentation"):
         raise InvalidRequestError(
-            f"{where} is not a valid Neuroglancer precomputed info: {exc}"
-        ) from None
+            f"{bad} type must be 'image' or 'segmentation', got {info.get('type')!r}"
+        )
+    data_type = info.get("data_type")
+    if not isinstance(data_type, str) or data_type.lower() not in DTYPES:
+        raise InvalidRequestError(
+            f"{bad} data_type must be one of {', '.join(DTYPES)}, got {data_type!r}"
+        )
+    scales = info.get("scales")
+    if not isinstance(scales, list) or not scales:
+        raise InvalidRequestError(f"{bad} scales must be a non-empty list, got {scales!r}")
+    channels: Any = info.get("num_channels")
+    if not _is_int(channels) or channels < 1:
+        raise InvalidRequestError(
+            f"{bad} num_channels must be an integer >= 1, got {channels!r}"
+        )
+    dtype = data_type.lower()
+    for i, s in enumerate(scales):
+        if not isinstance(s, Mapping):
+            raise InvalidRequestError(f"{bad} scale {i} must be a JSON object, got {s!r}")
+        key = s.get("key")
+        if not isinstance(key, str) or not key.strip("/"):
+            raise InvalidRequestError(
+                f"{bad} scale {i} key must be a non-empty string (the scale's directory), "
+                f"got {key!r}"
+            )
+        name = f"scale {i} ({key!r})"
+        if not _triple(s.get("size"), positive=True):
+            raise InvalidRequestError(
+                f"{bad} {name} size must be three integers >= 1 [x, y, z], got {s.get('size')!r}"
+            )
+        if not _triple(s.get("resolution"), positive=True, integer=False):
+            raise InvalidRequestError(
+                f"{bad} {name} resolution must be three numbers > 0 [x, y, z] (nm), got "
+                f"{s.get('resolution')!r}"
+            )
+        if "voxel_offset" in s and not _triple(s["voxel_offset"], positive=False):
+            raise InvalidRequestError(
+                f"{bad} {name} voxel_offset must be three integers [x, y, z], got "
+                f"{s['voxel_offset']!r}"
+            )
+        chunk_sizes = s.get("chunk_sizes")
+        if (
+            not isinstance(chunk_sizes, list)
+            or not chunk_sizes
+            or not all(_triple(c, positive=True) for c in chunk_sizes)
+        ):
+            raise InvalidRequestError(
+                f"{bad} {name} chunk_sizes must be a non-empty list of [x, y, z] lists of "
+                f"integers >= 1, got {chunk_sizes!r}"
+            )
+        encoding = s.get("encoding", "raw")
+        if not isinstance(encoding, str):
+            raise InvalidRequestError(f"{bad} {name} encoding must be a string, got {encoding!r}")
+        if encoding == "compressed_segmentation":
+            if dtype not in ("uint32", "uint64"):
+                raise InvalidRequestError(
+                    f"{bad} {name} is compressed_segmentation, which holds uint32 or uint64, "
+                    f"not {info.get('data_type')!r}"
+                )
+            block = s.get("compressed_segmentation_block_size")
+            if not _triple(block, positive=True):
+                raise InvalidRequestError(
+                    f"{bad} {name} is compressed_segmentation and needs "
+                    "compressed_segmentation_block_size, three integers >= 1 [x, y, z] (e.g. "
+                    f"[8, 8, 8]), got {block!r}"
+                )
+        if encoding == "jpeg" and (dtype != "uint8" or channels not in (1, 3)):
+            raise InvalidRequestError(
+                f"{bad} {name} is jpeg, which holds uint8 with 1 or 3 channels, not "
+                f"{info.get('data_type')!r} with {channels}"
+            )
+        if encoding == "png" and (dtype not in ("uint8", "uint16") or channels > 4):
+            raise InvalidRequestError(
+                f"{bad} {name} is png, which holds uint8 or uint16 with 1 to 4 channels, not "
+                f"{info.get('data_type')!r} with {channels}"
+            )
+        # "sharding": null is unsharded, as tensorstore and CloudVolume read it
+        if s.get("sharding") is not None:
+            ShardingSpec.from_json(s["sharding"], f"{where} {name}")
+            if len(chunk_sizes) != 1:
+                raise InvalidRequestError(
+                    f"{bad} {name} is sharded, and a sharded scale has exactly one entry in "
+                    f"chunk_sizes, not {len(chunk_sizes)}"
+                )
 
 
 def read_layer_info(location: str, mode: str) -> tuple[str, dict[str, Any]]:

@@ -53,7 +53,7 @@ from .chunks import (
     _LocalChunks,
     _ScaleIO,
 )
-from .info import _TS_ENCODINGS, _check_layer_info, _check_meta, _scale_info
+from .info import _TS_ENCODINGS, _check_meta, _scale_info
 from .sharding import _shard_shape, _sharded_presence
 
 __all__ = ["PrecomputedRemote"]
@@ -73,7 +73,7 @@ class PrecomputedRemote(Remote):
 
     def _set_info(self, info: dict[str, Any]) -> None:
         where = join(self.location, "info")
-        _check_layer_info(info, where)  # what tensorstore would refuse only at the first read
+        # refuses what tensorstore would refuse only at the first read
         meta = meta_from_info(info, where)
         with self._lock:
             self._info = info
