@@ -47,6 +47,7 @@ __all__ = [
     "block_shape",
     "check_client",
     "check_for_cluster",
+    "hosts_elsewhere",
     "cluster_spec",
     "is_transient",
     "plan_blocks",
@@ -202,6 +203,15 @@ def check_for_cluster(url: str, role: str, what: str, *, writes: bool = False) -
             f"{what} with a dask.distributed client: the {role} {url} is one file that several "
             "worker processes cannot write at once; use zarr://, n5:// or precomputed:// on the "
             "cluster, or run it without client=")
+
+
+def hosts_elsewhere(client: Any) -> list[str]:
+    """The host names of ``client``'s workers that run on another machine than this process
+    (what a temporary directory on this machine cannot be shared with)."""
+    import socket
+
+    here = socket.gethostname()
+    return sorted({str(h) for h in client.run(socket.gethostname).values()} - {here})
 
 
 # -- run ------------------------------------------------------------------------------------------

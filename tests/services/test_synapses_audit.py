@@ -19,6 +19,8 @@ names the argument, and nothing written."""
 from __future__ import annotations
 
 import math
+import os
+import socket
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -361,6 +363,64 @@ def test_workers_and_a_dask_client(tmp_path: Path) -> None:
     np.testing.assert_array_equal(big.read()[2:19, 9:34, 1:23], img)
 
 
+def test_scratch_keeps_the_temporary_volumes(tmp_path: Path, s3_bucket: str) -> None:
+    """scratch= (a shared directory, or s3://) holds the probabilities, mask and components of
+    a large run or a cluster run: the same table, the volumes there while the run goes on, and
+    nothing left after (before, they always went to a temporary directory on this machine,
+    which a cluster's workers on other machines cannot reach)."""
+    from distributed import Client, LocalCluster
+
+    shape, vs = (13, 21, 18), (40.0, 8.0, 8.0)
+    img = blob_image(shape, 21, sigma=1.0)
+    src = voxgate.create(f"zarr://{tmp_path}/img.zarr", shape=shape, dtype="uint8",
+                         chunks=(5, 8, 8), voxel_size=vs)
+    src[:] = img
+    want = reference(img, threshold=0.6, min_size=3, voxel_size=vs, offset=(0, 0, 0))
+    assert len(want) >= 3
+    seen: list[list[str]] = []
+    shared = tmp_path / "shared"
+    shared.mkdir()
+
+    def watching(a: np.ndarray) -> np.ndarray:  # runs while the probabilities are written
+        seen.append(sorted(os.listdir(shared)))
+        return a
+
+    kw: dict[str, Any] = dict(threshold=0.6, min_size=3, block=(5, 8, 8), progress=False)
+    synapses_module = __import__("voxgate.services.synapses", fromlist=["IN_MEMORY_VOXELS"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(synapses_module, "IN_MEMORY_VOXELS", 100)
+        large = voxgate.detect_synapses(src, model=watching, scratch=str(shared), **kw)
+    assert_table(large, want)
+    # (the first calls probe the model's channels, before anything is written)
+    assert len(seen[-1]) == 1 and seen[-1][0].startswith("voxgate-synapses-")
+    assert list(shared.iterdir()) == []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        on = voxgate.detect_synapses(src, model=identity, client=client,
+                                     scratch=f"s3://{s3_bucket}/scratch/", **kw)
+    pd.testing.assert_frame_equal(on, large)
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["VOXGATE_S3_ENDPOINT"],
+                      region_name="us-east-1")
+    assert s3.list_objects_v2(Bucket=s3_bucket).get("KeyCount") == 0
+
+
+def test_a_cluster_on_other_machines_needs_a_shared_scratch(tmp_path: Path) -> None:
+    """Workers on another machine cannot reach a temporary directory on this one: without
+    scratch= the run is refused before anything is sent or written (before, the workers were
+    told to write zarr volumes in this machine's $TMPDIR)."""
+    src = voxgate.create(f"zarr://{tmp_path}/img.zarr", shape=(8, 12, 10), dtype="uint8",
+                         chunks=(4, 6, 5), voxel_size=(40, 8, 8))
+    src[:] = blob_image((8, 12, 10), 12)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(InvalidRequestError,
+                       match=r"workers on other machines \(node-7\).*give scratch="):
+        voxgate.detect_synapses(src, model=identity, client=FarClient(), progress=False,
+                                probabilities=f"zarr://{tmp_path}/prob.zarr")
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 def two_channels(a: np.ndarray) -> np.ndarray:
@@ -387,6 +447,9 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"sharded": "yes", "out": "ANN"}, "sharded"), ({"out": 123}, "out"),
     ({"out": "zarr://elsewhere.zarr"}, "annotation"), ({"out": "IMAGE"}, "not an annotation"),
     ({"overwrite": "x"}, "overwrite"),
+    ({"scratch": 5}, "scratch must be a directory"), ({"scratch": ""}, "scratch"),
+    ({"scratch": "zarr://x.zarr"}, "not a volume URL"),
+    ({"scratch": "https://example.org/x"}, "scratch"), ({"scratch": "s3://"}, "scratch"),
     ({"source": [1, 2, 3]}, "expected a voxgate"), ({"source": "flat"}, "3-D"),
 ]
 
@@ -400,12 +463,22 @@ class FakeClient:
     scatter = run = submit
 
 
+class FarClient(FakeClient):
+    """A client whose one worker runs on another machine: it only answers its host name."""
+
+    def run(self, fn: Any, *a: Any, **k: Any) -> Any:
+        if fn is socket.gethostname and not a and not k:
+            return {"tcp://10.0.0.7:40000": "node-7"}
+        raise AssertionError("a function other than the host-name probe was sent")
+
+
 @pytest.mark.parametrize(("kwargs", "message"), BAD, ids=[repr(k) for k, _ in BAD])
 def test_bad_input_is_refused_before_anything_is_written(kwargs: dict[str, Any], message: str,
                                                          tmp_path: Path) -> None:
     img = blob_image((8, 12, 10), 12)
     special = {"float": img.astype(np.float32), "flat": img[0],
                "short": img[:, :5].astype(np.uint64), "cluster": FakeClient(),
+               "far": FarClient(),
                "ANN": f"precomputed://file://{tmp_path}/ann",
                "IMAGE": f"precomputed://file://{tmp_path}/image"}
     args: dict[str, Any] = {"model": identity, "progress": False,

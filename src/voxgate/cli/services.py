@@ -336,14 +336,17 @@ def predict_cmd(model: str, src: str, out: str, block: str | None, halo: str | N
 @click.option("--workers", type=int, default=None, help="Blocks run at once.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @click.option("--sharded", is_flag=True, help="Store the annotation indexes in shards.")
+@click.option("--scratch", default=None,
+              help="A directory for the temporary volumes (a shared path, s3://, gs://); "
+                   "default a temporary directory here.")
 @scheduler_option("Run the blocks on the dask.distributed scheduler at ADDRESS "
-                  "(tcp://host:port); SRC, --segmentation and the temporary volumes (in "
-                  "$TMPDIR here) must be reachable from every worker.")
+                  "(tcp://host:port); SRC and --segmentation must be reachable from every "
+                  "worker, and --scratch too when workers run on other machines.")
 @_no_progress
 def synapses_cmd(src: str, out: str | None, csv_path: Path | None, segmentation: str | None,
                  threshold: float, min_size: int | None, model: str,
                  probabilities: str | None, block: str | None, workers: int | None,
-                 device: str, sharded: bool, scheduler: str | None,
+                 device: str, sharded: bool, scratch: str | None, scheduler: str | None,
                  no_progress: bool) -> None:
     """Detect synapses in SRC (an EM image) with a model; a table, an annotation layer."""
     from ..services.synapses import detect_synapses
@@ -354,7 +357,8 @@ def synapses_cmd(src: str, out: str | None, csv_path: Path | None, segmentation:
                                  segmentation=segmentation, out=out,
                                  probabilities=probabilities, block=_zyx(block, "--block"),
                                  workers=workers, client=client, device=device,
-                                 sharded=sharded, progress=not no_progress)
+                                 sharded=sharded, scratch=scratch,
+                                 progress=not no_progress)
     except (VoxgateError, OSError) as exc:
         _fail(exc)
         return

@@ -22,18 +22,22 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import os
 import tempfile
 import threading
 import time
+import uuid
+import warnings
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
-from ..blockwise import check_for_cluster, check_run, run_blocks
-from ..errors import InvalidRequestError
+from ..blockwise import check_for_cluster, check_run, hosts_elsewhere, run_blocks
+from ..errors import InvalidRequestError, VoxgateError, VoxgateWarning
 from ..geometry import Box, Vec, grow_block
+from ..storage import is_local, join, local_path, remove_tree
 from ..volume import Volume
 from ._common import Provenance, as_volume, block_boxes
 from .connected_components import connected_components, connected_components_provenance
@@ -89,6 +93,22 @@ def synapse_segments(detection: np.ndarray, segmentation: np.ndarray,
     return pre, post
 
 
+def _scratch_location(value: object) -> str:
+    """``scratch=`` as a storage location: an absolute local path, or an s3:// / gs:// URL."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequestError(
+            f"scratch must be a directory: a path, or an s3:// or gs:// URL, got {value!r}")
+    if is_local(value):
+        return local_path(value)
+    if not value.startswith(("s3://", "gs://")) or not value.split("://", 1)[1].strip("/"):
+        raise InvalidRequestError(
+            f"scratch must be a directory: a path, or an s3:// or gs:// URL, got {value!r} "
+            "(it is a storage location, not a volume URL)")
+    return value.rstrip("/")
+
+
 def detect_synapses(
     source: Any,
     *,
@@ -109,6 +129,7 @@ def detect_synapses(
     progress: bool = True,
     overwrite: bool = False,
     prefer: str = "auto",
+    scratch: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Find synapses in ``source`` (any Volume, URL or numpy array) with ``model``.
 
@@ -121,7 +142,11 @@ def detect_synapses(
     is at least this.  ``min_size`` (voxels): smaller components are dropped (default: the
     built-in model's card, else 10).  ``out``: a precomputed annotation layer URL written
     with the points (properties size, score; relationships pre_id, post_id).
-    ``probabilities``: a URL that keeps the uint8 probability map.  ``block``, ``halo``,
+    ``probabilities``: a URL that keeps the uint8 probability map.  ``scratch``: a
+    directory (a path on a file system every worker shares, or an s3:// / gs:// URL) for the
+    temporary probability, mask and component volumes of a large run or a run on a cluster;
+    default a temporary directory on this machine, which a cluster whose workers run on other
+    machines cannot reach (refused before anything runs).  ``block``, ``halo``,
     ``workers``, ``client``, ``device``: as :func:`predict` (``block`` also cuts the
     connected components and stats passes).  ``voxel_size`` (z, y, x nm): of a numpy
     ``source`` (default 1 nm); a store's own is used otherwise.  ``prefer="server"`` is
@@ -147,6 +172,7 @@ def detect_synapses(
     check_run(workers, 0, client, "detect_synapses")
     if out is not None:
         _check_out(out)
+    scratch_root = _scratch_location(scratch) if scratch is not None else None
     if voxel_size is not None and not isinstance(source, np.ndarray):
         raise InvalidRequestError(
             "voxel_size is for a numpy source; a store's volume has its own voxel size")
@@ -202,13 +228,25 @@ def detect_synapses(
             "min_size") or DEFAULT_MIN_SIZE)
     # in memory for small volumes; temporary zarr volumes for large ones or for a cluster
     # (whose workers write the probabilities and must reach them by URL)
-    tmp = tempfile.TemporaryDirectory(prefix="voxgate-synapses-") if (
-        client is not None or math.prod(region.shape) > IN_MEMORY_VOXELS) else None
-    scratch = (lambda name: f"zarr://{tmp.name}/{name}.zarr") if tmp is not None else (
-        lambda name: None)
+    on_disk = client is not None or math.prod(region.shape) > IN_MEMORY_VOXELS
+    tmp, scratch_dir = None, None
+    if on_disk and scratch_root is None:
+        elsewhere = hosts_elsewhere(client) if client is not None else []
+        if elsewhere:
+            raise InvalidRequestError(
+                "detect_synapses keeps its temporary volumes in a directory its workers write; "
+                f"the cluster has workers on other machines ({', '.join(elsewhere)}), which "
+                "cannot reach a temporary directory on this one: give scratch= a directory "
+                "they all share (a path on a shared file system, or an s3:// or gs:// URL)")
+        tmp = tempfile.TemporaryDirectory(prefix="voxgate-synapses-")
+        scratch_dir = tmp.name
+    elif on_disk:
+        scratch_dir = join(scratch_root, f"voxgate-synapses-{uuid.uuid4().hex}")
+    scratch_url = (lambda name: f"zarr://{join(scratch_dir, name)}.zarr") if (
+        scratch_dir is not None) else (lambda name: None)
     try:
         probs = predict(model, src, probabilities if probabilities is not None else
-                        scratch("probabilities"), block=block, halo=halo, client=client,
+                        scratch_url("probabilities"), block=block, halo=halo, client=client,
                         workers=workers, device=device, progress=progress, overwrite=overwrite)
         if probs.ndim != 3:
             raise InvalidRequestError(
@@ -219,11 +257,11 @@ def detect_synapses(
             # a given Volume larger than the image: the image's region of it
             prob_vol = prob_vol[region.slices(prob_vol.bounds.start)]
         level = _grey_level(float(threshold))
-        mask = map_blocks(lambda p: (p >= level).astype(np.uint8), prob_vol, scratch("mask"),
+        mask = map_blocks(lambda p: (p >= level).astype(np.uint8), prob_vol, scratch_url("mask"),
                           dtype=np.uint8, block=block or (128, 256, 256), client=client,
                           workers=workers)
-        labels = connected_components(mask if tmp is not None else np.asarray(mask),
-                                      scratch("components"), block=block, workers=workers,
+        labels = connected_components(mask if scratch_dir is not None else np.asarray(mask),
+                                      scratch_url("components"), block=block, workers=workers,
                                       client=client, progress=progress)
         lab_vol = labels if isinstance(labels, Volume) else as_volume(np.asarray(labels))
         prov = getattr(labels, "provenance", None) or connected_components_provenance(lab_vol)
@@ -233,6 +271,12 @@ def detect_synapses(
     finally:
         if tmp is not None:
             tmp.cleanup()
+        elif scratch_dir is not None:
+            try:
+                remove_tree(scratch_dir)
+            except VoxgateError as exc:  # never in place of the run's own error
+                warnings.warn(f"detect_synapses could not remove its temporary volumes at "
+                              f"{scratch_dir}: {exc}", VoxgateWarning, stacklevel=2)
     if out is not None:
         from ..formats.annotation import write_annotations
 

@@ -10,6 +10,7 @@ A location is a local path, file://, gs://, s3:// or http(s):// (read-only):
 - ``is_local``, ``local_path``, ``join``: location arithmetic;
 - ``atomic_write``, ``read_json``, ``write_json``, ``kvstore_exists``: small documents, written
   whole or not at all on local disks;
+- ``remove_tree``: a directory and everything under it (a prefix on object storage);
 - ``check_bucket``, ``check_spec_buckets``: before creating on s3:// (a location, or the
   kvstores of a TensorStore spec), that the bucket exists.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -48,6 +50,7 @@ __all__ = [
     "kvstore_spec",
     "local_path",
     "read_json",
+    "remove_tree",
     "set_copy_concurrency",
     "set_request_retries",
     "ts_context",
@@ -233,6 +236,20 @@ def join(location: str, *parts: str) -> str:
         if p:
             out = out + "/" + p.strip("/")
     return out
+
+
+def remove_tree(location: str) -> None:
+    """Remove the directory at ``location`` and everything under it (on object storage: every
+    key under the prefix ``location/``).  Nothing there is not an error."""
+    if is_local(location):
+        shutil.rmtree(local_path(location), ignore_errors=True)
+        return
+    if location.startswith(("http://", "https://")):
+        raise InvalidRequestError(f"{location} is served over HTTP, which voxgate can only read")
+    with ts_errors(f"removing {location}"):
+        kv = ts.KvStore.open(kvstore_spec(location), context=_context_for(location)).result()
+        kv.delete_range(ts.KvStore.KeyRange()).result()
+    _reached(location)
 
 
 def kvstore_spec(location: str) -> dict[str, Any]:

@@ -14,14 +14,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import tensorstore as ts
 
 from ...errors import InvalidRequestError
 from ...geometry import Box, VoxelSize
@@ -29,12 +27,9 @@ from ...progress import progress_bar
 from ...storage import (
     UNITS_NM,
     Directory,
-    is_local,
     join,
-    kvstore_spec,
     local_path,
-    ts_context,
-    ts_errors,
+    remove_tree,
 )
 from ...storage.sharding import ShardingSpec, encode_shard
 from .encoding import (
@@ -180,13 +175,7 @@ def _clear(location: str, keys: Iterable[str]) -> None:
     for key in keys:
         if not key or "/" in key.strip("/") or key.startswith("."):
             continue
-        where = join(location, key)
-        if is_local(location):
-            shutil.rmtree(local_path(where), ignore_errors=True)
-            continue
-        with ts_errors(f"removing {where}"):
-            kv = ts.KvStore.open(kvstore_spec(location), context=ts_context()).result()
-            kv.delete_range(ts.KvStore.KeyRange(key + "/", key + "0")).result()
+        remove_tree(join(location, key))
 
 
 def _old_keys(info: Mapping[str, Any]) -> list[str]:
