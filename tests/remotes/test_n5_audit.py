@@ -1,0 +1,321 @@
+"""Audit of n5:// against N5 containers made by other tools (tensorstore, Java N5 writers'
+attribute forms, BigDataViewer / n5-viewer / Neuroglancer layouts, blocks written by hand from
+the N5 specification), at odd shapes and offsets.  Every voxel is compared with numpy."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorstore as ts
+
+import voxgate
+from voxgate.errors import CapabilityNotSupportedError, InvalidRequestError
+
+RNG = np.random.default_rng(20)
+SHAPE = (7, 13, 19)  # z, y, x: no axis a multiple of the block size
+BLOCK = [5, 4, 3]  # x, y, z
+
+
+def data(dtype: str, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "ui" else None
+    if info is None:
+        out = RNG.standard_normal(shape).astype(dtype)
+        out.flat[0], out.flat[1] = np.nan, -np.inf
+        return out
+    out = RNG.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+    out.flat[0], out.flat[1] = info.min, info.max  # 2**64 - 1 never passes through a float
+    return out
+
+
+def write_by_hand(path: Path, zyx: np.ndarray, block: list[int], *, compression: str = "raw",
+                  truncate_edges: bool = True, mode: int = 0,
+                  skip: frozenset[tuple[int, ...]] = frozenset(),
+                  attrs: dict[str, Any] | None = None) -> None:
+    """An N5 dataset written from the specification: dimensions x first, each block a
+    big-endian header (mode, rank, block shape[, element count]) and big-endian values, x
+    fastest.  Edge blocks are stored truncated to the data (as Java N5 does) or padded."""
+    dims = list(zyx.shape[::-1])
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {"dimensions": dims, "blockSize": block, "dataType": zyx.dtype.name,
+            "compression": {"type": compression}, **(attrs or {})}
+    (path / "attributes.json").write_text(json.dumps(meta))
+    xyz = zyx.T
+    grid = [-(-d // b) for d, b in zip(dims, block, strict=True)]
+    for idx in itertools.product(*map(range, grid)):
+        if idx in skip:
+            continue
+        start = [i * b for i, b in zip(idx, block, strict=True)]
+        sub = xyz[tuple(slice(s, s + b) for s, b in zip(start, block, strict=True))]
+        if not truncate_edges:
+            full = np.zeros(block, zyx.dtype)
+            full[tuple(slice(0, n) for n in sub.shape)] = sub
+            sub = full
+        body = sub.astype(zyx.dtype.newbyteorder(">")).tobytes(order="F")
+        if compression == "gzip":
+            body = gzip.compress(body)
+        head = struct.pack(f">HH{len(dims)}I", mode, len(dims), *sub.shape)
+        if mode == 1:
+            head += struct.pack(">I", sub.size)
+        f = path.joinpath(*map(str, idx))
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(head + body)
+
+
+def ts_dataset(path: Path, array: np.ndarray, block: list[int], **metadata: Any) -> None:
+    """A dataset written by tensorstore alone (``array`` in the file's dimension order)."""
+    store = ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": f"{path}/"},
+                     "metadata": {"dimensions": list(array.shape), "blockSize": block,
+                                  "dataType": array.dtype.name,
+                                  "compression": {"type": "raw"}, **metadata}},
+                    create=True).result()
+    store.write(array).result()
+
+
+def ts_read(path: Path) -> np.ndarray:
+    store = ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": f"{path}/"}}).result()
+    return np.asarray(store.read().result()).T
+
+
+def edit_attrs(path: Path, **changes: Any) -> None:
+    f = path / "attributes.json"
+    attrs = json.loads(f.read_text()) if f.exists() else {}
+    attrs.update(changes)
+    path.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(attrs))
+
+
+def check_reads(url: str, expected: np.ndarray) -> None:
+    vol = voxgate.open(url)
+    assert vol.shape == expected.shape
+    np.testing.assert_array_equal(vol.read(), expected)
+    # an odd cutout crossing many blocks, edge blocks included
+    np.testing.assert_array_equal(vol[..., 1:7, 2:13, 1:18].read(), expected[..., 1:7, 2:13, 1:18])
+
+
+# -- data written by tensorstore, every compression it has -----------------------------------
+_COMPRESSIONS: list[dict[str, Any]] = [
+    {"type": "raw"}, {"type": "gzip"}, {"type": "gzip", "useZlib": True}, {"type": "bzip2"},
+    {"type": "xz"}, {"type": "zstd"},
+    *({"type": "blosc", "cname": c, "clevel": 5, "shuffle": 2 if c == "zstd" else 1}
+      for c in ("blosclz", "lz4", "lz4hc", "snappy", "zlib", "zstd")),
+]
+_DTYPES = ["uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32",
+           "float64"]
+
+
+@pytest.mark.parametrize("compression", _COMPRESSIONS, ids=lambda c: "-".join(map(str, c.values())))
+def test_every_tensorstore_compression_and_dtype(tmp_path: Path,
+                                                 compression: dict[str, Any]) -> None:
+    k = _COMPRESSIONS.index(compression)
+    for dtype in (_DTYPES[k % 10], _DTYPES[(k + 3) % 10], _DTYPES[(k + 7) % 10]):
+        expected = data(dtype)
+        ts_dataset(tmp_path / dtype, expected.T, BLOCK, compression=compression)
+        check_reads(f"n5://{tmp_path / dtype}", expected)
+
+
+# -- blocks written by hand from the specification -------------------------------------------
+@pytest.mark.parametrize("compression", ["raw", "gzip"])
+@pytest.mark.parametrize("truncate_edges", [True, False], ids=["truncated", "padded"])
+def test_hand_written_blocks(tmp_path: Path, compression: str, truncate_edges: bool) -> None:
+    for dtype in ("uint64", "int8", "float64", "uint16"):
+        expected = data(dtype)
+        write_by_hand(tmp_path / dtype, expected, BLOCK, compression=compression,
+                      truncate_edges=truncate_edges, skip=frozenset({(1, 2, 1), (3, 3, 2)}))
+        expected[3:6, 8:12, 5:10] = 0  # block (1, 2, 1): x 5:10, y 8:12, z 3:6
+        expected[6:7, 12:13, 15:19] = 0  # block (3, 3, 2), a corner edge block
+        check_reads(f"n5://{tmp_path / dtype}", expected)
+        np.testing.assert_array_equal(ts_read(tmp_path / dtype), expected, err_msg="oracle")
+    vol = voxgate.open(f"n5://{tmp_path}/uint16")
+    assert sorted(map(tuple, vol.missing_chunks())) == [(1, 2, 1), (2, 3, 3)]  # z, y, x
+
+
+def test_hand_written_four_dimensional(tmp_path: Path) -> None:
+    expected = data("uint16", (3, *SHAPE))  # c, z, y, x: N5 dimensions x, y, z, c
+    write_by_hand(tmp_path / "c", expected, [*BLOCK, 2], compression="gzip")
+    check_reads(f"n5://{tmp_path}/c", expected)
+
+
+def test_writes_into_a_foreign_dataset_read_back_by_tensorstore(tmp_path: Path) -> None:
+    expected = data("uint32")
+    write_by_hand(tmp_path / "w", expected, BLOCK, skip=frozenset({(0, 0, 0)}))
+    expected[0:3, 0:4, 0:5] = 0
+    vol = voxgate.open(f"n5://{tmp_path}/w", mode="r+")
+    patch = data("uint32", (5, 9, 14))
+    vol[2:7, 4:13, 5:19] = patch  # ends at every far edge
+    vol[0:2, 0:3, 0:4] = 9  # into the absent block
+    expected[2:7, 4:13, 5:19] = patch
+    expected[0:2, 0:3, 0:4] = 9
+    np.testing.assert_array_equal(ts_read(tmp_path / "w"), expected)
+    np.testing.assert_array_equal(vol.read(), expected)
+
+
+# -- attribute forms of other writers ----------------------------------------------------------
+@pytest.mark.parametrize("compression,extra", [
+    # n5-blosc (Java) writes its thread count and type size; tensorstore refuses both
+    ({"type": "blosc", "cname": "lz4", "clevel": 6, "shuffle": 1},
+     {"blocksize": 0, "typesize": 2, "nthreads": 1}),
+    ({"type": "zstd", "level": 3}, {"nbWorkers": 0}),
+    ({"type": "gzip", "level": -1}, {"useZlib": False}),
+])
+def test_java_compression_members(tmp_path: Path, compression: dict[str, Any],
+                                  extra: dict[str, Any]) -> None:
+    expected = data("uint16")
+    ts_dataset(tmp_path / "j", expected.T, BLOCK, compression=compression)
+    edit_attrs(tmp_path / "j", compression={**compression, **extra})
+    check_reads(f"n5://{tmp_path}/j", expected)
+    vol = voxgate.open(f"n5://{tmp_path}/j", mode="r+")
+    vol[1:4, 2:5, 3:6] = 77
+    expected[1:4, 2:5, 3:6] = 77
+    attrs = json.loads((tmp_path / "j" / "attributes.json").read_text())
+    assert attrs["compression"] == {**compression, **extra}  # the writer's attributes kept
+    edit_attrs(tmp_path / "j", compression=compression)
+    np.testing.assert_array_equal(ts_read(tmp_path / "j"), expected)
+
+
+@pytest.mark.parametrize("legacy", ["raw", "gzip"])
+def test_legacy_compression_type(tmp_path: Path, legacy: str) -> None:
+    """N5 before 1.0 wrote "compressionType": "gzip"; Java N5 still reads it."""
+    expected = data("int16")
+    write_by_hand(tmp_path / "old", expected, BLOCK, compression=legacy)
+    attrs = json.loads((tmp_path / "old" / "attributes.json").read_text())
+    del attrs["compression"]
+    attrs["compressionType"] = legacy
+    (tmp_path / "old" / "attributes.json").write_text(json.dumps(attrs))
+    check_reads(f"n5://{tmp_path}/old", expected)
+
+
+def test_viewer_attributes_of_another_length_do_not_block_the_data(tmp_path: Path) -> None:
+    """tensorstore refuses "units"/"resolution" whose length is not the rank; they are viewer
+    metadata, and the x, y, z resolution of a 4-D (x, y, z, c) dataset is still read."""
+    expected = data("uint8", (2, *SHAPE))
+    write_by_hand(tmp_path / "r", expected, [*BLOCK, 1],
+                  attrs={"resolution": [4, 5, 40], "units": ["nm", "nm", "nm"]})
+    check_reads(f"n5://{tmp_path}/r", expected)
+    assert voxgate.open(f"n5://{tmp_path}/r").voxel_size.zyx() == (40.0, 5.0, 4.0)
+
+
+# -- axis order --------------------------------------------------------------------------------
+def test_axes_order_applies_to_resolution_units_and_factors(tmp_path: Path) -> None:
+    zyx = data("uint8")
+    ts_dataset(tmp_path / "zyx", zyx, [3, 4, 5], axes=["z", "y", "x"],
+               resolution=[0.04, 4, 5], units=["um", "nm", "nm"])
+    vol = voxgate.open(f"n5://{tmp_path}/zyx")
+    assert vol.voxel_size.zyx() == pytest.approx((40.0, 4.0, 5.0))
+    units = ts.open({"driver": "n5", "kvstore": f"file://{tmp_path}/zyx/"}).result()
+    assert [u.base_unit for u in units.dimension_units] == ["um", "nm", "nm"]  # the oracle's
+    check_reads(f"n5://{tmp_path}/zyx", zyx)
+
+    czyx = data("uint16", (2, *SHAPE))
+    ts_dataset(tmp_path / "czyx", czyx, [1, 3, 4, 5], axes=["c", "z", "y", "x"],
+               resolution=[1, 40, 4, 5], units=["", "nm", "nm", "nm"])
+    assert voxgate.open(f"n5://{tmp_path}/czyx").voxel_size.zyx() == (40.0, 4.0, 5.0)
+    check_reads(f"n5://{tmp_path}/czyx", czyx)
+
+    # a Neuroglancer-style group whose lists follow its "axes"
+    root = tmp_path / "group"
+    ts_dataset(root / "s0", zyx, [3, 4, 5], axes=["z", "y", "x"])
+    ts_dataset(root / "s1", zyx[:, ::2, ::2].copy(), [3, 4, 5], axes=["z", "y", "x"])
+    edit_attrs(root, axes=["z", "y", "x"], resolution=[40, 4, 5], units=["nm"] * 3,
+               downsamplingFactors=[[1, 1, 1], [1, 2, 2]])
+    vol = voxgate.open(f"n5://{root}")
+    assert [s.voxel_size.zyx() for s in vol.scales] == [(40.0, 4.0, 5.0), (40.0, 8.0, 10.0)]
+    np.testing.assert_array_equal(vol.at_scale(1).read(), zyx[:, ::2, ::2])
+
+
+# -- multiscale layouts -------------------------------------------------------------------------
+def test_bigdataviewer_setup_timepoint_layout(tmp_path: Path) -> None:
+    """BigDataViewer's N5: setupN holds the factors of every scale, timepointN the sN
+    datasets (and, from its exporter, "multiScale" and a "resolution")."""
+    full = data("uint16", (5, 20, 23))
+    factors = [[1, 1, 1], [2, 2, 1], [8, 8, 4]]
+    setup = tmp_path / "bdv.n5" / "setup0"
+    edit_attrs(tmp_path / "bdv.n5", n5="2.0.0")
+    edit_attrs(setup, downsamplingFactors=factors, dataType="uint16")
+    levels = []
+    for i, (fx, fy, fz) in enumerate(factors):
+        level = full[::fz, ::fy, ::fx].copy()  # ceil-divided shapes
+        levels.append(level)
+        write_by_hand(setup / "timepoint0" / f"s{i}", level, [4, 4, 4], compression="gzip")
+    edit_attrs(setup / "timepoint0", multiScale=True, resolution=[4, 4, 30])
+    vol = voxgate.open(f"n5://{setup}/timepoint0")
+    assert [tuple(s.shape) for s in vol.scales] == [(5, 20, 23), (5, 10, 12), (2, 3, 3)]
+    assert [s.voxel_size.zyx() for s in vol.scales] == [
+        (30.0, 4.0, 4.0), (30.0, 8.0, 8.0), (120.0, 32.0, 32.0)]
+    for i, level in enumerate(levels):
+        np.testing.assert_array_equal(vol.at_scale(i).read(), level)
+
+
+def test_factors_inferred_from_shapes_are_powers_of_two(tmp_path: Path) -> None:
+    """No factors anywhere: each is the power of two whose ceiling (or floor) division of
+    s0's shape gives the scale's (20 -> 3 is 8, not the rounded ratio 7)."""
+    root = tmp_path / "bare.n5"
+    write_by_hand(root / "s0", data("uint8", (9, 20, 21)), [8, 8, 8])
+    write_by_hand(root / "s1", data("uint8", (5, 10, 10)), [8, 8, 8])  # x: 21 // 2 (n5-spark)
+    write_by_hand(root / "s2", data("uint8", (3, 3, 2)), [8, 8, 8])  # ceil: 9/4, 20/8, 21/16
+    vol = voxgate.open(f"n5://{root}")
+    assert [s.voxel_size.zyx() for s in vol.scales] == [
+        (1.0, 1.0, 1.0), (2.0, 2.0, 2.0), (4.0, 8.0, 16.0)]
+
+
+@pytest.mark.parametrize("pixel_resolution,expected", [
+    ({"unit": "um", "dimensions": [0.004, 0.005, 0.04]}, (40.0, 5.0, 4.0)),
+    ({"unit": "mm", "dimensions": [4e-6, 5e-6, 4e-5]}, (40.0, 5.0, 4.0)),
+    ([4, 5, 40], (40.0, 5.0, 4.0)),  # older n5-viewer files: a bare list, nm
+])
+def test_n5_viewer_pixel_resolution_forms(tmp_path: Path, pixel_resolution: Any,
+                                          expected: tuple[float, ...]) -> None:
+    root = tmp_path / "v.n5"
+    write_by_hand(root / "s0", data("uint8"), BLOCK, attrs={"pixelResolution": pixel_resolution})
+    write_by_hand(root / "s1", data("uint8", (7, 7, 10)), BLOCK,
+                  attrs={"pixelResolution": pixel_resolution, "downsamplingFactors": [2, 2, 1]})
+    vol = voxgate.open(f"n5://{root}")
+    assert vol.scales[0].voxel_size.zyx() == pytest.approx(expected)
+    assert vol.scales[1].voxel_size.zyx() == pytest.approx(
+        (expected[0], expected[1] * 2, expected[2] * 2))
+    assert vol.scales[0].offset == (0, 0, 0)  # no N5 convention voxgate reads has an offset
+
+
+# -- files that cannot be read -------------------------------------------------------------------
+_GOOD = {"dimensions": [19, 13, 7], "blockSize": [5, 4, 3], "dataType": "uint16",
+         "compression": {"type": "raw"}}
+
+
+@pytest.mark.parametrize("change,error,match", [
+    ({"dataType": None}, InvalidRequestError, "no 'dataType'"),
+    ({"dataType": "uint12"}, InvalidRequestError, "'dataType' 'uint12'"),
+    ({"dataType": "object"}, CapabilityNotSupportedError, "'object'"),
+    ({"blockSize": None}, InvalidRequestError, "'blockSize'"),
+    ({"blockSize": [5, 0, 3]}, InvalidRequestError, "'blockSize'"),
+    ({"blockSize": [5, 4]}, InvalidRequestError, "'blockSize'"),
+    ({"dimensions": [19, 13], "blockSize": [5, 4]}, InvalidRequestError, "'dimensions'"),
+    ({"dimensions": [19, -13, 7]}, InvalidRequestError, "'dimensions'"),
+    ({"compression": None}, InvalidRequestError, "no 'compression'"),
+    ({"compression": "gzip"}, InvalidRequestError, "'compression'"),
+    ({"compression": {"type": "lzma9"}}, InvalidRequestError, "'compression.type' 'lzma9'"),
+    ({"compression": {"type": "lz4", "blockSize": 65536}}, CapabilityNotSupportedError, "'lz4'"),
+    ({"axes": ["x", "x", "z"]}, InvalidRequestError, "'axes'"),
+    ({"compression": {"type": "gzip", "level": 42}}, InvalidRequestError, "level"),
+], ids=lambda v: json.dumps(v) if isinstance(v, dict) else None)
+def test_bad_attributes_are_refused_naming_the_key(tmp_path: Path, change: dict[str, Any],
+                                                   error: type[Exception], match: str) -> None:
+    attrs = {k: v for k, v in {**_GOOD, **change}.items() if v is not None}
+    write_by_hand(tmp_path / "bad", data("uint16"), BLOCK)  # valid blocks
+    (tmp_path / "bad" / "attributes.json").write_text(json.dumps(attrs))
+    with pytest.raises(error, match=match) as info:
+        voxgate.open(f"n5://{tmp_path}/bad").read()
+    assert "attributes.json" in str(info.value)
+
+
+@pytest.mark.parametrize("mode", [1, 2], ids=["varlength", "object"])
+def test_other_block_modes_are_unsupported_not_corrupt(tmp_path: Path, mode: int) -> None:
+    write_by_hand(tmp_path / "m", data("uint16"), BLOCK, mode=mode)
+    vol = voxgate.open(f"n5://{tmp_path}/m")
+    with pytest.raises(CapabilityNotSupportedError, match="varlength or object mode"):
+        vol.read()
