@@ -6,29 +6,43 @@ knossos_utils), ``*.pyk.conf`` / ``*.pyknossos.conf`` / ``ariadne.conf`` (PyKNOS
 ``knossos.conf`` / ``*.k.conf`` and ``mag1/knossos.conf`` (the classic format).
 
 - **classic** ``knossos.conf``: ``experiment name "NAME";``, ``boundary x|y|z N;``,
-  ``scale x|y|z F;`` (nm), optional ``magnification M;`` and ``png;``/``jpg;``.  Cubes are
-  128^3.  Magnifications are powers of two (``mag1``, ``mag2``, ``mag4`` ... folders, as many
-  as exist); mag M has M times the voxel size on every axis.
+  ``scale x|y|z F;`` (nm), optional ``magnification M;``, ``png;``/``jpg;`` and
+  ``compression_ratio R;`` (1000: .jpg cubes; other non-zero ratios are JPEG 2000, refused
+  when a cube exists only in that form).  The ``;`` and the name's quotes may be missing, as
+  KNOSSOS reads them.  Cubes are 128^3.  Magnifications are powers of two (``mag1``, ``mag2``,
+  ``mag4`` ... folders, as many as exist); mag M has M times the voxel size on every axis.  A
+  ``magM/knossos.conf`` (knossos_cuber writes one per mag: that mag's boundary and voxel
+  size, experiment ``NAME_magM``) opens the dataset: its root conf when there is one, else
+  its own values scaled to mag 1, as KNOSSOS does.
 - ``.k.toml``: the first ``[[Layer]]``: ``Name``, ``Extent_px`` (x, y, z), ``VoxelSize_nm``
-  (one x, y, z triple per magnification), ``CubeShape_px``, ``FileExtension``.  Mags are
-  ordinal: folder ``magN`` holds the N-th voxel size.
-- ``.pyk.conf``: ``_BaseName``, ``_Extent``, ``_DataScale`` (x,y,z triples, one per mag),
-  ``_CubeSize``, ``_BaseExt`` / ``_FileType``; ordinal mags unless ``_ServerFormat = knossos``.
+  (one x, y, z triple per magnification), ``CubeShape_px``, ``FileExtension``, a ``file://``
+  ``URL`` for where the cubes are.  Mags are ordinal: folder ``magN`` holds the N-th voxel
+  size.  Layers voxgate cannot read as local uint8 cubes are refused
+  (``ServerFormat = "precomputed"``, knossos_utils' default; an http(s) ``URL``; a
+  ``DataType`` other than uint8; ``NumChannels`` 3).
+- ``.pyk.conf``: the first ``[Dataset]`` section's ``_BaseName``, ``_Extent``, ``_DataScale``
+  (x,y,z triples, one per mag), ``_CubeSize``, ``_BaseExt`` / ``_FileType``; ordinal mags
+  unless ``_ServerFormat = knossos``.
 
 Cube files: ``magM/xXXXX/yYYYY/zZZZZ/NAME_magM_xXXXX_yYYYY_zZZZZ.EXT`` (four-digit cube
 indices), ``.raw`` holding the cube's voxels x fastest (C order over z, y, x); ``.png`` and
-``.jpg`` cubes are 2-D images of the same voxels, read only.  An absent cube is fill (0).
+``.jpg`` cubes are 2-D images of the same voxels, read only (a .raw cube is read first where
+both exist; a dataset whose conf lists no .raw cubes is not writable).  An absent cube is
+fill (0).
 Scale k is the k-th magnification; the shape of mag M is the mag-1 extent divided by its
 factor, rounded up.
 
 ``voxgate.create("knossos://DIR", ...)`` writes ``DIR/NAME.k.toml`` (NAME: the directory's
 name) with one layer, uint8 raw cubes of the chunk shape given, and two keys of its own that
-KNOSSOS ignores (``VoxgateOffset_px``, ``VoxgateKind``).  ``conf="knossos.conf"`` writes the
-classic file instead (128^3 cubes, isotropic power-of-two scales only).
+KNOSSOS ignores (``VoxgateOffset_px``, ``VoxgateKind``), and the ``Description`` KNOSSOS
+requires.  ``conf="knossos.conf"`` writes the classic file instead (128^3 cubes, isotropic
+power-of-two scales only), and a ``magM/knossos.conf`` per scale, by which KNOSSOS finds the
+mags.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -56,6 +70,7 @@ __all__ = ["KnossosRemote", "parse_knossos_conf"]
 
 CUBE_EDGE = 128
 _EXTS = (".raw", ".png", ".jpg", ".jpeg")
+_JPEG2000 = (".j2k", ".6.jp2")  # KNOSSOS cube types voxgate knows but does not decode
 
 
 @dataclass
@@ -71,14 +86,25 @@ class _Dataset:
     exts: list[str]
     offset_zyx: list[int] = field(default_factory=lambda: [0, 0, 0])
     kind: str = "image"
+    conf_mag: int = 1  # a classic conf's ``magnification`` (a magM/knossos.conf says M)
+    description: str = ""
+    root: str | None = None  # where the mag folders are, when the conf names it (.k.toml URL)
 
 
 def parse_knossos_conf(text: str, conf: str) -> dict[str, Any]:
-    """The ``key value;`` lines of a classic knossos.conf as a dict (``"boundary x"``: 1024)."""
+    """The ``key value;`` lines of a classic knossos.conf as a dict (``"boundary x"``: 1024).
+
+    As KNOSSOS reads them: the ``;`` may be missing, and the experiment name may be written
+    without quotes (knossos_utils' ``initialize_without_conf`` writes ``experiment name N;``)."""
     out: dict[str, Any] = {}
     for line in text.splitlines():
-        m = re.match(r'\s*([A-Za-z _]+?)\s*(?:"([^"]*)"|([-+0-9.eE]+))?\s*;', line)
-        if not m:
+        m = re.match(r'\s*experiment\s+name\s+(?:"([^"]*)"|([^\s;"]+))\s*;?\s*$', line)
+        if m:
+            out["experiment name"] = m.group(1) if m.group(1) is not None else m.group(2)
+            continue
+        # a value only after white space: "experiment name;" is no key "experiment nam" = e
+        m = re.match(r'\s*([A-Za-z _]+?)(?:\s+(?:"([^"]*)"|([-+0-9.eE]+)))?\s*(?:;|$)', line)
+        if not m or not m.group(1).strip():
             continue
         key, s, n = m.group(1).strip(), m.group(2), m.group(3)
         if s is not None:
@@ -177,9 +203,15 @@ class KnossosRemote(Remote):
             )
         ds = _read_conf(conf)
         root = os.path.dirname(conf)
-        if os.path.basename(root).startswith("mag") and conf.endswith("knossos.conf") and \
-                os.path.basename(root)[3:].isdigit():
-            root = os.path.dirname(root)  # mag1/knossos.conf: the dataset is the parent
+        if re.fullmatch(r"mag\d+", os.path.basename(root)) and \
+                conf.endswith(("knossos.conf", ".k.conf")):
+            root = os.path.dirname(root)  # magM/knossos.conf: the dataset is the parent
+            main = cls.find_conf(root)
+            if ds.conf_mag != 1 and main is not None:
+                # the dataset's own conf has mag 1's exact boundary (a magM conf's is rounded)
+                ds = _read_conf(main)
+        if ds.root is not None:
+            root = ds.root
         if not ds.mags:  # classic: the power-of-two mag folders present
             mags = sorted(
                 int(n[3:]) for n in os.listdir(root)
@@ -286,13 +318,16 @@ class KnossosRemote(Remote):
                     "a classic knossos.conf has no offset or kind; use conf='toml'"
                 )
             os.makedirs(path, exist_ok=True)  # once the request is known to be good
-            lines = [f'experiment name "{name}";']
-            lines += [f"boundary {a} {n};" for a, n in zip("xyz", s0.shape.xyz(), strict=True)]
-            lines += [f"scale {a} {v!r};" for a, v in zip("xyz", vs0, strict=True)]
-            lines += ["magnification 1;"]
-            atomic_write(os.path.join(path, "knossos.conf"), ("\n".join(lines) + "\n").encode())
+            # KNOSSOS finds a classic dataset's mags by their magM/knossos.conf files: each
+            # holds that mag's boundary and voxel size, as knossos_cuber writes them
             for sc in meta.scales:
-                os.makedirs(os.path.join(path, f"mag{2 ** sc.index}"), exist_ok=True)
+                m = 2 ** sc.index
+                os.makedirs(os.path.join(path, f"mag{m}"), exist_ok=True)
+                atomic_write(os.path.join(path, f"mag{m}", "knossos.conf"), _classic_conf(
+                    name if m == 1 else f"{name}_mag{m}", sc.shape.xyz(),
+                    sc.voxel_size.xyz(), m))
+            atomic_write(os.path.join(path, "knossos.conf"),
+                         _classic_conf(name, s0.shape.xyz(), vs0, 1))
         else:
             os.makedirs(path, exist_ok=True)
             ds = _Dataset(
@@ -310,7 +345,7 @@ class KnossosRemote(Remote):
     @property
     def capabilities(self) -> frozenset[Capability]:
         caps = {Capability.CHUNK_PRESENCE}
-        if self.mode == "r+":
+        if self.mode == "r+" and ".raw" in self.ds.exts:
             caps.add(Capability.WRITE)
             if self.ds.conf.endswith(".k.toml"):
                 caps.add(Capability.ADD_SCALES)
@@ -325,7 +360,9 @@ class KnossosRemote(Remote):
         )
 
     def _find_cube(self, scale: int, cube_xyz: Sequence[int]) -> str | None:
-        for ext in self.ds.exts:
+        # a .raw cube first: lossless, and the one voxgate writes (a write into a dataset of
+        # FileExtension [".jpg", ".raw"] is read back, not hidden by the older .jpg)
+        for ext in sorted(self.ds.exts, key=lambda e: e != ".raw"):
             p = self.cube_path(scale, cube_xyz, ext)
             if os.path.exists(p):
                 return p
@@ -357,6 +394,10 @@ class KnossosRemote(Remote):
                     f"{cx}x{cy}x{cz} uint8 cube (truncated or not a cube)", chunk=path
                 )
             return np.frombuffer(data, np.uint8).reshape(cz, cy, cx)
+        if path.endswith(_JPEG2000):
+            raise CapabilityNotSupportedError(
+                f"KNOSSOS cube {path} is JPEG 2000, which voxgate does not decode; convert the "
+                "dataset's cubes to .raw, .png or .jpg (knossos_cuber writes those)")
         img = _decode_image(path)
         if img.size != n:
             raise CorruptChunkError(
@@ -386,6 +427,14 @@ class KnossosRemote(Remote):
 
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
         self._check_writable()
+        if ".raw" not in self.ds.exts:
+            # voxgate writes .raw cubes only, and a reader of this dataset would never look
+            # at them: the write would be lost
+            raise CapabilityNotSupportedError(
+                f"{self.url} holds {'/'.join(self.ds.exts)} cubes, which voxgate reads but "
+                "does not write (it writes .raw cubes, which this dataset's configuration does "
+                "not list); copy it to a new knossos:// or zarr:// dataset to change it"
+            )
         sc = self.meta.scale(scale)
         local = box.translate([-o for o in sc.offset])
         for idx, cell, part in self._cubes(box, scale):
@@ -459,6 +508,25 @@ def _read_conf(conf: str) -> _Dataset:
         if not isinstance(layers, list) or not layers or not isinstance(layers[0], dict):
             raise InvalidRequestError(f"{conf} has no [[Layer]] table")
         layer = layers[0]
+        where = f"{conf} (layer {layer.get('Name')!r})"
+        server = layer.get("ServerFormat")
+        url = layer.get("URL")
+        if server == "precomputed" or (isinstance(url, str) and url.endswith("/info")):
+            # knossos_utils' default: the voxels are a Neuroglancer precomputed volume (an
+            # info file beside the .k.toml, or at URL), not cubes; reading cubes gives zeros
+            raise CapabilityNotSupportedError(
+                f"{where} is a Neuroglancer precomputed layer (ServerFormat 'precomputed' or "
+                f"an info URL), not KNOSSOS cubes; open it as "
+                f"precomputed://{os.path.dirname(conf)} (or the layer's URL)")
+        root = _local_root(url, f"{where} (URL)")
+        dtype = layer.get("DataType")
+        if dtype is not None and dtype != "uint8":
+            raise CapabilityNotSupportedError(
+                f"{where} holds {dtype} voxels; KNOSSOS cubes read by voxgate hold uint8")
+        if layer.get("NumChannels", 1) != 1:
+            raise CapabilityNotSupportedError(
+                f"{where} has NumChannels {layer.get('NumChannels')!r}; voxgate reads "
+                "one-channel KNOSSOS layers")
         sizes = _need(layer, "VoxelSize_nm", conf)
         if isinstance(sizes, dict) or (sizes and not isinstance(sizes[0], (list, dict))):
             sizes = [sizes]
@@ -474,52 +542,131 @@ def _read_conf(conf: str) -> _Dataset:
                                              conf)],
             voxel_sizes_xyz=vs, mags=list(range(1, len(vs) + 1)), cube_xyz=cube,
             exts=_exts(exts, conf), offset_zyx=[int(v) for v in offset][::-1],
-            kind=str(layer.get("VoxgateKind", "image")),
+            kind=str(layer.get("VoxgateKind", "image")), root=root,
+            description=str(layer.get("Description", "")),
         )
     text = raw.decode(errors="replace")
     if base.endswith((".pyk.conf", ".pyknossos.conf")) or base == "ariadne.conf":
+        # the first [Dataset] section (the image layer; later ones are other layers, such as
+        # a segmentation overlay), as KNOSSOS and knossos_utils read it
         kv: dict[str, str] = {}
+        sections = 0
         for line in text.splitlines():
-            if "=" in line:
+            if re.match(r"\s*\[Dataset[ \d]*\]", line):
+                sections += 1
+                continue
+            if sections <= 1 and "=" in line:
                 k, _, v = line.partition("=")
-                kv.setdefault(k.strip(), v.strip().strip('"'))
-        nums = [float(t) for t in re.split(r"[,\s]+", _need(kv, "_DataScale", conf)) if t]
-        if len(nums) < 3:
-            raise InvalidRequestError(f"{conf}: _DataScale needs x,y,z triples")
-        vs = [nums[i:i + 3] for i in range(0, len(nums) - len(nums) % 3, 3)]
-        extent = [int(float(t)) for t in re.split(r"[,\s]+", _need(kv, "_Extent", conf)) if t]
-        cube = ([int(t) for t in re.split(r"[,\s]+", kv["_CubeSize"]) if t]
+                kv[k.strip()] = v.strip().replace('"', "")
+        nums = _pyk_numbers(kv, "_DataScale", conf)
+        if not nums or len(nums) % 3:
+            raise InvalidRequestError(f"{conf}: _DataScale must be x,y,z triples (one per mag), "
+                                      f"got {kv['_DataScale']!r}")
+        vs = [_numbers(nums[i:i + 3], 3, "_DataScale", conf) for i in range(0, len(nums), 3)]
+        extent = [_count(v, "_Extent", conf) for v in _pyk_numbers(kv, "_Extent", conf, 3)]
+        cube = ([_count(v, "_CubeSize", conf) for v in _pyk_numbers(kv, "_CubeSize", conf, 3)]
                 if "_CubeSize" in kv else [CUBE_EDGE] * 3)
-        ext = kv.get("_BaseExt") or {"0": ".raw", "2": ".png", "3": ".jpg"}.get(
-            kv.get("_FileType", "0"), ".raw")
+        file_type = kv.get("_FileType", "0")
+        if file_type not in ("0", "1", "2", "3"):
+            raise InvalidRequestError(f"{conf}: _FileType must be 0 (raw), 1 or 2 (png) or 3 "
+                                      f"(jpg), got {file_type!r}")
+        # KNOSSOS: 3 jpg, 0 raw, anything else png (1, rotated png, is read as 2)
+        ext = kv.get("_BaseExt") or {"0": ".raw", "3": ".jpg"}.get(file_type, ".png")
         ordinal = kv.get("_ServerFormat", "") != "knossos"
         mags = list(range(1, len(vs) + 1)) if ordinal else [2**i for i in range(len(vs))]
         return _Dataset(conf=conf, name=_need(kv, "_BaseName", conf),
-                        extent_xyz=extent[:3], voxel_sizes_xyz=vs, mags=mags,
-                        cube_xyz=cube[:3], exts=_exts(["." + ext.lstrip(".")], conf))
+                        extent_xyz=extent, voxel_sizes_xyz=vs, mags=mags,
+                        cube_xyz=cube, exts=_exts(["." + ext.lstrip(".")], conf),
+                        root=_local_root(kv.get("_BaseURL"), f"{conf} (_BaseURL)"))
     d = parse_knossos_conf(text, conf)
-    name = str(_need(d, "experiment name", conf))
-    if name.endswith("_mag1"):
-        name = name[: -len("_mag1")]
-    extent = [int(_need(d, f"boundary {a}", conf)) for a in "xyz"]
-    scale = [float(_need(d, f"scale {a}", conf)) for a in "xyz"]
+    name = _need(d, "experiment name", conf)
+    if not isinstance(name, str) or not name:
+        raise InvalidRequestError(f'{conf}: the experiment name must be a name, as in '
+                                  f'experiment name "NAME";, got {name!r}')
+    # magM/knossos.conf names its experiment NAME_magM (knossos_cuber); the cubes use NAME
+    name = re.sub(r"_mag\d+$", "", name)
+    mag = d.get("magnification", 1)
+    if not isinstance(mag, int) or isinstance(mag, bool) or mag < 1 or mag & (mag - 1):
+        raise InvalidRequestError(f"{conf}: magnification must be a power of two, got {mag!r}")
+    extent = [_count(_need(d, f"boundary {a}", conf), f"boundary {a}", conf) for a in "xyz"]
+    scale = _numbers([_need(d, f"scale {a}", conf) for a in "xyz"], 3, "scale x/y/z", conf)
+    # a conf of mag M gives that mag's boundary and voxel size; KNOSSOS scales them to mag 1
+    extent = [e * mag for e in extent]
+    scale = [v / mag for v in scale]
     exts = [".raw"] + ([".png"] if d.get("png") else []) + ([".jpg"] if d.get("jpg") else [])
-    edge = int(d.get("cube_edge_length", CUBE_EDGE))
+    if "compression_ratio" in d:
+        ratio = d["compression_ratio"]
+        if not isinstance(ratio, int) or isinstance(ratio, bool) or ratio < 0:
+            raise InvalidRequestError(
+                f"{conf}: compression_ratio must be 0 (raw), 1000 (JPEG) or a JPEG 2000 ratio, "
+                f"got {ratio!r}")
+        # KNOSSOS: 1000 is .jpg cubes, 6 .6.jp2, any other non-zero ratio .j2k
+        exts += [] if ratio == 0 else [{1000: ".jpg", 6: ".6.jp2"}.get(ratio, ".j2k")]
+    edge = _count(d.get("cube_edge_length", CUBE_EDGE), "cube_edge_length", conf)
     return _Dataset(conf=conf, name=name, extent_xyz=extent, voxel_sizes_xyz=[scale], mags=[],
-                    cube_xyz=[edge] * 3, exts=_exts(exts, conf))
+                    cube_xyz=[edge] * 3, exts=_exts(list(dict.fromkeys(exts)), conf),
+                    conf_mag=mag)
+
+
+def _local_root(url: object, where: str) -> str | None:
+    """The directory of the cubes that a conf's URL names (None: beside the conf)."""
+    if url is None or url == "":
+        return None
+    if not isinstance(url, str) or not url.startswith("file://"):
+        shown = re.sub(r"//[^/@]*@", "//", url) if isinstance(url, str) else url  # no password
+        raise CapabilityNotSupportedError(
+            f"{where}: the cubes are at {shown!r}; knossos:// reads local datasets only "
+            "(download the cubes, or remove the URL if they are beside the configuration)")
+    return local_path(url)
+
+
+def _pyk_numbers(kv: dict[str, str], key: str, conf: str, n: int | None = None) -> list[float]:
+    """The comma-separated numbers of a .pyk.conf entry (``n`` of them, if given)."""
+    text = _need(kv, key, conf)
+    try:
+        nums = [float(t) for t in re.split(r"[,\s]+", text) if t]
+    except ValueError as exc:
+        raise InvalidRequestError(f"{conf}: {key} must be comma-separated numbers, got "
+                                  f"{text!r}") from exc
+    if n is not None and len(nums) != n:
+        raise InvalidRequestError(f"{conf}: {key} must be {n} numbers (x,y,z), got {text!r}")
+    return nums
+
+
+def _count(value: object, what: str, conf: str) -> int:
+    """A positive whole number of voxels (``1024`` or ``1024.0``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1 or \
+            value != int(value):
+        raise InvalidRequestError(f"{conf}: {what} must be a positive whole number, got "
+                                  f"{value!r}")
+    return int(value)
 
 
 def _exts(exts: list[str], conf: str) -> list[str]:
     out = []
     for e in exts:
         e = "." + str(e).lstrip(".").lower()
-        if e not in _EXTS:
+        if e not in _EXTS + _JPEG2000:
             raise CapabilityNotSupportedError(
                 f"{conf}: cubes of type {e} are not supported; voxgate reads .raw, .png and .jpg "
                 "cubes (segmentation overlays .seg.sz.zip are not read)"
             )
         out.append(e)
     return out or [".raw"]
+
+
+def _classic_conf(name: str, boundary_xyz: Sequence[int], voxel_xyz: Sequence[float],
+                  mag: int) -> bytes:
+    lines = [f'experiment name "{name}";']
+    lines += [f"boundary {a} {int(n)};" for a, n in zip("xyz", boundary_xyz, strict=True)]
+    lines += [f"scale {a} {float(v)!r};" for a, v in zip("xyz", voxel_xyz, strict=True)]
+    lines += [f"magnification {mag};"]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _toml_str(text: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's, but for DEL)."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _toml_list(values: Sequence[float]) -> str:
@@ -530,11 +677,13 @@ def _toml_list(values: Sequence[float]) -> str:
 def _write_toml(ds: _Dataset) -> None:
     lines = [
         "[[Layer]]",
-        f'Name = "{ds.name}"',
+        f"Name = {_toml_str(ds.name)}",
         f"Extent_px = {_toml_list(ds.extent_xyz)}",
         "VoxelSize_nm = [" + ", ".join(_toml_list(v) for v in ds.voxel_sizes_xyz) + "]",
         f"CubeShape_px = {_toml_list(ds.cube_xyz)}",
         "FileExtension = [" + ", ".join(f'"{e}"' for e in ds.exts) + "]",
+        # KNOSSOS requires Description (toml::find, not find_or): without it the file is refused
+        f"Description = {_toml_str(ds.description)}",
         f"VoxgateOffset_px = {_toml_list(ds.offset_zyx[::-1])}",
         f'VoxgateKind = "{ds.kind}"',
     ]
