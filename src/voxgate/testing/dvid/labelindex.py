@@ -169,6 +169,10 @@ def _downres(ctx: _Ctx, changed: set[tuple[int, int, int]]) -> None:
         for bk in changed:
             parents.setdefault((bk[0] >> 1, bk[1] >> 1, bk[2] >> 1), []).append(bk)
         for pk, octants in parents.items():
+            solid = _solid_over(hi, pk, octants)
+            if solid is not None:
+                lo.store.put(lo.key(*pk), ctx.version, np.full(lo.bs, solid, dtype=lo.dtype))
+                continue
             base = lo.block(*pk) if len(octants) < 8 else None
             out = np.zeros(lo.bs, dtype=lo.dtype) if base is None else base.copy()
             for z, y, x in octants:
@@ -179,6 +183,34 @@ def _downres(ctx: _Ctx, changed: set[tuple[int, int, int]]) -> None:
                 out[oz:oz + bz // 2, oy:oy + by // 2, ox:ox + bx // 2] = sub
             lo.store.put(lo.key(*pk), ctx.version, out)
         changed = set(parents)
+
+
+def _solid_over(hi: _Vol, parent: tuple[int, int, int],
+                octants: list[tuple[int, int, int]]) -> int | None:
+    """labels/compressed.go Block.setBlank, which Block.Downres tries first: an octant that
+    did not change counts as a solid block of label 0, so when every changed octant is one
+    solid label L, and L is 0 or all eight changed, the coarser block becomes solid L, the
+    unchanged octants' part of it included (a write of all-0 blocks clears their coarse
+    block).  None: the octants are recomputed one by one."""
+    changed = set(octants)
+    label: int | None = None
+    for i in range(8):
+        z, y, x = (parent[0] * 2 + (i >> 2), parent[1] * 2 + ((i >> 1) & 1),
+                   parent[2] * 2 + (i & 1))
+        if (z, y, x) not in changed:
+            lbl = 0
+        else:
+            blk = hi.block(z, y, x)
+            if blk is None:
+                return None
+            lbl = int(blk.flat[0])
+            if not (blk == blk.flat[0]).all():
+                return None
+        if label is None:
+            label = lbl
+        elif lbl != label:
+            return None
+    return label
 
 
 def _supervoxels_of(ctx: _Ctx, label: int, supervoxels: bool) -> set[int]:

@@ -423,6 +423,10 @@ class DVIDState:
         if action in ("commit", "status") and method == "GET":
             return Reply(body=json.dumps({"Locked": node.locked}).encode())
         if action == "commit" and method == "POST":
+            if not body.strip():
+                # server/web.go repoCommitHandler unmarshals the body without checking its
+                # length first (branch and newversion do check): an empty body is refused
+                raise DVIDError("Malformed JSON request in body: unexpected end of JSON input")
             cfg = self._body_json(body, "")
             node.locked = True
             if cfg.get("note"):

@@ -55,6 +55,24 @@ def _voxels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
     return _labels(ctx, method, parts, body, not_found)
 
 
+def _single_block_get(ctx: _Ctx, vol: _Vol, start: tuple[int, int, int],
+                      compression: str) -> None:
+    """labelmap blocks.go writeBlockToHTTP: a raw GET of exactly one aligned block skips the
+    general path (which reads absent blocks as 0) for the block itself.  When that block was
+    never written, sendCompressedBlock answers 400 "unable to get label block (x, y, z)" for a
+    compressed GET, and streamRawBlock dereferences the nil block for an uncompressed one: a
+    panic that server/web.go recoverHandler answers with 500."""
+    bz, by, bx = (s // b for s, b in zip(start, vol.bs, strict=True))
+    if vol.block(bz, by, bx) is not None:
+        return
+    if compression:
+        raise DVIDError(f"unable to get label block ({bx}, {by}, {bz})")
+    raise DVIDError("Panic detected on request voxgate-test/1:\nruntime error: invalid memory "
+                    "address or nil pointer dereference\nIP: 127.0.0.1, URL: "
+                    f"/api/node/{ctx.repo.nodes[ctx.version].uuid}/{ctx.inst.name}/raw", 500,
+                    raw=True)
+
+
 def _raw(ctx: _Ctx, method: str, parts: list[str], body: bytes) -> Reply:
     if len(parts) < 4:
         raise DVIDError(f"'{parts[0]}' must be followed by shape/size/offset")
@@ -65,7 +83,9 @@ def _raw(ctx: _Ctx, method: str, parts: list[str], body: bytes) -> Reply:
     sx, sy, sz = _xyz(size_s, "size")
     ox, oy, oz = _xyz(off_s, "offset")
     if min(sx, sy, sz) <= 0:
-        raise DVIDError(f"Illegal geometry requested: size {size_s}")
+        # imageblk.go NewVoxels / labelmap NewLabels: the geometry as dvid.Subvolume.String()
+        raise DVIDError(f"Illegal geometry requested: 3d volume {_pt((sx, sy, sz))} at offset "
+                        f"{_pt((ox, oy, oz))}")
     inst = ctx.inst
     # a labelmap/labelarray raw POST ignores ?scale=: it always stores scale 0 and recomputes
     # the coarser scales itself (labelmap handlers.go handleDataRequest -> write.go PutLabels)
@@ -74,48 +94,50 @@ def _raw(ctx: _Ctx, method: str, parts: list[str], body: bytes) -> Reply:
     compression = ctx.q.get("compression", "")
     nbytes = sx * sy * sz * inst.dtype.itemsize
     if method == "GET":
+        if inst.typename == "labelmap" and shape == vol.bs and vol.aligned(start, shape):
+            _single_block_get(ctx, vol, start, compression)
         data = vol.read(start, shape)
-        if inst.is_label and not ctx.flag("supervoxels"):
+        # handlers.go handleDataRequest: supervoxels only when the value is exactly "true"
+        if inst.is_label and ctx.q.get("supervoxels") != "true":
             data = _apply_mapping(ctx, data)
         raw = data.astype(inst.dtype.newbyteorder("<"), copy=False).tobytes()
-        if not inst.is_label or compression in ("", "uncompressed"):
+        if not inst.is_label or compression == "":
             return Reply(body=raw, content_type="application/octet-stream")
         if compression == "lz4":
             return Reply(body=lz4.block.compress(raw, store_size=False),
                          content_type="application/octet-stream")
         if compression == "gzip":
             return Reply(body=gzip.compress(raw, 1), content_type="application/octet-stream")
-        raise DVIDError(f"unknown compression type {compression!r} (this test server sends "
-                        "lz4, gzip or uncompressed)")
+        if compression in ("google", "googlegzip"):
+            raise DVIDError(f"compression {compression!r} is not served by the voxgate DVID "
+                            "test server (it serves lz4 and gzip)")
+        # labelmap compression.go writeCompressedToHTTP: "uncompressed" is no option here
+        raise DVIDError(f"unknown compression type {_q(compression)}")
     if method != "POST":
         raise DVIDError(f"DVID does not support {method} on the raw endpoint")
     if parts[0] == "isotropic":
         raise DVIDError("can only POST 'raw' not 'isotropic' images")
     end = (ox + sx - 1, oy + sy - 1, oz + sz - 1)
-    if not vol.aligned(start, shape):
-        what = f"labels for data {_q(inst.name)}" if inst.is_label else "voxels"
-        raise DVIDError(f"cannot store {what} in non-block aligned geometry "
-                        f"{_pt((ox, oy, oz))} -> {_pt(end)}")
-    if inst.is_label and compression == "lz4":
-        try:
-            raw = lz4.block.decompress(body, uncompressed_size=nbytes)
-        except (lz4.block.LZ4BlockError, ValueError) as exc:
-            raise DVIDError(f"lz4 decompression of the POSTed labels failed: {exc}") from None
-    elif inst.is_label and compression == "gzip":
-        try:
-            raw = gzip.decompress(body)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DVIDError(f"gzip decompression of the POSTed labels failed: {exc}") from None
-    elif compression not in ("", "uncompressed"):
-        raise DVIDError(f"unknown compression type {compression!r}")
-    else:
-        raw = body
-    if len(raw) != nbytes:
-        if inst.is_label:
+    if inst.is_label:
+        # labelmap handlers.go handleDataRequest: uncompressReaderData first (only "", lz4 and
+        # gzip), then write.go PutLabels checks the alignment, then the byte count
+        raw = _uncompress(body, compression, nbytes)
+        if not vol.aligned(start, shape):
+            raise DVIDError(f"cannot store labels for data {_q(inst.name)} in non-block aligned "
+                            f"geometry {_pt((ox, oy, oz))} -> {_pt(end)}")
+        if len(raw) != nbytes:
             raise DVIDError(f"expected {nbytes} bytes for data {_q(inst.name)} label PUT but "
                             f"only received {len(raw)} bytes")
-        raise DVIDError(f"Expected {nbytes} bytes for {sx * sy * sz} voxels of "
-                        f"{inst.dtype.name}, got {len(raw)} bytes")
+    else:
+        # imageblk.go: the body is taken as is (no ?compression= on POST); NewVoxels checks
+        # its length before write.go PutVoxels checks the alignment
+        raw = body
+        if len(raw) != nbytes:
+            raise DVIDError(f"voxels data was {len(raw)} bytes, expected {nbytes} bytes for 3d "
+                            f"volume {_pt((sx, sy, sz))} at offset {_pt((ox, oy, oz))}")
+        if not vol.aligned(start, shape):
+            raise DVIDError(f"cannot store voxels in non-block aligned geometry "
+                            f"{_pt((ox, oy, oz))} -> {_pt(end)}")
     data = np.frombuffer(raw, dtype=inst.dtype.newbyteorder("<")).reshape(shape)
     with ctx.state.lock:
         if inst.is_label:
@@ -131,3 +153,22 @@ def _raw(ctx: _Ctx, method: str, parts: list[str], body: bytes) -> Reply:
         ctx.mutated()
         ctx.state.save()
     return Reply(body=b"")
+
+
+def _uncompress(body: bytes, compression: str, nbytes: int) -> bytes:
+    """labelmap compression.go uncompressReaderData."""
+    if compression == "":
+        return body
+    if compression == "lz4":
+        if not body:
+            raise DVIDError("received 0 LZ4 compressed bytes")
+        try:
+            return bytes(lz4.block.decompress(body, uncompressed_size=nbytes))
+        except (lz4.block.LZ4BlockError, ValueError) as exc:
+            raise DVIDError(f"lz4 decompression of the POSTed labels failed: {exc}") from None
+    if compression == "gzip":
+        try:
+            return gzip.decompress(body)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DVIDError(f"gzip decompression of the POSTed labels failed: {exc}") from None
+    raise DVIDError(f"unknown compression type {_q(compression)}")

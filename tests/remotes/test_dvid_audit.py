@@ -1,0 +1,321 @@
+"""An audit of dvid:// and of the DVID test server against real DVID's source
+(janelia-flyem/dvid): negative and unaligned geometry, labelmap scales against a numpy reference
+of DVID's own downsampling, single-block reads of blocks never written, versioned nodes, and the
+answers to bad requests.  Each server-side check names the DVID source it follows."""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+import warnings
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+import voxgate
+from voxgate.errors import PartialWriteError, ReadOnlyError
+from voxgate.geometry import Box
+from voxgate.remotes.dvid import DVIDRepo
+from voxgate.testing.dvid import DVIDServerProcess, start_server
+
+BS = 16  # the block size of every instance here
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DVIDServerProcess]:
+    d = tmp_path_factory.mktemp("dvid-audit")
+    srv = start_server(log=d / "server.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def repo(server: DVIDServerProcess) -> DVIDRepo:
+    return DVIDRepo.create(server.url, alias="audit")
+
+
+@pytest.fixture
+def http(server: DVIDServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}_{uuidlib.uuid4().hex[:10]}"
+
+
+def _labelmap(repo: DVIDRepo, levels: int = 0) -> tuple[str, str]:
+    """A new labelmap at the root: (name, URL path ``/api/node/<root>/<name>``)."""
+    name = _name("lm")
+    repo.create_instance(name, "labelmap", block_size=(BS, BS, BS), max_scale=levels)
+    return name, f"/api/node/{repo.root}/{name}"
+
+
+def _mode2(a: np.ndarray) -> np.ndarray:
+    """labels/compressed.go downresArray, cell by cell: the most frequent non-zero label of each
+    2x2x2 cell, the smaller label on a tie (``lbl < winner``), 0 only for an all-0 cell."""
+    out = np.zeros(tuple(s // 2 for s in a.shape), np.uint64)
+    cells = a.reshape(out.shape[0], 2, out.shape[1], 2, out.shape[2], 2) \
+        .transpose(0, 2, 4, 1, 3, 5).reshape(-1, 8)
+    flat = out.reshape(-1)
+    for i, cell in enumerate(cells.tolist()):
+        votes: dict[int, int] = {}
+        for v in cell:
+            if v:
+                votes[v] = votes.get(v, 0) + 1
+        if votes:
+            flat[i] = min(votes, key=lambda v: (-votes[v], v))
+    return out
+
+
+# -- single-block reads of blocks never written ---------------------------------------------------
+def test_single_aligned_block_of_an_unwritten_labelmap_region(repo: DVIDRepo,
+                                                              http: httpx.Client) -> None:
+    """labelmap blocks.go writeBlockToHTTP serves a raw GET of exactly one aligned block from
+    that block alone; a block never written gives 400 (compressed) or a nil-pointer panic, 500
+    (uncompressed).  dvid:// read such boxes, and the whole blocks under an unaligned write, as
+    one request each, so on a fresh labelmap a chunk-sized read or a small write failed."""
+    url = repo.url(_name("seg"))
+    voxgate.create(url, shape=(6 * BS, 2 * BS, 3 * BS), chunks=(BS, BS, BS), dtype="uint64",
+                   voxel_size=(8, 8, 8), offset=(-2 * BS, 0, -BS), kind="segmentation",
+                   num_scales=2)
+    name = url.rsplit("/", 1)[1]
+    base = f"/api/node/{repo.root}/{name}"
+    r = http.get(f"{base}/raw/0_1_2/{BS}_{BS}_{BS}/-{BS}_0_{BS}?compression=lz4")
+    assert r.status_code == 400 and r.headers["content-type"].startswith("text/plain")
+    assert r.text == (f"unable to get label block (-1, 0, 1) "
+                      f"({base}/raw/0_1_2/{BS}_{BS}_{BS}/-{BS}_0_{BS}).\n")
+    assert http.get(f"{base}/raw/0_1_2/{BS}_{BS}_{BS}/0_0_0").status_code == 500
+    assert http.get(f"{base}/raw/0_1_2/{BS}_{BS}_{BS}/0_0_0?scale=1&compression=gzip") \
+        .status_code == 400
+    r = http.get(f"{base}/raw/0_1_2/{BS + 1}_{BS}_{BS}/0_0_0")  # the general path: zeros
+    assert r.status_code == 200 and r.content == bytes(8 * (BS + 1) * BS * BS)
+
+    for comp in ("lz4", "gzip", "none"):
+        vol = voxgate.open(url, mode="r+", compression=comp)
+        z0 = {"lz4": -2 * BS, "gzip": 0, "none": 2 * BS}[comp]
+        block = Box((z0, 0, -BS), (z0 + BS, BS, 0))
+        assert not vol.read(block).any()
+        assert not vol.at_scale(1).read(Box((z0 // 2, 0, 0), (z0 // 2 + BS, BS, BS))).any()
+        # an unaligned write inside one unwritten block: read the block, patch it, write it
+        vol.write(9, Box((z0 + 3, 5, -7), (z0 + 5, 10, -2)))
+        want = np.zeros((BS, BS, BS), np.uint64)
+        want[3:5, 5:10, BS - 7:BS - 2] = 9
+        np.testing.assert_array_equal(vol.read(block), want)
+        # the block exists now: DVID's one-block path serves it, and agrees
+        r = http.get(f"{base}/raw/0_1_2/{BS}_{BS}_{BS}/-{BS}_0_{z0}")
+        assert r.status_code == 200
+        np.testing.assert_array_equal(np.frombuffer(r.content, "<u8").reshape(BS, BS, BS), want)
+
+
+# -- negative, unaligned geometry; labelmap scales against numpy; dvidtools -----------------------
+def test_negative_unaligned_volumes_and_labelmap_scales(repo: DVIDRepo,
+                                                        server: DVIDServerProcess) -> None:
+    rng = np.random.default_rng(11)
+    # images: a uint8blk and a uint16blk at negative, unaligned offsets, written in pieces
+    for dtype in ("uint8", "uint16"):
+        url = repo.url(_name("img"))
+        off, shape = (-37, -5, 11), (29, 41, 53)
+        vol = voxgate.create(url, shape=shape, chunks=(BS, BS, BS), dtype=dtype,
+                             voxel_size=(8, 8, 8), offset=off)
+        model = np.zeros(shape, dtype)
+        for _ in range(4):
+            lo = rng.integers(0, shape)
+            hi = [int(rng.integers(a + 1, s + 1)) for a, s in zip(lo, shape, strict=True)]
+            piece = rng.integers(1, 200, [h - a for a, h in zip(lo, hi, strict=True)],
+                                 dtype=dtype)
+            sl = tuple(slice(int(a), h) for a, h in zip(lo, hi, strict=True))
+            model[sl] = piece
+            vol.write(piece, Box([o + int(a) for o, a in zip(off, lo, strict=True)],
+                                 [o + h for o, h in zip(off, hi, strict=True)]))
+        again = voxgate.open(url)
+        assert tuple(again.offset) == off and again.shape == shape
+        np.testing.assert_array_equal(again.read(), model)
+        np.testing.assert_array_equal(again.read(Box((-30, 0, 40), (-20, 17, 60))),
+                                      model[7:17, 5:22, 29:49])
+
+    # a labelmap at a negative, unaligned offset with two coarser scales computed by the server
+    url = repo.url(_name("seg"))
+    off, shape = (-21, -3, 5), (21, 19, 35)
+    vol = voxgate.create(url, shape=shape, chunks=(BS, BS, BS), dtype="uint64",
+                         voxel_size=(8, 8, 8), offset=off, kind="segmentation", num_scales=3)
+    model = rng.integers(1, 5, shape).astype(np.uint64)
+    vol[...] = model
+    model[2:9, 4:15, 3:30] = 2**60 + 7  # crosses blocks on every axis
+    vol.write(2**60 + 7, Box((off[0] + 2, off[1] + 4, off[2] + 3),
+                             (off[0] + 9, off[1] + 15, off[2] + 30)))
+    # the reference on DVID's block grid through 0: a frame of whole 4-block cells
+    g = 4 * BS
+    lo = [o // g * g for o in off]
+    hi = [-(-(o + s) // g) * g for o, s in zip(off, shape, strict=True)]
+    frame = np.zeros([h - a for a, h in zip(lo, hi, strict=True)], np.uint64)
+    frame[tuple(slice(o - a, o - a + s) for o, a, s in zip(off, lo, shape, strict=True))] = model
+    got = voxgate.open(url)
+    np.testing.assert_array_equal(got.read(), model)
+    ref = frame
+    for k in (1, 2):
+        ref = _mode2(ref)
+        sc = got.scales[k]
+        f = 2**k
+        assert tuple(sc.offset) == tuple(o // f for o in off)
+        sl = tuple(slice(o - a // f, o - a // f + s)
+                   for o, a, s in zip(sc.offset, lo, sc.shape, strict=True))
+        np.testing.assert_array_equal(got.at_scale(k).read(), ref[sl])
+    # an unaligned box of scale 1 that crosses blocks
+    s1 = got.at_scale(1)
+    z0, y0, x0 = s1.offset
+    np.testing.assert_array_equal(s1.read(Box((z0 + 1, y0 + 2, x0 + 3), (z0 + 9, y0 + 9,
+                                                                          x0 + 17))),
+                                  _mode2(frame)[z0 + 1 - lo[0] // 2:z0 + 9 - lo[0] // 2,
+                                                y0 + 2 - lo[1] // 2:y0 + 9 - lo[1] // 2,
+                                                x0 + 3 - lo[2] // 2:x0 + 17 - lo[2] // 2])
+
+    # dvidtools reads the same labels at negative coordinates, and the same sparse volume
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import dvid  # dvidtools' import name
+    old = dvid.config.segmentation
+    dvid.config.segmentation = url.rsplit("/", 1)[1]
+    dvid.setup(server.url, repo.root)
+    try:
+        zyx = np.argwhere(np.ones(shape, bool))[::97] + np.array(off)
+        xyz = zyx[:, ::-1].tolist()
+        theirs = np.asarray(dvid.locs_to_ids(xyz, progress=False)).astype(np.uint64)
+        np.testing.assert_array_equal(theirs, model[tuple((zyx - np.array(off)).T)])
+        # (dvidtools decodes sparse volumes into uint32: it cannot take negative coordinates,
+        # so the label's size and block-accurate bounds are compared instead)
+        mine = np.argwhere(model == 3) + np.array(off)
+        size = dvid.get_sparsevol_size(3)
+        blocks = mine // BS
+        assert (size["voxels"], size["numblocks"]) == (len(mine), len({*map(tuple, blocks)}))
+        assert list(size["minvoxel"]) == (blocks.min(axis=0) * BS)[::-1].tolist()
+        assert list(size["maxvoxel"]) == ((blocks.max(axis=0) + 1) * BS - 1)[::-1].tolist()
+    finally:
+        dvid.config.segmentation = old
+
+
+# -- DVID's downres shortcut for solid octants ----------------------------------------------------
+def test_downres_of_solid_zero_octants_clears_the_coarse_block(repo: DVIDRepo,
+                                                               http: httpx.Client) -> None:
+    """labels/compressed.go Block.Downres first tries setBlank: octants that did not change
+    count as solid label 0, so a write whose changed blocks are all solid 0 clears the whole
+    coarse block, the unchanged octants' part included."""
+    _, base = _labelmap(repo, levels=1)
+
+    def post(data: np.ndarray, x: int) -> None:
+        r = http.post(f"{base}/raw/0_1_2/{data.shape[2]}_{BS}_{BS}/{x}_0_0?mutate=true",
+                      content=np.ascontiguousarray(data, "<u8").tobytes())
+        assert r.status_code == 200, r.text
+
+    def scale1() -> np.ndarray:
+        r = http.get(f"{base}/raw/0_1_2/{BS}_{BS // 2}_{BS // 2}/0_0_0?scale=1")
+        return np.frombuffer(r.content, "<u8").reshape(BS // 2, BS // 2, BS)
+
+    two = np.zeros((BS, BS, 2 * BS), np.uint64)
+    two[..., :BS] = 5
+    two[..., BS:] = 6
+    post(two, 0)
+    h = BS // 2
+    assert (scale1()[..., :h] == 5).all() and (scale1()[..., h:] == 6).all()
+    post(np.full((BS, BS, BS), 7, np.uint64), BS)  # one solid non-0 octant: recomputed alone
+    assert (scale1()[..., :h] == 5).all() and (scale1()[..., h:] == 7).all()
+    post(np.zeros((BS, BS, BS), np.uint64), BS)  # the only changed octant is solid 0
+    assert not scale1().any()
+    r = http.get(f"{base}/raw/0_1_2/{BS}_{BS}_{BS}/0_0_0")
+    assert (np.frombuffer(r.content, "<u8") == 5).all()  # scale 0 keeps its label 5
+
+
+# -- versioned nodes ------------------------------------------------------------------------------
+def test_locked_node_refuses_writes_and_branches_see_their_own_data(
+        repo: DVIDRepo, server: DVIDServerProcess, http: httpx.Client) -> None:
+    r = DVIDRepo.create(server.url, alias="audit-versions")
+    url = r.url("gray")
+    off, shape = (-9, 3, -17), (13, 22, 31)
+    vol = voxgate.create(url, shape=shape, chunks=(BS, BS, BS), dtype="uint8",
+                         voxel_size=(8, 8, 8), offset=off)
+    first = np.random.default_rng(2).integers(1, 255, shape, dtype=np.uint8)
+    vol[...] = first
+    writer = voxgate.open(url, mode="r+")
+    r.commit(r.root, note="v1")
+    # server/web.go instanceSelector: a mutation on a locked node of a versioned instance
+    path = f"/api/node/{r.root}/gray/raw/0_1_2/{BS}_{BS}_{BS}/0_0_0"
+    resp = http.post(path, content=bytes(BS**3))
+    assert resp.status_code == 400
+    assert resp.text == f'Cannot do POST on endpoint "raw" of locked node {r.root} ({path}).\n'
+    # the handle opened before the commit: refused, aligned or not, and nothing changed
+    with pytest.raises(ReadOnlyError, match="locked node"):
+        writer.write(1, Box((off[0], 5, -3), (off[0] + 2, 7, -1)))
+    with pytest.raises(ReadOnlyError, match="locked node"):
+        writer.write(1, Box((-5, 5, 0), (0, 10, 14)))
+    # a write over several blocks: the Volume reports it per block, none written
+    with pytest.raises(PartialWriteError) as info:
+        writer.write(1, Box((off[0], 5, -3), (off[0] + 2, 7, 4)))
+    assert info.value.written == [] and isinstance(info.value.__cause__, ReadOnlyError)
+    np.testing.assert_array_equal(voxgate.open(url).read(), first)
+    # nodeSelector refuses every other POST on the locked node, commit included
+    resp = http.post(f"/api/node/{r.root}/commit", json={"note": "again"})
+    assert resp.status_code == 400
+    assert resp.text.startswith(f"Cannot do post on locked node {r.root} (")
+    child = r.branch(r.root, "edits")
+    on_child = voxgate.open(r.url("gray", child), mode="r+")
+    on_child.write(200, Box((off[0] + 1, 4, -16), (off[0] + 12, 20, 10)))
+    second = first.copy()
+    second[1:12, 1:17, 1:27] = 200
+    np.testing.assert_array_equal(voxgate.open(r.url("gray", child)).read(), second)
+    np.testing.assert_array_equal(voxgate.open(url).read(), first)
+    np.testing.assert_array_equal(voxgate.open(r.url("gray", f"{r.root[:6]}:edits")).read(),
+                                  second)
+
+
+# -- answers to bad requests ----------------------------------------------------------------------
+def test_bad_requests_answer_as_dvid(repo: DVIDRepo, http: httpx.Client) -> None:
+    def bad(resp: httpx.Response, text: str) -> None:
+        assert resp.status_code == 400, resp.text
+        assert resp.headers["content-type"].startswith("text/plain")
+        assert resp.text == f"{text} ({resp.request.url.path}).\n"
+
+    img = _name("img")
+    repo.create_instance(img, "uint8blk", block_size=(BS, BS, BS))
+    ibase = f"/api/node/{repo.root}/{img}"
+    # imageblk.go: NewVoxels checks the byte count before write.go PutVoxels the alignment
+    bad(http.post(f"{ibase}/raw/0_1_2/5_{BS}_{BS}/1_0_0", content=bytes(7)),
+        f"voxels data was 7 bytes, expected {5 * BS * BS} bytes for 3d volume (5,{BS},{BS}) "
+        "at offset (1,0,0)")
+    bad(http.post(f"{ibase}/raw/0_1_2/5_{BS}_{BS}/1_0_0", content=bytes(5 * BS * BS)),
+        f"cannot store voxels in non-block aligned geometry (1,0,0) -> (5,{BS - 1},{BS - 1})")
+    # imageblk takes no ?compression= on POST: the body is the voxels as they are
+    vox = np.arange(BS**3, dtype=np.uint64).astype(np.uint8).reshape(BS, BS, BS)
+    r = http.post(f"{ibase}/raw/0_1_2/{BS}_{BS}_{BS}/-{BS}_0_0?compression=lz4",
+                  content=vox.tobytes())
+    assert r.status_code == 200, r.text
+    r = http.get(f"{ibase}/raw/0_1_2/{BS}_{BS}_{BS}/-{BS}_0_0")
+    assert r.content == vox.tobytes()
+    bad(http.get(f"{ibase}/raw/0_1_2/0_{BS}_{BS}/0_0_0"),
+        f"Illegal geometry requested: 3d volume (0,{BS},{BS}) at offset (0,0,0)")
+
+    _, base = _labelmap(repo)
+    seg = np.full((BS, BS, BS), 4, np.uint64)
+    assert http.post(f"{base}/raw/0_1_2/{BS}_{BS}_{BS}/0_0_0", content=seg.tobytes()) \
+        .status_code == 200
+    # compression.go writeCompressedToHTTP: "uncompressed" is a /blocks option, not a raw one
+    bad(http.get(f"{base}/raw/0_1_2/{BS}_{BS}_2/0_0_0?compression=uncompressed"),
+        'unknown compression type "uncompressed"')
+    # handleDataRequest decompresses before write.go PutLabels checks the alignment
+    bad(http.post(f"{base}/raw/0_1_2/{BS}_{BS}_{BS}/1_0_0?compression=lz4", content=b""),
+        "received 0 LZ4 compressed bytes")
+    bad(http.post(f"{base}/raw/0_1_2/{BS}_{BS}_{BS}/1_0_0?compression=snappy", content=b"x"),
+        'unknown compression type "snappy"')
+    # the supervoxels flag is on only for the exact value "true"
+    other = np.full((BS, BS, BS), 6, np.uint64)
+    assert http.post(f"{base}/raw/0_1_2/{BS}_{BS}_{BS}/{BS}_0_0", content=other.tobytes()) \
+        .status_code == 200
+    assert http.post(f"{base}/merge", content=b"[4, 6]").status_code == 200
+    for flag, want in (("true", 6), ("1", 4), ("on", 4)):
+        r = http.get(f"{base}/raw/0_1_2/{BS}_{BS}_{BS}/{BS}_0_0?supervoxels={flag}")
+        assert (np.frombuffer(r.content, "<u8") == want).all(), flag
+    # server/web.go repoCommitHandler unmarshals the body without a length check
+    r2 = DVIDRepo.create(repo.server)
+    bad(http.post(f"/api/node/{r2.root}/commit", content=b""),
+        "Malformed JSON request in body: unexpected end of JSON input")
+    assert not r2.is_locked(r2.root)
