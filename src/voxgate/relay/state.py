@@ -30,6 +30,7 @@ from starlette.requests import Request
 from ..api import create_remote
 from ..geometry import Box, Vec, VoxelSize, chunk_boxes
 from ..meta import Scale, VolumeMeta
+from ..remotes.base import Capability, has_capability
 from ..storage import set_request_retries
 from .cache import CachedRemote, TieredCache
 from .catalog import Catalog, ChannelEntry, NotFound, boss_unit_to_nm, local_store
@@ -508,6 +509,12 @@ class Relay:
     def reserve(self, entry: ChannelEntry, count: int, token: str | None = None) -> int:
         key = "/".join(entry.key)
         cat = self.catalog
+        remote = self.remote(entry, token)
+        if has_capability(remote.upstream, Capability.RESERVE_IDS):
+            # a store with an id counter of its own (a DVID labelmap's nextlabel, bossDB's or
+            # another relay's reserve) hands the ids out: its other clients reserve from the
+            # same counter, so a range kept here would collide with theirs
+            return int(remote.upstream.reserve_ids(count))  # type: ignore[attr-defined]
         with self._reserve_lock:
             with cat.lock:
                 known = key in cat.state["reserved"]
@@ -515,7 +522,6 @@ class Relay:
             if not known:
                 # the first reservation starts above every id already in the volume (read
                 # outside the state's lock: other workers' state changes go on meanwhile)
-                remote = self.remote(entry, token)
                 self.freshen(remote)
                 for block in self._blocks(remote, remote.meta.scale(0).bounds, 0):
                     top = max(top, int(remote.read(block, 0).max(initial=0)))

@@ -8,7 +8,10 @@ no disk tier keeps them), a read that misses cells reads its box alone from the 
 nothing, except one read in eight, which still fetches whole cells (:meth:`TieredCache.skim`).
 Writes go through to the upstream before they return; the cells they touch are dropped from both
 tiers *before* the upstream write, so a relay killed half way never serves stale data after a
-restart, and the cells the write covers completely are cached again afterwards.  Nothing written
+restart, and the cells the write covers completely are cached again afterwards.  The cells of
+every coarser scale over the written box are dropped too (never cached from the write): an
+upstream may derive them from what was written, as a DVID labelmap rebuilds its coarser scales
+on every write, and the next read takes them from the upstream.  Nothing written
 can be lost to eviction: the upstream has it before the client is told it was stored.
 
 Read-your-writes: every read that begins after a write was acknowledged sees it.  Before the

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -339,24 +340,48 @@ class CachedRemote(Remote):
                     flight.stale = True
 
     # -- writing --------------------------------------------------------------------------------
+    def _coarser_keys(self, box: Box, scale: int) -> list[str]:
+        """The cells of every coarser scale over ``box`` of ``scale``: an upstream may derive
+        them from what is written (a DVID labelmap rebuilds its coarser scales on every write,
+        and so does a relay in front of one), so a write drops them as it drops its own."""
+        base = self.meta.scale(scale)
+        keys = []
+        for sc in self.meta.scales[scale + 1:]:
+            lo, hi = [], []
+            for a, b, o, oc, vf, vc, n in zip(box.start, box.stop, base.offset, sc.offset,
+                                              base.voxel_size.zyx(), sc.voxel_size.zyx(),
+                                              sc.shape, strict=True):
+                f = float(vc) / float(vf)
+                # one voxel more on each side covers both anchorings of a pyramid (blocks of
+                # the factor from the scale's first voxel, or on the grid through 0)
+                lo.append(max(oc, oc + math.floor((a - o) / f) - 1))
+                hi.append(min(oc + n, oc + math.ceil((b - o) / f) + 1))
+            if all(a < b for a, b in zip(lo, hi, strict=True)):
+                keys += [self._key(sc.index, idx) for idx, _ in self.cells(Box(lo, hi),
+                                                                           sc.index)]
+        return keys
+
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
         cells = list(self.cells(box, scale))
         keys = [self._key(scale, idx) for idx, _ in cells]
+        # the coarser scales' cells too: dropped, and their fetches detached, like the cells
+        # written (never cached again from the write: the upstream's coarser data is its own)
+        dropped = keys + self._coarser_keys(box, scale)
         # writers touching the same cells go one at a time, so the cache ends as the upstream
         # does; stripes are taken in order, so two writers never wait on each other in a cycle
-        stripes = sorted({hash(k) % len(_STRIPES) for k in keys})
+        stripes = sorted({hash(k) % len(_STRIPES) for k in dropped})
         for i in stripes:
             _STRIPES[i].acquire()
         try:
-            for key in keys:  # dropped before the upstream changes: a crash leaves no stale cell
-                self.cache.pop(key)
+            for key in dropped:  # dropped before the upstream changes: a crash leaves no stale
+                self.cache.pop(key)  # cell
             try:
                 self.upstream.write(box, array, scale)
             finally:
                 # whether the upstream took all, part or none of it: every fetch in flight now
                 # (begun before or during the upstream write) may hold old data, and a read that
                 # begins after this write returns must not join one
-                self._detach(keys)
+                self._detach(dropped)
             self.cache.metrics.add(upstream_writes=1)
             for key, (_, cell) in zip(keys, cells, strict=True):
                 # (a Remote closed or retired meanwhile caches nothing: its grid may not be
