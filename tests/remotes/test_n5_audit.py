@@ -1,6 +1,7 @@
 """Audit of n5:// against N5 containers made by other tools (tensorstore, Java N5 writers'
-attribute forms, BigDataViewer / n5-viewer / Neuroglancer layouts, blocks written by hand from
-the N5 specification), at odd shapes and offsets.  Every voxel is compared with numpy."""
+attribute forms, BigDataViewer / n5-viewer / Neuroglancer / COSEM (OpenOrganelle) / Paintera
+layouts, blocks written by hand from the N5 specification), at odd shapes and offsets.  Every
+voxel is compared with numpy."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 import tensorstore as ts
 
 import voxgate
-from voxgate.errors import CapabilityNotSupportedError, InvalidRequestError
+from voxgate.errors import CapabilityNotSupportedError, InvalidRequestError, VoxgateWarning
 
 RNG = np.random.default_rng(20)
 SHAPE = (7, 13, 19)  # z, y, x: no axis a multiple of the block size
@@ -279,7 +280,7 @@ def test_n5_viewer_pixel_resolution_forms(tmp_path: Path, pixel_resolution: Any,
     assert vol.scales[0].voxel_size.zyx() == pytest.approx(expected)
     assert vol.scales[1].voxel_size.zyx() == pytest.approx(
         (expected[0], expected[1] * 2, expected[2] * 2))
-    assert vol.scales[0].offset == (0, 0, 0)  # no N5 convention voxgate reads has an offset
+    assert vol.scales[0].offset == (0, 0, 0)  # n5-viewer has no offset
 
 
 # -- files that cannot be read -------------------------------------------------------------------
@@ -319,3 +320,138 @@ def test_other_block_modes_are_unsupported_not_corrupt(tmp_path: Path, mode: int
     vol = voxgate.open(f"n5://{tmp_path}/m")
     with pytest.raises(CapabilityNotSupportedError, match="varlength or object mode"):
         vol.read()
+
+
+# -- where the data lies: COSEM / OpenOrganelle transforms, Paintera offsets --------------------
+VS0 = (5.24, 4.0, 4.0)  # z, y, x nm, as OpenOrganelle's FIB-SEM
+O0 = (3, -5, 7)  # z, y, x voxels of s0
+# each scale's factors (z, y, x), its voxel offset by voxgate's rule (floor of s0's / factor)
+LEVELS = [((1, 1, 1), (3, -5, 7)), ((2, 2, 2), (1, -3, 3)), ((2, 4, 4), (1, -2, 1))]
+
+
+def cosem_transform(scale: list[float], translate: list[float], form: str,
+                    unit: str = "nm") -> dict[str, Any]:
+    """A COSEM transform of (z, y, x) values in the form ``form``: "C" (z first, as
+    OpenOrganelle writes it), "F" (x first, named) or "C-unnamed" (no axes, "order": "C")."""
+    f = {"nm": 1.0, "um": 1e-3}[unit]
+    scale, translate = [v * f for v in scale], [v * f for v in translate]
+    if form == "F":
+        return {"axes": ["x", "y", "z"], "scale": scale[::-1], "translate": translate[::-1],
+                "units": [unit] * 3, "ordering": "F"}
+    out = {"axes": ["z", "y", "x"], "scale": scale, "translate": translate,
+           "units": [unit] * 3, "ordering": "C"}
+    if form == "C-unnamed":
+        del out["axes"]
+        out["order"] = out.pop("ordering")
+    return out
+
+
+@pytest.mark.parametrize("where,form,unit", [
+    ("dataset", "C", "nm"), ("group", "F", "nm"), ("dataset", "C-unnamed", "um"),
+])
+def test_cosem_transforms_give_voxel_size_and_offset(tmp_path: Path, where: str, form: str,
+                                                     unit: str) -> None:
+    """An OpenOrganelle multiscale group (as cellmap-schemas models it): each sN has its own
+    voxel size in "transform" and "pixelResolution" (not the base one), and the position of
+    its first voxel's centre in "translate" (nm; a downsampled scale's half a block in, as
+    xarray-multiscale places it); the group lists the same transforms in "multiscales"."""
+    root = tmp_path / "em" / "fibsem-uint8"
+    datasets, levels = [], []
+    for i, (factors, _) in enumerate(LEVELS):
+        shape = tuple(-(-n // f) for n, f in zip(SHAPE, factors, strict=True))
+        level = data("uint8", shape)
+        levels.append(level)
+        vs = [v * f for v, f in zip(VS0, factors, strict=True)]
+        centre = [o * v0 + (v - v0) / 2 for o, v, v0 in zip(O0, vs, VS0, strict=True)]
+        tf = cosem_transform(vs, centre, form, unit)
+        ts_dataset(root / f"s{i}", level.T, BLOCK)
+        own = {"pixelResolution": {"unit": "nm", "dimensions": vs[::-1]}}
+        edit_attrs(root / f"s{i}", **own, **({"transform": tf} if where == "dataset" else {}))
+        datasets.append({"path": f"s{i}", "transform": tf})
+    edit_attrs(root, axes=["x", "y", "z"], units=["nm"] * 3,
+               scales=[list(f[::-1]) for f, _ in LEVELS],
+               pixelResolution={"unit": "nm", "dimensions": list(VS0[::-1])},
+               multiscales=[{"datasets": datasets}])
+    vol = voxgate.open(f"n5://{root}")
+    # s1 is 8 nm, not its own pixelResolution (8 nm) times the group's factor 2
+    assert [s.voxel_size.zyx() for s in vol.scales] == [
+        pytest.approx([v * f for v, f in zip(VS0, factors, strict=True)]) for factors, _ in LEVELS]
+    assert [s.offset for s in vol.scales] == [offset for _, offset in LEVELS]
+    for i, (_, offset) in enumerate(LEVELS):
+        level = vol.at_scale(i)
+        assert level.bounds.start == offset
+        np.testing.assert_array_equal(level.read(), levels[i])
+        np.testing.assert_array_equal(ts_read(root / f"s{i}"), levels[i], err_msg="oracle")
+    # the exact centres are kept (what a copy to OME-Zarr writes as its translation)
+    centre1 = [o * v0 + (v0 * f - v0) / 2 for o, v0, f in zip(O0, VS0, LEVELS[1][0], strict=True)]
+    assert vol.scales[1].translation == pytest.approx(centre1)
+
+
+def test_paintera_resolution_and_offset(tmp_path: Path) -> None:
+    """Paintera: "resolution" and "offset" (physical, x, y, z; the centre of the first voxel)
+    on a multiscale group, with each sN's "downsamplingFactors"; or on a single dataset."""
+    root = tmp_path / "paintera.n5" / "volumes" / "raw" / "data"
+    s0, s1 = data("uint16", (5, 13, 19)), data("uint16", (5, 7, 10))
+    ts_dataset(root / "s0", s0.T, BLOCK)
+    ts_dataset(root / "s1", s1.T, BLOCK)
+    edit_attrs(root / "s1", downsamplingFactors=[2, 2, 1])
+    edit_attrs(root, multiScale=True, resolution=[4.0, 4.0, 40.0], offset=[-8.0, 12.0, 80.0])
+    vol = voxgate.open(f"n5://{root}")
+    assert [s.voxel_size.zyx() for s in vol.scales] == [(40.0, 4.0, 4.0), (40.0, 8.0, 8.0)]
+    assert [s.offset for s in vol.scales] == [(2, 3, -2), (2, 1, -1)]
+    np.testing.assert_array_equal(vol.at_scale(1).read(), s1)
+
+    single = tmp_path / "single"
+    ts_dataset(single, s0.T, BLOCK)
+    edit_attrs(single, resolution=[0.004, 0.004, 0.04], units=["um"] * 3,
+               offset=[0.008, 0.012, 0.08])
+    vol = voxgate.open(f"n5://{single}")
+    assert vol.voxel_size.zyx() == pytest.approx((40.0, 4.0, 4.0))
+    assert vol.offset == (2, 3, 2)
+    np.testing.assert_array_equal(vol.read(), s0)
+    np.testing.assert_array_equal(vol[1:4, 2:9, 3:17].read(), ts_read(single)[1:4, 2:9, 3:17])
+
+
+def test_positions_between_voxels(tmp_path: Path) -> None:
+    """A position within 1e-6 voxels of a whole voxel is that voxel, silently (float noise of
+    5.24 nm steps); one further off is taken to the nearest voxel with a warning, and the exact
+    position kept as the scale's translation."""
+    expected = data("uint8")
+    ts_dataset(tmp_path / "near", expected.T, BLOCK)
+    edit_attrs(tmp_path / "near", transform=cosem_transform(
+        [5.24, 4.0, 4.0], [3 * 5.24 * (1 + 1e-9), 15.9999999, -8.0], "C"))
+    vol = voxgate.open(f"n5://{tmp_path}/near")
+    assert vol.offset == (3, 4, -2)
+
+    ts_dataset(tmp_path / "off", expected.T, BLOCK)
+    edit_attrs(tmp_path / "off", transform=cosem_transform([40.0, 4.0, 4.0], [80.0, 13.6, 8.0],
+                                                           "C"))
+    with pytest.warns(VoxgateWarning, match=r"3\.4.*nearest whole voxel, offset \(2, 3, 2\)"):
+        vol = voxgate.open(f"n5://{tmp_path}/off")
+    assert vol.offset == (2, 3, 2)
+    assert vol.scales[0].translation == pytest.approx((80.0, 13.6, 8.0))
+    np.testing.assert_array_equal(vol.read(), expected)
+
+
+def test_which_position_wins(tmp_path: Path) -> None:
+    """voxgate's own attribute, then the dataset's COSEM transform, then its Paintera offset;
+    an unreadable transform or offset is ignored with a warning naming it."""
+    expected = data("uint8")
+    tf = cosem_transform([40.0, 4.0, 4.0], [80.0, 12.0, 8.0], "C")
+    ts_dataset(tmp_path / "d", expected.T, BLOCK)
+    edit_attrs(tmp_path / "d", transform=tf, offset=[400.0, 400.0, 400.0],
+               resolution=[1.0, 1.0, 1.0])
+    vol = voxgate.open(f"n5://{tmp_path}/d")
+    assert (vol.voxel_size.zyx(), vol.offset) == ((40.0, 4.0, 4.0), (2, 3, 2))
+    edit_attrs(tmp_path / "d", voxgate={"offset": [1, 1, 1], "voxel_size": [9, 9, 9]})
+    vol = voxgate.open(f"n5://{tmp_path}/d")
+    assert (vol.voxel_size.zyx(), vol.offset) == ((9.0, 9.0, 9.0), (1, 1, 1))
+
+    ts_dataset(tmp_path / "bad", expected.T, BLOCK)
+    edit_attrs(tmp_path / "bad", transform={**tf, "axes": ["a", "b", "c"]},
+               offset=[8.0, "12", 80.0], resolution=[4, 4, 40])
+    with pytest.warns(VoxgateWarning) as caught:
+        vol = voxgate.open(f"n5://{tmp_path}/bad")
+    assert sorted(str(w.message).split(" is ignored")[0].rsplit(" ", 1)[1] for w in caught) == [
+        "'offset'", "'transform'"]
+    assert (vol.voxel_size.zyx(), vol.offset) == ((40.0, 4.0, 4.0), (0, 0, 0))

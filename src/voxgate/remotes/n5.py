@@ -17,6 +17,13 @@ A location is either
   is the (base) pixel resolution times its downsampling factors.  A BigDataViewer
   ``setupN/timepointN`` group takes the factors its ``setupN`` parent lists.
 
+Where the data lies comes from COSEM / OpenOrganelle ``transform`` attributes (each dataset's
+``{"axes", "scale", "translate", "units"}``, also listed in the group's ``multiscales``; its
+``scale`` is that dataset's own voxel size) and Paintera's ``offset`` (physical, beside its
+``resolution``, on a dataset or its group).  Both place the centre of the first voxel, a
+downsampled scale's half a block in; a position that is not a whole number of voxels is taken
+to the nearest with a VoxgateWarning (see ``_whole_offset`` and docs/remotes/n5.md).
+
 Every per-axis list is in the dimension order of its own ``axes`` attribute (a group's lists in
 the group's, else in s0's), as Neuroglancer and tensorstore read them.  The array metadata is
 checked by voxgate and handed to tensorstore (``assume_metadata``), so writer-specific
@@ -30,10 +37,12 @@ the kind (image or segmentation), the offset and the exact voxel size of every s
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import shutil
+import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorstore as ts
@@ -45,9 +54,10 @@ from ..errors import (
     RemoteExistsError,
     RemoteNotFoundError,
     VoxgateError,
+    VoxgateWarning,
 )
 from ..geometry import Box, Vec, VoxelSize
-from ..meta import Kind, Scale, VolumeMeta, check_new_scales
+from ..meta import Kind, Scale, VolumeMeta, check_new_scales, offset_from_translation
 from ..storage import (
     check_bucket,
     is_local,
@@ -365,7 +375,7 @@ class N5Remote(Remote):
         store = cls._open_store(location, mode, attrs)
         dtype = np.dtype(store.dtype.numpy_dtype)
         info = _info(attrs)
-        scale, arr, channels = cls._scale(0, location, store, attrs, info, None, None)
+        scale, arr, channels = cls._scale(0, location, store, attrs, info, _NO_GROUP)
         kind = info.get("kind") or _guess_kind(dtype)
         meta = VolumeMeta(dtype, (scale,), kind, channels, 0)
         return cls(location, meta, [arr], [location], mode)
@@ -381,8 +391,12 @@ class N5Remote(Remote):
         # the group's lists are in the order of its own "axes", else in that of s0's
         order = _xyz_order(group.get("axes")) or _xyz_order(all_attrs[0].get("axes")) or _XYZ
         base_res = _resolution_xyz(group, order)
+        where = join(location, "attributes.json")
         ginfo = _info(group)
-        scales, arrays = [], []
+        cosem = _cosem_datasets(group, where)
+        g_offset = _offset_xyz(group, order, where)
+        scales: list[Scale] = []
+        arrays: list[TSArray] = []
         dtype: np.dtype[Any] | None = None
         channels = 1
         shape0: Sequence[int] = ()
@@ -397,9 +411,9 @@ class N5Remote(Remote):
                 )
             info = _info(attrs)
             factors = _numbers(group_factors[i], order) if i < len(group_factors) else None
-            scale, arr, ch = cls._scale(
-                i, path, store, attrs, info, base_res, factors, shape0, key=f"s{i}"
-            )
+            placed = _Group(base_res, factors, cosem.get(f"s{i}"), g_offset,
+                            scales[0].voxel_size if scales else None)
+            scale, arr, ch = cls._scale(i, path, store, attrs, info, placed, shape0, key=f"s{i}")
             if i == 0:
                 shape0 = scale.shape.xyz()
                 channels = ch
@@ -422,20 +436,18 @@ class N5Remote(Remote):
         store: ts.TensorStore,
         attrs: dict[str, Any],
         info: dict[str, Any],
-        base_res: list[float] | None,
-        group_factors: list[float] | None,
+        group: _Group,
         shape0: Sequence[int] = (),
         key: str | None = None,
     ) -> tuple[Scale, TSArray, int]:
-        """One scale's geometry from its attributes (see the module docstring for the rules).
-
-        ``group_factors``: this scale's downsampling factors (x, y, z) from the group's list,
-        used when the dataset states none of its own."""
-        offset = Vec.of(info.get("offset", (0, 0, 0)), "offset")
-        arr, channels, order = _as_zyx(store, path, offset)
+        """One scale's geometry from its attributes (see the module docstring for the rules);
+        ``group``: what the multiscale group says of it."""
+        where = join(path, "attributes.json")
+        arr, channels, order = _as_zyx(store, path, Vec(0, 0, 0))
         xyz_shape = [int(n) for n in arr.store.shape[:3]]
-        # the dataset's own lists are in its dimension order (its "axes")
-        factors = _numbers(attrs.get("downsamplingFactors"), order) or group_factors
+        own_tf = _cosem(attrs.get("transform"), f"{where} 'transform'")
+        tf = own_tf or group.transform
+        factors = _numbers(attrs.get("downsamplingFactors"), order) or group.factors
         if factors is None:
             factors = (
                 [1.0, 1.0, 1.0]
@@ -453,17 +465,44 @@ class N5Remote(Remote):
             )
             own = _resolution_xyz({"resolution": attrs.get("resolution"),
                                    "units": attrs.get("units")}, order)
-            if own_base is not None:
+            if tf is not None and tf.voxel is not None:
+                # COSEM: a dataset's transform "scale" is its own voxel size
+                res_xyz = tf.voxel
+            elif own_base is not None:
                 # n5-viewer: a scale's pixelResolution is the base one, scaled by its factors
                 res_xyz = [r * f for r, f in zip(own_base, factors, strict=True)]
             elif own is not None:
                 # tensorstore: a dataset's own "resolution" is its voxel size
                 res_xyz = own
-            elif base_res is not None:
-                res_xyz = [r * f for r, f in zip(base_res, factors, strict=True)]
+            elif group.base_res is not None:
+                res_xyz = [r * f for r, f in zip(group.base_res, factors, strict=True)]
             else:
                 res_xyz = list(factors)
             vs = VoxelSize(res_xyz[2], res_xyz[1], res_xyz[0])
+        translation: tuple[float, float, float] | None = None
+        if "offset" in info:
+            offset = Vec.of(info["offset"], "offset")
+        else:
+            vs0 = group.vs0 or vs
+            nm, nm0 = _to_nm(vs.unit), _to_nm(vs0.unit)
+            centre_xyz = (
+                (own_tf.translate if own_tf is not None else None)
+                or _offset_xyz(attrs, order, where)
+                or (group.transform.translate if group.transform is not None else None)
+            )
+            if centre_xyz is None and group.offset is not None:
+                # Paintera: the group's offset is s0's; a downsampled scale's first voxel
+                # is the mean of a block starting there, its centre half a block further in
+                centre_xyz = [o + (v * nm - v0 * nm0) / 2 for o, v, v0 in
+                              zip(group.offset, vs.xyz(), vs0.xyz(), strict=True)]
+            if centre_xyz is None:
+                offset = Vec(0, 0, 0)
+            else:
+                translation = (centre_xyz[2] / nm, centre_xyz[1] / nm, centre_xyz[0] / nm)
+                offset = _whole_offset(translation, vs.zyx(),
+                                       tuple(v * nm0 / nm for v in vs0.zyx()), where)
+        if offset != (0, 0, 0):
+            arr = _as_zyx(store, path, offset)[0]
         layout = arr.store.chunk_layout.read_chunk.shape
         assert layout is not None  # an N5 dataset always has a block size
         chunks = Vec(*(int(n or 1) for n in layout[2::-1]))
@@ -471,7 +510,7 @@ class N5Remote(Remote):
         comp = codec.to_json().get("compression", {}) if codec is not None else {}
         encoding = str(comp.get("type")) if isinstance(comp, dict) and comp.get("type") else None
         scale = Scale(index, Vec(xyz_shape[2], xyz_shape[1], xyz_shape[0]), chunks, vs, offset,
-                      encoding, key)
+                      encoding, key, translation)
         return scale, arr, channels
 
     # -- creating -------------------------------------------------------------------------------
@@ -672,6 +711,148 @@ def _block_modes() -> Iterator[None]:
             "header's mode is not 0); voxgate, through tensorstore, reads default-mode blocks "
             f"only ({exc})"
         ) from exc
+
+
+
+# -- where a dataset lies: COSEM / OpenOrganelle transforms and Paintera offsets ----------------
+class _Transform(NamedTuple):
+    """A COSEM ``transform``: voxel size and the centre of the first voxel, nm, (x, y, z)."""
+
+    voxel: list[float] | None
+    translate: list[float] | None
+
+
+class _Group(NamedTuple):
+    """What a multiscale group says of one of its scales."""
+
+    base_res: list[float] | None  # s0's resolution, nm, (x, y, z)
+    factors: list[float] | None  # this scale's downsampling factors, (x, y, z)
+    transform: _Transform | None  # this scale's entry of the group's COSEM "multiscales"
+    offset: list[float] | None  # Paintera: the centre of s0's first voxel, nm, (x, y, z)
+    vs0: VoxelSize | None  # s0's voxel size (None for s0 itself)
+
+
+_NO_GROUP = _Group(None, None, None, None, None)
+
+#: how far (in voxels) a stated position may be from a whole voxel and still be one
+_WHOLE = 1e-6
+
+
+def _ignored(what: str, why: str) -> None:
+    warnings.warn(VoxgateWarning(f"{what} is ignored: {why}"), stacklevel=5)
+
+
+def _finite(value: object, order: Sequence[int]) -> list[float] | None:
+    """The finite numbers at positions ``order`` of ``value`` (any sign), else None."""
+    if not isinstance(value, (list, tuple)) or len(value) <= max(order):
+        return None
+    out = []
+    for v in (value[i] for i in order):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return None
+        out.append(float(v))
+    return out
+
+
+def _cosem(value: object, what: str) -> _Transform | None:
+    """A COSEM / OpenOrganelle ``transform`` (``{"axes", "scale", "translate", "units",
+    "order"|"ordering"}``), or None when there is none.
+
+    Each list follows ``axes`` (so ``"order": "C"``, z first, and ``"F"``, x first, are both
+    read by name); without ``axes`` the lists are z, y, x (order "C", the default) or x, y, z
+    (order "F").  A transform voxgate cannot read is ignored with a VoxgateWarning.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        _ignored(what, f"it must be an object, got {value!r}")
+        return None
+    scale, translate = value.get("scale"), value.get("translate")
+    lists = [v for v in (scale, translate) if v is not None]
+    if not lists or not all(isinstance(v, list) and len(v) >= 3 for v in lists):
+        _ignored(what, "'scale' and 'translate' must be lists of at least 3 numbers, got "
+                 f"{scale!r} and {translate!r}")
+        return None
+    rank = len(lists[0])
+    axes = value.get("axes")
+    ordering = value.get("order", value.get("ordering", "C"))
+    order = _xyz_order(axes)
+    if order is None and axes is None and ordering in ("C", "F"):
+        order = [rank - 1, rank - 2, rank - 3] if ordering == "C" else [0, 1, 2]
+    if order is None:
+        _ignored(what, f"its 'axes' {axes!r} do not name x, y and z")
+        return None
+    units = value.get("units")
+    nm = [_to_nm(units[i]) if isinstance(units, list) and len(units) > i else 1.0
+          for i in order]
+    voxel = _numbers(scale, order) if scale is not None else None
+    shift = _finite(translate, order) if translate is not None else None
+    if (scale is not None and voxel is None) or (translate is not None and shift is None):
+        _ignored(what, "'scale' must be positive and 'translate' finite numbers for x, y and "
+                 f"z, got {scale!r} and {translate!r}")
+        return None
+    return _Transform(
+        None if voxel is None else [v * f for v, f in zip(voxel, nm, strict=True)],
+        None if shift is None else [t * f for t, f in zip(shift, nm, strict=True)],
+    )
+
+
+def _cosem_datasets(group: dict[str, Any], where: str) -> dict[str, _Transform]:
+    """The transform of each dataset a COSEM group's ``multiscales`` lists, by path."""
+    out: dict[str, _Transform] = {}
+    ms = group.get("multiscales")
+    if not isinstance(ms, list) or not ms or not isinstance(ms[0], dict):
+        return out
+    for i, entry in enumerate(ms[0].get("datasets") or []):
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+            tf = _cosem(entry.get("transform"),
+                        f"{where} 'multiscales[0].datasets[{i}].transform'")
+            if tf is not None:
+                out[entry["path"].strip("/")] = tf
+    return out
+
+
+def _offset_xyz(attrs: dict[str, Any], order: Sequence[int], where: str) -> list[float] | None:
+    """Paintera's ``offset`` (the centre of the first voxel, physical units, in the dimension
+    order of ``axes``), in nm, (x, y, z); None when there is none.  Its unit is that of the
+    resolution beside it (``units``, else ``pixelResolution``'s ``unit``, else nm)."""
+    value = attrs.get("offset")
+    if value is None:
+        return None
+    out = _finite(value, order)
+    if out is None:
+        _ignored(f"{where} 'offset'", f"it must be a list of finite numbers (x, y, z), got "
+                 f"{value!r}")
+        return None
+    units = attrs.get("units")
+    if isinstance(units, list) and len(units) > max(order):
+        nm = [_to_nm(units[i]) for i in order]
+    else:
+        pr = attrs.get("pixelResolution")
+        nm = [_to_nm(pr.get("unit") if isinstance(pr, dict) else None)] * 3
+    return [o * f for o, f in zip(out, nm, strict=True)]
+
+
+def _whole_offset(centre: Sequence[float], voxel: Sequence[float], voxel0: Sequence[float],
+                  where: str) -> Vec:
+    """The voxel offset (z, y, x) of a scale whose first voxel's centre is at ``centre``.
+
+    Centres, as COSEM (xarray-multiscale), Paintera and BigDataViewer place voxels: a
+    downsampled scale's first voxel is the mean of a block of s0 voxels, its centre half a
+    block in (:func:`voxgate.meta.offset_from_translation`).  A position within 1e-6 voxels of
+    a whole s0 voxel is that voxel; any other is taken to the nearest one with a
+    VoxgateWarning (the exact position stays the scale's ``translation``).
+    """
+    start0 = [(t - (v - v0) / 2) / v0 for t, v, v0 in zip(centre, voxel, voxel0, strict=True)]
+    offset = offset_from_translation(centre, voxel, voxel0)
+    if any(abs(s - round(s)) > _WHOLE for s in start0):
+        warnings.warn(VoxgateWarning(
+            f"{where} places the first voxel {tuple(round(s, 6) for s in start0)} (z, y, x) "
+            "voxels of scale 0 from the origin, not a whole number of voxels; voxgate takes the "
+            f"nearest whole voxel, offset {tuple(offset)} (the exact position is kept as the "
+            "scale's translation)"
+        ), stacklevel=4)
+    return offset
 
 
 def _group_factors(location: str, group: dict[str, Any]) -> list[Any]:
