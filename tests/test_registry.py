@@ -107,3 +107,22 @@ def test_broken_plugin_is_a_warning_and_an_error(monkeypatch: pytest.MonkeyPatch
                        voxel_size=(1, 1, 1))
     assert v.read().shape == (1, 1, 1)
     assert np.asarray(v).sum() == 0
+
+
+def test_bare_path_detects_knossos_k_conf(tmp_path: Path) -> None:
+    """A directory holding only NAME.k.conf (the classic conf knossos_utils'
+    initialize_without_conf writes) and its cubes is KNOSSOS, as knossos://DIR already read it;
+    so is a configuration file named directly (both were UnknownSchemeError)."""
+    ds = tmp_path / "ds"
+    cube = ds / "mag1" / "x0000" / "y0000" / "z0000" / "e_mag1_x0000_y0000_z0000.raw"
+    cube.parent.mkdir(parents=True)
+    data = np.arange(128**3, dtype=np.uint64).astype(np.uint8)
+    cube.write_bytes(data.tobytes())
+    (ds / "e.k.conf").write_text("experiment name e;\nboundary x 128;\nboundary y 128;\n"
+                                 "boundary z 128;\nscale x 5.00;\nscale y 5.00;\n"
+                                 "scale z 30.00;\nmagnification 1;\n")
+    for where in (ds, f"file://{ds}", ds / "e.k.conf"):
+        vol = voxgate.open(where)
+        assert vol.url.startswith("knossos://"), where
+        assert vol.voxel_size.zyx() == (30.0, 5.0, 5.0)
+        np.testing.assert_array_equal(vol.read().ravel(), data)

@@ -106,6 +106,14 @@ _MARKERS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _is_knossos_conf(name: str) -> bool:
+    """A KNOSSOS configuration file's name (knossos.conf itself is a marker above): NAME.k.toml,
+    NAME.k.conf (the classic conf under the name knossos_utils' initialize_without_conf gives
+    it), NAME.pyk.conf, NAME.pyknossos.conf, ariadne.conf."""
+    return name.endswith((".k.toml", ".k.conf", ".pyk.conf", ".pyknossos.conf")) or \
+        name == "ariadne.conf"
+
+
 def detect_format(location: str) -> str:
     """The format scheme of a bare path or storage URL, from the marker file it holds."""
     path, _, _fragment = location.partition("#")
@@ -117,8 +125,11 @@ def detect_format(location: str) -> str:
     from .storage import kvstore_exists
 
     local = path.removeprefix("file://")
-    if os.path.isdir(local) and any(
-        n.endswith((".k.toml", ".pyk.conf", ".pyknossos.conf")) for n in os.listdir(local)
+    if os.path.isfile(local):  # a configuration file itself
+        if _is_knossos_conf(os.path.basename(local)) or os.path.basename(local) == "knossos.conf":
+            return "knossos"
+    elif os.path.isdir(local) and any(
+        _is_knossos_conf(n) and os.path.isfile(os.path.join(local, n)) for n in os.listdir(local)
     ):
         return "knossos"
     for marker, scheme in _MARKERS:
@@ -129,7 +140,8 @@ def detect_format(location: str) -> str:
     ):
         raise UnknownSchemeError(
             f"cannot tell the format of {location!r}: it has none of the marker files "
-            f"({', '.join(m for m, _ in _MARKERS)}) and is not an .h5 file; "
+            f"({', '.join(m for m, _ in _MARKERS)}, *.k.toml, *.k.conf, *.pyk.conf) and is "
+            "not an .h5 file; "
             "name the format in the URL, e.g. zarr://" + location
         )
     raise RemoteNotFoundError(f"{location!r} does not exist")

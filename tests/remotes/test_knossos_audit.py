@@ -297,6 +297,8 @@ def test_bad_pyknossos_conf(tmp_path: Path, text: str, what: str) -> None:
 
 def toml_layer(**keys: object) -> str:
     def val(v: object) -> str:
+        if isinstance(v, bool):
+            return str(v).lower()
         return repr(v) if not isinstance(v, list) else "[" + ", ".join(val(x) for x in v) + "]"
 
     return "[[Layer]]\n" + "".join(f"{k} = {val(v)}\n" for k, v in keys.items())
@@ -488,3 +490,100 @@ def test_bad_requests_leave_cubes_as_they_were(tmp_path: Path) -> None:
         vol[0:2, 0:2, 0:2] = np.zeros((2, 2, 3), np.uint8)
     assert {p: p.read_bytes() for p in root.rglob("*.raw")} == before
     np.testing.assert_array_equal(vol.read(), data[1].transpose(2, 1, 0))
+
+
+def test_write_removes_the_stale_image_copy(tmp_path: Path) -> None:
+    """FileExtension ['.jpg', '.raw'] (KNOSSOS' own datasets): KNOSSOS makes one layer per
+    extension and shows the first, the .jpg.  A written cube's .jpg holds the old voxels: it
+    is removed once the .raw is written, so no layer shows them (the old code left it)."""
+    root = tmp_path / "jr"
+    root.mkdir()
+    (root / "j.k.toml").write_text(toml_layer(
+        Name="j", FileExtension=[".jpg", ".raw"], Extent_px=[64, 32, 32],
+        VoxelSize_nm=[[1, 1, 1]], CubeShape_px=[32, 32, 32], Description=""))
+    for x in (0, 1):
+        f = cube_file(root, "j", 1, x, 0, 0, "jpg")
+        f.parent.mkdir(parents=True)
+        f.write_bytes(jpeg_cube(np.full((32, 32, 32), 50, np.uint8)))
+    vol = voxgate.open(f"knossos://{root}", mode="r+")
+    vol[0:32, 0:32, 40:48] = 200  # part of cube x1: the rest comes from its .jpg
+    assert not cube_file(root, "j", 1, 1, 0, 0, "jpg").exists()
+    assert cube_file(root, "j", 1, 0, 0, 0, "jpg").exists()  # a cube not written keeps it
+    ref = np.full((32, 32, 32), 50, np.uint8)
+    ref[:, :, 8:16] = 200
+    got = brute_read(root, "j", 1, (32, 32, 64), (32, 32, 32))[:, :, 32:]
+    assert np.abs(got.astype(int) - ref).max() <= 2  # the unwritten part, decoded from .jpg
+    np.testing.assert_array_equal(vol[:, :, 32:64].read(), got)
+
+
+def knossos_server_dataset(root: Path, folders: tuple[int, ...]) -> list[np.ndarray]:
+    """A .k.toml layer of ServerFormat 'knossos' with three scales whose cubes are in
+    ``folders`` (one mag folder per scale); returns each scale's data, z y x."""
+    root.mkdir()
+    (root / "s.k.toml").write_text(toml_layer(
+        URL=f"file://{root}", Name="s", Description="", FileExtension=[".raw"],
+        ServerFormat="knossos", Extent_px=[80, 64, 40], CubeShape_px=[32, 32, 32],
+        VoxelSize_nm=[[10, 10, 20], [20, 20, 40], [40, 40, 80]], Color="red", Visible=True))
+    data = []
+    for k, m in enumerate(folders):
+        shape_xyz = tuple(-(-n // 2**k) for n in (80, 64, 40))
+        d = RNG.integers(1, 255, shape_xyz, dtype=np.uint8)
+        write_cubes(root, "s", m, d, (32, 32, 32))
+        data.append(d.transpose(2, 1, 0))
+    return data
+
+
+@pytest.mark.parametrize("folders", [(1, 2, 4), (1, 2, 3)], ids=["knossos", "knossos_utils"])
+def test_toml_server_format_knossos_mag_folders(tmp_path: Path,
+                                                folders: tuple[int, int, int]) -> None:
+    """ServerFormat 'knossos': KNOSSOS reads scale k from mag(2**k) (knossosCubeUrl, e2006.k.toml),
+    knossos_utils writes and reads it in mag(k+1).  Either layout on disk reads back (the old
+    code read scale 2 of KNOSSOS' layout from an absent mag3: zeros)."""
+    root = tmp_path / "ds"
+    data = knossos_server_dataset(root, folders)
+    vol = voxgate.open(str(root))
+    assert [tuple(s.shape) for s in vol.scales] == [d.shape for d in data]
+    for sc, m, d in zip(vol.scales, folders, data, strict=True):
+        ref = brute_read(root, "s", m, tuple(sc.shape), (32, 32, 32))
+        np.testing.assert_array_equal(ref, d)
+        np.testing.assert_array_equal(vol.at_scale(sc.index).read(), ref)
+        b = Box((3, 5, 9), (17, 30, 33)).intersect(sc.bounds)  # across cube corners
+        np.testing.assert_array_equal(vol.at_scale(sc.index).read(b), ref[b.slices()])
+
+
+def test_toml_server_format_knossos_both_layouts_refused(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    knossos_server_dataset(root, (1, 2, 4))
+    write_cubes(root, "s", 3, np.ones((20, 16, 10), np.uint8), (32, 32, 32))
+    with pytest.raises(InvalidRequestError, match=r"mag3.*mag4"):
+        voxgate.open(str(root))
+
+
+def test_add_scales_keeps_what_voxgate_does_not_read(tmp_path: Path) -> None:
+    """add_scales rewrote the .k.toml from voxgate's own fields: ServerFormat, URL, Color,
+    Visible and a second (segmentation) layer were dropped, and the new scale of a KNOSSOS
+    (power-of-two) layout went to mag4, scale 2's folder.  Now the file keeps them and the new
+    scale is mag8, where KNOSSOS reads it."""
+    root = tmp_path / "ds"
+    knossos_server_dataset(root, (1, 2, 4))
+    conf = root / "s.k.toml"
+    conf.write_text(conf.read_text() + "AdditionalQuery = 'a=\"1\"'\n[[Layer]]\n"
+                    "Name = 'seg'\nFileExtension = ['.seg.sz.zip']\nExtent_px = [80, 64, 40]\n"
+                    "CubeShape_px = [128, 128, 128]\nVoxelSize_nm = [[10, 10, 20]]\n"
+                    "Description = ''\nDataType = 'uint64'\nTags = {kind = 'overlay'}\n")
+    before = tomllib.loads(conf.read_text())
+    vol = voxgate.open(str(root), mode="r+")
+    voxgate.downsample(vol, num_scales=4)
+    after = tomllib.loads(conf.read_text())
+    assert after["Layer"][1] == before["Layer"][1]
+    first = dict(after["Layer"][0])
+    sizes = first.pop("VoxelSize_nm")
+    assert sizes[:3] == before["Layer"][0]["VoxelSize_nm"] and len(sizes) == 4
+    assert first == {k: v for k, v in before["Layer"][0].items() if k != "VoxelSize_nm"}
+    again = voxgate.open(str(root))
+    assert len(again.scales) == 4
+    for sc, m in zip(again.scales, (1, 2, 4, 8), strict=True):
+        ref = brute_read(root, "s", m, tuple(sc.shape), (32, 32, 32))
+        np.testing.assert_array_equal(again.at_scale(sc.index).read(), ref)
+    assert not (root / "mag3").exists()
+    assert brute_read(root, "s", 8, tuple(again.scales[3].shape), (32, 32, 32)).any()

@@ -17,9 +17,11 @@ knossos_utils), ``*.pyk.conf`` / ``*.pyknossos.conf`` / ``ariadne.conf`` (PyKNOS
 - ``.k.toml``: the first ``[[Layer]]``: ``Name``, ``Extent_px`` (x, y, z), ``VoxelSize_nm``
   (one x, y, z triple per magnification), ``CubeShape_px``, ``FileExtension``, a ``file://``
   ``URL`` for where the cubes are.  Mags are ordinal: folder ``magN`` holds the N-th voxel
-  size.  Layers voxgate cannot read as local uint8 cubes are refused
-  (``ServerFormat = "precomputed"``, knossos_utils' default; an http(s) ``URL``; a
-  ``DataType`` other than uint8; ``NumChannels`` 3).
+  size, except with ``ServerFormat = "knossos"``: KNOSSOS then reads scale k from
+  ``mag(2**k)``, while knossos_utils writes such a layer ordinal; the folders present decide
+  (a ``mag3`` is ordinal), else KNOSSOS' powers of two.  Layers voxgate cannot read as local
+  uint8 cubes are refused (``ServerFormat = "precomputed"``, knossos_utils' default; an
+  http(s) ``URL``; a ``DataType`` other than uint8; ``NumChannels`` 3).
 - ``.pyk.conf``: the first ``[Dataset]`` section's ``_BaseName``, ``_Extent``, ``_DataScale``
   (x,y,z triples, one per mag), ``_CubeSize``, ``_BaseExt`` / ``_FileType``; ordinal mags
   unless ``_ServerFormat = knossos``.
@@ -27,21 +29,25 @@ knossos_utils), ``*.pyk.conf`` / ``*.pyknossos.conf`` / ``ariadne.conf`` (PyKNOS
 Cube files: ``magM/xXXXX/yYYYY/zZZZZ/NAME_magM_xXXXX_yYYYY_zZZZZ.EXT`` (four-digit cube
 indices), ``.raw`` holding the cube's voxels x fastest (C order over z, y, x); ``.png`` and
 ``.jpg`` cubes are 2-D images of the same voxels, read only (a .raw cube is read first where
-both exist; a dataset whose conf lists no .raw cubes is not writable).  An absent cube is
-fill (0).
+both exist; a dataset whose conf lists no .raw cubes is not writable; writing a cube removes
+its .png/.jpg/JPEG 2000 copies, which hold the old voxels and which KNOSSOS would still show).
+An absent cube is fill (0).
 Scale k is the k-th magnification; the shape of mag M is the mag-1 extent divided by its
 factor, rounded up.
 
 ``voxgate.create("knossos://DIR", ...)`` writes ``DIR/NAME.k.toml`` (NAME: the directory's
 name) with one layer, uint8 raw cubes of the chunk shape given, and two keys of its own that
 KNOSSOS ignores (``VoxgateOffset_px``, ``VoxgateKind``), and the ``Description`` KNOSSOS
-requires.  ``conf="knossos.conf"`` writes the classic file instead (128^3 cubes, isotropic
-power-of-two scales only), and a ``magM/knossos.conf`` per scale, by which KNOSSOS finds the
-mags.
+requires.  ``add_scales`` rewrites the .k.toml keeping what voxgate does not read (other
+keys and layers).  ``conf="knossos.conf"`` writes the classic file instead (128^3 cubes,
+isotropic power-of-two scales only), and a ``magM/knossos.conf`` per scale, by which KNOSSOS
+finds the mags.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import math
 import os
@@ -89,6 +95,9 @@ class _Dataset:
     conf_mag: int = 1  # a classic conf's ``magnification`` (a magM/knossos.conf says M)
     description: str = ""
     root: str | None = None  # where the mag folders are, when the conf names it (.k.toml URL)
+    pow2_mags: bool = False  # scale k in folder mag(2**k), not mag(k+1)
+    server_format: str = ""  # a .k.toml layer's ServerFormat
+    doc: dict[str, Any] = field(default_factory=dict)  # a .k.toml as read (rewritten whole)
 
 
 def parse_knossos_conf(text: str, conf: str) -> dict[str, Any]:
@@ -212,6 +221,9 @@ class KnossosRemote(Remote):
                 ds = _read_conf(main)
         if ds.root is not None:
             root = ds.root
+        if ds.server_format == "knossos":
+            ds.mags = _knossos_server_mags(root, len(ds.voxel_sizes_xyz), conf)
+            ds.pow2_mags = ds.mags != list(range(1, len(ds.mags) + 1))
         if not ds.mags:  # classic: the power-of-two mag folders present
             mags = sorted(
                 int(n[3:]) for n in os.listdir(root)
@@ -449,6 +461,13 @@ class KnossosRemote(Remote):
                         else np.zeros(tuple(sc.chunks), np.uint8))
                 cube[part.slices(origin)] = array[part.slices(local.start)]
                 atomic_write(path, cube.tobytes())
+                # the cube's .jpg/.png/JPEG 2000 copies hold the old voxels, and KNOSSOS shows
+                # the first of a layer's FileExtension (.jpg, before .raw, in its datasets):
+                # absent, that layer shows no cube there rather than a stale one
+                for ext in self.ds.exts:
+                    if ext != ".raw":
+                        with contextlib.suppress(FileNotFoundError):
+                            os.remove(self.cube_path(scale, idx[::-1], ext))
 
     def add_scales(self, scales: Sequence[Scale]) -> None:
         self._check_writable()
@@ -460,7 +479,8 @@ class KnossosRemote(Remote):
         check_new_scales(self.meta, scales)
         for sc in scales:
             self.ds.voxel_sizes_xyz.append(list(sc.voxel_size.xyz()))
-            self.ds.mags.append(len(self.ds.mags) + 1)
+            n = len(self.ds.mags)
+            self.ds.mags.append(2**n if self.ds.pow2_mags else n + 1)
         _write_toml(self.ds)
         self.meta = self._meta(self.ds)
 
@@ -544,6 +564,7 @@ def _read_conf(conf: str) -> _Dataset:
             exts=_exts(exts, conf), offset_zyx=[int(v) for v in offset][::-1],
             kind=str(layer.get("VoxgateKind", "image")), root=root,
             description=str(layer.get("Description", "")),
+            server_format=str(server or ""), doc=doc,
         )
     text = raw.decode(errors="replace")
     if base.endswith((".pyk.conf", ".pyknossos.conf")) or base == "ariadne.conf":
@@ -575,7 +596,7 @@ def _read_conf(conf: str) -> _Dataset:
         ordinal = kv.get("_ServerFormat", "") != "knossos"
         mags = list(range(1, len(vs) + 1)) if ordinal else [2**i for i in range(len(vs))]
         return _Dataset(conf=conf, name=_need(kv, "_BaseName", conf),
-                        extent_xyz=extent, voxel_sizes_xyz=vs, mags=mags,
+                        extent_xyz=extent, voxel_sizes_xyz=vs, mags=mags, pow2_mags=not ordinal,
                         cube_xyz=cube, exts=_exts(["." + ext.lstrip(".")], conf),
                         root=_local_root(kv.get("_BaseURL"), f"{conf} (_BaseURL)"))
     d = parse_knossos_conf(text, conf)
@@ -606,6 +627,29 @@ def _read_conf(conf: str) -> _Dataset:
     return _Dataset(conf=conf, name=name, extent_xyz=extent, voxel_sizes_xyz=[scale], mags=[],
                     cube_xyz=[edge] * 3, exts=_exts(list(dict.fromkeys(exts)), conf),
                     conf_mag=mag)
+
+
+def _knossos_server_mags(root: str, n: int, conf: str) -> list[int]:
+    """The mag folder of each of ``n`` scales of a .k.toml layer of ServerFormat "knossos".
+
+    KNOSSOS reads scale k from ``mag(2**k)`` (dataset.cpp knossosCubeUrl: only layers of
+    another ServerFormat are ordinal), knossos_utils writes and reads every .k.toml layer in
+    ordinal folders ``mag(k+1)``.  The two agree on mag1 and mag2; from scale 2 on the folders
+    on disk tell them apart (a ``mag3`` is knossos_utils', a ``mag8`` KNOSSOS'), and with
+    neither there KNOSSOS' rule holds."""
+    power = [2**k for k in range(n)]
+    ordinal = list(range(1, n + 1))
+
+    def present(mags: set[int]) -> list[str]:
+        return sorted(f"mag{m}" for m in mags if os.path.isdir(os.path.join(root, f"mag{m}")))
+
+    by_ordinal, by_power = present(set(ordinal) - set(power)), present(set(power) - set(ordinal))
+    if by_ordinal and by_power:
+        raise InvalidRequestError(
+            f"{conf}: ServerFormat 'knossos' layer with {n} scales has both ordinal mag folders "
+            f"({', '.join(by_ordinal)}: knossos_utils' layout) and power-of-two ones "
+            f"({', '.join(by_power)}: KNOSSOS'); remove the folders of one layout")
+    return ordinal if by_ordinal else power
 
 
 def _local_root(url: object, where: str) -> str | None:
@@ -674,17 +718,58 @@ def _toml_list(values: Sequence[float]) -> str:
                            for v in values) + "]"
 
 
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_str(key)
+
+
+def _toml_value(value: object) -> str:
+    """Any value tomllib reads, written back as TOML (tables inline)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)  # inf, -inf, nan
+    if isinstance(value, str):
+        return _toml_str(value)
+    if isinstance(value, (datetime.date, datetime.time)):  # datetime is a date
+        return value.isoformat()
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
 def _write_toml(ds: _Dataset) -> None:
-    lines = [
-        "[[Layer]]",
-        f"Name = {_toml_str(ds.name)}",
-        f"Extent_px = {_toml_list(ds.extent_xyz)}",
-        "VoxelSize_nm = [" + ", ".join(_toml_list(v) for v in ds.voxel_sizes_xyz) + "]",
-        f"CubeShape_px = {_toml_list(ds.cube_xyz)}",
-        "FileExtension = [" + ", ".join(f'"{e}"' for e in ds.exts) + "]",
-        # KNOSSOS requires Description (toml::find, not find_or): without it the file is refused
-        f"Description = {_toml_str(ds.description)}",
-        f"VoxgateOffset_px = {_toml_list(ds.offset_zyx[::-1])}",
-        f'VoxgateKind = "{ds.kind}"',
-    ]
+    """Write ``ds`` to its .k.toml: the first layer's keys that voxgate knows from ``ds``, and
+    everything else of the file as it was read (other keys of the layer, such as ServerFormat,
+    URL or Color, other layers, top-level keys)."""
+    doc = dict(ds.doc)
+    layers = list(doc.get("Layer", [{}]))
+    layer = dict(layers[0])
+    ours: dict[str, str] = {
+        "Name": _toml_str(ds.name),
+        "Extent_px": _toml_list(ds.extent_xyz),
+        "VoxelSize_nm": "[" + ", ".join(_toml_list(v) for v in ds.voxel_sizes_xyz) + "]",
+        "CubeShape_px": _toml_list(ds.cube_xyz),
+        # KNOSSOS requires Description (toml::find, not find_or): without it it refuses the file
+        "Description": _toml_str(ds.description),
+    }
+    if "FileExtension" not in layer:  # else as written (KNOSSOS matches its spelling exactly)
+        ours["FileExtension"] = "[" + ", ".join(f'"{e}"' for e in ds.exts) + "]"
+    if not ds.doc or "VoxgateOffset_px" in layer or any(ds.offset_zyx):
+        ours["VoxgateOffset_px"] = _toml_list(ds.offset_zyx[::-1])
+    if not ds.doc or "VoxgateKind" in layer or ds.kind != "image":
+        ours["VoxgateKind"] = _toml_str(ds.kind)
+    # keys already in the layer keep their place; new ones follow
+    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in doc.items() if k != "Layer"]
+    lines.append("[[Layer]]")
+    lines += [f"{_toml_key(k)} = {ours.pop(k) if k in ours else _toml_value(v)}"
+              for k, v in layer.items()]
+    lines += [f"{k} = {v}" for k, v in ours.items()]
+    for other in layers[1:]:
+        lines.append("[[Layer]]")
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in other.items()]
     atomic_write(ds.conf, ("\n".join(lines) + "\n").encode())
