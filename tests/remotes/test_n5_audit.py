@@ -19,6 +19,8 @@ import tensorstore as ts
 import voxgate
 from voxgate.errors import CapabilityNotSupportedError, InvalidRequestError, VoxgateWarning
 
+from .test_n5 import add_attrs
+
 RNG = np.random.default_rng(20)
 SHAPE = (7, 13, 19)  # z, y, x: no axis a multiple of the block size
 BLOCK = [5, 4, 3]  # x, y, z
@@ -82,14 +84,6 @@ def ts_dataset(path: Path, array: np.ndarray, block: list[int], **metadata: Any)
 def ts_read(path: Path) -> np.ndarray:
     store = ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": f"{path}/"}}).result()
     return np.asarray(store.read().result()).T
-
-
-def edit_attrs(path: Path, **changes: Any) -> None:
-    f = path / "attributes.json"
-    attrs = json.loads(f.read_text()) if f.exists() else {}
-    attrs.update(changes)
-    path.mkdir(parents=True, exist_ok=True)
-    f.write_text(json.dumps(attrs))
 
 
 def check_reads(url: str, expected: np.ndarray) -> None:
@@ -169,14 +163,14 @@ def test_java_compression_members(tmp_path: Path, compression: dict[str, Any],
                                   extra: dict[str, Any]) -> None:
     expected = data("uint16")
     ts_dataset(tmp_path / "j", expected.T, BLOCK, compression=compression)
-    edit_attrs(tmp_path / "j", compression={**compression, **extra})
+    add_attrs(tmp_path / "j", compression={**compression, **extra})
     check_reads(f"n5://{tmp_path}/j", expected)
     vol = voxgate.open(f"n5://{tmp_path}/j", mode="r+")
     vol[1:4, 2:5, 3:6] = 77
     expected[1:4, 2:5, 3:6] = 77
     attrs = json.loads((tmp_path / "j" / "attributes.json").read_text())
     assert attrs["compression"] == {**compression, **extra}  # the writer's attributes kept
-    edit_attrs(tmp_path / "j", compression=compression)
+    add_attrs(tmp_path / "j", compression=compression)
     np.testing.assert_array_equal(ts_read(tmp_path / "j"), expected)
 
 
@@ -223,7 +217,7 @@ def test_axes_order_applies_to_resolution_units_and_factors(tmp_path: Path) -> N
     root = tmp_path / "group"
     ts_dataset(root / "s0", zyx, [3, 4, 5], axes=["z", "y", "x"])
     ts_dataset(root / "s1", zyx[:, ::2, ::2].copy(), [3, 4, 5], axes=["z", "y", "x"])
-    edit_attrs(root, axes=["z", "y", "x"], resolution=[40, 4, 5], units=["nm"] * 3,
+    add_attrs(root, axes=["z", "y", "x"], resolution=[40, 4, 5], units=["nm"] * 3,
                downsamplingFactors=[[1, 1, 1], [1, 2, 2]])
     vol = voxgate.open(f"n5://{root}")
     assert [s.voxel_size.zyx() for s in vol.scales] == [(40.0, 4.0, 5.0), (40.0, 8.0, 10.0)]
@@ -237,14 +231,14 @@ def test_bigdataviewer_setup_timepoint_layout(tmp_path: Path) -> None:
     full = data("uint16", (5, 20, 23))
     factors = [[1, 1, 1], [2, 2, 1], [8, 8, 4]]
     setup = tmp_path / "bdv.n5" / "setup0"
-    edit_attrs(tmp_path / "bdv.n5", n5="2.0.0")
-    edit_attrs(setup, downsamplingFactors=factors, dataType="uint16")
+    add_attrs(tmp_path / "bdv.n5", n5="2.0.0")
+    add_attrs(setup, downsamplingFactors=factors, dataType="uint16")
     levels = []
     for i, (fx, fy, fz) in enumerate(factors):
         level = full[::fz, ::fy, ::fx].copy()  # ceil-divided shapes
         levels.append(level)
         write_by_hand(setup / "timepoint0" / f"s{i}", level, [4, 4, 4], compression="gzip")
-    edit_attrs(setup / "timepoint0", multiScale=True, resolution=[4, 4, 30])
+    add_attrs(setup / "timepoint0", multiScale=True, resolution=[4, 4, 30])
     vol = voxgate.open(f"n5://{setup}/timepoint0")
     assert [tuple(s.shape) for s in vol.scales] == [(5, 20, 23), (5, 10, 12), (2, 3, 3)]
     assert [s.voxel_size.zyx() for s in vol.scales] == [
@@ -366,9 +360,9 @@ def test_cosem_transforms_give_voxel_size_and_offset(tmp_path: Path, where: str,
         tf = cosem_transform(vs, centre, form, unit)
         ts_dataset(root / f"s{i}", level.T, BLOCK)
         own = {"pixelResolution": {"unit": "nm", "dimensions": vs[::-1]}}
-        edit_attrs(root / f"s{i}", **own, **({"transform": tf} if where == "dataset" else {}))
+        add_attrs(root / f"s{i}", **own, **({"transform": tf} if where == "dataset" else {}))
         datasets.append({"path": f"s{i}", "transform": tf})
-    edit_attrs(root, axes=["x", "y", "z"], units=["nm"] * 3,
+    add_attrs(root, axes=["x", "y", "z"], units=["nm"] * 3,
                scales=[list(f[::-1]) for f, _ in LEVELS],
                pixelResolution={"unit": "nm", "dimensions": list(VS0[::-1])},
                multiscales=[{"datasets": datasets}])
@@ -394,8 +388,8 @@ def test_paintera_resolution_and_offset(tmp_path: Path) -> None:
     s0, s1 = data("uint16", (5, 13, 19)), data("uint16", (5, 7, 10))
     ts_dataset(root / "s0", s0.T, BLOCK)
     ts_dataset(root / "s1", s1.T, BLOCK)
-    edit_attrs(root / "s1", downsamplingFactors=[2, 2, 1])
-    edit_attrs(root, multiScale=True, resolution=[4.0, 4.0, 40.0], offset=[-8.0, 12.0, 80.0])
+    add_attrs(root / "s1", downsamplingFactors=[2, 2, 1])
+    add_attrs(root, multiScale=True, resolution=[4.0, 4.0, 40.0], offset=[-8.0, 12.0, 80.0])
     vol = voxgate.open(f"n5://{root}")
     assert [s.voxel_size.zyx() for s in vol.scales] == [(40.0, 4.0, 4.0), (40.0, 8.0, 8.0)]
     assert [s.offset for s in vol.scales] == [(2, 3, -2), (2, 1, -1)]
@@ -403,7 +397,7 @@ def test_paintera_resolution_and_offset(tmp_path: Path) -> None:
 
     single = tmp_path / "single"
     ts_dataset(single, s0.T, BLOCK)
-    edit_attrs(single, resolution=[0.004, 0.004, 0.04], units=["um"] * 3,
+    add_attrs(single, resolution=[0.004, 0.004, 0.04], units=["um"] * 3,
                offset=[0.008, 0.012, 0.08])
     vol = voxgate.open(f"n5://{single}")
     assert vol.voxel_size.zyx() == pytest.approx((40.0, 4.0, 4.0))
@@ -418,13 +412,13 @@ def test_positions_between_voxels(tmp_path: Path) -> None:
     position kept as the scale's translation."""
     expected = data("uint8")
     ts_dataset(tmp_path / "near", expected.T, BLOCK)
-    edit_attrs(tmp_path / "near", transform=cosem_transform(
+    add_attrs(tmp_path / "near", transform=cosem_transform(
         [5.24, 4.0, 4.0], [3 * 5.24 * (1 + 1e-9), 15.9999999, -8.0], "C"))
     vol = voxgate.open(f"n5://{tmp_path}/near")
     assert vol.offset == (3, 4, -2)
 
     ts_dataset(tmp_path / "off", expected.T, BLOCK)
-    edit_attrs(tmp_path / "off", transform=cosem_transform([40.0, 4.0, 4.0], [80.0, 13.6, 8.0],
+    add_attrs(tmp_path / "off", transform=cosem_transform([40.0, 4.0, 4.0], [80.0, 13.6, 8.0],
                                                            "C"))
     with pytest.warns(VoxgateWarning, match=r"3\.4.*nearest whole voxel, offset \(2, 3, 2\)"):
         vol = voxgate.open(f"n5://{tmp_path}/off")
@@ -439,16 +433,16 @@ def test_which_position_wins(tmp_path: Path) -> None:
     expected = data("uint8")
     tf = cosem_transform([40.0, 4.0, 4.0], [80.0, 12.0, 8.0], "C")
     ts_dataset(tmp_path / "d", expected.T, BLOCK)
-    edit_attrs(tmp_path / "d", transform=tf, offset=[400.0, 400.0, 400.0],
+    add_attrs(tmp_path / "d", transform=tf, offset=[400.0, 400.0, 400.0],
                resolution=[1.0, 1.0, 1.0])
     vol = voxgate.open(f"n5://{tmp_path}/d")
     assert (vol.voxel_size.zyx(), vol.offset) == ((40.0, 4.0, 4.0), (2, 3, 2))
-    edit_attrs(tmp_path / "d", voxgate={"offset": [1, 1, 1], "voxel_size": [9, 9, 9]})
+    add_attrs(tmp_path / "d", voxgate={"offset": [1, 1, 1], "voxel_size": [9, 9, 9]})
     vol = voxgate.open(f"n5://{tmp_path}/d")
     assert (vol.voxel_size.zyx(), vol.offset) == ((9.0, 9.0, 9.0), (1, 1, 1))
 
     ts_dataset(tmp_path / "bad", expected.T, BLOCK)
-    edit_attrs(tmp_path / "bad", transform={**tf, "axes": ["a", "b", "c"]},
+    add_attrs(tmp_path / "bad", transform={**tf, "axes": ["a", "b", "c"]},
                offset=[8.0, "12", 80.0], resolution=[4, 4, 40])
     with pytest.warns(VoxgateWarning) as caught:
         vol = voxgate.open(f"n5://{tmp_path}/bad")
