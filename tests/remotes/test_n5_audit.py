@@ -17,7 +17,12 @@ import pytest
 import tensorstore as ts
 
 import voxgate
-from voxgate.errors import CapabilityNotSupportedError, InvalidRequestError, VoxgateWarning
+from voxgate.errors import (
+    CapabilityNotSupportedError,
+    CorruptChunkError,
+    InvalidRequestError,
+    VoxgateWarning,
+)
 
 from .test_n5 import add_attrs
 
@@ -314,6 +319,14 @@ def test_other_block_modes_are_unsupported_not_corrupt(tmp_path: Path, mode: int
     vol = voxgate.open(f"n5://{tmp_path}/m")
     with pytest.raises(CapabilityNotSupportedError, match="varlength or object mode"):
         vol.read()
+
+
+def test_a_block_of_another_mode_is_corrupt(tmp_path: Path) -> None:
+    """A block whose mode is none of N5's (0, 1, 2: garbage or a damaged file) is a damaged
+    block, as the object-storage journeys expect, not an unsupported one."""
+    write_by_hand(tmp_path / "m", data("uint16"), BLOCK, mode=3)
+    with pytest.raises(CorruptChunkError, match="could not be decoded"):
+        voxgate.open(f"n5://{tmp_path}/m").read()
 
 
 # -- where the data lies: COSEM / OpenOrganelle transforms, Paintera offsets --------------------

@@ -693,8 +693,9 @@ class N5Remote(Remote):
             self._arrays[scale].write(box, array)
 
 
-#: what tensorstore says of a block in N5's varlength (1) or object (2) mode
-_OTHER_MODES = ("varlength chunks not supported", "Unexpected N5 chunk mode")
+#: what tensorstore says of a block in N5's varlength (1) or object (2) mode (any other mode
+#: is a damaged block: the first two bytes of garbage)
+_OTHER_MODES = re.compile(r"varlength chunks not supported|Unexpected N5 chunk mode: 2\b")
 
 
 @contextlib.contextmanager
@@ -704,7 +705,7 @@ def _block_modes() -> Iterator[None]:
     try:
         yield
     except CorruptChunkError as exc:
-        if not any(m in str(exc) for m in _OTHER_MODES):
+        if not _OTHER_MODES.search(str(exc)):
             raise
         raise CapabilityNotSupportedError(
             f"N5 block {exc.chunk or '(unknown)'} is stored in varlength or object mode (its "
