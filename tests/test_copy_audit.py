@@ -840,7 +840,7 @@ def test_a_first_voxel_pyramid_into_a_dvid_labelmap(tmp_path: Path) -> None:
             voxgate.copy(src, url, progress=False)
         assert "seg" not in repo.instances()
         # a labelmap's scales are laid out when it is made: create it, then as the message says
-        voxgate.create(url, shape=SHAPE, dtype="uint64", chunks=(8, 16, 24),
+        voxgate.create(url, shape=SHAPE, dtype="uint64", chunks=(16, 16, 16),
                        voxel_size=(8, 8, 8), kind="segmentation", offset=OFFSET, num_scales=3)
         voxgate.copy(src, url, scales=[0], progress=False)
         voxgate.downsample(url)

@@ -99,8 +99,8 @@ def test_dvid_undo_of_a_merge_after_splitting_the_merged_body(dvid: DVIDServerPr
     # not the supervoxels the merged body had before, back to their old body
     repo = DVIDRepo.create(dvid.url, alias="journey-merge-split-undo")
     url = repo.url("seg")
-    v = voxgate.create(url, shape=SHAPE, chunks=(8, 8, 8), dtype="uint64", voxel_size=(8, 8, 8),
-                       kind="segmentation")
+    v = voxgate.create(url, shape=SHAPE, chunks=(16, 16, 16), dtype="uint64",
+                       voxel_size=(8, 8, 8), kind="segmentation")  # labelmap: multiples of 16
     v[:] = labels()
     v = voxgate.open(url, mode="r+")
     m = voxgate.merge(v, [7, 9])

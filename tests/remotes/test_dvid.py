@@ -80,6 +80,19 @@ class TestDVIDRemote(RemoteTests):
     def url(self, tmp_path: Path, name: str) -> str:
         return self.repo.url(_name(tmp_path, name))
 
+    def test_metadata(self, tmp_path: Path) -> None:
+        # the suite's, with a labelmap's blocks: DVID takes only multiples of 16 there
+        # (labelmap.go NewData), not the suite's (8, 16, 16), which create refuses
+        with pytest.raises(InvalidRequestError, match="multiples of 16"):
+            self.make(tmp_path, "refused", kind="segmentation", dtype="uint64")
+        vol = self.make(tmp_path, kind="segmentation", dtype="uint64", chunks=(16, 16, 32))
+        again = voxgate.open(self.url(tmp_path, "vol"))
+        assert again.shape == (20, 40, 50) and again.dtype == np.uint64
+        assert tuple(again.chunks) == (16, 16, 32)
+        assert again.voxel_size.zyx() == (40.0, 8.0, 8.0) and again.voxel_size.unit == "nm"
+        assert again.kind == "segmentation" and tuple(again.offset) == (0, 0, 0)
+        assert len(again.scales) == 1 and vol.url == again.url
+
 
 _SM_REPO: list[DVIDRepo] = []
 
@@ -100,7 +113,7 @@ TestDVIDStateMachine.settings = settings(max_examples=5, stateful_step_count=8, 
 
 TestDVIDLabelStateMachine = remote_state_machine(
     lambda n: _sm_url("lbl_" + n), dtype="uint64", kind="segmentation",
-    block_size=(8, 8, 8)).TestCase
+    block_size=(16, 16, 16)).TestCase  # DVID labelmap blocks are multiples of 16
 TestDVIDLabelStateMachine.settings = settings(max_examples=4, stateful_step_count=6,
                                               deadline=None)
 
@@ -810,7 +823,7 @@ def test_downsample_of_a_labelmap_at_an_odd_offset(repo: DVIDRepo, tmp_path: Pat
     url = repo.url(_name(tmp_path, "seg"))
     offset = (8, 7, 45)
     labels = np.random.default_rng(5).integers(1, 4, (6, 21, 26)).astype(np.uint64)
-    vol = voxgate.create(url, shape=labels.shape, chunks=(8, 8, 8), dtype="uint64",
+    vol = voxgate.create(url, shape=labels.shape, chunks=(16, 16, 16), dtype="uint64",
                          voxel_size=(8, 8, 8), offset=offset, kind="segmentation",
                          num_scales=2)
     vol[:] = labels

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import voxgate
-from voxgate.errors import PartialWriteError, ReadOnlyError
+from voxgate.errors import InvalidRequestError, ReadOnlyError
 from voxgate.geometry import Box
 from voxgate.remotes.dvid import DVIDRepo
 from voxgate.testing.dvid import DVIDServerProcess, start_server
@@ -77,9 +77,9 @@ def test_single_aligned_block_of_an_unwritten_labelmap_region(repo: DVIDRepo,
     (uncompressed).  dvid:// read such boxes, and the whole blocks under an unaligned write, as
     one request each, so on a fresh labelmap a chunk-sized read or a small write failed."""
     url = repo.url(_name("seg"))
+    # (at non-negative coordinates: DVID's downres cannot take writes to negative odd blocks)
     voxgate.create(url, shape=(6 * BS, 2 * BS, 3 * BS), chunks=(BS, BS, BS), dtype="uint64",
-                   voxel_size=(8, 8, 8), offset=(-2 * BS, 0, -BS), kind="segmentation",
-                   num_scales=2)
+                   voxel_size=(8, 8, 8), kind="segmentation", num_scales=2)
     name = url.rsplit("/", 1)[1]
     base = f"/api/node/{repo.root}/{name}"
     r = http.get(f"{base}/raw/0_1_2/{BS}_{BS}_{BS}/-{BS}_0_{BS}?compression=lz4")
@@ -94,17 +94,17 @@ def test_single_aligned_block_of_an_unwritten_labelmap_region(repo: DVIDRepo,
 
     for comp in ("lz4", "gzip", "none"):
         vol = voxgate.open(url, mode="r+", compression=comp)
-        z0 = {"lz4": -2 * BS, "gzip": 0, "none": 2 * BS}[comp]
-        block = Box((z0, 0, -BS), (z0 + BS, BS, 0))
+        z0 = {"lz4": 0, "gzip": 2 * BS, "none": 4 * BS}[comp]
+        block = Box((z0, 0, BS), (z0 + BS, BS, 2 * BS))
         assert not vol.read(block).any()
         assert not vol.at_scale(1).read(Box((z0 // 2, 0, 0), (z0 // 2 + BS, BS, BS))).any()
         # an unaligned write inside one unwritten block: read the block, patch it, write it
-        vol.write(9, Box((z0 + 3, 5, -7), (z0 + 5, 10, -2)))
+        vol.write(9, Box((z0 + 3, 5, 2 * BS - 7), (z0 + 5, 10, 2 * BS - 2)))
         want = np.zeros((BS, BS, BS), np.uint64)
         want[3:5, 5:10, BS - 7:BS - 2] = 9
         np.testing.assert_array_equal(vol.read(block), want)
         # the block exists now: DVID's one-block path serves it, and agrees
-        r = http.get(f"{base}/raw/0_1_2/{BS}_{BS}_{BS}/-{BS}_0_{z0}")
+        r = http.get(f"{base}/raw/0_1_2/{BS}_{BS}_{BS}/{BS}_0_{z0}")
         assert r.status_code == 200
         np.testing.assert_array_equal(np.frombuffer(r.content, "<u8").reshape(BS, BS, BS), want)
 
@@ -135,9 +135,26 @@ def test_negative_unaligned_volumes_and_labelmap_scales(repo: DVIDRepo,
         np.testing.assert_array_equal(again.read(Box((-30, 0, 40), (-20, 17, 60))),
                                       model[7:17, 5:22, 29:49])
 
-    # a labelmap at a negative, unaligned offset with two coarser scales computed by the server
+    # a labelmap at a negative, unaligned offset: one scale (DVID's downres cannot take writes
+    # to negative odd blocks, see test_labelmap_scales_at_negative_odd_blocks)
     url = repo.url(_name("seg"))
     off, shape = (-21, -3, 5), (21, 19, 35)
+    vol = voxgate.create(url, shape=shape, chunks=(BS, BS, BS), dtype="uint64",
+                         voxel_size=(8, 8, 8), offset=off, kind="segmentation")
+    model = rng.integers(1, 5, shape).astype(np.uint64)
+    vol[...] = model
+    model[2:9, 4:15, 3:30] = 2**60 + 7  # crosses blocks on every axis
+    vol.write(2**60 + 7, Box((off[0] + 2, off[1] + 4, off[2] + 3),
+                             (off[0] + 9, off[1] + 15, off[2] + 30)))
+    got = voxgate.open(url)
+    np.testing.assert_array_equal(got.read(), model)
+    np.testing.assert_array_equal(got.read(Box((-20, 0, 7), (-3, 13, 33))),
+                                  model[1:18, 3:16, 2:28])
+    neg_url, neg_off, neg_shape, neg_model = url, off, shape, model
+
+    # a labelmap at an unaligned offset with two coarser scales computed by the server
+    url = repo.url(_name("seg"))
+    off, shape = (43, 61, 5), (21, 19, 35)
     vol = voxgate.create(url, shape=shape, chunks=(BS, BS, BS), dtype="uint64",
                          voxel_size=(8, 8, 8), offset=off, kind="segmentation", num_scales=3)
     model = rng.integers(1, 5, shape).astype(np.uint64)
@@ -172,6 +189,7 @@ def test_negative_unaligned_volumes_and_labelmap_scales(repo: DVIDRepo,
                                                 x0 + 3 - lo[2] // 2:x0 + 17 - lo[2] // 2])
 
     # dvidtools reads the same labels at negative coordinates, and the same sparse volume
+    url, off, shape, model = neg_url, neg_off, neg_shape, neg_model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         import dvid  # dvidtools' import name
@@ -248,10 +266,12 @@ def test_locked_node_refuses_writes_and_branches_see_their_own_data(
         writer.write(1, Box((off[0], 5, -3), (off[0] + 2, 7, -1)))
     with pytest.raises(ReadOnlyError, match="locked node"):
         writer.write(1, Box((-5, 5, 0), (0, 10, 14)))
-    # a write over several blocks: the Volume reports it per block, none written
-    with pytest.raises(PartialWriteError) as info:
+    # a write over several blocks, every one refused: the refusal itself (it was a
+    # PartialWriteError with no block written, wrapping the ReadOnlyError)
+    with pytest.raises(ReadOnlyError, match=r"(?s)locked node.*make a child"):
         writer.write(1, Box((off[0], 5, -3), (off[0] + 2, 7, 4)))
-    assert info.value.written == [] and isinstance(info.value.__cause__, ReadOnlyError)
+    with pytest.raises(ReadOnlyError, match="locked node"):
+        writer.write(np.ones((13, 22, 31), np.uint8), Box(off, (off[0] + 13, 25, 14)))
     np.testing.assert_array_equal(voxgate.open(url).read(), first)
     # nodeSelector refuses every other POST on the locked node, commit included
     resp = http.post(f"/api/node/{r.root}/commit", json={"note": "again"})
@@ -319,3 +339,108 @@ def test_bad_requests_answer_as_dvid(repo: DVIDRepo, http: httpx.Client) -> None
     bad(http.post(f"/api/node/{r2.root}/commit", content=b""),
         "Malformed JSON request in body: unexpected end of JSON input")
     assert not r2.is_locked(r2.root)
+
+
+# -- labelmap block sizes -------------------------------------------------------------------------
+def test_labelmap_block_size_must_be_multiples_of_16(repo: DVIDRepo, http: httpx.Client) -> None:
+    """labelmap.go NewData: Sscanf("%d,%d,%d") then "BlockSize must be multiples of 16"; the
+    imageblk types and labelarray take other sizes.  dvid:// took labelmaps of 8^3 blocks,
+    which real DVID refuses."""
+    path = f"/api/repo/{repo.root}/instance"
+
+    def new(typename: str, bs: str) -> httpx.Response:
+        return http.post(path, json={"typename": typename, "dataname": _name("bs"),
+                                     "BlockSize": bs})
+
+    for bs in ("8,8,8", "16,16,24", "32,8,16"):
+        r = new("labelmap", bs)
+        assert r.status_code == 400 and r.text == f"BlockSize must be multiples of 16 ({path}).\n"
+    for typename, bs in (("labelmap", "16,32,48"), ("uint8blk", "8,8,8"),
+                         ("labelarray", "8,8,8")):
+        assert new(typename, bs).status_code == 200, (typename, bs)
+
+    for chunks in ((8, 8, 8), (16, 16, 24)):
+        url = repo.url(_name("seg"))
+        with pytest.raises(InvalidRequestError, match=r"labelmap blocks must be multiples of 16"):
+            voxgate.create(url, shape=(16, 16, 16), chunks=chunks, dtype="uint64",
+                           voxel_size=(8, 8, 8), kind="segmentation")
+        assert url.rsplit("/", 1)[1] not in repo.instances()
+    name = _name("seg")
+    with pytest.raises(InvalidRequestError, match="BlockSize must be multiples of 16"):
+        repo.create_instance(name, "labelmap", block_size=(8, 8, 8))
+    assert name not in repo.instances()
+    img = voxgate.create(repo.url(_name("img")), shape=(16, 16, 16), chunks=(8, 8, 8),
+                         dtype="uint8", voxel_size=(8, 8, 8))
+    img[...] = 3
+    assert (img.read() == 3).all()
+
+
+# -- labelmap downres at negative odd block coordinates -------------------------------------------
+def test_labelmap_scales_at_negative_odd_blocks(repo: DVIDRepo, http: httpx.Client) -> None:
+    """labelmap downres.go getHiresChanges indexes a block's octant with Go's %, negative for
+    a negative odd coordinate: a negative index panics (500) once scale 0 is stored; one that
+    lands in 0..7 puts the block in another octant.  dvid:// refuses what would reach it."""
+    h = BS // 2
+
+    def post(base: str, value: int, x: int, z: int = 0) -> httpx.Response:
+        return http.post(f"{base}/raw/0_1_2/{BS}_{BS}_{BS}/{x}_0_{z}?mutate=true",
+                         content=np.full(BS**3, value, "<u8").tobytes())
+
+    def get(base: str, x: int, z: int = 0, scale: int = 0) -> np.ndarray:
+        # one voxel wider than a block: DVID's general path (a never-written block reads 0)
+        r = http.get(f"{base}/raw/0_1_2/{BS + 1}_{BS}_{BS}/{x}_0_{z}?scale={scale}")
+        assert r.status_code == 200, r.text
+        return np.frombuffer(r.content, "<u8").reshape(BS, BS, BS + 1)[..., :BS]
+
+    _, base = _labelmap(repo, levels=1)
+    r = post(base, 5, -BS)  # block x = -1: octant index -1
+    assert r.status_code == 500 and "runtime error: index out of range [-1]" in r.text
+    assert (get(base, -BS) == 5).all()  # scale 0 was stored before the downres
+    assert not get(base, -BS, scale=1).any()
+    # block (x, y, z) = (-1, 0, 1): index 4 - 1 = 3, octant (x 1, y 1, z 0), not (1, 0, 1)
+    assert post(base, 6, -BS, z=BS).status_code == 200
+    s1 = get(base, -BS, scale=1)
+    assert (s1[:h, h:, h:] == 6).all() and not s1[h:, :h, h:].any()
+    # two levels: block x = -2 is even at scale 0, its parent -1 odd at scale 1
+    _, base = _labelmap(repo, levels=2)
+    r = post(base, 7, -2 * BS)
+    assert r.status_code == 500 and "index out of range [-1]" in r.text
+    s1 = get(base, -BS, scale=1)  # scale 1 was stored before the panic at level 1
+    assert (s1[:h, :h, :h] == 7).all() and s1[h:].sum() + s1[:, h:].sum() + s1[..., h:].sum() == 0
+    assert not get(base, -BS, scale=2).any()
+
+    # dvid:// refuses to make a labelmap with scales over such blocks: nothing is made
+    for offset, shape, scales in (((0, 0, -2 * BS), (BS, BS, 2 * BS), 2),
+                                  ((-3, 0, 0), (BS, BS, BS), 2),
+                                  ((0, -2 * BS, 0), (BS, BS, BS), 3)):
+        url = repo.url(_name("seg"))
+        with pytest.raises(InvalidRequestError, match=r"Go's %.*Nothing was created"):
+            voxgate.create(url, shape=shape, chunks=(BS, BS, BS), dtype="uint64",
+                           voxel_size=(8, 8, 8), offset=offset, kind="segmentation",
+                           num_scales=scales)
+        assert url.rsplit("/", 1)[1] not in repo.instances()
+    # at a block at a multiple of 2^levels, and with one scale, negative is fine
+    ok = voxgate.create(repo.url(_name("seg")), shape=(BS, BS, BS), chunks=(BS, BS, BS),
+                        dtype="uint64", voxel_size=(8, 8, 8), offset=(0, 0, -2 * BS),
+                        kind="segmentation", num_scales=2)
+    ok[...] = 4
+    assert (ok.at_scale(1).read() == 4).all()
+
+    # an instance made elsewhere, its geometry from DVID's extents: the write is refused
+    # before anything is sent; a write at safe blocks goes through
+    name, base = _labelmap(repo, levels=1)
+    assert http.post(f"{base}/extents", json={"MinPoint": [-2 * BS, 0, 0],
+                                              "MaxPoint": [BS - 1, BS - 1, BS - 1]}) \
+        .status_code == 200
+    vol = voxgate.open(repo.url(name), mode="r+")
+    assert tuple(vol.offset) == (0, 0, -2 * BS)
+    with pytest.raises(InvalidRequestError, match=r"block -1 along x.*Nothing was written"):
+        vol.write(8, Box((0, 0, -2 * BS), (BS, BS, BS)))
+    with pytest.raises(InvalidRequestError, match=r"block -1 along x"):
+        vol.write(8, Box((1, 2, -3), (2, 3, -2)))
+    assert not get(base, -2 * BS).any() and not get(base, -BS).any() and not get(base, 0).any()
+    vol.write(8, Box((0, 0, -2 * BS), (BS, BS, -BS)))
+    vol.write(9, Box((0, 0, 0), (BS, BS, BS)))
+    assert (get(base, -2 * BS) == 8).all() and (get(base, 0) == 9).all()
+    s1 = vol.at_scale(1).read()
+    assert (s1[:h, :h, :h] == 8).all() and (s1[:h, :h, BS:BS + h] == 9).all()

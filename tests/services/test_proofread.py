@@ -51,7 +51,9 @@ def dvid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DVIDServerProcess
 
 
 def _file_store(url: str, **kw: Any) -> voxgate.Volume:
-    v = voxgate.create(url, shape=SHAPE, chunks=CHUNKS, dtype="uint64", voxel_size=(8, 8, 8),
+    # a DVID labelmap's blocks are multiples of 16 (labelmap.go NewData)
+    chunks = (16, 16, 16) if url.startswith("dvid://") else CHUNKS
+    v = voxgate.create(url, shape=SHAPE, chunks=chunks, dtype="uint64", voxel_size=(8, 8, 8),
                        kind="segmentation", **kw)
     v[:] = labels()
     return voxgate.open(url, mode="r+")

@@ -206,6 +206,10 @@ def _write_blocks(vol: Volume, box: Box, part: Callable[[Box], np.ndarray | None
     res = run_blocks(put, blocks, workers=workers)
     if res.failed:
         first = res.failed[0][1]
+        if not res.done and all(isinstance(e, ReadOnlyError) for _, e in res.failed):
+            # the store refused every block it was asked (a committed DVID node, a read-only
+            # bucket): nothing was written, and the refusal itself says why
+            raise first
         failed = [b for b, _ in res.failed]
         untouched = [b for b in blocks if b not in res.done and b not in failed]
         raise PartialWriteError(

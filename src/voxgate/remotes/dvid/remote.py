@@ -57,6 +57,42 @@ def _aligned(box: Box, grid: Vec) -> Box:
     )
 
 
+def _downres_breaks(lo: Vec, hi: Vec, levels: int) -> tuple[int, int] | None:
+    """(axis, block) of the first block in ``lo..hi`` (inclusive block coordinates, z, y, x)
+    that DVID's labelmap/labelarray downres cannot take with ``levels`` coarser scales, or None.
+
+    downres.go getHiresChanges puts a changed block of level k at octant
+    ``((z % 2) << 2) + ((y % 2) << 1) + (x % 2)`` of its parent, with Go's ``%``, which is
+    negative for a negative odd coordinate: the index is negative (a panic, answered 500,
+    after scale 0 was stored) or another octant's (the coarser scales wrong).  Block b reaches
+    level k as ``b >> k``; that is odd and negative for some k < ``levels`` exactly when b is
+    negative and not a multiple of 2^levels."""
+    if levels < 1:
+        return None
+    step = 2**levels
+    for axis, (a, b) in enumerate(zip(lo, hi, strict=True)):
+        for blk in range(a, min(b, -1) + 1):
+            if blk % step:
+                return axis, blk
+    return None
+
+
+def _downres_refusal(where: str, typename: str, levels: int, block: Vec,
+                     found: tuple[int, int], nothing: str) -> InvalidRequestError:
+    axis, b = found
+    name = "zyx"[axis]
+    bs = block[axis]
+    return InvalidRequestError(
+        f"{where}: a DVID {typename} with coarser scales (MaxDownresLevel {levels}) cannot "
+        f"take voxels in block {b} along {name} (voxels {b * bs}..{(b + 1) * bs - 1}): DVID's "
+        "downres (downres.go getHiresChanges) finds a block's octant with Go's %, negative "
+        "for a negative odd block coordinate at any scale it downsamples, so a write there "
+        "fails with a server panic (500) after storing scale 0, or lands in the wrong place "
+        f"of the coarser scales. At negative coordinates only blocks at multiples of "
+        f"2^{levels} = {2**levels} are safe. {nothing}: place the volume at non-negative "
+        "coordinates, or make it with one scale (num_scales=1)")
+
+
 def _tiles(box: Box, tile: Vec) -> list[Box]:
     """``box`` cut on a grid of ``tile`` anchored at the origin (DVID's blocks are)."""
     lo = [a // t for a, t in zip(box.start, tile, strict=True)]
@@ -265,9 +301,23 @@ class DVIDRemote(Remote):
                         f"DVID {typename} scales halve every axis: scale {k} would be "
                         f"{tuple(want)}, this volume's is {tuple(sc.shape)} (copy only scale 0 "
                         "with scales=[0], or use an image type)")
+            if typename == "labelmap" and any(c % 16 for c in s0.chunks):
+                # labelmap.go NewData: "BlockSize must be multiples of 16"
+                raise InvalidRequestError(
+                    f"DVID labelmap blocks must be multiples of 16 voxels on every axis "
+                    f"(DVID refuses others); got chunks {tuple(s0.chunks)}: use e.g. "
+                    "(64, 64, 64), DVID's default, or (16, 16, 16)")
             if any(c % 8 for c in s0.chunks):
                 raise InvalidRequestError(
                     f"DVID label blocks are multiples of 8 voxels; got chunks {tuple(s0.chunks)}")
+            levels = len(meta.scales) - 1
+            first = Vec(*(o // c for o, c in zip(s0.offset, s0.chunks, strict=True)))
+            last = Vec(*(-(-(o + s) // c) - 1 for o, s, c in zip(s0.offset, s0.shape, s0.chunks,
+                                                                  strict=True)))
+            breaks = _downres_breaks(first, last, levels)
+            if breaks is not None:
+                raise _downres_refusal(f"dvid://{server}/{node}/{instance}", typename, levels,
+                                       s0.chunks, breaks, "Nothing was created")
         elif typename in IMAGE_TYPES:
             if IMAGE_TYPES[typename] != meta.dtype.name:
                 raise DtypeError(f"a {typename} holds {IMAGE_TYPES[typename]}, not "
@@ -467,6 +517,14 @@ class DVIDRemote(Remote):
             return
         grid = self.meta.scale(scale).chunks
         outer = _aligned(box, grid)
+        levels = len(self.meta.scales) - 1
+        if self.is_label and scale == 0 and levels:
+            breaks = _downres_breaks(
+                Vec(*(a // g for a, g in zip(outer.start, grid, strict=True))),
+                Vec(*(b // g - 1 for b, g in zip(outer.stop, grid, strict=True))), levels)
+            if breaks is not None:
+                raise _downres_refusal(f"{self.url}: writing {box!r}", self.typename, levels,
+                                       grid, breaks, "Nothing was written")
         tile = self._request_tile(scale)
         if outer == box:
             def put(b: Box) -> None:

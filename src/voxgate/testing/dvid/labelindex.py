@@ -117,7 +117,14 @@ def _put_blocks(ctx: _Ctx, blocks: dict[tuple[int, int, int], np.ndarray], *, mu
     if deltas:
         _change_index(ctx, deltas)
     if downres and blocks:
-        _downres(ctx, set(blocks))
+        try:
+            _downres(ctx, set(blocks))
+        except DVIDError:
+            # a panic in the downres (negative odd blocks): scale 0 is stored all the same
+            with ctx.state.lock:
+                ctx.mutated()
+                ctx.state.save()
+            raise
 
 
 def _change_index(ctx: _Ctx, deltas: dict[int, dict[tuple[int, int, int], int]]) -> None:
@@ -158,49 +165,65 @@ def _mode2(blk: np.ndarray) -> np.ndarray:
     return out.reshape(nz // 2, ny // 2, nx // 2).astype(blk.dtype)
 
 
+def _go_mod2(v: int) -> int:
+    """Go's ``v % 2`` on an int32: truncated, so -1 for a negative odd ``v``."""
+    return -(-v % 2) if v < 0 else v % 2
+
+
 def _downres(ctx: _Ctx, changed: set[tuple[int, int, int]]) -> None:
     """labelmap downres.go StoreDownres, scale by scale up to MaxDownresLevel: every coarser
     block over a changed block is recomputed from its changed octants; the octants that did
-    not change keep what the coarser block held (all eight changed: it starts from 0)."""
+    not change keep what the coarser block held (all eight changed: it starts from 0).
+
+    getHiresChanges files each changed block under octant
+    ``((z % 2) << 2) + ((y % 2) << 1) + (x % 2)`` of its parent with Go's ``%``, negative for
+    a negative odd coordinate: a negative index panics (server/web.go recoverHandler: 500)
+    before that scale is stored, the scales below it staying stored; an index that lands in
+    range is another octant's, and the block is downsampled into that place (two blocks on
+    one index: one of them, whichever Go's map order gives last)."""
     for scale in range(ctx.inst.max_downres):
         hi, lo = _Vol(ctx, scale), _Vol(ctx, scale + 1)
         bz, by, bx = hi.bs
-        parents: dict[tuple[int, int, int], list[tuple[int, int, int]]] = {}
-        for bk in changed:
-            parents.setdefault((bk[0] >> 1, bk[1] >> 1, bk[2] >> 1), []).append(bk)
+        parents: dict[tuple[int, int, int], dict[int, tuple[int, int, int]]] = {}
+        for bk in sorted(changed):
+            idx = (_go_mod2(bk[0]) << 2) + (_go_mod2(bk[1]) << 1) + _go_mod2(bk[2])
+            if idx < 0:
+                uuid = ctx.repo.nodes[ctx.version].uuid
+                raise DVIDError(
+                    "Panic detected on request voxgate-test/1:\nruntime error: index out of "
+                    f"range [{idx}]\nIP: 127.0.0.1, URL: /api/node/{uuid}/{ctx.inst.name}",
+                    500, raw=True)
+            parents.setdefault((bk[0] >> 1, bk[1] >> 1, bk[2] >> 1), {})[idx] = bk
         for pk, octants in parents.items():
-            solid = _solid_over(hi, pk, octants)
+            solid = _solid_over(hi, octants)
             if solid is not None:
                 lo.store.put(lo.key(*pk), ctx.version, np.full(lo.bs, solid, dtype=lo.dtype))
                 continue
             base = lo.block(*pk) if len(octants) < 8 else None
             out = np.zeros(lo.bs, dtype=lo.dtype) if base is None else base.copy()
-            for z, y, x in octants:
+            for i, (z, y, x) in octants.items():
                 blk = hi.block(z, y, x)
                 sub = _mode2(blk) if blk is not None else np.zeros(
                     (bz // 2, by // 2, bx // 2), dtype=lo.dtype)
-                oz, oy, ox = (z % 2) * bz // 2, (y % 2) * by // 2, (x % 2) * bx // 2
+                # labels/compressed.go DownresSlow places octant i by its bits
+                oz, oy, ox = (i >> 2) * bz // 2, ((i >> 1) & 1) * by // 2, (i & 1) * bx // 2
                 out[oz:oz + bz // 2, oy:oy + by // 2, ox:ox + bx // 2] = sub
             lo.store.put(lo.key(*pk), ctx.version, out)
         changed = set(parents)
 
 
-def _solid_over(hi: _Vol, parent: tuple[int, int, int],
-                octants: list[tuple[int, int, int]]) -> int | None:
+def _solid_over(hi: _Vol, octants: dict[int, tuple[int, int, int]]) -> int | None:
     """labels/compressed.go Block.setBlank, which Block.Downres tries first: an octant that
     did not change counts as a solid block of label 0, so when every changed octant is one
     solid label L, and L is 0 or all eight changed, the coarser block becomes solid L, the
     unchanged octants' part of it included (a write of all-0 blocks clears their coarse
     block).  None: the octants are recomputed one by one."""
-    changed = set(octants)
     label: int | None = None
     for i in range(8):
-        z, y, x = (parent[0] * 2 + (i >> 2), parent[1] * 2 + ((i >> 1) & 1),
-                   parent[2] * 2 + (i & 1))
-        if (z, y, x) not in changed:
+        if i not in octants:
             lbl = 0
         else:
-            blk = hi.block(z, y, x)
+            blk = hi.block(*octants[i])
             if blk is None:
                 return None
             lbl = int(blk.flat[0])

@@ -319,8 +319,14 @@ class DVIDState:
             if "compression" not in cfg:
                 inst.compression = "gzip"  # labelmap.go NewData's default
         if "blocksize" in cfg:
+            if typename == "labelmap" and any(v % 16 for v in _sscanf_ints(cfg["blocksize"])):
+                # labelmap.go NewData: fmt.Sscanf(s, "%d,%d,%d") then each % 16, before the
+                # imageblk properties parse the value (so what Sscanf cannot read passes here)
+                raise DVIDError("BlockSize must be multiples of 16")
             inst.block_size = _triple(cfg["blocksize"], int, "BlockSize")
             if inst.is_label and any(b % 8 or b < 8 for b in inst.block_size):
+                # (real DVID takes any labelarray/labelblk BlockSize here; this server stores
+                # label blocks in 8^3 sub-blocks, as DVID's label Block codec does)
                 raise DVIDError(f"BlockSize {inst.block_size} must be multiples of 8 for labels")
         if "voxelsize" in cfg:
             inst.voxel_size = _triple(cfg["voxelsize"], float, "VoxelSize")
@@ -467,6 +473,16 @@ class DVIDState:
             self.save()
             return _json({"child": u})
         raise not_found
+
+
+def _sscanf_ints(value: Any) -> list[int]:
+    """What Go's ``fmt.Sscanf(value, "%d,%d,%d", &x, &y, &z)`` reads: the leading integers
+    (each after optional spaces) up to the first that does not parse."""
+    out = []
+    m = re.match(r"\s*([+-]?\d+)(?:,\s*([+-]?\d+)(?:,\s*([+-]?\d+))?)?", str(value))
+    if m:
+        out = [int(g) for g in m.groups() if g is not None]
+    return out
 
 
 def _triple(value: Any, kind: Callable[[str], Any], what: str) -> list[Any]:
