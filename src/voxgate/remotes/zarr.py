@@ -10,6 +10,9 @@ plate is refused with the URLs of its images (``_ome_collections``).
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -23,10 +26,12 @@ from ..errors import (
     InvalidRequestError,
     RemoteExistsError,
     RemoteNotFoundError,
+    VoxgateError,
     VoxgateWarning,
 )
 from ..geometry import Box, Vec, VoxelSize
 from ..meta import (
+    SUPPORTED_DTYPES,
     Kind,
     Scale,
     VolumeMeta,
@@ -111,13 +116,16 @@ class ZarrRemote(Remote):
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> ZarrRemote:
         check_options("zarr://", options, cls.open_options, "open")
         if kvstore_exists(location, "zarr.json"):
-            node = read_json(location, "zarr.json")
+            node = _metadata(location, "zarr.json")
+            attrs = node.get("attributes")
+            attrs = attrs if isinstance(attrs, dict) else {}
             if node.get("node_type") == "group":
-                attrs = node.get("attributes", {})
                 ome = attrs.get("ome", attrs)
                 return cls._open_multiscale(location, ome, attrs, 3, mode)
-            return cls._open_plain(location, "zarr3", node.get("attributes", {}), mode)
+            _check_array_doc(node, join(location, "zarr.json"))
+            return cls._open_plain(location, "zarr3", attrs, mode)
         if kvstore_exists(location, ".zarray"):
+            _check_array_doc(_metadata(location, ".zarray"), join(location, ".zarray"))
             attrs = _optional_json(location, ".zattrs")
             return cls._open_plain(location, "zarr", attrs, mode)
         if kvstore_exists(location, ".zgroup"):
@@ -129,16 +137,27 @@ class ZarrRemote(Remote):
 
     @classmethod
     def _open_store(cls, location: str, driver: str, mode: str) -> ts.TensorStore:
+        key = join(location, "zarr.json" if driver == "zarr3" else ".zarray")
         with ts_errors(f"opening zarr array {location}"):
-            return ts.open(
-                # every chunk written is stored, zeros too: an absent chunk is one never
-                # written (or deleted), which missing="error" and absent_chunks report
-                {"driver": driver, "kvstore": kvstore_spec(location),
-                 "store_data_equal_to_fill_value": True},
-                read=True,
-                write=mode == "r+",
-                context=ts_context(),
-            ).result()
+            try:
+                store = ts.open(
+                    # every chunk written is stored, zeros too: an absent chunk is one never
+                    # written (or deleted), which missing="error" and absent_chunks report
+                    {"driver": driver, "kvstore": kvstore_spec(location),
+                     "store_data_equal_to_fill_value": True},
+                    read=True,
+                    write=mode == "r+",
+                    context=ts_context(),
+                ).result()
+            except ValueError as exc:
+                refusal = _metadata_refusal(str(exc), key)
+                if refusal is None:
+                    raise
+                raise refusal from exc
+        dtype = np.dtype(store.dtype.numpy_dtype)
+        if dtype.name not in SUPPORTED_DTYPES:
+            raise _dtype_refusal(key, dtype.name)
+        return store
 
     @classmethod
     def _open_plain(
@@ -146,11 +165,20 @@ class ZarrRemote(Remote):
     ) -> ZarrRemote:
         store = cls._open_store(location, driver, mode)
         names = list(store.domain.labels)
+        if driver == "zarr" and not any(names):
+            # Zarr v2 has no dimension names; xarray (and what follows its convention) writes
+            # them as this attribute: an (x, y, z) array read as (z, y, x) would be transposed
+            names = _array_dimensions(attrs, store.rank, join(location, ".zattrs"))
         if not any(names):
+            if store.rank not in (3, 4):
+                raise InvalidRequestError(
+                    f"{location} is a {store.rank}-D zarr array without dimension names; voxgate "
+                    "reads 3-D (z, y, x) and 4-D (c, z, y, x) arrays, and others whose "
+                    "dimension_names (Zarr v3; _ARRAY_DIMENSIONS on v2) name z, y and x (plus "
+                    "c and length-1 others)"
+                )
             names = ["c", "z", "y", "x"] if store.rank == 4 else ["z", "y", "x"]
-        info = attrs.get("voxgate", {})
-        vs = VoxelSize.of(info.get("voxel_size", (1, 1, 1)), info.get("unit", "nm"))
-        offset = Vec.of(info.get("offset", (0, 0, 0)), "offset")
+        vs, offset, kind = _plain_attrs(attrs.get("voxgate"), location)
         arr, channels = _as_czyx(store, names, location, offset)
         dtype = np.dtype(store.dtype.numpy_dtype)
         shape = Vec(*arr.store.shape[-3:])
@@ -159,7 +187,7 @@ class ZarrRemote(Remote):
         meta = VolumeMeta(
             dtype,
             (scale,),
-            _kind(info.get("kind", _guess_kind(dtype))),
+            _kind(kind or _guess_kind(dtype)),
             channels,
             _fill(store),
         )
@@ -177,9 +205,15 @@ class ZarrRemote(Remote):
                 return cls.open(join(location, images.paths[0]), mode=mode)
             if images is not None:
                 raise images.refusal(location)
+            members = _group_arrays(location, fmt)
+            listed = ", ".join(f"zarr://{join(location, a)}" for a in members[:_LISTED])
+            more = len(members) - _LISTED
             raise RemoteNotFoundError(
                 f"{location!r} is a zarr group without OME-Zarr 'multiscales' metadata; open one "
-                f"of its arrays instead (e.g. zarr://{join(location, '0')})"
+                "of its arrays instead" + (
+                    f": {listed}" + (f" ... and {more} more" if more > 0 else "") if members
+                    else " (none was found in it: give the array's path after the group's, "
+                    f"e.g. zarr://{join(location, '0')})")
             )
         ms = multiscales[0]
         axes = ms.get("axes") or [{"name": n} for n in ("z", "y", "x")]
@@ -404,6 +438,168 @@ class ZarrRemote(Remote):
             return self._shard_shape
         _, shard = _chunk_shapes(self._arrays[scale].store)
         return shard or self.meta.scale(scale).chunks
+
+
+#: arrays named in the refusal of a group that is not an image, before "... and N more"
+_LISTED = 20
+
+
+def _metadata(location: str, key: str) -> dict[str, Any]:
+    """A zarr metadata document: a JSON object (read_json refuses text that is not JSON)."""
+    doc = read_json(location, key)
+    if not isinstance(doc, dict):
+        raise InvalidRequestError(
+            f"{join(location, key)} is not zarr metadata: a JSON object was expected, got "
+            f"{type(doc).__name__} {str(doc)[:60]}"
+        )
+    return doc
+
+
+def _dtype_refusal(where: str, dtype: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"{where} holds {dtype} voxels; voxgate reads {', '.join(SUPPORTED_DTYPES)} (read "
+        "this array with zarr-python or tensorstore, or store a converted copy)"
+    )
+
+
+def _check_array_doc(doc: dict[str, Any], where: str) -> None:
+    """Refuse, naming ``where``, what tensorstore would refuse with an error about parsing
+    (or read as something voxgate cannot hold): a dtype voxgate has no place for (strings,
+    objects, structured records, datetimes; bool, float16 and complex, which no other store
+    voxgate writes holds) and Zarr v2 ``filters``, which tensorstore does not apply."""
+    v3 = doc.get("zarr_format") == 3 or "data_type" in doc
+    dtype = doc.get("data_type") if v3 else doc.get("dtype")
+    if not isinstance(dtype, str):  # a structured (v2) or extension (v3) type
+        raise _dtype_refusal(where, json.dumps(dtype)[:80])
+    try:
+        name = np.dtype(dtype).newbyteorder("=").name
+    except TypeError:
+        name = dtype
+    if name not in SUPPORTED_DTYPES:
+        raise _dtype_refusal(where, repr(dtype) + ("" if name == dtype else f" ({name})"))
+    filters = [] if v3 else doc.get("filters")
+    if filters:
+        ids = [f.get("id") if isinstance(f, dict) else f for f in filters]
+        raise CapabilityNotSupportedError(
+            f"{where} has Zarr v2 filters {ids}, which voxgate's zarr reader (tensorstore) "
+            "does not apply; read it with zarr-python, or store a copy without filters"
+        )
+
+
+_SPEC_TAIL = re.compile(r"\s*\[tensorstore_spec=.*$", re.S)
+_READ_PREFIX = re.compile(r"^.*?Error reading [^:]*\"[^\"]*\":\s*", re.S)
+
+
+def _metadata_refusal(text: str, where: str) -> VoxgateError | None:
+    """tensorstore's refusal of the metadata at ``where`` (a codec it does not know, a
+    dtype it cannot hold, fields that do not agree) as an error of voxgate's that names the
+    file, or None when the failure was not about the metadata."""
+    if "Error parsing" not in text and "Invalid JSON" not in text:
+        return None
+    detail = _READ_PREFIX.sub("", _SPEC_TAIL.sub("", text)).strip()
+    codec = re.search(r'"([^"]+)" is not registered', detail)
+    if codec:
+        return CapabilityNotSupportedError(
+            f"{where} uses the codec {codec.group(1)!r}, which voxgate's zarr reader "
+            f"(tensorstore) does not have ({detail})"
+        )
+    if "dtype" in detail or "data_type" in detail:
+        return InvalidRequestError(
+            f"{where}: a data type voxgate cannot read ({detail}); voxgate reads "
+            f"{', '.join(SUPPORTED_DTYPES)}"
+        )
+    return InvalidRequestError(f"{where} is not valid zarr array metadata: {detail}")
+
+
+def _array_dimensions(attrs: dict[str, Any], rank: int, where: str) -> list[str]:
+    """The dimension names of a Zarr v2 array from xarray's ``_ARRAY_DIMENSIONS`` attribute
+    ([] without one); one that does not name each dimension once is refused."""
+    names = attrs.get("_ARRAY_DIMENSIONS")
+    if names is None:
+        return []
+    if (not isinstance(names, list) or len(names) != rank
+            or not all(isinstance(n, str) for n in names) or len(set(names)) != rank):
+        raise InvalidRequestError(
+            f"{where}: _ARRAY_DIMENSIONS must name each of the array's {rank} dimensions "
+            f"once, got {names!r}"
+        )
+    return list(names)
+
+
+def _plain_attrs(info: object, where: str) -> tuple[VoxelSize, Vec, Kind | None]:
+    """Voxel size, offset and kind of a plain array from its ``voxgate`` attribute (1 nm, 0,
+    None without one).  A malformed entry is ignored with a VoxgateWarning naming the array
+    and the fallback, as the HDF5 and N5 stores do, so the voxels stay readable."""
+    vs, offset, kind = VoxelSize.of((1, 1, 1)), Vec(0, 0, 0), None
+    if info is None:
+        return vs, offset, kind
+    if not isinstance(info, dict):
+        _ignored(where, "voxgate", info, "1 nm voxels at offset 0")
+        return vs, offset, kind
+    if "voxel_size" in info or "unit" in info:
+        try:
+            vs = VoxelSize.of(info.get("voxel_size", (1, 1, 1)), info.get("unit", "nm"))
+        except (InvalidRequestError, TypeError, ValueError):
+            _ignored(where, "voxgate.voxel_size", info.get("voxel_size"), "1 nm")
+    if "offset" in info:
+        try:
+            offset = Vec.of(info["offset"], "offset")
+        except (InvalidRequestError, TypeError, ValueError):
+            _ignored(where, "voxgate.offset", info["offset"], "offset 0")
+    if "kind" in info:
+        if info["kind"] in ("image", "segmentation"):
+            kind = info["kind"]
+        else:
+            _ignored(where, "voxgate.kind", info["kind"], "a kind guessed from the dtype")
+    return vs, offset, kind
+
+
+def _ignored(where: str, key: str, value: object, fallback: str) -> None:
+    warnings.warn(VoxgateWarning(
+        f"{where}: attribute {key} = {str(value)[:80]!r} is not one voxgate can read; "
+        f"ignored ({fallback})"), stacklevel=4)
+
+
+def _group_arrays(location: str, fmt: int) -> list[str]:
+    """Paths of the arrays in the group at ``location``: from its consolidated metadata
+    (``.zmetadata``, or ``consolidated_metadata`` in zarr.json), else from the directory when
+    local; [] when neither tells."""
+    try:
+        if fmt == 3:
+            doc = _metadata(location, "zarr.json").get("consolidated_metadata") or {}
+            nodes = doc.get("metadata") if isinstance(doc, dict) else None
+            if isinstance(nodes, dict):
+                return sorted(k for k, v in nodes.items()
+                              if isinstance(v, dict) and v.get("node_type") == "array")
+        elif kvstore_exists(location, ".zmetadata"):
+            nodes = _metadata(location, ".zmetadata").get("metadata")
+            if isinstance(nodes, dict):
+                return sorted(k[: -len("/.zarray")] for k in nodes if k.endswith("/.zarray"))
+    except VoxgateError:
+        pass  # a damaged listing only costs the names in a refusal
+    if not is_local(location):
+        return []
+    root = local_path(location)
+    key = "zarr.json" if fmt == 3 else ".zarray"
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        if dirpath != root and key in filenames:
+            rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
+            if fmt == 2 or _is_array_node(dirpath):
+                found.append(rel)
+                dirnames.clear()  # an array's chunk directories hold no arrays
+        if len(found) > _LISTED:
+            break
+    return sorted(found)
+
+
+def _is_array_node(directory: str) -> bool:
+    try:
+        with open(os.path.join(directory, "zarr.json"), "rb") as f:
+            return bool(json.load(f).get("node_type") == "array")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _optional_json(location: str, key: str) -> dict[str, Any]:
