@@ -32,29 +32,13 @@ from voxgate.geometry import Box
 from voxgate.remotes.dvid import DVIDRepo
 from voxgate.testing.dvid import DVIDServerProcess, start_server
 
+from ..remotes.test_dvid_audit import dvid_mode2
 from .conftest import RelayProcess, free_port, start_relay
 
 BS = 16
 OFF = (5, 19, 37)  # z, y, x: odd, so DVID's coarse labelmap scales hold one voxel more
 SHAPE = (36, 70, 83)  # not a multiple of the block size anywhere
 TOKEN = "any"  # an open relay
-
-
-def _mode2(a: np.ndarray) -> np.ndarray:
-    """DVID's labelmap downres (labels/compressed.go downresArray): the most frequent non-zero
-    label of each 2x2x2 cell, the smaller one on a tie, 0 for an all-0 cell."""
-    out = np.zeros(tuple(s // 2 for s in a.shape), np.uint64)
-    cells = a.reshape(out.shape[0], 2, out.shape[1], 2, out.shape[2], 2) \
-        .transpose(0, 2, 4, 1, 3, 5).reshape(-1, 8)
-    flat = out.reshape(-1)
-    for i, cell in enumerate(cells.tolist()):
-        votes: dict[int, int] = {}
-        for v in cell:
-            if v:
-                votes[v] = votes.get(v, 0) + 1
-        if votes:
-            flat[i] = min(votes, key=lambda v: (-votes[v], v))
-    return out
 
 
 def _labelmap_scales(labels: np.ndarray, levels: int) -> list[np.ndarray]:
@@ -67,7 +51,7 @@ def _labelmap_scales(labels: np.ndarray, levels: int) -> list[np.ndarray]:
     frame[tuple(slice(o - a, o - a + s) for o, a, s in zip(OFF, lo, SHAPE, strict=True))] = labels
     out = [labels]
     for k in range(1, levels + 1):
-        frame = _mode2(frame)
+        frame = dvid_mode2(frame)
         f = 2**k
         sl = tuple(slice(o // f - a // f, -(-(o + s) // f) - a // f)
                    for o, a, s in zip(OFF, lo, SHAPE, strict=True))

@@ -52,7 +52,7 @@ def _labelmap(repo: DVIDRepo, levels: int = 0) -> tuple[str, str]:
     return name, f"/api/node/{repo.root}/{name}"
 
 
-def _mode2(a: np.ndarray) -> np.ndarray:
+def dvid_mode2(a: np.ndarray) -> np.ndarray:
     """labels/compressed.go downresArray, cell by cell: the most frequent non-zero label of each
     2x2x2 cell, the smaller label on a tie (``lbl < winner``), 0 only for an all-0 cell."""
     out = np.zeros(tuple(s // 2 for s in a.shape), np.uint64)
@@ -172,7 +172,7 @@ def test_negative_unaligned_volumes_and_labelmap_scales(repo: DVIDRepo,
     np.testing.assert_array_equal(got.read(), model)
     ref = frame
     for k in (1, 2):
-        ref = _mode2(ref)
+        ref = dvid_mode2(ref)
         sc = got.scales[k]
         f = 2**k
         assert tuple(sc.offset) == tuple(o // f for o in off)
@@ -184,7 +184,7 @@ def test_negative_unaligned_volumes_and_labelmap_scales(repo: DVIDRepo,
     z0, y0, x0 = s1.offset
     np.testing.assert_array_equal(s1.read(Box((z0 + 1, y0 + 2, x0 + 3), (z0 + 9, y0 + 9,
                                                                           x0 + 17))),
-                                  _mode2(frame)[z0 + 1 - lo[0] // 2:z0 + 9 - lo[0] // 2,
+                                  dvid_mode2(frame)[z0 + 1 - lo[0] // 2:z0 + 9 - lo[0] // 2,
                                                 y0 + 2 - lo[1] // 2:y0 + 9 - lo[1] // 2,
                                                 x0 + 3 - lo[2] // 2:x0 + 17 - lo[2] // 2])
 
