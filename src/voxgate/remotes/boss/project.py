@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from ...errors import InvalidRequestError
+from ...errors import InvalidRequestError, RemoteExistsError, RemoteNotFoundError
 from ...geometry import Box, VoxelSize
 from .client import _check_name, _client, boss_settings
 
@@ -41,6 +41,20 @@ class BossProject:
         resp = self.client.request(method, path, json=body, expect=expect, what=what)
         return resp.json() if resp.content else None
 
+    def _create(self, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
+        """POST a new resource.  bossDB answers an existing name with a 400 (its serializer's
+        uniqueness error), as it does malformed fields: when the resource is there, that is a
+        RemoteExistsError naming it, and any other 400 stays an InvalidRequestError."""
+        try:
+            return dict(self._send("POST", path, body, 201, f"creating {what}"))
+        except InvalidRequestError as exc:
+            try:
+                self.client.request("GET", path, what=what)
+            except (InvalidRequestError, RemoteNotFoundError):
+                raise exc from None
+            raise RemoteExistsError(f"bossDB {what} already exists on {self.settings.url}") \
+                from exc
+
     # collections
     def list_collections(self) -> list[str]:
         return list(self._get("/v1/collection/", "listing collections")["collections"])
@@ -50,9 +64,9 @@ class BossProject:
 
     def create_collection(self, c: str, description: str = "", *,
                           public: bool = False) -> dict[str, Any]:
-        return dict(self._send("POST", f"/v1/collection/{_check_name(c, 'collection')}",
-                               {"name": c, "description": description, "public": public}, 201,
-                               f"creating collection {c}"))
+        return self._create(f"/v1/collection/{_check_name(c, 'collection')}",
+                            {"name": c, "description": description, "public": public},
+                            f"collection {c!r}")
 
     def update_collection(self, c: str, **fields: Any) -> dict[str, Any]:
         return dict(self._send("PUT", f"/v1/collection/{_check_name(c, 'collection')}", fields,
@@ -81,11 +95,12 @@ class BossProject:
         if hierarchy_method not in ("anisotropic", "isotropic"):
             raise InvalidRequestError(
                 f"hierarchy_method must be anisotropic or isotropic, got {hierarchy_method!r}")
-        body = {"name": e, "description": description, "coord_frame": coord_frame,
+        body = {"name": e, "description": description,
+                "coord_frame": _check_name(coord_frame, "coordinate frame"),
                 "num_hierarchy_levels": num_hierarchy_levels,
                 "hierarchy_method": hierarchy_method, "num_time_samples": num_time_samples,
                 "collection": c, "time_step": time_step, "time_step_unit": time_step_unit}
-        return dict(self._send("POST", self._exp(c, e), body, 201, f"creating experiment {e}"))
+        return self._create(self._exp(c, e), body, f"experiment {c}/{e}")
 
     def update_experiment(self, c: str, e: str, **fields: Any) -> dict[str, Any]:
         return dict(self._send("PUT", self._exp(c, e), fields, 200, f"updating experiment {e}"))
@@ -115,8 +130,8 @@ class BossProject:
                 "y_stop": box.stop.y, "z_start": box.start.z, "z_stop": box.stop.z,
                 "x_voxel_size": vs.x, "y_voxel_size": vs.y, "z_voxel_size": vs.z,
                 "voxel_unit": unit}
-        return dict(self._send("POST", f"/v1/coord/{_check_name(name, 'coordinate frame')}",
-                               body, 201, f"creating coordinate frame {name}"))
+        return self._create(f"/v1/coord/{_check_name(name, 'coordinate frame')}", body,
+                            f"coordinate frame {name!r}")
 
     def update_coordinate_frame(self, name: str, **fields: Any) -> dict[str, Any]:
         return dict(self._send("PUT", f"/v1/coord/{_check_name(name, 'coordinate frame')}",
@@ -148,8 +163,7 @@ class BossProject:
         body = {"name": ch, "description": description, "type": type, "datatype": datatype,
                 "base_resolution": base_resolution, "default_time_sample": 0,
                 "sources": list(sources), "related": list(related)}
-        return dict(self._send("POST", self._chan(c, e, ch), body, 201,
-                               f"creating channel {c}/{e}/{ch}"))
+        return self._create(self._chan(c, e, ch), body, f"channel {c}/{e}/{ch}")
 
     def update_channel(self, c: str, e: str, ch: str, **fields: Any) -> dict[str, Any]:
         return dict(self._send("PUT", self._chan(c, e, ch), fields, 200,
@@ -169,31 +183,43 @@ class BossProject:
         return BossMetadata(self, "/".join(parts))
 
     # object services
+    @staticmethod
+    def _data(c: str, e: str, ch: str) -> str:
+        """``c/e/ch`` for a data-service URL, each name checked (a '/' or '..' in one would
+        name another resource)."""
+        return (f"{_check_name(c, 'collection')}/{_check_name(e, 'experiment')}/"
+                f"{_check_name(ch, 'channel')}")
+
     def ids_in_region(self, c: str, e: str, ch: str, box: Box, scale: int = 0) -> np.ndarray:
         x, y, z = (f"{a}:{b}" for a, b in zip(box.start.xyz(), box.stop.xyz(), strict=True))
-        data = self._get(f"/v1/ids/{c}/{e}/{ch}/{scale}/{x}/{y}/{z}/", "ids in region")
+        data = self._get(f"/v1/ids/{self._data(c, e, ch)}/{int(scale)}/{x}/{y}/{z}/",
+                         "ids in region")
         return np.array(sorted(int(i) for i in data["ids"]), dtype=np.uint64)
 
     def bounding_box(self, c: str, e: str, ch: str, ident: int, scale: int = 0, *,
                      tight: bool = True) -> Box:
-        d = self._get(f"/v1/boundingbox/{c}/{e}/{ch}/{scale}/{int(ident)}/?type="
+        d = self._get(f"/v1/boundingbox/{self._data(c, e, ch)}/{int(scale)}/{int(ident)}/?type="
                       f"{'tight' if tight else 'loose'}", f"bounding box of {ident}")
         return Box((d["z_range"][0], d["y_range"][0], d["x_range"][0]),
                    (d["z_range"][1], d["y_range"][1], d["x_range"][1]))
 
     def reserve_ids(self, c: str, e: str, ch: str, count: int) -> int:
-        return int(self._get(f"/v1/reserve/{c}/{e}/{ch}/{int(count)}", "reserving ids")
-                   ["start_id"])
+        if int(count) < 1:
+            raise InvalidRequestError(f"reserve at least one id, not {count}")
+        return int(self._get(f"/v1/reserve/{self._data(c, e, ch)}/{int(count)}",
+                             "reserving ids")["start_id"])
 
     # downsampling
     def downsample_status(self, c: str, e: str, ch: str) -> dict[str, Any]:
-        return dict(self._get(f"/v1/downsample/{c}/{e}/{ch}/", "downsample status"))
+        return dict(self._get(f"/v1/downsample/{self._data(c, e, ch)}/", "downsample status"))
 
     def start_downsample(self, c: str, e: str, ch: str) -> None:
-        self._send("POST", f"/v1/downsample/{c}/{e}/{ch}/", None, 201, "starting downsample")
+        self._send("POST", f"/v1/downsample/{self._data(c, e, ch)}/", None, 201,
+                   "starting downsample")
 
     def cancel_downsample(self, c: str, e: str, ch: str) -> None:
-        self._send("DELETE", f"/v1/downsample/{c}/{e}/{ch}/", None, 204, "cancelling downsample")
+        self._send("DELETE", f"/v1/downsample/{self._data(c, e, ch)}/", None, 204,
+                   "cancelling downsample")
 
     # groups and permissions (as the server offers them)
     def list_groups(self) -> list[str]:

@@ -19,6 +19,7 @@ from ...errors import (
     InvalidRequestError,
     PartialWriteError,
     RemoteExistsError,
+    RemoteNotFoundError,
     VoxgateError,
 )
 from ...geometry import Box, Vec, VoxelSize
@@ -161,7 +162,10 @@ class BossDBRemote(Remote):
         self.client = _client(settings, timeout, concurrency)
         self._pool: ThreadPoolExecutor | None = None
         self.project = BossProject(settings.url, settings.token, timeout=timeout)
-        chan = self.project.get_channel(c, e, ch)
+        try:
+            chan = self.project.get_channel(c, e, ch)
+        except RemoteNotFoundError as exc:
+            raise self._not_found(exc) from None
         exp = self.project.get_experiment(c, e)
         frame = self.project.get_coordinate_frame(exp["coord_frame"])
         self.channel_record, self.experiment_record, self.frame_record = chan, exp, frame
@@ -174,6 +178,29 @@ class BossDBRemote(Remote):
 
     def __repr__(self) -> str:
         return f"<BossDBRemote {self.url} mode={self.mode!r}>"
+
+    def _not_found(self, exc: RemoteNotFoundError) -> RemoteNotFoundError:
+        """Which of collection, experiment and channel is missing (bossDB's 404 says only
+        "NAME does not exist.", ambiguous when two of the names are the same)."""
+        c, e, ch = self.collection, self.experiment, self.channel
+        checks = ((lambda: self.project.get_collection(c), f"collection {c!r}"),
+                  (lambda: self.project.get_experiment(c, e),
+                   f"experiment {e!r} in collection {c!r}"))
+        missing = f"channel {ch!r} in {c}/{e}"
+        for get, what in checks:
+            try:
+                get()
+            except RemoteNotFoundError:
+                missing = what
+                break
+        return RemoteNotFoundError(f"{self.url}: bossDB {missing} does not exist on "
+                                   f"{self.settings.url} ({exc})")
+
+    def _segmentation_only(self, what: str) -> None:
+        if self.meta.kind != "segmentation":
+            raise CapabilityNotSupportedError(
+                f"{what} needs an annotation channel; {self.url} is an "
+                f"{self.channel_record.get('type', 'image')!r} channel")
 
     def _level_voxel_sizes(self, exp: dict[str, Any]) -> Any:
         """Each level's voxel size as the server's downsample status gives it (None: one
@@ -353,6 +380,7 @@ class BossDBRemote(Remote):
         """The non-zero ids in ``box`` (server-side), as sorted uint64: one request when the
         region is within the server's cutout limit (a relay answers a whole channel's from
         its cached label statistics), else one per slab of cuboid-aligned z planes."""
+        self._segmentation_only("ids_in")
         itemsize = self.meta.dtype.itemsize
         counted = box.size * itemsize // (4 if itemsize == 8 else 1)
         slabs = [box]
@@ -370,6 +398,7 @@ class BossDBRemote(Remote):
         return np.array(sorted(found), dtype=np.uint64)
 
     def bounding_box(self, ident: int, scale: int = 0, *, tight: bool = True) -> Box:
+        self._segmentation_only("bounding_box")
         kind = "tight" if tight else "loose"
         resp = self.client.request(
             "GET", f"/v1/boundingbox/{self.collection}/{self.experiment}/{self.channel}/"
@@ -382,6 +411,7 @@ class BossDBRemote(Remote):
         """Reserve ``count`` new ids; returns the first."""
         if count < 1:
             raise InvalidRequestError(f"reserve at least one id, not {count}")
+        self._segmentation_only("reserve_ids")
         resp = self.client.request(
             "GET", f"/v1/reserve/{self.collection}/{self.experiment}/{self.channel}/{int(count)}",
             what="reserving ids")
