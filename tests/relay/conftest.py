@@ -65,6 +65,22 @@ def start_relay(config: Path, port: int, *extra: str, cwd: Path | None = None) -
     return wait_for_relay(proc, port, config, log)
 
 
+def start_token_relay(directory: Path, memory: str) -> RelayProcess:
+    """A real relay with no channel configured (its projects are made through the bossDB
+    dialect, their data under ``directory/data``), answering the RW and RO tokens only."""
+    cfg = directory / "relay.toml"
+    cfg.write_text(f"""
+[server]
+state_path = "{directory / 'state.json'}"
+[cache]
+memory_bytes = "{memory}"
+[auth]
+public_read = false
+tokens = {{ "{RW}" = "read-write", "{RO}" = "read" }}
+""")
+    return start_relay(cfg, free_port(), "--data-root", str(directory / "data"))
+
+
 def start_relay_with_scheme(config: Path, scheme: str, target: str) -> RelayProcess:
     """A real relay process with a test-only URL scheme registered (``target``: "module:Class",
     importable from the checkout's root) before the relay's own start-up."""

@@ -23,24 +23,14 @@ from voxgate.geometry import Box
 from voxgate.remotes.boss import BossProject, boss_settings
 from voxgate.testing import RemoteTests, remote_state_machine
 
-from ..relay.conftest import RO, RW, RelayProcess, free_port, start_relay
+from ..relay.conftest import RO, RW, RelayProcess, free_port, start_token_relay
 from .flaky_proxy import FlakyProxy, Rule, flaky_proxy
 
 
 @pytest.fixture(scope="module")
 def boss_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     d = tmp_path_factory.mktemp("boss")
-    cfg = d / "relay.toml"
-    cfg.write_text(f"""
-[server]
-state_path = "{d / 'state.json'}"
-[cache]
-memory_bytes = "256 MiB"
-[auth]
-public_read = false
-tokens = {{ "{RW}" = "read-write", "{RO}" = "read" }}
-""")
-    r = start_relay(cfg, free_port(), "--data-root", str(d / "data"))
+    r = start_token_relay(d, "256 MiB")
     old = os.environ.get("VOXGATE_BOSS_TOKEN")
     os.environ["VOXGATE_BOSS_TOKEN"] = RW  # spec() carries no token: reopening finds it here
     yield r

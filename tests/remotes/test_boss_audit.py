@@ -25,23 +25,13 @@ from voxgate.errors import (
 from voxgate.geometry import Box, Vec
 from voxgate.remotes.boss import BossProject
 
-from ..relay.conftest import RO, RW, RelayProcess, free_port, start_relay
+from ..relay.conftest import RO, RW, RelayProcess, start_token_relay
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     d = tmp_path_factory.mktemp("bossaudit")
-    cfg = d / "relay.toml"
-    cfg.write_text(f"""
-[server]
-state_path = "{d / 'state.json'}"
-[cache]
-memory_bytes = "128 MiB"
-[auth]
-public_read = false
-tokens = {{ "{RW}" = "read-write", "{RO}" = "read" }}
-""")
-    r = start_relay(cfg, free_port(), "--data-root", str(d / "data"))
+    r = start_token_relay(d, "128 MiB")
     yield r
     r.stop()
 
