@@ -117,15 +117,17 @@ def _to_nm(unit: object) -> float:
 _XYZ = (0, 1, 2)
 
 
-def _numbers(value: object, order: Sequence[int] = _XYZ) -> list[float] | None:
-    """The positive numbers at positions ``order`` (those of x, y, z in the list's dimension
-    order) of ``value``, else None (attributes are foreign JSON: a malformed one is ignored
-    rather than trusted)."""
+def _numbers(value: object, order: Sequence[int] = _XYZ, *, positive: bool = True
+             ) -> list[float] | None:
+    """The numbers at positions ``order`` (those of x, y, z in the list's dimension order) of
+    ``value``: positive ones, or with ``positive=False`` finite ones of any sign; else None
+    (attributes are foreign JSON: a malformed one is ignored rather than trusted)."""
     if not isinstance(value, (list, tuple)) or len(value) <= max(order):
         return None
     out = []
     for v in (value[i] for i in order):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                v > 0 if positive else math.isfinite(v)):
             return None
         out.append(float(v))
     return out
@@ -743,18 +745,6 @@ def _ignored(what: str, why: str) -> None:
     warnings.warn(VoxgateWarning(f"{what} is ignored: {why}"), stacklevel=5)
 
 
-def _finite(value: object, order: Sequence[int]) -> list[float] | None:
-    """The finite numbers at positions ``order`` of ``value`` (any sign), else None."""
-    if not isinstance(value, (list, tuple)) or len(value) <= max(order):
-        return None
-    out = []
-    for v in (value[i] for i in order):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            return None
-        out.append(float(v))
-    return out
-
-
 def _cosem(value: object, what: str) -> _Transform | None:
     """A COSEM / OpenOrganelle ``transform`` (``{"axes", "scale", "translate", "units",
     "order"|"ordering"}``), or None when there is none.
@@ -787,7 +777,7 @@ def _cosem(value: object, what: str) -> _Transform | None:
     nm = [_to_nm(units[i]) if isinstance(units, list) and len(units) > i else 1.0
           for i in order]
     voxel = _numbers(scale, order) if scale is not None else None
-    shift = _finite(translate, order) if translate is not None else None
+    shift = _numbers(translate, order, positive=False) if translate is not None else None
     if (scale is not None and voxel is None) or (translate is not None and shift is None):
         _ignored(what, "'scale' must be positive and 'translate' finite numbers for x, y and "
                  f"z, got {scale!r} and {translate!r}")
@@ -820,7 +810,7 @@ def _offset_xyz(attrs: dict[str, Any], order: Sequence[int], where: str) -> list
     value = attrs.get("offset")
     if value is None:
         return None
-    out = _finite(value, order)
+    out = _numbers(value, order, positive=False)
     if out is None:
         _ignored(f"{where} 'offset'", f"it must be a list of finite numbers (x, y, z), got "
                  f"{value!r}")
