@@ -382,6 +382,39 @@ class _SignallingLock:
         self.release()
 
 
+def test_a_write_through_a_chain_of_caches_in_one_process_never_waits_on_itself() -> None:
+    # a relay whose upstream is another relay in the same process (tests, an embedded chain):
+    # the outer write holds its cells' write locks while the inner one takes its own; with
+    # one lock table per process, a stripe both need left each waiting for the other
+    data = np.arange(8 * 64 * 64, dtype=np.uint8).reshape(8, 64, 64)
+    up = mem_volume("chain1", data, (1, 8, 8))
+    old_cell_bytes = cache_module.CELL_BYTES
+    cache_module.CELL_BYTES = 8 * 8  # 512 cells of 1x8x8: many more stripes than not
+    try:
+        inner = CachedRemote(up, TieredCache(2**26), identity="chain-lab")
+        outer = CachedRemote(inner, TieredCache(2**26), identity="chain-laptop")
+    finally:
+        cache_module.CELL_BYTES = old_cell_bytes
+    assert len(list(outer.cells(whole(outer), 0))) == 512
+    new = (255 - data).astype(np.uint8)
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            outer.write(whole(outer), new)
+        except BaseException as exc:  # reported below
+            failed.append(exc)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    writer.join(60)
+    assert not writer.is_alive(), "the chained write is waiting on a lock its own chain holds"
+    assert not failed, failed
+    np.testing.assert_array_equal(up.inner.read(whole(outer)), new)
+    np.testing.assert_array_equal(inner.read(whole(inner)), new)
+    np.testing.assert_array_equal(outer.read(whole(outer)), new)
+
+
 def test_a_fetch_finishing_during_a_write_does_not_cache_old_data(
         monkeypatch: pytest.MonkeyPatch) -> None:
     data = np.zeros((8, 32, 32), np.uint8)
@@ -393,8 +426,8 @@ def test_a_fetch_finishing_during_a_write_does_not_cache_old_data(
     # set when the writer waits for a cell lock, or when it has finished (a cache that lets it
     # through); either way the write has begun before the fetch stores what it read
     progressed = threading.Event()
-    monkeypatch.setattr(cache_module, "_STRIPES",
-                        [_SignallingLock(lock, progressed) for lock in cache_module._STRIPES])
+    monkeypatch.setattr(cache, "write_stripes",
+                        [_SignallingLock(lock, progressed) for lock in cache.write_stripes])
 
     def write() -> None:
         try:

@@ -54,7 +54,6 @@ class _Flight:
 
 
 _fetch_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="voxgate-upstream")
-_STRIPES = [threading.Lock() for _ in range(256)]
 
 
 def meta_fingerprint(meta: VolumeMeta) -> str:
@@ -311,7 +310,8 @@ class CachedRemote(Remote):
             # checked and stored under the stripe writers of the cell hold, so no write can
             # detach it in between; a writer holding it now means the data is going stale, so
             # the fetch does not wait for it, it just does not cache
-            stripe = _STRIPES[hash(key) % len(_STRIPES)]
+            stripes = self.cache.write_stripes
+            stripe = stripes[hash(key) % len(stripes)]
             if stripe.acquire(blocking=False):
                 try:
                     if not flight.stale and not self._closed:
@@ -369,9 +369,12 @@ class CachedRemote(Remote):
         dropped = keys + self._coarser_keys(box, scale)
         # writers touching the same cells go one at a time, so the cache ends as the upstream
         # does; stripes are taken in order, so two writers never wait on each other in a cycle
-        stripes = sorted({hash(k) % len(_STRIPES) for k in dropped})
+        # (the stripes are the cache's: a relay whose upstream is another relay in the same
+        # process takes its own while this write holds these)
+        table = self.cache.write_stripes
+        stripes = sorted({hash(k) % len(table) for k in dropped})
         for i in stripes:
-            _STRIPES[i].acquire()
+            table[i].acquire()
         try:
             for key in dropped:  # dropped before the upstream changes: a crash leaves no stale
                 self.cache.pop(key)  # cell
@@ -390,7 +393,7 @@ class CachedRemote(Remote):
                     self.cache.put_behind(key, np.array(array[(..., *cell.slices(box.start))]))
         finally:
             for i in stripes:
-                _STRIPES[i].release()
+                table[i].release()
 
     def close(self) -> None:
         """Stop caching (fetches still in flight store nothing) and close the upstream."""
@@ -400,8 +403,8 @@ class CachedRemote(Remote):
     def retire(self) -> None:
         """Stop caching (fetches still in flight store nothing), leaving the upstream open for
         reads in progress (a Remote replaced by one with the upstream's new metadata)."""
-        for lock in _STRIPES:  # in order, as writers take them: no fetch is storing meanwhile
-            lock.acquire()
+        for lock in self.cache.write_stripes:  # in order, as writers take them: no fetch is
+            lock.acquire()  # storing meanwhile
         try:
             self._closed = True
             with self._lock:
@@ -409,15 +412,15 @@ class CachedRemote(Remote):
                     flight.stale = True
                 self._inflight.clear()
         finally:
-            for lock in _STRIPES:
+            for lock in self.cache.write_stripes:
                 lock.release()
 
     def invalidate(self) -> int:
         """Forget everything cached of this channel, as after a write made elsewhere (another
         relay): fetches in flight store nothing and no later read joins them, and every cell
         carrying this Remote's tag is dropped from both tiers; return how many."""
-        for lock in _STRIPES:  # in order, as writers take them: no fetch is storing meanwhile
-            lock.acquire()
+        for lock in self.cache.write_stripes:  # in order, as writers take them: no fetch is
+            lock.acquire()  # storing meanwhile
         try:
             with self._lock:
                 for flight in self._inflight.values():
@@ -425,7 +428,7 @@ class CachedRemote(Remote):
                 self._inflight.clear()
             return self.cache.drop_tag(self.tag)
         finally:
-            for lock in _STRIPES:
+            for lock in self.cache.write_stripes:
                 lock.release()
 
     def drop_cached(self) -> int:

@@ -268,6 +268,11 @@ class TieredCache:
         # drops per key stripe, and of whole channels: a cell written behind is stored only
         # when neither moved since it was fetched (it may be old data otherwise)
         self._stripe_pops = [0] * _NSTRIPES
+        #: the locks a CachedRemote's writers of this cache's cells hold while they write
+        #: upstream, one per key stripe (taken in order): one table per cache, never one per
+        #: process, or a relay whose upstream is another relay in the same process would wait
+        #: on a stripe its own write holds
+        self.write_stripes = [threading.Lock() for _ in range(_NSTRIPES)]
         self._tag_drops: dict[str | None, int] = {}
         self._closed = False
         self._behind = 0  # cells waiting to be written behind
