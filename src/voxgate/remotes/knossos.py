@@ -20,11 +20,12 @@ knossos_utils), ``*.pyk.conf`` / ``*.pyknossos.conf`` / ``ariadne.conf`` (PyKNOS
   size, except with ``ServerFormat = "knossos"``: KNOSSOS then reads scale k from
   ``mag(2**k)``, while knossos_utils writes such a layer ordinal; the folders present decide
   (a ``mag3`` is ordinal), else KNOSSOS' powers of two.  Layers voxgate cannot read as local
-  uint8 cubes are refused (``ServerFormat = "precomputed"``, knossos_utils' default; an
-  http(s) ``URL``; a ``DataType`` other than uint8; ``NumChannels`` 3).
+  uint8 cubes are refused (``ServerFormat = "precomputed"``, knossos_utils' default, and any
+  ServerFormat but none, "" and "knossos", see ``_check_server_format``; an http(s) ``URL``; a
+  ``DataType`` other than uint8; ``NumChannels`` 3).
 - ``.pyk.conf``: the first ``[Dataset]`` section's ``_BaseName``, ``_Extent``, ``_DataScale``
   (x,y,z triples, one per mag), ``_CubeSize``, ``_BaseExt`` / ``_FileType``; ordinal mags
-  unless ``_ServerFormat = knossos``.
+  unless ``_ServerFormat = knossos`` (other values but "" are refused, as in a .k.toml).
 
 Cube files: ``magM/xXXXX/yYYYY/zZZZZ/NAME_magM_xXXXX_yYYYY_zZZZZ.EXT`` (four-digit cube
 indices), ``.raw`` holding the cube's voxels x fastest (C order over z, y, x); ``.png`` and
@@ -39,9 +40,9 @@ factor, rounded up.
 name) with one layer, uint8 raw cubes of the chunk shape given, and two keys of its own that
 KNOSSOS ignores (``VoxgateOffset_px``, ``VoxgateKind``), and the ``Description`` KNOSSOS
 requires.  ``add_scales`` rewrites the .k.toml keeping what voxgate does not read (other
-keys and layers).  ``conf="knossos.conf"`` writes the classic file instead (128^3 cubes,
-isotropic power-of-two scales only), and a ``magM/knossos.conf`` per scale, by which KNOSSOS
-finds the mags.
+keys and layers), but not its comments (``tomllib`` keeps none).  ``conf="knossos.conf"``
+writes the classic file instead (128^3 cubes, isotropic power-of-two scales only), and a
+``magM/knossos.conf`` per scale, by which KNOSSOS finds the mags.
 """
 
 from __future__ import annotations
@@ -538,6 +539,7 @@ def _read_conf(conf: str) -> _Dataset:
                 f"{where} is a Neuroglancer precomputed layer (ServerFormat 'precomputed' or "
                 f"an info URL), not KNOSSOS cubes; open it as "
                 f"precomputed://{os.path.dirname(conf)} (or the layer's URL)")
+        _check_server_format(server, where, "ServerFormat")
         root = _local_root(url, f"{where} (URL)")
         dtype = layer.get("DataType")
         if dtype is not None and dtype != "uint8":
@@ -593,6 +595,7 @@ def _read_conf(conf: str) -> _Dataset:
                                       f"(jpg), got {file_type!r}")
         # KNOSSOS: 3 jpg, 0 raw, anything else png (1, rotated png, is read as 2)
         ext = kv.get("_BaseExt") or {"0": ".raw", "3": ".jpg"}.get(file_type, ".png")
+        _check_server_format(kv.get("_ServerFormat"), conf, "_ServerFormat")
         ordinal = kv.get("_ServerFormat", "") != "knossos"
         mags = list(range(1, len(vs) + 1)) if ordinal else [2**i for i in range(len(vs))]
         return _Dataset(conf=conf, name=_need(kv, "_BaseName", conf),
@@ -650,6 +653,31 @@ def _knossos_server_mags(root: str, n: int, conf: str) -> list[int]:
             f"({', '.join(by_ordinal)}: knossos_utils' layout) and power-of-two ones "
             f"({', '.join(by_power)}: KNOSSOS'); remove the folders of one layout")
     return ordinal if by_ordinal else power
+
+
+def _check_server_format(value: object, where: str, key: str) -> None:
+    """Refuse a layer whose ``ServerFormat`` (pyk.conf ``_ServerFormat``) is not cubes voxgate
+    reads: voxgate reads none, "" (ordinal mag folders) and "knossos" (see
+    :func:`_knossos_server_mags`).
+
+    KNOSSOS (dataset.cpp, parseToml and the pyk.conf parser) reads "knossos" as Heidelbrain
+    cubes, "1" as OpenConnectome (NeuroData's REST service, whose cutouts are fetched by URL:
+    no cube files) and any other value (a non-string too: toml11's ``find_or`` gives its
+    default "") as PyKnossos cubes in ordinal folders.  A value no reader defines is more
+    likely a layer of another kind than cubes, and reading absent cubes would give zeros, so
+    it is refused; "precomputed" (knossos_utils) is refused before this, with its own hint.
+    """
+    if value is None or value in ("", "knossos"):
+        return
+    if value == "1":
+        raise CapabilityNotSupportedError(
+            f"{where} has {key} '1': KNOSSOS' OpenConnectome API (NeuroData / ndstore cutouts "
+            "fetched from the layer's URL), not KNOSSOS cubes; knossos:// reads cube layers "
+            f"(no {key}, or 'knossos')")
+    raise CapabilityNotSupportedError(
+        f"{where} has {key} {value!r}, which voxgate does not read; knossos:// reads cube "
+        f"layers with no {key} or {key} 'knossos' (KNOSSOS reads any other value as cubes in "
+        f"folders mag1, mag2, mag3 ...: if that is what the layer holds, remove {key})")
 
 
 def _local_root(url: object, where: str) -> str | None:

@@ -71,6 +71,7 @@ from ..storage import (
     ts_errors,
     write_json,
 )
+from ._foreign_attrs import warn_ignored
 from ._tensorstore import TSArray
 from .base import Capability, Remote, check_options, check_same_volume
 
@@ -221,6 +222,19 @@ def _dataset_metadata(attrs: dict[str, Any], where: str) -> dict[str, Any]:
 def _plain_number(v: float) -> int | float:
     """An integral float as an int: JSON ``2``, not ``2.0``, where readers want integers."""
     return int(v) if float(v).is_integer() else float(v)
+
+
+def _per_axis(xyz: Sequence[Any], channels: int, channel_value: Any) -> list[Any]:
+    """A per-axis attribute as voxgate writes it: x, y, z, then ``channel_value`` for the
+    channel axis of a multi-channel dataset.
+
+    Neuroglancer's N5 source takes the rank of a location from every per-axis list of its
+    attributes and of its parents' (``resolution``, ``axes``, ``units``, ``downsamplingFactors``,
+    ``scales``, ``pixelResolution.dimensions``, ``dimensions``) and refuses lists of unequal
+    length ("Rank mismatch"), so each has an entry for the channel axis too (factor 1,
+    resolution 1, unit "").  Readers of x, y, z only (n5-viewer, voxgate) read the first three.
+    """
+    return [*xyz, *([channel_value] if channels > 1 else [])]
 
 
 def _resolution_xyz(attrs: dict[str, Any], order: Sequence[int] = _XYZ) -> list[float] | None:
@@ -566,7 +580,7 @@ class N5Remote(Remote):
                 raise InvalidRequestError("every scale's voxel size must have the same unit")
             factors = [_plain_number(v / b) for v, b in zip(sc.voxel_size.xyz(), vs0.xyz(),
                                                               strict=True)]
-            all_factors.append(factors)
+            all_factors.append(_per_axis(factors, channels, 1))
             path = join(location, f"s{sc.index}")
             spec = {
                 "driver": "n5",
@@ -585,12 +599,14 @@ class N5Remote(Remote):
             attrs = read_json(path, "attributes.json")
             attrs.update(
                 {
-                    # n5-viewer: base resolution x this scale's factors
-                    "downsamplingFactors": factors,
-                    "pixelResolution": {"unit": unit, "dimensions": base_xyz},
-                    # tensorstore / Neuroglancer single-dataset view: this scale's own voxel size
-                    "resolution": [_plain_number(v) for v in sc.voxel_size.xyz()],
-                    "units": [unit] * 3 + ([""] if channels > 1 else []),
+                    # n5-viewer, Neuroglancer: base resolution x this scale's factors
+                    "downsamplingFactors": _per_axis(factors, channels, 1),
+                    "pixelResolution": {"unit": unit,
+                                        "dimensions": _per_axis(base_xyz, channels, 1)},
+                    # tensorstore (reads no factors): this scale's own voxel size
+                    "resolution": _per_axis(
+                        [_plain_number(v) for v in sc.voxel_size.xyz()], channels, 1),
+                    "units": _per_axis([unit] * 3, channels, ""),
                     "voxgate": {
                         "kind": meta.kind,
                         "offset": list(sc.offset),
@@ -599,9 +615,6 @@ class N5Remote(Remote):
                     },
                 }
             )
-            if channels > 1:
-                # tensorstore checks units against the rank: one per dimension
-                attrs["resolution"] = [*attrs["resolution"], 1]
             write_json(path, "attributes.json", attrs)
         group = _optional_json(location, "attributes.json")
         parent = location.rstrip("/").rsplit("/", 1)[0] if "/" in location.rstrip("/") else ""
@@ -613,9 +626,11 @@ class N5Remote(Remote):
                 "multiScale": True,
                 "scales": all_factors,
                 "downsamplingFactors": all_factors,
-                "pixelResolution": {"unit": unit, "dimensions": base_xyz},
-                "resolution": base_xyz,
-                "units": [unit] * 3,
+                "pixelResolution": {"unit": unit, "dimensions": _per_axis(base_xyz, channels, 1)},
+                "resolution": _per_axis(base_xyz, channels, 1),
+                "units": _per_axis([unit] * 3, channels, ""),
+                # Neuroglancer names a 4th axis "t" unless told
+                "axes": axes,
                 "voxgate": {"kind": meta.kind},
             }
         )
@@ -658,16 +673,16 @@ class N5Remote(Remote):
         template = read_json(join(self.location, "s0"), "attributes.json")
         group = read_json(self.location, "attributes.json")
         vs0 = self.meta.scales[0].voxel_size
-        lead = [self.meta.num_channels] if self.meta.num_channels > 1 else []
+        channels = self.meta.num_channels
         factors_all = list(group.get("scales") or group.get("downsamplingFactors") or [])
         for sc in scales:
-            factors = [_plain_number(v / b) for v, b in zip(sc.voxel_size.xyz(), vs0.xyz(),
-                                                              strict=True)]
+            factors = _per_axis([_plain_number(v / b) for v, b in
+                                 zip(sc.voxel_size.xyz(), vs0.xyz(), strict=True)], channels, 1)
             attrs = dict(template)
-            attrs["dimensions"] = [*sc.shape.xyz(), *lead]
+            attrs["dimensions"] = _per_axis(list(sc.shape.xyz()), channels, channels)
             attrs["downsamplingFactors"] = factors
-            attrs["resolution"] = [_plain_number(v) for v in sc.voxel_size.xyz()] + (
-                [1] if lead else [])
+            attrs["resolution"] = _per_axis(
+                [_plain_number(v) for v in sc.voxel_size.xyz()], channels, 1)
             attrs["voxgate"] = {**template.get("voxgate", {}), "offset": list(sc.offset),
                                 "voxel_size": list(sc.voxel_size.zyx()),
                                 "unit": sc.voxel_size.unit}
@@ -741,10 +756,6 @@ _NO_GROUP = _Group(None, None, None, None, None)
 _WHOLE = 1e-6
 
 
-def _ignored(what: str, why: str) -> None:
-    warnings.warn(VoxgateWarning(f"{what} is ignored: {why}"), stacklevel=5)
-
-
 def _cosem(value: object, what: str) -> _Transform | None:
     """A COSEM / OpenOrganelle ``transform`` (``{"axes", "scale", "translate", "units",
     "order"|"ordering"}``), or None when there is none.
@@ -756,13 +767,13 @@ def _cosem(value: object, what: str) -> _Transform | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        _ignored(what, f"it must be an object, got {value!r}")
+        warn_ignored(what, f"it must be an object, got {value!r}", stacklevel=4)
         return None
     scale, translate = value.get("scale"), value.get("translate")
     lists = [v for v in (scale, translate) if v is not None]
     if not lists or not all(isinstance(v, list) and len(v) >= 3 for v in lists):
-        _ignored(what, "'scale' and 'translate' must be lists of at least 3 numbers, got "
-                 f"{scale!r} and {translate!r}")
+        warn_ignored(what, "'scale' and 'translate' must be lists of at least 3 numbers, got "
+                 f"{scale!r} and {translate!r}", stacklevel=4)
         return None
     rank = len(lists[0])
     axes = value.get("axes")
@@ -771,7 +782,7 @@ def _cosem(value: object, what: str) -> _Transform | None:
     if order is None and axes is None and ordering in ("C", "F"):
         order = [rank - 1, rank - 2, rank - 3] if ordering == "C" else [0, 1, 2]
     if order is None:
-        _ignored(what, f"its 'axes' {axes!r} do not name x, y and z")
+        warn_ignored(what, f"its 'axes' {axes!r} do not name x, y and z", stacklevel=4)
         return None
     units = value.get("units")
     nm = [_to_nm(units[i]) if isinstance(units, list) and len(units) > i else 1.0
@@ -779,8 +790,8 @@ def _cosem(value: object, what: str) -> _Transform | None:
     voxel = _numbers(scale, order) if scale is not None else None
     shift = _numbers(translate, order, positive=False) if translate is not None else None
     if (scale is not None and voxel is None) or (translate is not None and shift is None):
-        _ignored(what, "'scale' must be positive and 'translate' finite numbers for x, y and "
-                 f"z, got {scale!r} and {translate!r}")
+        warn_ignored(what, "'scale' must be positive and 'translate' finite numbers for x, y and "
+                 f"z, got {scale!r} and {translate!r}", stacklevel=4)
         return None
     return _Transform(
         None if voxel is None else [v * f for v, f in zip(voxel, nm, strict=True)],
@@ -812,8 +823,8 @@ def _offset_xyz(attrs: dict[str, Any], order: Sequence[int], where: str) -> list
         return None
     out = _numbers(value, order, positive=False)
     if out is None:
-        _ignored(f"{where} 'offset'", f"it must be a list of finite numbers (x, y, z), got "
-                 f"{value!r}")
+        warn_ignored(f"{where} 'offset'", f"it must be a list of finite numbers (x, y, z), got "
+                 f"{value!r}", stacklevel=4)
         return None
     units = attrs.get("units")
     if isinstance(units, list) and len(units) > max(order):

@@ -16,7 +16,7 @@ import re
 import shutil
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import tensorstore as ts
@@ -53,6 +53,7 @@ from ..storage import (
     ts_errors,
     write_json,
 )
+from ._foreign_attrs import warn_ignored
 from ._ome_collections import collection
 from ._tensorstore import TSArray
 from .base import Capability, Remote, check_options, check_same_volume
@@ -115,19 +116,19 @@ class ZarrRemote(Remote):
     @classmethod
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> ZarrRemote:
         check_options("zarr://", options, cls.open_options, "open")
-        if kvstore_exists(location, "zarr.json"):
-            node = _metadata(location, "zarr.json")
+        # each document is read once, here; an array's is handed on to tensorstore
+        node = _metadata(location, "zarr.json", optional=True)
+        if node is not None:
             attrs = node.get("attributes")
             attrs = attrs if isinstance(attrs, dict) else {}
             if node.get("node_type") == "group":
                 ome = attrs.get("ome", attrs)
                 return cls._open_multiscale(location, ome, attrs, 3, mode)
-            _check_array_doc(node, join(location, "zarr.json"))
-            return cls._open_plain(location, "zarr3", attrs, mode)
-        if kvstore_exists(location, ".zarray"):
-            _check_array_doc(_metadata(location, ".zarray"), join(location, ".zarray"))
+            return cls._open_plain(location, "zarr3", attrs, mode, node)
+        array = _metadata(location, ".zarray", optional=True)
+        if array is not None:
             attrs = _optional_json(location, ".zattrs")
-            return cls._open_plain(location, "zarr", attrs, mode)
+            return cls._open_plain(location, "zarr", attrs, mode, array)
         if kvstore_exists(location, ".zgroup"):
             attrs = _optional_json(location, ".zattrs")
             return cls._open_multiscale(location, attrs, attrs, 2, mode)
@@ -136,15 +137,28 @@ class ZarrRemote(Remote):
         )
 
     @classmethod
-    def _open_store(cls, location: str, driver: str, mode: str) -> ts.TensorStore:
+    def _open_store(cls, location: str, driver: str, mode: str,
+                    doc: dict[str, Any] | None = None) -> ts.TensorStore:
+        """The array at ``location``, opened with its metadata document ``doc`` (read here when
+        not given), which voxgate checks and tensorstore then takes as it is instead of
+        reading it again (one request less per array on object storage)."""
         key = join(location, "zarr.json" if driver == "zarr3" else ".zarray")
+        if doc is None:
+            doc = _metadata(location, os.path.basename(key))
+        _check_array_doc(doc, key)
+        # every chunk written is stored, zeros too: an absent chunk is one never written (or
+        # deleted), which missing="error" and absent_chunks report
+        spec: dict[str, Any] = {"driver": driver, "kvstore": kvstore_spec(location),
+                                "store_data_equal_to_fill_value": True}
+        handed = _handed_on(doc, driver)
+        if handed is not None:
+            spec["metadata"] = handed
         with ts_errors(f"opening zarr array {location}"):
             try:
                 store = ts.open(
-                    # every chunk written is stored, zeros too: an absent chunk is one never
-                    # written (or deleted), which missing="error" and absent_chunks report
-                    {"driver": driver, "kvstore": kvstore_spec(location),
-                     "store_data_equal_to_fill_value": True},
+                    spec,
+                    open=True,
+                    assume_metadata=handed is not None or None,
                     read=True,
                     write=mode == "r+",
                     context=ts_context(),
@@ -161,9 +175,9 @@ class ZarrRemote(Remote):
 
     @classmethod
     def _open_plain(
-        cls, location: str, driver: str, attrs: dict[str, Any], mode: str
+        cls, location: str, driver: str, attrs: dict[str, Any], mode: str, doc: dict[str, Any]
     ) -> ZarrRemote:
-        store = cls._open_store(location, driver, mode)
+        store = cls._open_store(location, driver, mode, doc)
         names = list(store.domain.labels)
         if driver == "zarr" and not any(names):
             # Zarr v2 has no dimension names; xarray (and what follows its convention) writes
@@ -444,9 +458,44 @@ class ZarrRemote(Remote):
 _LISTED = 20
 
 
-def _metadata(location: str, key: str) -> dict[str, Any]:
-    """A zarr metadata document: a JSON object (read_json refuses text that is not JSON)."""
-    doc = read_json(location, key)
+#: the members of an array's metadata document tensorstore requires, by driver: one without
+#: them all is not handed on (tensorstore would take defaults for what is missing) but left
+#: for tensorstore to read, and refuse
+_REQUIRED = {
+    "zarr": ("zarr_format", "shape", "chunks", "dtype", "compressor", "fill_value", "order",
+             "filters"),
+    "zarr3": ("zarr_format", "node_type", "shape", "data_type", "chunk_grid",
+              "chunk_key_encoding", "fill_value", "codecs"),
+}
+#: the members of a Zarr v2 .zarray tensorstore takes in a spec (it ignores others in a file
+#: and refuses them in a spec; Zarr v3 has must_understand for that, read alike in both)
+_ZARR2_MEMBERS = (*_REQUIRED["zarr"], "dimension_separator")
+
+
+def _handed_on(doc: dict[str, Any], driver: str) -> dict[str, Any] | None:
+    """The metadata document ``doc`` as tensorstore takes it in a spec (``assume_metadata``:
+    it then reads no metadata itself), or None when it lacks a member tensorstore requires."""
+    if not all(k in doc for k in _REQUIRED[driver]):
+        return None
+    if driver == "zarr":
+        return {k: doc[k] for k in _ZARR2_MEMBERS if k in doc}
+    return doc
+
+
+@overload
+def _metadata(location: str, key: str) -> dict[str, Any]: ...
+@overload
+def _metadata(location: str, key: str, *, optional: bool) -> dict[str, Any] | None: ...
+def _metadata(location: str, key: str, *, optional: bool = False) -> dict[str, Any] | None:
+    """A zarr metadata document: a JSON object (read_json refuses text that is not JSON);
+    with ``optional``, None when there is none (one read, where a check then a read are two
+    requests on object storage)."""
+    try:
+        doc = read_json(location, key)
+    except RemoteNotFoundError:
+        if optional:
+            return None
+        raise
     if not isinstance(doc, dict):
         raise InvalidRequestError(
             f"{join(location, key)} is not zarr metadata: a JSON object was expected, got "
@@ -534,30 +583,33 @@ def _plain_attrs(info: object, where: str) -> tuple[VoxelSize, Vec, Kind | None]
     if info is None:
         return vs, offset, kind
     if not isinstance(info, dict):
-        _ignored(where, "voxgate", info, "1 nm voxels at offset 0")
+        warn_ignored(*_unreadable(where, "voxgate", info, "1 nm voxels at offset 0"), stacklevel=3)
         return vs, offset, kind
     if "voxel_size" in info or "unit" in info:
         try:
             vs = VoxelSize.of(info.get("voxel_size", (1, 1, 1)), info.get("unit", "nm"))
         except (InvalidRequestError, TypeError, ValueError):
-            _ignored(where, "voxgate.voxel_size", info.get("voxel_size"), "1 nm")
+            warn_ignored(*_unreadable(where, "voxgate.voxel_size", info.get("voxel_size"), "1 nm"),
+                         stacklevel=3)
     if "offset" in info:
         try:
             offset = Vec.of(info["offset"], "offset")
         except (InvalidRequestError, TypeError, ValueError):
-            _ignored(where, "voxgate.offset", info["offset"], "offset 0")
+            warn_ignored(*_unreadable(where, "voxgate.offset", info["offset"], "offset 0"),
+                         stacklevel=3)
     if "kind" in info:
         if info["kind"] in ("image", "segmentation"):
             kind = info["kind"]
         else:
-            _ignored(where, "voxgate.kind", info["kind"], "a kind guessed from the dtype")
+            warn_ignored(*_unreadable(where, "voxgate.kind", info["kind"],
+                                      "a kind guessed from the dtype"), stacklevel=3)
     return vs, offset, kind
 
 
-def _ignored(where: str, key: str, value: object, fallback: str) -> None:
-    warnings.warn(VoxgateWarning(
-        f"{where}: attribute {key} = {str(value)[:80]!r} is not one voxgate can read; "
-        f"ignored ({fallback})"), stacklevel=4)
+def _unreadable(where: str, key: str, value: object, fallback: str) -> tuple[str, str]:
+    """What :func:`warn_ignored` says of a ``voxgate`` attribute entry voxgate cannot read."""
+    return (f"{where}: attribute {key} = {str(value)[:80]!r}",
+            f"it is not one voxgate can read; voxgate uses {fallback}")
 
 
 def _group_arrays(location: str, fmt: int) -> list[str]:
