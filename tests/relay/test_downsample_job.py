@@ -140,3 +140,89 @@ def test_the_client_starts_the_job_again_when_level_0_changed_while_it_ran() -> 
     with pytest.raises(voxgate.errors.InvalidRequestError, match="failed"):
         ds._server_downsample(FakeRemote(failed))
     assert failed.started == 1
+
+
+# -- a DVID labelmap upstream: DVID builds its own scales ----------------------------------------
+class CountingDVID:
+    """The DVID test server in this process (uvicorn on a thread), recording every request's
+    (method, path, query) as the server receives it."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        from voxgate.testing.dvid import make_app
+
+        app = make_app()
+        self.seen: list[tuple[str, str, str]] = []
+
+        async def counting(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                self.seen.append((scope["method"], scope["path"],
+                                  scope["query_string"].decode()))
+            await app(scope, receive, send)
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(counting, host="127.0.0.1", port=port,
+                                                    log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_until(lambda: self.server.started, "the DVID test server started")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def test_the_job_on_a_dvid_labelmap_leaves_dvids_scales_alone(tmp_path: Path) -> None:
+    """DVID rebuilds a labelmap's scales 1..MaxDownresLevel on every scale-0 write (labelmap
+    write.go PutLabels ends with downres.Mutation.Execute), by its own rule (labels/compressed.go
+    downresArray: the most frequent non-zero label, the smaller on a tie).  The job recomputed
+    them by voxgate's rule (zeros vote, the first label wins a tie) and POSTed them over DVID's
+    (blocks?scale=k): wasted work, and a pyramid that DVID's next write mixes with its own.
+    Now it writes nothing and the coarser scales stay DVID's."""
+    from voxgate.remotes.dvid import DVIDRepo
+
+    from ..remotes.test_dvid_audit import dvid_mode2
+
+    dvid = CountingDVID()
+    relay = None
+    try:
+        repo = DVIDRepo.create(dvid.url, alias="job")
+        url = repo.url("seg")
+        shape = (32, 32, 32)
+        voxgate.create(url, shape=shape, chunks=(16, 16, 16), dtype="uint64",
+                       voxel_size=(8, 8, 8), kind="segmentation", num_scales=3)
+        rng = np.random.default_rng(7)
+        # few labels and many zeros: the two rules disagree on most 2x2x2 cells
+        labels = rng.choice(np.array([0, 0, 0, 5, 9], np.uint64), shape)
+        cfg = RelayConfig()
+        cfg.channels = [ChannelConfig("c", "e", "seg", url)]
+        relay = Relay(cfg)
+        entry = relay.channel("c", "e", "seg")
+        remote = relay.remote(entry)
+        relay.write(remote, Box((0, 0, 0), shape), labels, 0)  # DVID's raw POST: downres
+        assert relay.downsample_status(entry, remote) == "NOT_DOWNSAMPLED"
+        before = len(dvid.seen)
+        relay.start_downsample(entry, remote)
+        wait_until(lambda: relay.downsample_status(entry, remote) != "IN_PROGRESS",
+                   "the job ended")
+        assert relay.downsample_status(entry, remote) == "DOWNSAMPLED"
+        writes = [r for r in dvid.seen[before:] if r[0] == "POST"]
+        assert writes == [], f"the job wrote to DVID: {writes}"
+        want = labels
+        direct = voxgate.open(url)
+        for k in (1, 2):
+            want = dvid_mode2(want)
+            np.testing.assert_array_equal(direct.at_scale(k).read(), want, err_msg=f"dvid {k}")
+            got = remote.read(remote.meta.scale(k).bounds, k)  # through the relay's cache
+            np.testing.assert_array_equal(got, want, err_msg=f"relay {k}")
+    finally:
+        if relay is not None:
+            relay.cache.close()
+        dvid.stop()

@@ -7,15 +7,24 @@ true`` once level 0 was written while the job ran.
 A write to level 0 makes a finished pyramid stale: DOWNSAMPLED becomes NOT_DOWNSAMPLED, as in
 bossDB.  A write *during* a job leaves it IN_PROGRESS (a second POST is refused with 409, as
 in bossDB) but the job then ends NOT_DOWNSAMPLED, since it may have read that region before
-the write landed: bossDB would say DOWNSAMPLED over a pyramid that lacks the write."""
+the write landed: bossDB would say DOWNSAMPLED over a pyramid that lacks the write.
+
+An upstream that rebuilds its coarser scales itself from every level-0 write (a DVID labelmap
+or labelarray with coarser scales: ``DVIDRemote.derives_scales``) has them current as soon as
+a write returns, by its own rule: the job computes and writes nothing there (:func:`run_job`)
+and ends DOWNSAMPLED at once.  Recomputing them wasted the work and wrote voxgate's mode rule
+over DVID's (zeros vote in voxgate's, not in DVID's; ties go to another label)."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
+from ..remotes.base import Remote
 from .catalog import Catalog
 
-__all__ = ["finish_job", "job_status", "note_write", "set_job_status"]
+__all__ = ["finish_job", "job_status", "keeps_own_scales", "note_write", "run_job",
+           "set_job_status"]
 
 #: the statuses of a job that has not ended
 _RUNNING = ("QUEUED", "IN_PROGRESS")
@@ -80,6 +89,24 @@ def finish_job(catalog: Catalog, url: str, ok: bool) -> str:
         status = "FAILED" if not ok else "NOT_DOWNSAMPLED" if written else "DOWNSAMPLED"
         set_job_status(catalog, url, status)
     return status
+
+
+def keeps_own_scales(upstream: Remote) -> bool:
+    """Whether ``upstream`` rebuilds its coarser scales itself from every level-0 write."""
+    from ..remotes.dvid import DVIDRemote
+
+    return isinstance(upstream, DVIDRemote) and upstream.derives_scales
+
+
+def run_job(remote: Any) -> None:
+    """The job's work on ``remote`` (the channel's CachedRemote): every coarser level
+    recomputed from level 0 through the cache, or nothing when the upstream keeps its own."""
+    from ..services.downsample import downsample
+    from ..volume import Volume
+
+    if keeps_own_scales(remote.upstream):
+        return
+    downsample(Volume(remote), len(remote.meta.scales), prefer="local")
 
 
 def _alive(pid: object) -> bool:

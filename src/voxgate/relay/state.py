@@ -45,7 +45,7 @@ from .errors import (
     not_found,
 )
 from .generations import Generations, before_generation, only_own
-from .jobs import finish_job, job_status, note_write, set_job_status
+from .jobs import finish_job, job_status, note_write, run_job, set_job_status
 from .shared_cache import SharedDiskCache
 from .stats import SCAN_BYTES, LabelStatsCache
 
@@ -460,20 +460,18 @@ class Relay:
 
     def start_downsample(self, entry: ChannelEntry, remote: CachedRemote) -> None:
         """Recompute every coarser level from level 0 in the background, through the cache
-        (so cached cells of those levels are replaced as they are written)."""
+        (so cached cells of those levels are replaced as they are written); on an upstream
+        that keeps its own (a DVID labelmap) nothing is written (jobs.run_job)."""
         with self._jobs_lock, self.catalog.lock:  # (one job per channel in every worker)
             if job_status(self.catalog, remote.url) in ("QUEUED", "IN_PROGRESS"):
                 raise BossHTTPError(409, 2006, "a downsample of this channel is already running")
             set_job_status(self.catalog, remote.url, "IN_PROGRESS")
 
         def job() -> None:
-            from ..services.downsample import downsample
-            from ..volume import Volume
-
             try:
                 self.freshen(remote)
                 with self.writing(remote):
-                    downsample(Volume(remote), len(remote.meta.scales), prefer="local")
+                    run_job(remote)  # (nothing to write on an upstream that keeps its scales)
             except Exception as exc:  # the job's outcome is its status; the log says why
                 log.warning("downsample of %s failed: %s", remote.url, exc)
                 finish_job(self.catalog, remote.url, ok=False)

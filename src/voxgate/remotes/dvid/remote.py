@@ -307,9 +307,16 @@ class DVIDRemote(Remote):
                     f"DVID labelmap blocks must be multiples of 16 voxels on every axis "
                     f"(DVID refuses others); got chunks {tuple(s0.chunks)}: use e.g. "
                     "(64, 64, 64), DVID's default, or (16, 16, 16)")
-            if any(c % 8 for c in s0.chunks):
+            if any(c % 8 or c < 16 for c in s0.chunks):
+                # labelarray.go NewData takes any BlockSize, but write.go putChunk cannot make
+                # such blocks (labels/compressed.go setSubvolume: multiples of 8, "Blocks must
+                # be at least 16x16x16"), logs it and stores nothing, answering 200
                 raise InvalidRequestError(
-                    f"DVID label blocks are multiples of 8 voxels; got chunks {tuple(s0.chunks)}")
+                    f"DVID {typename} blocks must be multiples of 8 voxels and at least 16 on "
+                    f"every axis; got chunks {tuple(s0.chunks)}: DVID creates such an instance "
+                    "but its label codec cannot hold the blocks, so it stores none of the "
+                    "writes (answering them 200). Use e.g. (64, 64, 64), DVID's default, or "
+                    "(16, 16, 16)")
             levels = len(meta.scales) - 1
             first = Vec(*(o // c for o, c in zip(s0.offset, s0.chunks, strict=True)))
             last = Vec(*(-(-(o + s) // c) - 1 for o, s, c in zip(s0.offset, s0.shape, s0.chunks,
@@ -375,6 +382,32 @@ class DVIDRemote(Remote):
         if self._instances.get(self._skel_name) == "keyvalue":
             caps.add(Capability.SERVER_SKELETON)
         return frozenset(caps)
+
+    @property
+    def derives_scales(self) -> bool:
+        """Whether DVID itself rebuilds this instance's coarser scales from every scale-0
+        write: a labelmap or labelarray with ``MaxDownresLevel`` >= 1 (write.go ``PutLabels``
+        ends with ``downres.Mutation.Execute``; a split does the same).  Its scales 1.. are
+        then DVID's (labels/compressed.go ``downresArray``: the most frequent non-zero label
+        of each 2x2x2 cell, the smaller on a tie), not something to recompute and write."""
+        return self.is_label and self.typename != "labelblk" and len(self.meta.scales) > 1
+
+    def check_downres_blocks(self, blocks: Iterable[Iterable[int]], what: str,
+                             nothing: str) -> None:
+        """Refuse (InvalidRequestError naming the first, before anything is sent) a change of
+        scale 0 that makes DVID rewrite any of ``blocks`` ((z, y, x) block coordinates) when
+        DVID's downres cannot take one of them: the rule of :meth:`write`, for edits that
+        DVID runs itself (a split rewrites every block of the supervoxels it cuts).  ``what``
+        says what was asked, ``nothing`` what was left undone ("Nothing was split")."""
+        if not self.derives_scales:
+            return
+        levels = len(self.meta.scales) - 1
+        step = 2**levels
+        for blk in blocks:
+            for axis, b in enumerate(blk):
+                if b < 0 and b % step:
+                    raise _downres_refusal(f"{self.url}: {what}", self.typename, levels,
+                                           self.meta.scale(0).chunks, (axis, int(b)), nothing)
 
     def write_grid(self, scale: int = 0) -> Vec:
         return self.meta.scale(scale).chunks

@@ -86,6 +86,16 @@ def _dvid_split(vol: Volume, label: int, keys: list[int | None], pieces: np.ndar
     labels = _dvid_labels(vol)
     body_box = labels.sparsevol_size(label).box  # every supervoxel of the body lies inside
     svs_before = _supervoxels_in(vol, body_box)
+    keep = keys.index(label) + 1 if label in keys else None
+    last = 0
+    order = [k for k in range(1, len(keys) + 1) if k != keep]
+    if keep is None:  # every piece gets a new id: the last one by renumbering what remains
+        last = order.pop()
+    # (a renumber rewrites no block: only the POSTed pieces reach DVID's downres)
+    remote: Any = vol.remote
+    remote.check_downres_blocks(
+        _split_blocks(vol, np.isin(pieces, order), sbox, body_box, svs_before),
+        f"splitting segment {label}", "Nothing was split")
     hist = _hist(vol, history_dir)
     n = _start(hist, vol, "split", "server", user,
                {"id": label, "seeded": seeded, "box": [*map(int, sbox.start),
@@ -93,11 +103,6 @@ def _dvid_split(vol: Volume, label: int, keys: list[int | None], pieces: np.ndar
                [label], [sbox])
     made: list[int] = []
     hist.update(n, new_bodies=made)
-    keep = keys.index(label) + 1 if label in keys else None
-    last = 0
-    order = [k for k in range(1, len(keys) + 1) if k != keep]
-    if keep is None:  # every piece gets a new id: the last one by renumbering what remains
-        last = order.pop()
     mutations = []
     for k in order:
         runs = rles_from_mask(pieces == k, (sbox.start.z, sbox.start.y, sbox.start.x))
@@ -128,6 +133,44 @@ def _dvid_split(vol: Volume, label: int, keys: list[int | None], pieces: np.ndar
     _remesh(vol, [label, *made], remesh, [sbox])
     return EditResult(n, "split", {}, tuple(made), 0, (sbox,),
                       Provenance("split", "server", vol.url, {"mutations": mutations}))
+
+
+def _check_local_split(vol: Volume, mask: np.ndarray, sbox: Box, label: int) -> None:
+    """A split written by voxgate (the local path) on a dvid:// labelmap with coarser scales:
+    refused before any id is reserved or block written when one of the scale-0 blocks it
+    writes (those holding a voxel of ``mask``, over ``sbox``) is one DVID's downres cannot
+    take (``DVIDRemote.write`` would refuse that block, maybe after others were written)."""
+    from ...remotes.dvid import DVIDRemote
+
+    remote = vol.remote
+    if vol.scale != 0 or not isinstance(remote, DVIDRemote) or not remote.derives_scales:
+        return
+    grid = remote.meta.scale(0).chunks
+    where = np.nonzero(mask)
+    if not len(where[0]):
+        return
+    coords = np.stack([(w + s) // g for w, s, g in zip(where, sbox.start, grid, strict=True)],
+                      axis=1)
+    remote.check_downres_blocks(np.unique(coords, axis=0).tolist(),
+                                f"splitting segment {label}", "Nothing was split")
+
+
+def _split_blocks(vol: Volume, sent: np.ndarray, sbox: Box, body_box: Box,
+                  svs: np.ndarray) -> list[tuple[int, int, int]]:
+    """The scale-0 blocks (z, y, x) DVID rewrites when the voxels ``sent`` (a mask over
+    ``sbox``) are split off: labelmap mutate.go SplitLabels gives every supervoxel they touch
+    two new ids, in every block that holds it (getAffectedBlocks), and hands each of those
+    blocks to the downres.  ``svs``: the supervoxels over ``body_box``, which holds them all."""
+    grid = vol.remote.meta.scale(0).chunks
+    where = np.nonzero(sent)
+    at = tuple(w + (s - b) for w, s, b in zip(where, sbox.start, body_box.start, strict=True))
+    cut = np.unique(svs[at])
+    hold = np.nonzero(np.isin(svs, cut[cut != 0]))
+    if not len(hold[0]):
+        return []
+    coords = np.stack([(h + b) // g for h, b, g in zip(hold, body_box.start, grid,
+                                                        strict=True)], axis=1)
+    return [(int(z), int(y), int(x)) for z, y, x in np.unique(coords, axis=0).tolist()]
 
 
 def _supervoxels_in(vol: Volume, box: Box) -> np.ndarray:

@@ -102,6 +102,15 @@ def _put_blocks(ctx: _Ctx, blocks: dict[tuple[int, int, int], np.ndarray], *, mu
     returns (downres.Mutation.Execute)."""
     vol = _Vol(ctx, 0)
     bz, by, bx = vol.bs
+    if any(b % 8 or b < 16 for b in vol.bs):
+        # a labelarray of a BlockSize the label codec cannot hold (labels/compressed.go
+        # setSubvolume: "must be multiple of 8", "Blocks must be at least 16x16x16"):
+        # write.go putChunk logs the error and returns for every block, so the request
+        # succeeds and stores nothing; PutLabels had adjusted the extents first
+        for z, y, x in blocks:
+            _extend(ctx, (x * bx, y * by, z * bz), (x * bx + bx - 1, y * by + by - 1,
+                                                     z * bz + bz - 1))
+        return
     deltas: dict[int, dict[tuple[int, int, int], int]] = {}
     for bk, blk in blocks.items():
         if index:
@@ -125,6 +134,15 @@ def _put_blocks(ctx: _Ctx, blocks: dict[tuple[int, int, int], np.ndarray], *, mu
                 ctx.mutated()
                 ctx.state.save()
             raise
+
+
+def _extend(ctx: _Ctx, lo: tuple[int, int, int], hi: tuple[int, int, int]) -> None:
+    """Grow the instance's extents (x, y, z voxel points, inclusive) over ``lo``..``hi``."""
+    inst = ctx.inst
+    inst.min_point = list(lo) if inst.min_point is None else [
+        min(a, b) for a, b in zip(inst.min_point, lo, strict=True)]
+    inst.max_point = list(hi) if inst.max_point is None else [
+        max(a, b) for a, b in zip(inst.max_point, hi, strict=True)]
 
 
 def _change_index(ctx: _Ctx, deltas: dict[int, dict[tuple[int, int, int], int]]) -> None:

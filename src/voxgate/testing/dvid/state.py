@@ -323,11 +323,10 @@ class DVIDState:
                 # labelmap.go NewData: fmt.Sscanf(s, "%d,%d,%d") then each % 16, before the
                 # imageblk properties parse the value (so what Sscanf cannot read passes here)
                 raise DVIDError("BlockSize must be multiples of 16")
+            # labelarray.go NewData and imageblk's setByConfig (dvid.StringToPoint) take any
+            # size; a labelarray's blocks the label codec cannot hold are then never stored
+            # (labelindex._put_blocks)
             inst.block_size = _triple(cfg["blocksize"], int, "BlockSize")
-            if inst.is_label and any(b % 8 or b < 8 for b in inst.block_size):
-                # (real DVID takes any labelarray/labelblk BlockSize here; this server stores
-                # label blocks in 8^3 sub-blocks, as DVID's label Block codec does)
-                raise DVIDError(f"BlockSize {inst.block_size} must be multiples of 8 for labels")
         if "voxelsize" in cfg:
             inst.voxel_size = _triple(cfg["voxelsize"], float, "VoxelSize")
         if "voxelunits" in cfg:

@@ -1,0 +1,172 @@
+"""Follow-ups of the DVID audit, each checked against DVID's source (janelia-flyem/dvid):
+the BlockSize each data type takes at creation, and splits that would reach a negative odd
+block of a labelmap with coarser scales.  (The relay's downsample job on a DVID labelmap is
+in tests/relay/test_downsample_job.py.)"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+import voxgate
+from voxgate.errors import InvalidRequestError
+from voxgate.remotes.dvid import DVIDRepo
+from voxgate.testing.dvid import DVIDServerProcess, start_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DVIDServerProcess]:
+    d = tmp_path_factory.mktemp("dvid-followups")
+    srv = start_server(log=d / "server.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def repo(server: DVIDServerProcess) -> DVIDRepo:
+    return DVIDRepo.create(server.url, alias="followups")
+
+
+@pytest.fixture
+def http(server: DVIDServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}_{uuidlib.uuid4().hex[:10]}"
+
+
+# -- BlockSize at creation ------------------------------------------------------------------------
+def test_block_sizes_dvid_takes_at_creation(repo: DVIDRepo, http: httpx.Client) -> None:
+    """Only labelmap.go NewData checks BlockSize ("BlockSize must be multiples of 16");
+    labelarray.go NewData and imageblk's setByConfig (dvid.StringToPoint) take any size.  The
+    test server refused labelarray sizes that are not multiples of 8 with a message of its own."""
+    path = f"/api/repo/{repo.root}/instance"
+
+    def new(typename: str, bs: str) -> httpx.Response:
+        return http.post(path, json={"typename": typename, "dataname": _name("bs"),
+                                     "BlockSize": bs})
+
+    for typename, bs in (("labelarray", "12,20,28"), ("labelarray", "8,8,8"),
+                         ("labelarray", "4,4,4"), ("uint8blk", "5,7,9"),
+                         ("uint16blk", "3,3,3"), ("labelmap", "16,48,32")):
+        r = new(typename, bs)
+        assert r.status_code == 200, (typename, bs, r.text)
+    r = new("labelmap", "24,16,16")
+    assert r.status_code == 400 and r.text == f"BlockSize must be multiples of 16 ({path}).\n"
+
+
+def test_a_labelarray_whose_blocks_dvid_cannot_encode_stores_nothing(
+        repo: DVIDRepo, http: httpx.Client) -> None:
+    """labelarray write.go putChunk builds each block with labels.SubvolumeToBlock, whose
+    setSubvolume refuses blocks not multiples of 8 or under 16 ("Blocks must be at least
+    16x16x16"); putChunk logs that and returns: the raw POST answers 200 and stores nothing.
+    The test server stored such blocks."""
+    name = _name("la")
+    repo.create_instance(name, "labelarray", block_size=(8, 8, 8))
+    base = f"/api/node/{repo.root}/{name}/raw/0_1_2/8_8_8/0_0_0"
+    r = http.post(base, content=np.full((8, 8, 8), 7, "<u8").tobytes())
+    assert r.status_code == 200, r.text
+    got = np.frombuffer(http.get(base).content, "<u8")
+    assert (got == 0).all()
+
+
+def test_create_refuses_a_labelarray_dvid_would_never_store(repo: DVIDRepo) -> None:
+    """DVID creates a labelarray of any BlockSize but stores none of its blocks unless they
+    are multiples of 8 and at least 16 (labels/compressed.go setSubvolume), answering 200 to
+    every write: voxgate.create refuses such a labelarray before anything is made.  It made
+    8^3 ones, whose every write DVID silently drops."""
+    for chunks in ((8, 8, 8), (16, 16, 12)):
+        url = repo.url(_name("la"))
+        with pytest.raises(InvalidRequestError, match="at least 16"):
+            voxgate.create(url, shape=(16, 16, 16), chunks=chunks, dtype="uint64",
+                           voxel_size=(8, 8, 8), kind="segmentation", typename="labelarray")
+        assert url.rsplit("/", 1)[1] not in repo.instances()
+    url = repo.url(_name("la"))
+    vol = voxgate.create(url, shape=(24, 16, 32), chunks=(24, 16, 32), dtype="uint64",
+                         voxel_size=(8, 8, 8), kind="segmentation", typename="labelarray")
+    vol[...] = 5
+    assert (voxgate.open(url).read() == 5).all()
+    # images take any block size, as DVID does
+    img = voxgate.create(repo.url(_name("img")), shape=(7, 9, 5), chunks=(3, 5, 7),
+                         dtype="uint8", voxel_size=(8, 8, 8))
+    img[...] = 4
+    assert (img.read() == 4).all()
+
+
+# -- splits that reach a negative odd block -------------------------------------------------------
+BS = 16
+
+
+def _ingest(http: httpx.Client, path: str, blocks: dict[tuple[int, int, int], np.ndarray]
+            ) -> None:
+    """Scale-0 blocks ((x, y, z) block coordinates) through ``POST blocks`` without downres
+    (write.go storeBlocks: indexed, no coarser scales computed, so no panic)."""
+    import gzip
+
+    from voxgate.formats.dvid_block import encode_label_block, pack_block_records
+
+    records = [(bk, gzip.compress(encode_label_block(np.ascontiguousarray(b, "<u8"))))
+               for bk, b in blocks.items()]
+    r = http.post(f"{path}/blocks", content=pack_block_records(records))
+    assert r.status_code == 200, r.text
+
+
+def _two_pieces(repo: DVIDRepo, http: httpx.Client, sv_b: int) -> tuple[str, str]:
+    """A labelmap (16^3 blocks, MaxDownresLevel 1) holding body 1 in two pieces: A (4^3
+    voxels of supervoxel 1) in block x=0 and B (supervoxel ``sv_b``, merged into body 1) in
+    block x=-1, a negative odd block.  Returns (URL, URL path)."""
+    name = _name("lm")
+    repo.create_instance(name, "labelmap", block_size=(BS, BS, BS), max_scale=1)
+    path = f"/api/node/{repo.root}/{name}"
+    a = np.zeros((BS, BS, BS), np.uint64)
+    a[:4, :4, :4] = 1
+    b = np.zeros((BS, BS, BS), np.uint64)
+    b[:2, :2, :2] = sv_b  # x -16..-15: apart from A (x 0..3)
+    if sv_b != 1:  # make B the larger piece, so that A is the one split off
+        b[:6, :6, :6] = sv_b
+    _ingest(http, path, {(0, 0, 0): a, (-1, 0, 0): b})
+    if sv_b != 1:
+        repo.labels(name).merge(1, [sv_b])
+    return repo.url(name), path
+
+
+def _state(http: httpx.Client, path: str) -> tuple[bytes, bytes, bytes]:
+    """Scale 0 as supervoxels, body 1's supervoxels, and the max label."""
+    raw = http.get(f"{path}/raw/0_1_2/32_16_16/-16_0_0?supervoxels=true").content
+    return raw, http.get(f"{path}/supervoxels/1").content, http.get(f"{path}/maxlabel").content
+
+
+@pytest.mark.parametrize("prefer", ["auto", "local"])
+def test_a_split_that_would_reach_a_negative_odd_block_is_refused(
+        repo: DVIDRepo, http: httpx.Client, prefer: str) -> None:
+    """labelmap mutate.go SplitLabels rewrites every block of the supervoxels the split volume
+    touches (splitPass2, getAffectedBlocks: the remainder of a split supervoxel gets a new id
+    too) and hands each to the downres (modifyBlocks -> downres.Mutation.BlockMutated), which
+    runs last (Execute), after scale 0, the label index and the mapping changed: block x=-1
+    gives a negative octant index in getHiresChanges, a panic (500) with the split half done
+    (and voxgate's retry of the 500 then met "missing label 1").
+    voxgate.split now refuses it before sending anything, naming the block, as writes are
+    refused; the local path (prefer="local") too, whose scale-0 writes would reach it."""
+    url, path = _two_pieces(repo, http, sv_b=1)
+    before = _state(http, path)
+    with pytest.raises(InvalidRequestError, match=r"block -1 along x \(voxels -16\.\.-1\)"):
+        voxgate.split(url, 1, prefer=prefer)  # type: ignore[arg-type]
+    assert _state(http, path) == before
+
+
+def test_a_split_whose_blocks_are_safe_goes_through(repo: DVIDRepo, http: httpx.Client) -> None:
+    """Only the blocks DVID rewrites count: splitting off piece A (supervoxel 1, block x=0)
+    leaves supervoxel 2 in block x=-1 alone, so DVID splits it and downsamples block 0 only."""
+    url, _ = _two_pieces(repo, http, sv_b=2)
+    res = voxgate.split(url, 1)
+    (new,) = res.new_ids
+    seg = voxgate.open(url)
+    assert tuple(seg.bounds.start) == (0, 0, -16)
+    got = seg.read()  # x -16..15
+    assert (got[:4, :4, 16:20] == new).all() and (got[:6, :6, :6] == 1).all()
