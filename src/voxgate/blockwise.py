@@ -25,7 +25,7 @@ import pickle
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -471,7 +471,15 @@ class _Pool:
                 raise WorkersLostError(
                     f"{self.name}: the cluster forgot a block's task ({fut.key}): every "
                     "worker holding what it needed died")
-            return self.client.gather(fut, direct=self._direct)
+            try:
+                return self.client.gather(fut, direct=self._direct)
+            except CancelledError as exc:
+                # the block had finished, but every worker holding its result died before it
+                # was gathered, and with them what it needs to run again (the function sent
+                # once per run), so the cluster cancelled it: run it again like the others
+                raise WorkersLostError(
+                    f"{self.name}: the cluster lost a finished block's result ({fut.key}) with "
+                    "the workers holding it") from exc
         return fut.result()
 
     def wait(self, pending: Iterable[Any], timeout: float | None) -> list[Any]:

@@ -329,7 +329,7 @@ def connected_components(
             "connected-components", region_meta(src, region, final_dt, "segmentation"),
             [arr], mode="r+"))
     tables = {tuple(b.start): rank[offsets[b]: offsets[b] + counts[b] + 1] for b in blocks}
-    run(functools.partial(_relabel_block, job, dest, tables), blocks,
+    run(functools.partial(_relabel_block, job, dest, tables, again=out is not None), blocks,
         name="connected components: relabel")
     prov = Provenance("connected_components", "local", src.url,
                       details(len(blocks), len(order), final_dt))
@@ -408,11 +408,23 @@ def _join_block(job: _Job, offsets: dict[tuple[int, ...], int], b: Box) -> np.nd
 
 
 def _relabel_block(job: _Job, dest: Volume, tables: dict[tuple[int, ...], np.ndarray],
-                   b: Box) -> None:
-    """Pass 3: one block's local labels replaced by their final numbers."""
+                   b: Box, *, again: bool = False) -> None:
+    """Pass 3: one block's local labels replaced by their final numbers.
+
+    With ``again`` (an ``out=`` store, which pass 1 filled with the local labels and this pass
+    overwrites in place) the local labels are labelled again from the source (cc3d numbers a
+    block the same way every time) instead of read back: a block run twice (its worker died
+    after the write, or a transient error struck after part of it) would otherwise read its
+    final numbers and map them through the table a second time."""
     table = tables[tuple(b.start)].copy()
     table[0] = 0
-    dest.remote.write(b, table[job.target.remote.read(b, 0)], 0)
+    target = job.target.remote
+    if again:
+        local, _ = _cc3d(job.src.remote.read(b, job.src.scale), job.connectivity,
+                         target.meta.dtype)
+    else:  # in memory (no client, no transient errors): read back, no second cc3d
+        local = target.read(b, 0)
+    dest.remote.write(b, table[local], 0)
 
 
 _PROVENANCE: dict[str, Provenance] = {}

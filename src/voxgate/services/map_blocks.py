@@ -41,8 +41,15 @@ __all__ = ["map_blocks", "run_block"]
 
 
 def run_block(fn: Callable[[np.ndarray], Any], src: Volume, out: Volume, block: Box,
-              halo: Vec) -> Box:
-    """One block: read with halo, apply ``fn``, crop, write.  Returns the block."""
+              halo: Vec, results: dict[Box, np.ndarray] | None = None) -> Box:
+    """One block: read with halo, apply ``fn``, crop, write.  Returns the block.
+
+    ``results`` (a run writing into its source): each block's result is kept there until the
+    block is done, and a block run again (a transient error after part of its write) writes
+    it again instead of reading its source, which it may already have overwritten."""
+    if results is not None and block in results:
+        out.write(results[block], block)
+        return block
     ext = Box(block.start - halo, block.stop + halo)
     data = src.with_bounds("fill").read(ext)
     result = np.asarray(fn(data))
@@ -59,7 +66,10 @@ def run_block(fn: Callable[[np.ndarray], Any], src: Volume, out: Volume, block: 
                 f"fn returned {result.dtype.name} but the output is {out.dtype.name}; pass "
                 f"dtype='{result.dtype.name}' to map_blocks or cast inside fn")
         result = result.astype(out.dtype)
-    out.write(np.ascontiguousarray(result), block)
+    result = np.ascontiguousarray(result)
+    if results is not None:
+        results[block] = result
+    out.write(result, block)
     return block
 
 
@@ -135,11 +145,26 @@ def map_blocks(
     grid = target.remote.write_grid(target.scale)
     b = block_shape(grid, dt.itemsize, region.shape, block=b)
     blocks = [p.box for p in plan_blocks(region, b, target.bounds)]
+    in_place = target.url == src.url and target.scale == src.scale
     if client is not None:
         check_for_cluster(target.url, "output", "map_blocks", writes=True)
-    run_blocks(functools.partial(run_block, fn, src, target, halo=h), blocks, name="map_blocks",
-               client=client, workers=workers, progress=progress, retries=retries,
-               nbytes=lambda bx: bx.size * dt.itemsize)
+        if in_place:
+            # dask runs a block again when its worker dies, on another worker, which would
+            # read the block's voxels as the first run already wrote them (fn applied twice)
+            raise InvalidRequestError(
+                f"map_blocks with a dask.distributed client: out is the source {src.url}; a "
+                "block whose worker dies is run again and would read what it already wrote "
+                "(fn applied twice); write to another volume, or run it without client=")
+    # in place, each block's result is kept until the block is done (see run_block)
+    results: dict[Box, np.ndarray] | None = {} if in_place else None
+
+    def done(bx: Box, _r: object) -> None:
+        if results is not None:
+            results.pop(bx, None)
+
+    run_blocks(functools.partial(run_block, fn, src, target, halo=h, results=results), blocks,
+               name="map_blocks", client=client, workers=workers, progress=progress,
+               retries=retries, nbytes=lambda bx: bx.size * dt.itemsize, on_done=done)
     prov = Provenance("map_blocks", "local", src.url, {
         "blocks": len(blocks), "scheduler": scheduler_name(client),
         "seconds": round(time.perf_counter() - t0, 3)})
