@@ -816,9 +816,14 @@ def test_create_exist_ok_checks_the_instance(repo: DVIDRepo, tmp_path: Path) -> 
 
 def test_downsample_of_a_labelmap_at_an_odd_offset(repo: DVIDRepo, tmp_path: Path) -> None:
     """A labelmap's scales lie on DVID's block grid through 0 (create checks that their
-    extents are those): voxgate.downsample computes them on that grid.  With the first-voxel
-    grid it refused them as inconsistent at an odd offset."""
+    extents are those), and DVID rebuilds them itself on every write, by its own rule:
+    voxgate.downsample leaves them so (it POSTed voxgate's mode over them), and with
+    prefer="local" computes them on that grid (with the first-voxel grid it refused them as
+    inconsistent at an odd offset)."""
     from tests.services.numpy_reference import downsample_mode
+    from voxgate.services.downsample import downsample_provenance
+
+    from .test_dvid_audit import dvid_mode2
 
     url = repo.url(_name(tmp_path, "seg"))
     offset = (8, 7, 45)
@@ -827,8 +832,19 @@ def test_downsample_of_a_labelmap_at_an_odd_offset(repo: DVIDRepo, tmp_path: Pat
                          voxel_size=(8, 8, 8), offset=offset, kind="segmentation",
                          num_scales=2)
     vol[:] = labels
-    voxgate.downsample(url)
-    want = downsample_mode(labels, (2, 2, 2), start=offset)
+    # DVID's rule on its grid through 0: the labels placed in whole 2x2x2 cells, zeros around
+    padded = np.zeros((6, 22, 28), np.uint64)
+    padded[0:6, 1:22, 1:27] = labels
+    dvids = dvid_mode2(padded)
+    ours = downsample_mode(labels, (2, 2, 2), start=offset)
+    assert dvids.shape == ours.shape and not np.array_equal(dvids, ours)  # the rules differ
+
+    done = voxgate.downsample(url)
+    prov = downsample_provenance(done)
+    assert prov is not None and prov.path == "server" and prov.details["derived_by_store"]
     got = voxgate.open(url).at_scale(1)
-    assert tuple(got.offset) == (4, 3, 22) and got.shape == want.shape
-    np.testing.assert_array_equal(got.read(), want)
+    assert tuple(got.offset) == (4, 3, 22) and got.shape == dvids.shape
+    np.testing.assert_array_equal(got.read(), dvids)  # DVID's own scale, left alone
+
+    voxgate.downsample(url, prefer="local")
+    np.testing.assert_array_equal(voxgate.open(url).at_scale(1).read(), ours)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid as uuidlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -170,3 +171,36 @@ def test_a_split_whose_blocks_are_safe_goes_through(repo: DVIDRepo, http: httpx.
     assert tuple(seg.bounds.start) == (0, 0, -16)
     got = seg.read()  # x -16..15
     assert (got[:4, :4, 16:20] == new).all() and (got[:6, :6, :6] == 1).all()
+
+
+# -- scales DVID derives itself -------------------------------------------------------------------
+def test_an_edit_leaves_the_coarser_scales_to_dvid(repo: DVIDRepo, tmp_path: Path) -> None:
+    """A labelmap with scales is rebuilt by DVID from every scale-0 write (labelmap write.go
+    PutLabels ends with downres.Mutation.Execute), by DVID's rule.  A merge on voxgate's local
+    path rewrote the coarser blocks after DVID had, by voxgate's rule (zeros vote, the first
+    label wins a tie), saving them for undo; now it reports coarser_scales="derived" and leaves
+    them to DVID, and undo (a scale-0 write) has DVID rebuild them again."""
+    from voxgate.remotes.base import Capability
+
+    from .test_dvid_audit import dvid_mode2
+
+    url = repo.url(_name("derived"))
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, 5, (16, 32, 32)).astype(np.uint64)
+    vol = voxgate.create(url, shape=labels.shape, chunks=(16, 16, 16), dtype="uint64",
+                         voxel_size=(8, 8, 8), kind="segmentation", num_scales=2)
+    vol[:] = labels
+    seg = voxgate.open(url, mode="r+")
+    assert Capability.DERIVED_SCALES in seg.remote.capabilities
+    np.testing.assert_array_equal(seg.at_scale(1).read(), dvid_mode2(labels))
+
+    m = voxgate.merge(seg, [3, 4], prefer="local", history_dir=tmp_path / "history")
+    merged = np.where(labels == 4, np.uint64(3), labels)
+    assert m.provenance is not None and m.provenance.details["coarser_scales"] == "derived"
+    assert m.provenance.details["coarse_blocks"] == 0
+    np.testing.assert_array_equal(seg.read(), merged)
+    np.testing.assert_array_equal(seg.at_scale(1).read(), dvid_mode2(merged))
+
+    voxgate.undo(seg, history_dir=tmp_path / "history")
+    np.testing.assert_array_equal(seg.read(), labels)
+    np.testing.assert_array_equal(seg.at_scale(1).read(), dvid_mode2(labels))

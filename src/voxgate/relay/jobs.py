@@ -10,7 +10,7 @@ in bossDB) but the job then ends NOT_DOWNSAMPLED, since it may have read that re
 the write landed: bossDB would say DOWNSAMPLED over a pyramid that lacks the write.
 
 An upstream that rebuilds its coarser scales itself from every level-0 write (a DVID labelmap
-or labelarray with coarser scales: ``DVIDRemote.derives_scales``) has them current as soon as
+or labelarray with coarser scales: ``Capability.DERIVED_SCALES``) has them current as soon as
 a write returns, by its own rule: the job computes and writes nothing there (:func:`run_job`)
 and ends DOWNSAMPLED at once.  Recomputing them wasted the work and wrote voxgate's mode rule
 over DVID's (zeros vote in voxgate's, not in DVID's; ties go to another label)."""
@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..remotes.base import Remote
+from ..remotes.base import Capability, Remote, has_capability
 from .catalog import Catalog
 
 __all__ = ["finish_job", "job_status", "keeps_own_scales", "note_write", "run_job",
@@ -93,9 +93,7 @@ def finish_job(catalog: Catalog, url: str, ok: bool) -> str:
 
 def keeps_own_scales(upstream: Remote) -> bool:
     """Whether ``upstream`` rebuilds its coarser scales itself from every level-0 write."""
-    from ..remotes.dvid import DVIDRemote
-
-    return isinstance(upstream, DVIDRemote) and upstream.derives_scales
+    return has_capability(upstream, Capability.DERIVED_SCALES)
 
 
 def run_job(remote: Any) -> None:

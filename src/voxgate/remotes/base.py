@@ -67,6 +67,11 @@ class Capability(enum.StrEnum):
     #: relay's cache then fetches the missing cells that tile a box in one read)
     BATCH_READ = "batch_read"
     SERVER_DOWNSAMPLE = "server_downsample"
+    #: the store rebuilds its coarser scales itself from every scale-0 write, by its own rule,
+    #: before the write returns (a DVID labelmap or labelarray with MaxDownresLevel >= 1):
+    #: ``voxgate.downsample`` has nothing to compute there (unless told ``prefer="local"``),
+    #: and edits leave the coarser scales to the store
+    DERIVED_SCALES = "derived_scales"
     SERVER_MESH = "server_mesh"
     SERVER_SKELETON = "server_skeleton"
     SERVER_IDS = "server_ids"

@@ -41,7 +41,7 @@ from ..blockwise import (
 from ..errors import InvalidRequestError, VoxgateError, VoxgateWarning
 from ..geometry import Box, Vec, whole_at_least
 from ..meta import Scale, VolumeMeta, coarser_extent, next_scales
-from ..remotes.base import Capability, notify_written
+from ..remotes.base import Capability, has_capability, notify_written
 from ..volume import Volume
 from ._common import (
     Prefer,
@@ -396,7 +396,10 @@ def downsample(
     default halving toward isotropy); scales that exist are recomputed.  Images are averaged,
     segmentations take the mode.  Big volumes run block by block (``block``, scale-0 voxels,
     rounded to whole chunks and factors), on ``workers`` threads or on a ``dask.distributed``
-    ``client``'s workers, which reopen the store by URL.  Returns the volume opened read-write; its
+    ``client``'s workers, which reopen the store by URL.  A store that rebuilds its coarser
+    scales itself on every write (a DVID labelmap with scales) has nothing to compute: they are
+    left as the store made them, unless ``prefer="local"`` asks for voxgate's own rule.  Returns
+    the volume opened read-write; its
     ``downsample_provenance`` attribute is not set — call ``downsample_provenance(vol)``.
     """
     t0 = time.perf_counter()
@@ -426,6 +429,14 @@ def downsample(
         raise ReadOnlyError(f"{vol.url} is opened read-only; downsample writes its scales")
     remote = vol.remote
     meta = remote.meta
+    if (has_capability(remote, Capability.DERIVED_SCALES) and prefer in ("auto", "server")
+            and factors is None and (num_scales is None or num_scales == len(meta.scales))):
+        # the store rebuilt every coarser scale from each scale-0 write before it returned
+        # (a DVID labelmap): they are current already, by the store's own rule
+        done = Volume(remote, 0)
+        _PROVENANCE[done.url] = Provenance("downsample", "server", done.url, {
+            "derived_by_store": True, "seconds": round(time.perf_counter() - t0, 3)})
+        return done
     path = choose_path(prefer, remote, Capability.SERVER_DOWNSAMPLE, "downsample")
     if path == "server":
         _server_downsample(remote)

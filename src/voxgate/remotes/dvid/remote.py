@@ -381,6 +381,8 @@ class DVIDRemote(Remote):
             caps.add(Capability.SERVER_MESH)
         if self._instances.get(self._skel_name) == "keyvalue":
             caps.add(Capability.SERVER_SKELETON)
+        if self.derives_scales:
+            caps.add(Capability.DERIVED_SCALES)
         return frozenset(caps)
 
     @property

@@ -4,7 +4,10 @@ voxels they replace are saved in the edit's history, so ``undo`` restores every 
 
 A store whose server computes the coarser scales (``Capability.SERVER_DOWNSAMPLE``: bossDB)
 takes no client writes there: its coarser scales wait for ``voxgate.downsample(seg)``, and the
-edit's provenance says so (``coarser_scales="stale"``)."""
+edit's provenance says so (``coarser_scales="stale"``).  A store that rebuilds them itself from
+every scale-0 write (``Capability.DERIVED_SCALES``: a DVID labelmap with scales) has done so
+when the edit's write returns: ``coarser_scales="derived"``, nothing written or saved here (an
+undo's write of scale 0 makes the store rebuild them again)."""
 
 from __future__ import annotations
 
@@ -21,9 +24,12 @@ from ..proofread_history import History
 
 def coarser_state(vol: Volume) -> str | None:
     """What an edit of ``vol`` does to the coarser scales: None (there are none), "updated"
-    (recomputed here) or "stale" (the server recomputes them on ``voxgate.downsample``)."""
+    (recomputed here), "derived" (the store rebuilt them from the write itself) or "stale"
+    (the server recomputes them on ``voxgate.downsample``)."""
     if vol.scale + 1 >= len(vol.remote.meta.scales):
         return None
+    if has_capability(vol.remote, Capability.DERIVED_SCALES):
+        return "derived"
     if has_capability(vol.remote, Capability.SERVER_DOWNSAMPLE):
         return "stale"
     return "updated"
