@@ -145,6 +145,11 @@ def test_outputs_zarr_and_precomputed(models: dict[str, Path], image: np.ndarray
     # (a numpy source has no voxel size of its own: any scale's volume takes its output)
     voxgate.predict(models["pool"], image, coarse, block=(8, 16, 16), progress=False)
     assert coarse.read().any()
+    # ... or into the source itself: blocks would read neighbours already overwritten
+    before = src.read()
+    with pytest.raises(InvalidRequestError, match="out is the source"):
+        voxgate.predict(models["pool"], src, src, block=(8, 16, 16), progress=False)
+    np.testing.assert_array_equal(src.read(), before)
 
 
 def test_offset_source_and_callable_channels(tmp_path: Path, image: np.ndarray) -> None:

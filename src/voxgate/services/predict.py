@@ -498,6 +498,11 @@ def predict(
                       "image", num_channels=channels)
 
     def fits(vol: Volume) -> None:
+        if vol.url == src.url and vol.scale == src.scale:
+            raise InvalidRequestError(
+                f"out is the source {src.url}: each block reads its neighbours (the model's "
+                "halo), which earlier blocks would already have overwritten, and a block run "
+                "again would read its own output; write to another volume")
         if (vol.dtype != dt or vol.meta.num_channels != channels
                 or not vol.bounds.contains(region)):
             raise InvalidRequestError(
