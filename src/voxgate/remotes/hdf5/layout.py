@@ -15,6 +15,7 @@ from ...errors import InvalidRequestError, RemoteNotFoundError, VoxgateWarning
 from ...geometry import Vec, VoxelSize
 from ...meta import SUPPORTED_DTYPES, Kind
 from ...storage.units import UNITS_NM, length_unit_nm
+from .._foreign_attrs import warn_ignored
 
 DEFAULT_DATASET = "/volume"
 
@@ -56,14 +57,10 @@ def _triple(value: Any) -> list[float] | None:
 
 
 def _ignored(where: str, key: str, value: Any, fallback: str) -> None:
-    warnings.warn(
-        VoxgateWarning(
-            f"{where}: attribute {key}={value!r} is not what voxgate reads there (three "
-            f"numbers, z, y, x{'' if key.endswith('offset') else ', all positive'}); "
-            f"ignored, {fallback}"
-        ),
-        stacklevel=4,
-    )
+    warn_ignored(f"{where}: attribute {key}={value!r}",
+                 f"it is not what voxgate reads there (three numbers, z, y, x"
+                 f"{'' if key.endswith('offset') else ', all positive'}); {fallback}",
+                 stacklevel=4)
 
 
 def _unit_nm(attrs: h5py.AttributeManager, where: str = "", *, warn: bool = False) -> float:
