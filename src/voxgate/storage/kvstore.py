@@ -413,7 +413,7 @@ def read_json(location: str, key: str) -> Any:
         try:
             with open(path, "rb") as f:
                 data = f.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # (a location that is a file)
             raise RemoteNotFoundError(f"{path} does not exist") from None
     else:
         what = f"reading {key} of {location}"
