@@ -27,12 +27,22 @@ used first out beyond :data:`KEEP_BYTES`.  The generation is per channel (its ca
 write through any token's view invalidates them all.
 
 As for the chunk cache, a change made to an upstream behind the relay's back is not seen.
+
+Bounded.  A pass holds about 64 bytes per distinct id, so a channel of random ids (53 million in
+40x1100x1200 voxels) once grew a relay to 12 GB.  A pass now holds at most :data:`MAX_IDS`
+distinct ids (the environment variable ``VOXGATE_RELAY_STATS_MAX_IDS`` sets another cap): a
+block with more distinct ids than that is refused before its statistics are computed, and the
+merged ids are counted as they grow; past the cap the pass stops, reads no more blocks, and the
+request answers bossDB's 413 / 2000 (REQUEST_TOO_LARGE, its answer to a request too large to
+serve) naming the cap.  The refusal is kept like a result (until the channel is written), so
+asking again does not read the channel again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -48,8 +58,10 @@ from ..geometry import Box, chunk_boxes, grow_block
 from ..parallel import run_blocks
 from ..services.label_stats import label_stats_kernel, merge_stats
 from .cache import CachedRemote, UpstreamError, UpstreamTimeoutError
+from .errors import REQUEST_TOO_LARGE, BossHTTPError
 
-__all__ = ["KEEP_BYTES", "SCAN_BYTES", "SCAN_WORKERS", "ChannelStats", "LabelStatsCache"]
+__all__ = ["KEEP_BYTES", "MAX_IDS", "MAX_IDS_ENV", "SCAN_BYTES", "SCAN_WORKERS", "ChannelStats",
+           "LabelStatsCache", "TooManyIdsError", "max_ids_setting"]
 
 log = logging.getLogger("voxgate.relay")
 
@@ -60,10 +72,40 @@ SCAN_BYTES = 64 * 2**20
 SCAN_WORKERS = 2
 #: cached results are dropped, least recently used first, beyond this many bytes
 KEEP_BYTES = 256 * 2**20
+#: the most distinct ids one pass holds: as many as a kept result of KEEP_BYTES has (64 bytes
+#: an id); a pass holds at most about twice this many at once, besides its blocks in flight
+MAX_IDS = KEEP_BYTES // 64
+#: the environment variable that sets another cap (a positive integer)
+MAX_IDS_ENV = "VOXGATE_RELAY_STATS_MAX_IDS"
 #: partial results are merged whenever this many blocks have come in (bounded memory)
 _MERGE_EVERY = 16
 #: the passes' upstream reads (each waited for at most the relay's upstream timeout)
 _read_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="voxgate-stats")
+
+
+def max_ids_setting() -> int:
+    """The cap on distinct ids a pass holds: ``VOXGATE_RELAY_STATS_MAX_IDS``, else MAX_IDS."""
+    text = os.environ.get(MAX_IDS_ENV, "").strip()
+    if not text:
+        return MAX_IDS
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{MAX_IDS_ENV} must be a positive integer (distinct ids), got "
+                         f"{text[:40]!r}")
+    return int(text)
+
+
+class TooManyIdsError(BossHTTPError):
+    """A channel with more distinct ids than a pass may hold: bossDB's 413 / REQUEST_TOO_LARGE
+    (bossspatialdb/views.py answers it to a cutout too large to serve)."""
+
+    def __init__(self, url: str, res: int, max_ids: int) -> None:
+        super().__init__(413, REQUEST_TOO_LARGE,
+                         f"The channel has more than {max_ids} distinct ids at resolution {res}, "
+                         "more than this relay computes whole-channel ids and bounding boxes "
+                         f"for (its {MAX_IDS_ENV} cap). Ask /v1/ids/ for smaller regions.")
+        self.url = url
+        self.res = res
+        self.max_ids = max_ids
 
 
 @dataclass(frozen=True)
@@ -89,13 +131,16 @@ class ChannelStats:
         return Box(self.lo[i], self.hi[i])
 
 
-def compute_stats(remote: CachedRemote, res: int, *, workers: int = SCAN_WORKERS
+def compute_stats(remote: CachedRemote, res: int, *, workers: int = SCAN_WORKERS,
+                  max_ids: int = MAX_IDS, held: Callable[[int], None] | None = None
                   ) -> ChannelStats:
     """One pass over the whole channel at ``res``, read from ``remote``'s upstream: blocks of
     about SCAN_BYTES aligned to the cache cells, ``workers`` at a time, partial results merged
     as they come in.  The upstream's failures are the relay's UpstreamError (502), and a read
     that takes longer than the relay's upstream timeout its UpstreamTimeoutError (504), as
-    for reads through the cache."""
+    for reads through the cache.  More than ``max_ids`` distinct ids, in one block or merged,
+    stop the pass with TooManyIdsError; ``held`` is told how many ids the partial results
+    hold whenever that changes."""
     t0 = time.perf_counter()
     bounds = remote.meta.scale(res).bounds
     block = grow_block(remote.grid(res), remote.meta.dtype.itemsize, bounds.shape, SCAN_BYTES)
@@ -104,8 +149,14 @@ def compute_stats(remote: CachedRemote, res: int, *, workers: int = SCAN_WORKERS
     parts: list[dict[str, np.ndarray]] = []
 
     upstream = remote.upstream
+    stop = threading.Event()
+
+    def too_many() -> TooManyIdsError:
+        return TooManyIdsError(remote.url, res, max_ids)
 
     def one(b: Box) -> dict[str, np.ndarray]:
+        if stop.is_set():  # (blocks already handed to the pool when the cap was passed)
+            raise too_many()
         try:
             data = _read_pool.submit(upstream.read, b, res).result(timeout=remote.timeout)
         except FutureTimeout:
@@ -115,13 +166,26 @@ def compute_stats(remote: CachedRemote, res: int, *, workers: int = SCAN_WORKERS
             raise
         except Exception as exc:
             raise UpstreamError(f"upstream {upstream.url} failed: {exc}") from exc
+        if data.size > max_ids and _distinct_nonzero(data) > max_ids:
+            # refused before the kernel, whose memory grows with the ids of its block
+            stop.set()
+            raise too_many()
         return label_stats_kernel(data, tuple(b.start))
 
     def done(_b: Box, out: object) -> None:
         with lock:
             parts.append(out)  # type: ignore[arg-type]
-            if len(parts) >= _MERGE_EVERY:
+            count = sum(len(p["id"]) for p in parts)
+            if held is not None:
+                held(count)
+            if len(parts) >= _MERGE_EVERY or count > max_ids:
                 parts[:] = [merge_stats(parts)]
+                if held is not None:
+                    held(len(parts[0]["id"]))
+                if len(parts[0]["id"]) > max_ids:
+                    stop.set()
+                    parts.clear()
+                    raise too_many()
 
     result = run_blocks(one, blocks, workers=workers, on_done=done)
     if result.failed:
@@ -131,6 +195,14 @@ def compute_stats(remote: CachedRemote, res: int, *, workers: int = SCAN_WORKERS
     log.info("label stats of %s at resolution %d: %d ids in %d blocks, %.1f s", remote.url,
              res, len(merged["id"]), len(blocks), seconds)
     return ChannelStats(merged["id"], merged["count"], merged["lo"], merged["hi"], seconds)
+
+
+def _distinct_nonzero(data: np.ndarray) -> int:
+    """How many distinct non-zero values ``data`` holds."""
+    import fastremap
+
+    found = fastremap.unique(data)
+    return int(len(found) - (len(found) > 0 and found[0] == 0))
 
 
 class _Flight:
@@ -148,9 +220,12 @@ class LabelStatsCache:
     invalidated by writes (see the module docstring)."""
 
     def __init__(self, keep_bytes: int = KEEP_BYTES, workers: int = SCAN_WORKERS,
-                 freshen: Callable[[CachedRemote], None] | None = None) -> None:
+                 freshen: Callable[[CachedRemote], None] | None = None,
+                 max_ids: int | None = None) -> None:
         self.keep_bytes = keep_bytes
         self.workers = workers
+        #: the most distinct ids a pass holds (see the module docstring)
+        self.max_ids = max_ids_setting() if max_ids is None else max_ids
         #: called first by every :meth:`get`: the relay's look at the channel's write
         #: generation, which :meth:`drop`\ s its results when another process wrote it
         self._freshen = freshen
@@ -161,9 +236,15 @@ class LabelStatsCache:
         self._kept: OrderedDict[tuple[int, int], tuple[CachedRemote, int, ChannelStats]] = \
             OrderedDict()
         self._flights: dict[tuple[int, int], tuple[CachedRemote, _Flight]] = {}
+        # (id of the CachedRemote, res) -> (the remote, the generation, the cap) of a pass
+        # refused for too many ids: refused again without a pass until the channel is written
+        self._refused: dict[tuple[int, int], tuple[CachedRemote, int, int]] = {}
         #: passes run so far, and requests that joined one in progress (/metrics shows them)
         self.computations = 0
         self.joined = 0
+        #: passes stopped for too many ids, and the most ids partial results held at once
+        self.refused = 0
+        self.peak_ids = 0
 
     # -- writes ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -185,6 +266,8 @@ class LabelStatsCache:
             self._generation[tag] = self._generation.get(tag, 0) + 1
             for key in [k for k, (r, _, _) in self._kept.items() if r.tag == tag]:
                 del self._kept[key]
+            for key in [k for k, (r, _, _) in self._refused.items() if r.tag == tag]:
+                del self._refused[key]
 
     # -- reads ----------------------------------------------------------------------------------
     def get(self, remote: CachedRemote, res: int) -> ChannelStats:
@@ -198,6 +281,10 @@ class LabelStatsCache:
             if kept is not None and kept[0] is remote and kept[1] == generation:
                 self._kept.move_to_end(key)
                 return kept[2]
+            refused = self._refused.get(key)
+            if refused is not None and refused[0] is remote and refused[1] == generation \
+                    and refused[2] == self.max_ids:
+                raise TooManyIdsError(remote.url, res, self.max_ids)
             running = self._flights.get(key)
             if running is not None and running[0] is remote \
                     and running[1].generation == generation:
@@ -210,11 +297,16 @@ class LabelStatsCache:
         if not mine:
             return flight.future.result()
         try:
-            stats = compute_stats(remote, res, workers=self.workers)
+            stats = compute_stats(remote, res, workers=self.workers, max_ids=self.max_ids,
+                                  held=self._held)
         except BaseException as exc:
             with self._lock:
                 if self._flights.get(key, (None, None))[1] is flight:
                     del self._flights[key]
+                if isinstance(exc, TooManyIdsError):
+                    self.refused += 1
+                    if self._generation.get(remote.tag, 0) == flight.generation:
+                        self._refused[key] = (remote, flight.generation, exc.max_ids)
             flight.future.set_exception(exc)
             raise
         with self._lock:
@@ -232,6 +324,10 @@ class LabelStatsCache:
         flight.future.set_result(stats)
         return stats
 
+    def _held(self, count: int) -> None:
+        with self._lock:
+            self.peak_ids = max(self.peak_ids, count)
+
     def ids(self, remote: CachedRemote, res: int) -> list[int]:
         """Every non-zero id of the channel at ``res``, sorted."""
         return [int(i) for i in self.get(remote, res).ids]
@@ -243,5 +339,6 @@ class LabelStatsCache:
     def metrics(self) -> dict[str, int]:
         with self._lock:
             return {"computations": self.computations, "joined": self.joined,
-                    "kept": len(self._kept),
+                    "refused": self.refused, "peak_ids": self.peak_ids,
+                    "max_ids": self.max_ids, "kept": len(self._kept),
                     "kept_bytes": sum(s.nbytes for _, _, s in self._kept.values())}

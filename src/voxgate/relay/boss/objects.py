@@ -83,15 +83,19 @@ def object_handlers(relay: Relay) -> dict[str, Handler]:
         c, e, ch = p["c"], p["e"], p["ch"]
         token = relay.authorize(request, c, write=True)
         entry = relay.channel(c, e, ch)
+        remote = await run(lambda: relay.remote(entry, token))
+        # bosscore/request.py validate_reserve_service: the channel type before the count.
+        # (bossDB means 400 / 2003 with these words; its code names the error code as
+        # ErrorCodes.ErrorCodes.DATATYPE_NOT_SUPPORTED, an AttributeError, so a real server
+        # answers a bare 500 instead: the relay answers what was meant)
+        if remote.meta.kind != "segmentation":
+            raise _kind_error(remote.meta.kind, "Can only reserve IDs for annotation channels")
         if not _INT.fullmatch(p["n"]):
             raise bad_request(INVALID_ARGUMENT, f"the number of ids must be a positive integer, "
                               f"got {_short(p['n'])}")
         count = int(p["n"])
         if not 1 <= count <= 2**40:
             raise bad_request(INVALID_ARGUMENT, f"reserve between 1 and 2**40 ids, not {count}")
-        remote = await run(lambda: relay.remote(entry, token))
-        if remote.meta.kind != "segmentation":
-            raise _kind_error(remote.meta.kind, "Can only reserve IDs for annotation channels")
         start = await run(lambda: relay.reserve(entry, count, token))
         # bossobject/views.py Reserve answers the count as the URL gave it: a string
         return json({"start_id": start, "count": p["n"]})

@@ -50,6 +50,9 @@ def _cuboid_blocks(box: Box, block: Vec) -> Iterator[Box]:
                 yield Box(s, s + block).intersect(box)
 
 
+#: bossDB's refusal of ids and reserve on an image channel (bosscore/request.py)
+_RESERVE_REFUSAL = "Can only reserve IDs for annotation channels"
+
 #: the blosc header's flag of a buffer stored without compression (its bytes follow the header)
 _MEMCPYED = 0x02
 
@@ -196,11 +199,15 @@ class BossDBRemote(Remote):
         return RemoteNotFoundError(f"{self.url}: bossDB {missing} does not exist on "
                                    f"{self.settings.url} ({exc})")
 
-    def _segmentation_only(self, what: str) -> None:
+    def _segmentation_only(self, what: str, refusal: str) -> None:
+        """Refused without a request on an image channel, in the words bossDB's answer
+        (400 / 2003) would use (bosscore/request.py validate_ids_service,
+        validate_reserve_service, validate_bounding_box)."""
         if self.meta.kind != "segmentation":
             raise CapabilityNotSupportedError(
-                f"{what} needs an annotation channel; {self.url} is an "
-                f"{self.channel_record.get('type', 'image')!r} channel")
+                f"{self.url}: The channel in request has type "
+                f"{self.channel_record.get('type', 'image')}. {refusal} ({what} needs an "
+                "annotation channel)")
 
     def _level_voxel_sizes(self, exp: dict[str, Any]) -> Any:
         """Each level's voxel size as the server's downsample status gives it (None: one
@@ -380,7 +387,8 @@ class BossDBRemote(Remote):
         """The non-zero ids in ``box`` (server-side), as sorted uint64: one request when the
         region is within the server's cutout limit (a relay answers a whole channel's from
         its cached label statistics), else one per slab of cuboid-aligned z planes."""
-        self._segmentation_only("ids_in")
+        # (bossDB's words for ids, copied from its reserve check)
+        self._segmentation_only("ids_in", _RESERVE_REFUSAL)
         itemsize = self.meta.dtype.itemsize
         counted = box.size * itemsize // (4 if itemsize == 8 else 1)
         slabs = [box]
@@ -398,7 +406,8 @@ class BossDBRemote(Remote):
         return np.array(sorted(found), dtype=np.uint64)
 
     def bounding_box(self, ident: int, scale: int = 0, *, tight: bool = True) -> Box:
-        self._segmentation_only("bounding_box")
+        self._segmentation_only("bounding_box", "Can only perform bounding box operations on "
+                                "annotation channels")
         kind = "tight" if tight else "loose"
         resp = self.client.request(
             "GET", f"/v1/boundingbox/{self.collection}/{self.experiment}/{self.channel}/"
@@ -409,9 +418,9 @@ class BossDBRemote(Remote):
 
     def reserve_ids(self, count: int) -> int:
         """Reserve ``count`` new ids; returns the first."""
+        self._segmentation_only("reserve_ids", _RESERVE_REFUSAL)  # (bossDB's order)
         if count < 1:
             raise InvalidRequestError(f"reserve at least one id, not {count}")
-        self._segmentation_only("reserve_ids")
         resp = self.client.request(
             "GET", f"/v1/reserve/{self.collection}/{self.experiment}/{self.channel}/{int(count)}",
             what="reserving ids")
