@@ -47,7 +47,7 @@ from .errors import (
 from .generations import Generations, before_generation, only_own
 from .jobs import finish_job, job_status, note_write, run_job, set_job_status
 from .shared_cache import SharedDiskCache
-from .stats import SCAN_BYTES, LabelStatsCache
+from .stats import SCAN_BYTES, LabelStatsCache, region_ids
 
 __all__ = ["CHANNEL_DATATYPES", "SCAN_BYTES", "Relay", "local_channel_meta"]
 
@@ -496,13 +496,12 @@ class Relay:
             return self.stats.ids(remote, res)
         self.freshen(remote)
         inside = box.intersect(bounds)
-        found: set[int] = set()
         if inside.is_empty():
             return []
-        for block in self._blocks(remote, inside, res):
-            found.update(int(v) for v in np.unique(remote.read(block, res)))
-        found.discard(0)
-        return sorted(found)
+        # (as arrays, capped like the whole channel's pass: see relay/stats.py)
+        found = region_ids(lambda b: remote.read(b, res), self._blocks(remote, inside, res),
+                           remote.url, res, self.stats.max_ids)
+        return [int(v) for v in found]
 
     def reserve(self, entry: ChannelEntry, count: int, token: str | None = None) -> int:
         key = "/".join(entry.key)

@@ -46,7 +46,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -61,7 +61,7 @@ from .cache import CachedRemote, UpstreamError, UpstreamTimeoutError
 from .errors import REQUEST_TOO_LARGE, BossHTTPError
 
 __all__ = ["KEEP_BYTES", "MAX_IDS", "MAX_IDS_ENV", "SCAN_BYTES", "SCAN_WORKERS", "ChannelStats",
-           "LabelStatsCache", "TooManyIdsError", "max_ids_setting"]
+           "LabelStatsCache", "TooManyIdsError", "max_ids_setting", "region_ids"]
 
 log = logging.getLogger("voxgate.relay")
 
@@ -98,11 +98,13 @@ class TooManyIdsError(BossHTTPError):
     """A channel with more distinct ids than a pass may hold: bossDB's 413 / REQUEST_TOO_LARGE
     (bossspatialdb/views.py answers it to a cutout too large to serve)."""
 
-    def __init__(self, url: str, res: int, max_ids: int) -> None:
+    def __init__(self, url: str, res: int, max_ids: int, *, region: bool = False) -> None:
+        what = ("The region has", "ids of") if region else (
+            "The channel has", "whole-channel ids and bounding boxes for")
         super().__init__(413, REQUEST_TOO_LARGE,
-                         f"The channel has more than {max_ids} distinct ids at resolution {res}, "
-                         "more than this relay computes whole-channel ids and bounding boxes "
-                         f"for (its {MAX_IDS_ENV} cap). Ask /v1/ids/ for smaller regions.")
+                         f"{what[0]} more than {max_ids} distinct ids at resolution {res}, "
+                         f"more than this relay computes {what[1]} (its {MAX_IDS_ENV} cap). "
+                         "Ask /v1/ids/ for smaller regions.")
         self.url = url
         self.res = res
         self.max_ids = max_ids
@@ -195,6 +197,30 @@ def compute_stats(remote: CachedRemote, res: int, *, workers: int = SCAN_WORKERS
     log.info("label stats of %s at resolution %d: %d ids in %d blocks, %.1f s", remote.url,
              res, len(merged["id"]), len(blocks), seconds)
     return ChannelStats(merged["id"], merged["count"], merged["lo"], merged["hi"], seconds)
+
+
+def region_ids(read: Callable[[Box], np.ndarray], blocks: Iterable[Box], url: str, res: int,
+               max_ids: int) -> np.ndarray:
+    """The distinct non-zero ids of ``blocks`` (each read with ``read``), sorted uint64: held
+    as arrays merged every few blocks, never more than about twice ``max_ids`` of them, past
+    which TooManyIdsError (a region of random ids grew a Python set by ~70 bytes an id)."""
+    import fastremap
+
+    parts: list[np.ndarray] = []
+    held = 0
+    for b in blocks:
+        found = fastremap.unique(read(b))
+        parts.append(found[found != 0])
+        held += len(parts[-1])
+        if held > max_ids or len(parts) >= _MERGE_EVERY:
+            parts = [np.unique(np.concatenate(parts))]
+            held = len(parts[0])
+            if held > max_ids:
+                raise TooManyIdsError(url, res, max_ids, region=True)
+    out = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+    if len(out) > max_ids:
+        raise TooManyIdsError(url, res, max_ids, region=True)
+    return out.astype(np.uint64, copy=False)
 
 
 def _distinct_nonzero(data: np.ndarray) -> int:
