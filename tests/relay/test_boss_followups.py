@@ -19,10 +19,16 @@ import numpy as np
 import pytest
 
 import voxgate
-from voxgate.errors import CapabilityNotSupportedError
+from voxgate.errors import CapabilityNotSupportedError, InvalidRequestError
 from voxgate.geometry import Box
 from voxgate.relay import stats as stats_module
-from voxgate.relay.config import ChannelConfig, RelayConfig
+from voxgate.relay.config import (
+    ChannelConfig,
+    RelayConfig,
+    config_from_json,
+    config_to_json,
+    load_config,
+)
 from voxgate.relay.state import Relay
 from voxgate.relay.stats import MAX_IDS_ENV, TooManyIdsError
 from voxgate.remotes.base import Remote
@@ -176,6 +182,30 @@ def test_the_relay_answers_413_past_the_cap_and_serves_on(capped: RelayProcess) 
         np.testing.assert_array_equal(seg.read(), labels)
         r = http.get("/v1/boundingbox/cap/e/few/0/7/?type=tight")
         assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "true", "2.5", '"many"'])
+def test_stats_max_ids_in_the_config_must_be_a_count(tmp_path: Path, value: str) -> None:
+    cfg = tmp_path / "r.toml"
+    cfg.write_text(f"[server]\nstats_max_ids = {value}\n")
+    with pytest.raises(InvalidRequestError, match=r"\[server\] stats_max_ids must be a whole"):
+        load_config(cfg)
+
+
+def test_stats_max_ids_in_the_config_reaches_every_worker(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The [server] key wins over the environment, and travels in the JSON a worker gets."""
+    monkeypatch.setenv(MAX_IDS_ENV, "1000")
+    cfg = tmp_path / "r.toml"
+    cfg.write_text("[server]\nstats_max_ids = 77\n")
+    conf = load_config(cfg)
+    assert conf.stats_max_ids == 77
+    assert config_from_json(config_to_json(conf)).stats_max_ids == 77
+    assert Relay(conf).stats.max_ids == 77
+    assert Relay(RelayConfig()).stats.max_ids == 1000  # none in the config: the environment
+    monkeypatch.setenv(MAX_IDS_ENV, "lots")
+    with pytest.raises(InvalidRequestError, match=f"{MAX_IDS_ENV} must be a positive integer"):
+        Relay(RelayConfig())
 
 
 # -- 2. refusals on image channels ----------------------------------------------------------------

@@ -11,6 +11,7 @@ generations_path = "/shared/gens"  # ETag write generations: relays behind one H
 read_only_max_age = 0          # seconds an HTTP cache may reuse writable = false channels' data
 upstream_meta_seconds = 10     # how often an upstream's metadata is read again (0: never)
 workers = 1                    # processes serving the port ("auto": one per core)
+stats_max_ids = 4194304        # distinct ids one label-statistics pass may hold (else 413)
 
 [cache]
 memory_bytes = "2 GiB"
@@ -161,6 +162,9 @@ class RelayConfig:
     upstream_meta_seconds: float = 10.0
     #: processes accepting on the port (docs/relay.md, "Several worker processes")
     workers: int = 1
+    #: the most distinct ids a label-statistics pass holds (None: VOXGATE_RELAY_STATS_MAX_IDS,
+    #: else relay.stats.MAX_IDS; docs/relay.md, "Memory")
+    stats_max_ids: int | None = None
     cache: CacheConfig = field(default_factory=CacheConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     channels: list[ChannelConfig] = field(default_factory=list)
@@ -207,12 +211,13 @@ def config_from_json(text: str) -> RelayConfig:
         data_root=path(doc["data_root"]), generations_path=path(doc["generations_path"]),
         read_only_max_age=doc["read_only_max_age"], workers=doc["workers"], cache=cache,
         upstream_meta_seconds=doc["upstream_meta_seconds"],
-        auth=auth, channels=channels)
+        stats_max_ids=doc.get("stats_max_ids"), auth=auth, channels=channels)
 
 
 SECTIONS = ("server", "cache", "channel", "auth", "data_root")
 SERVER_KEYS = ("host", "port", "upstream_timeout", "max_cutout_bytes", "state_path", "data_root",
-               "generations_path", "read_only_max_age", "workers", "upstream_meta_seconds")
+               "generations_path", "read_only_max_age", "workers", "upstream_meta_seconds",
+               "stats_max_ids")
 CACHE_KEYS = ("memory_bytes", "disk_path", "disk_bytes")
 AUTH_KEYS = ("public_read", "tokens", "tokens_file")
 CHANNEL_KEYS = ("name", "upstream", "options", "forward_token", "writable", "missing")
@@ -381,6 +386,11 @@ def _load(path: Path | None, raw: dict[str, Any], text: str, base: Path,
                                   f"got {every!r}")
     cfg.upstream_meta_seconds = float(every)
     cfg.workers = parse_workers(server.get("workers", 1))
+    most = server.get("stats_max_ids")
+    if most is not None and (isinstance(most, bool) or not isinstance(most, int) or most < 1):
+        raise InvalidRequestError(f"[server] stats_max_ids must be a whole number of ids >= 1, "
+                                  f"got {most!r}")
+    cfg.stats_max_ids = most
     if "data_root" in server and "data_root" in raw:
         raise InvalidRequestError("data_root is set twice (at the top level and under "
                                   "[server]): keep one")

@@ -96,7 +96,7 @@ class Relay:
         self._jobs_lock = threading.Lock()
         #: whole-channel ids and bounding boxes, one pass each, dropped by writes (and by
         #: writes through other workers or relays: the generation is looked at first)
-        self.stats = LabelStatsCache(freshen=self.freshen)
+        self.stats = LabelStatsCache(freshen=self.freshen, max_ids=config.stats_max_ids)
         self._seen: dict[str, str] = {}
         #: the generations this relay's own writes made, not yet seen by a read
         self._own: dict[str, set[str]] = {}

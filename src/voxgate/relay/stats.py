@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import AuthenticationError, MissingChunkError
+from ..errors import AuthenticationError, InvalidRequestError, MissingChunkError
 from ..geometry import Box, chunk_boxes, grow_block
 from ..parallel import run_blocks
 from ..services.label_stats import label_stats_kernel, merge_stats
@@ -84,13 +84,14 @@ _read_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="voxgate-stats
 
 
 def max_ids_setting() -> int:
-    """The cap on distinct ids a pass holds: ``VOXGATE_RELAY_STATS_MAX_IDS``, else MAX_IDS."""
+    """The cap on distinct ids a pass holds when ``[server] stats_max_ids`` sets none:
+    ``VOXGATE_RELAY_STATS_MAX_IDS``, else MAX_IDS."""
     text = os.environ.get(MAX_IDS_ENV, "").strip()
     if not text:
         return MAX_IDS
     if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{MAX_IDS_ENV} must be a positive integer (distinct ids), got "
-                         f"{text[:40]!r}")
+        raise InvalidRequestError(f"{MAX_IDS_ENV} must be a positive integer (distinct ids), "
+                                  f"got {text[:40]!r}")
     return int(text)
 
 
