@@ -1,7 +1,7 @@
 """voxgate I/O against tensorstore, CloudVolume and zarr-python on the same files, in one run.
 
     python benchmarks/bench_io.py [--size 512] [--repeats 5] [--data benchmarks/data]
-                                  [--only WORDS] [--tensorstore-only]
+                                  [--only WORDS] [--tensorstore-only] [--fixed-cost]
 
 On 512^3 volumes (uint8 image, uint64 segmentation, 64^3 chunks) it times unaligned 128^3
 cutouts (20 places, each read by every library in turn), a full read, a full write and a
@@ -11,16 +11,20 @@ in the machine's load hits all of them alike.  Beside the wall time it reports t
 CPU time (all threads) per call, which the load of other processes on a shared machine moves
 much less.  ``--only "cutout,zarr"`` runs the rows whose label holds one of the words;
 ``--tensorstore-only`` leaves CloudVolume and zarr-python out (they take most of the run).
-Needs the test extra (cloud-volume, zarr).
+``--fixed-cost`` measures only what voxgate adds to each 128^3 raw precomputed cutout over
+tensorstore's own read (:func:`fixed_cost`).  Needs the test extra (cloud-volume, zarr).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
+import pstats
 import shutil
 import statistics
 import time
+import timeit
 from collections.abc import Callable
 from pathlib import Path
 
@@ -286,6 +290,81 @@ def run_round(
     return _report(label, times, cpu)
 
 
+def fixed_cost(root: Path, repeats: int) -> None:
+    """voxgate's fixed cost per 128^3 raw precomputed cutout over tensorstore's read of the same
+    box, three ways: the Python calls per read and the time of voxgate's path with tensorstore's
+    read replaced by one that returns a ready array at once (deterministic: all of that time is
+    voxgate's Python), then real reads, voxgate and tensorstore in a shuffled order at each of
+    20 places, ``repeats`` rounds: the median over pairs of voxgate's time minus tensorstore's,
+    wall and the calling thread's CPU (the Python runs there; the decoding threads do not)."""
+    pre = root / "img.pre"
+    vg = voxgate.open(pre)
+    tstore = ts.open({"driver": "neuroglancer_precomputed",
+                      "kvstore": {"driver": "file", "path": str(pre)}}).result()
+    io = vg.remote._scale_io(0)  # type: ignore[attr-defined]  # the handle voxgate reads through
+    ready = np.zeros((CUTOUT,) * 3 + (1,), np.uint8, order="F")
+
+    class Instant:  # a tensorstore handle whose reads are done at once
+        def __getitem__(self, key: tuple[object, ...]) -> Instant:
+            self.out = ready if isinstance(key[-1], slice) else ready[..., 0]
+            return self
+
+        def read(self, order: str) -> Instant:
+            return self
+
+        def result(self) -> np.ndarray:
+            return self.out
+
+    def vg_cut(z: int, y: int, x: int) -> None:
+        vg[z:z + CUTOUT, y:y + CUTOUT, x:x + CUTOUT].read()
+
+    def ts_cut(z: int, y: int, x: int, s: object = tstore) -> None:
+        s[x:x + CUTOUT, y:y + CUTOUT, z:z + CUTOUT, 0].read(order="F").result()  # type: ignore[index]
+
+    cut = boxes(512)
+    real, io.store = io.store, Instant()
+    try:
+        prof = cProfile.Profile()
+        prof.runcall(lambda: [vg_cut(*cut[0]) for _ in range(100)])
+        calls = pstats.Stats(prof).total_calls / 100 - 1  # (the list comprehension's own call)
+        n = 20000
+        ours = min(timeit.repeat(lambda: vg_cut(*cut[0]), number=n, repeat=7)) / n
+        bare = min(timeit.repeat(lambda: ts_cut(*cut[0], s=Instant()), number=n, repeat=7)) / n
+    finally:
+        io.store = real
+    print(f"reads done at once: {calls:.0f} Python calls per read; voxgate's path "
+          f"{ours * 1e6:.1f} us, tensorstore's call {bare * 1e6:.1f} us")
+    fns = {"voxgate": vg_cut, "tensorstore": ts_cut}
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for c in cut:
+        vg_cut(*c)
+        ts_cut(*c)
+    order = list(fns.items())
+    rng = np.random.default_rng(1)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            for c in cut:
+                rng.shuffle(order)  # type: ignore[arg-type]
+                for name, fn in order:
+                    c0 = time.thread_time()
+                    t0 = time.perf_counter()
+                    fn(*c)
+                    wall[name].append(time.perf_counter() - t0)
+                    cpu[name].append(time.thread_time() - c0)
+    finally:
+        gc.enable()
+    med = statistics.median
+    dw = med(a - b for a, b in zip(wall["voxgate"], wall["tensorstore"], strict=True))
+    dc = med(a - b for a, b in zip(cpu["voxgate"], cpu["tensorstore"], strict=True))
+    print(f"real reads, {len(wall['voxgate'])} each: voxgate {med(wall['voxgate']) * 1e3:.2f} ms, "
+          f"tensorstore {med(wall['tensorstore']) * 1e3:.2f} ms (tensorstore / voxgate "
+          f"{med(wall['tensorstore']) / med(wall['voxgate']):.2f}); voxgate minus tensorstore, "
+          f"median of pairs: wall {dw * 1e6:.0f} us, calling thread's CPU {dc * 1e6:.0f} us")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--size", type=int, default=512)
@@ -296,7 +375,14 @@ def main() -> None:
                         "(e.g. 'cutout,zarr', 'write')")
     p.add_argument("--tensorstore-only", action="store_true",
                    help="compare with tensorstore alone (no CloudVolume, no zarr-python)")
+    p.add_argument("--fixed-cost", action="store_true",
+                   help="only voxgate's fixed cost per 128^3 raw precomputed cutout over "
+                        "tensorstore's read")
     args = p.parse_args()
+    if args.fixed_cost:
+        prepare(args.data, args.size)
+        fixed_cost(args.data, args.repeats)
+        return
     global OTHERS
     ONLY[:] = [w.strip() for w in args.only.split(",") if w.strip()]
     OTHERS = not args.tensorstore_only

@@ -201,9 +201,9 @@ class Box:
         return Box._trusted(start, stop)
 
     def contains(self, other: Box) -> bool:
-        return all(a <= b for a, b in zip(self.start, other.start, strict=True)) and all(
-            a >= b for a, b in zip(self.stop, other.stop, strict=True)
-        )
+        s, t, e, f = self.start, other.start, self.stop, other.stop
+        return (s.z <= t.z and s.y <= t.y and s.x <= t.x
+                and e.z >= f.z and e.y >= f.y and e.x >= f.x)
 
     def translate(self, delta: Iterable[object]) -> Box:
         d = Vec.of(delta)

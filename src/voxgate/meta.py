@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -103,9 +104,10 @@ class Scale:
     #: the store states nothing beyond ``offset``.  See :func:`centre_translation`.
     translation: tuple[float, float, float] | None = field(default=None, compare=False)
 
-    @property
+    @cached_property
     def bounds(self) -> Box:
-        """The voxels this scale holds, in its own dataset coordinates."""
+        """The voxels this scale holds, in its own dataset coordinates (made once: every read
+        of a Volume intersects its box with it)."""
         return Box.from_shape(self.shape, self.offset)
 
     def __repr__(self) -> str:

@@ -3,18 +3,20 @@ dropped), integer index checks and slice formatting for messages."""
 
 from __future__ import annotations
 
+import functools
 import operator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..errors import IndexingError
 
 
-@dataclass(frozen=True)
-class _Axis:
-    """One axis of a view, in 0-based index coordinates of the scale (before the offset)."""
+class _Axis(NamedTuple):
+    """One axis of a view, in 0-based index coordinates of the scale (before the offset).
+
+    A NamedTuple (immutable, and made in a third of a frozen dataclass's time: every
+    ``vol[...]`` makes one per axis)."""
 
     start: int
     step: int
@@ -27,7 +29,14 @@ class _Axis:
         return self.start + (self.length - 1) * self.step + 1 if self.length else self.start
 
 
+#: ``_new_axis((start, step, length, keep))``: an _Axis made without the Python-level
+#: ``__new__`` of a NamedTuple (no checks: for values already checked)
+_new_axis = functools.partial(tuple.__new__, _Axis)
+
+
 def _index_int(value: Any, what: str) -> int:
+    if type(value) is int:  # the usual case (a bool is not one: its type is bool)
+        return value
     if isinstance(value, (bool, np.bool_)):
         raise IndexingError(
             f"{what} must be an integer, a slice or '...', got the boolean {value!r}: a boolean "

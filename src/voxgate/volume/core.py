@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -22,7 +21,7 @@ from ..notebook import NoArithmetic, check_array_caller, repr_html
 from ..notebook import preview as _preview
 from ..notebook import to_xarray as _to_xarray
 from ..registry import open_remote
-from .axes import _Axis, _fmt_slice, _index_int, _lattice
+from .axes import _Axis, _fmt_slice, _index_int, _lattice, _new_axis
 from .writing import write_view
 
 if TYPE_CHECKING:
@@ -167,8 +166,8 @@ class Volume(NoArithmetic):
         """The voxels this view covers, as a Box in dataset coordinates (step 1 views only)."""
         return self._box()
 
-    def _box(self) -> Box:
-        o = self.scale_meta.offset
+    def _box(self, sc: Scale | None = None) -> Box:
+        o = (self.scale_meta if sc is None else sc).offset
         z, y, x = self._axes[-3], self._axes[-2], self._axes[-1]
         return Box._trusted(
             Vec(o.z + z.start, o.y + y.start, o.x + x.start),
@@ -223,7 +222,46 @@ class Volume(NoArithmetic):
     def __getitem__(self, key: Any) -> Volume:
         if not isinstance(key, tuple):
             key = (key,)
-        kept = [i for i, a in enumerate(self._axes) if a.keep]
+        # (the hot path of every cutout, ``vol[z0:z1, y0:y1, x0:x1].read()``: plain loops,
+        # no helper per step, each of which costs more than its work when the CPU's caches
+        # come back cold from the read before)
+        axes = list(self._axes)
+        kept = []
+        for i, a in enumerate(axes):
+            if a.keep:
+                kept.append(i)
+        # one slice per kept axis needs no expanding and holds nothing _full_key refuses
+        simple = len(key) == len(kept)
+        if simple:
+            for k in key:
+                if type(k) is not slice:
+                    simple = False
+                    break
+        if not simple:
+            key = self._full_key(key, kept)
+        for pos, k in zip(kept, key, strict=True):
+            axis = axes[pos]
+            if type(k) is slice and k.step is None:
+                start, stop = k.start, k.stop
+                # the usual slice: int ends inside the axis, no step, which every bounds mode
+                # takes as it is (anything else: _index_axis, which checks and says why)
+                if type(start) is int and type(stop) is int and 0 <= start <= stop <= axis.length:
+                    axes[pos] = _new_axis((axis.start + start * axis.step, axis.step,
+                                           stop - start, True))
+                    continue
+            axes[pos] = self._index_axis(axis, k, pos)
+        # a view of the same remote, scale and bounds mode: __init__'s checks and defaults
+        # hold already
+        view = object.__new__(Volume)
+        view._remote = self._remote
+        view._scale = self._scale
+        view._bounds_mode = self._bounds_mode
+        view._axes = tuple(axes)
+        return view
+
+    def _full_key(self, key: tuple[Any, ...], kept: list[int]) -> tuple[Any, ...]:
+        """``key`` checked and expanded to one entry per kept axis (``...`` and missing
+        trailing entries become whole slices)."""
         n_ell = sum(1 for k in key if k is Ellipsis)
         if n_ell > 1:
             raise IndexingError("an index can only have a single ellipsis ('...')")
@@ -249,30 +287,33 @@ class Volume(NoArithmetic):
             )
         if n_ell:
             i = key.index(Ellipsis)
-            key = key[:i] + (slice(None),) * (len(kept) - n_real) + key[i + 1 :]
-        else:
-            key = key + (slice(None),) * (len(kept) - n_real)
-        axes = list(self._axes)
-        for pos, k in zip(kept, key, strict=True):
-            axes[pos] = self._index_axis(axes[pos], k, pos)
-        return Volume(self._remote, self._scale, bounds=self._bounds_mode, _axes=tuple(axes))
+            return key[:i] + (slice(None),) * (len(kept) - n_real) + key[i + 1 :]
+        return key + (slice(None),) * (len(kept) - n_real)
 
     def _index_axis(self, axis: _Axis, k: Any, pos: int) -> _Axis:
         n = axis.length
         mode = self._bounds_mode
-        is_channel = len(self._axes) == 4 and pos == 0
+        is_channel = pos == 0 and len(self._axes) == 4
         if isinstance(k, slice):
-            step = 1 if k.step is None else _index_int(k.step, "a slice step")
-            if step <= 0:
-                raise InvalidRequestError(
-                    f"slice step must be a positive integer, got {step} (reverse the array after "
-                    "reading instead)"
-                )
+            step = k.step
+            if step is None:
+                step = 1
+            else:
+                step = _index_int(step, "a slice step")
+                if step <= 0:
+                    raise InvalidRequestError(
+                        f"slice step must be a positive integer, got {step} (reverse the array "
+                        "after reading instead)"
+                    )
             if mode == "clip" or is_channel:
                 start, stop, _ = slice(k.start, k.stop, step).indices(n)
             else:
-                start = 0 if k.start is None else _index_int(k.start, "a slice start")
-                stop = n if k.stop is None else _index_int(k.stop, "a slice stop")
+                start, stop = k.start, k.stop
+                # (ints, the usual case, need no check)
+                if type(start) is not int:
+                    start = 0 if start is None else _index_int(start, "a slice start")
+                if type(stop) is not int:
+                    stop = n if stop is None else _index_int(stop, "a slice stop")
                 if start < 0:
                     start += n
                 if stop < 0:
@@ -302,19 +343,38 @@ class Volume(NoArithmetic):
         """Read this view (or ``box``, in dataset coordinates) into a new numpy array."""
         if box is not None:
             return self._box_view(box).read()
-        if any(a.length == 0 for a in self._axes):
-            return np.empty(self.shape, dtype=self.dtype)
-        sc = self.scale_meta
-        need = self._box()
-        inside = need.intersect(sc.bounds)
-        if any(a.step != 1 for a in self._spatial) and (
-                need.size * self.dtype.itemsize * self.meta.num_channels > STRIDED_READ_BYTES):
-            return self._read_strided(inside)
-        if inside == need:
-            data = self._remote.read(need, self._scale)
-            if self._plain:
+        axes = self._axes
+        for a in axes:
+            if a.length == 0:
+                return np.empty(self.shape, dtype=self.dtype)
+        # (inline, as in __getitem__: this runs on every read)
+        remote = self._remote
+        meta = remote.meta
+        k = self._scale
+        sc = meta.scales[k] if 0 <= k < len(meta.scales) else meta.scale(k)
+        z, y, x = axes[-3], axes[-2], axes[-1]
+        if z.step == 1 and y.step == 1 and x.step == 1:
+            stepped = False
+            o = sc.offset
+            z0, y0, x0 = o.z + z.start, o.y + y.start, o.x + x.start
+            need = Box._trusted(Vec(z0, y0, x0), Vec(z0 + z.length, y0 + y.length,
+                                                     x0 + x.length))
+        else:
+            stepped = True
+            need = self._box(sc)
+            if need.size * self.dtype.itemsize * meta.num_channels > STRIDED_READ_BYTES:
+                return self._read_strided(need.intersect(sc.bounds))
+        # (need has voxels on every axis, so it lies in the bounds exactly when its
+        # intersection with them is itself)
+        if sc.bounds.contains(need):
+            data = remote.read(need, k)
+            # _plain, inline: every axis kept, step 1, all channels
+            if not stepped and z.keep and y.keep and x.keep and (
+                    len(axes) == 3 or (axes[0].keep and axes[0].step == 1
+                                       and axes[0].length == meta.num_channels)):
                 return data
         else:
+            inside = need.intersect(sc.bounds)
             lead = (self.meta.num_channels,) if self.meta.num_channels > 1 else ()
             try:
                 data = np.full(lead + tuple(need.shape), self.meta.fill_value, dtype=self.dtype)
@@ -373,9 +433,11 @@ class Volume(NoArithmetic):
     @property
     def _plain(self) -> bool:
         """Whether the view is its whole enclosing box: every axis kept, step 1, all channels."""
-        return all(a.keep and a.step == 1 for a in self._axes) and (
-            len(self._axes) == 3 or self._axes[0].length == self.meta.num_channels
-        )
+        axes = self._axes
+        for a in axes:
+            if not a.keep or a.step != 1:
+                return False
+        return len(axes) == 3 or axes[0].length == self._remote.meta.num_channels
 
     def _finish(self, data: np.ndarray) -> np.ndarray:
         """Apply steps, channel selection and dropped axes to the enclosing box's data."""
@@ -525,4 +587,4 @@ class _DaskSource:
 
 def _reopen(spec: dict[str, Any], scale: int, bounds: Bounds, axes: Sequence[_Axis]) -> Volume:
     remote = open_remote(spec["url"], mode=spec.get("mode", "r"), **spec.get("options", {}))
-    return Volume(remote, scale, bounds=bounds, _axes=tuple(replace(a) for a in axes))
+    return Volume(remote, scale, bounds=bounds, _axes=tuple(_Axis(*a) for a in axes))

@@ -209,7 +209,10 @@ class PrecomputedRemote(Remote):
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
         if self.missing == "error":
             self._check_present(box, scale)
-        io = self._scale_io(scale)
+        # (_scale_io's fast path, inline: this runs on every read)
+        io = self._io[scale] if type(scale) is int and 0 <= scale < len(self.meta.scales) else None
+        if io is None:
+            io = self._scale_io(scale)
         try:
             return io.read(box)
         except CorruptChunkError:
@@ -259,6 +262,10 @@ class PrecomputedRemote(Remote):
 
     # -- per-scale I/O --------------------------------------------------------------------------
     def _scale_io(self, scale: int) -> _ScaleIO:
+        if type(scale) is int and 0 <= scale < len(self.meta.scales):
+            io = self._io[scale]
+            if io is not None:  # every read but the first of a scale
+                return io
         self.meta.scale(scale)  # a clear error for a scale that does not exist
         io = self._io[scale]
         if io is None:
