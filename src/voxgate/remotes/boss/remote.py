@@ -24,6 +24,7 @@ from ...errors import (
 )
 from ...geometry import Box, Vec, VoxelSize
 from ...meta import Scale, VolumeMeta
+from .._http import RequestTooLargeError
 from ..base import Capability, Remote, check_options, check_same_volume
 from .client import BossSettings, _client, _parse_location, boss_settings
 from .project import _DTYPES, _UNIT_NM, BossProject
@@ -404,6 +405,28 @@ class BossDBRemote(Remote):
                                        what=f"ids in {slab!r} of {self.url}")
             found.update(int(i) for i in resp.json()["ids"])
         return np.array(sorted(found), dtype=np.uint64)
+
+    def ids_and_boxes(self, box: Box, scale: int = 0
+                      ) -> tuple[np.ndarray, dict[int, Box] | None]:
+        """The non-zero ids in ``box`` and, where the server gives them with the ids (a voxgate
+        relay, for the whole channel), their tight boxes of whole objects in the same one
+        request (``ids/...?boxes=tight``); None for the boxes from a server that does not
+        (bossDB ignores the query: then ask :meth:`bounding_box` per id)."""
+        self._segmentation_only("ids_in", _RESERVE_REFUSAL)
+        if box != self.meta.scale(scale).bounds:
+            return self.ids_in(box, scale), None
+        try:
+            resp = self.client.request("GET", self._path("ids", box, scale) + "?boxes=tight",
+                                       what=f"ids in {box!r} of {self.url}")
+        except RequestTooLargeError:  # (bossDB's cutout limit: its ids come in slabs)
+            return self.ids_in(box, scale), None
+        d = resp.json()
+        ids = np.array([int(i) for i in d["ids"]], dtype=np.uint64)
+        if "boxes" not in d:
+            return np.unique(ids), None
+        boxes = {int(i): Box(b[:3], b[3:]) for i, b in zip(ids.tolist(), d["boxes"],
+                                                           strict=True)}
+        return np.unique(ids), boxes
 
     def bounding_box(self, ident: int, scale: int = 0, *, tight: bool = True) -> Box:
         self._segmentation_only("bounding_box", "Can only perform bounding box operations on "
