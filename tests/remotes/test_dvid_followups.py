@@ -204,3 +204,45 @@ def test_an_edit_leaves_the_coarser_scales_to_dvid(repo: DVIDRepo, tmp_path: Pat
     voxgate.undo(seg, history_dir=tmp_path / "history")
     np.testing.assert_array_equal(seg.read(), labels)
     np.testing.assert_array_equal(seg.at_scale(1).read(), dvid_mode2(labels))
+
+
+# -- the local path once DVID agglomerates supervoxels ------------------------------------------
+def test_a_local_edit_after_dvid_split_supervoxels_is_refused(repo: DVIDRepo,
+                                                               tmp_path: Path) -> None:
+    """A local-path edit writes the body ids it read back into DVID as supervoxels.  After a
+    split on the server (even undone), DVID has retired the split supervoxel, which then reads
+    as 0: a local split of that segment turned all its voxels to 0 and undo did not bring them
+    back (found by the server-path benchmark).  Such edits are refused once the labelmap maps
+    any supervoxel elsewhere, and nothing changes; on an unagglomerated labelmap they run."""
+    url = repo.url(_name("agglo"))
+    labels = np.zeros((16, 32, 32), np.uint64)
+    labels[:, :, 0:8] = 3
+    labels[:, :, 8:16] = 4
+    labels[:, :, 18:24] = 7
+    labels[:, :, 26:32] = 7  # segment 7: two pieces
+    vol = voxgate.create(url, shape=labels.shape, chunks=(16, 16, 16), dtype="uint64",
+                         voxel_size=(8, 8, 8), kind="segmentation")
+    vol[:] = labels
+    seg = voxgate.open(url, mode="r+")
+    hist = tmp_path / "history"
+    merged = voxgate.merge(seg, [3, 4], prefer="local", history_dir=hist)  # allowed here
+    assert merged.provenance is not None and merged.provenance.path == "local"
+    after_merge = np.where(labels == 4, np.uint64(3), labels)
+    np.testing.assert_array_equal(seg.read(), after_merge)
+
+    s = voxgate.split(seg, 7, history_dir=hist)  # DVID splits supervoxel 7
+    assert s.provenance is not None and s.provenance.path == "server"
+    voxgate.undo(seg, history_dir=hist)  # the server split, undone on the server
+    np.testing.assert_array_equal(seg.read(), after_merge)
+
+    for edit in (lambda: voxgate.split(seg, 7, prefer="local", history_dir=hist),
+                 lambda: voxgate.merge(seg, [3, 7], prefer="local", history_dir=hist),
+                 lambda: voxgate.undo(seg, history_dir=hist)):  # the local merge's undo
+        with pytest.raises(InvalidRequestError, match="as supervoxels.*Nothing was changed"):
+            edit()
+        np.testing.assert_array_equal(seg.read(), after_merge)
+    assert list(voxgate.history(url, history_dir=hist)["status"]) == ["done", "undone", "done"]
+    # the same edit through DVID goes on
+    voxgate.merge(seg, [3, 7], history_dir=hist)
+    np.testing.assert_array_equal(seg.read(), np.where(after_merge == 7, np.uint64(3),
+                                                       after_merge))

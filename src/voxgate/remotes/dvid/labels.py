@@ -122,6 +122,18 @@ class DVIDLabels:
         pairs = np.frombuffer(resp.content, "<u8").reshape(-1, 2)
         return {int(a): int(b) for a, b in pairs}
 
+    def agglomerated(self) -> bool:
+        """Whether any supervoxel at this node reads as another body: a mapping that is not
+        the identity (merges, cleaves, renumbers) or a supervoxel DVID split (retired: it
+        reads as 0, its voxels taken by two new supervoxels)."""
+        if self.mappings():
+            return True
+        resp = _call(self.client, "GET", f"{self._base}/supervoxel-splits",
+                     what="the supervoxel splits")
+        # [uuid, [[mutid, supervoxel, remain, split], ...], uuid, [...], ...]
+        doc = resp.json()
+        return any(isinstance(item, list) and item for item in doc)
+
     def merge(self, target: int, others: Iterable[int]) -> int:
         """Merge bodies ``others`` into ``target``; returns the mutation id."""
         labs = [self._label(target)] + [self._label(v) for v in others]

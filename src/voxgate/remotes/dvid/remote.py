@@ -411,6 +411,28 @@ class DVIDRemote(Remote):
                     raise _downres_refusal(f"{self.url}: {what}", self.typename, levels,
                                            self.meta.scale(0).chunks, (axis, int(b)), nothing)
 
+    def check_local_edit(self, what: str) -> None:
+        """Refuse (InvalidRequestError, before anything is written) an edit that voxgate would
+        make by writing a labelmap's body view block by block (proofreading's local path, its
+        undo) once DVID agglomerates its supervoxels: a write stores each id as a supervoxel,
+        so every body read from the blocks and written back becomes a supervoxel of its id,
+        which the mapping may send elsewhere (a supervoxel merged into body w reads as w, one
+        DVID split is retired and reads as 0: the voxels of a body split and undone on the
+        server became 0), and the body's own supervoxels are lost.  Edits then go through
+        DVID (prefer="server"); the supervoxels view (``supervoxels=True``) is written as
+        supervoxels."""
+        if self.labels is None or self.supervoxels or self.typename != "labelmap":
+            return
+        if self.labels.agglomerated():
+            raise InvalidRequestError(
+                f"{self.url}: {what} on voxgate's local path would write body ids into DVID "
+                "as supervoxels, and this labelmap maps supervoxels to other bodies (merges, "
+                "or supervoxels DVID split, which now read as 0): the written voxels could "
+                "read back as another body or as 0, and the bodies' supervoxels would be "
+                "lost. Nothing was changed. Edit through DVID (prefer='server', the default "
+                "for merge and split; a merge into one of the merged ids), or open the "
+                "supervoxels view (supervoxels=True) to edit supervoxels")
+
     def write_grid(self, scale: int = 0) -> Vec:
         return self.meta.scale(scale).chunks
 

@@ -135,6 +135,15 @@ def _dvid_split(vol: Volume, label: int, keys: list[int | None], pieces: np.ndar
                       Provenance("split", "server", vol.url, {"mutations": mutations}))
 
 
+def _check_local_edit(vol: Volume, what: str) -> None:
+    """An edit on voxgate's local path of a dvid:// labelmap's body view: refused once DVID
+    agglomerates its supervoxels (DVIDRemote.check_local_edit says why)."""
+    from ...remotes.dvid import DVIDRemote
+
+    if isinstance(vol.remote, DVIDRemote):
+        vol.remote.check_local_edit(what)
+
+
 def _check_local_split(vol: Volume, mask: np.ndarray, sbox: Box, label: int) -> None:
     """A split written by voxgate (the local path) on a dvid:// labelmap with coarser scales:
     refused before any id is reserved or block written when one of the scale-0 blocks it

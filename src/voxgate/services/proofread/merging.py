@@ -28,7 +28,7 @@ from .core import (
     _union,
     one_edit_at_a_time,
 )
-from .dvid import _dvid_merge
+from .dvid import _check_local_edit, _dvid_merge
 from .remeshing import _check_remesh, _remesh
 
 
@@ -50,6 +50,7 @@ def relabel(seg: Any, mapping: Mapping[Any, Any], *, user: str | None = None,
     m = {k: v for k, v in m.items() if k != v}
     if not m:
         raise InvalidRequestError("the mapping changes nothing (every id maps to itself)")
+    _check_local_edit(vol, f"{_operation} of {sorted(m)}")
     boxes = _boxes(vol, m)
     hist = _hist(vol, history_dir)
     params = _params if _params is not None else {"mapping": {str(k): v for k, v in m.items()}}

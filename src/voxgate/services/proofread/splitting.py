@@ -33,7 +33,7 @@ from .core import (
     _stats,
     one_edit_at_a_time,
 )
-from .dvid import _check_local_split, _dvid_split
+from .dvid import _check_local_edit, _check_local_split, _dvid_split
 from .remeshing import _check_remesh, _remesh
 
 
@@ -216,6 +216,7 @@ def split(seg: Any, id: Any, *, seeds: Any = None, image: Any = None,
     if path == "server":
         return _dvid_split(vol, label, keys, pieces, sbox, seeds is not None, user, history_dir,
                            remesh, t0)
+    _check_local_edit(vol, f"splitting segment {label}")
     _check_local_split(vol, pieces > 0, sbox, label)
     new = _new_ids(vol, sum(1 for kk in keys if kk is None))
     it = iter(new)

@@ -15,7 +15,7 @@ from ...volume import Volume
 from .._common import Provenance, as_volume, progress_bar
 from ..proofread_history import History, current_user
 from .core import EditResult, _forget_stats, _hist, _open, _stable_url, one_edit_at_a_time
-from .dvid import _adopt_log, _dvid_log, _dvid_undo, _log_entries
+from .dvid import _adopt_log, _check_local_edit, _dvid_log, _dvid_undo, _log_entries
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -83,6 +83,8 @@ def undo(seg: Any, n: int = 1, *, user: str | None = None, progress: bool = Fals
     for e in reversed(todo[-n:]):
         t0 = time.perf_counter()
         k = int(e["n"])
+        if e.get("path") != "server" and hist.saved_blocks(k):
+            _check_local_edit(vol, f"undoing edit {k}")  # (before the undo is recorded)
         u = hist.start({"user": current_user(user), "operation": "undo", "undoes": k,
                         "path": e.get("path", "local"), "url": _stable_url(vol),
                         "scale": vol.scale, "params": {}, "ids": e.get("ids", []),
