@@ -265,8 +265,8 @@ def bench_size(n: int, args: argparse.Namespace, work: Path) -> None:
             where = np.argwhere(labels == a)
             seeds = [[tuple(int(c) for c in where[0])], [tuple(int(c) for c in where[-1])]]
             results: dict[str, np.ndarray] = {}
-            # (the local path first: after DVID's own split the old supervoxel maps to 0, and
-            # a local edit's raw write of the body id would then read back as 0)
+            # (the local path first: after DVID's own split the old supervoxel maps to 0, so
+            # local edits of that labelmap are refused: DVIDRemote.check_local_edit)
             for store, opener, prefers in (("dvid", dvol, ("local", "server")),
                                            ("zarr", zvol, ("local",))):
                 for prefer in prefers:
