@@ -238,7 +238,7 @@ def test_a_local_edit_after_dvid_split_supervoxels_is_refused(repo: DVIDRepo,
     for edit in (lambda: voxgate.split(seg, 7, prefer="local", history_dir=hist),
                  lambda: voxgate.merge(seg, [3, 7], prefer="local", history_dir=hist),
                  lambda: voxgate.undo(seg, history_dir=hist)):  # the local merge's undo
-        with pytest.raises(InvalidRequestError, match="as supervoxels.*Nothing was changed"):
+        with pytest.raises(InvalidRequestError, match=r"as supervoxels.*Nothing was changed"):
             edit()
         np.testing.assert_array_equal(seg.read(), after_merge)
     assert list(voxgate.history(url, history_dir=hist)["status"]) == ["done", "undone", "done"]
