@@ -345,6 +345,13 @@ class Catalog:
                                   tag=self.cache_tag(entry))
             cached.origin = (entry.upstream_url, incarnation)
             cached.meta_epoch = epoch
+            if entry.local:
+                # a channel created through the project service has bossDB's levels: level k
+                # of a frame x0:x1 is floor(x0 / 2^k):ceil(x1 / 2^k) (local_channel_meta), so
+                # its coarser voxels lie on the grid through 0, and the downsample job fills
+                # them on that grid (a frame starting at odd coordinates failed the job: its
+                # level 1 is a voxel wider than the "offset" rule's ceil(size / 2))
+                cached.pyramid_anchor = "origin"
         except BaseException as exc:
             err: BaseException = exc
             if not isinstance(exc, (RemoteNotFoundError, AuthenticationError, UpstreamError)):
