@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import uuid as uuidlib
 import warnings
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -17,28 +16,9 @@ import voxgate
 from voxgate.errors import InvalidRequestError, ReadOnlyError
 from voxgate.geometry import Box
 from voxgate.remotes.dvid import DVIDRepo
-from voxgate.testing.dvid import DVIDServerProcess, start_server
+from voxgate.testing.dvid import DVIDServerProcess
 
 BS = 16  # the block size of every instance here
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DVIDServerProcess]:
-    d = tmp_path_factory.mktemp("dvid-audit")
-    srv = start_server(log=d / "server.log")
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def repo(server: DVIDServerProcess) -> DVIDRepo:
-    return DVIDRepo.create(server.url, alias="audit")
-
-
-@pytest.fixture
-def http(server: DVIDServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as c:
-        yield c
 
 
 def _name(prefix: str) -> str:

@@ -7,37 +7,15 @@ from __future__ import annotations
 import gzip
 import json
 import uuid as uuidlib
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
-import pytest
 
 import voxgate
 from voxgate.formats.dvid_block import encode_label_block, encode_rles, pack_block_records
 from voxgate.remotes.dvid import DVIDRepo
-from voxgate.testing.dvid import DVIDServerProcess, start_server
 
 BS = 16  # block size of every instance here: small blocks keep the volumes small
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DVIDServerProcess]:
-    d = tmp_path_factory.mktemp("dvid-fidelity")
-    srv = start_server(log=d / "server.log")
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def repo(server: DVIDServerProcess) -> DVIDRepo:
-    return DVIDRepo.create(server.url, alias="fidelity")
-
-
-@pytest.fixture
-def http(server: DVIDServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as c:
-        yield c
 
 
 def _labelmap(repo: DVIDRepo, levels: int = 0, **extra: str) -> str:

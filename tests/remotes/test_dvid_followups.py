@@ -6,7 +6,6 @@ in tests/relay/test_downsample_job.py.)"""
 from __future__ import annotations
 
 import uuid as uuidlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,26 +15,6 @@ import pytest
 import voxgate
 from voxgate.errors import InvalidRequestError
 from voxgate.remotes.dvid import DVIDRepo
-from voxgate.testing.dvid import DVIDServerProcess, start_server
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DVIDServerProcess]:
-    d = tmp_path_factory.mktemp("dvid-followups")
-    srv = start_server(log=d / "server.log")
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def repo(server: DVIDServerProcess) -> DVIDRepo:
-    return DVIDRepo.create(server.url, alias="followups")
-
-
-@pytest.fixture
-def http(server: DVIDServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as c:
-        yield c
 
 
 def _name(prefix: str) -> str:
