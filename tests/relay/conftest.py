@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -240,3 +241,21 @@ def own_relay(tmp_path: Path, relay_factory: Callable[..., RelayProcess]
     root.mkdir()
     ups = make_upstreams(root)
     return relay_factory(write_config(tmp_path / "relay.toml", ups.root)), ups
+
+
+def relay_over_zarr(tmp_path: Path, labels: np.ndarray, chunks: tuple[int, int, int]
+                    ) -> tuple[Any, Any]:
+    """A Relay in this process serving ``labels`` (a uint64 segmentation written to a zarr
+    array of ``chunks``) as channel c/e/seg, and the channel's CachedRemote: tests then put a
+    counting or gated wrapper in front of its upstream."""
+    from voxgate.relay.config import ChannelConfig, RelayConfig
+    from voxgate.relay.state import Relay
+
+    url = f"zarr://{tmp_path / 'seg.zarr'}"
+    vol = voxgate.create(url, shape=labels.shape, chunks=chunks, dtype="uint64",
+                         voxel_size=(8, 8, 8), kind="segmentation")
+    vol[:] = labels
+    cfg = RelayConfig()
+    cfg.channels = [ChannelConfig("c", "e", "seg", url)]
+    relay = Relay(cfg)
+    return relay, relay.remote(relay.channel("c", "e", "seg"))

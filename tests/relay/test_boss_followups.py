@@ -23,7 +23,6 @@ from voxgate.errors import CapabilityNotSupportedError, InvalidRequestError
 from voxgate.geometry import Box
 from voxgate.relay import stats as stats_module
 from voxgate.relay.config import (
-    ChannelConfig,
     RelayConfig,
     config_from_json,
     config_to_json,
@@ -34,7 +33,14 @@ from voxgate.relay.stats import MAX_IDS_ENV, TooManyIdsError
 from voxgate.remotes.base import Remote
 from voxgate.remotes.boss import BossProject
 
-from .conftest import RW, RelayProcess, free_port, start_relay, start_token_relay
+from .conftest import (
+    RW,
+    RelayProcess,
+    free_port,
+    relay_over_zarr,
+    start_relay,
+    start_token_relay,
+)
 
 
 def boss_error(res: httpx.Response, status: int, code: int, message: str | None = None) -> str:
@@ -68,14 +74,7 @@ class Counting(Remote):
 
 
 def _in_process(tmp_path: Path, labels: np.ndarray) -> tuple[Relay, Any, Counting]:
-    url = f"zarr://{tmp_path / 'seg.zarr'}"
-    vol = voxgate.create(url, shape=labels.shape, chunks=(8, 32, 32), dtype="uint64",
-                         voxel_size=(8, 8, 8), kind="segmentation")
-    vol[:] = labels
-    cfg = RelayConfig()
-    cfg.channels = [ChannelConfig("c", "e", "seg", url)]
-    relay = Relay(cfg)
-    remote = relay.remote(relay.channel("c", "e", "seg"))
+    relay, remote = relay_over_zarr(tmp_path, labels, (8, 32, 32))
     counting = Counting(remote.upstream)
     remote.upstream = counting
     return relay, remote, counting

@@ -20,14 +20,13 @@ import pytest
 
 import voxgate
 from voxgate.geometry import Box
-from voxgate.relay.config import ChannelConfig, RelayConfig
 from voxgate.relay.state import Relay
 from voxgate.remotes.base import Remote
 from voxgate.remotes.boss import BossProject
 from voxgate.services.label_stats import label_stats_kernel, merge_stats
 from voxgate.synthetic import synthetic_labels
 
-from .conftest import RW, RelayProcess, free_port, start_relay
+from .conftest import RW, RelayProcess, free_port, relay_over_zarr, start_relay
 
 SHAPE = (24, 80, 72)
 
@@ -170,14 +169,8 @@ class Gated(Remote):
 
 @pytest.fixture
 def relay_in_process(tmp_path: Path, labels: np.ndarray) -> Iterator[tuple[Relay, Any, Gated]]:
-    url = f"zarr://{tmp_path / 'seg.zarr'}"
-    vol = voxgate.create(url, shape=SHAPE, chunks=(8, 40, 36), dtype="uint64",
-                         voxel_size=(8, 8, 8), kind="segmentation")
-    vol[:] = labels
-    cfg = RelayConfig()
-    cfg.channels = [ChannelConfig("c", "e", "seg", url)]
-    relay = Relay(cfg)
-    remote = relay.remote(relay.channel("c", "e", "seg"))
+    assert labels.shape == SHAPE
+    relay, remote = relay_over_zarr(tmp_path, labels, (8, 40, 36))
     gated = Gated(remote.upstream)
     remote.upstream = gated  # the relay's own CachedRemote, over a gate
     yield relay, remote, gated
