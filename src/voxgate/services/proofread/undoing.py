@@ -79,12 +79,17 @@ def undo(seg: Any, n: int = 1, *, user: str | None = None, progress: bool = Fals
     if len(todo) < n:
         raise InvalidRequestError(
             f"{vol.url} has {len(todo)} edit(s) left to undo, not {n} (voxgate history URL)")
+    # the local edits among them are refused before any is undone: checked edit by edit,
+    # undo(n=2) undid a server edit and then refused the local one before it ("Nothing was
+    # changed"), leaving the volume half undone
+    local = [int(e["n"]) for e in todo[-n:] if e.get("path") != "server"
+             and hist.saved_blocks(int(e["n"]))]
+    if local:
+        _check_local_edit(vol, f"undoing edit(s) {sorted(local)}")
     out = []
     for e in reversed(todo[-n:]):
         t0 = time.perf_counter()
         k = int(e["n"])
-        if e.get("path") != "server" and hist.saved_blocks(k):
-            _check_local_edit(vol, f"undoing edit {k}")  # (before the undo is recorded)
         u = hist.start({"user": current_user(user), "operation": "undo", "undoes": k,
                         "path": e.get("path", "local"), "url": _stable_url(vol),
                         "scale": vol.scale, "params": {}, "ids": e.get("ids", []),
