@@ -76,10 +76,12 @@ class PrecomputedRemote(Remote):
         # refuses what tensorstore would refuse only at the first read
         meta = meta_from_info(info, where)
         with self._lock:
+            # scales are only ever appended, so handles already open stay valid; the list
+            # grows before the metadata names the new scales, so a read on another thread
+            # that sees them finds their slot
+            self._io += [None] * (len(meta.scales) - len(self._io))
             self._info = info
             self.meta = meta
-            # scales are only ever appended, so handles already open stay valid
-            self._io += [None] * (len(meta.scales) - len(self._io))
             # tensorstore parses every scale when it opens one: an encoding it does not know
             # anywhere in the info makes it refuse the whole layer
             self._ts_ok = all(s.get("encoding", "raw") in _TS_ENCODINGS for s in info["scales"])
