@@ -188,7 +188,7 @@ def test_the_job_on_a_dvid_labelmap_leaves_dvids_scales_alone(tmp_path: Path) ->
     Now it writes nothing and the coarser scales stay DVID's."""
     from voxgate.remotes.dvid import DVIDRepo
 
-    from ..remotes.test_dvid_audit import dvid_mode2
+    from ..services.numpy_reference import dvid_mode2
 
     dvid = CountingDVID()
     relay = None

@@ -32,7 +32,7 @@ from voxgate.geometry import Box
 from voxgate.remotes.dvid import DVIDRepo
 from voxgate.testing.dvid import DVIDServerProcess, start_server
 
-from ..remotes.test_dvid_audit import dvid_mode2
+from ..services.numpy_reference import dvid_mode2
 from .conftest import RelayProcess, free_port, start_relay
 
 BS = 16

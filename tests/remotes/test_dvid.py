@@ -823,7 +823,7 @@ def test_downsample_of_a_labelmap_at_an_odd_offset(repo: DVIDRepo, tmp_path: Pat
     from tests.services.numpy_reference import downsample_mode
     from voxgate.services.downsample import downsample_provenance
 
-    from .test_dvid_audit import dvid_mode2
+    from ..services.numpy_reference import dvid_mode2
 
     url = repo.url(_name(tmp_path, "seg"))
     offset = (8, 7, 45)

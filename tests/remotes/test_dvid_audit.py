@@ -18,6 +18,8 @@ from voxgate.geometry import Box
 from voxgate.remotes.dvid import DVIDRepo
 from voxgate.testing.dvid import DVIDServerProcess
 
+from ..services.numpy_reference import dvid_mode2
+
 BS = 16  # the block size of every instance here
 
 
@@ -30,23 +32,6 @@ def _labelmap(repo: DVIDRepo, levels: int = 0) -> tuple[str, str]:
     name = _name("lm")
     repo.create_instance(name, "labelmap", block_size=(BS, BS, BS), max_scale=levels)
     return name, f"/api/node/{repo.root}/{name}"
-
-
-def dvid_mode2(a: np.ndarray) -> np.ndarray:
-    """labels/compressed.go downresArray, cell by cell: the most frequent non-zero label of each
-    2x2x2 cell, the smaller label on a tie (``lbl < winner``), 0 only for an all-0 cell."""
-    out = np.zeros(tuple(s // 2 for s in a.shape), np.uint64)
-    cells = a.reshape(out.shape[0], 2, out.shape[1], 2, out.shape[2], 2) \
-        .transpose(0, 2, 4, 1, 3, 5).reshape(-1, 8)
-    flat = out.reshape(-1)
-    for i, cell in enumerate(cells.tolist()):
-        votes: dict[int, int] = {}
-        for v in cell:
-            if v:
-                votes[v] = votes.get(v, 0) + 1
-        if votes:
-            flat[i] = min(votes, key=lambda v: (-votes[v], v))
-    return out
 
 
 # -- single-block reads of blocks never written ---------------------------------------------------

@@ -161,7 +161,7 @@ def test_an_edit_leaves_the_coarser_scales_to_dvid(repo: DVIDRepo, tmp_path: Pat
     them to DVID, and undo (a scale-0 write) has DVID rebuild them again."""
     from voxgate.remotes.base import Capability
 
-    from .test_dvid_audit import dvid_mode2
+    from ..services.numpy_reference import dvid_mode2
 
     url = repo.url(_name("derived"))
     rng = np.random.default_rng(11)

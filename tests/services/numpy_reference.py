@@ -111,3 +111,20 @@ def downsample_scales(arr: np.ndarray, factors: Sequence[Sequence[int]],
         if start is not None:
             start = [a // k for a, k in zip(start, f, strict=True)]
     return out
+
+
+def dvid_mode2(a: np.ndarray) -> np.ndarray:
+    """labels/compressed.go downresArray, cell by cell: the most frequent non-zero label of each
+    2x2x2 cell, the smaller label on a tie (``lbl < winner``), 0 only for an all-0 cell."""
+    out = np.zeros(tuple(s // 2 for s in a.shape), np.uint64)
+    cells = a.reshape(out.shape[0], 2, out.shape[1], 2, out.shape[2], 2) \
+        .transpose(0, 2, 4, 1, 3, 5).reshape(-1, 8)
+    flat = out.reshape(-1)
+    for i, cell in enumerate(cells.tolist()):
+        votes: dict[int, int] = {}
+        for v in cell:
+            if v:
+                votes[v] = votes.get(v, 0) + 1
+        if votes:
+            flat[i] = min(votes, key=lambda v: (-votes[v], v))
+    return out

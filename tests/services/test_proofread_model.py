@@ -49,7 +49,7 @@ from voxgate.remotes.dvid import DVIDRepo
 from voxgate.testing.dvid import DVIDServerProcess, start_server
 
 from .brute_reference import split_pieces
-from .numpy_reference import downsample_scales
+from .numpy_reference import downsample_scales, dvid_mode2
 
 BIG = (2**53 + 1, 2**60 + 3, 2**63 + 5)     # ids a float cannot hold
 FRESH = (7, 2**53 + 7, 2**62 + 11)          # ids for merges into / relabels to unused ids
@@ -98,22 +98,6 @@ def _make_dvid(dvid: DVIDServerProcess, name: str) -> str:
                        num_scales=3)
     v[:] = initial(DVID_SHAPE)
     return url
-
-
-def dvid_mode2(a: np.ndarray) -> np.ndarray:
-    """DVID's rule (labels/compressed.go downresArray), as tests/remotes/test_dvid_audit.py."""
-    out = np.zeros(tuple(s // 2 for s in a.shape), np.uint64)
-    cells = a.reshape(out.shape[0], 2, out.shape[1], 2, out.shape[2], 2) \
-        .transpose(0, 2, 4, 1, 3, 5).reshape(-1, 8)
-    flat = out.reshape(-1)
-    for i, cell in enumerate(cells.tolist()):
-        votes: dict[int, int] = {}
-        for v in cell:
-            if v:
-                votes[v] = votes.get(v, 0) + 1
-        if votes:
-            flat[i] = min(votes, key=lambda v: (-votes[v], v))
-    return out
 
 
 def _dvid_scales(sv0: np.ndarray, off: tuple[int, ...], n: int) -> list[np.ndarray]:
