@@ -29,6 +29,17 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """A dask.distributed Client of a LocalCluster of 2 worker processes on 127.0.0.1, one per
+    test module (a module that wants another cluster defines its own ``cluster``)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=":0") as c, Client(c) as client:
+        yield client
+
+
 def _free_port() -> int:
     import socket
 

@@ -4,7 +4,6 @@ a worker killed mid-copy, a stopped run resumed from the journal, mem:// refused
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,6 @@ SHAPE = (24, 40, 56)
 SHARDING = {"@type": "neuroglancer_uint64_sharded_v1", "preshift_bits": 3, "hash": "identity",
             "minishard_bits": 0, "shard_bits": 6, "minishard_index_encoding": "gzip",
             "data_encoding": "gzip"}
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=":0") as c, Client(c) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

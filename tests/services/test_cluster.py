@@ -9,7 +9,6 @@ import functools
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +21,6 @@ from voxgate.blockwise import Block, plan_blocks, run_blocks
 from voxgate.errors import InvalidRequestError, RemoteUnavailableError
 from voxgate.geometry import Box, Vec
 from voxgate.synthetic import synthetic_labels
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=":0") as c, Client(c) as client:
-        yield client
-
 
 BLOCKS = plan_blocks(Box(Vec(0, 0, 0), Vec(32, 32, 64)), (16, 16, 16))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +29,6 @@ SHAPE = (32, 32, 64)
 CHUNKS = (8, 16, 16)
 #: a block in the middle of the volume (not the first: its final ids are not its local ones)
 MIDDLE = (16, 16, 32)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=":0") as c, Client(c) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -118,15 +118,6 @@ def test_bad_input(src: voxgate.Volume) -> None:
         voxgate.map_blocks(blur, src, block=(0, 8, 8))
     with pytest.raises(InvalidRequestError, match="shape"):
         voxgate.map_blocks(lambda a: a[:1], src, block=(16, 32, 32))
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[object]:
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address=":0") as c, Client(c) as client:
-        yield client
 
 
 def _claim(marker: str) -> bool:

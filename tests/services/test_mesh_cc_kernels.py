@@ -6,7 +6,6 @@ on a 2-worker dask cluster."""
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -232,15 +231,6 @@ def test_connected_components_uint32_store(tmp_path: Path) -> None:
 
 
 # -- on a dask.distributed cluster ----------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=":0") as c, Client(c) as client:
-        yield client
-
 
 def test_mesh_and_cc_on_a_cluster_equal_local(cluster: Any, tmp_path: Path,
                                               labels: np.ndarray) -> None:

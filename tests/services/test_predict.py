@@ -4,7 +4,6 @@ dask.distributed cluster, and every bad model refused before any block runs."""
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,15 +179,6 @@ def test_dtype_handling(image: np.ndarray) -> None:
     np.testing.assert_allclose(as16, image / 255, atol=1e-6)  # integers scaled by their max
     with pytest.raises(InvalidRequestError, match="dtype must be 'uint8'"):
         voxgate.predict(lambda a: a, image, dtype="int16", progress=False)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[object]:
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      host="127.0.0.1", dashboard_address=":0") as c, Client(c) as client:
-        yield client
 
 
 def test_distributed_cluster(cluster: object, models: dict[str, Path], image: np.ndarray,
