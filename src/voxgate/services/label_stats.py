@@ -250,18 +250,23 @@ def _server(vol: Any, local: _Local, prefer: str, workers: int | None, progress:
             ) -> tuple[pd.DataFrame | None, dict[str, Any]]:
     """Ids, then their boxes in growing batches of concurrent requests, each batch timed; with
     "auto", (None, why) as soon as :func:`server_is_slower` says the local path wins."""
+    import pandas as pd
+
     remote, scale, region = vol.remote, vol.scale, vol.bounds
     # a store that gives the boxes with the ids (a voxgate relay: one request for every id)
     # is not asked one box at a time; others (bossDB) answer None for the boxes
     together = getattr(remote, "ids_and_boxes", None)
-    ids, boxes = together(region, scale) if together is not None else \
-        (remote.ids_in(region, scale), None)
+    ids, boxes, counts = together(region, scale) if together is not None else \
+        (remote.ids_in(region, scale), None, None)
     n = len(ids)
     if boxes is not None and all(int(i) in boxes for i in ids):
         with progress_bar(progress, n, "label stats (bounding boxes)") as bar:
             found = [(int(i), *boxes[int(i)].start, *boxes[int(i)].stop) for i in ids]
             bar.advance(n)
-        return _server_frame(found), {"ids": n, "requests": 1}
+        df = _server_frame(found)
+        if counts is not None and all(int(i) in counts for i in ids):  # (a relay's, too)
+            df["voxel_count"] = pd.array([counts[int(i)] for i in ids], dtype="Int64")
+        return df, {"ids": n, "requests": 1}
     rows: list[tuple[int, ...]] = []
     block_seconds: float | None = None
     conc = workers or SERVER_CONCURRENCY

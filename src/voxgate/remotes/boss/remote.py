@@ -407,26 +407,28 @@ class BossDBRemote(Remote):
         return np.array(sorted(found), dtype=np.uint64)
 
     def ids_and_boxes(self, box: Box, scale: int = 0
-                      ) -> tuple[np.ndarray, dict[int, Box] | None]:
+                      ) -> tuple[np.ndarray, dict[int, Box] | None, dict[int, int] | None]:
         """The non-zero ids in ``box`` and, where the server gives them with the ids (a voxgate
-        relay, for the whole channel), their tight boxes of whole objects in the same one
-        request (``ids/...?boxes=tight``); None for the boxes from a server that does not
-        (bossDB ignores the query: then ask :meth:`bounding_box` per id)."""
+        relay, for the whole channel), their tight boxes of whole objects and their voxel
+        counts in the same one request (``ids/...?boxes=tight``); None for what a server does
+        not give (bossDB ignores the query: then ask :meth:`bounding_box` per id)."""
         self._segmentation_only("ids_in", _RESERVE_REFUSAL)
         if box != self.meta.scale(scale).bounds:
-            return self.ids_in(box, scale), None
+            return self.ids_in(box, scale), None, None
         try:
             resp = self.client.request("GET", self._path("ids", box, scale) + "?boxes=tight",
                                        what=f"ids in {box!r} of {self.url}")
         except RequestTooLargeError:  # (bossDB's cutout limit: its ids come in slabs)
-            return self.ids_in(box, scale), None
+            return self.ids_in(box, scale), None, None
         d = resp.json()
         ids = np.array([int(i) for i in d["ids"]], dtype=np.uint64)
         if "boxes" not in d:
-            return np.unique(ids), None
-        boxes = {int(i): Box(b[:3], b[3:]) for i, b in zip(ids.tolist(), d["boxes"],
-                                                           strict=True)}
-        return np.unique(ids), boxes
+            return np.unique(ids), None, None
+        keys = ids.tolist()
+        boxes = {int(i): Box(b[:3], b[3:]) for i, b in zip(keys, d["boxes"], strict=True)}
+        counts = ({int(i): int(c) for i, c in zip(keys, d["counts"], strict=True)}
+                  if "counts" in d else None)
+        return np.unique(ids), boxes, counts
 
     def bounding_box(self, ident: int, scale: int = 0, *, tight: bool = True) -> Box:
         self._segmentation_only("bounding_box", "Can only perform bounding box operations on "
