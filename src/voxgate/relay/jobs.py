@@ -20,11 +20,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..remotes.base import Capability, Remote, has_capability
+from ..remotes.base import Capability, has_capability
 from .catalog import Catalog
 
-__all__ = ["finish_job", "job_status", "keeps_own_scales", "note_write", "run_job",
-           "set_job_status"]
+__all__ = ["finish_job", "job_status", "note_write", "run_job", "set_job_status"]
 
 #: the statuses of a job that has not ended
 _RUNNING = ("QUEUED", "IN_PROGRESS")
@@ -91,18 +90,13 @@ def finish_job(catalog: Catalog, url: str, ok: bool) -> str:
     return status
 
 
-def keeps_own_scales(upstream: Remote) -> bool:
-    """Whether ``upstream`` rebuilds its coarser scales itself from every level-0 write."""
-    return has_capability(upstream, Capability.DERIVED_SCALES)
-
-
 def run_job(remote: Any) -> None:
     """The job's work on ``remote`` (the channel's CachedRemote): every coarser level
     recomputed from level 0 through the cache, or nothing when the upstream keeps its own."""
     from ..services.downsample import downsample
     from ..volume import Volume
 
-    if keeps_own_scales(remote.upstream):
+    if has_capability(remote.upstream, Capability.DERIVED_SCALES):
         return
     downsample(Volume(remote), len(remote.meta.scales), prefer="local")
 
