@@ -169,7 +169,7 @@ def compute_stats(remote: CachedRemote, res: int, *, workers: int = SCAN_WORKERS
             raise
         except Exception as exc:
             raise UpstreamError(f"upstream {upstream.url} failed: {exc}") from exc
-        if data.size > max_ids and _distinct_nonzero(data) > max_ids:
+        if data.size > max_ids and len(_nonzero_ids(data)) > max_ids:
             # refused before the kernel, whose memory grows with the ids of its block
             stop.set()
             raise too_many()
@@ -205,13 +205,10 @@ def region_ids(read: Callable[[Box], np.ndarray], blocks: Iterable[Box], url: st
     """The distinct non-zero ids of ``blocks`` (each read with ``read``), sorted uint64: held
     as arrays merged every few blocks, never more than about twice ``max_ids`` of them, past
     which TooManyIdsError (a region of random ids grew a Python set by ~70 bytes an id)."""
-    import fastremap
-
     parts: list[np.ndarray] = []
     held = 0
     for b in blocks:
-        found = fastremap.unique(read(b))
-        parts.append(found[found != 0])
+        parts.append(_nonzero_ids(read(b)))
         held += len(parts[-1])
         if held > max_ids or len(parts) >= _MERGE_EVERY:
             parts = [np.unique(np.concatenate(parts))]
@@ -224,12 +221,12 @@ def region_ids(read: Callable[[Box], np.ndarray], blocks: Iterable[Box], url: st
     return out.astype(np.uint64, copy=False)
 
 
-def _distinct_nonzero(data: np.ndarray) -> int:
-    """How many distinct non-zero values ``data`` holds."""
+def _nonzero_ids(data: np.ndarray) -> np.ndarray:
+    """The distinct non-zero values of ``data``, sorted."""
     import fastremap
 
     found = fastremap.unique(data)
-    return int(len(found) - (len(found) > 0 and found[0] == 0))
+    return found[found != 0]
 
 
 class _Flight:

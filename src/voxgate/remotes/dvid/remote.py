@@ -404,12 +404,12 @@ class DVIDRemote(Remote):
         if not self.derives_scales:
             return
         levels = len(self.meta.scales) - 1
-        step = 2**levels
         for blk in blocks:
-            for axis, b in enumerate(blk):
-                if b < 0 and b % step:
-                    raise _downres_refusal(f"{self.url}: {what}", self.typename, levels,
-                                           self.meta.scale(0).chunks, (axis, int(b)), nothing)
+            at = Vec(*blk)
+            breaks = _downres_breaks(at, at, levels)  # (the rule create and write apply)
+            if breaks is not None:
+                raise _downres_refusal(f"{self.url}: {what}", self.typename, levels,
+                                       self.meta.scale(0).chunks, breaks, nothing)
 
     def check_local_edit(self, what: str) -> None:
         """Refuse (InvalidRequestError, before anything is written) an edit that voxgate would
