@@ -16,6 +16,7 @@ import tensorstore as ts
 import voxgate
 from voxgate.geometry import Box
 from voxgate.remotes import _tensorstore
+from voxgate.storage import ts_write_context
 
 SHAPE = (64, 96, 128)  # uint64: 6 MiB, above REFERENCE_WRITE_BYTES
 
@@ -32,12 +33,14 @@ def _oracle(url: str, tmp_path: Path) -> np.ndarray:
 
 @pytest.fixture
 def private_opens(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """The specs of the handles opened for referencing writes (opened with a child context)."""
+    """The specs of the handles opened for referencing writes (opened with a child context of
+    their own; not the shared write handle, opened in ts_write_context)."""
     opened: list[dict[str, Any]] = []
     real_open = ts.open
 
     def spy(spec: Any, *args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("write") and isinstance(spec, ts.Spec):
+        if (kwargs.get("write") and isinstance(spec, ts.Spec)
+                and kwargs.get("context") is not ts_write_context()):
             opened.append(spec.to_json())
         return real_open(spec, *args, **kwargs)
 

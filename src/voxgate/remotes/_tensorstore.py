@@ -6,9 +6,12 @@ is :mod:`voxgate.storage`; this module adds
 - ``TSArray``: one scale's tensorstore handle read and written as C-order (c,) z, y, x, whatever
   the format's native axis order, without paying a transpose for Fortran-order formats.
 
-Large writes to local files skip tensorstore's copy of the source array: tensorstore encodes
-straight from the caller's array (``can_reference_source_data_indefinitely``), through a handle
-opened for that one write in a child context with a cache of its own.  Nothing else reads
+Writes to local files go through a second handle, in :func:`ts_write_context` (more files
+written at once than read: each ends in an fsync), opened at the first write from the reading
+handle's spec.  Large writes to local files also skip tensorstore's copy of the source array:
+tensorstore encodes straight from the caller's array
+(``can_reference_source_data_indefinitely``), through a handle opened for that one write in a
+child context with a cache of its own.  Nothing else reads
 through that cache, and it goes away with the handle when the write returns, so the caller may
 change its array afterwards (tensorstore's condition for the flag) and no read, now or later,
 can see it.  The copy it saves is the whole array again in new chunk buffers (and their page
@@ -17,13 +20,14 @@ faults): about 15% of the CPU time of a whole-volume compressed_segmentation wri
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
 import tensorstore as ts
 
 from ..geometry import Box, Vec
-from ..storage import ts_context, ts_errors
+from ..storage import ts_errors, ts_write_context
 
 __all__ = ["REFERENCE_WRITE_BYTES", "TSArray"]
 
@@ -51,12 +55,16 @@ class TSArray:
         keep_channel: bool,
         name: str,
         reference_writes: bool = False,
+        own_context: bool = False,
     ) -> None:
-        """``reference_writes``: large writes may go through a private handle (module
-        docstring).  Only for stores opened with voxgate's own context and a spec with no
-        context of its own: the private handle is opened from ``store.spec()`` (which leaves
-        the store's context resources out, and holds its whole metadata: it is not read again)
-        in a child of :func:`ts_context`."""
+        """``own_context``: ``store`` was opened with voxgate's own context
+        (:func:`~voxgate.storage.ts_context`) and a spec with no context of its own, so a
+        handle opened from ``store.spec()`` (which leaves the store's context resources out,
+        and holds its whole metadata: it is not read again) in a child of that context reaches
+        the same chunks; on local files, writes then go through such a handle in
+        :func:`~voxgate.storage.ts_write_context`.  ``reference_writes`` (implies
+        ``own_context``): large writes may also go through a private handle (module
+        docstring)."""
         self.store = store
         self.reversed_axes = reversed_axes
         self.channel = channel
@@ -66,7 +74,13 @@ class TSArray:
         # chunks for referenced multi-channel sources in several layouts (a C-order
         # (2, z, y, x) source with (2, 16, 32, 32) zarr3 chunks, or a precomputed
         # x, y, z, c view of one), while it copies those correctly
-        self.reference_writes = reference_writes and not keep_channel and _on_local_files(store)
+        local = _on_local_files(store)
+        self.reference_writes = reference_writes and not keep_channel and local
+        #: writes go through a handle in ts_write_context (module docstring), opened at the
+        #: first write
+        self._separate_writer = (own_context or reference_writes) and local
+        self._writer: ts.TensorStore | None = None
+        self._writer_lock = threading.Lock()
         # a single channel dropped from reads is indexed away by tensorstore (its first index,
         # which is what taking [0] of the whole channel axis gave): no numpy views per read
         self._channel_key: int | slice = slice(None)
@@ -125,7 +139,8 @@ class TSArray:
         with ts_errors(f"writing {box!r} of {self.name}"):
             if self.reference_writes and native.nbytes >= REFERENCE_WRITE_BYTES:
                 # a cache nobody else reads: released with the handle, before we return
-                private = ts.Context({"cache_pool": {"total_bytes_limit": 0}}, parent=ts_context())
+                private = ts.Context({"cache_pool": {"total_bytes_limit": 0}},
+                                     parent=ts_write_context())
                 # the spec holds the whole metadata: reading it again from the store would wait
                 # behind the writes queued for the file I/O threads (3-12 ms under load)
                 store = ts.open(
@@ -136,7 +151,19 @@ class TSArray:
                 ).result()
                 del store, private
             else:
-                self.store[self._index(box)].write(native).result()
+                self._write_handle()[self._index(box)].write(native).result()
+
+    def _write_handle(self) -> ts.TensorStore:
+        """The handle writes go through: ``store`` itself, or on local files one in
+        :func:`~voxgate.storage.ts_write_context` over the same chunks (module docstring)."""
+        if not self._separate_writer:
+            return self.store
+        with self._writer_lock:
+            if self._writer is None:
+                # the spec holds the whole metadata: nothing is read to open it
+                self._writer = ts.open(self.store.spec(), read=True, write=True,
+                                       context=ts_write_context(), assume_metadata=True).result()
+            return self._writer
 
 
 def _on_local_files(store: ts.TensorStore) -> bool:

@@ -320,7 +320,7 @@ def _as_zyx(store: ts.TensorStore, where: str, offset: Vec) -> tuple[TSArray, in
     channels = int(view.shape[3]) if channel_names else 1
     arr = TSArray(
         view, reversed_axes=True, channel=bool(channel_names), keep_channel=channels > 1,
-        name=where,
+        name=where, own_context=True,  # opened with ts_context() alone
     )
     return arr, channels, xyz_order
 

@@ -443,7 +443,7 @@ class WebknossosRemote(Remote):
         layout = view.chunk_layout.read_chunk.shape
         chunks = Vec(*(int(n or 1) for n in (layout or (1, 1, 1))[-3:]))
         arr = TSArray(view, reversed_axes=False, channel=has_c, keep_channel=channels > 1,
-                      name=path)
+                      name=path, own_context=True)  # opened with ts_context() alone
         return arr, chunks
 
     # -- creating -------------------------------------------------------------------------------

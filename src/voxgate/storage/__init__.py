@@ -14,6 +14,7 @@ from __future__ import annotations
 from .compression import GZIP_MAGIC, SUFFIXES, decompress
 from .directory import Directory
 from .kvstore import (
+    WRITE_FILE_IO_CONCURRENCY,
     atomic_write,
     check_bucket,
     check_spec_buckets,
@@ -28,6 +29,7 @@ from .kvstore import (
     set_request_retries,
     ts_context,
     ts_errors,
+    ts_write_context,
     write_json,
 )
 from .locations import STORAGE_SCHEMES, split_url
@@ -40,6 +42,7 @@ __all__ = [
     "SUFFIXES",
     "LENGTH_UNITS_NM",
     "UNITS_NM",
+    "WRITE_FILE_IO_CONCURRENCY",
     "Directory",
     "atomic_write",
     "check_bucket",
@@ -59,5 +62,6 @@ __all__ = [
     "split_url",
     "ts_context",
     "ts_errors",
+    "ts_write_context",
     "write_json",
 ]

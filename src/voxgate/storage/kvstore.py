@@ -40,6 +40,7 @@ from ..errors import (
 
 __all__ = [
     "GCS_FIRST_CONTACT_RETRIES",
+    "WRITE_FILE_IO_CONCURRENCY",
     "atomic_write",
     "check_bucket",
     "check_spec_buckets",
@@ -55,10 +56,12 @@ __all__ = [
     "set_request_retries",
     "ts_context",
     "ts_errors",
+    "ts_write_context",
     "write_json",
 ]
 
 _context: ts.Context | None = None
+_write_context: tuple[ts.Context, ts.Context] | None = None  # (its parent, the child)
 _context_lock = threading.Lock()
 _retries: dict[str, Any] | None = None
 #: tensorstore's resources holding the retry policy of each networked kvstore
@@ -83,15 +86,39 @@ def ts_context() -> ts.Context:
     global _context
     with _context_lock:
         if _context is None:
+            # file reads keep tensorstore's own limit, max(4, cores): on 2 cores, 32 threads
+            # woken for the 27 chunk files of one unaligned 128^3 cutout cost about 7% of its
+            # time (benchmarks/README.md, issue 15 item 6); writes have their own context
             spec: dict[str, Any] = {
                 "cache_pool": {"total_bytes_limit": 0},
                 "data_copy_concurrency": {"limit": _copy_limit or max(2, os.cpu_count() or 2)},
-                "file_io_concurrency": {"limit": 32},
             }
             if _retries is not None:
                 spec.update({name: dict(_retries) for name in _RETRY_RESOURCES})
             _context = ts.Context(spec)
         return _context
+
+
+#: local files written at once by one process's tensorstore writes (``ts_write_context``)
+WRITE_FILE_IO_CONCURRENCY = 32
+
+
+def ts_write_context() -> ts.Context:
+    """A child of :func:`ts_context` for handles that write local files: up to
+    ``WRITE_FILE_IO_CONCURRENCY`` files written at once.  Every chunk file written ends in an
+    fsync (tensorstore's ``file_io_sync``), so a write of many chunks waits on the disk, not on
+    the cores, and overlapping those waits is what makes it fast: a whole-volume write took
+    about 25% longer with tensorstore's default limit (max(4, cores)).  Reads, which the disk
+    cache usually answers, keep that default (:func:`ts_context`).  Handles in this context
+    share the parent's cache pool and copy threads, so they see the same chunks."""
+    global _write_context
+    parent = ts_context()
+    with _context_lock:
+        if _write_context is None or _write_context[0] is not parent:
+            child = ts.Context({"file_io_concurrency": {"limit": WRITE_FILE_IO_CONCURRENCY}},
+                               parent=parent)
+            _write_context = (parent, child)
+        return _write_context[1]
 
 
 def set_request_retries(max_retries: int, initial_delay: float, max_delay: float) -> None:
