@@ -5,6 +5,7 @@ in tests/relay/test_downsample_job.py.)"""
 
 from __future__ import annotations
 
+import re
 import uuid as uuidlib
 from pathlib import Path
 
@@ -225,3 +226,75 @@ def test_a_local_edit_after_dvid_split_supervoxels_is_refused(repo: DVIDRepo,
     voxgate.merge(seg, [3, 7], history_dir=hist)
     np.testing.assert_array_equal(seg.read(), np.where(after_merge == 7, np.uint64(3),
                                                        after_merge))
+
+
+# -- merges and cleaves at negative odd blocks ----------------------------------------------------
+def test_merges_and_cleaves_at_negative_odd_blocks_go_through(repo: DVIDRepo,
+                                                              http: httpx.Client) -> None:
+    """labelmap mutate.go MergeLabels and CleaveLabel change only the mapping and the label
+    indices (addMergeToMapping, addCleaveToMapping): no block is rewritten, so nothing reaches
+    the downres that a split's negative odd blocks break, and voxgate refuses neither (only
+    split and split-supervoxel rewrite blocks; voxgate does not call split-supervoxel).  A
+    guard against refusing them too: the blocks, at every scale, stay as they were."""
+    url, path = _two_pieces(repo, http, sv_b=2)  # supervoxel 2 (block x=-1) merged into 1
+    labels = repo.labels(url.rsplit("/", 1)[1])
+
+    def blocks() -> tuple[bytes, bytes]:
+        return (http.get(f"{path}/raw/0_1_2/32_16_16/-16_0_0?supervoxels=true").content,
+                http.get(f"{path}/raw/0_1_2/16_8_8/-8_0_0?supervoxels=true&scale=1").content)
+
+    before = blocks()
+    new = labels.cleave(1, [2])  # supervoxel 2, in block x=-1, to a new body
+    assert list(labels.mapping([1, 2])) == [1, new]
+    voxgate.merge(url, [1, new])  # DVID's merge, back into body 1
+    assert list(labels.mapping([1, 2])) == [1, 1]
+    assert blocks() == before
+    seg = voxgate.open(url)
+    assert (seg.read()[:6, :6, :6] == 1).all()
+
+
+# -- BlockSize that is not positive ---------------------------------------------------------------
+def test_block_sizes_that_are_not_positive(repo: DVIDRepo, http: httpx.Client) -> None:
+    """imageblk setByConfig parses BlockSize with dvid.StringToPoint (split at commas,
+    strconv.ParseInt each part) and checks no value; labelmap.go NewData only wants multiples
+    of 16, which 0 is.  So DVID creates instances of BlockSize 0,0,0 (and -8,64,64 but for a
+    labelmap), and a request that cuts voxels into their blocks divides by zero: a panic,
+    answered 500 by recoverHandler.  The test server refused them at creation with a message
+    of its own ("expected 3 positive numbers").  voxgate refuses to open such an instance,
+    which opened and then failed a read with numpy's "array is too big" (a plain ValueError),
+    and refuses to make one (DVIDRepo.create_instance sent it)."""
+    path = f"/api/repo/{repo.root}/instance"
+
+    def new(typename: str, bs: str) -> tuple[str, httpx.Response]:
+        name = _name("bs")
+        return name, http.post(path, json={"typename": typename, "dataname": name,
+                                           "BlockSize": bs})
+
+    made = []
+    for typename, bs in (("uint8blk", "0,0,0"), ("labelarray", "-8,64,64"),
+                         ("labelmap", "0,0,0"), ("labelmap", "-16,64,64")):
+        name, r = new(typename, bs)
+        assert r.status_code == 200, (typename, bs, r.text)
+        assert r.json() == {"result": f"Added {name} [{typename}] to node {repo.root}"}
+        info = http.get(f"/api/node/{repo.root}/{name}/info").json()
+        assert info["Extended"]["BlockSize"] == [int(v) for v in bs.split(",")]
+        made.append((name, bs))
+    for typename, bs, said in (("labelmap", "-8,64,64", "BlockSize must be multiples of 16"),
+                               ("uint8blk", "64", "cannot convert '64' into a Point."),
+                               ("uint8blk", "8,x,8",
+                                'strconv.ParseInt: parsing "x": invalid syntax')):
+        _, r = new(typename, bs)
+        assert r.status_code == 400 and r.text == f"{said} ({path}).\n", (typename, bs)
+
+    zero = made[0][0]
+    r = http.get(f"/api/node/{repo.root}/{zero}/raw/0_1_2/8_8_8/0_0_0")
+    assert r.status_code == 500 and "runtime error: integer divide by zero" in r.text
+    for name, bs in made:
+        shown = "[" + bs.replace(",", ", ") + "]"
+        with pytest.raises(InvalidRequestError, match=rf"BlockSize {re.escape(shown)}"):
+            voxgate.open(repo.url(name))
+    for block in ((0, 0, 0), (64, 64, -8)):
+        name = _name("bs")
+        with pytest.raises(InvalidRequestError, match=r"block_size is 3 positive sizes"):
+            repo.create_instance(name, "uint8blk", block_size=block)
+        assert name not in repo.instances()

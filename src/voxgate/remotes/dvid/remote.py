@@ -206,6 +206,17 @@ class DVIDRemote(Remote):
     def _voxel(info: dict[str, Any]) -> tuple[Vec, VoxelSize]:
         ext = info.get("Extended") or {}
         bs = ext.get("BlockSize") or [32, 32, 32]
+        if len(bs) != 3 or min(int(v) for v in bs) < 1:
+            # imageblk setByConfig (dvid.StringToPoint) takes any BlockSize, 0 and negative
+            # ones too (labelmap.go NewData only wants multiples of 16, which 0 is); every
+            # request that cuts such an instance into blocks then fails on the server (a 0
+            # divides by zero: a panic, answered 500)
+            name = (info.get("Base") or {}).get("Name", "this instance")
+            raise InvalidRequestError(
+                f"DVID instance {name!r} has BlockSize {list(bs)} (x, y, z): DVID created it "
+                "without checking, but cannot cut voxels into such blocks, so it can be neither "
+                "read nor written: make a new instance with positive block sizes (e.g. "
+                "64,64,64)")
         vs = ext.get("VoxelSize") or [8, 8, 8]
         units = ext.get("VoxelUnits") or ["nanometers"] * 3
         f = [_UNIT_NM.get(str(u).lower(), 1.0) for u in units]

@@ -182,7 +182,15 @@ class DVIDRepo:
         body: dict[str, str] = {"typename": typename, "dataname": name,
                                 "versioned": "true" if versioned else "false"}
         if block_size is not None:
-            body["BlockSize"] = ",".join(str(int(v)) for v in list(block_size)[::-1])
+            bs = [int(v) for v in block_size]
+            if len(bs) != 3 or min(bs) < 1:
+                # DVID would create it (imageblk setByConfig checks nothing), and then fail
+                # every request that cuts it into blocks
+                raise InvalidRequestError(
+                    f"block_size is 3 positive sizes (z, y, x), got {tuple(bs)}: DVID creates "
+                    "an instance of any BlockSize but can then neither read nor write one "
+                    "that is not positive. Nothing was created")
+            body["BlockSize"] = ",".join(str(v) for v in bs[::-1])
         if voxel_size is not None:
             body["VoxelSize"] = ",".join(f"{float(v):g}" for v in list(voxel_size)[::-1])
         if typename != "keyvalue":

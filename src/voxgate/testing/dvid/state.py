@@ -324,9 +324,11 @@ class DVIDState:
                 # imageblk properties parse the value (so what Sscanf cannot read passes here)
                 raise DVIDError("BlockSize must be multiples of 16")
             # labelarray.go NewData and imageblk's setByConfig (dvid.StringToPoint) take any
-            # size; a labelarray's blocks the label codec cannot hold are then never stored
-            # (labelindex._put_blocks)
-            inst.block_size = _triple(cfg["blocksize"], int, "BlockSize")
+            # size, zero and negative ones too; a labelarray's blocks the label codec cannot
+            # hold are then never stored (labelindex._put_blocks), and an instance with a
+            # size that is not positive answers its block requests with a panic
+            # (voxels._check_block_size)
+            inst.block_size = _string_to_point(cfg["blocksize"])
         if "voxelsize" in cfg:
             inst.voxel_size = _triple(cfg["voxelsize"], float, "VoxelSize")
         if "voxelunits" in cfg:
@@ -352,13 +354,16 @@ class DVIDState:
             return {"Base": base, "Extended": {}}
         bs = inst.block_size
         mn, mx = inst.min_point, inst.max_point
+        idx = min(bs) > 0  # (no block index for a size DVID's block arithmetic cannot take)
         ext: dict[str, Any] = {
             "Values": [{"DataType": inst.dtype.name, "Label": inst.typename}],
             "Interpolable": not inst.is_label, "BlockSize": bs,
             "VoxelSize": inst.voxel_size, "VoxelUnits": inst.voxel_units,
             "MinPoint": mn, "MaxPoint": mx,
-            "MinIndex": None if mn is None else [a // b for a, b in zip(mn, bs, strict=True)],
-            "MaxIndex": None if mx is None else [a // b for a, b in zip(mx, bs, strict=True)],
+            "MinIndex": None if mn is None or not idx else [a // b for a, b in zip(mn, bs,
+                                                                                  strict=True)],
+            "MaxIndex": None if mx is None or not idx else [a // b for a, b in zip(mx, bs,
+                                                                                  strict=True)],
             "Background": 0, "GridStore": "", "ScaleLevel": 0,
         }
         if inst.is_label:
@@ -481,6 +486,30 @@ def _sscanf_ints(value: Any) -> list[int]:
     m = re.match(r"\s*([+-]?\d+)(?:,\s*([+-]?\d+)(?:,\s*([+-]?\d+))?)?", str(value))
     if m:
         out = [int(g) for g in m.groups() if g is not None]
+    return out
+
+
+def _string_to_point(value: Any) -> list[int]:
+    """What dvid.StringToPoint(value, ",") makes of a BlockSize (imageblk setByConfig): split at
+    every comma, each part strconv.ParseInt(strings.TrimSpace(part), 10, 32); no check of the
+    values (0 and negative sizes are taken).  DVID also takes 2 or more than 3 parts (a 2-d or
+    N-d point); the test server keeps 3-d blocks only and says so."""
+    text = str(value)
+    parts = text.split(",")
+    if len(parts) < 2:
+        raise DVIDError(f"cannot convert '{text}' into a Point.")
+    out = []
+    for part in parts:
+        p = part.strip()
+        if not re.fullmatch(r"[+-]?[0-9]+", p):
+            raise DVIDError(f'strconv.ParseInt: parsing "{p}": invalid syntax')
+        v = int(p)
+        if not -2**31 <= v < 2**31:
+            raise DVIDError(f'strconv.ParseInt: parsing "{p}": value out of range')
+        out.append(v)
+    if len(out) != 3:
+        raise DVIDError(f"BlockSize {text!r}: DVID stores it as a {len(out)}-d point; the "
+                        "voxgate DVID test server models 3-d blocks only")
     return out
 
 

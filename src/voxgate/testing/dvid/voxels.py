@@ -20,6 +20,8 @@ def _voxels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
             not_found: DVIDError) -> Reply:
     kw = parts[0]
     inst = ctx.inst
+    if kw in _BLOCK_GEOMETRY:
+        _check_block_size(ctx)
     if kw == "raw" or kw == "isotropic":
         return _raw(ctx, method, parts, body)
     if kw == "metadata" and method == "GET":
@@ -53,6 +55,28 @@ def _voxels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
     if not inst.is_label:
         raise not_found
     return _labels(ctx, method, parts, body, not_found)
+
+
+#: the endpoints that cut voxel coordinates into blocks (dvid.Point3d.Chunk and the like)
+_BLOCK_GEOMETRY = ("raw", "isotropic", "blocks", "specificblocks", "subvolblocks", "label",
+                   "labels")
+
+
+def _check_block_size(ctx: _Ctx) -> None:
+    """DVID creates an instance of any BlockSize (imageblk setByConfig checks none; labelmap
+    only multiples of 16, which 0 is).  With a 0 in it, every request that cuts coordinates
+    into blocks divides by it (point.go Point3d.Chunk, the alignment checks' %): Go panics
+    with "integer divide by zero", which server/web.go recoverHandler answers with 500."""
+    bs = ctx.inst.block_size
+    path = f"/api/node/{ctx.repo.nodes[ctx.version].uuid}/{ctx.inst.name}"
+    if 0 in bs:
+        raise DVIDError("Panic detected on request voxgate-test/1:\nruntime error: integer "
+                        f"divide by zero\nIP: 127.0.0.1, URL: {path}", 500, raw=True)
+    if any(v < 0 for v in bs):
+        # DVID's block arithmetic then goes wrong in ways this server does not model
+        raise DVIDError(f"voxgate DVID test server: BlockSize {bs} has a negative size; what "
+                        "DVID does with it (block arithmetic that assumes positive sizes) is "
+                        f"not modelled ({path})", 500, raw=True)
 
 
 def _single_block_get(ctx: _Ctx, vol: _Vol, start: tuple[int, int, int],
