@@ -322,6 +322,8 @@ def test_bossdb_client_reads_every_scale_through_the_relay(served: Served, case:
     ch = served.channels[case]
     vol = voxgate.open(f"bossdb://{served.relay.url}/{ch.name}", token=TOKEN)
     assert vol.dtype == (np.uint64 if ch.kind == "segmentation" else np.dtype(ch.dtype))
+    # the relay names the upstream's anchor (bossDB's own levels are "origin")
+    assert vol.remote.pyramid_anchor == anchor(ch.store), case
     scales = voxgate.open(ch.url).scales
     for k, want in enumerate(ch.refs):
         up, sc = scales[k], vol.scales[k]

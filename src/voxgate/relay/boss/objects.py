@@ -149,6 +149,9 @@ def object_handlers(relay: Relay) -> dict[str, Handler]:
             "extent": {str(k): list(f.stop.xyz()) for k, f in frames.items()},
             # bossDB's cuboid at every level (spdb c_lib/ndtype.py CUBOIDSIZE), x, y, z
             "cuboid_size": {str(s.index): list(_BOSS_CUBOID.xyz()) for s in meta.scales},
+            # (a voxgate extension bossDB does not send: how each level's voxels lie over the
+            # finer level's, the upstream's own rule; bossDB's levels lie on the grid through 0)
+            "pyramid_anchor": remote.pyramid_anchor,
         })
 
     return {"ids": ids, "bounding_box": bounding_box, "reserve": reserve,

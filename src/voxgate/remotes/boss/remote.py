@@ -23,7 +23,7 @@ from ...errors import (
     VoxgateError,
 )
 from ...geometry import Box, Vec, VoxelSize
-from ...meta import Scale, VolumeMeta
+from ...meta import PyramidAnchor, Scale, VolumeMeta
 from .._http import RequestTooLargeError
 from ..base import Capability, Remote, check_options, check_same_volume
 from .client import BossSettings, _client, _parse_location, boss_settings
@@ -153,6 +153,11 @@ def _request_block(itemsize: int) -> Vec:
 
 class BossDBRemote(Remote):
     scheme = "bossdb"
+    #: bossDB downsamples cuboids in dataset coordinates (level k of a frame x0:x1 is
+    #: floor(x0 / 2^k):ceil(x1 / 2^k)): voxel i of a level covers the finer voxels
+    #: [2i, 2i + 2), on the grid through 0.  A voxgate relay says otherwise where it serves
+    #: an upstream pyramid anchored at its first voxel (``_levels``).
+    pyramid_anchor: PyramidAnchor = "origin"
     open_options = ("server", "token", "timeout", "concurrency", "time")
 
     def __init__(self, settings: BossSettings, c: str, e: str, ch: str, mode: str, *,
@@ -178,7 +183,10 @@ class BossDBRemote(Remote):
         if not 0 <= self.time < samples:
             raise InvalidRequestError(f"time {self.time} is outside 0..{samples - 1}")
         self._samples = samples
-        self.meta = _meta(chan, exp, frame, self._level_voxel_sizes(exp))
+        sizes, anchor = self._levels(exp)
+        self.meta = _meta(chan, exp, frame, sizes)
+        if anchor is not None:
+            self.pyramid_anchor = anchor
 
     def __repr__(self) -> str:
         return f"<BossDBRemote {self.url} mode={self.mode!r}>"
@@ -210,19 +218,25 @@ class BossDBRemote(Remote):
                 f"{self.channel_record.get('type', 'image')}. {refusal} ({what} needs an "
                 "annotation channel)")
 
-    def _level_voxel_sizes(self, exp: dict[str, Any]) -> Any:
-        """Each level's voxel size as the server's downsample status gives it (None: one
-        level, or a server that does not say).  A voxgate relay serves pyramids whose levels
-        follow no single hierarchy_method (voxgate's default halves y and x of an anisotropic
-        volume, then all three axes); bossDB's status follows its hierarchy_method."""
+    def _levels(self, exp: dict[str, Any]) -> tuple[Any, PyramidAnchor | None]:
+        """Each level's voxel size as the server's downsample status gives it, and the
+        pyramid's anchor where the server names it (None: one level, or a server that does not
+        say).  A voxgate relay serves pyramids whose levels follow no single hierarchy_method
+        (voxgate's default halves y and x of an anisotropic volume, then all three axes), and
+        names its upstream's anchor (``pyramid_anchor``, a voxgate extension: an upstream made
+        by Igneous lies on blocks from its first voxel); bossDB's status follows its
+        hierarchy_method, and its levels lie on the grid through 0."""
         if int(exp.get("num_hierarchy_levels") or 1) < 2:
-            return None
+            return None, None
         try:
             status = self.project.downsample_status(self.collection, self.experiment,
                                                     self.channel)
         except VoxgateError:
-            return None
-        return status.get("voxel_size") if isinstance(status, dict) else None
+            return None, None
+        if not isinstance(status, dict):
+            return None, None
+        anchor = status.get("pyramid_anchor")
+        return status.get("voxel_size"), anchor if anchor in ("offset", "origin") else None
 
     @classmethod
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> BossDBRemote:
