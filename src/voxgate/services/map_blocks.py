@@ -7,14 +7,37 @@ volumes from their URLs (so in-memory ``mem://`` volumes cannot go there).  The 
 through :mod:`voxgate.blockwise`: a block failing with a transient error (an unreachable store,
 a worker that died) is run again; any other error stops the run and is raised naming the block,
 so the output is never silently incomplete.
+
+A run writing into its own source (``out`` is the source, no halo) cannot simply be run again:
+the blocks it finished hold ``fn``'s output, and ``fn`` applied to them a second time gives
+wrong data for any ``fn`` that is not idempotent (``lambda b: b + 1``).  So such a run keeps a
+journal (:class:`_Journal`): each block's result is saved before it is written and the block is
+recorded once written; a rerun of the same call skips the recorded blocks, writes the saved
+result of a block cut off mid-write, and runs the rest.  The journal lives in the local state
+directory, as ``voxgate.copy``'s does (``$VOXGATE_STATE_DIR/map_blocks/``, or in this process
+for a ``mem://`` volume), keyed by the volume's URL and scale; it is deleted when the run
+completes.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
+import shutil
+import threading
 import time
+import types
+import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
+
+try:
+    import fcntl
+except ImportError:  # (Windows: no lock between processes)
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 
@@ -22,12 +45,14 @@ from ..blockwise import (
     block_shape,
     check_for_cluster,
     check_run,
+    cluster_spec,
     plan_blocks,
     run_blocks,
     scheduler_name,
 )
 from ..errors import DtypeError, InvalidRequestError
 from ..geometry import Box, Vec
+from ..remotes.memory import MemoryRemote
 from ..volume import Volume
 from ._common import (
     Provenance,
@@ -40,8 +65,19 @@ from ._common import (
 __all__ = ["map_blocks", "run_block"]
 
 
+class _Results(Protocol):
+    """Where a run writing into its source keeps each block's result until the block is done:
+    a dict, or the run's :class:`_Journal`."""
+
+    def __contains__(self, block: object, /) -> bool: ...
+
+    def __getitem__(self, block: Box, /) -> np.ndarray: ...
+
+    def __setitem__(self, block: Box, result: np.ndarray, /) -> None: ...
+
+
 def run_block(fn: Callable[[np.ndarray], Any], src: Volume, out: Volume, block: Box,
-              halo: Vec, results: dict[Box, np.ndarray] | None = None) -> Box:
+              halo: Vec, results: _Results | None = None) -> Box:
     """One block: read with halo, apply ``fn``, crop, write.  Returns the block.
 
     ``results`` (a run writing into its source): each block's result is kept there until the
@@ -73,6 +109,267 @@ def run_block(fn: Callable[[np.ndarray], Any], src: Volume, out: Volume, block: 
     return block
 
 
+#: the journals of runs writing into a ``mem://`` volume: kept in this process, as its data are
+_memory_journals: dict[tuple[str, int], _Journal] = {}
+_memory_lock = threading.Lock()
+
+
+def _journal_dir() -> Path:
+    """Where the journals of runs writing into their source live: ``$VOXGATE_STATE_DIR`` or
+    ``~/.cache/voxgate``, under ``map_blocks/`` (beside ``voxgate.copy``'s ``transfers/``)."""
+    base = os.environ.get("VOXGATE_STATE_DIR")
+    if base:
+        return Path(base) / "map_blocks"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "voxgate" / "map_blocks"
+
+
+def _fn_identity(fn: Callable[..., Any]) -> str:
+    """A best-effort identity of ``fn``: its name and a digest of its code.  The same function
+    defined again (a notebook cell run again) has the same identity, an edited one another;
+    the values a closure or a ``functools.partial`` holds are not part of it."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    code = getattr(fn, "__code__", None)
+    if code is None:  # a callable object: its class's __call__
+        code = getattr(type(fn).__call__, "__code__", None)
+    name = (getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+            or type(fn).__qualname__)
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    if not isinstance(code, types.CodeType):  # a builtin or a numpy ufunc: its name says it
+        return f"{module}.{name}"
+    digest = hashlib.sha256()
+    _hash_code(code, digest)
+    return f"{module}.{name}:{digest.hexdigest()[:16]}"
+
+
+def _same_fn(a: str, b: str) -> bool:
+    """Two :func:`_fn_identity` name the same function: the same code (under any name: a
+    lambda moved into a named function is the same), or the same name when there is none."""
+    code_a, code_b = a.rpartition(":")[2], b.rpartition(":")[2]
+    return code_a == code_b if ":" in a and ":" in b else a == b
+
+
+def _hash_code(code: types.CodeType, digest: Any) -> None:
+    digest.update(code.co_code)
+    digest.update(" ".join(code.co_names).encode())
+    for const in code.co_consts:  # (a nested function's code: its repr holds an address)
+        if isinstance(const, types.CodeType):
+            _hash_code(const, digest)
+        else:
+            digest.update(repr(const).encode())
+
+
+def _key(block: Box) -> str:
+    return " ".join(str(int(v)) for v in (*block.start, *block.stop))
+
+
+def _save(path: Path, result: np.ndarray) -> None:
+    """``result`` saved whole or not at all (a temporary name, fsync'd, then renamed)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, result, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class _Journal:
+    """The record of a run writing into its source: the blocks it finished, and the result of
+    each block being written, saved before its write, so that a block cut off mid-write (a
+    kill, a transient error) is written again from it rather than computed again from voxels
+    it may already have overwritten.  A block is recorded (fsync'd) before its saved result
+    is dropped.  ``path`` None: kept in this process (a ``mem://`` volume)."""
+
+    def __init__(self, path: Path | None, url: str, plan: dict[str, Any], fn: str) -> None:
+        self.path, self.url, self.plan, self.fn = path, url, plan, fn
+        self.done: set[str] = set()
+        self.active = False
+        #: a mem:// journal: the array it was written for (a volume deleted and created again
+        #: under the same name is another volume)
+        self.anchor: weakref.ref[np.ndarray] | None = None
+        self._results: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self._file: Any = None
+
+    @property
+    def where(self) -> str:
+        return "in this process" if self.path is None else f"at {self.path}"
+
+    def _saved(self, key: str) -> Path:
+        assert self.path is not None
+        return self.path.with_suffix(".blocks") / (key.replace(" ", "_") + ".npy")
+
+    def __contains__(self, block: object) -> bool:
+        if not isinstance(block, Box):
+            return False
+        key = _key(block)
+        with self._lock:
+            if key in self._results:
+                return True
+        return self.path is not None and self._saved(key).exists()
+
+    def __getitem__(self, block: Box) -> np.ndarray:
+        key = _key(block)
+        with self._lock:
+            if key in self._results:
+                return self._results[key]
+        if self.path is None:
+            raise KeyError(block)
+        return np.asarray(np.load(self._saved(key), allow_pickle=False))
+
+    def __setitem__(self, block: Box, result: np.ndarray) -> None:
+        key = _key(block)
+        if self.path is not None:
+            self._saved(key).parent.mkdir(parents=True, exist_ok=True)
+            _save(self._saved(key), result)
+        with self._lock:
+            self._results[key] = result
+
+    def start(self, f: Any) -> None:
+        """A fresh journal in ``f`` (its header first)."""
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"url": self.url, "plan": self.plan, "fn": self.fn}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+        self._file = f
+
+    def finish(self, block: Box) -> None:
+        """``block`` is written: record it, durably, then drop its saved result."""
+        key = _key(block)
+        with self._lock:
+            self.done.add(key)
+            self._results.pop(key, None)
+            if self._file is not None:
+                self._file.write(key + "\n")
+                self._file.flush()
+                os.fsync(self._file.fileno())
+        if self.path is not None:
+            self._saved(key).unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Forget every block and saved result (a new run starts over)."""
+        self.done.clear()
+        self._results.clear()
+        if self.path is not None:
+            shutil.rmtree(self.path.with_suffix(".blocks"), ignore_errors=True)
+
+    def close(self, *, complete: bool) -> None:
+        with self._lock:
+            if complete:
+                self.discard()
+                if self.path is not None:
+                    self.path.unlink(missing_ok=True)
+            if self._file is not None:
+                self._file.close()  # (releases the lock on it)
+                self._file = None
+        if self.path is None:
+            with _memory_lock:
+                self.active = False
+                if complete and _memory_journals.get((self.url, self.plan["scale"])) is self:
+                    del _memory_journals[(self.url, self.plan["scale"])]
+
+
+def _describe(plan: dict[str, Any]) -> str:
+    return f"region {plan['region']}, block={tuple(plan['block'])}, dtype {plan['dtype']}"
+
+
+def _may_resume(old: _Journal, plan: dict[str, Any], fn: str, resume: bool | None) -> bool:
+    """Whether an unfinished run's journal ``old`` is resumed by this call (False: it is
+    discarded, ``resume=False``); refused when its plan or its ``fn`` differ."""
+    if resume is False:
+        return False
+    head = (f"map_blocks into {old.url} in place: an earlier run did not finish "
+            f"({len(old.done)} of {old.plan['blocks']} blocks done, journal {old.where})")
+    restored = ("or pass resume=False if the volume was restored to its state before that run "
+                "(the journal is discarded and fn applied to every block)")
+    if old.plan != plan:
+        raise InvalidRequestError(
+            f"{head} with another block plan: {_describe(old.plan)}; this call has "
+            f"{_describe(plan)}.  Its finished blocks already hold fn's output, so this plan "
+            "would apply fn to them twice: rerun the first call (its view, block= and dtype=) "
+            f"to finish it, {restored}")
+    if not _same_fn(old.fn, fn) and resume is not True:
+        raise InvalidRequestError(
+            f"{head} with another function ({old.fn}); this call's fn is {fn}.  Rerun with the "
+            "first function to finish it; pass resume=True to finish it with this one (the "
+            f"blocks done keep the first function's output), {restored}")
+    return True
+
+
+def _open_journal(url: str, plan: dict[str, Any], fn: str, resume: bool | None,
+                  anchor: np.ndarray | None = None) -> _Journal:
+    """The journal of a run writing into ``url`` (at ``plan['scale']``): an unfinished earlier
+    run's, resumed, or a new one.  Refused while another run writes into the same volume.
+    ``anchor``: a mem:// volume's array, which its journal must have been written for."""
+    busy = (f"map_blocks into {url} in place: another run is writing into it now; wait for it "
+            "to finish (two runs writing into their source at once would overwrite each "
+            "other's input)")
+    if url.startswith("mem://"):
+        with _memory_lock:
+            old = _memory_journals.get((url, plan["scale"]))
+            if old is not None and old.active:
+                raise InvalidRequestError(busy)
+            if old is not None and old.anchor is not None and old.anchor() is not anchor:
+                old = None  # the volume it was written for is gone
+            if old is not None and _may_resume(old, plan, fn, resume):
+                journal = old
+                journal.fn = fn
+            else:
+                journal = _Journal(None, url, plan, fn)
+                journal.anchor = None if anchor is None else weakref.ref(anchor)
+                _memory_journals[(url, plan["scale"])] = journal
+            journal.active = True
+        return journal
+    name = hashlib.sha256(json.dumps([url, plan["scale"]]).encode()).hexdigest()[:24]
+    path = _journal_dir() / f"{name}.journal"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+", encoding="utf-8")  # (closed by the journal)
+    except OSError as exc:
+        exc.add_note(f"map_blocks into {url} in place keeps a journal of the blocks done in "
+                     f"{path.parent}; set VOXGATE_STATE_DIR to a writable directory")
+        raise
+    try:
+        if fcntl is not None:
+            try:  # (released when the file is closed or the process dies)
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise InvalidRequestError(f"{busy} (its journal {path} is locked)") from None
+        f.seek(0)
+        lines = f.read().split("\n")
+        journal = _Journal(path, url, plan, fn)
+        try:
+            header = json.loads(lines[0])
+            old = _Journal(path, str(header["url"]), dict(header["plan"]), str(header["fn"]))
+        except (ValueError, KeyError, TypeError):
+            old = None  # empty, or its header cut short by a kill: no block was written yet
+        if old is not None:
+            # the last line may be cut short by a kill: only complete lines count
+            old.done = {line for line in lines[1:-1] if line}
+            if _may_resume(old, plan, fn, resume):
+                journal._file = f
+                if not _same_fn(old.fn, fn):  # resume=True: from now on this fn
+                    journal.start(f)
+                    f.writelines(key + "\n" for key in old.done)
+                    f.flush()
+                    os.fsync(f.fileno())
+                journal.done = old.done
+                return journal
+            old.discard()
+        journal.start(f)
+        return journal
+    except BaseException:
+        f.close()
+        raise
+
+
+_NOT_IN_PLACE = (
+    "resume= is for a run writing into its own source (out= the source Volume): only such a "
+    "run keeps a journal; a run into another volume is simply run again whole")
+
+
 def map_blocks(
     fn: Callable[[np.ndarray], Any],
     source: Any,
@@ -87,6 +384,7 @@ def map_blocks(
     progress: bool = False,
     overwrite: bool = False,
     retries: int = 2,
+    resume: bool | None = None,
     **create_options: Any,
 ) -> Any:
     """Apply ``fn`` to every ``block`` of ``source`` (with ``halo`` voxels of context).
@@ -99,6 +397,21 @@ def map_blocks(
     ``workers`` blocks at a time.  ``block`` is rounded up to whole chunks of the output.
     ``retries``: how many times a block failing with a transient error (an unreachable store,
     a dask worker that died) is run again; other errors are raised at once, naming the block.
+
+    Writing into the source itself (``out`` is the source Volume, no halo; not with
+    ``client=``): a run that stops (Ctrl-C, a kill, an error) leaves the blocks it finished
+    holding ``fn``'s output, so the same call run again must not apply ``fn`` to them again.
+    Such a run keeps a journal (in ``$VOXGATE_STATE_DIR/map_blocks/``; for a ``mem://`` volume,
+    in this process) keyed by the volume and scale: each block's result is saved before it is
+    written and the block recorded once written.  The same call run again skips the recorded
+    blocks, writes the saved result of a block cut off mid-write and runs the rest, so ``fn``
+    is applied exactly once to every voxel; the journal is deleted when a run completes.
+    ``fn`` itself cannot be compared reliably: its name and code are recorded, and a rerun with
+    another block plan (view, ``block=``, ``dtype=``) or another function is refused.
+    ``resume``: None (default) resumes a matching journal; True also resumes one written by
+    another function (e.g. one fixed after it stopped the run; the blocks done keep the first
+    function's output); False discards the journal and applies ``fn`` to every block (only
+    when the volume was restored to its state before the first run).
     """
     t0 = time.perf_counter()
     if not callable(fn):
@@ -107,7 +420,12 @@ def map_blocks(
             f"{type(fn).__name__} {fn!r}")
     # refused before an out= URL is created
     workers, retries = check_run(workers, retries, client, "map_blocks")
+    if resume is not None and not isinstance(resume, bool):
+        raise InvalidRequestError(f"resume must be None, True or False, got {resume!r}")
     src = as_volume(source)
+    if resume is not None and not ((isinstance(out, Volume) and out.url == src.url)
+                                   or (isinstance(out, (str, os.PathLike)) and overwrite)):
+        raise InvalidRequestError(_NOT_IN_PLACE)
     if src.ndim != 3 or any(a.step != 1 for a in src._axes):
         raise InvalidRequestError("map_blocks needs a 3-D view with step 1")
     b = Vec.of(block, "block")
@@ -155,16 +473,42 @@ def map_blocks(
                 f"map_blocks with a dask.distributed client: out is the source {src.url}; a "
                 "block whose worker dies is run again and would read what it already wrote "
                 "(fn applied twice); write to another volume, or run it without client=")
-    # in place, each block's result is kept until the block is done (see run_block)
-    results: dict[Box, np.ndarray] | None = {} if in_place else None
+    if resume is not None and not in_place:
+        raise InvalidRequestError(_NOT_IN_PLACE)
+    # in place, each block's result is kept until the block is done (see run_block), and the
+    # blocks done are journalled for a rerun (see _Journal)
+    journal = None
+    if in_place:
+        plan = {"scale": target.scale, "region": str(region), "block": list(b),
+                "dtype": dt.str, "blocks": len(blocks)}
+        # (a relative path made absolute: the same name elsewhere is another volume)
+        url = (target.url if target.url.startswith("mem://")
+               else json.loads(cluster_spec(target.remote))["url"])
+        anchor = (target.remote.array(target.scale) if isinstance(target.remote, MemoryRemote)
+                  else None)
+        journal = _open_journal(url, plan, _fn_identity(fn), resume, anchor)
+    todo = blocks if journal is None else [bx for bx in blocks if _key(bx) not in journal.done]
 
     def done(bx: Box, _r: object) -> None:
-        if results is not None:
-            results.pop(bx, None)
+        if journal is not None:
+            journal.finish(bx)
 
-    run_blocks(functools.partial(run_block, fn, src, target, halo=h, results=results), blocks,
-               name="map_blocks", client=client, workers=workers, progress=progress,
-               retries=retries, nbytes=lambda bx: bx.size * dt.itemsize, on_done=done)
+    complete = False
+    try:
+        run_blocks(functools.partial(run_block, fn, src, target, halo=h, results=journal), todo,
+                   name="map_blocks", client=client, workers=workers, progress=progress,
+                   retries=retries, nbytes=lambda bx: bx.size * dt.itemsize, on_done=done)
+        complete = True
+    except BaseException as exc:
+        if journal is not None:
+            exc.add_note(
+                f"map_blocks into {target.url} in place: {len(journal.done)} of {len(blocks)} "
+                f"blocks are done and recorded (journal {journal.where}); run the same call "
+                "again to finish the rest (fn is not applied again to the blocks done)")
+        raise
+    finally:
+        if journal is not None:
+            journal.close(complete=complete)
     prov = Provenance("map_blocks", "local", src.url, {
         "blocks": len(blocks), "scheduler": scheduler_name(client),
         "seconds": round(time.perf_counter() - t0, 3)})
