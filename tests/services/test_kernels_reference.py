@@ -161,10 +161,12 @@ def assert_stats(df_or_parts: object, want: dict[int, dict]) -> None:
         np.testing.assert_allclose(g["centroid"], w["centroid"], rtol=1e-12, atol=1e-9)
 
 
-@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int32", "uint64"])
-@pytest.mark.parametrize("shape", [(7, 9, 11), (1, 1, 13), (5, 1, 1), (2, 3, 1)])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int32", "uint32", "int64", "uint64"])
+@pytest.mark.parametrize("shape", [(7, 9, 11), (7, 13, 5), (1, 1, 13), (5, 1, 1), (2, 3, 1),
+                                   (1, 1, 1)])
 def test_label_stats_kernel(dtype: str, shape: tuple[int, ...]) -> None:
-    base = BIG if dtype == "uint64" else 0
+    # ids past 2**53 (where a float64 stops holding every integer) in the 64-bit dtypes
+    base = {"uint64": BIG, "int64": 2**62 + 2**53 + 1}.get(dtype, 0)
     lab = random_labels(shape, 11, 5, 0.7, base=base, dtype=dtype)
     origin = (100, -3, 2**40)
     assert_stats(label_stats_kernel(lab, origin), label_stats(lab, origin))
@@ -177,6 +179,80 @@ def test_label_stats_kernel(dtype: str, shape: tuple[int, ...]) -> None:
                 parts.append(label_stats_kernel(piece, (origin[0] + z0, origin[1] + y0,
                                                         origin[2])))
     assert_stats(merge_stats(parts), label_stats(lab, origin))
+
+
+def check_kernel_arrays(got: dict[str, np.ndarray], n: int) -> None:
+    """The kernel's output contract: ids ascending uint64, int64 counts and boxes, float64
+    coordinate sums, every table n rows (also n = 0)."""
+    assert sorted(got) == ["count", "hi", "id", "lo", "sum"]
+    want = {"id": (np.uint64, (n,)), "count": (np.int64, (n,)), "lo": (np.int64, (n, 3)),
+            "hi": (np.int64, (n, 3)), "sum": (np.float64, (n, 3))}
+    for key, (dtype, shape) in want.items():
+        assert (got[key].dtype, got[key].shape) == (dtype, shape), key
+    assert (np.diff(got["id"].astype(object)) > 0).all()
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint32", "int64", "uint64"])
+def test_label_stats_kernel_edge_cases(dtype: str) -> None:
+    """All background, one voxel, one id filling the block, ids at the top of the dtype and
+    past 2**53, scattered ids in first-seen order unlike their sort order, and an empty
+    block: against the brute-force reference, with a non-zero origin."""
+    top = int(np.iinfo(dtype).max)
+    origin = (-7, 2**40, 3)
+    cases = [np.zeros((3, 4, 5), dtype), np.full((1, 1, 1), top, dtype),
+             np.full((2, 3, 4), top - 1, dtype), np.zeros((1, 1, 1), dtype)]
+    scattered = np.zeros((4, 5, 6), dtype)
+    scattered[3, 4, 5], scattered[0, 0, 0], scattered[2, 1, 3] = 1, top, top // 2
+    scattered[0, 4, 0] = top  # first seen: top, top // 2, 1
+    cases.append(scattered)
+    for lab in cases:
+        want = label_stats(lab, origin)
+        got = label_stats_kernel(lab, origin)
+        check_kernel_arrays(got, len(want))
+        assert [int(i) for i in got["id"]] == sorted(want)  # ascending, exact past 2**53
+        assert_stats(got, want)
+    check_kernel_arrays(label_stats_kernel(np.zeros((0, 4, 5), dtype), origin), 0)
+
+
+def test_label_stats_kernel_many_ids() -> None:
+    """More ids than a small dtype holds, each a run along x, against numpy's own counts
+    and per-axis extremes (np.nonzero per id, on a few of them)."""
+    rng = np.random.default_rng(3)
+    lab = np.repeat(rng.integers(0, 2**64 - 1, (9, 11, 10), dtype=np.uint64), 3, axis=2)
+    lab[lab % np.uint64(7) == 0] = 0
+    got = label_stats_kernel(lab, (1, 2, 3))
+    ids, counts = np.unique(lab[lab != 0], return_counts=True)
+    check_kernel_arrays(got, len(ids))
+    np.testing.assert_array_equal(got["id"], ids)
+    np.testing.assert_array_equal(got["count"], counts)
+    for j in rng.choice(len(ids), 20, replace=False):
+        where = np.array(np.nonzero(lab == ids[j])).T + np.array([1, 2, 3])
+        np.testing.assert_array_equal(got["lo"][j], where.min(axis=0))
+        np.testing.assert_array_equal(got["hi"][j], where.max(axis=0) + 1)
+        np.testing.assert_array_equal(got["sum"][j], where.sum(axis=0))
+
+
+def test_label_stats_kernel_sums_are_exact_however_the_blocks_fall() -> None:
+    """Coordinate sums are integers and come out exact, so the sums merged from any cut into
+    blocks are the same to the last bit (the relay's pass and the local path cut a volume
+    differently, and their centroids must agree).  They were cc3d's centroid times the count,
+    off by ~1e-10 on an object of a few thousand voxels."""
+    rng = np.random.default_rng(4)
+    lab = np.repeat(rng.integers(1, 4, (3, 4, 5), dtype=np.uint64), 7, axis=0)
+    lab = np.repeat(np.repeat(lab, 9, axis=1), 11, axis=2)  # 21 x 36 x 55, big objects
+    origin = (5, -3, 2**20 + 1)
+    idx = np.indices(lab.shape).reshape(3, -1).T + np.array(origin)
+    whole = label_stats_kernel(lab, origin)
+    for j, i in enumerate(whole["id"]):
+        exact = idx[lab.reshape(-1) == i].sum(axis=0)  # int64, exact
+        assert whole["sum"][j].tolist() == exact.tolist(), i
+    for cut in ((5, 7, 9), (21, 1, 55), (2, 36, 13)):
+        parts = [label_stats_kernel(lab[z:z + cut[0], y:y + cut[1], x:x + cut[2]],
+                                    (origin[0] + z, origin[1] + y, origin[2] + x))
+                 for z in range(0, 21, cut[0]) for y in range(0, 36, cut[1])
+                 for x in range(0, 55, cut[2])]
+        merged = merge_stats(parts)
+        np.testing.assert_array_equal(merged["sum"], whole["sum"], err_msg=str(cut))
 
 
 def test_label_stats_store_blockwise(tmp_path: Path) -> None:

@@ -4,7 +4,9 @@ Locally it runs block by block (counts add, boxes take min/max, centroids are co
 means), so any volume fits.  On a store that knows its ids and bounding boxes (bossDB), the
 server path asks it instead: ids and bounding boxes only, counts and centroids missing.  It
 costs one request per id, so "auto" times them as they go and leaves for the local path when
-the ids left would take longer than reading and computing the whole volume here.
+the ids left would take longer than reading and computing the whole volume here.  A voxgate
+relay answers every column of the whole channel in one request (``ids?boxes=tight``), the
+same frame as the local path's.
 """
 
 from __future__ import annotations
@@ -46,32 +48,45 @@ def label_stats_kernel(
 ) -> dict[str, np.ndarray]:
     """Per non-zero label of a C-order (z, y, x) array: counts, boxes, coordinate sums.
 
-    Coordinates are ``origin`` + array index.  Returns arrays keyed id, count, lo (n, 3),
-    hi (n, 3, exclusive), sum (n, 3).
+    Coordinates are ``origin`` + array index.  Returns arrays keyed id (ascending uint64),
+    count (int64), lo (n, 3, int64), hi (n, 3, int64, exclusive), sum (n, 3, float64).
+    Whole-array numpy steps only: the time per id is numpy's, never Python's (the per-id
+    lists and slice tuples this once built were 3/4 of its time on a block of many ids).
     """
     import cc3d
     import fastremap
 
     labels = np.ascontiguousarray(labels)
+    if labels.ndim != 3:
+        raise InvalidRequestError(f"label_stats_kernel needs a 3-D (z, y, x) array, got "
+                                  f"shape {labels.shape}")
     if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
         raise InvalidRequestError(
             f"label_stats found negative labels ({int(labels.min())}) in {labels.dtype.name} "
             "data; segment ids are uint64 (0 is background, ids 1..2**64-1)")
+    if labels.size == 0:
+        return merge_stats([])
+    # dense labels 1..n (cc3d.statistics indexes its tables by label); the mapping holds 0
+    # whether or not it occurs.  Measured on 256^3 uint64 with 100k ids: renumber 0.10 s,
+    # fastremap.unique(return_inverse=True) 0.32 s, np.unique(return_inverse=True) 2.7 s
     dense, mapping = fastremap.renumber(labels, preserve_zero=True, in_place=False)
-    stats = cc3d.statistics(dense)
-    inv = {v: k for k, v in mapping.items()}
-    n = len(stats["voxel_counts"])
-    keep = [i for i in range(1, n) if stats["voxel_counts"][i] > 0]
-    ids = np.array([inv[i] for i in keep], dtype=np.uint64)
-    counts = np.asarray(stats["voxel_counts"], dtype=np.int64)[keep]
-    lo = np.array([[sl.start for sl in stats["bounding_boxes"][i]] for i in keep],
-                  dtype=np.int64).reshape(-1, 3)
-    hi = np.array([[sl.stop for sl in stats["bounding_boxes"][i]] for i in keep],
-                  dtype=np.int64).reshape(-1, 3)
-    cent = np.asarray(stats["centroids"], dtype=np.float64)[keep].reshape(-1, 3)
+    old = np.fromiter(mapping.keys(), dtype=np.uint64, count=len(mapping))
+    new = np.fromiter(mapping.values(), dtype=np.int64, count=len(mapping))
+    order = np.argsort(old, kind="stable")
+    order = order[new[order] != 0]
+    ids, rows = old[order], new[order]
+    # (bounding boxes as one array: [a0 min, a0 max, a1 min, ...], inclusive, array axes)
+    stats = cc3d.statistics(dense, no_slice_conversion=True)
+    counts = stats["voxel_counts"][rows].astype(np.int64)
+    box = stats["bounding_boxes"][rows].astype(np.int64).reshape(-1, 3, 2)
+    cent = np.asarray(stats["centroids"], dtype=np.float64)[rows].reshape(-1, 3)
     o = np.asarray(origin, dtype=np.int64)
-    return {"id": ids, "count": counts, "lo": lo + o, "hi": hi + o,
-            "sum": (cent + o) * counts[:, None]}
+    # a sum of integer coordinates is an integer: rounded, it is exact (below 2**50), so
+    # merged sums do not depend on how the volume was cut into blocks, and the relay's
+    # centroids equal the local path's to the last bit
+    n = counts[:, None].astype(np.float64)
+    return {"id": ids, "count": counts, "lo": box[:, :, 0] + o, "hi": box[:, :, 1] + 1 + o,
+            "sum": np.rint(cent * n) + o.astype(np.float64) * n}
 
 
 def merge_stats(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -125,7 +140,8 @@ def label_stats(
 
     ``df.attrs["provenance"]`` says which path ran.  The server path (a store with
     server-side ids and bounding boxes, e.g. bossDB) fills id and the box; voxel_count and the
-    centroid are missing (NaN / <NA>) there.  With ``prefer="auto"`` the server path is left
+    centroid are missing (NaN / <NA>) there, except through a voxgate relay, which gives
+    them all (the local path's frame).  With ``prefer="auto"`` the server path is left
     for the local one as soon as the measured time per bounding box, times the ids still to
     ask, would exceed the local path's time estimated from one block read and computed (see
     :func:`server_is_slower`).  ``progress`` draws a bar over the ids asked, or the blocks.
@@ -250,23 +266,19 @@ def _server(vol: Any, local: _Local, prefer: str, workers: int | None, progress:
             ) -> tuple[pd.DataFrame | None, dict[str, Any]]:
     """Ids, then their boxes in growing batches of concurrent requests, each batch timed; with
     "auto", (None, why) as soon as :func:`server_is_slower` says the local path wins."""
-    import pandas as pd
-
     remote, scale, region = vol.remote, vol.scale, vol.bounds
-    # a store that gives the boxes with the ids (a voxgate relay: one request for every id)
-    # is not asked one box at a time; others (bossDB) answer None for the boxes
+    # a store that gives the boxes with the ids (a voxgate relay: one request for every id,
+    # counts and coordinate sums too) is not asked one box at a time.  Not a Capability:
+    # a relay and bossDB are both bossdb:// stores, and which one answers is known only from
+    # the answer (bossDB ignores ?boxes=tight and sends the ids alone: None for the boxes)
     together = getattr(remote, "ids_and_boxes", None)
-    ids, boxes, counts = together(region, scale) if together is not None else \
-        (remote.ids_in(region, scale), None, None)
+    ids, table = together(region, scale) if together is not None else \
+        (remote.ids_in(region, scale), None)
     n = len(ids)
-    if boxes is not None and all(int(i) in boxes for i in ids):
+    if table is not None:
         with progress_bar(progress, n, "label stats (bounding boxes)") as bar:
-            found = [(int(i), *boxes[int(i)].start, *boxes[int(i)].stop) for i in ids]
             bar.advance(n)
-        df = _server_frame(found)
-        if counts is not None and all(int(i) in counts for i in ids):  # (a relay's, too)
-            df["voxel_count"] = pd.array([counts[int(i)] for i in ids], dtype="Int64")
-        return df, {"ids": n, "requests": 1}
+        return _server_frame(table), {"ids": n, "requests": 1}
     rows: list[tuple[int, ...]] = []
     block_seconds: float | None = None
     conc = workers or SERVER_CONCURRENCY
@@ -298,16 +310,23 @@ def _server(vol: Any, local: _Local, prefer: str, workers: int | None, progress:
                         "server_seconds_left": round(per_id * left, 1),
                         "local_seconds": round(block_seconds * len(local.blocks), 1)}}
             batch = min(batch * 4, 4 * conc)
-    return _server_frame(rows), {"ids": n, "requests": n + 1}
+    box = np.array([r[1:] for r in rows], dtype=np.int64).reshape(-1, 6)
+    table = {"id": np.array([r[0] for r in rows], dtype=np.uint64), "lo": box[:, :3],
+             "hi": box[:, 3:]}
+    return _server_frame(table), {"ids": n, "requests": n + 1}
 
 
-def _server_frame(rows: list[tuple[int, ...]]) -> pd.DataFrame:
-    """The server path's rows (id and box) as label_stats' frame: no counts, no centroids."""
+def _server_frame(table: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The server path's arrays (id, lo, hi; count and sum where the server gave them) as
+    label_stats' frame: with every one of them, the local path's frame; without, voxel_count
+    missing (<NA>) and the centroids too (NaN)."""
     import pandas as pd
 
-    df = pd.DataFrame(rows, columns=["id", "z0", "y0", "x0", "z1", "y1", "x1"])
-    df["id"] = df["id"].astype(np.uint64)
-    df["voxel_count"] = pd.array([pd.NA] * len(df), dtype="Int64")
-    for ax in "zyx":
-        df[f"centroid_{ax}"] = np.nan
-    return df[COLUMNS]
+    if "count" in table and "sum" in table:
+        return _frame(table)
+    n = len(table["id"])
+    df = _frame({"id": table["id"], "count": np.zeros(n, dtype=np.int64), "lo": table["lo"],
+                 "hi": table["hi"], "sum": np.full((n, 3), np.nan)})
+    df["voxel_count"] = pd.array(table["count"] if "count" in table else [pd.NA] * n,
+                                 dtype="Int64")
+    return df

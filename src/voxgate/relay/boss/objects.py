@@ -37,12 +37,15 @@ def object_handlers(relay: Relay) -> dict[str, Handler]:
         if request.query_params.get("boxes") == "tight" and \
                 cut.box.contains(cut.remote.meta.scale(cut.res).bounds):
             # (a voxgate extension bossDB ignores: the whole channel's ids with their tight
-            # bounding boxes, [z0, y0, x0, z1, y1, x1] each, and voxel counts, from the one
-            # kept pass: a client's label statistics in one request instead of one per id)
+            # bounding boxes, [z0, y0, x0, z1, y1, x1] each, voxel counts and the sums of
+            # their voxels' coordinates [z, y, x] (float64 holding integers, which JSON
+            # carries exactly), from the one kept pass: a client's label statistics,
+            # centroids included, in one request instead of one per id)
             st = await run(lambda: relay.stats.get(cut.remote, cut.res))
             return json({"ids": [str(i) for i in st.ids.tolist()],
                          "boxes": np.concatenate([st.lo, st.hi], axis=1).tolist(),
-                         "counts": st.count.tolist()})
+                         "counts": st.count.tolist(),
+                         "sums": st.sum.tolist()})
         found = await run(lambda: relay.ids_in(cut.remote, cut.box, cut.res))
         return json({"ids": [str(i) for i in found]})
 

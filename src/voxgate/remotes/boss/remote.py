@@ -421,28 +421,48 @@ class BossDBRemote(Remote):
         return np.array(sorted(found), dtype=np.uint64)
 
     def ids_and_boxes(self, box: Box, scale: int = 0
-                      ) -> tuple[np.ndarray, dict[int, Box] | None, dict[int, int] | None]:
-        """The non-zero ids in ``box`` and, where the server gives them with the ids (a voxgate
-        relay, for the whole channel), their tight boxes of whole objects and their voxel
-        counts in the same one request (``ids/...?boxes=tight``); None for what a server does
-        not give (bossDB ignores the query: then ask :meth:`bounding_box` per id)."""
+                      ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+        """The non-zero ids in ``box`` (sorted uint64) and, where the server gives them with
+        the ids in the same one request (``ids/...?boxes=tight``: a voxgate relay, for the
+        whole channel), their statistics as arrays in the ids' order, keyed as the
+        label_stats kernel's: ``id``, ``lo`` and ``hi`` (n x 3, tight boxes of whole objects)
+        and, where given, ``count`` and ``sum`` (coordinate sums).  None for the statistics
+        when the server does not give them (bossDB ignores the query and answers the ids
+        alone: then ask :meth:`bounding_box` per id)."""
         self._segmentation_only("ids_in", _RESERVE_REFUSAL)
         if box != self.meta.scale(scale).bounds:
-            return self.ids_in(box, scale), None, None
+            return self.ids_in(box, scale), None
         try:
             resp = self.client.request("GET", self._path("ids", box, scale) + "?boxes=tight",
                                        what=f"ids in {box!r} of {self.url}")
         except RequestTooLargeError:  # (bossDB's cutout limit: its ids come in slabs)
-            return self.ids_in(box, scale), None, None
+            return self.ids_in(box, scale), None
         d = resp.json()
         ids = np.array([int(i) for i in d["ids"]], dtype=np.uint64)
         if "boxes" not in d:
-            return np.unique(ids), None, None
-        keys = ids.tolist()
-        boxes = {int(i): Box(b[:3], b[3:]) for i, b in zip(keys, d["boxes"], strict=True)}
-        counts = ({int(i): int(c) for i, c in zip(keys, d["counts"], strict=True)}
-                  if "counts" in d else None)
-        return np.unique(ids), boxes, counts
+            return np.unique(ids), None
+        n = len(ids)
+        given = {"boxes": (6, np.int64), "counts": (None, np.int64), "sums": (3, np.float64)}
+        arrays: dict[str, np.ndarray] = {}
+        for key, (width, dtype) in given.items():
+            if key not in d:
+                continue
+            shape = (n,) if width is None else (n, width)
+            a = np.asarray(d[key], dtype=dtype)
+            if a.shape != shape and not (a.size == n == 0):
+                raise VoxgateError(f"{self.url} answered {n} ids with {key} of shape "
+                                   f"{a.shape}; expected one per id")
+            arrays[key] = a.reshape(shape)
+        order = np.argsort(ids, kind="stable")  # (a relay answers them sorted: not assumed)
+        ids = ids[order]
+        if n > 1 and not (ids[1:] > ids[:-1]).all():
+            raise VoxgateError(f"{self.url} answered an id twice with its bounding boxes")
+        table = {"id": ids, "lo": arrays["boxes"][order, :3], "hi": arrays["boxes"][order, 3:]}
+        if "counts" in arrays:
+            table["count"] = arrays["counts"][order]
+        if "sums" in arrays:
+            table["sum"] = arrays["sums"][order]
+        return ids, table
 
     def bounding_box(self, ident: int, scale: int = 0, *, tight: bool = True) -> Box:
         self._segmentation_only("bounding_box", "Can only perform bounding box operations on "
