@@ -278,3 +278,51 @@ def test_no_journal_no_run(tmp_path: Path, data: np.ndarray,
         run(url, lambda a: a + 1)
     assert "set VOXGATE_STATE_DIR to a writable directory" in "\n".join(info.value.__notes__)
     np.testing.assert_array_equal(voxgate.open(url).read(), data)
+
+
+def test_a_volume_made_again_under_the_same_name_is_not_skipped(
+        state: Path, tmp_path: Path, data: np.ndarray) -> None:
+    """Stopped after 3 blocks; the volume is then deleted and written again from the raw data
+    under the same name (a user starting over).  The journal's blocks no longer hold what the
+    run wrote, so the rerun is refused before writing anything, instead of skipping 3 blocks
+    that would never get fn (the old journal, keyed by name, skipped them silently); resume=False
+    then applies fn to every block."""
+    import shutil
+
+    url = f"zarr://{tmp_path}/img.zarr"
+    v = voxgate.create(url, shape=SHAPE, dtype="uint8", chunks=CHUNKS, voxel_size=(8, 8, 8))
+    v[:] = data
+    fn, calls = stops_after(3, Boom("block failed"))
+    with pytest.raises(Boom):
+        run(url, fn, workers=1)
+    shutil.rmtree(tmp_path / "img.zarr")
+    v = voxgate.create(url, shape=SHAPE, dtype="uint8", chunks=CHUNKS, voxel_size=(8, 8, 8))
+    v[:] = data
+    calls[0] = 100
+    with pytest.raises(InvalidRequestError, match="no longer holds what that run wrote"):
+        run(url, fn, workers=1)
+    assert calls[0] == 100  # refused before any block ran
+    np.testing.assert_array_equal(voxgate.open(url).read(), data)
+    run(url, fn, workers=1, resume=False)
+    np.testing.assert_array_equal(voxgate.open(url).read(), data + 1)
+    assert leftovers(state) == []
+
+
+def test_the_check_of_the_blocks_done_reads_each_once(
+        state: Path, tmp_path: Path, data: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun after an interruption reads the recorded blocks once to check them, and they
+    pass: the result is fn applied once."""
+    url = f"zarr://{tmp_path}/img.zarr"
+    v = voxgate.create(url, shape=SHAPE, dtype="uint8", chunks=CHUNKS, voxel_size=(8, 8, 8))
+    v[:] = data
+    fn, calls = stops_after(5, Boom("block failed"))
+    with pytest.raises(Boom):
+        run(url, fn, workers=1)
+    checked: list[object] = []
+    real = mb_module._crc
+    monkeypatch.setattr(mb_module, "_crc", lambda a: checked.append(a.shape) or real(a))
+    calls[0] = 100
+    run(url, fn, workers=1)
+    # 5 blocks checked, 3 blocks recorded as they finish
+    assert len(checked) == 5 + 3
+    np.testing.assert_array_equal(voxgate.open(url).read(), data + 1)

@@ -30,6 +30,7 @@ import threading
 import time
 import types
 import weakref
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -164,6 +165,34 @@ def _key(block: Box) -> str:
     return " ".join(str(int(v)) for v in (*block.start, *block.stop))
 
 
+def _crc(array: np.ndarray) -> str:
+    return f"{zlib.crc32(np.ascontiguousarray(array).data.cast('B')):08x}"
+
+
+def _check_done(journal: _Journal, target: Volume) -> None:
+    """The blocks an unfinished earlier run recorded still hold what it wrote there (their
+    CRC-32).  A volume deleted and made again under the same name, or restored from a copy,
+    does not: its recorded blocks would be skipped and never get ``fn``.  Reads every recorded
+    block once; not on a lossy encoding (jpeg), whose voxels read back are not those written."""
+    if (target.remote.meta.scale(target.scale).encoding or "") in _LOSSY:
+        return
+    for key, crc in journal.done.items():
+        v = [int(t) for t in key.split()]
+        block = Box(tuple(v[:3]), tuple(v[3:]))
+        if _crc(target.read(block)) != crc:
+            raise InvalidRequestError(
+                f"map_blocks into {journal.url} in place: an earlier run did not finish "
+                f"({len(journal.done)} of {journal.plan['blocks']} blocks done, journal "
+                f"{journal.where}), but block {block!r} no longer holds what that run wrote "
+                "there: the volume was changed since (written, restored, or made again under "
+                "the same name).  Nothing was written.  Pass resume=False to apply fn to "
+                "every block as the volume is now")
+
+
+#: encodings whose voxels read back are not the ones written
+_LOSSY = ("jpeg",)
+
+
 def _save(path: Path, result: np.ndarray) -> None:
     """``result`` saved whole or not at all (a temporary name, fsync'd, then renamed)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -183,7 +212,8 @@ class _Journal:
 
     def __init__(self, path: Path | None, url: str, plan: dict[str, Any], fn: str) -> None:
         self.path, self.url, self.plan, self.fn = path, url, plan, fn
-        self.done: set[str] = set()
+        #: the blocks finished (their keys), each with the CRC-32 of what was written there
+        self.done: dict[str, str] = {}
         self.active = False
         #: a mem:// journal: the array it was written for (a volume deleted and created again
         #: under the same name is another volume)
@@ -236,13 +266,15 @@ class _Journal:
         self._file = f
 
     def finish(self, block: Box) -> None:
-        """``block`` is written: record it, durably, then drop its saved result."""
+        """``block`` is written: record it with the CRC-32 of what was written, durably, then
+        drop its saved result."""
         key = _key(block)
+        crc = _crc(self[block])
         with self._lock:
-            self.done.add(key)
+            self.done[key] = crc
             self._results.pop(key, None)
             if self._file is not None:
-                self._file.write(key + "\n")
+                self._file.write(f"{key} {crc}\n")
                 self._file.flush()
                 os.fsync(self._file.fileno())
         if self.path is not None:
@@ -347,12 +379,12 @@ def _open_journal(url: str, plan: dict[str, Any], fn: str, resume: bool | None,
             old = None  # empty, or its header cut short by a kill: no block was written yet
         if old is not None:
             # the last line may be cut short by a kill: only complete lines count
-            old.done = {line for line in lines[1:-1] if line}
+            old.done = dict(line.rsplit(" ", 1) for line in lines[1:-1] if line)
             if _may_resume(old, plan, fn, resume):
                 journal._file = f
                 if not _same_fn(old.fn, fn):  # resume=True: from now on this fn
                     journal.start(f)
-                    f.writelines(key + "\n" for key in old.done)
+                    f.writelines(f"{key} {crc}\n" for key, crc in old.done.items())
                     f.flush()
                     os.fsync(f.fileno())
                 journal.done = old.done
@@ -407,7 +439,9 @@ def map_blocks(
     blocks, writes the saved result of a block cut off mid-write and runs the rest, so ``fn``
     is applied exactly once to every voxel; the journal is deleted when a run completes.
     ``fn`` itself cannot be compared reliably: its name and code are recorded, and a rerun with
-    another block plan (view, ``block=``, ``dtype=``) or another function is refused.
+    another block plan (view, ``block=``, ``dtype=``) or another function is refused, and so
+    is one whose recorded blocks no longer hold what the first run wrote there (their CRC-32,
+    read back once: the volume was written, restored or made again since).
     ``resume``: None (default) resumes a matching journal; True also resumes one written by
     another function (e.g. one fixed after it stopped the run; the blocks done keep the first
     function's output); False discards the journal and applies ``fn`` to every block (only
@@ -487,6 +521,11 @@ def map_blocks(
         anchor = (target.remote.array(target.scale) if isinstance(target.remote, MemoryRemote)
                   else None)
         journal = _open_journal(url, plan, _fn_identity(fn), resume, anchor)
+        try:
+            _check_done(journal, target)
+        except BaseException:
+            journal.close(complete=False)
+            raise
     todo = blocks if journal is None else [bx for bx in blocks if _key(bx) not in journal.done]
 
     def done(bx: Box, _r: object) -> None:
