@@ -18,6 +18,7 @@ import voxgate
 import voxgate.transfer  # tests patch its BLOCK_BYTES; also when run alone (-k)
 from voxgate.errors import InvalidRequestError, OutOfBoundsError
 from voxgate.geometry import Box
+from voxgate.remotes.zarr import ZarrRemote
 from voxgate.synthetic import synthetic_em
 
 SCHEMES = {
@@ -277,3 +278,41 @@ def test_ctrl_c_raises_copy_interrupted_and_the_journal_is_listed_and_forgotten(
     report = voxgate.copy(src, dst_url, workers=2, progress=False)
     assert not report.resumed and report.blocks_skipped == 0
     np.testing.assert_array_equal(voxgate.open(dst_url).read(), img)
+
+
+def test_a_relative_destination_in_another_directory_is_another_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy into ``zarr://x.zarr`` stopped in one directory, then a copy into
+    ``zarr://x.zarr`` in another, where such a volume exists already: the second is another
+    volume and copies every block (the journal was keyed by the relative URL, so the second
+    copy resumed the first one's journal and skipped the blocks it had copied elsewhere)."""
+    data = (np.arange(16 * 64 * 64) % 251).astype(np.uint8).reshape(16, 64, 64)
+    src = voxgate.create(f"zarr://{tmp_path}/src.zarr", shape=data.shape, dtype="uint8",
+                         chunks=(16, 16, 16), voxel_size=(8, 8, 8))
+    src[:] = data
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    voxgate.create("zarr://x.zarr", shape=data.shape, dtype="uint8", chunks=(16, 16, 16),
+                   voxel_size=(8, 8, 8))
+    monkeypatch.setattr(voxgate.transfer, "BLOCK_BYTES", 1)  # one block per chunk: 16
+    real_read = ZarrRemote.read
+    reads = [0]
+
+    def failing(self: ZarrRemote, box: Box, scale: int = 0) -> np.ndarray:
+        if "src.zarr" in self.url:
+            reads[0] += 1
+            if reads[0] > 5:
+                raise RuntimeError("the source went away")
+        return real_read(self, box, scale)
+
+    monkeypatch.chdir(tmp_path / "a")
+    monkeypatch.setattr(ZarrRemote, "read", failing)
+    with pytest.raises(Exception, match="the source went away"):
+        voxgate.copy(src.url, "zarr://x.zarr", workers=1, progress=False)
+    monkeypatch.setattr(ZarrRemote, "read", real_read)
+    assert list((Path(os.environ["VOXGATE_STATE_DIR"]) / "transfers").glob("*.journal"))
+    monkeypatch.chdir(tmp_path / "b")
+    report = voxgate.copy(src.url, "zarr://x.zarr", workers=1, progress=False)
+    assert not report.resumed and report.blocks_skipped == 0
+    np.testing.assert_array_equal(voxgate.open(f"zarr://{tmp_path}/b/x.zarr").read(), data)

@@ -709,8 +709,10 @@ def copy(
             plan.append((k, idx, part, n_chunks))
 
     header: dict[str, Any] = {
-        "src": s_remote.url,
-        "dst": d_remote.url,
+        # absolute: zarr://x.zarr in another working directory is another volume, whose
+        # copy must not resume this one's journal
+        "src": json.loads(cluster_spec(s_remote))["url"],
+        "dst": json.loads(cluster_spec(d_remote))["url"],
         "box": None if box is None else str(box),
         "scales": wanted,
         "blocks": len(plan),
