@@ -57,7 +57,14 @@ from ..errors import (
     VoxgateWarning,
 )
 from ..geometry import Box, Vec, VoxelSize
-from ..meta import Kind, Scale, VolumeMeta, check_new_scales, offset_from_translation
+from ..meta import (
+    Kind,
+    Scale,
+    VolumeMeta,
+    centre_translation,
+    check_new_scales,
+    offset_from_translation,
+)
 from ..storage import (
     check_bucket,
     is_local,
@@ -272,6 +279,108 @@ def _xyz_order(axes: object) -> list[int] | None:
     if not {"x", "y", "z"} <= set(names):
         return None
     return [names.index(n) for n in ("x", "y", "z")]
+
+
+def _dataset_axes(attrs: dict[str, Any]) -> list[str]:
+    """A dataset's axis names in its dimension order: its ``axes``, else x, y, z[, c]."""
+    axes = attrs.get("axes")
+    if isinstance(axes, list) and all(isinstance(a, str) for a in axes):
+        return list(axes)
+    return ["x", "y", "z", "c"][: len(attrs.get("dimensions") or [])]
+
+
+def _place(axes: Sequence[str], xyz: Sequence[Any], channel: Any, other: Any = None) -> list[Any]:
+    """A per-axis list in the order of ``axes``: the x, y, z entries of ``xyz``, ``channel`` for
+    a channel axis and ``other`` (else ``channel``) for any other axis (a length-1 time)."""
+    out: list[Any] = []
+    for name in (a.lower() for a in axes):
+        if name in ("x", "y", "z"):
+            out.append(xyz["xyz".index(name)])
+        else:
+            out.append(channel if name in _CHANNEL_NAMES or other is None else other)
+    return out
+
+
+def _reorder_group(group: dict[str, Any], order: Sequence[int], axes: Sequence[str]) -> None:
+    """Rewrite a group's per-axis lists (read at positions ``order``) in the order of ``axes``,
+    one entry per axis, and name them with ``axes``.  A list voxgate cannot read is left."""
+
+    def moved(value: object, fill: Any, positive: bool = True) -> list[Any] | None:
+        xyz = _numbers(value, order, positive=positive)
+        return None if xyz is None else _place(axes, [_plain_number(v) for v in xyz], fill)
+
+    for key, fill, positive in (("resolution", 1, True), ("offset", 0, False),
+                                ("pixelResolution", 1, True)):
+        new = moved(group.get(key), fill, positive)
+        if new is not None:
+            group[key] = new
+    pr = group.get("pixelResolution")
+    if isinstance(pr, dict) and (new := moved(pr.get("dimensions"), 1)) is not None:
+        group["pixelResolution"] = {**pr, "dimensions": new}
+    units = group.get("units")
+    if isinstance(units, list) and len(units) > max(order):
+        group["units"] = _place(axes, [units[i] for i in order], "")
+    group["axes"] = list(axes)
+
+
+def _cosem_order(value: dict[str, Any], rank: int) -> list[int] | None:
+    """The positions of x, y and z in the lists of a COSEM transform of ``rank`` entries."""
+    axes = value.get("axes")
+    ordering = value.get("order", value.get("ordering", "C"))
+    order = _xyz_order(axes)
+    if order is None and axes is None and ordering in ("C", "F"):
+        order = [rank - 1, rank - 2, rank - 3] if ordering == "C" else [0, 1, 2]
+    return order
+
+
+def _moved_transform(value: object, voxel: Sequence[float], centre: Sequence[float],
+                     unit: str) -> dict[str, Any] | None:
+    """A COSEM ``transform`` like ``value`` (s0's) for a scale of ``voxel`` size whose first
+    voxel's centre is at ``centre`` (both x, y, z, in ``unit``), in ``value``'s axes and units;
+    None when ``value`` is no transform voxgate reads."""
+    if not isinstance(value, dict):
+        return None
+    lists = [value[k] for k in ("scale", "translate") if k in value]
+    if not lists or not all(isinstance(v, list) and len(v) >= 3 for v in lists):
+        return None
+    rank = len(lists[0])
+    order = _cosem_order(value, rank)
+    if order is None or any(len(v) != rank for v in lists):
+        return None
+    units = value.get("units")
+    per = [_to_nm(unit) / (_to_nm(units[i]) if isinstance(units, list) and len(units) > i
+                           else 1.0) for i in order]
+    out = dict(value)
+    for key, xyz, fill in (("scale", voxel, 1), ("translate", centre, 0)):
+        new = list(value[key]) if key in value else [fill] * rank
+        for i, v, f in zip(order, xyz, per, strict=True):
+            new[i] = _plain_number(v * f)
+        out[key] = new
+    return out
+
+
+def _add_cosem_entry(group: dict[str, Any], index: int, voxel: Sequence[float],
+                     centre: Sequence[float], unit: str) -> None:
+    """Add scale ``index`` to a COSEM group's ``multiscales[0].datasets``, modelled on s0's."""
+    ms = group.get("multiscales")
+    if not (isinstance(ms, list) and ms and isinstance(ms[0], dict)
+            and isinstance(ms[0].get("datasets"), list)):
+        return
+    datasets = ms[0]["datasets"]
+
+    def path(d: object) -> str | None:
+        p = d.get("path") if isinstance(d, dict) else None
+        return p.strip("/") if isinstance(p, str) else None
+
+    first = next((d for d in datasets if path(d) == "s0"), None)
+    if first is None:
+        return
+    entry = {k: v for k, v in first.items() if k != "transform"}
+    entry["path"] = f"s{index}"
+    tf = _moved_transform(first.get("transform"), voxel, centre, unit)
+    if tf is not None:
+        entry["transform"] = tf
+    datasets[:] = [*(d for d in datasets if path(d) != f"s{index}"), entry]
 
 
 def _as_zyx(store: ts.TensorStore, where: str, offset: Vec) -> tuple[TSArray, int, list[int]]:
@@ -651,7 +760,7 @@ class N5Remote(Remote):
         if self.mode != "r+":
             return frozenset({Capability.CHUNK_PRESENCE})
         caps = {Capability.WRITE, Capability.CHUNK_PRESENCE}
-        if self._multiscale_group():
+        if self._multiscale_group() and not self._bdv_timepoint():
             caps.add(Capability.ADD_SCALES)
         return frozenset(caps)
 
@@ -660,34 +769,84 @@ class N5Remote(Remote):
             _optional_json(self.location, "attributes.json").get("multiScale")
         )
 
+    def _bdv_timepoint(self) -> bool:
+        """A BigDataViewer ``setupN/timepointN`` group: its ``setupN`` parent lists the factors
+        of every time point's scales."""
+        parent, _, name = self.location.rstrip("/").rpartition("/")
+        return bool(parent and re.fullmatch(r"timepoint\d+", name) and isinstance(
+            _optional_json(parent, "attributes.json").get("downsamplingFactors"), list))
+
     def add_scales(self, scales: Sequence[Scale]) -> None:
-        """New ``sN`` datasets with s0's block size and compression, added to the group's
-        n5-viewer attributes."""
+        """New ``sN`` datasets with s0's axes, block size and compression, added to the group's
+        n5-viewer attributes.
+
+        Every list is written in the dimension order its reader takes it in: an sN's in s0's
+        ``axes``, the group's in the group's ``axes`` (else s0's).  The group's existing lists
+        are rewritten in that order with an entry for every axis, so a group an older voxgate
+        wrote with x, y, z lists for x, y, z, c data has lists of one length afterwards.
+        """
         self._check_writable()
         if not self._multiscale_group():
             raise CapabilityNotSupportedError(
                 f"{self.url} is a single N5 dataset; voxgate adds scales to multiscale groups "
                 "(voxgate.create makes one)"
             )
+        if self._bdv_timepoint():
+            raise CapabilityNotSupportedError(
+                f"{self.url} is a BigDataViewer time point: its setup lists the scales of every "
+                "time point, which must all have the same ones; voxgate does not add scales to "
+                "one time point"
+            )
         check_new_scales(self.meta, scales)
         template = read_json(join(self.location, "s0"), "attributes.json")
         group = read_json(self.location, "attributes.json")
-        vs0 = self.meta.scales[0].voxel_size
+        base = self.meta.scales[0]
+        vs0 = base.voxel_size
+        unit = vs0.unit
         channels = self.meta.num_channels
-        factors_all = list(group.get("scales") or group.get("downsamplingFactors") or [])
-        for sc in scales:
-            factors = _per_axis([_plain_number(v / b) for v, b in
-                                 zip(sc.voxel_size.xyz(), vs0.xyz(), strict=True)], channels, 1)
-            attrs = dict(template)
-            attrs["dimensions"] = _per_axis(list(sc.shape.xyz()), channels, channels)
-            attrs["downsamplingFactors"] = factors
-            attrs["resolution"] = _per_axis(
-                [_plain_number(v) for v in sc.voxel_size.xyz()], channels, 1)
-            attrs["voxgate"] = {**template.get("voxgate", {}), "offset": list(sc.offset),
-                                "voxel_size": list(sc.voxel_size.zyx()),
-                                "unit": sc.voxel_size.unit}
+        # the sN lists follow s0's axes; the group's follow its own, else s0's (as they are read)
+        axes = _dataset_axes(template)
+        read_order = _xyz_order(group.get("axes")) or _xyz_order(template.get("axes")) or _XYZ
+        g_axes = group.get("axes")
+        if not (isinstance(g_axes, list) and all(isinstance(a, str) for a in g_axes)
+                and sorted(a.lower() for a in g_axes) == sorted(a.lower() for a in axes)):
+            g_axes = axes
+        _reorder_group(group, read_order, g_axes)
+        old = group.get("downsamplingFactors") or group.get("scales")
+        old = old if isinstance(old, list) else []
+        factors_all = []
+        for sc in [*self.meta.scales, *scales]:
+            known = _numbers(old[sc.index], read_order) if sc.index < len(old) else None
+            factors = [_plain_number(v) for v in known] if known is not None else [
+                _plain_number(v / b) for v, b in zip(sc.voxel_size.xyz(), vs0.xyz(), strict=True)]
+            factors_all.append(_place(g_axes, factors, 1))
+            if sc.index < len(self.meta.scales):
+                continue
+            voxel = [_plain_number(v) for v in sc.voxel_size.xyz()]
+            centre = [_plain_number(v) for v in
+                      centre_translation(base, sc, self.pyramid_anchor)[::-1]]
+            # s0's position attributes describe s0: each is rewritten for sN, or left out
+            attrs = {k: v for k, v in template.items() if k not in ("transform", "offset")}
+            attrs.update({
+                "dimensions": _place(axes, list(sc.shape.xyz()), channels, 1),
+                # n5-viewer, Neuroglancer: base resolution x this scale's factors
+                "downsamplingFactors": _place(axes, [_plain_number(v / b) for v, b in zip(
+                    sc.voxel_size.xyz(), vs0.xyz(), strict=True)], 1),
+                "pixelResolution": {"unit": unit, "dimensions": _place(
+                    axes, [_plain_number(v) for v in vs0.xyz()], 1)},
+                # tensorstore (reads no factors): this scale's own voxel size, in voxgate's unit
+                "resolution": _place(axes, voxel, 1),
+                "units": _place(axes, [unit] * 3, ""),
+                "voxgate": {**_info(template), "offset": list(sc.offset),
+                            "voxel_size": list(sc.voxel_size.zyx()), "unit": unit},
+            })
+            if "offset" in template:  # Paintera: the centre of the first voxel, in "units"
+                attrs["offset"] = _place(axes, centre, 0)
+            tf = _moved_transform(template.get("transform"), voxel, centre, unit)
+            if tf is not None:
+                attrs["transform"] = tf
             write_json(join(self.location, f"s{sc.index}"), "attributes.json", attrs)
-            factors_all.append(factors)
+            _add_cosem_entry(group, sc.index, voxel, centre, unit)
         group["scales"] = factors_all
         group["downsamplingFactors"] = factors_all
         write_json(self.location, "attributes.json", group)
@@ -777,10 +936,7 @@ def _cosem(value: object, what: str) -> _Transform | None:
         return None
     rank = len(lists[0])
     axes = value.get("axes")
-    ordering = value.get("order", value.get("ordering", "C"))
-    order = _xyz_order(axes)
-    if order is None and axes is None and ordering in ("C", "F"):
-        order = [rank - 1, rank - 2, rank - 3] if ordering == "C" else [0, 1, 2]
+    order = _cosem_order(value, rank)
     if order is None:
         warn_ignored(what, f"its 'axes' {axes!r} do not name x, y and z", stacklevel=4)
         return None
