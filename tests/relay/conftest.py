@@ -82,6 +82,15 @@ tokens = {{ "{RW}" = "read-write", "{RO}" = "read" }}
     return start_relay(cfg, free_port(), "--data-root", str(directory / "data"))
 
 
+def start_rw_relay(directory: Path) -> RelayProcess:
+    """A real relay with no channel configured (projects made through the bossDB dialect, their
+    data under ``directory/data``), the RW token read-write, reads open to all (the default)."""
+    cfg = directory / "relay.toml"
+    cfg.write_text(f'[server]\nstate_path = "{directory / "state.json"}"\n'
+                   f'[auth]\ntokens = {{ "{RW}" = "read-write" }}\n')
+    return start_relay(cfg, free_port(), "--data-root", str(directory / "data"))
+
+
 def start_relay_with_scheme(config: Path, scheme: str, target: str) -> RelayProcess:
     """A real relay process with a test-only URL scheme registered (``target``: "module:Class",
     importable from the checkout's root) before the relay's own start-up."""

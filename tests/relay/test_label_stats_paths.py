@@ -29,7 +29,7 @@ import voxgate
 from voxgate.relay import stats as stats_module
 from voxgate.synthetic import synthetic_labels
 
-from .conftest import RW, RelayProcess, free_port, relay_over_zarr, start_relay
+from .conftest import RW, RelayProcess, free_port, relay_over_zarr, start_rw_relay
 
 SHAPE = (24, 80, 72)
 BOX_COLUMNS = ["id", "z0", "y0", "x0", "z1", "y1", "x1"]
@@ -44,10 +44,7 @@ def labels() -> np.ndarray:
 @pytest.fixture(scope="module")
 def boss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     d = tmp_path_factory.mktemp("paths")
-    cfg = d / "relay.toml"
-    cfg.write_text(f'[server]\nstate_path = "{d / "state.json"}"\n'
-                   f'[auth]\ntokens = {{ "{RW}" = "read-write" }}\n')
-    r = start_relay(cfg, free_port(), "--data-root", str(d / "data"))
+    r = start_rw_relay(d)
     yield r
     r.stop()
 

@@ -26,7 +26,7 @@ from voxgate.remotes.boss import BossProject
 from voxgate.services.label_stats import label_stats_kernel, merge_stats
 from voxgate.synthetic import synthetic_labels
 
-from .conftest import RW, RelayProcess, free_port, relay_over_zarr, start_relay
+from .conftest import RW, RelayProcess, relay_over_zarr, start_rw_relay
 
 SHAPE = (24, 80, 72)
 
@@ -55,10 +55,7 @@ def labels() -> np.ndarray:
 @pytest.fixture(scope="module")
 def boss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     d = tmp_path_factory.mktemp("stats")
-    cfg = d / "relay.toml"
-    cfg.write_text(f'[server]\nstate_path = "{d / "state.json"}"\n'
-                   f'[auth]\ntokens = {{ "{RW}" = "read-write" }}\n')
-    r = start_relay(cfg, free_port(), "--data-root", str(d / "data"))
+    r = start_rw_relay(d)
     yield r
     r.stop()
 

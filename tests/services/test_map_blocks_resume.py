@@ -280,6 +280,13 @@ def test_no_journal_no_run(tmp_path: Path, data: np.ndarray,
     np.testing.assert_array_equal(voxgate.open(url).read(), data)
 
 
+def zarr_of(tmp_path: Path, data: np.ndarray) -> str:
+    """``tmp_path/img.zarr`` holding ``data``; its URL."""
+    url = f"zarr://{tmp_path}/img.zarr"
+    voxgate.create(url, shape=SHAPE, dtype="uint8", chunks=CHUNKS, voxel_size=(8, 8, 8))[:] = data
+    return url
+
+
 def test_a_volume_made_again_under_the_same_name_is_not_skipped(
         state: Path, tmp_path: Path, data: np.ndarray) -> None:
     """Stopped after 3 blocks; the volume is then deleted and written again from the raw data
@@ -289,15 +296,12 @@ def test_a_volume_made_again_under_the_same_name_is_not_skipped(
     then applies fn to every block."""
     import shutil
 
-    url = f"zarr://{tmp_path}/img.zarr"
-    v = voxgate.create(url, shape=SHAPE, dtype="uint8", chunks=CHUNKS, voxel_size=(8, 8, 8))
-    v[:] = data
+    url = zarr_of(tmp_path, data)
     fn, calls = stops_after(3, Boom("block failed"))
     with pytest.raises(Boom):
         run(url, fn, workers=1)
     shutil.rmtree(tmp_path / "img.zarr")
-    v = voxgate.create(url, shape=SHAPE, dtype="uint8", chunks=CHUNKS, voxel_size=(8, 8, 8))
-    v[:] = data
+    zarr_of(tmp_path, data)
     calls[0] = 100
     with pytest.raises(InvalidRequestError, match="no longer holds what that run wrote"):
         run(url, fn, workers=1)
@@ -312,9 +316,7 @@ def test_the_check_of_the_blocks_done_reads_each_once(
         state: Path, tmp_path: Path, data: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
     """A rerun after an interruption reads the recorded blocks once to check them, and they
     pass: the result is fn applied once."""
-    url = f"zarr://{tmp_path}/img.zarr"
-    v = voxgate.create(url, shape=SHAPE, dtype="uint8", chunks=CHUNKS, voxel_size=(8, 8, 8))
-    v[:] = data
+    url = zarr_of(tmp_path, data)
     fn, calls = stops_after(5, Boom("block failed"))
     with pytest.raises(Boom):
         run(url, fn, workers=1)

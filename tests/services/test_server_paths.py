@@ -22,7 +22,7 @@ from voxgate.synthetic import synthetic_labels
 from voxgate.testing.dvid import DVIDServerProcess, start_server
 from voxgate.volume import Volume
 
-from ..relay.conftest import RW, RelayProcess, free_port, start_relay
+from ..relay.conftest import RW, RelayProcess, start_rw_relay
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +74,7 @@ def test_dvid_meshes_and_skeletons_both_ways(dvid: DVIDServerProcess, labels: np
 @pytest.fixture(scope="module")
 def boss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     d = tmp_path_factory.mktemp("boss")
-    cfg = d / "relay.toml"
-    cfg.write_text(f'[server]\nstate_path = "{d / "state.json"}"\n'
-                   f'[auth]\ntokens = {{ "{RW}" = "read-write" }}\n')
-    r = start_relay(cfg, free_port(), "--data-root", str(d / "data"))
+    r = start_rw_relay(d)
     yield r
     r.stop()
 
