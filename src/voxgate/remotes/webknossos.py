@@ -171,6 +171,16 @@ def _mag(value: object, where: str) -> list[int]:
                               f"{value!r}")
 
 
+def _axis_order(entry: dict[str, Any], array: Any) -> dict[str, int]:
+    """A mag's ``axisOrder`` as ``_open_zarr`` reads it: the entry's, else the default of the
+    array's rank (c, x, y, z; x, y, z for a 3-D array)."""
+    axes = entry.get("axisOrder")
+    if isinstance(axes, dict) and axes:
+        return {str(k): int(v) for k, v in axes.items() if v is not None}
+    rank = array.store.rank if isinstance(array, TSArray) else 4
+    return dict(_DEFAULT_AXES) if rank == 4 else {"x": 0, "y": 1, "z": 2}
+
+
 def _mag_name(mag: Sequence[int]) -> str:
     return str(mag[0]) if len(set(mag)) == 1 else "-".join(str(m) for m in mag)
 
@@ -590,8 +600,10 @@ class WebknossosRemote(Remote):
         return [round(m) for m in mag]
 
     @staticmethod
-    def _create_array(path: str, meta: VolumeMeta, sc: Scale, s0: Scale, mag: list[int]
-                      ) -> None:
+    def _create_array(path: str, meta: VolumeMeta, sc: Scale, s0: Scale, mag: list[int],
+                      dims: Sequence[str] = ("c", "x", "y", "z")) -> None:
+        """A mag's sharded zarr3 array with dimensions ``dims`` (its ``axisOrder``: c, x, y, z
+        as the webknossos package writes; a layer's added mags take its first mag's)."""
         nc = meta.num_channels
         # the mag's extent as WEBKNOSSOS derives it: the mag-1 box's end divided, rounded up
         end = [math.ceil((o + s) / m) for o, s, m in zip(s0.offset.xyz(), s0.shape.xyz(), mag,
@@ -601,23 +613,30 @@ class WebknossosRemote(Remote):
         # written whole, so it is the least a write or a copy block holds in memory
         shard = list(grow_block(sc.chunks, meta.dtype.itemsize * nc, Vec(*end[::-1]),
                                 _SHARD_BYTES).xyz())
+
+        def order(c: int, xyz: list[int]) -> list[int]:
+            return [c if d == "c" else xyz["xyz".index(d)] for d in dims]
+
+        rank = len(dims)
         spec = {
             "driver": "zarr3",
             "kvstore": kvstore_spec(path),
             "metadata": {
-                "shape": [nc, *end],
+                "shape": order(nc, end),
                 "chunk_grid": {"name": "regular",
-                               "configuration": {"chunk_shape": [nc, *shard]}},
+                               "configuration": {"chunk_shape": order(nc, shard)}},
                 "chunk_key_encoding": {"name": "default"},
                 "data_type": meta.dtype.name,
                 "fill_value": 0,
-                "dimension_names": ["c", "x", "y", "z"],
+                "dimension_names": list(dims),
                 "codecs": [{
                     "name": "sharding_indexed",
                     "configuration": {
-                        "chunk_shape": [nc, *chunk],
+                        "chunk_shape": order(nc, chunk),
                         "codecs": [
-                            {"name": "transpose", "configuration": {"order": [3, 2, 1, 0]}},
+                            # first dimension fastest, as the webknossos package stores
+                            {"name": "transpose",
+                             "configuration": {"order": list(range(rank))[::-1]}},
                             {"name": "bytes", "configuration": {"endian": "little"}},
                             {"name": "zstd", "configuration": {"level": 5, "checksum": True}},
                         ],
@@ -635,13 +654,15 @@ class WebknossosRemote(Remote):
 
     @staticmethod
     def _write_layer_group(dataset: str, name: str, mags: list[list[int]],
-                           base_xyz: list[float]) -> None:
-        """The layer's zarr.json: an OME-Zarr 0.5 multiscale group, as webknossos writes."""
-        axes = [{"name": "c", "type": "channel"}] + [
-            {"name": a, "type": "space", "unit": "nanometer"} for a in "xyz"]
+                           base_xyz: list[float], dims: Sequence[str] = ("c", "x", "y", "z")
+                           ) -> None:
+        """The layer's zarr.json: an OME-Zarr 0.5 multiscale group, as webknossos writes, with
+        the mags' dimensions ``dims``."""
+        axes = [{"name": "c", "type": "channel"} if d == "c" else
+                {"name": d, "type": "space", "unit": "nanometer"} for d in dims]
         datasets = [{"path": _mag_name(m), "coordinateTransformations": [
-            {"type": "scale", "scale": [1.0, *(b * f for b, f in zip(base_xyz, m,
-                                                                     strict=True))]}]}
+            {"type": "scale", "scale": [1.0 if d == "c" else base_xyz["xyz".index(d)]
+                                        * m["xyz".index(d)] for d in dims]}]}
             for m in mags]
         write_json(join(dataset, name), "zarr.json", {
             "zarr_format": 3, "node_type": "group",
@@ -724,15 +745,19 @@ class WebknossosRemote(Remote):
                 raise RemoteNotFoundError(f"{self.layer!r} is gone from {self.dataset}")
             self._check_unused([join(self.dataset, self.layer, _mag_name(self._scale_mag(
                 sc, vs0))) for sc in scales], self.layer)
+            # the layer's axis order (WEBKNOSSOS and the webknossos package take it from the
+            # first mag and refuse a layer whose mags differ; a 3-D mag has no c)
+            axis_order = _axis_order(layers[0]["mags"][0], self._arrays[0])
+            dims = sorted(axis_order, key=axis_order.__getitem__)
             for sc in scales:
                 mag = self._scale_mag(sc, vs0)
                 self._create_array(join(self.dataset, self.layer, _mag_name(mag)), self.meta,
-                                   sc, self.meta.scales[0], mag)
+                                   sc, self.meta.scales[0], mag, dims)
                 layers[0]["mags"].append({"mag": mag,
                                           "path": f"./{self.layer}/{_mag_name(mag)}",
-                                          "axisOrder": dict(_DEFAULT_AXES)})
+                                          "axisOrder": dict(axis_order)})
             mags = [_mag(e["mag"], self.url) for e in layers[0]["mags"]]
-            self._write_layer_group(self.dataset, self.layer, mags, base_xyz)
+            self._write_layer_group(self.dataset, self.layer, mags, base_xyz, dims)
             write_json(self.dataset, PROPERTIES, props)
         fresh = WebknossosRemote.open(join(self.dataset, self.layer), mode="r+")
         self.meta, self._arrays, self._mags = fresh.meta, fresh._arrays, fresh._mags

@@ -392,7 +392,11 @@ class ZarrRemote(Remote):
         return frozenset(caps)
 
     def add_scales(self, scales: Sequence[Scale]) -> None:
-        """New datasets beside the others, with scale 0's codecs, listed in ``multiscales``."""
+        """New datasets beside the others, listed in ``multiscales``: each a copy of scale 0's
+        array document (codecs, chunks, dimension order and names) with the new shape, and
+        transformations in the group's own axis order and units, before its multiscale-level
+        transformations (a ``t, c, z, y, x`` or ``x, y, z`` image keeps that order; s0's
+        array attributes describe s0 and are not copied)."""
         self._check_writable()
         if self._group_format is None:
             raise CapabilityNotSupportedError(
@@ -406,30 +410,43 @@ class ZarrRemote(Remote):
         attrs = group["attributes"] if v3 else group
         ome = attrs.get("ome", attrs) if v3 else attrs
         ms = ome["multiscales"][0]
-        axes = [a if isinstance(a, dict) else {"name": a} for a in ms.get("axes", [])]
+        axes = ms.get("axes") or [{"name": n} for n in ("z", "y", "x")]
+        axes = [a if isinstance(a, dict) else {"name": a} for a in axes]
         names = [a["name"] for a in axes]
-        lead = [self.meta.num_channels] if self.meta.num_channels > 1 else []
-        if names[-3:] != ["z", "y", "x"] or len(names) != 3 + len(lead) or ms.get(
-            "coordinateTransformations"
-        ):
-            raise CapabilityNotSupportedError(
-                f"{self.url}: voxgate adds scales to groups with ([c,] z, y, x) axes and no "
-                "group-level transformations"
-            )
-        axis_nm = [_unit_factor(a.get("unit"), f"{self.url} axis {a['name']!r}")
-                   for a in axes[-3:]]
-        first = ms["datasets"][0]["path"]
+        rank = len(names)
+        spatial = [names.index(n) for n in ("z", "y", "x")]  # opening checked they are there
+        # the multiscale's own transformations apply after each dataset's (as on reading)
+        outer = ms.get("coordinateTransformations", [])
+        outer_scale, outer_tr = _scale_transform(outer, rank), _translation(outer, rank)
+        axis_nm = [_unit_factor(axes[j].get("unit"), f"{self.url} axis {names[j]!r}")
+                   for j in spatial]
+        first = ms["datasets"][0]
         array_key = "zarr.json" if v3 else ".zarray"
-        template = read_json(join(self.location, first), array_key)
+        template = read_json(join(self.location, first["path"]), array_key)
+        first_tf = first.get("coordinateTransformations", [])
+        # the other axes (c, t, ...) keep scale 0's extent, scale and translation
+        base_scale, base_tr = _scale_transform(first_tf, rank), _translation(first_tf, rank)
+        dims = _array_dimensions(_optional_json(join(self.location, first["path"]), ".zattrs"),
+                                 rank, first["path"]) if not v3 else []
         taken = {d["path"] for d in ms["datasets"]}
         for sc in scales:
             path = str(sc.index) if str(sc.index) not in taken else f"s{sc.index}"
-            doc = dict(template)
-            doc["shape"] = lead + list(sc.shape)
+            doc = {k: v for k, v in template.items() if k != "attributes"}
+            if v3:
+                doc["attributes"] = {}
+            shape, scale, shift = list(template["shape"]), list(base_scale), list(base_tr)
+            size, shift_zyx = _world_transforms(self.meta.scales[0], sc, axis_nm)
+            for j, n, s, t in zip(spatial, sc.shape, size, shift_zyx, strict=True):
+                shape[j] = n
+                scale[j] = s / outer_scale[j]
+                shift[j] = (t - outer_tr[j]) / outer_scale[j]
+            doc["shape"] = shape
             write_json(join(self.location, path), array_key, doc)
-            # in the axes' own units (an image in micrometres gets micrometres, not nm)
-            ms["datasets"].append({"path": path, "coordinateTransformations": _transforms(
-                self.meta.scales[0], sc, lead, axis_nm)})
+            if dims:  # xarray's dimension names, as scale 0 has them
+                write_json(join(self.location, path), ".zattrs", {"_ARRAY_DIMENSIONS": dims})
+            ms["datasets"].append({"path": path, "coordinateTransformations": [
+                {"type": "scale", "scale": scale},
+                {"type": "translation", "translation": shift}]})
         write_json(self.location, group_key, group)
         fresh = ZarrRemote.open(self.location, mode="r+")
         self.meta, self._arrays = fresh.meta, fresh._arrays
@@ -736,20 +753,26 @@ def _fill(store: ts.TensorStore) -> int | float:
     return value if isinstance(value, (int, float)) else 0
 
 
-def _transforms(
-    base: Scale, sc: Scale, lead: list[int], axis_nm: Sequence[float] = (1.0, 1.0, 1.0)
-) -> list[dict[str, Any]]:
-    """A dataset's ``coordinateTransformations``: its voxel size, then the pixel-centre
-    translation (half a block in from scale 0 for a downsampled scale, as NGFF and
-    ome-zarr-py place it; exactly the store's own when the scale was read with one), in
-    units of ``axis_nm`` nanometres (z, y, x: the axes' units; nm by default)."""
-    nm = _nm_per(sc.voxel_size.unit)
-    scale = [v * nm / a for v, a in zip(sc.voxel_size.zyx(), axis_nm, strict=True)]
-    shift = [v * nm / a for v, a in zip(centre_translation(base, sc), axis_nm, strict=True)]
+def _transforms(base: Scale, sc: Scale, lead: list[int]) -> list[dict[str, Any]]:
+    """A dataset's ``coordinateTransformations`` as ``create`` writes them (nanometre axes,
+    ``lead`` channel axes first): its voxel size, then the pixel-centre translation."""
+    scale, shift = _world_transforms(base, sc)
     return [
         {"type": "scale", "scale": [1.0] * len(lead) + scale},
         {"type": "translation", "translation": [0.0] * len(lead) + shift},
     ]
+
+
+def _world_transforms(base: Scale, sc: Scale, axis_nm: Sequence[float] = (1.0, 1.0, 1.0)
+                      ) -> tuple[list[float], list[float]]:
+    """(voxel size, pixel-centre translation) of ``sc``, z y x, in units of ``axis_nm``
+    nanometres (the axes' units; nm by default): the translation is half a block in from
+    scale 0's for a downsampled scale, as NGFF and ome-zarr-py place it, and exactly the
+    store's own when the scale was read with one."""
+    nm = _nm_per(sc.voxel_size.unit)
+    scale = [v * nm / a for v, a in zip(sc.voxel_size.zyx(), axis_nm, strict=True)]
+    shift = [v * nm / a for v, a in zip(centre_translation(base, sc), axis_nm, strict=True)]
+    return scale, shift
 
 
 def _nm_per(unit: str) -> float:
