@@ -13,9 +13,11 @@ function) applied to DVID's downsampling of the scale-0 supervoxels.
 
 Stores: a precomputed pyramid (compressed_segmentation), an OME-Zarr (3 scales, odd offset and
 shape), and a DVID labelmap with 3 scales through the shipped test server, edited on DVID's
-server path (``prefer="auto"``) or on voxgate's local path where allowed: it is refused
-(InvalidRequestError "as supervoxels") once DVID has merged or split supervoxels, and the
-model then expects that refusal and an unchanged volume.
+server path (``prefer="auto"``) or on voxgate's local path where allowed: once DVID has merged
+or split supervoxels, a local edit is refused (InvalidRequestError "as supervoxels") when a
+block it rewrites holds a supervoxel that reads as another body or an id it writes is not its
+own body in DVID's mapping, and a local edit's undo is refused outright; the model then
+expects that refusal and an unchanged volume (and elsewhere the edit, checked as any other).
 
 Checks: every acknowledged edit is reflected exactly at every scale; every undo restores
 exactly the state before the edit it undoes; the new ids of a split are above every id in the
@@ -26,11 +28,13 @@ regression tests.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, settings
@@ -201,15 +205,39 @@ class ProofreadSession(RuleBasedStateMachine):
         return data.draw(st.sampled_from(["auto", "local"])) if self.kind == "dvid-mixed" \
             else "auto"
 
-    def refused_locally(self, fn: Any) -> bool:
+    def refused_locally(self, fn: Any, changed: np.ndarray, writes: list[int]) -> bool:
         """Run a local-path edit that DVID's agglomeration makes voxgate refuse: expect the
-        refusal, and nothing changed."""
-        if not self.agglomerated():
+        refusal, and nothing changed.  The edit (``changed``: the voxels it changes,
+        ``writes``: the ids it gives them) is refused when a block it rewrites (voxgate's, on
+        the write grid from the volume's first voxel) holds a supervoxel that reads as another
+        body, or an id it writes is not its own body in DVID's mapping
+        (``mapping?nolookup=true``: a supervoxel DVID retired reads as 0); elsewhere it runs,
+        and the model checks it."""
+        if not self.agglomerated() or not self.must_refuse(changed, writes):
             return False
         event("refused locally")
         with pytest.raises(InvalidRequestError, match="as supervoxels"):
             fn()
         return True
+
+    def must_refuse(self, changed: np.ndarray, writes: list[int]) -> bool:
+        sv = voxgate.open(self.url, supervoxels=True).read()
+        foreign = (sv != self.model) & (sv != 0)  # voxels whose supervoxel reads as another
+        # voxgate's blocks: its write grid (DVID's block size) from the volume's first voxel
+        cell = np.indices(self.model.shape).transpose(1, 2, 3, 0) // BS
+        keys = cell[..., 0] * 2**20 + cell[..., 1] * 2**10 + cell[..., 2]
+        if np.isin(keys[changed], keys[foreign]).any():
+            event("refused: a rewritten block holds a merged or split supervoxel")
+            return True
+        remote: Any = self.seg.remote
+        got = httpx.request(
+            "GET", f"{remote.client.base_url}/api/node/{remote.uuid}/{remote.instance}"
+            "/mapping?nolookup=true", content=json.dumps(writes)).json()
+        if got != writes:
+            event("refused: a written id is not its own body")
+            return True
+        event("allowed locally although DVID agglomerates")
+        return False
 
     def edited(self, r: Any, before: np.ndarray, operation: str) -> None:
         path = r.provenance.path if r.provenance is not None else "local"
@@ -253,7 +281,8 @@ class ProofreadSession(RuleBasedStateMachine):
         def run() -> Any:
             return voxgate.merge(self.seg, pick, into=into, prefer=prefer)  # type: ignore
 
-        if local and self.refused_locally(run):
+        changed = np.isin(self.model, np.array(pick, np.uint64)) & (self.model != target)
+        if local and self.refused_locally(run, changed, [target]):
             self.check(f"refused merge {pick} into {target}")
             return
         before = self.model.copy()
@@ -273,7 +302,8 @@ class ProofreadSession(RuleBasedStateMachine):
         if new in ids and data.draw(st.booleans()):
             mapping[new] = old                              # a swap
         run = lambda: voxgate.relabel(self.seg, mapping)  # noqa: E731
-        if self.refused_locally(run):
+        changed = np.isin(self.model, np.array(list(mapping), np.uint64))
+        if self.refused_locally(run, changed, sorted(set(mapping.values()))):
             self.check(f"refused relabel {mapping}")
             return
         before = self.model.copy()
@@ -294,7 +324,9 @@ class ProofreadSession(RuleBasedStateMachine):
         def run() -> Any:
             return voxgate.split(self.seg, label, seeds=seeds, prefer=prefer)  # type: ignore
 
-        if local and self.refused_locally(run):
+        moved = np.isin(want, [k for k, a in enumerate(asked, start=1) if a != label])
+        if local and self.refused_locally(run, moved, sorted({a for a in asked
+                                                              if a is not None and a != label})):
             self.check(f"refused {what}")
             return
         before = self.model.copy()

@@ -108,10 +108,17 @@ class DVIDLabels:
             raise LabelNotFoundError(f"body {lab} has no voxels at node {self.node}") from None
         return np.sort(self._json_list(resp))
 
-    def mapping(self, supervoxels: Iterable[int]) -> np.ndarray:
-        """Body of each supervoxel (0 where the supervoxel does not exist)."""
+    def mapping(self, supervoxels: Iterable[int], *, nolookup: bool = False) -> np.ndarray:
+        """Body of each supervoxel (0 where the supervoxel does not exist).
+
+        ``nolookup=True`` (DVID's ``?nolookup=true``) answers from the mapping alone, without
+        DVID's look-up of each unmapped id in the label index (labelidx.go verifyMappings):
+        the id itself where the mapping has no entry for it (whether or not it has voxels), 0
+        where it maps to 0 (a supervoxel a split retired, a cleaved body's or a renumber's new
+        id), else its body."""
         svs = [self._label(v) for v in supervoxels]
-        resp = _call(self.client, "GET", f"{self._base}/mapping", content=json.dumps(svs),
+        resp = _call(self.client, "GET", f"{self._base}/mapping"
+                     + ("?nolookup=true" if nolookup else ""), content=json.dumps(svs),
                      what=f"mapping of {len(svs)} supervoxels")
         return self._json_list(resp)
 

@@ -422,27 +422,93 @@ class DVIDRemote(Remote):
                 raise _downres_refusal(f"{self.url}: {what}", self.typename, levels,
                                        self.meta.scale(0).chunks, breaks, nothing)
 
-    def check_local_edit(self, what: str) -> None:
+    def check_local_edit(self, what: str, blocks: Iterable[Box] | None = None, *,
+                         bodies: Iterable[int] | None = None, writes: Iterable[int] = (),
+                         scale: int = 0) -> None:
         """Refuse (InvalidRequestError, before anything is written) an edit that voxgate would
         make by writing a labelmap's body view block by block (proofreading's local path, its
-        undo) once DVID agglomerates its supervoxels: a write stores each id as a supervoxel,
-        so every body read from the blocks and written back becomes a supervoxel of its id,
+        undo) where DVID agglomerates supervoxels: a write stores each id as a supervoxel, so
+        every body read from the blocks and written back becomes a supervoxel of its id,
         which the mapping may send elsewhere (a supervoxel merged into body w reads as w, one
         DVID split is retired and reads as 0: the voxels of a body split and undone on the
         server became 0), and the body's own supervoxels are lost.  Edits then go through
         DVID (prefer="server"); the supervoxels view (``supervoxels=True``) is written as
-        supervoxels."""
+        supervoxels.
+
+        ``blocks``: the boxes (at ``scale``) of the blocks the edit may rewrite.  The edit is
+        then safe when each supervoxel they hold, and each id it ``writes``, is its own body:
+        ``GET mapping?nolookup=true`` answers the id itself (handlers.go handleMapping: the
+        id where the mapping has no entry, else its entry; 0 for a retired id).  Written back
+        as a supervoxel, each voxel then reads as the body it read as, and no supervoxel
+        another body holds is overwritten.  Only those supervoxels are asked about (one
+        ``supervoxels=true`` read of the blocks, one mapping request per 100,000 ids), not
+        the node's whole mapping.  ``bodies``: the edit rewrites only the blocks holding one
+        of these bodies (a relabel's old ids); None: every block given.  Without ``blocks``
+        (the check of old) any non-identity mapping or supervoxel split of the node refuses
+        (``GET mappings``, ``GET supervoxel-splits``, each fetched whole)."""
         if self.labels is None or self.supervoxels or self.typename != "labelmap":
             return
-        if self.labels.agglomerated():
-            raise InvalidRequestError(
-                f"{self.url}: {what} on voxgate's local path would write body ids into DVID "
-                "as supervoxels, and this labelmap maps supervoxels to other bodies (merges, "
-                "or supervoxels DVID split, which now read as 0): the written voxels could "
-                "read back as another body or as 0, and the bodies' supervoxels would be "
-                "lost. Nothing was changed. Edit through DVID (prefer='server', the default "
-                "for merge and split; a merge into one of the merged ids), or open the "
-                "supervoxels view (supervoxels=True) to edit supervoxels")
+        if blocks is None:
+            if self.labels.agglomerated():
+                raise self._local_edit_refusal(
+                    what, "this labelmap maps supervoxels to other bodies (merges, or "
+                    "supervoxels DVID split, which now read as 0)")
+            return
+        bad = self._not_own_bodies(list(blocks), bodies, writes, scale)
+        if bad:
+            shown = ", ".join(f"{i} reads as {f'body {b}' if b else '0'}" for i, b in bad[:5])
+            raise self._local_edit_refusal(
+                what, f"DVID maps ids of the blocks it rewrites (or that it writes) to other "
+                f"bodies ({shown}{', ...' if len(bad) > 5 else ''}; 0: a supervoxel DVID "
+                "split, a cleaved or renumbered body's new id)")
+
+    def _local_edit_refusal(self, what: str, why: str) -> InvalidRequestError:
+        return InvalidRequestError(
+            f"{self.url}: {what} on voxgate's local path would write body ids into DVID as "
+            f"supervoxels, and {why}: the written voxels could read back as another body or "
+            "as 0, and the bodies' supervoxels would be lost. Nothing was changed. Edit "
+            "through DVID (prefer='server', the default for merge and split; a merge into one "
+            "of the merged ids), or open the supervoxels view (supervoxels=True) to edit "
+            "supervoxels")
+
+    def _not_own_bodies(self, blocks: list[Box], bodies: Iterable[int] | None,
+                        writes: Iterable[int], scale: int) -> list[tuple[int, int]]:
+        """(id, its entry in DVID's mapping) of each supervoxel of ``blocks`` (those holding
+        one of ``bodies``, all when None) and each id of ``writes`` that is not its own
+        body."""
+        assert self.labels is not None
+        tile = self._request_tile(scale)
+        held: dict[Box, np.ndarray] = {}
+        lock = threading.Lock()
+
+        def fetch(b: Box) -> None:
+            u = np.unique(np.concatenate([
+                np.unique(self._get(t, scale, supervoxels=True)) for t in _tiles(b, tile)]))
+            with lock:
+                held[b] = u[u != 0]
+
+        self._map(fetch, sorted({b for b in blocks if not b.is_empty()},
+                                key=lambda b: tuple(b.start)))
+        wr = np.unique(np.array([int(w) for w in writes], dtype=np.uint64))
+        wr = wr[wr != 0]
+        ids = np.unique(np.concatenate([*held.values(), wr]))
+        ids = ids[ids != 0]
+        if not len(ids):
+            return []
+        step = 100_000
+        mapped = np.concatenate([self.labels.mapping(ids[i:i + step].tolist(), nolookup=True)
+                                 for i in range(0, len(ids), step)])
+        if (mapped == ids).all():
+            return []
+        wanted = None if bodies is None else np.array(sorted({int(b) for b in bodies}),
+                                                      dtype=np.uint64)
+        bad = [wr[mapped[np.searchsorted(ids, wr)] != wr]] if len(wr) else []
+        for u in held.values():
+            m = mapped[np.searchsorted(ids, u)]
+            if wanted is None or np.isin(m, wanted).any():
+                bad.append(u[m != u])
+        out = np.unique(np.concatenate(bad)) if bad else np.empty(0, np.uint64)
+        return list(zip(out.tolist(), mapped[np.searchsorted(ids, out)].tolist(), strict=True))
 
     def write_grid(self, scale: int = 0) -> Vec:
         return self.meta.scale(scale).chunks

@@ -5,7 +5,7 @@ mappings``)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,7 @@ from ...geometry import Box, Vec, chunk_boxes
 from ...volume import Volume
 from .._common import Provenance
 from ..proofread_history import History
-from .core import EditResult, _boxes, _dvid_labels, _hist, _start
+from .core import EditResult, _blocks, _boxes, _dvid_labels, _hist, _start
 from .remeshing import _remesh
 
 #: the DVID log line prefix of voxgate's edit records
@@ -135,13 +135,32 @@ def _dvid_split(vol: Volume, label: int, keys: list[int | None], pieces: np.ndar
                       Provenance("split", "server", vol.url, {"mutations": mutations}))
 
 
-def _check_local_edit(vol: Volume, what: str) -> None:
-    """An edit on voxgate's local path of a dvid:// labelmap's body view: refused once DVID
-    agglomerates its supervoxels (DVIDRemote.check_local_edit says why)."""
+def _check_local_edit(vol: Volume, what: str, blocks: Sequence[Box] | None = None, *,
+                      bodies: Iterable[int] | None = None, writes: Iterable[int] = ()
+                      ) -> None:
+    """An edit on voxgate's local path of a dvid:// labelmap's body view: refused where DVID
+    agglomerates supervoxels (DVIDRemote.check_local_edit says why).  ``blocks``: the blocks
+    (of ``vol``'s scale) the edit may rewrite, ``bodies``: the ids whose blocks it rewrites
+    (None: every block of ``blocks``), ``writes``: the ids it writes; then only the
+    supervoxels of those blocks and the written ids are asked about.  Without ``blocks``: any
+    agglomeration of the node refuses."""
     from ...remotes.dvid import DVIDRemote
 
     if isinstance(vol.remote, DVIDRemote):
-        vol.remote.check_local_edit(what)
+        vol.remote.check_local_edit(what, blocks, bodies=bodies, writes=writes,
+                                    scale=vol.scale)
+
+
+def _check_local_change(vol: Volume, what: str, mask: np.ndarray, box: Box,
+                        writes: Iterable[int]) -> None:
+    """:func:`_check_local_edit` of an edit that gives the voxels ``mask`` (over ``box``) the
+    ids ``writes``: it rewrites the blocks (:func:`core._blocks`) holding one of them."""
+    from ...remotes.dvid import DVIDRemote
+
+    if isinstance(vol.remote, DVIDRemote):
+        blocks = [b for b in _blocks(vol, [box]) if not b.intersect(box).is_empty()
+                  and mask[b.intersect(box).slices(box.start)].any()]
+        _check_local_edit(vol, what, blocks, writes=writes)
 
 
 def _check_local_split(vol: Volume, mask: np.ndarray, sbox: Box, label: int) -> None:

@@ -50,13 +50,14 @@ def relabel(seg: Any, mapping: Mapping[Any, Any], *, user: str | None = None,
     m = {k: v for k, v in m.items() if k != v}
     if not m:
         raise InvalidRequestError("the mapping changes nothing (every id maps to itself)")
-    _check_local_edit(vol, f"{_operation} of {sorted(m)}")
     boxes = _boxes(vol, m)
+    blocks = _blocks(vol, boxes.values())
+    # the blocks rewritten are those holding an old id; the ids written, the new ones
+    _check_local_edit(vol, f"{_operation} of {sorted(m)}", blocks, bodies=m, writes=m.values())
     hist = _hist(vol, history_dir)
     params = _params if _params is not None else {"mapping": {str(k): v for k, v in m.items()}}
     n = _start(hist, vol, _operation, "local", user, params, sorted(set(m) | set(m.values())),
                boxes.values())
-    blocks = _blocks(vol, boxes.values())
     written = _edit_blocks(vol, hist, n, blocks, _remap_fn(m, vol.dtype), label=_operation,
                            progress=progress, workers=workers)
     grown: dict[int, Box] = {}

@@ -33,7 +33,7 @@ from .core import (
     _stats,
     one_edit_at_a_time,
 )
-from .dvid import _check_local_edit, _check_local_split, _dvid_split
+from .dvid import _check_local_change, _check_local_edit, _check_local_split, _dvid_split
 from .remeshing import _check_remesh, _remesh
 
 
@@ -216,9 +216,16 @@ def split(seg: Any, id: Any, *, seeds: Any = None, image: Any = None,
     if path == "server":
         return _dvid_split(vol, label, keys, pieces, sbox, seeds is not None, user, history_dir,
                            remesh, t0)
-    _check_local_edit(vol, f"splitting segment {label}")
+    # the blocks rewritten are those holding a voxel of a piece that gets another id; the ids
+    # written, those pieces' ids (the new ones, reserved next, are asked about once known)
+    what = f"splitting segment {label}"
+    moved = np.isin(pieces, [k for k, kk in enumerate(keys, start=1) if kk != label])
+    _check_local_change(vol, what, moved, sbox,
+                        [kk for kk in keys if kk is not None and kk != label])
     _check_local_split(vol, pieces > 0, sbox, label)
     new = _new_ids(vol, sum(1 for kk in keys if kk is None))
+    if new:
+        _check_local_edit(vol, what, [], writes=new)
     it = iter(new)
     ids = [kk if kk is not None else next(it) for kk in keys]
     lut = np.array([0, *ids], dtype=vol.dtype)

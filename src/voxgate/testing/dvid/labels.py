@@ -7,6 +7,7 @@ The bookkeeping they share (mappings, label indexes, runs, new labels) is in
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import struct
 import zlib
@@ -208,11 +209,22 @@ def _labels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
         else:
             arr = np.array(keys, dtype="<u8")
         return Reply(body=arr.tobytes(), content_type="application/octet-stream")
-    if is_map and kw == "mapping" and method == "GET":
+    if is_map and kw == "mapping":
+        # handlers.go handleMapping: vcache.go MappedLabels answers each id's entry in the
+        # mapping (the newest along the node's ancestry; 0 for a supervoxel a split retired,
+        # a cleaved body's id, a renumber's new id) and the id itself where it has none.
+        # Unless ?nolookup=true (that exact string), labelidx.go verifyMappings then checks
+        # each id without an entry against the label index: one with no voxels answers 0
+        if method != "GET":
+            raise DVIDError("Batch mapping query must be a GET request")
+        _check_content_hash(ctx.q.get("hash", ""), body)
         asked = [_as_label(v) for v in _body_list(body, "mapping")]
         m = _mapping(ctx)
-        idx = _index(ctx)
-        out = [m.get(sv, sv if sv in idx else 0) for sv in asked]
+        if ctx.q.get("nolookup") == "true":
+            out = [m.get(sv, sv) for sv in asked]
+        else:
+            idx = _index(ctx)
+            out = [m.get(sv, sv if sv and sv in idx else 0) for sv in asked]
         return Reply(body=("[" + ",".join(map(str, out)) + "]").encode())
     if is_map and kw == "mappings":
         if method == "GET":
@@ -300,6 +312,15 @@ def _labels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
     if is_map and kw == "renumber" and method == "POST":
         return _renumber(ctx, body)
     raise not_found
+
+
+def _check_content_hash(want: str, body: bytes) -> None:
+    """labelmap.go checkContentHash: ``?hash=`` must be the MD5 (hex) of the request body."""
+    if not want:
+        return
+    got = hashlib.md5(body).hexdigest()
+    if got != want:
+        raise DVIDError(f"content hash incorrect.  expected {want}, got {got}")
 
 
 def _split(ctx: _Ctx, parts: list[str], body: bytes) -> Reply:
