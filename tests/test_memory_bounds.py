@@ -8,10 +8,23 @@ Each of these peaked near the volume's full size before: a stepped read (``vol[:
 whole enclosing box first), ``downsample`` with a deep pyramid (one block was the coarsest chunk
 times its whole factor: the whole volume) and ``undo`` (it loaded every saved block of the edit
 before writing any back).
+
+The subprocess runs with glibc's mmap threshold fixed (``MALLOC_MMAP_THRESHOLD_``), so its peak
+RSS counts the buffers alive at once, not the ones glibc keeps after they were freed.  By
+default glibc raises that threshold to the size of the largest mapped buffer freed so far: after
+the first 16 MiB block is freed, every later one comes from a per-thread arena and stays resident
+when freed, in as many arenas as threads touched blocks (workers, tensorstore's copy and file
+threads).  How much that is depends on which threads the scheduler ran when: undo with 4
+workers (at most 4 blocks in flight, about 85 MiB of numpy arrays at once by ``tracemalloc``)
+peaked at 310-370 MiB with the default on a loaded machine (and at 448 once) and 140-155 MiB
+with the threshold fixed, loaded or not; with one worker, one block in flight, it peaked at
+about 190 MiB with the default and 70 MiB fixed.  A path that holds the whole volume peaks
+above its size with either.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -50,13 +63,16 @@ _BASE = _peak_mib()
 _EPILOGUE = """
 print(f"PEAK_DELTA_MIB {_peak_mib() - _BASE:.1f}")
 """
+#: buffers of 1 MiB and more are mapped and unmapped one by one (glibc's own default is 128 KiB,
+#: raised as buffers are freed): see the module docstring
+_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
 
 
 def _peak_delta(code: str, cwd: Path) -> float:
     """Run ``code`` in a fresh Python; its peak RSS (MiB) above its baseline after imports."""
     src = _PRELUDE + textwrap.dedent(code) + _EPILOGUE
     proc = subprocess.run([sys.executable, "-c", src], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env={**os.environ, **_MALLOC_ENV})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("PEAK_DELTA_MIB")][-1]
     return float(line.split()[1])
@@ -141,7 +157,9 @@ def test_downsample_of_a_deep_pyramid_runs_in_bounded_blocks(image: Path,
 def test_undo_of_an_edit_across_a_large_volume_restores_block_by_block(
         tmp_path: Path) -> None:
     """A merge of two ids found in every chunk of a 512 MiB segmentation saves every chunk;
-    its undo wrote them back after loading them all (512 MiB), now one at a time."""
+    its undo wrote them back after loading them all (512 MiB), now one at a time per worker.
+    ``workers`` is given: the blocks in flight are as many as the workers (each two arrays of
+    16 MiB and tensorstore's buffers), and the default is 8 on 4 cores and more."""
     url = f"zarr://{tmp_path}/seg.zarr"
     seg = voxgate.create(url, shape=(256, 512, 512), dtype="uint64", chunks=(128, 128, 128),
                          voxel_size=(8, 8, 8), kind="segmentation")
@@ -156,7 +174,7 @@ def test_undo_of_an_edit_across_a_large_volume_restores_block_by_block(
     assert merged.blocks == 32
     assert voxgate.open(url)[134, 390, 262].read() == 5
     peak = _peak_delta(f"""
-        (done,) = voxgate.undo("{url}", history_dir={str(hist)!r})
+        (done,) = voxgate.undo("{url}", history_dir={str(hist)!r}, workers=4)
         assert done.blocks == 32, done
     """, tmp_path)
     assert peak < BOUND_MIB, f"undoing an edit of a 512 MiB volume peaked at {peak} MiB"

@@ -27,17 +27,31 @@ def _restore(vol: Volume, saved: list[tuple[Box, int | None, Path]], label: str,
     the edit downsampled into): the voxels the edit changed only, where the history says which
     (the block's other voxels keep what was written to them since).  Each block's voxels are
     loaded as it is written (a few blocks in memory at once): loaded all first, undoing an
-    edit of a whole volume held all of it."""
+    edit of a whole volume held all of it.  At most ``workers`` blocks are in flight (each is
+    loaded by the thread that writes it, and a block queued by
+    :func:`~voxgate.parallel.run_blocks` is a key until then), each at most two arrays of its
+    size (the saved voxels, and the block as it is now with the saved ones copied into it in
+    place), released when it is written."""
     files = {(vol.scale if k is None else k, b): f for b, k, f in saved}
 
     def put(key: tuple[int, Box]) -> None:
         scale, box = key
         old, changed = History.load_saved(files[key])
         if changed is not None and not changed.all():
-            now = vol.remote.read(box, scale)
-            old = np.where(changed, old, now)
-            if np.array_equal(old, now):
+            block = vol.remote.read(box, scale)
+            differs = old != block
+            differs &= changed
+            if not differs.any():  # the edit's voxels are as they were already
                 return
+            del differs
+            if not block.flags.writeable:
+                block = block.copy()
+            # the edit's voxels back, the others as written since: in place (np.where made a
+            # third array of the block's size per thread)
+            np.copyto(block, old, where=changed)
+            old = block  # (the saved voxels released)
+            del block
+        del changed
         vol.remote.write(box, np.ascontiguousarray(old), scale)
 
     with progress_bar(progress, len(files), label) as bar:
