@@ -16,7 +16,8 @@ shape), and a DVID labelmap with 3 scales through the shipped test server, edite
 server path (``prefer="auto"``) or on voxgate's local path where allowed: once DVID has merged
 or split supervoxels, a local edit is refused (InvalidRequestError "as supervoxels") when a
 block it rewrites holds a supervoxel that reads as another body or an id it writes is not its
-own body in DVID's mapping, and a local edit's undo is refused outright; the model then
+own body in DVID's mapping, and a local edit's undo likewise (outright when a server edit is
+undone before it in the same call); the model then
 expects that refusal and an unchanged volume (and elsewhere the edit, checked as any other).
 
 Checks: every acknowledged edit is reflected exactly at every scale; every undo restores
@@ -391,9 +392,8 @@ class ProofreadSession(RuleBasedStateMachine):
     def undo(self, data: st.DataObject) -> None:
         k = data.draw(st.integers(1, min(3, len(self.done))))
         todo = self.done[-k:]
-        blocked = self.agglomerated() and any(p == "local" for _, _, p in todo)
         if k > 1 and data.draw(st.booleans()):  # all in one call
-            if blocked:  # refused before anything changes
+            if self.undo_refused(todo):  # refused before anything changes
                 event("undo of several refused")
                 with pytest.raises(InvalidRequestError, match="as supervoxels"):
                     voxgate.undo(self.seg, n=k)
@@ -406,10 +406,9 @@ class ProofreadSession(RuleBasedStateMachine):
             self.model = todo[0][1]
             self.check(f"undo of {[n for n, _, _ in todo]} at once")
             return
-        # a local edit's undo is refused once DVID agglomerates (edit by edit, newest first:
-        # the edits undone before the refused one stay undone)
+        # edit by edit, newest first: the edits undone before a refused one stay undone
         for n, before, path in reversed(todo):
-            if path == "local" and self.agglomerated():
+            if self.undo_refused([(n, before, path)]):
                 with pytest.raises(InvalidRequestError, match="as supervoxels"):
                     voxgate.undo(self.seg)
                 self.check(f"refused undo of {n}")
@@ -418,6 +417,28 @@ class ProofreadSession(RuleBasedStateMachine):
             self.undone(n)
             self.model = before
             self.check(f"undo of {n}")
+
+    def undo_refused(self, todo: list[tuple[int, np.ndarray, str]]) -> bool:
+        """Whether voxgate refuses to undo ``todo`` (oldest first) in one call.  Where DVID
+        agglomerates, the local edits' undos are checked as a local edit is: their blocks
+        (those each edit changed) and the ids they write back (:meth:`must_refuse`); when a
+        server edit among them is undone before a local one, it posts mappings after the
+        check, so any agglomeration of the node refuses."""
+        local = [i for i, (_, _, p) in enumerate(todo) if p == "local"]
+        if not self.agglomerated() or not local:
+            return False
+        if any(p == "server" for _, _, p in todo[local[0] + 1:]):
+            event("undo refused: a server edit undone before a local one")
+            return True
+        changed = np.zeros(self.model.shape, dtype=bool)
+        writes: set[int] = set()
+        for i in local:
+            before = todo[i][1]
+            after = todo[i + 1][1] if i + 1 < len(todo) else self.model
+            moved = after != before
+            changed |= moved
+            writes |= {int(v) for v in np.unique(before[moved]) if v}
+        return self.must_refuse(changed, sorted(writes))
 
     def undone(self, n: int) -> None:
         assert self.done[-1][0] == n

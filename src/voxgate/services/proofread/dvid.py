@@ -151,6 +151,27 @@ def _check_local_edit(vol: Volume, what: str, blocks: Sequence[Box] | None = Non
                                     scale=vol.scale)
 
 
+def _check_local_undo(vol: Volume, what: str, hist: Any, edits: Sequence[int],
+                      narrow: bool) -> None:
+    """:func:`_check_local_edit` of undoing the local ``edits``: the blocks they saved, and the
+    ids those blocks get back (the saved voxels the edits changed).  ``narrow`` False (a server
+    edit undone before a local one in the same call posts new mappings after this check), or
+    a block saved at another scale: any agglomeration of the node refuses."""
+    from ...remotes.dvid import DVIDRemote
+
+    if not isinstance(vol.remote, DVIDRemote):
+        return
+    saved = [b for k in edits for b in hist.saved_blocks(k)]
+    if not narrow or any(scale not in (None, vol.scale) for _, scale, _ in saved):
+        _check_local_edit(vol, what)
+        return
+    writes: set[int] = set()
+    for _, _, f in saved:  # (one block's voxels at a time)
+        old, changed = hist.load_saved(f)
+        writes.update(np.unique(old if changed is None else old[changed]).tolist())
+    _check_local_edit(vol, what, [box for box, _, _ in saved], writes=writes)
+
+
 def _check_local_change(vol: Volume, what: str, mask: np.ndarray, box: Box,
                         writes: Iterable[int]) -> None:
     """:func:`_check_local_edit` of an edit that gives the voxels ``mask`` (over ``box``) the

@@ -15,7 +15,7 @@ from ...volume import Volume
 from .._common import Provenance, as_volume, progress_bar
 from ..proofread_history import History, current_user
 from .core import EditResult, _forget_stats, _hist, _open, _stable_url, one_edit_at_a_time
-from .dvid import _adopt_log, _check_local_edit, _dvid_log, _dvid_undo, _log_entries
+from .dvid import _adopt_log, _check_local_undo, _dvid_log, _dvid_undo, _log_entries
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -99,7 +99,12 @@ def undo(seg: Any, n: int = 1, *, user: str | None = None, progress: bool = Fals
     local = [int(e["n"]) for e in todo[-n:] if e.get("path") != "server"
              and hist.saved_blocks(int(e["n"]))]
     if local:
-        _check_local_edit(vol, f"undoing edit(s) {sorted(local)}")
+        # a server edit undone before a local one posts mappings after the check: then the
+        # node's whole mapping is checked, else only what the local undos rewrite
+        oldest_local = min(local)
+        narrow = not any(e.get("path") == "server" and int(e["n"]) > oldest_local
+                         for e in todo[-n:])
+        _check_local_undo(vol, f"undoing edit(s) {sorted(local)}", hist, local, narrow)
     out = []
     for e in reversed(todo[-n:]):
         t0 = time.perf_counter()
