@@ -224,7 +224,9 @@ class KnossosRemote(Remote):
             root = ds.root
         if ds.server_format == "knossos":
             ds.mags = _knossos_server_mags(root, len(ds.voxel_sizes_xyz), conf)
-            ds.pow2_mags = ds.mags != list(range(1, len(ds.mags) + 1))
+            # with up to two scales both layouts are mag1, mag2: scales added later go where
+            # KNOSSOS reads them (mag4, mag8 ...) unless a mag3 said knossos_utils' layout
+            ds.pow2_mags = ds.mags == [2**k for k in range(len(ds.mags))]
         if not ds.mags:  # classic: the power-of-two mag folders present
             mags = sorted(
                 int(n[3:]) for n in os.listdir(root)

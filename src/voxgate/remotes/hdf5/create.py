@@ -10,6 +10,8 @@ import numpy as np
 
 from ...errors import InvalidRequestError, VoxgateError
 from ...meta import Scale, VolumeMeta
+from ...storage.units import length_unit_nm
+from .layout import _attr, _triple
 
 
 def _plain(v: float) -> int | float:
@@ -69,3 +71,24 @@ def _write_scale_attrs(attrs: h5py.AttributeManager, meta: VolumeMeta, sc: Scale
     attrs["offset"] = [o * v for o, v in zip(sc.offset, vs.zyx(), strict=True)]
     axes = ["c", "z", "y", "x"] if meta.num_channels > 1 else ["z", "y", "x"]
     attrs["axes"] = np.asarray(axes, dtype=h5py.string_dtype())
+
+
+def _follow_base_attrs(attrs: h5py.AttributeManager, base: h5py.AttributeManager,
+                       sc: Scale) -> None:
+    """A new level's attributes in the conventions of the file's own ``s0`` (after
+    :func:`_write_scale_attrs`): ``element_size_um`` (ilastik, Fiji) when s0 states its voxel
+    size so, and voxel size, resolution and offset in s0's ``unit`` (gunpowder and other
+    readers of ``resolution`` / ``offset`` do not read ``unit``)."""
+    vs = sc.voxel_size
+    nm = length_unit_nm(vs.unit) or 1.0
+    if _triple(_attr(base, "element_size_um")) is not None:
+        attrs["element_size_um"] = [v * nm / 1e3 for v in vs.zyx()]
+    unit = _attr(base, "unit")
+    per = length_unit_nm(unit) if isinstance(unit, str) else None
+    if per is None or per == nm:
+        return
+    size = [v * nm / per for v in vs.zyx()]
+    attrs["unit"] = unit
+    attrs["voxel_size"] = size
+    attrs["resolution"] = size
+    attrs["offset"] = [o * v for o, v in zip(sc.offset, size, strict=True)]

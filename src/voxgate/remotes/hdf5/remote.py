@@ -21,7 +21,13 @@ from ...errors import (
 from ...geometry import Box, Vec, VoxelSize, chunk_boxes
 from ...meta import Kind, Scale, VolumeMeta, check_new_scales
 from ..base import Capability, Remote, check_options, check_same_volume
-from .create import _create_dataset, _create_volume, _plain, _write_scale_attrs
+from .create import (
+    _create_dataset,
+    _create_volume,
+    _follow_base_attrs,
+    _plain,
+    _write_scale_attrs,
+)
 from .files import _acquire, _release, _SharedFile, _split
 from .layout import (
     DEFAULT_DATASET,
@@ -291,6 +297,7 @@ class HDF5Remote(Remote):
             for sc in scales:
                 ds = _create_dataset(f, f"{self.name}/s{sc.index}", meta, sc, filters)
                 _write_scale_attrs(ds.attrs, meta, sc)
+                _follow_base_attrs(ds.attrs, f[f"{self.name}/s0"].attrs, sc)
                 fac = [_plain(a / b) for a, b in zip(sc.voxel_size.zyx(), vs0.zyx(), strict=True)]
                 ds.attrs["downsamplingFactors"] = fac
                 factors.append(fac)

@@ -45,9 +45,11 @@ def _nm(value: float, unit: str) -> float:
 
 
 def _scale_info(
-    meta: VolumeMeta, sc: Scale, sharded: bool | Mapping[str, Any], taken: set[str]
+    meta: VolumeMeta, sc: Scale, sharded: bool | Mapping[str, Any], taken: set[str],
+    block: Any = None,
 ) -> dict[str, Any]:
-    """One entry of the info's ``scales``; ``taken`` holds keys already used."""
+    """One entry of the info's ``scales``; ``taken`` holds keys already used, ``block`` the
+    compressed_segmentation block size ([x, y, z]; default 8x8x8)."""
     dtype, channels = meta.dtype, meta.num_channels
     if any(c <= 0 for c in sc.chunks) or any(s <= 0 for s in sc.shape):
         raise InvalidRequestError(f"scale {sc.index}: shape and chunks must be positive")
@@ -90,7 +92,7 @@ def _scale_info(
         "encoding": encoding,
     }
     if encoding == "compressed_segmentation":
-        out["compressed_segmentation_block_size"] = list(_CSEG_BLOCK)
+        out["compressed_segmentation_block_size"] = list(block or _CSEG_BLOCK)
     if isinstance(sharded, Mapping):
         out["sharding"] = _check_sharding(sharded)
     elif sharded:

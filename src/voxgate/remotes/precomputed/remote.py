@@ -153,12 +153,13 @@ class PrecomputedRemote(Remote):
         return cls.open(location, mode="r+")
 
     def _append_scales(
-        self, meta: VolumeMeta, scales: Sequence[Scale], sharded: bool | Mapping[str, Any]
+        self, meta: VolumeMeta, scales: Sequence[Scale], sharded: bool | Mapping[str, Any],
+        block: Any = None,
     ) -> None:
         info = read_json(self.location, "info")  # the stored one: others may have added keys
         keys = {s["key"] for s in info["scales"]}
         for sc in scales:
-            scale_info = _scale_info(meta, sc, sharded, keys)
+            scale_info = _scale_info(meta, sc, sharded, keys, block)
             keys.add(scale_info["key"])
             info["scales"].append(scale_info)
         self._write_info(info)
@@ -202,11 +203,16 @@ class PrecomputedRemote(Remote):
         return read_skeletons(self.url, ids)
 
     def add_scales(self, scales: Sequence[Scale]) -> None:
-        """New scales in the info, sharded like scale 0 (tensorstore picks the same spec)."""
+        """New scales in the info, as CloudVolume's and Igneous's ``add_scale`` make them:
+        scale 0's compressed_segmentation block size, and sharded when scale 0 is, with a
+        spec picked per scale (``sharded=True``'s identity hash, as Igneous picks one per
+        scale), not scale 0's, whose bits fit scale 0's chunk grid only."""
         self._check_writable()
         check_new_scales(self.meta, scales)
-        sharded = self._info["scales"][0].get("sharding") is not None
-        self._append_scales(self.meta, scales, sharded)
+        base = self._info["scales"][0]
+        sharded = base.get("sharding") is not None
+        self._append_scales(self.meta, scales, sharded,
+                            base.get("compressed_segmentation_block_size"))
 
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
         if self.missing == "error":
