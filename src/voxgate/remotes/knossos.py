@@ -385,7 +385,7 @@ class KnossosRemote(Remote):
 
     def _grid(self, scale: int) -> tuple[Box, Vec]:
         sc = self.meta.scale(scale)
-        # cubes are anchored at the dataset origin, not at the offset
+        # in coordinates from the volume's first voxel (its offset): cube 0 starts there
         return Box(Vec(0, 0, 0), sc.shape), sc.chunks
 
     def _cubes(self, box: Box, scale: int) -> list[tuple[Vec, Box, Box]]:
