@@ -64,7 +64,7 @@ from .remotes.base import (
     has_capability,
     notify_written,
 )
-from .storage import is_local, local_path, split_url
+from .storage import is_local, local_path, split_url, state_dir
 from .volume import Volume
 
 __all__ = [
@@ -139,10 +139,7 @@ class CopyReport:
 
 def journal_dir() -> Path:
     """Where copy journals live: ``$VOXGATE_STATE_DIR`` or ``~/.cache/voxgate/transfers``."""
-    base = os.environ.get("VOXGATE_STATE_DIR")
-    if base:
-        return Path(base) / "transfers"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "voxgate" / "transfers"
+    return state_dir("transfers")
 
 
 class CopyInterrupted(KeyboardInterrupt):

@@ -54,6 +54,7 @@ from ..blockwise import (
 from ..errors import DtypeError, InvalidRequestError
 from ..geometry import Box, Vec
 from ..remotes.memory import MemoryRemote
+from ..storage import state_dir
 from ..volume import Volume
 from ._common import (
     Provenance,
@@ -113,16 +114,6 @@ def run_block(fn: Callable[[np.ndarray], Any], src: Volume, out: Volume, block: 
 #: the journals of runs writing into a ``mem://`` volume: kept in this process, as its data are
 _memory_journals: dict[tuple[str, int], _Journal] = {}
 _memory_lock = threading.Lock()
-
-
-def _journal_dir() -> Path:
-    """Where the journals of runs writing into their source live: ``$VOXGATE_STATE_DIR`` or
-    ``~/.cache/voxgate``, under ``map_blocks/`` (beside ``voxgate.copy``'s ``transfers/``)."""
-    base = os.environ.get("VOXGATE_STATE_DIR")
-    if base:
-        return Path(base) / "map_blocks"
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "voxgate" / "map_blocks"
 
 
 def _fn_identity(fn: Callable[..., Any]) -> str:
@@ -355,7 +346,8 @@ def _open_journal(url: str, plan: dict[str, Any], fn: str, resume: bool | None,
             journal.active = True
         return journal
     name = hashlib.sha256(json.dumps([url, plan["scale"]]).encode()).hexdigest()[:24]
-    path = _journal_dir() / f"{name}.journal"
+    # (beside voxgate.copy's journals, in "transfers")
+    path = state_dir("map_blocks") / f"{name}.journal"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         f = open(path, "a+", encoding="utf-8")  # (closed by the journal)

@@ -32,7 +32,7 @@ from .kvstore import (
     ts_write_context,
     write_json,
 )
-from .locations import STORAGE_SCHEMES, split_url
+from .locations import STORAGE_SCHEMES, split_url, state_dir
 from .locking import file_lock
 from .units import LENGTH_UNITS_NM, UNITS_NM, length_unit_nm
 
@@ -60,6 +60,7 @@ __all__ = [
     "set_copy_concurrency",
     "set_request_retries",
     "split_url",
+    "state_dir",
     "ts_context",
     "ts_errors",
     "ts_write_context",

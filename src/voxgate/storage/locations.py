@@ -7,10 +7,11 @@ storage URL (``file://``, ``gs://``, ``s3://``, ``http(s)://``) names a location
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from ..errors import InvalidRequestError
 
-__all__ = ["STORAGE_SCHEMES", "split_url"]
+__all__ = ["STORAGE_SCHEMES", "split_url", "state_dir"]
 
 #: storage locations (not formats) a URL may start with after the format scheme
 STORAGE_SCHEMES = ("file", "gs", "s3", "http", "https")
@@ -32,3 +33,13 @@ def split_url(url: str | os.PathLike[str]) -> tuple[str | None, str]:
     if not rest:
         raise InvalidRequestError(f"{url!r} names no location after {scheme}://")
     return scheme, rest
+
+
+def state_dir(name: str) -> Path:
+    """This machine's folder for voxgate's records of ``name`` (``"transfers"``: copy journals,
+    ``"map_blocks"``: in-place map_blocks journals): ``$VOXGATE_STATE_DIR/name``, else
+    ``$XDG_CACHE_HOME`` (or ``~/.cache``) ``/voxgate/name``."""
+    base = os.environ.get("VOXGATE_STATE_DIR")
+    if base:
+        return Path(base) / name
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "voxgate" / name
