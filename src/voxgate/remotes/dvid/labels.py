@@ -45,6 +45,7 @@ class DVIDLabels:
     def __init__(self, client: HTTPClient, node: str, name: str) -> None:
         self.client, self.node, self.name = client, node, name
         self._base = f"/api/node/{node}/{name}"
+        self._info: dict[str, Any] | None = None  # GET info, fetched for a merge
 
     def __repr__(self) -> str:
         return f"<DVIDLabels {self.client.base_url}/{self.node}/{self.name}>"
@@ -142,11 +143,77 @@ class DVIDLabels:
         return any(isinstance(item, list) and item for item in doc)
 
     def merge(self, target: int, others: Iterable[int]) -> int:
-        """Merge bodies ``others`` into ``target``; returns the mutation id."""
-        labs = [self._label(target)] + [self._label(v) for v in others]
+        """Merge bodies ``others`` into ``target``; returns the mutation id (0 on a
+        labelarray, whose ``POST merge`` answers an empty 200 and names none).
+
+        A labelarray merges in the background after answering (mutate.go MergeLabels); raw
+        reads see the merge at once (read.go GetLabels applies DVID's merge cache until the
+        block rewrite and the downres are done), point queries (``label_at``) once the
+        blocks are rewritten.  Refused before anything is sent: a target among ``others``
+        (a labelarray turns those voxels into 0, labels/compressed.go Block.MergeLabels),
+        and, on a labelarray with coarser scales, a merge that rewrites a block DVID's
+        downres cannot take (its goroutine panics and the DVID server process exits)."""
+        tgt = self._label(target)
+        rest = [self._label(v) for v in others]
+        if not rest:
+            raise InvalidRequestError(f"a merge into {tgt} needs at least one other label")
+        if tgt in rest:
+            raise InvalidRequestError(
+                f"cannot merge label {tgt} into itself (others {rest} include the target): "
+                "a DVID labelarray would turn its voxels into 0, a labelmap refuses it. "
+                "Nothing was merged")
+        labs = [tgt, *rest]
+        what = f"merging {rest} into {tgt}"
+        self._check_array_merge(labs, what)
         resp = _call(self.client, "POST", f"{self._base}/merge", content=json.dumps(labs),
-                     what=f"merging {labs[1:]} into {labs[0]}")
-        return int(resp.json()["MutationID"])
+                     what=what)
+        if not resp.content.strip():
+            return 0
+        return int(json.loads(resp.content, parse_int=int)["MutationID"])
+
+    def _instance_info(self) -> dict[str, Any]:
+        if self._info is None:
+            resp = _call(self.client, "GET", f"{self._base}/info",
+                         what=f"the info of instance {self.name}")
+            self._info = dict(resp.json())
+        return self._info
+
+    def _check_array_merge(self, labs: list[int], what: str) -> None:
+        """labelarray mutate.go processMerge hands every block of the target's and the merged
+        labels' index to the downres, in a goroutine with no recover: with MaxDownresLevel
+        >= 1 a block DVID's downres cannot take (a negative odd block coordinate at a scale
+        it downsamples, remote._downres_breaks) panics there and the server process exits,
+        after scale 0 was rewritten.  The blocks come from ``sparsevol-coarse`` (the label
+        index): one request per label."""
+        info = self._instance_info()
+        ext = info.get("Extended") or {}
+        levels = int(ext.get("MaxDownresLevel") or 0)
+        if (info.get("Base") or {}).get("TypeName") != "labelarray" or levels < 1:
+            return
+        from .remote import _downres_breaks, _downres_refusal
+
+        bx, by, bz = (int(v) for v in ext["BlockSize"])
+        for lab in labs:
+            try:
+                resp = _call(self.client, "GET", f"{self._base}/sparsevol-coarse/{lab}",
+                             what=f"the blocks of label {lab}")
+            except RemoteNotFoundError:
+                continue  # no voxels: no blocks to rewrite
+            try:
+                runs = decode_rles(resp.content)
+            except DVIDFormatError as exc:
+                raise CorruptChunkError(f"the coarse sparse volume of {lab} does not decode: "
+                                        f"{exc}", chunk=f"{self._base}/sparsevol-coarse/{lab}"
+                                        ) from None
+            for x, y, z, n in runs.astype(np.int64).tolist():
+                breaks = _downres_breaks(Vec(z, y, x), Vec(z, y, x + n - 1), levels)
+                if breaks is not None:
+                    raise _downres_refusal(
+                        f"{self.client.base_url}/{self.node}/{self.name}: {what} (label {lab} "
+                        "has voxels there, and DVID's labelarray merge rewrites every block of "
+                        "the target and the merged labels; its downres runs after the 200, "
+                        "where a panic ends the DVID server)", "labelarray", levels,
+                        Vec(bz, by, bx), breaks, "Nothing was merged")
 
     def cleave(self, body: int, supervoxels: Iterable[int]) -> int:
         """Move ``supervoxels`` of ``body`` to a new body; returns its id."""

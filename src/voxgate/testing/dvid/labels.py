@@ -34,6 +34,7 @@ from .labelindex import (
     _as_label,
     _body_list,
     _bounds,
+    _downres,
     _index,
     _label_arg,
     _mapping,
@@ -247,6 +248,8 @@ def _labels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
                         store.put(str(sv), ctx.version, struct.pack("<Q", op.mapped))
                 ctx.mutated()
             return Reply(body=b"")
+    if not is_map and kw == "merge":
+        return _array_merge(ctx, method, body)
     if is_map and kw == "merge" and method == "POST":
         labels = [_as_label(v) for v in _body_list(body, "merge")]
         if len(labels) < 2:
@@ -312,6 +315,96 @@ def _labels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
     if is_map and kw == "renumber" and method == "POST":
         return _renumber(ctx, body)
     raise not_found
+
+
+def _go_list(labels: list[int]) -> str:
+    """Go's %v of a []uint64."""
+    return "[" + " ".join(map(str, labels)) + "]"
+
+
+def _array_merge(ctx: _Ctx, method: str, body: bytes) -> Reply:
+    """``POST merge`` of a labelarray (labelarray.go handleMerge, mutate.go MergeLabels).
+
+    The body is ``[target, merged, ...]`` (labels/events.go MergeTuple.Op: at least two
+    labels, none of the merged 0; the target may be any id, one with no voxels too).  DVID
+    answers 200 with an empty body and does the work afterwards in a goroutine (processMerge):
+    every block of the target's and the merged labels' index is rewritten (mergeBlock,
+    labels/compressed.go Block.MergeLabels), the target's index gets those blocks, the merged
+    labels' indexes are deleted, and the downres recomputes the coarser scales.  maxlabel does
+    not move.  Raw reads see the merge at once (read.go GetLabels applies the merge cache
+    until the goroutine ends); this server does the work before it answers.
+
+    Block.MergeLabels zeroes the merged labels' entries, then points their voxels at the
+    target's entry, or, in a block without the target, at one of theirs renamed the target: a
+    merge whose target is among the merged ids makes every merged voxel of a block that holds
+    the target 0 (and the target's index is deleted).  A downres that panics (a negative odd
+    block coordinate, labelindex._downres) runs in that goroutine, which has no recover: the
+    process dies after answering 200, scale 0 and the indexes rewritten."""
+    if method != "POST":
+        raise DVIDError("Merge requests must be POST actions.")
+    try:
+        tup = json.loads(body, parse_int=int)
+    except ValueError as exc:
+        raise DVIDError(f"Bad merge op JSON: {exc}") from None
+    if tup is not None and not isinstance(tup, list):
+        raise DVIDError("Bad merge op JSON: json: cannot unmarshal into Go value of type "
+                        "labels.MergeTuple")
+    labels = [_as_label(v) for v in tup or []]
+    if tup is not None and not labels:
+        uuid = ctx.repo.nodes[ctx.version].uuid
+        raise DVIDError("Panic detected on request voxgate-test/1:\nruntime error: index out "
+                        "of range [0] with length 0\nIP: 127.0.0.1, URL: "
+                        f"/api/node/{uuid}/{ctx.inst.name}/merge", 500, raw=True)
+    if len(labels) < 2:
+        raise DVIDError(f"invalid merge tuple {_go_list(labels)}, need at least target and "
+                        "to-merge labels")
+    if 0 in labels[1:]:
+        raise DVIDError(f"invalid merge tuple {_go_list(labels)} -- cannot contain background "
+                        "label 0")
+    target, merged = labels[0], set(labels[1:])
+    wanted = np.array(sorted(merged), dtype=np.uint64)
+    with ctx.state.lock:
+        idx = _index(ctx)
+        vol = _Vol(ctx, 0)
+        blocks = sorted({b for lab in (target, *merged) for b in idx.get(lab, {})})
+        changed: dict[tuple[int, int, int], np.ndarray] = {}
+        for bk in blocks:
+            cur = vol.block(*bk)
+            if cur is None:
+                continue  # (mergeBlock: a nil block panics, recovered and logged)
+            new = cur.copy()
+            hit = np.isin(cur, wanted)
+            new[hit] = 0 if target in merged and (cur == target).any() else target
+            changed[bk] = new
+            vol.store.put(vol.key(*bk), ctx.version, new)
+        store = ctx.store("labelindex")
+        for lab in merged:
+            store.delete(str(lab), ctx.version, ctx.ancestry)
+        if target not in merged and blocks:
+            rows = [[*bk, int((changed[bk] == target).sum()) if bk in changed else 0]
+                    for bk in blocks]
+            store.put(str(target), ctx.version, np.array(rows, dtype=np.int64))
+        ctx.mutated()
+        ctx.state.save()
+        if ctx.inst.max_downres and changed:
+            try:
+                _downres(ctx, set(changed))
+            except DVIDError as exc:
+                _die_after_reply(str(exc))
+            ctx.mutated()
+            ctx.state.save()
+    return Reply(body=b"", content_type="text/plain")
+
+
+def _die_after_reply(panic: str) -> None:
+    """A Go panic outside any handler: the process exits (status 2), here just after the
+    reply that preceded it has gone out."""
+    import os
+    import sys
+    import threading
+
+    print("panic: " + panic.split("\n")[1], file=sys.stderr, flush=True)
+    threading.Timer(0.3, os._exit, args=(2,)).start()
 
 
 def _check_content_hash(want: str, body: bytes) -> None:
