@@ -17,12 +17,17 @@ bounding box's ``topLeft`` is the volume's offset.
   ``axisOrder``) read and written through tensorstore, transposed to voxgate's ``[c,] z, y, x``
   (the same plumbing as zarr://).
 - ``wkw`` layers: read through the ``wkw`` package (``pip install wkw``), never written.
+- A mag's ``channelIndex`` (a layer holding some channels of its mags' arrays): the layer's
+  ``numChannels`` channels from that index are read and written, as the ``webknossos`` package
+  reads them; such a layer gets no new mags (``add_scales`` refuses it).
 
 ``voxgate.create("webknossos:///data/ds/NAME", ...)`` adds a zarr3 layer NAME to the dataset
 (creating the dataset when there is none; without a layer name the layer is "color" for images
 and "segmentation" for segmentations), laid out as the ``webknossos`` Python package lays out
 its own: sharded arrays with ``c, x, y, z`` dimensions, a transpose codec and zstd, mag
-directories ``1``, ``2``, ``2-2-1`` (shards of at most ``_SHARD_BYTES``).  Changes to
+directories ``1``, ``2``, ``2-2-1`` (shards of at most ``_SHARD_BYTES``). The layer's
+``zarr.json`` holds OME-Zarr 0.5 multiscales listing each mag under its array's path in the
+layer directory (``mags[].path``, not the mag's default name).  Changes to
 ``datasource-properties.json`` (a new layer, new mags, a raised ``largestSegmentId``) are made
 one writer at a time (``file_lock`` on local disks).
 """
@@ -32,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import posixpath
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -181,6 +187,18 @@ def _axis_order(entry: dict[str, Any], array: Any) -> dict[str, int]:
     return dict(_DEFAULT_AXES) if rank == 4 else {"x": 0, "y": 1, "z": 2}
 
 
+def _layer_relative(layer_dir: str, path: str) -> str | None:
+    """``path`` relative to the layer directory ``layer_dir`` (``"1"``, ``"mags/full"``), or
+    None when it lies outside it."""
+    if is_local(layer_dir) and is_local(path):
+        layer_dir, path = (os.path.normpath(local_path(p)) for p in (layer_dir, path))
+    prefix = layer_dir.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        return None
+    rel = posixpath.normpath(path[len(prefix):])
+    return None if rel == "." or rel.startswith("..") else rel
+
+
 def _mag_name(mag: Sequence[int]) -> str:
     return str(mag[0]) if len(set(mag)) == 1 else "-".join(str(m) for m in mag)
 
@@ -224,10 +242,22 @@ def _dtypes(layer: dict[str, Any], where: str) -> tuple[list[np.dtype[Any]], int
     return out, channels
 
 
+def _channel_index(value: object, where: str) -> int:
+    """A mag's ``channelIndex``: the first channel of the mag's array the layer holds (its
+    ``numChannels`` channels from there), as the webknossos package reads it (the c axis of
+    the layer's bounding box starts there)."""
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise InvalidRequestError(f"{where}: channelIndex must be a non-negative integer, got "
+                              f"{value!r}")
+
+
 class _WKWArray:
     """A wkw mag read through the ``wkw`` package (channel-first x, y, z, Fortran order)."""
 
-    def __init__(self, path: str, channels: int) -> None:
+    def __init__(self, path: str, channels: int, channel_index: int = 0) -> None:
         try:
             import wkw
         except ImportError as exc:
@@ -241,6 +271,13 @@ class _WKWArray:
         self.channels = channels
         self.ds = wkw.Dataset.open(path)
         self.block = int(self.ds.header.block_len)
+        self.first = channel_index
+        have = int(self.ds.header.num_channels)
+        if channel_index + channels > have:
+            raise InvalidRequestError(
+                f"the WKW mag {path} holds {have} channel(s); the layer asks for {channels} "
+                f"from channelIndex {channel_index}"
+            )
 
     def read(self, box: Box) -> np.ndarray:
         off = list(box.start.xyz())
@@ -250,7 +287,8 @@ class _WKWArray:
         except Exception as exc:
             raise CorruptChunkError(f"reading {box!r} of the WKW mag {self.path} failed: {exc}",
                                     chunk=self.path) from exc
-        out = np.ascontiguousarray(np.asarray(arr).transpose(0, 3, 2, 1))
+        arr = np.asarray(arr)[self.first:self.first + self.channels]
+        out = np.ascontiguousarray(arr.transpose(0, 3, 2, 1))
         return out if self.channels > 1 else out[0]
 
 
@@ -272,6 +310,7 @@ class WebknossosRemote(Remote):
         data_format: str,
         mode: str,
         largest_segment_id: int | None = None,
+        channel_index: int = 0,
     ) -> None:
         self.dataset = dataset
         self.layer = layer
@@ -284,6 +323,8 @@ class WebknossosRemote(Remote):
         #: the layer's largestSegmentId as last read or written here (None: not kept); writes
         #: of larger ids raise it in the properties file
         self._largest = largest_segment_id
+        #: the layer's channelIndex (the largest of its mags': 0 when each starts at channel 0)
+        self.channel_index = channel_index
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -349,18 +390,25 @@ class WebknossosRemote(Remote):
                        for r in layer.get("wkwResolutions", [])]
         if not entries:
             raise InvalidRequestError(f"{where} lists no mags")
+        # the webknossos package takes the first listed mag's channelIndex for the layer;
+        # WEBKNOSSOS reads each mag's own
+        first = entries[0].get("channelIndex", bb.get("channelIndex")) \
+            if isinstance(entries[0], dict) else None
         entries = sorted(entries, key=lambda e: _mag(e.get("mag"), where))
-        scales, arrays, mags = [], [], []
+        scales, arrays, mags, indices = [], [], [], []
         for i, entry in enumerate(entries):
             mag = _mag(entry.get("mag"), where)
             path = cls._mag_path(dataset, name, entry, mag)
+            channel_index = _channel_index(entry.get("channelIndex", first), where)
+            indices.append(channel_index)
             lo = [t // m for t, m in zip(top, mag, strict=True)]
             hi = [math.ceil((t + s) / m) for t, s, m in zip(top, size, mag, strict=True)]
             offset = Vec(lo[2], lo[1], lo[0])
             shape = Vec(*[h - low for h, low in zip(hi, lo, strict=True)][::-1])
             arr: TSArray | _WKWArray
             if fmt in ("zarr3", "zarr"):
-                arr, chunks = cls._open_zarr(path, fmt, entry, channels, hi, mode, where)
+                arr, chunks = cls._open_zarr(path, fmt, entry, channels, hi, mode, where,
+                                             channel_index)
                 stored = np.dtype(arr.store.dtype.numpy_dtype)
                 if i == 0 and stored != dtype and stored in dtypes:
                     dtype = stored  # a multi-channel layer an older voxgate described
@@ -383,7 +431,8 @@ class WebknossosRemote(Remote):
                         "convert the layer to zarr3 (webknossos convert, or voxgate cp from a "
                         "local copy)"
                     )
-                wkw_arr = _WKWArray(local_path(path) if is_local(path) else path, channels)
+                wkw_arr = _WKWArray(local_path(path) if is_local(path) else path, channels,
+                                    channel_index)
                 chunks = Vec(wkw_arr.block, wkw_arr.block, wkw_arr.block)
                 arr = wkw_arr
             else:
@@ -397,7 +446,7 @@ class WebknossosRemote(Remote):
         meta = VolumeMeta(dtype, tuple(scales), kind, channels, 0)
         largest = (_segment_id(layer.get("largestSegmentId")) if kind == "segmentation"
                    else None)
-        return cls(dataset, name, meta, arrays, mags, fmt, mode, largest)
+        return cls(dataset, name, meta, arrays, mags, fmt, mode, largest, max(indices))
 
     @staticmethod
     def _mag_path(dataset: str, layer: str, entry: dict[str, Any], mag: list[int]) -> str:
@@ -416,7 +465,7 @@ class WebknossosRemote(Remote):
     @staticmethod
     def _open_zarr(
         path: str, fmt: str, entry: dict[str, Any], channels: int, hi: list[int], mode: str,
-        where: str,
+        where: str, channel_index: int = 0,
     ) -> tuple[TSArray, Vec]:
         marker = "zarr.json" if fmt == "zarr3" else ".zarray"
         if not kvstore_exists(path, marker):
@@ -443,6 +492,23 @@ class WebknossosRemote(Remote):
                 f"{where}: axisOrder {axes!r} does not match the {store.rank}-D array at {path}"
             )
         view = store[ts.d[order].transpose[:]]
+        if has_c:
+            # the layer's channels of the array: numChannels from channelIndex, renumbered
+            # from 0 (the webknossos package reads them so; WEBKNOSSOS selects channelIndex)
+            have = int(view.shape[0])
+            if channel_index + channels > have:
+                raise InvalidRequestError(
+                    f"{where}: the array at {path} has {have} channel(s), but the layer holds "
+                    f"{channels} from channelIndex {channel_index}: the properties file and "
+                    "the data disagree"
+                )
+            lo = int(view.domain[0].inclusive_min) + channel_index
+            view = view[ts.d[0][lo:lo + channels].translate_to[0]]
+        elif channel_index:
+            raise InvalidRequestError(
+                f"{where}: channelIndex {channel_index} selects a channel, but the array at "
+                f"{path} has no channel axis (axisOrder {axes!r})"
+            )
         spatial = view.shape[-3:]
         need = hi[::-1]
         if any(s < n for s, n in zip(spatial, need, strict=True)):
@@ -654,21 +720,26 @@ class WebknossosRemote(Remote):
 
     @staticmethod
     def _write_layer_group(dataset: str, name: str, mags: list[list[int]],
-                           base_xyz: list[float], dims: Sequence[str] = ("c", "x", "y", "z")
-                           ) -> None:
-        """The layer's zarr.json: an OME-Zarr 0.5 multiscale group, as webknossos writes, with
-        the mags' dimensions ``dims``."""
-        axes = [{"name": "c", "type": "channel"} if d == "c" else
-                {"name": d, "type": "space", "unit": "nanometer"} for d in dims]
-        datasets = [{"path": _mag_name(m), "coordinateTransformations": [
-            {"type": "scale", "scale": [1.0 if d == "c" else base_xyz["xyz".index(d)]
-                                        * m["xyz".index(d)] for d in dims]}]}
-            for m in mags]
-        write_json(join(dataset, name), "zarr.json", {
-            "zarr_format": 3, "node_type": "group",
-            "attributes": {"ome": {"version": "0.5", "multiscales": [
-                {"axes": axes, "datasets": datasets}]}},
-        })
+                           base_xyz: list[float], dims: Sequence[str] = ("c", "x", "y", "z"),
+                           paths: Sequence[str | None] | None = None) -> None:
+        """The layer's zarr.json: an OME-Zarr 0.5 multiscale group, as webknossos writes
+        (``webknossos/dataset/ome_metadata.py``), with the mags' dimensions ``dims``, each mag
+        listed under its array's path in the layer directory (``paths``; default the mags'
+        default names).  A mag outside the layer directory (a mag another dataset holds) has
+        no path an OME-Zarr reader could follow from the layer group: then the layer is a
+        plain group, with no multiscales naming wrong arrays."""
+        rels = list(paths) if paths is not None else [_mag_name(m) for m in mags]
+        node: dict[str, Any] = {"zarr_format": 3, "node_type": "group"}
+        if all(r is not None for r in rels):
+            axes = [{"name": "c", "type": "channel"} if d == "c" else
+                    {"name": d, "type": "space", "unit": "nanometer"} for d in dims]
+            datasets = [{"path": rel, "coordinateTransformations": [
+                {"type": "scale", "scale": [1.0 if d == "c" else base_xyz["xyz".index(d)]
+                                            * m["xyz".index(d)] for d in dims]}]}
+                for m, rel in zip(mags, rels, strict=True)]
+            node["attributes"] = {"ome": {"version": "0.5", "multiscales": [
+                {"axes": axes, "datasets": datasets}]}}
+        write_json(join(dataset, name), "zarr.json", node)
 
     # -- data -----------------------------------------------------------------------------------
     @property
@@ -677,7 +748,9 @@ class WebknossosRemote(Remote):
             return frozenset()
         caps = {Capability.CHUNK_PRESENCE}
         if self.mode == "r+":
-            caps |= {Capability.WRITE, Capability.ADD_SCALES}
+            caps.add(Capability.WRITE)
+            if not self.channel_index:
+                caps.add(Capability.ADD_SCALES)
         return frozenset(caps)
 
     def write_grid(self, scale: int = 0) -> Vec:
@@ -733,6 +806,17 @@ class WebknossosRemote(Remote):
         self._check_writable()
         if self.data_format != "zarr3":
             raise CapabilityNotSupportedError(f"{self.url}: scales are added to zarr3 layers")
+        if self.channel_index:
+            # a new mag would need the channels before channelIndex too (the webknossos
+            # package applies the first mag's channelIndex to every mag), or a channelIndex of
+            # its own (which the webknossos package does not read)
+            raise CapabilityNotSupportedError(
+                f"{self.url} holds channel(s) {self.channel_index}.."
+                f"{self.channel_index + self.meta.num_channels - 1} of its mags' arrays "
+                f"(channelIndex {self.channel_index}); voxgate adds mags to layers that start at "
+                "channel 0 only: copy the layer to a layer of its own (voxgate cp) and "
+                "downsample that"
+            )
         check_new_scales(self.meta, scales)
         vs0 = self.meta.scales[0].voxel_size
         base_xyz = [v * UNITS_NM.get(vs0.unit, 1.0) for v in vs0.xyz()]
@@ -756,8 +840,12 @@ class WebknossosRemote(Remote):
                 layers[0]["mags"].append({"mag": mag,
                                           "path": f"./{self.layer}/{_mag_name(mag)}",
                                           "axisOrder": dict(axis_order)})
-            mags = [_mag(e["mag"], self.url) for e in layers[0]["mags"]]
-            self._write_layer_group(self.dataset, self.layer, mags, base_xyz, dims)
+            entries = sorted(layers[0]["mags"], key=lambda e: _mag(e.get("mag"), self.url))
+            mags = [_mag(e["mag"], self.url) for e in entries]
+            paths = [_layer_relative(join(self.dataset, self.layer),
+                                     self._mag_path(self.dataset, self.layer, e, m))
+                     for e, m in zip(entries, mags, strict=True)]
+            self._write_layer_group(self.dataset, self.layer, mags, base_xyz, dims, paths)
             write_json(self.dataset, PROPERTIES, props)
         fresh = WebknossosRemote.open(join(self.dataset, self.layer), mode="r+")
         self.meta, self._arrays, self._mags = fresh.meta, fresh._arrays, fresh._mags

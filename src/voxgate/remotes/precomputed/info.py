@@ -3,7 +3,7 @@ before it becomes a precomputed layer."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...errors import InvalidRequestError
@@ -44,12 +44,47 @@ def _nm(value: float, unit: str) -> float:
     return int(nm) if float(nm).is_integer() else nm
 
 
+def _whole(value: float) -> float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _cv_precision(value: object) -> int:
+    """CloudVolume's ``lib.getprecision``: the digits after the point of ``str(value)`` (so
+    ``6.0`` has 1, ``6`` and ``1e+16`` none)."""
+    parts = str(value).split(".")
+    return len(parts[1]) if len(parts) > 1 else 0
+
+
+def _resolution(res: list[float], base: Sequence[float]) -> list[float]:
+    """A coarser scale's resolution as CloudVolume's ``add_scale`` computes it: scale 0's
+    stored resolution times the whole factor (not the previous scale's times its own, whose
+    float noise differs: 0.1 * 3 * 3 is 0.9000000000000001, 0.1 * 9 is 0.9).  A resolution
+    that is no whole multiple of scale 0's stays as it is."""
+    factors = [r / b if b else 0.0 for r, b in zip(res, base, strict=True)]
+    if any(f < 0.5 or abs(f - round(f)) > 1e-9 * f for f in factors):
+        return res
+    return [_whole(b * round(f)) for b, f in zip(base, factors, strict=True)]
+
+
+def _scale_key(res: Sequence[float], base: Sequence[float]) -> str:
+    """A scale's key as CloudVolume names it (``create_info`` and ``add_scale``, which key a
+    scale by its resolution, ``"_".join(map(str, resolution))``): the resolution as ints
+    (``1000000_1000000_40``) when scale 0's has no fractional digits, else as floats
+    (``9.0_12.0_40.0``, ``0.6000000000000001_...``: ``str`` of the float, never rounded).
+    A fractional resolution of an integral scale 0 (no CloudVolume scale) is written as
+    floats too, where CloudVolume's int() would cut it."""
+    floats = any(_cv_precision(v) > 0 for v in base) or any(
+        not float(v).is_integer() for v in res)
+    return "_".join(str(float(v)) if floats else str(int(v)) for v in res)
+
+
 def _scale_info(
     meta: VolumeMeta, sc: Scale, sharded: bool | Mapping[str, Any], taken: set[str],
-    block: Any = None,
+    block: Any = None, base: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """One entry of the info's ``scales``; ``taken`` holds keys already used, ``block`` the
-    compressed_segmentation block size ([x, y, z]; default 8x8x8)."""
+    compressed_segmentation block size ([x, y, z]; default 8x8x8), ``base`` scale 0's
+    resolution as the info stores it (default: ``meta``'s scale 0's)."""
     dtype, channels = meta.dtype, meta.num_channels
     if any(c <= 0 for c in sc.chunks) or any(s <= 0 for s in sc.shape):
         raise InvalidRequestError(f"scale {sc.index}: shape and chunks must be positive")
@@ -78,7 +113,12 @@ def _scale_info(
             f"not {encoding!r}"
         )
     res = [_nm(v, sc.voxel_size.unit) for v in sc.voxel_size.xyz()]
-    key = sc.key or "_".join(f"{v:g}" for v in res)
+    if base is None:
+        s0 = meta.scales[0].voxel_size
+        base = [_nm(v, s0.unit) for v in s0.xyz()]
+    if sc.index > 0:
+        res = _resolution(res, base)
+    key = sc.key or _scale_key(res, base)
     if key in taken:
         key = f"{key}_{sc.index}"
     if key in taken:

@@ -158,8 +158,9 @@ class PrecomputedRemote(Remote):
     ) -> None:
         info = read_json(self.location, "info")  # the stored one: others may have added keys
         keys = {s["key"] for s in info["scales"]}
+        base = info["scales"][0]["resolution"]
         for sc in scales:
-            scale_info = _scale_info(meta, sc, sharded, keys, block)
+            scale_info = _scale_info(meta, sc, sharded, keys, block, base)
             keys.add(scale_info["key"])
             info["scales"].append(scale_info)
         self._write_info(info)
