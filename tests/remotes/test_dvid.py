@@ -277,8 +277,10 @@ def test_block_endpoints_unaligned_and_bad_bodies(dvid_server: DVIDServerProcess
     assert r.status_code == 400 and "lz4" in r.text
     r = c.post(f"{base}/blocks", content=pack_block_records([((0, 0, 0), b"not gzip")]))
     assert r.status_code == 400 and "gzip" in r.text
-    r = c.get(f"{base}/nosuchthing")
-    assert r.status_code == 404 and r.text.startswith("Could not find the URL:")
+    r = c.get(f"{base}/nosuchthing")  # labelmap.go ServeHTTP default: web.go BadAPIRequest
+    assert r.status_code == 400
+    assert r.text.startswith(f'Bad API call ({base}/nosuchthing) for data "{name}".  See API '
+                             "help at http://") and "/api/help/labelmap" in r.text
     for path in (f"{base}/size/5", f"{base}/sparsevol/5", f"{base}/sparsevol-size/5",
                  f"{base}/supervoxels/5"):
         assert c.get(path).status_code == 404, path

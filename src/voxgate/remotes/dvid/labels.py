@@ -1,4 +1,11 @@
-"""Label queries on a DVID ``labelmap``: points, sizes, mappings, merges, sparse volumes."""
+"""Label queries on a DVID ``labelmap`` or ``labelarray``: points, sizes, mappings, merges,
+sparse volumes.
+
+A labelarray serves fewer endpoints than a labelmap (labelarray.go ServeHTTP: no size, sizes,
+supervoxels, mapping(s), supervoxel-splits, cleave, renumber, POST nextlabel, and a
+sparsevol-size without a voxel count; any other keyword answers 400 "Bad API call").  Each
+query a labelarray lacks is computed here from what it has (sparse volumes: exact), or
+refused naming the datatype."""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import httpx
 import numpy as np
 
 from ...errors import (
+    CapabilityNotSupportedError,
     CorruptChunkError,
     InvalidRequestError,
     RemoteNotFoundError,
@@ -42,10 +50,12 @@ def _zyx_point(p: Iterable[Any]) -> tuple[int, int, int]:
 class DVIDLabels:
     """Label queries on a labelmap / labelarray instance at one node (points are (z, y, x))."""
 
-    def __init__(self, client: HTTPClient, node: str, name: str) -> None:
+    def __init__(self, client: HTTPClient, node: str, name: str,
+                 typename: str | None = None) -> None:
         self.client, self.node, self.name = client, node, name
         self._base = f"/api/node/{node}/{name}"
         self._info: dict[str, Any] | None = None  # GET info, fetched for a merge
+        self._typename = typename  # None: read from GET info when first needed
 
     def __repr__(self) -> str:
         return f"<DVIDLabels {self.client.base_url}/{self.node}/{self.name}>"
@@ -64,6 +74,29 @@ class DVIDLabels:
                 not 0 < int(label) < 2**64:
             raise InvalidRequestError(f"a label is an integer in 1..2^64-1, got {label!r}")
         return int(label)
+
+    @property
+    def typename(self) -> str:
+        """The instance's DVID datatype (``labelmap``, ``labelarray``), from ``GET info``."""
+        if self._typename is None:
+            self._typename = str((self._instance_info().get("Base") or {}).get("TypeName", ""))
+        return self._typename
+
+    def _is_labelmap(self) -> bool:
+        """Whether the instance serves a labelmap's endpoints (else a labelarray's subset)."""
+        return self.typename == "labelmap"
+
+    def _refuse(self, what: str, endpoint: str, instead: str = "") -> CapabilityNotSupportedError:
+        return CapabilityNotSupportedError(
+            f"{self.client.base_url}/{self.node}/{self.name} is a DVID {self.typename}, which "
+            f"cannot {what}: only a labelmap serves {endpoint} (labelarray.go ServeHTTP has "
+            f"no such endpoint){instead}. Nothing was sent")
+
+    def _runs_size(self, lab: int) -> int:
+        """Voxel count of ``lab`` from its sparse volume (exact; a labelarray has no ``size``
+        endpoint and its label index keeps blocks, not voxel counts)."""
+        runs = self.sparsevol_runs(lab)
+        return int(runs[:, 3].astype(np.int64).sum())
 
     def _json_list(self, resp: httpx.Response) -> np.ndarray:
         # parse integers exactly: ids above 2^53 must not pass through a float
@@ -85,7 +118,11 @@ class DVIDLabels:
         return self._json_list(resp)
 
     def size(self, label: int, *, supervoxels: bool = False) -> int:
+        """Voxel count; on a labelarray (no ``size`` endpoint, no supervoxels: each label is
+        its own) summed from the label's sparse volume."""
         lab = self._label(label)
+        if not self._is_labelmap():
+            return self._runs_size(lab)
         try:
             resp = _call(self.client, "GET", f"{self._base}/size/{lab}"
                          + self._q(0, supervoxels), what=f"size of label {lab}")
@@ -94,14 +131,29 @@ class DVIDLabels:
         return int(resp.json()["voxels"])
 
     def sizes(self, labels: Iterable[int], *, supervoxels: bool = False) -> np.ndarray:
-        """Voxel counts (0 for labels that do not exist)."""
+        """Voxel counts (0 for labels that do not exist); on a labelarray one sparse volume
+        per distinct label."""
         labs = [self._label(v) for v in labels]
+        if not self._is_labelmap():
+            got: dict[int, int] = {}
+            for lab in dict.fromkeys(labs):
+                try:
+                    got[lab] = self._runs_size(lab)
+                except LabelNotFoundError:
+                    got[lab] = 0
+            return np.array([got[lab] for lab in labs], dtype=np.uint64)
         resp = _call(self.client, "GET", f"{self._base}/sizes" + self._q(0, supervoxels),
                      content=json.dumps(labs), what=f"sizes of {len(labs)} labels")
         return self._json_list(resp)
 
     def supervoxels(self, body: int) -> np.ndarray:
+        """The body's supervoxels, sorted; a labelarray agglomerates nothing, so a label with
+        voxels is its only supervoxel."""
         lab = self._label(body)
+        if not self._is_labelmap():
+            if not self.has_label(lab):
+                raise LabelNotFoundError(f"body {lab} has no voxels at node {self.node}")
+            return np.array([lab], dtype=np.uint64)
         try:
             resp = _call(self.client, "GET", f"{self._base}/supervoxels/{lab}",
                          what=f"supervoxels of body {lab}")
@@ -116,15 +168,24 @@ class DVIDLabels:
         DVID's look-up of each unmapped id in the label index (labelidx.go verifyMappings):
         the id itself where the mapping has no entry for it (whether or not it has voxels), 0
         where it maps to 0 (a supervoxel a split retired, a cleaved body's or a renumber's new
-        id), else its body."""
+        id), else its body.  A labelarray maps nothing: each id is its own body (0 where it has
+        no voxels, one ``HEAD sparsevol`` per id; without them under ``nolookup``)."""
         svs = [self._label(v) for v in supervoxels]
+        if not self._is_labelmap():
+            if nolookup:
+                return np.array(svs, dtype=np.uint64)
+            found = {sv: self.has_label(sv) for sv in dict.fromkeys(svs)}
+            return np.array([sv if found[sv] else 0 for sv in svs], dtype=np.uint64)
         resp = _call(self.client, "GET", f"{self._base}/mapping"
                      + ("?nolookup=true" if nolookup else ""), content=json.dumps(svs),
                      what=f"mapping of {len(svs)} supervoxels")
         return self._json_list(resp)
 
     def mappings(self) -> dict[int, int]:
-        """Every non-identity supervoxel -> body mapping at this node."""
+        """Every non-identity supervoxel -> body mapping at this node (none on a
+        labelarray)."""
+        if not self._is_labelmap():
+            return {}
         resp = _call(self.client, "GET", f"{self._base}/mappings?format=binary",
                      what="the label mapping")
         pairs = np.frombuffer(resp.content, "<u8").reshape(-1, 2)
@@ -133,7 +194,9 @@ class DVIDLabels:
     def agglomerated(self) -> bool:
         """Whether any supervoxel at this node reads as another body: a mapping that is not
         the identity (merges, cleaves, renumbers) or a supervoxel DVID split (retired: it
-        reads as 0, its voxels taken by two new supervoxels)."""
+        reads as 0, its voxels taken by two new supervoxels).  Never on a labelarray."""
+        if not self._is_labelmap():
+            return False
         if self.mappings():
             return True
         resp = _call(self.client, "GET", f"{self._base}/supervoxel-splits",
@@ -216,9 +279,12 @@ class DVIDLabels:
                         Vec(bz, by, bx), breaks, "Nothing was merged")
 
     def cleave(self, body: int, supervoxels: Iterable[int]) -> int:
-        """Move ``supervoxels`` of ``body`` to a new body; returns its id."""
+        """Move ``supervoxels`` of ``body`` to a new body; returns its id (labelmap only)."""
         lab = self._label(body)
         svs = [self._label(v) for v in supervoxels]
+        if not self._is_labelmap():
+            raise self._refuse("cleave (it has no supervoxels)", "POST cleave",
+                               "; split() moves voxels to a new label")
         resp = _call(self.client, "POST", f"{self._base}/cleave/{lab}", content=json.dumps(svs),
                      what=f"cleaving {len(svs)} supervoxels from {lab}")
         return int(resp.json()["CleavedLabel"])
@@ -234,10 +300,13 @@ class DVIDLabels:
         return int(d["label"]), int(d.get("MutationID", 0))
 
     def renumber(self, mapping: dict[int, int]) -> None:
-        """Give body ``old`` the id ``new`` for each ``{new: old}``: ``POST renumber``."""
+        """Give body ``old`` the id ``new`` for each ``{new: old}``: ``POST renumber``
+        (labelmap only)."""
         pairs: list[int] = []
         for new, old in mapping.items():
             pairs += [self._label(new), self._label(old)]
+        if not self._is_labelmap():
+            raise self._refuse("renumber", "POST renumber")
         _call(self.client, "POST", f"{self._base}/renumber", content=json.dumps(pairs),
               what=f"renumbering {mapping}")
 
@@ -248,6 +317,8 @@ class DVIDLabels:
         items = [MappingOp(self._label(b), [self._label(s) for s in svs]) for b, svs in ops]
         if not items:
             return
+        if not self._is_labelmap():
+            raise self._refuse("map supervoxels to bodies", "POST mappings")
         _call(self.client, "POST", f"{self._base}/mappings", content=encode_mapping_ops(items),
               what=f"posting {len(items)} mapping(s)")
 
@@ -260,8 +331,12 @@ class DVIDLabels:
         return int(json.loads(resp.content)["nextlabel"])
 
     def reserve_ids(self, count: int) -> int:
-        """Reserve ``count`` new label ids (``POST nextlabel``); returns the first."""
+        """Reserve ``count`` new label ids (``POST nextlabel``); returns the first (labelmap
+        only: a labelarray's nextlabel is GET only, labelarray.go handleNextlabel)."""
         count = whole_at_least(count, 1, "the count of ids to reserve")
+        if not self._is_labelmap():
+            raise self._refuse("reserve ids", "POST nextlabel",
+                               "; ids above maxlabel() are unused")
         resp = _call(self.client, "POST", f"{self._base}/nextlabel/{count}",
                      what=f"reserving {count} ids")
         return int(json.loads(resp.content)["start"])
@@ -320,13 +395,19 @@ class DVIDLabels:
         return resp.status_code == 200
 
     def sparsevol_size(self, label: int, *, supervoxels: bool = False) -> SparsevolSize:
+        """Voxel count, block count and block-accurate box.  A labelarray's sparsevol-size
+        has no voxel count (labelarray.go handleSparsevolSize): it is summed from the label's
+        sparse volume."""
         lab = self._label(label)
         try:
             resp = _call(self.client, "GET", f"{self._base}/sparsevol-size/{lab}"
                          + self._q(0, supervoxels), what=f"sparsevol-size of {lab}")
         except RemoteNotFoundError:
             raise LabelNotFoundError(f"label {lab} has no voxels at node {self.node}") from None
-        d = resp.json()
+        d = json.loads(resp.content, parse_int=int)
         mn, mx = d["minvoxel"], d["maxvoxel"]
-        return SparsevolSize(int(d["voxels"]), int(d["numblocks"]),
+        voxels = d.get("voxels")
+        if voxels is None:
+            voxels = self._runs_size(lab)
+        return SparsevolSize(int(voxels), int(d["numblocks"]),
                              Box((mn[2], mn[1], mn[0]), (mx[2] + 1, mx[1] + 1, mx[0] + 1)))

@@ -175,7 +175,8 @@ class DVIDRemote(Remote):
         self._rmw_lock = threading.Lock()
         self._pool_lock = threading.Lock()
         self.labels: DVIDLabels | None = (
-            DVIDLabels(self.client, self.uuid, instance) if self.is_label else None)
+            DVIDLabels(self.client, self.uuid, instance, self.typename) if self.is_label
+            else None)
 
     def __repr__(self) -> str:
         return f"<DVIDRemote {self.url} node={self.uuid} mode={self.mode!r}>"
@@ -367,6 +368,10 @@ class DVIDRemote(Remote):
                 name, typename, node=uuid, block_size=tuple(sc.chunks),
                 voxel_size=sc.voxel_size.zyx(), max_scale=len(meta.scales) - 1 if is_label else 0,
                 versioned=bool(versioned), tags=tags)
+            if typename == "labelarray":
+                # labelarray.go ServeHTTP has no extents endpoint (its extents grow with the
+                # blocks written); the tags above carry the shape and offset
+                continue
             lo, hi = sc.offset.xyz(), (sc.offset + sc.shape).xyz()
             _call(repo.client, "POST", f"/api/node/{uuid}/{name}/extents",
                   json={"MinPoint": list(lo), "MaxPoint": [v - 1 for v in hi]},
@@ -384,7 +389,9 @@ class DVIDRemote(Remote):
         caps = {Capability.VERSIONING, Capability.BATCH_READ}
         if self.mode == "r+":
             caps.add(Capability.WRITE)
-            if self.typename in ("labelmap", "labelarray"):
+            if self.typename == "labelmap":
+                # a labelarray hands out no ids (labelarray.go handleNextlabel: POST is
+                # refused), so the Services and the relay count ids themselves there
                 caps.add(Capability.RESERVE_IDS)
             if self.typename == "labelmap" and not self.supervoxels:
                 caps.add(Capability.SERVER_PROOFREAD)
@@ -694,6 +701,10 @@ class DVIDRemote(Remote):
         if self.locked and self.versioned:
             raise ReadOnlyError(f"{self.url}: node {self.uuid} is committed; reserve ids on an "
                                 "open node")
+        if self.typename != "labelmap":
+            raise CapabilityNotSupportedError(
+                f"{self.url} is a DVID {self.typename}, which hands out no ids (only a "
+                "labelmap serves POST nextlabel); take ids above labels.maxlabel() instead")
         return self._labels().reserve_ids(count)
 
     def label_at(self, point: Iterable[Any], scale: int = 0) -> int:

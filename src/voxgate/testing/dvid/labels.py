@@ -11,6 +11,7 @@ import hashlib
 import json
 import struct
 import zlib
+from urllib.parse import urlencode
 
 import lz4.block
 import numpy as np
@@ -48,12 +49,49 @@ from .labelindex import (
 )
 from .model import MAX_LABEL, DVIDError, Reply, _Ctx, _json, _q
 
+#: The keywords each label type's ServeHTTP switch answers (labelmap.go and labelarray.go
+#: ``(d *Data) ServeHTTP``); any other keyword reaches its ``default:``, server/web.go
+#: BadAPIRequest.  A labelarray has no size, sizes, listlabels, lastmod, supervoxels, mapping,
+#: mappings, cleave, renumber, set-nextlabel, extents or tags.
+DVID_ENDPOINTS: dict[str, frozenset[str]] = {
+    "labelarray": frozenset({
+        "help", "metadata", "resolution", "info", "specificblocks", "sync", "label", "labels",
+        "blocks", "pseudocolor", "raw", "isotropic", "sparsevol-size", "sparsevol",
+        "sparsevol-by-point", "sparsevol-coarse", "sparsevols-coarse", "maxlabel", "nextlabel",
+        "split", "split-coarse", "merge"}),
+    "labelmap": frozenset({
+        "help", "metadata", "extents", "resolution", "map-stats", "info", "tags",
+        "specificblocks", "sync", "label", "labels", "existing-labels", "listlabels", "mapping",
+        "supervoxel-splits", "blocks", "ingest-supervoxels", "pseudocolor", "raw", "isotropic",
+        "lastmod", "supervoxels", "supervoxel-sizes", "size", "sizes", "sparsevol-size",
+        "sparsevol", "sparsevol-by-point", "sparsevol-coarse", "sparsevols-coarse", "fvdb",
+        "maxlabel", "nextlabel", "set-nextlabel", "split-supervoxel", "cleave", "split", "merge",
+        "renumber", "proximity", "index-version", "index", "indices", "indices-compressed",
+        "mappings", "history", "mutations", "mutations-range"}),
+}
+
+
+def _bad_api_call(ctx: _Ctx) -> DVIDError:
+    """server/web.go BadAPIRequest: 400, the path, the instance name (Go's %q) and the help
+    URL of the type on DVID's configured host (here: the Host the request was sent to)."""
+    host = ctx.headers.get("host", "localhost:8000")
+    return DVIDError(f"Bad API call ({ctx.path}) for data {_q(ctx.inst.name)}.  See API help "
+                     f"at http://{host}/api/help/{ctx.inst.typename}", raw=True)
+
 
 def _labels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
             not_found: DVIDError) -> Reply:
     kw = parts[0]
     inst = ctx.inst
     is_map = inst.typename == "labelmap"
+    if not is_map and kw in ("maxlabel", "nextlabel") and method != "GET":
+        # labelarray.go handleMaxlabel / handleNextlabel: GET only; labelarray ids are not
+        # handed out (DVID's labelarray has no POST nextlabel, set-nextlabel or POST maxlabel)
+        if kw == "nextlabel" and method == "POST":
+            raise DVIDError("POST on maxlabel is not supported yet.\n")
+        raise DVIDError(f"Unknown action {_q(method)} requested: {_go_url(ctx)}\n")
+    if not is_map and kw == "nextlabel":
+        return Reply(body=json.dumps({"nextlabel": inst.max_repo_label + 1}).encode())
     if kw == "label" and method == "GET":
         if len(parts) < 2:
             raise DVIDError("DVID requires coord to follow 'label' command")
@@ -147,15 +185,19 @@ def _labels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
         bset = {b for sv in svs for b in idx[sv]}
         if not bset:
             return Reply(404, b"", "text/plain")
-        n = sum(sum(idx[sv].values()) for sv in svs)
         bz, by, bx = inst.block_size[2], inst.block_size[1], inst.block_size[0]
         lo = [min(b[i] for b in bset) for i in range(3)]
         hi = [max(b[i] for b in bset) for i in range(3)]
-        text = (f'{{"voxels": {n}, "numblocks": {len(bset)}, '
+        text = (f'"numblocks": {len(bset)}, '
                 f'"minvoxel": [{lo[2] * bx}, {lo[1] * by}, {lo[0] * bz}], '
                 f'"maxvoxel": [{(hi[2] + 1) * bx - 1}, {(hi[1] + 1) * by - 1}, '
                 f'{(hi[0] + 1) * bz - 1}]}}')
-        return Reply(body=text.encode())
+        if not is_map:
+            # labelarray.go handleSparsevolSize: no voxel count (its label index, labelidx.go
+            # Meta, keeps blocks only), and sent as application/octet-stream
+            return Reply(body=("{" + text).encode(), content_type="application/octet-stream")
+        n = sum(sum(idx[sv].values()) for sv in svs)
+        return Reply(body=(f'{{"voxels": {n}, ' + text).encode())
     if kw in ("sparsevol", "sparsevol-coarse") and method in ("GET", "HEAD"):
         label = _label_arg(parts, kw)
         svs = _supervoxels_of(ctx, label, ctx.flag("supervoxels"))
@@ -314,7 +356,15 @@ def _labels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
         return _split(ctx, parts, body)
     if is_map and kw == "renumber" and method == "POST":
         return _renumber(ctx, body)
+    if not is_map:
+        raise DVIDError(f"{method} {kw} of a labelarray is not served by the voxgate DVID test "
+                        "server (DVID's labelarray.go ServeHTTP has this endpoint)")
     raise not_found
+
+
+def _go_url(ctx: _Ctx) -> str:
+    """Go's %s of the request's r.URL: the path, then ``?`` and the query if it has one."""
+    return ctx.path + ("?" + urlencode(ctx.q) if ctx.q else "")
 
 
 def _go_list(labels: list[int]) -> str:

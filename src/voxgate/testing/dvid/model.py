@@ -156,6 +156,7 @@ class _Ctx:
     ancestry: list[int]
     q: dict[str, str]
     headers: dict[str, str]
+    path: str = ""  # the request's path (DVID's r.URL.Path), for messages that quote it
 
     def store(self, name: str) -> Store:
         return self.inst.store(name, self.state.data_root)

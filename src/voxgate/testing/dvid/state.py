@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from .keyvalue import _keyvalue
+from .labels import DVID_ENDPOINTS, _bad_api_call
 from .model import (
     _TYPE_PKG,
     TYPE_URL,
@@ -394,7 +395,10 @@ class DVIDState:
                                 f"{node.uuid}")
         else:
             version = repo.root_version
-        ctx = _Ctx(self, repo, inst, version, self.ancestry(repo, version), q, headers)
+        path = "/" + "/".join(parts)
+        ctx = _Ctx(self, repo, inst, version, self.ancestry(repo, version), q, headers, path)
+        if inst.typename in DVID_ENDPOINTS and keyword not in DVID_ENDPOINTS[inst.typename]:
+            raise _bad_api_call(ctx)
         if keyword == "info" and method == "GET":
             return _json(self._instance_info(repo, inst))
         if keyword == "help":
