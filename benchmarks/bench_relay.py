@@ -294,15 +294,39 @@ def main() -> None:
             r = latency("128^3 uint64, httpx", lambda b: http_cutout(c, "seg", 0, b, "uint64"),
                         b64)
             rows.append(("warm 128^3 uint64, httpx, 1 tier", r["p50"], r["p99"]))
-        # item 7: every read cold against the upstream read + encode + transfer (the warm p50)
+            warm64 = rows[-1][1]
+            # the same warm reads, each after the client idled as long as a cold read keeps
+            # it waiting for the upstream read + encode: a cold request's transfer begins
+            # after such a wait, and a client woken from one receives more slowly than one
+            # requesting back to back (benchmarks/README.md, item 7)
+            idle: dict[str, float] = {}
+            for label, chan, dtype, boxes in (("512x512x16 uint8", "raw", "uint8", b8),
+                                              ("128^3 uint64", "seg", "uint64", b64)):
+                wait = upstream[label] / 1000
+                times = []
+                for b in boxes:
+                    time.sleep(wait)
+                    t0 = time.perf_counter()
+                    http_cutout(c, chan, 0, b, dtype)
+                    times.append(time.perf_counter() - t0)
+                idle[label] = pct(times, 0.5) * 1000
+                print(f"  {label + ', httpx, after an idle wait':60s} p50 {idle[label]:7.2f} ms"
+                      f"   p99 {pct(times, 0.99) * 1000:7.2f} ms")
+                rows.append((f"warm {label}, httpx, 1 tier, each after a {wait * 1000:.1f} ms "
+                             "idle wait", idle[label], pct(times, 0.99) * 1000))
+        # item 7: every read cold against the upstream read + encode + transfer, the transfer
+        # taken as the warm p50 back to back (strict) and after the same idle wait
         print("every read cold / (upstream read + encode + warm p50), target at most 1:")
-        for label, warm in (("512x512x16 uint8", warm8), ("128^3 uint64", r["p50"])):
+        for label, warm in (("512x512x16 uint8", warm8), ("128^3 uint64", warm64)):
             c50 = cold_p50["every read cold"][label]
             target = upstream[label] + warm
+            fair = upstream[label] + idle[label]
             print(f"  {label:20s} {c50:7.2f} / ({upstream[label]:.2f} + {warm:.2f}) = "
-                  f"{c50 / target:.2f}")
+                  f"{c50 / target:.2f};  with the warm read after an idle wait: "
+                  f"{c50:.2f} / ({upstream[label]:.2f} + {idle[label]:.2f}) = {c50 / fair:.2f}")
             rows.append((f"item 7, {label}: every read cold / (upstream read + encode + warm) "
-                         f"= {c50 / target:.2f}", 0, 0))
+                         f"= {c50 / target:.2f}; warm after an idle wait: {c50 / fair:.2f}",
+                         0, 0))
         r = latency("512x512x16 uint8, intern", intern_fn(lab.port, "raw"), b8)
         rows.append(("warm 512x512x16 uint8, intern, 1 tier", r["p50"], r["p99"]))
         r = latency("128^3 uint64, intern", intern_fn(lab.port, "seg"), b64)

@@ -206,28 +206,32 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
     # -- cutouts --------------------------------------------------------------------------------
     async def cutout(request: Request) -> Response:
         if reads(request):
-            def parse() -> tuple[_Cutout, np.ndarray | None, str]:
+            # one thread hop for the whole GET: parsing, the ETag, and on a miss the read and
+            # the encoding (a second hop cost a cold request ~0.25 ms: benchmarks/README.md)
+            def answer() -> tuple[tuple[bytes, str] | None, dict[str, str]]:
                 cut = _Cutout(relay, request, write=False)
                 keep = _read_query(request, cut)
                 # the ETag comes from the write generation, before any data is read: a
                 # conditional GET whose ETag is current is answered without reading
                 # (docs/relay.md, "Behind an HTTP cache")
-                return cut, keep, relay.generation(cut.entry, cut.remote)
+                version = relay.generation(cut.entry, cut.remote)
+                media = cutout_media(request.headers.get("accept", "application/blosc"))
+                etag = relay.etag(cut.remote, version, "cutout", cut.res, cut.box, cut.time,
+                                  media, *([] if keep is None else ["filter", keep.tolist()]),
+                                  # (bodies in another dtype than the upstream's: uint64 ids)
+                                  *([] if cut.dtype == cut.remote.meta.dtype
+                                    else [cut.dtype.name]))
+                headers = {**relay.cache_headers(cut.entry, etag), "Vary": "Accept"}
+                if relay.not_modified(request, etag):
+                    return None, headers
+                # an encoded response kept under this ETag is these bytes (the generation in
+                # it was taken before any data was read: see relay.cache.responses)
+                found = cut.remote.response(etag)
+                return found or _encoded(cut, media, etag, keep), headers
 
-            cut, keep, version = await run(parse)
-            media = cutout_media(request.headers.get("accept", "application/blosc"))
-            etag = relay.etag(cut.remote, version, "cutout", cut.res, cut.box, cut.time, media,
-                              *([] if keep is None else ["filter", keep.tolist()]),
-                              # (bodies in another dtype than the upstream's: uint64 ids)
-                              *([] if cut.dtype == cut.remote.meta.dtype else [cut.dtype.name]))
-            headers = {**relay.cache_headers(cut.entry, etag), "Vary": "Accept"}
-            if relay.not_modified(request, etag):
-                return Response(status_code=304, headers=headers)
-            # an encoded response kept under this ETag is these bytes (the generation in it
-            # was taken before any data was read: see relay.cache.responses)
-            found = cut.remote.response(etag)
+            found, headers = await run(answer)
             if found is None:
-                found = await run(lambda: _encoded(cut, media, etag, keep))
+                return Response(status_code=304, headers=headers)
             body, media = found
             return Response(body, media_type=media, headers=headers)
         cut = await run(lambda: _Cutout(relay, request, write=True))
