@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 from collections.abc import Mapping, Sequence
@@ -103,7 +104,7 @@ class PropertySpec:
     id: str
     type: str
     description: str | None = None
-    enum_values: tuple[float, ...] | None = None
+    enum_values: tuple[int | float, ...] | None = None
     enum_labels: tuple[str, ...] | None = None
 
     @classmethod
@@ -130,15 +131,16 @@ class PropertySpec:
             if ptype in ("rgb", "rgba"):
                 raise InvalidRequestError(f"{where}: property {pid!r}: enum_values are for "
                                           f"numeric types, not {ptype}")
-            if not isinstance(values, Sequence) or not isinstance(labels, Sequence) or \
+            if isinstance(values, (str, bytes)) or isinstance(labels, (str, bytes)) or \
+                    not isinstance(values, Sequence) or not isinstance(labels, Sequence) or \
                     len(values) != len(labels) or \
-                    not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                            for v in values) or \
                     not all(isinstance(label, str) for label in labels):
                 raise InvalidRequestError(
                     f"{where}: property {pid!r}: enum_values must be numbers and enum_labels "
                     f"text, of the same length; got {values!r} and {labels!r}")
-            values, labels = tuple(values), tuple(labels)
+            values = tuple(_enum_value(v, str(ptype), f"{where}: property {pid!r}")
+                           for v in values)
+            labels = tuple(labels)
         return cls(pid, str(ptype), description, values, labels)
 
     def to_json(self) -> dict[str, Any]:
@@ -149,6 +151,32 @@ class PropertySpec:
             out["enum_values"] = list(self.enum_values)
             out["enum_labels"] = list(self.enum_labels or ())
         return out
+
+
+def _enum_value(value: object, ptype: str, where: str) -> int | float:
+    """One of ``enum_values`` as a value of the property's type.  Neuroglancer parses each
+    (a number, or a number written as text) with ``parseDataTypeValue``: it refuses the whole
+    layer for an integer out of the type's range or a float that is not finite, and truncates
+    ``1.5`` to ``1`` for an integer type (so the label would name another value)."""
+    number: int | float | None = None
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        number = value.item() if isinstance(value, np.generic) else value
+    elif isinstance(value, str):
+        try:
+            number = int(value) if ptype != "float32" else float(value)
+        except ValueError:
+            number = None
+    if ptype == "float32":
+        if number is not None and math.isfinite(number):
+            return float(number)
+        raise InvalidRequestError(f"{where}: enum value {value!r} is not a finite float32 "
+                                  "number")
+    info = np.iinfo(PROPERTY_TYPES[ptype][0])
+    if number is None or (isinstance(number, float) and not number.is_integer()) or \
+            not info.min <= number <= info.max:
+        raise InvalidRequestError(f"{where}: enum value {value!r} is not a {ptype} value "
+                                  f"(an integer {info.min}..{info.max})")
+    return int(number)
 
 
 def storage_order(props: Sequence[PropertySpec]) -> list[PropertySpec]:

@@ -62,6 +62,24 @@ def read_info(location: str) -> dict[str, Any] | None:
     return read_dir_info(Directory(location))
 
 
+def _child(location: str, key: str, where: str) -> str:
+    """Where an index ``key`` of the info points: a sub-directory, or (Neuroglancer's rule) a
+    '/'-separated path relative to the layer, whose '..' parts climb out of it.  Resolved
+    here, since object stores and HTTP servers take 'a/../b' as a literal name."""
+    out = location.rstrip("/")
+    for part in key.split("/"):
+        if part in ("", "."):
+            continue
+        if part != "..":
+            out = f"{out}/{part}"
+            continue
+        head, sep, _ = out.rpartition("/")
+        if not sep or head.endswith(":/"):  # nothing above a bucket, host or bare name
+            raise InvalidRequestError(f"{where}: key {key!r} climbs above {location}")
+        out = head
+    return out
+
+
 # -- the layer ----------------------------------------------------------------------------------
 class _Layer:
     """An annotation layer's info, checked."""
@@ -79,12 +97,16 @@ class _Layer:
         self.where = where
         self.kind = kind_from_info(info.get("annotation_type"), where)
         dims = info.get("dimensions")
-        if not isinstance(dims, dict) or len(dims) != 3:
-            raise InvalidRequestError(f"{where}: voxgate reads 3-D annotation layers "
-                                      f"(dimensions x, y, z), got {dims!r}")
+        if not isinstance(dims, dict) or sorted(dims) != ["x", "y", "z"]:
+            raise InvalidRequestError(f"{where}: voxgate reads 3-D annotation layers whose "
+                                      f"dimensions are x, y and z (in any order), got {dims!r}")
+        # the key order of dimensions is the order of every position, bound and grid cell
+        # stored in the layer (Neuroglancer's writer keeps the order it is given, e.g. z y x);
+        # voxgate works in x y z: axes[i] is where x, y, z (i = 0, 1, 2) sit in the layer
+        self.axes = np.array([list(dims).index(a) for a in "xyz"])
         try:
-            self.lower = np.asarray(info["lower_bound"], np.float64).reshape(3)
-            self.upper = np.asarray(info["upper_bound"], np.float64).reshape(3)
+            self.lower = np.asarray(info["lower_bound"], np.float64).reshape(3)[self.axes]
+            self.upper = np.asarray(info["upper_bound"], np.float64).reshape(3)[self.axes]
         except (KeyError, TypeError, ValueError):
             raise CorruptChunkError(f"{where}: lower_bound and upper_bound must be 3 numbers",
                                     chunk=where) from None
@@ -104,6 +126,16 @@ class _Layer:
         self.spatial = info.get("spatial") or []
         self.info = info
 
+    def xyz(self, records: np.ndarray) -> np.ndarray:
+        """``records`` with their geometry in x y z order (a copy when the layer's differs)."""
+        if (self.axes == np.arange(3)).all():
+            return records
+        out = records.copy()
+        width = out["geometry"].shape[1]
+        out["geometry"] = records["geometry"][:, np.concatenate(
+            [self.axes + 3 * k for k in range(width // 3)])]
+        return out
+
     def sharding(self, entry: Mapping[str, Any]) -> ShardingSpec | None:
         doc = entry.get("sharding")
         return ShardingSpec.from_json(doc, self.where) if doc else None
@@ -112,7 +144,7 @@ class _Layer:
     def singles(self, ids: Sequence[int] | None) -> dict[int, bytes]:
         """{id: by-id encoding}: of ``ids`` (absent ones left out), or of every id stored."""
         key = self.by_id["key"]
-        directory = Directory(join(self.location, key))
+        directory = Directory(_child(self.location, key, self.where))
         spec = self.sharding(self.by_id)
         if spec is not None:
             store = ShardedStore(directory.location, spec)
@@ -140,25 +172,27 @@ class _Layer:
         ids = np.array(sorted(singles), dtype=np.uint64)
         records = np.zeros(len(ids), self.dtype)
         related: list[list[np.ndarray]] = [[] for _ in self.relationships]
+        by_id = _child(self.location, self.by_id["key"], self.where)
         for i, k in enumerate(ids.tolist()):
             rec, rel = decode_single(singles[k], self.dtype, len(self.relationships),
-                                     join(self.location, self.by_id["key"], str(k)))
+                                     join(by_id, str(k)))
             records[i] = rec[0]
             for r, values in enumerate(rel):
                 related[r].append(values)
-        return records, ids, related
+        return self.xyz(records), ids, related
 
     # -- spatial --------------------------------------------------------------------------------
     def cells(self, level: int, box: Box | None) -> list[bytes]:
         """The encoded lists of the cells of one level that meet ``box`` (all when None)."""
         entry = self.spatial[level]
-        try:
-            grid = np.asarray(entry["grid_shape"], np.int64).reshape(3)
-            chunk = np.asarray(entry["chunk_size"], np.float64).reshape(3)
+        try:  # in x y z order, like self.lower; cells are named in the layer's order
+            grid = np.asarray(entry["grid_shape"], np.int64).reshape(3)[self.axes]
+            chunk = np.asarray(entry["chunk_size"], np.float64).reshape(3)[self.axes]
         except (KeyError, TypeError, ValueError):
             raise CorruptChunkError(f"{self.where}: spatial level {level} needs grid_shape and "
                                     "chunk_size (3 numbers each)", chunk=self.where) from None
-        directory = Directory(join(self.location, str(entry.get("key"))))
+        layer_grid = grid[np.argsort(self.axes)]
+        directory = Directory(_child(self.location, str(entry.get("key")), self.where))
         spec = self.sharding(entry)
         if box is None:
             first, last = np.zeros(3, np.int64), grid - 1
@@ -174,7 +208,7 @@ class _Layer:
         else:  # too many to ask for by name: list the cells that exist
             if spec is not None:
                 codes = np.array(ShardedStore(directory.location, spec).keys(), np.uint64)
-                stored = morton_to_cells(codes, grid.tolist())
+                stored = morton_to_cells(codes, layer_grid.tolist())
             else:
                 try:
                     names = directory.list()
@@ -189,10 +223,12 @@ class _Layer:
                 stored = np.array([[int(v) for v in p] for p in parsed
                                    if len(p) == 3 and all(v.isdigit() for v in p)],
                                   np.int64).reshape(-1, 3)
+            stored = stored[:, self.axes]
             inside = ((stored >= first) & (stored <= last)).all(axis=1)
             wanted = stored[inside]
+        wanted = wanted[:, np.argsort(self.axes)]  # x y z -> the layer's order
         if spec is not None:
-            codes = compressed_morton_code(wanted, grid.tolist())
+            codes = compressed_morton_code(wanted, layer_grid.tolist())
             got = ShardedStore(directory.location, spec).get_values(codes.tolist())
             return [v for v in got.values() if v is not None]
         files = directory.get_many(["_".join(str(int(v)) for v in c) for c in wanted],
@@ -211,7 +247,7 @@ class _Layer:
             return np.zeros(0, self.dtype), np.zeros(0, np.uint64)
         records, ids = np.concatenate(parts), np.concatenate(id_parts)
         ids, first = np.unique(ids, return_index=True)  # an extended one sits in many cells
-        return records[first], ids
+        return self.xyz(records[first]), ids
 
 
 def _in_box(kind: str, records: np.ndarray, box: Box) -> np.ndarray:
@@ -284,7 +320,7 @@ def read_related(url: str | os.PathLike[str], relationship: str, segment: int
     if entry is None:
         raise InvalidRequestError(f"{layer.where} has no relationship {relationship!r}; it has "
                                   f"{[r['id'] for r in layer.relationships]}")
-    directory = Directory(join(layer.location, entry["key"]))
+    directory = Directory(_child(layer.location, entry["key"], layer.where))
     spec = layer.sharding(entry)
     seg = int(segment)
     if spec is not None:
@@ -296,5 +332,5 @@ def read_related(url: str | os.PathLike[str], relationship: str, segment: int
     else:
         records, ids = decode_multiple(data, layer.dtype, directory.path(str(seg)))
         order = np.argsort(ids, kind="stable")
-        records, ids = records[order], ids[order]
+        records, ids = layer.xyz(records[order]), ids[order]
     return records_to_frame(layer.kind, layer.properties, records, ids)

@@ -2,14 +2,14 @@
 
 Neuroglancer's rule (annotations.md, "Spatial index"): level 0 is one cell over the bounds;
 each finer level halves the cell size along the axes where that keeps cells closest to
-isotropic (an axis is halved when it is more than half the longest one).  At each level a
-uniform random subsample of the annotations still *remaining* in each cell is *emitted*
-there, at the density ``limit / maxCount(level)`` (``maxCount`` the fullest cell), and the
-rest go down to the child cells; levels continue until nothing remains.  So every annotation
-is stored at exactly one level (in every cell of that level it intersects), and a cell holds
-at most ``limit`` annotations: the number a cell emits is ``count * limit / maxCount``
-rounded up or down at random (never above ``limit``), taken in a random order that is also
-the order the cell lists them in.
+isotropic in physical units (an axis is halved when it is physically longer than half the
+longest one).  At each level a uniform random subsample of the annotations still *remaining*
+in each cell is *emitted* there, at the density ``limit / maxCount(level)`` (``maxCount`` the
+fullest cell), and the rest go down to the child cells; levels continue until nothing
+remains.  So every annotation is stored at exactly one level (in every cell of that level it
+intersects), and a cell holds at most ``limit`` annotations: the number a cell emits is
+``count * limit / maxCount`` rounded up or down at random (never above ``limit``), taken in a
+random order that is also the order the cell lists them in.
 
 Two exceptions, both documented: after :data:`MAX_LEVELS` levels the last one takes every
 annotation left (only more than ``limit`` annotations at one position get there); an
@@ -48,9 +48,12 @@ class Level:
         return counts
 
 
-def next_chunk(chunk: np.ndarray) -> np.ndarray:
-    """The next finer level's cell size: axes longer than half the longest are halved."""
-    return np.where(chunk > chunk.max() / 2, chunk / 2, chunk)
+def next_chunk(chunk: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+    """The next finer level's cell size: axes longer than half the longest are halved,
+    lengths measured physically (``scale``: the physical size of one unit of each axis; with
+    40 x 4 x 4 nm voxels a cell of 10 x 100 x 100 voxels is a cube)."""
+    size = chunk if scale is None else chunk * scale
+    return np.where(size > size.max() / 2, chunk / 2, chunk)
 
 
 def cell_ranges(lo: np.ndarray, hi: np.ndarray, lower: np.ndarray, chunk: np.ndarray,
@@ -85,10 +88,13 @@ def _point_cells(lo: np.ndarray, which: np.ndarray, lower: np.ndarray, chunk: np
 
 
 def plan_levels(lo: np.ndarray, hi: np.ndarray | None, lower: np.ndarray, upper: np.ndarray,
-                limit: int, *, seed: int = 0) -> list[Level]:
+                limit: int, *, seed: int = 0, scale: np.ndarray | None = None) -> list[Level]:
     """The levels for annotations whose boxes are ``lo``..``hi`` ((n, 3) float, x y z; ``hi``
-    None for points) inside ``lower``..``upper``."""
+    None for points) inside ``lower``..``upper``; ``scale`` (x y z) the physical size of a
+    unit of each axis, which makes the cells as close to cubes as halving allows."""
     rng = np.random.default_rng(seed)
+    if scale is not None:
+        scale = np.asarray(scale, np.float64)
     n = len(lo)
     lower = np.asarray(lower, np.float64)
     extent = np.asarray(upper, np.float64) - lower
@@ -105,7 +111,7 @@ def plan_levels(lo: np.ndarray, hi: np.ndarray | None, lower: np.ndarray, upper:
                 levels.append(Level(grid.copy(), chunk.copy(), remaining,
                                     np.zeros((0, 3), np.int32)))
             return levels
-        finer = next_chunk(chunk)
+        finer = next_chunk(chunk, scale)
         if hi is None:
             which, cells = np.arange(len(remaining)), _point_cells(lo, remaining, lower, chunk,
                                                                   grid)

@@ -264,7 +264,8 @@ def write_annotations(
             raise InvalidRequestError(f"annotation ids must be unique; {values[counts > 1][:10]}"
                                       " appear more than once")
         lower, upper = _bounds(lo, hi, bounds)
-        levels = plan_levels(lo, hi, lower, upper, int(limit))
+        scale = np.array([dimensions[a][0] for a in "xyz"], np.float64)
+        levels = plan_levels(lo, hi, lower, upper, int(limit), scale=scale)
         del lo, hi
         reader = _Reader(spill, schema.dtype, ids)
         if old is not None:
