@@ -17,7 +17,9 @@ from ...errors import (
     MissingDependencyError,
     RemoteExistsError,
 )
+from ...geometry import VoxelSize
 from ...meta import VolumeMeta
+from ...storage import length_unit_nm
 from ..base import check_options, check_same_volume
 from .pages import TIFF_SUFFIXES, VOXGATE_TAG, _tifffile, _write_slice
 
@@ -94,13 +96,12 @@ def create_tiff(
         tmp = path + ".voxgate-tmp"
         os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
         nt = -(-ny // tile[0]) * -(-nx // tile[1])
-        unit = sc.voxel_size.unit
-        ome_unit = "µm" if unit in ("um", "µm", "micrometer") else unit
+        (vz, vy, vx), ome_unit = _ome_sizes(sc.voxel_size)
         md: dict[str, Any] = {
             "axes": "CZYX" if channels > 1 else "ZYX",
-            "PhysicalSizeX": sc.voxel_size.x, "PhysicalSizeXUnit": ome_unit,
-            "PhysicalSizeY": sc.voxel_size.y, "PhysicalSizeYUnit": ome_unit,
-            "PhysicalSizeZ": sc.voxel_size.z, "PhysicalSizeZUnit": ome_unit,
+            "PhysicalSizeX": vx, "PhysicalSizeXUnit": ome_unit,
+            "PhysicalSizeY": vy, "PhysicalSizeYUnit": ome_unit,
+            "PhysicalSizeZ": vz, "PhysicalSizeZUnit": ome_unit,
         }
         shape = (channels, nz, ny, nx) if channels > 1 else (nz, ny, nx)
         # OME has no 64-bit integers: those files carry the voxel size in voxgate's tag only
@@ -127,6 +128,23 @@ def create_tiff(
             name = os.path.join(path, f"{z:0{width}d}.tif")
             _write_slice(name, zero, tile, comp, extratags)
     return cls.open(location, mode="r+")
+
+
+#: OME's UnitsLength symbols voxgate writes, by nanometres per unit
+_OME_UNITS = {1e-3: "pm", 0.1: "Å", 1.0: "nm", 1e3: "µm", 1e6: "mm", 1e7: "cm", 1e9: "m"}
+
+
+def _ome_sizes(vs: VoxelSize) -> tuple[tuple[float, float, float], str]:
+    """The voxel size as OME PhysicalSizes: in its own unit under OME's symbol for it, else in
+    nm.  A unit written as spelled ("nanometer", "angstrom") is none of OME's UnitsLength, and
+    OME readers (Bio-Formats, Fiji, tifffile) then take or refuse the sizes at their will."""
+    f = length_unit_nm(vs.unit)
+    if f is None:  # (a unit voxgate does not know: as given, voxgate's own tag has it too)
+        return vs.zyx(), vs.unit
+    if f in _OME_UNITS:
+        return vs.zyx(), _OME_UNITS[f]
+    z, y, x = (v * f for v in vs.zyx())
+    return (z, y, x), "nm"
 
 
 def _check_codec(tifffile: Any, comp: str, dtype: np.dtype[Any]) -> None:

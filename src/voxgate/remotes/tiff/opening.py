@@ -18,7 +18,7 @@ from ...errors import (
 )
 from ...geometry import Vec, VoxelSize
 from ...meta import Scale
-from ...storage import UNITS_NM
+from ...storage import length_unit_nm
 from .pages import (
     _chunks,
     _compression_name,
@@ -26,6 +26,7 @@ from .pages import (
     _Page,
     _page_info,
     _page_span,
+    _parsing,
     _tifffile,
 )
 
@@ -35,16 +36,19 @@ if TYPE_CHECKING:
 _Z_AXES = "ZQIT"  # axes that can hold the z slices (T/I/Q: unlabelled image sequences)
 
 
-def _unit_nm(unit: object, default: float = 1000.0) -> float:
+def _unit_nm(unit: object, default: float | None) -> float | None:
+    """Nanometres per ``unit`` (any spelling voxgate knows: "Å", "cm", "micron", ...);
+    ``default`` when no unit is given, None when it names no length voxgate knows (a size
+    in an unknown unit is no size: taking it as µm made 40 Å voxels 40 µm)."""
     if not isinstance(unit, str) or not unit.strip():
         return default
-    u = unit.strip().replace("\\u00B5", "µ")
-    return float(UNITS_NM.get(u, UNITS_NM.get(u.lower(), default)))
+    return length_unit_nm(unit.strip().replace("\\u00B5", "µ"))
 
 
 def _ome_voxel_size(xml: str) -> tuple[float, float, float] | None:
-    """(z, y, x) in nm from the first Pixels element of OME-XML; missing sizes count as 1 µm
-    (OME's default unit) only when another one is given."""
+    """(z, y, x) in nm from the first Pixels element of OME-XML (a size without a unit is in
+    µm, OME's default); a missing size takes the last one given, and a unit voxgate does not
+    know ("pixel", "reference frame") leaves the voxel size unknown (None)."""
     import xml.etree.ElementTree as ET
 
     try:
@@ -62,7 +66,10 @@ def _ome_voxel_size(xml: str) -> tuple[float, float, float] | None:
             out.append(None)
             continue
         found = True
-        out.append(float(v) * _unit_nm(pixels.get(f"PhysicalSize{ax}Unit"), 1000.0))
+        f = _unit_nm(pixels.get(f"PhysicalSize{ax}Unit"), 1000.0)
+        if f is None:
+            return None
+        out.append(float(v) * f)
     if not found:
         return None
     known = [v for v in out if v is not None]
@@ -74,7 +81,11 @@ def _imagej_voxel_size(tf: Any, page: Any) -> tuple[float, float, float] | None:
     ij = tf.imagej_metadata
     if not ij:
         return None
-    f = _unit_nm(ij.get("unit"), 1000.0)
+    # no unit (or "pixel"): an uncalibrated image, its sizes in voxels, as a plain TIFF's
+    unit = ij.get("unit")
+    f = 1.0 if str(unit).strip().lower() in ("pixel", "pixels") else _unit_nm(unit, 1.0)
+    if f is None:
+        return None
     sizes = []
     for tag in ("YResolution", "XResolution"):
         t = page.tags.get(tag)
@@ -91,12 +102,7 @@ def open_file(
 ) -> TiffRemote:
     """The first series of one TIFF file (``TiffRemote._open_file``)."""
     tifffile = _tifffile()
-    try:
-        tf = tifffile.TiffFile(path)
-    except (tifffile.TiffFileError, ValueError, OSError) as exc:
-        raise CorruptChunkError(f"{path} is not a readable TIFF file: {exc}",
-                                chunk=path) from exc
-    with tf:
+    with _parsing(path), tifffile.TiffFile(path) as tf:
         series = tf.series
         if not series:
             raise InvalidRequestError(f"{path} holds no image")
@@ -265,33 +271,27 @@ def open_slices(
     vs_first = None
     samples = 1
     for f in files:
-        try:
-            with tifffile.TiffFile(f) as tf:
-                page = tf.pages.first
-                if len(tf.pages) != 1:
-                    raise InvalidRequestError(
-                        f"{f} holds {len(tf.pages)} pages; a directory of slices needs one "
-                        "2-D page per file (open a multipage file on its own)"
-                    )
-                if first_shape is None:
-                    first_shape, first_dtype = page.shape, page.dtype
-                    own = _own_tag(page)
-                    vs_first = cls._voxel_size(tf, page, own, options)
-                    samples = int(page.samplesperpixel)
-                elif page.shape != first_shape or page.dtype != first_dtype:
-                    raise InvalidRequestError(
-                        f"slice {os.path.basename(f)} of {path} has shape {page.shape} and "
-                        f"dtype {page.dtype} but {os.path.basename(files[0])} has "
-                        f"{first_shape} and {first_dtype}; every slice must have the same "
-                        "shape and dtype"
-                    )
-                pages.append(_page_info(tf, page, f, 0))
-                decoders[(f, (0, 0))] = page.decode
-        except (tifffile.TiffFileError, ValueError, OSError) as exc:
-            if isinstance(exc, InvalidRequestError):
-                raise
-            raise CorruptChunkError(f"{f} is not a readable TIFF file: {exc}",
-                                    chunk=f) from exc
+        with _parsing(f), tifffile.TiffFile(f) as tf:
+            page = tf.pages.first
+            if len(tf.pages) != 1:
+                raise InvalidRequestError(
+                    f"{f} holds {len(tf.pages)} pages; a directory of slices needs one "
+                    "2-D page per file (open a multipage file on its own)"
+                )
+            if first_shape is None:
+                first_shape, first_dtype = page.shape, page.dtype
+                own = _own_tag(page)
+                vs_first = cls._voxel_size(tf, page, own, options)
+                samples = int(page.samplesperpixel)
+            elif page.shape != first_shape or page.dtype != first_dtype:
+                raise InvalidRequestError(
+                    f"slice {os.path.basename(f)} of {path} has shape {page.shape} and "
+                    f"dtype {page.dtype} but {os.path.basename(files[0])} has "
+                    f"{first_shape} and {first_dtype}; every slice must have the same "
+                    "shape and dtype"
+                )
+            pages.append(_page_info(tf, page, f, 0))
+            decoders[(f, (0, 0))] = page.decode
     assert first_shape is not None and vs_first is not None
     dtype = np.dtype(first_dtype)
     shape = (len(files), int(first_shape[0]), int(first_shape[1]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import threading
@@ -16,7 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import CapabilityNotSupportedError, CorruptChunkError, MissingDependencyError
+from ...errors import (
+    CapabilityNotSupportedError,
+    CorruptChunkError,
+    MissingDependencyError,
+    VoxgateError,
+)
 from ...geometry import Vec
 from ...meta import Kind
 
@@ -34,6 +40,59 @@ def _tifffile() -> Any:
             "tiff:// needs the tifffile package: pip install tifffile"
         ) from exc
     return tifffile
+
+
+#: what tifffile only logs, then reading on as best it can, when a file's structure is broken:
+#: an IFD chain cut short (a truncated stack opened as its first pages), metadata and pages
+#: that disagree (a shaped, ImageJ or OME series that falls back to a generic one)
+_BROKEN = ("corrupted tag list", "invalid offset to page", "invalid page offset",
+           "invalid circular reference", "invalid next page", "shaped series",
+           "imagej series metadata invalid", "ome series raised", "incorrect strip",
+           "missing data offset", "missing data bytecounts", "missing bytecounts")
+
+
+class _Broken(logging.Handler):
+    """Collects tifffile's reports of a broken structure made by one thread."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.thread = threading.get_ident()
+        self.found: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            message = record.getMessage()
+            if any(b in message.lower() for b in _BROKEN):
+                self.found.append(message)
+
+
+@contextlib.contextmanager
+def _parsing(path: str) -> Iterator[None]:
+    """Parse a TIFF's structure with tifffile.  What it raises on a corrupt file (struct.error,
+    KeyError, IndexError, ...) and what it only logs before reading on with fewer pages or other
+    axes (a truncated stack opened as one slice) become :class:`CorruptChunkError`."""
+    handler = _Broken()
+    log = logging.getLogger("tifffile")
+    log.addHandler(handler)
+    try:
+        yield
+    except Exception as exc:
+        if handler.found:
+            raise _broken(path, handler.found) from exc
+        if isinstance(exc, VoxgateError):
+            raise
+        raise CorruptChunkError(f"{path} is not a readable TIFF file: {type(exc).__name__}: "
+                                f"{exc}", chunk=path) from exc
+    finally:
+        log.removeHandler(handler)
+    if handler.found:
+        raise _broken(path, handler.found)
+
+
+def _broken(path: str, found: list[str]) -> CorruptChunkError:
+    return CorruptChunkError(
+        f"{path} is a damaged TIFF file (truncated, or its structure is corrupt): tifffile "
+        f"reports {'; '.join(found[:3])}", chunk=path)
 
 
 def natural_key(name: str) -> list[Any]:
@@ -140,14 +199,18 @@ def _page_info(tf: Any, page: Any, path: str, index: int,
         seg = (int(min(page.rowsperstrip, page.imagelength)), int(page.imagewidth))
         grid_x = 1
         off_tag, cnt_tag = page.tags.get("StripOffsets"), page.tags.get("StripByteCounts")
+    offsets = np.array(page.dataoffsets, dtype=np.uint64)
+    bytecounts = np.array(page.databytecounts, dtype=np.uint64)
+    if int(page.compression) == 1:
+        _check_raw_sizes(page, path, index, seg, bytecounts)
     fmt = {3: "H", 4: "I", 16: "Q"}
     order = tf.byteorder
     return _Page(
         path=path,
         index=index,
         key=key,
-        offsets=np.array(page.dataoffsets, dtype=np.uint64),
-        bytecounts=np.array(page.databytecounts, dtype=np.uint64),
+        offsets=offsets,
+        bytecounts=bytecounts,
         seg_shape=seg,
         grid_x=grid_x,
         tiled=bool(page.is_tiled),
@@ -162,6 +225,28 @@ def _page_info(tf: Any, page: Any, path: str, index: int,
         bytecount_fmt=np.dtype(order + fmt.get(int(cnt_tag.dtype), "Q")) if cnt_tag else
         np.dtype("Q"),
     )
+
+
+def _check_raw_sizes(page: Any, path: str, index: int, seg: tuple[int, int],
+                     bytecounts: np.ndarray) -> None:
+    """Refuse an uncompressed page whose segments hold fewer bytes than its geometry says
+    (a tile is whole, a strip holds its rows, the last one those left): its tile size, strip
+    rows or byte counts are corrupt, and reading by that geometry gave other voxels' bytes
+    (tifffile refuses such a page too).  Absent segments (byte count 0) read as zeros."""
+    row = seg[1] * int(page.samplesperpixel) * np.dtype(page.dtype).itemsize
+    if page.is_tiled:
+        need = np.full(len(bytecounts), seg[0] * row, dtype=np.uint64)
+    else:
+        left = int(page.imagelength) - np.arange(len(bytecounts), dtype=np.int64) * seg[0]
+        need = (np.clip(left, 0, seg[0]) * row).astype(np.uint64)
+    short = np.flatnonzero((bytecounts != 0) & (bytecounts < need))
+    if len(short):
+        i = int(short[0])
+        raise CorruptChunkError(
+            f"page {index} of {path} is corrupt: its uncompressed segment {i} holds "
+            f"{int(bytecounts[i])} bytes, its {'tile' if page.is_tiled else 'strip'} of "
+            f"{seg[0]} x {seg[1]} voxels needs {int(need[i])} ({len(short)} segment(s) short)",
+            chunk=f"page {index} of {path}")
 
 
 def _chunks(own: dict[str, Any], shape: Sequence[int], page: _Page) -> Vec:

@@ -271,6 +271,11 @@ class TiffRemote(Remote):
         if off == 0 or n == 0:
             return np.zeros((rows[1] - rows[0], sw, page.samples), page.raw_dtype.newbyteorder("="))
         if page.compression == 1:
+            if n < rows[1] * rb:  # rows past the segment's end are another's bytes (or tags)
+                raise CorruptChunkError(
+                    f"{what} of {page.path} holds {n} bytes, fewer than its rows up to row "
+                    f"{rows[1]} need ({rows[1] * rb}; a corrupt byte count or compression "
+                    "tag)", chunk=f"{what} of {page.path}")
             with _segment_lock(page, seg):  # not while this process rewrites it in place
                 data = f.pread((rows[1] - rows[0]) * rb, off + rows[0] * rb, what)
             arr = np.frombuffer(data, page.raw_dtype).reshape(rows[1] - rows[0], sw, page.samples)
@@ -431,6 +436,14 @@ class TiffRemote(Remote):
         with f.exclusive():
             end = os.lseek(f.fd, 0, os.SEEK_END)
             end += (-end) % 2  # TIFF data starts on a word boundary
+            # before anything is written: a classic TIFF's 32-bit offsets end at 4 GiB (the
+            # byte count entry was updated, then the offset's failed: the tile was corrupt)
+            if end + len(data) > 1 << (8 * page.offset_fmt.itemsize):
+                raise CapabilityNotSupportedError(
+                    f"{page.path}: a rewritten tile is appended at the file's end ({end} "
+                    f"bytes), past what its {8 * page.offset_fmt.itemsize}-bit offsets reach; "
+                    "nothing was written (copy it to a BigTIFF first: voxgate.copy(vol, "
+                    "'tiff://new.tif'))")
             os.pwrite(f.fd, data, end)
             os.fsync(f.fd)
             os.pwrite(f.fd, np.array([len(data)], page.bytecount_fmt).tobytes(),
