@@ -14,7 +14,10 @@ up to float rounding (1 grey level in uint8).  An ONNX model's size step (the pr
 poolings, 1 for a plain convolution stack) and receptive radius are measured once per model
 by probing it on small volumes: the smallest step whose sizes come back with their own
 spatial shape, then the farthest output voxel that changes when a step-sized cube of input
-changes.  The default halo is that radius rounded up to the step.
+changes (in noise, all dark, all bright and black-and-white inputs, so that units silent on
+one of them do not hide their reach).  The default halo is that radius rounded up to the
+step.  A change that reaches the largest probe's faces (a wider view, or statistics of the
+whole input) has no halo: such a model runs only as one block, unless ``halo`` is given.
 
 Every check of the model (file present, ONNX, input rank and dtype, output shape) happens
 before any block runs.
@@ -83,7 +86,7 @@ def to_unit_float(data: np.ndarray) -> np.ndarray:
 # -- models -----------------------------------------------------------------------------------
 
 _SESSIONS = threading.local()
-_PROBED: dict[tuple[str, tuple[str, ...]], tuple[Vec, Vec, int]] = {}
+_PROBED: dict[tuple[str, tuple[str, ...]], tuple[Vec, Vec, int, bool]] = {}
 _PROBED_LOCK = threading.Lock()
 #: models (by content and providers) that passed every check: not loaded and checked again
 _CHECKED: dict[tuple[str, tuple[str, ...]], ModelRunner] = {}
@@ -109,6 +112,9 @@ class ModelRunner:
     step: Vec = _ONES
     #: the farthest an input voxel reaches in the output (measured), per axis
     radius: Vec | None = None
+    #: False when the measured radius is only a lower bound: a change reached the faces of
+    #: the largest probe (a wider field of view, or statistics over the whole input)
+    bounded: bool = True
     #: output channels (None until a callable has run once)
     channels: int | None = None
     #: what the model's card says (built-in models, files written by voxgate.models.train)
@@ -285,7 +291,7 @@ def load_model(model: Any, *, device: str = "auto", workers: int = 1) -> ModelRu
         probed = _from_card(runner, card) or _probe(runner)
         with _PROBED_LOCK:
             _PROBED[key] = probed
-    runner.step, runner.radius, runner.channels = probed
+    runner.step, runner.radius, runner.channels, runner.bounded = probed
     with _PROBED_LOCK:
         _CHECKED[key] = runner
     return runner
@@ -298,7 +304,8 @@ def _try(runner: ModelRunner, shape: tuple[int, int, int]) -> np.ndarray | None:
         return None
 
 
-def _from_card(runner: ModelRunner, card: dict[str, Any]) -> tuple[Vec, Vec, int] | None:
+def _from_card(runner: ModelRunner,
+               card: dict[str, Any]) -> tuple[Vec, Vec, int, bool] | None:
     """Size step and halo as the model's card states them (``valid_shape.multiple_of``,
     ``halo``), checked on one small input; None when the card does not say."""
     multiple = (card.get("valid_shape") or {}).get("multiple_of")
@@ -313,11 +320,30 @@ def _from_card(runner: ModelRunner, card: dict[str, Any]) -> tuple[Vec, Vec, int
             f"model {runner.name} does not return the spatial shape {shape} of its input (a "
             f"multiple of its card's size step {tuple(step)}); predict needs a model whose "
             "output has the input's spatial shape")
-    return step, Vec.of(halo, "the card's halo"), int(y.shape[0])
+    return step, Vec.of(halo, "the card's halo"), int(y.shape[0]), True
 
 
-def _probe(runner: ModelRunner) -> tuple[Vec, Vec, int]:
-    """The model's size step (per axis), receptive radius (per axis) and output channels."""
+def _refusal(runner: ModelRunner, shape: tuple[int, int, int]) -> str:
+    """What onnxruntime said when it refused an input of ``shape`` ("" when it did not)."""
+    try:
+        runner(np.zeros(shape, np.float32))
+    except Exception as exc:
+        return f" (on {shape} it said: {str(exc).strip()[:300]})"
+    return ""
+
+
+def _probe_bases(edge: Sequence[int], rng: np.random.Generator) -> list[np.ndarray]:
+    """Inputs the receptive-field probe changes a cube of.  Uniform noise alone leaves units
+    that only fire on bright (or dark, or high-contrast) input silent, and a silent unit
+    hides its reach: so also all dark, all bright, and random black and white."""
+    return [rng.random(edge, dtype=np.float32), np.zeros(edge, np.float32),
+            np.ones(edge, np.float32), (rng.random(edge) < 0.5).astype(np.float32)]
+
+
+def _probe(runner: ModelRunner) -> tuple[Vec, Vec, int, bool]:
+    """The model's size step (per axis), receptive radius (per axis), output channels and
+    whether that radius is bounded (False: a change reached the faces of the largest probe,
+    so the model sees farther than the probe, or sees statistics of its whole input)."""
     m = 1
     while m <= _MAX_STEP and (_try(runner, (3 * m,) * 3) is None
                               or _try(runner, (5 * m,) * 3) is None):
@@ -325,8 +351,9 @@ def _probe(runner: ModelRunner) -> tuple[Vec, Vec, int]:
     if m > _MAX_STEP:
         raise InvalidRequestError(
             f"model {runner.name} does not return its input's spatial shape for any size "
-            f"3·2^k or 5·2^k (k <= 5); predict needs a fully convolutional model with 'same' "
-            "padding whose output has the input's spatial shape")
+            f"3·2^k or 5·2^k (k <= 5){_refusal(runner, (3, 3, 3))}; predict needs a fully "
+            "convolutional model taking one channel, with 'same' padding, whose output has "
+            "the input's spatial shape")
     step = [m, m, m]
     for ax in range(3):  # anisotropic poolings: the smallest step per axis
         while step[ax] > 1:
@@ -340,24 +367,26 @@ def _probe(runner: ModelRunner) -> tuple[Vec, Vec, int]:
     size = 32
     while True:
         edge = [max(size, 4 * s) // s * s for s in sv]
-        base = rng.random(edge, dtype=np.float32)
         centre = [e // 2 // s * s for e, s in zip(edge, sv, strict=True)]
         cube = tuple(slice(c, c + s) for c, s in zip(centre, sv, strict=True))
-        moved = base.copy()
-        moved[cube] = 1.0 - moved[cube]
-        a, b = runner(base), runner(moved)
-        changed = np.nonzero(np.any(a != b, axis=0))
         radius = [0, 0, 0]
-        for ax in range(3):
-            if changed[ax].size:
-                lo = centre[ax] - int(changed[ax].min())
-                hi = int(changed[ax].max()) - (centre[ax] + sv[ax] - 1)
-                radius[ax] = max(lo, hi, 0)
-        touching = any(
-            changed[ax].size and (changed[ax].min() == 0 or changed[ax].max() == edge[ax] - 1)
-            for ax in range(3))
+        touching = False
+        for base in _probe_bases(edge, rng):
+            moved = base.copy()
+            moved[cube] = 1.0 - moved[cube]
+            a, b = runner(base), runner(moved)
+            # NaN where both runs give NaN is no change (NaN != NaN would say "everywhere")
+            same = (a == b) | (np.isnan(a) & np.isnan(b))
+            changed = np.nonzero(~np.all(same, axis=0))
+            for ax in range(3):
+                if changed[ax].size:
+                    lo = centre[ax] - int(changed[ax].min())
+                    hi = int(changed[ax].max()) - (centre[ax] + sv[ax] - 1)
+                    radius[ax] = max(radius[ax], lo, hi)
+                    touching |= bool(changed[ax].min() == 0
+                                     or changed[ax].max() == edge[ax] - 1)
         if not touching or size >= _MAX_PROBE:
-            return sv, Vec(*radius), int(a.shape[0])
+            return sv, Vec(*radius), int(a.shape[0]), not touching
         size *= 2
 
 
@@ -396,6 +425,11 @@ def _infer(runner: ModelRunner, src: Volume, block: Box, halo: Vec,
 
 def _store(y: np.ndarray, out: Volume, block: Box) -> None:
     # y is this block's own (cropped) model output: scale it in place
+    if out.dtype == np.uint8 and np.isnan(y).any():  # a uint8 cast would make them 0
+        raise InvalidRequestError(
+            f"the model returned NaN in block {block!r}; uint8 output has no value for it "
+            "(it would be stored as 0): fix the model or its input, or use dtype='float32' "
+            "to keep NaN")
     data = probability_to_uint8(y, inplace=True) if out.dtype == np.uint8 else y.astype(
         out.dtype, copy=False)
     out.write(np.ascontiguousarray(data if out.meta.num_channels > 1 else data[0]), block)
@@ -464,7 +498,11 @@ def predict(
     nworkers = workers or (1 if client is not None else 2)
     runner = load_model(model, device=device, workers=nworkers)
     region = src.bounds
-    if halo is None:
+    # a model that sees farther than its probe (or its whole input) is exact in one block only
+    unbounded = halo is None and not runner.bounded
+    if unbounded:
+        h = Vec(0, 0, 0)
+    elif halo is None:
         h = _round_up(runner.radius or Vec(0, 0, 0), runner.step)
     else:
         h = Vec.of(halo, "halo")
@@ -489,6 +527,8 @@ def predict(
     else:  # source chunks larger than a block (a numpy array is one chunk): output chunks
         chunks = b  # of one block
     blocks = list(block_boxes(region, b))
+    if unbounded and len(blocks) > 1:
+        raise _unbounded_error(runner, region, b)
     first: np.ndarray | None = None
     if runner.channels is None:  # a callable: its first block tells the output's channels
         first = _infer(runner, src, blocks[0], h, region)
@@ -515,9 +555,12 @@ def predict(
     grid = target.remote.write_grid(target.scale)
     if any(v % g for v, g in zip(b, grid, strict=True)):  # whole output chunks (or shards)
         b = _round_up(b, _lcm(grid, runner.step))
-    # on the output's chunk grid (anchored at its origin, which is not the region's when the
-    # output is a larger given Volume), so no two blocks write one chunk
-    planned = [p.box for p in plan_blocks(region, b, target.bounds, order="row")]
+    # on the output's chunk grid (anchored at its store's origin, which is not the region's
+    # when the output is a larger given Volume, nor a view's start), so no two blocks write
+    # one chunk
+    planned = [p.box for p in plan_blocks(region, b, target.scale_meta.bounds, order="row")]
+    if unbounded and len(planned) > 1:
+        raise _unbounded_error(runner, region, b)
     if planned[:1] != blocks[:1]:
         first = None
     blocks = planned
@@ -543,6 +586,16 @@ def predict(
         return scratch_result(target, prov)
     _PROVENANCE[target.url] = prov
     return target
+
+
+def _unbounded_error(runner: ModelRunner, region: Box, block: Vec) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"model {runner.name}'s output changes more than {_MAX_PROBE // 2} voxels away from "
+        "a changed input (it sees farther than predict's probe, or statistics of its whole "
+        "input, such as instance normalization), so no halo predict can measure makes its "
+        f"blocks equal one whole-volume run; pass halo= (its receptive radius, if bounded), "
+        f"or a block of at least {tuple(region.shape)} to run it once on the whole region "
+        f"(block {tuple(block)} would cut it)")
 
 
 def no_server_path(prefer: str) -> None:
