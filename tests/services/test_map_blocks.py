@@ -230,3 +230,50 @@ def test_mesh_and_downsample_on_the_cluster(cluster: object, tmp_path: Path) -> 
     expected = downsample_scales(labels, [(1, 2, 2), (1, 2, 2)], "segmentation")
     for k in (1, 2):
         np.testing.assert_array_equal(voxgate.open(seg.url).at_scale(k).read(), expected[k - 1])
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_blocks_own_whole_chunks_of_an_output_view(tmp_path: Path, in_place: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """out= a view starting off its store's chunk grid: the blocks were laid on a grid
+    anchored at the view's start, so up to 8 blocks (run at once by the workers) rewrote
+    each store chunk, where a store whose writes of one chunk are not atomic loses updates."""
+    import importlib
+    import itertools
+
+    mb = importlib.import_module("voxgate.services.map_blocks")  # (the module, not the function)
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 200, (50, 60, 70), dtype=np.uint8)
+    store = voxgate.create(f"zarr://{tmp_path}/store.zarr", shape=data.shape, chunks=(8, 8, 8),
+                           dtype="uint8", voxel_size=(40, 8, 8))
+    store.write(data)
+    view = store[3:40, 5:50, 7:58]
+    if in_place:
+        source = view
+    else:  # the same voxels in another store, in the same coordinates
+        other = voxgate.create(f"zarr://{tmp_path}/other.zarr", shape=data.shape,
+                               chunks=(7, 7, 7), dtype="uint8", voxel_size=(40, 8, 8))
+        other.write(data)
+        source = other[3:40, 5:50, 7:58]
+    written: list[object] = []
+    real = mb.run_block
+
+    def recording(*args: object, **kw: object) -> object:
+        box = real(*args, **kw)  # type: ignore[arg-type]
+        written.append(box)
+        return box
+
+    monkeypatch.setattr(mb, "run_block", recording)
+    monkeypatch.setenv("VOXGATE_STATE_DIR", str(tmp_path / "state"))
+    voxgate.map_blocks(lambda b: b + 1, source, out=view, block=(8, 8, 8), workers=3,
+                       progress=False)
+    owners: dict[tuple[int, ...], int] = {}
+    for box in written:
+        for chunk in itertools.product(*(range(a // 8, -(-b // 8)) for a, b in zip(
+                box.start, box.stop, strict=True))):  # type: ignore[attr-defined]
+            owners[chunk] = owners.get(chunk, 0) + 1
+    assert len(written) > 1 and max(owners.values()) == 1
+    want = data.copy()
+    want[3:40, 5:50, 7:58] += 1
+    assert np.array_equal(store.read(), want)

@@ -484,11 +484,12 @@ def map_blocks(
     target = resolve_output(out, region_meta(src, region, dt, kind or src.kind),
                             overwrite=overwrite, options=create_options, check=covers_region,
                             scale_of=None if isinstance(source, np.ndarray) else src)
-    # whole output chunks per block, on the output's chunk grid: two blocks never rewrite the
-    # same chunk at once
+    # whole output chunks per block, on the output's chunk grid (anchored at its store's
+    # origin, not at the start of a view given as out): two blocks never rewrite the same
+    # chunk at once
     grid = target.remote.write_grid(target.scale)
     b = block_shape(grid, dt.itemsize, region.shape, block=b)
-    blocks = [p.box for p in plan_blocks(region, b, target.bounds)]
+    blocks = [p.box for p in plan_blocks(region, b, target.scale_meta.bounds)]
     in_place = target.url == src.url and target.scale == src.scale
     if client is not None:
         check_for_cluster(target.url, "output", "map_blocks", writes=True)
