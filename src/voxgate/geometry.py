@@ -16,7 +16,8 @@ from typing import NamedTuple
 
 from .errors import InvalidRequestError
 
-__all__ = ["Box", "Vec", "VoxelSize", "chunk_boxes", "grid_shape", "grow_block", "whole",
+__all__ = ["Box", "Vec", "VoxelSize", "chunk_boxes", "grid_shape", "grow_block",
+           "origin_grid_bounds", "whole",
            "whole_at_least"]
 
 
@@ -245,6 +246,14 @@ def chunk_boxes(region: Box, chunks: Vec, bounds: Box) -> Iterator[tuple[Vec, Bo
         start = Vec(*(o + i * c for o, i, c in zip(bounds.start, g, chunks, strict=True)))
         cell = Box(start, start + chunks).intersect(bounds)
         yield g, cell
+
+
+def origin_grid_bounds(bounds: Box, grid: Vec) -> Box:
+    """``bounds`` widened down to the lines of ``grid`` through 0 at or below its start: what
+    ``chunk_boxes`` takes to lay a grid through 0 over ``bounds`` (DVID blocks, bossDB
+    cuboids) rather than one from its first voxel."""
+    start = Vec(*(a // g * g for a, g in zip(bounds.start, grid, strict=True)))
+    return Box(start, bounds.stop)
 
 
 def grow_block(grid: Vec, itemsize: int, limit: Vec, target_bytes: int) -> Vec:

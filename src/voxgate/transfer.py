@@ -692,16 +692,16 @@ def copy(
     itemsize, channels = smeta.dtype.itemsize, smeta.num_channels
     plan: list[tuple[int, Vec, Box, int]] = []
     for k in wanted:
-        sc = dmeta.scale(k)
         region = region_of(k, dmeta)
         if region.is_empty():
             continue
         grid = d_remote.write_grid(k)
         block = grow_block(grid, itemsize * channels, region.shape, BLOCK_BYTES)
         per_block = math.prod(b // g for b, g in zip(block, grid, strict=True))
-        for idx, cell in chunk_boxes(region, block, sc.bounds):
+        anchor = d_remote.grid_bounds(k)  # (DVID, bossDB: the grid through 0)
+        for idx, cell in chunk_boxes(region, block, anchor):
             part = cell.intersect(region)
-            n_chunks = sum(1 for _ in chunk_boxes(part, grid, sc.bounds)) if part != cell else \
+            n_chunks = sum(1 for _ in chunk_boxes(part, grid, anchor)) if part != cell else \
                 per_block
             plan.append((k, idx, part, n_chunks))
 

@@ -118,3 +118,37 @@ def test_a_server_that_does_not_name_the_anchor_is_bossdb(
     monkeypatch.setattr(BossProject, "downsample_status", says_offset)
     assert voxgate.open(f"bossdb://{server.url}/an/odd/plain", token=RW).remote \
         .pyramid_anchor == "offset"
+
+
+def test_writes_are_planned_on_bossdbs_cuboids(server: RelayProcess,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """bossDB stores 512x512x16 cuboids on the grid through 0: a large write to a frame
+    starting at odd coordinates was cut into blocks from the frame's start, each straddling
+    cuboids (a read-modify-write of several of them on the server, two blocks sharing one)."""
+    from voxgate.remotes.boss.remote import CUBOID, BossDBRemote
+
+    frame = Box((3, 7, 41), (40, 52, 92))  # z crosses the cuboid lines at 16 and 32
+    p = BossProject(server.url, token=RW)
+    p.create_coordinate_frame("an_grid", frame, (8, 8, 8))
+    p.create_experiment("an", "grid", "an_grid", num_hierarchy_levels=1,
+                        hierarchy_method="isotropic")
+    p.create_channel("an", "grid", "img", type="image", datatype="uint8")
+    vol = voxgate.open(f"bossdb://{server.url}/an/grid/img", token=RW, mode="r+")
+    assert vol.remote.grid_bounds(0) == Box((0, 0, 0), frame.stop)
+    data = np.random.default_rng(5).integers(0, 256, vol.shape).astype(np.uint8)
+    seen: list[Box] = []
+    real = BossDBRemote.write
+
+    def recording(self: BossDBRemote, box: Box, array: np.ndarray, scale: int = 0) -> None:
+        seen.append(box)
+        real(self, box, array, scale)
+
+    monkeypatch.setattr(BossDBRemote, "write", recording)
+    monkeypatch.setattr("voxgate.volume.writing.WRITE_BLOCK_BYTES", 1)  # one cuboid per block
+    again = (255 - data).astype(np.uint8)
+    vol.write(again, workers=3)
+    assert len(seen) > 1
+    for b in seen:  # each block lies in one cuboid
+        assert all(a // c == (e - 1) // c for a, e, c in zip(b.start, b.stop, CUBOID,
+                                                              strict=True)), b
+    assert np.array_equal(vol.read(), again)

@@ -211,6 +211,14 @@ class Remote(abc.ABC):
         """The block shape writes should align to: a chunk, or a whole shard where there is one."""
         return self.meta.scale(scale).chunks
 
+    def grid_bounds(self, scale: int = 0) -> Box:
+        """The box whose start anchors :meth:`write_grid` (give it to ``chunk_boxes`` /
+        ``plan_blocks`` as their bounds): the scale's bounds, for stores whose chunks start at
+        the volume's first voxel.  A store whose blocks lie on the grid through 0 (DVID
+        blocks, bossDB cuboids) widens it down to the grid line at or below that voxel, so
+        blocks planned on it never share one of the store's blocks."""
+        return self.meta.scale(scale).bounds
+
     def spec(self) -> dict[str, Any]:
         """A JSON-able description that reopens this Remote: ``voxgate.open(**spec)``."""
         out: dict[str, Any] = {"url": self.url, "mode": self.mode}

@@ -276,8 +276,11 @@ def connected_components(
                            region.shape, budget=BLOCK_BYTES)
     else:
         base = block_shape(grid, 1, region.shape, block=block)
-    blocks = [p.box for p in plan_blocks(region, base, order="row")]
-    job = _Job(src, target, region, base, connectivity)
+    # on the output's write grid (a DVID labelmap's blocks lie on the grid through 0, not at
+    # its first voxel): no two blocks write one of the store's blocks at once
+    anchor = target.remote.grid_bounds(target.scale)
+    blocks = [p.box for p in plan_blocks(region, base, anchor, order="row")]
+    job = _Job(src, target, region, base, connectivity, anchor.start)
 
     # pass 1: label each block on its own
     counts: dict[Box, int] = {}
@@ -348,6 +351,8 @@ class _Job:
     region: Box
     base: Vec
     connectivity: int
+    #: where the block grid is anchored (see Remote.grid_bounds)
+    anchor: Vec
 
 
 def _label_block(job: _Job, b: Box) -> tuple[int, np.ndarray]:
@@ -376,10 +381,11 @@ def _join_block(job: _Job, offsets: dict[tuple[int, ...], int], b: Box) -> np.nd
 
     def global_labels(box: Box) -> np.ndarray:
         lab = np.zeros(tuple(box.shape), dtype=np.uint64)
-        for nb in _touching(box, region, base):
+        for nb in _touching(box, region, base, job.anchor):
             part = nb.intersect(box)
             local = target.read(part, 0).astype(np.uint64, copy=False)
-            off = np.uint64(offsets[tuple(_block_at(nb.start, region, base).start)])
+            at = _block_at(nb.start, region, base, job.anchor)
+            off = np.uint64(offsets[tuple(at.start)])
             lab[part.slices(box.start)] = np.where(local > 0, local + off, 0)
         return lab
 
@@ -446,18 +452,21 @@ def _no_server_path(prefer: str) -> None:
             "no store runs connected components on its server; use prefer='local' or 'auto'")
 
 
-def _block_at(start: Vec, region: Box, base: Vec) -> Box:
-    g = [(s - r) // b for s, r, b in zip(start, region.start, base, strict=True)]
-    s = Vec(*(r + i * b for r, i, b in zip(region.start, g, base, strict=True)))
+def _block_at(start: Vec, region: Box, base: Vec, anchor: Vec) -> Box:
+    """The block (clipped to ``region``) of the grid anchored at ``anchor`` holding ``start``."""
+    g = [(s - r) // b for s, r, b in zip(start, anchor, base, strict=True)]
+    s = Vec(*(r + i * b for r, i, b in zip(anchor, g, base, strict=True)))
     return Box(s, s + base).intersect(region)
 
 
-def _touching(ext: Box, region: Box, base: Vec) -> list[Box]:
-    lo = [(a - r) // b for a, r, b in zip(ext.start, region.start, base, strict=True)]
-    hi = [(e - 1 - r) // b for e, r, b in zip(ext.stop, region.start, base, strict=True)]
+def _touching(ext: Box, region: Box, base: Vec, anchor: Vec) -> list[Box]:
+    """The blocks (clipped to ``region``) of the grid anchored at ``anchor`` meeting ``ext``
+    (which lies in ``region``)."""
+    lo = [(a - r) // b for a, r, b in zip(ext.start, anchor, base, strict=True)]
+    hi = [(e - 1 - r) // b for e, r, b in zip(ext.stop, anchor, base, strict=True)]
     out = []
     for idx in itertools.product(*(range(a, b + 1) for a, b in zip(lo, hi, strict=True))):
-        s = Vec(*(r + i * b for r, i, b in zip(region.start, idx, base, strict=True)))
+        s = Vec(*(r + i * b for r, i, b in zip(anchor, idx, base, strict=True)))
         out.append(Box(s, s + base).intersect(region))
     return out
 

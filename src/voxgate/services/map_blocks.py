@@ -489,7 +489,7 @@ def map_blocks(
     # chunk at once
     grid = target.remote.write_grid(target.scale)
     b = block_shape(grid, dt.itemsize, region.shape, block=b)
-    blocks = [p.box for p in plan_blocks(region, b, target.scale_meta.bounds)]
+    blocks = [p.box for p in plan_blocks(region, b, target.remote.grid_bounds(target.scale))]
     in_place = target.url == src.url and target.scale == src.scale
     if client is not None:
         check_for_cluster(target.url, "output", "map_blocks", writes=True)

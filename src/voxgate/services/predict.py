@@ -558,7 +558,8 @@ def predict(
     # on the output's chunk grid (anchored at its store's origin, which is not the region's
     # when the output is a larger given Volume, nor a view's start), so no two blocks write
     # one chunk
-    planned = [p.box for p in plan_blocks(region, b, target.scale_meta.bounds, order="row")]
+    planned = [p.box for p in plan_blocks(region, b, target.remote.grid_bounds(target.scale),
+                                          order="row")]
     if unbounded and len(planned) > 1:
         raise _unbounded_error(runner, region, b)
     if planned[:1] != blocks[:1]:

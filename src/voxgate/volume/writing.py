@@ -192,7 +192,8 @@ def _write_blocks(vol: Volume, box: Box, part: Callable[[Box], np.ndarray | None
     itemsize = vol.dtype.itemsize * vol.meta.num_channels
     block = grow_block(grid, itemsize, box.shape, WRITE_BLOCK_BYTES)
     blocks = [
-        cell.intersect(box) for _, cell in chunk_boxes(box, block, vol.scale_meta.bounds)
+        cell.intersect(box)
+        for _, cell in chunk_boxes(box, block, vol._remote.grid_bounds(vol._scale))
     ]
     def put(b: Box) -> None:
         data = part(b)  # (None: nothing to write there)

@@ -144,6 +144,9 @@ class CachedRemote(Remote):
     def write_grid(self, scale: int = 0) -> Vec:
         return self.upstream.write_grid(scale)
 
+    def grid_bounds(self, scale: int = 0) -> Box:
+        return self.upstream.grid_bounds(scale)
+
     def absent_chunks(self, box: Box, scale: int = 0) -> list[Vec]:
         """The upstream's absent chunks (its CHUNK_PRESENCE capability is passed through)."""
         return self.upstream.absent_chunks(box, scale)

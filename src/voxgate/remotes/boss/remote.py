@@ -22,7 +22,7 @@ from ...errors import (
     RemoteNotFoundError,
     VoxgateError,
 )
-from ...geometry import Box, Vec, VoxelSize
+from ...geometry import Box, Vec, VoxelSize, origin_grid_bounds
 from ...meta import PyramidAnchor, Scale, VolumeMeta
 from .._http import RequestTooLargeError
 from ..base import Capability, Remote, check_options, check_same_volume
@@ -299,6 +299,10 @@ class BossDBRemote(Remote):
 
     def write_grid(self, scale: int = 0) -> Vec:
         return CUBOID
+
+    def grid_bounds(self, scale: int = 0) -> Box:
+        # bossDB stores cuboids on the grid through 0, whatever the frame's start
+        return origin_grid_bounds(self.meta.scale(scale).bounds, CUBOID)
 
     # -- data -----------------------------------------------------------------------------------
     def _path(self, kind: str, box: Box, scale: int) -> str:

@@ -22,7 +22,7 @@ from ...errors import (
     RemoteExistsError,
     RemoteNotFoundError,
 )
-from ...geometry import Box, Vec, VoxelSize, grow_block
+from ...geometry import Box, Vec, VoxelSize, grow_block, origin_grid_bounds
 from ...meta import Kind, PyramidAnchor, Scale, VolumeMeta
 from ..base import Capability, Remote, check_options, check_same_volume
 from .client import _call, client_for, normalize_server, parse_location
@@ -519,6 +519,13 @@ class DVIDRemote(Remote):
 
     def write_grid(self, scale: int = 0) -> Vec:
         return self.meta.scale(scale).chunks
+
+    def grid_bounds(self, scale: int = 0) -> Box:
+        # DVID's blocks lie on the grid through 0: a block planned from an unaligned offset
+        # is a read-modify-write of every block it straddles (serialized in this process,
+        # racing between worker processes)
+        sc = self.meta.scale(scale)
+        return origin_grid_bounds(sc.bounds, sc.chunks)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -418,7 +418,7 @@ def _union(boxes: Sequence[Box]) -> Box:
 def _blocks(vol: Volume, boxes: Iterable[Box]) -> list[Box]:
     """The write-grid blocks (clipped to the view) that touch any of ``boxes``."""
     grid = vol.remote.write_grid(vol.scale)
-    bounds = vol.scale_meta.bounds
+    bounds = vol.remote.grid_bounds(vol.scale)  # (DVID: the grid through 0)
     region = vol.bounds
     seen: dict[Vec, Box] = {}
     for b in boxes:
