@@ -222,7 +222,6 @@ def test_datasets_voxgate_does_not_read_are_refused_clearly(
         ({"voxel_size": [30, 4, 4], "voxel_offset": [1, 2, 3]}, (30, 4, 4), (1, 2, 3)),
         ({"resolution": np.array([40, 4, 4], "int32"), "offset": [400, 40, 80]},
          (40, 4, 4), (10, 10, 20)),
-        ({"resolution": [40.0, 4.0, 4.0], "offset": [20.0, 4.0, 4.0]}, (40, 4, 4), (0, 0, 0)),
         ({"element_size_um": np.array([0.04, 0.004, 0.004], "float32")}, (40, 4, 4), (0, 0, 0)),
         ({"resolution": [1.0, 0.5, 0.5], "unit": "um"}, (1000, 500, 500), (0, 0, 0)),
         ({"resolution": [1.0, 0.5, 0.5], "unit": "\u00b5m"}, (1000, 500, 500), (0, 0, 0)),
@@ -235,7 +234,7 @@ def test_datasets_voxgate_does_not_read_are_refused_clearly(
         ({"resolution": [1.0, 0.5, 0.5], "unit": "um", "offset": [2.0, 1.0, 1.0]},
          (1000, 500, 500), (2, 2, 2)),
     ],
-    ids=["voxgate", "cremi-int", "cremi-fractional-offset", "ilastik", "um", "micro-sign",
+    ids=["voxgate", "cremi-int", "ilastik", "um", "micro-sign",
          "greek-mu", "micron", "microns", "nanometers", "bytes-unit", "offset-in-um"],
 )
 def test_voxel_size_and_offset_conventions(
@@ -270,9 +269,13 @@ def test_voxel_size_and_offset_conventions(
         ({"voxel_offset": [1.5, 0, 0], "offset": [2, 2, 2]}, "voxel_offset=", (1, 1, 1),
          (2, 2, 2)),
         ({"voxel_offset": "origin"}, "voxel_offset=", (1, 1, 1), (0, 0, 0)),
+        # half a voxel in z: the nearest whole voxel, with a warning (was (0, 0, 0), silently)
+        ({"resolution": [40.0, 4.0, 4.0], "offset": [20.0, 4.0, 4.0]}, "not a whole number",
+         (40, 4, 4), (1, 1, 1)),
     ],
     ids=["res-2", "res-4", "res-string", "negative", "inf", "nan", "falls-through",
-         "esu-2", "unknown-unit", "offset-2", "fractional-voxel-offset", "offset-string"],
+         "esu-2", "unknown-unit", "offset-2", "fractional-voxel-offset", "offset-string",
+         "cremi-fractional-offset"],
 )
 def test_malformed_attributes_warn_and_fall_back(
         tmp_path: Path, attrs: dict[str, Any], match: str, voxel_size: tuple[float, ...],

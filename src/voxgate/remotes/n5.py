@@ -29,6 +29,9 @@ the group's, else in s0's), as Neuroglancer and tensorstore read them.  The arra
 checked by voxgate and handed to tensorstore (``assume_metadata``), so writer-specific
 compression members (n5-blosc's ``nthreads``) and N5 0.x ``compressionType`` are read too.
 
+Paintera's label-multiset datasets (``"isLabelMultiset": true``) are refused when opened: their
+blocks are not voxels of their ``dataType``.
+
 ``voxgate.create("n5://...")`` always writes a multiscale group (``s0`` .. ``sN``) with all of
 the attributes above, plus a ``"voxgate"`` attribute holding what N5 has no standard place for:
 the kind (image or segmentation), the offset and the exact voxel size of every scale.
@@ -183,6 +186,15 @@ def _dataset_metadata(attrs: dict[str, Any], where: str) -> dict[str, Any]:
             f"{dims}), got {block!r}"
         )
     dtype = attrs.get("dataType")
+    if attrs.get("isLabelMultiset") is True:
+        # its blocks hold Paintera's label-multiset encoding, not uint8 voxels; read as
+        # "dataType" says, the absent blocks would be zeros and the whole volume an image
+        raise CapabilityNotSupportedError(
+            f"{where} is a Paintera label-multiset dataset ('isLabelMultiset': true), whose "
+            "blocks hold lists of labels and counts per voxel, not voxels; voxgate does not "
+            "decode them: export the labels from Paintera (or convert them with "
+            "paintera-conversion-helper) to a plain uint64 dataset"
+        )
     if dtype in ("object", "string"):
         raise CapabilityNotSupportedError(
             f"{where} is an N5 {dtype!r} dataset ('dataType'); voxgate reads voxel data: "
@@ -321,6 +333,26 @@ def _reorder_group(group: dict[str, Any], order: Sequence[int], axes: Sequence[s
     if isinstance(units, list) and len(units) > max(order):
         group["units"] = _place(axes, [units[i] for i in order], "")
     group["axes"] = list(axes)
+
+
+def _complete_lists(attrs: dict[str, Any]) -> bool:
+    """Give a dataset's viewer lists (``resolution``, ``units``, ``offset``,
+    ``downsamplingFactors``, ``pixelResolution.dimensions``) one entry per dimension, in the
+    order of its axes, when one of them has another length (as an older voxgate wrote x, y, z
+    lists for x, y, z, c data); whether anything changed."""
+    rank = len(attrs.get("dimensions") or [])
+    pr = attrs.get("pixelResolution")
+    lists = [attrs.get(k) for k in ("resolution", "units", "offset", "downsamplingFactors")]
+    lists.append(pr.get("dimensions") if isinstance(pr, dict) else pr)
+    if not rank or all(not isinstance(v, list) or len(v) == rank for v in lists):
+        return False
+    order = _xyz_order(attrs.get("axes")) or _XYZ
+    axes = _dataset_axes(attrs)
+    factors = _numbers(attrs.get("downsamplingFactors"), order)
+    _reorder_group(attrs, order, axes)
+    if factors is not None:
+        attrs["downsamplingFactors"] = _place(axes, [_plain_number(v) for v in factors], 1)
+    return True
 
 
 def _cosem_order(value: dict[str, Any], rank: int) -> list[int] | None:
@@ -849,6 +881,13 @@ class N5Remote(Remote):
             _add_cosem_entry(group, sc.index, voxel, centre, unit)
         group["scales"] = factors_all
         group["downsamplingFactors"] = factors_all
+        # the existing scales' lists get an entry per axis too: Neuroglancer reads an sN's
+        # lists over the group's, and 3 entries beside 4 there are a "Rank mismatch"
+        for sc in self.meta.scales:
+            path = join(self.location, f"s{sc.index}")
+            attrs = read_json(path, "attributes.json")
+            if _complete_lists(attrs):
+                write_json(path, "attributes.json", attrs)
         write_json(self.location, "attributes.json", group)
         fresh = N5Remote.open(self.location, mode="r+")
         self.meta, self._arrays, self._paths = fresh.meta, fresh._arrays, fresh._paths

@@ -15,7 +15,14 @@ z, y, x (as N5's follow x, y, z): ``voxel_size`` + ``unit``, ``voxel_offset`` (v
 gunpowder convention).  Multiscale groups carry ``multiScale``, ``scales`` (per-scale factors)
 and ``kind``, and each ``sN`` its own ``downsamplingFactors`` and voxel attributes.  Files
 without voxgate's attributes are read with ``resolution`` or ``element_size_um`` (ilastik,
-Fiji) as the voxel size when present, else 1 nm.
+Fiji) as the voxel size when present, else 1 nm; funlib.persistence's per-axis ``units`` list
+is read as the unit when there is no ``unit``.  A dataset whose axis names (``axes``,
+funlib.persistence's ``axis_names``, ilastik's ``axistags`` JSON or HDF5 dimension-scale
+labels) give another order than (z, y, x) or (c, z, y, x), such as ilastik's channel-last
+(z, y, x, c), is refused rather than read transposed.  A physical ``offset`` that is not a whole
+number of voxels is taken to the nearest whole voxel with a VoxgateWarning.  BigDataViewer's
+``tT/sS/L/cells`` datasets, uint16 voxels stored as HDF5 int16, are read and written as uint16,
+level L's voxel size being its setup's ``sS/resolutions`` row (x, y, z) in voxels of level 0.
 
 Threads: HDF5 serialises every call in a process anyway, and h5py objects must not be used
 from two threads at once, so each file has one h5py handle shared by every Remote on it and

@@ -4,7 +4,9 @@ kind, scale factors)."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import warnings
 from typing import Any
 
@@ -63,9 +65,30 @@ def _ignored(where: str, key: str, value: Any, fallback: str) -> None:
                  stacklevel=4)
 
 
+def _units_unit(attrs: h5py.AttributeManager, where: str, warn: bool) -> str | None:
+    """The one length unit of funlib.persistence's per-axis ``units`` list (its spatial axes;
+    a channel axis has ""), or None when there is none or they differ."""
+    units = _attr(attrs, "units")
+    if isinstance(units, str):
+        units = [units]
+    if not isinstance(units, list):
+        return None
+    named = {u.strip() for u in units if isinstance(u, str) and u.strip()}
+    if len(named) == 1:
+        return named.pop()
+    if len(named) > 1 and warn:
+        warn_ignored(f"{where}: attribute units={units!r}",
+                     "voxgate reads one length unit for z, y and x; the voxel size is taken "
+                     "as nanometres", stacklevel=5)
+    return None
+
+
 def _unit_nm(attrs: h5py.AttributeManager, where: str = "", *, warn: bool = False) -> float:
-    """Nanometres per the object's ``unit`` (nm when absent or unknown)."""
+    """Nanometres per the object's ``unit``, else its funlib.persistence ``units`` list (nm
+    when absent or unknown)."""
     unit = _attr(attrs, "unit")
+    if not isinstance(unit, str) or not unit.strip():
+        unit = _units_unit(attrs, where, warn)
     if not isinstance(unit, str) or not unit.strip():
         return 1.0
     known = length_unit_nm(unit)
@@ -115,8 +138,14 @@ def _voxel_offset(attrs: h5py.AttributeManager, vs: VoxelSize | None, where: str
         # "offset" is in the file's unit, the voxel size here in nm
         unit = _unit_nm(attrs)
         vox = [x * unit / s for x, s in zip(w, vs.zyx(), strict=True)]
-        if all(abs(x - round(x)) < 1e-6 for x in vox):
-            return Vec(*(round(x) for x in vox))
+        near = Vec(*(math.floor(x + 0.5) for x in vox))
+        if not all(abs(x - n) < 1e-6 for x, n in zip(vox, near, strict=True)):
+            # (taking 0 instead, as voxgate once did, moved the data by up to the whole offset)
+            warnings.warn(VoxgateWarning(
+                f"{where}: attribute offset={raw!r} is {tuple(round(x, 6) for x in vox)} (z, y, "
+                f"x) voxels of {vs.zyx()} nm, not a whole number of voxels; voxgate takes the "
+                f"nearest whole voxel, offset {tuple(near)}"), stacklevel=4)
+        return near
     return Vec(0, 0, 0)
 
 
@@ -177,9 +206,79 @@ def _check_dtype(dtype: np.dtype[Any], where: str) -> np.dtype[Any]:
     return native
 
 
+def _axis_names(attrs: h5py.AttributeManager, ds: h5py.Dataset) -> tuple[str, list[str]] | None:
+    """The names a dataset's writer gave its axes, in its dimension order, and where they come
+    from: voxgate's ``axes``, funlib.persistence's ``axis_names`` (a channel axis ends in "^"),
+    ilastik / vigra's ``axistags`` JSON, else HDF5 dimension-scale labels; None if none."""
+    axes = _attr(attrs, "axes")
+    if isinstance(axes, list):
+        return "axes", [str(a).lower() for a in axes]
+    names = _attr(attrs, "axis_names")
+    if isinstance(names, list):
+        return "axis_names", [str(a).lower().rstrip("^") for a in names]
+    tags = _attr(attrs, "axistags")
+    if isinstance(tags, str):
+        try:
+            parsed = json.loads(tags)
+            keys = [str(a["key"]).lower() for a in parsed["axes"]]
+        except (ValueError, KeyError, TypeError):
+            keys = None
+        if keys:
+            return "axistags", keys
+    try:
+        labels = [str(d.label).lower() for d in ds.dims]
+    except (OSError, RuntimeError, ValueError):  # pragma: no cover - unreadable dimension labels
+        labels = []
+    if labels and all(labels):
+        return "dimension-scale label", labels
+    return None
+
+
 def _scale_factors(group_factors: list[Any], i: int) -> list[float] | None:
     """Factors of scale ``i`` from a group's flattened ``scales`` attribute (h5py reads an
     (n, 3) array attribute back as one list)."""
     if len(group_factors) % 3 or (i + 1) * 3 > len(group_factors):
         return None
     return _triple(group_factors[i * 3 : i * 3 + 3])
+
+
+# -- BigDataViewer HDF5 ---------------------------------------------------------------------------
+_BDV_CELLS = re.compile(r"/?(?:.*/)?t\d+/s(\d+)/(\d+)/cells")
+
+
+def _bdv_level(f: h5py.File, name: str) -> tuple[h5py.Dataset, int] | None:
+    """A BigDataViewer ``tT/sS/L/cells`` dataset's setup's ``sS/resolutions`` and its level L,
+    or None when ``name`` is no such dataset."""
+    name = "/" + name.lstrip("/")
+    m = _BDV_CELLS.fullmatch(name)
+    if m is None:
+        return None
+    prefix = name[: m.start(1) - 1].rsplit("/", 2)[0]  # what precedes "tT/"
+    res = f.get(f"{prefix}/s{m.group(1)}/resolutions")
+    if not isinstance(res, h5py.Dataset) or res.ndim != 2 or res.shape[1] != 3:
+        return None
+    return res, int(m.group(2))
+
+
+def _bdv_storage_dtype(f: h5py.File, name: str, ds: h5py.Dataset) -> np.dtype[Any] | None:
+    """int16 for a BigDataViewer ``cells`` dataset: BDV writes its unsigned 16-bit voxels as
+    HDF5 int16 (Java has no unsigned types) and reads them back as uint16, as voxgate must (read
+    as int16, every voxel above 32767 would be negative).  None for any other dataset."""
+    if ds.dtype.kind == "i" and ds.dtype.itemsize == 2 and _bdv_level(f, name) is not None:
+        return np.dtype("int16")
+    return None
+
+
+def _bdv_factors(f: h5py.File, name: str) -> list[float] | None:
+    """The downsampling factors (z, y, x) of a BigDataViewer level (its setup's ``resolutions``
+    row, which BDV writes x, y, z), or None."""
+    found = _bdv_level(f, name)
+    if found is None:
+        return None
+    res, level = found
+    if level >= res.shape[0]:
+        return None
+    row = _triple([float(v) for v in res[level]])
+    if row is None or not all(math.isfinite(v) and v > 0 for v in row):
+        return None
+    return row[::-1]

@@ -32,6 +32,9 @@ from .files import _acquire, _release, _SharedFile, _split
 from .layout import (
     DEFAULT_DATASET,
     _attr,
+    _axis_names,
+    _bdv_factors,
+    _bdv_storage_dtype,
     _check_dtype,
     _guess_kind,
     _is_multiscale,
@@ -63,6 +66,7 @@ class HDF5Remote(Remote):
         datasets: list[str],
         channel_axis: bool,
         mode: str,
+        storage_dtype: np.dtype[Any] | None = None,
     ) -> None:
         self._shared = shared
         self.path = shared.path
@@ -71,6 +75,9 @@ class HDF5Remote(Remote):
         self._datasets = datasets
         # a 4-D dataset of one channel is read as 3-D: its channel axis is dropped / re-added
         self._channel_axis = channel_axis
+        # the file's dtype where it differs from meta.dtype (BigDataViewer's uint16 as int16):
+        # read and written by reinterpreting the bytes, never by HDF5's clipping conversion
+        self._storage_dtype = storage_dtype
         self.mode = mode
         self.url = f"hdf5://{self.path}#{name}"
         self._finalizer = weakref.finalize(self, _release, shared)
@@ -120,7 +127,8 @@ class HDF5Remote(Remote):
                 f"{where} is a group without a dataset s0, not a multiscale volume{_listing(f)}"
             )
         first = f[datasets[0]]
-        dtype = _check_dtype(first.dtype, where)
+        storage = _bdv_storage_dtype(f, datasets[0], first)
+        dtype = np.dtype("uint16") if storage is not None else _check_dtype(first.dtype, where)
         channel_axis = first.ndim == 4
         channels = int(first.shape[0]) if channel_axis else 1
         base_vs = _voxel_size(group_attrs, where) if group_attrs is not None else None
@@ -128,7 +136,7 @@ class HDF5Remote(Remote):
         scales = []
         for i, dname in enumerate(datasets):
             ds = f[dname]
-            if _check_dtype(ds.dtype, dname) != dtype or ds.ndim != first.ndim:
+            if _check_dtype(ds.dtype, dname) != (storage or dtype) or ds.ndim != first.ndim:
                 raise InvalidRequestError(
                     f"{shared.path}#{dname} differs from s0 in dtype or number of dimensions"
                 )
@@ -139,19 +147,22 @@ class HDF5Remote(Remote):
                     f"{shared.path}#{dname} is empty (shape {ds.shape}); a volume holds at "
                     "least one voxel"
                 )
-            axes = _attr(ds.attrs, "axes")
+            named = _axis_names(ds.attrs, ds)
             want = ["c", "z", "y", "x"][4 - ds.ndim:]
-            if isinstance(axes, list) and [str(a).lower() for a in axes] != want:
-                # (read as voxgate's order, they would be silently transposed)
+            if named is not None and named[1] != want:
+                # (read as voxgate's order, they would be silently transposed; an ilastik
+                # export's "zyxc" would have its z axis taken as the channels)
+                source, axes = named
                 raise InvalidRequestError(
-                    f"{shared.path}#{dname} has axes {axes}; voxgate reads a {ds.ndim}-D "
-                    f"dataset as {tuple(want)}: transpose it into that order (e.g. with "
-                    "h5py and numpy) or copy it with the axes reordered"
+                    f"{shared.path}#{dname} has axes {axes} (its {source} attribute); voxgate "
+                    f"reads a {ds.ndim}-D dataset as {tuple(want)}: transpose it into that order "
+                    "(e.g. with h5py and numpy) or copy it with the axes reordered"
                 )
             shape = Vec(*ds.shape[-3:])
             vs = _voxel_size(ds.attrs, f"{shared.path}#{dname}")
             if vs is None:
-                factors = _triple(_attr(ds.attrs, "downsamplingFactors"))
+                factors = _triple(_attr(ds.attrs, "downsamplingFactors")) or _bdv_factors(
+                    f, dname)
                 if factors is None and isinstance(group_factors, list) and i > 0:
                     factors = _scale_factors(group_factors, i)
                 if factors is None:  # nothing written: infer from the shapes
@@ -177,7 +188,7 @@ class HDF5Remote(Remote):
             fill_value = 0
         meta = VolumeMeta(dtype, tuple(scales), kind, channels, fill_value)
         name = "/" + name.strip("/")
-        return cls(shared, name, meta, datasets, channel_axis, mode)
+        return cls(shared, name, meta, datasets, channel_axis, mode, storage)
 
     @classmethod
     def exists(cls, location: str) -> bool:
@@ -293,7 +304,12 @@ class HDF5Remote(Remote):
                 g.attrs["unit"] = meta.voxel_size.unit
                 f[f"{self.name}/s0"].attrs["downsamplingFactors"] = [1.0, 1.0, 1.0]
             vs0 = meta.voxel_size
-            factors = [list(g_) for g_ in f[self.name].attrs.get("scales", [[1.0, 1.0, 1.0]])]
+            # another tool's "scales" may be a flat list of 3 factors per scale
+            stated = np.asarray(f[self.name].attrs.get("scales", [1.0, 1.0, 1.0]), dtype=float)
+            factors = [list(g_) for g_ in stated.reshape(-1, 3)][: len(meta.scales)]
+            if len(factors) < len(meta.scales) or stated.size % 3:
+                factors = [[_plain(a / b) for a, b in zip(s.voxel_size.zyx(), vs0.zyx(),
+                                                          strict=True)] for s in meta.scales]
             for sc in scales:
                 ds = _create_dataset(f, f"{self.name}/s{sc.index}", meta, sc, filters)
                 _write_scale_attrs(ds.attrs, meta, sc)
@@ -354,7 +370,8 @@ class HDF5Remote(Remote):
             ds = self._shared.dataset(dname)
             try:
                 if out.size:
-                    ds.read_direct(out, source_sel=sel)
+                    ds.read_direct(out if self._storage_dtype is None
+                                   else out.view(self._storage_dtype), source_sel=sel)
             except OSError as exc:
                 raise self._locate_damage(ds, scale, box, exc) from exc
         if self._channel_axis and self.meta.num_channels == 1:
@@ -368,6 +385,8 @@ class HDF5Remote(Remote):
         if self._channel_axis and self.meta.num_channels == 1:
             array = array[np.newaxis]
         data = np.ascontiguousarray(array)
+        if self._storage_dtype is not None:
+            data = np.ascontiguousarray(data, dtype=self.meta.dtype).view(self._storage_dtype)
         dname = self._datasets[scale]
         with self._shared.lock:
             f = self._shared.ensure_open(writable=True)
