@@ -39,10 +39,13 @@ factor, rounded up.
 ``voxgate.create("knossos://DIR", ...)`` writes ``DIR/NAME.k.toml`` (NAME: the directory's
 name) with one layer, uint8 raw cubes of the chunk shape given, and two keys of its own that
 KNOSSOS ignores (``VoxgateOffset_px``, ``VoxgateKind``), and the ``Description`` KNOSSOS
-requires.  ``add_scales`` rewrites the .k.toml keeping what voxgate does not read (other
-keys and layers), but not its comments (``tomllib`` keeps none).  ``conf="knossos.conf"``
-writes the classic file instead (128^3 cubes, isotropic power-of-two scales only), and a
-``magM/knossos.conf`` per scale, by which KNOSSOS finds the mags.
+requires.  ``add_scales`` edits the .k.toml in place: only the lines of the keys whose values
+change (``VoxelSize_nm``; ``Description`` added if missing), so comments, layout, other keys
+and layers stay (a file too unusual to edit that way is rewritten whole, without comments).
+A name holding ``_mag`` is refused: KNOSSOS cuts cube names there.  A classic conf with an
+``ftp_mode`` line (cubes on a server) is refused, as are other remote cubes.
+``conf="knossos.conf"`` writes the classic file instead (128^3 cubes, isotropic power-of-two
+scales only), and a ``magM/knossos.conf`` per scale, by which KNOSSOS finds the mags.
 """
 
 from __future__ import annotations
@@ -300,6 +303,14 @@ class KnossosRemote(Remote):
                 f"experiment name {name!r} must be letters, digits, '.', '_' or '-' (it is part "
                 "of every cube's file name); pass experiment='...'"
             )
+        if "_mag" in name:
+            # KNOSSOS (Dataset::knossosCubeUrl) names cubes after the part of the name before
+            # its first "_mag": it would look for other files than the ones written here
+            raise InvalidRequestError(
+                f"experiment name {name!r} holds '_mag', where KNOSSOS cuts the name when it "
+                f"looks for cube files (it would look for {name.split('_mag')[0]}_mag1_x0000_"
+                "... and find none); pass experiment='...' without it"
+            )
         s0 = meta.scales[0]
         vs0 = s0.voxel_size.xyz()
         if s0.voxel_size.unit != "nm":
@@ -397,17 +408,21 @@ class KnossosRemote(Remote):
         return [(idx, cell, cell.intersect(local)) for idx, cell in
                 chunk_boxes(local, cube, bounds)]
 
+    def _check_raw_size(self, path: str, size: int) -> None:
+        cz, cy, cx = self.meta.scale(0).chunks
+        if size != cz * cy * cx:
+            raise CorruptChunkError(
+                f"KNOSSOS cube {path} holds {size} bytes, not the {cz * cy * cx} of a "
+                f"{cx}x{cy}x{cz} uint8 cube (truncated or not a cube)", chunk=path
+            )
+
     def _read_cube(self, path: str) -> np.ndarray:
         cz, cy, cx = self.meta.scale(0).chunks
         n = cz * cy * cx
         if path.endswith(".raw"):
             with open(path, "rb") as f:
                 data = f.read()
-            if len(data) != n:
-                raise CorruptChunkError(
-                    f"KNOSSOS cube {path} holds {len(data)} bytes, not the {n} of a "
-                    f"{cx}x{cy}x{cz} uint8 cube (truncated or not a cube)", chunk=path
-                )
+            self._check_raw_size(path, len(data))
             return np.frombuffer(data, np.uint8).reshape(cz, cy, cx)
         if path.endswith(_JPEG2000):
             raise CapabilityNotSupportedError(
@@ -452,7 +467,18 @@ class KnossosRemote(Remote):
             )
         sc = self.meta.scale(scale)
         local = box.translate([-o for o in sc.offset])
-        for idx, cell, part in self._cubes(box, scale):
+        cubes = self._cubes(box, scale)
+        # the cubes this write completes are read first: one that cannot be read (truncated,
+        # JPEG 2000) fails the write before any cube is written, not half-way through it
+        for idx, cell, part in cubes:
+            existing = None if part == cell else self._find_cube(scale, idx[::-1])
+            if existing is None:
+                continue
+            if existing.endswith(".raw"):
+                self._check_raw_size(existing, os.path.getsize(existing))
+            else:
+                self._read_cube(existing)
+        for idx, cell, part in cubes:
             origin = [i * c for i, c in zip(idx, sc.chunks, strict=True)]
             path = self.cube_path(scale, idx[::-1])
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -604,6 +630,16 @@ def _read_conf(conf: str) -> _Dataset:
                         extent_xyz=extent, voxel_sizes_xyz=vs, mags=mags, pow2_mags=not ordinal,
                         cube_xyz=cube, exts=_exts(["." + ext.lstrip(".")], conf),
                         root=_local_root(kv.get("_BaseURL"), f"{conf} (_BaseURL)"))
+    ftp = re.search(r"^\s*ftp_mode\b[ \t]*([^\s;]*)", text, re.MULTILINE)
+    if ftp:
+        # KNOSSOS (fromLegacyConf) and knossos_utils (parse_knossos_conf) load the cubes of
+        # such a dataset from that server over HTTP, not from beside the conf: read here,
+        # every cube would be absent and the dataset all zeros
+        raise CapabilityNotSupportedError(
+            f"{conf} has an ftp_mode line: its cubes are on the server "
+            f"{ftp.group(1) or '(unnamed)'}, where KNOSSOS loads them from; knossos:// reads "
+            "local datasets only (download the cubes, and remove the ftp_mode line if they are "
+            "beside the configuration)")
     d = parse_knossos_conf(text, conf)
     name = _need(d, "experiment name", conf)
     if not isinstance(name, str) or not name:
@@ -772,13 +808,9 @@ def _toml_value(value: object) -> str:
     raise TypeError(f"no TOML form for {value!r}")
 
 
-def _write_toml(ds: _Dataset) -> None:
-    """Write ``ds`` to its .k.toml: the first layer's keys that voxgate knows from ``ds``, and
-    everything else of the file as it was read (other keys of the layer, such as ServerFormat,
-    URL or Color, other layers, top-level keys)."""
-    doc = dict(ds.doc)
-    layers = list(doc.get("Layer", [{}]))
-    layer = dict(layers[0])
+def _our_keys(ds: _Dataset) -> dict[str, str]:
+    """The first layer's keys that voxgate knows from ``ds``, as TOML values."""
+    layer = ds.doc.get("Layer", [{}])[0] if ds.doc else {}
     ours: dict[str, str] = {
         "Name": _toml_str(ds.name),
         "Extent_px": _toml_list(ds.extent_xyz),
@@ -793,6 +825,26 @@ def _write_toml(ds: _Dataset) -> None:
         ours["VoxgateOffset_px"] = _toml_list(ds.offset_zyx[::-1])
     if not ds.doc or "VoxgateKind" in layer or ds.kind != "image":
         ours["VoxgateKind"] = _toml_str(ds.kind)
+    return ours
+
+
+def _write_toml(ds: _Dataset) -> None:
+    """Write ``ds`` to its .k.toml: the first layer's keys that voxgate knows from ``ds``, and
+    everything else of the file as it was read (other keys of the layer, such as ServerFormat,
+    URL or Color, other layers, top-level keys).
+
+    An existing file is edited in place where that is plain (:func:`_edited_toml`), which keeps
+    its comments and layout; else it is written whole, without them (``tomllib`` keeps none)."""
+    if ds.doc:
+        edited = _edited_toml(ds)
+        if edited is not None:
+            atomic_write(ds.conf, edited)
+            ds.doc = tomllib.loads(edited.decode())  # what the next edit starts from
+            return
+    doc = dict(ds.doc)
+    layers = list(doc.get("Layer", [{}]))
+    layer = dict(layers[0])
+    ours = _our_keys(ds)
     # keys already in the layer keep their place; new ones follow
     lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in doc.items() if k != "Layer"]
     lines.append("[[Layer]]")
@@ -802,4 +854,78 @@ def _write_toml(ds: _Dataset) -> None:
     for other in layers[1:]:
         lines.append("[[Layer]]")
         lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in other.items()]
-    atomic_write(ds.conf, ("\n".join(lines) + "\n").encode())
+    text = "\n".join(lines) + "\n"
+    atomic_write(ds.conf, text.encode())
+    if ds.doc:
+        ds.doc = tomllib.loads(text)
+
+
+# a table or array-of-tables header line (not a line of a multi-line array: no commas)
+_HEADER = re.compile(r"\s*\[\[?\s*[A-Za-z0-9_.\"' -]+\]\]?\s*(#.*)?\s*")
+
+
+def _edited_toml(ds: _Dataset) -> bytes | None:
+    """The .k.toml's current text with only the first layer's keys whose values voxgate changed
+    rewritten (a changed key's lines replaced, its trailing comment kept; a new key added after
+    the layer's last line), or None when that is not plain: the file changed since it was
+    read, a key spelled otherwise (quoted, dotted), or an edit that would not read back as
+    ``ds`` says.  Comments, blank lines, key order and the other layers stay as they were."""
+    try:
+        with open(ds.conf, "rb") as f:
+            text = f.read().decode()
+        if tomllib.loads(text) != ds.doc:
+            return None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    layer = ds.doc["Layer"][0]
+    changed = {k: v for k, v in _our_keys(ds).items()
+               if layer.get(k, None) != tomllib.loads(f"v = {v}")["v"]}
+    if not changed:
+        return None
+    lines = text.splitlines(keepends=True)
+    start = next((i + 1 for i, ln in enumerate(lines)
+                  if re.fullmatch(r"\s*\[\[\s*Layer\s*\]\]\s*(#.*)?", ln.rstrip("\r\n"))), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start, len(lines)) if _HEADER.fullmatch(lines[i])),
+               len(lines))
+    newline = "\r\n" if lines[0].endswith("\r\n") else "\n"
+    spans: dict[str, tuple[int, int]] = {}  # key -> its lines [i, j)
+    for i in range(start, end):
+        m = re.match(r"\s*([A-Za-z0-9_-]+)\s*=", lines[i])
+        if m and m.group(1) in changed:
+            for j in range(i + 1, end + 1):  # the value may span lines (a long array)
+                try:
+                    tomllib.loads("".join(lines[i:j]))
+                except tomllib.TOMLDecodeError:
+                    continue
+                spans[m.group(1)] = (i, j)
+                break
+    last = max((i for i in range(start, end) if lines[i].strip()), default=start - 1)
+    out = lines[:]
+    added = [f"{k} = {v}{newline}" for k, v in changed.items() if k not in spans]
+    if added and not out[last].endswith(("\n", "\r")):
+        out[last] += newline
+    out[last + 1:last + 1] = added
+    for key, (i, j) in sorted(spans.items(), key=lambda kv: -kv[1][0]):
+        # a comment after the value: from the first '#' that the value does not need
+        head, tail = "".join(lines[i:j - 1]), lines[j - 1].rstrip("\r\n")
+        comment = ""
+        for p in (p for p, c in enumerate(tail) if c == "#"):
+            with contextlib.suppress(tomllib.TOMLDecodeError):
+                tomllib.loads(head + tail[:p])
+                comment = tail[p:]
+                break
+        indent = re.match(r"\s*", lines[i]).group(0)  # type: ignore[union-attr]
+        ending = newline if lines[j - 1].endswith(("\n", "\r")) else ""
+        out[i:j] = [f"{indent}{key} = {changed[key]}{' ' + comment if comment else ''}{ending}"]
+    result = "".join(out)
+    want = dict(ds.doc)
+    want["Layer"] = [{**layer, **{k: tomllib.loads(f"v = {v}")["v"] for k, v in changed.items()}},
+                     *ds.doc["Layer"][1:]]
+    try:
+        if tomllib.loads(result) != want:
+            return None
+    except tomllib.TOMLDecodeError:
+        return None
+    return result.encode()
