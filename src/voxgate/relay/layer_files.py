@@ -4,7 +4,10 @@ A channel whose upstream is a precomputed layer (``precomputed://<location>``) a
 what the layer's info names: its ``mesh`` directory (legacy and multi-resolution meshes,
 sharded or not), ``skeletons``, ``segment_properties`` (and a non-standard ``annotations``
 key), and annotation layers kept in a sub-directory of the layer (a directory whose own info
-says ``neuroglancer_annotations_v1``).  A request names a file relative to the layer, e.g.
+says ``neuroglancer_annotations_v1``), the segment properties directory a mesh or skeleton
+info names (relative to its own directory, as Neuroglancer resolves it, if it stays inside the
+layer), and the layer's ``provenance`` file (CloudVolume's ``cv.provenance``).  A request names
+a file relative to the layer, e.g.
 ``mesh/info``, ``mesh/12.index`` or ``skeletons/4``; nothing else under the layer's location is
 served (no path traversal: ``.``, ``..``, empty parts, backslashes and encoded slashes are
 refused).
@@ -24,6 +27,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import posixpath
 import re
 import threading
 import time
@@ -62,6 +66,11 @@ __all__ = [
 
 #: info keys naming a sub-directory of files; the relay's info keeps them as they are
 DIR_KEYS = ("mesh", "skeletons", "segment_properties", "annotations")
+#: sub-directories whose own info may name a segment properties directory, relative to them
+#: (Neuroglancer reads ``segment_properties`` from a mesh or skeleton source's info)
+PROPERTY_DIRS = ("mesh", "skeletons")
+#: files at the top of a layer served besides its info (CloudVolume reads ``provenance``)
+TOP_FILES = ("provenance",)
 #: the ``@type`` of an annotation layer's info
 ANNOTATION_TYPE = "neuroglancer_annotations_v1"
 #: how long the upstream's info (and what a sub-directory is) is trusted before it is read again
@@ -210,17 +219,36 @@ class LayerFiles:
         return {k: info[k] for k in DIR_KEYS if isinstance(info.get(k), str)}
 
     def directories(self, location: str) -> list[str]:
-        """The sub-directories the layer's info names (``mesh``, ``skeletons``, ...)."""
-        out = []
-        for value in self.kept_keys(location, {}).values():
-            name = value.strip("/")
-            if name and "://" not in value and not value.startswith("/"):
-                try:
-                    check_file_path(name)
-                except BossHTTPError:
-                    continue
+        """The sub-directories the layer's info names (``mesh``, ``skeletons``, ...), and the
+        segment properties directories the infos of its mesh and skeleton directories name."""
+        kept = self.kept_keys(location, {})
+        out: list[str] = []
+        for value in kept.values():
+            name = _inside_layer("", value)
+            if name is not None and name not in out:
+                out.append(name)
+        for key in PROPERTY_DIRS:
+            base = _inside_layer("", kept[key]) if key in kept else None
+            if base is None:
+                continue
+            value = self._sub_info_key(location, base, "segment_properties")
+            name = _inside_layer(base, value) if value is not None else None
+            if name is not None and name not in out:
                 out.append(name)
         return out
+
+    def _sub_info_key(self, location: str, directory: str, key: str) -> str | None:
+        """A string key of ``directory/info`` (None when absent or unreadable)."""
+        def look() -> str | None:
+            try:
+                info = self._read_info(location, f"{directory}/info")
+            except VoxgateError:
+                return None
+            value = info.get(key) if info is not None else None
+            return value if isinstance(value, str) else None
+
+        found: str | None = self._remember((location, f"key:{directory}:{key}"), look)
+        return found
 
     def is_annotation_dir(self, location: str, name: str) -> bool:
         """Whether ``location/name`` is an annotation layer (its info says so)."""
@@ -231,7 +259,10 @@ class LayerFiles:
         return bool(self._remember((location, "ann:" + name), look))
 
     def served_dir(self, location: str, parts: list[str]) -> str | None:
-        """The directory a file path lies in, if the layer serves it, else None."""
+        """The directory a file path lies in, if the layer serves it, else None (``""`` for
+        the files served at the top of the layer, :data:`TOP_FILES`)."""
+        if len(parts) == 1 and parts[0] in TOP_FILES:
+            return ""
         for d in self.directories(location):
             dparts = d.split("/")
             if len(parts) > len(dparts) and parts[: len(dparts)] == dparts:
@@ -289,7 +320,8 @@ class LayerFiles:
         rng = parse_range(range_header)
         headers = {"Accept-Ranges": "bytes", "Vary": "Accept-Encoding",
                    "Cache-Control": "no-cache",
-                   "Content-Type": "application/json" if name.rsplit("/", 1)[-1] == "info"
+                   "Content-Type": "application/json"
+                   if name.rsplit("/", 1)[-1] == "info" or name in TOP_FILES
                    else "application/octet-stream"}
         try:
             if is_local(location):
@@ -409,6 +441,21 @@ def _blocks(path: str, start: int, stop: int) -> Iterator[bytes]:
                 break
             left -= len(block)
             yield block
+
+
+def _inside_layer(base: str, value: str) -> str | None:
+    """``value`` (a path an info names, relative to ``base``) as a path relative to the layer,
+    or None when it is absolute, a URL, or leaves the layer (``..`` past its top)."""
+    if "://" in value or value.startswith("/") or "\\" in value:
+        return None
+    name = posixpath.normpath(posixpath.join(base, value)) if value.strip("/") else ""
+    if name in ("", ".") or name == ".." or name.startswith("../"):
+        return None
+    try:
+        check_file_path(name)
+    except BossHTTPError:
+        return None
+    return name
 
 
 def not_served(path: str, dirs: list[str], what: str) -> BossHTTPError:
