@@ -65,6 +65,23 @@ LAYOUTS = {
 }
 
 
+def as_older_voxgate_wrote_it(root: Path) -> None:
+    """Rewrite a multi-channel N5 group's attributes as the older voxgate wrote them: no
+    channel entries in the group's or its sN's lists, no group "axes"."""
+    for f in [root / "attributes.json", *root.glob("s*/attributes.json")]:
+        attrs = json.loads(f.read_text())
+        for key in ("resolution", "units"):
+            attrs[key] = attrs[key][:3]
+        attrs["pixelResolution"]["dimensions"] = attrs["pixelResolution"]["dimensions"][:3]
+        if f.parent == root:
+            attrs.pop("axes")
+            attrs["scales"] = attrs["downsamplingFactors"] = [
+                s[:3] for s in attrs["downsamplingFactors"]]
+        else:
+            attrs["downsamplingFactors"] = attrs["downsamplingFactors"][:3]
+        f.write_text(json.dumps(attrs))
+
+
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_group_in_its_own_axis_order(tmp_path: Path, layout: str) -> None:
     """A Neuroglancer / tensorstore style group whose lists follow its "axes" (z, y, x; or
@@ -126,19 +143,7 @@ def test_multichannel_group_an_older_voxgate_wrote(tmp_path: Path) -> None:
                          voxel_size=VS0, num_channels=3)
     vol[:] = full
     voxgate.downsample(f"n5://{root}", num_scales=2, factors=FACTORS[:1])
-    # as the older voxgate wrote it: no channel entries, no group "axes"
-    for f in [root / "attributes.json", *root.glob("s*/attributes.json")]:
-        attrs = json.loads(f.read_text())
-        for key in ("resolution", "units"):
-            attrs[key] = attrs[key][:3]
-        attrs["pixelResolution"]["dimensions"] = attrs["pixelResolution"]["dimensions"][:3]
-        if f.parent == root:
-            attrs.pop("axes")
-            attrs["scales"] = attrs["downsamplingFactors"] = [
-                s[:3] for s in attrs["downsamplingFactors"]]
-        else:
-            attrs["downsamplingFactors"] = attrs["downsamplingFactors"][:3]
-        f.write_text(json.dumps(attrs))
+    as_older_voxgate_wrote_it(root)
     assert [s.voxel_size.zyx() for s in voxgate.open(f"n5://{root}").scales] == VOXELS[:2]
 
     voxgate.downsample(f"n5://{root}", num_scales=3, factors=FACTORS)

@@ -62,6 +62,19 @@ def czyx(data: np.ndarray) -> np.ndarray:
 
 
 # -- mags at paths of their own -------------------------------------------------------------------
+def _two_mags_at_a_custom_path(root: Path, seed: int) -> str:
+    """A WEBKNOSSOS layer whose mag 1 lies in the folder "full", downsampled once by voxgate;
+    returns its URL."""
+    data = np.random.default_rng(seed).integers(0, 255, SHAPE, dtype=np.uint8)
+    vol = voxgate.create(f"webknossos://{root}", layer="color", shape=SHAPE, chunks=(4, 8, 8),
+                         dtype="uint8", voxel_size=(24, 11, 11))
+    vol[:] = data
+    move_mag1(root, "full")
+    url = f"webknossos://{root}/color"
+    voxgate.downsample(url, num_scales=2, factors=[(1, 2, 2)])
+    return url
+
+
 @pytest.mark.parametrize("rel", ["full", "mags/full"])
 def test_ome_metadata_names_mags_by_their_paths(tmp_path: Path, rel: str) -> None:
     root = tmp_path / "ds"
@@ -86,13 +99,7 @@ def test_ome_zarr_reads_the_layer_voxgate_extended(tmp_path: Path) -> None:
     from ome_zarr.reader import Reader
 
     root = tmp_path / "ds"
-    data = np.random.default_rng(1).integers(0, 255, SHAPE, dtype=np.uint8)
-    vol = voxgate.create(f"webknossos://{root}", layer="color", shape=SHAPE, chunks=(4, 8, 8),
-                         dtype="uint8", voxel_size=(24, 11, 11))
-    vol[:] = data
-    move_mag1(root, "full")
-    url = f"webknossos://{root}/color"
-    voxgate.downsample(url, num_scales=2, factors=[(1, 2, 2)])
+    url = _two_mags_at_a_custom_path(root, seed=1)
     loc = parse_url(str(root / "color"))
     assert loc is not None
     node = next(iter(Reader(loc)()))
@@ -127,13 +134,7 @@ def test_webknossos_writes_the_same_ome_paths(tmp_path: Path) -> None:
     """The webknossos package, made to write the dataset's metadata again, names the mags as
     voxgate did, and reads every mag as voxgate does."""
     root = tmp_path / "ds"
-    data = np.random.default_rng(3).integers(0, 255, SHAPE, dtype=np.uint8)
-    vol = voxgate.create(f"webknossos://{root}", layer="color", shape=SHAPE, chunks=(4, 8, 8),
-                         dtype="uint8", voxel_size=(24, 11, 11))
-    vol[:] = data
-    move_mag1(root, "full")
-    url = f"webknossos://{root}/color"
-    voxgate.downsample(url, num_scales=2, factors=[(1, 2, 2)])
+    url = _two_mags_at_a_custom_path(root, seed=3)
     ours = json.loads((root / "color" / "zarr.json").read_text())
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
