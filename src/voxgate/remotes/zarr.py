@@ -11,6 +11,7 @@ plate is refused with the URLs of its images (``_ome_collections``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -37,7 +38,6 @@ from ..meta import (
     VolumeMeta,
     centre_translation,
     check_new_scales,
-    offset_from_translation,
 )
 from ..storage import (
     UNITS_NM,
@@ -55,6 +55,7 @@ from ..storage import (
 )
 from ._foreign_attrs import warn_ignored
 from ._ome_collections import collection
+from ._ome_geometry import axis_names, compose, level_offset, shape_factors
 from ._tensorstore import TSArray
 from .base import Capability, Remote, check_options, check_same_volume
 
@@ -184,6 +185,9 @@ class ZarrRemote(Remote):
             # them as this attribute: an (x, y, z) array read as (z, y, x) would be transposed
             names = _array_dimensions(attrs, store.rank, join(location, ".zattrs"))
         if not any(names):
+            # funlib.persistence (daisy, gunpowder) names them in its own attributes
+            names = _funlib_names(attrs, store.rank, location)
+        if not any(names):
             if store.rank not in (3, 4):
                 raise InvalidRequestError(
                     f"{location} is a {store.rank}-D zarr array without dimension names; voxgate "
@@ -192,16 +196,26 @@ class ZarrRemote(Remote):
                     "c and length-1 others)"
                 )
             names = ["c", "z", "y", "x"] if store.rank == 4 else ["z", "y", "x"]
-        vs, offset, kind = _plain_attrs(attrs.get("voxgate"), location)
+        names = [n.lower() if n else "" for n in names]
+        own_vs, own_offset, kind = _plain_attrs(attrs.get("voxgate"), location)
+        # voxgate's own attribute first, then funlib.persistence's world-unit ones
+        vs, offset, translation = _funlib_geometry(attrs, names, location)
+        if own_vs is not None:
+            vs = own_vs
+        if own_offset is not None or own_vs is not None:
+            # (a world offset means nothing against a voxel size voxgate states otherwise)
+            offset, translation = own_offset or Vec(0, 0, 0), None
         arr, channels = _as_czyx(store, names, location, offset)
         dtype = np.dtype(store.dtype.numpy_dtype)
         shape = Vec(*arr.store.shape[-3:])
         chunks, shard = _chunk_shapes(arr.store)
-        scale = Scale(0, shape, chunks, vs, offset, _encoding(store))
+        scale = Scale(0, shape, chunks, vs, offset, _encoding(store), None, translation)
         meta = VolumeMeta(
             dtype,
             (scale,),
-            _kind(kind or _guess_kind(dtype)),
+            # a guess of segmentation for several channels (uint32 ones) is an image, as
+            # the HDF5 store takes it: a segmentation has one channel
+            _kind(kind or (_guess_kind(dtype) if channels == 1 else "image")),
             channels,
             _fill(store),
         )
@@ -230,42 +244,65 @@ class ZarrRemote(Remote):
                     f"e.g. zarr://{join(location, '0')})")
             )
         ms = multiscales[0]
-        axes = ms.get("axes") or [{"name": n} for n in ("z", "y", "x")]
-        if isinstance(axes[0], str):  # NGFF 0.3 listed bare names
-            axes = [{"name": n} for n in axes]
-        names = [a["name"] for a in axes]
-        # the multiscale's own transformations apply after each dataset's (NGFF)
-        global_scale = _scale_transform(ms.get("coordinateTransformations", []), len(names))
-        global_tr = _translation(ms.get("coordinateTransformations", []), len(names))
+        datasets = ms.get("datasets") if isinstance(ms, dict) else None
+        if not isinstance(datasets, list) or not datasets or not all(
+                isinstance(d, dict) and isinstance(d.get("path"), str) for d in datasets):
+            raise InvalidRequestError(
+                f"{location!r}: the first multiscale's 'datasets' must list the paths of its "
+                f"arrays, got {datasets!r}"
+            )
         info = attrs.get("voxgate", {}) if isinstance(attrs, dict) else {}
         driver = "zarr3" if fmt == 3 else "zarr"
         scales, arrays = [], []
         dtype: np.dtype[Any] | None = None
         channels, shard0 = 1, None
         fill: int | float = 0
-        for i, ds in enumerate(ms["datasets"]):
+        for i, ds in enumerate(datasets):
             path = join(location, ds["path"])
             store = cls._open_store(path, driver, mode)
             dtype = np.dtype(store.dtype.numpy_dtype)
             fill = _fill(store)
-            transforms = ds.get("coordinateTransformations", [])
-            sc = [a * b for a, b in zip(_scale_transform(transforms, len(names)), global_scale,
-                                         strict=True)]
-            tr = [t * g + gt for t, g, gt in zip(_translation(transforms, len(names)),
-                                                 global_scale, global_tr, strict=True)]
-            spatial = [names.index(n) for n in ("z", "y", "x")]
-            units = [_unit_factor(axes[j].get("unit"), f"{location!r} axis {names[j]!r}")
-                     for j in spatial]
+            if i == 0:
+                names = axis_names(ms, store.rank, repr(location))
+                axes = [a if isinstance(a, dict) else {} for a in ms.get("axes") or names]
+                spatial = [names.index(n) for n in ("z", "y", "x")]
+                units = [_unit_factor(axes[j].get("unit"), f"{location!r} axis {names[j]!r}")
+                         for j in spatial]
+                # the multiscale's own transformations apply after each dataset's (NGFF)
+                global_scale, global_tr, _ = compose(ms.get("coordinateTransformations"),
+                                                     store.rank, repr(location))
+                shape0 = [store.shape[j] for j in spatial]
+            if store.rank != len(names):
+                raise InvalidRequestError(
+                    f"{path} is {store.rank}-D; the multiscale's axes are {names}")
+            own_scale, own_tr, scaled = compose(ds.get("coordinateTransformations"),
+                                                store.rank, path)
+            if i == 0:
+                scale0 = own_scale
+            elif not scaled:  # NGFF 0.1 - 0.3: the levels' scales follow from their shapes
+                factors = shape_factors(shape0, [store.shape[j] for j in spatial], path)
+                own_scale = list(scale0)
+                for j, f in zip(spatial, factors, strict=True):
+                    own_scale[j] *= f
+            sc = [a * b for a, b in zip(own_scale, global_scale, strict=True)]
+            tr = [t * g + gt for t, g, gt in zip(own_tr, global_scale, global_tr, strict=True)]
             z, y, x = (sc[j] * u for j, u in zip(spatial, units, strict=True))
-            vs = VoxelSize(z, y, x)
+            vs = VoxelSize.of((z, y, x))
             tz, ty, tx = (tr[j] * u for j, u in zip(spatial, units, strict=True))
             translation = (tz, ty, tx)
             if i == 0:
-                vs0 = vs
+                vs0, translation0 = vs, translation
+            elif any(v < v0 * (1 - 1e-9) for v, v0 in zip(vs.zyx(), vs0.zyx(), strict=True)):
+                raise InvalidRequestError(
+                    f"{location!r}: dataset {ds['path']!r} has smaller voxels {vs.zyx()} nm "
+                    f"than the first, {datasets[0]['path']!r} ({vs0.zyx()} nm); NGFF lists "
+                    "datasets from the finest; open one level: "
+                    + ", ".join(f"zarr://{join(location, d['path'])}" for d in datasets[:_LISTED])
+                )
             # translations are pixel centres (NGFF): a downsampled scale's is half a block in
             # from scale 0's; the integer offset is what is left once that is taken off, and
             # the exact translation (sub-voxel parts included) is kept beside it
-            offset = offset_from_translation(translation, vs.zyx(), vs0.zyx())
+            offset = level_offset(translation, vs.zyx(), translation0, vs0.zyx())
             arr, channels = _as_czyx(store, names, path, offset)
             chunks, shard = _chunk_shapes(arr.store)
             if i == 0:
@@ -592,28 +629,31 @@ def _array_dimensions(attrs: dict[str, Any], rank: int, where: str) -> list[str]
     return list(names)
 
 
-def _plain_attrs(info: object, where: str) -> tuple[VoxelSize, Vec, Kind | None]:
-    """Voxel size, offset and kind of a plain array from its ``voxgate`` attribute (1 nm, 0,
-    None without one).  A malformed entry is ignored with a VoxgateWarning naming the array
-    and the fallback, as the HDF5 and N5 stores do, so the voxels stay readable."""
-    vs, offset, kind = VoxelSize.of((1, 1, 1)), Vec(0, 0, 0), None
+def _plain_attrs(info: object, where: str) -> tuple[VoxelSize | None, Vec | None, Kind | None]:
+    """Voxel size, offset and kind of a plain array from its ``voxgate`` attribute (None for
+    each it does not state).  A malformed entry is ignored with a VoxgateWarning naming the
+    array and the fallback, as the HDF5 and N5 stores do, so the voxels stay readable."""
+    vs: VoxelSize | None = None
+    offset: Vec | None = None
+    kind: Kind | None = None
     if info is None:
         return vs, offset, kind
     if not isinstance(info, dict):
-        warn_ignored(*_unreadable(where, "voxgate", info, "1 nm voxels at offset 0"), stacklevel=3)
+        warn_ignored(*_unreadable(where, "voxgate", info, _FALLBACK), stacklevel=3)
         return vs, offset, kind
     if "voxel_size" in info or "unit" in info:
         try:
             vs = VoxelSize.of(info.get("voxel_size", (1, 1, 1)), info.get("unit", "nm"))
         except (InvalidRequestError, TypeError, ValueError):
-            warn_ignored(*_unreadable(where, "voxgate.voxel_size", info.get("voxel_size"), "1 nm"),
+            warn_ignored(*_unreadable(where, "voxgate.voxel_size", info.get("voxel_size"),
+                                      "the voxel size other attributes state, else 1 nm"),
                          stacklevel=3)
     if "offset" in info:
         try:
             offset = Vec.of(info["offset"], "offset")
         except (InvalidRequestError, TypeError, ValueError):
-            warn_ignored(*_unreadable(where, "voxgate.offset", info["offset"], "offset 0"),
-                         stacklevel=3)
+            warn_ignored(*_unreadable(where, "voxgate.offset", info["offset"],
+                                      "the offset other attributes state, else 0"), stacklevel=3)
     if "kind" in info:
         if info["kind"] in ("image", "segmentation"):
             kind = info["kind"]
@@ -621,6 +661,151 @@ def _plain_attrs(info: object, where: str) -> tuple[VoxelSize, Vec, Kind | None]
             warn_ignored(*_unreadable(where, "voxgate.kind", info["kind"],
                                       "a kind guessed from the dtype"), stacklevel=3)
     return vs, offset, kind
+
+
+_FALLBACK = "the voxel size and offset other attributes state, else 1 nm voxels at offset 0"
+_CHANNEL_NAMES = ("c", "channel", "ch")
+#: how far from a whole voxel a world offset may be and still be that voxel
+_WHOLE = 1e-6
+
+
+def _funlib_list(attrs: dict[str, Any], key: str, rank: int, where: str) -> list[Any] | None:
+    """A funlib.persistence per-axis attribute that names each dimension with a string (None
+    when absent; one that does not is ignored with a VoxgateWarning)."""
+    value = attrs.get(key)
+    if value is None:
+        return None
+    if isinstance(value, list) and len(value) == rank and all(isinstance(v, str) for v in value):
+        return value
+    warn_ignored(f"{where}: attribute {key} = {str(value)[:80]!r}",
+                 f"it does not give each of the array's {rank} dimensions a name", stacklevel=4)
+    return None
+
+
+def _funlib_names(attrs: dict[str, Any], rank: int, where: str) -> list[str]:
+    """Dimension names from funlib.persistence's ``axis_names`` (a channel axis ends in "^")
+    and ``types`` ("channel" / "space" / "time"), with the channel axis named "c"; [] without
+    either.  Its default names (``c0^``, ``d0``, ``d1``, ``d2``) name no z, y or x: its
+    three space axes are then z, y, x in dimension order (C order, as daisy and gunpowder
+    use them); more or fewer space axes without those names are refused."""
+    axis_names = _funlib_list(attrs, "axis_names", rank, where)
+    types = _funlib_list(attrs, "types", rank, where)
+    if axis_names is None and types is None:
+        return []
+    if types is not None:
+        channel = [t not in ("space", "time") for t in types]
+    else:
+        assert axis_names is not None
+        channel = [n.endswith("^") for n in axis_names]
+    bare = [n.rstrip("^").strip().lower() for n in axis_names or [""] * rank]
+    space = [i for i in range(rank) if not channel[i]]
+    names = list(bare)
+    if not {"z", "y", "x"} <= {bare[i] for i in space}:
+        if len(space) != 3:
+            raise InvalidRequestError(
+                f"{where} has axis_names {axis_names} and types {types} (funlib.persistence): "
+                f"{len(space)} space axes, none named z, y or x; voxgate cannot tell which are "
+                "z, y and x (name them in axis_names, e.g. ['c^', 'z', 'y', 'x'])"
+            )
+        for i, axis in zip(space, "zyx", strict=True):
+            names[i] = axis
+    lead = [i for i in range(rank) if channel[i]]
+    for k, i in enumerate(lead):  # a first channel axis is voxgate's; others must be length 1
+        names[i] = "c" if k == 0 else f"{bare[i] or 'c'}#{k}"
+    if len(set(names)) != rank or (lead and any(names[i] in _CHANNEL_NAMES for i in space)):
+        raise InvalidRequestError(
+            f"{where} has axis_names {axis_names} (funlib.persistence), which do not name each "
+            "dimension once"
+        )
+    return names
+
+
+def _funlib_axes(value: object, key: str, physical: list[int], names: list[str],
+                 where: str, numbers: bool = True) -> list[Any] | None:
+    """The (z, y, x) entries of funlib.persistence's per-axis ``key`` (voxel_size, offset,
+    units), which lists the space (and time) axes in dimension order, or every axis; None
+    when absent.  One of another length or type is ignored with a VoxgateWarning."""
+    if value is None:
+        return None
+    if numbers:
+        ok = isinstance(value, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value)
+    else:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    spatial = [names.index(a) for a in "zyx"]
+    if ok and isinstance(value, list):
+        if len(value) == len(physical) and set(spatial) <= set(physical):
+            return [value[physical.index(i)] for i in spatial]
+        if len(value) == len(names):
+            return [value[i] for i in spatial]
+    warn_ignored(f"{where}: attribute {key} = {str(value)[:80]!r}",
+                 f"it is not one {'number' if numbers else 'unit'} for each space axis in "
+                 f"dimension order ({', '.join(names[i] for i in physical)}); "
+                 f"{'1 nm voxels' if key != 'offset' else 'offset 0'} are taken", stacklevel=4)
+    return None
+
+
+def _funlib_geometry(attrs: dict[str, Any], names: list[str], where: str
+                     ) -> tuple[VoxelSize, Vec, tuple[float, float, float] | None]:
+    """Voxel size (nm), offset (voxels) and, for an offset between voxels, the exact position
+    (nm) of a plain array from funlib.persistence's attributes (daisy, gunpowder and older
+    funlib wrote ``resolution`` for ``voxel_size``): the voxel size, the offset in world units
+    and a ``units`` list, each per space axis in dimension order.  1 nm at 0 without them.
+
+    An offset that is not a whole number of voxels is taken to the nearest whole voxel with a
+    VoxgateWarning (as the HDF5 and N5 stores do), its exact position kept as the translation.
+    """
+    rank = len(names)
+    if not {"z", "y", "x"} <= set(names):  # refused when the axes are read (_as_czyx)
+        return VoxelSize.of((1, 1, 1)), Vec(0, 0, 0), None
+    physical: list[int]
+    types, axis_names = attrs.get("types"), attrs.get("axis_names")
+    if isinstance(types, list) and len(types) == rank:
+        physical = [i for i, t in enumerate(types) if t in ("space", "time")]
+    elif (isinstance(axis_names, list) and len(axis_names) == rank
+          and all(isinstance(n, str) for n in axis_names)):
+        physical = [i for i, n in enumerate(axis_names) if not n.endswith("^")]
+    else:
+        physical = [i for i, n in enumerate(names) if n not in _CHANNEL_NAMES]
+    key = "voxel_size" if "voxel_size" in attrs else "resolution"
+    raw = _funlib_axes(attrs.get(key), key, physical, names, where)
+    if raw is not None and not all(v > 0 for v in raw):
+        warn_ignored(f"{where}: attribute {key} = {attrs[key]!r}",
+                     "voxel sizes must be positive; 1 nm voxels are taken", stacklevel=3)
+        raw = None
+    units = attrs.get("units")
+    if isinstance(units, str):
+        units = [units] * len(physical)
+    unit_zyx = _funlib_axes(units, "units", physical, names, where, numbers=False)
+    factor = [1.0, 1.0, 1.0]
+    for j, unit in enumerate(unit_zyx or ()):
+        if not unit.strip():  # funlib.persistence's default: no unit, read as nm
+            continue
+        nm = length_unit_nm(unit)
+        if nm is None:
+            warn_ignored(f"{where}: attribute units = {units!r}",
+                         f"{unit!r} is not a length unit voxgate knows ({', '.join(UNITS_NM)}, "
+                         f"...); the {'zyx'[j]} voxel size is taken as nanometres", stacklevel=3)
+        else:
+            factor[j] = nm
+    voxel = [v * f for v, f in zip(raw or (1.0, 1.0, 1.0), factor, strict=True)]
+    vs = VoxelSize.of(voxel)
+    world = _funlib_axes(attrs.get("offset"), "offset", physical, names, where)
+    if world is None:
+        return vs, Vec(0, 0, 0), None
+    exact = [w * f for w, f in zip(world, factor, strict=True)]
+    vox = [e / v for e, v in zip(exact, voxel, strict=True)]
+    offset = Vec(*(math.floor(x + 0.5) for x in vox))
+    if all(abs(x - n) < _WHOLE for x, n in zip(vox, offset, strict=True)):
+        return vs, offset, None
+    # (dropping it, as voxgate once did, moved the data by the whole offset)
+    warnings.warn(VoxgateWarning(
+        f"{where}: attribute offset = {attrs['offset']!r} is {tuple(round(x, 6) for x in vox)} "
+        f"(z, y, x) voxels of {vs.zyx()} nm, not a whole number of voxels; voxgate takes the "
+        f"nearest whole voxel, offset {tuple(offset)} (the exact position is kept as the "
+        "scale's translation)"), stacklevel=3)
+    return vs, offset, (exact[0], exact[1], exact[2])
 
 
 def _unreadable(where: str, key: str, value: object, fallback: str) -> tuple[str, str]:
@@ -788,17 +973,13 @@ def _nm_per(unit: str) -> float:
 
 
 def _scale_transform(transforms: list[dict[str, Any]], rank: int) -> list[float]:
-    for t in transforms:
-        if t.get("type") == "scale":
-            return [float(v) for v in t["scale"]]
-    return [1.0] * rank
+    """The scale of ``transforms`` composed in order (as on reading)."""
+    return compose(transforms, rank, "coordinateTransformations")[0]
 
 
 def _translation(transforms: list[dict[str, Any]], rank: int) -> list[float]:
-    for t in transforms:
-        if t.get("type") == "translation":
-            return [float(v) for v in t["translation"]]
-    return [0.0] * rank
+    """The translation of ``transforms`` composed in order (as on reading)."""
+    return compose(transforms, rank, "coordinateTransformations")[1]
 
 
 def _blosc_typesize(dtype: np.dtype[Any]) -> int:

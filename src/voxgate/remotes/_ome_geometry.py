@@ -1,0 +1,139 @@
+"""The geometry of an OME-Zarr multiscale image as the NGFF versions and their writers give it.
+
+- Axes: NGFF 0.4 / 0.5 objects, 0.3's bare names, and none at all in 0.1 / 0.2, whose arrays
+  are 5-D ``t, c, z, y, x`` (a 3-D array without axes is read as ``z, y, x``, as voxgate always
+  did).  Names are matched without case; an image without z, y and x space axes (a 2-D one)
+  is refused with what it has.
+- ``coordinateTransformations`` are composed in the order listed (NGFF 0.4 requires scale then
+  translation, but a second scale or a translation first would otherwise be misread); a
+  transformation stored in a separate array (``"path"``) is refused.
+- A dataset without a scale (NGFF 0.1 - 0.3 had no transformations) is scaled from scale 0 by
+  its shape: the factor whose downsampling makes that shape (a power of two first).
+- A downsampled dataset whose translation equals scale 0's (a scale-only pyramid, as
+  bioformats2raw and ome-zarr-py before 0.9 write it) starts where scale 0 does: its offset is
+  scale 0's divided by the factor, never a voxel before it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import CapabilityNotSupportedError, InvalidRequestError
+from ..geometry import Vec
+from ..meta import offset_from_translation
+
+__all__ = ["axis_names", "compose", "level_offset", "shape_factors"]
+
+#: the axes NGFF 0.1 and 0.2 imply, by rank (5-D is theirs; 3-D is what voxgate always read)
+_DEFAULT_AXES = {5: ["t", "c", "z", "y", "x"], 3: ["z", "y", "x"]}
+
+
+def axis_names(ms: dict[str, Any], rank: int, where: str) -> list[str]:
+    """The lower-case axis names of the multiscale ``ms`` whose arrays have ``rank`` dimensions;
+    refused, naming ``where``, when they do not name one per dimension with z, y and x."""
+    axes = ms.get("axes")
+    if not axes:
+        if rank not in _DEFAULT_AXES:
+            raise InvalidRequestError(
+                f"{where}: a {rank}-D OME-Zarr multiscale without 'axes'; NGFF 0.1 / 0.2 images "
+                "are 5-D (t, c, z, y, x), and voxgate reads 3-D ones as z, y, x"
+            )
+        return list(_DEFAULT_AXES[rank])
+    if not isinstance(axes, list):
+        raise InvalidRequestError(f"{where}: 'axes' must be a list, got {axes!r}")
+    names = []
+    for a in axes:
+        name = a if isinstance(a, str) else a.get("name") if isinstance(a, dict) else None
+        if not isinstance(name, str):
+            raise InvalidRequestError(f"{where}: an axis without a name in {axes!r}")
+        names.append(name.lower())
+    if len(names) != rank or len(set(names)) != rank:
+        raise InvalidRequestError(
+            f"{where}: 'axes' {names} must name each of the arrays' {rank} dimensions once"
+        )
+    if not {"z", "y", "x"} <= set(names):
+        space = [n for n, a in zip(names, axes, strict=True)
+                 if isinstance(a, dict) and a.get("type") == "space"]
+        raise CapabilityNotSupportedError(
+            f"{where} has axes {names} (space axes {space or 'not marked'}); voxgate reads "
+            "volumes with z, y and x space axes (plus c and length-1 t), not 2-D images or "
+            "space axes of other names"
+        )
+    return names
+
+
+def compose(transforms: object, rank: int, where: str) -> tuple[list[float], list[float], bool]:
+    """(scale, translation, whether a scale was given) of ``coordinateTransformations`` applied
+    in the order listed: ``x -> s * x + t``."""
+    scale, shift, scaled = [1.0] * rank, [0.0] * rank, False
+    if transforms is None:
+        return scale, shift, scaled
+    if not isinstance(transforms, list):
+        raise InvalidRequestError(
+            f"{where}: coordinateTransformations must be a list, got {transforms!r}")
+    for t in transforms:
+        kind = t.get("type") if isinstance(t, dict) else None
+        if kind == "identity":
+            continue
+        if kind not in ("scale", "translation"):
+            raise CapabilityNotSupportedError(
+                f"{where}: coordinate transformation {t!r} is not one voxgate reads (scale, "
+                "translation, identity)"
+            )
+        assert isinstance(t, dict)
+        if kind not in t:
+            raise CapabilityNotSupportedError(
+                f"{where}: a {kind} transformation without {kind!r} values ({t!r}: stored in "
+                "an array, which voxgate does not read)"
+            )
+        values = t[kind]
+        if (not isinstance(values, list) or len(values) != rank
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and math.isfinite(v) for v in values)):
+            raise InvalidRequestError(
+                f"{where}: {kind} must be {rank} finite numbers (one per axis), got {values!r}"
+            )
+        if kind == "scale":
+            scale = [a * float(b) for a, b in zip(scale, values, strict=True)]
+            shift = [a * float(b) for a, b in zip(shift, values, strict=True)]
+            scaled = True
+        else:
+            shift = [a + float(b) for a, b in zip(shift, values, strict=True)]
+    return scale, shift, scaled
+
+
+def shape_factors(shape0: Sequence[int], shape: Sequence[int], where: str) -> list[float]:
+    """The downsampling factor of each axis from scale 0's ``shape0`` to ``shape``, for a
+    dataset that gives no scale: one whose downsampling (rounding up or down) makes ``n_k``
+    from ``n_0``, a power of two when one does (17 -> 5 is 4, not 3), else the nearest to
+    ``n_0 / n_k``; refused when none does."""
+    out = []
+    for n0, n in zip(shape0, shape, strict=True):
+        # only f in [n0 / (n + 1), n0 / (n - 1)] can make n
+        candidates = range(max(1, n0 // (n + 1)), n0 // max(n - 1, 1) + 2)
+        fits = [f for f in candidates if n in (n0 // f, -(-n0 // f))]
+        if not fits:
+            raise InvalidRequestError(
+                f"{where} gives no scale, and its shape {tuple(shape)} is no downsampling of "
+                f"scale 0's {tuple(shape0)}; give the datasets coordinateTransformations"
+            )
+        twos = [f for f in fits if f & (f - 1) == 0]
+        out.append(float(min(twos or fits, key=lambda f: abs(f - n0 / n))))
+    return out
+
+
+def level_offset(translation: Sequence[float], voxel: Sequence[float],
+                 translation0: Sequence[float], voxel0: Sequence[float]) -> Vec:
+    """The integer offset (z, y, x) of a dataset with ``translation`` and ``voxel`` size, scale
+    0 having ``translation0`` and ``voxel0`` (all in nm).  An axis whose translation is scale
+    0's although its voxels are larger was written without the pixel-centre half block (a
+    scale-only pyramid): its first voxel starts where scale 0's does, so the half block is
+    added before :func:`offset_from_translation` (which otherwise put a factor-4 level of such
+    a pyramid one voxel before scale 0, and a factor-2 one not)."""
+    centred = [
+        t + (v - v0) / 2 if v > v0 * (1 + 1e-9) and abs(t - t0) <= 1e-6 * v0 else t
+        for t, v, t0, v0 in zip(translation, voxel, translation0, voxel0, strict=True)
+    ]
+    return offset_from_translation(centred, voxel, voxel0)
