@@ -15,18 +15,20 @@ rows needed), compressed ones decoded one at a time with tifffile's codecs.  vox
 own table of segment offsets (read from the pages once), so no page's data is ever loaded whole.
 
 ``voxgate.create("tiff://x.tif")`` writes a tiled BigTIFF with OME-XML metadata (physical sizes in
-the voxel size's unit) and a private tag (65000, JSON) holding what OME has no place for (kind,
-offset).  ``compression="zlib"`` (or "lzma"; others when imagecodecs is installed) compresses
-the tiles.  Writes go tile by tile: an uncompressed tile is rewritten in place; a compressed one
-is appended at the end of the file and its offset and byte count entries then updated in place
-(the file is locked while doing so), so a crash leaves the old tile in force.  A location
-without a TIFF suffix is created as a directory of slices (``00000.tif``, ...), each slice
-rewritten whole to a temporary name and renamed.
+the voxel size's unit), X/Y resolution tags in pixels per cm, and a private tag (65000, JSON)
+holding what OME has no place for (kind, offset); slices carry ImageJ's calibration or resolution
+tags (:mod:`.calibration`).  ``compression="zlib"`` (or "lzma"; others when imagecodecs is
+installed) compresses the tiles.  Writes go tile by tile: an uncompressed tile is rewritten in
+place; a compressed one is appended at the end of the file and its offset and byte count entries
+then updated in place (the file is locked while doing so), so a crash leaves the old tile in
+force.  A location without a TIFF suffix is created as a directory of slices (``00000.tif``, ...),
+each slice rewritten whole to a temporary name and renamed.
 
 The package by concern: :mod:`.pages` (the file layer: page segment tables, pread, voxgate's
 tag, compression names, block shapes, slice files), :mod:`.opening` (files, pyramid levels,
-slice directories, OME / ImageJ voxel sizes), :mod:`.creating` (``create``) and :mod:`.remote`
-(:class:`TiffRemote`: reads and writes).
+slice directories, OME / ImageJ voxel sizes), :mod:`.calibration` (the voxel size in the
+resolution tags and ImageJ's description, written and read), :mod:`.creating` (``create``)
+and :mod:`.remote` (:class:`TiffRemote`: reads and writes).
 """
 
 from __future__ import annotations

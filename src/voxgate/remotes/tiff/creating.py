@@ -21,6 +21,7 @@ from ...geometry import VoxelSize
 from ...meta import VolumeMeta
 from ...storage import length_unit_nm
 from ..base import check_options, check_same_volume
+from .calibration import resolution_tags, slice_calibration
 from .pages import TIFF_SUFFIXES, VOXGATE_TAG, _tifffile, _write_slice
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ def create_tiff(
                     _zero_tiles(nt * nz * channels, tile, meta.dtype),
                     shape=shape, dtype=meta.dtype, tile=tile, compression=comp,
                     photometric="minisblack", metadata=md, extratags=extratags,
+                    **resolution_tags(sc.voxel_size),
                 )
             os.replace(tmp, path)
         except BaseException:
@@ -124,9 +126,10 @@ def create_tiff(
         os.makedirs(path, exist_ok=True)
         width = max(5, len(str(nz - 1)))
         zero = np.zeros((ny, nx), dtype=meta.dtype)
+        calibration = slice_calibration(sc.voxel_size, (ny, nx), meta.dtype)
         for z in range(nz):
             name = os.path.join(path, f"{z:0{width}d}.tif")
-            _write_slice(name, zero, tile, comp, extratags)
+            _write_slice(name, zero, tile, comp, extratags, calibration)
     return cls.open(location, mode="r+")
 
 

@@ -22,6 +22,7 @@ from ...geometry import Box, Vec, VoxelSize
 from ...meta import Scale, VolumeMeta
 from ...storage import UNITS_NM, file_lock, is_local, local_path
 from ..base import Capability, Remote, check_options
+from .calibration import resolution_voxel_size
 from .creating import create_tiff
 from .opening import _imagej_voxel_size, _ome_voxel_size, open_file, open_slices
 from .pages import (
@@ -148,6 +149,11 @@ class TiffRemote(Remote):
             found = _ome_voxel_size(tf.ome_metadata)
         if found is None and tf.is_imagej:
             found = _imagej_voxel_size(tf, page)
+        if found is None and not (tf.is_ome or tf.is_imagej):
+            # a plain TIFF's resolution tags give x and y; nothing in it says z
+            yx = resolution_voxel_size(page, tf.filehandle.path)
+            if yx is not None:
+                found = (1.0, *yx)
         if found is None:
             return VoxelSize(1.0, 1.0, 1.0)
         z, y, x = (round(v, 6) for v in found)
