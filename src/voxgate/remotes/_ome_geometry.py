@@ -12,19 +12,24 @@
 - A downsampled dataset whose translation equals scale 0's (a scale-only pyramid, as
   bioformats2raw and ome-zarr-py before 0.9 write it) starts where scale 0 does: its offset is
   scale 0's divided by the factor, never a voxel before it.
+
+:func:`place` gives one dataset's voxel size and translation from the multiscale's
+:class:`Frame` and the datasets' transformations alone (a dataset's shape is read only when
+it states no scale), so a single level opened on its own is placed as the group places it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CapabilityNotSupportedError, InvalidRequestError
 from ..geometry import Vec
 from ..meta import offset_from_translation
 
-__all__ = ["axis_names", "compose", "level_offset", "shape_factors"]
+__all__ = ["Frame", "axis_names", "compose", "level_offset", "place", "shape_factors"]
 
 #: the axes NGFF 0.1 and 0.2 imply, by rank (5-D is theirs; 3-D is what voxgate always read)
 _DEFAULT_AXES = {5: ["t", "c", "z", "y", "x"], 3: ["z", "y", "x"]}
@@ -137,3 +142,43 @@ def level_offset(translation: Sequence[float], voxel: Sequence[float],
         for t, v, t0, v0 in zip(translation, voxel, translation0, voxel0, strict=True)
     ]
     return offset_from_translation(centred, voxel, voxel0)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """What a multiscale says of all its datasets: their axis ``names`` (lower case), the
+    positions of z, y and x among them (``spatial``), nanometres per unit of each of z, y, x
+    (``nm``), and the multiscale's own ``scale`` and ``translation``, which apply after each
+    dataset's (NGFF)."""
+
+    names: list[str]
+    spatial: list[int]
+    nm: list[float]
+    scale: list[float]
+    translation: list[float]
+
+
+def place(frame: Frame, datasets: Sequence[dict[str, Any]], i: int,
+          shape_of: Callable[[int], Sequence[int]], where: str
+          ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(voxel size, translation), z y x in nm, of dataset ``i`` of ``datasets`` (well-formed
+    entries of a multiscale with ``frame``): its transformations composed, then the
+    multiscale's.  A dataset other than the first that states no scale (NGFF 0.1 - 0.3) is
+    scaled from the first by its shape; ``shape_of(j)`` is dataset j's (full) shape, asked for
+    only then.  ``where`` names dataset ``i`` in errors."""
+    rank = len(frame.names)
+    own_scale, own_tr, scaled = compose(datasets[i].get("coordinateTransformations"), rank,
+                                        where)
+    if i > 0 and not scaled:
+        scale0 = compose(datasets[0].get("coordinateTransformations"), rank, where)[0]
+        spatial = frame.spatial
+        factors = shape_factors([shape_of(0)[j] for j in spatial],
+                                [shape_of(i)[j] for j in spatial], where)
+        own_scale = list(scale0)
+        for j, f in zip(spatial, factors, strict=True):
+            own_scale[j] *= f
+    sc = [a * b for a, b in zip(own_scale, frame.scale, strict=True)]
+    tr = [t * g + gt for t, g, gt in zip(own_tr, frame.scale, frame.translation, strict=True)]
+    z, y, x = (sc[j] * u for j, u in zip(frame.spatial, frame.nm, strict=True))
+    tz, ty, tx = (tr[j] * u for j, u in zip(frame.spatial, frame.nm, strict=True))
+    return (z, y, x), (tz, ty, tx)

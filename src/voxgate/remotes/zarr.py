@@ -3,7 +3,8 @@
 Read and written through tensorstore.  ``voxgate.create("zarr://...")`` writes an OME-Zarr
 multiscale group (NGFF 0.5 on Zarr v3 by default, NGFF 0.4 with ``zarr_format=2``) whose
 datasets are ``0``, ``1``, ...; a plain array (no ``multiscales``) opens as a single scale, with
-voxel size, offset and kind read from a ``voxgate`` attribute when voxgate wrote it.  A
+voxel size, offset and kind read from a ``voxgate`` attribute when voxgate wrote it.  One level
+of an image opened by its own URL (``img.zarr/2``) opens as the group gives that level.  A
 bioformats2raw root of one series opens as that image; of several, a labels group or an HCS
 plate is refused with the URLs of its images (``_ome_collections``).
 """
@@ -55,7 +56,7 @@ from ..storage import (
 )
 from ._foreign_attrs import warn_ignored
 from ._ome_collections import collection
-from ._ome_geometry import axis_names, compose, level_offset, shape_factors
+from ._ome_geometry import Frame, axis_names, compose, level_offset, place
 from ._tensorstore import TSArray
 from .base import Capability, Remote, check_options, check_same_volume
 
@@ -125,10 +126,16 @@ class ZarrRemote(Remote):
             if node.get("node_type") == "group":
                 ome = attrs.get("ome", attrs)
                 return cls._open_multiscale(location, ome, attrs, 3, mode)
+            level = cls._open_level(location, "zarr3", attrs, mode, node)
+            if level is not None:
+                return level
             return cls._open_plain(location, "zarr3", attrs, mode, node)
         array = _metadata(location, ".zarray", optional=True)
         if array is not None:
             attrs = _optional_json(location, ".zattrs")
+            level = cls._open_level(location, "zarr", attrs, mode, array)
+            if level is not None:
+                return level
             return cls._open_plain(location, "zarr", attrs, mode, array)
         if kvstore_exists(location, ".zgroup"):
             attrs = _optional_json(location, ".zattrs")
@@ -244,52 +251,25 @@ class ZarrRemote(Remote):
                     f"e.g. zarr://{join(location, '0')})")
             )
         ms = multiscales[0]
-        datasets = ms.get("datasets") if isinstance(ms, dict) else None
-        if not isinstance(datasets, list) or not datasets or not all(
-                isinstance(d, dict) and isinstance(d.get("path"), str) for d in datasets):
-            raise InvalidRequestError(
-                f"{location!r}: the first multiscale's 'datasets' must list the paths of its "
-                f"arrays, got {datasets!r}"
-            )
+        datasets = _datasets(ms, location)
         info = attrs.get("voxgate", {}) if isinstance(attrs, dict) else {}
         driver = "zarr3" if fmt == 3 else "zarr"
-        scales, arrays = [], []
+        scales, arrays, stores = [], [], []
         dtype: np.dtype[Any] | None = None
         channels, shard0 = 1, None
         fill: int | float = 0
+        frame: Frame | None = None
         for i, ds in enumerate(datasets):
             path = join(location, ds["path"])
             store = cls._open_store(path, driver, mode)
+            stores.append(store)
             dtype = np.dtype(store.dtype.numpy_dtype)
             fill = _fill(store)
-            if i == 0:
-                names = axis_names(ms, store.rank, repr(location))
-                axes = [a if isinstance(a, dict) else {} for a in ms.get("axes") or names]
-                spatial = [names.index(n) for n in ("z", "y", "x")]
-                units = [_unit_factor(axes[j].get("unit"), f"{location!r} axis {names[j]!r}")
-                         for j in spatial]
-                # the multiscale's own transformations apply after each dataset's (NGFF)
-                global_scale, global_tr, _ = compose(ms.get("coordinateTransformations"),
-                                                     store.rank, repr(location))
-                shape0 = [store.shape[j] for j in spatial]
-            if store.rank != len(names):
-                raise InvalidRequestError(
-                    f"{path} is {store.rank}-D; the multiscale's axes are {names}")
-            own_scale, own_tr, scaled = compose(ds.get("coordinateTransformations"),
-                                                store.rank, path)
-            if i == 0:
-                scale0 = own_scale
-            elif not scaled:  # NGFF 0.1 - 0.3: the levels' scales follow from their shapes
-                factors = shape_factors(shape0, [store.shape[j] for j in spatial], path)
-                own_scale = list(scale0)
-                for j, f in zip(spatial, factors, strict=True):
-                    own_scale[j] *= f
-            sc = [a * b for a, b in zip(own_scale, global_scale, strict=True)]
-            tr = [t * g + gt for t, g, gt in zip(own_tr, global_scale, global_tr, strict=True)]
-            z, y, x = (sc[j] * u for j, u in zip(spatial, units, strict=True))
-            vs = VoxelSize.of((z, y, x))
-            tz, ty, tx = (tr[j] * u for j, u in zip(spatial, units, strict=True))
-            translation = (tz, ty, tx)
+            if frame is None:
+                frame = _frame(ms, store.rank, location)
+            _check_rank(store, frame, path)
+            voxel, translation = place(frame, datasets, i, lambda j: stores[j].shape, path)
+            vs = VoxelSize.of(voxel)
             if i == 0:
                 vs0, translation0 = vs, translation
             elif any(v < v0 * (1 - 1e-9) for v, v0 in zip(vs.zyx(), vs0.zyx(), strict=True)):
@@ -303,7 +283,7 @@ class ZarrRemote(Remote):
             # from scale 0's; the integer offset is what is left once that is taken off, and
             # the exact translation (sub-voxel parts included) is kept beside it
             offset = level_offset(translation, vs.zyx(), translation0, vs0.zyx())
-            arr, channels = _as_czyx(store, names, path, offset)
+            arr, channels = _as_czyx(store, frame.names, path, offset)
             chunks, shard = _chunk_shapes(arr.store)
             if i == 0:
                 shard0 = shard
@@ -313,9 +293,64 @@ class ZarrRemote(Remote):
             )
             arrays.append(arr)
         assert dtype is not None
-        kind = info.get("kind") or ("segmentation" if "image-label" in ome else _guess_kind(dtype))
-        meta = VolumeMeta(dtype, tuple(scales), _kind(kind), channels, fill)
+        meta = VolumeMeta(dtype, tuple(scales), _group_kind(info, ome, dtype), channels, fill)
         return cls(location, meta, arrays, mode, shard0, fmt)
+
+    @classmethod
+    def _open_level(
+        cls, location: str, driver: str, attrs: dict[str, Any], mode: str, doc: dict[str, Any]
+    ) -> ZarrRemote | None:
+        """The array at ``location`` as the level of an OME-Zarr image it is, when the
+        multiscale of its parent group (or grandparent: a dataset path of two parts) lists
+        it: axes, voxel size, offset and kind as the group gives that level, a single scale
+        (so ``zarr://img.zarr/2`` is ``voxgate.open("zarr://img.zarr", scale=2)``); the
+        array's own ``voxgate`` attribute wins where it states something.  None when no
+        multiscale lists it (a plain array)."""
+        fmt = 3 if driver == "zarr3" else 2
+        found = _listing_multiscale(location, fmt)
+        if found is None:
+            return None
+        group, group_attrs, ome, ms, k = found
+        datasets = _datasets(ms, group)
+        store = cls._open_store(location, driver, mode, doc)
+        frame = _frame(ms, store.rank, group)
+        _check_rank(store, frame, location)
+        key = "zarr.json" if fmt == 3 else ".zarray"
+
+        def shape_of(j: int) -> Sequence[int]:  # (the first dataset's read only if asked)
+            if j == k:
+                return list(store.shape)
+            first = join(group, datasets[j]["path"])
+            shape = _metadata(first, key).get("shape")
+            if not isinstance(shape, list) or len(shape) != store.rank:
+                raise InvalidRequestError(
+                    f"{join(first, key)}: 'shape' must list the array's {store.rank} "
+                    f"extents, got {shape!r}")
+            return [int(n) for n in shape]
+
+        voxel, translation = place(frame, datasets, k, shape_of, location)
+        vs = VoxelSize.of(voxel)
+        voxel0, translation0 = place(frame, datasets, 0, shape_of, join(
+            group, datasets[0]["path"])) if k else (voxel, translation)
+        if any(v < v0 * (1 - 1e-9) for v, v0 in zip(voxel, voxel0, strict=True)):
+            # listed before a finer level (the group refuses that): this level stands alone
+            voxel0, translation0 = voxel, translation
+        offset = level_offset(translation, voxel, translation0, voxel0)
+        own_vs, own_offset, own_kind = _plain_attrs(attrs.get("voxgate"), location)
+        exact: tuple[float, float, float] | None = translation
+        if own_vs is not None or own_offset is not None:
+            # what the array states of itself wins; the group's translation no longer fits
+            vs = own_vs if own_vs is not None else vs
+            offset, exact = own_offset if own_offset is not None else offset, None
+        arr, channels = _as_czyx(store, frame.names, location, offset)
+        chunks, shard = _chunk_shapes(arr.store)
+        dtype = np.dtype(store.dtype.numpy_dtype)
+        info = group_attrs.get("voxgate", {})
+        scale = Scale(0, Vec(*arr.store.shape[-3:]), chunks, vs, offset, _encoding(store),
+                      None, exact)
+        kind = own_kind or _group_kind(info, ome, dtype)
+        meta = VolumeMeta(dtype, (scale,), _kind(kind), channels, _fill(store))
+        return cls(location, meta, [arr], mode, shard)
 
     # -- creating -------------------------------------------------------------------------------
     @classmethod
@@ -510,6 +545,121 @@ class ZarrRemote(Remote):
 
 #: arrays named in the refusal of a group that is not an image, before "... and N more"
 _LISTED = 20
+
+
+def _datasets(ms: object, location: str) -> list[dict[str, Any]]:
+    """The ``datasets`` of the multiscale ``ms``, each a dict with a path; refused otherwise."""
+    datasets = ms.get("datasets") if isinstance(ms, dict) else None
+    if not isinstance(datasets, list) or not datasets or not all(
+            isinstance(d, dict) and isinstance(d.get("path"), str) for d in datasets):
+        raise InvalidRequestError(
+            f"{location!r}: the first multiscale's 'datasets' must list the paths of its "
+            f"arrays, got {datasets!r}"
+        )
+    return datasets
+
+
+def _frame(ms: dict[str, Any], rank: int, location: str) -> Frame:
+    """The :class:`Frame` of the multiscale ``ms`` of the group at ``location``, whose arrays
+    have ``rank`` dimensions: axis names, units in nm, its own transformations."""
+    names = axis_names(ms, rank, repr(location))
+    axes = [a if isinstance(a, dict) else {} for a in ms.get("axes") or names]
+    spatial = [names.index(n) for n in ("z", "y", "x")]
+    units = [_unit_factor(axes[j].get("unit"), f"{location!r} axis {names[j]!r}")
+             for j in spatial]
+    # the multiscale's own transformations apply after each dataset's (NGFF)
+    scale, translation, _ = compose(ms.get("coordinateTransformations"), rank, repr(location))
+    return Frame(names, spatial, units, scale, translation)
+
+
+def _check_rank(store: ts.TensorStore, frame: Frame, path: str) -> None:
+    if store.rank != len(frame.names):
+        raise InvalidRequestError(
+            f"{path} is {store.rank}-D; the multiscale's axes are {frame.names}")
+
+
+def _group_kind(info: object, ome: dict[str, Any], dtype: np.dtype[Any]) -> Kind:
+    """An OME-Zarr image's kind: the group's ``voxgate`` attribute's, else segmentation for a
+    label image (``image-label``), else a guess from the dtype."""
+    stated = info.get("kind") if isinstance(info, dict) else None
+    return _kind(stated or ("segmentation" if "image-label" in ome else _guess_kind(dtype)))
+
+
+#: how many groups up from an array a multiscale that lists it is looked for (a dataset path
+#: of one part is in the parent, of two parts in the grandparent)
+_LEVEL_DEPTH = 2
+
+
+def _listing_multiscale(
+    location: str, fmt: int
+) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, Any], int] | None:
+    """(group location, its attributes, its OME attributes, the multiscale, the dataset's
+    index) of the OME-Zarr multiscale whose ``datasets`` list the array at ``location``, in
+    its parent group or, when the parent holds no multiscale, its grandparent; None when
+    none does (a parent multiscale that does not list the array ends the search)."""
+    here, rel = location, ""
+    for _ in range(_LEVEL_DEPTH):
+        up = _parent(here)
+        if up is None:
+            return None
+        here, name = up
+        rel = f"{name}/{rel}" if rel else name
+        attrs = _group_attributes(here, fmt)
+        ome = attrs.get("ome", attrs) if fmt == 3 else attrs
+        multiscales = ome.get("multiscales") if isinstance(ome, dict) else None
+        if not isinstance(multiscales, list) or not multiscales:
+            continue
+        for ms in multiscales:
+            datasets = ms.get("datasets") if isinstance(ms, dict) else None
+            for k, ds in enumerate(datasets if isinstance(datasets, list) else []):
+                path = ds.get("path") if isinstance(ds, dict) else None
+                if isinstance(path, str) and _dataset_path(path) == rel:
+                    assert isinstance(ome, dict) and isinstance(ms, dict)
+                    return here, attrs, ome, ms, k
+        return None
+    return None
+
+
+def _dataset_path(path: str) -> str:
+    path = path.strip("/")
+    while path.startswith("./"):
+        path = path[2:]
+    return path
+
+
+def _parent(location: str) -> tuple[str, str] | None:
+    """(parent location, last path part) of ``location``; None at a filesystem root, a
+    bucket or a host."""
+    loc = location.rstrip("/")
+    head = 0
+    if "://" in loc:
+        head = loc.index("://") + 3
+        if not loc.startswith("file://"):
+            # a bucket (gs://bucket/...) or host may be the group; nothing lies above it
+            head = loc.find("/", head)
+            if head < 0:
+                return None
+            head -= 1
+    cut = loc.rfind("/")
+    if cut <= head:
+        return None
+    return loc[:cut], loc[cut + 1:]
+
+
+def _group_attributes(location: str, fmt: int) -> dict[str, Any]:
+    """The attributes of the group at ``location`` ({} when there is none, or it cannot be
+    read for want of permission: object stores refuse absent keys so)."""
+    try:
+        if fmt == 3:
+            doc = read_json(location, "zarr.json")
+            if not isinstance(doc, dict) or doc.get("node_type") != "group":
+                return {}
+            attrs = doc.get("attributes")
+        else:
+            attrs = read_json(location, ".zattrs")
+    except (RemoteNotFoundError, PermissionError):
+        return {}
+    return attrs if isinstance(attrs, dict) else {}
 
 
 #: the members of an array's metadata document tensorstore requires, by driver: one without
