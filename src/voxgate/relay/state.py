@@ -36,6 +36,7 @@ from .cache import CachedRemote, TieredCache
 from .catalog import Catalog, ChannelEntry, NotFound, boss_unit_to_nm, local_store
 from .config import RelayConfig
 from .errors import (
+    INVALID_CUTOUT_ARGS,
     INVALID_POST_ARGUMENT,
     MISSING_PERMISSION,
     REQUEST_TOO_LARGE,
@@ -276,15 +277,34 @@ class Relay:
         return b"".join(chunks)
 
     def write(self, remote: CachedRemote, box: Box, data: np.ndarray, res: int) -> None:
+        """Write ``data`` over ``box`` (within the level's frame) at level ``res``.
+
+        A level's frame can reach past the upstream's data at that level (by one voxel for
+        an upstream pyramid anchored at an odd offset; a frame spanning several channels
+        spans the largest), where reads give the fill value 0.  bossDB stores whatever its
+        frame holds; here only zeros can be kept there (they read back as written), so a
+        write is taken when its voxels past the data are all 0, and refused, writing
+        nothing, when any is not."""
         bounds = remote.meta.scale(res).bounds
-        if not bounds.contains(box):
-            raise bad_request(1001, f"this channel's data covers {bounds} at resolution {res}; "
-                              f"{box} cannot be written")
-        with self.writing(remote):
-            remote.write(box, np.ascontiguousarray(data), res)
-        if res == 0 and len(remote.meta.scales) > 1:
-            # new base data leaves the coarser levels stale, and a job running now may have
-            # read the region before this write landed (jobs.py)
+        inside = box.intersect(bounds)
+        if inside != box:
+            outside = _outside_nonzero(data, box, inside)
+            if outside is not None:
+                raise bad_request(INVALID_CUTOUT_ARGS, f"this channel's upstream holds "
+                                  f"{bounds} at resolution {res}, less than the coordinate "
+                                  "frame there: voxels past it read as 0 and can only be "
+                                  f"written as 0, and the write of {box} has {outside} "
+                                  "non-zero voxels past it (nothing was written)")
+        if not inside.is_empty():
+            data = data[inside.slices(box.start)]
+            with self.writing(remote):
+                remote.write(inside, np.ascontiguousarray(data), res)
+        if len(remote.meta.scales) > 1:
+            # bossDB marks a DOWNSAMPLED channel NOT_DOWNSAMPLED after a write at any
+            # resolution (bossspatialdb/views.py Cutout.post, CutoutToBlack.put): base data
+            # leaves the coarser levels stale, a coarser level's write is no longer the
+            # downsample of the base; and a job running now may have read the region, or may
+            # write this level over it, before or after this write landed (jobs.py)
             note_write(self.catalog, remote.url)
 
     # -- HTTP caching: write generations and ETags (docs/relay.md, "Behind an HTTP cache") ------
@@ -675,3 +695,21 @@ def local_channel_meta(frame: dict[str, Any], experiment: dict[str, Any],
                             VoxelSize(vs.z * fz, vs.y * fxy, vs.x * fxy), lo))
     return VolumeMeta(np.dtype(dtype), tuple(scales),
                       "segmentation" if ctype == "annotation" else "image")
+
+
+def _outside_nonzero(data: np.ndarray, box: Box, inside: Box) -> int | None:
+    """How many voxels of ``data`` (over ``box``) outside ``inside`` are not 0, or None when
+    none is: the slabs around ``inside``, each axis in turn, without copying the array."""
+    count = 0
+    lo = [0, 0, 0]
+    hi = list(box.shape)
+    for axis in range(3):
+        a = inside.start[axis] - box.start[axis] if not inside.is_empty() else hi[axis]
+        b = inside.stop[axis] - box.start[axis] if not inside.is_empty() else hi[axis]
+        for s0, s1 in ((lo[axis], a), (b, hi[axis])):
+            if s1 > s0:
+                sl = [slice(lo[i], hi[i]) for i in range(3)]
+                sl[axis] = slice(s0, s1)
+                count += int(np.count_nonzero(data[tuple(sl)]))
+        lo[axis], hi[axis] = a, b
+    return count or None

@@ -185,8 +185,14 @@ class BossDBRemote(Remote):
         self._samples = samples
         sizes, anchor = self._levels(exp)
         self.meta = _meta(chan, exp, frame, sizes)
+        base = int(chan.get("base_resolution") or 0)
+        #: the scales a write may go to: bossDB's spdb writes a channel's base resolution and
+        #: the one above it only (SpatialDB.write_cuboid, "Resolution Mismatch"); a voxgate
+        #: relay (which names its pyramid's anchor) writes every level its upstream has
+        self._write_scales: tuple[int, ...] | None = (base, base + 1)
         if anchor is not None:
             self.pyramid_anchor = anchor
+            self._write_scales = None
 
     def __repr__(self) -> str:
         return f"<BossDBRemote {self.url} mode={self.mode!r}>"
@@ -376,6 +382,15 @@ class BossDBRemote(Remote):
 
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
         self._check_writable()
+        if self._write_scales is not None and scale not in self._write_scales:
+            # (refused before any request: bossDB would answer each block 400, code 9001)
+            base = self._write_scales[0]
+            raise InvalidRequestError(
+                f"{self.url}: bossDB writes a channel only at its base resolution ({base}) and "
+                f"the one above it ({base + 1}), not at scale {scale} (spdb SpatialDB."
+                f"write_cuboid: \"Resolution Mismatch\"); nothing was written.  Write scale "
+                f"{base} and let the server downsample it: voxgate.downsample(volume) (its "
+                "/v1/downsample/ job)")
         dtype = self.meta.dtype
         blocks = list(_cuboid_blocks(box, _request_block(dtype.itemsize)))
 
