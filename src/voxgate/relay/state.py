@@ -242,13 +242,27 @@ class Relay:
             self.stats.drop(tag)
             self.generations.bump(tag)
 
+    def base_resolution(self, entry: ChannelEntry) -> int:
+        """The channel's bossDB ``base_resolution``: its level 0 is that resolution, and the
+        resolutions of its URLs run from it (0 for channels from the configuration)."""
+        if not entry.local:
+            return 0
+        stored = self.catalog.state["channels"].get("/".join(entry.key), {})
+        return int(stored.get("base_resolution", 0))
+
     def frame_at(self, c: str, e: str, entry: ChannelEntry, res: int) -> Box:
-        """The coordinate frame at resolution ``res``, in that resolution's voxels."""
+        """The coordinate frame at the channel's level ``res`` (bossDB resolution
+        ``base_resolution + res``), in that level's voxels."""
         frame = self.catalog.frame(c, e)
         meta = self.remote(entry).meta
         s0, sk = meta.scale(0), meta.scale(res)
         f = [max(1, round(b / a)) for a, b in zip(s0.voxel_size.zyx(), sk.voxel_size.zyx(),
                                                   strict=True)]
+        if self.base_resolution(entry):
+            # (the frame's voxel size is resolution 0's; level 0 is the base resolution's)
+            unit = boss_unit_to_nm(frame.get("voxel_unit", "nanometers"))
+            f = [k * max(1, round(v / (frame[f"{ax}_voxel_size"] * unit)))
+                 for k, v, ax in zip(f, s0.voxel_size.zyx(), "zyx", strict=True)]
         start = [frame[f"{ax}_start"] // k for ax, k in zip("zyx", f, strict=True)]
         stop = [-(-frame[f"{ax}_stop"] // k) for ax, k in zip("zyx", f, strict=True)]
         return Box(start, stop)
@@ -599,6 +613,7 @@ class Relay:
                     "sources": list(body.get("sources", [])),
                     "related": list(body.get("related", [])),
                     "public": bool(body.get("public", False)),
+                    "base_resolution": int(body.get("base_resolution", 0)),
                 }
                 while key in cat.state["deleted"]:
                     cat.state["deleted"].remove(key)
@@ -676,8 +691,9 @@ def local_channel_meta(frame: dict[str, Any], experiment: dict[str, Any],
                           f"datatype must be one of {CHANNEL_DATATYPES}, got {dtype!r}")
     if ctype == "annotation" and dtype != "uint64":
         raise bad_request(INVALID_POST_ARGUMENT, "annotation channels are uint64")
-    if body.get("base_resolution", 0) != 0:
-        raise bad_request(INVALID_POST_ARGUMENT, "this relay only stores base_resolution 0")
+    # level k is bossDB resolution base + k: the frame (resolution 0) divided by 2^(base + k)
+    # (spdb project/resource.py get_downsampled_voxel_dims, get_downsampled_extent_dims)
+    base = int(body.get("base_resolution", 0))
     factor = boss_unit_to_nm(frame.get("voxel_unit", "nanometers"))
     start = Vec(frame["z_start"], frame["y_start"], frame["x_start"])
     stop = Vec(frame["z_stop"], frame["y_stop"], frame["x_stop"])
@@ -686,8 +702,8 @@ def local_channel_meta(frame: dict[str, Any], experiment: dict[str, Any],
     iso = experiment.get("hierarchy_method") == "isotropic"
     scales = []
     for k in range(int(experiment.get("num_hierarchy_levels", 1))):
-        fz = 2**k if iso else 1
-        fxy = 2**k
+        fz = 2**(base + k) if iso else 1
+        fxy = 2**(base + k)
         f = Vec(fz, fxy, fxy)
         lo = Vec(*(a // g for a, g in zip(start, f, strict=True)))
         hi = Vec(*(-(-b // g) for b, g in zip(stop, f, strict=True)))

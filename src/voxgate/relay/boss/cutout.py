@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from ...geometry import Box
 from ..cache import CachedRemote
+from ..catalog import ChannelEntry
 from ..errors import (
     DATATYPE_NOT_SUPPORTED,
     INVALID_CUTOUT_ARGS,
@@ -62,6 +63,22 @@ def _kind_error(meta_kind: str, what: str) -> BossHTTPError:
     return bad_request(DATATYPE_NOT_SUPPORTED, f"The channel in request has type {kind}. {what}")
 
 
+def level(relay: Relay, entry: ChannelEntry, levels: int, text: str) -> tuple[int, int]:
+    """The channel's level (0 its base) of a URL's resolution, and the resolution: bossDB's
+    resolutions run from the channel's ``base_resolution`` to base + levels - 1, and one
+    outside is 400 / 1002 in its words (bosscore/request.py validate_resolution)."""
+    base = relay.base_resolution(entry)
+    if not _INT.fullmatch(text):
+        raise bad_request(TYPE_ERROR, f"Invalid resolution {_short(text)}. The resolution has "
+                          f"to be an integer within {base} and {base + levels}")
+    res = int(text)
+    if not base <= res < base + levels:
+        # (bossDB's words: the upper bound it names is base_resolution + levels)
+        raise bad_request(TYPE_ERROR, f"Invalid resolution {res}. The resolution has to be "
+                          f"within {base} and {base + levels}")
+    return res - base, res
+
+
 class _Cutout:
     """A parsed cutout URL: the channel, resolution, box (dataset coords at res) and time.
 
@@ -100,21 +117,12 @@ class _Cutout:
                 raise bad_request(INVALID_URL, f"Invalid time range {p['t']}: this channel has 1 "
                                   "time sample (0:1)")
             self.time = t
-        levels = len(meta.scales)
-        if not _INT.fullmatch(p["res"]):
-            raise bad_request(TYPE_ERROR, f"Invalid resolution {p['res']!r}. The resolution has "
-                              f"to be an integer within 0 and {levels}")
-        res = int(p["res"])
-        if not 0 <= res < levels:
-            # (bossDB's words: the upper bound it names is base_resolution + levels)
-            raise bad_request(TYPE_ERROR, f"Invalid resolution {res}. The resolution has to be "
-                              f"within 0 and {levels}")
-        self.res = res
+        self.res, res = level(relay, entry, len(meta.scales), p["res"])
         x = _range(p["x"], "x", tail)
         y = _range(p["y"], "y", tail)
         z = _range(p["z"], "z", tail)
         self.box = Box((z[0], y[0], x[0]), (z[1], y[1], x[1]))
-        frame = relay.frame_at(self.c, self.e, entry, res)
+        frame = relay.frame_at(self.c, self.e, entry, self.res)
         if not frame.contains(self.box):
             raise bad_request(INVALID_CUTOUT_ARGS, f"Incorrect cutout arguments {tail}: the region "
                               f"x {x[0]}:{x[1]}, y {y[0]}:{y[1]}, z {z[0]}:{z[1]} leaves the "

@@ -13,13 +13,12 @@ from ..errors import (
     INVALID_STATE,
     MISSING_PERMISSION,
     OBJECT_NOT_FOUND,
-    TYPE_ERROR,
     BossHTTPError,
     bad_request,
     not_found,
 )
 from ..state import Relay
-from .cutout import _ID, _INT, _Cutout, _kind_error
+from .cutout import _ID, _INT, _Cutout, _kind_error, level
 from .records import _short
 from .routing import Handler, is_admin, json, reads, runner
 
@@ -68,13 +67,11 @@ def object_handlers(relay: Relay) -> dict[str, Handler]:
         if not _INT.fullmatch(p["res"]) or not _ID.fullmatch(p["id"]):
             raise bad_request(INVALID_ARGUMENT, f"resolution and id must be non-negative integers "
                               f"(ASCII digits), got {_short(p['res'])} and {_short(p['id'])}")
-        res, ident = int(p["res"]), int(p["id"])
+        ident = int(p["id"])
         if not 0 < ident < 2**64:
             raise bad_request(INVALID_ARGUMENT, f"an object id is an integer from 1 to 2**64-1, "
                               f"got {_short(p['id'])}")
-        if not 0 <= res < len(remote.meta.scales):
-            raise bad_request(TYPE_ERROR, f"Invalid resolution {res}. The resolution has to be "
-                              f"within 0 and {len(remote.meta.scales)}")
+        res = level(relay, entry, len(remote.meta.scales), p["res"])[0]  # (the base's 0)
         dt = remote.meta.dtype  # an id above the dtype's range cannot be stored in it
         fits = not np.issubdtype(dt, np.integer) or ident <= int(np.iinfo(dt).max)
         # every id's box comes from one pass over the channel, kept until it is written
@@ -143,15 +140,19 @@ def object_handlers(relay: Relay) -> dict[str, Handler]:
             raise BossHTTPError(409, INVALID_STATE, "this relay's downsample jobs run to the "
                                 "end once started and cannot be cancelled")
         frames = {s.index: relay.frame_at(p["c"], p["e"], entry, s.index) for s in meta.scales}
+        # keyed by the resolution a cutout names, base_resolution + level (bossDB's keys run
+        # from 0 whatever the base: spdb get_downsampled_voxel_dims; the same where it is 0)
+        base = relay.base_resolution(entry)
         return json({
             "status": status,
             "num_hierarchy_levels": len(meta.scales),
-            "voxel_size": {str(s.index): list(s.voxel_size.xyz()) for s in meta.scales},
+            "voxel_size": {str(base + s.index): list(s.voxel_size.xyz()) for s in meta.scales},
             # each level's coordinate frame stop (spdb project/resource.py
             # get_downsampled_extent_dims halves x_stop, not the size)
-            "extent": {str(k): list(f.stop.xyz()) for k, f in frames.items()},
+            "extent": {str(base + k): list(f.stop.xyz()) for k, f in frames.items()},
             # bossDB's cuboid at every level (spdb c_lib/ndtype.py CUBOIDSIZE), x, y, z
-            "cuboid_size": {str(s.index): list(_BOSS_CUBOID.xyz()) for s in meta.scales},
+            "cuboid_size": {str(base + s.index): list(_BOSS_CUBOID.xyz())
+                            for s in meta.scales},
             # (a voxgate extension bossDB does not send: how each level's voxels lie over the
             # finer level's, the upstream's own rule; bossDB's levels lie on the grid through 0)
             "pyramid_anchor": remote.pyramid_anchor,

@@ -42,6 +42,10 @@ from .records import (
 )
 from .routing import Handler, is_admin, json, reads, runner
 
+#: the largest base_resolution a channel takes: bossDB's cutout URLs have a one-digit
+#: resolution (bossspatialdb/urls.py, `\d`), so a base above 9 could never be read
+BASE_RESOLUTION_MAX = 9
+
 
 def _channel_json(relay: Relay, entry: ChannelEntry) -> dict[str, Any]:
     meta = relay.remote(entry).meta
@@ -55,7 +59,7 @@ def _channel_json(relay: Relay, entry: ChannelEntry) -> dict[str, Any]:
         "experiment": entry.experiment,
         "default_time_sample": 0,
         "type": "annotation" if seg else "image",
-        "base_resolution": 0,
+        "base_resolution": relay.base_resolution(entry),
         "datatype": wire_dtype(meta).name,
         "creator": stored.get("creator", "voxgate"),
         "sources": stored.get("sources", []),
@@ -409,7 +413,9 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
                 "type": _choice(body, "type", "image", ("image", "annotation")),
                 "description": _text(body, "description"),
                 "public": _flag(body, "public", False),
-                "base_resolution": _integer(body, "base_resolution", 0, 0, 0),
+                # (bossDB's serializer takes any integer, no longer bounded by the
+                # experiment's levels; its cutout URLs' resolution is one digit)
+                "base_resolution": _integer(body, "base_resolution", 0, 0, BASE_RESOLUTION_MAX),
                 "default_time_sample": _integer(body, "default_time_sample", 0, 0, 0),
                 "sources": channel_links(body, "sources", c, e, ch),
                 "related": channel_links(body, "related", c, e, ch),
@@ -425,7 +431,14 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
             _only(body, {"name", "description", "sources", "related", "public",
                          "base_resolution"})
             _same_name(body, ch, "channel")
-            _integer(body, "base_resolution", 0, 0, 0)
+            base = relay.base_resolution(entry)
+            if "base_resolution" in body and \
+                    _integer(body, "base_resolution", base, 0, BASE_RESOLUTION_MAX) != base:
+                # (bossDB takes it and reads the same stored cuboids as other levels; the
+                # relay's store keeps its levels from the base, so the base stays)
+                raise _invalid(f"base_resolution of channel {ch} is {base} and cannot be "
+                               "changed on this relay: its store holds levels from "
+                               f"resolution {base}; create another channel for another base")
             changes: dict[str, Any] = {}
             if "description" in body:
                 changes["description"] = _text(body, "description")

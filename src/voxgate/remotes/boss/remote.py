@@ -183,13 +183,22 @@ class BossDBRemote(Remote):
         if not 0 <= self.time < samples:
             raise InvalidRequestError(f"time {self.time} is outside 0..{samples - 1}")
         self._samples = samples
+        #: the channel's base_resolution: scale k is bossDB resolution base + k, the
+        #: resolutions a cutout may name running from it (bosscore/request.py
+        #: validate_resolution: range(base, base + num_hierarchy_levels))
+        self.base_resolution = int(chan.get("base_resolution") or 0)
+        if not 0 <= self.base_resolution <= 9:
+            # (bossDB's cutout URLs take a one-digit resolution: bossspatialdb/urls.py)
+            raise CapabilityNotSupportedError(
+                f"{self.url}: the channel's base_resolution is {self.base_resolution}; a bossDB "
+                "cutout URL names a resolution from 0 to 9")
         sizes, anchor = self._levels(exp)
         self.meta = _meta(chan, exp, frame, sizes)
-        base = int(chan.get("base_resolution") or 0)
         #: the scales a write may go to: bossDB's spdb writes a channel's base resolution and
-        #: the one above it only (SpatialDB.write_cuboid, "Resolution Mismatch"); a voxgate
-        #: relay (which names its pyramid's anchor) writes every level its upstream has
-        self._write_scales: tuple[int, ...] | None = (base, base + 1)
+        #: the one above it only (SpatialDB.write_cuboid, "Resolution Mismatch"), scales 0
+        #: and 1 here; a voxgate relay (which names its pyramid's anchor) writes every level
+        #: its upstream has
+        self._write_scales: tuple[int, ...] | None = (0, 1)
         if anchor is not None:
             self.pyramid_anchor = anchor
             self._write_scales = None
@@ -311,11 +320,20 @@ class BossDBRemote(Remote):
         return origin_grid_bounds(self.meta.scale(scale).bounds, CUBOID)
 
     # -- data -----------------------------------------------------------------------------------
+    def resolution(self, scale: int) -> int:
+        """The bossDB resolution of ``scale``: the channel's base_resolution + scale."""
+        if not 0 <= scale < len(self.meta.scales):
+            raise InvalidRequestError(f"{self.url} has scales 0..{len(self.meta.scales) - 1} "
+                                      f"(bossDB resolutions {self.base_resolution}.."
+                                      f"{self.base_resolution + len(self.meta.scales) - 1}), "
+                                      f"not {scale}")
+        return self.base_resolution + scale
+
     def _path(self, kind: str, box: Box, scale: int) -> str:
         x, y, z = (f"{a}:{b}" for a, b in zip(box.start.xyz(), box.stop.xyz(), strict=True))
         t = f"{self.time}:{self.time + 1}/" if self._samples > 1 else ""
-        return (f"/v1/{kind}/{self.collection}/{self.experiment}/{self.channel}/{scale}/"
-                f"{x}/{y}/{z}/{t}")
+        return (f"/v1/{kind}/{self.collection}/{self.experiment}/{self.channel}/"
+                f"{self.resolution(scale)}/{x}/{y}/{z}/{t}")
 
     def _map(self, fn: Any, blocks: list[Box]) -> list[tuple[Box, BaseException | None]]:
         if len(blocks) == 1:
@@ -384,13 +402,13 @@ class BossDBRemote(Remote):
         self._check_writable()
         if self._write_scales is not None and scale not in self._write_scales:
             # (refused before any request: bossDB would answer each block 400, code 9001)
-            base = self._write_scales[0]
+            base = self.base_resolution
             raise InvalidRequestError(
                 f"{self.url}: bossDB writes a channel only at its base resolution ({base}) and "
-                f"the one above it ({base + 1}), not at scale {scale} (spdb SpatialDB."
-                f"write_cuboid: \"Resolution Mismatch\"); nothing was written.  Write scale "
-                f"{base} and let the server downsample it: voxgate.downsample(volume) (its "
-                "/v1/downsample/ job)")
+                f"the one above it ({base + 1}), not at scale {scale} (resolution "
+                f"{base + scale}; scales 0 and 1 are those; spdb SpatialDB.write_cuboid: "
+                "\"Resolution Mismatch\"); nothing was written.  Write scale 0 and let the server "
+                "downsample it: voxgate.downsample(volume) (its /v1/downsample/ job)")
         dtype = self.meta.dtype
         blocks = list(_cuboid_blocks(box, _request_block(dtype.itemsize)))
 
@@ -489,7 +507,8 @@ class BossDBRemote(Remote):
         kind = "tight" if tight else "loose"
         resp = self.client.request(
             "GET", f"/v1/boundingbox/{self.collection}/{self.experiment}/{self.channel}/"
-                   f"{scale}/{int(ident)}/?type={kind}", what=f"bounding box of {ident}")
+                   f"{self.resolution(scale)}/{int(ident)}/?type={kind}",
+            what=f"bounding box of {ident}")
         d = resp.json()
         return Box((d["z_range"][0], d["y_range"][0], d["x_range"][0]),
                    (d["z_range"][1], d["y_range"][1], d["x_range"][1]))
@@ -511,8 +530,10 @@ class BossDBRemote(Remote):
 
 
 def _factors(levels: Any, k: int, iso: bool) -> Vec:
-    """Level k's cumulative factor (z, y, x): from the levels' voxel sizes (x, y, z, by level
-    number as a string) when they give whole factors, else bossDB's hierarchy rule."""
+    """Resolution k's cumulative factor (z, y, x) over resolution 0 (the coordinate frame's
+    voxels): from the levels' voxel sizes (x, y, z, by resolution as a string) when they give
+    whole factors, else bossDB's hierarchy rule (spdb project/resource.py
+    get_downsampled_voxel_dims: x and y halve at every resolution, z too when isotropic)."""
     rule = Vec(2**k if iso else 1, 2**k, 2**k)
     try:
         base, here = levels["0"], levels[str(k)]
@@ -535,9 +556,12 @@ def _meta(chan: dict[str, Any], exp: dict[str, Any], frame: dict[str, Any],
     vs = VoxelSize(float(frame["z_voxel_size"]) * unit, float(frame["y_voxel_size"]) * unit,
                    float(frame["x_voxel_size"]) * unit)
     iso = exp.get("hierarchy_method") == "isotropic"
+    base = int(chan.get("base_resolution") or 0)
     scales = []
+    # scale k is resolution base + k: its voxel size and extent are that resolution's (the
+    # frame's voxel size is resolution 0's; level r spans floor(start / 2^r):ceil(stop / 2^r))
     for k in range(int(exp.get("num_hierarchy_levels") or 1)):
-        f = _factors(levels, k, iso)
+        f = _factors(levels, base + k, iso)
         lo = Vec(*(a // g for a, g in zip(start, f, strict=True)))
         hi = Vec(*(-(-b // g) for b, g in zip(stop, f, strict=True)))
         scales.append(Scale(k, hi - lo, CUBOID, VoxelSize(vs.z * f.z, vs.y * f.y, vs.x * f.x),
