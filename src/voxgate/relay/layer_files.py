@@ -17,6 +17,9 @@ beside a layer by other programs, and the relay could not tell a stale one).  Si
 ranges are served (``bytes=a-b``, ``bytes=a-``, ``bytes=-n``; 206 with Content-Range, 416
 when none of it is in the file), as Neuroglancer and CloudVolume read multi-resolution
 fragment files and ``.shard`` files by range; a local file is read only where the range is.
+The empty range ``[a, a)`` that CloudFiles sends as ``bytes=a-(a-1)`` (``bytes=0--1`` for
+``a = 0``; an empty level of detail or fragment) answers 204 with no body, as the file
+itself reads (see :func:`parse_range`).
 Files that CloudFiles stored compressed (``<name>.gz``, ``.br``, ...) are served decoded, or a
 gzip body as stored with ``Content-Encoding: gzip`` when the client accepts gzip and asked for
 the whole file.
@@ -60,6 +63,7 @@ __all__ = [
     "LayerFiles",
     "check_file_path",
     "not_served",
+    "is_empty",
     "parse_range",
     "upstream_layer",
 ]
@@ -78,7 +82,7 @@ INFO_TTL = 5.0
 #: local files larger than this are streamed in blocks instead of read whole
 STREAM_BYTES = 16 * 2**20
 _BLOCK = 2**20
-_RANGE = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
+_RANGE = re.compile(r"bytes=([0-9]{0,18})-(-1|[0-9]{0,18})")
 _ENCODED_SEPARATOR = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
 _MAX_MEMO = 4096
 
@@ -106,7 +110,17 @@ def check_file_path(path: str, raw_path: str = "") -> list[str]:
 
 def parse_range(header: str | None) -> tuple[int | None, int | None] | None:
     """A single byte range ``(first, last)`` (``(None, n)``: the last n bytes), or None when
-    there is no Range header or it is not in bytes (then the whole file is served)."""
+    there is no Range header or it is not in bytes (then the whole file is served).
+
+    ``(a, a - 1)`` is the empty range ``[a, a)``: CloudFiles (so CloudVolume) turns the
+    half-open ``[start, end)`` of an empty level of detail or fragment into
+    ``bytes=a-(a-1)``, and into ``bytes=0--1`` when ``a = 0``.  RFC 9110 calls such a range
+    invalid and lets a server ignore it (S3: 200 with the whole object) or reject it (nginx:
+    416); CloudFiles slices neither, so the first hands CloudVolume the whole file (a whole
+    shard, perhaps) and the second makes it retry and raise.  Its only meaning is "no bytes
+    at ``a``", what CloudFiles reads from a local file, so :func:`is_empty` ranges answer 204
+    with no body.  Other reversed ranges (``bytes=5-2``) stay refused with 416.
+    """
     if header is None:
         return None
     text = header.strip()
@@ -119,9 +133,17 @@ def parse_range(header: str | None) -> tuple[int | None, int | None] | None:
                              "bytes=FIRST- or bytes=-SUFFIX (multiple ranges are not served)")
     first = int(m.group(1)) if m.group(1) else None
     last = int(m.group(2)) if m.group(2) else None
-    if first is not None and last is not None and last < first:
+    if last == -1 and first != 0:
+        raise _unsatisfiable(f"Range {header!r} is not one byte range; send bytes=FIRST-LAST, "
+                             "bytes=FIRST- or bytes=-SUFFIX")
+    if first is not None and last is not None and last < first - 1:
         raise _unsatisfiable(f"Range {header!r} ends before it starts")
     return first, last
+
+
+def is_empty(rng: tuple[int | None, int | None] | None) -> bool:
+    """Whether a parsed range is the empty range ``bytes=a-(a-1)`` (see :func:`parse_range`)."""
+    return rng is not None and rng[0] is not None and rng[1] == rng[0] - 1
 
 
 def _unsatisfiable(message: str, size: int | None = None) -> BossHTTPError:
@@ -324,6 +346,8 @@ class LayerFiles:
                    if name.rsplit("/", 1)[-1] == "info" or name in TOP_FILES
                    else "application/octet-stream"}
         try:
+            if is_empty(rng):
+                return self._empty_reply(location, name, rng, headers)
             if is_local(location):
                 return self._read_local_file(location, name, rng, range_header or "", gzip_ok,
                                              head, headers)
@@ -332,6 +356,25 @@ class LayerFiles:
         except OSError as exc:
             raise UpstreamError(f"reading {name} of the upstream layer failed: "
                                 f"{exc.strerror or exc}") from exc
+
+    def _empty_reply(self, location: str, name: str, rng: tuple[int | None, int | None] | None,
+                     headers: dict[str, str]) -> FileReply | None:
+        """204 with no body for the empty range of a file that exists (None if it does not):
+        no Content-Range can name zero bytes, and no-store keeps caches from taking the empty
+        answer for the file."""
+        if is_local(location):
+            if self._local(location, name) is None:
+                return None
+        else:
+            assert rng is not None and rng[0] is not None
+            try:
+                if self._remote_read(location, name, slice(rng[0], rng[0])) is None:
+                    return None
+            except VoxgateError as exc:  # starts past the end: the file is there
+                if "OUT_OF_RANGE" not in str(exc):
+                    raise
+        headers["Cache-Control"] = "no-store"
+        return FileReply(204, b"", headers)
 
     def _read_local_file(self, location: str, name: str, rng: tuple[int | None, int | None] | None,
                          header: str, gzip_ok: bool, head: bool,
