@@ -591,6 +591,28 @@ def _tree_digest(path: Path) -> dict[str, str]:
             for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")}
 
 
+def _assert_same_bytes(store: str, a: dict[str, str], b: dict[str, str], root_a: Path,
+                       root_b: Path) -> None:
+    """Two copies' trees (``_tree_digest``) hold the same files with the same bytes.
+
+    N5 blocks alone may differ where voxgate writes nothing: seen once in ~10 runs of the
+    suite, never reproduced in several hundred copies, an N5 block whose bytes differed while
+    both copies read back as the source.  tensorstore, not voxgate, lays out an N5 block (it
+    pads an edge block to the whole block size and compresses it), so such a block must still
+    have the same header and every voxel inside the dataset the same; attributes.json and
+    every other file stay byte for byte."""
+    assert a.keys() == b.keys()
+    differ = [rel for rel in a if a[rel] != b[rel]]
+    if store == "n5":
+        blocks = [rel for rel in differ if not rel.endswith(".json")]
+        why = [_same_n5_blocks(root_a / "dst.n5", root_b / "dst.n5", rel) for rel in blocks]
+        assert None not in why, [rel for rel, w in zip(blocks, why, strict=True) if w is None]
+        if why:
+            print(f"N5 blocks with other bytes, same block: {why}")  # (shown with -rP)
+        differ = [rel for rel in differ if rel not in blocks]
+    assert not differ, differ
+
+
 #: stores whose files are a function of their voxels (HDF5 and compressed TIFF place chunks
 #: in the order they were written, and TIFF stamps the time: compared by their voxels)
 SAME_BYTES = ("zarr3", "zarr2", "n5", "pre_raw", "pre_cseg", "knossos", "wk")
@@ -635,7 +657,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(
         path = PATHS[store](tmp_path / run, "dst")
         runs[run] = None if path is None else _tree_digest(path)
     if store in SAME_BYTES:
-        assert runs["whole"] == runs["resumed"]
+        whole, resumed = runs["whole"], runs["resumed"]
+        assert whole is not None and resumed is not None
+        _assert_same_bytes(store, whole, resumed, tmp_path / "whole", tmp_path / "resumed")
 
 
 @pytest.mark.parametrize("store", ["zarr3", "n5", "pre_cseg", "knossos", "wk"])
@@ -655,19 +679,7 @@ def test_one_worker_or_several_write_the_same_bytes(
         path = PATHS[store](tmp_path / str(workers), "dst")
         assert path is not None
         digests.append(_tree_digest(path))
-    assert digests[0].keys() == digests[1].keys()
-    differ = [rel for rel in digests[0] if digests[0][rel] != digests[1][rel]]
-    if store == "n5" and differ:
-        # seen once in ~10 runs of the suite, never reproduced in several hundred copies: an
-        # N5 block whose bytes differed while both copies read back as the source.  Only
-        # what voxgate does not write may differ (tensorstore's padding of an edge block, its
-        # gzip stream); the header and every voxel inside the dataset must be the same
-        why = [_same_n5_blocks(tmp_path / "1" / "dst.n5", tmp_path / "4" / "dst.n5", rel)
-               for rel in differ]
-        assert None not in why, [rel for rel, w in zip(differ, why, strict=True) if w is None]
-        print(f"N5 blocks with other bytes, same block: {why}")  # (shown with -rP)
-        differ = []
-    assert not differ, differ
+    _assert_same_bytes(store, digests[0], digests[1], tmp_path / "1", tmp_path / "4")
 
 
 def test_progress_without_a_terminal(tmp_path: Path,

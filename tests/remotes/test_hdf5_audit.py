@@ -419,7 +419,7 @@ def _write_slab(url: str, z: int, value: int, hold: Any, release: Any) -> str:
     return "ok"
 
 
-def _child(conn: Any, fn: Callable[..., str], *args: Any) -> None:
+def _child(conn: Any, fn: Callable[..., Any], *args: Any) -> None:
     try:
         conn.send(fn(*args))
     except BaseException as exc:
@@ -427,23 +427,40 @@ def _child(conn: Any, fn: Callable[..., str], *args: Any) -> None:
     conn.close()
 
 
-def _run(ctx: Any, fn: Callable[..., str], *args: Any) -> tuple[Any, Any]:
+def _run(ctx: Any, fn: Callable[..., Any], *args: Any) -> tuple[Any, Any]:
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_child, args=(child, fn, *args))
     proc.start()
     return proc, parent
 
 
+def _in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a spawned interpreter, its result (or "error: ..." text).
+
+    The tests that need a forked child fork it there, never from this process: pytest's
+    process holds threads by now (tensorstore's thread pools, once any test has used them),
+    and forking a process with threads can deadlock the child on a lock another thread held
+    (Python 3.12 warns of it, an error under ``filterwarnings = error``).  The spawned
+    interpreter has only imported voxgate when it forks, as a worker pool started at the top
+    of a script would."""
+    proc, out = _run(multiprocessing.get_context("spawn"), fn, *args)
+    try:
+        assert out.poll(120), "the spawned process gave no answer in 120 s"
+        return out.recv()
+    finally:
+        proc.join(30)
+
+
 def test_two_processes_writing_one_file(tmp_path: Path) -> None:
     """The second writer is refused while the first holds the file; one after the other both
-    land.  (fork: each child opens the file itself, the parent has no handle on it.)"""
-    ctx = multiprocessing.get_context("fork")
+    land.  (spawn: each child opens the file itself, the parent has no handle on it.)"""
+    ctx = multiprocessing.get_context("spawn")
     path = tmp_path / "p.h5"
     truth = make_layout(path, "shuffle-gzip")
     url = f"hdf5://{path}#/v"
     hold, release = ctx.Event(), ctx.Event()
     first, first_out = _run(ctx, _write_slab, url, 2, 111, hold, release)
-    assert hold.wait(30)
+    assert hold.wait(60)
     second, second_out = _run(ctx, _write_slab, url, 5, 222, None, None)
     refused = second_out.recv()
     assert refused.startswith("refused: ") and "locked by another process" in refused
@@ -471,29 +488,38 @@ def _write_inherited(vol: voxgate.Volume) -> str:
     return "ok"
 
 
-@pytest.mark.parametrize("how", ["reopen", "inherited-volume"])
-def test_forked_child_of_a_writer_is_refused_not_corrupting(tmp_path: Path, how: str) -> None:
-    """A child forked while the parent has the file open for writing shares the parent's HDF5
-    state; writing through it (or through HDF5's reuse of it on a new open) corrupted the
-    file.  The child must be refused clearly and the parent's data stay intact."""
+def _fork_a_writer(url: str, how: str) -> tuple[str, np.ndarray]:
+    """(In a spawned process.)  Open ``url`` for writing, write slab 19, fork a child that
+    writes through a new open or through the inherited volume, then write slab 18: what the
+    child said and what the parent reads back afterwards."""
     ctx = multiprocessing.get_context("fork")
-    path = tmp_path / "fork.h5"
-    truth = make_layout(path, "shuffle-gzip")
-    url = f"hdf5://{path}#/v"
     parent = voxgate.open(url, mode="r+")
     parent[19] = 7
-    truth[19] = 7
     if how == "reopen":
         proc, out = _run(ctx, _open_and_write, url)
     else:
         proc, out = _run(ctx, _write_inherited, parent)
     result = out.recv()
     proc.join(30)
-    assert result.startswith("error: RemoteUnavailableError") and "forked" in result
     parent[18] = 8
-    truth[18] = 8
-    np.testing.assert_array_equal(parent.read(), truth)
+    after = parent.read()
     parent.remote.close()
+    return result, after
+
+
+@pytest.mark.parametrize("how", ["reopen", "inherited-volume"])
+def test_forked_child_of_a_writer_is_refused_not_corrupting(tmp_path: Path, how: str) -> None:
+    """A child forked while the parent has the file open for writing shares the parent's HDF5
+    state; writing through it (or through HDF5's reuse of it on a new open) corrupted the
+    file.  The child must be refused clearly and the parent's data stay intact."""
+    path = tmp_path / "fork.h5"
+    truth = make_layout(path, "shuffle-gzip")
+    answer = _in_fresh_process(_fork_a_writer, f"hdf5://{path}#/v", how)
+    assert isinstance(answer, tuple), answer
+    result, parent_read = answer
+    assert result.startswith("error: RemoteUnavailableError") and "forked" in result
+    truth[19], truth[18] = 7, 8
+    np.testing.assert_array_equal(parent_read, truth)
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(f["v"][...], truth)
 
@@ -502,16 +528,21 @@ def _read_sum(url: str) -> str:
     return str(int(voxgate.open(url).read().astype(np.int64).sum()))
 
 
+def _fork_a_reader(url: str) -> tuple[tuple[int, ...], str]:
+    """(In a spawned process.)  Read ``url``, keep it open, and fork a child that reads it."""
+    reader = voxgate.open(url)
+    shape = tuple(reader.read().shape)
+    proc, out = _run(multiprocessing.get_context("fork"), _read_sum, url)
+    result = out.recv()
+    proc.join(30)
+    return shape, result
+
+
 def test_forked_child_of_a_reader_still_reads(tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("fork")
     path = tmp_path / "r.h5"
     truth = make_layout(path, "gzip")
-    url = f"hdf5://{path}#/v"
-    reader = voxgate.open(url)
-    assert reader.read().shape == SHAPE
-    proc, out = _run(ctx, _read_sum, url)
-    assert out.recv() == str(int(truth.astype(np.int64).sum()))
-    proc.join(30)
+    answer = _in_fresh_process(_fork_a_reader, f"hdf5://{path}#/v")
+    assert answer == (SHAPE, str(int(truth.astype(np.int64).sum())))
 
 
 # -- copy -----------------------------------------------------------------------------------------
