@@ -158,6 +158,8 @@ class BossDBRemote(Remote):
     #: [2i, 2i + 2), on the grid through 0.  A voxgate relay says otherwise where it serves
     #: an upstream pyramid anchored at its first voxel (``_levels``).
     pyramid_anchor: PyramidAnchor = "origin"
+    #: the channel's bossDB base_resolution (set from its metadata when opened)
+    base_resolution: int = 0
     open_options = ("server", "token", "timeout", "concurrency", "time")
 
     def __init__(self, settings: BossSettings, c: str, e: str, ch: str, mode: str, *,
