@@ -54,7 +54,7 @@ from ..storage import (
     ts_errors,
     write_json,
 )
-from ._foreign_attrs import warn_ignored
+from ._foreign_attrs import WHOLE, nearest_voxel, warn_ignored
 from ._ome_collections import collection
 from ._ome_geometry import Frame, axis_names, compose, level_offset, place
 from ._tensorstore import TSArray
@@ -815,8 +815,6 @@ def _plain_attrs(info: object, where: str) -> tuple[VoxelSize | None, Vec | None
 
 _FALLBACK = "the voxel size and offset other attributes state, else 1 nm voxels at offset 0"
 _CHANNEL_NAMES = ("c", "channel", "ch")
-#: how far from a whole voxel a world offset may be and still be that voxel
-_WHOLE = 1e-6
 
 
 def _funlib_list(attrs: dict[str, Any], key: str, rank: int, where: str) -> list[Any] | None:
@@ -946,15 +944,10 @@ def _funlib_geometry(attrs: dict[str, Any], names: list[str], where: str
         return vs, Vec(0, 0, 0), None
     exact = [w * f for w, f in zip(world, factor, strict=True)]
     vox = [e / v for e, v in zip(exact, voxel, strict=True)]
-    offset = Vec(*(math.floor(x + 0.5) for x in vox))
-    if all(abs(x - n) < _WHOLE for x, n in zip(vox, offset, strict=True)):
+    offset = nearest_voxel(vox, f"{where}: attribute offset = {attrs['offset']!r}", vs.zyx(),
+                           kept=True, stacklevel=3)
+    if all(abs(x - n) < WHOLE for x, n in zip(vox, offset, strict=True)):
         return vs, offset, None
-    # (dropping it, as voxgate once did, moved the data by the whole offset)
-    warnings.warn(VoxgateWarning(
-        f"{where}: attribute offset = {attrs['offset']!r} is {tuple(round(x, 6) for x in vox)} "
-        f"(z, y, x) voxels of {vs.zyx()} nm, not a whole number of voxels; voxgate takes the "
-        f"nearest whole voxel, offset {tuple(offset)} (the exact position is kept as the "
-        "scale's translation)"), stacklevel=3)
     return vs, offset, (exact[0], exact[1], exact[2])
 
 

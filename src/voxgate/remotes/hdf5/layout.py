@@ -17,7 +17,7 @@ from ...errors import InvalidRequestError, RemoteNotFoundError, VoxgateWarning
 from ...geometry import Vec, VoxelSize
 from ...meta import SUPPORTED_DTYPES, Kind
 from ...storage.units import UNITS_NM, length_unit_nm
-from .._foreign_attrs import warn_ignored
+from .._foreign_attrs import nearest_voxel, warn_ignored
 
 DEFAULT_DATASET = "/volume"
 
@@ -138,14 +138,8 @@ def _voxel_offset(attrs: h5py.AttributeManager, vs: VoxelSize | None, where: str
         # "offset" is in the file's unit, the voxel size here in nm
         unit = _unit_nm(attrs)
         vox = [x * unit / s for x, s in zip(w, vs.zyx(), strict=True)]
-        near = Vec(*(math.floor(x + 0.5) for x in vox))
-        if not all(abs(x - n) < 1e-6 for x, n in zip(vox, near, strict=True)):
-            # (taking 0 instead, as voxgate once did, moved the data by up to the whole offset)
-            warnings.warn(VoxgateWarning(
-                f"{where}: attribute offset={raw!r} is {tuple(round(x, 6) for x in vox)} (z, y, "
-                f"x) voxels of {vs.zyx()} nm, not a whole number of voxels; voxgate takes the "
-                f"nearest whole voxel, offset {tuple(near)}"), stacklevel=4)
-        return near
+        return nearest_voxel(vox, f"{where}: attribute offset = {raw!r}", vs.zyx(), kept=False,
+                             stacklevel=4)
     return Vec(0, 0, 0)
 
 
