@@ -79,8 +79,12 @@ def test_channel_last_or_xyz_datasets_are_refused(
 
 @pytest.mark.parametrize(
     "attrs",
-    [{"axistags": _axistags("czyx")}, {"axis_names": ["c^", "z", "y", "x"]}],
-    ids=["ilastik-czyx", "funlib-czyx"],
+    [{"axistags": _axistags("czyx")}, {"axis_names": ["c^", "z", "y", "x"]},
+     # funlib.persistence's default names and its "types" (as the zarr store reads them);
+     # read as axes c, d0, d1, d2 these were refused
+     {"axis_names": ["c0^", "d0", "d1", "d2"]},
+     {"types": ["channel", "space", "space", "space"]}],
+    ids=["ilastik-czyx", "funlib-czyx", "funlib-default-names", "funlib-types"],
 )
 def test_channel_first_datasets_are_read(tmp_path: Path, attrs: dict[str, Any]) -> None:
     data = RNG.integers(0, 255, (2, *ZYX), dtype=np.uint8)
@@ -92,6 +96,22 @@ def test_channel_first_datasets_are_read(tmp_path: Path, attrs: dict[str, Any]) 
     vol = voxgate.open(f"hdf5://{path}#/data")
     assert vol.meta.num_channels == 2
     np.testing.assert_array_equal(vol.read(), data)
+
+
+def test_funlib_persistence_3d_default_names_and_ambiguous_ones(tmp_path: Path) -> None:
+    """funlib.persistence names a 3-D array's axes d0, d1, d2 by default: z, y, x in dimension
+    order, as the zarr store reads them; two unnamed space axes and a time axis are refused."""
+    data = RNG.integers(0, 255, ZYX, dtype=np.uint8)
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("d", data=data).attrs["axis_names"] = ["d0", "d1", "d2"]
+        t = f.create_dataset("t", data=RNG.integers(0, 255, (2, *ZYX), dtype=np.uint8))
+        t.attrs["axis_names"] = ["t", "d0", "d1", "d2"]
+        t.attrs["types"] = ["time", "space", "space", "space"]
+    vol = voxgate.open(f"hdf5://{path}#/d")
+    np.testing.assert_array_equal(vol.read(), data)
+    with pytest.raises(InvalidRequestError, match="none named z, y or x"):
+        voxgate.open(f"hdf5://{path}#/t")
 
 
 def test_funlib_persistence_units_list(tmp_path: Path) -> None:

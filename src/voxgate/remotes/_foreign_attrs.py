@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
-from ..errors import VoxgateWarning
+from ..errors import InvalidRequestError, VoxgateWarning
 from ..geometry import Vec
 
-__all__ = ["nearest_voxel", "warn_ignored"]
+__all__ = ["CHANNEL_NAMES", "funlib_names", "nearest_voxel", "warn_ignored"]
 
 #: how far from a whole voxel a position may lie and still be that voxel
 WHOLE = 1e-6
@@ -40,3 +41,57 @@ def nearest_voxel(vox: Sequence[float], what: str, voxel_nm: tuple[float, ...], 
             f"{tuple(near)}" + (" (the exact position is kept as the scale's translation)"
                                 if kept else "")), stacklevel=stacklevel + 1)
     return near
+
+
+CHANNEL_NAMES = ("c", "channel", "ch")
+
+
+def _funlib_list(attrs: dict[str, Any], key: str, rank: int, where: str) -> list[Any] | None:
+    """A funlib.persistence per-axis attribute that names each dimension with a string (None
+    when absent; one that does not is ignored with a VoxgateWarning)."""
+    value = attrs.get(key)
+    if value is None:
+        return None
+    if isinstance(value, list) and len(value) == rank and all(isinstance(v, str) for v in value):
+        return value
+    warn_ignored(f"{where}: attribute {key} = {str(value)[:80]!r}",
+                 f"it does not give each of the array's {rank} dimensions a name", stacklevel=4)
+    return None
+
+
+def funlib_names(attrs: dict[str, Any], rank: int, where: str) -> list[str]:
+    """Dimension names from funlib.persistence's ``axis_names`` (a channel axis ends in "^")
+    and ``types`` ("channel" / "space" / "time"), with the channel axis named "c"; [] without
+    either.  Its default names (``c0^``, ``d0``, ``d1``, ``d2``) name no z, y or x: its
+    three space axes are then z, y, x in dimension order (C order, as daisy and gunpowder
+    use them); more or fewer space axes without those names are refused."""
+    axis_names = _funlib_list(attrs, "axis_names", rank, where)
+    types = _funlib_list(attrs, "types", rank, where)
+    if axis_names is None and types is None:
+        return []
+    if types is not None:
+        channel = [t not in ("space", "time") for t in types]
+    else:
+        assert axis_names is not None
+        channel = [n.endswith("^") for n in axis_names]
+    bare = [n.rstrip("^").strip().lower() for n in axis_names or [""] * rank]
+    space = [i for i in range(rank) if not channel[i]]
+    names = list(bare)
+    if not {"z", "y", "x"} <= {bare[i] for i in space}:
+        if len(space) != 3:
+            raise InvalidRequestError(
+                f"{where} has axis_names {axis_names} and types {types} (funlib.persistence): "
+                f"{len(space)} space axes, none named z, y or x; voxgate cannot tell which are "
+                "z, y and x (name them in axis_names, e.g. ['c^', 'z', 'y', 'x'])"
+            )
+        for i, axis in zip(space, "zyx", strict=True):
+            names[i] = axis
+    lead = [i for i in range(rank) if channel[i]]
+    for k, i in enumerate(lead):  # a first channel axis is voxgate's; others must be length 1
+        names[i] = "c" if k == 0 else f"{bare[i] or 'c'}#{k}"
+    if len(set(names)) != rank or (lead and any(names[i] in CHANNEL_NAMES for i in space)):
+        raise InvalidRequestError(
+            f"{where} has axis_names {axis_names} (funlib.persistence), which do not name each "
+            "dimension once"
+        )
+    return names

@@ -81,7 +81,7 @@ from ..storage import (
     ts_errors,
     write_json,
 )
-from ._foreign_attrs import warn_ignored
+from ._foreign_attrs import CHANNEL_NAMES, warn_ignored
 from ._tensorstore import TSArray
 from .base import Capability, Remote, check_options, check_same_volume
 
@@ -92,7 +92,7 @@ _COMPRESSIONS = ("gzip", "blosc", "zstd", "raw", "none")
 
 
 _N5_VERSION = "2.0.0"
-_CHANNEL_NAMES = ("c", "channel", "ch")
+
 
 #: the N5 data types of voxel data (N5's "object" and "string" datasets hold none)
 _DATA_TYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
@@ -309,7 +309,7 @@ def _place(axes: Sequence[str], xyz: Sequence[Any], channel: Any, other: Any = N
         if name in ("x", "y", "z"):
             out.append(xyz["xyz".index(name)])
         else:
-            out.append(channel if name in _CHANNEL_NAMES or other is None else other)
+            out.append(channel if name in CHANNEL_NAMES or other is None else other)
     return out
 
 
@@ -438,7 +438,7 @@ def _as_zyx(store: ts.TensorStore, where: str, offset: Vec) -> tuple[TSArray, in
             f"{where} has axes {names}; voxgate needs x, y and z (plus an optional channel c)"
         )
     xyz_order = [names.index(n) for n in ("x", "y", "z")]
-    channel_names = [n for n in names if n in _CHANNEL_NAMES]
+    channel_names = [n for n in names if n in CHANNEL_NAMES]
     if len(channel_names) > 1:
         raise InvalidRequestError(f"{where} has more than one channel axis: {names}")
     view = store

@@ -54,7 +54,7 @@ from ..storage import (
     ts_errors,
     write_json,
 )
-from ._foreign_attrs import WHOLE, nearest_voxel, warn_ignored
+from ._foreign_attrs import CHANNEL_NAMES, WHOLE, funlib_names, nearest_voxel, warn_ignored
 from ._ome_collections import collection
 from ._ome_geometry import Frame, axis_names, compose, level_offset, place
 from ._tensorstore import TSArray
@@ -193,7 +193,7 @@ class ZarrRemote(Remote):
             names = _array_dimensions(attrs, store.rank, join(location, ".zattrs"))
         if not any(names):
             # funlib.persistence (daisy, gunpowder) names them in its own attributes
-            names = _funlib_names(attrs, store.rank, location)
+            names = funlib_names(attrs, store.rank, location)
         if not any(names):
             if store.rank not in (3, 4):
                 raise InvalidRequestError(
@@ -814,60 +814,6 @@ def _plain_attrs(info: object, where: str) -> tuple[VoxelSize | None, Vec | None
 
 
 _FALLBACK = "the voxel size and offset other attributes state, else 1 nm voxels at offset 0"
-_CHANNEL_NAMES = ("c", "channel", "ch")
-
-
-def _funlib_list(attrs: dict[str, Any], key: str, rank: int, where: str) -> list[Any] | None:
-    """A funlib.persistence per-axis attribute that names each dimension with a string (None
-    when absent; one that does not is ignored with a VoxgateWarning)."""
-    value = attrs.get(key)
-    if value is None:
-        return None
-    if isinstance(value, list) and len(value) == rank and all(isinstance(v, str) for v in value):
-        return value
-    warn_ignored(f"{where}: attribute {key} = {str(value)[:80]!r}",
-                 f"it does not give each of the array's {rank} dimensions a name", stacklevel=4)
-    return None
-
-
-def _funlib_names(attrs: dict[str, Any], rank: int, where: str) -> list[str]:
-    """Dimension names from funlib.persistence's ``axis_names`` (a channel axis ends in "^")
-    and ``types`` ("channel" / "space" / "time"), with the channel axis named "c"; [] without
-    either.  Its default names (``c0^``, ``d0``, ``d1``, ``d2``) name no z, y or x: its
-    three space axes are then z, y, x in dimension order (C order, as daisy and gunpowder
-    use them); more or fewer space axes without those names are refused."""
-    axis_names = _funlib_list(attrs, "axis_names", rank, where)
-    types = _funlib_list(attrs, "types", rank, where)
-    if axis_names is None and types is None:
-        return []
-    if types is not None:
-        channel = [t not in ("space", "time") for t in types]
-    else:
-        assert axis_names is not None
-        channel = [n.endswith("^") for n in axis_names]
-    bare = [n.rstrip("^").strip().lower() for n in axis_names or [""] * rank]
-    space = [i for i in range(rank) if not channel[i]]
-    names = list(bare)
-    if not {"z", "y", "x"} <= {bare[i] for i in space}:
-        if len(space) != 3:
-            raise InvalidRequestError(
-                f"{where} has axis_names {axis_names} and types {types} (funlib.persistence): "
-                f"{len(space)} space axes, none named z, y or x; voxgate cannot tell which are "
-                "z, y and x (name them in axis_names, e.g. ['c^', 'z', 'y', 'x'])"
-            )
-        for i, axis in zip(space, "zyx", strict=True):
-            names[i] = axis
-    lead = [i for i in range(rank) if channel[i]]
-    for k, i in enumerate(lead):  # a first channel axis is voxgate's; others must be length 1
-        names[i] = "c" if k == 0 else f"{bare[i] or 'c'}#{k}"
-    if len(set(names)) != rank or (lead and any(names[i] in _CHANNEL_NAMES for i in space)):
-        raise InvalidRequestError(
-            f"{where} has axis_names {axis_names} (funlib.persistence), which do not name each "
-            "dimension once"
-        )
-    return names
-
-
 def _funlib_axes(value: object, key: str, physical: list[int], names: list[str],
                  where: str, numbers: bool = True) -> list[Any] | None:
     """The (z, y, x) entries of funlib.persistence's per-axis ``key`` (voxel_size, offset,
@@ -915,7 +861,7 @@ def _funlib_geometry(attrs: dict[str, Any], names: list[str], where: str
           and all(isinstance(n, str) for n in axis_names)):
         physical = [i for i, n in enumerate(axis_names) if not n.endswith("^")]
     else:
-        physical = [i for i, n in enumerate(names) if n not in _CHANNEL_NAMES]
+        physical = [i for i, n in enumerate(names) if n not in CHANNEL_NAMES]
     key = "voxel_size" if "voxel_size" in attrs else "resolution"
     raw = _funlib_axes(attrs.get(key), key, physical, names, where)
     if raw is not None and not all(v > 0 for v in raw):

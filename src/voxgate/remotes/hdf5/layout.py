@@ -17,7 +17,7 @@ from ...errors import InvalidRequestError, RemoteNotFoundError, VoxgateWarning
 from ...geometry import Vec, VoxelSize
 from ...meta import SUPPORTED_DTYPES, Kind
 from ...storage.units import UNITS_NM, length_unit_nm
-from .._foreign_attrs import nearest_voxel, warn_ignored
+from .._foreign_attrs import funlib_names, nearest_voxel, warn_ignored
 
 DEFAULT_DATASET = "/volume"
 
@@ -200,16 +200,21 @@ def _check_dtype(dtype: np.dtype[Any], where: str) -> np.dtype[Any]:
     return native
 
 
-def _axis_names(attrs: h5py.AttributeManager, ds: h5py.Dataset) -> tuple[str, list[str]] | None:
+def _axis_names(attrs: h5py.AttributeManager, ds: h5py.Dataset, where: str
+                ) -> tuple[str, list[str]] | None:
     """The names a dataset's writer gave its axes, in its dimension order, and where they come
-    from: voxgate's ``axes``, funlib.persistence's ``axis_names`` (a channel axis ends in "^"),
+    from: voxgate's ``axes``, funlib.persistence's ``axis_names`` and ``types`` (read by
+    :func:`funlib_names`, as the zarr store reads them),
     ilastik / vigra's ``axistags`` JSON, else HDF5 dimension-scale labels; None if none."""
     axes = _attr(attrs, "axes")
     if isinstance(axes, list):
         return "axes", [str(a).lower() for a in axes]
-    names = _attr(attrs, "axis_names")
-    if isinstance(names, list):
-        return "axis_names", [str(a).lower().rstrip("^") for a in names]
+    funlib = {k: _attr(attrs, k) for k in ("axis_names", "types")}
+    if any(v is not None for v in funlib.values()):
+        # as the zarr store reads them: "c0^", "d0", "d1", "d2" (its defaults) are c, z, y, x
+        names = funlib_names(funlib, ds.ndim, where)
+        if names:
+            return "axis_names", names
     tags = _attr(attrs, "axistags")
     if isinstance(tags, str):
         try:

@@ -147,7 +147,7 @@ class HDF5Remote(Remote):
                     f"{shared.path}#{dname} is empty (shape {ds.shape}); a volume holds at "
                     "least one voxel"
                 )
-            named = _axis_names(ds.attrs, ds)
+            named = _axis_names(ds.attrs, ds, f"{shared.path}#{dname}")
             want = ["c", "z", "y", "x"][4 - ds.ndim:]
             if named is not None and named[1] != want:
                 # (read as voxgate's order, they would be silently transposed; an ilastik
