@@ -193,7 +193,7 @@ def skeletonize(
                                          tuple(vol.bounds.start), id_list,
                                          dust_threshold=dust_threshold,
                                          teasar_params=teasar_params,
-                                         parallel=max(parallel, workers or 1),
+                                         parallel=_processes(parallel, workers),
                                          progress=progress))
         details = {"blocks": 1}
     else:
@@ -209,6 +209,12 @@ def skeletonize(
     result.provenance = Provenance("skeletonize", path, vol.url, {
         **details, "ids": len(result), "seconds": round(time.perf_counter() - t0, 3)})
     return result
+
+
+def _processes(parallel: int, workers: int | None) -> int:
+    """kimimaro's ``parallel`` for a region done in one piece: ``parallel`` <= 0 (one process
+    per core) as it is, else the larger of it and ``workers``."""
+    return int(parallel) if parallel <= 0 else max(int(parallel), workers or 1)
 
 
 def _block_shape(block: Sequence[int]) -> Vec:

@@ -315,7 +315,10 @@ class Skeleton:
                         f"the skeleton directory declares vertex attribute {name!r}, which "
                         f"{self!r} does not have (add it to .attributes)"
                     )
-            arr = np.asarray(value).reshape(n, -1)
+            arr = np.asarray(value)
+            # an empty skeleton (what skeletonize returns for an id it finds no skeleton of)
+            # has no rows to infer the component count from
+            arr = arr.reshape(n, -1) if n else arr.reshape(0, comps)
             if arr.shape[1] != comps:
                 raise InvalidRequestError(
                     f"vertex attribute {name!r} has {arr.shape[1]} components per vertex; the "

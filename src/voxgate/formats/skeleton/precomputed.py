@@ -54,13 +54,16 @@ def write_skeletons(
     url: str | os.PathLike[str],
     skeletons: Mapping[int, Skeleton],
     *,
-    skel_dir: str = "skeletons",
+    skel_dir: str | None = None,
     sharded: bool = False,
 ) -> None:
     """Write ``skeletons`` ({segment id: Skeleton}, vertices in nm) into a precomputed layer.
 
-    ``url`` names an existing precomputed segmentation layer.  The layer's info gets
-    ``"skeletons": skel_dir`` (every other key kept) and the directory an info with
+    ``url`` names an existing precomputed segmentation layer.  ``skel_dir`` defaults, as in
+    :func:`read_skeletons`, to the directory the layer info's ``skeletons`` key names (else
+    ``"skeletons"``), so skeletons added to a layer go beside the ones it has (Igneous names
+    its directory ``skeletons_mip_<n>``).  The layer's info gets ``"skeletons": skel_dir``
+    (every other key kept) and the directory an info with
     ``@type neuroglancer_skeletons``, the identity transform and the vertex attributes radius
     and vertex_types, both float32 (Neuroglancer draws no 8-bit attributes).  Into a
     directory that already has an info, its vertex attributes and transform are used
@@ -73,7 +76,8 @@ def write_skeletons(
     """
     if not isinstance(sharded, bool):
         raise InvalidRequestError(f"sharded must be True or False, got {sharded!r}")
-    skel_dir = check_dir_name(skel_dir, "skel_dir")
+    if skel_dir is not None:
+        skel_dir = check_dir_name(skel_dir, "skel_dir")
     if not isinstance(skeletons, Mapping):
         raise InvalidRequestError(
             f"skeletons must be a mapping {{segment id: Skeleton}}, got {type(skeletons).__name__}"
@@ -90,6 +94,9 @@ def write_skeletons(
             raise InvalidRequestError(f"skeletons[{seg}] is the skeleton of segment {skel.id}")
         items.append((seg, skel))
     remote = open_segmentation_layer(url, "skeletons")
+    if skel_dir is None:
+        skel_dir = check_dir_name(remote.meta.extra.get("skeletons") or "skeletons",
+                                  f"the skeletons key of {remote.url}'s info")
     directory = Directory(join(remote.location, skel_dir))
     info = read_info(directory)
     if info is None:
