@@ -292,11 +292,22 @@ def _simplify(m: Mesh, voxel_size: Sequence[float], simp: tuple[float, float | N
     import zmesh
 
     vz, vy, vx = voxel_size
+    res = np.array([vx, vy, vz], dtype=np.float64)
+    if not m.num_faces:
+        return m
+    # zmesh's simplifier packs positions as half voxels from the smallest coordinate of any
+    # axis, up to 2**20: in the dataset's frame a voxel offset of 2**19 voxels on one axis is
+    # past that.  Simplified in a frame a whole number of voxels from the mesh's corner (its
+    # positions stay on the half-voxel lattice) and moved back, the result does not depend
+    # on where the volume lies.
+    base = np.floor(m.vertices.min(axis=0).astype(np.float64) / res) * res
+    local = (m.vertices.astype(np.float64) - base).astype(np.float32)
     mesher = zmesh.Mesher((vx, vy, vz))
-    zm = zmesh.Mesh(m.vertices, m.faces, None, id=m.id)
+    zm = zmesh.Mesh(local, m.faces, None, id=m.id)
     out = mesher.simplify(zm, reduction_factor=simp[0],
                           max_error=simp[1] if simp[1] is not None else 1e9)
-    return Mesh(np.asarray(out.vertices, np.float32), np.asarray(out.faces, np.uint32), id=m.id)
+    vertices = (np.asarray(out.vertices, np.float64) + base).astype(np.float32)
+    return Mesh(vertices, np.asarray(out.faces, np.uint32), id=m.id)
 
 
 def write_meshes(url: str, meshes: Mapping[int, Mesh], *, format: str = "multires",

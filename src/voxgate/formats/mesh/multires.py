@@ -233,6 +233,11 @@ def _split_plane(points: np.ndarray, tris: np.ndarray, axis: int, plane: np.ndar
     return pieces, new
 
 
+def _used(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """The vertices some face uses, as float64."""
+    return np.asarray(vertices, np.float64)[np.unique(faces)]
+
+
 def _simplify(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """About a quarter of the triangles (one level of detail coarser), by zmesh's fqmr."""
     import zmesh
@@ -271,25 +276,31 @@ def encode_multires(
         empty = _Manifest(np.ones(3), np.zeros(3), np.asarray([lod_scale]), np.zeros((1, 3)),
                           [np.zeros((0, 3), np.uint32)], [np.zeros(0, np.uint64)])
         return empty.to_bytes(), b""
-    vertices = mesh.vertices.astype(np.float64)
-    used = np.unique(mesh.faces)
-    lo = vertices[used].min(axis=0)
-    hi = vertices[used].max(axis=0)
-    origin = np.floor(lo).astype(np.float32).astype(np.float64)
-    origin = np.where(origin > lo, np.nextafter(origin.astype(np.float32), np.float32(-np.inf)),
-                      origin).astype(np.float64)
-    # no more levels than keep level-0 nodes _MIN_NODE voxels long: finer nodes would only
-    # split a small mesh into many tiny fragments
-    while lods > 1 and (hi - origin).max() / 2 ** (lods - 1) < _MIN_NODE * lod_scale:
-        lods -= 1
+    levels = [(mesh.vertices, mesh.faces)]
+    for _ in range(1, lods):
+        levels.append(_simplify(*levels[-1]))
+    while True:
+        # the grid covers every level's vertices, not only level 0's: simplification puts a
+        # collapsed edge's vertex where the quadric error is least, which can be outside the
+        # original bounds (past a convex corner), and a vertex outside its node would be
+        # clamped to the node's side when quantized
+        lo = np.min([_used(v, f).min(axis=0) for v, f in levels[:lods]], axis=0)
+        hi = np.max([_used(v, f).max(axis=0) for v, f in levels[:lods]], axis=0)
+        origin = np.floor(lo).astype(np.float32).astype(np.float64)
+        origin = np.where(origin > lo,
+                          np.nextafter(origin.astype(np.float32), np.float32(-np.inf)),
+                          origin).astype(np.float64)
+        # no more levels than keep level-0 nodes _MIN_NODE voxels long: finer nodes would
+        # only split a small mesh into many tiny fragments
+        if lods > 1 and (hi - origin).max() / 2 ** (lods - 1) < _MIN_NODE * lod_scale:
+            lods -= 1
+            continue
+        break
+    levels = levels[:lods]
     top = 2 ** (lods - 1)
     # whole nanometres, so chunk_shape is exact in float32; chunk * top > extent strictly, so
     # every vertex lies inside the top node
     chunk = np.floor((hi - origin) / top) + 1.0
-
-    levels = [(mesh.vertices, mesh.faces)]
-    for _ in range(1, lods):
-        levels.append(_simplify(*levels[-1]))
 
     nodes: list[dict[tuple[int, int, int], list[tuple[np.ndarray, np.ndarray]]]] = []
     for lod in range(lods):
