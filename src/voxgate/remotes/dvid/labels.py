@@ -241,6 +241,32 @@ class DVIDLabels:
             self._info = dict(resp.json())
         return self._info
 
+    def _array_levels(self) -> tuple[int, Vec] | None:
+        """(MaxDownresLevel, block size (z, y, x)) of a labelarray with coarser scales, whose
+        split and merge hand the blocks they rewrite to DVID's downres; else None."""
+        info = self._instance_info()
+        ext = info.get("Extended") or {}
+        levels = int(ext.get("MaxDownresLevel") or 0)
+        if (info.get("Base") or {}).get("TypeName") != "labelarray" or levels < 1:
+            return None
+        bx, by, bz = (int(v) for v in ext["BlockSize"])
+        return levels, Vec(bz, by, bx)
+
+    def _coarse_runs(self, lab: int) -> np.ndarray:
+        """The label's blocks as ``sparsevol-coarse`` runs (x, y, z, length) (none: no
+        voxels), from the label index."""
+        try:
+            resp = _call(self.client, "GET", f"{self._base}/sparsevol-coarse/{lab}",
+                         what=f"the blocks of label {lab}")
+        except RemoteNotFoundError:
+            return np.zeros((0, 4), dtype=np.int64)  # no voxels: no blocks to rewrite
+        try:
+            return decode_rles(resp.content).astype(np.int64)
+        except DVIDFormatError as exc:
+            raise CorruptChunkError(f"the coarse sparse volume of {lab} does not decode: "
+                                    f"{exc}", chunk=f"{self._base}/sparsevol-coarse/{lab}"
+                                    ) from None
+
     def _check_array_merge(self, labs: list[int], what: str) -> None:
         """labelarray mutate.go processMerge hands every block of the target's and the merged
         labels' index to the downres, in a goroutine with no recover: with MaxDownresLevel
@@ -248,27 +274,14 @@ class DVIDLabels:
         it downsamples, remote._downres_breaks) panics there and the server process exits,
         after scale 0 was rewritten.  The blocks come from ``sparsevol-coarse`` (the label
         index): one request per label."""
-        info = self._instance_info()
-        ext = info.get("Extended") or {}
-        levels = int(ext.get("MaxDownresLevel") or 0)
-        if (info.get("Base") or {}).get("TypeName") != "labelarray" or levels < 1:
+        got = self._array_levels()
+        if got is None:
             return
+        levels, block = got
         from .remote import _downres_breaks, _downres_refusal
 
-        bx, by, bz = (int(v) for v in ext["BlockSize"])
         for lab in labs:
-            try:
-                resp = _call(self.client, "GET", f"{self._base}/sparsevol-coarse/{lab}",
-                             what=f"the blocks of label {lab}")
-            except RemoteNotFoundError:
-                continue  # no voxels: no blocks to rewrite
-            try:
-                runs = decode_rles(resp.content)
-            except DVIDFormatError as exc:
-                raise CorruptChunkError(f"the coarse sparse volume of {lab} does not decode: "
-                                        f"{exc}", chunk=f"{self._base}/sparsevol-coarse/{lab}"
-                                        ) from None
-            for x, y, z, n in runs.astype(np.int64).tolist():
+            for x, y, z, n in self._coarse_runs(lab).tolist():
                 breaks = _downres_breaks(Vec(z, y, x), Vec(z, y, x + n - 1), levels)
                 if breaks is not None:
                     raise _downres_refusal(
@@ -276,7 +289,42 @@ class DVIDLabels:
                         "has voxels there, and DVID's labelarray merge rewrites every block of "
                         "the target and the merged labels; its downres runs after the 200, "
                         "where a panic ends the DVID server)", "labelarray", levels,
-                        Vec(bz, by, bx), breaks, "Nothing was merged")
+                        block, breaks, "Nothing was merged")
+
+    def _check_array_split(self, lab: int, rles: bytes, what: str) -> None:
+        """labelarray mutate.go processSplit rewrites each block the posted runs touch that
+        holds the label (splitBlock) and ends with the downres, in the request: with
+        MaxDownresLevel >= 1 a block it cannot take (remote._downres_breaks) panics there
+        (500) after scale 0 and the label index were rewritten, and the new label is taken.
+        The blocks are those of the runs (cut at the block grid, as dvid.RLEs.Partition
+        does) that the label's index (``sparsevol-coarse``) lists.  Runs that do not decode
+        are left to DVID to refuse."""
+        got = self._array_levels()
+        if got is None:
+            return
+        levels, block = got
+        try:
+            runs = decode_rles(rles).astype(np.int64)
+        except DVIDFormatError:
+            return
+        held = {(z, y, x + i) for x, y, z, n in self._coarse_runs(lab).tolist()
+                for i in range(n)}
+        touched: set[tuple[int, int, int]] = set()
+        for x, y, z, n in runs.tolist():
+            bz, by = z // block.z, y // block.y
+            touched.update((bz, by, bx) for bx in range(x // block.x,
+                                                        (x + n - 1) // block.x + 1))
+        from .remote import _downres_breaks, _downres_refusal
+
+        for bk in sorted(touched & held):
+            breaks = _downres_breaks(Vec(*bk), Vec(*bk), levels)
+            if breaks is not None:
+                raise _downres_refusal(
+                    f"{self.client.base_url}/{self.node}/{self.name}: {what} (label {lab} has "
+                    "voxels in a block the split rewrites; DVID's labelarray split runs its "
+                    "downres before it answers, where a panic answers 500 after the voxels "
+                    "were relabeled)", "labelarray", levels, block, breaks,
+                    "Nothing was split")
 
     def cleave(self, body: int, supervoxels: Iterable[int]) -> int:
         """Move ``supervoxels`` of ``body`` to a new body; returns its id (labelmap only)."""
@@ -292,8 +340,16 @@ class DVIDLabels:
     def split(self, body: int, rles: bytes) -> tuple[int, int]:
         """Move the voxels of ``body`` in the sparse volume ``rles`` (DVID's ``rles`` encoding,
         :func:`voxgate.formats.dvid_block.encode_rles`) to a new body: ``POST split/<body>``.
-        Returns (the new body, the mutation id)."""
+        Returns (the new body, the mutation id).
+
+        On a labelarray (labelarray.go handleSplit, mutate.go SplitLabels) the answer names
+        no mutation id (0 is returned); only the label's voxels among the runs move, other
+        voxels stay, and nothing checks that the label exists or keeps a voxel.  With coarser
+        scales, a split that rewrites a block DVID's downres cannot take (a negative odd block
+        coordinate) is refused before anything is sent."""
         lab = self._label(body)
+        if not self._is_labelmap():
+            self._check_array_split(lab, rles, f"splitting label {lab}")
         resp = _call(self.client, "POST", f"{self._base}/split/{lab}", content=rles,
                      what=f"splitting label {lab}")
         d = json.loads(resp.content, parse_int=int)

@@ -68,6 +68,10 @@ DVID_ENDPOINTS: dict[str, frozenset[str]] = {
         "maxlabel", "nextlabel", "set-nextlabel", "split-supervoxel", "cleave", "split", "merge",
         "renumber", "proximity", "index-version", "index", "indices", "indices-compressed",
         "mappings", "history", "mutations", "mutations-range"}),
+    # labelblk.go ServeHTTP
+    "labelblk": frozenset({
+        "help", "metadata", "resolution", "info", "sync", "label", "labels", "blocks",
+        "pseudocolor", "raw", "isotropic"}),
 }
 
 
@@ -352,7 +356,14 @@ def _labels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
                 items.append(f'"{uuids[ver]}",[' + ",".join(
                     "[" + ",".join(map(str, rec)) + "]" for rec in recs) + "]")
         return Reply(body=("[" + ",".join(items) + "]").encode())
-    if is_map and kw == "split" and method == "POST":
+    if not is_map and kw == "split":
+        return _array_split(ctx, method, parts, body)
+    if is_map and kw == "split":
+        # handlers.go handleSplit: the AllowLabelmapSplit check, then POST only
+        if not getattr(ctx.state, "allow_labelmap_split", True):
+            raise DVIDError("Split endpoint deactivated in this DVID server's configuration.")
+        if method != "POST":
+            raise DVIDError("Split requests must be POST actions.")
         return _split(ctx, parts, body)
     if is_map and kw == "renumber" and method == "POST":
         return _renumber(ctx, body)
@@ -473,9 +484,10 @@ def _split(ctx: _Ctx, parts: list[str], body: bytes) -> Reply:
     old body) in every block that holds it, and the old supervoxel maps to 0."""
     if not getattr(ctx.state, "allow_labelmap_split", True):
         raise DVIDError("Split endpoint deactivated in this DVID server's configuration.")
-    label = _label_arg(parts, "split")
+    label = _split_label_arg(parts)
     with ctx.state.lock:
-        # mutate.go SplitLabels takes the new body's label before it reads the split
+        # mutate.go SplitLabels takes the new body's label before it reads the split, then
+        # checks the split's size before the label index
         to_label, _ = _new_labels(ctx, 1)
         ctx.state.save()
         try:
@@ -483,13 +495,13 @@ def _split(ctx: _Ctx, parts: list[str], body: bytes) -> Reply:
         except DVIDFormatError as exc:
             raise DVIDError(f"split label {label}: {exc}") from None
         size = int(runs[:, 3].sum()) if len(runs) else 0
+        if size == 0:
+            raise DVIDError(f"split label {label}: bad split since split volume was zero voxels")
         idx = _index(ctx)
         have = _supervoxels_of(ctx, label, False)
         if not have:
             raise DVIDError(f"split label {label}: unable to modify split index for data "
-                            f"{ctx.inst.name!r}: missing label {label}")
-        if size == 0:
-            raise DVIDError(f"split label {label}: bad split since split volume was zero voxels")
+                            f"{_q(ctx.inst.name)}: missing label {label}")
         total = sum(sum(idx[sv].values()) for sv in have)
         if size >= total:
             raise DVIDError(f"split label {label}: split volume of {size} voxels >= {total} of "
@@ -550,6 +562,146 @@ def _split(ctx: _Ctx, parts: list[str], body: bytes) -> Reply:
         ctx.state.save()
         text = f'{{"label": {to_label}, "MutationID": {ctx.repo.mutation_id}}}'
         return Reply(body=text.encode(), content_type="application/json")
+
+
+def _split_label_arg(parts: list[str]) -> int:
+    """labelmap handlers.go / labelarray.go handleSplit: the label after ``split``."""
+    if len(parts) < 2:
+        raise DVIDError("ERROR: DVID requires label ID to follow 'split' command")
+    label = _uint(parts[1])
+    if label == 0:
+        raise DVIDError("Label 0 is protected background value and cannot be used as sparse "
+                        "volume.\n".rstrip())
+    return label
+
+
+def _read_rles(body: bytes) -> np.ndarray:
+    """dvid/volumes.go ReadRLEs: an 8-byte header whose first byte must be 0 (the rest --
+    dimensions, run axis, voxel count -- is not looked at), a uint32 span count, then that
+    many int32 (x, y, z, length) runs; bytes after them are not read.  Go's io.ReadFull
+    errors: ``EOF`` when nothing is left, ``unexpected EOF`` for a part.  (n, 4) int64."""
+    def short(have: int) -> DVIDError:
+        return DVIDError("EOF" if have == 0 else "unexpected EOF")
+
+    if len(body) < 8:
+        raise short(len(body))
+    if body[0] != 0:
+        raise DVIDError(f"sparse vol is not binary: {body[0]}")
+    if len(body) < 12:
+        raise short(len(body) - 8)
+    (nspans,) = struct.unpack_from("<I", body, 8)
+    need = 12 + 16 * nspans
+    if len(body) < need:
+        raise short((len(body) - 12) % 4)  # (binary.Read takes the int32s one by one)
+    return np.frombuffer(body, "<i4", count=4 * nspans, offset=12).reshape(-1, 4).astype(
+        np.int64)
+
+
+def _array_split(ctx: _Ctx, method: str, parts: list[str], body: bytes) -> Reply:
+    """``POST split/<label>[?splitlabel=X]`` of a labelarray (labelarray.go handleSplit,
+    mutate.go SplitLabels, processSplit, splitBlock, splitIndices).
+
+    The new label is taken first (``NewLabel``: maxlabel and nextlabel move; or the given
+    ``splitlabel``, which maxlabel follows), then the RLE body is read.  Nothing checks that
+    the label exists, that the runs are its voxels or that they leave any: in each block the
+    runs touch (``RLEs.Partition``, the grid through 0), the label's voxels among them get
+    the new label (labels/compressed.go splitSlow), and other voxels stay; a block that was
+    never written, or that does not hold the label, is left alone.  The label index then
+    drops, for the old label, the blocks it no longer holds, and gets, for the new one, every
+    block the runs touch (those left alone too).  The coarser scales are recomputed before
+    the answer ``{"label": N}`` (a downres panic answers 500, scale 0 and the index
+    rewritten).  A ``splitlabel`` that does not parse is answered 400 and the split still
+    runs, with a new label, its answer written after the error text."""
+    if method != "POST":
+        raise DVIDError("Split requests must be POST actions.")
+    from_label = _split_label_arg(parts)
+    split_label, prefix = 0, ""
+    text = ctx.q.get("splitlabel", "")
+    if text:
+        if text.isdigit() and int(text) < 2**64:
+            split_label = int(text)
+        else:
+            prefix = (f"Bad parameter for 'splitlabel' query string ({_q(text)}).  Must be "
+                      f"uint64.\n ({ctx.path}).\n")
+    try:
+        reply = _array_split_run(ctx, from_label, split_label, body)
+    except DVIDError as exc:
+        if not prefix:
+            raise
+        text = str(exc) if exc.raw else f"{exc} ({ctx.path})."
+        return Reply(400, (prefix + text + "\n").encode(), "text/plain; charset=utf-8")
+    if prefix:  # (http.Error wrote the status and its text; the JSON follows)
+        return Reply(400, prefix.encode() + reply.body, "text/plain; charset=utf-8")
+    return reply
+
+
+def _array_split_run(ctx: _Ctx, from_label: int, split_label: int, body: bytes) -> Reply:
+    with ctx.state.lock:
+        if split_label:
+            to_label = split_label
+            _note_labels(ctx, split_label)  # updateMaxLabel
+        else:
+            to_label, _ = _new_labels(ctx, 1)
+        ctx.state.save()
+        try:
+            runs = _read_rles(body)
+        except DVIDError as exc:
+            raise DVIDError(f"split label {from_label} -> {split_label}: {exc}") from None
+        vol = _Vol(ctx, 0)
+        bz_, by_, bx_ = vol.bs
+        masks: dict[tuple[int, int, int], np.ndarray] = {}
+        for x, y, z, n in runs.tolist():  # dvid.RLEs.Partition
+            xx, end = x, x + n
+            while xx < end:
+                bk = (z // bz_, y // by_, xx // bx_)
+                stop = min(end, (bk[2] + 1) * bx_)
+                m = masks.setdefault(bk, np.zeros(vol.bs, dtype=bool))
+                m[z - bk[0] * bz_, y - bk[1] * by_, xx - bk[2] * bx_:stop - bk[2] * bx_] = True
+                xx = stop
+        idx = _index(ctx)
+        old_rows = dict(idx.get(from_label, {}))
+        new_rows = dict(idx.get(to_label, {}))
+        changed: dict[tuple[int, int, int], np.ndarray] = {}
+        for bk, sel in masks.items():  # splitBlock
+            cur = vol.block(*bk)
+            if cur is None:
+                continue  # "split on block ... attempted but block doesn't exist"
+            hold = cur == from_label
+            if not hold.any():
+                continue  # "Attempt to split missing label"
+            new = cur.copy()
+            new[hold & sel] = to_label
+            changed[bk] = new
+            vol.store.put(vol.key(*bk), ctx.version, new)
+        # splitIndices: the old label loses the blocks it no longer holds, then the new label
+        # gets every block of the split (the index keeps blocks; counts kept where known)
+        for bk, new in changed.items():
+            kept = int((new == from_label).sum())
+            if kept:
+                old_rows[bk] = kept
+            else:
+                old_rows.pop(bk, None)
+        for bk in masks:
+            blk = changed.get(bk)
+            if blk is None:
+                blk = vol.block(*bk)
+            new_rows[bk] = int((blk == to_label).sum()) if blk is not None else 0
+        store = ctx.store("labelindex")
+        for lab, rows in ((from_label, old_rows), (to_label, new_rows)):
+            if rows:
+                store.put(str(lab), ctx.version, np.array(
+                    [[*bk, c] for bk, c in sorted(rows.items())], dtype=np.int64))
+            else:
+                store.delete(str(lab), ctx.version, ctx.ancestry)
+        ctx.mutated()
+        ctx.state.save()
+        if ctx.inst.max_downres and changed:
+            try:
+                _downres(ctx, set(changed))  # downres.Mutation.Execute, in the handler
+            finally:
+                ctx.mutated()
+                ctx.state.save()
+    return Reply(body=f'{{"label": {to_label}}}'.encode(), content_type="application/json")
 
 
 def _renumber(ctx: _Ctx, body: bytes) -> Reply:

@@ -19,10 +19,12 @@ IMAGE_TYPES: dict[str, str] = {
     "float32blk": "<f4",
 }
 LABEL_TYPES = ("labelmap", "labelarray")
-TYPES = (*IMAGE_TYPES, *LABEL_TYPES, "keyvalue")
+#: the legacy labelblk (datatype/labelblk): uint64 voxels kept like an imageblk's, with no
+#: label index (no sparse volumes, ids, merges or splits) and no coarser scales
+TYPES = (*IMAGE_TYPES, *LABEL_TYPES, "labelblk", "keyvalue")
 TYPE_URL = "github.com/janelia-flyem/dvid/datatype/"
 _TYPE_PKG = {**{t: "imageblk" for t in IMAGE_TYPES}, "labelmap": "labelmap",
-             "labelarray": "labelarray", "keyvalue": "keyvalue"}
+             "labelarray": "labelarray", "labelblk": "labelblk", "keyvalue": "keyvalue"}
 MAX_LABEL = 2**48
 
 
@@ -110,7 +112,9 @@ class Instance:
 
     @property
     def dtype(self) -> np.dtype[Any]:
-        return np.dtype("<u8") if self.is_label else np.dtype(IMAGE_TYPES[self.typename])
+        if self.is_label or self.typename == "labelblk":
+            return np.dtype("<u8")
+        return np.dtype(IMAGE_TYPES[self.typename])
 
     def store(self, name: str, data_root: Path | None) -> Store:
         s = self.stores.get(name)

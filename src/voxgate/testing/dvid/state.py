@@ -358,7 +358,7 @@ class DVIDState:
         idx = min(bs) > 0  # (no block index for a size DVID's block arithmetic cannot take)
         ext: dict[str, Any] = {
             "Values": [{"DataType": inst.dtype.name, "Label": inst.typename}],
-            "Interpolable": not inst.is_label, "BlockSize": bs,
+            "Interpolable": not inst.is_label and inst.typename != "labelblk", "BlockSize": bs,
             "VoxelSize": inst.voxel_size, "VoxelUnits": inst.voxel_units,
             "MinPoint": mn, "MaxPoint": mx,
             "MinIndex": None if mn is None or not idx else [a // b for a, b in zip(mn, bs,
@@ -387,6 +387,8 @@ class DVIDState:
             raise DVIDError("invalid data instance name")
         if len(parts) < 5:
             raise not_found
+        if inst.typename == "labelblk" and method not in ("GET", "POST", "DELETE"):
+            raise DVIDError("labelblk only handles GET, POST, and DELETE HTTP verbs")
         keyword = parts[4]
         version = node.version
         if inst.versioned:

@@ -11,8 +11,8 @@ import lz4.block
 import numpy as np
 
 from .grid import _pt, _scale, _Vol, _xyz
-from .labelindex import _put_blocks
-from .labels import _apply_mapping, _labels
+from .labelindex import _body_list, _put_blocks
+from .labels import _apply_mapping, _check_content_hash, _labels
 from .model import DVIDError, Reply, _Ctx, _json, _q
 
 
@@ -22,6 +22,8 @@ def _voxels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
     inst = ctx.inst
     if kw in _BLOCK_GEOMETRY:
         _check_block_size(ctx)
+    if inst.typename == "labelblk" and kw in ("raw", "isotropic", "label", "labels", "blocks"):
+        return _labelblk(ctx, method, parts, body)
     if kw == "raw" or kw == "isotropic":
         return _raw(ctx, method, parts, body)
     if kw == "metadata" and method == "GET":
@@ -196,3 +198,75 @@ def _uncompress(body: bytes, compression: str, nbytes: int) -> bytes:
         except (OSError, EOFError, zlib.error) as exc:
             raise DVIDError(f"gzip decompression of the POSTed labels failed: {exc}") from None
     raise DVIDError(f"unknown compression type {_q(compression)}")
+
+
+def _labelblk(ctx: _Ctx, method: str, parts: list[str], body: bytes) -> Reply:
+    """The voxel endpoints of a labelblk (labelblk.go ServeHTTP): ``raw`` GET and POST with
+    ``?compression=`` "", lz4 or gzip both ways (sendBinaryData / getBinaryData; no scale,
+    no supervoxels: query strings it does not know are not looked at), ``label/<x_y_z>``
+    and ``GET labels``.  Absent blocks read as 0; a POST must be block aligned
+    (imageblk PutVoxels) and indexes nothing."""
+    kw = parts[0]
+    vol = _Vol(ctx, 0)
+    if kw == "label":
+        if len(parts) < 2:
+            raise DVIDError("DVID requires coord to follow 'label' command")
+        x, y, z = _xyz(parts[1], "coordinate")
+        v = int(vol.read((z, y, x), (1, 1, 1))[0, 0, 0])
+        return Reply(body=f'{{"Label": {v}}}'.encode())
+    if kw == "labels":
+        if method != "GET":
+            raise DVIDError("Batch labels query must be a GET request")
+        _check_content_hash(ctx.q.get("hash", ""), body)
+        try:
+            pts = [(int(c[0]), int(c[1]), int(c[2])) for c in _body_list(body, "labels")]
+        except (TypeError, ValueError, IndexError):
+            raise DVIDError("Bad labels request JSON: expected [[x,y,z], ...]") from None
+        vals = [int(vol.read((z, y, x), (1, 1, 1))[0, 0, 0]) for x, y, z in pts]
+        return Reply(body=("[" + ",".join(map(str, vals)) + "]").encode())
+    if kw == "blocks":
+        raise DVIDError(f"{method} blocks of a labelblk is not served by the voxgate DVID test "
+                        "server (DVID's labelblk.go ServeHTTP has this endpoint)")
+    if len(parts) < 4:
+        raise DVIDError(f"'{kw}' must be followed by shape/size/offset")
+    if parts[1] != "0_1_2":
+        raise DVIDError(f"the voxgate DVID test server serves only 3-D raw requests (dims "
+                        f"0_1_2), not {parts[1]!r}")
+    sx, sy, sz = _xyz(parts[2], "size")
+    ox, oy, oz = _xyz(parts[3], "offset")
+    geom = f"3d volume {_pt((sx, sy, sz))} at offset {_pt((ox, oy, oz))}"
+    if min(sx, sy, sz) <= 0:
+        raise DVIDError(f"Illegal geometry requested: {geom}")
+    compression = ctx.q.get("compression", "")
+    nbytes = sx * sy * sz * 8
+    start, shape = (oz, oy, ox), (sz, sy, sx)
+    if method == "GET":
+        raw = vol.read(start, shape).astype("<u8", copy=False).tobytes()
+        if compression == "":
+            out = raw
+        elif compression == "lz4":
+            out = lz4.block.compress(raw, store_size=False)
+        elif compression == "gzip":
+            out = gzip.compress(raw, 1)
+        elif compression in ("google", "googlegzip"):
+            raise DVIDError(f"compression {compression!r} is not served by the voxgate DVID "
+                            "test server (it serves lz4 and gzip)")
+        else:
+            raise DVIDError(f"unknown compression type {_q(compression)}")
+        return Reply(body=out, content_type="application/octet-stream")
+    if method != "POST":
+        raise DVIDError(f"DVID does not support {method} on the raw endpoint")
+    if kw == "isotropic":
+        raise DVIDError("can only POST 'raw' not 'isotropic' images")
+    data = _uncompress(body, compression, nbytes)  # (getBinaryData: the same three)
+    if len(data) != nbytes:
+        raise DVIDError(f"labels data was {len(data)} bytes, expected {nbytes} bytes for "
+                        f"{geom}")
+    if not vol.aligned(start, shape):
+        raise DVIDError(f"cannot store voxels in non-block aligned geometry "
+                        f"{_pt((ox, oy, oz))} -> {_pt((ox + sx - 1, oy + sy - 1, oz + sz - 1))}")
+    with ctx.state.lock:
+        vol.write(start, np.frombuffer(data, dtype="<u8").reshape(shape))
+        ctx.mutated()
+        ctx.state.save()
+    return Reply(body=b"")
