@@ -486,7 +486,8 @@ def downsample(
             want = None if block is None else Vec(*(
                 max(1, -(-int(b) // c)) for b, c in zip(block, cum0, strict=True)))
             base = block_shape(grid, itemsize, sb.shape, budget=BLOCK_BYTES, block=want)
-            blocks = [p.box for p in plan_blocks(sb.bounds, base, grid_anchor(remote, first))]
+            blocks = [p.box for p in plan_blocks(sb.bounds, base,
+                                                 grid_anchor(remote, first, grid))]
             n_blocks += len(blocks)
             if client is not None:
                 check_for_cluster(remote.url, "volume", "downsample", writes=True)
@@ -565,16 +566,27 @@ def _passes(remote: Any, steps: Sequence[Vec], itemsize: int) -> list[tuple[int,
     return out
 
 
-def grid_anchor(remote: Any, scale: int) -> Box:
+def grid_anchor(remote: Any, scale: int, grid: Sequence[int] | None = None) -> Box:
     """The box whose start anchors the block grids of a downsample reading ``scale`` (give it
     to ``plan_blocks`` / ``chunk_boxes`` as their bounds): the scale's bounds, or, for stores
-    whose pyramids lie on the grid through 0 (``pyramid_anchor`` "origin"), the box from 0 to
-    the bounds' end.  Blocks on it that are whole multiples of every coarser factor each give
-    whole coarse voxels, and the coarse voxels of two blocks never overlap."""
+    whose pyramids lie on the grid through 0 (``pyramid_anchor`` "origin"), the bounds
+    widened down to a line of that grid: to 0, or, along an axis where the bounds start below
+    0, to the multiple of ``grid`` at or below the start (give the block grid's unit; the
+    default, the lcm of ``scale``'s write grid and every coarser scale's write grid times its
+    factor from ``scale``, is a multiple of every coarser factor).
+    Blocks on it that are whole multiples of every coarser factor each give whole coarse
+    voxels, and the coarse voxels of two blocks never overlap.  (The box from 0 alone cut
+    off, or for a volume wholly below 0 refused, the voxels at negative coordinates.)"""
     bounds = remote.meta.scale(scale).bounds
-    if remote.pyramid_anchor == "origin":
-        return Box(Vec(0, 0, 0), bounds.stop)
-    return bounds
+    if remote.pyramid_anchor != "origin":
+        return bounds
+    if grid is None:
+        steps = [_factors_between(remote.meta.scale(k - 1), remote.meta.scale(k))
+                 for k in range(scale + 1, len(remote.meta.scales))]
+        grid = _pass_grid(remote, scale, steps)
+    start = Vec(*(min(0, a // int(g) * int(g)) for a, g in zip(bounds.start, grid,
+                                                                  strict=True)))
+    return Box(start, bounds.stop)
 
 
 def coarse_levels(remote: Any, b: Box, steps: Sequence[Vec], first: int = 0
