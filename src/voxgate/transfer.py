@@ -474,6 +474,9 @@ class _Journal:
         self.path = path
         self.header = header
         self.done: set[tuple[int, ...]] = set()
+        #: the finished blocks that held only the fill value (they may be absent from the
+        #: destination: a copy into a store it created does not write them)
+        self.fill: set[tuple[int, ...]] = set()
         self.created = False
         self._lock = threading.Lock()
         self._since_sync = 0
@@ -486,13 +489,21 @@ class _Journal:
             self._file.flush()
 
     def _load(self) -> None:
-        self.done, self.created = self.read_done(self.path)
+        self.done, self.fill, self.created = self._parse(self.path)
 
     @staticmethod
     def read_done(path: Path) -> tuple[set[tuple[int, ...]], bool]:
         """The blocks a journal records as finished, and whether the copy created its
         destination."""
+        done, _, created = _Journal._parse(path)
+        return done, created
+
+    @staticmethod
+    def _parse(path: Path) -> tuple[set[tuple[int, ...]], set[tuple[int, ...]], bool]:
+        """The finished blocks ("k z y x", or "k z y x fill" for a block of fill), the ones
+        of them that held only fill, and whether the copy created its destination."""
         done: set[tuple[int, ...]] = set()
+        fill: set[tuple[int, ...]] = set()
         created = False
         with open(path, encoding="utf-8") as f:
             lines = f.read().split("\n")
@@ -502,9 +513,15 @@ class _Journal:
                 created = True
                 continue
             parts = line.split()
+            empty = parts[4:] == ["fill"]
+            if empty:
+                parts = parts[:4]
             if len(parts) == 4 and all(p.lstrip("-").isdigit() for p in parts):
-                done.add(tuple(int(p) for p in parts))
-        return done, created
+                key = tuple(int(p) for p in parts)
+                done.add(key)
+                if empty:
+                    fill.add(key)
+        return done, fill, created
 
     def mark_created(self) -> None:
         """Record that this copy made the destination: its untouched blocks are still fill."""
@@ -514,8 +531,15 @@ class _Journal:
             self._file.flush()
 
     def record(self, key: tuple[int, ...]) -> None:
+        self._append(" ".join(map(str, key)))
+
+    def record_fill(self, key: tuple[int, ...]) -> None:
+        """Record a finished block that held only the fill value."""
+        self._append(" ".join(map(str, key)) + " fill")
+
+    def _append(self, line: str) -> None:
         with self._lock:
-            self._file.write(" ".join(map(str, key)) + "\n")
+            self._file.write(line + "\n")
             self._file.flush()
             self._since_sync += 1
             if self._since_sync >= 64:
@@ -691,12 +715,16 @@ def copy(
     # the plan: (scale, block index, block box) for every block of every scale
     itemsize, channels = smeta.dtype.itemsize, smeta.num_channels
     plan: list[tuple[int, Vec, Box, int]] = []
+    #: per scale, the block grid (block shape, where it starts): a block index names the same
+    #: voxels only on the same grid, so it is part of the journal's key
+    grids: dict[str, list[list[int]]] = {}
     for k in wanted:
         region = region_of(k, dmeta)
         if region.is_empty():
             continue
         grid = d_remote.write_grid(k)
         block = grow_block(grid, itemsize * channels, region.shape, BLOCK_BYTES)
+        grids[str(k)] = [list(block), list(d_remote.grid_bounds(k).start)]
         per_block = math.prod(b // g for b, g in zip(block, grid, strict=True))
         anchor = d_remote.grid_bounds(k)  # (DVID, bossDB: the grid through 0)
         for idx, cell in chunk_boxes(region, block, anchor):
@@ -713,6 +741,9 @@ def copy(
         "box": None if box is None else str(box),
         "scales": wanted,
         "blocks": len(plan),
+        # another chunking or sharding of a destination made again, or another block size,
+        # numbers other blocks: such a copy starts over rather than skip the wrong ones
+        "grid": grids,
     }
     if view_scale in exact:  # a view of a coarser scale: its region is part of the key
         header["view"] = [view_scale, str(exact[view_scale])]
@@ -722,8 +753,10 @@ def copy(
         raise _options_refused(dst, create_options)
     if created:
         # the destination was (re)created just now: whatever an earlier run recorded went into
-        # a store that is gone, so the copy starts from the first block
+        # a store that is gone, so the copy starts from the first block; and so must every
+        # other unfinished copy into it (another region, source or block grid)
         path.unlink(missing_ok=True)
+        _forget_destination(header["dst"])
     journal = _Journal(path, header)
     report = CopyReport(s_remote.url, d_remote.url, wanted, blocks_total=len(plan), created=created)
     report.resumed = bool(journal.done)
@@ -736,10 +769,11 @@ def copy(
     # a block the journal lists is skipped; with verify, read again from both stores and
     # written only when they differ (the source changed since the interrupted run, or the
     # destination did): then a rerun never keeps stale blocks, and never rewrites finished ones
+    gone = set() if verify else _blocks_gone(d_remote, plan, journal)
     todo: list[_Item] = []
     for k, idx, part, n in plan:
         listed = (k, *idx) in journal.done
-        if listed and not verify:
+        if listed and not verify and (k, *idx) not in gone:
             report.blocks_skipped += 1
             report.chunks_skipped += n
         else:
@@ -768,7 +802,10 @@ def copy(
                     report.blocks_skipped += 1
                     report.chunks_skipped += item[3]
                     return
-                journal.record((item[0], *item[1]))
+                if out[3]:
+                    journal.record_fill((item[0], *item[1]))
+                else:
+                    journal.record((item[0], *item[1]))
                 report.blocks_written += 1
                 if item[4]:
                     report.blocks_changed += 1
@@ -809,27 +846,72 @@ def copy(
     return report
 
 
-def _copy_part(s: Remote, d: Remote, scale: int, part: Box, skip_fill: bool) -> tuple[int, bool]:
+def _forget_destination(dst: str) -> None:
+    """Delete the journals of unfinished copies into ``dst`` (as a journal names it): the
+    destination was created again, so none of the blocks they list is there any more."""
+    for j in list_journals():
+        if j.dst == dst:
+            j.path.unlink(missing_ok=True)
+
+
+def _blocks_gone(d: Remote, plan: Sequence[tuple[int, Vec, Box, int]],
+                 journal: _Journal) -> set[tuple[int, ...]]:
+    """The blocks the journal lists as written (not fill) of which the destination now holds
+    no chunk at all: it was deleted and made again (or emptied) since the interrupted run, so
+    they are copied again rather than skipped.  Empty for a store that cannot tell absent
+    chunks (dvid://, bossdb://), where only ``verify=True`` finds them.
+
+    A few written blocks, spread over the plan, are asked first (one listing each): only when
+    one of them is gone is every written block asked, so a resume of a large copy into an
+    intact destination lists almost nothing (a sparse volume's absent chunks are many)."""
+    written = journal.done - journal.fill
+    if not written or not has_capability(d, Capability.CHUNK_PRESENCE):
+        return set()
+    blocks = [(k, idx, part) for k, idx, part, _ in plan if (k, *idx) in written]
+
+    def gone(k: int, part: Box) -> bool:
+        sc = d.meta.scale(k)
+        absent = set(d.absent_chunks(part, k))
+        return bool(absent) and all(
+            g in absent for g, _ in chunk_boxes(part, sc.chunks, sc.bounds))
+
+    step = max(1, len(blocks) // _GONE_SAMPLE)
+    if not any(gone(k, part) for k, _, part in blocks[::step][:_GONE_SAMPLE + 1]):
+        return set()
+    return {(k, *idx) for k, idx, part in blocks if gone(k, part)}
+
+
+#: written blocks a resume asks the destination about before it asks about all of them
+_GONE_SAMPLE = 8
+
+
+def _copy_part(s: Remote, d: Remote, scale: int, part: Box,
+               skip_fill: bool) -> tuple[int, bool, bool]:
     """Copy one block: read it from ``s``, write it to ``d`` unless it holds only the fill
-    value and may stay absent (``skip_fill``).  Returns (bytes read, whether left as fill)."""
+    value and may stay absent (``skip_fill``).  Returns (bytes read, whether left as fill,
+    whether it holds only the fill value)."""
     data = s.read(part, scale)
-    empty = skip_fill and not np.any(data != s.meta.fill_value)
+    fill = not np.any(data != s.meta.fill_value)
+    empty = skip_fill and fill
     if not empty:
         d.write(part, np.ascontiguousarray(data, dtype=d.meta.dtype), scale)
-    return data.nbytes, empty
+    return data.nbytes, empty, fill
 
 
-def _run_item(s: Remote, d: Remote, item: _Item, skip_fill: bool) -> tuple[int, bool, bool]:
+def _run_item(s: Remote, d: Remote, item: _Item,
+              skip_fill: bool) -> tuple[int, bool, bool, bool]:
     """One block of the plan.  A block an earlier run finished (``item[4]``) is left as it is
     when ``d`` holds the source's voxels there, and copied again (fill included) when not.
-    Returns (bytes read, whether left as fill, whether left as it was because unchanged)."""
+    Returns (bytes read, whether left as fill, whether left as it was because unchanged,
+    whether it holds only the fill value)."""
     scale, part = item[0], item[2]
     if item[4]:
         data = s.read(part, scale)
         if _same_voxels(data, d.read(part, scale)):
-            return data.nbytes, False, True
+            return data.nbytes, False, True, False
         skip_fill = False  # the destination holds other voxels there: fill must be written
-    return (*_copy_part(s, d, scale, part, skip_fill), False)
+    nbytes, empty, fill = _copy_part(s, d, scale, part, skip_fill)
+    return nbytes, empty, False, fill
 
 
 def _same_voxels(a: np.ndarray, b: np.ndarray) -> bool:
@@ -840,12 +922,13 @@ def _same_voxels(a: np.ndarray, b: np.ndarray) -> bool:
                                np.ascontiguousarray(b).view(np.uint8)))
 
 
-def _copy_item(s: Remote, d: Remote, item: _Item, skip_fill: bool) -> tuple[int, bool, bool]:
+def _copy_item(s: Remote, d: Remote, item: _Item,
+               skip_fill: bool) -> tuple[int, bool, bool, bool]:
     """One block of a local copy (see :func:`_run_item`)."""
     return _run_item(s, d, item, skip_fill)
 
 
 def _copy_block(src: str, dst: str, run: str, item: _Item,
-                skip_fill: bool) -> tuple[int, bool, bool]:
+                skip_fill: bool) -> tuple[int, bool, bool, bool]:
     """One task of a distributed copy, on a worker (see :func:`_run_item`)."""
     return _run_item(worker_remote(src, run), worker_remote(dst, run), item, skip_fill)
