@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -106,8 +105,11 @@ class CachedRemote(Remote):
         #: how many metadata changes of its channel had been recorded (in the relay's state,
         #: shared by its worker processes) when this Remote was opened (see Catalog.remote)
         self.meta_epoch = 0
-        self._inflight: dict[str, _Flight] = {}
-        self._lock = threading.Lock()
+        #: the fetches in flight and their lock: the cache's, shared with every CachedRemote
+        #: of it (one whose keys equal this one's holds the same cells: its writes detach
+        #: this one's fetches, and its reads join them)
+        self._inflight: dict[str, _Flight] = cache.inflight
+        self._lock = cache.inflight_lock
         self._closed = False
         #: whether missing cells that tile a box are read in one upstream read (an upstream
         #: whose reads are REST requests of its own size: Capability.BATCH_READ)
@@ -342,6 +344,13 @@ class CachedRemote(Remote):
                 if flight is not None:
                     flight.stale = True
 
+    def _detach_prefix(self, prefix: str) -> None:
+        """:meth:`_detach` every fetch in flight whose key starts with ``prefix`` (this
+        Remote's cells, or its channel's: the table is the cache's, every channel's)."""
+        with self._lock:
+            for key in [k for k in self._inflight if k.startswith(prefix)]:
+                self._inflight.pop(key).stale = True
+
     # -- writing --------------------------------------------------------------------------------
     def _coarser_keys(self, box: Box, scale: int) -> list[str]:
         """The cells of every coarser scale over ``box`` of ``scale``: an upstream may derive
@@ -410,10 +419,7 @@ class CachedRemote(Remote):
             lock.acquire()  # storing meanwhile
         try:
             self._closed = True
-            with self._lock:
-                for flight in self._inflight.values():
-                    flight.stale = True
-                self._inflight.clear()
+            self._detach_prefix(self._prefix + "/")
         finally:
             for lock in self.cache.write_stripes:
                 lock.release()
@@ -425,10 +431,7 @@ class CachedRemote(Remote):
         for lock in self.cache.write_stripes:  # in order, as writers take them: no fetch is
             lock.acquire()  # storing meanwhile
         try:
-            with self._lock:
-                for flight in self._inflight.values():
-                    flight.stale = True
-                self._inflight.clear()
+            self._detach_prefix(self.tag + _TAG_END)
             return self.cache.drop_tag(self.tag)
         finally:
             for lock in self.cache.write_stripes:

@@ -273,6 +273,13 @@ class TieredCache:
         #: process, or a relay whose upstream is another relay in the same process would wait
         #: on a stripe its own write holds
         self.write_stripes = [threading.Lock() for _ in range(_NSTRIPES)]
+        #: the upstream fetches in flight, by cell key (a CachedRemote's ``_Flight``), and the
+        #: lock that guards them: one table per cache, shared by every CachedRemote of it, since
+        #: two of them whose keys are equal hold the same cells (two channels of one upstream:
+        #: a writable one and a read-only one, or one per configured token), and a write
+        #: through either must detach the other's fetch of a cell it changes
+        self.inflight: dict[str, Any] = {}
+        self.inflight_lock = threading.Lock()
         self._tag_drops: dict[str | None, int] = {}
         self._closed = False
         self._behind = 0  # cells waiting to be written behind
