@@ -18,7 +18,9 @@ import httpx
 @dataclass
 class Rule:
     match: str                 # substring of "METHOD path"
-    action: str                # "status", "slow", "truncate", "close", "wrong_length", "garbage"
+    # "status", "slow", "truncate", "close", "wrong_length", "garbage", or "lost" (forwarded
+    # to the server, which acts on it; the client gets ``status`` instead of its answer)
+    action: str
     times: int = 10**9         # how many matching requests it applies to
     status: int = 500
     delay: float = 0.0
@@ -90,6 +92,9 @@ def _handler(proxy: FlakyProxy,
             resp = client.request(self.command, self.path, content=body, headers=headers)
             data = resp.content
             out_headers = {"Content-Type": resp.headers.get("content-type", "")}
+            if rule is not None and rule.action == "lost":
+                self._send(rule.status, b"upstream answer lost", {"Content-Type": "text/plain"})
+                return
             if rule is not None and rule.action == "garbage":
                 data = b"\x00garbage" * 8
             if rule is not None and rule.action == "wrong_length":

@@ -50,6 +50,8 @@ class RequestTooLargeError(InvalidRequestError):
 
 
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
+#: methods sent again after a failure by default (RFC 9110 section 9.2.2)
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 #: a large body is read in pieces of this size (HTTPClient._bulk_into)
 _PIECE = 1 << 20
 
@@ -104,13 +106,23 @@ class HTTPClient:
         expect: int | tuple[int, ...] = 200,
         what: str = "",
         into: bytearray | None = None,
+        idempotent: bool | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
         """Send a request, retrying transient failures; return the response of status ``expect``.
 
         With ``into``, a successful body is read straight into that buffer (resized to the
         body's length) instead of ``response.content``: big bodies are held once, not twice.
+
+        ``idempotent``: whether sending the request twice has the effect of sending it once
+        (default: GET, HEAD, PUT, DELETE and OPTIONS are, POST and PATCH are not).  One that
+        is not (a DVID split or merge, a new label, an id reservation) is sent again only
+        when no connection was made; after a 5xx, a timeout or a broken connection it fails
+        at once, saying the server may have done it (sent again, a split that had run would
+        split off nothing and return an empty label).
         """
+        if idempotent is None:
+            idempotent = method.upper() in _IDEMPOTENT
         expected = (expect,) if isinstance(expect, int) else expect
         what = what or f"{method} {self.base_url}{path.split('?')[0]}"
         last: str = ""
@@ -130,6 +142,9 @@ class HTTPClient:
             except httpx.TimeoutException as exc:
                 last = f"timed out ({type(exc).__name__})"
                 reached = "" if isinstance(exc, httpx.ConnectTimeout) else "connected"
+                if reached and not idempotent:
+                    raise _not_repeated(what, self.host, f"did not answer in full: {last}"
+                                        ) from None
                 continue
             except httpx.TransportError as exc:
                 if _name_not_resolved(exc):
@@ -140,6 +155,9 @@ class HTTPClient:
                     ) from None
                 last = f"{type(exc).__name__}: {exc}"
                 reached = "" if isinstance(exc, httpx.ConnectError) else "connected"
+                if reached and not idempotent:
+                    raise _not_repeated(what, self.host, f"did not answer in full: {last}"
+                                        ) from None
                 continue
             if resp.status_code in expected:
                 return resp
@@ -150,6 +168,8 @@ class HTTPClient:
                                         chunk=what)
             if resp.status_code in _RETRY_STATUS:
                 last, reached = f"HTTP {resp.status_code}: {_snippet(resp)}", "answered"
+                if not idempotent:
+                    raise _not_repeated(what, self.host, f"answered {last}")
                 continue
             raise _error(resp, what)
         if reached == "answered":
@@ -314,6 +334,13 @@ def _name_not_resolved(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _not_repeated(what: str, host: str, how: str) -> RemoteUnavailableError:
+    """The failure of a request that is not idempotent, which is not sent again."""
+    return RemoteUnavailableError(
+        f"{what} failed: {host} {how}; not sent again, since doing it twice is not doing it "
+        "once: the server may or may not have done it, so check its state before repeating it")
 
 
 def _snippet(resp: httpx.Response) -> str:

@@ -33,8 +33,8 @@ class BossProject:
     def __repr__(self) -> str:
         return f"<BossProject {self.settings.url}>"
 
-    def _get(self, path: str, what: str) -> Any:
-        return self.client.request("GET", path, what=what).json()
+    def _get(self, path: str, what: str, idempotent: bool = True) -> Any:
+        return self.client.request("GET", path, what=what, idempotent=idempotent).json()
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None, expect: int,
               what: str) -> Any:
@@ -206,8 +206,9 @@ class BossProject:
     def reserve_ids(self, c: str, e: str, ch: str, count: int) -> int:
         if int(count) < 1:
             raise InvalidRequestError(f"reserve at least one id, not {count}")
+        # (a GET that takes ids: sent again after a 5xx, it would take a second range)
         return int(self._get(f"/v1/reserve/{self._data(c, e, ch)}/{int(count)}",
-                             "reserving ids")["start_id"])
+                             "reserving ids", idempotent=False)["start_id"])
 
     # downsampling
     def downsample_status(self, c: str, e: str, ch: str) -> dict[str, Any]:

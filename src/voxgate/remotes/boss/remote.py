@@ -421,7 +421,7 @@ class BossDBRemote(Remote):
             self.client.request("POST", self._path("cutout", b, scale), content=pieces,
                                 headers={"Content-Type": "application/blosc",
                                          "Content-Length": str(length)}, expect=201,
-                                what=f"writing {b!r} of {self.url}")
+                                what=f"writing {b!r} of {self.url}", idempotent=True)
 
         results = self._map(send, blocks)
         failed = [b for b, e in results if e is not None]

@@ -54,7 +54,7 @@ class DVIDKeyValue(MutableMapping[str, bytes]):
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise DtypeError(f"keyvalue values are bytes, got {type(value).__name__}")
         _call(self.client, "POST", f"{self._base}/key/{self._k(key)}", content=bytes(value),
-              what=f"storing key {key!r} in {self.name}")
+              what=f"storing key {key!r} in {self.name}", idempotent=True)
 
     def __delitem__(self, key: str) -> None:
         if key not in self:
@@ -103,4 +103,4 @@ class DVIDKeyValue(MutableMapping[str, bytes]):
     def put_many(self, items: dict[str, bytes]) -> None:
         """Store several values in one request."""
         _call(self.client, "POST", f"{self._base}/keyvalues", content=encode_keyvalues(items),
-              what=f"storing {len(items)} keys")
+              what=f"storing {len(items)} keys", idempotent=True)

@@ -375,7 +375,7 @@ class DVIDRemote(Remote):
             lo, hi = sc.offset.xyz(), (sc.offset + sc.shape).xyz()
             _call(repo.client, "POST", f"/api/node/{uuid}/{name}/extents",
                   json={"MinPoint": list(lo), "MaxPoint": [v - 1 for v in hi]},
-                  what=f"setting the extents of {name}")
+                  what=f"setting the extents of {name}", idempotent=True)
         return cls(server, node, instance, "r+", **open_opts)
 
     def spec(self) -> dict[str, Any]:
@@ -632,7 +632,8 @@ class DVIDRemote(Remote):
             records.append(((b.start.x // g.x, b.start.y // g.y, b.start.z // g.z),
                             gzip.compress(encode_label_block(blk), 1)))
         _call(self.client, "POST", f"/api/node/{self.uuid}/{self.instance}/blocks?scale={scale}",
-              content=pack_block_records(records), what=f"writing {box!r} of {self.url}")
+              content=pack_block_records(records), what=f"writing {box!r} of {self.url}",
+              idempotent=True)  # (the same voxels again: the label index moves by nothing)
 
     def _post(self, box: Box, data: np.ndarray, scale: int) -> None:
         if self.is_label and scale > 0:
@@ -654,7 +655,8 @@ class DVIDRemote(Remote):
         path = f"/api/node/{self.uuid}/{name}/raw/0_1_2/{sx}_{sy}_{sz}/{ox}_{oy}_{oz}"
         if query:
             path += "?" + query.rstrip("&")
-        _call(self.client, "POST", path, content=raw, what=f"writing {box!r} of {self.url}")
+        _call(self.client, "POST", path, content=raw, what=f"writing {box!r} of {self.url}",
+              idempotent=True)
 
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
         self._check_writable()
