@@ -94,7 +94,8 @@ def _write_each(directory: Path, texts: dict[int, str], suffix: str) -> None:
               help="Write into this precomputed layer's mesh directory (default: URL itself "
                    "when it is precomputed).")
 @click.option("--format", "fmt", type=click.Choice(["multires", "legacy"]), default="multires")
-@click.option("--simplify", type=float, default=None, help="Reduction factor (>= 1).")
+@click.option("--simplify", type=float, default=None,
+              help="Reduction factor (a whole number >= 1).")
 @click.option("--max-error", type=float, default=None, help="Simplification error bound, nm.")
 @click.option("--close/--no-close", default=True, show_default=True,
               help="Close the meshes where segments meet the edge of the volume (as Igneous "

@@ -81,8 +81,9 @@ def _simplify_args(simplify: Any) -> tuple[float, float | None] | None:
         raise InvalidRequestError(
             "simplify is None, a reduction factor, or (reduction_factor, max_error_nm), got "
             f"{simplify!r}")
-    if not (math.isfinite(factor) and factor >= 1):
-        raise InvalidRequestError(f"the reduction factor must be a finite number >= 1, got "
+    if not (math.isfinite(factor) and factor >= 1 and factor.is_integer()):
+        # (zmesh takes a whole factor: it truncated 2.5 to 2)
+        raise InvalidRequestError(f"the reduction factor must be a whole number >= 1, got "
                                   f"{factor}")
     if error is not None and not (math.isfinite(error) and error >= 0):
         raise InvalidRequestError(f"max_error must be a finite distance >= 0 nm (or None), got "
@@ -133,7 +134,7 @@ def mesh_kernel(labels: np.ndarray, voxel_size: Sequence[float], origin: Sequenc
         wanted = list(dict.fromkeys(int(i) for i in ids if int(i) in have))  # once each
     kwargs: dict[str, Any] = {"normals": False, "voxel_centered": True}
     if simplify is not None:
-        kwargs["reduction_factor"] = simplify[0]
+        kwargs["reduction_factor"] = int(simplify[0])
         kwargs["max_error"] = simplify[1] if simplify[1] is not None else 1e9
     out: dict[int, Mesh] = {}
     for i in wanted:
@@ -289,25 +290,37 @@ def mesh(
 
 
 def _simplify(m: Mesh, voxel_size: Sequence[float], simp: tuple[float, float | None]) -> Mesh:
+    """``m`` simplified as the whole-volume path simplifies (zmesh ``Mesher.get``): the same
+    quadric simplifier, on positions in the same units (2 x nm), with the same max_error.
+
+    zmesh's ``Mesher.simplify`` (the one that takes a mesh) measures positions in half voxels
+    of each axis and floors max_error divided by the voxel diagonal: on (40, 8, 4) nm voxels
+    max_error=40 became 0, and anisotropic voxels weighed the axes differently, so a volume
+    meshed block by block (one over 512 MiB) was simplified otherwise than a small one.  Given
+    a unit voxel and nm positions it works in 2 x nm, as ``get`` does: the mesh is moved to
+    a frame whole nanometres from its corner (zmesh packs positions below 2**20 half units),
+    rounded to half nm (exact for whole-nm voxel sizes), and a mesh spanning more than
+    0.5 mm is scaled down by powers of 2 (positions to 1 nm, 2 nm, ...; the quadric error,
+    squared distances, scaled with them), then moved back."""
     import zmesh
 
-    vz, vy, vx = voxel_size
-    res = np.array([vx, vy, vz], dtype=np.float64)
     if not m.num_faces:
         return m
-    # zmesh's simplifier packs positions as half voxels from the smallest coordinate of any
-    # axis, up to 2**20: in the dataset's frame a voxel offset of 2**19 voxels on one axis is
-    # past that.  Simplified in a frame a whole number of voxels from the mesh's corner (its
-    # positions stay on the half-voxel lattice) and moved back, the result does not depend
-    # on where the volume lies.
-    base = np.floor(m.vertices.min(axis=0).astype(np.float64) / res) * res
-    local = (m.vertices.astype(np.float64) - base).astype(np.float32)
-    mesher = zmesh.Mesher((vx, vy, vz))
-    zm = zmesh.Mesh(local, m.faces, None, id=m.id)
-    out = mesher.simplify(zm, reduction_factor=simp[0],
-                          max_error=simp[1] if simp[1] is not None else 1e9)
-    vertices = (np.asarray(out.vertices, np.float64) + base).astype(np.float32)
-    return Mesh(vertices, np.asarray(out.faces, np.uint32), id=m.id)
+    v = m.vertices.astype(np.float64)
+    base = np.floor(v.min(axis=0))
+    local = v - base
+    k = 1.0
+    while 2 * float(local.max()) * k > 2**20 - 2:
+        k /= 2
+    pos = np.round(local * 2 * k) / 2  # halves: zmesh truncates 2 x position to an integer
+    error = simp[1] if simp[1] is not None else 1e9
+    # (zmesh divides max_error by the unit voxel's diagonal, sqrt(3), and floors it)
+    passed = error * k * k * math.sqrt(3) * (1 + 1e-9)
+    out = zmesh.Mesher((1, 1, 1)).simplify(
+        zmesh.Mesh(pos.astype(np.float32), m.faces, None, id=m.id),
+        reduction_factor=int(simp[0]), max_error=passed)
+    vertices = np.asarray(out.vertices, np.float64) / k + base
+    return Mesh(vertices.astype(np.float32), np.asarray(out.faces, np.uint32), id=m.id)
 
 
 def write_meshes(url: str, meshes: Mapping[int, Mesh], *, format: str = "multires",
