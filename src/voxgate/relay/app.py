@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import VoxgateError
 from .boss import boss_routes
+from .catalog import request_token
 from .config import RelayConfig
 from .errors import RESOURCE_NOT_FOUND, BossHTTPError, boss_error, error_response
 from .index import index_routes
@@ -54,6 +55,7 @@ class _KeepConnection:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        request_token.set(None)  # (not an earlier request's on this connection)
         self.relay.catalog.refresh()
         started = False
 

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,13 @@ from ..remotes.base import Remote
 from .cache import CachedRemote, TieredCache, UpstreamError, UpstreamTimeoutError
 from .config import ChannelConfig, RelayConfig, check_name
 from .statefile import StateFile, TransactionLock
+
+#: the token of the request being answered (set by Relay.authorize, in the request's context,
+#: which its worker threads inherit): a channel that forwards each client's token opens its
+#: upstream with it when the caller names no token (its metadata, its coordinate frame, the
+#: experiment's levels), where it was opened with none and refused by an upstream that
+#: wants one
+request_token: ContextVar[str | None] = ContextVar("voxgate_request_token", default=None)
 
 __all__ = ["Catalog", "ChannelEntry", "NotFound", "ResourceExists", "data_root_volumes",
            "local_store"]
@@ -273,6 +281,8 @@ class Catalog:
         fingerprint = ""
         options = dict(entry.options)
         if entry.forward_token:
+            if token is None:
+                token = request_token.get()
             fingerprint = hashlib.sha256((token or "").encode()).hexdigest()[:16]
             if token:
                 options["token"] = token
@@ -343,6 +353,10 @@ class Catalog:
             cached = CachedRemote(upstream, self.cache, identity=identity,
                                   timeout=self.config.upstream_timeout,
                                   tag=self.cache_tag(entry))
+            if entry.forward_token:
+                # one view per client token, each with cells of its own: a write through one
+                # drops the others' cells of it too
+                cached.siblings = lambda: self.open_remotes(entry)
             cached.origin = (entry.upstream_url, incarnation)
             cached.meta_epoch = epoch
             if entry.local:

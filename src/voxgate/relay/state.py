@@ -33,7 +33,14 @@ from ..meta import Scale, VolumeMeta
 from ..remotes.base import Capability, has_capability
 from ..storage import set_request_retries
 from .cache import CachedRemote, TieredCache
-from .catalog import Catalog, ChannelEntry, NotFound, boss_unit_to_nm, local_store
+from .catalog import (
+    Catalog,
+    ChannelEntry,
+    NotFound,
+    boss_unit_to_nm,
+    local_store,
+    request_token,
+)
 from .config import RelayConfig
 from .errors import (
     INVALID_CUTOUT_ARGS,
@@ -123,8 +130,12 @@ class Relay:
         return None if parts[1] == "public" else parts[1]
 
     def authorize(self, request: Request, collection: str | None, *, write: bool) -> str | None:
-        """Check the request's token for a read or a write; return the token (or None)."""
+        """Check the request's token for a read or a write; return the token (or None).
+
+        The token is also the request's :data:`request_token` from here on (what a channel
+        that forwards tokens opens its upstream with, where no token is passed)."""
         token = self.token(request)
+        request_token.set(token)
         auth = self.config.auth
         if auth.open:
             return token

@@ -9,7 +9,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -110,6 +110,10 @@ class CachedRemote(Remote):
         #: this one's fetches, and its reads join them)
         self._inflight: dict[str, _Flight] = cache.inflight
         self._lock = cache.inflight_lock
+        #: the other views of the same upstream whose cells a write through this one changes
+        #: (a channel that forwards each client's token keeps one view, with cells of its own,
+        #: per token): set by the relay's catalog; a write drops their cells of it too
+        self.siblings: Callable[[], list[CachedRemote]] | None = None
         self._closed = False
         #: whether missing cells that tile a box are read in one upstream read (an upstream
         #: whose reads are REST requests of its own size: Capability.BATCH_READ)
@@ -379,6 +383,13 @@ class CachedRemote(Remote):
         # the coarser scales' cells too: dropped, and their fetches detached, like the cells
         # written (never cached again from the write: the upstream's coarser data is its own)
         dropped = keys + self._coarser_keys(box, scale)
+        for other in self.siblings() if self.siblings is not None else ():
+            # another client's view of the same upstream (forward_token): its cells of the
+            # region are the old data now (one that read them before this write read them
+            # again, stale, until evicted)
+            if other is not self and not other._closed and other.meta_key == self.meta_key:
+                dropped += [other._key(scale, idx) for idx, _ in other.cells(box, scale)]
+                dropped += other._coarser_keys(box, scale)
         # writers touching the same cells go one at a time, so the cache ends as the upstream
         # does; stripes are taken in order, so two writers never wait on each other in a cycle
         # (the stripes are the cache's: a relay whose upstream is another relay in the same
