@@ -32,7 +32,7 @@ from .geometry import whole
 from .meta import check_ids
 from .relay.config import ChannelConfig, RelayConfig
 from .relay.layer_files import ANNOTATION_TYPE
-from .storage import is_local, local_path
+from .storage import UNITS_NM, is_local, local_path
 from .volume import Volume
 
 __all__ = ["ViewerSession", "view"]
@@ -98,6 +98,55 @@ def _layer_name(vol: Volume, taken: set[str]) -> str:
         name, n = f"{base}-{n}", n + 1
     taken.add(name)
     return name
+
+
+def _channel_names(layer_names: list[str]) -> list[str]:
+    """The relay channel (a URL path segment) of each layer: its name with what a path would
+    not take replaced by ``-``, made unique (``my cells`` and ``my-cells`` are two layers)."""
+    taken: set[str] = set()
+    out = []
+    for name in layer_names:
+        base = (_NAME.sub("-", name).strip("-_") or "layer")[:60]
+        channel, n = base, 2
+        while channel in taken:
+            channel, n = f"{base}-{n}", n + 1
+        taken.add(channel)
+        out.append(channel)
+    return out
+
+
+def _check_names(names: object, count: int) -> list[str]:
+    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
+        raise InvalidRequestError(
+            f"names must be a list of layer names, one per volume (names=['cells'] for one "
+            f"volume), got {names!r}")
+    if len(names) != count:
+        raise InvalidRequestError(f"names has {len(names)} entries for {count} volumes")
+    for n in names:
+        if not isinstance(n, str) or not n:
+            raise InvalidRequestError(f"layer names must be non-empty strings, got {n!r}")
+    if len(set(names)) != len(names):
+        raise InvalidRequestError(f"layer names must differ, got {list(names)}")
+    return list(names)
+
+
+def _nm(voxel_size: Any) -> list[float]:
+    """A voxel size as x, y, z nanometres, as the relay's precomputed info gives it (a unit
+    voxgate does not know counts as nm there too)."""
+    factor = UNITS_NM.get(voxel_size.unit, 1.0)
+    return [float(v) * factor for v in voxel_size.xyz()]
+
+
+def _centre(vol: Volume) -> list[float]:
+    """The centre of ``vol``'s region (a view's, not its whole volume's) in voxels of scale 0,
+    x, y, z: the coordinates of Neuroglancer's global space, whose unit is a voxel of the first
+    volume's scale 0 (a precomputed scale's voxel ``i`` spans ``i * ratio`` to
+    ``(i + 1) * ratio`` there, ``ratio`` its voxel size over scale 0's)."""
+    b = vol.bounds
+    ratio = [a / z for a, z in zip(_nm(vol.scale_meta.voxel_size), _nm(vol.scales[0].voxel_size),
+                                   strict=True)]
+    return [(lo + hi) / 2 * r for lo, hi, r in zip(b.start.xyz(), b.stop.xyz(), ratio,
+                                                   strict=True)]
 
 
 def _middle_ids(vol: Volume, limit: int) -> list[int]:
@@ -179,13 +228,10 @@ def view(*volumes: Volume | str, names: Sequence[str] | None = None, open_browse
             "voxgate view needs the neuroglancer package (its offline client): "
             "pip install 'voxgate[view]'") from None
     vols = [v if isinstance(v, Volume) else open_volume(v) for v in volumes]
-    if names is not None and len(names) != len(vols):
-        raise InvalidRequestError(f"names has {len(names)} entries for {len(vols)} volumes")
     taken: set[str] = set()
-    layer_names = ([_NAME.sub("-", n) for n in names] if names is not None
+    layer_names = (_check_names(names, len(vols)) if names is not None
                    else [_layer_name(v, taken) for v in vols])
-    if len(set(layer_names)) != len(layer_names):
-        raise InvalidRequestError(f"layer names must differ, got {layer_names}")
+    channel_names = _channel_names(layer_names)
     port_n = whole(port)
     if port_n is None or not 0 <= port_n <= 65535:
         raise InvalidRequestError(f"port must be an integer 0..65535 (0: a free one), got "
@@ -202,12 +248,13 @@ def view(*volumes: Volume | str, names: Sequence[str] | None = None, open_browse
             raise InvalidRequestError(
                 f"segments names layer(s) {unknown}, which are not segmentation layers here; "
                 f"the segmentation layers are {seg_layers}")
-        for key, given in segments.items():
-            check_ids(given, f"segments[{key!r}]")
+        # (the checked lists: an iterator given here is consumed by the check)
+        segments = {key: check_ids(given, f"segments[{key!r}]") or []
+                    for key, given in segments.items()}
     channels = []
-    for v, name in zip(vols, layer_names, strict=True):
+    for v, channel in zip(vols, channel_names, strict=True):
         spec = v.remote.spec()
-        channels.append(ChannelConfig(COLLECTION, EXPERIMENT, name, spec["url"],
+        channels.append(ChannelConfig(COLLECTION, EXPERIMENT, channel, spec["url"],
                                       options=dict(spec.get("options", {})), writable=False))
     server, thread, relay_url = _start_relay(channels, port)
     try:
@@ -215,8 +262,14 @@ def view(*volumes: Volume | str, names: Sequence[str] | None = None, open_browse
         viewer = neuroglancer.Viewer()
         sources: dict[str, str] = {}
         with viewer.txn() as s:
-            for v, name in zip(vols, layer_names, strict=True):
-                source = f"precomputed://{relay_url}/precomputed/{COLLECTION}/{EXPERIMENT}/{name}"
+            # the global space explicitly: x, y, z in voxels of the first volume's scale 0.
+            # Left to Neuroglancer, it is taken from whichever layer's info arrives first, and
+            # the position below (in the first volume's voxels) may then land outside the data
+            s.dimensions = neuroglancer.CoordinateSpace(
+                names=["x", "y", "z"], units="nm", scales=_nm(vols[0].scales[0].voxel_size))
+            for v, name, channel in zip(vols, layer_names, channel_names, strict=True):
+                source = (f"precomputed://{relay_url}/precomputed/{COLLECTION}/{EXPERIMENT}/"
+                          f"{channel}")
                 sources[name] = source
                 if v.kind == "segmentation":
                     ids = (segments or {}).get(name)
@@ -230,11 +283,7 @@ def view(*volumes: Volume | str, names: Sequence[str] | None = None, open_browse
                     sources[f"{name}/{sub}"] = f"{source}/{sub}"
                     s.layers[f"{name}/{sub}"] = neuroglancer.AnnotationLayer(
                         source=f"{source}/{sub}")
-            first = vols[0].at_scale(0)
-            b = first.bounds
-            # x, y, z voxels: Neuroglancer's order
-            s.position = [(lo + hi) / 2 for lo, hi in zip(b.start.xyz(), b.stop.xyz(),
-                                                            strict=True)]
+            s.position = _centre(vols[0])
             s.layout = "4panel"
     except BaseException:
         server.should_exit = True
