@@ -23,17 +23,19 @@ this is right, and docs/compat-intern.md lists every difference:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import quote
 
 import numpy as np
 
 from ..api import open as vopen
-from ..errors import InvalidRequestError
+from ..errors import CapabilityNotSupportedError, InvalidRequestError, VoxgateError
 from ..geometry import Box
 from ..remotes.boss import BossDBRemote, BossProject, boss_settings
 from ..volume import Volume
@@ -131,6 +133,101 @@ class ChannelResource:
 
 Resource = CollectionResource | ExperimentResource | CoordinateFrameResource | ChannelResource
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_STATUS = re.compile(r"HTTP (\d{3})\b")
+
+
+_MIXED: dict[tuple[type[BaseException], type[BaseException]], type[BaseException]] = {}
+
+
+def _also(exc: BaseException, extra: type[BaseException]) -> BaseException:
+    """A copy of ``exc`` that is also an instance of ``extra`` (its class keeps its name, so
+    messages and reprs read the same)."""
+    if isinstance(exc, extra):
+        return exc
+    key = (type(exc), extra)
+    if key not in _MIXED:
+        # the base whose instance layout is the larger (OSError's) must come first, whichever
+        # of the two it is, or instances cannot be made
+        for bases in (key, key[::-1]):
+            made: type[BaseException] = type(key[0].__name__, bases,
+                                              {"__module__": key[0].__module__})
+            try:
+                made.__new__(made)
+            except TypeError:
+                continue
+            _MIXED[key] = made
+            break
+        else:
+            return exc
+    cls = _MIXED[key]
+    new = cls.__new__(cls)
+    new.args = exc.args
+    new.__dict__.update(exc.__dict__)
+    new.__cause__, new.__traceback__ = exc.__cause__, exc.__traceback__
+    return new
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status a server answered with, as the error (or what caused it) says."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        found = _STATUS.search(str(seen))
+        if found:
+            return int(found.group(1))
+        seen = seen.__cause__
+    return None
+
+
+def _as_intern_error(exc: VoxgateError) -> BaseException:
+    """``exc`` as intern's scripts catch it: an error the server answered is also a
+    ``requests.HTTPError`` (intern's every failed request) whose ``response.status_code`` is
+    the server's, when requests is installed (intern needs it, so a script that catches it has
+    it)."""
+    status = _http_status(exc)
+    if status is None:
+        return exc
+    try:
+        import requests
+    except ImportError:  # pragma: no cover - nothing can catch requests.HTTPError then
+        return exc
+    new = _also(exc, requests.HTTPError)
+    response = requests.Response()
+    response.status_code = status
+    response._content = str(exc).encode()
+    new.response, new.request = response, None  # type: ignore[attr-defined]
+    return new
+
+
+def _intern_errors(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Raise voxgate's errors so that intern's ``except HTTPError`` still catches them."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except VoxgateError as exc:
+            raise _as_intern_error(exc) from exc.__cause__
+
+    return wrapper
+
+
+def _annotation_only(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """intern raises TypeError for ids, bounding boxes and reserved ids of an image channel
+    (before sending anything); voxgate's refusal is also a TypeError here."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except CapabilityNotSupportedError as exc:
+            if "annotation channel" not in str(exc):
+                raise
+            raise _also(exc, TypeError) from exc.__cause__
+
+    return wrapper
+
 
 def _channel_parts(resource: ChannelResource | str) -> tuple[str, str, str]:
     if isinstance(resource, str):
@@ -156,12 +253,18 @@ def _box(x_range: Sequence[int], y_range: Sequence[int], z_range: Sequence[int])
 class BossRemote:
     """intern's BossRemote, on voxgate's bossdb:// Remote.
 
-    ``cfg`` is a dict with ``protocol``, ``host`` and ``token`` (intern's form), a path to an
-    intern-style INI file, or None for voxgate's configuration chain.
+    ``cfg_file_or_dict`` is a dict with ``protocol``, ``host`` and ``token`` (intern's form),
+    a path to an intern-style INI file, or None for voxgate's configuration chain.
+
+    An error the server answered is also a ``requests.HTTPError`` (with the server's
+    ``response.status_code``), as intern's are; ids, bounding boxes and reserved ids of an image
+    channel raise an error that is also a TypeError, as intern's check does.
     """
 
-    def __init__(self, cfg: Mapping[str, str] | str | None = None, version: str | None = None,
-                 **kwargs: Any) -> None:
+    @_intern_errors
+    def __init__(self, cfg_file_or_dict: Mapping[str, str] | str | None = None,
+                 version: str | None = None) -> None:
+        cfg = cfg_file_or_dict
         url = token = None
         if isinstance(cfg, Mapping):
             missing = {"protocol", "host", "token"} - set(cfg)
@@ -177,9 +280,19 @@ class BossRemote:
             sec = parser["Default"] if parser.has_section("Default") else parser[
                 parser.sections()[0]]
             url, token = f"{sec.get('protocol', 'https')}://{sec['host']}", sec.get("token")
+        self._setup(url, token)
+
+    def _setup(self, url: str | None, token: str | None) -> None:
         self.settings = boss_settings(url, token)
         self.project = BossProject(self.settings.url, self.settings.token)
         self._remotes: dict[tuple[str, str, str], BossDBRemote] = {}
+
+    @classmethod
+    def _at(cls, url: str | None, token: str | None) -> BossRemote:
+        """A BossRemote on ``url`` with ``token`` (None: voxgate's configuration chain)."""
+        rmt = cls.__new__(cls)
+        rmt._setup(url, token)
+        return rmt
 
     def __repr__(self) -> str:
         return f"<voxgate.compat.intern.BossRemote {self.settings.url}>"
@@ -194,30 +307,37 @@ class BossRemote:
         return remote
 
     # -- listing and getting ---------------------------------------------------------------------
+    @_intern_errors
     def list_collections(self) -> list[str]:
         return self.project.list_collections()
 
+    @_intern_errors
     def list_experiments(self, collection_name: str) -> list[str]:
         return self.project.list_experiments(collection_name)
 
+    @_intern_errors
     def list_channels(self, collection_name: str, experiment_name: str) -> list[str]:
         return self.project.list_channels(collection_name, experiment_name)
 
+    @_intern_errors
     def list_coordinate_frames(self) -> list[str]:
         return self.project.list_coordinate_frames()
 
+    @_intern_errors
     def get_collection(self, name: str) -> CollectionResource:
         d = self.project.get_collection(name)
         return CollectionResource(d["name"], d.get("description", ""), d.get("creator", ""), d)
 
-    def get_experiment(self, collection_name: str, experiment_name: str) -> ExperimentResource:
-        d = self.project.get_experiment(collection_name, experiment_name)
+    @_intern_errors
+    def get_experiment(self, coll_name: str, exp_name: str) -> ExperimentResource:
+        d = self.project.get_experiment(coll_name, exp_name)
         return ExperimentResource(
-            d["name"], collection_name, d["coord_frame"], d.get("description", ""),
+            d["name"], coll_name, d["coord_frame"], d.get("description", ""),
             d["num_hierarchy_levels"], d["hierarchy_method"], d.get("num_time_samples", 1),
             d.get("creator", ""), d, d.get("time_step") or 0,
             d.get("time_step_unit") or "seconds")
 
+    @_intern_errors
     def get_coordinate_frame(self, name: str) -> CoordinateFrameResource:
         d = self.project.get_coordinate_frame(name)
         keys = ("x_start", "x_stop", "y_start", "y_stop", "z_start", "z_stop", "x_voxel_size",
@@ -225,6 +345,7 @@ class BossRemote:
         return CoordinateFrameResource(d["name"], d.get("description", ""),
                                        **{k: d[k] for k in keys}, raw=d)
 
+    @_intern_errors
     def get_channel(self, chan_name: str, coll_name: str, exp_name: str) -> ChannelResource:
         d = self.project.get_channel(coll_name, exp_name, chan_name)
         return ChannelResource(
@@ -233,6 +354,14 @@ class BossRemote:
             list(d.get("sources", [])), list(d.get("related", [])), d.get("creator", ""), d,
             d.get("downsample_status", ""), d.get("cv_path"))
 
+    @_intern_errors
+    def get_extents(self, resource: ExperimentResource) -> list[list[int]]:
+        """The experiment's coordinate frame as ``[[x_start, x_stop], [y_start, y_stop],
+        [z_start, z_stop]]`` (intern's form)."""
+        f = self.get_coordinate_frame(resource.coord_frame)
+        return [[f.x_start, f.x_stop], [f.y_start, f.y_stop], [f.z_start, f.z_stop]]
+
+    @_intern_errors
     def get_project(self, resource: Resource) -> Resource:
         if isinstance(resource, ChannelResource):
             return self.get_channel(resource.name, resource.collection_name,
@@ -251,6 +380,7 @@ class BossRemote:
         for key in [k for k in self._remotes if k[: len(parts)] == parts]:
             self._remotes.pop(key).close()
 
+    @_intern_errors
     def create_project(self, resource: Resource) -> Resource:
         p = self.project
         if isinstance(resource, CollectionResource):
@@ -278,6 +408,7 @@ class BossRemote:
                              related=tuple(r3.related))
         return self.get_project(resource)
 
+    @_intern_errors
     def delete_project(self, resource: Resource) -> None:
         p = self.project
         if isinstance(resource, ChannelResource):
@@ -293,6 +424,7 @@ class BossRemote:
             self._forget(resource.name)
 
     # -- cutouts ---------------------------------------------------------------------------------
+    @_intern_errors
     def get_cutout(self, resource: ChannelResource | str, resolution: int,
                    x_range: Sequence[int], y_range: Sequence[int], z_range: Sequence[int],
                    time_range: Sequence[int] | None = None, id_list: Iterable[int] = (),
@@ -312,6 +444,7 @@ class BossRemote:
             data = data[np.newaxis]
         return data
 
+    @_intern_errors
     def create_cutout(self, resource: ChannelResource | str, resolution: int,
                       x_range: Sequence[int], y_range: Sequence[int], z_range: Sequence[int],
                       data: np.ndarray, time_range: Sequence[int] | None = None) -> None:
@@ -329,21 +462,28 @@ class BossRemote:
         vol.write(arr, box)  # safe-cast checks; zeros are sent like anything else
 
     # -- object services -------------------------------------------------------------------------
+    @_intern_errors
+    @_annotation_only
     def get_ids_in_region(self, resource: ChannelResource | str, resolution: int,
                           x_range: Sequence[int], y_range: Sequence[int],
                           z_range: Sequence[int], time_range: Sequence[int] = (0, 1)) -> list[int]:
         ids = self._remote(resource).ids_in(_box(x_range, y_range, z_range), resolution)
         return [int(i) for i in ids]
 
+    @_intern_errors
+    @_annotation_only
     def get_bounding_box(self, resource: ChannelResource | str, resolution: int, id: int,
                          bb_type: str = "loose") -> dict[str, list[int]]:
         box = self._remote(resource).bounding_box(id, resolution, tight=bb_type == "tight")
         return {"x_range": [box.start.x, box.stop.x], "y_range": [box.start.y, box.stop.y],
                 "z_range": [box.start.z, box.stop.z], "t_range": [0, 1]}
 
+    @_intern_errors
+    @_annotation_only
     def reserve_ids(self, resource: ChannelResource | str, num_ids: int) -> int:
         return self._remote(resource).reserve_ids(num_ids)
 
+    @_intern_errors
     def get_neuroglancer_link(self, resource: ChannelResource | str, resolution: int,
                               x_range: Sequence[int], y_range: Sequence[int],
                               z_range: Sequence[int], **kwargs: Any) -> str:
@@ -378,13 +518,16 @@ class BossRemote:
             return self.project.metadata(resource.collection_name, resource.name)
         return self.project.metadata(resource.name)
 
+    @_intern_errors
     def list_metadata(self, resource: Resource) -> list[str]:
         return list(self._meta(resource))
 
+    @_intern_errors
     def get_metadata(self, resource: Resource, keys: Iterable[str]) -> dict[str, str]:
         md = self._meta(resource)
         return {k: md[k] for k in keys}
 
+    @_intern_errors
     def create_metadata(self, resource: Resource, keys_vals: Mapping[str, Any]) -> None:
         md = self._meta(resource)
         existing = set(md)
@@ -394,6 +537,7 @@ class BossRemote:
         for k, v in keys_vals.items():
             md[k] = str(v)
 
+    @_intern_errors
     def update_metadata(self, resource: Resource, keys_vals: Mapping[str, Any]) -> None:
         md = self._meta(resource)
         missing = sorted(set(keys_vals) - set(md))
@@ -402,6 +546,7 @@ class BossRemote:
         for k, v in keys_vals.items():
             md[k] = str(v)
 
+    @_intern_errors
     def delete_metadata(self, resource: Resource, keys: Iterable[str]) -> None:
         md = self._meta(resource)
         for k in keys:
@@ -416,6 +561,27 @@ class _Array:
             raise InvalidRequestError(f"axis_order must be 'ZYX' or 'XYZ', got {axis_order!r}")
         self._vol = volume
         self._xyz = axis_order.upper() == "XYZ"
+        #: intern's attributes: the axis order and resolution the array was opened with, and
+        #: (for a bossdb:// channel) its collection, experiment and channel names
+        self.axis_order = axis_order
+        self.resolution = volume.scale
+        remote = volume.remote
+        names = (getattr(remote, "collection", None), getattr(remote, "experiment", None),
+                 getattr(remote, "channel", None))
+        self.collection_name, self.experiment_name, self.channel_name = names
+
+    @property
+    def available_resolutions(self) -> list[int]:
+        """The resolutions the array can be opened at (intern's ``available_resolutions``)."""
+        return list(range(len(self._vol.scales)))
+
+    @property
+    def downsample_status(self) -> str:
+        """A bossdb:// channel's downsample status as its record says (intern's attribute)."""
+        record = getattr(self._vol.remote, "channel_record", None)
+        if record is None:
+            raise AttributeError("downsample_status is known for bossdb:// channels only")
+        return str(record.get("downsample_status", ""))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -466,26 +632,130 @@ class _Array:
         return self[...] if dtype is None else self[...].astype(dtype)
 
 
-def array(channel: str | ChannelResource, resolution: int = 0, *,
-          boss_config: Mapping[str, str] | None = None, axis_order: str = "ZYX",
+def _bossdb_parts(url: str) -> tuple[str | None, str, str, str, int | None]:
+    """``bossdb://[server/]c/e/ch[/resolution]`` -> (server, c, e, ch, resolution or None):
+    intern's array takes a resolution as a fourth part."""
+    text = url[len("bossdb://"):]
+    server = None
+    if text.startswith(("http://", "https://")):
+        scheme, _, rest = text.partition("://")
+        host, _, text = rest.partition("/")
+        server = f"{scheme}://{host}"
+    parts = [p for p in text.split("/") if p]
+    res = None
+    if len(parts) == 4 and parts[3].isdigit():
+        res = int(parts.pop())
+    if len(parts) < 3:
+        raise InvalidRequestError(
+            f"expected 'bossdb://collection/experiment/channel[/resolution]', got {url!r}")
+    if server is not None and len(parts) > 3:  # a server with a path prefix
+        server += "/" + "/".join(parts[:-3])
+        parts = parts[-3:]
+    if len(parts) != 3:
+        raise InvalidRequestError(
+            f"expected 'bossdb://collection/experiment/channel[/resolution]', got {url!r}")
+    return server, parts[0], parts[1], parts[2], res
+
+
+def _create_new(rmt: BossRemote, c: str, e: str, ch: str, *, description: str | None,
+                dtype: str | None, extents: Sequence[int] | None,
+                voxel_size: Sequence[float] | None, voxel_unit: str | None,
+                downsample_levels: int, downsample_method: str | None,
+                coordinate_frame_name: str | None, coordinate_frame_desc: str | None,
+                collection_desc: str | None, experiment_desc: str | None,
+                source_channel: str | None) -> None:
+    """intern's ``array(..., create_new=True)``: make whichever of the collection, coordinate
+    frame, experiment and channel do not exist, with intern's names and defaults (``extents``
+    and ``voxel_size`` in z, y, x order)."""
+    if extents is None or voxel_size is None:
+        raise InvalidRequestError("create_new=True needs extents=(z, y, x) and "
+                                  "voxel_size=(z, y, x) for the new coordinate frame")
+    description = description or "Created with intern"
+    dtype = dtype or "uint8"
+    from ..errors import RemoteNotFoundError
+
+    try:
+        rmt.get_project(CollectionResource(c))
+    except RemoteNotFoundError:
+        rmt.create_project(CollectionResource(c, collection_desc or description))
+    try:
+        exp: ExperimentResource | None = rmt.get_experiment(c, e)
+    except RemoteNotFoundError:
+        exp = None
+    if exp is None:
+        frame_name = coordinate_frame_name or f"CF_{c}_{e}"
+        try:
+            rmt.get_coordinate_frame(frame_name)
+        except RemoteNotFoundError:
+            rmt.create_project(CoordinateFrameResource(
+                frame_name, coordinate_frame_desc or description, 0, int(extents[2]), 0,
+                int(extents[1]), 0, int(extents[0]), voxel_size[2], voxel_size[1],
+                voxel_size[0], voxel_unit or "nanometers"))
+        rmt.create_project(ExperimentResource(
+            e, c, frame_name, experiment_desc or description, downsample_levels,
+            downsample_method or "anisotropic"))
+    try:
+        rmt.get_channel(ch, c, e)
+    except RemoteNotFoundError:
+        rmt.create_project(ChannelResource(
+            ch, c, e, "image" if dtype in ("uint8", "uint16") else "annotation", description,
+            datatype=dtype, sources=[source_channel] if source_channel else []))
+
+
+def array(channel: str | ChannelResource, resolution: int = 0, volume_provider: None = None,
+          axis_order: str = "ZYX", create_new: bool = False, description: str | None = None,
+          dtype: str | None = None, extents: Sequence[int] | None = None,
+          voxel_size: Sequence[float] | None = None, voxel_unit: str | None = None,
+          downsample_levels: int = 6, downsample_method: str | None = "anisotropic",
+          coordinate_frame_name: str | None = None, coordinate_frame_desc: str | None = None,
+          collection_desc: str | None = None, experiment_desc: str | None = None,
+          source_channel: str | None = None, boss_config: Mapping[str, str] | None = None, *,
           mode: str | None = None, **options: Any) -> _Array:
     """intern's ``array``: a numpy-like view of a channel by URL (any voxgate URL works).
 
-    ``mode`` None opens read-write where the store allows it and read-only otherwise.
+    intern's arguments, in its order.  ``bossdb://c/e/ch/RES`` names the resolution as intern's
+    did (it wins over ``resolution``).  ``create_new=True`` makes whichever of the collection,
+    coordinate frame (``CF_c_e`` unless named; ``extents`` and ``voxel_size`` in z, y, x
+    order), experiment and channel are missing, as intern did, on bossdb:// URLs.
+    ``volume_provider`` must be None: name the store by its URL instead.  ``mode`` None opens
+    read-write where the store allows it and read-only otherwise.
     """
+    if volume_provider is not None:
+        raise InvalidRequestError("volume_provider is intern's; give the channel's URL "
+                                  "(bossdb://, precomputed://, zarr://, ...) instead")
     if isinstance(channel, ChannelResource):
         channel = f"bossdb://{channel.collection_name}/{channel.experiment_name}/{channel.name}"
-    if boss_config is not None and channel.startswith("bossdb://"):
-        # honoured first, unlike intern, which probed the public bossDB before reading it
-        if "://" not in channel[len("bossdb://"):]:
-            options.setdefault("server",
-                               f"{boss_config['protocol']}://{boss_config['host']}")
-        options.setdefault("token", boss_config.get("token"))
-    if mode is None:
-        try:
-            vol = vopen(channel, scale=resolution, mode="r+", **options)
-        except PermissionError:
-            vol = vopen(channel, scale=resolution, mode="r", **options)
-    else:
-        vol = vopen(channel, scale=resolution, mode=mode, **options)
+    if channel.startswith("bossdb://"):
+        server, c, e, ch, res = _bossdb_parts(channel)
+        channel = f"bossdb://{server + '/' if server else ''}{c}/{e}/{ch}"
+        resolution = resolution if res is None else res
+        if boss_config is not None:
+            # honoured first, unlike intern, which probed the public bossDB before reading it
+            if server is None:
+                options.setdefault("server",
+                                   f"{boss_config['protocol']}://{boss_config['host']}")
+            options.setdefault("token", boss_config.get("token"))
+        if create_new:
+            rmt = BossRemote._at(options.get("server") or server, options.get("token"))
+            _create_new(rmt, c, e, ch, description=description, dtype=dtype, extents=extents,
+                        voxel_size=voxel_size, voxel_unit=voxel_unit,
+                        downsample_levels=downsample_levels,
+                        downsample_method=downsample_method,
+                        coordinate_frame_name=coordinate_frame_name,
+                        coordinate_frame_desc=coordinate_frame_desc,
+                        collection_desc=collection_desc, experiment_desc=experiment_desc,
+                        source_channel=source_channel)
+    elif create_new:
+        raise InvalidRequestError("create_new=True makes bossdb:// channels (as intern's); "
+                                  "make other stores with voxgate.create")
+    try:
+        if mode is None:
+            try:
+                vol = vopen(channel, scale=resolution, mode="r+", **options)
+            except PermissionError:
+                vol = vopen(channel, scale=resolution, mode="r", **options)
+        else:
+            vol = vopen(channel, scale=resolution, mode=mode, **options)
+    except VoxgateError as exc:
+        raise _as_intern_error(exc) from exc.__cause__
     return _Array(vol, axis_order)
