@@ -23,6 +23,42 @@ __all__ = [
 ]
 
 
+def _ints(value: object, what: str, n: int = 3, least: int = 1) -> tuple[int, ...]:
+    """``value`` as ``n`` Python ints >= ``least`` (floats, bools and strings refused: they
+    raised numpy's bare ValueError / TypeError or ZeroDivisionError deep inside)."""
+    items = (list(value) if isinstance(value, (tuple, list, np.ndarray)) else None)
+    if items is None or len(items) != n or any(
+            isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))
+            or v < least for v in items):
+        raise InvalidRequestError(
+            f"{what} must be {n} integers >= {least}" + (" in (z, y, x) order" if n == 3 else "")
+            + f", got {value!r}")
+    return tuple(int(v) for v in items)
+
+
+def _whole(value: object, what: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or value < 0:
+        raise InvalidRequestError(f"{what} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def _finite(value: object, what: str, *, positive: bool) -> float:
+    ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.number))
+    if not ok or not math.isfinite(float(value)) or float(value) < 0 or (   # type: ignore[arg-type]
+            positive and float(value) == 0):  # type: ignore[arg-type]
+        raise InvalidRequestError(
+            f"{what} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _three(value: object) -> list[object]:
+    if not isinstance(value, (tuple, list, np.ndarray)) or len(value) != 3:
+        raise InvalidRequestError(f"voxel_size must be 3 numbers in (z, y, x) order, got "
+                                  f"{value!r}")
+    return list(value)
+
+
 def synthetic_labels(
     shape: tuple[int, int, int],
     *,
@@ -35,6 +71,9 @@ def synthetic_labels(
 
     ``progress``: a bar over the cells (256 x 1024 x 1024 has 16384 of them, about 100 s).
     """
+    shape = _ints(shape, "shape")  # type: ignore[assignment]
+    cell = _ints(cell, "cell")  # type: ignore[assignment]
+    seed, id_base = _whole(seed, "seed"), _whole(id_base, "id_base")
     rng = np.random.default_rng(seed)
     grid = tuple(math.ceil(s / c) for s, c in zip(shape, cell, strict=True))
     jitter = rng.uniform(0.15, 0.85, size=(*grid, 3))
@@ -108,8 +147,11 @@ def synthetic_neurites(
     stay inside their lanes, so each id is one connected object; the rest is background (0).
     ``progress``: a bar over the tubes.
     """
+    shape = _ints(shape, "shape")  # type: ignore[assignment]
+    nz, ny = _ints(lanes, "lanes", 2)
+    radius = _finite(radius, "radius", positive=True)
+    seed, id_base = _whole(seed, "seed"), _whole(id_base, "id_base")
     rng = np.random.default_rng(seed)
-    nz, ny = lanes
     lz, ly = shape[0] / nz, shape[1] / ny
     if min(lz, ly) < 2 * radius + 4:
         raise InvalidRequestError(f"lanes of {lz:.0f} x {ly:.0f} voxels are too narrow for "
@@ -190,10 +232,16 @@ def synapses(
     are placed when there is no room); ``lone_vesicles``: that many vesicle clusters without a
     density per synapse, as distractors.  The image is blurred in-plane and noisy.
     """
-    if len(shape) != 3 or min(shape) < 1 or density < 0 or lone_vesicles < 0:
+    shape = _ints(shape, "shape")  # type: ignore[assignment]
+    try:
+        density = _finite(density, "density", positive=False)
+        lone_vesicles = _finite(lone_vesicles, "lone_vesicles", positive=False)
+    except InvalidRequestError:
         raise InvalidRequestError(
-            f"shape {shape}, density {density}, lone_vesicles {lone_vesicles}: give a (z, y, x) "
-            "shape of positive sizes and densities >= 0")
+            f"density {density!r}, lone_vesicles {lone_vesicles!r}: give densities >= 0 (finite "
+            "numbers)") from None
+    voxel_size = tuple(_finite(v, "voxel_size", positive=True)  # type: ignore[assignment]
+                       for v in _three(voxel_size))
     vs = np.asarray(voxel_size, dtype=np.float64)
     labels = synthetic_labels(shape, cell=cell, seed=seed)
     rng = np.random.default_rng([seed, 12])

@@ -68,11 +68,16 @@ def open_segmentation_layer(url: str | os.PathLike[str], what: str) -> Layer:
 
 
 def check_dir_name(value: object, what: str) -> str:
-    """A mesh or skeleton directory named relative to its layer."""
+    """A mesh or skeleton directory named relative to its layer.  A name that leaves the layer
+    or is the layer itself ('..', '.', 'a/../..') is refused: a write there put files and an
+    info outside the layer (or over its own info) and named that place in the layer's info."""
+    parts = value.strip("/").split("/") if isinstance(value, str) else []
     if not isinstance(value, str) or not value.strip("/") or "://" in value \
-            or value.startswith("/"):
+            or value.startswith("/") or "\\" in value \
+            or any(p in ("", ".", "..") for p in parts):
         raise InvalidRequestError(
             f"{what} must be a directory name inside the layer, like 'mesh', got {value!r}"
+            " ('.', '..' and empty parts are refused)"
         )
     return value.strip("/")
 

@@ -298,7 +298,7 @@ class KnossosRemote(Remote):
             check_same_volume(existing.meta, meta, repr(location))
             return existing
         name = experiment or os.path.basename(os.path.normpath(path)) or "dataset"
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
             raise InvalidRequestError(
                 f"experiment name {name!r} must be letters, digits, '.', '_' or '-' (it is part "
                 "of every cube's file name); pass experiment='...'"

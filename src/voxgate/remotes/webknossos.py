@@ -566,7 +566,9 @@ class WebknossosRemote(Remote):
         dataset, name = cls._target(location, layer, meta.kind)
         if meta.fill_value != 0:
             raise InvalidRequestError("WEBKNOSSOS layers read absent data as 0: fill value 0")
-        if not name or "/" in name:
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name \
+                or name in (".", ".."):
+            # ('..' created the layer's files in the folder above the dataset)
             raise InvalidRequestError(f"a layer name must be a plain name, got {name!r}")
         s0 = meta.scales[0]
         if any(o < 0 for o in s0.offset):

@@ -61,8 +61,8 @@ class Directory:
                 try:
                     with open(base + suffix, "rb") as f:
                         data = f.read()
-                except FileNotFoundError:
-                    continue
+                except (FileNotFoundError, NotADirectoryError):  # (a file where a folder is
+                    continue  # named: absent, as exists() says)
                 except OSError as exc:
                     raise VoxgateError(f"cannot read {base + suffix}: {exc}") from exc
                 if suffix:

@@ -21,6 +21,7 @@ from ...geometry import Box
 from ...meta import check_ids
 from ...storage import Directory, join, split_url
 from ...storage.sharding import ShardedStore, ShardingSpec, decode_shard
+from .._common import segment_id
 from ..layer import read_info as read_dir_info
 from .encoding import (
     ANNOTATION_INFO_TYPE,
@@ -315,6 +316,10 @@ def read_related(url: str | os.PathLike[str], relationship: str, segment: int
                  ) -> pd.DataFrame:
     """The annotations related to ``segment`` through ``relationship`` (from its index:
     id, geometry and properties, sorted by id; empty when the segment has none)."""
+    if not isinstance(relationship, str):
+        raise InvalidRequestError(
+            f"relationship must be a relationship's name (a str), got {relationship!r}")
+    seg = segment_id(segment, "segment")
     layer = _Layer(url)
     entry = next((r for r in layer.relationships if r["id"] == relationship), None)
     if entry is None:
@@ -322,7 +327,6 @@ def read_related(url: str | os.PathLike[str], relationship: str, segment: int
                                   f"{[r['id'] for r in layer.relationships]}")
     directory = Directory(_child(layer.location, entry["key"], layer.where))
     spec = layer.sharding(entry)
-    seg = int(segment)
     if spec is not None:
         data = ShardedStore(directory.location, spec).get_values([seg])[seg]
     else:

@@ -118,6 +118,9 @@ class Mesh:
         The result's id is ``id``, or the meshes' common id when they share one.  Normals are
         kept only when every mesh has them.
         """
+        if not isinstance(meshes, Iterable):
+            raise InvalidRequestError(
+                f"concatenate takes an iterable of Mesh objects, got {type(meshes).__name__}")
         items = list(meshes)
         for m in items:
             if not isinstance(m, Mesh):

@@ -23,7 +23,7 @@ from ...errors import (
     RemoteNotFoundError,
     VoxgateError,
 )
-from ...geometry import Box, Vec, chunk_boxes
+from ...geometry import Box, Vec, chunk_boxes, whole_at_least
 from ...parallel import run_blocks
 from ...remotes.base import Capability, Remote, guard_writes, has_capability, on_written
 from ...volume import Volume
@@ -231,6 +231,10 @@ def one_edit_at_a_time(fn: _F) -> _F:
 
     @functools.wraps(fn)
     def run(seg: Any, *args: Any, history_dir: Any = None, **kw: Any) -> Any:
+        # checked before anything: a bad workers= raised ThreadPoolExecutor's bare ValueError /
+        # TypeError after the edit was logged as started
+        if kw.get("workers") is not None:
+            kw["workers"] = whole_at_least(kw["workers"], 1, "workers")
         vol = _open(seg)
         with _one_edit(vol, history_dir):
             return fn(vol, *args, history_dir=history_dir, **kw)
