@@ -6,6 +6,8 @@ import os
 import warnings
 from typing import Any
 
+import numpy as np
+
 from .errors import InvalidRequestError, VoxelOrderWarning, VoxgateError
 from .geometry import VoxelSize
 from .meta import VolumeMeta, next_scales
@@ -66,7 +68,10 @@ def open(
         return Volume(remote, scale, bounds=bounds)
     if not isinstance(url, (str, os.PathLike)):
         raise InvalidRequestError(
-            f"a volume URL must be a string, a path or a Volume, got {type(url).__name__} {url!r}"
+            f"a volume URL must be a string, a path or a Volume, got {type(url).__name__}"
+            + ("" if isinstance(url, np.ndarray) else f" {repr(url)[:80]}")
+            + (" (the Services take numpy arrays as they are; voxgate.create('mem://NAME', "
+               "...) makes a volume in memory)" if isinstance(url, np.ndarray) else "")
         )
     remote = open_remote(os.fspath(url), mode=mode, **options)
     return Volume(remote, scale, bounds=bounds)

@@ -495,3 +495,16 @@ def test_bad_input_is_refused_before_anything_is_written(kwargs: dict[str, Any],
     with pytest.raises(VoxgateError, match=message):
         voxgate.detect_synapses(source, **args)
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_an_image_volume_as_segmentation_is_refused(tmp_path: Path) -> None:
+    """An image given as ``segmentation=`` (a uint8 zarr of kind image): its intensities were
+    taken for cell ids; refused, before anything is written."""
+    img = blob_image((8, 12, 10), 13)
+    src = voxgate.create(f"zarr://{tmp_path}/img.zarr", shape=img.shape, dtype="uint8",
+                         chunks=(8, 8, 8), voxel_size=(40, 8, 8))
+    src[:] = img
+    with pytest.raises(InvalidRequestError, match=r"is an image \(kind='image'\)"):
+        voxgate.detect_synapses(src, model=identity, segmentation=src, progress=False,
+                                probabilities=f"zarr://{tmp_path}/prob.zarr")
+    assert not (tmp_path / "prob.zarr").exists()

@@ -200,6 +200,11 @@ def detect_synapses(
             raise InvalidRequestError(
                 f"segmentation {seg.url} must be a 3-D integer volume, it is {seg.dtype.name} "
                 f"of shape {seg.shape}")
+        if not isinstance(segmentation, np.ndarray) and seg.kind != "segmentation":
+            # (its intensities would be taken for cell ids)
+            raise InvalidRequestError(
+                f"segmentation {seg.url} is an image (kind='image'), not a segmentation: give "
+                "the volume of cell ids")
         vs_seg, vs_src = seg.voxel_size, src.voxel_size
         if not isinstance(segmentation, np.ndarray) and vs_seg.unit == vs_src.unit and not (
                 np.allclose(vs_seg.zyx(), vs_src.zyx(), rtol=1e-6)):  # an array has none
