@@ -249,3 +249,32 @@ def test_synthetic_good_input_unchanged() -> None:
     labels = synthetic.synthetic_labels([6, 10, 12], cell=np.array([3, 5, 6]), seed=np.int64(2))
     assert labels.shape == (6, 10, 12) and labels.dtype == np.uint64 and labels.min() >= 1
     assert synthetic.synthetic_neurites((16, 32, 48), lanes=[1, 1], radius=2).max() == 1
+
+
+# -- flags are True or False -----------------------------------------------------------------------
+
+def test_flags_that_are_not_bools_are_refused(layer: str, seg: voxgate.Volume,
+                                              tmp_path: Path) -> None:
+    """``strict="no"`` was strict and ``progress="x"`` drew a bar (any truthy value); 16.0
+    passed as 16 quantization bits.  Each is refused before anything is read or written."""
+    files = _files(tmp_path)
+    _raises(lambda: read_skeletons(layer, [5], strict="no"), InvalidRequestError,
+            "strict must be True or False, got 'no'")
+    _raises(lambda: read_meshes(layer, [5], strict=1), InvalidRequestError,
+            "strict must be True or False, got 1")
+    mesh = {6: Mesh(np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32),
+                    np.array([[0, 1, 2]], np.uint32))}
+    _raises(lambda: write_meshes(layer, mesh, progress="x"), InvalidRequestError,
+            "progress must be True or False, got 'x'")
+    _raises(lambda: write_meshes(layer, mesh, vertex_quantization_bits=16.0),
+            InvalidRequestError, "vertex_quantization_bits must be 10 or 16, got 16.0")
+    table = pd.DataFrame({"z": [1.0], "y": [2.0], "x": [3.0]})
+    _raises(lambda: write_annotations(f"precomputed://file://{tmp_path}/ann2", table,
+                                      voxel_size=(1, 1, 1), progress="yes"),
+            InvalidRequestError, "progress must be True or False, got 'yes'")
+    before = seg.read()
+    _raises(lambda: voxgate.relabel(seg, {5: 9}, progress=0, history_dir=tmp_path / "h"),
+            InvalidRequestError, "progress must be True or False, got 0")
+    np.testing.assert_array_equal(voxgate.open(seg.url).read(), before)
+    assert _files(tmp_path) == files  # (nothing written: no mesh, no layer, no history)
+    assert read_skeletons(layer, [5], strict=np.bool_(True))[5].vertices.shape == (2, 3)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "check_flag",
     "AuthenticationError",
     "CapabilityNotSupportedError",
     "CorruptChunkError",
@@ -139,3 +140,11 @@ class VoxgateWarning(UserWarning):
 class VoxelOrderWarning(VoxgateWarning):
     """A bare ``voxel_size`` triple looks like it was written (x, y, z), CloudVolume's order;
     voxgate takes (z, y, x).  Pass ``VoxelSize(z=..., y=..., x=...)`` to say which is which."""
+
+
+def check_flag(value: object, name: str) -> bool:
+    """``value`` if it is True or False (a numpy bool too), else InvalidRequestError: "no",
+    0 or 1 is no way to say it (taken as truthy, ``strict="no"`` was strict)."""
+    if type(value).__name__ not in ("bool", "bool_"):
+        raise InvalidRequestError(f"{name} must be True or False, got {value!r}")
+    return bool(value)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ...errors import InvalidRequestError
+from ...errors import InvalidRequestError, check_flag
 from ...geometry import Box, VoxelSize
 from ...progress import progress_bar
 from ...storage import (
@@ -221,6 +221,7 @@ def write_annotations(
     kind = kind_of(kind)
     if not isinstance(sharded, bool):
         raise InvalidRequestError(f"sharded must be True or False, got {sharded!r}")
+    check_flag(progress, "progress")
     if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
         raise InvalidRequestError(f"limit must be a positive integer (annotations per spatial "
                                   f"cell), got {limit!r}")

@@ -20,6 +20,7 @@ from ...errors import (
     CorruptChunkError,
     InvalidRequestError,
     RemoteNotFoundError,
+    check_flag,
 )
 from ...geometry import whole, whole_at_least
 from ...progress import progress_bar
@@ -97,6 +98,7 @@ def write_meshes(
         raise InvalidRequestError(f"format must be 'legacy' or 'multires', got {format!r}")
     if not isinstance(sharded, bool):
         raise InvalidRequestError(f"sharded must be True or False, got {sharded!r}")
+    check_flag(progress, "progress")
     if sharded and format != "multires":
         raise InvalidRequestError(
             "Neuroglancer shards multi-resolution meshes only: pass format='multires' with "
@@ -107,7 +109,9 @@ def write_meshes(
     if n is None or not 1 <= n <= 10:
         raise InvalidRequestError(f"lods must be an integer from 1 to 10, got {lods!r}")
     lods = n
-    if vertex_quantization_bits not in (10, 16) or isinstance(vertex_quantization_bits, bool):
+    if vertex_quantization_bits not in (10, 16) or not isinstance(
+            vertex_quantization_bits, (int, np.integer)) or isinstance(
+            vertex_quantization_bits, bool):  # (16.0 is "in (10, 16)")
         raise InvalidRequestError(
             f"vertex_quantization_bits must be 10 or 16, got {vertex_quantization_bits!r}"
         )
@@ -247,6 +251,7 @@ def read_meshes(
     defaults to the layer info's ``mesh`` key (else ``"mesh"``).  An id without a mesh is
     left out of the result, or raises RemoteNotFoundError when ``strict``.
     """
+    check_flag(strict, "strict")
     remote = open_layer(url, "r")
     name = mesh_dir if mesh_dir is not None else remote.meta.extra.get("mesh") or "mesh"
     name = check_dir_name(name, "mesh_dir")

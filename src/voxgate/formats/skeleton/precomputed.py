@@ -16,6 +16,7 @@ from ...errors import (
     CorruptChunkError,
     InvalidRequestError,
     RemoteNotFoundError,
+    check_flag,
 )
 from ...storage import Directory, join
 from ...storage.sharding import ShardedStore, ShardingSpec
@@ -157,6 +158,7 @@ def read_skeletons(
     its transform into nm.  An id without a skeleton is left out of the result, or raises
     RemoteNotFoundError when ``strict``.
     """
+    check_flag(strict, "strict")
     remote = open_layer(url, "r")
     name = skel_dir if skel_dir is not None else remote.meta.extra.get("skeletons") or "skeletons"
     directory = Directory(join(remote.location, check_dir_name(name, "skel_dir")))

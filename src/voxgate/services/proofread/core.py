@@ -22,6 +22,7 @@ from ...errors import (
     ReadOnlyError,
     RemoteNotFoundError,
     VoxgateError,
+    check_flag,
 )
 from ...geometry import Box, Vec, chunk_boxes, whole_at_least
 from ...parallel import run_blocks
@@ -235,6 +236,8 @@ def one_edit_at_a_time(fn: _F) -> _F:
         # TypeError after the edit was logged as started
         if kw.get("workers") is not None:
             kw["workers"] = whole_at_least(kw["workers"], 1, "workers")
+        if "progress" in kw:
+            check_flag(kw["progress"], "progress")
         vol = _open(seg)
         with _one_edit(vol, history_dir):
             return fn(vol, *args, history_dir=history_dir, **kw)
