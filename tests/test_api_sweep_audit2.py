@@ -278,3 +278,16 @@ def test_flags_that_are_not_bools_are_refused(layer: str, seg: voxgate.Volume,
     np.testing.assert_array_equal(voxgate.open(seg.url).read(), before)
     assert _files(tmp_path) == files  # (nothing written: no mesh, no layer, no history)
     assert read_skeletons(layer, [5], strict=np.bool_(True))[5].vertices.shape == (2, 3)
+
+
+def test_split_box_outside_the_volume_or_empty_is_refused(seg: voxgate.Volume,
+                                                         tmp_path: Path) -> None:
+    """A box reaching past the volume was clipped without a word, and an empty box inside
+    the volume was said to lie outside it."""
+    before = seg.read()
+    hist = tmp_path / "h"
+    _raises(lambda: voxgate.split(seg, 5, box=voxgate.Box((0, 0, 0), (8, 16, 40)),
+                                  history_dir=hist), InvalidRequestError, "reaches outside")
+    _raises(lambda: voxgate.split(seg, 5, box=voxgate.Box((2, 2, 2), (2, 9, 9)),
+                                  history_dir=hist), InvalidRequestError, "is empty")
+    np.testing.assert_array_equal(voxgate.open(seg.url).read(), before)

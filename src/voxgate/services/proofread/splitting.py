@@ -185,9 +185,14 @@ def split(seg: Any, id: Any, *, seeds: Any = None, image: Any = None,
                 box, Sequence) or len(box) != 2):
             raise InvalidRequestError(
                 f"box must be a voxgate.Box or a (start, stop) pair of (z, y, x), got {box!r}")
-        sbox = (box if isinstance(box, Box) else Box(*box)).intersect(vol.bounds)
-        if sbox.is_empty():
-            raise InvalidRequestError(f"box {box!r} lies outside {vol.url} ({vol.bounds!r})")
+        given = box if isinstance(box, Box) else Box(*box)
+        if given.is_empty():
+            raise InvalidRequestError(f"box {given!r} is empty")
+        if not vol.bounds.contains(given):
+            # (it was clipped to the volume without a word)
+            raise InvalidRequestError(f"box {given!r} reaches outside {vol.url} "
+                                      f"({vol.bounds!r})")
+        sbox = given
     else:
         sbox = sid_box
     labels = vol.remote.read(sbox, vol.scale)
