@@ -891,11 +891,22 @@ def _copy_part(s: Remote, d: Remote, scale: int, part: Box,
     value and may stay absent (``skip_fill``).  Returns (bytes read, whether left as fill,
     whether it holds only the fill value)."""
     data = s.read(part, scale)
-    fill = not np.any(data != s.meta.fill_value)
+    fill = _only_fill(data, d.meta)
     empty = skip_fill and fill
     if not empty:
         d.write(part, np.ascontiguousarray(data, dtype=d.meta.dtype), scale)
     return data.nbytes, empty, fill
+
+
+def _only_fill(data: np.ndarray, meta: VolumeMeta) -> bool:
+    """Whether every voxel of ``data`` is, bit for bit, what ``meta``'s store reads where a
+    chunk is absent: a block of -0.0 is not a block of +0.0 fill (``==`` says it is), and a
+    block of the NaN fill is one (``==`` says it is not)."""
+    fill = np.asarray(meta.fill_value).astype(meta.dtype)
+    if data.dtype != fill.dtype:
+        return False
+    raw = np.ascontiguousarray(data).reshape(-1).view(f"u{fill.dtype.itemsize}")
+    return bool(np.all(raw == fill.reshape(1).view(raw.dtype)[0]))
 
 
 def _run_item(s: Remote, d: Remote, item: _Item,

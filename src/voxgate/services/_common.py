@@ -109,6 +109,16 @@ def as_volume(data: Any, *, voxel_size: Any = None, kind: str | None = None,
     )
 
 
+def refuse_negative_labels(labels: np.ndarray, service: str) -> None:
+    """Refuse a signed label array holding negative values: segment ids are uint64, and the
+    engines under mesh and skeletonize would otherwise wrap -5 to another id (zmesh gives
+    an int16 -5 the id 65531) or fail after the work is done."""
+    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
+        raise InvalidRequestError(
+            f"{service} found negative labels ({int(labels.min())}) in {labels.dtype.name} "
+            "data; segment ids are uint64 (0 is background, ids 1..2**64-1)")
+
+
 def scratch_remote(meta: VolumeMeta) -> MemoryRemote:
     """A writable in-memory Remote that is not registered under any mem:// name, so it is
     freed with its last reference (Services use it for results held in memory)."""

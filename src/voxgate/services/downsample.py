@@ -229,7 +229,10 @@ def _mean_numpy(arr: np.ndarray, f: Sequence[int]) -> np.ndarray:
     """Floor of the block means (mean for floats), vectorised, exact for every integer width."""
     counts = _block_counts(arr.shape[-3:], f)
     if arr.dtype.kind == "f":
-        return (_block_sums(arr.astype(np.float64), f) / counts).astype(arr.dtype)
+        # +inf and -inf in one block average to NaN, as tinybrain's whole blocks do, without
+        # numpy's RuntimeWarning (an error under -W error) for an edge block that does
+        with np.errstate(invalid="ignore", over="ignore"):
+            return (_block_sums(arr.astype(np.float64), f) / counts).astype(arr.dtype)
     if arr.dtype.kind == "b":
         return _mean_numpy(arr.astype(np.uint8), f).astype(arr.dtype)
     if arr.dtype.itemsize < 8:

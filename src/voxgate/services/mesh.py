@@ -43,7 +43,7 @@ from ..geometry import Box, Vec
 from ..meta import check_ids
 from ..remotes.base import Capability
 from ..volume import Volume
-from ._common import Prefer, Provenance, as_volume, choose_path
+from ._common import Prefer, Provenance, as_volume, choose_path, refuse_negative_labels
 from ._mesh_stitch import Stitcher, touches
 
 __all__ = ["MeshResult", "mesh", "mesh_kernel", "write_meshes"]
@@ -120,6 +120,7 @@ def mesh_kernel(labels: np.ndarray, voxel_size: Sequence[float], origin: Sequenc
     flags = [bool(close)] * 6 if isinstance(close, bool) else [bool(c) for c in close]
     if len(flags) != 6:
         raise InvalidRequestError(f"close is a bool or six bools, got {close!r}")
+    refuse_negative_labels(labels, "mesh")
     labels, origin = _closed(labels, origin, flags)
     vz, vy, vx = (float(v) for v in voxel_size)
     mesher = zmesh.Mesher((vx, vy, vz))

@@ -43,7 +43,15 @@ from ..formats.skeleton import Skeleton
 from ..geometry import Box, Vec, grow_block, whole, whole_at_least
 from ..meta import check_ids
 from ..remotes.base import Capability
-from ._common import Prefer, Provenance, as_volume, block_boxes, choose_path, progress_bar
+from ._common import (
+    Prefer,
+    Provenance,
+    as_volume,
+    block_boxes,
+    choose_path,
+    progress_bar,
+    refuse_negative_labels,
+)
 
 __all__ = ["BLOCK_BYTES", "WHOLE_BYTES", "SkeletonResult", "skeletonize", "skeletonize_kernel"]
 
@@ -110,6 +118,7 @@ def skeletonize_kernel(labels: np.ndarray, voxel_size: Any, origin: Any,
     """kimimaro on a C-order (z, y, x) array; ``origin`` and ``voxel_size`` are (z, y, x)."""
     import kimimaro
 
+    refuse_negative_labels(labels, "skeletonize")
     vz, vy, vx = (float(v) for v in voxel_size)
     kwargs: dict[str, Any] = {
         "anisotropy": (vx, vy, vz), "dust_threshold": dust_threshold, "progress": progress,

@@ -39,11 +39,24 @@ def wire_dtype(meta: VolumeMeta) -> np.dtype[Any]:
 
 def to_stored(data: np.ndarray, meta: VolumeMeta) -> np.ndarray:
     """Written ``data`` (of :func:`wire_dtype`) in the upstream's dtype; ids the upstream
-    cannot hold are refused (400, code 2001), not wrapped."""
+    cannot hold are refused (400, code 2001), not wrapped.
+
+    A signed upstream's ids are read as uint64 in two's complement (-1 as 2**64 - 1, as
+    numpy's ``astype`` gives them), so the same rule takes them back: a cutout read from the
+    channel can be written to it unchanged."""
     stored = meta.dtype
     if data.dtype == stored:
         return data
-    top = int(np.iinfo(stored).max)
+    info = np.iinfo(stored)
+    if stored.kind == "i" and data.dtype == np.uint64:
+        signed = data.view(np.int64)
+        if signed.size and (int(signed.min()) < info.min or int(signed.max()) > info.max):
+            raise bad_request(DATATYPE_DOES_NOT_MATCH, (
+                f"ids from {info.max + 1} to {2**64 + info.min - 1} cannot be written to this "
+                f"annotation channel: its upstream holds {stored.name}, whose ids "
+                f"{info.min}..-1 read as {2**64 + info.min}..{2**64 - 1}"))
+        return signed.astype(stored)
+    top = int(info.max)
     if data.size and int(data.max()) > top:
         raise bad_request(DATATYPE_DOES_NOT_MATCH, f"ids above {top} cannot be written to this "
                           f"annotation channel: its upstream holds {stored.name}")
