@@ -277,7 +277,8 @@ class KnossosRemote(Remote):
         if meta.dtype != np.uint8:
             raise CapabilityNotSupportedError(
                 f"KNOSSOS raw cubes hold uint8 voxels, not {meta.dtype.name}; store "
-                f"{meta.dtype.name} data in zarr://, n5:// or precomputed://"
+                f"{meta.dtype.name} data in zarr:// or n5://"
+                + ("" if meta.dtype.name in ("int64", "float64") else " or precomputed://")
             )
         if meta.num_channels != 1:
             raise CapabilityNotSupportedError("a KNOSSOS layer holds one channel")
