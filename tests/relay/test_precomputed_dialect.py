@@ -323,7 +323,9 @@ BAD = [
     ("raw/x0/0-256_0-128_0-32", 404, "no scale 'x0'"),
     ("raw/s0/0-256_0-128", 400, "is not x0-x1_y0-y1_z0-z1"),
     ("raw/s0/a-b_c-d_e-f", 400, "is not x0-x1_y0-y1_z0-z1"),
-    ("raw/s0/-5-0_0-128_0-32", 400, "is not x0-x1_y0-y1_z0-z1"),
+    # negative bounds name chunks of layers with a negative voxel_offset: outside this one
+    ("raw/s0/-5-0_0-128_0-32", 404, "is outside scale s0, whose bounds are 0-260_0-300_0-40"),
+    ("raw/s0/--5-0_0-128_0-32", 400, "is not x0-x1_y0-y1_z0-z1"),
     ("raw/s0/0-256_0-128_0-32.gz", 400, "is not x0-x1_y0-y1_z0-z1"),
     ("raw/s0/256-0_0-128_0-32", 400, "is empty"),
     ("raw/s0/0-0_0-128_0-32", 400, "is empty"),

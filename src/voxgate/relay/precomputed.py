@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from ..formats.precomputed_chunks import encode_chunk
 from ..geometry import Box, VoxelSize
-from ..storage import UNITS_NM
+from ..storage import length_unit_nm
 from .cache import CachedRemote
 from .catalog import ChannelEntry
 from .errors import BossHTTPError
@@ -34,9 +34,11 @@ from .state import Relay
 
 __all__ = ["precomputed_info", "precomputed_routes"]
 
-#: matched whole (no trailing newline), ASCII digits few enough that int() always takes them
-_CHUNK = re.compile(r"([0-9]{1,18})-([0-9]{1,18})_([0-9]{1,18})-([0-9]{1,18})_([0-9]{1,18})-"
-                    r"([0-9]{1,18})")
+#: matched whole (no trailing newline), ASCII digits few enough that int() always takes them;
+#: bounds are negative where a voxel_offset is (``-7-30`` is [-7, 30), ``-30--20`` [-30, -20)),
+#: as Neuroglancer, tensorstore and CloudVolume name those chunks
+_INT = r"(-?[0-9]{1,18})"
+_CHUNK = re.compile("_".join([f"{_INT}-{_INT}"] * 3))
 _CSEG_BLOCK = (8, 8, 8)
 
 
@@ -62,9 +64,10 @@ def _encoding(remote: CachedRemote) -> str:
 
 def _resolution_nm(voxel_size: VoxelSize) -> list[float]:
     """x, y, z in nanometres, the unit a precomputed info's resolution is always in (an
-    upstream in micrometres, e.g. an N5 or in-memory volume, keeps its unit in the meta).  A
-    unit voxgate does not know (``pixel``, none) counts as nm, as the readers do."""
-    factor = UNITS_NM.get(voxel_size.unit, 1.0)
+    upstream in micrometres, e.g. an N5, TIFF or in-memory volume, keeps its unit in the meta,
+    spelled as its writer gave it: ``micron``, ``μm``, ``micrometers``, ``Å``...).  A unit
+    voxgate does not know (``pixel``, none) counts as nm, as the readers do."""
+    factor = length_unit_nm(voxel_size.unit) or 1.0
     return [float(v) * factor for v in voxel_size.xyz()]
 
 
@@ -156,7 +159,7 @@ def precomputed_routes(relay: Relay) -> list[Route]:
         m = _CHUNK.fullmatch(name)
         if not m:
             raise BossHTTPError(400, 1001, f"chunk name {name!r} is not x0-x1_y0-y1_z0-z1 "
-                                "(non-negative integers, x first)")
+                                "(integers, x first)")
         x0, x1, y0, y1, z0, z1 = (int(v) for v in m.groups())
         if not (x0 < x1 and y0 < y1 and z0 < z1):
             raise BossHTTPError(400, 1001, f"chunk {name} is empty")
