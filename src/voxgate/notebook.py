@@ -36,7 +36,7 @@ import numpy as np
 from .errors import InvalidRequestError, LazyOperationError, MissingDependencyError
 from .geometry import whole_at_least
 from .meta import centre_translation
-from .storage.units import UNITS_NM
+from .storage.units import length_unit_nm
 
 __all__ = [
     "PREVIEW_PX",
@@ -79,7 +79,7 @@ def _require(module: str, feature: str) -> Any:
 
 # -- coordinates --------------------------------------------------------------------------------
 def _nm_per_unit(unit: str) -> float | None:
-    return UNITS_NM.get(unit)
+    return length_unit_nm(unit)
 
 
 def axis_coords(vol: Any) -> dict[str, tuple[float, float, int | None]]:

@@ -406,9 +406,9 @@ def _warn_voxel_sizes(k: int, ss: Scale, ds: Scale, url: str) -> None:
     than the source's (compared in nm): the voxels are copied all the same (a destination made
     by a tool that stores no voxel size states 1), but they would then be read at the wrong
     resolution."""
-    from .storage.units import UNITS_NM
+    from .storage.units import length_unit_nm
 
-    a, b = UNITS_NM.get(ss.voxel_size.unit), UNITS_NM.get(ds.voxel_size.unit)
+    a, b = length_unit_nm(ss.voxel_size.unit), length_unit_nm(ds.voxel_size.unit)
     if a is None or b is None:
         return
     src_nm = [float(v) * a for v in ss.voxel_size.zyx()]

@@ -32,7 +32,7 @@ from .geometry import whole
 from .meta import check_ids
 from .relay.config import ChannelConfig, RelayConfig
 from .relay.layer_files import ANNOTATION_TYPE
-from .storage import UNITS_NM, is_local, local_path
+from .storage import is_local, length_unit_nm, local_path
 from .volume import Volume
 
 __all__ = ["ViewerSession", "view"]
@@ -133,7 +133,7 @@ def _check_names(names: object, count: int) -> list[str]:
 def _nm(voxel_size: Any) -> list[float]:
     """A voxel size as x, y, z nanometres, as the relay's precomputed info gives it (a unit
     voxgate does not know counts as nm there too)."""
-    factor = UNITS_NM.get(voxel_size.unit, 1.0)
+    factor = length_unit_nm(voxel_size.unit) or 1.0
     return [float(v) * factor for v in voxel_size.xyz()]
 
 

@@ -42,6 +42,7 @@ from ..errors import (
 )
 from ..geometry import Vec
 from ..remotes.base import Remote
+from ..storage import length_unit_nm
 from .cache import CachedRemote, TieredCache, UpstreamError, UpstreamTimeoutError
 from .config import ChannelConfig, RelayConfig, check_name
 from .statefile import StateFile, TransactionLock
@@ -73,9 +74,22 @@ class ResourceExists(VoxgateError):
     """A create of something that exists (bossDB answers 400 code 4003 / 6002)."""
 
 
-_UNIT_TO_BOSS = {"nm": "nanometers", "um": "micrometers", "mm": "millimeters",
-                 "cm": "centimeters"}
 _BOSS_TO_NM = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
+
+
+def _boss_voxel_size(vs: Any) -> dict[str, Any]:
+    """A coordinate frame's voxel size and ``voxel_unit`` (bossDB knows nanometers,
+    micrometers, millimeters and centimeters) for a voxel size in any unit spelling voxgate
+    reads (``μm``, ``micron``, ``Å``...; one it does not know counts as nm): in its own unit
+    where bossDB has it, else in nanometres (it was announced as nm, ``μm`` sizes 1000x too
+    small)."""
+    nm = length_unit_nm(vs.unit) or 1.0
+    unit = next((name for name, f in _BOSS_TO_NM.items() if f == nm), None)
+    scale = 1.0 if unit is not None else nm
+    return {"x_voxel_size": vs.x * scale, "y_voxel_size": vs.y * scale,
+            "z_voxel_size": vs.z * scale, "voxel_unit": unit or "nanometers"}
+
+
 _VOLUME_SUFFIXES = (".ome.zarr", ".zarr", ".n5", ".h5", ".hdf5", ".precomputed")
 _HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 #: names given to volumes less than three directories deep under the data root
@@ -543,8 +557,7 @@ class Catalog:
             "description": f"derived by the relay from the channels of {c}/{e}",
             "x_start": lo.x, "x_stop": hi.x, "y_start": lo.y, "y_stop": hi.y,
             "z_start": lo.z, "z_stop": hi.z,
-            "x_voxel_size": vs.x, "y_voxel_size": vs.y, "z_voxel_size": vs.z,
-            "voxel_unit": _UNIT_TO_BOSS.get(vs.unit, "nanometers"),
+            **_boss_voxel_size(vs),
         }
 
     def frame(self, c: str, e: str) -> dict[str, Any]:

@@ -57,7 +57,6 @@ from ..errors import (
 from ..geometry import Box, Vec, VoxelSize, grow_block
 from ..meta import Kind, Scale, VolumeMeta, check_new_scales
 from ..storage import (
-    UNITS_NM,
     file_lock,
     is_local,
     join,
@@ -577,7 +576,7 @@ class WebknossosRemote(Remote):
                 "non-negative coordinates only (a layer's topLeft is >= 0); shift the volume"
             )
         vs0 = s0.voxel_size
-        unit_nm = UNITS_NM.get(vs0.unit)
+        unit_nm = length_unit_nm(vs0.unit)
         if unit_nm is None:
             raise InvalidRequestError(f"unknown voxel size unit {vs0.unit!r}")
         base_xyz = [v * unit_nm for v in vs0.xyz()]
@@ -821,7 +820,7 @@ class WebknossosRemote(Remote):
             )
         check_new_scales(self.meta, scales)
         vs0 = self.meta.scales[0].voxel_size
-        base_xyz = [v * UNITS_NM.get(vs0.unit, 1.0) for v in vs0.xyz()]
+        base_xyz = [v * (length_unit_nm(vs0.unit) or 1.0) for v in vs0.xyz()]
         # read, changed and written back by one writer at a time: mags added to two layers at
         # once (two downsamples) are both listed
         with _properties_lock(self.dataset):

@@ -28,6 +28,7 @@ from ...storage import (
     UNITS_NM,
     Directory,
     join,
+    length_unit_nm,
     local_path,
     remove_tree,
 )
@@ -72,7 +73,7 @@ def _chunks(table: object) -> Iterator[pd.DataFrame]:
 
 def _dimensions(voxel_size: object) -> dict[str, list[Any]]:
     size = VoxelSize.of(voxel_size)
-    per_nm = UNITS_NM.get(size.unit)
+    per_nm = length_unit_nm(size.unit)
     if per_nm is None:
         raise InvalidRequestError(f"voxel_size unit {size.unit!r} is not one of "
                                   f"{', '.join(UNITS_NM)}")

@@ -24,7 +24,7 @@ from ...errors import (
 )
 from ...geometry import whole, whole_at_least
 from ...progress import progress_bar
-from ...storage import UNITS_NM, Directory, join
+from ...storage import Directory, join, length_unit_nm
 from ...storage.sharding import ShardedStore, ShardingSpec
 from .._common import segment_id
 from ..layer import check_dir_name, open_layer, open_segmentation_layer, read_info
@@ -183,7 +183,7 @@ def write_meshes(
 
 
 def _unit_nm(unit: str) -> float:
-    factor = UNITS_NM.get(unit)
+    factor = length_unit_nm(unit)
     if factor is None:
         raise InvalidRequestError(f"voxel size unit {unit!r} cannot be converted to nm")
     return factor

@@ -9,7 +9,7 @@ from typing import Any
 from ...errors import InvalidRequestError
 from ...formats.precomputed_info import DTYPES
 from ...meta import Scale, VolumeMeta
-from ...storage import UNITS_NM
+from ...storage import UNITS_NM, length_unit_nm
 from .sharding import _check_sharding, _grid_bits, _pick_sharding
 
 #: encodings tensorstore's driver parses; any other one in an info makes it refuse the layer
@@ -35,7 +35,7 @@ def _check_meta(meta: VolumeMeta) -> None:
 
 
 def _nm(value: float, unit: str) -> float:
-    factor = UNITS_NM.get(unit)
+    factor = length_unit_nm(unit)
     if factor is None:
         raise InvalidRequestError(
             f"voxel size unit {unit!r} is unknown; use one of {', '.join(UNITS_NM)}"

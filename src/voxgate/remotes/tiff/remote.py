@@ -20,7 +20,7 @@ from ...errors import (
 )
 from ...geometry import Box, Vec, VoxelSize
 from ...meta import Scale, VolumeMeta
-from ...storage import UNITS_NM, file_lock, is_local, local_path
+from ...storage import file_lock, is_local, length_unit_nm, local_path
 from ..base import Capability, Remote, check_options
 from .calibration import resolution_voxel_size
 from .creating import create_tiff
@@ -46,7 +46,7 @@ def _spec_options(meta: VolumeMeta, options: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if options.get("voxel_size") is not None:
         vs = meta.scale(0).voxel_size
-        f = UNITS_NM.get(vs.unit, 1.0)
+        f = length_unit_nm(vs.unit) or 1.0
         out["voxel_size"] = [v * f for v in vs.zyx()]  # in nm, the option's unit
     if options.get("kind") is not None:
         out["kind"] = meta.kind
