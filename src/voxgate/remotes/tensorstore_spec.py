@@ -101,6 +101,10 @@ class TensorStoreRemote(Remote):
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> TensorStoreRemote:
         check_options("tensorstore://", options, cls.open_options)
         spec = _parse(location)
+        # a bucket this process has not reached yet: one quick probe first, so an endpoint
+        # that does not answer fails in about a second (tensorstore's own open retries it for
+        # minutes)
+        check_spec_buckets(spec, f"opening {location[:200]}", first_contact_only=True)
         with ts_errors(f"opening the TensorStore spec {location[:200]}"):
             try:
                 store = ts.open(spec, read=True, write=mode == "r+",

@@ -284,18 +284,25 @@ def kvstore_spec(location: str) -> dict[str, Any]:
     if is_local(location):
         return {"driver": "file", "path": local_path(location).rstrip("/") + "/"}
     parsed = urlparse(location)
-    if parsed.scheme in ("gs", "s3", "http", "https") and not parsed.netloc:
+    if parsed.scheme in ("gs", "s3"):
+        # an object name may hold any character: '#' and '?' are part of the key, not a
+        # fragment or a query (urlparse cut them off, and the path with them: a volume named
+        # s3://b/a#1/vol was written to s3://b/a/)
+        bucket, _, path = location.split("://", 1)[1].partition("/")
+    else:
+        bucket, path = parsed.netloc, parsed.path
+    if parsed.scheme in ("gs", "s3", "http", "https") and not bucket:
         what = "bucket" if parsed.scheme in ("gs", "s3") else "host"
         raise InvalidRequestError(
             f"{location!r} names no {what}: write {parsed.scheme}://"
             f"{'BUCKET' if parsed.scheme in ('gs', 's3') else 'HOST[:PORT]'}/path"
         )
-    path = parsed.path.strip("/")
+    path = path.strip("/")
     path = path + "/" if path else ""
     if parsed.scheme == "gs":
-        return {"driver": "gcs", "bucket": parsed.netloc, "path": path}
+        return {"driver": "gcs", "bucket": bucket, "path": path}
     if parsed.scheme == "s3":
-        spec: dict[str, Any] = {"driver": "s3", "bucket": parsed.netloc, "path": path}
+        spec: dict[str, Any] = {"driver": "s3", "bucket": bucket, "path": path}
         endpoint = os.environ.get("VOXGATE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             spec["endpoint"] = endpoint
@@ -389,22 +396,41 @@ def check_bucket(location: str, what: str) -> None:
     _probe_bucket(kvstore_spec(location), _context_for(location), location, what)
 
 
-def check_spec_buckets(spec: dict[str, Any], what: str) -> None:
-    """:func:`check_bucket` for a TensorStore spec: every s3 kvstore in it (its ``kvstore``,
-    and the ``base`` of one such as ocdbt's, as a JSON object or an ``s3://`` URL)."""
+def check_spec_buckets(spec: dict[str, Any], what: str, *,
+                       first_contact_only: bool = False) -> None:
+    """:func:`check_bucket` for a TensorStore spec: every s3 and gcs kvstore in it (its
+    ``kvstore``, and the ``base`` of one such as ocdbt's, as a JSON object or a URL).
+
+    A bucket not reached yet in this process is probed with few retries, as a location is
+    (``_context_for``): an endpoint that does not answer fails in about a second instead of
+    after tensorstore's 32 retries.  ``first_contact_only``: probe only such buckets (opening
+    an array, where a missing bucket reads as a missing array anyway)."""
+    for location, probe in _spec_buckets(spec):
+        if first_contact_only and not _first_contact(location):
+            continue
+        _probe_bucket(probe, _context_for(location), location, what)
+
+
+def _spec_buckets(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any] | str]]:
+    """(``s3://BUCKET/`` or ``gs://BUCKET/``, a kvstore spec of the bucket) for each object
+    storage kvstore in the chain of ``spec``."""
+    drivers = {"s3": "s3", "gcs": "gs"}
     kv: Any = spec.get("kvstore")
     while kv is not None:
         if isinstance(kv, str):
-            if kv.startswith("s3://"):
-                bucket = urlparse(kv).netloc
-                _probe_bucket(f"s3://{bucket}/", ts_context(), f"s3://{bucket}/", what)
+            scheme = kv.split("://", 1)[0] if "://" in kv else ""
+            if scheme in ("s3", "gs"):
+                bucket = kv.split("://", 1)[1].partition("/")[0].split("|", 1)[0]
+                if bucket:
+                    yield f"{scheme}://{bucket}/", f"{scheme}://{bucket}/"
             kv = kv.split("|", 1)[1] if "|" in kv else None  # "s3://b/x|ocdbt:" has no base
             continue
         if not isinstance(kv, dict):
             return  # tensorstore itself says what is wrong with it
-        if kv.get("driver") == "s3" and isinstance(kv.get("bucket"), str):
-            probe = {k: v for k, v in kv.items() if k != "path"}
-            _probe_bucket(probe, ts_context(), f"s3://{kv['bucket']}/", what)
+        url_scheme = drivers.get(str(kv.get("driver")))
+        if url_scheme is not None and isinstance(kv.get("bucket"), str):
+            yield (f"{url_scheme}://{kv['bucket']}/",
+                   {k: v for k, v in kv.items() if k != "path"})
         kv = kv.get("base")
 
 
@@ -420,10 +446,14 @@ def _probe_bucket(spec: dict[str, Any] | str, context: ts.Context, location: str
         error = (_gcs_failure(exc, location, what) if _first_contact(location)
                  else _translate(exc, what))
         if isinstance(error, RemoteNotFoundError):
-            where = (spec.get("endpoint") if isinstance(spec, dict) else None) or "AWS"
+            if location.startswith("gs://"):
+                where, make = "Google Cloud Storage", f"gcloud storage buckets create gs://{bucket}"
+            else:
+                where = (spec.get("endpoint") if isinstance(spec, dict) else None) or "AWS"
+                make = f"aws s3 mb s3://{bucket}"
             raise RemoteNotFoundError(
                 f"{what}: the bucket {bucket!r} does not exist (at {where}); create it "
-                f"first (e.g. `aws s3 mb s3://{bucket}`) or name an existing one"
+                f"first (e.g. `{make}`) or name an existing one"
             ) from exc
         if isinstance(error, RemoteUnavailableError):
             raise error from exc

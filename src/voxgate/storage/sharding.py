@@ -435,8 +435,9 @@ class ShardedStore:
 
         Each shard is read whole, merged and written back only if nobody changed it since it
         was read (tensorstore's conditional write: on local disks through a lock file, on
-        GCS through object generations), else merged again, so concurrent writers of one
-        shard lose nothing.  Writing whole shards from one task each avoids the retries."""
+        GCS through object generations, on S3 through the ETag with ``If-Match`` /
+        ``If-None-Match``), else merged again, so concurrent writers of one shard lose
+        nothing.  Writing whole shards from one task each avoids the retries."""
         keys = np.fromiter(entries, dtype=np.uint64, count=len(entries))
         if not len(keys):
             return []
