@@ -8,14 +8,15 @@ import contextlib
 import gzip
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import tensorstore as ts
 
-from ...errors import VoxgateError
+from ...errors import RemoteUnavailableError, VoxgateError
 from ...formats.precomputed_chunks import decode_chunk, encode_chunk
 from ...geometry import Box, Vec, chunk_boxes
 from ...meta import Scale
@@ -31,6 +32,8 @@ from ...storage import (
     ts_errors,
 )
 
+#: conditional writes of one chunk tried before giving up (object storage)
+_MODIFY_ATTEMPTS = 12
 #: encodings voxgate's own codecs handle (for chunks tensorstore cannot reach)
 _OWN_ENCODINGS = frozenset({"raw", "jpeg", "compressed_segmentation"})
 
@@ -51,8 +54,11 @@ class _ChunkStore(Protocol):
     def put(self, name: str, data: bytes, *, compress: bool = True) -> None:
         """Store a chunk; ``compress`` False for encodings that are compressed already."""
 
-    def locked(self, name: str) -> contextlib.AbstractContextManager[None]:
-        """Hold the chunk's writer lock around reading, changing and storing it."""
+    def modify(self, name: str, change: Callable[[tuple[bytes, str] | None], bytes], *,
+               compress: bool = True, whole: bool = False) -> None:
+        """Store ``change(the chunk as get gives it)`` so that no other writer changed the
+        chunk in between: two writers of disjoint parts of it each keep theirs.  ``whole``:
+        ``change`` replaces the chunk whatever it held (it need not be read)."""
 
 
 class _LocalChunks:
@@ -63,10 +69,13 @@ class _LocalChunks:
         self.where = directory
         self.gzip_writes = gzip_writes
 
-    def locked(self, name: str) -> contextlib.AbstractContextManager[None]:
-        # every variant of the chunk (name, name.gz, ...) under one lock
+    def modify(self, name: str, change: Callable[[tuple[bytes, str] | None], bytes], *,
+               compress: bool = True, whole: bool = False) -> None:
+        # every variant of the chunk (name, name.gz, ...) under one lock file (a whole chunk
+        # too: written between another writer's read and write, it would be overwritten)
         os.makedirs(self.directory, exist_ok=True)
-        return file_lock(os.path.join(self.directory, name))
+        with file_lock(os.path.join(self.directory, name)):
+            self.put(name, change(None if whole else self.get(name)), compress=compress)
 
     def get(self, name: str) -> tuple[bytes, str] | None:
         base = os.path.join(self.directory, name)
@@ -107,11 +116,32 @@ class _KvChunks:
         self._spec = kvstore_spec(location)
         self._kv: ts.KvStore | None = None
 
-    @contextlib.contextmanager
-    def locked(self, name: str) -> Iterator[None]:
-        # object storage has no lock: writers of one chunk must not overlap in time (the
-        # write grid keeps voxgate's own parallel writes on whole chunks)
-        yield
+    def modify(self, name: str, change: Callable[[tuple[bytes, str] | None], bytes], *,
+               compress: bool = True, whole: bool = False) -> None:
+        if whole:
+            # (unconditional: another writer's read-modify-write in between sees its
+            # conditional write fail, and changes this chunk instead)
+            self.put(name, change(None), compress=compress)
+            return
+        # object storage has no lock: the chunk is written only if it is still the one read
+        # (tensorstore's conditional write: generations on GCS, If-Match on S3), else read
+        # and changed again.  (It was read and written back unconditionally: two processes
+        # writing disjoint parts of one chunk lost one of them.)
+        full = join(self.where, name)
+        kv = self._store()
+        for attempt in range(_MODIFY_ATTEMPTS):
+            with ts_errors(f"reading chunk {full}"):
+                current = kv.read(name).result()
+            got = (bytes(current.value), full) if current.state == "value" else None
+            data = change(got)
+            with ts_errors(f"writing chunk {full}"):
+                written = kv.write(name, data, if_equal=current.stamp.generation).result()
+            if written.generation:
+                return
+            time.sleep(min(0.5, 0.01 * 2 ** attempt))  # another writer got there first
+        raise RemoteUnavailableError(
+            f"chunk {full} kept changing under this write ({_MODIFY_ATTEMPTS} attempts); too "
+            "many writers share this chunk: give each writer whole chunks")
 
     def _store(self) -> ts.KvStore:
         if self._kv is None:
@@ -165,6 +195,9 @@ class _ChunkScale:
         got = self.store.get(_chunk_name(cell))
         if got is None:
             return None  # an absent chunk is all zeros
+        return self._decode(got, cell)
+
+    def _decode(self, got: tuple[bytes, str], cell: Box) -> np.ndarray:
         data, name = got
         shape = (self.channels, *cell.shape)
         if data[:2] == GZIP_MAGIC and not (
@@ -197,27 +230,30 @@ class _ChunkScale:
             part = cell.intersect(box)
             new = data[(slice(None), *part.slices(box.start))]
             name = _chunk_name(cell)
-            # one writer of a chunk at a time: two writers of disjoint parts of it that both
-            # read it first lost one of the parts
-            with self.store.locked(name):
-                if part == cell:
-                    self._put(name, new)
-                    return
-                old = self._load(cell)  # a partial chunk: read, modify, write
+            if part == cell:
+                self.store.modify(name, lambda _: self._encode(new),
+                                  compress=self.encoding != "jpeg", whole=True)
+                return
+
+            def change(got: tuple[bytes, str] | None) -> bytes:
+                # a partial chunk: read, modify, write, with no other writer in between (two
+                # writers of disjoint parts of it that both read it first lost one part)
+                old = None if got is None else self._decode(got, cell)
                 chunk = (
                     np.zeros((self.channels, *cell.shape), self.dtype) if old is None
                     else old.copy()
                 )
                 chunk[(slice(None), *part.slices(cell.start))] = new
-                self._put(name, chunk)
+                return self._encode(chunk)
+
+            self.store.modify(name, change, compress=self.encoding != "jpeg")
 
         _each(store, self._cells(box))
 
-    def _put(self, name: str, chunk: np.ndarray) -> None:
-        payload = encode_chunk(
+    def _encode(self, chunk: np.ndarray) -> bytes:
+        return encode_chunk(
             np.ascontiguousarray(chunk, dtype=self.dtype), self.encoding, block_size=self.block,
         )
-        self.store.put(name, payload, compress=self.encoding != "jpeg")
 
 
 _T = TypeVar("_T")
