@@ -17,6 +17,7 @@ by one; a Volume travels as its spec and the worker reopens it by URL.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -33,9 +34,9 @@ from .errors import InvalidRequestError, RemoteUnavailableError, VoxgateError
 from .geometry import Box, Vec, chunk_boxes, grow_block, whole_at_least
 from .parallel import BlockResults, default_workers
 from .progress import format_bytes, progress_bar
-from .registry import open_remote
+from .registry import open_remote, resolve_for_create
 from .remotes.base import Remote
-from .storage import set_copy_concurrency
+from .storage import set_copy_concurrency, split_url
 
 __all__ = [
     "BLOCK_BYTES",
@@ -47,6 +48,7 @@ __all__ = [
     "block_shape",
     "check_client",
     "check_for_cluster",
+    "check_output_for_cluster",
     "hosts_elsewhere",
     "cluster_spec",
     "is_transient",
@@ -205,6 +207,33 @@ def check_for_cluster(url: str, role: str, what: str, *, writes: bool = False) -
             "cluster, or run it without client=")
 
 
+def check_output_for_cluster(out: Any, what: str) -> None:
+    """Refuse, before a Service creates it, an ``out=`` a cluster's workers cannot write (see
+    :func:`check_for_cluster`): None (the result as a numpy array here), a ``mem://`` URL or
+    Volume, one file (HDF5, TIFF).  Created first and refused after, such an output was left
+    behind (with a callable model's first block written in it), and the same call run
+    without ``client=`` then stopped at it: "exists; pass overwrite=True"."""
+    if out is None:
+        raise InvalidRequestError(
+            f"{what} with a dask.distributed client: out=None returns a numpy array, which "
+            "lives in this process only, where a cluster's workers cannot write it; give out= "
+            "a URL they can open (zarr://, n5://, precomputed://), or run it without client=")
+    url = getattr(out, "url", None)
+    if isinstance(out, (str, os.PathLike)):
+        url = os.fspath(out)
+        scheme, location = split_url(url)
+        if scheme is None:  # a bare path: the format its name says (out.h5 is HDF5)
+            try:
+                made = resolve_for_create(url)[0]
+                one_file = {s: resolve_for_create(f"{s}://x")[0] for s in ("hdf5", "tiff")}
+            except (VoxgateError, ImportError):
+                return  # (creating it says what is wrong with it)
+            scheme = next((s for s, cls in one_file.items() if cls is made), None)
+            url = url if scheme is None else f"{scheme}://{location}"
+    if isinstance(url, str):
+        check_for_cluster(url, "output", what, writes=True)
+
+
 def hosts_elsewhere(client: Any) -> list[str]:
     """The host names of ``client``'s workers that run on another machine than this process
     (what a temporary directory on this machine cannot be shared with)."""
@@ -219,6 +248,11 @@ def hosts_elsewhere(client: Any) -> list[str]:
 class WorkersLostError(VoxgateError):
     """A cluster cancelled a block's task because every worker holding what the task needed
     (the function sent once per run) died at once; the block is run again."""
+
+
+class NoWorkersError(VoxgateError, TimeoutError):
+    """The cluster has no worker to run the blocks: every one died (or none was started) and
+    none joined within the client's timeout.  Not transient: the run stops."""
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -381,6 +415,16 @@ def _setup_worker(dask_worker: Any = None, per_host: dict[str, int] | None = Non
         set_copy_concurrency(limit)
 
 
+def _running_tasks(prefix: str, dask_worker: Any = None) -> int:
+    """On a dask worker: how many tasks whose key starts with ``prefix`` (one run's) it is
+    still executing, cancelled ones included (a cancelled task runs to its end there)."""
+    state = getattr(dask_worker, "state", None)
+    if state is None:
+        return 0
+    busy = [*getattr(state, "executing", ()), *getattr(state, "long_running", ())]
+    return sum(1 for ts in busy if str(getattr(ts, "key", "")).startswith(prefix))
+
+
 def _call(fn: Callable[[Any], Any], item: Any) -> Any:
     """A block on a dask worker."""
     if not _set_up:  # a worker that joined the cluster after the run began
@@ -404,8 +448,10 @@ class _Pool:
             # once; tasks then carry only their block
             client.run(_setup_worker, per_host=_workers_per_host(client))
             self._plain = fn
-            self._fn = client.scatter(fn, broadcast=True, hash=False)
+            self._fn = self._scatter()
             self._run = uuid.uuid4().hex[:8]
+            #: every task key of this run starts with it (see _drain)
+            self._prefix = f"{name.replace(' ', '_')}-{self._run}-"
             # results straight from the worker holding them when it is reachable: the client's
             # own setting, else when the scheduler is on this machine (a LocalCluster, whose
             # scheduler would otherwise relay every byte through this process)
@@ -446,7 +492,7 @@ class _Pool:
                 # every worker holding the function died at once (the scheduler forgot it and
                 # cancelled the blocks needing it): send it again; scatter waits for a worker
                 self._fn = self._scatter_again()
-            key = f"{self.name.replace(' ', '_')}-{self._run}-{n}-{attempt}"
+            key = f"{self._prefix}{n}-{attempt}"
             return self.client.submit(_call, self._fn, item, pure=False, key=key)
         if self.kind == "processes":
             return self._pool.submit(_call_installed, self._key, item)
@@ -458,12 +504,29 @@ class _Pool:
         load right after every worker died): asked again a few times, with a pause."""
         for attempt in range(SCATTER_ATTEMPTS):
             try:
-                return self.client.scatter(self._plain, broadcast=True, hash=False)
+                return self._scatter()
+            except NoWorkersError:  # (a TimeoutError, so an OSError: not asked again)
+                raise
             except OSError:  # (CommClosedError is one)
                 if attempt == SCATTER_ATTEMPTS - 1:
                     raise
                 time.sleep(BACKOFF * 2**attempt)
         raise AssertionError("unreachable")
+
+    def _scatter(self) -> Any:
+        """The function sent to every worker.  dask's scatter waits for a worker up to the
+        client's timeout, then raises a bare ``TimeoutError: No valid workers found``: that
+        is said as what it means here (asking again would only wait as long once more)."""
+        try:
+            return self.client.scatter(self._plain, broadcast=True, hash=False)
+        except TimeoutError as exc:
+            if isinstance(exc, NoWorkersError) or "no valid workers" not in str(exc).lower():
+                raise
+            raise NoWorkersError(
+                f"{self.name}: the cluster has no workers to run the blocks: every worker died "
+                "(or none was started) and none joined within the client's timeout "
+                "(Client(timeout=...), distributed.comm.timeouts.connect: 30 s by default); "
+                "start workers and run it again") from exc
 
     def result(self, fut: Any) -> Any:
         if self.kind == "distributed":
@@ -508,11 +571,31 @@ class _Pool:
         if self.kind == "distributed":
             if pending:
                 self.client.cancel(list(pending))
+            if finish:
+                self._drain()
             return
         for fut in pending:
             fut.cancel()
         if finish:  # blocks already running finish, so none is left half-written by us
             wait(pending)
+
+    def _drain(self) -> None:
+        """Wait until no worker runs a task of this run any more.  Cancelling a task does not
+        stop it on the worker that runs it: without this wait a stopped run returned while
+        its blocks went on writing (into a detect_synapses scratch directory already
+        removed, or into an output the same call run again was writing).  Stops waiting
+        when the cluster cannot be asked (it is gone: so are its tasks); a second Ctrl-C
+        stops it too."""
+        pause = 0.01
+        while True:
+            try:
+                busy = self.client.run(_running_tasks, self._prefix, on_error="ignore")
+            except Exception:  # (the scheduler is unreachable)
+                return
+            if not any(busy.values()):
+                return
+            time.sleep(pause)
+            pause = min(0.25, 2 * pause)
 
     def close(self) -> None:
         if self.kind == "distributed":
@@ -554,10 +637,12 @@ def run_blocks(
     A block raising a transient error (:func:`is_transient`) is run again, up to ``retries``
     times, after :data:`BACKOFF` seconds (doubled each time).  Any other error, or one still
     failing after its retries, stops the run: no new block starts, the ones running finish
-    (and reach ``on_done``; on a cluster they are cancelled), and the error is raised with a
-    note naming the block (``exc.block``); with ``collect`` it is returned in
-    ``BlockResults.failed`` instead.  KeyboardInterrupt cancels
-    the blocks not started (threads and processes finish the ones running) and re-raises.
+    (and reach ``on_done``; on a cluster they are cancelled, and the call returns once the
+    workers have finished the ones they were running, so nothing of it writes afterwards),
+    and the error is raised with a note naming the block (``exc.block``); with ``collect`` it
+    is returned in ``BlockResults.failed`` instead.  KeyboardInterrupt cancels the blocks not
+    started (threads and a cluster's workers finish the ones running first) and re-raises.
+    A cluster left without workers for the client's timeout raises :class:`NoWorkersError`.
     """
     workers, retries = check_run(workers, retries, client, name)
     todo = list(items)
@@ -625,7 +710,13 @@ def _pooled(pool: _Pool, todo: list[T], retries: int, finished: Callable[[T, obj
                     if nxt is None:
                         break
                     (n, item), attempt = nxt, 0
-                pending[pool.submit(item, n, attempt)] = (n, item, attempt)
+                try:
+                    fut = pool.submit(item, n, attempt)
+                except Exception as exc:  # (prepare failed; no worker to send a block to)
+                    give_up(item, exc, attempt + 1)
+                    failed = True
+                    break
+                pending[fut] = (n, item, attempt)
             if not pending:
                 if failed or not again:
                     return
@@ -647,11 +738,15 @@ def _pooled(pool: _Pool, todo: list[T], retries: int, finished: Callable[[T, obj
                     continue
                 finished(item, out)
             if failed and pool.kind == "distributed" and pending:
-                pool.cancel(list(pending), finish=False)
+                # the blocks a worker is running go on there: waited for, so that nothing of
+                # a run that raised is still writing once it has returned
+                pool.cancel(list(pending), finish=True)
                 pending.clear()
-    except KeyboardInterrupt:
-        pool.cancel(list(pending), finish=pool.kind == "threads")
-        if pool.kind == "threads":  # the blocks that were running finished: they count
+    except BaseException as exc:  # Ctrl-C, or on_done raising
+        with contextlib.suppress(Exception):  # (never in place of the error raised)
+            pool.cancel(list(pending), finish=pool.kind in ("threads", "distributed"))
+        if pool.kind == "threads" and isinstance(exc, KeyboardInterrupt):
+            # the blocks that were running finished: they count
             for fut, (_, item, _) in list(pending.items()):
                 if fut.done() and not fut.cancelled() and fut.exception() is None:
                     finished(item, fut.result())

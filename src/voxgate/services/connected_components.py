@@ -23,6 +23,7 @@ from ..blockwise import (
     check_block,
     check_client,
     check_for_cluster,
+    check_output_for_cluster,
     plan_blocks,
     run_blocks,
     scheduler_name,
@@ -220,8 +221,7 @@ def connected_components(
     scale = src.scale
     if client is not None:
         check_for_cluster(src.url, "source", "connected_components")
-        if out is None:
-            check_for_cluster("mem://", "output", "connected_components", writes=True)
+        check_output_for_cluster(out, "connected_components")
     if isinstance(out, Volume) and dtype is None:
         want = out.dtype if out.dtype in _ID_DTYPES else np.dtype(np.uint64)
 

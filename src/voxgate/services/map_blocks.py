@@ -45,6 +45,7 @@ import numpy as np
 from ..blockwise import (
     block_shape,
     check_for_cluster,
+    check_output_for_cluster,
     check_run,
     cluster_spec,
     plan_blocks,
@@ -470,8 +471,9 @@ def map_blocks(
     except TypeError:
         raise InvalidRequestError(f"unknown dtype {dtype!r}; give a numpy dtype such as "
                                   "'uint8', 'uint64' or 'float32'") from None
-    if client is not None:
+    if client is not None:  # (before an out= URL is created)
         check_for_cluster(src.url, "source", "map_blocks")
+        check_output_for_cluster(out, "map_blocks")
 
     def covers_region(vol: Volume) -> None:
         if not vol.bounds.contains(region):

@@ -40,7 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from ..blockwise import check_for_cluster, plan_blocks, run_blocks, scheduler_name
+from ..blockwise import (
+    check_client,
+    check_for_cluster,
+    check_output_for_cluster,
+    plan_blocks,
+    run_blocks,
+    scheduler_name,
+)
 from ..errors import CapabilityNotSupportedError, InvalidRequestError, MissingDependencyError
 from ..geometry import Box, Vec, grow_block, whole_at_least
 from ..meta import Scale, VolumeMeta
@@ -495,6 +502,10 @@ def predict(
             "or a numpy array made from the labels for the model (e.g. (seg > 0) as float32)")
     if workers is not None:
         workers = whole_at_least(workers, 1, "workers")
+    check_client(client, "predict")
+    if client is not None:  # before a callable's first block runs and out= is created
+        check_for_cluster(src.url, "source", "predict")
+        check_output_for_cluster(out, "predict")
     nworkers = workers or (1 if client is not None else 2)
     runner = load_model(model, device=device, workers=nworkers)
     region = src.bounds
