@@ -291,3 +291,15 @@ def test_split_box_outside_the_volume_or_empty_is_refused(seg: voxgate.Volume,
     _raises(lambda: voxgate.split(seg, 5, box=voxgate.Box((2, 2, 2), (2, 9, 9)),
                                   history_dir=hist), InvalidRequestError, "is empty")
     np.testing.assert_array_equal(voxgate.open(seg.url).read(), before)
+
+
+def test_an_array_given_for_a_volume_url_is_named_not_printed(tmp_path: Path) -> None:
+    """voxgate.open and voxgate.copy given a numpy array printed the whole array's repr in
+    their error; they name its type and say what to do."""
+    big = np.zeros((40, 40, 40), np.uint8)
+    for call in (lambda: voxgate.open(big),
+                 lambda: voxgate.copy(big, f"zarr://{tmp_path}/x.zarr", progress=False)):
+        with pytest.raises(InvalidRequestError, match="got ndarray") as info:
+            call()
+        assert len(str(info.value)) < 200 and "[[" not in str(info.value)
+    assert not (tmp_path / "x.zarr").exists()

@@ -606,8 +606,9 @@ def copy(
     for role, x in (("source", src), ("destination", dst)):
         if not isinstance(x, (str, os.PathLike, Volume)):
             raise InvalidRequestError(
-                f"the copy's {role} must be a URL, a path or a Volume, got {type(x).__name__} "
-                f"{x!r}")
+                f"the copy's {role} must be a URL, a path or a Volume, got {type(x).__name__}"
+                + (" (write an array in memory with Volume[...] = array)"
+                   if isinstance(x, np.ndarray) else f" {repr(x)[:80]}"))
     workers, retries = check_run(workers, retries, client, "copy")
     if not isinstance(verify, bool):
         raise InvalidRequestError(f"verify must be True or False, got {verify!r}")
