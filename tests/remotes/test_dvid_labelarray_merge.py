@@ -18,29 +18,10 @@ from voxgate.errors import InvalidRequestError
 from voxgate.remotes.dvid import DVIDRepo
 from voxgate.testing.dvid import DVIDServerProcess
 
-BIG1, BIG2, SMALL = 2**53 + 1, 2**63 + 5, 7  # ids a float64 cannot hold, and a small one
+from .dvid_labels_reference import BIG1, BIG2, SMALL, blob_labels, mode2
+
 BS = 16
 _names = itertools.count()
-
-
-def _mode2(a: np.ndarray) -> np.ndarray:
-    """Reference 2x label downsampling: most frequent non-zero id of each 2x2x2 cell, the
-    smaller on a tie, 0 when all are 0 (labels/compressed.go downresArray)."""
-    out = np.zeros(tuple(s // 2 for s in a.shape), dtype=a.dtype)
-    for z, y, x in np.ndindex(out.shape):
-        cell = a[2 * z:2 * z + 2, 2 * y:2 * y + 2, 2 * x:2 * x + 2].ravel()
-        ids, counts = np.unique(cell[cell != 0], return_counts=True)
-        if len(ids):
-            out[z, y, x] = ids[counts == counts.max()].min()
-    return out
-
-
-def _seg(shape: tuple[int, int, int], seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    ids = np.array([0, BIG1, BIG2, SMALL, 9], dtype=np.uint64)
-    # blobs of 4^3 so every id spans several blocks and survives the downsampling
-    coarse = ids[rng.integers(0, len(ids), size=tuple(s // 4 for s in shape))]
-    return coarse.repeat(4, 0).repeat(4, 1).repeat(4, 2)
 
 
 def _labelarray(repo: DVIDRepo, http: httpx.Client, data: np.ndarray,
@@ -66,7 +47,7 @@ def _raw(http: httpx.Client, repo: DVIDRepo, name: str, shape: tuple[int, int, i
 def test_merge_rewrites_every_voxel_and_the_coarser_scale(
         repo: DVIDRepo, http: httpx.Client) -> None:
     start = (BS, 0, BS)  # blocks z 1..2, y 0..1, x 1..2 (odd block coordinates)
-    seg = _seg((2 * BS, 2 * BS, 2 * BS), 1)
+    seg = blob_labels((2 * BS, 2 * BS, 2 * BS), 1)
     name = _labelarray(repo, http, seg, start, levels=1)
     labels = repo.labels(name)
     maxlabel = labels.maxlabel()
@@ -76,7 +57,7 @@ def test_merge_rewrites_every_voxel_and_the_coarser_scale(
     want = np.where(np.isin(seg, [BIG2, SMALL]), np.uint64(BIG1), seg)
     assert np.array_equal(_raw(http, repo, name, seg.shape, start), want)
     assert np.array_equal(_raw(http, repo, name, (BS, BS, BS), (BS // 2, 0, BS // 2), 1),
-                          _mode2(want))
+                          mode2(want))
     # through the Remote, at an odd voxel offset, both scales
     vol = voxgate.open(repo.url(name))
     assert tuple(vol.meta.scale(0).offset) == start  # (indexed from the extents' MinPoint)
@@ -97,7 +78,7 @@ def test_merge_rewrites_every_voxel_and_the_coarser_scale(
 def test_merge_into_a_new_id_and_missing_ids(repo: DVIDRepo, http: httpx.Client) -> None:
     """The target may have no voxels (the merged ids take it); merged ids with no voxels
     change nothing; maxlabel does not follow the target."""
-    seg = _seg((BS, BS, 2 * BS), 2)
+    seg = blob_labels((BS, BS, 2 * BS), 2)
     name = _labelarray(repo, http, seg, (0, 0, 0), levels=0)
     labels = repo.labels(name)
     new = 2**62 + 11
@@ -110,7 +91,7 @@ def test_merge_into_a_new_id_and_missing_ids(repo: DVIDRepo, http: httpx.Client)
 
 def test_dvid_dialect_of_refusals_and_a_merge_into_itself(
         repo: DVIDRepo, http: httpx.Client) -> None:
-    seg = _seg((BS, BS, BS), 3)
+    seg = blob_labels((BS, BS, BS), 3)
     name = _labelarray(repo, http, seg, (0, 0, 0), levels=0)
     path = f"/api/node/{repo.root}/{name}/merge"
     r = http.post(path, content=f"[{BIG1}, 0]")
@@ -127,7 +108,7 @@ def test_dvid_dialect_of_refusals_and_a_merge_into_itself(
 
 def test_voxgate_refuses_what_dvid_gets_wrong(repo: DVIDRepo, http: httpx.Client,
                                               server: DVIDServerProcess) -> None:
-    seg = _seg((BS, BS, 2 * BS), 4)
+    seg = blob_labels((BS, BS, 2 * BS), 4)
     start = (0, 0, -BS)  # blocks x -1..0: -1 is odd and negative
     # (DVID's downres of the raw POST itself panics there: 500 after storing scale 0)
     name = _labelarray(repo, http, seg, start, levels=1, status=500)
@@ -154,7 +135,7 @@ def test_the_test_server_dies_as_dvid_does(tmp_path: Path) -> None:
     try:
         repo = DVIDRepo.create(srv.url, alias="crash")
         with httpx.Client(base_url=srv.url, timeout=30) as http:
-            seg = _seg((BS, BS, 2 * BS), 5)
+            seg = blob_labels((BS, BS, 2 * BS), 5)
             name = _labelarray(repo, http, seg, (0, 0, -BS), levels=1, status=500)
             r = http.post(f"/api/node/{repo.root}/{name}/merge", content=f"[{BIG1}, {SMALL}]")
             assert r.status_code == 200 and r.content == b""

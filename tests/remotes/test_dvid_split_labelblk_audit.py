@@ -26,28 +26,10 @@ from voxgate.formats.dvid_block import (
 )
 from voxgate.remotes.dvid import DVIDRepo
 
-BIG1, BIG2, SMALL = 2**53 + 1, 2**63 + 5, 7  # ids a float64 cannot hold, and a small one
+from .dvid_labels_reference import BIG1, BIG2, SMALL, blob_labels, mode2
+
 BS = 16
 _names = itertools.count()
-
-
-def _mode2(a: np.ndarray) -> np.ndarray:
-    """Reference 2x label downsampling (labels/compressed.go downresArray): the most frequent
-    non-zero id of each 2x2x2 cell, the smaller on a tie, 0 when all are 0."""
-    out = np.zeros(tuple(s // 2 for s in a.shape), dtype=a.dtype)
-    for z, y, x in np.ndindex(out.shape):
-        cell = a[2 * z:2 * z + 2, 2 * y:2 * y + 2, 2 * x:2 * x + 2].ravel()
-        ids, counts = np.unique(cell[cell != 0], return_counts=True)
-        if len(ids):
-            out[z, y, x] = ids[counts == counts.max()].min()
-    return out
-
-
-def _seg(shape: tuple[int, int, int], seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    ids = np.array([0, BIG1, BIG2, SMALL, 9], dtype=np.uint64)
-    coarse = ids[rng.integers(0, len(ids), size=tuple(s // 4 for s in shape))]
-    return coarse.repeat(4, 0).repeat(4, 1).repeat(4, 2)
 
 
 def _labelarray(repo: DVIDRepo, http: httpx.Client, data: np.ndarray,
@@ -85,7 +67,7 @@ def _size_doc(blocks: set[tuple[int, int, int]]) -> dict[str, object]:
 def test_split_relabels_the_runs_voxels_of_the_label_only(
         repo: DVIDRepo, http: httpx.Client) -> None:
     start = (BS, 0, BS)  # blocks z 1..2, y 0..1, x 1..3
-    seg = _seg((2 * BS, 2 * BS, 3 * BS), 11)
+    seg = blob_labels((2 * BS, 2 * BS, 3 * BS), 11)
     name = _labelarray(repo, http, seg, start, levels=1)
     labels = repo.labels(name)
     assert labels.maxlabel() == BIG2
@@ -106,7 +88,7 @@ def test_split_relabels_the_runs_voxels_of_the_label_only(
     want[in_data & (seg == BIG1)] = new
     assert np.array_equal(_raw(http, repo, name, seg.shape, start), want)
     half = tuple(s // 2 for s in start)
-    assert np.array_equal(_raw(http, repo, name, (BS, BS, 3 * BS // 2), half, 1), _mode2(want))
+    assert np.array_equal(_raw(http, repo, name, (BS, BS, 3 * BS // 2), half, 1), mode2(want))
     # through the Remote, at an odd voxel offset
     vol = voxgate.open(repo.url(name))
     assert np.array_equal(vol[3:29, 5:30, 1:45].read(), want[3:29, 5:30, 1:45])
@@ -269,7 +251,7 @@ def test_split_a_downres_cannot_take_is_refused_before_it_is_sent(
     assert np.array_equal(_raw(http, repo, name, seg.shape, start), want)
     # its downres ran: octant 0 of the coarse block over blocks -2..-1 is the split block's
     assert np.array_equal(_raw(http, repo, name, (BS // 2,) * 3, (-BS, 0, -BS), 1),
-                          _mode2(want[:BS, :, :BS]))
+                          mode2(want[:BS, :, :BS]))
 
 
 def test_labelblk_raw_label_and_labels_against_numpy(repo: DVIDRepo, http: httpx.Client) -> None:

@@ -30,6 +30,7 @@ from .kvstore import (
     ts_context,
     ts_errors,
     ts_write_context,
+    update_conditionally,
     write_json,
 )
 from .locations import STORAGE_SCHEMES, split_url, state_dir
@@ -64,5 +65,6 @@ __all__ = [
     "ts_context",
     "ts_errors",
     "ts_write_context",
+    "update_conditionally",
     "write_json",
 ]

@@ -23,7 +23,8 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -354,6 +355,26 @@ def ts_errors(what: str) -> Iterator[None]:
         raise
     except (ValueError, RuntimeError, OSError) as exc:
         raise _translate(exc, what) from exc
+
+
+def update_conditionally(kv: ts.KvStore, name: str, change: Callable[[bytes | None], bytes],
+                         what: str, *, attempts: int, advice: str) -> None:
+    """Store ``change(the value of name, or None)`` under ``name`` only if nobody changed it
+    since it was read (tensorstore's conditional write: a lock file on local disks, object
+    generations on GCS, ``If-Match`` / ``If-None-Match`` on S3), else read and change it
+    again, up to ``attempts`` times: concurrent writers of one key lose nothing.  ``what``
+    names the key in errors; ``advice`` ends the error when it keeps changing."""
+    for attempt in range(attempts):
+        with ts_errors(f"reading {what}"):
+            current = kv.read(name).result()
+        data = change(bytes(current.value) if current.state == "value" else None)
+        with ts_errors(f"writing {what}"):
+            written = kv.write(name, data, if_equal=current.stamp.generation).result()
+        if written.generation:
+            return
+        time.sleep(min(0.5, 0.01 * 2 ** attempt))  # another writer got there first
+    raise RemoteUnavailableError(
+        f"{what} kept changing under this write ({attempts} attempts); {advice}")
 
 
 def kvstore_exists(location: str, key: str) -> bool:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import gzip
 import math
 import struct
-import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -36,10 +35,9 @@ from ..errors import (
     CapabilityNotSupportedError,
     CorruptChunkError,
     InvalidRequestError,
-    RemoteUnavailableError,
     VoxgateError,
 )
-from .kvstore import join, kvstore_spec, ts_context, ts_errors
+from .kvstore import join, kvstore_spec, ts_context, ts_errors, update_conditionally
 
 __all__ = [
     "SHARDING_TYPE",
@@ -455,21 +453,15 @@ class ShardedStore:
 
     def _merge(self, name: str, new: Mapping[int, tuple[bytes, bytes]],
                prefix_size: PrefixSize | None) -> None:
-        kv = self._store()
         what = join(self.location, name)
-        for attempt in range(_MERGE_ATTEMPTS):
-            with ts_errors(f"reading {what}"):
-                current = kv.read(name).result()
+
+        def merge(current: bytes | None) -> bytes:
             merged: dict[int, tuple[bytes, bytes]] = {}
-            if current.state == "value":
-                merged = decode_shard(self.spec, bytes(current.value), what, prefix_size)
+            if current is not None:
+                merged = decode_shard(self.spec, current, what, prefix_size)
             merged.update(new)
-            data = encode_shard(self.spec, merged)
-            with ts_errors(f"writing {what}"):
-                written = kv.write(name, data, if_equal=current.stamp.generation).result()
-            if written.generation:
-                return
-            time.sleep(min(0.5, 0.01 * 2 ** attempt))  # another writer got there first
-        raise RemoteUnavailableError(
-            f"{what} kept changing under this write ({_MERGE_ATTEMPTS} attempts); too many "
-            "writers share this shard: give each writer whole shards")
+            return encode_shard(self.spec, merged)
+
+        update_conditionally(self._store(), name, merge, what, attempts=_MERGE_ATTEMPTS,
+                             advice="too many writers share this shard: give each writer "
+                             "whole shards")

@@ -8,7 +8,6 @@ import contextlib
 import gzip
 import math
 import os
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
@@ -16,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import tensorstore as ts
 
-from ...errors import RemoteUnavailableError, VoxgateError
+from ...errors import VoxgateError
 from ...formats.precomputed_chunks import decode_chunk, encode_chunk
 from ...geometry import Box, Vec, chunk_boxes
 from ...meta import Scale
@@ -30,6 +29,7 @@ from ...storage import (
     kvstore_spec,
     ts_context,
     ts_errors,
+    update_conditionally,
 )
 
 #: conditional writes of one chunk tried before giving up (object storage)
@@ -128,20 +128,11 @@ class _KvChunks:
         # and changed again.  (It was read and written back unconditionally: two processes
         # writing disjoint parts of one chunk lost one of them.)
         full = join(self.where, name)
-        kv = self._store()
-        for attempt in range(_MODIFY_ATTEMPTS):
-            with ts_errors(f"reading chunk {full}"):
-                current = kv.read(name).result()
-            got = (bytes(current.value), full) if current.state == "value" else None
-            data = change(got)
-            with ts_errors(f"writing chunk {full}"):
-                written = kv.write(name, data, if_equal=current.stamp.generation).result()
-            if written.generation:
-                return
-            time.sleep(min(0.5, 0.01 * 2 ** attempt))  # another writer got there first
-        raise RemoteUnavailableError(
-            f"chunk {full} kept changing under this write ({_MODIFY_ATTEMPTS} attempts); too "
-            "many writers share this chunk: give each writer whole chunks")
+        update_conditionally(
+            self._store(), name, lambda current: change(None if current is None
+                                                        else (current, full)),
+            f"chunk {full}", attempts=_MODIFY_ATTEMPTS,
+            advice="too many writers share this chunk: give each writer whole chunks")
 
     def _store(self) -> ts.KvStore:
         if self._kv is None:

@@ -507,16 +507,7 @@ def _split(ctx: _Ctx, parts: list[str], body: bytes) -> Reply:
             raise DVIDError(f"split label {label}: split volume of {size} voxels >= {total} of "
                             f"label {label}")
         vol = _Vol(ctx, 0)
-        bz_, by_, bx_ = vol.bs
-        masks: dict[tuple[int, int, int], np.ndarray] = {}
-        for x, y, z, n in runs.tolist():
-            xx, end = x, x + n
-            while xx < end:
-                bk = (z // bz_, y // by_, xx // bx_)
-                stop = min(end, (bk[2] + 1) * bx_)
-                m = masks.setdefault(bk, np.zeros(vol.bs, dtype=bool))
-                m[z - bk[0] * bz_, y - bk[1] * by_, xx - bk[2] * bx_:stop - bk[2] * bx_] = True
-                xx = stop
+        masks = _partition(runs, vol.bs)
         splits: dict[int, tuple[int, int]] = {}
         for bk in sorted(masks):
             blk = vol.block(*bk)
@@ -648,16 +639,7 @@ def _array_split_run(ctx: _Ctx, from_label: int, split_label: int, body: bytes) 
         except DVIDError as exc:
             raise DVIDError(f"split label {from_label} -> {split_label}: {exc}") from None
         vol = _Vol(ctx, 0)
-        bz_, by_, bx_ = vol.bs
-        masks: dict[tuple[int, int, int], np.ndarray] = {}
-        for x, y, z, n in runs.tolist():  # dvid.RLEs.Partition
-            xx, end = x, x + n
-            while xx < end:
-                bk = (z // bz_, y // by_, xx // bx_)
-                stop = min(end, (bk[2] + 1) * bx_)
-                m = masks.setdefault(bk, np.zeros(vol.bs, dtype=bool))
-                m[z - bk[0] * bz_, y - bk[1] * by_, xx - bk[2] * bx_:stop - bk[2] * bx_] = True
-                xx = stop
+        masks = _partition(runs, vol.bs)  # dvid.RLEs.Partition
         idx = _index(ctx)
         old_rows = dict(idx.get(from_label, {}))
         new_rows = dict(idx.get(to_label, {}))
@@ -814,3 +796,20 @@ def _blocks(ctx: _Ctx, method: str, parts: list[str], body: bytes) -> Reply:
             raise DVIDError(f"unknown compression {comp!r} for blocks")
         records.append(((x, y, z), payload))
     return Reply(body=pack_block_records(records), content_type="application/octet-stream")
+
+
+def _partition(runs: np.ndarray, bs: tuple[int, int, int]
+               ) -> dict[tuple[int, int, int], np.ndarray]:
+    """Runs (x, y, z, length) cut at the block grid (dvid.RLEs.Partition): each block
+    (z, y, x) they touch, with a mask of the voxels they cover in it."""
+    bz_, by_, bx_ = bs
+    masks: dict[tuple[int, int, int], np.ndarray] = {}
+    for x, y, z, n in runs.tolist():
+        xx, end = x, x + n
+        while xx < end:
+            bk = (z // bz_, y // by_, xx // bx_)
+            stop = min(end, (bk[2] + 1) * bx_)
+            m = masks.setdefault(bk, np.zeros(bs, dtype=bool))
+            m[z - bk[0] * bz_, y - bk[1] * by_, xx - bk[2] * bx_:stop - bk[2] * bx_] = True
+            xx = stop
+    return masks
