@@ -27,6 +27,8 @@ import voxgate
 import voxgate.transfer
 from voxgate.errors import PartialWriteError
 
+from .test_copy_audit import _FailingWrites
+
 SHAPE = (32, 48, 64)
 VOXEL = (40, 8, 8)  # scale 1 halves y and x only
 #: the write the child is killed in: block 1, a chunk of fill, is not written into a destination
@@ -234,21 +236,6 @@ def test_a_copy_killed_in_the_middle_of_a_block_resumes(
     finally:
         if server is not None:
             server.stop()
-
-
-class _FailingWrites:
-    """Patches a Remote class's write to raise at its ``fail_at``-th call (0: never)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, cls: Any, fail_at: int) -> None:
-        self.calls, real = 0, cls.write
-
-        def write(remote: Any, *args: Any, **kwargs: Any) -> None:
-            self.calls += 1
-            if self.calls == fail_at:
-                raise RuntimeError("disk on fire")
-            real(remote, *args, **kwargs)
-
-        monkeypatch.setattr(cls, "write", write)
 
 
 def _zarr3(root: Path, name: str, k: int) -> np.ndarray:

@@ -268,3 +268,21 @@ def relay_over_zarr(tmp_path: Path, labels: np.ndarray, chunks: tuple[int, int, 
     cfg.channels = [ChannelConfig("c", "e", "seg", url)]
     relay = Relay(cfg)
     return relay, relay.remote(relay.channel("c", "e", "seg"))
+
+
+@pytest.fixture
+def inproc() -> Iterator[Callable[[Any], Any]]:
+    """Makes InProcessRelay's (tests/relay/test_consistency.py: a relay served on a thread of
+    this process, so its upstream can be gated) and stops them after the test."""
+    from .test_consistency import InProcessRelay
+
+    started: list[InProcessRelay] = []
+
+    def make(config: Any) -> InProcessRelay:
+        r = InProcessRelay(config)
+        started.append(r)
+        return r
+
+    yield make
+    for r in reversed(started):
+        r.stop()

@@ -14,7 +14,7 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -203,20 +203,6 @@ class InProcessRelay:
         self.server.should_exit = True
         self.thread.join(60)
         self.relay.cache.close()
-
-
-@pytest.fixture
-def inproc() -> Iterator[Callable[[RelayConfig], InProcessRelay]]:
-    started: list[InProcessRelay] = []
-
-    def make(config: RelayConfig) -> InProcessRelay:
-        r = InProcessRelay(config)
-        started.append(r)
-        return r
-
-    yield make
-    for r in reversed(started):
-        r.stop()
 
 
 def _config(tmp: Path, upstream: str, *, disk: bool, options: dict[str, Any] | None = None,

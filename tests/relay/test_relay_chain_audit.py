@@ -48,20 +48,6 @@ CELL = Box((0, 0, 0), (32, 128, 256))  # the first cache cell
 PART = Box((3, 10, 20), (9, 60, 90))  # part of it: a write of it cannot re-cache the cell
 
 
-@pytest.fixture
-def inproc() -> Iterator[Callable[[RelayConfig], InProcessRelay]]:
-    started: list[InProcessRelay] = []
-
-    def make(config: RelayConfig) -> InProcessRelay:
-        r = InProcessRelay(config)
-        started.append(r)
-        return r
-
-    yield make
-    for r in reversed(started):
-        r.stop()
-
-
 def _store(tmp: Path, seed: int = 3) -> tuple[str, np.ndarray]:
     data = np.random.default_rng(seed).integers(1, 200, SHAPE, dtype=np.uint8)
     url = f"zarr://{tmp}/store.zarr"
