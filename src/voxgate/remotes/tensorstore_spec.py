@@ -111,6 +111,9 @@ class TensorStoreRemote(Remote):
                                 context=ts_context()).result()
             except ValueError as exc:
                 if "NOT_FOUND" in str(exc):
+                    # a missing bucket says so (whether or not this process had reached the
+                    # bucket before, which decides the probe above)
+                    check_spec_buckets(spec, f"opening {location[:200]}")
                     raise RemoteNotFoundError(
                         f"TensorStore finds no array for {location[:200]}: {exc}"
                     ) from exc
