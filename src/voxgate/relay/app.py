@@ -3,9 +3,12 @@ dialects' routes, the error handlers and middleware, and :func:`serve`."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import AsyncIterator
 
+import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -105,10 +108,19 @@ def build_app(config: RelayConfig) -> Starlette:
     async def handler(request: Request, exc: Exception) -> Response:
         return error_response(request, exc, relay.scrub)
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        # stopped (after the requests in progress): the cells still on their way to the disk
+        # tier are written, so the next start finds every cell this one fetched (a stop right
+        # after a read could leave one behind)
+        await anyio.to_thread.run_sync(relay.cache.flush)
+
     routes = [Route("/metrics", metrics), *boss_routes(relay), *precomputed_routes(relay)]
     routes += index_routes(relay)  # "/": what is served, with Neuroglancer/CloudVolume URLs
     app = Starlette(
         routes=routes,
+        lifespan=lifespan,
         exception_handlers={404: not_found_route, 405: method_not_allowed,
                             BossHTTPError: handler, VoxgateError: handler,
                             # anything else is a bug here: still a boss JSON 500, never a
