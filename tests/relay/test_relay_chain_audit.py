@@ -26,7 +26,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,11 @@ from voxgate.geometry import Box
 from voxgate.relay.config import CacheConfig, ChannelConfig, RelayConfig
 
 from .conftest import RW, RelayProcess, free_port, start_relay
-from .test_consistency import FRESH_FETCH_WAIT, GatedRemote, InProcessRelay
+from .test_consistency import (
+    GatedRemote,
+    InProcessRelay,
+    check_read_your_writes,
+)
 
 #: a uint8 (32, 256, 512) store in (16, 64, 64) chunks: cache cells of (32, 128, 256)
 SHAPE = (32, 256, 512)
@@ -105,22 +108,9 @@ def _check_write_detaches_the_other_channels_fetch(relay: InProcessRelay, gate: 
     the old fetch must leave nothing behind for either channel."""
     expected = data[CELL.slices()].copy()
     expected[PART.slices()] = 250
-    gate.arm()
-    with ThreadPoolExecutor(2) as pool:
-        before = pool.submit(_get, relay.url, CELL, "c/e/pub")
-        try:
-            assert gate.entered.wait(60), "the first read never reached the upstream"
-            _post(relay.url, PART, np.full(PART.shape, 250, np.uint8), "c/e/img")
-            after = pool.submit(_get, relay.url, CELL, "c/e/pub")  # after the acknowledgment
-            # a correct relay fetches afresh (the gate lets later reads through); one that
-            # joins the fetch in flight waits for the gate, which opens after this figure
-            gate.later.wait(FRESH_FETCH_WAIT)
-        finally:
-            gate.release.set()
-        got = after.result()
-        before.result()  # may be old or new: it began before the write
-    stale = int(np.count_nonzero(got != expected))
-    assert stale == 0, f"{stale} voxels read through c/e/pub after the write are stale"
+    check_read_your_writes(
+        gate, lambda: _get(relay.url, CELL, "c/e/pub"),
+        lambda: _post(relay.url, PART, np.full(PART.shape, 250, np.uint8), "c/e/img"), expected)
     # the old fetch finished last: what it read is not cached for either channel
     for ch in ("pub", "img"):
         np.testing.assert_array_equal(_get(relay.url, CELL, f"c/e/{ch}"), expected)

@@ -6,7 +6,6 @@ the server (a block its downres cannot take)."""
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import httpx
@@ -18,45 +17,31 @@ from voxgate.errors import InvalidRequestError
 from voxgate.remotes.dvid import DVIDRepo
 from voxgate.testing.dvid import DVIDServerProcess
 
-from .dvid_labels_reference import BIG1, BIG2, SMALL, blob_labels, mode2
-
-BS = 16
-_names = itertools.count()
-
-
-def _labelarray(repo: DVIDRepo, http: httpx.Client, data: np.ndarray,
-                start: tuple[int, int, int], levels: int, status: int = 200) -> str:
-    name = f"la{next(_names)}"
-    repo.create_instance(name, "labelarray", block_size=(BS, BS, BS), max_scale=levels)
-    (sz, sy, sx), (oz, oy, ox) = data.shape, start
-    r = http.post(f"/api/node/{repo.root}/{name}/raw/0_1_2/{sx}_{sy}_{sz}/{ox}_{oy}_{oz}",
-                  content=data.astype("<u8").tobytes())
-    assert r.status_code == status, r.text
-    return name
-
-
-def _raw(http: httpx.Client, repo: DVIDRepo, name: str, shape: tuple[int, int, int],
-         start: tuple[int, int, int], scale: int = 0) -> np.ndarray:
-    (sz, sy, sx), (oz, oy, ox) = shape, start
-    r = http.get(f"/api/node/{repo.root}/{name}/raw/0_1_2/{sx}_{sy}_{sz}/{ox}_{oy}_{oz}"
-                 + (f"?scale={scale}" if scale else ""))
-    assert r.status_code == 200, r.text
-    return np.frombuffer(r.content, "<u8").reshape(shape)
+from .dvid_labels_reference import (
+    BIG1,
+    BIG2,
+    BS,
+    SMALL,
+    blob_labels,
+    make_labelarray,
+    mode2,
+    read_raw,
+)
 
 
 def test_merge_rewrites_every_voxel_and_the_coarser_scale(
         repo: DVIDRepo, http: httpx.Client) -> None:
     start = (BS, 0, BS)  # blocks z 1..2, y 0..1, x 1..2 (odd block coordinates)
     seg = blob_labels((2 * BS, 2 * BS, 2 * BS), 1)
-    name = _labelarray(repo, http, seg, start, levels=1)
+    name = make_labelarray(repo, http, seg, start, levels=1)
     labels = repo.labels(name)
     maxlabel = labels.maxlabel()
     assert maxlabel == BIG2
 
     assert labels.merge(BIG1, [BIG2, SMALL]) == 0  # labelarray names no mutation id
     want = np.where(np.isin(seg, [BIG2, SMALL]), np.uint64(BIG1), seg)
-    assert np.array_equal(_raw(http, repo, name, seg.shape, start), want)
-    assert np.array_equal(_raw(http, repo, name, (BS, BS, BS), (BS // 2, 0, BS // 2), 1),
+    assert np.array_equal(read_raw(http, repo, name, seg.shape, start), want)
+    assert np.array_equal(read_raw(http, repo, name, (BS, BS, BS), (BS // 2, 0, BS // 2), 1),
                           mode2(want))
     # through the Remote, at an odd voxel offset, both scales
     vol = voxgate.open(repo.url(name))
@@ -79,12 +64,12 @@ def test_merge_into_a_new_id_and_missing_ids(repo: DVIDRepo, http: httpx.Client)
     """The target may have no voxels (the merged ids take it); merged ids with no voxels
     change nothing; maxlabel does not follow the target."""
     seg = blob_labels((BS, BS, 2 * BS), 2)
-    name = _labelarray(repo, http, seg, (0, 0, 0), levels=0)
+    name = make_labelarray(repo, http, seg, (0, 0, 0), levels=0)
     labels = repo.labels(name)
     new = 2**62 + 11
     labels.merge(new, [SMALL, 12345])
     want = np.where(seg == SMALL, np.uint64(new), seg)
-    assert np.array_equal(_raw(http, repo, name, seg.shape, (0, 0, 0)), want)
+    assert np.array_equal(read_raw(http, repo, name, seg.shape, (0, 0, 0)), want)
     assert labels.maxlabel() == BIG2
     assert np.array_equal(labels.sparsevol(new), np.argwhere(want == new))
 
@@ -92,7 +77,7 @@ def test_merge_into_a_new_id_and_missing_ids(repo: DVIDRepo, http: httpx.Client)
 def test_dvid_dialect_of_refusals_and_a_merge_into_itself(
         repo: DVIDRepo, http: httpx.Client) -> None:
     seg = blob_labels((BS, BS, BS), 3)
-    name = _labelarray(repo, http, seg, (0, 0, 0), levels=0)
+    name = make_labelarray(repo, http, seg, (0, 0, 0), levels=0)
     path = f"/api/node/{repo.root}/{name}/merge"
     r = http.post(path, content=f"[{BIG1}, 0]")
     assert r.status_code == 400 and "cannot contain background label 0" in r.text
@@ -103,7 +88,7 @@ def test_dvid_dialect_of_refusals_and_a_merge_into_itself(
     r = http.post(path, content=f"[{SMALL}, {SMALL}]")
     assert r.status_code == 200 and r.content == b""
     want = np.where(seg == SMALL, np.uint64(0), seg)
-    assert np.array_equal(_raw(http, repo, name, seg.shape, (0, 0, 0)), want)
+    assert np.array_equal(read_raw(http, repo, name, seg.shape, (0, 0, 0)), want)
 
 
 def test_voxgate_refuses_what_dvid_gets_wrong(repo: DVIDRepo, http: httpx.Client,
@@ -111,19 +96,19 @@ def test_voxgate_refuses_what_dvid_gets_wrong(repo: DVIDRepo, http: httpx.Client
     seg = blob_labels((BS, BS, 2 * BS), 4)
     start = (0, 0, -BS)  # blocks x -1..0: -1 is odd and negative
     # (DVID's downres of the raw POST itself panics there: 500 after storing scale 0)
-    name = _labelarray(repo, http, seg, start, levels=1, status=500)
+    name = make_labelarray(repo, http, seg, start, levels=1, status=500)
     labels = repo.labels(name)
     with pytest.raises(InvalidRequestError, match="into itself"):
         labels.merge(SMALL, [BIG1, SMALL])
     with pytest.raises(InvalidRequestError, match=r"downres.*Nothing was merged"):
         labels.merge(BIG1, [SMALL])
     assert server.proc.poll() is None  # the server lives on
-    assert np.array_equal(_raw(http, repo, name, seg.shape, start), seg)  # nothing changed
+    assert np.array_equal(read_raw(http, repo, name, seg.shape, start), seg)  # nothing changed
     # without coarser scales there is no downres: the same merge runs
-    name0 = _labelarray(repo, http, seg, start, levels=0)
+    name0 = make_labelarray(repo, http, seg, start, levels=0)
     repo.labels(name0).merge(BIG1, [SMALL])
     want = np.where(seg == SMALL, np.uint64(BIG1), seg)
-    assert np.array_equal(_raw(http, repo, name0, seg.shape, start), want)
+    assert np.array_equal(read_raw(http, repo, name0, seg.shape, start), want)
 
 
 def test_the_test_server_dies_as_dvid_does(tmp_path: Path) -> None:
@@ -136,7 +121,7 @@ def test_the_test_server_dies_as_dvid_does(tmp_path: Path) -> None:
         repo = DVIDRepo.create(srv.url, alias="crash")
         with httpx.Client(base_url=srv.url, timeout=30) as http:
             seg = blob_labels((BS, BS, 2 * BS), 5)
-            name = _labelarray(repo, http, seg, (0, 0, -BS), levels=1, status=500)
+            name = make_labelarray(repo, http, seg, (0, 0, -BS), levels=1, status=500)
             r = http.post(f"/api/node/{repo.root}/{name}/merge", content=f"[{BIG1}, {SMALL}]")
             assert r.status_code == 200 and r.content == b""
         assert srv.proc.wait(timeout=5) == 2

@@ -26,30 +26,18 @@ from voxgate.formats.dvid_block import (
 )
 from voxgate.remotes.dvid import DVIDRepo
 
-from .dvid_labels_reference import BIG1, BIG2, SMALL, blob_labels, mode2
+from .dvid_labels_reference import (
+    BIG1,
+    BIG2,
+    BS,
+    SMALL,
+    blob_labels,
+    make_labelarray,
+    mode2,
+    read_raw,
+)
 
-BS = 16
 _names = itertools.count()
-
-
-def _labelarray(repo: DVIDRepo, http: httpx.Client, data: np.ndarray,
-                start: tuple[int, int, int], levels: int) -> str:
-    name = f"las{next(_names)}"
-    repo.create_instance(name, "labelarray", block_size=(BS, BS, BS), max_scale=levels)
-    (sz, sy, sx), (oz, oy, ox) = data.shape, start
-    r = http.post(f"/api/node/{repo.root}/{name}/raw/0_1_2/{sx}_{sy}_{sz}/{ox}_{oy}_{oz}",
-                  content=data.astype("<u8").tobytes())
-    assert r.status_code == 200, r.text
-    return name
-
-
-def _raw(http: httpx.Client, repo: DVIDRepo, name: str, shape: tuple[int, int, int],
-         start: tuple[int, int, int], scale: int = 0) -> np.ndarray:
-    (sz, sy, sx), (oz, oy, ox) = shape, start
-    r = http.get(f"/api/node/{repo.root}/{name}/raw/0_1_2/{sx}_{sy}_{sz}/{ox}_{oy}_{oz}"
-                 + (f"?scale={scale}" if scale else ""))
-    assert r.status_code == 200, r.text
-    return np.frombuffer(r.content, "<u8").reshape(shape)
 
 
 def _blocks(mask: np.ndarray, start: tuple[int, int, int]) -> set[tuple[int, int, int]]:
@@ -68,7 +56,7 @@ def test_split_relabels_the_runs_voxels_of_the_label_only(
         repo: DVIDRepo, http: httpx.Client) -> None:
     start = (BS, 0, BS)  # blocks z 1..2, y 0..1, x 1..3
     seg = blob_labels((2 * BS, 2 * BS, 3 * BS), 11)
-    name = _labelarray(repo, http, seg, start, levels=1)
+    name = make_labelarray(repo, http, seg, start, levels=1)
     labels = repo.labels(name)
     assert labels.maxlabel() == BIG2
     # the posted runs: a pattern over the data (BIG1's voxels and others' too, which DVID
@@ -86,9 +74,9 @@ def test_split_relabels_the_runs_voxels_of_the_label_only(
     assert (new, mutation) == (BIG2 + 1, 0)  # {"label": N}: a labelarray names no mutation
     want = seg.copy()
     want[in_data & (seg == BIG1)] = new
-    assert np.array_equal(_raw(http, repo, name, seg.shape, start), want)
+    assert np.array_equal(read_raw(http, repo, name, seg.shape, start), want)
     half = tuple(s // 2 for s in start)
-    assert np.array_equal(_raw(http, repo, name, (BS, BS, 3 * BS // 2), half, 1), mode2(want))
+    assert np.array_equal(read_raw(http, repo, name, (BS, BS, 3 * BS // 2), half, 1), mode2(want))
     # through the Remote, at an odd voxel offset
     vol = voxgate.open(repo.url(name))
     assert np.array_equal(vol[3:29, 5:30, 1:45].read(), want[3:29, 5:30, 1:45])
@@ -113,7 +101,7 @@ def test_split_by_raw_http_splitlabel_and_refusals(repo: DVIDRepo, http: httpx.C
     seg = np.zeros((BS, BS, 2 * BS), dtype=np.uint64)
     seg[:, :, :20] = SMALL
     seg[:, :, 20:] = 9
-    name = _labelarray(repo, http, seg, (0, 0, 0), levels=0)
+    name = make_labelarray(repo, http, seg, (0, 0, 0), levels=0)
     path = f"/api/node/{repo.root}/{name}/split/{SMALL}"
     sel = np.zeros(seg.shape, dtype=bool)
     sel[:, :4, :] = True  # SMALL's voxels there move; 9's stay
@@ -124,7 +112,7 @@ def test_split_by_raw_http_splitlabel_and_refusals(repo: DVIDRepo, http: httpx.C
     assert r.content == f'{{"label": {BIG1}}}'.encode()
     want = seg.copy()
     want[sel & (seg == SMALL)] = BIG1
-    assert np.array_equal(_raw(http, repo, name, seg.shape, (0, 0, 0)), want)
+    assert np.array_equal(read_raw(http, repo, name, seg.shape, (0, 0, 0)), want)
     ml = json_int(http.get(f"/api/node/{repo.root}/{name}/maxlabel").content, "maxlabel")
     assert ml == BIG1  # updateMaxLabel follows the given label
 
@@ -150,12 +138,12 @@ def test_split_by_raw_http_splitlabel_and_refusals(repo: DVIDRepo, http: httpx.C
     r = http.post(path, content=odd)
     assert r.status_code == 200 and r.json() == {"label": ml + 1}
     want[sel2 & (want == SMALL)] = ml + 1
-    assert np.array_equal(_raw(http, repo, name, seg.shape, (0, 0, 0)), want)
+    assert np.array_equal(read_raw(http, repo, name, seg.shape, (0, 0, 0)), want)
     # no check that the label exists or keeps any voxel: a split of a missing label changes
     # no voxel, and its new label's index lists the blocks the runs touch
     r = http.post(f"/api/node/{repo.root}/{name}/split/12345", content=body)
     assert r.status_code == 200 and r.json() == {"label": ml + 2}
-    assert np.array_equal(_raw(http, repo, name, seg.shape, (0, 0, 0)), want)
+    assert np.array_equal(read_raw(http, repo, name, seg.shape, (0, 0, 0)), want)
     r = http.get(f"/api/node/{repo.root}/{name}/sparsevol-size/{ml + 2}")
     assert r.json()["numblocks"] == 2
     assert http.get(f"/api/node/{repo.root}/{name}/sparsevol/{ml + 2}").status_code == 404
@@ -168,7 +156,7 @@ def test_split_by_raw_http_splitlabel_and_refusals(repo: DVIDRepo, http: httpx.C
     assert r.text == ("Bad parameter for 'splitlabel' query string (\"x1\").  Must be uint64.\n"
                       f" ({path}).\n{{\"label\": {ml + 3}}}")
     want[sel3 & (want == SMALL)] = ml + 3
-    assert np.array_equal(_raw(http, repo, name, seg.shape, (0, 0, 0)), want)
+    assert np.array_equal(read_raw(http, repo, name, seg.shape, (0, 0, 0)), want)
     # the request's own refusals
     r = http.get(path)
     assert (r.status_code, r.text) == (400, f"Split requests must be POST actions. ({path}).\n")
@@ -234,13 +222,13 @@ def test_split_a_downres_cannot_take_is_refused_before_it_is_sent(
     with pytest.raises(InvalidRequestError, match=r"block -1 along z.*Nothing was split"):
         labels.split(SMALL, rles)
     assert labels.maxlabel() == before  # nothing was sent
-    assert np.array_equal(_raw(http, repo, name, seg.shape, start), seg)
+    assert np.array_equal(read_raw(http, repo, name, seg.shape, start), seg)
     # what DVID does with it: a 500 after scale 0 was rewritten
     r = http.post(f"/api/node/{repo.root}/{name}/split/{SMALL}", content=rles)
     assert r.status_code == 500 and "Panic" in r.text
     want = seg.copy()
     want[sel & (seg == SMALL)] = before + 1
-    assert np.array_equal(_raw(http, repo, name, seg.shape, start), want)
+    assert np.array_equal(read_raw(http, repo, name, seg.shape, start), want)
     # a row over both x blocks at z -2: the label's only block there is x -2 (even), and a
     # block without the label is not rewritten, so the split goes
     sel2 = np.zeros(seg.shape, dtype=bool)
@@ -248,9 +236,9 @@ def test_split_a_downres_cannot_take_is_refused_before_it_is_sent(
     new, _ = labels.split(BIG1, encode_rles(rles_from_mask(sel2, start)))
     assert new == before + 2
     want[sel2 & (want == BIG1)] = new
-    assert np.array_equal(_raw(http, repo, name, seg.shape, start), want)
+    assert np.array_equal(read_raw(http, repo, name, seg.shape, start), want)
     # its downres ran: octant 0 of the coarse block over blocks -2..-1 is the split block's
-    assert np.array_equal(_raw(http, repo, name, (BS // 2,) * 3, (-BS, 0, -BS), 1),
+    assert np.array_equal(read_raw(http, repo, name, (BS // 2,) * 3, (-BS, 0, -BS), 1),
                           mode2(want[:BS, :, :BS]))
 
 
