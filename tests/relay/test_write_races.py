@@ -36,10 +36,7 @@ from .test_consistency import (
     InProcessRelay,
     _zarr_store,
     check_read_your_writes,
-    inproc,
 )
-
-__all__ = ["inproc"]  # (the fixture, imported for the tests here)
 
 #: the store test_consistency makes: uint8 (32, 256, 512) in (16, 64, 64) chunks, so cache cells
 #: (and precomputed chunks) of (32, 128, 256)
