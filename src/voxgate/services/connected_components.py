@@ -28,7 +28,7 @@ from ..blockwise import (
     run_blocks,
     scheduler_name,
 )
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, check_flag
 from ..geometry import Box, Vec, whole, whole_at_least
 from ..remotes.memory import MemoryRemote
 from ..volume import Volume
@@ -86,7 +86,8 @@ def canonical_order(labels: np.ndarray) -> np.ndarray:
 def connected_components_kernel(labels: np.ndarray, connectivity: int = 26,
                                 dtype: Any = np.uint64) -> np.ndarray:
     """cc3d on one in-memory array, canonically numbered (cc3d's own numbering already is:
-    components in the order of their first voxel in a C-order scan), as ``dtype``."""
+    components in the order of their first voxel in a C-order scan), as ``dtype``; 0 and
+    NaN are background (see :func:`connected_components`)."""
     if connectivity not in _CONNECTIVITY:
         raise InvalidRequestError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
     return _cc3d(labels, connectivity, _id_dtype(dtype))[0]
@@ -127,6 +128,14 @@ def _cc3d(labels: np.ndarray, connectivity: int, dt: np.dtype | None) -> tuple[n
     import cc3d
 
     labels = np.ascontiguousarray(labels)
+    if labels.dtype.kind == "f" and labels.dtype.itemsize in (2, 4, 8):
+        # labelled by their bits, as integers, with NaN and -0.0 made 0 (a copy): NaN is no
+        # value ("no data"), background as 0 is, where cc3d (comparing with ==) made every
+        # NaN voxel a component of its own; and cc3d 4.1 raises OverflowError on a float
+        # array holding only 0 and +-inf (a block often does).  Other floats are equal
+        # exactly when their bits are, so the components are the same
+        labels = np.where(np.isnan(labels) | (labels == 0), labels.dtype.type(0), labels).view(
+            f"i{labels.dtype.itemsize}")
     if labels.dtype == np.uint64:
         # cc3d 4.1 raises OverflowError on some small or thin arrays (a block at the volume's
         # edge) holding ids >= 2**63; as int64 (a view: no copy) the same ids stay distinct and
@@ -191,6 +200,11 @@ def connected_components(
 ) -> Any:
     """Label connected regions of ``source`` (any non-zero value; equal values connect).
 
+    Background, labelled 0, is every voxel equal to 0 (the fill value; for a float image -0.0
+    too) and, for a float image, every NaN: NaN is no value (missing data), so it neither
+    forms a component nor connects anything.  Other float values connect where they are
+    exactly equal (+inf with +inf); threshold a continuous image first to get regions.
+
     ``out``: None returns a numpy array; a URL creates that volume (a segmentation with the
     source's scale-0 geometry; it must not exist unless ``overwrite``); a writable Volume is
     written in place.  ``dtype``: the ids' type, uint64 by default (segment ids are uint64
@@ -205,6 +219,8 @@ def connected_components(
     t0 = time.perf_counter()
     if whole(connectivity) not in _CONNECTIVITY:  # 26.0 or True are not connectivities
         raise InvalidRequestError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
+    progress = check_flag(progress, "progress")
+    overwrite = check_flag(overwrite, "overwrite")
     want = np.dtype(np.uint64) if dtype is None else _id_dtype(dtype)
     # refused before an out= URL is created
     if workers is not None:

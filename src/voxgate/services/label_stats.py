@@ -28,7 +28,7 @@ from ..blockwise import (
     run_blocks,
     scheduler_name,
 )
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, check_flag
 from ..geometry import Box
 from ..remotes.base import Capability
 from ._common import Prefer, Provenance, as_volume, choose_path, progress_bar
@@ -155,8 +155,8 @@ def label_stats(
     here and are merged).
     """
     t0 = time.perf_counter()
-    if not isinstance(as_labels, (bool, np.bool_)):  # "no" would count an image's values
-        raise InvalidRequestError(f"as_labels must be True or False, got {as_labels!r}")
+    as_labels = check_flag(as_labels, "as_labels")  # "no" would count an image's values
+    progress = check_flag(progress, "progress")
     vol = as_volume(source, kind="segmentation" if isinstance(source, np.ndarray) else None)
     if vol.kind != "segmentation" and not as_labels:
         raise InvalidRequestError(

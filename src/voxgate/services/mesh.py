@@ -37,7 +37,7 @@ from ..blockwise import (
     run_blocks,
     scheduler_name,
 )
-from ..errors import InvalidRequestError, RemoteNotFoundError
+from ..errors import InvalidRequestError, RemoteNotFoundError, check_flag
 from ..formats.mesh import Mesh
 from ..geometry import Box, Vec
 from ..meta import check_ids
@@ -117,9 +117,13 @@ def mesh_kernel(labels: np.ndarray, voxel_size: Sequence[float], origin: Sequenc
     Igneous does at a dataset's edges (``closed_dataset_edges``), at the cost of a copy."""
     import zmesh
 
-    flags = [bool(close)] * 6 if isinstance(close, bool) else [bool(c) for c in close]
-    if len(flags) != 6:
+    if isinstance(close, (bool, np.bool_)):
+        flags = [bool(close)] * 6
+    elif isinstance(close, (str, bytes)) or not isinstance(close, (Sequence, np.ndarray)) \
+            or len(close) != 6:
         raise InvalidRequestError(f"close is a bool or six bools, got {close!r}")
+    else:  # "no" or 1 is no way to say a side (taken as truthy, "no" closed it)
+        flags = [check_flag(c, f"close[{k}]") for k, c in enumerate(close)]
     refuse_negative_labels(labels, "mesh")
     labels, origin = _closed(labels, origin, flags)
     vz, vy, vx = (float(v) for v in voxel_size)
@@ -221,8 +225,9 @@ def mesh(
     (its ``closed_dataset_edges``); False leaves them open there (zmesh's default) and meshes
     a numpy array without the padded copy that closing needs.
     """
-    if not isinstance(close, bool):
-        raise InvalidRequestError(f"close must be True or False, got {close!r}")
+    close = check_flag(close, "close")
+    strict = check_flag(strict, "strict")
+    progress = check_flag(progress, "progress")
     t0 = time.perf_counter()
     vol = as_volume(source, voxel_size=voxel_size, kind="segmentation"
                     if isinstance(source, np.ndarray) else None)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..blockwise import check_for_cluster, check_run, hosts_elsewhere, run_blocks
-from ..errors import InvalidRequestError, VoxgateError, VoxgateWarning
+from ..errors import InvalidRequestError, VoxgateError, VoxgateWarning, check_flag
 from ..geometry import Box, Vec, grow_block
 from ..storage import is_local, join, local_path, remove_tree
 from ..volume import Volume
@@ -165,9 +165,9 @@ def detect_synapses(
             0 < float(shell) < math.inf):
         raise InvalidRequestError(
             f"shell must be a positive, finite distance in nm, got {shell!r}")
-    for name, flag in (("sharded", sharded), ("overwrite", overwrite)):
-        if not isinstance(flag, bool):
-            raise InvalidRequestError(f"{name} must be True or False, got {flag!r}")
+    sharded = check_flag(sharded, "sharded")
+    overwrite = check_flag(overwrite, "overwrite")
+    progress = check_flag(progress, "progress")
     # everything below is checked before predict writes the probabilities
     check_run(workers, 0, client, "detect_synapses")
     if out is not None:

@@ -220,9 +220,8 @@ def write_annotations(
         raise InvalidRequestError(f"{url} is served over HTTP, which is read-only; write to a "
                                   "local path, gs:// or s3://")
     kind = kind_of(kind)
-    if not isinstance(sharded, bool):
-        raise InvalidRequestError(f"sharded must be True or False, got {sharded!r}")
-    check_flag(progress, "progress")
+    sharded = check_flag(sharded, "sharded")
+    progress = check_flag(progress, "progress")
     if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
         raise InvalidRequestError(f"limit must be a positive integer (annotations per spatial "
                                   f"cell), got {limit!r}")

@@ -96,9 +96,8 @@ def write_meshes(
     """
     if format not in ("legacy", "multires"):
         raise InvalidRequestError(f"format must be 'legacy' or 'multires', got {format!r}")
-    if not isinstance(sharded, bool):
-        raise InvalidRequestError(f"sharded must be True or False, got {sharded!r}")
-    check_flag(progress, "progress")
+    sharded = check_flag(sharded, "sharded")
+    progress = check_flag(progress, "progress")
     if sharded and format != "multires":
         raise InvalidRequestError(
             "Neuroglancer shards multi-resolution meshes only: pass format='multires' with "
