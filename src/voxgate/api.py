@@ -64,7 +64,7 @@ def open(
             )
         remote = url.remote
         if url.mode != mode or missing != remote.missing:
-            remote = open_remote(url.url, mode=mode, missing=missing)
+            remote = open_remote(url.remote.url, mode=mode, missing=missing)
         return Volume(remote, scale, bounds=bounds)
     if not isinstance(url, (str, os.PathLike)):
         raise InvalidRequestError(

@@ -8,10 +8,12 @@ catches everything voxgate says.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 __all__ = [
     "check_flag",
+    "redact",
     "AuthenticationError",
     "CapabilityNotSupportedError",
     "CorruptChunkError",
@@ -34,8 +36,46 @@ __all__ = [
 ]
 
 
+#: where a credential sits in a URL, a TensorStore spec (as JSON, or escaped inside
+#: tensorstore's own error text) or a Python repr of options
+_USERINFO = re.compile(r"(?<=://)([^/?#@:\s\"'\\{}]*)(:?)[^/?#@\s\"'\\{}]*@")
+_QUERY_SECRET = re.compile(
+    r"([?&;](?:access_token|token|auth|api_key|apikey|key|sig|signature|password|secret"
+    r"|client_secret|x-amz-signature|x-amz-credential|x-amz-security-token"
+    r"|x-goog-signature|x-goog-credential)=)[^&#\s\"'\\]+", re.IGNORECASE)
+_HEADER_SECRET = re.compile(
+    r"((?<![\w-])(?:proxy-authorization|authorization|cookie|set-cookie"
+    r"|x-[\w-]*(?:token|key|secret|auth)[\w-]*)\s*:\s*)[^\"'\\\r\n]+", re.IGNORECASE)
+_MEMBER_SECRET = re.compile(
+    r"((\\?[\"'])(?:token|access_token|auth_token|bearer_token|password|secret"
+    r"|client_secret|secret_access_key|aws_secret_access_key|session_token"
+    r"|aws_session_token|api_key|private_key)\2\s*:\s*(\\?[\"']))[^\"'\\]*(?=\3)",
+    re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` (a URL, a spec, a message) with every credential in it replaced by ``***``:
+    the password of ``user:password@host`` (a bare ``token@host`` whole), token and signature
+    query parameters, the values of ``Authorization``/``Cookie``/``X-...-Token`` headers and
+    of ``token``/``password``/``secret...`` members.  Everything voxgate shows (a Volume's
+    URL, reprs, error messages, logs, copy journals) goes through it; requests keep the
+    credentials."""
+    def userinfo(m: re.Match[str]) -> str:
+        return f"{m.group(1)}:***@" if m.group(2) else "***@"
+
+    text = _USERINFO.sub(userinfo, text)
+    text = _QUERY_SECRET.sub(r"\1***", text)
+    text = _HEADER_SECRET.sub(r"\1***", text)
+    return _MEMBER_SECRET.sub(r"\1***", text)
+
+
 class VoxgateError(Exception):
-    """Base class of every error voxgate raises deliberately."""
+    """Base class of every error voxgate raises deliberately.  Its message never holds a
+    credential (:func:`redact`): errors are shown, logged and sent back by the relay."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.args = tuple(redact(a) if isinstance(a, str) else a for a in args)
 
 
 class UnknownSchemeError(VoxgateError, ValueError):
@@ -79,7 +119,7 @@ class CorruptChunkError(VoxgateError, OSError):
 
     def __init__(self, message: str, chunk: str | None = None) -> None:
         super().__init__(message)
-        self.chunk = chunk
+        self.chunk = None if chunk is None else redact(chunk)
 
 
 class MissingChunkError(VoxgateError, LookupError):

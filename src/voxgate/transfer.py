@@ -50,6 +50,8 @@ from .errors import (
     OutOfBoundsError,
     PartialWriteError,
     VoxgateWarning,
+    check_flag,
+    redact,
 )
 from .geometry import Box, Vec, chunk_boxes, grow_block
 from .meta import Scale, VolumeMeta, centre_translation, coarser_extent
@@ -213,10 +215,10 @@ def list_journals() -> list[JournalStatus]:
 def _spellings(url: str) -> set[str]:
     """``url`` as given and as the Remote that opens it names itself (a bare path or a
     scheme-less storage URL is recorded by its Remote's URL)."""
-    names = {url}
+    names = {redact(url)}
     with contextlib.suppress(Exception):
         remote = open_remote(url)
-        names.add(remote.url)
+        names.add(redact(remote.url))
         remote.close()
     return names
 
@@ -260,7 +262,7 @@ def _as_remote(
                 "step-1 region")
         remote = x.remote
         if mode == "r+" and remote.mode != "r+":
-            remote = open_remote(x.url, mode="r+")
+            remote = open_remote(remote.url, mode="r+")
         full = x.at_scale(x.scale)
         box = None if x.bounds == full.bounds else x.bounds
         if box is not None and mode == "r+":
@@ -610,8 +612,8 @@ def copy(
                 + (" (write an array in memory with Volume[...] = array)"
                    if isinstance(x, np.ndarray) else f" {repr(x)[:80]}"))
     workers, retries = check_run(workers, retries, client, "copy")
-    if not isinstance(verify, bool):
-        raise InvalidRequestError(f"verify must be True or False, got {verify!r}")
+    verify = check_flag(verify, "verify")
+    progress = check_flag(progress, "progress")
     if client is not None:
         check_for_cluster(_name(src), "source", "copy")
         check_for_cluster(_name(dst), "destination", "copy", writes=True)
@@ -737,8 +739,10 @@ def copy(
     header: dict[str, Any] = {
         # absolute: zarr://x.zarr in another working directory is another volume, whose
         # copy must not resume this one's journal
-        "src": json.loads(cluster_spec(s_remote))["url"],
-        "dst": json.loads(cluster_spec(d_remote))["url"],
+        # (credentials redacted: a journal on disk never holds a token; the copy is the same
+        # copy whatever token reaches the stores)
+        "src": redact(json.loads(cluster_spec(s_remote))["url"]),
+        "dst": redact(json.loads(cluster_spec(d_remote))["url"]),
         "box": None if box is None else str(box),
         "scales": wanted,
         "blocks": len(plan),
@@ -759,7 +763,8 @@ def copy(
         path.unlink(missing_ok=True)
         _forget_destination(header["dst"])
     journal = _Journal(path, header)
-    report = CopyReport(s_remote.url, d_remote.url, wanted, blocks_total=len(plan), created=created)
+    report = CopyReport(redact(s_remote.url), redact(d_remote.url), wanted,
+                        blocks_total=len(plan), created=created)
     report.resumed = bool(journal.done)
     report.absent_chunks, report.absent_checked = absent, checked
     if created:
@@ -823,8 +828,8 @@ def copy(
             except KeyboardInterrupt as stop:
                 # blocks in flight at the interrupt finished and are recorded too
                 finished = len(_Journal.read_done(journal.path)[0])
-                raise CopyInterrupted(
-                    f"copy {s_remote.url} -> {d_remote.url} interrupted after {finished} of "
+                raise CopyInterrupted(  # (a KeyboardInterrupt: its message redacted here)
+                    f"copy {report.src} -> {report.dst} interrupted after {finished} of "
                     f"{len(plan)} blocks; run the same copy again to resume (journal at "
                     f"{journal.path})",
                     journal.path, finished, len(plan),

@@ -361,8 +361,9 @@ def test_webknossos_downsample_agrees_with_voxgate_at_an_unaligned_top_left(tmp_
         ds = wk.Dataset(root, voxel_size=(8, 8, 40))
         s = ds.add_layer("seg", wk.SEGMENTATION_CATEGORY, dtype="uint32",
                          data_format="zarr3", largest_segment_id=10**6)
-        s.add_mag(1, chunk_shape=32, shard_shape=64).write(np.load(out + "/labels.npy"), absolute_offset=top,
-                           allow_resize=True)
+        s.add_mag(1, chunk_shape=32, shard_shape=64).write(
+            np.load(out + "/labels.npy"), absolute_offset=top,
+            allow_resize=True)
         s.downsample(coarsest_mag=wk.Mag((4, 4, 1)), chunk_shape=32, shard_shape=64)
         for name in ("2-2-1", "4-4-1"):
             m = s.get_mag(name)

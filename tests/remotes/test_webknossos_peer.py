@@ -87,16 +87,19 @@ def test_voxgate_reads_webknossos_dataset_identically(tmp_path: Path) -> None:
         root, data = sys.argv[1], sys.argv[2]
         ds = wk.Dataset(root, voxel_size=(9, 9, 30))
         c = ds.add_layer("color", wk.COLOR_CATEGORY, dtype="uint8", data_format="zarr3")
-        c.add_mag(1, chunk_shape=32, shard_shape=64).write(np.load(data + "/em.npy"), absolute_offset=(10, 20, 30),
-                           allow_resize=True)
+        c.add_mag(1, chunk_shape=32, shard_shape=64).write(
+            np.load(data + "/em.npy"), absolute_offset=(10, 20, 30),
+            allow_resize=True)
         c.downsample(coarsest_mag=wk.Mag(2), chunk_shape=32, shard_shape=64)
         s = ds.add_layer("segmentation", wk.SEGMENTATION_CATEGORY, dtype="uint32",
                          data_format="zarr3", largest_segment_id=1000)
-        s.add_mag(1, chunk_shape=32, shard_shape=64).write(np.load(data + "/seg.npy"), absolute_offset=(10, 20, 30),
-                           allow_resize=True)
+        s.add_mag(1, chunk_shape=32, shard_shape=64).write(
+            np.load(data + "/seg.npy"), absolute_offset=(10, 20, 30),
+            allow_resize=True)
         w = ds.add_layer("wkwlayer", wk.COLOR_CATEGORY, dtype="uint8", data_format="wkw")
-        w.add_mag(1, chunk_shape=32, shard_shape=64).write(np.load(data + "/em.npy"), absolute_offset=(10, 20, 30),
-                           allow_resize=True)
+        w.add_mag(1, chunk_shape=32, shard_shape=64).write(
+            np.load(data + "/em.npy"), absolute_offset=(10, 20, 30),
+            allow_resize=True)
         np.save(data + "/em-2.npy", c.get_mag("2-2-1").read()[0])
     """, str(tmp_path / "wkds"), str(tmp_path))
     color = voxgate.open(f"webknossos://{tmp_path}/wkds/color")

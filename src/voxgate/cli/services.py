@@ -53,7 +53,7 @@ def _output_layer(url: str, out: str | None, sharded: bool, what: str,
     from ..api import open as vopen
 
     vol = vopen(url)
-    target = out or (vol.url if vol.url.startswith("precomputed://") else None)
+    target = out or (vol.remote.url if vol.url.startswith("precomputed://") else None)
     if target is None and files is None:
         raise InvalidRequestError(
             f"{url} is not a precomputed layer, so the {what} would be computed and thrown away: "

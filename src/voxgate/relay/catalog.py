@@ -39,6 +39,7 @@ from ..errors import (
     ReadOnlyError,
     RemoteNotFoundError,
     VoxgateError,
+    redact,
 )
 from ..geometry import Vec
 from ..remotes.base import Remote
@@ -427,7 +428,7 @@ class Catalog:
             if differs:
                 changed(entry)
         except Exception as exc:  # unreachable now: the next request's read says so
-            log.warning("could not read the metadata of %s again: %s", entry.upstream_url,
+            log.warning("could not read the metadata of %s again: %s", redact(entry.upstream_url),
                         type(exc).__name__)
         finally:
             with self._mutex:

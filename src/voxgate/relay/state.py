@@ -28,6 +28,7 @@ import numpy as np
 from starlette.requests import Request
 
 from ..api import create_remote
+from ..errors import redact
 from ..geometry import Box, Vec, VoxelSize, chunk_boxes
 from ..meta import Scale, VolumeMeta
 from ..remotes.base import Capability, has_capability
@@ -172,7 +173,7 @@ class Relay:
         found: dict[str, str] = {}
 
         def add(text: str, label: str) -> None:
-            variants = [text]
+            variants = [text, redact(text)]  # (voxgate's own messages hold it redacted)
             rest = text
             while "://" in rest:  # precomputed://file:///x -> file:///x -> /x
                 rest = rest.split("://", 1)[1]
@@ -518,12 +519,13 @@ class Relay:
                 with self.writing(remote):
                     run_job(remote)  # (nothing to write on an upstream that keeps its scales)
             except Exception as exc:  # the job's outcome is its status; the log says why
-                log.warning("downsample of %s failed: %s", remote.url, exc)
+                log.warning("downsample of %s failed: %s", redact(remote.url),
+                            redact(str(exc)))
                 finish_job(self.catalog, remote.url, ok=False)
             else:
                 if finish_job(self.catalog, remote.url, ok=True) == "NOT_DOWNSAMPLED":
                     log.info("downsample of %s ended NOT_DOWNSAMPLED: level 0 was written "
-                             "while it ran", remote.url)
+                             "while it ran", redact(remote.url))
 
         threading.Thread(target=job, name="voxgate-downsample", daemon=True).start()
 

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import AuthenticationError, InvalidRequestError, MissingChunkError
+from ..errors import AuthenticationError, InvalidRequestError, MissingChunkError, redact
 from ..geometry import Box, chunk_boxes, grow_block
 from ..parallel import run_blocks
 from ..services.label_stats import label_stats_kernel, merge_stats
@@ -203,7 +203,7 @@ def compute_stats(remote: CachedRemote, res: int, *, workers: int = SCAN_WORKERS
         raise result.failed[0][1]
     merged = merge_stats(parts)
     seconds = time.perf_counter() - t0
-    log.info("label stats of %s at resolution %d: %d ids in %d blocks, %.1f s", remote.url,
+    log.info("label stats of %s at resolution %d: %d ids in %d blocks, %.1f s", redact(remote.url),
              res, len(merged["id"]), len(blocks), seconds)
     # boxes as int32 where the channel's coordinates fit (they nearly always do): with the
     # sums, a kept result stays at 64 bytes an id (8 id, 8 count, 2 x 12 box, 24 sum)

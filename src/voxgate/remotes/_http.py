@@ -32,6 +32,7 @@ from ..errors import (
     RemoteNotFoundError,
     RemoteUnavailableError,
     VoxgateError,
+    redact,
 )
 
 __all__ = ["HTTPClient", "RequestTooLargeError", "ServerError"]
@@ -91,7 +92,7 @@ class HTTPClient:
         )
 
     def __repr__(self) -> str:  # never shows the headers (they hold the token)
-        return f"<HTTPClient {self.base_url}>"
+        return redact(f"<HTTPClient {self.base_url}>")
 
     def close(self) -> None:
         self._client.close()

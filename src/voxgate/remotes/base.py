@@ -31,6 +31,7 @@ from ..errors import (
     MissingChunkError,
     ReadOnlyError,
     RemoteExistsError,
+    redact,
 )
 from ..geometry import Box, Vec, chunk_boxes
 from ..meta import PyramidAnchor, Scale, VolumeMeta
@@ -235,7 +236,7 @@ class Remote(abc.ABC):
             raise ReadOnlyError(f"{self.url} is opened read-only; open it with mode='r+' to write")
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.url} mode={self.mode!r}>"
+        return redact(f"<{type(self).__name__} {self.url} mode={self.mode!r}>")
 
 
 #: called with (remote, scale) after voxgate wrote voxels of that scale through a Volume, a

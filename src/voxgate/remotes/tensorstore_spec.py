@@ -36,6 +36,7 @@ from ..errors import (
     RemoteExistsError,
     RemoteNotFoundError,
     VoxgateError,
+    redact,
 )
 from ..geometry import Box, Vec, VoxelSize
 from ..meta import Kind, Scale, VolumeMeta
@@ -53,25 +54,31 @@ def spec_url(spec: dict[str, Any]) -> str:
     return "tensorstore://" + json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
 
+def _shown(location: str, n: int = 200) -> str:
+    """The start of a spec for a message: credentials (http headers, tokens) redacted first,
+    so the cut cannot split one where redaction no longer finds it."""
+    return redact(location)[:n]
+
+
 def _parse(location: str) -> dict[str, Any]:
     try:
         spec = json.loads(location)
     except json.JSONDecodeError as exc:
         raise InvalidRequestError(
             f"tensorstore:// takes a TensorStore spec as JSON, e.g. tensorstore://"
-            f'{{"driver": "zarr3", "kvstore": "file:///data/a.zarr"}}; {location[:80]!r} is not '
-            f"JSON ({exc})"
+            f'{{"driver": "zarr3", "kvstore": "file:///data/a.zarr"}}; {_shown(location, 80)!r} '
+            f"is not JSON ({exc})"
         ) from exc
     if not isinstance(spec, dict) or "driver" not in spec:
         raise InvalidRequestError(
-            f"a TensorStore spec is a JSON object with a 'driver', got {location[:80]!r}"
+            f"a TensorStore spec is a JSON object with a 'driver', got {_shown(location, 80)!r}"
         )
     try:  # a spec TensorStore cannot parse (an unknown driver, a stray member) is bad input
         ts.Spec(spec)
     except ValueError as exc:
         raise InvalidRequestError(
-            f"TensorStore does not accept the spec {location[:200]}: {exc}"
-        ) from exc
+            f"TensorStore does not accept the spec {_shown(location)}: {exc}"
+        ) from None
     return spec
 
 
@@ -104,8 +111,8 @@ class TensorStoreRemote(Remote):
         # a bucket this process has not reached yet: one quick probe first, so an endpoint
         # that does not answer fails in about a second (tensorstore's own open retries it for
         # minutes)
-        check_spec_buckets(spec, f"opening {location[:200]}", first_contact_only=True)
-        with ts_errors(f"opening the TensorStore spec {location[:200]}"):
+        check_spec_buckets(spec, f"opening {_shown(location)}", first_contact_only=True)
+        with ts_errors(f"opening the TensorStore spec {_shown(location)}"):
             try:
                 store = ts.open(spec, read=True, write=mode == "r+",
                                 context=ts_context()).result()
@@ -113,17 +120,19 @@ class TensorStoreRemote(Remote):
                 if "NOT_FOUND" in str(exc):
                     # a missing bucket says so (whether or not this process had reached the
                     # bucket before, which decides the probe above)
-                    check_spec_buckets(spec, f"opening {location[:200]}")
+                    check_spec_buckets(spec, f"opening {_shown(location)}")
+                    # (tensorstore's text holds the spec: the cause is left out, ours has it
+                    # redacted)
                     raise RemoteNotFoundError(
-                        f"TensorStore finds no array for {location[:200]}: {exc}"
-                    ) from exc
+                        f"TensorStore finds no array for {_shown(location)}: {exc}"
+                    ) from None
                 raise
         return cls._from_store(spec, store, mode, options)
 
     @classmethod
     def _from_store(cls, spec: dict[str, Any], store: ts.TensorStore, mode: str,
                     options: dict[str, Any]) -> TensorStoreRemote:
-        where = "the TensorStore array " + json.dumps(spec)[:200]
+        where = "the TensorStore array " + _shown(json.dumps(spec))
         labels = [(n or "").lower() for n in store.domain.labels]
         given = options.get("axes")
         if given is not None:
@@ -216,11 +225,11 @@ class TensorStoreRemote(Remote):
         if cls.exists(location):
             if not exist_ok:
                 raise RemoteExistsError(
-                    f"TensorStore opens an array at {location[:200]} already (pass "
+                    f"TensorStore opens an array at {_shown(location)} already (pass "
                     "exist_ok=True to open it)"
                 )
             existing = cls.open(location, mode="r+")
-            check_same_volume(existing.meta, meta, location[:200])
+            check_same_volume(existing.meta, meta, _shown(location))
             return existing
         if len(meta.scales) > 1:
             raise CapabilityNotSupportedError(
@@ -249,9 +258,9 @@ class TensorStoreRemote(Remote):
         if spec["driver"] != "n5":  # (N5 has no fill value: absent chunks read as 0)
             kw["fill_value"] = np.zeros((), meta.dtype)
         # tensorstore retries the 404 of a missing bucket on its metadata write forever
-        check_spec_buckets(spec, f"creating {location[:200]}")
+        check_spec_buckets(spec, f"creating {_shown(location)}")
         try:
-            with ts_errors(f"creating {location[:200]}"):
+            with ts_errors(f"creating {_shown(location)}"):
                 ts.open(spec, create=True, context=ts_context(), **kw).result()
         except VoxgateError as exc:
             if any(sc.offset) and "bounds" in str(exc).lower():

@@ -52,7 +52,7 @@ from ..blockwise import (
     run_blocks,
     scheduler_name,
 )
-from ..errors import DtypeError, InvalidRequestError
+from ..errors import DtypeError, InvalidRequestError, redact
 from ..geometry import Box, Vec
 from ..remotes.memory import MemoryRemote
 from ..storage import state_dir
@@ -511,8 +511,9 @@ def map_blocks(
         plan = {"scale": target.scale, "region": str(region), "block": list(b),
                 "dtype": dt.str, "blocks": len(blocks)}
         # (a relative path made absolute: the same name elsewhere is another volume)
+        # (credentials redacted: the journal on disk never holds a token)
         url = (target.url if target.url.startswith("mem://")
-               else json.loads(cluster_spec(target.remote))["url"])
+               else redact(json.loads(cluster_spec(target.remote))["url"]))
         anchor = (target.remote.array(target.scale) if isinstance(target.remote, MemoryRemote)
                   else None)
         journal = _open_journal(url, plan, _fn_identity(fn), resume, anchor)

@@ -37,6 +37,7 @@ from ..errors import (
     RemoteNotFoundError,
     RemoteUnavailableError,
     VoxgateError,
+    redact,
 )
 
 __all__ = [
@@ -354,7 +355,10 @@ def ts_errors(what: str) -> Iterator[None]:
     except VoxgateError:
         raise
     except (ValueError, RuntimeError, OSError) as exc:
-        raise _translate(exc, what) from exc
+        error = _translate(exc, what)
+        if redact(str(exc)) != str(exc):  # (its text, a spec with headers, is in ours redacted)
+            raise error from None
+        raise error from exc
 
 
 def update_conditionally(kv: ts.KvStore, name: str, change: Callable[[bytes | None], bytes],

@@ -14,6 +14,7 @@ from ..errors import (
     IndexingError,
     InvalidRequestError,
     OutOfBoundsError,
+    redact,
 )
 from ..geometry import Box, Vec, VoxelSize, chunk_boxes, grow_block, whole_at_least
 from ..meta import Kind, Scale, VolumeMeta
@@ -81,7 +82,9 @@ class Volume(NoArithmetic):
 
     @property
     def url(self) -> str:
-        return self._remote.url
+        """Where the volume is, for people: credentials in it redacted (``spec()`` and the
+        Remote keep them, to reopen it)."""
+        return redact(self._remote.url)
 
     @property
     def mode(self) -> str:

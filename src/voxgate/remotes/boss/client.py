@@ -21,7 +21,7 @@ PUBLIC_URL = "https://api.bossdb.io"
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")  # bossDB's name rule and length (fullmatch)
 
 
-def _check_name(name: str, what: str) -> str:
+def check_name(name: str, what: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidRequestError(
             f"{what} name {name!r} is not valid for bossDB: use 1 to 255 letters, digits, '_' "
@@ -139,5 +139,5 @@ def _parse_location(location: str) -> tuple[str | None, str, str, str]:
             f"bossdb://{location}: expected collection/experiment/channel, got {len(parts)} parts"
         )
     c, e, ch = parts
-    return server, _check_name(c, "collection"), _check_name(e, "experiment"), \
-        _check_name(ch, "channel")
+    return server, check_name(c, "collection"), check_name(e, "experiment"), \
+        check_name(ch, "channel")

@@ -9,9 +9,9 @@ from urllib.parse import quote
 
 import numpy as np
 
-from ...errors import InvalidRequestError, RemoteExistsError, RemoteNotFoundError
+from ...errors import InvalidRequestError, RemoteExistsError, RemoteNotFoundError, redact
 from ...geometry import Box, VoxelSize
-from .client import _check_name, _client, boss_settings
+from .client import _client, boss_settings, check_name
 
 _UNIT_NM = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
 _DTYPES = ("uint8", "uint16", "uint32", "uint64")
@@ -31,7 +31,7 @@ class BossProject:
         self.client = _client(self.settings, timeout, 8)
 
     def __repr__(self) -> str:
-        return f"<BossProject {self.settings.url}>"
+        return redact(f"<BossProject {self.settings.url}>")
 
     def _get(self, path: str, what: str, idempotent: bool = True) -> Any:
         return self.client.request("GET", path, what=what, idempotent=idempotent).json()
@@ -60,30 +60,30 @@ class BossProject:
         return list(self._get("/v1/collection/", "listing collections")["collections"])
 
     def get_collection(self, c: str) -> dict[str, Any]:
-        return dict(self._get(f"/v1/collection/{_check_name(c, 'collection')}", f"collection {c}"))
+        return dict(self._get(f"/v1/collection/{check_name(c, 'collection')}", f"collection {c}"))
 
     def create_collection(self, c: str, description: str = "", *,
                           public: bool = False) -> dict[str, Any]:
-        return self._create(f"/v1/collection/{_check_name(c, 'collection')}",
+        return self._create(f"/v1/collection/{check_name(c, 'collection')}",
                             {"name": c, "description": description, "public": public},
                             f"collection {c!r}")
 
     def update_collection(self, c: str, **fields: Any) -> dict[str, Any]:
-        return dict(self._send("PUT", f"/v1/collection/{_check_name(c, 'collection')}", fields,
+        return dict(self._send("PUT", f"/v1/collection/{check_name(c, 'collection')}", fields,
                                200, f"updating collection {c}"))
 
     def delete_collection(self, c: str) -> None:
-        self._send("DELETE", f"/v1/collection/{_check_name(c, 'collection')}", None, 204,
+        self._send("DELETE", f"/v1/collection/{check_name(c, 'collection')}", None, 204,
                    f"deleting collection {c}")
 
     # experiments
     def list_experiments(self, c: str) -> list[str]:
-        return list(self._get(f"/v1/collection/{_check_name(c, 'collection')}/experiment/",
+        return list(self._get(f"/v1/collection/{check_name(c, 'collection')}/experiment/",
                               f"listing experiments of {c}")["experiments"])
 
     def _exp(self, c: str, e: str) -> str:
-        return (f"/v1/collection/{_check_name(c, 'collection')}/experiment/"
-                f"{_check_name(e, 'experiment')}")
+        return (f"/v1/collection/{check_name(c, 'collection')}/experiment/"
+                f"{check_name(e, 'experiment')}")
 
     def get_experiment(self, c: str, e: str) -> dict[str, Any]:
         return dict(self._get(self._exp(c, e), f"experiment {c}/{e}"))
@@ -96,7 +96,7 @@ class BossProject:
             raise InvalidRequestError(
                 f"hierarchy_method must be anisotropic or isotropic, got {hierarchy_method!r}")
         body = {"name": e, "description": description,
-                "coord_frame": _check_name(coord_frame, "coordinate frame"),
+                "coord_frame": check_name(coord_frame, "coordinate frame"),
                 "num_hierarchy_levels": num_hierarchy_levels,
                 "hierarchy_method": hierarchy_method, "num_time_samples": num_time_samples,
                 "collection": c, "time_step": time_step, "time_step_unit": time_step_unit}
@@ -113,7 +113,7 @@ class BossProject:
         return list(self._get("/v1/coord/", "listing coordinate frames")["coords"])
 
     def get_coordinate_frame(self, name: str) -> dict[str, Any]:
-        return dict(self._get(f"/v1/coord/{_check_name(name, 'coordinate frame')}",
+        return dict(self._get(f"/v1/coord/{check_name(name, 'coordinate frame')}",
                               f"coordinate frame {name}"))
 
     def create_coordinate_frame(self, name: str, box: Box, voxel_size: Any, *,
@@ -130,15 +130,15 @@ class BossProject:
                 "y_stop": box.stop.y, "z_start": box.start.z, "z_stop": box.stop.z,
                 "x_voxel_size": vs.x, "y_voxel_size": vs.y, "z_voxel_size": vs.z,
                 "voxel_unit": unit}
-        return self._create(f"/v1/coord/{_check_name(name, 'coordinate frame')}", body,
+        return self._create(f"/v1/coord/{check_name(name, 'coordinate frame')}", body,
                             f"coordinate frame {name!r}")
 
     def update_coordinate_frame(self, name: str, **fields: Any) -> dict[str, Any]:
-        return dict(self._send("PUT", f"/v1/coord/{_check_name(name, 'coordinate frame')}",
+        return dict(self._send("PUT", f"/v1/coord/{check_name(name, 'coordinate frame')}",
                                fields, 200, f"updating coordinate frame {name}"))
 
     def delete_coordinate_frame(self, name: str) -> None:
-        self._send("DELETE", f"/v1/coord/{_check_name(name, 'coordinate frame')}", None, 204,
+        self._send("DELETE", f"/v1/coord/{check_name(name, 'coordinate frame')}", None, 204,
                    f"deleting coordinate frame {name}")
 
     # channels
@@ -147,7 +147,7 @@ class BossProject:
                               f"listing channels of {c}/{e}")["channels"])
 
     def _chan(self, c: str, e: str, ch: str) -> str:
-        return self._exp(c, e) + f"/channel/{_check_name(ch, 'channel')}"
+        return self._exp(c, e) + f"/channel/{check_name(ch, 'channel')}"
 
     def get_channel(self, c: str, e: str, ch: str) -> dict[str, Any]:
         return dict(self._get(self._chan(c, e, ch), f"channel {c}/{e}/{ch}"))
@@ -175,11 +175,11 @@ class BossProject:
     # metadata
     def metadata(self, c: str, e: str | None = None, ch: str | None = None) -> BossMetadata:
         """The key/value metadata of a collection, experiment or channel, as a mapping."""
-        parts = [_check_name(c, "collection")]
+        parts = [check_name(c, "collection")]
         if e is not None:
-            parts.append(_check_name(e, "experiment"))
+            parts.append(check_name(e, "experiment"))
             if ch is not None:
-                parts.append(_check_name(ch, "channel"))
+                parts.append(check_name(ch, "channel"))
         return BossMetadata(self, "/".join(parts))
 
     # object services
@@ -187,8 +187,8 @@ class BossProject:
     def _data(c: str, e: str, ch: str) -> str:
         """``c/e/ch`` for a data-service URL, each name checked (a '/' or '..' in one would
         name another resource)."""
-        return (f"{_check_name(c, 'collection')}/{_check_name(e, 'experiment')}/"
-                f"{_check_name(ch, 'channel')}")
+        return (f"{check_name(c, 'collection')}/{check_name(e, 'experiment')}/"
+                f"{check_name(ch, 'channel')}")
 
     def ids_in_region(self, c: str, e: str, ch: str, box: Box, scale: int = 0) -> np.ndarray:
         x, y, z = (f"{a}:{b}" for a, b in zip(box.start.xyz(), box.stop.xyz(), strict=True))
@@ -227,11 +227,11 @@ class BossProject:
         return list(self._get("/v1/groups/", "listing groups")["groups"])
 
     def create_group(self, name: str) -> None:
-        self._send("POST", f"/v1/groups/{_check_name(name, 'group')}/", None, 201,
+        self._send("POST", f"/v1/groups/{check_name(name, 'group')}/", None, 201,
                    f"creating group {name}")
 
     def delete_group(self, name: str) -> None:
-        self._send("DELETE", f"/v1/groups/{_check_name(name, 'group')}/", None, 204,
+        self._send("DELETE", f"/v1/groups/{check_name(name, 'group')}/", None, 204,
                    f"deleting group {name}")
 
     def permissions(self, group: str, c: str, e: str | None = None,

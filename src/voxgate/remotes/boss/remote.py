@@ -21,6 +21,7 @@ from ...errors import (
     RemoteExistsError,
     RemoteNotFoundError,
     VoxgateError,
+    redact,
 )
 from ...geometry import Box, Vec, VoxelSize, origin_grid_bounds
 from ...meta import PyramidAnchor, Scale, VolumeMeta
@@ -206,7 +207,7 @@ class BossDBRemote(Remote):
             self._write_scales = None
 
     def __repr__(self) -> str:
-        return f"<BossDBRemote {self.url} mode={self.mode!r}>"
+        return redact(f"<BossDBRemote {self.url} mode={self.mode!r}>")
 
     def _not_found(self, exc: RemoteNotFoundError) -> RemoteNotFoundError:
         """Which of collection, experiment and channel is missing (bossDB's 404 says only

@@ -9,6 +9,7 @@ from ...errors import (
     DtypeError,
     InvalidRequestError,
     RemoteNotFoundError,
+    redact,
 )
 from ...formats.dvid_proto import decode_keyvalues, encode_keys, encode_keyvalues
 from .._http import HTTPClient
@@ -24,7 +25,7 @@ class DVIDKeyValue(MutableMapping[str, bytes]):
         self._base = f"/api/node/{node}/{name}"
 
     def __repr__(self) -> str:
-        return f"<DVIDKeyValue {self.client.base_url}/{self.node}/{self.name}>"
+        return redact(f"<DVIDKeyValue {self.client.base_url}/{self.node}/{self.name}>")
 
     @staticmethod
     def _k(key: str) -> str:

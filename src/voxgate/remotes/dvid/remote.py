@@ -21,6 +21,7 @@ from ...errors import (
     ReadOnlyError,
     RemoteExistsError,
     RemoteNotFoundError,
+    redact,
 )
 from ...geometry import Box, Vec, VoxelSize, grow_block, origin_grid_bounds
 from ...meta import Kind, PyramidAnchor, Scale, VolumeMeta
@@ -179,7 +180,7 @@ class DVIDRemote(Remote):
             else None)
 
     def __repr__(self) -> str:
-        return f"<DVIDRemote {self.url} node={self.uuid} mode={self.mode!r}>"
+        return redact(f"<DVIDRemote {self.url} node={self.uuid} mode={self.mode!r}>")
 
     # -- metadata -------------------------------------------------------------------------------
     def _geometry(self, info: dict[str, Any]) -> tuple[Vec, Vec, Kind | None]:
