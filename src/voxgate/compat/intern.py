@@ -23,11 +23,12 @@ this is right, and docs/compat-intern.md lists every difference:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import quote
@@ -35,9 +36,10 @@ from urllib.parse import quote
 import numpy as np
 
 from ..api import open as vopen
-from ..errors import CapabilityNotSupportedError, InvalidRequestError, VoxgateError
+from ..errors import CapabilityNotSupportedError, DtypeError, InvalidRequestError, VoxgateError
 from ..geometry import Box
 from ..remotes.boss import BossDBRemote, BossProject, boss_settings
+from ..remotes.boss.client import check_name
 from ..volume import Volume
 
 __all__ = [
@@ -138,30 +140,63 @@ _R = TypeVar("_R")
 _STATUS = re.compile(r"HTTP (\d{3})\b")
 
 
-_MIXED: dict[tuple[type[BaseException], type[BaseException]], type[BaseException]] = {}
+#: the mixed error classes made so far, by their parts: the voxgate error class, then each
+#: class it was made an instance of too (in the order they were added)
+_MIXED: dict[tuple[type[BaseException], ...], type[BaseException]] = {}
+
+
+def _rebuild(parts: tuple[type[BaseException], ...], args: tuple[Any, ...],
+             state: dict[str, Any]) -> BaseException:
+    """An instance of the mixed class of ``parts`` (unpickling: the class is made again in
+    this process from its parts, which are importable by name)."""
+    cls = _mixed_class(parts)
+    new = cls.__new__(cls)
+    new.args = args
+    new.__dict__.update(state)
+    return new
+
+
+def _reduce(self: BaseException) -> tuple[Any, ...]:
+    # (a made class cannot be pickled by name: it is rebuilt from its parts; like every
+    # exception, the traceback and cause are not kept)
+    parts: tuple[type[BaseException], ...] = type(self)._voxgate_parts  # type: ignore[attr-defined]
+    return _rebuild, (parts, self.args, dict(self.__dict__))
+
+
+def _mixed_class(parts: tuple[type[BaseException], ...]) -> type[BaseException]:
+    """The class of ``parts[0]`` that also is each of ``parts[1:]`` (its name kept, so
+    messages and reprs read the same), made once per process."""
+    if len(parts) == 1:
+        return parts[0]
+    found = _MIXED.get(parts)
+    if found is not None:
+        return found
+    base, extra = _mixed_class(parts[:-1]), parts[-1]
+    # the base whose instance layout is the larger (OSError's) must come first, whichever of
+    # the two it is, or instances cannot be made
+    for bases in ((base, extra), (extra, base)):
+        made: type[BaseException] = type(parts[0].__name__, bases, {
+            "__module__": parts[0].__module__, "__reduce__": _reduce,
+            "_voxgate_parts": parts})
+        try:
+            made.__new__(made)
+        except TypeError:
+            continue
+        _MIXED[parts] = made
+        return made
+    raise TypeError(f"no class can be both {base.__name__} and {extra.__name__}")
 
 
 def _also(exc: BaseException, extra: type[BaseException]) -> BaseException:
     """A copy of ``exc`` that is also an instance of ``extra`` (its class keeps its name, so
-    messages and reprs read the same)."""
+    messages and reprs read the same; it pickles, for multiprocessing and dask)."""
     if isinstance(exc, extra):
         return exc
-    key = (type(exc), extra)
-    if key not in _MIXED:
-        # the base whose instance layout is the larger (OSError's) must come first, whichever
-        # of the two it is, or instances cannot be made
-        for bases in (key, key[::-1]):
-            made: type[BaseException] = type(key[0].__name__, bases,
-                                              {"__module__": key[0].__module__})
-            try:
-                made.__new__(made)
-            except TypeError:
-                continue
-            _MIXED[key] = made
-            break
-        else:
-            return exc
-    cls = _MIXED[key]
+    parts = (*getattr(type(exc), "_voxgate_parts", (type(exc),)), extra)
+    try:
+        cls = _mixed_class(parts)
+    except TypeError:
+        return exc
     new = cls.__new__(cls)
     new.args = exc.args
     new.__dict__.update(exc.__dict__)
@@ -170,18 +205,42 @@ def _also(exc: BaseException, extra: type[BaseException]) -> BaseException:
 
 
 def _http_status(exc: BaseException) -> int | None:
-    """The HTTP status a server answered with, as the error (or what caused it) says."""
+    """The HTTP status a server answered with, as the error (or what caused it) says, or the
+    one bossDB answers to a request voxgate refused before sending it (see :func:`_answers`)."""
     seen: BaseException | None = exc
     while seen is not None:
         found = _STATUS.search(str(seen))
         if found:
             return int(found.group(1))
         seen = seen.__cause__
-    return None
+    status = getattr(exc, "_bossdb_status", None)
+    return status if isinstance(status, int) else None
+
+
+@contextlib.contextmanager
+def _answers(status: int, *kinds: type[VoxgateError]) -> Iterator[None]:
+    """Within: an error of ``kinds`` (InvalidRequestError unless named) raised before any
+    request is one bossDB answers with ``status``; intern sends such a request and raises
+    HTTPError, so the error is also an HTTPError with that status here."""
+    caught: tuple[type[VoxgateError], ...] = kinds or (InvalidRequestError,)
+    try:
+        yield
+    except caught as exc:
+        if _http_status(exc) is None:
+            exc._bossdb_status = status  # type: ignore[attr-defined]
+        raise
+
+
+def _checked_names(**names: str) -> None:
+    """bossDB answers 404 to a name its URLs do not match (intern sends the request)."""
+    with _answers(404):
+        for what, name in names.items():
+            check_name(name, what.replace("_", " "))
 
 
 def _as_intern_error(exc: VoxgateError) -> BaseException:
-    """``exc`` as intern's scripts catch it: an error the server answered is also a
+    """``exc`` as intern's scripts catch it: an error the server answered, or that bossDB
+    would answer to the request voxgate refused before sending it, is also a
     ``requests.HTTPError`` (intern's every failed request) whose ``response.status_code`` is
     the server's, when requests is installed (intern needs it, so a script that catches it has
     it)."""
@@ -247,7 +306,24 @@ def _box(x_range: Sequence[int], y_range: Sequence[int], z_range: Sequence[int])
     for name, r in (("x_range", x_range), ("y_range", y_range), ("z_range", z_range)):
         if len(r) != 2:
             raise InvalidRequestError(f"{name} must be [start, stop], got {r!r}")
+        if r[0] > r[1]:
+            # (intern's check, before any request: RuntimeError "Invalid range")
+            raise _also(InvalidRequestError(f"{name} {list(r)}: its start is after its stop"),
+                        RuntimeError)
     return Box((z_range[0], y_range[0], x_range[0]), (z_range[1], y_range[1], x_range[1]))
+
+
+def _scale(remote: BossDBRemote, resolution: int) -> int:
+    """voxgate's scale of intern's ``resolution`` (a bossDB resolution: the channel's
+    base_resolution + scale); one the channel lacks is bossDB's 400 (code 1002), which intern
+    gets from the server."""
+    base, levels = remote.base_resolution, len(remote.meta.scales)
+    with _answers(400):
+        if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or \
+                not base <= resolution < base + levels:
+            raise InvalidRequestError(f"Invalid resolution {resolution!r}: {remote.url} has "
+                                      f"resolutions {base}..{base + levels - 1}")
+    return int(resolution) - base
 
 
 class BossRemote:
@@ -257,8 +333,14 @@ class BossRemote:
     a path to an intern-style INI file, or None for voxgate's configuration chain.
 
     An error the server answered is also a ``requests.HTTPError`` (with the server's
-    ``response.status_code``), as intern's are; ids, bounding boxes and reserved ids of an image
-    channel raise an error that is also a TypeError, as intern's check does.
+    ``response.status_code``), as intern's are, and so is one voxgate raises before sending a
+    request that intern sends and bossDB refuses (a resolution or time sample the channel
+    lacks, data that does not fit its box, a count of ids below 1: 400; a name bossDB's URLs do
+    not match: 404); ids, bounding boxes and reserved ids of an image channel raise an error
+    that is also a TypeError, and a range whose start is after its stop or a ``bb_type`` other
+    than loose or tight one that is also a RuntimeError, as intern's own checks do.  These
+    errors pickle (multiprocessing, dask).  ``resolution`` is bossDB's: the channel's
+    base_resolution and up.
     """
 
     @_intern_errors
@@ -299,6 +381,7 @@ class BossRemote:
 
     def _remote(self, resource: ChannelResource | str, mode: str = "r") -> BossDBRemote:
         c, e, ch = _channel_parts(resource)
+        _checked_names(collection=c, experiment=e, channel=ch)
         key = (c, e, ch)
         remote = self._remotes.get(key)
         if remote is None or (mode == "r+" and remote.mode != "r+"):
@@ -313,10 +396,12 @@ class BossRemote:
 
     @_intern_errors
     def list_experiments(self, collection_name: str) -> list[str]:
+        _checked_names(collection=collection_name)
         return self.project.list_experiments(collection_name)
 
     @_intern_errors
     def list_channels(self, collection_name: str, experiment_name: str) -> list[str]:
+        _checked_names(collection=collection_name, experiment=experiment_name)
         return self.project.list_channels(collection_name, experiment_name)
 
     @_intern_errors
@@ -325,11 +410,13 @@ class BossRemote:
 
     @_intern_errors
     def get_collection(self, name: str) -> CollectionResource:
+        _checked_names(collection=name)
         d = self.project.get_collection(name)
         return CollectionResource(d["name"], d.get("description", ""), d.get("creator", ""), d)
 
     @_intern_errors
     def get_experiment(self, coll_name: str, exp_name: str) -> ExperimentResource:
+        _checked_names(collection=coll_name, experiment=exp_name)
         d = self.project.get_experiment(coll_name, exp_name)
         return ExperimentResource(
             d["name"], coll_name, d["coord_frame"], d.get("description", ""),
@@ -339,6 +426,7 @@ class BossRemote:
 
     @_intern_errors
     def get_coordinate_frame(self, name: str) -> CoordinateFrameResource:
+        _checked_names(coordinate_frame=name)
         d = self.project.get_coordinate_frame(name)
         keys = ("x_start", "x_stop", "y_start", "y_stop", "z_start", "z_stop", "x_voxel_size",
                 "y_voxel_size", "z_voxel_size", "voxel_unit")
@@ -347,6 +435,7 @@ class BossRemote:
 
     @_intern_errors
     def get_channel(self, chan_name: str, coll_name: str, exp_name: str) -> ChannelResource:
+        _checked_names(collection=coll_name, experiment=exp_name, channel=chan_name)
         d = self.project.get_channel(coll_name, exp_name, chan_name)
         return ChannelResource(
             d["name"], coll_name, exp_name, d["type"], d.get("description", ""),
@@ -432,7 +521,13 @@ class BossRemote:
                    **kwargs: Any) -> np.ndarray:
         remote = self._remote(resource)
         box = _box(x_range, y_range, z_range)
-        data = remote.read(box, resolution)
+        if time_range is not None:
+            t = list(time_range)
+            with _answers(400):  # (bossDB's check, code 1000)
+                if len(t) != 2 or not 0 <= t[0] < t[1] <= remote._samples:
+                    raise InvalidRequestError(f"Invalid time range {t}: this channel's time "
+                                              f"samples are 0..{remote._samples - 1}")
+        data = remote.read(box, _scale(remote, resolution))
         ids = list(id_list)
         if ids:
             data = np.where(np.isin(data, np.asarray(ids, dtype=data.dtype)), data, 0)
@@ -452,14 +547,18 @@ class BossRemote:
         box = _box(x_range, y_range, z_range)
         arr = np.asarray(data)
         if time_range is not None:
-            if arr.ndim != 4 or arr.shape[0] != 1:
+            if arr.ndim != 4 or arr.shape[0] != 1:  # (intern's ValueError, before sending)
                 raise InvalidRequestError("with a time_range, data must be (1, z, y, x)")
             arr = arr[0]
-        if arr.shape != tuple(box.shape):
-            raise InvalidRequestError(
-                f"data of shape {arr.shape} does not fit the (z, y, x) box {tuple(box.shape)}")
-        vol = Volume(remote, resolution)
-        vol.write(arr, box)  # safe-cast checks; zeros are sent like anything else
+        scale = _scale(remote, resolution)
+        # what intern sends and bossDB refuses with 400: data that does not fill the box
+        # (code 2002), of another datatype (2001/2002), at a resolution it does not write
+        with _answers(400, InvalidRequestError, DtypeError):
+            if arr.shape != tuple(box.shape):
+                raise InvalidRequestError(f"data of shape {arr.shape} does not fit the "
+                                          f"(z, y, x) box {tuple(box.shape)}")
+            vol = Volume(remote, scale)
+            vol.write(arr, box)  # safe-cast checks; zeros are sent like anything else
 
     # -- object services -------------------------------------------------------------------------
     @_intern_errors
@@ -467,21 +566,29 @@ class BossRemote:
     def get_ids_in_region(self, resource: ChannelResource | str, resolution: int,
                           x_range: Sequence[int], y_range: Sequence[int],
                           z_range: Sequence[int], time_range: Sequence[int] = (0, 1)) -> list[int]:
-        ids = self._remote(resource).ids_in(_box(x_range, y_range, z_range), resolution)
+        remote = self._remote(resource)
+        box = _box(x_range, y_range, z_range)
+        ids = remote.ids_in(box, _scale(remote, resolution))
         return [int(i) for i in ids]
 
     @_intern_errors
     @_annotation_only
     def get_bounding_box(self, resource: ChannelResource | str, resolution: int, id: int,
                          bb_type: str = "loose") -> dict[str, list[int]]:
-        box = self._remote(resource).bounding_box(id, resolution, tight=bb_type == "tight")
+        if bb_type not in ("loose", "tight"):  # (intern's check, before any request)
+            raise _also(InvalidRequestError(f"bb_type must be either 'loose' or 'tight', not "
+                                            f"{bb_type!r}"), RuntimeError)
+        remote = self._remote(resource)
+        box = remote.bounding_box(id, _scale(remote, resolution), tight=bb_type == "tight")
         return {"x_range": [box.start.x, box.stop.x], "y_range": [box.start.y, box.stop.y],
                 "z_range": [box.start.z, box.stop.z], "t_range": [0, 1]}
 
     @_intern_errors
     @_annotation_only
     def reserve_ids(self, resource: ChannelResource | str, num_ids: int) -> int:
-        return self._remote(resource).reserve_ids(num_ids)
+        remote = self._remote(resource)
+        with _answers(400):  # (intern sends any count; bossDB refuses one below 1)
+            return remote.reserve_ids(num_ids)
 
     @_intern_errors
     def get_neuroglancer_link(self, resource: ChannelResource | str, resolution: int,
@@ -499,9 +606,10 @@ class BossRemote:
         ``precomputed://`` links that need no bossDB login.
         """
         c, e, ch = _channel_parts(resource)
-        meta = self._remote(resource).meta
+        remote = self._remote(resource)
+        meta = remote.meta
         box = _box(x_range, y_range, z_range)
-        base, here = meta.scale(0).voxel_size, meta.scale(resolution).voxel_size
+        base, here = meta.scale(0).voxel_size, meta.scale(_scale(remote, resolution)).voxel_size
         position = [float(v) * (h / b) for v, h, b in
                     zip(box.start.xyz(), here.xyz(), base.xyz(), strict=True)]
         layer = {"type": "segmentation" if meta.kind == "segmentation" else "image",
