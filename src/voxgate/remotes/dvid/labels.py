@@ -5,7 +5,10 @@ A labelarray serves fewer endpoints than a labelmap (labelarray.go ServeHTTP: no
 supervoxels, mapping(s), supervoxel-splits, cleave, renumber, POST nextlabel, and a
 sparsevol-size without a voxel count; any other keyword answers 400 "Bad API call").  Each
 query a labelarray lacks is computed here from what it has (sparse volumes: exact), or
-refused naming the datatype."""
+refused naming the datatype.  A legacy ``labelblk`` has no label index at all (labelblk.go
+ServeHTTP: help, metadata, resolution, info, sync, label, labels, blocks, pseudocolor, raw,
+isotropic): only its point queries are sent, at its one scale; everything else is refused
+before anything is sent."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from ...errors import (
     CorruptChunkError,
     InvalidRequestError,
     RemoteNotFoundError,
+    redact,
 )
 from ...formats.dvid_block import (
     DVIDFormatError,
@@ -42,13 +46,26 @@ class SparsevolSize:
     box: Box
 
 
+#: the label types with a label index: sparse volumes, sizes, maxlabel, merges and splits
+_INDEXED = ("labelmap", "labelarray")
+#: the label types whose ``label`` / ``labels`` answer points
+_POINTS = ("labelmap", "labelarray", "labelblk")
+#: why a type lacks an endpoint, from its ServeHTTP switch
+_NOT_SERVED = {
+    "labelarray": "labelarray.go ServeHTTP has no such endpoint",
+    "labelblk": "labelblk.go ServeHTTP has no label index and serves only help, metadata, "
+                "resolution, info, sync, label, labels, blocks, pseudocolor, raw and isotropic",
+}
+
+
 def _zyx_point(p: Iterable[Any]) -> tuple[int, int, int]:
     v = Vec.of(p, "point")
     return (v.z, v.y, v.x)
 
 
 class DVIDLabels:
-    """Label queries on a labelmap / labelarray instance at one node (points are (z, y, x))."""
+    """Label queries on a labelmap / labelarray instance at one node (points are (z, y, x));
+    on a labelblk, points only."""
 
     def __init__(self, client: HTTPClient, node: str, name: str,
                  typename: str | None = None) -> None:
@@ -58,7 +75,7 @@ class DVIDLabels:
         self._typename = typename  # None: read from GET info when first needed
 
     def __repr__(self) -> str:
-        return f"<DVIDLabels {self.client.base_url}/{self.node}/{self.name}>"
+        return redact(f"<DVIDLabels {self.client.base_url}/{self.node}/{self.name}>")
 
     def _q(self, scale: int = 0, supervoxels: bool = False) -> str:
         parts = []
@@ -86,11 +103,20 @@ class DVIDLabels:
         """Whether the instance serves a labelmap's endpoints (else a labelarray's subset)."""
         return self.typename == "labelmap"
 
-    def _refuse(self, what: str, endpoint: str, instead: str = "") -> CapabilityNotSupportedError:
+    def _refuse(self, what: str, endpoint: str, instead: str = "",
+                types: tuple[str, ...] = ("labelmap",)) -> CapabilityNotSupportedError:
+        who = f"a {types[0]} serves" if len(types) == 1 else \
+            f"{' and '.join(types)} instances serve"
+        why = _NOT_SERVED.get(self.typename, "it is not a DVID label type")
         return CapabilityNotSupportedError(
             f"{self.client.base_url}/{self.node}/{self.name} is a DVID {self.typename}, which "
-            f"cannot {what}: only a labelmap serves {endpoint} (labelarray.go ServeHTTP has "
-            f"no such endpoint){instead}. Nothing was sent")
+            f"cannot {what}: only {who} {endpoint} ({why}){instead}. Nothing was sent")
+
+    def _need_index(self, what: str, endpoint: str, instead: str = "") -> None:
+        """Refuse, before anything is sent, a call only a labelmap or labelarray answers (a
+        labelblk answers it 400 "Bad API call", server/web.go BadAPIRequest)."""
+        if self.typename not in _INDEXED:
+            raise self._refuse(what, endpoint, instead, _INDEXED)
 
     def _runs_size(self, lab: int) -> int:
         """Voxel count of ``lab`` from its sparse volume (exact; a labelarray has no ``size``
@@ -102,9 +128,22 @@ class DVIDLabels:
         # parse integers exactly: ids above 2^53 must not pass through a float
         return np.array(json.loads(resp.content, parse_int=int), dtype=np.uint64)
 
+    def _check_points(self, scale: int) -> None:
+        """``label`` / ``labels`` are answered by every label type, but a labelblk holds one
+        scale: labelblk.go's handlers read no ``scale=`` and would answer scale 0."""
+        if self.typename not in _POINTS:
+            raise self._refuse("answer labels at points", "label and labels", types=_POINTS)
+        if scale and self.typename == "labelblk":
+            raise CapabilityNotSupportedError(
+                f"{self.client.base_url}/{self.node}/{self.name} is a DVID labelblk, which "
+                f"holds one scale: it cannot answer labels at scale {scale} (labelblk.go "
+                "ServeHTTP label / labels read no scale= and answer scale 0; only labelmap and "
+                "labelarray instances have coarser scales). Nothing was sent")
+
     def label_at(self, point: Iterable[Any], *, scale: int = 0,
                  supervoxels: bool = False) -> int:
         z, y, x = _zyx_point(point)
+        self._check_points(scale)
         resp = _call(self.client, "GET", f"{self._base}/label/{x}_{y}_{z}"
                      + self._q(scale, supervoxels), what=f"label at (z, y, x) {(z, y, x)}")
         return int(json.loads(resp.content)["Label"])
@@ -112,6 +151,7 @@ class DVIDLabels:
     def labels_at(self, points: Iterable[Iterable[Any]], *, scale: int = 0,
                   supervoxels: bool = False) -> np.ndarray:
         pts = [_zyx_point(p) for p in points]
+        self._check_points(scale)
         resp = _call(self.client, "GET", f"{self._base}/labels" + self._q(scale, supervoxels),
                      content=json.dumps([[x, y, z] for z, y, x in pts]),
                      what=f"labels at {len(pts)} points")
@@ -121,6 +161,7 @@ class DVIDLabels:
         """Voxel count; on a labelarray (no ``size`` endpoint, no supervoxels: each label is
         its own) summed from the label's sparse volume."""
         lab = self._label(label)
+        self._need_index("count a label's voxels", "size (a labelarray: sparsevol)")
         if not self._is_labelmap():
             return self._runs_size(lab)
         try:
@@ -134,6 +175,7 @@ class DVIDLabels:
         """Voxel counts (0 for labels that do not exist); on a labelarray one sparse volume
         per distinct label."""
         labs = [self._label(v) for v in labels]
+        self._need_index("count labels' voxels", "sizes (a labelarray: sparsevol)")
         if not self._is_labelmap():
             got: dict[int, int] = {}
             for lab in dict.fromkeys(labs):
@@ -150,6 +192,7 @@ class DVIDLabels:
         """The body's supervoxels, sorted; a labelarray agglomerates nothing, so a label with
         voxels is its only supervoxel."""
         lab = self._label(body)
+        self._need_index("list a body's supervoxels", "supervoxels (a labelarray: sparsevol)")
         if not self._is_labelmap():
             if not self.has_label(lab):
                 raise LabelNotFoundError(f"body {lab} has no voxels at node {self.node}")
@@ -171,6 +214,10 @@ class DVIDLabels:
         id), else its body.  A labelarray maps nothing: each id is its own body (0 where it has
         no voxels, one ``HEAD sparsevol`` per id; without them under ``nolookup``)."""
         svs = [self._label(v) for v in supervoxels]
+        if not nolookup:
+            self._need_index("look supervoxels up in a label index",
+                             "mapping (a labelarray: sparsevol)",
+                             "; nolookup=True answers each id itself, a labelblk mapping nothing")
         if not self._is_labelmap():
             if nolookup:
                 return np.array(svs, dtype=np.uint64)
@@ -183,7 +230,7 @@ class DVIDLabels:
 
     def mappings(self) -> dict[int, int]:
         """Every non-identity supervoxel -> body mapping at this node (none on a
-        labelarray)."""
+        labelarray or a labelblk)."""
         if not self._is_labelmap():
             return {}
         resp = _call(self.client, "GET", f"{self._base}/mappings?format=binary",
@@ -194,7 +241,8 @@ class DVIDLabels:
     def agglomerated(self) -> bool:
         """Whether any supervoxel at this node reads as another body: a mapping that is not
         the identity (merges, cleaves, renumbers) or a supervoxel DVID split (retired: it
-        reads as 0, its voxels taken by two new supervoxels).  Never on a labelarray."""
+        reads as 0, its voxels taken by two new supervoxels).  Never on a labelarray or a
+        labelblk."""
         if not self._is_labelmap():
             return False
         if self.mappings():
@@ -227,6 +275,7 @@ class DVIDLabels:
                 "Nothing was merged")
         labs = [tgt, *rest]
         what = f"merging {rest} into {tgt}"
+        self._need_index("merge labels", "POST merge")
         self._check_array_merge(labs, what)
         resp = _call(self.client, "POST", f"{self._base}/merge", content=json.dumps(labs),
                      what=what)
@@ -332,12 +381,14 @@ class DVIDLabels:
         svs = [self._label(v) for v in supervoxels]
         if not self._is_labelmap():
             raise self._refuse("cleave (it has no supervoxels)", "POST cleave",
-                               "; split() moves voxels to a new label")
+                               "; split() moves voxels to a new label"
+                               if self.typename == "labelarray" else "")
         resp = _call(self.client, "POST", f"{self._base}/cleave/{lab}", content=json.dumps(svs),
                      what=f"cleaving {len(svs)} supervoxels from {lab}")
         return int(resp.json()["CleavedLabel"])
 
-    def split(self, body: int, rles: bytes) -> tuple[int, int]:
+    def split(self, body: int, rles: bytes, *, splitlabel: int | None = None
+              ) -> tuple[int, int]:
         """Move the voxels of ``body`` in the sparse volume ``rles`` (DVID's ``rles`` encoding,
         :func:`voxgate.formats.dvid_block.encode_rles`) to a new body: ``POST split/<body>``.
         Returns (the new body, the mutation id).
@@ -346,12 +397,37 @@ class DVIDLabels:
         no mutation id (0 is returned); only the label's voxels among the runs move, other
         voxels stay, and nothing checks that the label exists or keeps a voxel.  With coarser
         scales, a split that rewrites a block DVID's downres cannot take (a negative odd block
-        coordinate) is refused before anything is sent."""
+        coordinate) is refused before anything is sent.
+
+        ``splitlabel`` (a labelarray's ``?splitlabel=``) names the label the voxels get
+        instead of a new one; maxlabel moves up to it (updateMaxLabel).  DVID checks nothing
+        else: a label that already has voxels takes the split voxels in (the chain DVID's
+        help describes: a ``split-coarse`` to a new label, then a ``split`` at voxel level
+        into that same label); keeping it clear of labels of other versions is the caller's
+        part.  A labelmap has no such parameter (handlers.go handleSplit never reads it and
+        mutate.go SplitLabels always takes a new label), so it is refused there."""
         lab = self._label(body)
+        self._need_index("split a label", "POST split")
+        query = ""
+        if splitlabel is not None:
+            to = self._label(splitlabel)
+            if to == lab:
+                raise InvalidRequestError(
+                    f"cannot split label {lab} into itself (splitlabel={to}): the split voxels "
+                    "would keep their label. Nothing was split")
+            if self._is_labelmap():
+                raise CapabilityNotSupportedError(
+                    f"{self.client.base_url}/{self.node}/{self.name} is a DVID labelmap, which "
+                    f"cannot split label {lab} into a chosen label (splitlabel={to}): its "
+                    "POST split takes no splitlabel (handlers.go handleSplit never reads it, "
+                    "mutate.go SplitLabels always takes a new label, so the label would be "
+                    "ignored); only a labelarray's split takes one. Split without it, then "
+                    "renumber({wanted: new}) gives the new body the id wanted. Nothing was sent")
+            query = f"?splitlabel={to}"
         if not self._is_labelmap():
             self._check_array_split(lab, rles, f"splitting label {lab}")
-        resp = _call(self.client, "POST", f"{self._base}/split/{lab}", content=rles,
-                     what=f"splitting label {lab}")
+        resp = _call(self.client, "POST", f"{self._base}/split/{lab}{query}", content=rles,
+                     what=f"splitting label {lab}" + (f" into {splitlabel}" if query else ""))
         d = json.loads(resp.content, parse_int=int)
         return int(d["label"]), int(d.get("MutationID", 0))
 
@@ -379,10 +455,12 @@ class DVIDLabels:
               what=f"posting {len(items)} mapping(s)")
 
     def maxlabel(self) -> int:
+        self._need_index("tell its largest label", "GET maxlabel")
         resp = _call(self.client, "GET", f"{self._base}/maxlabel", what="maxlabel")
         return int(json.loads(resp.content)["maxlabel"])
 
     def next_label(self) -> int:
+        self._need_index("tell its next label", "GET nextlabel")
         resp = _call(self.client, "GET", f"{self._base}/nextlabel", what="nextlabel")
         return int(json.loads(resp.content)["nextlabel"])
 
@@ -392,7 +470,8 @@ class DVIDLabels:
         count = whole_at_least(count, 1, "the count of ids to reserve")
         if not self._is_labelmap():
             raise self._refuse("reserve ids", "POST nextlabel",
-                               "; ids above maxlabel() are unused")
+                               "; ids above maxlabel() are unused"
+                               if self.typename == "labelarray" else "")
         resp = _call(self.client, "POST", f"{self._base}/nextlabel/{count}",
                      what=f"reserving {count} ids")
         return int(json.loads(resp.content)["start"])
@@ -410,6 +489,7 @@ class DVIDLabels:
                        box: Box | None = None) -> np.ndarray:
         """The label's voxels as runs along x: (n, 4) int32 ``x, y, z, length``."""
         lab = self._label(label)
+        self._need_index("give a label's sparse volume", "sparsevol")
         try:
             resp = _call(self.client, "GET", f"{self._base}/sparsevol/{lab}"
                          + self._sv_query(scale, supervoxels, box),
@@ -445,6 +525,7 @@ class DVIDLabels:
     def has_label(self, label: int, *, supervoxels: bool = False, box: Box | None = None
                   ) -> bool:
         lab = self._label(label)
+        self._need_index("tell whether a label has voxels", "HEAD sparsevol")
         resp = _call(self.client, "HEAD", f"{self._base}/sparsevol/{lab}"
                      + self._sv_query(0, supervoxels, box), expect=(200, 204),
                      what=f"checking label {lab}")
@@ -455,6 +536,7 @@ class DVIDLabels:
         has no voxel count (labelarray.go handleSparsevolSize): it is summed from the label's
         sparse volume."""
         lab = self._label(label)
+        self._need_index("give a label's sparsevol-size", "sparsevol-size")
         try:
             resp = _call(self.client, "GET", f"{self._base}/sparsevol-size/{lab}"
                          + self._q(0, supervoxels), what=f"sparsevol-size of {lab}")

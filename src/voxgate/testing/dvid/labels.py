@@ -11,6 +11,8 @@ import hashlib
 import json
 import struct
 import zlib
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlencode
 
 import lz4.block
@@ -358,6 +360,8 @@ def _labels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
         return Reply(body=("[" + ",".join(items) + "]").encode())
     if not is_map and kw == "split":
         return _array_split(ctx, method, parts, body)
+    if not is_map and kw == "split-coarse":
+        return _array_split_coarse(ctx, method, parts, body)
     if is_map and kw == "split":
         # handlers.go handleSplit: the AllowLabelmapSplit check, then POST only
         if not getattr(ctx.state, "allow_labelmap_split", True):
@@ -602,37 +606,140 @@ def _array_split(ctx: _Ctx, method: str, parts: list[str], body: bytes) -> Reply
     block the runs touch (those left alone too).  The coarser scales are recomputed before
     the answer ``{"label": N}`` (a downres panic answers 500, scale 0 and the index
     rewritten).  A ``splitlabel`` that does not parse is answered 400 and the split still
-    runs, with a new label, its answer written after the error text."""
+    runs (see :func:`_with_splitlabel`)."""
     if method != "POST":
         raise DVIDError("Split requests must be POST actions.")
-    from_label = _split_label_arg(parts)
+    return _with_splitlabel(ctx, _split_label_arg(parts), body, _array_split_run)
+
+
+def _array_split_coarse(ctx: _Ctx, method: str, parts: list[str], body: bytes) -> Reply:
+    """``POST split-coarse/<label>[?splitlabel=X]`` of a labelarray (labelarray.go
+    handleSplitCoarse, mutate.go SplitCoarseLabels, processSplit with ``delta.Split == nil``,
+    splitBlock's ``ReplaceLabel`` branch, splitIndices).
+
+    As :func:`_array_split`, but the runs are of **block** coordinates and whole blocks
+    move: the label is taken (or ``splitlabel``), the runs read (an error answers 400
+    ``split-coarse: <err>``), and in every listed block that exists each voxel of the label
+    gets the new label (``Block.ReplaceLabel``; a block without the label is stored again
+    unchanged, and both go to the downres); a block never written is skipped.  The old
+    label's index loses every listed block and the new label's gets every listed block,
+    whatever they hold (splitIndices with ``deleteBlks = SortedBlocks``).  The downres runs
+    before the answer ``{"label": N}``.  A run of negative length makes Go's block slice
+    (``make(dvid.IZYXSlice, numBlocks)``, ``numBlocks`` the uint64 sum of the lengths) too
+    long or too short: a panic, answered 500, after the label was taken."""
+    if method != "POST":
+        raise DVIDError("Split-coarse requests must be POST actions.")
+    return _with_splitlabel(ctx, _split_label_arg(parts), body, _array_split_coarse_run)
+
+
+def _with_splitlabel(ctx: _Ctx, from_label: int, body: bytes,
+                     run: Callable[[_Ctx, int, int, bytes], Reply]) -> Reply:
+    """labelarray.go handleSplit / handleSplitCoarse: ``?splitlabel=`` by strconv.ParseUint
+    (ASCII digits only; a syntax error gives 0, so a new label; an overflow gives 2^64-1,
+    which is then used).  A value that does not parse is answered 400 with no ``return``
+    after it: the split still runs, and its answer (or its error) follows the error text."""
     split_label, prefix = 0, ""
     text = ctx.q.get("splitlabel", "")
     if text:
-        if text.isdigit() and int(text) < 2**64:
+        if text.isascii() and text.isdigit() and int(text) < 2**64:
             split_label = int(text)
         else:
+            if text.isascii() and text.isdigit():
+                split_label = 2**64 - 1  # strconv.ErrRange: the value is the maximum
             prefix = (f"Bad parameter for 'splitlabel' query string ({_q(text)}).  Must be "
                       f"uint64.\n ({ctx.path}).\n")
     try:
-        reply = _array_split_run(ctx, from_label, split_label, body)
+        reply = run(ctx, from_label, split_label, body)
     except DVIDError as exc:
         if not prefix:
             raise
-        text = str(exc) if exc.raw else f"{exc} ({ctx.path})."
-        return Reply(400, (prefix + text + "\n").encode(), "text/plain; charset=utf-8")
+        msg = str(exc) if exc.raw else f"{exc} ({ctx.path})."
+        # (the status stays the first http.Error's 400; a panic's 500 comes too late)
+        return Reply(400, (prefix + msg + "\n").encode(), "text/plain; charset=utf-8")
     if prefix:  # (http.Error wrote the status and its text; the JSON follows)
         return Reply(400, prefix.encode() + reply.body, "text/plain; charset=utf-8")
     return reply
 
 
+def _take_split_label(ctx: _Ctx, split_label: int) -> int:
+    """SplitLabels / SplitCoarseLabels: the given label (updateMaxLabel: maxlabel follows
+    it; nothing else is checked) or ``NewLabel``."""
+    if split_label:
+        _note_labels(ctx, split_label)
+        return split_label
+    return _new_labels(ctx, 1)[0]
+
+
+def _array_split_coarse_run(ctx: _Ctx, from_label: int, split_label: int, body: bytes
+                            ) -> Reply:
+    with ctx.state.lock:
+        to_label = _take_split_label(ctx, split_label)
+        ctx.state.save()
+        try:
+            runs = _read_rles(body)
+        except DVIDError as exc:
+            raise DVIDError(f"split-coarse: {exc}") from None
+        lengths = [int(n) for n in runs[:, 3].tolist()]
+        num_blocks = sum(n % 2**64 for n in lengths) % 2**64  # splits.Stats(), as uint64
+        listed = sum(max(n, 0) for n in lengths)  # (a run of length <= 0 lists no block)
+        if num_blocks != listed:
+            ctx.mutated()  # (NewMutationID ran before the panic)
+            ctx.state.save()
+            uuid = ctx.repo.nodes[ctx.version].uuid
+            why = ("makeslice: len out of range" if num_blocks >= 2**44 else
+                   f"index out of range [{num_blocks}] with length {num_blocks}")
+            raise DVIDError(f"Panic detected on request voxgate-test/1:\nruntime error: {why}"
+                            f"\nIP: 127.0.0.1, URL: /api/node/{uuid}/{ctx.inst.name}/"
+                            f"split-coarse/{from_label}", 500, raw=True)
+        if listed > 1 << 20:
+            raise DVIDError(f"a coarse split of {listed} blocks is not served by the voxgate "
+                            "DVID test server (it takes up to 2^20)")
+        blocks = sorted({(z, y, x + i) for x, y, z, n in runs.tolist() for i in range(n)})
+        vol = _Vol(ctx, 0)
+        changed: dict[tuple[int, int, int], np.ndarray] = {}
+        for bk in blocks:  # splitBlock, coarse: ReplaceLabel
+            cur = vol.block(*bk)
+            if cur is None:
+                continue  # "split on block ... attempted but block doesn't exist"
+            new = cur.copy()
+            new[cur == from_label] = to_label
+            changed[bk] = new
+            vol.store.put(vol.key(*bk), ctx.version, new)
+        # splitIndices: every listed block leaves the old label's index, then joins the new
+        # label's (counts kept where known: the voxels of the new label, 0 where none)
+        idx = _index(ctx)
+        store = ctx.store("labelindex")
+        old_rows = {bk: c for bk, c in idx.get(from_label, {}).items() if bk not in blocks}
+        _put_index(ctx, store, from_label, old_rows)
+        new_rows = dict(old_rows) if to_label == from_label else dict(idx.get(to_label, {}))
+        for bk in blocks:
+            blk = changed.get(bk)
+            new_rows[bk] = int((blk == to_label).sum()) if blk is not None else 0
+        _put_index(ctx, store, to_label, new_rows)
+        ctx.mutated()
+        ctx.state.save()
+        if ctx.inst.max_downres and changed:
+            try:
+                _downres(ctx, set(changed))  # downres.Mutation.Execute, in the handler
+            finally:
+                ctx.mutated()
+                ctx.state.save()
+    return Reply(body=f'{{"label": {to_label}}}'.encode(), content_type="application/json")
+
+
+def _put_index(ctx: _Ctx, store: Any, label: int, rows: dict[tuple[int, int, int], int]
+               ) -> None:
+    """A labelarray label index: its (block, count) rows, deleted when none is left."""
+    if rows:
+        store.put(str(label), ctx.version, np.array(
+            [[*bk, c] for bk, c in sorted(rows.items())], dtype=np.int64))
+    else:
+        store.delete(str(label), ctx.version, ctx.ancestry)
+
+
 def _array_split_run(ctx: _Ctx, from_label: int, split_label: int, body: bytes) -> Reply:
     with ctx.state.lock:
-        if split_label:
-            to_label = split_label
-            _note_labels(ctx, split_label)  # updateMaxLabel
-        else:
-            to_label, _ = _new_labels(ctx, 1)
+        to_label = _take_split_label(ctx, split_label)
         ctx.state.save()
         try:
             runs = _read_rles(body)
