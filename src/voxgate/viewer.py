@@ -6,13 +6,15 @@ included) and shown in Neuroglancer, whose client comes from the ``neuroglancer`
 and is served by its own Python server on 127.0.0.1: nothing is fetched from the internet.
 Image layers and segmentation layers are chosen from each Volume's ``kind``, annotation layers
 kept in sub-directories of a local precomputed layer are shown beside it, and a segmentation
-starts with the largest segments of its middle slice selected, so their meshes and skeletons
-show in the 3-D panel.
+starts with the largest segments of the middle slice of its region (a view's, not the whole
+volume's) selected, so their meshes and skeletons show in the 3-D panel.  An image of any type
+but uint8 gets its shader's contrast range from the same bounded sample.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
@@ -28,7 +30,7 @@ import numpy as np
 
 from .api import open as open_volume
 from .errors import InvalidRequestError, MissingDependencyError, VoxgateError
-from .geometry import whole
+from .geometry import Box, whole
 from .meta import check_ids
 from .relay.config import ChannelConfig, RelayConfig
 from .relay.layer_files import ANNOTATION_TYPE
@@ -40,6 +42,8 @@ __all__ = ["ViewerSession", "view"]
 COLLECTION, EXPERIMENT = "view", "data"
 #: segments selected at the start in each segmentation layer (largest first)
 SELECTED = 12
+#: at most this many voxels along y and x of the slice segments and image ranges are drawn from
+SAMPLE = 512
 _NAME = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -149,18 +153,77 @@ def _centre(vol: Volume) -> list[float]:
                                                    strict=True)]
 
 
-def _middle_ids(vol: Volume, limit: int) -> list[int]:
-    """The ``limit`` largest segments of the middle z-slice (read with a stride, bounded)."""
-    plane = vol.at_scale(len(vol.meta.scales) - 1) if len(vol.meta.scales) > 1 else vol
-    z = plane.shape[-3] // 2
-    step = max(1, max(plane.shape[-2:]) // 512)
+def _sample(vol: Volume) -> np.ndarray | None:
+    """The middle z-slice of ``vol``'s region (a view's, not the whole volume's), channel 0,
+    read with a stride so at most ``SAMPLE`` x ``SAMPLE`` voxels come back: at the finest
+    scale, not finer than ``vol``'s, where the region is at most ``SAMPLE`` voxels across
+    (so few chunks are read), else at the coarsest.  None when the region is empty there or
+    cannot be read."""
+    here = _nm(vol.scale_meta.voxel_size)
+    region = vol.bounds
+    chosen = None
+    for sc in vol.scales[vol.scale:]:
+        ratio = [a / b for a, b in zip(here, _nm(sc.voxel_size), strict=True)]  # x, y, z
+        start = [math.floor(v * r) for v, r in zip(region.start.xyz(), ratio, strict=True)]
+        stop = [math.ceil(v * r) for v, r in zip(region.stop.xyz(), ratio, strict=True)]
+        box = Box(start[::-1], stop[::-1]).intersect(sc.bounds)
+        if box.is_empty():
+            continue
+        chosen = sc, box
+        if max(box.shape.y, box.shape.x) <= SAMPLE:
+            break
+    if chosen is None:
+        return None
+    sc, box = chosen
+    lo, hi = box.start - sc.offset, box.stop - sc.offset
+    step = max(1, -(-max(box.shape.y, box.shape.x) // SAMPLE))
+    key = ((0,) if vol.meta.num_channels > 1 else ()) + (
+        (lo.z + hi.z) // 2, slice(lo.y, hi.y, step), slice(lo.x, hi.x, step))
     try:
-        data = np.asarray(plane[z, ::step, ::step].read()).ravel()
+        return np.asarray(vol.at_scale(sc.index)[key].read())
     except VoxgateError:
+        return None
+
+
+def _middle_ids(vol: Volume, limit: int) -> list[int]:
+    """The ``limit`` largest segments of the middle z-slice of ``vol``'s region (bounded)."""
+    data = _sample(vol)
+    if data is None:
         return []
+    data = data.ravel()
     ids, counts = np.unique(data[data != 0], return_counts=True)
     order = np.argsort(-counts, kind="stable")[:limit]
     return [int(i) for i in ids[order]]
+
+
+def _image_range(vol: Volume) -> list[int] | list[float] | None:
+    """The range the image layer's default shader (``#uicontrol invlerp normalized``) maps
+    to black..white: percentiles 0.5 and 99.5 of the middle slice of ``vol``'s region (zeros,
+    which absent chunks read as, left out unless all is zero).  Neuroglancer's default is the
+    whole range of the type ([0, 65535] for uint16, [0, 1] for float32), in which most
+    images look black.  None for uint8 (whose default suits it) and when nothing was read."""
+    dtype = vol.dtype
+    if dtype == np.uint8 or dtype.kind not in "iuf":
+        return None
+    data = _sample(vol)
+    if data is None:
+        return None
+    values = data.ravel()
+    if dtype.kind == "f":
+        values = values[np.isfinite(values)]
+    nonzero = values[values != 0]
+    if nonzero.size:
+        values = nonzero
+    if not values.size:
+        return None
+    lo, hi = (float(v) for v in np.percentile(values.astype(np.float64), [0.5, 99.5]))
+    if dtype.kind == "f":
+        return [lo, hi] if lo < hi else [lo - 1.0, hi + 1.0]
+    info = np.iinfo(dtype)
+    ilo, ihi = math.floor(lo), math.ceil(hi)
+    if ilo == ihi:  # one value: show it grey, not black
+        ilo, ihi = max(ilo - 1, int(info.min)), min(ihi + 1, int(info.max))
+    return [ilo, ihi]
 
 
 def _annotation_dirs(vol: Volume) -> list[str]:
@@ -278,7 +341,11 @@ def view(*volumes: Volume | str, names: Sequence[str] | None = None, open_browse
                     s.layers[name] = neuroglancer.SegmentationLayer(source=source,
                                                                     segments=ids)
                 else:
-                    s.layers[name] = neuroglancer.ImageLayer(source=source)
+                    rng = _image_range(v)
+                    s.layers[name] = (
+                        neuroglancer.ImageLayer(source=source) if rng is None else
+                        neuroglancer.ImageLayer(source=source,
+                                                shader_controls={"normalized": {"range": rng}}))
                 for sub in _annotation_dirs(v):
                     sources[f"{name}/{sub}"] = f"{source}/{sub}"
                     s.layers[f"{name}/{sub}"] = neuroglancer.AnnotationLayer(

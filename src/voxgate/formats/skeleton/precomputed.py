@@ -22,6 +22,7 @@ from ...storage import Directory, join
 from ...storage.sharding import ShardedStore, ShardingSpec
 from .._common import segment_id
 from ..layer import check_dir_name, open_layer, open_segmentation_layer, read_info
+from ..precomputed_info import read_layer_info
 from .core import (
     _ID_NAME,
     _IDENTITY,
@@ -30,6 +31,7 @@ from .core import (
     Skeleton,
     _attribute_list,
 )
+from .spatial_index import spatial_grid, update_spatial_index
 
 __all__ = ["read_skeletons", "write_skeletons"]
 
@@ -73,10 +75,14 @@ def write_skeletons(
     shard files keyed by segment id (written through
     tensorstore's sharded kvstore; a new directory gets a spec sized for the number of
     skeletons, an existing sharded one keeps its own).  Existing skeletons of other ids stay;
-    a directory of the other layout is refused rather than mixed.
+    a directory of the other layout is refused rather than mixed.  An existing info without
+    ``@type`` gets it.  A directory whose info has a CloudVolume ``spatial_index`` (Igneous
+    writes one) gets the new skeletons entered in its ``.spatial`` files (see
+    :mod:`.spatial_index`), so CloudVolume's ``skeleton.spatial_index`` queries find them;
+    replacing a skeleton that was there reads every index file to drop its old entries.  An
+    SQL copy of the index (CloudVolume's ``spatial_index_db``) is not updated.
     """
-    if not isinstance(sharded, bool):
-        raise InvalidRequestError(f"sharded must be True or False, got {sharded!r}")
+    sharded = check_flag(sharded, "sharded")
     if skel_dir is not None:
         skel_dir = check_dir_name(skel_dir, "skel_dir")
     if not isinstance(skeletons, Mapping):
@@ -126,6 +132,15 @@ def write_skeletons(
             raise InvalidRequestError(
                 f"{directory.path('info')} has a transform that cannot be inverted"
             ) from None
+    if "@type" not in info:  # CloudVolume and Neuroglancer look for it
+        info = {"@type": SKELETON_TYPE, **info}
+    grid = (spatial_grid(read_layer_info(remote.location, "r")[1], info, skel_dir,
+                         directory.path("info")) if info.get("spatial_index") else None)
+    parts = {}
+    replaced: set[int] = set()
+    if grid is not None:  # (in nm, before the move into the stored space)
+        parts = {seg: grid.parts(skel.vertices, skel.edges) for seg, skel in items}
+        replaced = _stored_ids(directory, info, [seg for seg, _ in items])
     files = []
     for seg, skel in items:
         if inverse is not None:
@@ -140,8 +155,24 @@ def write_skeletons(
         store.put_values({int(name): data for name, data in files})
     else:
         directory.put_many(files)
+    if grid is not None:
+        update_spatial_index(directory, grid, parts, replaced)
     if remote.meta.extra.get("skeletons") != skel_dir:
         remote.update_info({"skeletons": skel_dir})
+
+
+def _stored_ids(directory: Directory, info: Mapping[str, Any], ids: list[int]) -> set[int]:
+    """The ``ids`` that have a skeleton in ``directory`` already."""
+    if not ids:
+        return set()
+    if info.get("sharding"):
+        store = ShardedStore(directory.location,
+                             ShardingSpec.from_json(info["sharding"], directory.path("info")))
+        return {k for k, v in store.get_values(ids).items() if v is not None}
+    if directory.local:
+        return {i for i in ids if directory.exists(str(i))}
+    got = directory.get_many([str(i) for i in ids], plain=lambda data: True)
+    return {i for i in ids if got[str(i)] is not None}
 
 
 def read_skeletons(
