@@ -285,3 +285,28 @@ def test_sharded_ids_above_2_32_read_by_cloudvolume(tmp_path: Path, hash_: str) 
         assert np.array_equal(dec["radius"][:, 0], s.radius)
         assert np.array_equal(dec["vertex_types"][:, 0], s.vertex_types.astype(np.float32))
         assert np.array_equal(dec["color"], s.attributes["color"])
+
+
+def test_skeletonize_of_a_view_of_a_layer_with_stored_skeletons_skeletonizes_the_view(
+        tmp_path: Path) -> None:
+    """Stored skeletons are of whole segments: "auto" returned every stored skeleton for any
+    view of a layer that stores them (as mesh did); a view is skeletonized over its region,
+    and prefer="server" refuses it."""
+    labels = np.zeros((12, 40, 40), np.uint64)
+    labels[1:5, 5:35, 18:22] = 1    # in the view z 0..6
+    labels[7:11, 5:35, 18:22] = 2   # outside it
+    url = f"precomputed://file://{tmp_path}/seg"
+    vol = voxgate.create(url, shape=labels.shape, chunks=(8, 16, 16), dtype="uint64",
+                         voxel_size=VoxelSize(z=40, y=8, x=4), kind="segmentation")
+    vol[:] = labels
+    whole = voxgate.skeletonize(vol)
+    assert set(whole) == {1, 2}
+    write_skeletons(url, dict(whole))
+    layer = voxgate.open(url)
+    assert voxgate.skeletonize(layer).provenance.path == "server"
+    view = layer[0:6]
+    got = voxgate.skeletonize(view)
+    assert set(got) == {1} and got.provenance.path == "local"
+    assert got[1].vertices[:, 2].max() < 6 * 40  # z in nm, within the view
+    with pytest.raises(voxgate.errors.CapabilityNotSupportedError, match="whole segments"):
+        voxgate.skeletonize(view, prefer="server")

@@ -37,7 +37,12 @@ from ..blockwise import (
     run_blocks,
     scheduler_name,
 )
-from ..errors import InvalidRequestError, RemoteNotFoundError, check_flag
+from ..errors import (
+    CapabilityNotSupportedError,
+    InvalidRequestError,
+    RemoteNotFoundError,
+    check_flag,
+)
 from ..formats.mesh import Mesh
 from ..geometry import Box, Vec
 from ..meta import check_ids
@@ -242,9 +247,25 @@ def mesh(
     block = check_block(block)
     remote = vol.remote
     path = choose_path(prefer, remote, Capability.SERVER_MESH, "mesh")
+    if path == "server" and vol.bounds != vol.scale_meta.bounds:
+        # stored meshes are of whole segments: a view meshes only its region
+        if prefer == "server":
+            raise CapabilityNotSupportedError(
+                f"the meshes {vol.url} stores are of whole segments, not of the view "
+                f"{vol.bounds}; use prefer='local' to mesh the view's region")
+        path = "local"
     result = MeshResult()
+    stored = None
     if path == "server":
-        stored = remote.meshes(id_list)  # type: ignore[attr-defined]
+        try:
+            stored = remote.meshes(id_list)  # type: ignore[attr-defined]
+        except CapabilityNotSupportedError:
+            # the stored ids cannot be listed (a layer over HTTP, with ids=None): "auto"
+            # meshes the labels instead, as it does wherever no meshes are stored
+            if prefer == "server" or id_list is not None:
+                raise
+            path = "local"
+    if stored is not None:
         for i, m in stored.items():
             result[int(i)] = m
         details: dict[str, Any] = {}

@@ -38,7 +38,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from ..blockwise import check_block, check_client, cluster_spec, run_blocks, worker_remote
-from ..errors import InvalidRequestError, RemoteNotFoundError
+from ..errors import CapabilityNotSupportedError, InvalidRequestError, RemoteNotFoundError
 from ..formats.skeleton import Skeleton
 from ..geometry import Box, Vec, grow_block, whole, whole_at_least
 from ..meta import check_ids
@@ -187,6 +187,13 @@ def skeletonize(
     base = None if block is None else _block_shape(block)
     id_list = check_ids(ids)
     path = choose_path(prefer, vol.remote, Capability.SERVER_SKELETON, "skeletonize")
+    if path == "server" and vol.bounds != vol.scale_meta.bounds:
+        # stored skeletons are of whole segments: a view skeletonizes only its region
+        if prefer == "server":
+            raise CapabilityNotSupportedError(
+                f"the skeletons {vol.url} stores are of whole segments, not of the view "
+                f"{vol.bounds}; use prefer='local' to skeletonize the view's region")
+        path = "local"
     one_piece = base is None and vol.bounds.size * vol.dtype.itemsize <= WHOLE_BYTES
     if client is not None:  # refused, not ignored, where the region runs in one piece too
         if path == "local" and not one_piece and vol.url.startswith("mem://"):
@@ -195,7 +202,16 @@ def skeletonize(
     result = SkeletonResult()
     details: dict[str, Any] = {}
     if path == "server":
-        result.update(vol.remote.skeletons(id_list))  # type: ignore[attr-defined]
+        try:
+            result.update(vol.remote.skeletons(id_list))  # type: ignore[attr-defined]
+        except CapabilityNotSupportedError:
+            # the stored ids cannot be listed (a layer over HTTP, with ids=None): "auto"
+            # skeletonizes the labels instead, as it does wherever no skeletons are stored
+            if prefer == "server" or id_list is not None:
+                raise
+            path = "local"
+    if path == "server":
+        pass
     elif one_piece:
         labels = source if isinstance(source, np.ndarray) else vol.read()
         result.update(skeletonize_kernel(labels, vol.scale_meta.voxel_size.zyx(),
