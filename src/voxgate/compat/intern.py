@@ -527,15 +527,17 @@ class BossRemote:
                 if len(t) != 2 or not 0 <= t[0] < t[1] <= remote._samples:
                     raise InvalidRequestError(f"Invalid time range {t}: this channel's time "
                                               f"samples are 0..{remote._samples - 1}")
+                # a valid range other than the remote's one sample, refused before reading
+                # (bossDB would serve it): a 400 as well, so ``except HTTPError`` catches it
+                if t != [remote.time, remote.time + 1]:
+                    raise InvalidRequestError(
+                        f"time_range {t}: this channel is read one time sample at a time; "
+                        f"open it with time=... (currently {remote.time})")
         data = remote.read(box, _scale(remote, resolution))
         ids = list(id_list)
         if ids:
             data = np.where(np.isin(data, np.asarray(ids, dtype=data.dtype)), data, 0)
         if time_range is not None:
-            if list(time_range) != [remote.time, remote.time + 1]:
-                raise InvalidRequestError(
-                    f"time_range {list(time_range)}: this channel is read one time sample at a "
-                    f"time; open it with time=... (currently {remote.time})")
             data = data[np.newaxis]
         return data
 
@@ -672,16 +674,20 @@ class _Array:
         #: intern's attributes: the axis order and resolution the array was opened with, and
         #: (for a bossdb:// channel) its collection, experiment and channel names
         self.axis_order = axis_order
-        self.resolution = volume.scale
         remote = volume.remote
+        #: a bossdb:// channel's resolutions are bossDB's: its base_resolution + scale
+        self._base = remote.base_resolution if isinstance(remote, BossDBRemote) else 0
+        self.resolution = self._base + volume.scale
         names = (getattr(remote, "collection", None), getattr(remote, "experiment", None),
                  getattr(remote, "channel", None))
         self.collection_name, self.experiment_name, self.channel_name = names
 
     @property
     def available_resolutions(self) -> list[int]:
-        """The resolutions the array can be opened at (intern's ``available_resolutions``)."""
-        return list(range(len(self._vol.scales)))
+        """The resolutions the array can be opened at (intern's ``available_resolutions``;
+        for a bossdb:// channel bossDB's, from its base_resolution, where intern listed
+        0 .. num_hierarchy_levels - 1 whatever the base)."""
+        return list(range(self._base, self._base + len(self._vol.scales)))
 
     @property
     def downsample_status(self) -> str:
@@ -856,14 +862,20 @@ def array(channel: str | ChannelResource, resolution: int = 0, volume_provider: 
     elif create_new:
         raise InvalidRequestError("create_new=True makes bossdb:// channels (as intern's); "
                                   "make other stores with voxgate.create")
+    bossdb = channel.startswith("bossdb://")
+    # a bossdb:// channel's resolution is bossDB's (base_resolution + scale, as the remote
+    # methods take it): opened at scale 0, then at the scale it names
+    scale = 0 if bossdb else resolution
     try:
         if mode is None:
             try:
-                vol = vopen(channel, scale=resolution, mode="r+", **options)
+                vol = vopen(channel, scale=scale, mode="r+", **options)
             except PermissionError:
-                vol = vopen(channel, scale=resolution, mode="r", **options)
+                vol = vopen(channel, scale=scale, mode="r", **options)
         else:
-            vol = vopen(channel, scale=resolution, mode=mode, **options)
+            vol = vopen(channel, scale=scale, mode=mode, **options)
+        if bossdb and isinstance(vol.remote, BossDBRemote):
+            vol = vol.at_scale(_scale(vol.remote, resolution))
     except VoxgateError as exc:
         raise _as_intern_error(exc) from exc.__cause__
     return _Array(vol, axis_order)

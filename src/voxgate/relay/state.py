@@ -44,6 +44,7 @@ from .catalog import (
 )
 from .config import RelayConfig
 from .errors import (
+    INVALID_ARGUMENT,
     INVALID_CUTOUT_ARGS,
     INVALID_POST_ARGUMENT,
     MISSING_PERMISSION,
@@ -545,7 +546,8 @@ class Relay:
         inside = box.intersect(bounds)
         if inside.is_empty():
             return []
-        # (as arrays, capped like the whole channel's pass: see relay/stats.py)
+        # (as arrays, capped like the whole channel's pass, a signed channel's ids as uint64
+        # as its cutouts serve them: see relay/stats.py)
         found = region_ids(lambda b: remote.read(b, res), self._blocks(remote, inside, res),
                            remote.url, res, self.stats.max_ids)
         return [int(v) for v in found]
@@ -576,6 +578,7 @@ class Relay:
                 if key not in reserved:
                     reserved[key] = top + 1
                 start = int(reserved[key])
+                _check_reservable(remote.meta.dtype, start, count)  # (nothing saved if not)
                 reserved[key] = start + count
                 cat.save()
                 return start
@@ -724,6 +727,25 @@ def local_channel_meta(frame: dict[str, Any], experiment: dict[str, Any],
                             VoxelSize(vs.z * fz, vs.y * fxy, vs.x * fxy), lo))
     return VolumeMeta(np.dtype(dtype), tuple(scales),
                       "segmentation" if ctype == "annotation" else "image")
+
+
+def _check_reservable(dtype: np.dtype[Any], start: int, count: int) -> None:
+    """Refuse (400 / INVALID_ARGUMENT) ids ``start`` .. ``start + count - 1`` when the channel's
+    upstream dtype cannot hold the last of them: an int32 channel stores ids up to 2**31 - 1,
+    and a reserved id is one a client means to write (the write would be refused, code 2001).
+    bossDB's annotation channels are uint64 and its counter (spdb reserve_ids, a DynamoDB
+    number) has no such check; the relay refuses the whole range, reserving none of it, in
+    bossDB's error form, and names how many ids are left."""
+    if not np.issubdtype(dtype, np.integer):
+        return
+    top = int(np.iinfo(dtype).max)
+    if start + count - 1 <= top:
+        return
+    left = max(0, top - start + 1)
+    raise bad_request(INVALID_ARGUMENT, (
+        f"Cannot reserve {count} ids: this annotation channel's upstream holds {dtype.name}, "
+        f"whose largest id is {top}, and the next free id is {start}; "
+        + (f"{left} ids are left to reserve" if left else "no ids are left to reserve")))
 
 
 def _outside_nonzero(data: np.ndarray, box: Box, inside: Box) -> int | None:

@@ -28,6 +28,12 @@ write through any token's view invalidates them all.
 
 As for the chunk cache, a change made to an upstream behind the relay's back is not seen.
 
+Signed channels.  An annotation channel whose upstream holds signed ids (int64, int32, ...) is
+served as uint64 in two's complement (-1 as 2**64 - 1: codecs.wire_dtype), and its statistics
+are of those served ids: every block is converted (:func:`served_ids`) before it is counted, so
+its ids, bounding boxes and counts are cached, and invalidated by writes, as an unsigned
+channel's are, and name the ids its cutouts hold.
+
 Bounded.  A pass holds about 64 bytes per distinct id, so a channel of random ids (53 million in
 40x1100x1200 voxels) once grew a relay to 12 GB.  A pass now holds at most :data:`MAX_IDS`
 distinct ids (the environment variable ``VOXGATE_RELAY_STATS_MAX_IDS`` sets another cap): a
@@ -64,7 +70,7 @@ from .cache import CachedRemote, UpstreamError, UpstreamTimeoutError
 from .errors import REQUEST_TOO_LARGE, BossHTTPError
 
 __all__ = ["KEEP_BYTES", "MAX_IDS", "MAX_IDS_ENV", "SCAN_BYTES", "SCAN_WORKERS", "ChannelStats",
-           "LabelStatsCache", "TooManyIdsError", "max_ids_setting", "region_ids"]
+           "LabelStatsCache", "TooManyIdsError", "max_ids_setting", "region_ids", "served_ids"]
 
 log = logging.getLogger("voxgate.relay")
 
@@ -140,6 +146,17 @@ class ChannelStats:
         return Box(self.lo[i], self.hi[i])
 
 
+def served_ids(data: np.ndarray) -> np.ndarray:
+    """``data`` as the relay serves an annotation channel's ids: signed ids as uint64 in two's
+    complement (-7 as 2**64 - 7, as numpy's ``astype`` and the relay's cutouts give them;
+    int64 reinterpreted without a copy), other ids as they are."""
+    if data.dtype.kind != "i":
+        return data
+    if data.dtype.itemsize == 8:
+        return data.view(np.uint64)
+    return data.astype(np.uint64)
+
+
 def compute_stats(remote: CachedRemote, res: int, *, workers: int = SCAN_WORKERS,
                   max_ids: int = MAX_IDS, held: Callable[[int], None] | None = None
                   ) -> ChannelStats:
@@ -152,7 +169,9 @@ def compute_stats(remote: CachedRemote, res: int, *, workers: int = SCAN_WORKERS
     hold whenever that changes."""
     t0 = time.perf_counter()
     bounds = remote.meta.scale(res).bounds
-    block = grow_block(remote.grid(res), remote.meta.dtype.itemsize, bounds.shape, SCAN_BYTES)
+    # (a narrower signed block is widened to uint64 before it is counted: sized as uint64)
+    itemsize = 8 if remote.meta.dtype.kind == "i" else remote.meta.dtype.itemsize
+    block = grow_block(remote.grid(res), itemsize, bounds.shape, SCAN_BYTES)
     blocks = [cell for _, cell in chunk_boxes(bounds, block, bounds)]
     lock = threading.Lock()
     parts: list[dict[str, np.ndarray]] = []
@@ -167,7 +186,8 @@ def compute_stats(remote: CachedRemote, res: int, *, workers: int = SCAN_WORKERS
         if stop.is_set():  # (blocks already handed to the pool when the cap was passed)
             raise too_many()
         try:
-            data = _read_pool.submit(upstream.read, b, res).result(timeout=remote.timeout)
+            data = served_ids(_read_pool.submit(upstream.read, b, res)
+                              .result(timeout=remote.timeout))
         except FutureTimeout:
             raise UpstreamTimeoutError(f"upstream {upstream.url} did not answer within "
                                        f"{remote.timeout:g} s") from None
@@ -215,13 +235,14 @@ def compute_stats(remote: CachedRemote, res: int, *, workers: int = SCAN_WORKERS
 
 def region_ids(read: Callable[[Box], np.ndarray], blocks: Iterable[Box], url: str, res: int,
                max_ids: int) -> np.ndarray:
-    """The distinct non-zero ids of ``blocks`` (each read with ``read``), sorted uint64: held
-    as arrays merged every few blocks, never more than about twice ``max_ids`` of them, past
-    which TooManyIdsError (a region of random ids grew a Python set by ~70 bytes an id)."""
+    """The distinct non-zero ids of ``blocks`` (each read with ``read``; signed ids as the relay
+    serves them, :func:`served_ids`), sorted uint64: held as arrays merged every few blocks,
+    never more than about twice ``max_ids`` of them, past which TooManyIdsError (a region of
+    random ids grew a Python set by ~70 bytes an id)."""
     parts: list[np.ndarray] = []
     held = 0
     for b in blocks:
-        parts.append(_nonzero_ids(read(b)))
+        parts.append(_nonzero_ids(served_ids(read(b))))
         held += len(parts[-1])
         if held > max_ids or len(parts) >= _MERGE_EVERY:
             parts = [np.unique(np.concatenate(parts))]

@@ -8,7 +8,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ...geometry import Box, Vec
-from ..cache import CachedRemote
 from ..errors import (
     INVALID_ARGUMENT,
     INVALID_STATE,
@@ -19,56 +18,11 @@ from ..errors import (
     not_found,
 )
 from ..state import Relay
-from ..stats import region_ids
 from .cutout import _ID, _INT, _Cutout, _kind_error, level
 from .records import _short
 from .routing import Handler, is_admin, json, reads, runner
 
 _BOSS_CUBOID = Vec(16, 512, 512)  # z, y, x: the grid "loose" bounding boxes align to
-
-
-def _signed(remote: CachedRemote) -> bool:
-    """Whether ``remote`` is an annotation channel over signed ids: served as uint64 in two's
-    complement (-1 as 2**64 - 1), as its cutouts are (codecs.wire_dtype), by the object
-    services too (the label statistics pass, which takes no negative id, is not used)."""
-    return remote.meta.kind == "segmentation" and remote.meta.dtype.kind == "i"
-
-
-def _wrapped(data: np.ndarray) -> np.ndarray:
-    return data.astype(np.uint64, copy=False)
-
-
-def _signed_ids(relay: Relay, remote: CachedRemote, box: Box, res: int) -> list[int]:
-    """The non-zero ids in ``box`` of a signed channel as uint64 (sorted as bossDB's, by
-    uint64 value), read through the cache a block at a time, capped as every ids pass."""
-    relay.freshen(remote)
-    inside = box.intersect(remote.meta.scale(res).bounds)
-    if inside.is_empty():
-        return []
-    blocks = relay._blocks(remote, inside, res)
-    found = region_ids(lambda b: _wrapped(remote.read(b, res)), blocks, remote.url, res,
-                       relay.stats.max_ids)
-    return [int(v) for v in found]
-
-
-def _signed_box(relay: Relay, remote: CachedRemote, ident: int, res: int) -> Box | None:
-    """The tight bounding box of the uint64 id ``ident`` in a signed channel (a negative id
-    named as 2**64 + id), or None when no voxel holds it: one pass over the channel through
-    the cache."""
-    relay.freshen(remote)
-    bounds = remote.meta.scale(res).bounds
-    lo: np.ndarray | None = None
-    hi: np.ndarray | None = None
-    for b in relay._blocks(remote, bounds, res):
-        hit = np.nonzero(_wrapped(remote.read(b, res)) == np.uint64(ident))
-        if not len(hit[0]):
-            continue
-        start = np.asarray(b.start, dtype=np.int64)
-        b_lo = start + [int(a.min()) for a in hit]
-        b_hi = start + [int(a.max()) + 1 for a in hit]
-        lo = b_lo if lo is None else np.minimum(lo, b_lo)
-        hi = b_hi if hi is None else np.maximum(hi, b_hi)
-    return None if lo is None or hi is None else Box(lo, hi)
 
 
 def object_handlers(relay: Relay) -> dict[str, Handler]:
@@ -79,11 +33,8 @@ def object_handlers(relay: Relay) -> dict[str, Handler]:
     async def ids(request: Request) -> Response:
         # (bossobject/views.py Ids: the channel type first, and no size limit)
         cut = await run(lambda: _Cutout(relay, request, write=False, service="ids"))
-        if _signed(cut.remote):
-            # (ids as its cutouts serve them; the boxes=tight extension is not answered for
-            # it, which a client takes as a server that gives the ids alone)
-            wrapped = await run(lambda: _signed_ids(relay, cut.remote, cut.box, cut.res))
-            return json({"ids": [str(i) for i in wrapped]})
+        # (a signed channel's ids, here and in bounding boxes, are uint64 as its cutouts serve
+        # them, -7 as 2**64 - 7: relay/stats.py converts its blocks before counting them)
         if request.query_params.get("boxes") == "tight" and \
                 cut.box.contains(cut.remote.meta.scale(cut.res).bounds):
             # (a voxgate extension bossDB ignores: the whole channel's ids with their tight
@@ -123,11 +74,10 @@ def object_handlers(relay: Relay) -> dict[str, Handler]:
             raise bad_request(INVALID_ARGUMENT, f"an object id is an integer from 1 to 2**64-1, "
                               f"got {_short(p['id'])}")
         res = level(relay, entry, len(remote.meta.scales), p["res"])[0]  # (the base's 0)
-        dt = remote.meta.dtype  # an id above the dtype's range cannot be stored in it
-        fits = not np.issubdtype(dt, np.integer) or ident <= int(np.iinfo(dt).max)
-        if _signed(remote):  # (its negative ids named as its cutouts and ids serve them)
-            box = await run(lambda: _signed_box(relay, remote, ident, res))
-        elif fits:
+        dt = remote.meta.dtype  # an id above an unsigned dtype's range cannot be stored in it
+        # (a signed channel's negative ids are named as its cutouts serve them, 2**64 + id)
+        fits = dt.kind != "u" or ident <= int(np.iinfo(dt).max)
+        if fits:
             # every id's box comes from one pass over the channel, kept until it is written
             box = await run(lambda: relay.stats.bounding_box(remote, ident, res))
         else:
