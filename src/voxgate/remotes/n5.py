@@ -495,6 +495,8 @@ class N5Remote(Remote):
                 "attributes.json) nor a multiscale group (no s0 dataset); open one of its "
                 "datasets instead"
             )
+        # a missing bucket reads as missing keys: name it rather than the dataset
+        check_bucket(location, f"opening {location}")
         raise RemoteNotFoundError(f"no N5 dataset or multiscale group at {location!r}")
 
     @classmethod

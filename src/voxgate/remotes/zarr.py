@@ -140,6 +140,8 @@ class ZarrRemote(Remote):
         if kvstore_exists(location, ".zgroup"):
             attrs = _optional_json(location, ".zattrs")
             return cls._open_multiscale(location, attrs, attrs, 2, mode)
+        # a missing bucket reads as missing keys: name it rather than the array
+        check_bucket(location, f"opening {location}")
         raise RemoteNotFoundError(
             f"no zarr array or group at {location!r} (looked for zarr.json, .zarray, .zgroup)"
         )

@@ -8,7 +8,8 @@ Local disks and object storage (gs://, s3://, read-only http(s)://) look the sam
   magic bytes but is valid as it stands (``plain`` says so) is left alone.
 - ``put_many`` writes atomically on local disks (a temporary name, then a rename) and removes
   every compressed variant of the name, since CloudFiles reads whichever variant it finds first.
-- ``list`` lists the directory's file names (compressed suffixes removed).
+- ``list`` lists the directory's file names (compressed suffixes removed); ``names`` lists
+  those under some name prefixes as stored (one listing per prefix on object storage).
 """
 
 from __future__ import annotations
@@ -96,6 +97,30 @@ class Directory:
             return any(os.path.exists(base + s) for s in (*SUFFIXES, ""))
         return self.get(name) is not None
 
+    def names(self, prefixes: Iterable[str] = ("",)) -> set[str]:
+        """The names of the files directly in the directory that start with one of
+        ``prefixes``, exactly as stored (compressed suffixes and temporary files included).
+
+        On object storage each prefix is one listing, read to its last page (S3 and GCS
+        answer 1000 keys a page) and all listings at once; an absent directory holds no
+        files.  HTTP cannot list (CapabilityNotSupportedError)."""
+        wanted = sorted(set(prefixes))
+        if self.local:
+            try:
+                with os.scandir(local_path(self.location)) as entries:
+                    found = [e.name for e in entries if e.is_file()]
+            except (FileNotFoundError, NotADirectoryError):
+                return set()
+            return {n for n in found if n.startswith(tuple(wanted))}
+        if self.location.startswith(("http://", "https://")):
+            raise CapabilityNotSupportedError(
+                f"{self.location} is served over HTTP, which cannot list files")
+        with ts_errors(f"listing {self.location}"):
+            store = self._store()
+            futures = [store.list(_prefix_range(p)) for p in wanted]
+            keys = [k for f in futures for k in f.result()]
+        return {k.decode() for k in keys if b"/" not in k}
+
     def list(self) -> list[str]:
         """File names directly in the directory, compressed suffixes removed, sorted."""
         if self.local:
@@ -104,16 +129,14 @@ class Directory:
                 entries = [e.name for e in os.scandir(directory) if e.is_file()]
             except FileNotFoundError:
                 raise RemoteNotFoundError(f"{directory} does not exist") from None
-            names = entries
+            names: Iterable[str] = entries
         else:
             if self.location.startswith(("http://", "https://")):
                 raise CapabilityNotSupportedError(
                     f"{self.location} is served over HTTP, which cannot list files; pass the "
                     "segment ids to read"
                 )
-            with ts_errors(f"listing {self.location}"):
-                keys = self._store().list().result()
-            names = [k.decode() for k in keys if b"/" not in k]
+            names = self.names()
         out = set()
         for n in names:
             if n.startswith(".") or n.endswith(".tmp"):
@@ -155,3 +178,14 @@ class Directory:
         for suffix in SUFFIXES:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path + suffix)
+
+
+def _prefix_range(prefix: str) -> ts.KvStore.KeyRange:
+    """The keys that start with ``prefix`` (all keys for "")."""
+    if not prefix:
+        return ts.KvStore.KeyRange()
+    raw = prefix.encode()
+    end = raw.rstrip(b"\xff")
+    if not end:
+        return ts.KvStore.KeyRange(raw)
+    return ts.KvStore.KeyRange(raw, end[:-1] + bytes([end[-1] + 1]))

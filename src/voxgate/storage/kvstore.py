@@ -407,13 +407,16 @@ _BUCKET_PROBE_KEY = ".voxgate-bucket-check"
 
 
 def check_bucket(location: str, what: str) -> None:
-    """Raise RemoteNotFoundError when ``location`` is on an s3:// bucket that does not exist.
+    """Raise RemoteNotFoundError, naming the bucket, when ``location`` is on an s3:// bucket
+    that does not exist.
 
     A read of a key in a missing bucket answers "absent", like a missing key, so only a
-    listing tells the two apart; and tensorstore's conditional writes (the metadata a zarr or
-    N5 array is created with) retry a 404 from a missing bucket forever.  One listing of a
-    single key name, before anything is written.  A listing that is refused (a writer may
-    lack s3:ListBucket) says nothing about the bucket, and the write goes ahead.
+    listing tells the two apart (opening a volume that is not found asks, so the error names
+    the bucket instead of the volume); and tensorstore's conditional writes (the metadata a
+    zarr or N5 array is created with) retry a 404 from a missing bucket forever.  One listing
+    of a single key name, before anything is written.  A listing that is refused (a writer may
+    lack s3:ListBucket) says nothing about the bucket, and the write goes ahead.  (gs:// is
+    not asked: tensorstore's GCS driver lists a missing bucket as an empty one.)
     """
     parsed = urlparse(location)
     if parsed.scheme != "s3":

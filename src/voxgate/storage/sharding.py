@@ -376,23 +376,31 @@ class ShardedStore:
         return found
 
     def keys(self) -> list[int]:
-        """Every key stored, ascending (reads each shard's indexes, not its values)."""
-        out: list[int] = []
-        for name in self.shard_files():
+        """Every key stored, ascending (reads each shard's indexes, not its values; shards
+        in parallel: one after another, 1100 shards on S3 took seconds)."""
+
+        def one(name: str) -> list[int]:
             what = join(self.location, name)
             head = self._read(name, 0, self.spec.index_bytes)
             if head is None:
-                continue
+                return []
             index = _shard_index(self.spec, head, what)
             base = self.spec.index_bytes
+            found: list[int] = []
             for m, (start, end) in enumerate(index.tolist()):
                 if start == end:
                     continue
                 blob = self._read(name, base + start, base + end) or b""
                 ids, _, _ = _minishard_entries(self.spec, blob,
                                                f"{what} (minishard {m} index)", 2 ** 63)
-                out.extend(ids.tolist())
-        return sorted(out)
+                found.extend(ids.tolist())
+            return found
+
+        names = self.shard_files()
+        if len(names) <= 2:
+            return sorted(k for n in names for k in one(n))
+        with ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
+            return sorted(k for found in pool.map(one, names) for k in found)
 
     # -- plain values, through tensorstore's sharded kvstore --------------------------------------
     def _sharded(self) -> ts.KvStore:

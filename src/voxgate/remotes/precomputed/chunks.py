@@ -8,7 +8,7 @@ import contextlib
 import gzip
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
@@ -22,6 +22,7 @@ from ...meta import Scale
 from ...storage import (
     GZIP_MAGIC,
     SUFFIXES,
+    Directory,
     atomic_write,
     decompress,
     file_lock,
@@ -148,16 +149,58 @@ class _KvChunks:
             return None
         return bytes(result.value), full
 
-    def exists(self, name: str) -> bool:
-        """Whether the chunk is stored, without fetching it (a zero-length read: a HEAD over
-        HTTP, object metadata on gs/s3)."""
-        with ts_errors(f"looking up chunk {join(self.where, name)}"):
-            result = self._store().read(name, byte_range=slice(0, 0)).result()
-        return bool(result.state == "value")
+    def stored(self, names: Iterable[str]) -> set[str]:
+        """Which of the chunks ``names`` are stored, without fetching them: zero-length reads
+        (a HEAD over HTTP, object metadata on gs/s3), all under way at once."""
+        todo = list(dict.fromkeys(names))
+        store = self._store()
+        futures = [store.read(n, byte_range=slice(0, 0)) for n in todo]
+        out = set()
+        for name, future in zip(todo, futures, strict=True):
+            with ts_errors(f"looking up chunk {join(self.where, name)}"):
+                if future.result().state == "value":
+                    out.add(name)
+        return out
 
     def put(self, name: str, data: bytes, *, compress: bool = True) -> None:
         with ts_errors(f"writing chunk {join(self.where, name)}"):
             self._store().write(name, data).result()
+
+
+#: keys one listing request answers (a page of S3's ListObjectsV2 or of GCS's objects.list)
+_LIST_PAGE_KEYS = 1000
+#: lookups one listing request is worth: its pages come one after another, and each is a
+#: larger answer than a lookup's
+_LIST_PAGE_COST = 4
+
+
+def _stored_remote(where: str, names: Iterable[str], grid: Sequence[int]) -> set[str]:
+    """Which of the chunk ``names`` (``x0-x1_y0-y1_z0-z1``) are stored in the unsharded scale
+    directory ``where`` on object storage or HTTP, asked with few requests.
+
+    ``grid`` is the scale's chunks per axis (x, y, z).  The names are listed by prefix, one
+    listing for the whole directory or one per x (or per x and y) range of the names, or
+    looked up one by one, whichever takes fewest requests: a listing holds up to 1000 keys a
+    page, and one lookup per chunk (1100 on S3 took seconds) is cheaper only for a few.
+    HTTP cannot list, so it always looks up.  Names only count when stored as they are, as
+    reads find them (no compressed-suffix variants on object storage).
+    """
+    todo = list(dict.fromkeys(names))
+    kv = _KvChunks(where)
+    if where.startswith(("http://", "https://")) or not todo:
+        return kv.stored(todo)
+    gx, gy, gz = (int(n) for n in grid)
+    per_prefix = (gx * gy * gz, gy * gz, gz)  # keys under one prefix of 0, 1, 2 axis ranges
+    best, best_cost = None, len(todo)  # looking every chunk up
+    for depth, keys in enumerate(per_prefix):
+        prefixes = {"".join(f"{part}_" for part in n.split("_")[:depth]) for n in todo}
+        cost = len(prefixes) * -(-max(keys, 1) // _LIST_PAGE_KEYS) * _LIST_PAGE_COST
+        if cost < best_cost:
+            best, best_cost = prefixes, cost
+    if best is None:
+        return kv.stored(todo)
+    listed = Directory(where).names(best)
+    return {n for n in todo if n in listed}
 
 
 class _ChunkScale:

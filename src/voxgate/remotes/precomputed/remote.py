@@ -17,6 +17,7 @@ from ...errors import (
     InvalidRequestError,
     ReadOnlyError,
     RemoteExistsError,
+    RemoteNotFoundError,
 )
 from ...formats.precomputed_info import (
     is_http,
@@ -52,9 +53,10 @@ from .chunks import (
     _KvChunks,
     _LocalChunks,
     _ScaleIO,
+    _stored_remote,
 )
 from .info import _TS_ENCODINGS, _check_meta, _scale_info
-from .sharding import _shard_shape, _sharded_presence
+from .sharding import _grid, _shard_shape, _sharded_presence
 
 __all__ = ["PrecomputedRemote"]
 
@@ -90,7 +92,12 @@ class PrecomputedRemote(Remote):
     @classmethod
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> PrecomputedRemote:
         check_options("precomputed://", options, cls.open_options, "open")
-        location, info = read_layer_info(location, mode)
+        try:
+            location, info = read_layer_info(location, mode)
+        except RemoteNotFoundError:
+            # a missing bucket reads as a missing info file: name the bucket instead
+            check_bucket(normalize_location(location), f"opening {location}")
+            raise
         return cls(location, info, mode)
 
     @classmethod
@@ -237,8 +244,8 @@ class PrecomputedRemote(Remote):
         self._scale_io(scale).write(box, array)
 
     def absent_chunks(self, box: Box, scale: int = 0) -> list[Vec]:
-        """Chunks touching ``box`` with no chunk file (any of CloudVolume's compressed
-        suffixes counts) or, in a sharded scale, no entry in its shard's index."""
+        """Chunks touching ``box`` with no chunk file (on local disks any of CloudVolume's
+        compressed suffixes counts) or, in a sharded scale, no entry in its shard's index."""
         sc = self.meta.scale(scale)
         cells = list(chunk_boxes(box, sc.chunks, sc.bounds))
         sharding = self._info["scales"][scale].get("sharding")
@@ -255,8 +262,12 @@ class PrecomputedRemote(Remote):
 
             absent = [g for g, cell in cells if not stored(cell)]
         else:
-            kv = _KvChunks(where)
-            absent = [g for g, cell in cells if not kv.exists(_chunk_name(cell))]
+            # (not tensorstore's storage statistics, which zarr and N5 use: for precomputed
+            # (tensorstore 0.1.86) they report every chunk absent under a kvstore path on
+            # object storage, and fail on local files)
+            names = [(g, _chunk_name(cell)) for g, cell in cells]
+            found = _stored_remote(where, (n for _, n in names), _grid(sc))
+            absent = [g for g, n in names if n not in found]
         return sorted(absent)
 
     def write_grid(self, scale: int = 0) -> Vec:
