@@ -362,14 +362,28 @@ def test_relay_serves_fill_or_a_clear_error(relay_over_gap: _Relay, tmp_path: Pa
     body = res.json()
     assert "absent" in body["message"] and "(1, 0, 2)" in body["message"]
     assert str(tmp_path) not in res.text  # no server path in the error
-    # the relay fetches whole cache cells (blocks of upstream chunks; here one cell holds the
-    # whole 48^3 volume), so any read of that cell answers the same 404, never zeros
-    res = get("/v1/cutout/lab/em/strict/0/0:16/0:16/0:16/")
-    assert res.status_code == 404 and "(1, 0, 2)" in res.json()["message"], res.text
-    # the precomputed dialect answers the absent chunk with a 404 too
-    res = get("/precomputed/lab/em/strict/1_1_1/32-48_0-16_16-32")
-    assert res.status_code == 404, res.text
+    # the relay caches whole cells (blocks of upstream chunks; here one cell holds the whole
+    # 48^3 volume): a read of the cell's present chunks is served from the upstream (it was
+    # the cell's 404, which clients of the precomputed dialect show as zeros)
+    res = get("/v1/cutout/lab/em/strict/0/0:16/16:32/0:16/")
+    assert res.status_code == 200, res.text
+    arr = np.frombuffer(blosc.decompress(res.content), np.uint8).reshape(16, 16, 16)
+    np.testing.assert_array_equal(arr, _data()[:16, 16:32, :16])
+    # the precomputed dialect serves the cell as one chunk, of which one upstream chunk in 27
+    # is absent: neither the data (zeros in the gap) nor a 404 (zeros everywhere) is true
+    info = get("/precomputed/lab/em/strict/info").json()
+    assert info["scales"][0]["chunk_sizes"] == [[64, 64, 64]]  # clipped at 48
+    res = get("/precomputed/lab/em/strict/s0/0-48_0-48_0-48")
+    assert res.status_code == 409, res.text
+    assert "partly absent" in res.json()["message"] and "1 of the 27" in res.json()["message"]
     assert str(tmp_path) not in res.text
+    # so tensorstore fails loudly where it read the 404 as "absent" and showed zeros for all
+    import tensorstore as ts
+
+    got = ts.open({"driver": "neuroglancer_precomputed",
+                   "kvstore": f"{relay_over_gap.url}/precomputed/lab/em/strict/"}).result()
+    with pytest.raises(ValueError, match="409"):
+        got.read().result()
 
 
 def test_relay_config_checks_missing(tmp_path: Path) -> None:
@@ -464,3 +478,45 @@ def test_absent_chunks_on_object_storage(kind: str, s3_bucket: str, s3_server: s
         voxgate.open(url, missing="error")[20:24, 2:5, 30:40].read()
     assert info.value.chunks == [GONE]
     np.testing.assert_array_equal(voxgate.open(url, missing="error")[:16].read(), data[:16])
+
+
+def test_tensorstore_through_the_relay_sees_the_data_beside_an_absent_chunk(
+        tmp_path: Path) -> None:
+    """A channel with missing = "error" whose served chunks are its upstream's: the absent
+    chunk is a 404 (tensorstore shows the fill value, as it does reading the upstream) and
+    the chunk beside it is its data (what test_relay_serves_fill_or_a_clear_error's 409 is
+    not: there one served chunk holds present and absent upstream chunks)."""
+    import tensorstore as ts
+
+    url = f"zarr://{tmp_path}/up.zarr"
+    shape, chunks = (128, 128, 128), (64, 128, 128)  # two 1-MiB chunks: one per cache cell
+    data = (np.arange(np.prod(shape)) % 251 + 1).astype(np.uint8).reshape(shape)
+    vol = voxgate.create(url, shape=shape, dtype="uint8", chunks=chunks, voxel_size=(1, 1, 1))
+    vol.write(data[:64], Box((0, 0, 0), (64, 128, 128)))
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text(f"""
+[server]
+host = "127.0.0.1"
+state_path = "{tmp_path / 'state.json'}"
+[[channel]]
+name = "lab/em/strict"
+upstream = "{url}"
+missing = "error"
+""")
+    relay = start_relay(cfg, free_port())
+    try:
+        with httpx.Client(base_url=relay.url, timeout=60) as http:
+            info = http.get("/precomputed/lab/em/strict/info").json()
+            assert info["scales"][0]["chunk_sizes"] == [[128, 128, 64]]
+            assert http.get("/precomputed/lab/em/strict/s0/0-128_0-128_64-128").status_code \
+                == 404
+            assert http.get("/precomputed/lab/em/strict/s0/0-128_0-128_0-64").status_code \
+                == 200
+        got = ts.open({"driver": "neuroglancer_precomputed", "kvstore":
+                       f"{relay.url}/precomputed/lab/em/strict/"}).result()
+        arr = np.asarray(got.read().result())[..., 0].transpose(2, 1, 0)  # x y z -> z y x
+        want = data.copy()
+        want[64:] = 0
+        np.testing.assert_array_equal(arr, want)
+    finally:
+        relay.stop()

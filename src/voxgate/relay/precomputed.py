@@ -23,12 +23,13 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..errors import MissingChunkError
 from ..formats.precomputed_chunks import encode_chunk
 from ..geometry import Box, VoxelSize
 from ..storage import length_unit_nm
 from .cache import CachedRemote
 from .catalog import ChannelEntry
-from .errors import BossHTTPError
+from .errors import INVALID_STATE, BossHTTPError
 from .layer_files import LayerFiles, check_file_path, not_served, upstream_layer
 from .state import Relay
 
@@ -94,6 +95,25 @@ def precomputed_info(remote: CachedRemote) -> dict[str, Any]:
         "num_channels": meta.num_channels,
         "scales": scales,
     }
+
+
+def _partly_absent(remote: CachedRemote, scale: int, box: Box, exc: MissingChunkError,
+                   name: str) -> None:
+    """Raise 409 when the upstream chunks absent from ``box`` (a served chunk) are not all of
+    those it touches.  A 404 says "this chunk is absent", which Neuroglancer and tensorstore
+    show as the fill value: right for an absent chunk, wrong for the data beside it."""
+    chunks = remote.upstream.meta.scale(scale).chunks
+    anchor = remote.meta.scale(scale).bounds.start
+    touched = 1
+    for lo, hi, a, c in zip(box.start, box.stop, anchor, chunks, strict=True):
+        touched *= (hi - 1 - a) // c - (lo - a) // c + 1
+    if exc.scale == scale and exc.total >= touched:
+        return
+    raise BossHTTPError(
+        409, INVALID_STATE, f"chunk {name} is partly absent upstream: {exc.total} of the {touched} "
+        f"upstream chunks it covers are absent and the channel's upstream is configured with "
+        f"missing = \"error\"; a 404 would make clients show the data beside them as the fill "
+        "value.  Read the region through the bossDB dialect to see which chunks are absent")
 
 
 def _accepts_gzip(header: str) -> bool:
@@ -211,8 +231,12 @@ def precomputed_routes(relay: Relay) -> list[Route]:
             return data
 
         found = remote.response(etag)
-        data = found[0] if found is not None else await to_thread.run_sync(
-            work, limiter=relay.limiter)
+        try:
+            data = found[0] if found is not None else await to_thread.run_sync(
+                work, limiter=relay.limiter)
+        except MissingChunkError as exc:
+            _partly_absent(remote, scale, box, exc, name)
+            raise
         return Response(data, media_type=media, headers=headers)
 
     async def file_dirs_hint(remote: CachedRemote) -> str:

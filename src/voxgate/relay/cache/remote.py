@@ -251,7 +251,20 @@ class CachedRemote(Remote):
                 _fetch_pool.submit(self._run_fetch, [item], item[1], scale)
         waiting += [(part, _fetch_pool.submit(self._read_part, part, scale)) for part in parts]
         for cell, fut in waiting:
-            self._place(out, box, cell, self._wait(fut, deadline))
+            try:
+                arr = self._wait(fut, deadline)
+            except MissingChunkError:
+                part = cell.intersect(box)
+                if part == cell:
+                    raise
+                # (an upstream opened with missing="error") the cell holds an absent chunk,
+                # maybe not where this request reads: its part alone is read, which either
+                # holds data (served, nothing cached) or raises naming only the absent chunks
+                # it touches.  A 404 for the whole cell would make tensorstore, reading the
+                # precomputed dialect, show present data as zeros
+                arr = self._wait(_fetch_pool.submit(self._read_part, part, scale), deadline)
+                cell = part
+            self._place(out, box, cell, arr)
         self.cache.metrics.add(bytes_served=out.nbytes)
         return out
 
