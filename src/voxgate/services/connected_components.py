@@ -5,16 +5,26 @@ voxel pairs that meet across block faces, edges and corners (as the connectivity
 last pass relabels every block.  Components are numbered 1, 2, ... in the order of their first
 voxel in a C-order (z, y, x) scan, in the block-wise and the whole-volume path alike, so the
 result equals the whole-volume answer exactly whatever the block size.
+
+Into an ``out=`` store the first pass writes its block-local labels into a scratch volume
+beside the output (removed at the end), never into the output: on a cluster a worker the
+scheduler gave up on may still be running a first-pass task, and its late write would
+otherwise land after the last pass and leave local labels in the result (see
+:func:`_scratch_home`).
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import os
+import tempfile
 import time
-from collections.abc import Sequence
+import uuid
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -24,13 +34,19 @@ from ..blockwise import (
     check_client,
     check_for_cluster,
     check_output_for_cluster,
+    hosts_elsewhere,
     plan_blocks,
     run_blocks,
     scheduler_name,
 )
-from ..errors import InvalidRequestError, check_flag
+from ..errors import InvalidRequestError, VoxgateError, VoxgateWarning, check_flag
 from ..geometry import Box, Vec, whole, whole_at_least
+from ..meta import Scale, VolumeMeta
+from ..registry import create_remote, resolve_for_create
+from ..remotes.base import Remote
 from ..remotes.memory import MemoryRemote
+from ..remotes.tensorstore_spec import spec_url
+from ..storage import is_local, local_path, remove_tree, split_url
 from ..volume import Volume
 from ._common import (
     ArrayResult,
@@ -238,6 +254,7 @@ def connected_components(
     if client is not None:
         check_for_cluster(src.url, "source", "connected_components")
         check_output_for_cluster(out, "connected_components")
+        _check_scratch_reachable(out, client)  # before an out= URL is created
     if isinstance(out, Volume) and dtype is None:
         want = out.dtype if out.dtype in _ID_DTYPES else np.dtype(np.uint64)
 
@@ -296,9 +313,28 @@ def connected_components(
     # its first voxel): no two blocks write one of the store's blocks at once
     anchor = target.remote.grid_bounds(target.scale)
     blocks = [p.box for p in plan_blocks(region, base, anchor, order="row")]
-    job = _Job(src, target, region, base, connectivity, anchor.start)
+    labels, scratch_at, tmp = _scratch_home(target, client, region, anchor.start, base, src)
+    job = _Job(src, target, region, base, connectivity, anchor.start, labels)
+    try:
+        return _run(job, blocks, out, client, workers, progress, want, details)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+        elif scratch_at is not None:
+            try:
+                remove_tree(scratch_at)
+            except VoxgateError as exc:  # never in place of the run's own error
+                warnings.warn(f"connected_components could not remove its scratch volume at "
+                              f"{scratch_at}: {exc}", VoxgateWarning, stacklevel=2)
 
-    # pass 1: label each block on its own
+
+def _run(job: _Job, blocks: list[Box], out: Any, client: Any, workers: int | None,
+         progress: bool, want: np.dtype | None,
+         details: Callable[[int, int, np.dtype], dict[str, Any]]) -> Any:
+    """The three passes over ``blocks``: the result (an ArrayResult for ``out=None``, else
+    the target Volume)."""
+    src, target, region = job.src, job.target, job.region
+    # pass 1: label each block on its own (into job.labels)
     counts: dict[Box, int] = {}
     firsts: dict[Box, np.ndarray] = {}
 
@@ -348,12 +384,15 @@ def connected_components(
             "connected-components", region_meta(src, region, final_dt, "segmentation"),
             [arr], mode="r+"))
     tables = {tuple(b.start): rank[offsets[b]: offsets[b] + counts[b] + 1] for b in blocks}
-    run(functools.partial(_relabel_block, job, dest, tables, again=out is not None), blocks,
+    # the local labels again: read back from the scratch volume (or the in-memory result),
+    # or, where they were written into the out= store itself, labelled again from the source
+    again = out is not None and job.labels is target
+    run(functools.partial(_relabel_block, job, dest, tables, again=again), blocks,
         name="connected components: relabel")
     prov = Provenance("connected_components", "local", src.url,
                       details(len(blocks), len(order), final_dt))
     if out is None:
-        return ArrayResult(arr, prov)
+        return ArrayResult(cast(MemoryRemote, dest.remote).array(0), prov)
     _PROVENANCE[target.url] = prov
     return target
 
@@ -369,12 +408,15 @@ class _Job:
     connectivity: int
     #: where the block grid is anchored (see Remote.grid_bounds)
     anchor: Vec
+    #: where pass 1 writes each block's local labels and pass 2 reads them: a scratch volume
+    #: for an out= store (see _scratch_home), else the target itself
+    labels: Volume
 
 
 def _label_block(job: _Job, b: Box) -> tuple[int, np.ndarray]:
-    """Pass 1: cc3d on one block, written to the target; its count and each label's first
+    """Pass 1: cc3d on one block, written to ``job.labels``; its count and each label's first
     voxel (a flat index in the region)."""
-    target = job.target.remote
+    target = job.labels.remote
     cc, n = _cc3d(job.src.remote.read(b, job.src.scale), job.connectivity, target.meta.dtype)
     fi = np.zeros(n + 1, dtype=np.int64)
     if n:
@@ -393,7 +435,7 @@ def _join_block(job: _Job, offsets: dict[tuple[int, ...], int], b: Box) -> np.nd
     """Pass 2: the (global label, global label) pairs that touch across this block's upper
     faces (every border between two blocks is the upper face of one of them)."""
     region, base = job.region, job.base
-    target = job.target.remote
+    target = job.labels.remote
 
     def global_labels(box: Box) -> np.ndarray:
         lab = np.zeros(tuple(box.shape), dtype=np.uint64)
@@ -433,20 +475,124 @@ def _relabel_block(job: _Job, dest: Volume, tables: dict[tuple[int, ...], np.nda
                    b: Box, *, again: bool = False) -> None:
     """Pass 3: one block's local labels replaced by their final numbers.
 
-    With ``again`` (an ``out=`` store, which pass 1 filled with the local labels and this pass
-    overwrites in place) the local labels are labelled again from the source (cc3d numbers a
-    block the same way every time) instead of read back: a block run twice (its worker died
-    after the write, or a transient error struck after part of it) would otherwise read its
-    final numbers and map them through the table a second time."""
+    The local labels are read back from ``job.labels`` (a scratch volume, or the in-memory
+    result, which this pass overwrites in place on this process's threads only).  With
+    ``again`` (an ``out=`` store that pass 1 filled with the local labels itself, see
+    :func:`_scratch_home`) they are labelled again from the source instead (cc3d numbers a
+    block the same way every time): a block run twice (its worker died after the write, or a
+    transient error struck after part of it) would otherwise read its final numbers and map
+    them through the table a second time."""
     table = tables[tuple(b.start)].copy()
     table[0] = 0
-    target = job.target.remote
+    labels = job.labels.remote
     if again:
         local, _ = _cc3d(job.src.remote.read(b, job.src.scale), job.connectivity,
-                         target.meta.dtype)
-    else:  # in memory (no client, no transient errors): read back, no second cc3d
-        local = target.read(b, 0)
+                         labels.meta.dtype)
+    else:
+        local = labels.read(b, 0)
     dest.remote.write(b, table[local], 0)
+
+
+#: schemes whose out= store lies at a storage location (a directory, or a prefix on object
+#: storage) that a scratch volume can be made beside
+_BESIDE_SCHEMES = ("zarr", "n5", "precomputed")
+#: what a scratch volume's name adds to its output's (``.../cc.zarr.voxgate-cc-<run>``)
+SCRATCH_SUFFIX = ".voxgate-cc-"
+
+
+def _beside(remote: Remote) -> str | None:
+    """The storage location a scratch volume for the out= store ``remote`` gets: a sibling
+    of the store's own location (the same file system or bucket, so every worker reaching the
+    output reaches it), named after it with a fresh run id; None when the store has no such
+    location (DVID, bossDB, a TensorStore spec, memory)."""
+    location = getattr(remote, "location", None)
+    if getattr(remote, "scheme", None) not in _BESIDE_SCHEMES or not isinstance(
+            location, str) or location.startswith(("http://", "https://")):
+        return None
+    if is_local(location):
+        location = os.path.abspath(local_path(location))  # (a worker's cwd is not ours)
+    return f"{location.rstrip('/')}{SCRATCH_SUFFIX}{uuid.uuid4().hex[:12]}"
+
+
+def _will_be_beside(out: Any) -> bool:
+    """Whether the ``out=`` given (before it is created) is a store :func:`_beside` places a
+    scratch volume next to."""
+    if isinstance(out, Volume):
+        return _beside(out.remote) is not None
+    if isinstance(out, dict):
+        out = spec_url(out)
+    if not isinstance(out, (str, os.PathLike)):
+        return False
+    scheme, location = split_url(os.fspath(out))
+    if scheme is None:
+        try:
+            scheme = resolve_for_create(os.fspath(out))[0].scheme
+        except (VoxgateError, ImportError):
+            return True  # (creating it says what is wrong with it)
+    return scheme in _BESIDE_SCHEMES and not location.startswith(("http://", "https://"))
+
+
+def _check_scratch_reachable(out: Any, client: Any) -> None:
+    """Refuse, before ``out`` is created, a cluster run whose scratch volume would have to be
+    a temporary directory on this machine (the output has no location to put it beside) while
+    some worker runs on another machine."""
+    if out is None or _will_be_beside(out):
+        return
+    elsewhere = hosts_elsewhere(client)
+    if elsewhere:
+        raise InvalidRequestError(
+            "connected_components on a cluster writes its block-local labels into a scratch "
+            f"volume beside out=, and {getattr(out, 'url', out)} has no location to put one "
+            f"beside; a temporary directory here cannot be reached from the workers on "
+            f"{', '.join(elsewhere)}: write to a zarr://, n5:// or precomputed:// output on "
+            "storage they share (then copy it where it belongs), or run it without client=")
+
+
+_TempDir = tempfile.TemporaryDirectory[str]
+
+
+def _scratch_home(target: Volume, client: Any, region: Box, anchor: Vec, base: Vec,
+                  src: Volume) -> tuple[Volume, str | None, _TempDir | None]:
+    """Where pass 1 writes the block-local labels: (the volume, the location to remove at the
+    end or None, a temporary directory to clean up or None).
+
+    Never into an ``out=`` store itself.  On a cluster a worker the scheduler took for dead
+    (a missed heartbeat, a network partition, a long pause) may still be running a pass-1
+    task that the scheduler ran again elsewhere; its write can land at any time, even after
+    the call returned.  Pass 3's writes are the same bytes however often they run, pass 1's
+    are not: written into the output, a late one would leave local labels in the result.  So
+    pass 1 writes a uint32 zarr scratch volume beside the output (:func:`_beside`: reachable
+    by every worker that reaches the output, removed at the end), whose chunks hold each
+    block whole.  A late pass-1 write then lands there: before the end it writes the same
+    bytes again; after the removal it makes the scratch's chunk files anew, with no metadata
+    (docs/services/connected_components.md: remove ``*.voxgate-cc-*`` siblings when nothing
+    runs).  An output with no such location gets a temporary directory here on a cluster
+    (refused with workers on other machines, :func:`_check_scratch_reachable`), and is
+    written in place without one (only this process's threads then write, all done before
+    the next pass starts).  The in-memory result (``out=None``) holds them itself."""
+    if isinstance(target.remote, MemoryRemote):
+        return target, None, None
+    at = _beside(target.remote)
+    tmp = None
+    if at is None:
+        if client is None:
+            return target, None, None
+        tmp = tempfile.TemporaryDirectory(prefix="voxgate-cc-")
+        at = os.path.join(tmp.name, "labels")
+    # on the block grid (anchored at ``anchor``, at or before the region's start): every block
+    # writes whole scratch chunks, and pass 2's one-voxel slabs read few voxels besides theirs
+    box = Box(Vec(*(min(a, r) for a, r in zip(anchor, region.start, strict=True))), region.stop)
+    chunks = Vec(*(int(np.gcd(b, c)) for b, c in zip(base, target.chunks, strict=True)))
+    dt = np.uint32 if base.prod() <= _U32_MAX else np.uint64
+    meta = VolumeMeta(np.dtype(dt), (Scale(0, box.shape, chunks, src.voxel_size, box.start),),
+                      "segmentation")
+    try:
+        labels = Volume(create_remote(f"zarr://{at}", meta, compression="blosc-lz4"))
+    except BaseException:
+        if tmp is not None:
+            tmp.cleanup()
+        raise
+    return labels, (None if tmp is not None else at), tmp
 
 
 _PROVENANCE: dict[str, Provenance] = {}
