@@ -133,16 +133,20 @@ def test_upper_case_axis_names(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("names", ["yx", "cyx", "tcyx"])
-def test_a_2d_image_is_refused_saying_so(tmp_path: Path, names: str) -> None:
+def test_a_2d_image_opens_as_one_plane(tmp_path: Path, names: str) -> None:
+    """(Refused until 2-D images were read as one z plane: tests/remotes/test_ome_zarr_audit2.py)"""
     sizes = {"t": 1, "c": 2, "y": 17, "x": 23}
-    data = np.zeros([sizes[n] for n in names], dtype=np.uint8)
+    data = np.random.default_rng(3).integers(0, 255, [sizes[n] for n in names], dtype=np.uint8)
     kinds = {"t": "time", "c": "channel"}
     axes = [{"name": n, "type": kinds.get(n, "space")} for n in names]
     url = hand_written(tmp_path / "flat.zarr", [data], {"version": "0.4", "axes": axes,
                        "datasets": [{"path": "0", "coordinateTransformations": [
                            {"type": "scale", "scale": [1.0] * len(names)}]}]})
-    with pytest.raises(CapabilityNotSupportedError, match="not 2-D images"):
-        voxgate.open(url)
+    vol = voxgate.open(url)
+    plane = data.reshape(data.shape[-3:] if "c" in names else data.shape[-2:])
+    want = plane[:, None] if "c" in names else plane[None]
+    assert vol.shape == want.shape
+    np.testing.assert_array_equal(vol.read(), want)
 
 
 @pytest.mark.parametrize(("transforms", "size", "translation"), [

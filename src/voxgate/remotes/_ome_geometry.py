@@ -2,8 +2,10 @@
 
 - Axes: NGFF 0.4 / 0.5 objects, 0.3's bare names, and none at all in 0.1 / 0.2, whose arrays
   are 5-D ``t, c, z, y, x`` (a 3-D array without axes is read as ``z, y, x``, as voxgate always
-  did).  Names are matched without case; an image without z, y and x space axes (a 2-D one)
-  is refused with what it has.
+  did).  Names are matched without case.  A 2-D image (space axes y and x, no z: NGFF allows
+  2 or 3 space axes) is a volume of one z plane, whose z voxel size is the coarser of the
+  level's y and x voxel sizes (so downsampling toward isotropy halves y and x, never the one
+  plane) and whose z translation is 0; other space axes without z, y and x are refused.
 - ``coordinateTransformations`` are composed in the order listed (NGFF 0.4 requires scale then
   translation, but a second scale or a translation first would otherwise be misread); a
   transformation stored in a separate array (``"path"``) is refused.
@@ -58,13 +60,13 @@ def axis_names(ms: dict[str, Any], rank: int, where: str) -> list[str]:
         raise InvalidRequestError(
             f"{where}: 'axes' {names} must name each of the arrays' {rank} dimensions once"
         )
-    if not {"z", "y", "x"} <= set(names):
+    if not {"y", "x"} <= set(names):
         space = [n for n, a in zip(names, axes, strict=True)
                  if isinstance(a, dict) and a.get("type") == "space"]
         raise CapabilityNotSupportedError(
             f"{where} has axes {names} (space axes {space or 'not marked'}); voxgate reads "
-            "volumes with z, y and x space axes (plus c and length-1 t), not 2-D images or "
-            "space axes of other names"
+            "images whose space axes are z, y and x, or y and x (a 2-D image, read as one z "
+            "plane), plus c and length-1 t; not space axes of other names"
         )
     return names
 
@@ -147,15 +149,20 @@ def level_offset(translation: Sequence[float], voxel: Sequence[float],
 @dataclass(frozen=True)
 class Frame:
     """What a multiscale says of all its datasets: their axis ``names`` (lower case), the
-    positions of z, y and x among them (``spatial``), nanometres per unit of each of z, y, x
-    (``nm``), and the multiscale's own ``scale`` and ``translation``, which apply after each
-    dataset's (NGFF)."""
+    positions of z, y and x among them (``spatial``; y and x only for a 2-D image, ``flat``),
+    nanometres per unit of each of z, y, x (``nm``; a 2-D image's z takes y's unit), and the
+    multiscale's own ``scale`` and ``translation``, which apply after each dataset's (NGFF)."""
 
     names: list[str]
     spatial: list[int]
     nm: list[float]
     scale: list[float]
     translation: list[float]
+
+    @property
+    def flat(self) -> bool:
+        """A 2-D image (no z axis), read as a volume of one z plane."""
+        return "z" not in self.names
 
 
 def place(frame: Frame, datasets: Sequence[dict[str, Any]], i: int,
@@ -179,6 +186,13 @@ def place(frame: Frame, datasets: Sequence[dict[str, Any]], i: int,
             own_scale[j] *= f
     sc = [a * b for a, b in zip(own_scale, frame.scale, strict=True)]
     tr = [t * g + gt for t, g, gt in zip(own_tr, frame.scale, frame.translation, strict=True)]
+    if frame.flat:
+        # one z plane as thick as the coarser in-plane voxel of this level: a pyramid made
+        # toward isotropy then halves y and x (a 1-unit plane would be halved alone), and
+        # each level reopens with the z size that pyramid gave it
+        (y, x), (ty, tx) = ([v[j] * u for j, u in zip(frame.spatial, frame.nm[1:], strict=True)]
+                            for v in (sc, tr))
+        return (max(y, x), y, x), (0.0, ty, tx)
     z, y, x = (sc[j] * u for j, u in zip(frame.spatial, frame.nm, strict=True))
     tz, ty, tx = (tr[j] * u for j, u in zip(frame.spatial, frame.nm, strict=True))
     return (z, y, x), (tz, ty, tx)

@@ -6,7 +6,10 @@ datasets are ``0``, ``1``, ...; a plain array (no ``multiscales``) opens as a si
 voxel size, offset and kind read from a ``voxgate`` attribute when voxgate wrote it.  One level
 of an image opened by its own URL (``img.zarr/2``) opens as the group gives that level.  A
 bioformats2raw root of one series opens as that image; of several, a labels group or an HCS
-plate is refused with the URLs of its images (``_ome_collections``).
+plate is refused with the URLs of its images (``_ome_collections``).  Of several
+``multiscales`` the first is read unless ``multiscale=`` names another; 2-D images (y, x) open
+as one z plane; ``omero`` is read into ``meta.extra`` and written for the images voxgate
+creates (docs/remotes/zarr.md).
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ def _kind(value: object) -> Kind:
 
 class ZarrRemote(Remote):
     scheme = "zarr"
+    open_options = ("multiscale",)
     create_options = ("zarr_format", "compression", "shards")
 
     def __init__(
@@ -113,11 +117,20 @@ class ZarrRemote(Remote):
         self.url = f"zarr://{location}"
         self._shard_shape = shard_shape
         self._group_format = group_format  # 2 or 3 for an OME-Zarr group, None for an array
+        #: the ``multiscale`` option it was opened with (spec() passes it on), and the index in
+        #: ``multiscales`` of the multiscale it reads (0 by default, as NGFF says)
+        self._multiscale: int | str | None = None
+        self._ms_index = 0
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
-    def open(cls, location: str, *, mode: str = "r", **options: Any) -> ZarrRemote:
+    def open(cls, location: str, *, mode: str = "r", multiscale: int | str | None = None,
+             **options: Any) -> ZarrRemote:
+        """``multiscale``: which of an OME-Zarr group's ``multiscales`` to read, by name or
+        index (NGFF: "the user can choose by name, using the first multiscale as a
+        fallback"); the first when None."""
         check_options("zarr://", options, cls.open_options, "open")
+        _check_choice(multiscale)
         # each document is read once, here; an array's is handed on to tensorstore
         node = _metadata(location, "zarr.json", optional=True)
         if node is not None:
@@ -125,13 +138,15 @@ class ZarrRemote(Remote):
             attrs = attrs if isinstance(attrs, dict) else {}
             if node.get("node_type") == "group":
                 ome = attrs.get("ome", attrs)
-                return cls._open_multiscale(location, ome, attrs, 3, mode)
+                return cls._open_multiscale(location, ome, attrs, 3, mode, multiscale)
+            _no_choice(location, multiscale)
             level = cls._open_level(location, "zarr3", attrs, mode, node)
             if level is not None:
                 return level
             return cls._open_plain(location, "zarr3", attrs, mode, node)
         array = _metadata(location, ".zarray", optional=True)
         if array is not None:
+            _no_choice(location, multiscale)
             attrs = _optional_json(location, ".zattrs")
             level = cls._open_level(location, "zarr", attrs, mode, array)
             if level is not None:
@@ -139,7 +154,7 @@ class ZarrRemote(Remote):
             return cls._open_plain(location, "zarr", attrs, mode, array)
         if kvstore_exists(location, ".zgroup"):
             attrs = _optional_json(location, ".zattrs")
-            return cls._open_multiscale(location, attrs, attrs, 2, mode)
+            return cls._open_multiscale(location, attrs, attrs, 2, mode, multiscale)
         # a missing bucket reads as missing keys: name it rather than the array
         check_bucket(location, f"opening {location}")
         raise RemoteNotFoundError(
@@ -232,14 +247,16 @@ class ZarrRemote(Remote):
 
     @classmethod
     def _open_multiscale(
-        cls, location: str, ome: dict[str, Any], attrs: dict[str, Any], fmt: int, mode: str
+        cls, location: str, ome: dict[str, Any], attrs: dict[str, Any], fmt: int, mode: str,
+        multiscale: int | str | None = None,
     ) -> ZarrRemote:
         multiscales = ome.get("multiscales")
         if not multiscales:
             images = collection(location, ome, fmt)
             if images is not None and images.kind == "bioformats2raw" and len(images.paths) == 1:
                 # one series: the file was one image, which opens under its own URL
-                return cls.open(join(location, images.paths[0]), mode=mode)
+                return cls.open(join(location, images.paths[0]), mode=mode,
+                                multiscale=multiscale)
             if images is not None:
                 raise images.refusal(location)
             members = _group_arrays(location, fmt)
@@ -252,8 +269,17 @@ class ZarrRemote(Remote):
                     else " (none was found in it: give the array's path after the group's, "
                     f"e.g. zarr://{join(location, '0')})")
             )
-        ms = multiscales[0]
-        datasets = _datasets(ms, location)
+        if not isinstance(multiscales, list):
+            raise InvalidRequestError(
+                f"{location!r}: 'multiscales' must be a list of multiscale objects, got "
+                f"{str(multiscales)[:80]}")
+        k = _choose(multiscales, multiscale, location)
+        ms = multiscales[k]
+        # with several, errors name the one read, so another can be chosen
+        where = location if len(multiscales) == 1 else (
+            f"{location} (multiscale {_describe(multiscales, k)}; "
+            f"multiscales {_describe(multiscales)})")
+        datasets = _datasets(ms, where)
         info = attrs.get("voxgate", {}) if isinstance(attrs, dict) else {}
         driver = "zarr3" if fmt == 3 else "zarr"
         scales, arrays, stores = [], [], []
@@ -268,7 +294,7 @@ class ZarrRemote(Remote):
             dtype = np.dtype(store.dtype.numpy_dtype)
             fill = _fill(store)
             if frame is None:
-                frame = _frame(ms, store.rank, location)
+                frame = _frame(ms, store.rank, where)
             _check_rank(store, frame, path)
             voxel, translation = place(frame, datasets, i, lambda j: stores[j].shape, path)
             vs = VoxelSize.of(voxel)
@@ -276,7 +302,7 @@ class ZarrRemote(Remote):
                 vs0, translation0 = vs, translation
             elif any(v < v0 * (1 - 1e-9) for v, v0 in zip(vs.zyx(), vs0.zyx(), strict=True)):
                 raise InvalidRequestError(
-                    f"{location!r}: dataset {ds['path']!r} has smaller voxels {vs.zyx()} nm "
+                    f"{where!r}: dataset {ds['path']!r} has smaller voxels {vs.zyx()} nm "
                     f"than the first, {datasets[0]['path']!r} ({vs0.zyx()} nm); NGFF lists "
                     "datasets from the finest; open one level: "
                     + ", ".join(f"zarr://{join(location, d['path'])}" for d in datasets[:_LISTED])
@@ -285,7 +311,7 @@ class ZarrRemote(Remote):
             # from scale 0's; the integer offset is what is left once that is taken off, and
             # the exact translation (sub-voxel parts included) is kept beside it
             offset = level_offset(translation, vs.zyx(), translation0, vs0.zyx())
-            arr, channels = _as_czyx(store, frame.names, path, offset)
+            arr, channels = _as_czyx(store, frame.names, path, offset, frame.flat)
             chunks, shard = _chunk_shapes(arr.store)
             if i == 0:
                 shard0 = shard
@@ -295,8 +321,11 @@ class ZarrRemote(Remote):
             )
             arrays.append(arr)
         assert dtype is not None
-        meta = VolumeMeta(dtype, tuple(scales), _group_kind(info, ome, dtype), channels, fill)
-        return cls(location, meta, arrays, mode, shard0, fmt)
+        meta = VolumeMeta(dtype, tuple(scales), _group_kind(info, ome, dtype), channels, fill,
+                          _ome_extra(ome, multiscales, k, channels, location))
+        remote = cls(location, meta, arrays, mode, shard0, fmt)
+        remote._multiscale, remote._ms_index = multiscale, k
+        return remote
 
     @classmethod
     def _open_level(
@@ -344,14 +373,17 @@ class ZarrRemote(Remote):
             # what the array states of itself wins; the group's translation no longer fits
             vs = own_vs if own_vs is not None else vs
             offset, exact = own_offset if own_offset is not None else offset, None
-        arr, channels = _as_czyx(store, frame.names, location, offset)
+        arr, channels = _as_czyx(store, frame.names, location, offset, frame.flat)
         chunks, shard = _chunk_shapes(arr.store)
         dtype = np.dtype(store.dtype.numpy_dtype)
         info = group_attrs.get("voxgate", {})
         scale = Scale(0, Vec(*arr.store.shape[-3:]), chunks, vs, offset, _encoding(store),
                       None, exact)
         kind = own_kind or _group_kind(info, ome, dtype)
-        meta = VolumeMeta(dtype, (scale,), _kind(kind), channels, _fill(store))
+        multiscales = ome["multiscales"]
+        index = next(i for i, m in enumerate(multiscales) if m is ms)
+        meta = VolumeMeta(dtype, (scale,), _kind(kind), channels, _fill(store),
+                          _ome_extra(ome, multiscales, index, channels, group))
         return cls(location, meta, [arr], mode, shard)
 
     # -- creating -------------------------------------------------------------------------------
@@ -432,12 +464,16 @@ class ZarrRemote(Remote):
             "type": "mean" if meta.kind == "image" else "mode",
         }
         voxgate_attrs = {"kind": meta.kind}
+        ome: dict[str, Any] = {"multiscales": [multiscale]}
+        if meta.kind == "image":
+            # rendering settings napari and ome-zarr-py read (without them a viewer guesses)
+            ome["omero"] = _omero_block(meta)
         if zarr_format == 3:
             group = {
                 "zarr_format": 3,
                 "node_type": "group",
                 "attributes": {
-                    "ome": {"version": "0.5", "multiscales": [multiscale]},
+                    "ome": {"version": "0.5", **ome},
                     "voxgate": voxgate_attrs,
                 },
             }
@@ -445,7 +481,7 @@ class ZarrRemote(Remote):
         else:
             multiscale["version"] = "0.4"
             write_json(location, ".zgroup", {"zarr_format": 2})
-            write_json(location, ".zattrs", {"multiscales": [multiscale], "voxgate": voxgate_attrs})
+            write_json(location, ".zattrs", {**ome, "voxgate": voxgate_attrs})
         return cls.open(location, mode="r+")
 
     @classmethod
@@ -483,17 +519,27 @@ class ZarrRemote(Remote):
         group = read_json(self.location, group_key)
         attrs = group["attributes"] if v3 else group
         ome = attrs.get("ome", attrs) if v3 else attrs
-        ms = ome["multiscales"][0]
+        multiscales = ome["multiscales"]
+        ms = multiscales[self._ms_index]
         axes = ms.get("axes") or [{"name": n} for n in ("z", "y", "x")]
         axes = [a if isinstance(a, dict) else {"name": a} for a in axes]
         names = [a["name"] for a in axes]
+        lowered = [str(n).lower() for n in names]
         rank = len(names)
-        spatial = [names.index(n) for n in ("z", "y", "x")]  # opening checked they are there
+        # opening checked they are there (z but for a 2-D image, whose new levels stay 2-D)
+        flat = "z" not in lowered
+        spatial = [lowered.index(n) for n in ("z", "y", "x") if n in lowered]
+        if flat and any(sc.shape.z != 1 for sc in scales):
+            raise InvalidRequestError(
+                f"{self.url} is a 2-D image (one z plane); its new scales must have one "
+                f"plane too, got shapes {[tuple(sc.shape) for sc in scales]}")
         # the multiscale's own transformations apply after each dataset's (as on reading)
         outer = ms.get("coordinateTransformations", [])
         outer_scale, outer_tr = _scale_transform(outer, rank), _translation(outer, rank)
         axis_nm = [_unit_factor(axes[j].get("unit"), f"{self.url} axis {names[j]!r}")
                    for j in spatial]
+        if flat:
+            axis_nm.insert(0, axis_nm[0])
         first = ms["datasets"][0]
         array_key = "zarr.json" if v3 else ".zarray"
         template = read_json(join(self.location, first["path"]), array_key)
@@ -502,15 +548,22 @@ class ZarrRemote(Remote):
         base_scale, base_tr = _scale_transform(first_tf, rank), _translation(first_tf, rank)
         dims = _array_dimensions(_optional_json(join(self.location, first["path"]), ".zattrs"),
                                  rank, first["path"]) if not v3 else []
-        taken = {d["path"] for d in ms["datasets"]}
+        # paths of every multiscale's datasets are taken (several may share a group); a new
+        # one goes beside the multiscale's first ("2d/0" gets "2d/3")
+        taken = {_dataset_path(d["path"]) for m in multiscales if isinstance(m, dict)
+                 for d in m.get("datasets") or () if isinstance(d, dict) and "path" in d}
+        folder = _dataset_path(first["path"]).rpartition("/")[0]
         for sc in scales:
-            path = str(sc.index) if str(sc.index) not in taken else f"s{sc.index}"
+            path = join(folder, str(sc.index)) if folder else str(sc.index)
+            if path in taken:
+                path = join(folder, f"s{sc.index}") if folder else f"s{sc.index}"
             doc = {k: v for k, v in template.items() if k != "attributes"}
             if v3:
                 doc["attributes"] = {}
             shape, scale, shift = list(template["shape"]), list(base_scale), list(base_tr)
             size, shift_zyx = _world_transforms(self.meta.scales[0], sc, axis_nm)
-            for j, n, s, t in zip(spatial, sc.shape, size, shift_zyx, strict=True):
+            zyx = list(zip(sc.shape, size, shift_zyx, strict=True))[1 if flat else 0:]
+            for j, (n, s, t) in zip(spatial, zyx, strict=True):
                 shape[j] = n
                 scale[j] = s / outer_scale[j]
                 shift[j] = (t - outer_tr[j]) / outer_scale[j]
@@ -522,8 +575,16 @@ class ZarrRemote(Remote):
                 {"type": "scale", "scale": scale},
                 {"type": "translation", "translation": shift}]})
         write_json(self.location, group_key, group)
-        fresh = ZarrRemote.open(self.location, mode="r+")
+        fresh = ZarrRemote.open(self.location, mode="r+", multiscale=self._ms_index)
         self.meta, self._arrays = fresh.meta, fresh._arrays
+
+    def spec(self) -> dict[str, Any]:
+        # the multiscale chosen travels with the volume: a worker or the relay reopened the
+        # group's first one
+        out = super().spec()
+        if self._multiscale is not None:
+            out["options"] = {**out.get("options", {}), "multiscale": self._multiscale}
+        return out
 
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
         if self.missing == "error":
@@ -555,10 +616,117 @@ def _datasets(ms: object, location: str) -> list[dict[str, Any]]:
     if not isinstance(datasets, list) or not datasets or not all(
             isinstance(d, dict) and isinstance(d.get("path"), str) for d in datasets):
         raise InvalidRequestError(
-            f"{location!r}: the first multiscale's 'datasets' must list the paths of its "
+            f"{location!r}: the multiscale's 'datasets' must list the paths of its "
             f"arrays, got {datasets!r}"
         )
     return datasets
+
+
+def _check_choice(choice: object) -> None:
+    """Refuse a ``multiscale`` option that is neither a name nor an index."""
+    if choice is not None and (isinstance(choice, bool) or not isinstance(choice, (int, str))):
+        raise InvalidRequestError(
+            f"multiscale must be the name (a string) or the index (an integer) of one of an "
+            f"OME-Zarr image's multiscales, got {choice!r}")
+
+
+def _no_choice(location: str, choice: object) -> None:
+    """Refuse the ``multiscale`` option for an array, where there is nothing to choose."""
+    if choice is not None:
+        raise InvalidRequestError(
+            f"{location!r} is a zarr array, not an OME-Zarr group; multiscale={choice!r} "
+            "chooses among the multiscales of a group: open the group with it, or the array "
+            "without it")
+
+
+def _names(multiscales: list[Any]) -> list[str | None]:
+    """The ``name`` of each multiscale (None where it has none)."""
+    return [m.get("name") if isinstance(m, dict) and isinstance(m.get("name"), str) else None
+            for m in multiscales]
+
+
+def _describe(multiscales: list[Any], k: int | None = None) -> str:
+    """``0 ('3D'), 1 ('2D'), 2 (unnamed)``, or that of multiscale ``k`` alone."""
+    names = _names(multiscales)
+    return ", ".join(f"{i} ({'unnamed' if n is None else repr(n)})"
+                     for i, n in enumerate(names) if k is None or i == k)
+
+
+def _choose(multiscales: list[Any], choice: int | str | None, location: str) -> int:
+    """The index of the multiscale ``choice`` names (a name, or an index): the first when
+    None; refused, listing them all, when it names none."""
+    if choice is None:
+        return 0
+    if isinstance(choice, int):
+        if 0 <= choice < len(multiscales):
+            return choice
+    else:
+        names = _names(multiscales)
+        if choice in names:
+            return names.index(choice)
+    raise InvalidRequestError(
+        f"{location!r} has no multiscale {choice!r}; its multiscales are "
+        f"{_describe(multiscales)}: pass multiscale= one of those names or indices")
+
+
+#: the colours voxgate gives the channels of an image it creates (``omero``), in turn
+_CHANNEL_COLOURS = ("FF0000", "00FF00", "0000FF", "FF00FF", "00FFFF", "FFFF00")
+
+
+def _ome_extra(ome: dict[str, Any], multiscales: list[Any], k: int, channels: int,
+               where: str) -> dict[str, Any]:
+    """What an OME-Zarr image says beyond its voxels, for ``VolumeMeta.extra``: the index of
+    the multiscale read (``multiscale``) and the names of all (``multiscales``); its
+    ``omero`` block as stored, and the channels' labels from it (``channel_names``, one per
+    channel; ``channel_i`` where a channel has none, as ome-zarr-py names them)."""
+    extra: dict[str, Any] = {"multiscale": k, "multiscales": _names(multiscales)}
+    omero = ome.get("omero")
+    if omero is None:
+        return extra
+    listed = omero.get("channels") if isinstance(omero, dict) else None
+    if not isinstance(listed, list) or not all(isinstance(c, dict) for c in listed):
+        warn_ignored(f"{where}: attribute omero = {str(omero)[:80]!r}",
+                     "it does not list its channels (NGFF: 'channels', an object each); the "
+                     "image is read without it", stacklevel=5)
+        return extra
+    extra["omero"] = omero
+    if len(listed) != channels:
+        warn_ignored(f"{where}: the channel labels of attribute omero",
+                     f"it lists {len(listed)} channels and the image has {channels}",
+                     stacklevel=5)
+        return extra
+    extra["channel_names"] = [c["label"] if isinstance(c.get("label"), str) else f"channel_{i}"
+                              for i, c in enumerate(listed)]
+    return extra
+
+
+def _omero_block(meta: VolumeMeta) -> dict[str, Any]:
+    """The ``omero`` block ``create`` writes for an image (NGFF's transitional rendering
+    settings, which napari and ome-zarr-py read): one channel each, labelled ``channel_i``
+    (or as ``meta.extra["channel_names"]`` says), white for a single channel and otherwise
+    coloured in turn, with the dtype's range as ``min``/``max`` and the window over it
+    (0 to 1 for floats, whose range says nothing of the data)."""
+    dtype = meta.dtype
+    lo: int | float
+    hi: int | float
+    if dtype.kind == "f":
+        info = np.finfo(dtype)
+        lo, hi, start, end = float(info.min), float(info.max), 0.0, 1.0
+    else:
+        iinfo = np.iinfo(dtype)
+        lo, hi = int(iinfo.min), int(iinfo.max)
+        start, end = lo, hi
+    names = meta.extra.get("channel_names")
+    if not (isinstance(names, list) and len(names) == meta.num_channels
+            and all(isinstance(n, str) for n in names)):
+        names = [f"channel_{i}" for i in range(meta.num_channels)]
+    n = meta.num_channels
+    return {"channels": [
+        {"label": name, "active": True,
+         "color": "FFFFFF" if n == 1 else _CHANNEL_COLOURS[i % len(_CHANNEL_COLOURS)],
+         "window": {"min": lo, "max": hi, "start": start, "end": end}}
+        for i, name in enumerate(names)
+    ], "rdefs": {"model": "greyscale" if n == 1 else "color"}}
 
 
 def _frame(ms: dict[str, Any], rank: int, location: str) -> Frame:
@@ -566,9 +734,11 @@ def _frame(ms: dict[str, Any], rank: int, location: str) -> Frame:
     have ``rank`` dimensions: axis names, units in nm, its own transformations."""
     names = axis_names(ms, rank, repr(location))
     axes = [a if isinstance(a, dict) else {} for a in ms.get("axes") or names]
-    spatial = [names.index(n) for n in ("z", "y", "x")]
+    spatial = [names.index(n) for n in ("z", "y", "x") if n in names]
     units = [_unit_factor(axes[j].get("unit"), f"{location!r} axis {names[j]!r}")
              for j in spatial]
+    if len(units) == 2:  # a 2-D image: its one z plane is measured in y's unit
+        units.insert(0, units[0])
     # the multiscale's own transformations apply after each dataset's (NGFF)
     scale, translation, _ = compose(ms.get("coordinateTransformations"), rank, repr(location))
     return Frame(names, spatial, units, scale, translation)
@@ -956,17 +1126,23 @@ def _optional_json(location: str, key: str) -> dict[str, Any]:
 
 
 def _as_czyx(
-    store: ts.TensorStore, names: list[str], where: str, offset: Vec | None = None
+    store: ts.TensorStore, names: list[str], where: str, offset: Vec | None = None,
+    flat: bool = False,
 ) -> tuple[TSArray, int]:
-    """A TSArray over ``store``, dimensions reordered to ([c,] z, y, x), x y z from ``offset``."""
+    """A TSArray over ``store``, dimensions reordered to ([c,] z, y, x), x y z from ``offset``.
+    ``flat``: a 2-D OME-Zarr image (y and x, no z), given a z dimension of length 1 (a view:
+    reads and writes reach the 2-D array, nothing is stored for it)."""
     names = [n.lower() if n else "" for n in names]
+    view = store
+    if flat and "z" not in names and {"y", "x"} <= set(names):
+        view = view[ts.newaxis][ts.d[0].mark_bounds_implicit[False]]
+        names = ["z", *names]
     if not {"z", "y", "x"} <= set(names):
         raise InvalidRequestError(
             f"{where} has axes {names}; voxgate needs z, y and x (plus optional c and t)"
         )
     channel_names = [n for n in names if n in ("c", "channel", "ch")]
     others = [n for n in names if n not in ("z", "y", "x", *channel_names)]
-    view = store
     current = list(names)
     for n in others:  # a time (or other) axis of size 1 is dropped; a longer one is refused
         i = current.index(n)
@@ -993,8 +1169,9 @@ def _as_czyx(
 
 def _chunk_shapes(store: ts.TensorStore) -> tuple[Vec, Vec | None]:
     layout = store.chunk_layout
-    read = [int(v or 0) for v in layout.read_chunk.shape or ()]
-    write = [int(v or 0) for v in layout.write_chunk.shape or ()]
+    # (a 2-D image's added z dimension has no chunk size: its chunks are one plane)
+    read = [int(v or 1) for v in layout.read_chunk.shape or ()]
+    write = [int(v or 1) for v in layout.write_chunk.shape or ()]
     chunks = Vec(*read[-3:])
     shard = Vec(*write[-3:]) if write != read else None
     return chunks, shard
