@@ -9,7 +9,9 @@ knossos_utils), ``*.pyk.conf`` / ``*.pyknossos.conf`` / ``ariadne.conf`` (PyKNOS
   ``scale x|y|z F;`` (nm), optional ``magnification M;``, ``png;``/``jpg;`` and
   ``compression_ratio R;`` (1000: .jpg cubes; other non-zero ratios are JPEG 2000, refused
   when a cube exists only in that form).  The ``;`` and the name's quotes may be missing, as
-  KNOSSOS reads them.  Cubes are 128^3.  Magnifications are powers of two (``mag1``, ``mag2``,
+  KNOSSOS reads them; comment lines and what follows a value are skipped, a line of a key
+  voxgate reads whose value is not one is refused with its line (:func:`parse_knossos_conf`).
+  Cubes are 128^3.  Magnifications are powers of two (``mag1``, ``mag2``,
   ``mag4`` ... folders, as many as exist); mag M has M times the voxel size on every axis.  A
   ``magM/knossos.conf`` (knossos_cuber writes one per mag: that mag's boundary and voxel
   size, experiment ``NAME_magM``) opens the dataset: its root conf when there is one, else
@@ -104,31 +106,69 @@ class _Dataset:
     doc: dict[str, Any] = field(default_factory=dict)  # a .k.toml as read (rewritten whole)
 
 
+#: the keys of a classic knossos.conf that voxgate reads, and the value each takes: a quoted
+#: name, a number, or none (a flag)
+_CLASSIC_KEYS: dict[str, str] = {
+    "experiment name": "name",
+    **{f"{k} {a}": "number" for k in ("boundary", "scale") for a in "xyz"},
+    "magnification": "number", "cube_edge_length": "number", "compression_ratio": "number",
+    "png": "flag", "jpg": "flag",
+}
+_CLASSIC_LINE = re.compile(
+    r'(?P<key>experiment\s+name|(?:boundary|scale)\s+[xyz]|[A-Za-z_]+)'
+    r'(?:\s+(?:"(?P<quoted>[^"]*)"|(?P<word>[^\s;#"]+)))?'
+    r'\s*(?P<rest>.*)')
+
+
 def parse_knossos_conf(text: str, conf: str) -> dict[str, Any]:
     """The ``key value;`` lines of a classic knossos.conf as a dict (``"boundary x"``: 1024).
 
-    As KNOSSOS reads them: the ``;`` may be missing, and the experiment name may be written
-    without quotes (knossos_utils' ``initialize_without_conf`` writes ``experiment name N;``)."""
+    As KNOSSOS (dataset.cpp ``fromLegacyConf``) reads them: one entry per line, its words
+    separated by spaces, the ``;`` optional and whatever follows the value ignored (a trailing
+    ``# comment`` or ``// comment``); a line that starts with no key KNOSSOS knows (a ``#``,
+    ``;`` or ``//`` comment, a blank line, an unknown key) is skipped.  The experiment name may
+    be written without quotes (knossos_utils' ``initialize_without_conf`` writes
+    ``experiment name N;``).  A line of a key voxgate reads whose value is not one (``boundary
+    x 1O24;``, ``boundary x`` with the number on the next line: no reader joins lines) raises
+    :class:`InvalidRequestError` naming the file and the line, rather than being skipped."""
     out: dict[str, Any] = {}
-    for line in text.splitlines():
-        m = re.match(r'\s*experiment\s+name\s+(?:"([^"]*)"|([^\s;"]+))\s*;?\s*$', line)
-        if m:
-            out["experiment name"] = m.group(1) if m.group(1) is not None else m.group(2)
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", ";", "//")):
             continue
-        # a value only after white space: "experiment name;" is no key "experiment nam" = e
-        m = re.match(r'\s*([A-Za-z _]+?)(?:\s+(?:"([^"]*)"|([-+0-9.eE]+)))?\s*(?:;|$)', line)
-        if not m or not m.group(1).strip():
+        m = _CLASSIC_LINE.match(stripped)
+        if m is None:
             continue
-        key, s, n = m.group(1).strip(), m.group(2), m.group(3)
-        if s is not None:
-            out[key] = s
-        elif n is not None:
-            try:
-                out[key] = float(n) if any(c in n for c in ".eE") else int(n)
-            except ValueError as exc:
-                raise InvalidRequestError(f"{conf}: cannot read {line.strip()!r}") from exc
-        else:
+        key = " ".join(m.group("key").split())
+        want = _CLASSIC_KEYS.get(key)
+        if want is None:
+            continue  # a key voxgate does not read (KNOSSOS skips it too)
+        quoted, word, rest = m.group("quoted"), m.group("word"), m.group("rest")
+        # after the value: the end, a ";" (anything after it), or a comment
+        tail_ok = not rest or rest.startswith((";", "#", "//"))
+
+        def bad(what: str, number: int = number, line: str = stripped) -> InvalidRequestError:
+            return InvalidRequestError(
+                f"{conf}, line {number}: {line!r} is not {what}; a classic knossos.conf "
+                "holds one 'key value;' entry per line")
+
+        if want == "name":
+            name = quoted if quoted is not None else word
+            if name is None or not tail_ok:
+                raise bad('experiment name "NAME";')
+            out[key] = name
+        elif want == "flag":
+            if quoted is not None or word is not None or not tail_ok:
+                raise bad(f"{key};")
             out[key] = True
+        else:
+            example = f"{key} {'1024' if key.startswith('boundary') else '10.0'};"
+            if word is None or not tail_ok:
+                raise bad(example)
+            try:
+                out[key] = (float(word) if any(c in word for c in ".eE") else int(word))
+            except ValueError:
+                raise bad(example) from None
     return out
 
 
@@ -601,26 +641,22 @@ def _read_conf(conf: str) -> _Dataset:
     if base.endswith((".pyk.conf", ".pyknossos.conf")) or base == "ariadne.conf":
         # the first [Dataset] section (the image layer; later ones are other layers, such as
         # a segmentation overlay), as KNOSSOS and knossos_utils read it
-        kv: dict[str, str] = {}
-        sections = 0
-        for line in text.splitlines():
-            if re.match(r"\s*\[Dataset[ \d]*\]", line):
-                sections += 1
-                continue
-            if sections <= 1 and "=" in line:
-                k, _, v = line.partition("=")
-                kv[k.strip()] = v.strip().replace('"', "")
-        nums = _pyk_numbers(kv, "_DataScale", conf)
+        kv, at = _pyk_section(text, conf)
+        nums = _pyk_numbers(kv, "_DataScale", at("_DataScale"))
         if not nums or len(nums) % 3:
-            raise InvalidRequestError(f"{conf}: _DataScale must be x,y,z triples (one per mag), "
-                                      f"got {kv['_DataScale']!r}")
-        vs = [_numbers(nums[i:i + 3], 3, "_DataScale", conf) for i in range(0, len(nums), 3)]
-        extent = [_count(v, "_Extent", conf) for v in _pyk_numbers(kv, "_Extent", conf, 3)]
-        cube = ([_count(v, "_CubeSize", conf) for v in _pyk_numbers(kv, "_CubeSize", conf, 3)]
+            raise InvalidRequestError(f"{at('_DataScale')}: _DataScale must be x,y,z triples "
+                                      f"(one per mag), got {kv['_DataScale']!r}")
+        vs = [_numbers(nums[i:i + 3], 3, "_DataScale", at("_DataScale"))
+              for i in range(0, len(nums), 3)]
+        extent = [_count(v, "_Extent", at("_Extent"))
+                  for v in _pyk_numbers(kv, "_Extent", at("_Extent"), 3)]
+        cube = ([_count(v, "_CubeSize", at("_CubeSize"))
+                 for v in _pyk_numbers(kv, "_CubeSize", at("_CubeSize"), 3)]
                 if "_CubeSize" in kv else [CUBE_EDGE] * 3)
         file_type = kv.get("_FileType", "0")
         if file_type not in ("0", "1", "2", "3"):
-            raise InvalidRequestError(f"{conf}: _FileType must be 0 (raw), 1 or 2 (png) or 3 "
+            raise InvalidRequestError(f"{at('_FileType')}: _FileType must be 0 (raw), 1 or 2 "
+                                      f"(png) or 3 "
                                       f"(jpg), got {file_type!r}")
         # KNOSSOS: 3 jpg, 0 raw, anything else png (1, rotated png, is read as 2)
         ext = kv.get("_BaseExt") or {"0": ".raw", "3": ".jpg"}.get(file_type, ".png")
@@ -729,6 +765,44 @@ def _local_root(url: object, where: str) -> str | None:
             f"{where}: the cubes are at {shown!r}; knossos:// reads local datasets only "
             "(download the cubes, or remove the URL if they are beside the configuration)")
     return local_path(url)
+
+
+def _pyk_section(text: str, conf: str) -> tuple[dict[str, str], Any]:
+    """The ``key = value`` entries of a .pyk.conf's first ``[Dataset]`` section (the image
+    layer; later ones are other layers, such as a segmentation overlay), as KNOSSOS and
+    knossos_utils read it, and a function giving ``"CONF, line N"`` for a key.
+
+    Full-line comments (``#``, ``;``) are skipped, as by every reader (PyKNOSSOS reads the
+    file with ConfigObj; KNOSSOS and knossos_utils skip keys they do not know), and so is an
+    unquoted value's trailing ``# comment`` (ConfigObj's inline comments).  A value does not
+    continue on the next line in any of them: a line of the section that is no ``key =
+    value`` entry raises :class:`InvalidRequestError` naming the file and the line, rather than
+    the continuation being dropped (KNOSSOS would read the first line's mags only)."""
+    kv: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    sections = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if re.match(r"\[Dataset[ \d]*\]", stripped):
+            sections += 1
+            continue
+        if sections != 1 or not stripped or stripped.startswith(("#", ";")):
+            continue
+        if "=" not in stripped:
+            raise InvalidRequestError(
+                f"{conf}, line {number}: {stripped!r} is no 'key = value' entry; a .pyk.conf "
+                "holds one entry per line (a value cannot continue on the next line)")
+        k, _, v = stripped.partition("=")
+        v = v.strip()
+        if not v.startswith('"'):
+            v = v.split("#", 1)[0].strip()  # ConfigObj: an unquoted value ends at a '#'
+        kv[k.strip()] = v.replace('"', "")
+        lines[k.strip()] = number
+
+    def at(key: str) -> str:
+        return f"{conf}, line {lines[key]}" if key in lines else conf
+
+    return kv, at
 
 
 def _pyk_numbers(kv: dict[str, str], key: str, conf: str, n: int | None = None) -> list[float]:
@@ -903,12 +977,35 @@ def _edited_toml(ds: _Dataset) -> bytes | None:
                 spans[m.group(1)] = (i, j)
                 break
     last = max((i for i in range(start, end) if lines[i].strip()), default=start - 1)
+    want = dict(ds.doc)
+    want["Layer"] = [{**layer, **{k: tomllib.loads(f"v = {v}")["v"] for k, v in changed.items()}},
+                     *ds.doc["Layer"][1:]]
+    # first with the comments inside a multi-line array kept (a list that only grew gets its
+    # new items before its closing bracket), else with the changed keys' lines rewritten
+    for keep_inside in (True, False):
+        result = _edit_lines(lines, spans, changed, last, newline, layer, keep_inside)
+        try:
+            if tomllib.loads(result) == want:
+                return result.encode()
+        except tomllib.TOMLDecodeError:
+            pass
+    return None
+
+
+def _edit_lines(lines: list[str], spans: dict[str, tuple[int, int]], changed: dict[str, str],
+                last: int, newline: str, layer: dict[str, Any], keep_inside: bool) -> str:
     out = lines[:]
     added = [f"{k} = {v}{newline}" for k, v in changed.items() if k not in spans]
     if added and not out[last].endswith(("\n", "\r")):
         out[last] += newline
     out[last + 1:last + 1] = added
     for key, (i, j) in sorted(spans.items(), key=lambda kv: -kv[1][0]):
+        if keep_inside and j - i > 1:
+            grown = _appended("".join(lines[i:j]), layer.get(key),
+                              tomllib.loads(f"v = {changed[key]}")["v"], newline)
+            if grown is not None:
+                out[i:j] = [grown]
+                continue
         # a comment after the value: from the first '#' that the value does not need
         head, tail = "".join(lines[i:j - 1]), lines[j - 1].rstrip("\r\n")
         comment = ""
@@ -920,13 +1017,55 @@ def _edited_toml(ds: _Dataset) -> bytes | None:
         indent = re.match(r"\s*", lines[i]).group(0)  # type: ignore[union-attr]
         ending = newline if lines[j - 1].endswith(("\n", "\r")) else ""
         out[i:j] = [f"{indent}{key} = {changed[key]}{' ' + comment if comment else ''}{ending}"]
-    result = "".join(out)
-    want = dict(ds.doc)
-    want["Layer"] = [{**layer, **{k: tomllib.loads(f"v = {v}")["v"] for k, v in changed.items()}},
-                     *ds.doc["Layer"][1:]]
-    try:
-        if tomllib.loads(result) != want:
-            return None
-    except tomllib.TOMLDecodeError:
+    return "".join(out)
+
+
+def _appended(span: str, old: object, new: object, newline: str) -> str | None:
+    """``span`` (the lines of ``key = [...]``, an array over several lines) with the items
+    that ``new`` adds to the end of ``old`` inserted before the array's closing bracket, so the
+    comments between its items stay; None when ``new`` does not just extend ``old`` or the
+    array is not plain to find (the caller checks that the result reads as ``new``)."""
+    if not (isinstance(old, list) and isinstance(new, list) and len(new) > len(old)
+            and new[:len(old)] == old):
         return None
-    return result.encode()
+    depth, last, close, quote = 0, -1, -1, ""
+    i = span.index("=") + 1
+    while i < len(span):
+        c = span[i]
+        if quote:
+            if c == "\\" and quote == '"':
+                i += 2
+                continue
+            quote = "" if c == quote else quote
+        elif c == "#":  # a comment, to the end of its line
+            i = span.find("\n", i)
+            if i < 0:
+                break
+            continue
+        elif c in "\"'":
+            quote = c
+        elif c == "[":
+            depth += 1
+        elif c == "]":
+            depth -= 1
+            if depth == 0:
+                close = i
+                break
+        if not c.isspace():
+            last = i
+        i += 1
+    if close < 0 or last < 0:
+        return None
+    items = [_toml_list(v) if isinstance(v, list) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) else _toml_value(v)
+        for v in new[len(old):]]
+    sep = "" if span[last] in ",[" else ","
+    line_start = span.rfind("\n", 0, close) + 1
+    if span[line_start:close].strip() or span[last] == "[":
+        # "]" after an item on its line: the new items follow that item
+        return span[:last + 1] + sep + " " + ", ".join(items) + span[last + 1:]
+    # "]" on a line of its own: one line per new item, indented as the item before
+    item_line = span.rfind("\n", 0, last) + 1
+    indent = re.match(r"[ \t]*", span[item_line:]).group(0)  # type: ignore[union-attr]
+    lines = "".join(f"{indent}{it},{newline}" for it in items)
+    return span[:last + 1] + sep + span[last + 1:line_start] + lines + span[line_start:]

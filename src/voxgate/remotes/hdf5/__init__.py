@@ -23,6 +23,10 @@ labels) give another order than (z, y, x) or (c, z, y, x), such as ilastik's cha
 number of voxels is taken to the nearest whole voxel with a VoxgateWarning.  BigDataViewer's
 ``tT/sS/L/cells`` datasets, uint16 voxels stored as HDF5 int16, are read and written as uint16,
 level L's voxel size being its setup's ``sS/resolutions`` row (x, y, z) in voxels of level 0.
+A file written through saalfeldlab's N5HDF5Writer (root attribute ``n5``) keeps N5's x, y, z
+attributes (``downsamplingFactors``, ``scales``, ``resolution``, ``offset``, ``axes``, and
+``pixelResolution`` in its ``N5_JSON_ROOT`` JSON): its volumes without voxgate's own
+``voxel_size`` are read as n5:// reads those attributes, reversed into z, y, x.
 
 Threads: HDF5 serialises every call in a process anyway, and h5py objects must not be used
 from two threads at once, so each file has one h5py handle shared by every Remote on it and

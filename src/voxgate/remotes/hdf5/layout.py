@@ -4,6 +4,7 @@ kind, scale factors)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -281,3 +282,115 @@ def _bdv_factors(f: h5py.File, name: str) -> list[float] | None:
     if row is None or not all(math.isfinite(v) and v > 0 for v in row):
         return None
     return row[::-1]
+
+
+# -- n5-hdf5 (saalfeldlab's N5HDF5Writer: n5-viewer, BigStitcher, Paintera on .h5) ---------------
+#: where N5HDF5Writer keeps the attributes that are no HDF5 type (objects: pixelResolution)
+N5_JSON_ROOT = "N5_JSON_ROOT"
+
+
+def _is_n5_hdf5(f: h5py.File, *objs: Any) -> bool:
+    """Whether the volume made of ``objs`` was written through N5HDF5Writer: the writer sets the
+    root's ``n5`` attribute (the N5 version) on every file it opens, and voxgate's own
+    ``voxel_size`` (z, y, x) is on none of them."""
+    return isinstance(_attr(f["/"].attrs, "n5"), str) and not any(
+        o is not None and "voxel_size" in o.attrs for o in objs)
+
+
+def _n5_attrs(attrs: h5py.AttributeManager | None) -> dict[str, Any]:
+    """An object's N5 attributes as N5HDF5Reader gives them: its HDF5 attributes, else the
+    members of its ``N5_JSON_ROOT`` JSON."""
+    if attrs is None:
+        return {}
+    out: dict[str, Any] = {}
+    root = _attr(attrs, N5_JSON_ROOT)
+    if isinstance(root, str):
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(root)
+            if isinstance(parsed, dict):
+                out.update(parsed)
+    for key in attrs:
+        if key != N5_JSON_ROOT:
+            out[key] = _attr(attrs, key)
+    return out
+
+
+def _zyx_of_xyz(value: Any, positive: bool = True) -> list[float] | None:
+    """Three numbers written x, y, z (N5's order), as z, y, x; None if they are not."""
+    v = _triple(value)
+    if v is None or not all(math.isfinite(x) and (x > 0 or not positive) for x in v):
+        return None
+    return v[::-1]
+
+
+def _n5_factors(ds: dict[str, Any], group: dict[str, Any], i: int) -> list[float] | None:
+    """Scale ``i``'s downsampling factors (z, y, x): its own ``downsamplingFactors``, else
+    row ``i`` of the group's ``scales`` (both x, y, z)."""
+    own = _zyx_of_xyz(ds.get("downsamplingFactors"))
+    if own is not None:
+        return own
+    rows = group.get("scales")
+    if isinstance(rows, list) and rows and isinstance(rows[0], list):
+        rows = [v for row in rows for v in row]  # (JSON: a list of rows)
+    if isinstance(rows, list) and len(rows) % 3 == 0 and 3 * i + 3 <= len(rows):
+        return _zyx_of_xyz(rows[3 * i: 3 * i + 3])
+    return None
+
+
+def _n5_resolution(attrs: dict[str, Any]) -> tuple[list[float] | None, list[float] | None]:
+    """(pixelResolution, resolution) of N5 attributes, z, y, x in nm: n5-viewer's
+    ``pixelResolution`` ``{"unit", "dimensions"}`` (or a bare list) is the base voxel size,
+    which a scale's factors multiply; ``resolution`` (Paintera, tensorstore), with per-axis
+    ``units``, is the object's own voxel size."""
+    base = None
+    pr = attrs.get("pixelResolution")
+    if isinstance(pr, dict):
+        dims = _zyx_of_xyz(pr.get("dimensions"))
+        unit = pr.get("unit")
+        f = (length_unit_nm(unit) if isinstance(unit, str) else None) or 1.0
+        base = [d * f for d in dims] if dims is not None else None
+    else:
+        base = _zyx_of_xyz(pr)
+    own = _zyx_of_xyz(attrs.get("resolution"))
+    units = attrs.get("units")
+    if own is not None and isinstance(units, list) and len(units) == 3:
+        own = [r * ((length_unit_nm(u) if isinstance(u, str) else None) or 1.0)
+               for r, u in zip(own, units[::-1], strict=True)]
+    return base, own
+
+
+def _n5_scale(ds_attrs: h5py.AttributeManager, group: dict[str, Any], i: int,
+              shape: tuple[int, ...], shape0: tuple[int, ...], where: str
+              ) -> tuple[VoxelSize, Vec]:
+    """Voxel size and offset (z, y, x) of scale ``i`` of an n5-hdf5 volume, read as the n5://
+    store reads the same attributes in an N5 container (every list x, y, z): its own
+    ``pixelResolution`` times its factors, else its own ``resolution``, else the group's
+    resolution times its factors, else the factors alone (in nm); ``offset`` (Paintera,
+    physical, x, y, z) in the resolution's unit."""
+    d = _n5_attrs(ds_attrs)
+    factors = _n5_factors(d, group, i) or (
+        [1.0, 1.0, 1.0] if i == 0
+        else [float(max(1, round(a / b))) for a, b in zip(shape0, shape, strict=True)])
+    base, own = _n5_resolution(d)
+    g_base, g_own = _n5_resolution(group)
+    if base is None and own is None:
+        base = g_base or g_own
+    zyx = own if base is None and own is not None else [
+        b * k for b, k in zip(base or [1.0, 1.0, 1.0], factors, strict=True)]
+    vs = VoxelSize.of(zyx, "nm")
+    raw = d.get("offset")
+    off = _zyx_of_xyz(raw, positive=False)
+    if off is None:
+        if raw is not None:
+            _ignored(where, "offset", raw, "the offset is 0")
+        return vs, Vec(0, 0, 0)
+    # the offset is in the unit the resolution was written in
+    pr = d.get("pixelResolution", group.get("pixelResolution"))
+    unit = pr.get("unit") if isinstance(pr, dict) else None
+    units = d.get("units", group.get("units"))
+    per = ([u for u in units[::-1]] if isinstance(units, list) and len(units) == 3
+           else [unit] * 3)
+    nm = [(length_unit_nm(u) if isinstance(u, str) else None) or 1.0 for u in per]
+    vox = [o * n / v for o, n, v in zip(off, nm, vs.zyx(), strict=True)]
+    return vs, nearest_voxel(vox, f"{where}: attribute offset = {raw!r} (x, y, z)", vs.zyx(),
+                             kept=False, stacklevel=4)

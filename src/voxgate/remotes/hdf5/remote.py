@@ -38,8 +38,11 @@ from .layout import (
     _check_dtype,
     _guess_kind,
     _is_multiscale,
+    _is_n5_hdf5,
     _is_volume_dataset,
     _listing,
+    _n5_attrs,
+    _n5_scale,
     _resolve_default,
     _scale_factors,
     _triple,
@@ -131,7 +134,12 @@ class HDF5Remote(Remote):
         dtype = np.dtype("uint16") if storage is not None else _check_dtype(first.dtype, where)
         channel_axis = first.ndim == 4
         channels = int(first.shape[0]) if channel_axis else 1
-        base_vs = _voxel_size(group_attrs, where) if group_attrs is not None else None
+        # a file of saalfeldlab's N5HDF5Writer lists every per-axis attribute x, y, z, as N5
+        # does (its datasets' dimensions it reverses into HDF5's z, y, x)
+        n5 = _is_n5_hdf5(f, first, obj if group_attrs is not None else None)
+        n5_group = _n5_attrs(group_attrs) if n5 else {}
+        base_vs = _voxel_size(group_attrs, where) if group_attrs is not None and not n5 \
+            else None
         group_factors = _attr(group_attrs, "scales") if group_attrs is not None else None
         scales = []
         for i, dname in enumerate(datasets):
@@ -148,6 +156,8 @@ class HDF5Remote(Remote):
                     "least one voxel"
                 )
             named = _axis_names(ds.attrs, ds, f"{shared.path}#{dname}")
+            if n5 and named is not None and named[0] == "axes":
+                named = ("axes (N5's x, y, z order)", named[1][::-1])
             want = ["c", "z", "y", "x"][4 - ds.ndim:]
             if named is not None and named[1] != want:
                 # (read as voxgate's order, they would be silently transposed; an ilastik
@@ -159,8 +169,11 @@ class HDF5Remote(Remote):
                     "(e.g. with h5py and numpy) or copy it with the axes reordered"
                 )
             shape = Vec(*ds.shape[-3:])
-            vs = _voxel_size(ds.attrs, f"{shared.path}#{dname}")
-            if vs is None:
+            vs = None if n5 else _voxel_size(ds.attrs, f"{shared.path}#{dname}")
+            if n5:
+                vs, offset = _n5_scale(ds.attrs, n5_group, i, tuple(shape),
+                                       tuple(first.shape[-3:]), f"{shared.path}#{dname}")
+            elif vs is None:
                 factors = _triple(_attr(ds.attrs, "downsamplingFactors")) or _bdv_factors(
                     f, dname)
                 if factors is None and isinstance(group_factors, list) and i > 0:
@@ -171,7 +184,8 @@ class HDF5Remote(Remote):
                 base = base_vs or VoxelSize(1.0, 1.0, 1.0)
                 vs = VoxelSize.of([b * k for b, k in zip(base.zyx(), factors, strict=True)],
                                   base.unit)
-            offset = _voxel_offset(ds.attrs, vs, f"{shared.path}#{dname}")
+            if not n5:
+                offset = _voxel_offset(ds.attrs, vs, f"{shared.path}#{dname}")
             chunks = Vec(*ds.chunks[-3:]) if ds.chunks else Vec(
                 *(min(n, _CONTIGUOUS_BLOCK) for n in shape)
             )

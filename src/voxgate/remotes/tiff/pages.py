@@ -267,10 +267,19 @@ def _chunks(own: dict[str, Any], shape: Sequence[int], page: _Page) -> Vec:
     return Vec(max(1, min(shape[0], 64)), min(ny, shape[1]), min(nx, shape[2]))
 
 
+#: a slice whose voxels pass this many bytes is written as BigTIFF: a classic TIFF's 32-bit
+#: offsets end at 4 GiB (tifffile's own threshold, 32 MiB left for the tags)
+BIGTIFF_ABOVE = 2**32 - 2**25
+
+
 def _write_slice(path: str, plane: np.ndarray, tile: tuple[int, ...] | None, comp: str | None,
                  extratags: list[Any], keep: dict[str, Any] | None = None) -> None:
     """Write one 2-D slice file (to a temporary name, then renamed).  ``keep``: the
-    description, resolution and predictor of the slice it replaces (:func:`_slice_keep`)."""
+    description, resolution and predictor of the slice it replaces (:func:`_slice_keep`).
+
+    A slice of more than :data:`BIGTIFF_ABOVE` bytes is a BigTIFF, compressed or not
+    (tifffile decides so for uncompressed data only, and a compressed slice of noise is no
+    smaller: written classic, it failed past 4 GiB)."""
     tifffile = _tifffile()
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     if tile is not None and (plane.shape[0] < tile[0] or plane.shape[1] < tile[1]):
@@ -282,7 +291,8 @@ def _write_slice(path: str, plane: np.ndarray, tile: tuple[int, ...] | None, com
     if comp is None:
         keep.pop("predictor", None)  # (a predictor goes with compression only)
     tifffile.imwrite(tmp, plane, tile=tile, compression=comp, photometric="minisblack",
-                     metadata=None, extratags=extratags, **keep)
+                     metadata=None, extratags=extratags, bigtiff=plane.nbytes > BIGTIFF_ABOVE,
+                     **keep)
     os.replace(tmp, path)
 
 
