@@ -122,7 +122,7 @@ def detect_format(location: str) -> str:
         return "hdf5"
     if lower.endswith((".tif", ".tiff", ".btf", ".tf8", ".tf2")):
         return "tiff"
-    from .storage import kvstore_exists
+    from .storage import check_bucket, kvstore_exists
 
     local = path.removeprefix("file://")
     if os.path.isfile(local):  # a configuration file itself
@@ -138,11 +138,13 @@ def detect_format(location: str) -> str:
     if path.startswith(("gs://", "s3://", "http://", "https://")) or os.path.exists(
         path.removeprefix("file://")
     ):
+        # a missing bucket holds no marker either: name the bucket (s3:// can tell)
+        check_bucket(path, f"opening {location}")
         raise UnknownSchemeError(
             f"cannot tell the format of {location!r}: it has none of the marker files "
             f"({', '.join(m for m, _ in _MARKERS)}, *.k.toml, *.k.conf, *.pyk.conf) and is "
-            "not an .h5 file; "
-            "name the format in the URL, e.g. zarr://" + location
+            "not an .h5 file (or nothing is stored there); name the format in the URL, e.g. "
+            f"zarr://{location}, precomputed://{location} or n5://{location}"
         )
     raise RemoteNotFoundError(f"{location!r} does not exist")
 

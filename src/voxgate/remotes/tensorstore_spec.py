@@ -40,7 +40,13 @@ from ..errors import (
 )
 from ..geometry import Box, Vec, VoxelSize
 from ..meta import Kind, Scale, VolumeMeta
-from ..storage import check_spec_buckets, length_unit_nm, ts_context, ts_errors
+from ..storage import (
+    check_spec_buckets,
+    length_unit_nm,
+    ts_context,
+    ts_errors,
+    with_s3_settings,
+)
 from ._tensorstore import TSArray
 from .base import Capability, Remote, check_options, check_same_volume
 
@@ -114,7 +120,9 @@ class TensorStoreRemote(Remote):
         check_spec_buckets(spec, f"opening {_shown(location)}", first_contact_only=True)
         with ts_errors(f"opening the TensorStore spec {_shown(location)}"):
             try:
-                store = ts.open(spec, read=True, write=mode == "r+",
+                # (s3 kvstores go where s3:// locations go: VOXGATE_S3_ENDPOINT; the spec
+                # kept, and reopened from the URL, is the one given)
+                store = ts.open(with_s3_settings(spec), read=True, write=mode == "r+",
                                 context=ts_context()).result()
             except ValueError as exc:
                 if "NOT_FOUND" in str(exc):
@@ -261,7 +269,8 @@ class TensorStoreRemote(Remote):
         check_spec_buckets(spec, f"creating {_shown(location)}")
         try:
             with ts_errors(f"creating {_shown(location)}"):
-                ts.open(spec, create=True, context=ts_context(), **kw).result()
+                ts.open(with_s3_settings(spec), create=True, context=ts_context(),
+                        **kw).result()
         except VoxgateError as exc:
             if any(sc.offset) and "bounds" in str(exc).lower():
                 raise InvalidRequestError(

@@ -7,7 +7,8 @@ A location is a local path, file://, gs://, s3:// or http(s):// (read-only):
   networked kvstores retry);
 - ``ts_errors``: tensorstore's status-string errors as voxgate errors (a chunk that does not
   decode is a CorruptChunkError naming it, never zeros);
-- ``is_local``, ``local_path``, ``join``: location arithmetic;
+- ``is_local``, ``local_path``, ``join``, ``split_query``: location arithmetic (an http(s)://
+  location's query string stays at the end, carried onto every key under it);
 - ``atomic_write``, ``read_json``, ``write_json``, ``kvstore_exists``: small documents, written
   whole or not at all on local disks;
 - ``remove_tree``: a directory and everything under it (a prefix on object storage);
@@ -54,11 +55,14 @@ __all__ = [
     "local_path",
     "read_json",
     "remove_tree",
+    "s3_settings",
     "set_copy_concurrency",
     "set_request_retries",
+    "split_query",
     "ts_context",
     "ts_errors",
     "ts_write_context",
+    "with_s3_settings",
     "write_json",
 ]
 
@@ -201,7 +205,10 @@ def _first_contact_key(location: str) -> str | None:
     parsed = urlparse(location)
     if parsed.scheme == "gs":
         return f"gs://{parsed.netloc}"
-    if parsed.scheme in ("http", "https", "s3") and _retries is None:
+    if parsed.scheme == "s3" and _retries is None:
+        # (per endpoint too: a bucket name answered by one S3 server says nothing of another)
+        return f"s3://{parsed.netloc} at {s3_settings().get('endpoint', 'AWS')}"
+    if parsed.scheme in ("http", "https") and _retries is None:
         return f"{parsed.scheme}://{parsed.netloc}"
     return None
 
@@ -217,12 +224,25 @@ def _reached(location: str) -> None:
         _buckets_reached.add(key)
 
 
-def _gcs_failure(exc: BaseException, location: str, what: str) -> VoxgateError:
+def _s3_endpoint(spec: dict[str, Any] | str) -> str:
+    """Where an s3 kvstore spec sends its requests, in words."""
+    endpoint = spec.get("endpoint") if isinstance(spec, dict) else None
+    if endpoint:
+        return f"the S3 endpoint {endpoint}"
+    return ("AWS S3 (no endpoint is configured: set VOXGATE_S3_ENDPOINT=http(s)://HOST[:PORT] "
+            "for another S3 server)")
+
+
+def _gcs_failure(exc: BaseException, location: str, what: str,
+                 spec: dict[str, Any] | str | None = None) -> VoxgateError:
     """A first request to a gs:// bucket (or an http(s)/s3 host) that failed, with where
-    credentials came from for gs://."""
+    credentials came from for gs:// and the endpoint for s3:// (``spec`` opened it)."""
     error = _translate(exc, what)
     if _gcs_bucket(location) is None:
         if isinstance(error, RemoteUnavailableError):
+            if location.startswith("s3://"):
+                location += " at " + _s3_endpoint(spec if spec is not None
+                                                  else kvstore_spec(location))
             return RemoteUnavailableError(
                 f"{what}: {location} could not be reached ({exc}); gave up after "
                 f"{GCS_FIRST_CONTACT_RETRIES['max_retries']} retries of the first request to "
@@ -259,12 +279,42 @@ def local_path(location: str) -> str:
     return os.path.abspath(os.path.expanduser(location))
 
 
+def split_query(location: str) -> tuple[str, str]:
+    """An http(s):// location as (the URL up to its query, ``"?query"`` or ``""``).
+
+    A signed URL or a ``?token=...`` is how many servers hand out access: the query belongs
+    to every request under the location, after the key (``/layer/info?token=X``, never
+    ``/layer?token=X/info``).  Elsewhere ``?`` is part of a name (an object key, a file)."""
+    if location.startswith(("http://", "https://")):
+        head, sep, query = location.partition("?")
+        if sep:
+            return head, sep + query
+    return location, ""
+
+
+def _http_key(location: str, key: str) -> tuple[str, str]:
+    """(location, key) with the query string of an http(s):// key moved onto the location:
+    over HTTP a '?' in a key starts its query (a URL relative to the location, such as the
+    last part of a joined location, ``zarr.json?token=X``), whose parameters are added to the
+    location's (the ones it has already are not repeated).  Other keys are left alone."""
+    if "?" not in key or not location.startswith(("http://", "https://")):
+        return location, key
+    key, _, extra = key.partition("?")
+    head, query = split_query(location)
+    params = [p for p in query[1:].split("&") if p]
+    params += [p for p in extra.split("&") if p and p not in params]
+    return head + ("?" + "&".join(params) if params else ""), key
+
+
 def join(location: str, *parts: str) -> str:
-    out = location.rstrip("/")
+    """``location`` with ``parts`` appended as '/'-separated path components (on http(s)://,
+    before the query string, which every key under the location keeps)."""
+    out, query = split_query(location)
+    out = out.rstrip("/")
     for p in parts:
         if p:
             out = out + "/" + p.strip("/")
-    return out
+    return out + query
 
 
 def remove_tree(location: str) -> None:
@@ -304,19 +354,71 @@ def kvstore_spec(location: str) -> dict[str, Any]:
     if parsed.scheme == "gs":
         return {"driver": "gcs", "bucket": bucket, "path": path}
     if parsed.scheme == "s3":
-        spec: dict[str, Any] = {"driver": "s3", "bucket": bucket, "path": path}
-        endpoint = os.environ.get("VOXGATE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            spec["endpoint"] = endpoint
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        if region:
-            spec["aws_region"] = region
-        return spec
+        return {"driver": "s3", "bucket": bucket, "path": path, **s3_settings()}
     if parsed.scheme in ("http", "https"):
-        return {"driver": "http", "base_url": location.rstrip("/") + "/"}
+        # tensorstore's http kvstore puts each key before the base URL's query:
+        # base_url "https://h/layer/?token=X" reads "https://h/layer/info?token=X"
+        head, query = split_query(location)
+        return {"driver": "http", "base_url": head.rstrip("/") + "/" + query}
     raise InvalidRequestError(
         f"unsupported storage location {location!r}; use a path, file://, gs://, s3:// or http(s)://"
     )
+
+
+def s3_settings() -> dict[str, str]:
+    """What voxgate adds to every s3 kvstore it opens: ``endpoint`` from
+    ``VOXGATE_S3_ENDPOINT`` (else ``AWS_ENDPOINT_URL``) and ``aws_region`` from ``AWS_REGION``
+    (else ``AWS_DEFAULT_REGION``), each when set.  Credentials tensorstore finds itself
+    (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ...)."""
+    out = {}
+    endpoint = os.environ.get("VOXGATE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        out["endpoint"] = endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        out["aws_region"] = region
+    return out
+
+
+def with_s3_settings(spec: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the TensorStore spec ``spec`` in which every s3 kvstore gets the
+    :func:`s3_settings` members it does not set itself, as an s3:// location does: its
+    ``kvstore`` and the ``base`` of one such as ocdbt's, as JSON or as a URL (an s3:// URL
+    becomes JSON: a URL cannot hold an endpoint), and the ``base`` of a driver that wraps
+    another array (``cast``, ``downsample``).  Without this, ``"kvstore": "s3://b/x"`` went
+    to AWS whatever VOXGATE_S3_ENDPOINT said (and with no route there, retried for
+    minutes)."""
+    settings = s3_settings()
+    if not settings:
+        return spec
+
+    def kvstore(kv: Any) -> Any:
+        if isinstance(kv, str) and kv.startswith("s3://"):
+            try:
+                kv = ts.KvStore.Spec(kv).to_json()
+            except ValueError:
+                return kv  # tensorstore itself says what is wrong with it when it opens
+        if not isinstance(kv, dict):
+            return kv
+        kv = dict(kv)
+        if kv.get("driver") == "s3":
+            kv = {**settings, **kv}
+        if "base" in kv:
+            kv["base"] = kvstore(kv["base"])
+        return kv
+
+    def array(sp: Any) -> Any:
+        if not isinstance(sp, dict):
+            return sp
+        sp = dict(sp)
+        if "kvstore" in sp:
+            sp["kvstore"] = kvstore(sp["kvstore"])
+        if isinstance(sp.get("base"), dict):
+            sp["base"] = array(sp["base"])
+        return sp
+
+    out: dict[str, Any] = array(spec)
+    return out
 
 
 _QUOTED = re.compile(r'"([^"]+)"')
@@ -385,6 +487,7 @@ def kvstore_exists(location: str, key: str) -> bool:
     """Whether ``key`` exists under ``location`` (local paths are checked without tensorstore)."""
     if is_local(location):
         return os.path.exists(os.path.join(local_path(location), key))
+    location, key = _http_key(location, key)
     spec = kvstore_spec(location)  # a malformed location is an error, not "absent"
     context = _context_for(location)
     try:
@@ -433,7 +536,7 @@ def check_spec_buckets(spec: dict[str, Any], what: str, *,
     (``_context_for``): an endpoint that does not answer fails in about a second instead of
     after tensorstore's 32 retries.  ``first_contact_only``: probe only such buckets (opening
     an array, where a missing bucket reads as a missing array anyway)."""
-    for location, probe in _spec_buckets(spec):
+    for location, probe in _spec_buckets(with_s3_settings(spec)):
         if first_contact_only and not _first_contact(location):
             continue
         _probe_bucket(probe, _context_for(location), location, what)
@@ -471,7 +574,7 @@ def _probe_bucket(spec: dict[str, Any] | str, context: ts.Context, location: str
         kv = ts.KvStore.open(spec, context=context).result()
         kv.list(probe).result()
     except (ValueError, RuntimeError, OSError) as exc:
-        error = (_gcs_failure(exc, location, what) if _first_contact(location)
+        error = (_gcs_failure(exc, location, what, spec) if _first_contact(location)
                  else _translate(exc, what))
         if isinstance(error, RemoteNotFoundError):
             if location.startswith("gs://"):
@@ -501,6 +604,7 @@ def read_json(location: str, key: str) -> Any:
         except (FileNotFoundError, NotADirectoryError):  # (a location that is a file)
             raise RemoteNotFoundError(f"{path} does not exist") from None
     else:
+        location, key = _http_key(location, key)
         what = f"reading {key} of {location}"
         spec = kvstore_spec(location)
         context = _context_for(location)
