@@ -186,3 +186,33 @@ def test_bare_s3_urls_detect_the_format_or_name_the_missing_bucket(s3_bucket: st
         voxgate.open(f"s3://{missing}/a.zarr")
     with pytest.raises(UnknownSchemeError, match="precomputed://s3://"):
         voxgate.open(f"s3://{s3_bucket}/nothing-here")
+
+
+def test_a_level_of_an_ome_zarr_over_http_finds_its_group_with_the_token(
+        token_server: _TokenServer) -> None:
+    """The level URL's parent group (its multiscales: voxel size, the level's place) is asked
+    for with the query too (it was asked for without it: 403, read as "no group")."""
+    token_server.paths.clear()
+    level = voxgate.open(f"zarr://{token_server.base}/v3.zarr/0?token={TOKEN}")
+    assert level.voxel_size.zyx() == (4.0, 4.0, 4.0)
+    np.testing.assert_array_equal(level.read(), DATA)
+    assert all(p.endswith(f"?token={TOKEN}") for p in token_server.paths), token_server.paths
+
+
+def test_annotations_over_http_carry_the_token(tmp_path: Path) -> None:
+    """Annotation sub-directories (by_id, spatial levels, relationships) keep the query."""
+    import pandas as pd
+
+    from voxgate.formats.annotation import read_annotations, write_annotations
+
+    table = pd.DataFrame({"x": [1.0, 9.0, 17.0], "y": [2.0, 3.0, 4.0], "z": [5.0, 6.0, 7.0],
+                          "id": [1, 2, 3]})
+    write_annotations(tmp_path / "ann", table, voxel_size=(4, 4, 4))
+    server = _TokenServer(tmp_path)
+    try:
+        got = read_annotations(f"{server.base}/ann?token={TOKEN}")
+        assert sorted(int(i) for i in got["id"]) == [1, 2, 3]
+        assert server.paths and all(p.endswith(f"?token={TOKEN}") for p in server.paths), \
+            server.paths
+    finally:
+        server.close()

@@ -53,6 +53,7 @@ from ..storage import (
     length_unit_nm,
     local_path,
     read_json,
+    split_query,
     ts_context,
     ts_errors,
     write_json,
@@ -801,7 +802,8 @@ def _dataset_path(path: str) -> str:
 
 def _parent(location: str) -> tuple[str, str] | None:
     """(parent location, last path part) of ``location``; None at a filesystem root, a
-    bucket or a host."""
+    bucket or a host.  An http(s) location's query (a token) stays on the parent."""
+    location, query = split_query(location)
     loc = location.rstrip("/")
     head = 0
     if "://" in loc:
@@ -815,7 +817,7 @@ def _parent(location: str) -> tuple[str, str] | None:
     cut = loc.rfind("/")
     if cut <= head:
         return None
-    return loc[:cut], loc[cut + 1:]
+    return loc[:cut] + query, loc[cut + 1:]
 
 
 def _group_attributes(location: str, fmt: int) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from ...errors import (
 )
 from ...geometry import Box
 from ...meta import check_ids
-from ...storage import Directory, join, split_url
+from ...storage import Directory, join, split_query, split_url
 from ...storage.sharding import ShardedStore, ShardingSpec, decode_shard
 from .._common import segment_id
 from ..layer import read_info as read_dir_info
@@ -66,7 +66,9 @@ def read_info(location: str) -> dict[str, Any] | None:
 def _child(location: str, key: str, where: str) -> str:
     """Where an index ``key`` of the info points: a sub-directory, or (Neuroglancer's rule) a
     '/'-separated path relative to the layer, whose '..' parts climb out of it.  Resolved
-    here, since object stores and HTTP servers take 'a/../b' as a literal name."""
+    here, since object stores and HTTP servers take 'a/../b' as a literal name.  An http(s)
+    location's query (a token) stays at the end."""
+    location, query = split_query(location)
     out = location.rstrip("/")
     for part in key.split("/"):
         if part in ("", "."):
@@ -78,7 +80,7 @@ def _child(location: str, key: str, where: str) -> str:
         if not sep or head.endswith(":/"):  # nothing above a bucket, host or bare name
             raise InvalidRequestError(f"{where}: key {key!r} climbs above {location}")
         out = head
-    return out
+    return out + query
 
 
 # -- the layer ----------------------------------------------------------------------------------
