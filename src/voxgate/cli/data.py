@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..errors import VoxgateError
+from ..errors import VoxgateError, redact
 from ..geometry import Box
 from . import _MISSING_HELP, _fail, main
 from ._cluster import cluster_client, scheduler_option
@@ -142,33 +142,49 @@ def info(url: str, as_json: bool, check: bool, missing: str) -> None:
                    "again those that differ (the source changed since the interruption).")
 @click.option("--status", is_flag=True,
               help="List the journals of unfinished copies (source, destination, blocks done, "
-                   "age) instead of copying.")
+                   "age) and of unfinished in-place map_blocks runs (volume, function, blocks "
+                   "done) instead of copying.")
 @click.option("--forget", is_flag=True,
               help="Delete the journal(s) of the unfinished copy SRC -> DST instead of copying.")
-@click.option("--forget-all", is_flag=True, help="Delete every unfinished copy's journal.")
+@click.option("--forget-map-blocks", "forget_map_blocks", metavar="URL", default=None,
+              help="Delete the journal(s) of the unfinished in-place map_blocks run(s) into "
+                   "the volume URL (the volume is left as it is) instead of copying.")
+@click.option("--forget-all", is_flag=True,
+              help="Delete every unfinished copy's and in-place map_blocks run's journal.")
 @scheduler_option("Run the blocks on the dask.distributed scheduler at ADDRESS "
                   "(tcp://host:port); the journal and progress stay here.")
 def cp(
     src: str | None, dst: str | None, box: str | None, scales: str | None,
     workers: int | None, no_progress: bool, options: tuple[str, ...], missing: str,
-    verify: bool, status: bool, forget: bool, forget_all: bool, scheduler: str | None,
+    verify: bool, status: bool, forget: bool, forget_map_blocks: str | None, forget_all: bool,
+    scheduler: str | None,
 ) -> None:
     """Copy SRC to DST (created with SRC's metadata if missing); rerun to resume.
 
     An interrupted copy (Ctrl-C, a kill, a failure) keeps a journal of the blocks it finished;
     the same command run again skips them (with --verify, checks them against SRC).  --status
-    lists such journals, --forget SRC DST or --forget-all deletes them.
+    lists such journals, --forget SRC DST or --forget-all deletes them.  --status also lists
+    the journals of in-place map_blocks runs that stopped (voxgate.map_blocks writing into its
+    source, which the same call run again finishes); --forget-map-blocks URL deletes those of
+    the volume URL.
     """
     from ..transfer import CopyInterrupted, copy
 
-    if sum((status, forget, forget_all)) > 1:
-        raise click.UsageError("give one of --status, --forget, --forget-all")
+    if sum((status, forget, forget_all, forget_map_blocks is not None)) > 1:
+        raise click.UsageError("give one of --status, --forget, --forget-map-blocks, "
+                               "--forget-all")
+    if forget_map_blocks is not None:
+        if src is not None:
+            raise click.UsageError("--forget-map-blocks URL takes no SRC/DST")
+        _map_blocks_journals(forget=True, url=forget_map_blocks)
+        return
     if status or forget_all:
         if src is not None:
             raise click.UsageError(
                 f"--{'status' if status else 'forget-all'} takes no SRC/DST "
                 "(use --forget SRC DST for one copy)")
         _journals(forget=forget_all)
+        _map_blocks_journals(forget=forget_all)
         return
     if src is None or dst is None:
         raise click.UsageError("give SRC and DST (or --status / --forget-all)")
@@ -216,6 +232,35 @@ def _journals(*, forget: bool, src: str | None = None, dst: str | None = None) -
     for j in gone:
         click.echo(f"forgot {j.src} -> {j.dst}: {j.blocks_done}/{j.blocks_total} blocks "
                    f"were done ({j.path} deleted; the destination is left as it is)")
+
+
+def _map_blocks_journals(*, forget: bool, url: str | None = None) -> None:
+    """List (or delete) the journals of unfinished in-place map_blocks runs (all, or those
+    into ``url``).  Their URLs and function names are stored redacted, and shown redacted."""
+    from ..services.map_blocks import forget_journals, list_journals
+    from ..storage import state_dir
+
+    if not forget:
+        found = [j for j in list_journals() if j.path is not None]  # (mem://: another process)
+        if not found:
+            click.echo("no unfinished in-place map_blocks runs (journals live in "
+                       f"{state_dir('map_blocks')})")
+        for j in found:
+            click.echo(str(j))
+        return
+    matched = [j for j in forget_journals(url) if j.path is not None]
+    if not matched and url is not None:
+        click.echo(f"no unfinished in-place map_blocks run into {redact(url)}; nothing to "
+                   "forget (voxgate cp --status lists them)")
+    for j in matched:
+        if j.running:
+            click.echo(f"left {j.url} scale {j.scale}: a map_blocks run is writing into it now "
+                       f"({j.path} is locked)")
+        else:
+            click.echo(f"forgot map_blocks in place {j.url} scale {j.scale} fn {j.fn}: "
+                       f"{j.blocks_done}/{j.blocks_total} blocks were done ({j.path} deleted; "
+                       "the volume is left as it is: the same call run again applies fn to "
+                       "every block)")
 
 
 

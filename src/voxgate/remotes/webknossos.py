@@ -522,24 +522,52 @@ class WebknossosRemote(Remote):
         return arr, chunks
 
     # -- creating -------------------------------------------------------------------------------
+    @staticmethod
+    def _create_parts(location: str, layer: str | None) -> tuple[str, str | None]:
+        """(dataset, layer name; None: the default) that creating at ``location`` with
+        ``layer=`` makes, the one rule ``create`` and ``create_location`` (copy's destination)
+        both follow: a location holding a dataset is that dataset (``layer=`` names the layer);
+        one whose parent holds a dataset is that dataset's layer of the location's last name
+        (a ``layer=`` naming another is refused, as opening it is); else a new dataset at
+        ``location``."""
+        if _props(location) is not None:
+            return location, layer
+        parent, name = _split(location)
+        if _props(parent) is not None:
+            if layer is not None and layer != name:
+                raise InvalidRequestError(
+                    f"{location!r} names layer {name!r} of the dataset {parent!r}, but "
+                    f"layer={layer!r}: give the layer once, in the URL ({join(parent, name)!r}) "
+                    f"or as layer= on the dataset's URL ({parent!r})"
+                )
+            return parent, name
+        return location, layer
+
     @classmethod
     def _target(cls, location: str, layer: str | None, kind: str) -> tuple[str, str]:
         """(dataset, layer name) that ``create`` writes for ``location``."""
-        parent, name = _split(location)
-        if _props(location) is None and _props(parent) is not None:
-            return parent, name
-        return location, layer or ("segmentation" if kind == "segmentation" else "color")
+        dataset, name = cls._create_parts(location, layer)
+        return dataset, name or ("segmentation" if kind == "segmentation" else "color")
 
     @classmethod
     def create_location(cls, location: str, options: Mapping[str, Any]
                         ) -> tuple[str, dict[str, Any]]:
-        """``layer=NAME`` on an existing dataset is its layer NAME, ``dataset/NAME`` (a new
-        dataset keeps the option: it is created at ``location`` with that layer)."""
+        """Where ``create`` puts the layer, by :meth:`_create_parts`: ``layer=NAME`` on an
+        existing dataset is its layer NAME, ``dataset/NAME``; on a location naming a layer of
+        a dataset it is that layer (dropped when the same name, refused when another); a new
+        dataset keeps the option (it is created at ``location`` with that layer, which
+        ``location`` then opens)."""
         rest = dict(options)
         layer = rest.get("layer")
-        if isinstance(layer, str) and layer and "/" not in layer and _props(location) is not None:
+        if not (layer is None or (isinstance(layer, str) and layer and "/" not in layer)):
+            return location, rest  # (create refuses it, saying why)
+        dataset, name = cls._create_parts(location, layer)
+        if dataset != location:  # the location names the layer itself
+            rest.pop("layer", None)
+            return location, rest
+        if name is not None and _props(location) is not None:
             del rest["layer"]
-            return join(location, layer), rest
+            return join(location, name), rest
         return location, rest
 
     @classmethod

@@ -16,11 +16,15 @@ recorded once written; a rerun of the same call skips the recorded blocks, write
 result of a block cut off mid-write, and runs the rest.  The journal lives in the local state
 directory, as ``voxgate.copy``'s does (``$VOXGATE_STATE_DIR/map_blocks/``, or in this process
 for a ``mem://`` volume), keyed by the volume's URL and scale; it is deleted when the run
-completes.
+completes.  It is locked while a run writes (``storage.file_lock``, on every platform), and
+:func:`list_journals` / :func:`forget_journals` (``voxgate cp --status`` /
+``--forget-map-blocks URL``) list and delete the journals of runs that stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -34,11 +38,6 @@ import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
-
-try:
-    import fcntl
-except ImportError:  # (Windows: no lock between processes)
-    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 
@@ -55,7 +54,7 @@ from ..blockwise import (
 from ..errors import DtypeError, InvalidRequestError, redact
 from ..geometry import Box, Vec
 from ..remotes.memory import MemoryRemote
-from ..storage import state_dir
+from ..storage import file_lock, state_dir
 from ..volume import Volume
 from ._common import (
     Provenance,
@@ -65,7 +64,9 @@ from ._common import (
     scratch_result,
 )
 
-__all__ = ["map_blocks", "run_block"]
+__all__ = [
+    "MapBlocksJournal", "forget_journals", "list_journals", "map_blocks", "run_block",
+]
 
 
 class _Results(Protocol):
@@ -213,6 +214,8 @@ class _Journal:
         self._results: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
         self._file: Any = None
+        #: holds the journal's file_lock (another run into the same volume is refused)
+        self._held = contextlib.ExitStack()
 
     @property
     def where(self) -> str:
@@ -281,13 +284,16 @@ class _Journal:
 
     def close(self, *, complete: bool) -> None:
         with self._lock:
-            if complete:
-                self.discard()
-                if self.path is not None:
-                    self.path.unlink(missing_ok=True)
-            if self._file is not None:
-                self._file.close()  # (releases the lock on it)
-                self._file = None
+            try:
+                if self._file is not None:
+                    self._file.close()  # (before its removal: Windows removes no open file)
+                    self._file = None
+                if complete:
+                    self.discard()
+                    if self.path is not None:
+                        self.path.unlink(missing_ok=True)
+            finally:
+                self._held.close()  # the lock, last: no other run sees a half-removed journal
         if self.path is None:
             with _memory_lock:
                 self.active = False
@@ -349,22 +355,27 @@ def _open_journal(url: str, plan: dict[str, Any], fn: str, resume: bool | None,
     name = hashlib.sha256(json.dumps([url, plan["scale"]]).encode()).hexdigest()[:24]
     # (beside voxgate.copy's journals, in "transfers")
     path = state_dir("map_blocks") / f"{name}.journal"
+    held = contextlib.ExitStack()  # (handed to the journal, which releases it on close)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # (a lock file beside it, on every platform: storage.locking)
+            held.enter_context(file_lock(str(path), blocking=False))
+        except BlockingIOError:
+            raise InvalidRequestError(f"{busy} (its journal {path} is locked)") from None
         f = open(path, "a+", encoding="utf-8")  # (closed by the journal)
     except OSError as exc:
+        held.close()
         exc.add_note(f"map_blocks into {url} in place keeps a journal of the blocks done in "
                      f"{path.parent}; set VOXGATE_STATE_DIR to a writable directory")
         raise
+    except BaseException:
+        held.close()
+        raise
     try:
-        if fcntl is not None:
-            try:  # (released when the file is closed or the process dies)
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise InvalidRequestError(f"{busy} (its journal {path} is locked)") from None
         f.seek(0)
         lines = f.read().split("\n")
         journal = _Journal(path, url, plan, fn)
+        journal._held = held
         try:
             header = json.loads(lines[0])
             old = _Journal(path, str(header["url"]), dict(header["plan"]), str(header["fn"]))
@@ -387,7 +398,119 @@ def _open_journal(url: str, plan: dict[str, Any], fn: str, resume: bool | None,
         return journal
     except BaseException:
         f.close()
+        held.close()
         raise
+
+
+@dataclasses.dataclass(frozen=True)
+class MapBlocksJournal:
+    """The journal of an in-place :func:`map_blocks` run that did not finish, as
+    :func:`list_journals` finds it (``voxgate cp --status`` lists them with the copies')."""
+
+    #: the journal file (None: a ``mem://`` volume's, kept in this process)
+    path: Path | None
+    #: the volume written into (credentials redacted), at ``scale``
+    url: str
+    scale: int
+    #: the function's recorded identity (module.name:code digest)
+    fn: str
+    region: str
+    blocks_done: int
+    blocks_total: int
+    #: seconds since the journal was last written
+    age: float
+    #: a run is writing into it now (its journal is locked): ``forget_journals`` leaves it
+    running: bool = False
+
+    def __str__(self) -> str:
+        where = "in this process" if self.path is None else str(self.path)
+        state = ", running now" if self.running else ""
+        return (f"map_blocks in place {self.url} scale {self.scale} fn {self.fn}: "
+                f"{self.blocks_done}/{self.blocks_total} blocks done, last written "
+                f"{_age(self.age)} ago{state} ({where})")
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _read_journal(path: Path, now: float) -> MapBlocksJournal | None:
+    """The status of the journal file ``path`` (None: not one, or removed meanwhile)."""
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+        mtime = path.stat().st_mtime
+        header = json.loads(lines[0])
+        plan = header["plan"]
+        # (as _open_journal counts them: complete lines only)
+        done = sum(1 for line in lines[1:-1] if line)
+        # (redacted again: a journal an older voxgate wrote may hold a token)
+        return MapBlocksJournal(path, redact(str(header["url"])), int(plan["scale"]),
+                                redact(str(header["fn"])), str(plan.get("region", "")), done,
+                                int(plan["blocks"]), max(0.0, now - mtime))
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None  # (an empty journal: its run stopped before its header; nothing done)
+
+
+def list_journals() -> list[MapBlocksJournal]:
+    """The journals of in-place runs that did not finish (stopped, killed or failed), oldest
+    first: those in ``$VOXGATE_STATE_DIR/map_blocks/`` and this process's ``mem://`` ones.
+    Each is finished by running the same call again, or removed by :func:`forget_journals`."""
+    now = time.time()
+    found: list[MapBlocksJournal] = []
+    folder = state_dir("map_blocks")
+    if folder.is_dir():
+        for p in folder.glob("*.journal"):
+            j = _read_journal(p, now)
+            if j is not None:
+                found.append(j)
+    with _memory_lock:
+        for (url, scale), mj in _memory_journals.items():
+            found.append(MapBlocksJournal(None, url, scale, mj.fn, str(mj.plan["region"]),
+                                          len(mj.done), int(mj.plan["blocks"]), 0.0,
+                                          mj.active))
+    return sorted(found, key=lambda j: -j.age)
+
+
+def _spellings(url: str) -> set[str]:
+    """``url`` as given and as a journal records the volume it opens (absolute, redacted)."""
+    names = {redact(url)}
+    with contextlib.suppress(Exception):
+        vol = as_volume(url)
+        names.add(redact(vol.url))
+        names.add(redact(json.loads(cluster_spec(vol.remote))["url"]))
+    return names
+
+
+def forget_journals(url: str | None = None) -> list[MapBlocksJournal]:
+    """Delete the journals (and saved block results) of unfinished in-place runs into ``url``
+    (every one when None); return those found, the ones deleted with ``running`` False.  A
+    journal a run is writing now is left (``running`` True).  The volumes are left as they
+    are: the same call run again after this applies ``fn`` to every block, the ones the
+    stopped run finished included."""
+    names = None if url is None else _spellings(url)
+    out: list[MapBlocksJournal] = []
+    for j in list_journals():
+        if names is not None and j.url not in names:
+            continue
+        if j.path is None:
+            with _memory_lock:
+                mj = _memory_journals.get((j.url, j.scale))
+                if mj is not None and not mj.active:
+                    del _memory_journals[(j.url, j.scale)]
+            out.append(j)
+            continue
+        try:
+            with file_lock(str(j.path), blocking=False):
+                j.path.unlink(missing_ok=True)
+                shutil.rmtree(j.path.with_suffix(".blocks"), ignore_errors=True)
+        except BlockingIOError:
+            out.append(dataclasses.replace(j, running=True))
+            continue
+        out.append(dataclasses.replace(j, running=False))
+    return out
 
 
 _NOT_IN_PLACE = (
