@@ -14,6 +14,7 @@ from ..errors import VoxgateError, redact
 from ..geometry import Box
 from . import _MISSING_HELP, _fail, main
 from ._cluster import cluster_client, scheduler_option
+from ._open_options import open_options_option, parse_options
 
 
 def _absent_by_scale(vol: Any) -> dict[int, list[Any]] | None:
@@ -32,7 +33,9 @@ def _absent_by_scale(vol: Any) -> dict[int, list[Any]] | None:
               help="Also list the chunks absent from the store inside each scale's bounds.")
 @click.option("--missing", type=click.Choice(["fill", "error"]), default="fill",
               help="With --check: 'error' exits with an error when any chunk is absent.")
-def info(url: str, as_json: bool, check: bool, missing: str) -> None:
+@open_options_option()
+def info(url: str, as_json: bool, check: bool, missing: str,
+         open_options: dict[str, Any]) -> None:
     """Describe the volume at URL: dtype, kind, scales, chunks, voxel sizes."""
     from ..api import open as vopen
     from ..remotes.base import LISTED_CHUNKS, format_chunks
@@ -42,7 +45,7 @@ def info(url: str, as_json: bool, check: bool, missing: str) -> None:
                                "chunks): give both")
 
     try:
-        vol = vopen(url)
+        vol = vopen(url, **open_options)
         absent = _absent_by_scale(vol) if check else None
     except (VoxgateError, OSError) as exc:
         _fail(exc)
@@ -132,10 +135,14 @@ def info(url: str, as_json: bool, check: bool, missing: str) -> None:
 @click.option("--workers", type=int, default=None, help="Blocks in flight at once.")
 @click.option("--no-progress", is_flag=True, help="Do not draw a progress bar.")
 @click.option(
-    "--option", "-o", "options", multiple=True,
+    "--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
     help="Destination option KEY=VALUE when cp creates it (e.g. -o zarr_format=2).",
 )
-@click.option("--missing", type=click.Choice(["fill", "error"]), default="fill",
+@open_options_option(
+    "Source open option KEY=VALUE, as voxgate.open takes it (repeat for more; VALUE is JSON "
+    "when it parses, else a string): e.g. -O multiscale=1, -O layer=color, -O missing=error "
+    "(the same as --missing error).  The copy's region and scales are --box and --scales.")
+@click.option("--missing", type=click.Choice(["fill", "error"]), default=None,
               help=_MISSING_HELP)
 @click.option("--verify", is_flag=True,
               help="On a rerun, read the blocks the journal lists from both stores and copy "
@@ -155,9 +162,9 @@ def info(url: str, as_json: bool, check: bool, missing: str) -> None:
                   "(tcp://host:port); the journal and progress stay here.")
 def cp(
     src: str | None, dst: str | None, box: str | None, scales: str | None,
-    workers: int | None, no_progress: bool, options: tuple[str, ...], missing: str,
-    verify: bool, status: bool, forget: bool, forget_map_blocks: str | None, forget_all: bool,
-    scheduler: str | None,
+    workers: int | None, no_progress: bool, options: tuple[str, ...],
+    open_options: dict[str, Any], missing: str | None, verify: bool, status: bool,
+    forget: bool, forget_map_blocks: str | None, forget_all: bool, scheduler: str | None,
 ) -> None:
     """Copy SRC to DST (created with SRC's metadata if missing); rerun to resume.
 
@@ -192,12 +199,20 @@ def cp(
         _journals(forget=True, src=src, dst=dst)
         return
     scale_list = _parse_scales(scales)
-    opts = dict(_parse_option(o) for o in options)
+    opts = parse_options(options, "'--option' / '-o'")
+    missing = _source_missing(missing, open_options)
     try:
         parsed_box = Box.parse(box) if box is not None else None
+        source: Any = src
+        if open_options:
+            from ..api import open as vopen
+
+            # the source opened with its options (their spec() carries them to a cluster's
+            # workers), and with missing as the copy checks it
+            source = vopen(src, missing=missing, **open_options)
         with cluster_client(scheduler, workers) as client:
             report = copy(
-                src, dst, box=parsed_box, scales=scale_list, workers=workers,
+                source, dst, box=parsed_box, scales=scale_list, workers=workers,
                 progress=not no_progress, missing=missing, client=client, verify=verify,
                 **opts,
             )
@@ -278,17 +293,21 @@ def _parse_scales(text: str | None) -> list[int] | None:
     return out
 
 
-def _parse_option(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise click.BadParameter(f"options are KEY=VALUE, got {text!r}",
-                                 param_hint="'--option' / '-o'")
-    import json
-
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
+def _source_missing(missing: str | None, open_options: dict[str, Any]) -> str:
+    """``cp``'s one ``missing``: --missing, or -O missing=... (the same option of the source's
+    open), "fill" when neither is given.  -O scale= / bounds= are refused: a copy names its
+    scales and region with --scales and --box."""
+    for key, instead in (("scale", "--scales"), ("bounds", "--box")):
+        if key in open_options:
+            raise click.BadParameter(f"{key!r}: cp copies the scales and region given by "
+                                     f"{instead}, not a view of one; use {instead}",
+                                     param_hint="'--open-option' / '-O'")
+    given = open_options.pop("missing", None)
+    if given is not None and missing is not None and given != missing:
+        raise click.UsageError(f"--missing {missing} and -O missing={given} disagree; give "
+                               "one of them")
+    out = missing if missing is not None else given
+    return "fill" if out is None else out
 
 
 @main.command()

@@ -10,6 +10,7 @@ import click
 from ..errors import InvalidRequestError, VoxgateError
 from . import _NO_PROGRESS_HELP, _fail, main
 from ._cluster import cluster_client, scheduler_option
+from ._open_options import open_input, open_options_option
 
 
 def _ids(text: str | None) -> list[int] | None:
@@ -46,13 +47,13 @@ def _no_progress(f: Any) -> Any:
 
 
 def _output_layer(url: str, out: str | None, sharded: bool, what: str,
-                  files: Path | None) -> tuple[Any, str | None]:
+                  files: Path | None, open_options: dict[str, Any]) -> tuple[Any, str | None]:
     """Open URL and decide, before any work, where the results go: the precomputed layer
     ``out``, URL itself when it is a precomputed layer, or (None) only the per-id files.
     Returns (volume, target layer URL or None); refuses when nothing would be written."""
     from ..api import open as vopen
 
-    vol = vopen(url)
+    vol = vopen(url, **open_options)
     target = out or (vol.remote.url if vol.url.startswith("precomputed://") else None)
     if target is None and files is None:
         raise InvalidRequestError(
@@ -111,11 +112,12 @@ def _write_each(directory: Path, texts: dict[int, str], suffix: str) -> None:
                    "512 MiB of labels in one piece here, a larger one in blocks of whole "
                    "chunks).")
 @scheduler_option(_BLOCKS_HELP)
+@open_options_option()
 @_no_progress
 def mesh_cmd(url: str, ids: str | None, out: str | None, fmt: str, simplify: float | None,
              max_error: float | None, close: bool, obj_dir: Path | None, sharded: bool,
              prefer: str, block: str | None, scheduler: str | None,
-             no_progress: bool) -> None:
+             open_options: dict[str, Any], no_progress: bool) -> None:
     """Mesh the segments of URL (marching cubes, or the store's own meshes).
 
     The meshes go into URL when it is a precomputed layer, into --out, and/or as OBJ files into
@@ -126,7 +128,7 @@ def mesh_cmd(url: str, ids: str | None, out: str | None, fmt: str, simplify: flo
         if sharded and fmt != "multires":
             raise InvalidRequestError("--sharded stores multires meshes only (Neuroglancer "
                                       "reads no sharded legacy meshes): drop --format legacy")
-        vol, target = _output_layer(url, out, sharded, "meshes", obj_dir)
+        vol, target = _output_layer(url, out, sharded, "meshes", obj_dir, open_options)
         simp = None if simplify is None else (simplify, max_error)
         with cluster_client(scheduler) as client:
             result = mesh(vol, _ids(ids), simplify=simp, prefer=prefer,  # type: ignore[arg-type]
@@ -166,10 +168,12 @@ def mesh_cmd(url: str, ids: str | None, out: str | None, fmt: str, simplify: flo
               help="Skeletonize block by block, blocks of 'z,y,x' voxels (default: a volume "
                    "up to 128 MiB of labels in one piece here, a larger one in blocks).")
 @scheduler_option(_BLOCKS_HELP)
+@open_options_option()
 @_no_progress
 def skeletonize_cmd(url: str, ids: str | None, out: str | None, swc_dir: Path | None,
                     sharded: bool, dust: int, workers: int | None, block: str | None,
-                    scheduler: str | None, no_progress: bool) -> None:
+                    scheduler: str | None, open_options: dict[str, Any],
+                    no_progress: bool) -> None:
     """Skeletonize the segments of URL (kimimaro).
 
     The skeletons go into URL when it is a precomputed layer, into --out, and/or as SWC files
@@ -178,7 +182,7 @@ def skeletonize_cmd(url: str, ids: str | None, out: str | None, swc_dir: Path | 
     from ..services import skeletonize
 
     try:
-        vol, target = _output_layer(url, out, sharded, "skeletons", swc_dir)
+        vol, target = _output_layer(url, out, sharded, "skeletons", swc_dir, open_options)
         with cluster_client(scheduler, workers) as client:
             result = skeletonize(vol, _ids(ids), dust_threshold=dust, workers=workers,
                                  block=_zyx(block, "--block"), client=client,
@@ -202,16 +206,19 @@ def skeletonize_cmd(url: str, ids: str | None, out: str | None, swc_dir: Path | 
 @click.option("--block", default=None, help="Block shape 'z,y,x' (scale-0 voxels).")
 @click.option("--workers", type=int, default=None, help="Blocks run at once on this machine.")
 @scheduler_option()
+@open_options_option()
 @_no_progress
 def downsample_cmd(url: str, num_scales: int | None, block: str | None,
-                   workers: int | None, scheduler: str | None, no_progress: bool) -> None:
+                   workers: int | None, scheduler: str | None, open_options: dict[str, Any],
+                   no_progress: bool) -> None:
     """Compute URL's coarser scales (mean for images, mode for segmentations) into the store."""
     from ..services import downsample
 
     try:
         with cluster_client(scheduler, workers) as client:
-            vol = downsample(url, num_scales, block=_zyx(block, "--block"), workers=workers,
-                             client=client, progress=not no_progress)
+            vol = downsample(open_input(url, open_options, mode="r+"), num_scales,
+                             block=_zyx(block, "--block"), workers=workers, client=client,
+                             progress=not no_progress)
         for s in vol.scales:
             click.echo(f"scale {s.index}: {' x '.join(map(str, s.shape))} voxels of "
                        f"{s.voxel_size.z:g} x {s.voxel_size.y:g} x {s.voxel_size.x:g} nm")
@@ -231,15 +238,18 @@ def downsample_cmd(url: str, num_scales: int | None, block: str | None,
                    "or auto (an existing OUT with --overwrite keeps its uint32 or uint64; a new "
                    "OUT is uint64, its type being fixed before the count is known).")
 @scheduler_option()
+@open_options_option()
 @_no_progress
 def cc_cmd(url: str, out: str, connectivity: str, block: str | None, overwrite: bool,
-           dtype: str, scheduler: str | None, no_progress: bool) -> None:
+           dtype: str, scheduler: str | None, open_options: dict[str, Any],
+           no_progress: bool) -> None:
     """Label the connected components of URL into the new volume OUT."""
     from ..services import connected_components
 
     try:
         with cluster_client(scheduler) as client:
-            vol = connected_components(url, out, connectivity=int(connectivity), dtype=dtype,
+            vol = connected_components(open_input(url, open_options), out,
+                                       connectivity=int(connectivity), dtype=dtype,
                                        block=_zyx(block, "--block"), overwrite=overwrite,
                                        client=client, progress=not no_progress)
         from ..services.connected_components import connected_components_provenance
@@ -260,15 +270,16 @@ def cc_cmd(url: str, out: str, connectivity: str, block: str | None, overwrite: 
               help="Count an image's values as labels (refused otherwise: intensities are not "
                    "labels).")
 @scheduler_option()
+@open_options_option()
 @_no_progress
 def stats_cmd(url: str, csv_path: Path | None, prefer: str, as_labels: bool,
-              scheduler: str | None, no_progress: bool) -> None:
+              scheduler: str | None, open_options: dict[str, Any], no_progress: bool) -> None:
     """Ids, voxel counts, bounding boxes and centroids of every label in URL (a segmentation)."""
     from ..services import label_stats
 
     try:
         with cluster_client(scheduler) as client:
-            df = label_stats(url, prefer=prefer,  # type: ignore[arg-type]
+            df = label_stats(open_input(url, open_options), prefer=prefer,  # type: ignore[arg-type]
                              progress=not no_progress, as_labels=as_labels, client=client)
     except (VoxgateError, OSError) as exc:
         _fail(exc)
@@ -298,16 +309,20 @@ def stats_cmd(url: str, csv_path: Path | None, prefer: str, as_labels: bool,
 @scheduler_option("Run the blocks on the dask.distributed scheduler at ADDRESS "
                   "(tcp://host:port); MODEL is loaded here and sent to each worker once, SRC "
                   "and OUT must be URLs every worker can open.")
+@open_options_option("Open option KEY=VALUE for SRC, as voxgate.open takes it (repeat for "
+                     "more; VALUE is JSON when it parses, else a string): e.g. "
+                     "-O missing=error, -O multiscale=1.")
 @_no_progress
 def predict_cmd(model: str, src: str, out: str, block: str | None, halo: str | None,
                 workers: int | None, device: str, as_float: bool, overwrite: bool,
-                scheduler: str | None, no_progress: bool) -> None:
+                scheduler: str | None, open_options: dict[str, Any],
+                no_progress: bool) -> None:
     """Run MODEL (an .onnx file or a built-in name) over SRC block by block into OUT."""
     from ..services.predict import predict, predict_provenance
 
     try:
         with cluster_client(scheduler, workers) as client:
-            vol = predict(model, src, out, block=_zyx(block, "--block"),
+            vol = predict(model, open_input(src, open_options), out, block=_zyx(block, "--block"),
                           halo=_zyx(halo, "--halo"), workers=workers, client=client,
                           device=device, dtype="float32" if as_float else None,
                           progress=not no_progress, overwrite=overwrite)
@@ -343,19 +358,24 @@ def predict_cmd(model: str, src: str, out: str, block: str | None, halo: str | N
 @scheduler_option("Run the blocks on the dask.distributed scheduler at ADDRESS "
                   "(tcp://host:port); SRC and --segmentation must be reachable from every "
                   "worker, and --scratch too when workers run on other machines.")
+@open_options_option("Open option KEY=VALUE for SRC and --segmentation (both), as "
+                     "voxgate.open takes it (repeat for more; VALUE is JSON when it parses, "
+                     "else a string): e.g. -O missing=error, -O multiscale=1.")
 @_no_progress
 def synapses_cmd(src: str, out: str | None, csv_path: Path | None, segmentation: str | None,
                  threshold: float, min_size: int | None, model: str,
                  probabilities: str | None, block: str | None, workers: int | None,
                  device: str, sharded: bool, scratch: str | None, scheduler: str | None,
-                 no_progress: bool) -> None:
+                 open_options: dict[str, Any], no_progress: bool) -> None:
     """Detect synapses in SRC (an EM image) with a model; a table, an annotation layer."""
     from ..services.synapses import detect_synapses
 
     try:
         with cluster_client(scheduler, workers) as client:
-            df = detect_synapses(src, model=model, threshold=threshold, min_size=min_size,
-                                 segmentation=segmentation, out=out,
+            seg = None if segmentation is None else open_input(segmentation, open_options)
+            df = detect_synapses(open_input(src, open_options), model=model,
+                                 threshold=threshold, min_size=min_size,
+                                 segmentation=seg, out=out,
                                  probabilities=probabilities, block=_zyx(block, "--block"),
                                  workers=workers, client=client, device=device,
                                  sharded=sharded, scratch=scratch,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..errors import InvalidRequestError, VoxgateError
 from . import _fail, main
+from ._open_options import open_input, open_options_option
 
 
 @main.command()
@@ -78,7 +80,11 @@ def _loopback(host: str) -> bool:
 @click.option("--no-browser", is_flag=True, help="Only print the link; do not open a browser.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0,
               help="Port of the in-process relay (default: a free one).")
-def view_cmd(urls: tuple[str, ...], no_browser: bool, port: int) -> None:
+@open_options_option("Open option KEY=VALUE for every one of URLS, as voxgate.open takes it "
+                     "(repeat for more; VALUE is JSON when it parses, else a string): e.g. "
+                     "-O multiscale=1, -O layer=color.")
+def view_cmd(urls: tuple[str, ...], no_browser: bool, port: int,
+             open_options: dict[str, Any]) -> None:
     """Show URLS in Neuroglancer (offline client) through an in-process relay on 127.0.0.1,
     until Ctrl-C."""
     from ..viewer import view
@@ -86,7 +92,8 @@ def view_cmd(urls: tuple[str, ...], no_browser: bool, port: int) -> None:
     try:
         if port:
             _check_port("127.0.0.1", port)
-        session = view(*urls, open_browser=not no_browser, port=port)
+        session = view(*(open_input(u, open_options) for u in urls),
+                       open_browser=not no_browser, port=port)
     except VoxgateError as exc:
         _fail(exc)
         return
