@@ -358,6 +358,34 @@ def _check_pyramid_fits(smeta: VolumeMeta, top: int, src_anchor: str, anchor: st
         prev = sk
 
 
+def _portable_extra(meta: VolumeMeta) -> dict[str, Any]:
+    """What of the source's ``meta.extra`` a destination the copy creates is told: what
+    describes the image wherever it is stored, the channels' names (``channel_names``) and
+    the OME ``omero`` block (labels, colours and display windows: the dtype is the same, so
+    the windows hold; less the NGFF ``version`` it was written under), each only when it
+    names exactly the source's channels.  Every other key names a part of the source's own
+    store and would be wrong at the destination: an OME-Zarr group's multiscale index and
+    names (``multiscale``, ``multiscales``), a precomputed layer's ``mesh``, ``skeletons``
+    and ``segment_properties`` directories and any other info key (the copy copies voxels,
+    not those files), a DVID node."""
+    out: dict[str, Any] = {}
+    names = meta.extra.get("channel_names")
+    if isinstance(names, list) and len(names) == meta.num_channels and all(
+            isinstance(n, str) for n in names):
+        out["channel_names"] = list(names)
+    omero = meta.extra.get("omero")
+    listed = omero.get("channels") if isinstance(omero, dict) else None
+    if isinstance(listed, list) and len(listed) == meta.num_channels and all(
+            isinstance(c, dict) for c in listed):
+        with contextlib.suppress(TypeError, ValueError):  # (not JSON: not written anywhere)
+            kept = json.loads(json.dumps(omero))  # (the destination's own copy)
+            # the NGFF version the source's block was written under (ome-zarr-py states it):
+            # the destination states its own, which may be another
+            kept.pop("version", None)
+            out["omero"] = kept
+    return out
+
+
 #: schemes whose locations are not storage paths (a name, a server's instance, a spec)
 _PATHLESS = ("mem", "dvid", "bossdb", "tensorstore")
 
@@ -679,7 +707,7 @@ def copy(
             raise InvalidRequestError("source and destination are the same volume")
         cls, location = resolve_for_create(dst_url)
         # (an option naming a part of the location, a WEBKNOSSOS layer=, is folded into it)
-        named, create_options = cls.create_location(location, create_options)
+        named, create_options = cls.create_location(location, create_options, smeta.kind)
         if named != location:
             location, dst_url = named, f"{cls.scheme}://{named}"
         _check_apart(s_remote.url, dst_url)
@@ -701,7 +729,7 @@ def copy(
                 keep = [replace(sc, translation=centre_translation(keep[0], sc, "origin"))
                         for sc in keep]
             dmeta = replace(smeta, scales=tuple(replace(s, index=i) for i, s in enumerate(keep)),
-                            extra={})
+                            extra=_portable_extra(smeta))
             d_remote = create_remote(dst_url, dmeta, **create_options)
             created = True
     dmeta = d_remote.meta

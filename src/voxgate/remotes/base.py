@@ -129,13 +129,14 @@ class Remote(abc.ABC):
         return cls.pyramid_anchor
 
     @classmethod
-    def create_location(cls, location: str, options: Mapping[str, Any]
+    def create_location(cls, location: str, options: Mapping[str, Any], kind: str = "image"
                         ) -> tuple[str, dict[str, Any]]:
         """Where ``create(location, meta, **options)`` puts the volume, as a location of its
         own, and the options left to pass with it: the same unless an option names a part of
-        ``location`` (a WEBKNOSSOS ``layer=`` of an existing dataset).  copy checks, creates,
-        resumes and journals the destination there, so ``layer="seg"`` on a dataset is the
-        copy to ``.../dataset/seg``."""
+        ``location`` (a WEBKNOSSOS ``layer=`` of an existing dataset, or the layer a volume of
+        ``kind`` gets there by default).  copy checks, creates, resumes and journals the
+        destination there, so ``layer="seg"`` on a dataset is the copy to
+        ``.../dataset/seg``."""
         return location, dict(options)
 
     @classmethod

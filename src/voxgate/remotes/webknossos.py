@@ -550,10 +550,12 @@ class WebknossosRemote(Remote):
         return dataset, name or ("segmentation" if kind == "segmentation" else "color")
 
     @classmethod
-    def create_location(cls, location: str, options: Mapping[str, Any]
+    def create_location(cls, location: str, options: Mapping[str, Any], kind: str = "image"
                         ) -> tuple[str, dict[str, Any]]:
         """Where ``create`` puts the layer, by :meth:`_create_parts`: ``layer=NAME`` on an
-        existing dataset is its layer NAME, ``dataset/NAME``; on a location naming a layer of
+        existing dataset is its layer NAME, ``dataset/NAME``, and without ``layer=`` the layer
+        create adds there for ``kind`` ("color" or "segmentation": a copy wrote over the
+        dataset's only layer, which opening the dataset reads); on a location naming a layer of
         a dataset it is that layer (dropped when the same name, refused when another); a new
         dataset keeps the option (it is created at ``location`` with that layer, which
         ``location`` then opens)."""
@@ -565,9 +567,9 @@ class WebknossosRemote(Remote):
         if dataset != location:  # the location names the layer itself
             rest.pop("layer", None)
             return location, rest
-        if name is not None and _props(location) is not None:
-            del rest["layer"]
-            return join(location, name), rest
+        if _props(location) is not None:  # a dataset: layer= or create's default for kind
+            rest.pop("layer", None)
+            return join(location, cls._target(location, name, kind)[1]), rest
         return location, rest
 
     @classmethod

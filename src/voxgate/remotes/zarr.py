@@ -468,7 +468,7 @@ class ZarrRemote(Remote):
         ome: dict[str, Any] = {"multiscales": [multiscale]}
         if meta.kind == "image":
             # rendering settings napari and ome-zarr-py read (without them a viewer guesses)
-            ome["omero"] = _omero_block(meta)
+            ome["omero"] = meta.extra.get("omero") or _omero_block(meta)  # (a copy: the source's)
         if zarr_format == 3:
             group = {
                 "zarr_format": 3,
