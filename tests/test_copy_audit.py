@@ -864,3 +864,45 @@ def test_a_first_voxel_pyramid_into_a_dvid_labelmap(tmp_path: Path) -> None:
             np.testing.assert_array_equal(got.at_scale(k).read(), w, err_msg=f"scale {k}")
     finally:
         server.stop()
+
+
+def test_a_stopped_copy_of_one_multiscale_is_not_resumed_by_a_copy_of_another(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal's key holds the source's choosing open options (multiscale=): two
+    multiscales of one OME-Zarr group with the same shapes are two sources.  The key held the
+    URL alone, so the second copy resumed the first's journal and kept its blocks."""
+    import shutil
+
+    from voxgate.remotes.precomputed import PrecomputedRemote
+
+    path = tmp_path / "two.zarr"
+    vol = voxgate.create(f"zarr://{path}", shape=(16, 32, 32), dtype="uint8", chunks=(8, 8, 8),
+                         voxel_size=(8, 8, 8))
+    vol[:] = 1
+    shutil.copytree(path / "0", path / "alt")
+    doc = json.loads((path / "zarr.json").read_text())
+    ms = doc["attributes"]["ome"]["multiscales"]
+    ms[0]["name"] = "a"
+    ms.append({**ms[0], "name": "b", "datasets": [{**ms[0]["datasets"][0], "path": "alt"}]})
+    (path / "zarr.json").write_text(json.dumps(doc))
+    voxgate.open(f"zarr://{path}", multiscale="b", mode="r+")[:] = 2
+    dst = f"precomputed://file://{tmp_path}/dst"
+    monkeypatch.setattr(voxgate.transfer, "BLOCK_BYTES", 1)  # one block per chunk
+    real = PrecomputedRemote.write
+    writes = [0]
+
+    def write(self: PrecomputedRemote, *args: Any, **kwargs: Any) -> None:
+        writes[0] += 1
+        if writes[0] == 5:
+            raise OSError("the disk went away")
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(PrecomputedRemote, "write", write)
+    with pytest.raises(Exception, match="the disk went away"):
+        voxgate.copy(voxgate.open(f"zarr://{path}", multiscale="a"), dst, workers=1,
+                     progress=False)
+    monkeypatch.setattr(PrecomputedRemote, "write", real)
+    report = voxgate.copy(voxgate.open(f"zarr://{path}", multiscale="b"), dst, workers=1,
+                          progress=False)
+    assert not report.resumed and report.blocks_skipped == 0
+    np.testing.assert_array_equal(voxgate.open(dst).read(), np.full((16, 32, 32), 2, np.uint8))

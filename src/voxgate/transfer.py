@@ -212,6 +212,21 @@ def list_journals() -> list[JournalStatus]:
     return sorted((j for j in found if j is not None), key=lambda j: -j.age)
 
 
+def _choosing_options(remote: Remote) -> dict[str, Any]:
+    """The open options of ``remote`` that choose what its URL holds (an OME-Zarr
+    ``multiscale=``, say): part of a copy's journal key, so a copy of multiscale 0 stopped
+    half way is not resumed by a copy of multiscale 1 into the same destination, which would
+    skip the blocks the first one wrote.  Not how it is read (``missing=``, ``mode``), nor
+    credentials (the same copy whatever token reaches the store)."""
+    options = json.loads(cluster_spec(remote)).get("options", {})
+    chosen = {}
+    for key, value in sorted(options.items()):
+        text = json.dumps({key: value}, sort_keys=True)
+        if key not in ("missing", "mode") and redact(text) == text:
+            chosen[key] = value
+    return chosen
+
+
 def _spellings(url: str) -> set[str]:
     """``url`` as given and as the Remote that opens it names itself (a bare path or a
     scheme-less storage URL is recorded by its Remote's URL)."""
@@ -780,6 +795,10 @@ def copy(
     }
     if view_scale in exact:  # a view of a coarser scale: its region is part of the key
         header["view"] = [view_scale, str(exact[view_scale])]
+    for end, remote in (("src", s_remote), ("dst", d_remote)):
+        chosen = _choosing_options(remote)
+        if chosen:  # (absent when none: the keys of journals made before stay the same)
+            header[f"{end}_options"] = chosen
     digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:24]
     path = journal_dir() / f"{digest}.journal"
     if refuse_options and not path.exists():
