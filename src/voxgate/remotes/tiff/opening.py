@@ -19,6 +19,7 @@ from ...errors import (
 from ...geometry import Vec, VoxelSize
 from ...meta import Scale
 from ...storage import length_unit_nm
+from .ifds import plain_series, scan_pages
 from .pages import (
     _chunks,
     _compression_name,
@@ -103,7 +104,8 @@ def open_file(
     """The first series of one TIFF file (``TiffRemote._open_file``)."""
     tifffile = _tifffile()
     with _parsing(path), tifffile.TiffFile(path) as tf:
-        series = tf.series
+        plain = plain_series(tf)
+        series = [plain] if plain is not None else tf.series
         if not series:
             raise InvalidRequestError(f"{path} holds no image")
         s0 = series[0]
@@ -168,34 +170,17 @@ def open_file(
                     f"{len(frames)}", chunk=path
                 )
             nz = lead[z_axis] if z_axis is not None else 1
-            page_lists: list[list[_Page]] = []
-            level_first = None
-            for c in range(1 if samples > 1 else nc):
-                row = []
-                for z in range(nz):
-                    idx = [0] * len(lead)
-                    if z_axis is not None:
-                        idx[z_axis] = z
-                    if c_axis is not None:
-                        idx[c_axis] = c
-                    flat = int(np.ravel_multi_index(idx, lead)) if lead else 0
-                    frame = frames[flat]
-                    if frame is None:
-                        raise CorruptChunkError(f"page {flat} of level {k} of {path} is "
-                                                "missing", chunk=path)
-                    page = frame.aspage()  # the whole page: tags and their offsets
-                    if level_first is None:
-                        level_first = page
-                    elif page.shape != level_first.shape or page.dtype != level_first.dtype:
-                        raise InvalidRequestError(
-                            f"page {page.index} of {path} has shape {page.shape} and dtype "
-                            f"{page.dtype}, page {level_first.index} has "
-                            f"{level_first.shape} and {level_first.dtype}; every page of a "
-                            "volume must have the same shape and dtype"
-                        )
-                    decoders[(path, (k, flat))] = page.decode
-                    row.append(_page_info(tf, page, path, page.index, (k, flat)))
-                page_lists.append(row)
+            # the flat page index of each (channel, z), channel by channel
+            wanted = [0]
+            if lead:
+                grid = [np.zeros(1, dtype=np.int64)] * len(lead)
+                cz = np.indices((1 if samples > 1 else nc, nz)).reshape(2, -1)
+                if z_axis is not None:
+                    grid[z_axis] = cz[1]
+                if c_axis is not None:
+                    grid[c_axis] = cz[0]
+                wanted = np.ravel_multi_index(np.broadcast_arrays(*grid), lead).tolist()
+            page_lists, level_first = _level_pages(tf, path, k, frames, wanted, nz, decoders)
             if first is None:
                 first = level_first
             levels.append(page_lists)
@@ -216,6 +201,54 @@ def open_file(
             encoding, f"level {k}"))
     meta = replace(meta, scales=tuple(scales))
     return cls(location, meta, levels, mode, slices=False, decoders=decoders)
+
+
+def _level_pages(tf: Any, path: str, k: int, frames: list[Any], wanted: list[int], nz: int,
+                 decoders: dict[tuple[str, tuple[int, int]], Any]
+                 ) -> tuple[list[list[_Page]], Any]:
+    """The pages ``wanted`` (flat indices into the level's ``frames``, channel by channel, ``nz``
+    per channel) of pyramid level ``k``, each checked against the level's first (the same
+    shape and dtype, bit depth, layout, segment sizes) and its decoder put in ``decoders``.
+
+    The pages are read in bulk (:func:`.ifds.scan_pages`: a page written like the one before
+    it costs no tifffile parse); any frame without a directory of its own (a virtual frame) is
+    parsed whole by tifffile, as every page used to be."""
+    for flat in wanted:
+        if frames[flat] is None:
+            raise CorruptChunkError(f"page {flat} of level {k} of {path} is missing",
+                                    chunk=path)
+    level_first = frames[wanted[0]].aspage()  # the whole page: tags and their offsets
+
+    def whole(flat: int, page: Any) -> _Page:
+        if page.shape != level_first.shape or page.dtype != level_first.dtype:
+            raise InvalidRequestError(
+                f"page {page.index} of {path} has shape {page.shape} and dtype "
+                f"{page.dtype}, page {level_first.index} has "
+                f"{level_first.shape} and {level_first.dtype}; every page of a "
+                "volume must have the same shape and dtype"
+            )
+        return _page_info(tf, page, path, page.index, (k, flat))
+
+    ifds = [0] * len(frames)
+    numbers: list[Any] = [0] * len(frames)
+    for flat in wanted:
+        frame = frames[flat]
+        if not getattr(frame, "is_virtual", False):
+            ifds[flat] = int(getattr(frame, "offset", 0) or 0)
+        numbers[flat] = frame.index
+    scanned, sources = scan_pages(tf, path, ifds, numbers, whole)
+    page_lists: list[list[_Page]] = []
+    for start in range(0, len(wanted), nz):
+        row = []
+        for flat in wanted[start:start + nz]:
+            info, source = scanned[flat], sources[flat]
+            if info is None:  # no directory of its own: parsed whole, as before
+                source = frames[flat].aspage()
+                info = whole(flat, source)
+            decoders[(path, (k, flat))] = source.decode
+            row.append(info)
+        page_lists.append(row)
+    return page_lists, level_first
 
 
 def _level_factors(shapes: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:

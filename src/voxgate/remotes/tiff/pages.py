@@ -124,6 +124,9 @@ class _Page:
     bytecounts_at: int
     offset_fmt: np.dtype[Any]
     bytecount_fmt: np.dtype[Any]
+    #: file offset of the directory of a page whose tifffile decoder decodes this page (its own,
+    #: or that of the first page written alike: :mod:`.ifds`); -1 if unknown
+    decoder_ifd: int = -1
 
 
 class _File:
@@ -224,6 +227,7 @@ def _page_info(tf: Any, page: Any, path: str, index: int,
         np.dtype("Q"),
         bytecount_fmt=np.dtype(order + fmt.get(int(cnt_tag.dtype), "Q")) if cnt_tag else
         np.dtype("Q"),
+        decoder_ifd=int(getattr(page, "offset", -1) or -1),
     )
 
 

@@ -304,6 +304,17 @@ class TiffRemote(Remote):
     def _decoder(self, page: _Page) -> Any:
         """tifffile's decode function of the page (made at open, or again after unpickling)."""
         fn = self._decoders.get((page.path, page.key))
+        if fn is None and page.decoder_ifd > 0:
+            # one directory parsed, shared by the pages written alike (not the whole file: a
+            # worker that unpickled a volume of 70,000 pages parsed them all on its first read)
+            shared = (page.path, (-1, page.decoder_ifd))
+            fn = self._decoders.get(shared)
+            if fn is None:
+                tifffile = _tifffile()
+                with tifffile.TiffFile(page.path) as tf:
+                    tf.filehandle.seek(page.decoder_ifd)
+                    fn = self._decoders[shared] = tifffile.TiffPage(tf, page.index).decode
+            self._decoders[(page.path, page.key)] = fn
         if fn is None:
             tifffile = _tifffile()
             with tifffile.TiffFile(page.path) as tf:
