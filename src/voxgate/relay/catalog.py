@@ -124,6 +124,16 @@ class ChannelEntry:
         return (self.collection, self.experiment, self.name)
 
 
+def credential_fingerprint(options: dict[str, Any]) -> str:
+    """A short digest of the ``token`` option an upstream is opened with ("" for none): part
+    of the cache identity of the cells read with it, so a token's cells are never served to
+    another.  The token itself is never kept in a key, a log or a file name."""
+    token = options.get("token")
+    if not token:
+        return ""
+    return hashlib.sha256(f"voxgate-credential|{token}".encode()).hexdigest()[:16]
+
+
 class Catalog:
     def __init__(self, config: RelayConfig, cache: TieredCache) -> None:
         self.config = config
@@ -293,14 +303,15 @@ class Catalog:
         and waited for at most ``upstream_timeout`` (then 504; the open carries on and is
         kept if it succeeds).
         """
-        fingerprint = ""
         options = dict(entry.options)
         if entry.forward_token:
             if token is None:
                 token = request_token.get()
-            fingerprint = hashlib.sha256((token or "").encode()).hexdigest()[:16]
             if token:
                 options["token"] = token
+        # the credential the upstream is opened with (configured, or the client's): one view,
+        # with cells of its own, per credential (see _open)
+        fingerprint = credential_fingerprint(options)
         deadline = time.monotonic() + self.config.upstream_timeout
         for _ in range(3):  # (an open that began before a change was recorded: once more)
             stale: CachedRemote | None = None
@@ -363,15 +374,19 @@ class Catalog:
                 upstream = open_remote(entry.upstream_url, mode="r", **options)
             safe = sorted((k, v) for k, v in options.items() if k != "token")
             incarnation = self.incarnation(entry)
+            # the credential's fingerprint, never the token: channels of one upstream opened
+            # with other tokens (configured or forwarded) may be allowed to read other data,
+            # so each credential's view keeps cells (and encoded responses) of its own;
+            # channels with the same token share theirs
             identity = json.dumps([entry.upstream_url, safe, fingerprint]
                                   + ([incarnation] if incarnation else []), default=str)
             cached = CachedRemote(upstream, self.cache, identity=identity,
                                   timeout=self.config.upstream_timeout,
                                   tag=self.cache_tag(entry))
-            if entry.forward_token:
-                # one view per client token, each with cells of its own: a write through one
-                # drops the others' cells of it too
-                cached.siblings = lambda: self.open_remotes(entry)
+            cached.credential = fingerprint
+            # a write through one view drops every other view's cells of it too: the other
+            # tokens' views of this channel and of every other channel of the same upstream
+            cached.siblings = lambda: self.views(cached.tag)
             cached.origin = (entry.upstream_url, incarnation)
             cached.meta_epoch = epoch
             if entry.local:
@@ -448,6 +463,13 @@ class Catalog:
         """The channel's Remotes opened so far (one per forwarded token)."""
         with self._mutex:
             return list(entry._remotes.values())
+
+    def views(self, tag: str) -> list[CachedRemote]:
+        """Every Remote opened so far, of any channel, whose cells carry ``tag`` (the views
+        of one upstream: one per channel and credential)."""
+        with self._mutex:
+            return [r for e in list(self.channels.values()) for r in e._remotes.values()
+                    if r.tag == tag]
 
     def forget_remotes(self, entry: ChannelEntry) -> None:
         with self._mutex:

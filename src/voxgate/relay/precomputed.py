@@ -103,7 +103,7 @@ def _partly_absent(remote: CachedRemote, scale: int, box: Box, exc: MissingChunk
     those it touches.  A 404 says "this chunk is absent", which Neuroglancer and tensorstore
     show as the fill value: right for an absent chunk, wrong for the data beside it."""
     chunks = remote.upstream.meta.scale(scale).chunks
-    anchor = remote.meta.scale(scale).bounds.start
+    anchor = remote.grid_bounds(scale).start  # (the upstream's chunks lie on its own grid)
     touched = 1
     for lo, hi, a, c in zip(box.start, box.stop, anchor, chunks, strict=True):
         touched *= (hi - 1 - a) // c - (lo - a) // c + 1
@@ -188,8 +188,11 @@ def precomputed_routes(relay: Relay) -> list[Route]:
         if not bounds.contains(box):
             raise BossHTTPError(404, 4000, f"chunk {name} is outside scale {key}, whose bounds are "
                                 f"{_chunk_name(bounds)}")
-        # only cells of the grid the info announces: anything else would let one request read an
-        # arbitrarily large region into memory (the whole dataset in one "chunk")
+        # only chunks of the grid the info announces: anything else would let one request read
+        # an arbitrarily large region into memory (the whole dataset in one "chunk").  Chunks
+        # start at the voxel_offset, as the format has them; the cells they are read from lie
+        # on the upstream's own grid (a DVID volume at an offset on no block line: each chunk
+        # is read from the up to 8 cells it covers, so each DVID block is read once)
         grid = remote.grid(scale)
         idx = [(a - o) // g for a, o, g in zip(box.start, bounds.start, grid, strict=True)]
         start = [o + i * g for o, i, g in zip(bounds.start, idx, grid, strict=True)]

@@ -471,7 +471,12 @@ class Relay:
         function of).  (The metadata: a worker process still on the upstream's old metadata
         after another one saw it change, and bumped the generation, answers the same request
         with other bytes.)"""
-        text = json.dumps([remote.tag, version, remote.meta_key, *(str(p) for p in request)])
+        # (and the credential the upstream is read with, when there is one: a client whose
+        # forwarded token the upstream refuses must not have another token's response
+        # confirmed as current, 304, by an HTTP cache that keeps one copy per URL)
+        head = [remote.tag, version, remote.meta_key] + (
+            [remote.credential] if remote.credential else [])
+        text = json.dumps([*head, *(str(p) for p in request)])
         return '"vg-' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
 
     @staticmethod
@@ -535,8 +540,9 @@ class Relay:
 
         grid = remote.grid(res)
         block = grow_block(grid, remote.meta.dtype.itemsize, box.shape, SCAN_BYTES)
+        # (on the cells' grid: a block never splits a cell, nor an upstream block)
         return [cell.intersect(box) for _, cell in chunk_boxes(box, block,
-                                                               remote.meta.scale(res).bounds)]
+                                                               remote.cell_bounds(res))]
 
     def ids_in(self, remote: CachedRemote, box: Box, res: int) -> list[int]:
         bounds = remote.meta.scale(res).bounds

@@ -19,9 +19,11 @@ write returns (still holding its cells' locks) it *detaches* every upstream fetc
 its cells: a detached fetch still answers the reads that joined it (they began before the
 acknowledgment), but no later read can join it, and it caches nothing (it may hold the old
 data).  The fetches in flight are the cache's, not one CachedRemote's: two CachedRemotes with
-the same keys (two channels of one upstream) hold the same cells, so a write through either
-detaches the other's fetches.  A fetch removes only its own in-flight entry, never a newer
-one.  A disk hit is promoted to memory only when no cell was dropped meanwhile.
+the same keys (two channels of one upstream read with the same credential) hold the same cells,
+so a write through either detaches the other's fetches; a write also drops, and detaches the
+fetches of, the cells of the upstream's other views (``siblings``: other credentials).  A
+fetch removes only its own in-flight entry, never a newer one.  A disk hit is promoted to
+memory only when no cell was dropped meanwhile.
 
 Every entry carries a tag (the channel's, which includes its incarnation), so a deleted
 channel's cells are dropped from both tiers at once without scanning the disk tier.

@@ -93,7 +93,16 @@ class CachedRemote(Remote):
         #: upstream's metadata changed, storing in the disk tier they share) are never taken
         #: for cells of this grid, nor its cells for theirs
         self.meta_key = meta_fingerprint(self.meta)
-        ident = hashlib.sha256(f"{identity}|{self.meta_key}".encode()).hexdigest()[:20]
+        #: where each scale's cell grid is anchored: the upstream's own grid (a DVID block or
+        #: bossDB cuboid grid through 0, below an offset on none of its lines), so a cell never
+        #: straddles the upstream's blocks (from the offset, each straddled up to 8 of them,
+        #: all read by the upstream for each cell).  Cells are clipped to the scale's bounds
+        self._anchors = [self._anchor(upstream, s.index) for s in self.meta.scales]
+        # (cells on another grid are other cells: a grid not from the offset is in the keys)
+        moved = [list(a) for a, s in zip(self._anchors, self.meta.scales, strict=True)
+                 if a != s.offset]
+        grid = f"|grid {json.dumps([list(a) for a in self._anchors])}" if moved else ""
+        ident = hashlib.sha256(f"{identity}|{self.meta_key}{grid}".encode()).hexdigest()[:20]
         #: the tag every entry of this Remote carries (the relay passes the channel's, so a
         #: delete drops the cells of every token's view of it)
         self.tag = self.tag_of(tag if tag is not None else identity)
@@ -114,6 +123,9 @@ class CachedRemote(Remote):
         #: (a channel that forwards each client's token keeps one view, with cells of its own,
         #: per token): set by the relay's catalog; a write drops their cells of it too
         self.siblings: Callable[[], list[CachedRemote]] | None = None
+        #: a digest of the credential the upstream was opened with ("" for none; set by the
+        #: relay's catalog): in the identity, so in every key, and in the relay's ETags
+        self.credential = ""
         self._closed = False
         #: whether missing cells that tile a box are read in one upstream read (an upstream
         #: whose reads are REST requests of its own size: Capability.BATCH_READ)
@@ -127,6 +139,17 @@ class CachedRemote(Remote):
     @classmethod
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> Remote:
         raise VoxgateError("a CachedRemote is made by the relay, not opened by URL")
+
+    def _anchor(self, upstream: Remote, scale: int) -> Vec:
+        """The start of the upstream's grid at ``scale`` (Remote.grid_bounds), when the
+        cells (multiples of the scale's chunks) stay on its lines from there; else the
+        scale's offset, where the cells of every other store begin."""
+        sc = self.meta.scale(scale)
+        start = upstream.grid_bounds(scale).start
+        block = upstream.write_grid(scale)
+        ok = all(a % b == 0 and c % b == 0 and 0 <= o - a < b
+                 for a, o, c, b in zip(start, sc.offset, sc.chunks, block, strict=True))
+        return Vec(*start) if ok else sc.offset
 
     @staticmethod
     def tag_of(tag: str) -> str:
@@ -144,7 +167,8 @@ class CachedRemote(Remote):
         return self.upstream.capabilities & self.PASSED_THROUGH
 
     def grid(self, scale: int) -> Vec:
-        """The cache cell shape at ``scale``: also the chunk size the precomputed dialect serves."""
+        """The cache cell shape at ``scale``: also the chunk size the precomputed dialect
+        serves (its chunks start at the scale's offset; cells at :meth:`cell_bounds`)."""
         return self._grids[scale]
 
     def write_grid(self, scale: int = 0) -> Vec:
@@ -163,8 +187,18 @@ class CachedRemote(Remote):
     def _key(self, scale: int, idx: Vec) -> str:
         return f"{self._prefix}/{scale}/{idx.z}_{idx.y}_{idx.x}"
 
+    def cell_bounds(self, scale: int) -> Box:
+        """The box whose start anchors the cell grid of ``scale`` (give it to ``chunk_boxes``
+        with :meth:`grid`; clip what it gives to the scale's bounds)."""
+        return Box(self._anchors[scale], self.meta.scale(scale).bounds.stop)
+
     def cells(self, box: Box, scale: int) -> Iterator[tuple[Vec, Box]]:
-        return chunk_boxes(box, self._grids[scale], self.meta.scale(scale).bounds)
+        bounds = self.meta.scale(scale).bounds
+        anchor = self._anchors[scale]
+        if anchor == bounds.start:
+            return chunk_boxes(box, self._grids[scale], bounds)
+        return ((idx, cell.intersect(bounds)) for idx, cell in
+                chunk_boxes(box.intersect(bounds), self._grids[scale], self.cell_bounds(scale)))
 
     # -- encoded responses (.responses) ---------------------------------------------------------
     def _response_key(self, etag: str) -> str:
@@ -396,11 +430,15 @@ class CachedRemote(Remote):
         # the coarser scales' cells too: dropped, and their fetches detached, like the cells
         # written (never cached again from the write: the upstream's coarser data is its own)
         dropped = keys + self._coarser_keys(box, scale)
+        seen = {self._prefix}
         for other in self.siblings() if self.siblings is not None else ():
-            # another client's view of the same upstream (forward_token): its cells of the
-            # region are the old data now (one that read them before this write read them
-            # again, stale, until evicted)
-            if other is not self and not other._closed and other.meta_key == self.meta_key:
+            # another view of the same upstream (another channel of it, or another token's:
+            # configured or forwarded): its cells of the region are the old data now (one
+            # that read them before this write read them again, stale, until evicted).  A
+            # view with the same keys (same credential) holds the same cells: once is enough
+            if other._prefix not in seen and not other._closed \
+                    and other.meta_key == self.meta_key:
+                seen.add(other._prefix)
                 dropped += [other._key(scale, idx) for idx, _ in other.cells(box, scale)]
                 dropped += other._coarser_keys(box, scale)
         # writers touching the same cells go one at a time, so the cache ends as the upstream
