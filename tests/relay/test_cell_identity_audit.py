@@ -363,8 +363,10 @@ def _sweep(url: str, chan: str) -> list[Box]:
     return boxes
 
 
-@pytest.mark.parametrize("what", ["seg-chunks", "gray-chunks", "seg-cutout", "seg-small"])
-def test_cold_reads_read_each_dvid_block_once(world: World, tmp_path: Path, what: str) -> None:
+@pytest.mark.parametrize("what", ["seg-chunks", "gray-chunks", "seg-cutout", "seg-small",
+                                  "seg-stats"])
+def test_cold_reads_read_each_dvid_block_once(world: World, tmp_path: Path, what: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A cold read of a DVID volume at an offset on no block line makes DVID read each block
     it needs once (cells from the offset straddled up to 8 blocks each, and DVID read each
     block once per cell touching it), and serves the same voxels; the precomputed chunks are
@@ -388,6 +390,17 @@ def test_cold_reads_read_each_dvid_block_once(world: World, tmp_path: Path, what
             box = world.bounds
             np.testing.assert_array_equal(_cutout(relay.url, chan, box, dtype), data)
             need = _blocks_of(box)
+        elif what == "seg-stats":
+            # a bounding box: the label statistics' scan of the whole channel, read from the
+            # upstream in blocks that lie on the cells (it planned them from the offset)
+            import voxgate.relay.stats
+
+            monkeypatch.setattr(voxgate.relay.stats, "SCAN_BYTES", 2**21)  # one cell a block
+            some = int(data[data > 0][0])
+            res = httpx.get(f"{relay.url}/v1/boundingbox/fly/em/{chan}/0/{some}/",
+                            headers={"Authorization": "Token any"}, timeout=60)
+            assert res.status_code == 200, res.text
+            need = _blocks_of(world.bounds)
         else:
             box = Box((10, 20, 30), (42, 52, 62))  # inside one block
             np.testing.assert_array_equal(_cutout(relay.url, chan, box, dtype),

@@ -172,7 +172,10 @@ def compute_stats(remote: CachedRemote, res: int, *, workers: int = SCAN_WORKERS
     # (a narrower signed block is widened to uint64 before it is counted: sized as uint64)
     itemsize = 8 if remote.meta.dtype.kind == "i" else remote.meta.dtype.itemsize
     block = grow_block(remote.grid(res), itemsize, bounds.shape, SCAN_BYTES)
-    blocks = [cell for _, cell in chunk_boxes(bounds, block, bounds)]
+    # on the cache cells' grid (CachedRemote.cell_bounds: over a DVID upstream at an offset
+    # off its 64^3 blocks, the blocks' grid), so no scan block straddles the upstream's
+    blocks = [cell.intersect(bounds) for _, cell in
+              chunk_boxes(bounds, block, remote.cell_bounds(res))]
     lock = threading.Lock()
     parts: list[dict[str, np.ndarray]] = []
 
