@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import intern.remote.boss as real_boss
@@ -24,27 +23,11 @@ import voxgate
 from voxgate.compat import intern as compat
 from voxgate.errors import InvalidRequestError
 
+from ..compat.test_intern_compat_audit2 import _config, _raised, _wrapped_ids
 from .conftest import RW, RelayProcess, free_port, start_relay, start_rw_relay
 
 SHAPE = (20, 40, 50)  # z, y, x
 I32_MAX = 2**31 - 1
-
-
-def _config(relay: RelayProcess) -> dict[str, str]:
-    return {"protocol": "http", "host": f"127.0.0.1:{relay.port}", "token": RW}
-
-
-def _raised(call: Callable[[], Any]) -> BaseException:
-    try:
-        call()
-    except Exception as exc:
-        return exc
-    raise AssertionError("nothing was raised")
-
-
-def _wrapped_ids(part: np.ndarray) -> list[int]:
-    u = np.unique(part.astype(np.uint64))
-    return [int(i) for i in u if i != 0]
 
 
 def _tight(lab: np.ndarray, ident: int) -> dict[str, list[int]]:

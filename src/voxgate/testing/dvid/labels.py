@@ -11,7 +11,7 @@ import hashlib
 import json
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -716,15 +716,21 @@ def _array_split_coarse_run(ctx: _Ctx, from_label: int, split_label: int, body: 
             blk = changed.get(bk)
             new_rows[bk] = int((blk == to_label).sum()) if blk is not None else 0
         _put_index(ctx, store, to_label, new_rows)
-        ctx.mutated()
-        ctx.state.save()
-        if ctx.inst.max_downres and changed:
-            try:
-                _downres(ctx, set(changed))  # downres.Mutation.Execute, in the handler
-            finally:
-                ctx.mutated()
-                ctx.state.save()
+        _saved_then_downres(ctx, changed)
     return Reply(body=f'{{"label": {to_label}}}'.encode(), content_type="application/json")
+
+
+def _saved_then_downres(ctx: _Ctx, changed: Mapping[Any, Any]) -> None:
+    """A labelarray split's end: the mutation saved, then the changed blocks' downres
+    (downres.Mutation.Execute, in the handler), saved whatever it does."""
+    ctx.mutated()
+    ctx.state.save()
+    if ctx.inst.max_downres and changed:
+        try:
+            _downres(ctx, set(changed))
+        finally:
+            ctx.mutated()
+            ctx.state.save()
 
 
 def _put_index(ctx: _Ctx, store: Any, label: int, rows: dict[tuple[int, int, int], int]
@@ -782,14 +788,7 @@ def _array_split_run(ctx: _Ctx, from_label: int, split_label: int, body: bytes) 
                     [[*bk, c] for bk, c in sorted(rows.items())], dtype=np.int64))
             else:
                 store.delete(str(lab), ctx.version, ctx.ancestry)
-        ctx.mutated()
-        ctx.state.save()
-        if ctx.inst.max_downres and changed:
-            try:
-                _downres(ctx, set(changed))  # downres.Mutation.Execute, in the handler
-            finally:
-                ctx.mutated()
-                ctx.state.save()
+        _saved_then_downres(ctx, changed)
     return Reply(body=f'{{"label": {to_label}}}'.encode(), content_type="application/json")
 
 
