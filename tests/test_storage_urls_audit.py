@@ -164,8 +164,16 @@ def test_tensorstore_spec_on_a_missing_bucket_names_it(s3_bucket: str) -> None:
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.parametrize("retries_set", [False, True])
 def test_tensorstore_spec_on_a_dead_endpoint_fails_fast_naming_it(
-        s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        s3_bucket: str, monkeypatch: pytest.MonkeyPatch, retries_set: bool) -> None:
+    """Named whether or not the process chose its retries (a relay does, and then there is no
+    first-contact probe: the full run, with relay tests before this one, named nothing)."""
+    if retries_set:
+        import voxgate.storage.kvstore as kvstore
+
+        monkeypatch.setattr(kvstore, "_retries", {"max_retries": 4, "initial_delay": "100ms",
+                                                  "max_delay": "1s"})
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"

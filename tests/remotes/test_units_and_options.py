@@ -95,7 +95,8 @@ def test_a_misspelt_create_option_lists_the_accepted_ones(tmp_path: Any, store: 
 def test_an_option_of_create_given_to_open_says_what_open_takes(tmp_path: Any) -> None:
     url = f"zarr://{tmp_path}/v.zarr"
     voxgate.create(url, shape=(8, 8, 8), dtype="uint8", chunks=(4, 4, 4), voxel_size=(1, 1, 1))
-    with pytest.raises(InvalidRequestError, match=r"to open 'compression'.*only mode, missing"):
+    with pytest.raises(InvalidRequestError,
+                       match=r"to open 'compression'.*accepts multiscale, mode, missing"):
         voxgate.open(url, compression="zstd")
 
 

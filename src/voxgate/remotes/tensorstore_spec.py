@@ -35,6 +35,7 @@ from ..errors import (
     InvalidRequestError,
     RemoteExistsError,
     RemoteNotFoundError,
+    RemoteUnavailableError,
     VoxgateError,
     redact,
 )
@@ -43,6 +44,7 @@ from ..meta import Kind, Scale, VolumeMeta
 from ..storage import (
     check_spec_buckets,
     length_unit_nm,
+    s3_endpoints,
     ts_context,
     ts_errors,
     with_s3_settings,
@@ -118,6 +120,18 @@ class TensorStoreRemote(Remote):
         # that does not answer fails in about a second (tensorstore's own open retries it for
         # minutes)
         check_spec_buckets(spec, f"opening {_shown(location)}", first_contact_only=True)
+        try:
+            store = cls._open_store(spec, location, mode)
+        except RemoteUnavailableError as exc:
+            # which server did not answer (the probe above says it on a first contact only)
+            where = [w for w in s3_endpoints(spec) if w not in str(exc)]
+            if not where:
+                raise
+            raise RemoteUnavailableError(f"{exc} (s3 at {', '.join(where)})") from None
+        return cls._from_store(spec, store, mode, options)
+
+    @classmethod
+    def _open_store(cls, spec: dict[str, Any], location: str, mode: str) -> Any:
         with ts_errors(f"opening the TensorStore spec {_shown(location)}"):
             try:
                 # (s3 kvstores go where s3:// locations go: VOXGATE_S3_ENDPOINT; the spec
@@ -135,7 +149,7 @@ class TensorStoreRemote(Remote):
                         f"TensorStore finds no array for {_shown(location)}: {exc}"
                     ) from None
                 raise
-        return cls._from_store(spec, store, mode, options)
+        return store
 
     @classmethod
     def _from_store(cls, spec: dict[str, Any], store: ts.TensorStore, mode: str,

@@ -380,6 +380,27 @@ def s3_settings() -> dict[str, str]:
     return out
 
 
+def s3_endpoints(spec: dict[str, Any]) -> list[str]:
+    """Where the s3 kvstores of the TensorStore spec ``spec`` send their requests, in words
+    (after :func:`with_s3_settings`): for an error that says which server did not answer."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, str) and node.startswith("s3://"):
+            found.append(_s3_endpoint(kvstore_spec(node)))
+        elif isinstance(node, dict):
+            if node.get("driver") == "s3":
+                found.append(_s3_endpoint(node))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(with_s3_settings(spec))
+    return sorted(set(found))
+
+
 def with_s3_settings(spec: dict[str, Any]) -> dict[str, Any]:
     """A copy of the TensorStore spec ``spec`` in which every s3 kvstore gets the
     :func:`s3_settings` members it does not set itself, as an s3:// location does: its
