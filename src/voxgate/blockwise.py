@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from concurrent.futures import FIRST_COMPLETED, CancelledError, ThreadPoolExecut
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from .errors import InvalidRequestError, RemoteUnavailableError, VoxgateError
+from .errors import InvalidRequestError, RemoteUnavailableError, VoxgateError, redact
 from .geometry import Box, Vec, chunk_boxes, grow_block, whole_at_least
 from .parallel import BlockResults, default_workers
 from .progress import format_bytes, progress_bar
@@ -49,6 +50,7 @@ __all__ = [
     "check_client",
     "check_for_cluster",
     "check_output_for_cluster",
+    "choosing_options",
     "hosts_elsewhere",
     "cluster_spec",
     "is_transient",
@@ -162,6 +164,39 @@ def cluster_spec(remote: Remote, mode: str | None = None) -> str:
     if sep and scheme in _PATH_SCHEMES and "://" not in rest and not os.path.isabs(rest):
         spec["url"] = f"{scheme}://{os.path.abspath(rest)}"
     return json.dumps(spec, sort_keys=True)
+
+
+#: options that say how a volume's voxels are fetched or described, never which voxels or
+#: where they are: not choosing (a DVID node read with timeout=30 and with timeout=60 is one
+#: volume)
+_NOT_CHOOSING = frozenset({"missing", "mode", "timeout", "concurrency", "compression",
+                           "voxel_size", "kind", "meshes", "skeletons"})
+
+
+def choosing_options(remote: Remote) -> dict[str, Any]:
+    """The open options of ``remote`` that choose what its URL holds (an OME-Zarr
+    ``multiscale=``, a WEBKNOSSOS ``layer=``, DVID ``supervoxels=True``): its
+    :meth:`~voxgate.remotes.base.Remote.spec` options as JSON values, less how it is read or
+    described (:data:`_NOT_CHOOSING`), credentials (the same volume whatever token reaches
+    the store) and an option given its default value (which chooses what the URL alone
+    does).  Part of the keys of what belongs to one volume rather than to its URL: a copy's
+    journal, a proofreading history."""
+    defaults: dict[str, Any] = {}
+    for fn in (type(remote).__init__, type(remote).open):
+        with contextlib.suppress(TypeError, ValueError):  # (no signature to read)
+            for p in inspect.signature(fn).parameters.values():
+                if p.default is not inspect.Parameter.empty:
+                    defaults.setdefault(p.name, p.default)
+    options = json.loads(cluster_spec(remote)).get("options", {})
+    chosen = {}
+    for key, value in sorted(options.items()):
+        text = json.dumps({key: value}, sort_keys=True)
+        if key in _NOT_CHOOSING or redact(text) != text:
+            continue
+        if key in defaults and defaults[key] == value:
+            continue
+        chosen[key] = value
+    return chosen
 
 
 @functools.lru_cache(maxsize=16)

@@ -12,20 +12,31 @@ its previous life), or in a directory: one small file per channel, replaced atom
 lock file, so relays that share the directory (and the upstream) share the generations: a
 write through one relay changes the ETags the others give, and they drop their own cached
 cells of the channel when they see a generation they did not make.
+
+Every lock here is an exclusive :func:`~voxgate.storage.locking.file_lock` (``flock`` where
+there is ``fcntl``, an ``O_EXCL`` lock file elsewhere).  The channel's write lock, which many
+writers hold at once, is built of them: a writer takes the channel's gate for a moment and,
+under it, a lock of its own (``<channel>.writers/w-<random>``) that it holds until its write
+ends; "no write in progress" is "no such lock is held" (each is tried without waiting: one
+whose holder died is taken and removed, so it never stops the channel), and whoever needs
+that to stay true (a delete, a store into the shared disk tier) keeps the gate until it is
+done, so no write can begin meanwhile.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
+
+from ..storage.locking import file_lock
 
 __all__ = ["Generations", "before_generation", "only_own"]
 
@@ -104,30 +115,62 @@ class Generations:
         assert self.directory is not None
         return self.directory / (self._name(tag)[:-5] + kind)
 
+    def _writers(self, tag: str) -> Path:
+        """The folder of the locks of the channel's writes in progress (one each)."""
+        # (not ".w": the lock file of the channel's writers before, a file in directories
+        # written by older relays)
+        return self._lock_path(tag, ".writers")
+
+    def _writing(self, tag: str) -> bool:
+        """Whether a write to the channel is in progress in any process (under its gate, so
+        that no write begins meanwhile): one of the writers' locks is held.  One whose holder
+        died is taken and removed here (:func:`file_lock` does), so it is no write."""
+        try:
+            names = os.listdir(self._writers(tag))
+        except FileNotFoundError:
+            return False
+        for name in names:
+            if not (name.startswith(".w-") and name.endswith(".lock")):
+                continue  # (a lock file's break file, or something else)
+            try:
+                with file_lock(str(self._writers(tag) / name[1:-len(".lock")]),
+                               blocking=False):
+                    pass
+            except BlockingIOError:
+                return True
+        return False
+
     @contextlib.contextmanager
-    def _flocked(self, tag: str, how: int) -> Iterator[None]:
+    def write_lock(self, tag: str) -> Iterator[None]:
+        """Held (shared with other writers) for the whole of a write to the channel, from the
+        bump before it to the bump after it: no cell of the channel is stored in a shared
+        disk tier meanwhile (see :meth:`store_lock`).  Taken under the channel's gate (so not
+        while :meth:`exclusive` or a store holds it), then held as a lock of its own."""
         if self.directory is None:
             yield
             return
-        fd = os.open(self._lock_path(tag, ".w"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, how)
+        mine = self._writers(tag) / f"w-{uuid.uuid4().hex}"
+        with contextlib.ExitStack() as held:
+            with file_lock(str(self._lock_path(tag, ".g"))):
+                mine.parent.mkdir(exist_ok=True)
+                held.enter_context(file_lock(str(mine)))
             yield
-        finally:
-            os.close(fd)  # (lets the lock go)
 
-    def write_lock(self, tag: str) -> contextlib.AbstractContextManager[None]:
-        """Held (shared with other writers) for the whole of a write to the channel, from the
-        bump before it to the bump after it: no cell of the channel is stored in a shared
-        disk tier meanwhile (see :meth:`store_lock`)."""
-        return self._flocked(tag, fcntl.LOCK_SH)
-
-    def exclusive(self, tag: str) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def exclusive(self, tag: str) -> Iterator[None]:
         """Held alone: waits until no write to the channel is in progress in any process (they
         hold :meth:`write_lock`), and no write begins until it is let go.  A channel's delete
         holds it while its store is moved aside, so no write in flight lands in the path a
         channel created again under the name will use."""
-        return self._flocked(tag, fcntl.LOCK_EX)
+        if self.directory is None:
+            yield
+            return
+        with file_lock(str(self._lock_path(tag, ".g"))):  # (no write begins)
+            delay = 0.001
+            while self._writing(tag):  # (the writes in flight end)
+                time.sleep(delay)
+                delay = min(2 * delay, 0.05)
+            yield
 
     @contextlib.contextmanager
     def store_lock(self, tag: str) -> Iterator[bool]:
@@ -138,21 +181,17 @@ class Generations:
         if self.directory is None:
             yield True
             return
-        gate = os.open(self._lock_path(tag, ".p"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(gate, fcntl.LOCK_EX)  # one storer at a time (quick)
-            fd = os.open(self._lock_path(tag, ".w"), os.O_RDWR | os.O_CREAT, 0o644)
+        with file_lock(str(self._lock_path(tag, ".p"))), \
+                contextlib.ExitStack() as gate:  # one storer at a time (quick)
             try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    yield False  # a write is in progress: what was read may be old
-                    return
-                yield True
-            finally:
-                os.close(fd)
-        finally:
-            os.close(gate)
+                # (not waited for: a write is beginning, or the channel is held alone)
+                gate.enter_context(file_lock(str(self._lock_path(tag, ".g")), blocking=False))
+                free = not self._writing(tag)
+            except BlockingIOError:
+                free = False
+            if not free:  # what was read may be old
+                gate.close()
+            yield free  # (when free, no write can begin until the gate is let go)
 
     def bump(self, tag: str) -> str:
         """Count a write (or its end) of the channel; return the new generation."""
@@ -175,22 +214,18 @@ class Generations:
         new nonce when missing or unreadable) and return the generation."""
         assert self.directory is not None
         path = self.directory / self._name(tag)
-        with open(self.directory / ".lock", "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with file_lock(str(self.directory / "generations")):  # (.generations.lock)
             try:
-                try:
-                    doc = json.loads(path.read_bytes())
-                    nonce, counter, fresh = str(doc["nonce"]), int(doc["generation"]), False
-                except (OSError, ValueError, KeyError, TypeError):
-                    nonce, counter, fresh = uuid.uuid4().hex, 0, True
-                if fresh or step:
-                    counter = 0 if fresh else counter + step
-                    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-                    tmp.write_text(json.dumps({"channel": tag, "nonce": nonce,
-                                               "generation": counter}))
-                    os.replace(tmp, path)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                doc = json.loads(path.read_bytes())
+                nonce, counter, fresh = str(doc["nonce"]), int(doc["generation"]), False
+            except (OSError, ValueError, KeyError, TypeError):
+                nonce, counter, fresh = uuid.uuid4().hex, 0, True
+            if fresh or step:
+                counter = 0 if fresh else counter + step
+                tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
+                tmp.write_text(json.dumps({"channel": tag, "nonce": nonce,
+                                           "generation": counter}))
+                os.replace(tmp, path)
         return f"{nonce}.{counter}"
 
 

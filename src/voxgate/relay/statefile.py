@@ -8,10 +8,12 @@ Each process keeps the state in memory (:attr:`StateFile.data`) and
   ``stat`` per request: the file is only ever replaced whole, and the process keeps the last
   file it read open, so its inode cannot be reused by a later file and "same inode" means
   "same content");
-- changes it in *transactions*: an exclusive ``flock`` on ``NAME.lock`` beside the file, a
-  refresh, the change, and a save (write a new file, rename it over the old one) before the
-  lock is let go.  A read-modify-write such as reserving ids is therefore atomic across
-  processes: two workers reserving at once get disjoint ranges.
+- changes it in *transactions*: the file's exclusive lock
+  (:func:`~voxgate.storage.locking.file_lock`: ``.NAME.lock`` beside it, held with ``flock``,
+  or made with ``O_EXCL`` where there is no ``fcntl``), a refresh, the change, and a save
+  (write a new file, rename it over the old one) before the lock is let go.  A
+  read-modify-write such as reserving ids is therefore atomic across processes: two workers
+  reserving at once get disjoint ranges.
 
 A refresh is a three-way merge: the changes another process saved (the file now against the
 file last read) are applied to the memory copy in place, except where this process changed
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from types import TracebackType
 from typing import Any
 
 from ..errors import InvalidRequestError
+from ..storage.locking import file_lock
 
 __all__ = ["StateFile", "merge_into"]
 
@@ -93,7 +95,7 @@ class StateFile:
         self._watch = watch
         self._mutex = threading.RLock()
         self._depth = 0  # transactions entered by the thread holding _mutex
-        self._lock_fd: int | None = None
+        self._file_lock: contextlib.ExitStack | None = None  # the file's lock, while held
         self._held: int | None = None  # the file last read or written, kept open
         self._held_id: tuple[int, ...] | None = None
         self.base: dict[str, Any] = copy.deepcopy(empty)
@@ -174,21 +176,15 @@ class StateFile:
             try:
                 if self._depth == 1 and self.path is not None:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
-                    fd = os.open(self.path.with_name(self.path.name + ".lock"),
-                                 os.O_RDWR | os.O_CREAT, 0o600)
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX)
-                    except BaseException:
-                        os.close(fd)
-                        raise
-                    self._lock_fd = fd
+                    held = contextlib.ExitStack()
+                    held.enter_context(file_lock(str(self.path)))
+                    self._file_lock = held
                     self._refresh_locked()
                 yield self.data
             finally:
-                if self._depth == 1 and self._lock_fd is not None:
-                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                    os.close(self._lock_fd)
-                    self._lock_fd = None
+                if self._depth == 1 and self._file_lock is not None:
+                    held, self._file_lock = self._file_lock, None
+                    held.close()
                 self._depth -= 1
 
     def save(self) -> None:

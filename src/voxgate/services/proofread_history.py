@@ -9,26 +9,36 @@ A store without a local directory (bossdb://, mem://, s3://, relays) keeps it un
 ``~/.local/share/voxgate/proofread``), in a directory
 named after its URL; ``history_dir=`` names another place.  A DVID node's edits are also
 written to the node's own log (``POST /api/node/<uuid>/log``).
+
+A URL does not say everything that chooses what is edited: two multiscales of one OME-Zarr
+group (``multiscale=``), two layers of a WEBKNOSSOS dataset (``layer=``) share one.  A volume
+opened with such options (:func:`history_options`) keeps its history one folder further down,
+``options-<digest of the options>`` (its records name them), so an undo never restores the
+voxels of another; a volume opened without any keeps it where it always was.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import getpass
+import hashlib
 import json
 import os
 import threading
 import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..blockwise import choosing_options
 from ..errors import CorruptChunkError, InvalidRequestError
 from ..geometry import Box
+from ..remotes.base import Remote
 from ..storage import split_url
 
-__all__ = ["HISTORY_ENV", "History", "current_user", "history_location"]
+__all__ = ["HISTORY_ENV", "History", "current_user", "history_location", "history_options"]
 
 #: environment variable naming the directory that holds histories of stores without a local dir
 HISTORY_ENV = "VOXGATE_PROOFREAD_DIR"
@@ -54,9 +64,28 @@ def current_user(user: str | None = None) -> str:
 _NOT_PATHS = frozenset({"mem", "bossdb", "dvid", "webknossos", "tensorstore"})
 
 
-def history_location(url: str, scale: int, history_dir: str | os.PathLike[str] | None) -> Path:
-    """The directory that holds the history of the volume at ``url`` (scale ``scale``)."""
-    suffix = f"s{scale}" if scale else ""
+def history_options(remote: Remote) -> dict[str, Any]:
+    """The open options of ``remote`` that choose which voxels its URL's volume is
+    (:func:`~voxgate.blockwise.choosing_options`: not how they travel, are described or where
+    meshes go, nor options at their defaults; a DVID node edited with timeout=30 and undone
+    with timeout=60 is one history): part of its history's key (:func:`history_location`)."""
+    return choosing_options(remote)
+
+
+def _options_folder(options: Mapping[str, Any] | None) -> str:
+    """The folder name of the history of a volume opened with ``options`` ("" for none): a
+    digest, a valid short name on every file system whatever the options hold."""
+    if not options:
+        return ""
+    text = json.dumps(dict(options), sort_keys=True, separators=(",", ":"))
+    return "options-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def history_location(url: str, scale: int, history_dir: str | os.PathLike[str] | None,
+                     options: Mapping[str, Any] | None = None) -> Path:
+    """The directory that holds the history of the volume at ``url`` (scale ``scale``) opened
+    with ``options`` (:func:`history_options`; none: where histories always were)."""
+    suffix = "/".join(p for p in (_options_folder(options), f"s{scale}" if scale else "") if p)
     if history_dir is not None:
         if not isinstance(history_dir, (str, os.PathLike)):
             raise InvalidRequestError(

@@ -5,7 +5,6 @@ of a volume and writing one 2-D slice file."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from ...errors import (
 )
 from ...geometry import Vec
 from ...meta import Kind
+from ...storage.locking import file_lock
 
 #: suffixes of single TIFF files (anything else is a directory of slices)
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
@@ -132,10 +132,10 @@ class _Page:
 class _File:
     """An open file (one descriptor, pread from many threads).
 
-    ``lock`` guards this volume's segment tables of the file and its ``flock``: taken by one
-    thread at a time (two threads' ``flock`` calls on one descriptor do not exclude each other,
-    and one's unlock would drop the other's lock).  A file no longer in its volume's table (a
-    slice replaced by a write) closes when the last reader holding it lets go of it.
+    ``lock`` guards this volume's segment tables of the file and its file lock (taken by one
+    thread at a time, and held once however deep the thread nests).  A file no longer in its
+    volume's table (a slice replaced by a write) closes when the last reader holding it lets
+    go of it.
     """
 
     def __init__(self, path: str, writable: bool) -> None:
@@ -143,22 +143,27 @@ class _File:
         self.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
         self.lock = threading.RLock()
         self._held = 0  # how deep this file's holder is in exclusive()
+        self._file_lock: contextlib.ExitStack | None = None  # the file lock, while held
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         """The file to this thread alone, in this process and against other processes (and
-        other volumes of this one, whose descriptors are others): ``lock``, then ``flock``.
-        Re-entrant."""
+        other volumes of this one): ``lock``, then the file's lock
+        (:func:`~voxgate.storage.locking.file_lock`: ``.NAME.lock`` beside it, which every
+        writer of the file takes, on any platform).  Re-entrant."""
         with self.lock:
             if self._held == 0:
-                fcntl.flock(self.fd, fcntl.LOCK_EX)
+                held = contextlib.ExitStack()
+                held.enter_context(file_lock(self.path))
+                self._file_lock = held
             self._held += 1
             try:
                 yield
             finally:
                 self._held -= 1
-                if self._held == 0:
-                    fcntl.flock(self.fd, fcntl.LOCK_UN)
+                if self._held == 0 and self._file_lock is not None:
+                    held, self._file_lock = self._file_lock, None
+                    held.close()
 
     def pread(self, n: int, at: int, what: str) -> bytes:
         data = os.pread(self.fd, n, at)

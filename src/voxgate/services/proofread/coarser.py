@@ -99,10 +99,6 @@ def coarser_step(vol: Volume, hist: History, n: int, written: Sequence[Box],
 
 def _forget_coarser_stats(vol: Volume) -> None:
     """The cached label stats of the coarser scales (an edit there finds its ids anew)."""
-    from .core import _STATS, _edited, _stats_lock, _volume_key
+    from .core import _forget_stats
 
-    name = _volume_key(vol)
-    with _stats_lock:
-        for k in range(vol.scale + 1, len(vol.remote.meta.scales)):
-            _STATS.pop((name, k), None)
-            _edited((name, k))
+    _forget_stats(vol, range(vol.scale + 1, len(vol.remote.meta.scales)))

@@ -5,9 +5,7 @@ block-wise edit that saves each block's old voxels to the history before writing
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
-import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,9 +25,10 @@ from ...errors import (
 from ...geometry import Box, Vec, chunk_boxes, whole_at_least
 from ...parallel import run_blocks
 from ...remotes.base import Capability, Remote, guard_writes, has_capability, on_written
+from ...storage.locking import file_lock
 from ...volume import Volume
 from .._common import Provenance, as_volume, progress_bar
-from ..proofread_history import History, current_user, history_location
+from ..proofread_history import History, current_user, history_location, history_options
 
 #: ids given as floats are refused: a float holds integers exactly only up to 2^53
 EXACT_FLOAT_IDS = 2**53
@@ -150,25 +149,36 @@ class _Gate:
 
 #: volume (:func:`_volume_key`) -> the gate its edits and writes pass in this process
 _VOLUME_LOCKS: dict[str, _Gate] = {}
-#: history folder -> the lock its edits take in this process, and its file lock (and how deep
-#: the holding thread is in nested edits: merge runs relabel)
+#: lock folder (:func:`_lock_root`) -> the lock its edits take in this process, and its file
+#: lock held (and how deep the holding thread is in nested edits: merge runs relabel)
 _EDIT_LOCKS: dict[str, threading.RLock] = {}
-_EDIT_FILES: dict[str, list[int]] = {}
+_EDIT_FILES: dict[str, tuple[contextlib.ExitStack, list[int]]] = {}
 _edit_guard = threading.Lock()
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _volume_key(vol: Volume) -> str:
-    """One name per volume, whatever its view, scale, ``history_dir`` or URL spelling: the
-    folder its history is kept in by default (beside the data of a file store, so
-    ``zarr://a.zarr``, ``zarr:///abs/a.zarr`` and ``a.zarr`` name one volume; for other stores
-    a folder named after the URL).  Its scales share one name: they share meshes."""
+    """One name per store URL, whatever its view, scale, ``history_dir``, URL spelling or open
+    options: the folder its history is kept in by default when opened without options
+    (beside the data of a file store, so ``zarr://a.zarr``, ``zarr:///abs/a.zarr`` and
+    ``a.zarr`` name one volume; for other stores a folder named after the URL).  Its scales
+    share one name: they share meshes.  The volumes its open options choose (two multiscales
+    of one group) share it too: what is keyed by it (the gate of edits against writes, the
+    forgetting of label statistics) is only ever stricter for that, and two spellings of one
+    choice (``multiscale=0`` and none) must meet there."""
     return _remote_key(vol.remote)
 
 
 def _remote_key(remote: Remote) -> str:
     """:func:`_volume_key` of the volume ``remote`` holds."""
     return str(history_location(str(remote.spec()["url"]), 0, None))
+
+
+def _chosen_key(remote: Remote) -> str:
+    """One name per volume that ``remote``'s URL and the open options that choose what it
+    holds name (:func:`~voxgate.services.proofread_history.history_options`): two multiscales
+    of one OME-Zarr group have two, whose label statistics are not each other's."""
+    return str(history_location(str(remote.spec()["url"]), 0, None, history_options(remote)))
 
 
 @contextlib.contextmanager
@@ -179,12 +189,15 @@ def _one_edit(vol: Volume, history_dir: Any) -> Iterator[None]:
 
     In this process two edits of one volume run one after the other, whatever their
     ``history_dir``: the first lock is the volume's (:func:`_volume_key`).  Between processes
-    the lock is a file in the history folder (``edit.lock``), so edits of other processes wait
-    only when they keep their history in the same folder (the default one does, for every
-    process of this machine).  The locks are always taken in this order (volume, then history
-    folder), and both are re-entrant: an edit may run another edit of its volume."""
-    root = _history_root(vol, history_dir)
-    key = str(root)
+    the lock is a file lock (:func:`~voxgate.storage.locking.file_lock`, ``.edit.lock``) in the
+    history folder of the volume opened without options (:func:`_lock_root`), so edits of other
+    processes wait only when they keep their history in the same folder (the default one does,
+    for every process of this machine).  The locks are always taken in this order (volume,
+    then history folder), and both are re-entrant: an edit may run another edit of its
+    volume."""
+    root = _history_root(vol, history_dir)  # (refused first when it cannot be made)
+    lock_root = _lock_root(vol, history_dir)
+    key = str(lock_root)
     with _edit_guard:
         gate = _VOLUME_LOCKS.setdefault(_volume_key(vol), _Gate())
         lock = _EDIT_LOCKS.setdefault(key, threading.RLock())
@@ -192,21 +205,17 @@ def _one_edit(vol: Volume, history_dir: Any) -> Iterator[None]:
         held = _EDIT_FILES.get(key)
         if held is None:
             root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(root / "edit.lock", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except BaseException:
-                os.close(fd)
-                raise
-            held = _EDIT_FILES[key] = [fd, 0]
-        held[1] += 1
+            stack = contextlib.ExitStack()
+            stack.enter_context(file_lock(str(lock_root / "edit")))
+            held = _EDIT_FILES[key] = (stack, [0])
+        held[1][0] += 1
         try:
             yield
         finally:
-            held[1] -= 1
-            if held[1] == 0:
+            held[1][0] -= 1
+            if held[1][0] == 0:
                 del _EDIT_FILES[key]
-                os.close(held[0])  # (lets the file lock go)
+                held[0].close()  # (lets the file lock go)
 
 
 def _edit_excludes_writes(remote: Remote, _scale: int) -> contextlib.AbstractContextManager[Any]:
@@ -250,9 +259,12 @@ def _hist(vol: Volume, history_dir: Any) -> History:
 
 
 def _history_root(vol: Volume, history_dir: Any) -> Path:
-    """The folder of ``vol``'s history; refused when a file stands where it or a folder above
+    """The folder of ``vol``'s history (its URL's, and a folder further down for the open
+    options that choose what the URL holds: an undo of multiscale "a" never restores the
+    voxels saved from multiscale "b"); refused when a file stands where it or a folder above
     it would be (it could not be made: mkdir raised a bare FileExistsError)."""
-    root = history_location(_stable_url(vol), vol.scale, history_dir)
+    root = history_location(_stable_url(vol), vol.scale, history_dir,
+                            history_options(vol.remote))
     for p in (root, *root.parents):
         if p.exists():
             if not p.is_dir():
@@ -263,18 +275,36 @@ def _history_root(vol: Volume, history_dir: Any) -> Path:
     return root
 
 
+def _lock_root(vol: Volume, history_dir: Any) -> Path:
+    """The folder of the file lock of ``vol``'s edits: its history's without the open options
+    (:func:`_history_root` is in it or is it), so the edits of every choice of one URL take
+    turns between processes, and two spellings of one choice (``multiscale=0`` and none)
+    exclude each other."""
+    return history_location(_stable_url(vol), vol.scale, history_dir)
+
+
 def _stable_url(vol: Volume) -> str:
     return str(vol.remote.spec()["url"])
 
 
+def _recorded(vol: Volume) -> dict[str, Any]:
+    """What an edit's record says of the volume: its URL and the open options that chose it
+    (left out when none, as in the records made before)."""
+    options = history_options(vol.remote)
+    return {"url": _stable_url(vol), **({"options": options} if options else {})}
+
+
 # -- where ids are --------------------------------------------------------------------------------
 _stats_lock = threading.Lock()
-#: (volume, scale) -> {"boxes": {id: Box}, "max": largest id}: the label_stats of a volume,
-#: computed once per process and kept up to date by the edits made here (the volume named by
-#: :func:`_volume_key`, so every URL spelling and view of it shares them)
+#: (volume, scale) -> {"boxes": {id: Box}, "max": largest id, "store": its store URL's
+#: name}: the label_stats of a volume, computed once per process and kept up to date by the
+#: edits made here (the volume named by :func:`_chosen_key`, so every URL spelling and view of
+#: it shares them, and two multiscales of one group do not).  An edit or write of any volume
+#: of a store URL (:func:`_volume_key`) drops those of its other volumes at that scale: two
+#: spellings of one choice (``multiscale=0`` and none) are one volume with two names
 _STATS: dict[tuple[str, int], dict[str, Any]] = {}
-#: (volume, scale) -> edits noted so far: a pass that began before an edit and ends after
-#: it (it may have read the old voxels) is not kept.  Every pass and edit of the library runs
+#: (store URL's name, scale) -> edits noted so far: a pass that began before an edit and ends
+#: after it (it may have read the old voxels) is not kept.  Every pass and edit of the library runs
 #: under its volume's edit lock (:func:`_one_edit`), so none overlap; this check stays for a
 #: lock name that moved under a running edit (its default history folder: a changed
 #: ``$VOXGATE_STATE_DIR`` or working directory) and costs one count per edit
@@ -283,6 +313,10 @@ _EDITS: dict[tuple[str, int], int] = {}
 
 def _stats_key(vol: Volume) -> tuple[str, int]:
     # by the volume's one name (not its URL as typed: two spellings of one store share it)
+    return _chosen_key(vol.remote), vol.scale
+
+
+def _store_key(vol: Volume) -> tuple[str, int]:
     return _volume_key(vol), vol.scale
 
 
@@ -292,7 +326,7 @@ def _dvid_labels(vol: Volume) -> Any:
 
 
 def _stats(vol: Volume) -> dict[str, Any]:
-    key = _stats_key(vol)
+    key, store = _stats_key(vol), _store_key(vol)
     from ..label_stats import label_stats
 
     while True:
@@ -300,13 +334,13 @@ def _stats(vol: Volume) -> dict[str, Any]:
             got = _STATS.get(key)
             if got is not None:
                 return got
-            edits = _EDITS.get(key, 0)
+            edits = _EDITS.get(store, 0)
         df = label_stats(vol.at_scale(vol.scale))  # the whole volume: the cache serves any view
         boxes = {int(r.id): Box((int(r.z0), int(r.y0), int(r.x0)),
                                 (int(r.z1), int(r.y1), int(r.x1))) for r in df.itertuples()}
-        out = {"boxes": boxes, "max": max(boxes, default=0)}
+        out = {"boxes": boxes, "max": max(boxes, default=0), "store": store[0]}
         with _stats_lock:
-            if _EDITS.get(key, 0) == edits:  # no edit was noted while the pass read
+            if _EDITS.get(store, 0) == edits:  # no edit was noted while the pass read
                 return _STATS.setdefault(key, out)
         # else an edit landed meanwhile: the statistics it kept, or another pass
 
@@ -315,25 +349,29 @@ def _written_elsewhere(remote: Remote, scale: int) -> None:
     """An :func:`on_written` hook: a write made in this process outside the edits (``vol[...]
     = x``, a copy, a downsample) may add ids (a larger max: a new id would collide with one)
     or move them, so the volume's statistics are computed again when next needed."""
-    key = (_remote_key(remote), scale)
     with _stats_lock:
-        _STATS.pop(key, None)
-        _edited(key)  # (a pass reading meanwhile is not kept either)
+        _edited((_remote_key(remote), scale))  # (a pass reading meanwhile is not kept either)
 
 
 on_written(_written_elsewhere)
 
 
-def _edited(key: tuple[str, int]) -> None:
-    # (under _stats_lock) a pass running now may have read what this edit changed
-    _EDITS[key] = _EDITS.get(key, 0) + 1
+def _edited(store: tuple[str, int], keep: tuple[str, int] | None = None) -> None:
+    """(Under _stats_lock) note an edit or write of the store URL's volumes at a scale
+    (:func:`_store_key`): a pass running now may have read what it changed, and the
+    statistics of its volumes but ``keep`` are forgotten."""
+    _EDITS[store] = _EDITS.get(store, 0) + 1
+    for k in [k for k, st in _STATS.items()
+              if k != keep and k[1] == store[1] and st.get("store") == store[0]]:
+        del _STATS[k]
 
 
-def _forget_stats(vol: Volume) -> None:
-    key = _stats_key(vol)
+def _forget_stats(vol: Volume, scales: Iterable[int] | None = None) -> None:
+    """Forget the label statistics of ``vol``'s store at its scale (or at ``scales``)."""
+    name = _volume_key(vol)
     with _stats_lock:
-        _STATS.pop(key, None)
-        _edited(key)
+        for k in [vol.scale] if scales is None else scales:
+            _edited((name, k))
 
 
 def _boxes(vol: Volume, ids: Iterable[int]) -> dict[int, Box]:
@@ -405,7 +443,7 @@ def _note_boxes(vol: Volume, gone: Iterable[int], boxes: Mapping[int, Box]) -> N
     (new or grown ids) join their boxes."""
     key = _stats_key(vol)
     with _stats_lock:
-        _edited(key)
+        _edited(_store_key(vol), keep=key)
         st = _STATS.get(key)
         if st is None:
             return
@@ -481,7 +519,7 @@ def _start(hist: History, vol: Volume, operation: str, path: str, user: str | No
            params: dict[str, Any], ids: Iterable[int], boxes: Iterable[Box]) -> int:
     return hist.start({
         "user": current_user(user), "operation": operation, "path": path,
-        "url": _stable_url(vol), "scale": vol.scale, "params": params,
+        **_recorded(vol), "scale": vol.scale, "params": params,
         "ids": [int(i) for i in ids],
         "boxes": [[*map(int, b.start), *map(int, b.stop)] for b in boxes]})
 

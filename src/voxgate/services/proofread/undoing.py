@@ -14,7 +14,7 @@ from ...parallel import run_blocks
 from ...volume import Volume
 from .._common import Provenance, as_volume, progress_bar
 from ..proofread_history import History, current_user
-from .core import EditResult, _forget_stats, _hist, _open, _stable_url, one_edit_at_a_time
+from .core import EditResult, _forget_stats, _hist, _open, _recorded, one_edit_at_a_time
 from .dvid import _adopt_log, _check_local_undo, _dvid_log, _dvid_undo, _log_entries
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def undo(seg: Any, n: int = 1, *, user: str | None = None, progress: bool = Fals
         t0 = time.perf_counter()
         k = int(e["n"])
         u = hist.start({"user": current_user(user), "operation": "undo", "undoes": k,
-                        "path": e.get("path", "local"), "url": _stable_url(vol),
+                        "path": e.get("path", "local"), **_recorded(vol),
                         "scale": vol.scale, "params": {}, "ids": e.get("ids", []),
                         "boxes": e.get("boxes", [])})
         if e.get("path") == "server":
