@@ -40,6 +40,7 @@ from .blockwise import (
     TASKS_PER_THREAD,  # noqa: F401 - the cluster's window, documented here
     check_for_cluster,
     check_run,
+    choosing_options,
     cluster_spec,
     run_blocks,
     worker_remote,
@@ -212,21 +213,6 @@ def list_journals() -> list[JournalStatus]:
     return sorted((j for j in found if j is not None), key=lambda j: -j.age)
 
 
-def _choosing_options(remote: Remote) -> dict[str, Any]:
-    """The open options of ``remote`` that choose what its URL holds (an OME-Zarr
-    ``multiscale=``, say): part of a copy's journal key, so a copy of multiscale 0 stopped
-    half way is not resumed by a copy of multiscale 1 into the same destination, which would
-    skip the blocks the first one wrote.  Not how it is read (``missing=``, ``mode``), nor
-    credentials (the same copy whatever token reaches the store)."""
-    options = json.loads(cluster_spec(remote)).get("options", {})
-    chosen = {}
-    for key, value in sorted(options.items()):
-        text = json.dumps({key: value}, sort_keys=True)
-        if key not in ("missing", "mode") and redact(text) == text:
-            chosen[key] = value
-    return chosen
-
-
 def _spellings(url: str) -> set[str]:
     """``url`` as given and as the Remote that opens it names itself (a bare path or a
     scheme-less storage URL is recorded by its Remote's URL)."""
@@ -373,25 +359,44 @@ def _check_pyramid_fits(smeta: VolumeMeta, top: int, src_anchor: str, anchor: st
         prev = sk
 
 
-def _portable_extra(meta: VolumeMeta) -> dict[str, Any]:
-    """What of the source's ``meta.extra`` a destination the copy creates is told: what
-    describes the image wherever it is stored, the channels' names (``channel_names``) and
-    the OME ``omero`` block (labels, colours and display windows: the dtype is the same, so
-    the windows hold; less the NGFF ``version`` it was written under), each only when it
-    names exactly the source's channels.  Every other key names a part of the source's own
-    store and would be wrong at the destination: an OME-Zarr group's multiscale index and
-    names (``multiscale``, ``multiscales``), a precomputed layer's ``mesh``, ``skeletons``
-    and ``segment_properties`` directories and any other info key (the copy copies voxels,
-    not those files), a DVID node."""
+#: of what describes an image wherever it is kept, what each destination the copy creates
+#: has a place for: OME-Zarr all of it (``omero``: names, colours, visibility, windows);
+#: OME-TIFF the channels' names (``<Channel Name=...>``); a WEBKNOSSOS layer one channel's
+#: colour, window and visibility (its ``defaultViewConfiguration``), for single-channel
+#: images; mem:// the metadata as given.  The others (precomputed, n5, hdf5, knossos, ...)
+#: have none, and are told none.
+_CARRIED: dict[str, tuple[str, ...]] = {
+    "zarr": ("channel_names", "omero"),
+    "mem": ("channel_names", "omero"),
+    "tiff": ("channel_names",),
+    "webknossos": ("omero",),
+}
+
+
+def _portable_extra(meta: VolumeMeta, scheme: str) -> dict[str, Any]:
+    """What of the source's ``meta.extra`` a destination of ``scheme`` the copy creates is
+    told: of what describes the image wherever it is stored, the channels' names
+    (``channel_names``) and the OME ``omero`` block (labels, colours and display windows: the
+    dtype is the same, so the windows hold; less the NGFF ``version`` it was written under),
+    each only when it names exactly the source's channels, what the destination has a place
+    for (``_CARRIED``; ``omero`` to a WEBKNOSSOS layer only for a single-channel image, the
+    one channel a layer's view configuration describes).  Every other key names a part of the
+    source's own store and would be wrong at the destination: an OME-Zarr group's multiscale
+    index and names (``multiscale``, ``multiscales``), a precomputed layer's ``mesh``,
+    ``skeletons`` and ``segment_properties`` directories and any other info key (the copy
+    copies voxels, not those files), a DVID node."""
     out: dict[str, Any] = {}
+    carried = _CARRIED.get(scheme, ())
     names = meta.extra.get("channel_names")
-    if isinstance(names, list) and len(names) == meta.num_channels and all(
-            isinstance(n, str) for n in names):
+    if "channel_names" in carried and isinstance(names, list) and \
+            len(names) == meta.num_channels and all(isinstance(n, str) for n in names):
         out["channel_names"] = list(names)
     omero = meta.extra.get("omero")
     listed = omero.get("channels") if isinstance(omero, dict) else None
-    if isinstance(listed, list) and len(listed) == meta.num_channels and all(
-            isinstance(c, dict) for c in listed):
+    if scheme == "webknossos" and (meta.kind != "image" or meta.num_channels != 1):
+        listed = None
+    if "omero" in carried and isinstance(listed, list) and \
+            len(listed) == meta.num_channels and all(isinstance(c, dict) for c in listed):
         with contextlib.suppress(TypeError, ValueError):  # (not JSON: not written anywhere)
             kept = json.loads(json.dumps(omero))  # (the destination's own copy)
             # the NGFF version the source's block was written under (ome-zarr-py states it):
@@ -744,7 +749,7 @@ def copy(
                 keep = [replace(sc, translation=centre_translation(keep[0], sc, "origin"))
                         for sc in keep]
             dmeta = replace(smeta, scales=tuple(replace(s, index=i) for i, s in enumerate(keep)),
-                            extra=_portable_extra(smeta))
+                            extra=_portable_extra(smeta, cls.scheme))
             d_remote = create_remote(dst_url, dmeta, **create_options)
             created = True
     dmeta = d_remote.meta
@@ -796,7 +801,7 @@ def copy(
     if view_scale in exact:  # a view of a coarser scale: its region is part of the key
         header["view"] = [view_scale, str(exact[view_scale])]
     for end, remote in (("src", s_remote), ("dst", d_remote)):
-        chosen = _choosing_options(remote)
+        chosen = choosing_options(remote)
         if chosen:  # (absent when none: the keys of journals made before stay the same)
             header[f"{end}_options"] = chosen
     digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:24]

@@ -253,6 +253,97 @@ def _channel_index(value: object, where: str) -> int:
                               f"{value!r}")
 
 
+def _number(value: object) -> float | None:
+    """A JSON number (not a bool), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    return None
+
+
+def _dtype_window(dtype: np.dtype[Any]) -> tuple[float, float, float, float]:
+    """(min, max, start, end) of the window over ``dtype``'s range, as an OME-Zarr image voxgate
+    creates states it (0 to 1 for floats, whose range says nothing of the data)."""
+    if dtype.kind == "f":
+        info = np.finfo(dtype)
+        return float(info.min), float(info.max), 0.0, 1.0
+    iinfo = np.iinfo(dtype)
+    return int(iinfo.min), int(iinfo.max), int(iinfo.min), int(iinfo.max)
+
+
+def _view_extra(layer: dict[str, Any], dtype: np.dtype[Any], kind: str,
+                channels: int) -> dict[str, Any]:
+    """What a single-channel color layer's ``defaultViewConfiguration`` says of its display,
+    for ``VolumeMeta.extra``, as the OME ``omero`` block voxgate carries between stores: its
+    ``color`` ([r, g, b], white when none) as the channel's colour, ``intensityRange`` as the
+    window's start and end, ``min`` / ``max`` as its bounds (else the dtype's range),
+    ``isDisabled`` as not ``active`` and ``isInverted`` as ``inverted``.  Empty for
+    segmentation and multi-channel layers (one configuration for several channels is no
+    channel's) and for a layer that configures none of these (``alpha`` and ``mapping`` have
+    no place in ``omero``)."""
+    view = layer.get("defaultViewConfiguration")
+    if kind != "image" or channels != 1 or not isinstance(view, dict):
+        return {}
+    lo, hi, start, end = _dtype_window(dtype)
+    said = False
+    colour = "FFFFFF"
+    rgb = view.get("color")
+    if isinstance(rgb, list) and len(rgb) == 3 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in rgb):
+        colour, said = "".join(f"{v:02X}" for v in rgb), True
+    span = view.get("intensityRange")
+    if isinstance(span, list) and len(span) == 2:
+        a, b = (_number(v) for v in span)
+        if a is not None and b is not None:
+            start, end, said = a, b, True
+    given_lo, given_hi = _number(view.get("min")), _number(view.get("max"))
+    said = said or given_lo is not None or given_hi is not None
+    channel: dict[str, Any] = {"color": colour, "window": {
+        "min": min(given_lo if given_lo is not None else lo, start),
+        "max": max(given_hi if given_hi is not None else hi, end),
+        "start": start, "end": end}, "active": True}
+    if isinstance(view.get("isDisabled"), bool):
+        channel["active"], said = not view["isDisabled"], True
+    if isinstance(view.get("isInverted"), bool):
+        channel["inverted"], said = view["isInverted"], True
+    if not said:
+        return {}
+    return {"omero": {"channels": [channel], "rdefs": {"model": "color"}}}
+
+
+def _view_configuration(meta: VolumeMeta) -> dict[str, Any] | None:
+    """The ``defaultViewConfiguration`` of a layer created for ``meta``: its one channel's
+    colour, window, visibility and inversion from ``meta.extra["omero"]`` (a copy's source's;
+    the inverse of :func:`_view_extra`), for single-channel images only; None when it says
+    none of them.  A colour under ``rdefs.model`` "greyscale" is shown white (as ome-zarr-py
+    and napari show it), so it is written white."""
+    omero = meta.extra.get("omero")
+    listed = omero.get("channels") if isinstance(omero, dict) else None
+    if meta.kind != "image" or meta.num_channels != 1 or not (
+            isinstance(listed, list) and len(listed) == 1 and isinstance(listed[0], dict)):
+        return None
+    assert isinstance(omero, dict)
+    channel = listed[0]
+    out: dict[str, Any] = {}
+    colour = channel.get("color")
+    if isinstance(colour, str) and re.fullmatch(r"[0-9A-Fa-f]{6}", colour):
+        rdefs = omero.get("rdefs")
+        grey = isinstance(rdefs, dict) and rdefs.get("model") == "greyscale"
+        out["color"] = [255] * 3 if grey else [int(colour[i:i + 2], 16) for i in (0, 2, 4)]
+    window = channel.get("window")
+    if isinstance(window, dict):
+        start, end = _number(window.get("start")), _number(window.get("end"))
+        if start is not None and end is not None:
+            out["intensityRange"] = [start, end]
+        for key in ("min", "max"):
+            if _number(window.get(key)) is not None:
+                out[key] = window[key]
+    if isinstance(channel.get("active"), bool):
+        out["isDisabled"] = not channel["active"]
+    if isinstance(channel.get("inverted"), bool):
+        out["isInverted"] = channel["inverted"]
+    return out or None
+
+
 class _WKWArray:
     """A wkw mag read through the ``wkw`` package (channel-first x, y, z, Fortran order)."""
 
@@ -442,7 +533,8 @@ class WebknossosRemote(Remote):
             scales.append(Scale(i, shape, chunks, vs, offset, fmt, _mag_name(mag)))
             arrays.append(arr)
             mags.append(mag)
-        meta = VolumeMeta(dtype, tuple(scales), kind, channels, 0)
+        meta = VolumeMeta(dtype, tuple(scales), kind, channels, 0,
+                          extra=_view_extra(layer, dtype, kind, channels))
         largest = (_segment_id(layer.get("largestSegmentId")) if kind == "segmentation"
                    else None)
         return cls(dataset, name, meta, arrays, mags, fmt, mode, largest, max(indices))
@@ -662,6 +754,9 @@ class WebknossosRemote(Remote):
                 "numChannels": meta.num_channels,
                 "elementClass": _element_class(meta.dtype, meta.num_channels),
             }
+            view = _view_configuration(meta)
+            if view is not None:  # (a copy's source's display: colour, window, visibility)
+                entry["defaultViewConfiguration"] = view
             if meta.kind == "segmentation":
                 # nothing written yet; voxgate's writes raise it (WEBKNOSSOS hands out new
                 # segment ids above it)

@@ -1,4 +1,5 @@
-"""``TiffRemote.create``: a tiled BigTIFF with OME-XML metadata, or a directory of slices."""
+"""``TiffRemote.create``: a tiled BigTIFF with OME-XML metadata (physical sizes, and the
+channels' names when ``meta.extra["channel_names"]`` gives them), or a directory of slices."""
 
 from __future__ import annotations
 
@@ -107,6 +108,9 @@ def create_tiff(
         shape = (channels, nz, ny, nx) if channels > 1 else (nz, ny, nx)
         # OME has no 64-bit integers: those files carry the voxel size in voxgate's tag only
         ome = meta.dtype.name not in ("uint64", "int64")
+        names = _channel_names(meta)
+        if names is not None:
+            md["Channel"] = {"Name": names}  # <Channel Name=...>, one per channel
         if not ome:
             md = {"axes": md["axes"]}
         try:
@@ -131,6 +135,16 @@ def create_tiff(
             name = os.path.join(path, f"{z:0{width}d}.tif")
             _write_slice(name, zero, tile, comp, extratags, calibration)
     return cls.open(location, mode="r+")
+
+
+def _channel_names(meta: VolumeMeta) -> list[str] | None:
+    """The channels' names ``meta.extra`` gives (a copy's source's), one string per channel,
+    for the OME-XML; None when it gives none, or not one per channel."""
+    names = meta.extra.get("channel_names")
+    if isinstance(names, list) and len(names) == meta.num_channels and all(
+            isinstance(n, str) for n in names):
+        return list(names)
+    return None
 
 
 #: OME's UnitsLength symbols voxgate writes, by nanometres per unit

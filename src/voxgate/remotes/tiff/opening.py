@@ -1,5 +1,6 @@
 """Opening a ``tiff://`` location: one TIFF file (its first series, pyramid levels as scales)
-or a directory of 2-D slices, and the voxel size read from OME-XML or ImageJ metadata."""
+or a directory of 2-D slices, and the voxel size (and an OME-TIFF's channel names) read from
+OME-XML or ImageJ metadata."""
 
 from __future__ import annotations
 
@@ -76,6 +77,27 @@ def _ome_voxel_size(xml: str) -> tuple[float, float, float] | None:
     known = [v for v in out if v is not None]
     z, y, x = (v if v is not None else known[-1] for v in out)
     return z, y, x
+
+
+def _ome_channel_names(xml: str, channels: int) -> list[str] | None:
+    """The channels' names (``<Channel Name=...>``) of the first Pixels element of OME-XML,
+    one per channel, ``channel_i`` for a channel without one (as ome-zarr-py names them);
+    None when no channel is named, or when the channels listed are not the volume's
+    ``channels`` (an RGB page is one OME channel of three samples)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return None
+    listed = [el for el in pixels if el.tag.rpartition("}")[2] == "Channel"]
+    names = [el.get("Name") for el in listed]
+    if len(listed) != channels or not any(names):
+        return None
+    return [n if n else f"channel_{i}" for i, n in enumerate(names)]
 
 
 def _imagej_voxel_size(tf: Any, page: Any) -> tuple[float, float, float] | None:
@@ -191,6 +213,8 @@ def open_file(
         dtype = np.dtype(first.dtype)
         chunks = _chunks(own, level_shapes[0], levels[0][0][0])
         encoding = _compression_name(int(first.compression))
+        names = _ome_channel_names(tf.ome_metadata, nc) if tf.is_ome and tf.ome_metadata \
+            else None
     meta = cls._meta(dtype, level_shapes[0], chunks, vs, own, options, nc, encoding)
     scales = [meta.scales[0]]
     for k, f in enumerate(_level_factors(level_shapes)[1:], start=1):
@@ -199,7 +223,8 @@ def open_file(
             VoxelSize(vs.z * f[0], vs.y * f[1], vs.x * f[2], vs.unit),
             Vec(*(o // fi for o, fi in zip(meta.scales[0].offset, f, strict=True))),
             encoding, f"level {k}"))
-    meta = replace(meta, scales=tuple(scales))
+    meta = replace(meta, scales=tuple(scales),
+                   extra={"channel_names": names} if names is not None else {})
     return cls(location, meta, levels, mode, slices=False, decoders=decoders)
 
 
