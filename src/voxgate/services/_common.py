@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -18,6 +20,8 @@ from ..errors import (
     InvalidRequestError,
     ReadOnlyError,
     RemoteExistsError,
+    VoxgateError,
+    VoxgateWarning,
 )
 from ..geometry import Box, Vec, VoxelSize
 from ..meta import Scale, VolumeMeta
@@ -26,9 +30,11 @@ from ..registry import create_remote, resolve_for_create
 from ..remotes.base import Capability, Remote, has_capability
 from ..remotes.memory import MemoryRemote
 from ..remotes.tensorstore_spec import spec_url
+from ..storage import remove_tree
 from ..volume import Volume
 
 __all__ = [
+    "remove_scratch",
     "ArrayResult",
     "Prefer",
     "Provenance",
@@ -212,3 +218,17 @@ def block_boxes(region: Box, block: Vec) -> Iterator[Box]:
             for x in range(region.start.x, region.stop.x, block.x):
                 start = Vec(z, y, x)
                 yield Box(start, start + block).intersect(region)
+
+
+def remove_scratch(tmp: tempfile.TemporaryDirectory[str] | None, location: str | None,
+                   what: str) -> None:
+    """Remove a Service's scratch space at the end of its run: a temporary directory here, or
+    a storage location (a sibling of the output, a scratch= directory).  A failure to remove
+    it is a warning, never in place of the run's own error."""
+    if tmp is not None:
+        tmp.cleanup()
+    elif location is not None:
+        try:
+            remove_tree(location)
+        except VoxgateError as exc:
+            warnings.warn(f"{what} at {location}: {exc}", VoxgateWarning, stacklevel=3)

@@ -21,7 +21,6 @@ import os
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -39,20 +38,21 @@ from ..blockwise import (
     run_blocks,
     scheduler_name,
 )
-from ..errors import InvalidRequestError, VoxgateError, VoxgateWarning, check_flag
+from ..errors import InvalidRequestError, VoxgateError, check_flag
 from ..geometry import Box, Vec, whole, whole_at_least
 from ..meta import Scale, VolumeMeta
 from ..registry import create_remote, resolve_for_create
 from ..remotes.base import Remote
 from ..remotes.memory import MemoryRemote
 from ..remotes.tensorstore_spec import spec_url
-from ..storage import is_local, local_path, remove_tree, split_url
+from ..storage import is_local, local_path, split_url
 from ..volume import Volume
 from ._common import (
     ArrayResult,
     Provenance,
     as_volume,
     region_meta,
+    remove_scratch,
     resolve_output,
 )
 
@@ -318,14 +318,8 @@ def connected_components(
     try:
         return _run(job, blocks, out, client, workers, progress, want, details)
     finally:
-        if tmp is not None:
-            tmp.cleanup()
-        elif scratch_at is not None:
-            try:
-                remove_tree(scratch_at)
-            except VoxgateError as exc:  # never in place of the run's own error
-                warnings.warn(f"connected_components could not remove its scratch volume at "
-                              f"{scratch_at}: {exc}", VoxgateWarning, stacklevel=2)
+        remove_scratch(tmp, scratch_at, "connected_components could not remove its scratch "
+                       "volume")
 
 
 def _run(job: _Job, blocks: list[Box], out: Any, client: Any, workers: int | None,

@@ -27,7 +27,6 @@ import tempfile
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
@@ -35,11 +34,11 @@ from typing import Any
 import numpy as np
 
 from ..blockwise import check_for_cluster, check_run, hosts_elsewhere, run_blocks
-from ..errors import InvalidRequestError, VoxgateError, VoxgateWarning, check_flag
+from ..errors import InvalidRequestError, check_flag
 from ..geometry import Box, Vec, grow_block
-from ..storage import is_local, join, local_path, remove_tree
+from ..storage import is_local, join, local_path
 from ..volume import Volume
-from ._common import Provenance, as_volume, block_boxes
+from ._common import Provenance, as_volume, block_boxes, remove_scratch
 from .connected_components import connected_components, connected_components_provenance
 from .map_blocks import map_blocks
 from .predict import load_model, no_server_path, predict, to_unit_float
@@ -274,14 +273,7 @@ def detect_synapses(
         table = _table(src, region, prob_vol, lab_vol, n, seg, min_size, shell, block, workers,
                        progress)
     finally:
-        if tmp is not None:
-            tmp.cleanup()
-        elif scratch_dir is not None:
-            try:
-                remove_tree(scratch_dir)
-            except VoxgateError as exc:  # never in place of the run's own error
-                warnings.warn(f"detect_synapses could not remove its temporary volumes at "
-                              f"{scratch_dir}: {exc}", VoxgateWarning, stacklevel=2)
+        remove_scratch(tmp, scratch_dir, "detect_synapses could not remove its temporary volumes")
     if out is not None:
         from ..formats.annotation import write_annotations
 

@@ -47,17 +47,22 @@ def _unit_nm(unit: object, default: float | None) -> float | None:
     return length_unit_nm(unit.strip().replace("\\u00B5", "µ"))
 
 
-def _ome_voxel_size(xml: str) -> tuple[float, float, float] | None:
-    """(z, y, x) in nm from the first Pixels element of OME-XML (a size without a unit is in
-    µm, OME's default); a missing size takes the last one given, and a unit voxgate does not
-    know ("pixel", "reference frame") leaves the voxel size unknown (None)."""
+def _first_pixels(xml: str) -> Any:
+    """The first Pixels element of OME-XML (None when there is none or the XML is broken)."""
     import xml.etree.ElementTree as ET
 
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
         return None
-    pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+    return next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+
+
+def _ome_voxel_size(xml: str) -> tuple[float, float, float] | None:
+    """(z, y, x) in nm from the first Pixels element of OME-XML (a size without a unit is in
+    µm, OME's default); a missing size takes the last one given, and a unit voxgate does not
+    know ("pixel", "reference frame") leaves the voxel size unknown (None)."""
+    pixels = _first_pixels(xml)
     if pixels is None:
         return None
     out: list[float | None] = []
@@ -84,13 +89,7 @@ def _ome_channel_names(xml: str, channels: int) -> list[str] | None:
     one per channel, ``channel_i`` for a channel without one (as ome-zarr-py names them);
     None when no channel is named, or when the channels listed are not the volume's
     ``channels`` (an RGB page is one OME channel of three samples)."""
-    import xml.etree.ElementTree as ET
-
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return None
-    pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+    pixels = _first_pixels(xml)
     if pixels is None:
         return None
     listed = [el for el in pixels if el.tag.rpartition("}")[2] == "Channel"]
