@@ -211,6 +211,20 @@ def choose_path(prefer: str, remote: Remote, capability: Capability,
     return "server" if offered and prefer != "local" else "local"
 
 
+def whole_segment_path(path: Literal["server", "local"], prefer: str, vol: Volume,
+                       what: str, verb: str) -> Literal["server", "local"]:
+    """``path`` for a Service whose stored results (meshes, skeletons) are of whole segments:
+    a view of part of the volume is computed locally from its region ("auto"), or refused
+    (``prefer='server'``), as whole-segment results would reach outside the view."""
+    if path != "server" or vol.bounds == vol.scale_meta.bounds:
+        return path
+    if prefer == "server":
+        raise CapabilityNotSupportedError(
+            f"the {what} {vol.url} stores are of whole segments, not of the view "
+            f"{vol.bounds}; use prefer='local' to {verb} the view's region")
+    return "local"
+
+
 def block_boxes(region: Box, block: Vec) -> Iterator[Box]:
     """``region`` cut into blocks of ``block`` anchored at the region's start."""
     for z in range(region.start.z, region.stop.z, block.z):

@@ -48,7 +48,14 @@ from ..geometry import Box, Vec
 from ..meta import check_ids
 from ..remotes.base import Capability
 from ..volume import Volume
-from ._common import Prefer, Provenance, as_volume, choose_path, refuse_negative_labels
+from ._common import (
+    Prefer,
+    Provenance,
+    as_volume,
+    choose_path,
+    refuse_negative_labels,
+    whole_segment_path,
+)
 from ._mesh_stitch import Stitcher, touches
 
 __all__ = ["MeshResult", "mesh", "mesh_kernel", "write_meshes"]
@@ -247,13 +254,7 @@ def mesh(
     block = check_block(block)
     remote = vol.remote
     path = choose_path(prefer, remote, Capability.SERVER_MESH, "mesh")
-    if path == "server" and vol.bounds != vol.scale_meta.bounds:
-        # stored meshes are of whole segments: a view meshes only its region
-        if prefer == "server":
-            raise CapabilityNotSupportedError(
-                f"the meshes {vol.url} stores are of whole segments, not of the view "
-                f"{vol.bounds}; use prefer='local' to mesh the view's region")
-        path = "local"
+    path = whole_segment_path(path, prefer, vol, "meshes", "mesh")
     result = MeshResult()
     stored = None
     if path == "server":

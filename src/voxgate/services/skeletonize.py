@@ -51,6 +51,7 @@ from ._common import (
     choose_path,
     progress_bar,
     refuse_negative_labels,
+    whole_segment_path,
 )
 
 __all__ = ["BLOCK_BYTES", "WHOLE_BYTES", "SkeletonResult", "skeletonize", "skeletonize_kernel"]
@@ -187,13 +188,7 @@ def skeletonize(
     base = None if block is None else _block_shape(block)
     id_list = check_ids(ids)
     path = choose_path(prefer, vol.remote, Capability.SERVER_SKELETON, "skeletonize")
-    if path == "server" and vol.bounds != vol.scale_meta.bounds:
-        # stored skeletons are of whole segments: a view skeletonizes only its region
-        if prefer == "server":
-            raise CapabilityNotSupportedError(
-                f"the skeletons {vol.url} stores are of whole segments, not of the view "
-                f"{vol.bounds}; use prefer='local' to skeletonize the view's region")
-        path = "local"
+    path = whole_segment_path(path, prefer, vol, "skeletons", "skeletonize")
     one_piece = base is None and vol.bounds.size * vol.dtype.itemsize <= WHOLE_BYTES
     if client is not None:  # refused, not ignored, where the region runs in one piece too
         if path == "local" and not one_piece and vol.url.startswith("mem://"):
