@@ -359,42 +359,27 @@ def _check_pyramid_fits(smeta: VolumeMeta, top: int, src_anchor: str, anchor: st
         prev = sk
 
 
-#: of what describes an image wherever it is kept, what each destination the copy creates
-#: has a place for: OME-Zarr all of it (``omero``: names, colours, visibility, windows);
-#: OME-TIFF the channels' names (``<Channel Name=...>``); a WEBKNOSSOS layer one channel's
-#: colour, window and visibility (its ``defaultViewConfiguration``), for single-channel
-#: images; mem:// the metadata as given.  The others (precomputed, n5, hdf5, knossos, ...)
-#: have none, and are told none.
-_CARRIED: dict[str, tuple[str, ...]] = {
-    "zarr": ("channel_names", "omero"),
-    "mem": ("channel_names", "omero"),
-    "tiff": ("channel_names",),
-    "webknossos": ("omero",),
-}
-
-
-def _portable_extra(meta: VolumeMeta, scheme: str) -> dict[str, Any]:
-    """What of the source's ``meta.extra`` a destination of ``scheme`` the copy creates is
+def _portable_extra(meta: VolumeMeta, cls: type[Remote]) -> dict[str, Any]:
+    """What of the source's ``meta.extra`` a destination of class ``cls`` the copy creates is
     told: of what describes the image wherever it is stored, the channels' names
     (``channel_names``) and the OME ``omero`` block (labels, colours and display windows: the
     dtype is the same, so the windows hold; less the NGFF ``version`` it was written under),
     each only when it names exactly the source's channels, what the destination has a place
-    for (``_CARRIED``; ``omero`` to a WEBKNOSSOS layer only for a single-channel image, the
-    one channel a layer's view configuration describes).  Every other key names a part of the
-    source's own store and would be wrong at the destination: an OME-Zarr group's multiscale
-    index and names (``multiscale``, ``multiscales``), a precomputed layer's ``mesh``,
-    ``skeletons`` and ``segment_properties`` directories and any other info key (the copy
-    copies voxels, not those files), a DVID node."""
+    for (:meth:`Remote.carries_extra`: OME-Zarr all of it, OME-TIFF the names, a WEBKNOSSOS
+    layer one channel's colour, window and visibility, mem:// the metadata as given; the
+    others none).  Every other key names a part of the source's own store and would be
+    wrong at the destination: an OME-Zarr group's multiscale index and names
+    (``multiscale``, ``multiscales``), a precomputed layer's ``mesh``, ``skeletons`` and
+    ``segment_properties`` directories and any other info key (the copy copies voxels, not
+    those files), a DVID node."""
     out: dict[str, Any] = {}
-    carried = _CARRIED.get(scheme, ())
+    carried = cls.carries_extra(meta)
     names = meta.extra.get("channel_names")
     if "channel_names" in carried and isinstance(names, list) and \
             len(names) == meta.num_channels and all(isinstance(n, str) for n in names):
         out["channel_names"] = list(names)
     omero = meta.extra.get("omero")
     listed = omero.get("channels") if isinstance(omero, dict) else None
-    if scheme == "webknossos" and (meta.kind != "image" or meta.num_channels != 1):
-        listed = None
     if "omero" in carried and isinstance(listed, list) and \
             len(listed) == meta.num_channels and all(isinstance(c, dict) for c in listed):
         with contextlib.suppress(TypeError, ValueError):  # (not JSON: not written anywhere)
@@ -749,7 +734,7 @@ def copy(
                 keep = [replace(sc, translation=centre_translation(keep[0], sc, "origin"))
                         for sc in keep]
             dmeta = replace(smeta, scales=tuple(replace(s, index=i) for i, s in enumerate(keep)),
-                            extra=_portable_extra(smeta, cls.scheme))
+                            extra=_portable_extra(smeta, cls))
             d_remote = create_remote(dst_url, dmeta, **create_options)
             created = True
     dmeta = d_remote.meta

@@ -102,6 +102,11 @@ class Remote(abc.ABC):
     #: start at the scale's first voxel, as Igneous makes precomputed pyramids) or "origin"
     #: (on the grid through coordinate 0, as WEBKNOSSOS mags are)
     pyramid_anchor: PyramidAnchor = "offset"
+    #: which keys of ``meta.extra`` that describe an image wherever it is kept
+    #: (``channel_names``; ``omero``: names, colours, visibility, display windows) a volume
+    #: this class creates has a place for: ``voxgate.copy`` tells a destination it creates
+    #: only these (see :meth:`carries_extra`)
+    carried_extra: ClassVar[tuple[str, ...]] = ()
 
     url: str
     meta: VolumeMeta
@@ -121,6 +126,12 @@ class Remote(abc.ABC):
     ) -> Remote:
         """Make a new resource with ``meta`` and return it opened read-write."""
         raise CapabilityNotSupportedError(f"{cls.scheme}:// volumes cannot be created by voxgate")
+
+    @classmethod
+    def carries_extra(cls, meta: VolumeMeta) -> tuple[str, ...]:
+        """The keys of ``meta.extra`` (of :attr:`carried_extra`) a volume of ``meta`` this
+        class creates keeps; a class whose place holds them only for some volumes says so."""
+        return cls.carried_extra
 
     @classmethod
     def create_anchor(cls, meta: VolumeMeta, options: Mapping[str, Any]) -> PyramidAnchor:

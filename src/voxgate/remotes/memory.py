@@ -60,6 +60,7 @@ def delete(name: str) -> None:
 
 class MemoryRemote(Remote):
     scheme = "mem"
+    carried_extra = ("channel_names", "omero")  # (the metadata as given)
 
     def __init__(self, name: str, stored: _Stored, mode: str) -> None:
         self.name = name

@@ -389,6 +389,13 @@ class WebknossosRemote(Remote):
     # mag m's voxel i covers mag 1's [i * m, (i + 1) * m): WEBKNOSSOS and the webknossos
     # library's downsample place mags on the grid through 0, whatever the layer's topLeft
     pyramid_anchor = "origin"
+    carried_extra = ("omero",)
+
+    @classmethod
+    def carries_extra(cls, meta: VolumeMeta) -> tuple[str, ...]:
+        # a layer's defaultViewConfiguration (colour, window, visibility) describes one
+        # channel: only a single-channel image's omero block has a place there
+        return cls.carried_extra if meta.kind == "image" and meta.num_channels == 1 else ()
 
     def __init__(
         self,

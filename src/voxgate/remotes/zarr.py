@@ -101,6 +101,7 @@ class ZarrRemote(Remote):
     scheme = "zarr"
     open_options = ("multiscale",)
     create_options = ("zarr_format", "compression", "shards")
+    carried_extra = ("channel_names", "omero")  # (OME-Zarr's omero block holds all of it)
 
     def __init__(
         self,

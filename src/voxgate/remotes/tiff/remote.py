@@ -76,6 +76,7 @@ class TiffRemote(Remote):
     scheme = "tiff"
     open_options = ("voxel_size", "kind")
     create_options = ("compression", "layout")
+    carried_extra = ("channel_names",)  # (OME-XML's <Channel Name=...>)
 
     def __init__(
         self,
