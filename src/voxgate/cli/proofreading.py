@@ -9,7 +9,14 @@ import click
 
 from ..errors import VoxgateError
 from . import _fail, main
+from ._open_options import open_input, open_options_option
 from .services import _no_progress, _to_csv, _zyx
+
+#: what -O opens here: the segmentation edited (read-write) or whose history is shown; the
+#: edit history is kept per volume those options choose (two multiscales of one group: two)
+_O_HELP = ("Open option KEY=VALUE for URL, as voxgate.open takes it (repeat for more; VALUE "
+           "is JSON when it parses, else a string): e.g. -O multiscale=1 edits, lists or "
+           "undoes that multiscale of an OME-Zarr group, whose history is its own.")
 
 
 def _seed(text: str) -> tuple[int, tuple[int, int, int]]:
@@ -39,14 +46,16 @@ def _edit_report(r: Any) -> None:
                                            "or the login name).")
 @click.option("--prefer", type=click.Choice(["auto", "server", "local"]), default="auto")
 @click.option("--remesh", is_flag=True, help="Mesh the merged segment again.")
+@open_options_option(_O_HELP)
 @_no_progress
 def merge_cmd(url: str, ids: tuple[int, ...], into: int | None, user: str | None, prefer: str,
-              remesh: bool, no_progress: bool) -> None:
+              remesh: bool, open_options: dict[str, Any], no_progress: bool) -> None:
     """Merge segments IDS of the segmentation URL into one (recorded; voxgate undo URL)."""
     from ..services.proofread import merge
 
     try:
-        _edit_report(merge(url, list(ids), into, user=user, prefer=prefer,  # type: ignore[arg-type]
+        seg = open_input(url, open_options, mode="r+")
+        _edit_report(merge(seg, list(ids), into, user=user, prefer=prefer,  # type: ignore[arg-type]
                            progress=not no_progress, remesh=remesh))
     except (VoxgateError, OSError) as exc:
         _fail(exc)
@@ -63,9 +72,11 @@ def merge_cmd(url: str, ids: tuple[int, ...], into: int | None, user: str | None
 @click.option("--user", default=None, help="Recorded in the history.")
 @click.option("--prefer", type=click.Choice(["auto", "server", "local"]), default="auto")
 @click.option("--remesh", is_flag=True, help="Mesh the pieces again.")
+@open_options_option(_O_HELP + " Not for --image, which opens with its URL alone.")
 @_no_progress
 def split_cmd(url: str, segment: int, seeds: tuple[str, ...], image: str | None,
-              user: str | None, prefer: str, remesh: bool, no_progress: bool) -> None:
+              user: str | None, prefer: str, remesh: bool, open_options: dict[str, Any],
+              no_progress: bool) -> None:
     """Split SEGMENT of the segmentation URL into pieces (recorded; voxgate undo URL)."""
     from ..services.proofread import split
 
@@ -74,7 +85,8 @@ def split_cmd(url: str, segment: int, seeds: tuple[str, ...], image: str | None,
         ident, point = _seed(text)
         groups.setdefault(ident, []).append(point)
     try:
-        _edit_report(split(url, segment, seeds=groups or None, image=image, user=user,
+        seg = open_input(url, open_options, mode="r+")
+        _edit_report(split(seg, segment, seeds=groups or None, image=image, user=user,
                            prefer=prefer, progress=not no_progress, remesh=remesh))  # type: ignore[arg-type]
     except (VoxgateError, OSError) as exc:
         _fail(exc)
@@ -84,12 +96,13 @@ def split_cmd(url: str, segment: int, seeds: tuple[str, ...], image: str | None,
 @click.argument("url")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Write the table to this CSV file.")
-def history_cmd(url: str, csv_path: Path | None) -> None:
+@open_options_option(_O_HELP)
+def history_cmd(url: str, csv_path: Path | None, open_options: dict[str, Any]) -> None:
     """The proofreading edits of URL: time, user, operation, ids, status."""
     from ..services.proofread import history
 
     try:
-        df = history(url)
+        df = history(open_input(url, open_options))
     except (VoxgateError, OSError) as exc:
         _fail(exc)
         return
@@ -107,13 +120,16 @@ def history_cmd(url: str, csv_path: Path | None) -> None:
 @click.argument("url")
 @click.option("-n", "count", type=int, default=1, help="How many of the last edits to undo.")
 @click.option("--user", default=None, help="Recorded in the history.")
+@open_options_option(_O_HELP)
 @_no_progress
-def undo_cmd(url: str, count: int, user: str | None, no_progress: bool) -> None:
+def undo_cmd(url: str, count: int, user: str | None, open_options: dict[str, Any],
+             no_progress: bool) -> None:
     """Undo the last edits of URL: the voxels they changed are written back."""
     from ..services.proofread import undo
 
     try:
-        for r in undo(url, count, user=user, progress=not no_progress):
+        for r in undo(open_input(url, open_options, mode="r+"), count, user=user,
+                      progress=not no_progress):
             click.echo(f"edit {r.provenance.details['undid'] if r.provenance else '?'} undone "
                        f"({r.blocks} block(s) restored; recorded as edit {r.n})")
     except (VoxgateError, OSError) as exc:

@@ -431,6 +431,90 @@ class DVIDLabels:
         d = json.loads(resp.content, parse_int=int)
         return int(d["label"]), int(d.get("MutationID", 0))
 
+    def split_coarse(self, body: int, block_rles: bytes, *, splitlabel: int | None = None
+                     ) -> int:
+        """Move the voxels of ``body`` in whole blocks to a new label: ``POST
+        split-coarse/<body>[?splitlabel=N]`` of a labelarray (labelarray.go handleSplitCoarse,
+        mutate.go SplitCoarseLabels).  Returns the label they got (DVID answers
+        ``{"label": N}`` and names no mutation id).
+
+        ``block_rles`` is DVID's ``rles`` sparse volume (as for :meth:`split`) whose runs
+        (x, y, z, length) are of **block** coordinates on the instance's block grid, e.g.
+        ``encode_rles(rles_from_mask(block_mask, first_block))``.  In every listed block that
+        exists, each voxel of ``body`` gets the new label (other labels stay; a block never
+        written is skipped), and the label index moves every listed block from ``body`` to the
+        new label.  ``splitlabel`` names the label instead of a new one (maxlabel follows it;
+        DVID checks nothing else, so it may be a label in use: DVID's help chains a
+        ``split-coarse`` into N with a voxel :meth:`split` into N).
+
+        Only a labelarray serves it: a labelmap has no ``split-coarse`` (its ServeHTTP
+        answers 400 "Bad API call"; use :meth:`split` with the voxels of those blocks), a
+        labelblk no label index.  Refused before anything is sent: a body that is not bytes
+        or does not decode, one that lists no block (DVID would take a new label and move
+        nothing), a ``splitlabel`` equal to ``body``, and, on a labelarray with coarser
+        scales, a listed block DVID's downres cannot take (DVID rewrites every listed block
+        that exists, then its downres panics: 500, after scale 0 and the label index were
+        changed and the label taken; a listed block that was never written is refused
+        too)."""
+        lab = self._label(body)
+        if not isinstance(block_rles, (bytes, bytearray, memoryview)):
+            raise InvalidRequestError(
+                f"split_coarse takes the blocks as DVID rles bytes (encode_rles of (x, y, z, "
+                f"length) runs of block coordinates), got {type(block_rles).__name__}")
+        to = None if splitlabel is None else self._label(splitlabel)
+        if to == lab:
+            raise InvalidRequestError(
+                f"cannot split label {lab} into itself (splitlabel={to}): the split voxels "
+                "would keep their label. Nothing was split")
+        try:
+            runs = decode_rles(block_rles).astype(np.int64)
+        except DVIDFormatError as exc:
+            raise InvalidRequestError(
+                f"the block runs of a coarse split of label {lab} do not decode as DVID rles "
+                f"(a 12-byte header, then (x, y, z, length) int32 runs of length >= 1): {exc}. "
+                "Nothing was sent") from None
+        if not len(runs):
+            raise InvalidRequestError(
+                f"a coarse split of label {lab} lists no block: DVID would take a new label "
+                "and move nothing. Nothing was sent")
+        if self.typename != "labelarray":
+            if self._is_labelmap():
+                raise CapabilityNotSupportedError(
+                    f"{self.client.base_url}/{self.node}/{self.name} is a DVID labelmap, which "
+                    f"cannot split label {lab} by blocks: only a labelarray serves POST "
+                    "split-coarse (labelmap.go ServeHTTP has no such endpoint); split() with "
+                    "the label's voxels in those blocks (sparsevol_runs(label, box=...)) "
+                    "moves them. Nothing was sent")
+            raise self._refuse("split a label by blocks", "POST split-coarse",
+                               types=("labelarray",))
+        self._check_coarse_split(lab, runs)
+        query = "" if to is None else f"?splitlabel={to}"
+        resp = _call(self.client, "POST", f"{self._base}/split-coarse/{lab}{query}",
+                     content=bytes(block_rles),
+                     what=f"coarse split of label {lab}" + (f" into {to}" if query else ""))
+        return int(json.loads(resp.content, parse_int=int)["label"])
+
+    def _check_coarse_split(self, lab: int, runs: np.ndarray) -> None:
+        """The downres check of :meth:`split_coarse`: splitBlock (coarse: Block.ReplaceLabel)
+        rewrites every listed block that exists, whatever it holds, and hands it to the
+        downres, which panics on a block it cannot take (remote._downres_breaks).  Whether a
+        block exists is not asked: every listed block is checked."""
+        got = self._array_levels()
+        if got is None:
+            return
+        levels, block = got
+        from .remote import _downres_breaks, _downres_refusal
+
+        for x, y, z, n in runs.tolist():
+            breaks = _downres_breaks(Vec(z, y, x), Vec(z, y, x + n - 1), levels)
+            if breaks is not None:
+                raise _downres_refusal(
+                    f"{self.client.base_url}/{self.node}/{self.name}: a coarse split of label "
+                    f"{lab} (DVID's labelarray split-coarse rewrites every listed block and "
+                    "runs its downres before it answers, where a panic answers 500 after the "
+                    "voxels were relabeled)", "labelarray", levels, block, breaks,
+                    "Nothing was split")
+
     def renumber(self, mapping: dict[int, int]) -> None:
         """Give body ``old`` the id ``new`` for each ``{new: old}``: ``POST renumber``
         (labelmap only)."""
