@@ -23,6 +23,7 @@ from ..storage import join, read_json, write_json
 from ..storage.sharding import ShardingSpec
 
 __all__ = [
+    "ANCHOR_KEY",
     "CORE_KEYS",
     "DTYPES",
     "check_layer_info",
@@ -36,6 +37,10 @@ __all__ = [
 
 #: data types of the info's ``data_type`` enum
 DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32")
+#: a voxgate extension of the info (the relay's precomputed dialect writes it): "origin" when
+#: the coarser scales' voxels lie on the grid through 0 (a WEBKNOSSOS, DVID or bossDB-made
+#: channel), not on blocks from the first voxel; readers that do not know it ignore it
+ANCHOR_KEY = "voxgate_pyramid_anchor"
 #: info keys voxgate interprets; everything else (mesh, skeletons, ...) is kept as is
 CORE_KEYS = frozenset({"@type", "type", "data_type", "num_channels", "scales"})
 

@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from ..errors import MissingChunkError
 from ..formats.precomputed_chunks import encode_chunk
+from ..formats.precomputed_info import ANCHOR_KEY
 from ..geometry import Box, VoxelSize
 from ..storage import length_unit_nm
 from .cache import CachedRemote
@@ -88,13 +89,19 @@ def precomputed_info(remote: CachedRemote) -> dict[str, Any]:
         if encoding == "compressed_segmentation":
             scale["compressed_segmentation_block_size"] = list(_CSEG_BLOCK)
         scales.append(scale)
-    return {
+    doc: dict[str, Any] = {
         "@type": "neuroglancer_multiscale_volume",
         "type": "segmentation" if meta.kind == "segmentation" else "image",
         "data_type": _served_dtype(remote).name,
         "num_channels": meta.num_channels,
         "scales": scales,
     }
+    if remote.pyramid_anchor == "origin":
+        # the format cannot say where coarser voxels lie; without this a voxgate reader takes
+        # blocks from the first voxel, and a copy to OME-Zarr placed the coarse scales of a
+        # channel at an odd offset half a coarse voxel from where the bossDB dialect puts them
+        doc[ANCHOR_KEY] = "origin"
+    return doc
 
 
 def _partly_absent(remote: CachedRemote, scale: int, box: Box, exc: MissingChunkError,

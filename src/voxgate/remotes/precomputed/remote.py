@@ -20,6 +20,7 @@ from ...errors import (
     RemoteNotFoundError,
 )
 from ...formats.precomputed_info import (
+    ANCHOR_KEY,
     is_http,
     meta_from_info,
     normalize_location,
@@ -84,6 +85,9 @@ class PrecomputedRemote(Remote):
             self._io += [None] * (len(meta.scales) - len(self._io))
             self._info = info
             self.meta = meta
+            # a relay's precomputed dialect says when its coarser voxels lie on the grid
+            # through 0 (docs/relay.md); the format's own rule is blocks from the first voxel
+            self.pyramid_anchor = "origin" if info.get(ANCHOR_KEY) == "origin" else "offset"
             # tensorstore parses every scale when it opens one: an encoding it does not know
             # anywhere in the info makes it refuse the whole layer
             self._ts_ok = all(s.get("encoding", "raw") in _TS_ENCODINGS for s in info["scales"])
