@@ -8,12 +8,15 @@ catches everything voxgate says.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 
 __all__ = [
     "check_flag",
     "redact",
+    "redacting_logger",
+    "RedactingFilter",
     "AuthenticationError",
     "CapabilityNotSupportedError",
     "CorruptChunkError",
@@ -67,6 +70,47 @@ def redact(text: str) -> str:
     text = _QUERY_SECRET.sub(r"\1***", text)
     text = _HEADER_SECRET.sub(r"\1***", text)
     return _MEMBER_SECRET.sub(r"\1***", text)
+
+
+_FORMATTER = logging.Formatter()
+
+
+class RedactingFilter(logging.Filter):
+    """Takes the credentials (:func:`redact`) out of what a log record shows: its message,
+    its exception's traceback with every chained exception (a third-party error, say httpx's,
+    tensorstore's or an OSError, names the URL it failed on, token and all) and its stack.
+
+    The exception object is left alone (other code still holds it): the record gets the
+    redacted traceback as ``exc_text`` and no longer ``exc_info``, so no handler formats the
+    original again.  On a logger it sees what is logged to that logger (not to its children);
+    on a handler, everything the handler writes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format: shown as its parts (logging would print them raw)
+            message = f"{record.msg} {record.args!r}"
+        shown = redact(message)
+        if shown != message:
+            record.msg, record.args = shown, ()
+        if record.exc_info:
+            if not record.exc_text:
+                record.exc_text = _FORMATTER.formatException(record.exc_info)
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+def redacting_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)`` with a :class:`RedactingFilter` (once): voxgate logs only
+    through loggers made here."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+        logger.addFilter(RedactingFilter())
+    return logger
 
 
 class VoxgateError(Exception):

@@ -254,13 +254,14 @@ def _annotation_dirs(vol: Volume) -> list[str]:
 def _start_relay(channels: list[ChannelConfig], port: int) -> tuple[Any, threading.Thread, str]:
     import uvicorn
 
-    from .relay.app import build_app
+    from .relay.app import build_app, uvicorn_log_config
 
     host = "127.0.0.1"
     port = port or _free_port(host)
     app = build_app(RelayConfig(host=host, port=port, channels=channels))
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                           access_log=False, lifespan="off"))
+                                           access_log=False, lifespan="off",
+                                           log_config=uvicorn_log_config()))
     thread = threading.Thread(target=server.run, name="voxgate-view-relay", daemon=True)
     thread.start()
     deadline = time.monotonic() + 15

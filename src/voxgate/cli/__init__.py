@@ -15,12 +15,14 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from ..errors import redact
 
 __all__ = ["main"]
 
 
 def _fail(exc: Exception) -> None:
-    raise click.ClickException(f"{type(exc).__name__}: {exc}")
+    # (a VoxgateError's message is redacted already; an OSError's or a ValueError's is not)
+    raise click.ClickException(redact(f"{type(exc).__name__}: {exc}"))
 
 
 #: what an interrupted command left behind, and how to finish it (``cp`` says its own)

@@ -4,9 +4,10 @@ dialects' routes, the error handlers and middleware, and :func:`serve`."""
 from __future__ import annotations
 
 import contextlib
-import logging
+import copy
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 from starlette.applications import Starlette
@@ -17,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import VoxgateError
+from ..errors import RedactingFilter, VoxgateError, redacting_logger
 from .boss import boss_routes
 from .catalog import request_token
 from .config import RelayConfig
@@ -26,12 +27,25 @@ from .index import index_routes
 from .precomputed import precomputed_routes
 from .state import Relay
 
-__all__ = ["Relay", "build_app", "serve"]
+__all__ = ["Relay", "build_app", "serve", "uvicorn_log_config"]
 
-log = logging.getLogger("voxgate.relay")
+log = redacting_logger("voxgate.relay")
 
 #: seconds an idle keep-alive connection stays open
 UVICORN_KEEP_ALIVE = 30
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration with a :class:`~voxgate.errors.RedactingFilter` on its
+    error handler: what uvicorn logs of a relay (an exception no handler answered, with its
+    traceback) shows no credential either."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["voxgate_redact"] = {"()": RedactingFilter}
+    # (not on the access handler, which is off: its formatter needs the record's args)
+    config["handlers"]["default"].setdefault("filters", []).append("voxgate_redact")
+    return config
 
 
 class _KeepConnection:
@@ -152,5 +166,5 @@ def serve(config: RelayConfig) -> None:
     app = build_app(config)
     log.info("voxgate relay on http://%s:%d", config.host, config.port)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False,
-                timeout_keep_alive=UVICORN_KEEP_ALIVE)
+                timeout_keep_alive=UVICORN_KEEP_ALIVE, log_config=uvicorn_log_config())
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import threading
@@ -40,6 +39,7 @@ from ..errors import (
     RemoteNotFoundError,
     VoxgateError,
     redact,
+    redacting_logger,
 )
 from ..geometry import Vec
 from ..remotes.base import Remote
@@ -100,7 +100,7 @@ MAX_DEPTH = 8
 #: the ``@type`` of a precomputed volume's info (meshes, skeletons, annotations have others)
 VOLUME_TYPE = "neuroglancer_multiscale_volume"
 _open_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="voxgate-open")
-log = logging.getLogger("voxgate.relay")
+log = redacting_logger("voxgate.relay")
 
 
 @dataclass

@@ -4,7 +4,6 @@ one mapping of every exception a route can raise to its HTTP answer (:func:`erro
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 
 from starlette.requests import Request
@@ -22,6 +21,7 @@ from ..errors import (
     RemoteNotFoundError,
     RemoteUnavailableError,
     VoxgateError,
+    redacting_logger,
 )
 from .cache import UpstreamError, UpstreamTimeoutError
 from .catalog import NotFound
@@ -29,7 +29,7 @@ from .catalog import NotFound
 __all__ = ["CORRUPT_HEADER", "CORRUPT_VALUE", "BossHTTPError", "boss_error", "drf_error",
            "error_response"]
 
-log = logging.getLogger("voxgate.relay")
+log = redacting_logger("voxgate.relay")
 
 # bossDB error codes (boss/django/bosscore/error.py)
 INVALID_URL = 1000

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -28,7 +27,7 @@ import numpy as np
 from starlette.requests import Request
 
 from ..api import create_remote
-from ..errors import redact
+from ..errors import redact, redacting_logger
 from ..geometry import Box, Vec, VoxelSize, chunk_boxes
 from ..meta import Scale, VolumeMeta
 from ..remotes.base import Capability, has_capability
@@ -61,7 +60,7 @@ from .stats import SCAN_BYTES, LabelStatsCache, region_ids
 
 __all__ = ["CHANNEL_DATATYPES", "SCAN_BYTES", "Relay", "local_channel_meta"]
 
-log = logging.getLogger("voxgate.relay")
+log = redacting_logger("voxgate.relay")
 T = TypeVar("T")
 
 #: an absolute path in a message: "/" not inside a word, a URL or a label, up to a space,

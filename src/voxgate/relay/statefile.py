@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -38,12 +37,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, redacting_logger
 from ..storage.locking import file_lock
 
 __all__ = ["StateFile", "merge_into"]
 
-log = logging.getLogger("voxgate.relay")
+log = redacting_logger("voxgate.relay")
 
 _MISSING: Any = object()
 #: top-level lists merged as sets (items added and removed on each side)

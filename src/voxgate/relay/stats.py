@@ -50,7 +50,6 @@ channel again.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 import time
@@ -62,7 +61,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import AuthenticationError, InvalidRequestError, MissingChunkError, redact
+from ..errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    MissingChunkError,
+    redact,
+    redacting_logger,
+)
 from ..geometry import Box, chunk_boxes, grow_block
 from ..parallel import run_blocks
 from ..services.label_stats import label_stats_kernel, merge_stats
@@ -72,7 +77,7 @@ from .errors import REQUEST_TOO_LARGE, BossHTTPError
 __all__ = ["KEEP_BYTES", "MAX_IDS", "MAX_IDS_ENV", "SCAN_BYTES", "SCAN_WORKERS", "ChannelStats",
            "LabelStatsCache", "TooManyIdsError", "max_ids_setting", "region_ids", "served_ids"]
 
-log = logging.getLogger("voxgate.relay")
+log = redacting_logger("voxgate.relay")
 
 #: blocks scanned at once by the passes here and the relay's ids / reserve scans (bounded
 #: memory on big volumes)

@@ -198,7 +198,7 @@ def worker_main() -> None:
     on standard output and serve the inherited socket until SIGINT or SIGTERM."""
     import uvicorn
 
-    from .app import UVICORN_KEEP_ALIVE, build_app
+    from .app import UVICORN_KEEP_ALIVE, build_app, uvicorn_log_config
     from .cache import limit_heap_growth
 
     fd = int(os.environ.pop(_FD_VARIABLE))
@@ -218,7 +218,8 @@ def worker_main() -> None:
         sys.exit(1)
     sock = socket.socket(fileno=fd)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                           timeout_keep_alive=UVICORN_KEEP_ALIVE))
+                                           timeout_keep_alive=UVICORN_KEEP_ALIVE,
+                                           log_config=uvicorn_log_config()))
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     os.dup2(2, 1)  # nobody reads the pipe from now on: anything printed goes to the log
