@@ -1,7 +1,7 @@
 """Opening a long multipage TIFF stack, and a 16-slice cutout of it: voxgate vs tifffile.
 
     python benchmarks/bench_tiff_open.py [--pages 10000 30000 70000] [--rounds 3] [--dir /tmp]
-                                         [--slices 10000]
+                                         [--slices 1000 5000 10000] [--no-before]
 
 For each page count, writes a BigTIFF of that many uncompressed 64 x 64 uint8 pages (one z slice
 per page, no metadata: a plain stack, as most EM acquisition software writes them) with
@@ -16,8 +16,22 @@ tifffile, then times, interleaved round by round (medians):
   ``TiffFile.asarray(key=range)`` on an open file, and ``tifffile.imread(key=range)`` (open
   included), all checked equal.
 
-``--slices N`` also times a directory of N one-page slice files (opened file by file).
-Deletes everything it wrote.
+``--slices N ...`` also times, for each N, a directory of N one-page 64 x 64 uint8 slice files
+(``00000.tif`` ...), interleaved round by round (medians):
+
+- ``voxgate.open``: the first slice parsed by tifffile, the others read raw and compared with
+  it (``remotes/tiff/slices.py``);
+- ``voxgate.open, file by file``: the open as it was before that change (every slice parsed by
+  tifffile), reproduced by switching the raw read off in this process;
+- ``tifffile TiffFile per file``: what tifffile itself needs to know every slice's shape and
+  dtype (each file opened, its first page parsed);
+- ``tifffile TiffSequence``: tifffile's own sequence over the glob (file names only; it
+  opens no file until read);
+- a 16-slice cutout from the middle: voxgate's ``read`` on the open volume and
+  ``tifffile.imread`` of the 16 files, checked equal; and the whole directory read by
+  ``tifffile.imread`` of the glob (every slice's voxels, open included).
+
+``--pages`` with no number skips the stacks.  Deletes everything it wrote.
 """
 
 from __future__ import annotations
@@ -106,27 +120,89 @@ def bench_stack(path: str, n: int, rounds: int, before: bool) -> dict[str, list[
     return times
 
 
-def bench_slices(root: str, n: int, rounds: int) -> list[float]:
-    d = os.path.join(root, "slices")
+@contextlib.contextmanager
+def file_by_file() -> Iterator[None]:
+    """The slice directory's open as it was: every slice parsed by tifffile."""
+    saved = opening.SliceTemplate.of
+    opening.SliceTemplate.of = classmethod(  # type: ignore[method-assign,assignment]
+        lambda cls, path, rep, page: None)
+    try:
+        yield
+    finally:
+        opening.SliceTemplate.of = saved  # type: ignore[method-assign]
+
+
+def make_slices(d: str, n: int) -> list[str]:
     os.makedirs(d)
-    for z in range(n):
-        tifffile.imwrite(os.path.join(d, f"{z:05d}.tif"), np.full(SHAPE, z % 251, np.uint8),
-                         photometric="minisblack", metadata=None)
-    out = []
+    files = [os.path.join(d, f"{z:05d}.tif") for z in range(n)]
+    for z, f in enumerate(files):
+        tifffile.imwrite(f, np.full(SHAPE, z % 251, np.uint8), photometric="minisblack",
+                         metadata=None)
+    return files
+
+
+def tifffile_per_file(files: list[str]) -> int:
+    """Every slice's shape and dtype as tifffile reads them (what an open must know)."""
+    seen = set()
+    for f in files:
+        with tifffile.TiffFile(f) as tf:
+            page = tf.pages.first
+            seen.add((page.shape, str(page.dtype), len(tf.pages)))
+    return len(seen)
+
+
+def bench_slices(root: str, n: int, rounds: int, before: bool) -> dict[str, list[float]]:
+    d = os.path.join(root, f"slices{n}")
+    files = make_slices(d, n)
+    z0 = n // 2
+    expect = np.stack([np.full(SHAPE, z % 251, np.uint8) for z in range(z0, z0 + 16)])
+    times: dict[str, list[float]] = {}
+    rng = np.random.default_rng(n)
     for _ in range(rounds):
-        dt, vol = timed(lambda: voxgate.open("tiff://" + d))
-        assert vol.shape == (n, *SHAPE)
-        out.append(dt)
-    return out
+        rows = ["voxgate", "per file", "sequence", "imread", *(["before"] if before else [])]
+        for row in rng.permutation(rows):
+            if row == "voxgate":
+                dt, vol = timed(lambda: voxgate.open("tiff://" + d))
+                assert vol.shape == (n, *SHAPE)
+                times.setdefault("open: voxgate.open", []).append(dt)
+                dt, got = timed(lambda: vol[z0:z0 + 16].read())  # noqa: B023
+                assert (got == expect).all()
+                times.setdefault("cutout: voxgate read (volume open)", []).append(dt)
+            elif row == "before":
+                with file_by_file():
+                    dt, vol = timed(lambda: voxgate.open("tiff://" + d))
+                assert vol.shape == (n, *SHAPE)
+                times.setdefault("open: voxgate.open, file by file (before)", []).append(dt)
+            elif row == "per file":
+                dt, kinds = timed(lambda: tifffile_per_file(files))
+                assert kinds == 1
+                times.setdefault("open: tifffile TiffFile per file", []).append(dt)
+            elif row == "sequence":
+                dt, seq = timed(lambda: tifffile.TiffSequence(os.path.join(d, "*.tif")))
+                assert seq.shape == (n,)
+                times.setdefault("open: tifffile TiffSequence (names only)", []).append(dt)
+                dt, got = timed(lambda: tifffile.imread(files[z0:z0 + 16]))
+                assert (got == expect).all()
+                times.setdefault("cutout: tifffile.imread(16 files)", []).append(dt)
+            else:
+                dt, got = timed(lambda: tifffile.imread(os.path.join(d, "*.tif")))
+                assert got.shape == (n, *SHAPE)
+                times.setdefault("whole: tifffile.imread(glob), every voxel", []).append(dt)
+    shutil.rmtree(d)
+    order = ["open: voxgate.open", "open: voxgate.open, file by file (before)",
+             "open: tifffile TiffFile per file", "open: tifffile TiffSequence (names only)",
+             "cutout: voxgate read (volume open)", "cutout: tifffile.imread(16 files)",
+             "whole: tifffile.imread(glob), every voxel"]
+    return dict(sorted(times.items(), key=lambda kv: order.index(kv[0])))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--pages", type=int, nargs="+", default=[10000, 30000, 70000])
+    ap.add_argument("--pages", type=int, nargs="*", default=[10000, 30000, 70000])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dir", default=tempfile.gettempdir())
     ap.add_argument("--no-before", action="store_true")
-    ap.add_argument("--slices", type=int, default=0)
+    ap.add_argument("--slices", type=int, nargs="*", default=[])
     args = ap.parse_args()
     root = tempfile.mkdtemp(prefix="bench-tiff-open-", dir=args.dir)
     try:
@@ -140,10 +216,11 @@ def main() -> None:
             for name, ts in bench_stack(path, n, args.rounds, not args.no_before).items():
                 print(f"  {name:58s} {statistics.median(ts) * 1000:10.1f} ms")
             os.remove(path)
-        if args.slices:
-            ts = bench_slices(root, args.slices, args.rounds)
-            print(f"\ndirectory of {args.slices} slices: voxgate.open "
-                  f"{statistics.median(ts) * 1000:.0f} ms (median of {args.rounds})")
+        for n in args.slices:
+            print(f"\ndirectory of {n} slices of {SHAPE[0]}x{SHAPE[1]} uint8, one file each; "
+                  f"medians of {args.rounds}")
+            for name, ts in bench_slices(root, n, args.rounds, not args.no_before).items():
+                print(f"  {name:58s} {statistics.median(ts) * 1000:10.1f} ms")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -26,10 +26,10 @@ each slice rewritten whole to a temporary name and renamed.
 
 The package by concern: :mod:`.pages` (the file layer: page segment tables, pread, voxgate's
 tag, compression names, block shapes, slice files), :mod:`.ifds` (the pages of a long stack read
-in bulk), :mod:`.opening` (files, pyramid levels,
-slice directories, OME / ImageJ voxel sizes), :mod:`.calibration` (the voxel size in the
-resolution tags and ImageJ's description, written and read), :mod:`.creating` (``create``)
-and :mod:`.remote` (:class:`TiffRemote`: reads and writes).
+in bulk), :mod:`.slices` (the slices of a directory read in bulk), :mod:`.opening` (files,
+pyramid levels, slice directories, OME / ImageJ voxel sizes), :mod:`.calibration` (the voxel
+size in the resolution tags and ImageJ's description, written and read), :mod:`.creating`
+(``create``) and :mod:`.remote` (:class:`TiffRemote`: reads and writes).
 """
 
 from __future__ import annotations

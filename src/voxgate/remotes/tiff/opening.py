@@ -31,6 +31,7 @@ from .pages import (
     _parsing,
     _tifffile,
 )
+from .slices import SliceTemplate
 
 if TYPE_CHECKING:
     from .remote import TiffRemote
@@ -316,7 +317,11 @@ def _level_factors(shapes: list[tuple[int, int, int]]) -> list[tuple[int, int, i
 def open_slices(
     cls: type[TiffRemote], location: str, path: str, mode: str, options: dict[str, Any]
 ) -> TiffRemote:
-    """A directory of 2-D TIFF slices (``TiffRemote._open_slices``)."""
+    """A directory of 2-D TIFF slices (``TiffRemote._open_slices``).
+
+    The first slice is parsed whole by tifffile; every other slice written like it is read raw
+    and compared with it (:class:`.slices.SliceTemplate`), and any other is parsed whole and
+    checked here, as every slice used to be."""
     tifffile = _tifffile()
     files = cls._slice_files(path)
     if not files:
@@ -327,7 +332,14 @@ def open_slices(
     own: dict[str, Any] = {}
     vs_first = None
     samples = 1
+    template: SliceTemplate | None = None
     for f in files:
+        if template is not None:
+            info = template.scan(f)
+            if info is not None:
+                pages.append(info)
+                decoders[(f, (0, 0))] = template.decode
+                continue
         with _parsing(f), tifffile.TiffFile(f) as tf:
             page = tf.pages.first
             if len(tf.pages) != 1:
@@ -349,6 +361,8 @@ def open_slices(
                 )
             pages.append(_page_info(tf, page, f, 0))
             decoders[(f, (0, 0))] = page.decode
+            if len(pages) == 1:
+                template = SliceTemplate.of(f, pages[0], page)
     assert first_shape is not None and vs_first is not None
     dtype = np.dtype(first_dtype)
     shape = (len(files), int(first_shape[0]), int(first_shape[1]))
