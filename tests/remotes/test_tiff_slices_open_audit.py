@@ -217,11 +217,14 @@ def test_odd_slice_ends_as_file_by_file(tmp_path: Path, odd: str, at: int,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A slice unlike the others (early, in the middle, last) is refused naming it, or read as
     tifffile reads it, exactly as when every slice was parsed whole; a slice missing from the
-    numbering leaves one slice fewer (the files are the slices, as before)."""
+    numbering is refused, naming it, unless it was the first or the last (nothing shows it is
+    missing: one slice fewer)."""
     d = tmp_path / "slices"
     files = _write(d, _data(N), rowsperstrip=8)
     (d / "notes.txt").write_text("not a slice")
     do, error, match = ODD[odd]
+    if odd == "removed" and 0 < at < N - 1:
+        error, match = InvalidRequestError, "numbered with gaps"
     do(files, at)
     bulk = _outcome(d)
     assert bulk == _file_by_file(d, monkeypatch)
@@ -249,3 +252,37 @@ def test_writes_to_slices_opened_in_bulk(tmp_path: Path) -> None:
     assert np.array_equal(vol.read(), data)
     assert np.array_equal(_expected(d), data)
     assert np.array_equal(voxgate.open(f"tiff://{d}").read(), data)
+
+
+def test_a_gap_in_the_numbering_is_refused_or_closed_on_request(tmp_path: Path) -> None:
+    """A number missing from the slices' names would put every later slice one z too low:
+    refused naming the missing names (up to five), unless gaps='close' takes the files as they
+    are; numbering by a step (every tenth slice) has no gap; gaps= is refused on one file and
+    travels with the volume (pickled: reopened the same way)."""
+    d = tmp_path / "slices"
+    data = _data(N)
+    files = _write(d, data)
+    for i in (3, 4):
+        files[i].unlink()
+    with pytest.raises(InvalidRequestError,
+                       match=re.escape(f"{files[3].name}, {files[4].name} missing")):
+        voxgate.open(f"tiff://{d}")
+    with pytest.raises(InvalidRequestError, match="gaps must be 'refuse'"):
+        voxgate.open(f"tiff://{d}", gaps="fill")
+    vol = voxgate.open(f"tiff://{d}", gaps="close")
+    kept = np.delete(data, [3, 4], axis=0)
+    assert np.array_equal(vol.read(), kept)
+    assert np.array_equal(pickle.loads(pickle.dumps(vol)).read(), kept)
+    # every tenth slice, one of them missing: the step is ten, the gap is 30
+    e = tmp_path / "tenth"
+    e.mkdir()
+    for k, z in enumerate(range(0, 60, 10)):
+        tifffile.imwrite(e / f"z{z}.tif", data[k])
+    assert voxgate.open(f"tiff://{e}").shape[0] == 6
+    (e / "z30.tif").unlink()
+    with pytest.raises(InvalidRequestError, match=r"z30\.tif missing"):
+        voxgate.open(f"tiff://{e}")
+    one = tmp_path / "one.tif"
+    tifffile.imwrite(one, data)
+    with pytest.raises(InvalidRequestError, match="one TIFF file"):
+        voxgate.open(f"tiff://{one}", gaps="close")

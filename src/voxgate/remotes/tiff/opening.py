@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -314,6 +315,36 @@ def _level_factors(shapes: list[tuple[int, int, int]]) -> list[tuple[int, int, i
     return out
 
 
+def numbering_gaps(names: list[str]) -> str | None:
+    """The names a directory's slices lack in their numbering (``"s0007.tif, s0008.tif"``,
+    up to a few), or None: names alike but for one number (``s0001.tif``, ``s0002.tif``, ...)
+    counting by their smallest step (1, or 10 for every tenth slice) must run without a hole.
+    Names not alike in that way (no number, or several numbers varying) are not checked."""
+    if len(names) < 3:
+        return None
+    parts = [re.split(r"(\d+)", n) for n in names]
+    if len({len(p) for p in parts}) != 1 or len(parts[0]) < 2:
+        return None
+    varying = [i for i in range(1, len(parts[0]), 2) if len({p[i] for p in parts}) > 1]
+    fixed = [i for i in range(0, len(parts[0])) if i not in varying]
+    if len(varying) != 1 or any(len({p[i].lower() for p in parts}) != 1 for i in fixed
+                                if i % 2 == 0):
+        return None
+    at = varying[0]
+    numbers = sorted(int(p[at]) for p in parts)
+    steps = [b - a for a, b in itertools.pairwise(numbers)]
+    step = min(steps)
+    if step <= 0 or any(s % step for s in steps) or max(steps) == step:
+        return None
+    have = set(numbers)
+    lacking = [k for k in range(numbers[0], numbers[-1], step) if k not in have]
+    width = len(parts[0][at]) if all(len(p[at]) == len(parts[0][at]) for p in parts) else 0
+    template = parts[0]
+    shown = ["".join(template[:at]) + f"{k:0{width}d}" + "".join(template[at + 1:])
+             for k in lacking[:5]]
+    return ", ".join(shown) + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else "")
+
+
 def open_slices(
     cls: type[TiffRemote], location: str, path: str, mode: str, options: dict[str, Any]
 ) -> TiffRemote:
@@ -326,6 +357,18 @@ def open_slices(
     files = cls._slice_files(path)
     if not files:
         raise RemoteNotFoundError(f"{location!r} is a directory without .tif/.tiff slices")
+    gaps = options.get("gaps")
+    if gaps not in (None, "refuse", "close"):
+        raise InvalidRequestError(
+            f"gaps must be 'refuse' (a number missing from the slices' names is an error) or "
+            f"'close' (the files are the slices, in order), got {gaps!r}")
+    if gaps != "close":
+        missing = numbering_gaps([os.path.basename(f) for f in files])
+        if missing:
+            raise InvalidRequestError(
+                f"the slices of {location!r} are numbered with gaps: {missing} missing. Each "
+                "file is one z slice, so every slice after a gap would sit one z too low; add "
+                "the missing slices, or open with gaps='close' to take the files as they are")
     pages: list[_Page] = []
     decoders: dict[tuple[str, tuple[int, int]], Any] = {}
     first_shape = first_dtype = None

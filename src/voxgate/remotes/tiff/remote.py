@@ -50,6 +50,8 @@ def _spec_options(meta: VolumeMeta, options: dict[str, Any]) -> dict[str, Any]:
         out["voxel_size"] = [v * f for v in vs.zyx()]  # in nm, the option's unit
     if options.get("kind") is not None:
         out["kind"] = meta.kind
+    if options.get("gaps") is not None:
+        out["gaps"] = options["gaps"]
     return out
 
 
@@ -74,7 +76,7 @@ def _segment_lock(page: _Page, seg: int) -> threading.RLock:
 
 class TiffRemote(Remote):
     scheme = "tiff"
-    open_options = ("voxel_size", "kind")
+    open_options = ("voxel_size", "kind", "gaps")
     create_options = ("compression", "layout")
     carried_extra = ("channel_names",)  # (OME-XML's <Channel Name=...>)
 
@@ -116,6 +118,10 @@ class TiffRemote(Remote):
             remote = cls._open_slices(location, path, mode, options)
         elif not os.path.isfile(path):
             raise RemoteNotFoundError(f"no TIFF file or directory of TIFF slices at {location!r}")
+        elif options.get("gaps") is not None:
+            raise InvalidRequestError(
+                f"gaps= is for a directory of slices (how a number missing from their names is "
+                f"taken); {location!r} is one TIFF file")
         else:
             remote = cls._open_file(location, path, mode, options)
         remote._options = _spec_options(remote.meta, options)
