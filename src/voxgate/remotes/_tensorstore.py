@@ -146,12 +146,11 @@ class TSArray:
                 store = ts.open(
                     self.store.spec(), read=True, write=True, context=private, assume_metadata=True
                 ).result()
-                store[self._index(box)].write(
-                    native, can_reference_source_data_indefinitely=True
-                ).result()
+                _write_whole(store[self._index(box)], native,
+                             can_reference_source_data_indefinitely=True)
                 del store, private
             else:
-                self._write_handle()[self._index(box)].write(native).result()
+                _write_whole(self._write_handle()[self._index(box)], native)
 
     def _write_handle(self) -> ts.TensorStore:
         """The handle writes go through: ``store`` itself, or on local files one in
@@ -164,6 +163,22 @@ class TSArray:
                 self._writer = ts.open(self.store.spec(), read=True, write=True,
                                        context=ts_write_context(), assume_metadata=True).result()
             return self._writer
+
+
+def _write_whole(view: ts.TensorStore, native: np.ndarray, **options: Any) -> None:
+    """Write ``native`` to ``view`` and return (or raise) only once every chunk it touches is
+    written or has failed.  A plain write's future fails as soon as one chunk's writeback
+    fails, while the writebacks of its other chunks go on and land afterwards (seen on local
+    files in about half the tries): whoever reads the store after the error, to tell which
+    chunks the failed write stored, would see chunks still changing.  A transaction's commit
+    returns when all of them are done (each chunk still written whole or not at all)."""
+    txn = ts.Transaction()
+    try:
+        view.with_transaction(txn).write(native, **options).result()
+    except BaseException:
+        txn.abort()
+        raise
+    txn.commit_sync()
 
 
 def _on_local_files(store: ts.TensorStore) -> bool:

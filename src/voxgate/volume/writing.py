@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import (
     DtypeError,
     InvalidRequestError,
+    MissingChunkError,
     OutOfBoundsError,
     PartialWriteError,
     ReadOnlyError,
@@ -195,13 +196,37 @@ def _write_blocks(vol: Volume, box: Box, part: Callable[[Box], np.ndarray | None
         cell.intersect(box)
         for _, cell in chunk_boxes(box, block, vol._remote.grid_bounds(vol._scale))
     ]
+    #: what a block that failed was to hold, to tell afterwards which of its chunks it stored
+    meant: dict[Box, np.ndarray] = {}
+
     def put(b: Box) -> None:
         data = part(b)  # (None: nothing to write there)
         if data is not None:
-            vol._remote.write(b, data, vol._scale)
+            try:
+                vol._remote.write(b, data, vol._scale)
+            except Exception:
+                meant[b] = data
+                raise
 
     if len(blocks) == 1:
-        put(box)
+        try:
+            put(box)
+        except Exception as exc:
+            if box not in meant:
+                raise
+            stored, unknown = _stored_chunks(vol, box, meant[box], exc)
+            if unknown:
+                exc.add_note(f"some chunks of {box!r} may have been stored before the write "
+                             "failed (they could not be read back to tell)")
+            if not stored:
+                raise
+            kept = [c for c in _cells(vol, box) if c not in stored]
+            raise PartialWriteError(
+                f"writing {box!r} to {vol.url} failed ({exc}) after {len(stored)} of "
+                f"{len(stored) + len(kept)} chunks were stored; {_unstored(kept, unknown)}",
+                written=stored,
+                failed=kept,
+            ) from exc
         return
 
     res = run_blocks(put, blocks, workers=workers)
@@ -211,14 +236,69 @@ def _write_blocks(vol: Volume, box: Box, part: Callable[[Box], np.ndarray | None
             # the store refused every block it was asked (a committed DVID node, a read-only
             # bucket): nothing was written, and the refusal itself says why
             raise first
-        failed = [b for b, _ in res.failed]
-        untouched = [b for b in blocks if b not in res.done and b not in failed]
+        written: list[Box] = list(res.done)
+        failed: list[Box] = []
+        unknown = False
+        for b, e in res.failed:
+            if b not in meant:
+                failed.append(b)
+                continue
+            stored, unsure = _stored_chunks(vol, b, meant[b], e)
+            written += stored
+            failed += [c for c in _cells(vol, b) if c not in stored] if stored else [b]
+            unknown = unknown or unsure
+        tried = set(res.done) | {b for b, _ in res.failed}
+        untouched = [b for b in blocks if b not in tried]
+        failed += untouched
         raise PartialWriteError(
-            f"writing {box!r} to {vol.url} failed in {len(failed)} of {len(blocks)} blocks "
-            f"({first}); {len(res.done)} blocks were written, {len(untouched)} not attempted",
-            written=list(res.done),
-            failed=failed + untouched,
+            f"writing {box!r} to {vol.url} failed in {len(res.failed)} of {len(blocks)} blocks "
+            f"({first}); {len(res.done)} blocks were written, {len(untouched)} not attempted; "
+            f"{len(written)} regions (in .written) now hold the new data, "
+            f"{_unstored(failed, unknown)}",
+            written=written,
+            failed=failed,
         ) from first
+
+
+def _cells(vol: Volume, b: Box) -> list[Box]:
+    """The parts of ``b`` in each cell of the store's write grid (a chunk, or a shard): what
+    the store writes whole or not at all."""
+    grid = vol._remote.write_grid(vol._scale)
+    return [c.intersect(b) for _, c in chunk_boxes(b, grid, vol._remote.grid_bounds(vol._scale))]
+
+
+def _stored_chunks(vol: Volume, b: Box, data: np.ndarray, exc: BaseException
+                   ) -> tuple[list[Box], bool]:
+    """Which chunks of the block ``b``, whose write (of ``data``) raised ``exc``, hold the new
+    data now: each chunk is written whole or not at all, so a block of several that failed
+    half-way left some written and the rest as they were.  Read back and compared; (no chunk,
+    whether the comparison could not be made) where the store refused the block before
+    writing anything or could not be read."""
+    if isinstance(exc, (ReadOnlyError, DtypeError, InvalidRequestError, OutOfBoundsError)):
+        return [], False  # refused before anything was sent
+    cells = _cells(vol, b)
+    if len(cells) < 2:
+        return [], False
+    nan = bool(np.issubdtype(data.dtype, np.inexact))
+    stored: list[Box] = []
+    for c in cells:
+        want = data[(..., *c.slices(b.start))]
+        try:
+            have = vol._remote.read(c, vol._scale)
+        except MissingChunkError:  # (opened with missing="error": absent reads as fill)
+            have = np.full(want.shape, vol.meta.fill_value, dtype=want.dtype)
+        except Exception:  # (any: this only adds detail to the error being raised)
+            return [], True
+        if np.array_equal(have.reshape(want.shape), want, equal_nan=nan):
+            stored.append(c)
+    return stored, False
+
+
+def _unstored(boxes: list[Box], unknown: bool) -> str:
+    if unknown:
+        return (f"{len(boxes)} (in .failed) were not written whole and could not be read back: "
+                "they may hold some new chunks")
+    return f"{len(boxes)} (in .failed) hold what they held before"
 
 
 def _check_scalar(value: Any, dt: np.dtype[Any]) -> None:
