@@ -25,6 +25,7 @@ from voxgate.errors import (
     CapabilityNotSupportedError,
     CorruptChunkError,
     InvalidRequestError,
+    PartialWriteError,
     ReadOnlyError,
     RemoteExistsError,
     RemoteNotFoundError,
@@ -850,3 +851,41 @@ def test_downsample_of_a_labelmap_at_an_odd_offset(repo: DVIDRepo, tmp_path: Pat
 
     voxgate.downsample(url, prefer="local")
     np.testing.assert_array_equal(voxgate.open(url).at_scale(1).read(), ours)
+
+
+def test_a_write_failing_part_way_names_what_it_wrote(proxy: FlakyProxy,
+                                                      seg: tuple[str, np.ndarray]) -> None:
+    """A write split into several requests, one refused: PartialWriteError with the parts of
+    the box that hold the new data (.written) and the part that holds the old (.failed), as the
+    server then holds them (before, the first error came with a note that "no partial data is
+    returned", as for reads)."""
+    url, data = seg
+    v = voxgate.open(url.replace(proxy.target, proxy.url), mode="r+")
+    import voxgate.remotes.dvid.remote as mod
+
+    old = mod.REQUEST_BYTES
+    mod.REQUEST_BYTES = 64**3 * 8  # four requests of one 64^3 block each
+    new = data + np.uint64(1)
+    try:
+        box = (slice(0, 64), slice(0, 128), slice(0, 128))  # (aligned: no reads)
+        proxy.add(Rule("64_0_0", "status", status=400))  # the block at x 64, y 0, z 0
+        with pytest.raises(PartialWriteError, match="1 of 4 requests failed") as err:
+            v[box] = new[box]
+    finally:
+        mod.REQUEST_BYTES = old
+    posts = [r for r in proxy.requests if r.startswith("POST")]
+    assert len(posts) == 4, posts
+    assert len(err.value.written) == 3 and len(err.value.failed) == 1
+    assert err.value.failed[0] == Box((0, 0, 64), (64, 64, 128))
+    expect = data.copy()
+    for b in err.value.written:
+        expect[b.slices()] = new[b.slices()]
+    proxy.rules.clear()
+    np.testing.assert_array_equal(voxgate.open(url).read(), expect)
+    # every voxel of the box is in exactly one of the two lists
+    cover = np.zeros(data.shape, np.int8)
+    for b in [*err.value.written, *err.value.failed]:
+        cover[b.slices()] += 1
+    want = np.zeros(data.shape, np.int8)
+    want[box] = 1
+    np.testing.assert_array_equal(cover, want)

@@ -18,6 +18,7 @@ from ...errors import (
     CorruptChunkError,
     DtypeError,
     InvalidRequestError,
+    PartialWriteError,
     ReadOnlyError,
     RemoteExistsError,
     RemoteNotFoundError,
@@ -541,7 +542,11 @@ class DVIDRemote(Remote):
             return self.instance, f"scale={scale}&" if scale else ""
         return self._scale_names[scale], ""
 
-    def _map(self, fn: Any, items: list[Box]) -> None:
+    def _map(self, fn: Any, items: list[Box], *, writing: Box | None = None) -> None:
+        """``fn`` over ``items`` on the pool; the first failure raised, with a note of how
+        many failed.  ``writing``: the box a write of these requests was given, and a failure
+        after others were written raises :class:`PartialWriteError` naming which parts of it
+        hold the new data (each request is written whole or not at all)."""
         if len(items) == 1:
             fn(items[0])
             return
@@ -556,9 +561,21 @@ class DVIDRemote(Remote):
         if failed:
             b, exc = failed[0]
             assert exc is not None
-            exc.add_note(f"{len(failed)} of {len(items)} requests failed, the first at {b!r}; "
-                         "no partial data is returned")
-            raise exc
+            if writing is None:
+                exc.add_note(f"{len(failed)} of {len(items)} requests failed, the first at "
+                             f"{b!r}; no partial data is returned")
+                raise exc
+            done = [i.intersect(writing) for i, e in errors if e is None]
+            done = [d for d in done if not d.is_empty()]
+            if not done:
+                raise exc
+            raise PartialWriteError(
+                f"writing {writing!r} to {self.url}: {len(failed)} of {len(items)} requests "
+                f"failed, the first at {b!r} ({exc}); {len(done)} region(s) (in .written) "
+                "hold the new data, the others (in .failed) what they held before",
+                written=done,
+                failed=[d for d in (i.intersect(writing) for i, _ in failed) if not d.is_empty()],
+            ) from exc
 
     def _request_tile(self, scale: int) -> Vec:
         grid = self.meta.scale(scale).chunks
@@ -681,7 +698,7 @@ class DVIDRemote(Remote):
             def put(b: Box) -> None:
                 self._post(b, array[b.slices(box.start)], scale)
 
-            self._map(put, _tiles(box, tile))
+            self._map(put, _tiles(box, tile), writing=box)
             return
         # DVID takes only block-aligned writes: read the whole blocks (as stored: supervoxels),
         # patch them and write them back; one edge write at a time, so two writes that share
@@ -698,7 +715,7 @@ class DVIDRemote(Remote):
             def put_all(b: Box) -> None:
                 self._post(b, data[b.slices(outer.start)], scale)
 
-            self._map(put_all, _tiles(outer, tile))
+            self._map(put_all, _tiles(outer, tile), writing=box)
 
     # -- ids ------------------------------------------------------------------------------------
     def _labels(self) -> DVIDLabels:
