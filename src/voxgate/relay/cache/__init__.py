@@ -21,9 +21,12 @@ acknowledgment), but no later read can join it, and it caches nothing (it may ho
 data).  The fetches in flight are the cache's, not one CachedRemote's: two CachedRemotes with
 the same keys (two channels of one upstream read with the same credential) hold the same cells,
 so a write through either detaches the other's fetches; a write also drops, and detaches the
-fetches of, the cells of the upstream's other views (``siblings``: other credentials).  A
-fetch removes only its own in-flight entry, never a newer one.  A disk hit is promoted to
-memory only when no cell was dropped meanwhile.
+fetches of, the cells of the upstream's other views (``siblings``: other credentials, other
+channels); of a view whose metadata places the voxels elsewhere (another offset or other
+scales, chosen by its channel's options) it drops every cell, in memory, and every cell of the
+channel's tag on disk, which indexes entries by tag only.  A fetch removes only its own
+in-flight entry, never a newer one.  A disk hit is promoted to memory only when no cell was
+dropped meanwhile.
 
 Every entry carries a tag (the channel's, which includes its incarnation), so a deleted
 channel's cells are dropped from both tiers at once without scanning the disk tier.

@@ -424,34 +424,66 @@ class CachedRemote(Remote):
                                                                            sc.index)]
         return keys
 
+    def _same_grid(self, other: CachedRemote) -> bool:
+        """Whether ``other`` (a view of the same upstream) places every voxel where this one
+        does: the same scales, each over the same box, coarser by the same factors (metadata
+        that differs only in what it says of the voxels: voxel sizes, kind, fill value...).
+        Then a box written here is the same box there, and so are its coarser regions."""
+        if other.meta_key == self.meta_key:
+            return True
+        mine, theirs = self.meta.scales, other.meta.scales
+        if len(mine) != len(theirs):
+            return False
+        v0, w0 = mine[0].voxel_size.zyx(), theirs[0].voxel_size.zyx()
+        for a, b in zip(mine, theirs, strict=True):
+            if a.index != b.index or a.bounds != b.bounds:
+                return False
+            # (a's voxel / v0 == b's voxel / w0 on each axis: the same factors from scale 0)
+            if not all(math.isclose(float(va) * float(wz), float(vb) * float(vz), rel_tol=1e-9)
+                       for va, vb, vz, wz in zip(a.voxel_size.zyx(), b.voxel_size.zyx(), v0,
+                                                 w0, strict=True)):
+                return False
+        return True
+
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
         cells = list(self.cells(box, scale))
         keys = [self._key(scale, idx) for idx, _ in cells]
         # the coarser scales' cells too: dropped, and their fetches detached, like the cells
         # written (never cached again from the write: the upstream's coarser data is its own)
         dropped = keys + self._coarser_keys(box, scale)
+        # views of the upstream on another voxel grid: all their cells go (below)
+        whole: list[CachedRemote] = []
         seen = {self._prefix}
         for other in self.siblings() if self.siblings is not None else ():
             # another view of the same upstream (another channel of it, or another token's:
             # configured or forwarded): its cells of the region are the old data now (one
             # that read them before this write read them again, stale, until evicted).  A
             # view with the same keys (same credential) holds the same cells: once is enough
-            if other._prefix not in seen and not other._closed \
-                    and other.meta_key == self.meta_key:
-                seen.add(other._prefix)
+            if other._prefix in seen or other._closed:
+                continue
+            seen.add(other._prefix)
+            if self._same_grid(other):
                 dropped += [other._key(scale, idx) for idx, _ in other.cells(box, scale)]
                 dropped += other._coarser_keys(box, scale)
+            else:
+                # read with metadata that places its voxels elsewhere (another offset, other
+                # scales: a channel's options chose them, e.g. an OME-Zarr multiscale=): where
+                # the region lies in it is not known here, so none of its cells is kept
+                whole.append(other)
         # writers touching the same cells go one at a time, so the cache ends as the upstream
         # does; stripes are taken in order, so two writers never wait on each other in a cycle
         # (the stripes are the cache's: a relay whose upstream is another relay in the same
-        # process takes its own while this write holds these)
+        # process takes its own while this write holds these).  A write that drops whole views
+        # takes every stripe, as invalidate does: no fetch of theirs stores meanwhile
         table = self.cache.write_stripes
-        stripes = sorted({hash(k) % len(table) for k in dropped})
+        stripes = range(len(table)) if whole else sorted({hash(k) % len(table) for k in dropped})
         for i in stripes:
             table[i].acquire()
         try:
             for key in dropped:  # dropped before the upstream changes: a crash leaves no stale
                 self.cache.pop(key)  # cell
+            for other in whole:
+                self.cache.drop_view(other._prefix)
             try:
                 self.upstream.write(box, array, scale)
             finally:
@@ -459,6 +491,8 @@ class CachedRemote(Remote):
                 # (begun before or during the upstream write) may hold old data, and a read that
                 # begins after this write returns must not join one
                 self._detach(dropped)
+                for other in whole:
+                    self._detach_prefix(other._prefix + "/")
             self.cache.metrics.add(upstream_writes=1)
             for key, (_, cell) in zip(keys, cells, strict=True):
                 # (a Remote closed or retired meanwhile caches nothing: its grid may not be

@@ -402,6 +402,22 @@ class TieredCache:
         self.responses.drop_prefix(tag + _TAG_END)
         return n
 
+    def drop_view(self, prefix: str) -> None:
+        """Drop every cell and response whose key starts with ``prefix`` (one CachedRemote's:
+        ``<tag>~<remote>``) from memory; from disk, which indexes entries by tag only, every
+        entry of its tag (so its view's are gone too; the other views' are refetched).
+        Counted as :meth:`drop_tag` is: a cell read or fetched before is neither promoted
+        from disk nor written to disk behind it."""
+        tag = _tag(prefix)
+        with self._lock:
+            self._count_drop(tag=tag)
+        if self.disk is not None and tag is not None:
+            self.disk.drop_tag(tag)
+        with self._lock:
+            self._count_drop(tag=tag)
+            self.memory.drop_prefix(prefix)
+        self.responses.drop_prefix(prefix)
+
     def close(self) -> None:
         self.flush()
         with self._lock:
