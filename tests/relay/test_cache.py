@@ -473,6 +473,7 @@ def test_a_disk_hit_read_across_a_write_is_not_promoted(tmp_path: Path) -> None:
     remote = CachedRemote(up, TieredCache(2**26, tmp_path / "disk", 2**30), identity="race2")
     box = whole(remote)
     remote.read(box)  # on disk and in memory
+    remote.cache.flush()  # (the disk write is behind, on the cache's writer thread)
     remote.cache.memory = MemoryTier(2**26)  # memory lost (as after a restart), disk kept
     assert remote.cache.disk is not None
     disk = remote.cache.disk

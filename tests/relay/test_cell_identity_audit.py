@@ -319,7 +319,11 @@ def test_a_write_through_one_token_detaches_anothers_fetch_in_flight(
         # a precomputed chunk (from the voxel_offset) and the cells it covers
         box = Box(OFF, (OFF[0] + 64, OFF[1] + 128, OFF[2] + 128))
         part = Box((20, 40, 60), (40, 100, 120))
-        new = np.full(tuple(part.shape), 201 if writer == "alpha" else 202, np.uint8)
+        # a value of its own per case: the upstream is the module's, so a value an earlier
+        # case wrote there would make a stale read look fresh
+        value = {"alpha": 201, "delta": 211}[writer] + (0 if dialect == "boss" else 20)
+        new = np.full(tuple(part.shape), value, np.uint8)
+        assert (world.gray[part.slices(OFF)] != value).any()  # (a stale read would show)
         expected = world.gray[box.slices(OFF)].copy()
         expected[part.slices(box.start)] = new
 
