@@ -171,6 +171,23 @@ class Directory:
             for fut in futures:
                 fut.result()
 
+    def delete_many(self, names: Iterable[str]) -> None:
+        """Remove files (each with every compressed variant of its name); absent ones are
+        no error."""
+        todo = [n + s for n in dict.fromkeys(names) for s in ("", *SUFFIXES)]
+        if not todo:
+            return
+        if self.local:
+            directory = local_path(self.location)
+            for name in todo:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(directory, name))
+            return
+        with ts_errors(f"deleting under {self.location}"):
+            store = self._store()
+            for fut in [store.write(name, None) for name in todo]:
+                fut.result()
+
     @staticmethod
     def _put_local(directory: str, name: str, data: bytes) -> None:
         path = os.path.join(directory, name)

@@ -459,8 +459,19 @@ class ShardedStore:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(groups)))) as pool:
             return list(pool.map(one, groups))
 
+    def remove(self, keys: Iterable[int], prefix_size: PrefixSize | None = None) -> None:
+        """Drop ``keys`` from their shards (each shard read, merged without them and written
+        back conditionally, as :meth:`update`); absent keys are no error."""
+        wanted = np.fromiter(dict.fromkeys(int(k) for k in keys), dtype=np.uint64)
+        if not len(wanted):
+            return
+        shards, _ = self.spec.locate(wanted)
+        for s in np.unique(shards).tolist():
+            self._merge(self.spec.shard_name(int(s)), {}, prefix_size,
+                        drop=set(wanted[shards == s].tolist()))
+
     def _merge(self, name: str, new: Mapping[int, tuple[bytes, bytes]],
-               prefix_size: PrefixSize | None) -> None:
+               prefix_size: PrefixSize | None, drop: Iterable[int] = ()) -> None:
         what = join(self.location, name)
 
         def merge(current: bytes | None) -> bytes:
@@ -468,6 +479,8 @@ class ShardedStore:
             if current is not None:
                 merged = decode_shard(self.spec, current, what, prefix_size)
             merged.update(new)
+            for key in drop:
+                merged.pop(key, None)
             return encode_shard(self.spec, merged)
 
         update_conditionally(self._store(), name, merge, what, attempts=_MERGE_ATTEMPTS,

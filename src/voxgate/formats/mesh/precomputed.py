@@ -6,6 +6,7 @@ before it)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -179,6 +180,42 @@ def write_meshes(
             bar.advance(len(encoded))
     if remote.meta.extra.get("mesh") != mesh_dir:
         remote.update_info({"mesh": mesh_dir})
+
+
+def delete_meshes(url: str | os.PathLike[str], ids: Iterable[int], *,
+                  mesh_dir: str | None = None) -> None:
+    """Remove the meshes of ``ids`` from a precomputed layer's mesh directory (``mesh_dir``
+    defaults to the layer info's ``mesh`` key): a legacy manifest and the fragments it names,
+    a multi-resolution ``<id>.index`` and ``<id>``, or the ids' entries in their shards.
+    Ids without a mesh are no error.  Proofreading removes the meshes of the ids an edit
+    made vanish (a merged-away segment's mesh was served as if it were still there)."""
+    wanted = list(dict.fromkeys(segment_id(i, "segment id") for i in ids))
+    remote = open_segmentation_layer(url, "meshes")
+    name = mesh_dir if mesh_dir is not None else remote.meta.extra.get("mesh")
+    if not wanted or not name:
+        return
+    directory = Directory(join(remote.location, check_dir_name(name, "mesh_dir")))
+    info = read_info(directory)
+    if info is None:
+        return
+    if info.get("sharding"):
+        ShardedStore(directory.location,
+                     ShardingSpec.from_json(info["sharding"], directory.path("info"))
+                     ).remove(wanted, _fragment_bytes)
+    elif info.get("@type", LEGACY_MESH_TYPE) == LEGACY_MESH_TYPE:
+        manifests = directory.get_many([f"{i}:0" for i in wanted], plain=lambda d: False)
+        fragments: list[str] = []
+        for raw in manifests.values():
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                names = json.loads(raw or b"{}").get("fragments", [])
+                fragments += [n for n in names if isinstance(n, str)
+                              and "/" not in n and n not in (".", "..")]
+        # the manifests first: a reader never follows one to a missing fragment
+        directory.delete_many(manifests)
+        directory.delete_many(fragments)
+    else:
+        directory.delete_many([f"{i}.index" for i in wanted])
+        directory.delete_many([str(i) for i in wanted])
 
 
 def _unit_nm(unit: str) -> float:

@@ -161,6 +161,36 @@ def write_skeletons(
         remote.update_info({"skeletons": skel_dir})
 
 
+def delete_skeletons(url: str | os.PathLike[str], ids: Iterable[int], *,
+                     skel_dir: str | None = None) -> None:
+    """Remove the skeletons of ``ids`` from a precomputed layer's skeleton directory
+    (``skel_dir`` defaults to the layer info's ``skeletons`` key): the ``<id>`` files or the
+    ids' entries in their shards, and their entries in a CloudVolume spatial index.  Ids
+    without a skeleton are no error."""
+    wanted = list(dict.fromkeys(segment_id(i, "segment id") for i in ids))
+    remote = open_segmentation_layer(url, "skeletons")
+    name = skel_dir if skel_dir is not None else remote.meta.extra.get("skeletons")
+    if not wanted or not name:
+        return
+    name = check_dir_name(name, "skel_dir")
+    directory = Directory(join(remote.location, name))
+    info = read_info(directory)
+    if info is None:
+        return
+    _check_skeleton_info(info, directory.path("info"))
+    if info.get("sharding"):
+        ShardedStore(directory.location,
+                     ShardingSpec.from_json(info["sharding"], directory.path("info"))
+                     ).remove(wanted)
+    else:
+        directory.delete_many([str(i) for i in wanted])
+    if info.get("spatial_index"):
+        grid = spatial_grid(read_layer_info(remote.location, "r")[1], info, name,
+                            directory.path("info"))
+        if grid is not None:
+            update_spatial_index(directory, grid, {i: {} for i in wanted}, set(wanted))
+
+
 def _stored_ids(directory: Directory, info: Mapping[str, Any], ids: list[int]) -> set[int]:
     """The ``ids`` that have a skeleton in ``directory`` already."""
     if not ids:

@@ -378,6 +378,19 @@ def _boxes(vol: Volume, ids: Iterable[int]) -> dict[int, Box]:
     """The box of each id inside the view; unknown ids are refused."""
     ids = list(ids)
     region = vol.bounds
+    out = _find_boxes(vol, ids, region)
+    missing = [i for i in ids if i not in out or out[i].is_empty()]
+    if missing:
+        raise InvalidRequestError(
+            f"id(s) {missing} have no voxels in {vol.url} inside {region!r}; merge, split and "
+            "relabel edit existing segments (voxgate stats URL lists them)")
+    return out
+
+
+def _find_boxes(vol: Volume, ids: Iterable[int], region: Box) -> dict[int, Box]:
+    """The box of each id inside ``region`` (a box of ``vol``'s scale); ids without voxels
+    there are left out."""
+    ids = list(ids)
     out: dict[int, Box] = {}
     labels = _dvid_labels(vol)
     if labels is not None and vol.scale == 0:
@@ -393,12 +406,7 @@ def _boxes(vol: Volume, ids: Iterable[int]) -> dict[int, Box]:
         for i in ids:
             if i in boxes:
                 out[i] = boxes[i].intersect(region)
-    missing = [i for i in ids if i not in out or out[i].is_empty()]
-    if missing:
-        raise InvalidRequestError(
-            f"id(s) {missing} have no voxels in {vol.url} inside {region!r}; merge, split and "
-            "relabel edit existing segments (voxgate stats URL lists them)")
-    return out
+    return {i: b for i, b in out.items() if not b.is_empty()}
 
 
 def _server_boxes(vol: Volume, ids: Iterable[int]) -> dict[int, Box]:

@@ -16,7 +16,7 @@ from ...volume import Volume
 from .._common import Provenance
 from ..proofread_history import History
 from .core import EditResult, _blocks, _boxes, _dvid_labels, _hist, _start
-from .remeshing import _remesh
+from .remeshing import _recorded_remesh, _remesh
 
 #: the DVID log line prefix of voxgate's edit records
 DVID_LOG_PREFIX = "voxgate-proofread "
@@ -71,9 +71,10 @@ def _dvid_merge(vol: Volume, ids: list[int], target: int, user: str | None, hist
     except Exception:
         hist.update(n, status="failed")  # DVID refused it: nothing changed
         raise
-    hist.update(n, status="done", mutation=mutation, seconds=round(time.perf_counter() - t0, 3))
+    hist.update(n, status="done", mutation=mutation, seconds=round(time.perf_counter() - t0, 3),
+                **_recorded_remesh(remesh))
     _dvid_log(vol, hist.entry(n))
-    _remesh(vol, [target], remesh, boxes.values())
+    _remesh(vol, ids, remesh)
     return EditResult(n, "merge", {o: target for o in others}, (), 0, tuple(boxes.values()),
                       Provenance("merge", "server", vol.url, {"mutation": mutation}))
 
@@ -128,9 +129,9 @@ def _dvid_split(vol: Volume, label: int, keys: list[int | None], pieces: np.ndar
         hist.update(n, new_bodies=made, renumbered_all=True)
     hist.update(n, status="done", new_ids=made, ids=sorted({label, *made}), mutations=mutations,
                 sv_splits=_lineage(svs_before, _supervoxels_in(vol, body_box)),
-                seconds=round(time.perf_counter() - t0, 3))
+                seconds=round(time.perf_counter() - t0, 3), **_recorded_remesh(remesh))
     _dvid_log(vol, hist.entry(n))
-    _remesh(vol, [label, *made], remesh, [sbox])
+    _remesh(vol, [label, *made], remesh)
     return EditResult(n, "split", {}, tuple(made), 0, (sbox,),
                       Provenance("split", "server", vol.url, {"mutations": mutations}))
 

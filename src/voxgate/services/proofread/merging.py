@@ -29,7 +29,7 @@ from .core import (
     one_edit_at_a_time,
 )
 from .dvid import _check_local_edit, _dvid_merge
-from .remeshing import _check_remesh, _remesh
+from .remeshing import _check_remesh, _recorded_remesh, _remesh
 
 
 @one_edit_at_a_time
@@ -68,8 +68,9 @@ def relabel(seg: Any, mapping: Mapping[Any, Any], *, user: str | None = None,
     else:  # the old ids may go on outside the view (their boxes were cut to it)
         _forget_stats(vol)
     coarse = coarser_step(vol, hist, n, written, _operation)
-    hist.update(n, status="done", blocks=len(written), seconds=round(time.perf_counter() - t0, 3))
-    _remesh(vol, set(m.values()), remesh, boxes.values())
+    hist.update(n, status="done", blocks=len(written), seconds=round(time.perf_counter() - t0, 3),
+                **_recorded_remesh(remesh))
+    _remesh(vol, set(m) | set(m.values()), remesh)
     return EditResult(n, _operation, m, (), len(written), tuple(boxes.values()),
                       Provenance(_operation, "local", vol.url,
                                  {"blocks": len(written), "blocks_considered": len(blocks),

@@ -3,16 +3,17 @@ the layer keeps them (a precomputed layer's directories or a DVID labelmap's key
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from ...errors import CapabilityNotSupportedError, InvalidRequestError
+from ...errors import CapabilityNotSupportedError, InvalidRequestError, RemoteNotFoundError
 from ...geometry import Box
 from ...remotes.base import Capability, has_capability
 from ...volume import Volume
-from .core import _union
+from .core import _find_boxes, _union
 
 #: what ``remesh=`` asks for: True / "meshes", "skeletons", or "both"
 REMESH_CHOICES = (False, True, "meshes", "skeletons", "both")
@@ -27,6 +28,15 @@ def _remesh_kinds(remesh: Any) -> tuple[bool, bool]:
         raise InvalidRequestError(f"remesh must be True, False, 'meshes', 'skeletons' or 'both', "
                                   f"got {remesh!r}")
     return remesh in (True, "meshes", "both"), remesh in ("skeletons", "both")
+
+
+def _recorded_remesh(remesh: Any) -> dict[str, str]:
+    """What the history records of ``remesh`` (nothing when it is off): undo meshes the
+    edit's ids again when the edit did."""
+    meshes, skels = _remesh_kinds(remesh)
+    if not (meshes or skels):
+        return {}
+    return {"remesh": "both" if meshes and skels else "meshes" if meshes else "skeletons"}
 
 
 def _layer_dir(vol: Volume, key: str) -> str | None:
@@ -56,34 +66,42 @@ def _check_remesh(vol: Volume, remesh: Any) -> None:
                 "remesh)")
 
 
-def _remesh(vol: Volume, ids: Iterable[int], remesh: Any, boxes: Iterable[Box] = ()) -> int:
-    """Mesh (and / or skeletonize) ``ids`` again over their boxes and store the results where
-    the layer keeps them: a precomputed layer's mesh / skeleton directory (format and layout
-    kept), or a DVID labelmap's ``<name>_meshes`` / ``<name>_skeletons`` keyvalue.  Returns how
-    many meshes and skeletons were written."""
+def _remesh(vol: Volume, ids: Iterable[int], remesh: Any) -> int:
+    """Mesh (and / or skeletonize) ``ids`` again, each whole, and store the results where the
+    layer keeps them: a precomputed layer's mesh / skeleton directory (format and layout
+    kept), or a DVID labelmap's ``<name>_meshes`` / ``<name>_skeletons`` keyvalue.  Ids left
+    with no voxel (merged away, a split undone) lose their stored mesh / skeleton.  Returns
+    how many meshes and skeletons were written or removed.
+
+    Each id is meshed over its box in the whole scale as it is after the edit (plus a voxel
+    on every side), not over the edit's boxes: a merge's boxes are those of the ids merged
+    away, and the mesh of the id they joined covered only their part of it."""
     meshes_wanted, skels_wanted = _remesh_kinds(remesh)
     if not (meshes_wanted or skels_wanted):
         return 0
     wanted = sorted({int(i) for i in ids})
     full = vol.at_scale(vol.scale)
-    region = full.bounds
-    bl = list(boxes)
-    if bl:  # one voxel more on every side: the surface closes where a segment meets the box
-        u = _union(bl)
+    now = _find_boxes(full, wanted, full.bounds)
+    present = sorted(now)
+    gone = [i for i in wanted if i not in now]
+    view = None
+    if present:
+        u = _union(list(now.values()))
         region = Box(tuple(a - 1 for a in u.start), tuple(b + 1 for b in u.stop)).intersect(
             full.bounds)
-    lo = region.start - full.bounds.start
-    hi = region.stop - full.bounds.start
-    view = full[lo.z:hi.z, lo.y:hi.y, lo.x:hi.x]
+        lo = region.start - full.bounds.start
+        hi = region.stop - full.bounds.start
+        view = full[lo.z:hi.z, lo.y:hi.y, lo.x:hi.x]
     remote: Any = vol.remote
     written = 0
     if meshes_wanted:
         from ..mesh import mesh as mesh_service
 
-        meshes = dict(mesh_service(view, ids=wanted, prefer="local"))
+        meshes = dict(mesh_service(view, ids=present, prefer="local")) if view is not None else {}
         mesh_dir = _layer_dir(vol, "mesh")
         if mesh_dir is not None:
             from ...formats.mesh import write_meshes
+            from ...formats.mesh.precomputed import delete_meshes
             from ...storage import join, read_json
 
             dinfo = read_json(join(remote.location, mesh_dir), "info")
@@ -93,25 +111,37 @@ def _remesh(vol: Volume, ids: Iterable[int], remesh: Any, boxes: Iterable[Box] =
             if not legacy:
                 opts["sharded"] = bool(dinfo.get("sharding"))
                 opts["vertex_quantization_bits"] = int(dinfo.get("vertex_quantization_bits", 16))
-            write_meshes(remote.spec()["url"], meshes, **opts)
+            if meshes:
+                write_meshes(remote.spec()["url"], meshes, **opts)
+            delete_meshes(remote.spec()["url"], gone, mesh_dir=mesh_dir)
         else:
             for i, m in meshes.items():
                 remote.put_mesh(i, m)
-        written += len(meshes)
+            for i in gone:
+                with contextlib.suppress(RemoteNotFoundError):
+                    remote.delete_mesh(i)
+        written += len(meshes) + len(gone)
     if skels_wanted:
         from ..skeletonize import skeletonize
 
-        skels = dict(skeletonize(view, ids=wanted, prefer="local", dust_threshold=0))
+        skels = (dict(skeletonize(view, ids=present, prefer="local", dust_threshold=0))
+                 if view is not None else {})
         skel_dir = _layer_dir(vol, "skeletons")
         if skel_dir is not None:
             from ...formats.skeleton import write_skeletons
+            from ...formats.skeleton.precomputed import delete_skeletons
             from ...storage import join, read_json
 
             sinfo = read_json(join(remote.location, skel_dir), "info")
-            write_skeletons(remote.spec()["url"], skels, skel_dir=skel_dir,
-                            sharded=bool(sinfo.get("sharding")))
+            if skels:
+                write_skeletons(remote.spec()["url"], skels, skel_dir=skel_dir,
+                                sharded=bool(sinfo.get("sharding")))
+            delete_skeletons(remote.spec()["url"], gone, skel_dir=skel_dir)
         else:
             for i, sk in skels.items():
                 remote.put_skeleton(i, sk)
-        written += len(skels)
+            for i in gone:
+                with contextlib.suppress(RemoteNotFoundError):
+                    remote.delete_skeleton(i)
+        written += len(skels) + len(gone)
     return written

@@ -34,7 +34,7 @@ from .core import (
     one_edit_at_a_time,
 )
 from .dvid import _check_local_change, _check_local_edit, _check_local_split, _dvid_split
-from .remeshing import _check_remesh, _remesh
+from .remeshing import _check_remesh, _recorded_remesh, _remesh
 
 
 def split_kernel(labels: np.ndarray, label: int, seeds: Sequence[Sequence[Sequence[int]]] | None,
@@ -266,8 +266,8 @@ def split(seg: Any, id: Any, *, seeds: Any = None, image: Any = None,
         _forget_stats(vol)
     coarse = coarser_step(vol, hist, n, written, "split")
     hist.update(n, status="done", blocks=len(written), new_ids=[i for i in ids if i != label],
-                seconds=round(time.perf_counter() - t0, 3))
-    _remesh(vol, ids, remesh, [sbox])
+                seconds=round(time.perf_counter() - t0, 3), **_recorded_remesh(remesh))
+    _remesh(vol, {label, *ids}, remesh)
     return EditResult(n, "split", {}, tuple(i for i in ids if i != label), len(written), (sbox,),
                       Provenance("split", "local", vol.url, {"blocks": len(written),
                                                              "pieces": len(ids), **coarse}))

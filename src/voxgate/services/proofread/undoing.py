@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...errors import InvalidRequestError, PartialWriteError
+from ...errors import CapabilityNotSupportedError, InvalidRequestError, PartialWriteError
 from ...geometry import Box, whole_at_least
 from ...parallel import run_blocks
 from ...volume import Volume
@@ -16,6 +16,7 @@ from .._common import Provenance, as_volume, progress_bar
 from ..proofread_history import History, current_user
 from .core import EditResult, _forget_stats, _hist, _open, _recorded, one_edit_at_a_time
 from .dvid import _adopt_log, _check_local_undo, _dvid_log, _dvid_undo, _log_entries
+from .remeshing import _check_remesh, _remesh
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -136,4 +137,22 @@ def undo(seg: Any, n: int = 1, *, user: str | None = None, progress: bool = Fals
         out.append(EditResult(u, "undo", {}, (), written, (),
                               Provenance("undo", e.get("path", "local"), vol.url, {"undid": k})))
     _forget_stats(vol)
+    _remesh_undone(vol, todo[-n:])
     return out
+
+
+def _remesh_undone(vol: Volume, undone: list[dict[str, Any]]) -> None:
+    """Mesh / skeletonize again the ids of the undone edits that did (``remesh=``), as the
+    volume is now: the ids that are back get their meshes back, the ids the edits had made
+    (a split's pieces) lose theirs.  A layer that no longer has the directory is left alone."""
+    kinds = {e["remesh"] for e in undone if e.get("remesh")}
+    if not kinds:
+        return
+    meshes = bool(kinds & {"meshes", "both"})
+    skels = bool(kinds & {"skeletons", "both"})
+    remesh = "both" if meshes and skels else "meshes" if meshes else "skeletons"
+    try:
+        _check_remesh(vol, remesh)
+    except CapabilityNotSupportedError:
+        return
+    _remesh(vol, {int(i) for e in undone if e.get("remesh") for i in e.get("ids", [])}, remesh)
