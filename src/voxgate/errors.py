@@ -218,7 +218,12 @@ class PartialWriteError(VoxgateError, OSError):
 
 class VoxgateWarning(UserWarning):
     """Base class of the warnings voxgate gives (``warnings.simplefilter("error",
-    VoxgateWarning)`` turns them into errors)."""
+    VoxgateWarning)`` turns them into errors).  Its text never holds a credential
+    (:func:`redact`), whether it is made here or by ``warnings.warn(text, VoxgateWarning)``."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.args = tuple(redact(a) if isinstance(a, str) else a for a in args)
 
 
 class VoxelOrderWarning(VoxgateWarning):

@@ -17,7 +17,7 @@ import warnings
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidRequestError, RemoteNotFoundError, UnknownSchemeError
+from .errors import InvalidRequestError, RemoteNotFoundError, UnknownSchemeError, redact
 from .remotes.base import check_missing
 from .storage import split_url
 
@@ -87,7 +87,7 @@ def _load(scheme: str) -> type[Remote]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        msg = f"the {scheme}:// Remote ({target}) could not be imported: {exc}"
+        msg = redact(f"the {scheme}:// Remote ({target}) could not be imported: {exc}")
         warnings.warn(msg, stacklevel=3)
         raise UnknownSchemeError(msg) from exc
     cls: type[Remote] = getattr(module, attr)

@@ -84,7 +84,9 @@ tokens = {{ "{RW}" = "read-write", "{RO}" = "read" }}
 
 def start_rw_relay(directory: Path) -> RelayProcess:
     """A real relay with no channel configured (projects made through the bossDB dialect, their
-    data under ``directory/data``), the RW token read-write, reads open to all (the default)."""
+    data under ``directory/data``), the RW token read-write and the only one: with tokens
+    configured ``public_read`` defaults to false, so a request without it is refused, reads
+    included."""
     cfg = directory / "relay.toml"
     cfg.write_text(f'[server]\nstate_path = "{directory / "state.json"}"\n'
                    f'[auth]\ntokens = {{ "{RW}" = "read-write" }}\n')

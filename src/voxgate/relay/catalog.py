@@ -42,6 +42,7 @@ from ..errors import (
     redacting_logger,
 )
 from ..geometry import Vec
+from ..registry import resolve
 from ..remotes.base import Remote
 from ..storage import length_unit_nm
 from .cache import CachedRemote, TieredCache, UpstreamError, UpstreamTimeoutError
@@ -122,6 +123,23 @@ class ChannelEntry:
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.collection, self.experiment, self.name)
+
+
+def _serving_options(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` for opening ``url`` as a relay's upstream, kept open for the relay's run.
+
+    A store that locks its files while they are open for writing (HDF5: one writer or many
+    readers, across processes) is opened so it takes write access for each write only
+    (``hold_write=False``): held from the start, it kept every other process (a notebook
+    reading the file) out for the relay's whole run, and a notebook that had the file open
+    made the relay answer 502.  A channel's own ``hold_write`` option wins."""
+    try:
+        cls, _ = resolve(url)
+    except VoxgateError:  # (open_remote says what is wrong with the URL)
+        return options
+    if "hold_write" in cls.open_options and "hold_write" not in options:
+        return {**options, "hold_write": False}
+    return options
 
 
 def credential_fingerprint(options: dict[str, Any]) -> str:
@@ -365,7 +383,8 @@ class Catalog:
             epoch = self.meta_epoch(entry)  # (before the metadata is read)
             mode = "r+" if entry.writable else "r"
             try:
-                upstream: Remote = open_remote(entry.upstream_url, mode=mode, **options)
+                upstream: Remote = open_remote(entry.upstream_url, mode=mode,
+                                               **_serving_options(entry.upstream_url, options))
             except ReadOnlyError:
                 if mode == "r":
                     raise

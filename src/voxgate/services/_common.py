@@ -22,6 +22,7 @@ from ..errors import (
     RemoteExistsError,
     VoxgateError,
     VoxgateWarning,
+    redact,
 )
 from ..geometry import Box, Vec, VoxelSize
 from ..meta import Scale, VolumeMeta
@@ -245,4 +246,4 @@ def remove_scratch(tmp: tempfile.TemporaryDirectory[str] | None, location: str |
         try:
             remove_tree(location)
         except VoxgateError as exc:
-            warnings.warn(f"{what} at {location}: {exc}", VoxgateWarning, stacklevel=3)
+            warnings.warn(redact(f"{what} at {location}: {exc}"), VoxgateWarning, stacklevel=3)

@@ -46,6 +46,12 @@ class _SharedFile:
 
     HDF5 refuses to open a file for writing in a process that holds it open read-only, so
     the handle is reopened read-write (under the lock) the first time a writer needs it.
+
+    HDF5 also locks the file for as long as a handle has it open: a read-only handle lets
+    other processes read it (not write), a read-write one keeps every other process out.  A
+    Remote opened with ``hold_write=True`` (a *holder*) keeps the handle read-write until it
+    is closed; the others take write access for a write and give it back after it
+    (:meth:`give_back_write`), so the file is open read-only between their writes.
     """
 
     def __init__(self, path: str) -> None:
@@ -54,6 +60,8 @@ class _SharedFile:
         self.file: h5py.File | None = None
         self.writable = False
         self.users = 0
+        #: the users that hold write access from their open to their close
+        self.holders = 0
         self._datasets: dict[str, h5py.Dataset] = {}
         #: (device, inode) of the file the handle has open
         self.identity: tuple[int, int] | None = None
@@ -116,6 +124,13 @@ class _SharedFile:
         self.writable = writable or create
         return self.file
 
+    def give_back_write(self) -> None:
+        """After a write: close a read-write handle no holder needs, so the file is no longer
+        locked against other processes (the next use opens it read-only again).  The write
+        was flushed, so a reader opening the file next sees it.  Call under the lock."""
+        if self.writable and self.holders == 0 and not self.forked_writer:
+            self._close()
+
     def dataset(self, name: str) -> h5py.Dataset:
         """The open dataset ``name`` (kept open: its chunk cache lives as long as it does)."""
         ds = self._datasets.get(name)
@@ -169,7 +184,10 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _acquire(path: str, *, writable: bool, create: bool = False) -> _SharedFile:
+def _acquire(path: str, *, writable: bool, create: bool = False,
+             hold: bool = False) -> _SharedFile:
+    """The shared handle on ``path``, open (read-write when ``writable``) for one more user;
+    ``hold``: the user keeps write access until its :func:`_release`."""
     with _files_lock:
         shared = _files.get(path)
         if shared is not None and shared.replaced():
@@ -178,20 +196,26 @@ def _acquire(path: str, *, writable: bool, create: bool = False) -> _SharedFile:
         if shared is None:
             shared = _files[path] = _SharedFile(path)
         shared.users += 1
+        shared.holders += hold
     try:
         with shared.lock:
-            shared.ensure_open(writable=writable, create=create)
+            shared.ensure_open(writable=writable or hold, create=create)
     except BaseException:
-        _release(shared)
+        _release(shared, hold=hold)
         raise
     return shared
 
 
-def _release(shared: _SharedFile) -> None:
-    """One Remote is done with ``shared``; the last one closes the file (flushing it)."""
+def _release(shared: _SharedFile, *, hold: bool = False) -> None:
+    """One Remote is done with ``shared``; the last one closes the file (flushing it), the
+    last holder gives write access back."""
     with _files_lock:
         shared.users -= 1
+        shared.holders -= hold
         if shared.users > 0:
+            if hold and shared.holders == 0:
+                with shared.lock:
+                    shared.give_back_write()
             return
         if _files.get(shared.path) is shared:
             del _files[shared.path]

@@ -14,6 +14,7 @@ import numpy as np
 from ...errors import (
     CorruptChunkError,
     InvalidRequestError,
+    ReadOnlyError,
     RemoteExistsError,
     RemoteNotFoundError,
     VoxgateError,
@@ -59,6 +60,7 @@ _CONTIGUOUS_BLOCK = 64
 
 class HDF5Remote(Remote):
     scheme = "hdf5"
+    open_options = ("hold_write",)
     create_options = ("compression", "compression_level", "checksum")
 
     def __init__(
@@ -70,6 +72,7 @@ class HDF5Remote(Remote):
         channel_axis: bool,
         mode: str,
         storage_dtype: np.dtype[Any] | None = None,
+        holds: bool = False,
     ) -> None:
         self._shared = shared
         self.path = shared.path
@@ -82,8 +85,10 @@ class HDF5Remote(Remote):
         # read and written by reinterpreting the bytes, never by HDF5's clipping conversion
         self._storage_dtype = storage_dtype
         self.mode = mode
+        #: whether this Remote keeps the file open read-write from its open to its close
+        self._holds = holds
         self.url = f"hdf5://{self.path}#{name}"
-        self._finalizer = weakref.finalize(self, _release, shared)
+        self._finalizer = weakref.finalize(self, _release, shared, hold=holds)
 
     def close(self) -> None:
         """Stop using the file; the last Remote on a file closes it (which flushes it)."""
@@ -91,22 +96,47 @@ class HDF5Remote(Remote):
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
-    def open(cls, location: str, *, mode: str = "r", **options: Any) -> HDF5Remote:
+    def open(cls, location: str, *, mode: str = "r", hold_write: bool = True,
+             **options: Any) -> HDF5Remote:
+        """Open a volume of an HDF5 file.
+
+        HDF5 locks the file while it is open: many readers or one writer.  With ``mode="r+"``
+        the file is open read-write from here to :meth:`close` (no other process can open it,
+        not even to read) unless ``hold_write=False``: the file is then open read-only, and
+        each write (or :meth:`add_scales`) reopens it read-write, writes, flushes and closes
+        it, so between writes other processes can read the file (and see what was written).
+        A write while another process has the file open fails, saying it is locked.  The
+        relay opens its HDF5 upstreams so.
+        """
         check_options("hdf5://", options, cls.open_options, "open")
+        if not isinstance(hold_write, bool):
+            raise InvalidRequestError(f"hold_write must be true or false, got {hold_write!r}")
         path, name = _split(location)
-        shared = _acquire(path, writable=mode == "r+")
+        holds = mode == "r+" and hold_write
+        if mode == "r+" and not holds and os.path.exists(path) and not os.access(path, os.W_OK):
+            # (said now, as opening it read-write would: the file is not taken for writing
+            # until a write comes)
+            raise ReadOnlyError(f"cannot open {path} with mode 'r+': no permission to write it")
+        shared = _acquire(path, writable=holds, hold=holds)
         try:
             with shared.lock:
-                f = shared.ensure_open(writable=mode == "r+")
+                f = shared.ensure_open(writable=holds)
                 if name is None:
                     name = _resolve_default(f, path)
-                return cls._from_object(shared, f, name, mode)
+                return cls._from_object(shared, f, name, mode, holds)
         except BaseException:
-            _release(shared)
+            _release(shared, hold=holds)
             raise
 
+    def spec(self) -> dict[str, Any]:
+        out = super().spec()
+        if self.mode == "r+" and not self._holds:
+            out.setdefault("options", {})["hold_write"] = False
+        return out
+
     @classmethod
-    def _from_object(cls, shared: _SharedFile, f: h5py.File, name: str, mode: str) -> HDF5Remote:
+    def _from_object(cls, shared: _SharedFile, f: h5py.File, name: str, mode: str,
+                     holds: bool) -> HDF5Remote:
         where = f"{shared.path}#{name}"
         obj = f.get(name)
         if obj is None:
@@ -202,7 +232,7 @@ class HDF5Remote(Remote):
             fill_value = 0
         meta = VolumeMeta(dtype, tuple(scales), kind, channels, fill_value)
         name = "/" + name.strip("/")
-        return cls(shared, name, meta, datasets, channel_axis, mode, storage)
+        return cls(shared, name, meta, datasets, channel_axis, mode, storage, holds)
 
     @classmethod
     def exists(cls, location: str) -> bool:
@@ -302,40 +332,48 @@ class HDF5Remote(Remote):
         meta = self.meta
         with self._shared.lock:
             f = self._shared.ensure_open(writable=True)
-            first = f[self._datasets[0]]
-            filters = {
-                "compression": first.compression, "compression_opts": first.compression_opts,
-                "shuffle": first.shuffle, "fletcher32": first.fletcher32,
-            }
-            if len(self._datasets) == 1 and self._datasets[0] == self.name:
-                tmp = f"{self.name}__voxgate_s0"
-                f.move(self.name, tmp)
-                g = f.create_group(self.name)
-                f.move(tmp, f"{self.name}/s0")
-                g.attrs["multiScale"] = True
-                g.attrs["kind"] = meta.kind
-                g.attrs["voxel_size"] = list(meta.voxel_size.zyx())
-                g.attrs["unit"] = meta.voxel_size.unit
-                f[f"{self.name}/s0"].attrs["downsamplingFactors"] = [1.0, 1.0, 1.0]
-            vs0 = meta.voxel_size
-            # another tool's "scales" may be a flat list of 3 factors per scale
-            stated = np.asarray(f[self.name].attrs.get("scales", [1.0, 1.0, 1.0]), dtype=float)
-            factors = [list(g_) for g_ in stated.reshape(-1, 3)][: len(meta.scales)]
-            if len(factors) < len(meta.scales) or stated.size % 3:
-                factors = [[_plain(a / b) for a, b in zip(s.voxel_size.zyx(), vs0.zyx(),
-                                                          strict=True)] for s in meta.scales]
-            for sc in scales:
-                ds = _create_dataset(f, f"{self.name}/s{sc.index}", meta, sc, filters)
-                _write_scale_attrs(ds.attrs, meta, sc)
-                _follow_base_attrs(ds.attrs, f[f"{self.name}/s0"].attrs, sc)
-                fac = [_plain(a / b) for a, b in zip(sc.voxel_size.zyx(), vs0.zyx(), strict=True)]
-                ds.attrs["downsamplingFactors"] = fac
-                factors.append(fac)
-            f[self.name].attrs["scales"] = np.asarray(factors, dtype=float)
-            f.flush()
-        fresh = HDF5Remote.open(f"{self.path}#{self.name}", mode="r+")
+            try:
+                self._add_scales(f, meta, scales)
+            finally:
+                if not self._holds:
+                    self._shared.give_back_write()
+        fresh = HDF5Remote.open(f"{self.path}#{self.name}", mode="r+", hold_write=self._holds)
         self.meta, self._datasets = fresh.meta, fresh._datasets
         fresh.close()
+
+    def _add_scales(self, f: h5py.File, meta: VolumeMeta, scales: Sequence[Scale]) -> None:
+        """:meth:`add_scales` in the file ``f``, open read-write (under the lock)."""
+        first = f[self._datasets[0]]
+        filters = {
+            "compression": first.compression, "compression_opts": first.compression_opts,
+            "shuffle": first.shuffle, "fletcher32": first.fletcher32,
+        }
+        if len(self._datasets) == 1 and self._datasets[0] == self.name:
+            tmp = f"{self.name}__voxgate_s0"
+            f.move(self.name, tmp)
+            g = f.create_group(self.name)
+            f.move(tmp, f"{self.name}/s0")
+            g.attrs["multiScale"] = True
+            g.attrs["kind"] = meta.kind
+            g.attrs["voxel_size"] = list(meta.voxel_size.zyx())
+            g.attrs["unit"] = meta.voxel_size.unit
+            f[f"{self.name}/s0"].attrs["downsamplingFactors"] = [1.0, 1.0, 1.0]
+        vs0 = meta.voxel_size
+        # another tool's "scales" may be a flat list of 3 factors per scale
+        stated = np.asarray(f[self.name].attrs.get("scales", [1.0, 1.0, 1.0]), dtype=float)
+        factors = [list(g_) for g_ in stated.reshape(-1, 3)][: len(meta.scales)]
+        if len(factors) < len(meta.scales) or stated.size % 3:
+            factors = [[_plain(a / b) for a, b in zip(s.voxel_size.zyx(), vs0.zyx(),
+                                                      strict=True)] for s in meta.scales]
+        for sc in scales:
+            ds = _create_dataset(f, f"{self.name}/s{sc.index}", meta, sc, filters)
+            _write_scale_attrs(ds.attrs, meta, sc)
+            _follow_base_attrs(ds.attrs, f[f"{self.name}/s0"].attrs, sc)
+            fac = [_plain(a / b) for a, b in zip(sc.voxel_size.zyx(), vs0.zyx(), strict=True)]
+            ds.attrs["downsamplingFactors"] = fac
+            factors.append(fac)
+        f[self.name].attrs["scales"] = np.asarray(factors, dtype=float)
+        f.flush()
 
     def _selection(self, box: Box, scale: int) -> tuple[slice, ...]:
         origin = self.meta.scale(scale).offset
@@ -404,15 +442,20 @@ class HDF5Remote(Remote):
         dname = self._datasets[scale]
         with self._shared.lock:
             f = self._shared.ensure_open(writable=True)
-            ds = self._shared.dataset(dname)
             try:
-                if data.size:
-                    ds.write_direct(data, dest_sel=sel)
-                # HDF5 keeps written chunks in its cache; flushing makes a returned write stored
-                # (copy's journal counts on that) and keeps the file's metadata consistent
-                f.flush()
-            except OSError as exc:
-                raise self._locate_damage(ds, scale, box, exc, writing=True) from exc
+                ds = self._shared.dataset(dname)
+                try:
+                    if data.size:
+                        ds.write_direct(data, dest_sel=sel)
+                    # HDF5 keeps written chunks in its cache; flushing makes a returned write
+                    # stored (copy's journal counts on that) and keeps the file's metadata
+                    # consistent (and seen by the next process to open the file)
+                    f.flush()
+                except OSError as exc:
+                    raise self._locate_damage(ds, scale, box, exc, writing=True) from exc
+            finally:
+                if not self._holds:
+                    self._shared.give_back_write()
 
     def _locate_damage(
         self, ds: h5py.Dataset, scale: int, box: Box, exc: OSError, *, writing: bool = False
