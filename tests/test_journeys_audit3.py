@@ -133,11 +133,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         del vol
         pyramids[name] = [data, *downsample_scales(data, FACTORS, kind,
                                                    start=OFFSET if origin else None)]
-        # HDF5 channels read-only: a writable channel holds the file open for writing, and
-        # HDF5 then lets no other process open it
-        writable = "false" if url.startswith("hdf5://") else "true"
+        # (HDF5 channels writable too: the relay takes write access per write, so the file
+        # stays readable by other processes, this one included)
         channels += (f'[[channel]]\nname = "j/{name}/ch"\nupstream = "{url}"\n'
-                     f"writable = {writable}\n")
+                     "writable = true\n")
     cfg = d / "relay.toml"
     # reads open to all (CloudVolume and tensorstore send no boss token), writes need RW
     cfg.write_text(f'[server]\nhost = "127.0.0.1"\nstate_path = "{d / "state.json"}"\n'
