@@ -159,7 +159,9 @@ class AuthenticationError(VoxgateError, PermissionError):
 
 
 class CorruptChunkError(VoxgateError, OSError):
-    """A stored chunk could not be decoded.  ``chunk`` names it (a path, key or URL)."""
+    """A stored chunk could not be decoded, or a server's answer could not be understood (an
+    HTML page where JSON was due, JSON without the members it must have).  ``chunk`` names
+    it (a path, key or URL)."""
 
     def __init__(self, message: str, chunk: str | None = None) -> None:
         super().__init__(message)

@@ -9,14 +9,17 @@ Tokens are sent in headers only and never appear in errors, logs or reprs.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import socket
 import ssl
 import threading
 import time
 import urllib.request
 from collections.abc import Mapping
+from types import TracebackType
 from typing import Any
 from urllib.parse import urlparse
 
@@ -35,7 +38,7 @@ from ..errors import (
     redact,
 )
 
-__all__ = ["HTTPClient", "RequestTooLargeError", "ServerError"]
+__all__ = ["HTTPClient", "RequestTooLargeError", "ServerError", "json_of", "server_answer"]
 
 
 class ServerError(VoxgateError):
@@ -279,6 +282,84 @@ class HTTPClient:
             raise _as_httpx(exc, request) from exc
         finally:
             resp.release_conn()
+
+
+def json_of(resp: httpx.Response, what: str, kind: type | None = None) -> Any:
+    """The JSON document a server answered (of type ``kind`` when given: dict, list).
+
+    An answer that is no JSON (a proxy's or a login page's HTML sent with status 200, an
+    empty or cut-off body) or JSON of another type is a CorruptChunkError naming the URL
+    asked and what came back, never a raw JSONDecodeError or a TypeError further on."""
+    try:
+        url = redact(str(resp.request.url))
+    except RuntimeError:  # (a response made without a request)
+        url = "the server"
+    try:
+        doc = json.loads(resp.content)
+    except ValueError as exc:  # (UnicodeDecodeError too)
+        raise CorruptChunkError(
+            f"{what}: {url} answered HTTP {resp.status_code} with {_described(resp)}, not "
+            f"the JSON expected ({exc})", chunk=url) from None
+    if kind is not None and not isinstance(doc, kind):
+        want = _WANTED.get(kind, kind.__name__)
+        got = "null" if doc is None else f"a JSON {_JSON_TYPES.get(type(doc), 'value')}"
+        raise CorruptChunkError(
+            f"{what}: {url} answered {got} ({_shown(resp.content)}) where {want} was expected",
+            chunk=url)
+    return doc
+
+
+_WANTED: dict[type, str] = {dict: "a JSON object", list: "a JSON list"}
+_JSON_TYPES: dict[type, str] = {dict: "object", list: "list", str: "string", int: "number",
+                                float: "number", bool: "boolean"}
+
+
+def server_answer(what: str) -> _ServerAnswer:
+    """A context (reusable) around code that reads the members of a server's JSON answers:
+    a member that is missing or of the wrong type (KeyError, TypeError, ValueError, ...)
+    becomes a CorruptChunkError that says ``what`` (name the URL in it) and what was wrong."""
+    return _ServerAnswer(what)
+
+
+class _ServerAnswer:
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        # (returns None: the exception, when not replaced, goes on)
+        if exc is None or isinstance(exc, VoxgateError):
+            return
+        if isinstance(exc, KeyError):
+            raise CorruptChunkError(f"{self.what}: the member {exc.args[0]!r} is missing"
+                                    ) from None
+        if isinstance(exc, (TypeError, ValueError, AttributeError, IndexError)):
+            raise CorruptChunkError(f"{self.what}: {type(exc).__name__}: {exc}") from None
+
+
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+def _described(resp: httpx.Response) -> str:
+    """What a body that should have been JSON is, in a few words."""
+    body = resp.content
+    if not body:
+        return "an empty body"
+    ctype = resp.headers.get("content-type", "").split(";")[0].strip() or "no Content-Type"
+    if "html" in ctype or body.lstrip()[:1] == b"<":
+        title = _TITLE.search(body[:4096])
+        named = f" titled {title.group(1).decode(errors='replace').strip()[:80]!r}" if title else ""
+        return f"an HTML page{named} ({len(body)} bytes, {ctype})"
+    return f"{len(body)} bytes of {ctype}: {_shown(body)}"
+
+
+def _shown(body: bytes) -> str:
+    """The start of a body, for an error message."""
+    text = body[:80].decode("utf-8", errors="replace")
+    return repr(text) + ("..." if len(body) > 80 else "")
 
 
 def _proxied(url: str) -> bool:

@@ -45,7 +45,7 @@ import re
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import tensorstore as ts
@@ -535,7 +535,7 @@ class N5Remote(Remote):
         dtype = np.dtype(store.dtype.numpy_dtype)
         info = _info(attrs)
         scale, arr, channels = cls._scale(0, location, store, attrs, info, _NO_GROUP)
-        kind = info.get("kind") or _guess_kind(dtype)
+        kind = _kind(info, dtype, join(location, "attributes.json"))
         meta = VolumeMeta(dtype, (scale,), kind, channels, 0)
         return cls(location, meta, [arr], [location], mode)
 
@@ -546,6 +546,11 @@ class N5Remote(Remote):
         while kvstore_exists(location, f"s{len(paths)}/attributes.json"):
             paths.append(join(location, f"s{len(paths)}"))
         all_attrs = [read_json(path, "attributes.json") for path in paths]
+        for path, attrs in zip(paths, all_attrs, strict=True):
+            if not isinstance(attrs, dict):
+                raise InvalidRequestError(
+                    f"{join(path, 'attributes.json')} is not N5 metadata: a JSON object was "
+                    f"expected, not {type(attrs).__name__ if attrs is not None else 'null'}")
         group_factors = _group_factors(location, group)
         # the group's lists are in the order of its own "axes", else in that of s0's
         order = _xyz_order(group.get("axes")) or _xyz_order(all_attrs[0].get("axes")) or _XYZ
@@ -583,7 +588,7 @@ class N5Remote(Remote):
             scales.append(scale)
             arrays.append(arr)
         assert dtype is not None
-        kind = ginfo.get("kind") or _guess_kind(dtype)
+        kind = _kind(ginfo, dtype, where)
         meta = VolumeMeta(dtype, tuple(scales), kind, channels, 0)
         return cls(location, meta, arrays, paths, mode)
 
@@ -1086,6 +1091,17 @@ def _info(attrs: dict[str, Any]) -> dict[str, Any]:
     """The ``voxgate`` attribute: what voxgate wrote for itself (empty for foreign files)."""
     info = attrs.get("voxgate")
     return info if isinstance(info, dict) else {}
+
+
+def _kind(info: dict[str, Any], dtype: np.dtype[Any], where: str) -> Kind:
+    """The kind voxgate wrote in ``voxgate.kind``, else guessed from the dtype; any other
+    value is refused naming the file."""
+    kind = info.get("kind") or _guess_kind(dtype)
+    if kind not in ("image", "segmentation"):
+        raise InvalidRequestError(
+            f"{where} gives the kind {kind!r} (voxgate.kind); it must be 'image' or "
+            "'segmentation'")
+    return cast(Kind, kind)
 
 
 def _optional_json(location: str, key: str) -> dict[str, Any]:

@@ -238,13 +238,17 @@ def _gcs_failure(exc: BaseException, location: str, what: str,
     """A first request to a gs:// bucket (or an http(s)/s3 host) that failed, with where
     credentials came from for gs:// and the endpoint for s3:// (``spec`` opened it)."""
     error = _translate(exc, what)
+    # (``what`` names the location most often: "reading info of URL"; said once)
+    named = location in what
     if _gcs_bucket(location) is None:
         if isinstance(error, RemoteUnavailableError):
+            where = location if not named else "the server"
             if location.startswith("s3://"):
-                location += " at " + _s3_endpoint(spec if spec is not None
-                                                  else kvstore_spec(location))
+                where = location if not named else f"the bucket {urlparse(location).netloc!r}"
+                where += " at " + _s3_endpoint(spec if spec is not None
+                                               else kvstore_spec(location))
             return RemoteUnavailableError(
-                f"{what}: {location} could not be reached ({exc}); gave up after "
+                f"{what}: {where} could not be reached ({exc}); gave up after "
                 f"{GCS_FIRST_CONTACT_RETRIES['max_retries']} retries of the first request to "
                 "this host: check the address and that the server is running")
         return error
@@ -262,7 +266,8 @@ def _gcs_failure(exc: BaseException, location: str, what: str,
             advice += ("; for a private bucket run `gcloud auth application-default login` or "
                        "set GOOGLE_APPLICATION_CREDENTIALS=/path/to/key.json")
         return type(error)(
-            f"{what}: {location} could not be read ({exc}); Google credentials: {creds}; "
+            f"{what}: {location if not named else 'the bucket'} could not be read ({exc}); "
+            f"Google credentials: {creds}; "
             f"{advice}"
         )
     return error

@@ -11,6 +11,7 @@ import numpy as np
 
 from ...errors import InvalidRequestError, RemoteExistsError, RemoteNotFoundError, redact
 from ...geometry import Box, VoxelSize
+from .._http import json_of, server_answer
 from .client import _client, boss_settings, check_name
 
 _UNIT_NM = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
@@ -33,13 +34,22 @@ class BossProject:
     def __repr__(self) -> str:
         return redact(f"<BossProject {self.settings.url}>")
 
-    def _get(self, path: str, what: str, idempotent: bool = True) -> Any:
-        return self.client.request("GET", path, what=what, idempotent=idempotent).json()
+    def _get(self, path: str, what: str, idempotent: bool = True) -> dict[str, Any]:
+        """The JSON object of a GET (every bossDB record and listing is one); what the
+        server answers that is none, or no JSON, is a CorruptChunkError naming the URL."""
+        resp = self.client.request("GET", path, what=what, idempotent=idempotent)
+        return dict(json_of(resp, what, dict))
+
+    def _member(self, path: str, what: str, key: str, idempotent: bool = True) -> Any:
+        """One member of a GET's JSON object (CorruptChunkError naming the URL if missing)."""
+        doc = self._get(path, what, idempotent)
+        with server_answer(f"{what}: {self.settings.url}{path.split('?')[0]} answered"):
+            return doc[key]
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None, expect: int,
               what: str) -> Any:
         resp = self.client.request(method, path, json=body, expect=expect, what=what)
-        return resp.json() if resp.content else None
+        return json_of(resp, what, dict) if resp.content else None
 
     def _create(self, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
         """POST a new resource.  bossDB answers an existing name with a 400 (its serializer's
@@ -57,7 +67,7 @@ class BossProject:
 
     # collections
     def list_collections(self) -> list[str]:
-        return list(self._get("/v1/collection/", "listing collections")["collections"])
+        return _names(self._member("/v1/collection/", "listing collections", "collections"))
 
     def get_collection(self, c: str) -> dict[str, Any]:
         return dict(self._get(f"/v1/collection/{check_name(c, 'collection')}", f"collection {c}"))
@@ -78,8 +88,8 @@ class BossProject:
 
     # experiments
     def list_experiments(self, c: str) -> list[str]:
-        return list(self._get(f"/v1/collection/{check_name(c, 'collection')}/experiment/",
-                              f"listing experiments of {c}")["experiments"])
+        return _names(self._member(f"/v1/collection/{check_name(c, 'collection')}/experiment/",
+                                   f"listing experiments of {c}", "experiments"))
 
     def _exp(self, c: str, e: str) -> str:
         return (f"/v1/collection/{check_name(c, 'collection')}/experiment/"
@@ -110,7 +120,7 @@ class BossProject:
 
     # coordinate frames
     def list_coordinate_frames(self) -> list[str]:
-        return list(self._get("/v1/coord/", "listing coordinate frames")["coords"])
+        return _names(self._member("/v1/coord/", "listing coordinate frames", "coords"))
 
     def get_coordinate_frame(self, name: str) -> dict[str, Any]:
         return dict(self._get(f"/v1/coord/{check_name(name, 'coordinate frame')}",
@@ -143,8 +153,8 @@ class BossProject:
 
     # channels
     def list_channels(self, c: str, e: str) -> list[str]:
-        return list(self._get(self._exp(c, e) + "/channel/",
-                              f"listing channels of {c}/{e}")["channels"])
+        return _names(self._member(self._exp(c, e) + "/channel/",
+                                   f"listing channels of {c}/{e}", "channels"))
 
     def _chan(self, c: str, e: str, ch: str) -> str:
         return self._exp(c, e) + f"/channel/{check_name(ch, 'channel')}"
@@ -192,23 +202,26 @@ class BossProject:
 
     def ids_in_region(self, c: str, e: str, ch: str, box: Box, scale: int = 0) -> np.ndarray:
         x, y, z = (f"{a}:{b}" for a, b in zip(box.start.xyz(), box.stop.xyz(), strict=True))
-        data = self._get(f"/v1/ids/{self._data(c, e, ch)}/{int(scale)}/{x}/{y}/{z}/",
-                         "ids in region")
-        return np.array(sorted(int(i) for i in data["ids"]), dtype=np.uint64)
+        path = f"/v1/ids/{self._data(c, e, ch)}/{int(scale)}/{x}/{y}/{z}/"
+        ids = self._member(path, "ids in region", "ids")
+        with server_answer(f"ids in region: {self.settings.url}{path} answered"):
+            return np.array(sorted(int(i) for i in ids), dtype=np.uint64)
 
     def bounding_box(self, c: str, e: str, ch: str, ident: int, scale: int = 0, *,
                      tight: bool = True) -> Box:
-        d = self._get(f"/v1/boundingbox/{self._data(c, e, ch)}/{int(scale)}/{int(ident)}/?type="
-                      f"{'tight' if tight else 'loose'}", f"bounding box of {ident}")
-        return Box((d["z_range"][0], d["y_range"][0], d["x_range"][0]),
-                   (d["z_range"][1], d["y_range"][1], d["x_range"][1]))
+        path = f"/v1/boundingbox/{self._data(c, e, ch)}/{int(scale)}/{int(ident)}/"
+        d = self._get(f"{path}?type={'tight' if tight else 'loose'}", f"bounding box of {ident}")
+        with server_answer(f"bounding box of {ident}: {self.settings.url}{path} answered"):
+            return _range_box(d)
 
     def reserve_ids(self, c: str, e: str, ch: str, count: int) -> int:
         if int(count) < 1:
             raise InvalidRequestError(f"reserve at least one id, not {count}")
         # (a GET that takes ids: sent again after a 5xx, it would take a second range)
-        return int(self._get(f"/v1/reserve/{self._data(c, e, ch)}/{int(count)}",
-                             "reserving ids", idempotent=False)["start_id"])
+        path = f"/v1/reserve/{self._data(c, e, ch)}/{int(count)}"
+        start = self._member(path, "reserving ids", "start_id", idempotent=False)
+        with server_answer(f"reserving ids: {self.settings.url}{path} answered"):
+            return int(start)
 
     # downsampling
     def downsample_status(self, c: str, e: str, ch: str) -> dict[str, Any]:
@@ -224,7 +237,7 @@ class BossProject:
 
     # groups and permissions (as the server offers them)
     def list_groups(self) -> list[str]:
-        return list(self._get("/v1/groups/", "listing groups")["groups"])
+        return _names(self._member("/v1/groups/", "listing groups", "groups"))
 
     def create_group(self, name: str) -> None:
         self._send("POST", f"/v1/groups/{check_name(name, 'group')}/", None, 201,
@@ -242,8 +255,22 @@ class BossProject:
         if ch:
             params["channel"] = ch
         query = "&".join(f"{k}={quote(v)}" for k, v in params.items())
-        sets = self._get(f"/v1/permissions/?{query}", "listing permissions")["permission-sets"]
-        return list(sets[0]["permissions"]) if sets else []
+        sets = self._member(f"/v1/permissions/?{query}", "listing permissions", "permission-sets")
+        with server_answer(f"listing permissions: {self.settings.url}/v1/permissions/ answered"):
+            return list(sets[0]["permissions"]) if sets else []
+
+
+def _names(value: Any) -> list[str]:
+    """A listing's names (TypeError, for server_answer, when it is not a list of them)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"a list of names was expected, not {value!r:.80}")
+    return value
+
+
+def _range_box(d: dict[str, Any]) -> Box:
+    """A bounding box answer's ``z_range``, ``y_range``, ``x_range`` ([start, stop] each)."""
+    return Box((int(d["z_range"][0]), int(d["y_range"][0]), int(d["x_range"][0])),
+               (int(d["z_range"][1]), int(d["y_range"][1]), int(d["x_range"][1])))
 
 
 class BossMetadata(MutableMapping[str, str]):
@@ -265,7 +292,9 @@ class BossMetadata(MutableMapping[str, str]):
                                                 what=f"metadata {key}")
         except InvalidRequestError:
             raise KeyError(key) from None
-        return str(resp.json()["value"])
+        doc = json_of(resp, f"metadata {key}", dict)
+        with server_answer(f"metadata {key}: {resp.request.url} answered"):
+            return str(doc["value"])
 
     def __setitem__(self, key: str, value: str) -> None:
         method, expect = ("PUT", 200) if key in self else ("POST", 201)
@@ -281,7 +310,9 @@ class BossMetadata(MutableMapping[str, str]):
 
     def __iter__(self) -> Iterator[str]:
         resp = self._project.client.request("GET", self._path, what="listing metadata")
-        return iter(list(resp.json()["keys"]))
+        doc = json_of(resp, "listing metadata", dict)
+        with server_answer(f"listing metadata: {resp.request.url} answered"):
+            return iter(_names(doc["keys"]))
 
     def __len__(self) -> int:
         return len(list(iter(self)))

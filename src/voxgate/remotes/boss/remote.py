@@ -25,10 +25,10 @@ from ...errors import (
 )
 from ...geometry import Box, Vec, VoxelSize, origin_grid_bounds
 from ...meta import PyramidAnchor, Scale, VolumeMeta
-from .._http import RequestTooLargeError
+from .._http import RequestTooLargeError, json_of, server_answer
 from ..base import Capability, Remote, check_options, check_same_volume
 from .client import BossSettings, _client, _parse_location, boss_settings
-from .project import _DTYPES, _UNIT_NM, BossProject
+from .project import _DTYPES, _UNIT_NM, BossProject, _range_box
 
 __all__ = ["BossDBRemote"]
 
@@ -179,24 +179,41 @@ class BossDBRemote(Remote):
         except RemoteNotFoundError as exc:
             raise self._not_found(exc) from None
         exp = self.project.get_experiment(c, e)
-        frame = self.project.get_coordinate_frame(exp["coord_frame"])
+        # (what the server answered, read member by member: a member missing or of another
+        # type is a CorruptChunkError naming this URL, not a KeyError or TypeError)
+        answered = server_answer(f"{self.url}: the channel, experiment and coordinate frame "
+                                 "records the server answered do not describe a volume")
+        with answered:
+            frame_name = exp["coord_frame"]
+            if not isinstance(frame_name, str):
+                raise TypeError(f"the experiment's coord_frame is {frame_name!r}, not a name")
+        try:
+            frame = self.project.get_coordinate_frame(frame_name)
+        except RemoteNotFoundError as exc:
+            raise RemoteNotFoundError(
+                f"{self.url}: the experiment's coordinate frame {frame_name!r} does not exist "
+                f"({exc})") from None
         self.channel_record, self.experiment_record, self.frame_record = chan, exp, frame
-        samples = int(exp.get("num_time_samples") or 1)
-        self.time = int(chan.get("default_time_sample") or 0) if time is None else int(time)
+        with answered:
+            samples = int(exp.get("num_time_samples") or 1)
+            default_time = int(chan.get("default_time_sample") or 0)
+            base_resolution = int(chan.get("base_resolution") or 0)
+        self.time = default_time if time is None else int(time)
         if not 0 <= self.time < samples:
             raise InvalidRequestError(f"time {self.time} is outside 0..{samples - 1}")
         self._samples = samples
         #: the channel's base_resolution: scale k is bossDB resolution base + k, the
         #: resolutions a cutout may name running from it (bosscore/request.py
         #: validate_resolution: range(base, base + num_hierarchy_levels))
-        self.base_resolution = int(chan.get("base_resolution") or 0)
+        self.base_resolution = base_resolution
         if not 0 <= self.base_resolution <= 9:
             # (bossDB's cutout URLs take a one-digit resolution: bossspatialdb/urls.py)
             raise CapabilityNotSupportedError(
                 f"{self.url}: the channel's base_resolution is {self.base_resolution}; a bossDB "
                 "cutout URL names a resolution from 0 to 9")
         sizes, anchor = self._levels(exp)
-        self.meta = _meta(chan, exp, frame, sizes)
+        with answered:
+            self.meta = _meta(chan, exp, frame, sizes, self.url)
         #: the scales a write may go to: bossDB's spdb writes a channel's base resolution and
         #: the one above it only (SpatialDB.write_cuboid, "Resolution Mismatch"), scales 0
         #: and 1 here; a voxgate relay (which names its pyramid's anchor) writes every level
@@ -223,8 +240,7 @@ class BossDBRemote(Remote):
             except RemoteNotFoundError:
                 missing = what
                 break
-        return RemoteNotFoundError(f"{self.url}: bossDB {missing} does not exist on "
-                                   f"{self.settings.url} ({exc})")
+        return RemoteNotFoundError(f"{self.url}: bossDB {missing} does not exist ({exc})")
 
     def _segmentation_only(self, what: str, refusal: str) -> None:
         """Refused without a request on an image channel, in the words bossDB's answer
@@ -457,7 +473,9 @@ class BossDBRemote(Remote):
         for slab in slabs:
             resp = self.client.request("GET", self._path("ids", slab, scale),
                                        what=f"ids in {slab!r} of {self.url}")
-            found.update(int(i) for i in resp.json()["ids"])
+            doc = json_of(resp, f"ids in {slab!r} of {self.url}", dict)
+            with server_answer(f"ids in {slab!r} of {self.url}: {resp.request.url} answered"):
+                found.update(int(i) for i in doc["ids"])
         return np.array(sorted(found), dtype=np.uint64)
 
     def ids_and_boxes(self, box: Box, scale: int = 0
@@ -477,8 +495,10 @@ class BossDBRemote(Remote):
                                        what=f"ids in {box!r} of {self.url}")
         except RequestTooLargeError:  # (bossDB's cutout limit: its ids come in slabs)
             return self.ids_in(box, scale), None
-        d = resp.json()
-        ids = np.array([int(i) for i in d["ids"]], dtype=np.uint64)
+        d = json_of(resp, f"ids in {box!r} of {self.url}", dict)
+        answered = server_answer(f"ids in {box!r} of {self.url}: {resp.request.url} answered")
+        with answered:
+            ids = np.array([int(i) for i in d["ids"]], dtype=np.uint64)
         if "boxes" not in d:
             return np.unique(ids), None
         n = len(ids)
@@ -488,7 +508,8 @@ class BossDBRemote(Remote):
             if key not in d:
                 continue
             shape = (n,) if width is None else (n, width)
-            a = np.asarray(d[key], dtype=dtype)
+            with answered:
+                a = np.asarray(d[key], dtype=dtype)
             if a.shape != shape and not (a.size == n == 0):
                 raise VoxgateError(f"{self.url} answered {n} ids with {key} of shape "
                                    f"{a.shape}; expected one per id")
@@ -511,10 +532,11 @@ class BossDBRemote(Remote):
         resp = self.client.request(
             "GET", f"/v1/boundingbox/{self.collection}/{self.experiment}/{self.channel}/"
                    f"{self.resolution(scale)}/{int(ident)}/?type={kind}",
-            what=f"bounding box of {ident}")
-        d = resp.json()
-        return Box((d["z_range"][0], d["y_range"][0], d["x_range"][0]),
-                   (d["z_range"][1], d["y_range"][1], d["x_range"][1]))
+            what=f"bounding box of {ident} in {self.url}")
+        d = json_of(resp, f"bounding box of {ident} in {self.url}", dict)
+        with server_answer(f"bounding box of {ident} in {self.url}: {resp.request.url} "
+                           "answered"):
+            return _range_box(d)
 
     def reserve_ids(self, count: int) -> int:
         """Reserve ``count`` new ids; returns the first."""
@@ -523,8 +545,10 @@ class BossDBRemote(Remote):
             raise InvalidRequestError(f"reserve at least one id, not {count}")
         resp = self.client.request(
             "GET", f"/v1/reserve/{self.collection}/{self.experiment}/{self.channel}/{int(count)}",
-            what="reserving ids")
-        return int(resp.json()["start_id"])
+            what=f"reserving ids in {self.url}")
+        doc = json_of(resp, f"reserving ids in {self.url}", dict)
+        with server_answer(f"reserving ids in {self.url}: {resp.request.url} answered"):
+            return int(doc["start_id"])
 
     def close(self) -> None:
         if self._pool is not None:
@@ -549,10 +573,14 @@ def _factors(levels: Any, k: int, iso: bool) -> Vec:
 
 
 def _meta(chan: dict[str, Any], exp: dict[str, Any], frame: dict[str, Any],
-          levels: Any = None) -> VolumeMeta:
+          levels: Any = None, url: str = "") -> VolumeMeta:
     dtype = chan.get("datatype")
+    if not isinstance(dtype, str):
+        raise TypeError(f"the channel's datatype is {dtype!r}")
     if dtype not in _DTYPES:
-        raise CapabilityNotSupportedError(f"bossDB datatype {dtype!r} is not supported")
+        raise CapabilityNotSupportedError(
+            f"{url}: bossDB datatype {dtype!r} is not supported (voxgate reads "
+            f"{', '.join(_DTYPES)})")
     unit = _UNIT_NM.get(frame.get("voxel_unit", "nanometers"), 1.0)
     start = Vec(int(frame["z_start"]), int(frame["y_start"]), int(frame["x_start"]))
     stop = Vec(int(frame["z_stop"]), int(frame["y_stop"]), int(frame["x_stop"]))

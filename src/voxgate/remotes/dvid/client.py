@@ -17,7 +17,7 @@ from ...errors import (
     RemoteNotFoundError,
     VoxgateError,
 )
-from .._http import HTTPClient
+from .._http import HTTPClient, json_of, server_answer
 
 
 class LabelNotFoundError(RemoteNotFoundError):
@@ -123,3 +123,17 @@ def _call(client: HTTPClient, method: str, path: str, *, what: str,
         if err is exc:
             raise
         raise err from None
+
+
+def answered(resp: httpx.Response, what: str, kind: type | None = dict) -> Any:
+    """The JSON a DVID server answered (a JSON object by default): anything else, or no
+    JSON (an HTML page of a proxy, an empty or cut-off body), is a CorruptChunkError naming
+    the URL."""
+    return json_of(resp, what, kind)
+
+
+def answered_int(resp: httpx.Response, what: str, key: str) -> int:
+    """The integer member ``key`` of the JSON object a DVID server answered."""
+    doc = answered(resp, what)
+    with server_answer(f"{what}: {resp.request.url} answered"):
+        return int(doc[key])

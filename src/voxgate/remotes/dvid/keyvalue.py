@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, MutableMapping
+from typing import Any
 from urllib.parse import quote
 
 from ...errors import (
@@ -12,8 +13,8 @@ from ...errors import (
     redact,
 )
 from ...formats.dvid_proto import decode_keyvalues, encode_keys, encode_keyvalues
-from .._http import HTTPClient
-from .client import _call
+from .._http import HTTPClient, server_answer
+from .client import _call, answered
 
 
 # -- keyvalue -------------------------------------------------------------------------------------
@@ -77,14 +78,16 @@ class DVIDKeyValue(MutableMapping[str, bytes]):
         return len(self.keys_list())
 
     def keys_list(self) -> list[str]:
-        return list(_call(self.client, "GET", f"{self._base}/keys",
-                          what=f"keys of {self.name}").json())
+        return _keys(answered(_call(self.client, "GET", f"{self._base}/keys",
+                                    what=f"keys of {self.name}"), f"keys of {self.name}", list),
+                     f"keys of {self.name}")
 
     def keys_between(self, first: str, last: str) -> list[str]:
         """Keys ``first <= key <= last`` (byte-wise order, both ends inclusive, like DVID)."""
-        return list(_call(self.client, "GET",
-                          f"{self._base}/keyrange/{self._k(first)}/{self._k(last)}",
-                          what=f"key range of {self.name}").json())
+        what = f"key range of {self.name}"
+        return _keys(answered(_call(self.client, "GET",
+                                    f"{self._base}/keyrange/{self._k(first)}/{self._k(last)}",
+                                    what=what), what, list), what)
 
     def items_between(self, first: str, last: str) -> dict[str, bytes]:
         """Keys and values with ``first <= key <= last``, in one request."""
@@ -105,3 +108,11 @@ class DVIDKeyValue(MutableMapping[str, bytes]):
         """Store several values in one request."""
         _call(self.client, "POST", f"{self._base}/keyvalues", content=encode_keyvalues(items),
               what=f"storing {len(items)} keys", idempotent=True)
+
+
+def _keys(doc: list[Any], what: str) -> list[str]:
+    """The key names of a keys/keyrange answer (a JSON list of strings)."""
+    with server_answer(f"{what}: the server answered"):
+        if not all(isinstance(k, str) for k in doc):
+            raise TypeError(f"a list of key names was expected, not {doc!r:.80}")
+    return doc

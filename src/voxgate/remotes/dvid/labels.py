@@ -33,8 +33,8 @@ from ...formats.dvid_block import (
     rles_to_coordinates,
 )
 from ...geometry import Box, Vec, whole_at_least
-from .._http import HTTPClient
-from .client import LabelNotFoundError, _call
+from .._http import HTTPClient, server_answer
+from .client import LabelNotFoundError, _call, answered, answered_int
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,9 @@ class DVIDLabels:
 
     def _json_list(self, resp: httpx.Response) -> np.ndarray:
         # parse integers exactly: ids above 2^53 must not pass through a float
-        return np.array(json.loads(resp.content, parse_int=int), dtype=np.uint64)
+        doc = answered(resp, "labels", list)
+        with server_answer(f"labels: {resp.request.url} answered"):
+            return np.array([int(v) for v in doc], dtype=np.uint64)
 
     def _check_points(self, scale: int) -> None:
         """``label`` / ``labels`` are answered by every label type, but a labelblk holds one
@@ -146,7 +148,7 @@ class DVIDLabels:
         self._check_points(scale)
         resp = _call(self.client, "GET", f"{self._base}/label/{x}_{y}_{z}"
                      + self._q(scale, supervoxels), what=f"label at (z, y, x) {(z, y, x)}")
-        return int(json.loads(resp.content)["Label"])
+        return answered_int(resp, f"label at (z, y, x) {(z, y, x)}", "Label")
 
     def labels_at(self, points: Iterable[Iterable[Any]], *, scale: int = 0,
                   supervoxels: bool = False) -> np.ndarray:
@@ -169,7 +171,7 @@ class DVIDLabels:
                          + self._q(0, supervoxels), what=f"size of label {lab}")
         except RemoteNotFoundError:
             raise LabelNotFoundError(f"label {lab} has no voxels at node {self.node}") from None
-        return int(resp.json()["voxels"])
+        return answered_int(resp, f"size of label {lab}", "voxels")
 
     def sizes(self, labels: Iterable[int], *, supervoxels: bool = False) -> np.ndarray:
         """Voxel counts (0 for labels that do not exist); on a labelarray one sparse volume
@@ -250,7 +252,7 @@ class DVIDLabels:
         resp = _call(self.client, "GET", f"{self._base}/supervoxel-splits",
                      what="the supervoxel splits")
         # [uuid, [[mutid, supervoxel, remain, split], ...], uuid, [...], ...]
-        doc = resp.json()
+        doc = answered(resp, "the supervoxel splits", list)
         return any(isinstance(item, list) and item for item in doc)
 
     def merge(self, target: int, others: Iterable[int]) -> int:
@@ -281,13 +283,13 @@ class DVIDLabels:
                      what=what)
         if not resp.content.strip():
             return 0
-        return int(json.loads(resp.content, parse_int=int)["MutationID"])
+        return answered_int(resp, what, "MutationID")
 
     def _instance_info(self) -> dict[str, Any]:
         if self._info is None:
             resp = _call(self.client, "GET", f"{self._base}/info",
                          what=f"the info of instance {self.name}")
-            self._info = dict(resp.json())
+            self._info = dict(answered(resp, f"the info of instance {self.name}"))
         return self._info
 
     def _array_levels(self) -> tuple[int, Vec] | None:
@@ -385,7 +387,7 @@ class DVIDLabels:
                                if self.typename == "labelarray" else "")
         resp = _call(self.client, "POST", f"{self._base}/cleave/{lab}", content=json.dumps(svs),
                      what=f"cleaving {len(svs)} supervoxels from {lab}")
-        return int(resp.json()["CleavedLabel"])
+        return answered_int(resp, f"cleaving {len(svs)} supervoxels from {lab}", "CleavedLabel")
 
     def split(self, body: int, rles: bytes, *, splitlabel: int | None = None
               ) -> tuple[int, int]:
@@ -428,8 +430,9 @@ class DVIDLabels:
             self._check_array_split(lab, rles, f"splitting label {lab}")
         resp = _call(self.client, "POST", f"{self._base}/split/{lab}{query}", content=rles,
                      what=f"splitting label {lab}" + (f" into {splitlabel}" if query else ""))
-        d = json.loads(resp.content, parse_int=int)
-        return int(d["label"]), int(d.get("MutationID", 0))
+        d = answered(resp, f"splitting label {lab}")
+        with server_answer(f"splitting label {lab}: {resp.request.url} answered"):
+            return int(d["label"]), int(d.get("MutationID", 0))
 
     def split_coarse(self, body: int, block_rles: bytes, *, splitlabel: int | None = None
                      ) -> int:
@@ -492,7 +495,7 @@ class DVIDLabels:
         resp = _call(self.client, "POST", f"{self._base}/split-coarse/{lab}{query}",
                      content=bytes(block_rles),
                      what=f"coarse split of label {lab}" + (f" into {to}" if query else ""))
-        return int(json.loads(resp.content, parse_int=int)["label"])
+        return answered_int(resp, f"coarse split of label {lab}", "label")
 
     def _check_coarse_split(self, lab: int, runs: np.ndarray) -> None:
         """The downres check of :meth:`split_coarse`: splitBlock (coarse: Block.ReplaceLabel)
@@ -541,12 +544,12 @@ class DVIDLabels:
     def maxlabel(self) -> int:
         self._need_index("tell its largest label", "GET maxlabel")
         resp = _call(self.client, "GET", f"{self._base}/maxlabel", what="maxlabel")
-        return int(json.loads(resp.content)["maxlabel"])
+        return answered_int(resp, "maxlabel", "maxlabel")
 
     def next_label(self) -> int:
         self._need_index("tell its next label", "GET nextlabel")
         resp = _call(self.client, "GET", f"{self._base}/nextlabel", what="nextlabel")
-        return int(json.loads(resp.content)["nextlabel"])
+        return answered_int(resp, "nextlabel", "nextlabel")
 
     def reserve_ids(self, count: int) -> int:
         """Reserve ``count`` new label ids (``POST nextlabel``); returns the first (labelmap
@@ -558,7 +561,7 @@ class DVIDLabels:
                                if self.typename == "labelarray" else "")
         resp = _call(self.client, "POST", f"{self._base}/nextlabel/{count}",
                      what=f"reserving {count} ids")
-        return int(json.loads(resp.content)["start"])
+        return answered_int(resp, f"reserving {count} ids", "start")
 
     def _sv_query(self, scale: int, supervoxels: bool, box: Box | None) -> str:
         parts = [f"scale={int(scale)}"] if scale else []
@@ -626,10 +629,11 @@ class DVIDLabels:
                          + self._q(0, supervoxels), what=f"sparsevol-size of {lab}")
         except RemoteNotFoundError:
             raise LabelNotFoundError(f"label {lab} has no voxels at node {self.node}") from None
-        d = json.loads(resp.content, parse_int=int)
-        mn, mx = d["minvoxel"], d["maxvoxel"]
-        voxels = d.get("voxels")
-        if voxels is None:
-            voxels = self._runs_size(lab)
-        return SparsevolSize(int(voxels), int(d["numblocks"]),
-                             Box((mn[2], mn[1], mn[0]), (mx[2] + 1, mx[1] + 1, mx[0] + 1)))
+        d = answered(resp, f"sparsevol-size of {lab}")
+        with server_answer(f"sparsevol-size of {lab}: {resp.request.url} answered"):
+            mn, mx = d["minvoxel"], d["maxvoxel"]
+            voxels = d.get("voxels")
+            if voxels is None:
+                voxels = self._runs_size(lab)
+            return SparsevolSize(int(voxels), int(d["numblocks"]),
+                                 Box((mn[2], mn[1], mn[0]), (mx[2] + 1, mx[1] + 1, mx[0] + 1)))

@@ -26,8 +26,9 @@ from ...errors import (
 )
 from ...geometry import Box, Vec, VoxelSize, grow_block, origin_grid_bounds
 from ...meta import Kind, PyramidAnchor, Scale, VolumeMeta
+from .._http import server_answer
 from ..base import Capability, Remote, check_options, check_same_volume
-from .client import _call, client_for, normalize_server, parse_location
+from .client import _call, answered, client_for, normalize_server, parse_location
 from .keyvalue import DVIDKeyValue
 from .labels import DVIDLabels
 from .ngmesh import decode_ngmesh, encode_ngmesh
@@ -137,21 +138,31 @@ class DVIDRemote(Remote):
         repo_info = self.repo.opened_info
         self.uuid = self.repo.resolve(node_spec, repo_info)
         self.url = f"dvid://{self.server}/{node_spec}/{instance}"
-        insts = repo_info.get("DataInstances") or {}
+        # (what the server answered, read member by member: a member missing or of another
+        # type is a CorruptChunkError naming this URL, not a KeyError or TypeError)
+        answer = server_answer(f"{self.url}: the repo info {self.server} answered does not "
+                               "describe the instance")
+        with answer:
+            insts = repo_info.get("DataInstances") or {}
+            if not isinstance(insts, dict):
+                raise TypeError(f"its DataInstances are {insts!r:.80}, not an object")
+            if instance in insts:
+                self.info: dict[str, Any] = dict(insts[instance])
+                self.typename: str = self.info["Base"]["TypeName"]
+                if not isinstance(self.typename, str):
+                    raise TypeError(f"the instance's TypeName is {self.typename!r}")
+                self.versioned = bool(self.info["Base"].get("Versioned", True))
+                node = repo_info["DAG"]["Nodes"][self.uuid]
+                self.locked = bool(node.get("Locked"))
         if instance not in insts:
             names = ", ".join(sorted(insts)) or "none"
             raise RemoteNotFoundError(
                 f"repo {self.repo.root} on {self.server} has no data instance {instance!r} "
                 f"(it has: {names})")
-        self.info: dict[str, Any] = insts[instance]
-        self.typename: str = self.info["Base"]["TypeName"]
         if self.typename not in IMAGE_TYPES and self.typename not in LABEL_TYPES:
             raise CapabilityNotSupportedError(
                 f"{self.url} is a {self.typename} instance; dvid:// volumes are "
                 f"{', '.join([*IMAGE_TYPES, *LABEL_TYPES])}")
-        self.versioned = bool(self.info["Base"].get("Versioned", True))
-        node = repo_info["DAG"]["Nodes"][self.uuid]
-        self.locked = bool(node.get("Locked"))
         if mode == "r+" and self.locked and self.versioned:
             raise ReadOnlyError(
                 f"{self.url}: node {self.uuid} is committed (locked) and DVID refuses writes to "
@@ -164,15 +175,16 @@ class DVIDRemote(Remote):
             self.pyramid_anchor = "origin"
         self._mesh_name = meshes or f"{instance}_meshes"
         self._skel_name = skeletons or f"{instance}_skeletons"
-        self._instances = {n: i["Base"]["TypeName"] for n, i in insts.items()}
-        self._scale_names = [instance]
-        if not self.is_label:
-            k = 1
-            while f"{instance}_{k}" in insts and insts[f"{instance}_{k}"]["Base"]["TypeName"] \
-                    == self.typename:
-                self._scale_names.append(f"{instance}_{k}")
-                k += 1
-        self.meta = self._meta(insts)
+        with answer:
+            self._instances = {n: i["Base"]["TypeName"] for n, i in insts.items()}
+            self._scale_names = [instance]
+            if not self.is_label:
+                k = 1
+                while f"{instance}_{k}" in insts and \
+                        insts[f"{instance}_{k}"]["Base"]["TypeName"] == self.typename:
+                    self._scale_names.append(f"{instance}_{k}")
+                    k += 1
+            self.meta = self._meta(insts)
         self._pool: ThreadPoolExecutor | None = None
         self._rmw_lock = threading.Lock()
         self._pool_lock = threading.Lock()
@@ -256,8 +268,9 @@ class DVIDRemote(Remote):
     def _instance_info(self, name: str, insts: dict[str, Any]) -> dict[str, Any]:
         if name in insts:
             return dict(insts[name])
-        return dict(_call(self.client, "GET", f"/api/node/{self.uuid}/{name}/info",
-                          what=f"info of {name}").json())
+        what = f"info of {name}"
+        return dict(answered(_call(self.client, "GET", f"/api/node/{self.uuid}/{name}/info",
+                                   what=what), what))
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod

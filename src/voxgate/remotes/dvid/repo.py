@@ -11,7 +11,8 @@ from ...errors import (
     InvalidRequestError,
     RemoteNotFoundError,
 )
-from .client import _call, client_for, normalize_server
+from .._http import server_answer
+from .client import _call, answered, client_for, normalize_server
 from .keyvalue import DVIDKeyValue
 from .labels import DVIDLabels
 
@@ -45,7 +46,11 @@ class DVIDRepo:
         self._token = token
         self._timeout = timeout
         info = self.info(uuid)
-        self.root: str = info["Root"]
+        with server_answer(f"repo info of {uuid} on {self.server}: the server answered"):
+            root = info["Root"]
+            if not isinstance(root, str):
+                raise TypeError(f"its Root is {root!r}, not a UUID")
+        self.root: str = root
         self.opened_info = info  # the repo JSON as of opening (callers may reuse it once)
 
     def __repr__(self) -> str:
@@ -63,32 +68,37 @@ class DVIDRepo:
             body["root"] = root
         resp = _call(client_for(srv, token=token, timeout=timeout), "POST", "/api/repos",
                      json=body, what=f"creating a repo on {srv}")
-        return cls(srv, resp.json()["root"], token=token, timeout=timeout)
+        with server_answer(f"creating a repo on {srv}: the server answered"):
+            root = str(answered(resp, f"creating a repo on {srv}")["root"])
+        return cls(srv, root, token=token, timeout=timeout)
 
     @staticmethod
     def list_repos(server: str, *, token: str | None = None) -> dict[str, dict[str, Any]]:
         """Every repo on the server: root UUID -> repo info (alias, description, DAG, ...)."""
         srv = normalize_server(server)
-        return dict(_call(client_for(srv, token=token), "GET", "/api/repos/info",
-                          what=f"listing repos on {srv}").json())
+        return dict(answered(_call(client_for(srv, token=token), "GET", "/api/repos/info",
+                                   what=f"listing repos on {srv}"), f"listing repos on {srv}"))
 
     # the DAG
     def info(self, node: str | None = None) -> dict[str, Any]:
         """The repo's JSON: Root, Alias, Description, DataInstances, DAG (the version graph)."""
         ref = node or self.root
-        return dict(_call(self.client, "GET", f"/api/repo/{ref}/info",
-                          what=f"repo info of {ref}").json())
+        what = f"repo info of {ref}"
+        return dict(answered(_call(self.client, "GET", f"/api/repo/{ref}/info", what=what), what))
 
     def versions(self) -> dict[str, DVIDNode]:
         """Every node of the DAG by UUID, parents and children translated to UUIDs."""
-        nodes = self.info()["DAG"]["Nodes"]
-        by_id = {int(n["VersionID"]): u for u, n in nodes.items()}
-        out = {}
-        for u, n in nodes.items():
-            out[u] = DVIDNode(u, n.get("Branch", ""), bool(n.get("Locked")), n.get("Note", ""),
-                              tuple(by_id[p] for p in n.get("Parents") or []),
-                              tuple(by_id[c] for c in n.get("Children") or []),
-                              tuple(n.get("Log") or []), n.get("Created", ""))
+        info = self.info()
+        with server_answer(f"repo info of {self.root} on {self.server}: its DAG is not one"):
+            nodes = info["DAG"]["Nodes"]
+            by_id = {int(n["VersionID"]): u for u, n in nodes.items()}
+            out = {}
+            for u, n in nodes.items():
+                out[u] = DVIDNode(u, n.get("Branch", ""), bool(n.get("Locked")),
+                                  n.get("Note", ""),
+                                  tuple(by_id[p] for p in n.get("Parents") or []),
+                                  tuple(by_id[c] for c in n.get("Children") or []),
+                                  tuple(n.get("Log") or []), n.get("Created", ""))
         return out
 
     def resolve(self, node: str, info: dict[str, Any] | None = None) -> str:
@@ -105,8 +115,9 @@ class DVIDRepo:
             if k >= len(chain):
                 raise InvalidRequestError(f"branch {name!r} has only {len(chain)} versions")
             return chain[k]
-        nodes = (info or self.info(node))["DAG"]["Nodes"]
-        matches = [u for u in nodes if u.startswith(prefix)]
+        doc = info or self.info(node)
+        with server_answer(f"repo info of {node} on {self.server}: its DAG is not one"):
+            matches = [u for u in doc["DAG"]["Nodes"] if u.startswith(prefix)]
         if len(matches) != 1:
             raise InvalidRequestError(f"{node!r} matches {len(matches)} nodes of repo {self.root}")
         return matches[0]
@@ -114,18 +125,23 @@ class DVIDRepo:
     def branch_versions(self, branch: str = "master", node: str | None = None) -> list[str]:
         """UUIDs of ``branch`` from its leaf back to the root."""
         ref = node or self.root
-        return list(_call(self.client, "GET", f"/api/repo/{ref}/branch-versions/{branch}",
-                          what=f"versions of branch {branch}").json())
+        what = f"versions of branch {branch}"
+        return list(answered(_call(self.client, "GET",
+                                   f"/api/repo/{ref}/branch-versions/{branch}", what=what),
+                             what, list))
 
     def is_locked(self, node: str) -> bool:
-        return bool(_call(self.client, "GET", f"/api/node/{node}/commit",
-                          what=f"lock state of {node}").json()["Locked"])
+        what = f"lock state of {node}"
+        doc = answered(_call(self.client, "GET", f"/api/node/{node}/commit", what=what), what)
+        with server_answer(f"{what}: the server answered"):
+            return bool(doc["Locked"])
 
     def commit(self, node: str, note: str = "", log: Sequence[str] = ()) -> str:
         """Commit (lock) ``node``: it becomes read-only and can have children."""
         resp = _call(self.client, "POST", f"/api/node/{node}/commit",
                      json={"note": note, "log": list(log)}, what=f"committing {node}")
-        return str(resp.json()["committed"])
+        with server_answer(f"committing {node}: the server answered"):
+            return str(answered(resp, f"committing {node}")["committed"])
 
     def branch(self, node: str, name: str, *, note: str = "", uuid: str | None = None) -> str:
         """A child of the committed ``node`` on a new branch ``name``; returns its UUID."""
@@ -134,7 +150,8 @@ class DVIDRepo:
             body["uuid"] = uuid
         resp = _call(self.client, "POST", f"/api/node/{node}/branch", json=body,
                      what=f"branching {name!r} from {node}")
-        return str(resp.json()["child"])
+        with server_answer(f"branching {name!r} from {node}: the server answered"):
+            return str(answered(resp, f"branching {name!r} from {node}")["child"])
 
     def new_version(self, node: str, *, note: str = "", uuid: str | None = None) -> str:
         """A child of the committed ``node`` on the same branch; returns its UUID."""
@@ -143,21 +160,26 @@ class DVIDRepo:
             body["uuid"] = uuid
         resp = _call(self.client, "POST", f"/api/node/{node}/newversion", json=body,
                      what=f"new version of {node}")
-        return str(resp.json()["child"])
+        with server_answer(f"new version of {node}: the server answered"):
+            return str(answered(resp, f"new version of {node}")["child"])
 
     def log(self, node: str | None = None) -> list[str]:
         """The node's log lines (each prefixed with its RFC3339 time by the server)."""
         ref = node or self.root
-        return list(_call(self.client, "GET", f"/api/node/{ref}/log",
-                          what=f"log of {ref}").json()["log"])
+        doc = answered(_call(self.client, "GET", f"/api/node/{ref}/log", what=f"log of {ref}"),
+                       f"log of {ref}")
+        with server_answer(f"log of {ref}: the server answered"):
+            return list(doc["log"])
 
     def add_log(self, node: str, *messages: str) -> None:
         _call(self.client, "POST", f"/api/node/{node}/log", json={"log": list(messages)},
               what=f"logging to {node}")
 
     def note(self, node: str) -> str:
-        return str(_call(self.client, "GET", f"/api/node/{node}/note",
-                         what=f"note of {node}").json()["note"])
+        doc = answered(_call(self.client, "GET", f"/api/node/{node}/note",
+                             what=f"note of {node}"), f"note of {node}")
+        with server_answer(f"note of {node}: the server answered"):
+            return str(doc["note"])
 
     def set_note(self, node: str, note: str) -> None:
         _call(self.client, "POST", f"/api/node/{node}/note", json={"note": note},

@@ -1,0 +1,382 @@
+"""Servers that answer garbage: every HTTP-speaking Remote refuses it with a voxgate error.
+
+A proxy on 127.0.0.1 stands in front of a real server (a voxgate relay speaking bossDB, the
+DVID test server, a static file server holding precomputed / zarr / N5 volumes) and replaces
+the answer to one request with garbage: an HTML page with status 200 (a proxy's or a login
+page), JSON of the wrong shape (a list, null, a number, an empty object, every member a
+string or null), JSON cut in half or followed by more, an empty body, a huge body, bytes
+that are no JSON, chunk bodies that do not decode or have the wrong length.  Each must come
+out of ``voxgate.open(url).read()`` as a VoxgateError of the right kind whose message names
+the server's address, and out of ``voxgate info`` / ``voxgate cp`` as exit status 1 with one
+``Error:`` line and no traceback.  A wrong Content-Type on a good body is read as the body.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+
+import voxgate
+from tests.relay.conftest import free_port, start_relay
+from tests.static_http import serve_directory
+from voxgate.cli import main
+from voxgate.errors import (
+    CorruptChunkError,
+    InvalidRequestError,
+    RemoteNotFoundError,
+    RemoteUnavailableError,
+    VoxgateError,
+)
+
+SHAPE = (20, 30, 40)
+DATA = (np.arange(np.prod(SHAPE)) % 251).astype(np.uint8).reshape(SHAPE)
+
+HTML = (b"<!DOCTYPE html><html><head><title>Sign in</title></head>"
+        b"<body>Please log in</body></html>")
+#: kinds of garbage made of a good JSON answer
+JSON_GARBAGE = ["html", "empty", "huge", "truncated", "extra", "bytes", "list", "null",
+                "number", "emptyobj", "strings", "nulls"]
+#: kinds of garbage made of a good chunk
+CHUNK_GARBAGE = ["html", "empty", "huge", "truncated", "extra"]
+
+
+def _leaves(doc: Any, value: Any) -> Any:
+    if isinstance(doc, dict):
+        return {k: _leaves(v, value) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_leaves(v, value) for v in doc]
+    return value
+
+
+def garble(kind: str, headers: dict[str, str], body: bytes) -> tuple[str, bytes]:
+    """(Content-Type, body) of the garbage of ``kind`` made from a good answer."""
+    ctype = headers.get("content-type", "application/octet-stream")
+    if kind == "html":
+        return "text/html; charset=utf-8", HTML
+    if kind == "ctype":  # the good body, called a web page
+        return "text/html", body
+    if kind == "empty":
+        return ctype, b""
+    if kind == "huge":
+        return ctype, b"x" * (8 << 20)
+    if kind == "truncated":
+        return ctype, body[: len(body) // 2]
+    if kind == "extra":
+        return ctype, body + b"garbage"
+    if kind == "bytes":
+        return ctype, bytes((i * 131 + 7) % 256 for i in range(max(len(body), 64)))
+    doc = json.loads(body)
+    new = {"list": [doc], "null": None, "number": 7, "emptyobj": {},
+           "strings": _leaves(doc, "x"), "nulls": _leaves(doc, None)}[kind]
+    return "application/json", json.dumps(new).encode()
+
+
+class GarbageProxy:
+    """Forwards every request to ``backend``, except a successful answer to a path matching
+    ``rule``'s pattern: that one is replaced by the garbage of ``rule``'s kind."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = urlparse(backend)
+        self.rule: tuple[re.Pattern[str], str] | None = None
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def forward(self) -> None:
+                n = int(self.headers.get("content-length") or 0)
+                sent = self.rfile.read(n) if n else None
+                conn = http.client.HTTPConnection(proxy.backend.hostname or "127.0.0.1",
+                                                  proxy.backend.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "connection", "accept-encoding")}
+                conn.request(self.command, self.path, body=sent, headers=headers)
+                got = conn.getresponse()
+                body, status = got.read(), got.status
+                kept = {k.lower(): v for k, v in got.getheaders()}
+                conn.close()
+                rule = proxy.rule
+                if rule is not None and rule[0].search(self.path) and status < 300:
+                    ctype, body = garble(rule[1], kept, body)
+                    status, kept = 200, {"content-type": ctype}
+                self.send_response(status)
+                for k, v in kept.items():
+                    if k not in ("content-length", "transfer-encoding", "connection", "date",
+                                 "server"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"http://{self.address}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GarbageProxy]:
+    """Precomputed, zarr v3 and a two-scale N5 group, served by a static server behind the
+    proxy."""
+    root = tmp_path_factory.mktemp("garbage_files")
+    for url in (f"precomputed://file://{root}/raw", f"zarr://{root}/a.zarr",
+                f"n5://{root}/a.n5"):
+        vol = voxgate.create(url, shape=SHAPE, chunks=(16, 16, 16), dtype="uint8",
+                             voxel_size=(40, 8, 8), num_scales=2)
+        vol[:] = DATA
+    with serve_directory(root) as base:
+        proxy = GarbageProxy(base)
+        yield proxy
+        proxy.close()
+
+
+@pytest.fixture(scope="module")
+def boss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GarbageProxy]:
+    """A voxgate relay (the bossDB REST dialect) over a zarr volume, behind the proxy."""
+    root = tmp_path_factory.mktemp("garbage_boss")
+    voxgate.create(f"zarr://{root}/a.zarr", shape=SHAPE, chunks=(16, 16, 16), dtype="uint8",
+                   voxel_size=(40, 8, 8))[:] = DATA
+    cfg = root / "relay.toml"
+    cfg.write_text(f'[server]\nhost = "127.0.0.1"\nstate_path = "{root / "state.json"}"\n'
+                   f'[[channel]]\nname = "lab/em/raw"\nupstream = "zarr://{root}/a.zarr"\n')
+    relay = start_relay(cfg, free_port())
+    proxy = GarbageProxy(relay.url)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+        relay.stop()
+
+
+@pytest.fixture(scope="module")
+def dvid() -> Iterator[tuple[GarbageProxy, str]]:
+    """The DVID test server with a uint8blk instance, behind the proxy; also the root UUID."""
+    from voxgate.remotes.dvid import DVIDRepo
+    from voxgate.testing.dvid import start_server
+
+    srv = start_server()
+    try:
+        repo = DVIDRepo.create(srv.url, alias="garbage")
+        repo.create_instance("gray", "uint8blk")
+        voxgate.open(f"dvid://{srv.url}/{repo.root}/gray", mode="r+")[0:20, 0:30, 0:40] = DATA
+        proxy = GarbageProxy(srv.url)
+        yield proxy, repo.root
+        proxy.close()
+    finally:
+        srv.stop()
+
+
+def _url(scheme: str, proxy: GarbageProxy, root: str = "") -> str:
+    return {"precomputed": f"precomputed://{proxy.url}/raw",
+            "zarr": f"zarr://{proxy.url}/a.zarr",
+            "n5": f"n5://{proxy.url}/a.n5",
+            "bossdb": f"bossdb://{proxy.url}/lab/em/raw",
+            "dvid": f"dvid://{proxy.url}/{root[:8]}/gray"}[scheme]
+
+
+def _refused(url: str, proxy: GarbageProxy, pattern: str, kind: str) -> VoxgateError:
+    """The error of opening and reading ``url`` while ``pattern``'s answers are garbage."""
+    proxy.rule = (re.compile(pattern), kind)
+    try:
+        with pytest.raises(VoxgateError) as info:
+            voxgate.open(url).read()
+    finally:
+        proxy.rule = None
+    exc = info.value
+    assert proxy.address in str(exc), f"the message does not name the server: {exc}"
+    return exc
+
+
+def _one_error(res: Result, address: str) -> str:
+    """The command failed with status 1 and one ``Error:`` line naming ``address``."""
+    assert res.exit_code == 1, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, res.output
+    assert address in errors[0], errors[0]
+    return errors[0]
+
+
+# -- bossDB: the project service's records -----------------------------------------------------
+BOSS_RECORDS = {"experiment": r"/v1/collection/lab/experiment/em$",
+                "channel": r"/v1/collection/lab/experiment/em/channel/raw$",
+                "frame": r"/v1/coord/lab_em_frame$"}
+
+
+@pytest.mark.parametrize("record", sorted(BOSS_RECORDS))
+@pytest.mark.parametrize("kind", JSON_GARBAGE)
+def test_bossdb_record_garbage_is_a_voxgate_error(boss: GarbageProxy, record: str,
+                                                  kind: str) -> None:
+    # (before: JSONDecodeError, UnicodeDecodeError, KeyError 'coord_frame' / 'z_start',
+    # TypeError "'NoneType' object is not iterable", ValueError "invalid literal for int()")
+    exc = _refused(_url("bossdb", boss), boss, BOSS_RECORDS[record], kind)
+    if kind == "strings" and record == "experiment":
+        # its coord_frame is "x": a frame the server does not have
+        assert isinstance(exc, RemoteNotFoundError), repr(exc)
+        assert "coordinate frame 'x'" in str(exc)
+        return
+    assert isinstance(exc, CorruptChunkError), repr(exc)
+    if kind == "html":
+        assert "an HTML page titled 'Sign in'" in str(exc), str(exc)
+    if kind in ("list", "null", "number"):
+        assert "where a JSON object was expected" in str(exc), str(exc)
+
+
+def test_bossdb_record_missing_member_is_named(boss: GarbageProxy) -> None:
+    exc = _refused(_url("bossdb", boss), boss, BOSS_RECORDS["frame"], "emptyobj")
+    assert "the member 'z_start' is missing" in str(exc), str(exc)
+    assert str(exc).startswith(_url("bossdb", boss)), str(exc)
+
+
+@pytest.mark.parametrize("kind", CHUNK_GARBAGE)
+def test_bossdb_cutout_garbage_is_corrupt(boss: GarbageProxy, kind: str) -> None:
+    exc = _refused(_url("bossdb", boss), boss, r"/v1/cutout/", kind)
+    assert isinstance(exc, CorruptChunkError), repr(exc)
+
+
+# -- DVID: the repo info and the voxels -----------------------------------------------------------
+@pytest.mark.parametrize("kind", JSON_GARBAGE)
+def test_dvid_repo_info_garbage_is_a_voxgate_error(dvid: tuple[GarbageProxy, str],
+                                                   kind: str) -> None:
+    # (before: JSONDecodeError, KeyError 'Root', TypeError "'int' object is not iterable")
+    proxy, root = dvid
+    exc = _refused(_url("dvid", proxy, root), proxy, r"/api/repo/[0-9a-f]+/info$", kind)
+    if kind in ("strings", "nulls"):
+        # every member "x" / null: an instance of type "x" / None, refused as such
+        assert isinstance(exc, (CorruptChunkError, VoxgateError)), repr(exc)
+        return
+    assert isinstance(exc, CorruptChunkError), repr(exc)
+    if kind == "empty":
+        assert "an empty body" in str(exc), str(exc)
+
+
+@pytest.mark.parametrize("kind", CHUNK_GARBAGE)
+def test_dvid_voxel_garbage_is_corrupt(dvid: tuple[GarbageProxy, str], kind: str) -> None:
+    proxy, root = dvid
+    exc = _refused(_url("dvid", proxy, root), proxy, r"/gray/raw/", kind)
+    assert isinstance(exc, CorruptChunkError), repr(exc)
+
+
+# -- precomputed, zarr, N5 over http -----------------------------------------------------------
+FILE_METADATA = {"precomputed": r"/raw/info$", "zarr": r"/a\.zarr/zarr\.json$",
+                 "n5": r"/a\.n5/s0/attributes\.json$"}
+FILE_CHUNK = {"precomputed": r"/raw/8_8_40/0-16_0-16_0-16$", "zarr": r"/a\.zarr/0/c/0/0/0$",
+              "n5": r"/a\.n5/s0/0/0/0$"}
+
+
+@pytest.mark.parametrize("scheme", sorted(FILE_METADATA))
+@pytest.mark.parametrize("kind", JSON_GARBAGE)
+def test_file_metadata_garbage_is_a_voxgate_error(files: GarbageProxy, scheme: str,
+                                                  kind: str) -> None:
+    # (before: an N5 scale whose attributes.json is a list, null or a number raised
+    # AttributeError "'list' object has no attribute 'get'")
+    exc = _refused(_url(scheme, files), files, FILE_METADATA[scheme], kind)
+    assert isinstance(exc, (CorruptChunkError, InvalidRequestError)), repr(exc)
+
+
+def test_n5_group_kind_garbage_names_the_file(files: GarbageProxy) -> None:
+    # (before: "kind must be 'image' or 'segmentation', got 'x'", naming nothing)
+    exc = _refused(_url("n5", files), files, r"/a\.n5/attributes\.json$", "strings")
+    assert isinstance(exc, InvalidRequestError), repr(exc)
+    assert f"{files.url}/a.n5/attributes.json" in str(exc), str(exc)
+
+
+@pytest.mark.parametrize("scheme", sorted(FILE_CHUNK))
+@pytest.mark.parametrize("kind", CHUNK_GARBAGE)
+def test_file_chunk_garbage_is_corrupt(files: GarbageProxy, scheme: str, kind: str) -> None:
+    exc = _refused(_url(scheme, files), files, FILE_CHUNK[scheme], kind)
+    assert isinstance(exc, CorruptChunkError), repr(exc)
+
+
+@pytest.mark.parametrize("scheme", ["precomputed", "zarr", "n5", "bossdb", "dvid"])
+def test_a_wrong_content_type_is_read_as_the_body(files: GarbageProxy, boss: GarbageProxy,
+                                                  dvid: tuple[GarbageProxy, str],
+                                                  scheme: str) -> None:
+    proxy, root = {"bossdb": (boss, ""), "dvid": dvid}.get(scheme, (files, ""))
+    proxy.rule = (re.compile(r"."), "ctype")
+    try:
+        got = voxgate.open(_url(scheme, proxy, root))[0:20, 0:30, 0:40]
+    finally:
+        proxy.rule = None
+    np.testing.assert_array_equal(got, DATA)
+
+
+# -- the command line ---------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["info", "cp"])
+@pytest.mark.parametrize("case", ["bossdb-html", "bossdb-list", "dvid-truncated", "n5-null"])
+def test_cli_says_one_error_line(files: GarbageProxy, boss: GarbageProxy,
+                                 dvid: tuple[GarbageProxy, str], tmp_path: Path,
+                                 command: str, case: str) -> None:
+    scheme, kind = case.split("-")
+    proxy, root = {"bossdb": (boss, ""), "dvid": dvid}.get(scheme, (files, ""))
+    pattern = {"bossdb": BOSS_RECORDS["channel"], "dvid": r"/api/repo/[0-9a-f]+/info$",
+               "n5": FILE_METADATA["n5"]}[scheme]
+    url = _url(scheme, proxy, root)
+    argv = ["info", url] if command == "info" else ["cp", url, f"zarr://{tmp_path}/out.zarr",
+                                                     "--no-progress"]
+    proxy.rule = (re.compile(pattern), kind)
+    try:
+        res = CliRunner().invoke(main, argv)
+    finally:
+        proxy.rule = None
+    _one_error(res, proxy.address)
+
+
+def test_cli_info_bossdb_html_in_a_real_process(boss: GarbageProxy) -> None:
+    # what was seen: `voxgate info bossdb://http://HOST/...` against a server answering HTML
+    # printed a JSONDecodeError traceback
+    exe = Path(sys.executable).with_name("voxgate")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "voxgate.cli"]
+    boss.rule = (re.compile(BOSS_RECORDS["channel"]), "html")
+    try:
+        proc = subprocess.run([*cmd, "info", _url("bossdb", boss)], capture_output=True,
+                              text=True, timeout=120, env=os.environ.copy())
+    finally:
+        boss.rule = None
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: CorruptChunkError"), proc.stderr
+    assert boss.address in lines[0] and "HTML page" in lines[0], lines[0]
+
+
+# -- a server that cannot be reached: its address said once -------------------------------------
+@pytest.mark.parametrize("scheme", ["precomputed", "zarr", "n5"])
+def test_unreachable_server_is_named_once(scheme: str) -> None:
+    # (before: "reading info of http://H/layer: http://H/layer could not be reached")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    location = f"http://127.0.0.1:{port}/vol"
+    with pytest.raises(RemoteUnavailableError) as info:
+        voxgate.open(f"{scheme}://{location}")
+    message = str(info.value)
+    assert "could not be reached" in message, message
+    assert message.count(location) == 1, message
