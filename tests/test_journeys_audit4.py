@@ -144,7 +144,9 @@ def _synapse_layers(d: Path) -> dict[str, Any]:
             pd.testing.assert_frame_equal(got, found)
         found = got
     assert found is not None
-    write_annotations(f"precomputed://file://{d}/cells/ann_levels", found,
+    # the points at the voxels' centres, where detect_synapses puts them
+    centres = found.assign(**{c: found[c] + 0.5 for c in ("z", "y", "x")})
+    write_annotations(f"precomputed://file://{d}/cells/ann_levels", centres,
                       voxel_size=SYN_VOXEL, kind="point", properties=["size", "score"],
                       relationships=["pre_id", "post_id"], sharded=True, limit=1,
                       bounds=voxgate.Box(SYN_OFFSET, tuple(
@@ -322,11 +324,12 @@ def test_detected_synapses_read_through_the_relay_by_neuroglancers_reader(world:
     hi = lo + np.array(SYN_SHAPE[::-1])
     np.testing.assert_array_equal(reader.lower_bound, lo)
     np.testing.assert_array_equal(reader.upper_bound, hi)
-    # by id: the point (x, y, z voxels), the properties and both relationships
+    # by id: the point (x, y, z voxels: the voxel's centre), the properties and both
+    # relationships
     for r in t.itertuples():
         a = reader.by_id[int(r.id)]
         np.testing.assert_array_equal(np.asarray(a.point, np.float32),
-                                      np.float32([r.x, r.y, r.z]))
+                                      np.float32([r.x + 0.5, r.y + 0.5, r.z + 0.5]))
         size, score = a.props
         assert int(size) == r.size and np.float32(score) == np.float32(r.score)
         assert [[int(v) for v in s] for s in a.segments] == \
@@ -354,11 +357,12 @@ def test_detected_synapses_read_through_the_relay_by_neuroglancers_reader(world:
     if name == "ann_levels":
         assert len(reader.spatial) > 1
     # a box at odd bounds: what the reader finds there is what lies there
-    box_lo, box_hi = lo + np.array([7.5, 21, 2]), hi - np.array([31, 9.5, 5])
+    # (the points sit at .5: bounds at .25 are never on one)
+    box_lo, box_hi = lo + np.array([7.25, 21, 2]), hi - np.array([31, 9.25, 5])
     got = sorted(int(a.id) for a in reader.get_within_spatial_bounds(lower_bound=box_lo,
                                                                        upper_bound=box_hi))
-    inside = ((t[["x", "y", "z"]].to_numpy(float) >= box_lo)
-              & (t[["x", "y", "z"]].to_numpy(float) <= box_hi)).all(1)
+    points = t[["x", "y", "z"]].to_numpy(float) + 0.5
+    inside = ((points >= box_lo) & (points <= box_hi)).all(1)
     assert got == sorted(int(i) for i in t["id"][inside])
 
 

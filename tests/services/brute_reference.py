@@ -173,7 +173,8 @@ def synapse_table(grey: np.ndarray, *, threshold: float, min_size: int,
         at = [best[a] + int(origin[a]) for a in range(3)]
         row: dict[str, Any] = {
             "id": len(rows) + 1, "z": at[0], "y": at[1], "x": at[2],
-            "x_nm": at[2] * vs[2], "y_nm": at[1] * vs[1], "z_nm": at[0] * vs[0],
+            "x_nm": (at[2] + 0.5) * vs[2], "y_nm": (at[1] + 0.5) * vs[1],
+            "z_nm": (at[0] + 0.5) * vs[0],
             "size": len(vox),
             "score": np.float32(sum(int(g[p]) / 255 for p in vox) / len(vox)),
         }

@@ -85,7 +85,7 @@ def test_blockwise_equals_whole_volume(volume: SyntheticSynapses,
     assert sorted(sizes[sizes >= 20].tolist()) == sorted(reference["size"].tolist())
     for row in reference.itertuples():
         assert comp[row.z, row.y, row.x] > 0  # the position lies on its detection
-        assert row.x_nm == row.x * VOXEL[2] and row.z_nm == row.z * VOXEL[0]
+        assert row.x_nm == (row.x + 0.5) * VOXEL[2] and row.z_nm == (row.z + 0.5) * VOXEL[0]
         assert 0.5 <= row.score <= 1.0
 
 
@@ -200,7 +200,7 @@ def test_outputs_annotations_and_probabilities(volume: SyntheticSynapses, tmp_pa
                                   progress=False)
     # dataset coordinates include the offset
     moved = reference.assign(z=reference.z + 100, x=reference.x + 50)
-    moved = moved.assign(x_nm=moved.x * 8.0, z_nm=moved.z * 40.0)
+    moved = moved.assign(x_nm=(moved.x + 0.5) * 8.0, z_nm=(moved.z + 0.5) * 40.0)
     _same(got, moved)
     prob = voxgate.open(f"zarr://{tmp_path}/prob.zarr")
     assert prob.bounds == src.bounds and prob.dtype == np.uint8
@@ -209,8 +209,8 @@ def test_outputs_annotations_and_probabilities(volume: SyntheticSynapses, tmp_pa
     from voxgate.formats.annotation import read_annotations
 
     back = read_annotations(out).sort_values("id").reset_index(drop=True)
-    for col in ("z", "y", "x"):
-        np.testing.assert_allclose(back[col].to_numpy(), got[col].to_numpy())
+    for col in ("z", "y", "x"):  # the points at the voxels' centres
+        np.testing.assert_allclose(back[col].to_numpy(), got[col].to_numpy() + 0.5)
     np.testing.assert_array_equal(back["size"].to_numpy(), got["size"].to_numpy())
     np.testing.assert_array_equal(back["post_id"].to_numpy().astype(np.uint64),
                                   got["post_id"].to_numpy())

@@ -127,8 +127,8 @@ def reference(prob: np.ndarray, *, threshold: float, min_size: int,
         at = _nearest_centroid(vox, voxel_size) + np.asarray(offset)
         row: dict[str, Any] = {
             "id": len(rows) + 1, "z": at[0], "y": at[1], "x": at[2],
-            "x_nm": at[2] * voxel_size[2], "y_nm": at[1] * voxel_size[1],
-            "z_nm": at[0] * voxel_size[0], "size": len(vox), "score": p[comp].mean()}
+            "x_nm": (at[2] + 0.5) * voxel_size[2], "y_nm": (at[1] + 0.5) * voxel_size[1],
+            "z_nm": (at[0] + 0.5) * voxel_size[0], "size": len(vox), "score": p[comp].mean()}
         if seg is not None:
             post = _mode(seg[comp])
             near = _within(comp, voxel_size, shell) & ~comp

@@ -8,7 +8,12 @@ component's voxels, coordinates and probabilities, and components of at least ``
 voxels become detections.
 
 Each detection's position is the voxel of the component nearest its centroid (in nm; ties go
-to the first in C order), so it always lies on the detection.  ``score`` is the component's
+to the first in C order), so it always lies on the detection.  The table gives that voxel's
+index (``z, y, x``) and its centre in nm (``(index + 0.5) * voxel size``, the frame of
+:func:`voxgate.mesh` and :func:`voxgate.skeletonize`); an annotation layer written with
+``out=`` holds the point at the voxel's centre, ``index + 0.5`` in the layer's voxel
+coordinates (Neuroglancer draws voxel ``i`` over ``[i, i + 1)``: a point at ``i`` would sit
+on the voxel's corner).  ``score`` is the component's
 mean probability.  With a ``segmentation``: ``post_id`` is the non-zero segment holding most of
 the detection's voxels (a synaptic detection is the cleft and the postsynaptic density, which
 lies inside the postsynaptic cell), ``pre_id`` the most frequent other non-zero segment in a
@@ -133,14 +138,16 @@ def detect_synapses(
     """Find synapses in ``source`` (any Volume, URL or numpy array) with ``model``.
 
     Returns a pandas DataFrame, one row per detection: ``id`` (1.. in the order of each
-    detection's first voxel in a C-order scan), ``z, y, x`` (a voxel of the detection nearest
-    its centroid, dataset coordinates including the volume's offset), ``x_nm, y_nm, z_nm``
-    (that voxel times the voxel size), ``size`` (voxels), ``score`` (mean probability, 0..1);
+    detection's first voxel in a C-order scan), ``z, y, x`` (the index of the voxel of the
+    detection nearest its centroid, dataset coordinates including the volume's offset),
+    ``x_nm, y_nm, z_nm`` (that voxel's centre: ``(index + 0.5) * voxel size``, the frame of
+    voxgate's meshes and skeletons), ``size`` (voxels), ``score`` (mean probability, 0..1);
     with ``segmentation`` also ``pre_id`` and ``post_id`` (module docstring: the rule).
     ``threshold``: a voxel is in a detection when its probability (its uint8 grey level / 255)
     is at least this.  ``min_size`` (voxels): smaller components are dropped (default: the
     built-in model's card, else 10).  ``out``: a precomputed annotation layer URL written
-    with the points (properties size, score; relationships pre_id, post_id).
+    with the points at the voxels' centres (``z + 0.5, y + 0.5, x + 0.5``; properties size,
+    score; relationships pre_id, post_id).
     ``probabilities``: a URL that keeps the uint8 probability map.  ``scratch``: a
     directory (a path on a file system every worker shares, or an s3:// / gs:// URL) for the
     temporary probability, mask and component volumes of a large run or a run on a cluster;
@@ -277,7 +284,9 @@ def detect_synapses(
     if out is not None:
         from ..formats.annotation import write_annotations
 
-        write_annotations(out, table, voxel_size=src.voxel_size, kind="point",
+        # each point at its voxel's centre: Neuroglancer draws voxel i over [i, i + 1)
+        centres = table.assign(**{c: table[c] + 0.5 for c in ("z", "y", "x")})
+        write_annotations(out, centres, voxel_size=src.voxel_size, kind="point",
                           properties=["size", "score"],
                           relationships=["pre_id", "post_id"] if seg is not None else [],
                           sharded=sharded, bounds=region, progress=progress)
@@ -400,7 +409,9 @@ def _table(src: Volume, region: Box, prob_vol: Volume, lab_vol: Volume, n: int,
     table = pd.DataFrame({
         "id": np.arange(1, len(kept) + 1, dtype=np.uint64),
         "z": at[:, 0], "y": at[:, 1], "x": at[:, 2],
-        "x_nm": at[:, 2] * vs.x, "y_nm": at[:, 1] * vs.y, "z_nm": at[:, 0] * vs.z,
+        # the voxel's centre in nm, the frame of voxgate.mesh and voxgate.skeletonize
+        "x_nm": (at[:, 2] + 0.5) * vs.x, "y_nm": (at[:, 1] + 0.5) * vs.y,
+        "z_nm": (at[:, 0] + 0.5) * vs.z,
         "size": count[kept].astype(np.int64),
         "score": (psum[kept] / np.maximum(count[kept], 1)).astype(np.float32),
     })

@@ -19,6 +19,7 @@ mesh layout has this codec.  Skeletons, whose values stand alone, use tensorstor
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import struct
@@ -461,7 +462,9 @@ class ShardedStore:
 
     def remove(self, keys: Iterable[int], prefix_size: PrefixSize | None = None) -> None:
         """Drop ``keys`` from their shards (each shard read, merged without them and written
-        back conditionally, as :meth:`update`); absent keys are no error."""
+        back conditionally, as :meth:`update`); absent keys are no error, and a shard that
+        does not exist or holds none of them is not written (removing a key never creates
+        a shard file)."""
         wanted = np.fromiter(dict.fromkeys(int(k) for k in keys), dtype=np.uint64)
         if not len(wanted):
             return
@@ -473,16 +476,24 @@ class ShardedStore:
     def _merge(self, name: str, new: Mapping[int, tuple[bytes, bytes]],
                prefix_size: PrefixSize | None, drop: Iterable[int] = ()) -> None:
         what = join(self.location, name)
+        drop = set(drop)
 
         def merge(current: bytes | None) -> bytes:
             merged: dict[int, tuple[bytes, bytes]] = {}
             if current is not None:
                 merged = decode_shard(self.spec, current, what, prefix_size)
+            if not new and not drop.intersection(merged):
+                raise _Unchanged  # nothing to drop here: leave the shard (or its absence)
             merged.update(new)
             for key in drop:
                 merged.pop(key, None)
             return encode_shard(self.spec, merged)
 
-        update_conditionally(self._store(), name, merge, what, attempts=_MERGE_ATTEMPTS,
-                             advice="too many writers share this shard: give each writer "
-                             "whole shards")
+        with contextlib.suppress(_Unchanged):
+            update_conditionally(self._store(), name, merge, what, attempts=_MERGE_ATTEMPTS,
+                                 advice="too many writers share this shard: give each writer "
+                                 "whole shards")
+
+
+class _Unchanged(Exception):
+    """Raised by a shard merge that would change nothing: the write is skipped."""

@@ -130,6 +130,8 @@ def write_meshes(
 
     remote = open_segmentation_layer(url, "meshes")
     directory = Directory(join(remote.location, mesh_dir))
+    # a new directory holds no manifests whose fragments a rewrite could leave behind
+    fresh = format != "legacy" or read_info(directory) is None
     wanted_type = LEGACY_MESH_TYPE if format == "legacy" else MULTIRES_MESH_TYPE
     info = _mesh_dir_info(directory, wanted_type, format, vertex_quantization_bits, sharded,
                           len(items))
@@ -173,10 +175,20 @@ def write_meshes(
     with ThreadPoolExecutor(max_workers=workers) as pool, \
             progress_bar(progress and not sharded, len(items), "mesh write") as bar:
         for at in range(0, 0 if sharded else len(items), _WRITE_BATCH):
-            encoded = list(pool.map(encode, items[at:at + _WRITE_BATCH]))
+            batch = items[at:at + _WRITE_BATCH]
+            encoded = list(pool.map(encode, batch))
+            before = {} if fresh else _legacy_fragments(directory, [seg for seg, _ in batch])
             # the fragments first, then the manifests that point at them
             directory.put_many([data for data, _ in encoded])
             directory.put_many([manifest for _, manifest in encoded])
+            # then the fragments the replaced manifests named and the new ones do not (a
+            # legacy fragment's name holds the mesh's bounding box, so a changed mesh gets a
+            # new name and the old file was left behind, named by no manifest)
+            current = {data[0] for data, _ in encoded}
+            directory.delete_many(sorted(name for seg, names in before.items()
+                                         for name in names - current
+                                         if name.startswith(f"{seg}:")
+                                         and name != f"{seg}:0"))
             bar.advance(len(encoded))
     if remote.meta.extra.get("mesh") != mesh_dir:
         remote.update_info({"mesh": mesh_dir})
@@ -203,19 +215,30 @@ def delete_meshes(url: str | os.PathLike[str], ids: Iterable[int], *,
                      ShardingSpec.from_json(info["sharding"], directory.path("info"))
                      ).remove(wanted, _fragment_bytes)
     elif info.get("@type", LEGACY_MESH_TYPE) == LEGACY_MESH_TYPE:
-        manifests = directory.get_many([f"{i}:0" for i in wanted], plain=lambda d: False)
-        fragments: list[str] = []
-        for raw in manifests.values():
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                names = json.loads(raw or b"{}").get("fragments", [])
-                fragments += [n for n in names if isinstance(n, str)
-                              and "/" not in n and n not in (".", "..")]
+        fragments = _legacy_fragments(directory, wanted)
         # the manifests first: a reader never follows one to a missing fragment
-        directory.delete_many(manifests)
-        directory.delete_many(fragments)
+        directory.delete_many([f"{i}:0" for i in fragments])
+        directory.delete_many(sorted(n for names in fragments.values() for n in names))
     else:
         directory.delete_many([f"{i}.index" for i in wanted])
         directory.delete_many([str(i) for i in wanted])
+
+
+def _legacy_fragments(directory: Directory, ids: list[int]) -> dict[int, set[str]]:
+    """{id: the fragment names its legacy manifest lists} for the ids that have a manifest
+    (names that would leave the directory are left out; an unreadable manifest names none)."""
+    manifests = directory.get_many([f"{i}:0" for i in ids], plain=lambda d: False)
+    out: dict[int, set[str]] = {}
+    for seg in ids:
+        raw = manifests[f"{seg}:0"]
+        if raw is None:
+            continue
+        out[seg] = set()
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            names = json.loads(raw).get("fragments", [])
+            out[seg] = {n for n in names if isinstance(n, str)
+                        and "/" not in n and n not in ("", ".", "..")}
+    return out
 
 
 def _unit_nm(unit: str) -> float:
