@@ -198,7 +198,12 @@ def test_concurrent_reads_of_a_missing_cell_make_one_upstream_fetch() -> None:
         for t in threads:
             t.start()
         metrics.wait_until("coalesced", 7 * cells)  # seven readers wait on the one fetch
-        assert up.entered.is_set() and len(up.reads) == cells and not results
+        # (the fetch's thread may reach the upstream after the others joined it: waited for,
+        # a bound against a hang, not a timing assertion)
+        deadline = time.monotonic() + 60
+        while len(up.reads) < cells and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert up.entered.wait(60) and len(up.reads) == cells and not results
     finally:
         up.gate.set()
         for t in threads:
