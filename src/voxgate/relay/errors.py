@@ -112,6 +112,20 @@ def _corrupt_cause(exc: BaseException) -> CorruptChunkError | None:
     return None
 
 
+def _channel_of(request: Request) -> str:
+    """The words ' of channel c/e/ch' for a request under one (its route's names), ' of
+    experiment c/e' under an experiment, else '': which of the relay's channels an upstream
+    failure is of, which the upstream's own words do not say (a bossDB or DVID upstream names
+    its own server's resources)."""
+    p = request.scope.get("path_params") or {}
+    names = [str(p[k]) for k in ("c", "e", "ch") if p.get(k)]
+    if len(names) == 3:
+        return f" of channel {'/'.join(names)}"
+    if len(names) == 2 and "ch" not in p:
+        return f" of experiment {'/'.join(names)}"
+    return ""
+
+
 def error_response(request: Request, exc: Exception,
                    scrub: Callable[[str, str], str]) -> Response:
     """The boss JSON error of ``exc``, its message passed through ``scrub(message, request
@@ -150,16 +164,17 @@ def _raw_error_response(request: Request, exc: Exception) -> Response:
     if corrupt is not None and not isinstance(exc, UpstreamTimeoutError):
         log.warning("corrupt upstream data on %s %s: %s", request.method, request.url.path,
                     corrupt)
-        return boss_error(502, IO_ERROR, f"corrupt data upstream: {corrupt} (the stored data "
-                          "does not decode; this is not transient and retrying will not help; "
-                          "the relay never serves zeros in its place)",
+        return boss_error(502, IO_ERROR, f"corrupt data upstream{_channel_of(request)}: "
+                          f"{corrupt} (the stored data does not decode; this is not transient "
+                          "and retrying will not help; the relay never serves zeros in its "
+                          "place)",
                           headers={CORRUPT_HEADER: CORRUPT_VALUE})
     if isinstance(exc, NotFound | RemoteNotFoundError):
         return boss_error(404, RESOURCE_NOT_FOUND, str(exc))
     if isinstance(exc, UpstreamTimeoutError):
-        return boss_error(504, IO_ERROR, f"upstream timed out: {exc}")
+        return boss_error(504, IO_ERROR, f"upstream{_channel_of(request)} timed out: {exc}")
     if isinstance(exc, UpstreamError | RemoteUnavailableError | CorruptChunkError):
-        return boss_error(502, IO_ERROR, f"upstream failed: {exc}")
+        return boss_error(502, IO_ERROR, f"upstream{_channel_of(request)} failed: {exc}")
     if isinstance(exc, AuthenticationError):
         return boss_error(403, MISSING_PERMISSION, f"the upstream refused the credentials: {exc}")
     if isinstance(exc, ReadOnlyError):

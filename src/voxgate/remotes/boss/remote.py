@@ -14,6 +14,7 @@ import blosc
 import numpy as np
 
 from ...errors import (
+    AuthenticationError,
     CapabilityNotSupportedError,
     CorruptChunkError,
     InvalidRequestError,
@@ -259,18 +260,39 @@ class BossDBRemote(Remote):
         (voxgate's default halves y and x of an anisotropic volume, then all three axes), and
         names its upstream's anchor (``pyramid_anchor``, a voxgate extension: an upstream made
         by Igneous lies on blocks from its first voxel); bossDB's status follows its
-        hierarchy_method, and its levels lie on the grid through 0."""
+        hierarchy_method, and its levels lie on the grid through 0.
+
+        A server without the status (it answers 404, 401/403, 400/405 or 501 to it) follows
+        bossDB's hierarchy rule.  A status that is no JSON object, or whose ``voxel_size`` or
+        ``pyramid_anchor`` is malformed, is a CorruptChunkError naming its URL, and a server
+        that does not answer it fails the open: either way the levels' geometry is not known,
+        and guessing it gave wrong shapes and voxel sizes (a relay's pyramid that halves
+        differently) or the wrong anchor, silently."""
         if int(exp.get("num_hierarchy_levels") or 1) < 2:
             return None, None
         try:
             status = self.project.downsample_status(self.collection, self.experiment,
                                                     self.channel)
-        except VoxgateError:
-            return None, None
-        if not isinstance(status, dict):
-            return None, None
-        anchor = status.get("pyramid_anchor")
-        return status.get("voxel_size"), anchor if anchor in ("offset", "origin") else None
+        except (RemoteNotFoundError, AuthenticationError, InvalidRequestError,
+                CapabilityNotSupportedError):
+            return None, None  # (no status here: bossDB's rule)
+        where = (f"{self.url}: the downsample status {self.settings.url}/v1/downsample/"
+                 f"{self.collection}/{self.experiment}/{self.channel}/ answered")
+        with server_answer(where):
+            sizes = status["voxel_size"]
+            if not isinstance(sizes, dict):
+                raise TypeError(f"its voxel_size is {_short(sizes)}, not an object of levels")
+            for key, size in sizes.items():
+                if not (isinstance(size, list) and len(size) == 3 and all(
+                        isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+                        for v in size)):
+                    raise ValueError(f"its voxel_size of level {_short(key)} is "
+                                     f"{_short(size)}, not three positive numbers (x, y, z)")
+            anchor = status.get("pyramid_anchor")
+            if anchor is not None and anchor not in ("offset", "origin"):
+                raise ValueError(f"its pyramid_anchor is {_short(anchor)}, not 'offset' or "
+                                 "'origin'")
+        return sizes, anchor
 
     @classmethod
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> BossDBRemote:
@@ -554,6 +576,12 @@ class BossDBRemote(Remote):
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
+
+
+def _short(value: Any, n: int = 60) -> str:
+    """``repr(value)`` cut to ``n`` characters, for a message about a server's answer."""
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + "..."
 
 
 def _factors(levels: Any, k: int, iso: bool) -> Vec:
