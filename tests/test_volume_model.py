@@ -89,6 +89,8 @@ class Model:
                     p0, p1 = p0 + n if p0 < 0 else p0, p1 + n if p1 < 0 else p1
                     if self.mode == "error" and (p0 < 0 or p1 > n or p0 > n):
                         raise Refused("OutOfBoundsError")
+                    if p1 < p0:  # ends before it starts: refused, not numpy's empty selection
+                        raise Refused("IndexingError")
                 axes[pos] = [first + p0 * d, d * step, len(range(p0, p1, step)), True]
             else:
                 j = _int(k)

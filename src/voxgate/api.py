@@ -11,8 +11,8 @@ import numpy as np
 from .errors import InvalidRequestError, VoxelOrderWarning, VoxgateError
 from .geometry import VoxelSize
 from .meta import VolumeMeta, next_scales
-from .registry import create_remote, open_remote, resolve_for_create
-from .remotes.base import check_missing
+from .registry import create_remote, open_remote, resolve, resolve_for_create
+from .remotes.base import COMMON_OPTIONS, check_keywords, check_missing
 from .volume import Bounds, Volume
 
 #: ``open_remote`` and ``create_remote`` live in the registry (below Volume); re-exported here
@@ -73,8 +73,31 @@ def open(
             + (" (the Services take numpy arrays as they are; voxgate.create('mem://NAME', "
                "...) makes a volume in memory)" if isinstance(url, np.ndarray) else "")
         )
+    check_keywords(open, options, lambda: _store_options(os.fspath(url), "open"))
     remote = open_remote(os.fspath(url), mode=mode, **options)
     return Volume(remote, scale, bounds=bounds)
+
+
+def _store_options(url: str, action: str) -> tuple[str, ...]:
+    """The options the store at ``url`` takes to ``action`` ("open" or "create"); none when
+    the URL names no store (opening or creating it then says why)."""
+    try:
+        cls = resolve(url)[0] if action == "open" else resolve_for_create(url)[0]
+    except VoxgateError:
+        return ()
+    own = cls.open_options if action == "open" else cls.create_options
+    return (*own, *COMMON_OPTIONS[action])
+
+
+class _Required:
+    """The default of a parameter :func:`create` needs (so that a misspelt name given in its
+    place is named, rather than only the parameter missing)."""
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+_REQUIRED: Any = _Required()
 
 
 def _format_created_at(url: str) -> str | None:
@@ -91,8 +114,8 @@ def create(
     *,
     shape: Any,
     dtype: Any,
-    chunks: Any,
-    voxel_size: Any,
+    chunks: Any = _REQUIRED,
+    voxel_size: Any = _REQUIRED,
     kind: str = "image",
     encoding: str | None = None,
     offset: Any = (0, 0, 0),
@@ -118,6 +141,11 @@ def create(
             f"a volume URL must be a string, a path or a TensorStore spec dict, got "
             f"{type(url).__name__} {url!r}"
         )
+    check_keywords(create, options, lambda: _store_options(os.fspath(url), "create"))
+    missing = [n for n, v in (("chunks", chunks), ("voxel_size", voxel_size)) if v is _REQUIRED]
+    if missing:  # (Python's own words for a required argument left out)
+        raise TypeError(f"create() missing {len(missing)} required keyword-only argument"
+                        f"{'s' if len(missing) > 1 else ''}: {' and '.join(map(repr, missing))}")
     if encoding is not None and _format_created_at(os.fspath(url)) not in (None, "precomputed"):
         raise InvalidRequestError(
             f"encoding={encoding!r} applies to precomputed:// volumes only (raw, jpeg, png, "

@@ -11,6 +11,7 @@ never a crash of ``import voxgate``.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import warnings
@@ -77,9 +78,12 @@ def _load(scheme: str) -> type[Remote]:
     _load_entry_points()
     target = _registered.get(scheme, _BUILTIN.get(scheme))
     if target is None:
+        known = known_schemes()
+        close = difflib.get_close_matches(scheme, known, n=1)
         raise UnknownSchemeError(
-            f"unknown scheme {scheme + '://'!r}; known schemes: "
-            + ", ".join(s + "://" for s in known_schemes())
+            f"unknown scheme {scheme + '://'!r}"
+            + (f" (did you mean {close[0] + '://'!r}?)" if close else "")
+            + "; known schemes: " + ", ".join(s + "://" for s in known)
         )
     if not isinstance(target, str):
         return target
@@ -123,6 +127,7 @@ def detect_format(location: str) -> str:
     if lower.endswith((".tif", ".tiff", ".btf", ".tf8", ".tf2")):
         return "tiff"
     from .storage import check_bucket, kvstore_exists
+    from .storage.kvstore import holds_nothing
 
     local = path.removeprefix("file://")
     if os.path.isfile(local):  # a configuration file itself
@@ -135,11 +140,30 @@ def detect_format(location: str) -> str:
     for marker, scheme in _MARKERS:
         if kvstore_exists(path, marker):
             return scheme
+    if os.path.isdir(local) and lower.rstrip("/").endswith((".n5", ".zarr")):
+        # no marker of its own (an N5 root tensorstore wrote, a zarr folder of arrays): the
+        # store, named by the extension, says what is there and what to open instead
+        return "n5" if lower.rstrip("/").endswith(".n5") else "zarr"
     if path.startswith(("gs://", "s3://", "http://", "https://")) or os.path.exists(
         path.removeprefix("file://")
     ):
         # a missing bucket holds no marker either: name the bucket (s3:// can tell)
         check_bucket(path, f"opening {location}")
+        if holds_nothing(path):  # an object-storage prefix with no object under it
+            raise RemoteNotFoundError(
+                f"nothing is stored at {location!r}: no object's name starts with that prefix")
+        if os.path.isfile(local):  # (a .png, a .npy, a .csv: no volume voxgate reads)
+            raise UnknownSchemeError(
+                f"cannot tell the format of {location!r}: it is a file, and the volumes voxgate "
+                "reads from one file are HDF5 (.h5, .hdf5, .hdf) and TIFF (.tif, .tiff); a "
+                "zarr, N5 or precomputed volume is a directory.  If it is an HDF5 or TIFF file "
+                f"under another name, say so in the URL: hdf5://{location}#/DATASET or "
+                f"tiff://{location}")
+        if os.path.isdir(local) and not os.listdir(local):
+            raise UnknownSchemeError(
+                f"cannot tell the format of {location!r}: it is an empty directory, without "
+                "the marker file of any format (a volume there has not been written yet, or "
+                "the path names the wrong folder)")
         raise UnknownSchemeError(
             f"cannot tell the format of {location!r}: it has none of the marker files "
             f"({', '.join(m for m, _ in _MARKERS)}, *.k.toml, *.k.conf, *.pyk.conf) and is "

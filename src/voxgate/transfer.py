@@ -50,6 +50,7 @@ from .errors import (
     MissingChunkError,
     OutOfBoundsError,
     PartialWriteError,
+    VoxgateError,
     VoxgateWarning,
     check_flag,
     redact,
@@ -60,8 +61,10 @@ from .parallel import default_workers
 from .progress import progress_bar
 from .registry import create_remote, open_remote, resolve_for_create
 from .remotes.base import (
+    COMMON_OPTIONS,
     Capability,
     Remote,
+    check_keywords,
     check_missing,
     format_chunks,
     has_capability,
@@ -600,6 +603,16 @@ def _progress(enabled: bool, total: int, total_bytes: int, label: str) -> Iterat
         yield bar.advance
 
 
+def _create_options_of(dst: str | os.PathLike[str] | Volume) -> tuple[str, ...]:
+    """The options the destination's store takes to create (none when the URL names none)."""
+    try:
+        cls = type(dst.remote) if isinstance(dst, Volume) else resolve_for_create(
+            os.fspath(dst))[0]
+    except VoxgateError:
+        return ()
+    return (*cls.create_options, *COMMON_OPTIONS["create"])
+
+
 def copy(
     src: str | os.PathLike[str] | Volume,
     dst: str | os.PathLike[str] | Volume,
@@ -644,6 +657,7 @@ def copy(
                 f"the copy's {role} must be a URL, a path or a Volume, got {type(x).__name__}"
                 + (" (write an array in memory with Volume[...] = array)"
                    if isinstance(x, np.ndarray) else f" {repr(x)[:80]}"))
+    check_keywords(copy, create_options, lambda: _create_options_of(dst))
     workers, retries = check_run(workers, retries, client, "copy")
     verify = check_flag(verify, "verify")
     progress = check_flag(progress, "progress")

@@ -201,7 +201,6 @@ def _refused_file(path: Path) -> None:
         ("compound", "holds"),
         ("scalar", "0-D dataset"),
         ("one_d", "1-D dataset"),
-        ("two_d", r"2-D dataset of shape \(3, 4\)"),
         ("five_d", "5-D dataset"),
         ("empty", "is empty"),
         ("pyramid", "is empty"),

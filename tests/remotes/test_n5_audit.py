@@ -294,7 +294,9 @@ _GOOD = {"dimensions": [19, 13, 7], "blockSize": [5, 4, 3], "dataType": "uint16"
     ({"blockSize": None}, InvalidRequestError, "'blockSize'"),
     ({"blockSize": [5, 0, 3]}, InvalidRequestError, "'blockSize'"),
     ({"blockSize": [5, 4]}, InvalidRequestError, "'blockSize'"),
-    ({"dimensions": [19, 13], "blockSize": [5, 4]}, InvalidRequestError, "'dimensions'"),
+    # (2-D opens as one z plane: tests/remotes/test_store_followups_audit.py)
+    ({"dimensions": [19, 13, 7, 2, 2], "blockSize": [5, 4, 3, 1, 1]}, InvalidRequestError,
+     "'dimensions'"),
     ({"dimensions": [19, -13, 7]}, InvalidRequestError, "'dimensions'"),
     ({"compression": None}, InvalidRequestError, "no 'compression'"),
     ({"compression": "gzip"}, InvalidRequestError, "'compression'"),

@@ -59,6 +59,7 @@ import math
 import os
 import re
 import tomllib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,7 @@ from ..errors import (
     MissingDependencyError,
     RemoteExistsError,
     RemoteNotFoundError,
+    VoxgateWarning,
 )
 from ..geometry import Box, Vec, VoxelSize, chunk_boxes
 from ..meta import Scale, VolumeMeta, check_new_scales
@@ -125,16 +127,29 @@ def parse_knossos_conf(text: str, conf: str) -> dict[str, Any]:
 
     As KNOSSOS (dataset.cpp ``fromLegacyConf``) reads them: one entry per line, its words
     separated by spaces, the ``;`` optional and whatever follows the value ignored (a trailing
-    ``# comment`` or ``// comment``); a line that starts with no key KNOSSOS knows (a ``#``,
-    ``;`` or ``//`` comment, a blank line, an unknown key) is skipped.  The experiment name may
-    be written without quotes (knossos_utils' ``initialize_without_conf`` writes
-    ``experiment name N;``).  A line of a key voxgate reads whose value is not one (``boundary
-    x 1O24;``, ``boundary x`` with the number on the next line: no reader joins lines) raises
-    :class:`InvalidRequestError` naming the file and the line, rather than being skipped."""
+    ``# comment`` or ``// comment``, a second number: ``boundary x 1024 1025;`` is 1024); a
+    line that starts with no key KNOSSOS knows (a ``#``, ``;`` or ``//`` comment, a blank line,
+    an unknown key) is skipped, and so is an indented one (KNOSSOS takes the text up to the
+    first space as the key: empty, or the key with a tab before it), with a VoxgateWarning
+    when it holds a key voxgate reads.  The experiment name may be written without quotes
+    (knossos_utils' ``initialize_without_conf`` writes ``experiment name N;``).  A line of a
+    key voxgate reads whose value is not one (``boundary x 1O24;``, ``boundary x`` with the
+    number on the next line: no reader joins lines) raises :class:`InvalidRequestError`
+    naming the file and the line, rather than being skipped."""
     out: dict[str, Any] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith(("#", ";", "//")):
+            continue
+        if line[0].isspace():
+            m = _CLASSIC_LINE.match(stripped)
+            key = " ".join(m.group("key").split()) if m is not None else ""
+            if key in _CLASSIC_KEYS:
+                warnings.warn(VoxgateWarning(
+                    f"{conf}, line {number}: {stripped!r} is indented, and KNOSSOS reads no "
+                    "indented line (a key must start its line); voxgate skips it too: remove the "
+                    "indentation for it to count"),
+                    stacklevel=3)
             continue
         m = _CLASSIC_LINE.match(stripped)
         if m is None:
@@ -144,8 +159,11 @@ def parse_knossos_conf(text: str, conf: str) -> dict[str, Any]:
         if want is None:
             continue  # a key voxgate does not read (KNOSSOS skips it too)
         quoted, word, rest = m.group("quoted"), m.group("word"), m.group("rest")
-        # after the value: the end, a ";" (anything after it), or a comment
-        tail_ok = not rest or rest.startswith((";", "#", "//"))
+        # after the value: the end, a ";" (anything after it), a comment, or more words
+        # after a space, which KNOSSOS does not read (it takes the word after the key)
+        value_end = m.end("quoted") + 1 if quoted is not None else m.end("word")
+        tail_ok = (not rest or rest.startswith((";", "#", "//"))
+                   or (value_end >= 0 and m.start("rest") > value_end))
 
         def bad(what: str, number: int = number, line: str = stripped) -> InvalidRequestError:
             return InvalidRequestError(
@@ -158,7 +176,8 @@ def parse_knossos_conf(text: str, conf: str) -> dict[str, Any]:
                 raise bad('experiment name "NAME";')
             out[key] = name
         elif want == "flag":
-            if quoted is not None or word is not None or not tail_ok:
+            # KNOSSOS reads the word "png" and nothing after it ("png=no" is another word)
+            if m.end("key") < len(stripped) and stripped[m.end("key")] not in " \t;#/":
                 raise bad(f"{key};")
             out[key] = True
         else:
@@ -667,7 +686,8 @@ def _read_conf(conf: str) -> _Dataset:
                         extent_xyz=extent, voxel_sizes_xyz=vs, mags=mags, pow2_mags=not ordinal,
                         cube_xyz=cube, exts=_exts(["." + ext.lstrip(".")], conf),
                         root=_local_root(kv.get("_BaseURL"), f"{conf} (_BaseURL)"))
-    ftp = re.search(r"^\s*ftp_mode\b[ \t]*([^\s;]*)", text, re.MULTILINE)
+    # (at the start of a line: KNOSSOS skips an indented one, as every other)
+    ftp = re.search(r"^ftp_mode\b[ \t]*([^\s;]*)", text, re.MULTILINE)
     if ftp:
         # KNOSSOS (fromLegacyConf) and knossos_utils (parse_knossos_conf) load the cubes of
         # such a dataset from that server over HTTP, not from beside the conf: read here,

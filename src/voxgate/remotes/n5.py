@@ -40,7 +40,9 @@ the kind (image or segmentation), the offset and the exact voxel size of every s
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import re
 import shutil
 import warnings
@@ -174,10 +176,11 @@ def _dataset_metadata(attrs: dict[str, Any], where: str) -> dict[str, Any]:
             f"{bad} 'axes' must be {rank} distinct names, one per entry of 'dimensions' "
             f"{dims}, got {axes!r}"
         )
-    if axes is None and rank not in (3, 4):
+    if axes is None and rank not in (2, 3, 4):
         raise InvalidRequestError(
             f"{bad} 'dimensions' {dims} has {rank} entries and there is no 'axes' attribute "
-            "naming them; voxgate reads 3-D (x, y, z) and 4-D (x, y, z, c) N5 datasets"
+            "naming them; voxgate reads 2-D (x, y: one z plane), 3-D (x, y, z) and 4-D "
+            "(x, y, z, c) N5 datasets"
         )
     block = attrs.get("blockSize")
     if not isinstance(block, list) or len(block) != rank or not all(_is_int(b, 1) for b in block):
@@ -236,6 +239,50 @@ def _dataset_metadata(attrs: dict[str, Any], where: str) -> dict[str, Any]:
     if axes is not None:
         metadata["axes"] = axes
     return metadata
+
+
+def _is_flat(attrs: dict[str, Any]) -> bool:
+    """Whether a dataset's attributes.json describes a 2-D image: two dimensions and no
+    ``axes``, or ``axes`` naming x and y but no z."""
+    axes = attrs.get("axes")
+    if isinstance(axes, list):
+        names = {a.lower() for a in axes if isinstance(a, str)}
+        return "z" not in names and {"x", "y"} <= names
+    dims = attrs.get("dimensions")
+    return isinstance(dims, list) and len(dims) == 2
+
+
+def _flat_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """A 2-D image's attributes (a dataset's or its multiscale group's) as those of a volume
+    of one z plane, for reading only: every per-axis list voxgate reads gets a z entry at its
+    end, where :func:`_as_zyx` puts the z dimension (a resolution or factor the larger of the
+    others, as a 2-D OME-Zarr image's z is; offset 0; the unit of the first axis)."""
+    def padded(value: object, how: str) -> object:
+        if not isinstance(value, list) or not value:
+            return value
+        numbers = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if how == "number":
+            return [*value, max(numbers)] if len(numbers) == len(value) else value
+        if how == "zero":
+            return [*value, 0]
+        if how == "unit":
+            return [*value, next((u for u in value if isinstance(u, str) and u), "")]
+        return [*value, "z"]
+
+    out = dict(attrs)
+    for key, how in (("resolution", "number"), ("downsamplingFactors", "number"),
+                     ("offset", "zero"), ("units", "unit"), ("axes", "name")):
+        if key in out:
+            out[key] = padded(out[key], how)
+    pr = out.get("pixelResolution")
+    if isinstance(pr, dict):
+        out["pixelResolution"] = {**pr, "dimensions": padded(pr.get("dimensions"), "number")}
+    elif isinstance(pr, list):
+        out["pixelResolution"] = padded(pr, "number")
+    rows = out.get("scales")
+    if isinstance(rows, list) and all(isinstance(r, list) for r in rows):
+        out["scales"] = [padded(r, "number") for r in rows]
+    return out
 
 
 def _plain_number(v: float) -> int | float:
@@ -424,15 +471,20 @@ def _as_zyx(store: ts.TensorStore, where: str, offset: Vec) -> tuple[TSArray, in
     """
     names = [(n or "").lower() for n in store.domain.labels]
     if not any(names):
-        if store.rank == 3:
-            names = ["x", "y", "z"]
-        elif store.rank == 4:
-            names = ["x", "y", "z", "c"]
+        if store.rank in (2, 3, 4):
+            names = ["x", "y", "z", "c"][:store.rank]
         else:
             raise InvalidRequestError(
                 f"{where} has {store.rank} dimensions and no 'axes' attribute naming them; "
-                "voxgate reads 3-D (x, y, z) and 4-D (x, y, z, c) N5 datasets"
+                "voxgate reads 2-D (x, y), 3-D (x, y, z) and 4-D (x, y, z, c) N5 datasets"
             )
+    view = store
+    if "z" not in names and {"x", "y"} <= set(names):
+        # a 2-D image: a volume of one z plane, its z dimension last (a view: reads and
+        # writes reach the 2-D dataset, nothing is stored for it; _flat_attrs gives its
+        # per-axis attributes a z entry at the same place)
+        view = view[..., ts.newaxis][ts.d[store.rank].mark_bounds_implicit[False]]
+        names = [*names, "z"]
     if not {"x", "y", "z"} <= set(names):
         raise InvalidRequestError(
             f"{where} has axes {names}; voxgate needs x, y and z (plus an optional channel c)"
@@ -441,7 +493,6 @@ def _as_zyx(store: ts.TensorStore, where: str, offset: Vec) -> tuple[TSArray, in
     channel_names = [n for n in names if n in CHANNEL_NAMES]
     if len(channel_names) > 1:
         raise InvalidRequestError(f"{where} has more than one channel axis: {names}")
-    view = store
     current = list(names)
     for n in [n for n in names if n not in ("x", "y", "z", *channel_names)]:
         i = current.index(n)
@@ -471,9 +522,12 @@ class N5Remote(Remote):
     create_options = ("compression",)
 
     def __init__(
-        self, location: str, meta: VolumeMeta, arrays: list[TSArray], paths: list[str], mode: str
+        self, location: str, meta: VolumeMeta, arrays: list[TSArray], paths: list[str], mode: str,
+        flat: bool = False,
     ) -> None:
         self.location = location
+        #: a 2-D image (x, y), read and written as a volume of one z plane
+        self._flat = flat
         self.meta = meta
         self._arrays = arrays
         self._paths = paths
@@ -489,12 +543,18 @@ class N5Remote(Remote):
             return cls._open_single(location, attrs, mode)
         if kvstore_exists(location, "s0/attributes.json"):
             return cls._open_multiscale(location, attrs, mode)
+        members = _group_members(location)
+        listed = ", ".join(f"n5://{join(location, m)}" for m in members[:_LISTED]) + (
+            f" ... and {len(members) - _LISTED} more" if len(members) > _LISTED else "")
         if attrs or kvstore_exists(location, "attributes.json"):
             raise RemoteNotFoundError(
                 f"{location!r} is an N5 group but neither a dataset (no 'dimensions' in its "
                 "attributes.json) nor a multiscale group (no s0 dataset); open one of its "
-                "datasets instead"
+                "datasets instead" + (f": {listed}" if members else "")
             )
+        if members:  # a root without attributes.json of its own (tensorstore writes none)
+            raise RemoteNotFoundError(
+                f"{location!r} holds N5 datasets but is none itself; open one of them: {listed}")
         # a missing bucket reads as missing keys: name it rather than the dataset
         check_bucket(location, f"opening {location}")
         raise RemoteNotFoundError(f"no N5 dataset or multiscale group at {location!r}")
@@ -534,10 +594,12 @@ class N5Remote(Remote):
         store = cls._open_store(location, mode, attrs)
         dtype = np.dtype(store.dtype.numpy_dtype)
         info = _info(attrs)
-        scale, arr, channels = cls._scale(0, location, store, attrs, info, _NO_GROUP)
+        flat = _is_flat(attrs)
+        scale, arr, channels = cls._scale(0, location, store,
+                                          _flat_attrs(attrs) if flat else attrs, info, _NO_GROUP)
         kind = _kind(info, dtype, join(location, "attributes.json"))
         meta = VolumeMeta(dtype, (scale,), kind, channels, 0)
-        return cls(location, meta, [arr], [location], mode)
+        return cls(location, meta, [arr], [location], mode, flat)
 
     @classmethod
     def _open_multiscale(cls, location: str, group: dict[str, Any], mode: str) -> N5Remote:
@@ -551,6 +613,9 @@ class N5Remote(Remote):
                 raise InvalidRequestError(
                     f"{join(path, 'attributes.json')} is not N5 metadata: a JSON object was "
                     f"expected, not {type(attrs).__name__ if attrs is not None else 'null'}")
+        flat = _is_flat(all_attrs[0])
+        if flat:  # (read as a volume of one z plane, every list with a z entry)
+            group = _flat_attrs(group)
         group_factors = _group_factors(location, group)
         # the group's lists are in the order of its own "axes", else in that of s0's
         order = _xyz_order(group.get("axes")) or _xyz_order(all_attrs[0].get("axes")) or _XYZ
@@ -566,6 +631,12 @@ class N5Remote(Remote):
         shape0: Sequence[int] = ()
         for i, (path, attrs) in enumerate(zip(paths, all_attrs, strict=True)):
             store = cls._open_store(path, mode, attrs)
+            if _is_flat(attrs) != flat:
+                raise InvalidRequestError(
+                    f"{path} has {'no ' if flat else ''}z axis but s0 of {location} has "
+                    f"{'one' if flat else 'none'}; every scale of a multiscale group must")
+            if flat:
+                attrs = _flat_attrs(attrs)
             if dtype is None:
                 dtype = np.dtype(store.dtype.numpy_dtype)
             elif np.dtype(store.dtype.numpy_dtype) != dtype:
@@ -590,7 +661,7 @@ class N5Remote(Remote):
         assert dtype is not None
         kind = _kind(ginfo, dtype, where)
         meta = VolumeMeta(dtype, tuple(scales), kind, channels, 0)
-        return cls(location, meta, arrays, paths, mode)
+        return cls(location, meta, arrays, paths, mode, flat)
 
     @classmethod
     def _scale(
@@ -799,7 +870,7 @@ class N5Remote(Remote):
         if self.mode != "r+":
             return frozenset({Capability.CHUNK_PRESENCE})
         caps = {Capability.WRITE, Capability.CHUNK_PRESENCE}
-        if self._multiscale_group() and not self._bdv_timepoint():
+        if self._multiscale_group() and not self._bdv_timepoint() and not self._flat:
             caps.add(Capability.ADD_SCALES)
         return frozenset(caps)
 
@@ -836,6 +907,10 @@ class N5Remote(Remote):
                 "time point, which must all have the same ones; voxgate does not add scales to "
                 "one time point"
             )
+        if self._flat:
+            raise CapabilityNotSupportedError(
+                f"{self.url} is a 2-D image (one z plane); voxgate adds scales to 3-D and 4-D "
+                "N5 multiscale groups only")
         check_new_scales(self.meta, scales)
         template = read_json(join(self.location, "s0"), "attributes.json")
         group = read_json(self.location, "attributes.json")
@@ -1102,6 +1177,35 @@ def _kind(info: dict[str, Any], dtype: np.dtype[Any], where: str) -> Kind:
             f"{where} gives the kind {kind!r} (voxgate.kind); it must be 'image' or "
             "'segmentation'")
     return cast(Kind, kind)
+
+
+#: how many datasets a refusal to open a group lists
+_LISTED = 20
+
+
+def _group_members(location: str) -> list[str]:
+    """Paths (under ``location``, local only) of the N5 datasets and multiscale groups in the
+    group there, for the message refusing to open the group itself; [] when not local."""
+    if not is_local(location):
+        return []
+    root = local_path(location)
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        if dirpath == root or "attributes.json" not in filenames:
+            continue
+        try:
+            with open(os.path.join(dirpath, "attributes.json"), "rb") as f:
+                attrs = json.load(f)
+        except (OSError, ValueError):
+            continue
+        multiscale = os.path.isfile(os.path.join(dirpath, "s0", "attributes.json"))
+        if multiscale or (isinstance(attrs, dict) and "dimensions" in attrs):
+            found.append(os.path.relpath(dirpath, root).replace(os.sep, "/"))
+            dirnames.clear()  # a dataset's block directories (or a group's scales) hold no more
+        if len(found) > _LISTED:
+            break
+    return sorted(found)
 
 
 def _optional_json(location: str, key: str) -> dict[str, Any]:

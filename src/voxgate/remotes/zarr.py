@@ -214,15 +214,18 @@ class ZarrRemote(Remote):
             # funlib.persistence (daisy, gunpowder) names them in its own attributes
             names = funlib_names(attrs, store.rank, location)
         if not any(names):
-            if store.rank not in (3, 4):
+            if store.rank not in (2, 3, 4):
                 raise InvalidRequestError(
-                    f"{location} is a {store.rank}-D zarr array without dimension names; voxgate "
-                    "reads 3-D (z, y, x) and 4-D (c, z, y, x) arrays, and others whose "
-                    "dimension_names (Zarr v3; _ARRAY_DIMENSIONS on v2) name z, y and x (plus "
-                    "c and length-1 others)"
+                    f"{location} is a {store.rank}-D zarr array of shape {tuple(store.shape)} "
+                    "without dimension names; voxgate reads 2-D (y, x), 3-D (z, y, x) and 4-D "
+                    "(c, z, y, x) arrays, and others whose dimension_names (Zarr v3; "
+                    "_ARRAY_DIMENSIONS on v2) name z, y and x (or y and x), plus c and "
+                    "length-1 others"
                 )
-            names = ["c", "z", "y", "x"] if store.rank == 4 else ["z", "y", "x"]
+            names = {2: ["y", "x"], 3: ["z", "y", "x"], 4: ["c", "z", "y", "x"]}[store.rank]
         names = [n.lower() if n else "" for n in names]
+        # a 2-D array (y, x; no z) opens as one z plane, as a 2-D OME-Zarr image does
+        flat = "z" not in names and {"y", "x"} <= set(names)
         own_vs, own_offset, kind = _plain_attrs(attrs.get("voxgate"), location)
         # voxgate's own attribute first, then funlib.persistence's world-unit ones
         vs, offset, translation = _funlib_geometry(attrs, names, location)
@@ -231,7 +234,7 @@ class ZarrRemote(Remote):
         if own_offset is not None or own_vs is not None:
             # (a world offset means nothing against a voxel size voxgate states otherwise)
             offset, translation = own_offset or Vec(0, 0, 0), None
-        arr, channels = _as_czyx(store, names, location, offset)
+        arr, channels = _as_czyx(store, names, location, offset, flat)
         dtype = np.dtype(store.dtype.numpy_dtype)
         shape = Vec(*arr.store.shape[-3:])
         chunks, shard = _chunk_shapes(arr.store)
@@ -1133,8 +1136,8 @@ def _as_czyx(
     flat: bool = False,
 ) -> tuple[TSArray, int]:
     """A TSArray over ``store``, dimensions reordered to ([c,] z, y, x), x y z from ``offset``.
-    ``flat``: a 2-D OME-Zarr image (y and x, no z), given a z dimension of length 1 (a view:
-    reads and writes reach the 2-D array, nothing is stored for it)."""
+    ``flat``: a 2-D image or plain array (y and x, no z), given a z dimension of length 1 (a
+    view: reads and writes reach the 2-D array, nothing is stored for it)."""
     names = [n.lower() if n else "" for n in names]
     view = store
     if flat and "z" not in names and {"y", "x"} <= set(names):

@@ -28,7 +28,7 @@ from ..geometry import Box, Vec, VoxelSize
 from ..meta import Scale, VolumeMeta
 from ..progress import progress_bar  # one progress bar (and byte unit) for every Service
 from ..registry import create_remote, resolve_for_create
-from ..remotes.base import Capability, Remote, has_capability
+from ..remotes.base import COMMON_OPTIONS, Capability, Remote, check_keywords, has_capability
 from ..remotes.memory import MemoryRemote
 from ..remotes.tensorstore_spec import spec_url
 from ..storage import remove_tree
@@ -162,6 +162,22 @@ def region_meta(src: Volume, region: Box, dtype: Any, kind: str) -> VolumeMeta:
     sc = src.scale_meta
     return VolumeMeta(np.dtype(dtype), (Scale(0, region.shape, sc.chunks, sc.voxel_size,
                                               region.start),), kind)  # type: ignore[arg-type]
+
+
+def check_output_options(func: Callable[..., Any], out: Any, options: dict[str, Any]) -> None:
+    """Refuse a keyword of ``func``'s ``**create_options`` that misspells one of its own
+    parameters (``halos=`` for ``halo=``), rather than pass it on to ``out``'s create."""
+
+    def store_options() -> tuple[str, ...]:
+        try:
+            cls = type(out.remote) if isinstance(out, Volume) else (
+                resolve_for_create(os.fspath(out))[0] if isinstance(out, (str, os.PathLike))
+                else None)
+        except VoxgateError:
+            cls = None
+        return () if cls is None else (*cls.create_options, *COMMON_OPTIONS["create"])
+
+    check_keywords(func, options, store_options)
 
 
 def resolve_output(out: Any, meta: VolumeMeta, *, overwrite: bool, options: dict[str, Any],

@@ -51,6 +51,7 @@ from ._common import (
     ArrayResult,
     Provenance,
     as_volume,
+    check_output_options,
     region_meta,
     remove_scratch,
     resolve_output,
@@ -233,6 +234,7 @@ def connected_components(
     then be stores its workers can open by URL).
     """
     t0 = time.perf_counter()
+    check_output_options(connected_components, out, create_options)
     if whole(connectivity) not in _CONNECTIVITY:  # 26.0 or True are not connectivities
         raise InvalidRequestError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
     progress = check_flag(progress, "progress")

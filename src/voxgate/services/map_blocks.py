@@ -59,6 +59,7 @@ from ..volume import Volume
 from ._common import (
     Provenance,
     as_volume,
+    check_output_options,
     region_meta,
     resolve_output,
     scratch_result,
@@ -569,6 +570,7 @@ def map_blocks(
             f"map_blocks applies a function to each block; fn must be callable, got "
             f"{type(fn).__name__} {fn!r}")
     # refused before an out= URL is created
+    check_output_options(map_blocks, out, create_options)
     workers, retries = check_run(workers, retries, client, "map_blocks")
     if resume is not None and not isinstance(resume, bool):
         raise InvalidRequestError(f"resume must be None, True or False, got {resume!r}")

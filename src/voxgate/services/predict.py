@@ -56,6 +56,7 @@ from ._common import (
     Provenance,
     as_volume,
     block_boxes,
+    check_output_options,
     resolve_output,
     scratch_result,
 )
@@ -480,6 +481,7 @@ def predict(
     No store runs models on its server: ``prefer="server"`` is refused.
     """
     t0 = time.perf_counter()
+    check_output_options(predict, out, create_options)
     no_server_path(prefer)
     try:
         dt = np.dtype("uint8" if dtype is None else dtype)

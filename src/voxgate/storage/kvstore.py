@@ -48,6 +48,7 @@ __all__ = [
     "check_bucket",
     "check_spec_buckets",
     "gcs_credentials",
+    "holds_nothing",
     "is_local",
     "join",
     "kvstore_exists",
@@ -616,6 +617,31 @@ def _probe_bucket(spec: dict[str, Any] | str, context: ts.Context, location: str
             raise error from exc
         return  # refused or otherwise unanswered: the write itself will say
     _reached(location)
+
+
+#: how long :func:`holds_nothing` lists before it takes a prefix as holding something (an
+#: empty prefix answers with one request; a long listing means there are many keys)
+_EMPTY_LISTING_SECONDS = 20.0
+
+
+def holds_nothing(location: str) -> bool:
+    """Whether a listing of the gs:// or s3:// prefix ``location`` answers with no key at all
+    (nothing is stored there); False when something is, for other locations, and when the
+    listing is refused or does not finish in time (it says nothing then)."""
+    if urlparse(location).scheme not in ("gs", "s3"):
+        return False
+    try:
+        kv = ts.KvStore.open(kvstore_spec(location), context=_context_for(location)).result()
+        future = kv.list()
+        try:
+            keys = future.result(timeout=_EMPTY_LISTING_SECONDS)
+        except TimeoutError:
+            future.cancel()
+            return False
+    except (ValueError, RuntimeError, OSError):
+        return False
+    _reached(location)
+    return not keys
 
 
 def read_json(location: str, key: str) -> Any:

@@ -45,8 +45,12 @@ def _index_int(value: Any, what: str) -> int:
     try:
         return operator.index(value)
     except TypeError:
+        allowed = "an integer or None" if what.startswith("a slice") else \
+            "an integer, a slice or '...'"
+        hint = "; round it to an integer first (int(...))" if isinstance(
+            value, (float, np.floating)) and np.isfinite(value) else ""
         raise IndexingError(
-            f"{what} must be an integer, a slice or '...', got {type(value).__name__} {value!r}"
+            f"{what} must be {allowed}, got {type(value).__name__} {value!r}{hint}"
         ) from None
 
 

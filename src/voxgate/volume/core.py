@@ -305,11 +305,17 @@ class Volume(NoArithmetic):
                 step = _index_int(step, "a slice step")
                 if step <= 0:
                     raise InvalidRequestError(
-                        f"slice step must be a positive integer, got {step} (reverse the array "
-                        "after reading instead)"
+                        f"slice step must be a positive integer, got {step} " + (
+                            "(reverse the array after reading instead)" if step < 0 else
+                            "(1 takes every voxel, 2 every second one)")
                     )
             if mode == "clip" or is_channel:
-                start, stop, _ = slice(k.start, k.stop, step).indices(n)
+                start, stop = k.start, k.stop
+                if start is not None and type(start) is not int:
+                    start = _index_int(start, "a slice start")
+                if stop is not None and type(stop) is not int:
+                    stop = _index_int(stop, "a slice stop")
+                start, stop, _ = slice(start, stop, step).indices(n)
             else:
                 start, stop = k.start, k.stop
                 # (ints, the usual case, need no check)
@@ -326,6 +332,16 @@ class Volume(NoArithmetic):
                         f"slice {_fmt_slice(k)} on axis {self._axis_name(pos)} is outside 0:{n} "
                         "(open with bounds='clip' or 'fill' to allow it)"
                     )
+                if stop < start:
+                    # numpy selects nothing: as silent as a slice clipped at the end
+                    given, ends = _fmt_slice(k), f"{start}:{stop}"
+                    raise IndexingError(
+                        f"slice {given} on axis {self._axis_name(pos)} ends before it starts, "
+                        "so it selects nothing" + (
+                            f"; put the start first ({stop}:{start})" if given.startswith(ends)
+                            else f" (counted from the end it is {ends})")
+                        + "; to reverse an axis, reverse the array after reading; "
+                        "bounds='clip' gives numpy's empty selection")
             length = max(0, -(-(stop - start) // step))
             return _Axis(axis.start + start * axis.step, axis.step * step, length)
         i = _index_int(k, "an index")

@@ -169,8 +169,21 @@ def _volumes(f: h5py.File) -> list[str]:
     return ["/" + n for n in found]
 
 
+def _planes(f: h5py.File) -> list[str]:
+    """Paths of the file's 2-D datasets (images, each a volume of one z plane)."""
+    found: list[str] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.ndim == 2:
+            found.append("/" + name)
+
+    f.visititems(visit)
+    return found
+
+
 def _resolve_default(f: h5py.File, path: str) -> str:
-    """The volume a fragment-less URL means: /volume, else the file's only volume."""
+    """The volume a fragment-less URL means: /volume, else the file's only volume, else (none
+    being 3-D or 4-D) its only 2-D dataset."""
     default = f.get(DEFAULT_DATASET)
     if _is_volume_dataset(default) or _is_multiscale(default):
         return DEFAULT_DATASET
@@ -178,8 +191,13 @@ def _resolve_default(f: h5py.File, path: str) -> str:
     if len(volumes) == 1:
         return volumes[0]
     if not volumes:
+        planes = _planes(f)
+        if len(planes) == 1:  # the file's only image: one z plane
+            return planes[0]
         raise RemoteNotFoundError(
             f"{path} holds no 3-D (z, y, x) or 4-D (c, z, y, x) dataset or multiscale group"
+            + (f"; its 2-D datasets ({', '.join(planes[:20])}) open as one z plane when the "
+               f"URL names one, e.g. hdf5://{path}#{planes[0]}" if planes else "")
         )
     raise InvalidRequestError(
         f"{path} holds several volumes ({', '.join(volumes)}); name one in the URL, e.g. "

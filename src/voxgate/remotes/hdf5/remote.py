@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 
 from ...errors import (
+    CapabilityNotSupportedError,
     CorruptChunkError,
     InvalidRequestError,
     ReadOnlyError,
@@ -73,6 +74,7 @@ class HDF5Remote(Remote):
         mode: str,
         storage_dtype: np.dtype[Any] | None = None,
         holds: bool = False,
+        flat: bool = False,
     ) -> None:
         self._shared = shared
         self.path = shared.path
@@ -81,6 +83,8 @@ class HDF5Remote(Remote):
         self._datasets = datasets
         # a 4-D dataset of one channel is read as 3-D: its channel axis is dropped / re-added
         self._channel_axis = channel_axis
+        #: a 2-D dataset (y, x), read and written as a volume of one z plane
+        self._flat = flat
         # the file's dtype where it differs from meta.dtype (BigDataViewer's uint16 as int16):
         # read and written by reinterpreting the bytes, never by HDF5's clipping conversion
         self._storage_dtype = storage_dtype
@@ -141,12 +145,15 @@ class HDF5Remote(Remote):
         obj = f.get(name)
         if obj is None:
             raise RemoteNotFoundError(f"{where} does not exist{_listing(f)}")
+        flat = False
         if isinstance(obj, h5py.Dataset):
-            if not _is_volume_dataset(obj):
+            # a 2-D dataset named in the URL is an image (y, x): a volume of one z plane
+            flat = obj.ndim == 2
+            if not (_is_volume_dataset(obj) or flat):
                 raise InvalidRequestError(
-                    f"{where} is a {obj.ndim}-D dataset of shape {obj.shape}; voxgate reads 3-D "
-                    "(z, y, x) and 4-D (c, z, y, x) datasets and multiscale groups of them"
-                    f"{_listing(f)}"
+                    f"{where} is a {obj.ndim}-D dataset of shape {obj.shape}; voxgate reads 2-D "
+                    "(y, x: one z plane), 3-D (z, y, x) and 4-D (c, z, y, x) datasets and "
+                    f"multiscale groups of 3-D and 4-D ones{_listing(f)}"
                 )
             group_attrs = None
             datasets = [name]
@@ -198,11 +205,11 @@ class HDF5Remote(Remote):
                     f"reads a {ds.ndim}-D dataset as {tuple(want)}: transpose it into that order "
                     "(e.g. with h5py and numpy) or copy it with the axes reordered"
                 )
-            shape = Vec(*ds.shape[-3:])
+            shape = Vec(*_zyx(ds.shape))
             vs = None if n5 else _voxel_size(ds.attrs, f"{shared.path}#{dname}")
             if n5:
                 vs, offset = _n5_scale(ds.attrs, n5_group, i, tuple(shape),
-                                       tuple(first.shape[-3:]), f"{shared.path}#{dname}")
+                                       _zyx(first.shape), f"{shared.path}#{dname}")
             elif vs is None:
                 factors = _triple(_attr(ds.attrs, "downsamplingFactors")) or _bdv_factors(
                     f, dname)
@@ -210,13 +217,13 @@ class HDF5Remote(Remote):
                     factors = _scale_factors(group_factors, i)
                 if factors is None:  # nothing written: infer from the shapes
                     factors = [float(max(1, round(a / b)))
-                               for a, b in zip(first.shape[-3:], shape, strict=True)]
+                               for a, b in zip(_zyx(first.shape), shape, strict=True)]
                 base = base_vs or VoxelSize(1.0, 1.0, 1.0)
                 vs = VoxelSize.of([b * k for b, k in zip(base.zyx(), factors, strict=True)],
                                   base.unit)
             if not n5:
                 offset = _voxel_offset(ds.attrs, vs, f"{shared.path}#{dname}")
-            chunks = Vec(*ds.chunks[-3:]) if ds.chunks else Vec(
+            chunks = Vec(*_zyx(ds.chunks)) if ds.chunks else Vec(
                 *(min(n, _CONTIGUOUS_BLOCK) for n in shape)
             )
             encoding = ds.compression or "raw"
@@ -232,7 +239,7 @@ class HDF5Remote(Remote):
             fill_value = 0
         meta = VolumeMeta(dtype, tuple(scales), kind, channels, fill_value)
         name = "/" + name.strip("/")
-        return cls(shared, name, meta, datasets, channel_axis, mode, storage, holds)
+        return cls(shared, name, meta, datasets, channel_axis, mode, storage, holds, flat)
 
     @classmethod
     def exists(cls, location: str) -> bool:
@@ -244,7 +251,9 @@ class HDF5Remote(Remote):
             with shared.lock:
                 assert shared.file is not None
                 obj = shared.file.get(name or DEFAULT_DATASET)
-                return _is_volume_dataset(obj) or _is_multiscale(obj)
+                # (a 2-D dataset is a volume when the URL names it)
+                return _is_volume_dataset(obj) or _is_multiscale(obj) or (
+                    name is not None and isinstance(obj, h5py.Dataset) and obj.ndim == 2)
         finally:
             _release(shared)
 
@@ -318,6 +327,8 @@ class HDF5Remote(Remote):
     def capabilities(self) -> frozenset[Capability]:
         if self.mode != "r+":
             return frozenset({Capability.CHUNK_PRESENCE})
+        if self._flat:
+            return frozenset({Capability.WRITE, Capability.CHUNK_PRESENCE})
         return frozenset({Capability.WRITE, Capability.ADD_SCALES, Capability.CHUNK_PRESENCE})
 
     def add_scales(self, scales: Sequence[Scale]) -> None:
@@ -328,6 +339,10 @@ class HDF5Remote(Remote):
         """
         self._check_writable()
         self._check_open()
+        if self._flat:
+            raise CapabilityNotSupportedError(
+                f"{self.url} is a 2-D dataset (one z plane); voxgate adds scales to 3-D and 4-D "
+                "HDF5 volumes only")
         check_new_scales(self.meta, scales)
         meta = self.meta
         with self._shared.lock:
@@ -378,6 +393,8 @@ class HDF5Remote(Remote):
     def _selection(self, box: Box, scale: int) -> tuple[slice, ...]:
         origin = self.meta.scale(scale).offset
         zyx = box.slices(origin)
+        if self._flat:  # (the box is within the one plane)
+            return zyx[1:]
         return (slice(None), *zyx) if self._channel_axis else zyx
 
     def _check_open(self) -> None:
@@ -422,8 +439,8 @@ class HDF5Remote(Remote):
             ds = self._shared.dataset(dname)
             try:
                 if out.size:
-                    ds.read_direct(out if self._storage_dtype is None
-                                   else out.view(self._storage_dtype), source_sel=sel)
+                    dest = out if self._storage_dtype is None else out.view(self._storage_dtype)
+                    ds.read_direct(dest[0] if self._flat else dest, source_sel=sel)
             except OSError as exc:
                 raise self._locate_damage(ds, scale, box, exc) from exc
         if self._channel_axis and self.meta.num_channels == 1:
@@ -439,6 +456,8 @@ class HDF5Remote(Remote):
         data = np.ascontiguousarray(array)
         if self._storage_dtype is not None:
             data = np.ascontiguousarray(data, dtype=self.meta.dtype).view(self._storage_dtype)
+        if self._flat:
+            data = data[0]
         dname = self._datasets[scale]
         with self._shared.lock:
             f = self._shared.ensure_open(writable=True)
@@ -489,6 +508,11 @@ class HDF5Remote(Remote):
                     chunk=chunk,
                 )
         return VoxgateError(f"{what} failed: {exc}")
+
+
+def _zyx(shape: Sequence[int]) -> tuple[int, ...]:
+    """The (z, y, x) of a dataset's shape or chunk shape; a 2-D one's z is 1."""
+    return (1, *shape) if len(shape) == 2 else tuple(shape[-3:])
 
 
 def _cells(box: Box, sc: Scale) -> Iterator[tuple[Vec, Box]]:
