@@ -12,12 +12,21 @@ from voxgate.remotes.memory import MemoryRemote
 
 @pytest.fixture(autouse=True)
 def _isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Copy journals go to a temporary folder, and mem:// volumes do not leak between tests."""
+    """Copy journals go to a temporary folder, and mem:// volumes do not leak between tests,
+    nor does the retry policy a relay started in this process sets for every store opened
+    after it (a later test of an unreachable server would see the relay's retries)."""
+    from voxgate.storage import kvstore
+
+    retries = kvstore._retries
     state = tmp_path_factory.mktemp("state")
     old = os.environ.get("VOXGATE_STATE_DIR")
     os.environ["VOXGATE_STATE_DIR"] = str(state)
     yield
     MemoryRemote.clear()
+    if kvstore._retries != retries:
+        with kvstore._context_lock:
+            kvstore._retries = retries
+            kvstore._context = None
     if old is None:
         os.environ.pop("VOXGATE_STATE_DIR", None)
     else:
