@@ -91,7 +91,7 @@ def test_an_empty_folder_is_said_to_be_empty(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "nothing").mkdir()
-    with pytest.raises(UnknownSchemeError, match="'nothing': it is an empty directory"):
+    with pytest.raises(RemoteNotFoundError, match="'nothing': it is an empty directory"):
         voxgate.open("nothing")
 
 
@@ -237,7 +237,7 @@ def test_the_stores_own_options_are_left_to_the_store(em: voxgate.Volume) -> Non
 
 def test_the_cli_names_a_misspelt_open_option(em: voxgate.Volume) -> None:
     _one_error(CliRunner().invoke(main, ["info", "-O", "mip=1", em.url]), 1,
-               "InvalidRequestError: voxgate.open\\(\\) got the unknown keyword 'mip' "
+               "UnknownKeywordError: voxgate.open\\(\\) got the unknown keyword 'mip' "
                "\\(did you mean scale=\\?\\)")
 
 

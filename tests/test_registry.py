@@ -33,6 +33,9 @@ def test_missing_paths(tmp_path: Path) -> None:
     with pytest.raises(RemoteNotFoundError):
         voxgate.open(f"zarr://{tmp_path}/nothing.zarr")
     (tmp_path / "plain").mkdir()
+    with pytest.raises(RemoteNotFoundError, match=r"empty directory.*marker"):
+        voxgate.open(tmp_path / "plain")  # nothing there (an empty s3:// prefix is the same)
+    (tmp_path / "plain" / "notes.txt").write_text("x")
     with pytest.raises(UnknownSchemeError, match="marker"):
         voxgate.open(tmp_path / "plain")
 

@@ -8,12 +8,17 @@ catches everything voxgate says.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 __all__ = [
     "check_flag",
+    "closest_keyword",
+    "refuses_unknown_keywords",
+    "unknown_keyword",
     "redact",
     "redacting_logger",
     "RedactingFilter",
@@ -23,6 +28,7 @@ __all__ = [
     "DtypeError",
     "IndexingError",
     "InvalidRequestError",
+    "KEYWORD_ALIASES",
     "LazyOperationError",
     "MissingChunkError",
     "MissingDependencyError",
@@ -32,6 +38,7 @@ __all__ = [
     "RemoteExistsError",
     "RemoteNotFoundError",
     "RemoteUnavailableError",
+    "UnknownKeywordError",
     "UnknownSchemeError",
     "VoxelOrderWarning",
     "VoxgateError",
@@ -128,6 +135,12 @@ class UnknownSchemeError(VoxgateError, ValueError):
 
 class InvalidRequestError(VoxgateError, ValueError):
     """A request is malformed: a bad URL, a step <= 0, a shape that does not match, a bad option."""
+
+
+class UnknownKeywordError(InvalidRequestError, TypeError):
+    """A keyword argument a voxgate function does not take (``chunk=`` for ``chunks=``).  Also
+    a TypeError, as Python's own "unexpected keyword argument" is: ``except TypeError`` around
+    a call keeps working."""
 
 
 class DtypeError(VoxgateError, TypeError):
@@ -239,3 +252,69 @@ def check_flag(value: object, name: str) -> bool:
     if type(value).__name__ not in ("bool", "bool_"):
         raise InvalidRequestError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+#: names other libraries (CloudVolume's mip and chunk_size, bossDB's resolution, dask's
+#: n_workers) or a slip give a parameter voxgate's functions call otherwise; each is suggested
+#: only where the function takes it
+KEYWORD_ALIASES: dict[str, tuple[str, ...]] = {
+    "mip": ("scale",), "mips": ("num_scales",), "num_mips": ("num_scales",),
+    "resolution": ("scale", "voxel_size"),
+    "chunk": ("chunks", "block"), "chunks": ("block",), "chunk_size": ("chunks", "block"),
+    "block_size": ("block",), "bbox": ("box",), "bounding_box": ("box",),
+    "worker": ("workers", "client"), "workers": ("client",), "n_workers": ("workers", "client"),
+    "num_workers": ("workers", "client"), "n_jobs": ("workers",),
+    "segids": ("ids",), "segment_ids": ("ids",), "output": ("out",),
+}
+
+
+def closest_keyword(name: str, own: Sequence[str]) -> str | None:
+    """The parameter of ``own`` that the keyword ``name`` most likely meant, or None."""
+    import difflib
+
+    close = [o for o in KEYWORD_ALIASES.get(name, ()) if o in own] or \
+        difflib.get_close_matches(name, own, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def unknown_keyword(func: Callable[..., Any], names: Sequence[str], own: Sequence[str],
+                    extra: str = "") -> UnknownKeywordError:
+    """The refusal of the keywords ``names`` given to ``func``, which takes ``own`` (its
+    private ``_x`` parameters are not listed), each with the parameter it likely meant;
+    ``extra`` ends the list of what it takes."""
+    public = [o for o in own if not o.startswith("_")]
+    named = []
+    for name in names:
+        close = closest_keyword(name, public)
+        named.append(f"{name!r}" + (f" (did you mean {close}=?)" if close else ""))
+    return UnknownKeywordError(
+        f"voxgate.{func.__name__}() got the unknown keyword{'s' if len(names) > 1 else ''} "
+        f"{', '.join(named)}; it takes {', '.join(public)}{extra}")
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def refuses_unknown_keywords(func: _F) -> _F:
+    """``func`` refusing a keyword it does not take with :class:`UnknownKeywordError` (naming
+    the keyword, the parameter it likely meant and every one ``func`` takes) before it runs,
+    instead of Python's bare "unexpected keyword argument".  Correct calls are passed on
+    untouched; the signature, name and docstring stay ``func``'s (``functools.wraps``).
+
+    For a function without ``**options``; one that passes its ``**options`` on to a store
+    checks them with ``voxgate.remotes.base.check_keywords``."""
+    import inspect  # (not at import: errors is loaded by every command, inspect is not)
+
+    params = inspect.signature(func).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        raise TypeError(f"{func.__qualname__} takes **options; check them with check_keywords")
+    own = tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    known = frozenset(own)
+
+    @functools.wraps(func)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        if not known.issuperset(kwargs):
+            raise unknown_keyword(func, [k for k in kwargs if k not in known], own)
+        return func(*args, **kwargs)
+
+    return cast(_F, checked)

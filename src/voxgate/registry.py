@@ -110,6 +110,15 @@ _MARKERS: tuple[tuple[str, str], ...] = (
 )
 
 
+#: what voxgate would open at a location, as the message of one holding nothing says it
+_RECOGNISED = (
+    "voxgate recognises a volume by its marker file, "
+    + ", ".join(f"{scheme}:// ({', '.join(m for m, s in _MARKERS if s == scheme)}"
+                + (", *.k.toml, *.k.conf, *.pyk.conf" if scheme == "knossos" else "") + ")"
+                for scheme in dict.fromkeys(s for _, s in _MARKERS))
+    + ", or a file's extension, hdf5:// (.h5, .hdf5, .hdf) and tiff:// (.tif, .tiff)")
+
+
 def _is_knossos_conf(name: str) -> bool:
     """A KNOSSOS configuration file's name (knossos.conf itself is a marker above): NAME.k.toml,
     NAME.k.conf (the classic conf under the name knossos_utils' initialize_without_conf gives
@@ -151,7 +160,8 @@ def detect_format(location: str) -> str:
         check_bucket(path, f"opening {location}")
         if holds_nothing(path):  # an object-storage prefix with no object under it
             raise RemoteNotFoundError(
-                f"nothing is stored at {location!r}: no object's name starts with that prefix")
+                f"nothing is stored at {location!r}: no object's name starts with that "
+                f"prefix; {_RECOGNISED}")
         if os.path.isfile(local):  # (a .png, a .npy, a .csv: no volume voxgate reads)
             raise UnknownSchemeError(
                 f"cannot tell the format of {location!r}: it is a file, and the volumes voxgate "
@@ -159,11 +169,10 @@ def detect_format(location: str) -> str:
                 "zarr, N5 or precomputed volume is a directory.  If it is an HDF5 or TIFF file "
                 f"under another name, say so in the URL: hdf5://{location}#/DATASET or "
                 f"tiff://{location}")
-        if os.path.isdir(local) and not os.listdir(local):
-            raise UnknownSchemeError(
-                f"cannot tell the format of {location!r}: it is an empty directory, without "
-                "the marker file of any format (a volume there has not been written yet, or "
-                "the path names the wrong folder)")
+        if os.path.isdir(local) and not os.listdir(local):  # as an empty prefix above
+            raise RemoteNotFoundError(
+                f"nothing is stored at {location!r}: it is an empty directory (a volume there "
+                f"has not been written yet, or the path names the wrong folder); {_RECOGNISED}")
         raise UnknownSchemeError(
             f"cannot tell the format of {location!r}: it has none of the marker files "
             f"({', '.join(m for m, _ in _MARKERS)}, *.k.toml, *.k.conf, *.pyk.conf) and is "

@@ -29,7 +29,12 @@ from typing import Any
 import numpy as np
 
 from .api import open as open_volume
-from .errors import InvalidRequestError, MissingDependencyError, VoxgateError
+from .errors import (
+    InvalidRequestError,
+    MissingDependencyError,
+    VoxgateError,
+    refuses_unknown_keywords,
+)
 from .geometry import Box, whole
 from .meta import check_ids
 from .relay.config import ChannelConfig, RelayConfig
@@ -273,6 +278,7 @@ def _start_relay(channels: list[ChannelConfig], port: int) -> tuple[Any, threadi
     return server, thread, f"http://{host}:{port}"
 
 
+@refuses_unknown_keywords
 def view(*volumes: Volume | str, names: Sequence[str] | None = None, open_browser: bool = False,
          port: int = 0, segments: dict[str, list[int]] | None = None) -> ViewerSession:
     """Show ``volumes`` (Volumes or URLs) in Neuroglancer; returns the running session.

@@ -31,7 +31,10 @@ from ..errors import (
     MissingChunkError,
     ReadOnlyError,
     RemoteExistsError,
+    closest_keyword,
     redact,
+    refuses_unknown_keywords,
+    unknown_keyword,
 )
 from ..geometry import Box, Vec, chunk_boxes
 from ..meta import PyramidAnchor, Scale, VolumeMeta
@@ -295,6 +298,7 @@ def writes_guarded(remote: Remote, scale: int) -> Iterator[None]:
         yield
 
 
+@refuses_unknown_keywords
 def has_capability(remote: Remote, capability: Capability | str) -> bool:
     """Whether ``remote`` declares ``capability``; the one way to ask (never ``hasattr``)."""
     return Capability(capability) in remote.capabilities
@@ -310,20 +314,15 @@ def require_capability(remote: Remote, capability: Capability | str) -> None:
 #: options every store takes, handled by the registry before a Remote sees the rest
 COMMON_OPTIONS = {"open": ("mode", "missing"), "create": ("exist_ok",)}
 
-#: names other libraries give a parameter voxgate's entry points call otherwise
-#: (CloudVolume's mip and chunk_size, bossDB's resolution)
-_OTHER_NAMES = {"mip": ("scale",), "resolution": ("scale", "voxel_size"),
-                "chunk_size": ("chunks",), "bbox": ("box",), "bounding_box": ("box",)}
-
-
 def check_keywords(func: Callable[..., Any], given: Mapping[str, Any],
                    passed_on: Sequence[str] | Callable[[], Sequence[str]] = ()) -> None:
     """Refuse a keyword in ``given`` (what ``func`` takes as ``**options`` and passes on to a
     store) that is a misspelling of one of ``func``'s own parameters (``chunk=`` for
-    ``chunks=``, ``worker=`` for ``workers=``, ``mip=`` for ``scale=``): the store would
-    refuse it as an option of its own, naming neither the parameter nor ``func``.  Names in
-    ``passed_on`` (the store's options; a function giving them is called only when a name is
-    in doubt) are left to the store."""
+    ``chunks=``, ``worker=`` for ``workers=``, ``mip=`` for ``scale=``) with
+    UnknownKeywordError: the store would refuse it as an option of its own, naming neither
+    the parameter nor ``func``.  Names in ``passed_on`` (the store's options; a function
+    giving them is called only when a name is in doubt) are left to the store.  (A function
+    without ``**options`` has :func:`~voxgate.errors.refuses_unknown_keywords` instead.)"""
     if not given:
         return
     import inspect
@@ -331,19 +330,13 @@ def check_keywords(func: Callable[..., Any], given: Mapping[str, Any],
     own = [p.name for p in inspect.signature(func).parameters.values()
            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
     for name in given:
-        if name in own:
-            continue
-        close = [o for o in _OTHER_NAMES.get(name, ()) if o in own] or \
-            difflib.get_close_matches(name, own, n=1, cutoff=0.75)
-        if not close:
+        if name in own or closest_keyword(name, own) is None:
             continue
         store = [o for o in (passed_on() if callable(passed_on) else passed_on) if o not in own]
         if name in store:
             continue
-        raise InvalidRequestError(
-            f"voxgate.{func.__name__}() got the unknown keyword {name!r} (did you mean "
-            f"{close[0]}=?); it takes {', '.join(own)}"
-            + (f", and the store's options {', '.join(store)}" if store else ""))
+        raise unknown_keyword(
+            func, [name], own, f", and the store's options {', '.join(store)}" if store else "")
 
 
 def check_options(

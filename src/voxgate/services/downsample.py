@@ -38,7 +38,7 @@ from ..blockwise import (
     scheduler_name,
     worker_remote,
 )
-from ..errors import InvalidRequestError, VoxgateError, VoxgateWarning
+from ..errors import InvalidRequestError, VoxgateError, VoxgateWarning, refuses_unknown_keywords
 from ..geometry import Box, Vec, whole_at_least
 from ..meta import Scale, VolumeMeta, coarser_extent, next_scales
 from ..remotes.base import Capability, has_capability, notify_written
@@ -380,6 +380,7 @@ def _default_num_scales(meta: VolumeMeta) -> int:
     return max(2, len(current.scales))
 
 
+@refuses_unknown_keywords
 def downsample(
     source: Any,
     num_scales: int | None = None,

@@ -28,7 +28,7 @@ from ..blockwise import (
     run_blocks,
     scheduler_name,
 )
-from ..errors import InvalidRequestError, check_flag
+from ..errors import InvalidRequestError, check_flag, refuses_unknown_keywords
 from ..geometry import Box
 from ..remotes.base import Capability
 from ._common import Prefer, Provenance, as_volume, choose_path, progress_bar
@@ -125,6 +125,7 @@ def _frame(stats: dict[str, np.ndarray]) -> pd.DataFrame:
     return pd.DataFrame(data, columns=COLUMNS)
 
 
+@refuses_unknown_keywords
 def label_stats(
     source: Any,
     *,

@@ -42,6 +42,7 @@ from ..errors import (
     InvalidRequestError,
     RemoteNotFoundError,
     check_flag,
+    refuses_unknown_keywords,
 )
 from ..formats.mesh import Mesh
 from ..geometry import Box, Vec
@@ -212,6 +213,7 @@ def _unpack(packed: Any) -> tuple[dict[int, Mesh], np.ndarray]:
             for k, i in enumerate(ids.tolist())}, bits
 
 
+@refuses_unknown_keywords
 def mesh(
     source: Any,
     ids: Iterable[int] | None = None,

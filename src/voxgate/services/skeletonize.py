@@ -38,7 +38,12 @@ from typing import Any, NoReturn
 import numpy as np
 
 from ..blockwise import check_block, check_client, cluster_spec, run_blocks, worker_remote
-from ..errors import CapabilityNotSupportedError, InvalidRequestError, RemoteNotFoundError
+from ..errors import (
+    CapabilityNotSupportedError,
+    InvalidRequestError,
+    RemoteNotFoundError,
+    refuses_unknown_keywords,
+)
 from ..formats.skeleton import Skeleton
 from ..geometry import Box, Vec, grow_block, whole, whole_at_least
 from ..meta import check_ids
@@ -140,6 +145,7 @@ def skeletonize_kernel(labels: np.ndarray, voxel_size: Any, origin: Any,
     return out
 
 
+@refuses_unknown_keywords
 def skeletonize(
     source: Any,
     ids: Iterable[int] | None = None,

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..blockwise import check_for_cluster, check_run, hosts_elsewhere, run_blocks
-from ..errors import InvalidRequestError, check_flag
+from ..errors import InvalidRequestError, check_flag, refuses_unknown_keywords
 from ..geometry import Box, Vec, grow_block
 from ..storage import is_local, join, local_path
 from ..volume import Volume
@@ -113,6 +113,7 @@ def _scratch_location(value: object) -> str:
     return value.rstrip("/")
 
 
+@refuses_unknown_keywords
 def detect_synapses(
     source: Any,
     *,

@@ -16,6 +16,7 @@ from ...errors import (
     CorruptChunkError,
     InvalidRequestError,
     RemoteNotFoundError,
+    refuses_unknown_keywords,
 )
 from ...geometry import Box
 from ...meta import check_ids
@@ -267,6 +268,7 @@ def _in_box(kind: str, records: np.ndarray, box: Box) -> np.ndarray:
     return np.asarray(((hi >= start) & (lo < stop)).all(axis=1))
 
 
+@refuses_unknown_keywords
 def read_annotations(url: str | os.PathLike[str], *, box: Box | None = None,
                      ids: Iterable[int] | None = None) -> pd.DataFrame:
     """The annotations of a precomputed annotation layer as a table (the columns

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ...errors import InvalidRequestError, check_flag
+from ...errors import InvalidRequestError, check_flag, refuses_unknown_keywords
 from ...geometry import Box, VoxelSize
 from ...progress import progress_bar
 from ...storage import (
@@ -186,6 +186,7 @@ def _old_keys(info: Mapping[str, Any]) -> list[str]:
     return keys
 
 
+@refuses_unknown_keywords
 def write_annotations(
     url: str | os.PathLike[str],
     table: pd.DataFrame | Iterable[pd.DataFrame],

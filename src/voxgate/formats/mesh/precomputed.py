@@ -22,6 +22,7 @@ from ...errors import (
     InvalidRequestError,
     RemoteNotFoundError,
     check_flag,
+    refuses_unknown_keywords,
 )
 from ...geometry import whole, whole_at_least
 from ...progress import progress_bar
@@ -60,6 +61,7 @@ def _legacy_fragment_name(seg: int, mesh: Mesh, resolution: np.ndarray) -> str:
     return f"{seg}:0:{a[0]}-{b[0]}_{a[1]}-{b[1]}_{a[2]}-{b[2]}"
 
 
+@refuses_unknown_keywords
 def write_meshes(
     url: str | os.PathLike[str],
     meshes: Mapping[int, Mesh],

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ...errors import CapabilityNotSupportedError, InvalidRequestError
+from ...errors import CapabilityNotSupportedError, InvalidRequestError, refuses_unknown_keywords
 from ...geometry import Box
 from ...remotes.base import Capability
 from .._common import Prefer, Provenance, choose_path
@@ -32,6 +32,7 @@ from .dvid import _check_local_edit, _dvid_merge
 from .remeshing import _check_remesh, _recorded_remesh, _remesh
 
 
+@refuses_unknown_keywords
 @one_edit_at_a_time
 def relabel(seg: Any, mapping: Mapping[Any, Any], *, user: str | None = None,
             progress: bool = False, workers: int | None = None, history_dir: Any = None,
@@ -77,6 +78,7 @@ def relabel(seg: Any, mapping: Mapping[Any, Any], *, user: str | None = None,
                                   **coarse}))
 
 
+@refuses_unknown_keywords
 @one_edit_at_a_time
 def merge(seg: Any, ids: Iterable[Any], into: Any = None, *, user: str | None = None,
           prefer: Prefer = "auto", progress: bool = False, workers: int | None = None,

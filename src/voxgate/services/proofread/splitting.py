@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import InvalidRequestError
+from ...errors import InvalidRequestError, refuses_unknown_keywords
 from ...geometry import Box, Vec
 from ...remotes.base import Capability, has_capability
 from ...volume import Volume
@@ -160,6 +160,7 @@ def _existing(vol: Volume, ids: list[int]) -> list[int]:
     return [i for i in ids if i in boxes]
 
 
+@refuses_unknown_keywords
 @one_edit_at_a_time
 def split(seg: Any, id: Any, *, seeds: Any = None, image: Any = None,
           box: Any = None, user: str | None = None, prefer: Prefer = "auto",

@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...errors import CapabilityNotSupportedError, InvalidRequestError, PartialWriteError
+from ...errors import (
+    CapabilityNotSupportedError,
+    InvalidRequestError,
+    PartialWriteError,
+    refuses_unknown_keywords,
+)
 from ...geometry import Box, whole_at_least
 from ...parallel import run_blocks
 from ...volume import Volume
@@ -61,6 +66,7 @@ def _restore(vol: Volume, saved: list[tuple[Box, int | None, Path]], label: str,
 
 
 # -- history and undo -----------------------------------------------------------------------------
+@refuses_unknown_keywords
 def history(seg: Any, *, history_dir: Any = None) -> pd.DataFrame:
     """The edits of a volume, one row each: n, time, user, operation, path (local / server),
     params, ids, boxes, blocks, status (started, done, partial, undone) and for undo rows the
@@ -79,6 +85,7 @@ def history(seg: Any, *, history_dir: Any = None) -> pd.DataFrame:
     return pd.DataFrame([{c: e.get(c) for c in cols} for e in entries], columns=cols)
 
 
+@refuses_unknown_keywords
 @one_edit_at_a_time
 def undo(seg: Any, n: int = 1, *, user: str | None = None, progress: bool = False,
          workers: int | None = None, history_dir: Any = None) -> list[EditResult]:
