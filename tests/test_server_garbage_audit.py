@@ -13,25 +13,19 @@ the server's address, and out of ``voxgate info`` / ``voxgate cp`` as exit statu
 
 from __future__ import annotations
 
-import http.client
-import http.server
-import json
 import os
-import re
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
 import voxgate
+from tests.garbage_proxy import CHUNK_GARBAGE, JSON_GARBAGE, GarbageProxy, garbage
 from tests.relay.conftest import free_port, start_relay
 from tests.static_http import serve_directory
 from voxgate.cli import main
@@ -45,99 +39,6 @@ from voxgate.errors import (
 
 SHAPE = (20, 30, 40)
 DATA = (np.arange(np.prod(SHAPE)) % 251).astype(np.uint8).reshape(SHAPE)
-
-HTML = (b"<!DOCTYPE html><html><head><title>Sign in</title></head>"
-        b"<body>Please log in</body></html>")
-#: kinds of garbage made of a good JSON answer
-JSON_GARBAGE = ["html", "empty", "huge", "truncated", "extra", "bytes", "list", "null",
-                "number", "emptyobj", "strings", "nulls"]
-#: kinds of garbage made of a good chunk
-CHUNK_GARBAGE = ["html", "empty", "huge", "truncated", "extra"]
-
-
-def _leaves(doc: Any, value: Any) -> Any:
-    if isinstance(doc, dict):
-        return {k: _leaves(v, value) for k, v in doc.items()}
-    if isinstance(doc, list):
-        return [_leaves(v, value) for v in doc]
-    return value
-
-
-def garble(kind: str, headers: dict[str, str], body: bytes) -> tuple[str, bytes]:
-    """(Content-Type, body) of the garbage of ``kind`` made from a good answer."""
-    ctype = headers.get("content-type", "application/octet-stream")
-    if kind == "html":
-        return "text/html; charset=utf-8", HTML
-    if kind == "ctype":  # the good body, called a web page
-        return "text/html", body
-    if kind == "empty":
-        return ctype, b""
-    if kind == "huge":
-        return ctype, b"x" * (8 << 20)
-    if kind == "truncated":
-        return ctype, body[: len(body) // 2]
-    if kind == "extra":
-        return ctype, body + b"garbage"
-    if kind == "bytes":
-        return ctype, bytes((i * 131 + 7) % 256 for i in range(max(len(body), 64)))
-    doc = json.loads(body)
-    new = {"list": [doc], "null": None, "number": 7, "emptyobj": {},
-           "strings": _leaves(doc, "x"), "nulls": _leaves(doc, None)}[kind]
-    return "application/json", json.dumps(new).encode()
-
-
-class GarbageProxy:
-    """Forwards every request to ``backend``, except a successful answer to a path matching
-    ``rule``'s pattern: that one is replaced by the garbage of ``rule``'s kind."""
-
-    def __init__(self, backend: str) -> None:
-        self.backend = urlparse(backend)
-        self.rule: tuple[re.Pattern[str], str] | None = None
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def forward(self) -> None:
-                n = int(self.headers.get("content-length") or 0)
-                sent = self.rfile.read(n) if n else None
-                conn = http.client.HTTPConnection(proxy.backend.hostname or "127.0.0.1",
-                                                  proxy.backend.port, timeout=60)
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("host", "connection", "accept-encoding")}
-                conn.request(self.command, self.path, body=sent, headers=headers)
-                got = conn.getresponse()
-                body, status = got.read(), got.status
-                kept = {k.lower(): v for k, v in got.getheaders()}
-                conn.close()
-                rule = proxy.rule
-                if rule is not None and rule[0].search(self.path) and status < 300:
-                    ctype, body = garble(rule[1], kept, body)
-                    status, kept = 200, {"content-type": ctype}
-                self.send_response(status)
-                for k, v in kept.items():
-                    if k not in ("content-length", "transfer-encoding", "connection", "date",
-                                 "server"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = forward
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        self.url = f"http://{self.address}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -202,12 +103,9 @@ def _url(scheme: str, proxy: GarbageProxy, root: str = "") -> str:
 
 def _refused(url: str, proxy: GarbageProxy, pattern: str, kind: str) -> VoxgateError:
     """The error of opening and reading ``url`` while ``pattern``'s answers are garbage."""
-    proxy.rule = (re.compile(pattern), kind)
-    try:
-        with pytest.raises(VoxgateError) as info:
-            voxgate.open(url).read()
-    finally:
-        proxy.rule = None
+    with (proxy.answering(pattern, garbage(kind), must_match=False),
+          pytest.raises(VoxgateError) as info):
+        voxgate.open(url).read()
     exc = info.value
     assert proxy.address in str(exc), f"the message does not name the server: {exc}"
     return exc
@@ -320,11 +218,8 @@ def test_a_wrong_content_type_is_read_as_the_body(files: GarbageProxy, boss: Gar
                                                   dvid: tuple[GarbageProxy, str],
                                                   scheme: str) -> None:
     proxy, root = {"bossdb": (boss, ""), "dvid": dvid}.get(scheme, (files, ""))
-    proxy.rule = (re.compile(r"."), "ctype")
-    try:
+    with proxy.answering(r".", garbage("ctype"), must_match=False):
         got = voxgate.open(_url(scheme, proxy, root))[0:20, 0:30, 0:40]
-    finally:
-        proxy.rule = None
     np.testing.assert_array_equal(got, DATA)
 
 
@@ -341,11 +236,8 @@ def test_cli_says_one_error_line(files: GarbageProxy, boss: GarbageProxy,
     url = _url(scheme, proxy, root)
     argv = ["info", url] if command == "info" else ["cp", url, f"zarr://{tmp_path}/out.zarr",
                                                      "--no-progress"]
-    proxy.rule = (re.compile(pattern), kind)
-    try:
+    with proxy.answering(pattern, garbage(kind), must_match=False):
         res = CliRunner().invoke(main, argv)
-    finally:
-        proxy.rule = None
     _one_error(res, proxy.address)
 
 
@@ -354,12 +246,9 @@ def test_cli_info_bossdb_html_in_a_real_process(boss: GarbageProxy) -> None:
     # printed a JSONDecodeError traceback
     exe = Path(sys.executable).with_name("voxgate")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "voxgate.cli"]
-    boss.rule = (re.compile(BOSS_RECORDS["channel"]), "html")
-    try:
+    with boss.answering(BOSS_RECORDS["channel"], garbage("html"), must_match=False):
         proc = subprocess.run([*cmd, "info", _url("bossdb", boss)], capture_output=True,
                               text=True, timeout=120, env=os.environ.copy())
-    finally:
-        boss.rule = None
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()

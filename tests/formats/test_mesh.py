@@ -32,6 +32,7 @@ from voxgate.formats.mesh import (
     read_meshes,
     write_meshes,
 )
+from voxgate.formats.mesh.precomputed import delete_meshes
 from voxgate.synthetic import synthetic_labels
 
 #: (z, y, x): anisotropic voxels and a volume that does not start at 0
@@ -758,3 +759,22 @@ def test_read_meshes_over_http(tmp_path: Path, http_root: str) -> None:
     assert got.surface_area() == pytest.approx(tetra().surface_area(), rel=1e-4)
     with pytest.raises(CapabilityNotSupportedError, match="pass the segment ids"):
         read_meshes(remote)
+
+
+@pytest.mark.parametrize("fragments", ['"1:0:a"', '{"1:0:a": 1}'])
+def test_a_malformed_legacy_manifest_deletes_no_file_it_seems_to_name(tmp_path: Path,
+                                                                      fragments: str) -> None:
+    """delete_meshes (proofreading's cleanup) reads manifests leniently: one whose fragments
+    are not a list names none.  Old code: a string was taken letter by letter and a dict by
+    its keys, so the files "1", "0", ":" and "a" (or "1:0:a") of the mesh directory went."""
+    url = make_layer(tmp_path / "seg")
+    write_meshes(url, {1: tetra(1), 2: tetra(2)}, format="legacy")
+    d = tmp_path / "seg" / "mesh"
+    (d / "1:0").write_text(f'{{"fragments": {fragments}}}')
+    bystanders = ["1", "0", ":", "a", "1:0:a"]
+    for name in bystanders:
+        (d / name).write_bytes(b"kept")
+    delete_meshes(url, [1])
+    assert not (d / "1:0").exists()
+    assert all((d / name).read_bytes() == b"kept" for name in bystanders)
+    assert read_meshes(url, [2]) == {2: tetra(2)}

@@ -25,15 +25,11 @@ one (404) falls back to the rule.
 
 from __future__ import annotations
 
-import http.client
-import http.server
 import re
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import blosc
 import httpx
@@ -41,8 +37,9 @@ import numpy as np
 import pytest
 
 import voxgate
+from tests.garbage_proxy import JSON_GARBAGE, GarbageProxy, garbage, refused
 from tests.static_http import serve_directory
-from tests.test_server_garbage_audit import DATA, JSON_GARBAGE, SHAPE, garble
+from tests.test_server_garbage_audit import DATA, SHAPE
 from voxgate.errors import CorruptChunkError, VoxgateError
 
 from .conftest import RelayProcess, free_port, start_relay
@@ -65,112 +62,13 @@ CHUNK = {"boss": r"/v1/cutout/lab/em/r\d+/", "dvid": r"/gray\d+/raw/", "pc": r"/
 #: channels made per upstream (one per test case: each has an experiment of its own, so opening
 #: one does not open the others, and an upstream URL of its own, so no cached cell is shared)
 CASES = 24
-Rule = Callable[[int, dict[str, str], bytes], tuple[int, dict[str, str], bytes]]
-
-
-def garbage(kind: str) -> Rule:
-    """A rule answering 200 with the garbage of ``kind`` made from the good answer."""
-
-    def rule(status: int, headers: dict[str, str], body: bytes
-             ) -> tuple[int, dict[str, str], bytes]:
-        ctype, new = garble(kind, headers, body)
-        return 200, {"content-type": ctype}, new
-
-    return rule
-
-
-def refused(status: int) -> Rule:
-    """A rule answering ``status`` with a bossDB JSON error (a server without the endpoint)."""
-
-    def rule(_: int, __: dict[str, str], ___: bytes) -> tuple[int, dict[str, str], bytes]:
-        body = b'{"status": %d, "code": 4000, "message": "no such endpoint"}' % status
-        return status, {"content-type": "application/json"}, body
-
-    return rule
-
-
-class UpstreamProxy:
-    """Forwards every request to ``backend``; a successful answer to a path matching the
-    pattern of ``rule`` is replaced by what the rule makes of it (the proxy of
-    tests/test_server_garbage_audit.py, with answers other than 200 too)."""
-
-    def __init__(self, backend: str) -> None:
-        self.backend = urlparse(backend)
-        self.rule: tuple[re.Pattern[str], Rule] | None = None
-        self.hits = 0
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def forward(self) -> None:
-                n = int(self.headers.get("content-length") or 0)
-                sent = self.rfile.read(n) if n else None
-                conn = http.client.HTTPConnection(proxy.backend.hostname or "127.0.0.1",
-                                                  proxy.backend.port, timeout=60)
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("host", "connection", "accept-encoding")}
-                conn.request(self.command, self.path, body=sent, headers=headers)
-                got = conn.getresponse()
-                body, status = got.read(), got.status
-                kept = {k.lower(): v for k, v in got.getheaders()}
-                conn.close()
-                rule = proxy.rule
-                if rule is not None and rule[0].search(self.path) and status < 300:
-                    proxy.hits += 1
-                    status, kept, body = rule[1](status, kept, body)
-                self.send_response(status)
-                for k, v in kept.items():
-                    if k not in ("content-length", "transfer-encoding", "connection", "date",
-                                 "server"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = forward
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        self.url = f"http://{self.address}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def answering(self, pattern: str, rule: Rule) -> _Answering:
-        return _Answering(self, re.compile(pattern), rule)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class _Answering:
-    """``with proxy.answering(pattern, rule):`` the rule holds inside the block only, and
-    was used at least once (a test whose garbage never reached the client proves nothing)."""
-
-    def __init__(self, proxy: UpstreamProxy, pattern: re.Pattern[str], rule: Rule) -> None:
-        self.proxy, self.pattern, self.rule = proxy, pattern, rule
-
-    def __enter__(self) -> None:
-        self.proxy.hits = 0
-        self.proxy.rule = (self.pattern, self.rule)
-
-    def __exit__(self, kind: object, exc: object, tb: object) -> None:
-        self.proxy.rule = None
-        if kind is None:
-            assert self.proxy.hits > 0, f"no answer matched {self.pattern.pattern}"
 
 
 @dataclass
 class World:
     relay: RelayProcess  # the relay under test, over the three upstreams behind proxies
-    proxies: dict[str, UpstreamProxy]
-    files: UpstreamProxy  # the static file server behind its proxy (for tensorstore:// too)
+    proxies: dict[str, GarbageProxy]
+    files: GarbageProxy  # the static file server behind its proxy (for tensorstore:// too)
     taken: dict[str, int] = field(default_factory=dict)
 
     def channel(self, upstream: str) -> str:
@@ -214,8 +112,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         serving = serve_directory(files)
         base = serving.__enter__()
         started.append(lambda: serving.__exit__(None, None, None))
-        proxies = {"boss": UpstreamProxy(boss.url), "dvid": UpstreamProxy(srv.url),
-                   "pc": UpstreamProxy(base)}
+        proxies = {"boss": GarbageProxy(boss.url), "dvid": GarbageProxy(srv.url),
+                   "pc": GarbageProxy(base)}
         for p in proxies.values():
             started.append(p.close)
         upstream = {"boss": lambda i: f"bossdb://{proxies['boss'].url}/lab/em/r{i}",
@@ -362,7 +260,7 @@ def test_clients_of_the_relay_see_an_error_not_zeros(world: World, upstream: str
 
 # -- tensorstore:// specs over an http kvstore --------------------------------------------------
 @pytest.fixture(scope="module")
-def ts_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProxy]:
+def ts_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GarbageProxy]:
     """A zarr v3 array, an N5 dataset and a precomputed layer behind the proxy."""
     root = tmp_path_factory.mktemp("ts_garbage")
     for url in (f"zarr://{root}/a.zarr", f"n5://{root}/a.n5",
@@ -370,7 +268,7 @@ def ts_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProxy
         voxgate.create(url, shape=SHAPE, chunks=(16, 16, 16), dtype="uint8",
                        voxel_size=(40, 8, 8))[:] = DATA
     with serve_directory(root) as base:
-        proxy = UpstreamProxy(base)
+        proxy = GarbageProxy(base)
         yield proxy
         proxy.close()
 
@@ -382,7 +280,7 @@ TS = {"zarr3": ("a.zarr/0/", "/a.zarr/0/zarr.json", "/a.zarr/0/c/0/0/0"),
 SECRET = "s3cr3t-h12-token"
 
 
-def _spec(proxy: UpstreamProxy, driver: str, credential: str) -> dict[str, Any]:
+def _spec(proxy: GarbageProxy, driver: str, credential: str) -> dict[str, Any]:
     path = TS[driver][0]
     kvstore: dict[str, Any] = {"driver": "http", "base_url": f"{proxy.url}/{path}"}
     if credential == "header":
@@ -392,7 +290,7 @@ def _spec(proxy: UpstreamProxy, driver: str, credential: str) -> dict[str, Any]:
     return {"driver": driver, "kvstore": kvstore}
 
 
-def _ts_refused(proxy: UpstreamProxy, spec: dict[str, Any], pattern: str,
+def _ts_refused(proxy: GarbageProxy, spec: dict[str, Any], pattern: str,
                 kind: str) -> VoxgateError:
     with proxy.answering(re.escape(pattern) + r"(\?.*)?$", garbage(kind)):
         with pytest.raises(VoxgateError) as info:
@@ -406,7 +304,7 @@ def _ts_refused(proxy: UpstreamProxy, spec: dict[str, Any], pattern: str,
 
 @pytest.mark.parametrize("kind", TS_JSON)
 @pytest.mark.parametrize("driver", sorted(TS))
-def test_tensorstore_spec_metadata_garbage_names_the_url(ts_files: UpstreamProxy, driver: str,
+def test_tensorstore_spec_metadata_garbage_names_the_url(ts_files: GarbageProxy, driver: str,
                                                          kind: str) -> None:
     credential = {"html": "header", "truncated": "query"}.get(kind, "none")
     exc = _ts_refused(ts_files, _spec(ts_files, driver, credential), TS[driver][1], kind)
@@ -415,7 +313,7 @@ def test_tensorstore_spec_metadata_garbage_names_the_url(ts_files: UpstreamProxy
 
 @pytest.mark.parametrize("kind", TS_CHUNK)
 @pytest.mark.parametrize("driver", sorted(TS))
-def test_tensorstore_spec_chunk_garbage_names_the_url(ts_files: UpstreamProxy, driver: str,
+def test_tensorstore_spec_chunk_garbage_names_the_url(ts_files: GarbageProxy, driver: str,
                                                       kind: str) -> None:
     credential = {"html": "header", "truncated": "query"}.get(kind, "none")
     _ts_refused(ts_files, _spec(ts_files, driver, credential), TS[driver][2], kind)
@@ -433,7 +331,7 @@ STATUS = r"/v1/downsample/lab/em/odd/?$"
 
 @dataclass
 class Pyramid:
-    proxy: UpstreamProxy
+    proxy: GarbageProxy
     url: str  # bossdb:// through the proxy
     levels: list[tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]]  # the zarr's
 
@@ -455,7 +353,7 @@ def pyramid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pyramid]:
     cfg.write_text(f'[server]\nhost = "127.0.0.1"\nstate_path = "{root / "state.json"}"\n'
                    f'[[channel]]\nname = "lab/em/odd"\nupstream = "zarr://{root}/odd.zarr"\n')
     relay = start_relay(cfg, free_port())
-    proxy = UpstreamProxy(relay.url)
+    proxy = GarbageProxy(relay.url)
     try:
         yield Pyramid(proxy, f"bossdb://{proxy.url}/lab/em/odd", _levels(vol))
     finally:

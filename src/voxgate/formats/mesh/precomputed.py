@@ -6,7 +6,6 @@ before it)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -179,7 +178,8 @@ def write_meshes(
         for at in range(0, 0 if sharded else len(items), _WRITE_BATCH):
             batch = items[at:at + _WRITE_BATCH]
             encoded = list(pool.map(encode, batch))
-            before = {} if fresh else _legacy_fragments(directory, [seg for seg, _ in batch])
+            before = {} if fresh else _legacy_manifests(directory, [seg for seg, _ in batch],
+                                                        strict=False)
             # the fragments first, then the manifests that point at them
             directory.put_many([data for data, _ in encoded])
             directory.put_many([manifest for _, manifest in encoded])
@@ -188,7 +188,7 @@ def write_meshes(
             # new name and the old file was left behind, named by no manifest)
             current = {data[0] for data, _ in encoded}
             directory.delete_many(sorted(name for seg, names in before.items()
-                                         for name in names - current
+                                         for name in names if name not in current
                                          if name.startswith(f"{seg}:")
                                          and name != f"{seg}:0"))
             bar.advance(len(encoded))
@@ -217,7 +217,7 @@ def delete_meshes(url: str | os.PathLike[str], ids: Iterable[int], *,
                      ShardingSpec.from_json(info["sharding"], directory.path("info"))
                      ).remove(wanted, _fragment_bytes)
     elif info.get("@type", LEGACY_MESH_TYPE) == LEGACY_MESH_TYPE:
-        fragments = _legacy_fragments(directory, wanted)
+        fragments = _legacy_manifests(directory, wanted, strict=False)
         # the manifests first: a reader never follows one to a missing fragment
         directory.delete_many([f"{i}:0" for i in fragments])
         directory.delete_many(sorted(n for names in fragments.values() for n in names))
@@ -226,20 +226,38 @@ def delete_meshes(url: str | os.PathLike[str], ids: Iterable[int], *,
         directory.delete_many([str(i) for i in wanted])
 
 
-def _legacy_fragments(directory: Directory, ids: list[int]) -> dict[int, set[str]]:
-    """{id: the fragment names its legacy manifest lists} for the ids that have a manifest
-    (names that would leave the directory are left out; an unreadable manifest names none)."""
+def _legacy_manifests(directory: Directory, ids: list[int], *, strict: bool
+                      ) -> dict[int, list[str]]:
+    """{id: the fragment names its legacy manifest ``{"fragments": [...]}`` lists} for the ids
+    that have a manifest.
+
+    ``strict`` (reading meshes): a manifest of another shape is a CorruptChunkError naming
+    it.  Lenient (deleting meshes and the fragments a rewrite leaves behind: what cannot be
+    parsed is skipped): such a manifest names no fragment, and of a list only the names that
+    stay in the directory are kept (not a non-string, "", ".", "..", nor one with a "/"),
+    each once."""
     manifests = directory.get_many([f"{i}:0" for i in ids], plain=lambda d: False)
-    out: dict[int, set[str]] = {}
+    out: dict[int, list[str]] = {}
     for seg in ids:
         raw = manifests[f"{seg}:0"]
         if raw is None:
             continue
-        out[seg] = set()
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            names = json.loads(raw).get("fragments", [])
-            out[seg] = {n for n in names if isinstance(n, str)
-                        and "/" not in n and n not in ("", ".", "..")}
+        try:
+            names = json.loads(raw)["fragments"]
+            if not isinstance(names, list) or (
+                    strict and not all(isinstance(n, str) for n in names)):
+                raise TypeError("fragments is not a list of names")
+        except (ValueError, KeyError, TypeError) as exc:
+            if strict:
+                where = directory.path(f"{seg}:0")
+                raise CorruptChunkError(f"mesh manifest {where} is not a legacy manifest "
+                                        f"({{\"fragments\": [...]}}): {exc}",
+                                        chunk=where) from None
+            names = []
+        if not strict:
+            names = list(dict.fromkeys(n for n in names if isinstance(n, str)
+                                       and "/" not in n and n not in ("", ".", "..")))
+        out[seg] = names
     return out
 
 
@@ -372,22 +390,7 @@ def read_meshes(
 
 def _read_legacy(directory: Directory, ids: list[int], transform: Sequence[float] | None
                  ) -> dict[int, Mesh]:
-    manifests = directory.get_many([f"{i}:0" for i in ids], plain=lambda d: False)
-    fragments: dict[int, list[str]] = {}
-    for seg in ids:
-        raw = manifests[f"{seg}:0"]
-        if raw is None:
-            continue
-        where = directory.path(f"{seg}:0")
-        try:
-            doc = json.loads(raw)
-            names = doc["fragments"]
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise TypeError("fragments is not a list of names")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CorruptChunkError(f"mesh manifest {where} is not a legacy manifest "
-                                    f"({{\"fragments\": [...]}}): {exc}", chunk=where) from None
-        fragments[seg] = names
+    fragments = _legacy_manifests(directory, ids, strict=True)
     blobs = directory.get_many([n for names in fragments.values() for n in names],
                                plain=_legacy_plain)
     out: dict[int, Mesh] = {}
