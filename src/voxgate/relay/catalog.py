@@ -125,20 +125,27 @@ class ChannelEntry:
         return (self.collection, self.experiment, self.name)
 
 
-def _serving_options(url: str, options: dict[str, Any]) -> dict[str, Any]:
+def _serving_options(url: str, options: dict[str, Any], workers: int = 1) -> dict[str, Any]:
     """``options`` for opening ``url`` as a relay's upstream, kept open for the relay's run.
 
     A store that locks its files while they are open for writing (HDF5: one writer or many
     readers, across processes) is opened so it takes write access for each write only
     (``hold_write=False``): held from the start, it kept every other process (a notebook
     reading the file) out for the relay's whole run, and a notebook that had the file open
-    made the relay answer 502.  A channel's own ``hold_write`` option wins."""
+    made the relay answer 502.  With several worker processes it keeps no handle open at all
+    between reads and writes (``hold_open=False``): each worker holding the file open
+    read-only refused every other worker's write ("locked by another process"); the workers
+    now take turns on it with a lock of their own.  A channel's own ``hold_write`` or
+    ``hold_open`` option wins."""
     try:
         cls, _ = resolve(url)
     except VoxgateError:  # (open_remote says what is wrong with the URL)
         return options
     if "hold_write" in cls.open_options and "hold_write" not in options:
-        return {**options, "hold_write": False}
+        options = {**options, "hold_write": False}
+    if (workers > 1 and "hold_open" in cls.open_options and "hold_open" not in options
+            and options.get("hold_write") is False):
+        options = {**options, "hold_open": False}
     return options
 
 
@@ -384,7 +391,8 @@ class Catalog:
             mode = "r+" if entry.writable else "r"
             try:
                 upstream: Remote = open_remote(entry.upstream_url, mode=mode,
-                                               **_serving_options(entry.upstream_url, options))
+                                               **_serving_options(entry.upstream_url, options,
+                                                                  self.config.workers))
             except ReadOnlyError:
                 if mode == "r":
                     raise

@@ -31,6 +31,10 @@ attributes (``downsamplingFactors``, ``scales``, ``resolution``, ``offset``, ``a
 Threads: HDF5 serialises every call in a process anyway, and h5py objects must not be used
 from two threads at once, so each file has one h5py handle shared by every Remote on it and
 one lock around every use; a forked child of a process writing a file is refused that file.
+Processes: HDF5 lets a file be written only while no other process has it open; a Remote
+opened with ``hold_open=False`` (the relay's, with several worker processes) keeps no handle
+between reads and writes, and opens the file for each under an ``fcntl`` lock such processes
+share (see :func:`.files._using`).
 Durability: HDF5 cannot replace a chunk atomically; see docs/remotes/hdf5.md.
 
 The package by concern: :mod:`.files` (locations, the one shared h5py handle per file),

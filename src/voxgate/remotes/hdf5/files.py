@@ -3,14 +3,23 @@ with its lock and its users."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import h5py
 
+try:
+    import fcntl
+except ImportError:  # (Windows)
+    fcntl = None  # type: ignore[assignment]
+
 from ...errors import (
+    CapabilityNotSupportedError,
     InvalidRequestError,
     ReadOnlyError,
     RemoteNotFoundError,
@@ -52,6 +61,11 @@ class _SharedFile:
     Remote opened with ``hold_write=True`` (a *holder*) keeps the handle read-write until it
     is closed; the others take write access for a write and give it back after it
     (:meth:`give_back_write`), so the file is open read-only between their writes.
+
+    A Remote opened with ``hold_open=False`` (not a *keeper*) keeps no handle between its
+    reads and writes: each one opens the file under an inter-process lock and closes it again
+    (:func:`_using`), so several processes can read and write the file in turn.  The handle
+    stays open between operations only while some keeper uses the file.
     """
 
     def __init__(self, path: str) -> None:
@@ -62,6 +76,8 @@ class _SharedFile:
         self.users = 0
         #: the users that hold write access from their open to their close
         self.holders = 0
+        #: the users that keep the file open between their reads and writes
+        self.keepers = 0
         self._datasets: dict[str, h5py.Dataset] = {}
         #: (device, inode) of the file the handle has open
         self.identity: tuple[int, int] | None = None
@@ -131,6 +147,14 @@ class _SharedFile:
         if self.writable and self.holders == 0 and not self.forked_writer:
             self._close()
 
+    def put_down(self) -> None:
+        """After a read or write of a user that keeps no handle: close the file unless a keeper
+        uses it (and even then give back write access no holder needs).  Call under the lock."""
+        if self.keepers == 0 and not self.forked_writer:
+            self._close()
+        else:
+            self.give_back_write()
+
     def dataset(self, name: str) -> h5py.Dataset:
         """The open dataset ``name`` (kept open: its chunk cache lives as long as it does)."""
         ds = self._datasets.get(name)
@@ -185,9 +209,11 @@ if hasattr(os, "register_at_fork"):
 
 
 def _acquire(path: str, *, writable: bool, create: bool = False,
-             hold: bool = False) -> _SharedFile:
+             hold: bool = False, keep: bool = True) -> _SharedFile:
     """The shared handle on ``path``, open (read-write when ``writable``) for one more user;
-    ``hold``: the user keeps write access until its :func:`_release`."""
+    ``hold``: the user keeps write access until its :func:`_release`; ``keep=False``: the user
+    keeps no handle between operations (the file is not opened here: each use opens it, see
+    :func:`_using`)."""
     with _files_lock:
         shared = _files.get(path)
         if shared is not None and shared.replaced():
@@ -197,6 +223,9 @@ def _acquire(path: str, *, writable: bool, create: bool = False,
             shared = _files[path] = _SharedFile(path)
         shared.users += 1
         shared.holders += hold
+        shared.keepers += keep
+    if not keep:
+        return shared
     try:
         with shared.lock:
             shared.ensure_open(writable=writable or hold, create=create)
@@ -206,16 +235,21 @@ def _acquire(path: str, *, writable: bool, create: bool = False,
     return shared
 
 
-def _release(shared: _SharedFile, *, hold: bool = False) -> None:
+def _release(shared: _SharedFile, *, hold: bool = False, keep: bool = True) -> None:
     """One Remote is done with ``shared``; the last one closes the file (flushing it), the
-    last holder gives write access back."""
+    last holder gives write access back, the last keeper leaves it closed between the others'
+    operations."""
     with _files_lock:
         shared.users -= 1
         shared.holders -= hold
+        shared.keepers -= keep
         if shared.users > 0:
             if hold and shared.holders == 0:
                 with shared.lock:
                     shared.give_back_write()
+            if keep and shared.keepers == 0:
+                with shared.lock:
+                    shared.put_down()
             return
         if _files.get(shared.path) is shared:
             del _files[shared.path]
@@ -225,11 +259,115 @@ def _release(shared: _SharedFile, *, hold: bool = False) -> None:
             shared._close()
 
 
+@contextlib.contextmanager
+def _using(shared: _SharedFile, *, writable: bool, keep: bool,
+           hold: bool = False) -> Iterator[h5py.File]:
+    """``shared``'s file, open (read-write when ``writable``) for one read or write of a user.
+
+    A keeper's handle stays open after it (a write gives write access back unless the user is
+    a holder).  For a user that keeps none (``hold_open=False``: the file is shared with other
+    processes that write it too) the file is opened under the inter-process lock -- shared for
+    a read, exclusive for a write -- and closed (so flushed) before the lock is let go: a
+    reader never has the file open while a writer changes it, and opens it after the write
+    with nothing cached from before it."""
+    with shared.lock:
+        if keep:
+            f = shared.ensure_open(writable=writable)
+            try:
+                yield f
+            finally:
+                if writable and not hold:
+                    shared.give_back_write()
+            return
+        with _process_lock(shared.path, exclusive=writable):
+            try:
+                yield shared.ensure_open(writable=writable)
+            finally:
+                shared.put_down()
+
+
+@contextlib.contextmanager
+def _process_lock(path: str, *, exclusive: bool) -> Iterator[None]:
+    """Hold the inter-process lock of the file ``path``, shared (a read) or exclusive (a
+    write), waiting for it: how processes using the file with ``hold_open=False`` take turns.
+
+    POSIX (``fcntl``) locks on the file itself: no lock file to leave behind, and a reader needs
+    no folder it may write.  Byte 0 is the lock; byte 1 a writer holds while it waits for the
+    readers on byte 0 to finish, and a reader takes it (shared, for a moment) before byte 0, so
+    a stream of reads cannot keep a write waiting for ever.  HDF5's own lock is ``flock``, which
+    Linux keeps apart from ``fcntl`` locks (elsewhere the two may conflict, hence Linux only),
+    and it still refuses at once a process that is not taking turns (a notebook's h5py handle).
+    ``fcntl`` locks belong to the process, not to a descriptor, so HDF5 closing its own
+    descriptor on the file lets go of these too: that happens as the operation ends (the file
+    flushed and closed), never in the middle of it.  Threads of one process take turns on the
+    handle's lock before they come here."""
+    if fcntl is None or not sys.platform.startswith("linux"):
+        raise CapabilityNotSupportedError(
+            f"hdf5:// with hold_open=False takes turns on the file with fcntl locks, which voxgate "
+            f"uses on Linux only (this is {sys.platform}); open the file the default way")
+    if os.path.isdir(path):
+        raise _h5open_error_for_directory(path)
+    try:
+        fd = os.open(path, (os.O_RDWR if exclusive else os.O_RDONLY) | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise RemoteNotFoundError(f"HDF5 file {path} does not exist") from None
+    except PermissionError as exc:
+        raise ReadOnlyError(
+            f"cannot open {path} {'for writing' if exclusive else 'to read'}: {exc.strerror}"
+        ) from None
+    try:
+        if exclusive:
+            fcntl.lockf(fd, fcntl.LOCK_EX, 1, 1)  # (new readers wait from here)
+            fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)
+        else:
+            fcntl.lockf(fd, fcntl.LOCK_SH, 1, 1)
+            fcntl.lockf(fd, fcntl.LOCK_SH, 1, 0)
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, 1)
+        yield
+    finally:
+        os.close(fd)  # (lets go of the locks)
+
+
+def _lock_holders(path: str) -> str:
+    """``" (held by process 1234: python3)"``: the other processes /proc/locks shows holding
+    ``path``'s file (Linux), or "" when none can be named."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = []
+    for line in lines:
+        parts = line.split()
+        if "->" in parts:  # (a waiter, listed after the lock it waits for)
+            continue
+        if len(parts) >= 6 and parts[5] == inode and parts[4].isdigit():
+            pid = int(parts[4])
+            if pid != os.getpid() and pid not in pids:
+                pids.append(pid)
+    named = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                named.append(f"{pid}: {f.read().strip()}")
+        except OSError:
+            named.append(str(pid))
+    if not named:
+        return ""
+    return f" (held by process{'es' if len(named) > 1 else ''} {', '.join(named)})"
+
+
+def _h5open_error_for_directory(path: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"{path} is a directory, not an HDF5 file (a zarr or N5 store? name it zarr:// or "
+        "n5://)")
+
+
 def _h5open(path: str, mode: str) -> h5py.File:
     if os.path.isdir(path):
-        raise InvalidRequestError(
-            f"{path} is a directory, not an HDF5 file (a zarr or N5 store? name it zarr:// or "
-            "n5://)")
+        raise _h5open_error_for_directory(path)
     try:
         return h5py.File(path, mode, rdcc_nbytes=_CACHE_BYTES, rdcc_nslots=_CACHE_SLOTS)
     except FileNotFoundError:
@@ -244,8 +382,8 @@ def _h5open(path: str, mode: str) -> h5py.File:
             ) from exc
         if isinstance(exc, BlockingIOError) or "unable to lock" in lowered:
             raise RemoteUnavailableError(
-                f"{path} is locked by another process (HDF5 allows one writer or many readers "
-                f"at a time): {text}"
+                f"{path} is locked by another process{_lock_holders(path)} (HDF5 allows one "
+                f"writer or many readers at a time): {text}"
             ) from exc
         if "signature" in lowered or "not an hdf5" in lowered:
             raise InvalidRequestError(f"{path} is not an HDF5 file ({text})") from exc

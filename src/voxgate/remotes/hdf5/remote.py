@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import h5py
@@ -30,7 +31,7 @@ from .create import (
     _plain,
     _write_scale_attrs,
 )
-from .files import _acquire, _release, _SharedFile, _split
+from .files import _acquire, _release, _SharedFile, _split, _using
 from .layout import (
     DEFAULT_DATASET,
     _attr,
@@ -61,7 +62,7 @@ _CONTIGUOUS_BLOCK = 64
 
 class HDF5Remote(Remote):
     scheme = "hdf5"
-    open_options = ("hold_write",)
+    open_options = ("hold_write", "hold_open")
     create_options = ("compression", "compression_level", "checksum")
 
     def __init__(
@@ -75,6 +76,7 @@ class HDF5Remote(Remote):
         storage_dtype: np.dtype[Any] | None = None,
         holds: bool = False,
         flat: bool = False,
+        keeps: bool = True,
     ) -> None:
         self._shared = shared
         self.path = shared.path
@@ -91,8 +93,10 @@ class HDF5Remote(Remote):
         self.mode = mode
         #: whether this Remote keeps the file open read-write from its open to its close
         self._holds = holds
+        #: whether this Remote keeps the file open between its reads and writes
+        self._keeps = keeps
         self.url = f"hdf5://{self.path}#{name}"
-        self._finalizer = weakref.finalize(self, _release, shared, hold=holds)
+        self._finalizer = weakref.finalize(self, _release, shared, hold=holds, keep=keeps)
 
     def close(self) -> None:
         """Stop using the file; the last Remote on a file closes it (which flushes it)."""
@@ -100,8 +104,8 @@ class HDF5Remote(Remote):
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
-    def open(cls, location: str, *, mode: str = "r", hold_write: bool = True,
-             **options: Any) -> HDF5Remote:
+    def open(cls, location: str, *, mode: str = "r", hold_write: bool | None = None,
+             hold_open: bool = True, **options: Any) -> HDF5Remote:
         """Open a volume of an HDF5 file.
 
         HDF5 locks the file while it is open: many readers or one writer.  With ``mode="r+"``
@@ -111,36 +115,49 @@ class HDF5Remote(Remote):
         it, so between writes other processes can read the file (and see what was written).
         A write while another process has the file open fails, saying it is locked.  The
         relay opens its HDF5 upstreams so.
+
+        ``hold_open=False`` (for a file that several processes read and write at once: the
+        relay's worker processes) keeps no handle between reads and writes: each one opens the
+        file, under a lock those processes share (shared for a read, exclusive for a write),
+        and closes it, so a write waits for the reads in progress and every read after it sees
+        it.  ``hold_write`` is then false; asking for both is an error.
         """
         check_options("hdf5://", options, cls.open_options, "open")
-        if not isinstance(hold_write, bool):
+        if hold_write is not None and not isinstance(hold_write, bool):
             raise InvalidRequestError(f"hold_write must be true or false, got {hold_write!r}")
+        if not isinstance(hold_open, bool):
+            raise InvalidRequestError(f"hold_open must be true or false, got {hold_open!r}")
+        if hold_write and not hold_open:
+            raise InvalidRequestError(
+                "hold_write=True keeps the file open read-write, hold_open=False keeps it closed "
+                "between reads and writes: choose one")
         path, name = _split(location)
-        holds = mode == "r+" and hold_write
+        holds = mode == "r+" and (hold_open if hold_write is None else hold_write)
         if mode == "r+" and not holds and os.path.exists(path) and not os.access(path, os.W_OK):
             # (said now, as opening it read-write would: the file is not taken for writing
             # until a write comes)
             raise ReadOnlyError(f"cannot open {path} with mode 'r+': no permission to write it")
-        shared = _acquire(path, writable=holds, hold=holds)
+        shared = _acquire(path, writable=holds, hold=holds, keep=hold_open)
         try:
-            with shared.lock:
-                f = shared.ensure_open(writable=holds)
+            with _using(shared, writable=holds, keep=hold_open, hold=holds) as f:
                 if name is None:
                     name = _resolve_default(f, path)
-                return cls._from_object(shared, f, name, mode, holds)
+                return cls._from_object(shared, f, name, mode, holds, hold_open)
         except BaseException:
-            _release(shared, hold=holds)
+            _release(shared, hold=holds, keep=hold_open)
             raise
 
     def spec(self) -> dict[str, Any]:
         out = super().spec()
-        if self.mode == "r+" and not self._holds:
+        if not self._keeps:
+            out.setdefault("options", {})["hold_open"] = False
+        elif self.mode == "r+" and not self._holds:
             out.setdefault("options", {})["hold_write"] = False
         return out
 
     @classmethod
     def _from_object(cls, shared: _SharedFile, f: h5py.File, name: str, mode: str,
-                     holds: bool) -> HDF5Remote:
+                     holds: bool, keeps: bool) -> HDF5Remote:
         where = f"{shared.path}#{name}"
         obj = f.get(name)
         if obj is None:
@@ -239,7 +256,8 @@ class HDF5Remote(Remote):
             fill_value = 0
         meta = VolumeMeta(dtype, tuple(scales), kind, channels, fill_value)
         name = "/" + name.strip("/")
-        return cls(shared, name, meta, datasets, channel_axis, mode, storage, holds, flat)
+        return cls(shared, name, meta, datasets, channel_axis, mode, storage, holds, flat,
+                   keeps)
 
     @classmethod
     def exists(cls, location: str) -> bool:
@@ -345,14 +363,10 @@ class HDF5Remote(Remote):
                 "HDF5 volumes only")
         check_new_scales(self.meta, scales)
         meta = self.meta
-        with self._shared.lock:
-            f = self._shared.ensure_open(writable=True)
-            try:
-                self._add_scales(f, meta, scales)
-            finally:
-                if not self._holds:
-                    self._shared.give_back_write()
-        fresh = HDF5Remote.open(f"{self.path}#{self.name}", mode="r+", hold_write=self._holds)
+        with self._file(writable=True) as f:
+            self._add_scales(f, meta, scales)
+        fresh = HDF5Remote.open(f"{self.path}#{self.name}", mode="r+",
+                                hold_write=self._holds, hold_open=self._keeps)
         self.meta, self._datasets = fresh.meta, fresh._datasets
         fresh.close()
 
@@ -397,6 +411,10 @@ class HDF5Remote(Remote):
             return zyx[1:]
         return (slice(None), *zyx) if self._channel_axis else zyx
 
+    def _file(self, *, writable: bool) -> AbstractContextManager[h5py.File]:
+        """The file, open for one read or write of this Remote (see :func:`.files._using`)."""
+        return _using(self._shared, writable=writable, keep=self._keeps, hold=self._holds)
+
     def _check_open(self) -> None:
         if not self._finalizer.alive:
             raise InvalidRequestError(f"{self.url} was closed; open it again to use it")
@@ -407,8 +425,7 @@ class HDF5Remote(Remote):
         self._check_open()
         sc = self.meta.scale(scale)
         cells = list(_cells(box, sc))
-        with self._shared.lock:
-            self._shared.ensure_open(writable=False)
+        with self._file(writable=False):
             ds = self._shared.dataset(self._datasets[scale])
             if ds.chunks is None:
                 return [g for g, _ in cells] if ds.id.get_storage_size() == 0 else []
@@ -434,8 +451,7 @@ class HDF5Remote(Remote):
         # native byte order: HDF5 converts a big-endian file's values while reading
         out = np.empty(lead + tuple(box.shape), dtype=self.meta.dtype)
         dname = self._datasets[scale]
-        with self._shared.lock:
-            self._shared.ensure_open(writable=False)
+        with self._file(writable=False):
             ds = self._shared.dataset(dname)
             try:
                 if out.size:
@@ -459,22 +475,17 @@ class HDF5Remote(Remote):
         if self._flat:
             data = data[0]
         dname = self._datasets[scale]
-        with self._shared.lock:
-            f = self._shared.ensure_open(writable=True)
+        with self._file(writable=True) as f:
+            ds = self._shared.dataset(dname)
             try:
-                ds = self._shared.dataset(dname)
-                try:
-                    if data.size:
-                        ds.write_direct(data, dest_sel=sel)
-                    # HDF5 keeps written chunks in its cache; flushing makes a returned write
-                    # stored (copy's journal counts on that) and keeps the file's metadata
-                    # consistent (and seen by the next process to open the file)
-                    f.flush()
-                except OSError as exc:
-                    raise self._locate_damage(ds, scale, box, exc, writing=True) from exc
-            finally:
-                if not self._holds:
-                    self._shared.give_back_write()
+                if data.size:
+                    ds.write_direct(data, dest_sel=sel)
+                # HDF5 keeps written chunks in its cache; flushing makes a returned write
+                # stored (copy's journal counts on that) and keeps the file's metadata
+                # consistent (and seen by the next process to open the file)
+                f.flush()
+            except OSError as exc:
+                raise self._locate_damage(ds, scale, box, exc, writing=True) from exc
 
     def _locate_damage(
         self, ds: h5py.Dataset, scale: int, box: Box, exc: OSError, *, writing: bool = False
