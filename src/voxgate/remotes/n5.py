@@ -1005,7 +1005,7 @@ def _block_modes() -> Iterator[None]:
         if not _OTHER_MODES.search(str(exc)):
             raise
         raise CapabilityNotSupportedError(
-            f"N5 block {exc.chunk or '(unknown)'} is stored in varlength or object mode (its "
+            f"N5 block {exc.chunk or 'of this dataset'} is stored in varlength or object mode (its "
             "header's mode is not 0); voxgate, through tensorstore, reads default-mode blocks "
             f"only ({exc})"
         ) from exc

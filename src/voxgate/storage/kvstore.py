@@ -449,6 +449,7 @@ def with_s3_settings(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 _QUOTED = re.compile(r'"([^"]+)"')
+_READING = re.compile(r"[Ee]rror reading (\S+): ")
 
 
 def _translate(exc: BaseException, what: str) -> VoxgateError:
@@ -469,10 +470,12 @@ def _translate(exc: BaseException, what: str) -> VoxgateError:
         or "corrupt" in lowered
         or "expected chunk length" in lowered
     ):
-        chunk = quoted[0] if quoted else None
+        # (the HTTP kvstore names the key unquoted: "Error reading http://h/v/0/0/0: ...")
+        named = _READING.search(text)
+        chunk = quoted[0] if quoted else named.group(1) if named else None
         return CorruptChunkError(
-            f"{what}: chunk {chunk or '(unknown)'} could not be decoded: {text}", chunk=chunk
-        )
+            f"{what}: {f'chunk {chunk}' if chunk else 'a chunk'} could not be decoded: {text}",
+            chunk=chunk)
     return VoxgateError(f"{what}: {text}")
 
 

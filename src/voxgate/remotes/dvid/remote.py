@@ -53,6 +53,34 @@ def _xyz_tag(text: str) -> Vec:
     return Vec(z, y, x)
 
 
+def _json_bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} is {value!r:.80}, not true or false")
+    return value
+
+
+def _check_base(base: Any, instance: str) -> None:
+    """The members of an instance's ``Base`` that voxgate uses are of DVID's JSON types (a
+    garbled answer, say every member a string, is no instance of an unknown type)."""
+    if not isinstance(base, dict):
+        raise TypeError(f"the instance's Base is {base!r:.80}, not an object")
+    if not isinstance(base["TypeName"], str):
+        raise TypeError(f"the instance's TypeName is {base['TypeName']!r:.80}")
+    _json_bool(base.get("Versioned", True), "the instance's Versioned")
+    if base.get("Name", instance) != instance:
+        raise ValueError(f"the instance listed as {instance!r} is named {base['Name']!r:.80}")
+
+
+def _int_list(value: Any, what: str, *, null: bool = False) -> list[int] | None:
+    """A JSON list of 3 integers (x, y, z), or None for null (or []) when ``null``."""
+    if null and (value is None or value == []):
+        return None
+    if not (isinstance(value, list) and len(value) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        raise TypeError(f"its {what} is {value!r:.80}, not a list of 3 integers")
+    return value
+
+
 def _aligned(box: Box, grid: Vec) -> Box:
     return Box._trusted(
         Vec(*(a // g * g for a, g in zip(box.start, grid, strict=True))),
@@ -148,12 +176,12 @@ class DVIDRemote(Remote):
                 raise TypeError(f"its DataInstances are {insts!r:.80}, not an object")
             if instance in insts:
                 self.info: dict[str, Any] = dict(insts[instance])
-                self.typename: str = self.info["Base"]["TypeName"]
-                if not isinstance(self.typename, str):
-                    raise TypeError(f"the instance's TypeName is {self.typename!r}")
-                self.versioned = bool(self.info["Base"].get("Versioned", True))
+                base = self.info["Base"]
+                _check_base(base, instance)
+                self.typename: str = base["TypeName"]
+                self.versioned = base.get("Versioned", True)
                 node = repo_info["DAG"]["Nodes"][self.uuid]
-                self.locked = bool(node.get("Locked"))
+                self.locked = _json_bool(node.get("Locked", False), "the node's Locked")
         if instance not in insts:
             names = ", ".join(sorted(insts)) or "none"
             raise RemoteNotFoundError(
@@ -210,7 +238,8 @@ class DVIDRemote(Remote):
             except ValueError:
                 pass
         ext = info.get("Extended") or {}
-        mn, mx = ext.get("MinPoint"), ext.get("MaxPoint")
+        mn = _int_list(ext.get("MinPoint"), "MinPoint", null=True)
+        mx = _int_list(ext.get("MaxPoint"), "MaxPoint", null=True)
         if mn and mx:
             offset = Vec(int(mn[2]), int(mn[1]), int(mn[0]))
             stop = Vec(int(mx[2]) + 1, int(mx[1]) + 1, int(mx[0]) + 1)
@@ -220,8 +249,9 @@ class DVIDRemote(Remote):
     @staticmethod
     def _voxel(info: dict[str, Any]) -> tuple[Vec, VoxelSize]:
         ext = info.get("Extended") or {}
-        bs = ext.get("BlockSize") or [32, 32, 32]
-        if len(bs) != 3 or min(int(v) for v in bs) < 1:
+        bs = _int_list(ext.get("BlockSize") or [32, 32, 32], "BlockSize")
+        assert bs is not None
+        if min(bs) < 1:
             # imageblk setByConfig (dvid.StringToPoint) takes any BlockSize, 0 and negative
             # ones too (labelmap.go NewData only wants multiples of 16, which 0 is); every
             # request that cuts such an instance into blocks then fails on the server (a 0
