@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +120,19 @@ def test_undecodable_chunk_over_http_is_named(files: GarbageProxy, scheme: str,
     assert exc.chunk == chunk, (exc.chunk, str(exc))
     assert f"chunk {chunk} could not be decoded" in str(exc), str(exc)
     assert "(unknown)" not in str(exc)
+
+
+# -- an N5 group whose attributes.json is JSON but not an object ----------------------------------
+@pytest.mark.parametrize("root", ["[1, 2]", "null", "3", '"n5"'])
+def test_n5_group_attributes_not_an_object_are_corrupt(tmp_path: Path, root: str) -> None:
+    """Old code took them for {} (a group written by another tool keeps its resolution and
+    downsamplingFactors there, so its scales got voxgate's defaults) and then blamed s0's
+    attributes.json ("'dimensions' must be a non-empty list")."""
+    vol = voxgate.create(f"n5://{tmp_path}/g.n5/s0", shape=(8, 16, 16), dtype="uint8",
+                         chunks=(8, 8, 8), voxel_size=(4, 4, 4))
+    vol[:] = 1
+    (tmp_path / "g.n5" / "attributes.json").write_text(root)
+    with pytest.raises(CorruptChunkError) as info:
+        voxgate.open(f"n5://{tmp_path}/g.n5")
+    assert f"{tmp_path}/g.n5/attributes.json" in str(info.value)
+    assert "not the JSON object" in str(info.value)

@@ -1213,7 +1213,13 @@ def _optional_json(location: str, key: str) -> dict[str, Any]:
         value = read_json(location, key)
     except RemoteNotFoundError:
         return {}
-    return value if isinstance(value, dict) else {}
+    if not isinstance(value, dict):
+        # (taken for {} before: a group written by another tool keeps its resolution and
+        # downsamplingFactors here, so its scales silently got voxgate's defaults)
+        raise CorruptChunkError(
+            f"{location.rstrip('/')}/{key} is {type(value).__name__} {str(value)[:40]!r}, not "
+            "the JSON object N5 keeps attributes in", chunk=key)
+    return value
 
 
 def _compression(name: str, dtype: np.dtype[Any]) -> dict[str, Any]:
