@@ -283,12 +283,14 @@ def unknown_keyword(func: Callable[..., Any], names: Sequence[str], own: Sequenc
     private ``_x`` parameters are not listed), each with the parameter it likely meant;
     ``extra`` ends the list of what it takes."""
     public = [o for o in own if not o.startswith("_")]
+    qual = func.__qualname__  # a method is named by its class: Volume.read()
+    where = qual if "." in qual and "<locals>" not in qual else f"voxgate.{func.__name__}"
     named = []
     for name in names:
         close = closest_keyword(name, public)
         named.append(f"{name!r}" + (f" (did you mean {close}=?)" if close else ""))
     return UnknownKeywordError(
-        f"voxgate.{func.__name__}() got the unknown keyword{'s' if len(names) > 1 else ''} "
+        f"{where}() got the unknown keyword{'s' if len(names) > 1 else ''} "
         f"{', '.join(named)}; it takes {', '.join(public)}{extra}")
 
 
@@ -310,10 +312,12 @@ def refuses_unknown_keywords(func: _F) -> _F:
         raise TypeError(f"{func.__qualname__} takes **options; check them with check_keywords")
     own = tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
     known = frozenset(own)
+    if "." in func.__qualname__ and own[:1] == ("self",):
+        own = own[1:]  # (a method: self is not listed)
 
     @functools.wraps(func)
     def checked(*args: Any, **kwargs: Any) -> Any:
-        if not known.issuperset(kwargs):
+        if kwargs and not known.issuperset(kwargs):
             raise unknown_keyword(func, [k for k in kwargs if k not in known], own)
         return func(*args, **kwargs)
 

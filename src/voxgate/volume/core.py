@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -15,6 +15,8 @@ from ..errors import (
     InvalidRequestError,
     OutOfBoundsError,
     redact,
+    refuses_unknown_keywords,
+    unknown_keyword,
 )
 from ..geometry import Box, Vec, VoxelSize, chunk_boxes, grow_block, whole_at_least
 from ..meta import Kind, Scale, VolumeMeta
@@ -182,6 +184,7 @@ class Volume(NoArithmetic):
         """What reads do with chunks absent from the store: "fill" (default) or "error"."""
         return self._remote.missing
 
+    @refuses_unknown_keywords
     def missing_chunks(self, box: Box | None = None) -> list[Vec]:
         """Grid indices (z, y, x) of this scale's chunks that are absent from the store.
 
@@ -198,10 +201,12 @@ class Volume(NoArithmetic):
             return []
         return self._remote.absent_chunks(region, self._scale)
 
+    @refuses_unknown_keywords
     def at_scale(self, k: int) -> Volume:
         """The whole volume at scale ``k``, same mode and bounds handling."""
         return Volume(self._remote, k, bounds=self._bounds_mode)
 
+    @refuses_unknown_keywords
     def with_bounds(self, bounds: Bounds) -> Volume:
         """This view with another bounds mode ("error", "clip" or "fill")."""
         return Volume(self._remote, self._scale, bounds=bounds, _axes=self._axes)
@@ -358,10 +363,11 @@ class Volume(NoArithmetic):
         return names[pos]
 
     # -- reading --------------------------------------------------------------------------------
+    @refuses_unknown_keywords
     def read(self, box: Box | None = None) -> np.ndarray:
         """Read this view (or ``box``, in dataset coordinates) into a new numpy array."""
         if box is not None:
-            return self._box_view(box).read()
+            return _read(self._box_view(box))  # (read, not checked again)
         axes = self._axes
         for a in axes:
             if a.length == 0:
@@ -504,6 +510,7 @@ class Volume(NoArithmetic):
             arr = arr.astype(dtype, copy=False)
         return arr
 
+    @refuses_unknown_keywords
     def to_dask(self, chunks: Any = "auto") -> dask.array.Array:
         """This view as a dask array whose blocks read through this Volume, aligned to storage."""
         import dask.array as da
@@ -553,8 +560,10 @@ class Volume(NoArithmetic):
         ``labels=seg_volume`` draws a segmentation over an image; see
         :func:`voxgate.notebook.preview` for ``channel``, ``alpha`` and ``max_px``.
         """
+        _check_options(Volume.preview, _preview, options, skip=("vol",))
         return _preview(self, z, ax, **options)
 
+    @refuses_unknown_keywords
     def to_xarray(self, chunks: Any = "auto", name: str | None = None) -> xarray.DataArray:
         """A lazy xarray DataArray over :meth:`to_dask`, coordinates the voxel centres in nm."""
         return _to_xarray(self, chunks, name)
@@ -566,12 +575,15 @@ class Volume(NoArithmetic):
 
         # the viewer sits above the relay, far above the Volume: it is reached by name at
         # call time, as the registry reaches Remote classes (docs/architecture.md)
-        return importlib.import_module("voxgate.viewer").view(self, **options)
+        view = importlib.import_module("voxgate.viewer").view
+        _check_options(Volume.view, view, options)
+        return view(self, **options)
 
     # -- writing --------------------------------------------------------------------------------
     def __setitem__(self, key: Any, value: Any) -> None:
         self[key].write(value)
 
+    @refuses_unknown_keywords
     def write(self, value: Any, box: Box | None = None, *, workers: int | None = None) -> None:
         """Store ``value`` (an array or a scalar, numpy broadcasting) into this view or ``box``.
 
@@ -589,6 +601,31 @@ class Volume(NoArithmetic):
 
 
 
+
+
+#: Volume.read without its keyword check, for its own call on a box's view
+_read: Callable[[Volume], np.ndarray] = Volume.read.__wrapped__  # type: ignore[attr-defined]
+
+
+def _check_options(method: Any, target: Any, options: dict[str, Any],
+                   skip: tuple[str, ...] = ()) -> None:
+    """Refuse a keyword of ``options`` (what ``method`` passes on to ``target``) that
+    ``target`` does not take with UnknownKeywordError naming ``method`` (``Volume.preview()``
+    rather than the function it calls) and all the two take (not ``skip``, the parameters
+    ``method`` fills itself)."""
+    if not options:
+        return
+    import inspect
+
+    def named(func: Any) -> list[str]:
+        return [p.name for p in inspect.signature(func).parameters.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+    takes = [n for n in named(inspect.unwrap(target)) if n not in skip]
+    wrong = [k for k in options if k not in takes]
+    if wrong:
+        own = [n for n in named(method) if n != "self"]
+        raise unknown_keyword(method, wrong, own + [n for n in takes if n not in own])
 
 
 class _DaskSource:
