@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidRequestError, RemoteNotFoundError, UnknownSchemeError, redact
 from .remotes.base import check_missing
-from .storage import split_url
+from .storage import STORAGE_SCHEMES, split_url
 
 if TYPE_CHECKING:
     from .meta import VolumeMeta
@@ -182,10 +182,41 @@ def detect_format(location: str) -> str:
     raise RemoteNotFoundError(f"{location!r} does not exist")
 
 
+#: format schemes whose location is a local path (or a storage URL)
+_PATH_SCHEMES = ("zarr", "n5", "precomputed", "hdf5", "tiff", "knossos", "webknossos")
+
+
+def _check_one_slash(location: str) -> None:
+    """Refuse ``zarr:/em.zarr``, a slip for ``zarr:///em.zarr`` or ``zarr://em.zarr``, which
+    would otherwise name the relative path ``zarr:/em.zarr`` (a folder ``zarr:`` in the working
+    directory).  fsspec reads ``file:/x`` as the absolute path /x, but voxgate's ``file://``
+    handling (split_url) needs the two slashes, so no one-slash form is guessed at:
+    the message names both readings.  A path of that name that exists is left to open."""
+    head, sep, rest = location.partition(":")
+    if not sep or not rest.startswith("/") or rest.startswith("//"):
+        return
+    scheme = head.lower()
+    if scheme not in STORAGE_SCHEMES and scheme not in known_schemes():
+        return
+    if os.path.exists(location):  # a real relative path of that name
+        return
+    tail = rest.lstrip("/")
+    if scheme in _PATH_SCHEMES or scheme == "file":
+        meant = (f"{scheme}:///{tail} (the absolute path /{tail}) or {scheme}://{tail} "
+                 f"({tail} relative to the working directory)")
+        if scheme == "file":
+            meant = f"file:///{tail} (the absolute path /{tail})"
+    else:
+        meant = f"{scheme}://{tail}"
+    raise InvalidRequestError(
+        f"{location} has one slash after {scheme}:; did you mean {meant}?")
+
+
 def resolve(url: str) -> tuple[type[Remote], str]:
     """The Remote class for ``url`` and the location to pass to it."""
     scheme, location = split_url(url)
     if scheme is None:
+        _check_one_slash(location)
         scheme = detect_format(location)
     return _load(scheme), location
 
@@ -195,6 +226,7 @@ def resolve_for_create(url: str) -> tuple[type[Remote], str]:
     scheme named in the URL, or for a bare path its extension (.h5/.hdf5/.hdf, .zarr, .n5)."""
     scheme, location = split_url(os.fspath(url))
     if scheme is None:
+        _check_one_slash(location)
         lowered = location.lower().split("#")[0]
         if lowered.endswith((".h5", ".hdf5", ".hdf")):
             scheme = "hdf5"

@@ -96,6 +96,20 @@ _COMPRESSIONS = ("gzip", "blosc", "zstd", "raw", "none")
 _N5_VERSION = "2.0.0"
 
 
+def _container_root(location: str) -> str | None:
+    """The N5 container ``location`` lies in or is: the nearest of it and its parents whose
+    name ends with ``.n5``; None when no name does (then the container is not known)."""
+    path = location.rstrip("/")
+    while path:
+        head, slash, name = path.rpartition("/")
+        if name.lower().endswith(".n5"):
+            return path
+        if not slash or head.endswith(":/") or head.endswith(":"):  # not above a bucket
+            return None
+        path = head
+    return None
+
+
 #: the N5 data types of voxel data (N5's "object" and "string" datasets hold none)
 _DATA_TYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
                "float32", "float64")
@@ -837,7 +851,13 @@ class N5Remote(Remote):
             write_json(path, "attributes.json", attrs)
         group = _optional_json(location, "attributes.json")
         parent = location.rstrip("/").rsplit("/", 1)[0] if "/" in location.rstrip("/") else ""
-        if not (parent and kvstore_exists(parent, "attributes.json")) and "n5" not in group:
+        root = _container_root(location)
+        if root is not None and root != location.rstrip("/"):
+            # inside a container (x.n5/raw): its root carries the N5 version, as n5-java's
+            # N5FSWriter and zarr-python 2's N5Store write it; an existing one is not touched
+            if not kvstore_exists(root, "attributes.json"):
+                write_json(root, "attributes.json", {"n5": _N5_VERSION})
+        elif not (parent and kvstore_exists(parent, "attributes.json")) and "n5" not in group:
             # the container root carries the N5 version; a group inside a container must not
             group["n5"] = _N5_VERSION
         group.update(
