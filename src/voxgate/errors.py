@@ -35,6 +35,7 @@ __all__ = [
     "OutOfBoundsError",
     "PartialWriteError",
     "ReadOnlyError",
+    "RemoteBusyError",
     "RemoteExistsError",
     "RemoteNotFoundError",
     "RemoteUnavailableError",
@@ -216,6 +217,11 @@ class CapabilityNotSupportedError(VoxgateError, NotImplementedError):
 
 class RemoteUnavailableError(VoxgateError, ConnectionError):
     """The storage system could not be reached, after retries."""
+
+
+class RemoteBusyError(RemoteUnavailableError):
+    """The storage is there but held by someone else for now (an HDF5 file another process
+    has locked): the same request can succeed later.  The relay answers it 503, not 502."""
 
 
 class PartialWriteError(VoxgateError, OSError):

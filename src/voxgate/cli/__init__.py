@@ -12,6 +12,10 @@ its function.
 
 from __future__ import annotations
 
+import sys
+import traceback
+from typing import Any, NoReturn
+
 import click
 
 from .. import __version__
@@ -43,7 +47,16 @@ _INTERRUPTED = {
 
 class _Group(click.Group):
     """Ctrl-C ends any command with one line and exit status 130 (128 + SIGINT), as shells
-    do, instead of click's bare "Aborted!" with status 1."""
+    do, instead of click's bare "Aborted!" with status 1; an exception no command caught (a
+    bug, a third-party library's error) prints its whole traceback, redacted, and exits 1."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except Exception as exc:
+            if kwargs.get("standalone_mode", True) is False:
+                raise  # a caller that handles errors itself gets the exception
+            _print_traceback(exc)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -54,6 +67,16 @@ class _Group(click.Group):
             click.echo(f"interrupted (Ctrl-C): voxgate {name} stopped"
                        + (f"; {hint}" if hint else ""), err=True)
             ctx.exit(130)
+
+
+def _print_traceback(exc: BaseException) -> NoReturn:
+    # Python would print this traceback as is, and a third-party error (httpx's, say) or one
+    # of its chained causes names the URL it failed on, ?token= and all: the traceback is kept
+    # whole (a bug report needs it), every line through redact
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    sys.stderr.write(redact(text))
+    sys.stderr.flush()
+    sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -18,6 +18,7 @@ from ..errors import (
     MissingDependencyError,
     OutOfBoundsError,
     ReadOnlyError,
+    RemoteBusyError,
     RemoteNotFoundError,
     RemoteUnavailableError,
     VoxgateError,
@@ -112,6 +113,24 @@ def _corrupt_cause(exc: BaseException) -> CorruptChunkError | None:
     return None
 
 
+#: seconds a 503 for a locked upstream asks clients to wait (a hint: how long another process
+#: holds its lock is not known)
+BUSY_RETRY_AFTER = 5
+
+
+def _busy_cause(exc: BaseException) -> RemoteBusyError | None:
+    """The RemoteBusyError behind ``exc`` (itself, or the cause of the UpstreamErrors the
+    relay wraps it in), if that is what it was."""
+    cur: BaseException | None = exc
+    for _ in range(8):
+        if isinstance(cur, RemoteBusyError):
+            return cur
+        if not isinstance(cur, UpstreamError):
+            return None
+        cur = cur.__cause__
+    return None
+
+
 def _channel_of(request: Request) -> str:
     """The words ' of channel c/e/ch' for a request under one (its route's names), ' of
     experiment c/e' under an experiment, else '': which of the relay's channels an upstream
@@ -171,6 +190,15 @@ def _raw_error_response(request: Request, exc: Exception) -> Response:
                           headers={CORRUPT_HEADER: CORRUPT_VALUE})
     if isinstance(exc, NotFound | RemoteNotFoundError):
         return boss_error(404, RESOURCE_NOT_FOUND, str(exc))
+    busy = _busy_cause(exc)
+    if busy is not None:
+        # a lock another process holds (a notebook with the HDF5 file open): temporary and
+        # not an upstream failure, so 503 with Retry-After (RFC 9110 15.6.4), not 502.
+        # Clients that retry 5xx (voxgate's HTTPClient for idempotent requests, CloudFiles)
+        # retry 503 as they did 502; intern retries neither; a POST cutout is not retried by
+        # voxgate's client either way (it says the server may have done it)
+        return boss_error(503, IO_ERROR, f"upstream{_channel_of(request)} is busy: {busy}; "
+                          "try again later", headers={"Retry-After": str(BUSY_RETRY_AFTER)})
     if isinstance(exc, UpstreamTimeoutError):
         return boss_error(504, IO_ERROR, f"upstream{_channel_of(request)} timed out: {exc}")
     if isinstance(exc, UpstreamError | RemoteUnavailableError | CorruptChunkError):

@@ -22,6 +22,7 @@ from ...errors import (
     CapabilityNotSupportedError,
     InvalidRequestError,
     ReadOnlyError,
+    RemoteBusyError,
     RemoteNotFoundError,
     RemoteUnavailableError,
     VoxgateError,
@@ -381,7 +382,7 @@ def _h5open(path: str, mode: str) -> h5py.File:
                 "elsewhere (an h5py.File opened with 'r'?); close that handle first"
             ) from exc
         if isinstance(exc, BlockingIOError) or "unable to lock" in lowered:
-            raise RemoteUnavailableError(
+            raise RemoteBusyError(
                 f"{path} is locked by another process{_lock_holders(path)} (HDF5 allows one "
                 f"writer or many readers at a time): {text}"
             ) from exc
