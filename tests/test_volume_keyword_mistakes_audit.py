@@ -51,7 +51,7 @@ CASES = [
     Case("read", lambda v, kw: v.read(**kw), "bbox", "box", "box"),
     Case("write", lambda v, kw: v.write(0, BOX, **kw), "worker", "workers", "value, box, workers"),
     Case("missing_chunks", lambda v, kw: v.missing_chunks(**kw), "bounding_box", "box", "box"),
-    Case("at_scale", lambda v, kw: v.at_scale(0, **kw), "mip", None, "k"),
+    Case("at_scale", lambda v, kw: v.at_scale(0, **kw), "mip", "k", "k"),
     Case("with_bounds", lambda v, kw: v.with_bounds("clip", **kw), "bound", "bounds", "bounds"),
     Case("to_dask", lambda v, kw: v.to_dask(**kw), "chunk", "chunks", "chunks"),
     Case("to_xarray", lambda v, kw: v.to_xarray(**kw), "chunk_size", "chunks", "chunks, name"),
@@ -99,6 +99,24 @@ def test_any_unknown_keyword_is_refused(vol: Volume, case: Case) -> None:
         case.call(vol, {"frobnicate": 1, "zzz": 2})
     assert str(info.value) == (f"Volume.{case.name}() got the unknown keywords 'frobnicate', "
                                f"'zzz'; it takes {case.takes}")
+
+
+@pytest.mark.parametrize("wrong", ["mip", "scale", "level"])
+def test_a_scale_under_another_library_s_name_suggests_k_in_at_scale(
+        vol: Volume, wrong: str) -> None:
+    """Before: ``vol.at_scale(mip=1)`` (CloudVolume's name) was refused suggesting nothing."""
+    with pytest.raises(UnknownKeywordError) as info:
+        vol.at_scale(**{wrong: 1})
+    assert str(info.value) == (f"Volume.at_scale() got the unknown keyword {wrong!r} "
+                               "(did you mean k=?); it takes k")
+
+
+@pytest.mark.parametrize("wrong", ["mip", "scale", "level"])
+def test_a_scale_is_not_suggested_where_the_method_takes_none(vol: Volume, wrong: str) -> None:
+    """(guard) ``read`` takes no scale: only names the method takes are suggested."""
+    with pytest.raises(UnknownKeywordError) as info:
+        vol.read(**{wrong: 1})
+    assert str(info.value) == f"Volume.read() got the unknown keyword {wrong!r}; it takes box"
 
 
 def test_a_view_refuses_as_the_volume_does(vol: Volume) -> None:

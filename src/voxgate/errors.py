@@ -262,10 +262,11 @@ def check_flag(value: object, name: str) -> bool:
 
 #: names other libraries (CloudVolume's mip and chunk_size, bossDB's resolution, dask's
 #: n_workers) or a slip give a parameter voxgate's functions call otherwise; each is suggested
-#: only where the function takes it
+#: only where the function takes it (the first such one: mip= is scale= where both could be,
+#: k= in Volume.at_scale)
 KEYWORD_ALIASES: dict[str, tuple[str, ...]] = {
-    "mip": ("scale",), "mips": ("num_scales",), "num_mips": ("num_scales",),
-    "resolution": ("scale", "voxel_size"),
+    "mip": ("scale", "k"), "mips": ("num_scales",), "num_mips": ("num_scales",),
+    "scale": ("k",), "level": ("scale", "k"), "resolution": ("scale", "voxel_size"),
     "chunk": ("chunks", "block"), "chunks": ("block",), "chunk_size": ("chunks", "block"),
     "block_size": ("block",), "bbox": ("box",), "bounding_box": ("box",),
     "worker": ("workers", "client"), "workers": ("client",), "n_workers": ("workers", "client"),

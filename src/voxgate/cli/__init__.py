@@ -13,6 +13,7 @@ its function.
 from __future__ import annotations
 
 import sys
+import threading
 import traceback
 from typing import Any, NoReturn
 
@@ -48,9 +49,11 @@ _INTERRUPTED = {
 class _Group(click.Group):
     """Ctrl-C ends any command with one line and exit status 130 (128 + SIGINT), as shells
     do, instead of click's bare "Aborted!" with status 1; an exception no command caught (a
-    bug, a third-party library's error) prints its whole traceback, redacted, and exits 1."""
+    bug, a third-party library's error) prints its whole traceback, redacted, and exits 1;
+    so does (without exiting) one that ends a thread."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        threading.excepthook = _thread_excepthook  # (not restored: the process ends)
         try:
             return super().main(*args, **kwargs)
         except Exception as exc:
@@ -77,6 +80,17 @@ def _print_traceback(exc: BaseException) -> NoReturn:
     sys.stderr.write(redact(text))
     sys.stderr.flush()
     sys.exit(1)
+
+
+def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    # Python's own hook prints a dying thread's traceback as is (a worker's httpx error, with
+    # its URL's ?token=): the same traceback, through redact
+    if args.exc_type is SystemExit:  # (ignored, as Python's hook does)
+        return
+    name = args.thread.name if args.thread is not None else threading.get_ident()
+    text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+    sys.stderr.write(redact(f"Exception in thread {name}:\n{text}"))
+    sys.stderr.flush()
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

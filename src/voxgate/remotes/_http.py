@@ -4,6 +4,8 @@ Used by the REST Remotes (bossDB, DVID).  Connection errors, timeouts, a connect
 mid-body and 5xx answers are retried with exponential backoff; 4xx answers are not (they will
 not change) and become voxgate errors of the right class, nor is a host name that does not
 resolve (a typo or no DNS: asking again only waits).  Connection errors name the server.
+A 503 with ``Retry-After`` (a voxgate relay whose HDF5 file another process holds) is
+RemoteBusyError; the wait it asks sets the next try's delay, capped at the longest backoff.
 Tokens are sent in headers only and never appear in errors, logs or reprs.
 """
 
@@ -32,6 +34,7 @@ from ..errors import (
     CorruptChunkError,
     InvalidRequestError,
     MissingChunkError,
+    RemoteBusyError,
     RemoteNotFoundError,
     RemoteUnavailableError,
     VoxgateError,
@@ -133,10 +136,15 @@ class HTTPClient:
         # how far the last attempt got: "" (no connection), "connected" (then timed out or the
         # connection broke) or "answered" (a 5xx)
         reached = ""
+        # whether the last answer was a 503 with Retry-After, and the seconds it asked to wait
+        busy, wait = False, None  # type: tuple[bool, float | None]
         for attempt in range(self.retries + 1):
             if attempt:
                 delay = self.backoff * 2 ** (attempt - 1) * (1 + random.random() * 0.25)
+                if wait is not None:  # (never minutes: at most the schedule's longest wait)
+                    delay = min(wait, self.backoff * 2 ** max(self.retries - 1, 0))
                 time.sleep(delay)
+            busy, wait = False, None
             try:
                 if into is None:
                     resp = self._client.request(method, path, **kwargs)
@@ -172,12 +180,15 @@ class HTTPClient:
                                         chunk=what)
             if resp.status_code in _RETRY_STATUS:
                 last, reached = f"HTTP {resp.status_code}: {_snippet(resp)}", "answered"
+                busy, wait = _retry_after(resp)
+                if busy:
+                    last += f" (busy; Retry-After: {resp.headers['retry-after']})"
                 if not idempotent:
-                    raise _not_repeated(what, self.host, f"answered {last}")
+                    raise _not_repeated(what, self.host, f"answered {last}", busy)
                 continue
             raise _error(resp, what)
         if reached == "answered":
-            raise RemoteUnavailableError(
+            raise (RemoteBusyError if busy else RemoteUnavailableError)(
                 f"{what} failed after {self.retries + 1} attempts: {self.host} answered {last}"
             )
         if reached == "connected":
@@ -418,9 +429,19 @@ def _name_not_resolved(exc: BaseException) -> bool:
     return False
 
 
-def _not_repeated(what: str, host: str, how: str) -> RemoteUnavailableError:
+def _retry_after(resp: httpx.Response) -> tuple[bool, float | None]:
+    """Whether ``resp`` is a 503 "busy, try again later" (it has ``Retry-After``), and the
+    seconds it asks to wait when it says them as a number (not as a date)."""
+    if resp.status_code != 503 or "retry-after" not in resp.headers:
+        return False, None
+    value = resp.headers["retry-after"].strip()
+    return True, float(value) if value.isdigit() else None
+
+
+def _not_repeated(what: str, host: str, how: str, busy: bool = False
+                  ) -> RemoteUnavailableError:
     """The failure of a request that is not idempotent, which is not sent again."""
-    return RemoteUnavailableError(
+    return (RemoteBusyError if busy else RemoteUnavailableError)(
         f"{what} failed: {host} {how}; not sent again, since doing it twice is not doing it "
         "once: the server may or may not have done it, so check its state before repeating it")
 
