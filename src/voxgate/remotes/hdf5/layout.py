@@ -57,11 +57,19 @@ def _triple(value: Any) -> list[float] | None:
     return [float(v) for v in value]
 
 
+def _zyx_numbers(value: Any, flat: bool, z: float) -> list[float] | None:
+    """A per-axis attribute as (z, y, x): three numbers, or on a 2-D dataset (``flat``) also
+    two, (y, x), with ``z`` put in front, as Fiji's HDF5 plugin reads a 2-D
+    ``element_size_um`` (z = 1 of the attribute's unit)."""
+    if flat and isinstance(value, list) and len(value) == 2:
+        return _triple([z, *value])
+    return _triple(value)
 
 
-def _ignored(where: str, key: str, value: Any, fallback: str) -> None:
+def _ignored(where: str, key: str, value: Any, fallback: str, flat: bool = False) -> None:
+    numbers = "two (y, x) or three (z, y, x) numbers" if flat else "three numbers, z, y, x"
     warn_ignored(f"{where}: attribute {key}={value!r}",
-                 f"it is not what voxgate reads there (three numbers, z, y, x"
+                 f"it is not what voxgate reads there ({numbers}"
                  f"{'' if key.endswith('offset') else ', all positive'}); {fallback}",
                  stacklevel=4)
 
@@ -104,37 +112,44 @@ def _unit_nm(attrs: h5py.AttributeManager, where: str = "", *, warn: bool = Fals
     return known or 1.0
 
 
-def _voxel_size(attrs: h5py.AttributeManager, where: str = "") -> VoxelSize | None:
+def _voxel_size(attrs: h5py.AttributeManager, where: str = "", *,
+                flat: bool = False) -> VoxelSize | None:
     """The voxel size (z, y, x) an object's attributes state, or None.
 
-    A voxel-size attribute that is present but not three positive numbers, or a ``unit``
-    voxgate does not know, is ignored with a :class:`VoxgateWarning` (the data stays
+    On a 2-D dataset (``flat``: one z plane) two numbers are (y, x), the z size being 1 of
+    the attribute's unit (1 um for ``element_size_um``: Fiji's HDF5 plugin, which reads and
+    writes that attribute, prepends 1 to a 2-D one; a plane has no z spacing of its own).
+    A voxel-size attribute that is present but not three (or so two) positive numbers, or a
+    ``unit`` voxgate does not know, is ignored with a :class:`VoxgateWarning` (the data stays
     readable; the warning says why the voxel size is not the file's)."""
     factor = _unit_nm(attrs, where, warn=True)
     for key, scale in (("voxel_size", factor), ("resolution", factor), ("element_size_um", 1e3)):
         raw = _attr(attrs, key)
         if raw is None:
             continue
-        v = _triple(raw)
+        v = _zyx_numbers(raw, flat, 1.0)
         if v is not None and all(math.isfinite(x) and x > 0 for x in v):
             return VoxelSize.of([x * scale for x in v])
-        _ignored(where, key, raw, "the voxel size comes from the next attribute or is 1 nm")
+        _ignored(where, key, raw, "the voxel size comes from the next attribute or is 1 nm",
+                 flat)
     return None
 
 
-def _voxel_offset(attrs: h5py.AttributeManager, vs: VoxelSize | None, where: str = "") -> Vec:
+def _voxel_offset(attrs: h5py.AttributeManager, vs: VoxelSize | None, where: str = "", *,
+                  flat: bool = False) -> Vec:
     """The offset in voxels: voxgate's ``voxel_offset``, else a CREMI/gunpowder ``offset`` in
-    physical units when it is a whole number of voxels."""
+    physical units when it is a whole number of voxels.  On a 2-D dataset (``flat``) two
+    numbers are (y, x), the z offset 0."""
     raw = _attr(attrs, "voxel_offset")
-    v = _triple(raw)
+    v = _zyx_numbers(raw, flat, 0.0)
     if v is not None and all(x.is_integer() for x in v):
         return Vec(*(int(x) for x in v))
     if raw is not None:
-        _ignored(where, "voxel_offset", raw, "the offset comes from 'offset' or is 0")
+        _ignored(where, "voxel_offset", raw, "the offset comes from 'offset' or is 0", flat)
     raw = _attr(attrs, "offset")
-    w = _triple(raw)
+    w = _zyx_numbers(raw, flat, 0.0)
     if raw is not None and (w is None or not all(math.isfinite(x) for x in w)):
-        _ignored(where, "offset", raw, "the offset is 0")
+        _ignored(where, "offset", raw, "the offset is 0", flat)
     elif w is not None and vs is not None:
         # "offset" is in the file's unit, the voxel size here in nm
         unit = _unit_nm(attrs)

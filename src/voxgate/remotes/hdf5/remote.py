@@ -223,7 +223,7 @@ class HDF5Remote(Remote):
                     "(e.g. with h5py and numpy) or copy it with the axes reordered"
                 )
             shape = Vec(*_zyx(ds.shape))
-            vs = None if n5 else _voxel_size(ds.attrs, f"{shared.path}#{dname}")
+            vs = None if n5 else _voxel_size(ds.attrs, f"{shared.path}#{dname}", flat=flat)
             if n5:
                 vs, offset = _n5_scale(ds.attrs, n5_group, i, tuple(shape),
                                        _zyx(first.shape), f"{shared.path}#{dname}")
@@ -239,7 +239,7 @@ class HDF5Remote(Remote):
                 vs = VoxelSize.of([b * k for b, k in zip(base.zyx(), factors, strict=True)],
                                   base.unit)
             if not n5:
-                offset = _voxel_offset(ds.attrs, vs, f"{shared.path}#{dname}")
+                offset = _voxel_offset(ds.attrs, vs, f"{shared.path}#{dname}", flat=flat)
             chunks = Vec(*_zyx(ds.chunks)) if ds.chunks else Vec(
                 *(min(n, _CONTIGUOUS_BLOCK) for n in shape)
             )
