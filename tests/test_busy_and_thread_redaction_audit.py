@@ -50,6 +50,8 @@ def test_a_bossdb_write_to_a_file_another_process_holds_is_remote_busy_error(
         assert isinstance(info.value, RemoteUnavailableError)
         text = str(info.value)
         assert "is busy" in text and f"held by process {os.getpid()}" in text, text
+        # (the relay's message whole: it was cut at 300 characters, "try ag")
+        assert "try again later" in text, text
         assert "Retry-After: 5" in text and RW not in text, text
         np.testing.assert_array_equal(notebook["vol"][...], data)
     vol[1:3, 0:8, 0:8] = 9  # once closed, the same write lands

@@ -451,8 +451,10 @@ def _snippet(resp: httpx.Response) -> str:
         data = resp.json()
     except ValueError:
         return resp.text[:300]
-    if isinstance(data, dict):
-        return str(data.get("message") or data.get("detail") or data)[:300]
+    if isinstance(data, dict) and isinstance(data.get("message") or data.get("detail"), str):
+        # (the server's own explanation, kept whole up to a bound: a relay's names the channel,
+        # the cause and what to do, and was cut mid-word at 300 characters)
+        return str(data.get("message") or data.get("detail"))[:2000]
     return str(data)[:300]
 
 
