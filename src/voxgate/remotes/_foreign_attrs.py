@@ -15,7 +15,8 @@ from typing import Any
 from ..errors import InvalidRequestError, VoxgateWarning
 from ..geometry import Vec
 
-__all__ = ["CHANNEL_NAMES", "funlib_names", "nearest_voxel", "warn_ignored"]
+__all__ = ["CHANNEL_NAMES", "funlib_names", "nearest_voxel", "triple", "warn_ignored",
+           "zyx_numbers"]
 
 #: how far from a whole voxel a position may lie and still be that voxel
 WHOLE = 1e-6
@@ -43,6 +44,26 @@ def nearest_voxel(vox: Sequence[float], what: str, voxel_nm: tuple[float, ...], 
     return near
 
 
+def triple(value: Any) -> list[float] | None:
+    """``value`` as three floats when it is a list of three numbers, else None."""
+    if not isinstance(value, list) or len(value) != 3:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return None
+    return [float(v) for v in value]
+
+
+def zyx_numbers(value: Any, flat: bool, z: float) -> list[float] | None:
+    """A per-axis attribute as (z, y, x): three numbers, or on a 2-D array (``flat``: one z
+    plane) also two, (y, x), with ``z`` put in front: 1 of the attribute's unit for a voxel
+    size (Fiji's HDF5 plugin prepends 1 to a 2-D ``element_size_um``; a plane has no z spacing
+    of its own), 0 for an offset.  The HDF5 store and the zarr store's funlib.persistence
+    attributes read 2-D arrays by this one rule."""
+    if flat and isinstance(value, list) and len(value) == 2:
+        return triple([z, *value])
+    return triple(value)
+
+
 CHANNEL_NAMES = ("c", "channel", "ch")
 
 
@@ -64,7 +85,9 @@ def funlib_names(attrs: dict[str, Any], rank: int, where: str) -> list[str]:
     and ``types`` ("channel" / "space" / "time"), with the channel axis named "c"; [] without
     either.  Its default names (``c0^``, ``d0``, ``d1``, ``d2``) name no z, y or x: its
     three space axes are then z, y, x in dimension order (C order, as daisy and gunpowder
-    use them); more or fewer space axes without those names are refused."""
+    use them), two space axes y, x (a 2-D array, opened as one z plane); two named otherwise
+    than y and x (e.g. z and x), and more or fewer space axes without those names, are
+    refused."""
     axis_names = _funlib_list(attrs, "axis_names", rank, where)
     types = _funlib_list(attrs, "types", rank, where)
     if axis_names is None and types is None:
@@ -77,7 +100,20 @@ def funlib_names(attrs: dict[str, Any], rank: int, where: str) -> list[str]:
     bare = [n.rstrip("^").strip().lower() for n in axis_names or [""] * rank]
     space = [i for i in range(rank) if not channel[i]]
     names = list(bare)
-    if not {"z", "y", "x"} <= {bare[i] for i in space}:
+    named = [bare[i] for i in space]
+    if len(space) == 2 and sorted(named) != ["x", "y"]:
+        # a 2-D array (one z plane): y and x, or two axes naming none of z, y, x taken as
+        # y, x in dimension order; anything else is refused rather than guessed
+        if {"z", "y", "x"} & set(named):
+            raise InvalidRequestError(
+                f"{where} has axis_names {axis_names} and types {types} (funlib.persistence): "
+                f"2 space axes named {named}; voxgate reads a 2-D array as y and x (one z "
+                "plane) and cannot tell which of these is y and which x (name them "
+                "['y', 'x'], or leave funlib's defaults ['d0', 'd1'], read as y, x)"
+            )
+        for i, axis in zip(space, "yx", strict=True):
+            names[i] = axis
+    elif len(space) != 2 and not {"z", "y", "x"} <= set(named):
         if len(space) != 3:
             raise InvalidRequestError(
                 f"{where} has axis_names {axis_names} and types {types} (funlib.persistence): "

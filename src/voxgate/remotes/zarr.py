@@ -58,7 +58,14 @@ from ..storage import (
     ts_errors,
     write_json,
 )
-from ._foreign_attrs import CHANNEL_NAMES, WHOLE, funlib_names, nearest_voxel, warn_ignored
+from ._foreign_attrs import (
+    CHANNEL_NAMES,
+    WHOLE,
+    funlib_names,
+    nearest_voxel,
+    warn_ignored,
+    zyx_numbers,
+)
 from ._ome_collections import collection
 from ._ome_geometry import Frame, axis_names, compose, level_offset, place
 from ._tensorstore import TSArray
@@ -996,7 +1003,8 @@ def _funlib_axes(value: object, key: str, physical: list[int], names: list[str],
                  where: str, numbers: bool = True) -> list[Any] | None:
     """The (z, y, x) entries of funlib.persistence's per-axis ``key`` (voxel_size, offset,
     units), which lists the space (and time) axes in dimension order, or every axis; None
-    when absent.  One of another length or type is ignored with a VoxgateWarning."""
+    when absent.  One of another length or type is ignored with a VoxgateWarning.  On a 2-D
+    array (``names`` without z) the (y, x) entries."""
     if value is None:
         return None
     if numbers:
@@ -1005,7 +1013,7 @@ def _funlib_axes(value: object, key: str, physical: list[int], names: list[str],
             for v in value)
     else:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-    spatial = [names.index(a) for a in "zyx"]
+    spatial = [names.index(a) for a in ("zyx" if "z" in names else "yx")]
     if ok and isinstance(value, list):
         if len(value) == len(physical) and set(spatial) <= set(physical):
             return [value[physical.index(i)] for i in spatial]
@@ -1029,7 +1037,9 @@ def _funlib_geometry(attrs: dict[str, Any], names: list[str], where: str
     VoxgateWarning (as the HDF5 and N5 stores do), its exact position kept as the translation.
     """
     rank = len(names)
-    if not {"z", "y", "x"} <= set(names):  # refused when the axes are read (_as_czyx)
+    # a 2-D array (y, x: one z plane) states (y, x) values: z is 1 of its unit, offset 0
+    flat = "z" not in names and {"y", "x"} <= set(names)
+    if not flat and not {"z", "y", "x"} <= set(names):  # refused in _as_czyx
         return VoxelSize.of((1, 1, 1)), Vec(0, 0, 0), None
     physical: list[int]
     types, axis_names = attrs.get("types"), attrs.get("axis_names")
@@ -1042,6 +1052,8 @@ def _funlib_geometry(attrs: dict[str, Any], names: list[str], where: str
         physical = [i for i, n in enumerate(names) if n not in CHANNEL_NAMES]
     key = "voxel_size" if "voxel_size" in attrs else "resolution"
     raw = _funlib_axes(attrs.get(key), key, physical, names, where)
+    if raw is not None and flat:
+        raw = zyx_numbers(raw, flat, 1.0)
     if raw is not None and not all(v > 0 for v in raw):
         warn_ignored(f"{where}: attribute {key} = {attrs[key]!r}",
                      "voxel sizes must be positive; 1 nm voxels are taken", stacklevel=3)
@@ -1050,6 +1062,8 @@ def _funlib_geometry(attrs: dict[str, Any], names: list[str], where: str
     if isinstance(units, str):
         units = [units] * len(physical)
     unit_zyx = _funlib_axes(units, "units", physical, names, where, numbers=False)
+    if unit_zyx is not None and flat:  # the one z plane is measured in y's unit
+        unit_zyx = [unit_zyx[0], *unit_zyx]
     factor = [1.0, 1.0, 1.0]
     for j, unit in enumerate(unit_zyx or ()):
         if not unit.strip():  # funlib.persistence's default: no unit, read as nm
@@ -1064,6 +1078,8 @@ def _funlib_geometry(attrs: dict[str, Any], names: list[str], where: str
     voxel = [v * f for v, f in zip(raw or (1.0, 1.0, 1.0), factor, strict=True)]
     vs = VoxelSize.of(voxel)
     world = _funlib_axes(attrs.get("offset"), "offset", physical, names, where)
+    if world is not None and flat:
+        world = zyx_numbers(world, flat, 0.0)
     if world is None:
         return vs, Vec(0, 0, 0), None
     exact = [w * f for w, f in zip(world, factor, strict=True)]

@@ -19,6 +19,8 @@ from ...geometry import Vec, VoxelSize
 from ...meta import SUPPORTED_DTYPES, Kind
 from ...storage.units import UNITS_NM, length_unit_nm
 from .._foreign_attrs import funlib_names, nearest_voxel, warn_ignored
+from .._foreign_attrs import triple as _triple
+from .._foreign_attrs import zyx_numbers as _zyx_numbers
 
 DEFAULT_DATASET = "/volume"
 
@@ -47,23 +49,6 @@ def _attr(attrs: h5py.AttributeManager, key: str) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def _triple(value: Any) -> list[float] | None:
-    if not isinstance(value, list) or len(value) != 3:
-        return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        return None
-    return [float(v) for v in value]
-
-
-def _zyx_numbers(value: Any, flat: bool, z: float) -> list[float] | None:
-    """A per-axis attribute as (z, y, x): three numbers, or on a 2-D dataset (``flat``) also
-    two, (y, x), with ``z`` put in front, as Fiji's HDF5 plugin reads a 2-D
-    ``element_size_um`` (z = 1 of the attribute's unit)."""
-    if flat and isinstance(value, list) and len(value) == 2:
-        return _triple([z, *value])
-    return _triple(value)
 
 
 def _ignored(where: str, key: str, value: Any, fallback: str, flat: bool = False) -> None:
