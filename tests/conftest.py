@@ -38,6 +38,19 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _slow_worker_restarts_are_not_lost() -> Iterator[None]:
+    """A LocalCluster closes the nanny of a worker that died and has not registered again
+    within dask's ``distributed.deploy.lost-worker-timeout`` (15 s): on a loaded 2-core CI
+    machine a killed worker's restart (importing voxgate, onnxruntime, ...) took longer, and
+    the cluster kept 1 worker for good (its log: the worker registered again, then "Nanny
+    asking worker to close. Reason: nanny-close").  The tests that kill workers want them back."""
+    import dask
+
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "600s"}):
+        yield
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     """A dask.distributed Client of a LocalCluster of 2 worker processes on 127.0.0.1, one per

@@ -139,10 +139,11 @@ def _install_holder(module: str, name: str, tag: str, markers: str, fail: bool) 
 
 def _two_workers(cluster: Any) -> None:
     """Wait for the cluster's 2 workers (one killed by the test before may still be
-    restarting).  On a loaded machine a killed worker twice did not come back within 120 s
-    (logs not kept; a nanny whose restart fails, "Failed to restart worker after its process
-    exited", keeps no worker for good, and ``Client.restart`` does not reach it).  That is
-    dask's, not the Service's: the cluster is then scaled to 2 workers again."""
+    restarting).  In two CI runs a killed worker never came back: its restart took longer than
+    dask's lost-worker-timeout (15 s), so the LocalCluster closed its nanny for good (raised in
+    tests/conftest.py).  Should a worker still not come back within 60 s, that is dask's, not
+    the Service's: the cluster is scaled to 2 workers again (``Client.restart`` does not reach
+    a nanny the cluster forgot)."""
     from distributed.exceptions import WorkerStartTimeoutError
 
     try:
