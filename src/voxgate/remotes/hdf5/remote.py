@@ -85,7 +85,8 @@ class HDF5Remote(Remote):
         self._datasets = datasets
         # a 4-D dataset of one channel is read as 3-D: its channel axis is dropped / re-added
         self._channel_axis = channel_axis
-        #: a 2-D dataset (y, x), read and written as a volume of one z plane
+        #: a 2-D dataset (y, x), or a 3-D one (c, y, x) whose axis names say so, read and
+        #: written as a volume of one z plane
         self._flat = flat
         # the file's dtype where it differs from meta.dtype (BigDataViewer's uint16 as int16):
         # read and written by reinterpreting the bytes, never by HDF5's clipping conversion
@@ -164,7 +165,8 @@ class HDF5Remote(Remote):
             raise RemoteNotFoundError(f"{where} does not exist{_listing(f)}")
         flat = False
         if isinstance(obj, h5py.Dataset):
-            # a 2-D dataset named in the URL is an image (y, x): a volume of one z plane
+            # a 2-D dataset named in the URL is an image (y, x): a volume of one z plane (a 3-D
+            # one whose axis names are c, y, x is one too, of several channels: below)
             flat = obj.ndim == 2
             if not (_is_volume_dataset(obj) or flat):
                 raise InvalidRequestError(
@@ -186,11 +188,17 @@ class HDF5Remote(Remote):
         first = f[datasets[0]]
         storage = _bdv_storage_dtype(f, datasets[0], first)
         dtype = np.dtype("uint16") if storage is not None else _check_dtype(first.dtype, where)
-        channel_axis = first.ndim == 4
-        channels = int(first.shape[0]) if channel_axis else 1
         # a file of saalfeldlab's N5HDF5Writer lists every per-axis attribute x, y, z, as N5
         # does (its datasets' dimensions it reverses into HDF5's z, y, x)
         n5 = _is_n5_hdf5(f, first, obj if group_attrs is not None else None)
+        named0 = _axis_names(first.attrs, first, f"{shared.path}#{datasets[0]}")
+        if (named0 is not None and named0[1] == ["c", "y", "x"] and not n5
+                and group_attrs is None):
+            # a 3-D dataset named c, y, x (funlib.persistence's axis_names ["c^", "y", "x"]):
+            # channels of one z plane, as the zarr store reads the same attributes
+            flat = True
+        channel_axis = first.ndim == 4 or (flat and first.ndim == 3)
+        channels = int(first.shape[0]) if channel_axis else 1
         n5_group = _n5_attrs(group_attrs) if n5 else {}
         base_vs = _voxel_size(group_attrs, where) if group_attrs is not None and not n5 \
             else None
@@ -209,10 +217,21 @@ class HDF5Remote(Remote):
                     f"{shared.path}#{dname} is empty (shape {ds.shape}); a volume holds at "
                     "least one voxel"
                 )
-            named = _axis_names(ds.attrs, ds, f"{shared.path}#{dname}")
+            named = named0 if i == 0 else _axis_names(ds.attrs, ds, f"{shared.path}#{dname}")
             if n5 and named is not None and named[0] == "axes":
                 named = ("axes (N5's x, y, z order)", named[1][::-1])
-            want = ["c", "z", "y", "x"][4 - ds.ndim:]
+            want = (["c", "y", "x"][3 - ds.ndim:] if flat
+                    else ["c", "z", "y", "x"][4 - ds.ndim:])
+            if (named is not None and not flat and ds.ndim == 3
+                    and sorted(named[1]) == ["c", "x", "y"]):
+                # channels of one z plane, not in the order (or the place) voxgate reads them
+                source, axes = named
+                raise InvalidRequestError(
+                    f"{shared.path}#{dname} has axes {axes} (its {source} attribute): channels "
+                    "of one z plane; voxgate reads such a dataset as ('c', 'y', 'x'), named in "
+                    "the URL" + (": transpose it into that order (e.g. with h5py and numpy)"
+                                 if group_attrs is None else ", not as a scale of a group")
+                )
             if named is not None and named[1] != want:
                 # (read as voxgate's order, they would be silently transposed; an ilastik
                 # export's "zyxc" would have its z axis taken as the channels)
@@ -222,11 +241,11 @@ class HDF5Remote(Remote):
                     f"reads a {ds.ndim}-D dataset as {tuple(want)}: transpose it into that order "
                     "(e.g. with h5py and numpy) or copy it with the axes reordered"
                 )
-            shape = Vec(*_zyx(ds.shape))
+            shape = Vec(*_zyx(ds.shape, flat))
             vs = None if n5 else _voxel_size(ds.attrs, f"{shared.path}#{dname}", flat=flat)
             if n5:
                 vs, offset = _n5_scale(ds.attrs, n5_group, i, tuple(shape),
-                                       _zyx(first.shape), f"{shared.path}#{dname}")
+                                       _zyx(first.shape, flat), f"{shared.path}#{dname}")
             elif vs is None:
                 factors = _triple(_attr(ds.attrs, "downsamplingFactors")) or _bdv_factors(
                     f, dname)
@@ -234,13 +253,13 @@ class HDF5Remote(Remote):
                     factors = _scale_factors(group_factors, i)
                 if factors is None:  # nothing written: infer from the shapes
                     factors = [float(max(1, round(a / b)))
-                               for a, b in zip(_zyx(first.shape), shape, strict=True)]
+                               for a, b in zip(_zyx(first.shape, flat), shape, strict=True)]
                 base = base_vs or VoxelSize(1.0, 1.0, 1.0)
                 vs = VoxelSize.of([b * k for b, k in zip(base.zyx(), factors, strict=True)],
                                   base.unit)
             if not n5:
                 offset = _voxel_offset(ds.attrs, vs, f"{shared.path}#{dname}", flat=flat)
-            chunks = Vec(*_zyx(ds.chunks)) if ds.chunks else Vec(
+            chunks = Vec(*_zyx(ds.chunks, flat)) if ds.chunks else Vec(
                 *(min(n, _CONTIGUOUS_BLOCK) for n in shape)
             )
             encoding = ds.compression or "raw"
@@ -407,13 +426,17 @@ class HDF5Remote(Remote):
     def _selection(self, box: Box, scale: int) -> tuple[slice, ...]:
         origin = self.meta.scale(scale).offset
         zyx = box.slices(origin)
-        if self._flat:  # (the box is within the one plane)
-            return zyx[1:]
-        return (slice(None), *zyx) if self._channel_axis else zyx
+        space = zyx[1:] if self._flat else zyx  # (a flat box is within the one plane)
+        return (slice(None), *space) if self._channel_axis else tuple(space)
 
     def _file(self, *, writable: bool) -> AbstractContextManager[h5py.File]:
         """The file, open for one read or write of this Remote (see :func:`.files._using`)."""
         return _using(self._shared, writable=writable, keep=self._keeps, hold=self._holds)
+
+    @property
+    def _space(self) -> int:
+        """How many of the dataset's dimensions are space (2 when flat: y, x)."""
+        return 2 if self._flat else 3
 
     def _check_open(self) -> None:
         if not self._finalizer.alive:
@@ -436,7 +459,7 @@ class HDF5Remote(Remote):
             )
             absent = []
             for g, cell in cells:
-                start = tuple(s.start for s in self._selection(cell, scale)[-3:])
+                start = tuple(s.start for s in self._selection(cell, scale)[-self._space:])
                 if any(ds.id.get_chunk_info_by_coord(lead + start).byte_offset is None
                        for lead in leads):
                     absent.append(g)
@@ -456,7 +479,8 @@ class HDF5Remote(Remote):
             try:
                 if out.size:
                     dest = out if self._storage_dtype is None else out.view(self._storage_dtype)
-                    ds.read_direct(dest[0] if self._flat else dest, source_sel=sel)
+                    # (a flat volume's one z plane is no dimension of the dataset)
+                    ds.read_direct(_drop_z(dest) if self._flat else dest, source_sel=sel)
             except OSError as exc:
                 raise self._locate_damage(ds, scale, box, exc) from exc
         if self._channel_axis and self.meta.num_channels == 1:
@@ -473,7 +497,7 @@ class HDF5Remote(Remote):
         if self._storage_dtype is not None:
             data = np.ascontiguousarray(data, dtype=self.meta.dtype).view(self._storage_dtype)
         if self._flat:
-            data = data[0]
+            data = _drop_z(data)
         dname = self._datasets[scale]
         with self._file(writable=True) as f:
             ds = self._shared.dataset(dname)
@@ -503,7 +527,7 @@ class HDF5Remote(Remote):
             try:
                 ds[sel]
             except OSError as cell_exc:
-                start = tuple(s.start for s in sel[-3:])
+                start = tuple(s.start for s in sel[-self._space:])
                 coord = ((0,) if self._channel_axis else ()) + start
                 where = ""
                 try:
@@ -521,9 +545,15 @@ class HDF5Remote(Remote):
         return VoxgateError(f"{what} failed: {exc}")
 
 
-def _zyx(shape: Sequence[int]) -> tuple[int, ...]:
-    """The (z, y, x) of a dataset's shape or chunk shape; a 2-D one's z is 1."""
-    return (1, *shape) if len(shape) == 2 else tuple(shape[-3:])
+def _zyx(shape: Sequence[int], flat: bool = False) -> tuple[int, ...]:
+    """The (z, y, x) of a dataset's shape or chunk shape; a 2-D one's (or, ``flat``, a
+    (c, y, x) one's) z is 1."""
+    return (1, *shape[-2:]) if flat or len(shape) == 2 else tuple(shape[-3:])
+
+
+def _drop_z(array: np.ndarray) -> np.ndarray:
+    """A (..., 1, y, x) array as (..., y, x): the same memory, without its one z plane."""
+    return array.reshape(array.shape[:-3] + array.shape[-2:])
 
 
 def _cells(box: Box, sc: Scale) -> Iterator[tuple[Vec, Box]]:
