@@ -6,11 +6,14 @@ knossos_utils), ``*.pyk.conf`` / ``*.pyknossos.conf`` / ``ariadne.conf`` (PyKNOS
 ``knossos.conf`` / ``*.k.conf`` and ``mag1/knossos.conf`` (the classic format).
 
 - **classic** ``knossos.conf``: ``experiment name "NAME";``, ``boundary x|y|z N;``,
-  ``scale x|y|z F;`` (nm), optional ``magnification M;``, ``png;``/``jpg;`` and
+  ``scale x|y|z F;`` (nm), optional ``magnification M;``, ``png;`` and
   ``compression_ratio R;`` (1000: .jpg cubes; other non-zero ratios are JPEG 2000, refused
-  when a cube exists only in that form).  The ``;`` and the name's quotes may be missing, as
-  KNOSSOS reads them; comment lines and what follows a value are skipped, a line of a key
-  voxgate reads whose value is not one is refused with its line (:func:`parse_knossos_conf`).
+  when a cube exists only in that form; ``jpg;`` is no key, as for KNOSSOS).  Words are split
+  at single spaces as KNOSSOS splits them: a line with a tab or two spaces before the axis or
+  after the key is skipped with a warning; the ``;`` may be missing; comment lines and what
+  follows a value after a space are skipped; a value KNOSSOS reads as 0 (``1024#c``, two
+  spaces before it, ``1O24``) is refused with its line (:func:`parse_knossos_conf`); an
+  unquoted name (knossos_utils) is read up to the ``;``.
   Cubes are 128^3.  Magnifications are powers of two (``mag1``, ``mag2``,
   ``mag4`` ... folders, as many as exist); mag M has M times the voxel size on every axis.  A
   ``magM/knossos.conf`` (knossos_cuber writes one per mag: that mag's boundary and voxel
@@ -108,86 +111,117 @@ class _Dataset:
     doc: dict[str, Any] = field(default_factory=dict)  # a .k.toml as read (rewritten whole)
 
 
-#: the keys of a classic knossos.conf that voxgate reads, and the value each takes: a quoted
-#: name, a number, or none (a flag)
-_CLASSIC_KEYS: dict[str, str] = {
-    "experiment name": "name",
-    **{f"{k} {a}": "number" for k in ("boundary", "scale") for a in "xyz"},
-    "magnification": "number", "cube_edge_length": "number", "compression_ratio": "number",
-    "png": "flag", "jpg": "flag",
-}
-_CLASSIC_LINE = re.compile(
-    r'(?P<key>experiment\s+name|(?:boundary|scale)\s+[xyz]|[A-Za-z_]+)'
-    r'(?:\s+(?:"(?P<quoted>[^"]*)"|(?P<word>[^\s;#"]+)))?'
-    r'\s*(?P<rest>.*)')
+#: the keys of a classic knossos.conf that voxgate reads (KNOSSOS' fromLegacyConf reads these
+#: and ftp_mode), by the first word of their line
+_CLASSIC_FIRST = ("experiment", "boundary", "scale", "magnification", "cube_edge_length",
+                  "compression_ratio", "png")
+#: Qt's QString::toInt / toFloat, which KNOSSOS reads the values with (whitespace around the
+#: digits is allowed, anything else makes the value 0)
+_QT_INT = re.compile(r"\s*[+-]?[0-9]+\s*")
+_QT_FLOAT = re.compile(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*")
 
 
 def parse_knossos_conf(text: str, conf: str) -> dict[str, Any]:
     """The ``key value;`` lines of a classic knossos.conf as a dict (``"boundary x"``: 1024).
 
-    As KNOSSOS (dataset.cpp ``fromLegacyConf``) reads them: one entry per line, its words
-    separated by spaces, the ``;`` optional and whatever follows the value ignored (a trailing
-    ``# comment`` or ``// comment``, a second number: ``boundary x 1024 1025;`` is 1024); a
-    line that starts with no key KNOSSOS knows (a ``#``, ``;`` or ``//`` comment, a blank line,
-    an unknown key) is skipped, and so is an indented one (KNOSSOS takes the text up to the
-    first space as the key: empty, or the key with a tab before it), with a VoxgateWarning
-    when it holds a key voxgate reads.  The experiment name may be written without quotes
-    (knossos_utils' ``initialize_without_conf`` writes ``experiment name N;``).  A line of a
-    key voxgate reads whose value is not one (``boundary x 1O24;``, ``boundary x`` with the
-    number on the next line: no reader joins lines) raises :class:`InvalidRequestError`
-    naming the file and the line, rather than being skipped."""
+    As KNOSSOS (dataset.cpp ``fromLegacyConf``) reads them: one entry per line, split at every
+    single space and ``;`` (``line.split(QRegularExpression("[ ;]"))``); the first piece is the
+    key, the next the axis of ``boundary``/``scale``, the next the value; what follows is
+    ignored (a ``# comment`` after a space or ``;``, a second number: ``boundary x 1024 1025;``
+    is 1024).  A line whose first piece is no key KNOSSOS reads (a ``#``, ``;`` or ``//``
+    comment, a blank line, an unknown key such as ``jpg``) is skipped, and so is one KNOSSOS
+    cannot see a key in: an indented line, a tab after the key (``magnification<TAB>2;``: the
+    first piece is ``magnification<TAB>2``), two spaces or a tab between ``boundary``/``scale``
+    and the axis; such a line warns (VoxgateWarning) when it holds a key voxgate reads.  The
+    experiment name is the text between the first two ``"`` (KNOSSOS); written without quotes,
+    as knossos_utils' ``initialize_without_conf`` writes ``experiment name N;``, it is the text
+    up to the ``;``.  A line of a key voxgate reads whose value KNOSSOS would read as 0 (a
+    value glued to a comment: ``boundary x 1024#c``; two spaces before the value;
+    ``boundary x 1O24;``) or not read at all (``boundary x`` with the number on the next line:
+    no reader joins lines) raises :class:`InvalidRequestError` naming the file and the line,
+    rather than being skipped."""
     out: dict[str, Any] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith(("#", ";", "//")):
             continue
-        if line[0].isspace():
-            m = _CLASSIC_LINE.match(stripped)
-            key = " ".join(m.group("key").split()) if m is not None else ""
-            if key in _CLASSIC_KEYS:
-                warnings.warn(VoxgateWarning(
-                    f"{conf}, line {number}: {stripped!r} is indented, and KNOSSOS reads no "
-                    "indented line (a key must start its line); voxgate skips it too: remove the "
-                    "indentation for it to count"),
-                    stacklevel=3)
-            continue
-        m = _CLASSIC_LINE.match(stripped)
-        if m is None:
-            continue
-        key = " ".join(m.group("key").split())
-        want = _CLASSIC_KEYS.get(key)
-        if want is None:
-            continue  # a key voxgate does not read (KNOSSOS skips it too)
-        quoted, word, rest = m.group("quoted"), m.group("word"), m.group("rest")
-        # after the value: the end, a ";" (anything after it), a comment, or more words
-        # after a space, which KNOSSOS does not read (it takes the word after the key)
-        value_end = m.end("quoted") + 1 if quoted is not None else m.end("word")
-        tail_ok = (not rest or rest.startswith((";", "#", "//"))
-                   or (value_end >= 0 and m.start("rest") > value_end))
+        words = re.split(r"[ ;]", line)  # KNOSSOS' tokenList
+        first = words[0]
 
-        def bad(what: str, number: int = number, line: str = stripped) -> InvalidRequestError:
+        def skip(why: str, number: int = number, line: str = stripped) -> None:
+            warnings.warn(VoxgateWarning(
+                f"{conf}, line {number}: {line!r} {why}, and KNOSSOS reads no key from it (it "
+                "splits a line at each single space and ';'); voxgate skips it too: write "
+                "'key value;' with single spaces for it to count"), stacklevel=3)
+
+        def bad(what: str, why: str = "", number: int = number,
+                line: str = stripped) -> InvalidRequestError:
             return InvalidRequestError(
-                f"{conf}, line {number}: {line!r} is not {what}; a classic knossos.conf "
-                "holds one 'key value;' entry per line")
+                f"{conf}, line {number}: {line!r} is not {what}{why}; a classic knossos.conf "
+                "holds one 'key value;' entry per line, its words separated by single spaces")
 
-        if want == "name":
-            name = quoted if quoted is not None else word
-            if name is None or not tail_ok:
+        if first not in _CLASSIC_FIRST:
+            word = re.split(r"[\s;#/]", stripped, maxsplit=1)[0]
+            if word.startswith("png") and word != "png":
+                raise bad("png;")  # png=no, pngs: KNOSSOS skips it, but what was meant?
+            if line[0].isspace():
+                if word in _CLASSIC_FIRST:
+                    warnings.warn(VoxgateWarning(
+                        f"{conf}, line {number}: {stripped!r} is indented, and KNOSSOS reads "
+                        "no indented line (a key must start its line); voxgate skips it too: "
+                        "remove the indentation for it to count"), stacklevel=2)
+            elif word in _CLASSIC_FIRST:
+                skip(f"has a {first[len(word)]!r} after {word!r}")
+            elif word == "jpg":
+                warnings.warn(VoxgateWarning(
+                    f"{conf}, line {number}: {stripped!r} is skipped: KNOSSOS reads no 'jpg' "
+                    "key (it loads .jpg cubes when the conf says 'compression_ratio 1000;'); "
+                    "voxgate reads the .raw cubes only, as KNOSSOS does"), stacklevel=2)
+            continue
+        if first == "png":
+            out["png"] = True
+            continue
+        if first == "experiment":
+            if '"' in line:
+                # KNOSSOS: info.experimentname = line.split("\"")[1]
+                name = line.split('"')[1]
+            else:
+                # KNOSSOS would index past the end of the split (no name); knossos_utils'
+                # initialize_without_conf writes "experiment name NAME;"
+                m = re.match(r"experiment[ \t]+name[ \t]+([^;]*)", line)
+                name = m.group(1).strip() if m else ""
+            if not name:
                 raise bad('experiment name "NAME";')
-            out[key] = name
-        elif want == "flag":
-            # KNOSSOS reads the word "png" and nothing after it ("png=no" is another word)
-            if m.end("key") < len(stripped) and stripped[m.end("key")] not in " \t;#/":
-                raise bad(f"{key};")
-            out[key] = True
+            out["experiment name"] = name
+            continue
+        if first in ("boundary", "scale"):
+            if len(words) < 2 or words[1] not in ("x", "y", "z"):
+                if len(words) >= 2 and words[1][:1] in ("", "x", "y", "z") and (
+                        words[1] == "" or words[1][1:2].isspace()):
+                    skip(f"has {'two spaces before' if words[1] == '' else 'a tab after'} "
+                         "the axis")
+                continue  # another axis (KNOSSOS ignores the line)
+            key = f"{first} {words[1]}"
+            example = f"{key} {'1024' if first == 'boundary' else '10.0'};"
+            value = words[2] if len(words) > 2 else None
+            pattern = _QT_FLOAT
         else:
-            example = f"{key} {'1024' if key.startswith('boundary') else '10.0'};"
-            if word is None or not tail_ok:
-                raise bad(example)
-            try:
-                out[key] = (float(word) if any(c in word for c in ".eE") else int(word))
-            except ValueError:
-                raise bad(example) from None
+            key = first
+            example = f"{key} {'128' if first == 'cube_edge_length' else '1'};"
+            value = words[1] if len(words) > 1 else None
+            pattern = _QT_INT
+        if value is None:
+            raise bad(example)  # KNOSSOS: tokenList.at(...) past the end
+        if pattern.fullmatch(value) is None:
+            if value == "":
+                why = " (no value, or two spaces before it: KNOSSOS reads the empty word, as 0)"
+            elif "#" in value or "/" in value:
+                why = f" (KNOSSOS reads {value!r} as 0: a comment needs a space before it)"
+            else:
+                why = f" (KNOSSOS reads {value!r} as 0)"
+            raise bad(example, why)
+        value = value.strip()
+        out[key] = (float(value) if any(c in value for c in ".eE") else int(value))
     return out
 
 
@@ -712,7 +746,7 @@ def _read_conf(conf: str) -> _Dataset:
     # a conf of mag M gives that mag's boundary and voxel size; KNOSSOS scales them to mag 1
     extent = [e * mag for e in extent]
     scale = [v / mag for v in scale]
-    exts = [".raw"] + ([".png"] if d.get("png") else []) + ([".jpg"] if d.get("jpg") else [])
+    exts = [".raw"] + ([".png"] if d.get("png") else [])
     if "compression_ratio" in d:
         ratio = d["compression_ratio"]
         if not isinstance(ratio, int) or isinstance(ratio, bool) or ratio < 0:
