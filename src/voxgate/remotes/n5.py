@@ -83,9 +83,10 @@ from ..storage import (
     ts_errors,
     write_json,
 )
-from ._foreign_attrs import CHANNEL_NAMES, warn_ignored
+from ._foreign_attrs import CHANNEL_NAMES, funlib_names, warn_ignored
 from ._tensorstore import TSArray
 from .base import Capability, Remote, check_options, check_same_volume
+from .zarr import _funlib_geometry  # the rules the zarr store reads funlib.persistence by
 
 __all__ = ["N5Remote"]
 
@@ -605,12 +606,14 @@ class N5Remote(Remote):
 
     @classmethod
     def _open_single(cls, location: str, attrs: dict[str, Any], mode: str) -> N5Remote:
+        attrs, funlib = _funlib_dataset(attrs, join(location, "attributes.json"))
         store = cls._open_store(location, mode, attrs)
         dtype = np.dtype(store.dtype.numpy_dtype)
         info = _info(attrs)
         flat = _is_flat(attrs)
         scale, arr, channels = cls._scale(0, location, store,
-                                          _flat_attrs(attrs) if flat else attrs, info, _NO_GROUP)
+                                          _flat_attrs(attrs) if flat else attrs, info, _NO_GROUP,
+                                          funlib=funlib)
         kind = _kind(info, dtype, join(location, "attributes.json"))
         meta = VolumeMeta(dtype, (scale,), kind, channels, 0)
         return cls(location, meta, [arr], [location], mode, flat)
@@ -688,9 +691,11 @@ class N5Remote(Remote):
         group: _Group,
         shape0: Sequence[int] = (),
         key: str | None = None,
+        funlib: _Geometry | None = None,
     ) -> tuple[Scale, TSArray, int]:
         """One scale's geometry from its attributes (see the module docstring for the rules);
-        ``group``: what the multiscale group says of it."""
+        ``group``: what the multiscale group says of it; ``funlib``: the voxel size, offset and
+        translation funlib.persistence's attributes state (:func:`_funlib_dataset`)."""
         where = join(path, "attributes.json")
         arr, channels, order = _as_zyx(store, path, Vec(0, 0, 0))
         xyz_shape = [int(n) for n in arr.store.shape[:3]]
@@ -706,6 +711,8 @@ class N5Remote(Remote):
             )
         if "voxel_size" in info:
             vs = VoxelSize.of(info["voxel_size"], info.get("unit", "nm"))
+        elif funlib is not None:
+            vs = funlib[0]
         else:
             own_base = (
                 _resolution_xyz({"pixelResolution": attrs["pixelResolution"]}, order)
@@ -731,6 +738,9 @@ class N5Remote(Remote):
         translation: tuple[float, float, float] | None = None
         if "offset" in info:
             offset = Vec.of(info["offset"], "offset")
+        elif funlib is not None:
+            # funlib.persistence's offset (world units, z first), not Paintera's (x first)
+            offset, translation = funlib[1], funlib[2]
         else:
             vs0 = group.vs0 or vs
             nm, nm0 = _to_nm(vs.unit), _to_nm(vs0.unit)
@@ -1109,6 +1119,41 @@ def _cosem_datasets(group: dict[str, Any], where: str) -> dict[str, _Transform]:
             if tf is not None:
                 out[entry["path"].strip("/")] = tf
     return out
+
+
+#: a voxel size (nm), an offset (voxels) and the exact position of an offset between voxels
+_Geometry = tuple[VoxelSize, Vec, tuple[float, float, float] | None]
+
+
+def _funlib_dataset(attrs: dict[str, Any], where: str) -> tuple[dict[str, Any], _Geometry | None]:
+    """A dataset funlib.persistence wrote through zarr-python v2's N5Store: its attributes (for
+    reading; with ``axes`` naming its dimensions, x first, when it has none) and the geometry
+    its ``voxel_size``, ``offset`` (world units) and ``units`` state.  N5Store reverses the
+    shape into N5's x-first ``dimensions`` but stores funlib's per-axis lists as funlib gives
+    them, in C order (z first), so they are read as the zarr store reads them.  None for a
+    dataset without ``axis_names`` or ``types`` beside ``voxel_size``, and for one with N5's
+    own ``resolution`` or ``pixelResolution``, which wins (``voxel_size`` is then ignored with a
+    VoxgateWarning)."""
+    if not ("axis_names" in attrs or "types" in attrs) or "voxel_size" not in attrs:
+        return attrs, None
+    dims = attrs.get("dimensions")
+    if not isinstance(dims, list):  # refused in _dataset_metadata
+        return attrs, None
+    if "resolution" in attrs or "pixelResolution" in attrs:
+        key = "resolution" if "resolution" in attrs else "pixelResolution"
+        warn_ignored(f"{where}: attribute voxel_size = {str(attrs['voxel_size'])[:80]!r} "
+                     "(funlib.persistence)", f"the dataset's N5 {key!r} states its voxel size "
+                     "(and its 'offset' is read as Paintera's)", stacklevel=4)
+        return attrs, None
+    axes = attrs.get("axes")
+    if isinstance(axes, list) and all(isinstance(a, str) for a in axes):
+        names = [a.lower() for a in reversed(axes)]
+    else:
+        names = funlib_names(attrs, len(dims), where)
+        if not names:
+            return attrs, None
+        attrs = {**attrs, "axes": names[::-1]}
+    return attrs, _funlib_geometry(attrs, names, where)
 
 
 def _offset_xyz(attrs: dict[str, Any], order: Sequence[int], where: str) -> list[float] | None:
