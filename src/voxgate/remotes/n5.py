@@ -83,10 +83,9 @@ from ..storage import (
     ts_errors,
     write_json,
 )
-from ._foreign_attrs import CHANNEL_NAMES, funlib_names, warn_ignored
+from ._foreign_attrs import CHANNEL_NAMES, funlib_geometry, funlib_names, warn_ignored
 from ._tensorstore import TSArray
 from .base import Capability, Remote, check_options, check_same_volume
-from .zarr import _funlib_geometry  # the rules the zarr store reads funlib.persistence by
 
 __all__ = ["N5Remote"]
 
@@ -1153,7 +1152,7 @@ def _funlib_dataset(attrs: dict[str, Any], where: str) -> tuple[dict[str, Any], 
         if not names:
             return attrs, None
         attrs = {**attrs, "axes": names[::-1]}
-    return attrs, _funlib_geometry(attrs, names, where)
+    return attrs, funlib_geometry(attrs, names, where)
 
 
 def _offset_xyz(attrs: dict[str, Any], order: Sequence[int], where: str) -> list[float] | None:

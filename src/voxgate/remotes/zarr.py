@@ -15,7 +15,6 @@ creates (docs/remotes/zarr.md).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -59,12 +58,9 @@ from ..storage import (
     write_json,
 )
 from ._foreign_attrs import (
-    CHANNEL_NAMES,
-    WHOLE,
+    funlib_geometry,
     funlib_names,
-    nearest_voxel,
     warn_ignored,
-    zyx_numbers,
 )
 from ._ome_collections import collection
 from ._ome_geometry import Frame, axis_names, compose, level_offset, place
@@ -235,7 +231,7 @@ class ZarrRemote(Remote):
         flat = "z" not in names and {"y", "x"} <= set(names)
         own_vs, own_offset, kind = _plain_attrs(attrs.get("voxgate"), location)
         # voxgate's own attribute first, then funlib.persistence's world-unit ones
-        vs, offset, translation = _funlib_geometry(attrs, names, location)
+        vs, offset, translation = funlib_geometry(attrs, names, location)
         if own_vs is not None:
             vs = own_vs
         if own_offset is not None or own_vs is not None:
@@ -999,96 +995,6 @@ def _plain_attrs(info: object, where: str) -> tuple[VoxelSize | None, Vec | None
 
 
 _FALLBACK = "the voxel size and offset other attributes state, else 1 nm voxels at offset 0"
-def _funlib_axes(value: object, key: str, physical: list[int], names: list[str],
-                 where: str, numbers: bool = True) -> list[Any] | None:
-    """The (z, y, x) entries of funlib.persistence's per-axis ``key`` (voxel_size, offset,
-    units), which lists the space (and time) axes in dimension order, or every axis; None
-    when absent.  One of another length or type is ignored with a VoxgateWarning.  On a 2-D
-    array (``names`` without z) the (y, x) entries."""
-    if value is None:
-        return None
-    if numbers:
-        ok = isinstance(value, list) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for v in value)
-    else:
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-    spatial = [names.index(a) for a in ("zyx" if "z" in names else "yx")]
-    if ok and isinstance(value, list):
-        if len(value) == len(physical) and set(spatial) <= set(physical):
-            return [value[physical.index(i)] for i in spatial]
-        if len(value) == len(names):
-            return [value[i] for i in spatial]
-    warn_ignored(f"{where}: attribute {key} = {str(value)[:80]!r}",
-                 f"it is not one {'number' if numbers else 'unit'} for each space axis in "
-                 f"dimension order ({', '.join(names[i] for i in physical)}); "
-                 f"{'1 nm voxels' if key != 'offset' else 'offset 0'} are taken", stacklevel=4)
-    return None
-
-
-def _funlib_geometry(attrs: dict[str, Any], names: list[str], where: str
-                     ) -> tuple[VoxelSize, Vec, tuple[float, float, float] | None]:
-    """Voxel size (nm), offset (voxels) and, for an offset between voxels, the exact position
-    (nm) of a plain array from funlib.persistence's attributes (daisy, gunpowder and older
-    funlib wrote ``resolution`` for ``voxel_size``): the voxel size, the offset in world units
-    and a ``units`` list, each per space axis in dimension order.  1 nm at 0 without them.
-
-    An offset that is not a whole number of voxels is taken to the nearest whole voxel with a
-    VoxgateWarning (as the HDF5 and N5 stores do), its exact position kept as the translation.
-    """
-    rank = len(names)
-    # a 2-D array (y, x: one z plane) states (y, x) values: z is 1 of its unit, offset 0
-    flat = "z" not in names and {"y", "x"} <= set(names)
-    if not flat and not {"z", "y", "x"} <= set(names):  # refused in _as_czyx
-        return VoxelSize.of((1, 1, 1)), Vec(0, 0, 0), None
-    physical: list[int]
-    types, axis_names = attrs.get("types"), attrs.get("axis_names")
-    if isinstance(types, list) and len(types) == rank:
-        physical = [i for i, t in enumerate(types) if t in ("space", "time")]
-    elif (isinstance(axis_names, list) and len(axis_names) == rank
-          and all(isinstance(n, str) for n in axis_names)):
-        physical = [i for i, n in enumerate(axis_names) if not n.endswith("^")]
-    else:
-        physical = [i for i, n in enumerate(names) if n not in CHANNEL_NAMES]
-    key = "voxel_size" if "voxel_size" in attrs else "resolution"
-    raw = _funlib_axes(attrs.get(key), key, physical, names, where)
-    if raw is not None and flat:
-        raw = zyx_numbers(raw, flat, 1.0)
-    if raw is not None and not all(v > 0 for v in raw):
-        warn_ignored(f"{where}: attribute {key} = {attrs[key]!r}",
-                     "voxel sizes must be positive; 1 nm voxels are taken", stacklevel=3)
-        raw = None
-    units = attrs.get("units")
-    if isinstance(units, str):
-        units = [units] * len(physical)
-    unit_zyx = _funlib_axes(units, "units", physical, names, where, numbers=False)
-    if unit_zyx is not None and flat:  # the one z plane is measured in y's unit
-        unit_zyx = [unit_zyx[0], *unit_zyx]
-    factor = [1.0, 1.0, 1.0]
-    for j, unit in enumerate(unit_zyx or ()):
-        if not unit.strip():  # funlib.persistence's default: no unit, read as nm
-            continue
-        nm = length_unit_nm(unit)
-        if nm is None:
-            warn_ignored(f"{where}: attribute units = {units!r}",
-                         f"{unit!r} is not a length unit voxgate knows ({', '.join(UNITS_NM)}, "
-                         f"...); the {'zyx'[j]} voxel size is taken as nanometres", stacklevel=3)
-        else:
-            factor[j] = nm
-    voxel = [v * f for v, f in zip(raw or (1.0, 1.0, 1.0), factor, strict=True)]
-    vs = VoxelSize.of(voxel)
-    world = _funlib_axes(attrs.get("offset"), "offset", physical, names, where)
-    if world is not None and flat:
-        world = zyx_numbers(world, flat, 0.0)
-    if world is None:
-        return vs, Vec(0, 0, 0), None
-    exact = [w * f for w, f in zip(world, factor, strict=True)]
-    vox = [e / v for e, v in zip(exact, voxel, strict=True)]
-    offset = nearest_voxel(vox, f"{where}: attribute offset = {attrs['offset']!r}", vs.zyx(),
-                           kept=True, stacklevel=3)
-    if all(abs(x - n) < WHOLE for x, n in zip(vox, offset, strict=True)):
-        return vs, offset, None
-    return vs, offset, (exact[0], exact[1], exact[2])
 
 
 def _unreadable(where: str, key: str, value: object, fallback: str) -> tuple[str, str]:
