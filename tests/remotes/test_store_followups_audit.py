@@ -300,7 +300,7 @@ def test_words_after_the_value_are_ignored(line: str, key: str, value: object) -
     assert parse_knossos_conf(line + "\n", "c")[key] == value
 
 
-@pytest.mark.parametrize("line", ["boundary x 1O24;", "boundary x;", "png=no;",
+@pytest.mark.parametrize("line", ["boundary x 1O24;", "boundary x;",
                                   'experiment name;', "boundary x 12.5.1;"])
 def test_a_value_that_is_none_is_still_refused(line: str) -> None:
     with pytest.raises(InvalidRequestError, match="line 1"):

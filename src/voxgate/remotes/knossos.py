@@ -139,7 +139,12 @@ def parse_knossos_conf(text: str, conf: str) -> dict[str, Any]:
     value glued to a comment: ``boundary x 1024#c``; two spaces before the value;
     ``boundary x 1O24;``) or not read at all (``boundary x`` with the number on the next line:
     no reader joins lines) raises :class:`InvalidRequestError` naming the file and the line,
-    rather than being skipped."""
+    rather than being skipped, and so does a boundary that is no whole number
+    (``boundary x 1024.5;``: KNOSSOS' toFloat cut to an int reads 1024, but 1024 or 1025 was
+    meant?).  A line KNOSSOS reads no value from although it looks like one voxgate reads
+    warns and is skipped: an axis other than ``x``/``y``/``z`` (``scale q 5;``, ``boundary X
+    3;``), a first word such as ``png=no`` or ``pngs`` (only ``png`` is the key: KNOSSOS
+    loads the .raw cubes then, as voxgate does)."""
     out: dict[str, Any] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
@@ -154,6 +159,11 @@ def parse_knossos_conf(text: str, conf: str) -> dict[str, Any]:
                 "splits a line at each single space and ';'); voxgate skips it too: write "
                 "'key value;' with single spaces for it to count"), stacklevel=3)
 
+        def ignored(why: str, number: int = number, line: str = stripped) -> None:
+            warnings.warn(VoxgateWarning(
+                f"{conf}, line {number}: {line!r} {why}; KNOSSOS ignores the line, and voxgate "
+                "skips it too"), stacklevel=3)
+
         def bad(what: str, why: str = "", number: int = number,
                 line: str = stripped) -> InvalidRequestError:
             return InvalidRequestError(
@@ -162,8 +172,6 @@ def parse_knossos_conf(text: str, conf: str) -> dict[str, Any]:
 
         if first not in _CLASSIC_FIRST:
             word = re.split(r"[\s;#/]", stripped, maxsplit=1)[0]
-            if word.startswith("png") and word != "png":
-                raise bad("png;")  # png=no, pngs: KNOSSOS skips it, but what was meant?
             if line[0].isspace():
                 if word in _CLASSIC_FIRST:
                     warnings.warn(VoxgateWarning(
@@ -172,6 +180,11 @@ def parse_knossos_conf(text: str, conf: str) -> dict[str, Any]:
                         "remove the indentation for it to count"), stacklevel=2)
             elif word in _CLASSIC_FIRST:
                 skip(f"has a {first[len(word)]!r} after {word!r}")
+            elif word.lower().startswith("png"):
+                # png=no, pngs, png=yes: KNOSSOS compares the first word with "png" (dataset.cpp
+                # fromLegacyConf), so it loads .raw cubes, as voxgate then does
+                ignored(f"starts with {word!r}, not the key 'png' (write 'png;' for .png cubes; "
+                        "without it KNOSSOS and voxgate read the .raw cubes)")
             elif word == "jpg":
                 warnings.warn(VoxgateWarning(
                     f"{conf}, line {number}: {stripped!r} is skipped: KNOSSOS reads no 'jpg' "
@@ -195,12 +208,20 @@ def parse_knossos_conf(text: str, conf: str) -> dict[str, Any]:
             out["experiment name"] = name
             continue
         if first in ("boundary", "scale"):
-            if len(words) < 2 or words[1] not in ("x", "y", "z"):
-                if len(words) >= 2 and words[1][:1] in ("", "x", "y", "z") and (
-                        words[1] == "" or words[1][1:2].isspace()):
-                    skip(f"has {'two spaces before' if words[1] == '' else 'a tab after'} "
-                         "the axis")
-                continue  # another axis (KNOSSOS ignores the line)
+            if len(words) < 2:
+                # KNOSSOS: tokenList.at(1) past the end
+                raise bad(f"{first} x {'1024' if first == 'boundary' else '10.0'};",
+                          " (no axis and no value)")
+            axis = words[1]
+            if axis not in ("x", "y", "z"):
+                if (axis == "" and len(words) > 2 and words[2] != "") or (
+                        axis[:1] in ("x", "y", "z") and axis[1:2].isspace()):
+                    skip(f"has {'two spaces before' if axis == '' else 'a tab after'} the axis")
+                else:  # KNOSSOS compares the axis with "x", "y" and "z" only
+                    named = "no axis" if axis == "" else f"the axis {axis!r}"
+                    ignored(f"names {named}, and a {first} line counts only for 'x', 'y' or "
+                            "'z'")
+                continue
             key = f"{first} {words[1]}"
             example = f"{key} {'1024' if first == 'boundary' else '10.0'};"
             value = words[2] if len(words) > 2 else None
@@ -221,7 +242,13 @@ def parse_knossos_conf(text: str, conf: str) -> dict[str, Any]:
                 why = f" (KNOSSOS reads {value!r} as 0)"
             raise bad(example, why)
         value = value.strip()
-        out[key] = (float(value) if any(c in value for c in ".eE") else int(value))
+        read = float(value) if any(c in value for c in ".eE") else int(value)
+        if not math.isfinite(read):
+            raise bad(example, f" ({value!r} is out of range)")
+        if first == "boundary" and read != int(read):
+            # KNOSSOS reads it with toFloat into an int (1024.5 is 1024), but 1024 or 1025?
+            raise bad(example, f" (a boundary counts voxels: a whole number, not {value!r})")
+        out[key] = read
     return out
 
 
