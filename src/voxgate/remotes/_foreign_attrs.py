@@ -16,8 +16,8 @@ from ..errors import InvalidRequestError, VoxgateWarning
 from ..geometry import Vec, VoxelSize
 from ..storage import UNITS_NM, length_unit_nm
 
-__all__ = ["CHANNEL_NAMES", "funlib_names", "nearest_voxel", "triple", "warn_ignored",
-           "zyx_numbers"]
+__all__ = ["CHANNEL_NAMES", "corner_offset", "funlib_geometry", "funlib_names",
+           "funlib_placement", "nearest_voxel", "triple", "warn_ignored", "zyx_numbers"]
 
 #: how far from a whole voxel a position may lie and still be that voxel
 WHOLE = 1e-6
@@ -171,11 +171,35 @@ def funlib_geometry(attrs: dict[str, Any], names: list[str], where: str
     An offset that is not a whole number of voxels is taken to the nearest whole voxel with a
     VoxgateWarning (as the HDF5 and N5 stores do), its exact position kept as the translation.
     """
+    vs, corner = funlib_placement(attrs, names, where)
+    if corner is None:
+        return vs, Vec(0, 0, 0), None
+    return (vs, *corner_offset(vs, corner, f"{where}: attribute offset = {attrs['offset']!r}",
+                               stacklevel=2))
+
+
+def corner_offset(vs: VoxelSize, corner: tuple[float, float, float], what: str, *,
+                  stacklevel: int) -> tuple[Vec, tuple[float, float, float] | None]:
+    """The offset (voxels of ``vs``) of an array whose first voxel's corner lies at ``corner``
+    (nm, z, y, x; stated by ``what``) and, when that is between voxels (the nearest whole voxel
+    is taken, with a VoxgateWarning), the exact position, kept as the translation."""
+    vox = [e / v for e, v in zip(corner, vs.zyx(), strict=True)]
+    offset = nearest_voxel(vox, what, vs.zyx(), kept=True, stacklevel=stacklevel + 1)
+    if all(abs(x - n) < WHOLE for x, n in zip(vox, offset, strict=True)):
+        return offset, None
+    return offset, corner
+
+
+def funlib_placement(attrs: dict[str, Any], names: list[str], where: str
+                     ) -> tuple[VoxelSize, tuple[float, float, float] | None]:
+    """The voxel size (nm) and the position (nm, z, y, x) of the first voxel's corner that
+    funlib.persistence's attributes state (see :func:`funlib_geometry`); None for the
+    position when there is no usable ``offset``."""
     rank = len(names)
     # a 2-D array (y, x: one z plane) states (y, x) values: z is 1 of its unit, offset 0
     flat = "z" not in names and {"y", "x"} <= set(names)
     if not flat and not {"z", "y", "x"} <= set(names):  # refused in _as_czyx
-        return VoxelSize.of((1, 1, 1)), Vec(0, 0, 0), None
+        return VoxelSize.of((1, 1, 1)), None
     physical: list[int]
     types, axis_names = attrs.get("types"), attrs.get("axis_names")
     if isinstance(types, list) and len(types) == rank:
@@ -216,11 +240,6 @@ def funlib_geometry(attrs: dict[str, Any], names: list[str], where: str
     if world is not None and flat:
         world = zyx_numbers(world, flat, 0.0)
     if world is None:
-        return vs, Vec(0, 0, 0), None
+        return vs, None
     exact = [w * f for w, f in zip(world, factor, strict=True)]
-    vox = [e / v for e, v in zip(exact, voxel, strict=True)]
-    offset = nearest_voxel(vox, f"{where}: attribute offset = {attrs['offset']!r}", vs.zyx(),
-                           kept=True, stacklevel=3)
-    if all(abs(x - n) < WHOLE for x, n in zip(vox, offset, strict=True)):
-        return vs, offset, None
-    return vs, offset, (exact[0], exact[1], exact[2])
+    return vs, (exact[0], exact[1], exact[2])

@@ -83,7 +83,13 @@ from ..storage import (
     ts_errors,
     write_json,
 )
-from ._foreign_attrs import CHANNEL_NAMES, funlib_geometry, funlib_names, warn_ignored
+from ._foreign_attrs import (
+    CHANNEL_NAMES,
+    corner_offset,
+    funlib_names,
+    funlib_placement,
+    warn_ignored,
+)
 from ._tensorstore import TSArray
 from .base import Capability, Remote, check_options, check_same_volume
 
@@ -537,11 +543,13 @@ class N5Remote(Remote):
 
     def __init__(
         self, location: str, meta: VolumeMeta, arrays: list[TSArray], paths: list[str], mode: str,
-        flat: bool = False,
+        flat: bool = False, funlib: bool = False,
     ) -> None:
         self.location = location
         #: a 2-D image (x, y), read and written as a volume of one z plane
         self._flat = flat
+        #: a multiscale group whose scales funlib.persistence's attributes place
+        self._funlib = funlib
         self.meta = meta
         self._arrays = arrays
         self._paths = paths
@@ -624,11 +632,15 @@ class N5Remote(Remote):
         while kvstore_exists(location, f"s{len(paths)}/attributes.json"):
             paths.append(join(location, f"s{len(paths)}"))
         all_attrs = [read_json(path, "attributes.json") for path in paths]
-        for path, attrs in zip(paths, all_attrs, strict=True):
+        funlibs: list[_Funlib | None] = []
+        for i, (path, attrs) in enumerate(zip(paths, all_attrs, strict=True)):
             if not isinstance(attrs, dict):
                 raise InvalidRequestError(
                     f"{join(path, 'attributes.json')} is not N5 metadata: a JSON object was "
                     f"expected, not {type(attrs).__name__ if attrs is not None else 'null'}")
+            all_attrs[i], fl = _funlib_dataset(attrs, join(path, "attributes.json"))
+            funlibs.append(fl)
+        _check_funlib_scales(location, funlibs)
         flat = _is_flat(all_attrs[0])
         if flat:  # (read as a volume of one z plane, every list with a z entry)
             group = _flat_attrs(group)
@@ -664,7 +676,8 @@ class N5Remote(Remote):
             factors = _numbers(group_factors[i], order) if i < len(group_factors) else None
             placed = _Group(base_res, factors, cosem.get(f"s{i}"), g_offset,
                             scales[0].voxel_size if scales else None)
-            scale, arr, ch = cls._scale(i, path, store, attrs, info, placed, shape0, key=f"s{i}")
+            scale, arr, ch = cls._scale(i, path, store, attrs, info, placed, shape0, key=f"s{i}",
+                                        funlib=funlibs[i])
             if i == 0:
                 shape0 = scale.shape.xyz()
                 channels = ch
@@ -677,7 +690,7 @@ class N5Remote(Remote):
         assert dtype is not None
         kind = _kind(ginfo, dtype, where)
         meta = VolumeMeta(dtype, tuple(scales), kind, channels, 0)
-        return cls(location, meta, arrays, paths, mode, flat)
+        return cls(location, meta, arrays, paths, mode, flat, funlibs[0] is not None)
 
     @classmethod
     def _scale(
@@ -690,11 +703,11 @@ class N5Remote(Remote):
         group: _Group,
         shape0: Sequence[int] = (),
         key: str | None = None,
-        funlib: _Geometry | None = None,
+        funlib: _Funlib | None = None,
     ) -> tuple[Scale, TSArray, int]:
         """One scale's geometry from its attributes (see the module docstring for the rules);
-        ``group``: what the multiscale group says of it; ``funlib``: the voxel size, offset and
-        translation funlib.persistence's attributes state (:func:`_funlib_dataset`)."""
+        ``group``: what the multiscale group says of it; ``funlib``: the voxel size and position
+        funlib.persistence's attributes state (:func:`_funlib_dataset`)."""
         where = join(path, "attributes.json")
         arr, channels, order = _as_zyx(store, path, Vec(0, 0, 0))
         xyz_shape = [int(n) for n in arr.store.shape[:3]]
@@ -711,7 +724,7 @@ class N5Remote(Remote):
         if "voxel_size" in info:
             vs = VoxelSize.of(info["voxel_size"], info.get("unit", "nm"))
         elif funlib is not None:
-            vs = funlib[0]
+            vs = funlib.voxel
         else:
             own_base = (
                 _resolution_xyz({"pixelResolution": attrs["pixelResolution"]}, order)
@@ -739,7 +752,7 @@ class N5Remote(Remote):
             offset = Vec.of(info["offset"], "offset")
         elif funlib is not None:
             # funlib.persistence's offset (world units, z first), not Paintera's (x first)
-            offset, translation = funlib[1], funlib[2]
+            offset, translation = _funlib_offset(funlib, vs, group.vs0, where)
         else:
             vs0 = group.vs0 or vs
             nm, nm0 = _to_nm(vs.unit), _to_nm(vs0.unit)
@@ -899,7 +912,8 @@ class N5Remote(Remote):
         if self.mode != "r+":
             return frozenset({Capability.CHUNK_PRESENCE})
         caps = {Capability.WRITE, Capability.CHUNK_PRESENCE}
-        if self._multiscale_group() and not self._bdv_timepoint() and not self._flat:
+        if (self._multiscale_group() and not self._bdv_timepoint() and not self._flat
+                and not self._funlib):
             caps.add(Capability.ADD_SCALES)
         return frozenset(caps)
 
@@ -940,6 +954,13 @@ class N5Remote(Remote):
             raise CapabilityNotSupportedError(
                 f"{self.url} is a 2-D image (one z plane); voxgate adds scales to 3-D and 4-D "
                 "N5 multiscale groups only")
+        if self._funlib:
+            # s0's funlib voxel_size and offset would be copied to the new sN beside the
+            # n5-viewer lists, and the group then mixes the two conventions
+            raise CapabilityNotSupportedError(
+                f"{self.url} is a multiscale group placed by funlib.persistence's attributes "
+                "(voxel_size, offset); voxgate adds scales to n5-viewer groups only (funlib's "
+                "own scale-pyramid scripts write new sN with prepare_ds)")
         check_new_scales(self.meta, scales)
         template = read_json(join(self.location, "s0"), "attributes.json")
         group = read_json(self.location, "attributes.json")
@@ -1120,11 +1141,15 @@ def _cosem_datasets(group: dict[str, Any], where: str) -> dict[str, _Transform]:
     return out
 
 
-#: a voxel size (nm), an offset (voxels) and the exact position of an offset between voxels
-_Geometry = tuple[VoxelSize, Vec, tuple[float, float, float] | None]
+class _Funlib(NamedTuple):
+    """What funlib.persistence's attributes of a dataset state."""
+
+    voxel: VoxelSize  # its voxel size (nm)
+    corner: tuple[float, float, float] | None  # its first voxel's corner, nm, (z, y, x)
+    what: str  # where its offset is stated, for warnings
 
 
-def _funlib_dataset(attrs: dict[str, Any], where: str) -> tuple[dict[str, Any], _Geometry | None]:
+def _funlib_dataset(attrs: dict[str, Any], where: str) -> tuple[dict[str, Any], _Funlib | None]:
     """A dataset funlib.persistence wrote through zarr-python v2's N5Store: its attributes (for
     reading; with ``axes`` naming its dimensions, x first, when it has none) and the geometry
     its ``voxel_size``, ``offset`` (world units) and ``units`` state.  N5Store reverses the
@@ -1152,7 +1177,44 @@ def _funlib_dataset(attrs: dict[str, Any], where: str) -> tuple[dict[str, Any], 
         if not names:
             return attrs, None
         attrs = {**attrs, "axes": names[::-1]}
-    return attrs, funlib_geometry(attrs, names, where)
+    voxel, corner = funlib_placement(attrs, names, where)
+    return attrs, _Funlib(voxel, corner, f"{where}: attribute offset = {attrs.get('offset')!r}")
+
+
+def _funlib_offset(funlib: _Funlib, vs: VoxelSize, vs0: VoxelSize | None, where: str
+                   ) -> tuple[Vec, tuple[float, float, float] | None]:
+    """The offset (voxels) and translation of a dataset funlib.persistence placed: its
+    ``offset`` (world units) is the corner of its first voxel, on every scale.  A single
+    dataset or s0 (``vs0`` None) starts at that corner over its own voxel size (the nearest
+    whole voxel, with the exact position as translation, when it is between voxels).  Scale
+    N of a group (funlib's scale pyramids write each sN with prepare_ds, its offset snapped
+    to its own voxel size) holds voxels whose corner is there: voxgate's translation is the
+    centre of that first voxel, half a voxel of sN less one of s0 further in, as for the
+    Paintera and COSEM scales."""
+    corner = funlib.corner
+    if vs0 is None:
+        if corner is None:
+            return Vec(0, 0, 0), None
+        return corner_offset(vs, corner, funlib.what, stacklevel=4)
+    c0, c1, c2 = (c + (v - v0) / 2 for c, v, v0 in
+                  zip(corner or (0.0, 0.0, 0.0), vs.zyx(), vs0.zyx(), strict=True))
+    return _whole_offset((c0, c1, c2), vs.zyx(), vs0.zyx(), where), (c0, c1, c2)
+
+
+def _check_funlib_scales(location: str, funlibs: Sequence[_Funlib | None]) -> None:
+    """A multiscale group's scales are all placed by funlib.persistence's attributes or none
+    is: a scale of another convention beside them (no voxel size of its own, or N5's
+    resolution and Paintera's offset) would be placed by rules that disagree, silently."""
+    if all(f is None for f in funlibs) or all(f is not None for f in funlibs):
+        return
+    have = [f"s{i}" for i, f in enumerate(funlibs) if f is not None]
+    lack = [f"s{i}" for i, f in enumerate(funlibs) if f is None]
+    raise InvalidRequestError(
+        f"n5://{location} is a multiscale group whose {', '.join(have)} carry funlib.persistence's "
+        f"voxel_size with axis_names / types and whose {', '.join(lack)} do not (or carry N5's "
+        "resolution / pixelResolution, which win over them); voxgate reads such a group when "
+        "every sN is placed one way: give every scale funlib's voxel_size, offset and "
+        "axis_names, or open each sN by its own URL")
 
 
 def _offset_xyz(attrs: dict[str, Any], order: Sequence[int], where: str) -> list[float] | None:
