@@ -1,7 +1,8 @@
 """A proxy for tests: on 127.0.0.1 in front of a real server, it forwards every request and
 replaces the answer to the ones a rule matches with garbage (an HTML page, JSON of the wrong
 shape, a truncated or huge body, ...) or with another status.  Used by
-tests/test_server_garbage_audit.py and tests/relay/test_upstream_garbage_audit.py."""
+tests/test_server_garbage_audit.py, tests/test_server_garbage_leftovers_audit.py and
+tests/relay/test_upstream_garbage_audit.py; ``dvid_behind_proxy`` is their DVID test server."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import http.server
 import json
 import re
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from voxgate.remotes.dvid import DVIDRepo
 
 HTML = (b"<!DOCTYPE html><html><head><title>Sign in</title></head>"
         b"<body>Please log in</body></html>")
@@ -155,3 +160,25 @@ class _Answering:
         self.proxy.rule = None
         if kind is None and self.must_match:
             assert self.proxy.hits > 0, f"no answer matched {self.pattern.pattern}"
+
+
+@contextmanager
+def dvid_behind_proxy(alias: str, **instances: str) -> Iterator[tuple[GarbageProxy, DVIDRepo]]:
+    """The DVID test server with a new repo ``alias`` holding ``instances`` (name = type name),
+    behind a GarbageProxy; yields the proxy and the repo (opened on the server itself, not
+    through the proxy).  Proxy and server are stopped on leaving."""
+    from voxgate.remotes.dvid import DVIDRepo
+    from voxgate.testing.dvid import start_server
+
+    srv = start_server()
+    try:
+        repo = DVIDRepo.create(srv.url, alias=alias)
+        for name, typename in instances.items():
+            repo.create_instance(name, typename)
+        proxy = GarbageProxy(srv.url)
+        try:
+            yield proxy, repo
+        finally:
+            proxy.close()
+    finally:
+        srv.stop()

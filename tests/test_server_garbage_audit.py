@@ -25,7 +25,13 @@ import pytest
 from click.testing import CliRunner, Result
 
 import voxgate
-from tests.garbage_proxy import CHUNK_GARBAGE, JSON_GARBAGE, GarbageProxy, garbage
+from tests.garbage_proxy import (
+    CHUNK_GARBAGE,
+    JSON_GARBAGE,
+    GarbageProxy,
+    dvid_behind_proxy,
+    garbage,
+)
 from tests.relay.conftest import free_port, start_relay
 from tests.static_http import serve_directory
 from voxgate.cli import main
@@ -78,19 +84,9 @@ def boss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GarbageProxy]:
 @pytest.fixture(scope="module")
 def dvid() -> Iterator[tuple[GarbageProxy, str]]:
     """The DVID test server with a uint8blk instance, behind the proxy; also the root UUID."""
-    from voxgate.remotes.dvid import DVIDRepo
-    from voxgate.testing.dvid import start_server
-
-    srv = start_server()
-    try:
-        repo = DVIDRepo.create(srv.url, alias="garbage")
-        repo.create_instance("gray", "uint8blk")
-        voxgate.open(f"dvid://{srv.url}/{repo.root}/gray", mode="r+")[0:20, 0:30, 0:40] = DATA
-        proxy = GarbageProxy(srv.url)
+    with dvid_behind_proxy("garbage", gray="uint8blk") as (proxy, repo):
+        voxgate.open(repo.url("gray"), mode="r+")[0:20, 0:30, 0:40] = DATA
         yield proxy, repo.root
-        proxy.close()
-    finally:
-        srv.stop()
 
 
 def _url(scheme: str, proxy: GarbageProxy, root: str = "") -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import voxgate
-from tests.garbage_proxy import CHUNK_GARBAGE, GarbageProxy, Rule, garbage
+from tests.garbage_proxy import CHUNK_GARBAGE, GarbageProxy, Rule, dvid_behind_proxy, garbage
 from tests.static_http import serve_directory
 from voxgate.errors import CapabilityNotSupportedError, CorruptChunkError, VoxgateError
 
@@ -27,20 +27,10 @@ REPO_INFO = r"/api/repo/[0-9a-f]+/info$"
 
 @pytest.fixture(scope="module")
 def dvid() -> Iterator[tuple[GarbageProxy, str]]:
-    """The DVID test server with a uint8blk and a keyvalue instance, behind the proxy."""
-    from voxgate.remotes.dvid import DVIDRepo
-    from voxgate.testing.dvid import start_server
-
-    srv = start_server()
-    try:
-        repo = DVIDRepo.create(srv.url, alias="leftovers")
-        repo.create_instance("gray", "uint8blk")
-        repo.create_instance("kv", "keyvalue")
-        proxy = GarbageProxy(srv.url)
+    """The DVID test server with a uint8blk and a keyvalue instance, behind the proxy; also
+    the root UUID's first 8 digits."""
+    with dvid_behind_proxy("leftovers", gray="uint8blk", kv="keyvalue") as (proxy, repo):
         yield proxy, repo.root[:8]
-        proxy.close()
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -93,6 +93,27 @@ def start_rw_relay(directory: Path) -> RelayProcess:
     return start_relay(cfg, free_port(), "--data-root", str(directory / "data"))
 
 
+def start_two_worker_relay(directory: Path, channels: dict[str, str], *,
+                           public_read: bool) -> RelayProcess:
+    """A real relay with ``workers = 2`` serving ``channels`` (name -> upstream URL), the RW
+    token read-write and the only one; its config and state under ``directory``."""
+    cfg = directory / "relay.toml"
+    listed = "".join(f'[[channel]]\nname = "{name}"\nupstream = "{upstream}"\n'
+                     for name, upstream in channels.items())
+    cfg.write_text(f"""
+[server]
+host = "127.0.0.1"
+workers = 2
+state_path = "{directory / 'state.json'}"
+[cache]
+memory_bytes = "16 MiB"
+[auth]
+public_read = {str(public_read).lower()}
+tokens = {{ "{RW}" = "read-write" }}
+{listed}""")
+    return start_relay(cfg, free_port())
+
+
 def start_relay_with_scheme(config: Path, scheme: str, target: str) -> RelayProcess:
     """A real relay process with a test-only URL scheme registered (``target``: "module:Class",
     importable from the checkout's root) before the relay's own start-up."""

@@ -36,7 +36,7 @@ from voxgate.errors import InvalidRequestError, RemoteUnavailableError
 from voxgate.geometry import Box
 from voxgate.relay.catalog import _serving_options
 
-from .conftest import RW, RelayProcess, free_port, start_relay
+from .conftest import RW, RelayProcess, start_two_worker_relay
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="hold_open=False takes fcntl locks on Linux only")
@@ -60,23 +60,11 @@ def _h5(path: Path, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RelayProcess, Path]]:
     d = tmp_path_factory.mktemp("workers_hdf5")
-    channels = ""
+    channels = {}
     for i, name in enumerate(CHANNELS):
         _h5(d / f"{name}.h5", seed=i)
-        channels += f'[[channel]]\nname = "c/e/{name}"\nupstream = "hdf5://{d / name}.h5#/vol"\n'
-    cfg = d / "relay.toml"
-    cfg.write_text(f"""
-[server]
-host = "127.0.0.1"
-workers = 2
-state_path = "{d / 'state.json'}"
-[cache]
-memory_bytes = "16 MiB"
-[auth]
-public_read = false
-tokens = {{ "{RW}" = "read-write" }}
-{channels}""")
-    r = start_relay(cfg, free_port())
+        channels[f"c/e/{name}"] = f"hdf5://{d / name}.h5#/vol"
+    r = start_two_worker_relay(d, channels, public_read=False)
     yield r, d
     r.stop()
 

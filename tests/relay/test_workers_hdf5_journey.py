@@ -27,7 +27,7 @@ from intern.resource.boss.resource import ChannelResource
 import voxgate
 from voxgate.geometry import Box
 
-from .conftest import RW, RelayProcess, free_port, start_relay
+from .conftest import RW, RelayProcess, start_two_worker_relay
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="hold_open=False takes fcntl locks on Linux only")
@@ -50,27 +50,14 @@ def _initial(name: str) -> np.ndarray:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RelayProcess, Path]]:
     d = tmp_path_factory.mktemp("workers_hdf5_journey")
     h5 = d / "vols.h5"
-    channels = ""
+    channels = {}
     for name, dtype in DTYPES.items():
         vol = voxgate.create(f"hdf5://{h5}#/{name}", shape=SHAPE, chunks=CHUNKS, dtype=dtype,
                              voxel_size=(40, 8, 8), kind=KINDS[name], num_scales=2)
         vol[...] = _initial(name)
         vol.remote.close()
-        channels += (f'[[channel]]\nname = "c/e/{name}"\n'
-                     f'upstream = "hdf5://{h5}#/{name}"\n')
-    cfg = d / "relay.toml"
-    cfg.write_text(f"""
-[server]
-host = "127.0.0.1"
-workers = 2
-state_path = "{d / 'state.json'}"
-[cache]
-memory_bytes = "16 MiB"
-[auth]
-public_read = true
-tokens = {{ "{RW}" = "read-write" }}
-{channels}""")
-    r = start_relay(cfg, free_port())
+        channels[f"c/e/{name}"] = f"hdf5://{h5}#/{name}"
+    r = start_two_worker_relay(d, channels, public_read=True)
     yield r, h5
     r.stop()
 
