@@ -119,6 +119,17 @@ _RECOGNISED = (
     + ", or a file's extension, hdf5:// (.h5, .hdf5, .hdf) and tiff:// (.tif, .tiff)")
 
 
+#: files a desktop leaves in any folder it has shown, lowercase: macOS Finder's .DS_Store (and
+#: the ._NAME AppleDouble files it writes beside others on non-Mac disks), Windows Explorer's
+#: Thumbs.db and desktop.ini.  A folder holding only these holds no volume.
+_DESKTOP_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+
+
+def _holds_nothing_local(path: str) -> bool:
+    """Whether the local directory ``path`` is empty but for a desktop's own files."""
+    return all(n.lower() in _DESKTOP_FILES or n.startswith("._") for n in os.listdir(path))
+
+
 def _is_knossos_conf(name: str) -> bool:
     """A KNOSSOS configuration file's name (knossos.conf itself is a marker above): NAME.k.toml,
     NAME.k.conf (the classic conf under the name knossos_utils' initialize_without_conf gives
@@ -143,7 +154,8 @@ def detect_format(location: str) -> str:
         if _is_knossos_conf(os.path.basename(local)) or os.path.basename(local) == "knossos.conf":
             return "knossos"
     elif os.path.isdir(local) and any(
-        _is_knossos_conf(n) and os.path.isfile(os.path.join(local, n)) for n in os.listdir(local)
+        _is_knossos_conf(n) and not n.startswith("._")  # (._NAME: macOS's AppleDouble file)
+        and os.path.isfile(os.path.join(local, n)) for n in os.listdir(local)
     ):
         return "knossos"
     for marker, scheme in _MARKERS:
@@ -169,10 +181,14 @@ def detect_format(location: str) -> str:
                 "zarr, N5 or precomputed volume is a directory.  If it is an HDF5 or TIFF file "
                 f"under another name, say so in the URL: hdf5://{location}#/DATASET or "
                 f"tiff://{location}")
-        if os.path.isdir(local) and not os.listdir(local):  # as an empty prefix above
+        if os.path.isdir(local) and _holds_nothing_local(local):  # as an empty prefix above
+            litter = ", ".join(sorted(os.listdir(local)))
             raise RemoteNotFoundError(
-                f"nothing is stored at {location!r}: it is an empty directory (a volume there "
-                f"has not been written yet, or the path names the wrong folder); {_RECOGNISED}")
+                f"nothing is stored at {location!r}: it is "
+                + (f"a directory holding only {litter}, which a desktop leaves in folders it "
+                   "shows" if litter else "an empty directory")
+                + " (a volume there has not been written yet, or the path names the wrong "
+                f"folder); {_RECOGNISED}")
         raise UnknownSchemeError(
             f"cannot tell the format of {location!r}: it has none of the marker files "
             f"({', '.join(m for m, _ in _MARKERS)}, *.k.toml, *.k.conf, *.pyk.conf) and is "

@@ -312,7 +312,8 @@ class KnossosRemote(Remote):
             return path
         if not os.path.isdir(path):
             return None
-        names = sorted(os.listdir(path))
+        # (not macOS's ._NAME AppleDouble files, binary, which sort before the conf they shadow)
+        names = sorted(n for n in os.listdir(path) if not n.startswith("._"))
         for pred in (
             lambda n: n.endswith(".k.toml"),
             lambda n: n.endswith((".pyk.conf", ".pyknossos.conf")) or n == "ariadne.conf",

@@ -504,7 +504,14 @@ class Volume(NoArithmetic):
         return view
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        # (not @refuses_unknown_keywords: numpy passes only dtype and copy, and a wrapper frame
+        # would hide xarray from check_array_caller)
         check_array_caller(self)  # xr.DataArray(vol) would read it all: to_xarray
+        if copy is False:  # numpy 2's protocol: refuse when a copy cannot be avoided
+            raise InvalidRequestError(
+                f"copy=False cannot be met for {self.url}: a Volume is lazy, every read of it "
+                "makes a new array (there is no array in memory to share); use np.asarray(vol) "
+                "or vol.read()")
         arr = self.read()  # always an ndarray (0-d when every axis is dropped: _finish)
         if dtype is not None:
             arr = arr.astype(dtype, copy=False)
