@@ -53,6 +53,7 @@ __all__ = [
     "RelayConfig",
     "TokenGrant",
     "check_paths",
+    "check_worker_options",
     "config_from_json",
     "config_to_json",
     "load_config",
@@ -451,7 +452,45 @@ def _load(path: Path | None, raw: dict[str, Any], text: str, base: Path,
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise InvalidRequestError(f"channel(s) configured twice: {sorted(dupes)}")
+    check_worker_options(cfg)
     return cfg
+
+
+def check_worker_options(cfg: RelayConfig) -> None:
+    """Refuse, before the relay starts, a writable channel whose options keep its upstream's
+    file open in each worker process when there are several (``hold_write = true`` or
+    ``hold_open = true`` on an HDF5 upstream).  HDF5 locks a file against every other process
+    while one has it open for writing, and against writes while one has it open at all: the
+    worker that opened it first answered every other worker's requests to the channel (with
+    ``hold_write``), or every write once the others had read it (with ``hold_open``), 503
+    "locked" for the relay's whole run, which retrying never cured."""
+    if cfg.workers <= 1:
+        return
+    from ..errors import VoxgateError
+    from ..registry import resolve
+
+    for ch in cfg.channels:
+        if not ch.writable:  # (read-only handles in every worker do not lock each other out)
+            continue
+        try:
+            cls, _ = resolve(ch.upstream)
+        except VoxgateError:  # (opening it says what is wrong with the URL)
+            continue
+        if ch.options.get("hold_write") is True and "hold_write" in cls.open_options:
+            what = ("hold_write = true keeps the file open for writing in the worker process "
+                    "that opens it first, and HDF5 then refuses the file to the other workers "
+                    "(every request they answer for the channel would fail \"locked\")")
+        elif ch.options.get("hold_open") is True and "hold_open" in cls.open_options:
+            what = ("hold_open = true keeps the file open in every worker process, and HDF5 "
+                    "refuses a write while another process has the file open (every write "
+                    "would fail \"locked\" once another worker had read the channel)")
+        else:
+            continue
+        raise InvalidRequestError(
+            f"channel {ch.name}: options {what}; with workers = {cfg.workers} leave the option "
+            "out (the workers then take turns on the file, each read and write opening it "
+            "under a lock they share), or serve with workers = 1, or make the channel "
+            "writable = false")
 
 
 def _channel(ch: object, where: str, text: str) -> ChannelConfig:
