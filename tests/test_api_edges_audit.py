@@ -191,3 +191,27 @@ def test_folder_of_only_an_appledouble_conf_is_not_found(tmp_path: Path) -> None
         voxgate.open(folder)
     with pytest.raises(RemoteNotFoundError, match="no KNOSSOS dataset"):
         voxgate.open(f"knossos://{folder}")
+
+
+# -- 4. a path given to Volume(), and intern's array -----------------------------------------
+
+
+@pytest.mark.parametrize("given", ["em.zarr", Path("em.zarr"), None, 3])
+def test_volume_of_something_else_than_a_remote_names_voxgate_open(given: object) -> None:
+    # (was a bare AttributeError: 'str' object has no attribute 'meta')
+    with pytest.raises(InvalidRequestError, match=r"voxgate\.open"):
+        Volume(given)  # type: ignore[arg-type]
+
+
+def test_volume_of_a_remote_still_builds(vol: Volume) -> None:
+    assert np.array_equal(Volume(vol.remote).read(), EXPECTED)
+
+
+def test_intern_array_refuses_copy_false_and_still_reads(vol: Volume) -> None:
+    from voxgate.compat.intern import array
+
+    arr = array(vol.url)
+    with pytest.raises(ValueError, match="copy=False"):
+        np.asarray(arr, copy=False)
+    assert np.array_equal(np.asarray(arr), EXPECTED)
+    assert np.asarray(arr, dtype=np.float32).dtype == np.float32

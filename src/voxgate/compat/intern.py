@@ -743,6 +743,10 @@ class _Array:
         self._vol[self._key(key)] = arr.T if self._xyz and arr.ndim else arr
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        if copy is False:  # numpy 2: refuse when a copy cannot be avoided (every read is one)
+            raise InvalidRequestError(
+                "np.asarray(array, copy=False): every read of this array makes a new one; "
+                "use np.asarray(array) or array[...]")
         return self[...] if dtype is None else self[...].astype(dtype)
 
 

@@ -60,6 +60,11 @@ class Volume(NoArithmetic):
         bounds: Bounds = "error",
         _axes: tuple[_Axis, ...] | None = None,
     ) -> None:
+        if not isinstance(getattr(remote, "meta", None), VolumeMeta):
+            # Volume("em.zarr") failed with a bare AttributeError on str
+            raise InvalidRequestError(
+                f"Volume() takes an opened Remote, not {type(remote).__name__} "
+                f"{redact(repr(remote))[:120]}: open a URL or path with voxgate.open(...)")
         if bounds not in _BOUNDS:
             raise InvalidRequestError(f"bounds must be one of {_BOUNDS}, got {bounds!r}")
         sc = remote.meta.scale(scale)
