@@ -119,15 +119,11 @@ _RECOGNISED = (
     + ", or a file's extension, hdf5:// (.h5, .hdf5, .hdf) and tiff:// (.tif, .tiff)")
 
 
-#: files a desktop leaves in any folder it has shown, lowercase: macOS Finder's .DS_Store (and
-#: the ._NAME AppleDouble files it writes beside others on non-Mac disks), Windows Explorer's
-#: Thumbs.db and desktop.ini.  A folder holding only these holds no volume.
-_DESKTOP_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
-
-
 def _holds_nothing_local(path: str) -> bool:
     """Whether the local directory ``path`` is empty but for a desktop's own files."""
-    return all(n.lower() in _DESKTOP_FILES or n.startswith("._") for n in os.listdir(path))
+    from .storage.kvstore import is_desktop_file
+
+    return all(is_desktop_file(n) for n in os.listdir(path))
 
 
 def _is_knossos_conf(name: str) -> bool:
@@ -170,10 +166,13 @@ def detect_format(location: str) -> str:
     ):
         # a missing bucket holds no marker either: name the bucket (s3:// can tell)
         check_bucket(path, f"opening {location}")
-        if holds_nothing(path):  # an object-storage prefix with no object under it
+        litter = holds_nothing(path)
+        if litter is not None:  # an object-storage prefix with no object under it
             raise RemoteNotFoundError(
                 f"nothing is stored at {location!r}: no object's name starts with that "
-                f"prefix; {_RECOGNISED}")
+                "prefix" + (f" but {', '.join(litter[:5])}{' ...' if len(litter) > 5 else ''}"
+                            ", which a desktop leaves in folders it shows" if litter else "")
+                + f"; {_RECOGNISED}")
         if os.path.isfile(local):  # (a .png, a .npy, a .csv: no volume voxgate reads)
             raise UnknownSchemeError(
                 f"cannot tell the format of {location!r}: it is a file, and the volumes voxgate "

@@ -48,7 +48,9 @@ __all__ = [
     "check_bucket",
     "check_spec_buckets",
     "gcs_credentials",
+    "DESKTOP_FILES",
     "holds_nothing",
+    "is_desktop_file",
     "is_local",
     "join",
     "kvstore_exists",
@@ -627,12 +629,26 @@ def _probe_bucket(spec: dict[str, Any] | str, context: ts.Context, location: str
 _EMPTY_LISTING_SECONDS = 20.0
 
 
-def holds_nothing(location: str) -> bool:
-    """Whether a listing of the gs:// or s3:// prefix ``location`` answers with no key at all
-    (nothing is stored there); False when something is, for other locations, and when the
-    listing is refused or does not finish in time (it says nothing then)."""
+#: files a desktop leaves in any folder it has shown, lowercase: macOS Finder's .DS_Store (and
+#: the ._NAME AppleDouble files it writes beside others on non-Mac disks), Windows Explorer's
+#: Thumbs.db and desktop.ini.  A folder (or a prefix ``aws s3 sync`` filled from one) holding
+#: only these holds no volume.
+DESKTOP_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+
+
+def is_desktop_file(name: str) -> bool:
+    """Whether the file (or key) ``name``'s last part is one a desktop leaves in folders."""
+    base = name.rstrip("/").rsplit("/", 1)[-1]
+    return base.lower() in DESKTOP_FILES or base.startswith("._")
+
+
+def holds_nothing(location: str) -> list[str] | None:
+    """The keys under the gs:// or s3:// prefix ``location`` when a listing answers with none
+    but a desktop's own files (:data:`DESKTOP_FILES`; [] when nothing at all is stored there);
+    None when something else is, for other locations, and when the listing is refused or does
+    not finish in time (it says nothing then)."""
     if urlparse(location).scheme not in ("gs", "s3"):
-        return False
+        return None
     try:
         kv = ts.KvStore.open(kvstore_spec(location), context=_context_for(location)).result()
         future = kv.list()
@@ -640,11 +656,12 @@ def holds_nothing(location: str) -> bool:
             keys = future.result(timeout=_EMPTY_LISTING_SECONDS)
         except TimeoutError:
             future.cancel()
-            return False
+            return None
     except (ValueError, RuntimeError, OSError):
-        return False
+        return None
     _reached(location)
-    return not keys
+    names = sorted(k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k) for k in keys)
+    return names if all(is_desktop_file(n) for n in names) else None
 
 
 def read_json(location: str, key: str) -> Any:
