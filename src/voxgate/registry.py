@@ -181,11 +181,11 @@ def detect_format(location: str) -> str:
                 f"under another name, say so in the URL: hdf5://{location}#/DATASET or "
                 f"tiff://{location}")
         if os.path.isdir(local) and _holds_nothing_local(local):  # as an empty prefix above
-            litter = ", ".join(sorted(os.listdir(local)))
+            found = ", ".join(sorted(os.listdir(local)))
             raise RemoteNotFoundError(
                 f"nothing is stored at {location!r}: it is "
-                + (f"a directory holding only {litter}, which a desktop leaves in folders it "
-                   "shows" if litter else "an empty directory")
+                + (f"a directory holding only {found}, which a desktop leaves in folders it "
+                   "shows" if found else "an empty directory")
                 + " (a volume there has not been written yet, or the path names the wrong "
                 f"folder); {_RECOGNISED}")
         raise UnknownSchemeError(
