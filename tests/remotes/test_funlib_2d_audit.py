@@ -4,9 +4,10 @@ A plain 2-D zarr or HDF5 array opens as one z plane, but one carrying funlib.per
 attributes (``axis_names`` ["y", "x"] or its defaults ["d0", "d1"], ``types``, ``voxel_size``,
 ``offset``, ``units``) was refused: "2 space axes, none named z, y or x".  Now two space axes
 named y and x, or two naming none of z, y, x (taken as y, x in C order), optionally after a
-channel axis, open as one z plane; the voxel size and offset are (y, x), z being 1 of the unit
-at offset 0 (the rule 2-D HDF5's element_size_um / resolution follow).  Two space axes named
-otherwise (z and x) are refused, naming them.
+channel axis, open as one z plane; the voxel size and offset are (y, x), the z size being the
+larger in-plane one at offset 0 (the one rule of every store's 2-D images: N5, OME-Zarr,
+HDF5's element_size_um / resolution).  Two space axes named otherwise (z and x) are refused,
+naming them.
 
 funlib.persistence is not installed in the test environment: the arrays are written as its
 ``prepare_ds`` writes them (zarr-python's ``open_array``, then ``attrs.put`` of axis_names,
@@ -68,7 +69,7 @@ def test_2d_funlib_zarr_opens_as_one_plane(tmp_path: Path, fmt: int, names: list
 
     vol = _open(f"zarr://{url}", mode="r+")
     assert vol.shape == (1, *YX)
-    assert vol.voxel_size.zyx() == (1.0, 8.0, 4.0)  # z: 1 of the unit
+    assert vol.voxel_size.zyx() == (8.0, 8.0, 4.0)  # z: the larger in-plane size
     assert tuple(vol.offset) == (0, 2, 10)  # (16, 40) nm of (8, 4) nm voxels
     np.testing.assert_array_equal(vol.read(), data[None])
     # a box in dataset coordinates (the offset counted), across chunk edges
@@ -88,7 +89,7 @@ def test_2d_funlib_zarr_micrometres(tmp_path: Path) -> None:
     data = _data(YX)
     url = _zarr(tmp_path / "um.zarr", data, _funlib(["y", "x"], "um", (2, 1), (4, 3)), 3)
     vol = _open(f"zarr://{url}")
-    assert vol.voxel_size.zyx() == (1000.0, 2000.0, 1000.0)  # z: 1 um
+    assert vol.voxel_size.zyx() == (2000.0, 2000.0, 1000.0)  # z: the larger in-plane size
     assert tuple(vol.offset) == (0, 2, 3)
 
 
@@ -100,7 +101,7 @@ def test_2d_funlib_zarr_with_channel_axis(tmp_path: Path, names: list[str]) -> N
     url = _zarr(tmp_path / "rgb.zarr", data, attrs, 2)
     vol = _open(f"zarr://{url}")
     assert vol.meta.num_channels == 2
-    assert vol.voxel_size.zyx() == (1.0, 8.0, 4.0) and tuple(vol.offset) == (0, 2, 10)
+    assert vol.voxel_size.zyx() == (8.0, 8.0, 4.0) and tuple(vol.offset) == (0, 2, 10)
     np.testing.assert_array_equal(vol.read(), data[:, None])
     assert dict(zarr.open_array(url, mode="r").attrs) == attrs
 
@@ -111,7 +112,7 @@ def test_2d_funlib_zarr_x_before_y(tmp_path: Path) -> None:
     url = _zarr(tmp_path / "xy.zarr", data, _funlib(["x", "y"], vs=(4, 8), offset=(40, 16)), 2)
     vol = _open(f"zarr://{url}")
     assert vol.shape == (1, *YX)
-    assert vol.voxel_size.zyx() == (1.0, 8.0, 4.0) and tuple(vol.offset) == (0, 2, 10)
+    assert vol.voxel_size.zyx() == (8.0, 8.0, 4.0) and tuple(vol.offset) == (0, 2, 10)
     np.testing.assert_array_equal(vol.read(), data.T[None])
 
 
@@ -135,7 +136,7 @@ def test_2d_funlib_hdf5_opens_as_one_plane(tmp_path: Path, names: list[str]) -> 
 
     vol = _open(f"hdf5://{path}#/raw", mode="r+")
     assert vol.shape == (1, *YX)
-    assert vol.voxel_size.zyx() == (1.0, 8.0, 4.0) and tuple(vol.offset) == (0, 2, 10)
+    assert vol.voxel_size.zyx() == (8.0, 8.0, 4.0) and tuple(vol.offset) == (0, 2, 10)
     np.testing.assert_array_equal(vol.read(), data[None])
     vol.write(np.full((1, 2, 2), 5, np.uint16), Box((0, 2, 10), (1, 4, 12)))
     vol.remote.close()

@@ -72,7 +72,7 @@ def test_hdf5_channels_of_one_plane(tmp_path: Path, names: list[str],
     vol = _open(f"hdf5://{path}#/raw", mode="r+")
     assert vol.meta.num_channels == 3 and vol.meta.kind == "image"
     assert vol.shape == (3, 1, *YX)
-    assert vol.voxel_size.zyx() == (1.0, 8.0, 4.0)  # z: 1 of the unit, as on zarr
+    assert vol.voxel_size.zyx() == (8.0, 8.0, 4.0)  # z: the larger in-plane size, as on zarr
     assert tuple(vol.offset) == (0, 2, 10)
     np.testing.assert_array_equal(vol.read(), data[:, None])
     box = Box((0, 5, 13), (1, 9, 20))  # dataset coordinates (offset counted), across chunks
@@ -98,7 +98,7 @@ def test_hdf5_one_channel_of_one_plane(tmp_path: Path) -> None:
     before = _h5(path, data, _funlib(["c^", "y", "x"], "um", (2, 1), (4, 3)))
     vol = _open(f"hdf5://{path}", mode="r+")  # the file's only volume
     assert vol.meta.num_channels == 1 and vol.shape == (1, *YX)
-    assert vol.voxel_size.zyx() == (1000.0, 2000.0, 1000.0) and tuple(vol.offset) == (0, 2, 3)
+    assert vol.voxel_size.zyx() == (2000.0, 2000.0, 1000.0) and tuple(vol.offset) == (0, 2, 3)
     np.testing.assert_array_equal(vol.read(), data)
     vol.write(np.full((1, 2, 3), 9, np.uint16), Box((0, 2, 3), (1, 4, 6)))
     vol.remote.close()

@@ -4,9 +4,9 @@ A 2-D dataset opens as one z plane, but its ``element_size_um`` of two numbers (
 Fiji's HDF5 plugin and other 2-D writers put there) was ignored with a warning and the voxel
 size fell back to 1 nm; so were a two-number ``resolution`` / ``voxel_size`` (in ``unit``) and a
 two-number ``offset`` / ``voxel_offset``.  Now two numbers on a 2-D dataset are (y, x); the z
-size is 1 of the attribute's unit (Fiji's HDF5 reader prepends 1 to a 2-D ``element_size_um``:
-1 um), the z offset 0.  Files are written with h5py; a voxgate write leaves the attributes as
-they were.
+size is the larger of the two (as for a 2-D image in every store; it was 1 of the attribute's
+unit, 1 um for ``element_size_um``), the z offset 0.  Files are written with h5py; a voxgate
+write leaves the attributes as they were.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def test_2d_element_size_um_is_y_x_in_micrometres(tmp_path: Path) -> None:
         warnings.simplefilter("error")  # read as the file says: no warning
         vol = voxgate.open(f"hdf5://{path}#/img", mode="r+")
     assert vol.shape == (1, *YX)
-    assert vol.voxel_size.zyx() == (1000.0, 500.0, 250.0)  # z: 1 um, as Fiji reads it
+    assert vol.voxel_size.zyx() == (500.0, 500.0, 250.0)  # z: the larger in-plane size
     assert tuple(vol.offset) == (0, 0, 0)
     vol.write(np.full((1, 4, 4), 9, np.uint16), Box((0, 4, 8), (1, 8, 12)))
     vol.remote.close()
@@ -67,7 +67,7 @@ def test_2d_resolution_and_offset_in_unit_are_y_x(tmp_path: Path, key: str) -> N
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         vol = voxgate.open(f"hdf5://{path}#/raw")
-    assert vol.voxel_size.zyx() == (1.0, 8.0, 4.0)
+    assert vol.voxel_size.zyx() == (8.0, 8.0, 4.0)
     assert tuple(vol.offset) == (0, 2, 10)
     np.testing.assert_array_equal(vol.read(), np.ones((1, *YX), np.uint8))
 
@@ -82,7 +82,7 @@ def test_2d_resolution_in_micrometres_and_voxel_offset(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         vol = voxgate.open(f"hdf5://{path}#/img")
-    assert vol.voxel_size.zyx() == pytest.approx((1000.0, 4.0, 2.0))
+    assert vol.voxel_size.zyx() == pytest.approx((4.0, 4.0, 2.0))
     assert tuple(vol.offset) == (0, 3, 5)
 
 

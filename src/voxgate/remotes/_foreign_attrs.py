@@ -16,7 +16,7 @@ from ..errors import InvalidRequestError, VoxgateWarning
 from ..geometry import Vec, VoxelSize
 from ..storage import UNITS_NM, length_unit_nm
 
-__all__ = ["CHANNEL_NAMES", "corner_offset", "funlib_geometry", "funlib_names",
+__all__ = ["CHANNEL_NAMES", "corner_offset", "flat_z_size", "funlib_geometry", "funlib_names",
            "funlib_placement", "nearest_voxel", "triple", "warn_ignored", "zyx_numbers"]
 
 #: how far from a whole voxel a position may lie and still be that voxel
@@ -54,14 +54,24 @@ def triple(value: Any) -> list[float] | None:
     return [float(v) for v in value]
 
 
-def zyx_numbers(value: Any, flat: bool, z: float) -> list[float] | None:
+def flat_z_size(in_plane: Sequence[float]) -> float:
+    """The z voxel size of a 2-D image (one z plane) whose in-plane voxel sizes are
+    ``in_plane`` (in one unit): the larger of them, in every store (N5, OME-Zarr, HDF5,
+    funlib.persistence arrays), so that :func:`voxgate.downsample`, which halves the finer axes
+    first, halves y and x and never the one plane.  Its z offset is 0."""
+    return max(in_plane)
+
+
+def zyx_numbers(value: Any, flat: bool, *, offset: bool) -> list[float] | None:
     """A per-axis attribute as (z, y, x): three numbers, or on a 2-D array (``flat``: one z
-    plane) also two, (y, x), with ``z`` put in front: 1 of the attribute's unit for a voxel
-    size (Fiji's HDF5 plugin prepends 1 to a 2-D ``element_size_um``; a plane has no z spacing
-    of its own), 0 for an offset.  The HDF5 store and the zarr store's funlib.persistence
-    attributes read 2-D arrays by this one rule."""
+    plane) also two, (y, x), with z put in front: for a voxel size (``offset`` False) the
+    larger of the two (:func:`flat_z_size`), for an offset 0.  The HDF5 store and the zarr
+    store's funlib.persistence attributes read 2-D arrays by this one rule."""
     if flat and isinstance(value, list) and len(value) == 2:
-        return triple([z, *value])
+        yx = triple([0.0, *value])
+        if yx is None:
+            return None
+        return [0.0 if offset else flat_z_size(yx[1:]), *yx[1:]]
     return triple(value)
 
 
@@ -196,7 +206,8 @@ def funlib_placement(attrs: dict[str, Any], names: list[str], where: str
     funlib.persistence's attributes state (see :func:`funlib_geometry`); None for the
     position when there is no usable ``offset``."""
     rank = len(names)
-    # a 2-D array (y, x: one z plane) states (y, x) values: z is 1 of its unit, offset 0
+    # a 2-D array (y, x: one z plane) states (y, x) values: its z voxel size is the larger in
+    # nm (flat_z_size), its z offset 0
     flat = "z" not in names and {"y", "x"} <= set(names)
     if not flat and not {"z", "y", "x"} <= set(names):  # refused in _as_czyx
         return VoxelSize.of((1, 1, 1)), None
@@ -212,7 +223,7 @@ def funlib_placement(attrs: dict[str, Any], names: list[str], where: str
     key = "voxel_size" if "voxel_size" in attrs else "resolution"
     raw = funlib_axes(attrs.get(key), key, physical, names, where)
     if raw is not None and flat:
-        raw = zyx_numbers(raw, flat, 1.0)
+        raw = zyx_numbers(raw, flat, offset=False)
     if raw is not None and not all(v > 0 for v in raw):
         warn_ignored(f"{where}: attribute {key} = {attrs[key]!r}",
                      "voxel sizes must be positive; 1 nm voxels are taken", stacklevel=3)
@@ -235,10 +246,12 @@ def funlib_placement(attrs: dict[str, Any], names: list[str], where: str
         else:
             factor[j] = nm
     voxel = [v * f for v, f in zip(raw or (1.0, 1.0, 1.0), factor, strict=True)]
+    if flat:  # (after the units: y and x may be stated in different ones)
+        voxel[0] = flat_z_size(voxel[1:])
     vs = VoxelSize.of(voxel)
     world = funlib_axes(attrs.get("offset"), "offset", physical, names, where)
     if world is not None and flat:
-        world = zyx_numbers(world, flat, 0.0)
+        world = zyx_numbers(world, flat, offset=True)
     if world is None:
         return vs, None
     exact = [w * f for w, f in zip(world, factor, strict=True)]

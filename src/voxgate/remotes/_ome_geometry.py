@@ -30,6 +30,7 @@ from typing import Any
 from ..errors import CapabilityNotSupportedError, InvalidRequestError
 from ..geometry import Vec
 from ..meta import offset_from_translation
+from ._foreign_attrs import flat_z_size
 
 __all__ = ["Frame", "axis_names", "compose", "level_offset", "place", "shape_factors"]
 
@@ -192,7 +193,7 @@ def place(frame: Frame, datasets: Sequence[dict[str, Any]], i: int,
         # each level reopens with the z size that pyramid gave it
         (y, x), (ty, tx) = ([v[j] * u for j, u in zip(frame.spatial, frame.nm[1:], strict=True)]
                             for v in (sc, tr))
-        return (max(y, x), y, x), (0.0, ty, tx)
+        return (flat_z_size((y, x)), y, x), (0.0, ty, tx)
     z, y, x = (sc[j] * u for j, u in zip(frame.spatial, frame.nm, strict=True))
     tz, ty, tx = (tr[j] * u for j, u in zip(frame.spatial, frame.nm, strict=True))
     return (z, y, x), (tz, ty, tx)

@@ -86,6 +86,7 @@ from ..storage import (
 from ._foreign_attrs import (
     CHANNEL_NAMES,
     corner_offset,
+    flat_z_size,
     funlib_names,
     funlib_placement,
     warn_ignored,
@@ -282,7 +283,7 @@ def _flat_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
             return value
         numbers = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if how == "number":
-            return [*value, max(numbers)] if len(numbers) == len(value) else value
+            return [*value, flat_z_size(numbers)] if len(numbers) == len(value) else value
         if how == "zero":
             return [*value, 0]
         if how == "unit":

@@ -101,9 +101,8 @@ def _voxel_size(attrs: h5py.AttributeManager, where: str = "", *,
                 flat: bool = False) -> VoxelSize | None:
     """The voxel size (z, y, x) an object's attributes state, or None.
 
-    On a 2-D dataset (``flat``: one z plane) two numbers are (y, x), the z size being 1 of
-    the attribute's unit (1 um for ``element_size_um``: Fiji's HDF5 plugin, which reads and
-    writes that attribute, prepends 1 to a 2-D one; a plane has no z spacing of its own).
+    On a 2-D dataset (``flat``: one z plane) two numbers are (y, x), the z size being the
+    larger of them, as for a 2-D image in every store (:func:`.._foreign_attrs.flat_z_size`).
     A voxel-size attribute that is present but not three (or so two) positive numbers, or a
     ``unit`` voxgate does not know, is ignored with a :class:`VoxgateWarning` (the data stays
     readable; the warning says why the voxel size is not the file's)."""
@@ -112,7 +111,7 @@ def _voxel_size(attrs: h5py.AttributeManager, where: str = "", *,
         raw = _attr(attrs, key)
         if raw is None:
             continue
-        v = _zyx_numbers(raw, flat, 1.0)
+        v = _zyx_numbers(raw, flat, offset=False)
         if v is not None and all(math.isfinite(x) and x > 0 for x in v):
             return VoxelSize.of([x * scale for x in v])
         _ignored(where, key, raw, "the voxel size comes from the next attribute or is 1 nm",
@@ -126,13 +125,13 @@ def _voxel_offset(attrs: h5py.AttributeManager, vs: VoxelSize | None, where: str
     physical units when it is a whole number of voxels.  On a 2-D dataset (``flat``) two
     numbers are (y, x), the z offset 0."""
     raw = _attr(attrs, "voxel_offset")
-    v = _zyx_numbers(raw, flat, 0.0)
+    v = _zyx_numbers(raw, flat, offset=True)
     if v is not None and all(x.is_integer() for x in v):
         return Vec(*(int(x) for x in v))
     if raw is not None:
         _ignored(where, "voxel_offset", raw, "the offset comes from 'offset' or is 0", flat)
     raw = _attr(attrs, "offset")
-    w = _zyx_numbers(raw, flat, 0.0)
+    w = _zyx_numbers(raw, flat, offset=True)
     if raw is not None and (w is None or not all(math.isfinite(x) for x in w)):
         _ignored(where, "offset", raw, "the offset is 0", flat)
     elif w is not None and vs is not None:
