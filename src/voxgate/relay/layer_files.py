@@ -13,7 +13,10 @@ served (no path traversal: ``.``, ``..``, empty parts, backslashes and encoded s
 refused).
 
 Files are read from the upstream on each request (they are not cached: meshes are written
-beside a layer by other programs, and the relay could not tell a stale one).  Single byte
+beside a layer by other programs, and the relay could not tell a stale one).  What the infos
+name (the directories served) is remembered for at most ``INFO_TTL`` seconds, and for a local
+layer only while its info files are unchanged (a ``stat`` per request: meshes written beside
+it are served by the next request).  Single byte
 ranges are served (``bytes=a-b``, ``bytes=a-``, ``bytes=-n``; 206 with Content-Range, 416
 when none of it is in the file), as Neuroglancer and CloudVolume read multi-resolution
 fragment files and ``.shard`` files by range; a local file is read only where the range is.
@@ -77,7 +80,8 @@ PROPERTY_DIRS = ("mesh", "skeletons")
 TOP_FILES = ("provenance",)
 #: the ``@type`` of an annotation layer's info
 ANNOTATION_TYPE = "neuroglancer_annotations_v1"
-#: how long the upstream's info (and what a sub-directory is) is trusted before it is read again
+#: how long a remote upstream's info (and what a sub-directory is) is trusted before it is read
+#: again (a local one's is read again as soon as its file changes)
 INFO_TTL = 5.0
 #: local files larger than this are streamed in blocks instead of read whole
 STREAM_BYTES = 16 * 2**20
@@ -193,22 +197,43 @@ class LayerFiles:
     def __init__(self, ttl: float = INFO_TTL) -> None:
         self.ttl = ttl
         self._lock = threading.Lock()
-        self._memo: dict[tuple[str, str], tuple[float, Any]] = {}
+        #: (when, the stat of the file it was read from (local layers), value)
+        self._memo: dict[tuple[str, str], tuple[float, tuple[Any, ...], Any]] = {}
         self._stores: dict[str, ts.KvStore] = {}
 
     # -- what a layer declares ------------------------------------------------------------------
-    def _remember(self, key: tuple[str, str], make: Any) -> Any:
+    def _remember(self, key: tuple[str, str], name: str, make: Any) -> Any:
+        """``make()``, remembered under ``key``: it is read from the file ``name`` of the layer
+        at ``key[0]``, and read again after ``ttl`` seconds, and for a local layer also as
+        soon as the file is not the same (its stat: a write beside the layer is seen by the
+        next request; on a remote one a request per file and request would be too many)."""
+        location = key[0]
+        stamp = self._stamp(location, name) if is_local(location) else ()  # (before the read)
         now = time.monotonic()
         with self._lock:
             hit = self._memo.get(key)
-            if hit is not None and now - hit[0] < self.ttl:
-                return hit[1]
+            if hit is not None and hit[1] == stamp and now - hit[0] < self.ttl:
+                return hit[2]
         value = make()
         with self._lock:
             if len(self._memo) >= _MAX_MEMO:
                 self._memo.clear()
-            self._memo[key] = (now, value)
+            self._memo[key] = (now, stamp, value)
         return value
+
+    @staticmethod
+    def _stamp(location: str, name: str) -> tuple[Any, ...]:
+        """What identifies the local file ``name`` as it is now (any of its compressed
+        variants, in the order they are read): a file written again (by rename or in place)
+        or one that appeared or went away has another."""
+        base = os.path.join(local_path(location), *name.split("/"))
+        for suffix in (*SUFFIXES, ""):
+            try:
+                st = os.stat(base + suffix)
+            except OSError:
+                continue
+            return (suffix, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return ()  # (none of them: it appearing changes the stamp too)
 
     def _read_info(self, location: str, name: str = "info") -> dict[str, Any] | None:
         data = self._get_whole(location, name)
@@ -221,8 +246,9 @@ class LayerFiles:
         return doc if isinstance(doc, dict) else None
 
     def layer_info(self, location: str) -> dict[str, Any]:
-        """The upstream layer's info as stored now (read again after ``ttl`` seconds)."""
-        info = self._remember((location, "info"), lambda: self._read_info(location))
+        """The upstream layer's info as stored now (read again after ``ttl`` seconds, and on a
+        local layer as soon as the file changed)."""
+        info = self._remember((location, "info"), "info", lambda: self._read_info(location))
         if info is None:
             raise RemoteNotFoundError("the upstream layer has no readable info file")
         return dict(info)
@@ -269,7 +295,8 @@ class LayerFiles:
             value = info.get(key) if info is not None else None
             return value if isinstance(value, str) else None
 
-        found: str | None = self._remember((location, f"key:{directory}:{key}"), look)
+        found: str | None = self._remember((location, f"key:{directory}:{key}"),
+                                           f"{directory}/info", look)
         return found
 
     def is_annotation_dir(self, location: str, name: str) -> bool:
@@ -278,7 +305,7 @@ class LayerFiles:
             info = self._read_info(location, f"{name}/info")  # one kvstore per layer
             return info is not None and info.get("@type") == ANNOTATION_TYPE
 
-        return bool(self._remember((location, "ann:" + name), look))
+        return bool(self._remember((location, "ann:" + name), f"{name}/info", look))
 
     def served_dir(self, location: str, parts: list[str]) -> str | None:
         """The directory a file path lies in, if the layer serves it, else None (``""`` for

@@ -6,8 +6,9 @@ uint64 segment id: multi-resolution meshes and skeletons.
 - :func:`murmurhash3_x86_128`: the hash Neuroglancer applies to keys (low 64 bits), on many
   keys at once;
 - :func:`encode_shard` / :func:`decode_shard`: one shard file's bytes;
-- :class:`ShardedStore`: reading keys by byte ranges (shard index, minishard index, value),
-  listing keys, and merging new entries into shards with conditional writes, so two writers
+- :class:`ShardedStore`: reading keys by byte ranges (shard index, minishard index, value;
+  all from one version of the shard: a shard replaced between them is read again), listing
+  keys, and merging new entries into shards with conditional writes, so two writers
   of one shard never lose each other's entries.
 
 Each entry may carry a *prefix*: bytes stored immediately before its value and not counted in
@@ -36,6 +37,7 @@ from ..errors import (
     CapabilityNotSupportedError,
     CorruptChunkError,
     InvalidRequestError,
+    RemoteUnavailableError,
     VoxgateError,
 )
 from .kvstore import join, kvstore_spec, ts_context, ts_errors, update_conditionally
@@ -53,6 +55,8 @@ SHARDING_TYPE = "neuroglancer_uint64_sharded_v1"
 _ENCODINGS = ("raw", "gzip")
 #: how often a merge into one shard is retried when another writer changed it meanwhile
 _MERGE_ATTEMPTS = 20
+#: how often the reads of one shard start over when the shard was replaced while they ran
+_READ_ATTEMPTS = 20
 #: a value's prefix: (key, value) -> number of bytes stored just before the value
 PrefixSize = Callable[[int, bytes], int]
 
@@ -282,8 +286,13 @@ class ShardedStore:
                                            context=ts_context()).result()
         return self._kv
 
-    def _read(self, name: str, start: int | None = None, stop: int | None = None
-              ) -> bytes | None:
+    def _read(self, name: str, start: int | None = None, stop: int | None = None,
+              pin: dict[str, bytes] | None = None) -> bytes | None:
+        """Bytes ``[start, stop)`` of ``name`` (None when it does not exist).  ``pin`` ties
+        the reads of one lookup to one version of each file: the first read of ``name``
+        records its generation there and a later read that finds another one raises
+        :class:`_Changed` (the file was replaced meanwhile: its offsets, read from the old
+        version, point into the new one), so the lookup starts over."""
         where = join(self.location, name)
         try:
             with ts_errors(f"reading {where}"):
@@ -291,10 +300,33 @@ class ShardedStore:
         except VoxgateError as exc:
             if "OUT_OF_RANGE" not in str(exc):
                 raise
+            if pin is not None and name in pin and self._replaced(name, pin[name]):
+                raise _Changed from None  # (shorter now: replaced, not truncated)
             # an index that points past the end of the file: a truncated shard
             raise CorruptChunkError(f"{where} is shorter than its indexes say (bytes "
                                     f"{start}-{stop} asked for): {exc}", chunk=where) from None
+        if pin is not None:
+            generation = bytes(r.stamp.generation)
+            if pin.setdefault(name, generation) != generation:
+                raise _Changed
         return bytes(r.value) if r.state == "value" else None
+
+    def _replaced(self, name: str, generation: bytes) -> bool:
+        """Whether ``name`` is no longer the version of ``generation``."""
+        with ts_errors(f"reading {join(self.location, name)}"):
+            r = self._store().read(name, if_not_equal=generation,
+                                   byte_range=slice(0, 0)).result()
+        return bool(r.state != "unspecified")
+
+    def _pinned(self, what: str, lookup: Callable[[dict[str, bytes]], Any]) -> Any:
+        """``lookup(pin)``, started over while the shard it reads is replaced under it."""
+        for _ in range(_READ_ATTEMPTS):
+            try:
+                return lookup({})
+            except _Changed:
+                continue
+        raise RemoteUnavailableError(
+            f"{what} kept being replaced while it was read ({_READ_ATTEMPTS} attempts)")
 
     def shard_files(self) -> list[str]:
         """The names of the shard files that exist."""
@@ -331,13 +363,21 @@ class ShardedStore:
 
     def _get_from_shard(self, shard: int, keys: np.ndarray, minishards: np.ndarray,
                         prefix_size: PrefixSize | None) -> dict[int, tuple[bytes, bytes]]:
+        found: dict[int, tuple[bytes, bytes]] = self._pinned(
+            join(self.location, self.spec.shard_name(shard)),
+            lambda pin: self._get_pinned(shard, keys, minishards, prefix_size, pin))
+        return found
+
+    def _get_pinned(self, shard: int, keys: np.ndarray, minishards: np.ndarray,
+                    prefix_size: PrefixSize | None, pin: dict[str, bytes]
+                    ) -> dict[int, tuple[bytes, bytes]]:
         name = self.spec.shard_name(shard)
         what = join(self.location, name)
-        head = self._read(name, 0, self.spec.index_bytes)
+        head = self._read(name, 0, self.spec.index_bytes, pin)
         data_name, shift = name, 0
         if head is None:  # the older layout: <shard>.index beside <shard>.data
             stem = name[: -len(".shard")]
-            head = self._read(stem + ".index")
+            head = self._read(stem + ".index", pin=pin)
             if head is None:
                 return {}
             data_name, shift, what = stem + ".data", self.spec.index_bytes, join(
@@ -349,7 +389,7 @@ class ShardedStore:
             start, end = (int(v) for v in index[m])
             if start == end:
                 continue
-            blob = self._read(data_name, base + start - shift, base + end - shift)
+            blob = self._read(data_name, base + start - shift, base + end - shift, pin)
             if blob is None or len(blob) != end - start:
                 raise CorruptChunkError(f"{what}: minishard {m}'s index ({start}-{end}) lies "
                                         "past the end of the shard", chunk=what)
@@ -361,7 +401,7 @@ class ShardedStore:
                 if key not in lookup:
                     continue
                 s, n = lookup[key]
-                raw = self._read(data_name, s - shift, s + n - shift)
+                raw = self._read(data_name, s - shift, s + n - shift, pin)
                 if raw is None or len(raw) != n:
                     raise CorruptChunkError(f"{what}: key {key}'s bytes {s}-{s + n} lie past "
                                             "the end of the shard", chunk=what)
@@ -372,7 +412,7 @@ class ShardedStore:
                     if p > s - shift:
                         raise CorruptChunkError(f"{what}: the {p} bytes before key {key}'s "
                                                 "value start before the shard", chunk=what)
-                    prefix = self._read(data_name, s - shift - p, s - shift) or b""
+                    prefix = self._read(data_name, s - shift - p, s - shift, pin) or b""
                 found[key] = (prefix, value)
         return found
 
@@ -381,8 +421,13 @@ class ShardedStore:
         in parallel: one after another, 1100 shards on S3 took seconds)."""
 
         def one(name: str) -> list[int]:
+            found: list[int] = self._pinned(join(self.location, name),
+                                            lambda pin: listed(name, pin))
+            return found
+
+        def listed(name: str, pin: dict[str, bytes]) -> list[int]:
             what = join(self.location, name)
-            head = self._read(name, 0, self.spec.index_bytes)
+            head = self._read(name, 0, self.spec.index_bytes, pin)
             if head is None:
                 return []
             index = _shard_index(self.spec, head, what)
@@ -391,7 +436,7 @@ class ShardedStore:
             for m, (start, end) in enumerate(index.tolist()):
                 if start == end:
                     continue
-                blob = self._read(name, base + start, base + end) or b""
+                blob = self._read(name, base + start, base + end, pin) or b""
                 ids, _, _ = _minishard_entries(self.spec, blob,
                                                f"{what} (minishard {m} index)", 2 ** 63)
                 found.extend(ids.tolist())
@@ -497,3 +542,8 @@ class ShardedStore:
 
 class _Unchanged(Exception):
     """Raised by a shard merge that would change nothing: the write is skipped."""
+
+
+class _Changed(Exception):
+    """Raised by a pinned read (:meth:`ShardedStore._read`) of a file replaced since the
+    lookup's first read of it: the lookup starts over."""
