@@ -9,6 +9,7 @@ key.  The precomputed Remote and the mesh and skeleton layer readers and writers
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -16,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidRequestError, ReadOnlyError, RemoteNotFoundError
+from ..errors import CorruptChunkError, InvalidRequestError, ReadOnlyError, RemoteNotFoundError
 from ..geometry import Vec, VoxelSize
 from ..meta import Kind, Scale, VolumeMeta
-from ..storage import join, read_json, write_json
+from ..storage import Directory, file_lock, is_local, join, local_path, read_json, write_json
 from ..storage.sharding import ShardingSpec
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "write_layer_info",
 ]
 
+#: reads and conditional writes of a layer's info by update_layer_info before giving up
+_INFO_ATTEMPTS = 20
 #: data types of the info's ``data_type`` enum
 DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32")
 #: a voxgate extension of the info (the relay's precomputed dialect writes it): "origin" when
@@ -232,14 +235,40 @@ def update_layer_info(location: str, changes: Mapping[str, Any]) -> dict[str, An
     stored info; returns the info written.
 
     The keys that define the stored voxels (scales, data_type, num_channels) cannot be
-    changed this way.
+    changed this way.  Concurrent updates keep each other's keys (a mesh and a skeleton
+    writer of one layer both name their directory): the info is read and written back under
+    its lock on local disks, and on object storage written only if nobody changed it since
+    it was read, else read and changed again.  (It was read and written back with neither:
+    the later writer dropped the other's key.)
     """
     fixed = sorted(set(changes) & {"scales", "data_type", "num_channels", "@type"})
     if fixed:
         raise InvalidRequestError(
             f"update_info cannot change {', '.join(fixed)}: they define the stored voxels"
         )
-    info = read_json(location, "info")
-    info.update(changes)
-    write_layer_info(location, info)
-    return info
+    if is_local(location):
+        with file_lock(os.path.join(local_path(location), "info")):
+            info = read_json(location, "info")
+            info.update(changes)
+            write_layer_info(location, info)
+        return info
+    where = join(location, "info")
+    written: list[dict[str, Any]] = []
+
+    def change(raw: bytes | None) -> bytes:
+        if raw is None:
+            raise RemoteNotFoundError(f"{where} does not exist")
+        try:
+            info = json.loads(raw)
+        except ValueError as exc:
+            raise CorruptChunkError(f"{where} is not valid JSON: {exc}", chunk=where) from None
+        if not isinstance(info, dict):
+            raise InvalidRequestError(f"{where} is not a JSON object")
+        info.update(changes)
+        meta_from_info(info, where)  # never store an info we cannot read
+        written[:] = [info]
+        return json.dumps(info, indent=2).encode()
+
+    Directory(location).update("info", change, attempts=_INFO_ATTEMPTS,
+                               advice="too many writers change this layer's info at once")
+    return written[0]

@@ -10,6 +10,8 @@ Local disks and object storage (gs://, s3://, read-only http(s)://) look the sam
   every compressed variant of the name, since CloudFiles reads whichever variant it finds first.
 - ``list`` lists the directory's file names (compressed suffixes removed); ``names`` lists
   those under some name prefixes as stored (one listing per prefix on object storage).
+- ``update`` reads, changes and writes back one file so that concurrent writers lose
+  nothing: under the file's lock on local disks, conditionally on object storage.
 """
 
 from __future__ import annotations
@@ -23,7 +25,17 @@ import tensorstore as ts
 
 from ..errors import CapabilityNotSupportedError, RemoteNotFoundError, VoxgateError
 from .compression import GZIP_MAGIC, SUFFIXES, decompress
-from .kvstore import atomic_write, is_local, join, kvstore_spec, local_path, ts_context, ts_errors
+from .kvstore import (
+    atomic_write,
+    is_local,
+    join,
+    kvstore_spec,
+    local_path,
+    ts_context,
+    ts_errors,
+    update_conditionally,
+)
+from .locking import file_lock
 
 __all__ = ["Directory"]
 
@@ -171,6 +183,36 @@ class Directory:
             for fut in futures:
                 fut.result()
 
+    def update(self, name: str, change: Callable[[bytes | None], bytes | None], *,
+               attempts: int, advice: str,
+               plain: Callable[[bytes], bool] | None = None) -> None:
+        """Replace the file ``name`` by ``change(its bytes as get returns them, or None when
+        it is absent)``; ``change`` returns None to leave the file as it is.  Concurrent
+        writers of the file lose nothing: on local disks the read and the write hold the
+        file's lock; on object storage the write is conditional on the generation read
+        (tensorstore's ``if_equal``: object generations on GCS, ``If-Match`` /
+        ``If-None-Match`` on S3) and ``change`` runs again on a fresh read when another
+        writer got there first, up to ``attempts`` times (``advice`` ends the error then).
+        ``change`` may thus run more than once: it must not keep state between runs."""
+        if self.local:
+            directory = local_path(self.location)
+            os.makedirs(directory, exist_ok=True)
+            with file_lock(os.path.join(directory, name)):
+                data = change(self.get(name, plain=plain))
+                if data is not None:
+                    self._put_local(directory, name, data)
+            return
+
+        def conditional(current: bytes | None) -> bytes:
+            data = change(None if current is None else self._sniff(current, name, plain))
+            if data is None:
+                raise _Unchanged
+            return data
+
+        with contextlib.suppress(_Unchanged):
+            update_conditionally(self._store(), name, conditional, self.path(name),
+                                 attempts=attempts, advice=advice)
+
     def delete_many(self, names: Iterable[str]) -> None:
         """Remove files (each with every compressed variant of its name); absent ones are
         no error."""
@@ -195,6 +237,10 @@ class Directory:
         for suffix in SUFFIXES:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path + suffix)
+
+
+class _Unchanged(Exception):
+    """Raised by an update whose change leaves the file as it is: nothing is written."""
 
 
 def _prefix_range(prefix: str) -> ts.KvStore.KeyRange:

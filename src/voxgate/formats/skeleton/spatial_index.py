@@ -19,10 +19,8 @@ local disk): they are read either way and written back plain.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import CorruptChunkError, InvalidRequestError
-from ...storage import Directory, file_lock, local_path
+from ...storage import Directory
 
 __all__ = ["SpatialGrid", "spatial_grid", "update_spatial_index"]
 
@@ -166,28 +164,19 @@ def spatial_grid(layer_info: Mapping[str, Any], skel_info: Mapping[str, Any], sk
         any(isinstance(c, float) for c in chunk))
 
 
-def _read(directory: Directory, name: str) -> dict[str, Any] | None:
-    raw = directory.get(name)
-    if raw is None:
-        return None
+#: reads and conditional writes of one index file before giving up (each retry follows another
+#: writer's change of that same file)
+_UPDATE_ATTEMPTS = 20
+
+
+def _parse(data: bytes, where: str) -> dict[str, Any]:
     try:
-        doc = json.loads(raw)
+        doc = json.loads(data)
     except ValueError as exc:
-        raise CorruptChunkError(f"{directory.path(name)} is not valid JSON: {exc}",
-                                chunk=directory.path(name)) from None
+        raise CorruptChunkError(f"{where} is not valid JSON: {exc}", chunk=where) from None
     if not isinstance(doc, dict):
-        raise CorruptChunkError(f"{directory.path(name)} is not a JSON object",
-                                chunk=directory.path(name))
+        raise CorruptChunkError(f"{where} is not a JSON object", chunk=where)
     return doc
-
-
-@contextlib.contextmanager
-def _locked(directory: Directory, name: str) -> Iterator[None]:
-    if directory.local:
-        with file_lock(os.path.join(local_path(directory.location), name)):
-            yield
-    else:  # object storage has no lock: concurrent writers of one directory may lose entries
-        yield
 
 
 def update_spatial_index(directory: Directory, grid: SpatialGrid,
@@ -197,7 +186,12 @@ def update_spatial_index(directory: Directory, grid: SpatialGrid,
 
     Entries of those ids in the files they touch are replaced; ``replaced`` ids (which had a
     skeleton before) are also removed from every other file of the grid, which reads them all.
-    Each file is read, changed and written back under a lock on local disks."""
+    Each file is read, changed and written back with ``Directory.update``: under a lock on
+    local disks, conditionally on object storage (written only if nobody changed it since it
+    was read, else read and changed again), so concurrent writers of one skeleton directory
+    (dask workers of one skeletonization) keep each other's entries.  (On object storage it
+    was written back unconditionally: a writer between another's read and write lost its
+    entries.)"""
     by_file: dict[str, dict[str, list[int]]] = {}
     for seg, chunks in parts.items():
         for cell, box in chunks.items():
@@ -206,13 +200,19 @@ def update_spatial_index(directory: Directory, grid: SpatialGrid,
     names = list(grid.names()) if replaced else sorted(by_file)
     for name in names:
         new = by_file.get(name, {})
-        with _locked(directory, name):
-            doc = _read(directory, name)
-            if doc is None and not new:
-                continue
-            current = doc or {}
-            kept = {k: v for k, v in current.items() if k not in stale}
+        where = directory.path(name)
+
+        def change(raw: bytes | None, new: dict[str, list[int]] = new,
+                   where: str = where) -> bytes | None:
+            if raw is None and not new:
+                return None
+            doc = None if raw is None else _parse(raw, where)
+            kept = {k: v for k, v in (doc or {}).items() if k not in stale}
             kept.update(new)
             if doc is not None and kept == doc:
-                continue
-            directory.put_many([(name, json.dumps(kept, separators=(",", ":")).encode())])
+                return None
+            return json.dumps(kept, separators=(",", ":")).encode()
+
+        directory.update(name, change, attempts=_UPDATE_ATTEMPTS,
+                         advice="too many writers share this spatial index file: give each "
+                         "writer segments in fewer chunks of space, or fewer writers")
