@@ -31,7 +31,7 @@ from voxgate.errors import RemoteBusyError, RemoteUnavailableError
 from voxgate.geometry import Box
 from voxgate.remotes.base import Remote
 
-from .relay.conftest import RW, RelayProcess, free_port, start_relay
+from .relay.conftest import RW, RelayProcess, free_port, hdf5_volume, start_relay
 from .static_http import serve_directory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,19 +116,10 @@ SHAPE = (8, 64, 64)
 HEADERS = {"Authorization": f"Token {RW}"}
 
 
-def _h5(path: Path) -> np.ndarray:
-    data = np.random.default_rng(3).integers(1, 250, SHAPE, dtype=np.uint8)
-    vol = voxgate.create(f"hdf5://{path}#/vol", shape=SHAPE, chunks=(4, 32, 32), dtype="uint8",
-                         voxel_size=(40, 8, 8))
-    vol[...] = data
-    vol.remote.close()
-    return data
-
-
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RelayProcess, Path]]:
     d = tmp_path_factory.mktemp("busy_hdf5")
-    _h5(d / "nb.h5")
+    hdf5_volume(d / "nb.h5")
     cfg = d / "relay.toml"
     cfg.write_text(f"""
 [server]
@@ -181,7 +172,7 @@ def test_a_write_meeting_a_file_another_process_holds_is_503_with_retry_after(
 def test_the_api_raises_remote_busy_error_for_a_file_another_process_locked(
         tmp_path: Path) -> None:
     path = tmp_path / "v.h5"
-    _h5(path)
+    hdf5_volume(path)
     code = (f"import h5py, sys\nf = h5py.File({str(path)!r}, 'r')\nprint('open', flush=True)\n"
             "sys.stdin.read()\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,

@@ -93,6 +93,17 @@ def start_rw_relay(directory: Path) -> RelayProcess:
     return start_relay(cfg, free_port(), "--data-root", str(directory / "data"))
 
 
+def hdf5_volume(path: Path, shape: tuple[int, int, int] = (8, 64, 64)) -> np.ndarray:
+    """An HDF5 file at ``path`` with a uint8 dataset ``/vol`` of random voxels, written by
+    voxgate and closed; returns the voxels."""
+    data = np.random.default_rng(3).integers(1, 250, shape, dtype=np.uint8)
+    vol = voxgate.create(f"hdf5://{path}#/vol", shape=shape, chunks=(4, 32, 32), dtype="uint8",
+                         voxel_size=(40, 8, 8))
+    vol[...] = data
+    vol.remote.close()
+    return data
+
+
 def start_two_worker_relay(directory: Path, channels: dict[str, str], *,
                            public_read: bool) -> RelayProcess:
     """A real relay with ``workers = 2`` serving ``channels`` (name -> upstream URL), the RW

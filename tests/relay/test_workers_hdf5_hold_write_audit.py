@@ -26,26 +26,16 @@ import httpx
 import numpy as np
 import pytest
 
-import voxgate
 from voxgate.errors import InvalidRequestError
 from voxgate.relay.config import ChannelConfig, RelayConfig, load_config
 
-from .conftest import RW, free_port, start_relay
+from .conftest import RW, free_port, hdf5_volume, start_relay
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="several HDF5 workers take fcntl locks on Linux only")
 
 SHAPE = (8, 64, 64)
 HEADERS = {"Authorization": f"Token {RW}"}
-
-
-def _h5(path: Path) -> np.ndarray:
-    data = np.random.default_rng(3).integers(1, 250, SHAPE, dtype=np.uint8)
-    vol = voxgate.create(f"hdf5://{path}#/vol", shape=SHAPE, chunks=(4, 32, 32), dtype="uint8",
-                         voxel_size=(40, 8, 8))
-    vol[...] = data
-    vol.remote.close()
-    return data
 
 
 def _config(d: Path, options: str, *, workers: int | None, writable: bool = True) -> Path:
@@ -105,7 +95,7 @@ def _cli(cfg: Path, port: int, *extra: str) -> list[str]:
 
 
 def test_hold_write_with_two_workers_is_refused_at_startup(tmp_path: Path) -> None:
-    _h5(tmp_path / "v.h5")
+    hdf5_volume(tmp_path / "v.h5")
     cfg = _config(tmp_path, "hold_write = true", workers=None)
     port = free_port()
     out = _refused(_cli(cfg, port, "--workers", "2"), tmp_path, port)
@@ -117,7 +107,7 @@ def test_hold_write_with_two_workers_is_refused_at_startup(tmp_path: Path) -> No
 
 
 def test_hold_open_with_two_workers_is_refused_at_startup(tmp_path: Path) -> None:
-    _h5(tmp_path / "v.h5")
+    hdf5_volume(tmp_path / "v.h5")
     cfg = _config(tmp_path, "hold_open = true", workers=2)
     port = free_port()
     out = _refused(_cli(cfg, port), tmp_path, port)
@@ -127,7 +117,7 @@ def test_hold_open_with_two_workers_is_refused_at_startup(tmp_path: Path) -> Non
 
 
 def test_load_config_refuses_the_combination_however_workers_is_given(tmp_path: Path) -> None:
-    _h5(tmp_path / "v.h5")
+    hdf5_volume(tmp_path / "v.h5")
     for options, workers, override in (("hold_write = true", 2, None),
                                        ("hold_write = true", None, 2),
                                        ("hold_write = true", None, "2"),
@@ -145,7 +135,7 @@ def test_load_config_refuses_the_combination_however_workers_is_given(tmp_path: 
 
 def test_a_relay_config_made_in_code_is_refused_by_serve(tmp_path: Path) -> None:
     """``voxgate.relay.serve(RelayConfig(...))`` (no TOML file) refuses it before it binds."""
-    _h5(tmp_path / "v.h5")
+    hdf5_volume(tmp_path / "v.h5")
     port = free_port()
     code = (
         "from voxgate.relay import serve\n"
@@ -168,7 +158,7 @@ def test_a_relay_config_made_in_code_is_refused_by_serve(tmp_path: Path) -> None
 def test_hold_write_with_one_worker_still_serves_writes_and_reads(tmp_path: Path) -> None:
     """Guard: the refusal is for several workers only; one worker holding the file writes
     and reads it back."""
-    data = _h5(tmp_path / "v.h5")
+    data = hdf5_volume(tmp_path / "v.h5")
     r = start_relay(_config(tmp_path, "hold_write = true", workers=1), free_port())
     try:
         patch = np.full((2, 8, 8), 7, np.uint8)
@@ -190,7 +180,7 @@ def test_hold_write_with_one_worker_still_serves_writes_and_reads(tmp_path: Path
 def test_hold_write_on_a_read_only_channel_with_two_workers_serves_both(tmp_path: Path) -> None:
     """Guard: a channel that is not writable opens its file read-only whatever hold_write
     says, so both workers read it."""
-    data = _h5(tmp_path / "v.h5")
+    data = hdf5_volume(tmp_path / "v.h5")
     r = start_relay(_config(tmp_path, "hold_write = true", workers=2, writable=False),
                     free_port())
     try:

@@ -19,18 +19,8 @@ import voxgate
 from voxgate.errors import InvalidRequestError, VoxgateWarning
 from voxgate.remotes.knossos import parse_knossos_conf
 
-from .test_knossos_audit import classic_conf, write_cubes
-
-RNG = np.random.default_rng(28)
-SHAPE_XYZ = (200, 150, 130)
-
-
-def _dataset(tmp_path: Path, text: str) -> tuple[Path, np.ndarray]:
-    root = tmp_path / "ds"
-    data = RNG.integers(0, 250, SHAPE_XYZ, dtype=np.uint8)
-    write_cubes(root, "e", 1, data)
-    (root / "knossos.conf").write_text(text)
-    return root, data
+from .test_knossos_audit import classic_conf
+from .test_knossos_conf_audit import SHAPE_XYZ, _dataset
 
 
 def _conf(old: str = "", new: str = "", extra: str = "") -> str:
