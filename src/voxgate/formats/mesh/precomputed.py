@@ -131,11 +131,11 @@ def write_meshes(
 
     remote = open_segmentation_layer(url, "meshes")
     directory = Directory(join(remote.location, mesh_dir))
-    # a new directory holds no manifests whose fragments a rewrite could leave behind
-    fresh = format != "legacy" or read_info(directory) is None
     wanted_type = LEGACY_MESH_TYPE if format == "legacy" else MULTIRES_MESH_TYPE
-    info = _mesh_dir_info(directory, wanted_type, format, vertex_quantization_bits, sharded,
-                          len(items))
+    info, created = _mesh_dir_info(directory, wanted_type, format, vertex_quantization_bits,
+                                   sharded, len(items))
+    # a new directory holds no manifests whose fragments a rewrite could leave behind
+    fresh = format != "legacy" or created
     vs = remote.meta.scales[0].voxel_size
     resolution = np.asarray(vs.xyz(), dtype=np.float64) * _unit_nm(vs.unit)
 
@@ -154,7 +154,6 @@ def write_meshes(
         )
         return (str(seg), data), (f"{seg}.index", manifest)
 
-    directory.put_many([("info", json.dumps(info, indent=2).encode())])
     if sharded:
         store = ShardedStore(directory.location,
                              ShardingSpec.from_json(info["sharding"], directory.path("info")))
@@ -272,17 +271,61 @@ def _fragment_bytes(key: int, manifest: bytes) -> int:
     return manifest_fragment_bytes(manifest, f"the manifest of segment {key}")
 
 
+#: reads and conditional writes of a mesh directory's info before giving up
+_INFO_ATTEMPTS = 20
+
+
 def _mesh_dir_info(directory: Directory, wanted_type: str, format: str, bits: int,
-                   sharded: bool, count: int) -> dict[str, Any]:
-    existing = read_info(directory)
+                   sharded: bool, count: int) -> tuple[dict[str, Any], bool]:
+    """The info of the mesh directory written to, as stored, and whether this call created
+    it: an existing one (checked, and given the keys written here), else a new one
+    (sharded: a spec for ``count`` meshes), created only if the directory still has none.
+
+    Both go through ``Directory.update`` (under the info's lock on local disks, a
+    conditional write on object storage): two writers creating one sharded directory at
+    once picked each a spec for its own count, the later info won and the other's shards
+    were unreadable under it (other shard names or minishard counts); now the later one
+    finds the info created and writes its shards with that spec."""
+    where = directory.path("info")
+    got: list[tuple[dict[str, Any], bool]] = []
     ours: dict[str, Any] = {"@type": wanted_type}
     if format == "multires":
         ours.update(vertex_quantization_bits=bits, transform=list(_IDENTITY),
                     lod_scale_multiplier=1.0)
-    if existing is None:
-        if sharded:
-            ours["sharding"] = ShardingSpec.for_count(count).to_json()
-        return ours
+
+    def change(raw: bytes | None) -> bytes | None:
+        if raw is None:
+            info = dict(ours)
+            if sharded:
+                info["sharding"] = ShardingSpec.for_count(count).to_json()
+            got[:] = [(info, True)]
+            return json.dumps(info, indent=2).encode()
+        existing = _parse_dir_info(raw, where)
+        info = _merged_info(directory, existing, ours, wanted_type, format, bits, sharded)
+        got[:] = [(info, False)]
+        return None if info == existing else json.dumps(info, indent=2).encode()
+
+    directory.update("info", change, attempts=_INFO_ATTEMPTS, plain=lambda d: False,
+                     advice="too many writers create or change this mesh directory's info "
+                     "at once")
+    return got[0]
+
+
+def _parse_dir_info(raw: bytes, where: str) -> dict[str, Any]:
+    """A directory's info JSON object (as ``read_info`` reads it)."""
+    try:
+        info = json.loads(raw)
+    except ValueError as exc:
+        raise CorruptChunkError(f"{where} is not valid JSON: {exc}", chunk=where) from None
+    if not isinstance(info, dict):
+        raise CorruptChunkError(f"{where} is not a JSON object", chunk=where)
+    return info
+
+
+def _merged_info(directory: Directory, existing: dict[str, Any], ours: dict[str, Any],
+                 wanted_type: str, format: str, bits: int, sharded: bool) -> dict[str, Any]:
+    """An existing mesh directory's info with the keys written here, after checking that
+    the meshes written here may join it."""
     have = existing.get("@type", LEGACY_MESH_TYPE)
     if bool(existing.get("sharding")) != sharded:
         layout = "sharded" if existing.get("sharding") else "unsharded"

@@ -105,35 +105,13 @@ def write_skeletons(
         skel_dir = check_dir_name(remote.meta.extra.get("skeletons") or "skeletons",
                                   f"the skeletons key of {remote.url}'s info")
     directory = Directory(join(remote.location, skel_dir))
-    info = read_info(directory)
-    if info is None:
-        info = {
-            "@type": SKELETON_TYPE,
-            "transform": list(_IDENTITY),
-            "vertex_attributes": [dict(a) for a in DIRECTORY_VERTEX_ATTRIBUTES],
-        }
-        if sharded:
-            info["sharding"] = ShardingSpec.for_count(len(items)).to_json()
-    elif bool(info.get("sharding")) != sharded:
-        layout = "sharded" if info.get("sharding") else "unsharded"
-        raise InvalidRequestError(
-            f"{directory.location} holds {layout} skeletons; pass sharded={not sharded} to "
-            "add to it, or choose another skel_dir"
-        )
+    info = _directory_info(directory, sharded, len(items))
     mat = _check_skeleton_info(info, directory.path("info"))
     attributes = info.get("vertex_attributes", [])
-    _attribute_list(attributes, f"{directory.path('info')} vertex_attributes")
     inverse = None
     if mat.reshape(-1).tolist() != _IDENTITY:
         square = np.vstack([mat, [0.0, 0.0, 0.0, 1.0]])
-        try:
-            inverse = np.linalg.inv(square)[:3]
-        except np.linalg.LinAlgError:
-            raise InvalidRequestError(
-                f"{directory.path('info')} has a transform that cannot be inverted"
-            ) from None
-    if "@type" not in info:  # CloudVolume and Neuroglancer look for it
-        info = {"@type": SKELETON_TYPE, **info}
+        inverse = np.linalg.inv(square)[:3]
     grid = (spatial_grid(read_layer_info(remote.location, "r")[1], info, skel_dir,
                          directory.path("info")) if info.get("spatial_index") else None)
     parts = {}
@@ -148,7 +126,6 @@ def write_skeletons(
             skel = Skeleton(stored, skel.edges, skel.radius, skel.vertex_types, seg,
                             skel.attributes)
         files.append((str(seg), skel.to_precomputed(attributes)))
-    directory.put_many([("info", json.dumps(info, indent=2).encode())])
     if sharded:
         store = ShardedStore(directory.location,
                              ShardingSpec.from_json(info["sharding"], directory.path("info")))
@@ -159,6 +136,73 @@ def write_skeletons(
         update_spatial_index(directory, grid, parts, replaced)
     if remote.meta.extra.get("skeletons") != skel_dir:
         remote.update_info({"skeletons": skel_dir})
+
+
+#: reads and conditional writes of a skeleton directory's info before giving up
+_INFO_ATTEMPTS = 20
+
+
+def _directory_info(directory: Directory, sharded: bool, count: int) -> dict[str, Any]:
+    """The info of the skeleton directory written to, as stored: an existing one (checked,
+    and given ``@type`` if it lacks it), else a new one (sharded: a spec for ``count``
+    skeletons), created only if the directory still has none.
+
+    Both go through ``Directory.update`` (under the info's lock on local disks, a
+    conditional write on object storage): two writers creating one sharded directory at
+    once picked each a spec for its own count, the later info won and the other's shards
+    were unreadable under it (written under other shard names or minishard counts); now
+    the later one finds the info created and writes its shards with that spec."""
+    where = directory.path("info")
+    got: list[dict[str, Any]] = []
+
+    def change(raw: bytes | None) -> bytes | None:
+        if raw is None:
+            info: dict[str, Any] = {
+                "@type": SKELETON_TYPE,
+                "transform": list(_IDENTITY),
+                "vertex_attributes": [dict(a) for a in DIRECTORY_VERTEX_ATTRIBUTES],
+            }
+            if sharded:
+                info["sharding"] = ShardingSpec.for_count(count).to_json()
+            got[:] = [info]
+            return json.dumps(info, indent=2).encode()
+        info = _parse_dir_info(raw, where)
+        if bool(info.get("sharding")) != sharded:
+            layout = "sharded" if info.get("sharding") else "unsharded"
+            raise InvalidRequestError(
+                f"{directory.location} holds {layout} skeletons; pass sharded={not sharded} "
+                "to add to it, or choose another skel_dir"
+            )
+        mat = _check_skeleton_info(info, where)
+        _attribute_list(info.get("vertex_attributes", []), f"{where} vertex_attributes")
+        if mat.reshape(-1).tolist() != _IDENTITY:
+            try:
+                np.linalg.inv(np.vstack([mat, [0.0, 0.0, 0.0, 1.0]]))
+            except np.linalg.LinAlgError:
+                raise InvalidRequestError(
+                    f"{where} has a transform that cannot be inverted") from None
+        if "@type" in info:
+            got[:] = [info]
+            return None
+        info = {"@type": SKELETON_TYPE, **info}  # CloudVolume and Neuroglancer look for it
+        got[:] = [info]
+        return json.dumps(info, indent=2).encode()
+
+    directory.update("info", change, attempts=_INFO_ATTEMPTS, plain=lambda d: False,
+                     advice="too many writers create or change this skeleton directory's "
+                     "info at once")
+    return got[0]
+
+
+def _parse_dir_info(raw: bytes, where: str) -> dict[str, Any]:
+    """A directory's info JSON object (as ``read_info`` reads it)."""
+    try:
+        info = json.loads(raw)
+    except ValueError as exc:
+        raise CorruptChunkError(f"{where} is not valid JSON: {exc}", chunk=where) from None
+    if not isinstance(info, dict):
+        raise CorruptChunkError(f"{where} is not a JSON object", chunk=where)
+    return info
 
 
 def delete_skeletons(url: str | os.PathLike[str], ids: Iterable[int], *,

@@ -3,6 +3,7 @@ tensorstore, or voxgate's own codecs for chunks tensorstore cannot read), chunk 
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,22 +27,20 @@ from ...formats.precomputed_info import (
     normalize_location,
     read_layer_info,
     update_layer_info,
-    write_layer_info,
 )
 from ...geometry import Box, Vec, chunk_boxes
 from ...meta import Scale, VolumeMeta, check_new_scales
 from ...storage import (
     SUFFIXES,
+    Directory,
     check_bucket,
     is_local,
     join,
     kvstore_exists,
     kvstore_spec,
     local_path,
-    read_json,
     ts_context,
     ts_errors,
-    write_json,
 )
 from .._tensorstore import TSArray
 from ..base import Capability, Remote, check_options, check_same_volume
@@ -60,6 +59,27 @@ from .info import _TS_ENCODINGS, _check_meta, _scale_info
 from .sharding import _grid, _shard_shape, _sharded_presence
 
 __all__ = ["PrecomputedRemote"]
+
+#: reads and conditional writes of a layer's info by add_scales before giving up
+_INFO_ATTEMPTS = 20
+
+
+class _Taken(Exception):
+    """Raised by a create that finds the layer's info already there."""
+
+
+def _parse_info(raw: bytes | None, where: str) -> dict[str, Any]:
+    """A layer's stored info (``raw``), checked as ``read_layer_info`` and ``open`` do."""
+    if raw is None:
+        raise RemoteNotFoundError(f"{where} does not exist")
+    try:
+        info = json.loads(raw)
+    except ValueError as exc:
+        raise CorruptChunkError(f"{where} is not valid JSON: {exc}", chunk=where) from None
+    if not isinstance(info, dict):
+        raise InvalidRequestError(f"{where} is not a JSON object")
+    meta_from_info(info, where)
+    return info
 
 
 class PrecomputedRemote(Remote):
@@ -135,17 +155,7 @@ class PrecomputedRemote(Remote):
         if is_http(location):
             raise ReadOnlyError(f"{location} is served over HTTP, which voxgate can only read")
         if cls.exists(location):
-            if not exist_ok:
-                raise RemoteExistsError(
-                    f"a precomputed volume already exists at {location!r} (pass exist_ok=True "
-                    "to open it)"
-                )
-            existing = cls.open(location, mode="r+")
-            check_same_volume(existing.meta, meta, repr(location))
-            extra = meta.scales[len(existing.meta.scales) :]
-            if extra:
-                existing._append_scales(meta, extra, sharded)
-            return existing
+            return cls._open_existing(location, meta, exist_ok, sharded)
         _check_meta(meta)
         check_bucket(location, f"creating {location}")
         info: dict[str, Any] = {
@@ -160,21 +170,89 @@ class PrecomputedRemote(Remote):
             scale_info = _scale_info(meta, sc, sharded, keys)
             keys.add(scale_info["key"])
             info["scales"].append(scale_info)
-        write_json(location, "info", info)
+        data = json.dumps(info, indent=2).encode()
+
+        def create_only(raw: bytes | None) -> bytes:
+            if raw is not None:
+                raise _Taken
+            return data
+
+        # only if still absent: another create between the check above and this write
+        # (dask workers creating one output layer) would have lost its info or kept ours
+        try:
+            Directory(location).update("info", create_only, attempts=_INFO_ATTEMPTS,
+                                       advice="too many writers create this layer at once")
+        except _Taken:
+            return cls._open_existing(location, meta, exist_ok, sharded)
         return cls.open(location, mode="r+")
+
+    @classmethod
+    def _open_existing(cls, location: str, meta: VolumeMeta, exist_ok: bool,
+                       sharded: bool | Mapping[str, Any]) -> PrecomputedRemote:
+        if not exist_ok:
+            raise RemoteExistsError(
+                f"a precomputed volume already exists at {location!r} (pass exist_ok=True "
+                "to open it)"
+            )
+        existing = cls.open(location, mode="r+")
+        check_same_volume(existing.meta, meta, repr(location))
+        extra = meta.scales[len(existing.meta.scales) :]
+        if extra:
+            existing._append_scales(meta, extra, sharded)
+        return existing
 
     def _append_scales(
         self, meta: VolumeMeta, scales: Sequence[Scale], sharded: bool | Mapping[str, Any],
         block: Any = None,
     ) -> None:
-        info = read_json(self.location, "info")  # the stored one: others may have added keys
-        keys = {s["key"] for s in info["scales"]}
-        base = info["scales"][0]["resolution"]
-        for sc in scales:
-            scale_info = _scale_info(meta, sc, sharded, keys, block, base)
-            keys.add(scale_info["key"])
-            info["scales"].append(scale_info)
-        self._write_info(info)
+        """Append ``scales`` (planned from ``self.meta``) to the stored info, keeping every
+        other key, with ``Directory.update``: under the info's lock on local disks, on object
+        storage written only if nobody changed the info since it was read, else appended
+        again to the fresh info.  (It was read and written back with neither: a concurrent
+        ``update_info`` lost its ``mesh`` / ``skeletons`` key, or another writer its scale.)
+
+        Scales another writer appended since this layer was opened are kept.  Those that
+        are exactly the ones planned here (two downsamples of one layer planning the same
+        pyramid) count as added; any other scale at an index planned here is refused
+        (InvalidRequestError) rather than stored twice or shifted to another index."""
+        known = len(self.meta.scales)
+        where = join(self.location, "info")
+        written: list[dict[str, Any]] = []
+
+        def change(raw: bytes | None) -> bytes | None:
+            info = _parse_info(raw, where)
+            stored = info["scales"]
+            if len(stored) < known:
+                raise InvalidRequestError(
+                    f"{where} no longer holds the {known} scales this layer was opened with: "
+                    "reopen it")
+            keys = {s["key"] for s in stored[:known]}
+            base = stored[0]["resolution"]
+            ours = []
+            for sc in scales:
+                scale_info = _scale_info(meta, sc, sharded, keys, block, base)
+                keys.add(scale_info["key"])
+                ours.append(scale_info)
+            theirs = stored[known:]
+            for sc, mine, other in zip(scales, ours, theirs, strict=False):
+                if mine != other:
+                    raise InvalidRequestError(
+                        f"another writer added scale {sc.index} to {where} (resolution "
+                        f"{other.get('resolution')}, size {other.get('size')}) after this "
+                        f"layer was opened, and it is not the scale {sc.index} added here "
+                        f"(resolution {mine['resolution']}, size {mine['size']}): reopen the "
+                        "layer and plan its scales again")
+            written[:] = [info]
+            if len(theirs) >= len(ours):
+                return None  # every scale planned here is there already
+            info["scales"] = stored + ours[len(theirs):]
+            meta_from_info(info, where)  # never store an info we cannot read
+            return json.dumps(info, indent=2).encode()
+
+        Directory(self.location).update(
+            "info", change, attempts=_INFO_ATTEMPTS,
+            advice="too many writers change this layer's info at once")
+        self._set_info(written[0])
 
     def update_info(self, changes: Mapping[str, Any]) -> None:
         """Set top-level info keys (e.g. ``{"mesh": "mesh"}``), keeping every other key.
@@ -184,10 +262,6 @@ class PrecomputedRemote(Remote):
         """
         self._check_writable()
         self._set_info(update_layer_info(self.location, changes))
-
-    def _write_info(self, info: dict[str, Any]) -> None:
-        write_layer_info(self.location, info)
-        self._set_info(info)
 
     # -- data -----------------------------------------------------------------------------------
     @property
