@@ -82,6 +82,11 @@ class _SharedFile:
         self._datasets: dict[str, h5py.Dataset] = {}
         #: (device, inode) of the file the handle has open
         self.identity: tuple[int, int] | None = None
+        #: (device, inode, size, modification time in ns) of the path as a read-only handle
+        #: was opened: checked before each use, the handle is opened again when it changed
+        self.stamp: tuple[int, int, int, int] | None = None
+        #: how many times the handle was opened: a Remote checks its datasets after a reopen
+        self.opened = 0
         #: set in a forked child when the parent had the file open for writing
         self.forked_writer = False
         _all_shared.add(self)
@@ -125,12 +130,18 @@ class _SharedFile:
                 "workers with multiprocessing's 'spawn' or 'forkserver' method"
             )
         if self.file is not None and (self.writable or not writable):
-            return self.file
+            if self.writable or self._unchanged():
+                return self.file
+            # written since it was opened read-only (by a process with HDF5's file locking
+            # off: h5py's locking=False, HDF5_USE_FILE_LOCKING=FALSE) or replaced: HDF5's
+            # metadata and chunk caches hold the file as it was, so it is opened again
+            self._close()
         if self.file is None and not create and not os.path.exists(self.path):
             raise RemoteNotFoundError(f"HDF5 file {self.path} does not exist")
         was_open = self.file is not None
         self._close()
         try:
+            before = _stamp(self.path)  # (before: a write while it opens is seen next time)
             self.file = _h5open(self.path, "a" if create else ("r+" if writable else "r"))
             st = os.stat(self.path)
             self.identity = (st.st_dev, st.st_ino)
@@ -139,7 +150,17 @@ class _SharedFile:
                 self.file = _h5open(self.path, "r")
             raise
         self.writable = writable or create
+        self.stamp = None if self.writable else before
+        self.opened += 1
         return self.file
+
+    def _unchanged(self) -> bool:
+        """Whether the path is as it was when the read-only handle was opened (one stat)."""
+        now = _stamp(self.path)
+        if now is None:
+            raise RemoteNotFoundError(
+                f"HDF5 file {self.path} no longer exists (deleted since it was opened)")
+        return now == self.stamp
 
     def give_back_write(self) -> None:
         """After a write: close a read-write handle no holder needs, so the file is no longer
@@ -176,6 +197,15 @@ class _SharedFile:
             finally:
                 self.file = None
                 self.writable = False
+
+
+def _stamp(path: str) -> tuple[int, int, int, int] | None:
+    """(device, inode, size, modification time in ns) of ``path``; None if there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 _files: dict[str, _SharedFile] = {}

@@ -97,6 +97,10 @@ class HDF5Remote(Remote):
         #: whether this Remote keeps the file open between its reads and writes
         self._keeps = keeps
         self.url = f"hdf5://{self.path}#{name}"
+        #: each dataset's shape and dtype as opened, and the opening of the shared handle it
+        #: was last checked against (the file may have been written by another process since)
+        self._layout: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {}
+        self._checked: dict[str, int] = {}
         self._finalizer = weakref.finalize(self, _release, shared, hold=holds, keep=keeps)
 
     def close(self) -> None:
@@ -275,8 +279,11 @@ class HDF5Remote(Remote):
             fill_value = 0
         meta = VolumeMeta(dtype, tuple(scales), kind, channels, fill_value)
         name = "/" + name.strip("/")
-        return cls(shared, name, meta, datasets, channel_axis, mode, storage, holds, flat,
-                   keeps)
+        remote = cls(shared, name, meta, datasets, channel_axis, mode, storage, holds, flat,
+                     keeps)
+        remote._layout = {d: (f[d].shape, f[d].dtype) for d in datasets}
+        remote._checked = dict.fromkeys(datasets, shared.opened)
+        return remote
 
     @classmethod
     def exists(cls, location: str) -> bool:
@@ -387,6 +394,7 @@ class HDF5Remote(Remote):
         fresh = HDF5Remote.open(f"{self.path}#{self.name}", mode="r+",
                                 hold_write=self._holds, hold_open=self._keeps)
         self.meta, self._datasets = fresh.meta, fresh._datasets
+        self._layout, self._checked = fresh._layout, fresh._checked
         fresh.close()
 
     def _add_scales(self, f: h5py.File, meta: VolumeMeta, scales: Sequence[Scale]) -> None:
@@ -433,6 +441,27 @@ class HDF5Remote(Remote):
         """The file, open for one read or write of this Remote (see :func:`.files._using`)."""
         return _using(self._shared, writable=writable, keep=self._keeps, hold=self._holds)
 
+    def _dataset(self, dname: str) -> h5py.Dataset:
+        """The open dataset ``dname`` (under the handle's lock), checked to be as this Remote
+        opened it when the file was opened again since (changed by another process)."""
+        shared = self._shared
+        if self._checked.get(dname) == shared.opened:
+            return shared.dataset(dname)
+        try:
+            ds = shared.dataset(dname)
+        except KeyError:
+            raise RemoteNotFoundError(
+                f"{self.path}#{dname} no longer exists (changed since {self.url} was opened); "
+                "open it again") from None
+        want = self._layout.get(dname)
+        if want is not None and (ds.shape, ds.dtype) != want:
+            raise InvalidRequestError(
+                f"{self.path}#{dname} changed since {self.url} was opened: it is now "
+                f"{ds.shape} {ds.dtype}, it was {want[0]} {want[1]}; open it again "
+                "(voxgate.open) to read it as it is now")
+        self._checked[dname] = shared.opened
+        return ds
+
     @property
     def _space(self) -> int:
         """How many of the dataset's dimensions are space (2 when flat: y, x)."""
@@ -449,7 +478,7 @@ class HDF5Remote(Remote):
         sc = self.meta.scale(scale)
         cells = list(_cells(box, sc))
         with self._file(writable=False):
-            ds = self._shared.dataset(self._datasets[scale])
+            ds = self._dataset(self._datasets[scale])
             if ds.chunks is None:
                 return [g for g, _ in cells] if ds.id.get_storage_size() == 0 else []
             # a file chunked per channel (chunks (1, z, y, x)) stores each channel's chunk
@@ -475,7 +504,7 @@ class HDF5Remote(Remote):
         out = np.empty(lead + tuple(box.shape), dtype=self.meta.dtype)
         dname = self._datasets[scale]
         with self._file(writable=False):
-            ds = self._shared.dataset(dname)
+            ds = self._dataset(dname)
             try:
                 if out.size:
                     dest = out if self._storage_dtype is None else out.view(self._storage_dtype)
@@ -500,7 +529,7 @@ class HDF5Remote(Remote):
             data = _drop_z(data)
         dname = self._datasets[scale]
         with self._file(writable=True) as f:
-            ds = self._shared.dataset(dname)
+            ds = self._dataset(dname)
             try:
                 if data.size:
                     ds.write_direct(data, dest_sel=sel)

@@ -3,6 +3,7 @@ lazy reads of the segments a box crosses and tile-by-tile writes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -34,6 +35,7 @@ from .pages import (
     _own_tag,
     _Page,
     _page_info,
+    _parsing,
     _slice_keep,
     _tifffile,
     _write_slice,
@@ -74,6 +76,27 @@ def _segment_lock(page: _Page, seg: int) -> threading.RLock:
     return _SEGMENT_LOCKS[hash((page.path, page.key, seg)) % len(_SEGMENT_LOCKS)]
 
 
+#: (device, inode, size, modification time in ns) of a file
+Stamp = tuple[int, int, int, int]
+
+
+def _stamp(path: str) -> Stamp:
+    """What changes when ``path`` is written in place (a compressed tile appended and its
+    entries updated, a program truncating and rewriting it) or replaced (renamed over)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise RemoteNotFoundError(
+            f"{path} no longer exists (deleted since this volume opened it)") from None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _geometry(meta: VolumeMeta) -> tuple[Any, ...]:
+    """What a volume's reads stand on: a file parsed again must agree on it to be read on."""
+    return (meta.dtype, meta.kind, meta.num_channels,
+            tuple((sc.shape, sc.voxel_size, sc.offset) for sc in meta.scales))
+
+
 class TiffRemote(Remote):
     scheme = "tiff"
     open_options = ("voxel_size", "kind", "gaps")
@@ -99,6 +122,13 @@ class TiffRemote(Remote):
         self._files: dict[str, _File] = {}
         self._files_lock = threading.Lock()
         self._options: dict[str, Any] = {}  # the open options spec() passes on
+        #: each file's stamp as its pages were parsed: a read first checks it (one stat), and a
+        #: file written since by another volume, process or program is parsed again
+        self._stamps: dict[str, Stamp] = {}
+        self._refresh_lock = threading.Lock()
+        #: how many times the file was parsed again: a write through pages of before does not
+        #: vouch for the pages of now
+        self._parsed = 0
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -115,6 +145,8 @@ class TiffRemote(Remote):
         check_options("tiff://", options, cls.open_options)
         path = cls._path(location)
         if os.path.isdir(path):
+            # (stamped before they are parsed: a write in between is seen at the first read)
+            stamps = {f: _stamp(f) for f in cls._slice_files(path)}
             remote = cls._open_slices(location, path, mode, options)
         elif not os.path.isfile(path):
             raise RemoteNotFoundError(f"no TIFF file or directory of TIFF slices at {location!r}")
@@ -123,8 +155,10 @@ class TiffRemote(Remote):
                 f"gaps= is for a directory of slices (how a number missing from their names is "
                 f"taken); {location!r} is one TIFF file")
         else:
+            stamps = {path: _stamp(path)}
             remote = cls._open_file(location, path, mode, options)
         remote._options = _spec_options(remote.meta, options)
+        remote._stamps = stamps
         return remote
 
     @staticmethod
@@ -248,12 +282,103 @@ class TiffRemote(Remote):
         state = self.__dict__.copy()
         state["_files"] = {}
         state["_files_lock"] = None
+        state["_refresh_lock"] = None
         state["_decoders"] = {}  # closures over tifffile pages: rebuilt after unpickling
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._files_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self.__dict__.setdefault("_stamps", {})
+        self.__dict__.setdefault("_parsed", 0)
+
+    # -- files changed since they were parsed ---------------------------------------------------
+    def _check_current(self, paths: Sequence[str]) -> None:
+        """Before a read: parse again each of ``paths`` written or replaced since this volume
+        parsed it (another volume of this process, another process, another program), so the
+        read sees the file as it is, never old tiles through old offsets nor new bytes through
+        old offsets."""
+        stale = [p for p in paths if self._stamps.get(p) != _stamp(p)]
+        if stale:
+            self._refresh(stale)
+
+    def _refresh(self, paths: Sequence[str]) -> None:
+        """Parse ``paths`` again.  Each is stamped before it is parsed: a write while it is
+        parsed is parsed again at the next read.  A slice is written whole and renamed, so it is
+        parsed as it was or as it is; the one file is parsed under its lock, which voxgate's
+        writers of compressed tiles hold from the tile's append to its entries' update (parsed
+        between the two updates, a tile had its new byte count and its old offset)."""
+        with self._refresh_lock:
+            where = {p.path: z for z, p in enumerate(self._pages[0][0])} if self._slices else {}
+            for path in paths:
+                if self._slices:
+                    before = _stamp(path)
+                    if self._stamps.get(path) != before:
+                        self._reparse_slice(path, where[path], before)
+                    continue
+                with contextlib.ExitStack() as held:
+                    # (a folder this process cannot write: no voxgate writer writes there)
+                    with contextlib.suppress(OSError):
+                        held.enter_context(file_lock(path))
+                    before = _stamp(path)
+                    if self._stamps.get(path) != before:
+                        self._reparse_file(before)
+
+    def _changed(self, path: str, now: str) -> InvalidRequestError:
+        sc = self.meta.scale(0)
+        return InvalidRequestError(
+            f"{path} changed since {self.url} was opened: it now holds {now}, the volume was "
+            f"opened as shape {tuple(sc.shape)} {self.meta.dtype} ({self.meta.num_channels} "
+            f"channel(s), voxel size {sc.voxel_size}, offset {tuple(sc.offset)}); open it "
+            "again (voxgate.open) to read it as it is now")
+
+    def _reparse_file(self, stamp: Stamp) -> None:
+        """The one file parsed again (its pages' offsets, byte counts and decoders), as it
+        was when stamped ``stamp``."""
+        fresh = type(self).open(self.location, mode="r", **self._options)
+        if _geometry(fresh.meta) != _geometry(self.meta):
+            sc = fresh.meta.scale(0)
+            raise self._changed(
+                self.location, f"shape {tuple(sc.shape)} {fresh.meta.dtype} "
+                f"({fresh.meta.num_channels} channel(s), voxel size {sc.voxel_size}, offset "
+                f"{tuple(sc.offset)}, {len(fresh.meta.scales)} level(s))")
+        with self._files_lock:
+            # (a read holding the old pages and file finishes on them; the file closes
+            # when it lets go)
+            self._pages, self._decoders, self._files = fresh._pages, fresh._decoders, {}
+            self._stamps[self._pages[0][0][0].path] = stamp
+            self._parsed += 1
+
+    def _reparse_slice(self, path: str, z: int, stamp: Stamp) -> None:
+        """Slice ``z`` (file ``path``) parsed again, as a write of it through this volume
+        does (:meth:`_write_slices`)."""
+        tifffile = _tifffile()
+        sc = self.meta.scale(0)
+        old = self._pages[0][0][z]
+        with _parsing(path), tifffile.TiffFile(path) as tf:
+            p = tf.pages.first
+            now = (len(tf.pages), int(p.imagelength), int(p.imagewidth),
+                   int(p.samplesperpixel), np.dtype(p.dtype) if p.dtype is not None else None)
+            if now != (1, int(sc.shape[1]), int(sc.shape[2]), old.samples, self.meta.dtype):
+                raise self._changed(
+                    path, f"{now[0]} page(s) of {now[1]} x {now[2]} voxels of {now[4]} "
+                    f"({now[3]} sample(s) per voxel)")
+            page = _page_info(tf, p, path, 0)
+            decoder = p.decode
+        with self._files_lock:
+            self._files.pop(path, None)
+            self._pages[0][0][z] = page
+            self._decoders[(path, (0, 0))] = decoder
+            self._stamps[path] = stamp
+
+    def _own_write(self, path: str, before: Stamp, parsed: int) -> None:
+        """After this volume wrote ``path`` in place through the pages of its ``parsed``-th
+        parse: the file as it now is is the one its pages describe, if it was before the write
+        and they are still its pages (else the next read parses it again)."""
+        with self._files_lock:
+            if self._stamps.get(path) == before and self._parsed == parsed:
+                self._stamps[path] = _stamp(path)
 
     def _segments(self, page: _Page, y0: int, y1: int, x0: int, x1: int
                   ) -> Iterator[tuple[int, int, int]]:
@@ -342,6 +467,10 @@ class TiffRemote(Remote):
         nc = self.meta.num_channels
         per_page_channels = len(self._pages[scale]) == 1 and nc > 1  # samples per pixel
         out = np.empty((nc, z1 - z0, y1 - y0, x1 - x0), dtype=self.meta.dtype)
+        if self._slices:
+            self._check_current([self._pages[0][0][z].path for z in range(z0, z1)])
+        else:
+            self._check_current([self._pages[scale][0][0].path])
         for c in range(len(self._pages[scale])):
             for z in range(z0, z1):
                 page, f = self._page_file(scale, c, z)
@@ -369,15 +498,17 @@ class TiffRemote(Remote):
             self._write_slices(start, stop, arr[0])
             return
         (z0, y0, x0), (z1, y1, x1) = start, stop
+        parsed = self._parsed  # (before the pages are taken)
         for c, row in enumerate(self._pages[scale]):
             for z in range(z0, z1):
                 page = row[z]
                 for seg, ry, rx in self._segments(page, y0, y1, x0, x1):
                     self._write_segment(page, seg, ry, rx, arr[c, z - z0], y0, y1, x0, x1,
-                                        scale)
+                                        scale, parsed)
 
     def _write_segment(self, page: _Page, seg: int, ry: int, rx: int, plane: np.ndarray,
-                       y0: int, y1: int, x0: int, x1: int, scale: int = 0) -> None:
+                       y0: int, y1: int, x0: int, x1: int, scale: int = 0,
+                       parsed: int = -1) -> None:
         sh, sw = page.seg_shape
         if page.samples != 1 or (page.predictor != 1 and page.compression == 1):
             raise CapabilityNotSupportedError(
@@ -401,7 +532,7 @@ class TiffRemote(Remote):
                 tile = np.zeros((rows, sw), dtype=self.meta.dtype)
                 tile[a - ry: b - ry, cx0 - rx: cx1 - rx] = plane[
                     a - y0: b - y0, cx0 - x0: cx1 - x0]
-                self._store_segment(page, f, seg, tile)
+                self._store_segment(page, f, seg, tile, parsed)
                 return
             # part of a tile: read, change, store it under the file's lock, so writers in other
             # volumes and processes take turns too, and read it where the file says it is now
@@ -411,7 +542,7 @@ class TiffRemote(Remote):
                 tile = self._decode(page, f, seg, (0, rows))[..., 0].copy()
                 tile[a - ry: b - ry, cx0 - rx: cx1 - rx] = plane[
                     a - y0: b - y0, cx0 - x0: cx1 - x0]
-                self._store_segment(page, f, seg, tile)
+                self._store_segment(page, f, seg, tile, parsed)
 
     @staticmethod
     def _reload_entry(page: _Page, f: _File, seg: int) -> None:
@@ -425,7 +556,8 @@ class TiffRemote(Remote):
                             page.bytecount_fmt)
         page.offsets[seg], page.bytecounts[seg] = int(off[0]), int(cnt[0])
 
-    def _store_segment(self, page: _Page, f: _File, seg: int, tile: np.ndarray) -> None:
+    def _store_segment(self, page: _Page, f: _File, seg: int, tile: np.ndarray,
+                       parsed: int = -1) -> None:
         raw = tile.astype(page.raw_dtype, copy=False)
         if page.compression == 1:
             data = raw.tobytes()
@@ -435,7 +567,9 @@ class TiffRemote(Remote):
                     f"{int(page.bytecounts[seg])} bytes, fewer than its {tile.shape[0]} rows "
                     f"of {tile.shape[1]} voxels: nothing was written to it",
                     chunk=f"segment {seg} of page {page.index} of {page.path}")
+            before = _stamp(page.path)
             os.pwrite(f.fd, data, int(page.offsets[seg]))
+            self._own_write(page.path, before, parsed)
             return
         tifffile = _tifffile()
         try:
@@ -458,6 +592,7 @@ class TiffRemote(Remote):
                 f"{page.path}: the new tile does not fit the file's byte count entries"
             )
         with f.exclusive():
+            before = _stamp(page.path)
             end = os.lseek(f.fd, 0, os.SEEK_END)
             end += (-end) % 2  # TIFF data starts on a word boundary
             # before anything is written: a classic TIFF's 32-bit offsets end at 4 GiB (the
@@ -476,6 +611,7 @@ class TiffRemote(Remote):
                       page.offsets_at + seg * page.offset_fmt.itemsize)
             page.offsets[seg] = end
             page.bytecounts[seg] = len(data)
+            self._own_write(page.path, before, parsed)
 
     def _write_slices(self, start: Sequence[int], stop: Sequence[int], arr: np.ndarray) -> None:
         (z0, y0, x0), (z1, y1, x1) = start, stop
@@ -502,6 +638,7 @@ class TiffRemote(Remote):
                         plane[y0:y1, x0:x1] = arr[z - z0]
                 extratags = [(VOXGATE_TAG, "s", 0, json.dumps(own), True)] if own else []
                 _write_slice(path, np.ascontiguousarray(plane), tile, comp, extratags, keep)
+                stamp = _stamp(path)  # (the file parsed next, under the lock: as written)
                 fresh = _File(path, self.mode == "r+")
                 with tifffile.TiffFile(path) as tf:
                     page = _page_info(tf, tf.pages.first, path, 0)
@@ -512,3 +649,4 @@ class TiffRemote(Remote):
                 self._files[path] = fresh
                 self._pages[0][0][z] = page
                 self._decoders[(path, (0, 0))] = decoder
+                self._stamps[path] = stamp
