@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
@@ -49,15 +50,19 @@ _WRITE_BATCH = 64
 
 
 def _legacy_fragment_name(seg: int, mesh: Mesh, resolution: np.ndarray) -> str:
-    """``<id>:0:<x0>-<x1>_<y0>-<y1>_<z0>-<z1>``: the mesh's bounding box in voxels (Igneous'
-    convention; Neuroglancer only follows the manifest)."""
+    """``<id>:0:<x0>-<x1>_<y0>-<y1>_<z0>-<z1>:<token>``: the mesh's bounding box in voxels
+    (Igneous' convention; Neuroglancer and CloudVolume only follow the manifest) and a token
+    new at every write.  A rewrite deletes superseded fragments by name
+    (:func:`_replace_legacy_manifests`), so a name must never come back: the same box
+    written again (an edit undone) got the old name, and a writer still deleting the old
+    file deleted the one the newest manifest names."""
     if mesh.num_vertices:
         lo, hi = mesh.bounds()
         a = np.floor(lo / resolution).astype(np.int64)
         b = np.ceil(hi / resolution).astype(np.int64)
     else:
         a = b = np.zeros(3, np.int64)
-    return f"{seg}:0:{a[0]}-{b[0]}_{a[1]}-{b[1]}_{a[2]}-{b[2]}"
+    return f"{seg}:0:{a[0]}-{b[0]}_{a[1]}-{b[1]}_{a[2]}-{b[2]}:{secrets.token_hex(6)}"
 
 
 @refuses_unknown_keywords
@@ -79,7 +84,15 @@ def write_meshes(
     ``"mesh": mesh_dir`` (every other key is kept) and the mesh directory gets its ``info``.
 
     ``format="legacy"``: per segment a manifest ``<id>:0`` naming one fragment file
-    ``<id>:0:<bbox>``.  ``format="multires"``: per segment the manifest ``<id>.index`` and the
+    ``<id>:0:<bbox>:<token>`` (a new name at every write).  A rewrite keeps the fragments of
+    the manifest it replaces (listed in the manifest under ``voxgate_superseded``, which
+    readers ignore) for readers that read that manifest a moment before, and deletes those
+    the rewrite before it superseded; the manifest is replaced conditionally (a lock on
+    local disks, ``If-Match`` on object storage), so concurrent writers of one segment never
+    delete a fragment the newest manifest names.  The trade-off: up to one superseded
+    version per segment stays stored until the segment is rewritten or deleted, and a reader
+    two rewrites behind still misses a fragment (voxgate's reader then reads the manifest
+    again).  ``format="multires"``: per segment the manifest ``<id>.index`` and the
     Draco fragment file ``<id>`` (``neuroglancer_multilod_draco``), with ``lods`` levels of
     detail (each coarser level simplified with zmesh) and vertex positions quantized to
     ``vertex_quantization_bits`` (10 or 16) per octree node.
@@ -134,8 +147,6 @@ def write_meshes(
     wanted_type = LEGACY_MESH_TYPE if format == "legacy" else MULTIRES_MESH_TYPE
     info, created = _mesh_dir_info(directory, wanted_type, format, vertex_quantization_bits,
                                    sharded, len(items))
-    # a new directory holds no manifests whose fragments a rewrite could leave behind
-    fresh = format != "legacy" or created
     vs = remote.meta.scales[0].voxel_size
     resolution = np.asarray(vs.xyz(), dtype=np.float64) * _unit_nm(vs.unit)
 
@@ -177,19 +188,17 @@ def write_meshes(
         for at in range(0, 0 if sharded else len(items), _WRITE_BATCH):
             batch = items[at:at + _WRITE_BATCH]
             encoded = list(pool.map(encode, batch))
-            before = {} if fresh else _legacy_manifests(directory, [seg for seg, _ in batch],
-                                                        strict=False)
             # the fragments first, then the manifests that point at them
             directory.put_many([data for data, _ in encoded])
-            directory.put_many([manifest for _, manifest in encoded])
-            # then the fragments the replaced manifests named and the new ones do not (a
-            # legacy fragment's name holds the mesh's bounding box, so a changed mesh gets a
-            # new name and the old file was left behind, named by no manifest)
-            current = {data[0] for data, _ in encoded}
-            directory.delete_many(sorted(name for seg, names in before.items()
-                                         for name in names if name not in current
-                                         if name.startswith(f"{seg}:")
-                                         and name != f"{seg}:0"))
+            if format == "legacy" and not created:
+                _replace_legacy_manifests(directory, [(seg, [data[0]]) for (seg, _), (data, _)
+                                                      in zip(batch, encoded, strict=True)])
+            else:
+                # (a directory this call made held no manifest to replace: written in one
+                # batch, 1.5 s for 2000 ids against 2.0 s one conditional update at a time;
+                # a writer racing the first one into it can at worst leave fragments no
+                # manifest names, never a manifest naming a missing fragment)
+                directory.put_many([manifest for _, manifest in encoded])
             bar.advance(len(encoded))
     if remote.meta.extra.get("mesh") != mesh_dir:
         remote.update_info({"mesh": mesh_dir})
@@ -198,8 +207,9 @@ def write_meshes(
 def delete_meshes(url: str | os.PathLike[str], ids: Iterable[int], *,
                   mesh_dir: str | None = None) -> None:
     """Remove the meshes of ``ids`` from a precomputed layer's mesh directory (``mesh_dir``
-    defaults to the layer info's ``mesh`` key): a legacy manifest and the fragments it names,
-    a multi-resolution ``<id>.index`` and ``<id>``, or the ids' entries in their shards.
+    defaults to the layer info's ``mesh`` key): a legacy manifest and the fragments it names
+    (those kept for the readers of the manifest it replaced too), a multi-resolution
+    ``<id>.index`` and ``<id>``, or the ids' entries in their shards.
     Ids without a mesh are no error.  Proofreading removes the meshes of the ids an edit
     made vanish (a merged-away segment's mesh was served as if it were still there)."""
     wanted = list(dict.fromkeys(segment_id(i, "segment id") for i in ids))
@@ -254,10 +264,76 @@ def _legacy_manifests(directory: Directory, ids: list[int], *, strict: bool
                                         chunk=where) from None
             names = []
         if not strict:
-            names = list(dict.fromkeys(n for n in names if isinstance(n, str)
-                                       and "/" not in n and n not in ("", ".", "..")))
+            named, superseded = _legacy_names(raw, seg)
+            names = list(dict.fromkeys([*named, *superseded]))
         out[seg] = names
     return out
+
+
+#: conditional writes of one legacy manifest (and reads of a legacy mesh) before giving up
+_MANIFEST_ATTEMPTS = 20
+#: the key of a legacy manifest that lists the fragments of the manifest it replaced,
+#: kept for that manifest's readers (Neuroglancer and CloudVolume read ``fragments`` only)
+_SUPERSEDED = "voxgate_superseded"
+
+
+def _legacy_names(raw: bytes | None, seg: int) -> tuple[list[str], list[str]]:
+    """(the fragments, the superseded fragments) of a legacy manifest, read leniently: what
+    cannot be parsed names nothing; only names that stay in the directory are kept (not a
+    non-string, "", ".", "..", nor one with a "/"), each once; superseded ones only of
+    segment ``seg``'s ``<id>:0:`` form."""
+    def names(value: Any) -> list[str]:
+        if not isinstance(value, list):
+            return []
+        return list(dict.fromkeys(n for n in value if isinstance(n, str)
+                                  and "/" not in n and n not in ("", ".", "..")))
+
+    try:
+        manifest = json.loads(raw) if raw is not None else {}
+    except ValueError:
+        manifest = {}
+    if not isinstance(manifest, dict):
+        manifest = {}
+    return names(manifest.get("fragments")), [
+        n for n in names(manifest.get(_SUPERSEDED)) if n.startswith(f"{seg}:0:")]
+
+
+def _replace_legacy_manifests(directory: Directory, new: list[tuple[int, list[str]]]) -> None:
+    """Point the legacy manifests of ``new`` ([(id, its new fragment names)], the fragments
+    already written) at their new fragments, and delete what no reader should need.
+
+    Deferred deletion: a rewrite keeps the fragments the replaced manifest named (listed
+    under ``voxgate_superseded``) and deletes those the replaced manifest kept, i.e. the ones
+    superseded by the rewrite before.  A reader that fetched the manifest just before the
+    rewrite (Neuroglancer, CloudVolume, the relay's clients) thus still finds its fragments,
+    until the next rewrite of the id.  Each manifest is replaced by ``Directory.update``
+    (the manifest's lock on local disks, a conditional write on object storage), so what a
+    writer deletes is exactly what the manifest it replaced kept, never a fragment of a
+    newer writer (fragment names are never reused: ``_legacy_fragment_name``), and two
+    writers at once each keep the other's fragments in a superseded list, none left behind
+    for good.  Only names of the segment's ``<id>:0:`` form are kept or deleted (a fragment
+    named otherwise may be another writer's, shared)."""
+    def replace(seg: int, names: list[str]) -> list[str]:
+        doomed: list[str] = []
+
+        def change(raw: bytes | None) -> bytes:
+            named, superseded = _legacy_names(raw, seg)
+            kept = [n for n in named if n not in names and n.startswith(f"{seg}:0:")]
+            doomed[:] = [n for n in superseded if n not in names and n not in named]
+            manifest: dict[str, Any] = {"fragments": names}
+            if kept:
+                manifest[_SUPERSEDED] = kept
+            return json.dumps(manifest).encode()
+
+        directory.update(f"{seg}:0", change, attempts=_MANIFEST_ATTEMPTS, plain=lambda d: False,
+                         advice=f"too many writers rewrite the mesh of segment {seg} at once")
+        return doomed
+
+    if not new:
+        return
+    with ThreadPoolExecutor(max_workers=min(8, len(new))) as pool:
+        doomed = list(pool.map(lambda item: replace(*item), new))
+    directory.delete_many(sorted({n for names in doomed for n in names}))
 
 
 def _unit_nm(unit: str) -> float:
@@ -436,6 +512,21 @@ def _read_legacy(directory: Directory, ids: list[int], transform: Sequence[float
     fragments = _legacy_manifests(directory, ids, strict=True)
     blobs = directory.get_many([n for names in fragments.values() for n in names],
                                plain=_legacy_plain)
+    for _ in range(_MANIFEST_ATTEMPTS):
+        # a fragment missing because a rewrite replaced the manifest after it was read (and
+        # the rewrite after that deleted the fragment): read those manifests again
+        stale = [seg for seg, names in fragments.items() if any(blobs[n] is None for n in names)]
+        again = _legacy_manifests(directory, stale, strict=True) if stale else {}
+        if all(again.get(seg) == fragments[seg] for seg in stale):
+            break  # (a manifest that still names a missing fragment is an error below)
+        for seg in stale:
+            if seg in again:
+                fragments[seg] = again[seg]
+            else:
+                del fragments[seg]  # deleted meanwhile: no mesh
+        blobs.update(directory.get_many([n for names in again.values() for n in names
+                                         if n not in blobs or blobs[n] is None],
+                                        plain=_legacy_plain))
     out: dict[int, Mesh] = {}
     for seg, names in fragments.items():
         parts = []
