@@ -17,10 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptChunkError, InvalidRequestError, ReadOnlyError, RemoteNotFoundError
+from ..errors import InvalidRequestError, ReadOnlyError, RemoteNotFoundError
 from ..geometry import Vec, VoxelSize
 from ..meta import Kind, Scale, VolumeMeta
-from ..storage import Directory, file_lock, is_local, join, local_path, read_json, write_json
+from ..storage import (
+    Directory,
+    file_lock,
+    is_local,
+    join,
+    json_object,
+    local_path,
+    read_json,
+    write_json,
+)
 from ..storage.sharding import ShardingSpec
 
 __all__ = [
@@ -258,12 +267,7 @@ def update_layer_info(location: str, changes: Mapping[str, Any]) -> dict[str, An
     def change(raw: bytes | None) -> bytes:
         if raw is None:
             raise RemoteNotFoundError(f"{where} does not exist")
-        try:
-            info = json.loads(raw)
-        except ValueError as exc:
-            raise CorruptChunkError(f"{where} is not valid JSON: {exc}", chunk=where) from None
-        if not isinstance(info, dict):
-            raise InvalidRequestError(f"{where} is not a JSON object")
+        info = json_object(raw, where, InvalidRequestError)
         info.update(changes)
         meta_from_info(info, where)  # never store an info we cannot read
         written[:] = [info]

@@ -56,6 +56,7 @@ __all__ = [
     "kvstore_exists",
     "kvstore_spec",
     "local_path",
+    "json_object",
     "read_json",
     "remove_tree",
     "s3_settings",
@@ -662,6 +663,24 @@ def holds_nothing(location: str) -> list[str] | None:
     _reached(location)
     names = sorted(k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k) for k in keys)
     return names if all(is_desktop_file(n) for n in names) else None
+
+
+def json_object(raw: bytes, where: str,
+                not_object: type[VoxgateError] = CorruptChunkError) -> dict[str, Any]:
+    """The JSON object stored as ``raw`` (the file ``where``): not JSON is CorruptChunkError,
+    JSON of another type ``not_object`` (an info a user wrote by hand may be refused as a bad
+    request rather than as damaged)."""
+    import json
+
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise CorruptChunkError(f"{where} is not valid JSON: {exc}", chunk=where) from None
+    if not isinstance(doc, dict):
+        if issubclass(not_object, CorruptChunkError):
+            raise not_object(f"{where} is not a JSON object", chunk=where)
+        raise not_object(f"{where} is not a JSON object")
+    return doc
 
 
 def read_json(location: str, key: str) -> Any:

@@ -26,7 +26,7 @@ from ...errors import (
 )
 from ...geometry import whole, whole_at_least
 from ...progress import progress_bar
-from ...storage import Directory, join, length_unit_nm
+from ...storage import Directory, join, json_object, length_unit_nm
 from ...storage.sharding import ShardedStore, ShardingSpec
 from .._common import segment_id
 from ..layer import check_dir_name, open_layer, open_segmentation_layer, read_info
@@ -376,7 +376,7 @@ def _mesh_dir_info(directory: Directory, wanted_type: str, format: str, bits: in
                 info["sharding"] = ShardingSpec.for_count(count).to_json()
             got[:] = [(info, True)]
             return json.dumps(info, indent=2).encode()
-        existing = _parse_dir_info(raw, where)
+        existing = json_object(raw, where)
         info = _merged_info(directory, existing, ours, wanted_type, format, bits, sharded)
         got[:] = [(info, False)]
         return None if info == existing else json.dumps(info, indent=2).encode()
@@ -385,17 +385,6 @@ def _mesh_dir_info(directory: Directory, wanted_type: str, format: str, bits: in
                      advice="too many writers create or change this mesh directory's info "
                      "at once")
     return got[0]
-
-
-def _parse_dir_info(raw: bytes, where: str) -> dict[str, Any]:
-    """A directory's info JSON object (as ``read_info`` reads it)."""
-    try:
-        info = json.loads(raw)
-    except ValueError as exc:
-        raise CorruptChunkError(f"{where} is not valid JSON: {exc}", chunk=where) from None
-    if not isinstance(info, dict):
-        raise CorruptChunkError(f"{where} is not a JSON object", chunk=where)
-    return info
 
 
 def _merged_info(directory: Directory, existing: dict[str, Any], ours: dict[str, Any],

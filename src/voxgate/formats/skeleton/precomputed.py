@@ -18,7 +18,7 @@ from ...errors import (
     RemoteNotFoundError,
     check_flag,
 )
-from ...storage import Directory, join
+from ...storage import Directory, join, json_object
 from ...storage.sharding import ShardedStore, ShardingSpec
 from .._common import segment_id
 from ..layer import check_dir_name, open_layer, open_segmentation_layer, read_info
@@ -166,7 +166,7 @@ def _directory_info(directory: Directory, sharded: bool, count: int) -> dict[str
                 info["sharding"] = ShardingSpec.for_count(count).to_json()
             got[:] = [info]
             return json.dumps(info, indent=2).encode()
-        info = _parse_dir_info(raw, where)
+        info = json_object(raw, where)
         if bool(info.get("sharding")) != sharded:
             layout = "sharded" if info.get("sharding") else "unsharded"
             raise InvalidRequestError(
@@ -192,17 +192,6 @@ def _directory_info(directory: Directory, sharded: bool, count: int) -> dict[str
                      advice="too many writers create or change this skeleton directory's "
                      "info at once")
     return got[0]
-
-
-def _parse_dir_info(raw: bytes, where: str) -> dict[str, Any]:
-    """A directory's info JSON object (as ``read_info`` reads it)."""
-    try:
-        info = json.loads(raw)
-    except ValueError as exc:
-        raise CorruptChunkError(f"{where} is not valid JSON: {exc}", chunk=where) from None
-    if not isinstance(info, dict):
-        raise CorruptChunkError(f"{where} is not a JSON object", chunk=where)
-    return info
 
 
 def delete_skeletons(url: str | os.PathLike[str], ids: Iterable[int], *,

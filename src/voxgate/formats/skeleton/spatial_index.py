@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import CorruptChunkError, InvalidRequestError
-from ...storage import Directory
+from ...errors import InvalidRequestError
+from ...storage import Directory, json_object
 
 __all__ = ["SpatialGrid", "spatial_grid", "update_spatial_index"]
 
@@ -169,16 +169,6 @@ def spatial_grid(layer_info: Mapping[str, Any], skel_info: Mapping[str, Any], sk
 _UPDATE_ATTEMPTS = 20
 
 
-def _parse(data: bytes, where: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise CorruptChunkError(f"{where} is not valid JSON: {exc}", chunk=where) from None
-    if not isinstance(doc, dict):
-        raise CorruptChunkError(f"{where} is not a JSON object", chunk=where)
-    return doc
-
-
 def update_spatial_index(directory: Directory, grid: SpatialGrid,
                          parts: Mapping[int, Mapping[Chunk, list[int]]],
                          replaced: set[int]) -> None:
@@ -206,7 +196,7 @@ def update_spatial_index(directory: Directory, grid: SpatialGrid,
                    where: str = where) -> bytes | None:
             if raw is None and not new:
                 return None
-            doc = None if raw is None else _parse(raw, where)
+            doc = None if raw is None else json_object(raw, where)
             kept = {k: v for k, v in (doc or {}).items() if k not in stale}
             kept.update(new)
             if doc is not None and kept == doc:

@@ -36,6 +36,7 @@ from ...storage import (
     check_bucket,
     is_local,
     join,
+    json_object,
     kvstore_exists,
     kvstore_spec,
     local_path,
@@ -72,12 +73,7 @@ def _parse_info(raw: bytes | None, where: str) -> dict[str, Any]:
     """A layer's stored info (``raw``), checked as ``read_layer_info`` and ``open`` do."""
     if raw is None:
         raise RemoteNotFoundError(f"{where} does not exist")
-    try:
-        info = json.loads(raw)
-    except ValueError as exc:
-        raise CorruptChunkError(f"{where} is not valid JSON: {exc}", chunk=where) from None
-    if not isinstance(info, dict):
-        raise InvalidRequestError(f"{where} is not a JSON object")
+    info = json_object(raw, where, InvalidRequestError)
     meta_from_info(info, where)
     return info
 
