@@ -273,3 +273,33 @@ def test_a_shard_replaced_on_every_read_gives_up_saying_so(
     with pytest.raises(RemoteUnavailableError, match="kept being replaced"):
         read_meshes(url, IDS)
     assert turns[0] == sharding._READ_ATTEMPTS
+
+
+def test_relay_info_stamp_stats_two_names_while_the_folder_is_unchanged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # (each stamp tried .gz, .br, .zstd, .xz, .bz2 before the plain name: 6 stats per info,
+    # up to 18 per served file; on a network file system each is a round trip)
+    layer = tmp_path / "seg"
+    layer.mkdir()
+    (layer / "info").write_text('{"a": 1}')
+    files = layer_files.LayerFiles()
+    first = files._stamp(str(layer), "info")
+    calls: list[str] = []
+    real = layer_files.os.stat
+
+    def counted(path: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(layer_files.os, "stat", counted)
+    assert files._stamp(str(layer), "info") == first
+    assert len(calls) == 2, calls
+    # what the stamp is for still holds: an in-place rewrite, a variant that appears
+    (layer / "info").write_text('{"a": 22}')
+    second = files._stamp(str(layer), "info")
+    assert second != first
+    (layer / "info.gz").write_bytes(b"\x1f\x8b")
+    third = files._stamp(str(layer), "info")
+    assert third != second and ".gz" in third
+    (layer / "info.gz").unlink()
+    assert ".gz" not in files._stamp(str(layer), "info")

@@ -200,6 +200,8 @@ class LayerFiles:
         #: (when, the stat of the file it was read from (local layers), value)
         self._memo: dict[tuple[str, str], tuple[float, tuple[Any, ...], Any]] = {}
         self._stores: dict[str, ts.KvStore] = {}
+        #: per local file: (its directory's stat, the variant's suffix found, None for none)
+        self._variants: dict[str, tuple[tuple[int, int, int], str | None]] = {}
 
     # -- what a layer declares ------------------------------------------------------------------
     def _remember(self, key: tuple[str, str], name: str, make: Any) -> Any:
@@ -221,19 +223,38 @@ class LayerFiles:
             self._memo[key] = (now, stamp, value)
         return value
 
-    @staticmethod
-    def _stamp(location: str, name: str) -> tuple[Any, ...]:
+    def _stamp(self, location: str, name: str) -> tuple[Any, ...]:
         """What identifies the local file ``name`` as it is now (any of its compressed
         variants, in the order they are read): a file written again (by rename or in place)
-        or one that appeared or went away has another."""
+        or one that appeared or went away has another.
+
+        Two stats when its directory is as it was (a variant appearing, going away or renamed
+        over changes the directory's mtime): the directory and the variant found last time;
+        all the variants only when the directory changed (on a network file system each stat
+        is a round trip, and a request looks at up to three infos)."""
         base = os.path.join(local_path(location), *name.split("/"))
-        for suffix in (*SUFFIXES, ""):
+        try:
+            d = os.stat(os.path.dirname(base))
+        except OSError:
+            return ()
+        folder = (d.st_ino, d.st_mtime_ns, d.st_ctime_ns)
+        known = self._variants.get(base)
+        suffixes: tuple[str, ...] = (*SUFFIXES, "")
+        if known is not None and known[0] == folder:
+            if known[1] is None:
+                return (folder,)  # (none of them, and none appeared)
+            suffixes = (known[1],)
+        for suffix in suffixes:
             try:
                 st = os.stat(base + suffix)
             except OSError:
                 continue
-            return (suffix, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        return ()  # (none of them: it appearing changes the stamp too)
+            if len(self._variants) >= _MAX_MEMO:
+                self._variants.clear()
+            self._variants[base] = (folder, suffix)
+            return (folder, suffix, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        self._variants[base] = (folder, None)
+        return (folder,)  # (none of them: it appearing changes the stamp too)
 
     def _read_info(self, location: str, name: str = "info") -> dict[str, Any] | None:
         data = self._get_whole(location, name)
