@@ -394,3 +394,32 @@ def test_a_rewrite_keeps_the_superseded_fragment_until_the_next(
     delete_meshes(url, [SEG])
     assert not {n for n in directory.list() if n.startswith(f"{SEG}:")}
     assert read_meshes(url, [SEG]) == {}
+
+
+def test_a_failed_manifest_update_still_deletes_the_others_leftovers(
+        layer: tuple[str, Directory], patch: pytest.MonkeyPatch) -> None:
+    # (the fragments the other manifests of the batch had doomed were dropped with the error:
+    # those manifests no longer named them, so no later write would delete them)
+    url, directory = layer
+    other = SEG + 1
+
+    def of(mesh: Mesh, seg: int) -> Mesh:
+        return Mesh(mesh.vertices, mesh.faces, seg)
+
+    write_meshes(url, {other: of(A, other)})
+    write_meshes(url, {SEG: B, other: of(B, other)})  # A's fragments superseded, kept
+    doomed = json.loads(directory.get(f"{other}:0") or b"{}")["voxgate_superseded"]
+    assert doomed and all(directory.get(n) is not None for n in doomed)
+    real = Directory.update
+
+    def failing(self: Directory, name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == f"{SEG}:0":
+            raise voxgate.errors.RemoteUnavailableError("the store refused this one")
+        return real(self, name, *args, **kwargs)
+
+    patch.setattr(Directory, "update", failing)
+    with pytest.raises(voxgate.errors.RemoteUnavailableError, match="refused this one"):
+        write_meshes(url, {SEG: C, other: of(C, other)})
+    patch.undo()
+    assert all(directory.get(n) is None for n in doomed)  # other's A fragment: deleted
+    assert read_meshes(url, [other])[other].vertices.shape == C.vertices.shape

@@ -332,8 +332,18 @@ def _replace_legacy_manifests(directory: Directory, new: list[tuple[int, list[st
     if not new:
         return
     with ThreadPoolExecutor(max_workers=min(8, len(new))) as pool:
-        doomed = list(pool.map(lambda item: replace(*item), new))
-    directory.delete_many(sorted({n for names in doomed for n in names}))
+        futures = [pool.submit(replace, *item) for item in new]
+    # what the replaced manifests doomed goes also when one of them failed: those manifests
+    # no longer name it, so no later write would delete it
+    doomed, failed = set(), None
+    for future in futures:
+        try:
+            doomed.update(future.result())
+        except BaseException as exc:  # (raised once the others' leftovers are deleted)
+            failed = failed or exc
+    directory.delete_many(sorted(doomed))
+    if failed is not None:
+        raise failed
 
 
 def _unit_nm(unit: str) -> float:
