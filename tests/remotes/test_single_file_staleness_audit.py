@@ -10,10 +10,12 @@ write changes its stamp whatever the clock's granularity: no test depends on tim
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import tifffile
 
 import voxgate
 from voxgate.errors import InvalidRequestError, RemoteNotFoundError
+from voxgate.remotes.hdf5 import files as h5files
 from voxgate.remotes.tiff import remote as tiff_remote
 
 _OLD_NS = 978_307_200 * 10**9  # 2001-01-01
@@ -42,6 +45,40 @@ def _run(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 def _tiff(path: Path, data: np.ndarray, **kw: object) -> None:
     tifffile.imwrite(path, data, photometric="minisblack", **kw)  # type: ignore[arg-type]
     _aged(path)
+
+
+def _count_reparses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one each time a TIFF volume parses its one file again."""
+    parsed: list[int] = []
+    real = tiff_remote.TiffRemote._reparse_file
+
+    def reparse(self: tiff_remote.TiffRemote, stamp: Any) -> None:
+        parsed.append(1)
+        real(self, stamp)
+
+    monkeypatch.setattr(tiff_remote.TiffRemote, "_reparse_file", reparse)
+    return parsed
+
+
+class _OtherDevice:
+    """A stat result of another device number (the file seen through another host's NFS
+    mount)."""
+
+    def __init__(self, st: os.stat_result) -> None:
+        self._st = st
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._st, name) + (1 if name == "st_dev" else 0)
+
+
+def _other_device(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    real = os.stat
+
+    def stat(p: Any, *args: Any, **kw: Any) -> Any:
+        st = real(p, *args, **kw)
+        return _OtherDevice(st) if os.fspath(p) == str(path) else st
+
+    monkeypatch.setattr(os, "stat", stat)
 
 
 # -- one TIFF file ----------------------------------------------------------------------------
@@ -165,10 +202,9 @@ def test_tiff_own_writes_do_not_parse_the_file_again(tmp_path: Path,
     path = tmp_path / "x.tif"
     _tiff(path, np.zeros((2, 32, 32), np.uint16), tile=(16, 16), compression="zlib")
     b = voxgate.open(str(path), mode="r+")
-    parsed: list[int] = []
-    remote_cls = type(b.remote)
-    real = remote_cls._reparse_file
-    monkeypatch.setattr(remote_cls, "_reparse_file", lambda self: parsed.append(1) or real(self))
+    now = time.time_ns()  # (the clock held: written and read back within the racy window)
+    monkeypatch.setattr(tiff_remote, "_now_ns", lambda: now)
+    parsed = _count_reparses(monkeypatch)
     b[0:1, 0:16, 0:16] = np.uint16(3)
     b[1:2, 0:16, 0:8] = np.uint16(9)  # (part of a tile: read, changed, stored)
     got = b.read()
@@ -291,3 +327,191 @@ def test_hdf5_file_deleted_under_a_read_only_handle_is_not_found(tmp_path: Path)
     path.unlink()
     with pytest.raises(RemoteNotFoundError, match="no longer exists"):
         a.read()
+
+
+# -- review of the stamps: device, racy modification times, own writes, writes ----------------
+def test_tiff_volume_unpickled_where_the_device_number_differs_parses_nothing_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A volume pickled to a worker on another host (the file on an NFS mount numbered per
+    host): with the device in the stamp every file looked changed, and a 70,000-page TIFF was
+    parsed whole on the worker's first read."""
+    path = tmp_path / "x.tif"
+    _tiff(path, np.zeros((2, 32, 32), np.uint16), tile=(16, 16), compression="zlib")
+    a = voxgate.open(str(path))
+    assert not a.read().any()
+    worker = pickle.loads(pickle.dumps(a))
+    parsed = _count_reparses(monkeypatch)
+    _other_device(monkeypatch, path)
+    assert not worker[0:1, 0:16, 0:16].read().any()
+    assert parsed == []
+
+
+def test_hdf5_read_only_handle_seeing_another_device_number_keeps_its_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "x.h5"
+    _h5(path)
+    a = voxgate.open(f"{path}#/raw")
+    assert not a.read().any()
+    opened = a.remote._shared.opened
+    _other_device(monkeypatch, path)
+    assert not a.read().any()
+    assert a.remote._shared.opened == opened
+
+
+def test_tiff_same_size_rewrite_in_the_stamps_tick_is_seen_after_the_racy_window(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another program rewrites the file in place, in another layout of the same size, within
+    the modification time's tick of the stamp (kept equal here with os.utime): the stamp is as
+    it was.  A stamp taken less than RACY_NS after the modification time is trusted until
+    then only; the first read after it parses the file again, once."""
+    path = tmp_path / "x.tif"
+    tifffile.imwrite(path, np.zeros((2, 32, 32), np.uint16), photometric="minisblack",
+                     rowsperstrip=2, description="a" * 13, metadata=None)
+    st = path.stat()
+    clock = [st.st_mtime_ns + 10**9]  # stamped 1 s after its modification: racy
+    monkeypatch.setattr(tiff_remote, "_now_ns", lambda: clock[0])
+    a = voxgate.open(str(path))
+    assert not a.read().any()
+    parsed = _count_reparses(monkeypatch)
+    new = np.arange(2 * 32 * 32, dtype=np.uint16).reshape(2, 32, 32)
+    tifffile.imwrite(path, new, photometric="minisblack", rowsperstrip=4, description="b" * 94,
+                     metadata=None)
+    os.utime(path, ns=(st.st_mtime_ns, st.st_mtime_ns))
+    now = path.stat()
+    assert (now.st_ino, now.st_size, now.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+    a.read()  # (within the window: the stamp is trusted, the old strips read; bounded staleness)
+    assert parsed == []
+    clock[0] = st.st_mtime_ns + tiff_remote.RACY_NS
+    np.testing.assert_array_equal(a.read(), new)
+    assert parsed == [1]
+    clock[0] += 10**12
+    np.testing.assert_array_equal(a.read(), new)
+    assert parsed == [1]  # (the new stamp, taken after the window, is trusted for good)
+
+
+def test_tiff_slice_stamp_taken_in_its_tick_is_checked_again_after_the_racy_window(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slice replaced by a file that got the freed inode number, the same size and the same
+    modification time tick looks unchanged: parsed again once the window is up."""
+    url = f"tiff://{tmp_path / 'stack'}"
+    voxgate.create(url, shape=(2, 32, 32), dtype="uint16", chunks=(1, 16, 16),
+                   voxel_size=(1, 1, 1), compression="none")
+    mtime = _OLD_NS
+    for f in (tmp_path / "stack").iterdir():
+        _aged(f)
+    clock = [mtime + 10**9]
+    monkeypatch.setattr(tiff_remote, "_now_ns", lambda: clock[0])
+    a = voxgate.open(url)
+    assert not a[0:1].read().any()
+    slices: list[str] = []
+    real = tiff_remote.TiffRemote._reparse_slice
+
+    def reparse(self: tiff_remote.TiffRemote, path: str, z: int, stamp: Any) -> None:
+        slices.append(path)
+        real(self, path, z, stamp)
+
+    monkeypatch.setattr(tiff_remote.TiffRemote, "_reparse_slice", reparse)
+    assert not a[0:1].read().any()
+    assert slices == []
+    clock[0] = mtime + tiff_remote.RACY_NS
+    assert not a[0:1].read().any()
+    assert len(slices) == 1
+    assert not a[0:1].read().any()
+    assert len(slices) == 1
+
+
+def test_hdf5_same_size_write_in_the_stamps_tick_is_seen_after_the_racy_window(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process with HDF5's locking off writes the dataset in place (same size) within the
+    modification time's tick of the read-only handle's stamp (kept equal with os.utime): HDF5's
+    caches served the old voxels for good.  Now for RACY_NS after the modification time at
+    most: the first read after it opens the file again, once."""
+    path = tmp_path / "x.h5"
+    _h5(path)
+    st = path.stat()
+    clock = [_OLD_NS + 10**9]  # stamped 1 s after its modification: racy
+    monkeypatch.setattr(h5files, "_now_ns", lambda: clock[0])
+    a = voxgate.open(f"{path}#/raw")
+    assert not a.read().any()
+    opened = a.remote._shared.opened
+    done = _run(f"""
+        import h5py
+        with h5py.File({str(path)!r}, "r+", locking=False) as f:
+            f["raw"][:] = 6
+    """)
+    assert done.returncode == 0, done.stderr
+    _aged(path)
+    now = path.stat()
+    assert (now.st_ino, now.st_size, now.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+    assert not a.read().any()  # (within the window: HDF5's caches; bounded staleness)
+    clock[0] = _OLD_NS + h5files.RACY_NS
+    assert (a.read() == 6).all()
+    assert a.remote._shared.opened == opened + 1
+    clock[0] += 10**12
+    assert (a.read() == 6).all()
+    assert a.remote._shared.opened == opened + 1
+
+
+def test_tiff_read_between_a_tile_write_and_its_stamp_update_parses_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read of the writing volume checks the stamp after a tile's pwrite and before the
+    writer updates the stamp: it parses the file again.  The writer then never updated the
+    stamp again for the rest of its write (its parse was no longer the volume's), so every
+    read during a long write parsed the whole file.  Forced: a read after the first tile's
+    pwrite and one before each later tile's; each pwrite moves the modification time a tick."""
+    path = tmp_path / "x.tif"
+    _tiff(path, np.zeros((1, 32, 64), np.uint16), tile=(16, 16))
+    b = voxgate.open(str(path), mode="r+")
+    assert not b.read().any()
+    parsed = _count_reparses(monkeypatch)
+    real_pwrite = os.pwrite
+    writes: list[int] = []
+
+    def pwrite(fd: int, data: bytes, at: int) -> int:
+        if writes:
+            b[0:1, 0:16, 0:16].read()  # (after the last tile's stamp update)
+        n = real_pwrite(fd, data, at)
+        writes.append(at)
+        tick = _OLD_NS + len(writes) * 10**9
+        os.utime(path, ns=(tick, tick))
+        if len(writes) == 1:
+            b[0:1, 0:16, 0:16].read()  # (between the pwrite and the stamp update)
+        return n
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    b[0:1, 0:32, 0:64] = np.uint16(5)
+    monkeypatch.undo()
+    assert len(writes) == 8
+    assert parsed == [1]
+    assert (tifffile.imread(path) == 5).all()
+
+
+@pytest.mark.parametrize("compression", ["none", "zlib"])
+def test_tiff_write_after_the_file_was_replaced_goes_to_the_new_file(
+        tmp_path: Path, compression: str) -> None:
+    """Only reads checked the stamp: a write went through the old descriptor into the
+    deleted file, silently lost."""
+    path = tmp_path / "x.tif"
+    _tiff(path, np.zeros((2, 32, 32), np.uint16), tile=(16, 16), compression=compression)
+    b = voxgate.open(str(path), mode="r+")
+    assert not b.read().any()  # (the file open)
+    _tiff(tmp_path / "new.tif", np.full((2, 32, 32), 5, np.uint16), tile=(16, 16),
+          compression=compression)
+    os.replace(tmp_path / "new.tif", path)
+    b[0:1, 0:16, 0:16] = np.uint16(7)
+    got = tifffile.imread(path)
+    assert (got[0, :16, :16] == 7).all()
+    assert int((got == 5).sum()) == 2 * 32 * 32 - 256
+
+
+def test_tiff_write_after_the_file_was_replaced_in_another_shape_says_open_it_again(
+        tmp_path: Path) -> None:
+    path = tmp_path / "x.tif"
+    _tiff(path, np.zeros((2, 32, 32), np.uint16), tile=(16, 16))
+    b = voxgate.open(str(path), mode="r+")
+    assert not b.read().any()
+    _tiff(tmp_path / "new.tif", np.full((3, 32, 32), 4, np.uint16), tile=(16, 16))
+    os.replace(tmp_path / "new.tif", path)
+    with pytest.raises(InvalidRequestError, match=r"changed since .* open it again"):
+        b[0:1, 0:16, 0:16] = np.uint16(7)
+    assert (tifffile.imread(path) == 4).all()

@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -82,8 +83,9 @@ class _SharedFile:
         self._datasets: dict[str, h5py.Dataset] = {}
         #: (device, inode) of the file the handle has open
         self.identity: tuple[int, int] | None = None
-        #: (device, inode, size, modification time in ns) of the path as a read-only handle
-        #: was opened: checked before each use, the handle is opened again when it changed
+        #: (inode, size, modification time in ns, racy until) of the path as a read-only
+        #: handle was opened: checked before each use, the handle is opened again when it
+        #: changed or its racy time is up (see :data:`RACY_NS`)
         self.stamp: tuple[int, int, int, int] | None = None
         #: how many times the handle was opened: a Remote checks its datasets after a reopen
         self.opened = 0
@@ -160,7 +162,8 @@ class _SharedFile:
         if now is None:
             raise RemoteNotFoundError(
                 f"HDF5 file {self.path} no longer exists (deleted since it was opened)")
-        return now == self.stamp
+        stamp = self.stamp
+        return stamp is not None and stamp[:3] == now[:3] and (not stamp[3] or bool(now[3]))
 
     def give_back_write(self) -> None:
         """After a write: close a read-write handle no holder needs, so the file is no longer
@@ -199,13 +202,28 @@ class _SharedFile:
                 self.writable = False
 
 
+#: A file's modification time comes from a coarse clock: a same-size write in place (a process
+#: with HDF5's locking off) in the same tick as the write a read-only handle's stamp recorded
+#: leaves the stamp as it was, and HDF5's caches served the file of before for good.  A stamp
+#: taken less than this after the modification time is trusted only until then (by
+#: :func:`_now_ns`): the first use after it opens the file again, once (the new stamp is
+#: trusted for good).  A write in that tick is seen at most this late
+RACY_NS = 2 * 10**9
+
+#: the clock stamps are judged by (tests set it)
+_now_ns = time.time_ns
+
+
 def _stamp(path: str) -> tuple[int, int, int, int] | None:
-    """(device, inode, size, modification time in ns) of ``path``; None if there is none."""
+    """(inode, size, modification time in ns, racy until: modification time + RACY_NS if that
+    is still to come, else 0) of ``path``; None if there is none.  No device: one file has
+    another device number on another host's NFS mount."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    until = st.st_mtime_ns + RACY_NS
+    return (st.st_ino, st.st_size, st.st_mtime_ns, until if _now_ns() < until else 0)
 
 
 _files: dict[str, _SharedFile] = {}

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -76,8 +77,20 @@ def _segment_lock(page: _Page, seg: int) -> threading.RLock:
     return _SEGMENT_LOCKS[hash((page.path, page.key, seg)) % len(_SEGMENT_LOCKS)]
 
 
-#: (device, inode, size, modification time in ns) of a file
+#: (inode, size, modification time in ns, racy_until): racy_until is 0 when the stamp was taken
+#: at least :data:`RACY_NS` after the modification time, else modification time + RACY_NS.  No
+#: device: a volume unpickled on another host (an NFS mount numbered per host) saw every file
+#: changed and parsed it all again on its first read
 Stamp = tuple[int, int, int, int]
+
+#: A file's modification time comes from a coarse clock: a same-size write in place in the same
+#: tick as the write a stamp recorded leaves the stamp as it was.  A stamp taken less than this
+#: after the modification time is trusted only until then (by :func:`_now_ns`): the first
+#: check after it parses the file again, once (the new stamp is trusted for good)
+RACY_NS = 2 * 10**9
+
+#: the clock stamps are judged by (tests set it)
+_now_ns = time.time_ns
 
 
 def _stamp(path: str) -> Stamp:
@@ -88,7 +101,14 @@ def _stamp(path: str) -> Stamp:
     except FileNotFoundError:
         raise RemoteNotFoundError(
             f"{path} no longer exists (deleted since this volume opened it)") from None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    until = st.st_mtime_ns + RACY_NS
+    return (st.st_ino, st.st_size, st.st_mtime_ns, until if _now_ns() < until else 0)
+
+
+def _current(stamp: Stamp | None, now: Stamp) -> bool:
+    """Whether a file stamped ``stamp`` is, as stamped ``now``, as it was: the same, and not a
+    racy stamp (see :data:`RACY_NS`) whose time is up."""
+    return stamp is not None and stamp[:3] == now[:3] and (not stamp[3] or bool(now[3]))
 
 
 def _geometry(meta: VolumeMeta) -> tuple[Any, ...]:
@@ -299,7 +319,7 @@ class TiffRemote(Remote):
         parsed it (another volume of this process, another process, another program), so the
         read sees the file as it is, never old tiles through old offsets nor new bytes through
         old offsets."""
-        stale = [p for p in paths if self._stamps.get(p) != _stamp(p)]
+        stale = [p for p in paths if not _current(self._stamps.get(p), _stamp(p))]
         if stale:
             self._refresh(stale)
 
@@ -314,7 +334,7 @@ class TiffRemote(Remote):
             for path in paths:
                 if self._slices:
                     before = _stamp(path)
-                    if self._stamps.get(path) != before:
+                    if not _current(self._stamps.get(path), before):
                         self._reparse_slice(path, where[path], before)
                     continue
                 with contextlib.ExitStack() as held:
@@ -322,7 +342,7 @@ class TiffRemote(Remote):
                     with contextlib.suppress(OSError):
                         held.enter_context(file_lock(path))
                     before = _stamp(path)
-                    if self._stamps.get(path) != before:
+                    if not _current(self._stamps.get(path), before):
                         self._reparse_file(before)
 
     def _changed(self, path: str, now: str) -> InvalidRequestError:
@@ -372,12 +392,15 @@ class TiffRemote(Remote):
             self._decoders[(path, (0, 0))] = decoder
             self._stamps[path] = stamp
 
-    def _own_write(self, path: str, before: Stamp, parsed: int) -> None:
-        """After this volume wrote ``path`` in place through the pages of its ``parsed``-th
-        parse: the file as it now is is the one its pages describe, if it was before the write
-        and they are still its pages (else the next read parses it again)."""
+    def _own_write(self, path: str, before: Stamp, parsed: int | None) -> None:
+        """After this volume wrote ``path`` in place: the file as it now is is the one its pages
+        describe, if it was before the write.  A compressed tile's append moved its offsets,
+        so it vouches only for the pages of the ``parsed``-th parse it wrote through; a tile
+        written over (``parsed`` None) moved nothing, so the pages of any parse describe the
+        file after it (a read that parsed the file again between the write and this call must
+        not leave every later read of a long write parsing it again)."""
         with self._files_lock:
-            if self._stamps.get(path) == before and self._parsed == parsed:
+            if _current(self._stamps.get(path), before) and parsed in (None, self._parsed):
                 self._stamps[path] = _stamp(path)
 
     def _segments(self, page: _Page, y0: int, y1: int, x0: int, x1: int
@@ -494,9 +517,13 @@ class TiffRemote(Remote):
         start = [a - o for a, o in zip(box.start, sc.offset, strict=True)]
         stop = [b - o for b, o in zip(box.stop, sc.offset, strict=True)]
         arr = array if self.meta.num_channels > 1 else array[np.newaxis]
+        # a file replaced (renamed over) since it was parsed: written through the old
+        # descriptor, into the deleted file, the write was lost
         if self._slices:
+            self._check_current([self._pages[0][0][z].path for z in range(start[0], stop[0])])
             self._write_slices(start, stop, arr[0])
             return
+        self._check_current([self._pages[scale][0][0].path])
         (z0, y0, x0), (z1, y1, x1) = start, stop
         parsed = self._parsed  # (before the pages are taken)
         for c, row in enumerate(self._pages[scale]):
@@ -569,7 +596,7 @@ class TiffRemote(Remote):
                     chunk=f"segment {seg} of page {page.index} of {page.path}")
             before = _stamp(page.path)
             os.pwrite(f.fd, data, int(page.offsets[seg]))
-            self._own_write(page.path, before, parsed)
+            self._own_write(page.path, before, None)  # (in place: no offset moved)
             return
         tifffile = _tifffile()
         try:
