@@ -117,3 +117,20 @@ def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     name = f"vg-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def cloudvolume(s3_bucket: str, s3_server: str,
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """CloudVolume reaching the S3 server: ``cloudvolume(path)`` opens s3://bucket/path."""
+    import cloudfiles.paths
+    from cloudvolume import CloudVolume
+
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "")  # CloudFiles reads it with the key pair
+    cloudfiles.paths.add_alias("vgmoto", f"s3://{s3_server}/")
+
+    def open_(path: str, **kw: Any) -> Any:
+        return CloudVolume(f"vgmoto://{s3_bucket}/{path}", progress=False, **kw)
+
+    yield open_
+    cloudfiles.paths.remove_alias("vgmoto")

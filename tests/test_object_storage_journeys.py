@@ -64,23 +64,6 @@ def _ts_read(bucket: str, path: str, endpoint: str, driver: str, dataset: str) -
     return arr.T if driver == "n5" else arr
 
 
-@pytest.fixture
-def cloudvolume(s3_bucket: str, s3_server: str,
-                monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """CloudVolume reaching the S3 server: ``cloudvolume(path)`` opens s3://bucket/path."""
-    import cloudfiles.paths
-    from cloudvolume import CloudVolume
-
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "")  # CloudFiles reads it with the key pair
-    cloudfiles.paths.add_alias("vgmoto", f"s3://{s3_server}/")
-
-    def open_(path: str, **kw: Any) -> Any:
-        return CloudVolume(f"vgmoto://{s3_bucket}/{path}", progress=False, **kw)
-
-    yield open_
-    cloudfiles.paths.remove_alias("vgmoto")
-
-
 # -- create and write odd shapes, read by the peers -----------------------------------------------
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_odd_volume_with_partial_writes(layout: str, s3_bucket: str, s3_server: str,

@@ -137,14 +137,12 @@ def _before_delete(patch: pytest.MonkeyPatch, hook: _Once, nth: int = 1) -> None
 
 
 # -- (1) a reader between the manifest and the fragments ---------------------------------------
-def test_read_meshes_between_the_manifest_and_its_fragments(
-        layer: tuple[str, Directory], patch: pytest.MonkeyPatch) -> None:
-    """Before: RemoteNotFoundError ('names fragment ..., which does not exist'): the rewrite
-    deleted A's fragment right after writing B's manifest.  Now A's fragment stays until the
-    next rewrite, and the reader gets the mesh of the manifest it read."""
-    url, directory = layer
+def _after_a_reader_read_manifests(patch: pytest.MonkeyPatch, writes: Callable[[], Any]
+                                   ) -> _Once:
+    """``writes()`` run once, right after a reader (``read_meshes``: the strict read) has read
+    the manifests and before it reads their fragments."""
     real = precomputed._legacy_manifests
-    hook = _Once(lambda: write_meshes(url, {SEG: B}))
+    hook = _Once(writes)
 
     def manifests(d: Directory, ids: list[int], *, strict: bool) -> dict[int, list[str]]:
         out = real(d, ids, strict=strict)
@@ -153,6 +151,16 @@ def test_read_meshes_between_the_manifest_and_its_fragments(
         return out
 
     patch.setattr(precomputed, "_legacy_manifests", manifests)
+    return hook
+
+
+def test_read_meshes_between_the_manifest_and_its_fragments(
+        layer: tuple[str, Directory], patch: pytest.MonkeyPatch) -> None:
+    """Before: RemoteNotFoundError ('names fragment ..., which does not exist'): the rewrite
+    deleted A's fragment right after writing B's manifest.  Now A's fragment stays until the
+    next rewrite, and the reader gets the mesh of the manifest it read."""
+    url, directory = layer
+    hook = _after_a_reader_read_manifests(patch, lambda: write_meshes(url, {SEG: B}))
     got = read_meshes(url, [SEG])[SEG]
     assert hook.fired
     assert _same(got, A)
@@ -166,16 +174,8 @@ def test_read_meshes_two_rewrites_behind(layer: tuple[str, Directory],
     even with one rewrite of grace.  Before: RemoteNotFoundError.  Now the reader reads the
     manifest again when a fragment is missing and gets the newest mesh."""
     url, _ = layer
-    real = precomputed._legacy_manifests
-    hook = _Once(lambda: (write_meshes(url, {SEG: B}), write_meshes(url, {SEG: C}))[0])
-
-    def manifests(d: Directory, ids: list[int], *, strict: bool) -> dict[int, list[str]]:
-        out = real(d, ids, strict=strict)
-        if strict:
-            hook()
-        return out
-
-    patch.setattr(precomputed, "_legacy_manifests", manifests)
+    hook = _after_a_reader_read_manifests(
+        patch, lambda: (write_meshes(url, {SEG: B}), write_meshes(url, {SEG: C}))[0])
     got = read_meshes(url, [SEG])[SEG]
     assert hook.fired
     assert _same(got, C)

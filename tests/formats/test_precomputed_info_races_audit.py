@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,23 +40,6 @@ from voxgate.meta import next_scales
 from voxgate.remotes.precomputed import remote as precomputed_remote
 from voxgate.storage import directory as directory_module
 from voxgate.storage.sharding import ShardingSpec
-
-
-@pytest.fixture
-def cloudvolume(s3_bucket: str, s3_server: str,
-                monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """CloudVolume reaching the S3 server: ``cloudvolume(path)`` opens s3://bucket/path."""
-    import cloudfiles.paths
-    from cloudvolume import CloudVolume
-
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "")  # CloudFiles reads it with the key pair
-    cloudfiles.paths.add_alias("vgmoto", f"s3://{s3_server}/")
-
-    def open_(path: str, **kw: Any) -> Any:
-        return CloudVolume(f"vgmoto://{s3_bucket}/{path}", progress=False, **kw)
-
-    yield open_
-    cloudfiles.paths.remove_alias("vgmoto")
 
 
 def _seg(url: str) -> None:
