@@ -63,7 +63,7 @@ export VIRTUAL_ENV="$PWD/.venv"
 export PATH="$VIRTUAL_ENV/bin:$PATH"
 python -m pip install -e ".[test]"
 
-# peer_venv DIR MODULE REQUIREMENT VARIABLE: an oracle whose pins clash with voxgate's environment
+# peer_venv DIR MODULE REQUIREMENTS VARIABLE: an oracle whose pins clash with voxgate's environment
 # gets a venv of its own (DIR, made unless MODULE already imports there), whose python the tests
 # find in VARIABLE; a VARIABLE set already is used as it is
 peer_venv() {
@@ -73,13 +73,15 @@ peer_venv() {
     fi
     if ! "$dir/bin/python" -c "import $module" >/dev/null 2>&1; then
         "$PYTHON" -m venv --clear "$dir"
-        "$dir/bin/python" -m pip install --quiet "$requirement"
+        # shellcheck disable=SC2086  # (REQUIREMENTS may name several: split on spaces)
+        "$dir/bin/python" -m pip install --quiet $requirement
     fi
     export "$variable=$PWD/$dir/bin/python"
 }
 # webknossos (the oracle of tests/remotes/test_webknossos_peer.py) pins older click, rich,
 # httpx, networkx and protobuf than voxgate's environment holds
-peer_venv .venv-webknossos webknossos "webknossos==4.3.3" VOXGATE_WEBKNOSSOS_PYTHON
+# (ml_dtypes 0.7.0, which its tensorstore would take, costs 1.1 s per process: see pyproject.toml)
+peer_venv .venv-webknossos webknossos "webknossos==4.3.3 ml_dtypes!=0.7.0" VOXGATE_WEBKNOSSOS_PYTHON
 # Igneous (the oracle of tests/services/test_downsample_igneous.py) pins DracoPy below 2, whose
 # encoder refuses voxgate's unquantized mesh positions
 peer_venv .venv-igneous igneous.task_creation "igneous-pipeline==4.37.0" VOXGATE_IGNEOUS_PYTHON
