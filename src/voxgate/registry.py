@@ -120,10 +120,11 @@ _RECOGNISED = (
 
 
 def _holds_nothing_local(path: str) -> bool:
-    """Whether the local directory ``path`` is empty but for a desktop's own files."""
-    from .storage.kvstore import is_desktop_file
+    """Whether the local directory ``path`` is empty but for a desktop's own files and version
+    control's placeholders (.gitkeep, .gitignore, ...: storage.kvstore.VCS_PLACEHOLDERS)."""
+    from .storage.kvstore import is_desktop_file, is_placeholder_file
 
-    return all(is_desktop_file(n) for n in os.listdir(path))
+    return all(is_desktop_file(n) or is_placeholder_file(n) for n in os.listdir(path))
 
 
 def _is_knossos_conf(name: str) -> bool:
@@ -143,7 +144,7 @@ def detect_format(location: str) -> str:
     if lower.endswith((".tif", ".tiff", ".btf", ".tf8", ".tf2")):
         return "tiff"
     from .storage import check_bucket, kvstore_exists
-    from .storage.kvstore import holds_nothing
+    from .storage.kvstore import holds_nothing, left_by
 
     local = path.removeprefix("file://")
     if os.path.isfile(local):  # a configuration file itself
@@ -171,7 +172,7 @@ def detect_format(location: str) -> str:
             raise RemoteNotFoundError(
                 f"nothing is stored at {location!r}: no object's name starts with that "
                 "prefix" + (f" but {', '.join(litter[:5])}{' ...' if len(litter) > 5 else ''}"
-                            ", which a desktop leaves in folders it shows" if litter else "")
+                            f", which {left_by(litter)}" if litter else "")
                 + f"; {_RECOGNISED}")
         if os.path.isfile(local):  # (a .png, a .npy, a .csv: no volume voxgate reads)
             raise UnknownSchemeError(
@@ -181,11 +182,11 @@ def detect_format(location: str) -> str:
                 f"under another name, say so in the URL: hdf5://{location}#/DATASET or "
                 f"tiff://{location}")
         if os.path.isdir(local) and _holds_nothing_local(local):  # as an empty prefix above
-            found = ", ".join(sorted(os.listdir(local)))
+            names = sorted(os.listdir(local))
             raise RemoteNotFoundError(
                 f"nothing is stored at {location!r}: it is "
-                + (f"a directory holding only {found}, which a desktop leaves in folders it "
-                   "shows" if found else "an empty directory")
+                + (f"a directory holding only {', '.join(names)}, which {left_by(names)}"
+                   if names else "an empty directory")
                 + " (a volume there has not been written yet, or the path names the wrong "
                 f"folder); {_RECOGNISED}")
         raise UnknownSchemeError(

@@ -14,7 +14,6 @@ for HDF5, zarr-python as funlib.persistence's ``prepare_ds`` writes for funlib).
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +22,12 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-import tensorstore as ts
 import zarr
 
 import voxgate
 from voxgate.meta import next_scales
+
+from .n5_files import n5_dataset
 
 with warnings.catch_warnings():
     # ome_zarr.writer builds a default deprecated Scaler() at import time (ome-zarr 0.14+)
@@ -44,18 +44,7 @@ FUNLIB = {"axis_names": ["y", "x"], "types": ["space", "space"], "units": ["nm",
 
 def _n5(path: Path, attrs: dict[str, Any]) -> str:
     """A 2-D N5 dataset (x-first ``dimensions``) with ``attrs`` in its attributes.json."""
-    store = ts.open({
-        "driver": "n5", "kvstore": {"driver": "file", "path": str(path / "raw")},
-        "metadata": {"dimensions": list(YX[::-1]), "blockSize": [10, 6],
-                     "dataType": "uint16", "compression": {"type": "raw"}},
-        "create": True}).result()
-    store.write(DATA.T).result()
-    meta_path = path / "raw" / "attributes.json"
-    meta = json.loads(meta_path.read_text())
-    meta.update(attrs)
-    meta_path.write_text(json.dumps(meta))
-    (path / "attributes.json").write_text(json.dumps({"n5": "2.0.0"}))
-    return f"n5://{path / 'raw'}"
+    return n5_dataset(path, DATA, attrs)[0]
 
 
 def n5_resolution(tmp_path: Path) -> str:

@@ -16,36 +16,23 @@ funlib's attributes are then added to its attributes.json as N5Store puts them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import tensorstore as ts
 
 import voxgate
 from voxgate.errors import VoxgateWarning
 from voxgate.geometry import Box
 
+from .n5_files import n5_dataset
+
 
 def _n5(tmp_path: Path, data: np.ndarray, attrs: dict[str, Any]) -> tuple[str, Path]:
     """A dataset ``raw`` holding ``data`` (C order: [c,] [z,] y, x) as N5Store writes it
     (dimensions reversed, x first), with ``attrs`` added to its attributes.json."""
-    root = tmp_path / "f.n5"
-    chunks = [min(n, c) for n, c in zip(data.shape, (2, 2, 6, 10)[4 - data.ndim:], strict=True)]
-    store = ts.open({
-        "driver": "n5", "kvstore": {"driver": "file", "path": str(root / "raw")},
-        "metadata": {"dimensions": list(data.shape[::-1]), "blockSize": chunks[::-1],
-                     "dataType": str(data.dtype), "compression": {"type": "raw"}},
-        "create": True}).result()
-    store.write(data.T).result()
-    path = root / "raw" / "attributes.json"
-    meta = json.loads(path.read_text())
-    meta.update(attrs)
-    path.write_text(json.dumps(meta))
-    (root / "attributes.json").write_text(json.dumps({"n5": "2.0.0"}))
-    return f"n5://{root / 'raw'}", path
+    return n5_dataset(tmp_path / "f.n5", data, attrs)
 
 
 def _funlib(names: list[str], vs: list[float], offset: list[float], unit: str

@@ -119,6 +119,15 @@ _CLASSIC_FIRST = ("experiment", "boundary", "scale", "magnification", "cube_edge
 #: digits is allowed, anything else makes the value 0)
 _QT_INT = re.compile(r"\s*[+-]?[0-9]+\s*")
 _QT_FLOAT = re.compile(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*")
+#: what each whole-number key of a classic conf takes, as a message about a bad value shows it
+_WHOLE_EXAMPLES = {
+    "magnification": "'magnification M;' with M the conf's mag, a power of two (1, 2, 4, 8 ...; "
+                     "'magnification 2;' in mag2/knossos.conf)",
+    "cube_edge_length": "'cube_edge_length N;' with N the cubes' edge in voxels, e.g. "
+                        "'cube_edge_length 128;'",
+    "compression_ratio": "'compression_ratio R;' with R 0 (.raw cubes), 1000 (.jpg), 6 (.6.jp2) "
+                         "or another whole number (.j2k)",
+}
 
 
 def parse_knossos_conf(text: str, conf: str) -> dict[str, Any]:
@@ -228,7 +237,7 @@ def parse_knossos_conf(text: str, conf: str) -> dict[str, Any]:
             pattern = _QT_FLOAT
         else:
             key = first
-            example = f"{key} {'128' if first == 'cube_edge_length' else '1'};"
+            example = _WHOLE_EXAMPLES[first]
             value = words[1] if len(words) > 1 else None
             pattern = _QT_INT
         if value is None:
@@ -238,6 +247,13 @@ def parse_knossos_conf(text: str, conf: str) -> dict[str, Any]:
                 why = " (no value, or two spaces before it: KNOSSOS reads the empty word, as 0)"
             elif "#" in value or "/" in value:
                 why = f" (KNOSSOS reads {value!r} as 0: a comment needs a space before it)"
+            elif pattern is _QT_INT and _QT_FLOAT.fullmatch(value):
+                # a decimal (1.5, 2.0): KNOSSOS' toInt reads whole numbers only
+                whole = float(value)
+                if math.isfinite(whole) and whole == int(whole) and whole >= 0:
+                    example = f"'{key} {int(whole)};'"
+                why = (f" (KNOSSOS reads {value!r} as 0: it reads {key} as a whole number, "
+                       "written without a decimal point or exponent)")
             else:
                 why = f" (KNOSSOS reads {value!r} as 0)"
             raise bad(example, why)
@@ -768,7 +784,9 @@ def _read_conf(conf: str) -> _Dataset:
     name = re.sub(r"_mag\d+$", "", name)
     mag = d.get("magnification", 1)
     if not isinstance(mag, int) or isinstance(mag, bool) or mag < 1 or mag & (mag - 1):
-        raise InvalidRequestError(f"{conf}: magnification must be a power of two, got {mag!r}")
+        raise InvalidRequestError(
+            f"{conf}: magnification must be the conf's mag, a power of two (1, 2, 4, 8 ...; "
+            f"'magnification 2;' in mag2/knossos.conf), got {mag!r}")
     extent = [_count(_need(d, f"boundary {a}", conf), f"boundary {a}", conf) for a in "xyz"]
     scale = _numbers([_need(d, f"scale {a}", conf) for a in "xyz"], 3, "scale x/y/z", conf)
     # a conf of mag M gives that mag's boundary and voxel size; KNOSSOS scales them to mag 1

@@ -300,9 +300,10 @@ def _flat_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
         out["pixelResolution"] = {**pr, "dimensions": padded(pr.get("dimensions"), "number")}
     elif isinstance(pr, list):
         out["pixelResolution"] = padded(pr, "number")
-    rows = out.get("scales")
-    if isinstance(rows, list) and all(isinstance(r, list) for r in rows):
-        out["scales"] = [padded(r, "number") for r in rows]
+    for key in ("scales", "downsamplingFactors"):  # a group's lists: one row per scale
+        rows = out.get(key)
+        if isinstance(rows, list) and rows and all(isinstance(r, list) for r in rows):
+            out[key] = [padded(r, "number") for r in rows]
     return out
 
 
@@ -645,7 +646,7 @@ class N5Remote(Remote):
         flat = _is_flat(all_attrs[0])
         if flat:  # (read as a volume of one z plane, every list with a z entry)
             group = _flat_attrs(group)
-        group_factors = _group_factors(location, group)
+        group_factors, factors_from = _group_factors(location, group)
         # the group's lists are in the order of its own "axes", else in that of s0's
         order = _xyz_order(group.get("axes")) or _xyz_order(all_attrs[0].get("axes")) or _XYZ
         base_res = _resolution_xyz(group, order)
@@ -676,9 +677,9 @@ class N5Remote(Remote):
             info = _info(attrs)
             factors = _numbers(group_factors[i], order) if i < len(group_factors) else None
             placed = _Group(base_res, factors, cosem.get(f"s{i}"), g_offset,
-                            scales[0].voxel_size if scales else None)
+                            scales[0].voxel_size if scales else None, factors_from)
             scale, arr, ch = cls._scale(i, path, store, attrs, info, placed, shape0, key=f"s{i}",
-                                        funlib=funlibs[i])
+                                        funlib=funlibs[i], flat=flat)
             if i == 0:
                 shape0 = scale.shape.xyz()
                 channels = ch
@@ -705,16 +706,20 @@ class N5Remote(Remote):
         shape0: Sequence[int] = (),
         key: str | None = None,
         funlib: _Funlib | None = None,
+        flat: bool = False,
     ) -> tuple[Scale, TSArray, int]:
         """One scale's geometry from its attributes (see the module docstring for the rules);
         ``group``: what the multiscale group says of it; ``funlib``: the voxel size and position
-        funlib.persistence's attributes state (:func:`_funlib_dataset`)."""
+        funlib.persistence's attributes state (:func:`_funlib_dataset`); ``flat``: a 2-D image
+        read as one z plane."""
         where = join(path, "attributes.json")
         arr, channels, order = _as_zyx(store, path, Vec(0, 0, 0))
         xyz_shape = [int(n) for n in arr.store.shape[:3]]
         own_tf = _cosem(attrs.get("transform"), f"{where} 'transform'")
         tf = own_tf or group.transform
-        factors = _numbers(attrs.get("downsamplingFactors"), order) or group.factors
+        own_factors = _numbers(attrs.get("downsamplingFactors"), order)
+        stated = own_factors or group.factors  # (the factors a file states, not inferred)
+        factors = stated
         if factors is None:
             factors = (
                 [1.0, 1.0, 1.0]
@@ -726,6 +731,10 @@ class N5Remote(Remote):
             vs = VoxelSize.of(info["voxel_size"], info.get("unit", "nm"))
         elif funlib is not None:
             vs = funlib.voxel
+            if group.vs0 is not None and stated is not None:
+                _check_funlib_factors(
+                    key or path, f"{where} 'downsamplingFactors'" if own_factors
+                    else group.factors_from, stated, vs, group.vs0, flat)
         else:
             own_base = (
                 _resolution_xyz({"pixelResolution": attrs["pixelResolution"]}, order)
@@ -1079,6 +1088,7 @@ class _Group(NamedTuple):
     transform: _Transform | None  # this scale's entry of the group's COSEM "multiscales"
     offset: list[float] | None  # Paintera: the centre of s0's first voxel, nm, (x, y, z)
     vs0: VoxelSize | None  # s0's voxel size (None for s0 itself)
+    factors_from: str = ""  # where ``factors`` are stated (a file and its key), for warnings
 
 
 _NO_GROUP = _Group(None, None, None, None, None)
@@ -1261,19 +1271,44 @@ def _whole_offset(centre: Sequence[float], voxel: Sequence[float], voxel0: Seque
     return offset
 
 
-def _group_factors(location: str, group: dict[str, Any]) -> list[Any]:
+def _group_factors(location: str, group: dict[str, Any]) -> tuple[list[Any], str]:
     """The per-scale downsampling factors a multiscale group lists (``downsamplingFactors``, or
-    n5-viewer's ``scales``).  A BigDataViewer ``setupN/timepointN`` group lists none: its
-    ``setupN`` parent holds them for every time point."""
-    factors = group.get("downsamplingFactors") or group.get("scales")
-    if isinstance(factors, list) and factors:
-        return factors
+    n5-viewer's ``scales``), and where (the file and key, for warnings).  A BigDataViewer
+    ``setupN/timepointN`` group lists none: its ``setupN`` parent holds them for every time
+    point."""
+    for key in ("downsamplingFactors", "scales"):
+        factors = group.get(key)
+        if isinstance(factors, list) and factors:
+            return factors, f"{join(location, 'attributes.json')} {key!r}"
     parent, _, name = location.rstrip("/").rpartition("/")
     if parent and re.fullmatch(r"timepoint\d+", name):
         factors = _optional_json(parent, "attributes.json").get("downsamplingFactors")
         if isinstance(factors, list):
-            return factors
-    return []
+            return factors, f"{join(parent, 'attributes.json')} 'downsamplingFactors'"
+    return [], ""
+
+
+def _check_funlib_factors(scale: str, stated: str, factors_xyz: Sequence[float],
+                          vs: VoxelSize, vs0: VoxelSize, flat: bool) -> None:
+    """Warn when the N5 downsampling factors of a scale funlib.persistence placed (``stated``:
+    where they are written) contradict its ``voxel_size`` over scale 0's ``vs0``: each scale of
+    such a group is placed by its own funlib attributes, and the factors are ignored.  The z of
+    a 2-D image (``flat``: one z plane, its z voxel size made up) is not compared."""
+    implied = [v0 * f for v0, f in zip(vs0.zyx(), factors_xyz[::-1], strict=True)]
+    axes = (1, 2) if flat else (0, 1, 2)
+    if all(math.isclose(implied[j], vs.zyx()[j], rel_tol=1e-6) for j in axes):
+        return
+
+    def shown(zyx: Sequence[float]) -> tuple[int | float, ...]:
+        return tuple(_plain_number(zyx[j]) for j in axes)
+
+    warnings.warn(VoxgateWarning(
+        f"{scale}: {stated} gives it downsampling factors {shown(factors_xyz[::-1])} "
+        f"{'(y, x' if flat else '(z, y, x'}; the file lists x first), a voxel size of "
+        f"{shown(implied)} nm over s0's {shown(vs0.zyx())}, but its funlib.persistence "
+        f"voxel_size is {shown(vs.zyx())} nm; "
+        "voxgate uses voxel_size (each scale of a funlib.persistence group is placed by its "
+        "own attributes) and ignores the factors"), stacklevel=5)
 
 
 def _infer_factor(full: int, scaled: int) -> float:

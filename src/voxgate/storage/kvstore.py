@@ -49,8 +49,11 @@ __all__ = [
     "check_spec_buckets",
     "gcs_credentials",
     "DESKTOP_FILES",
+    "VCS_PLACEHOLDERS",
     "holds_nothing",
     "is_desktop_file",
+    "is_placeholder_file",
+    "left_by",
     "is_local",
     "join",
     "kvstore_exists",
@@ -637,15 +640,47 @@ _EMPTY_LISTING_SECONDS = 20.0
 DESKTOP_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 
 
+#: files version control keeps in a folder it would otherwise not keep, or beside the files it
+#: tracks there: git's .gitignore and .gitattributes, the .gitkeep and .keep conventions for
+#: keeping an empty folder in git, Mercurial's .hgignore.  A folder a user made with git for a
+#: volume to come (``newproject/.gitkeep``) holds no volume.  No format's own file is one of
+#: these (zarr's .zarray, .zgroup, .zattrs, .zmetadata are markers and metadata, never litter).
+VCS_PLACEHOLDERS = frozenset({".gitkeep", ".keep", ".gitignore", ".gitattributes", ".hgignore"})
+
+
+def _base(name: str) -> str:
+    return name.rstrip("/").rsplit("/", 1)[-1]
+
+
 def is_desktop_file(name: str) -> bool:
     """Whether the file (or key) ``name``'s last part is one a desktop leaves in folders."""
-    base = name.rstrip("/").rsplit("/", 1)[-1]
+    base = _base(name)
     return base.lower() in DESKTOP_FILES or base.startswith("._")
+
+
+def is_placeholder_file(name: str) -> bool:
+    """Whether the file (or key) ``name``'s last part is one of :data:`VCS_PLACEHOLDERS`."""
+    return _base(name) in VCS_PLACEHOLDERS
+
+
+def _holds_no_volume(name: str) -> bool:
+    return is_desktop_file(name) or is_placeholder_file(name)
+
+
+def left_by(names: list[str]) -> str:
+    """What left the files ``names`` (all desktop files or version-control placeholders), as a
+    message says it after listing them."""
+    desktop = any(is_desktop_file(n) for n in names)
+    vcs = any(is_placeholder_file(n) and not is_desktop_file(n) for n in names)
+    return " and ".join(
+        what for what, there in (("a desktop leaves in folders it shows", desktop),
+                                 ("version control keeps in folders", vcs)) if there)
 
 
 def holds_nothing(location: str) -> list[str] | None:
     """The keys under the gs:// or s3:// prefix ``location`` when a listing answers with none
-    but a desktop's own files (:data:`DESKTOP_FILES`; [] when nothing at all is stored there);
+    but a desktop's own files (:data:`DESKTOP_FILES`) and version control's placeholders
+    (:data:`VCS_PLACEHOLDERS`; [] when nothing at all is stored there);
     None when something else is, for other locations, and when the listing is refused or does
     not finish in time (it says nothing then)."""
     if urlparse(location).scheme not in ("gs", "s3"):
@@ -662,7 +697,7 @@ def holds_nothing(location: str) -> list[str] | None:
         return None
     _reached(location)
     names = sorted(k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k) for k in keys)
-    return names if all(is_desktop_file(n) for n in names) else None
+    return names if all(_holds_no_volume(n) for n in names) else None
 
 
 def json_object(raw: bytes, where: str,
