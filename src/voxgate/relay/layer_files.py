@@ -26,11 +26,17 @@ itself reads (see :func:`parse_range`).
 Files that CloudFiles stored compressed (``<name>.gz``, ``.br``, ...) are served decoded, or a
 gzip body as stored with ``Content-Encoding: gzip`` when the client accepts gzip and asked for
 the whole file.
+
+Replies carry a strong ETag (one for the whole file and every range of one stored version and
+representation), ``Cache-Control: no-cache`` and ``X-Accel-Expires: @1`` (a cache may store
+them and must revalidate each use), and answer ``If-None-Match`` (304) and ``If-Range``: see
+:func:`_file_tag` and :class:`Conditions`.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import posixpath
@@ -62,6 +68,7 @@ from .errors import RESOURCE_NOT_FOUND, BossHTTPError
 __all__ = [
     "ANNOTATION_TYPE",
     "DIR_KEYS",
+    "Conditions",
     "FileReply",
     "LayerFiles",
     "check_file_path",
@@ -89,6 +96,15 @@ _BLOCK = 2**20
 _RANGE = re.compile(r"bytes=([0-9]{0,18})-(-1|[0-9]{0,18})")
 _ENCODED_SEPARATOR = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
 _MAX_MEMO = 4096
+#: A local file's ETag comes from its (inode, size, modification and change times; the change
+#: time, which no program can set back, catches a write whose modification time was restored,
+#: as ``cp -p`` and ``rsync -a`` do), and those times from a coarse clock: a same-size write in
+#: place in the same tick as the one they record leaves them all as they were.  A file modified
+#: or changed less than this before a request gets no ETag, so no cache is ever told 304 for
+#: bytes such a write replaced (as remotes/tiff and remotes/hdf5 judge their stamps)
+RACY_NS = 2 * 10**9
+#: the clock that judges it (tests set it)
+_now_ns = time.time_ns
 
 
 def upstream_layer(url: str) -> str | None:
@@ -168,6 +184,54 @@ def _span(rng: tuple[int | None, int | None], size: int, header: str) -> tuple[i
         raise _unsatisfiable(f"Range {header!r} starts at or after the end of the file "
                              f"({size} bytes)", size)
     return first, size if last is None else min(last + 1, size)
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """A request's conditional headers that file replies answer (RFC 9110, section 13)."""
+
+    if_none_match: str | None = None
+    if_range: str | None = None
+
+    def not_modified(self, etag: str | None) -> bool:
+        """Whether If-None-Match names ``etag`` (weak comparison; ``*``: the file exists)."""
+        if not self.if_none_match:
+            return False
+        tags = [t.strip() for t in self.if_none_match.split(",")]
+        return "*" in tags or (etag is not None and etag in [
+            t[2:] if t.startswith("W/") else t for t in tags])
+
+    def range_holds(self, etag: str | None) -> bool:
+        """Whether a Range stands: no If-Range, or one naming ``etag`` (strong comparison).
+        A date never does (there is no Last-Modified), nor a weak tag, nor any tag when the
+        reply has none: then the whole file is sent."""
+        if self.if_range is None:
+            return True
+        return etag is not None and self.if_range.strip() == etag
+
+
+def _file_tag(*identity: object) -> str:
+    """A strong ETag of a file reply: a digest of what its bytes are a function of (the
+    layer, the file, its stored version: a local file's inode, size and modification time,
+    a remote one's storage generation; and the representation served: ``raw`` the stored
+    bytes (a range of them too), ``identity`` a compressed variant decoded, ``gzip`` a gzip
+    variant as stored with Content-Encoding)."""
+    text = json.dumps([str(p) for p in identity])
+    return '"vgf-' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
+
+
+def _validated(headers: dict[str, str], etag: str | None) -> dict[str, str]:
+    """``headers`` with ``etag`` (none: the file may be changing): caches may store the reply
+    and revalidate it on each use (nginx reads X-Accel-Expires, an already expired time; it
+    takes ``no-cache`` for "do not store")."""
+    if etag is not None:
+        headers.update({"ETag": etag, "X-Accel-Expires": "@1"})
+    return headers
+
+
+def _not_modified(headers: dict[str, str], etag: str | None) -> FileReply:
+    kept = {k: v for k, v in headers.items() if k in ("Cache-Control", "Vary")}
+    return FileReply(304, b"", _validated(kept, etag))
 
 
 @dataclass
@@ -376,18 +440,28 @@ class LayerFiles:
         return None
 
     def _remote_read(self, location: str, name: str, byte_range: slice | None) -> bytes | None:
+        got = self._remote_get(location, name, byte_range)
+        return None if got is None else got[0]
+
+    def _remote_get(self, location: str, name: str,
+                    byte_range: slice | None) -> tuple[bytes, bytes | None] | None:
+        """(the bytes, the storage generation they are of: None when the store gives none,
+        e.g. an HTTP server without a strong ETag), or None when the file is absent."""
         with ts_errors(f"reading {name} of the upstream layer"):
             kv = self._store(location)
             result = (kv.read(name) if byte_range is None
                       else kv.read(name, byte_range=byte_range)).result()
         if result.state != "value":
             return None
-        return bytes(result.value)
+        generation = bytes(result.stamp.generation)
+        # (tensorstore's first byte is a flag: nothing after it is no generation)
+        return bytes(result.value), generation if len(generation) > 1 else None
 
     def read(self, location: str, name: str, *, range_header: str | None, gzip_ok: bool,
-             head: bool) -> FileReply | None:
+             head: bool, conditions: Conditions | None = None) -> FileReply | None:
         """The reply for ``name`` (a checked path relative to the layer), None if absent."""
         rng = parse_range(range_header)
+        cond = conditions or Conditions()
         headers = {"Accept-Ranges": "bytes", "Vary": "Accept-Encoding",
                    "Cache-Control": "no-cache",
                    "Content-Type": "application/json"
@@ -398,9 +472,9 @@ class LayerFiles:
                 return self._empty_reply(location, name, rng, headers)
             if is_local(location):
                 return self._read_local_file(location, name, rng, range_header or "", gzip_ok,
-                                             head, headers)
+                                             head, headers, cond)
             return self._read_remote_file(location, name, rng, range_header or "", gzip_ok,
-                                          head, headers)
+                                          head, headers, cond)
         except OSError as exc:
             raise UpstreamError(f"reading {name} of the upstream layer failed: "
                                 f"{exc.strerror or exc}") from exc
@@ -409,7 +483,7 @@ class LayerFiles:
                      headers: dict[str, str]) -> FileReply | None:
         """204 with no body for the empty range of a file that exists (None if it does not):
         no Content-Range can name zero bytes, and no-store keeps caches from taking the empty
-        answer for the file."""
+        answer for the file (nor does it carry an ETag or answer conditions)."""
         if is_local(location):
             if self._local(location, name) is None:
                 return None
@@ -425,84 +499,172 @@ class LayerFiles:
         return FileReply(204, b"", headers)
 
     def _read_local_file(self, location: str, name: str, rng: tuple[int | None, int | None] | None,
-                         header: str, gzip_ok: bool, head: bool,
-                         headers: dict[str, str]) -> FileReply | None:
-        found = self._local(location, name)
-        if found is None:
+                         header: str, gzip_ok: bool, head: bool, headers: dict[str, str],
+                         cond: Conditions) -> FileReply | None:
+        """The reply of a local file: its ETag from the stat of the file it reads (the same
+        open file), checked again after the read; a file changed during the read is read
+        again, once."""
+        for final in (False, True):
+            found = self._local(location, name)
+            if found is None:
+                return None
+            path, suffix = found
+            reply = self._local_reply(location, name, path, suffix, rng, header, gzip_ok, head,
+                                      dict(headers), cond, final)
+            if reply is not None:
+                return reply
+        raise AssertionError("unreachable")
+
+    def _local_reply(self, location: str, name: str, path: str, suffix: str,
+                     rng: tuple[int | None, int | None] | None, header: str, gzip_ok: bool,
+                     head: bool, headers: dict[str, str], cond: Conditions,
+                     final: bool) -> FileReply | None:
+        """One try of :meth:`_read_local_file`; None when the file changed while it was read
+        (and this is not the ``final`` try: then it is served without an ETag)."""
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+
+            def tag(variant: str) -> str | None:
+                if _now_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_NS:
+                    return None  # (racily clean: see RACY_NS)
+                return _file_tag("file", location, name, st.st_ino, st.st_size,
+                                 st.st_mtime_ns, st.st_ctime_ns, suffix, variant)
+
+            decoded = "identity" if suffix else "raw"  # what ranges are of
+            if rng is not None and cond.if_range is not None and not cond.range_holds(
+                    tag(decoded)):
+                rng = None  # If-Range names another version: the whole file
+            variant = "gzip" if suffix == ".gz" and gzip_ok and rng is None else decoded
+            etag = tag(variant)
+            if cond.not_modified(etag):
+                return _not_modified(headers, etag)
+            if variant == "gzip":  # as stored: the client decodes it
+                data = f.read()
+                reply = FileReply(200, b"" if head else data,
+                                  {**headers, "Content-Encoding": "gzip",
+                                   "Content-Length": str(len(data))})
+            elif suffix:
+                reply = _reply_from_bytes(decompress(f.read(), suffix, name), rng, header, head,
+                                          headers)
+            else:
+                reply = _reply_from_file(f, path, st.st_size, rng, header, head, headers)
+            if etag is None or head or not isinstance(reply.body, bytes):
+                # (a streamed body is read after the headers are sent: a write during it can
+                # only be seen by the next revalidation, whose ETag then differs)
+                return FileReply(reply.status, reply.body, _validated(reply.headers, etag))
+            after = os.fstat(f.fileno())
+        if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
+                st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            return FileReply(reply.status, reply.body, _validated(reply.headers, etag))
+        if not final:
             return None
-        path, suffix = found
-        if suffix == ".gz" and gzip_ok and rng is None:
-            data = _read_local(path, 0, None)  # as stored: the client decodes it
-            return FileReply(200, b"" if head else data,
-                             {**headers, "Content-Encoding": "gzip",
-                              "Content-Length": str(len(data))})
-        if suffix:
-            return _reply_from_bytes(decompress(_read_local(path, 0, None), suffix, name), rng,
-                                     header, head, headers)
-        size = os.stat(path).st_size
-        if rng is None:
-            headers["Content-Length"] = str(size)
-            if head:
-                return FileReply(200, b"", headers)
-            if size > STREAM_BYTES:
-                return FileReply(200, _blocks(path, 0, size), headers)
-            return FileReply(200, _read_local(path, 0, size), headers)
-        start, stop = _span(rng, size, header)
-        headers.update({"Content-Range": f"bytes {start}-{stop - 1}/{size}",
-                        "Content-Length": str(stop - start)})
-        if head:
-            return FileReply(206, b"", headers)
-        if stop - start > STREAM_BYTES:
-            return FileReply(206, _blocks(path, start, stop), headers)
-        return FileReply(206, _read_local(path, start, stop), headers)
+        if reply.status == 206 and cond.if_range is not None:
+            raise UpstreamError(f"{name} of the upstream layer was written while it was read, "
+                                "twice; ask again")
+        return reply  # (what was read, labelled with no version)
 
     def _read_remote_file(self, location: str, name: str,
                           rng: tuple[int | None, int | None] | None, header: str, gzip_ok: bool,
-                          head: bool, headers: dict[str, str]) -> FileReply | None:
-        if rng is None or rng[0] is None:
-            data = self._remote_read(location, name, None)
-            if data is None:
+                          head: bool, headers: dict[str, str],
+                          cond: Conditions) -> FileReply | None:
+        """The reply of a remote file: its ETag from the storage generation the store read it
+        at (no ETag when it gives none)."""
+        if rng is not None and rng[0] is not None:
+            got = self._remote_range(location, name, rng, header)
+            if got is None:
                 return None
-            if _is_gzip(data):
-                if gzip_ok and rng is None:
-                    return FileReply(200, b"" if head else data,
-                                     {**headers, "Content-Encoding": "gzip",
-                                      "Content-Length": str(len(data))})
-                data = gzip.decompress(data)
-            return _reply_from_bytes(data, rng, header, head, headers)
-        # a range of a remote file: only those bytes are read (a shard may be large).  The
-        # store does not say the file's size, so Content-Range says "*" unless the range ran
-        # to the end (ranges of gzip-stored objects are of the stored bytes: shards and
-        # fragment files are stored uncompressed)
+            data, total, generation = got
+            etag = _remote_tag(location, name, generation, "raw")
+            if cond.range_holds(etag):
+                if cond.not_modified(etag):
+                    return _not_modified(headers, etag)
+                shown = "*" if total is None else str(total)
+                headers.update({"Content-Range": f"bytes {rng[0]}-{rng[0] + len(data) - 1}/"
+                                f"{shown}", "Content-Length": str(len(data))})
+                return FileReply(206, b"" if head else data, _validated(headers, etag))
+            rng = None  # If-Range names another version: the whole file
+        whole = self._remote_get(location, name, None)
+        if whole is None:
+            return None
+        data, generation = whole
+        stored_gzip = _is_gzip(data)
+        variant = "identity" if stored_gzip else "raw"  # what ranges are of
+        if rng is not None and not cond.range_holds(
+                _remote_tag(location, name, generation, variant)):
+            rng = None
+        if stored_gzip and gzip_ok and rng is None:
+            variant = "gzip"
+        etag = _remote_tag(location, name, generation, variant)
+        if cond.not_modified(etag):
+            return _not_modified(headers, etag)
+        if variant == "gzip":
+            return FileReply(200, b"" if head else data,
+                             _validated({**headers, "Content-Encoding": "gzip",
+                                         "Content-Length": str(len(data))}, etag))
+        if stored_gzip:
+            data = gzip.decompress(data)
+        return _reply_from_bytes(data, rng, header, head, _validated(headers, etag))
+
+    def _remote_range(self, location: str, name: str, rng: tuple[int | None, int | None],
+                      header: str) -> tuple[bytes, int | None, bytes | None] | None:
+        """(the bytes, the file's size when the range ran to its end, the generation) of a
+        range of a remote file: only those bytes are read (a shard may be large).  The store
+        does not say the file's size, so Content-Range says "*" unless the range ran to the
+        end (ranges of gzip-stored objects are of the stored bytes: shards and fragment files
+        are stored uncompressed)"""
         first, last = rng
         assert first is not None
         total: int | None = None
-        data = None
+        got = None
         if last is not None:
             try:
-                data = self._remote_read(location, name, slice(first, last + 1))
+                got = self._remote_get(location, name, slice(first, last + 1))
             except VoxgateError as exc:
                 if "OUT_OF_RANGE" not in str(exc):
                     raise
-        if data is None:
+        if got is None:
             try:
-                data = self._remote_read(location, name, slice(first, None))
+                got = self._remote_get(location, name, slice(first, None))
             except VoxgateError as exc:
                 if "OUT_OF_RANGE" not in str(exc):
                     raise
                 raise _unsatisfiable(f"Range {header!r} starts after the end of the "
                                      "file") from None
-            if data is None:
+            if got is None:
                 return None
-            total = first + len(data)
-            if not data:
+            total = first + len(got[0])
+            if not got[0]:
                 raise _unsatisfiable(f"Range {header!r} starts at the end of the file", total)
             if last is not None:
-                data = data[: last + 1 - first]
-        shown = "*" if total is None else str(total)
-        headers.update({"Content-Range": f"bytes {first}-{first + len(data) - 1}/{shown}",
-                        "Content-Length": str(len(data))})
-        return FileReply(206, b"" if head else data, headers)
+                got = (got[0][: last + 1 - first], got[1])
+        return got[0], total, got[1]
+
+
+def _remote_tag(location: str, name: str, generation: bytes | None, variant: str) -> str | None:
+    return None if generation is None else _file_tag("store", location, name, generation.hex(),
+                                                     variant)
+
+
+def _reply_from_file(f: Any, path: str, size: int, rng: tuple[int | None, int | None] | None,
+                     header: str, head: bool, headers: dict[str, str]) -> FileReply:
+    """The reply of a stored (not compressed) local file open as ``f``: only the range read,
+    and streamed in blocks when large."""
+    if rng is None:
+        start, stop, status = 0, size, 200
+    else:
+        start, stop = _span(rng, size, header)
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    headers["Content-Length"] = str(stop - start)
+    if head:
+        return FileReply(status, b"", headers)
+    if stop - start > STREAM_BYTES:
+        st = os.fstat(f.fileno())
+        return FileReply(status, _blocks(path, start, stop,
+                                         (st.st_ino, st.st_size, st.st_mtime_ns,
+                                          st.st_ctime_ns)), headers)
+    f.seek(start)
+    return FileReply(status, f.read(stop - start), headers)
 
 
 def _reply_from_bytes(data: bytes, rng: tuple[int | None, int | None] | None, header: str,
@@ -522,8 +684,16 @@ def _read_local(path: str, start: int, stop: int | None) -> bytes:
         return f.read() if stop is None else f.read(stop - start)
 
 
-def _blocks(path: str, start: int, stop: int) -> Iterator[bytes]:
+def _blocks(path: str, start: int, stop: int,
+            version: tuple[int, int, int, int] | None = None) -> Iterator[bytes]:
+    """The bytes ``[start, stop)`` of ``path`` in blocks; none of them if the file is no longer
+    the ``version`` (inode, size, modification and change times) the reply's headers were made
+    for (the response then breaks off rather than send other bytes under its ETag)."""
     with open(path, "rb") as f:
+        if version is not None:
+            st = os.fstat(f.fileno())
+            if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != version:
+                raise OSError(f"{path} was replaced after the reply's headers were made")
         f.seek(start)
         left = stop - start
         while left > 0:

@@ -31,7 +31,13 @@ from ..storage import length_unit_nm
 from .cache import CachedRemote
 from .catalog import ChannelEntry
 from .errors import INVALID_STATE, BossHTTPError
-from .layer_files import LayerFiles, check_file_path, not_served, upstream_layer
+from .layer_files import (
+    Conditions,
+    LayerFiles,
+    check_file_path,
+    not_served,
+    upstream_layer,
+)
 from .state import Relay
 
 __all__ = ["precomputed_info", "precomputed_routes"]
@@ -274,10 +280,12 @@ def precomputed_routes(relay: Relay) -> list[Route]:
                 return None
             reply = files.read(location, name, range_header=request.headers.get("range"),
                                gzip_ok=_accepts_gzip(request.headers.get("accept-encoding", "")),
-                               head=head)
+                               head=head, conditions=Conditions(
+                                   request.headers.get("if-none-match"),
+                                   request.headers.get("if-range")))
             if reply is None:
                 raise BossHTTPError(404, 4000, f"no file {name} in this layer")
-            media = reply.headers.pop("Content-Type")
+            media = reply.headers.pop("Content-Type", None)  # (a 304 has none)
             if isinstance(reply.body, bytes):
                 return Response(b"" if head else reply.body, status_code=reply.status,
                                 media_type=media, headers=reply.headers)
