@@ -42,9 +42,12 @@ import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from ..remotes.base import Remote
 
 __all__ = [
     "AuthConfig",
@@ -240,11 +243,12 @@ def _check_keys(table: dict[str, Any], known: tuple[str, ...], where: str, text:
         raise InvalidRequestError(f"{where}: unknown key {key!r}{line}; {hint}")
 
 
-def _line_of(text: str, key: str) -> str:
-    """`` (line N)``: where ``key`` is first set or opened in the TOML ``text`` ("" if unseen)."""
+def _line_of(text: str, key: str, start: int = 0) -> str:
+    """`` (line N)``: where ``key`` is first set or opened in the TOML ``text`` at or after
+    the offset ``start`` ("" if unseen)."""
     name = rf"[\"']?{re.escape(key)}[\"']?"
-    m = (re.search(rf"^\s*(\[\[?\s*)?(\w+\.)*{name}\s*(=|\]|\.)", text, re.MULTILINE)
-         or re.search(rf"[{{,]\s*{name}\s*=", text))
+    lines = re.compile(rf"^\s*(\[\[?\s*)?(\w+\.)*{name}\s*(=|\]|\.)", re.MULTILINE)
+    m = lines.search(text, start) or re.compile(rf"[{{,]\s*{name}\s*=").search(text, start)
     return "" if m is None else f" (line {text.count(chr(10), 0, m.start()) + 1})"
 
 
@@ -424,8 +428,14 @@ def _load(path: Path | None, raw: dict[str, Any], text: str, base: Path,
     if not isinstance(channels, list):
         raise InvalidRequestError("channels are an array of tables: write each one under "
                                   "[[channel]] (two brackets), not [channel]")
+    # where each [[channel]] table starts, to find the lines of its keys (none found, or not
+    # one per channel, as for an inline array of tables: the whole file is searched)
+    starts = [m.start() for m in re.finditer(r"^\s*\[\[\s*channel\s*\]\]", text,
+                                              re.MULTILINE)]
+    if len(starts) != len(channels):
+        starts = [0] * len(channels)
     for i, ch in enumerate(channels):
-        cfg.channels.append(_channel(ch, f"[[channel]] #{i + 1}", text))
+        cfg.channels.append(_channel(ch, f"[[channel]] #{i + 1}", text, starts[i]))
     for key, value in overrides.items():
         if value is None:
             continue
@@ -493,7 +503,7 @@ def check_worker_options(cfg: RelayConfig) -> None:
             "writable = false")
 
 
-def _channel(ch: object, where: str, text: str) -> ChannelConfig:
+def _channel(ch: object, where: str, text: str, start: int = 0) -> ChannelConfig:
     ch = _table(ch, where)
     _check_keys(ch, CHANNEL_KEYS, where, text)
     try:
@@ -514,9 +524,68 @@ def _channel(ch: object, where: str, text: str) -> ChannelConfig:
                 f"{where}: missing must be \"fill\" or \"error\", got {ch['missing']!r}"
             )
         options["missing"] = ch["missing"]
-    return ChannelConfig(parts[0], parts[1], parts[2], _upstream(upstream, where), options,
-                         _bool(ch.get("forward_token", False), f"{where}: forward_token"),
+    url = _upstream(upstream, where)
+    _check_options(url, options, f"{where} ({name})", text, start)
+    forward = _bool(ch.get("forward_token", False), f"{where}: forward_token")
+    cls = _upstream_class(url) if forward else None
+    if cls is not None and "token" not in cls.open_options:
+        raise InvalidRequestError(
+            f"{where} ({name}): forward_token{_line_of(text, 'forward_token', start)} = true "
+            f"opens the upstream with each client's token, and {cls.scheme}:// takes no token "
+            "(bossdb:// and dvid:// do); leave it out, and give the upstream's own credentials "
+            "in its URL or environment")
+    return ChannelConfig(parts[0], parts[1], parts[2], url, options, forward,
                          _bool(ch.get("writable", True), f"{where}: writable"))
+
+
+def _check_options(url: str, options: dict[str, Any], where: str, text: str,
+                   start: int) -> None:
+    """Refuse, before the relay starts and without opening anything, a channel's ``options``
+    its upstream's open would refuse whatever the upstream holds: a key that Remote does not
+    take (with the closest one it does: ``hold_wrte``), ``mode`` (the relay sets it), a value
+    of the wrong type or two that contradict each other (the Remote's
+    ``check_open_options``).  Unchecked, each failed the channel's first request, as an error
+    answer to some client, maybe hours after the relay started."""
+    from ..remotes.base import check_missing, check_options
+
+    cls = _upstream_class(url)
+    if cls is None:
+        return
+    if "mode" in options:
+        raise InvalidRequestError(
+            f"{where}: options{_line_of(text, 'mode', start)}: mode is not an option here: the "
+            "relay opens the upstream read-write, or read-only for writable = false; leave it "
+            "out")
+    # (missing is taken for every Remote by open_remote, and put here from the channel's own
+    # missing key; hold_write, hold_open and token the relay adds when it opens the upstream)
+    try:
+        unknown = sorted(set(options) - {*cls.open_options, "missing"})
+        if unknown:
+            where = f"{where}: options{_line_of(text, unknown[0], start)}"
+            check_options(f"{cls.scheme}://", options, (*cls.open_options, "missing"))
+        where = f"{where}: options{_line_of(text, 'options', start)}"
+        if "missing" in options:
+            check_missing(options["missing"])
+        cls.check_open_options({k: v for k, v in options.items() if k != "missing"})
+    except InvalidRequestError as exc:
+        raise InvalidRequestError(f"{where}: {exc}") from None
+
+
+def _upstream_class(url: str) -> type[Remote] | None:
+    """The Remote class that opens ``url``, when that is known without I/O: the URL names its
+    scheme, or it is a path whose extension says HDF5 or TIFF (as ``detect_format`` takes it).
+    Other bare paths are told by what they hold (read when the channel is first opened)."""
+    from ..errors import VoxgateError
+    from ..registry import resolve, resolve_for_create
+    from ..storage.locations import split_url
+
+    try:
+        if split_url(url)[0] is not None:
+            return resolve(url)[0]
+        cls = resolve_for_create(url)[0]
+    except VoxgateError:  # (the open says what is wrong with the URL)
+        return None
+    return cls if cls.scheme in ("hdf5", "tiff") else None
 
 
 def check_paths(cfg: RelayConfig) -> None:

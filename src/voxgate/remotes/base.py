@@ -124,6 +124,16 @@ class Remote(abc.ABC):
         """Open an existing resource.  Raises RemoteNotFoundError when there is none."""
 
     @classmethod
+    def check_open_options(cls, options: Mapping[str, Any]) -> None:
+        """Refuse, without any I/O, ``options`` (besides ``mode`` and ``missing``) that
+        :meth:`open` would refuse whatever the location holds: a name it does not take, a value
+        of the wrong type, two that contradict each other.  The relay checks each channel's
+        options with it when it starts, so a mistake stops it there rather than failing the
+        channel's first request.  A class with rules of its own adds them here and has
+        ``open`` call it."""
+        check_options(f"{cls.scheme}://", options, cls.open_options, "open")
+
+    @classmethod
     def create(
         cls, location: str, meta: VolumeMeta, *, exist_ok: bool = False, **options: Any
     ) -> Remote:

@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, overload
 
 import numpy as np
@@ -134,8 +134,7 @@ class ZarrRemote(Remote):
         """``multiscale``: which of an OME-Zarr group's ``multiscales`` to read, by name or
         index (NGFF: "the user can choose by name, using the first multiscale as a
         fallback"); the first when None."""
-        check_options("zarr://", options, cls.open_options, "open")
-        _check_choice(multiscale)
+        cls.check_open_options({**options, "multiscale": multiscale})
         # each document is read once, here; an array's is handed on to tensorstore
         node = _metadata(location, "zarr.json", optional=True)
         if node is not None:
@@ -165,6 +164,12 @@ class ZarrRemote(Remote):
         raise RemoteNotFoundError(
             f"no zarr array or group at {location!r} (looked for zarr.json, .zarray, .zgroup)"
         )
+
+    @classmethod
+    def check_open_options(cls, options: Mapping[str, Any]) -> None:
+        """``multiscale`` (None: not given) is a name or an index."""
+        super().check_open_options(options)
+        _check_choice(options.get("multiscale"))
 
     @classmethod
     def _open_store(cls, location: str, driver: str, mode: str,

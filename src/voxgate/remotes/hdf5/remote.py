@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -127,15 +127,7 @@ class HDF5Remote(Remote):
         and closes it, so a write waits for the reads in progress and every read after it sees
         it.  ``hold_write`` is then false; asking for both is an error.
         """
-        check_options("hdf5://", options, cls.open_options, "open")
-        if hold_write is not None and not isinstance(hold_write, bool):
-            raise InvalidRequestError(f"hold_write must be true or false, got {hold_write!r}")
-        if not isinstance(hold_open, bool):
-            raise InvalidRequestError(f"hold_open must be true or false, got {hold_open!r}")
-        if hold_write and not hold_open:
-            raise InvalidRequestError(
-                "hold_write=True keeps the file open read-write, hold_open=False keeps it closed "
-                "between reads and writes: choose one")
+        cls.check_open_options({**options, "hold_write": hold_write, "hold_open": hold_open})
         path, name = _split(location)
         holds = mode == "r+" and (hold_open if hold_write is None else hold_write)
         if mode == "r+" and not holds and os.path.exists(path) and not os.access(path, os.W_OK):
@@ -151,6 +143,21 @@ class HDF5Remote(Remote):
         except BaseException:
             _release(shared, hold=holds, keep=hold_open)
             raise
+
+    @classmethod
+    def check_open_options(cls, options: Mapping[str, Any]) -> None:
+        """``hold_write`` (None: not given) and ``hold_open`` are true or false, and not
+        ``hold_write=True`` with ``hold_open=False`` (see :meth:`open`)."""
+        super().check_open_options(options)
+        hold_write, hold_open = options.get("hold_write"), options.get("hold_open", True)
+        if hold_write is not None and not isinstance(hold_write, bool):
+            raise InvalidRequestError(f"hold_write must be true or false, got {hold_write!r}")
+        if not isinstance(hold_open, bool):
+            raise InvalidRequestError(f"hold_open must be true or false, got {hold_open!r}")
+        if hold_write and not hold_open:
+            raise InvalidRequestError(
+                "hold_write=True keeps the file open read-write, hold_open=False keeps it closed "
+                "between reads and writes: choose one")
 
     def spec(self) -> dict[str, Any]:
         out = super().spec()
