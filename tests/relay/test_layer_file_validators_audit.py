@@ -11,12 +11,19 @@ written by voxgate: sharded multi-resolution meshes and sharded skeletons on loc
 on S3 (moto on 127.0.0.1); Debian's nginx in front for the revalidation.  Local files modified
 less than 2 s before a request get no ETag (``RACY_NS``), so the tests that need one move the
 relay's clock 10 s on (``later``) rather than wait.
+
+A remote file's ETag names its storage generation (``"vgf-<generation hex>-<variant>-<digest>"``),
+so a revalidation is answered 304 after one conditional request to the store, with none of the
+file's bytes read (it read the whole file, a shard perhaps gigabytes, just to answer 304): the
+bytes moto sends are counted by a proxy between the relay and it (tests/garbage_proxy.py).
+Replies with an ETag say ``Cache-Control: public, no-cache``, as cutouts.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -30,6 +37,7 @@ import numpy as np
 import pytest
 
 import voxgate
+from tests.garbage_proxy import GarbageProxy
 from voxgate.formats.mesh import write_meshes
 from voxgate.formats.skeleton import write_skeletons
 from voxgate.relay import layer_files
@@ -151,7 +159,7 @@ def test_the_whole_shard_and_its_ranges_share_one_strong_etag_and_a_match_is_304
     whole = s.get(SHARD)
     etag = _strong(whole)
     assert whole.content == stored
-    assert whole.headers["cache-control"] == "no-cache"  # revalidated on every use
+    assert whole.headers["cache-control"] == "public, no-cache"  # revalidated on every use
     assert whole.headers["x-accel-expires"] == "@1"      # nginx: stored, already expired
     for rng, part in (("bytes=0-99", stored[:100]), ("bytes=100-299", stored[100:300]),
                       ("bytes=-40", stored[-40:]), (f"bytes={len(stored) - 7}-",
@@ -401,3 +409,191 @@ def test_files_of_a_layer_on_s3_carry_the_etag_of_their_storage_generation(
     finally:
         s.stop()
 
+
+
+# -- revalidating a file on S3 without reading it -------------------------------------------------
+@dataclass
+class OnS3:
+    """A layer on S3 (moto), the relay reading it through a proxy that counts what moto sends."""
+
+    served: Served
+    seg: Any
+    ids: list[int]
+    meshes: dict[int, Any]
+    bucket: str
+    proxy: GarbageProxy
+
+    def sent(self, key: str) -> list[tuple[int, int]]:
+        """From now on, (status, body bytes) of each 2xx answer moto sends the relay for the
+        object ``key`` of the layer (a 304 sends no body and is not listed)."""
+        answers: list[tuple[int, int]] = []
+
+        def count(status: int, headers: dict[str, str], body: bytes
+                  ) -> tuple[int, dict[str, str], bytes]:
+            answers.append((status, len(body)))
+            return status, headers, body
+
+        self.proxy.rule = (re.compile("/seg/" + re.escape(key) + r"(\?|$)"), count)
+        return answers
+
+    def put(self, key: str, body: bytes) -> None:
+        import boto3
+
+        boto3.client("s3", endpoint_url=os.environ["VOXGATE_S3_ENDPOINT"],
+                     region_name="us-east-1").put_object(Bucket=self.bucket, Key=f"seg/{key}",
+                                                         Body=body)
+
+    def s3_etag(self, key: str) -> str:
+        import boto3
+
+        return str(boto3.client("s3", endpoint_url=os.environ["VOXGATE_S3_ENDPOINT"],
+                                region_name="us-east-1").head_object(
+            Bucket=self.bucket, Key=f"seg/{key}")["ETag"])
+
+
+@pytest.fixture
+def on_s3(s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OnS3]:
+    url = f"precomputed://s3://{s3_bucket}/seg"
+    seg, ids, meshes = _layer(url)
+    proxy = GarbageProxy(os.environ["VOXGATE_S3_ENDPOINT"])
+    with monkeypatch.context() as m:  # the relay's store goes through the proxy
+        m.setenv("VOXGATE_S3_ENDPOINT", proxy.url)
+        served = Served(url, tmp_path)
+        assert served.get("mesh/info").status_code == 200  # (its stores are open)
+    try:
+        yield OnS3(served, seg, ids, meshes, s3_bucket, proxy)
+    finally:
+        served.stop()
+        proxy.close()
+
+
+def _no_body_read(answers: list[tuple[int, int]]) -> None:
+    """No answer of the store carried more than the 2 bytes a revalidation may read."""
+    assert all(size <= 2 for _, size in answers), answers
+
+
+def test_a_revalidation_of_a_shard_on_s3_is_a_304_with_none_of_its_bytes_read(
+        on_s3: OnS3) -> None:
+    s = on_s3.served
+    whole = s.get(SHARD)
+    etag = _strong(whole)
+    stored = whole.content
+    assert whole.headers["cache-control"] == "public, no-cache"
+    # the ETag names the object's storage generation (its S3 ETag)
+    assert on_s3.s3_etag(SHARD).encode().hex() in etag
+
+    answers = on_s3.sent(SHARD)
+    for tag in (etag, f"W/{etag}", f'"vgf-other", {etag}'):
+        for method, rng in (("GET", None), ("HEAD", None), ("GET", "bytes=0-99"),
+                            ("GET", "bytes=-40"), ("HEAD", "bytes=100-")):
+            extra = {"Range": rng} if rng else {}
+            res = s.get(SHARD, method, If_None_Match=tag, **extra)
+            assert res.status_code == 304, (tag, method, rng, res.status_code)
+            assert res.content == b"" and res.headers["etag"] == etag
+            assert res.headers["cache-control"] == "public, no-cache"
+    _no_body_read(answers)
+    assert s.statuses[304] == 15
+
+    # the object changes: the old tag gets the new bytes (read once) and a new tag
+    write_meshes(on_s3.seg.url, {on_s3.ids[0]: on_s3.meshes[on_s3.ids[0]]}, format="multires",
+                 lods=1, sharded=True)
+    answers = on_s3.sent(SHARD)
+    res = s.get(SHARD, If_None_Match=etag)
+    assert res.status_code == 200 and res.content != stored
+    new = _strong(res)
+    assert new != etag and on_s3.s3_etag(SHARD).encode().hex() in new
+    assert [size for _, size in answers if size > 2] == [len(res.content)]
+    answers = on_s3.sent(SHARD)
+    res = s.get(SHARD, Range="bytes=0-99", If_None_Match=etag)
+    assert res.status_code == 206 and res.content == (s.get(SHARD).content)[:100]
+    answers = on_s3.sent(SHARD)
+    assert s.get(SHARD, If_None_Match=new).status_code == 304
+    assert s.get(SHARD, Range="bytes=0-99", If_None_Match=new).status_code == 304
+    _no_body_read(answers)
+    # files too short for the two bytes read: revalidated by the normal reply
+    for body in (b"", b"x"):
+        on_s3.put("mesh/tiny", body)
+        res = s.get("mesh/tiny")
+        assert res.status_code == 200 and res.content == body
+        assert s.get("mesh/tiny", If_None_Match=_strong(res)).status_code == 304
+
+
+def test_a_tampered_or_another_files_tag_is_not_honoured(on_s3: OnS3) -> None:
+    s = on_s3.served
+    etag = _strong(s.get(SHARD))
+    m = re.fullmatch(r'"vgf-([0-9a-f]+)-(raw)-([0-9a-f]+)"', etag)
+    assert m is not None, etag  # (its generation, representation and digest)
+    generation, digest = m.group(1), m.group(3)
+    assert bytes.fromhex(generation).endswith(on_s3.s3_etag(SHARD).encode())
+    stored = s.get(SHARD).content
+    flipped = digest[:-1] + ("0" if digest[-1] != "0" else "1")
+    other = bytes.fromhex(generation)[:-2] + b'0"'  # another generation of the same form
+    made = layer_files._remote_digest  # (a tag made with the digest: anyone can)
+    location = f"s3://{on_s3.bucket}/seg"
+    for tag in (
+        f'"vgf-{generation}-raw-{flipped}"',                        # digest altered
+        f'"vgf-{other.hex()}-raw-{digest}"',                        # generation altered
+        f'"vgf-{generation}-identity-{digest}"',                    # representation altered
+        f'"vgf-{other.hex()}-raw-{made(location, SHARD, other.hex(), "raw")}"',  # not current
+        f'"vgf-0561-raw-{made(location, SHARD, "0561", "raw")}"',   # no generation S3 makes
+        f'"vgf-{generation}-raw-{made(location, SKELETONS, generation, "raw")}"',  # another file
+    ):
+        for rng in (None, "bytes=0-99"):
+            extra = {"Range": rng} if rng else {}
+            res = s.get(SHARD, If_None_Match=tag, **extra)
+            assert res.status_code == (206 if rng else 200), (tag, rng, res.status_code)
+            assert res.content == (stored[:100] if rng else stored), tag
+            assert res.headers["etag"] == etag
+    # the same bytes under another name: the same S3 ETag, another file, another tag
+    on_s3.put("mesh/copy.shard", stored)
+    res = s.get("mesh/copy.shard", If_None_Match=etag)
+    assert res.status_code == 200 and res.content == stored
+    copy = _strong(res)
+    assert copy != etag and copy.split("-")[1] == etag.split("-")[1]  # (one generation)
+    assert s.get("mesh/copy.shard", If_None_Match=copy).status_code == 304
+
+
+def test_a_gzip_stored_object_is_revalidated_per_representation_without_reading_it(
+        on_s3: OnS3) -> None:
+    """As stored (gzip) and decoded are two representations: each tag is answered 304 for
+    its own, unread, and 200 for the other; the tag of a range (of the stored bytes) is not
+    the whole file's, which is decoded or sent with Content-Encoding."""
+    s = on_s3.served
+    text = b'{"sources": [], "processing": [' + b'{"a": 1}, ' * 50 + b'{}]}'
+    on_s3.put("provenance", gzip.compress(text, mtime=0))
+    gz = _strong(s.get("provenance", Accept_Encoding="gzip"))
+    plain = _strong(s.get("provenance", Accept_Encoding="identity"))
+    ranged = _strong(s.get("provenance", Range="bytes=0-9"))
+    assert len({gz, plain, ranged}) == 3
+    answers = on_s3.sent("provenance")
+    assert s.get("provenance", Accept_Encoding="gzip", If_None_Match=gz).status_code == 304
+    assert s.get("provenance", Accept_Encoding="identity",
+                 If_None_Match=plain).status_code == 304
+    assert s.get("provenance", Range="bytes=-5", If_None_Match=plain).status_code == 304
+    assert s.get("provenance", Range="bytes=0-9", If_None_Match=ranged).status_code == 304
+    _no_body_read(answers)
+    for encoding, tag in (("gzip", plain), ("identity", gz), ("gzip", ranged),
+                          ("identity", ranged)):
+        res = s.get("provenance", Accept_Encoding=encoding, If_None_Match=tag)
+        assert res.status_code == 200 and res.content == text, (encoding, tag)
+        assert res.headers["etag"] == (gz if encoding == "gzip" else plain)
+
+
+def test_files_with_an_etag_are_public_no_cache_as_cutouts(local: Local,
+                                                           later: None) -> None:
+    """A shared cache may store them for requests with an Authorization header too (each use
+    is revalidated with the requester's own); a file with no ETag stays plain no-cache."""
+    s = local.served
+    for name in (SHARD, "mesh/info", SKELETONS):
+        res = s.get(name)
+        etag = _strong(res)
+        assert res.headers["cache-control"] == "public, no-cache", name
+        res = s.get(name, Range="bytes=0-9")
+        assert res.status_code == 206 and res.headers["cache-control"] == "public, no-cache"
+        res = s.get(name, If_None_Match=etag)
+        assert res.status_code == 304 and res.headers["cache-control"] == "public, no-cache"
+    layer_files._now_ns = time.time_ns  # (undone by ``later``'s monkeypatch)
+    (local.root / "mesh" / "fresh").write_bytes(b"x" * 100)  # racily clean: no ETag
+    res = s.get("mesh/fresh")
+    assert res.status_code == 200 and "etag" not in res.headers
+    assert res.headers["cache-control"] == "no-cache"

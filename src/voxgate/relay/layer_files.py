@@ -28,9 +28,11 @@ gzip body as stored with ``Content-Encoding: gzip`` when the client accepts gzip
 the whole file.
 
 Replies carry a strong ETag (one for the whole file and every range of one stored version and
-representation), ``Cache-Control: no-cache`` and ``X-Accel-Expires: @1`` (a cache may store
-them and must revalidate each use), and answer ``If-None-Match`` (304) and ``If-Range``: see
-:func:`_file_tag` and :class:`Conditions`.
+representation), ``Cache-Control: public, no-cache`` and ``X-Accel-Expires: @1`` (any cache
+may store them and must revalidate each use, as cutouts), and answer ``If-None-Match`` (304)
+and ``If-Range``: see :func:`_file_tag`, :func:`_remote_tag` and :class:`Conditions`.  A remote
+file's ETag names its storage generation, so a revalidation with it costs the store one
+conditional request and no bytes of the file (:meth:`LayerFiles._current_tag`).
 """
 
 from __future__ import annotations
@@ -105,6 +107,11 @@ _MAX_MEMO = 4096
 RACY_NS = 2 * 10**9
 #: the clock that judges it (tests set it)
 _now_ns = time.time_ns
+#: a remote file's ETag: ``"vgf-<generation hex>-<variant>-<digest>"`` (see :func:`_remote_tag`)
+_REMOTE_TAG = re.compile(r'"vgf-((?:[0-9a-f]{2}){2,128})-(raw|identity|gzip)-([0-9a-f]{24})"')
+#: storage generations longer than this (an HTTP server's ETag can be anything) are hashed into
+#: the ETag, not written out: a revalidation with it then reads the file (as a local one's)
+_MAX_GENERATION = 128
 
 
 def upstream_layer(url: str) -> str | None:
@@ -221,11 +228,16 @@ def _file_tag(*identity: object) -> str:
 
 
 def _validated(headers: dict[str, str], etag: str | None) -> dict[str, str]:
-    """``headers`` with ``etag`` (none: the file may be changing): caches may store the reply
-    and revalidate it on each use (nginx reads X-Accel-Expires, an already expired time; it
-    takes ``no-cache`` for "do not store")."""
+    """``headers`` with ``etag`` (none: the file may be changing, and the reply keeps
+    ``no-cache``): any cache may store the reply and must revalidate it on each use, as a
+    cutout (nginx reads X-Accel-Expires, an already expired time; it takes ``no-cache`` for "do
+    not store").  ``public``: a shared cache may also store the reply to a request that carried
+    an Authorization header; each use is revalidated with the requester's own, which the relay
+    checks before it answers (files are read with the relay's credentials, never a client's
+    token: the same bytes for every client allowed to read the channel)."""
     if etag is not None:
-        headers.update({"ETag": etag, "X-Accel-Expires": "@1"})
+        headers.update({"ETag": etag, "X-Accel-Expires": "@1",
+                        "Cache-Control": "public, no-cache"})
     return headers
 
 
@@ -568,7 +580,12 @@ class LayerFiles:
                           head: bool, headers: dict[str, str],
                           cond: Conditions) -> FileReply | None:
         """The reply of a remote file: its ETag from the storage generation the store read it
-        at (no ETag when it gives none)."""
+        at (no ETag when it gives none).  If-None-Match with a tag of the file still current
+        is answered 304 without reading the file (:meth:`_current_tag`)."""
+        if cond.if_none_match and cond.if_range is None:
+            current = self._current_tag(location, name, rng, gzip_ok, cond.if_none_match)
+            if current is not None:
+                return _not_modified(headers, current)
         if rng is not None and rng[0] is not None:
             got = self._remote_range(location, name, rng, header)
             if got is None:
@@ -604,6 +621,62 @@ class LayerFiles:
         if stored_gzip:
             data = gzip.decompress(data)
         return _reply_from_bytes(data, rng, header, head, _validated(headers, etag))
+
+    def _current_tag(self, location: str, name: str, rng: tuple[int | None, int | None] | None,
+                     gzip_ok: bool, if_none_match: str) -> str | None:
+        """The tag of If-None-Match that this reply would carry, when one names the storage
+        generation the file is still at (then the reply is 304 and no byte of the file is
+        read, where the normal reply reads all of it: nginx revalidates a whole shard on each
+        use); None when none does or it cannot be told this way (the normal reply then
+        decides).  One request to the store, for the first tag this relay made for this file
+        and the representation asked for (:func:`_remote_tag`; the digest in it is checked,
+        so a tag of another file, or one altered, is never taken for a generation):
+
+        - a range from a first byte (of the stored bytes, ``raw``), or a ``gzip`` / ``identity``
+          tag (a gzip-stored object as stored / decoded): tensorstore's conditional read
+          (``if_not_equal``; on S3 a HEAD with If-None-Match, answered 304);
+        - a ``raw`` tag on a request for the whole file or its end: the same tag is that of a
+          range of a gzip-stored object, whose whole is another representation, so the first
+          two bytes are read, with the generation they are of: 304 when they are of that
+          generation and do not start a gzip stream (so the whole is served as stored, ``raw``).
+        """
+        ranged = rng is not None and rng[0] is not None
+        whole = rng is None
+        for text in if_none_match.split(","):
+            tag = text.strip()
+            issued = _issued(tag[2:] if tag.startswith("W/") else tag, location, name)
+            if issued is None:
+                continue
+            generation, variant = issued
+            if (ranged and variant != "raw") or (not ranged and (
+                    (variant == "gzip" and not (gzip_ok and whole))
+                    or (variant == "identity" and gzip_ok and whole))):
+                continue  # (of another representation than this reply's)
+            check = variant == "raw" and not ranged
+            if self._still_at(location, name, generation, check):
+                return _remote_tag(location, name, generation, variant)
+            return None
+        return None
+
+    def _still_at(self, location: str, name: str, generation: bytes, not_gzip: bool) -> bool:
+        """Whether the remote file is still at ``generation`` (and, with ``not_gzip``, its
+        stored bytes do not start as gzip does), read without transferring the file."""
+        kv = self._store(location)
+        with ts_errors(f"revalidating {name} of the upstream layer"):
+            try:
+                if not_gzip:
+                    got = kv.read(name, byte_range=slice(0, 2)).result()
+                    return (got.state == "value" and bytes(got.stamp.generation) == generation
+                            and bytes(got.value) != GZIP_MAGIC)
+                result = kv.read(name, if_not_equal=generation,
+                                 byte_range=slice(0, 0)).result()
+            except ValueError as exc:
+                # a file under 2 bytes (the normal reply reads it), a generation this store
+                # never makes
+                if str(exc).startswith("OUT_OF_RANGE") or "Malformed" in str(exc):
+                    return False
+                raise
+        return result.state == "unspecified"  # (the generation still matches)
 
     def _remote_range(self, location: str, name: str, rng: tuple[int | None, int | None],
                       header: str) -> tuple[bytes, int | None, bytes | None] | None:
@@ -641,8 +714,38 @@ class LayerFiles:
 
 
 def _remote_tag(location: str, name: str, generation: bytes | None, variant: str) -> str | None:
-    return None if generation is None else _file_tag("store", location, name, generation.hex(),
-                                                     variant)
+    """A remote file's ETag: ``"vgf-<generation>-<variant>-<digest>"``, the storage generation
+    in hex (so a revalidation can ask the store whether it is still current without reading the
+    file: :meth:`LayerFiles._current_tag`), the representation, and a digest of the layer, the
+    file, the generation and the representation (a tag of another file, or one altered, does
+    not verify: :func:`_issued`).  None without a generation; the hash-only form of
+    :func:`_file_tag` for one too long to write out."""
+    if generation is None:
+        return None
+    if len(generation) > _MAX_GENERATION:
+        return _file_tag("store", location, name, generation.hex(), variant)
+    return (f'"vgf-{generation.hex()}-{variant}-'
+            f'{_remote_digest(location, name, generation.hex(), variant)}"')
+
+
+def _remote_digest(location: str, name: str, generation: str, variant: str) -> str:
+    text = json.dumps(["store", location, name, generation, variant])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _issued(tag: str, location: str, name: str) -> tuple[bytes, str] | None:
+    """(the storage generation, the representation) of a tag :func:`_remote_tag` made for this
+    file; None for any other tag (a local file's, another file's, an altered one).  The digest
+    is not secret (the tags must be the same in every worker and after a restart): anyone can
+    make the tag of a generation, and a made-up one is answered 304 only when the file is at
+    that generation, to its sender (a cache revalidates with the tags of replies it stored)."""
+    m = _REMOTE_TAG.fullmatch(tag)
+    if m is None:
+        return None
+    generation, variant, digest = m.groups()
+    if digest != _remote_digest(location, name, generation, variant):
+        return None
+    return bytes.fromhex(generation), variant
 
 
 def _reply_from_file(f: Any, path: str, size: int, rng: tuple[int | None, int | None] | None,
