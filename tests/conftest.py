@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,20 @@ def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     name = f"vg-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def put_s3_keys(s3_bucket: str, s3_server: str) -> Callable[[Iterable[str], bytes], None]:
+    """``put_s3_keys(keys, body)`` stores ``body`` under each of ``keys`` in ``s3_bucket``."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+
+    def put(keys: Iterable[str], body: bytes) -> None:
+        for key in keys:
+            s3.put_object(Bucket=s3_bucket, Key=key, Body=body)
+
+    return put
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -224,25 +225,17 @@ def test_intern_array_refuses_copy_false_and_still_reads(vol: Volume) -> None:
     ["scan/.DS_Store"],
     ["scan/.DS_Store", "scan/sub/._raw.tif", "scan/Thumbs.db"],
 ], ids=["ds-store", "several"])
-def test_s3_prefix_of_desktop_files_is_not_found(s3_bucket: str, s3_server: str,
+def test_s3_prefix_of_desktop_files_is_not_found(s3_bucket: str, put_s3_keys: Callable[..., None],
                                                   keys: list[str]) -> None:
     # (was UnknownSchemeError "cannot tell the format", as for a prefix holding data)
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
-    for key in keys:
-        s3.put_object(Bucket=s3_bucket, Key=key, Body=b"\x00\x00\x00\x01Bud1")
+    put_s3_keys(keys, b"\x00\x00\x00\x01Bud1")
     with pytest.raises(RemoteNotFoundError, match=r"nothing is stored.*\.DS_Store.*desktop"):
         voxgate.open(f"s3://{s3_bucket}/scan")
 
 
-def test_s3_prefix_of_desktop_and_other_files_is_still_unknown(s3_bucket: str,
-                                                               s3_server: str) -> None:
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
-    for key in ("scan/.DS_Store", "scan/notes.txt"):
-        s3.put_object(Bucket=s3_bucket, Key=key, Body=b"x")
+def test_s3_prefix_of_desktop_and_other_files_is_still_unknown(
+        s3_bucket: str, put_s3_keys: Callable[..., None]) -> None:
+    put_s3_keys(("scan/.DS_Store", "scan/notes.txt"), b"x")
     with pytest.raises(UnknownSchemeError, match="cannot tell the format"):
         voxgate.open(f"s3://{s3_bucket}/scan")
     with pytest.raises(RemoteNotFoundError, match="nothing is stored"):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from voxgate.errors import (
 )
 from voxgate.remotes.knossos import parse_knossos_conf
 
+from .remotes.n5_files import n5_viewer_2d
 from .remotes.test_knossos_audit import classic_conf
 from .remotes.test_n5_funlib_multiscale_audit import _SCALES, _data, _pyramid
 
@@ -143,28 +145,21 @@ def test_create_into_a_folder_made_with_git(tmp_path: Path, url: str) -> None:
     ["scan/.gitkeep"],
     ["scan/.gitignore", "scan/sub/.keep", "scan/.DS_Store"],
 ], ids=["gitkeep", "several"])
-def test_s3_prefix_of_vcs_placeholders_is_not_found(s3_bucket: str, s3_server: str,
+def test_s3_prefix_of_vcs_placeholders_is_not_found(s3_bucket: str,
+                                                     put_s3_keys: Callable[..., None],
                                                      keys: list[str]) -> None:
     # (was UnknownSchemeError "cannot tell the format", as for a prefix holding data)
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
-    for key in keys:
-        s3.put_object(Bucket=s3_bucket, Key=key, Body=b"")
+    put_s3_keys(keys, b"")
     with pytest.raises(RemoteNotFoundError,
                        match=r"nothing is stored.*\.git.*version control") as info:
         voxgate.open(f"s3://{s3_bucket}/scan")
     assert all(k.removeprefix("scan/") in str(info.value) for k in keys), str(info.value)
 
 
-def test_s3_prefix_of_placeholders_and_a_format_file_is_still_unknown(s3_bucket: str,
-                                                                       s3_server: str) -> None:
+def test_s3_prefix_of_placeholders_and_a_format_file_is_still_unknown(
+        s3_bucket: str, put_s3_keys: Callable[..., None]) -> None:
     # guard
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
-    for key in ("scan/.gitkeep", "scan/.zattrs"):
-        s3.put_object(Bucket=s3_bucket, Key=key, Body=b"{}")
+    put_s3_keys(("scan/.gitkeep", "scan/.zattrs"), b"{}")
     with pytest.raises(UnknownSchemeError, match="cannot tell the format"):
         voxgate.open(f"s3://{s3_bucket}/scan")
 
@@ -307,20 +302,9 @@ def test_2d_n5_viewer_group_reads_the_groups_factors(tmp_path: Path) -> None:
     # given the z entry every other 2-D list gets, so they were dropped and the factors
     # inferred from the shapes, z 1: s1 opened at (5, 10, 10) nm, its one plane's z not the
     # larger in-plane size as on every other 2-D scale (and as with per-scale factors)
-    import tensorstore as ts
-
     root = tmp_path / "pyr.n5"
-    levels = [np.arange(32 * 24, dtype=np.uint8).reshape(32, 24)]  # [x, y]
-    levels.append(levels[0][::2, ::2].copy())
-    for i, lv in enumerate(levels):
-        store = ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": str(root / f"s{i}")},
-                         "metadata": {"dimensions": list(lv.shape), "blockSize": [8, 8],
-                                      "dataType": "uint8", "compression": {"type": "raw"}}},
-                        create=True).result()
-        store[...] = lv
-    (root / "attributes.json").write_text(json.dumps(
-        {"n5": "2.5.1", "multiScale": True, "downsamplingFactors": [[1, 1], [2, 2]],
-         "pixelResolution": {"unit": "nm", "dimensions": [5.0, 5.0]}}))
+    levels = n5_viewer_2d(root, np.arange(32 * 24, dtype=np.uint8).reshape(32, 24),  # [x, y]
+                          group_factors=True)
     vol = voxgate.open(f"n5://{root}")
     assert [s.voxel_size.zyx() for s in vol.scales] == [(5.0, 5.0, 5.0), (10.0, 10.0, 10.0)]
     np.testing.assert_array_equal(vol.at_scale(1).read(), levels[1].T[None])

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -64,6 +65,61 @@ def start_relay(config: Path, port: int, *extra: str, cwd: Path | None = None) -
                                 stdout=out, stderr=subprocess.STDOUT, cwd=cwd or config.parent,
                                 env=os.environ.copy())
     return wait_for_relay(proc, port, config, log)
+
+
+def serve_in_thread(app: Any, port: int) -> tuple[Any, threading.Thread]:
+    """Serve the ASGI ``app`` with uvicorn on 127.0.0.1:``port`` on a daemon thread of this
+    process (no lifespan, no access log): the uvicorn Server and its thread, once it has
+    started (stop it with ``server.should_exit = True`` and ``thread.join``)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+        lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the in-process relay did not start")
+        time.sleep(0.02)
+    return server, thread
+
+
+def serve_refused(cmd: list[str], cwd: Path, port: int) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd``, a relay that should refuse to start, in ``cwd``: once it has ended, its exit
+    status, stdout and stderr (each kept in a file in ``cwd``).  Fails at once if it answers
+    /ping/ on ``port`` instead (it started), or if it neither answers nor ends in 120 s; its
+    exit status must not be 0."""
+    out_log, err_log = cwd / f"refused.{port}.out", cwd / f"refused.{port}.err"
+
+    def said() -> str:
+        return (out_log.read_text(errors="replace") + "\n"
+                + err_log.read_text(errors="replace"))
+
+    with open(out_log, "wb") as out, open(err_log, "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=cwd, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/ping/", timeout=2)
+            except httpx.HTTPError:
+                time.sleep(0.2)
+                continue
+            raise AssertionError("the relay started: " + said())
+        assert proc.poll() is not None, "the relay neither started nor ended"
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode != 0, said()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out_log.read_text(errors="replace"),
+                                       err_log.read_text(errors="replace"))
 
 
 def start_token_relay(directory: Path, memory: str) -> RelayProcess:

@@ -13,9 +13,7 @@ is opened or read to check them.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -24,7 +22,7 @@ import pytest
 from voxgate.errors import InvalidRequestError
 from voxgate.relay.config import load_config
 
-from .conftest import free_port
+from .conftest import free_port, serve_refused
 
 
 def _config(tmp_path: Path, body: str, server: str = "") -> Path:
@@ -148,26 +146,11 @@ def test_serve_refuses_a_misspelt_option_before_it_listens(tmp_path: Path) -> No
                                      "hold_wrte = true"), server=f"port = {port}")
     exe = Path(sys.executable).with_name("voxgate")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "voxgate.cli"]
-    proc = subprocess.Popen([*cmd, "serve", str(cfg)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=tmp_path)
-    try:
-        # (a hang guard, not a timing check: the old relay started, and answered on the port)
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/ping/", timeout=2)
-            except httpx.HTTPError:
-                time.sleep(0.2)
-                continue
-            raise AssertionError("the relay started with a misspelt channel option")
-        out, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 1, (out, err)
-    lines = err.decode().strip().splitlines()
-    assert len(lines) == 1, err
+    # (a hang guard, not a timing check: the old relay started, and answered on the port)
+    res = serve_refused([*cmd, "serve", str(cfg)], tmp_path, port)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
     assert lines[0].startswith("Error: InvalidRequestError: relay config "), lines
     assert "lab/em/seg" in lines[0] and "'hold_wrte' (did you mean 'hold_write'?)" in lines[0]
     with pytest.raises(httpx.HTTPError):  # nothing listens on the port

@@ -33,7 +33,7 @@ from voxgate.relay.cache import CachedRemote, TieredCache
 from voxgate.relay.config import CacheConfig, ChannelConfig, RelayConfig
 from voxgate.remotes.base import Capability, Remote
 
-from .conftest import RW, RelayProcess, free_port
+from .conftest import RW, RelayProcess, free_port, serve_in_thread
 
 #: how long a correct relay may take to start the fresh fetch the test waits for; a broken one
 #: never starts it, and the test then releases the gate and sees the stale data (so the outcome
@@ -175,22 +175,11 @@ class InProcessRelay:
     """A relay app served by uvicorn on a thread of this process (so its upstream can be gated)."""
 
     def __init__(self, config: RelayConfig) -> None:
-        import uvicorn
-
         self.port = free_port()
         config.port = self.port
         self.app = build_app(config)
         self.relay = self.app.state.relay
-        self.server = uvicorn.Server(uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
-            lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the in-process relay did not start")
-            time.sleep(0.02)
+        self.server, self.thread = serve_in_thread(self.app, self.port)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def gate(self, c: str, e: str, ch: str) -> GatedRemote:

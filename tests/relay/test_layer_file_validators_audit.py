@@ -24,7 +24,6 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -45,7 +44,7 @@ from voxgate.relay.app import build_app
 from voxgate.relay.config import CacheConfig, ChannelConfig, RelayConfig
 from voxgate.synthetic import synthetic_labels
 
-from .conftest import free_port
+from .conftest import free_port, serve_in_thread
 from .test_http_cache import start_nginx
 
 SHAPE = (16, 48, 48)
@@ -71,8 +70,6 @@ class Served:
     """The relay app on a thread of this process, counting the statuses of its file replies."""
 
     def __init__(self, upstream: str, tmp: Path) -> None:
-        import uvicorn
-
         config = RelayConfig(upstream_timeout=30.0, state_path=tmp / "state.json",
                              upstream_meta_seconds=0,
                              cache=CacheConfig(memory_bytes=2**24),
@@ -92,16 +89,7 @@ class Served:
 
             await app(scope, receive, sending)
 
-        self.server = uvicorn.Server(uvicorn.Config(
-            counted, host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
-            lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the in-process relay did not start")
-            time.sleep(0.02)
+        self.server, self.thread = serve_in_thread(counted, self.port)
         self.url = f"http://127.0.0.1:{self.port}/precomputed/c/e/seg"
 
     def get(self, name: str, method: str = "GET", base: str | None = None,

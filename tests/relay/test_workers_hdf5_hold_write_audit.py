@@ -15,10 +15,7 @@ a channel correctly, so the option is refused rather than quietly replaced.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import blosc
@@ -29,7 +26,7 @@ import pytest
 from voxgate.errors import InvalidRequestError
 from voxgate.relay.config import ChannelConfig, RelayConfig, load_config
 
-from .conftest import RW, free_port, hdf5_volume, start_relay
+from .conftest import RW, free_port, hdf5_volume, serve_refused, start_relay
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="several HDF5 workers take fcntl locks on Linux only")
@@ -60,32 +57,9 @@ options = {{ {options} }}
 
 
 def _refused(cmd: list[str], cwd: Path, port: int) -> str:
-    """Run a relay that should refuse to start: its output once it has ended.  Fails at once
-    if it answers on ``port`` instead (it started)."""
-    log = cwd / f"refused.{port}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                env=os.environ.copy())
-    try:
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/ping/", timeout=2)
-            except httpx.HTTPError:
-                time.sleep(0.2)
-                continue
-            raise AssertionError("the relay started: " + log.read_text(errors="replace"))
-        assert proc.poll() is not None, "the relay neither started nor ended"
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    assert proc.returncode != 0
-    return log.read_text(errors="replace")
+    """Run a relay that should refuse to start: its output once it has ended."""
+    res = serve_refused(cmd, cwd, port)
+    return res.stdout + res.stderr
 
 
 def _cli(cfg: Path, port: int, *extra: str) -> list[str]:

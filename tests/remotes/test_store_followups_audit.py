@@ -38,6 +38,7 @@ from voxgate.geometry import Box
 from voxgate.remotes.knossos import parse_knossos_conf
 from voxgate.storage import kvstore_spec
 
+from .n5_files import n5_viewer_2d
 from .test_knossos_audit import classic_conf, write_cubes
 
 RNG = np.random.default_rng(13)
@@ -201,20 +202,8 @@ def test_2d_n5_multiscale_group(tmp_path: Path) -> None:
     """An n5-viewer group of 2-D scales (downsamplingFactors and pixelResolution of two
     entries): each scale a plane, the factors and resolution read; no scales are added."""
     root = tmp_path / "pyr.n5"
-    levels = [RNG.integers(0, 250, (32, 24), dtype=np.uint8)]  # [x, y]
-    levels.append(levels[0][::2, ::2].copy())
-    for i, lv in enumerate(levels):
-        store = ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": str(root / f"s{i}")},
-                         "metadata": {"dimensions": list(lv.shape), "blockSize": [8, 8],
-                                      "dataType": "uint8", "compression": {"type": "raw"}}},
-                        create=True).result()
-        store[...] = lv
-        attrs = json.loads((root / f"s{i}" / "attributes.json").read_text())
-        attrs["downsamplingFactors"] = [2**i, 2**i]
-        (root / f"s{i}" / "attributes.json").write_text(json.dumps(attrs))
-    (root / "attributes.json").write_text(json.dumps(
-        {"n5": "2.5.1", "multiScale": True,
-         "pixelResolution": {"unit": "nm", "dimensions": [5.0, 5.0]}}))
+    levels = n5_viewer_2d(root, RNG.integers(0, 250, (32, 24), dtype=np.uint8),  # [x, y]
+                          scale_factors=True)
     vol = voxgate.open(f"n5://{root}", mode="r+")
     assert [s.shape for s in vol.scales] == [(1, 24, 32), (1, 12, 16)]
     assert [s.voxel_size.zyx() for s in vol.scales] == [(5.0, 5.0, 5.0), (10.0, 10.0, 10.0)]
