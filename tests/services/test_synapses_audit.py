@@ -472,7 +472,13 @@ class FarClient(FakeClient):
         raise AssertionError("a function other than the host-name probe was sent")
 
 
-@pytest.mark.parametrize(("kwargs", "message"), BAD, ids=[repr(k) for k, _ in BAD])
+def _case_id(kwargs: dict[str, object]) -> str:
+    """A case's id, the same in every process (a function's repr holds its address, and
+    pytest-xdist's workers must collect the same ids)."""
+    return repr({k: getattr(v, "__name__", v) if callable(v) else v for k, v in kwargs.items()})
+
+
+@pytest.mark.parametrize(("kwargs", "message"), BAD, ids=[_case_id(k) for k, _ in BAD])
 def test_bad_input_is_refused_before_anything_is_written(kwargs: dict[str, Any], message: str,
                                                          tmp_path: Path) -> None:
     img = blob_image((8, 12, 10), 12)
