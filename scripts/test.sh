@@ -2,8 +2,8 @@
 # The test command (README, .ci/run), for a fresh machine: installs what the suite needs that pip
 # cannot (Debian's chromium, for the Neuroglancer tests, and nginx, the HTTP cache the relay is
 # tested behind), makes .venv, installs voxgate with its test extra, makes .venv-webknossos and
-# .venv-igneous for the peer tests that need older libraries, and runs pytest with any arguments
-# given.  Rerunning it is safe: every step either is skipped or repeats harmlessly.
+# .venv-igneous for the peer tests that need older libraries, and runs pytest on 2 processes with
+# any arguments given.  Rerunning it is safe: every step either is skipped or repeats harmlessly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -85,4 +85,6 @@ peer_venv .venv-webknossos webknossos "webknossos==4.3.3 ml_dtypes!=0.7.0" VOXGA
 # Igneous (the oracle of tests/services/test_downsample_igneous.py) pins DracoPy below 2, whose
 # encoder refuses voxgate's unquantized mesh positions
 peer_venv .venv-igneous igneous.task_creation "igneous-pipeline==4.37.0" VOXGATE_IGNEOUS_PYTHON
-exec python -m pytest "$@"
+# two processes (pytest-xdist), each test file whole on one of them (its module fixtures start
+# once); arguments given come after, so `-n 0` runs in this one process
+exec python -m pytest -n 2 --dist loadfile "$@"
