@@ -585,3 +585,154 @@ def test_files_with_an_etag_are_public_no_cache_as_cutouts(local: Local,
     res = s.get("mesh/fresh")
     assert res.status_code == 200 and "etag" not in res.headers
     assert res.headers["cache-control"] == "no-cache"
+
+
+# -- a revalidation probe that fails leaves the decision to the normal reply ---------------------
+class _EtagServer:
+    """An HTTP server of a layer's files with strong ETags (an MD5 of the bytes) that may ignore
+    Range (``ranges=False``: always the whole file, 200) and refuse HEAD (405), as some static
+    servers and object-store gateways do."""
+
+    def __init__(self, root: Path, *, ranges: bool, head: bool) -> None:
+        import functools
+        import hashlib
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                if not head:
+                    self.send_response(405)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.do_GET(body=False)
+
+            def do_GET(self, body: bool = True) -> None:
+                path = root / self.path.lstrip("/").split("?")[0]
+                if not path.is_file():
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = path.read_bytes()
+                etag = f'"{hashlib.md5(data).hexdigest()}"'
+                if self.headers.get("If-None-Match") == etag:
+                    self.send_response(304)
+                    self.send_header("ETag", etag)
+                    self.end_headers()
+                    return
+                m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
+                status, out = 200, data
+                if ranges and m:
+                    first = int(m.group(1))
+                    last = min(int(m.group(2) or len(data) - 1), len(data) - 1)
+                    status, out = 206, data[first:last + 1]
+                self.send_response(status)
+                self.send_header("ETag", etag)
+                self.send_header("Content-Length", str(len(out)))
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {first}-{last}/{len(data)}")
+                self.end_headers()
+                if body:
+                    self.wfile.write(out)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                      functools.partial(Handler))
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(("ranges", "head"), [(False, True), (True, False)],
+                         ids=["ignores-range", "refuses-head"])
+def test_a_store_that_cannot_answer_the_probe_is_read_as_before_never_a_500(
+        tmp_path: Path, ranges: bool, head: bool) -> None:
+    """The cheap revalidation of a remote file asks the store a 2-byte range or a HEAD with
+    If-None-Match; an HTTP upstream that ignores Range ("Requested byte range [0, 2) was
+    ignored by server") or refuses HEAD (405) made it raise, and the relay answered 500 to
+    every revalidation (behind nginx: every read after the first).  The normal reply decides
+    then: 304 for a current tag (found by reading the file), the bytes for another."""
+    root = tmp_path / "seg"
+    _layer(f"precomputed://file://{root}")
+    stored = (root / SHARD).read_bytes()
+    upstream = _EtagServer(root, ranges=ranges, head=head)
+    served = Served(f"precomputed://{upstream.url}", tmp_path)
+    try:
+        first = served.get(SHARD)
+        tag = _strong(first)
+        assert first.content == stored
+        again = served.get(SHARD, If_None_Match=tag)
+        assert again.status_code == 304 and again.headers["etag"] == tag, again.text
+        assert served.get(SHARD, If_None_Match='"vgf-other"').content == stored
+        if ranges:  # (a store that ignores Range cannot serve one: that is not this test)
+            part = served.get(SHARD, Range="bytes=0-9")
+            assert part.status_code == 206 and part.content == stored[:10]
+            res = served.get(SHARD, Range="bytes=0-9", If_None_Match=_strong(part))
+            assert res.status_code == 304, res.text
+    finally:
+        served.stop()
+        upstream.stop()
+
+
+# -- a large file is streamed under its own version's ETag only ------------------------------------
+def _stream(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Any]:
+    """A reply of ``path`` (a file in a folder beside a layer) read through LayerFiles,
+    streamed from 10 bytes on: its ETag and its body (blocks, read when iterated)."""
+    monkeypatch.setattr(layer_files, "STREAM_BYTES", 10)
+    reply = layer_files.LayerFiles().read(f"file://{path.parent.parent}",
+                                          f"{path.parent.name}/{path.name}", range_header=None,
+                                          gzip_ok=False, head=False)
+    assert reply is not None and not isinstance(reply.body, bytes)
+    return reply.headers["ETag"], reply.body
+
+
+def test_a_write_before_the_stream_starts_breaks_it_off(
+        tmp_path: Path, later: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ETag comes from the stat of the open file; a write in place after it and before the
+    body is streamed was compared with a second stat taken after the write, so the new bytes
+    went out under the old version's ETag.  Now the stream checks the ETag's own stat and
+    breaks off."""
+    path = tmp_path / "mesh" / "fragment"
+    path.parent.mkdir()
+    path.write_bytes(b"A" * 100)
+    _, body = _stream(path, monkeypatch)
+    etag_a = _stream(path, monkeypatch)[0]
+    assert b"".join(body) == b"A" * 100
+    build = layer_files._reply_from_file
+
+    def write_first(f: Any, name: str, *args: Any) -> Any:
+        with open(name, "r+b") as g:  # in place, the same size
+            g.write(b"B" * 100)
+        return build(f, name, *args)
+
+    monkeypatch.setattr(layer_files, "_reply_from_file", write_first)
+    etag, body = _stream(path, monkeypatch)
+    assert etag == etag_a  # (the headers were made from the stat before the write)
+    with pytest.raises(OSError, match="replaced after the reply's headers were made"):
+        b"".join(body)
+
+
+def test_a_write_during_the_stream_breaks_it_off(
+        tmp_path: Path, later: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write in place while the blocks are sent is seen after the last one: the response
+    breaks off (no cache keeps a body cut short) rather than end with a mix of two versions
+    under one ETag."""
+    path = tmp_path / "mesh" / "fragment"
+    path.parent.mkdir()
+    path.write_bytes(b"A" * 100)
+    monkeypatch.setattr(layer_files, "_BLOCK", 40)
+    _, body = _stream(path, monkeypatch)
+    got = [next(body)]
+    with open(path, "r+b") as g:
+        g.write(b"B" * 100)
+    os.utime(path, ns=(0, time.time_ns() + 5 * 10**9))  # (a later mtime, whatever the tick)
+    with pytest.raises(OSError, match="written while it was streamed"):
+        got.extend(body)
