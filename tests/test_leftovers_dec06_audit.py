@@ -203,6 +203,14 @@ def test_a_whole_decimal_shows_the_line_to_write(line: str, shown: str) -> None:
     assert shown in str(info.value)
 
 
+def test_a_whole_decimal_magnification_that_is_no_power_of_two_shows_the_rule() -> None:
+    # was: "is not 'magnification 3;'" for 3.0, a line the conf reader then refuses
+    with pytest.raises(InvalidRequestError, match="without a decimal point") as info:
+        parse_knossos_conf("magnification 3.0;\n", "c")
+    assert "'magnification 3;'" not in str(info.value)
+    assert "a power of two (1, 2, 4, 8" in str(info.value)
+
+
 def test_a_decimal_compression_ratio_names_the_ratios_knossos_reads() -> None:
     # was: "is not compression_ratio 1;"
     with pytest.raises(InvalidRequestError,

@@ -250,8 +250,9 @@ def parse_knossos_conf(text: str, conf: str) -> dict[str, Any]:
             elif pattern is _QT_INT and _QT_FLOAT.fullmatch(value):
                 # a decimal (1.5, 2.0): KNOSSOS' toInt reads whole numbers only
                 whole = float(value)
-                if math.isfinite(whole) and whole == int(whole) and whole >= 0:
-                    example = f"'{key} {int(whole)};'"
+                n = int(whole) if math.isfinite(whole) and whole == int(whole) else -1
+                if n >= 0 and (key != "magnification" or (n >= 1 and not n & (n - 1))):
+                    example = f"'{key} {n};'"  # (the line meant; a mag only if a power of two)
                 why = (f" (KNOSSOS reads {value!r} as 0: it reads {key} as a whole number, "
                        "written without a decimal point or exponent)")
             else:
