@@ -23,7 +23,6 @@ here with zlib, so ``_repr_html_`` needs neither.
 from __future__ import annotations
 
 import base64
-import html
 import importlib
 import math
 import struct
@@ -307,6 +306,8 @@ def repr_html(vol: Any) -> str:
 
     Never raises: a failed read shows the metadata and a one-line note instead of the picture.
     """
+    import html  # (here, not at import: a process that only reads never draws a repr)
+
     try:
         rows = _metadata_rows(vol)
     except Exception as exc:  # a broken volume still gets a repr
@@ -342,6 +343,8 @@ def _thumbnail_html(vol: Any) -> str:
     k = THUMBNAIL_PX / max(ph, pw)
     css_w, css_h = max(1, round(pw * k)), max(1, round(ph * k))
     data = base64.b64encode(png_bytes(pixels)).decode("ascii")
+    import html
+
     return (
         f"<img src='data:image/png;base64,{data}' width='{css_w}' height='{css_h}' "
         f"style='image-rendering:pixelated' alt='{w}x{h} thumbnail'>"

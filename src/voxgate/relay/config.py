@@ -288,12 +288,13 @@ def _upstream(value: object, where: str) -> str:
     """An upstream URL whose scheme names a Remote (checked now, not at the first request)."""
     import difflib
 
-    from ..registry import known_schemes
+    from ..registry import is_known_scheme, known_schemes
     from ..storage.locations import split_url
 
     url = _text(value, f"{where}: upstream")
     scheme, _ = split_url(url)
-    if scheme is not None and scheme not in (known := known_schemes()):
+    if scheme is not None and not is_known_scheme(scheme):
+        known = known_schemes()
         close = difflib.get_close_matches(scheme, known, n=1)
         raise InvalidRequestError(
             f"{where}: upstream {url!r} has the unknown scheme {scheme + '://'!r}"

@@ -70,7 +70,6 @@ from ..errors import (
 )
 from ..geometry import Box, chunk_boxes, grow_block
 from ..parallel import run_blocks
-from ..services.label_stats import label_stats_kernel, merge_stats
 from .cache import CachedRemote, UpstreamError, UpstreamTimeoutError
 from .errors import REQUEST_TOO_LARGE, BossHTTPError
 
@@ -172,6 +171,10 @@ def compute_stats(remote: CachedRemote, res: int, *, workers: int = SCAN_WORKERS
     for reads through the cache.  More than ``max_ids`` distinct ids, in one block or merged,
     stop the pass with TooManyIdsError; ``held`` is told how many ids the partial results
     hold whenever that changes."""
+    # (here, not at import: voxgate.services imports every Service and its kernels, ~80 ms
+    # of every relay's start, for the first stats request only)
+    from ..services.label_stats import label_stats_kernel, merge_stats
+
     t0 = time.perf_counter()
     bounds = remote.meta.scale(res).bounds
     # (a narrower signed block is widened to uint64 before it is counted: sized as uint64)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import difflib
 import enum
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
@@ -362,6 +361,8 @@ def check_options(
     if not unknown:
         return
     accepted = [*allowed, *(o for o in COMMON_OPTIONS.get(action, ()) if o not in allowed)]
+    import difflib
+
     named = []
     for name in unknown:
         close = difflib.get_close_matches(name, accepted, n=1, cutoff=0.6)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, overload
@@ -502,6 +501,8 @@ class ZarrRemote(Remote):
         """Remove a local zarr array or group (used by tests and ``copy --overwrite``)."""
         if not is_local(location):
             raise CapabilityNotSupportedError("only local zarr stores can be deleted")
+        import shutil
+
         shutil.rmtree(local_path(location), ignore_errors=True)
 
     # -- data -----------------------------------------------------------------------------------

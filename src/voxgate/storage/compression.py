@@ -8,9 +8,7 @@ body starts with, and ``decompress`` removes one suffix's compression.
 
 from __future__ import annotations
 
-import bz2
 import gzip
-import lzma
 
 from ..errors import CapabilityNotSupportedError, CorruptChunkError
 
@@ -37,8 +35,12 @@ def decompress(data: bytes, suffix: str, name: str) -> bytes:
 
             return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(data))
         if suffix == ".xz":
+            import lzma
+
             return lzma.decompress(data)
         if suffix == ".bz2":
+            import bz2
+
             return bz2.decompress(data)
     except ImportError as exc:
         raise CapabilityNotSupportedError(

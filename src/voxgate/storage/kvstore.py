@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -333,6 +331,8 @@ def remove_tree(location: str) -> None:
     """Remove the directory at ``location`` and everything under it (on object storage: every
     key under the prefix ``location/``).  Nothing there is not an error."""
     if is_local(location):
+        import shutil
+
         shutil.rmtree(local_path(location), ignore_errors=True)
         return
     if location.startswith(("http://", "https://")):
@@ -762,6 +762,8 @@ def atomic_write(path: str, data: bytes) -> None:
     """Write a local file whole or not at all: a temporary name in the same folder, then a
     rename.  The temporary name starts with '.' and ends in '.tmp', so no reader takes it for
     a chunk while it is being written, and it is removed if the write fails."""
+    import tempfile  # (writes only: with shutil, bz2, lzma and random ~4 ms of a reader's start)
+
     directory, name = os.path.split(path)
     fd, tmp = tempfile.mkstemp(dir=directory or ".", prefix=f".{name}.", suffix=".tmp")
     try:

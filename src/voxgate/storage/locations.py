@@ -7,9 +7,12 @@ storage URL (``file://``, ``gs://``, ``s3://``, ``http(s)://``) names a location
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["STORAGE_SCHEMES", "split_url", "state_dir"]
 
@@ -39,6 +42,8 @@ def state_dir(name: str) -> Path:
     """This machine's folder for voxgate's records of ``name`` (``"transfers"``: copy journals,
     ``"map_blocks"``: in-place map_blocks journals): ``$VOXGATE_STATE_DIR/name``, else
     ``$XDG_CACHE_HOME`` (or ``~/.cache``) ``/voxgate/name``."""
+    from pathlib import Path  # (only journals need it, not every reader)
+
     base = os.environ.get("VOXGATE_STATE_DIR")
     if base:
         return Path(base) / name

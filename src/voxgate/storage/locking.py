@@ -34,7 +34,6 @@ import os
 import socket
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 
 try:
@@ -101,6 +100,8 @@ def _flock(lock: str, blocking: bool) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _exclusive_file(lock: str, blocking: bool) -> Iterator[None]:
+    import uuid
+
     me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                      "token": uuid.uuid4().hex}).encode()
     delay = 0.001

@@ -25,7 +25,6 @@ from ..notebook import preview as _preview
 from ..notebook import to_xarray as _to_xarray
 from ..registry import open_remote
 from .axes import _Axis, _fmt_slice, _index_int, _lattice, _new_axis
-from .writing import write_view
 
 if TYPE_CHECKING:
     import dask.array
@@ -608,6 +607,8 @@ class Volume(NoArithmetic):
         if box is not None:
             self._box_view(box).write(value, workers=workers)
             return
+        from .writing import write_view  # (and voxgate.parallel: a read-only process needs neither)
+
         write_view(self, value, workers)
 
 
