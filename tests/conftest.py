@@ -9,6 +9,20 @@ import pytest
 
 from voxgate.remotes.memory import MemoryRemote
 
+from .ports import free_port, release_ports
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _process_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """VOXGATE_STATE_DIR of this process between tests: module- and session-scoped fixtures
+    are set up before _isolated_state, so without it what they run (and the relays, DVID
+    servers and dask workers they start, which inherit the environment) would keep copy,
+    map_blocks and proofreading records in ~/.cache/voxgate or ~/.local/share/voxgate, the same
+    folders for both xdist processes."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VOXGATE_STATE_DIR", str(tmp_path_factory.mktemp("process-state")))
+        yield
+
 
 @pytest.fixture(autouse=True)
 def _isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
@@ -62,12 +76,27 @@ def cluster() -> Iterator[Any]:
         yield client
 
 
-def _free_port() -> int:
-    import socket
+_free_port = free_port  # (the name tests import from here)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
+@pytest.fixture(scope="module", autouse=True)
+def _ports_held_per_module() -> Iterator[None]:
+    """The ports free_port handed out in a module are held until its end (tests/ports.py),
+    after its module-scoped servers stopped (an autouse fixture is set up before them)."""
+    yield
+    release_ports()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _dvid_test_servers_take_held_ports() -> Iterator[None]:
+    """voxgate.testing.dvid's start_server picks a port (when given none) by binding port 0 and
+    closing the socket before its server process binds it: the other xdist process could take
+    it meanwhile.  Here it takes a held one (tests/ports.py)."""
+    from voxgate.testing.dvid import server
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(server, "_free_port", free_port)
+        yield
 
 
 def start_moto(env: dict[str, str] | None = None) -> tuple[Any, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from click.testing import CliRunner, Result
 
 import voxgate
 from voxgate.cli import main
+
+from .ports import free_port
 
 SHAPE = (16, 32, 32)
 
@@ -215,10 +216,7 @@ def test_a_bad_config_fails_the_installed_command_without_a_traceback(tmp_path: 
         "number 1..65535, got 'abc'"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_free_port = free_port  # (held until the module ends: tests/ports.py)
 
 
 # -- the other commands -----------------------------------------------------------------------

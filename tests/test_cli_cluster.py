@@ -6,7 +6,6 @@ at once naming it, ``--workers`` beside ``--scheduler`` is a usage error; ``cc -
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import voxgate
 from voxgate.cli import main
 from voxgate.synthetic import synapses, synthetic_labels
 
+from .ports import free_port
 from .services.onnx_models import conv_model
 
 SHAPE = (24, 48, 64)
@@ -185,9 +185,9 @@ def test_synapses(cluster: Any, em: dict[str, str], tmp_path: Path) -> None:
 
 
 def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, which no other process takes during the test
+    (tests/ports.py)."""
+    return free_port()
 
 
 def test_an_unreachable_scheduler_fails_at_once_naming_it(seg: str, tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ s3:// URLs on a missing bucket."""
 from __future__ import annotations
 
 import http.server
-import socket
 import threading
 import time
 import traceback
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 import voxgate
+from tests.ports import free_port
 from tests.static_http import RangeHandler
 from voxgate.errors import (
     AuthenticationError,
@@ -178,9 +178,7 @@ def test_tensorstore_spec_on_a_dead_endpoint_fails_fast_naming_it(
         # minutes when this file ran alone)
         monkeypatch.setattr(kvstore, "_context", None)
         monkeypatch.setattr(kvstore, "_write_context", None)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"  # (held: no other process listens there)
     monkeypatch.setenv("VOXGATE_S3_ENDPOINT", dead)
     for kvstore in (f"s3://{s3_bucket}/x", {"driver": "s3", "bucket": s3_bucket, "path": "x/"}):
         start = time.monotonic()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,15 +19,11 @@ import pytest
 import voxgate
 from voxgate.synthetic import synthetic_em
 
+from ..ports import free_port  # (held until the module ends: tests/ports.py)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 RW, RO = "s3cret-rw", "s3cret-ro"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

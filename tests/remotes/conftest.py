@@ -12,6 +12,8 @@ import pytest
 from voxgate.remotes.dvid import DVIDRepo
 from voxgate.testing.dvid import DVIDServerProcess, start_server
 
+from .scratch import remove_scratch_dir
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DVIDServerProcess]:
@@ -31,3 +33,10 @@ def http(server: DVIDServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _state_machine_scratch_removed() -> Iterator[None]:
+    """The volumes a module's state machines made (tests/remotes/scratch.py) are removed at
+    its end."""
+    yield
+    remove_scratch_dir()

@@ -24,6 +24,8 @@ from voxgate.errors import (
 from voxgate.geometry import Box
 from voxgate.testing import RemoteTests, remote_state_machine
 
+from .scratch import scratch_dir
+
 ALL_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
               "float32", "float64")
 
@@ -77,8 +79,8 @@ class TestHDF5Uncompressed(TestHDF5):
     create_options: ClassVar[dict[str, Any]] = {"compression": "none"}
 
 
-_sm_root = Path(os.environ.get("TMPDIR", "/tmp")) / f"voxgate-sm-{os.getpid()}"
-TestHDF5StateMachine = remote_state_machine(lambda name: f"hdf5://{_sm_root}/{name}.h5").TestCase
+TestHDF5StateMachine = remote_state_machine(
+    lambda name: f"hdf5://{scratch_dir()}/{name}.h5").TestCase
 TestHDF5StateMachine.settings = settings(max_examples=10, stateful_step_count=10, deadline=None)
 
 

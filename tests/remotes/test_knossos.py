@@ -21,6 +21,8 @@ from voxgate.registry import detect_format
 from voxgate.testing import RemoteTests, remote_state_machine
 from voxgate.testing.state_machine import _boxes
 
+from .scratch import scratch_dir
+
 
 class TestKnossos(RemoteTests):
     dtypes = ("uint8",)
@@ -49,8 +51,7 @@ class TestKnossos(RemoteTests):
         assert vol.url == again.url
 
 
-_sm_root = Path(os.environ.get("TMPDIR", "/tmp")) / f"voxgate-sm-{os.getpid()}"
-_Machine = remote_state_machine(lambda name: f"knossos://{_sm_root}/kn-{name}", dtype="uint8")
+_Machine = remote_state_machine(lambda name: f"knossos://{scratch_dir()}/kn-{name}", dtype="uint8")
 
 
 class KnossosMachine(_Machine):  # type: ignore[misc,valid-type]

@@ -16,6 +16,8 @@ import voxgate
 from voxgate.errors import InvalidRequestError, RemoteNotFoundError
 from voxgate.testing import RemoteTests, remote_state_machine
 
+from .scratch import scratch_dir
+
 
 class TestN5(RemoteTests):
     dtypes = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
@@ -42,8 +44,7 @@ class TestN5Blosc(TestN5):
         return str(path)
 
 
-_sm_root = Path(os.environ.get("TMPDIR", "/tmp")) / f"voxgate-sm-{os.getpid()}"
-TestN5StateMachine = remote_state_machine(lambda name: f"n5://{_sm_root}/{name}.n5").TestCase
+TestN5StateMachine = remote_state_machine(lambda name: f"n5://{scratch_dir()}/{name}.n5").TestCase
 TestN5StateMachine.settings = settings(max_examples=10, stateful_step_count=10, deadline=None)
 
 

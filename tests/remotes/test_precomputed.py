@@ -3,13 +3,10 @@ oracles for what voxgate writes and as writers of what voxgate reads."""
 
 from __future__ import annotations
 
-import atexit
 import functools
 import gzip
 import http.server
 import json
-import os
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +30,8 @@ from voxgate.errors import (
 from voxgate.geometry import Box
 from voxgate.remotes.precomputed import PrecomputedRemote
 from voxgate.testing import RemoteTests, remote_state_machine
+
+from .scratch import scratch_dir
 
 #: a small multi-shard layout: shards of 2x2x1 chunks (x, y, z), many shard files
 SMALL_SHARDS = {
@@ -145,14 +144,10 @@ class TestPrecomputedCloudVolumeGzip(TestPrecomputedRaw):
         return str(path)
 
 
-_sm_root = Path(os.environ.get("TMPDIR", "/tmp")) / f"voxgate-pc-sm-{os.getpid()}"
-atexit.register(shutil.rmtree, _sm_root, True)
-
-
 def _gzip_layer_url(name: str) -> str:
     # a .gz file in the scale directory makes the layer a CloudVolume-style gzip layer, so the
     # machine drives voxgate's own chunk path (4_4_4 is the state machine's scale key)
-    marker = _sm_root / f"{name}-gz" / "4_4_4" / "written-by-cloudvolume.gz"
+    marker = scratch_dir() / f"{name}-gz" / "4_4_4" / "written-by-cloudvolume.gz"
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_bytes(gzip.compress(b""))
     return f"precomputed://{marker.parent.parent}"
@@ -164,12 +159,12 @@ def _machine(make_url: Any, **kw: Any) -> Any:
     return case
 
 
-TestRawStateMachine = _machine(lambda n: f"precomputed://{_sm_root}/{n}")
+TestRawStateMachine = _machine(lambda n: f"precomputed://{scratch_dir()}/{n}")
 TestCompressedSegmentationStateMachine = _machine(
-    lambda n: f"precomputed://{_sm_root}/{n}-cseg", dtype="uint32", kind="segmentation"
+    lambda n: f"precomputed://{scratch_dir()}/{n}-cseg", dtype="uint32", kind="segmentation"
 )
 TestShardedStateMachine = _machine(
-    lambda n: f"precomputed://{_sm_root}/{n}-sharded", sharded=SMALL_SHARDS
+    lambda n: f"precomputed://{scratch_dir()}/{n}-sharded", sharded=SMALL_SHARDS
 )
 TestGzipStateMachine = _machine(_gzip_layer_url, dtype="uint64", kind="segmentation")
 

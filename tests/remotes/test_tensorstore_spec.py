@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from voxgate.errors import (
 from voxgate.geometry import Box
 from voxgate.remotes.tensorstore_spec import spec_url
 from voxgate.testing import RemoteTests, remote_state_machine
+
+from .scratch import scratch_dir
 
 
 def ocdbt(path: Path | str) -> dict:
@@ -57,9 +58,8 @@ class TestTensorStoreOCDBT(RemoteTests):
                                       .read(), data)
 
 
-_sm_root = Path(os.environ.get("TMPDIR", "/tmp")) / f"voxgate-sm-{os.getpid()}"
 TestTensorStoreStateMachine = remote_state_machine(
-    lambda name: spec_url(ocdbt(_sm_root / f"ts-{name}"))).TestCase
+    lambda name: spec_url(ocdbt(scratch_dir() / f"ts-{name}"))).TestCase
 TestTensorStoreStateMachine.settings = settings(max_examples=10, stateful_step_count=10,
                                                 deadline=None)
 

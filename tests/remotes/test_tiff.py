@@ -22,6 +22,8 @@ from voxgate.errors import (
 from voxgate.registry import detect_format
 from voxgate.testing import RemoteTests, remote_state_machine
 
+from .scratch import scratch_dir
+
 
 class TestTiffFile(RemoteTests):
     """One tiled BigTIFF, uncompressed: tiles rewritten in place."""
@@ -77,9 +79,8 @@ class TestTiffSlicesZlib(TestTiffSlices):
     create_options: ClassVar[dict[str, Any]] = {"compression": "zlib"}
 
 
-_sm_root = Path(os.environ.get("TMPDIR", "/tmp")) / f"voxgate-sm-{os.getpid()}"
 TestTiffStateMachine = remote_state_machine(
-    lambda name: f"tiff://{_sm_root}/{name}.tif", compression="zlib").TestCase
+    lambda name: f"tiff://{scratch_dir()}/{name}.tif", compression="zlib").TestCase
 TestTiffStateMachine.settings = settings(max_examples=10, stateful_step_count=10, deadline=None)
 
 

@@ -21,6 +21,8 @@ from voxgate.registry import detect_format
 from voxgate.remotes.webknossos import layer_names
 from voxgate.testing import RemoteTests, remote_state_machine
 
+from .scratch import scratch_dir
+
 
 class TestWebknossosZarr3(RemoteTests):
     dtypes = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
@@ -38,9 +40,8 @@ class TestWebknossosZarr3(RemoteTests):
         return str(path)
 
 
-_sm_root = Path(os.environ.get("TMPDIR", "/tmp")) / f"voxgate-sm-{os.getpid()}"
 TestWebknossosStateMachine = remote_state_machine(
-    lambda name: f"webknossos://{_sm_root}/wk-{name}").TestCase
+    lambda name: f"webknossos://{scratch_dir()}/wk-{name}").TestCase
 TestWebknossosStateMachine.settings = settings(max_examples=10, stateful_step_count=10,
                                                deadline=None)
 

@@ -8,6 +8,8 @@ from hypothesis import settings
 
 from voxgate.testing import RemoteTests, remote_state_machine
 
+from .scratch import scratch_dir
+
 
 class TestZarrV3(RemoteTests):
     dtypes = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
@@ -42,6 +44,6 @@ class TestZarrV3Sharded(TestZarrV3):
         return str(path)
 
 
-_sm_root = Path(os.environ.get("TMPDIR", "/tmp")) / f"voxgate-sm-{os.getpid()}"
-TestZarrStateMachine = remote_state_machine(lambda name: f"zarr://{_sm_root}/{name}.zarr").TestCase
+TestZarrStateMachine = remote_state_machine(
+    lambda name: f"zarr://{scratch_dir()}/{name}.zarr").TestCase
 TestZarrStateMachine.settings = settings(max_examples=10, stateful_step_count=10, deadline=None)
