@@ -55,6 +55,7 @@ from ..errors import DtypeError, InvalidRequestError, redact
 from ..geometry import Box, Vec
 from ..remotes.memory import MemoryRemote
 from ..storage import file_lock, state_dir
+from ..storage.npyfiles import NPY_LOCK
 from ..volume import Volume
 from ._common import (
     Provenance,
@@ -242,7 +243,8 @@ class _Journal:
                 return self._results[key]
         if self.path is None:
             raise KeyError(block)
-        return np.asarray(np.load(self._saved(key), allow_pickle=False))
+        with NPY_LOCK:  # (storage.npyfiles: numpy parses the header with ast)
+            return np.asarray(np.load(self._saved(key), allow_pickle=False))
 
     def __setitem__(self, block: Box, result: np.ndarray) -> None:
         key = _key(block)

@@ -37,6 +37,7 @@ from ..errors import CorruptChunkError, InvalidRequestError
 from ..geometry import Box
 from ..remotes.base import Remote
 from ..storage import split_url
+from ..storage.npyfiles import NPY_LOCK
 
 __all__ = ["HISTORY_ENV", "History", "current_user", "history_location", "history_options"]
 
@@ -233,7 +234,8 @@ class History:
         out = []
         for f in sorted(d.glob("*.npz")):
             try:
-                with np.load(f, allow_pickle=False) as z:  # (an npz loads each array on demand)
+                # (an npz loads each array on demand: its headers are parsed under the lock)
+                with NPY_LOCK, np.load(f, allow_pickle=False) as z:
                     box = Box(tuple(int(v) for v in z["start"]), tuple(int(v) for v in z["stop"]))
                     scale = int(z["scale"]) if "scale" in z.files else None
             except (OSError, ValueError, KeyError) as exc:
@@ -252,7 +254,7 @@ class History:
         """The voxels kept in one saved block's file and which of them the edit changed (None:
         not recorded, in blocks saved before it was)."""
         try:
-            with np.load(f, allow_pickle=False) as z:
+            with NPY_LOCK, np.load(f, allow_pickle=False) as z:
                 data = np.asarray(z["data"])
                 changed = np.asarray(z["changed"]) if "changed" in z.files else None
         except (OSError, ValueError, KeyError) as exc:

@@ -15,6 +15,7 @@ import numpy as np
 from starlette.requests import Request
 
 from ...meta import VolumeMeta
+from ...storage.npyfiles import NPY_LOCK
 from ..errors import (
     DATA_DIMENSION_MISMATCH,
     DATATYPE_DOES_NOT_MATCH,
@@ -122,7 +123,8 @@ def decode_body(body: bytes, content_type: str, dtype: np.dtype[Any],
                                                   else "followed by bytes that are not in it"))
             buf = io.BytesIO(raw)
             # the header is checked before numpy allocates what it declares
-            head_shape, _, head_dtype = _npy_header(buf)
+            with NPY_LOCK:  # (storage.npyfiles: numpy parses the header with ast)
+                head_shape, _, head_dtype = _npy_header(buf)
             if head_dtype.hasobject:
                 raise bad_request(DATA_DIMENSION_MISMATCH, "Failed to unpack data: the .npy "
                                   "holds Python objects, which only unpickling could read")
@@ -136,7 +138,8 @@ def decode_body(body: bytes, content_type: str, dtype: np.dtype[Any],
                 raise bad_request(DATA_DIMENSION_MISMATCH, f"Data dimensions in URL do not "
                                   f"match POSTed data: URL {shape}, body {head_shape}")
             buf.seek(0)
-            arr = np.load(buf, allow_pickle=False)
+            with NPY_LOCK:
+                arr = np.load(buf, allow_pickle=False)
         except BossHTTPError:
             raise
         except Exception as exc:
