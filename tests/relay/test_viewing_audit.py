@@ -16,6 +16,7 @@ with its resolution in nanometres, the unit of a precomputed info.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,7 +188,13 @@ def test_neuroglancer_places_a_micrometre_volume_beside_a_nanometre_one(
     browser.screenshot(save_as="viewing-um.png")
     mine = browser.responses_since(before, served.url("um"))
     assert mine and all(st == 200 for _, st in mine), mine
+    # (the client sends the dimensions it took from the layer back to Python on its own
+    # schedule: on a loaded machine the screenshot can be taken before they arrive)
+    deadline = time.monotonic() + 60
     dims = browser.viewer.state.dimensions
+    while not (dims is not None and list(dims.names)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        dims = browser.viewer.state.dimensions
     assert dims is not None and list(dims.names) == ["x", "y", "z"]
     assert [s * 1e9 for s in dims.scales] == pytest.approx([6.0, 8.0, 40.0]), dims.to_json()
     assert list(dims.units) == ["m", "m", "m"]
