@@ -526,10 +526,10 @@ def _channel(ch: object, where: str, text: str, start: int = 0) -> ChannelConfig
             )
         options["missing"] = ch["missing"]
     url = _upstream(upstream, where)
-    _check_options(url, options, f"{where} ({name})", text, start)
+    cls = _upstream_class(url)
+    _check_options(cls, options, f"{where} ({name})", text, start)
     forward = _bool(ch.get("forward_token", False), f"{where}: forward_token")
-    cls = _upstream_class(url) if forward else None
-    if cls is not None and "token" not in cls.open_options:
+    if forward and cls is not None and "token" not in cls.open_options:
         raise InvalidRequestError(
             f"{where} ({name}): forward_token{_line_of(text, 'forward_token', start)} = true "
             f"opens the upstream with each client's token, and {cls.scheme}:// takes no token "
@@ -539,17 +539,17 @@ def _channel(ch: object, where: str, text: str, start: int = 0) -> ChannelConfig
                          _bool(ch.get("writable", True), f"{where}: writable"))
 
 
-def _check_options(url: str, options: dict[str, Any], where: str, text: str,
+def _check_options(cls: type[Remote] | None, options: dict[str, Any], where: str, text: str,
                    start: int) -> None:
     """Refuse, before the relay starts and without opening anything, a channel's ``options``
     its upstream's open would refuse whatever the upstream holds: a key that Remote does not
     take (with the closest one it does: ``hold_wrte``), ``mode`` (the relay sets it), a value
     of the wrong type or two that contradict each other (the Remote's
     ``check_open_options``).  Unchecked, each failed the channel's first request, as an error
-    answer to some client, maybe hours after the relay started."""
+    answer to some client, maybe hours after the relay started.  ``cls`` is the upstream's
+    Remote class (:func:`_upstream_class`; None when it is told only at the first open)."""
     from ..remotes.base import check_missing, check_options
 
-    cls = _upstream_class(url)
     if cls is None:
         return
     if "mode" in options:

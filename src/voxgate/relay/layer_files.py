@@ -535,12 +535,12 @@ class LayerFiles:
         (and this is not the ``final`` try: then it is served without an ETag)."""
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
+            version = _version(st)
 
             def tag(variant: str) -> str | None:
                 if _now_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_NS:
                     return None  # (racily clean: see RACY_NS)
-                return _file_tag("file", location, name, st.st_ino, st.st_size,
-                                 st.st_mtime_ns, st.st_ctime_ns, suffix, variant)
+                return _file_tag("file", location, name, *version, suffix, variant)
 
             decoded = "identity" if suffix else "raw"  # what ranges are of
             if rng is not None and cond.if_range is not None and not cond.range_holds(
@@ -564,9 +564,8 @@ class LayerFiles:
                 # (a streamed body is read after the headers are sent: a write during it can
                 # only be seen by the next revalidation, whose ETag then differs)
                 return FileReply(reply.status, reply.body, _validated(reply.headers, etag))
-            after = os.fstat(f.fileno())
-        if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
-                st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            after = _version(os.fstat(f.fileno()))
+        if after == version:
             return FileReply(reply.status, reply.body, _validated(reply.headers, etag))
         if not final:
             return None
