@@ -3,7 +3,8 @@
 # cannot (Debian's chromium, for the Neuroglancer tests, and nginx, the HTTP cache the relay is
 # tested behind), makes .venv, installs voxgate with its test extra, makes .venv-webknossos and
 # .venv-igneous for the peer tests that need older libraries, and runs pytest on 2 processes with
-# any arguments given.  Rerunning it is safe: every step either is skipped or repeats harmlessly.
+# any arguments given (`-n 0` or `-p no:xdist`: in this one process).  Rerunning it is safe:
+# every step either is skipped or repeats harmlessly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -86,5 +87,23 @@ peer_venv .venv-webknossos webknossos "webknossos==4.3.3 ml_dtypes!=0.7.0" VOXGA
 # encoder refuses voxgate's unquantized mesh positions
 peer_venv .venv-igneous igneous.task_creation "igneous-pipeline==4.37.0" VOXGATE_IGNEOUS_PYTHON
 # two processes (pytest-xdist), each test file whole on one of them (its module fixtures start
-# once); arguments given come after, so `-n 0` runs in this one process
-exec python -m pytest -n 2 --dist loadfile "$@"
+# once), less what the arguments given (or PYTEST_ADDOPTS, which pytest reads before them) say
+# themselves: no -n when they give one (`-n 0` runs in this one process), no --dist when they
+# give one, and neither with `-p no:xdist` (pytest then refuses -n and --dist, options of the
+# plugin it was told not to load)
+processes=(-n 2)
+dist=(--dist loadfile)
+read -ra addopts <<< "${PYTEST_ADDOPTS:-}"
+prev=""
+for arg in ${addopts[@]+"${addopts[@]}"} "$@"; do
+    if { [ "$prev" = "-p" ] && [ "$arg" = "no:xdist" ]; } || [ "$arg" = "-pno:xdist" ]; then
+        processes=()
+        dist=()
+    fi
+    case "$arg" in
+        -n | -n?* | --numprocesses | --numprocesses=*) processes=() ;;
+        --dist | --dist=*) dist=() ;;
+    esac
+    prev=$arg
+done
+exec python -m pytest ${processes[@]+"${processes[@]}"} ${dist[@]+"${dist[@]}"} "$@"

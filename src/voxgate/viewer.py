@@ -13,6 +13,7 @@ but uint8 gets its shader's contrast range from the same bounded sample.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -92,10 +93,27 @@ class ViewerSession:
         self.stop()
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port`` (0: a port the kernel picks), handed to the relay's
+    server as it is.  The port was once found by binding port 0 and closing that socket, and
+    the server bound the number again: in between another process (a second notebook, a
+    second test process) could take it, and the viewer then failed to start, or pointed the
+    browser at that process's server.  SO_REUSEADDR as uvicorn binds (a port in TIME_WAIT
+    from a stopped view can be taken again; a port something listens on cannot)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise InvalidRequestError(
+                f"the viewer's relay cannot listen on {host}:{port}: the port is already in "
+                "use; pass another port (or port=0 for a free one)") from None
+        raise VoxgateError(f"the viewer's relay cannot listen on {host}:{port}: "
+                           f"{exc.strerror}") from None
+    return sock
 
 
 def _layer_name(vol: Volume, taken: set[str]) -> str:
@@ -262,18 +280,30 @@ def _start_relay(channels: list[ChannelConfig], port: int) -> tuple[Any, threadi
     from .relay.app import build_app, uvicorn_log_config
 
     host = "127.0.0.1"
-    port = port or _free_port(host)
-    app = build_app(RelayConfig(host=host, port=port, channels=channels))
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                           access_log=False, lifespan="off",
-                                           log_config=uvicorn_log_config()))
-    thread = threading.Thread(target=server.run, name="voxgate-view-relay", daemon=True)
-    thread.start()
+    sock = _listen(host, port)
+    try:
+        port = int(sock.getsockname()[1])  # (the one bound: port 0 asks for a free one)
+        app = build_app(RelayConfig(host=host, port=port, channels=channels))
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                               access_log=False, lifespan="off",
+                                               log_config=uvicorn_log_config()))
+
+        def run() -> None:
+            try:
+                server.run(sockets=[sock])
+            finally:
+                sock.close()  # (uvicorn closes it only if it started)
+
+        thread = threading.Thread(target=run, name="voxgate-view-relay", daemon=True)
+        thread.start()
+    except BaseException:
+        sock.close()
+        raise
     deadline = time.monotonic() + 15
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise VoxgateError(f"the viewer's relay could not start on {host}:{port} (is the "
-                               "port taken? pass another port)")
+            server.should_exit = True
+            raise VoxgateError(f"the viewer's relay could not start on {host}:{port}")
         time.sleep(0.02)
     return server, thread, f"http://{host}:{port}"
 

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import RedactingFilter, VoxgateError, redacting_logger
 from .boss import boss_routes
 from .catalog import request_token
-from .config import RelayConfig
+from .config import RelayConfig, check_channels
 from .errors import RESOURCE_NOT_FOUND, BossHTTPError, boss_error, error_response
 from .index import index_routes
 from .precomputed import precomputed_routes
@@ -152,7 +152,10 @@ def build_app(config: RelayConfig) -> Starlette:
 
 def serve(config: RelayConfig) -> None:
     """Run the relay until interrupted (``voxgate serve``); with ``config.workers`` > 1,
-    that many worker processes on the one port (:mod:`.workers`)."""
+    that many worker processes on the one port (:mod:`.workers`).  A configuration made in
+    code is checked as :func:`.config.load_config` checks a file (its channels' names,
+    upstreams and options) before anything starts."""
+    check_channels(config)
     if config.workers > 1:
         from .workers import run_workers
 

@@ -55,6 +55,7 @@ __all__ = [
     "ChannelConfig",
     "RelayConfig",
     "TokenGrant",
+    "check_channels",
     "check_paths",
     "check_worker_options",
     "config_from_json",
@@ -526,17 +527,56 @@ def _channel(ch: object, where: str, text: str, start: int = 0) -> ChannelConfig
             )
         options["missing"] = ch["missing"]
     url = _upstream(upstream, where)
+    forward = _check_upstream(url, options, ch.get("forward_token", False), where,
+                              f"{where} ({name})", text, start)
+    return ChannelConfig(parts[0], parts[1], parts[2], url, options, forward,
+                         _bool(ch.get("writable", True), f"{where}: writable"))
+
+
+def _check_upstream(url: str, options: dict[str, Any], forward: object, where: str, named: str,
+                    text: str, start: int) -> bool:
+    """Check a channel's ``options`` and ``forward_token`` (returned) against its upstream's
+    Remote (``url``'s scheme checked already): the part of a channel's checks that a
+    :class:`ChannelConfig` made in code needs as much as a TOML table (:func:`check_channels`).
+    ``named``: the channel as messages name it; ``text``/``start``: the TOML file, its lines
+    named in messages ("" in code)."""
     cls = _upstream_class(url)
-    _check_options(cls, options, f"{where} ({name})", text, start)
-    forward = _bool(ch.get("forward_token", False), f"{where}: forward_token")
+    _check_options(cls, options, named, text, start)
+    forward = _bool(forward, f"{where}: forward_token")
     if forward and cls is not None and "token" not in cls.open_options:
         raise InvalidRequestError(
-            f"{where} ({name}): forward_token{_line_of(text, 'forward_token', start)} = true "
+            f"{named}: forward_token{_line_of(text, 'forward_token', start)} = true "
             f"opens the upstream with each client's token, and {cls.scheme}:// takes no token "
             "(bossdb:// and dvid:// do); leave it out, and give the upstream's own credentials "
             "in its URL or environment")
-    return ChannelConfig(parts[0], parts[1], parts[2], url, options, forward,
-                         _bool(ch.get("writable", True), f"{where}: writable"))
+    return forward
+
+
+def check_channels(cfg: RelayConfig) -> None:
+    """Refuse, before the relay starts, what :func:`load_config` refuses in a ``[[channel]]``
+    table, for a :class:`RelayConfig` made in code (``voxgate.relay.serve`` and
+    ``run_workers`` call it; a loaded configuration passes it again, cheaply: nothing is
+    opened or read): a name that is not bossDB's, an upstream whose scheme no Remote takes,
+    ``options`` its Remote would refuse at the first open (a misspelt or unknown key, ``mode``,
+    a value of the wrong type), ``forward_token`` on an upstream that takes no token, a
+    channel given twice.  Unchecked, each failed the channel's first request, maybe
+    hours after the relay started."""
+    for ch in cfg.channels:
+        if not isinstance(ch, ChannelConfig):
+            raise InvalidRequestError(f"RelayConfig.channels holds ChannelConfig values, got "
+                                      f"{ch!r}")
+        where = f"channel {ch.name}"
+        for part, what in ((ch.collection, "collection"), (ch.experiment, "experiment"),
+                           (ch.channel, "channel")):
+            check_name(part, f"{where}: {what}")
+        url = _upstream(ch.upstream, where)
+        options = _table(ch.options, f"{where}: options")
+        _check_upstream(url, options, ch.forward_token, where, where, "", 0)
+        _bool(ch.writable, f"{where}: writable")
+    names = [c.name for c in cfg.channels]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise InvalidRequestError(f"channel(s) configured twice: {sorted(dupes)}")
 
 
 def _check_options(cls: type[Remote] | None, options: dict[str, Any], where: str, text: str,

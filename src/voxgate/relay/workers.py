@@ -37,7 +37,13 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import RemoteUnavailableError, VoxgateError
-from .config import RelayConfig, check_worker_options, config_from_json, config_to_json
+from .config import (
+    RelayConfig,
+    check_channels,
+    check_worker_options,
+    config_from_json,
+    config_to_json,
+)
 
 __all__ = ["STOP_SECONDS", "run_workers", "worker_main"]
 
@@ -110,7 +116,8 @@ def shared_config(config: RelayConfig, scratch: Path) -> RelayConfig:
 
 def run_workers(config: RelayConfig) -> None:
     """Serve ``config`` with ``config.workers`` processes until SIGINT or SIGTERM."""
-    check_worker_options(config)  # (load_config checks it too; a RelayConfig made in code)
+    check_channels(config)  # (load_config checks these too; a RelayConfig made in code)
+    check_worker_options(config)
     stopping = threading.Event()
     received: list[int] = []
 
