@@ -32,7 +32,23 @@ representation), ``Cache-Control: public, no-cache`` and ``X-Accel-Expires: @1``
 may store them and must revalidate each use, as cutouts), and answer ``If-None-Match`` (304)
 and ``If-Range``: see :func:`_file_tag`, :func:`_remote_tag` and :class:`Conditions`.  A remote
 file's ETag names its storage generation, so a revalidation with it costs the store one
-conditional request and no bytes of the file (:meth:`LayerFiles._current_tag`).
+conditional request and no bytes of the file (:meth:`LayerFiles._current_tag`), and
+``If-None-Match: *`` one request of at most two bytes (:meth:`LayerFiles._any_tag`).
+
+A remote shard file (``*.shard``: the files of a sharded layer, up to gigabytes each) asked
+for whole (no Range, or an If-Range naming another version; nginx's ``proxy_cache`` asks so) is
+read in one request when it is smaller than ``REMOTE_STREAM_BYTES`` (found by asking for its
+byte at that offset: none there), and otherwise streamed in ranged reads of
+``_REMOTE_BLOCK`` bytes, each checked to be of the storage generation of the first (so a shard
+is never held whole, and an object rewritten during the stream breaks it off rather than splice
+two versions: :meth:`LayerFiles._remote_blocks`).  The store does not tell the size without reading
+the object, so such a reply, and its HEAD, has no Content-Length (the body is chunked).
+Objects that start as gzip does, and those of a store that gives no generation (an HTTP server
+without ETags: nothing could pin the reads to one version), are read whole as before; so are
+suffix and open-ended ranges (``bytes=-n``, ``bytes=a-``), whose Content-Range needs the size.
+Other files (an unsharded layer's fragments, manifests, skeletons, annotations: one object's
+each, a few MiB at most in practice) are read whole in one request, without that probe (one
+more round trip to the store for each of thousands of small files).
 """
 
 from __future__ import annotations
@@ -95,6 +111,11 @@ INFO_TTL = 5.0
 #: local files larger than this are streamed in blocks instead of read whole
 STREAM_BYTES = 16 * 2**20
 _BLOCK = 2**20
+#: remote files asked for whole of at least this size are streamed in ranged reads, not read
+#: in one request (:meth:`LayerFiles._large_reply`)
+REMOTE_STREAM_BYTES = 8 * 2**20
+#: the size of each ranged read of a streamed remote file (at most ``REMOTE_STREAM_BYTES``)
+_REMOTE_BLOCK = 4 * 2**20
 _RANGE = re.compile(r"bytes=([0-9]{0,18})-(-1|[0-9]{0,18})")
 _ENCODED_SEPARATOR = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
 _MAX_MEMO = 4096
@@ -580,10 +601,17 @@ class LayerFiles:
                           cond: Conditions) -> FileReply | None:
         """The reply of a remote file: its ETag from the storage generation the store read it
         at (no ETag when it gives none).  If-None-Match with a tag of the file still current
-        is answered 304 without reading the file (:meth:`_current_tag`)."""
-        if cond.if_none_match and cond.if_range is None:
+        is answered 304 without reading the file (:meth:`_current_tag`; ``*``:
+        :meth:`_any_tag`); a large file asked for whole is streamed (:meth:`_large_reply`)."""
+        if cond.if_none_match:
+            # (with If-Range too: the tag found current is that of the reply when no Range
+            # was sent, or when If-Range names it, so the Range stands)
             current = self._current_tag(location, name, rng, gzip_ok, cond.if_none_match)
-            if current is not None:
+            if current is None and "*" in [t.strip() for t in cond.if_none_match.split(",")]:
+                found = self._any_tag(location, name, rng)
+                if found is not None and (rng is None or cond.range_holds(found[0])):
+                    return _not_modified(headers, found[0])
+            if current is not None and (rng is None or cond.range_holds(current)):
                 return _not_modified(headers, current)
         if rng is not None and rng[0] is not None:
             got = self._remote_range(location, name, rng, header)
@@ -599,6 +627,10 @@ class LayerFiles:
                                 f"{shown}", "Content-Length": str(len(data))})
                 return FileReply(206, b"" if head else data, _validated(headers, etag))
             rng = None  # If-Range names another version: the whole file
+        if rng is None and name.endswith(".shard"):
+            large = self._large_reply(location, name, head, headers, cond)
+            if large is not None:
+                return large
         whole = self._remote_get(location, name, None)
         if whole is None:
             return None
@@ -620,6 +652,106 @@ class LayerFiles:
         if stored_gzip:
             data = gzip.decompress(data)
         return _reply_from_bytes(data, rng, header, head, _validated(headers, etag))
+
+    def _large_reply(self, location: str, name: str, head: bool, headers: dict[str, str],
+                     cond: Conditions) -> FileReply | None:
+        """The reply of a whole remote file of ``REMOTE_STREAM_BYTES`` or more: streamed in
+        blocks pinned to the generation of the first (:meth:`_remote_blocks`), with no
+        Content-Length (the store does not tell the size without reading the object).  None
+        (the caller reads the file whole, as it did) for a smaller file, one that is absent,
+        one whose store gives no generation, one stored gzip (whether the whole is a gzip
+        stream, and so the reply's representation, is known only by reading it all), or when
+        the probe fails (a store that ignores Range, an error the whole read then reports).
+
+        One request of one byte tells whether the file is that large (OUT_OF_RANGE: it is
+        not); then the first block is read (two bytes for a HEAD, whose reply carries the
+        ETag and no Content-Length)."""
+        stream = REMOTE_STREAM_BYTES
+        try:
+            probe = self._remote_get(location, name, slice(stream - 1, stream))
+            if probe is None or probe[1] is None:
+                return None
+            got = self._remote_get(location, name, slice(0, 2 if head else _REMOTE_BLOCK))
+        except VoxgateError:
+            return None
+        if got is None or got[0][:2] == GZIP_MAGIC:
+            return None
+        first, generation = got
+        if generation is None:
+            return None
+        etag = _remote_tag(location, name, generation, "raw")
+        if cond.not_modified(etag):
+            return _not_modified(headers, etag)
+        _validated(headers, etag)
+        if head:  # (a body of blocks: a Response of b"" would say Content-Length: 0)
+            return FileReply(200, iter(()), headers)
+        return FileReply(200, self._remote_blocks(location, name, generation, first), headers)
+
+    def _remote_blocks(self, location: str, name: str, generation: bytes,
+                       first: bytes) -> Iterator[bytes]:
+        """The remote file from ``first`` (its first block, read at ``generation``) on, in
+        ranged reads of ``_REMOTE_BLOCK`` bytes, each of ``generation``: a read of another
+        (the object was rewritten or deleted during the stream) raises, so the response
+        breaks off (no cache keeps a body cut short) rather than splice two versions under
+        one ETag.  A read past the end (OUT_OF_RANGE) is followed by one of the rest; the end
+        itself (the rest is empty) is confirmed by a conditional request that the file is
+        still at ``generation``."""
+        start = len(first)
+        yield first
+        del first
+        while True:
+            block = self._pinned(location, name, slice(start, start + _REMOTE_BLOCK),
+                                 generation)
+            if block is None:
+                break
+            start += len(block)
+            yield block
+            del block
+        rest = self._pinned(location, name, slice(start, None), generation)
+        if rest is None:
+            if not self._still_at(location, name, generation, False):
+                raise UpstreamError(f"{name} of the upstream layer was written while it was "
+                                    "streamed; the reply was broken off")
+            return
+        if rest:
+            yield rest
+
+    def _pinned(self, location: str, name: str, byte_range: slice,
+                generation: bytes) -> bytes | None:
+        """The bytes of ``byte_range`` of a remote file at ``generation``; None when the range
+        is not all in the file (OUT_OF_RANGE); UpstreamError when the file is no longer at
+        ``generation`` (absent, or the bytes read are of another)."""
+        try:
+            got = self._remote_get(location, name, byte_range)
+        except VoxgateError as exc:
+            if "OUT_OF_RANGE" not in str(exc):
+                raise
+            return None
+        if got is None or got[1] != generation:
+            raise UpstreamError(f"{name} of the upstream layer was written while it was "
+                                "streamed; the reply was broken off")
+        return got[0]
+
+    def _any_tag(self, location: str, name: str,
+                 rng: tuple[int | None, int | None] | None) -> tuple[str | None] | None:
+        """``If-None-Match: *`` (any current representation): the reply's ETag (None when the
+        store gives no generation) in a 1-tuple when the file exists and its reply's
+        representation is known from one request of at most two bytes; None to let the normal
+        reply decide (the file is absent, under two bytes, starts as gzip does, or the read
+        failed).  A range from a first byte is of the stored bytes (``raw``: zero bytes are
+        read); the whole file or its end is ``raw`` when it does not start as gzip does."""
+        ranged = rng is not None and rng[0] is not None
+        try:
+            with ts_errors(f"checking {name} of the upstream layer"):
+                got = self._store(location).read(
+                    name, byte_range=slice(0, 0 if ranged else 2)).result()
+        except (ValueError, VoxgateError):
+            return None
+        if got.state != "value" or (not ranged and bytes(got.value) == GZIP_MAGIC):
+            return None
+        generation = bytes(got.stamp.generation)
+        return (_remote_tag(location, name, generation if len(generation) > 1 else None,
+                            "raw"),)
 
     def _current_tag(self, location: str, name: str, rng: tuple[int | None, int | None] | None,
                      gzip_ok: bool, if_none_match: str) -> str | None:
