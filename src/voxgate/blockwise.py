@@ -1,7 +1,8 @@
 """One planning layer for everything that runs block by block (the Services, ``voxgate.copy``).
 
 **Plan**: :func:`block_shape` picks a block from the output's write unit (a chunk, or a whole
-shard) and a memory budget; :func:`plan_blocks` cuts a region into blocks of that shape on a grid
+shard) and a memory budget, cut to a share of :data:`INFLIGHT_BYTES` when many blocks run at
+once (:func:`blocks_at_once`); :func:`plan_blocks` cuts a region into blocks of that shape on a grid
 anchored at the output's origin, so every block writes whole chunks or shards and no two blocks
 share one, in Morton (z-) order, so neighbouring blocks run close together.
 
@@ -41,12 +42,14 @@ from .storage import set_copy_concurrency, split_url
 
 __all__ = [
     "BLOCK_BYTES",
+    "INFLIGHT_BYTES",
     "RETRIES",
     "TASKS_PER_THREAD",
     "Block",
     "BlockResults",
     "Scheduler",
     "block_shape",
+    "blocks_at_once",
     "check_client",
     "check_for_cluster",
     "check_output_for_cluster",
@@ -66,6 +69,11 @@ Scheduler = Literal["threads", "processes", "distributed"]
 
 #: blocks grow from the write unit toward this many bytes (bounded memory, little overhead)
 BLOCK_BYTES = 8 * 2**20
+#: the voxels of the blocks one process runs at once (its threads, or a dask worker's), all
+#: together: a block's budget is cut to its share of this (``INFLIGHT_BYTES // at_once``, at
+#: least one write unit), so more workers run smaller blocks and a process holds about the same
+#: (with the kernels' working copies, about twice this) whatever its number of workers
+INFLIGHT_BYTES = 256 * 2**20
 #: on a cluster, at most this many tasks per worker thread are submitted ahead of the finished
 TASKS_PER_THREAD = 4
 #: a block failing with a transient error (:func:`is_transient`) is run again this many times
@@ -105,24 +113,38 @@ def check_block(block: Any) -> Vec | None:
 
 def block_shape(grid: Sequence[int], itemsize: int, region_shape: Sequence[int], *,
                 budget: int = BLOCK_BYTES, block: Sequence[int] | None = None,
-                at_least: Sequence[int] | None = None) -> Vec:
+                at_least: Sequence[int] | None = None, at_once: int = 1) -> Vec:
     """A block shape made of whole write units ``grid`` (chunks or shards).
 
     Without ``block``: ``grid`` doubled (x, then y, then z) toward ``budget`` bytes of
-    ``itemsize``-byte voxels, not past ``region_shape``.  With ``block`` (a user's wish):
-    each axis rounded up to a multiple of ``grid``.  ``at_least`` raises each axis to at
-    least that many voxels (rounded up to whole units)."""
+    ``itemsize``-byte voxels, or toward ``INFLIGHT_BYTES // at_once`` when that is less
+    (``at_once`` blocks run at once in one process: :func:`blocks_at_once`), not past
+    ``region_shape``.  With ``block`` (a user's wish): each axis rounded up to a multiple of
+    ``grid``.  ``at_least`` raises each axis to at least that many voxels (rounded up to whole
+    units)."""
     g = Vec.of(grid)
     if block is not None:
         want = check_block(block)
         assert want is not None
         out = Vec(*(max(u, math.ceil(b / u) * u) for b, u in zip(want, g, strict=True)))
     else:
-        out = grow_block(g, max(1, int(itemsize)), Vec.of(region_shape), int(budget))
+        share = INFLIGHT_BYTES // max(1, int(at_once))
+        out = grow_block(g, max(1, int(itemsize)), Vec.of(region_shape),
+                         min(int(budget), share))
     if at_least is not None:
         out = Vec(*(max(o, math.ceil(a / u) * u) for o, a, u in zip(out, at_least, g,
                                                                       strict=True)))
     return out
+
+
+def blocks_at_once(workers: int | None, client: Any = None) -> int:
+    """How many blocks of a run one process runs at once: on a ``dask.distributed``
+    ``client``'s cluster the most threads any of its worker processes has (each thread runs a
+    block; default :func:`parallel.default_workers` while it has none), else ``workers``
+    (default :func:`parallel.default_workers`)."""
+    if client is not None:
+        return max((int(n) for n in client.nthreads().values()), default=default_workers())
+    return default_workers() if workers is None else whole_at_least(workers, 1, "workers")
 
 
 def _morton(index: Sequence[int]) -> int:

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..blockwise import (
     block_shape,
+    blocks_at_once,
     check_block,
     check_client,
     check_for_cluster,
@@ -308,7 +309,8 @@ def connected_components(
     if block is None:
         # whole chunks of the source (and of a store output, made with the same chunks)
         base = block_shape(src.chunks if out is None else grid, max(8, src.dtype.itemsize),
-                           region.shape, budget=BLOCK_BYTES)
+                           region.shape, budget=BLOCK_BYTES,
+                           at_once=blocks_at_once(workers, client))
     else:
         base = block_shape(grid, 1, region.shape, block=block)
     # on the output's write grid (a DVID labelmap's blocks lie on the grid through 0, not at

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..blockwise import (
     block_shape,
+    blocks_at_once,
     check_block,
     check_client,
     check_for_cluster,
@@ -489,7 +490,8 @@ def downsample(
             cum0 = _cumulative(steps[:first])
             want = None if block is None else Vec(*(
                 max(1, -(-int(b) // c)) for b, c in zip(block, cum0, strict=True)))
-            base = block_shape(grid, itemsize, sb.shape, budget=BLOCK_BYTES, block=want)
+            base = block_shape(grid, itemsize, sb.shape, budget=BLOCK_BYTES, block=want,
+                               at_once=blocks_at_once(workers, client))
             blocks = [p.box for p in plan_blocks(sb.bounds, base,
                                                  grid_anchor(remote, first, grid))]
             n_blocks += len(blocks)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..blockwise import (
     block_shape,
+    blocks_at_once,
     check_block,
     check_client,
     check_for_cluster,
@@ -225,7 +226,8 @@ class _Local:
         region = vol.bounds
         given = check_block(block)
         base = given if given is not None else block_shape(
-            vol.chunks, vol.dtype.itemsize, region.shape, budget=BLOCK_BYTES)
+            vol.chunks, vol.dtype.itemsize, region.shape, budget=BLOCK_BYTES,
+            at_once=blocks_at_once(workers, client))
         # on the store's chunk grid, so a block reads whole chunks
         self.blocks = [p.box for p in plan_blocks(region, base, vol.scale_meta.bounds)]
         self.workers = workers

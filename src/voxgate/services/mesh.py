@@ -31,6 +31,7 @@ import numpy as np
 from ..blockwise import (
     Block,
     block_shape,
+    blocks_at_once,
     check_block,
     check_for_cluster,
     plan_blocks,
@@ -310,7 +311,8 @@ def mesh(
         else:
             # the user's block as given; else whole chunks of the source, on its chunk grid
             base = Vec.of(block) if block is not None else block_shape(
-                vol.chunks, vol.dtype.itemsize, region.shape, budget=WHOLE_BYTES // 4)
+                vol.chunks, vol.dtype.itemsize, region.shape, budget=WHOLE_BYTES // 4,
+                at_once=blocks_at_once(1, client))
             blocks = plan_blocks(region, base, None if block is not None
                                  else vol.scale_meta.bounds)
             if client is not None:
