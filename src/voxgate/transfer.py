@@ -10,6 +10,13 @@ A block is written whole or not at all as far as the journal is concerned, and w
 twice gives the same bytes, so the result is identical to an uninterrupted copy of the same
 source.  The journal is deleted when the copy completes.
 
+Nothing the copy holds grows with the number of chunks or blocks beyond a bit per block: the
+plan is walked as the blocks are sent (never listed), the journal is read back into a bitmap per
+scale (:class:`_BlockSet`), and the report keeps the number of the source's absent chunks per
+scale with the first :data:`ABSENT_LISTED` of them (they are asked for in pieces of at most
+:data:`_ABSENT_PIECE` chunks).  A copy of a sparse volume of many millions of chunks runs in
+the memory of a small one.
+
 With a ``dask.distributed`` Client the same block plan runs as tasks on the cluster: each task
 reopens the source and destination from their specs, copies its one block and returns; the
 journal, the progress bar and the report stay on the client, which records a block when its
@@ -22,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import heapq
+import itertools
 import json
 import math
 import os
@@ -38,6 +47,7 @@ import numpy as np
 
 from .blockwise import (
     TASKS_PER_THREAD,  # noqa: F401 - the cluster's window, documented here
+    BlockResults,
     check_for_cluster,
     check_run,
     choosing_options,
@@ -90,6 +100,13 @@ BLOCK_BYTES = 8 * 2**20
 #: journal lists it as finished by an earlier run
 _Item = tuple[int, Vec, Box, int, bool]
 
+#: a report lists at most this many of a scale's absent chunks (the first, sorted);
+#: ``CopyReport.absent_counts`` says how many there are
+ABSENT_LISTED = 10_000
+#: the source's absent chunks are asked for in pieces of at most this many chunks, so that the
+#: list a Remote answers with stays small however many chunks the copied region has
+_ABSENT_PIECE = 2**16
+
 
 @dataclass
 class CopyReport:
@@ -113,16 +130,21 @@ class CopyReport:
     resumed: bool = False
     per_scale: dict[int, int] = field(default_factory=dict)
     #: per scale, the grid indices (z, y, x) of source chunks absent inside the copied region
-    #: (they were copied as the fill value); empty when the source cannot tell (bossdb, dvid)
+    #: (they were copied as the fill value), sorted: all of them, or the first
+    #: :data:`ABSENT_LISTED` when there are more (``absent_counts`` has the total); empty when
+    #: the source cannot tell (bossdb, dvid)
     absent_chunks: dict[int, list[Vec]] = field(default_factory=dict)
     #: whether the source could say which chunks are absent
     absent_checked: bool = False
+    #: per scale with absent chunks, how many there are (``absent_chunks`` may list fewer)
+    absent_counts: dict[int, int] = field(default_factory=dict)
 
     def absent_summary(self) -> str:
         """ "N chunks absent at scale k: ..." for each scale with absent chunks, or ""."""
         return "; ".join(
-            f"{len(chunks)} chunk(s) absent at scale {k}: {format_chunks(chunks)}"
-            for k, chunks in sorted(self.absent_chunks.items()) if chunks
+            f"{n} chunk(s) absent at scale {k}: {format_chunks(chunks, total=n)}"
+            for k, chunks in sorted(self.absent_chunks.items())
+            for n in [self.absent_counts.get(k, len(chunks))] if n
         )
 
     def __str__(self) -> str:
@@ -193,14 +215,14 @@ def _read_status(path: Path, now: float) -> JournalStatus | None:
     try:
         with open(path, encoding="utf-8") as f:
             header = json.loads(f.readline())
-        done = _Journal.read_done(path)[0]
+        if not isinstance(header, dict) or "src" not in header or "dst" not in header:
+            return None
+        done = len(_Journal._parse(path)[0])
         mtime = path.stat().st_mtime
     except (OSError, ValueError):
         return None  # not a journal (or removed meanwhile)
-    if not isinstance(header, dict) or "src" not in header or "dst" not in header:
-        return None
     return JournalStatus(path, str(header["src"]), str(header["dst"]), header.get("box"),
-                         list(header.get("scales", [])), len(done), int(header.get("blocks", 0)),
+                         list(header.get("scales", [])), done, int(header.get("blocks", 0)),
                          max(0.0, now - mtime))
 
 
@@ -505,60 +527,174 @@ def _scale_box(box: Box, meta: VolumeMeta, scale: int, origin: bool = False) -> 
     return Box(start, stop).intersect(sk.bounds)
 
 
-class _Journal:
-    """An append-only record of finished blocks; fsync'd in batches, read back on resume."""
+#: scale -> (first block index, number of blocks per axis) of the block grid a set covers
+_Space = dict[int, tuple[Vec, Vec]]
 
-    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+#: the number of bits set in each byte
+_BITS_IN = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def _popcount(bits: np.ndarray) -> int:
+    """How many bits of the uint8 array ``bits`` are set."""
+    return int(_BITS_IN[bits].sum(dtype=np.int64))
+
+
+class _BlockSet:
+    """A set of block keys ``(scale, z, y, x)`` held as one bit per block of each scale's block
+    grid (``space``): a copy of 10^8 blocks keeps 12 MiB of it, where a set of tuples kept
+    about 10 GiB.  Keys outside ``space`` are not held (``add`` says False)."""
+
+    def __init__(self, space: _Space) -> None:
+        self.space = space
+        self.bits = {k: bytearray((math.prod(shape) + 7) // 8)
+                     for k, (_, shape) in space.items()}
+        self._n = 0
+
+    def _at(self, key: Sequence[int]) -> tuple[bytearray, int, int] | None:
+        """The byte holding ``key``'s bit (its bitmap, index) and the bit's mask."""
+        if len(key) != 4 or key[0] not in self.space:
+            return None
+        k, z, y, x = key
+        (lz, ly, lx), (nz, ny, nx) = self.space[k]
+        z, y, x = z - lz, y - ly, x - lx
+        if not (0 <= z < nz and 0 <= y < ny and 0 <= x < nx):
+            return None
+        flat = (z * ny + y) * nx + x
+        return self.bits[k], flat >> 3, 1 << (flat & 7)
+
+    def __contains__(self, key: Sequence[int]) -> bool:
+        at = self._at(key)
+        return at is not None and bool(at[0][at[1]] & at[2])
+
+    def add(self, key: Sequence[int]) -> bool:
+        """Hold ``key``; whether it is new (and in the space)."""
+        at = self._at(key)
+        if at is None or at[0][at[1]] & at[2]:
+            return False
+        at[0][at[1]] |= at[2]
+        self._n += 1
+        return True
+
+    def discard(self, key: Sequence[int]) -> None:
+        at = self._at(key)
+        if at is not None and at[0][at[1]] & at[2]:
+            at[0][at[1]] &= ~at[2] & 0xFF
+            self._n -= 1
+
+    def __len__(self) -> int:
+        return self._n
+
+    def array(self, k: int, but: _BlockSet | None = None) -> np.ndarray:
+        """Scale ``k``'s bitmap (less ``but``'s) as uint8, a view when ``but`` is None."""
+        bits = np.frombuffer(self.bits[k], np.uint8)
+        if but is not None and k in but.bits:
+            bits = bits & ~np.frombuffer(but.bits[k], np.uint8)
+        return bits
+
+    def flat(self, k: int, but: _BlockSet | None = None) -> Iterator[np.ndarray]:
+        """The flat grid positions of scale ``k``'s keys (not in ``but``), ascending, a slice
+        of the bitmap at a time."""
+        bits = self.array(k, but)
+        step = 2**16  # bytes of the bitmap unpacked at once
+        for at in range(0, len(bits), step):
+            part = np.unpackbits(bits[at:at + step], bitorder="little")
+            yield np.flatnonzero(part) + 8 * at
+
+    def keys(self, but: _BlockSet | None = None) -> Iterator[tuple[int, ...]]:
+        """The keys held (and not held by ``but``), scale by scale in ``space``'s order, each
+        scale's in grid order (z, then y, then x), as the plan runs."""
+        for k, (lo, shape) in self.space.items():
+            for flat in self.flat(k, but):
+                for idx in zip(*np.unravel_index(flat, tuple(shape)), strict=True):
+                    yield (k, *(int(i) + a for i, a in zip(idx, lo, strict=True)))
+
+
+class _Journal:
+    """An append-only record of finished blocks; fsync'd in batches, read back on resume.
+
+    The file holds a JSON header, then a line per finished block ("k z y x", or "k z y x fill"
+    for a block of only the fill value; a block recorded again with the other kind gets a
+    second line, the last one counts) and "created" when the copy made its destination.  In
+    memory the finished blocks are bitmaps over ``space`` (:class:`_BlockSet`)."""
+
+    def __init__(self, path: Path, header: dict[str, Any], space: _Space) -> None:
         self.path = path
         self.header = header
-        self.done: set[tuple[int, ...]] = set()
+        self.done = _BlockSet(space)
         #: the finished blocks that held only the fill value (they may be absent from the
         #: destination: a copy into a store it created does not write them)
-        self.fill: set[tuple[int, ...]] = set()
+        self.fill = _BlockSet(space)
         self.created = False
         self._lock = threading.Lock()
         self._since_sync = 0
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
-            self._load()
+            self.done, self.fill, self.created = self._parse(path, space)
         self._file = open(path, "a", encoding="utf-8")
         if self._file.tell() == 0:
             self._file.write(json.dumps(header) + "\n")
             self._file.flush()
 
-    def _load(self) -> None:
-        self.done, self.fill, self.created = self._parse(self.path)
-
     @staticmethod
     def read_done(path: Path) -> tuple[set[tuple[int, ...]], bool]:
-        """The blocks a journal records as finished, and whether the copy created its
-        destination."""
+        """The blocks a journal records as finished, as a set (for a look at a small one), and
+        whether the copy created its destination."""
         done, _, created = _Journal._parse(path)
-        return done, created
+        return set(done.keys()), created
 
     @staticmethod
-    def _parse(path: Path) -> tuple[set[tuple[int, ...]], set[tuple[int, ...]], bool]:
-        """The finished blocks ("k z y x", or "k z y x fill" for a block of fill), the ones
-        of them that held only fill, and whether the copy created its destination."""
-        done: set[tuple[int, ...]] = set()
-        fill: set[tuple[int, ...]] = set()
-        created = False
+    def _records(path: Path) -> Iterator[tuple[tuple[int, ...], bool] | None]:
+        """Each complete line after the header, read as it comes: (block key, whether it held
+        only fill), or None for "created"; other lines are passed over."""
         with open(path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-        # the last line may be cut short by a kill: only complete lines count
-        for line in lines[1:-1]:
-            if line == "created":
+            f.readline()  # the header
+            for line in f:
+                if not line.endswith("\n"):
+                    break  # the last line may be cut short by a kill: only complete lines count
+                if line == "created\n":
+                    yield None
+                    continue
+                parts = line.split()
+                empty = parts[4:] == ["fill"]
+                if empty:
+                    parts = parts[:4]
+                if len(parts) == 4 and all(p.lstrip("-").isdigit() for p in parts):
+                    yield tuple(int(p) for p in parts), empty
+
+    @staticmethod
+    def _parse(path: Path, space: _Space | None = None) -> tuple[_BlockSet, _BlockSet, bool]:
+        """The finished blocks, the ones of them that held only fill, and whether the copy
+        created its destination.  Without ``space`` (a journal looked at on its own), the
+        bitmaps span the blocks the file names (a first pass finds their range; a range
+        wider than the plan the header counts is a ValueError: not a journal of ours)."""
+        if space is None:
+            with open(path, encoding="utf-8") as f:
+                header = json.loads(f.readline())
+            most = int(header.get("blocks", 0)) if isinstance(header, dict) else 0
+            lo: dict[int, list[int]] = {}
+            hi: dict[int, list[int]] = {}
+            for rec in _Journal._records(path):
+                if rec is not None:
+                    k, *idx = rec[0]
+                    lo[k] = [min(a, b) for a, b in zip(lo.get(k, idx), idx, strict=True)]
+                    hi[k] = [max(a, b) for a, b in zip(hi.get(k, idx), idx, strict=True)]
+            space = {k: (Vec(*lo[k]), Vec(*(b - a + 1 for a, b in zip(lo[k], hi[k],
+                                                                          strict=True))))
+                     for k in sorted(lo)}
+            if any(math.prod(shape) > most for _, shape in space.values()):
+                raise ValueError(f"{path} names blocks outside the {most} of its plan")
+        done, fill = _BlockSet(space), _BlockSet(space)
+        created = False
+        for rec in _Journal._records(path):
+            if rec is None:
                 created = True
                 continue
-            parts = line.split()
-            empty = parts[4:] == ["fill"]
+            key, empty = rec
+            done.add(key)
             if empty:
-                parts = parts[:4]
-            if len(parts) == 4 and all(p.lstrip("-").isdigit() for p in parts):
-                key = tuple(int(p) for p in parts)
-                done.add(key)
-                if empty:
-                    fill.add(key)
+                fill.add(key)
+            else:
+                fill.discard(key)
         return done, fill, created
 
     def mark_created(self) -> None:
@@ -569,20 +705,29 @@ class _Journal:
             self._file.flush()
 
     def record(self, key: tuple[int, ...]) -> None:
-        self._append(" ".join(map(str, key)))
+        with self._lock:
+            if key in self.done and key not in self.fill:
+                return  # (recorded so already)
+            self.done.add(key)
+            self.fill.discard(key)
+            self._append(" ".join(map(str, key)))
 
     def record_fill(self, key: tuple[int, ...]) -> None:
         """Record a finished block that held only the fill value."""
-        self._append(" ".join(map(str, key)) + " fill")
+        with self._lock:
+            if key in self.fill:
+                return
+            self.done.add(key)
+            self.fill.add(key)
+            self._append(" ".join(map(str, key)) + " fill")
 
     def _append(self, line: str) -> None:
-        with self._lock:
-            self._file.write(line + "\n")
-            self._file.flush()
-            self._since_sync += 1
-            if self._since_sync >= 64:
-                os.fsync(self._file.fileno())
-                self._since_sync = 0
+        self._file.write(line + "\n")
+        self._file.flush()
+        self._since_sync += 1
+        if self._since_sync >= 64:
+            os.fsync(self._file.fileno())
+            self._since_sync = 0
 
     def close(self, *, complete: bool) -> None:
         with self._lock:
@@ -594,8 +739,105 @@ class _Journal:
                 self.path.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class _ScalePlan:
+    """The blocks of one scale: ``region`` cut on a grid of ``block`` (whole cells of the
+    destination's write grid ``grid``) anchored at ``anchor``'s start; walked, never listed."""
+
+    scale: int
+    region: Box
+    grid: Vec
+    block: Vec
+    anchor: Box
+
+    @property
+    def lo(self) -> Vec:
+        """The first block's index."""
+        return Vec(*((a - o) // b for a, o, b in zip(self.region.start, self.anchor.start,
+                                                    self.block, strict=True)))
+
+    @property
+    def shape(self) -> Vec:
+        """Blocks per axis."""
+        hi = (-(-(b - o) // s) for b, o, s in zip(self.region.stop, self.anchor.start,
+                                                    self.block, strict=True))
+        return Vec(*(h - a for h, a in zip(hi, self.lo, strict=True)))
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+    def items(self) -> Iterator[tuple[Vec, Box, int]]:
+        """(block index, its box, its write-grid cells), in grid order."""
+        per_block = math.prod(b // g for b, g in zip(self.block, self.grid, strict=True))
+        for idx, cell in chunk_boxes(self.region, self.block, self.anchor):
+            part = cell.intersect(self.region)
+            yield idx, part, (per_block if part == cell else
+                              sum(1 for _ in chunk_boxes(part, self.grid, self.anchor)))
+
+    def part(self, idx: Sequence[int]) -> Box:
+        """The box of block ``idx``."""
+        start = Vec(*(o + i * b for o, i, b in zip(self.anchor.start, idx, self.block,
+                                                   strict=True)))
+        return Box(start, start + self.block).intersect(self.anchor).intersect(self.region)
+
+    def voxels(self, blocks: _BlockSet, but: _BlockSet | None = None) -> int:
+        """The voxels of this scale's blocks in ``blocks`` and not in ``but``."""
+        if self.scale not in blocks.bits:
+            return 0
+        shape, total = tuple(self.shape), 0
+        for flat in blocks.flat(self.scale, but):
+            size = np.ones(len(flat), np.int64)
+            for axis, i in enumerate(np.unravel_index(flat, shape)):
+                start = self.anchor.start[axis] + (i + self.lo[axis]) * self.block[axis]
+                a = np.maximum(start, self.region.start[axis])
+                b = np.minimum(start + self.block[axis], self.region.stop[axis])
+                size *= np.maximum(b - a, 0)
+            total += int(size.sum())
+        return total
+
+
+def _pieces(region: Box, chunks: Vec, bounds: Box, most: int) -> Iterator[Box]:
+    """``region`` cut into boxes of whole chunks (of the grid anchored at ``bounds.start``) of
+    at most ``most`` chunks each (at least one column of z), cut along x first, then y: a
+    precomputed layer on object storage names its chunks ``x0-x1_y0-y1_z0-z1`` and lists them
+    by the prefix of their x range (then y), so pieces of a few x each list each name of the
+    directory once in all (pieces of a few z each listed the whole directory every time)."""
+    o = bounds.start
+    lo = [(a - s) // c for a, s, c in zip(region.start, o, chunks, strict=True)]
+    hi = [-(-(b - s) // c) for b, s, c in zip(region.stop, o, chunks, strict=True)]
+    n = [b - a for a, b in zip(lo, hi, strict=True)]
+    order = (2, 1, 0)  # x, then y, then z: outermost first
+    # the outermost axis whose inner axes fit whole: it is cut, the ones outside it step by one
+    d = next(d for d in range(3) if math.prod(n[a] for a in order[d + 1:]) <= most or d == 2)
+    step = max(1, most // math.prod(n[a] for a in order[d + 1:]))
+    for outer in itertools.product(*(range(lo[a], hi[a]) for a in order[:d])):
+        for i in range(lo[order[d]], hi[order[d]], step):
+            a, b = list(lo), list(hi)
+            for axis, x in zip(order[:d], outer, strict=True):
+                a[axis], b[axis] = x, x + 1
+            a[order[d]], b[order[d]] = i, min(i + step, hi[order[d]])
+            start = Vec(*(s + x * c for s, x, c in zip(o, a, chunks, strict=True)))
+            stop = Vec(*(s + x * c for s, x, c in zip(o, b, chunks, strict=True)))
+            yield Box(start, stop).intersect(region)
+
+
+def _absent_in(remote: Remote, region: Box, scale: int) -> tuple[list[Vec], int]:
+    """The chunks of ``remote``'s ``scale`` absent inside ``region``: the first
+    :data:`ABSENT_LISTED` in grid order (z, y, x), and how many there are; asked for in pieces
+    (:func:`_pieces`), each piece's sorted list merged into the first ones found so far."""
+    sc = remote.meta.scale(scale)
+    listed: list[Vec] = []
+    total = 0
+    for piece in _pieces(region, sc.chunks, sc.bounds, _ABSENT_PIECE):
+        found = remote.absent_chunks(piece, scale)
+        total += len(found)
+        listed = list(itertools.islice(heapq.merge(listed, found), ABSENT_LISTED))
+    return listed, total
+
+
 @contextlib.contextmanager
-def _progress(enabled: bool, total: int, total_bytes: int, label: str) -> Iterator[Any]:
+def _progress(enabled: bool, total_bytes: int, label: str) -> Iterator[Any]:
     if not enabled:
         yield None
         return
@@ -638,7 +880,8 @@ def copy(
     have changed since the interruption; it costs a read of both for the part already done).
 
     Chunks absent from the source inside the copied region are listed in the report
-    (``report.absent_chunks``, per scale) and copied as the fill value; with
+    (``report.absent_chunks``, per scale: the first :data:`ABSENT_LISTED`, with their number
+    in ``report.absent_counts``) and copied as the fill value; with
     ``missing="error"`` the copy refuses to start when any is absent (MissingChunkError) and
     reads the source with ``missing="error"``.
 
@@ -693,25 +936,29 @@ def copy(
             f"{box!r} holds no voxels (a zero-length axis): give a box with start < stop on "
             "every axis")
 
+    # per scale: the first ABSENT_LISTED absent chunks, and how many there are
     absent: dict[int, list[Vec]] = {}
+    absent_counts: dict[int, int] = {}
     checked = has_capability(s_remote, Capability.CHUNK_PRESENCE)
     if checked:
         for k in wanted:
             region = region_of(k, smeta)
             if not region.is_empty():
-                found = s_remote.absent_chunks(region, k)
-                if found:
-                    absent[k] = found
+                found, n_absent = _absent_in(s_remote, region, k)
+                if n_absent:
+                    absent[k], absent_counts[k] = found, n_absent
     if missing == "error" and absent:
         k, chunks = min(absent.items())
         raise MissingChunkError(
             f"copy {s_remote.url} -> {_name(dst)} refused (missing='error'): "
-            + "; ".join(f"{len(c)} chunk(s) absent at scale {kk}: {format_chunks(c)}"
+            + "; ".join(f"{absent_counts[kk]} chunk(s) absent at scale {kk}: "
+                        f"{format_chunks(c, total=absent_counts[kk])}"
                         for kk, c in sorted(absent.items()))
             + "; nothing was created or written (copy with missing='fill' to copy them as the "
             "fill value)",
             chunks=chunks,
             scale=k,
+            total=absent_counts[k],
         )
 
     created = refuse_options = False
@@ -762,9 +1009,10 @@ def copy(
         _check_pyramid_fits(smeta, max(wanted), s_remote.pyramid_anchor, d_remote.pyramid_anchor,
                             d_remote.scheme, d_remote.url, created=False)
 
-    # the plan: (scale, block index, block box) for every block of every scale
+    # the plan: the blocks of every scale, walked as they are sent (a plan of 10^8 blocks
+    # listed first held tens of GiB)
     itemsize, channels = smeta.dtype.itemsize, smeta.num_channels
-    plan: list[tuple[int, Vec, Box, int]] = []
+    plans: list[_ScalePlan] = []
     #: per scale, the block grid (block shape, where it starts): a block index names the same
     #: voxels only on the same grid, so it is part of the journal's key
     grids: dict[str, list[list[int]]] = {}
@@ -774,14 +1022,11 @@ def copy(
             continue
         grid = d_remote.write_grid(k)
         block = grow_block(grid, itemsize * channels, region.shape, BLOCK_BYTES)
-        grids[str(k)] = [list(block), list(d_remote.grid_bounds(k).start)]
-        per_block = math.prod(b // g for b, g in zip(block, grid, strict=True))
         anchor = d_remote.grid_bounds(k)  # (DVID, bossDB: the grid through 0)
-        for idx, cell in chunk_boxes(region, block, anchor):
-            part = cell.intersect(region)
-            n_chunks = sum(1 for _ in chunk_boxes(part, grid, anchor)) if part != cell else \
-                per_block
-            plan.append((k, idx, part, n_chunks))
+        grids[str(k)] = [list(block), list(anchor.start)]
+        plans.append(_ScalePlan(k, region, grid, block, anchor))
+    blocks_total = sum(sp.count for sp in plans)
+    space: _Space = {sp.scale: (sp.lo, sp.shape) for sp in plans}
 
     header: dict[str, Any] = {
         # absolute: zarr://x.zarr in another working directory is another volume, whose
@@ -792,7 +1037,7 @@ def copy(
         "dst": redact(json.loads(cluster_spec(d_remote))["url"]),
         "box": None if box is None else str(box),
         "scales": wanted,
-        "blocks": len(plan),
+        "blocks": blocks_total,
         # another chunking or sharding of a destination made again, or another block size,
         # numbers other blocks: such a copy starts over rather than skip the wrong ones
         "grid": grids,
@@ -813,11 +1058,12 @@ def copy(
         # other unfinished copy into it (another region, source or block grid)
         path.unlink(missing_ok=True)
         _forget_destination(header["dst"])
-    journal = _Journal(path, header)
+    journal = _Journal(path, header, space)
     report = CopyReport(redact(s_remote.url), redact(d_remote.url), wanted,
-                        blocks_total=len(plan), created=created)
-    report.resumed = bool(journal.done)
+                        blocks_total=blocks_total, created=created)
+    report.resumed = bool(len(journal.done))
     report.absent_chunks, report.absent_checked = absent, checked
+    report.absent_counts = absent_counts
     if created:
         journal.mark_created()
     # a destination this copy created (now or before an interruption) holds only fill where no
@@ -826,15 +1072,23 @@ def copy(
     # a block the journal lists is skipped; with verify, read again from both stores and
     # written only when they differ (the source changed since the interrupted run, or the
     # destination did): then a rerun never keeps stale blocks, and never rewrites finished ones
-    gone = set() if verify else _blocks_gone(d_remote, plan, journal)
-    todo: list[_Item] = []
-    for k, idx, part, n in plan:
-        listed = (k, *idx) in journal.done
-        if listed and not verify and (k, *idx) not in gone:
-            report.blocks_skipped += 1
-            report.chunks_skipped += n
-        else:
-            todo.append((k, idx, part, n, listed))
+    gone = _BlockSet(space) if verify else _blocks_gone(d_remote, plans, journal)
+    #: the scales of the blocks sent (told of the writes at the end, whatever happened)
+    touched: set[int] = set()
+
+    def todo() -> Iterator[_Item]:
+        # (run here, in this thread, as blocks are sent: the report's counts are this thread's)
+        for sp in plans:
+            for idx, part, n in sp.items():
+                key = (sp.scale, *idx)
+                listed = key in journal.done
+                if listed and not verify and key not in gone:
+                    report.blocks_skipped += 1
+                    report.chunks_skipped += n
+                    continue
+                touched.add(sp.scale)
+                yield sp.scale, idx, part, n, listed
+
     workers = workers or default_workers()
     if client is None:
         fn: Any = functools.partial(_copy_item, s_remote, d_remote, skip_fill=skip_fill)
@@ -842,10 +1096,14 @@ def copy(
         fn = functools.partial(_copy_block, cluster_spec(s_remote), cluster_spec(d_remote),
                                uuid.uuid4().hex, skip_fill=skip_fill)
 
-    total_bytes = sum(item[2].size for item in todo) * itemsize * channels
+    total_bytes = sum(sp.region.size - (0 if verify else sp.voxels(journal.done, gone))
+                      for sp in plans) * itemsize * channels
+    #: the boxes of the blocks this run wrote, for a PartialWriteError: the first
+    #: ABSENT_LISTED of them (the journal records them all)
+    written: list[Box] = []
     complete = False
     try:
-        with _progress(progress, len(todo), total_bytes, "copy") as advance:
+        with _progress(progress, total_bytes, "copy") as advance:
 
             def done(item: _Item, out: object) -> None:
                 # here, in this thread, once the block is written (on a cluster too)
@@ -863,6 +1121,8 @@ def copy(
                     journal.record_fill((item[0], *item[1]))
                 else:
                     journal.record((item[0], *item[1]))
+                if len(written) < ABSENT_LISTED:
+                    written.append(item[2])
                 report.blocks_written += 1
                 if item[4]:
                     report.blocks_changed += 1
@@ -874,33 +1134,59 @@ def copy(
                 report.per_scale[item[0]] = report.per_scale.get(item[0], 0) + 1
 
             try:
-                res = run_blocks(fn, todo, name="copy", client=client, workers=workers,
-                                 on_done=done, retries=retries, collect=True)
+                # run_blocks lists the blocks it is given and keeps those done: it is given
+                # them a window at a time, so neither grows with the plan
+                window = _window(client, workers)
+                queue = todo()
+                while (some := list(itertools.islice(queue, window))):
+                    res = run_blocks(fn, some, name="copy", client=client, workers=workers,
+                                     on_done=done, retries=retries, collect=True)
+                    del some
+                    if res.failed:
+                        break
+                    res.done.clear()
+                else:
+                    res = BlockResults()
             except KeyboardInterrupt as stop:
                 # blocks in flight at the interrupt finished and are recorded too
-                finished = len(_Journal.read_done(journal.path)[0])
+                finished = len(journal.done)
                 raise CopyInterrupted(  # (a KeyboardInterrupt: its message redacted here)
                     f"copy {report.src} -> {report.dst} interrupted after {finished} of "
-                    f"{len(plan)} blocks; run the same copy again to resume (journal at "
+                    f"{blocks_total} blocks; run the same copy again to resume (journal at "
                     f"{journal.path})",
-                    journal.path, finished, len(plan),
+                    journal.path, finished, blocks_total,
                 ) from stop
         if res.failed:
             item, exc = res.failed[0]
+            listed_all = len(written) == report.blocks_written
             raise PartialWriteError(
                 f"copy {s_remote.url} -> {d_remote.url} failed at block {item[2]!r} of scale "
                 f"{item[0]}: {exc}. {report.blocks_written} blocks were written this run and are "
-                "recorded; rerun the same copy to resume",
-                written=[it[2] for it in res.done],
+                "recorded; rerun the same copy to resume"
+                + ("" if listed_all else f" (.written lists the first {len(written)}; the "
+                   f"journal {journal.path} records all)"),
+                written=written,
                 failed=[it[2] for it, _ in res.failed],
             ) from exc
         complete = True
     finally:
-        for k in sorted({item[0] for item in todo}):  # (written, all or in part)
+        for k in sorted(touched):  # (written, all or in part)
             notify_written(d_remote, k)
         journal.close(complete=complete)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _window(client: Any, workers: int) -> int:
+    """How many blocks of a copy go to :func:`run_blocks` at once: enough that its end, where
+    workers wait for the last blocks of the window, costs little (many times the blocks
+    running at once), few enough that the window's blocks are a few MiB of tuples."""
+    threads = workers if client is None else sum(client.nthreads().values())
+    return max(_WINDOW_BLOCKS, 64 * threads)
+
+
+#: the fewest blocks of a copy given to :func:`run_blocks` at once (see :func:`_window`)
+_WINDOW_BLOCKS = 4096
 
 
 def _forget_destination(dst: str) -> None:
@@ -911,8 +1197,7 @@ def _forget_destination(dst: str) -> None:
             j.path.unlink(missing_ok=True)
 
 
-def _blocks_gone(d: Remote, plan: Sequence[tuple[int, Vec, Box, int]],
-                 journal: _Journal) -> set[tuple[int, ...]]:
+def _blocks_gone(d: Remote, plans: Sequence[_ScalePlan], journal: _Journal) -> _BlockSet:
     """The blocks the journal lists as written (not fill) of which the destination now holds
     no chunk at all: it was deleted and made again (or emptied) since the interrupted run, so
     they are copied again rather than skipped.  Empty for a store that cannot tell absent
@@ -921,21 +1206,29 @@ def _blocks_gone(d: Remote, plan: Sequence[tuple[int, Vec, Box, int]],
     A few written blocks, spread over the plan, are asked first (one listing each): only when
     one of them is gone is every written block asked, so a resume of a large copy into an
     intact destination lists almost nothing (a sparse volume's absent chunks are many)."""
-    written = journal.done - journal.fill
-    if not written or not has_capability(d, Capability.CHUNK_PRESENCE):
-        return set()
-    blocks = [(k, idx, part) for k, idx, part, _ in plan if (k, *idx) in written]
+    out = _BlockSet(journal.done.space)
+    if not has_capability(d, Capability.CHUNK_PRESENCE):
+        return out
+    n_written = sum(_popcount(journal.done.array(k, journal.fill)) for k in journal.done.bits)
+    if not n_written:
+        return out
+    of = {sp.scale: sp for sp in plans}
 
-    def gone(k: int, part: Box) -> bool:
-        sc = d.meta.scale(k)
+    def gone(key: tuple[int, ...]) -> bool:
+        k = key[0]
+        sc, part = d.meta.scale(k), of[k].part(key[1:])
         absent = set(d.absent_chunks(part, k))
         return bool(absent) and all(
             g in absent for g, _ in chunk_boxes(part, sc.chunks, sc.bounds))
 
-    step = max(1, len(blocks) // _GONE_SAMPLE)
-    if not any(gone(k, part) for k, _, part in blocks[::step][:_GONE_SAMPLE + 1]):
-        return set()
-    return {(k, *idx) for k, idx, part in blocks if gone(k, part)}
+    step = max(1, n_written // _GONE_SAMPLE)
+    sample = itertools.islice(journal.done.keys(but=journal.fill), 0, None, step)
+    if not any(gone(key) for key in itertools.islice(sample, _GONE_SAMPLE + 1)):
+        return out
+    for key in journal.done.keys(but=journal.fill):
+        if gone(key):
+            out.add(key)
+    return out
 
 
 #: written blocks a resume asks the destination about before it asks about all of them

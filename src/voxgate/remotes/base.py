@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import enum
+import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -35,7 +36,7 @@ from ..errors import (
     refuses_unknown_keywords,
     unknown_keyword,
 )
-from ..geometry import Box, Vec, chunk_boxes
+from ..geometry import Box, Vec
 from ..meta import PyramidAnchor, Scale, VolumeMeta
 
 __all__ = [
@@ -409,10 +410,12 @@ def check_missing(missing: object) -> str:
     return str(missing)
 
 
-def format_chunks(chunks: Sequence[Vec], limit: int = LISTED_CHUNKS) -> str:
-    """``(z, y, x)`` grid indices, the first ``limit`` of them, then "and N more"."""
+def format_chunks(chunks: Sequence[Vec], limit: int = LISTED_CHUNKS,
+                  total: int | None = None) -> str:
+    """``(z, y, x)`` grid indices, the first ``limit`` of them, then "and N more" (of ``total``
+    when given: ``chunks`` may be the first of more)."""
     shown = ", ".join(str(tuple(int(v) for v in c)) for c in chunks[:limit])
-    more = len(chunks) - limit
+    more = (len(chunks) if total is None else total) - min(limit, len(chunks))
     return shown + (f" and {more} more" if more > 0 else "") + " (chunk grid index z, y, x)"
 
 
@@ -441,8 +444,9 @@ def bisect_absent(
         none_stored, all_stored = stats(region(a, b))
         if all_stored:
             return
-        if none_stored:
-            out.extend(g for g, _ in chunk_boxes(region(a, b), chunks, bounds))
+        if none_stored:  # (every chunk of a..b: the indices, without a box made for each)
+            out.extend(Vec._make(i) for i in itertools.product(
+                *(range(x, y) for x, y in zip(a, b, strict=True))))
             return
         axis = max(range(3), key=lambda d: b[d] - a[d])
         if b[axis] - a[axis] == 1:  # one chunk, neither stored nor absent: cannot happen
