@@ -74,7 +74,7 @@ def test_a_transient_error_is_retried(tmp_path: Path, workers: int,
     blocks = plan_blocks(Box(Vec(0, 0, 0), Vec(16, 32, 64)), (16, 16, 16))
     sizes: dict[Vec, object] = {}
     res = run_blocks(functools.partial(_flaky, str(tmp_path)), blocks, workers=workers,
-                     on_done=lambda b, n: sizes.__setitem__(b.index, n))
+                     on_done=lambda b, n: sizes.__setitem__(b.index, n), keep_done=True)
     assert (tmp_path / "failed-once").exists()
     assert sorted(res.done, key=lambda b: tuple(b.index)) == sorted(blocks,
                                                                   key=lambda b: tuple(b.index))
@@ -131,7 +131,7 @@ def test_spawned_processes_get_the_function_once() -> None:
     got: list[object] = []
     res = run_blocks(functools.partial(_square_sum, 3), blocks, workers=2, processes=True,
                      on_done=lambda _b, n: got.append(n))
-    assert len(res.done) == 8 and got.count(3 * 16**3) == 8
+    assert res.finished == 8 and got.count(3 * 16**3) == 8
 
 
 def test_progress_names_the_service_blocks_and_bytes(capsys: pytest.CaptureFixture[str]

@@ -4,11 +4,14 @@
 shard) and a memory budget, cut to a share of :data:`INFLIGHT_BYTES` when many blocks run at
 once (:func:`blocks_at_once`); :func:`plan_blocks` cuts a region into blocks of that shape on a grid
 anchored at the output's origin, so every block writes whole chunks or shards and no two blocks
-share one, in Morton (z-) order, so neighbouring blocks run close together.
+share one, in Morton (z-) order, so neighbouring blocks run close together; :func:`iter_blocks`
+makes the same blocks one at a time and :func:`count_blocks` counts them, so a plan of any size
+is never held.
 
 **Run**: :func:`run_blocks` calls one function on every block on this process's threads, on
 spawned processes (for kernels that hold the GIL), or on a ``dask.distributed`` ``client``, with
-at most a window of blocks in flight whatever their number; one progress bar (the Service's
+at most a window of blocks in flight whatever their number (taken from an iterator as they are
+sent; the blocks done are counted, not kept); one progress bar (the Service's
 name, its bytes, the blocks done); one retry rule (:func:`is_transient`: an unreachable store,
 a dask worker that died, retried :data:`RETRIES` times with backoff; any other error raised at
 once, naming the block); Ctrl-C cancels what is in flight.  The function and what it holds are
@@ -21,19 +24,20 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import itertools
 import json
 import math
 import os
 import pickle
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import FIRST_COMPLETED, CancelledError, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from .errors import InvalidRequestError, RemoteUnavailableError, VoxgateError, redact
-from .geometry import Box, Vec, chunk_boxes, grow_block, whole_at_least
+from .geometry import Box, Vec, grow_block, whole_at_least
 from .parallel import BlockResults, default_workers
 from .progress import format_bytes, progress_bar
 from .registry import open_remote, resolve_for_create
@@ -54,9 +58,11 @@ __all__ = [
     "check_for_cluster",
     "check_output_for_cluster",
     "choosing_options",
+    "count_blocks",
     "hosts_elsewhere",
     "cluster_spec",
     "is_transient",
+    "iter_blocks",
     "plan_blocks",
     "run_blocks",
     "scheduler_name",
@@ -160,14 +166,68 @@ def plan_blocks(region: Box, block: Sequence[int], bounds: Box | None = None, *,
                 order: Literal["morton", "row"] = "morton") -> list[Block]:
     """``region`` cut into blocks of shape ``block`` on a grid anchored at ``bounds.start``
     (the output's origin; default the region's), each clipped to ``region``, in Morton order
-    (``order="row"``: z, then y, then x)."""
+    (``order="row"``: z, then y, then x).  A list: :func:`iter_blocks` gives the same blocks
+    one at a time, and :func:`count_blocks` their number, without holding the plan."""
+    return list(iter_blocks(region, block, bounds, order=order))
+
+
+def _grid_range(region: Box, block: Sequence[int], bounds: Box | None
+                ) -> tuple[Box, Vec, Box, list[int], list[int]] | None:
+    """The region within ``bounds``, the block, the bounds and the block grid's index range
+    [lo, hi) per axis (as :func:`~voxgate.geometry.chunk_boxes` cuts it); None when empty."""
     bounds = region if bounds is None else bounds
-    blocks = [Block(idx, cell.intersect(region))
-              for idx, cell in chunk_boxes(region, Vec.of(block), bounds)]
-    blocks = [b for b in blocks if not b.box.is_empty()]
-    if order == "morton":
-        blocks.sort(key=lambda b: _morton(b.index))
-    return blocks
+    b = Vec.of(block)
+    inside = region.intersect(bounds)
+    if inside.is_empty():
+        return None
+    lo = [(a - o) // c for a, o, c in zip(inside.start, bounds.start, b, strict=True)]
+    hi = [-(-(e - o) // c) for e, o, c in zip(inside.stop, bounds.start, b, strict=True)]
+    return region, b, bounds, lo, hi
+
+
+def count_blocks(region: Box, block: Sequence[int], bounds: Box | None = None) -> int:
+    """How many blocks :func:`plan_blocks` cuts ``region`` into (arithmetic on the grid: no
+    block is made)."""
+    grid = _grid_range(region, block, bounds)
+    return 0 if grid is None else math.prod(h - lo for lo, h in zip(grid[3], grid[4],
+                                                                    strict=True))
+
+
+def iter_blocks(region: Box, block: Sequence[int], bounds: Box | None = None, *,
+                order: Literal["morton", "row"] = "morton") -> Iterator[Block]:
+    """The blocks of :func:`plan_blocks`, in its order, made one at a time as they are asked
+    for: a plan of 10^8 blocks is never held (as a list it is tens of GiB).  Morton order
+    walks the octree of the grid, skipping the cells outside it, rather than sorting."""
+    grid = _grid_range(region, block, bounds)
+    if grid is None:
+        return
+    region, b, bounds, lo, hi = grid
+
+    def make(idx: tuple[int, ...]) -> Block:
+        start = Vec(*(o + i * c for o, i, c in zip(bounds.start, idx, b, strict=True)))
+        return Block(Vec(*idx), Box(start, start + b).intersect(bounds).intersect(region))
+
+    if order == "row":
+        for idx in itertools.product(*(range(a, e) for a, e in zip(lo, hi, strict=True))):
+            yield make(idx)
+        return
+    # each octree cell: its level (side 2**level) and its first index; its eight children in
+    # the order of their Morton codes (z bit, then y, then x: see _morton)
+    top = max((h - 1).bit_length() for h in hi)
+    stack: list[tuple[int, int, int, int]] = [(top, 0, 0, 0)]
+    while stack:
+        level, z, y, x = stack.pop()
+        side = 1 << level
+        if (z + side <= lo[0] or z >= hi[0] or y + side <= lo[1] or y >= hi[1]
+                or x + side <= lo[2] or x >= hi[2]):
+            continue
+        if level == 0:
+            yield make((z, y, x))
+            continue
+        half = side >> 1
+        for octant in range(7, -1, -1):  # pushed last to first: popped first to last
+            stack.append((level - 1, z + (octant >> 2 & 1) * half,
+                          y + (octant >> 1 & 1) * half, x + (octant & 1) * half))
 
 
 # -- stores on workers ----------------------------------------------------------------------------
@@ -670,10 +730,13 @@ def run_blocks(
     workers: int | None = None,
     processes: bool = False,
     progress: bool = False,
+    total: int | None = None,
     nbytes: Callable[[T], int] | None = None,
+    total_bytes: int | None = None,
     on_done: Callable[[T, object], None] | None = None,
     retries: int = RETRIES,
     collect: bool = False,
+    keep_done: bool = False,
     prepare: Callable[[T], Any] | None = None,
 ) -> BlockResults[T]:
     """Call ``fn(item)`` for every item (blocks, usually :class:`Block` or :class:`Box`).
@@ -684,12 +747,18 @@ def run_blocks(
     :func:`parallel.default_workers`; 1 runs them here, one by one).  On a cluster or in
     processes ``fn`` is sent once per worker, not per block.
 
+    ``items`` are taken one at a time as blocks are sent (at most a window of them in
+    flight), so a generator (:func:`iter_blocks`) is never held whole: nothing this call
+    keeps grows with the number of blocks.  ``BlockResults.finished`` counts the blocks
+    done; ``keep_done`` also lists them in ``BlockResults.done`` (which then grows with them).
+
     ``prepare(item)``, when given, runs here just before a block is sent, and ``fn`` gets what
     it returns (e.g. the block's data read from an in-memory volume, which a spawned process
     cannot open); ``on_done`` still gets the item.  ``on_done(item, result)`` runs here, in
     the calling thread, as each block finishes (any order).  ``progress`` draws one bar
-    over the blocks (done / total), labelled with ``name`` and, when ``nbytes(item)`` gives a
-    block's size in bytes, the total.
+    over the blocks (done / ``total``: default ``len(items)`` when they have one, else the
+    bar has no total), labelled with ``name`` and the blocks' bytes: ``total_bytes``, or,
+    for items with a length, the sum of ``nbytes(item)``.
 
     A block raising a transient error (:func:`is_transient`) is run again, up to ``retries``
     times, after :data:`BACKOFF` seconds (doubled each time).  Any other error, or one still
@@ -702,16 +771,21 @@ def run_blocks(
     A cluster left without workers for the client's timeout raises :class:`NoWorkersError`.
     """
     workers, retries = check_run(workers, retries, client, name)
-    todo = list(items)
+    sized = isinstance(items, Sized)
+    if total is None and sized:
+        total = len(items)  # type: ignore[arg-type]
+    if total_bytes is None and nbytes is not None and sized:
+        total_bytes = sum(nbytes(i) for i in items)
     results: BlockResults[T] = BlockResults()
     kind = scheduler_name(client, processes)
     nworkers = workers or default_workers()
-    total_bytes = sum(nbytes(i) for i in todo) if nbytes is not None else 0
-    label = f"{name} ({format_bytes(total_bytes)})" if nbytes is not None else name
-    bar = progress_bar(progress, len(todo), label)
+    label = f"{name} ({format_bytes(total_bytes)})" if total_bytes is not None else name
+    bar = progress_bar(progress, total, label)
 
     def finished(item: T, out: object) -> None:
-        results.done.append(item)
+        results.finished += 1
+        if keep_done:
+            results.done.append(item)
         if on_done is not None:
             on_done(item, out)
         bar.advance()
@@ -720,17 +794,24 @@ def run_blocks(
         results.failed.append((item, _name_block(exc, name, item, attempts)))
 
     with bar:
+        todo = iter(items)
         if kind == "threads" and nworkers == 1:
             _serial(fn, todo, retries, finished, give_up, prepare)
-        elif todo:
-            _pooled(_Pool(fn, kind, nworkers, client, name, prepare), todo, retries, finished,
-                    give_up)
+        else:
+            first = next(todo, _NOTHING)
+            if first is not _NOTHING:  # (no pool, no cluster set up, for no blocks)
+                _pooled(_Pool(fn, kind, nworkers, client, name, prepare),
+                        itertools.chain((first,), todo), retries, finished, give_up)
     if results.failed and not collect:
         raise results.failed[0][1]
     return results
 
 
-def _serial(fn: Callable[[T], object], todo: list[T], retries: int,
+#: what ``next`` gives for an empty plan
+_NOTHING: Any = object()
+
+
+def _serial(fn: Callable[[T], object], todo: Iterator[T], retries: int,
             finished: Callable[[T, object], None],
             give_up: Callable[[T, BaseException, int], None],
             prepare: Callable[[T], Any] | None) -> None:
@@ -750,7 +831,7 @@ def _serial(fn: Callable[[T], object], todo: list[T], retries: int,
             break
 
 
-def _pooled(pool: _Pool, todo: list[T], retries: int, finished: Callable[[T, object], None],
+def _pooled(pool: _Pool, todo: Iterator[T], retries: int, finished: Callable[[T, object], None],
             give_up: Callable[[T, BaseException, int], None]) -> None:
     queue = iter(enumerate(todo))
     again: list[tuple[float, int, T, int]] = []  # (due, n, item, attempt): retries waiting

@@ -24,8 +24,12 @@ def default_workers() -> int:
 
 @dataclass
 class BlockResults(Generic[T]):
+    #: the items finished (:func:`voxgate.blockwise.run_blocks` lists them only when asked:
+    #: ``keep_done``)
     done: list[T] = field(default_factory=list)
     failed: list[tuple[T, BaseException]] = field(default_factory=list)
+    #: how many items finished
+    finished: int = 0
 
 
 def run_blocks(
@@ -55,6 +59,7 @@ def run_blocks(
                     break
                 continue
             results.done.append(item)
+            results.finished += 1
             if on_done is not None:
                 on_done(item, out)
         return results
@@ -84,6 +89,7 @@ def run_blocks(
                         results.failed.append((item, error))
                     else:
                         results.done.append(item)
+                        results.finished += 1
                         if on_done is not None:
                             on_done(item, fut.result())
         except KeyboardInterrupt:

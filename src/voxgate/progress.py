@@ -53,14 +53,15 @@ def _byte_columns() -> list[Any]:
 
 class progress_bar:
     """A rich progress bar over ``total`` steps (or bytes), or nothing when ``enabled`` is False.
+    ``total=None``: a bar without a total (steps done, no fraction), for work not counted ahead.
 
     Use as a context manager; ``advance(n)`` is thread-safe.  ``unit="bytes"`` shows done /
     total and the rate in KiB / MiB / GiB.
     """
 
-    def __init__(self, enabled: bool, total: int, label: str,
+    def __init__(self, enabled: bool, total: int | None, label: str,
                  unit: Literal["steps", "bytes"] = "steps") -> None:
-        self.enabled = bool(enabled) and total > 0
+        self.enabled = bool(enabled) and (total is None or total > 0)
         self.total = total
         self.label = label
         self.unit = unit

@@ -45,7 +45,7 @@ def test_transient_failures_are_survived(cluster: Any, tmp_path: Path, how: str)
     res = run_blocks(functools.partial(_once, str(tmp_path), how), BLOCKS, client=cluster,
                      name="survive", on_done=lambda _b, n: sizes.append(n))
     assert (tmp_path / how).exists()  # it did fail once
-    assert len(res.done) == len(BLOCKS) and not res.failed
+    assert res.finished == len(BLOCKS) and not res.done and not res.failed
     assert sum(int(str(n)) for n in sizes) == 32 * 32 * 64
 
 
@@ -67,8 +67,8 @@ blocks = plan_blocks(Box(Vec(0, 0, 0), Vec(32, 32, 64)), (16, 16, 16))
 with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                   dashboard_address=":0") as c, Client(c, set_as_default=False) as client:
     res = run_blocks(lambda b: b.box.size, blocks, client=client, name="nodefault")
-    assert len(res.done) == len(blocks) and not res.failed, res
-    print("ran", len(res.done))
+    assert res.finished == len(blocks) and not res.failed, res
+    print("ran", res.finished)
 """
 
 

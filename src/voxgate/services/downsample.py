@@ -34,7 +34,8 @@ from ..blockwise import (
     check_client,
     check_for_cluster,
     cluster_spec,
-    plan_blocks,
+    count_blocks,
+    iter_blocks,
     run_blocks,
     scheduler_name,
     worker_remote,
@@ -492,9 +493,11 @@ def downsample(
                 max(1, -(-int(b) // c)) for b, c in zip(block, cum0, strict=True)))
             base = block_shape(grid, itemsize, sb.shape, budget=BLOCK_BYTES, block=want,
                                at_once=blocks_at_once(workers, client))
-            blocks = [p.box for p in plan_blocks(sb.bounds, base,
-                                                 grid_anchor(remote, first, grid))]
-            n_blocks += len(blocks)
+            # walked as the blocks are sent, never listed (it would grow with the volume)
+            anchor = grid_anchor(remote, first, grid)
+            count = count_blocks(sb.bounds, base, anchor)
+            blocks = (p.box for p in iter_blocks(sb.bounds, base, anchor))
+            n_blocks += count
             if client is not None:
                 check_for_cluster(remote.url, "volume", "downsample", writes=True)
                 fn: Any = functools.partial(_downsample_block, cluster_spec(remote, "r+"),
@@ -505,7 +508,8 @@ def downsample(
             written.update(range(first + 1, last + 1))
             try:
                 run_blocks(fn, blocks, name="downsample", client=client, workers=workers,
-                           progress=progress, nbytes=lambda b: b.size * itemsize)
+                           progress=progress, total=count,
+                           total_bytes=sb.bounds.intersect(anchor).size * itemsize)
             finally:  # (the pass's scales changed, all or in part: the next pass reads one)
                 for k in range(first + 1, last + 1):
                     notify_written(remote, k)

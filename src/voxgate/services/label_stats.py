@@ -25,7 +25,8 @@ from ..blockwise import (
     check_block,
     check_client,
     check_for_cluster,
-    plan_blocks,
+    count_blocks,
+    iter_blocks,
     run_blocks,
     scheduler_name,
 )
@@ -195,7 +196,7 @@ def label_stats(
             return df
     df = _frame(local.run(progress))
     df.attrs["provenance"] = Provenance("label_stats", "local", vol.url, {
-        **details, "blocks": len(local.blocks), "scheduler": scheduler_name(client),
+        **details, "blocks": local.count, "scheduler": scheduler_name(client),
         "seconds": round(time.perf_counter() - t0, 3)})
     return df
 
@@ -228,8 +229,10 @@ class _Local:
         base = given if given is not None else block_shape(
             vol.chunks, vol.dtype.itemsize, region.shape, budget=BLOCK_BYTES,
             at_once=blocks_at_once(workers, client))
-        # on the store's chunk grid, so a block reads whole chunks
-        self.blocks = [p.box for p in plan_blocks(region, base, vol.scale_meta.bounds)]
+        # on the store's chunk grid, so a block reads whole chunks; walked as the blocks are
+        # sent, never listed (10^8 blocks of a petascale volume would be tens of GiB here)
+        self.plan = (region, base, vol.scale_meta.bounds)
+        self.count = count_blocks(*self.plan)
         self.workers = workers
         self.client = client
         self.ahead: dict[Box, dict[str, np.ndarray]] = {}
@@ -240,14 +243,15 @@ class _Local:
     def time_one(self) -> float:
         """Compute the first block now; return the seconds it took (read and kernel)."""
         t = time.perf_counter()
-        b = self.blocks[0]
+        b = next(iter_blocks(*self.plan)).box
         self.ahead[b] = self.one(b)
         return time.perf_counter() - t
 
     def run(self, progress: bool) -> dict[str, np.ndarray]:
         parts = list(self.ahead.values())
-        todo = [b for b in self.blocks if b not in self.ahead]
-        itemsize = self.vol.dtype.itemsize
+        todo = (p.box for p in iter_blocks(*self.plan) if p.box not in self.ahead)
+        region = self.plan[0].intersect(self.plan[2])
+        left = region.size - sum(b.size for b in self.ahead)
 
         def done(_b: Box, out: object) -> None:  # here, in this thread: no lock
             parts.append(out)  # type: ignore[arg-type]
@@ -256,7 +260,8 @@ class _Local:
 
         run_blocks(functools.partial(_block_stats, self.vol), todo, name="label stats",
                    client=self.client, workers=self.workers, progress=progress,
-                   nbytes=lambda b: b.size * itemsize, on_done=done)
+                   total=self.count - len(self.ahead),
+                   total_bytes=left * self.vol.dtype.itemsize, on_done=done)
         return merge_stats(parts)
 
 
@@ -306,12 +311,12 @@ def _server(vol: Any, local: _Local, prefer: str, workers: int | None, progress:
                     and per_id * left > SERVER_CHECK_SECONDS:
                 if block_seconds is None:
                     block_seconds = local.time_one()
-                if server_is_slower(per_id, left, block_seconds, len(local.blocks)):
+                if server_is_slower(per_id, left, block_seconds, local.count):
                     return None, {"left_server_path": {
                         "ids": n, "boxes_asked": len(rows),
                         "seconds_per_id": round(per_id, 4),
                         "server_seconds_left": round(per_id * left, 1),
-                        "local_seconds": round(block_seconds * len(local.blocks), 1)}}
+                        "local_seconds": round(block_seconds * local.count, 1)}}
             batch = min(batch * 4, 4 * conc)
     box = np.array([r[1:] for r in rows], dtype=np.int64).reshape(-1, 6)
     table = {"id": np.array([r[0] for r in rows], dtype=np.uint64), "lo": box[:, :3],

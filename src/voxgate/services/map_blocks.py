@@ -47,7 +47,8 @@ from ..blockwise import (
     check_output_for_cluster,
     check_run,
     cluster_spec,
-    plan_blocks,
+    count_blocks,
+    iter_blocks,
     run_blocks,
     scheduler_name,
 )
@@ -158,6 +159,12 @@ def _hash_code(code: types.CodeType, digest: Any) -> None:
 
 def _key(block: Box) -> str:
     return " ".join(str(int(v)) for v in (*block.start, *block.stop))
+
+
+def _key_box(key: str) -> Box:
+    """The block a journal key names (:func:`_key`)."""
+    v = [int(t) for t in key.split()]
+    return Box(Vec(*v[:3]), Vec(*v[3:]))
 
 
 def _crc(array: np.ndarray) -> str:
@@ -618,7 +625,9 @@ def map_blocks(
     # chunk at once
     grid = target.remote.write_grid(target.scale)
     b = block_shape(grid, dt.itemsize, region.shape, block=b)
-    blocks = [p.box for p in plan_blocks(region, b, target.remote.grid_bounds(target.scale))]
+    # walked as the blocks are sent, never listed (it would grow with the volume)
+    on_grid = target.remote.grid_bounds(target.scale)
+    n_blocks = count_blocks(region, b, on_grid)
     in_place = target.url == src.url and target.scale == src.scale
     if client is not None:
         check_for_cluster(target.url, "output", "map_blocks", writes=True)
@@ -636,7 +645,7 @@ def map_blocks(
     journal = None
     if in_place:
         plan = {"scale": target.scale, "region": str(region), "block": list(b),
-                "dtype": dt.str, "blocks": len(blocks)}
+                "dtype": dt.str, "blocks": n_blocks}
         # (a relative path made absolute: the same name elsewhere is another volume)
         # (credentials redacted: the journal on disk never holds a token)
         url = (target.url if target.url.startswith("mem://")
@@ -649,7 +658,12 @@ def map_blocks(
         except BaseException:
             journal.close(complete=False)
             raise
-    todo = blocks if journal is None else [bx for bx in blocks if _key(bx) not in journal.done]
+    todo = (p.box for p in iter_blocks(region, b, on_grid)
+            if journal is None or _key(p.box) not in journal.done)
+    # (the journal's blocks are this plan's: _open_journal checks the plan is the same)
+    done_before = 0 if journal is None else len(journal.done)
+    left = region.intersect(on_grid).size - (0 if journal is None else sum(
+        _key_box(key).size for key in journal.done))
 
     def done(bx: Box, _r: object) -> None:
         if journal is not None:
@@ -659,12 +673,13 @@ def map_blocks(
     try:
         run_blocks(functools.partial(run_block, fn, src, target, halo=h, results=journal), todo,
                    name="map_blocks", client=client, workers=workers, progress=progress,
-                   retries=retries, nbytes=lambda bx: bx.size * dt.itemsize, on_done=done)
+                   retries=retries, total=n_blocks - done_before, total_bytes=left * dt.itemsize,
+                   on_done=done)
         complete = True
     except BaseException as exc:
         if journal is not None:
             exc.add_note(
-                f"map_blocks into {target.url} in place: {len(journal.done)} of {len(blocks)} "
+                f"map_blocks into {target.url} in place: {len(journal.done)} of {n_blocks} "
                 f"blocks are done and recorded (journal {journal.where}); run the same call "
                 "again to finish the rest (fn is not applied again to the blocks done)")
         raise
@@ -672,7 +687,7 @@ def map_blocks(
         if journal is not None:
             journal.close(complete=complete)
     prov = Provenance("map_blocks", "local", src.url, {
-        "blocks": len(blocks), "scheduler": scheduler_name(client),
+        "blocks": n_blocks, "scheduler": scheduler_name(client),
         "seconds": round(time.perf_counter() - t0, 3)})
     if out is None:
         return scratch_result(target, prov)

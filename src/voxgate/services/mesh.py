@@ -34,6 +34,7 @@ from ..blockwise import (
     blocks_at_once,
     check_block,
     check_for_cluster,
+    iter_blocks,
     plan_blocks,
     run_blocks,
     scheduler_name,
@@ -133,7 +134,7 @@ def _read_closed(vol: Volume, close: bool) -> tuple[np.ndarray, tuple[int, ...]]
         return vol.read(), tuple(region.start)
     out = np.zeros(tuple(n + 2 for n in region.shape), dtype=vol.dtype)
     base = block_shape(vol.chunks, vol.dtype.itemsize, region.shape, budget=_BLOCK_READ_BYTES)
-    for b in plan_blocks(region, base, vol.scale_meta.bounds):
+    for b in iter_blocks(region, base, vol.scale_meta.bounds):
         out[b.box.slices(region.start - _ONE)] = vol.read(b.box)
     return out, tuple(o - 1 for o in region.start)
 

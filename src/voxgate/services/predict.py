@@ -28,12 +28,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ from ..blockwise import (
     check_client,
     check_for_cluster,
     check_output_for_cluster,
-    plan_blocks,
+    count_blocks,
+    iter_blocks,
     run_blocks,
     scheduler_name,
 )
@@ -539,12 +541,12 @@ def predict(
         b = _round_up(b, _lcm(chunks, runner.step))  # blocks read whole source chunks
     else:  # source chunks larger than a block (a numpy array is one chunk): output chunks
         chunks = b  # of one block
-    blocks = list(block_boxes(region, b))
-    if unbounded and len(blocks) > 1:
+    if unbounded and count_blocks(region, b) > 1:
         raise _unbounded_error(runner, region, b)
+    first_box = next(block_boxes(region, b))
     first: np.ndarray | None = None
     if runner.channels is None:  # a callable: its first block tells the output's channels
-        first = _infer(runner, src, blocks[0], h, region)
+        first = _infer(runner, src, first_box, h, region)
         runner.channels = int(first.shape[0])
     channels = runner.channels
     meta = VolumeMeta(dt, (Scale(0, region.shape, chunks, src.voxel_size, region.start),),
@@ -571,17 +573,22 @@ def predict(
     # on the output's chunk grid (anchored at its store's origin, which is not the region's
     # when the output is a larger given Volume, nor a view's start), so no two blocks write
     # one chunk
-    planned = [p.box for p in plan_blocks(region, b, target.remote.grid_bounds(target.scale),
-                                          order="row")]
-    if unbounded and len(planned) > 1:
+    # (walked as the blocks are sent, never listed: it would grow with the volume)
+    anchor = target.remote.grid_bounds(target.scale)
+    n_blocks = count_blocks(region, b, anchor)
+    if unbounded and n_blocks > 1:
         raise _unbounded_error(runner, region, b)
-    if planned[:1] != blocks[:1]:
+    todo: Iterator[Box] = (p.box for p in iter_blocks(region, b, anchor, order="row"))
+    head = next(todo, None)
+    if head != first_box:
         first = None
-    blocks = planned
-    todo = blocks
-    if first is not None:  # the callable's first block, computed above to learn its channels
-        _store(first, target, blocks[0])
-        todo = blocks[1:]
+    left = region.intersect(anchor).size
+    if first is not None and head is not None:
+        # the callable's first block, computed above to learn its channels
+        _store(first, target, head)
+        left -= head.size
+    elif head is not None:
+        todo = itertools.chain((head,), todo)
     if client is not None:
         check_for_cluster(src.url, "source", "predict")
         check_for_cluster(target.url, "output", "predict", writes=True)
@@ -589,11 +596,12 @@ def predict(
     fn = functools.partial(_run_block, _for_cluster(runner) if client is not None else runner,
                            src, target, halo=h, region=region)
     run_blocks(fn, todo, name="predict", client=client, workers=nworkers, progress=progress,
-               retries=retries, nbytes=lambda bx: bx.size * src.dtype.itemsize)
+               retries=retries, total=n_blocks - int(first is not None),
+               total_bytes=left * src.dtype.itemsize)
     prov = Provenance("predict", "local", src.url, {
         "model": runner.name, "providers": list(runner.providers) if runner.onnx else [],
         "block": tuple(b), "halo": tuple(h), "step": tuple(runner.step),
-        "blocks": len(blocks), "channels": channels,
+        "blocks": n_blocks, "channels": channels,
         "scheduler": scheduler_name(client),
         "seconds": round(time.perf_counter() - t0, 3)})
     if out is None:

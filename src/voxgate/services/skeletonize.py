@@ -37,7 +37,14 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from ..blockwise import check_block, check_client, cluster_spec, run_blocks, worker_remote
+from ..blockwise import (
+    check_block,
+    check_client,
+    cluster_spec,
+    count_blocks,
+    run_blocks,
+    worker_remote,
+)
 from ..errors import (
     CapabilityNotSupportedError,
     InvalidRequestError,
@@ -266,8 +273,8 @@ def _blockwise(vol: Any, base: Vec, ids: list[int] | None, dust_threshold: int,
     region: Box = vol.bounds
     vs = tuple(float(v) for v in vol.scale_meta.voxel_size.zyx())
     teasar = None if teasar_params is None else dict(teasar_params)
-    blocks = list(block_boxes(region, base))
-    jobs = [(Box(b.start, b.stop + _ONE).intersect(region), b) for b in blocks]
+    # the blocks are walked as they are sent, never listed (that would grow with the volume)
+    n_blocks = count_blocks(region, base)
     pieces: dict[int, list[tuple[int, _Piece]]] = {}
 
     def collect(at: int, found: dict[int, _Piece]) -> None:
@@ -276,7 +283,7 @@ def _blockwise(vol: Any, base: Vec, ids: list[int] | None, dust_threshold: int,
 
     portable = not vol.url.startswith("mem://")
     scheduler = "distributed" if client is not None else (
-        "processes" if workers is not None and workers > 1 and len(jobs) > 1 else "serial")
+        "processes" if workers is not None and workers > 1 and n_blocks > 1 else "serial")
     source: Any = vol.remote
     prepare = None
     if client is not None:
@@ -295,10 +302,11 @@ def _blockwise(vol: Any, base: Vec, ids: list[int] | None, dust_threshold: int,
     itemsize = vol.dtype.itemsize
     run_blocks(functools.partial(_block_job, source, vol.scale, ids=ids, voxel_size=vs,
                                  teasar_params=teasar, run=uuid.uuid4().hex),
-               [(at, ext, core) for at, (ext, core) in enumerate(jobs)], name="skeletonize",
+               ((at, Box(b.start, b.stop + _ONE).intersect(region), b)
+                for at, b in enumerate(block_boxes(region, base))), name="skeletonize",
                client=client, workers=workers if scheduler == "processes" else 1,
                processes=scheduler == "processes", progress=progress, prepare=prepare,
-               nbytes=lambda job: job[2].size * itemsize,
+               total=n_blocks, total_bytes=region.size * itemsize,
                on_done=lambda job, found: collect(job[0], found))  # type: ignore[arg-type]
     faces = tuple(np.arange(r0 + b, r1, b, dtype=np.int64)
                   for r0, r1, b in zip(region.start, region.stop, base, strict=True))
@@ -312,7 +320,7 @@ def _blockwise(vol: Any, base: Vec, ids: list[int] | None, dust_threshold: int,
             if sk is not None:
                 out[i] = sk
             bar.advance()
-    details.update(blocks=len(jobs), block=tuple(base), scheduler=scheduler,
+    details.update(blocks=n_blocks, block=tuple(base), scheduler=scheduler,
                    workers=(workers or 1) if client is None else None)
     return out
 

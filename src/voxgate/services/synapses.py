@@ -41,6 +41,7 @@ import numpy as np
 from ..blockwise import (
     check_for_cluster,
     check_run,
+    count_blocks,
     hosts_elsewhere,
     run_blocks,
     scheduler_name,
@@ -384,7 +385,7 @@ def _table(src: Volume, region: Box, prob_vol: Volume, lab_vol: Volume, n: int,
     lock = threading.Lock()
     step = Vec.of(block, "block") if block is not None else grow_block(
         lab_vol.chunks, 8, shape, 8 * _STATS_VOXELS)
-    boxes = list(block_boxes(Box(Vec(0, 0, 0), shape), step))
+    whole = Box(Vec(0, 0, 0), shape)
 
     def stats(box: Box) -> None:
         lab = read_lab(box)
@@ -406,7 +407,8 @@ def _table(src: Volume, region: Box, prob_vol: Volume, lab_vol: Volume, n: int,
                 np.minimum.at(lo[:, a], ids, coords[:, a])
                 np.maximum.at(hi[:, a], ids, coords[:, a])
 
-    run_blocks(stats, boxes, name="synapse stats", workers=workers, progress=progress)
+    run_blocks(stats, block_boxes(whole, step), name="synapse stats", workers=workers,
+               progress=progress, total=count_blocks(whole, step))
     kept = np.nonzero(count[1:] >= min_size)[0] + 1
     vs = src.voxel_size
     vs_zyx = (vs.z, vs.y, vs.x)
