@@ -15,7 +15,9 @@ plan is walked as the blocks are sent (never listed), the journal is read back i
 scale (:class:`_BlockSet`), and the report keeps the number of the source's absent chunks per
 scale with the first :data:`ABSENT_LISTED` of them (they are asked for in pieces of at most
 :data:`_ABSENT_PIECE` chunks).  A copy of a sparse volume of many millions of chunks runs in
-the memory of a small one.
+the memory of a small one.  Nor does it read what it need not: that question's answers mark,
+a bit per group of chunks (:class:`_StoredGroups`), where the source stores chunks, and a
+block touching none is copied as the fill value without a read of the source.
 
 With a ``dask.distributed`` Client the same block plan runs as tasks on the cluster: each task
 reopens the source and destination from their specs, copies its one block and returns; the
@@ -38,7 +40,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -96,9 +98,10 @@ __all__ = [
 #: blocks grow from the write grid toward this many bytes (bounded memory, little overhead)
 BLOCK_BYTES = 8 * 2**20
 
-#: one block of the plan: scale, block index, its box, its write-grid cells, and whether the
-#: journal lists it as finished by an earlier run
-_Item = tuple[int, Vec, Box, int, bool]
+#: one block of the plan: scale, block index, its box, its write-grid cells, whether the
+#: journal lists it as finished by an earlier run, and whether the source said every chunk it
+#: touches is absent (it is then not read: it holds only the fill value)
+_Item = tuple[int, Vec, Box, int, bool, bool]
 
 #: a report lists at most this many of a scale's absent chunks (the first, sorted);
 #: ``CopyReport.absent_counts`` says how many there are
@@ -822,18 +825,92 @@ def _pieces(region: Box, chunks: Vec, bounds: Box, most: int) -> Iterator[Box]:
             yield Box(start, stop).intersect(region)
 
 
-def _absent_in(remote: Remote, region: Box, scale: int) -> tuple[list[Vec], int]:
+def absent_in(remote: Remote, region: Box, scale: int,
+              each: Callable[[Box, list[Vec]], None] | None = None) -> tuple[list[Vec], int]:
     """The chunks of ``remote``'s ``scale`` absent inside ``region``: the first
     :data:`ABSENT_LISTED` in grid order (z, y, x), and how many there are; asked for in pieces
-    (:func:`_pieces`), each piece's sorted list merged into the first ones found so far."""
+    (:func:`_pieces`), each piece's sorted list merged into the first ones found so far, so
+    that what is held stays small however many chunks the region has.  ``each(piece, found)``
+    is told every piece's answer as it comes."""
     sc = remote.meta.scale(scale)
     listed: list[Vec] = []
     total = 0
     for piece in _pieces(region, sc.chunks, sc.bounds, _ABSENT_PIECE):
         found = remote.absent_chunks(piece, scale)
+        if each is not None:
+            each(piece, found)
         total += len(found)
         listed = list(itertools.islice(heapq.merge(listed, found), ABSENT_LISTED))
     return listed, total
+
+
+_absent_in = absent_in  # (the name it had)
+
+
+class _StoredGroups:
+    """Where a scale's source chunks inside ``region`` are stored, as one bit per group of
+    ``group`` chunks per axis (on the source's chunk grid, anchored at ``origin``): set when
+    the group holds a stored chunk.  Built from the pieces of the copy's scan of absent
+    chunks (:meth:`mark`), so it costs no request of its own; a block of the plan that touches
+    no group with its bit set touches no stored chunk (:meth:`stored_in`), holds only the
+    fill value and need not be read.  Groups the size of the blocks a destination with the
+    source's chunks is copied in (the usual case) make one bit per block."""
+
+    def __init__(self, region: Box, chunks: Vec, origin: Vec, group: Vec) -> None:
+        self.region, self.chunks, self.origin, self.group = region, chunks, origin, group
+        first = [(a - o) // c for a, o, c in zip(region.start, origin, chunks, strict=True)]
+        last = [(b - 1 - o) // c for b, o, c in zip(region.stop, origin, chunks, strict=True)]
+        self.lo = tuple(f // g for f, g in zip(first, group, strict=True))
+        self.shape = tuple(la // g - lo + 1
+                           for la, g, lo in zip(last, group, self.lo, strict=True))
+        self.bits = np.zeros((math.prod(self.shape) + 7) // 8, np.uint8)
+
+    def _set(self, idx: Sequence[np.ndarray]) -> None:
+        """Set the bits of the groups whose indices (per axis, absolute) are ``idx``."""
+        flat = np.unique(np.ravel_multi_index(
+            tuple(np.asarray(i, np.int64) - lo for i, lo in zip(idx, self.lo, strict=True)),
+            self.shape))
+        np.bitwise_or.at(self.bits, flat >> 3, (1 << (flat & 7)).astype(np.uint8))
+
+    def mark(self, piece: Box, found: list[Vec]) -> None:
+        """Take a piece of the scan (whole chunks of ``region``) and its absent chunks."""
+        lo = [(a - o) // c for a, o, c in zip(piece.start, self.origin, self.chunks,
+                                             strict=True)]
+        hi = [-(-(b - o) // c) for b, o, c in zip(piece.stop, self.origin, self.chunks,
+                                                  strict=True)]
+        n = [b - a for a, b in zip(lo, hi, strict=True)]
+        if len(found) >= math.prod(n):
+            return  # nothing stored
+        if not found:  # all stored: every group the piece touches
+            axes = [np.arange(a // g, (b - 1) // g + 1)
+                    for a, b, g in zip(lo, hi, self.group, strict=True)]
+            self._set([m.reshape(-1) for m in np.meshgrid(*axes, indexing="ij")])
+            return
+        # a flag per chunk of the piece, then per group (the groups' runs of it or-ed)
+        held = np.ones(n, bool)
+        at = np.fromiter(itertools.chain.from_iterable(found), np.int64,
+                         3 * len(found)).reshape(-1, 3) - np.asarray(lo, np.int64)
+        held[at[:, 0], at[:, 1], at[:, 2]] = False
+        first = []
+        for axis, (a, b, g) in enumerate(zip(lo, hi, self.group, strict=True)):
+            # where each group's run starts along the axis
+            runs = np.unique(np.r_[0, np.arange(-(-a // g) * g, b, g) - a])
+            held = np.logical_or.reduceat(held, runs, axis=axis)
+            first.append(a // g)
+        self._set([i + f for i, f in zip(np.nonzero(held), first, strict=True)])
+
+    def stored_in(self, part: Box) -> bool:
+        """Whether a group that ``part`` (inside ``region``) touches holds a stored chunk."""
+        ranges = []
+        for a, b, o, c, g, lo in zip(part.start, part.stop, self.origin, self.chunks,
+                                     self.group, self.lo, strict=True):
+            ranges.append(range((a - o) // c // g - lo, (b - 1 - o) // c // g - lo + 1))
+        ny, nx = self.shape[1:]
+        for z, y, x in itertools.product(*ranges):
+            flat = (z * ny + y) * nx + x
+            if self.bits[flat >> 3] & (1 << (flat & 7)):
+                return True
+        return False
 
 
 @contextlib.contextmanager
@@ -939,14 +1016,25 @@ def copy(
     # per scale: the first ABSENT_LISTED absent chunks, and how many there are
     absent: dict[int, list[Vec]] = {}
     absent_counts: dict[int, int] = {}
+    #: per scale with absent chunks, where its stored ones are (the blocks touching none are
+    #: not read: they hold only the fill value)
+    stored: dict[int, _StoredGroups] = {}
     checked = has_capability(s_remote, Capability.CHUNK_PRESENCE)
     if checked:
         for k in wanted:
             region = region_of(k, smeta)
             if not region.is_empty():
-                found, n_absent = _absent_in(s_remote, region, k)
+                sc = smeta.scale(k)
+                # (groups of the blocks a destination with the source's chunks is copied in)
+                group = grow_block(sc.chunks, smeta.dtype.itemsize * smeta.num_channels,
+                                   region.shape, BLOCK_BYTES)
+                groups = _StoredGroups(region, sc.chunks, sc.bounds.start,
+                                       Vec(*(g // c for g, c in zip(group, sc.chunks,
+                                                                    strict=True))))
+                found, n_absent = absent_in(s_remote, region, k, groups.mark)
                 if n_absent:
                     absent[k], absent_counts[k] = found, n_absent
+                    stored[k] = groups
     if missing == "error" and absent:
         k, chunks = min(absent.items())
         raise MissingChunkError(
@@ -960,6 +1048,12 @@ def copy(
             scale=k,
             total=absent_counts[k],
         )
+
+    # a block touching only chunks the source said are absent is not read (on object storage
+    # each is a request answered "not found"): it holds what the source reads there, the fill
+    # value, read once per scale from one of those chunks (one voxel of it)
+    fills = {k: s_remote.read(_voxel_of(absent[k][0], smeta.scale(k), g.region), k)
+             for k, g in stored.items()}
 
     created = refuse_options = False
     if isinstance(dst, Volume):
@@ -1079,6 +1173,9 @@ def copy(
     def todo() -> Iterator[_Item]:
         # (run here, in this thread, as blocks are sent: the report's counts are this thread's)
         for sp in plans:
+            groups = stored.get(sp.scale)
+            if groups is not None and groups.region != sp.region:
+                groups = None  # (the scan covered another region: not its answer)
             for idx, part, n in sp.items():
                 key = (sp.scale, *idx)
                 listed = key in journal.done
@@ -1087,14 +1184,16 @@ def copy(
                     report.chunks_skipped += n
                     continue
                 touched.add(sp.scale)
-                yield sp.scale, idx, part, n, listed
+                yield (sp.scale, idx, part, n, listed,
+                       groups is not None and not groups.stored_in(part))
 
     workers = workers or default_workers()
     if client is None:
-        fn: Any = functools.partial(_copy_item, s_remote, d_remote, skip_fill=skip_fill)
+        fn: Any = functools.partial(_copy_item, s_remote, d_remote, skip_fill=skip_fill,
+                                    fills=fills)
     else:  # each worker reopens both stores by their specs, once per process and run
         fn = functools.partial(_copy_block, cluster_spec(s_remote), cluster_spec(d_remote),
-                               uuid.uuid4().hex, skip_fill=skip_fill)
+                               uuid.uuid4().hex, skip_fill=skip_fill, fills=fills)
 
     total_bytes = sum(sp.region.size - (0 if verify else sp.voxels(journal.done, gone))
                       for sp in plans) * itemsize * channels
@@ -1235,17 +1334,31 @@ def _blocks_gone(d: Remote, plans: Sequence[_ScalePlan], journal: _Journal) -> _
 _GONE_SAMPLE = 8
 
 
-def _copy_part(s: Remote, d: Remote, scale: int, part: Box,
-               skip_fill: bool) -> tuple[int, bool, bool]:
+def _copy_part(s: Remote, d: Remote, scale: int, part: Box, skip_fill: bool,
+               absent: np.ndarray | None = None) -> tuple[int, bool, bool]:
     """Copy one block: read it from ``s``, write it to ``d`` unless it holds only the fill
     value and may stay absent (``skip_fill``).  Returns (bytes read, whether left as fill,
-    whether it holds only the fill value)."""
-    data = s.read(part, scale)
-    fill = _only_fill(data, d.meta)
+    whether it holds only the fill value).  ``absent``: the block touches only chunks absent
+    from ``s``, which reads this voxel there (channels first): it is not read."""
+    if absent is None:
+        data = s.read(part, scale)
+        fill = _only_fill(data, d.meta)
+    else:
+        fill = _only_fill(absent, d.meta)
+        if skip_fill and fill:
+            return absent.nbytes * part.size, True, True
+        data = np.broadcast_to(absent, absent.shape[:-3] + tuple(part.shape))
     empty = skip_fill and fill
     if not empty:
         d.write(part, np.ascontiguousarray(data, dtype=d.meta.dtype), scale)
     return data.nbytes, empty, fill
+
+
+def _voxel_of(chunk: Sequence[int], sc: Scale, region: Box) -> Box:
+    """One voxel of grid chunk ``chunk`` of scale ``sc`` that lies in ``region``."""
+    start = Vec(*(max(o + i * c, r) for o, i, c, r in zip(sc.bounds.start, chunk, sc.chunks,
+                                                           region.start, strict=True)))
+    return Box(start, Vec(*(a + 1 for a in start)))
 
 
 def _only_fill(data: np.ndarray, meta: VolumeMeta) -> bool:
@@ -1259,19 +1372,24 @@ def _only_fill(data: np.ndarray, meta: VolumeMeta) -> bool:
     return bool(np.all(raw == fill.reshape(1).view(raw.dtype)[0]))
 
 
-def _run_item(s: Remote, d: Remote, item: _Item,
-              skip_fill: bool) -> tuple[int, bool, bool, bool]:
+def _run_item(s: Remote, d: Remote, item: _Item, skip_fill: bool,
+              fills: dict[int, np.ndarray]) -> tuple[int, bool, bool, bool]:
     """One block of the plan.  A block an earlier run finished (``item[4]``) is left as it is
     when ``d`` holds the source's voxels there, and copied again (fill included) when not.
-    Returns (bytes read, whether left as fill, whether left as it was because unchanged,
-    whether it holds only the fill value)."""
+    A block of absent chunks only (``item[5]``) is not read from ``s``: it holds ``fills``'s
+    voxel of its scale.  Returns (bytes read, whether left as fill, whether left as it was
+    because unchanged, whether it holds only the fill value)."""
     scale, part = item[0], item[2]
+    absent = fills[scale] if item[5] else None
     if item[4]:
-        data = s.read(part, scale)
+        data = (s.read(part, scale) if absent is None else
+                np.broadcast_to(absent, absent.shape[:-3] + tuple(part.shape)))
         if _same_voxels(data, d.read(part, scale)):
             return data.nbytes, False, True, False
         skip_fill = False  # the destination holds other voxels there: fill must be written
-    nbytes, empty, fill = _copy_part(s, d, scale, part, skip_fill)
+    # (the keyword only for such a block: _copy_part is the one call per block)
+    nbytes, empty, fill = _copy_part(s, d, scale, part, skip_fill,
+                                     **({} if absent is None else {"absent": absent}))
     return nbytes, empty, False, fill
 
 
@@ -1283,13 +1401,13 @@ def _same_voxels(a: np.ndarray, b: np.ndarray) -> bool:
                                np.ascontiguousarray(b).view(np.uint8)))
 
 
-def _copy_item(s: Remote, d: Remote, item: _Item,
-               skip_fill: bool) -> tuple[int, bool, bool, bool]:
+def _copy_item(s: Remote, d: Remote, item: _Item, skip_fill: bool,
+               fills: dict[int, np.ndarray]) -> tuple[int, bool, bool, bool]:
     """One block of a local copy (see :func:`_run_item`)."""
-    return _run_item(s, d, item, skip_fill)
+    return _run_item(s, d, item, skip_fill, fills)
 
 
-def _copy_block(src: str, dst: str, run: str, item: _Item,
-                skip_fill: bool) -> tuple[int, bool, bool, bool]:
+def _copy_block(src: str, dst: str, run: str, item: _Item, skip_fill: bool,
+                fills: dict[int, np.ndarray]) -> tuple[int, bool, bool, bool]:
     """One task of a distributed copy, on a worker (see :func:`_run_item`)."""
-    return _run_item(worker_remote(src, run), worker_remote(dst, run), item, skip_fill)
+    return _run_item(worker_remote(src, run), worker_remote(dst, run), item, skip_fill, fills)

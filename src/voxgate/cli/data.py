@@ -17,13 +17,17 @@ from ._cluster import cluster_client, scheduler_option
 from ._open_options import open_options_option, parse_options
 
 
-def _absent_by_scale(vol: Any) -> dict[int, list[Any]] | None:
-    """Absent chunks of every scale, or None when the store cannot tell (bossdb, dvid)."""
+def _absent_by_scale(vol: Any) -> dict[int, tuple[list[Any], int]] | None:
+    """Per scale, its first absent chunks (the first ``transfer.ABSENT_LISTED``) and how many
+    there are, asked for in pieces (held memory does not grow with the chunks); None when the
+    store cannot tell (bossdb, dvid)."""
     from ..remotes.base import Capability, has_capability
+    from ..transfer import absent_in
 
     if not has_capability(vol.remote, Capability.CHUNK_PRESENCE):
         return None
-    return {s.index: vol.at_scale(s.index).missing_chunks() for s in vol.meta.scales}
+    return {s.index: absent_in(vol.remote, s.bounds, s.index) if not s.bounds.is_empty()
+            else ([], 0) for s in vol.meta.scales}
 
 
 @main.command()
@@ -51,7 +55,7 @@ def info(url: str, as_json: bool, check: bool, missing: str,
         _fail(exc)
         return
     meta = vol.meta
-    total_absent = sum(len(v) for v in (absent or {}).values())
+    total_absent = sum(n for _, n in (absent or {}).values())
     if as_json:
         import json
 
@@ -77,9 +81,9 @@ def info(url: str, as_json: bool, check: bool, missing: str,
             # per scale: how many chunks are absent and the first few grid indices (z, y, x);
             # null when the store cannot tell
             out["absent_chunks"] = None if absent is None else {
-                str(k): {"total": len(v),
+                str(k): {"total": n,
                          "first_zyx": [[int(i) for i in g] for g in v[:LISTED_CHUNKS]]}
-                for k, v in absent.items()
+                for k, (v, n) in absent.items()
             }
         click.echo(json.dumps(out, indent=2))
     else:
@@ -110,10 +114,10 @@ def info(url: str, as_json: bool, check: bool, missing: str,
         elif check and not total_absent:
             click.echo(f"check: no chunk absent in {len(absent or {})} scale(s)")
         elif check and absent is not None:
-            for k, v in absent.items():
-                if v:
-                    click.echo(f"check: {len(v)} chunk(s) absent at scale {k}: "
-                               f"{format_chunks(v)}")
+            for k, (v, n) in absent.items():
+                if n:
+                    click.echo(f"check: {n} chunk(s) absent at scale {k}: "
+                               f"{format_chunks(v, total=n)}")
             click.echo(f"check: {total_absent} chunk(s) absent in all; they read as the fill "
                        f"value {meta.fill_value} (open with missing='error' to refuse them)")
     if check and missing == "error":
