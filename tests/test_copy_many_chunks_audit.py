@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +32,8 @@ import voxgate
 import voxgate.transfer
 from voxgate import Box, Vec
 
+from .peak_rss import peak_delta_and_stdout, prelude
+
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
                                 reason="peak RSS is read from /proc/self/status (Linux)")
 
@@ -42,46 +41,30 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
 #: peak at 18-39 MiB, and peaked at 97-219 MiB before
 BOUND_MIB = 60
 
-_PRELUDE = """
-import gc, sys
-import numpy as np
-import tensorstore
-import voxgate
-import voxgate.transfer
-from voxgate import Box
-def _warm_up():
-    # a small copy first: tensorstore's thread pools and their allocator arenas start here,
-    # not inside the measured case (they moved a case's peak between 34 and 75 MiB)
-    import tempfile
-    d = tempfile.mkdtemp()
-    w = voxgate.create(f"zarr://{d}/w.zarr", shape=(64, 64, 64), dtype="uint8",
-                       chunks=(16, 16, 16), voxel_size=(1, 1, 1))
-    w[0:16, 0:16, 0:16] = 1
-    voxgate.copy(f"zarr://{d}/w.zarr", f"zarr://{d}/w2.zarr", progress=False, workers=2)
-_warm_up()
-def _peak_mib():
-    # VmHWM: this process's own peak (ru_maxrss keeps the parent's RSS at fork across exec)
-    with open("/proc/self/status") as f:
-        line = next(ln for ln in f if ln.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
-gc.collect()
-_BASE = _peak_mib()
-"""
-_EPILOGUE = """
-print(f"PEAK_DELTA_MIB {_peak_mib() - _BASE:.1f}")
-"""
-_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
+_PRELUDE = prelude("""
+    import numpy as np
+    import tensorstore
+    import voxgate
+    import voxgate.transfer
+    from voxgate import Box
+""", warm_up="""
+    def _warm_up():
+        # a small copy first: tensorstore's thread pools and their allocator arenas start here,
+        # not inside the measured case (they moved a case's peak between 34 and 75 MiB)
+        import tempfile
+        d = tempfile.mkdtemp()
+        w = voxgate.create(f"zarr://{d}/w.zarr", shape=(64, 64, 64), dtype="uint8",
+                           chunks=(16, 16, 16), voxel_size=(1, 1, 1))
+        w[0:16, 0:16, 0:16] = 1
+        voxgate.copy(f"zarr://{d}/w.zarr", f"zarr://{d}/w2.zarr", progress=False, workers=2)
+    _warm_up()
+""")
 
 
 def _peak_delta(code: str, cwd: Path) -> tuple[float, str]:
     """Run ``code`` in a fresh Python; its peak RSS (MiB) above its baseline after imports,
     and what it printed."""
-    src = _PRELUDE + textwrap.dedent(code) + _EPILOGUE
-    proc = subprocess.run([sys.executable, "-c", src], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, **_MALLOC_ENV})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("PEAK_DELTA_MIB")][-1]
-    return float(line.split()[1]), proc.stdout
+    return peak_delta_and_stdout(code, cwd, prelude=_PRELUDE, timeout=600)
 
 
 def _sparse(path: Path, z: int) -> tuple[str, np.ndarray, np.ndarray]:

@@ -18,9 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +33,8 @@ from voxgate.errors import MissingChunkError
 from voxgate.geometry import chunk_boxes
 from voxgate.remotes.precomputed.remote import PrecomputedRemote
 from voxgate.remotes.zarr import ZarrRemote
+
+from .peak_rss import peak_delta_and_stdout, prelude
 
 #: the path of a chunk of a precomputed layer (x0-x1_y0-y1_z0-z1) or of a zarr array
 #: (v3 "c/z/y/x", v2 "z.y.x")
@@ -397,30 +396,22 @@ def test_info_check_of_two_million_absent_chunks_is_bounded(tmp_path: Path) -> N
     small = f"zarr://{tmp_path}/small.zarr"
     voxgate.create(small, shape=(16, 16, 16), dtype="uint8", chunks=(8, 8, 8),
                    voxel_size=(8, 8, 8))[0:8, 0:8, 0:8] = 1
-    code = textwrap.dedent(f"""
-        import gc
+    start = prelude("""
         from click.testing import CliRunner
         from voxgate.cli import main
         import voxgate.transfer, rich.console, rich.table
-        def peak():
-            with open("/proc/self/status") as f:
-                return int(next(ln for ln in f if ln.startswith("VmHWM:")).split()[1]) / 1024
+    """, warm_up=f"""
         # (what info --check imports and starts: tensorstore's threads and their arenas)
         CliRunner().invoke(main, ["info", "--check", "{small}"])
-        gc.collect()
-        base = peak()
+    """)
+    peak, out = peak_delta_and_stdout(f"""
         res = CliRunner().invoke(main, ["info", "--check", "{url}"])
         print(res.output)
-        print("PEAK", peak() - base)
-    """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20)})
-    assert proc.returncode == 0, proc.stderr
+    """, None, prelude=start, timeout=600)
     n = 2**21 - 2
     assert (f"check: {n} chunk(s) absent at scale 0: (0, 0, 1), (0, 0, 2), (0, 0, 3), "
             f"(0, 0, 4), (0, 0, 5), (0, 0, 6), (0, 0, 7), (0, 0, 8), (0, 0, 9), (0, 0, 10) and "
-            f"{n - 10} more (chunk grid index z, y, x)") in proc.stdout
-    assert f"check: {n} chunk(s) absent in all" in proc.stdout
-    peak = float(proc.stdout.split("PEAK")[-1])
+            f"{n - 10} more (chunk grid index z, y, x)") in out
+    assert f"check: {n} chunk(s) absent in all" in out
     # (33-47 MiB on a loaded machine; 200 before)
     assert peak < 100, f"info --check peaked at {peak:.0f} MiB above its start"

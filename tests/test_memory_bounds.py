@@ -24,11 +24,7 @@ above its size with either.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +33,8 @@ import pytest
 import voxgate
 from voxgate import Box
 
+from .peak_rss import peak_delta, prelude
+
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
                                 reason="peak RSS is read from /proc/self/status (Linux)")
 
@@ -44,38 +42,19 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
 #: volumes are 512 MiB and 1 GiB, and the paths before peaked at about their whole size
 BOUND_MIB = 400
 
-_PRELUDE = """
-import gc, sys
-import numpy as np
-import tensorstore
-import voxgate
-from voxgate import Box
-import voxgate.services.downsample, voxgate.services.label_stats
-import voxgate.services.proofread
-def _peak_mib():
-    # VmHWM: this process's own peak (ru_maxrss keeps the parent's RSS at fork across exec)
-    with open("/proc/self/status") as f:
-        line = next(ln for ln in f if ln.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
-gc.collect()
-_BASE = _peak_mib()
-"""
-_EPILOGUE = """
-print(f"PEAK_DELTA_MIB {_peak_mib() - _BASE:.1f}")
-"""
-#: buffers of 1 MiB and more are mapped and unmapped one by one (glibc's own default is 128 KiB,
-#: raised as buffers are freed): see the module docstring
-_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
+_PRELUDE = prelude("""
+    import numpy as np
+    import tensorstore
+    import voxgate
+    from voxgate import Box
+    import voxgate.services.downsample, voxgate.services.label_stats
+    import voxgate.services.proofread
+""")
 
 
 def _peak_delta(code: str, cwd: Path) -> float:
     """Run ``code`` in a fresh Python; its peak RSS (MiB) above its baseline after imports."""
-    src = _PRELUDE + textwrap.dedent(code) + _EPILOGUE
-    proc = subprocess.run([sys.executable, "-c", src], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **_MALLOC_ENV})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("PEAK_DELTA_MIB")][-1]
-    return float(line.split()[1])
+    return peak_delta(code, cwd, prelude=_PRELUDE)
 
 
 @pytest.fixture(scope="module")

@@ -30,10 +30,6 @@ by block straight into the padded array: 538 MiB.
 from __future__ import annotations
 
 import importlib
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -42,46 +38,29 @@ import pytest
 
 import voxgate
 
-from .test_memory_bounds import _MALLOC_ENV, BOUND_MIB
+from .peak_rss import peak_delta, prelude
+from .test_memory_bounds import BOUND_MIB
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
                                 reason="peak RSS is read from /proc/self/status (Linux)")
 
-_PRELUDE = """
-import gc, sys
-import numpy as np
-import tensorstore
-import voxgate
-from voxgate import Box
-import voxgate.transfer
-import voxgate.services.connected_components, voxgate.services.label_stats
-import voxgate.services.mesh, voxgate.services.skeletonize, voxgate.services.predict
-import voxgate.services.synapses
-import cc3d, fastremap, kimimaro, pandas, zmesh
-import onnxruntime
-def _peak_mib():
-    # VmHWM: this process's own peak (ru_maxrss keeps the parent's RSS at fork across exec)
-    with open("/proc/self/status") as f:
-        line = next(ln for ln in f if ln.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
-gc.collect()
-_BASE = _peak_mib()
-"""
-_EPILOGUE = """
-print(f"PEAK_DELTA_MIB {_peak_mib() - _BASE:.1f}")
-"""
+_PRELUDE = prelude("""
+    import numpy as np
+    import tensorstore
+    import voxgate
+    from voxgate import Box
+    import voxgate.transfer
+    import voxgate.services.connected_components, voxgate.services.label_stats
+    import voxgate.services.mesh, voxgate.services.skeletonize, voxgate.services.predict
+    import voxgate.services.synapses
+    import cc3d, fastremap, kimimaro, pandas, zmesh
+    import onnxruntime
+""")
 
 
 def _peak_delta(code: str, cwd: Path) -> float:
     """Run ``code`` in a fresh Python; its peak RSS (MiB) above its baseline after imports."""
-    src = _PRELUDE + textwrap.dedent(code) + _EPILOGUE
-    proc = subprocess.run([sys.executable, "-c", src], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **_MALLOC_ENV})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("PEAK_DELTA_MIB")][-1]
-    return float(line.split()[1])
-
-
+    return peak_delta(code, cwd, prelude=_PRELUDE)
 
 
 def _ball() -> np.ndarray:
