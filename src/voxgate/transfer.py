@@ -49,7 +49,6 @@ import numpy as np
 
 from .blockwise import (
     TASKS_PER_THREAD,  # noqa: F401 - the cluster's window, documented here
-    BlockResults,
     check_for_cluster,
     check_run,
     choosing_options,
@@ -1233,19 +1232,10 @@ def copy(
                 report.per_scale[item[0]] = report.per_scale.get(item[0], 0) + 1
 
             try:
-                # run_blocks lists the blocks it is given and keeps those done: it is given
-                # them a window at a time, so neither grows with the plan
-                window = _window(client, workers)
-                queue = todo()
-                while (some := list(itertools.islice(queue, window))):
-                    res = run_blocks(fn, some, name="copy", client=client, workers=workers,
-                                     on_done=done, retries=retries, collect=True)
-                    del some
-                    if res.failed:
-                        break
-                    res.done.clear()
-                else:
-                    res = BlockResults()
+                # (run_blocks takes the blocks as it sends them and keeps none of those done:
+                # the plan is never held; a failure stops it taking more)
+                res = run_blocks(fn, todo(), name="copy", client=client, workers=workers,
+                                 on_done=done, retries=retries, collect=True)
             except KeyboardInterrupt as stop:
                 # blocks in flight at the interrupt finished and are recorded too
                 finished = len(journal.done)
@@ -1274,18 +1264,6 @@ def copy(
         journal.close(complete=complete)
     report.seconds = time.perf_counter() - t0
     return report
-
-
-def _window(client: Any, workers: int) -> int:
-    """How many blocks of a copy go to :func:`run_blocks` at once: enough that its end, where
-    workers wait for the last blocks of the window, costs little (many times the blocks
-    running at once), few enough that the window's blocks are a few MiB of tuples."""
-    threads = workers if client is None else sum(client.nthreads().values())
-    return max(_WINDOW_BLOCKS, 64 * threads)
-
-
-#: the fewest blocks of a copy given to :func:`run_blocks` at once (see :func:`_window`)
-_WINDOW_BLOCKS = 4096
 
 
 def _forget_destination(dst: str) -> None:
