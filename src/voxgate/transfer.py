@@ -1325,11 +1325,17 @@ def _copy_part(s: Remote, d: Remote, scale: int, part: Box, skip_fill: bool,
         fill = _only_fill(absent, d.meta)
         if skip_fill and fill:
             return absent.nbytes * part.size, True, True
-        data = np.broadcast_to(absent, absent.shape[:-3] + tuple(part.shape))
+        data = _filled(absent, part)
     empty = skip_fill and fill
     if not empty:
         d.write(part, np.ascontiguousarray(data, dtype=d.meta.dtype), scale)
     return data.nbytes, empty, fill
+
+
+def _filled(voxel: np.ndarray, part: Box) -> np.ndarray:
+    """``part`` of a block of absent chunks: the source's ``voxel`` there (channels first),
+    broadcast to the block's shape (a read-only view: nothing is allocated)."""
+    return np.broadcast_to(voxel, voxel.shape[:-3] + tuple(part.shape))
 
 
 def _voxel_of(chunk: Sequence[int], sc: Scale, region: Box) -> Box:
@@ -1361,7 +1367,7 @@ def _run_item(s: Remote, d: Remote, item: _Item, skip_fill: bool,
     absent = fills[scale] if item[5] else None
     if item[4]:
         data = (s.read(part, scale) if absent is None else
-                np.broadcast_to(absent, absent.shape[:-3] + tuple(part.shape)))
+                _filled(absent, part))
         if _same_voxels(data, d.read(part, scale)):
             return data.nbytes, False, True, False
         skip_fill = False  # the destination holds other voxels there: fill must be written

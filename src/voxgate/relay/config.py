@@ -517,8 +517,7 @@ def _channel(ch: object, where: str, text: str, start: int = 0) -> ChannelConfig
         raise InvalidRequestError(
             f"{where}: name must be collection/experiment/channel, got {name!r}"
         )
-    for part, what in zip(parts, ("collection", "experiment", "channel"), strict=True):
-        check_name(part, f"{where}: {what}")
+    _check_names(parts, where)
     options = dict(_table(ch.get("options", {}), f"{where}: options"))
     if "missing" in ch:  # absent upstream chunks: "fill" (default) or "error" (a 404)
         if ch["missing"] not in ("fill", "error"):
@@ -531,6 +530,12 @@ def _channel(ch: object, where: str, text: str, start: int = 0) -> ChannelConfig
                               f"{where} ({name})", text, start)
     return ChannelConfig(parts[0], parts[1], parts[2], url, options, forward,
                          _bool(ch.get("writable", True), f"{where}: writable"))
+
+
+def _check_names(parts: tuple[str, ...] | list[str], where: str) -> None:
+    """A channel's collection, experiment and channel names, as bossDB takes them."""
+    for part, what in zip(parts, ("collection", "experiment", "channel"), strict=True):
+        check_name(part, f"{where}: {what}")
 
 
 def _check_upstream(url: str, options: dict[str, Any], forward: object, where: str, named: str,
@@ -566,9 +571,7 @@ def check_channels(cfg: RelayConfig) -> None:
             raise InvalidRequestError(f"RelayConfig.channels holds ChannelConfig values, got "
                                       f"{ch!r}")
         where = f"channel {ch.name}"
-        for part, what in ((ch.collection, "collection"), (ch.experiment, "experiment"),
-                           (ch.channel, "channel")):
-            check_name(part, f"{where}: {what}")
+        _check_names((ch.collection, ch.experiment, ch.channel), where)
         url = _upstream(ch.upstream, where)
         options = _table(ch.options, f"{where}: options")
         _check_upstream(url, options, ch.forward_token, where, where, "", 0)
