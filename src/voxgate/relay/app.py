@@ -96,6 +96,10 @@ class _KeepConnection:
 
 
 def build_app(config: RelayConfig) -> Starlette:
+    """The relay's ASGI app for ``config``, whose channels are checked first as
+    :func:`.config.load_config` checks a file's (a :class:`RelayConfig` made in code, as
+    :func:`voxgate.view` and tests make one, is refused here as :func:`serve` refuses it)."""
+    check_channels(config)
     import blosc
 
     # blosc without the GIL (each call on a context of its own, so calls run in parallel

@@ -559,8 +559,8 @@ def _check_upstream(url: str, options: dict[str, Any], forward: object, where: s
 
 def check_channels(cfg: RelayConfig) -> None:
     """Refuse, before the relay starts, what :func:`load_config` refuses in a ``[[channel]]``
-    table, for a :class:`RelayConfig` made in code (``voxgate.relay.serve`` and
-    ``run_workers`` call it; a loaded configuration passes it again, cheaply: nothing is
+    table, for a :class:`RelayConfig` made in code (``voxgate.relay.serve``, ``run_workers``
+    and ``build_app`` call it; a loaded configuration passes it again, cheaply: nothing is
     opened or read): a name that is not bossDB's, an upstream whose scheme no Remote takes,
     ``options`` its Remote would refuse at the first open (a misspelt or unknown key, ``mode``,
     a value of the wrong type), ``forward_token`` on an upstream that takes no token, a

@@ -44,8 +44,14 @@ is never held whole, and an object rewritten during the stream breaks it off rat
 two versions: :meth:`LayerFiles._remote_blocks`).  The store does not tell the size without reading
 the object, so such a reply, and its HEAD, has no Content-Length (the body is chunked).
 Objects that start as gzip does, and those of a store that gives no generation (an HTTP server
-without ETags: nothing could pin the reads to one version), are read whole as before; so are
-suffix and open-ended ranges (``bytes=-n``, ``bytes=a-``), whose Content-Range needs the size.
+without ETags: nothing could pin the reads to one version), are read whole as before.  A suffix
+or open-ended range (``bytes=-n``, ``bytes=a-``) of a shard file that large needs the file's
+size for its Content-Range: it is found by ranged reads of one byte (twice as far each time
+until one is past the end, then halving the span the end is in) and a read of the last bytes,
+all pinned to one generation, and the rest of the range is streamed as a whole file is
+(:meth:`LayerFiles._large_range`).  A store seen to ignore Range (it answered a ranged read
+with the whole object, which tensorstore drops) is read whole without those probes for
+``IGNORED_RANGE_TTL`` seconds: each would transfer the whole object once more.
 Other files (an unsharded layer's fragments, manifests, skeletons, annotations: one object's
 each, a few MiB at most in practice) are read whole in one request, without that probe (one
 more round trip to the store for each of thousands of small files).
@@ -116,6 +122,12 @@ _BLOCK = 2**20
 REMOTE_STREAM_BYTES = 8 * 2**20
 #: the size of each ranged read of a streamed remote file (at most ``REMOTE_STREAM_BYTES``)
 _REMOTE_BLOCK = 4 * 2**20
+#: a large remote file's size is found to within this many bytes before its last ones are read,
+#: for a suffix range (:meth:`LayerFiles._measure`)
+_TAIL = 2**16
+#: how long a store found to ignore Range is read whole without a ranged probe first
+#: (:meth:`LayerFiles._ignores_ranges`)
+IGNORED_RANGE_TTL = 600.0
 _RANGE = re.compile(r"bytes=([0-9]{0,18})-(-1|[0-9]{0,18})")
 _ENCODED_SEPARATOR = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
 _MAX_MEMO = 4096
@@ -299,6 +311,9 @@ class LayerFiles:
         self._stores: dict[str, ts.KvStore] = {}
         #: per local file: (its directory's stat, the variant's suffix found, None for none)
         self._variants: dict[str, tuple[tuple[int, int, int], str | None]] = {}
+        #: per remote location: when its store last ignored a Range (answered a ranged read
+        #: with the whole object)
+        self._no_ranges: dict[str, float] = {}
 
     # -- what a layer declares ------------------------------------------------------------------
     def _remember(self, key: tuple[str, str], name: str, make: Any) -> Any:
@@ -480,15 +495,33 @@ class LayerFiles:
                     byte_range: slice | None) -> tuple[bytes, bytes | None] | None:
         """(the bytes, the storage generation they are of: None when the store gives none,
         e.g. an HTTP server without a strong ETag), or None when the file is absent."""
-        with ts_errors(f"reading {name} of the upstream layer"):
-            kv = self._store(location)
-            result = (kv.read(name) if byte_range is None
-                      else kv.read(name, byte_range=byte_range)).result()
+        try:
+            with ts_errors(f"reading {name} of the upstream layer"):
+                kv = self._store(location)
+                result = (kv.read(name) if byte_range is None
+                          else kv.read(name, byte_range=byte_range)).result()
+        except VoxgateError as exc:
+            self._note_ignored(location, exc)
+            raise
         if result.state != "value":
             return None
         generation = bytes(result.stamp.generation)
         # (tensorstore's first byte is a flag: nothing after it is no generation)
         return bytes(result.value), generation if len(generation) > 1 else None
+
+    def _note_ignored(self, location: str, exc: Exception) -> None:
+        """Remember that ``location``'s store ignored a Range, when ``exc`` says so (tensorstore
+        received the whole object for a ranged read, and dropped it)."""
+        if "was ignored by server" in str(exc):
+            with self._lock:
+                self._no_ranges[location] = time.monotonic()
+
+    def _ignores_ranges(self, location: str) -> bool:
+        """Whether ``location``'s store ignored a Range in the last ``IGNORED_RANGE_TTL``
+        seconds: a ranged probe of it (the size probe of a shard file asked for whole, a
+        two-byte one) would transfer the whole object, and the file is read whole after it."""
+        when = self._no_ranges.get(location)
+        return when is not None and time.monotonic() - when < IGNORED_RANGE_TTL
 
     def read(self, location: str, name: str, *, range_header: str | None, gzip_ok: bool,
              head: bool, conditions: Conditions | None = None) -> FileReply | None:
@@ -613,6 +646,10 @@ class LayerFiles:
                     return _not_modified(headers, found[0])
             if current is not None and (rng is None or cond.range_holds(current)):
                 return _not_modified(headers, current)
+        if rng is not None and None in rng and name.endswith(".shard"):
+            large = self._large_range(location, name, rng, header, head, headers, cond)
+            if large is not None:
+                return large
         if rng is not None and rng[0] is not None:
             got = self._remote_range(location, name, rng, header)
             if got is None:
@@ -666,11 +703,9 @@ class LayerFiles:
         One request of one byte tells whether the file is that large (OUT_OF_RANGE: it is
         not); then the first block is read (two bytes for a HEAD, whose reply carries the
         ETag and no Content-Length)."""
-        stream = REMOTE_STREAM_BYTES
+        if self._large_generation(location, name) is None:
+            return None
         try:
-            probe = self._remote_get(location, name, slice(stream - 1, stream))
-            if probe is None or probe[1] is None:
-                return None
             got = self._remote_get(location, name, slice(0, 2 if head else _REMOTE_BLOCK))
         except VoxgateError:
             return None
@@ -686,6 +721,109 @@ class LayerFiles:
         if head:  # (a body of blocks: a Response of b"" would say Content-Length: 0)
             return FileReply(200, iter(()), headers)
         return FileReply(200, self._remote_blocks(location, name, generation, first), headers)
+
+    def _large_generation(self, location: str, name: str) -> bytes | None:
+        """The storage generation of a remote file of ``REMOTE_STREAM_BYTES`` or more, from one
+        request of its byte at that offset; None when there is none (OUT_OF_RANGE: it is
+        smaller), the file is absent, its store gives no generation, or the probe fails.  No
+        request on a store that ignores Range (:meth:`_ignores_ranges`): the probe would
+        transfer the whole file, which is then read again."""
+        if self._ignores_ranges(location):
+            return None
+        stream = REMOTE_STREAM_BYTES
+        try:
+            probe = self._remote_get(location, name, slice(stream - 1, stream))
+        except VoxgateError:
+            return None
+        return None if probe is None else probe[1]
+
+    def _large_range(self, location: str, name: str, rng: tuple[int | None, int | None],
+                     header: str, head: bool, headers: dict[str, str],
+                     cond: Conditions) -> FileReply | None:
+        """The reply of a suffix or open-ended range (``bytes=-n``, ``bytes=a-``) of a remote
+        file of ``REMOTE_STREAM_BYTES`` or more, whose Content-Range needs the file's size: the
+        store does not tell it without reading the object, so it is found by ranged reads of
+        one byte, and the last bytes read (:meth:`_measure`); the rest of the range is streamed
+        in ranged reads (:meth:`_span_blocks`), all of the storage generation of the first.
+        None (the caller serves it as before: the whole file read, or all from ``a``) for a
+        smaller file, one absent, one whose store gives no generation, a suffix of an object
+        that starts as gzip does (ranges of the whole are of the decoded bytes), or when a
+        read fails before the reply is made."""
+        generation = self._large_generation(location, name)
+        if generation is None:
+            return None
+        etag = _remote_tag(location, name, generation, "raw")
+        if not cond.range_holds(etag):
+            return self._large_reply(location, name, head, headers, cond)
+        if cond.not_modified(etag):
+            return _not_modified(headers, etag)
+        suffix = rng[0] is None
+        try:
+            if suffix and self._pinned(location, name, slice(0, 2),
+                                              generation) == GZIP_MAGIC:
+                return None
+            size, tail = self._measure(location, name, generation, REMOTE_STREAM_BYTES,
+                                       _TAIL if suffix else _REMOTE_BLOCK)
+        except VoxgateError:
+            return None
+        start, stop = _span(rng, size, header)  # (416 when it starts at or after the end)
+        headers.update({"Content-Range": f"bytes {start}-{stop - 1}/{size}",
+                        "Content-Length": str(stop - start)})
+        _validated(headers, etag)
+        at = size - len(tail)  # (where the last bytes read start)
+        if head:
+            return FileReply(206, b"", headers)
+        if start >= at:
+            return FileReply(206, tail[start - at:], headers)
+        return FileReply(206, self._span_blocks(location, name, generation, start, at, tail),
+                         headers)
+
+    def _measure(self, location: str, name: str, generation: bytes, known: int,
+                 window: int) -> tuple[int, bytes]:
+        """(the size of the remote file at ``generation``, known to be at least ``known``; its
+        last bytes, fewer than ``window``): reads of one byte at offsets ever further past
+        ``known`` until one is past the end, then halving the span the end is in down to
+        ``window`` bytes (OUT_OF_RANGE: past the end; each byte read must be of
+        ``generation``), then one read of the rest from the last offset found in the file.
+        UpstreamError when the file is no longer at ``generation``."""
+        low, high, step = known, 0, _REMOTE_BLOCK
+        while not high:  # (the file holds its byte at low - 1, and none at high - 1)
+            if self._pinned(location, name, slice(low + step - 1, low + step),
+                            generation) is None:
+                high = low + step
+            else:
+                low, step = low + step, 2 * step
+        while high - low > window:
+            middle = (low + high) // 2
+            if self._pinned(location, name, slice(middle - 1, middle), generation) is None:
+                high = middle
+            else:
+                low = middle
+        tail = self._pinned(location, name, slice(low, None), generation)
+        if tail is None:  # (none from low on: the file ends there, if it is still that version)
+            if not self._still_at(location, name, generation, False):
+                raise UpstreamError(f"{name} of the upstream layer was written while it was "
+                                    "read")
+            tail = b""
+        return low + len(tail), tail
+
+    def _span_blocks(self, location: str, name: str, generation: bytes, start: int, stop: int,
+                     tail: bytes) -> Iterator[bytes]:
+        """Bytes ``[start, stop)`` of the remote file in ranged reads of ``_REMOTE_BLOCK``
+        bytes, each of ``generation``, then ``tail`` (its bytes from ``stop`` to the end, read
+        at ``generation``): a read of another version, or one past the end (the file was
+        rewritten shorter), raises, so the response breaks off (as :meth:`_remote_blocks`)."""
+        while start < stop:
+            block = self._pinned(location, name, slice(start, min(start + _REMOTE_BLOCK, stop)),
+                                 generation)
+            if block is None:
+                raise UpstreamError(f"{name} of the upstream layer was written while it was "
+                                    "streamed; the reply was broken off")
+            start += len(block)
+            yield block
+            del block
+        if tail:
+            yield tail
 
     def _remote_blocks(self, location: str, name: str, generation: bytes,
                        first: bytes) -> Iterator[bytes]:
@@ -741,17 +879,33 @@ class LayerFiles:
         failed).  A range from a first byte is of the stored bytes (``raw``: zero bytes are
         read); the whole file or its end is ``raw`` when it does not start as gzip does."""
         ranged = rng is not None and rng[0] is not None
-        try:
-            with ts_errors(f"checking {name} of the upstream layer"):
-                got = self._store(location).read(
-                    name, byte_range=slice(0, 0 if ranged else 2)).result()
-        except (ValueError, VoxgateError):
+        generation = self._plain_at(location, name, not ranged, "checking")
+        if generation is None:
             return None
-        if got.state != "value" or (not ranged and bytes(got.value) == GZIP_MAGIC):
-            return None
-        generation = bytes(got.stamp.generation)
         return (_remote_tag(location, name, generation if len(generation) > 1 else None,
                             "raw"),)
+
+    def _plain_at(self, location: str, name: str, not_gzip: bool, doing: str) -> bytes | None:
+        """The storage generation a remote file is at (as tensorstore gives it: one byte when
+        the store gives none), from one request of two bytes (``not_gzip``: and those bytes do
+        not start as gzip does, so its whole reply is the stored bytes, ``raw``) or of none;
+        None when it is absent, or starts as gzip does, or the read fails (a file under two
+        bytes, a store that ignores Range, a passing upstream error: the probe only saves a
+        read, and the normal reply, which reads the file, decides and reports its own
+        errors).  On a store known to ignore Range (:meth:`_ignores_ranges`) a two-byte probe
+        would transfer the whole file: None without a request."""
+        if not_gzip and self._ignores_ranges(location):
+            return None
+        try:
+            with ts_errors(f"{doing} {name} of the upstream layer"):
+                got = self._store(location).read(
+                    name, byte_range=slice(0, 2 if not_gzip else 0)).result()
+        except (ValueError, VoxgateError) as exc:
+            self._note_ignored(location, exc)
+            return None
+        if got.state != "value" or (not_gzip and bytes(got.value) == GZIP_MAGIC):
+            return None
+        return bytes(got.stamp.generation)
 
     def _current_tag(self, location: str, name: str, rng: tuple[int | None, int | None] | None,
                      gzip_ok: bool, if_none_match: str) -> str | None:
@@ -791,21 +945,17 @@ class LayerFiles:
 
     def _still_at(self, location: str, name: str, generation: bytes, not_gzip: bool) -> bool:
         """Whether the remote file is still at ``generation`` (and, with ``not_gzip``, its
-        stored bytes do not start as gzip does), read without transferring the file."""
+        stored bytes do not start as gzip does: :meth:`_plain_at`), read without transferring
+        the file."""
+        if not_gzip:
+            return self._plain_at(location, name, True, "revalidating") == generation
         kv = self._store(location)
         with ts_errors(f"revalidating {name} of the upstream layer"):
             try:
-                if not_gzip:
-                    got = kv.read(name, byte_range=slice(0, 2)).result()
-                    return (got.state == "value" and bytes(got.stamp.generation) == generation
-                            and bytes(got.value) != GZIP_MAGIC)
                 result = kv.read(name, if_not_equal=generation,
                                  byte_range=slice(0, 0)).result()
             except (ValueError, VoxgateError):
-                # the probe only saves a read: whatever makes it fail (a file under 2 bytes, a
-                # generation this store never makes, an HTTP server that ignores Range or
-                # refuses HEAD, a passing upstream error) leaves the decision to the normal
-                # reply, which reads the file and reports its own errors
+                # (as :meth:`_plain_at`: a failed probe leaves the decision to the normal reply)
                 return False
         return result.state == "unspecified"  # (the generation still matches)
 
