@@ -16,6 +16,7 @@ outlived a restart.  Deleting a channel also drops its cells from both tiers (by
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -44,7 +45,7 @@ from ..errors import (
 from ..geometry import Vec
 from ..registry import resolve
 from ..remotes.base import Remote
-from ..storage import length_unit_nm
+from ..storage import is_local, length_unit_nm, local_path, split_url
 from .cache import CachedRemote, TieredCache, UpstreamError, UpstreamTimeoutError
 from .config import ChannelConfig, RelayConfig, check_name
 from .statefile import StateFile, TransactionLock
@@ -57,7 +58,7 @@ from .statefile import StateFile, TransactionLock
 request_token: ContextVar[str | None] = ContextVar("voxgate_request_token", default=None)
 
 __all__ = ["Catalog", "ChannelEntry", "NotFound", "ResourceExists", "data_root_volumes",
-           "local_store"]
+           "local_store", "store_key"]
 
 
 def _empty_state() -> dict[str, Any]:
@@ -157,6 +158,24 @@ def credential_fingerprint(options: dict[str, Any]) -> str:
     if not token:
         return ""
     return hashlib.sha256(f"voxgate-credential|{token}".encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1024)
+def store_key(url: str) -> str:
+    """``url`` with a local store's path spelled one way (absolute, ``.`` and ``..`` and
+    repeated or trailing slashes gone, symlinks resolved): channels whose upstream URLs name
+    one directory in other words (``zarr:///d/v.zarr`` and ``zarr:///d/./v.zarr/``) are views
+    of one upstream, whose cells a write through either must drop.  (A URL that only looks
+    like a path, e.g. ``mem://name``, may be taken for one: that can only make two channels
+    share a cache tag, so more is dropped, never less.)  Other URLs as they are.  (Memoised:
+    a symlink repointed while the relay runs is not followed.)"""
+    scheme, location = split_url(url)
+    if scheme is None or not is_local(location):
+        return url
+    try:
+        return f"{scheme}://{os.path.realpath(local_path(location))}"
+    except (OSError, ValueError):
+        return url
 
 
 class Catalog:
@@ -535,8 +554,10 @@ class Catalog:
                    for spec in self.state["local_channels"].values())
 
     def cache_tag(self, entry: ChannelEntry) -> str:
-        """What every cached cell of the channel is tagged with (all tokens' views of it)."""
-        return json.dumps([entry.upstream_url, self.incarnation(entry)])
+        """What every cached cell of the channel is tagged with (all tokens' views of it, and
+        every channel over the same store however its URL spells a local path: a write
+        through one drops the others' cells, and moves their write generation)."""
+        return json.dumps([store_key(entry.upstream_url), self.incarnation(entry)])
 
     def drop_channel(self, entry: ChannelEntry, tag: str) -> int:
         """Forget a deleted channel's Remotes and drop its cells (``tag``: its

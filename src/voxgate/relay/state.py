@@ -40,6 +40,7 @@ from .catalog import (
     boss_unit_to_nm,
     local_store,
     request_token,
+    store_key,
 )
 from .config import RelayConfig
 from .errors import (
@@ -495,7 +496,7 @@ class Relay:
         writable channel here has its upstream: no write goes through this relay to them."""
         age = self.config.read_only_max_age
         if age > 0 and not entry.writable and not any(
-                e.writable and e.upstream_url == entry.upstream_url
+                e.writable and store_key(e.upstream_url) == store_key(entry.upstream_url)
                 for e in list(self.catalog.channels.values())):
             return {"ETag": etag, "X-Accel-Expires": str(age),
                     "Cache-Control": f"public, max-age={age}"}

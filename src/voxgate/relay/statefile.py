@@ -100,8 +100,10 @@ class StateFile:
         self.base: dict[str, Any] = copy.deepcopy(empty)
         self.data: dict[str, Any] = copy.deepcopy(empty)
         if path is not None:
-            loaded = self._read_current()
-            if loaded is not None:
+            found = self._read_current()
+            if found is not None:
+                loaded, fd, ident = found
+                self._hold(fd, ident)
                 self.base = {**copy.deepcopy(empty), **loaded}
                 self.data = copy.deepcopy(self.base)
 
@@ -113,8 +115,9 @@ class StateFile:
         except FileNotFoundError:
             return None
 
-    def _read_current(self) -> dict[str, Any] | None:
-        """Read the file now at ``path`` (and keep it open); None when there is none."""
+    def _read_current(self) -> tuple[dict[str, Any], int, tuple[int, ...]] | None:
+        """Read the file now at ``path``: (its document, the file kept open, its identity;
+        the caller holds them with :meth:`_hold`), or None when there is none."""
         assert self.path is not None
         try:
             fd = os.open(self.path, os.O_RDONLY)
@@ -131,8 +134,7 @@ class StateFile:
             os.close(fd)
             raise InvalidRequestError(f"relay state {self.path} is damaged: {exc}; restore it "
                                       "from a backup or move it away to start empty") from None
-        self._hold(fd, _identity(st))
-        return doc
+        return doc, fd, _identity(st)
 
     def _hold(self, fd: int, ident: tuple[int, ...]) -> None:
         if self._held is not None:
@@ -150,20 +152,29 @@ class StateFile:
         if self.path is None or self._file_id() == self._held_id:
             return
         try:
-            theirs = self._read_current()
+            found = self._read_current()
         except InvalidRequestError as exc:  # replaced by something else: keep what we have
             log.warning("%s", exc)
             return
-        if theirs is None:
+        if found is None:
             return
-        theirs = {**copy.deepcopy(self._empty), **theirs}
-        watched = self.on_change is not None and theirs.get(self._watch) != self.base.get(
-            self._watch)
-        before = copy.deepcopy(self.data.get(self._watch)) if watched else None
-        merge_into(self.data, self.base, theirs)
-        self.base = theirs
-        if watched and self.on_change is not None and before != self.data.get(self._watch):
-            self.on_change(before, self.data.get(self._watch))
+        loaded, fd, ident = found
+        try:
+            theirs = {**copy.deepcopy(self._empty), **loaded}
+            watched = self.on_change is not None and theirs.get(self._watch) != self.base.get(
+                self._watch)
+            before = copy.deepcopy(self.data.get(self._watch)) if watched else None
+            merge_into(self.data, self.base, theirs)
+            self.base = theirs
+            if watched and self.on_change is not None and before != self.data.get(self._watch):
+                self.on_change(before, self.data.get(self._watch))
+        except BaseException:
+            os.close(fd)
+            raise
+        # held (so refresh's one-stat check takes the file as read) only now that it is taken
+        # in: another thread's refresh meanwhile waits for this one on the mutex, instead of
+        # finding the new file already held and reading the state from before it
+        self._hold(fd, ident)
 
     # -- changing ---------------------------------------------------------------------------------
     @contextlib.contextmanager
