@@ -50,8 +50,14 @@ size for its Content-Range: it is found by ranged reads of one byte (twice as fa
 until one is past the end, then halving the span the end is in) and a read of the last bytes,
 all pinned to one generation, and the rest of the range is streamed as a whole file is
 (:meth:`LayerFiles._large_range`).  A store seen to ignore Range (it answered a ranged read
-with the whole object, which tensorstore drops) is read whole without those probes for
-``IGNORED_RANGE_TTL`` seconds: each would transfer the whole object once more.
+with the whole object, which tensorstore drops: an HTTP server such as Python's
+``http.server``) is read whole without those probes for ``IGNORED_RANGE_TTL`` seconds: each
+would transfer the whole object once more.  A range of a file on such a store is cut from a
+whole read of it (the first one, which learns that the store ignores Range, costs the store two
+transfers of the file; later ones one): the same bytes, status, Content-Range (with the size,
+known from the read), Content-Length and ETag as on a store that serves ranges.  The whole file
+is then held in memory for the reply, large shard files too: the store sends all of it for any
+range, and tensorstore gives no way to read an object as a stream and keep only some of it.
 Other files (an unsharded layer's fragments, manifests, skeletons, annotations: one object's
 each, a few MiB at most in practice) are read whole in one request, without that probe (one
 more round trip to the store for each of thousands of small files).
@@ -512,7 +518,7 @@ class LayerFiles:
     def _note_ignored(self, location: str, exc: Exception) -> None:
         """Remember that ``location``'s store ignored a Range, when ``exc`` says so (tensorstore
         received the whole object for a ranged read, and dropped it)."""
-        if "was ignored by server" in str(exc):
+        if _ignored(exc):
             with self._lock:
                 self._no_ranges[location] = time.monotonic()
 
@@ -650,10 +656,20 @@ class LayerFiles:
             large = self._large_range(location, name, rng, header, head, headers, cond)
             if large is not None:
                 return large
-        if rng is not None and rng[0] is not None:
-            got = self._remote_range(location, name, rng, header)
-            if got is None:
-                return None
+        got: tuple[bytes, int | None, bytes | None] | None = None
+        if rng is not None and rng[0] is not None and not self._ignores_ranges(location):
+            try:
+                got = self._remote_range(location, name, rng, header)
+            except VoxgateError as exc:
+                if not _ignored(exc):
+                    raise
+                # (the store sent the whole object, which tensorstore dropped: it is read
+                # whole below and the range cut from it, and later ones go there at once)
+            else:
+                if got is None:
+                    return None
+        if got is not None:
+            assert rng is not None and rng[0] is not None
             data, total, generation = got
             etag = _remote_tag(location, name, generation, "raw")
             if cond.range_holds(etag):
@@ -672,6 +688,16 @@ class LayerFiles:
         if whole is None:
             return None
         data, generation = whole
+        if rng is not None and rng[0] is not None:
+            # a store that ignores Range: the range from a first byte cut from the whole file,
+            # of the stored bytes (``raw``) as the ranged reads of other stores are, and with
+            # the file's size in Content-Range (416 says ``bytes */size``)
+            etag = _remote_tag(location, name, generation, "raw")
+            if cond.range_holds(etag):
+                if cond.not_modified(etag):
+                    return _not_modified(headers, etag)
+                return _reply_from_bytes(data, rng, header, head, _validated(headers, etag))
+            rng = None  # If-Range names another version: the whole file
         stored_gzip = _is_gzip(data)
         variant = "identity" if stored_gzip else "raw"  # what ranges are of
         if rng is not None and not cond.range_holds(
@@ -992,6 +1018,12 @@ class LayerFiles:
             if last is not None:
                 got = (got[0][: last + 1 - first], got[1])
         return got[0], total, got[1]
+
+
+def _ignored(exc: Exception) -> bool:
+    """Whether a failed read says the store ignored its Range: it answered with the whole
+    object, which tensorstore received and dropped."""
+    return "was ignored by server" in str(exc)
 
 
 def _remote_tag(location: str, name: str, generation: bytes | None, variant: str) -> str | None:
