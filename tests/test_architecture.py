@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("volume",),
     ("api",),  # voxgate.open / voxgate.create
     ("blockwise",),  # plan blocks, run them on threads / processes / dask, one retry rule
+    ("absence",),  # which chunks of a region a store holds, in pieces, a bit per group
     ("services",),
     ("transfer",),
     ("compat",),

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 import voxgate
+import voxgate.absence
 import voxgate.transfer
 from voxgate import Box, Vec
 
@@ -204,8 +205,8 @@ def test_the_report_counts_absent_chunks_and_lists_the_first(
     box = Box((2, 3, 5), (19, 36, 41))
     everything = vol.remote.absent_chunks(box, 0)
     assert len(everything) > 20 and everything == sorted(everything)
-    monkeypatch.setattr(voxgate.transfer, "_ABSENT_PIECE", piece, raising=False)
-    monkeypatch.setattr(voxgate.transfer, "ABSENT_LISTED", 20, raising=False)
+    monkeypatch.setattr(voxgate.absence, "_ABSENT_PIECE", piece)
+    monkeypatch.setattr(voxgate.absence, "ABSENT_LISTED", 20)
     report = voxgate.copy(url, f"zarr://{tmp_path}/dst.zarr", box=box, progress=False)
     assert report.absent_checked
     assert report.absent_counts == {0: len(everything)}
@@ -230,7 +231,7 @@ def test_the_pieces_cover_the_region_once_cut_along_x(most: int) -> None:
     want = sorted(g for g, _ in chunk_boxes(region, chunks, bounds))
     seen: list[Vec] = []
     xs: list[set[int]] = []
-    for piece in voxgate.transfer._pieces(region, chunks, bounds, most):
+    for piece in voxgate.absence.pieces(region, chunks, bounds, most):
         cells = [g for g, _ in chunk_boxes(piece, chunks, bounds)]
         assert 0 < len(cells) <= max(most, len({g.z for g in cells}))
         assert piece.intersect(region) == piece
@@ -270,7 +271,7 @@ def test_a_copy_from_precomputed_on_s3_lists_no_prefix_twice(
     proxy = GarbageProxy(os.environ["VOXGATE_S3_ENDPOINT"])
     try:
         monkeypatch.setenv("VOXGATE_S3_ENDPOINT", proxy.url)
-        monkeypatch.setattr(voxgate.transfer, "_ABSENT_PIECE", 128, raising=False)
+        monkeypatch.setattr(voxgate.absence, "_ABSENT_PIECE", 128)
         # listings of 16 names a page, as the layer's lookups weigh them: the 256 chunks of
         # this layer then weigh as a directory of 16,000 chunks does with S3's 1000-name pages
         # (a piece's own x prefixes cost fewer pages than the whole directory)

@@ -26,6 +26,7 @@ import pytest
 from click.testing import CliRunner
 
 import voxgate
+import voxgate.absence as absence
 import voxgate.transfer as transfer
 from voxgate import Box, Vec
 from voxgate.cli import main
@@ -312,7 +313,7 @@ def test_stored_groups_against_brute_force(seed: int) -> None:
     region = Box(a, bounds.stop)
     block = Vec(*rng.integers(1, 12, 3))
     anchor = Box(Vec(*(s - int(rng.integers(0, 7)) for s in region.start)), bounds.stop)
-    pieces = list(transfer._pieces(region, chunks, bounds, int(rng.integers(1, 40))))
+    pieces = list(absence.pieces(region, chunks, bounds, int(rng.integers(1, 40))))
     # groups of one chunk, or blocks that are the groups (a destination with the source's
     # chunks), tell exactly; other groups may say "stored" for a block that only shares a
     # group with a stored chunk, never "not stored" for a block that touches one
@@ -321,7 +322,7 @@ def test_stored_groups_against_brute_force(seed: int) -> None:
     for g, b, at, exact in [(Vec(1, 1, 1), block, anchor, True),
                             (group, grouped, Box(origin, bounds.stop), True),
                             (group, block, anchor, False)]:
-        groups = transfer._StoredGroups(region, chunks, origin, g)
+        groups = absence.StoredGroups(region, chunks, origin, g)
         for piece in pieces:
             found = [Vec(*idx) for idx in np.argwhere(~present)
                      if _chunk_box(origin, chunks, idx).intersect(piece).size > 0]
@@ -365,7 +366,7 @@ def test_info_check_asks_in_pieces_and_prints_as_before(
         return real(remote, box, scale)
 
     monkeypatch.setattr(ZarrRemote, "absent_chunks", absent_chunks)
-    monkeypatch.setattr(transfer, "_ABSENT_PIECE", 16)
+    monkeypatch.setattr(absence, "_ABSENT_PIECE", 16)
     res = CliRunner().invoke(main, ["info", "--check", vol.url])
     assert res.exit_code == 0, res.output
     total = sum(len(v) for v in want.values())

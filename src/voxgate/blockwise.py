@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from .errors import InvalidRequestError, RemoteUnavailableError, VoxgateError, redact
-from .geometry import Box, Vec, grow_block, whole_at_least
+from .geometry import Box, Vec, grid_range, grow_block, whole_at_least
 from .parallel import BlockResults, default_workers
 from .progress import format_bytes, progress_bar
 from .registry import open_remote, resolve_for_create
@@ -180,9 +180,8 @@ def _grid_range(region: Box, block: Sequence[int], bounds: Box | None
     inside = region.intersect(bounds)
     if inside.is_empty():
         return None
-    lo = [(a - o) // c for a, o, c in zip(inside.start, bounds.start, b, strict=True)]
-    hi = [-(-(e - o) // c) for e, o, c in zip(inside.stop, bounds.start, b, strict=True)]
-    return region, b, bounds, lo, hi
+    lo, hi = grid_range(inside, b, bounds.start)
+    return region, b, bounds, list(lo), list(hi)
 
 
 def count_blocks(region: Box, block: Sequence[int], bounds: Box | None = None) -> int:

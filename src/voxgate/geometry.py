@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from .errors import InvalidRequestError
 
-__all__ = ["Box", "Vec", "VoxelSize", "chunk_boxes", "grid_shape", "grow_block",
+__all__ = ["Box", "Vec", "VoxelSize", "chunk_boxes", "grid_range", "grid_shape", "grow_block",
            "origin_grid_bounds", "whole",
            "whole_at_least"]
 
@@ -230,6 +230,15 @@ def grid_shape(bounds: Box, chunks: Vec) -> Vec:
     return Vec(*(math.ceil(s / c) for s, c in zip(bounds.shape, chunks, strict=True)))
 
 
+def grid_range(box: Box, cells: Sequence[int], origin: Sequence[int]) -> tuple[Vec, Vec]:
+    """The grid indices ``[lo, hi)`` per axis of the cells (of shape ``cells``, on the grid
+    whose lines pass through ``origin``) that ``box`` touches: ``(start - origin) // cells``
+    and the ceiling of ``(stop - origin) / cells``.  (An axis of no voxels that falls inside a
+    cell still gives that cell: callers refuse empty boxes first.)"""
+    return (Vec(*((a - o) // c for a, o, c in zip(box.start, origin, cells, strict=True))),
+            Vec(*(-(-(b - o) // c) for b, o, c in zip(box.stop, origin, cells, strict=True))))
+
+
 def chunk_boxes(region: Box, chunks: Vec, bounds: Box) -> Iterator[tuple[Vec, Box]]:
     """Chunk grid cells touching ``region``, as (grid index, cell box clipped to ``bounds``).
 
@@ -239,8 +248,7 @@ def chunk_boxes(region: Box, chunks: Vec, bounds: Box) -> Iterator[tuple[Vec, Bo
     region = region.intersect(bounds)
     if region.is_empty():
         return
-    lo = [(a - o) // c for a, o, c in zip(region.start, bounds.start, chunks, strict=True)]
-    hi = [-(-(b - o) // c) for b, o, c in zip(region.stop, bounds.start, chunks, strict=True)]
+    lo, hi = grid_range(region, chunks, bounds.start)
     for idx in itertools.product(*(range(a, b) for a, b in zip(lo, hi, strict=True))):
         g = Vec(*idx)
         start = Vec(*(o + i * c for o, i, c in zip(bounds.start, g, chunks, strict=True)))

@@ -13,11 +13,12 @@ source.  The journal is deleted when the copy completes.
 Nothing the copy holds grows with the number of chunks or blocks beyond a bit per block: the
 plan is walked as the blocks are sent (never listed), the journal is read back into a bitmap per
 scale (:class:`_BlockSet`), and the report keeps the number of the source's absent chunks per
-scale with the first :data:`ABSENT_LISTED` of them (they are asked for in pieces of at most
-:data:`_ABSENT_PIECE` chunks).  A copy of a sparse volume of many millions of chunks runs in
-the memory of a small one.  Nor does it read what it need not: that question's answers mark,
-a bit per group of chunks (:class:`_StoredGroups`), where the source stores chunks, and a
-block touching none is copied as the fill value without a read of the source.
+scale with the first :data:`ABSENT_LISTED` of them (they are asked for in pieces:
+:func:`voxgate.absence.absent_in`).  A copy of a sparse volume of many millions of chunks runs
+in the memory of a small one.  Nor does it read what it need not: that question's answers
+mark, a bit per group of chunks (:class:`voxgate.absence.StoredGroups`), where the source
+stores chunks, and a block touching none is copied as the fill value without a read of the
+source.
 
 With a ``dask.distributed`` Client the same block plan runs as tasks on the cluster: each task
 reopens the source and destination from their specs, copies its one block and returns; the
@@ -31,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import heapq
 import itertools
 import json
 import math
@@ -40,13 +40,14 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .absence import ABSENT_LISTED, StoredGroups, absent_in, voxel_of
 from .blockwise import (
     TASKS_PER_THREAD,  # noqa: F401 - the cluster's window, documented here
     check_for_cluster,
@@ -102,12 +103,6 @@ BLOCK_BYTES = 8 * 2**20
 #: touches is absent (it is then not read: it holds only the fill value)
 _Item = tuple[int, Vec, Box, int, bool, bool]
 
-#: a report lists at most this many of a scale's absent chunks (the first, sorted);
-#: ``CopyReport.absent_counts`` says how many there are
-ABSENT_LISTED = 10_000
-#: the source's absent chunks are asked for in pieces of at most this many chunks, so that the
-#: list a Remote answers with stays small however many chunks the copied region has
-_ABSENT_PIECE = 2**16
 
 
 @dataclass
@@ -799,119 +794,6 @@ class _ScalePlan:
         return total
 
 
-def _pieces(region: Box, chunks: Vec, bounds: Box, most: int) -> Iterator[Box]:
-    """``region`` cut into boxes of whole chunks (of the grid anchored at ``bounds.start``) of
-    at most ``most`` chunks each (at least one column of z), cut along x first, then y: a
-    precomputed layer on object storage names its chunks ``x0-x1_y0-y1_z0-z1`` and lists them
-    by the prefix of their x range (then y), so pieces of a few x each list each name of the
-    directory once in all (pieces of a few z each listed the whole directory every time)."""
-    o = bounds.start
-    lo = [(a - s) // c for a, s, c in zip(region.start, o, chunks, strict=True)]
-    hi = [-(-(b - s) // c) for b, s, c in zip(region.stop, o, chunks, strict=True)]
-    n = [b - a for a, b in zip(lo, hi, strict=True)]
-    order = (2, 1, 0)  # x, then y, then z: outermost first
-    # the outermost axis whose inner axes fit whole: it is cut, the ones outside it step by one
-    d = next(d for d in range(3) if math.prod(n[a] for a in order[d + 1:]) <= most or d == 2)
-    step = max(1, most // math.prod(n[a] for a in order[d + 1:]))
-    for outer in itertools.product(*(range(lo[a], hi[a]) for a in order[:d])):
-        for i in range(lo[order[d]], hi[order[d]], step):
-            a, b = list(lo), list(hi)
-            for axis, x in zip(order[:d], outer, strict=True):
-                a[axis], b[axis] = x, x + 1
-            a[order[d]], b[order[d]] = i, min(i + step, hi[order[d]])
-            start = Vec(*(s + x * c for s, x, c in zip(o, a, chunks, strict=True)))
-            stop = Vec(*(s + x * c for s, x, c in zip(o, b, chunks, strict=True)))
-            yield Box(start, stop).intersect(region)
-
-
-def absent_in(remote: Remote, region: Box, scale: int,
-              each: Callable[[Box, list[Vec]], None] | None = None) -> tuple[list[Vec], int]:
-    """The chunks of ``remote``'s ``scale`` absent inside ``region``: the first
-    :data:`ABSENT_LISTED` in grid order (z, y, x), and how many there are; asked for in pieces
-    (:func:`_pieces`), each piece's sorted list merged into the first ones found so far, so
-    that what is held stays small however many chunks the region has.  ``each(piece, found)``
-    is told every piece's answer as it comes."""
-    sc = remote.meta.scale(scale)
-    listed: list[Vec] = []
-    total = 0
-    for piece in _pieces(region, sc.chunks, sc.bounds, _ABSENT_PIECE):
-        found = remote.absent_chunks(piece, scale)
-        if each is not None:
-            each(piece, found)
-        total += len(found)
-        listed = list(itertools.islice(heapq.merge(listed, found), ABSENT_LISTED))
-    return listed, total
-
-
-_absent_in = absent_in  # (the name it had)
-
-
-class _StoredGroups:
-    """Where a scale's source chunks inside ``region`` are stored, as one bit per group of
-    ``group`` chunks per axis (on the source's chunk grid, anchored at ``origin``): set when
-    the group holds a stored chunk.  Built from the pieces of the copy's scan of absent
-    chunks (:meth:`mark`), so it costs no request of its own; a block of the plan that touches
-    no group with its bit set touches no stored chunk (:meth:`stored_in`), holds only the
-    fill value and need not be read.  Groups the size of the blocks a destination with the
-    source's chunks is copied in (the usual case) make one bit per block."""
-
-    def __init__(self, region: Box, chunks: Vec, origin: Vec, group: Vec) -> None:
-        self.region, self.chunks, self.origin, self.group = region, chunks, origin, group
-        first = [(a - o) // c for a, o, c in zip(region.start, origin, chunks, strict=True)]
-        last = [(b - 1 - o) // c for b, o, c in zip(region.stop, origin, chunks, strict=True)]
-        self.lo = tuple(f // g for f, g in zip(first, group, strict=True))
-        self.shape = tuple(la // g - lo + 1
-                           for la, g, lo in zip(last, group, self.lo, strict=True))
-        self.bits = np.zeros((math.prod(self.shape) + 7) // 8, np.uint8)
-
-    def _set(self, idx: Sequence[np.ndarray]) -> None:
-        """Set the bits of the groups whose indices (per axis, absolute) are ``idx``."""
-        flat = np.unique(np.ravel_multi_index(
-            tuple(np.asarray(i, np.int64) - lo for i, lo in zip(idx, self.lo, strict=True)),
-            self.shape))
-        np.bitwise_or.at(self.bits, flat >> 3, (1 << (flat & 7)).astype(np.uint8))
-
-    def mark(self, piece: Box, found: list[Vec]) -> None:
-        """Take a piece of the scan (whole chunks of ``region``) and its absent chunks."""
-        lo = [(a - o) // c for a, o, c in zip(piece.start, self.origin, self.chunks,
-                                             strict=True)]
-        hi = [-(-(b - o) // c) for b, o, c in zip(piece.stop, self.origin, self.chunks,
-                                                  strict=True)]
-        n = [b - a for a, b in zip(lo, hi, strict=True)]
-        if len(found) >= math.prod(n):
-            return  # nothing stored
-        if not found:  # all stored: every group the piece touches
-            axes = [np.arange(a // g, (b - 1) // g + 1)
-                    for a, b, g in zip(lo, hi, self.group, strict=True)]
-            self._set([m.reshape(-1) for m in np.meshgrid(*axes, indexing="ij")])
-            return
-        # a flag per chunk of the piece, then per group (the groups' runs of it or-ed)
-        held = np.ones(n, bool)
-        at = np.fromiter(itertools.chain.from_iterable(found), np.int64,
-                         3 * len(found)).reshape(-1, 3) - np.asarray(lo, np.int64)
-        held[at[:, 0], at[:, 1], at[:, 2]] = False
-        first = []
-        for axis, (a, b, g) in enumerate(zip(lo, hi, self.group, strict=True)):
-            # where each group's run starts along the axis
-            runs = np.unique(np.r_[0, np.arange(-(-a // g) * g, b, g) - a])
-            held = np.logical_or.reduceat(held, runs, axis=axis)
-            first.append(a // g)
-        self._set([i + f for i, f in zip(np.nonzero(held), first, strict=True)])
-
-    def stored_in(self, part: Box) -> bool:
-        """Whether a group that ``part`` (inside ``region``) touches holds a stored chunk."""
-        ranges = []
-        for a, b, o, c, g, lo in zip(part.start, part.stop, self.origin, self.chunks,
-                                     self.group, self.lo, strict=True):
-            ranges.append(range((a - o) // c // g - lo, (b - 1 - o) // c // g - lo + 1))
-        ny, nx = self.shape[1:]
-        for z, y, x in itertools.product(*ranges):
-            flat = (z * ny + y) * nx + x
-            if self.bits[flat >> 3] & (1 << (flat & 7)):
-                return True
-        return False
-
-
 @contextlib.contextmanager
 def _progress(enabled: bool, total_bytes: int, label: str) -> Iterator[Any]:
     if not enabled:
@@ -1017,7 +899,7 @@ def copy(
     absent_counts: dict[int, int] = {}
     #: per scale with absent chunks, where its stored ones are (the blocks touching none are
     #: not read: they hold only the fill value)
-    stored: dict[int, _StoredGroups] = {}
+    stored: dict[int, StoredGroups] = {}
     checked = has_capability(s_remote, Capability.CHUNK_PRESENCE)
     if checked:
         for k in wanted:
@@ -1027,7 +909,7 @@ def copy(
                 # (groups of the blocks a destination with the source's chunks is copied in)
                 group = grow_block(sc.chunks, smeta.dtype.itemsize * smeta.num_channels,
                                    region.shape, BLOCK_BYTES)
-                groups = _StoredGroups(region, sc.chunks, sc.bounds.start,
+                groups = StoredGroups(region, sc.chunks, sc.bounds.start,
                                        Vec(*(g // c for g, c in zip(group, sc.chunks,
                                                                     strict=True))))
                 found, n_absent = absent_in(s_remote, region, k, groups.mark)
@@ -1051,7 +933,7 @@ def copy(
     # a block touching only chunks the source said are absent is not read (on object storage
     # each is a request answered "not found"): it holds what the source reads there, the fill
     # value, read once per scale from one of those chunks (one voxel of it)
-    fills = {k: s_remote.read(_voxel_of(absent[k][0], smeta.scale(k), g.region), k)
+    fills = {k: s_remote.read(voxel_of(absent[k][0], smeta.scale(k), g.region), k)
              for k, g in stored.items()}
 
     created = refuse_options = False
@@ -1336,13 +1218,6 @@ def _filled(voxel: np.ndarray, part: Box) -> np.ndarray:
     """``part`` of a block of absent chunks: the source's ``voxel`` there (channels first),
     broadcast to the block's shape (a read-only view: nothing is allocated)."""
     return np.broadcast_to(voxel, voxel.shape[:-3] + tuple(part.shape))
-
-
-def _voxel_of(chunk: Sequence[int], sc: Scale, region: Box) -> Box:
-    """One voxel of grid chunk ``chunk`` of scale ``sc`` that lies in ``region``."""
-    start = Vec(*(max(o + i * c, r) for o, i, c, r in zip(sc.bounds.start, chunk, sc.chunks,
-                                                           region.start, strict=True)))
-    return Box(start, Vec(*(a + 1 for a in start)))
 
 
 def _only_fill(data: np.ndarray, meta: VolumeMeta) -> bool:

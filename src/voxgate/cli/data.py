@@ -18,11 +18,11 @@ from ._open_options import open_options_option, parse_options
 
 
 def _absent_by_scale(vol: Any) -> dict[int, tuple[list[Any], int]] | None:
-    """Per scale, its first absent chunks (the first ``transfer.ABSENT_LISTED``) and how many
+    """Per scale, its first absent chunks (the first ``absence.ABSENT_LISTED``) and how many
     there are, asked for in pieces (held memory does not grow with the chunks); None when the
     store cannot tell (bossdb, dvid)."""
+    from ..absence import absent_in
     from ..remotes.base import Capability, has_capability
-    from ..transfer import absent_in
 
     if not has_capability(vol.remote, Capability.CHUNK_PRESENCE):
         return None

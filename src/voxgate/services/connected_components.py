@@ -27,6 +27,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from ..absence import StoredGroups, background_groups, read_stored
 from ..blockwise import (
     block_shape,
     blocks_at_once,
@@ -40,7 +41,7 @@ from ..blockwise import (
     scheduler_name,
 )
 from ..errors import InvalidRequestError, VoxgateError, check_flag
-from ..geometry import Box, Vec, whole, whole_at_least
+from ..geometry import Box, Vec, grid_range, whole, whole_at_least
 from ..meta import Scale, VolumeMeta
 from ..registry import create_remote, resolve_for_create
 from ..remotes.base import Remote
@@ -270,8 +271,11 @@ def connected_components(
             b >= s for b, s in zip(block, region.shape, strict=True))) and (
             region.size * max(8, src.dtype.itemsize) <= WHOLE_BYTES
             or isinstance(source, np.ndarray)):
-        # in memory in one piece: cc3d's own numbering is already the canonical one
-        data = source if isinstance(source, np.ndarray) else src.remote.read(region, scale)
+        # in memory in one piece: cc3d's own numbering is already the canonical one (of a
+        # store, the chunks it holds are read; the rest is the background 0 they read as)
+        data = source if isinstance(source, np.ndarray) else read_stored(
+            src.remote, region, scale,
+            background_groups(src.remote, region, scale, src.scale_meta.chunks))
         cc, n = _cc3d(data, connectivity, want)
         return ArrayResult(cc, Provenance("connected_components", "local", src.url,
                                           details(1, n, cc.dtype)))
@@ -318,7 +322,9 @@ def connected_components(
     anchor = target.remote.grid_bounds(target.scale)
     blocks = [p.box for p in plan_blocks(region, base, anchor, order="row")]
     labels, scratch_at, tmp = _scratch_home(target, client, region, anchor.start, base, src)
-    job = _Job(src, target, region, base, connectivity, anchor.start, labels)
+    # blocks of only absent chunks reading as 0 are not read: they hold no component
+    stored = background_groups(src.remote, region, scale, base, anchor.start)
+    job = _Job(src, target, region, base, connectivity, anchor.start, labels, stored)
     try:
         return _run(job, blocks, out, client, workers, progress, want, details)
     finally:
@@ -409,12 +415,22 @@ class _Job:
     #: where pass 1 writes each block's local labels and pass 2 reads them: a scratch volume
     #: for an out= store (see _scratch_home), else the target itself
     labels: Volume
+    #: where the source stores chunks (None: read every block): a block that touches none
+    #: holds only background, is not read, and its labels are neither written in pass 1 nor
+    #: read in pass 2 (they are all 0); pass 3 writes its zeros (see :meth:`empty`)
+    stored: StoredGroups | None = None
+
+    def empty(self, box: Box) -> bool:
+        """Whether ``box`` of the source holds only background 0 without being read."""
+        return self.stored is not None and not self.stored.stored_in(box)
 
 
 def _label_block(job: _Job, b: Box) -> tuple[int, np.ndarray]:
     """Pass 1: cc3d on one block, written to ``job.labels``; its count and each label's first
     voxel (a flat index in the region)."""
     target = job.labels.remote
+    if job.empty(b):
+        return 0, np.zeros(1, dtype=np.int64)
     cc, n = _cc3d(job.src.remote.read(b, job.src.scale), job.connectivity, target.meta.dtype)
     fi = np.zeros(n + 1, dtype=np.int64)
     if n:
@@ -438,6 +454,8 @@ def _join_block(job: _Job, offsets: dict[tuple[int, ...], int], b: Box) -> np.nd
     def global_labels(box: Box) -> np.ndarray:
         lab = np.zeros(tuple(box.shape), dtype=np.uint64)
         for nb in _touching(box, region, base, job.anchor):
+            if job.empty(nb):  # (its labels are all 0, and were never written)
+                continue
             part = nb.intersect(box)
             local = target.read(part, 0).astype(np.uint64, copy=False)
             at = _block_at(nb.start, region, base, job.anchor)
@@ -453,7 +471,9 @@ def _join_block(job: _Job, offsets: dict[tuple[int, ...], int], b: Box) -> np.nd
         hi = list(b.stop + _ONE)
         lo[axis], hi[axis] = b.stop[axis] - 1, b.stop[axis] + 1
         slab = Box(lo, hi).intersect(region)
-        inp = job.src.remote.read(slab, job.src.scale)
+        if job.empty(slab):  # background on both sides: nothing joins
+            continue
+        inp = read_stored(job.src.remote, slab, job.src.scale, job.stored)
         lab = global_labels(slab)
         inner = [slice(a - s0, e - s0) for a, e, s0 in zip(b.start, b.stop, slab.start,
                                                             strict=True)]
@@ -480,6 +500,9 @@ def _relabel_block(job: _Job, dest: Volume, tables: dict[tuple[int, ...], np.nda
     block the same way every time): a block run twice (its worker died after the write, or a
     transient error struck after part of it) would otherwise read its final numbers and map
     them through the table a second time."""
+    if job.empty(b):  # all 0, written as a block read was (an out= store is dense on disk)
+        dest.remote.write(b, np.zeros(tuple(b.shape), dest.dtype), 0)
+        return
     table = tables[tuple(b.start)].copy()
     table[0] = 0
     labels = job.labels.remote
@@ -622,10 +645,9 @@ def _block_at(start: Vec, region: Box, base: Vec, anchor: Vec) -> Box:
 def _touching(ext: Box, region: Box, base: Vec, anchor: Vec) -> list[Box]:
     """The blocks (clipped to ``region``) of the grid anchored at ``anchor`` meeting ``ext``
     (which lies in ``region``)."""
-    lo = [(a - r) // b for a, r, b in zip(ext.start, anchor, base, strict=True)]
-    hi = [(e - 1 - r) // b for e, r, b in zip(ext.stop, anchor, base, strict=True)]
+    lo, hi = grid_range(ext, base, anchor)
     out = []
-    for idx in itertools.product(*(range(a, b + 1) for a, b in zip(lo, hi, strict=True))):
+    for idx in itertools.product(*(range(a, b) for a, b in zip(lo, hi, strict=True))):
         s = Vec(*(r + i * b for r, i, b in zip(anchor, idx, base, strict=True)))
         out.append(Box(s, s + base).intersect(region))
     return out

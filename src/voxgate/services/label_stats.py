@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..absence import StoredGroups, background_groups
 from ..blockwise import (
     block_shape,
     blocks_at_once,
@@ -236,9 +237,19 @@ class _Local:
         self.workers = workers
         self.client = client
         self.ahead: dict[Box, dict[str, np.ndarray]] = {}
+        self._stored: tuple[StoredGroups | None] | None = None
+
+    @property
+    def stored(self) -> StoredGroups | None:
+        """Where the store holds chunks (None: read every block), asked once, when the local
+        path first runs: a block of absent chunks reading as 0 has no label to count."""
+        if self._stored is None:
+            region, base, _ = self.plan
+            self._stored = (background_groups(self.vol.remote, region, self.vol.scale, base),)
+        return self._stored[0]
 
     def one(self, b: Box) -> dict[str, np.ndarray]:
-        return _block_stats(self.vol, b)
+        return _block_stats(self.vol, self.stored, b)
 
     def time_one(self) -> float:
         """Compute the first block now; return the seconds it took (read and kernel)."""
@@ -258,15 +269,20 @@ class _Local:
             if len(parts) >= 64:  # bounded memory with many blocks and ids
                 parts[:] = [merge_stats(parts)]
 
-        run_blocks(functools.partial(_block_stats, self.vol), todo, name="label stats",
+        run_blocks(functools.partial(_block_stats, self.vol, self.stored), todo,
+                   name="label stats",
                    client=self.client, workers=self.workers, progress=progress,
                    total=self.count - len(self.ahead),
                    total_bytes=left * self.vol.dtype.itemsize, on_done=done)
         return merge_stats(parts)
 
 
-def _block_stats(vol: Any, b: Box) -> dict[str, np.ndarray]:
-    """One block's statistics (on a cluster ``vol`` arrives as its spec, reopened by URL)."""
+def _block_stats(vol: Any, stored: StoredGroups | None, b: Box) -> dict[str, np.ndarray]:
+    """One block's statistics (on a cluster ``vol`` arrives as its spec, reopened by URL);
+    a block that ``stored`` says holds no stored chunk is background only: no label, not
+    read."""
+    if stored is not None and not stored.stored_in(b):
+        return merge_stats([])
     return label_stats_kernel(vol.remote.read(b, vol.scale), tuple(b.start))
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..absence import StoredGroups, background_groups, read_stored
 from ..blockwise import (
     Block,
     block_shape,
@@ -128,11 +129,18 @@ def _read_closed(vol: Volume, close: bool) -> tuple[np.ndarray, tuple[int, ...]]
     voxel: with ``close``, inside a layer of background on every side (what
     :func:`_closed` makes), read block by block (whole chunks) straight into that array.
     Read whole and then copied into the padded array, the volume was held twice at once:
-    meshing a 20^3 object of a 512 MiB volume peaked at 1 GiB."""
+    meshing a 20^3 object of a 512 MiB volume peaked at 1 GiB.  Of a store that tells which
+    chunks it holds, only those are read (absent ones are background: no surface)."""
     region = vol.bounds
+    stored = background_groups(vol.remote, region, vol.scale, vol.chunks)
     if not close:
-        return vol.read(), tuple(region.start)
+        if stored is None:
+            return vol.read(), tuple(region.start)
+        return read_stored(vol.remote, region, vol.scale, stored), tuple(region.start)
     out = np.zeros(tuple(n + 2 for n in region.shape), dtype=vol.dtype)
+    if stored is not None:
+        return (read_stored(vol.remote, region, vol.scale, stored, out, _ONE),
+                tuple(o - 1 for o in region.start))
     base = block_shape(vol.chunks, vol.dtype.itemsize, region.shape, budget=_BLOCK_READ_BYTES)
     for b in iter_blocks(region, base, vol.scale_meta.bounds):
         out[b.box.slices(region.start - _ONE)] = vol.read(b.box)
@@ -194,12 +202,19 @@ def mesh_kernel(labels: np.ndarray, voxel_size: Sequence[float], origin: Sequenc
 
 
 def _block_pieces(vol: Volume, region: Box, voxel_size: Sequence[float],
-                  ids: list[int] | None, pack: bool, block: Block, close: bool = False) -> Any:
+                  ids: list[int] | None, pack: bool, block: Block, close: bool = False,
+                  stored: StoredGroups | None = None) -> Any:
     """One block's pieces: the block plus one voxel on its upper faces (clipped), with the
     inner faces each piece reaches (:func:`touches`); packed (:func:`_pack`) for a trip from
-    a cluster's worker.  With ``close``, closed on the sides that are the region's edges."""
+    a cluster's worker.  With ``close``, closed on the sides that are the region's edges.
+    Where ``stored`` says the store holds no chunk of that, it is background only: no piece,
+    nothing read."""
     ext = Box(block.box.start, block.box.stop + _ONE).intersect(region)
-    labels = vol.remote.read(ext, vol.scale)
+    if stored is not None and not stored.stored_in(ext):
+        nothing: dict[int, Mesh] = {}
+        return (*_pack(nothing), np.zeros(0, np.uint8)) if pack else (nothing,
+                                                                       np.zeros(0, np.uint8))
+    labels = read_stored(vol.remote, ext, vol.scale, stored)  # (what is stored of it)
     # (the upper side by the block's own box: a block whose extra voxel is the region's last
     # leaves the cap to the block of that voxel, which meshes the cubes past it)
     sides = [close and a == b for a, b in zip(block.box.start, region.start, strict=True)]
@@ -314,8 +329,8 @@ def mesh(
             base = Vec.of(block) if block is not None else block_shape(
                 vol.chunks, vol.dtype.itemsize, region.shape, budget=WHOLE_BYTES // 4,
                 at_once=blocks_at_once(1, client))
-            blocks = plan_blocks(region, base, None if block is not None
-                                 else vol.scale_meta.bounds)
+            anchor = region if block is not None else vol.scale_meta.bounds
+            blocks = plan_blocks(region, base, anchor)
             if client is not None:
                 check_for_cluster(vol.url, "source", "mesh")
             # each segment is stitched (and simplified) here as soon as every block it may
@@ -329,8 +344,10 @@ def mesh(
 
             # zmesh holds the GIL: here the blocks run one by one (workers=1); a client's
             # worker processes run them side by side
+            stored = background_groups(vol.remote, region, vol.scale, base, anchor.start)
             run_blocks(functools.partial(_block_pieces, vol, region, vs, id_list,
-                                         client is not None, close=close), blocks,
+                                         client is not None, close=close, stored=stored),
+                       blocks,
                        name="mesh", client=client, workers=1, progress=progress,
                        nbytes=lambda b: b.box.size * vol.dtype.itemsize, on_done=collect)
             result.update(stitcher.finish())

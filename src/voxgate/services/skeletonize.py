@@ -37,6 +37,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from ..absence import StoredGroups, background_groups, read_stored
 from ..blockwise import (
     check_block,
     check_client,
@@ -221,7 +222,12 @@ def skeletonize(
     if path == "server":
         pass
     elif one_piece:
-        labels = source if isinstance(source, np.ndarray) else vol.read()
+        if isinstance(source, np.ndarray):
+            labels = source
+        else:  # (of a store that tells which chunks it holds, only those are read)
+            stored = background_groups(vol.remote, vol.bounds, vol.scale, vol.chunks)
+            labels = vol.read() if stored is None else read_stored(
+                vol.remote, vol.bounds, vol.scale, stored)
         result.update(skeletonize_kernel(labels, vol.scale_meta.voxel_size.zyx(),
                                          tuple(vol.bounds.start), id_list,
                                          dust_threshold=dust_threshold,
@@ -300,8 +306,10 @@ def _blockwise(vol: Any, base: Vec, ids: list[int] | None, dust_threshold: int,
                 return (*job, vol.remote.read(job[1], vol.scale))
 
     itemsize = vol.dtype.itemsize
+    # blocks of absent chunks reading as 0 are background only: no piece, not read
+    stored = background_groups(vol.remote, region, vol.scale, base, region.start)
     run_blocks(functools.partial(_block_job, source, vol.scale, ids=ids, voxel_size=vs,
-                                 teasar_params=teasar, run=uuid.uuid4().hex),
+                                 teasar_params=teasar, run=uuid.uuid4().hex, stored=stored),
                ((at, Box(b.start, b.stop + _ONE).intersect(region), b)
                 for at, b in enumerate(block_boxes(region, base))), name="skeletonize",
                client=client, workers=workers if scheduler == "processes" else 1,
@@ -333,17 +341,19 @@ def _blockwise_cluster_refusal(url: str) -> NoReturn:
 
 def _block_job(source: Any, scale: int, job: tuple[Any, ...], ids: list[int] | None,
                voxel_size: Sequence[float], teasar_params: Mapping[str, Any] | None,
-               run: str = "") -> dict[int, _Piece]:
+               run: str = "", stored: StoredGroups | None = None) -> dict[int, _Piece]:
     """One block's pieces.  ``job``: (number, ext, core[, labels]); the labels of ``ext`` (the
     block ``core`` plus one voxel on its upper faces) are given, or read from ``source``: a
     Remote, or its spec reopened here, in a worker process, once per ``run``
     (:func:`blockwise.worker_remote`: a store recreated since an earlier run is opened anew)."""
     _, ext, core, *given = job
+    if stored is not None and not stored.stored_in(ext):
+        return {}  # background only (``stored``: where the store holds chunks)
     if given:
         labels = given[0]
     else:
         remote = worker_remote(source, run) if isinstance(source, str) else source
-        labels = remote.read(ext, scale)
+        labels = read_stored(remote, ext, scale, stored)  # (what is stored of it)
     return block_pieces(labels, tuple(ext.start), core, voxel_size, ids,
                         teasar_params=teasar_params)
 

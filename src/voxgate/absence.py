@@ -1,0 +1,266 @@
+"""Which chunks of a region a store holds, asked without reading them, for ``voxgate.copy`` and
+the block-wise Services.
+
+A store that tells absent chunks from stored ones (``Capability.CHUNK_PRESENCE``: zarr, N5,
+precomputed, on disk or object storage) is asked about a region in pieces of at most
+:data:`_ABSENT_PIECE` chunks (:func:`pieces`, cut along x: a precomputed layer on object storage
+lists its chunk names by their x prefix), each answer told as it comes (:func:`absent_in`), so
+nothing held grows with the number of chunks but the first :data:`ABSENT_LISTED` absent ones.
+The answers mark, one bit per group of chunks (:class:`StoredGroups`), where stored chunks
+are: a box that touches no group with its bit set touches no stored chunk and reads as the
+fill value everywhere, so it need not be read.  On object storage reading an absent chunk is
+a request answered "not found", tens of ms each; the listing answers a thousand chunks at once.
+
+:func:`background_groups` is the Services' question: the groups of a region whose blocks hold
+only the background label 0 where none is marked, or None when every block is to be read (the
+store cannot tell, lives in this process's memory, refuses absent chunks, stores them all, or
+reads something other than 0 where a chunk is absent).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .blockwise import iter_blocks
+from .geometry import Box, Vec, grid_range, grow_block
+from .meta import Scale
+from .remotes.base import Capability, Remote, has_capability
+from .remotes.memory import MemoryRemote
+
+__all__ = [
+    "ABSENT_LISTED",
+    "StoredGroups",
+    "absent_in",
+    "background_groups",
+    "group_for",
+    "pieces",
+    "read_stored",
+    "voxel_of",
+]
+
+#: :func:`absent_in` keeps at most this many of a region's absent chunks (the first, sorted)
+#: besides their number: a copy's report lists these
+ABSENT_LISTED = 10_000
+#: the absent chunks are asked for in pieces of at most this many chunks, so that the list a
+#: Remote answers with stays small however many chunks the region has
+_ABSENT_PIECE = 2**16
+#: :func:`read_stored` reads the blocks holding stored chunks in pieces of about this many bytes
+_READ_BYTES = 16 * 2**20
+
+
+def pieces(region: Box, chunks: Vec, bounds: Box, most: int) -> Iterator[Box]:
+    """``region`` cut into boxes of whole chunks (of the grid anchored at ``bounds.start``) of
+    at most ``most`` chunks each (at least one column of z), cut along x first, then y: a
+    precomputed layer on object storage names its chunks ``x0-x1_y0-y1_z0-z1`` and lists them
+    by the prefix of their x range (then y), so pieces of a few x each list each name of the
+    directory once in all (pieces of a few z each listed the whole directory every time)."""
+    o = bounds.start
+    lo, hi = grid_range(region, chunks, o)
+    n = [b - a for a, b in zip(lo, hi, strict=True)]
+    order = (2, 1, 0)  # x, then y, then z: outermost first
+    # the outermost axis whose inner axes fit whole: it is cut, the ones outside it step by one
+    d = next(d for d in range(3) if math.prod(n[a] for a in order[d + 1:]) <= most or d == 2)
+    step = max(1, most // math.prod(n[a] for a in order[d + 1:]))
+    for outer in itertools.product(*(range(lo[a], hi[a]) for a in order[:d])):
+        for i in range(lo[order[d]], hi[order[d]], step):
+            a, b = list(lo), list(hi)
+            for axis, x in zip(order[:d], outer, strict=True):
+                a[axis], b[axis] = x, x + 1
+            a[order[d]], b[order[d]] = i, min(i + step, hi[order[d]])
+            start = Vec(*(s + x * c for s, x, c in zip(o, a, chunks, strict=True)))
+            stop = Vec(*(s + x * c for s, x, c in zip(o, b, chunks, strict=True)))
+            yield Box(start, stop).intersect(region)
+
+
+def absent_in(remote: Remote, region: Box, scale: int,
+              each: Callable[[Box, list[Vec]], None] | None = None) -> tuple[list[Vec], int]:
+    """The chunks of ``remote``'s ``scale`` absent inside ``region``: the first
+    :data:`ABSENT_LISTED` in grid order (z, y, x), and how many there are; asked for in pieces
+    (:func:`pieces`), each piece's sorted list merged into the first ones found so far, so
+    that what is held stays small however many chunks the region has.  ``each(piece, found)``
+    is told every piece's answer as it comes."""
+    sc = remote.meta.scale(scale)
+    listed: list[Vec] = []
+    total = 0
+    for piece in pieces(region, sc.chunks, sc.bounds, _ABSENT_PIECE):
+        found = remote.absent_chunks(piece, scale)
+        if each is not None:
+            each(piece, found)
+        total += len(found)
+        listed = list(itertools.islice(heapq.merge(listed, found), ABSENT_LISTED))
+    return listed, total
+
+
+def voxel_of(chunk: Sequence[int], sc: Scale, region: Box) -> Box:
+    """One voxel of grid chunk ``chunk`` of scale ``sc`` that lies in ``region``."""
+    start = Vec(*(max(o + i * c, r) for o, i, c, r in zip(sc.bounds.start, chunk, sc.chunks,
+                                                           region.start, strict=True)))
+    return Box(start, Vec(*(a + 1 for a in start)))
+
+
+class StoredGroups:
+    """Where a scale's chunks inside ``region`` are stored, as one bit per group of
+    ``group`` chunks per axis (on the chunk grid of ``chunks`` anchored at ``origin``): set
+    when the group holds a stored chunk.  Built from the pieces of a scan of absent chunks
+    (:meth:`mark`, given to :func:`absent_in`), so it costs no request of its own; a box that
+    touches no group with its bit set touches no stored chunk (:meth:`stored_in`), holds only
+    the fill value and need not be read.  Groups the size of the blocks a run reads
+    (:func:`group_for`) make one bit per block.  Small, and it pickles: a cluster's workers
+    get it with the function they run."""
+
+    def __init__(self, region: Box, chunks: Vec, origin: Vec, group: Vec) -> None:
+        self.region, self.chunks, self.origin, self.group = region, chunks, origin, group
+        first, stop = grid_range(region, chunks, origin)
+        self.lo = tuple(f // g for f, g in zip(first, group, strict=True))
+        self.shape = tuple((s - 1) // g - lo + 1
+                           for s, g, lo in zip(stop, group, self.lo, strict=True))
+        self.bits = np.zeros((math.prod(self.shape) + 7) // 8, np.uint8)
+
+    def _set(self, idx: Sequence[np.ndarray]) -> None:
+        """Set the bits of the groups whose indices (per axis, absolute) are ``idx``."""
+        flat = np.unique(np.ravel_multi_index(
+            tuple(np.asarray(i, np.int64) - lo for i, lo in zip(idx, self.lo, strict=True)),
+            self.shape))
+        np.bitwise_or.at(self.bits, flat >> 3, (1 << (flat & 7)).astype(np.uint8))
+
+    def mark(self, piece: Box, found: list[Vec]) -> None:
+        """Take a piece of the scan (whole chunks of ``region``) and its absent chunks."""
+        lo, hi = grid_range(piece, self.chunks, self.origin)
+        n = [b - a for a, b in zip(lo, hi, strict=True)]
+        if len(found) >= math.prod(n):
+            return  # nothing stored
+        if not found:  # all stored: every group the piece touches
+            axes = [np.arange(a // g, (b - 1) // g + 1)
+                    for a, b, g in zip(lo, hi, self.group, strict=True)]
+            self._set([m.reshape(-1) for m in np.meshgrid(*axes, indexing="ij")])
+            return
+        # a flag per chunk of the piece, then per group (the groups' runs of it or-ed)
+        held = np.ones(n, bool)
+        at = np.fromiter(itertools.chain.from_iterable(found), np.int64,
+                         3 * len(found)).reshape(-1, 3) - np.asarray(lo, np.int64)
+        held[at[:, 0], at[:, 1], at[:, 2]] = False
+        first = []
+        for axis, (a, b, g) in enumerate(zip(lo, hi, self.group, strict=True)):
+            # where each group's run starts along the axis
+            runs = np.unique(np.r_[0, np.arange(-(-a // g) * g, b, g) - a])
+            held = np.logical_or.reduceat(held, runs, axis=axis)
+            first.append(a // g)
+        self._set([i + f for i, f in zip(np.nonzero(held), first, strict=True)])
+
+    def _held(self, part: Box) -> Iterator[tuple[tuple[int, int, int], bool]]:
+        """The groups ``part`` (inside ``region``) touches, by their index relative to the
+        first, each with whether it holds a stored chunk."""
+        lo, hi = grid_range(part, self.chunks, self.origin)
+        ranges = [range(a // g - base, (b - 1) // g - base + 1)
+                  for a, b, g, base in zip(lo, hi, self.group, self.lo, strict=True)]
+        ny, nx = self.shape[1:]
+        for z, y, x in itertools.product(*ranges):
+            flat = (z * ny + y) * nx + x
+            yield (z, y, x), bool(self.bits[flat >> 3] & (1 << (flat & 7)))
+
+    def stored_in(self, part: Box) -> bool:
+        """Whether a group that ``part`` touches holds a stored chunk.  ``part`` may reach
+        past ``region`` (a block with its halo): what lies outside the scanned region counts
+        as stored (it was not asked about)."""
+        if part.is_empty():
+            return False
+        if not self.region.contains(part):
+            return True
+        return any(held for _, held in self._held(part))
+
+    def all_stored(self, part: Box) -> bool:
+        """Whether every group that ``part`` touches holds a stored chunk (so ``part`` is
+        read whole)."""
+        return not self.region.contains(part) or all(held for _, held in self._held(part))
+
+    def stored_parts(self, part: Box) -> list[Box]:
+        """The parts of ``part`` (inside ``region``) to read: ``[part]`` when every group it
+        touches holds a stored chunk, none when none does, else the groups that do (each
+        clipped to ``part``)."""
+        if part.is_empty():
+            return []
+        if not self.region.contains(part):
+            return [part]
+        touched = list(self._held(part))
+        held = [idx for idx, h in touched if h]
+        if len(held) == len(touched):
+            return [part]
+        size = Vec(*(g * c for g, c in zip(self.group, self.chunks, strict=True)))
+        out = []
+        for idx in held:
+            start = Vec(*(o + (i + base) * s for o, i, base, s in zip(
+                self.origin, idx, self.lo, size, strict=True)))
+            out.append(Box(start, start + size).intersect(part))
+        return out
+
+
+def group_for(block: Sequence[int], anchor: Sequence[int], chunks: Vec,
+              origin: Vec) -> Vec:
+    """Groups of chunks (per axis, in chunks) whose lines fall on the lines of a grid of
+    ``block`` anchored at ``anchor`` (the blocks a run reads), on the chunk grid of ``chunks``
+    anchored at ``origin``: one bit of :class:`StoredGroups` per block where the blocks are
+    whole chunks on the chunk grid, else groups as large as both grids allow (one chunk at
+    least; a block then looks at the few groups it touches)."""
+    out = []
+    for b, a, c, o in zip(block, anchor, chunks, origin, strict=True):
+        common = math.gcd(int(b), int(a) - int(o))  # (gcd(b, 0) is b)
+        out.append(common // c if common % c == 0 else 1)
+    return Vec(*out)
+
+
+def background_groups(remote: Remote, region: Box, scale: int, block: Sequence[int],
+                      anchor: Sequence[int] | None = None) -> StoredGroups | None:
+    """Where ``remote``'s ``scale`` stores chunks inside ``region``, for a block-wise Service
+    that runs blocks of ``block`` on a grid anchored at ``anchor`` (default the chunk grid's
+    own origin): a box whose groups hold no stored chunk (``not groups.stored_in(box)``) holds
+    only the background label 0, and its answer is known without reading it.
+
+    None (read every block) when the store cannot tell absent chunks from stored ones, lives
+    in this process's memory (reading it costs nothing to skip; a wrapped numpy array counts
+    no chunk as written), refuses absent chunks (``missing="error"``: its reads must raise as
+    before), has channels, stores every chunk of the region, or reads something other than 0
+    (every byte zero) where a chunk is absent: one voxel of an absent chunk is read to know."""
+    if (region.is_empty() or isinstance(remote, MemoryRemote) or remote.missing != "fill"
+            or remote.meta.num_channels != 1
+            or not has_capability(remote, Capability.CHUNK_PRESENCE)):
+        return None
+    sc = remote.meta.scale(scale)
+    at = sc.bounds.start if anchor is None else Vec.of(anchor)
+    groups = StoredGroups(region, sc.chunks, sc.bounds.start,
+                          group_for(block, at, sc.chunks, sc.bounds.start))
+    found, n_absent = absent_in(remote, region, scale, groups.mark)
+    if not n_absent:
+        return None
+    fill = remote.read(voxel_of(found[0], sc, region), scale)
+    if any(fill.tobytes()):  # (-0.0 and NaN too: only a fill of all zero bits)
+        return None
+    return groups
+
+
+def read_stored(remote: Remote, region: Box, scale: int, groups: StoredGroups | None,
+                out: np.ndarray | None = None, at: Sequence[int] | None = None) -> np.ndarray:
+    """``region`` of ``remote``'s ``scale``, read in blocks of whole chunks of about
+    :data:`_READ_BYTES` into ``out`` (default a new array of zeros) with its first voxel at
+    ``at`` there (default 0), the groups holding no stored chunk (``groups``) left as they
+    are: ``out`` must hold zeros there, the background they read as.  A block whose groups
+    do not all hold stored chunks is read group by group (give groups of one chunk to read
+    no absent chunk at all).  Without ``out``, a region whose groups all hold stored chunks
+    (or no ``groups``: :func:`background_groups` said to read everything) is one read, as
+    before."""
+    whole = groups is None or groups.all_stored(region)
+    if out is None and whole:
+        return remote.read(region, scale)
+    sc = remote.meta.scale(scale)
+    if out is None:
+        out = np.zeros(tuple(region.shape), remote.meta.dtype)
+    first = Vec(0, 0, 0) if at is None else Vec.of(at)
+    base = grow_block(sc.chunks, remote.meta.dtype.itemsize, region.shape, _READ_BYTES)
+    for b in iter_blocks(region, base, sc.bounds):
+        for part in [b.box] if whole or groups is None else groups.stored_parts(b.box):
+            out[part.slices(region.start - first)] = remote.read(part, scale)
+    return out
