@@ -134,7 +134,12 @@ def _encode_cseg(array: np.ndarray, block_zyx: tuple[int, ...]) -> bytes:
     # channel table [1]) and write the multi-channel table here
     parts = []
     for ch in array:
-        fortran_xyz = np.ascontiguousarray(ch).T  # (x, y, z) Fortran order, no copy
+        # the package takes writable buffers only: a read-only chunk (a contiguous piece of a
+        # broadcast or frozen array, as a volume write passes on) is copied
+        ch = np.ascontiguousarray(ch)
+        if not ch.flags.writeable:
+            ch = ch.copy()
+        fortran_xyz = ch.T  # (x, y, z) Fortran order, no copy
         parts.append(cseg.compress(fortran_xyz, block_size=block_xyz, order="F")[4:])
     offsets, at = [], len(parts)
     for p in parts:
