@@ -71,18 +71,26 @@ class MemoryRemote(Remote):
 
     @classmethod
     def wrap(cls, name: str, meta: VolumeMeta, arrays: list[np.ndarray], *,
-             mode: str = "r") -> MemoryRemote:
+             mode: str = "r", stored: bool = True) -> MemoryRemote:
         """A Remote over ``arrays`` (one per scale of ``meta``, used without a copy) that is
         registered under no mem:// name, so it is freed with its last reference: how Services
         hold numpy inputs and in-memory results.  ``url`` is ``mem://name`` but ``open`` does
-        not find it.  No chunk counts as written yet (``absent_chunks``)."""
+        not find it.  Every chunk counts as written (``absent_chunks`` finds none: the arrays
+        hold data), or, with ``stored=False`` (arrays of the fill value a Service writes its
+        result into), none until a write touches it.  (Until 2026-12 none ever did: a copy of
+        a wrapped numpy array took each block for absent and wrote the fill value.)"""
         if mode not in ("r", "r+"):
             raise InvalidRequestError(f"mode must be 'r' or 'r+', got {mode!r}")
         if len(arrays) != len(meta.scales):
             raise InvalidRequestError(
                 f"{len(arrays)} arrays given for the {len(meta.scales)} scales of {name!r}"
             )
-        return cls(name, _Stored(meta, list(arrays), threading.Lock()), mode)
+        held = _Stored(meta, list(arrays), threading.Lock())
+        if stored:
+            for k, sc in enumerate(meta.scales):
+                held.written_at(k).update(g for g, _ in chunk_boxes(sc.bounds, sc.chunks,
+                                                                    sc.bounds))
+        return cls(name, held, mode)
 
     @classmethod
     def clear(cls) -> None:

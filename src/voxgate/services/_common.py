@@ -134,7 +134,7 @@ def scratch_remote(meta: VolumeMeta) -> MemoryRemote:
               for s in meta.scales]
     with _array_lock:
         name = f"scratch-{next(_array_counter)}"
-    return MemoryRemote.wrap(name, meta, arrays, mode="r+")
+    return MemoryRemote.wrap(name, meta, arrays, mode="r+", stored=False)
 
 
 def scratch_result(target: Volume, prov: Provenance) -> ArrayResult:
