@@ -13,7 +13,15 @@ A location is a local path, file://, gs://, s3:// or http(s):// (read-only):
   whole or not at all on local disks;
 - ``remove_tree``: a directory and everything under it (a prefix on object storage);
 - ``check_bucket``, ``check_spec_buckets``: before creating on s3:// (a location, or the
-  kvstores of a TensorStore spec), that the bucket exists.
+  kvstores of a TensorStore spec), that the bucket exists;
+- ``ranges_ignored``, ``ignores_ranges``, ``note_ranges_ignored``: an HTTP server that answers
+  a ranged read with the whole file (Python's ``http.server``, many static servers).
+  tensorstore refuses such an answer (``FAILED_PRECONDITION: ... was ignored by server``); the
+  readers of sharded precomputed data then read whole files and cut the ranges themselves,
+  and remember the server for ``RANGES_IGNORED_TTL`` seconds so that later reads skip the
+  doomed ranged request.  Where no such fallback exists (a zarr v3 shard, which tensorstore
+  reads by range itself) the error says what is wrong and what to do
+  (CapabilityNotSupportedError), not that a chunk could not be decoded.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import tensorstore as ts
 
 from ..errors import (
     AuthenticationError,
+    CapabilityNotSupportedError,
     CorruptChunkError,
     InvalidRequestError,
     RemoteNotFoundError,
@@ -58,6 +67,10 @@ __all__ = [
     "kvstore_spec",
     "local_path",
     "json_object",
+    "RANGES_IGNORED_TTL",
+    "ignores_ranges",
+    "note_ranges_ignored",
+    "ranges_ignored",
     "read_json",
     "remove_tree",
     "s3_settings",
@@ -454,6 +467,67 @@ def with_s3_settings(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: the text of tensorstore's refusal of a whole-object answer to a ranged read
+_RANGE_IGNORED = "was ignored by server"
+#: how long a server seen to ignore Range is read whole without trying a range first (the
+#: relay's layer files keep the same time: IGNORED_RANGE_TTL): each try transfers the whole
+#: file once more, and a server may be replaced by one that serves ranges
+RANGES_IGNORED_TTL = 600.0
+_ignoring: dict[str, float] = {}  # origin (scheme://host:port) -> when it was last seen to
+_ORIGIN = re.compile(r"https?://[^/\s]+")
+
+
+def _origin(location: str) -> str | None:
+    found = _ORIGIN.match(location)
+    return found.group(0).lower() if found else None
+
+
+def ranges_ignored(exc: BaseException) -> bool:
+    """Whether a failed read says its server ignored the Range of the request: it answered with
+    the whole object, which tensorstore received and refused."""
+    return _RANGE_IGNORED in str(exc)
+
+
+def note_ranges_ignored(location: str) -> None:
+    """Remember that the HTTP server of ``location`` ignores Range (a no-op elsewhere)."""
+    origin = _origin(location)
+    if origin is not None:
+        with _context_lock:
+            _ignoring[origin] = time.monotonic()
+
+
+def ignores_ranges(location: str) -> bool:
+    """Whether the HTTP server of ``location`` was seen to ignore Range in the last
+    ``RANGES_IGNORED_TTL`` seconds."""
+    origin = _origin(location)
+    if origin is None:
+        return False
+    with _context_lock:
+        seen = _ignoring.get(origin)
+        if seen is None:
+            return False
+        if time.monotonic() - seen > RANGES_IGNORED_TTL:
+            del _ignoring[origin]
+            return False
+        return True
+
+
+def _range_error(text: str, what: str) -> VoxgateError:
+    """The error of a read refused because its server ignored Range, saying so."""
+    found = _ORIGIN.search(text)
+    origin = found.group(0).lower() if found else None
+    if origin is not None:
+        note_ranges_ignored(origin)
+    server = f"the server at {origin}" if origin else "the HTTP server"
+    return CapabilityNotSupportedError(
+        f"{what}: {server} ignores HTTP Range requests (it answered a request for part of a "
+        "file with the whole file), and this data is read by ranges: a sharded layer's shard "
+        "index, minishard indexes and chunks (zarr v3 shards included). Serve the directory "
+        "with a server that supports Range, e.g. `python -m RangeHTTPServer` (pip install "
+        "rangehttpserver), `npx http-server`, nginx or Caddy; Python's `python -m http.server` "
+        f"does not ({text})")
+
+
 _QUOTED = re.compile(r'"([^"]+)"')
 _READING = re.compile(r"[Ee]rror reading (\S+): ")
 
@@ -463,6 +537,9 @@ def _translate(exc: BaseException, what: str) -> VoxgateError:
     code = text.split(":", 1)[0].strip()
     lowered = text.lower()
     quoted = _QUOTED.findall(text)
+    if _RANGE_IGNORED in text:
+        # (FAILED_PRECONDITION "Error reading ...": not a chunk that could not be decoded)
+        return _range_error(text, what)
     if code == "NOT_FOUND":
         return RemoteNotFoundError(f"{what}: not found ({text})")
     if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "RESOURCE_EXHAUSTED"):

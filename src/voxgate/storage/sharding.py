@@ -40,7 +40,16 @@ from ..errors import (
     RemoteUnavailableError,
     VoxgateError,
 )
-from .kvstore import join, kvstore_spec, ts_context, ts_errors, update_conditionally
+from .kvstore import (
+    ignores_ranges,
+    join,
+    kvstore_spec,
+    note_ranges_ignored,
+    ranges_ignored,
+    ts_context,
+    ts_errors,
+    update_conditionally,
+)
 
 __all__ = [
     "SHARDING_TYPE",
@@ -287,29 +296,63 @@ class ShardedStore:
         return self._kv
 
     def _read(self, name: str, start: int | None = None, stop: int | None = None,
-              pin: dict[str, bytes] | None = None) -> bytes | None:
+              pin: _Pin | None = None) -> bytes | None:
         """Bytes ``[start, stop)`` of ``name`` (None when it does not exist).  ``pin`` ties
         the reads of one lookup to one version of each file: the first read of ``name``
         records its generation there and a later read that finds another one raises
         :class:`_Changed` (the file was replaced meanwhile: its offsets, read from the old
-        version, point into the new one), so the lookup starts over."""
+        version, point into the new one), so the lookup starts over.
+
+        On an HTTP server that ignores Range (it answers with the whole file, which
+        tensorstore refuses) the range is cut from a whole read of the file, which ``pin``
+        keeps for the lookup's other ranges; the server is remembered
+        (:func:`~voxgate.storage.kvstore.note_ranges_ignored`), so later lookups read whole
+        files at once instead of trying a range first."""
         where = join(self.location, name)
+        ranged = start is not None or stop is not None
+        if ranged and ignores_ranges(self.location):
+            return self._cut(name, start, stop, pin)
         try:
             with ts_errors(f"reading {where}"):
                 r = self._store().read(name, byte_range=slice(start, stop)).result()
         except VoxgateError as exc:
+            if ranged and ranges_ignored(exc):
+                note_ranges_ignored(self.location)
+                return self._cut(name, start, stop, pin)
             if "OUT_OF_RANGE" not in str(exc):
                 raise
-            if pin is not None and name in pin and self._replaced(name, pin[name]):
+            if pin is not None and name in pin.generations and self._replaced(
+                    name, pin.generations[name]):
                 raise _Changed from None  # (shorter now: replaced, not truncated)
             # an index that points past the end of the file: a truncated shard
             raise CorruptChunkError(f"{where} is shorter than its indexes say (bytes "
                                     f"{start}-{stop} asked for): {exc}", chunk=where) from None
         if pin is not None:
-            generation = bytes(r.stamp.generation)
-            if pin.setdefault(name, generation) != generation:
-                raise _Changed
+            pin.check(name, bytes(r.stamp.generation))
         return bytes(r.value) if r.state == "value" else None
+
+    def _cut(self, name: str, start: int | None, stop: int | None, pin: _Pin | None
+             ) -> bytes | None:
+        """Bytes ``[start, stop)`` of ``name`` cut from a whole read of it (a server that
+        ignores Range sends the whole file for any range anyway), read once per lookup: the
+        whole file is held in memory while the lookup runs, a large shard too."""
+        where = join(self.location, name)
+        if pin is not None and name in pin.whole:
+            data = pin.whole[name]
+        else:
+            with ts_errors(f"reading {where}"):
+                r = self._store().read(name).result()
+            data = bytes(r.value) if r.state == "value" else None
+            if pin is not None:
+                pin.check(name, bytes(r.stamp.generation))
+                pin.whole[name] = data
+        if data is None:
+            return None
+        if (start or 0) > len(data) or (stop is not None and stop > len(data)):
+            raise CorruptChunkError(f"{where} is shorter than its indexes say (bytes "
+                                    f"{start}-{stop} asked for, it holds {len(data)})",
+                                    chunk=where)
+        return data[start:stop]
 
     def _replaced(self, name: str, generation: bytes) -> bool:
         """Whether ``name`` is no longer the version of ``generation``."""
@@ -318,11 +361,11 @@ class ShardedStore:
                                    byte_range=slice(0, 0)).result()
         return bool(r.state != "unspecified")
 
-    def _pinned(self, what: str, lookup: Callable[[dict[str, bytes]], Any]) -> Any:
+    def _pinned(self, what: str, lookup: Callable[[_Pin], Any]) -> Any:
         """``lookup(pin)``, started over while the shard it reads is replaced under it."""
         for _ in range(_READ_ATTEMPTS):
             try:
-                return lookup({})
+                return lookup(_Pin())
             except _Changed:
                 continue
         raise RemoteUnavailableError(
@@ -336,16 +379,33 @@ class ShardedStore:
                     f"{self.location} is served over HTTP, which cannot list its "
                     f"{2 ** self.spec.shard_bits} possible shards; pass the segment ids to read")
             names = [self.spec.shard_name(s) for s in range(1 << self.spec.shard_bits)]
-            return [n for n in names if self._read(n, 0, 1) is not None]
+            return [n for n in names if self._exists(n)]
         with ts_errors(f"listing {self.location}"):
             keys = self._store().list().result()
         return sorted(k.decode() for k in keys if k.endswith(b".shard") and b"/" not in k)
 
+    def _exists(self, name: str) -> bool:
+        """Whether the file ``name`` exists: a read of its first byte (a GET, which every
+        server answers; some refuse HEAD), or, on a server that ignores Range (it would send
+        the whole file), of none of its bytes (a HEAD)."""
+        if not ignores_ranges(self.location):
+            try:
+                return self._read(name, 0, 1) is not None
+            except VoxgateError as exc:
+                if not ranges_ignored(exc):
+                    raise
+                note_ranges_ignored(self.location)
+        with ts_errors(f"reading {join(self.location, name)}"):
+            r = self._store().read(name, byte_range=slice(0, 0)).result()
+        return bool(r.state == "value")
+
     # -- reading ---------------------------------------------------------------------------------
-    def get_many(self, keys: Iterable[int], prefix_size: PrefixSize | None = None
-                 ) -> dict[int, tuple[bytes, bytes] | None]:
+    def get_many(self, keys: Iterable[int], prefix_size: PrefixSize | None = None, *,
+                 values: bool = True) -> dict[int, tuple[bytes, bytes] | None]:
         """{key: (prefix, value) or None when absent}; shards in parallel, each read by byte
-        ranges: its index, the minishard indexes the keys need, then the entries."""
+        ranges: its index, the minishard indexes the keys need, then the entries.
+        ``values`` False: which keys are stored, from the indexes alone (each present key's
+        entry is ``(b"", b"")``)."""
         wanted = np.fromiter(dict.fromkeys(int(k) for k in keys), dtype=np.uint64)
         out: dict[int, tuple[bytes, bytes] | None] = {int(k): None for k in wanted}
         if not len(wanted):
@@ -355,21 +415,22 @@ class ShardedStore:
                   for s in np.unique(shards).tolist()]
 
         def one(group: tuple[int, np.ndarray, np.ndarray]) -> None:
-            out.update(self._get_from_shard(*group, prefix_size))
+            out.update(self._get_from_shard(*group, prefix_size, values))
 
         with ThreadPoolExecutor(max_workers=min(16, len(groups))) as pool:
             list(pool.map(one, groups))
         return out
 
     def _get_from_shard(self, shard: int, keys: np.ndarray, minishards: np.ndarray,
-                        prefix_size: PrefixSize | None) -> dict[int, tuple[bytes, bytes]]:
+                        prefix_size: PrefixSize | None, values: bool
+                        ) -> dict[int, tuple[bytes, bytes]]:
         found: dict[int, tuple[bytes, bytes]] = self._pinned(
             join(self.location, self.spec.shard_name(shard)),
-            lambda pin: self._get_pinned(shard, keys, minishards, prefix_size, pin))
+            lambda pin: self._get_pinned(shard, keys, minishards, prefix_size, pin, values))
         return found
 
     def _get_pinned(self, shard: int, keys: np.ndarray, minishards: np.ndarray,
-                    prefix_size: PrefixSize | None, pin: dict[str, bytes]
+                    prefix_size: PrefixSize | None, pin: _Pin, values: bool = True
                     ) -> dict[int, tuple[bytes, bytes]]:
         name = self.spec.shard_name(shard)
         what = join(self.location, name)
@@ -400,6 +461,9 @@ class ShardedStore:
             for key in keys[minishards == m].tolist():
                 if key not in lookup:
                     continue
+                if not values:
+                    found[key] = (b"", b"")
+                    continue
                 s, n = lookup[key]
                 raw = self._read(data_name, s - shift, s + n - shift, pin)
                 if raw is None or len(raw) != n:
@@ -425,7 +489,7 @@ class ShardedStore:
                                             lambda pin: listed(name, pin))
             return found
 
-        def listed(name: str, pin: dict[str, bytes]) -> list[int]:
+        def listed(name: str, pin: _Pin) -> list[int]:
             what = join(self.location, name)
             head = self._read(name, 0, self.spec.index_bytes, pin)
             if head is None:
@@ -458,14 +522,24 @@ class ShardedStore:
         return self._sharded_kv
 
     def get_values(self, keys: Iterable[int]) -> dict[int, bytes | None]:
-        """{key: value or None when absent}, read by tensorstore (values without prefixes)."""
-        kv = self._sharded()
+        """{key: value or None when absent}, read by tensorstore (values without prefixes);
+        on an HTTP server that ignores Range, which tensorstore's reads need, by
+        :meth:`get_many` (whole shards, the ranges cut here)."""
         todo = list(dict.fromkeys(int(k) for k in keys))
-        with ts_errors(f"reading the shards of {self.location}"):
-            futures = [kv.read(struct.pack(">Q", k)) for k in todo]
-            results = [f.result() for f in futures]
-        return {k: bytes(r.value) if r.state == "value" else None
-                for k, r in zip(todo, results, strict=True)}
+        if not ignores_ranges(self.location):
+            kv = self._sharded()
+            try:
+                with ts_errors(f"reading the shards of {self.location}"):
+                    futures = [kv.read(struct.pack(">Q", k)) for k in todo]
+                    results = [f.result() for f in futures]
+            except VoxgateError as exc:
+                if not ranges_ignored(exc):
+                    raise
+                note_ranges_ignored(self.location)
+            else:
+                return {k: bytes(r.value) if r.state == "value" else None
+                        for k, r in zip(todo, results, strict=True)}
+        return {k: None if got is None else got[1] for k, got in self.get_many(todo).items()}
 
     def put_values(self, values: Mapping[int, bytes]) -> None:
         """Write values (no prefixes) in one tensorstore transaction: each shard touched is
@@ -542,6 +616,21 @@ class ShardedStore:
 
 class _Unchanged(Exception):
     """Raised by a shard merge that would change nothing: the write is skipped."""
+
+
+class _Pin:
+    """One lookup's view of the files it reads: each file's generation at its first read, and
+    on a server that ignores Range the whole files read (``ShardedStore._cut``)."""
+
+    def __init__(self) -> None:
+        self.generations: dict[str, bytes] = {}
+        self.whole: dict[str, bytes | None] = {}
+
+    def check(self, name: str, generation: bytes) -> None:
+        """Record ``name``'s generation, or raise :class:`_Changed` when it is another one
+        than the lookup's first read of it found."""
+        if self.generations.setdefault(name, generation) != generation:
+            raise _Changed
 
 
 class _Changed(Exception):

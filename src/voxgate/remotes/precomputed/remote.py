@@ -34,12 +34,14 @@ from ...storage import (
     SUFFIXES,
     Directory,
     check_bucket,
+    ignores_ranges,
     is_local,
     join,
     json_object,
     kvstore_exists,
     kvstore_spec,
     local_path,
+    ranges_ignored,
     ts_context,
     ts_errors,
 )
@@ -57,7 +59,7 @@ from .chunks import (
     _stored_remote,
 )
 from .info import _TS_ENCODINGS, _check_meta, _scale_info
-from .sharding import _grid, _shard_shape, _sharded_presence
+from .sharding import _grid, _shard_shape, _sharded_presence, _WholeShards
 
 __all__ = ["PrecomputedRemote"]
 
@@ -305,6 +307,13 @@ class PrecomputedRemote(Remote):
             io = self._scale_io(scale)
         try:
             return io.read(box)
+        except CapabilityNotSupportedError as exc:
+            # a sharded scale on an HTTP server that ignores Range: read whole shards instead
+            whole = self._whole_shards(scale) if ranges_ignored(exc) else None
+            if whole is None:
+                raise
+            self._io[scale] = whole
+            return whole.read(box)
         except CorruptChunkError:
             retry = self._gzip_fallback(scale, io)
             if retry is None:
@@ -325,7 +334,7 @@ class PrecomputedRemote(Remote):
         sharding = self._info["scales"][scale].get("sharding")
         where = join(self.location, sc.key or "")
         if sharding:
-            present = _sharded_presence(where, sharding, sc, len(cells))
+            present = _sharded_presence(where, sharding, sc, [g for g, _ in cells])
             absent = [g for g, _ in cells if not present(g)]
         elif is_local(self.location):
             directory = local_path(where)
@@ -392,6 +401,10 @@ class PrecomputedRemote(Remote):
                     f"({self._unsupported_encodings()}) keeps tensorstore from opening the layer"
                 )
             return self._chunk_io(scale, local or self._kv_chunks(scale))
+        if sharded and ignores_ranges(self.location):
+            whole = self._whole_shards(scale)
+            if whole is not None:
+                return whole
         return self._ts_io(scale)
 
     def _kv_chunks(self, scale: int) -> _KvChunks:
@@ -452,6 +465,24 @@ class PrecomputedRemote(Remote):
         if self.meta.scales[scale].encoding not in _OWN_ENCODINGS:
             return None
         return self._chunk_io(scale, self._kv_chunks(scale))
+
+    def _whole_shards(self, scale: int) -> _WholeShards | None:
+        """A sharded scale on an HTTP server that ignores Range (whose whole-file answers to
+        tensorstore's ranged reads of shard indexes and chunks it refuses) read from whole
+        shard files with voxgate's codecs; None when the scale is not sharded, the location
+        is not HTTP or voxgate's codecs do not read its encoding (png: tensorstore's refusal,
+        which says what to do, stands)."""
+        sharding = self._info["scales"][scale].get("sharding")
+        sc = self.meta.scales[scale]
+        encoding = sc.encoding or "raw"
+        if sharding is None or not is_http(self.location) or encoding not in _OWN_ENCODINGS:
+            return None
+        block = self._info["scales"][scale].get("compressed_segmentation_block_size")
+        return _WholeShards(
+            join(self.location, sc.key or ""), sc, sharding, self.meta.dtype,
+            self.meta.num_channels, encoding,
+            Vec.from_xyz(block, "compressed_segmentation_block_size") if block else None,
+            f"{self.url} scale {scale}")
 
     def _unsupported_encodings(self) -> str:
         found = {s.get("encoding") for s in self._info["scales"]} - _TS_ENCODINGS

@@ -1,6 +1,7 @@
 """Sharded precomputed scales (``neuroglancer_uint64_sharded_v1``): the spec ``sharded=True``
-picks, checks of an explicit spec, the box of chunks one shard holds, and which chunks a shard
-stores."""
+picks, checks of an explicit spec, the box of chunks one shard holds, which chunks a shard
+stores, and reading a scale from whole shard files (:class:`_WholeShards`), on an HTTP server
+that ignores Range."""
 
 from __future__ import annotations
 
@@ -8,13 +9,23 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import tensorstore as ts
 
-from ...errors import InvalidRequestError
-from ...geometry import Vec
+from ...errors import CapabilityNotSupportedError, InvalidRequestError, ReadOnlyError
+from ...formats.precomputed_chunks import decode_chunk
+from ...geometry import Box, Vec, chunk_boxes
 from ...meta import Scale
-from ...storage import kvstore_spec, ts_context, ts_errors
-from ...storage.sharding import ShardingSpec
+from ...storage import (
+    ignores_ranges,
+    join,
+    kvstore_spec,
+    note_ranges_ignored,
+    ranges_ignored,
+    ts_context,
+    ts_errors,
+)
+from ...storage.sharding import ShardedStore, ShardingSpec
 
 _SHARDING_TYPE = "neuroglancer_uint64_sharded_v1"
 #: ``sharded=True`` puts up to this many uncompressed bytes in one shard: writes and copies
@@ -39,10 +50,37 @@ def _compressed_morton(g: Vec, sc: Scale) -> int:
 
 
 def _sharded_presence(
+    where: str, sharding: Mapping[str, Any], sc: Scale, cells: list[Vec]
+) -> Callable[[Vec], bool]:
+    """Whether a grid index (one of ``cells``) has an entry in its shard: one lookup per chunk
+    for a few chunks, one listing of the shard indexes for many (no chunk data is decoded
+    either way); on an HTTP server that ignores Range, which those lookups need, from the
+    indexes of whole shard files."""
+    if ignores_ranges(where):
+        return _whole_presence(where, sharding, sc, cells)
+    try:
+        present = _ts_presence(where, sharding, sc, len(cells))
+        if cells:
+            present(cells[0])  # (a server that ignores Range refuses the first lookup)
+    except CapabilityNotSupportedError as exc:
+        if not ranges_ignored(exc):
+            raise
+        note_ranges_ignored(where)
+        return _whole_presence(where, sharding, sc, cells)
+    return present
+
+
+def _whole_presence(where: str, sharding: Mapping[str, Any], sc: Scale, cells: list[Vec]
+                    ) -> Callable[[Vec], bool]:
+    store = ShardedStore(where, ShardingSpec.from_json(sharding, join(where, "sharding")))
+    keys = {g: _compressed_morton(g, sc) for g in cells}
+    found = store.get_many(keys.values(), values=False)
+    return lambda g: found.get(keys[g]) is not None
+
+
+def _ts_presence(
     where: str, sharding: Mapping[str, Any], sc: Scale, count: int
 ) -> Callable[[Vec], bool]:
-    """Whether a grid index has an entry in its shard: one lookup per chunk for a few chunks,
-    one listing of the shard indexes for many (no chunk data is decoded either way)."""
     with ts_errors(f"opening the shards of {where}"):
         kv = ts.KvStore.open(
             {"driver": "neuroglancer_uint64_sharded", "base": kvstore_spec(where),
@@ -121,3 +159,55 @@ def _shard_shape(sc: Scale, sharding: Mapping[str, Any]) -> Vec:
         level += 1
     xyz = [c << k for c, k in zip(sc.chunks.xyz(), counts, strict=True)]
     return Vec.from_xyz(xyz)
+
+
+class _WholeShards:
+    """One sharded scale read from whole shard files, with voxgate's chunk codecs: for an HTTP
+    server that ignores Range, whose whole-file answers tensorstore refuses.  Each read reads
+    every shard it touches once, whole (the server sends all of it for any range anyway), and
+    holds it in memory while the read runs: a read of one voxel costs a transfer of its whole
+    shard (up to 64 MiB of voxels for a layer voxgate sharded; other writers' may be larger).
+    Read-only, as every HTTP location is."""
+
+    def __init__(self, where: str, sc: Scale, sharding: Mapping[str, Any], dtype: np.dtype[Any],
+                 channels: int, encoding: str, block: Vec | None, name: str) -> None:
+        self.where = where
+        self.scale = sc
+        self.store = ShardedStore(where, ShardingSpec.from_json(sharding, f"{name} sharding"))
+        self.dtype = dtype
+        self.channels = channels
+        self.encoding = encoding
+        self.block = block
+        self.name = name
+
+    def read(self, box: Box) -> np.ndarray:
+        sc = self.scale
+        out = np.zeros((self.channels, *box.shape), dtype=self.dtype)
+        cells = {_compressed_morton(g, sc): cell for g, cell in chunk_boxes(box, sc.chunks,
+                                                                              sc.bounds)}
+        for key, got in self.store.get_many(cells).items():
+            if got is None:
+                continue  # an absent chunk is the fill value, 0
+            cell = cells[key]
+            chunk = self._decode(got[1], cell, key)
+            part = cell.intersect(box)
+            out[(slice(None), *part.slices(box.start))] = chunk[
+                (slice(None), *part.slices(cell.start))]
+        return out if self.channels > 1 else out[0]
+
+    def _decode(self, data: bytes, cell: Box, key: int) -> np.ndarray:
+        """A chunk as stored in a shard: clipped to the volume at its upper edge, as tensorstore
+        writes and reads it; a raw chunk stored full-size there (its length says so) is read
+        too."""
+        what = f"chunk {key} of {self.name} ({self.where})"
+        shape = cell.shape
+        full = self.scale.chunks
+        if self.encoding == "raw" and len(data) == (
+                self.channels * int(np.prod(tuple(full))) * self.dtype.itemsize):
+            shape = full
+        chunk = decode_chunk(data, self.encoding, (self.channels, *shape), self.dtype,
+                             block_size=self.block, name=what)
+        return chunk[(slice(None), *(slice(0, n) for n in cell.shape))]
+
+    def write(self, box: Box, array: np.ndarray) -> None:
+        raise ReadOnlyError(f"{self.where} is served over HTTP, which voxgate can only read")
