@@ -19,6 +19,14 @@ one of them do not hide their reach).  The default halo is that radius rounded u
 step.  A change that reaches the largest probe's faces (a wider view, or statistics of the
 whole input) has no halo: such a model runs only as one block, unless ``halo`` is given.
 
+A numpy array (an in-memory source, one chunk) of more than a block's voxels is cut as a store
+of 64^3 chunks is (without ``block``): its peak holds a few blocks in flight, not the array
+as float32 in and out.  A block whose input window (the block, its halo, the padding) holds
+one value everywhere (absent chunks read as the fill value, black margins around sections)
+gives the model the same tensor as every window of that value, shape and place of the block
+in it: the model runs once per such key and its answer is reused (a handful of keys kept per
+run; a constant answer is kept as one value per channel).
+
 Every check of the model (file present, ONNX, input rank and dtype, output shape) happens
 before any block runs.
 """
@@ -34,6 +42,8 @@ import math
 import os
 import threading
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +63,7 @@ from ..blockwise import (
 from ..errors import CapabilityNotSupportedError, InvalidRequestError, MissingDependencyError
 from ..geometry import Box, Vec, grow_block, whole_at_least
 from ..meta import Scale, VolumeMeta
+from ..remotes.memory import MemoryRemote
 from ..volume import Volume
 from ._common import (
     Provenance,
@@ -73,6 +84,12 @@ _MAX_STEP = 32
 #: the receptive-field probe grows its cube up to this edge
 _MAX_PROBE = 128
 _ONES = Vec(1, 1, 1)
+#: an in-memory source of more than a block is cut as a store of these chunks is
+_ARRAY_GRID = Vec(64, 64, 64)
+#: model answers for constant input windows kept at once (per run), and their bytes at most
+#: this many blocks of float32 output
+_REUSE_ENTRIES = 8
+_REUSE_BLOCKS = 4
 
 
 def probability_to_uint8(p: np.ndarray, *, inplace: bool = False) -> np.ndarray:
@@ -411,26 +428,137 @@ def _lcm(a: Sequence[int], b: Sequence[int]) -> Vec:
     return Vec(*(math.lcm(x, y) for x, y in zip(a, b, strict=True)))
 
 
-def _infer(runner: ModelRunner, src: Volume, block: Box, halo: Vec,
-           region: Box) -> np.ndarray:
+class _Reuse:
+    """The model's answers for blocks whose input window holds one value, by what makes the
+    model's input and the block's part of its output: (dtype, the value's bytes, window
+    shape, the block's offset and shape in it).  Least recently used first out, at most
+    ``_REUSE_ENTRIES`` answers and ``limit`` bytes; a key is computed by one thread at a time
+    (the others wait for its answer).  Pickled (to dask workers) it is the one cache of its
+    run in each process."""
+
+    def __init__(self, limit: int, token: str | None = None) -> None:
+        self.limit = limit
+        self.token = token or uuid.uuid4().hex
+        self._lock = threading.Lock()
+        self._answers: OrderedDict[tuple[Any, ...], tuple[np.ndarray, tuple[int, ...]]] = (
+            OrderedDict())
+        self._gates: dict[tuple[Any, ...], threading.Lock] = {}
+        self._bytes = 0
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _reuse_in_process, (self.limit, self.token)
+
+    def _hit(self, key: tuple[Any, ...]) -> np.ndarray | None:
+        with self._lock:
+            found = self._answers.get(key)
+            if found is None:
+                return None
+            self._answers.move_to_end(key)
+        kept, shape = found
+        out = np.empty(shape, kept.dtype)
+        out[...] = kept  # a fresh array: the caller scales it in place
+        return out
+
+    def get(self, key: tuple[Any, ...], compute: Callable[[], np.ndarray]) -> np.ndarray:
+        hit = self._hit(key)
+        if hit is not None:
+            return hit
+        with self._lock:
+            gate = self._gates.setdefault(key, threading.Lock())
+        with gate:
+            hit = self._hit(key)
+            if hit is not None:
+                return hit
+            y = compute()
+            kept = _compact(y)
+            with self._lock:
+                if kept.nbytes <= self.limit and key not in self._answers:
+                    self._answers[key] = (kept, y.shape)
+                    self._bytes += kept.nbytes
+                while self._answers and (len(self._answers) > _REUSE_ENTRIES
+                                         or self._bytes > self.limit):
+                    old, _ = self._answers.popitem(last=False)[1]
+                    self._bytes -= old.nbytes
+                self._gates.pop(key, None)
+        return y
+
+
+#: the caches of the runs whose blocks this process ran (a dask worker's), last few only
+_REUSES: OrderedDict[str, _Reuse] = OrderedDict()
+_REUSES_LOCK = threading.Lock()
+
+
+def _reuse_in_process(limit: int, token: str) -> _Reuse:
+    with _REUSES_LOCK:
+        found = _REUSES.get(token)
+        if found is None:
+            found = _REUSES[token] = _Reuse(limit, token)
+            while len(_REUSES) > 4:
+                _REUSES.popitem(last=False)
+        return found
+
+
+def _compact(y: np.ndarray) -> np.ndarray:
+    """``y`` as kept: one value per channel when each channel holds one value (bit for bit),
+    else a copy (``y`` may be a view of the whole window's output)."""
+    first = y[:, :1, :1, :1]
+    if y.size and y.dtype.itemsize in (1, 2, 4, 8) and bool(
+            (_bits(y) == _bits(first)).all()):
+        return first.copy()
+    return y.copy()
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    """``a`` viewed as unsigned integers of its item size: equal values are equal bits."""
+    return a.view(f"u{a.dtype.itemsize}")
+
+
+def _one_value(raw: np.ndarray) -> bytes | None:
+    """The bytes of the one value every voxel of ``raw`` holds (compared bit for bit), else
+    None.  A cheap look at its first and last voxels turns most windows of data away."""
+    if raw.size == 0 or raw.dtype.itemsize not in (1, 2, 4, 8):
+        return None
+    bits = _bits(raw)
+    first = bits.flat[0]
+    if bits.flat[-1] != first or bits.min() != first or bits.max() != first:
+        return None
+    return bytes(raw.flat[0:1].tobytes())
+
+
+def _infer(runner: ModelRunner, src: Volume, block: Box, halo: Vec, region: Box,
+           reuse: _Reuse | None = None) -> np.ndarray:
     """The model's float32 (c, z, y, x) output over ``block``.
 
     The block's halo is widened to the model's size step on a grid anchored at the region's
     start, where a whole-volume run has its poolings: a block that starts off that grid (one
     on the output's chunk grid, when the output's origin is not the region's) then sees the
-    poolings the whole volume does, and padding is needed at the region's upper faces only."""
+    poolings the whole volume does, and padding is needed at the region's upper faces only.
+
+    With ``reuse``, a window of one value takes the model's answer for its key (the model's
+    input is that value over the window's shape, zero-padded to the size step: nothing else)
+    from there, computed once."""
     step = runner.step
     lo = Vec(*(r + (a - r) // s * s for a, r, s in zip(block.start - halo, region.start, step,
                                                         strict=True)))
     hi = Vec(*(r + -(-(a - r) // s) * s for a, r, s in zip(block.stop + halo, region.start,
                                                             step, strict=True)))
     ext = Box(lo, hi).intersect(region)
-    x = to_unit_float(src.read(ext))
-    need = _round_up(ext.shape, runner.step)
-    if need != ext.shape:  # only at the volume's upper faces, as the whole-volume run pads
-        x = np.pad(x, [(0, n - s) for n, s in zip(need, ext.shape, strict=True)])
-    y = runner(x)
-    return y[(slice(None), *block.slices(ext.start))]
+    raw = src.read(ext)
+
+    def run() -> np.ndarray:
+        x = to_unit_float(raw)
+        need = _round_up(ext.shape, runner.step)
+        if need != ext.shape:  # only at the volume's upper faces, as the whole-volume run pads
+            x = np.pad(x, [(0, n - s) for n, s in zip(need, ext.shape, strict=True)])
+        y = runner(x)
+        return y[(slice(None), *block.slices(ext.start))]
+
+    one = _one_value(raw) if reuse is not None else None
+    if reuse is None or one is None:
+        return run()
+    key = (raw.dtype.str, one, tuple(ext.shape), tuple(block.start - ext.start),
+           tuple(block.shape))
+    return reuse.get(key, run)
 
 
 def _store(y: np.ndarray, out: Volume, block: Box) -> None:
@@ -446,8 +574,8 @@ def _store(y: np.ndarray, out: Volume, block: Box) -> None:
 
 
 def _run_block(runner: ModelRunner, src: Volume, out: Volume, block: Box, halo: Vec,
-               region: Box) -> Box:
-    _store(_infer(runner, src, block, halo, region), out, block)
+               region: Box, reuse: _Reuse | None = None) -> Box:
+    _store(_infer(runner, src, block, halo, region, reuse), out, block)
     return block
 
 
@@ -524,8 +652,14 @@ def predict(
         if any(v < 0 for v in h):
             raise InvalidRequestError(f"halo must not be negative, got {tuple(h)}")
         h = _round_up(h, runner.step)
+    chunks = src.chunks
+    if (block is None and not unbounded and isinstance(src.remote, MemoryRemote)
+            and math.prod(chunks) > BLOCK_VOXELS):
+        # a numpy array is one chunk: as one block its peak held the array as float32 in and
+        # out (a 64 MiB uint8 image, 596 MiB with an identity model); its reads are slices
+        chunks = _ARRAY_GRID
     if block is None:  # at least the halo, so that a block is mostly its own voxels
-        b = grow_block(src.chunks, 4, region.shape, 4 * BLOCK_VOXELS)
+        b = grow_block(chunks, 4, region.shape, 4 * BLOCK_VOXELS)
         b = Vec(*(max(v, hv) for v, hv in zip(b, h, strict=True)))
     else:
         b = Vec.of(block, "block")
@@ -536,7 +670,6 @@ def predict(
             f"halo {tuple(h)} is larger than the block {tuple(b)}: each block would read more "
             "of its neighbours than of itself; use a larger block")
     b = _round_up(b, runner.step)
-    chunks = src.chunks
     if all(c <= v for c, v in zip(chunks, b, strict=True)):
         b = _round_up(b, _lcm(chunks, runner.step))  # blocks read whole source chunks
     else:  # source chunks larger than a block (a numpy array is one chunk): output chunks
@@ -545,8 +678,10 @@ def predict(
         raise _unbounded_error(runner, region, b)
     first_box = next(block_boxes(region, b))
     first: np.ndarray | None = None
+    reuse = _Reuse(_REUSE_BLOCKS * 4 * math.prod(b) * max(1, runner.channels or 1))
     if runner.channels is None:  # a callable: its first block tells the output's channels
-        first = _infer(runner, src, first_box, h, region)
+        first = _infer(runner, src, first_box, h, region, reuse)
+        reuse.limit *= int(first.shape[0])
         runner.channels = int(first.shape[0])
     channels = runner.channels
     meta = VolumeMeta(dt, (Scale(0, region.shape, chunks, src.voxel_size, region.start),),
@@ -594,7 +729,7 @@ def predict(
         check_for_cluster(target.url, "output", "predict", writes=True)
     # the runner (and its model bytes) travels to each worker once, with the two Volumes
     fn = functools.partial(_run_block, _for_cluster(runner) if client is not None else runner,
-                           src, target, halo=h, region=region)
+                           src, target, halo=h, region=region, reuse=reuse)
     run_blocks(fn, todo, name="predict", client=client, workers=nworkers, progress=progress,
                retries=retries, total=n_blocks - int(first is not None),
                total_bytes=left * src.dtype.itemsize)

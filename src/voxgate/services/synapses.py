@@ -319,8 +319,9 @@ def _components_in_memory(mask: np.ndarray) -> tuple[Volume, int]:
     :func:`connected_components` numbers them: cc3d's own order) and their count, as the
     narrowest dtype cc3d finds for them (uint16 while its estimate of the labels fits, else
     uint32 or uint64): as uint64 the components of 2**26 voxels took 512 MiB, read back whole
-    for the statistics, and a run peaked at 845 MiB above its baseline; now 596 MiB, predict's
-    own peak (docs/services/synapses.md)."""
+    for the statistics, and a run peaked at 845 MiB above its baseline; then 596 MiB, predict's
+    own peak with the image as one block, 383 MiB now that predict cuts it into blocks
+    (docs/services/synapses.md)."""
     import cc3d
 
     labels, n = cc3d.connected_components(
