@@ -426,7 +426,8 @@ def bisect_absent(
 
     ``stats(region)`` answers ``(none_stored, all_stored)`` for a chunk-aligned region (clipped
     to ``bounds``); a region all stored or none stored needs no further question, so a volume
-    with few absent chunks costs a few queries, not one per chunk.
+    with few absent chunks costs a few queries, not one per chunk.  A chunk partly stored (of
+    a store whose own chunks lie on another grid) is not absent.
     """
     origin = bounds.start
     lo = [(a - o) // c for a, o, c in zip(box.start, origin, chunks, strict=True)]
@@ -449,8 +450,11 @@ def bisect_absent(
                 *(range(x, y) for x, y in zip(a, b, strict=True))))
             return
         axis = max(range(3), key=lambda d: b[d] - a[d])
-        if b[axis] - a[axis] == 1:  # one chunk, neither stored nor absent: cannot happen
-            out.append(Vec(*a))
+        if b[axis] - a[axis] == 1:
+            # one chunk, neither all stored nor none: the store's own chunks do not lie on
+            # this grid (a WEBKNOSSOS layer at an offset off its chunk grid), and this one
+            # holds some stored voxels: stored (called absent, a copy wrote the fill value
+            # over them and the Services skipped them: absent must be certain)
             return
         mid = (a[axis] + b[axis]) // 2
         visit(a, [*b[:axis], mid, *b[axis + 1 :]])
