@@ -16,6 +16,7 @@ copy, and its results' ``.T`` are C-order (z, y, x) again.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..absence import StoredGroups, background_groups
 from ..blockwise import (
     block_shape,
     blocks_at_once,
@@ -404,8 +406,11 @@ def downsample(
     rounded to whole chunks and factors), on ``workers`` threads or on a ``dask.distributed``
     ``client``'s workers, which reopen the store by URL.  A store that rebuilds its coarser
     scales itself on every write (a DVID labelmap with scales) has nothing to compute: they are
-    left as the store made them, unless ``prefer="local"`` asks for voxgate's own rule.  Returns
-    the volume opened read-write; its
+    left as the store made them, unless ``prefer="local"`` asks for voxgate's own rule.  Of a
+    store that tells absent chunks from stored ones and reads 0 where one is absent, a block
+    holding only absent chunks is not read (its levels are 0), and its levels are written only
+    where that scale already stores a chunk (or reads other than 0 where absent): a sparse
+    volume's pyramid stays sparse.  Returns the volume opened read-write; its
     ``downsample_provenance`` attribute is not set — call ``downsample_provenance(vol)``.
     """
     t0 = time.perf_counter()
@@ -498,13 +503,18 @@ def downsample(
             count = count_blocks(sb.bounds, base, anchor)
             blocks = (p.box for p in iter_blocks(sb.bounds, base, anchor))
             n_blocks += count
+            # asked of the scale this pass reads as it is now (the pass before wrote it, or
+            # left absent what it knew to be all 0), and of the scales it writes before it
+            # writes them
+            skip = _absent_blocks(remote, first, pass_steps, base, anchor)
             if client is not None:
                 check_for_cluster(remote.url, "volume", "downsample", writes=True)
                 fn: Any = functools.partial(_downsample_block, cluster_spec(remote, "r+"),
                                             uuid.uuid4().hex, steps=tuple(pass_steps),
-                                            first=first)
+                                            first=first, skip=skip)
             else:
-                fn = functools.partial(_block, remote, steps=pass_steps, first=first)
+                fn = functools.partial(_block, remote, steps=pass_steps, first=first,
+                                       skip=skip)
             written.update(range(first + 1, last + 1))
             try:
                 run_blocks(fn, blocks, name="downsample", client=client, workers=workers,
@@ -622,18 +632,94 @@ def coarse_levels(remote: Any, b: Box, steps: Sequence[Vec], first: int = 0
         yield k, target, arr[(..., *target.slices(start))]
 
 
-def _block(remote: Any, b: Box, steps: Sequence[Vec], first: int = 0) -> None:
-    """Downsample one block of scale ``first`` into the next ``len(steps)`` scales."""
+def _targets(remote: Any, b: Box, steps: Sequence[Vec], first: int = 0
+             ) -> Iterator[tuple[int, Box]]:
+    """The boxes :func:`coarse_levels` gives of box ``b`` of scale ``first`` (the scale, and
+    the box of it, clipped to its bounds), without reading or computing them: a level's shape
+    is the kernel's (``ceil(shape / f)``, or on the grid through 0
+    ``ceil((start + shape) / f) - start // f``)."""
+    meta = remote.meta
+    s0 = meta.scale(first)
+    origin = remote.pyramid_anchor == "origin"
+    at, shape = b.start, b.shape
+    cum = Vec(1, 1, 1)
+    for k, f in enumerate(steps, start=first + 1):
+        cum = Vec(*(c * v for c, v in zip(cum, f, strict=True)))
+        if origin:
+            shape = Vec(*(-(-(a + n) // v) - a // v for a, n, v in zip(at, shape, f,
+                                                                      strict=True)))
+            at = Vec(*(a // v for a, v in zip(at, f, strict=True)))
+            start = at
+        else:
+            shape = Vec(*(-(-n // v) for n, v in zip(shape, f, strict=True)))
+            start = Vec(*(o + (a - o0) // c for o, a, o0, c in zip(
+                meta.scale(k).offset, b.start, s0.offset, cum, strict=True)))
+        yield k, Box(start, start + shape).intersect(meta.scale(k).bounds)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Absent:
+    """Where a pass's scales store chunks, for blocks of its first scale that hold none.
+
+    ``read``: the stored chunks of the scale the pass reads (a block touching none reads as 0
+    everywhere, and every level of it, a mean or a mode of zeros, is 0).  ``written``: per
+    scale the pass writes, where it stores chunks, or None (write every block's zeros: its
+    fill is not 0, or it stores all its chunks): a skipped block's level whose chunks there
+    are all absent (reading 0 already) is not written; one touching a stored chunk (of an
+    earlier pyramid) is written with its zeros, as before."""
+
+    read: StoredGroups
+    written: tuple[StoredGroups | None, ...]
+
+
+def _absent_blocks(remote: Any, first: int, steps: Sequence[Vec], base: Vec, anchor: Box
+                   ) -> _Absent | None:
+    """What :func:`_block` needs to leave the blocks of only absent chunks (of a fill of 0)
+    unread, or None (every block read and written): the store cannot tell (see
+    :func:`voxgate.absence.background_groups`), or the kernel makes something else than 0 of
+    zeros (asked of it, on one block of zeros of the pass's whole factor)."""
+    meta = remote.meta
+    read = background_groups(remote, meta.scale(first).bounds, first, base, anchor.start)
+    if read is None:
+        return None
+    cum = _cumulative(steps)
+    if any(np.any(level) for level in downsample_kernel(
+            np.zeros(tuple(cum), meta.dtype), steps, meta.kind)):
+        return None
+    written: list[StoredGroups | None] = []
+    cum = Vec(1, 1, 1)
+    for k, f in enumerate(steps, start=first + 1):
+        cum = Vec(*(c * v for c, v in zip(cum, f, strict=True)))
+        # the blocks of scale k a block of scale first writes: ``base`` divided by the factor
+        # (a whole multiple of it), on the grid through the anchor's image there
+        at = meta.scale(k).offset if remote.pyramid_anchor != "origin" else Vec(
+            *(a // c for a, c in zip(anchor.start, cum, strict=True)))
+        written.append(background_groups(remote, meta.scale(k).bounds, k, Vec(
+            *(max(1, b // c) for b, c in zip(base, cum, strict=True))), at))
+    return _Absent(read, tuple(written))
+
+
+def _block(remote: Any, b: Box, steps: Sequence[Vec], first: int = 0,
+           skip: _Absent | None = None) -> None:
+    """Downsample one block of scale ``first`` into the next ``len(steps)`` scales.  A block
+    that ``skip`` says holds only absent chunks (reading 0) is not read: its levels are 0,
+    written only where the scale stores chunks there (see :class:`_Absent`)."""
+    if skip is not None and not skip.read.stored_in(b):
+        for k, target in _targets(remote, b, steps, first):
+            held = skip.written[k - first - 1]
+            if not target.is_empty() and (held is None or held.stored_in(target)):
+                remote.write(target, np.zeros(tuple(target.shape), remote.meta.dtype), k)
+        return
     for k, target, arr in coarse_levels(remote, b, steps, first):
         if not target.is_empty():
             remote.write(target, arr, k)
 
 
 def _downsample_block(spec: str, run: str, b: Box, steps: Sequence[Vec],
-                      first: int = 0) -> Box:
+                      first: int = 0, skip: _Absent | None = None) -> Box:
     """A block on a dask.distributed worker: the store reopened from its spec once per worker
     process and run."""
-    _block(worker_remote(spec, run), b, steps, first)
+    _block(worker_remote(spec, run), b, steps, first, skip)
     return b
 
 
