@@ -346,6 +346,10 @@ def predict_cmd(model: str, src: str, out: str, block: str | None, halo: str | N
               help="A segmentation covering SRC: adds pre_id / post_id to every detection.")
 @click.option("--threshold", type=float, default=0.5, help="Probability threshold (0..1].")
 @click.option("--min-size", type=int, default=None, help="Smallest detection (voxels).")
+@click.option("--max-size", default=None, metavar="VOXELS|none",
+              help="Largest detection (voxels; larger components are dropped with a warning, "
+                   "e.g. empty space a model takes for a synapse); 'none' keeps every size. "
+                   "Default 4194304 (2**22).")
 @click.option("--model", default="synapse-unet", help="An .onnx file or a built-in name.")
 @click.option("--probabilities", default=None, help="Keep the probability map at this URL.")
 @click.option("--block", default=None, help="Block shape 'z,y,x'.")
@@ -363,18 +367,28 @@ def predict_cmd(model: str, src: str, out: str, block: str | None, halo: str | N
                      "else a string): e.g. -O missing=error, -O multiscale=1.")
 @_no_progress
 def synapses_cmd(src: str, out: str | None, csv_path: Path | None, segmentation: str | None,
-                 threshold: float, min_size: int | None, model: str,
+                 threshold: float, min_size: int | None, max_size: str | None, model: str,
                  probabilities: str | None, block: str | None, workers: int | None,
                  device: str, sharded: bool, scratch: str | None, scheduler: str | None,
                  open_options: dict[str, Any], no_progress: bool) -> None:
     """Detect synapses in SRC (an EM image) with a model; a table, an annotation layer."""
     from ..services.synapses import detect_synapses
 
+    largest: dict[str, Any] = {}
+    if max_size is not None:
+        if max_size.strip().lower() == "none":
+            largest["max_size"] = None
+        else:
+            try:
+                largest["max_size"] = int(max_size)
+            except ValueError:
+                raise click.BadParameter(f"a number of voxels or 'none', got {max_size!r}",
+                                         param_hint="--max-size") from None
     try:
         with cluster_client(scheduler, workers) as client:
             seg = None if segmentation is None else open_input(segmentation, open_options)
             df = detect_synapses(open_input(src, open_options), model=model,
-                                 threshold=threshold, min_size=min_size,
+                                 threshold=threshold, min_size=min_size, **largest,
                                  segmentation=seg, out=out,
                                  probabilities=probabilities, block=_zyx(block, "--block"),
                                  workers=workers, client=client, device=device,

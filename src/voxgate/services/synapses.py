@@ -5,7 +5,11 @@ probability map (kept at ``probabilities`` if given), voxels at or above ``thres
 mask, :func:`connected_components` labels it (26-connected, numbered canonically, so the
 labels equal the whole-volume answer whatever the blocks), one pass over the blocks sums each
 component's voxels, coordinates and probabilities, and components of at least ``min_size``
-voxels become detections.
+and at most ``max_size`` voxels become detections (larger ones are dropped with a warning: a
+model that answers about 1 on black, as ``synapse-unet`` does, makes the empty space of a
+mostly-black volume one component of nearly every voxel).  Memory is bounded by the blocks
+whatever a component's size: the statistics take a block's voxels a slice at a time, and a
+component too large to hold at once is placed, and given its segments, block by block.
 
 Each detection's position is the voxel of the component nearest its centroid (in nm; ties go
 to the first in C order), so it always lies on the detection.  The table gives that voxel's
@@ -32,7 +36,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -46,7 +51,7 @@ from ..blockwise import (
     run_blocks,
     scheduler_name,
 )
-from ..errors import InvalidRequestError, check_flag, refuses_unknown_keywords
+from ..errors import InvalidRequestError, VoxgateWarning, check_flag, refuses_unknown_keywords
 from ..geometry import Box, Vec, grow_block
 from ..storage import is_local, join, local_path
 from ..volume import Volume
@@ -55,7 +60,7 @@ from .connected_components import connected_components, connected_components_pro
 from .map_blocks import map_blocks
 from .predict import load_model, no_server_path, predict, to_unit_float
 
-__all__ = ["DEFAULT_MIN_SIZE", "detect_synapses", "synapse_segments"]
+__all__ = ["DEFAULT_MAX_SIZE", "DEFAULT_MIN_SIZE", "detect_synapses", "synapse_segments"]
 
 #: detections smaller than this many voxels are dropped unless the model's card says otherwise
 DEFAULT_MIN_SIZE = 10
@@ -63,6 +68,15 @@ DEFAULT_MIN_SIZE = 10
 IN_MEMORY_VOXELS = 2**26
 #: the stats pass reads blocks of about this many voxels
 _STATS_VOXELS = 2**22
+#: ... and takes a block's voxels this many at a time (its per-voxel arrays, ~100 bytes a
+#: foreground voxel, stay small whatever the block)
+_SLICE_VOXELS = 2**16
+#: a detection whose window (bounding box, grown by the shell with a segmentation) holds more
+#: voxels than this is placed, and given its segments, block by block
+_PLACE_VOXELS = 2**20
+#: components larger than this many voxels are dropped (with a warning) unless
+#: ``max_size=None``: about 10.7 um^3 at the built-in model's 40 x 8 x 8 nm
+DEFAULT_MAX_SIZE = 2**22
 
 
 def _local_reader(vol: Volume) -> Any:
@@ -127,6 +141,7 @@ def detect_synapses(
     model: Any = "synapse-unet",
     threshold: float = 0.5,
     min_size: int | None = None,
+    max_size: int | None = DEFAULT_MAX_SIZE,
     segmentation: Any = None,
     out: Any = None,
     probabilities: Any = None,
@@ -153,7 +168,10 @@ def detect_synapses(
     with ``segmentation`` also ``pre_id`` and ``post_id`` (module docstring: the rule).
     ``threshold``: a voxel is in a detection when its probability (its uint8 grey level / 255)
     is at least this.  ``min_size`` (voxels): smaller components are dropped (default: the
-    built-in model's card, else 10).  ``out``: a precomputed annotation layer URL written
+    built-in model's card, else 10).  ``max_size`` (voxels): larger components are dropped too,
+    with a :class:`~voxgate.errors.VoxgateWarning` that counts them (default
+    :data:`DEFAULT_MAX_SIZE`, 2**22: no synapse is that large, a model that marks the
+    background is; ``None`` keeps every size).  ``out``: a precomputed annotation layer URL written
     with the points at the voxels' centres (``z + 0.5, y + 0.5, x + 0.5``; properties size,
     score; relationships pre_id, post_id).
     ``probabilities``: a URL that keeps the uint8 probability map.  ``scratch``: a
@@ -175,6 +193,10 @@ def detect_synapses(
     if min_size is not None and (isinstance(min_size, bool) or not isinstance(
             min_size, (int, np.integer)) or min_size < 1):
         raise InvalidRequestError(f"min_size must be a positive number of voxels, got {min_size!r}")
+    if max_size is not None and (isinstance(max_size, bool) or not isinstance(
+            max_size, (int, np.integer)) or max_size < 1):
+        raise InvalidRequestError(
+            f"max_size must be a positive number of voxels or None (every size), got {max_size!r}")
     if isinstance(shell, bool) or not isinstance(shell, numbers.Real) or not (
             0 < float(shell) < math.inf):
         raise InvalidRequestError(
@@ -245,6 +267,9 @@ def detect_synapses(
     if min_size is None:
         min_size = int(runner.card.get("min_size") or (runner.card.get("accuracy") or {}).get(
             "min_size") or DEFAULT_MIN_SIZE)
+    if max_size is not None and max_size < min_size:
+        raise InvalidRequestError(
+            f"max_size={max_size} is below min_size={min_size}: no detection could be kept")
     # in memory for small volumes; temporary zarr volumes for large ones or for a cluster
     # (whose workers write the probabilities and must reach them by URL)
     on_disk = client is not None or math.prod(region.shape) > IN_MEMORY_VOXELS
@@ -291,10 +316,18 @@ def detect_synapses(
             n = int(prov.details["components"]) if prov is not None else int(
                 lab_vol.read().max())
             scheduler = prov.details.get("scheduler") if prov is not None else None
-        table = _table(src, region, prob_vol, lab_vol, n, seg, min_size, shell, block, workers,
-                       progress)
+        table, too_big = _table(src, region, prob_vol, lab_vol, n, seg, min_size, max_size,
+                                shell, block, workers, progress)
     finally:
         remove_scratch(tmp, scratch_dir, "detect_synapses could not remove its temporary volumes")
+    if len(too_big):
+        warnings.warn(VoxgateWarning(
+            f"detect_synapses dropped {len(too_big)} component(s) larger than max_size="
+            f"{max_size} voxels (the largest {int(too_big.max())} voxels, "
+            f"{int(too_big.max()) / max(region.size, 1):.0%} of the image): no synapse is that "
+            f"large; a model that marks empty or featureless space (model {runner.name}, "
+            f"threshold {float(threshold)}) makes them.  max_size=None keeps them"),
+            stacklevel=2)
     if out is not None:
         from ..formats.annotation import write_annotations
 
@@ -306,6 +339,8 @@ def detect_synapses(
                           sharded=sharded, bounds=region, progress=progress)
     table.attrs["provenance"] = Provenance("detect_synapses", "local", src.url, {
         "model": runner.name, "threshold": float(threshold), "min_size": int(min_size),
+        "max_size": None if max_size is None else int(max_size),
+        "dropped_too_large": len(too_big),
         "components": n, "detections": len(table),
         "components_scheduler": scheduler,
         "probabilities": prob_vol.url if probabilities is not None else None,
@@ -348,69 +383,195 @@ def _check_out(out: Any) -> None:
             "layer; write the annotations into a directory of their own")
 
 
-def _nearest(vox: np.ndarray, start: Sequence[int], total: Sequence[float], count: int,
-             voxel_size: Sequence[float]) -> int:
-    """The row of ``vox`` (C order; plus ``start``) nearest the centroid ``total / count`` in
-    nm, ties to the first: floats find the candidates, exact fractions decide among them (a
-    tie in floats is not one: a centroid a third of a voxel off rounds either way)."""
-    at = vox + np.asarray(start, np.int64)
-    d2 = (((at - np.asarray(total) / count) * voxel_size) ** 2).sum(axis=1)
-    best = float(d2.min())
-    near = np.flatnonzero(d2 <= best + 1e-6 * (best + max(voxel_size) ** 2))
-    if len(near) == 1:
-        return int(near[0])
+def _tolerance(best: float, voxel_size: Sequence[float]) -> float:
+    """Squared distances (floats) up to this are candidates for the nearest voxel, which exact
+    fractions then decide among (a tie in floats is not one: a centroid a third of a voxel
+    off rounds either way)."""
+    return best + 1e-6 * (best + max(voxel_size) ** 2)
+
+
+def _exact_nearest(at: np.ndarray, total: Sequence[float], count: int,
+                   voxel_size: Sequence[float]) -> int:
+    """The row of ``at`` (voxel indices) nearest the centroid ``total / count`` in nm, in exact
+    arithmetic; of equal ones the first."""
     vs = [Fraction(v) for v in voxel_size]
     sums = [int(t) for t in total]
 
     def exact(i: int) -> Fraction:
         return sum((((count * int(c) - t) * v) ** 2 for c, t, v in zip(at[i], sums, vs,
                                                                        strict=True)), Fraction(0))
-    return int(min(near.tolist(), key=exact))  # min keeps the first of equal keys
+    return int(min(range(len(at)), key=exact))  # min keeps the first of equal keys
+
+
+def _nearest(vox: np.ndarray, start: Sequence[int], total: Sequence[float], count: int,
+             voxel_size: Sequence[float]) -> int:
+    """The row of ``vox`` (C order; plus ``start``) nearest the centroid ``total / count`` in
+    nm, ties to the first: floats find the candidates, exact fractions decide among them."""
+    at = vox + np.asarray(start, np.int64)
+    d2 = (((at - np.asarray(total) / count) * voxel_size) ** 2).sum(axis=1)
+    near = np.flatnonzero(d2 <= _tolerance(float(d2.min()), voxel_size))
+    if len(near) == 1:
+        return int(near[0])
+    return int(near[_exact_nearest(at[near], total, count, voxel_size)])
+
+
+def _nearest_by_blocks(read_lab: Any, label: int, boxes: Iterable[Box], total: Sequence[float],
+                       count: int, voxel_size: Sequence[float]) -> np.ndarray:
+    """:func:`_nearest`'s voxel of component ``label`` (its index), found one box of ``boxes``
+    (which cover the component) at a time: never all its voxels at once.
+
+    Each box keeps the voxels within :func:`_tolerance` of its own best; as the tolerance grows
+    with the best, those hold every voxel within the tolerance of the component's best, the
+    candidates :func:`_nearest` takes (its squared distances are computed here the same way,
+    to the bit)."""
+    centre = np.asarray(total, np.float64) / count
+    best = math.inf
+    coords: list[np.ndarray] = []
+    dists: list[np.ndarray] = []
+    for box in boxes:
+        det = read_lab(box) == label
+        if not det.any():
+            continue
+        axes = [((np.arange(a, b, dtype=np.int64) - c) * v) ** 2 for a, b, c, v in zip(
+            box.start, box.stop, centre, voxel_size, strict=True)]
+        d2 = axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]
+        d2[~det] = np.inf
+        del det
+        here = float(d2.min())
+        cand = np.flatnonzero(d2 <= _tolerance(here, voxel_size))
+        coords.append(np.stack(np.unravel_index(cand, d2.shape), axis=1)
+                      + np.asarray(tuple(box.start), np.int64))
+        dists.append(d2.ravel()[cand])
+        del d2
+        best = min(best, here)
+        keep = [d <= _tolerance(best, voxel_size) for d in dists]  # the list stays short
+        coords = [c[k] for c, k in zip(coords, keep, strict=True)]
+        dists = [d[k] for d, k in zip(dists, keep, strict=True)]
+    at = np.concatenate(coords)
+    at = at[np.lexsort(at.T[::-1])]  # C order: ties go to the first
+    if len(at) == 1:
+        return at[0]
+    return at[_exact_nearest(at, total, count, voxel_size)]
+
+
+def _add_counts(counts: dict[int, int], values: np.ndarray) -> None:
+    ids, n = np.unique(values, return_counts=True)
+    for i, k in zip(ids.tolist(), n.tolist(), strict=True):
+        counts[i] = counts.get(i, 0) + k
+
+
+def _mode_of(counts: dict[int, int], exclude: Sequence[int] = ()) -> int:
+    """:func:`_mode` of values given by their counts: the most frequent non-zero id not in
+    ``exclude``, ties to the smaller; 0 where there is none."""
+    items = [(i, k) for i, k in counts.items() if i != 0 and i not in exclude]
+    return int(min(items, key=lambda ik: (-ik[1], ik[0]))[0]) if items else 0
+
+
+def _segments_by_blocks(read_lab: Any, read_seg: Any, label: int, window: Box, step: Vec,
+                        pad: Sequence[int], voxel_size: Sequence[float],
+                        shell: float) -> tuple[int, int]:
+    """:func:`synapse_segments` of component ``label`` over ``window`` (its bounding box
+    grown by ``pad`` voxels, within the volume), a block of ``window`` at a time: the
+    segments' voxel counts in the component and in its shell add up over the blocks.  The
+    distances of a block's voxels are taken within the block grown by ``pad`` (clipped to
+    ``window``): every component voxel within ``shell`` nm of one lies there."""
+    from scipy import ndimage
+
+    inside: dict[int, int] = {}
+    near: dict[int, int] = {}
+    for core in block_boxes(window, step):
+        grown = Box(core.start - Vec(*pad), core.stop + Vec(*pad)).intersect(window)
+        det = read_lab(grown) == label
+        if not det.any():
+            continue  # no component voxel within the shell of this block's
+        sl = core.slices(grown.start)
+        seg = read_seg(core)
+        here = det[sl]
+        _add_counts(inside, seg[here])
+        close = ndimage.distance_transform_edt(~det, sampling=tuple(voxel_size))[sl] <= shell
+        del det
+        _add_counts(near, seg[close & ~here])
+    post = _mode_of(inside)
+    return _mode_of(near, exclude=(post,)), post
+
+
+def _smaller_block(step: Vec, voxels: int) -> Vec:
+    """``step`` halved along its longest axis until it holds at most ``voxels``."""
+    shape = list(step)
+    while math.prod(shape) > voxels and max(shape) > 1:
+        ax = shape.index(max(shape))
+        shape[ax] = (shape[ax] + 1) // 2
+    return Vec(*shape)
 
 
 def _table(src: Volume, region: Box, prob_vol: Volume, lab_vol: Volume, n: int,
-           seg: Volume | None, min_size: int, shell: float, block: Sequence[int] | None,
-           workers: int | None, progress: bool) -> Any:
+           seg: Volume | None, min_size: int, max_size: int | None, shell: float,
+           block: Sequence[int] | None, workers: int | None,
+           progress: bool) -> tuple[Any, np.ndarray]:
     """The detections table from the components ``lab_vol`` (numbered 1..n) and the
-    probabilities, both read by blocks."""
+    probabilities, both read by blocks, and the sizes of the components dropped for being
+    larger than ``max_size``.
+
+    Memory is bounded by block terms whatever a component's size: the statistics pass takes
+    a block's voxels :data:`_SLICE_VOXELS` at a time, and a detection whose window (its
+    bounding box, grown by the shell with a segmentation) holds more than
+    :data:`_PLACE_VOXELS` is placed and given its segments block by block."""
     import pandas as pd
 
-    # one pass over blocks: per component voxel count, coordinate sums, probability sum, box
+    # one pass over blocks: per component voxel count, coordinate sums, grey-level sum, box
     shape = Vec(*region.shape)
     read_lab, read_prob = _local_reader(lab_vol), _local_reader(prob_vol)
     count = np.zeros(n + 1, np.int64)
-    sums = np.zeros((n + 1, 3), np.float64)
-    psum = np.zeros(n + 1, np.float64)
+    sums = np.zeros((n + 1, 3), np.float64)  # integers: exact below 2**53
+    gsum = np.zeros(n + 1, np.float64)  # grey levels (integers): exact, in any order
     lo = np.full((n + 1, 3), np.iinfo(np.int64).max, np.int64)
     hi = np.full((n + 1, 3), -1, np.int64)
     lock = threading.Lock()
-    step = Vec.of(block, "block") if block is not None else grow_block(
-        lab_vol.chunks, 8, shape, 8 * _STATS_VOXELS)
+    # (an in-memory volume is one chunk: cut to blocks too)
+    step = Vec.of(block, "block") if block is not None else _smaller_block(grow_block(
+        lab_vol.chunks, 8, shape, 8 * _STATS_VOXELS), _STATS_VOXELS)
     whole = Box(Vec(0, 0, 0), shape)
 
     def stats(box: Box) -> None:
         lab = read_lab(box)
-        where = np.nonzero(lab)
-        if not where[0].size:
+        fg = lab != 0
+        if not fg.any():
             return
-        ids = lab[where].astype(np.int64)
-        p = read_prob(box)[where].astype(np.float64) / 255.0
-        coords = np.stack(where, axis=1) + np.asarray(tuple(box.start), np.int64)
-        c = np.bincount(ids, minlength=n + 1)
-        s = np.stack([np.bincount(ids, coords[:, a], minlength=n + 1) for a in range(3)],
-                     axis=1)
-        ps = np.bincount(ids, p, minlength=n + 1)
+        first = int(lab.min(where=fg, initial=n))
+        last = int(lab.max())
+        del fg
+        m = last - first + 1
+        c, g = np.zeros(m, np.int64), np.zeros(m, np.float64)
+        s = np.zeros((m, 3), np.float64)
+        bl = np.full((m, 3), np.iinfo(np.int64).max, np.int64)
+        bh = np.full((m, 3), -1, np.int64)
+        flat, grey = lab.reshape(-1), read_prob(box).reshape(-1)
+        origin = tuple(box.start)
+        for a in range(0, flat.size, _SLICE_VOXELS):
+            nz = np.flatnonzero(flat[a:a + _SLICE_VOXELS])
+            if not nz.size:
+                continue
+            nz += a
+            ids = flat[nz].astype(np.int64) - first
+            g += np.bincount(ids, grey[nz].astype(np.float64), minlength=m)
+            c += np.bincount(ids, minlength=m)
+            for ax, at in enumerate(np.unravel_index(nz, lab.shape)):
+                at = at.astype(np.int64) + origin[ax]
+                s[:, ax] += np.bincount(ids, at.astype(np.float64), minlength=m)
+                np.minimum.at(bl[:, ax], ids, at)
+                np.maximum.at(bh[:, ax], ids, at)
         with lock:
-            count[:] += c
-            sums[:] += s
-            psum[:] += ps
-            for a in range(3):
-                np.minimum.at(lo[:, a], ids, coords[:, a])
-                np.maximum.at(hi[:, a], ids, coords[:, a])
+            part = slice(first, last + 1)
+            count[part] += c
+            sums[part] += s
+            gsum[part] += g
+            np.minimum(lo[part], bl, out=lo[part])
+            np.maximum(hi[part], bh, out=hi[part])
 
     run_blocks(stats, block_boxes(whole, step), name="synapse stats", workers=workers,
                progress=progress, total=count_blocks(whole, step))
-    kept = np.nonzero(count[1:] >= min_size)[0] + 1
+    big = count[1:] > max_size if max_size is not None else np.zeros(n, bool)
+    kept = np.nonzero((count[1:] >= min_size) & ~big)[0] + 1
     vs = src.voxel_size
     vs_zyx = (vs.z, vs.y, vs.x)
     pad = [math.ceil(shell / v) for v in vs_zyx]
@@ -418,21 +579,33 @@ def _table(src: Volume, region: Box, prob_vol: Volume, lab_vol: Volume, n: int,
     pre = np.zeros(len(kept), np.uint64)
     post = np.zeros(len(kept), np.uint64)
     read_seg = _local_reader(seg) if seg is not None else None
-    seg_origin = np.asarray(tuple(region.start - seg.bounds.start)) if seg is not None else None
+    seg_origin = Vec(*(region.start - seg.bounds.start)) if seg is not None else Vec(0, 0, 0)
+    place_step = _smaller_block(step, _PLACE_VOXELS)
+
+    def seg_at(box: Box) -> np.ndarray:
+        assert read_seg is not None
+        return read_seg(Box(box.start + seg_origin, box.stop + seg_origin))
 
     def place(i: int) -> None:
         label = kept[i]
         grow = pad if seg is not None else [0, 0, 0]
         start = Vec(*(int(v) - g for v, g in zip(lo[label], grow, strict=True)))
         stop = Vec(*(int(v) + 1 + g for v, g in zip(hi[label], grow, strict=True)))
-        box = Box(start, stop).intersect(Box(Vec(0, 0, 0), shape))
+        box = Box(start, stop).intersect(whole)
+        if box.size > _PLACE_VOXELS:  # block by block: a component may fill the volume
+            around = Box(Vec(*(int(v) for v in lo[label])), Vec(*(int(v) + 1 for v in hi[label])))
+            position[i] = _nearest_by_blocks(read_lab, label, block_boxes(around, place_step),
+                                             sums[label], int(count[label]), vs_zyx)
+            if read_seg is not None:
+                pre[i], post[i] = _segments_by_blocks(read_lab, seg_at, label, box, place_step,
+                                                      pad, vs_zyx, shell)
+            return
         det = read_lab(box) == label
         vox = np.argwhere(det)
         near = _nearest(vox, tuple(box.start), sums[label], int(count[label]), vs_zyx)
         position[i] = vox[near] + np.asarray(tuple(box.start))
-        if read_seg is not None and seg_origin is not None:
-            window = read_seg(Box(box.start + Vec(*seg_origin), box.stop + Vec(*seg_origin)))
-            pre[i], post[i] = synapse_segments(det, window, vs_zyx, shell)
+        if read_seg is not None:
+            pre[i], post[i] = synapse_segments(det, seg_at(box), vs_zyx, shell)
 
     run_blocks(place, range(len(kept)), name="synapses", workers=workers, progress=progress)
     at = position + np.asarray(tuple(region.start), np.int64)
@@ -443,9 +616,10 @@ def _table(src: Volume, region: Box, prob_vol: Volume, lab_vol: Volume, n: int,
         "x_nm": (at[:, 2] + 0.5) * vs.x, "y_nm": (at[:, 1] + 0.5) * vs.y,
         "z_nm": (at[:, 0] + 0.5) * vs.z,
         "size": count[kept].astype(np.int64),
-        "score": (psum[kept] / np.maximum(count[kept], 1)).astype(np.float32),
+        # the mean grey level / 255, rounded once
+        "score": (gsum[kept] / (255.0 * np.maximum(count[kept], 1))).astype(np.float32),
     })
     if seg is not None:
         table["pre_id"] = pre
         table["post_id"] = post
-    return table
+    return table, count[1:][big]
