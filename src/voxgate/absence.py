@@ -53,16 +53,20 @@ _ABSENT_PIECE = 2**16
 _READ_BYTES = 16 * 2**20
 
 
-def pieces(region: Box, chunks: Vec, bounds: Box, most: int) -> Iterator[Box]:
+def pieces(region: Box, chunks: Vec, bounds: Box, most: int,
+           order: Sequence[int] = (2, 1, 0)) -> Iterator[Box]:
     """``region`` cut into boxes of whole chunks (of the grid anchored at ``bounds.start``) of
-    at most ``most`` chunks each (at least one column of z), cut along x first, then y: a
-    precomputed layer on object storage names its chunks ``x0-x1_y0-y1_z0-z1`` and lists them
-    by the prefix of their x range (then y), so pieces of a few x each list each name of the
-    directory once in all (pieces of a few z each listed the whole directory every time)."""
+    at most ``most`` chunks each (at least one line along the innermost axis), cut along the
+    axes of ``order`` (voxgate axes, outermost first: the store's
+    :meth:`~voxgate.remotes.base.Remote.listing_order`): a precomputed layer on object storage
+    names its chunks ``x0-x1_y0-y1_z0-z1`` and lists them by the prefix of their x range (then
+    y), so pieces of a few x each list each name of the directory once in all (pieces of a few
+    z each listed the whole directory every time); a zarr array names them ``c/z/y/x``, so
+    there pieces of a few z do."""
     o = bounds.start
     lo, hi = grid_range(region, chunks, o)
     n = [b - a for a, b in zip(lo, hi, strict=True)]
-    order = (2, 1, 0)  # x, then y, then z: outermost first
+    order = tuple(order)  # (outermost first: x, then y, then z by default)
     # the outermost axis whose inner axes fit whole: it is cut, the ones outside it step by one
     d = next(d for d in range(3) if math.prod(n[a] for a in order[d + 1:]) <= most or d == 2)
     step = max(1, most // math.prod(n[a] for a in order[d + 1:]))
@@ -87,7 +91,8 @@ def absent_in(remote: Remote, region: Box, scale: int,
     sc = remote.meta.scale(scale)
     listed: list[Vec] = []
     total = 0
-    for piece in pieces(region, sc.chunks, sc.bounds, _ABSENT_PIECE):
+    order = remote.listing_order(scale)
+    for piece in pieces(region, sc.chunks, sc.bounds, _ABSENT_PIECE, order):
         found = remote.absent_chunks(piece, scale)
         if each is not None:
             each(piece, found)

@@ -159,6 +159,14 @@ class TSArray:
                 stored = keys.stored(plan, chunks, bounds)
         return [Vec._make(i) for i in _grid_indices(box, chunks, bounds) if i not in stored]
 
+    def listing_order(self) -> tuple[int, ...]:
+        """The voxgate axes in the order the chunk keys name them, outermost first (zarr
+        ``c/z/y/x``: z first; N5 ``x/y/z``: x first); x first when the keys are not known."""
+        keys = self._chunk_keys()
+        if keys is None:
+            return (2, 1, 0)
+        return tuple(axis for axis, _, _ in keys.dims if axis >= 0)
+
     def _chunk_keys(self) -> _ChunkKeys | None:
         """How the chunk keys of this array are named, or None when that is not known."""
         if self._keys is _UNKNOWN:

@@ -196,6 +196,14 @@ class Remote(abc.ABC):
             "where nothing was written)"
         )
 
+    def listing_order(self, scale: int = 0) -> tuple[int, ...]:
+        """The voxgate axes (0 z, 1 y, 2 x) in the order this store's chunk names list them,
+        outermost first: :func:`voxgate.absence.absent_in` asks :meth:`absent_chunks` in
+        pieces cut along the first, so that a listing narrowed by a name prefix reads each
+        name once in all.  By default x first (a precomputed layer names its chunks
+        ``x0-x1_y0-y1_z0-z1``)."""
+        return (2, 1, 0)
+
     def set_missing(self, missing: str) -> None:
         """Choose what reads do with absent chunks: "fill" (the default) or "error"."""
         check_missing(missing)

@@ -1044,6 +1044,9 @@ class N5Remote(Remote):
         sc = self.meta.scale(scale)
         return self._arrays[scale].absent_chunks(box, sc.chunks, sc.bounds)
 
+    def listing_order(self, scale: int = 0) -> tuple[int, ...]:
+        return self._arrays[scale].listing_order()
+
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
         self._check_writable()
         with _block_modes():

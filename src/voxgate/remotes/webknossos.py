@@ -906,6 +906,10 @@ class WebknossosRemote(Remote):
         sc = self.meta.scale(scale)
         return arr.absent_chunks(box, sc.chunks, sc.bounds)
 
+    def listing_order(self, scale: int = 0) -> tuple[int, ...]:
+        arr = self._arrays[scale]
+        return arr.listing_order() if isinstance(arr, TSArray) else super().listing_order(scale)
+
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
         self._check_writable()
         arr = self._arrays[scale]

@@ -609,6 +609,9 @@ class ZarrRemote(Remote):
         sc = self.meta.scale(scale)
         return self._arrays[scale].absent_chunks(box, sc.chunks, sc.bounds)
 
+    def listing_order(self, scale: int = 0) -> tuple[int, ...]:
+        return self._arrays[scale].listing_order()
+
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
         self._check_writable()
         self._arrays[scale].write(box, array)
