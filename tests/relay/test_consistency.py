@@ -27,7 +27,7 @@ import pytest
 import voxgate
 from voxgate.api import open_remote
 from voxgate.errors import VoxgateError
-from voxgate.geometry import Box
+from voxgate.geometry import Box, Vec
 from voxgate.relay.app import build_app
 from voxgate.relay.cache import CachedRemote, TieredCache
 from voxgate.relay.config import CacheConfig, ChannelConfig, RelayConfig
@@ -93,6 +93,9 @@ class GatedRemote(Remote):
 
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
         self.inner.write(box, array, scale)
+
+    def absent_chunks(self, box: Box, scale: int = 0) -> list[Vec]:
+        return self.inner.absent_chunks(box, scale)
 
     def close(self) -> None:
         self.inner.close()
