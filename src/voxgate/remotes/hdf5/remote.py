@@ -16,6 +16,7 @@ from ...errors import (
     CapabilityNotSupportedError,
     CorruptChunkError,
     InvalidRequestError,
+    MissingChunkError,
     ReadOnlyError,
     RemoteExistsError,
     RemoteNotFoundError,
@@ -23,7 +24,7 @@ from ...errors import (
 )
 from ...geometry import Box, Vec, VoxelSize, chunk_boxes
 from ...meta import Kind, Scale, VolumeMeta, check_new_scales
-from ..base import Capability, Remote, check_options, check_same_volume
+from ..base import Capability, Remote, check_options, check_same_volume, format_chunks
 from .create import (
     _create_dataset,
     _create_volume,
@@ -480,7 +481,26 @@ class HDF5Remote(Remote):
 
     def absent_chunks(self, box: Box, scale: int = 0) -> list[Vec]:
         """Chunks HDF5 has not allocated (never written); a contiguous dataset is one chunk,
-        allocated at its first write."""
+        allocated at its first write.  A file chunked per channel stores each channel's chunk
+        apart: a cell is absent when none of them is stored (it reads as the fill value)."""
+        return self._unallocated(box, scale, partly=False)
+
+    def _check_present(self, box: Box, scale: int) -> None:
+        """missing="error" also refuses a cell whose chunk of some channel is not stored."""
+        absent = self._unallocated(box, scale, partly=True)
+        if absent:
+            raise MissingChunkError(
+                f"{len(absent)} chunk(s) of {self.url} touched by {box!r} are absent (of some "
+                f"channel) at scale {scale}: {format_chunks(absent)}; the volume was opened with "
+                f"missing='error' (open it with missing='fill' to read absent chunks as the fill "
+                f"value {self.meta.fill_value})",
+                chunks=absent,
+                scale=scale,
+            )
+
+    def _unallocated(self, box: Box, scale: int, partly: bool) -> list[Vec]:
+        """The cells of ``box`` with no chunk allocated (``partly``: of some channel; else of
+        every channel)."""
         self._check_open()
         sc = self.meta.scale(scale)
         cells = list(_cells(box, sc))
@@ -489,15 +509,18 @@ class HDF5Remote(Remote):
             if ds.chunks is None:
                 return [g for g, _ in cells] if ds.id.get_storage_size() == 0 else []
             # a file chunked per channel (chunks (1, z, y, x)) stores each channel's chunk
-            # apart: a cell is absent when any of them is
+            # apart: called absent when any was missing, a cell holding another channel's
+            # stored voxels was copied as the fill value (and that read at one "absent" voxel,
+            # stored in some channel, was taken for the fill value of every absent block)
             leads = (
                 [(c,) for c in range(0, ds.shape[0], ds.chunks[0])] if self._channel_axis else [()]
             )
+            which = any if partly else all
             absent = []
             for g, cell in cells:
                 start = tuple(s.start for s in self._selection(cell, scale)[-self._space:])
-                if any(ds.id.get_chunk_info_by_coord(lead + start).byte_offset is None
-                       for lead in leads):
+                if which(ds.id.get_chunk_info_by_coord(lead + start).byte_offset is None
+                         for lead in leads):
                     absent.append(g)
         return sorted(absent)
 
