@@ -29,19 +29,18 @@ import numpy as np
 from .blockwise import iter_blocks
 from .errors import CapabilityNotSupportedError
 from .geometry import Box, Vec, grid_range, grow_block
-from .meta import Scale
 from .remotes.base import Capability, Remote, has_capability
 from .remotes.memory import MemoryRemote
 
 __all__ = [
     "ABSENT_LISTED",
     "StoredGroups",
+    "absent_fill",
     "absent_in",
     "background_groups",
     "group_for",
     "pieces",
     "read_stored",
-    "voxel_of",
 ]
 
 #: :func:`absent_in` keeps at most this many of a region's absent chunks (the first, sorted)
@@ -102,11 +101,25 @@ def absent_in(remote: Remote, region: Box, scale: int,
     return listed, total
 
 
-def voxel_of(chunk: Sequence[int], sc: Scale, region: Box) -> Box:
-    """One voxel of grid chunk ``chunk`` of scale ``sc`` that lies in ``region``."""
-    start = Vec(*(max(o + i * c, r) for o, i, c, r in zip(sc.bounds.start, chunk, sc.chunks,
-                                                           region.start, strict=True)))
-    return Box(start, Vec(*(a + 1 for a in start)))
+def absent_fill(remote: Remote, chunk: Sequence[int], scale: int, region: Box
+                ) -> np.ndarray | None:
+    """What ``remote``'s ``scale`` reads where its chunk ``chunk``, said to be absent, lies
+    inside ``region``: one voxel (channels first, shape ``(..., 1, 1, 1)``); None when that
+    chunk, read whole (one request, answered "not found" on object storage, as one voxel's
+    is), does not read as one value everywhere, or not as the volume's fill value: then it is
+    not absent, whatever the store said, and nothing may be skipped on that store's word (a
+    chunk wrongly called absent would otherwise spread its value over every block of absent
+    chunks).  Every comparison is bit for bit (-0.0 is not 0.0, a NaN fill is itself)."""
+    sc = remote.meta.scale(scale)
+    start = Vec(*(o + i * c for o, i, c in zip(sc.bounds.start, chunk, sc.chunks, strict=True)))
+    data = np.ascontiguousarray(remote.read(
+        Box(start, start + sc.chunks).intersect(region).intersect(sc.bounds), scale))
+    unit = f"u{data.dtype.itemsize}"
+    raw = data.reshape(-1).view(unit)
+    fill = np.asarray(remote.meta.fill_value).astype(data.dtype).reshape(1).view(unit)[0]
+    if not raw.size or not bool(np.all(raw == fill)):
+        return None
+    return data[..., :1, :1, :1].copy()
 
 
 class StoredGroups:
@@ -230,7 +243,8 @@ def background_groups(remote: Remote, region: Box, scale: int, block: Sequence[i
     in this process's memory (reading it costs nothing to skip; a wrapped numpy array counts
     no chunk as written), refuses absent chunks (``missing="error"``: its reads must raise as
     before), has channels, stores every chunk of the region, or reads something other than 0
-    (every byte zero) where a chunk is absent: one voxel of an absent chunk is read to know."""
+    (every byte zero) where a chunk is absent: the first absent chunk is read to know
+    (:func:`absent_fill`: it must read as the fill value everywhere)."""
     if (region.is_empty() or isinstance(remote, MemoryRemote) or remote.missing != "fill"
             or remote.meta.num_channels != 1
             or not has_capability(remote, Capability.CHUNK_PRESENCE)):
@@ -245,8 +259,8 @@ def background_groups(remote: Remote, region: Box, scale: int, block: Sequence[i
         return None
     if not n_absent:
         return None
-    fill = remote.read(voxel_of(found[0], sc, region), scale)
-    if any(fill.tobytes()):  # (-0.0 and NaN too: only a fill of all zero bits)
+    fill = absent_fill(remote, found[0], scale, region)
+    if fill is None or any(fill.tobytes()):  # (-0.0 and NaN too: only a fill of all zero bits)
         return None
     return groups
 

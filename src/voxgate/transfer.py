@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from .absence import ABSENT_LISTED, StoredGroups, absent_in, voxel_of
+from .absence import ABSENT_LISTED, StoredGroups, absent_fill, absent_in
 from .blockwise import (
     TASKS_PER_THREAD,  # noqa: F401 - the cluster's window, documented here
     check_for_cluster,
@@ -932,9 +932,15 @@ def copy(
 
     # a block touching only chunks the source said are absent is not read (on object storage
     # each is a request answered "not found"): it holds what the source reads there, the fill
-    # value, read once per scale from one of those chunks (one voxel of it)
-    fills = {k: s_remote.read(voxel_of(absent[k][0], smeta.scale(k), g.region), k)
-             for k, g in stored.items()}
+    # value, read once per scale from the first of those chunks, which must read as the fill
+    # value everywhere, or every block of that scale is read (absent_fill)
+    fills: dict[int, np.ndarray] = {}
+    for k, g in list(stored.items()):
+        voxel = absent_fill(s_remote, absent[k][0], k, g.region)
+        if voxel is None:
+            del stored[k]
+        else:
+            fills[k] = voxel
 
     created = refuse_options = False
     if isinstance(dst, Volume):
