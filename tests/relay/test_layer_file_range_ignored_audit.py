@@ -12,19 +12,15 @@ file once, not a failing ranged read first.
 
 A sharded segmentation layer written by voxgate (sharded chunks, sharded multi-resolution meshes,
 sharded skeletons) is served by an HTTP server on 127.0.0.1 that counts the body bytes it sends
-and serves ranges or not (``honour``); a relay on a thread of this process
-(test_layer_file_validators_audit.Served) reads it; CloudVolume reads the same layer from disk
-as the oracle.
+and serves ranges or not (static_http.FileStore, ``ranges``); a relay on a thread of this
+process (test_layer_file_validators_audit.Served) reads it; CloudVolume reads the same layer
+from disk as the oracle.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import http.server
 import json
-import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +39,7 @@ from voxgate.relay.errors import BossHTTPError
 from voxgate.relay.layer_files import Conditions, LayerFiles
 from voxgate.synthetic import synthetic_labels
 
+from ..static_http import FileStore
 from .test_layer_file_remote_stream_audit import _random
 from .test_layer_file_validators_audit import Served
 
@@ -51,79 +48,6 @@ BIG = "mesh/big.shard"
 STREAM = 2**20  # REMOTE_STREAM_BYTES here
 BLOCK = 2**18  # _REMOTE_BLOCK here
 BIG_SIZE = 2 * 2**20 + 4321
-_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
-
-
-class _Store:
-    """An HTTP server of the files under ``root`` with strong ETags (an md5 of the bytes),
-    answering If-None-Match, and Range only while ``honour`` is set (otherwise always the whole
-    file, 200); ``sent`` lists (the path under ``root``, its body bytes) of each answer."""
-
-    def __init__(self, root: Path) -> None:
-        self.sent: list[tuple[str, int]] = []
-        self.honour = False
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_HEAD(self) -> None:
-                self.do_GET(body=False)
-
-            def do_GET(self, body: bool = True) -> None:
-                path = root / self.path.lstrip("/").split("?")[0]
-                if not path.is_file():
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                data = path.read_bytes()
-                etag = f'"{hashlib.md5(data).hexdigest()}"'
-                if self.headers.get("If-None-Match") == etag:
-                    self.send_response(304)
-                    self.send_header("ETag", etag)
-                    self.end_headers()
-                    return
-                status, part = 200, data
-                m = _RANGE.fullmatch(self.headers.get("Range") or "")
-                if owner.honour and m is not None:
-                    first, last = m.groups()
-                    start = len(data) - int(last) if not first else int(first)
-                    stop = int(last) + 1 if first and last else len(data)
-                    start = max(start, 0)
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    status, part = 206, data[start:stop]
-                self.send_response(status)
-                self.send_header("ETag", etag)
-                if status == 206:
-                    self.send_header("Content-Range",
-                                     f"bytes {start}-{start + len(part) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(part)))
-                self.end_headers()
-                if body:
-                    owner.sent.append((str(path.relative_to(root)), len(part)))
-                    self.wfile.write(part)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def sizes(self, name: str) -> list[int]:
-        """The body bytes of each answer for the layer's file ``name``."""
-        return [n for path, n in self.sent if path == f"seg/{name}"]
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)
 
 
 @dataclass
@@ -154,7 +78,7 @@ def layer(tmp_path_factory: pytest.TempPathFactory) -> Layer:
 
 @dataclass
 class Relay:
-    store: _Store
+    store: FileStore
     served: Served
 
 
@@ -162,7 +86,7 @@ class Relay:
 def relay(layer: Layer, tmp_path: Path) -> Iterator[Relay]:
     """A relay over the layer on a store that ignores Range (a new relay each test: it has not
     yet learnt that the store does)."""
-    store = _Store(layer.root)
+    store = FileStore(layer.root, ranges=False)
     served = Served(f"precomputed://{store.url}/seg", tmp_path)
     try:
         yield Relay(store, served)
@@ -264,20 +188,20 @@ def test_later_ranges_of_a_file_cost_one_transfer_each(layer: Layer, relay: Rela
     sent = relay.store.sent
     first = relay.served.get(name, Range="bytes=0-15")
     assert first.status_code == 206 and first.content == data[:16], first.text
-    assert relay.store.sizes(name) == [len(data)] * 2, sent
+    assert relay.store.sizes(f"seg/{name}") == [len(data)] * 2, sent
     for header, start, stop in _cases(len(data)):
         sent.clear()
         res = relay.served.get(name, Range=header)
         assert res.status_code == 206 and res.content == data[start:stop], header
-        assert relay.store.sizes(name) == [len(data)], (header, sent)
+        assert relay.store.sizes(f"seg/{name}") == [len(data)], (header, sent)
     sent.clear()
     res = relay.served.get(other, Range="bytes=16-31")
     assert res.status_code == 206 and res.content == other_data[16:32]
-    assert relay.store.sizes(other) == [len(other_data)], sent
+    assert relay.store.sizes(f"seg/{other}") == [len(other_data)], sent
     sent.clear()
     again = relay.served.get(name, Range="bytes=0-15", If_None_Match=first.headers["etag"])
     assert again.status_code == 304 and again.headers["etag"] == first.headers["etag"]
-    assert relay.store.sizes(name) == [], sent
+    assert relay.store.sizes(f"seg/{name}") == [], sent
 
 
 def test_if_range_holds_for_the_files_tag_and_not_for_another(
@@ -303,7 +227,7 @@ def test_the_replies_equal_those_of_the_store_serving_ranges(
     if name == "skeletons":
         name = _shard(layer, "skeletons")[0]
     size = (layer.root / "seg" / name).stat().st_size
-    store = _Store(layer.root)
+    store = FileStore(layer.root, ranges=False)
     location = f"{store.url}/seg"
     try:
         def replies(files: LayerFiles) -> list[tuple[Any, ...]]:
@@ -321,9 +245,9 @@ def test_the_replies_equal_those_of_the_store_serving_ranges(
                 out.append((header, reply.status, body, dict(reply.headers)))
             return out
 
-        store.honour = True
+        store.ranges = True
         honoured = replies(LayerFiles())
-        store.honour = False
+        store.ranges = False
         ignored = replies(LayerFiles())
     finally:
         store.stop()
@@ -341,22 +265,21 @@ def test_a_store_that_serves_ranges_still_reads_only_the_range(
         layer: Layer, small_thresholds: None) -> None:
     """A guard (passes on the old code too): on a store that honours Range nothing is read
     whole for a range; a large shard's suffix is read in small pieces."""
-    store = _Store(layer.root)
-    store.honour = True
+    store = FileStore(layer.root, ranges=True)
     files = LayerFiles()
     try:
         reply = files.read(f"{store.url}/seg", BIG, range_header="bytes=100-199", gzip_ok=False,
                            head=False)
         assert reply is not None and reply.status == 206
         assert reply.body == _random(BIG_SIZE, 21)[100:200]
-        assert store.sizes(BIG) == [100]
+        assert store.sizes(f"seg/{BIG}") == [100]
         store.sent.clear()
         reply = files.read(f"{store.url}/seg", BIG, range_header="bytes=-100", gzip_ok=False,
                            head=False, conditions=Conditions())
         assert reply is not None and reply.status == 206
         body = reply.body if isinstance(reply.body, bytes) else b"".join(reply.body)
         assert body == _random(BIG_SIZE, 21)[-100:]
-        sizes = store.sizes(BIG)
+        sizes = store.sizes(f"seg/{BIG}")
         assert max(sizes) <= BLOCK and sum(sizes) < BIG_SIZE // 2, sizes
     finally:
         store.stop()

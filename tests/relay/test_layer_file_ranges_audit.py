@@ -25,21 +25,13 @@ a few MiB.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import http.server
-import json
-import os
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import voxgate
-from tests.garbage_proxy import GarbageProxy
 from voxgate.errors import InvalidRequestError
 from voxgate.relay import layer_files
 from voxgate.relay.app import build_app
@@ -47,8 +39,8 @@ from voxgate.relay.cache import UpstreamError
 from voxgate.relay.config import ChannelConfig, RelayConfig, check_channels
 from voxgate.relay.layer_files import LayerFiles
 
-from .test_layer_file_remote_stream_audit import Layer, _random, _s3
-from .test_layer_file_validators_audit import Served
+from ..static_http import FileStore
+from .test_layer_file_remote_stream_audit import Layer, _random, _s3, proxied_layer
 
 BIG = "mesh/big.shard"
 STREAM = 2**20  # REMOTE_STREAM_BYTES here
@@ -69,27 +61,9 @@ def layer(s3_bucket: str, tmp_path: Path, small_thresholds: None,
           monkeypatch: pytest.MonkeyPatch) -> Iterator[Layer]:
     """A layer on S3 whose info names a mesh directory, served by a relay that reads it
     through a counting proxy, with ``BIG`` (SIZE random bytes) in it."""
-    url = f"precomputed://s3://{s3_bucket}/seg"
-    voxgate.create(url, shape=(8, 8, 8), chunks=(8, 8, 8), dtype="uint64",
-                   voxel_size=(8, 8, 8), kind="segmentation")
-    s3 = _s3()
-    info = json.loads(s3.get_object(Bucket=s3_bucket, Key="seg/info")["Body"].read())
-    info["mesh"] = "mesh"
-    s3.put_object(Bucket=s3_bucket, Key="seg/info", Body=json.dumps(info).encode())
-    s3.put_object(Bucket=s3_bucket, Key="seg/mesh/info",
-                  Body=b'{"@type": "neuroglancer_legacy_mesh"}')
-    proxy = GarbageProxy(os.environ["VOXGATE_S3_ENDPOINT"])
-    with monkeypatch.context() as m:  # the relay's store goes through the proxy
-        m.setenv("VOXGATE_S3_ENDPOINT", proxy.url)
-        served = Served(url, tmp_path)
-        assert served.get("mesh/info").status_code == 200  # (its stores are open)
-    found = Layer(served, s3_bucket, f"s3://{s3_bucket}/seg", proxy)
-    found.put(BIG, _random(SIZE, 11))
-    try:
+    with proxied_layer(s3_bucket, tmp_path, monkeypatch) as found:
+        found.put(BIG, _random(SIZE, 11))
         yield found
-    finally:
-        served.stop()
-        proxy.close()
 
 
 def _data() -> bytes:
@@ -196,54 +170,6 @@ def test_a_rewrite_during_a_suffix_stream_breaks_it_off(
 
 
 # -- a store that ignores Range --------------------------------------------------------------------
-class _IgnoringServer:
-    """An HTTP server of files with strong ETags that ignores Range (always the whole file,
-    200), counting the body bytes it sends."""
-
-    def __init__(self, root: Path) -> None:
-        sent: list[int] = []
-        self.sent = sent
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_HEAD(self) -> None:
-                self.do_GET(body=False)
-
-            def do_GET(self, body: bool = True) -> None:
-                path = root / self.path.lstrip("/").split("?")[0]
-                if not path.is_file():
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                data = path.read_bytes()
-                etag = f'"{hashlib.md5(data).hexdigest()}"'
-                if self.headers.get("If-None-Match") == etag:
-                    self.send_response(304)
-                    self.send_header("ETag", etag)
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("ETag", etag)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if body:
-                    sent.append(len(data))
-                    self.wfile.write(data)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                      functools.partial(Handler))
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_a_store_that_ignores_range_sends_a_large_shard_once_per_request(
         tmp_path: Path, small_thresholds: None) -> None:
     """The first whole GET learns that the store ignores Range (its size probe got the whole
@@ -252,7 +178,7 @@ def test_a_store_that_ignores_range_sends_a_large_shard_once_per_request(
     (tmp_path / "mesh").mkdir()
     data = _random(STREAM + 12345, 14)
     (tmp_path / "mesh" / "big.shard").write_bytes(data)
-    server = _IgnoringServer(tmp_path)
+    server = FileStore(tmp_path, ranges=False)
     files = LayerFiles()
     try:
         def get(**kw: Any) -> Any:
@@ -269,11 +195,11 @@ def test_a_store_that_ignores_range_sends_a_large_shard_once_per_request(
             again = get()
             assert again.status == 200 and again.body == data
             assert again.headers["ETag"] == first.headers["ETag"]
-            assert server.sent == [len(data)], server.sent
+            assert server.sizes() == [len(data)], server.sent
         server.sent.clear()
         star = get(conditions=layer_files.Conditions(if_none_match="*"))
         assert star.status == 304 and star.headers["ETag"] == first.headers["ETag"]
-        assert server.sent == [len(data)], server.sent
+        assert server.sizes() == [len(data)], server.sent
     finally:
         server.stop()
 

@@ -22,6 +22,7 @@ import os
 import re
 import tracemalloc
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from voxgate.relay import layer_files
 from voxgate.relay.cache import UpstreamError
 from voxgate.relay.layer_files import LayerFiles
 
+from ..static_http import FileStore
 from .test_layer_file_validators_audit import Served
 
 BIG = "mesh/big.shard"
@@ -88,8 +90,11 @@ class Layer:
         return sizes
 
 
-@pytest.fixture
-def layer(s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Layer]:
+@contextmanager
+def proxied_layer(s3_bucket: str, tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> Iterator[Layer]:
+    """A layer on S3 whose info names a mesh directory, served by a relay that reads it
+    through a counting proxy (stopped on exit)."""
     url = f"precomputed://s3://{s3_bucket}/seg"
     voxgate.create(url, shape=(8, 8, 8), chunks=(8, 8, 8), dtype="uint64",
                    voxel_size=(8, 8, 8), kind="segmentation")
@@ -109,6 +114,12 @@ def layer(s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     finally:
         served.stop()
         proxy.close()
+
+
+@pytest.fixture
+def layer(s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Layer]:
+    with proxied_layer(s3_bucket, tmp_path, monkeypatch) as found:
+        yield found
 
 
 def _bounded(sizes: list[int], limit: int) -> None:
@@ -365,12 +376,10 @@ def test_a_large_file_on_an_http_upstream_is_streamed_where_it_serves_ranges(
     """Through tensorstore's http kvstore (an HTTP server with strong ETags): streamed in
     blocks; a server that ignores Range (the probe fails) is read whole, as before (a guard:
     that case passes on the code before streaming)."""
-    from .test_layer_file_validators_audit import _EtagServer
-
     (tmp_path / "mesh").mkdir()
     data = _random(10 * 2**20 + 7, 9)
     (tmp_path / "mesh" / "big.shard").write_bytes(data)
-    server = _EtagServer(tmp_path, ranges=ranges, head=True)
+    server = FileStore(tmp_path, ranges=ranges)
     try:
         reply = LayerFiles().read(server.url, "mesh/big.shard", range_header=None, gzip_ok=False,
                                   head=False)

@@ -44,6 +44,7 @@ from voxgate.relay.app import build_app
 from voxgate.relay.config import CacheConfig, ChannelConfig, RelayConfig
 from voxgate.synthetic import synthetic_labels
 
+from ..static_http import FileStore
 from .conftest import free_port, serve_in_thread
 from .test_http_cache import start_nginx
 
@@ -588,69 +589,6 @@ def test_files_with_an_etag_are_public_no_cache_as_cutouts(local: Local,
 
 
 # -- a revalidation probe that fails leaves the decision to the normal reply ---------------------
-class _EtagServer:
-    """An HTTP server of a layer's files with strong ETags (an MD5 of the bytes) that may ignore
-    Range (``ranges=False``: always the whole file, 200) and refuse HEAD (405), as some static
-    servers and object-store gateways do."""
-
-    def __init__(self, root: Path, *, ranges: bool, head: bool) -> None:
-        import functools
-        import hashlib
-        import http.server
-        import threading
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_HEAD(self) -> None:
-                if not head:
-                    self.send_response(405)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.do_GET(body=False)
-
-            def do_GET(self, body: bool = True) -> None:
-                path = root / self.path.lstrip("/").split("?")[0]
-                if not path.is_file():
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                data = path.read_bytes()
-                etag = f'"{hashlib.md5(data).hexdigest()}"'
-                if self.headers.get("If-None-Match") == etag:
-                    self.send_response(304)
-                    self.send_header("ETag", etag)
-                    self.end_headers()
-                    return
-                m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
-                status, out = 200, data
-                if ranges and m:
-                    first = int(m.group(1))
-                    last = min(int(m.group(2) or len(data) - 1), len(data) - 1)
-                    status, out = 206, data[first:last + 1]
-                self.send_response(status)
-                self.send_header("ETag", etag)
-                self.send_header("Content-Length", str(len(out)))
-                if status == 206:
-                    self.send_header("Content-Range", f"bytes {first}-{last}/{len(data)}")
-                self.end_headers()
-                if body:
-                    self.wfile.write(out)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                      functools.partial(Handler))
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.mark.parametrize(("ranges", "head"), [(False, True), (True, False)],
                          ids=["ignores-range", "refuses-head"])
 def test_a_store_that_cannot_answer_the_probe_is_read_as_before_never_a_500(
@@ -663,7 +601,7 @@ def test_a_store_that_cannot_answer_the_probe_is_read_as_before_never_a_500(
     root = tmp_path / "seg"
     _layer(f"precomputed://file://{root}")
     stored = (root / SHARD).read_bytes()
-    upstream = _EtagServer(root, ranges=ranges, head=head)
+    upstream = FileStore(root, ranges=ranges, head=head)
     served = Served(f"precomputed://{upstream.url}", tmp_path)
     try:
         first = served.get(SHARD)
