@@ -39,6 +39,7 @@ __all__ = [
     "absent_in",
     "background_groups",
     "group_for",
+    "holds_nothing",
     "pieces",
     "read_stored",
 ]
@@ -216,6 +217,13 @@ class StoredGroups:
                 self.origin, idx, self.lo, size, strict=True)))
             out.append(Box(start, start + size).intersect(part))
         return out
+
+
+def holds_nothing(groups: StoredGroups | None, box: Box) -> bool:
+    """Whether ``groups`` say ``box`` touches no stored chunk, so that it reads as the fill
+    value everywhere and need not be read: never when ``groups`` is None (not known: read it)
+    or ``box`` reaches past their region (it was not asked about)."""
+    return groups is not None and not groups.stored_in(box)
 
 
 def group_for(block: Sequence[int], anchor: Sequence[int], chunks: Vec,

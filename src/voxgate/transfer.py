@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from .absence import ABSENT_LISTED, StoredGroups, absent_fill, absent_in
+from .absence import ABSENT_LISTED, StoredGroups, absent_fill, absent_in, holds_nothing
 from .blockwise import (
     TASKS_PER_THREAD,  # noqa: F401 - the cluster's window, documented here
     check_for_cluster,
@@ -1072,7 +1072,7 @@ def copy(
                     continue
                 touched.add(sp.scale)
                 yield (sp.scale, idx, part, n, listed,
-                       groups is not None and not groups.stored_in(part))
+                       holds_nothing(groups, part))
 
     workers = workers or default_workers()
     if client is None:

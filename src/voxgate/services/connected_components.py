@@ -27,7 +27,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from ..absence import StoredGroups, background_groups, read_stored
+from ..absence import StoredGroups, background_groups, holds_nothing, read_stored
 from ..blockwise import (
     block_shape,
     blocks_at_once,
@@ -422,7 +422,7 @@ class _Job:
 
     def empty(self, box: Box) -> bool:
         """Whether ``box`` of the source holds only background 0 without being read."""
-        return self.stored is not None and not self.stored.stored_in(box)
+        return holds_nothing(self.stored, box)
 
 
 def _label_block(job: _Job, b: Box) -> tuple[int, np.ndarray]:

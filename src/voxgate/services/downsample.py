@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..absence import StoredGroups, background_groups
+from ..absence import StoredGroups, background_groups, holds_nothing
 from ..blockwise import (
     block_shape,
     blocks_at_once,
@@ -704,10 +704,10 @@ def _block(remote: Any, b: Box, steps: Sequence[Vec], first: int = 0,
     """Downsample one block of scale ``first`` into the next ``len(steps)`` scales.  A block
     that ``skip`` says holds only absent chunks (reading 0) is not read: its levels are 0,
     written only where the scale stores chunks there (see :class:`_Absent`)."""
-    if skip is not None and not skip.read.stored_in(b):
+    if skip is not None and holds_nothing(skip.read, b):
         for k, target in _targets(remote, b, steps, first):
             held = skip.written[k - first - 1]
-            if not target.is_empty() and (held is None or held.stored_in(target)):
+            if not target.is_empty() and not holds_nothing(held, target):
                 remote.write(target, np.zeros(tuple(target.shape), remote.meta.dtype), k)
         return
     for k, target, arr in coarse_levels(remote, b, steps, first):

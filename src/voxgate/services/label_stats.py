@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..absence import StoredGroups, background_groups
+from ..absence import StoredGroups, background_groups, holds_nothing
 from ..blockwise import (
     block_shape,
     blocks_at_once,
@@ -237,16 +237,13 @@ class _Local:
         self.workers = workers
         self.client = client
         self.ahead: dict[Box, dict[str, np.ndarray]] = {}
-        self._stored: tuple[StoredGroups | None] | None = None
 
-    @property
+    @functools.cached_property
     def stored(self) -> StoredGroups | None:
         """Where the store holds chunks (None: read every block), asked once, when the local
         path first runs: a block of absent chunks reading as 0 has no label to count."""
-        if self._stored is None:
-            region, base, _ = self.plan
-            self._stored = (background_groups(self.vol.remote, region, self.vol.scale, base),)
-        return self._stored[0]
+        region, base, _ = self.plan
+        return background_groups(self.vol.remote, region, self.vol.scale, base)
 
     def one(self, b: Box) -> dict[str, np.ndarray]:
         return _block_stats(self.vol, self.stored, b)
@@ -281,7 +278,7 @@ def _block_stats(vol: Any, stored: StoredGroups | None, b: Box) -> dict[str, np.
     """One block's statistics (on a cluster ``vol`` arrives as its spec, reopened by URL);
     a block that ``stored`` says holds no stored chunk is background only: no label, not
     read."""
-    if stored is not None and not stored.stored_in(b):
+    if holds_nothing(stored, b):
         return merge_stats([])
     return label_stats_kernel(vol.remote.read(b, vol.scale), tuple(b.start))
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..absence import StoredGroups, background_groups, read_stored
+from ..absence import StoredGroups, background_groups, holds_nothing, read_stored
 from ..blockwise import (
     Block,
     block_shape,
@@ -210,7 +210,7 @@ def _block_pieces(vol: Volume, region: Box, voxel_size: Sequence[float],
     Where ``stored`` says the store holds no chunk of that, it is background only: no piece,
     nothing read."""
     ext = Box(block.box.start, block.box.stop + _ONE).intersect(region)
-    if stored is not None and not stored.stored_in(ext):
+    if holds_nothing(stored, ext):
         nothing: dict[int, Mesh] = {}
         return (*_pack(nothing), np.zeros(0, np.uint8)) if pack else (nothing,
                                                                        np.zeros(0, np.uint8))

@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from ..absence import StoredGroups, background_groups, read_stored
+from ..absence import StoredGroups, background_groups, holds_nothing, read_stored
 from ..blockwise import (
     check_block,
     check_client,
@@ -347,7 +347,7 @@ def _block_job(source: Any, scale: int, job: tuple[Any, ...], ids: list[int] | N
     Remote, or its spec reopened here, in a worker process, once per ``run``
     (:func:`blockwise.worker_remote`: a store recreated since an earlier run is opened anew)."""
     _, ext, core, *given = job
-    if stored is not None and not stored.stored_in(ext):
+    if holds_nothing(stored, ext):
         return {}  # background only (``stored``: where the store holds chunks)
     if given:
         labels = given[0]
