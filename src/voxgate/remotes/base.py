@@ -21,7 +21,7 @@ import contextlib
 import enum
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import numpy as np
 
@@ -51,10 +51,13 @@ __all__ = [
     "guard_writes",
     "has_capability",
     "notify_written",
+    "open_existing",
     "on_written",
     "require_capability",
     "writes_guarded",
 ]
+
+R = TypeVar("R", bound="Remote")
 
 #: what a read does with a chunk absent from the store: read it as the fill value, or raise
 MISSING_MODES = ("fill", "error")
@@ -406,6 +409,20 @@ def check_same_volume(existing: VolumeMeta, wanted: VolumeMeta, where: str) -> N
         f"{tuple(existing.shape)} with {existing.num_channels} channel(s), not the "
         f"{wanted.dtype.name} {tuple(wanted.shape)} with {wanted.num_channels} asked for"
     )
+
+
+def open_existing(cls: type[R], location: str, meta: VolumeMeta, exist_ok: bool,
+                  what: str) -> R:
+    """What ``cls.create(location, meta, exist_ok=...)`` gives where a volume exists already:
+    a RemoteExistsError unless ``exist_ok``, else the volume opened for writing, provided it
+    is the one asked for (:func:`check_same_volume`).  ``what`` names the kind of store in
+    the message ("an N5 dataset or multiscale group")."""
+    if not exist_ok:
+        raise RemoteExistsError(
+            f"{what} already exists at {location!r} (pass exist_ok=True to open it)")
+    existing = cast(R, cls.open(location, mode="r+"))
+    check_same_volume(existing.meta, meta, repr(location))
+    return existing
 
 
 def check_missing(missing: object) -> str:

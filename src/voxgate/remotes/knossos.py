@@ -74,14 +74,13 @@ from ..errors import (
     CorruptChunkError,
     InvalidRequestError,
     MissingDependencyError,
-    RemoteExistsError,
     RemoteNotFoundError,
     VoxgateWarning,
 )
 from ..geometry import Box, Vec, VoxelSize, chunk_boxes
 from ..meta import Scale, VolumeMeta, check_new_scales
 from ..storage import atomic_write, file_lock, is_local, local_path
-from .base import Capability, Remote, check_options, check_same_volume
+from .base import Capability, Remote, check_options, open_existing
 
 __all__ = ["KnossosRemote", "parse_knossos_conf"]
 
@@ -428,14 +427,7 @@ class KnossosRemote(Remote):
                 f"'knossos.conf' (the classic file: 128^3 cubes, power-of-two mags), got {conf!r}"
             )
         if cls.exists(location):
-            if not exist_ok:
-                raise RemoteExistsError(
-                    f"a KNOSSOS dataset already exists at {location!r} (pass exist_ok=True to "
-                    "open it)"
-                )
-            existing = cls.open(location, mode="r+")
-            check_same_volume(existing.meta, meta, repr(location))
-            return existing
+            return open_existing(cls, location, meta, exist_ok, "a KNOSSOS dataset")
         name = experiment or os.path.basename(os.path.normpath(path)) or "dataset"
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
             raise InvalidRequestError(

@@ -56,7 +56,6 @@ from ..errors import (
     CapabilityNotSupportedError,
     CorruptChunkError,
     InvalidRequestError,
-    RemoteExistsError,
     RemoteNotFoundError,
     VoxgateError,
     VoxgateWarning,
@@ -92,7 +91,7 @@ from ._foreign_attrs import (
     warn_ignored,
 )
 from ._tensorstore import TSArray
-from .base import Capability, Remote, check_options, check_same_volume
+from .base import Capability, Remote, check_options, open_existing
 
 __all__ = ["N5Remote"]
 
@@ -824,14 +823,8 @@ class N5Remote(Remote):
                 f"fill value {meta.fill_value!r}"
             )
         if cls.exists(location):
-            if not exist_ok:
-                raise RemoteExistsError(
-                    f"an N5 dataset or multiscale group already exists at {location!r} (pass "
-                    "exist_ok=True to open it)"
-                )
-            existing = cls.open(location, mode="r+")
-            check_same_volume(existing.meta, meta, repr(location))
-            return existing
+            return open_existing(cls, location, meta, exist_ok,
+                                 "an N5 dataset or multiscale group")
         check_bucket(location, f"creating {location}")
         channels = meta.num_channels
         lead = [channels] if channels > 1 else []

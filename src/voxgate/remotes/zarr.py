@@ -27,7 +27,6 @@ import tensorstore as ts
 from ..errors import (
     CapabilityNotSupportedError,
     InvalidRequestError,
-    RemoteExistsError,
     RemoteNotFoundError,
     VoxgateError,
     VoxgateWarning,
@@ -64,7 +63,7 @@ from ._foreign_attrs import (
 from ._ome_collections import collection
 from ._ome_geometry import Frame, axis_names, compose, level_offset, place
 from ._tensorstore import TSArray
-from .base import Capability, Remote, check_options, check_same_volume
+from .base import Capability, Remote, check_options, open_existing
 
 __all__ = ["ZarrRemote"]
 
@@ -435,14 +434,7 @@ class ZarrRemote(Remote):
                         f"{tuple(sc.chunks)} (z, y, x)"
                     )
         if cls.exists(location):
-            if not exist_ok:
-                raise RemoteExistsError(
-                    f"a zarr array or group already exists at {location!r} (pass exist_ok=True "
-                    "to open it)"
-                )
-            existing = cls.open(location, mode="r+")
-            check_same_volume(existing.meta, meta, repr(location))
-            return existing
+            return open_existing(cls, location, meta, exist_ok, "a zarr array or group")
         check_bucket(location, f"creating {location}")
         channels = meta.num_channels
         lead = [channels] if channels > 1 else []

@@ -17,7 +17,6 @@ from ...errors import (
     CorruptChunkError,
     InvalidRequestError,
     ReadOnlyError,
-    RemoteExistsError,
     RemoteNotFoundError,
 )
 from ...formats.precomputed_info import (
@@ -46,7 +45,7 @@ from ...storage import (
     ts_errors,
 )
 from .._tensorstore import TSArray
-from ..base import Capability, Remote, check_options, check_same_volume
+from ..base import Capability, Remote, check_options, open_existing
 from .chunks import (
     _OWN_ENCODINGS,
     _chunk_name,
@@ -187,13 +186,7 @@ class PrecomputedRemote(Remote):
     @classmethod
     def _open_existing(cls, location: str, meta: VolumeMeta, exist_ok: bool,
                        sharded: bool | Mapping[str, Any]) -> PrecomputedRemote:
-        if not exist_ok:
-            raise RemoteExistsError(
-                f"a precomputed volume already exists at {location!r} (pass exist_ok=True "
-                "to open it)"
-            )
-        existing = cls.open(location, mode="r+")
-        check_same_volume(existing.meta, meta, repr(location))
+        existing = open_existing(cls, location, meta, exist_ok, "a precomputed volume")
         extra = meta.scales[len(existing.meta.scales) :]
         if extra:
             existing._append_scales(meta, extra, sharded)

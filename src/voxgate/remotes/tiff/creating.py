@@ -16,12 +16,11 @@ from ...errors import (
     CapabilityNotSupportedError,
     InvalidRequestError,
     MissingDependencyError,
-    RemoteExistsError,
 )
 from ...geometry import VoxelSize
 from ...meta import VolumeMeta
 from ...storage import length_unit_nm
-from ..base import check_options, check_same_volume
+from ..base import check_options, open_existing
 from .calibration import resolution_tags, slice_calibration
 from .pages import TIFF_SUFFIXES, VOXGATE_TAG, _tifffile, _write_slice
 
@@ -75,13 +74,7 @@ def create_tiff(
             f"{meta.fill_value!r}"
         )
     if cls.exists(location):
-        if not exist_ok:
-            raise RemoteExistsError(
-                f"a TIFF already exists at {location!r} (pass exist_ok=True to open it)"
-            )
-        existing = cls.open(location, mode="r+")
-        check_same_volume(existing.meta, meta, repr(location))
-        return existing
+        return open_existing(cls, location, meta, exist_ok, "a TIFF")
     sc = meta.scales[0]
     own = {
         "kind": meta.kind,
