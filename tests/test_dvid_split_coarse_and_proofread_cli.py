@@ -30,7 +30,6 @@ import voxgate
 from voxgate.cli import main
 from voxgate.errors import CapabilityNotSupportedError, InvalidRequestError
 from voxgate.formats.dvid_block import encode_rles, rles_from_mask
-from voxgate.remotes._http import HTTPClient
 from voxgate.remotes.dvid import DVIDLabels, DVIDRepo
 from voxgate.testing.dvid import DVIDServerProcess, start_server
 
@@ -39,6 +38,7 @@ from .remotes.dvid_labels_reference import (
     BIG2,
     BS,
     SMALL,
+    CountingClient,
     blob_labels,
     make_labelarray,
     mode2,
@@ -66,21 +66,9 @@ def http(server: DVIDServerProcess) -> Iterator[httpx.Client]:
         yield c
 
 
-class _Counting(HTTPClient):
-    """An HTTPClient that records each request it sends (method, path without the query)."""
-
-    def __init__(self, base_url: str) -> None:
-        super().__init__(base_url, retries=0)
-        self.sent: list[tuple[str, str]] = []
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        self.sent.append((method, path.split("?")[0]))
-        return super().request(method, path, **kwargs)
-
-
 @pytest.fixture
-def client(server: DVIDServerProcess) -> Iterator[_Counting]:
-    c = _Counting(server.url)
+def client(server: DVIDServerProcess) -> Iterator[CountingClient]:
+    c = CountingClient(server.url)
     yield c
     c.close()
 
@@ -159,7 +147,7 @@ def test_split_coarse_agrees_with_numpy(repo: DVIDRepo, http: httpx.Client) -> N
 
 
 def test_split_coarse_refuses_bad_input_before_sending(
-        repo: DVIDRepo, http: httpx.Client, client: _Counting) -> None:
+        repo: DVIDRepo, http: httpx.Client, client: CountingClient) -> None:
     start = (0, 0, 0)
     seg = blob_labels((BS, BS, 2 * BS), 5)
     name = make_labelarray(repo, http, seg, start, levels=1)
@@ -195,7 +183,7 @@ def test_split_coarse_refuses_bad_input_before_sending(
 
 
 def test_split_coarse_refusal_at_a_block_the_downres_cannot_take(
-        repo: DVIDRepo, http: httpx.Client, client: _Counting) -> None:
+        repo: DVIDRepo, http: httpx.Client, client: CountingClient) -> None:
     """The refusal is DVID's answer: the same body sent by hand is answered 500 after the
     label was taken and the voxels relabelled."""
     start = (0, 0, -BS)  # blocks x -1..0
@@ -217,7 +205,7 @@ def test_split_coarse_refusal_at_a_block_the_downres_cannot_take(
 
 
 def test_split_coarse_only_on_a_labelarray(repo: DVIDRepo, http: httpx.Client,
-                                           client: _Counting) -> None:
+                                           client: CountingClient) -> None:
     one = encode_rles(np.array([[0, 0, 0, 1]], dtype=np.int32))
     for typename in ("labelmap", "labelblk"):
         name = f"sc{typename}{next(_names)}"

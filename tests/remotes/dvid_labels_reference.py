@@ -4,10 +4,12 @@ and read by raw HTTP, for the labelarray tests."""
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import httpx
 import numpy as np
 
+from voxgate.remotes._http import HTTPClient
 from voxgate.remotes.dvid import DVIDRepo
 
 BIG1, BIG2, SMALL = 2**53 + 1, 2**63 + 5, 7  # ids a float64 cannot hold, and a small one
@@ -60,3 +62,15 @@ def read_raw(http: httpx.Client, repo: DVIDRepo, name: str, shape: tuple[int, in
                  + (f"?scale={scale}" if scale else ""))
     assert r.status_code == 200, r.text
     return np.frombuffer(r.content, "<u8").reshape(shape)
+
+
+class CountingClient(HTTPClient):
+    """An HTTPClient that records each request it sends (method, path without the query)."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(base_url, retries=0)
+        self.sent: list[tuple[str, str]] = []
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        self.sent.append((method, path.split("?")[0]))
+        return super().request(method, path, **kwargs)

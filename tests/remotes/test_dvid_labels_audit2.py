@@ -28,7 +28,6 @@ import pytest
 import voxgate
 from voxgate.errors import CapabilityNotSupportedError, InvalidRequestError
 from voxgate.formats.dvid_block import decode_rles, encode_rles, rles_from_mask
-from voxgate.remotes._http import HTTPClient
 from voxgate.remotes.dvid import DVIDLabels, DVIDRepo
 from voxgate.testing.dvid import DVIDServerProcess
 
@@ -37,6 +36,7 @@ from .dvid_labels_reference import (
     BIG2,
     BS,
     SMALL,
+    CountingClient,
     blob_labels,
     make_labelarray,
     mode2,
@@ -46,21 +46,9 @@ from .dvid_labels_reference import (
 _names = itertools.count()
 
 
-class _Counting(HTTPClient):
-    """An HTTPClient that records each request it is asked to send (method, path)."""
-
-    def __init__(self, base_url: str) -> None:
-        super().__init__(base_url, retries=0)
-        self.sent: list[tuple[str, str]] = []
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        self.sent.append((method, path.split("?")[0]))
-        return super().request(method, path, **kwargs)
-
-
 @pytest.fixture
-def client(server: DVIDServerProcess) -> Iterator[_Counting]:
-    c = _Counting(server.url)
+def client(server: DVIDServerProcess) -> Iterator[CountingClient]:
+    c = CountingClient(server.url)
     yield c
     c.close()
 
@@ -95,7 +83,7 @@ def _maxlabel(http: httpx.Client, repo: DVIDRepo, name: str) -> int:
 
 # -- 1. labelblk ------------------------------------------------------------------------------
 def test_labelblk_refuses_label_index_calls_before_sending(
-        repo: DVIDRepo, http: httpx.Client, client: _Counting) -> None:
+        repo: DVIDRepo, http: httpx.Client, client: CountingClient) -> None:
     name = f"lb{next(_names)}"
     repo.create_instance(name, "labelblk", block_size=(BS, BS, BS))
     start = (BS, 0, BS)
@@ -171,7 +159,7 @@ def test_labelblk_refuses_label_index_calls_before_sending(
 
 # -- 2. splitlabel ----------------------------------------------------------------------------
 def test_labelarray_split_into_a_chosen_label(repo: DVIDRepo, http: httpx.Client,
-                                              client: _Counting) -> None:
+                                              client: CountingClient) -> None:
     start = (0, BS, 0)
     seg = blob_labels((2 * BS, BS, 2 * BS), 21)
     name = make_labelarray(repo, http, seg, start, levels=1)
@@ -218,7 +206,7 @@ def test_labelarray_split_into_a_chosen_label(repo: DVIDRepo, http: httpx.Client
 
 
 def test_labelmap_split_takes_no_splitlabel(repo: DVIDRepo, http: httpx.Client,
-                                            client: _Counting) -> None:
+                                            client: CountingClient) -> None:
     name = f"lm{next(_names)}"
     repo.create_instance(name, "labelmap", block_size=(BS, BS, BS))
     seg = np.zeros((BS, BS, 2 * BS), dtype=np.uint64)
