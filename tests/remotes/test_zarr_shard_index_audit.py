@@ -20,13 +20,9 @@ keys that cannot be listed over HTTP).
 
 from __future__ import annotations
 
-import http.server
 import itertools
 import re
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +40,7 @@ from voxgate.errors import CorruptChunkError
 from voxgate.geometry import chunk_boxes
 from voxgate.remotes import _tensorstore
 
-from ..static_http import RangeHandler
+from ..static_http import serve_directory
 
 SHAPE = (13, 29, 31)  # (not a multiple of the chunks, nor of the shards)
 OFFSET = Vec(2, 3, 4)
@@ -444,28 +440,7 @@ def test_a_shard_index_voxgate_does_not_read_halves(tmp_path: Path, writer: str,
     assert len(halved) == 7  # (every question: 6 boxes and missing_chunks)
 
 
-@contextmanager
-def _serve(root: Path) -> Iterator[str]:
-    """``root`` over HTTP on 127.0.0.1 (static_http's handler), with a listen backlog that
-    takes tensorstore's concurrent requests (at the default 5, connections beyond it wait a
-    second to be retried: a second per few requests)."""
-
-    class Handler(RangeHandler):
-        def __init__(self, *a: Any, **k: Any) -> None:
-            super().__init__(*a, directory=str(root), **k)
-
-    class Server(http.server.ThreadingHTTPServer):
-        request_queue_size = 128
-        daemon_threads = True
-
-    server = Server(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+_serve = serve_directory  # (static_http: a backlog that takes tensorstore's requests)
 
 
 def _channels_apart(d: Path) -> tuple[str, set[tuple[int, ...]]]:
