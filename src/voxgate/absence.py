@@ -15,6 +15,11 @@ a request answered "not found", tens of ms each; the listing answers a thousand 
 only the background label 0 where none is marked, or None when every block is to be read (the
 store cannot tell, lives in this process's memory, refuses absent chunks, stores them all, or
 reads something other than 0 where a chunk is absent).
+
+:func:`write_sparse` is the other side: a write of a block that leaves out the destination's
+write units (chunks or shards) holding only its fill value where the destination holds
+nothing, so that a sparse volume copied, labelled or downsampled stays sparse on disk rather
+than gaining a chunk of zeros for every absent chunk of the blocks it wrote.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from .blockwise import iter_blocks
 from .errors import CapabilityNotSupportedError
 from .geometry import Box, Vec, grid_range, grow_block
+from .meta import VolumeMeta
 from .remotes.base import Capability, Remote, has_capability
 from .remotes.memory import MemoryRemote
 
@@ -40,8 +47,10 @@ __all__ = [
     "background_groups",
     "group_for",
     "holds_nothing",
+    "only_fill",
     "pieces",
     "read_stored",
+    "write_sparse",
 ]
 
 #: :func:`absent_in` keeps at most this many of a region's absent chunks (the first, sorted)
@@ -295,3 +304,133 @@ def read_stored(remote: Remote, region: Box, scale: int, groups: StoredGroups | 
         for part in [b.box] if whole or groups is None else groups.stored_parts(b.box):
             out[part.slices(region.start - first)] = remote.read(part, scale)
     return out
+
+
+def _fill_bits(meta: VolumeMeta) -> tuple[np.dtype, int]:
+    """The unsigned type of ``meta``'s voxels' width and its fill value's bits in it: voxels
+    are compared by their bits (-0.0 is not +0.0, a NaN fill is itself, as stored)."""
+    fill = np.asarray(meta.fill_value).astype(meta.dtype)
+    unit = np.dtype(f"u{fill.dtype.itemsize}")
+    return unit, int(fill.reshape(1).view(unit)[0])
+
+
+def only_fill(data: np.ndarray, meta: VolumeMeta) -> bool:
+    """Whether every voxel of ``data`` is, bit for bit, what ``meta``'s store reads where a
+    chunk is absent: a block of -0.0 is not a block of +0.0 fill (``==`` says it is), and a
+    block of the NaN fill is one (``==`` says it is not)."""
+    if data.dtype != meta.dtype:
+        return False
+    unit, fill = _fill_bits(meta)
+    raw = np.ascontiguousarray(data).reshape(-1).view(unit)
+    return bool(np.all(raw == unit.type(fill)))
+
+
+def _unit_edges(box: Box, grid: Vec, origin: Vec, bounds: Box
+                ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per axis, the write units (cells of ``grid`` anchored at ``origin``) that ``box``
+    touches: where each starts and stops inside ``box`` (relative to its start), and where
+    the whole unit, clipped to ``bounds``, starts and stops (absolute)."""
+    lo, hi = grid_range(box, grid, origin)
+    out = []
+    for a, b, o, g, s, e, bs, be in zip(lo, hi, origin, grid, box.start, box.stop,
+                                         bounds.start, bounds.stop, strict=True):
+        cells = o + np.arange(a, b, dtype=np.int64) * g
+        out.append((np.maximum(cells, s) - s, np.minimum(cells + g, e) - s,
+                    np.maximum(cells, bs), np.minimum(cells + g, be)))
+    return out
+
+
+def _fill_units(data: np.ndarray, edges: Sequence[tuple[np.ndarray, ...]], unit: np.dtype,
+                fill: int) -> np.ndarray:
+    """Which units of ``data`` (cut at ``edges``, over its last three axes, channels and all)
+    hold only the fill value's bits ``fill``: a bool per unit.  Each unit's first voxel is
+    looked at first, so a dense block (no unit starting with the fill value) costs next to
+    nothing; only the units that do are looked at whole."""
+    raw = data.view(unit) if data.dtype.itemsize == unit.itemsize else data
+    at: tuple[Any, ...] = (Ellipsis, *np.ix_(*(e[0] for e in edges)))
+    first = raw[at]
+    held = first == unit.type(fill)
+    if raw.ndim > 3:
+        held = held.reshape((-1, *held.shape[-3:])).all(axis=0)
+    out = np.zeros(held.shape, bool)
+    for z, y, x in zip(*np.nonzero(held), strict=True):
+        (za, zb), (ya, yb), (xa, xb) = ((int(e[0][i]), int(e[1][i]))
+                                        for e, i in zip(edges, (z, y, x), strict=True))
+        cell = raw[..., za:zb, ya:yb, xa:xb]
+        # (its first plane before the rest: a unit that is not all fill is most often told
+        # by it, at a fraction of the unit's voxels)
+        out[z, y, x] = bool(np.all(cell[..., :1, :, :] == fill)) and bool(np.all(cell == fill))
+    return out
+
+
+def _runs(keep: np.ndarray) -> list[tuple[tuple[int, int], ...]]:
+    """Boxes (per axis ``[a, b)``, in unit indices) covering exactly the set cells of
+    ``keep``: runs along the last axis, merged along each axis before it where the rows
+    beside each other have the same runs (a block missing a few units is written in a few
+    writes, not one per unit)."""
+    if keep.ndim == 1:
+        at = np.flatnonzero(np.diff(np.r_[0, keep.astype(np.int8), 0]))
+        return [((int(a), int(b)),) for a, b in zip(at[::2], at[1::2], strict=True)]
+    out: list[tuple[tuple[int, int], ...]] = []
+    prev: list[tuple[tuple[int, int], ...]] = []
+    start = 0
+    for i in range(keep.shape[0] + 1):
+        cur = _runs(keep[i]) if i < keep.shape[0] else []
+        if cur != prev:
+            out += [((start, i), *r) for r in prev]
+            prev, start = cur, i
+    return out
+
+
+def write_sparse(remote: Remote, box: Box, data: np.ndarray, scale: int,
+                 absent: bool | StoredGroups | None) -> tuple[int, int]:
+    """Write ``data`` (channels first, if any) at ``box`` of ``remote``'s ``scale``, leaving
+    out the write units (cells of :meth:`~voxgate.remotes.base.Remote.write_grid` anchored
+    at :meth:`~voxgate.remotes.base.Remote.grid_bounds`, clipped to the box and the scale's
+    bounds) that hold only the store's fill value, bit for bit (:func:`only_fill`), where
+    leaving one out is the same as writing it: the store holds nothing there, so it reads as
+    the fill value already.  Returns how many units were left out and their bytes.
+
+    ``absent`` says where the store holds nothing: None (or False) nowhere known, so ``data``
+    is written whole, in one write, as a plain write; True everywhere the units touched
+    reach, and nothing else writes them (a store this run created, where this write alone
+    writes these units: a block whose units reach past ``box`` owns them up to the region's
+    edge); or the store's :class:`StoredGroups`, asked before anything was written, of a
+    run whose blocks own their units: a unit is left out where no group it touches holds a
+    stored chunk (:func:`holds_nothing`), and never when it reaches past ``box`` (its other
+    part may be another writer's, and a unit written in part is read whole and rewritten).
+    A unit holding stale data is therefore always written, fill value and all.
+
+    Where no unit is left out it is one write, as before; else one write per run of units
+    (:func:`_runs`).  A store whose ``keeps_fill_chunks`` is set (precomputed: CloudVolume's
+    readers refuse absent chunks) is always written whole."""
+    if (absent is None or absent is False or box.is_empty() or data.dtype != remote.meta.dtype
+            or remote.keeps_fill_chunks):
+        remote.write(box, data, scale)
+        return 0, 0
+    bounds = remote.meta.scale(scale).bounds
+    anchor = remote.grid_bounds(scale)
+    edges = _unit_edges(box, remote.write_grid(scale), anchor.start, bounds.intersect(anchor))
+    unit, fill = _fill_bits(remote.meta)
+    skip = _fill_units(data, edges, unit, fill)
+    if isinstance(absent, StoredGroups):
+        for z, y, x in zip(*np.nonzero(skip), strict=True):
+            cell = Box(*(Vec(*(int(e[j][i]) for e, i in zip(edges, (z, y, x), strict=True)))
+                         for j in (2, 3)))
+            if not box.contains(cell) or absent.stored_in(cell):
+                skip[z, y, x] = False
+    if not skip.any():
+        remote.write(box, data, scale)
+        return 0, 0
+    for run in _runs(~skip):
+        part = Box(Vec(*(box.start[axis] + int(edges[axis][0][a]) for axis, (a, _) in
+                         enumerate(run))),
+                   Vec(*(box.start[axis] + int(edges[axis][1][b - 1]) for axis, (_, b) in
+                         enumerate(run))))
+        remote.write(part, np.ascontiguousarray(data[(..., *part.slices(box.start))]), scale)
+    left = 0
+    for z, y, x in zip(*np.nonzero(skip), strict=True):
+        sizes = [int(e[1][i] - e[0][i]) for e, i in zip(edges, (z, y, x), strict=True)]
+        left += math.prod(sizes)
+    per_voxel = data.dtype.itemsize * math.prod(data.shape[:-3])
+    return int(skip.sum()), left * per_voxel

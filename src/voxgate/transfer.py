@@ -18,7 +18,10 @@ scale with the first :data:`ABSENT_LISTED` of them (they are asked for in pieces
 in the memory of a small one.  Nor does it read what it need not: that question's answers
 mark, a bit per group of chunks (:class:`voxgate.absence.StoredGroups`), where the source
 stores chunks, and a block touching none is copied as the fill value without a read of the
-source.
+source.  Nor does it write what it need not: into a destination it created, a block holding only
+the fill value is not written, and of a block that holds data too, the destination's chunks (or
+shards) holding only the fill value are left out of its write (:func:`voxgate.absence.
+write_sparse`), so a sparse source's copy is as sparse as the source.
 
 With a ``dask.distributed`` Client the same block plan runs as tasks on the cluster: each task
 reopens the source and destination from their specs, copies its one block and returns; the
@@ -47,7 +50,15 @@ from typing import Any
 
 import numpy as np
 
-from .absence import ABSENT_LISTED, StoredGroups, absent_fill, absent_in, holds_nothing
+from .absence import (
+    ABSENT_LISTED,
+    StoredGroups,
+    absent_fill,
+    absent_in,
+    holds_nothing,
+    only_fill,
+    write_sparse,
+)
 from .blockwise import (
     TASKS_PER_THREAD,  # noqa: F401 - the cluster's window, documented here
     check_for_cluster,
@@ -121,6 +132,10 @@ class CopyReport:
     blocks_changed: int = 0
     chunks_written: int = 0
     chunks_skipped: int = 0
+    #: cells left absent because they held only the fill value, in a destination the copy
+    #: created: those of the ``blocks_empty`` blocks, and those of written blocks that held
+    #: data elsewhere (neither counts in ``chunks_written`` or ``bytes_written``)
+    chunks_empty: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
     created: bool = False
@@ -155,10 +170,12 @@ class CopyReport:
         absent = self.absent_summary()
         if absent:
             absent = f"; source {absent}, copied as the fill value"
+        left = f" ({self.chunks_empty} chunks left absent)" if self.chunks_empty else ""
         return (
             f"{verb} {self.src} -> {self.dst}: scales {self.scales}, "
             f"{self.chunks_written} chunks written ({mb:.1f} MiB, {rate:.1f} MiB/s), "
-            f"{self.blocks_empty} empty blocks left as fill{extra}, {self.seconds:.2f} s{absent}"
+            f"{self.blocks_empty} empty blocks left as fill{left}{extra}, {self.seconds:.2f} s"
+            f"{absent}"
         )
 
 
@@ -769,7 +786,9 @@ class _ScalePlan:
         per_block = math.prod(b // g for b, g in zip(self.block, self.grid, strict=True))
         for idx, cell in chunk_boxes(self.region, self.block, self.anchor):
             part = cell.intersect(self.region)
-            yield idx, part, (per_block if part == cell else
+            # (a block cut by the region or by the scale's far edge, where chunk_boxes clips
+            # the cell already, holds fewer cells)
+            yield idx, part, (per_block if part.shape == self.block else
                               sum(1 for _ in chunk_boxes(part, self.grid, self.anchor)))
 
     def part(self, idx: Sequence[int]) -> Box:
@@ -1097,6 +1116,8 @@ def copy(
                 nbytes: int = out[0]
                 empty: bool = out[1]
                 unchanged: bool = out[2]
+                # the cells of a written block left absent (all fill), and their bytes
+                left, left_bytes = (int(out[4]), int(out[5])) if len(out) > 5 else (0, 0)
                 if advance is not None:
                     advance(nbytes)
                 if unchanged:  # listed in the journal and still equal to the source
@@ -1114,9 +1135,11 @@ def copy(
                     report.blocks_changed += 1
                 if empty:
                     report.blocks_empty += 1
+                    report.chunks_empty += item[3]
                 else:
-                    report.chunks_written += item[3]
-                    report.bytes_written += nbytes
+                    report.chunks_written += item[3] - left
+                    report.chunks_empty += left
+                    report.bytes_written += nbytes - left_bytes
                 report.per_scale[item[0]] = report.per_scale.get(item[0], 0) + 1
 
             try:
@@ -1201,23 +1224,33 @@ _GONE_SAMPLE = 8
 
 
 def _copy_part(s: Remote, d: Remote, scale: int, part: Box, skip_fill: bool,
-               absent: np.ndarray | None = None) -> tuple[int, bool, bool]:
+               absent: np.ndarray | None = None) -> tuple[int, bool, bool, int, int]:
     """Copy one block: read it from ``s``, write it to ``d`` unless it holds only the fill
-    value and may stay absent (``skip_fill``).  Returns (bytes read, whether left as fill,
-    whether it holds only the fill value).  ``absent``: the block touches only chunks absent
-    from ``s``, which reads this voxel there (channels first): it is not read."""
+    value and may stay absent (``skip_fill``: ``d`` holds nothing in the block's cells, and
+    only this block writes them).  Then, too, the cells of a block written that hold only the
+    fill value are left out of its write (:func:`voxgate.absence.write_sparse`): a sparse
+    source's copy stays as sparse.  Returns (bytes read, whether left as fill, whether it
+    holds only the fill value, the cells left absent of a block written, their bytes).
+    ``absent``: the block touches only chunks absent from ``s``, which reads this voxel there
+    (channels first): it is not read.  Into a store that keeps chunks of the fill value
+    (``d.keeps_fill_chunks``: precomputed, for CloudVolume) a block read whole is written whole,
+    fill value and all: only blocks of chunks absent from the source stay absent."""
     if absent is None:
         data = s.read(part, scale)
-        fill = _only_fill(data, d.meta)
+        fill = only_fill(data, d.meta)
     else:
-        fill = _only_fill(absent, d.meta)
+        fill = only_fill(absent, d.meta)
         if skip_fill and fill:
-            return absent.nbytes * part.size, True, True
+            return absent.nbytes * part.size, True, True, 0, 0
         data = _filled(absent, part)
-    empty = skip_fill and fill
+    # (a store whose peers refuse absent chunks keeps the source's stored chunks of fill value:
+    # absent only where the source's are, above)
+    empty = skip_fill and fill and not d.keeps_fill_chunks
+    left = left_bytes = 0
     if not empty:
-        d.write(part, np.ascontiguousarray(data, dtype=d.meta.dtype), scale)
-    return data.nbytes, empty, fill
+        left, left_bytes = write_sparse(d, part, np.ascontiguousarray(data, dtype=d.meta.dtype),
+                                        scale, skip_fill or None)
+    return data.nbytes, empty, fill, left, left_bytes
 
 
 def _filled(voxel: np.ndarray, part: Box) -> np.ndarray:
@@ -1226,36 +1259,26 @@ def _filled(voxel: np.ndarray, part: Box) -> np.ndarray:
     return np.broadcast_to(voxel, voxel.shape[:-3] + tuple(part.shape))
 
 
-def _only_fill(data: np.ndarray, meta: VolumeMeta) -> bool:
-    """Whether every voxel of ``data`` is, bit for bit, what ``meta``'s store reads where a
-    chunk is absent: a block of -0.0 is not a block of +0.0 fill (``==`` says it is), and a
-    block of the NaN fill is one (``==`` says it is not)."""
-    fill = np.asarray(meta.fill_value).astype(meta.dtype)
-    if data.dtype != fill.dtype:
-        return False
-    raw = np.ascontiguousarray(data).reshape(-1).view(f"u{fill.dtype.itemsize}")
-    return bool(np.all(raw == fill.reshape(1).view(raw.dtype)[0]))
-
-
 def _run_item(s: Remote, d: Remote, item: _Item, skip_fill: bool,
-              fills: dict[int, np.ndarray]) -> tuple[int, bool, bool, bool]:
+              fills: dict[int, np.ndarray]) -> tuple[int, bool, bool, bool, int, int]:
     """One block of the plan.  A block an earlier run finished (``item[4]``) is left as it is
     when ``d`` holds the source's voxels there, and copied again (fill included) when not.
     A block of absent chunks only (``item[5]``) is not read from ``s``: it holds ``fills``'s
     voxel of its scale.  Returns (bytes read, whether left as fill, whether left as it was
-    because unchanged, whether it holds only the fill value)."""
+    because unchanged, whether it holds only the fill value, the cells of a block written
+    left absent, their bytes)."""
     scale, part = item[0], item[2]
     absent = fills[scale] if item[5] else None
     if item[4]:
         data = (s.read(part, scale) if absent is None else
                 _filled(absent, part))
         if _same_voxels(data, d.read(part, scale)):
-            return data.nbytes, False, True, False
+            return data.nbytes, False, True, False, 0, 0
         skip_fill = False  # the destination holds other voxels there: fill must be written
     # (the keyword only for such a block: _copy_part is the one call per block)
-    nbytes, empty, fill = _copy_part(s, d, scale, part, skip_fill,
-                                     **({} if absent is None else {"absent": absent}))
-    return nbytes, empty, False, fill
+    nbytes, empty, fill, left, left_bytes = _copy_part(
+        s, d, scale, part, skip_fill, **({} if absent is None else {"absent": absent}))
+    return nbytes, empty, False, fill, left, left_bytes
 
 
 def _same_voxels(a: np.ndarray, b: np.ndarray) -> bool:
@@ -1267,12 +1290,12 @@ def _same_voxels(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _copy_item(s: Remote, d: Remote, item: _Item, skip_fill: bool,
-               fills: dict[int, np.ndarray]) -> tuple[int, bool, bool, bool]:
+               fills: dict[int, np.ndarray]) -> tuple[int, bool, bool, bool, int, int]:
     """One block of a local copy (see :func:`_run_item`)."""
     return _run_item(s, d, item, skip_fill, fills)
 
 
 def _copy_block(src: str, dst: str, run: str, item: _Item, skip_fill: bool,
-                fills: dict[int, np.ndarray]) -> tuple[int, bool, bool, bool]:
+                fills: dict[int, np.ndarray]) -> tuple[int, bool, bool, bool, int, int]:
     """One task of a distributed copy, on a worker (see :func:`_run_item`)."""
     return _run_item(worker_remote(src, run), worker_remote(dst, run), item, skip_fill, fills)

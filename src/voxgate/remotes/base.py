@@ -113,6 +113,13 @@ class Remote(abc.ABC):
     #: this class creates has a place for: ``voxgate.copy`` tells a destination it creates
     #: only these (see :meth:`carries_extra`)
     carried_extra: ClassVar[tuple[str, ...]] = ()
+    #: whether chunks holding only the fill value are to be written like any other inside the
+    #: blocks a copy or a Service writes (:func:`voxgate.absence.write_sparse` leaves none
+    #: out): for a format whose peers refuse absent chunks by default (CloudVolume reads a
+    #: precomputed layer's absent chunk as an error unless ``fill_missing`` is set), so that
+    #: a dense volume's copy, pyramid or labels stay dense.  (A block whose source chunks are
+    #: all absent is another matter: absent there, absent in the result.)
+    keeps_fill_chunks: ClassVar[bool] = False
 
     url: str
     meta: VolumeMeta

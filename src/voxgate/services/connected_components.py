@@ -11,6 +11,12 @@ beside the output (removed at the end), never into the output: on a cluster a wo
 scheduler gave up on may still be running a first-pass task, and its late write would
 otherwise land after the last pass and leave local labels in the result (see
 :func:`_scratch_home`).
+
+An ``out=`` store stays as sparse as the components: a block of background and, of a block with
+components, the store's chunks (or shards) holding only 0 are not written where the store
+holds nothing (it was created by this call, or, given, its chunks there are absent); where it
+holds chunks, of an earlier result, their zeros are written (:func:`voxgate.absence.
+write_sparse`).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from ..absence import StoredGroups, background_groups, holds_nothing, read_stored
+from ..absence import StoredGroups, background_groups, holds_nothing, read_stored, write_sparse
 from ..blockwise import (
     block_shape,
     blocks_at_once,
@@ -261,6 +267,8 @@ def connected_components(
         _check_scratch_reachable(out, client)  # before an out= URL is created
     if isinstance(out, Volume) and dtype is None:
         want = out.dtype if out.dtype in _ID_DTYPES else np.dtype(np.uint64)
+    # (asked before resolve_output creates it: a store made by this call holds nothing)
+    fresh = _creates(out)
 
     def details(n_blocks: int, n: int, dt: np.dtype) -> dict[str, Any]:
         return {"connectivity": connectivity, "blocks": n_blocks, "components": n,
@@ -324,7 +332,18 @@ def connected_components(
     labels, scratch_at, tmp = _scratch_home(target, client, region, anchor.start, base, src)
     # blocks of only absent chunks reading as 0 are not read: they hold no component
     stored = background_groups(src.remote, region, scale, base, anchor.start)
-    job = _Job(src, target, region, base, connectivity, anchor.start, labels, stored)
+    # where the output holds nothing, so that its chunks of only 0 need not be written: all
+    # of a store this call created; of a given one, where its chunks are absent now (asked
+    # before anything is written; None: every block written whole, as an in-memory result)
+    held: bool | StoredGroups | None = None
+    if out is not None:
+        held = True if fresh else background_groups(target.remote, region, 0, base,
+                                                    anchor.start)
+    # pass 1's local labels: a scratch volume made just now holds nothing (each block owns
+    # its chunks), the output written in place what the output holds
+    local_held = None if out is None else held if labels is target else True
+    job = _Job(src, target, region, base, connectivity, anchor.start, labels, stored,
+               held, local_held)
     try:
         return _run(job, blocks, out, client, workers, progress, want, details)
     finally:
@@ -419,6 +438,11 @@ class _Job:
     #: holds only background, is not read, and its labels are neither written in pass 1 nor
     #: read in pass 2 (they are all 0); pass 3 writes its zeros (see :meth:`empty`)
     stored: StoredGroups | None = None
+    #: where the target holds nothing (see :func:`voxgate.absence.write_sparse`): True (a
+    #: store this call created), its stored chunks before the run, or None (written whole)
+    held: bool | StoredGroups | None = None
+    #: the same of ``labels``, which pass 1 writes
+    local_held: bool | StoredGroups | None = None
 
     def empty(self, box: Box) -> bool:
         """Whether ``box`` of the source holds only background 0 without being read."""
@@ -441,7 +465,7 @@ def _label_block(job: _Job, b: Box) -> tuple[int, np.ndarray]:
         local = np.stack(np.unravel_index(pos, cc.shape), axis=1) + np.asarray(
             tuple(b.start - job.region.start))
         fi[1:] = np.ravel_multi_index(local.T, tuple(job.region.shape))
-    target.write(b, cc, 0)
+    write_sparse(target, b, cc, 0, job.local_held)
     return n, fi
 
 
@@ -500,8 +524,11 @@ def _relabel_block(job: _Job, dest: Volume, tables: dict[tuple[int, ...], np.nda
     block the same way every time): a block run twice (its worker died after the write, or a
     transient error struck after part of it) would otherwise read its final numbers and map
     them through the table a second time."""
-    if job.empty(b):  # all 0, written as a block read was (an out= store is dense on disk)
-        dest.remote.write(b, np.zeros(tuple(b.shape), dest.dtype), 0)
+    held = job.held  # (None for an in-memory result: dest is then not the target)
+    if job.empty(b):  # all 0: written only where the target holds chunks (of an old result)
+        if held is True or (isinstance(held, StoredGroups) and holds_nothing(held, b)):
+            return
+        write_sparse(dest.remote, b, np.zeros(tuple(b.shape), dest.remote.meta.dtype), 0, held)
         return
     table = tables[tuple(b.start)].copy()
     table[0] = 0
@@ -511,7 +538,10 @@ def _relabel_block(job: _Job, dest: Volume, tables: dict[tuple[int, ...], np.nda
                          labels.meta.dtype)
     else:
         local = labels.read(b, 0)
-    dest.remote.write(b, table[local], 0)
+    out = table[local]
+    if held is not None and out.dtype != dest.remote.meta.dtype:  # ("auto": uint32 ids)
+        out = out.astype(dest.remote.meta.dtype)
+    write_sparse(dest.remote, b, out, 0, held)
 
 
 #: schemes whose out= store lies at a storage location (a directory, or a prefix on object
@@ -533,6 +563,19 @@ def _beside(remote: Remote) -> str | None:
     if is_local(location):
         location = os.path.abspath(local_path(location))  # (a worker's cwd is not ours)
     return f"{location.rstrip('/')}{SCRATCH_SUFFIX}{uuid.uuid4().hex[:12]}"
+
+
+def _creates(out: Any) -> bool:
+    """Whether ``out`` names a store that does not exist yet, which :func:`resolve_output`
+    then creates (so that it holds nothing until this call writes it)."""
+    if out is None or isinstance(out, Volume):
+        return False
+    try:
+        cls, location = resolve_for_create(spec_url(out) if isinstance(out, dict)
+                                           else os.fspath(out))
+        return not cls.exists(location)
+    except (VoxgateError, ImportError, TypeError):
+        return False  # (resolve_output says what is wrong with it)
 
 
 def _will_be_beside(out: Any) -> bool:

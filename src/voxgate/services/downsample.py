@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..absence import StoredGroups, background_groups, holds_nothing
+from ..absence import StoredGroups, background_groups, holds_nothing, write_sparse
 from ..blockwise import (
     block_shape,
     blocks_at_once,
@@ -662,30 +662,32 @@ class _Absent:
     """Where a pass's scales store chunks, for blocks of its first scale that hold none.
 
     ``read``: the stored chunks of the scale the pass reads (a block touching none reads as 0
-    everywhere, and every level of it, a mean or a mode of zeros, is 0).  ``written``: per
-    scale the pass writes, where it stores chunks, or None (write every block's zeros: its
-    fill is not 0, or it stores all its chunks): a skipped block's level whose chunks there
-    are all absent (reading 0 already) is not written; one touching a stored chunk (of an
-    earlier pyramid) is written with its zeros, as before."""
+    everywhere, and every level of it, a mean or a mode of zeros, is 0), or None (every block
+    is read).  ``written``: per scale the pass writes, where it stores chunks, or None (write
+    every block's zeros: its fill is not 0, or it stores all its chunks): a skipped block's
+    level whose chunks there are all absent (reading 0 already) is not written; one touching a
+    stored chunk (of an earlier pyramid) is written with its zeros, as before.  Of a block
+    read, a level's chunks (or shards) of only 0 are likewise left out of its write where the
+    scale stores none (:func:`voxgate.absence.write_sparse`)."""
 
-    read: StoredGroups
+    read: StoredGroups | None
     written: tuple[StoredGroups | None, ...]
 
 
 def _absent_blocks(remote: Any, first: int, steps: Sequence[Vec], base: Vec, anchor: Box
                    ) -> _Absent | None:
     """What :func:`_block` needs to leave the blocks of only absent chunks (of a fill of 0)
-    unread, or None (every block read and written): the store cannot tell (see
-    :func:`voxgate.absence.background_groups`), or the kernel makes something else than 0 of
-    zeros (asked of it, on one block of zeros of the pass's whole factor)."""
+    unread, and the chunks of only 0 it computes unwritten where the scale stores none, or
+    None (every block read and written whole): the store cannot tell (see
+    :func:`voxgate.absence.background_groups`).  Blocks are all read (``read`` None) where the
+    scale read stores every chunk, or the kernel makes something else than 0 of zeros (asked
+    of it, on one block of zeros of the pass's whole factor)."""
     meta = remote.meta
     read = background_groups(remote, meta.scale(first).bounds, first, base, anchor.start)
-    if read is None:
-        return None
     cum = _cumulative(steps)
-    if any(np.any(level) for level in downsample_kernel(
+    if read is not None and any(np.any(level) for level in downsample_kernel(
             np.zeros(tuple(cum), meta.dtype), steps, meta.kind)):
-        return None
+        read = None
     written: list[StoredGroups | None] = []
     cum = Vec(1, 1, 1)
     for k, f in enumerate(steps, start=first + 1):
@@ -696,6 +698,8 @@ def _absent_blocks(remote: Any, first: int, steps: Sequence[Vec], base: Vec, anc
             *(a // c for a, c in zip(anchor.start, cum, strict=True)))
         written.append(background_groups(remote, meta.scale(k).bounds, k, Vec(
             *(max(1, b // c) for b, c in zip(base, cum, strict=True))), at))
+    if read is None and all(w is None for w in written):
+        return None
     return _Absent(read, tuple(written))
 
 
@@ -703,7 +707,9 @@ def _block(remote: Any, b: Box, steps: Sequence[Vec], first: int = 0,
            skip: _Absent | None = None) -> None:
     """Downsample one block of scale ``first`` into the next ``len(steps)`` scales.  A block
     that ``skip`` says holds only absent chunks (reading 0) is not read: its levels are 0,
-    written only where the scale stores chunks there (see :class:`_Absent`)."""
+    written only where the scale stores chunks there (see :class:`_Absent`).  Of a block
+    read, a level's chunks of only the fill value are left out where that scale stores no
+    chunk (blocks own whole chunks of every level: see :func:`_pass_grid`)."""
     if skip is not None and holds_nothing(skip.read, b):
         for k, target in _targets(remote, b, steps, first):
             held = skip.written[k - first - 1]
@@ -712,7 +718,8 @@ def _block(remote: Any, b: Box, steps: Sequence[Vec], first: int = 0,
         return
     for k, target, arr in coarse_levels(remote, b, steps, first):
         if not target.is_empty():
-            remote.write(target, arr, k)
+            write_sparse(remote, target, arr, k,
+                         None if skip is None else skip.written[k - first - 1])
 
 
 def _downsample_block(spec: str, run: str, b: Box, steps: Sequence[Vec],

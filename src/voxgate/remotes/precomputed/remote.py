@@ -82,6 +82,9 @@ def _parse_info(raw: bytes | None, where: str) -> dict[str, Any]:
 class PrecomputedRemote(Remote):
     scheme = "precomputed"
     create_options = ("sharded",)
+    # chunks of 0 are written, as CloudVolume writes them: its readers refuse absent chunks
+    # unless fill_missing is set
+    keeps_fill_chunks = True
 
     def __init__(self, location: str, info: dict[str, Any], mode: str) -> None:
         self.location = location
