@@ -216,6 +216,26 @@ def test_shipped_model_finds_held_out_synapses():
     assert (predict_volume("synapse-unet", empty.image) >= 0.5).sum() < 30
 
 
+def test_shipped_model_marks_nothing_where_the_image_is_black():
+    """Black is no synapse: space outside the tissue, an unimaged margin, absent chunks read as
+    0, a missing section.  (The first weights answered about 1.0 on black everywhere, and a
+    mostly-black volume became one huge detection.)"""
+    seed = HELD_OUT_SEEDS[-1]
+    assert (predict_volume("synapse-unet", np.zeros((16, 96, 96), np.uint8)) >= 0.5).sum() == 0
+    truth = synapses((32, 256, 256), seed=seed, density=3.0)
+    image = truth.image.copy()
+    image[..., 160:] = 0  # an unimaged margin
+    image[20] = 0  # a missing section
+    prob = predict_volume("synapse-unet", image)
+    assert (prob[..., 160:] >= 0.5).sum() < 30 and (prob[20] >= 0.5).sum() < 30
+    # the synapses in the tissue are still found (the ones the margin cuts are not asked for)
+    found, _ = detect(prob, voxel_size=truth.voxel_size)
+    inside = truth.centres[truth.centres[:, 2] < 140] * np.asarray(truth.voxel_size)
+    assert len(inside) >= 4
+    got = match_detections(found, inside, max_distance_nm=DEFAULT_MATCH_NM)
+    assert got["tp"] == len(inside), got
+
+
 def test_errors_are_voxgate_errors():
     with pytest.raises(VoxgateError):
         resolve_model("nope")

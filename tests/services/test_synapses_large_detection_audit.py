@@ -1,5 +1,6 @@
 """detect_synapses when one detection is huge: a model that answers ~1 on black (the built-in
-``synapse-unet`` does) makes the empty space of a mostly-black volume one detection.
+``synapse-unet``'s first weights did) makes the empty space of a mostly-black volume one
+detection.
 
 The statistics pass held every foreground voxel of a block as int64 coordinates at once, and
 placing a detection took ``np.argwhere`` over its whole bounding box: for a 1 GiB mostly-black
@@ -43,7 +44,7 @@ BOUND_MIB = 400
 
 
 def _inverse_model(path: Path) -> Path:
-    """An ONNX model answering ``1 - x``: 1 on black, as synapse-unet answers about 1."""
+    """An ONNX model answering ``1 - x``: 1 on black, as synapse-unet's first weights did."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 

@@ -23,10 +23,12 @@ from ..synthetic import SyntheticSynapses, synapses
 from . import load_session, resolve_model
 
 __all__ = [
+    "BLACK_MARGIN",
     "DEFAULT_MATCH_NM",
     "DEFAULT_MIN_SIZE",
     "EVAL_SHAPE",
     "HELD_OUT_SEEDS",
+    "black_response",
     "detect",
     "evaluate",
     "match_detections",
@@ -41,6 +43,8 @@ EVAL_SHAPE = (64, 256, 256)
 #: a detection within this distance (nm) of a ground-truth centre matches it; synapses are
 #: at least 700 nm apart, so one detection can never be near two
 DEFAULT_MATCH_NM = 250.0
+#: :func:`black_response`: the share of x (the far side) made black in each held-out volume
+BLACK_MARGIN = 0.375
 #: components smaller than this (voxels) are not detections: a true density has 300 or more
 DEFAULT_MIN_SIZE = 30
 
@@ -141,6 +145,42 @@ def evaluate(model: str | Path = "synapse-unet", *, seeds: Sequence[int] = HELD_
             "precision": ratio(t["tp"], t["fp"]), "recall": ratio(t["tp"], t["fn"])}
 
 
+def black_response(model: str | Path = "synapse-unet", *,
+                   seeds: Sequence[int] = HELD_OUT_SEEDS[:2],
+                   shape: tuple[int, int, int] = EVAL_SHAPE, density: float = 1.0,
+                   threshold: float = 0.5,
+                   min_size: int = DEFAULT_MIN_SIZE,
+                   max_distance_nm: float = DEFAULT_MATCH_NM) -> dict[str, Any]:
+    """What the model marks where EM data is black (0): an all-black volume of ``shape``, and
+    held-out volumes whose far :data:`BLACK_MARGIN` of x (an unimaged margin) and one section
+    are black.  Voxels at or above ``threshold`` in black space (0 is right), and the
+    detections' precision / recall on the rest against the synapses whose centres lie there
+    (a detection whose centroid lies in the margin counts as a false one)."""
+    cut = int(shape[2] * (1 - BLACK_MARGIN))
+    black = predict_volume(model, np.zeros(shape, np.uint8))
+    marked = int((black >= threshold).sum())
+    totals = {"tp": 0, "fp": 0, "fn": 0}
+    for seed in seeds:
+        vol = synapses(shape, seed=seed, density=density)
+        image = vol.image.copy()
+        image[..., cut:] = 0
+        section = shape[0] // 2
+        image[section] = 0
+        prob = predict_volume(model, image)
+        marked += int((prob[..., cut:] >= threshold).sum() + (prob[section] >= threshold).sum())
+        found, _ = detect(prob, threshold=threshold, min_size=min_size,
+                          voxel_size=vol.voxel_size)
+        truth = vol.centres[vol.centres[:, 2] < cut] * np.asarray(vol.voxel_size)
+        det = match_detections(found, truth, max_distance_nm=max_distance_nm)
+        for key in totals:
+            totals[key] += int(det[key])
+    t = totals
+    return {"seeds": list(seeds), "shape": list(shape), "margin": BLACK_MARGIN,
+            "black_voxels_marked": marked, **t,
+            "precision": round(t["tp"] / (t["tp"] + t["fp"]), 4) if t["tp"] + t["fp"] else 1.0,
+            "recall": round(t["tp"] / (t["tp"] + t["fn"]), 4) if t["tp"] + t["fn"] else 1.0}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m voxgate.models.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -153,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate(resolve_model(args.model), seeds=HELD_OUT_SEEDS[: args.volumes],
                       threshold=args.threshold, min_size=args.min_size,
                       max_distance_nm=args.max_distance_nm)
+    result["black"] = black_response(resolve_model(args.model), threshold=args.threshold,
+                                     min_size=args.min_size,
+                                     max_distance_nm=args.max_distance_nm)
     print(json.dumps(result, indent=1))
     return 0
 

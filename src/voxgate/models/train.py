@@ -117,10 +117,41 @@ def _batch(vols: list[SyntheticSynapses], rng: np.random.Generator, size: int,
         if patch[1] == patch[2] and rng.random() < 0.5:
             img, msk = img.transpose(0, 2, 1), msk.transpose(0, 2, 1)
         img = img * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08)
-        images.append(np.ascontiguousarray(img))
-        masks.append(np.ascontiguousarray(msk))
+        img, msk = _blacken(np.ascontiguousarray(img), np.ascontiguousarray(msk), rng)
+        images.append(img)
+        masks.append(msk)
     return (torch.from_numpy(np.stack(images)[:, None]),
             torch.from_numpy(np.stack(masks)[:, None]))
+
+
+#: how often a training patch gets black space (after the gain jitter: black stays 0.0):
+#: a margin from one face, every voxel, or a missing section
+BLACK_MARGIN, BLACK_ALL, BLACK_SECTION = 0.2, 0.04, 0.1
+
+
+def _blacken(img: np.ndarray, msk: np.ndarray, rng: np.random.Generator
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Black (0, no synapse) where EM data is black: an unimaged margin reaching in from one
+    face of the patch, the whole patch (space outside the tissue, absent chunks read as 0),
+    or a missing section.  Without such patches the model took black for the darkest thing it
+    had seen, the postsynaptic density, and answered about 1.0 on black everywhere."""
+    r = rng.random()
+    if r < BLACK_ALL:
+        img[...] = 0.0
+        msk[...] = 0.0
+    elif r < BLACK_ALL + BLACK_MARGIN:
+        axis = int(rng.choice(3, p=[0.2, 0.4, 0.4]))  # (z is 5x coarser: fewer margins)
+        depth = int(rng.integers(1, max(2, int(img.shape[axis] * 0.6)) + 1))
+        cut = [slice(None)] * 3
+        cut[axis] = slice(0, depth) if rng.random() < 0.5 else slice(img.shape[axis] - depth,
+                                                                      None)
+        img[tuple(cut)] = 0.0
+        msk[tuple(cut)] = 0.0
+    if rng.random() < BLACK_SECTION:
+        z = int(rng.integers(img.shape[0]))
+        img[z] = 0.0
+        msk[z] = 0.0
+    return img, msk
 
 
 def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -207,7 +238,13 @@ def export_onnx(model: UNet3D, path: Path, *, metadata: dict[str, Any] | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .evaluate import DEFAULT_MATCH_NM, DEFAULT_MIN_SIZE, HELD_OUT_SEEDS, evaluate
+    from .evaluate import (
+        DEFAULT_MATCH_NM,
+        DEFAULT_MIN_SIZE,
+        HELD_OUT_SEEDS,
+        black_response,
+        evaluate,
+    )
 
     ap = argparse.ArgumentParser(prog="python -m voxgate.models.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -264,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         card["accuracy"] = evaluate(path, seeds=seeds)
         print(json.dumps(card["accuracy"], indent=1))
         card["accuracy"]["match_distance_nm"] = DEFAULT_MATCH_NM
+        card["black"] = black_response(path)
+        print(json.dumps(card["black"], indent=1))
     export_onnx(model, args.out, metadata={"voxgate": card})
     args.out.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB) in {seconds:.0f} s")

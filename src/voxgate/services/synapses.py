@@ -6,8 +6,9 @@ mask, :func:`connected_components` labels it (26-connected, numbered canonically
 labels equal the whole-volume answer whatever the blocks), one pass over the blocks sums each
 component's voxels, coordinates and probabilities, and components of at least ``min_size``
 and at most ``max_size`` voxels become detections (larger ones are dropped with a warning: a
-model that answers about 1 on black, as ``synapse-unet`` does, makes the empty space of a
-mostly-black volume one component of nearly every voxel).  Memory is bounded by the blocks
+model that answers about 1 on black, as ``synapse-unet``'s first weights did, makes the
+empty space of a mostly-black volume one component of nearly every voxel).  Memory is
+bounded by the blocks
 whatever a component's size: the statistics take a block's voxels a slice at a time, and a
 component too large to hold at once is placed, and given its segments, block by block.
 
