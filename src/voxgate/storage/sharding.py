@@ -181,8 +181,13 @@ class ShardingSpec:
         return 16 << self.minishard_bits
 
 
-def _encode(data: bytes, encoding: str) -> bytes:
-    return gzip.compress(data, compresslevel=6, mtime=0) if encoding == "gzip" else data
+#: the gzip level tensorstore's sharded writes use (its shards are rebuilt byte for byte)
+TENSORSTORE_GZIP_LEVEL = 9
+
+
+def _encode(data: bytes, encoding: str, level: int = 6) -> bytes:
+    # (mtime 0: the header zlib writes, as tensorstore's gzip does)
+    return gzip.compress(data, compresslevel=level, mtime=0) if encoding == "gzip" else data
 
 
 def _decode(data: bytes, encoding: str, what: str) -> bytes:
@@ -195,11 +200,16 @@ def _decode(data: bytes, encoding: str, what: str) -> bytes:
 
 
 # -- one shard file -------------------------------------------------------------------------------
-def encode_shard(spec: ShardingSpec, entries: Mapping[int, tuple[bytes, bytes]]) -> bytes:
+def encode_shard(spec: ShardingSpec, entries: Mapping[int, tuple[bytes, bytes]], *,
+                 encoded: bool = False, level: int = 6) -> bytes:
     """The bytes of one shard holding ``entries`` ({key: (prefix, value)}), all of which
     belong in it: ``[shard index][minishard 0: prefix, value, prefix, value, ...][its index]
     [minishard 1 ...]``, each minishard's keys ascending, values per ``data_encoding`` (the
-    prefix stays raw), indexes per ``minishard_index_encoding``."""
+    prefix stays raw), indexes per ``minishard_index_encoding``, gzip at ``level``; empty
+    minishards have the index entry (0, 0).  ``encoded``: the values are in
+    ``data_encoding`` already (as ``decode_shard(..., values=False)`` gives them).  With
+    ``level=TENSORSTORE_GZIP_LEVEL`` this is byte for byte the shard tensorstore writes for
+    the same entries."""
     keys = np.fromiter(entries, dtype=np.uint64, count=len(entries))
     _, minishards = spec.locate(keys)
     index = np.zeros((1 << spec.minishard_bits, 2), dtype="<u8")
@@ -213,14 +223,15 @@ def encode_shard(spec: ShardingSpec, entries: Mapping[int, tuple[bytes, bytes]])
         previous_key, previous_end = 0, 0
         for i, key in enumerate(chosen.tolist()):
             prefix, value = entries[key]
-            value = _encode(value, spec.data_encoding)
+            if not encoded:
+                value = _encode(value, spec.data_encoding, level)
             parts.append(prefix)
             parts.append(value)
             start = at + len(prefix)
             rows[:, i] = (key - previous_key, start - previous_end, len(value))
             previous_key, previous_end = key, start + len(value)
             at = previous_end
-        blob = _encode(rows.tobytes(), spec.minishard_index_encoding)
+        blob = _encode(rows.tobytes(), spec.minishard_index_encoding, level)
         parts.append(blob)
         index[m] = (at, at + len(blob))
         at += len(blob)
@@ -255,8 +266,10 @@ def _shard_index(spec: ShardingSpec, data: bytes, what: str) -> np.ndarray:
 
 
 def decode_shard(spec: ShardingSpec, data: bytes, what: str,
-                 prefix_size: PrefixSize | None = None) -> dict[int, tuple[bytes, bytes]]:
-    """Every entry of one shard file: {key: (prefix, value)}, values decoded."""
+                 prefix_size: PrefixSize | None = None, *, values: bool = True
+                 ) -> dict[int, tuple[bytes, bytes]]:
+    """Every entry of one shard file: {key: (prefix, value)}, values decoded; ``values``
+    False: as stored, in ``data_encoding`` (no prefixes: ``prefix_size`` is ignored)."""
     index = _shard_index(spec, data, what)
     out: dict[int, tuple[bytes, bytes]] = {}
     base = spec.index_bytes
@@ -269,6 +282,9 @@ def decode_shard(spec: ShardingSpec, data: bytes, what: str,
         keys, starts, sizes = _minishard_entries(
             spec, data[base + start:base + end], f"{what} (minishard {m} index)", len(data))
         for key, s, n in zip(keys.tolist(), starts.tolist(), sizes.tolist(), strict=True):
+            if not values:
+                out[key] = (b"", data[s:s + n])
+                continue
             value = _decode(data[s:s + n], spec.data_encoding, f"{what} (key {key})")
             p = prefix_size(key, value) if prefix_size else 0
             if p > s:
@@ -578,6 +594,53 @@ class ShardedStore:
 
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(groups)))) as pool:
             return list(pool.map(one, groups))
+
+    def add_absent(self, values: Mapping[int, bytes], *, workers: int = 4) -> list[str]:
+        """Store ``values`` ({key: value}, no prefixes) under those of their keys that their
+        shards do not hold, keeping every stored entry byte for byte (its value is not
+        decoded); returns the shard files written.  Each shard is rebuilt as tensorstore
+        builds one (:func:`encode_shard` at ``TENSORSTORE_GZIP_LEVEL``) and written only if
+        nobody changed it since it was read, else merged again (as :meth:`update`): a key
+        another writer stores meanwhile keeps its value.  A shard that holds every key
+        already is not written."""
+        keys = np.fromiter(values, dtype=np.uint64, count=len(values))
+        if not len(keys):
+            return []
+        shards, _ = self.spec.locate(keys)
+        level = TENSORSTORE_GZIP_LEVEL
+        # each distinct value encoded once (chunks of 0: one value per edge shape)
+        by_value: dict[bytes, bytes] = {}
+        for value in values.values():
+            if value not in by_value:
+                by_value[value] = _encode(value, self.spec.data_encoding, level)
+
+        def one(shard: int) -> str | None:
+            name = self.spec.shard_name(shard)
+            what = join(self.location, name)
+            members = keys[shards == shard].tolist()
+
+            def merge(current: bytes | None) -> bytes:
+                stored = ({} if current is None
+                          else decode_shard(self.spec, current, what, values=False))
+                new = [k for k in members if k not in stored]
+                if not new:
+                    raise _Unchanged
+                for k in new:
+                    stored[k] = (b"", by_value[values[k]])
+                return encode_shard(self.spec, stored, encoded=True, level=level)
+
+            try:
+                update_conditionally(self._store(), name, merge, what,
+                                     attempts=_MERGE_ATTEMPTS,
+                                     advice="too many writers share this shard: give each "
+                                     "writer whole shards")
+            except _Unchanged:
+                return None
+            return name
+
+        todo = np.unique(shards).tolist()
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
+            return [n for n in pool.map(one, todo) if n is not None]
 
     def remove(self, keys: Iterable[int], prefix_size: PrefixSize | None = None) -> None:
         """Drop ``keys`` from their shards (each shard read, merged without them and written

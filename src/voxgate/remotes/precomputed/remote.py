@@ -58,7 +58,7 @@ from .chunks import (
     _stored_remote,
 )
 from .info import _TS_ENCODINGS, _check_meta, _scale_info
-from .sharding import _grid, _shard_shape, _sharded_presence, _WholeShards
+from .sharding import _grid, _shard_shape, _sharded_presence, _WholeShards, _ZeroChunks
 
 __all__ = ["PrecomputedRemote"]
 
@@ -92,6 +92,7 @@ class PrecomputedRemote(Remote):
         self.url = f"precomputed://{location}"
         self._lock = threading.Lock()
         self._io: list[_ScaleIO | None] = []  # one handle per scale, opened at first use
+        self._zeros: dict[int, _ZeroChunks | None] = {}  # per sharded scale, made at first use
         self._set_info(info)
 
     def _set_info(self, info: dict[str, Any]) -> None:
@@ -320,7 +321,28 @@ class PrecomputedRemote(Remote):
 
     def write(self, box: Box, array: np.ndarray, scale: int = 0) -> None:
         self._check_writable()
-        self._scale_io(scale).write(box, array)
+        io = self._scale_io(scale)
+        io.write(box, array)
+        if isinstance(io, TSArray):
+            zero = self._zero_chunks(scale)
+            if zero is not None:
+                # tensorstore leaves chunks of 0 out of shards (_ZeroChunks): CloudVolume
+                # refuses them then, unless fill_missing is set
+                zero.after_write(box, array)
+
+    def _zero_chunks(self, scale: int) -> _ZeroChunks | None:
+        """The shard filler of a scale sharded with the identity hash (None for others: a
+        hashed layout's chunks of 0 tensorstore stores), made at first use."""
+        if scale in self._zeros:
+            return self._zeros[scale]
+        scale_info = self._info["scales"][scale]
+        zero = None
+        if (scale_info.get("sharding") or {}).get("hash") == "identity":
+            sc = self.meta.scales[scale]
+            zero = _ZeroChunks(join(self.location, sc.key or ""), sc, scale_info,
+                               self._info["type"], self.meta.dtype, self.meta.num_channels)
+        with self._lock:
+            return self._zeros.setdefault(scale, zero)
 
     def absent_chunks(self, box: Box, scale: int = 0) -> list[Vec]:
         """Chunks touching ``box`` with no chunk file (on local disks any of CloudVolume's

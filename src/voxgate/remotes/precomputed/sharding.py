@@ -6,6 +6,7 @@ that ignores Range."""
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -99,6 +100,83 @@ def _ts_presence(
             return bool(kv.read(key, byte_range=slice(0, 0)).result().state == "value")
 
     return lookup
+
+
+class _ZeroChunks:
+    """Puts chunks of 0 into the shards of one sharded scale where a write left them out.
+
+    tensorstore (0.1.x) stores no chunk equal to the fill value in a scale sharded with the
+    identity hash, whose shards it writes as boxes of chunks, whatever
+    ``store_data_equal_to_fill_value`` says (obeyed for unsharded scales and hashed shards): a
+    shard whose chunks are all 0 is not written at all, and a shard with data holds no entry
+    for its chunks of 0.  CloudVolume refuses such a chunk unless ``fill_missing`` is set, so after
+    each tensorstore write the chunks it touched that are 0 in the array written are added
+    to their shards, if their shards still do not hold them (:meth:`ShardedStore.add_absent`:
+    entries already stored, by this write or any other writer since, are kept as they are).
+    The chunks are encoded by tensorstore itself, into a memory store (one per edge shape);
+    the shards are rebuilt as tensorstore builds them, through the layer's own kvstore."""
+
+    def __init__(self, where: str, sc: Scale, scale_info: Mapping[str, Any], kind: str,
+                 dtype: np.dtype[Any], channels: int) -> None:
+        self.where = where
+        self.kind = kind
+        self.scale = sc
+        self.scale_info = scale_info
+        self.dtype = dtype
+        self.channels = channels
+        self.store = ShardedStore(where, ShardingSpec.from_json(scale_info["sharding"],
+                                                                join(where, "sharding")))
+        self._encoded: dict[tuple[int, ...], bytes] = {}
+        self._lock = threading.Lock()
+
+    def after_write(self, box: Box, array: np.ndarray) -> None:
+        """Add the chunks touching ``box`` that are 0 there in ``array`` (the (c,) z, y, x
+        voxels of ``box`` just written) and absent from their shards."""
+        sc = self.scale
+        zero: dict[int, bytes] = {}
+        lead = (slice(None),) if self.channels > 1 else ()
+        for g, cell in chunk_boxes(box, sc.chunks, sc.bounds):
+            part = cell.intersect(box)
+            if not array[(*lead, *part.slices(box.start))].any():
+                # (the rest of a chunk only partly in box: were it not 0, tensorstore would
+                # have kept the chunk, and a chunk its shard holds is left alone)
+                zero[_compressed_morton(g, sc)] = self._zeros(tuple(cell.shape))
+        self.store.add_absent(zero)
+
+    def _zeros(self, shape: tuple[int, ...]) -> bytes:
+        """A chunk of 0 of ``shape`` (z, y, x: clipped at the volume's upper edge, as stored),
+        encoded by tensorstore in this scale's encoding."""
+        with self._lock:
+            got = self._encoded.get(shape)
+        if got is not None:
+            return got
+        info = self.scale_info
+        scale: dict[str, Any] = {
+            "key": "s", "size": list(shape[::-1]), "voxel_offset": [0, 0, 0],
+            "chunk_size": list(info["chunk_sizes"][0]), "resolution": info["resolution"],
+            "encoding": info.get("encoding", "raw"),
+        }
+        for k in ("compressed_segmentation_block_size", "jpeg_quality", "png_level"):
+            if k in info:
+                scale[k] = info[k]
+        with ts_errors(f"encoding a chunk of 0 for {self.where}"):
+            store = ts.open({
+                "driver": "neuroglancer_precomputed", "kvstore": {"driver": "memory"},
+                "multiscale_metadata": {"type": self.kind, "data_type": self.dtype.name,
+                                        "num_channels": self.channels},
+                "scale_metadata": scale, "create": True,
+                "store_data_equal_to_fill_value": True,
+            }, context=ts.Context()).result()
+            store.write(np.zeros(store.shape, self.dtype)).result()
+            kv = store.kvstore
+            keys = [] if kv is None else [k for k in kv.list().result() if k.startswith(b"s/")]
+            if kv is None or len(keys) != 1:
+                raise CapabilityNotSupportedError(
+                    f"tensorstore stored {len(keys)} chunks for one chunk of 0 of {self.where}")
+            data = bytes(kv.read(keys[0]).result().value)
+        with self._lock:
+            self._encoded[shape] = data
+        return data
 
 
 def _grid(sc: Scale) -> list[int]:
