@@ -42,6 +42,7 @@ __all__ = [
     "as_volume",
     "block_boxes",
     "choose_path",
+    "creates_store",
     "progress_bar",
     "region_meta",
     "resolve_output",
@@ -178,6 +179,21 @@ def check_output_options(func: Callable[..., Any], out: Any, options: dict[str, 
         return () if cls is None else (*cls.create_options, *COMMON_OPTIONS["create"])
 
     check_keywords(func, options, store_options)
+
+
+def creates_store(out: Any) -> bool:
+    """Whether the ``out=`` given names a store that does not exist yet, which
+    :func:`resolve_output` then creates (so that it holds nothing until the Service writes
+    it: its write units of only the fill value need not be written).  Asked before
+    :func:`resolve_output`."""
+    if out is None or isinstance(out, Volume):
+        return False
+    try:
+        cls, location = resolve_for_create(spec_url(out) if isinstance(out, dict)
+                                           else os.fspath(out))
+        return not cls.exists(location)
+    except (VoxgateError, ImportError, TypeError):
+        return False  # (resolve_output says what is wrong with it)
 
 
 def resolve_output(out: Any, meta: VolumeMeta, *, overwrite: bool, options: dict[str, Any],

@@ -60,6 +60,7 @@ from ._common import (
     Provenance,
     as_volume,
     check_output_options,
+    creates_store,
     region_meta,
     remove_scratch,
     resolve_output,
@@ -268,7 +269,7 @@ def connected_components(
     if isinstance(out, Volume) and dtype is None:
         want = out.dtype if out.dtype in _ID_DTYPES else np.dtype(np.uint64)
     # (asked before resolve_output creates it: a store made by this call holds nothing)
-    fresh = _creates(out)
+    fresh = creates_store(out)
 
     def details(n_blocks: int, n: int, dt: np.dtype) -> dict[str, Any]:
         return {"connectivity": connectivity, "blocks": n_blocks, "components": n,
@@ -563,19 +564,6 @@ def _beside(remote: Remote) -> str | None:
     if is_local(location):
         location = os.path.abspath(local_path(location))  # (a worker's cwd is not ours)
     return f"{location.rstrip('/')}{SCRATCH_SUFFIX}{uuid.uuid4().hex[:12]}"
-
-
-def _creates(out: Any) -> bool:
-    """Whether ``out`` names a store that does not exist yet, which :func:`resolve_output`
-    then creates (so that it holds nothing until this call writes it)."""
-    if out is None or isinstance(out, Volume):
-        return False
-    try:
-        cls, location = resolve_for_create(spec_url(out) if isinstance(out, dict)
-                                           else os.fspath(out))
-        return not cls.exists(location)
-    except (VoxgateError, ImportError, TypeError):
-        return False  # (resolve_output says what is wrong with it)
 
 
 def _will_be_beside(out: Any) -> bool:

@@ -27,6 +27,14 @@ gives the model the same tensor as every window of that value, shape and place o
 in it: the model runs once per such key and its answer is reused (a handful of keys kept per
 run; a constant answer is kept as one value per channel).
 
+A block whose input window touches no stored chunk of a store that tells absent chunks from
+stored ones (:func:`voxgate.absence.background_groups`, asked once per run) is not read at
+all: its input is the fill value 0 everywhere, and its answer is the reused answer for a
+window of 0.  Output chunks (write units) of only the output's fill value are not written
+where the output holds nothing (:func:`voxgate.absence.write_sparse`): everywhere in an
+``out=`` store this call creates (or the in-memory result), and where a given or overwritten
+output held no chunk before the run; a chunk holding older data is written, zeros and all.
+
 Every check of the model (file present, ONNX, input rank and dtype, output shape) happens
 before any block runs.
 """
@@ -47,10 +55,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from ..absence import StoredGroups, background_groups, group_for, holds_nothing, write_sparse
 from ..blockwise import (
     check_client,
     check_for_cluster,
@@ -63,6 +72,7 @@ from ..blockwise import (
 from ..errors import CapabilityNotSupportedError, InvalidRequestError, MissingDependencyError
 from ..geometry import Box, Vec, grow_block, whole_at_least
 from ..meta import Scale, VolumeMeta
+from ..remotes.base import Remote
 from ..remotes.memory import MemoryRemote
 from ..volume import Volume
 from ._common import (
@@ -70,6 +80,7 @@ from ._common import (
     as_volume,
     block_boxes,
     check_output_options,
+    creates_store,
     resolve_output,
     scratch_result,
 )
@@ -526,7 +537,7 @@ def _one_value(raw: np.ndarray) -> bytes | None:
 
 
 def _infer(runner: ModelRunner, src: Volume, block: Box, halo: Vec, region: Box,
-           reuse: _Reuse | None = None) -> np.ndarray:
+           reuse: _Reuse | None = None, stored: StoredGroups | None = None) -> np.ndarray:
     """The model's float32 (c, z, y, x) output over ``block``.
 
     The block's halo is widened to the model's size step on a grid anchored at the region's
@@ -536,14 +547,18 @@ def _infer(runner: ModelRunner, src: Volume, block: Box, halo: Vec, region: Box,
 
     With ``reuse``, a window of one value takes the model's answer for its key (the model's
     input is that value over the window's shape, zero-padded to the size step: nothing else)
-    from there, computed once."""
+    from there, computed once.  A window that touches no stored chunk of the source's groups
+    ``stored`` (:func:`voxgate.absence.background_groups`: absent chunks read as 0 there) is
+    not read: it is that window of 0, and takes the answer for its key."""
     step = runner.step
     lo = Vec(*(r + (a - r) // s * s for a, r, s in zip(block.start - halo, region.start, step,
                                                         strict=True)))
     hi = Vec(*(r + -(-(a - r) // s) * s for a, r, s in zip(block.stop + halo, region.start,
                                                             step, strict=True)))
     ext = Box(lo, hi).intersect(region)
-    raw = src.read(ext)
+    absent = holds_nothing(stored, ext)
+    # (np.zeros: pages the model's input never touches when the answer is reused)
+    raw = np.zeros(tuple(ext.shape), src.dtype) if absent else src.read(ext)
 
     def run() -> np.ndarray:
         x = to_unit_float(raw)
@@ -553,7 +568,12 @@ def _infer(runner: ModelRunner, src: Volume, block: Box, halo: Vec, region: Box,
         y = runner(x)
         return y[(slice(None), *block.slices(ext.start))]
 
-    one = _one_value(raw) if reuse is not None else None
+    if reuse is None:
+        one = None
+    elif absent:  # every voxel is 0 bits, as _one_value of the window read would find
+        one = _one_value(raw[:1, :1, :1])
+    else:
+        one = _one_value(raw)
     if reuse is None or one is None:
         return run()
     key = (raw.dtype.str, one, tuple(ext.shape), tuple(block.start - ext.start),
@@ -561,7 +581,48 @@ def _infer(runner: ModelRunner, src: Volume, block: Box, halo: Vec, region: Box,
     return reuse.get(key, run)
 
 
-def _store(y: np.ndarray, out: Volume, block: Box) -> None:
+class _Through:
+    """``out``'s store as :func:`voxgate.absence.write_sparse` sees it, each of its writes
+    made through the Volume (``out.write``: its write guards, hooks and partial-write
+    report, as every block was written before)."""
+
+    def __init__(self, out: Volume) -> None:
+        self.out = out
+        self.meta = out.remote.meta
+        self.keeps_fill_chunks = out.remote.keeps_fill_chunks
+
+    def write_grid(self, scale: int = 0) -> Vec:
+        return self.out.remote.write_grid(scale)
+
+    def grid_bounds(self, scale: int = 0) -> Box:
+        return self.out.remote.grid_bounds(scale)
+
+    def write(self, box: Box, data: np.ndarray, scale: int = 0) -> None:
+        self.out.write(data, box)
+
+
+class _Output:
+    """The output Volume as :func:`_store` writes it: a block's write units of only the fill
+    value are left out where ``held`` says the store holds nothing (True: a store this run
+    created, or the in-memory result; a :class:`~voxgate.absence.StoredGroups` of a given
+    store, asked before any block was written; None: every block written whole), see
+    :func:`voxgate.absence.write_sparse`.  Small: it travels to a cluster's workers."""
+
+    def __init__(self, vol: Volume, held: bool | StoredGroups | None) -> None:
+        self.vol, self.held = vol, held
+        self.dtype, self.meta = vol.dtype, vol.meta
+
+    def write(self, data: np.ndarray, block: Box) -> None:
+        if self.held is None or self.held is False:
+            self.vol.write(data, block)
+        else:
+            write_sparse(cast(Remote, _Through(self.vol)), block, data, self.vol.scale,
+                         self.held)
+
+
+def _store(y: np.ndarray, out: Volume | _Output, block: Box) -> None:
+    """Write a block's output ``y``, scaled to ``out``'s dtype (an :class:`_Output`: units of
+    only the fill value left out where it holds nothing)."""
     # y is this block's own (cropped) model output: scale it in place
     if out.dtype == np.uint8 and np.isnan(y).any():  # a uint8 cast would make them 0
         raise InvalidRequestError(
@@ -573,9 +634,10 @@ def _store(y: np.ndarray, out: Volume, block: Box) -> None:
     out.write(np.ascontiguousarray(data if out.meta.num_channels > 1 else data[0]), block)
 
 
-def _run_block(runner: ModelRunner, src: Volume, out: Volume, block: Box, halo: Vec,
-               region: Box, reuse: _Reuse | None = None) -> Box:
-    _store(_infer(runner, src, block, halo, region, reuse), out, block)
+def _run_block(runner: ModelRunner, src: Volume, out: Volume | _Output, block: Box, halo: Vec,
+               region: Box, reuse: _Reuse | None = None,
+               stored: StoredGroups | None = None) -> Box:
+    _store(_infer(runner, src, block, halo, region, reuse, stored), out, block)
     return block
 
 
@@ -679,8 +741,12 @@ def predict(
     first_box = next(block_boxes(region, b))
     first: np.ndarray | None = None
     reuse = _Reuse(_REUSE_BLOCKS * 4 * math.prod(b) * max(1, runner.channels or 1))
+    # where the source stores chunks (one bit per block): windows of none are not read
+    stored: StoredGroups | None = None
+    asked = False
     if runner.channels is None:  # a callable: its first block tells the output's channels
-        first = _infer(runner, src, first_box, h, region, reuse)
+        stored, asked = background_groups(src.remote, region, src.scale, b, region.start), True
+        first = _infer(runner, src, first_box, h, region, reuse, stored)
         reuse.limit *= int(first.shape[0])
         runner.channels = int(first.shape[0])
     channels = runner.channels
@@ -700,6 +766,8 @@ def predict(
                 f"covering {vol.bounds!r}; predict writes {dt.name} with {channels} "
                 f"channel(s) covering {region!r}")
 
+    # (asked before resolve_output creates it: a store made by this call holds nothing)
+    fresh = creates_store(out)
     target = resolve_output(out, meta, overwrite=overwrite, options=create_options, check=fits,
                             scale_of=None if isinstance(source, np.ndarray) else src)
     grid = target.remote.write_grid(target.scale)
@@ -710,6 +778,19 @@ def predict(
     # one chunk
     # (walked as the blocks are sent, never listed: it would grow with the volume)
     anchor = target.remote.grid_bounds(target.scale)
+    sc = src.scale_meta
+    if not asked or (stored is not None and stored.group != group_for(
+            b, anchor.start, sc.chunks, sc.bounds.start)):  # (on the blocks' grid)
+        stored = background_groups(src.remote, region, src.scale, b, anchor.start)
+    # where the output holds nothing, so that its write units of only the fill value need not
+    # be written: all of the in-memory result and of a store this call created; of a given or
+    # overwritten one, where its chunks are absent now (asked before any block is written; a
+    # unit holding older data is written, zeros and all)
+    held: bool | StoredGroups | None = True
+    if not fresh and out is not None:
+        held = background_groups(target.remote, region, target.scale, b, anchor.start) if (
+            target._plain) else None
+    sink = _Output(target, held)
     n_blocks = count_blocks(region, b, anchor)
     if unbounded and n_blocks > 1:
         raise _unbounded_error(runner, region, b)
@@ -720,7 +801,7 @@ def predict(
     left = region.intersect(anchor).size
     if first is not None and head is not None:
         # the callable's first block, computed above to learn its channels
-        _store(first, target, head)
+        _store(first, sink, head)
         left -= head.size
     elif head is not None:
         todo = itertools.chain((head,), todo)
@@ -729,7 +810,7 @@ def predict(
         check_for_cluster(target.url, "output", "predict", writes=True)
     # the runner (and its model bytes) travels to each worker once, with the two Volumes
     fn = functools.partial(_run_block, _for_cluster(runner) if client is not None else runner,
-                           src, target, halo=h, region=region, reuse=reuse)
+                           src, sink, halo=h, region=region, reuse=reuse, stored=stored)
     run_blocks(fn, todo, name="predict", client=client, workers=nworkers, progress=progress,
                retries=retries, total=n_blocks - int(first is not None),
                total_bytes=left * src.dtype.itemsize)
