@@ -659,9 +659,12 @@ def _run_view(cmd: Command, argv: list[str], root: Path) -> None:
     proc = subprocess.Popen([str(VOXGATE), *argv], cwd=root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     said = ""
+    rest = b""
     try:
         assert proc.stdout is not None
-        deadline = time.monotonic() + 30
+        # (generous: a fresh install compiles neuroglancer's modules at the first start, and
+        # CI runs two test processes on two cores)
+        deadline = time.monotonic() + 120
         while "Neuroglancer: http" not in said and time.monotonic() < deadline:
             ready, _, _ = select.select([proc.stdout], [], [], 1)
             if ready:  # (os.read: a buffered readline could hold the link unseen)
@@ -674,7 +677,13 @@ def _run_view(cmd: Command, argv: list[str], root: Path) -> None:
         assert httpx.get(link[1], timeout=10).status_code == 200
     finally:
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=30)
+        try:
+            rest, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # (never left running: its pipe and process would outlive the test)
+            rest, _ = proc.communicate()
+            raise AssertionError(f"{cmd.where}: `{cmd.text}` did not end at Ctrl-C:\n{said}"
+                                 f"{rest.decode()}") from None
     assert proc.returncode == 0, f"{cmd.where}: `{cmd.text}` printed:\n{said}{rest.decode()}"
 
 
