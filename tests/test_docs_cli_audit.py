@@ -656,8 +656,16 @@ def _run_view(cmd: Command, argv: list[str], root: Path) -> None:
     import httpx
 
     env = {**os.environ, "BROWSER": "true"}
+
+    def default_sigint() -> None:
+        # a child inherits an ignored SIGINT: something earlier in a long test run (a C
+        # library) may have left this process ignoring it, and Ctrl-C must reach the command
+        # (as tests/test_view.py found: in CI the command served on after Ctrl-C)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen([str(VOXGATE), *argv], cwd=root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=default_sigint)
     said = ""
     rest = b""
     try:
