@@ -382,8 +382,16 @@ def _runs(keep: np.ndarray) -> list[tuple[tuple[int, int], ...]]:
     return out
 
 
+def leaves_fill_absent(remote: Remote) -> bool:
+    """Whether a write to ``remote`` may leave out chunks of only the fill value where it holds
+    nothing: not where its peers' readers refuse absent chunks (``keeps_fill_chunks``:
+    precomputed, for CloudVolume), which are written, fill value and all."""
+    return not remote.keeps_fill_chunks
+
+
 def write_sparse(remote: Remote, box: Box, data: np.ndarray, scale: int,
-                 absent: bool | StoredGroups | None) -> tuple[int, int]:
+                 absent: bool | StoredGroups | None,
+                 write: Callable[[Box, np.ndarray], None] | None = None) -> tuple[int, int]:
     """Write ``data`` (channels first, if any) at ``box`` of ``remote``'s ``scale``, leaving
     out the write units (cells of :meth:`~voxgate.remotes.base.Remote.write_grid` anchored
     at :meth:`~voxgate.remotes.base.Remote.grid_bounds`, clipped to the box and the scale's
@@ -403,10 +411,17 @@ def write_sparse(remote: Remote, box: Box, data: np.ndarray, scale: int,
 
     Where no unit is left out it is one write, as before; else one write per run of units
     (:func:`_runs`).  A store whose ``keeps_fill_chunks`` is set (precomputed: CloudVolume's
-    readers refuse absent chunks) is always written whole."""
+    readers refuse absent chunks) is always written whole.
+
+    ``write(box, data)`` makes each write (default: ``remote.write`` at ``scale``; a Volume's
+    own write, with its guards, hooks and partial-write report, for a caller writing through
+    one); ``remote`` is asked only for its metadata and write grid."""
+    if write is None:
+        def write(part: Box, block: np.ndarray) -> None:
+            remote.write(part, block, scale)
     if (absent is None or absent is False or box.is_empty() or data.dtype != remote.meta.dtype
-            or remote.keeps_fill_chunks):
-        remote.write(box, data, scale)
+            or not leaves_fill_absent(remote)):
+        write(box, data)
         return 0, 0
     bounds = remote.meta.scale(scale).bounds
     anchor = remote.grid_bounds(scale)
@@ -420,14 +435,14 @@ def write_sparse(remote: Remote, box: Box, data: np.ndarray, scale: int,
             if not box.contains(cell) or absent.stored_in(cell):
                 skip[z, y, x] = False
     if not skip.any():
-        remote.write(box, data, scale)
+        write(box, data)
         return 0, 0
     for run in _runs(~skip):
         part = Box(Vec(*(box.start[axis] + int(edges[axis][0][a]) for axis, (a, _) in
                          enumerate(run))),
                    Vec(*(box.start[axis] + int(edges[axis][1][b - 1]) for axis, (_, b) in
                          enumerate(run))))
-        remote.write(part, np.ascontiguousarray(data[(..., *part.slices(box.start))]), scale)
+        write(part, np.ascontiguousarray(data[(..., *part.slices(box.start))]))
     left = 0
     for z, y, x in zip(*np.nonzero(skip), strict=True):
         sizes = [int(e[1][i] - e[0][i]) for e, i in zip(edges, (z, y, x), strict=True)]

@@ -56,6 +56,7 @@ from .absence import (
     absent_fill,
     absent_in,
     holds_nothing,
+    leaves_fill_absent,
     only_fill,
     write_sparse,
 )
@@ -1245,7 +1246,7 @@ def _copy_part(s: Remote, d: Remote, scale: int, part: Box, skip_fill: bool,
         data = _filled(absent, part)
     # (a store whose peers refuse absent chunks keeps the source's stored chunks of fill value:
     # absent only where the source's are, above)
-    empty = skip_fill and fill and not d.keeps_fill_chunks
+    empty = skip_fill and fill and leaves_fill_absent(d)
     left = left_bytes = 0
     if not empty:
         left, left_bytes = write_sparse(d, part, np.ascontiguousarray(data, dtype=d.meta.dtype),

@@ -55,7 +55,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +72,6 @@ from ..blockwise import (
 from ..errors import CapabilityNotSupportedError, InvalidRequestError, MissingDependencyError
 from ..geometry import Box, Vec, grow_block, whole_at_least
 from ..meta import Scale, VolumeMeta
-from ..remotes.base import Remote
 from ..remotes.memory import MemoryRemote
 from ..volume import Volume
 from ._common import (
@@ -581,26 +580,6 @@ def _infer(runner: ModelRunner, src: Volume, block: Box, halo: Vec, region: Box,
     return reuse.get(key, run)
 
 
-class _Through:
-    """``out``'s store as :func:`voxgate.absence.write_sparse` sees it, each of its writes
-    made through the Volume (``out.write``: its write guards, hooks and partial-write
-    report, as every block was written before)."""
-
-    def __init__(self, out: Volume) -> None:
-        self.out = out
-        self.meta = out.remote.meta
-        self.keeps_fill_chunks = out.remote.keeps_fill_chunks
-
-    def write_grid(self, scale: int = 0) -> Vec:
-        return self.out.remote.write_grid(scale)
-
-    def grid_bounds(self, scale: int = 0) -> Box:
-        return self.out.remote.grid_bounds(scale)
-
-    def write(self, box: Box, data: np.ndarray, scale: int = 0) -> None:
-        self.out.write(data, box)
-
-
 class _Output:
     """The output Volume as :func:`_store` writes it: a block's write units of only the fill
     value are left out where ``held`` says the store holds nothing (True: a store this run
@@ -616,8 +595,9 @@ class _Output:
         if self.held is None or self.held is False:
             self.vol.write(data, block)
         else:
-            write_sparse(cast(Remote, _Through(self.vol)), block, data, self.vol.scale,
-                         self.held)
+            # (each write made through the Volume: its guards, hooks and partial-write report)
+            write_sparse(self.vol.remote, block, data, self.vol.scale, self.held,
+                         write=lambda part, piece: self.vol.write(piece, part))
 
 
 def _store(y: np.ndarray, out: Volume | _Output, block: Box) -> None:
