@@ -42,9 +42,9 @@ __all__ = [
     "as_volume",
     "block_boxes",
     "choose_path",
-    "creates_store",
     "progress_bar",
     "region_meta",
+    "resolve_created_output",
     "resolve_output",
     "scratch_remote",
     "scratch_result",
@@ -181,32 +181,30 @@ def check_output_options(func: Callable[..., Any], out: Any, options: dict[str, 
     check_keywords(func, options, store_options)
 
 
-def creates_store(out: Any) -> bool:
-    """Whether the ``out=`` given names a store that does not exist yet, which
-    :func:`resolve_output` then creates (so that it holds nothing until the Service writes
-    it: its write units of only the fill value need not be written).  Asked before
-    :func:`resolve_output`."""
-    if out is None or isinstance(out, Volume):
-        return False
-    try:
-        cls, location = resolve_for_create(spec_url(out) if isinstance(out, dict)
-                                           else os.fspath(out))
-        return not cls.exists(location)
-    except (VoxgateError, ImportError, TypeError):
-        return False  # (resolve_output says what is wrong with it)
-
-
 def resolve_output(out: Any, meta: VolumeMeta, *, overwrite: bool, options: dict[str, Any],
                    check: Callable[[Volume], None], scale_of: Volume | None = None) -> Volume:
+    """:func:`resolve_created_output`'s Volume."""
+    return resolve_created_output(out, meta, overwrite=overwrite, options=options, check=check,
+                                  scale_of=scale_of)[0]
+
+
+def resolve_created_output(out: Any, meta: VolumeMeta, *, overwrite: bool,
+                           options: dict[str, Any], check: Callable[[Volume], None],
+                           scale_of: Volume | None = None) -> tuple[Volume, bool]:
     """A Service's output: an in-memory scratch volume for None, the given writable Volume
     (which ``check`` accepts), or a URL created with ``meta`` (an existing one only with
     ``overwrite``; it is then checked like a given Volume).  A given or existing output must
     have the voxel size of ``scale_of``, the source, whose voxels it holds one for one (None:
-    a numpy source, which has no voxel size of its own)."""
+    a numpy source, which has no voxel size of its own).
+
+    With it, whether this call created the store (a URL that named none): it then holds
+    nothing until the Service writes it, so its write units of only the fill value need not be
+    written.  Told by the create itself, which refuses a store that exists by then (another
+    process's, made since the check): never taken for a new one."""
     if out is None:
         if options:
             raise InvalidRequestError(f"options {sorted(options)} need an out= URL")
-        return Volume(scratch_remote(meta))
+        return Volume(scratch_remote(meta)), False
     if isinstance(out, Volume):
         if out.mode != "r+":
             raise ReadOnlyError(f"{out.url} is opened read-only; it cannot hold the output")
@@ -218,16 +216,18 @@ def resolve_output(out: Any, meta: VolumeMeta, *, overwrite: bool, options: dict
                     f"out {out.url} has voxels of {vs.zyx()} {vs.unit}, the source "
                     f"{scale_of.url} {want.zyx()} {want.unit}: each output voxel is written "
                     "where the source's lies; give an output at the source's scale")
-        return out
+        return out, False
     if isinstance(out, dict):  # a TensorStore spec, as voxgate.create takes it
         out = spec_url(out)
     cls, location = resolve_for_create(str(out))
     if cls.exists(location):
         if not overwrite:
             raise RemoteExistsError(f"{out} exists; pass overwrite=True to write into it")
-        return resolve_output(Volume(cls.open(location, mode="r+")), meta, overwrite=overwrite,
-                              options={}, check=check, scale_of=scale_of)
-    return Volume(create_remote(str(out), meta, **options))
+        return resolve_created_output(Volume(cls.open(location, mode="r+")), meta,
+                                      overwrite=overwrite, options={}, check=check,
+                                      scale_of=scale_of)
+    # (an exist_ok=True among the options would open another process's store made since)
+    return Volume(create_remote(str(out), meta, **options)), not options.get("exist_ok")
 
 
 def choose_path(prefer: str, remote: Remote, capability: Capability,

@@ -60,10 +60,9 @@ from ._common import (
     Provenance,
     as_volume,
     check_output_options,
-    creates_store,
     region_meta,
     remove_scratch,
-    resolve_output,
+    resolve_created_output,
 )
 
 __all__ = [
@@ -268,8 +267,6 @@ def connected_components(
         _check_scratch_reachable(out, client)  # before an out= URL is created
     if isinstance(out, Volume) and dtype is None:
         want = out.dtype if out.dtype in _ID_DTYPES else np.dtype(np.uint64)
-    # (asked before resolve_output creates it: a store made by this call holds nothing)
-    fresh = creates_store(out)
 
     def details(n_blocks: int, n: int, dt: np.dtype) -> dict[str, Any]:
         return {"connectivity": connectivity, "blocks": n_blocks, "components": n,
@@ -310,12 +307,13 @@ def connected_components(
             "connected-components", region_meta(src, region, local_dt, "segmentation"),
             [arr], mode="r+"))
         grid = _ONE  # in memory: any block shape, writes are whole-array slices under a lock
+        fresh = False
     else:
-        target = resolve_output(out, region_meta(src, region, want or np.uint64,
-                                                 "segmentation"),
-                                overwrite=overwrite, options=create_options,
-                                check=id_type_covering_region,
-                                scale_of=None if isinstance(source, np.ndarray) else src)
+        # (fresh: a store made by this call, which holds nothing until its blocks are written)
+        target, fresh = resolve_created_output(
+            out, region_meta(src, region, want or np.uint64, "segmentation"),
+            overwrite=overwrite, options=create_options, check=id_type_covering_region,
+            scale_of=None if isinstance(source, np.ndarray) else src)
         if client is not None:
             check_for_cluster(target.url, "output", "connected_components", writes=True)
         grid = target.remote.write_grid(0)

@@ -79,8 +79,7 @@ from ._common import (
     as_volume,
     block_boxes,
     check_output_options,
-    creates_store,
-    resolve_output,
+    resolve_created_output,
     scratch_result,
 )
 
@@ -746,10 +745,10 @@ def predict(
                 f"covering {vol.bounds!r}; predict writes {dt.name} with {channels} "
                 f"channel(s) covering {region!r}")
 
-    # (asked before resolve_output creates it: a store made by this call holds nothing)
-    fresh = creates_store(out)
-    target = resolve_output(out, meta, overwrite=overwrite, options=create_options, check=fits,
-                            scale_of=None if isinstance(source, np.ndarray) else src)
+    # (fresh: a store made by this call, which holds nothing until its blocks are written)
+    target, fresh = resolve_created_output(
+        out, meta, overwrite=overwrite, options=create_options, check=fits,
+        scale_of=None if isinstance(source, np.ndarray) else src)
     grid = target.remote.write_grid(target.scale)
     if any(v % g for v, g in zip(b, grid, strict=True)):  # whole output chunks (or shards)
         b = _round_up(b, _lcm(grid, runner.step))
