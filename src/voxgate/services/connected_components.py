@@ -454,7 +454,9 @@ def _label_block(job: _Job, b: Box) -> tuple[int, np.ndarray]:
     target = job.labels.remote
     if job.empty(b):
         return 0, np.zeros(1, dtype=np.int64)
-    cc, n = _cc3d(job.src.remote.read(b, job.src.scale), job.connectivity, target.meta.dtype)
+    # (what is stored of it: the groups holding no stored chunk are background 0 unread)
+    cc, n = _cc3d(read_stored(job.src.remote, b, job.src.scale, job.stored), job.connectivity,
+                  target.meta.dtype)
     fi = np.zeros(n + 1, dtype=np.int64)
     if n:
         # cc3d numbers components by their first voxel in memory (C) order, so label j
@@ -480,7 +482,8 @@ def _join_block(job: _Job, offsets: dict[tuple[int, ...], int], b: Box) -> np.nd
             if job.empty(nb):  # (its labels are all 0, and were never written)
                 continue
             part = nb.intersect(box)
-            local = target.read(part, 0).astype(np.uint64, copy=False)
+            # (a part of no stored source chunk is background, so its labels are 0: unread)
+            local = read_stored(target, part, 0, job.stored).astype(np.uint64, copy=False)
             at = _block_at(nb.start, region, base, job.anchor)
             off = np.uint64(offsets[tuple(at.start)])
             lab[part.slices(box.start)] = np.where(local > 0, local + off, 0)
@@ -533,10 +536,11 @@ def _relabel_block(job: _Job, dest: Volume, tables: dict[tuple[int, ...], np.nda
     table[0] = 0
     labels = job.labels.remote
     if again:
-        local, _ = _cc3d(job.src.remote.read(b, job.src.scale), job.connectivity,
-                         labels.meta.dtype)
+        local, _ = _cc3d(read_stored(job.src.remote, b, job.src.scale, job.stored),
+                         job.connectivity, labels.meta.dtype)
     else:
-        local = labels.read(b, 0)
+        # (pass 1 wrote this block's labels whole: 0 wherever its source chunks are absent)
+        local = read_stored(labels, b, 0, job.stored)
     out = table[local]
     if held is not None and out.dtype != dest.remote.meta.dtype:  # ("auto": uint32 ids)
         out = out.astype(dest.remote.meta.dtype)
