@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..absence import StoredGroups, background_groups, holds_nothing
+from ..absence import StoredGroups, background_groups, holds_nothing, read_stored
 from ..blockwise import (
     block_shape,
     blocks_at_once,
@@ -280,7 +280,8 @@ def _block_stats(vol: Any, stored: StoredGroups | None, b: Box) -> dict[str, np.
     read."""
     if holds_nothing(stored, b):
         return merge_stats([])
-    return label_stats_kernel(vol.remote.read(b, vol.scale), tuple(b.start))
+    # (what is stored of it: its groups of no stored chunk are background 0, unread)
+    return label_stats_kernel(read_stored(vol.remote, b, vol.scale, stored), tuple(b.start))
 
 
 def _server(vol: Any, local: _Local, prefer: str, workers: int | None, progress: bool
