@@ -24,7 +24,7 @@ import functools
 import itertools
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -94,6 +94,8 @@ class TSArray:
             self._channel_key = int(dim.inclusive_min)
         #: how the chunk keys are named (:class:`_ChunkKeys`), found at the first question
         self._keys: _ChunkKeys | None = _UNKNOWN
+        #: the same where they cannot be listed, of a sharded array (:meth:`_shard_keys`)
+        self._unlisted_shards: _ChunkKeys | None = _UNKNOWN
 
     def _index(self, box: Box) -> tuple[slice, ...]:
         zyx = tuple(slice(a, b) for a, b in zip(box.start, box.stop, strict=True))
@@ -137,7 +139,7 @@ class TSArray:
         the key layout or a shard index's codecs are not known, or the listing would return
         far more keys than the box has chunks (a small box of a large dense array whose keys
         no prefix narrows to the box).  Where keys cannot be listed at all (HTTP), chunk by
-        chunk (:meth:`_absent_one_by_one`).
+        chunk, or shard by shard (:meth:`_absent_one_by_one`).
         """
         from .base import bisect_absent
 
@@ -152,6 +154,12 @@ class TSArray:
             return bool(st.not_stored), bool(st.fully_stored)
 
         keys = self._chunk_keys()
+        if keys is None and self._shard_keys() is not None and _several(box, chunks, bounds):
+            # keys that cannot be listed, of shards whose index voxgate reads: tensorstore
+            # answers a region inside one shard without a listing, but halving over it asked
+            # that shard's index again at each question (a HEAD and a GET each: 14 requests
+            # for a shard of 8 chunks), where one read of it tells them all
+            return self._absent_one_by_one(box, chunks, bounds)
         plan = None if keys is None else keys.plan(box, chunks, bounds)
         if keys is not None and keys.sharded and keys.index is None:
             plan = None  # (a shard index voxgate does not read)
@@ -175,7 +183,18 @@ class TSArray:
         HTTP-served zarr or N5 array failed).  A question per chunk, up to
         :data:`_ONE_BY_ONE` at once; a chunk of ours over the keys of several channels
         (channels chunked apart) a question per channel.  One that still cannot be asked alone
-        counts as stored, as halving counts a chunk it cannot tell (absent must be certain)."""
+        counts as stored, as halving counts a chunk it cannot tell (absent must be certain).
+
+        A sharded zarr v3 array whose shard index voxgate reads is asked shard by shard
+        instead: the index of each shard the box touches, one ranged read each, up to
+        :data:`_ONE_BY_ONE` at once (:meth:`_ChunkKeys.inner_stored_unlisted`), where a
+        question per chunk asked tensorstore about each inner chunk apart (a HEAD of an absent
+        shard per inner chunk: 8 per shard of 2 x 2 x 2 chunks)."""
+        shards = self._shard_keys()
+        if shards is not None:
+            with ts_errors(f"reading the shard indexes of {box!r} of {self.name}"):
+                stored = shards.inner_stored_unlisted(box, chunks, bounds)
+            return [Vec._make(i) for i in _grid_indices(box, chunks, bounds) if i not in stored]
         out: list[Vec] = []
         cells = _grid_indices(box, chunks, bounds)
         while batch := list(itertools.islice(cells, _ONE_BY_ONE)):
@@ -227,6 +246,15 @@ class TSArray:
         if self._keys is _UNKNOWN:
             self._keys = _ChunkKeys.of(self.store, self._view_dims())
         return self._keys
+
+    def _shard_keys(self) -> _ChunkKeys | None:
+        """How the shard keys of this array are named where they cannot be listed, when it
+        is a sharded zarr v3 array whose shard index voxgate reads; else None."""
+        if self._unlisted_shards is _UNKNOWN:
+            keys = _ChunkKeys.of(self.store, self._view_dims(), unlisted=True)
+            sharded = keys is not None and keys.sharded and keys.index is not None
+            self._unlisted_shards = keys if sharded else None
+        return self._unlisted_shards
 
     def _view_dims(self) -> tuple[int | None, ...]:
         """Per dimension of ``store`` (the view): the voxgate axis (0 z, 1 y, 2 x) it is, or
@@ -342,16 +370,20 @@ class _ChunkKeys:
         self.index: _ShardIndex | None = None
 
     @classmethod
-    def of(cls, store: ts.TensorStore, view_dims: tuple[int | None, ...]) -> _ChunkKeys | None:
+    def of(cls, store: ts.TensorStore, view_dims: tuple[int | None, ...], *,
+           unlisted: bool = False) -> _ChunkKeys | None:
         """The key layout of ``store`` (a view of a zarr, zarr3 or n5 array whose dimensions
         are ``view_dims``: voxgate axis, or None for the channel), or None when it cannot be
-        listed or is not known."""
+        listed or is not known.  ``unlisted``: also of a store that cannot list (HTTP), whose
+        keys are then only read (:meth:`inner_stored_unlisted`), never listed."""
         try:
             spec = store.spec().to_json()
             kv = store.kvstore
         except (AttributeError, ValueError):
             return None
-        if kv is None or kv.spec().to_json().get("driver") in ("http", "https"):
+        if kv is None:
+            return None
+        if not unlisted and kv.spec().to_json().get("driver") in ("http", "https"):
             return None  # (HTTP cannot list)
         meta = spec.get("metadata") or {}
         driver = spec.get("driver")
@@ -431,10 +463,7 @@ class _ChunkKeys:
         native key index ranges and how many leading dimensions the listing prefixes fix
         (the fewest listing pages, then the fewest keys); None when halving is cheaper."""
         lo, hi = grid_range(box, chunks, bounds.start)
-        o = bounds.start
-        aligned = Box(Vec(*(s + i * c for s, i, c in zip(o, lo, chunks, strict=True))),
-                      Vec(*(s + i * c for s, i, c in zip(o, hi, chunks, strict=True))))
-        aligned = aligned.intersect(bounds)
+        aligned = _aligned(box, chunks, bounds)
         ranges = self._ranges(aligned)
         n = len(ranges)
         best: tuple[int, int, int] | None = None
@@ -490,52 +519,81 @@ class _ChunkKeys:
         """The grid indices of the chunks of the planned box stored in the shards listed for
         it, from each shard's index (one ranged read per shard, all at once): an inner chunk
         is stored when its index entry is not the "missing" one."""
+        listed = list(self._listed(plan))
+        return self._inner_held(plan[0], listed, len(listed), chunks, bounds)
+
+    def inner_stored_unlisted(self, box: Box, chunks: Vec,
+                              bounds: Box) -> set[tuple[int, ...]]:
+        """:meth:`inner_stored` where the keys cannot be listed (HTTP): the index of every
+        shard that ``box`` touches is read (one ranged read per shard, up to
+        :data:`_ONE_BY_ONE` at once); a shard the store does not hold is answered "missing",
+        and all its chunks are absent."""
+        aligned = _aligned(box, chunks, bounds)
+        shards = itertools.product(*self._ranges(aligned))
+        return self._inner_held(aligned, shards, _ONE_BY_ONE, chunks, bounds)
+
+    def _inner_held(self, aligned: Box, shards: Iterable[tuple[int, ...]], at_once: int,
+                    chunks: Vec, bounds: Box) -> set[tuple[int, ...]]:
+        """The grid indices of the chunks of the chunk-aligned box ``aligned`` stored in
+        ``shards`` (native shard grid indices), from each shard's index, ``at_once`` shard
+        indexes read at a time; a shard not found holds none."""
         assert self.index is not None
         index = self.index
         size = index.nbytes
         span = slice(-size, None) if index.at_end else slice(0, size)
-        listed = list(self._listed(plan))
-        futures = [self.kv.read(self.prefix + self.sep.join(map(str, idx)), byte_range=span)
-                   for idx in listed]
-        lo, hi = grid_range(plan[0], chunks, bounds.start)
+        lo, hi = grid_range(aligned, chunks, bounds.start)
         found: set[tuple[int, ...]] = set()
-        for idx, fut in zip(listed, futures, strict=True):
-            key = self.prefix + self.sep.join(map(str, idx))
-            try:
-                got = fut.result()
-            except ValueError as exc:
-                # a file shorter than the index is refused as a range past its end (local
-                # files), where a store that answers what it has gets the length check below
-                if "OUT_OF_RANGE" not in str(exc):
-                    raise
-                raise CorruptChunkError(f"the shard {key} is shorter than its index "
-                                        f"({size} bytes)", key) from exc
-            if got.state != "value":
-                continue  # (removed since it was listed: absent now)
-            raw = bytes(got.value)
-            if len(raw) != size:
-                raise CorruptChunkError(f"the shard index of {key} is {len(raw)} bytes, "
-                                        f"not {size}", key)
-            # a damaged index would call stored chunks absent (skipped by copies and the
-            # Services: lost) or absent ones stored; its checksum tells, as it does tensorstore
-            # when it reads the shard
-            if index.crc and _crc32c(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
-                raise CorruptChunkError(f"the shard index of {key} does not match its crc32c "
-                                        "checksum: the shard is damaged", key)
-            entries = np.frombuffer(raw[:index.entries * 16], index.dtype)
-            held = np.argwhere(~np.all(entries.reshape(*index.grid, 2) == _MISSING, axis=-1))
-            for inner in held:
-                axes = [range(a, b) for a, b in zip(lo, hi, strict=True)]
-                for k, j, (axis, off, _), c, ic in zip(idx, inner, self.dims, self.cell,
-                                                       index.chunk, strict=True):
-                    if axis < 0:
-                        continue
-                    v0 = k * c + int(j) * ic - off
-                    o, ch = bounds.start[axis], chunks[axis]
-                    axes[axis] = range(max(lo[axis], (v0 - o) // ch),
-                                       min(hi[axis], -(-(v0 + ic - o) // ch)))
-                found.update(itertools.product(*axes))
+        todo = iter(shards)
+        while batch := list(itertools.islice(todo, max(1, at_once))):
+            futures = [self.kv.read(self.prefix + self.sep.join(map(str, idx)),
+                                    byte_range=span) for idx in batch]
+            for idx, fut in zip(batch, futures, strict=True):
+                self._add_held(idx, fut, found, lo, hi, chunks, bounds)
         return found
+
+    def _add_held(self, idx: tuple[int, ...], fut: Any, found: set[tuple[int, ...]],
+                  lo: Sequence[int], hi: Sequence[int], chunks: Vec, bounds: Box) -> None:
+        """Add to ``found`` the grid indices (between ``lo`` and ``hi``) of the chunks that
+        the shard ``idx`` holds, from its index read by ``fut``."""
+        assert self.index is not None
+        index = self.index
+        size = index.nbytes
+        key = self.prefix + self.sep.join(map(str, idx))
+        try:
+            got = fut.result()
+        except ValueError as exc:
+            # a file shorter than the index is refused as a range past its end (local
+            # files; over HTTP a 416, or an answer of fewer bytes than the range asked),
+            # where a store that answers what it has gets the length check below
+            if "OUT_OF_RANGE" not in str(exc):
+                raise
+            raise CorruptChunkError(f"the shard {key} is shorter than its index "
+                                    f"({size} bytes)", key) from exc
+        if got.state != "value":
+            return  # (not held, or removed since it was listed: absent now)
+        raw = bytes(got.value)
+        if len(raw) != size:
+            raise CorruptChunkError(f"the shard index of {key} is {len(raw)} bytes, "
+                                    f"not {size}", key)
+        # a damaged index would call stored chunks absent (skipped by copies and the
+        # Services: lost) or absent ones stored; its checksum tells, as it does tensorstore
+        # when it reads the shard
+        if index.crc and _crc32c(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+            raise CorruptChunkError(f"the shard index of {key} does not match its crc32c "
+                                    "checksum: the shard is damaged", key)
+        entries = np.frombuffer(raw[:index.entries * 16], index.dtype)
+        held = np.argwhere(~np.all(entries.reshape(*index.grid, 2) == _MISSING, axis=-1))
+        for inner in held:
+            axes = [range(a, b) for a, b in zip(lo, hi, strict=True)]
+            for k, j, (axis, off, _), c, ic in zip(idx, inner, self.dims, self.cell,
+                                                   index.chunk, strict=True):
+                if axis < 0:
+                    continue
+                v0 = k * c + int(j) * ic - off
+                o, ch = bounds.start[axis], chunks[axis]
+                axes[axis] = range(max(lo[axis], (v0 - o) // ch),
+                                   min(hi[axis], -(-(v0 + ic - o) // ch)))
+            found.update(itertools.product(*axes))
 
     def _parse(self, raw: bytes, n: int) -> tuple[int, ...] | None:
         """The grid indices a listed key names, or None when it names no chunk."""
@@ -698,6 +756,23 @@ def _prefix_range(prefix: str) -> ts.KvStore.KeyRange:
     if not prefix:
         return ts.KvStore.KeyRange()
     return ts.KvStore.KeyRange(prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))
+
+
+def _aligned(box: Box, chunks: Vec, bounds: Box) -> Box:
+    """The chunks (of ``chunks`` anchored at ``bounds.start``) that ``box`` touches, as one
+    box clipped to ``bounds``."""
+    lo, hi = grid_range(box, chunks, bounds.start)
+    o = bounds.start
+    aligned = Box(Vec(*(s + i * c for s, i, c in zip(o, lo, chunks, strict=True))),
+                  Vec(*(s + i * c for s, i, c in zip(o, hi, chunks, strict=True))))
+    return aligned.intersect(bounds)
+
+
+def _several(box: Box, chunks: Vec, bounds: Box) -> bool:
+    """Whether ``box`` touches more than one chunk (of ``chunks`` anchored at
+    ``bounds.start``)."""
+    lo, hi = grid_range(box, chunks, bounds.start)
+    return math.prod(b - a for a, b in zip(lo, hi, strict=True)) > 1
 
 
 def _grid_indices(region: Box, chunks: Vec, bounds: Box) -> Iterator[tuple[int, ...]]:
