@@ -149,6 +149,9 @@ class StoredGroups:
         self.shape = tuple((s - 1) // g - lo + 1
                            for s, g, lo in zip(stop, group, self.lo, strict=True))
         self.bits = np.zeros((math.prod(self.shape) + 7) // 8, np.uint8)
+        #: what the scale reads where a chunk is absent, one voxel (shape (1, 1, 1)), when
+        #: :func:`background_groups` was asked for it (``any_fill``), else None
+        self.fill: np.ndarray | None = None
 
     def _set(self, idx: Sequence[np.ndarray]) -> None:
         """Set the bits of the groups whose indices (per axis, absolute) are ``idx``."""
@@ -207,6 +210,28 @@ class StoredGroups:
         read whole)."""
         return not self.region.contains(part) or all(held for _, held in self._held(part))
 
+    def stored_runs(self, part: Box) -> list[Box]:
+        """Boxes (clipped to ``part``, inside ``region``) covering exactly the groups of
+        ``part`` that hold a stored chunk, neighbours merged (:func:`_runs`): few reads, each
+        of many chunks (a store reads a box's chunks concurrently), none of an absent group."""
+        if part.is_empty():
+            return []
+        if not self.region.contains(part):
+            return [part]
+        lo, hi = grid_range(part, self.chunks, self.origin)
+        first = [a // g for a, g in zip(lo, self.group, strict=True)]
+        n = [(b - 1) // g - f + 1 for b, g, f in zip(hi, self.group, first, strict=True)]
+        held = np.zeros(n, bool)
+        for (z, y, x), h in self._held(part):
+            held[z + self.lo[0] - first[0], y + self.lo[1] - first[1],
+                 x + self.lo[2] - first[2]] = h
+        size = [g * c for g, c in zip(self.group, self.chunks, strict=True)]
+        return [Box(Vec(*(o + (f + a) * s for o, f, (a, _), s in zip(
+                        self.origin, first, run, size, strict=True))),
+                    Vec(*(o + (f + b) * s for o, f, (_, b), s in zip(
+                        self.origin, first, run, size, strict=True)))).intersect(part)
+                for run in _runs(held)]
+
     def stored_parts(self, part: Box) -> list[Box]:
         """The parts of ``part`` (inside ``region``) to read: ``[part]`` when every group it
         touches holds a stored chunk, none when none does, else the groups that do (each
@@ -250,7 +275,8 @@ def group_for(block: Sequence[int], anchor: Sequence[int], chunks: Vec,
 
 
 def background_groups(remote: Remote, region: Box, scale: int, block: Sequence[int],
-                      anchor: Sequence[int] | None = None) -> StoredGroups | None:
+                      anchor: Sequence[int] | None = None, *, any_fill: bool = False
+                      ) -> StoredGroups | None:
     """Where ``remote``'s ``scale`` stores chunks inside ``region``, for a block-wise Service
     that runs blocks of ``block`` on a grid anchored at ``anchor`` (default the chunk grid's
     own origin): a box whose groups hold no stored chunk (``not groups.stored_in(box)``) holds
@@ -261,7 +287,9 @@ def background_groups(remote: Remote, region: Box, scale: int, block: Sequence[i
     no chunk as written), refuses absent chunks (``missing="error"``: its reads must raise as
     before), has channels, stores every chunk of the region, or reads something other than 0
     (every byte zero) where a chunk is absent: the first absent chunk is read to know
-    (:func:`absent_fill`: it must read as the fill value everywhere)."""
+    (:func:`absent_fill`: it must read as the fill value everywhere).  With ``any_fill`` a
+    fill value other than 0 is taken too (a box touching no stored chunk then reads as it,
+    not as 0): the groups' ``fill`` is that voxel, as the store reads it, bit for bit."""
     if (region.is_empty() or isinstance(remote, MemoryRemote) or remote.missing != "fill"
             or remote.meta.num_channels != 1
             or not has_capability(remote, Capability.CHUNK_PRESENCE)):
@@ -277,8 +305,10 @@ def background_groups(remote: Remote, region: Box, scale: int, block: Sequence[i
     if not n_absent:
         return None
     fill = absent_fill(remote, found[0], scale, region)
-    if fill is None or any(fill.tobytes()):  # (-0.0 and NaN too: only a fill of all zero bits)
+    # (-0.0 and NaN too: only a fill of all zero bits, unless any_fill)
+    if fill is None or (not any_fill and any(fill.tobytes())):
         return None
+    groups.fill = fill
     return groups
 
 
