@@ -45,6 +45,7 @@ __all__ = [
     "absent_fill",
     "absent_in",
     "background_groups",
+    "chunk_blocks",
     "group_for",
     "holds_nothing",
     "only_fill",
@@ -61,6 +62,9 @@ ABSENT_LISTED = 10_000
 _ABSENT_PIECE = 2**16
 #: :func:`read_stored` reads the blocks holding stored chunks in pieces of about this many bytes
 _READ_BYTES = 16 * 2**20
+#: :func:`chunk_blocks` keeps a bit per chunk of a scale up to this many chunks (128 KiB of
+#: bits), a bit per group of chunks beyond
+CHUNK_BITS = 2**20
 
 
 def pieces(region: Box, chunks: Vec, bounds: Box, most: int,
@@ -184,16 +188,17 @@ class StoredGroups:
             first.append(a // g)
         self._set([i + f for i, f in zip(np.nonzero(held), first, strict=True)])
 
-    def _held(self, part: Box) -> Iterator[tuple[tuple[int, int, int], bool]]:
-        """The groups ``part`` (inside ``region``) touches, by their index relative to the
-        first, each with whether it holds a stored chunk."""
+    def _mask(self, part: Box) -> tuple[np.ndarray, list[int]]:
+        """Whether each group ``part`` (inside ``region``) touches holds a stored chunk (a
+        bool array, z, y, x), and the index (absolute) of its first group per axis."""
         lo, hi = grid_range(part, self.chunks, self.origin)
-        ranges = [range(a // g - base, (b - 1) // g - base + 1)
-                  for a, b, g, base in zip(lo, hi, self.group, self.lo, strict=True)]
+        first = [a // g for a, g in zip(lo, self.group, strict=True)]
+        axes = [np.arange(f - base, (b - 1) // g - base + 1, dtype=np.int64)
+                for f, b, g, base in zip(first, hi, self.group, self.lo, strict=True)]
         ny, nx = self.shape[1:]
-        for z, y, x in itertools.product(*ranges):
-            flat = (z * ny + y) * nx + x
-            yield (z, y, x), bool(self.bits[flat >> 3] & (1 << (flat & 7)))
+        flat = (axes[0][:, None, None] * ny + axes[1][None, :, None]) * nx \
+            + axes[2][None, None, :]
+        return ((self.bits[flat >> 3] >> (flat & 7).astype(np.uint8)) & 1).astype(bool), first
 
     def stored_in(self, part: Box) -> bool:
         """Whether a group that ``part`` touches holds a stored chunk.  ``part`` may reach
@@ -203,12 +208,23 @@ class StoredGroups:
             return False
         if not self.region.contains(part):
             return True
-        return any(held for _, held in self._held(part))
+        return bool(self._mask(part)[0].any())
 
     def all_stored(self, part: Box) -> bool:
         """Whether every group that ``part`` touches holds a stored chunk (so ``part`` is
         read whole)."""
-        return not self.region.contains(part) or all(held for _, held in self._held(part))
+        return not self.region.contains(part) or bool(self._mask(part)[0].all())
+
+    def _boxes(self, part: Box, runs: Sequence[tuple[tuple[int, int], ...]],
+               first: Sequence[int]) -> list[Box]:
+        """The boxes of ``runs`` (per axis ``[a, b)`` in groups from ``first``), clipped to
+        ``part``."""
+        size = [g * c for g, c in zip(self.group, self.chunks, strict=True)]
+        return [Box(Vec(*(o + (f + a) * s for o, f, (a, _), s in zip(
+                        self.origin, first, run, size, strict=True))),
+                    Vec(*(o + (f + b) * s for o, f, (_, b), s in zip(
+                        self.origin, first, run, size, strict=True)))).intersect(part)
+                for run in runs]
 
     def stored_runs(self, part: Box) -> list[Box]:
         """Boxes (clipped to ``part``, inside ``region``) covering exactly the groups of
@@ -218,19 +234,8 @@ class StoredGroups:
             return []
         if not self.region.contains(part):
             return [part]
-        lo, hi = grid_range(part, self.chunks, self.origin)
-        first = [a // g for a, g in zip(lo, self.group, strict=True)]
-        n = [(b - 1) // g - f + 1 for b, g, f in zip(hi, self.group, first, strict=True)]
-        held = np.zeros(n, bool)
-        for (z, y, x), h in self._held(part):
-            held[z + self.lo[0] - first[0], y + self.lo[1] - first[1],
-                 x + self.lo[2] - first[2]] = h
-        size = [g * c for g, c in zip(self.group, self.chunks, strict=True)]
-        return [Box(Vec(*(o + (f + a) * s for o, f, (a, _), s in zip(
-                        self.origin, first, run, size, strict=True))),
-                    Vec(*(o + (f + b) * s for o, f, (_, b), s in zip(
-                        self.origin, first, run, size, strict=True)))).intersect(part)
-                for run in _runs(held)]
+        held, first = self._mask(part)
+        return [part] if held.all() else self._boxes(part, _runs(held), first)
 
     def stored_parts(self, part: Box) -> list[Box]:
         """The parts of ``part`` (inside ``region``) to read: ``[part]`` when every group it
@@ -240,17 +245,11 @@ class StoredGroups:
             return []
         if not self.region.contains(part):
             return [part]
-        touched = list(self._held(part))
-        held = [idx for idx, h in touched if h]
-        if len(held) == len(touched):
+        held, first = self._mask(part)
+        if held.all():
             return [part]
-        size = Vec(*(g * c for g, c in zip(self.group, self.chunks, strict=True)))
-        out = []
-        for idx in held:
-            start = Vec(*(o + (i + base) * s for o, i, base, s in zip(
-                self.origin, idx, self.lo, size, strict=True)))
-            out.append(Box(start, start + size).intersect(part))
-        return out
+        return self._boxes(part, [tuple((int(i), int(i) + 1) for i in idx)
+                                  for idx in zip(*np.nonzero(held), strict=True)], first)
 
 
 def holds_nothing(groups: StoredGroups | None, box: Box) -> bool:
@@ -258,6 +257,28 @@ def holds_nothing(groups: StoredGroups | None, box: Box) -> bool:
     value everywhere and need not be read: never when ``groups`` is None (not known: read it)
     or ``box`` reaches past their region (it was not asked about)."""
     return groups is not None and not groups.stored_in(box)
+
+
+def chunk_blocks(remote: Remote, scale: int, base: Sequence[int]) -> Vec:
+    """The blocks to give :func:`background_groups` for a run of blocks of ``base`` over
+    ``remote``'s ``scale`` that reads those blocks through :func:`read_stored`: whole chunks
+    (a bit per chunk, so that a block holding some stored chunks reads no absent one), grown
+    toward ``base`` (which they divide) only while the scale has more than
+    :data:`CHUNK_BITS` of them: the bits stay as few as the blocks' or fewer than that."""
+    sc = remote.meta.scale(scale)
+    base = [int(b) for b in base]
+    fine = [c if b % c == 0 else b for c, b in zip(sc.chunks, base, strict=True)]
+
+    def groups() -> int:
+        return math.prod(-(-n // f) + 1 for n, f in zip(sc.shape, fine, strict=True))
+
+    while groups() > CHUNK_BITS and fine != base:
+        # the axis with the most groups that can still grow, by its least factor left
+        axis = max((a for a in range(3) if fine[a] < base[a]),
+                   key=lambda a: sc.shape[a] / fine[a])
+        left = base[axis] // fine[axis]
+        fine[axis] *= next(p for p in range(2, left + 1) if left % p == 0)
+    return Vec(*fine)
 
 
 def group_for(block: Sequence[int], anchor: Sequence[int], chunks: Vec,
@@ -315,23 +336,26 @@ def background_groups(remote: Remote, region: Box, scale: int, block: Sequence[i
 def read_stored(remote: Remote, region: Box, scale: int, groups: StoredGroups | None,
                 out: np.ndarray | None = None, at: Sequence[int] | None = None) -> np.ndarray:
     """``region`` of ``remote``'s ``scale``, read in blocks of whole chunks of about
-    :data:`_READ_BYTES` into ``out`` (default a new array of zeros) with its first voxel at
-    ``at`` there (default 0), the groups holding no stored chunk (``groups``) left as they
-    are: ``out`` must hold zeros there, the background they read as.  A block whose groups
-    do not all hold stored chunks is read group by group (give groups of one chunk to read
-    no absent chunk at all).  Without ``out``, a region whose groups all hold stored chunks
-    (or no ``groups``: :func:`background_groups` said to read everything) is one read, as
-    before."""
+    :data:`_READ_BYTES` into ``out`` (default a new array of the voxel absent chunks read as,
+    ``groups.fill``, bit for bit; zeros without one) with its first voxel at ``at`` there
+    (default 0), the groups holding no stored chunk (``groups``) left as they are: a given
+    ``out`` must hold zeros there, the background they read as.  A block whose groups do not
+    all hold stored chunks is read in runs of stored groups (:meth:`StoredGroups.stored_runs`:
+    groups of one chunk, :func:`chunk_blocks`, read no absent chunk at all).  Without ``out``,
+    a region whose groups all hold stored chunks (or no ``groups``: :func:`background_groups`
+    said to read everything) is one read, as before."""
     whole = groups is None or groups.all_stored(region)
     if out is None and whole:
         return remote.read(region, scale)
     sc = remote.meta.scale(scale)
     if out is None:
         out = np.zeros(tuple(region.shape), remote.meta.dtype)
+        if groups is not None and groups.fill is not None and any(groups.fill.tobytes()):
+            np.copyto(out, groups.fill.reshape(1, 1, 1))  # (same dtype: its bits as stored)
     first = Vec(0, 0, 0) if at is None else Vec.of(at)
     base = grow_block(sc.chunks, remote.meta.dtype.itemsize, region.shape, _READ_BYTES)
     for b in iter_blocks(region, base, sc.bounds):
-        for part in [b.box] if whole or groups is None else groups.stored_parts(b.box):
+        for part in [b.box] if whole or groups is None else groups.stored_runs(b.box):
             out[part.slices(region.start - first)] = remote.read(part, scale)
     return out
 

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import voxgate
-from voxgate import Box, Vec
+from voxgate import Box, Vec, absence
 from voxgate.absence import StoredGroups
 from voxgate.geometry import chunk_boxes
 from voxgate.remotes.n5 import N5Remote
@@ -237,10 +237,10 @@ def test_every_level_as_read_whole_reading_only_stored_chunks(
 
 def test_fewer_bits_than_chunks_still_reads_less(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where the scale read has more chunks than :data:`_READ_GROUPS`, a bit stands for a
-    group of chunks (dividing the blocks), so memory stays bounded: the levels are the same,
-    and the groups holding no stored chunk are still not read."""
-    monkeypatch.setattr(ds, "_READ_GROUPS", 60)
+    """Where the scale read has more chunks than :data:`voxgate.absence.CHUNK_BITS`, a bit
+    stands for a group of chunks (dividing the blocks), so memory stays bounded: the levels
+    are the same, and the groups holding no stored chunk are still not read."""
+    monkeypatch.setattr(absence, "CHUNK_BITS", 60)
     reads = _ChunkReads(monkeypatch)
     urls = {tag: f"zarr://{tmp_path}/{tag}.zarr" for tag in ("new", "old")}
     vols = {tag: _source(url, "zarr", "uint64", "segmentation") for tag, url in urls.items()}
@@ -258,7 +258,7 @@ def test_fewer_bits_than_chunks_still_reads_less(tmp_path: Path,
     base = ds.block_shape(ds._pass_grid(vol.remote, 0, [Vec(*f) for f in FACTORS]), 8,
                           vol.scale_meta.shape, budget=ds.BLOCK_BYTES,
                           at_once=ds.blocks_at_once(None, None))
-    fine = ds._read_groups(vol.remote, 0, base)
+    fine = absence.chunk_blocks(vol.remote, 0, base)
     assert fine != Vec(*CHUNKS) and all(b % f == 0 for b, f in zip(base, fine, strict=True))
     for k, (a, b) in enumerate(zip(_levels(urls["new"]), _levels(urls["old"]), strict=True)):
         assert _bits(a) == _bits(b), f"scale {k}"

@@ -33,7 +33,14 @@ from typing import Any, cast
 
 import numpy as np
 
-from ..absence import StoredGroups, background_groups, holds_nothing, read_stored, write_sparse
+from ..absence import (
+    StoredGroups,
+    background_groups,
+    chunk_blocks,
+    holds_nothing,
+    read_stored,
+    write_sparse,
+)
 from ..blockwise import (
     block_shape,
     blocks_at_once,
@@ -330,7 +337,9 @@ def connected_components(
     blocks = [p.box for p in plan_blocks(region, base, anchor, order="row")]
     labels, scratch_at, tmp = _scratch_home(target, client, region, anchor.start, base, src)
     # blocks of only absent chunks reading as 0 are not read: they hold no component
-    stored = background_groups(src.remote, region, scale, base, anchor.start)
+    # (a bit per chunk where the scale has few enough: a block reads only its stored chunks)
+    stored = background_groups(src.remote, region, scale, chunk_blocks(src.remote, scale, base),
+                               anchor.start)
     # where the output holds nothing, so that its chunks of only 0 need not be written: all
     # of a store this call created; of a given one, where its chunks are absent now (asked
     # before anything is written; None: every block written whole, as an in-memory result)

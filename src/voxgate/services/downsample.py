@@ -28,7 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from ..absence import StoredGroups, background_groups, holds_nothing, write_sparse
+from ..absence import (
+    StoredGroups,
+    background_groups,
+    chunk_blocks,
+    holds_nothing,
+    read_stored,
+    write_sparse,
+)
 from ..blockwise import (
     block_shape,
     blocks_at_once,
@@ -43,7 +50,7 @@ from ..blockwise import (
     worker_remote,
 )
 from ..errors import InvalidRequestError, VoxgateError, VoxgateWarning, refuses_unknown_keywords
-from ..geometry import Box, Vec, grow_block, whole_at_least
+from ..geometry import Box, Vec, whole_at_least
 from ..meta import Scale, VolumeMeta, coarser_extent, next_scales
 from ..remotes.base import Capability, has_capability, notify_written
 from ..volume import Volume
@@ -59,11 +66,6 @@ __all__ = ["downsample", "downsample_kernel"]
 
 #: blocks grow toward this many bytes of scale-0 data
 BLOCK_BYTES = 64 * 2**20
-#: a block holding some absent chunks is read in pieces of about this many bytes
-_READ_BYTES = 16 * 2**20
-#: where the scale a pass reads stores chunks is kept a bit per chunk up to this many chunks
-#: (128 KiB), a bit per group of chunks beyond (see _read_groups)
-_READ_GROUPS = 2**20
 
 
 def downsample_kernel(data: np.ndarray, factors: Sequence[Sequence[int]],
@@ -622,11 +624,11 @@ def coarse_levels(remote: Any, b: Box, steps: Sequence[Vec], first: int = 0,
     next ``len(steps)`` scales: (scale, the box of that scale it gives, clipped to the scale's
     bounds, and its voxels), on the store's ``pyramid_anchor``.  ``stored`` (where scale
     ``first`` stores chunks, with its ``fill``) leaves its absent chunks unread
-    (:func:`_read_stored`)."""
+    (:func:`voxgate.absence.read_stored`)."""
     meta = remote.meta
     s0 = meta.scale(first)
     origin = remote.pyramid_anchor == "origin"
-    levels = downsample_kernel(_read_stored(remote, b, first, stored), steps, meta.kind,
+    levels = downsample_kernel(read_stored(remote, b, first, stored), steps, meta.kind,
                                start=b.start if origin else None)
     cum = Vec(1, 1, 1)
     for k, arr in enumerate(levels, start=first + 1):
@@ -639,47 +641,6 @@ def coarse_levels(remote: Any, b: Box, steps: Sequence[Vec], first: int = 0,
                 sk.offset, b.start, s0.offset, cum, strict=True)))
         target = Box(start, start + Vec(*arr.shape[-3:])).intersect(sk.bounds)
         yield k, target, arr[(..., *target.slices(start))]
-
-
-def _read_stored(remote: Any, b: Box, scale: int, stored: StoredGroups | None) -> np.ndarray:
-    """Box ``b`` of ``remote``'s ``scale``, as one read of it gives it, reading only the
-    groups of chunks that ``stored`` says hold a stored chunk: the rest is ``stored.fill``,
-    the voxel the store reads where a chunk is absent, bit for bit (a NaN or -0.0 fill too),
-    so the kernel gets the very array a whole read gives.  One read of ``b`` where every group
-    holds a stored chunk (or nothing is known); else runs of stored groups (few reads of many
-    chunks each, which the store fetches concurrently) in pieces of about
-    :data:`_READ_BYTES`, so that no more than a block and one piece are held at once."""
-    if stored is None or stored.fill is None or stored.all_stored(b):
-        return remote.read(b, scale)
-    sc = remote.meta.scale(scale)
-    out = np.empty(tuple(b.shape), remote.meta.dtype)
-    np.copyto(out, stored.fill.reshape(1, 1, 1))  # (same dtype: the bits as stored)
-    piece = grow_block(sc.chunks, remote.meta.dtype.itemsize, b.shape, _READ_BYTES)
-    for p in iter_blocks(b, piece, sc.bounds):
-        for part in stored.stored_runs(p.box):
-            out[part.slices(b.start)] = remote.read(part, scale)
-    return out
-
-
-def _read_groups(remote: Any, scale: int, base: Vec) -> Vec:
-    """The blocks to give :func:`~voxgate.absence.background_groups` for the scale a pass
-    reads: whole chunks of it (a bit per chunk, so that a block holding some stored chunks
-    reads no absent one), grown toward ``base`` (the pass's blocks, which they divide) only
-    while the scale has more than :data:`_READ_GROUPS` of them: the bits stay as few as
-    the blocks' or fewer than that."""
-    sc = remote.meta.scale(scale)
-    fine = [c if b % c == 0 else b for c, b in zip(sc.chunks, base, strict=True)]
-
-    def groups() -> int:
-        return math.prod(-(-n // f) + 1 for n, f in zip(sc.shape, fine, strict=True))
-
-    while groups() > _READ_GROUPS and fine != list(base):
-        # the axis with the most groups that can still grow, by its least factor left
-        axis = max((a for a in range(3) if fine[a] < base[a]),
-                   key=lambda a: sc.shape[a] / fine[a])
-        left = base[axis] // fine[axis]
-        fine[axis] *= next(p for p in range(2, left + 1) if left % p == 0)
-    return Vec(*fine)
 
 
 def _targets(remote: Any, b: Box, steps: Sequence[Vec], first: int = 0
@@ -712,15 +673,15 @@ class _Absent:
     """Where a pass's scales store chunks, for blocks of its first scale that hold none.
 
     ``read``: the stored chunks of the scale the pass reads, a bit per chunk where the scale
-    has few enough (:func:`_read_groups`), with the voxel absent chunks read as (its
-    ``fill``): a block is read but for its groups holding no stored chunk
-    (:func:`_read_stored`); or None (every block is read whole).  ``skips``: a block touching
-    no stored chunk reads as 0 everywhere (the fill is 0, every bit) and every level of it,
-    a mean or a mode of zeros, is 0, so it is not read at all.  ``written``: per scale the
-    pass writes, where it stores chunks, or None (write every block's zeros: its fill is not
-    0, or it stores all its chunks): a skipped block's level whose chunks there are all
-    absent (reading 0 already) is not written; one touching a stored chunk (of an earlier
-    pyramid) is written with its zeros, as before.  Of a block read, a level's chunks (or
+    has few enough (:func:`voxgate.absence.chunk_blocks`), with the voxel absent chunks read
+    as (its ``fill``): a block is read but for its groups holding no stored chunk
+    (:func:`voxgate.absence.read_stored`); or None (every block is read whole).  ``skips``: a
+    block touching no stored chunk reads as 0 everywhere (the fill is 0, every bit) and every
+    level of it, a mean or a mode of zeros, is 0, so it is not read at all.  ``written``: per
+    scale the pass writes, where it stores chunks, or None (write every block's zeros: its
+    fill is not 0, or it stores all its chunks): a skipped block's level whose chunks there
+    are all absent (reading 0 already) is not written; one touching a stored chunk (of an
+    earlier pyramid) is written with its zeros, as before.  Of a block read, a level's chunks (or
     shards) of only 0 are likewise left out of its write where the scale stores none
     (:func:`voxgate.absence.write_sparse`)."""
 
@@ -741,7 +702,7 @@ def _absent_blocks(remote: Any, first: int, steps: Sequence[Vec], base: Vec, anc
     whole factor)."""
     meta = remote.meta
     read = background_groups(remote, meta.scale(first).bounds, first,
-                             _read_groups(remote, first, base), anchor.start, any_fill=True)
+                             chunk_blocks(remote, first, base), anchor.start, any_fill=True)
     cum = _cumulative(steps)
     skips = read is not None and read.fill is not None and not any(read.fill.tobytes()) \
         and not any(np.any(level) for level in downsample_kernel(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..absence import StoredGroups, background_groups, holds_nothing, read_stored
+from ..absence import StoredGroups, background_groups, chunk_blocks, holds_nothing, read_stored
 from ..blockwise import (
     block_shape,
     blocks_at_once,
@@ -243,7 +243,9 @@ class _Local:
         """Where the store holds chunks (None: read every block), asked once, when the local
         path first runs: a block of absent chunks reading as 0 has no label to count."""
         region, base, _ = self.plan
-        return background_groups(self.vol.remote, region, self.vol.scale, base)
+        # (a bit per chunk where the scale has few enough: a block reads only its stored ones)
+        return background_groups(self.vol.remote, region, self.vol.scale,
+                                 chunk_blocks(self.vol.remote, self.vol.scale, base))
 
     def one(self, b: Box) -> dict[str, np.ndarray]:
         return _block_stats(self.vol, self.stored, b)

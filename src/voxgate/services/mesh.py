@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..absence import StoredGroups, background_groups, holds_nothing, read_stored
+from ..absence import StoredGroups, background_groups, chunk_blocks, holds_nothing, read_stored
 from ..blockwise import (
     Block,
     block_shape,
@@ -344,7 +344,10 @@ def mesh(
 
             # zmesh holds the GIL: here the blocks run one by one (workers=1); a client's
             # worker processes run them side by side
-            stored = background_groups(vol.remote, region, vol.scale, base, anchor.start)
+            # (a bit per chunk where the scale has few enough: a block reads only its stored
+            # chunks)
+            stored = background_groups(vol.remote, region, vol.scale,
+                                       chunk_blocks(vol.remote, vol.scale, base), anchor.start)
             run_blocks(functools.partial(_block_pieces, vol, region, vs, id_list,
                                          client is not None, close=close, stored=stored),
                        blocks,
