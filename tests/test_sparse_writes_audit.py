@@ -264,8 +264,8 @@ def test_connected_components_into_an_existing_out_overwrites_its_old_labels(
         tmp_path: Path, how: str, block: tuple[int, int, int]) -> None:
     """An out that exists with old labels in some chunks (where the new result is 0, and
     where it holds components): those are written (zeros included, never left stale), and
-    the chunks absent before and 0 now stay absent, in the blocks that held nothing (the
-    old code wrote every chunk)."""
+    the chunks absent before and 0 now stay absent, in the blocks that held an old chunk too
+    (the old code wrote every chunk; then every chunk of such a block)."""
     import cc3d
 
     src, seg = _seg(tmp_path / "seg")
@@ -282,12 +282,13 @@ def test_connected_components_into_an_existing_out_overwrites_its_old_labels(
         **({} if how == "volume" else {"overwrite": True}))
     brute = cc3d.connected_components(seg, connectivity=26)
     np.testing.assert_array_equal(out.remote.read(out.bounds, 0), brute)
-    # the units written: those holding components, and every unit of a block (of the run's
-    # grid) that held an old chunk (the store is asked where its chunks are per block)
+    # the units written: those holding components, and every unit that held an old chunk
+    # (the store is asked where its chunks are a bit per chunk: the other units of 0 of a
+    # block holding an old chunk stay absent)
     held = np.zeros(SHAPE, bool)
     for b in stale:
-        lo = [a // bb * bb for a, bb in zip(b.start, block, strict=True)]
-        hi = [min(-(-e // bb) * bb, n) for e, bb, n in zip(b.stop, block, SHAPE, strict=True)]
+        lo = [a // c * c for a, c in zip(b.start, CHUNKS, strict=True)]
+        hi = [min(-(-e // c) * c, n) for e, c, n in zip(b.stop, CHUNKS, SHAPE, strict=True)]
         held[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
     mark = np.where(held | (brute != 0), 1, 0).astype(np.uint64)
     assert _files(tmp_path / "old.zarr") == _units_held(out.remote, 0, mark)

@@ -345,8 +345,10 @@ def connected_components(
     # before anything is written; None: every block written whole, as an in-memory result)
     held: bool | StoredGroups | None = None
     if out is not None:
-        held = True if fresh else background_groups(target.remote, region, 0, base,
-                                                    anchor.start)
+        # (a bit per chunk where it has few enough: a unit of only 0 is left out where its
+        # own chunks are absent, whatever its block's others hold)
+        held = True if fresh else background_groups(
+            target.remote, region, 0, chunk_blocks(target.remote, 0, base), anchor.start)
     # pass 1's local labels: a scratch volume made just now holds nothing (each block owns
     # its chunks), the output written in place what the output holds
     local_held = None if out is None else held if labels is target else True

@@ -715,8 +715,9 @@ def _absent_blocks(remote: Any, first: int, steps: Sequence[Vec], base: Vec, anc
         # (a whole multiple of it), on the grid through the anchor's image there
         at = meta.scale(k).offset if remote.pyramid_anchor != "origin" else Vec(
             *(a // c for a, c in zip(anchor.start, cum, strict=True)))
-        written.append(background_groups(remote, meta.scale(k).bounds, k, Vec(
-            *(max(1, b // c) for b, c in zip(base, cum, strict=True))), at))
+        # (a bit per chunk where the scale has few enough: see chunk_blocks)
+        written.append(background_groups(remote, meta.scale(k).bounds, k, chunk_blocks(
+            remote, k, Vec(*(max(1, b // c) for b, c in zip(base, cum, strict=True)))), at))
     if read is None and all(w is None for w in written):
         return None
     return _Absent(read, skips, tuple(written))

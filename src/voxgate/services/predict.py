@@ -59,7 +59,14 @@ from typing import Any
 
 import numpy as np
 
-from ..absence import StoredGroups, background_groups, group_for, holds_nothing, write_sparse
+from ..absence import (
+    StoredGroups,
+    background_groups,
+    chunk_blocks,
+    group_for,
+    holds_nothing,
+    write_sparse,
+)
 from ..blockwise import (
     check_client,
     check_for_cluster,
@@ -767,8 +774,10 @@ def predict(
     # unit holding older data is written, zeros and all)
     held: bool | StoredGroups | None = True
     if not fresh and out is not None:
-        held = background_groups(target.remote, region, target.scale, b, anchor.start) if (
-            target._plain) else None
+        # (a bit per chunk where it has few enough: see voxgate.absence.chunk_blocks)
+        held = background_groups(target.remote, region, target.scale,
+                                 chunk_blocks(target.remote, target.scale, b),
+                                 anchor.start) if target._plain else None
     sink = _Output(target, held)
     n_blocks = count_blocks(region, b, anchor)
     if unbounded and n_blocks > 1:
