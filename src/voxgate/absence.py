@@ -237,6 +237,24 @@ class StoredGroups:
         held, first = self._mask(part)
         return [part] if held.all() else self._boxes(part, _runs(held), first)
 
+    def reads(self, part: Box) -> list[Box]:
+        """The boxes to read of ``part``: its runs of stored groups (:meth:`stored_runs`)
+        where they are one run, or where at least half the groups it touches hold no stored
+        chunk; else ``part`` whole, its few absent chunks read too (on local disk a missing
+        file costs less than another read; on object storage a few 404s among many GETs
+        made at once cost no time)."""
+        if part.is_empty():
+            return []
+        if not self.region.contains(part):
+            return [part]
+        held, first = self._mask(part)
+        if held.all():
+            return [part]
+        runs = _runs(held)
+        if len(runs) > 1 and 2 * int(np.count_nonzero(held)) > held.size:
+            return [part]
+        return self._boxes(part, runs, first)
+
     def stored_parts(self, part: Box) -> list[Box]:
         """The parts of ``part`` (inside ``region``) to read: ``[part]`` when every group it
         touches holds a stored chunk, none when none does, else the groups that do (each
@@ -340,11 +358,13 @@ def read_stored(remote: Remote, region: Box, scale: int, groups: StoredGroups | 
     ``groups.fill``, bit for bit; zeros without one) with its first voxel at ``at`` there
     (default 0), the groups holding no stored chunk (``groups``) left as they are: a given
     ``out`` must hold zeros there, the background they read as.  A block whose groups do not
-    all hold stored chunks is read in runs of stored groups (:meth:`StoredGroups.stored_runs`:
-    groups of one chunk, :func:`chunk_blocks`, read no absent chunk at all).  Without ``out``,
+    all hold stored chunks is read in runs of stored groups where they are one run or the
+    groups holding none are at least half (:meth:`StoredGroups.reads`: groups of one chunk,
+    :func:`chunk_blocks`, then read no absent chunk at all), else whole.  Without ``out``,
     a region whose groups all hold stored chunks (or no ``groups``: :func:`background_groups`
     said to read everything) is one read, as before."""
-    whole = groups is None or groups.all_stored(region)
+    # (in this process's memory nothing is saved by skipping: one read, a slice)
+    whole = groups is None or isinstance(remote, MemoryRemote) or groups.all_stored(region)
     if out is None and whole:
         return remote.read(region, scale)
     sc = remote.meta.scale(scale)
@@ -355,7 +375,7 @@ def read_stored(remote: Remote, region: Box, scale: int, groups: StoredGroups | 
     first = Vec(0, 0, 0) if at is None else Vec.of(at)
     base = grow_block(sc.chunks, remote.meta.dtype.itemsize, region.shape, _READ_BYTES)
     for b in iter_blocks(region, base, sc.bounds):
-        for part in [b.box] if whole or groups is None else groups.stored_runs(b.box):
+        for part in [b.box] if whole or groups is None else groups.reads(b.box):
             out[part.slices(region.start - first)] = remote.read(part, scale)
     return out
 

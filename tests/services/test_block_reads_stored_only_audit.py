@@ -213,3 +213,45 @@ def test_chunk_bits_stay_bounded(tmp_path: Path) -> None:
     small = voxgate.create(f"zarr://{tmp_path}/small.zarr", shape=SHAPE, dtype="uint8",
                            chunks=CHUNKS, voxel_size=(1, 1, 1))
     assert tuple(absence.chunk_blocks(small.remote, 0, BLOCK)) == CHUNKS
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reads_are_runs_where_most_groups_are_absent_else_the_box_whole(seed: int) -> None:
+    """StoredGroups.reads: the box whole where every group, or more than half of them, hold a
+    stored chunk and the stored ones are not one run; else runs covering exactly the stored
+    groups (checked against a brute-force mask of the chunks)."""
+    from voxgate import Vec
+    from voxgate.absence import StoredGroups
+
+    rng = np.random.default_rng(seed)
+    region = Box(Vec(*OFFSET), Vec(*OFFSET) + Vec(*SHAPE))
+    groups = StoredGroups(region, Vec(*CHUNKS), Vec(*OFFSET), Vec(1, 1, 1))
+    n = [-(-s // c) for s, c in zip(SHAPE, CHUNKS, strict=True)]
+    stored = rng.random(n) < rng.choice([0.1, 0.5, 0.9])
+    idx = np.argwhere(stored)
+    groups.mark(region, [Vec(*map(int, i)) for i in np.argwhere(~stored)])
+    assert len(idx) and (~stored).any()
+    for _ in range(30):
+        a = [int(rng.integers(0, s)) for s in SHAPE]
+        b = [int(rng.integers(x + 1, s + 1)) for x, s in zip(a, SHAPE, strict=True)]
+        part = Box(Vec(*OFFSET) + Vec(*a), Vec(*OFFSET) + Vec(*b))
+        lo = [x // c for x, c in zip(a, CHUNKS, strict=True)]
+        hi = [-(-x // c) for x, c in zip(b, CHUNKS, strict=True)]
+        touched = stored[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        got = groups.reads(part)
+        if touched.all() or (2 * touched.sum() > touched.size and got == [part]):
+            assert got == [part]
+            continue
+        # runs: inside the part, disjoint, covering every stored chunk's voxels and no
+        # absent chunk's
+        cover = np.zeros(SHAPE, int)
+        for r in got:
+            assert part.contains(r)
+            cover[r.slices(Vec(*OFFSET))] += 1
+        want = np.zeros(SHAPE, int)
+        for i in idx:
+            s = [int(v) * c for v, c in zip(i, CHUNKS, strict=True)]
+            want[s[0]:s[0] + CHUNKS[0], s[1]:s[1] + CHUNKS[1], s[2]:s[2] + CHUNKS[2]] = 1
+        np.testing.assert_array_equal(cover[part.slices(Vec(*OFFSET))],
+                                      want[part.slices(Vec(*OFFSET))])
+        assert 2 * touched.sum() <= touched.size or len(got) == 1
