@@ -12,20 +12,23 @@ Each run is a fresh process whose requests go through a counting proxy (tests/ga
 in front of moto; the rows:
 
 - ``cc``: ``connected_components(vol)`` in one piece; ``cc (block)``: with block (16, 32, 32);
+  ``cc (block) -> out``: the same written to ``out=`` a new store of the source's format on the
+  same S3 (a zarr result leaves its chunks of only 0 absent; precomputed keeps them, as
+  CloudVolume reads it);
 - ``label_stats (block)``: ``label_stats(vol, block=(16, 32, 32))``;
 - ``mesh``: ``mesh(vol)`` in one piece; ``mesh (block)``: with block (16, 32, 32);
 - ``downsample (block)``: ``downsample(vol, num_scales=3, block=(16, 32, 32))`` (two new
-  levels; without ``block`` the whole 8 MiB volume is one block, which holds stored chunks, so
-  nothing is skipped) of a fresh copy of the
-  volume written by the run itself before the proxy and the clock start (not timed, not
-  counted);
+  levels) and ``downsample``: the same without ``block`` (the whole 8 MiB volume is one block),
+  each of a fresh copy of the volume written by the run itself before the proxy and the clock
+  start (not timed, not counted);
 - ``tensorstore+cc3d`` (the peer: what a user would do without voxgate): tensorstore opens the
   same volume on S3 (precomputed scale 0, or the zarr3 array ``0`` of the multiscale group),
   reads it whole, then ``cc3d.connected_components`` (26-connected) on the array.
 
-Per row: chunk GETs (GETs of a chunk's key), LISTs (GETs with ``list-type``), all requests the
-proxy saw (any method), each as lo-hi where the runs differ, and the median seconds of
-``--repeats`` runs (one setup and row after the other in a new random order each round). With
+Per row: chunk GETs (GETs of a chunk's key), chunk PUTs (PUTs of a chunk's key: what the row
+wrote), LISTs (GETs with ``list-type``), all requests the proxy saw (any method), each as
+lo-hi where the runs differ, and the median seconds of ``--repeats`` runs (one setup and row
+after the other in a new random order each round). With
 ``--old-src`` (another checkout's ``src``, e.g. ``git archive 56764ac src | tar -x -C
 /tmp/old56``, then ``--old-src /tmp/old56/src``) the voxgate rows also run with that folder
 first on ``PYTHONPATH`` (``voxgate-old``); a row that fails there (an API it lacks) prints n/a.
@@ -48,8 +51,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 #: the rows of voxgate, in table order; the peer's row comes last
-ROWS = ["cc", "cc (block)", "label_stats (block)", "mesh", "mesh (block)",
-        "downsample (block)"]
+ROWS = ["cc", "cc (block)", "cc (block) -> out", "label_stats (block)", "mesh", "mesh (block)",
+        "downsample (block)", "downsample"]
 PEER = "tensorstore+cc3d"
 
 _CHILD = r'''
@@ -110,7 +113,7 @@ def peer(url, proxy_url):
 if what == "make":
     make(url)
     sys.exit(0)
-if what == "downsample (block)":
+if what.startswith("downsample"):
     url = url + "-ds-" + uuid.uuid4().hex[:8]
     make(url)
 if what != "tensorstore+cc3d":
@@ -119,10 +122,13 @@ if what != "tensorstore+cc3d":
     print("voxgate from", voxgate.__file__, file=sys.stderr)
     run = {"cc": lambda v: connected_components(v),
            "cc (block)": lambda v: connected_components(v, block=BLOCK),
+           "cc (block) -> out": lambda v: connected_components(
+               v, block=BLOCK, out=url + "-cc-" + uuid.uuid4().hex[:8], progress=False),
            "label_stats (block)": lambda v: label_stats(v, block=BLOCK),
            "mesh": lambda v: mesh(v),
            "mesh (block)": lambda v: mesh(v, block=BLOCK),
-           "downsample (block)": lambda v: downsample(v, num_scales=3, block=BLOCK)}[what]
+           "downsample (block)": lambda v: downsample(v, num_scales=3, block=BLOCK),
+           "downsample": lambda v: downsample(v, num_scales=3)}[what]
 proxy, log = counting_proxy(endpoint)
 os.environ["VOXGATE_S3_ENDPOINT"] = proxy.url
 try:
@@ -131,13 +137,15 @@ try:
         peer(url, proxy.url)
     else:
         # the open is in the clock and the count: a user's first request is the open's
-        run(url if what == "downsample (block)" else voxgate.open(url))
+        run(url if what.startswith("downsample") else voxgate.open(url))
     seconds = time.perf_counter() - t
 finally:
     proxy.close()
 gets = sum(1 for m, p in log if m == "GET" and CHUNK_PATH.search(p.split("?")[0]))
 lists = sum(1 for m, p in log if m == "GET" and "list-type" in p)
-print(json.dumps({"gets": gets, "lists": lists, "requests": len(log), "seconds": seconds}))
+puts = sum(1 for m, p in log if m == "PUT" and CHUNK_PATH.search(p.split("?")[0]))
+print(json.dumps({"gets": gets, "puts": puts, "lists": lists, "requests": len(log),
+                  "seconds": seconds}))
 '''
 
 
@@ -210,23 +218,24 @@ def main() -> None:
                 for setup, row in order:
                     got[setup, row].append(
                         _child(row, url, endpoint, args.scale, setups.get(setup)))
-            print(f"{'row':22s} {'setup':12s} {'chunk GETs':>10s} {'LISTs':>6s} "
-                  f"{'requests':>9s} {'seconds':>8s}")
+            print(f"{'row':22s} {'setup':12s} {'chunk GETs':>10s} {'chunk PUTs':>10s} "
+                  f"{'LISTs':>6s} {'requests':>9s} {'seconds':>8s}")
             for setup, row in jobs:
                 runs = got[setup, row]
                 if any(r is None for r in runs):
-                    print(f"{row:22s} {setup:12s} {'n/a':>10s} {'n/a':>6s} {'n/a':>9s} "
-                          f"{'n/a':>8s}")
+                    print(f"{row:22s} {setup:12s} {'n/a':>10s} {'n/a':>10s} {'n/a':>6s} "
+                          f"{'n/a':>9s} {'n/a':>8s}")
                     continue
                 ok = [r for r in runs if r is not None]
                 # a median; "lo-hi" where the runs differ (the block-wise cc's do)
                 counts = [f"{statistics.median(v):.0f}" if min(v) == max(v)
                           else f"{min(v):.0f}-{max(v):.0f}"
-                          for v in ([r[k] for r in ok] for k in ("gets", "lists", "requests"))]
+                          for v in ([r.get(k, 0) for r in ok]
+                                    for k in ("gets", "puts", "lists", "requests"))]
                 secs = statistics.median(r["seconds"] for r in ok)
                 each = ", ".join(f"{r['seconds']:.2f}" for r in ok)
-                print(f"{row:22s} {setup:12s} {counts[0]:>10s} {counts[1]:>6s} "
-                      f"{counts[2]:>9s} {secs:8.2f}  "
+                print(f"{row:22s} {setup:12s} {counts[0]:>10s} {counts[1]:>10s} "
+                      f"{counts[2]:>6s} {counts[3]:>9s} {secs:8.2f}  "
                       f"(runs: {each})")
     finally:
         proc.terminate()
