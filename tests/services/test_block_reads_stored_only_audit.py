@@ -255,3 +255,42 @@ def test_reads_are_runs_where_most_groups_are_absent_else_the_box_whole(seed: in
         np.testing.assert_array_equal(cover[part.slices(Vec(*OFFSET))],
                                       want[part.slices(Vec(*OFFSET))])
         assert 2 * touched.sum() <= touched.size or len(got) == 1
+
+
+def _sqrt(x: np.ndarray) -> np.ndarray:
+    return np.sqrt(x)
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "precomputed"])
+def test_predict_windows_read_only_stored_chunks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    """A block's input window (the block and its halo) that touches a stored chunk reads only
+    the stored chunks in it; the output equals the model on the whole image."""
+    from voxgate.services.predict import probability_to_uint8, to_unit_float
+
+    scheme, ext = FORMATS[fmt]
+    src = voxgate.create(f"{scheme}://{tmp_path}/img{ext}", shape=SHAPE, dtype="uint8",
+                         chunks=CHUNKS, voxel_size=(8, 6, 4), offset=OFFSET)
+    img = np.zeros(SHAPE, np.uint8)
+    o = src.bounds.start
+    rng = np.random.default_rng(3)
+    for a, b in OBJECTS:
+        box = Box(o + a, o + b)
+        img[box.slices(o)] = rng.integers(1, 256, tuple(box.shape), dtype=np.uint8)
+        src.remote.write(box, img[box.slices(o)], 0)
+    want = probability_to_uint8(np.sqrt(to_unit_float(img)))  # (pointwise: exact)
+    stored = _stored_chunks(src)
+    reads = _ChunkReads(monkeypatch, src.url)
+    halo = (2, 3, 3)
+    got, n = _count(reads, lambda: np.asarray(voxgate.predict(
+        _sqrt, src, block=BLOCK, halo=halo, progress=False)))
+    np.testing.assert_array_equal(got, want)
+    predict_module = __import__("voxgate.services.predict", fromlist=["chunk_blocks"])
+    with monkeypatch.context() as m:
+        m.setattr(predict_module, "chunk_blocks", lambda remote, scale, base: base)
+        old, n_old = _count(reads, lambda: np.asarray(voxgate.predict(
+            _sqrt, src, block=BLOCK, halo=halo, progress=False)))
+    np.testing.assert_array_equal(old, want)
+    # each window reads the stored chunks it touches (a chunk by up to 8 windows around a
+    # corner, with the halo), plus the one absent chunk read to learn the fill
+    assert n <= 8 * stored + 1 and 2 * n < n_old, (n, n_old, stored)

@@ -65,6 +65,7 @@ from ..absence import (
     chunk_blocks,
     group_for,
     holds_nothing,
+    read_stored,
     write_sparse,
 )
 from ..blockwise import (
@@ -563,7 +564,12 @@ def _infer(runner: ModelRunner, src: Volume, block: Box, halo: Vec, region: Box,
     ext = Box(lo, hi).intersect(region)
     absent = holds_nothing(stored, ext)
     # (np.zeros: pages the model's input never touches when the answer is reused)
-    raw = np.zeros(tuple(ext.shape), src.dtype) if absent else src.read(ext)
+    if absent:
+        raw = np.zeros(tuple(ext.shape), src.dtype)
+    elif stored is not None and src._plain:  # (only its stored chunks: the rest reads as 0)
+        raw = read_stored(src.remote, ext, src.scale, stored)
+    else:
+        raw = src.read(ext)
 
     def run() -> np.ndarray:
         x = to_unit_float(raw)
@@ -727,11 +733,14 @@ def predict(
     first_box = next(block_boxes(region, b))
     first: np.ndarray | None = None
     reuse = _Reuse(_REUSE_BLOCKS * 4 * math.prod(b) * max(1, runner.channels or 1))
-    # where the source stores chunks (one bit per block): windows of none are not read
+    # where the source stores chunks (a bit per chunk where few enough): windows of none are
+    # not read, and of the others only the stored chunks
     stored: StoredGroups | None = None
     asked = False
     if runner.channels is None:  # a callable: its first block tells the output's channels
-        stored, asked = background_groups(src.remote, region, src.scale, b, region.start), True
+        stored, asked = background_groups(src.remote, region, src.scale,
+                                          chunk_blocks(src.remote, src.scale, b),
+                                          region.start), True
         first = _infer(runner, src, first_box, h, region, reuse, stored)
         reuse.limit *= int(first.shape[0])
         runner.channels = int(first.shape[0])
@@ -765,9 +774,10 @@ def predict(
     # (walked as the blocks are sent, never listed: it would grow with the volume)
     anchor = target.remote.grid_bounds(target.scale)
     sc = src.scale_meta
+    fine = chunk_blocks(src.remote, src.scale, b)  # (a bit per chunk where few enough)
     if not asked or (stored is not None and stored.group != group_for(
-            b, anchor.start, sc.chunks, sc.bounds.start)):  # (on the blocks' grid)
-        stored = background_groups(src.remote, region, src.scale, b, anchor.start)
+            fine, anchor.start, sc.chunks, sc.bounds.start)):  # (on the blocks' grid)
+        stored = background_groups(src.remote, region, src.scale, fine, anchor.start)
     # where the output holds nothing, so that its write units of only the fill value need not
     # be written: all of the in-memory result and of a store this call created; of a given or
     # overwritten one, where its chunks are absent now (asked before any block is written; a
