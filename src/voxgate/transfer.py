@@ -55,6 +55,7 @@ from .absence import (
     StoredGroups,
     absent_fill,
     absent_in,
+    chunk_blocks,
     holds_nothing,
     leaves_fill_absent,
     only_fill,
@@ -111,9 +112,11 @@ __all__ = [
 BLOCK_BYTES = 8 * 2**20
 
 #: one block of the plan: scale, block index, its box, its write-grid cells, whether the
-#: journal lists it as finished by an earlier run, and whether the source said every chunk it
-#: touches is absent (it is then not read: it holds only the fill value)
-_Item = tuple[int, Vec, Box, int, bool, bool]
+#: journal lists it as finished by an earlier run, whether the source said every chunk it
+#: touches is absent (it is then not read: it holds only the fill value), and the boxes of it
+#: to read where the source said some of its chunks are absent (runs of stored chunks: the
+#: rest holds the fill value), or None (read it whole)
+_Item = tuple[int, Vec, Box, int, bool, bool, tuple[Box, ...] | None]
 
 
 
@@ -926,9 +929,11 @@ def copy(
             region = region_of(k, smeta)
             if not region.is_empty():
                 sc = smeta.scale(k)
-                # (groups of the blocks a destination with the source's chunks is copied in)
-                group = grow_block(sc.chunks, smeta.dtype.itemsize * smeta.num_channels,
-                                   region.shape, BLOCK_BYTES)
+                # (a bit per chunk where the scale has few enough, else per group dividing
+                # the blocks a destination with the source's chunks is copied in)
+                group = chunk_blocks(s_remote, k, grow_block(
+                    sc.chunks, smeta.dtype.itemsize * smeta.num_channels, region.shape,
+                    BLOCK_BYTES))
                 groups = StoredGroups(region, sc.chunks, sc.bounds.start,
                                        Vec(*(g // c for g, c in zip(group, sc.chunks,
                                                                     strict=True))))
@@ -1091,8 +1096,10 @@ def copy(
                     report.chunks_skipped += n
                     continue
                 touched.add(sp.scale)
-                yield (sp.scale, idx, part, n, listed,
-                       holds_nothing(groups, part))
+                empty = holds_nothing(groups, part)
+                reads = None if groups is None or empty else groups.reads(part)
+                yield (sp.scale, idx, part, n, listed, empty,
+                       None if reads is None or reads == [part] else tuple(reads))
 
     workers = workers or default_workers()
     if client is None:
@@ -1225,7 +1232,9 @@ _GONE_SAMPLE = 8
 
 
 def _copy_part(s: Remote, d: Remote, scale: int, part: Box, skip_fill: bool,
-               absent: np.ndarray | None = None) -> tuple[int, bool, bool, int, int]:
+               absent: np.ndarray | None = None,
+               runs: tuple[tuple[Box, ...], np.ndarray] | None = None
+               ) -> tuple[int, bool, bool, int, int]:
     """Copy one block: read it from ``s``, write it to ``d`` unless it holds only the fill
     value and may stay absent (``skip_fill``: ``d`` holds nothing in the block's cells, and
     only this block writes them).  Then, too, the cells of a block written that hold only the
@@ -1235,9 +1244,11 @@ def _copy_part(s: Remote, d: Remote, scale: int, part: Box, skip_fill: bool,
     ``absent``: the block touches only chunks absent from ``s``, which reads this voxel there
     (channels first): it is not read.  Into a store that keeps chunks of the fill value
     (``d.keeps_fill_chunks``: precomputed, for CloudVolume) a block read whole is written whole,
-    fill value and all: only blocks of chunks absent from the source stay absent."""
+    fill value and all: only blocks of chunks absent from the source stay absent.  ``runs``:
+    the boxes of the block to read (its runs of stored chunks) and the voxel the source reads
+    in the rest (:func:`_read`)."""
     if absent is None:
-        data = s.read(part, scale)
+        data = _read(s, part, scale, runs)
         fill = only_fill(data, d.meta)
     else:
         fill = only_fill(absent, d.meta)
@@ -1252,6 +1263,21 @@ def _copy_part(s: Remote, d: Remote, scale: int, part: Box, skip_fill: bool,
         left, left_bytes = write_sparse(d, part, np.ascontiguousarray(data, dtype=d.meta.dtype),
                                         scale, skip_fill or None)
     return data.nbytes, empty, fill, left, left_bytes
+
+
+def _read(s: Remote, part: Box, scale: int,
+          runs: tuple[tuple[Box, ...], np.ndarray] | None) -> np.ndarray:
+    """Block ``part`` of ``s``'s ``scale`` as one read of it gives it: read whole (``runs``
+    None), or only its boxes ``runs[0]`` (runs of stored chunks), the rest ``runs[1]``, the
+    voxel the source reads where a chunk is absent (channels first), bit for bit."""
+    if runs is None:
+        return s.read(part, scale)
+    boxes, voxel = runs
+    out = np.empty(voxel.shape[:-3] + tuple(part.shape), voxel.dtype)
+    out[...] = voxel
+    for box in boxes:
+        out[(..., *box.slices(part.start))] = s.read(box, scale)
+    return out
 
 
 def _filled(voxel: np.ndarray, part: Box) -> np.ndarray:
@@ -1270,15 +1296,20 @@ def _run_item(s: Remote, d: Remote, item: _Item, skip_fill: bool,
     left absent, their bytes)."""
     scale, part = item[0], item[2]
     absent = fills[scale] if item[5] else None
+    # (the runs of stored chunks of a block some of whose chunks are absent, with the voxel
+    # the source reads in the others)
+    runs = None if item[6] is None else (item[6], fills[scale])
     if item[4]:
-        data = (s.read(part, scale) if absent is None else
+        data = (_read(s, part, scale, runs) if absent is None else
                 _filled(absent, part))
         if _same_voxels(data, d.read(part, scale)):
             return data.nbytes, False, True, False, 0, 0
         skip_fill = False  # the destination holds other voxels there: fill must be written
-    # (the keyword only for such a block: _copy_part is the one call per block)
-    nbytes, empty, fill, left, left_bytes = _copy_part(
-        s, d, scale, part, skip_fill, **({} if absent is None else {"absent": absent}))
+    # (the keywords only for such a block: _copy_part is the one call per block)
+    kw: dict[str, Any] = {} if absent is None else {"absent": absent}
+    if runs is not None:
+        kw["runs"] = runs
+    nbytes, empty, fill, left, left_bytes = _copy_part(s, d, scale, part, skip_fill, **kw)
     return nbytes, empty, False, fill, left, left_bytes
 
 
