@@ -10,18 +10,20 @@ A block is written whole or not at all as far as the journal is concerned, and w
 twice gives the same bytes, so the result is identical to an uninterrupted copy of the same
 source.  The journal is deleted when the copy completes.
 
-Nothing the copy holds grows with the number of chunks or blocks beyond a bit per block: the
+Nothing the copy holds grows with the number of chunks or blocks beyond a bit per block (or per
+chunk, up to :data:`voxgate.absence.CHUNK_BITS`): the
 plan is walked as the blocks are sent (never listed), the journal is read back into a bitmap per
 scale (:class:`_BlockSet`), and the report keeps the number of the source's absent chunks per
 scale with the first :data:`ABSENT_LISTED` of them (they are asked for in pieces:
 :func:`voxgate.absence.absent_in`).  A copy of a sparse volume of many millions of chunks runs
 in the memory of a small one.  Nor does it read what it need not: that question's answers
-mark, a bit per group of chunks (:class:`voxgate.absence.StoredGroups`), where the source
-stores chunks, and a block touching none is copied as the fill value without a read of the
-source.  Nor does it write what it need not: into a destination it created, a block holding only
-the fill value is not written, and of a block that holds data too, the destination's chunks (or
-shards) holding only the fill value are left out of its write (:func:`voxgate.absence.
-write_sparse`), so a sparse source's copy is as sparse as the source.
+mark, a bit per chunk (per group of chunks past :data:`voxgate.absence.CHUNK_BITS`:
+:class:`voxgate.absence.StoredGroups`), where the source stores chunks; a block touching none
+is copied as the fill value without a read of the source, and of a block touching some only
+those are read.  Nor does it write what it need not: into a destination it created, a block
+holding only the fill value is not written, and of a block that holds data too, the
+destination's chunks (or shards) holding only the fill value are left out of its write
+(:func:`voxgate.absence.write_sparse`), so a sparse source's copy is as sparse as the source.
 
 With a ``dask.distributed`` Client the same block plan runs as tasks on the cluster: each task
 reopens the source and destination from their specs, copies its one block and returns; the
