@@ -27,7 +27,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -354,29 +354,41 @@ def background_groups(remote: Remote, region: Box, scale: int, block: Sequence[i
 def read_stored(remote: Remote, region: Box, scale: int, groups: StoredGroups | None,
                 out: np.ndarray | None = None, at: Sequence[int] | None = None) -> np.ndarray:
     """``region`` of ``remote``'s ``scale``, read in blocks of whole chunks of about
-    :data:`_READ_BYTES` into ``out`` (default a new array of the voxel absent chunks read as,
-    ``groups.fill``, bit for bit; zeros without one) with its first voxel at ``at`` there
-    (default 0), the groups holding no stored chunk (``groups``) left as they are: a given
-    ``out`` must hold zeros there, the background they read as.  A block whose groups do not
-    all hold stored chunks is read in runs of stored groups where they are one run or the
-    groups holding none are at least half (:meth:`StoredGroups.reads`: groups of one chunk,
-    :func:`chunk_blocks`, then read no absent chunk at all), else whole.  Without ``out``,
-    a region whose groups all hold stored chunks (or no ``groups``: :func:`background_groups`
-    said to read everything) is one read, as before."""
+    :data:`_READ_BYTES` (one piece if no larger) into ``out`` (default a new array of the
+    voxel absent chunks read as, ``groups.fill``, bit for bit; zeros without one) with its
+    first voxel at ``at`` there (default 0), the groups holding no stored chunk (``groups``)
+    left as they are: a given ``out`` must hold zeros there, the background they read as.  A
+    piece whose groups do not all hold stored chunks is read in runs of stored groups where
+    they are one run or the groups holding none are at least half
+    (:meth:`StoredGroups.reads`: groups of one chunk, :func:`chunk_blocks`, then read no
+    absent chunk at all), else whole.  Without ``out``, a region whose groups all hold stored
+    chunks (or no ``groups``: :func:`background_groups` said to read everything) is one read,
+    as before."""
     # (in this process's memory nothing is saved by skipping: one read, a slice)
     whole = groups is None or isinstance(remote, MemoryRemote) or groups.all_stored(region)
+    sc = remote.meta.scale(scale)
+    # a region of one piece is one read when StoredGroups.reads says so (a few absent chunks
+    # among stored ones), not a read per block of the chunk grid it crosses: a block with its
+    # halo, or a seam slab, touching one absent chunk was read in up to 8 pieces
+    one = region.size * remote.meta.dtype.itemsize <= _READ_BYTES
+    parts = None if whole or not one or groups is None else groups.reads(region)
+    whole = whole or parts == [region]
     if out is None and whole:
         return remote.read(region, scale)
-    sc = remote.meta.scale(scale)
     if out is None:
         out = np.zeros(tuple(region.shape), remote.meta.dtype)
         if groups is not None and groups.fill is not None and any(groups.fill.tobytes()):
             np.copyto(out, groups.fill.reshape(1, 1, 1))  # (same dtype: its bits as stored)
     first = Vec(0, 0, 0) if at is None else Vec.of(at)
-    base = grow_block(sc.chunks, remote.meta.dtype.itemsize, region.shape, _READ_BYTES)
-    for b in iter_blocks(region, base, sc.bounds):
-        for part in [b.box] if whole or groups is None else groups.reads(b.box):
-            out[part.slices(region.start - first)] = remote.read(part, scale)
+    todo: Iterable[Box]
+    if one:
+        todo = [region] if whole or parts is None else parts
+    else:
+        base = grow_block(sc.chunks, remote.meta.dtype.itemsize, region.shape, _READ_BYTES)
+        todo = (part for b in iter_blocks(region, base, sc.bounds)
+                for part in ([b.box] if whole or groups is None else groups.reads(b.box)))
+    for part in todo:
+        out[part.slices(region.start - first)] = remote.read(part, scale)
     return out
 
 
