@@ -62,6 +62,8 @@ ABSENT_LISTED = 10_000
 _ABSENT_PIECE = 2**16
 #: :func:`read_stored` reads the blocks holding stored chunks in pieces of about this many bytes
 _READ_BYTES = 16 * 2**20
+#: runs of group indices (per axis ``[a, b)``) cut from a mask of groups, or None (whole)
+_Cut = Callable[[np.ndarray], Sequence[tuple[tuple[int, int], ...]] | None]
 #: :func:`chunk_blocks` keeps a bit per chunk of a scale up to this many chunks (128 KiB of
 #: bits), a bit per group of chunks beyond
 CHUNK_BITS = 2**20
@@ -226,16 +228,26 @@ class StoredGroups:
                         self.origin, first, run, size, strict=True)))).intersect(part)
                 for run in runs]
 
-    def stored_runs(self, part: Box) -> list[Box]:
-        """Boxes (clipped to ``part``, inside ``region``) covering exactly the groups of
-        ``part`` that hold a stored chunk, neighbours merged (:func:`_runs`): few reads, each
-        of many chunks (a store reads a box's chunks concurrently), none of an absent group."""
+    def _pieces(self, part: Box, cut: _Cut) -> list[Box]:
+        """``part`` as the boxes ``cut`` makes of the mask of the groups it touches holding a
+        stored chunk (runs of group indices; None: ``part`` whole): ``[part]`` where every
+        group holds one or ``part`` reaches past ``region`` (it was not asked about), none
+        for an empty ``part``."""
         if part.is_empty():
             return []
         if not self.region.contains(part):
             return [part]
         held, first = self._mask(part)
-        return [part] if held.all() else self._boxes(part, _runs(held), first)
+        if held.all():
+            return [part]
+        runs = cut(held)
+        return [part] if runs is None else self._boxes(part, runs, first)
+
+    def stored_runs(self, part: Box) -> list[Box]:
+        """Boxes (clipped to ``part``, inside ``region``) covering exactly the groups of
+        ``part`` that hold a stored chunk, neighbours merged (:func:`_runs`): few reads, each
+        of many chunks (a store reads a box's chunks concurrently), none of an absent group."""
+        return self._pieces(part, _runs)
 
     def reads(self, part: Box) -> list[Box]:
         """The boxes to read of ``part``: its runs of stored groups (:meth:`stored_runs`)
@@ -243,31 +255,19 @@ class StoredGroups:
         chunk; else ``part`` whole, its few absent chunks read too (on local disk a missing
         file costs less than another read; on object storage a few 404s among many GETs
         made at once cost no time)."""
-        if part.is_empty():
-            return []
-        if not self.region.contains(part):
-            return [part]
-        held, first = self._mask(part)
-        if held.all():
-            return [part]
-        runs = _runs(held)
-        if len(runs) > 1 and 2 * int(np.count_nonzero(held)) > held.size:
-            return [part]
-        return self._boxes(part, runs, first)
+        def cut(held: np.ndarray) -> list[tuple[tuple[int, int], ...]] | None:
+            runs = _runs(held)
+            few = len(runs) > 1 and 2 * int(np.count_nonzero(held)) > held.size
+            return None if few else runs
+
+        return self._pieces(part, cut)
 
     def stored_parts(self, part: Box) -> list[Box]:
         """The parts of ``part`` (inside ``region``) to read: ``[part]`` when every group it
         touches holds a stored chunk, none when none does, else the groups that do (each
         clipped to ``part``)."""
-        if part.is_empty():
-            return []
-        if not self.region.contains(part):
-            return [part]
-        held, first = self._mask(part)
-        if held.all():
-            return [part]
-        return self._boxes(part, [tuple((int(i), int(i) + 1) for i in idx)
-                                  for idx in zip(*np.nonzero(held), strict=True)], first)
+        return self._pieces(part, lambda held: [tuple((int(i), int(i) + 1) for i in idx)
+                                                for idx in zip(*np.nonzero(held), strict=True)])
 
 
 def holds_nothing(groups: StoredGroups | None, box: Box) -> bool:
