@@ -213,7 +213,7 @@ def test_a_store_recreated_between_cluster_runs_is_read_anew(tmp_path: Path) -> 
                        voxel_size=(8, 8, 8), kind="segmentation")[:] = labels
 
     with distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
-                            dashboard_address=None) as client:
+                            dashboard_address=":0") as client:
         make((16, 48, 48), 2)
         first = voxgate.skeletonize(url, client=client, block=block)
         make((8, 16, 16), 16)  # the same URL: other chunks, the rod moved
