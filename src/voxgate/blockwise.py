@@ -38,7 +38,7 @@ from typing import Any, Literal, TypeVar
 
 from .errors import InvalidRequestError, RemoteUnavailableError, VoxgateError, redact
 from .geometry import Box, Vec, grid_range, grow_block, whole_at_least
-from .parallel import BlockResults, default_workers
+from .parallel import BlockResults, default_workers, interrupts_held
 from .progress import format_bytes, progress_bar
 from .registry import open_remote, resolve_for_create
 from .remotes.base import Remote
@@ -766,7 +766,9 @@ def run_blocks(
     workers have finished the ones they were running, so nothing of it writes afterwards),
     and the error is raised with a note naming the block (``exc.block``); with ``collect`` it
     is returned in ``BlockResults.failed`` instead.  KeyboardInterrupt cancels the blocks not
-    started (threads and a cluster's workers finish the ones running first) and re-raises.
+    started (threads and a cluster's workers finish the ones running first) and re-raises;
+    one arriving while a finished block is counted and given to ``on_done`` waits until
+    ``on_done`` returns (:func:`parallel.interrupts_held`).
     A cluster left without workers for the client's timeout raises :class:`NoWorkersError`.
     """
     workers, retries = check_run(workers, retries, client, name)
@@ -782,11 +784,14 @@ def run_blocks(
     bar = progress_bar(progress, total, label)
 
     def finished(item: T, out: object) -> None:
-        results.finished += 1
-        if keep_done:
-            results.done.append(item)
-        if on_done is not None:
-            on_done(item, out)
+        # (a Ctrl-C is held until the block is counted and ``on_done`` has recorded it: a
+        # copy's journal never lacks a block its CopyInterrupted counts)
+        with interrupts_held():
+            results.finished += 1
+            if keep_done:
+                results.done.append(item)
+            if on_done is not None:
+                on_done(item, out)
         bar.advance()
 
     def give_up(item: T, exc: BaseException, attempts: int) -> None:

@@ -7,19 +7,42 @@ blocks per worker whatever the number of blocks.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterable
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-__all__ = ["BlockResults", "default_workers", "run_blocks"]
+__all__ = ["BlockResults", "default_workers", "interrupts_held", "run_blocks"]
 
 T = TypeVar("T")
 
 
 def default_workers() -> int:
     return max(2, min(8, 2 * (os.cpu_count() or 2)))
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the ``with`` until its end, then deliver it
+    to the handler that was installed: for bookkeeping that must not stop half-way (a block
+    counted as done but not yet in its journal).  Only the main thread takes Python's signal
+    handlers: elsewhere, or where the handler was not installed from Python, nothing is held."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)  # (to ``previous``, at the next bytecode)
 
 
 @dataclass
@@ -58,10 +81,11 @@ def run_blocks(
                 if stop_on_error:
                     break
                 continue
-            results.done.append(item)
-            results.finished += 1
-            if on_done is not None:
-                on_done(item, out)
+            with interrupts_held():
+                results.done.append(item)
+                results.finished += 1
+                if on_done is not None:
+                    on_done(item, out)
         return results
 
     pending: dict[Future[object], T] = {}
@@ -88,10 +112,11 @@ def run_blocks(
                     if error is not None:
                         results.failed.append((item, error))
                     else:
-                        results.done.append(item)
-                        results.finished += 1
-                        if on_done is not None:
-                            on_done(item, fut.result())
+                        with interrupts_held():
+                            results.done.append(item)
+                            results.finished += 1
+                            if on_done is not None:
+                                on_done(item, fut.result())
         except KeyboardInterrupt:
             for fut in pending:
                 fut.cancel()
