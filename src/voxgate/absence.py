@@ -262,13 +262,6 @@ class StoredGroups:
 
         return self._pieces(part, cut)
 
-    def stored_parts(self, part: Box) -> list[Box]:
-        """The parts of ``part`` (inside ``region``) to read: ``[part]`` when every group it
-        touches holds a stored chunk, none when none does, else the groups that do (each
-        clipped to ``part``)."""
-        return self._pieces(part, lambda held: [tuple((int(i), int(i) + 1) for i in idx)
-                                                for idx in zip(*np.nonzero(held), strict=True)])
-
 
 def holds_nothing(groups: StoredGroups | None, box: Box) -> bool:
     """Whether ``groups`` say ``box`` touches no stored chunk, so that it reads as the fill

@@ -296,10 +296,11 @@ def test_missing_error_still_raises(tmp_path: Path) -> None:
 # -- 4. the groups' parts against brute force ----------------------------------------------------
 
 @pytest.mark.parametrize("seed", range(12))
-def test_stored_parts_cover_every_stored_chunk_and_no_empty_group(seed: int) -> None:
-    """For random grids, regions and boxes: the parts :class:`StoredGroups` says to read
-    cover every stored chunk inside the box, lie inside it, and touch only groups holding a
-    stored chunk (unless the box is read whole, when every group it touches holds one)."""
+def test_stored_runs_cover_every_stored_chunk_and_no_empty_group(seed: int) -> None:
+    """For random grids, regions and boxes: the runs of stored groups of
+    :class:`StoredGroups` cover every stored chunk inside the box, lie inside it, and touch
+    only groups holding a stored chunk (unless the box is read whole, when every group it
+    touches holds one)."""
     rng = np.random.default_rng(seed)
     chunks = Vec(*rng.integers(1, 6, 3))
     origin = Vec(*rng.integers(-5, 5, 3))
@@ -319,7 +320,7 @@ def test_stored_parts_cover_every_stored_chunk_and_no_empty_group(seed: int) -> 
     size = Vec(*(g * c for g, c in zip(groups.group, chunks, strict=True)))
     for _, cell in chunk_boxes(region, block, Box(anchor, bounds.stop)):
         part = cell.intersect(region)
-        parts = groups.stored_parts(part)
+        parts = groups.stored_runs(part)
         stored = [c.intersect(part) for g, c in chunk_boxes(part, chunks, bounds)
                   if present[tuple(g)]]
         assert groups.stored_in(part) == bool(parts) and bool(stored) <= bool(parts)
