@@ -12,9 +12,7 @@ the source read whole.
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +21,8 @@ import voxgate
 import voxgate.transfer as transfer
 from voxgate import Box
 from voxgate.geometry import chunk_boxes
-from voxgate.remotes.zarr import ZarrRemote
+
+from .chunk_reads import ChunkReads
 
 SHAPE = (19, 29, 31)
 CHUNKS = (4, 5, 6)
@@ -51,23 +50,6 @@ def _source(tmp_path: Path, dtype: str, channels: int = 1,
     return vol, vol.remote.read(vol.bounds, 0)
 
 
-class _Reads:
-    """The chunks each read of the source touches (blocks run on threads: under a lock)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, url: str) -> None:
-        self.n, self.url, self.lock = 0, url, threading.Lock()
-        real = ZarrRemote.read
-
-        def read(remote: Any, box: Box, scale: int = 0) -> np.ndarray:
-            if remote.url == self.url:
-                sc = remote.meta.scale(scale)
-                with self.lock:
-                    self.n += sum(1 for _ in chunk_boxes(box, sc.chunks, sc.bounds))
-            return real(remote, box, scale)
-
-        monkeypatch.setattr(ZarrRemote, "read", read)
-
-
 def _bits(a: np.ndarray) -> np.ndarray:
     a = np.ascontiguousarray(a)
     return a.view(f"u{a.dtype.itemsize}")
@@ -89,12 +71,12 @@ def test_a_copy_reads_only_the_stored_chunks(tmp_path: Path, monkeypatch: pytest
 
     src, want = _source(tmp_path, dtype, channels, fill)
     stored = _stored_chunks(src)
-    reads = _Reads(monkeypatch, src.url)
+    reads = ChunkReads(monkeypatch, src.url, on=True)
     block = 8 * 10 * 12 * np.dtype(dtype).itemsize * channels  # blocks of 2 x 2 x 2 chunks
     monkeypatch.setattr(transfer, "BLOCK_BYTES", block)
     voxgate.copy(src.url, f"zarr://{tmp_path}/new.zarr", progress=False, workers=2)
     new = reads.n
-    reads.n = 0
+    reads.reset()
     with monkeypatch.context() as m:  # the groups a bit per block, as before
         m.setattr(transfer, "chunk_blocks", lambda remote, scale, base: base)
         voxgate.copy(src.url, f"zarr://{tmp_path}/old.zarr", progress=False, workers=2)
@@ -114,7 +96,7 @@ def test_a_copy_into_precomputed_is_dense_where_the_source_is_stored(
 
     src, want = _source(tmp_path, "uint64")
     monkeypatch.setattr(transfer, "BLOCK_BYTES", 8 * 10 * 12 * 8)
-    reads = _Reads(monkeypatch, src.url)
+    reads = ChunkReads(monkeypatch, src.url, on=True)
     voxgate.copy(src.url, f"precomputed://{tmp_path}/pc", progress=False, workers=2)
     assert reads.n == _stored_chunks(src) + 1
     cv = CloudVolume(f"file://{tmp_path}/pc", mip=0, fill_missing=False, progress=False)

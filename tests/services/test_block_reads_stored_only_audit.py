@@ -24,9 +24,9 @@ import pytest
 import voxgate
 from voxgate import Box, absence
 from voxgate.geometry import chunk_boxes
-from voxgate.remotes.n5 import N5Remote
-from voxgate.remotes.precomputed.remote import PrecomputedRemote
 from voxgate.remotes.zarr import ZarrRemote
+
+from ..chunk_reads import ChunkReads
 
 SHAPE = (37, 45, 53)  # z, y, x: partial chunks at every far face
 OFFSET = (3, 5, 7)
@@ -64,35 +64,6 @@ def _stored_chunks(vol: voxgate.Volume) -> int:
         vol.remote.absent_chunks(sc.bounds, 0))
 
 
-class _ChunkReads:
-    """The chunks each read of the source (by URL) touches, while ``on`` (blocks run on
-    threads: counted under a lock)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, url: str) -> None:
-        self.url, self.n, self.on = url, 0, False
-        self.lock = threading.Lock()
-        for cls in (ZarrRemote, PrecomputedRemote, N5Remote):
-            monkeypatch.setattr(cls, "read", self._wrap(cls.read))
-
-    def _wrap(self, real: Any) -> Any:
-        def read(remote: Any, box: Box, scale: int = 0) -> np.ndarray:
-            if self.on and remote.url == self.url:
-                sc = remote.meta.scale(scale)
-                n = sum(1 for _ in chunk_boxes(box, sc.chunks, sc.bounds))
-                with self.lock:
-                    self.n += n
-            return real(remote, box, scale)
-        return read
-
-
-def _count(reads: _ChunkReads, run: Any) -> tuple[Any, int]:
-    reads.n, reads.on = 0, True
-    try:
-        return run(), reads.n
-    finally:
-        reads.on = False
-
-
 def _per_block_bits(monkeypatch: pytest.MonkeyPatch) -> None:
     """The old groups: a bit per block (the block shape given to background_groups)."""
     for name in ("connected_components", "label_stats", "mesh"):
@@ -108,14 +79,14 @@ def test_connected_components_in_blocks_reads_only_stored_chunks(
     src, seg = _source(tmp_path, fmt)
     want = cc3d.connected_components(seg, connectivity=26)
     stored = _stored_chunks(src)
-    reads = _ChunkReads(monkeypatch, src.url)
-    got, n = _count(reads, lambda: voxgate.connected_components(src, block=BLOCK,
-                                                                  progress=False))
+    reads = ChunkReads(monkeypatch, src.url)
+    got, n = reads.count(lambda: voxgate.connected_components(src, block=BLOCK,
+                                                                progress=False))
     np.testing.assert_array_equal(np.asarray(got), want)
     with monkeypatch.context() as m:
         _per_block_bits(m)
-        old, n_old = _count(reads, lambda: voxgate.connected_components(src, block=BLOCK,
-                                                                          progress=False))
+        old, n_old = reads.count(lambda: voxgate.connected_components(src, block=BLOCK,
+                                                                        progress=False))
     np.testing.assert_array_equal(np.asarray(old), want)
     # pass 1 reads each stored chunk once; pass 2's seam slabs (one voxel each side of a
     # block's upper face, one voxel past its other faces) read the stored chunks they cross:
@@ -162,9 +133,9 @@ def test_label_stats_in_blocks_reads_only_stored_chunks(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
     src, seg = _source(tmp_path, fmt)
     stored = _stored_chunks(src)
-    reads = _ChunkReads(monkeypatch, src.url)
-    got, n = _count(reads, lambda: voxgate.label_stats(src, block=BLOCK, prefer="local",
-                                                       progress=False))
+    reads = ChunkReads(monkeypatch, src.url)
+    got, n = reads.count(lambda: voxgate.label_stats(src, block=BLOCK, prefer="local",
+                                                     progress=False))
     ids, counts = np.unique(seg[seg > 0], return_counts=True)
     table = got.set_index("id") if "id" in got.columns else got
     assert sorted(int(i) for i in table.index) == [int(i) for i in ids]
@@ -175,8 +146,8 @@ def test_label_stats_in_blocks_reads_only_stored_chunks(
         assert tuple(int(v) for v in table.loc[int(i), ["z0", "y0", "x0"]]) == tuple(lo)
     with monkeypatch.context() as m:
         _per_block_bits(m)
-        _, n_old = _count(reads, lambda: voxgate.label_stats(src, block=BLOCK, prefer="local",
-                                                             progress=False))
+        _, n_old = reads.count(lambda: voxgate.label_stats(src, block=BLOCK, prefer="local",
+                                                           progress=False))
     assert n == stored + 1 < n_old, (n, n_old, stored)
 
 
@@ -186,15 +157,15 @@ def test_mesh_in_blocks_reads_only_stored_chunks(
     src, _ = _source(tmp_path, fmt)
     stored = _stored_chunks(src)
     whole = voxgate.mesh(src, progress=False)
-    reads = _ChunkReads(monkeypatch, src.url)
-    got, n = _count(reads, lambda: voxgate.mesh(src, block=BLOCK, progress=False))
+    reads = ChunkReads(monkeypatch, src.url)
+    got, n = reads.count(lambda: voxgate.mesh(src, block=BLOCK, progress=False))
     assert sorted(got) == sorted(whole) == [7, 8, 9]
     for i in got:
         a, b = got[i], whole[i]
         np.testing.assert_allclose(np.sort(a.vertices, axis=0), np.sort(b.vertices, axis=0))
     with monkeypatch.context() as m:
         _per_block_bits(m)
-        _, n_old = _count(reads, lambda: voxgate.mesh(src, block=BLOCK, progress=False))
+        _, n_old = reads.count(lambda: voxgate.mesh(src, block=BLOCK, progress=False))
     # each block with its one-voxel overlap: a stored chunk may be read by its neighbours too
     assert n <= 4 * stored + 1 < n_old, (n, n_old, stored)
 
@@ -280,16 +251,16 @@ def test_predict_windows_read_only_stored_chunks(
         src.remote.write(box, img[box.slices(o)], 0)
     want = probability_to_uint8(np.sqrt(to_unit_float(img)))  # (pointwise: exact)
     stored = _stored_chunks(src)
-    reads = _ChunkReads(monkeypatch, src.url)
+    reads = ChunkReads(monkeypatch, src.url)
     halo = (2, 3, 3)
-    got, n = _count(reads, lambda: np.asarray(voxgate.predict(
-        _sqrt, src, block=BLOCK, halo=halo, progress=False)))
+    got, n = reads.count(lambda: np.asarray(voxgate.predict(
+      _sqrt, src, block=BLOCK, halo=halo, progress=False)))
     np.testing.assert_array_equal(got, want)
     predict_module = __import__("voxgate.services.predict", fromlist=["chunk_blocks"])
     with monkeypatch.context() as m:
         m.setattr(predict_module, "chunk_blocks", lambda remote, scale, base: base)
-        old, n_old = _count(reads, lambda: np.asarray(voxgate.predict(
-            _sqrt, src, block=BLOCK, halo=halo, progress=False)))
+        old, n_old = reads.count(lambda: np.asarray(voxgate.predict(
+          _sqrt, src, block=BLOCK, halo=halo, progress=False)))
     np.testing.assert_array_equal(old, want)
     # each window reads the stored chunks it touches (a chunk by up to 8 windows around a
     # corner, with the halo), plus the one absent chunk read to learn the fill

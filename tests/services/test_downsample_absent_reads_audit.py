@@ -18,7 +18,6 @@ import importlib
 import itertools
 import json
 import os
-import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,8 @@ import pytest
 import voxgate
 from voxgate import Box, Vec, absence
 from voxgate.absence import StoredGroups
-from voxgate.geometry import chunk_boxes
-from voxgate.remotes.n5 import N5Remote
-from voxgate.remotes.precomputed.remote import PrecomputedRemote
-from voxgate.remotes.zarr import ZarrRemote
 
+from ..chunk_reads import ChunkReads
 from ..test_copy_sparse_skip_audit import _chunk_reads, _counting_proxy
 from .numpy_reference import downsample_scales
 
@@ -68,28 +64,6 @@ FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
 def _read_everything(m: pytest.MonkeyPatch) -> None:
     """The old path: downsample is told nothing of where chunks are stored."""
     m.setattr(ds, "background_groups", lambda *a, **k: None)
-
-
-class _ChunkReads:
-    """The chunks each ``read`` of a file store touches, per scale, while ``on`` (blocks run
-    on threads: counted under a lock)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.on = False
-        self.by_scale: Counter[int] = Counter()
-        self.lock = threading.Lock()
-        for cls in (ZarrRemote, PrecomputedRemote, N5Remote):
-            monkeypatch.setattr(cls, "read", self._wrap(cls.read))
-
-    def _wrap(self, real: Any) -> Any:
-        def read(remote: Any, box: Box, scale: int = 0) -> np.ndarray:
-            if self.on:
-                sc = remote.meta.scale(scale)
-                n = sum(1 for _ in chunk_boxes(box, sc.chunks, sc.bounds))
-                with self.lock:
-                    self.by_scale[scale] += n
-            return real(remote, box, scale)
-        return read
 
 
 def _voxels(dtype: str, kind: str, fill: float) -> np.ndarray:
@@ -197,7 +171,7 @@ def test_every_level_as_read_whole_reading_only_stored_chunks(
     voxel absent chunks read as), where reading everything read every chunk (the old path
     read every chunk of a block holding a stored one: all of them as one block)."""
     factors = FACTORS if block is None else SMALL_FACTORS
-    reads = _ChunkReads(monkeypatch)
+    reads = ChunkReads(monkeypatch)
     scheme, options = FORMATS[fmt]
     urls = {tag: f"{scheme}://{tmp_path}/{tag}{SUFFIX[scheme]}" for tag in ("new", "old")}
     vols = {tag: _source(url, scheme, dtype, kind, fill, options) for tag, url in urls.items()}
@@ -209,10 +183,9 @@ def test_every_level_as_read_whole_reading_only_stored_chunks(
         with monkeypatch.context() as m:
             if tag == "old":
                 _read_everything(m)
-            reads.on, reads.by_scale = True, Counter()
-            done = voxgate.downsample(vols[tag][0], 4, factors=factors, block=block)
-            reads.on = False
-            counts[tag] = reads.by_scale
+            done, _ = reads.count(lambda v=vols[tag][0]: voxgate.downsample(
+                v, 4, factors=factors, block=block))
+            counts[tag] = Counter(reads.by_scale)
             prov = ds.downsample_provenance(done)
             assert prov is not None
             if block is None or "sharded" not in fmt:  # (blocks are whole shards)
@@ -241,7 +214,7 @@ def test_fewer_bits_than_chunks_still_reads_less(tmp_path: Path,
     stands for a group of chunks (dividing the blocks), so memory stays bounded: the levels
     are the same, and the groups holding no stored chunk are still not read."""
     monkeypatch.setattr(absence, "CHUNK_BITS", 60)
-    reads = _ChunkReads(monkeypatch)
+    reads = ChunkReads(monkeypatch)
     urls = {tag: f"zarr://{tmp_path}/{tag}.zarr" for tag in ("new", "old")}
     vols = {tag: _source(url, "zarr", "uint64", "segmentation") for tag, url in urls.items()}
     total, stored = _total_and_stored(vols["new"][0])
@@ -250,9 +223,7 @@ def test_fewer_bits_than_chunks_still_reads_less(tmp_path: Path,
         with monkeypatch.context() as m:
             if tag == "old":
                 _read_everything(m)
-            reads.on, reads.by_scale = True, Counter()
-            voxgate.downsample(vols[tag][0], 4, factors=FACTORS)
-            reads.on = False
+            reads.count(lambda v=vols[tag][0]: voxgate.downsample(v, 4, factors=FACTORS))
             counts[tag] = reads.by_scale[0]
     vol = vols["new"][0]
     base = ds.block_shape(ds._pass_grid(vol.remote, 0, [Vec(*f) for f in FACTORS]), 8,
