@@ -32,11 +32,15 @@ def interrupts_held() -> Iterator[None]:
     counted as done but not yet in its journal).  Only the main thread takes Python's signal
     handlers: elsewhere, or where the handler was not installed from Python, nothing is held."""
     previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or previous is None:
+    held: list[int] = []
+    installed = False
+    if threading.current_thread() is threading.main_thread() and previous is not None:
+        with contextlib.suppress(ValueError, OSError):  # (not the main interpreter)
+            signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+            installed = True
+    if not installed:
         yield
         return
-    held: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
         yield
     finally:
