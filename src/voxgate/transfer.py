@@ -1077,6 +1077,10 @@ def copy(
     # a destination this copy created (now or before an interruption) holds only fill where no
     # block was written yet, so all-fill source blocks need no write
     skip_fill = journal.created
+    # with verify, a block the journal does not list may still have been written, in whole or
+    # in part, by the interrupted run (a kill or an interrupt between its write and its line,
+    # a block failing part way): its stale chunks must not be taken for fill (_run_item)
+    recheck = verify and skip_fill and not created
     # a block the journal lists is skipped; with verify, read again from both stores and
     # written only when they differ (the source changed since the interrupted run, or the
     # destination did): then a rerun never keeps stale blocks, and never rewrites finished ones
@@ -1106,10 +1110,11 @@ def copy(
     workers = workers or default_workers()
     if client is None:
         fn: Any = functools.partial(_copy_item, s_remote, d_remote, skip_fill=skip_fill,
-                                    fills=fills)
+                                    fills=fills, recheck=recheck)
     else:  # each worker reopens both stores by their specs, once per process and run
         fn = functools.partial(_copy_block, cluster_spec(s_remote), cluster_spec(d_remote),
-                               uuid.uuid4().hex, skip_fill=skip_fill, fills=fills)
+                               uuid.uuid4().hex, skip_fill=skip_fill, fills=fills,
+                               recheck=recheck)
 
     total_bytes = sum(sp.region.size - (0 if verify else sp.voxels(journal.done, gone))
                       for sp in plans) * itemsize * channels
@@ -1288,10 +1293,25 @@ def _filled(voxel: np.ndarray, part: Box) -> np.ndarray:
     return np.broadcast_to(voxel, voxel.shape[:-3] + tuple(part.shape))
 
 
+def _stores_no_chunk(d: Remote, part: Box, scale: int) -> bool:
+    """Whether ``d`` stores no chunk touching ``part`` at ``scale`` (False when it cannot
+    tell absent chunks from stored ones)."""
+    if not has_capability(d, Capability.CHUNK_PRESENCE):
+        return False
+    sc = d.meta.scale(scale)
+    absent = set(d.absent_chunks(part, scale))
+    return all(g in absent for g, _ in chunk_boxes(part, sc.chunks, sc.bounds))
+
+
 def _run_item(s: Remote, d: Remote, item: _Item, skip_fill: bool,
-              fills: dict[int, np.ndarray]) -> tuple[int, bool, bool, bool, int, int]:
+              fills: dict[int, np.ndarray],
+              recheck: bool = False) -> tuple[int, bool, bool, bool, int, int]:
     """One block of the plan.  A block an earlier run finished (``item[4]``) is left as it is
     when ``d`` holds the source's voxels there, and copied again (fill included) when not.
+    ``recheck`` (a rerun with verify into a destination an earlier run created): a block the
+    journal does not list that ``d`` stores a chunk of was written, whole or in part, by an
+    interrupted run before its journal line, so its fill is written too (the source may have
+    changed since: fill left out would keep the stale chunks).
     A block of absent chunks only (``item[5]``) is not read from ``s``: it holds ``fills``'s
     voxel of its scale.  Returns (bytes read, whether left as fill, whether left as it was
     because unchanged, whether it holds only the fill value, the cells of a block written
@@ -1307,6 +1327,8 @@ def _run_item(s: Remote, d: Remote, item: _Item, skip_fill: bool,
         if _same_voxels(data, d.read(part, scale)):
             return data.nbytes, False, True, False, 0, 0
         skip_fill = False  # the destination holds other voxels there: fill must be written
+    elif skip_fill and recheck and not _stores_no_chunk(d, part, scale):
+        skip_fill = False  # (written by an interrupted run, unrecorded: see above)
     # (the keywords only for such a block: _copy_part is the one call per block)
     kw: dict[str, Any] = {} if absent is None else {"absent": absent}
     if runs is not None:
@@ -1324,12 +1346,15 @@ def _same_voxels(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _copy_item(s: Remote, d: Remote, item: _Item, skip_fill: bool,
-               fills: dict[int, np.ndarray]) -> tuple[int, bool, bool, bool, int, int]:
+               fills: dict[int, np.ndarray],
+               recheck: bool = False) -> tuple[int, bool, bool, bool, int, int]:
     """One block of a local copy (see :func:`_run_item`)."""
-    return _run_item(s, d, item, skip_fill, fills)
+    return _run_item(s, d, item, skip_fill, fills, recheck)
 
 
 def _copy_block(src: str, dst: str, run: str, item: _Item, skip_fill: bool,
-                fills: dict[int, np.ndarray]) -> tuple[int, bool, bool, bool, int, int]:
+                fills: dict[int, np.ndarray],
+                recheck: bool = False) -> tuple[int, bool, bool, bool, int, int]:
     """One task of a distributed copy, on a worker (see :func:`_run_item`)."""
-    return _run_item(worker_remote(src, run), worker_remote(dst, run), item, skip_fill, fills)
+    return _run_item(worker_remote(src, run), worker_remote(dst, run), item, skip_fill, fills,
+                     recheck)
