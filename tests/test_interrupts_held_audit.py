@@ -13,6 +13,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -171,3 +172,37 @@ def test_run_blocks_lets_on_done_finish_before_the_interrupt(
     begun = [i for i, s in recorded if s == "begun"]
     ended = [i for i, s in recorded if s == "ended"]
     assert begun == ended
+
+
+@pytest.mark.parametrize("at", [1, 3])
+def test_a_ctrl_c_as_a_finished_block_is_taken_loses_no_block(
+        python_ctrl_c: None, monkeypatch: pytest.MonkeyPatch, at: int) -> None:
+    """A Ctrl-C right after a finished block's result is taken from the pool (before it is
+    counted): the block was run, so it is counted and given to ``on_done`` like every other
+    block that ran; it was dropped from the blocks in flight first and then lost."""
+    import voxgate.blockwise as blockwise
+
+    real = blockwise._Pool.result
+    calls = [0]
+
+    def result(self: Any, fut: Any) -> Any:
+        out = real(self, fut)
+        calls[0] += 1
+        if calls[0] == at:
+            signal.raise_signal(signal.SIGINT)  # (KeyboardInterrupt at the next bytecode)
+        return out
+
+    monkeypatch.setattr(blockwise._Pool, "result", result)
+    ran: list[int] = []
+    lock = threading.Lock()
+
+    def fn(i: int) -> int:
+        with lock:
+            ran.append(i)
+        return i
+
+    done: list[int] = []
+    with pytest.raises(KeyboardInterrupt):
+        blockwise.run_blocks(fn, range(40), workers=2, on_done=lambda i, out: done.append(i))
+    assert calls[0] >= at and ran
+    assert sorted(done) == sorted(ran)  # every block that ran was counted, once

@@ -866,10 +866,11 @@ def _pooled(pool: _Pool, todo: Iterator[T], retries: int, finished: Callable[[T,
                 continue
             timeout = max(0.01, again[0][0] - now) if again and not failed else None
             for fut in pool.wait(pending, timeout):
-                n, item, attempt = pending.pop(fut)
+                n, item, attempt = pending[fut]
                 try:
                     out = pool.result(fut)
                 except Exception as exc:
+                    del pending[fut]
                     if is_transient(exc) and attempt < retries and not failed:
                         again.append((time.monotonic() + BACKOFF * 2**attempt, n, item,
                                       attempt + 1))
@@ -878,7 +879,11 @@ def _pooled(pool: _Pool, todo: Iterator[T], retries: int, finished: Callable[[T,
                     give_up(item, _broken_pool(exc, pool.name, item), attempt + 1)
                     failed = True
                     continue
-                finished(item, out)
+                # (out of the blocks in flight and counted in one step: a Ctrl-C between the
+                # two lost a block already written; until then the except below finishes it)
+                with interrupts_held():
+                    del pending[fut]
+                    finished(item, out)
             if failed and pool.kind == "distributed" and pending:
                 # the blocks a worker is running go on there: waited for, so that nothing of
                 # a run that raised is still writing once it has returned
