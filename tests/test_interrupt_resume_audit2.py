@@ -19,7 +19,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +38,6 @@ from .services.numpy_reference import downsample_scales
 
 SHAPE = (16, 32, 48)
 CHUNKS = (8, 8, 8)  # 2 x 4 x 6 = 48 chunks
-
-
-@pytest.fixture
-def python_ctrl_c() -> Iterator[None]:
-    """Python's own Ctrl-C handler, whatever an earlier test or library left installed."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _labels(seed: int = 3) -> np.ndarray:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +22,6 @@ import voxgate.transfer
 from voxgate.blockwise import run_blocks as blockwise_run_blocks
 from voxgate.parallel import interrupts_held
 from voxgate.parallel import run_blocks as parallel_run_blocks
-
-
-@pytest.fixture
-def python_ctrl_c() -> Iterator[None]:
-    """Python's own Ctrl-C handler, whatever an earlier test or library left installed."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _interrupt_inside_append(monkeypatch: pytest.MonkeyPatch, at: int) -> list[int]:
