@@ -264,8 +264,11 @@ def test_cli_cp_sigint_then_same_command_again_finishes(tmp_path: Path) -> None:
     script = tmp_path / "cli.py"
     script.write_text(_CLI, encoding="utf-8")
     cmd = [sys.executable, str(script), "cp", src, dst, "--workers", "2", "--no-progress"]
+    # SIGINT as a shell leaves it for a command it starts: a test runner started in the
+    # background (CI's `... &`) ignores SIGINT, and a child inherits an ignored signal
     proc = subprocess.Popen(cmd, env=_cli_env(state, 0.02), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while _journal_blocks(state) < 10:
