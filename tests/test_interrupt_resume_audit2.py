@@ -175,6 +175,18 @@ def test_copy_rerun_with_verify_after_the_source_changed_ends_equal_to_it(
     in the destination) or after (the block is there but not in the journal, as after a kill
     between the write and the journal's line).  The source then changes in blocks the journal
     lists, in the interrupted block (to all 0, the fill value) and in blocks not reached."""
+    _verify_after_change(tmp_path, monkeypatch, sfmt, dfmt, when, None)
+
+
+def test_copy_rerun_with_verify_on_a_cluster_after_the_source_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster: Any) -> None:
+    """The same, the rerun on a dask.distributed cluster: its workers check the interrupted
+    block's chunks as the threads do (``_copy_block``)."""
+    _verify_after_change(tmp_path, monkeypatch, "n5", "zarr", "after", cluster)
+
+
+def _verify_after_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sfmt: str,
+                         dfmt: str, when: str, client: Any) -> None:
     data = _labels()
     src = _make(sfmt, tmp_path / "src", data)
     dst = _url(dfmt, tmp_path / "dst")
@@ -202,7 +214,8 @@ def test_copy_rerun_with_verify_after_the_source_changed_ends_equal_to_it(
                   for b in (_block_box(k, CHUNKS).slices() for k in done))
 
     wire.disarm()
-    report = voxgate.copy(src, dst, workers=2, progress=False, verify=True)
+    report = voxgate.copy(src, dst, workers=2 if client is None else None, client=client,
+                          progress=False, verify=True)
     assert report.resumed
     assert report.blocks_changed == changed >= 2
     assert report.blocks_skipped == stop.blocks_done - changed
