@@ -41,6 +41,7 @@ import itertools
 import json
 import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -105,6 +106,7 @@ __all__ = [
     "CopyReport",
     "JournalStatus",
     "copy",
+    "damaged_journals",
     "forget_journals",
     "journal_dir",
     "list_journals",
@@ -231,31 +233,57 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-def _read_status(path: Path, now: float) -> JournalStatus | None:
+def _read_status(path: Path, now: float) -> JournalStatus | str | None:
+    """The status of the journal file ``path``; or why it is no journal one can read (a
+    damaged file: :func:`damaged_journals`); None when it was removed meanwhile."""
     try:
-        with open(path, encoding="utf-8") as f:
-            header = json.loads(f.readline())
+        with open(path, "rb") as f:
+            first = f.readline()
+        if not first.endswith(b"\n"):
+            return ("empty, or its header cut short (a copy killed as it started: nothing "
+                    "was recorded)")
+        header = json.loads(first)
         if not isinstance(header, dict) or "src" not in header or "dst" not in header:
-            return None
+            return "its first line is not a copy journal's header"
         done = len(_Journal._parse(path)[0])
         mtime = path.stat().st_mtime
-    except (OSError, ValueError):
-        return None  # not a journal (or removed meanwhile)
+    except FileNotFoundError:
+        if path.is_symlink():
+            return "a symbolic link to a file that does not exist"
+        return None  # (removed meanwhile)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    except ValueError as exc:
+        return f"cannot be read as a journal ({exc})"
     return JournalStatus(path, str(header["src"]), str(header["dst"]), header.get("box"),
                          list(header.get("scales", [])), done, int(header.get("blocks", 0)),
                          max(0.0, now - mtime))
 
 
-def list_journals() -> list[JournalStatus]:
-    """The journals of copies that did not finish (interrupted, killed or failed), oldest
-    first.  Each is resumed by running the same copy again, or removed by
-    :func:`forget_journals`."""
+def _statuses() -> list[tuple[Path, JournalStatus | str]]:
     folder = journal_dir()
     if not folder.is_dir():
         return []
     now = time.time()
-    found = [_read_status(p, now) for p in folder.glob("*.journal")]
-    return sorted((j for j in found if j is not None), key=lambda j: -j.age)
+    found = ((p, _read_status(p, now)) for p in sorted(folder.glob("*.journal")))
+    return [(p, s) for p, s in found if s is not None]
+
+
+def list_journals() -> list[JournalStatus]:
+    """The journals of copies that did not finish (interrupted, killed or failed), oldest
+    first.  Each is resumed by running the same copy again, or removed by
+    :func:`forget_journals`.  The files in the journals' folder that cannot be read as one
+    are not listed here but by :func:`damaged_journals`."""
+    found = [s for _, s in _statuses() if isinstance(s, JournalStatus)]
+    return sorted(found, key=lambda j: -j.age)
+
+
+def damaged_journals() -> list[tuple[Path, str]]:
+    """The files in the journals' folder that cannot be read as a copy's journal (a directory,
+    an unreadable file, a broken link, a damaged header or lines naming blocks outside the
+    plan), each with why; ``forget_journals()`` (every journal) deletes them, and a copy
+    whose journal is one of them refuses to start until it is deleted."""
+    return [(p, s) for p, s in _statuses() if isinstance(s, str)]
 
 
 def _spellings(url: str) -> set[str]:
@@ -271,7 +299,9 @@ def _spellings(url: str) -> set[str]:
 
 def forget_journals(src: str | None = None, dst: str | None = None) -> list[JournalStatus]:
     """Delete the journals of unfinished copies from ``src`` to ``dst`` (every journal when
-    both are None); return what was deleted.  The destinations are left as they are: a copy
+    both are None), and the damaged files :func:`damaged_journals` lists of them (all, or
+    those whose header names ``src`` and ``dst``); return what was deleted of
+    :func:`list_journals`.  The destinations are left as they are: a copy
     run again after this starts from the first block."""
     if (src is None) != (dst is None):
         raise InvalidRequestError("give both src and dst, or neither to forget every journal")
@@ -283,7 +313,29 @@ def forget_journals(src: str | None = None, dst: str | None = None) -> list[Jour
             continue
         j.path.unlink(missing_ok=True)
         gone.append(j)
+    for path, _ in damaged_journals():  # every journal, or those whose header names the pair
+        if srcs is not None and dsts is not None:
+            named = _names_of(path)
+            if named is None or named[0] not in srcs or named[1] not in dsts:
+                continue
+        with contextlib.suppress(OSError):  # (a directory that is not empty is left)
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
     return gone
+
+
+def _names_of(path: Path) -> tuple[str, str] | None:
+    """The source and destination a damaged journal's header names, if it can be read."""
+    try:
+        with open(path, "rb") as f:
+            header = json.loads(f.readline())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(header, dict) or "src" not in header or "dst" not in header:
+        return None
+    return str(header["src"]), str(header["dst"])
 
 
 def _as_remote(
@@ -629,6 +681,16 @@ class _BlockSet:
                     yield (k, *(int(i) + a for i, a in zip(idx, lo, strict=True)))
 
 
+#: a block's journal line: "k z y x", or "k z y x fill" (ASCII digits: "²".isdigit() and
+#: "--5".lstrip("-").isdigit() are true, and int() refuses both)
+_RECORD = re.compile(r"(-?[0-9]+) (-?[0-9]+) (-?[0-9]+) (-?[0-9]+)( fill)?\n")
+
+#: what to do with a journal a copy cannot use
+_DELETE_IT = ("delete that file (voxgate cp --status lists it; voxgate cp --forget-all deletes "
+              "it with every other journal) and run the copy again: it then starts from the "
+              "first block")
+
+
 class _Journal:
     """An append-only record of finished blocks; fsync'd in batches, read back on resume.
 
@@ -648,12 +710,50 @@ class _Journal:
         self._lock = threading.Lock()
         self._since_sync = 0
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            self.done, self.fill, self.created = self._parse(path, space)
-        self._file = open(path, "a", encoding="utf-8")
+        cut = False  # (the last line was cut short by a kill: ended before the next one)
+        try:
+            if path.exists() or path.is_symlink():
+                cut = self._check(path, header)
+                self.done, self.fill, self.created = self._parse(path, space)
+            self._file = open(path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise InvalidRequestError(
+                f"the copy's journal {path} cannot be read or written "
+                f"({exc.strerror or exc}): {_DELETE_IT}") from None
         if self._file.tell() == 0:
             self._file.write(json.dumps(header) + "\n")
             self._file.flush()
+        elif cut:
+            self._file.write("\n")
+            self._file.flush()
+
+    @staticmethod
+    def _check(path: Path, header: dict[str, Any]) -> bool:
+        """Refuse the file at ``path`` unless it is the journal of the copy ``header`` names
+        (InvalidRequestError); one whose header was cut short (a kill as the copy started)
+        is emptied, as it records nothing.  Whether its last line is cut short."""
+        with open(path, "rb") as f:
+            first = f.readline()
+            if not first.endswith(b"\n"):
+                f.close()
+                open(path, "wb").close()
+                return False
+            f.seek(0, os.SEEK_END)
+            f.seek(f.tell() - 1)
+            cut = f.read(1) != b"\n"
+        try:
+            theirs = json.loads(first)
+        except ValueError:
+            raise InvalidRequestError(
+                f"the copy's journal {path} is damaged (its first line is not a journal "
+                f"header): {_DELETE_IT}") from None
+        if theirs != json.loads(json.dumps(header)):
+            other = (f"{theirs.get('src')} -> {theirs.get('dst')}"
+                     if isinstance(theirs, dict) else "none")
+            raise InvalidRequestError(
+                f"the copy's journal {path} holds the header of another copy ({other}), so "
+                f"the blocks it lists may not be this copy's: {_DELETE_IT}")
+        return cut
 
     @staticmethod
     def read_done(path: Path) -> tuple[set[tuple[int, ...]], bool]:
@@ -666,7 +766,8 @@ class _Journal:
     def _records(path: Path) -> Iterator[tuple[tuple[int, ...], bool] | None]:
         """Each complete line after the header, read as it comes: (block key, whether it held
         only fill), or None for "created"; other lines are passed over."""
-        with open(path, encoding="utf-8") as f:
+        # (bytes that are not UTF-8 make a line that is none of these: passed over)
+        with open(path, encoding="utf-8", errors="replace") as f:
             f.readline()  # the header
             for line in f:
                 if not line.endswith("\n"):
@@ -674,12 +775,9 @@ class _Journal:
                 if line == "created\n":
                     yield None
                     continue
-                parts = line.split()
-                empty = parts[4:] == ["fill"]
-                if empty:
-                    parts = parts[:4]
-                if len(parts) == 4 and all(p.lstrip("-").isdigit() for p in parts):
-                    yield tuple(int(p) for p in parts), empty
+                m = _RECORD.fullmatch(line)
+                if m is not None:
+                    yield (int(m[1]), int(m[2]), int(m[3]), int(m[4])), m[5] is not None
 
     @staticmethod
     def _parse(path: Path, space: _Space | None = None) -> tuple[_BlockSet, _BlockSet, bool]:
@@ -688,7 +786,7 @@ class _Journal:
         bitmaps span the blocks the file names (a first pass finds their range; a range
         wider than the plan the header counts is a ValueError: not a journal of ours)."""
         if space is None:
-            with open(path, encoding="utf-8") as f:
+            with open(path, "rb") as f:  # (the lines after it may not be UTF-8)
                 header = json.loads(f.readline())
             most = int(header.get("blocks", 0)) if isinstance(header, dict) else 0
             lo: dict[int, list[int]] = {}

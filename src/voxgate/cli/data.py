@@ -234,17 +234,26 @@ def cp(
 
 def _journals(*, forget: bool, src: str | None = None, dst: str | None = None) -> None:
     """List (or delete) the journals of unfinished copies."""
-    from ..transfer import forget_journals, journal_dir, list_journals
+    from ..transfer import damaged_journals, forget_journals, journal_dir, list_journals
 
     if not forget:
         found = list_journals()
-        if not found:
+        damaged = damaged_journals()
+        if not found and not damaged:
             click.echo(f"no unfinished copies (journals live in {journal_dir()})")
         for j in found:
             click.echo(str(j))
+        for path, why in damaged:
+            click.echo(f"damaged journal {path}: {why} (voxgate cp --forget-all deletes it)")
         return
+    damaged = damaged_journals()
     gone = forget_journals(src, dst)
-    if not gone:
+    if src is not None:  # (the damaged ones of this copy: those deleted)
+        damaged = [(p, w) for p, w in damaged if not (p.exists() or p.is_symlink())]
+    for path, _ in damaged:
+        click.echo(f"{'left' if path.exists() or path.is_symlink() else 'deleted'} damaged "
+                   f"journal {path}")
+    if not gone and not damaged:
         which = "" if src is None else f" from {src} to {dst}"
         click.echo(f"no unfinished copy{which}; nothing to forget (voxgate cp --status lists "
                    "them)")

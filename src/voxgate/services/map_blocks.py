@@ -29,6 +29,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -159,6 +160,18 @@ def _hash_code(code: types.CodeType, digest: Any) -> None:
 
 def _key(block: Box) -> str:
     return " ".join(str(int(v)) for v in (*block.start, *block.stop))
+
+
+#: a journal line: a block's key (:func:`_key`) and the CRC-32 of what was written there
+_RECORD = re.compile(r"(-?[0-9]+(?: -?[0-9]+){5}) ([0-9a-f]{8})")
+
+
+def _records(lines: list[str]) -> dict[str, str]:
+    """The blocks a journal's ``lines`` (split at "\\n") record, key: CRC-32.  The last one
+    may be cut short by a kill (only complete lines count), and lines that are no record
+    (garbage, bytes that are not UTF-8) are passed over: those blocks are done again."""
+    found = (_RECORD.fullmatch(line) for line in lines[1:-1])
+    return {m[1]: m[2] for m in found if m is not None}
 
 
 def _key_box(key: str) -> Box:
@@ -372,7 +385,8 @@ def _open_journal(url: str, plan: dict[str, Any], fn: str, resume: bool | None,
             held.enter_context(file_lock(str(path), blocking=False))
         except BlockingIOError:
             raise InvalidRequestError(f"{busy} (its journal {path} is locked)") from None
-        f = open(path, "a+", encoding="utf-8")  # (closed by the journal)
+        # (bytes that are not UTF-8 make a line that is no record: passed over)
+        f = open(path, "a+", encoding="utf-8", errors="replace")  # (closed by the journal)
     except OSError as exc:
         held.close()
         exc.add_note(f"map_blocks into {url} in place keeps a journal of the blocks done in "
@@ -393,9 +407,11 @@ def _open_journal(url: str, plan: dict[str, Any], fn: str, resume: bool | None,
             old = None  # empty, or its header cut short by a kill: no block was written yet
         if old is not None:
             # the last line may be cut short by a kill: only complete lines count
-            old.done = dict(line.rsplit(" ", 1) for line in lines[1:-1] if line)
+            old.done = _records(lines)
             if _may_resume(old, plan, fn, resume):
                 journal._file = f
+                if lines[-1]:  # (a line cut short: what is appended starts a line of its own)
+                    f.write("\n")
                 if not _same_fn(old.fn, fn):  # resume=True: from now on this fn
                     journal.start(f)
                     f.writelines(f"{key} {crc}\n" for key, crc in old.done.items())
@@ -450,12 +466,12 @@ def _age(seconds: float) -> str:
 def _read_journal(path: Path, now: float) -> MapBlocksJournal | None:
     """The status of the journal file ``path`` (None: not one, or removed meanwhile)."""
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")
+        lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
         mtime = path.stat().st_mtime
         header = json.loads(lines[0])
         plan = header["plan"]
         # (as _open_journal counts them: complete lines only)
-        done = sum(1 for line in lines[1:-1] if line)
+        done = len(_records(lines))
         # (redacted again: a journal an older voxgate wrote may hold a token)
         return MapBlocksJournal(path, redact(str(header["url"])), int(plan["scale"]),
                                 redact(str(header["fn"])), str(plan.get("region", "")), done,
