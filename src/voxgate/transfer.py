@@ -1316,11 +1316,7 @@ def _blocks_gone(d: Remote, plans: Sequence[_ScalePlan], journal: _Journal) -> _
     of = {sp.scale: sp for sp in plans}
 
     def gone(key: tuple[int, ...]) -> bool:
-        k = key[0]
-        sc, part = d.meta.scale(k), of[k].part(key[1:])
-        absent = set(d.absent_chunks(part, k))
-        return bool(absent) and all(
-            g in absent for g, _ in chunk_boxes(part, sc.chunks, sc.bounds))
+        return _stores_no_chunk(d, of[key[0]].part(key[1:]), key[0])
 
     step = max(1, n_written // _GONE_SAMPLE)
     sample = itertools.islice(journal.done.keys(but=journal.fill), 0, None, step)
