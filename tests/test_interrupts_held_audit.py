@@ -195,3 +195,43 @@ def test_a_ctrl_c_as_a_finished_block_is_taken_loses_no_block(
         blockwise.run_blocks(fn, range(40), workers=2, on_done=lambda i, out: done.append(i))
     assert calls[0] >= at and ran
     assert sorted(done) == sorted(ran)  # every block that ran was counted, once
+
+
+def test_nested_runs_deliver_one_interrupt_when_the_outermost_hold_ends(
+        python_ctrl_c: None) -> None:
+    """A run inside a held step of another (both in the main thread): a Ctrl-C in the inner
+    run goes to the outer run's handler, which holds it until its step ends."""
+    from voxgate.parallel import interrupts_deferrable
+
+    steps: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferrable() as outer:
+            with outer:
+                with interrupts_deferrable():
+                    signal.raise_signal(signal.SIGINT)
+                    steps.append("the inner run goes on")
+                steps.append("the inner run ended")
+                assert signal.getsignal(signal.SIGINT) is outer
+            steps.append("never: delivered as the outer step ends")
+    assert steps == ["the inner run goes on", "the inner run ended"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_handler_is_swapped_once_per_run_not_per_block(
+        python_ctrl_c: None, monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    """Holding a Ctrl-C costs a block a counter, not two system calls: the SIGINT handler is
+    set when the run starts and restored when it ends."""
+    real = signal.signal
+    calls: list[object] = []
+
+    def counting(signum: int, handler: Any) -> Any:
+        calls.append(handler)
+        return real(signum, handler)
+
+    monkeypatch.setattr(signal, "signal", counting)
+    done: list[int] = []
+    blockwise_run_blocks(lambda i: i, range(200), workers=workers,
+                         on_done=lambda i, out: done.append(i))
+    assert sorted(done) == list(range(200))
+    assert len(calls) == 2 and calls[-1] is signal.default_int_handler

@@ -38,7 +38,7 @@ from typing import Any, Literal, TypeVar
 
 from .errors import InvalidRequestError, RemoteUnavailableError, VoxgateError, redact
 from .geometry import Box, Vec, grid_range, grow_block, whole_at_least
-from .parallel import BlockResults, default_workers, interrupts_held
+from .parallel import BlockResults, default_workers, interrupts_deferrable
 from .progress import format_bytes, progress_bar
 from .registry import open_remote, resolve_for_create
 from .remotes.base import Remote
@@ -768,7 +768,7 @@ def run_blocks(
     is returned in ``BlockResults.failed`` instead.  KeyboardInterrupt cancels the blocks not
     started (threads and a cluster's workers finish the ones running first) and re-raises;
     one arriving while a finished block is counted and given to ``on_done`` waits until
-    ``on_done`` returns (:func:`parallel.interrupts_held`).
+    ``on_done`` returns (:func:`parallel.interrupts_deferrable`).
     A cluster left without workers for the client's timeout raises :class:`NoWorkersError`.
     """
     workers, retries = check_run(workers, retries, client, name)
@@ -786,7 +786,7 @@ def run_blocks(
     def finished(item: T, out: object) -> None:
         # (a Ctrl-C is held until the block is counted and ``on_done`` has recorded it: a
         # copy's journal never lacks a block its CopyInterrupted counts)
-        with interrupts_held():
+        with held:
             results.finished += 1
             if keep_done:
                 results.done.append(item)
@@ -797,7 +797,7 @@ def run_blocks(
     def give_up(item: T, exc: BaseException, attempts: int) -> None:
         results.failed.append((item, _name_block(exc, name, item, attempts)))
 
-    with bar:
+    with bar, interrupts_deferrable() as held:
         todo = iter(items)
         if kind == "threads" and nworkers == 1:
             _serial(fn, todo, retries, finished, give_up, prepare)
@@ -805,7 +805,7 @@ def run_blocks(
             first = next(todo, _NOTHING)
             if first is not _NOTHING:  # (no pool, no cluster set up, for no blocks)
                 _pooled(_Pool(fn, kind, nworkers, client, name, prepare),
-                        itertools.chain((first,), todo), retries, finished, give_up)
+                        itertools.chain((first,), todo), retries, finished, give_up, held)
     if results.failed and not collect:
         raise results.failed[0][1]
     return results
@@ -836,7 +836,8 @@ def _serial(fn: Callable[[T], object], todo: Iterator[T], retries: int,
 
 
 def _pooled(pool: _Pool, todo: Iterator[T], retries: int, finished: Callable[[T, object], None],
-            give_up: Callable[[T, BaseException, int], None]) -> None:
+            give_up: Callable[[T, BaseException, int], None],
+            held: contextlib.AbstractContextManager[Any]) -> None:
     queue = iter(enumerate(todo))
     again: list[tuple[float, int, T, int]] = []  # (due, n, item, attempt): retries waiting
     pending: dict[Any, tuple[int, T, int]] = {}
@@ -881,7 +882,7 @@ def _pooled(pool: _Pool, todo: Iterator[T], retries: int, finished: Callable[[T,
                     continue
                 # (out of the blocks in flight and counted in one step: a Ctrl-C between the
                 # two lost a block already written; until then the except below finishes it)
-                with interrupts_held():
+                with held:
                     del pending[fut]
                     finished(item, out)
             if failed and pool.kind == "distributed" and pending:

@@ -14,9 +14,10 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-__all__ = ["BlockResults", "default_workers", "interrupts_held", "run_blocks"]
+__all__ = ["BlockResults", "default_workers", "interrupts_deferrable", "interrupts_held",
+           "run_blocks"]
 
 T = TypeVar("T")
 
@@ -25,28 +26,76 @@ def default_workers() -> int:
     return max(2, min(8, 2 * (os.cpu_count() or 2)))
 
 
+class _Deferred:
+    """The SIGINT handler of a run (:func:`interrupts_deferrable`): a Ctrl-C goes on at once to
+    the handler it replaced, except while a ``with`` of this object is open, when it waits
+    until the outermost one closes.  Entering costs a counter, not a system call."""
+
+    def __init__(self, previous: Callable[[int, Any], Any] | int) -> None:
+        self.previous = previous
+        self.depth = 0
+        self.pending = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.depth:
+            self.pending = True
+        else:
+            self._deliver(frame)
+
+    def _deliver(self, frame: Any) -> None:
+        previous = self.previous
+        if callable(previous):
+            previous(signal.SIGINT, frame)  # (Python's own raises KeyboardInterrupt here)
+        elif previous == signal.SIG_DFL:  # the default action: the process ends, as it would
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGINT)
+
+    def __enter__(self) -> None:
+        self.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        if not self.depth and self.pending:
+            self.pending = False
+            self._deliver(None)
+
+
+@contextlib.contextmanager
+def interrupts_deferrable() -> Iterator[contextlib.AbstractContextManager[Any]]:
+    """For the length of a run: a context manager (``held``) inside which a Ctrl-C (SIGINT)
+    waits until it closes, then goes to the handler that was installed: for bookkeeping that
+    must not stop half-way (a block counted as done but not yet in its journal).  The handler
+    is swapped once per run, not per block.  Only the main thread takes Python's signal
+    handlers: elsewhere, where SIGINT is ignored or its handler was not installed from Python,
+    ``held`` holds nothing."""
+    previous = signal.getsignal(signal.SIGINT)
+    guard: _Deferred | None = None
+    if (threading.current_thread() is threading.main_thread() and previous is not None
+            and previous != signal.SIG_IGN):
+        guard = _Deferred(previous)
+        try:
+            signal.signal(signal.SIGINT, guard)
+        except ValueError:  # (not the main interpreter)
+            guard = None
+    if guard is None:
+        yield contextlib.nullcontext()
+        return
+    try:
+        yield guard
+    finally:
+        try:
+            signal.signal(signal.SIGINT, previous)
+        except KeyboardInterrupt:  # (one arriving just now, delivered by that call instead)
+            signal.signal(signal.SIGINT, previous)
+            raise
+
+
 @contextlib.contextmanager
 def interrupts_held() -> Iterator[None]:
     """Hold a Ctrl-C (SIGINT) that arrives inside the ``with`` until its end, then deliver it
-    to the handler that was installed: for bookkeeping that must not stop half-way (a block
-    counted as done but not yet in its journal).  Only the main thread takes Python's signal
-    handlers: elsewhere, or where the handler was not installed from Python, nothing is held."""
-    previous = signal.getsignal(signal.SIGINT)
-    held: list[int] = []
-    installed = False
-    if threading.current_thread() is threading.main_thread() and previous is not None:
-        with contextlib.suppress(ValueError, OSError):  # (not the main interpreter)
-            signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
-            installed = True
-    if not installed:
+    to the handler that was installed (:func:`interrupts_deferrable` for one step)."""
+    with interrupts_deferrable() as held, held:
         yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if held:
-            signal.raise_signal(signal.SIGINT)  # (to ``previous``, at the next bytecode)
 
 
 @dataclass
@@ -73,6 +122,13 @@ def run_blocks(
     finish and are recorded).  KeyboardInterrupt stops submitting, waits for the blocks in
     flight (so none is left half-done by us) and re-raises.
     """
+    with interrupts_deferrable() as held:
+        return _run_blocks(fn, items, workers, on_done, stop_on_error, held)
+
+
+def _run_blocks(fn: Callable[[T], object], items: Iterable[T], workers: int | None,
+                on_done: Callable[[T, object], None] | None, stop_on_error: bool,
+                held: contextlib.AbstractContextManager[Any]) -> BlockResults[T]:
     workers = workers or default_workers()
     results: BlockResults[T] = BlockResults()
     iterator = iter(items)
@@ -85,7 +141,7 @@ def run_blocks(
                 if stop_on_error:
                     break
                 continue
-            with interrupts_held():
+            with held:
                 results.done.append(item)
                 results.finished += 1
                 if on_done is not None:
@@ -116,7 +172,7 @@ def run_blocks(
                     if error is not None:
                         results.failed.append((item, error))
                     else:
-                        with interrupts_held():
+                        with held:
                             results.done.append(item)
                             results.finished += 1
                             if on_done is not None:
