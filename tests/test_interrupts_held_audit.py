@@ -9,8 +9,10 @@ while a finished block is counted and recorded, and delivers it once ``on_done``
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import pytest
 import voxgate
 import voxgate.transfer
 from voxgate.blockwise import run_blocks as blockwise_run_blocks
-from voxgate.parallel import interrupts_held
+from voxgate.parallel import interrupts_deferrable
 from voxgate.parallel import run_blocks as parallel_run_blocks
 
 
@@ -74,6 +76,13 @@ def test_copy_interrupted_while_recording_a_block_reports_what_the_journal_holds
     report = voxgate.copy(src, dst, workers=workers, progress=False)
     assert report.resumed and report.blocks_skipped == stop.blocks_done
     np.testing.assert_array_equal(voxgate.open(dst).read(), img)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """One held step: a run's handler (interrupts_deferrable) held for its whole length."""
+    with interrupts_deferrable() as held, held:
+        yield
 
 
 def test_a_ctrl_c_inside_is_delivered_at_the_end(python_ctrl_c: None) -> None:
@@ -201,8 +210,6 @@ def test_nested_runs_deliver_one_interrupt_when_the_outermost_hold_ends(
         python_ctrl_c: None) -> None:
     """A run inside a held step of another (both in the main thread): a Ctrl-C in the inner
     run goes to the outer run's handler, which holds it until its step ends."""
-    from voxgate.parallel import interrupts_deferrable
-
     steps: list[str] = []
     with pytest.raises(KeyboardInterrupt):
         with interrupts_deferrable() as outer:

@@ -16,8 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-__all__ = ["BlockResults", "default_workers", "interrupts_deferrable", "interrupts_held",
-           "run_blocks"]
+__all__ = ["BlockResults", "default_workers", "interrupts_deferrable", "run_blocks"]
 
 T = TypeVar("T")
 
@@ -88,14 +87,6 @@ def interrupts_deferrable() -> Iterator[contextlib.AbstractContextManager[Any]]:
         except KeyboardInterrupt:  # (one arriving just now, delivered by that call instead)
             signal.signal(signal.SIGINT, previous)
             raise
-
-
-@contextlib.contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) that arrives inside the ``with`` until its end, then deliver it
-    to the handler that was installed (:func:`interrupts_deferrable` for one step)."""
-    with interrupts_deferrable() as held, held:
-        yield
 
 
 @dataclass
