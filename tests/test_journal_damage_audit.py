@@ -383,3 +383,25 @@ def test_a_map_blocks_journal_with_garbage_odd_bytes_and_a_cut_line(env: Path) -
     assert calls[0] == 1
     assert np.unique(v.read()).tolist() == [2]
     assert not journal.exists()
+
+
+def test_a_directory_at_the_journal_of_a_copy_that_creates_its_destination(
+        env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy that creates its destination removes the journal an earlier run left; where a
+    directory stands in its place that removal raised a raw IsADirectoryError.  Now a voxgate
+    error naming the file and what to do; once it is forgotten the copy runs."""
+    import shutil
+
+    src, dst = _source(env), f"zarr://{env}/dst.zarr"
+    stop = _interrupted(monkeypatch, src, dst)
+    shutil.rmtree(env / "dst.zarr")  # the rerun creates the destination again
+    stop.journal.unlink()
+    stop.journal.mkdir()
+    with pytest.raises(InvalidRequestError) as info:
+        voxgate.copy(src, dst, workers=1, progress=False)
+    assert str(stop.journal) in str(info.value) and "delete" in str(info.value)
+    [(path, why)] = voxgate.transfer.damaged_journals()
+    assert path == stop.journal and "directory" in why
+    forget_journals()
+    report = _finish(src, dst)
+    assert not report.resumed and report.blocks_written == 16

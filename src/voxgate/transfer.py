@@ -1162,7 +1162,12 @@ def copy(
         # the destination was (re)created just now: whatever an earlier run recorded went into
         # a store that is gone, so the copy starts from the first block; and so must every
         # other unfinished copy into it (another region, source or block grid)
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:  # (a directory in its place, say)
+            raise InvalidRequestError(
+                f"the copy's journal {path} cannot be removed ({exc.strerror or exc}): "
+                f"{_DELETE_IT}") from None
         _forget_destination(header["dst"])
     journal = _Journal(path, header, space)
     report = CopyReport(redact(s_remote.url), redact(d_remote.url), wanted,
