@@ -197,6 +197,38 @@ def test_mode_ties_and_edges(monkeypatch: pytest.MonkeyPatch) -> None:
                          "segmentation")
 
 
+@pytest.mark.parametrize("gather_below", [0, 12, 10**9])
+def test_mode_2x2_ties_sparse_and_dense(monkeypatch: pytest.MonkeyPatch,
+                                        gather_below: int) -> None:
+    """The (1, 2, 2) tie correction checks a slab's blocks one by one (gathered) when few
+    need it, else with a mask over the whole slab: both ways (forced with ``_GATHER_BELOW``
+    0 and huge, and the default choosing per slab) against the brute-force reference, on
+    cells with a few blocks of every tie pattern planted in them, and on noise."""
+    import importlib
+
+    mod = importlib.import_module("voxgate.services.downsample")
+    monkeypatch.setattr(mod, "_GATHER_BELOW", gather_below)
+    monkeypatch.setattr(mod, "_SLAB_VOXELS", 40)
+    rng = np.random.default_rng(11)
+    patterns = [(1, 2, 3, 4), (1, 2, 2, 1), (1, 2, 3, 1), (1, 2, 1, 3), (1, 1, 2, 2),
+                (1, 2, 2, 3), (1, 2, 3, 3), (1, 2, 3, 2), (1, 2, 1, 2), (5, 5, 5, 5)]
+    for shape in [(3, 10, 12), (4, 9, 13), (1, 16, 16)]:
+        for _ in range(6):
+            labels = np.repeat(rng.integers(1, 4, (shape[0], 1, 1)), shape[1], 1)
+            labels = np.repeat(labels, shape[2], 2).astype(np.uint64) * np.uint64(7)
+            for _ in range(int(rng.integers(1, 4))):
+                z = int(rng.integers(0, shape[0]))
+                y = 2 * int(rng.integers(0, shape[1] // 2))
+                x = 2 * int(rng.integers(0, shape[2] // 2))
+                p = patterns[int(rng.integers(0, len(patterns)))]
+                base = np.uint64(2**64 - 10) if rng.random() < 0.5 else np.uint64(100)
+                labels[z, y: y + 2, x: x + 2] = np.array(p, np.uint64).reshape(2, 2) + base
+            check_kernel(labels, [(1, 2, 2)], "segmentation")
+            check_kernel(labels, [(1, 2, 2), (1, 2, 2)], "segmentation")
+        noise = rng.integers(0, 5, shape).astype(np.uint32)
+        check_kernel(noise, [(1, 2, 2)], "segmentation")
+
+
 def test_wide_integer_sums_do_not_overflow() -> None:
     top = np.full((2, 3, 3), 2**64 - 1, dtype=np.uint64)
     assert (downsample_kernel(top, [(2, 2, 2)], "image")[0] == 2**64 - 1).all()
