@@ -162,7 +162,7 @@ def _is_knossos_conf(name: str) -> bool:
 
 def detect_format(location: str) -> str:
     """The format scheme of a bare path or storage URL, from the marker file it holds."""
-    path, _, _fragment = location.partition("#")
+    path = _without_fragment(location)
     lower = path.lower()
     if lower.endswith((".h5", ".hdf5", ".hdf")):
         return "hdf5"
@@ -223,6 +223,21 @@ def detect_format(location: str) -> str:
     raise RemoteNotFoundError(f"{location!r} does not exist")
 
 
+def _without_fragment(location: str) -> str:
+    """``location`` up to its ``#`` (an HDF5 file's object path follows it: ``/a/f.h5#/raw``),
+    or the whole of it when ``#`` is part of a local name (``/data/run #3/em.zarr``): the part
+    before the ``#`` is no file, and either the path exists as written or that part is not
+    named as an HDF5 file is (.h5, .hdf5, .hdf).  (The hdf5 store refuses a ``#`` so placed
+    clearly; the other stores read it as part of the name.)"""
+    path, sep, _fragment = location.partition("#")
+    if sep and not path.startswith(("gs://", "s3://", "http://", "https://")):
+        whole, head = location.removeprefix("file://"), path.removeprefix("file://")
+        if not os.path.isfile(head) and (
+                os.path.exists(whole) or not head.lower().endswith((".h5", ".hdf5", ".hdf"))):
+            return location
+    return path
+
+
 #: format schemes whose location is a local path (or a storage URL)
 _PATH_SCHEMES = ("zarr", "n5", "precomputed", "hdf5", "tiff", "knossos", "webknossos")
 
@@ -268,7 +283,7 @@ def resolve_for_create(url: str) -> tuple[type[Remote], str]:
     scheme, location = split_url(os.fspath(url))
     if scheme is None:
         _check_one_slash(location)
-        lowered = location.lower().split("#")[0]
+        lowered = _without_fragment(location).lower()
         if lowered.endswith((".h5", ".hdf5", ".hdf")):
             scheme = "hdf5"
         elif lowered.rstrip("/").endswith((".zarr", ".ome.zarr")):

@@ -35,8 +35,11 @@ _CACHE_SLOTS = 10007  # a prime ~100x the number of chunks that fit, as HDF5 adv
 
 
 # -- locations ------------------------------------------------------------------------------------
-def _split(location: str) -> tuple[str, str | None]:
-    """``"/a/f.h5#/g/ds"`` -> (absolute file path, "/g/ds"); no fragment -> None."""
+def _split(location: str, *, check: str | None = None) -> tuple[str, str | None]:
+    """``"/a/f.h5#/g/ds"`` -> (absolute file path, "/g/ds"); no fragment -> None.
+
+    ``check`` ("open" or "create") refuses a ``#`` that cannot start the object path
+    (:func:`_check_fragment`)."""
     path, sep, fragment = location.partition("#")
     if "://" in path and not path.startswith("file://"):
         raise InvalidRequestError(
@@ -47,8 +50,39 @@ def _split(location: str) -> tuple[str, str | None]:
     if not path:
         raise InvalidRequestError(f"{location!r} names no HDF5 file")
     path = os.path.abspath(os.path.expanduser(path))
+    if sep and check is not None:
+        _check_fragment(location, path, fragment, creating=check == "create")
     name = "/" + fragment.strip("/") if sep and fragment.strip("/") else None
     return path, name
+
+
+#: the extensions a new HDF5 file named before a '#' must have (detect_format's)
+_EXTENSIONS = (".h5", ".hdf5", ".hdf")
+
+
+def _check_fragment(location: str, path: str, fragment: str, *, creating: bool) -> None:
+    """Refuse a ``#`` of ``location`` that is part of a directory's or file's name rather
+    than the start of the object path: the part before it (``path``) is then no file, and
+    either the whole location exists as written, or it is a directory, or a file would be
+    created under a name without an HDF5 extension (``hdf5:///data/run #3/em.h5`` had
+    written a file ``/data/run `` holding a dataset ``3/em.h5``)."""
+    if os.path.isfile(path):
+        return
+    whole = os.path.abspath(os.path.expanduser(location.removeprefix("file://")))
+    if os.path.exists(whole):
+        why = f"{whole!r} exists as written"
+    elif os.path.isdir(path):
+        why = f"{path!r} is a directory, not an HDF5 file"
+    elif creating and not path.lower().endswith(_EXTENSIONS):
+        why = (f"a new HDF5 file is named .h5, .hdf5 or .hdf before the '#' (say "
+               f"hdf5://{path}.h5#{fragment} to create the file {path + '.h5'!r})")
+    else:
+        return
+    raise InvalidRequestError(
+        f"in an hdf5:// URL '#' starts the object path inside the file, so {location!r} names "
+        f"the file {path!r} and the object {fragment!r}; but {why}.  If the '#' is part of a "
+        "directory's or file's name: hdf5:// URLs cannot name such a path; rename it, or reach "
+        "it through a symbolic link whose name has no '#'")
 
 
 # -- one shared handle per file -------------------------------------------------------------------

@@ -129,7 +129,7 @@ class HDF5Remote(Remote):
         it.  ``hold_write`` is then false; asking for both is an error.
         """
         cls.check_open_options({**options, "hold_write": hold_write, "hold_open": hold_open})
-        path, name = _split(location)
+        path, name = _split(location, check="open")
         holds = mode == "r+" and (hold_open if hold_write is None else hold_write)
         if mode == "r+" and not holds and os.path.exists(path) and not os.access(path, os.W_OK):
             # (said now, as opening it read-write would: the file is not taken for writing
@@ -337,7 +337,7 @@ class HDF5Remote(Remote):
             raise InvalidRequestError(
                 f"compression_level must be an integer 0..9, got {compression_level!r}"
             )
-        path, name = _split(location)
+        path, name = _split(location, check="create")
         name = name or DEFAULT_DATASET
         if cls.exists(f"{path}#{name}"):
             if not exist_ok:
