@@ -268,13 +268,28 @@ def _check_one_slash(location: str) -> None:
         f"{location} has one slash after {scheme}:; did you mean {meant}?")
 
 
+#: format schemes whose Remotes name a local path as given: a relative one (or one starting
+#: with ``~``) is made absolute here (precomputed:// and hdf5:// do so themselves)
+_ABSOLUTE_HERE = ("zarr", "n5", "tiff", "knossos", "webknossos")
+
+
+def _absolute(scheme: str, location: str) -> str:
+    """``location`` of ``scheme``, a local path made absolute (against the working directory,
+    ``~`` expanded): a Volume's URL, its spec, a copy's journal and a Dask worker then name
+    the same place whatever their working directory."""
+    if scheme in _ABSOLUTE_HERE and location and "://" not in location and \
+            not location.startswith("/"):
+        return os.path.abspath(os.path.expanduser(location))
+    return location
+
+
 def resolve(url: str) -> tuple[type[Remote], str]:
     """The Remote class for ``url`` and the location to pass to it."""
     scheme, location = split_url(url)
     if scheme is None:
         _check_one_slash(location)
         scheme = detect_format(location)
-    return _load(scheme), location
+    return _load(scheme), _absolute(scheme, location)
 
 
 def resolve_for_create(url: str) -> tuple[type[Remote], str]:
@@ -297,7 +312,7 @@ def resolve_for_create(url: str) -> tuple[type[Remote], str]:
                 f"cannot tell which format to create at {location!r}; name it in the URL, "
                 "e.g. zarr://, n5://, precomputed://, hdf5://"
             )
-    return _load(scheme), location
+    return _load(scheme), _absolute(scheme, location)
 
 
 _MODES = ("r", "r+")
