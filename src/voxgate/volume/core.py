@@ -523,7 +523,12 @@ class Volume(NoArithmetic):
 
     @refuses_unknown_keywords
     def to_dask(self, chunks: Any = "auto") -> dask.array.Array:
-        """This view as a dask array whose blocks read through this Volume, aligned to storage."""
+        """This view as a dask array whose blocks read through this Volume, aligned to storage.
+
+        Each call makes a dask array of its own name (its blocks are read when computed): two
+        of one view, with other chunks or before and after a write, never share a task key."""
+        import uuid
+
         import dask.array as da
 
         storage = tuple(
@@ -556,7 +561,9 @@ class Volume(NoArithmetic):
             asarray=False,
             fancy=False,
             lock=False,
-            name=f"voxgate-{abs(hash((self.url, self._scale, self._axes))):x}",
+            # (named by the view alone, as it was, two arrays of other chunks shared task keys:
+            # one graph holding both mixed their blocks up)
+            name=f"voxgate-{uuid.uuid4().hex}",
             meta=np.empty((0,) * self.ndim, dtype=self.dtype),
         )
 
