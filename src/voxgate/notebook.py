@@ -489,14 +489,38 @@ def check_array_caller(vol: Any) -> None:
 class NoArithmetic:
     """A mixin for lazy views: numpy ufuncs and Python's arithmetic, comparison and unary
     operators raise :func:`refuse_arithmetic`'s error instead of reading everything
-    (in-place forms fall back to these).  ``==`` and ``!=`` keep their identity meaning."""
+    (in-place forms fall back to these).  ``==`` and ``!=`` keep their identity meaning
+    between views and other objects, but refuse a number or an array (``seg == 5`` was
+    False, and ``np.count_nonzero(seg == 5)`` 0), and ``x in vol`` refuses too (it was
+    False)."""
 
     __slots__ = ()
+    __hash__ = object.__hash__  # (an __eq__ of the class's own would unset it)
 
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
         name = getattr(ufunc, "__name__", str(ufunc))
         raise refuse_arithmetic(self, f"np.{name}" + ("" if method == "__call__" else
                                                       f".{method}"))
+
+    def __eq__(self, other: object) -> bool:
+        if _is_data(other):
+            raise refuse_arithmetic(self, "==")
+        return self is other
+
+    def __ne__(self, other: object) -> bool:
+        if _is_data(other):
+            raise refuse_arithmetic(self, "!=")
+        return self is not other
+
+    def __contains__(self, item: object) -> bool:
+        raise refuse_arithmetic(self, "in")
+
+
+def _is_data(x: object) -> bool:
+    """Whether ``x`` is what an elementwise comparison compares with: a number (numpy's
+    too) or an array (numpy's, dask's: anything with ``__array__`` but a lazy view)."""
+    return isinstance(x, (int, float, complex, np.generic)) or (
+        hasattr(x, "__array__") and not isinstance(x, NoArithmetic))
 
 
 def _refusing(op: str) -> Any:

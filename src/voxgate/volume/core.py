@@ -148,6 +148,26 @@ class Volume(NoArithmetic):
             raise TypeError("len() of a 0-d volume")
         return self.shape[0]
 
+    # a 0-d view (one voxel, ``vol[z, y, x]``) converts to a Python number as numpy's 0-d
+    # arrays do, reading the voxel; ``bool()`` of one gave a TypeError from len()
+    def __bool__(self) -> bool:
+        if not self.shape:
+            return bool(self._voxel("bool()"))
+        return self.shape[0] != 0
+
+    def __int__(self) -> int:
+        return int(self._voxel("int()"))
+
+    def __float__(self) -> float:
+        return float(self._voxel("float()"))
+
+    def _voxel(self, what: str) -> Any:
+        if self.shape:
+            raise TypeError(
+                f"{what} takes one voxel (a 0-d view: vol[z, y, x]); this view of {self.url} "
+                f"has shape {tuple(self.shape)}: read it first (vol.read()) for a numpy array")
+        return self.read().item()
+
     @property
     def _spatial(self) -> tuple[_Axis, _Axis, _Axis]:
         return self._axes[-3], self._axes[-2], self._axes[-1]
