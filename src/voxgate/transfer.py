@@ -98,7 +98,7 @@ from .remotes.base import (
     has_capability,
     notify_written,
 )
-from .storage import is_local, local_path, split_url, state_dir
+from .storage import file_lock, is_local, local_path, split_url, state_dir
 from .volume import Volume
 
 __all__ = [
@@ -216,13 +216,17 @@ class JournalStatus:
     blocks_total: int
     #: seconds since the journal was last written
     age: float
+    #: a run of this copy is copying now (it holds the journal's lock): the journal is not
+    #: a stopped copy's, and ``forget_journals`` leaves it
+    running: bool = False
 
     def __str__(self) -> str:
         region = "" if self.box is None else f" box {self.box}"
+        state = ", running now" if self.running else ""
         return (
             f"{self.src} -> {self.dst}{region} scales {self.scales}: "
             f"{self.blocks_done}/{self.blocks_total} blocks done, last written "
-            f"{_age(self.age)} ago ({self.path})"
+            f"{_age(self.age)} ago{state} ({self.path})"
         )
 
 
@@ -257,7 +261,7 @@ def _read_status(path: Path, now: float) -> JournalStatus | str | None:
         return f"cannot be read as a journal ({exc})"
     return JournalStatus(path, str(header["src"]), str(header["dst"]), header.get("box"),
                          list(header.get("scales", [])), done, int(header.get("blocks", 0)),
-                         max(0.0, now - mtime))
+                         max(0.0, now - mtime), running=_running(path))
 
 
 def _statuses() -> list[tuple[Path, JournalStatus | str]]:
@@ -271,7 +275,8 @@ def _statuses() -> list[tuple[Path, JournalStatus | str]]:
 
 def list_journals() -> list[JournalStatus]:
     """The journals of copies that did not finish (interrupted, killed or failed), oldest
-    first.  Each is resumed by running the same copy again, or removed by
+    first, and of copies running now (``running``: a run holds the journal's lock).  Each
+    stopped one is resumed by running the same copy again, or removed by
     :func:`forget_journals`.  The files in the journals' folder that cannot be read as one
     are not listed here but by :func:`damaged_journals`."""
     found = [s for _, s in _statuses() if isinstance(s, JournalStatus)]
@@ -302,7 +307,8 @@ def forget_journals(src: str | None = None, dst: str | None = None) -> list[Jour
     both are None), and the damaged files :func:`damaged_journals` lists of them (all, or
     those whose header names ``src`` and ``dst``); return what was deleted of
     :func:`list_journals`.  The destinations are left as they are: a copy
-    run again after this starts from the first block."""
+    run again after this starts from the first block.  The journal of a copy running now
+    (its lock is held) is left, with a VoxgateWarning naming it."""
     if (src is None) != (dst is None):
         raise InvalidRequestError("give both src and dst, or neither to forget every journal")
     srcs = None if src is None else _spellings(src)
@@ -311,14 +317,24 @@ def forget_journals(src: str | None = None, dst: str | None = None) -> list[Jour
     for j in list_journals():
         if srcs is not None and dsts is not None and (j.src not in srcs or j.dst not in dsts):
             continue
-        j.path.unlink(missing_ok=True)
+        try:
+            with file_lock(str(j.path), blocking=False):  # (no run starts on it meanwhile)
+                j.path.unlink(missing_ok=True)
+        except BlockingIOError:
+            warnings.warn(VoxgateWarning(
+                f"left the journal {j.path} of the copy {j.src} -> {j.dst}: a run of it is "
+                "copying now (the journal is locked); it removes its journal when it finishes, "
+                "or stop it first to forget it"), stacklevel=2)
+            continue
         gone.append(j)
     for path, _ in damaged_journals():  # every journal, or those whose header names the pair
         if srcs is not None and dsts is not None:
             named = _names_of(path)
             if named is None or named[0] not in srcs or named[1] not in dsts:
                 continue
-        with contextlib.suppress(OSError):  # (a directory that is not empty is left)
+        # (a directory that is not empty is left; so is the file of a copy starting now, its
+        # header not written yet: it holds the lock)
+        with contextlib.suppress(OSError), file_lock(str(path), blocking=False):
             if path.is_dir() and not path.is_symlink():
                 path.rmdir()
             else:
@@ -972,7 +988,36 @@ def copy(
     Either way the blocks run through :mod:`voxgate.blockwise`: a block failing with a
     transient error (the store unreachable, a worker that died) is run again up to
     ``retries`` times; any other error stops the copy (PartialWriteError, resumable).
+
+    Two runs of the same copy at once are refused: the copy holds its journal's lock while it
+    runs, and a second run raises InvalidRequestError naming the journal (a killed run's lock
+    is released by its end).
     """
+    # (released when the copy ends, however it ends: the destination's lock while the copy
+    # starts, then its journal's)
+    with contextlib.ExitStack() as held:
+        return _copy(held, src, dst, box=box, scales=scales, workers=workers,
+                     progress=progress, missing=missing, client=client, retries=retries,
+                     verify=verify, **create_options)
+
+
+def _copy(
+    held: contextlib.ExitStack,
+    src: str | os.PathLike[str] | Volume,
+    dst: str | os.PathLike[str] | Volume,
+    /,
+    *,
+    box: Box | None,
+    scales: Sequence[int] | None,
+    workers: int | None,
+    progress: bool,
+    missing: str,
+    client: Any,
+    retries: int,
+    verify: bool,
+    **create_options: Any,
+) -> CopyReport:
+    """:func:`copy`, holding in ``held`` the locks it takes (:func:`_lock_journal`)."""
     t0 = time.perf_counter()
     check_missing(missing)
     for role, x in (("source", src), ("destination", dst)):
@@ -1068,6 +1113,10 @@ def copy(
             fills[k] = voxel
 
     created = refuse_options = False
+    #: the destination's lock, held from before it is looked for until this copy's journal is
+    #: locked and open: of two copies into a destination that both find it missing, one
+    #: creates it and the other waits, then finds it (and, the same copy, is refused)
+    starting = held.enter_context(contextlib.ExitStack())
     if isinstance(dst, Volume):
         d_remote, _, _ = _as_remote(dst, "r+")
         if d_remote.url == s_remote.url:
@@ -1083,6 +1132,7 @@ def copy(
         if named != location:
             location, dst_url = named, f"{cls.scheme}://{named}"
         _check_apart(s_remote.url, dst_url)
+        starting.enter_context(_state_lock(_destination_lock(dst_url), blocking=True))
         if cls.exists(location):
             # create options on a destination that exists are refused below, unless this is
             # the same copy run again to finish it (its journal is there): the options made
@@ -1156,6 +1206,9 @@ def copy(
             header[f"{end}_options"] = chosen
     digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:24]
     path = journal_dir() / f"{digest}.journal"
+    # held until the copy ends: no other run of the same copy reads, appends to, removes or
+    # (creating the destination) empties this journal meanwhile
+    _lock_journal(held, path, header)
     if refuse_options and not path.exists():
         raise _options_refused(dst, create_options)
     if created:
@@ -1177,6 +1230,7 @@ def copy(
     report.absent_counts = absent_counts
     if created:
         journal.mark_created()
+    starting.close()  # (the destination is there and its copies' journals are settled)
     # a destination this copy created (now or before an interruption) holds only fill where no
     # block was written yet, so all-fill source blocks need no write
     skip_fill = journal.created
@@ -1275,17 +1329,17 @@ def copy(
                     journal.path, finished, blocks_total,
                 ) from stop
         if res.failed:
-            item, exc = res.failed[0]
+            item, cause = res.failed[0]
             listed_all = len(written) == report.blocks_written
             raise PartialWriteError(
                 f"copy {s_remote.url} -> {d_remote.url} failed at block {item[2]!r} of scale "
-                f"{item[0]}: {exc}. {report.blocks_written} blocks were written this run and are "
+                f"{item[0]}: {cause}. {report.blocks_written} blocks were written this run and are "
                 "recorded; rerun the same copy to resume"
                 + ("" if listed_all else f" (.written lists the first {len(written)}; the "
                    f"journal {journal.path} records all)"),
                 written=written,
                 failed=[it[2] for it, _ in res.failed],
-            ) from exc
+            ) from cause
         complete = True
     finally:
         for k in sorted(touched):  # (written, all or in part)
@@ -1293,6 +1347,67 @@ def copy(
         journal.close(complete=complete)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+#: how long a copy tries for its journal's lock before it refuses: ``voxgate cp --status`` and
+#: ``--forget`` hold a journal's lock for a moment to see whether a run holds it
+_LOCK_PATIENCE = 0.5
+
+
+@contextlib.contextmanager
+def _state_lock(path: Path, *, blocking: bool) -> Iterator[None]:
+    """:func:`voxgate.storage.file_lock` of ``path`` in the journals' folder (made first); a
+    folder that cannot be written is refused as a journal there is (InvalidRequestError)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(file_lock(str(path), blocking=blocking))
+        except BlockingIOError:
+            raise
+        except OSError as exc:
+            raise InvalidRequestError(
+                f"the copy cannot lock {path} ({exc.strerror or exc}): it keeps its journal in "
+                f"{path.parent}; set VOXGATE_STATE_DIR to a writable directory") from None
+        yield
+
+
+def _destination_lock(dst_url: str) -> Path:
+    """The file whose lock (:func:`_state_lock`) copies into ``dst_url`` hold while they look
+    for it, create it and open their journals: one name however the destination is spelled
+    (:func:`_stored_at`)."""
+    where = _stored_at(dst_url) or redact(dst_url)
+    return journal_dir() / f"{hashlib.sha256(where.encode()).hexdigest()[:24]}.destination"
+
+
+def _lock_journal(held: contextlib.ExitStack, path: Path, header: dict[str, Any]) -> None:
+    """Hold the lock of the journal ``path`` in ``held`` (until the copy ends), or refuse with
+    InvalidRequestError when another run of the same copy holds it (trying for
+    :data:`_LOCK_PATIENCE` seconds: a look at it by ``--status`` ends at once)."""
+    deadline = time.monotonic() + _LOCK_PATIENCE
+    while True:
+        try:
+            held.enter_context(_state_lock(path, blocking=False))
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+    raise InvalidRequestError(
+        f"another run of this copy ({header['src']} -> {header['dst']}) is running now: its "
+        f"journal {path} is locked.  Wait for that run to finish, or stop it (Ctrl-C; the "
+        "blocks it finished are recorded) and run the copy again to resume; two runs of one "
+        "copy at once would copy every block twice and each lose the other's record")
+
+
+def _running(path: Path) -> bool:
+    """Whether a run of a copy holds the lock of its journal ``path`` now (it is copying)."""
+    try:
+        with file_lock(str(path), blocking=False):
+            return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False  # (a folder that cannot be written: no run can lock it either)
 
 
 def _forget_destination(dst: str) -> None:
