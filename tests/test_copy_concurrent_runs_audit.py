@@ -187,7 +187,8 @@ def test_second_run_of_the_same_copy_is_refused_and_status_says_running(
         forget = _Run(tmp_path, state, ["cp", "--forget-all"])
         assert forget.finish() == 0, forget.err
         assert journal.exists(), "--forget-all deleted the journal of a copy running now"
-        assert "a run of it is copying now" in forget.err and str(journal) in forget.err
+        assert "a run of it is copying now" in forget.out and str(journal) in forget.out
+        assert "nothing to forget" not in forget.out
     finally:
         (hold / "go").touch()
     assert first.finish() == 0, first.err
@@ -317,3 +318,43 @@ def test_running_copy_in_this_process(tmp_path: Path, state: Path,
     # the same copy again, now that none runs, is not refused
     report = voxgate.copy(src, dst, progress=False, workers=1)
     assert report.blocks_written == 32 and not report.created
+
+
+def test_the_cli_says_which_journals_it_left_running(tmp_path: Path, state: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``voxgate cp --forget-all`` / ``--forget SRC DST`` beside a running copy printed only
+    the warning, then "no unfinished copies; nothing to forget"; now they say which journal
+    they left and why (its lock is held here as a running copy holds it)."""
+    from click.testing import CliRunner
+
+    from voxgate.cli import main
+    from voxgate.storage import file_lock
+    from voxgate.transfer import CopyInterrupted
+
+    monkeypatch.setattr(voxgate.transfer, "BLOCK_BYTES", 1)
+    src, _ = _source(tmp_path)
+    dst = f"zarr://{tmp_path / 'dst.zarr'}"
+    real, n = ZarrRemote.write, [0]
+
+    def write(self: Any, box: Any, array: np.ndarray, scale: int = 0) -> None:
+        n[0] += 1
+        if n[0] > 3:
+            raise KeyboardInterrupt
+        real(self, box, array, scale)
+
+    monkeypatch.setattr(ZarrRemote, "write", write)
+    with pytest.raises(CopyInterrupted) as stop:
+        voxgate.copy(src, dst, progress=False, workers=1)
+    monkeypatch.setattr(ZarrRemote, "write", real)
+    with file_lock(str(stop.value.journal), blocking=False):
+        res = CliRunner().invoke(main, ["cp", "--status"])
+        assert res.exit_code == 0 and "running now" in res.output, res.output
+        for args in (["--forget-all"], ["--forget", src, dst]):
+            res = CliRunner().invoke(main, ["cp", *args])
+            assert res.exit_code == 0, res.output
+            assert f"left the journal {stop.value.journal}" in res.output, res.output
+            assert "copying now" in res.output and "nothing to forget" not in res.output
+            assert stop.value.journal.exists()
+    res = CliRunner().invoke(main, ["cp", "--forget", src, dst])
+    assert res.exit_code == 0 and "forgot" in res.output and "/32 blocks" in res.output
+    assert not stop.value.journal.exists()

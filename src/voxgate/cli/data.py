@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..errors import VoxgateError, redact
+from ..errors import VoxgateError, VoxgateWarning, redact
 from ..geometry import Box
 from . import _MISSING_HELP, _fail, main
 from ._cluster import cluster_client, scheduler_option
@@ -247,13 +248,23 @@ def _journals(*, forget: bool, src: str | None = None, dst: str | None = None) -
             click.echo(f"damaged journal {path}: {why} (voxgate cp --forget-all deletes it)")
         return
     damaged = damaged_journals()
-    gone = forget_journals(src, dst)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", VoxgateWarning)
+        gone = forget_journals(src, dst)
+    left = []  # (the journals of copies running now: forget_journals warns of each)
+    for w in caught:
+        if issubclass(w.category, VoxgateWarning):
+            left.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if src is not None:  # (the damaged ones of this copy: those deleted)
         damaged = [(p, w) for p, w in damaged if not (p.exists() or p.is_symlink())]
     for path, _ in damaged:
         click.echo(f"{'left' if path.exists() or path.is_symlink() else 'deleted'} damaged "
                    f"journal {path}")
-    if not gone and not damaged:
+    for message in left:
+        click.echo(message)
+    if not gone and not damaged and not left:
         which = "" if src is None else f" from {src} to {dst}"
         click.echo(f"no unfinished copy{which}; nothing to forget (voxgate cp --status lists "
                    "them)")
