@@ -381,10 +381,18 @@ def _open_journal(url: str, plan: dict[str, Any], fn: str, resume: bool | None,
     held = contextlib.ExitStack()  # (handed to the journal, which releases it on close)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:  # (a lock file beside it, on every platform: storage.locking)
-            held.enter_context(file_lock(str(path), blocking=False))
-        except BlockingIOError:
-            raise InvalidRequestError(f"{busy} (its journal {path} is locked)") from None
+        # (a lock file beside it, on every platform: storage.locking; tried for a moment, as
+        # a look by list_journals / --status holds it that long)
+        deadline = time.monotonic() + _LOCK_PATIENCE
+        while True:
+            try:
+                held.enter_context(file_lock(str(path), blocking=False))
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise InvalidRequestError(
+                        f"{busy} (its journal {path} is locked)") from None
+                time.sleep(0.01)
         # (bytes that are not UTF-8 make a line that is no record: passed over)
         f = open(path, "a+", encoding="utf-8", errors="replace")  # (closed by the journal)
     except OSError as exc:
@@ -463,6 +471,22 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
+#: how long a run tries for its journal's lock before it refuses (a look at the journal by
+#: list_journals, to tell whether a run holds it, holds the lock for a moment)
+_LOCK_PATIENCE = 0.5
+
+
+def _running(path: Path) -> bool:
+    """Whether a run holds the lock of the journal ``path`` now (it is writing)."""
+    try:
+        with file_lock(str(path), blocking=False):
+            return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
 def _read_journal(path: Path, now: float) -> MapBlocksJournal | None:
     """The status of the journal file ``path`` (None: not one, or removed meanwhile)."""
     try:
@@ -475,7 +499,8 @@ def _read_journal(path: Path, now: float) -> MapBlocksJournal | None:
         # (redacted again: a journal an older voxgate wrote may hold a token)
         return MapBlocksJournal(path, redact(str(header["url"])), int(plan["scale"]),
                                 redact(str(header["fn"])), str(plan.get("region", "")), done,
-                                int(plan["blocks"]), max(0.0, now - mtime))
+                                int(plan["blocks"]), max(0.0, now - mtime),
+                                running=_running(path))
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None  # (an empty journal: its run stopped before its header; nothing done)
 
