@@ -98,7 +98,7 @@ from .remotes.base import (
     has_capability,
     notify_written,
 )
-from .storage import file_lock, is_local, local_path, split_url, state_dir
+from .storage import file_lock, is_local, is_locked, local_path, split_url, state_dir
 from .volume import Volume
 
 __all__ = [
@@ -261,7 +261,7 @@ def _read_status(path: Path, now: float) -> JournalStatus | str | None:
         return f"cannot be read as a journal ({exc})"
     return JournalStatus(path, str(header["src"]), str(header["dst"]), header.get("box"),
                          list(header.get("scales", [])), done, int(header.get("blocks", 0)),
-                         max(0.0, now - mtime), running=_running(path))
+                         max(0.0, now - mtime), running=is_locked(str(path)))
 
 
 def _statuses() -> list[tuple[Path, JournalStatus | str]]:
@@ -1397,17 +1397,6 @@ def _lock_journal(held: contextlib.ExitStack, path: Path, header: dict[str, Any]
         f"journal {path} is locked.  Wait for that run to finish, or stop it (Ctrl-C; the "
         "blocks it finished are recorded) and run the copy again to resume; two runs of one "
         "copy at once would copy every block twice and each lose the other's record")
-
-
-def _running(path: Path) -> bool:
-    """Whether a run of a copy holds the lock of its journal ``path`` now (it is copying)."""
-    try:
-        with file_lock(str(path), blocking=False):
-            return False
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False  # (a folder that cannot be written: no run can lock it either)
 
 
 def _forget_destination(dst: str) -> None:

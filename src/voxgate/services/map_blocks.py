@@ -56,7 +56,7 @@ from ..blockwise import (
 from ..errors import DtypeError, InvalidRequestError, redact
 from ..geometry import Box, Vec
 from ..remotes.memory import MemoryRemote
-from ..storage import file_lock, state_dir
+from ..storage import file_lock, is_locked, state_dir
 from ..storage.npyfiles import NPY_LOCK
 from ..volume import Volume
 from ._common import (
@@ -476,17 +476,6 @@ def _age(seconds: float) -> str:
 _LOCK_PATIENCE = 0.5
 
 
-def _running(path: Path) -> bool:
-    """Whether a run holds the lock of the journal ``path`` now (it is writing)."""
-    try:
-        with file_lock(str(path), blocking=False):
-            return False
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-
-
 def _read_journal(path: Path, now: float) -> MapBlocksJournal | None:
     """The status of the journal file ``path`` (None: not one, or removed meanwhile)."""
     try:
@@ -500,7 +489,7 @@ def _read_journal(path: Path, now: float) -> MapBlocksJournal | None:
         return MapBlocksJournal(path, redact(str(header["url"])), int(plan["scale"]),
                                 redact(str(header["fn"])), str(plan.get("region", "")), done,
                                 int(plan["blocks"]), max(0.0, now - mtime),
-                                running=_running(path))
+                                running=is_locked(str(path)))
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None  # (an empty journal: its run stopped before its header; nothing done)
 

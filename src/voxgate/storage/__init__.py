@@ -43,7 +43,7 @@ from .kvstore import (
     write_json,
 )
 from .locations import STORAGE_SCHEMES, split_url, state_dir
-from .locking import file_lock
+from .locking import file_lock, is_locked
 from .units import LENGTH_UNITS_NM, UNITS_NM, length_unit_nm
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "check_spec_buckets",
     "decompress",
     "file_lock",
+    "is_locked",
     "ignores_ranges",
     "is_local",
     "join",

@@ -41,7 +41,7 @@ try:
 except ImportError:  # (Windows)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["file_lock", "lock_path"]
+__all__ = ["file_lock", "is_locked", "lock_path"]
 
 #: hold locks with flock (False: with O_EXCL lock files, the branch of platforms without fcntl)
 _FLOCK = fcntl is not None
@@ -68,6 +68,20 @@ def file_lock(path: str, *, blocking: bool = True) -> Iterator[None]:
     hold = _flock if _FLOCK else _exclusive_file
     with hold(lock_path(path), blocking):
         yield
+
+
+def is_locked(path: str) -> bool:
+    """Whether another (thread or process) holds the lock of ``path`` now: the lock is taken
+    and let go at once to see (a holder starting meanwhile waits that moment, or is refused
+    if it does not wait).  False where the lock cannot be taken for another reason (a folder
+    that cannot be written: no holder can take it either)."""
+    try:
+        with file_lock(path, blocking=False):
+            return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
