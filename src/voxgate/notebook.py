@@ -468,13 +468,24 @@ def _short_name(vol: Any) -> str:
 
 
 # -- what would read everything behind the caller's back ---------------------------------------
+#: numpy's modules of the ndarray reductions np.mean, np.std and np.var fall back on for an
+#: object without such methods (numpy 2, numpy 1)
+_NUMPY_METHODS = ("numpy._core._methods", "numpy.core._methods")
+
+
 def check_array_caller(vol: Any) -> None:
     """Refuse ``np.asarray(vol)`` when xarray calls it (``xr.DataArray(vol)``), which would read
-    the whole view silently; a caller's own ``np.asarray(vol)`` goes ahead."""
+    the whole view silently, and when np.mean, np.std or np.var do (reductions, refused as
+    np.sum is); a caller's own ``np.asarray(vol)`` goes ahead."""
     try:
         frame = sys._getframe(2)  # 0: here, 1: Volume.__array__, 2: whoever asked numpy
     except ValueError:  # called with nothing above: not from xarray
         return
+    if frame.f_globals.get("__name__", "") in _NUMPY_METHODS:
+        # np.mean / np.std / np.var: numpy's reductions, as np.sum and np.max (ufuncs, which
+        # refuse) are; they read the whole view through np.asarray without a word
+        name = frame.f_code.co_name
+        raise refuse_arithmetic(vol, "np.mean" if name == "_mean" else "np.std / np.var")
     while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "numpy":
         frame = frame.f_back  # type: ignore[assignment]
     caller = "" if frame is None else frame.f_globals.get("__name__", "")

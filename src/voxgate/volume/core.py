@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from ..errors import (
     IndexingError,
     InvalidRequestError,
     OutOfBoundsError,
+    RemoteNotFoundError,
     redact,
     refuses_unknown_keywords,
     unknown_keyword,
@@ -147,6 +148,14 @@ class Volume(NoArithmetic):
         if not self.shape:
             raise TypeError("len() of a 0-d volume")
         return self.shape[0]
+
+    def __iter__(self) -> Iterator[Volume]:
+        """The views ``vol[0]``, ``vol[1]`` ... of the first axis, as numpy iterates (Python's
+        fallback, ``vol[i]`` until IndexError, never ended on a bounds="fill" view, whose
+        ``vol[i]`` past the end is fill, and gave nothing for a 0-d view)."""
+        if not self.shape:
+            raise TypeError("iteration over a 0-d volume")
+        return (self[i] for i in range(self.shape[0]))
 
     # a 0-d view (one voxel, ``vol[z, y, x]``) converts to a Python number as numpy's 0-d
     # arrays do, reading the voxel; ``bool()`` of one gave a TypeError from len()
@@ -669,18 +678,53 @@ def _check_options(method: Any, target: Any, options: dict[str, Any],
 
 
 class _DaskSource:
-    """The duck array dask reads from: slicing returns numpy arrays."""
+    """The duck array dask reads from: slicing returns numpy arrays.
 
-    def __init__(self, vol: Volume) -> None:
-        self.vol = vol
-        self.shape = vol.shape
-        self.dtype = vol.dtype
-        self.ndim = vol.ndim
+    Pickled (to a dask.distributed worker), it reopens its view at its first read, not when
+    unpickled: a view the worker cannot open (``mem://``) then fails the tasks with voxgate's
+    error, which ``compute()`` raises.  Failing to unpickle killed the workers instead, one
+    after another, and ``compute()`` hung."""
+
+    def __init__(self, vol: Volume | None, reopen: tuple[Any, ...] = ()) -> None:
+        self._vol = vol
+        self._reopen_args = reopen
+        src = vol if vol is not None else reopen[-1]
+        self.shape = src.shape
+        self.dtype = src.dtype
+        self.ndim = len(self.shape)
+
+    @property
+    def vol(self) -> Volume:
+        if self._vol is None:
+            self._vol = _reopen(*self._reopen_args[:-1])
+        return self._vol
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        args = self._reopen_args or (*self.vol.__reduce__()[1],
+                                     _Described(self.shape, self.dtype))
+        return (_DaskSource, (None, args))
 
     def __getitem__(self, key: Any) -> np.ndarray:
         return self.vol[key].read()
 
 
+class _Described(NamedTuple):
+    """The shape and dtype of a pickled :class:`_DaskSource`'s view (known before it is
+    reopened)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+
 def _reopen(spec: dict[str, Any], scale: int, bounds: Bounds, axes: Sequence[_Axis]) -> Volume:
-    remote = open_remote(spec["url"], mode=spec.get("mode", "r"), **spec.get("options", {}))
+    try:
+        remote = open_remote(spec["url"], mode=spec.get("mode", "r"), **spec.get("options", {}))
+    except RemoteNotFoundError as exc:
+        if not str(spec["url"]).startswith("mem://"):
+            raise
+        raise RemoteNotFoundError(
+            f"{exc}: a mem:// volume lives only in the process that created it, so another "
+            "process (a dask.distributed worker, a spawned process) cannot open it; write it to "
+            "a store they can open (zarr://, n5://, precomputed://), or compute with threads "
+            "(dask's default scheduler)") from None
     return Volume(remote, scale, bounds=bounds, _axes=tuple(_Axis(*a) for a in axes))

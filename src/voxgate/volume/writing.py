@@ -151,6 +151,17 @@ def coerce(vol: Volume, value: Any) -> np.ndarray:
         _check_scalar(value, dt)
         return np.broadcast_to(np.asarray(value, dtype=dt), vol.shape)
     arr = np.asarray(value)
+    if isinstance(value, (list, tuple)) and arr.dtype.kind in "iuf" and arr.size:
+        # Python numbers, checked by value as a scalar is (numpy made them int64 / float64,
+        # which a uint16 volume refused: "cannot write int64 data"); those that do not fit
+        # are refused below with that message
+        try:
+            for v in (arr.min().item(), arr.max().item()):
+                _check_scalar(v, dt)
+        except DtypeError:
+            pass
+        else:
+            arr = arr.astype(dt)
     if arr.dtype == object:
         raise DtypeError(f"cannot write an object array into a {dt.name} volume")
     _check_cast(arr.dtype, dt)
