@@ -233,3 +233,25 @@ def test_to_dask_of_a_mem_volume_on_a_cluster_is_a_clear_error(client: Any,
     future = client.compute(vol.to_dask().sum())
     with pytest.raises(RemoteNotFoundError, match=r"mem:// volume lives only in the process"):
         future.result(timeout=60)
+
+
+def test_a_mem_view_given_to_a_spawned_process_fails_its_call_clearly(
+        vol: voxgate.Volume) -> None:
+    """A mem:// view passed to a function in another process: unpickling it raised there,
+    which broke the pool (BrokenProcessPool; the reason only on the child's stderr).  Now
+    the call raises RemoteNotFoundError saying why, and the pool goes on."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+        with pytest.raises(RemoteNotFoundError, match=r"mem:// volume lives only in the proc"):
+            ex.submit(_read, vol[1:3]).result(timeout=120)
+        assert ex.submit(_read_spec, {"url": "mem://elsewhere"}).exception(
+            timeout=120) is not None  # (the same worker still answers)
+
+
+def test_a_mem_view_given_to_a_worker_fails_its_task_clearly(client: Any,
+                                                            vol: voxgate.Volume) -> None:
+    """client.submit(f, mem_view): the workers died unpickling it, one after another, and the
+    result never came (or KilledWorker); now the task raises RemoteNotFoundError."""
+    with pytest.raises(RemoteNotFoundError, match=r"mem:// volume lives only in the process"):
+        client.submit(_read, vol[1:3], pure=False).result(timeout=60)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(vol[1:3])).read(),
+                                  vol[1:3].read())  # (in this process it reopens)

@@ -257,7 +257,7 @@ class Volume(NoArithmetic):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, (self._remote.spec(), self._scale, self._bounds_mode, self._axes))
+        return (_unpickle, (self._remote.spec(), self._scale, self._bounds_mode, self._axes))
 
     # -- indexing -------------------------------------------------------------------------------
     def __getitem__(self, key: Any) -> Volume:
@@ -714,6 +714,44 @@ class _Described(NamedTuple):
 
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
+
+
+def _unpickle(spec: dict[str, Any], scale: int, bounds: Bounds, axes: Sequence[_Axis]
+              ) -> Volume | _Unreachable:
+    """A pickled view reopened (:func:`_reopen`); a ``mem://`` one in a process that does not
+    hold it comes back as :class:`_Unreachable`, which raises at its first use: unpickling it
+    raised, which killed a dask.distributed worker given it (one after another: the task's
+    result never came) and broke a process pool."""
+    try:
+        return _reopen(spec, scale, bounds, axes)
+    except RemoteNotFoundError as exc:
+        if not str(spec["url"]).startswith("mem://"):
+            raise
+        return _Unreachable(str(exc))
+
+
+class _Unreachable:
+    """A view of a ``mem://`` volume unpickled in another process: any use raises
+    RemoteNotFoundError saying why (so a task given it fails with that error)."""
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+
+    def _fail(self, *_: Any, **__: Any) -> Any:
+        raise RemoteNotFoundError(self._message)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # (protocols probed by copy, pickle, repr: not found)
+            raise AttributeError(name)
+        self._fail()
+
+    __getitem__ = __setitem__ = __array__ = __len__ = __iter__ = _fail
+
+    def __repr__(self) -> str:
+        return f"<unreachable Volume: {self._message}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Unreachable, (self._message,))
 
 
 def _reopen(spec: dict[str, Any], scale: int, bounds: Bounds, axes: Sequence[_Axis]) -> Volume:
