@@ -280,6 +280,10 @@ def _absolute(scheme: str, location: str) -> str:
     if scheme in _ABSOLUTE_HERE and location and "://" not in location and \
             not location.startswith("/"):
         return os.path.abspath(os.path.expanduser(location))
+    rest = location.removeprefix("file://")
+    if scheme in (*_ABSOLUTE_HERE, "precomputed") and rest != location and rest and \
+            not rest.startswith("/"):  # (file://em.zarr is relative too: storage.local_path)
+        return "file://" + os.path.abspath(os.path.expanduser(rest))
     return location
 
 

@@ -3,6 +3,7 @@ grid into blocks of about ``WRITE_BLOCK_BYTES`` written in parallel (``Volume.wr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -330,6 +331,9 @@ def _check_scalar(value: Any, dt: np.dtype[Any]) -> None:
                 raise DtypeError(
                     f"{value} does not fit in {dt.name} (range {info.min}..{info.max})"
                 )
-        return
-    if isinstance(value, float) and not np.issubdtype(dt, np.floating):
+            return
+    elif isinstance(value, float) and not np.issubdtype(dt, np.floating):
         raise DtypeError(f"cannot store the float {value!r} in a {dt.name} volume")
+    if np.issubdtype(dt, np.floating) and (isinstance(value, int) or math.isfinite(value)) \
+            and abs(value) > float(np.finfo(dt).max):  # (stored, it would be inf)
+        raise DtypeError(f"{value!r} does not fit in {dt.name} (largest {np.finfo(dt).max})")
