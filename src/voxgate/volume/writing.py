@@ -154,15 +154,12 @@ def coerce(vol: Volume, value: Any) -> np.ndarray:
     arr = np.asarray(value)
     if isinstance(value, (list, tuple)) and arr.dtype.kind in "iuf" and arr.size:
         # Python numbers, checked by value as a scalar is (numpy made them int64 / float64,
-        # which a uint16 volume refused: "cannot write int64 data"); those that do not fit
-        # are refused below with that message
-        try:
-            for v in (arr.min().item(), arr.max().item()):
-                _check_scalar(v, dt)
-        except DtypeError:
-            pass
-        else:
-            arr = arr.astype(dt)
+        # which a uint16 volume refused: "cannot write int64 data"), and a value that does
+        # not fit is named ("300 does not fit in uint8"; the dtype's message advised astype,
+        # which would wrap it)
+        for v in (arr.min().item(), arr.max().item()):
+            _check_scalar(v, dt)
+        arr = arr.astype(dt)
     if arr.dtype == object:
         raise DtypeError(f"cannot write an object array into a {dt.name} volume")
     _check_cast(arr.dtype, dt)
