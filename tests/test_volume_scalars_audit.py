@@ -8,6 +8,8 @@ that said nothing of a Volume, and ``bool(vol[z, y, x])`` / ``if vol[z, y, x]:``
 
 from __future__ import annotations
 
+import decimal
+import fractions
 import math
 
 import dask.array as da
@@ -50,7 +52,10 @@ def reads(seg: voxgate.Volume, monkeypatch: pytest.MonkeyPatch) -> list[object]:
     lambda v: v == 5.0, lambda v: v == np.zeros(SHAPE, np.uint64),
     lambda v: v != da.zeros(SHAPE, dtype=np.uint64), lambda v: 5 in v,
     lambda v: np.count_nonzero(v == 5),
-], ids=["eq", "ne", "reflected", "numpy scalar", "float", "ndarray", "dask", "in", "count"])
+    lambda v: v[0, 0, :3] == [1, 2, 3], lambda v: v == fractions.Fraction(1, 2),
+    lambda v: v != decimal.Decimal(5),
+], ids=["eq", "ne", "reflected", "numpy scalar", "float", "ndarray", "dask", "in", "count",
+        "list", "fraction", "decimal"])
 def test_comparisons_with_data_and_in_refuse(seg: voxgate.Volume, reads: list[object],
                                              op: object) -> None:
     with pytest.raises(LazyOperationError, match=r"vol\.to_dask\(\)"):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import importlib
 import math
+import numbers
 import struct
 import sys
 import zlib
@@ -528,9 +529,10 @@ class NoArithmetic:
 
 
 def _is_data(x: object) -> bool:
-    """Whether ``x`` is what an elementwise comparison compares with: a number (numpy's
-    too) or an array (numpy's, dask's: anything with ``__array__`` but a lazy view)."""
-    return isinstance(x, (int, float, complex, np.generic)) or (
+    """Whether ``x`` is what an elementwise comparison compares with: a number (numpy's,
+    Fraction, Decimal too), a list (numpy takes one for an array) or an array (numpy's,
+    dask's: anything with ``__array__`` but a lazy view)."""
+    return isinstance(x, (numbers.Number, np.generic, list)) or (
         hasattr(x, "__array__") and not isinstance(x, NoArithmetic))
 
 
