@@ -99,6 +99,7 @@ from .remotes.base import (
     notify_written,
 )
 from .storage import file_lock, is_local, is_locked, local_path, split_url, state_dir
+from .storage.locking import LOOK_PATIENCE
 from .volume import Volume
 
 __all__ = [
@@ -1349,19 +1350,14 @@ def _copy(
     return report
 
 
-#: how long a copy tries for its journal's lock before it refuses: ``voxgate cp --status`` and
-#: ``--forget`` hold a journal's lock for a moment to see whether a run holds it
-_LOCK_PATIENCE = 0.5
-
-
 @contextlib.contextmanager
-def _state_lock(path: Path, *, blocking: bool) -> Iterator[None]:
+def _state_lock(path: Path, *, blocking: bool, patience: float = 0.0) -> Iterator[None]:
     """:func:`voxgate.storage.file_lock` of ``path`` in the journals' folder (made first); a
     folder that cannot be written is refused as a journal there is (InvalidRequestError)."""
     with contextlib.ExitStack() as stack:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(file_lock(str(path), blocking=blocking))
+            stack.enter_context(file_lock(str(path), blocking=blocking, patience=patience))
         except BlockingIOError:
             raise
         except OSError as exc:
@@ -1382,16 +1378,13 @@ def _destination_lock(dst_url: str) -> Path:
 def _lock_journal(held: contextlib.ExitStack, path: Path, header: dict[str, Any]) -> None:
     """Hold the lock of the journal ``path`` in ``held`` (until the copy ends), or refuse with
     InvalidRequestError when another run of the same copy holds it (trying for
-    :data:`_LOCK_PATIENCE` seconds: a look at it by ``--status`` ends at once)."""
-    deadline = time.monotonic() + _LOCK_PATIENCE
-    while True:
-        try:
-            held.enter_context(_state_lock(path, blocking=False))
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.01)
+    :data:`~voxgate.storage.locking.LOOK_PATIENCE` seconds: a look at it by ``--status`` ends
+    at once)."""
+    try:
+        held.enter_context(_state_lock(path, blocking=False, patience=LOOK_PATIENCE))
+        return
+    except BlockingIOError:
+        pass
     raise InvalidRequestError(
         f"another run of this copy ({header['src']} -> {header['dst']}) is running now: its "
         f"journal {path} is locked.  Wait for that run to finish, or stop it (Ctrl-C; the "

@@ -57,6 +57,7 @@ from ..errors import DtypeError, InvalidRequestError, redact
 from ..geometry import Box, Vec
 from ..remotes.memory import MemoryRemote
 from ..storage import file_lock, is_locked, state_dir
+from ..storage.locking import LOOK_PATIENCE
 from ..storage.npyfiles import NPY_LOCK
 from ..volume import Volume
 from ._common import (
@@ -383,16 +384,10 @@ def _open_journal(url: str, plan: dict[str, Any], fn: str, resume: bool | None,
         path.parent.mkdir(parents=True, exist_ok=True)
         # (a lock file beside it, on every platform: storage.locking; tried for a moment, as
         # a look by list_journals / --status holds it that long)
-        deadline = time.monotonic() + _LOCK_PATIENCE
-        while True:
-            try:
-                held.enter_context(file_lock(str(path), blocking=False))
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise InvalidRequestError(
-                        f"{busy} (its journal {path} is locked)") from None
-                time.sleep(0.01)
+        try:
+            held.enter_context(file_lock(str(path), blocking=False, patience=LOOK_PATIENCE))
+        except BlockingIOError:
+            raise InvalidRequestError(f"{busy} (its journal {path} is locked)") from None
         # (bytes that are not UTF-8 make a line that is no record: passed over)
         f = open(path, "a+", encoding="utf-8", errors="replace")  # (closed by the journal)
     except OSError as exc:
@@ -469,11 +464,6 @@ def _age(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f} {unit}"
     return f"{seconds:.0f} s"
-
-
-#: how long a run tries for its journal's lock before it refuses (a look at the journal by
-#: list_journals, to tell whether a run holds it, holds the lock for a moment)
-_LOCK_PATIENCE = 0.5
 
 
 def _read_journal(path: Path, now: float) -> MapBlocksJournal | None:

@@ -41,7 +41,7 @@ try:
 except ImportError:  # (Windows)
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["file_lock", "is_locked", "lock_path"]
+__all__ = ["LOOK_PATIENCE", "file_lock", "is_locked", "lock_path"]
 
 #: hold locks with flock (False: with O_EXCL lock files, the branch of platforms without fcntl)
 _FLOCK = fcntl is not None
@@ -59,14 +59,28 @@ def lock_path(path: str) -> str:
     return os.path.join(directory, f".{name}.lock")
 
 
+#: how long a holder that refuses rather than waits (``blocking=False``) tries first, when it
+#: must not be refused for a look: :func:`is_locked` holds a lock that long at most
+LOOK_PATIENCE = 0.5
+
+
 @contextlib.contextmanager
-def file_lock(path: str, *, blocking: bool = True) -> Iterator[None]:
+def file_lock(path: str, *, blocking: bool = True, patience: float = 0.0) -> Iterator[None]:
     """Hold the exclusive lock of ``path`` (which need not exist; its folder must).
 
-    ``blocking=False``: raise ``BlockingIOError`` at once when another (thread or process)
-    holds it, instead of waiting."""
+    ``blocking=False``: raise ``BlockingIOError`` when another (thread or process) holds it,
+    instead of waiting: at once, or after trying for ``patience`` seconds."""
     hold = _flock if _FLOCK else _exclusive_file
-    with hold(lock_path(path), blocking):
+    deadline = time.monotonic() + patience
+    with contextlib.ExitStack() as held:
+        while True:
+            try:
+                held.enter_context(hold(lock_path(path), blocking))
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
         yield
 
 
