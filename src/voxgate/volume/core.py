@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import math
 import operator
+import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
 from ..errors import (
+    AuthenticationError,
     IndexingError,
     InvalidRequestError,
+    MissingDependencyError,
     OutOfBoundsError,
     RemoteNotFoundError,
+    RemoteUnavailableError,
+    VoxgateError,
     redact,
     refuses_unknown_keywords,
     unknown_keyword,
@@ -683,7 +689,9 @@ class _DaskSource:
     Pickled (to a dask.distributed worker), it reopens its view at its first read, not when
     unpickled: a view the worker cannot open (``mem://``) then fails the tasks with voxgate's
     error, which ``compute()`` raises.  Failing to unpickle killed the workers instead, one
-    after another, and ``compute()`` hung."""
+    after another, and ``compute()`` hung.  (A pickled Volume reopens when unpickled, or
+    becomes :class:`_Unreachable`; this one also spares the scheduler, which unpickles every
+    graph, opening the store at all.)"""
 
     def __init__(self, vol: Volume | None, reopen: tuple[Any, ...] = ()) -> None:
         self._vol = vol
@@ -718,27 +726,45 @@ class _Described(NamedTuple):
 
 def _unpickle(spec: dict[str, Any], scale: int, bounds: Bounds, axes: Sequence[_Axis]
               ) -> Volume | _Unreachable:
-    """A pickled view reopened (:func:`_reopen`); a ``mem://`` one in a process that does not
-    hold it comes back as :class:`_Unreachable`, which raises at its first use: unpickling it
-    raised, which killed a dask.distributed worker given it (one after another: the task's
-    result never came) and broke a process pool."""
+    """A pickled view reopened (:func:`_reopen`).  One this process cannot open (a ``mem://``
+    volume of another process; a path, server, token or package a dask scheduler, a worker
+    or a spawned process here does not have) comes back as :class:`_Unreachable`, which
+    raises that error at its first use and is pickled again as the view itself (the next
+    process may open it).  Unpickling raised: that killed a dask.distributed worker given it
+    (one after another: the task's result never came), broke a process pool, and failed the
+    whole graph on the scheduler (which unpickles task graphs) with "Error during
+    deserialization of the task graph", the reason only in the scheduler's log."""
     try:
         return _reopen(spec, scale, bounds, axes)
-    except RemoteNotFoundError as exc:
+    except _CANNOT_REOPEN as exc:
+        kind = next(k for k in _CANNOT_REOPEN if isinstance(exc, k))
+        message = str(exc)
         if not str(spec["url"]).startswith("mem://"):
-            raise
-        return _Unreachable(str(exc))
+            message = (f"{message} (while reopening a pickled view of {redact(spec['url'])} in "
+                       f"process {os.getpid()} on {socket.gethostname()}: every process given "
+                       "it must reach the same store)")
+        return _Unreachable(message, kind, (spec, scale, bounds, axes))
+
+
+#: what a view unpickled where its store cannot be opened raises at its first use (not when
+#: unpickled)
+_CANNOT_REOPEN: tuple[type[VoxgateError], ...] = (
+    RemoteNotFoundError, RemoteUnavailableError, AuthenticationError, MissingDependencyError)
 
 
 class _Unreachable:
-    """A view of a ``mem://`` volume unpickled in another process: any use raises
-    RemoteNotFoundError saying why (so a task given it fails with that error)."""
+    """A view unpickled in a process that cannot open its store: any use raises the error
+    opening it raised (so a task given it fails with that error); pickled, it is the view
+    again."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, kind: type[VoxgateError] = RemoteNotFoundError,
+                 reopen: tuple[Any, ...] | None = None) -> None:
         self._message = message
+        self._kind = kind
+        self._reopen_args = reopen
 
     def _fail(self, *_: Any, **__: Any) -> Any:
-        raise RemoteNotFoundError(self._message)
+        raise self._kind(self._message)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):  # (protocols probed by copy, pickle, repr: not found)
@@ -751,7 +777,9 @@ class _Unreachable:
         return f"<unreachable Volume: {self._message}>"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_Unreachable, (self._message,))
+        if self._reopen_args is None:
+            return (_Unreachable, (self._message, self._kind))
+        return (_unpickle, self._reopen_args)
 
 
 def _reopen(spec: dict[str, Any], scale: int, bounds: Bounds, axes: Sequence[_Axis]) -> Volume:
