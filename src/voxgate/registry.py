@@ -38,6 +38,7 @@ __all__ = [
     "resolve",
     "resolve_for_create",
     "split_url",
+    "without_fragment",
 ]
 
 _BUILTIN: dict[str, str] = {
@@ -162,7 +163,7 @@ def _is_knossos_conf(name: str) -> bool:
 
 def detect_format(location: str) -> str:
     """The format scheme of a bare path or storage URL, from the marker file it holds."""
-    path = _without_fragment(location)
+    path = without_fragment(location)
     lower = path.lower()
     if lower.endswith((".h5", ".hdf5", ".hdf")):
         return "hdf5"
@@ -223,7 +224,7 @@ def detect_format(location: str) -> str:
     raise RemoteNotFoundError(f"{location!r} does not exist")
 
 
-def _without_fragment(location: str) -> str:
+def without_fragment(location: str) -> str:
     """``location`` up to its ``#`` (an HDF5 file's object path follows it: ``/a/f.h5#/raw``),
     or the whole of it when ``#`` is part of a local name (``/data/run #3/em.zarr``): the part
     before the ``#`` is no file, and either the path exists as written or that part is not
@@ -302,7 +303,7 @@ def resolve_for_create(url: str) -> tuple[type[Remote], str]:
     scheme, location = split_url(os.fspath(url))
     if scheme is None:
         _check_one_slash(location)
-        lowered = _without_fragment(location).lower()
+        lowered = without_fragment(location).lower()
         if lowered.endswith((".h5", ".hdf5", ".hdf")):
             scheme = "hdf5"
         elif lowered.rstrip("/").endswith((".zarr", ".ome.zarr")):

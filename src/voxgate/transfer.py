@@ -87,7 +87,7 @@ from .geometry import Box, Vec, chunk_boxes, grow_block
 from .meta import Scale, VolumeMeta, centre_translation, coarser_extent
 from .parallel import default_workers
 from .progress import progress_bar
-from .registry import create_remote, open_remote, resolve_for_create
+from .registry import create_remote, open_remote, resolve_for_create, without_fragment
 from .remotes.base import (
     COMMON_OPTIONS,
     Capability,
@@ -520,7 +520,10 @@ def _stored_at(url: str) -> str | None:
         return None
     if scheme in _PATHLESS:
         return None
-    path, sep, inner = location.partition("#")
+    # (a '#' in a local folder's name is part of the path, as registry reads it: cutting
+    # there kept the symbolic link a real path resolves through)
+    path = without_fragment(location)
+    sep, inner = ("#", location[len(path) + 1:]) if len(path) < len(location) else ("", "")
     path = os.path.realpath(local_path(path)) if is_local(path) else path.rstrip("/")
     return path + sep + inner.rstrip("/")
 

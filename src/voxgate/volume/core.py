@@ -176,6 +176,13 @@ class Volume(NoArithmetic):
     def __float__(self) -> float:
         return float(self._voxel("float()"))
 
+    def __index__(self) -> int:
+        # (a 0-d view of integers indexes a list or a range, as numpy's 0-d arrays do)
+        if self.dtype.kind not in "iu":
+            raise TypeError(f"only a view of integer voxels can be used as an index; this view "
+                            f"of {self.url} holds {self.dtype}: int() it first")
+        return int(self._voxel("operator.index()"))
+
     def _voxel(self, what: str) -> Any:
         if self.shape:
             raise TypeError(
