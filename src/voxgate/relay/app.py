@@ -3,6 +3,7 @@ dialects' routes, the error handlers and middleware, and :func:`serve`."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import os
@@ -27,12 +28,75 @@ from .index import index_routes
 from .precomputed import precomputed_routes
 from .state import Relay
 
-__all__ = ["Relay", "build_app", "serve", "uvicorn_log_config"]
+__all__ = ["Relay", "build_app", "client_timeout_protocol", "serve",
+           "uvicorn_log_config"]
 
 log = redacting_logger("voxgate.relay")
 
 #: seconds an idle keep-alive connection stays open
 UVICORN_KEEP_ALIVE = 30
+
+
+def client_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (httptools' where it is installed, else h11's) closing any
+    connection on which the relay has waited ``seconds`` for its client without a byte
+    coming or going: one that sends nothing, stops in the middle of its request line,
+    headers or body, or stops reading its response.  uvicorn's own ``timeout_keep_alive``
+    covers only the wait between two requests: such a connection (a client gone without a
+    FIN: a crashed host, a NAT that forgot it) held its file descriptor, and a half-read
+    response its buffers, for the relay's whole run, until descriptors ran out and no client
+    could connect.  A request being answered (the relay, not the client, working) is never
+    cut."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:  # (no httptools)
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base  # type: ignore[assignment]
+
+    class ClientTimeoutProtocol(base):
+        _timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._waited()
+
+        def data_received(self, data: bytes) -> None:
+            self._waited()
+            super().data_received(data)
+
+        def resume_writing(self) -> None:
+            self._waited()
+            super().resume_writing()
+
+        def pause_writing(self) -> None:
+            self._waited()
+            super().pause_writing()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            super().connection_lost(exc)
+
+        def _waited(self) -> None:
+            """Progress with the client: its wait starts again."""
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_later(seconds, self._expired)
+
+        def _expired(self) -> None:
+            self._timer = None
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+            cycle, flow = self.cycle, self.flow
+            on_client = (cycle is None or cycle.response_complete or cycle.more_body
+                         or (flow is not None and flow.write_paused))
+            if on_client and not (flow is not None and flow.read_paused):
+                transport.close()  # (uvicorn tells a handler waiting on it: disconnected)
+            else:
+                self._waited()  # the relay is working on a request: not the client's wait
+
+    return ClientTimeoutProtocol
 
 
 def uvicorn_log_config() -> dict[str, Any]:
@@ -173,5 +237,6 @@ def serve(config: RelayConfig) -> None:
     app = build_app(config)
     log.info("voxgate relay on http://%s:%d", config.host, config.port)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False,
-                timeout_keep_alive=UVICORN_KEEP_ALIVE, log_config=uvicorn_log_config())
+                timeout_keep_alive=UVICORN_KEEP_ALIVE, log_config=uvicorn_log_config(),
+                http=client_timeout_protocol(config.client_timeout))
 

@@ -5,6 +5,7 @@
 host = "127.0.0.1"
 port = 8080
 upstream_timeout = 30          # seconds before an upstream read answers 504
+client_timeout = 30            # seconds the relay waits on a silent client, then hangs up
 max_cutout_bytes = "520 MiB"   # bossDB's CUTOUT_MAX_SIZE; larger requests answer 413
 state_path = "relay-state.json" # metadata, reserved ids, local projects (default: beside the cache)
 generations_path = "/shared/gens"  # ETag write generations: relays behind one HTTP cache share it
@@ -154,6 +155,9 @@ class RelayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     upstream_timeout: float = 30.0
+    #: seconds the relay waits on a client that neither sends (its request) nor reads (its
+    #: response) before it closes the connection (docs/relay.md, "Configuration")
+    client_timeout: float = 30.0
     max_cutout_bytes: int = 520 * 2**20
     state_path: Path | None = None
     data_root: Path | None = None
@@ -216,13 +220,14 @@ def config_from_json(text: str) -> RelayConfig:
         data_root=path(doc["data_root"]), generations_path=path(doc["generations_path"]),
         read_only_max_age=doc["read_only_max_age"], workers=doc["workers"], cache=cache,
         upstream_meta_seconds=doc["upstream_meta_seconds"],
+        client_timeout=doc.get("client_timeout", 30.0),
         stats_max_ids=doc.get("stats_max_ids"), auth=auth, channels=channels)
 
 
 SECTIONS = ("server", "cache", "channel", "auth", "data_root")
-SERVER_KEYS = ("host", "port", "upstream_timeout", "max_cutout_bytes", "state_path", "data_root",
-               "generations_path", "read_only_max_age", "workers", "upstream_meta_seconds",
-               "stats_max_ids")
+SERVER_KEYS = ("host", "port", "upstream_timeout", "client_timeout", "max_cutout_bytes",
+               "state_path", "data_root", "generations_path", "read_only_max_age", "workers",
+               "upstream_meta_seconds", "stats_max_ids")
 CACHE_KEYS = ("memory_bytes", "disk_path", "disk_bytes")
 AUTH_KEYS = ("public_read", "tokens", "tokens_file")
 CHANNEL_KEYS = ("name", "upstream", "options", "forward_token", "writable", "missing")
@@ -375,6 +380,8 @@ def _load(path: Path | None, raw: dict[str, Any], text: str, base: Path,
     cfg.port = _port(server.get("port", cfg.port), "[server] port")
     cfg.upstream_timeout = _seconds(server.get("upstream_timeout", cfg.upstream_timeout),
                                     "[server] upstream_timeout")
+    cfg.client_timeout = _seconds(server.get("client_timeout", cfg.client_timeout),
+                                  "[server] client_timeout")
     cfg.max_cutout_bytes = parse_bytes(server.get("max_cutout_bytes", cfg.max_cutout_bytes),
                                        "[server] max_cutout_bytes")
     if cfg.max_cutout_bytes < 1:

@@ -206,7 +206,12 @@ def worker_main() -> None:
     on standard output and serve the inherited socket until SIGINT or SIGTERM."""
     import uvicorn
 
-    from .app import UVICORN_KEEP_ALIVE, build_app, uvicorn_log_config
+    from .app import (
+        UVICORN_KEEP_ALIVE,
+        build_app,
+        client_timeout_protocol,
+        uvicorn_log_config,
+    )
     from .cache import limit_heap_growth
 
     fd = int(os.environ.pop(_FD_VARIABLE))
@@ -227,7 +232,9 @@ def worker_main() -> None:
     sock = socket.socket(fileno=fd)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                            timeout_keep_alive=UVICORN_KEEP_ALIVE,
-                                           log_config=uvicorn_log_config()))
+                                           log_config=uvicorn_log_config(),
+                                           http=client_timeout_protocol(
+                                               config.client_timeout)))
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     os.dup2(2, 1)  # nobody reads the pipe from now on: anything printed goes to the log

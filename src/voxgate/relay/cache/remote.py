@@ -345,39 +345,63 @@ class CachedRemote(Remote):
 
     def _run_fetch(self, items: list[tuple[str, Box, _Flight]], region: Box,
                    scale: int) -> None:
-        """Read ``region`` (one cell, or several that tile it) and hand each cell its data."""
-        t0 = time.perf_counter()
+        """Read ``region`` (one cell, or several that tile it) and hand each cell its data.
+
+        Whatever happens, every flight of ``items`` ends (its future done) and leaves the
+        in-flight table: a fetch that raised past its futures left its entries there for good,
+        and every later read of those cells joined it and waited out its timeout (504), until a
+        write detached them."""
         try:
-            data = self.upstream.read(region, scale)
+            t0 = time.perf_counter()
+            try:
+                data = self._checked(self.upstream.read(region, scale), region)
+            except BaseException as exc:
+                err = self._upstream_failure(exc)
+                if err is exc:
+                    raise
+                raise err from exc
+            self.cache.metrics.upstream_latency(time.perf_counter() - t0)
+            self.cache.metrics.add(upstream_bytes=data.nbytes, upstream_cells=len(items))
+            results = []
+            for key, cell, flight in items:
+                arr = data if cell == region else np.ascontiguousarray(
+                    data[(..., *cell.slices(region.start))])
+                results.append(arr)
+                # cached only when no write detached this fetch (then it may hold the old
+                # data), checked and stored under the stripe writers of the cell hold, so no
+                # write can detach it in between; a writer holding it now means the data is
+                # going stale, so the fetch does not wait for it, it just does not cache
+                stripes = self.cache.write_stripes
+                stripe = stripes[hash(key) % len(stripes)]
+                if stripe.acquire(blocking=False):
+                    try:
+                        if not flight.stale and not self._closed:
+                            # (its disk write behind this request: see TieredCache.put_behind)
+                            self.cache.put_behind(key, arr)
+                    finally:
+                        stripe.release()
         except BaseException as exc:
-            err = self._upstream_failure(exc)
             self._land(items)
             for _, _, flight in items:
-                flight.future.set_exception(err)
+                if not flight.future.done():
+                    flight.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
             return
-        self.cache.metrics.upstream_latency(time.perf_counter() - t0)
-        self.cache.metrics.add(upstream_bytes=data.nbytes, upstream_cells=len(items))
-        results = []
-        for key, cell, flight in items:
-            arr = data if cell == region else np.ascontiguousarray(
-                data[(..., *cell.slices(region.start))])
-            results.append(arr)
-            # cached only when no write detached this fetch (then it may hold the old data),
-            # checked and stored under the stripe writers of the cell hold, so no write can
-            # detach it in between; a writer holding it now means the data is going stale, so
-            # the fetch does not wait for it, it just does not cache
-            stripes = self.cache.write_stripes
-            stripe = stripes[hash(key) % len(stripes)]
-            if stripe.acquire(blocking=False):
-                try:
-                    if not flight.stale and not self._closed:
-                        # (its disk write behind this request: see TieredCache.put_behind)
-                        self.cache.put_behind(key, arr)
-                finally:
-                    stripe.release()
         self._land(items)
         for (_, _, flight), arr in zip(items, results, strict=True):
             flight.future.set_result(arr)
+
+    def _checked(self, data: Any, region: Box) -> np.ndarray:
+        """The upstream's answer to a read of ``region``, if it is an array of the region's
+        shape (behind any leading axes); else :class:`UpstreamError`."""
+        want = tuple(int(n) for n in region.shape)
+        if not isinstance(data, np.ndarray) or tuple(data.shape[-3:]) != want:
+            what = f"an array of shape {tuple(data.shape)}" if isinstance(data, np.ndarray) \
+                else f"a {type(data).__name__}"
+            raise UpstreamError(f"upstream {self.upstream.url} answered a read of {want} "
+                                f"voxels with {what}")
+        return data
 
     def _land(self, items: list[tuple[str, Box, _Flight]]) -> None:
         """A fetch is over: remove its in-flight entries (never a newer fetch's)."""
