@@ -8,6 +8,7 @@ import os
 import tempfile
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -39,6 +40,7 @@ __all__ = [
     "ArrayResult",
     "Prefer",
     "Provenance",
+    "ProvenanceLog",
     "as_volume",
     "block_boxes",
     "choose_path",
@@ -65,6 +67,34 @@ class Provenance:
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self.details.items())
         return f"Provenance({self.service}: {self.path} on {self.source}{extra})"
+
+
+class ProvenanceLog:
+    """The provenance of the volumes a Service wrote in this process, by URL (what its
+    ``*_provenance(vol)`` answers): the last :attr:`KEPT` volumes written.  Unbounded, a
+    script running a Service in a loop (a new in-memory result or output URL each time) kept
+    every one of them."""
+
+    #: how many volumes' provenance is kept (each a few hundred bytes)
+    KEPT = 1024
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[str, Provenance] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __setitem__(self, url: str, prov: Provenance) -> None:
+        with self._lock:
+            self._entries[url] = prov
+            self._entries.move_to_end(url)
+            while len(self._entries) > self.KEPT:
+                self._entries.popitem(last=False)
+
+    def get(self, url: str) -> Provenance | None:
+        with self._lock:
+            return self._entries.get(url)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 _array_counter = itertools.count()

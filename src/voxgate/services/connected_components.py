@@ -65,6 +65,7 @@ from ..volume import Volume
 from ._common import (
     ArrayResult,
     Provenance,
+    ProvenanceLog,
     as_volume,
     check_output_options,
     region_meta,
@@ -660,7 +661,7 @@ def _scratch_home(target: Volume, client: Any, region: Box, anchor: Vec, base: V
     return labels, (None if tmp is not None else at), tmp
 
 
-_PROVENANCE: dict[str, Provenance] = {}
+_PROVENANCE = ProvenanceLog()  # (the last ProvenanceLog.KEPT volumes written)
 
 
 def connected_components_provenance(vol: Volume) -> Provenance | None:

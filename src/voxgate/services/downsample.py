@@ -57,6 +57,7 @@ from ..volume import Volume
 from ._common import (
     Prefer,
     Provenance,
+    ProvenanceLog,
     as_volume,
     choose_path,
     scratch_remote,
@@ -768,7 +769,7 @@ def _downsample_block(spec: str, run: str, b: Box, steps: Sequence[Vec],
     return b
 
 
-_PROVENANCE: dict[str, Provenance] = {}
+_PROVENANCE = ProvenanceLog()  # (the last ProvenanceLog.KEPT volumes written)
 
 
 def downsample_provenance(vol: Volume) -> Provenance | None:

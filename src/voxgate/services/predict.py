@@ -84,6 +84,7 @@ from ..remotes.memory import MemoryRemote
 from ..volume import Volume
 from ._common import (
     Provenance,
+    ProvenanceLog,
     as_volume,
     block_boxes,
     check_output_options,
@@ -129,11 +130,25 @@ def to_unit_float(data: np.ndarray) -> np.ndarray:
 
 # -- models -----------------------------------------------------------------------------------
 
+#: each thread's onnxruntime sessions, by model, the last :data:`_SESSIONS_KEPT` used: a
+#: session holds the model's weights, its memory arena and its intra-op threads, so a script
+#: predicting with one model after another (a checkpoint per epoch) keeps a few, not all
 _SESSIONS = threading.local()
-_PROBED: dict[tuple[str, tuple[str, ...]], tuple[Vec, Vec, int, bool]] = {}
+_SESSIONS_KEPT = 2
+_PROBED: OrderedDict[tuple[str, tuple[str, ...]], tuple[Vec, Vec, int, bool]] = OrderedDict()
 _PROBED_LOCK = threading.Lock()
 #: models (by content and providers) that passed every check: not loaded and checked again
-_CHECKED: dict[tuple[str, tuple[str, ...]], ModelRunner] = {}
+#: (each holds its model's bytes; the last :data:`_MODELS_KEPT` checked, as are their probes)
+_CHECKED: OrderedDict[tuple[str, tuple[str, ...]], ModelRunner] = OrderedDict()
+_MODELS_KEPT = 8
+
+
+def _keep(cache: OrderedDict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    """``cache[key] = value`` as its newest entry, the oldest dropped beyond ``limit``."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > limit:
+        cache.popitem(last=False)
 
 
 @dataclass
@@ -142,7 +157,8 @@ class ModelRunner:
     to get a float32 (c, z, y, x) array of the same spatial shape.
 
     An ONNX model travels as its bytes; each thread (or process) that calls it builds its own
-    onnxruntime InferenceSession once and keeps it.
+    onnxruntime InferenceSession once and keeps it (with those of the thread's other models
+    used last, up to :data:`_SESSIONS_KEPT`).
     """
 
     name: str
@@ -170,12 +186,14 @@ class ModelRunner:
 
     def session(self) -> Any:
         key = (self.digest, self.providers, self.threads)
-        cache = getattr(_SESSIONS, "sessions", None)
+        cache: OrderedDict[Any, Any] | None = getattr(_SESSIONS, "sessions", None)
         if cache is None:
-            cache = _SESSIONS.sessions = {}
-        if key not in cache:
-            cache[key] = _make_session(self.onnx or b"", self.providers, self.threads)
-        return cache[key]
+            cache = _SESSIONS.sessions = OrderedDict()
+        sess = cache.get(key)
+        if sess is None:
+            sess = _make_session(self.onnx or b"", self.providers, self.threads)
+        _keep(cache, key, sess, _SESSIONS_KEPT)
+        return sess
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -333,11 +351,10 @@ def load_model(model: Any, *, device: str = "auto", workers: int = 1) -> ModelRu
         probed = _PROBED.get(key)
     if probed is None:
         probed = _from_card(runner, card) or _probe(runner)
-        with _PROBED_LOCK:
-            _PROBED[key] = probed
     runner.step, runner.radius, runner.channels, runner.bounded = probed
     with _PROBED_LOCK:
-        _CHECKED[key] = runner
+        _keep(_PROBED, key, probed, _MODELS_KEPT)
+        _keep(_CHECKED, key, runner, _MODELS_KEPT)
     return runner
 
 
@@ -851,7 +868,7 @@ def _for_cluster(runner: ModelRunner) -> ModelRunner:
     return ModelRunner(**{**runner.__dict__, "threads": 0})
 
 
-_PROVENANCE: dict[str, Provenance] = {}
+_PROVENANCE = ProvenanceLog()  # (the last ProvenanceLog.KEPT volumes written)
 
 
 def predict_provenance(vol: Volume) -> Provenance | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,11 +148,13 @@ class _Gate:
                         self._cond.notify_all()
 
 
-#: volume (:func:`_volume_key`) -> the gate its edits and writes pass in this process
-_VOLUME_LOCKS: dict[str, _Gate] = {}
-#: lock folder (:func:`_lock_root`) -> the lock its edits take in this process, and its file
-#: lock held (and how deep the holding thread is in nested edits: merge runs relabel)
-_EDIT_LOCKS: dict[str, threading.RLock] = {}
+#: volume (:func:`_volume_key`) -> the gate its edits and writes pass in this process, while
+#: an edit or a write holds it (weak: a script writing ever more volumes keeps none of theirs)
+_VOLUME_LOCKS: weakref.WeakValueDictionary[str, _Gate] = weakref.WeakValueDictionary()
+#: lock folder (:func:`_lock_root`) -> the lock its edits take in this process (while an edit
+#: holds it, as above), and its file lock held (and how deep the holding thread is in nested
+#: edits: merge runs relabel)
+_EDIT_LOCKS: weakref.WeakValueDictionary[str, threading.RLock] = weakref.WeakValueDictionary()
 _EDIT_FILES: dict[str, tuple[contextlib.ExitStack, list[int]]] = {}
 _edit_guard = threading.Lock()
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -303,12 +306,24 @@ _stats_lock = threading.Lock()
 #: of a store URL (:func:`_volume_key`) drops those of its other volumes at that scale: two
 #: spellings of one choice (``multiscale=0`` and none) are one volume with two names
 _STATS: dict[tuple[str, int], dict[str, Any]] = {}
-#: (store URL's name, scale) -> edits noted so far: a pass that began before an edit and ends
-#: after it (it may have read the old voxels) is not kept.  Every pass and edit of the library runs
-#: under its volume's edit lock (:func:`_one_edit`), so none overlap; this check stays for a
-#: lock name that moved under a running edit (its default history folder: a changed
-#: ``$VOXGATE_STATE_DIR`` or working directory) and costs one count per edit
-_EDITS: dict[tuple[str, int], int] = {}
+
+
+class _Pass:
+    """A label_stats pass in flight; ``stale`` once an edit or write of its store's scale is
+    noted while it reads (it may have read the old voxels: it is not kept)."""
+
+    __slots__ = ("stale",)
+
+    def __init__(self) -> None:
+        self.stale = False
+
+
+#: (store URL's name, scale) -> the passes of its volumes in flight.  Every pass and edit of
+#: the library runs under its volume's edit lock (:func:`_one_edit`), so none overlap; this
+#: check stays for a lock name that moved under a running edit (its default history folder:
+#: a changed ``$VOXGATE_STATE_DIR`` or working directory).  Only passes in flight are here:
+#: writes to ever more volumes leave nothing behind (a count per store did)
+_PASSES: dict[tuple[str, int], set[_Pass]] = {}
 
 
 def _stats_key(vol: Volume) -> tuple[str, int]:
@@ -330,19 +345,36 @@ def _stats(vol: Volume) -> dict[str, Any]:
     from ..label_stats import label_stats
 
     while True:
+        mine = _Pass()
         with _stats_lock:
             got = _STATS.get(key)
             if got is not None:
                 return got
-            edits = _EDITS.get(store, 0)
-        df = label_stats(vol.at_scale(vol.scale))  # the whole volume: the cache serves any view
-        boxes = {int(r.id): Box((int(r.z0), int(r.y0), int(r.x0)),
-                                (int(r.z1), int(r.y1), int(r.x1))) for r in df.itertuples()}
-        out = {"boxes": boxes, "max": max(boxes, default=0), "store": store[0]}
+            _PASSES.setdefault(store, set()).add(mine)
+        try:
+            # the whole volume: the cache serves any view
+            df = label_stats(vol.at_scale(vol.scale))
+            boxes = {int(r.id): Box((int(r.z0), int(r.y0), int(r.x0)),
+                                    (int(r.z1), int(r.y1), int(r.x1))) for r in df.itertuples()}
+            out = {"boxes": boxes, "max": max(boxes, default=0), "store": store[0]}
+        except BaseException:
+            with _stats_lock:
+                _pass_ended(store, mine)
+            raise
         with _stats_lock:
-            if _EDITS.get(store, 0) == edits:  # no edit was noted while the pass read
+            _pass_ended(store, mine)
+            if not mine.stale:  # no edit was noted while the pass read
                 return _STATS.setdefault(key, out)
         # else an edit landed meanwhile: the statistics it kept, or another pass
+
+
+def _pass_ended(store: tuple[str, int], mine: _Pass) -> None:
+    """(Under _stats_lock) ``mine`` no longer reads ``store``."""
+    passes = _PASSES.get(store)
+    if passes is not None:
+        passes.discard(mine)
+        if not passes:
+            del _PASSES[store]
 
 
 def _written_elsewhere(remote: Remote, scale: int) -> None:
@@ -360,7 +392,8 @@ def _edited(store: tuple[str, int], keep: tuple[str, int] | None = None) -> None
     """(Under _stats_lock) note an edit or write of the store URL's volumes at a scale
     (:func:`_store_key`): a pass running now may have read what it changed, and the
     statistics of its volumes but ``keep`` are forgotten."""
-    _EDITS[store] = _EDITS.get(store, 0) + 1
+    for running in _PASSES.get(store, ()):
+        running.stale = True
     for k in [k for k, st in _STATS.items()
               if k != keep and k[1] == store[1] and st.get("store") == store[0]]:
         del _STATS[k]
