@@ -304,7 +304,8 @@ def load_model(model: Any, *, device: str = "auto", workers: int = 1) -> ModelRu
     with _PROBED_LOCK:
         checked = _CHECKED.get(key)
     if checked is not None:  # the same bytes passed every check before
-        return dataclasses.replace(checked, name=name, threads=threads)
+        return dataclasses.replace(checked, name=name, threads=threads,
+                                   card={**checked.card, **info})
     try:
         sess = _make_session(data, providers, threads)
     except Exception as exc:
@@ -342,19 +343,21 @@ def load_model(model: Any, *, device: str = "auto", workers: int = 1) -> ModelRu
             "and needs dynamic spatial axes (export with dynamic_axes for z, y, x)")
     try:  # a card its trainer stored in the file (voxgate.models.train does)
         stored = sess.get_modelmeta().custom_metadata_map.get("voxgate")
-        card = {**(json.loads(stored) if stored else {}), **info}
-    except (ValueError, AttributeError):
-        card = dict(info)
-    runner.card = card
-    key = (runner.digest, providers)
+        in_file = dict(json.loads(stored)) if stored else {}
+    except (ValueError, TypeError, AttributeError):
+        in_file = {}
+    runner.card = card = {**in_file, **info}
+    probe_key = (runner.digest, providers)
     with _PROBED_LOCK:
-        probed = _PROBED.get(key)
+        probed = _PROBED.get(probe_key)
     if probed is None:
         probed = _from_card(runner, card) or _probe(runner)
     runner.step, runner.radius, runner.channels, runner.bounded = probed
     with _PROBED_LOCK:
-        _keep(_PROBED, key, probed, _MODELS_KEPT)
-        _keep(_CHECKED, key, runner, _MODELS_KEPT)
+        _keep(_PROBED, probe_key, probed, _MODELS_KEPT)
+        # (kept under the key looked up above, with the file's own card: the name it is
+        # loaded by next time adds its own; kept under the short digest, it never served)
+        _keep(_CHECKED, key, dataclasses.replace(runner, card=in_file), _MODELS_KEPT)
     return runner
 
 
