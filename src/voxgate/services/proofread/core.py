@@ -8,6 +8,7 @@ import contextlib
 import functools
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,7 +306,25 @@ _stats_lock = threading.Lock()
 #: it shares them, and two multiscales of one group do not).  An edit or write of any volume
 #: of a store URL (:func:`_volume_key`) drops those of its other volumes at that scale: two
 #: spellings of one choice (``multiscale=0`` and none) are one volume with two names
-_STATS: dict[tuple[str, int], dict[str, Any]] = {}
+#: Kept for the volumes used last: past :data:`_STATS_KEPT` volumes or :data:`_STATS_IDS` ids
+#: in all (about 200 bytes each), the oldest are dropped (computed again if used again); the
+#: newest is always kept.  Unbounded, a script proofreading one volume after another kept the
+#: id table of every one of them.
+_STATS: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+_STATS_KEPT = 16
+_STATS_IDS = 1 << 21
+
+
+def _keep_stats(key: tuple[str, int], out: dict[str, Any]) -> dict[str, Any]:
+    """(Under _stats_lock) ``_STATS[key]`` (``out`` unless it is there), now the newest; the
+    oldest beyond the caps dropped."""
+    got = _STATS.setdefault(key, out)
+    _STATS.move_to_end(key)
+    held = sum(len(st["boxes"]) for st in _STATS.values())
+    while len(_STATS) > 1 and (len(_STATS) > _STATS_KEPT or held > _STATS_IDS):
+        _, dropped = _STATS.popitem(last=False)
+        held -= len(dropped["boxes"])
+    return got
 
 
 class _Pass:
@@ -349,6 +368,7 @@ def _stats(vol: Volume) -> dict[str, Any]:
         with _stats_lock:
             got = _STATS.get(key)
             if got is not None:
+                _STATS.move_to_end(key)
                 return got
             _PASSES.setdefault(store, set()).add(mine)
         try:
@@ -364,7 +384,7 @@ def _stats(vol: Volume) -> dict[str, Any]:
         with _stats_lock:
             _pass_ended(store, mine)
             if not mine.stale:  # no edit was noted while the pass read
-                return _STATS.setdefault(key, out)
+                return _keep_stats(key, out)
         # else an edit landed meanwhile: the statistics it kept, or another pass
 
 
