@@ -7,6 +7,8 @@ port = 8080
 upstream_timeout = 30          # seconds before an upstream read answers 504
 client_timeout = 30            # seconds the relay waits on a silent client, then hangs up
 max_cutout_bytes = "520 MiB"   # bossDB's CUTOUT_MAX_SIZE; larger requests answer 413
+max_inflight_bytes = "2080 MiB" # working memory large cutouts reserve at once, per process
+                               # (default: 4 x max_cutout_bytes; over it they wait, then 503)
 state_path = "relay-state.json" # metadata, reserved ids, local projects (default: beside the cache)
 generations_path = "/shared/gens"  # ETag write generations: relays behind one HTTP cache share it
 read_only_max_age = 0          # seconds an HTTP cache may reuse writable = false channels' data
@@ -159,6 +161,9 @@ class RelayConfig:
     #: response) before it closes the connection (docs/relay.md, "Configuration")
     client_timeout: float = 30.0
     max_cutout_bytes: int = 520 * 2**20
+    #: bytes of working memory the large cutouts in progress in one process may reserve at
+    #: once (None: relay.budget.WORK_FACTOR x max_cutout_bytes; docs/relay.md, "Memory")
+    max_inflight_bytes: int | None = None
     state_path: Path | None = None
     data_root: Path | None = None
     #: the write generations behind ETags (a directory relays behind one HTTP cache share)
@@ -216,7 +221,8 @@ def config_from_json(text: str) -> RelayConfig:
     channels = [ChannelConfig(**c) for c in doc["channels"]]
     return RelayConfig(
         host=doc["host"], port=doc["port"], upstream_timeout=doc["upstream_timeout"],
-        max_cutout_bytes=doc["max_cutout_bytes"], state_path=path(doc["state_path"]),
+        max_cutout_bytes=doc["max_cutout_bytes"],
+        max_inflight_bytes=doc.get("max_inflight_bytes"), state_path=path(doc["state_path"]),
         data_root=path(doc["data_root"]), generations_path=path(doc["generations_path"]),
         read_only_max_age=doc["read_only_max_age"], workers=doc["workers"], cache=cache,
         upstream_meta_seconds=doc["upstream_meta_seconds"],
@@ -226,8 +232,8 @@ def config_from_json(text: str) -> RelayConfig:
 
 SECTIONS = ("server", "cache", "channel", "auth", "data_root")
 SERVER_KEYS = ("host", "port", "upstream_timeout", "client_timeout", "max_cutout_bytes",
-               "state_path", "data_root", "generations_path", "read_only_max_age", "workers",
-               "upstream_meta_seconds", "stats_max_ids")
+               "max_inflight_bytes", "state_path", "data_root", "generations_path",
+               "read_only_max_age", "workers", "upstream_meta_seconds", "stats_max_ids")
 CACHE_KEYS = ("memory_bytes", "disk_path", "disk_bytes")
 AUTH_KEYS = ("public_read", "tokens", "tokens_file")
 CHANNEL_KEYS = ("name", "upstream", "options", "forward_token", "writable", "missing")
@@ -387,6 +393,12 @@ def _load(path: Path | None, raw: dict[str, Any], text: str, base: Path,
     if cfg.max_cutout_bytes < 1:
         raise InvalidRequestError("[server] max_cutout_bytes must be at least 1 byte (0 would "
                                   "refuse every cutout)")
+    if "max_inflight_bytes" in server:
+        cfg.max_inflight_bytes = parse_bytes(server["max_inflight_bytes"],
+                                             "[server] max_inflight_bytes")
+        if cfg.max_inflight_bytes < 1:
+            raise InvalidRequestError("[server] max_inflight_bytes must be at least 1 byte (a "
+                                      "cutout larger than it still runs, alone)")
     cfg.state_path = where_path(server, "state_path", "[server] state_path")
     cfg.generations_path = where_path(server, "generations_path", "[server] generations_path")
     age = server.get("read_only_max_age", 0)

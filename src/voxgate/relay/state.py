@@ -32,6 +32,7 @@ from ..geometry import Box, Vec, VoxelSize, chunk_boxes
 from ..meta import Scale, VolumeMeta
 from ..remotes.base import Capability, has_capability
 from ..storage import set_request_retries
+from .budget import WORK_FACTOR, InflightBudget
 from .cache import CachedRemote, TieredCache
 from .catalog import (
     Catalog,
@@ -102,6 +103,9 @@ class Relay:
                                      config.cache.disk_bytes)
         self.catalog = Catalog(config, self.cache)
         self.limiter = anyio.CapacityLimiter(32)
+        #: what the large cutouts in progress in this process reserve (relay.budget)
+        self.inflight = InflightBudget(config.max_inflight_bytes
+                                       or WORK_FACTOR * config.max_cutout_bytes)
         self._reserve_lock = threading.Lock()
         self._jobs_lock = threading.Lock()
         #: whole-channel ids and bounding boxes, one pass each, dropped by writes (and by
@@ -692,6 +696,8 @@ class Relay:
                "memory_evicted_unread": self.cache.memory.evicted_unread,
                "channels": len(self.catalog.channels),
                "label_stats": self.stats.metrics(),
+               # the admission budget of large cutouts (relay.budget): this process's
+               "inflight": self.inflight.metrics(),
                # the figures are this process's: with --workers N, the worker that answered
                "worker": {"pid": os.getpid(), "workers": self.config.workers}}
         if self.cache.disk is not None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from ...geometry import Box
 from ..cache import CachedRemote
@@ -145,6 +148,11 @@ class _Cutout:
         lead = (1,) if self.time is not None else ()
         return lead + tuple(self.box.shape)
 
+    @property
+    def nbytes(self) -> int:
+        """Its uncompressed bytes (what the admission budget counts: relay.budget)."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
     def read(self) -> np.ndarray:
         bounds = self.remote.meta.scale(self.res).bounds
         inside = self.box.intersect(bounds)
@@ -207,16 +215,43 @@ def _encoded(cut: _Cutout, media: str, etag: str,
     return body, media
 
 
+class _HeldResponse(Response):
+    """A response that gives back its request's reservation of the admission budget once it
+    has been sent (or the sending failed): the encoded body is working memory until then."""
+
+    def __init__(self, *args: Any, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+#: what a GET's first thread hop found: the body and media type (None: 304), or, for a
+#: large cutout to be read, its uncompressed bytes (it reserves them before it reads)
+_Found = tuple[bytes, str] | None | int
+
+
 def cutout_handlers(relay: Relay) -> dict[str, Handler]:
     """The cutout and to_black endpoints, bound to ``relay``."""
     run = runner(relay)
+    budget = relay.inflight
 
     # -- cutouts --------------------------------------------------------------------------------
     async def cutout(request: Request) -> Response:
         if reads(request):
             # one thread hop for the whole GET: parsing, the ETag, and on a miss the read and
-            # the encoding (a second hop cost a cold request ~0.25 ms: benchmarks/README.md)
-            def answer() -> tuple[tuple[bytes, str] | None, dict[str, str]]:
+            # the encoding (a second hop cost a cold request ~0.25 ms: benchmarks/README.md).
+            # A large cutout to be read reserves its working memory first (relay.budget):
+            # at once when it fits and nobody waits, in the same hop; else it stops before
+            # the read, waits on the event loop (never holding one of the 32 threads), and
+            # answers from the start in a second hop
+            taken = [0]
+
+            def answer(admitted: bool) -> tuple[_Found, dict[str, str]]:
                 cut = _Cutout(relay, request, write=False)
                 keep = _read_query(request, cut)
                 # the ETag comes from the write generation, before any data is read: a
@@ -235,22 +270,48 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
                 # an encoded response kept under this ETag is these bytes (the generation in
                 # it was taken before any data was read: see relay.cache.responses)
                 found = cut.remote.response(etag)
+                if found is None and not admitted:
+                    now = budget.try_acquire(cut.nbytes)
+                    if now is None:
+                        return cut.nbytes, headers
+                    taken[0] = now  # (given back below, or by the response once sent)
                 return found or _encoded(cut, media, etag, keep), headers
 
-            found, headers = await run(answer)
-            if found is None:
+            try:
+                found, headers = await run(lambda: answer(False))
+            except BaseException:
+                budget.release(taken[0])
+                raise
+            held = taken[0]
+            if isinstance(found, int):
+                held = await budget.acquire(found)
+                try:
+                    found, headers = await run(lambda: answer(True))
+                except BaseException:
+                    budget.release(held)
+                    raise
+            if found is None or isinstance(found, int):
+                budget.release(held)
                 return Response(status_code=304, headers=headers)
             body, media = found
+            if held:
+                return _HeldResponse(body, media_type=media, headers=headers,
+                                     release=lambda: budget.release(held))
             return Response(body, media_type=media, headers=headers)
         cut = await run(lambda: _Cutout(relay, request, write=True))
         if not cut.entry.writable:
             raise BossHTTPError(403, MISSING_PERMISSION,
                                 f"channel {'/'.join(cut.entry.key)} is read-only on this relay")
-        body = await relay.read_body(request, math.prod(cut.shape) * cut.dtype.itemsize)
-        ctype = request.headers.get("content-type", "")
-        arr = await run(lambda: decode_body(body, ctype, cut.dtype, cut.shape))
-        data = to_stored(arr[0] if cut.time is not None else arr, cut.remote.meta)
-        await run(lambda: relay.write(cut.remote, cut.box, data, cut.res))
+        # reserved before the body is read: the body, the array decoded from it and the write
+        held = await budget.acquire(cut.nbytes)
+        try:
+            body = await relay.read_body(request, cut.nbytes)
+            ctype = request.headers.get("content-type", "")
+            arr = await run(lambda: decode_body(body, ctype, cut.dtype, cut.shape))
+            data = to_stored(arr[0] if cut.time is not None else arr, cut.remote.meta)
+            await run(lambda: relay.write(cut.remote, cut.box, data, cut.res))
+        finally:
+            budget.release(held)
         return Response(status_code=201)
 
     async def to_black(request: Request) -> Response:
@@ -258,8 +319,12 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
             raise BossHTTPError(405, 0, f'Method "{request.method}" not allowed.', drf=True,
                                 headers={"Allow": "PUT"})
         cut = await run(lambda: _Cutout(relay, request, write=True))
-        data = np.zeros(tuple(cut.box.shape), dtype=cut.remote.meta.dtype)
-        await run(lambda: relay.write(cut.remote, cut.box, data, cut.res))
+        held = await budget.acquire(cut.nbytes)
+        try:
+            await run(lambda: relay.write(cut.remote, cut.box, np.zeros(
+                tuple(cut.box.shape), dtype=cut.remote.meta.dtype), cut.res))
+        finally:
+            budget.release(held)
         return Response(status_code=200)
 
     return {"cutout": cutout, "to_black": to_black}
