@@ -24,6 +24,8 @@ import shutil
 import threading
 import time
 import uuid
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -103,6 +105,15 @@ MAX_DEPTH = 8
 VOLUME_TYPE = "neuroglancer_multiscale_volume"
 _open_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="voxgate-open")
 log = redacting_logger("voxgate.relay")
+#: the views (a CachedRemote and its opened upstream, one per credential) a channel keeps
+#: at most, least recently used first out: a channel that forwards each client's token opens
+#: one per distinct token, and with tokens that rotate (OIDC bearer tokens, new every hour)
+#: it kept every one for the relay's whole run.  32 is as many requests as a relay process
+#: works on at once (Relay.limiter), so the views of the requests in progress are all kept,
+#: while each view held costs an upstream client and its thread pool.  A view let go is
+#: retired (a request still on it finishes, caching nothing) and its upstream closed when
+#: the last request on it lets it go
+MAX_VIEWS = 32
 
 
 @dataclass
@@ -115,7 +126,13 @@ class ChannelEntry:
     forward_token: bool = False
     writable: bool = True
     local: bool = False  # created through the project service under the data root
-    _remotes: dict[str, CachedRemote] = field(default_factory=dict, repr=False)
+    #: the views opened so far, by credential fingerprint, least recently used first (at
+    #: most MAX_VIEWS)
+    _remotes: OrderedDict[str, CachedRemote] = field(default_factory=OrderedDict, repr=False)
+    #: made anew whenever a view of the channel is let go (Catalog._open): in the identity of
+    #: every view opened afterwards, so a token's view opened again never meets the cells
+    #: its earlier view left, which writes through the other views no longer dropped
+    _views_epoch: str = field(default="", repr=False)
     #: when the upstream's metadata was last read again (Catalog.check_meta), and whether a
     #: read of it is in flight
     _meta_checked: float = field(default=0.0, repr=False)
@@ -176,6 +193,21 @@ def store_key(url: str) -> str:
         return f"{scheme}://{os.path.realpath(local_path(location))}"
     except (OSError, ValueError):
         return url
+
+
+def _let_go(remote: CachedRemote) -> None:
+    """Retire a view the catalog no longer keeps and close its upstream once nobody uses it:
+    a request still reading or writing through it holds it, and finishes on it (never on a
+    closed upstream)."""
+    weakref.finalize(remote, _close_upstream, remote.upstream)
+    remote.evict()
+
+
+def _close_upstream(upstream: Remote) -> None:
+    try:
+        upstream.close()
+    except Exception as exc:  # (a finalizer: nobody to raise to; the type only, no token)
+        log.warning("closing an upstream let go failed: %s", type(exc).__name__)
 
 
 class Catalog:
@@ -363,6 +395,7 @@ class Catalog:
             with self._mutex:
                 cached = entry._remotes.get(fingerprint)
                 if cached is not None and cached.meta_epoch >= epoch:
+                    entry._remotes.move_to_end(fingerprint)  # (the least recently used go)
                     return cached
                 if cached is not None:
                     # the upstream's metadata changed since it was opened, as another worker
@@ -373,7 +406,8 @@ class Catalog:
                 if fut is None:
                     fut = Future()
                     self._opening[slot] = fut
-                    _open_pool.submit(self._open, entry, fingerprint, options, fut)
+                    _open_pool.submit(self._open, entry, fingerprint, options, fut,
+                                      entry._views_epoch)
             if stale is not None:
                 stale.retire()  # (reads in progress finish on it; it caches nothing more)
             try:
@@ -404,7 +438,7 @@ class Catalog:
             self.save()
 
     def _open(self, entry: ChannelEntry, fingerprint: str, options: dict[str, Any],
-              fut: Future[CachedRemote]) -> None:
+              fut: Future[CachedRemote], views_epoch: str = "") -> None:
         try:
             epoch = self.meta_epoch(entry)  # (before the metadata is read)
             mode = "r+" if entry.writable else "r"
@@ -424,15 +458,21 @@ class Catalog:
             # with other tokens (configured or forwarded) may be allowed to read other data,
             # so each credential's view keeps cells (and encoded responses) of its own;
             # channels with the same token share theirs
+            # (and, once a view of the channel was let go, the epoch of views the open began
+            # in: a credential's view opened again is a new one, see ChannelEntry)
             identity = json.dumps([entry.upstream_url, safe, fingerprint]
-                                  + ([incarnation] if incarnation else []), default=str)
+                                  + ([incarnation] if incarnation else [])
+                                  + ([f"views {views_epoch}"] if views_epoch else []),
+                                  default=str)
             cached = CachedRemote(upstream, self.cache, identity=identity,
                                   timeout=self.config.upstream_timeout,
                                   tag=self.cache_tag(entry))
             cached.credential = fingerprint
             # a write through one view drops every other view's cells of it too: the other
             # tokens' views of this channel and of every other channel of the same upstream
-            cached.siblings = lambda: self.views(cached.tag)
+            # (the tag, not the Remote, in the closure: no cycle keeps a Remote let go alive)
+            tag = cached.tag
+            cached.siblings = lambda: self.views(tag)
             cached.origin = (entry.upstream_url, incarnation)
             cached.meta_epoch = epoch
             if entry.local:
@@ -452,10 +492,18 @@ class Catalog:
                 self._opening.pop((id(entry), fingerprint), None)
             fut.set_exception(err)
             return
+        evicted: list[CachedRemote] = []
         with self._mutex:
-            entry._remotes.setdefault(fingerprint, cached)
+            kept = entry._remotes.setdefault(fingerprint, cached)
+            entry._remotes.move_to_end(fingerprint)
             self._opening.pop((id(entry), fingerprint), None)
-        fut.set_result(entry._remotes[fingerprint])
+            while len(entry._remotes) > MAX_VIEWS:
+                evicted.append(entry._remotes.popitem(last=False)[1])
+                # views opened from now on have identities of their own (see ChannelEntry)
+                entry._views_epoch = uuid.uuid4().hex
+        fut.set_result(kept)
+        for gone in evicted:  # (after the result: the request that opened it need not wait)
+            _let_go(gone)
 
     def check_meta(self, entry: ChannelEntry, changed: Callable[[ChannelEntry], None]) -> None:
         """Read the upstream's metadata again, in the background, when the last read is
@@ -506,7 +554,8 @@ class Catalog:
             r.retire()
 
     def open_remotes(self, entry: ChannelEntry) -> list[CachedRemote]:
-        """The channel's Remotes opened so far (one per forwarded token)."""
+        """The channel's Remotes opened and kept (one per forwarded token, at most
+        :data:`MAX_VIEWS`)."""
         with self._mutex:
             return list(entry._remotes.values())
 

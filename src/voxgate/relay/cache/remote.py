@@ -544,6 +544,16 @@ class CachedRemote(Remote):
             for lock in self.cache.write_stripes:
                 lock.release()
 
+    def evict(self) -> None:
+        """Let this Remote go (its catalog keeps it no longer): :meth:`retire` it, and drop
+        its cells and encoded responses from memory.  Reads in progress on it finish, reading
+        from the upstream what is no longer there, and cache nothing.  (A view opened again
+        later for the same credential has another identity, so it never meets what this one
+        left on disk, which a write through the other views no longer drops: it ages out.)"""
+        self.retire()
+        self.cache.memory.drop_prefix(self._prefix + "/")
+        self.cache.responses.drop_prefix(self._prefix + "|")
+
     def invalidate(self) -> int:
         """Forget everything cached of this channel, as after a write made elsewhere (another
         relay): fetches in flight store nothing and no later read joins them, and every cell
