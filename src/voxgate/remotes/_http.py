@@ -20,7 +20,9 @@ import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlparse
@@ -63,6 +65,52 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _PIECE = 1 << 20
 
 
+def _close_pools(pools: list[Any]) -> None:
+    """Close an :class:`HTTPClient`'s httpx client and urllib3 pool (idempotent)."""
+    for pool in pools:
+        if isinstance(pool, httpx.Client):
+            pool.close()
+        else:
+            pool.clear()
+
+
+#: the clients :class:`SharedClients` keeps, the ones used last
+CLIENTS_KEPT = 64
+
+
+class SharedClients:
+    """The pooled clients of one kind of Remote by server and credential, shared by its
+    Remotes: the :data:`CLIENTS_KEPT` used last.  A relay forwarding each of its clients'
+    tokens to its upstream made one per token and kept every one (rotating tokens: without
+    end).  One let go is not closed: the Remotes using it go on, and it closes when the last
+    of them lets it go (:class:`HTTPClient` closes itself when collected)."""
+
+    def __init__(self, kept: int = CLIENTS_KEPT) -> None:
+        self.kept = kept
+        self._items: OrderedDict[Hashable, HTTPClient] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, make: Callable[[], HTTPClient]) -> HTTPClient:
+        """The client for ``key``, made by ``make()`` when there is none."""
+        with self._lock:
+            client = self._items.get(key)
+            if client is None:
+                client = self._items[key] = make()
+            self._items.move_to_end(key)
+            while len(self._items) > self.kept:
+                self._items.popitem(last=False)
+            return client
+
+    def close_all(self) -> None:
+        with self._lock:
+            for client in self._items.values():
+                client.close()
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class HTTPClient:
     """A thread-safe pooled client for one base URL and one credential."""
 
@@ -96,14 +144,16 @@ class HTTPClient:
                                 max_keepalive_connections=max_connections),
             follow_redirects=True,
         )
+        # (its pools, closed when it is collected: a client SharedClients let go closes once
+        # the last Remote using it lets it go, its sockets shut, not left to the collector)
+        self._pools: list[Any] = [self._client]
+        weakref.finalize(self, _close_pools, self._pools)
 
     def __repr__(self) -> str:  # never shows the headers (they hold the token)
         return redact(f"<HTTPClient {self.base_url}>")
 
     def close(self) -> None:
-        self._client.close()
-        if self._bulk is not None:
-            self._bulk.clear()
+        _close_pools(self._pools)
 
     def request(
         self,
@@ -238,6 +288,7 @@ class HTTPClient:
                 self._bulk = urllib3.PoolManager(
                     num_pools=4, maxsize=self._max_connections, block=True,
                     ssl_context=_ssl_context())
+                self._pools.append(self._bulk)
             return self._bulk
 
     def _bulk_into(self, method: str, path: str, into: bytearray,

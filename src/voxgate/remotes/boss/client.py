@@ -8,14 +8,13 @@ import atexit
 import configparser
 import os
 import re
-import threading
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from ...errors import InvalidRequestError
-from .._http import HTTPClient
+from .._http import HTTPClient, SharedClients
 
 PUBLIC_URL = "https://api.bossdb.io"
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")  # bossDB's name rule and length (fullmatch)
@@ -79,16 +78,8 @@ def boss_settings(url: str | None = None, token: str | None = None) -> BossSetti
     return BossSettings(found_url[0].rstrip("/"), found_token, found_url[1])
 
 
-_clients: dict[tuple[str, str, float, str], HTTPClient] = {}
-_clients_lock = threading.Lock()
-
-
-@atexit.register
-def _close_clients() -> None:
-    with _clients_lock:
-        for client in _clients.values():
-            client.close()
-        _clients.clear()
+_clients = SharedClients()
+atexit.register(_clients.close_all)
 
 
 def unreachable_hint(settings: BossSettings) -> str:
@@ -104,17 +95,16 @@ def unreachable_hint(settings: BossSettings) -> str:
 
 def _client(settings: BossSettings, timeout: float, concurrency: int) -> HTTPClient:
     key = (settings.url, settings.token, timeout, settings.source)
-    with _clients_lock:
-        client = _clients.get(key)
-        if client is None:
-            headers = {"User-Agent": "voxgate"}
-            if settings.token and settings.token != "public":
-                headers["Authorization"] = f"Token {settings.token}"
-            client = HTTPClient(settings.url, headers=headers, timeout=timeout,
-                                max_connections=max(concurrency, 16),
-                                unreachable_hint=unreachable_hint(settings))
-            _clients[key] = client
-        return client
+
+    def make() -> HTTPClient:
+        headers = {"User-Agent": "voxgate"}
+        if settings.token and settings.token != "public":
+            headers["Authorization"] = f"Token {settings.token}"
+        return HTTPClient(settings.url, headers=headers, timeout=timeout,
+                          max_connections=max(concurrency, 16),
+                          unreachable_hint=unreachable_hint(settings))
+
+    return _clients.get(key, make)
 
 
 def _parse_location(location: str) -> tuple[str | None, str, str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import os
 import re
-import threading
 from typing import Any
 from urllib.parse import urlparse
 
@@ -17,7 +16,7 @@ from ...errors import (
     RemoteNotFoundError,
     VoxgateError,
 )
-from .._http import HTTPClient, json_of, server_answer
+from .._http import HTTPClient, SharedClients, json_of, server_answer
 
 
 class LabelNotFoundError(RemoteNotFoundError):
@@ -60,16 +59,8 @@ def parse_location(location: str) -> tuple[str, str, str]:
     return server, node, instance
 
 
-_clients: dict[tuple[str, str, float, int], HTTPClient] = {}
-_clients_lock = threading.Lock()
-
-
-@atexit.register
-def _close_clients() -> None:
-    with _clients_lock:
-        for c in _clients.values():
-            c.close()
-        _clients.clear()
+_clients = SharedClients()
+atexit.register(_clients.close_all)
 
 
 def _token(token: str | None) -> str:
@@ -81,17 +72,16 @@ def client_for(server: str, *, token: str | None = None, timeout: float = 60.0,
     """The shared pooled client for one server and credential."""
     tok = _token(token)
     key = (server, tok, float(timeout), max(concurrency, 16))
-    with _clients_lock:
-        c = _clients.get(key)
-        if c is None:
-            headers = {"User-Agent": "voxgate"}
-            if tok:
-                headers["Authorization"] = f"Bearer {tok}"
-            c = HTTPClient(server, headers=headers, timeout=timeout,
-                           max_connections=max(concurrency, 16),
-                           unreachable_hint=" (the DVID server)")
-            _clients[key] = c
-        return c
+
+    def make() -> HTTPClient:
+        headers = {"User-Agent": "voxgate"}
+        if tok:
+            headers["Authorization"] = f"Bearer {tok}"
+        return HTTPClient(server, headers=headers, timeout=timeout,
+                          max_connections=max(concurrency, 16),
+                          unreachable_hint=" (the DVID server)")
+
+    return _clients.get(key, make)
 
 
 def _translate(exc: InvalidRequestError) -> VoxgateError:
