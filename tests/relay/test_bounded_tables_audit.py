@@ -19,6 +19,7 @@ Found by this audit (2026-12-07), the marked cases failing on the code before:
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import threading
 import tracemalloc
@@ -215,3 +216,32 @@ def test_forward_token_views_stay_at_the_cap(
     assert len(catalog.open_remotes(entry)) == cap
     logged = caplog.text
     assert not any(t in logged for t in [*tokens, "held-token-secret"]), "a token was logged"
+
+
+def test_label_stats_refusals_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole-channel statistics pass refused for too many ids is remembered per view until
+    the channel is written, holding its view: one view per forwarded token kept every view a
+    token was refused through.  Now the last REFUSALS_KEPT (256) are remembered."""
+    stats_module = importlib.import_module("voxgate.relay.stats")
+    passes: list[int] = []
+
+    def refuse(remote: Any, res: int, **kw: Any) -> Any:
+        passes.append(1)
+        raise stats_module.TooManyIdsError(remote.url, res, kw["max_ids"])
+
+    monkeypatch.setattr(stats_module, "compute_stats", refuse)
+    cache = stats_module.LabelStatsCache(max_ids=10)
+
+    class View:
+        def __init__(self, i: int) -> None:
+            self.url, self.tag = f"bossdb://lab/em/seg-view-{i}", "one channel"
+
+    views = [View(i) for i in range(300)]
+    for v in views:
+        with pytest.raises(stats_module.TooManyIdsError):
+            cache.get(v, 0)
+    assert len(cache._refused) <= 256  # (300 before, each holding its view)
+    before = len(passes)
+    with pytest.raises(stats_module.TooManyIdsError):
+        cache.get(views[-1], 0)  # (the last refusals are still answered without a pass)
+    assert len(passes) == before

@@ -291,6 +291,11 @@ class _Flight:
         self.future: Future[ChannelStats] = Future()
 
 
+#: refusals (too many ids) a :class:`LabelStatsCache` remembers, the last noted; an older one
+#: is found again by a pass (which stops at the cap again)
+REFUSALS_KEPT = 256
+
+
 class LabelStatsCache:
     """Whole-channel label statistics per (CachedRemote, resolution): cached, single flight,
     invalidated by writes (see the module docstring)."""
@@ -313,8 +318,11 @@ class LabelStatsCache:
             OrderedDict()
         self._flights: dict[tuple[int, int], tuple[CachedRemote, _Flight]] = {}
         # (id of the CachedRemote, res) -> (the remote, the generation, the cap) of a pass
-        # refused for too many ids: refused again without a pass until the channel is written
-        self._refused: dict[tuple[int, int], tuple[CachedRemote, int, int]] = {}
+        # refused for too many ids: refused again without a pass until the channel is written;
+        # the REFUSALS_KEPT noted last (each holds its view: one per forwarded token, without
+        # end, kept every view a token was refused through)
+        self._refused: OrderedDict[tuple[int, int], tuple[CachedRemote, int, int]] = \
+            OrderedDict()
         #: passes run so far, and requests that joined one in progress (/metrics shows them)
         self.computations = 0
         self.joined = 0
@@ -383,6 +391,9 @@ class LabelStatsCache:
                     self.refused += 1
                     if self._generation.get(remote.tag, 0) == flight.generation:
                         self._refused[key] = (remote, flight.generation, exc.max_ids)
+                        self._refused.move_to_end(key)
+                        while len(self._refused) > REFUSALS_KEPT:
+                            self._refused.popitem(last=False)
             flight.future.set_exception(exc)
             raise
         with self._lock:
