@@ -245,3 +245,33 @@ def test_label_stats_refusals_are_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(stats_module.TooManyIdsError):
         cache.get(views[-1], 0)  # (the last refusals are still answered without a pass)
     assert len(passes) == before
+
+
+def test_views_opened_again_close_their_old_upstreams(
+        world: Upstreams, tmp_path: Path, inproc: Callable[[Any], Any]) -> None:
+    """Views replaced because the upstream's metadata changed (Catalog.retire_remotes) left
+    their upstreams open for good; now each closes once the last request on it lets go."""
+    cfg = RelayConfig(state_path=tmp_path / "state.json",
+                      cache=CacheConfig(memory_bytes=4 * 2**20, disk_path=None, disk_bytes=0),
+                      channels=[ChannelConfig("lab", "em", "seg",
+                                              f"zarr://{world.root}/seg.zarr")])
+    front = inproc(cfg)
+    catalog = front.relay.catalog
+    entry = catalog.channel("lab", "em", "seg")
+    box = Box((0, 0, 0), (2, 8, 8))
+    np.testing.assert_array_equal(_get(front.url, box), world.labels[box.slices()])
+    (view,) = catalog.open_remotes(entry)
+    closed = threading.Event()
+    real_close = view.upstream.close
+
+    def close() -> None:
+        closed.set()
+        real_close()
+
+    view.upstream.close = close  # type: ignore[method-assign]
+    catalog.retire_remotes(entry)
+    assert not closed.is_set()  # (a request may still be on it)
+    del view
+    gc.collect()
+    assert closed.is_set()
+    np.testing.assert_array_equal(_get(front.url, box), world.labels[box.slices()])

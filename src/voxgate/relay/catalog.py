@@ -203,6 +203,15 @@ def _let_go(remote: CachedRemote) -> None:
     remote.evict()
 
 
+def _retired(remote: CachedRemote) -> None:
+    """Retire a view replaced by one opened again (its upstream's metadata changed): reads in
+    progress finish on it and cache nothing; its upstream closes once nobody uses it (it was
+    left open for good).  Its cells are not dropped here: the new view may share their keys,
+    and the caller drops the channel's cells by its tag."""
+    weakref.finalize(remote, _close_upstream, remote.upstream)
+    remote.retire()
+
+
 def _close_upstream(upstream: Remote) -> None:
     try:
         upstream.close()
@@ -409,7 +418,7 @@ class Catalog:
                     _open_pool.submit(self._open, entry, fingerprint, options, fut,
                                       entry._views_epoch)
             if stale is not None:
-                stale.retire()  # (reads in progress finish on it; it caches nothing more)
+                _retired(stale)  # (reads in progress finish on it; it caches nothing more)
             try:
                 opened = fut.result(timeout=max(0.0, deadline - time.monotonic()))
             except FutureTimeout:
@@ -546,12 +555,13 @@ class Catalog:
 
     def retire_remotes(self, entry: ChannelEntry) -> None:
         """Forget the channel's Remotes (the next request opens the upstream again), leaving
-        their upstreams open for the reads in progress; what those read is not cached."""
+        their upstreams open for the reads in progress (closed when the last lets go); what
+        those read is not cached."""
         with self._mutex:
             remotes = list(entry._remotes.values())
             entry._remotes.clear()
         for r in remotes:
-            r.retire()
+            _retired(r)
 
     def open_remotes(self, entry: ChannelEntry) -> list[CachedRemote]:
         """The channel's Remotes opened and kept (one per forwarded token, at most
