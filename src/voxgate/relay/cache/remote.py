@@ -314,16 +314,21 @@ class CachedRemote(Remote):
     def _read_part(self, region: Box, scale: int) -> np.ndarray:
         """Read ``region`` for one request only (nothing cached: see TieredCache.skim)."""
         t0 = time.perf_counter()
+        data = self._upstream_read(region, scale)
+        self.cache.metrics.upstream_latency(time.perf_counter() - t0)
+        self.cache.metrics.add(upstream_bytes=data.nbytes, upstream_parts=1)
+        return data
+
+    def _upstream_read(self, region: Box, scale: int) -> np.ndarray:
+        """The upstream's read of ``region``, checked (:meth:`_checked`); a failure raised as
+        :meth:`_upstream_failure` says."""
         try:
-            data = self.upstream.read(region, scale)
+            return self._checked(self.upstream.read(region, scale), region)
         except BaseException as exc:
             err = self._upstream_failure(exc)
             if err is exc:
                 raise
             raise err from exc
-        self.cache.metrics.upstream_latency(time.perf_counter() - t0)
-        self.cache.metrics.add(upstream_bytes=data.nbytes, upstream_parts=1)
-        return data
 
     def _upstream_failure(self, exc: BaseException) -> BaseException:
         """What a failed upstream read raises to the reads waiting on it."""
@@ -353,13 +358,7 @@ class CachedRemote(Remote):
         write detached them."""
         try:
             t0 = time.perf_counter()
-            try:
-                data = self._checked(self.upstream.read(region, scale), region)
-            except BaseException as exc:
-                err = self._upstream_failure(exc)
-                if err is exc:
-                    raise
-                raise err from exc
+            data = self._upstream_read(region, scale)
             self.cache.metrics.upstream_latency(time.perf_counter() - t0)
             self.cache.metrics.add(upstream_bytes=data.nbytes, upstream_cells=len(items))
             results = []
