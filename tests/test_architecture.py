@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "voxgate"
 
 #: lowest first; a unit is a subpackage or top-level module of voxgate ("voxgate": __init__)
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("progress",),  # progress bars and byte units (rich, imported when drawn)
+    ("progress", "lru"),  # progress bars and byte units (rich, imported when drawn); LRU step
     ("errors", "parallel"),  # stdlib / numpy only
     ("synthetic",),  # synthetic test volumes (errors for bad input)
     ("models",),  # built-in ONNX models: resolve, describe, load (onnxruntime); training (torch)

@@ -45,6 +45,7 @@ from ..errors import (
     redacting_logger,
 )
 from ..geometry import Vec
+from ..lru import make_newest
 from ..registry import resolve
 from ..remotes.base import Remote
 from ..storage import is_local, length_unit_nm, local_path, split_url
@@ -501,14 +502,11 @@ class Catalog:
                 self._opening.pop((id(entry), fingerprint), None)
             fut.set_exception(err)
             return
-        evicted: list[CachedRemote] = []
         with self._mutex:
             kept = entry._remotes.setdefault(fingerprint, cached)
-            entry._remotes.move_to_end(fingerprint)
             self._opening.pop((id(entry), fingerprint), None)
-            while len(entry._remotes) > MAX_VIEWS:
-                evicted.append(entry._remotes.popitem(last=False)[1])
-                # views opened from now on have identities of their own (see ChannelEntry)
+            evicted = make_newest(entry._remotes, fingerprint, limit=MAX_VIEWS)
+            if evicted:  # views opened from now on have identities of their own (ChannelEntry)
                 entry._views_epoch = uuid.uuid4().hex
         fut.set_result(kept)
         for gone in evicted:  # (after the result: the request that opened it need not wait)

@@ -69,6 +69,7 @@ from ..errors import (
     redacting_logger,
 )
 from ..geometry import Box, chunk_boxes, grow_block
+from ..lru import make_newest
 from ..parallel import run_blocks
 from .cache import CachedRemote, UpstreamError, UpstreamTimeoutError
 from .errors import REQUEST_TOO_LARGE, BossHTTPError
@@ -391,9 +392,7 @@ class LabelStatsCache:
                     self.refused += 1
                     if self._generation.get(remote.tag, 0) == flight.generation:
                         self._refused[key] = (remote, flight.generation, exc.max_ids)
-                        self._refused.move_to_end(key)
-                        while len(self._refused) > REFUSALS_KEPT:
-                            self._refused.popitem(last=False)
+                        make_newest(self._refused, key, limit=REFUSALS_KEPT)
             flight.future.set_exception(exc)
             raise
         with self._lock:
@@ -403,11 +402,8 @@ class LabelStatsCache:
             if self._generation.get(remote.tag, 0) == flight.generation \
                     and stats.nbytes <= self.keep_bytes:
                 self._kept[key] = (remote, flight.generation, stats)
-                self._kept.move_to_end(key)
-                total = sum(s.nbytes for _, _, s in self._kept.values())
-                while total > self.keep_bytes:
-                    _, (_, _, old) = self._kept.popitem(last=False)
-                    total -= old.nbytes
+                make_newest(self._kept, key, weight=lambda kept: kept[2].nbytes,
+                            max_weight=self.keep_bytes)
         flight.future.set_result(stats)
         return stats
 

@@ -42,6 +42,7 @@ from ..errors import (
     VoxgateError,
     redact,
 )
+from ..lru import make_newest
 
 __all__ = ["HTTPClient", "RequestTooLargeError", "ServerError", "json_of", "server_answer"]
 
@@ -96,9 +97,7 @@ class SharedClients:
             client = self._items.get(key)
             if client is None:
                 client = self._items[key] = make()
-            self._items.move_to_end(key)
-            while len(self._items) > self.kept:
-                self._items.popitem(last=False)
+            make_newest(self._items, key, limit=self.kept)
             return client
 
     def close_all(self) -> None:

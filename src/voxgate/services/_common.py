@@ -26,6 +26,7 @@ from ..errors import (
     redact,
 )
 from ..geometry import Box, Vec, VoxelSize
+from ..lru import make_newest
 from ..meta import Scale, VolumeMeta
 from ..progress import progress_bar  # one progress bar (and byte unit) for every Service
 from ..registry import create_remote, resolve_for_create
@@ -85,9 +86,7 @@ class ProvenanceLog:
     def __setitem__(self, url: str, prov: Provenance) -> None:
         with self._lock:
             self._entries[url] = prov
-            self._entries.move_to_end(url)
-            while len(self._entries) > self.KEPT:
-                self._entries.popitem(last=False)
+            make_newest(self._entries, url, limit=self.KEPT)
 
     def get(self, url: str) -> Provenance | None:
         with self._lock:

@@ -79,6 +79,7 @@ from ..blockwise import (
 )
 from ..errors import CapabilityNotSupportedError, InvalidRequestError, MissingDependencyError
 from ..geometry import Box, Vec, grow_block, whole_at_least
+from ..lru import make_newest
 from ..meta import Scale, VolumeMeta
 from ..remotes.memory import MemoryRemote
 from ..volume import Volume
@@ -146,9 +147,7 @@ _MODELS_KEPT = 8
 def _keep(cache: OrderedDict[Any, Any], key: Any, value: Any, limit: int) -> None:
     """``cache[key] = value`` as its newest entry, the oldest dropped beyond ``limit``."""
     cache[key] = value
-    cache.move_to_end(key)
-    while len(cache) > limit:
-        cache.popitem(last=False)
+    make_newest(cache, key, limit=limit)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from ...errors import (
     check_flag,
 )
 from ...geometry import Box, Vec, chunk_boxes, whole_at_least
+from ...lru import make_newest
 from ...parallel import run_blocks
 from ...remotes.base import Capability, Remote, guard_writes, has_capability, on_written
 from ...storage.locking import file_lock
@@ -319,11 +320,8 @@ def _keep_stats(key: tuple[str, int], out: dict[str, Any]) -> dict[str, Any]:
     """(Under _stats_lock) ``_STATS[key]`` (``out`` unless it is there), now the newest; the
     oldest beyond the caps dropped."""
     got = _STATS.setdefault(key, out)
-    _STATS.move_to_end(key)
-    held = sum(len(st["boxes"]) for st in _STATS.values())
-    while len(_STATS) > 1 and (len(_STATS) > _STATS_KEPT or held > _STATS_IDS):
-        _, dropped = _STATS.popitem(last=False)
-        held -= len(dropped["boxes"])
+    make_newest(_STATS, key, limit=_STATS_KEPT, weight=lambda st: len(st["boxes"]),
+                max_weight=_STATS_IDS)
     return got
 
 
