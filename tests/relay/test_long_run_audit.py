@@ -183,6 +183,31 @@ def test_silent_clients_are_hung_up(small_relay: RelayProcess, world: Upstreams)
                                   world.image[box.slices()])
 
 
+def test_a_slow_client_making_progress_is_not_hung_up(small_relay: RelayProcess,
+                                                     world: Upstreams) -> None:
+    """The timeout is on silence, not on the request's length: a POST whose body trickles in
+    a piece every 0.3 s for 3 s (the relay's client_timeout is 1 s) is answered."""
+    box = Box((0, 0, 0), (1, 8, 8))
+    body = blosc.compress(np.ascontiguousarray(world.image[box.slices()]).tobytes(),
+                          typesize=1)
+    head = _request("/v1/cutout/lab/em/raw/0/0:8/0:8/0:1/", "POST",
+                    f"Content-Type: application/blosc\r\nContent-Length: {len(body)}\r\n"
+                    f"\r\n")
+    s = _raw(small_relay.port, head)
+    step = -(-len(body) // 10)
+    for at in range(0, len(body), step):
+        time.sleep(0.3)
+        s.sendall(body[at:at + step])
+    s.settimeout(10)
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        got = s.recv(65536)
+        assert got, f"the relay hung up on a client sending a byte every 0.3 s: {answer!r}"
+        answer += got
+    s.close()
+    assert answer.split(b"\r\n", 1)[0].split()[1] == b"201", answer
+
+
 def test_clients_gone_mid_request_leave_no_trace(small_relay: RelayProcess,
                                                  world: Upstreams) -> None:
     """Guarantee pinned (held before too): clients that close before reading a large cutout,

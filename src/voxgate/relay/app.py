@@ -54,6 +54,8 @@ def client_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
 
     class ClientTimeoutProtocol(base):
         _timer: asyncio.TimerHandle | None = None
+        #: the loop's time of the last byte that came or went
+        _last = 0.0
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -78,15 +80,21 @@ def client_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
             super().connection_lost(exc)
 
         def _waited(self) -> None:
-            """Progress with the client: its wait starts again."""
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self.loop.call_later(seconds, self._expired)
+            """Progress with the client: its wait starts again.  (A time noted, not a timer
+            made again: a large body arrives in thousands of pieces; the one timer, when it
+            fires, waits again for what is left of the wait.)"""
+            self._last = self.loop.time()
+            if self._timer is None:
+                self._timer = self.loop.call_later(seconds, self._expired)
 
         def _expired(self) -> None:
             self._timer = None
             transport = self.transport
             if transport is None or transport.is_closing():
+                return
+            left = self._last + seconds - self.loop.time()
+            if left > 0:  # progress since the timer was set
+                self._timer = self.loop.call_later(left, self._expired)
                 return
             cycle, flow = self.cycle, self.flow
             on_client = (cycle is None or cycle.response_complete or cycle.more_body
