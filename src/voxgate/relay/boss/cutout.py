@@ -249,6 +249,9 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
             # at once when it fits and nobody waits, in the same hop; else it stops before
             # the read, waits on the event loop (never holding one of the 32 threads), and
             # answers from the start in a second hop
+            # (set by the thread, not returned with its answer: a request cancelled while
+            # its thread runs gets no answer, only CancelledError once the thread is done,
+            # and must still give back what the thread took)
             taken = [0]
 
             def answer(admitted: bool) -> tuple[_Found, dict[str, str]]:
