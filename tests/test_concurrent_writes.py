@@ -208,7 +208,9 @@ def _worker(me: int, tasks: Any, done: Any, start: Any) -> None:
                 else:
                     done.put((me, "opened"))
                 continue
-            vol = opened.get(url) or opened.setdefault(url, voxgate.open(url, mode="r+"))
+            if url not in opened:
+                opened[url] = voxgate.open(url, mode="r+")
+            vol = opened[url]
             start.wait()
             for i in range(me, len(BOXES), PROCESSES):
                 _write_box(vol, it, i)

@@ -4,7 +4,8 @@ number: before, ``seg == 5`` was False (identity), so ``np.count_nonzero(seg == 
 that said nothing of a Volume, and ``bool(vol[z, y, x])`` / ``if vol[z, y, x]:`` raised
 "len() of a 0-d volume".  Now comparisons with data and ``in`` refuse as arithmetic does
 (LazyOperationError, nothing read), identity stays between views and other objects, and a
-0-d view converts as numpy's 0-d arrays do, reading its voxel."""
+0-d view converts as numpy's 0-d arrays do, reading its voxel.  The truth of any other view
+than one voxel is ambiguous, as numpy's (it was its non-emptiness: ``all(vol)`` was True)."""
 
 from __future__ import annotations
 
@@ -93,4 +94,22 @@ def test_only_a_voxel_converts(seg: voxgate.Volume, reads: list[object]) -> None
         with pytest.raises(TypeError, match=r"shape \(1, 1, 1\)"):
             convert(seg[1:2, 2:3, 3:4])  # type: ignore[arg-type]
     assert reads == []
-    assert bool(seg) is True and bool(seg[0:0]) is False and bool(seg[1:2, 2:3, 3:4]) is True
+
+
+def test_truth_is_a_voxels_or_ambiguous(seg: voxgate.Volume, reads: list[object]) -> None:
+    """As numpy's: the truth of a view of one voxel is the voxel's, any other view's is
+    ambiguous (ValueError, nothing read).  Fails on the code before, where it was
+    ``len(vol) != 0``: ``all(seg)`` and ``any(seg == ...)``-free idioms like ``if seg[z]:``
+    answered True whatever the voxels (here every z-plane but two is all zeros)."""
+    for view in (seg, seg[0], seg[0:0], seg[:, 0, :]):
+        with pytest.raises(ValueError, match=r"ambiguous.*vol\.read\(\)\.any\(\)"):
+            bool(view)
+    with pytest.raises(ValueError, match="ambiguous"):
+        all(seg)  # (bool of each z-plane, as for numpy's arrays)
+    assert reads == []
+    with pytest.raises(ValueError, match="ambiguous"):
+        all(seg.read())  # (numpy's own answer)
+    reads.clear()
+    assert bool(seg[1:2, 2:3, 3:4]) is True and bool(seg[1, 2, 3]) is True
+    assert bool(seg[0:1, 0:1, 0:1]) is False and not seg[0, 0, 0]
+    assert len(reads) == 4

@@ -166,9 +166,16 @@ class Volume(NoArithmetic):
     # a 0-d view (one voxel, ``vol[z, y, x]``) converts to a Python number as numpy's 0-d
     # arrays do, reading the voxel; ``bool()`` of one gave a TypeError from len()
     def __bool__(self) -> bool:
-        if not self.shape:
-            return bool(self._voxel("bool()"))
-        return self.shape[0] != 0
+        """The voxel's truth for a view of one voxel (read), as numpy's; any other view's is
+        ambiguous, as numpy's is (ValueError): it was ``len(vol) != 0``, so ``all(vol)``,
+        ``any(vol)`` and ``if vol[mask_region]:`` answered True whatever the voxels."""
+        if self.size == 1:
+            return bool(self.read().item())
+        raise InvalidRequestError(
+            f"the truth value of a view of {self.size} voxels (shape {tuple(self.shape)}) of "
+            f"{self.url} is ambiguous, as numpy's is: read what you mean, "
+            f"vol.read().any() or vol.read().all() (nothing was read); "
+            f"test a Volume's presence with 'is not None'")
 
     def __int__(self) -> int:
         return int(self._voxel("int()"))
