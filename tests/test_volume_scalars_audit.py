@@ -113,3 +113,21 @@ def test_truth_is_a_voxels_or_ambiguous(seg: voxgate.Volume, reads: list[object]
     assert bool(seg[1:2, 2:3, 3:4]) is True and bool(seg[1, 2, 3]) is True
     assert bool(seg[0:1, 0:1, 0:1]) is False and not seg[0, 0, 0]
     assert len(reads) == 4
+
+
+def test_a_voxel_formats_and_rounds(seg: voxgate.Volume, reads: list[object]) -> None:
+    """``f"{seg[z, y, x]:d}"`` and ``round(vol[z, y, x])`` use the voxel, as for numpy's 0-d
+    arrays (fails on the code before: "unsupported format string passed to
+    Volume.__format__", "type Volume doesn't define __round__ method"); a larger view refuses
+    by saying it takes one voxel, reading nothing."""
+    assert f"{seg[1, 2, 3]:d}|{seg[1, 2, 3]:>4}|{seg[1, 2, 3]:.1f}" == "5|   5|5.0"
+    assert f"{seg[3, 5, 4]:x}" == "f" * 16
+    assert round(seg[1, 2, 3]) == 5 and round(seg[1, 2, 3], -1) == 0
+    assert f"{seg}".startswith("<Volume") and format(seg, "") == str(seg)
+    reads.clear()
+    for spec in ("d", ".2f"):
+        with pytest.raises(TypeError, match=r"one voxel .*shape \(4, 6, 5\)"):
+            format(seg, spec)
+    with pytest.raises(TypeError, match=r"round\(\) takes one voxel"):
+        round(seg[0])
+    assert reads == []

@@ -183,6 +183,16 @@ class Volume(NoArithmetic):
     def __float__(self) -> float:
         return float(self._voxel("float()"))
 
+    def __format__(self, spec: str) -> str:
+        # (f"{seg[z, y, x]:d}" formats the voxel, as for numpy's 0-d arrays; it raised
+        # "unsupported format string passed to Volume.__format__")
+        if not spec:
+            return str(self)
+        return format(self._voxel(f"a format spec ({spec!r})"), spec)
+
+    def __round__(self, ndigits: int | None = None) -> Any:
+        return round(self._voxel("round()"), ndigits)
+
     def __index__(self) -> int:
         # (a 0-d view of integers indexes a list or a range, as numpy's 0-d arrays do)
         if self.dtype.kind not in "iu":
