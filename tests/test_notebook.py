@@ -349,6 +349,7 @@ def test_xarray_dataarray_of_a_volume_refuses_to_load_it(image: voxgate.Volume,
     lambda v: ~v, lambda v: v & 1, lambda v: v > 5, lambda v: v <= 5,
     lambda v: np.sqrt(v), lambda v: np.sum(v), lambda v: np.maximum(v, 3),
     lambda v: np.uint8(1) + v, lambda v: np.ones((32, 96, 80), dtype=np.uint8) + v,
+    lambda v: divmod(v, 2), lambda v: divmod(7, v), lambda v: divmod(v[1, 2, 3], 2),
 ])
 def test_arithmetic_refuses_and_names_to_dask(image: voxgate.Volume, op: object,
                                               reads: list[tuple[Box, int]]) -> None:

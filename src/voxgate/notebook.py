@@ -546,7 +546,7 @@ def _refusing(op: str) -> Any:
 #: the operators a Volume refuses, by dunder name (binary ones also reflected: __radd__ ...)
 _BINARY = {"add": "+", "sub": "-", "mul": "*", "matmul": "@", "truediv": "/",
            "floordiv": "//", "mod": "%", "pow": "**", "and": "&", "or": "|", "xor": "^",
-           "lshift": "<<", "rshift": ">>"}
+           "lshift": "<<", "rshift": ">>", "divmod": "divmod()"}
 _OTHER = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "neg": "unary -", "pos": "unary +",
           "abs": "abs()", "invert": "~"}
 for _name, _op in _BINARY.items():
