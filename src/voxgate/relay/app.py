@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import copy
 import os
+import struct
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,8 +35,32 @@ __all__ = ["Relay", "build_app", "client_timeout_protocol", "serve",
 
 log = redacting_logger("voxgate.relay")
 
+if sys.platform.startswith("linux"):
+    import fcntl
+    import termios
+
+    #: the ioctl giving a TCP socket's unsent and unacknowledged bytes (_unsent)
+    _OUTQ: int | None = termios.TIOCOUTQ
+else:
+    _OUTQ = None
+
 #: seconds an idle keep-alive connection stays open
 UVICORN_KEEP_ALIVE = 30
+
+
+def _unsent(transport: Any) -> int:
+    """The bytes written to ``transport`` its client has not taken: the transport's buffer and,
+    where the system tells (Linux: TIOCOUTQ), the socket's send queue.  (The buffer alone
+    moves in steps of megabytes, seconds apart, while a slow client empties the socket's
+    queue: the loop writes again only when a third of the queue is free.)"""
+    n = int(transport.get_write_buffer_size())
+    sock = transport.get_extra_info("socket")
+    if _OUTQ is not None and sock is not None:
+        try:
+            n += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0" * 4))[0]
+        except (OSError, ValueError):
+            pass
+    return n
 
 
 def client_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
@@ -56,6 +82,8 @@ def client_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
         _timer: asyncio.TimerHandle | None = None
         #: the loop's time of the last byte that came or went
         _last = 0.0
+        #: the bytes of responses the client had still to take at the last look (_unsent)
+        _buffered = 0
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -84,23 +112,45 @@ def client_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
             made again: a large body arrives in thousands of pieces; the one timer, when it
             fires, waits again for what is left of the wait.)"""
             self._last = self.loop.time()
+            if self.transport is not None:  # (what later looks compare with: see _expired)
+                self._buffered = _unsent(self.transport)
             if self._timer is None:
                 self._timer = self.loop.call_later(seconds, self._expired)
 
         def _expired(self) -> None:
             self._timer = None
             transport = self.transport
-            if transport is None or transport.is_closing():
+            if transport is None:
                 return
+            # a client taking a response is progress too, though no callback says so while
+            # it drains (pause_writing once, resume_writing at its end): less left to take
+            # than at the last look is progress
+            buffered = _unsent(transport)
+            if buffered < self._buffered:
+                self._last = self.loop.time()
+            self._buffered = buffered
             left = self._last + seconds - self.loop.time()
             if left > 0:  # progress since the timer was set
                 self._timer = self.loop.call_later(left, self._expired)
+                return
+            if transport.is_closing():
+                # closed (by uvicorn: a stopping relay, its keep-alive timeout), but asyncio's
+                # close() first waits for the client to take what is buffered: one that stopped
+                # reading its response held the connection, its descriptor and the body, for
+                # good, and a stopping relay waited for it for good
+                if buffered:
+                    transport.abort()
                 return
             cycle, flow = self.cycle, self.flow
             on_client = (cycle is None or cycle.response_complete or cycle.more_body
                          or (flow is not None and flow.write_paused))
             if on_client and not (flow is not None and flow.read_paused):
-                transport.close()  # (uvicorn tells a handler waiting on it: disconnected)
+                # (uvicorn tells a handler waiting on it: disconnected.)  With a response
+                # the client stopped taking, abort: close() would wait for it for good
+                if buffered:
+                    transport.abort()
+                else:
+                    transport.close()
             else:
                 self._waited()  # the relay is working on a request: not the client's wait
 
