@@ -22,14 +22,15 @@ Found by this audit (2026-12-07), failing on the code before:
   the client has taken nothing for ``client_timeout`` seconds while some of the response is
   still unsent; what a client takes counts as progress (the transport's buffer and, on Linux,
   the socket's send queue going down).
+- a large cutout GET gave its whole reservation back once its body was handed to the
+  connection's buffer, not once the client had taken it (slow clients' bodies were held past
+  the budget); now it keeps its body's bytes until then, the rest given back once the body is
+  made.
 
 A client reading a 5 MiB cutout steadily but slowly (16 KiB window, ~1 MB/s: four times
 ``client_timeout``) gets all of it (test_a_slow_steady_reader_gets_all_of_a_large_cutout), on the
 code before and after; the audit once saw such a client get EOF after 4164370 bytes in a run of
 this whole file, which later runs did not repeat.
-
-Seen and left alone: a large cutout GET gives its reservation back once its body is handed to
-the connection's buffer, not once the client has taken it.
 """
 
 from __future__ import annotations
@@ -586,6 +587,28 @@ def test_a_slow_steady_reader_gets_all_of_a_large_cutout(relay: RelayProcess,
     np.testing.assert_array_equal(
         np.frombuffer(blosc.decompress(body), np.uint8).reshape(z1 - z0, y1 - y0, x1 - x0),
         world.image[z0:z1, y0:y1, x0:x1])
+
+
+def test_a_large_cutout_holds_its_bodys_bytes_until_the_client_took_them(
+        relay: RelayProcess, world: World) -> None:
+    """Fails on the code before: a large cutout gave its whole reservation back as soon as its
+    body was handed to the connection, so slow clients' bodies were held past the budget.  Now
+    it gives back all but its body's bytes once the body is made, and those once the client has
+    taken (nearly) all of it, or is gone."""
+    _until(lambda: _inflight(relay)["reserved_bytes"] == 0)
+    s = _connect(relay, _head(_cut(6, 6 + BIG_Z), extra="Accept: application/blosc\r\n"),
+                 rcvbuf=8192)
+    try:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(4096)
+        size = _content_length(head.partition(b"\r\n\r\n")[0])
+        assert size > 4 * MiB
+        # (the client reads nothing more: the relay still has megabytes of it to hand over)
+        assert _inflight(relay)["reserved_bytes"] == size
+    finally:
+        _reset(s)
+    assert _until(lambda: _inflight(relay)["reserved_bytes"] == 0, seconds=CLIENT_TIMEOUT + 10)
 
 
 def _content_length(head: bytes) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ...geometry import Box
+from ..budget import InflightBudget
 from ..cache import CachedRemote
 from ..catalog import ChannelEntry
 from ..errors import (
@@ -215,19 +215,37 @@ def _encoded(cut: _Cutout, media: str, etag: str,
     return body, media
 
 
-class _HeldResponse(Response):
-    """A response that gives back its request's reservation of the admission budget once it
-    has been sent (or the sending failed): the encoded body is working memory until then."""
+#: the pieces a :class:`_HeldResponse` hands its body to the connection in
+_PIECE = 2**20
 
-    def __init__(self, *args: Any, release: Callable[[], None], **kwargs: Any) -> None:
+
+class _HeldResponse(Response):
+    """A response that keeps as much of its request's reservation of the admission budget as
+    its body's bytes until the client has taken all but the last piece of it (or the sending
+    failed), the rest given back at once: the read and the encoding are done, the body is the
+    working memory left."""
+
+    def __init__(self, *args: Any, budget: InflightBudget, held: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._release = release
+        self._budget, self._held = budget, held
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = memoryview(self.body)
+        keep = min(self._held, len(body))
+        self._budget.release(self._held - keep)
         try:
-            await super().__call__(scope, receive, send)
+            # in pieces: uvicorn waits, before handing it each, until the client has taken
+            # what the connection buffers.  Handed over whole, the body was "sent" as soon as
+            # it was buffered, and the reservation came back while a slow client had most of
+            # it still to take: as many bodies held, past the budget, as slow clients
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            for at in range(0, len(body), _PIECE):
+                await send({"type": "http.response.body", "body": body[at:at + _PIECE],
+                            "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
         finally:
-            self._release()
+            self._budget.release(keep)
 
 
 #: what a GET's first thread hop found: the body and media type (None: 304), or, for a
@@ -298,8 +316,8 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
                 return Response(status_code=304, headers=headers)
             body, media = found
             if held:
-                return _HeldResponse(body, media_type=media, headers=headers,
-                                     release=lambda: budget.release(held))
+                return _HeldResponse(body, media_type=media, headers=headers, budget=budget,
+                                     held=held)
             return Response(body, media_type=media, headers=headers)
         cut = await run(lambda: _Cutout(relay, request, write=True))
         if not cut.entry.writable:
