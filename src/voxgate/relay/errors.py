@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from ..errors import (
@@ -218,5 +218,12 @@ def _raw_error_response(request: Request, exc: Exception) -> Response:
     if isinstance(exc, VoxgateError):
         log.warning("request %s %s failed: %s", request.method, request.url.path, exc)
         return boss_error(500, UNHANDLED_EXCEPTION, f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, ClientDisconnect):
+        # the client left while its body was coming in: nobody to answer, nothing written, no
+        # fault of the relay's (it was logged as an unhandled error, with a traceback)
+        log.info("client left during its request body: %s %s", request.method,
+                 request.url.path)
+        return boss_error(400, INVALID_POST_ARGUMENT, "the client disconnected before its "
+                          "request body was complete")
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return boss_error(500, UNHANDLED_EXCEPTION, f"internal error ({type(exc).__name__})")
