@@ -26,6 +26,9 @@ Found by this audit (2026-12-07), failing on the code before:
   connection's buffer, not once the client had taken it (slow clients' bodies were held past
   the budget); now it keeps its body's bytes until then, the rest given back once the body is
   made.
+- a large GET whose client left while it waited for the budget read and encoded its cutout
+  for nobody once admitted; now it looks first.
+- a POST whose client left mid-body was logged as an unhandled error with a traceback.
 
 A client reading a 5 MiB cutout steadily but slowly (16 KiB window, ~1 MB/s: four times
 ``client_timeout``) gets all of it (test_a_slow_steady_reader_gets_all_of_a_large_cutout), on the
@@ -133,7 +136,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return World(root, arrays["img"], arrays["fresh"])
 
 
-def _start(world: World, directory: Path) -> RelayProcess:
+def _start(world: World, directory: Path, wait: float = WAIT) -> RelayProcess:
     directory.mkdir(parents=True, exist_ok=True)
     cfg = directory / "relay.toml"
     cfg.write_text(f"""
@@ -165,7 +168,7 @@ public_read = false
 tokens = {{ "{RW}" = "read-write", "{RO}" = "read" }}
 """)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VOXGATE_RELAY_INFLIGHT_WAIT_SECONDS", str(WAIT))
+        mp.setenv("VOXGATE_RELAY_INFLIGHT_WAIT_SECONDS", str(wait))
         return start_relay_with_scheme(cfg, "endsfake",
                                        "tests.relay.test_request_ends_audit:EndsRemote")
 
@@ -437,6 +440,30 @@ def test_clients_gone_while_waiting_for_the_budget_leave_nothing_behind(
     assert holder.finish() == 201
     _holds_nothing(relay, base)
     _check_cutout(relay, world, Box((2, 0, 0), (2 + BIG_Z, 512, 512)))
+
+
+def test_a_get_whose_client_left_while_waiting_reads_nothing_once_admitted(
+        world: World, tmp_path: Path) -> None:
+    """Fails on the code before: a large GET whose client left while it waited for the budget
+    still read and encoded its cutout once admitted, for nobody (up to max_cutout_bytes, the
+    budget held from the clients still there).  Now it looks first and lets go."""
+    r = _start(world, tmp_path / "relay", wait=60)
+    try:
+        holder = Trickle(r, world, POSTED)
+        assert _until(lambda: _inflight(r)["reserved_bytes"] == BUDGET)
+        gone = _connect(r, _head(_cut(7, 7 + BIG_Z, 512, 1024, 0, 512)))
+        assert _until(lambda: _inflight(r)["waiting"] == 1)
+        _reset(gone)
+        before = httpx.get(r.url + "/metrics", headers=H, timeout=30).json()["cache"]
+        admitted = _inflight(r)["admitted"]
+        assert holder.finish() == 201
+        assert _until(lambda: _inflight(r)["admitted"] == admitted + 1)  # (the gone GET's)
+        assert _until(lambda: _inflight(r)["reserved_bytes"] == 0)
+        after = httpx.get(r.url + "/metrics", headers=H, timeout=30).json()["cache"]
+        assert after["misses"] == before["misses"], (before, after)
+        assert after["upstream_fetches"] == before["upstream_fetches"], (before, after)
+    finally:
+        r.stop()
 
 
 def test_failed_reads_end_their_flights_and_reservations(relay: RelayProcess,

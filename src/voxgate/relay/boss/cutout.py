@@ -306,6 +306,11 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
             held = taken[0]
             if isinstance(found, int):
                 held = await budget.acquire(found)
+                if await request.is_disconnected():
+                    # the client left while it waited (up to 30 s): no read and no encoding
+                    # of up to max_cutout_bytes for nobody, the budget free for the next
+                    budget.release(held)
+                    return Response(status_code=499)  # (nginx's "client closed request")
                 try:
                     found, headers = await run(lambda: answer(True))
                 except BaseException:
