@@ -35,14 +35,17 @@ __all__ = ["Relay", "build_app", "client_timeout_protocol", "serve",
 
 log = redacting_logger("voxgate.relay")
 
+#: the ioctl giving a TCP socket's unsent and unacknowledged bytes (_unsent): Linux's; where
+#: there is none (or no fcntl), the transport's buffer alone
+_OUTQ: int | None = None
 if sys.platform.startswith("linux"):
-    import fcntl
-    import termios
-
-    #: the ioctl giving a TCP socket's unsent and unacknowledged bytes (_unsent)
-    _OUTQ: int | None = termios.TIOCOUTQ
-else:
-    _OUTQ = None
+    try:
+        import fcntl
+        import termios
+    except ImportError:
+        pass
+    else:
+        _OUTQ = termios.TIOCOUTQ
 
 #: seconds an idle keep-alive connection stays open
 UVICORN_KEEP_ALIVE = 30
