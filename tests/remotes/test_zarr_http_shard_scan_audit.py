@@ -22,7 +22,7 @@ import itertools
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -167,16 +167,27 @@ class _Log:
             self.most = 0
 
     @contextmanager
-    def answering(self, method: str, path: str, rng: str | None) -> Iterator[None]:
+    def answering(self, method: str, path: str, rng: str | None
+                  ) -> Iterator[Callable[[], None]]:
+        """Counts the request busy until the callable it gives is called (when its headers
+        are sent: the client cannot have the whole answer before, and may ask again as soon
+        as it has it, while this handler is still writing or returning), or at the end."""
         with self.lock:
             self.requests.append((method, path, rng))
             self.busy += 1
             self.most = max(self.most, self.busy)
-        try:
-            yield
-        finally:
+        left = [False]
+
+        def answered() -> None:
             with self.lock:
-                self.busy -= 1
+                if not left[0]:
+                    left[0] = True
+                    self.busy -= 1
+
+        try:
+            yield answered
+        finally:
+            answered()
 
 
 @contextmanager
@@ -191,14 +202,22 @@ def _serve(root: Path, delay: float = 0.0) -> Iterator[tuple[str, _Log]]:
             super().__init__(*a, directory=str(root), **k)
 
         def do_GET(self) -> None:
-            with log.answering("GET", self.path, self.headers.get("Range")):
+            with log.answering("GET", self.path, self.headers.get("Range")) as answered:
+                self.answered = answered
                 done.wait(delay)
                 super().do_GET()
 
         def do_HEAD(self) -> None:
-            with log.answering("HEAD", self.path, self.headers.get("Range")):
+            with log.answering("HEAD", self.path, self.headers.get("Range")) as answered:
+                self.answered = answered
                 done.wait(delay)
                 super().do_HEAD()
+
+        def end_headers(self) -> None:
+            answered = getattr(self, "answered", None)
+            if answered is not None:
+                answered()  # (the body follows: see _Log.answering)
+            super().end_headers()
 
     server = Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
