@@ -153,10 +153,46 @@ def _child(out: Path, body: str) -> subprocess.Popen[bytes]:
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
 
 
+#: how long :func:`_done` waits for each child
+_WAIT = 60.0
+
+
 def _done(*procs: subprocess.Popen[bytes]) -> None:
-    for p in procs:
-        _, err = p.communicate(timeout=60)
-        assert p.returncode == 0, err.decode()
+    """Wait for every child (``_WAIT`` s each at most; one still running then is killed) and then
+    assert they all succeeded: a child that failed first never leaves the other running into
+    later tests (its Popen would warn in whichever test runs when it is collected)."""
+    failures = []
+    try:
+        for p in procs:
+            try:
+                _, err = p.communicate(timeout=_WAIT)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                _, err = p.communicate()
+                failures.append(f"still running after {_WAIT} s (killed): {err.decode()}")
+                continue
+            if p.returncode != 0:
+                failures.append(err.decode())
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert not failures, "\n".join(failures)
+
+
+def test_done_leaves_no_child_running_when_one_fails(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "_WAIT", 2.0)
+    failing = _child(tmp_path, "raise SystemExit('refused')\n")
+    waiting = _child(tmp_path, "wait('never')\n")
+    try:
+        with pytest.raises(AssertionError, match="refused"):
+            _done(failing, waiting)
+        assert waiting.poll() is not None  # killed, not left running into later tests
+    finally:
+        waiting.kill()
+        waiting.communicate()
 
 
 def _stamp(out: Path, name: str) -> float:

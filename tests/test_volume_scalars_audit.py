@@ -131,3 +131,16 @@ def test_a_voxel_formats_and_rounds(seg: voxgate.Volume, reads: list[object]) ->
     with pytest.raises(TypeError, match=r"round\(\) takes one voxel"):
         round(seg[0])
     assert reads == []
+
+
+def test_a_voxel_prints_as_its_value(seg: voxgate.Volume, reads: list[object]) -> None:
+    """``print(seg[z, y, x])`` shows the voxel, as numpy's 0-d arrays print theirs (fails on
+    the code before: it showed ``<Volume ... shape=() ...>``); a larger view prints its repr
+    and reads nothing (printing a view never reads a volume)."""
+    assert str(seg[1, 2, 3]) == "5" and f"{seg[1, 2, 3]}" == "5"
+    assert str(seg[3, 5, 4]) == str(np.iinfo(seg.dtype).max)
+    assert repr(seg[1, 2, 3]).startswith("<Volume")  # (the repr stays the view's)
+    reads.clear()
+    for view in (seg, seg[0], seg[1:2, 2:3, 3:4]):
+        assert str(view) == repr(view) and f"{view}" == repr(view)
+    assert reads == []

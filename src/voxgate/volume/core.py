@@ -190,6 +190,14 @@ class Volume(NoArithmetic):
             return str(self)
         return format(self._voxel(f"a format spec ({spec!r})"), spec)
 
+    def __str__(self) -> str:
+        # (``print(seg[z, y, x])`` shows the voxel, as numpy's 0-d arrays print theirs; it
+        # showed the view's repr.  A larger view prints its repr: printing never reads more
+        # than one voxel.)
+        if self.shape:
+            return repr(self)
+        return str(self._voxel("str()"))
+
     def __round__(self, ndigits: int | None = None) -> Any:
         return round(self._voxel("round()"), ndigits)
 
