@@ -133,7 +133,9 @@ def test_copies_reprs_and_html_never_raise(vol: voxgate.Volume) -> None:
         for clone in (copy.copy(view), copy.deepcopy(view), pickle.loads(pickle.dumps(view))):
             assert clone.shape == view.shape
             np.testing.assert_array_equal(clone.read(), view.read())
-        assert "Volume" in repr(view) and "Volume" in str(view)
+        assert "Volume" in repr(view)
+        # (str() of one voxel is the voxel's, as numpy's 0-d arrays print theirs)
+        assert str(view) == (str(DATA[key]) if view.shape == () else repr(view))
         assert view._repr_html_().startswith("<div")
 
 

@@ -371,3 +371,24 @@ def test_the_lazy_way_works(image: voxgate.Volume, em: tuple[np.ndarray, np.ndar
     np.testing.assert_array_equal((d.astype(np.int16) * 2 - 1)[3].compute(),
                                   em[0][3].astype(np.int16) * 2 - 1)
     assert image == image and image != image[1:]  # equality stays identity, not elementwise
+
+
+def test_numpy_method_names_say_what_to_do(seg: voxgate.Volume,
+                                           reads: list[tuple[Box, int]]) -> None:
+    """``vol.max()``, ``vol.astype(...)``, ``vol.T``: an AttributeError still (hasattr says
+    False to dask, xarray and numpy, whose np.max(vol) then refuses as a ufunc), but one that
+    says to read the view or use to_dask() (fails on the code before: the bare "'Volume'
+    object has no attribute 'max'"); other names keep Python's message and its suggestion."""
+    for name in ("max", "astype", "T", "sum", "item", "reshape"):
+        with pytest.raises(AttributeError, match=rf"lazy view.*vol\.read\(\)\.{name}.*"
+                                                 rf"vol\.to_dask\(\)\.{name}") as info:
+            getattr(seg, name)
+        assert info.value.name == name and info.value.obj is seg
+        assert not hasattr(seg, name)
+    with pytest.raises(AttributeError, match=r"^'Volume' object has no attribute 'chunk'$") as err:
+        seg.chunk  # noqa: B018
+    assert err.value.name == "chunk"  # (Python's "Did you mean: 'chunks'?" needs it)
+    with pytest.raises(LazyOperationError):
+        np.max(seg)
+    assert reads == []
+    assert np.array_equal(seg.read().max(), seg.to_dask().max().compute())

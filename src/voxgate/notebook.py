@@ -23,6 +23,7 @@ here with zlib, so ``_repr_html_`` needs neither.
 from __future__ import annotations
 
 import base64
+import functools
 import importlib
 import math
 import numbers
@@ -526,6 +527,27 @@ class NoArithmetic:
 
     def __contains__(self, item: object) -> bool:
         raise refuse_arithmetic(self, "in")
+
+    def __getattr__(self, name: str) -> Any:
+        # (only for names not found otherwise.)  ``vol.max()``, ``vol.astype(...)``, ``vol.T``:
+        # numpy's array methods are not a lazy view's, and the bare "no attribute 'max'" left
+        # a scientist guessing; the error stays an AttributeError, so hasattr() still says
+        # False to dask, xarray and numpy's own np.max(vol) (which then refuses as a ufunc)
+        if not name.startswith("_") and name in _numpy_names():
+            vol: Any = self
+            raise AttributeError(
+                f"a {type(self).__name__} is a lazy view, not a numpy array, and has no "
+                f"{name!r}: read the view for a numpy array (vol.read().{name}, which reads "
+                f"{_fmt_bytes(vol.nbytes)}), or use vol.to_dask().{name} for a lazy, "
+                f"block-wise one ({vol.url} {tuple(vol.shape)})", name=name, obj=self)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}",
+                             name=name, obj=self)
+
+
+@functools.cache
+def _numpy_names() -> frozenset[str]:
+    """The public attribute names of numpy's arrays (``max``, ``astype``, ``T`` ...)."""
+    return frozenset(n for n in dir(np.ndarray) if not n.startswith("_"))
 
 
 def _is_data(x: object) -> bool:
