@@ -3,6 +3,7 @@ server's imageblk and label handlers."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import numpy as np
@@ -12,11 +13,16 @@ from .model import DVIDError, _Ctx
 
 # -- voxels (imageblk, labelmap, labelarray) ----------------------------------------------------
 def _xyz(text: str, what: str) -> tuple[int, int, int]:
+    """dvid/point.go StringToPoint3d / NdString.Point3d: three parts, each
+    strconv.ParseInt(strings.TrimSpace(part), 10, 32): ASCII digits with an optional sign,
+    within int32 (Python's ``int`` alone takes "1_0" or other scripts' digits)."""
     items = text.split("_")
-    try:
-        vals = [int(p) for p in items]
-    except ValueError:
-        raise DVIDError(f"bad {what} {text!r}: expected x_y_z integers") from None
+    vals = []
+    for p in items:
+        t = p.strip()
+        if not re.fullmatch(r"[+-]?[0-9]+", t) or not -2**31 <= int(t) < 2**31:
+            raise DVIDError(f"bad {what} {text!r}: expected x_y_z int32 integers")
+        vals.append(int(t))
     if len(vals) != 3:
         raise DVIDError(f"bad {what} {text!r}: expected 3 values x_y_z, got {len(vals)}")
     return vals[0], vals[1], vals[2]
@@ -28,7 +34,7 @@ def _pt(p: Iterable[int]) -> str:
 
 def _scale(ctx: _Ctx) -> int:
     text = ctx.q.get("scale", "0")
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # ("²".isdigit(): int() would raise)
         raise DVIDError(f"bad scale specified: {text!r} is not a non-negative integer")
     s = int(text)
     if ctx.inst.is_label:

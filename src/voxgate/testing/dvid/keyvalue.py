@@ -49,11 +49,14 @@ def _keyvalue(ctx: _Ctx, method: str, parts: list[str], body: bytes,
         keys = sorted(k for k in store.keys(ctx.ancestry) if lo <= k <= hi)
         if kw == "keyrange":
             return _json(keys)
+        _one_output(ctx)
         values = {k: store.get(k, ctx.ancestry) for k in keys}
         return _kv_bulk(ctx, {k: v for k, v in values.items() if isinstance(v, bytes)})
     if kw == "keyvalues":
         if method == "GET":
-            if ctx.flag("json") or ctx.flag("jsontar"):
+            _one_output(ctx)
+            # keyvalue.go handleKeyValues: tar, jsontar and json read a JSON list of keys
+            if ctx.flag("json") or ctx.flag("jsontar") or ctx.flag("tar"):
                 try:
                     keys = json.loads(body or b"[]")
                 except ValueError as exc:
@@ -77,6 +80,13 @@ def _keyvalue(ctx: _Ctx, method: str, parts: list[str], body: bytes,
                 ctx.mutated()
             return Reply(body=b"")
     raise not_found
+
+
+def _one_output(ctx: _Ctx) -> None:
+    """keyvalue.go handleKeyValues / sendJSONValuesInRange: tar (or jsontar) and json at
+    once are refused before anything is read."""
+    if (ctx.flag("tar") or ctx.flag("jsontar")) and ctx.flag("json"):
+        raise DVIDError("can only specify tar or json output, not both")
 
 
 def _ranged(value: bytes, ctx: _Ctx) -> Reply:

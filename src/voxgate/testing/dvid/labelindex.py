@@ -262,27 +262,54 @@ def _supervoxels_of(ctx: _Ctx, label: int, supervoxels: bool) -> set[int]:
     return {sv for sv in idx if m.get(sv, sv) == label}
 
 
+#: handlers.go: the text after "Label 0 is protected background value and cannot be " in each
+#: endpoint's refusal of label 0 (handleSize, handleSupervoxels, handleLabelmod: "queried as
+#: body"; handleCleave: "used as cleave target"; the sparsevol family: "used as sparse volume")
+_LABEL0 = {"size": "queried as body", "supervoxels": "queried as body",
+           "supervoxel-sizes": "queried as body", "lastmod": "queried as body",
+           "cleave": "used as cleave target"}
+
+
 def _label_arg(parts: list[str], what: str) -> int:
     if len(parts) < 2:
         raise DVIDError(f"DVID requires label to follow '{what}' command")
-    text = parts[1]
-    if not text.isdigit() or int(text) >= 2**64:
-        raise DVIDError(f'strconv.ParseUint: parsing "{text}": invalid syntax')
-    label = int(text)
+    label = _uint(parts[1])
     if label == 0:
-        raise DVIDError("Label 0 is protected background value and cannot be used as sparse "
-                        "volume.\n".rstrip())
+        raise DVIDError("Label 0 is protected background value and cannot be "
+                        f"{_LABEL0.get(what, 'used as sparse volume')}.")
     return label
 
 
 def _body_list(body: bytes, what: str) -> list[Any]:
+    """A JSON list body as Go's json.Unmarshal into a slice takes it: ``null`` is an empty
+    (nil) slice, not an error (handleMapping, handleSizes, handleLabels, handleRenumber)."""
     try:
         data = json.loads(body)
     except ValueError as exc:
         raise DVIDError(f"Bad {what} request JSON: {exc}") from None
+    if data is None and what != "cleave":
+        return []
     if not isinstance(data, list):
         raise DVIDError(f"Bad {what} request JSON: expected a list")
     return data
+
+
+def _coords(body: bytes) -> list[tuple[int, int, int]]:
+    """``GET labels``' body as handlers.go handleLabels decodes it: json.Unmarshal into
+    ``[]dvid.Point3d``, a Go ``[3]int32`` each: a shorter list is padded with 0, a longer one
+    cut to three, ``null`` is (0, 0, 0); anything but integers in int32 is refused (400)."""
+    out = []
+    for c in _body_list(body, "labels"):
+        if c is None:
+            c = []
+        if not isinstance(c, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and -2**31 <= v < 2**31
+                for v in c[:3]):
+            raise DVIDError(f"Bad labels request JSON: json: cannot unmarshal {c!r} into Go "
+                            "value of type dvid.Point3d")
+        x, y, z = ([*c[:3], 0, 0, 0])[:3]
+        out.append((x, y, z))
+    return out
 
 
 def _bounds(ctx: _Ctx) -> tuple[list[int], list[int]]:
@@ -334,8 +361,12 @@ def _runs(ctx: _Ctx, svs: set[int], scale: int, lo: list[int], hi: list[int]) ->
 
 
 def _uint(text: str) -> int:
-    if not text.isdigit() or int(text) >= 2**64:
+    """strconv.ParseUint(text, 10, 64): ASCII digits only (``isdigit`` alone lets "²" through
+    to ``int``, a 500), and "value out of range" past 2^64 - 1."""
+    if not (text.isascii() and text.isdigit()):
         raise DVIDError(f'strconv.ParseUint: parsing "{text}": invalid syntax')
+    if int(text) >= 2**64:
+        raise DVIDError(f'strconv.ParseUint: parsing "{text}": value out of range')
     return int(text)
 
 

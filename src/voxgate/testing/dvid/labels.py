@@ -37,6 +37,7 @@ from .labelindex import (
     _as_label,
     _body_list,
     _bounds,
+    _coords,
     _downres,
     _index,
     _label_arg,
@@ -104,11 +105,7 @@ def _labels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
         x, y, z = _xyz(parts[1], "coordinate")
         return Reply(body=json.dumps({"Label": _points(ctx, [(x, y, z)])[0]}).encode())
     if kw == "labels" and method == "GET":
-        coords = _body_list(body, "labels")
-        try:
-            pts = [(int(c[0]), int(c[1]), int(c[2])) for c in coords]
-        except (TypeError, ValueError, IndexError):
-            raise DVIDError("Bad labels request JSON: expected [[x,y,z], ...]") from None
+        pts = _coords(body)
         return Reply(body=("[" + ",".join(str(v) for v in _points(ctx, pts)) + "]").encode())
     if kw == "maxlabel":
         if method == "GET":
@@ -204,6 +201,10 @@ def _labels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
             return Reply(body=("{" + text).encode(), content_type="application/octet-stream")
         n = sum(sum(idx[sv].values()) for sv in svs)
         return Reply(body=(f'{{"voxels": {n}, ' + text).encode())
+    if kw == "sparsevol" and is_map and method == "POST":
+        # handlers.go handleSparsevol: the label is parsed, then POST is refused (400)
+        _label_arg(parts, kw)
+        raise DVIDError("POST of sparsevol not currently implemented")
     if kw in ("sparsevol", "sparsevol-coarse") and method in ("GET", "HEAD"):
         label = _label_arg(parts, kw)
         svs = _supervoxels_of(ctx, label, ctx.flag("supervoxels"))
@@ -231,8 +232,11 @@ def _labels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
         runs_arr = _runs(ctx, svs, scale, lo, hi) if svs else np.zeros((0, 4), np.int32)
         if not len(runs_arr):
             return Reply(404, b"", "text/plain")
+        # labelmap.go svformatFromQueryString: "srles", "blocks", and any other value rles
         fmt = ctx.q.get("format", "rles")
-        if fmt not in ("rles", "srles"):
+        if fmt not in ("srles", "blocks"):
+            fmt = "rles"
+        if fmt == "blocks":
             raise DVIDError(f"sparsevol format {fmt!r} is not served by the voxgate DVID test "
                             "server (it serves rles and srles)")
         data = encode_rles(runs_arr, header=fmt == "rles")
@@ -250,8 +254,9 @@ def _labels(ctx: _Ctx, method: str, parts: list[str], body: bytes,
         for sv, blocks in idx.items():
             b = m.get(sv, sv)
             totals[b] = totals.get(b, 0) + sum(blocks.values())
-        start = int(ctx.q.get("start", 0) or 0)
-        number = int(ctx.q.get("number", 10_000_000) or 10_000_000)
+        # handlers.go handleListLabels: strconv.ParseUint of each (400), number capped at 10M
+        start = _uint(ctx.q["start"]) if ctx.q.get("start") else 0
+        number = min(_uint(ctx.q["number"]), 10_000_000) if ctx.q.get("number") else 10_000_000
         keys = [k for k in sorted(totals) if k >= start][:number]
         if ctx.flag("sizes"):
             arr = np.array([[k, totals[k]] for k in keys], dtype="<u8").reshape(-1)

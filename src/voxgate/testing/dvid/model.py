@@ -176,4 +176,7 @@ class _Ctx:
             "last mod app": self.q.get("app", ""), "last mod time": _now()}
 
     def flag(self, name: str) -> bool:
-        return self.q.get(name, "").lower() in ("true", "1", "on")
+        """A boolean query option as DVID reads every one the handlers here look at
+        (``supervoxels``, ``sizes``, ``json``, ``tar``, ``jsontar``): ``queryStrings.Get(name)
+        == "true"``, that exact string; ``1``, ``on`` or ``True`` are false."""
+        return self.q.get(name, "") == "true"
