@@ -1,8 +1,10 @@
 """The status of server-side downsample jobs (bossDB's ``/v1/downsample/``), kept in the relay's
 state file so that every worker process of ``voxgate serve --workers N`` answers the same:
-``state["downsample"][upstream URL] = {"status", "pid"}`` (the pid of the process running
-it: a job whose process is gone without saying how it ended is FAILED), and ``"written":
-true`` once level 0 was written while the job ran.
+``state["downsample"][upstream URL] = {"status", "pid", "started"}`` (the pid of the process
+running it and when that process started, where the system says: a job whose process is gone
+without saying how it ended is FAILED, and so is one whose pid is another process's now, as
+after a relay killed during a job is started again with the same pids, as a container's
+processes are), and ``"written": true`` once level 0 was written while the job ran.
 
 A write to level 0 makes a finished pyramid stale: DOWNSAMPLED becomes NOT_DOWNSAMPLED, as in
 bossDB.  A write *during* a job leaves it IN_PROGRESS (a second POST is refused with 409, as
@@ -35,7 +37,7 @@ def job_status(catalog: Catalog, url: str) -> str | None:
     if not isinstance(job, dict):
         return None
     status = str(job.get("status"))
-    if status == "IN_PROGRESS" and not _alive(job.get("pid")):
+    if status == "IN_PROGRESS" and not _alive(job.get("pid"), job.get("started")):
         return "FAILED"  # its process ended without saying (killed)
     return status
 
@@ -44,7 +46,9 @@ def set_job_status(catalog: Catalog, url: str, status: str | None) -> None:
     """Record ``status`` (None: forget the channel's) in a transaction on the state file."""
     with catalog.lock:
         jobs = catalog.state.setdefault("downsample", {})
-        want = None if status is None else {"status": status, "pid": os.getpid()}
+        pid = os.getpid()
+        want = None if status is None else {"status": status, "pid": pid,
+                                            "started": _started(pid)}
         if jobs.get(url) != want and (status is not None or url in jobs):
             if want is None:
                 del jobs[url]
@@ -101,8 +105,9 @@ def run_job(remote: Any) -> None:
     downsample(Volume(remote), len(remote.meta.scales), prefer="local")
 
 
-def _alive(pid: object) -> bool:
-    """Whether process ``pid`` is running."""
+def _alive(pid: object, started: object = None) -> bool:
+    """Whether process ``pid`` is running, and is the one that started at ``started`` (as
+    :func:`_started` gave it) when both are known: a pid is used again by a later process."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -110,5 +115,21 @@ def _alive(pid: object) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    if isinstance(started, str):
+        now = _started(pid)
+        if now is not None and now != started:
+            return False  # another process with the pid
     return True
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks after boot, from /proc), or None where the
+    system does not say."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # (after the command name, which may hold spaces and parentheses: field 22 overall)
+        return stat[stat.rindex(b")") + 2:].split()[19].decode()
+    except (OSError, ValueError, IndexError):
+        return None
