@@ -226,3 +226,42 @@ def test_the_job_on_a_dvid_labelmap_leaves_dvids_scales_alone(tmp_path: Path) ->
         if relay is not None:
             relay.cache.close()
         dvid.stop()
+
+
+class _Catalog:
+    """What relay/jobs.py uses of the relay's Catalog: its state, lock, save and refresh."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.state: dict[str, Any] = {}
+        self.lock = threading.RLock()
+        self.saves = 0
+
+    def save(self) -> None:
+        self.saves += 1
+
+    def refresh(self) -> None:
+        pass
+
+
+def test_a_jobs_end_records_nothing_once_its_channel_was_deleted_or_made_again() -> None:
+    """The delete of a channel waits for its job's writes, not for the job's end, and clears
+    the job's record; the job's end then wrote its status back under the channel's upstream
+    URL, which a channel made again under the name has too: the new channel read the old job's
+    FAILED (its store moved away by the delete) or wrote over its own job's IN_PROGRESS.  Fails
+    on the code before, which recorded any job's end."""
+    from voxgate.relay import jobs
+
+    cat, url = _Catalog(), "zarr:///data/c/e/ch"
+    jobs.set_job_status(cat, url, "IN_PROGRESS", job="old")
+    assert jobs.job_status(cat, url) == "IN_PROGRESS"
+    jobs.set_job_status(cat, url, None)  # the delete
+    assert jobs.finish_job(cat, url, ok=False, job="old") == "FAILED"
+    assert jobs.job_status(cat, url) is None  # nothing carried over to a channel made again
+    jobs.set_job_status(cat, url, "IN_PROGRESS", job="new")  # the new channel's own job
+    jobs.finish_job(cat, url, ok=True, job="old")
+    assert jobs.job_status(cat, url) == "IN_PROGRESS"
+    jobs.note_write(cat, url)  # (a write during it: marked on its record, which keeps its id)
+    assert jobs.finish_job(cat, url, ok=True, job="new") == "NOT_DOWNSAMPLED"
+    assert jobs.job_status(cat, url) == "NOT_DOWNSAMPLED"

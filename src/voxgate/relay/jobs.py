@@ -42,13 +42,17 @@ def job_status(catalog: Catalog, url: str) -> str | None:
     return status
 
 
-def set_job_status(catalog: Catalog, url: str, status: str | None) -> None:
-    """Record ``status`` (None: forget the channel's) in a transaction on the state file."""
+def set_job_status(catalog: Catalog, url: str, status: str | None,
+                   job: str | None = None) -> None:
+    """Record ``status`` (None: forget the channel's) in a transaction on the state file;
+    ``job``: the id of the job that starts (see :func:`finish_job`)."""
     with catalog.lock:
         jobs = catalog.state.setdefault("downsample", {})
         pid = os.getpid()
         want = None if status is None else {"status": status, "pid": pid,
                                             "started": _started(pid)}
+        if want is not None and job is not None:
+            want["job"] = job
         if jobs.get(url) != want and (status is not None or url in jobs):
             if want is None:
                 del jobs[url]
@@ -83,14 +87,20 @@ def note_write(catalog: Catalog, url: str) -> None:
             set_job_status(catalog, url, "NOT_DOWNSAMPLED")
 
 
-def finish_job(catalog: Catalog, url: str, ok: bool) -> str:
-    """Record how the channel's job ended and return the status: FAILED, or DOWNSAMPLED unless
-    level 0 was written while it ran (then NOT_DOWNSAMPLED)."""
+def finish_job(catalog: Catalog, url: str, ok: bool, job: str) -> str:
+    """Record how the channel's job (its id ``job``, as :func:`set_job_status` was given it)
+    ended and return the status: FAILED, or DOWNSAMPLED unless level 0 was written while it
+    ran (then NOT_DOWNSAMPLED).  Recorded only while the record is still the job's: a channel
+    deleted while its job ended (the delete waits for the job's writes, not for this) has no
+    record any more, and one created again under the name (the same upstream URL) has a
+    status of its own, which the old job's end wrote over (a FAILED from the delete's move of
+    its store, say, carried over to the new channel)."""
     with catalog.lock:
-        job = catalog.state.get("downsample", {}).get(url)
-        written = isinstance(job, dict) and bool(job.get("written"))
+        record = catalog.state.get("downsample", {}).get(url)
+        written = isinstance(record, dict) and bool(record.get("written"))
         status = "FAILED" if not ok else "NOT_DOWNSAMPLED" if written else "DOWNSAMPLED"
-        set_job_status(catalog, url, status)
+        if isinstance(record, dict) and record.get("job") == job:
+            set_job_status(catalog, url, status)
     return status
 
 

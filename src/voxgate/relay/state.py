@@ -521,7 +521,8 @@ class Relay:
         with self._jobs_lock, self.catalog.lock:  # (one job per channel in every worker)
             if job_status(self.catalog, remote.url) in ("QUEUED", "IN_PROGRESS"):
                 raise BossHTTPError(409, 2006, "a downsample of this channel is already running")
-            set_job_status(self.catalog, remote.url, "IN_PROGRESS")
+            job_id = uuid.uuid4().hex
+            set_job_status(self.catalog, remote.url, "IN_PROGRESS", job=job_id)
 
         def job() -> None:
             try:
@@ -531,9 +532,9 @@ class Relay:
             except Exception as exc:  # the job's outcome is its status; the log says why
                 log.warning("downsample of %s failed: %s", redact(remote.url),
                             redact(str(exc)))
-                finish_job(self.catalog, remote.url, ok=False)
+                finish_job(self.catalog, remote.url, ok=False, job=job_id)
             else:
-                if finish_job(self.catalog, remote.url, ok=True) == "NOT_DOWNSAMPLED":
+                if finish_job(self.catalog, remote.url, ok=True, job=job_id) == "NOT_DOWNSAMPLED":
                     log.info("downsample of %s ended NOT_DOWNSAMPLED: level 0 was written "
                              "while it ran", redact(remote.url))
 
