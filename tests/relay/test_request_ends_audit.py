@@ -27,7 +27,7 @@ Found by this audit (2026-12-07), failing on the code before:
   the budget); now it keeps its body's bytes until then, the rest given back once the body is
   made.
 - a large GET whose client left while it waited for the budget read and encoded its cutout
-  for nobody once admitted; now it looks first.
+  for nobody once admitted; then it looked first; now it leaves the queue as its client goes.
 - a POST whose client left mid-body was logged as an unhandled error with a traceback.
 
 A client reading a 5 MiB cutout steadily but slowly (16 KiB window, ~1 MB/s: four times
@@ -38,6 +38,7 @@ this whole file, which later runs did not repeat.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -223,8 +224,26 @@ def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+#: threads of the libraries' own pools, started as work comes and kept (bounded by the
+#: libraries: tensorstore's by its concurrency, uvloop's by libuv's 4): not a request's
+_POOLS = ("ts_pool_worker", "libuv-worker")
+
+
 def _threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
+    """The process's threads but :data:`_POOLS`' (a loaded machine's run made tensorstore
+    start 11 for this file's reads, where a quiet one starts fewer: the slack of 8 was not
+    enough for them, and they are not what these tests look for)."""
+    names = _thread_names(pid)
+    return sum(n for name, n in names.items() if name not in _POOLS)
+
+
+def _thread_names(pid: int) -> dict[str, int]:
+    names: dict[str, int] = {}
+    for t in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            name = Path(f"/proc/{pid}/task/{t}/comm").read_text().strip()
+            names[name] = names.get(name, 0) + 1
+    return names
 
 
 def _inflight(relay: RelayProcess) -> dict[str, Any]:
@@ -260,7 +279,8 @@ def _holds_nothing(relay: RelayProcess, base: Baseline) -> None:
     assert _until(lambda: (m := _inflight(relay))["reserved_bytes"] == 0 and m["waiting"] == 0), \
         _inflight(relay)
     assert _until(lambda: _fds(pid) <= base.fds + 8), (_fds(pid), base.fds)
-    assert _until(lambda: _threads(pid) <= base.threads + 8), (_threads(pid), base.threads)
+    assert _until(lambda: _threads(pid) <= base.threads + 8), (_threads(pid), base.threads,
+                                                               _thread_names(pid))
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -416,9 +436,11 @@ class Trickle:
 
 def test_clients_gone_while_waiting_for_the_budget_leave_nothing_behind(
         relay: RelayProcess, world: World) -> None:
-    """Held before too: large GETs, POSTs and to_blacks whose clients go away (FIN or RST)
-    while they wait for the budget another large POST holds leave the queue when the wait
-    ends (answered 503, to nobody); the holder then finishes, and nothing is left reserved."""
+    """Large GETs, POSTs and to_blacks whose clients go away (FIN or RST) while they wait for
+    the budget another large POST holds leave the queue: the GET and the HEAD as their clients
+    go (not refused), the POST and the to_black when the wait ends (answered 503, to nobody:
+    their bodies are not read until admitted, so their clients are not watched); the holder
+    then finishes, and nothing is left reserved."""
     base = _baseline(relay)
     before = _inflight(relay)
     holder = Trickle(relay, world, POSTED)
@@ -436,28 +458,37 @@ def test_clients_gone_while_waiting_for_the_budget_leave_nothing_behind(
     assert _until(lambda: _inflight(relay)["waiting"] == 0, seconds=WAIT + 10)
     m = _inflight(relay)
     assert m["reserved_bytes"] == BUDGET  # (the holder's, still)
-    assert m["refused"] - before["refused"] == len(waiters)
+    assert m["refused"] - before["refused"] == 2  # (the POST and the to_black)
     assert holder.finish() == 201
     _holds_nothing(relay, base)
     _check_cutout(relay, world, Box((2, 0, 0), (2 + BIG_Z, 512, 512)))
 
 
-def test_a_get_whose_client_left_while_waiting_reads_nothing_once_admitted(
+def test_a_get_whose_client_left_while_waiting_leaves_the_queue_at_once(
         world: World, tmp_path: Path) -> None:
-    """Fails on the code before: a large GET whose client left while it waited for the budget
-    still read and encoded its cutout once admitted, for nobody (up to max_cutout_bytes, the
-    budget held from the clients still there).  Now it looks first and lets go."""
+    """A large GET whose client left while it waited for the budget stays in the queue until
+    admitted or refused (up to the wait limit, here 60 s), keeping its place ahead of the
+    requests behind it, and once admitted it read and encoded its cutout for nobody (fails on
+    the code before, where it left only once admitted; the session before, it then still read).
+    Now it leaves the queue as its client goes (FIN or RST): not admitted, not refused, and
+    nothing read."""
     r = _start(world, tmp_path / "relay", wait=60)
     try:
         holder = Trickle(r, world, POSTED)
         assert _until(lambda: _inflight(r)["reserved_bytes"] == BUDGET)
-        gone = _connect(r, _head(_cut(7, 7 + BIG_Z, 512, 1024, 0, 512)))
-        assert _until(lambda: _inflight(r)["waiting"] == 1)
-        _reset(gone)
         before = httpx.get(r.url + "/metrics", headers=H, timeout=30).json()["cache"]
-        admitted = _inflight(r)["admitted"]
+        m0 = _inflight(r)
+        for end in (_reset, socket.socket.close):
+            gone = _connect(r, _head(_cut(7, 7 + BIG_Z, 512, 1024, 0, 512)))
+            assert _until(lambda: _inflight(r)["waiting"] == 1)
+            end(gone)
+            t0 = time.monotonic()
+            assert _until(lambda: _inflight(r)["waiting"] == 0, seconds=20)
+            assert time.monotonic() - t0 < 20  # (the wait limit is 60 s)
+        m = _inflight(r)
+        assert m["reserved_bytes"] == BUDGET  # (the holder's, still)
+        assert (m["admitted"], m["refused"]) == (m0["admitted"], m0["refused"])
         assert holder.finish() == 201
-        assert _until(lambda: _inflight(r)["admitted"] == admitted + 1)  # (the gone GET's)
         assert _until(lambda: _inflight(r)["reserved_bytes"] == 0)
         after = httpx.get(r.url + "/metrics", headers=H, timeout=30).json()["cache"]
         assert after["misses"] == before["misses"], (before, after)

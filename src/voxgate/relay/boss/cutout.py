@@ -3,6 +3,8 @@ and to_black routes."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import re
 from typing import Any
@@ -219,6 +221,36 @@ def _encoded(cut: _Cutout, media: str, etag: str,
 _PIECE = 2**20
 
 
+async def _client_gone(request: Request) -> None:
+    """Returns once the client of a GET (a request without a body to read) has gone: ASGI's
+    receive answers ``http.disconnect`` then (its one ``http.request`` message taken first)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _admitted_unless_gone(budget: InflightBudget, nbytes: int,
+                                request: Request) -> int | None:
+    """:meth:`InflightBudget.acquire` for a GET, which leaves the queue as soon as its client
+    goes (None): it waited until admitted or refused (up to 30 s), holding its place in the
+    queue and any smaller requests behind it that would fit, for nobody.  (A POST's client
+    cannot be watched so: it would take its body's messages, not read until admitted.)"""
+    admitting = asyncio.ensure_future(budget.acquire(nbytes))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait((admitting, gone), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # (cancelled: the reservation, if granted meanwhile, given back)
+        admitting.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if admitting.done():
+        return admitting.result()  # (the 503 raised here when refused)
+    admitting.cancel()  # (acquire gives back a reservation granted as it was cancelled)
+    with contextlib.suppress(asyncio.CancelledError):
+        await admitting
+    return None
+
+
 class _HeldResponse(Response):
     """A response that keeps as much of its request's reservation of the admission budget as
     its body's bytes until the client has taken all but the last piece of it (or the sending
@@ -305,8 +337,9 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
                 raise
             held = taken[0]
             if isinstance(found, int):
-                held = await budget.acquire(found)
-                if await request.is_disconnected():
+                got = await _admitted_unless_gone(budget, found, request)
+                held = got or 0
+                if got is None or await request.is_disconnected():
                     # the client left while it waited (up to 30 s): no read and no encoding
                     # of up to max_cutout_bytes for nobody, the budget free for the next
                     budget.release(held)
