@@ -485,6 +485,15 @@ def test_a_get_whose_client_left_while_waiting_leaves_the_queue_at_once(
             t0 = time.monotonic()
             assert _until(lambda: _inflight(r)["waiting"] == 0, seconds=20)
             assert time.monotonic() - t0 < 20  # (the wait limit is 60 s)
+        # and a POST whose Content-Length its region cannot take is refused at once: it
+        # waited for the budget first (here up to 60 s; fails on the code before)
+        big = _connect(r, _post_head(_cut(0, BIG_Z, 0, 512, 512, 1024), 10 * BIG_Z * 2**18))
+        t0 = time.monotonic()
+        try:
+            assert _status(big) == 413
+        finally:
+            big.close()
+        assert time.monotonic() - t0 < 15
         m = _inflight(r)
         assert m["reserved_bytes"] == BUDGET  # (the holder's, still)
         assert (m["admitted"], m["refused"]) == (m0["admitted"], m0["refused"])

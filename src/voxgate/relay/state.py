@@ -287,6 +287,20 @@ class Relay:
     # -- data -----------------------------------------------------------------------------------
     async def read_body(self, request: Request, expected: int) -> bytes:
         """The request body, refused with 413 before reading when it cannot fit the region."""
+        limit = self.check_length(request, expected)
+        chunks = []
+        size = 0
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise BossHTTPError(413, REQUEST_TOO_LARGE, "the body is larger than the region "
+                                    f"it is for can be ({expected} bytes)")
+            chunks.append(part)
+        return b"".join(chunks)
+
+    def check_length(self, request: Request, expected: int) -> int:
+        """The most bytes a body for a region of ``expected`` bytes may have; a Content-Length
+        above it refused (413) at once, before the request waits for anything (the budget)."""
         limit = min(self.config.max_cutout_bytes, expected) + 65536
         length = request.headers.get("content-length")
         if length is not None:
@@ -297,15 +311,7 @@ class Relay:
             if n > limit:
                 raise BossHTTPError(413, REQUEST_TOO_LARGE, f"the body ({n} bytes) is larger "
                                     f"than the region it is for can be ({expected} bytes)")
-        chunks = []
-        size = 0
-        async for part in request.stream():
-            size += len(part)
-            if size > limit:
-                raise BossHTTPError(413, REQUEST_TOO_LARGE, "the body is larger than the region "
-                                    f"it is for can be ({expected} bytes)")
-            chunks.append(part)
-        return b"".join(chunks)
+        return limit
 
     def write(self, remote: CachedRemote, box: Box, data: np.ndarray, res: int) -> None:
         """Write ``data`` over ``box`` (within the level's frame) at level ``res``.

@@ -362,6 +362,8 @@ def cutout_handlers(relay: Relay) -> dict[str, Handler]:
             raise BossHTTPError(403, MISSING_PERMISSION,
                                 f"channel {'/'.join(cut.entry.key)} is read-only on this relay")
         # reserved before the body is read: the body, the array decoded from it and the write
+        # (a Content-Length the region cannot take refused first: it waited for the budget)
+        relay.check_length(request, cut.nbytes)
         held = await budget.acquire(cut.nbytes)
         try:
             body = await relay.read_body(request, cut.nbytes)
