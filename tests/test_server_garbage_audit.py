@@ -41,6 +41,7 @@ from voxgate.errors import (
     RemoteNotFoundError,
     RemoteUnavailableError,
     VoxgateError,
+    VoxgateWarning,
 )
 
 SHAPE = (20, 30, 40)
@@ -196,8 +197,10 @@ def test_file_metadata_garbage_is_a_voxgate_error(files: GarbageProxy, scheme: s
 
 
 def test_n5_group_kind_garbage_names_the_file(files: GarbageProxy) -> None:
-    # (before: "kind must be 'image' or 'segmentation', got 'x'", naming nothing)
-    exc = _refused(_url("n5", files), files, r"/a\.n5/attributes\.json$", "strings")
+    # (before: "kind must be 'image' or 'segmentation', got 'x'", naming nothing; the garbled
+    # pixelResolution and resolution, every string "x", are named in warnings first)
+    with pytest.warns(VoxgateWarning, match=r"attributes\.json '(pixelR|r)esolution'.*ignored"):
+        exc = _refused(_url("n5", files), files, r"/a\.n5/attributes\.json$", "strings")
     assert isinstance(exc, InvalidRequestError), repr(exc)
     assert f"{files.url}/a.n5/attributes.json" in str(exc), str(exc)
 

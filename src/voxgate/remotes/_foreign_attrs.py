@@ -164,10 +164,12 @@ def funlib_axes(value: object, key: str, physical: list[int], names: list[str],
             return [value[physical.index(i)] for i in spatial]
         if len(value) == len(names):
             return [value[i] for i in spatial]
+    fallback = {"offset": "offset 0 is taken",
+                "units": "the voxel size is taken as nanometres"}.get(key, "1 nm voxels are taken")
     warn_ignored(f"{where}: attribute {key} = {str(value)[:80]!r}",
                  f"it is not one {'number' if numbers else 'unit'} for each space axis in "
-                 f"dimension order ({', '.join(names[i] for i in physical)}); "
-                 f"{'1 nm voxels' if key != 'offset' else 'offset 0'} are taken", stacklevel=4)
+                 f"dimension order ({', '.join(names[i] for i in physical)}); {fallback}",
+                 stacklevel=4)
     return None
 
 

@@ -118,7 +118,9 @@ def _series(location: str, fmt: int) -> tuple[str, ...]:
 
 
 def _plate(location: str, plate: Any, fmt: int) -> Collection:
+    # (foreign JSON: a malformed well list, well or image list names no image, never a crash)
     wells = plate.get("wells", []) if isinstance(plate, dict) else []
+    wells = wells if isinstance(wells, list) else []
     paths: list[str] = []
     visited = 0
     for well in wells:
@@ -127,7 +129,9 @@ def _plate(location: str, plate: Any, fmt: int) -> Collection:
         visited += 1
         well_path = str(well.get("path", "")) if isinstance(well, dict) else ""
         attrs = _group_attrs(join(location, well_path), fmt) if well_path else None
-        images = ((attrs or {}).get("well") or {}).get("images", [])
-        paths += [f"{well_path}/{im['path']}" for im in images
-                  if isinstance(im, dict) and "path" in im]
+        well_attrs = (attrs or {}).get("well")
+        images = well_attrs.get("images") if isinstance(well_attrs, dict) else None
+        paths += [f"{well_path}/{im['path']}" for im in (images if isinstance(images, list)
+                                                          else ()) if isinstance(im, dict)
+                  and "path" in im]
     return Collection("plate", tuple(paths), complete=visited == len(wells))

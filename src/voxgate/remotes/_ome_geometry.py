@@ -186,6 +186,12 @@ def place(frame: Frame, datasets: Sequence[dict[str, Any]], i: int,
         for j, f in zip(spatial, factors, strict=True):
             own_scale[j] *= f
     sc = [a * b for a, b in zip(own_scale, frame.scale, strict=True)]
+    if not all(sc[j] > 0 for j in frame.spatial):
+        # (a zero or negative scale: refused here, naming the dataset and the attribute)
+        raise InvalidRequestError(
+            f"{where}: the scale of its coordinateTransformations (the dataset's times the "
+            f"multiscale's) is {sc} for axes {frame.names}; it must be positive on each space "
+            "axis")
     tr = [t * g + gt for t, g, gt in zip(own_tr, frame.scale, frame.translation, strict=True)]
     if frame.flat:
         # one z plane as thick as the coarser in-plane voxel of this level: a pyramid made

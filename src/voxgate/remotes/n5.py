@@ -324,31 +324,75 @@ def _per_axis(xyz: Sequence[Any], channels: int, channel_value: Any) -> list[Any
     return [*xyz, *([channel_value] if channels > 1 else [])]
 
 
-def _resolution_xyz(attrs: dict[str, Any], order: Sequence[int] = _XYZ) -> list[float] | None:
+def _resolution_xyz(attrs: dict[str, Any], order: Sequence[int] = _XYZ,
+                    where: str | None = None) -> list[float] | None:
     """The resolution an attributes.json states, in nm, (x, y, z); None when it states none.
 
     ``pixelResolution`` (n5-viewer) is an object ``{"unit", "dimensions"}`` or, in older files,
     a bare list; ``resolution`` (Paintera, Neuroglancer, tensorstore) is a list with optional
     per-axis ``units``.  Every list is in the dimension order of ``axes`` (as Neuroglancer and
-    tensorstore read them): ``order`` holds the positions of x, y and z in it.
+    tensorstore read them): ``order`` holds the positions of x, y and z in it.  With ``where``
+    (the file), one that cannot be read, a unit voxgate does not know (taken as nm) and the two
+    stating different sizes (``pixelResolution`` is used) are each named in a VoxgateWarning.
     """
     pr = attrs.get("pixelResolution")
+    from_pr: list[float] | None = None
     if isinstance(pr, dict):
         dims = _numbers(pr.get("dimensions"), order)
         if dims is not None:
-            f = _to_nm(pr.get("unit"))
-            return [d * f for d in dims]
+            f = _unit_nm(pr.get("unit"), where, "pixelResolution.unit")
+            from_pr = [d * f for d in dims]
     else:
-        dims = _numbers(pr, order)
-        if dims is not None:
-            return dims
-    res = _numbers(attrs.get("resolution"), order)
+        from_pr = _numbers(pr, order)
+    if pr is not None and from_pr is None and where is not None:
+        warn_ignored(f"{where} 'pixelResolution' = {str(pr)[:80]!r}",
+                     "its dimensions must be positive numbers for x, y and z", stacklevel=3)
+    value = attrs.get("resolution")
+    res = _numbers(value, order)
+    from_res: list[float] | None = None
     if res is not None:
         units = attrs.get("units")
         if isinstance(units, list) and len(units) > max(order):
-            return [r * _to_nm(units[i]) for r, i in zip(res, order, strict=True)]
-        return res
-    return None
+            unknown = [units[i] for i in order if units[i] not in (None, "")
+                       and length_unit_nm(units[i]) is None]
+            if unknown:  # (one warning for the list)
+                _unit_nm(unknown[0], where, "units")
+            from_res = [r * _to_nm(units[i]) for r, i in zip(res, order, strict=True)]
+        else:
+            from_res = res
+    elif value is not None and where is not None:
+        warn_ignored(f"{where} 'resolution' = {str(value)[:80]!r}",
+                     "it must be positive numbers for x, y and z", stacklevel=3)
+    if from_pr is None:
+        return from_res
+    if from_res is not None and where is not None:
+        _check_agree(from_pr, from_res, where, "'pixelResolution'", "'resolution'")
+    return from_pr
+
+
+def _unit_nm(unit: object, where: str | None, key: str) -> float:
+    """Nanometres per ``unit`` (``key`` of the file ``where``): none or "" is nm; one voxgate
+    does not know is taken as nm, with a VoxgateWarning when ``where`` is given."""
+    nm = length_unit_nm(unit)
+    if nm is not None:
+        return nm
+    if where is not None and unit not in (None, ""):
+        warnings.warn(VoxgateWarning(
+            f"{where} '{key}' has unit {unit!r}, which is not a length unit voxgate knows "
+            "(nm, um, ...); the voxel size is taken as nm"), stacklevel=4)
+    return 1.0
+
+
+def _check_agree(used: Sequence[float], other: Sequence[float], where: str, used_is: str,
+                 other_is: str) -> None:
+    """Warn when two attributes of ``where`` state different voxel sizes (nm, x, y, z): the one
+    read (``used_is``) and the one that is not (``other_is``)."""
+    if all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(used, other, strict=True)):
+        return
+    warnings.warn(VoxgateWarning(
+        f"{where} states two voxel sizes: {used_is} gives {tuple(used)} nm and {other_is} "
+        f"gives {tuple(other)} nm (x, y, z); voxgate uses {used_is} (n5-viewer's reading), "
+        f"and {other_is} is ignored"), stacklevel=4)
 
 
 def _xyz_order(axes: object) -> list[int] | None:
@@ -648,7 +692,7 @@ class N5Remote(Remote):
         group_factors, factors_from = _group_factors(location, group)
         # the group's lists are in the order of its own "axes", else in that of s0's
         order = _xyz_order(group.get("axes")) or _xyz_order(all_attrs[0].get("axes")) or _XYZ
-        base_res = _resolution_xyz(group, order)
+        base_res = _resolution_xyz(group, order, join(location, "attributes.json"))
         where = join(location, "attributes.json")
         ginfo = _info(group)
         cosem = _cosem_datasets(group, where)
@@ -735,19 +779,24 @@ class N5Remote(Remote):
                     key or path, f"{where} 'downsamplingFactors'" if own_factors
                     else group.factors_from, stated, vs, group.vs0, flat)
         else:
+            cosem = tf is not None and tf.voxel is not None
             own_base = (
-                _resolution_xyz({"pixelResolution": attrs["pixelResolution"]}, order)
+                _resolution_xyz({"pixelResolution": attrs["pixelResolution"]}, order,
+                                None if cosem else where)
                 if "pixelResolution" in attrs
                 else None
             )
             own = _resolution_xyz({"resolution": attrs.get("resolution"),
-                                   "units": attrs.get("units")}, order)
+                                   "units": attrs.get("units")}, order, None if cosem else where)
             if tf is not None and tf.voxel is not None:
                 # COSEM: a dataset's transform "scale" is its own voxel size
                 res_xyz = tf.voxel
             elif own_base is not None:
                 # n5-viewer: a scale's pixelResolution is the base one, scaled by its factors
                 res_xyz = [r * f for r, f in zip(own_base, factors, strict=True)]
+                if own is not None:  # (tensorstore's resolution: this scale's own size)
+                    _check_agree(res_xyz, own, where, "'pixelResolution' times the "
+                                 "downsampling factors", "'resolution'")
             elif own is not None:
                 # tensorstore: a dataset's own "resolution" is its voxel size
                 res_xyz = own

@@ -527,7 +527,12 @@ class ZarrRemote(Remote):
         ome = attrs.get("ome", attrs) if v3 else attrs
         multiscales = ome["multiscales"]
         ms = multiscales[self._ms_index]
-        axes = ms.get("axes") or [{"name": n} for n in ("z", "y", "x")]
+        first = ms["datasets"][0]
+        array_key = "zarr.json" if v3 else ".zarray"
+        template = read_json(join(self.location, first["path"]), array_key)
+        # NGFF 0.1 / 0.2 list no axes: theirs by rank (a 5-D image is t, c, z, y, x), as read
+        axes = ms.get("axes") or [{"name": n} for n in axis_names(
+            ms, len(template["shape"]), repr(self.location))]
         axes = [a if isinstance(a, dict) else {"name": a} for a in axes]
         names = [a["name"] for a in axes]
         lowered = [str(n).lower() for n in names]
@@ -546,9 +551,6 @@ class ZarrRemote(Remote):
                    for j in spatial]
         if flat:
             axis_nm.insert(0, axis_nm[0])
-        first = ms["datasets"][0]
-        array_key = "zarr.json" if v3 else ".zarray"
-        template = read_json(join(self.location, first["path"]), array_key)
         first_tf = first.get("coordinateTransformations", [])
         # the other axes (c, t, ...) keep scale 0's extent, scale and translation
         base_scale, base_tr = _scale_transform(first_tf, rank), _translation(first_tf, rank)
