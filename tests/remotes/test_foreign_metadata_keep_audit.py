@@ -163,3 +163,25 @@ def test_funlib_units_ignored_says_what_is_taken(tmp_path: Path) -> None:
     with pytest.warns(VoxgateWarning, match=r"units = .*voxel size is taken as nanometres"):
         vol = voxgate.open(url)
     assert vol.meta.voxel_size.zyx() == (40.0, 4.0, 4.0)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_an_ome_groups_unreadable_voxgate_kind_is_warned_naming_it(tmp_path: Path,
+                                                                   zarr_format: int) -> None:
+    """A plain array's malformed ``voxgate.kind`` is warned and guessed; an OME-Zarr group's
+    made the whole group unreadable, with "kind must be 'image' or 'segmentation', got 'x'"
+    naming no file (fails on the code before).  Now as a plain array's."""
+    url = f"zarr://{tmp_path / 'img.zarr'}"
+    voxgate.create(url, shape=(4, 5, 6), dtype="uint32", chunks=(2, 2, 2),
+                   voxel_size=(1, 2, 3), zarr_format=zarr_format)[:] = 7
+    name = "zarr.json" if zarr_format == 3 else ".zattrs"
+    path = tmp_path / "img.zarr" / name
+    doc = json.loads(path.read_text())
+    attrs = doc["attributes"] if zarr_format == 3 else doc
+    attrs.setdefault("voxgate", {})["kind"] = "x"
+    path.write_text(json.dumps(doc))
+    with pytest.warns(VoxgateWarning, match=r"img\.zarr: attribute voxgate\.kind = 'x' is "
+                                            r"ignored.*guessed from the dtype"):
+        vol = voxgate.open(url)
+    assert vol.kind == "segmentation"  # (uint32: the guess)
+    assert (vol.read() == 7).all()

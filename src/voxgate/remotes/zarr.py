@@ -332,7 +332,8 @@ class ZarrRemote(Remote):
             )
             arrays.append(arr)
         assert dtype is not None
-        meta = VolumeMeta(dtype, tuple(scales), _group_kind(info, ome, dtype), channels, fill,
+        meta = VolumeMeta(dtype, tuple(scales), _group_kind(info, ome, dtype, location),
+                          channels, fill,
                           _ome_extra(ome, multiscales, k, channels, location))
         remote = cls(location, meta, arrays, mode, shard0, fmt)
         remote._multiscale, remote._ms_index = multiscale, k
@@ -390,7 +391,7 @@ class ZarrRemote(Remote):
         info = group_attrs.get("voxgate", {})
         scale = Scale(0, Vec(*arr.store.shape[-3:]), chunks, vs, offset, _encoding(store),
                       None, exact)
-        kind = own_kind or _group_kind(info, ome, dtype)
+        kind = own_kind or _group_kind(info, ome, dtype, location)
         multiscales = ome["multiscales"]
         index = next(i for i, m in enumerate(multiscales) if m is ms)
         meta = VolumeMeta(dtype, (scale,), _kind(kind), channels, _fill(store),
@@ -761,10 +762,16 @@ def _check_rank(store: ts.TensorStore, frame: Frame, path: str) -> None:
             f"{path} is {store.rank}-D; the multiscale's axes are {frame.names}")
 
 
-def _group_kind(info: object, ome: dict[str, Any], dtype: np.dtype[Any]) -> Kind:
+def _group_kind(info: object, ome: dict[str, Any], dtype: np.dtype[Any], where: str) -> Kind:
     """An OME-Zarr image's kind: the group's ``voxgate`` attribute's, else segmentation for a
-    label image (``image-label``), else a guess from the dtype."""
+    label image (``image-label``), else a guess from the dtype.  A stated kind voxgate cannot
+    read is ignored with a VoxgateWarning naming the group (``where``), as a plain array's is:
+    it made the whole group unreadable, with an error naming no file."""
     stated = info.get("kind") if isinstance(info, dict) else None
+    if stated is not None and stated not in ("image", "segmentation"):
+        warn_ignored(*_unreadable(where, "voxgate.kind", stated, "a kind guessed from the "
+                                  "dtype (segmentation for a label image)"), stacklevel=3)
+        stated = None
     return _kind(stated or ("segmentation" if "image-label" in ome else _guess_kind(dtype)))
 
 
