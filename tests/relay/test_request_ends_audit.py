@@ -761,6 +761,52 @@ def test_sigterm_with_requests_in_flight_exits_promptly_and_cleanly(
     assert (tmp_path / "relay" / "cache" / "cache.db").exists()
 
 
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        sock.sendall(data)
+
+
+def test_sigterm_refuses_the_requests_waiting_for_the_budget_at_once(
+        world: World, tmp_path: Path) -> None:
+    """A relay sent SIGTERM while a large POST waited for the budget (its client there, its
+    body sent) waited for that request to be refused at the end of its wait, here 60 s (fails
+    on the code before: no answer within the socket's 20 s).  Now uvicorn's shutdown refuses
+    it at once (503, Retry-After), the holder (a POST trickling its body) is answered, and the
+    relay exits."""
+    r = _start(world, tmp_path / "relay", wait=60)
+    waiter: socket.socket | None = None
+    holder = Trickle(r, world, POSTED)
+    try:
+        assert _until(lambda: _inflight(r)["reserved_bytes"] == BUDGET)
+        post = _body(world, POSTED)
+        waiter = _connect(r, _post_head(_cut(0, BIG_Z, 512, 1024, 512, 1024), len(post)))
+        threading.Thread(target=_send_quietly, args=(waiter, post), daemon=True).start()
+        assert _until(lambda: _inflight(r)["waiting"] == 1)
+        time.sleep(CLIENT_TIMEOUT + 1)
+        assert _inflight(r)["waiting"] == 1  # (the relay, not its client, is waiting)
+        t0 = time.monotonic()
+        r.proc.send_signal(signal.SIGTERM)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            got = waiter.recv(4096)
+            assert got, f"closed without an answer: {answer!r}"
+            answer += got
+        assert answer.split()[1] == b"503" and b"retry-after: 5" in answer.lower(), answer
+        assert time.monotonic() - t0 < 10
+        assert holder.finish() == 201  # (admitted before: it goes on)
+        try:
+            r.proc.wait(15)
+        except Exception:
+            pytest.fail("the relay did not exit after SIGTERM")
+    finally:
+        holder.stop.set()
+        holder.thread.join(10)
+        holder.sock.close()
+        if waiter is not None:
+            waiter.close()
+        r.stop()
+
+
 def test_every_request_thread_is_free_afterwards(relay: RelayProcess, world: World) -> None:
     """Held before too: after every end above, 32 requests that each hold a thread until the
     upstream timeout run at once (one thread token lost would make the last wait for another

@@ -9,7 +9,7 @@ import copy
 import os
 import struct
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -66,7 +66,8 @@ def _unsent(transport: Any) -> int:
     return n
 
 
-def client_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
+def client_timeout_protocol(seconds: float, on_shutdown: Callable[[], None] | None = None
+                            ) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol (httptools' where it is installed, else h11's) closing any
     connection on which the relay has waited ``seconds`` for its client without a byte
     coming or going: one that sends nothing, stops in the middle of its request line,
@@ -75,7 +76,8 @@ def client_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
     FIN: a crashed host, a NAT that forgot it) held its file descriptor, and a half-read
     response its buffers, for the relay's whole run, until descriptors ran out and no client
     could connect.  A request being answered (the relay, not the client, working) is never
-    cut."""
+    cut.  ``on_shutdown`` is called as uvicorn stops (before it waits for the requests in
+    progress)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
     except ImportError:  # (no httptools)
@@ -103,6 +105,14 @@ def client_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
         def pause_writing(self) -> None:
             self._waited()
             super().pause_writing()
+
+        def shutdown(self) -> None:
+            # (uvicorn stops: it calls this on every connection, then waits for the requests
+            # in progress.)  ``on_shutdown``: the relay's budget refuses its waiting requests
+            # (InflightBudget.stop), each of which would wait up to its limit (30 s) otherwise
+            if on_shutdown is not None:
+                on_shutdown()
+            super().shutdown()
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._timer is not None:
@@ -299,5 +309,6 @@ def serve(config: RelayConfig) -> None:
     log.info("voxgate relay on http://%s:%d", config.host, config.port)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False,
                 timeout_keep_alive=UVICORN_KEEP_ALIVE, log_config=uvicorn_log_config(),
-                http=client_timeout_protocol(config.client_timeout))
+                http=client_timeout_protocol(config.client_timeout,
+                                             app.state.relay.inflight.stop))
 

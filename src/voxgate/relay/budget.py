@@ -72,6 +72,7 @@ class _Waiter:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[None]
     granted: bool = field(default=False)
+    stopped: bool = field(default=False)
 
 
 class InflightBudget:
@@ -88,6 +89,8 @@ class InflightBudget:
         self.admitted = 0   # large requests given their reservation
         self.waited = 0     # of them, the ones that had to wait
         self.refused = 0    # large requests answered 503 after the wait
+        #: set once the server stops (:func:`refuse_waiters`): nothing waits any more
+        self.stopping = False
 
     def cost(self, nbytes: int) -> int:
         """The reservation of a cutout of ``nbytes`` uncompressed bytes (0: it bypasses)."""
@@ -121,12 +124,17 @@ class InflightBudget:
             if not self._queue and self.reserved + amount <= self.total:
                 self._take(amount)
                 return amount
+            if self.stopping:
+                self.refused += 1
+                raise self._stopping_error()
             waiter = _Waiter(amount, loop, loop.create_future())
             self._queue.append(waiter)
         try:
             await asyncio.wait_for(asyncio.shield(waiter.future), self.wait)
         except (TimeoutError, asyncio.CancelledError) as exc:
             with self._lock:
+                if waiter.stopped:  # (refused by stop() as the wait ended: counted there)
+                    raise self._stopping_error() from None
                 if not waiter.granted:
                     self._queue.remove(waiter)
                     # (the one behind it may fit now)
@@ -142,6 +150,26 @@ class InflightBudget:
         with self._lock:
             self.waited += 1
         return amount
+
+    def stop(self) -> None:
+        """The server stops (uvicorn shuts its connections down: app.client_timeout_protocol's
+        ``on_shutdown``): every request waiting is answered 503 now (it waited up to the
+        wait limit, 30 s, holding the server's exit back that long), and none waits from now
+        on.  Thread-safe; the requests admitted go on."""
+        with self._lock:
+            self.stopping = True
+            waiters, self._queue = list(self._queue), deque()
+            self.refused += len(waiters)
+            for waiter in waiters:
+                waiter.stopped = True
+        for waiter in waiters:
+            waiter.loop.call_soon_threadsafe(_fail, waiter.future, self._stopping_error())
+
+    def _stopping_error(self) -> BossHTTPError:
+        return BossHTTPError(
+            503, IO_ERROR, "the relay is stopping: this cutout waited for its turn at the "
+            "working memory of large cutouts; try again later (at another relay process)",
+            headers={"Retry-After": str(RETRY_AFTER)})
 
     def release(self, amount: int) -> None:
         """Give back what :meth:`acquire` reserved (0: nothing)."""
@@ -185,3 +213,9 @@ class InflightBudget:
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _fail(future: asyncio.Future[None], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+

@@ -234,7 +234,8 @@ def worker_main() -> None:
                                            timeout_keep_alive=UVICORN_KEEP_ALIVE,
                                            log_config=uvicorn_log_config(),
                                            http=client_timeout_protocol(
-                                               config.client_timeout)))
+                                               config.client_timeout,
+                                               app.state.relay.inflight.stop)))
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     os.dup2(2, 1)  # nobody reads the pipe from now on: anything printed goes to the log
