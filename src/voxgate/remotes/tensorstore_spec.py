@@ -18,12 +18,15 @@ driver allows (a zip kvstore is read only).
 
 ``voxgate.create('tensorstore://<json>', ...)`` creates the array with TensorStore's
 driver-neutral schema: dtype, shape, chunk shape, labels and ``dimension_units`` from the
-voxel size; an offset only where the driver can store a domain origin.
+voxel size (zarr v2 keeps none); an offset only where the driver can store a domain origin.
+A spec's own open-mode members (``create``, ``delete_existing``, ``open``, ...) are refused:
+voxgate chooses how it opens.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +36,7 @@ import tensorstore as ts
 from ..errors import (
     CapabilityNotSupportedError,
     InvalidRequestError,
+    ReadOnlyError,
     RemoteExistsError,
     RemoteNotFoundError,
     RemoteUnavailableError,
@@ -55,6 +59,10 @@ from .base import Capability, Remote, check_options, check_same_volume
 __all__ = ["TensorStoreRemote", "spec_url"]
 
 _CHANNEL = ("c", "channel", "ch")
+
+#: spec members that choose how TensorStore opens: voxgate chooses (mode=, voxgate.create,
+#: exist_ok=); ``delete_existing`` in a spec opened with mode="r+" deleted the array
+_OPEN_MODE = ("open", "create", "delete_existing", "assume_metadata", "assume_cached_metadata")
 
 
 def spec_url(spec: dict[str, Any]) -> str:
@@ -81,6 +89,15 @@ def _parse(location: str) -> dict[str, Any]:
         raise InvalidRequestError(
             f"a TensorStore spec is a JSON object with a 'driver', got {_shown(location, 80)!r}"
         )
+    # (``"open": true`` and a member set to false, as specs copied from TensorStore's docs
+    # have them, ask nothing voxgate does not do: taken as they are)
+    given = [m for m in _OPEN_MODE if m in spec and spec[m] is not (m == "open")]
+    if given:
+        raise InvalidRequestError(
+            f"the TensorStore spec {_shown(location, 80)!r} has {', '.join(given)}: voxgate "
+            "opens and creates the array itself (voxgate.open(..., mode='r+'), "
+            "voxgate.create(..., exist_ok=True)); leave those members out"
+        )
     try:  # a spec TensorStore cannot parse (an unknown driver, a stray member) is bad input
         ts.Spec(spec)
     except ValueError as exc:
@@ -88,6 +105,43 @@ def _parse(location: str) -> dict[str, Any]:
             f"TensorStore does not accept the spec {_shown(location)}: {exc}"
         ) from None
     return spec
+
+
+def _on_zip(spec: dict[str, Any]) -> bool:
+    """Whether the spec's kvstore is, or sits on, a zip archive (TensorStore documents its zip
+    kvstore as read only; yet it rewrites the archive when written to)."""
+    try:
+        kv = ts.Spec(spec).kvstore
+    except ValueError:
+        return False
+    node: Any = kv.to_json() if kv is not None else None
+    while isinstance(node, dict):
+        if node.get("driver") == "zip":
+            return True
+        node = node.get("base")
+    return False
+
+
+def _spec_refused(exc: ValueError) -> bool:
+    """Whether TensorStore refused a spec itself (INVALID_ARGUMENT, whose text has no status
+    code, or FAILED_PRECONDITION: a spec that contradicts the array), not its storage (a
+    FAILED_PRECONDITION "Error reading <file>: ..." is a stored file that is not what its
+    format says: corrupt, as the callers answer it)."""
+    text = str(exc)
+    code = text.split(":", 1)[0].strip()
+    if code == "FAILED_PRECONDITION":
+        return "Error reading " not in text
+    return not code.isupper() or code == "INVALID_ARGUMENT"
+
+
+def _check_labels(where: str, stated: Sequence[str], taken: Sequence[str], by: str) -> None:
+    """Refuse axes ``taken`` (by ``by``) that contradict the array's own dimension labels."""
+    for have, want in zip(stated, taken, strict=True):
+        if have and have != want and not (have in _CHANNEL and want in _CHANNEL):
+            raise InvalidRequestError(
+                f"{where} labels its dimensions {list(stated)}, which contradicts {by} "
+                f"({list(taken)}); leave axes= out, or open a view whose labels agree"
+            )
 
 
 def _kind(value: object, dtype: np.dtype[Any]) -> Kind:
@@ -116,6 +170,10 @@ class TensorStoreRemote(Remote):
     def open(cls, location: str, *, mode: str = "r", **options: Any) -> TensorStoreRemote:
         check_options("tensorstore://", options, cls.open_options)
         spec = _parse(location)
+        if mode == "r+" and _on_zip(spec):
+            raise ReadOnlyError(
+                f"{_shown(location)} is in a zip archive, which voxgate can only read"
+            )
         # a bucket this process has not reached yet: one quick probe first, so an endpoint
         # that does not answer fails in about a second (tensorstore's own open retries it for
         # minutes)
@@ -148,6 +206,10 @@ class TensorStoreRemote(Remote):
                     raise RemoteNotFoundError(
                         f"TensorStore finds no array for {_shown(location)}: {exc}"
                     ) from None
+                if _spec_refused(exc):
+                    raise InvalidRequestError(
+                        f"TensorStore cannot open the spec {_shown(location)}: {exc}"
+                    ) from None
                 raise
         return store
 
@@ -163,17 +225,19 @@ class TensorStoreRemote(Remote):
                     f"axes must be a string of {store.rank} letters (x, y, z and c), got "
                     f"{given!r}"
                 )
+            stated = labels
             labels = ["c" if a in "cC" else a.lower() for a in given]
+            _check_labels(where, stated, labels, f"axes={given!r}")
         elif not {"x", "y", "z"} <= set(labels):
-            if store.rank == 3:
-                labels = ["z", "y", "x"]
-            elif store.rank == 4:
-                labels = ["c", "z", "y", "x"]
-            else:
+            if store.rank not in (3, 4):
                 raise InvalidRequestError(
                     f"{where} has {store.rank} unlabelled dimensions; voxgate opens 3-D "
                     "(z, y, x) and 4-D (c, z, y, x) arrays, or name them with axes='...'"
                 )
+            stated = labels
+            labels = ["z", "y", "x"] if store.rank == 3 else ["c", "z", "y", "x"]
+            # (a dimension labelled x taken for z, unsaid)
+            _check_labels(where, stated, labels, f"the unlabelled default {''.join(labels)!r}")
         if not {"x", "y", "z"} <= set(labels):
             raise InvalidRequestError(f"{where} has axes {labels}; x, y and z are needed")
         chans = [i for i, n in enumerate(labels) if n in _CHANNEL]
@@ -208,6 +272,17 @@ class TensorStoreRemote(Remote):
         chunks = Vec(*(min(c, max(1, s)) for c, s in zip(chunks, shape, strict=True)))
         if options.get("voxel_size") is not None:
             vs = VoxelSize.of(options["voxel_size"])
+            # (the option is for arrays that state no voxel size: one that says otherwise is
+            # a contradiction, not a choice)
+            units = list(view.dimension_units)[lead:]
+            for axis, size, u in zip("zyx", vs.zyx(), units, strict=True):
+                f = length_unit_nm(u.base_unit) if u is not None and u.base_unit else None
+                if u is not None and f is not None and not math.isclose(
+                        size, float(u.multiplier) * f):
+                    raise InvalidRequestError(
+                        f"voxel_size={tuple(vs.zyx())} contradicts the dimension_units of "
+                        f"{where} ({axis}: {u}); leave voxel_size out"
+                    )
         else:
             vs = cls._units(view, lead)
         meta = VolumeMeta(dtype, (Scale(0, shape, chunks, vs, offset, str(spec["driver"])),),
@@ -244,6 +319,10 @@ class TensorStoreRemote(Remote):
                **options: Any) -> TensorStoreRemote:
         check_options("tensorstore://", options, cls.create_options)
         spec = _parse(location)
+        if _on_zip(spec):
+            raise ReadOnlyError(
+                f"{_shown(location)} is in a zip archive, which voxgate can only read"
+            )
         if cls.exists(location):
             if not exist_ok:
                 raise RemoteExistsError(
@@ -275,8 +354,9 @@ class TensorStoreRemote(Remote):
         kw: dict[str, Any] = {
             "dtype": ts.dtype(meta.dtype.name), "domain": domain,
             "chunk_layout": ts.ChunkLayout(chunk_shape=[*lead, *sc.chunks]),
-            "dimension_units": units,
         }
+        if spec["driver"] != "zarr":  # (zarr v2 keeps no units: open it with voxel_size=)
+            kw["dimension_units"] = units
         if spec["driver"] != "n5":  # (N5 has no fill value: absent chunks read as 0)
             kw["fill_value"] = np.zeros((), meta.dtype)
         # tensorstore retries the 404 of a missing bucket on its metadata write forever
@@ -291,6 +371,11 @@ class TensorStoreRemote(Remote):
                     f"the {spec['driver']} driver cannot store an offset {tuple(sc.offset)}; "
                     "create the array at the origin and open it with offset=(z, y, x)"
                 ) from exc
+            cause = exc.__cause__
+            if type(exc) is VoxgateError and isinstance(cause, ValueError) and _spec_refused(
+                    cause):
+                # (a spec whose own metadata contradicts the volume: chunks, sharding)
+                raise InvalidRequestError(str(exc)) from cause
             raise
         return cls.open(location, mode="r+")
 
