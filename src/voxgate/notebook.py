@@ -29,6 +29,7 @@ import math
 import numbers
 import struct
 import sys
+import threading
 import zlib
 from typing import Any
 
@@ -533,15 +534,30 @@ class NoArithmetic:
         # numpy's array methods are not a lazy view's, and the bare "no attribute 'max'" left
         # a scientist guessing; the error stays an AttributeError, so hasattr() still says
         # False to dask, xarray and numpy's own np.max(vol) (which then refuses as a ufunc)
-        if not name.startswith("_") and name in _numpy_names():
-            vol: Any = self
+        busy = _DESCRIBING.__dict__.setdefault("ids", set())
+        if not name.startswith("_") and name in _numpy_names() and id(self) not in busy:
+            # (``nbytes`` and ``shape`` are numpy names too: a view without its state, or
+            # whose property's own lookup failed, came back here for ever while describing
+            # itself (RecursionError, even from hasattr()); within, the bare error)
+            busy.add(id(self))
+            try:
+                vol: Any = self
+                what = (f"(vol.read().{name}, which reads {_fmt_bytes(vol.nbytes)}), or use "
+                        f"vol.to_dask().{name} for a lazy, block-wise one ({vol.url} "
+                        f"{tuple(vol.shape)})")
+            except AttributeError:
+                what = f"(vol.read().{name}), or use vol.to_dask().{name} for a lazy one"
+            finally:
+                busy.discard(id(self))
             raise AttributeError(
                 f"a {type(self).__name__} is a lazy view, not a numpy array, and has no "
-                f"{name!r}: read the view for a numpy array (vol.read().{name}, which reads "
-                f"{_fmt_bytes(vol.nbytes)}), or use vol.to_dask().{name} for a lazy, "
-                f"block-wise one ({vol.url} {tuple(vol.shape)})", name=name, obj=self)
+                f"{name!r}: read the view for a numpy array {what}", name=name, obj=self)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}",
                              name=name, obj=self)
+
+
+#: the views each thread's NoArithmetic.__getattr__ is describing (``ids``)
+_DESCRIBING = threading.local()
 
 
 @functools.cache

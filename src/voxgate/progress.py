@@ -102,6 +102,8 @@ class _Display:
         self._handle: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: set once the notebook's display raised: nothing is drawn from then on
+        self._broken = False
         if _in_notebook_without_widgets(console):
             self._handle = _notebook_handle()
             if self._handle is None:  # (no IPython: plain text on stderr, not a widget)
@@ -136,10 +138,18 @@ class _Display:
     def _draw(self) -> None:
         from rich.console import Console
 
+        if self._broken:
+            return
         text = Console(width=100, force_jupyter=False, force_terminal=False, color_system=None)
         with text.capture() as out:
             text.print(self.progress.get_renderable())
-        self._handle.update({"text/plain": out.get().rstrip("\n")}, raw=True)
+        try:
+            self._handle.update({"text/plain": out.get().rstrip("\n")}, raw=True)
+        except Exception:
+            # (the notebook's display failing, e.g. its kernel's channel closing: the bars
+            # are not drawn any more; the work goes on, neither the redraw thread dying with
+            # a traceback nor the with-block's end raising the display's error)
+            self._broken = True
 
 
 def _notebook_handle() -> Any:

@@ -134,6 +134,8 @@ class InflightBudget:
         except (TimeoutError, asyncio.CancelledError) as exc:
             with self._lock:
                 if waiter.stopped:  # (refused by stop() as the wait ended: counted there)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise  # (a cancelled wait ends cancelled, not in a 503 for nobody)
                     raise self._stopping_error() from None
                 if not waiter.granted:
                     self._queue.remove(waiter)

@@ -37,7 +37,10 @@ def job_status(catalog: Catalog, url: str) -> str | None:
     if not isinstance(job, dict):
         return None
     status = str(job.get("status"))
-    if status == "IN_PROGRESS" and not _alive(job.get("pid"), job.get("started")):
+    # (a running job's record has its id: one without is an earlier voxgate's, from a relay
+    # run before this one, whose pid, alive or not, is not its process any more)
+    if status == "IN_PROGRESS" and ("job" not in job
+                                    or not _alive(job.get("pid"), job.get("started"))):
         return "FAILED"  # its process ended without saying (killed)
     return status
 

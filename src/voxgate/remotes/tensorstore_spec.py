@@ -144,6 +144,17 @@ def _check_labels(where: str, stated: Sequence[str], taken: Sequence[str], by: s
             )
 
 
+def _unkept(spec: dict[str, Any], meta: VolumeMeta) -> dict[str, Any]:
+    """The open options a created array needs for what its driver does not store: zarr v2
+    keeps no dimension_units, so the voxel size it was created with (nm) is given as
+    ``voxel_size=`` (it travels with the Volume); without it the array read as 1 nm voxels."""
+    if spec["driver"] != "zarr":
+        return {}
+    vs = meta.scales[0].voxel_size
+    f = length_unit_nm(vs.unit) or 1.0
+    return {"voxel_size": tuple(v * f for v in vs.zyx())}
+
+
 def _kind(value: object, dtype: np.dtype[Any]) -> Kind:
     if value is None:
         return "segmentation" if dtype.kind in "ui" and dtype.itemsize >= 4 else "image"
@@ -329,7 +340,7 @@ class TensorStoreRemote(Remote):
                     f"TensorStore opens an array at {_shown(location)} already (pass "
                     "exist_ok=True to open it)"
                 )
-            existing = cls.open(location, mode="r+")
+            existing = cls.open(location, mode="r+", **_unkept(spec, meta))
             check_same_volume(existing.meta, meta, _shown(location))
             return existing
         if len(meta.scales) > 1:
@@ -377,7 +388,7 @@ class TensorStoreRemote(Remote):
                 # (a spec whose own metadata contradicts the volume: chunks, sharding)
                 raise InvalidRequestError(str(exc)) from cause
             raise
-        return cls.open(location, mode="r+")
+        return cls.open(location, mode="r+", **_unkept(spec, meta))
 
     # -- data -----------------------------------------------------------------------------------
     @property
