@@ -1,10 +1,8 @@
 """Review of the session's changes (3f4a1de..): one case per bug found, each failing on the
 code before its fix.
 
-- InflightBudget.acquire cancelled as stop() refused it ended in a 503, not cancelled (the
-  cancellation swallowed);
-- a downsample record an earlier voxgate wrote (no job id, no start time) whose pid a process
-  of the upgraded relay has again (a container's PID 1) read IN_PROGRESS for ever;
+- (InflightBudget.acquire cancelled as stop() refused it: tests/relay/test_budget_stop.py;
+  an earlier voxgate's downsample record: tests/relay/test_downsample_job.py)
 - voxgate.create of a tensorstore zarr v2 spec returned a Volume of 1 nm voxels, whatever
   voxel_size it was created with (zarr v2 keeps no dimension_units);
 - the notebook text display: IPython's display raising killed the redraw thread with a
@@ -15,65 +13,12 @@ code before its fix.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from voxgate.relay.budget import SMALL_BYTES, WORK_FACTOR, InflightBudget
-
-NBYTES = 4 * SMALL_BYTES
-COST = WORK_FACTOR * NBYTES
-
-
-def test_a_wait_cancelled_as_the_budget_stops_ends_cancelled() -> None:
-    budget = InflightBudget(COST, wait=60)
-
-    async def run() -> None:
-        held = await budget.acquire(NBYTES)
-        waiter = asyncio.ensure_future(budget.acquire(NBYTES))
-        while budget.metrics()["waiting"] < 1:
-            await asyncio.sleep(0.001)
-        budget.stop()
-        waiter.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiter
-        assert waiter.cancelled()
-        budget.release(held)
-
-    asyncio.run(run())
-    m = budget.metrics()
-    assert (m["waiting"], m["reserved_bytes"]) == (0, 0)
-
-
-class _Catalog:
-    def __init__(self) -> None:
-        self.state: dict[str, Any] = {}
-        self.lock = threading.RLock()
-
-    def save(self) -> None:
-        pass
-
-    def refresh(self) -> None:
-        pass
-
-
-def test_an_earlier_voxgates_in_progress_record_with_a_live_pid_is_failed() -> None:
-    """Written before job ids and start times (an older voxgate killed mid-job); the upgraded
-    relay runs with the same pid (here: this process's, alive)."""
-    from voxgate.relay import jobs
-
-    cat: Any = _Catalog()
-    url = "zarr:///data/c/e/ch"
-    cat.state["downsample"] = {url: {"status": "IN_PROGRESS", "pid": os.getpid()}}
-    assert jobs.job_status(cat, url) == "FAILED"
-    # a job of this voxgate, running in this process, is still IN_PROGRESS
-    jobs.set_job_status(cat, url, "IN_PROGRESS", job="j")
-    assert jobs.job_status(cat, url) == "IN_PROGRESS"
 
 
 def test_a_zarr_v2_tensorstore_array_created_keeps_its_voxel_size(tmp_path: Path) -> None:

@@ -63,3 +63,23 @@ def test_a_wait_ending_as_it_is_stopped_is_refused_once() -> None:
         budget.stopping = False
     assert budget.metrics()["refused"] == 20
     assert budget.metrics()["reserved_bytes"] == 0
+
+
+def test_a_wait_cancelled_as_the_budget_stops_ends_cancelled() -> None:
+    budget = InflightBudget(COST, wait=60)
+
+    async def run() -> None:
+        held = await budget.acquire(NBYTES)
+        waiter = asyncio.ensure_future(budget.acquire(NBYTES))
+        while budget.metrics()["waiting"] < 1:
+            await asyncio.sleep(0.001)
+        budget.stop()
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert waiter.cancelled()
+        budget.release(held)
+
+    asyncio.run(run())
+    m = budget.metrics()
+    assert (m["waiting"], m["reserved_bytes"]) == (0, 0)

@@ -10,6 +10,7 @@ NOT_DOWNSAMPLED), and while it runs a second POST is refused as bossDB refuses i
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -265,3 +266,17 @@ def test_a_jobs_end_records_nothing_once_its_channel_was_deleted_or_made_again()
     jobs.note_write(cat, url)  # (a write during it: marked on its record, which keeps its id)
     assert jobs.finish_job(cat, url, ok=True, job="new") == "NOT_DOWNSAMPLED"
     assert jobs.job_status(cat, url) == "NOT_DOWNSAMPLED"
+
+
+def test_an_earlier_voxgates_in_progress_record_with_a_live_pid_is_failed() -> None:
+    """Written before job ids and start times (an older voxgate killed mid-job); the upgraded
+    relay runs with the same pid (here: this process's, alive)."""
+    from voxgate.relay import jobs
+
+    cat = _Catalog()
+    url = "zarr:///data/c/e/ch"
+    cat.state["downsample"] = {url: {"status": "IN_PROGRESS", "pid": os.getpid()}}
+    assert jobs.job_status(cat, url) == "FAILED"
+    # a job of this voxgate, running in this process, is still IN_PROGRESS
+    jobs.set_job_status(cat, url, "IN_PROGRESS", job="j")
+    assert jobs.job_status(cat, url) == "IN_PROGRESS"

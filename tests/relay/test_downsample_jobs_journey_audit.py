@@ -95,6 +95,17 @@ def _intern(relay: RelayProcess, token: str = RW) -> BossRemote:
     return BossRemote({"protocol": "http", "host": f"127.0.0.1:{relay.port}", "token": token})
 
 
+def _big_channel(relay: RelayProcess, name: str, seed: int
+                 ) -> tuple[BossRemote, ChannelResource, np.ndarray]:
+    """A channel ``dj/big/<name>`` on the larger frame, written with random voxels (those)."""
+    rmt = _intern(relay)
+    rmt.create_project(ChannelResource(name, "dj", "big", type="image", datatype="uint8"))
+    chan = rmt.get_channel(name, "dj", "big")
+    data = np.random.default_rng(seed).integers(1, 256, BIG_STOP, dtype=np.uint8)
+    rmt.create_cutout(chan, 0, *_ranges((0, 0, 0), BIG_STOP), data)
+    return rmt, chan, data
+
+
 def _ask(relay: RelayProcess, method: str, path: str, token: str | None = RW) -> httpx.Response:
     """One request on a connection of its own (so either worker may take it)."""
     headers = {"Authorization": f"Token {token}"} if token else {}
@@ -288,11 +299,7 @@ def test_an_in_progress_record_of_an_earlier_process_with_a_reused_pid_is_failed
 
 def test_a_job_whose_worker_is_killed_is_failed_and_starts_again(made: Made) -> None:
     r = made.relay
-    rmt = _intern(r)
-    rmt.create_project(ChannelResource("killed", "dj", "big", type="image", datatype="uint8"))
-    chan = rmt.get_channel("killed", "dj", "big")
-    data = np.random.default_rng(41).integers(1, 256, BIG_STOP, dtype=np.uint8)
-    rmt.create_cutout(chan, 0, *_ranges((0, 0, 0), BIG_STOP), data)
+    rmt, chan, data = _big_channel(r, "killed", 41)
     killed = None
     for _ in range(5):  # (a job that ended before the kill landed is tried again)
         res = _ask(r, "POST", "/v1/downsample/dj/big/killed/")
@@ -367,11 +374,7 @@ def test_a_channel_deleted_while_its_job_runs_and_made_again_starts_clean(made: 
     uses); the new channel has no status of the old job (its end, NOT_DOWNSAMPLED after the
     write during it, is not the new one's) and reads zeros at every level."""
     r = made.relay
-    rmt = _intern(r)
-    rmt.create_project(ChannelResource("gone", "dj", "big", type="image", datatype="uint8"))
-    chan = rmt.get_channel("gone", "dj", "big")
-    data = np.random.default_rng(61).integers(1, 256, BIG_STOP, dtype=np.uint8)
-    rmt.create_cutout(chan, 0, *_ranges((0, 0, 0), BIG_STOP), data)
+    rmt, chan, _ = _big_channel(r, "gone", 61)
     res = _ask(r, "POST", "/v1/downsample/dj/big/gone/")
     assert res.status_code == 201, res.text
     rmt.create_cutout(chan, 0, [0, 1], [0, 1], [0, 1], np.ones((1, 1, 1), np.uint8))
