@@ -89,7 +89,7 @@ class InflightBudget:
         self.admitted = 0   # large requests given their reservation
         self.waited = 0     # of them, the ones that had to wait
         self.refused = 0    # large requests answered 503 after the wait
-        #: set once the server stops (:func:`refuse_waiters`): nothing waits any more
+        #: set once the server stops (:meth:`stop`): nothing waits any more
         self.stopping = False
 
     def cost(self, nbytes: int) -> int:
