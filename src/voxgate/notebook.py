@@ -534,7 +534,7 @@ class NoArithmetic:
         # numpy's array methods are not a lazy view's, and the bare "no attribute 'max'" left
         # a scientist guessing; the error stays an AttributeError, so hasattr() still says
         # False to dask, xarray and numpy's own np.max(vol) (which then refuses as a ufunc)
-        busy = _DESCRIBING.__dict__.setdefault("ids", set())
+        busy = _DESCRIBING.ids
         if not name.startswith("_") and name in _numpy_names() and id(self) not in busy:
             # (``nbytes`` and ``shape`` are numpy names too: a view without its state, or
             # whose property's own lookup failed, came back here for ever while describing
@@ -556,8 +556,15 @@ class NoArithmetic:
                              name=name, obj=self)
 
 
-#: the views each thread's NoArithmetic.__getattr__ is describing (``ids``)
-_DESCRIBING = threading.local()
+class _Describing(threading.local):
+    """The views this thread's NoArithmetic.__getattr__ is describing (``ids``: each thread
+    starts with an empty set of its own)."""
+
+    def __init__(self) -> None:
+        self.ids: set[int] = set()
+
+
+_DESCRIBING = _Describing()
 
 
 @functools.cache

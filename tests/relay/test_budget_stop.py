@@ -16,14 +16,21 @@ NBYTES = 4 * SMALL_BYTES  # a large cutout
 COST = WORK_FACTOR * NBYTES
 
 
+async def _held_and_waiting(budget: InflightBudget, n: int,
+                            ) -> tuple[int, list[asyncio.Future[int]]]:
+    """All of the budget held, and ``n`` large requests waiting for it."""
+    held = await budget.acquire(NBYTES)
+    waiting = [asyncio.ensure_future(budget.acquire(NBYTES)) for _ in range(n)]
+    while budget.metrics()["waiting"] < n:
+        await asyncio.sleep(0.001)
+    return held, waiting
+
+
 def test_stop_refuses_the_waiting_at_once_and_later_ones() -> None:
     budget = InflightBudget(COST, wait=60)
 
     async def run() -> None:
-        held = await budget.acquire(NBYTES)  # (all of it)
-        waiting = [asyncio.ensure_future(budget.acquire(NBYTES)) for _ in range(3)]
-        while budget.metrics()["waiting"] < 3:
-            await asyncio.sleep(0.01)
+        held, waiting = await _held_and_waiting(budget, 3)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         threading.Thread(target=budget.stop).start()  # (from another thread, as uvicorn may)
@@ -47,10 +54,7 @@ def test_a_wait_ending_as_it_is_stopped_is_refused_once() -> None:
     budget = InflightBudget(COST, wait=0.05)
 
     async def run() -> None:
-        held = await budget.acquire(NBYTES)
-        waiter = asyncio.ensure_future(budget.acquire(NBYTES))
-        while budget.metrics()["waiting"] < 1:
-            await asyncio.sleep(0.001)
+        held, [waiter] = await _held_and_waiting(budget, 1)
         await asyncio.sleep(0.049)
         budget.stop()  # (about as the wait times out)
         with pytest.raises(BossHTTPError) as err:
@@ -69,10 +73,7 @@ def test_a_wait_cancelled_as_the_budget_stops_ends_cancelled() -> None:
     budget = InflightBudget(COST, wait=60)
 
     async def run() -> None:
-        held = await budget.acquire(NBYTES)
-        waiter = asyncio.ensure_future(budget.acquire(NBYTES))
-        while budget.metrics()["waiting"] < 1:
-            await asyncio.sleep(0.001)
+        held, [waiter] = await _held_and_waiting(budget, 1)
         budget.stop()
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
