@@ -175,3 +175,30 @@ def test_nested_bars_in_a_notebook_share_its_output(notebook: list[_Handle]) -> 
     assert len(notebook) == 1
     last = notebook[0].texts[-1]
     assert "outer" in last and "2/2" in last and "inner" not in last, last
+
+
+def test_a_bar_whose_line_cannot_be_added_stops_the_display(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C (or any error) as a bar's line is added: the display no bar uses is stopped
+    (it was counted as used, so it kept drawing until the process ended), and the next bar
+    opens a display of its own."""
+    from rich.progress import Progress
+
+    from voxgate import progress
+
+    real_add = Progress.add_task
+
+    def interrupted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Progress, "add_task", interrupted)
+    with pytest.raises(KeyboardInterrupt), progress.progress_bar(True, 4, "copy"):
+        pass
+    assert progress._DISPLAY is None  # (stopped: nothing holds the terminal)
+    monkeypatch.setattr(Progress, "add_task", real_add)
+    with progress.progress_bar(True, 4, "copy") as bar:
+        bar.advance(4)
+        display = progress._DISPLAY
+        assert display is not None and display.users == 1
+        assert display.progress.live.is_started
+    assert progress._DISPLAY is None and not display.progress.live.is_started

@@ -193,11 +193,19 @@ class progress_bar:
                     display = _Display()
                     display.start()
                     _DISPLAY = display
-                _DISPLAY.users += 1
-                self._display = _DISPLAY
-                self._bar = _DISPLAY.progress
-                self._task = self._bar.add_task(self.label, total=self.total,
-                                                bytes=self.unit == "bytes")
+                display = _DISPLAY
+                try:
+                    task = display.progress.add_task(self.label, total=self.total,
+                                                     bytes=self.unit == "bytes")
+                except BaseException:
+                    # (a Ctrl-C as the line is added: a display no bar uses is stopped, or
+                    # it would draw, and hold the terminal, until the process ends)
+                    if not display.users:
+                        _DISPLAY = None
+                        display.stop()
+                    raise
+                display.users += 1
+                self._display, self._bar, self._task = display, display.progress, task
         return self
 
     def advance(self, n: int = 1) -> None:
