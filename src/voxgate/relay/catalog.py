@@ -50,6 +50,7 @@ from ..registry import resolve
 from ..remotes.base import Remote
 from ..storage import is_local, length_unit_nm, local_path, split_url
 from .cache import CachedRemote, TieredCache, UpstreamError, UpstreamTimeoutError
+from .cache.remote import meta_version
 from .config import ChannelConfig, RelayConfig, check_name
 from .statefile import StateFile, TransactionLock
 
@@ -538,7 +539,10 @@ class Catalog:
         try:
             fresh = open_remote(entry.upstream_url, mode="r", **entry.options)
             try:
-                differs = fresh.meta != opened.meta
+                # (and the version a versioned upstream resolves to: a DVID branch whose leaf
+                # moved on reads the new leaf from now on, consistently, never a mix of nodes)
+                differs = fresh.meta != opened.meta \
+                    or meta_version(fresh.meta) != meta_version(opened.meta)
             finally:
                 fresh.close()
             if differs:

@@ -28,7 +28,7 @@ from ...remotes.base import Capability, Remote
 from .tiers import _TAG_END, TieredCache
 
 __all__ = ["CELL_BYTES", "CachedRemote", "UpstreamError", "UpstreamTimeoutError",
-           "meta_fingerprint"]
+           "meta_fingerprint", "meta_version"]
 
 #: cache cells grow from the upstream's chunks toward this size (fewer entries, same alignment)
 CELL_BYTES = 2**20
@@ -55,13 +55,26 @@ class _Flight:
 _fetch_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="voxgate-upstream")
 
 
+def meta_version(meta: VolumeMeta) -> str:
+    """The version of a versioned store the metadata was resolved at ("" for the others): a
+    DVID node, which a reference to a branch (``uuid:branch``, ``:branch~N``) names only until
+    the branch moves on.  Two Remotes of one URL at other versions read other data."""
+    dvid = meta.extra.get("dvid")
+    node = dvid.get("node") if isinstance(dvid, dict) else None
+    return str(node) if node else ""
+
+
 def meta_fingerprint(meta: VolumeMeta) -> str:
     """A short digest of what a cell's bytes and place depend on in ``meta`` (dtype, kind,
-    channels, fill value, every scale's shape, chunks, offset, voxel size and encoding), the
-    same in every process: part of a CachedRemote's cell keys and of the relay's ETags."""
+    channels, fill value, every scale's shape, chunks, offset, voxel size and encoding, and
+    the version it was resolved at: :func:`meta_version`), the same in every process: part of
+    a CachedRemote's cell keys and of the relay's ETags.  (A cell read from one DVID node is
+    never served as another's, whatever URL names them, even after a restart.)"""
+    version = meta_version(meta)
     text = json.dumps([meta.dtype.str, meta.kind, meta.num_channels, repr(meta.fill_value),
                        [[s.index, list(s.shape), list(s.chunks), list(s.offset),
-                         list(s.voxel_size), s.encoding, s.key] for s in meta.scales]],
+                         list(s.voxel_size), s.encoding, s.key] for s in meta.scales]]
+                      + ([f"version {version}"] if version else []),
                       default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
