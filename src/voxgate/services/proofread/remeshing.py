@@ -50,6 +50,18 @@ def _layer_dir(vol: Volume, key: str) -> str | None:
     return str(name) if name else None
 
 
+def _dir_info(vol: Volume, name: str) -> dict[str, Any]:
+    """The ``info`` of the layer's directory ``name`` (``{}`` when it has none yet, as in a
+    layer CloudVolume made with ``mesh="mesh"``: read as Neuroglancer and CloudVolume read
+    it, legacy meshes / unsharded skeletons).  Before, a missing one raised
+    RemoteNotFoundError after the edit was written, and no mesh was stored."""
+    from ...formats.layer import read_info
+    from ...storage import Directory, join
+
+    remote: Any = vol.remote
+    return read_info(Directory(join(remote.location, name))) or {}
+
+
 def _check_remesh(vol: Volume, remesh: Any) -> None:
     """Refuse ``remesh`` before editing where there is nowhere to put the meshes / skeletons."""
     meshes, skels = _remesh_kinds(remesh)
@@ -58,12 +70,16 @@ def _check_remesh(vol: Volume, remesh: Any) -> None:
             (meshes, "mesh", "_meshes", "meshes", "voxgate.write_meshes"),
             (skels, "skeletons", "_skeletons", "skeletons", "voxgate.formats.skeleton."
                                                             "write_skeletons")):
-        if wanted and not dvid and _layer_dir(vol, key) is None:
+        if not wanted or dvid:
+            continue
+        name = _layer_dir(vol, key)
+        if name is None:
             raise CapabilityNotSupportedError(
                 f"remesh={remesh!r} writes {what} into a precomputed layer's {what} directory "
                 f"(the {key!r} key of its info) or a DVID labelmap's <name>{kv} keyvalue; "
                 f"{vol.url} has neither (write {what} with {writer} first, or edit without "
                 "remesh)")
+        _dir_info(vol, name)  # (a corrupt one refused here, before the edit)
 
 
 def _remesh(vol: Volume, ids: Iterable[int], remesh: Any) -> int:
@@ -101,11 +117,10 @@ def _remesh(vol: Volume, ids: Iterable[int], remesh: Any) -> int:
         mesh_dir = _layer_dir(vol, "mesh")
         if mesh_dir is not None:
             from ...formats.mesh import write_meshes
-            from ...formats.mesh.precomputed import delete_meshes
-            from ...storage import join, read_json
+            from ...formats.mesh.precomputed import LEGACY_MESH_TYPE, delete_meshes
 
-            dinfo = read_json(join(remote.location, mesh_dir), "info")
-            legacy = dinfo.get("@type") == "neuroglancer_legacy_mesh"
+            dinfo = _dir_info(vol, mesh_dir)
+            legacy = dinfo.get("@type", LEGACY_MESH_TYPE) == LEGACY_MESH_TYPE
             opts: dict[str, Any] = {"format": "legacy" if legacy else "multires",
                                     "mesh_dir": mesh_dir}
             if not legacy:
@@ -130,9 +145,8 @@ def _remesh(vol: Volume, ids: Iterable[int], remesh: Any) -> int:
         if skel_dir is not None:
             from ...formats.skeleton import write_skeletons
             from ...formats.skeleton.precomputed import delete_skeletons
-            from ...storage import join, read_json
 
-            sinfo = read_json(join(remote.location, skel_dir), "info")
+            sinfo = _dir_info(vol, skel_dir)
             if skels:
                 write_skeletons(remote.spec()["url"], skels, skel_dir=skel_dir,
                                 sharded=bool(sinfo.get("sharding")))
