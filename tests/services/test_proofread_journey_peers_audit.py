@@ -311,7 +311,8 @@ def test_edits_through_the_relay_and_what_they_leave_stale(journey: Journey) -> 
     orig = j.labels
     boss = j.boss()
     before = _objects_state(j.layer)
-    with pytest.raises(CapabilityNotSupportedError, match="mesh"):
+    with pytest.raises(CapabilityNotSupportedError,
+                       match=r"on the upstream layer.s own precomputed:// URL"):
         voxgate.merge(boss, [A, B], remesh=True)        # no mesh directory on bossdb://
     assert (_now(j) == orig).all() and _objects_state(j.layer) == before
 

@@ -74,11 +74,16 @@ def _check_remesh(vol: Volume, remesh: Any) -> None:
             continue
         name = _layer_dir(vol, key)
         if name is None:
+            # (a bossdb:// volume, a voxgate relay's channel included, has no directory to
+            # write into: its upstream layer's meshes are written on the layer's own URL)
+            fix = (f"edit without remesh, then write the {what} of the edited ids with "
+                   f"{writer} on the upstream layer's own precomputed:// URL, where the "
+                   f"relay serves them from" if vol.remote.scheme == "bossdb" else
+                   f"write {what} with {writer} first, or edit without remesh")
             raise CapabilityNotSupportedError(
                 f"remesh={remesh!r} writes {what} into a precomputed layer's {what} directory "
                 f"(the {key!r} key of its info) or a DVID labelmap's <name>{kv} keyvalue; "
-                f"{vol.url} has neither (write {what} with {writer} first, or edit without "
-                "remesh)")
+                f"{vol.url} has neither ({fix})")
         _dir_info(vol, name)  # (a corrupt one refused here, before the edit)
 
 
