@@ -248,3 +248,24 @@ def test_bossdb_refuses_a_scale_bossdb_does_not_write(
     relay_two = voxgate.open(url, token=RW, mode="r+").at_scale(2)
     relay_two[:] = np.full(relay_two.shape, 7, dtype=np.uint8)
     assert (voxgate.open(url, token=RW).at_scale(2).read() == 7).all()
+
+
+def test_a_new_channel_is_not_downsampled_until_a_job_ran(made: RelayProcess) -> None:
+    """bossDB's Channel model defaults downsample_status to NOT_DOWNSAMPLED; the relay read it
+    from the new store's levels (more than one: DOWNSAMPLED, over empty coarser levels), so a
+    client waiting for DOWNSAMPLED went on at once and a non-admin's first downsample was
+    refused 409 "already downsampled".  Through intern: the channel resource and the
+    downsample endpoint both say NOT_DOWNSAMPLED until a job ran."""
+    from intern.resource.boss.resource import ChannelResource
+
+    rmt = _intern(made)
+    rmt.create_project(ChannelResource("fresh", "wm", "three", type="image",
+                                       datatype="uint8"))
+    assert rmt.get_channel("fresh", "wm", "three").downsample_status == "NOT_DOWNSAMPLED"
+    assert _status(made, "three", "fresh") == "NOT_DOWNSAMPLED"
+    chan = rmt.get_channel("fresh", "wm", "three")
+    data = np.random.default_rng(8).integers(1, 256, tuple(FRAME.shape), dtype=np.uint8)
+    rmt.create_cutout(chan, 0, *_ranges(FRAME), data)
+    assert _status(made, "three", "fresh") == "NOT_DOWNSAMPLED"
+    _downsample(made, "three", "fresh")
+    assert rmt.get_channel("fresh", "wm", "three").downsample_status == "DOWNSAMPLED"

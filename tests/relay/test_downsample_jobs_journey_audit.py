@@ -382,7 +382,13 @@ def test_a_channel_deleted_while_its_job_runs_and_made_again_starts_clean(made: 
     rmt.create_project(ChannelResource("gone", "dj", "big", type="image", datatype="uint8"))
     chan = rmt.get_channel("gone", "dj", "big")
     time.sleep(0.5)  # (anything the old job still does, done)
-    assert _statuses(r, "gone", "big") == {"DOWNSAMPLED"}  # a new channel's: nothing to do
+    # a new channel's (NOT_DOWNSAMPLED, as bossDB's), its record the creation's, not the old
+    # job's end (which records its pid, and its job's id)
+    assert _statuses(r, "gone", "big") == {"NOT_DOWNSAMPLED"}
+    from voxgate.relay.statefile import StateFile
+
+    record = StateFile(made.state, {}).data["downsample"][_job_key(made.state, "big", "gone")]
+    assert record == {"status": "NOT_DOWNSAMPLED"}, record
     for k, stop in ((1, (24, 350, 350)), (2, (12, 175, 175))):
         got = _intern(r).get_cutout(chan, k, *_ranges((0, 0, 0), stop))
         assert not got.any(), f"level {k} holds the old channel's data"

@@ -636,6 +636,8 @@ class Relay:
                                   f"the relay to serve it as channel {ch}")
             create_remote(url, meta, exist_ok=False, compression="blosc-lz4")
             undeleted = cat.state["deleted"].count(key)  # (put back if the save fails)
+            jobs = cat.state.setdefault("downsample", {})
+            was_job = jobs.get(url)
             try:
                 cat.channels[(c, e, ch)] = entry
                 # its incarnation from the start (every worker process reads it from the state)
@@ -650,9 +652,17 @@ class Relay:
                 }
                 while key in cat.state["deleted"]:
                     cat.state["deleted"].remove(key)
+                # NOT_DOWNSAMPLED, as a new bossDB channel (its coarser levels are empty; read
+                # from the levels, it said DOWNSAMPLED, and a non-admin's first downsample
+                # was refused 409 "already downsampled")
+                jobs[url] = {"status": "NOT_DOWNSAMPLED"}
                 cat.save()
             except BaseException:
                 # the state could not be saved: the channel was not created, and its store goes
+                if was_job is None:
+                    jobs.pop(url, None)
+                else:
+                    jobs[url] = was_job
                 cat.channels.pop((c, e, ch), None)
                 cat.state["local_channels"].pop(key, None)
                 cat.state["channels"].pop(key, None)
