@@ -46,6 +46,16 @@ _UNIT_NM = {"nanometers": 1.0, "nanometer": 1.0, "nm": 1.0, "micrometers": 1e3,
             "micrometer": 1e3, "um": 1e3, "microns": 1e3, "millimeters": 1e6, "angstroms": 0.1}
 _COMPRESSIONS = ("lz4", "gzip", "none")
 
+#: the lock of the read-patch-write of blocks an unaligned write touches, per (server, node or
+#: repo of an unversioned instance, instance): one for all volumes of it in this process
+_RMW_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
+_RMW_LOCKS_LOCK = threading.Lock()
+
+
+def _rmw_lock(server: str, node: str, instance: str) -> threading.Lock:
+    with _RMW_LOCKS_LOCK:
+        return _RMW_LOCKS.setdefault((server, node, instance), threading.Lock())
+
 
 # -- the Remote -----------------------------------------------------------------------------------
 def _xyz_tag(text: str) -> Vec:
@@ -214,7 +224,10 @@ class DVIDRemote(Remote):
                     k += 1
             self.meta = self._meta(insts)
         self._pool: ThreadPoolExecutor | None = None
-        self._rmw_lock = threading.Lock()
+        # shared by every volume of this instance in the process (threads each opening their
+        # own): a lock of each volume's own let two edge writes of one block lose one
+        self._rmw_lock = _rmw_lock(self.server, self.uuid if self.versioned
+                                   else self.repo.root, instance)
         self._pool_lock = threading.Lock()
         self.labels: DVIDLabels | None = (
             DVIDLabels(self.client, self.uuid, instance, self.typename) if self.is_label
