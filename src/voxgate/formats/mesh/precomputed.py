@@ -397,6 +397,16 @@ def _mesh_dir_info(directory: Directory, wanted_type: str, format: str, bits: in
     return got[0]
 
 
+def check_mesh_dir(directory: Directory, existing: dict[str, Any], format: str, bits: int,
+                   sharded: bool) -> None:
+    """Raise what :func:`write_meshes` (``format``, ``vertex_quantization_bits=bits``,
+    ``sharded``) raises adding to the existing mesh ``directory`` whose info is ``existing``
+    (InvalidRequestError: another type or layout, a transform other than the identity),
+    before anything is written.  (The edits' ``remesh=`` checks so before editing.)"""
+    wanted = MULTIRES_MESH_TYPE if format == "multires" else LEGACY_MESH_TYPE
+    _merged_info(directory, existing, {}, wanted, format, bits, sharded)
+
+
 def _merged_info(directory: Directory, existing: dict[str, Any], ours: dict[str, Any],
                  wanted_type: str, format: str, bits: int, sharded: bool) -> dict[str, Any]:
     """An existing mesh directory's info with the keys written here, after checking that

@@ -53,6 +53,21 @@ def _check_skeleton_info(info: Mapping[str, Any], where: str) -> np.ndarray:
         ) from None
 
 
+def check_skeleton_dir(info: Mapping[str, Any], where: str) -> None:
+    """Raise what :func:`write_skeletons` raises adding to an existing skeleton directory
+    whose info (at ``where``) is ``info``, before anything is written: another ``@type``
+    (CapabilityNotSupportedError), a bad sharding spec, vertex attribute list or transform
+    (InvalidRequestError).  (The edits' ``remesh=`` checks so before editing.)"""
+    mat = _check_skeleton_info(info, where)
+    _attribute_list(info.get("vertex_attributes", []), f"{where} vertex_attributes")
+    if mat.reshape(-1).tolist() != _IDENTITY:
+        try:
+            np.linalg.inv(np.vstack([mat, [0.0, 0.0, 0.0, 1.0]]))
+        except np.linalg.LinAlgError:
+            raise InvalidRequestError(
+                f"{where} has a transform that cannot be inverted") from None
+
+
 def write_skeletons(
     url: str | os.PathLike[str],
     skeletons: Mapping[int, Skeleton],
@@ -173,14 +188,7 @@ def _directory_info(directory: Directory, sharded: bool, count: int) -> dict[str
                 f"{directory.location} holds {layout} skeletons; pass sharded={not sharded} "
                 "to add to it, or choose another skel_dir"
             )
-        mat = _check_skeleton_info(info, where)
-        _attribute_list(info.get("vertex_attributes", []), f"{where} vertex_attributes")
-        if mat.reshape(-1).tolist() != _IDENTITY:
-            try:
-                np.linalg.inv(np.vstack([mat, [0.0, 0.0, 0.0, 1.0]]))
-            except np.linalg.LinAlgError:
-                raise InvalidRequestError(
-                    f"{where} has a transform that cannot be inverted") from None
+        check_skeleton_dir(info, where)
         if "@type" in info:
             got[:] = [info]
             return None

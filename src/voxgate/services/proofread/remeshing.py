@@ -84,7 +84,50 @@ def _check_remesh(vol: Volume, remesh: Any) -> None:
                 f"remesh={remesh!r} writes {what} into a precomputed layer's {what} directory "
                 f"(the {key!r} key of its info) or a DVID labelmap's <name>{kv} keyvalue; "
                 f"{vol.url} has neither ({fix})")
-        _dir_info(vol, name)  # (a corrupt one refused here, before the edit)
+        _check_dir(vol, key, name, remesh)  # (refused here, before the edit)
+
+
+def _mesh_options(dinfo: dict[str, Any]) -> dict[str, Any]:
+    """``write_meshes``' options for a mesh directory whose info is ``dinfo`` (its format and
+    layout kept: legacy when it has no ``@type``, as CloudVolume reads it)."""
+    from ...formats.mesh.precomputed import LEGACY_MESH_TYPE
+
+    legacy = dinfo.get("@type", LEGACY_MESH_TYPE) == LEGACY_MESH_TYPE
+    opts: dict[str, Any] = {"format": "legacy" if legacy else "multires"}
+    if not legacy:
+        opts["sharded"] = bool(dinfo.get("sharding"))
+        opts["vertex_quantization_bits"] = int(dinfo.get("vertex_quantization_bits", 16))
+    return opts
+
+
+def _check_dir(vol: Volume, key: str, name: str, remesh: Any) -> None:
+    """Refuse, before the edit, a mesh / skeleton directory the writer would refuse after
+    it: a corrupt info (CorruptChunkError), or one voxgate cannot add to, such as the
+    multi-resolution directory CloudVolume and Igneous make, whose transform scales by the
+    voxel size (before, the edit was written and recorded done, then remeshing raised and
+    no mesh was written)."""
+    from ...formats.mesh.precomputed import check_mesh_dir
+    from ...formats.skeleton.precomputed import check_skeleton_dir
+    from ...storage import Directory, join
+
+    dinfo = _dir_info(vol, name)
+    if not dinfo:
+        return  # (none yet: the writer makes one)
+    remote: Any = vol.remote
+    directory = Directory(join(remote.location, name))
+    what = "meshes" if key == "mesh" else "skeletons"
+    try:
+        if key == "mesh":
+            opts = _mesh_options(dinfo)
+            check_mesh_dir(directory, dinfo, opts["format"],
+                           opts.get("vertex_quantization_bits", 16), opts.get("sharded", False))
+        else:
+            check_skeleton_dir(dinfo, directory.path("info"))
+    except (InvalidRequestError, CapabilityNotSupportedError) as exc:
+        raise CapabilityNotSupportedError(
+            f"remesh={remesh!r} cannot add {what} to {directory.location}: {exc}.  Nothing "
+            f"was edited; edit without remesh (and write the edited ids' {what} elsewhere)"
+        ) from exc
 
 
 def _remesh(vol: Volume, ids: Iterable[int], remesh: Any) -> int:
@@ -122,15 +165,9 @@ def _remesh(vol: Volume, ids: Iterable[int], remesh: Any) -> int:
         mesh_dir = _layer_dir(vol, "mesh")
         if mesh_dir is not None:
             from ...formats.mesh import write_meshes
-            from ...formats.mesh.precomputed import LEGACY_MESH_TYPE, delete_meshes
+            from ...formats.mesh.precomputed import delete_meshes
 
-            dinfo = _dir_info(vol, mesh_dir)
-            legacy = dinfo.get("@type", LEGACY_MESH_TYPE) == LEGACY_MESH_TYPE
-            opts: dict[str, Any] = {"format": "legacy" if legacy else "multires",
-                                    "mesh_dir": mesh_dir}
-            if not legacy:
-                opts["sharded"] = bool(dinfo.get("sharding"))
-                opts["vertex_quantization_bits"] = int(dinfo.get("vertex_quantization_bits", 16))
+            opts = {**_mesh_options(_dir_info(vol, mesh_dir)), "mesh_dir": mesh_dir}
             if meshes:
                 write_meshes(remote.spec()["url"], meshes, **opts)
             delete_meshes(remote.spec()["url"], gone, mesh_dir=mesh_dir)
