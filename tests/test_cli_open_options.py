@@ -156,7 +156,7 @@ def test_bad_open_options_are_one_clean_error(tmp_path: Path) -> None:
     assert res.exit_code == 1, res.output
     assert res.output.strip() == (
         "Error: InvalidRequestError: zarr:// got unknown option(s) to open 'multscale' (did "
-        "you mean 'multiscale'?); it accepts multiscale, mode, missing")
+        "you mean 'multiscale'?); it accepts multiscale, time, mode, missing")
     for cmd in (["cp", "--no-progress", "-O", "bogus=1", url, f"zarr://{tmp_path}/x.zarr"],
                 ["stats", "--no-progress", "-O", "bogus=1", url],
                 ["mesh", "-O", "bogus=1", url, "--obj-dir", str(tmp_path / "objs")]):

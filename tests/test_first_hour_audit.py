@@ -232,8 +232,8 @@ def test_the_stores_own_options_are_left_to_the_store(em: voxgate.Volume) -> Non
         voxgate.open(em.url, multscale=0)  # (docs/cli.md's example, word for word below)
     res = CliRunner().invoke(main, ["info", "-O", "multscale=1", em.url])
     _one_error(res, 1, "InvalidRequestError: zarr:// got unknown option\\(s\\) to open "
-               "'multscale' \\(did you mean 'multiscale'\\?\\); it accepts multiscale, mode, "
-               "missing$")
+               "'multscale' \\(did you mean 'multiscale'\\?\\); it accepts multiscale, time, "
+               "mode, missing$")
 
 
 def test_the_cli_names_a_misspelt_open_option(em: voxgate.Volume) -> None:

@@ -31,7 +31,6 @@ from ome_zarr_models.v05.image import Image as Image05
 
 import voxgate
 from voxgate.errors import (
-    CapabilityNotSupportedError,
     InvalidRequestError,
     RemoteNotFoundError,
     VoxgateWarning,
@@ -235,12 +234,16 @@ def test_ome_zarr_py_own_pyramid_and_labels(tmp_path: Path, fmt: Any) -> None:
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=FMT_IDS)
-def test_a_longer_time_axis_is_refused(tmp_path: Path, fmt: Any) -> None:
+def test_a_longer_time_axis_needs_a_time_point(tmp_path: Path, fmt: Any) -> None:
+    """A timelapse opens one time point at a time (``time=``; it was refused whole):
+    tests/remotes/test_time_points_audit.py has the rest."""
     path = tmp_path / "movie.zarr"
     data = np.zeros((2, 5, 12, 13), dtype=np.uint8)
+    data[1] = 7
     write_multiscale([data], new_root(path, fmt), fmt=fmt, axes="tzyx")
-    with pytest.raises(CapabilityNotSupportedError, match="'t' axis of length 2"):
+    with pytest.raises(InvalidRequestError, match=r"timelapse of 2 time points.*time=0\.\.1"):
         voxgate.open(f"zarr://{path}")
+    assert (voxgate.open(f"zarr://{path}", time=1).read() == 7).all()
 
 
 # -- units ------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def test_an_option_of_create_given_to_open_says_what_open_takes(tmp_path: Any) -
     url = f"zarr://{tmp_path}/v.zarr"
     voxgate.create(url, shape=(8, 8, 8), dtype="uint8", chunks=(4, 4, 4), voxel_size=(1, 1, 1))
     with pytest.raises(InvalidRequestError,
-                       match=r"to open 'compression'.*accepts multiscale, mode, missing"):
+                       match=r"to open 'compression'.*accepts multiscale, time, mode, missing"):
         voxgate.open(url, compression="zstd")
 
 

@@ -67,7 +67,7 @@ def axis_names(ms: dict[str, Any], rank: int, where: str) -> list[str]:
         raise CapabilityNotSupportedError(
             f"{where} has axes {names} (space axes {space or 'not marked'}); voxgate reads "
             "images whose space axes are z, y and x, or y and x (a 2-D image, read as one z "
-            "plane), plus c and length-1 t; not space axes of other names"
+            "plane), plus c and t (one time point at a time: time=); not space axes of other names"
         )
     return names
 

@@ -30,11 +30,47 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
-from ..errors import CorruptChunkError
+from ..errors import CorruptChunkError, InvalidRequestError
 from ..geometry import Box, Vec, grid_range
 from ..storage import ts_errors, ts_write_context
 
-__all__ = ["REFERENCE_WRITE_BYTES", "TSArray"]
+__all__ = ["REFERENCE_WRITE_BYTES", "TIME_NAMES", "TSArray", "check_time", "time_index"]
+
+#: the names of a time axis (OME-Zarr's type "time" axis is "t"), read one time point at a time
+TIME_NAMES = ("t", "time")
+
+
+def check_time(time: object) -> None:
+    """Refuse a ``time`` open option that is no time point: None (not given) or an integer
+    from 0."""
+    if time is None:
+        return
+    if isinstance(time, bool) or not isinstance(time, int | np.integer) or time < 0:
+        raise InvalidRequestError(f"time must be a time point, an integer from 0, not {time!r}")
+
+
+def time_index(time: int | None, points: int, where: str, axis: str = "t") -> int:
+    """The index along a time axis of ``points`` time points (0: the array has none) that
+    ``time`` (the open option) names: required when there are several, from 0 to
+    ``points - 1``; an array without a time axis takes None or 0 only."""
+    check_time(time)
+    if points == 0:
+        if time:
+            raise InvalidRequestError(
+                f"{where} has no time axis ('t'); time={time} names a time point of a "
+                "timelapse (leave it out, or give 0)")
+        return 0
+    if time is None:
+        if points > 1:
+            raise InvalidRequestError(
+                f"{where} is a timelapse of {points} time points (its {axis!r} axis); voxgate "
+                f"reads one at a time: open it with time=0..{points - 1}")
+        return 0
+    if not 0 <= time < points:
+        raise InvalidRequestError(
+            f"{where}: time={time} is outside its {points} time point"
+            f"{'s' if points > 1 else ''} (its {axis!r} axis): give 0..{points - 1}")
+    return int(time)
 
 #: writes of at least this many bytes to local files are encoded from the caller's array (no
 #: copy); smaller ones copy (a copy of less is cheap, and each handle costs a little)
@@ -72,6 +108,9 @@ class TSArray:
         docstring)."""
         self.store = store
         self.reversed_axes = reversed_axes
+        #: the length of the native array's time axis, indexed away in ``store`` at one time
+        #: point (1 when it has none; set by the Remote that made the view)
+        self.time_points = 1
         self.channel = channel
         self.keep_channel = keep_channel
         self.name = name

@@ -46,7 +46,7 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -90,7 +90,7 @@ from ._foreign_attrs import (
     funlib_placement,
     warn_ignored,
 )
-from ._tensorstore import TSArray
+from ._tensorstore import TIME_NAMES, TSArray, check_time, time_index
 from .base import Capability, Remote, check_options, open_existing
 
 __all__ = ["N5Remote"]
@@ -527,12 +527,15 @@ def _add_cosem_entry(group: dict[str, Any], index: int, voxel: Sequence[float],
     datasets[:] = [*(d for d in datasets if path(d) != f"s{index}"), entry]
 
 
-def _as_zyx(store: ts.TensorStore, where: str, offset: Vec) -> tuple[TSArray, int, list[int]]:
+def _as_zyx(store: ts.TensorStore, where: str, offset: Vec, time: int | None = None
+            ) -> tuple[TSArray, int, list[int], int]:
     """A TSArray reading ``store`` as C-order ``[c,] z, y, x`` starting at ``offset``, its
-    channel count, and the positions of x, y and z among the native dimensions.
+    channel count, the positions of x, y and z among the native dimensions, and the length of
+    its time axis (1 when it has none).
 
     The native dimensions are ``x, y, z[, c]`` (named by ``axes`` when the file has them);
-    other orders are transposed to that, and extra axes of length 1 (a time point) dropped.
+    other orders are transposed to that, a time axis ('t') indexed at the time point ``time``
+    names (:func:`time_index`) and other extra axes of length 1 dropped.
     """
     names = [(n or "").lower() for n in store.domain.labels]
     if not any(names):
@@ -559,15 +562,24 @@ def _as_zyx(store: ts.TensorStore, where: str, offset: Vec) -> tuple[TSArray, in
     if len(channel_names) > 1:
         raise InvalidRequestError(f"{where} has more than one channel axis: {names}")
     current = list(names)
-    for n in [n for n in names if n not in ("x", "y", "z", *channel_names)]:
+    others = [n for n in names if n not in ("x", "y", "z", *channel_names)]
+    points = 1
+    for n in others:
         i = current.index(n)
-        if view.shape[i] != 1:
+        at = 0
+        if n in TIME_NAMES:
+            points = int(view.shape[i])
+            at = time_index(time, points, where, n)
+        elif view.shape[i] != 1:
             raise CapabilityNotSupportedError(
-                f"{where} has a {n!r} axis of length {view.shape[i]}; only length-1 extra axes "
-                "are supported"
+                f"{where} has a {n!r} axis of length {view.shape[i]}; voxgate reads a time "
+                "axis ('t') one time point at a time (time=) and other extra axes of length 1 "
+                "only"
             )
-        view = view[ts.d[i][view.domain.origin[i]]]
+        view = view[ts.d[i][view.domain.origin[i] + at]]
         current.pop(i)
+    if not any(n in TIME_NAMES for n in others):
+        time_index(time, 0, where)
     order = [current.index(n) for n in ("x", "y", "z", *channel_names)]
     if order != list(range(len(current))):
         view = view[ts.d[order].transpose[:]]
@@ -579,12 +591,19 @@ def _as_zyx(store: ts.TensorStore, where: str, offset: Vec) -> tuple[TSArray, in
         view, reversed_axes=True, channel=bool(channel_names), keep_channel=channels > 1,
         name=where, own_context=True,  # opened with ts_context() alone
     )
-    return arr, channels, xyz_order
+    arr.time_points = points
+    return arr, channels, xyz_order, points
 
 
 class N5Remote(Remote):
     scheme = "n5"
+    #: ``time``: the time point of a dataset with a time axis ('t'), an index along it
+    open_options = ("time",)
     create_options = ("compression",)
+    #: the ``time`` option it was opened with (spec() passes it on) and the length of its
+    #: time axis (1 when it has none)
+    _time: int | None = None
+    _time_points = 1
 
     def __init__(
         self, location: str, meta: VolumeMeta, arrays: list[TSArray], paths: list[str], mode: str,
@@ -603,13 +622,19 @@ class N5Remote(Remote):
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
-    def open(cls, location: str, *, mode: str = "r", **options: Any) -> N5Remote:
-        check_options("n5://", options, cls.open_options, "open")
+    def open(cls, location: str, *, mode: str = "r", time: int | None = None,
+             **options: Any) -> N5Remote:
+        cls.check_open_options({**options, "time": time})
         attrs = _optional_json(location, "attributes.json")
+        opened: N5Remote | None = None
         if "dimensions" in attrs:
-            return cls._open_single(location, attrs, mode)
-        if kvstore_exists(location, "s0/attributes.json"):
-            return cls._open_multiscale(location, attrs, mode)
+            opened = cls._open_single(location, attrs, mode, time)
+        elif kvstore_exists(location, "s0/attributes.json"):
+            opened = cls._open_multiscale(location, attrs, mode, time)
+        if opened is not None:
+            opened._time = time
+            opened._time_points = opened._arrays[0].time_points
+            return opened
         members = _group_members(location)
         listed = ", ".join(f"n5://{join(location, m)}" for m in members[:_LISTED]) + (
             f" ... and {len(members) - _LISTED} more" if len(members) > _LISTED else "")
@@ -657,7 +682,20 @@ class N5Remote(Remote):
             raise InvalidRequestError(f"{where} is not a valid N5 dataset: {text}") from exc
 
     @classmethod
-    def _open_single(cls, location: str, attrs: dict[str, Any], mode: str) -> N5Remote:
+    def check_open_options(cls, options: Mapping[str, Any]) -> None:
+        """``time`` (None: not given) is a time point, an integer from 0."""
+        super().check_open_options(options)
+        check_time(options.get("time"))
+
+    def spec(self) -> dict[str, Any]:
+        out = super().spec()
+        if self._time is not None:  # (the time point read: a reopen reads the same one)
+            out["options"] = {**out.get("options", {}), "time": self._time}
+        return out
+
+    @classmethod
+    def _open_single(cls, location: str, attrs: dict[str, Any], mode: str,
+                     time: int | None = None) -> N5Remote:
         attrs, funlib = _funlib_dataset(attrs, join(location, "attributes.json"))
         store = cls._open_store(location, mode, attrs)
         dtype = np.dtype(store.dtype.numpy_dtype)
@@ -665,13 +703,14 @@ class N5Remote(Remote):
         flat = _is_flat(attrs)
         scale, arr, channels = cls._scale(0, location, store,
                                           _flat_attrs(attrs) if flat else attrs, info, _NO_GROUP,
-                                          funlib=funlib)
+                                          funlib=funlib, time=time)
         kind = _kind(info, dtype, join(location, "attributes.json"))
         meta = VolumeMeta(dtype, (scale,), kind, channels, 0)
         return cls(location, meta, [arr], [location], mode, flat)
 
     @classmethod
-    def _open_multiscale(cls, location: str, group: dict[str, Any], mode: str) -> N5Remote:
+    def _open_multiscale(cls, location: str, group: dict[str, Any], mode: str,
+                         time: int | None = None) -> N5Remote:
         # the scales are s0, s1, ... for as long as they exist (the group's lists may be stale)
         paths: list[str] = []
         while kvstore_exists(location, f"s{len(paths)}/attributes.json"):
@@ -722,7 +761,7 @@ class N5Remote(Remote):
             placed = _Group(base_res, factors, cosem.get(f"s{i}"), g_offset,
                             scales[0].voxel_size if scales else None, factors_from)
             scale, arr, ch = cls._scale(i, path, store, attrs, info, placed, shape0, key=f"s{i}",
-                                        funlib=funlibs[i], flat=flat)
+                                        funlib=funlibs[i], flat=flat, time=time)
             if i == 0:
                 shape0 = scale.shape.xyz()
                 channels = ch
@@ -750,13 +789,14 @@ class N5Remote(Remote):
         key: str | None = None,
         funlib: _Funlib | None = None,
         flat: bool = False,
+        time: int | None = None,
     ) -> tuple[Scale, TSArray, int]:
         """One scale's geometry from its attributes (see the module docstring for the rules);
         ``group``: what the multiscale group says of it; ``funlib``: the voxel size and position
         funlib.persistence's attributes state (:func:`_funlib_dataset`); ``flat``: a 2-D image
         read as one z plane."""
         where = join(path, "attributes.json")
-        arr, channels, order = _as_zyx(store, path, Vec(0, 0, 0))
+        arr, channels, order, _ = _as_zyx(store, path, Vec(0, 0, 0), time)
         xyz_shape = [int(n) for n in arr.store.shape[:3]]
         own_tf = _cosem(attrs.get("transform"), f"{where} 'transform'")
         tf = own_tf or group.transform
@@ -831,7 +871,7 @@ class N5Remote(Remote):
                 offset = _whole_offset(translation, vs.zyx(),
                                        tuple(v * nm0 / nm for v in vs0.zyx()), where)
         if offset != (0, 0, 0):
-            arr = _as_zyx(store, path, offset)[0]
+            arr = _as_zyx(store, path, offset, time)[0]
         layout = arr.store.chunk_layout.read_chunk.shape
         assert layout is not None  # an N5 dataset always has a block size
         chunks = Vec(*(int(n or 1) for n in layout[2::-1]))
@@ -991,6 +1031,11 @@ class N5Remote(Remote):
         wrote with x, y, z lists for x, y, z, c data has lists of one length afterwards.
         """
         self._check_writable()
+        if self._time_points > 1:
+            raise CapabilityNotSupportedError(
+                f"{self.url} has a time axis of {self._time_points} time points, opened at "
+                f"time={self._time}; voxgate does not add scales to a time series (new "
+                "scales would hold this time point only); nothing was written")
         if not self._multiscale_group():
             raise CapabilityNotSupportedError(
                 f"{self.url} is a single N5 dataset; voxgate adds scales to multiscale groups "
@@ -1073,7 +1118,7 @@ class N5Remote(Remote):
             if _complete_lists(attrs):
                 write_json(path, "attributes.json", attrs)
         write_json(self.location, "attributes.json", group)
-        fresh = N5Remote.open(self.location, mode="r+")
+        fresh = N5Remote.open(self.location, mode="r+", time=self._time)
         self.meta, self._arrays, self._paths = fresh.meta, fresh._arrays, fresh._paths
 
     def read(self, box: Box, scale: int = 0) -> np.ndarray:

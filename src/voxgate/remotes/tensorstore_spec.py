@@ -8,7 +8,9 @@ with its own ``transform`` — as a Volume of one scale.
 Axes: the array must be 3-D (z, y, x) or 4-D with a channel axis.  Dimension labels ``x``,
 ``y``, ``z`` and ``c``/``channel`` name them in any order; unlabelled 3-D arrays are
 ``z, y, x`` and 4-D ones ``c, z, y, x``, unless ``axes="xyz"`` (or ``"czyx"``, ``"xyzc"``,
-...) says otherwise.  Other dimensions of length 1 are dropped.
+...) says otherwise.  A time dimension (labelled ``t``) is read at one time point, the
+``time`` open option (an index along it; required when it is longer than 1).  Other
+dimensions of length 1 are dropped.
 
 Geometry: ``voxel_size`` (z, y, x, nm) and ``kind`` are open options, for specs that have none;
 without them the voxel size comes from the array's ``dimension_units`` (zarr3, N5 and
@@ -53,7 +55,7 @@ from ..storage import (
     ts_errors,
     with_s3_settings,
 )
-from ._tensorstore import TSArray
+from ._tensorstore import TIME_NAMES, TSArray, time_index
 from .base import Capability, Remote, check_options, check_same_volume
 
 __all__ = ["TensorStoreRemote", "spec_url"]
@@ -165,7 +167,7 @@ def _kind(value: object, dtype: np.dtype[Any]) -> Kind:
 
 class TensorStoreRemote(Remote):
     scheme = "tensorstore"
-    open_options = ("voxel_size", "kind", "offset", "axes")
+    open_options = ("voxel_size", "kind", "offset", "axes", "time")
     create_options = ()
 
     def __init__(self, spec: dict[str, Any], meta: VolumeMeta, arr: TSArray, mode: str,
@@ -257,13 +259,20 @@ class TensorStoreRemote(Remote):
         view = store
         keep = [labels.index(a) for a in ("z", "y", "x")]
         order = chans + keep
+        time = options.get("time")
+        if not any(n in TIME_NAMES for n in labels):
+            time_index(time, 0, where)
         for i in sorted(set(range(store.rank)) - set(order), reverse=True):
-            if store.shape[i] != 1:
+            at = 0
+            if labels[i] in TIME_NAMES:  # (read at the time point ``time`` names)
+                at = time_index(time, int(store.shape[i]), where, labels[i])
+            elif store.shape[i] != 1:
                 raise CapabilityNotSupportedError(
                     f"{where} has a dimension {labels[i]!r} of length {store.shape[i]}; only "
-                    "x, y, z, one channel axis and length-1 dimensions are supported"
+                    "x, y, z, one channel axis, a time axis 't' (read one time point at a "
+                    "time: time=) and length-1 dimensions are supported"
                 )
-            view = view[ts.d[i][view.domain.origin[i]]]
+            view = view[ts.d[i][view.domain.origin[i] + at]]
             order = [o - 1 if o > i else o for o in order]
         if order != list(range(len(order))):
             view = view[ts.d[order].transpose[:]]

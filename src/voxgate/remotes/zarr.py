@@ -62,7 +62,7 @@ from ._foreign_attrs import (
 )
 from ._ome_collections import collection
 from ._ome_geometry import Frame, axis_names, compose, level_offset, place
-from ._tensorstore import TSArray
+from ._tensorstore import TIME_NAMES, TSArray, check_time, time_index
 from .base import Capability, Remote, check_options, open_existing
 
 __all__ = ["ZarrRemote"]
@@ -100,7 +100,7 @@ def _kind(value: object) -> Kind:
 
 class ZarrRemote(Remote):
     scheme = "zarr"
-    open_options = ("multiscale",)
+    open_options = ("multiscale", "time")
     create_options = ("zarr_format", "compression", "shards")
     carried_extra = ("channel_names", "omero")  # (OME-Zarr's omero block holds all of it)
 
@@ -124,15 +124,28 @@ class ZarrRemote(Remote):
         #: ``multiscales`` of the multiscale it reads (0 by default, as NGFF says)
         self._multiscale: int | str | None = None
         self._ms_index = 0
+        #: the ``time`` option it was opened with (spec() passes it on: every reopen reads the
+        #: same time point), and the length of its 't' axis (1 when it has none)
+        self._time: int | None = None
+        self._time_points = 1
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
     def open(cls, location: str, *, mode: str = "r", multiscale: int | str | None = None,
-             **options: Any) -> ZarrRemote:
+             time: int | None = None, **options: Any) -> ZarrRemote:
         """``multiscale``: which of an OME-Zarr group's ``multiscales`` to read, by name or
         index (NGFF: "the user can choose by name, using the first multiscale as a
-        fallback"); the first when None."""
-        cls.check_open_options({**options, "multiscale": multiscale})
+        fallback"); the first when None.  ``time``: the time point of a timelapse (an index
+        along its 't' axis, 0..T-1) read and written; required when that axis is longer than
+        1, refused (but for 0) on an array without one."""
+        cls.check_open_options({**options, "multiscale": multiscale, "time": time})
+        remote = cls._open(location, mode, multiscale, time)
+        remote._time = time
+        return remote
+
+    @classmethod
+    def _open(cls, location: str, mode: str, multiscale: int | str | None,
+              time: int | None) -> ZarrRemote:
         # each document is read once, here; an array's is handed on to tensorstore
         node = _metadata(location, "zarr.json", optional=True)
         if node is not None:
@@ -140,23 +153,23 @@ class ZarrRemote(Remote):
             attrs = attrs if isinstance(attrs, dict) else {}
             if node.get("node_type") == "group":
                 ome = attrs.get("ome", attrs)
-                return cls._open_multiscale(location, ome, attrs, 3, mode, multiscale)
+                return cls._open_multiscale(location, ome, attrs, 3, mode, multiscale, time)
             _no_choice(location, multiscale)
-            level = cls._open_level(location, "zarr3", attrs, mode, node)
+            level = cls._open_level(location, "zarr3", attrs, mode, node, time)
             if level is not None:
                 return level
-            return cls._open_plain(location, "zarr3", attrs, mode, node)
+            return cls._open_plain(location, "zarr3", attrs, mode, node, time)
         array = _metadata(location, ".zarray", optional=True)
         if array is not None:
             _no_choice(location, multiscale)
             attrs = _optional_json(location, ".zattrs")
-            level = cls._open_level(location, "zarr", attrs, mode, array)
+            level = cls._open_level(location, "zarr", attrs, mode, array, time)
             if level is not None:
                 return level
-            return cls._open_plain(location, "zarr", attrs, mode, array)
+            return cls._open_plain(location, "zarr", attrs, mode, array, time)
         if kvstore_exists(location, ".zgroup"):
             attrs = _optional_json(location, ".zattrs")
-            return cls._open_multiscale(location, attrs, attrs, 2, mode, multiscale)
+            return cls._open_multiscale(location, attrs, attrs, 2, mode, multiscale, time)
         # a missing bucket reads as missing keys: name it rather than the array
         check_bucket(location, f"opening {location}")
         raise RemoteNotFoundError(
@@ -165,9 +178,11 @@ class ZarrRemote(Remote):
 
     @classmethod
     def check_open_options(cls, options: Mapping[str, Any]) -> None:
-        """``multiscale`` (None: not given) is a name or an index."""
+        """``multiscale`` (None: not given) is a name or an index; ``time`` (None: not
+        given) a time point, an integer from 0."""
         super().check_open_options(options)
         _check_choice(options.get("multiscale"))
+        check_time(options.get("time"))
 
     @classmethod
     def _open_store(cls, location: str, driver: str, mode: str,
@@ -208,7 +223,8 @@ class ZarrRemote(Remote):
 
     @classmethod
     def _open_plain(
-        cls, location: str, driver: str, attrs: dict[str, Any], mode: str, doc: dict[str, Any]
+        cls, location: str, driver: str, attrs: dict[str, Any], mode: str, doc: dict[str, Any],
+        time: int | None = None,
     ) -> ZarrRemote:
         store = cls._open_store(location, driver, mode, doc)
         names = list(store.domain.labels)
@@ -240,7 +256,7 @@ class ZarrRemote(Remote):
         if own_offset is not None or own_vs is not None:
             # (a world offset means nothing against a voxel size voxgate states otherwise)
             offset, translation = own_offset or Vec(0, 0, 0), None
-        arr, channels = _as_czyx(store, names, location, offset, flat)
+        arr, channels, points = _as_czyx(store, names, location, offset, flat, time)
         dtype = np.dtype(store.dtype.numpy_dtype)
         shape = Vec(*arr.store.shape[-3:])
         chunks, shard = _chunk_shapes(arr.store)
@@ -254,12 +270,14 @@ class ZarrRemote(Remote):
             channels,
             _fill(store),
         )
-        return cls(location, meta, [arr], mode, shard)
+        remote = cls(location, meta, [arr], mode, shard)
+        remote._time_points = points
+        return remote
 
     @classmethod
     def _open_multiscale(
         cls, location: str, ome: dict[str, Any], attrs: dict[str, Any], fmt: int, mode: str,
-        multiscale: int | str | None = None,
+        multiscale: int | str | None = None, time: int | None = None,
     ) -> ZarrRemote:
         multiscales = ome.get("multiscales")
         if not multiscales:
@@ -267,7 +285,7 @@ class ZarrRemote(Remote):
             if images is not None and images.kind == "bioformats2raw" and len(images.paths) == 1:
                 # one series: the file was one image, which opens under its own URL
                 return cls.open(join(location, images.paths[0]), mode=mode,
-                                multiscale=multiscale)
+                                multiscale=multiscale, time=time)
             if images is not None:
                 raise images.refusal(location)
             members = _group_arrays(location, fmt)
@@ -322,7 +340,7 @@ class ZarrRemote(Remote):
             # from scale 0's; the integer offset is what is left once that is taken off, and
             # the exact translation (sub-voxel parts included) is kept beside it
             offset = level_offset(translation, vs.zyx(), translation0, vs0.zyx())
-            arr, channels = _as_czyx(store, frame.names, path, offset, frame.flat)
+            arr, channels, points = _as_czyx(store, frame.names, path, offset, frame.flat, time)
             chunks, shard = _chunk_shapes(arr.store)
             if i == 0:
                 shard0 = shard
@@ -337,11 +355,13 @@ class ZarrRemote(Remote):
                           _ome_extra(ome, multiscales, k, channels, location))
         remote = cls(location, meta, arrays, mode, shard0, fmt)
         remote._multiscale, remote._ms_index = multiscale, k
+        remote._time_points = points
         return remote
 
     @classmethod
     def _open_level(
-        cls, location: str, driver: str, attrs: dict[str, Any], mode: str, doc: dict[str, Any]
+        cls, location: str, driver: str, attrs: dict[str, Any], mode: str, doc: dict[str, Any],
+        time: int | None = None,
     ) -> ZarrRemote | None:
         """The array at ``location`` as the level of an OME-Zarr image it is, when the
         multiscale of its parent group (or grandparent: a dataset path of two parts) lists
@@ -385,7 +405,8 @@ class ZarrRemote(Remote):
             # what the array states of itself wins; the group's translation no longer fits
             vs = own_vs if own_vs is not None else vs
             offset, exact = own_offset if own_offset is not None else offset, None
-        arr, channels = _as_czyx(store, frame.names, location, offset, frame.flat)
+        arr, channels, points = _as_czyx(store, frame.names, location, offset, frame.flat,
+                                         time)
         chunks, shard = _chunk_shapes(arr.store)
         dtype = np.dtype(store.dtype.numpy_dtype)
         info = group_attrs.get("voxgate", {})
@@ -396,7 +417,9 @@ class ZarrRemote(Remote):
         index = next(i for i, m in enumerate(multiscales) if m is ms)
         meta = VolumeMeta(dtype, (scale,), _kind(kind), channels, _fill(store),
                           _ome_extra(ome, multiscales, index, channels, group))
-        return cls(location, meta, [arr], mode, shard)
+        remote = cls(location, meta, [arr], mode, shard)
+        remote._time_points = points
+        return remote
 
     # -- creating -------------------------------------------------------------------------------
     @classmethod
@@ -520,6 +543,15 @@ class ZarrRemote(Remote):
                 f"{self.url} is a plain zarr array; voxgate adds scales to OME-Zarr multiscale "
                 "groups (voxgate.create makes one)"
             )
+        if self._time_points > 1:
+            # (new levels would hold this time point only, the others empty: an image whose
+            # coarse levels show nothing at most times, which viewers would read as data)
+            raise CapabilityNotSupportedError(
+                f"{self.url} is a timelapse of {self._time_points} time points (a 't' axis) "
+                f"opened at time={self._time}; voxgate does not add scales to a timelapse "
+                "(new levels would hold this time point only); nothing was written.  Add the "
+                "levels for every time point with another tool (ome-zarr-py), then "
+                "voxgate.downsample each time point into them")
         check_new_scales(self.meta, scales)
         v3 = self._group_format == 3
         group_key = "zarr.json" if v3 else ".zattrs"
@@ -584,7 +616,8 @@ class ZarrRemote(Remote):
                 {"type": "scale", "scale": scale},
                 {"type": "translation", "translation": shift}]})
         write_json(self.location, group_key, group)
-        fresh = ZarrRemote.open(self.location, mode="r+", multiscale=self._ms_index)
+        fresh = ZarrRemote.open(self.location, mode="r+", multiscale=self._ms_index,
+                                time=self._time)
         self.meta, self._arrays = fresh.meta, fresh._arrays
 
     def spec(self) -> dict[str, Any]:
@@ -593,6 +626,8 @@ class ZarrRemote(Remote):
         out = super().spec()
         if self._multiscale is not None:
             out["options"] = {**out.get("options", {}), "multiscale": self._multiscale}
+        if self._time is not None:  # (the time point read: a reopen reads the same one)
+            out["options"] = {**out.get("options", {}), "time": self._time}
         return out
 
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
@@ -1065,11 +1100,13 @@ def _optional_json(location: str, key: str) -> dict[str, Any]:
 
 def _as_czyx(
     store: ts.TensorStore, names: list[str], where: str, offset: Vec | None = None,
-    flat: bool = False,
-) -> tuple[TSArray, int]:
-    """A TSArray over ``store``, dimensions reordered to ([c,] z, y, x), x y z from ``offset``.
+    flat: bool = False, time: int | None = None,
+) -> tuple[TSArray, int, int]:
+    """A TSArray over ``store``, dimensions reordered to ([c,] z, y, x), x y z from ``offset``,
+    its channel count and the length of its time axis (1 when it has none).
     ``flat``: a 2-D image or plain array (y and x, no z), given a z dimension of length 1 (a
-    view: reads and writes reach the 2-D array, nothing is stored for it)."""
+    view: reads and writes reach the 2-D array, nothing is stored for it).  ``time``: the
+    time point of a 't' axis the view is at (:func:`time_index`)."""
     names = [n.lower() if n else "" for n in names]
     view = store
     if flat and "z" not in names and {"y", "x"} <= set(names):
@@ -1082,15 +1119,25 @@ def _as_czyx(
     channel_names = [n for n in names if n in ("c", "channel", "ch")]
     others = [n for n in names if n not in ("z", "y", "x", *channel_names)]
     current = list(names)
-    for n in others:  # a time (or other) axis of size 1 is dropped; a longer one is refused
+    points = 1
+    # the time axis is indexed at the time point asked for; another axis of size 1 is
+    # dropped, a longer one refused
+    for n in others:
         i = current.index(n)
-        if view.shape[i] != 1:
+        at = 0
+        if n in TIME_NAMES:
+            points = int(view.shape[i])
+            at = time_index(time, points, where, n)
+        elif view.shape[i] != 1:
             raise CapabilityNotSupportedError(
-                f"{where} has a {n!r} axis of length {view.shape[i]}; only length-1 extra axes "
-                "are supported"
+                f"{where} has a {n!r} axis of length {view.shape[i]}; voxgate reads a time "
+                "axis ('t') one time point at a time (time=) and other extra axes of length 1 "
+                "only"
             )
-        view = view[ts.d[i][view.domain.origin[i]]]
+        view = view[ts.d[i][view.domain.origin[i] + at]]
         current.pop(i)
+    if not any(n in TIME_NAMES for n in others):
+        time_index(time, 0, where)
     order = [current.index(n) for n in (*channel_names[:1], "z", "y", "x")]
     if order != list(range(len(current))):
         view = view[ts.d[order].transpose[:]]
@@ -1102,7 +1149,7 @@ def _as_czyx(
         view, reversed_axes=False, channel=bool(channel_names), keep_channel=channels > 1,
         name=where, reference_writes=True,  # opened with ts_context() alone
     )
-    return arr, channels
+    return arr, channels, points
 
 
 def _chunk_shapes(store: ts.TensorStore) -> tuple[Vec, Vec | None]:

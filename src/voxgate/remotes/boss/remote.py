@@ -349,9 +349,13 @@ class BossDBRemote(Remote):
         return frozenset(caps)
 
     def spec(self) -> dict[str, Any]:
-        # the token is not part of the spec: the reopening process resolves its own
-        return {"url": self.url, "mode": self.mode,
-                "options": {"timeout": self.timeout, "concurrency": self.concurrency}}
+        # the token is not part of the spec: the reopening process resolves its own.  The time
+        # sample read travels with it (a worker, a copy or an unpickled volume reads the same
+        # one, not the channel's default_time_sample); left out of a one-sample channel's
+        options: dict[str, Any] = {"timeout": self.timeout, "concurrency": self.concurrency}
+        if self._samples > 1 or self.time:
+            options["time"] = self.time
+        return {"url": self.url, "mode": self.mode, "options": options}
 
     def write_grid(self, scale: int = 0) -> Vec:
         return CUBOID
