@@ -21,6 +21,7 @@ from ..errors import (
     InvalidRequestError,
     ReadOnlyError,
     RemoteExistsError,
+    RemoteNotFoundError,
     VoxgateError,
     VoxgateWarning,
     redact,
@@ -249,14 +250,29 @@ def resolve_created_output(out: Any, meta: VolumeMeta, *, overwrite: bool,
     if isinstance(out, dict):  # a TensorStore spec, as voxgate.create takes it
         out = spec_url(out)
     cls, location = resolve_for_create(str(out))
-    if cls.exists(location):
+    # the options that reach the store (a bossdb:// token=, server=) reach it to ask whether
+    # the output exists and to open it, as they reach its create
+    opening = {k: v for k, v in options.items() if k in cls.open_options and k != "mode"}
+    if _exists(cls, location, opening):
         if not overwrite:
             raise RemoteExistsError(f"{out} exists; pass overwrite=True to write into it")
-        return resolve_created_output(Volume(cls.open(location, mode="r+")), meta,
+        return resolve_created_output(Volume(cls.open(location, mode="r+", **opening)), meta,
                                       overwrite=overwrite, options={}, check=check,
                                       scale_of=scale_of)
     # (an exist_ok=True among the options would open another process's store made since)
     return Volume(create_remote(str(out), meta, **options)), not options.get("exist_ok")
+
+
+def _exists(cls: Any, location: str, opening: dict[str, Any]) -> bool:
+    """``cls.exists(location)``, asked with the store's open options (a token) when given."""
+    if not opening:
+        return bool(cls.exists(location))
+    try:
+        found = cls.open(location, mode="r", **opening)
+    except RemoteNotFoundError:
+        return False
+    found.close()
+    return True
 
 
 def choose_path(prefer: str, remote: Remote, capability: Capability,

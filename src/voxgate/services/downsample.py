@@ -49,7 +49,13 @@ from ..blockwise import (
     scheduler_name,
     worker_remote,
 )
-from ..errors import InvalidRequestError, VoxgateError, VoxgateWarning, refuses_unknown_keywords
+from ..errors import (
+    CapabilityNotSupportedError,
+    InvalidRequestError,
+    VoxgateError,
+    VoxgateWarning,
+    refuses_unknown_keywords,
+)
 from ..geometry import Box, Vec, whole_at_least
 from ..meta import Scale, VolumeMeta, coarser_extent, next_scales
 from ..remotes.base import Capability, has_capability, notify_written
@@ -475,6 +481,16 @@ def downsample(
             "derived_by_store": True, "seconds": round(time.perf_counter() - t0, 3)})
         return done
     path = choose_path(prefer, remote, Capability.SERVER_DOWNSAMPLE, "downsample")
+    if path == "server" and (factors is not None or num_scales not in (None, len(meta.scales))):
+        # the server's job computes the channel's own levels by its own factors: asked for
+        # other levels or factors, "auto" runs the local path (which adds, checks or refuses
+        # them as on any store) rather than answer with levels that were not asked for
+        if prefer == "server":
+            raise CapabilityNotSupportedError(
+                f"the server's downsample of {remote.url} computes its {len(meta.scales)} "
+                "levels by its own factors; num_scales or factors other than those need "
+                "prefer='local' or 'auto'")
+        path = "local"
     if path == "server":
         _server_downsample(remote)
         done = Volume(remote, 0)
@@ -806,7 +822,9 @@ def _server_downsample(remote: Any, timeout: float = 3600.0) -> None:
                     "(on bossDB, writes made since are not in them)"), stacklevel=3)
                 return
             raise
-        delay = 0.2
+        # (polled soon, then less often: a small job is not waited on for seconds longer than
+        # it ran, a long one is polled every few seconds at most, at most half its time late)
+        delay = 0.05
         while time.monotonic() < deadline:
             status = project.downsample_status(c, e, ch)["status"]
             if status == "DOWNSAMPLED":
@@ -816,7 +834,7 @@ def _server_downsample(remote: Any, timeout: float = 3600.0) -> None:
             if status == "NOT_DOWNSAMPLED":
                 break  # written meanwhile: again
             time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 1.5, 5.0)
         else:
             raise TimeoutError(f"the server's downsample of {remote.url} did not finish in "
                                f"{timeout} s")

@@ -308,6 +308,13 @@ class BossDBRemote(Remote):
         """Make the collection, frame, experiment and channel for ``meta`` (as needed)."""
         check_options("bossdb://", options, cls.open_options, "create")
         server, c, e, ch = _parse_location(location)
+        if meta.num_channels > 1:
+            # (refused before anything is made: a channel created for it would hold one value
+            # per voxel and say so, and the volume's other channels would have nowhere to go)
+            raise InvalidRequestError(
+                f"a bossDB channel holds one value per voxel; {meta.num_channels} channels "
+                f"were asked for bossdb channel {c}/{e}/{ch}: create one channel per image "
+                "channel")
         settings = boss_settings(options.get("server") or server, options.get("token"))
         project = BossProject(settings.url, settings.token)
         if c not in project.list_collections():
