@@ -94,9 +94,11 @@ from .remotes.base import (
     Remote,
     check_keywords,
     check_missing,
+    exists_with,
     format_chunks,
     has_capability,
     notify_written,
+    opening_options,
 )
 from .storage import file_lock, is_local, is_locked, local_path, split_url, state_dir
 from .storage.locking import LOOK_PATIENCE
@@ -1137,12 +1139,15 @@ def _copy(
             location, dst_url = named, f"{cls.scheme}://{named}"
         _check_apart(s_remote.url, dst_url)
         starting.enter_context(_state_lock(_destination_lock(dst_url), blocking=True))
-        if cls.exists(location):
+        # (a bossdb:// token= or server= is the store's open option too: the destination is
+        # looked for and opened with it, as it is created with it)
+        opening = opening_options(cls, create_options)
+        if exists_with(cls, location, opening):
             # create options on a destination that exists are refused below, unless this is
             # the same copy run again to finish it (its journal is there): the options made
             # the destination the first time
-            refuse_options = bool(create_options)
-            d_remote = cls.open(location, mode="r+")
+            refuse_options = any(k not in opening for k in create_options)
+            d_remote = cls.open(location, mode="r+", **opening)
             _check_apart(s_remote.url, d_remote.url)  # (as the destination names itself)
         else:
             _check_pyramid_fits(smeta, max(wanted), s_remote.pyramid_anchor,

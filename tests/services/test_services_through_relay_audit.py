@@ -342,3 +342,19 @@ def test_a_relay_that_stops_mid_run_is_reported_and_the_journal_resumes(setup: S
         np.testing.assert_array_equal(vol.read(), base + 1)
     finally:
         relay.stop()
+
+
+def test_copy_to_a_bossdb_channel_with_a_token(setup: Setup) -> None:
+    """voxgate.copy into bossdb:// with the token as its option: the destination is looked
+    for with it (without, a relay that needs a token answered 401 to the look), made with
+    it, and a copy into it once it exists finds and opens it with it (the token is no
+    create option an existing destination refuses)."""
+    want = setup.image
+    first = voxgate.copy(voxgate.open(setup.raw_url), setup.url("cp/e/raw"), token=RW,
+                         progress=False)
+    np.testing.assert_array_equal(intern_read(setup.relay, "cp", "e", "raw"), want)
+    again = voxgate.copy(voxgate.open(setup.raw_url), setup.url("cp/e/raw"), token=RW,
+                         progress=False)
+    assert (first.created, again.created) == (True, False) and again.dst == first.dst
+    assert again.blocks_written + again.blocks_skipped == again.blocks_total > 0
+    np.testing.assert_array_equal(setup.boss("cp/e/raw").read(), want)

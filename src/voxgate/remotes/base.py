@@ -47,11 +47,13 @@ __all__ = [
     "check_missing",
     "check_options",
     "check_same_volume",
+    "exists_with",
     "format_chunks",
     "guard_writes",
     "has_capability",
     "notify_written",
     "open_existing",
+    "opening_options",
     "on_written",
     "require_capability",
     "writes_guarded",
@@ -179,9 +181,10 @@ class Remote(abc.ABC):
         from ..errors import RemoteNotFoundError
 
         try:
-            cls.open(location, mode="r")
+            found = cls.open(location, mode="r")
         except RemoteNotFoundError:
             return False
+        found.close()
         return True
 
     # -- data -----------------------------------------------------------------------------------
@@ -416,6 +419,27 @@ def check_same_volume(existing: VolumeMeta, wanted: VolumeMeta, where: str) -> N
         f"{tuple(existing.shape)} with {existing.num_channels} channel(s), not the "
         f"{wanted.dtype.name} {tuple(wanted.shape)} with {wanted.num_channels} asked for"
     )
+
+
+def opening_options(cls: type[Remote], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The ones of ``options`` (a create's or a Service's ``out=`` options) that ``cls.open``
+    takes too, a bossdb:// ``token=`` or ``server=`` (not ``mode``)."""
+    return {k: v for k, v in options.items() if k in cls.open_options and k != "mode"}
+
+
+def exists_with(cls: type[Remote], location: str, options: Mapping[str, Any]) -> bool:
+    """``cls.exists(location)``, asked with the store's open options (a token) when given:
+    a destination a relay shows only to a token is looked for with it."""
+    if not options:
+        return bool(cls.exists(location))
+    from ..errors import RemoteNotFoundError
+
+    try:
+        found = cls.open(location, mode="r", **options)
+    except RemoteNotFoundError:
+        return False
+    found.close()
+    return True
 
 
 def open_existing(cls: type[R], location: str, meta: VolumeMeta, exist_ok: bool,

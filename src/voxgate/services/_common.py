@@ -21,7 +21,6 @@ from ..errors import (
     InvalidRequestError,
     ReadOnlyError,
     RemoteExistsError,
-    RemoteNotFoundError,
     VoxgateError,
     VoxgateWarning,
     redact,
@@ -31,7 +30,15 @@ from ..lru import make_newest
 from ..meta import Scale, VolumeMeta
 from ..progress import progress_bar  # one progress bar (and byte unit) for every Service
 from ..registry import create_remote, resolve_for_create
-from ..remotes.base import COMMON_OPTIONS, Capability, Remote, check_keywords, has_capability
+from ..remotes.base import (
+    COMMON_OPTIONS,
+    Capability,
+    Remote,
+    check_keywords,
+    exists_with,
+    has_capability,
+    opening_options,
+)
 from ..remotes.memory import MemoryRemote
 from ..remotes.tensorstore_spec import spec_url
 from ..storage import remove_tree
@@ -252,8 +259,8 @@ def resolve_created_output(out: Any, meta: VolumeMeta, *, overwrite: bool,
     cls, location = resolve_for_create(str(out))
     # the options that reach the store (a bossdb:// token=, server=) reach it to ask whether
     # the output exists and to open it, as they reach its create
-    opening = {k: v for k, v in options.items() if k in cls.open_options and k != "mode"}
-    if _exists(cls, location, opening):
+    opening = opening_options(cls, options)
+    if exists_with(cls, location, opening):
         if not overwrite:
             raise RemoteExistsError(f"{out} exists; pass overwrite=True to write into it")
         return resolve_created_output(Volume(cls.open(location, mode="r+", **opening)), meta,
@@ -261,18 +268,6 @@ def resolve_created_output(out: Any, meta: VolumeMeta, *, overwrite: bool,
                                       scale_of=scale_of)
     # (an exist_ok=True among the options would open another process's store made since)
     return Volume(create_remote(str(out), meta, **options)), not options.get("exist_ok")
-
-
-def _exists(cls: Any, location: str, opening: dict[str, Any]) -> bool:
-    """``cls.exists(location)``, asked with the store's open options (a token) when given."""
-    if not opening:
-        return bool(cls.exists(location))
-    try:
-        found = cls.open(location, mode="r", **opening)
-    except RemoteNotFoundError:
-        return False
-    found.close()
-    return True
 
 
 def choose_path(prefer: str, remote: Remote, capability: Capability,
