@@ -1,12 +1,15 @@
 """Review of the 7 December changes (c3be794..): what the new code missed.
 
-- ``remesh=`` on a precomputed layer whose mesh directory voxgate cannot add to (the
-  multi-resolution directory CloudVolume and Igneous make, whose transform scales by the voxel
-  size; legacy meshes declared sharded; a mesh type voxgate does not know; a skeleton
-  directory whose info describes something else) wrote the edit,
+- ``remesh=`` on a precomputed layer whose mesh directory voxgate cannot add to (a
+  multi-resolution directory under a transform that cannot be inverted; legacy meshes
+  declared sharded; a mesh type voxgate does not know; a skeleton directory whose info
+  describes something else) wrote the edit,
   recorded it done, then raised from the writer with nothing written: the check made
   before the edit read the directory's info only for valid JSON.  Now it is refused before
   anything is edited (CapabilityNotSupportedError), as a layer without the directory is.
+  (The multi-resolution directory CloudVolume and Igneous make, under a transform scaling by
+  the voxel size, was among them; voxgate now adds to it: tests/formats/
+  test_mesh_transformed_dir_audit.py.)
 - Guards: a directory without an info of its own is still remeshed (legacy); a DVID volume
   opened at a node's full UUID, at a prefix of it or at a branch whose leaf it is reads with
   the same relay cell fingerprint (one node, one set of cells), another node with another.
@@ -49,15 +52,19 @@ def _layer(tmp_path: Path) -> str:
     return url
 
 
-def _cloudvolume_multires(tmp_path: Path) -> None:
-    """The mesh directory's info as CloudVolume (and Igneous's multires tasks) make it."""
+def _singular_multires(tmp_path: Path) -> None:
+    """The mesh directory's info as CloudVolume (and Igneous's multires tasks) make it, its
+    transform then made singular (z scaled by 0): no stored frame nm vertices can go to."""
     cv = CloudVolume(f"file://{tmp_path}/seg")
     cv.mesh.meta.mip = 0  # (the mip the meshes were made at, as Igneous sets it)
     cv.mesh.meta.to_multi_resolution(16)
     cv.mesh.meta.commit_info()
-    info = json.loads((tmp_path / "seg" / "mesh" / "info").read_text())
+    path = tmp_path / "seg" / "mesh" / "info"
+    info = json.loads(path.read_text())
     assert info["@type"] == "neuroglancer_multilod_draco"
-    assert info["transform"][0] == 8  # (scaled by the voxel size: not voxgate's identity)
+    assert info["transform"][0] == 8  # (scaled by the voxel size)
+    info["transform"][10] = 0
+    path.write_text(json.dumps(info))
 
 
 def _info(info: dict[str, Any]) -> Any:
@@ -70,7 +77,7 @@ def _info(info: dict[str, Any]) -> Any:
 SHARDING = {"@type": "neuroglancer_uint64_sharded_v1", "preshift_bits": 0, "hash": "identity",
             "minishard_bits": 0, "shard_bits": 0}
 DIRS = {
-    "cloudvolume-multires": _cloudvolume_multires,
+    "singular-multires": _singular_multires,
     "legacy-declared-sharded": _info({"@type": "neuroglancer_legacy_mesh",
                                       "sharding": SHARDING}),
     "unknown-mesh-type": _info({"@type": "neuroglancer_mesh_v9"}),

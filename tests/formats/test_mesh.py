@@ -434,8 +434,11 @@ def test_legacy_several_fragments_and_transform(tmp_path: Path) -> None:
     cv = CloudVolume(f"file://{tmp_path / 'seg'}", progress=False)
     assert np.allclose(np.sort(cv.mesh.get([9], fuse=False)[9].vertices, axis=0),
                        np.sort(moved.vertices, axis=0))
-    with pytest.raises(InvalidRequestError, match="transform"):
-        write_meshes(url, {9: tetra(9)})  # nm coordinates would be read through the transform
+    # a mesh added is stored through the inverse of the transform (nm read back)
+    write_meshes(url, {10: tetra(10)})
+    assert np.allclose(read_meshes(url, [10])[10].vertices, tetra(10).vertices)
+    assert json.loads((d / "info").read_text())["transform"] == [2, 0, 0, 1, 0, 2, 0, 0, 0, 0,
+                                                                2, 0]
 
 
 def test_missing_meshes_and_damaged_files(tmp_path: Path) -> None:

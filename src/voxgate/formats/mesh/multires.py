@@ -259,14 +259,16 @@ def encode_multires(
 ) -> tuple[bytes, bytes]:
     """One segment's ``(<id>.index manifest, <id> fragment data)`` in the multi-resolution format.
 
-    Stored-model coordinates are nanometres (the info's transform is the identity).  The
-    octree's top level is one node covering the whole mesh; level 0 has up to
+    The vertices are taken as stored-model coordinates (nm under the identity transform,
+    which every directory voxgate creates has; :func:`write_meshes` moves them into another
+    directory's stored frame first), and so are the grid origin, chunk shape and
+    ``lod_scale``.  The octree's top level is one node covering the whole mesh; level 0 has up to
     ``2**(lods-1)`` nodes per axis (fewer levels are written for a mesh too small for
     level-0 nodes of 8 voxels, taking ``lod_scale`` as the voxel size).  Each coarser level
     is the previous one simplified to about a quarter of its triangles and cut on the finer
     level's grid, so no triangle crosses a child's boundary; every node with content has its
     parent listed (empty if need be), and fragments are in Z-curve order.  ``lod_scale`` is
-    the level-0 scale (about the vertex spacing, in nm); level ``L`` gets
+    the level-0 scale (about the vertex spacing, in stored units); level ``L`` gets
     ``lod_scale * 2**L``.
     """
     bits = vertex_quantization_bits
@@ -298,8 +300,8 @@ def encode_multires(
         break
     levels = levels[:lods]
     top = 2 ** (lods - 1)
-    # whole nanometres, so chunk_shape is exact in float32; chunk * top > extent strictly, so
-    # every vertex lies inside the top node
+    # whole stored units (nm, or voxels under a voxel-size transform), so chunk_shape is exact
+    # in float32; chunk * top > extent strictly, so every vertex lies inside the top node
     chunk = np.floor((hi - origin) / top) + 1.0
 
     nodes: list[dict[tuple[int, int, int], list[tuple[np.ndarray, np.ndarray]]]] = []

@@ -106,8 +106,14 @@ def write_meshes(
 
     Existing meshes of other ids stay; a mesh directory that already holds the other format,
     the other layout (sharded or not) or multires meshes with other settings is refused
-    rather than mixed.  ``progress`` draws a bar over the segments written (sharded: over the
-    shards, each encoded and merged in turn, so memory holds one shard's meshes).
+    rather than mixed.  A directory voxgate creates stores nm (the identity transform); an
+    existing one whose info has another invertible affine ``transform`` (CloudVolume's
+    ``to_multi_resolution`` and Igneous store voxel units, scaled by the voxel size) gets
+    the vertices moved into its stored frame through the inverse transform before they are
+    encoded (multires: before quantization, so the octree is in that frame too), and keeps
+    its transform; a transform that cannot be inverted is refused.  ``progress`` draws a bar
+    over the segments written (sharded: over the shards, each encoded and merged in turn, so
+    memory holds one shard's meshes).
     """
     if format not in ("legacy", "multires"):
         raise InvalidRequestError(f"format must be 'legacy' or 'multires', got {format!r}")
@@ -150,17 +156,24 @@ def write_meshes(
     vs = remote.meta.scales[0].voxel_size
     resolution = np.asarray(vs.xyz(), dtype=np.float64) * _unit_nm(vs.unit)
 
-    lod_scale = float(resolution.min())
+    # vertices are stored in the directory's frame: nm under the identity transform (every
+    # directory voxgate creates), else moved there through the inverse of its transform (as
+    # CloudVolume's to_multi_resolution and Igneous store voxel units under a transform that
+    # scales by the voxel size), so every reader shows them where the directory's other
+    # meshes are.  The level-0 scale is then the finest voxel size measured in that frame.
+    inverse = _inverse_transform(info, directory)
+    lod_scale = float(resolution.min() if inverse is None else min(
+        np.linalg.norm(inverse[:, :3] @ (resolution * np.eye(3)), axis=0)))
 
     def encode(item: tuple[int, Mesh]) -> tuple[tuple[str, bytes], tuple[str, bytes]]:
         """(fragment data file, manifest file) of one segment."""
         seg, mesh = item
         if format == "legacy":
             frag = _legacy_fragment_name(seg, mesh, resolution)
-            return (frag, mesh.to_precomputed()), (
+            return (frag, _to_stored(mesh, inverse).to_precomputed()), (
                 f"{seg}:0", json.dumps({"fragments": [frag]}).encode())
         manifest, data = encode_multires(
-            mesh, lods=lods, vertex_quantization_bits=vertex_quantization_bits,
+            _to_stored(mesh, inverse), lods=lods, vertex_quantization_bits=vertex_quantization_bits,
             lod_scale=lod_scale,
         )
         return (str(seg), data), (f"{seg}.index", manifest)
@@ -401,7 +414,7 @@ def check_mesh_dir(directory: Directory, existing: dict[str, Any], format: str, 
                    sharded: bool) -> None:
     """Raise what :func:`write_meshes` (``format``, ``vertex_quantization_bits=bits``,
     ``sharded``) raises adding to the existing mesh ``directory`` whose info is ``existing``
-    (InvalidRequestError: another type or layout, a transform other than the identity),
+    (InvalidRequestError: another type or layout, a transform that cannot be inverted),
     before anything is written.  (The edits' ``remesh=`` checks so before editing.)"""
     wanted = MULTIRES_MESH_TYPE if format == "multires" else LEGACY_MESH_TYPE
     _merged_info(directory, existing, {}, wanted, format, bits, sharded)
@@ -427,19 +440,50 @@ def _merged_info(directory: Directory, existing: dict[str, Any], ours: dict[str,
             f"would leave a directory no reader understands. Write format={other!r} or choose "
             "another mesh_dir"
         )
-    transform = existing.get("transform", _IDENTITY)
-    if [float(v) for v in transform] != _IDENTITY:
-        raise InvalidRequestError(
-            f"{directory.location} stores meshes under the transform {transform}; voxgate writes "
-            "nanometre coordinates (the identity transform): choose another mesh_dir"
-        )
+    _inverse_transform(existing, directory)
     if format == "multires" and int(existing.get("vertex_quantization_bits", bits)) != bits:
         raise InvalidRequestError(
             f"{directory.location} stores meshes with vertex_quantization_bits="
             f"{existing['vertex_quantization_bits']}; pass that value or choose another mesh_dir"
         )
-    return {**existing, **ours, **({"lod_scale_multiplier": existing["lod_scale_multiplier"]}
-                                   if "lod_scale_multiplier" in existing else {})}
+    # (the directory's transform and lod_scale_multiplier stay: its meshes are stored so)
+    return {**existing, **ours, **{k: existing[k] for k in ("transform", "lod_scale_multiplier")
+                                   if k in existing}}
+
+
+def _inverse_transform(info: Mapping[str, Any], directory: Directory) -> np.ndarray | None:
+    """The inverse (3x4) of a mesh directory info's ``transform`` (stored coordinates to nm),
+    which moves nm into the directory's stored frame; None for the identity (or none).
+    A transform that is not 12 finite numbers or cannot be inverted is an
+    InvalidRequestError: no stored coordinates would show a mesh where it is."""
+    transform = info.get("transform", _IDENTITY)
+    where = f"{directory.path('info')} transform"
+    mat = _transform_matrix(transform, where)
+    if mat.reshape(-1).tolist() == _IDENTITY:
+        return None
+    square = np.vstack([mat, [0.0, 0.0, 0.0, 1.0]])
+    try:
+        if not np.isfinite(square).all():
+            raise np.linalg.LinAlgError
+        inverse = np.linalg.inv(square)
+        if not np.isfinite(inverse).all():
+            raise np.linalg.LinAlgError
+    except np.linalg.LinAlgError:
+        raise InvalidRequestError(
+            f"{directory.location} stores meshes under the transform {transform}, which cannot "
+            "be inverted, so voxgate cannot move nm vertices into its stored frame: choose "
+            "another mesh_dir"
+        ) from None
+    return inverse[:3]
+
+
+def _to_stored(mesh: Mesh, inverse: np.ndarray | None) -> Mesh:
+    """``mesh`` (nm) in the stored frame of a mesh directory whose transform ``inverse``
+    undoes (unchanged for the identity)."""
+    if inverse is None or not mesh.num_vertices:
+        return mesh
+    stored = mesh.vertices.astype(np.float64) @ inverse[:, :3].T + inverse[:, 3]
+    return Mesh(stored, mesh.faces, mesh.id)
 
 
 def read_meshes(

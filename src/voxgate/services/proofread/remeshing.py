@@ -102,10 +102,11 @@ def _mesh_options(dinfo: dict[str, Any]) -> dict[str, Any]:
 
 def _check_dir(vol: Volume, key: str, name: str, remesh: Any) -> None:
     """Refuse, before the edit, a mesh / skeleton directory the writer would refuse after
-    it: a corrupt info (CorruptChunkError), or one voxgate cannot add to, such as the
-    multi-resolution directory CloudVolume and Igneous make, whose transform scales by the
-    voxel size (before, the edit was written and recorded done, then remeshing raised and
-    no mesh was written)."""
+    it: a corrupt info (CorruptChunkError), or one voxgate cannot add to, such as a mesh
+    directory whose transform cannot be inverted (before, the edit was written and recorded
+    done, then remeshing raised and no mesh was written).  The multi-resolution directory
+    CloudVolume and Igneous make, whose transform scales by the voxel size, is accepted: the
+    writer stores into its frame."""
     from ...formats.mesh.precomputed import check_mesh_dir
     from ...formats.skeleton.precomputed import check_skeleton_dir
     from ...storage import Directory, join
