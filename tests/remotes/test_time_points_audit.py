@@ -382,3 +382,29 @@ def test_a_dask_cluster_reads_and_writes_the_time_points(
     expected = before.copy()
     expected[2] = zdata[1]
     np.testing.assert_array_equal(zarr.open_array(str(other / "0"), mode="r")[:], expected)
+
+
+def test_services_take_another_time_point_of_the_same_url_as_another_volume(
+        tmp_path: Path) -> None:
+    """map_blocks with a halo from time point 0 into time point 1 of one array: the two are
+    two volumes of one URL (it was refused as "out is the source", and without a halo
+    journalled as an in-place run); the other time point stays as it was."""
+    path = tmp_path / "t.zarr"
+    data = np.random.default_rng(5).integers(0, 200, (2, 8, 16, 16), dtype=np.uint8)
+    arr = zarr.create_array(str(path), shape=data.shape, chunks=(1, 4, 8, 8), dtype="uint8",
+                            dimension_names=["t", "z", "y", "x"], zarr_format=3)
+    arr[...] = data
+    url = f"zarr://{path}"
+    for halo in ((1, 1, 1), (0, 0, 0)):
+        out = voxgate.map_blocks(lambda x: x // 2, voxgate.open(url, time=0),
+                                 out=voxgate.open(url, mode="r+", time=1),
+                                 block=(4, 8, 8), halo=halo, progress=False)
+        assert out.remote.spec()["options"]["time"] == 1
+        got = zarr.open_array(str(path))[...]
+        np.testing.assert_array_equal(got[1], data[0] // 2)
+        np.testing.assert_array_equal(got[0], data[0])
+    # the same time point stays the source
+    with pytest.raises(InvalidRequestError, match="out is the source"):
+        voxgate.map_blocks(lambda x: x, voxgate.open(url, time=1),
+                           out=voxgate.open(url, mode="r+", time=1), block=(4, 8, 8),
+                           halo=(1, 1, 1), progress=False)

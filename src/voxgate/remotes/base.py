@@ -56,6 +56,7 @@ __all__ = [
     "opening_options",
     "on_written",
     "require_capability",
+    "same_volume",
     "writes_guarded",
 ]
 
@@ -419,6 +420,17 @@ def check_same_volume(existing: VolumeMeta, wanted: VolumeMeta, where: str) -> N
         f"{tuple(existing.shape)} with {existing.num_channels} channel(s), not the "
         f"{wanted.dtype.name} {tuple(wanted.shape)} with {wanted.num_channels} asked for"
     )
+
+
+def same_volume(a: Remote, b: Remote) -> bool:
+    """Whether two Remotes read and write one volume: one URL at one time point (a
+    timelapse's time points, opened with ``time=``, are volumes of one URL)."""
+    return a.url == b.url and _time_point(a) == _time_point(b)
+
+
+def _time_point(remote: Remote) -> int:
+    options = remote.spec().get("options") or {}
+    return int(options.get("time") or 0)
 
 
 def opening_options(cls: type[Remote], options: Mapping[str, Any]) -> dict[str, Any]:

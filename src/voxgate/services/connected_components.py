@@ -57,7 +57,7 @@ from ..errors import InvalidRequestError, VoxgateError, check_flag
 from ..geometry import Box, Vec, grid_range, whole, whole_at_least
 from ..meta import Scale, VolumeMeta
 from ..registry import create_remote, resolve_for_create
-from ..remotes.base import Remote
+from ..remotes.base import Remote, same_volume
 from ..remotes.memory import MemoryRemote
 from ..remotes.tensorstore_spec import spec_url
 from ..storage import is_local, local_path, split_url
@@ -295,7 +295,7 @@ def connected_components(
                                           details(1, n, cc.dtype)))
 
     def id_type_covering_region(vol: Volume) -> None:
-        if vol.url == src.url:
+        if same_volume(vol.remote, src.remote):
             raise InvalidRequestError(
                 f"out is the source {src.url}: blocks are joined by reading the source across "
                 "their borders, after earlier blocks were overwritten; write to another volume")

@@ -55,6 +55,7 @@ from ..blockwise import (
 )
 from ..errors import DtypeError, InvalidRequestError, redact
 from ..geometry import Box, Vec
+from ..remotes.base import same_volume
 from ..remotes.memory import MemoryRemote
 from ..storage import file_lock, is_locked, state_dir
 from ..storage.locking import LOOK_PATIENCE
@@ -604,7 +605,8 @@ def map_blocks(
     if resume is not None and not isinstance(resume, bool):
         raise InvalidRequestError(f"resume must be None, True or False, got {resume!r}")
     src = as_volume(source)
-    if resume is not None and not ((isinstance(out, Volume) and out.url == src.url)
+    if resume is not None and not ((isinstance(out, Volume)
+                                    and same_volume(out.remote, src.remote))
                                    or (isinstance(out, (str, os.PathLike)) and overwrite)):
         raise InvalidRequestError(_NOT_IN_PLACE)
     if src.ndim != 3 or any(a.step != 1 for a in src._axes):
@@ -632,7 +634,7 @@ def map_blocks(
     def covers_region(vol: Volume) -> None:
         if not vol.bounds.contains(region):
             raise InvalidRequestError(f"out {vol.url} covers {vol.bounds!r}, not {region!r}")
-        if any(h) and vol.url == src.url:
+        if any(h) and same_volume(vol.remote, src.remote):
             raise InvalidRequestError(
                 f"out is the source {src.url}: with a halo each block reads its neighbours, "
                 "which earlier blocks would already have overwritten; write to another volume")
@@ -648,7 +650,7 @@ def map_blocks(
     # walked as the blocks are sent, never listed (it would grow with the volume)
     on_grid = target.remote.grid_bounds(target.scale)
     n_blocks = count_blocks(region, b, on_grid)
-    in_place = target.url == src.url and target.scale == src.scale
+    in_place = same_volume(target.remote, src.remote) and target.scale == src.scale
     if client is not None:
         check_for_cluster(target.url, "output", "map_blocks", writes=True)
         if in_place:

@@ -81,6 +81,7 @@ from ..errors import CapabilityNotSupportedError, InvalidRequestError, MissingDe
 from ..geometry import Box, Vec, grow_block, whole_at_least
 from ..lru import make_newest
 from ..meta import Scale, VolumeMeta
+from ..remotes.base import same_volume
 from ..remotes.memory import MemoryRemote
 from ..volume import Volume
 from ._common import (
@@ -768,7 +769,7 @@ def predict(
                       "image", num_channels=channels)
 
     def fits(vol: Volume) -> None:
-        if vol.url == src.url and vol.scale == src.scale:
+        if same_volume(vol.remote, src.remote) and vol.scale == src.scale:
             raise InvalidRequestError(
                 f"out is the source {src.url}: each block reads its neighbours (the model's "
                 "halo), which earlier blocks would already have overwritten, and a block run "
