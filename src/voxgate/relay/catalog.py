@@ -446,7 +446,43 @@ class Catalog:
         with self.lock:
             changes = self.state.setdefault("meta_changes", {})
             changes[key] = int(changes.get(key, 0)) + 1
+            # (the metadata the next open reads is the one recorded: see _note_opened)
+            self.state.get("meta_seen", {}).pop(key, None)
             self.save()
+
+    def _note_opened(self, entry: ChannelEntry, remote: CachedRemote, epoch: int) -> int:
+        """With several worker processes: record the digest of the metadata ``remote`` was
+        opened with (``epoch``: :meth:`meta_epoch` before it was read) in the state they
+        share, and when another digest was recorded there, record a change too
+        (:meth:`note_meta_change`), so the workers that opened the channel before it changed
+        open it again on their next request.  A worker opening a channel for the first time
+        after the upstream changed (a DVID branch moved on) reads the new metadata at once:
+        without this the others served the old until their own checks came round, and a
+        client saw the new volume, then the old one again.  Returns the epoch ``remote`` is
+        current for."""
+        if self.config.workers <= 1 or entry.forward_token:
+            return epoch  # (each forwarded token's view may have metadata of its own)
+        key = "/".join(entry.key)
+        if self.state.get("meta_seen", {}).get(key) == remote.meta_key \
+                and self.meta_epoch(entry) == epoch:
+            return epoch
+        with self.lock:
+            if self.meta_epoch(entry) != epoch:
+                # a change was recorded while this one was opened: it may have read the old
+                # metadata; the next request opens the channel again
+                return epoch
+            seen = self.state.setdefault("meta_seen", {})
+            known = seen.get(key)
+            if known == remote.meta_key:
+                return epoch
+            seen[key] = remote.meta_key
+            if known is not None:
+                changes = self.state.setdefault("meta_changes", {})
+                epoch = changes[key] = int(changes.get(key, 0)) + 1
+                log.info("the metadata of %s changed upstream (seen opening it): the other "
+                         "worker processes open it again", key)
+            self.save()
+        return epoch
 
     def _open(self, entry: ChannelEntry, fingerprint: str, options: dict[str, Any],
               fut: Future[CachedRemote], views_epoch: str = "") -> None:
@@ -485,7 +521,10 @@ class Catalog:
             tag = cached.tag
             cached.siblings = lambda: self.views(tag)
             cached.origin = (entry.upstream_url, incarnation)
-            cached.meta_epoch = epoch
+            # (options such as a time point choose what the upstream's bytes are: two
+            # channels of one store with other options answer one request with other bytes)
+            cached.options_key = json.dumps(safe, default=str) if safe else ""
+            cached.meta_epoch = self._note_opened(entry, cached, epoch)
             if entry.local:
                 # a channel created through the project service has bossDB's levels: level k
                 # of a frame x0:x1 is floor(x0 / 2^k):ceil(x1 / 2^k) (local_channel_meta), so

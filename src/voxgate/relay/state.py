@@ -476,16 +476,19 @@ class Relay:
 
     @staticmethod
     def etag(remote: CachedRemote, version: str, *request: object) -> str:
-        """A strong ETag: the channel, its generation, the metadata it is read with and the
-        request's normalized region, scale and encoding (what the response's bytes are a
-        function of).  (The metadata: a worker process still on the upstream's old metadata
-        after another one saw it change, and bumped the generation, answers the same request
-        with other bytes.)"""
+        """A strong ETag: the channel, its generation, the metadata it is read with (and the
+        options it is opened with) and the request's normalized region, scale and encoding
+        (what the response's bytes are a function of).  (The metadata: a worker process
+        still on the upstream's old metadata after another one saw it change, and bumped the
+        generation, answers the same request with other bytes.)"""
         # (and the credential the upstream is read with, when there is one: a client whose
         # forwarded token the upstream refuses must not have another token's response
         # confirmed as current, 304, by an HTTP cache that keeps one copy per URL)
+        # (and the channel's options when it has any: two channels of one store at two time
+        # points answer one request with other bytes)
         head = [remote.tag, version, remote.meta_key] + (
-            [remote.credential] if remote.credential else [])
+            [remote.credential] if remote.credential else []) + (
+            [remote.options_key] if remote.options_key else [])
         text = json.dumps([*head, *(str(p) for p in request)])
         return '"vg-' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
 

@@ -127,6 +127,10 @@ class CachedRemote(Remote):
         #: how many metadata changes of its channel had been recorded (in the relay's state,
         #: shared by its worker processes) when this Remote was opened (see Catalog.remote)
         self.meta_epoch = 0
+        #: the options the channel opens its upstream with (JSON, no token), when it has any:
+        #: in the relay's ETags, since options such as a time point choose the bytes served
+        #: (two channels of one store, one tag and metadata, at two time points)
+        self.options_key = ""
         #: the fetches in flight and their lock: the cache's, shared with every CachedRemote
         #: of it (one whose keys equal this one's holds the same cells: its writes detach
         #: this one's fetches, and its reads join them)
