@@ -30,6 +30,8 @@ from ...storage import Directory, join, json_object, length_unit_nm
 from ...storage.sharding import ShardedStore, ShardingSpec
 from .._common import segment_id
 from ..layer import check_dir_name, open_layer, open_segmentation_layer, read_info
+from ..precomputed_info import read_layer_info
+from ..skeleton.spatial_index import SpatialGrid, spatial_grid, update_spatial_index
 from .core import Mesh, _decode_legacy, _legacy_plain
 from .multires import (
     _IDENTITY,
@@ -111,7 +113,10 @@ def write_meshes(
     ``to_multi_resolution`` and Igneous store voxel units, scaled by the voxel size) gets
     the vertices moved into its stored frame through the inverse transform before they are
     encoded (multires: before quantization, so the octree is in that frame too), and keeps
-    its transform; a transform that cannot be inverted is refused.  ``progress`` draws a bar
+    its transform; a transform that cannot be inverted is refused.  A directory whose info
+    has a CloudVolume ``spatial_index`` (Igneous') gets the ids' entries in its ``.spatial``
+    files replaced by their new boxes, and an unsharded multires one loses the legacy
+    ``<id>:0`` files Igneous' forge step left for them.  ``progress`` draws a bar
     over the segments written (sharded: over the shards, each encoded and merged in turn, so
     memory holds one shard's meshes).
     """
@@ -155,6 +160,16 @@ def write_meshes(
                                    sharded, len(items))
     vs = remote.meta.scales[0].voxel_size
     resolution = np.asarray(vs.xyz(), dtype=np.float64) * _unit_nm(vs.unit)
+    # Igneous' spatial index (CloudVolume's ``mesh.spatial_index``), in nm: the written ids'
+    # entries are replaced (computed here, before the meshes move into the stored frame)
+    grid = _mesh_spatial_grid(remote.location, directory, info, mesh_dir)
+    # an existing unsharded multires directory Igneous (or CloudVolume) made, by the keys
+    # its info has and voxgate's lacks: the legacy files its forge step left for the ids
+    # written go (one more read per id, paid only there)
+    igneous = format == "multires" and not created and not sharded and any(
+        k in info for k in ("mip", "chunk_size", "spatial_index"))
+    parts = ({seg: grid.parts(mesh.vertices, _mesh_edges(mesh)) for seg, mesh in items}
+             if grid is not None else {})
 
     # vertices are stored in the directory's frame: nm under the identity transform (every
     # directory voxgate creates), else moved there through the inverse of its transform (as
@@ -212,9 +227,31 @@ def write_meshes(
                 # a writer racing the first one into it can at worst leave fragments no
                 # manifest names, never a manifest naming a missing fragment)
                 directory.put_many([manifest for _, manifest in encoded])
+                if igneous:
+                    _drop_legacy_leftovers(directory, [seg for seg, _ in batch])
             bar.advance(len(encoded))
+    if grid is not None:
+        # (every file is read for ids that may have entries elsewhere; a new directory has
+        # none)
+        update_spatial_index(directory, grid, parts, set() if created else set(parts))
     if remote.meta.extra.get("mesh") != mesh_dir:
         remote.update_info({"mesh": mesh_dir})
+
+
+def _mesh_spatial_grid(location: str, directory: Directory, info: Mapping[str, Any],
+                       mesh_dir: str) -> SpatialGrid | None:
+    """The grid of the CloudVolume spatial index a mesh directory's info declares
+    (``spatial_index``: Igneous' ``<box>.spatial`` files, nm boxes per id), else None."""
+    if not info.get("spatial_index"):
+        return None
+    return spatial_grid(read_layer_info(location, "r")[1], info, mesh_dir,
+                        directory.path("info"))
+
+
+def _mesh_edges(mesh: Mesh) -> np.ndarray:
+    """The edges of ``mesh``'s triangles (each triangle's three, as vertex index pairs)."""
+    faces = np.asarray(mesh.faces, dtype=np.int64).reshape(-1, 3)
+    return faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
 
 
 def delete_meshes(url: str | os.PathLike[str], ids: Iterable[int], *,
@@ -222,7 +259,8 @@ def delete_meshes(url: str | os.PathLike[str], ids: Iterable[int], *,
     """Remove the meshes of ``ids`` from a precomputed layer's mesh directory (``mesh_dir``
     defaults to the layer info's ``mesh`` key): a legacy manifest and the fragments it names
     (those kept for the readers of the manifest it replaced too), a multi-resolution
-    ``<id>.index`` and ``<id>``, or the ids' entries in their shards.
+    ``<id>.index`` and ``<id>`` (and the legacy ``<id>:0`` files Igneous left beside them),
+    or the ids' entries in their shards; and their entries in a CloudVolume spatial index.
     Ids without a mesh are no error.  Proofreading removes the meshes of the ids an edit
     made vanish (a merged-away segment's mesh was served as if it were still there)."""
     wanted = list(dict.fromkeys(segment_id(i, "segment id") for i in ids))
@@ -246,6 +284,30 @@ def delete_meshes(url: str | os.PathLike[str], ids: Iterable[int], *,
     else:
         directory.delete_many([f"{i}.index" for i in wanted])
         directory.delete_many([str(i) for i in wanted])
+        _drop_legacy_leftovers(directory, wanted)
+    grid = _mesh_spatial_grid(remote.location, directory, info, name)
+    if grid is not None:
+        update_spatial_index(directory, grid, {i: {} for i in wanted}, set(wanted))
+
+
+def _drop_legacy_leftovers(directory: Directory, ids: list[int]) -> None:
+    """Remove the legacy meshes Igneous leaves beside the multi-resolution ones of ``ids``
+    in an unsharded multi-resolution directory (after voxgate rewrote or deleted those):
+    the ``<id>:0`` manifest, then the fragments it names of the id's ``<id>:0:`` form.
+
+    Igneous' forge step writes them, its ``create_unsharded_multires_mesh_tasks`` builds
+    ``<id>.index`` and ``<id>`` from every ``<id>:0:...`` fragment file it lists, and its
+    ``create_sharded_multires_mesh_from_unsharded_tasks`` takes the ids to convert from the
+    ``<id>:0`` and ``<id>.index`` names: left there, a re-run brought back a rewritten id's
+    old geometry and a merged-away id's mesh, and a conversion failed on an id with a
+    ``<id>:0`` but no ``<id>.index``.  (No reader of the multi-resolution format reads
+    them.)"""
+    fragments = _legacy_manifests(directory, ids, strict=False)
+    if not fragments:
+        return
+    directory.delete_many([f"{i}:0" for i in fragments])
+    directory.delete_many(sorted(n for seg, names in fragments.items() for n in names
+                                 if n.startswith(f"{seg}:0:")))
 
 
 def _legacy_manifests(directory: Directory, ids: list[int], *, strict: bool
