@@ -276,6 +276,11 @@ def choosing_options(remote: Remote) -> dict[str, Any]:
             continue
         if key in defaults and defaults[key] == value:
             continue
+        if key == "time" and value is not None and value == remote.url_time:
+            # (the time point the URL opens alone: the key it had before time= was kept,
+            # so a copy or a history of a bossDB channel of several samples started then
+            # is found again, and time=0 on an array of one time point is that array)
+            continue
         chosen[key] = value
     return chosen
 

@@ -99,6 +99,7 @@ from .remotes.base import (
     has_capability,
     notify_written,
     opening_options,
+    same_volume,
 )
 from .storage import file_lock, is_local, is_locked, local_path, split_url, state_dir
 from .storage.locking import LOOK_PATIENCE
@@ -1125,9 +1126,12 @@ def _copy(
     starting = held.enter_context(contextlib.ExitStack())
     if isinstance(dst, Volume):
         d_remote, _, _ = _as_remote(dst, "r+")
-        if d_remote.url == s_remote.url:
+        if same_volume(d_remote, s_remote):
             raise InvalidRequestError("source and destination are the same volume")
-        _check_apart(s_remote.url, d_remote.url)
+        if d_remote.url != s_remote.url:
+            # (another time point of the source's own timelapse is another volume: opened
+            # with time=, each reads and writes its own time point only)
+            _check_apart(s_remote.url, d_remote.url)
     else:
         dst_url = os.fspath(dst)
         if dst_url == s_remote.url or dst_url == getattr(src, "url", src):

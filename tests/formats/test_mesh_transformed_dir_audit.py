@@ -258,15 +258,22 @@ def test_an_affine_transform_with_an_offset_and_axes_swapped(tmp_path: Path) -> 
                                    _extent(made[i].vertices), atol=0.05 * RES.max())
 
 
+#: a singular transform, and one singular but for rounding (its inverse's entries ~1e13: nm
+#: vertices moved through it and back came out wrong, (100, 200, 300) as (0, 100, 300))
+SINGULAR = {"singular": [8, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0],
+            "near-singular": [1, 1, 0, 0, 1, 1 + 1e-13, 0, 0, 0, 0, 1, 0]}
+
+
+@pytest.mark.parametrize("transform", list(SINGULAR))
 @pytest.mark.parametrize("mesh_type", ["neuroglancer_multilod_draco", "neuroglancer_legacy_mesh"])
 def test_a_transform_that_cannot_be_inverted_is_still_refused(
-        tmp_path: Path, mesh_type: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, mesh_type: str, transform: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VOXGATE_PROOFREAD_DIR", str(tmp_path / "histories"))
     path = tmp_path / "seg"
     url = _layer(path)
     (path / "mesh").mkdir()
-    info: dict[str, Any] = {"@type": mesh_type,
-                            "transform": [8, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0]}
+    info: dict[str, Any] = {"@type": mesh_type, "transform": SINGULAR[transform]}
     if mesh_type.endswith("draco"):
         info.update(vertex_quantization_bits=16, lod_scale_multiplier=1.0)
     (path / "mesh" / "info").write_text(json.dumps(info))

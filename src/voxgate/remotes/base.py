@@ -124,6 +124,14 @@ class Remote(abc.ABC):
     #: all absent is another matter: absent there, absent in the result.)
     keeps_fill_chunks: ClassVar[bool] = False
 
+    #: the time point a Remote opened at one (``time=``) would be at without the option, when
+    #: its URL alone opens one (a bossDB channel's default_time_sample; 0 for an array whose
+    #: time axis has one time point or that has none); None when the URL needs ``time=``.  A
+    #: ``time`` equal to it chooses nothing the URL does not: it is left out of the keys of
+    #: copy journals and proofreading histories (:func:`voxgate.blockwise.choosing_options`),
+    #: which stay those of the URL alone, as they were before ``time=`` existed
+    url_time: int | None = None
+
     url: str
     meta: VolumeMeta
     mode: str

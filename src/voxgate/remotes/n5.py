@@ -632,8 +632,10 @@ class N5Remote(Remote):
         elif kvstore_exists(location, "s0/attributes.json"):
             opened = cls._open_multiscale(location, attrs, mode, time)
         if opened is not None:
-            opened._time = time
+            # (an int: a numpy integer given is no JSON value, and spec() must be one)
+            opened._time = None if time is None else int(time)
             opened._time_points = opened._arrays[0].time_points
+            opened.url_time = 0 if opened._time_points <= 1 else None  # (Remote.url_time)
             return opened
         members = _group_members(location)
         listed = ", ".join(f"n5://{join(location, m)}" for m in members[:_LISTED]) + (

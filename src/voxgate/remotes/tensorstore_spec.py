@@ -262,10 +262,12 @@ class TensorStoreRemote(Remote):
         time = options.get("time")
         if not any(n in TIME_NAMES for n in labels):
             time_index(time, 0, where)
+        points = 1
         for i in sorted(set(range(store.rank)) - set(order), reverse=True):
             at = 0
             if labels[i] in TIME_NAMES:  # (read at the time point ``time`` names)
                 at = time_index(time, int(store.shape[i]), where, labels[i])
+                points = max(points, int(store.shape[i]))
             elif store.shape[i] != 1:
                 raise CapabilityNotSupportedError(
                     f"{where} has a dimension {labels[i]!r} of length {store.shape[i]}; only "
@@ -309,7 +311,12 @@ class TensorStoreRemote(Remote):
                           _kind(options.get("kind"), dtype), channels, 0)
         arr = TSArray(view, reversed_axes=False, channel=bool(chans), keep_channel=channels > 1,
                       name=where)
-        return cls(spec, meta, arr, mode, {k: v for k, v in options.items() if v is not None})
+        kept = {k: v for k, v in options.items() if v is not None}
+        if "time" in kept:  # (an int: a numpy integer is no JSON value, and spec() is one)
+            kept["time"] = int(kept["time"])
+        remote = cls(spec, meta, arr, mode, kept)
+        remote.url_time = 0 if points <= 1 else None  # (see Remote.url_time)
+        return remote
 
     @staticmethod
     def _units(view: ts.TensorStore, lead: int) -> VoxelSize:

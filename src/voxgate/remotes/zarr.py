@@ -140,7 +140,9 @@ class ZarrRemote(Remote):
         1, refused (but for 0) on an array without one."""
         cls.check_open_options({**options, "multiscale": multiscale, "time": time})
         remote = cls._open(location, mode, multiscale, time)
-        remote._time = time
+        # (an int: a numpy integer given is no JSON value, and spec() must be one)
+        remote._time = None if time is None else int(time)
+        remote.url_time = 0 if remote._time_points <= 1 else None  # (see Remote.url_time)
         return remote
 
     @classmethod

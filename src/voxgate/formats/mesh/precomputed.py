@@ -527,6 +527,11 @@ def _inverse_transform(info: Mapping[str, Any], directory: Directory) -> np.ndar
     try:
         if not np.isfinite(square).all():
             raise np.linalg.LinAlgError
+        # (singular but for rounding, too: an inverse of entries ~1e13 moves vertices far
+        # from where the transform then puts them)
+        # (of the linear part: a translation of a large volume's offset is no rounding)
+        if np.linalg.cond(square[:3, :3]) > 1e8:
+            raise np.linalg.LinAlgError
         inverse = np.linalg.inv(square)
         if not np.isfinite(inverse).all():
             raise np.linalg.LinAlgError

@@ -203,6 +203,7 @@ class BossDBRemote(Remote):
         if not 0 <= self.time < samples:
             raise InvalidRequestError(f"time {self.time} is outside 0..{samples - 1}")
         self._samples = samples
+        self.url_time = default_time  # (what the URL alone reads: see Remote.url_time)
         #: the channel's base_resolution: scale k is bossDB resolution base + k, the
         #: resolutions a cutout may name running from it (bosscore/request.py
         #: validate_resolution: range(base, base + num_hierarchy_levels))
