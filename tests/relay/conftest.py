@@ -371,3 +371,16 @@ def inproc() -> Iterator[Callable[[Any], Any]]:
     yield make
     for r in reversed(started):
         r.stop()
+
+
+@pytest.fixture(scope="module")
+def dvid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A DVID test server (voxgate.testing.dvid) for a module's tests, its log in the
+    module's temporary directory."""
+    from voxgate.testing.dvid import start_server
+
+    server = start_server(log=tmp_path_factory.mktemp("dvid") / "dvid.log")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -19,18 +19,16 @@ import concurrent.futures
 import multiprocessing
 import pickle
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import blosc
 import httpx
 import numpy as np
-import pytest
 
 import voxgate
 from voxgate.remotes.dvid import DVIDRepo
-from voxgate.testing.dvid import DVIDServerProcess, start_server
+from voxgate.testing.dvid import DVIDServerProcess
 
 from .conftest import RelayProcess, free_port, start_relay
 
@@ -48,16 +46,6 @@ def _labels(gen: int) -> np.ndarray:
 
 def _gens(arr: np.ndarray) -> set[int]:
     return {int(g) for g in np.unique(arr // np.uint64(1000))}
-
-
-@pytest.fixture(scope="module")
-def dvid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DVIDServerProcess]:
-    d = tmp_path_factory.mktemp("dvid-moving")
-    server = start_server(log=d / "dvid.log")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @dataclass

@@ -16,33 +16,22 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import blosc
 import httpx
 import numpy as np
-import pytest
 import zarr
 
 import voxgate
 from voxgate.formats.precomputed_chunks import decode_chunk
-from voxgate.testing.dvid import DVIDServerProcess, start_server
+from voxgate.testing.dvid import DVIDServerProcess
 
 from .conftest import RW, RelayProcess, free_port, start_relay
 from .test_dvid_moving_refs_audit import BS, SHAPE, Branch, _branch, _gens, _labels
 
 HEADERS = {"Authorization": f"Token {RW}"}
-
-
-@pytest.fixture(scope="module")
-def dvid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DVIDServerProcess]:
-    d = tmp_path_factory.mktemp("dvid-workers")
-    server = start_server(log=d / "dvid.log")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _config(d: Path, channels: dict[str, tuple[str, bool, str]]) -> Path:
