@@ -144,6 +144,10 @@ def test_bad_specs(tmp_path: Path) -> None:
         voxgate.open(five, axes="tczyx")
     with pytest.raises(InvalidRequestError, match="axes must be"):
         voxgate.open(five, axes="zyx")
+    # an axis named twice: neither is taken for it, nor the other dropped as an extra axis
+    four = {"driver": "array", "array": np.zeros((2, 1, 4, 5)).tolist(), "dtype": "uint8"}
+    with pytest.raises(InvalidRequestError, match="z twice"):
+        voxgate.open(four, axes="zzyx")
 
 
 def test_cli_info_and_copy(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import zarr
 import voxgate
 from voxgate.blockwise import choosing_options
 from voxgate.errors import CapabilityNotSupportedError, InvalidRequestError
+from voxgate.remotes.tensorstore_spec import TensorStoreRemote
 
 from ..relay.conftest import RO, RW, free_port, start_relay
 
@@ -122,6 +123,11 @@ def test_boss_stand_in_serves_each_time_sample(boss: tuple[str, np.ndarray, list
     assert any("/1:2/" in r for r in requests)  # the time range is in the cutout's path
     with pytest.raises(InvalidRequestError, match=r"0\.\.2"):
         voxgate.open(url, time=T)
+    # what zarr, n5 and tensorstore refuse as a time point, bossdb:// refuses too (int() of
+    # them read time point 2 and 1)
+    for bad in ("2", True, 1.0, -1):
+        with pytest.raises(InvalidRequestError, match="time must be a time point"):
+            voxgate.open(url, time=bad)
 
 
 def test_boss_spec_keeps_the_time_sample(boss: tuple[str, np.ndarray, list[str]]) -> None:
@@ -355,6 +361,10 @@ def test_tensorstore_spec_with_a_time_dimension(tmp_path: Path) -> None:
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(vol)).read(), data[2])
     with pytest.raises(InvalidRequestError, match=r"time=0\.\.2"):
         voxgate.open(f"tensorstore://{json.dumps(spec)}")
+    # a timelapse is there (it was refused as "open it with time=")
+    assert TensorStoreRemote.exists(json.dumps(spec))
+    assert not TensorStoreRemote.exists(
+        json.dumps({**spec, "kvstore": {"driver": "file", "path": str(tmp_path / "none")}}))
 
 
 def _plus_one(a: np.ndarray) -> np.ndarray:  # (a kernel the cluster's workers import)

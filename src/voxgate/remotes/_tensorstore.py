@@ -24,29 +24,23 @@ import functools
 import itertools
 import math
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import tensorstore as ts
 
-from ..errors import CorruptChunkError, InvalidRequestError
+from ..errors import CapabilityNotSupportedError, CorruptChunkError, InvalidRequestError
 from ..geometry import Box, Vec, grid_range
 from ..storage import ts_errors, ts_write_context
+from .base import check_time
 
-__all__ = ["REFERENCE_WRITE_BYTES", "TIME_NAMES", "TSArray", "check_time", "time_index"]
+__all__ = [
+    "REFERENCE_WRITE_BYTES", "TIME_NAMES", "TSArray", "at_time_point", "time_index",
+]
 
 #: the names of a time axis (OME-Zarr's type "time" axis is "t"), read one time point at a time
 TIME_NAMES = ("t", "time")
-
-
-def check_time(time: object) -> None:
-    """Refuse a ``time`` open option that is no time point: None (not given) or an integer
-    from 0."""
-    if time is None:
-        return
-    if isinstance(time, bool) or not isinstance(time, int | np.integer) or time < 0:
-        raise InvalidRequestError(f"time must be a time point, an integer from 0, not {time!r}")
 
 
 def time_index(time: int | None, points: int, where: str, axis: str = "t") -> int:
@@ -71,6 +65,38 @@ def time_index(time: int | None, points: int, where: str, axis: str = "t") -> in
             f"{where}: time={time} is outside its {points} time point"
             f"{'s' if points > 1 else ''} (its {axis!r} axis): give 0..{points - 1}")
     return int(time)
+
+def at_time_point(view: ts.TensorStore, names: list[str], keep: Collection[str],
+                  time: int | None, where: str) -> tuple[ts.TensorStore, list[str], int]:
+    """``view`` (its dimensions named by ``names``) with every dimension whose name is not in
+    ``keep`` indexed away: a time axis (:data:`TIME_NAMES`) at the time point ``time`` names
+    (:func:`time_index`), any other at its origin when it has length 1 (a longer one is
+    refused).  Returns the view, the names of the dimensions left (in order) and the length
+    of the time axis (1 when there is none)."""
+    left = list(names)
+    points = 1
+    timed = False
+    for i in reversed(range(len(left))):
+        name = left[i]
+        if name in keep:
+            continue
+        at = 0
+        if name in TIME_NAMES:
+            timed = True
+            points = max(points, int(view.shape[i]))
+            at = time_index(time, int(view.shape[i]), where, name)
+        elif view.shape[i] != 1:
+            raise CapabilityNotSupportedError(
+                f"{where} has a {name!r} axis of length {view.shape[i]}; voxgate reads a time "
+                "axis ('t') one time point at a time (time=) and other extra axes of length 1 "
+                "only"
+            )
+        view = view[ts.d[i][view.domain.origin[i] + at]]
+        left.pop(i)
+    if not timed:
+        time_index(time, 0, where)
+    return view, left, points
+
 
 #: writes of at least this many bytes to local files are encoded from the caller's array (no
 #: copy); smaller ones copy (a copy of less is cheap, and each handle costs a little)

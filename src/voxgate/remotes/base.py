@@ -98,6 +98,15 @@ class Capability(enum.StrEnum):
     SERVER_PROOFREAD = "server_proofread"
 
 
+def check_time(time: object) -> None:
+    """Refuse a ``time`` open option that is no time point: None (not given) or an integer
+    from 0."""
+    if time is None:
+        return
+    if isinstance(time, bool) or not isinstance(time, int | np.integer) or time < 0:
+        raise InvalidRequestError(f"time must be a time point, an integer from 0, not {time!r}")
+
+
 class Remote(abc.ABC):
     """One opened Resource of one storage system."""
 
@@ -131,6 +140,11 @@ class Remote(abc.ABC):
     #: copy journals and proofreading histories (:func:`voxgate.blockwise.choosing_options`),
     #: which stay those of the URL alone, as they were before ``time=`` existed
     url_time: int | None = None
+
+    def _time_points_are(self, points: int) -> None:
+        """Set :attr:`url_time` for an array whose time axis has ``points`` time points (1
+        when it has none): 0 for one, None (``time=`` needed) for several."""
+        self.url_time = 0 if points <= 1 else None
 
     url: str
     meta: VolumeMeta

@@ -90,8 +90,8 @@ from ._foreign_attrs import (
     funlib_placement,
     warn_ignored,
 )
-from ._tensorstore import TIME_NAMES, TSArray, check_time, time_index
-from .base import Capability, Remote, check_options, open_existing
+from ._tensorstore import TSArray, at_time_point
+from .base import Capability, Remote, check_options, check_time, open_existing
 
 __all__ = ["N5Remote"]
 
@@ -528,10 +528,10 @@ def _add_cosem_entry(group: dict[str, Any], index: int, voxel: Sequence[float],
 
 
 def _as_zyx(store: ts.TensorStore, where: str, offset: Vec, time: int | None = None
-            ) -> tuple[TSArray, int, list[int], int]:
+            ) -> tuple[TSArray, int, list[int]]:
     """A TSArray reading ``store`` as C-order ``[c,] z, y, x`` starting at ``offset``, its
-    channel count, the positions of x, y and z among the native dimensions, and the length of
-    its time axis (1 when it has none).
+    channel count and the positions of x, y and z among the native dimensions (the length of
+    its time axis: ``TSArray.time_points``).
 
     The native dimensions are ``x, y, z[, c]`` (named by ``axes`` when the file has them);
     other orders are transposed to that, a time axis ('t') indexed at the time point ``time``
@@ -561,25 +561,8 @@ def _as_zyx(store: ts.TensorStore, where: str, offset: Vec, time: int | None = N
     channel_names = [n for n in names if n in CHANNEL_NAMES]
     if len(channel_names) > 1:
         raise InvalidRequestError(f"{where} has more than one channel axis: {names}")
-    current = list(names)
-    others = [n for n in names if n not in ("x", "y", "z", *channel_names)]
-    points = 1
-    for n in others:
-        i = current.index(n)
-        at = 0
-        if n in TIME_NAMES:
-            points = int(view.shape[i])
-            at = time_index(time, points, where, n)
-        elif view.shape[i] != 1:
-            raise CapabilityNotSupportedError(
-                f"{where} has a {n!r} axis of length {view.shape[i]}; voxgate reads a time "
-                "axis ('t') one time point at a time (time=) and other extra axes of length 1 "
-                "only"
-            )
-        view = view[ts.d[i][view.domain.origin[i] + at]]
-        current.pop(i)
-    if not any(n in TIME_NAMES for n in others):
-        time_index(time, 0, where)
+    view, current, points = at_time_point(view, names, ("x", "y", "z", *channel_names), time,
+                                          where)
     order = [current.index(n) for n in ("x", "y", "z", *channel_names)]
     if order != list(range(len(current))):
         view = view[ts.d[order].transpose[:]]
@@ -592,7 +575,7 @@ def _as_zyx(store: ts.TensorStore, where: str, offset: Vec, time: int | None = N
         name=where, own_context=True,  # opened with ts_context() alone
     )
     arr.time_points = points
-    return arr, channels, xyz_order, points
+    return arr, channels, xyz_order
 
 
 class N5Remote(Remote):
@@ -600,10 +583,8 @@ class N5Remote(Remote):
     #: ``time``: the time point of a dataset with a time axis ('t'), an index along it
     open_options = ("time",)
     create_options = ("compression",)
-    #: the ``time`` option it was opened with (spec() passes it on) and the length of its
-    #: time axis (1 when it has none)
+    #: the ``time`` option it was opened with (spec() passes it on)
     _time: int | None = None
-    _time_points = 1
 
     def __init__(
         self, location: str, meta: VolumeMeta, arrays: list[TSArray], paths: list[str], mode: str,
@@ -620,6 +601,11 @@ class N5Remote(Remote):
         self.mode = mode
         self.url = f"n5://{location}"
 
+    @property
+    def _time_points(self) -> int:
+        """The length of its time axis (1 when it has none)."""
+        return self._arrays[0].time_points
+
     # -- opening --------------------------------------------------------------------------------
     @classmethod
     def open(cls, location: str, *, mode: str = "r", time: int | None = None,
@@ -634,8 +620,7 @@ class N5Remote(Remote):
         if opened is not None:
             # (an int: a numpy integer given is no JSON value, and spec() must be one)
             opened._time = None if time is None else int(time)
-            opened._time_points = opened._arrays[0].time_points
-            opened.url_time = 0 if opened._time_points <= 1 else None  # (Remote.url_time)
+            opened._time_points_are(opened._time_points)
             return opened
         members = _group_members(location)
         listed = ", ".join(f"n5://{join(location, m)}" for m in members[:_LISTED]) + (
@@ -798,7 +783,7 @@ class N5Remote(Remote):
         funlib.persistence's attributes state (:func:`_funlib_dataset`); ``flat``: a 2-D image
         read as one z plane."""
         where = join(path, "attributes.json")
-        arr, channels, order, _ = _as_zyx(store, path, Vec(0, 0, 0), time)
+        arr, channels, order = _as_zyx(store, path, Vec(0, 0, 0), time)
         xyz_shape = [int(n) for n in arr.store.shape[:3]]
         own_tf = _cosem(attrs.get("transform"), f"{where} 'transform'")
         tf = own_tf or group.transform

@@ -55,7 +55,7 @@ from ..storage import (
     ts_errors,
     with_s3_settings,
 )
-from ._tensorstore import TIME_NAMES, TSArray, time_index
+from ._tensorstore import TSArray, at_time_point
 from .base import Capability, Remote, check_options, check_same_volume
 
 __all__ = ["TensorStoreRemote", "spec_url"]
@@ -253,29 +253,16 @@ class TensorStoreRemote(Remote):
             _check_labels(where, stated, labels, f"the unlabelled default {''.join(labels)!r}")
         if not {"x", "y", "z"} <= set(labels):
             raise InvalidRequestError(f"{where} has axes {labels}; x, y and z are needed")
-        chans = [i for i, n in enumerate(labels) if n in _CHANNEL]
+        twice = sorted(a for a in "xyz" if labels.count(a) > 1)
+        if twice:
+            raise InvalidRequestError(f"{where} has axes {labels}: {', '.join(twice)} twice")
+        chans = [n for n in labels if n in _CHANNEL]
         if len(chans) > 1:
             raise InvalidRequestError(f"{where} has more than one channel axis: {labels}")
-        view = store
-        keep = [labels.index(a) for a in ("z", "y", "x")]
-        order = chans + keep
-        time = options.get("time")
-        if not any(n in TIME_NAMES for n in labels):
-            time_index(time, 0, where)
-        points = 1
-        for i in sorted(set(range(store.rank)) - set(order), reverse=True):
-            at = 0
-            if labels[i] in TIME_NAMES:  # (read at the time point ``time`` names)
-                at = time_index(time, int(store.shape[i]), where, labels[i])
-                points = max(points, int(store.shape[i]))
-            elif store.shape[i] != 1:
-                raise CapabilityNotSupportedError(
-                    f"{where} has a dimension {labels[i]!r} of length {store.shape[i]}; only "
-                    "x, y, z, one channel axis, a time axis 't' (read one time point at a "
-                    "time: time=) and length-1 dimensions are supported"
-                )
-            view = view[ts.d[i][view.domain.origin[i] + at]]
-            order = [o - 1 if o > i else o for o in order]
+        # (a time axis read at the time point ``time`` names; other extra ones of length 1)
+        view, left, points = at_time_point(store, labels, ("x", "y", "z", *chans),
+                                           options.get("time"), where)
+        order = [left.index(a) for a in (*chans, "z", "y", "x")]
         if order != list(range(len(order))):
             view = view[ts.d[order].transpose[:]]
         lead = 1 if chans else 0
@@ -311,11 +298,12 @@ class TensorStoreRemote(Remote):
                           _kind(options.get("kind"), dtype), channels, 0)
         arr = TSArray(view, reversed_axes=False, channel=bool(chans), keep_channel=channels > 1,
                       name=where)
+        arr.time_points = points
         kept = {k: v for k, v in options.items() if v is not None}
         if "time" in kept:  # (an int: a numpy integer is no JSON value, and spec() is one)
             kept["time"] = int(kept["time"])
         remote = cls(spec, meta, arr, mode, kept)
-        remote.url_time = 0 if points <= 1 else None  # (see Remote.url_time)
+        remote._time_points_are(points)
         return remote
 
     @staticmethod
@@ -336,7 +324,9 @@ class TensorStoreRemote(Remote):
     @classmethod
     def exists(cls, location: str) -> bool:
         try:
-            cls.open(location)
+            # (time 0: a timelapse, which needs time= to open, is there as much as an array
+            # with no time axis, which takes 0)
+            cls.open(location, time=0)
         except RemoteNotFoundError:
             return False
         return True

@@ -62,8 +62,8 @@ from ._foreign_attrs import (
 )
 from ._ome_collections import collection
 from ._ome_geometry import Frame, axis_names, compose, level_offset, place
-from ._tensorstore import TIME_NAMES, TSArray, check_time, time_index
-from .base import Capability, Remote, check_options, open_existing
+from ._tensorstore import TSArray, at_time_point
+from .base import Capability, Remote, check_options, check_time, open_existing
 
 __all__ = ["ZarrRemote"]
 
@@ -125,9 +125,13 @@ class ZarrRemote(Remote):
         self._multiscale: int | str | None = None
         self._ms_index = 0
         #: the ``time`` option it was opened with (spec() passes it on: every reopen reads the
-        #: same time point), and the length of its 't' axis (1 when it has none)
+        #: same time point)
         self._time: int | None = None
-        self._time_points = 1
+
+    @property
+    def _time_points(self) -> int:
+        """The length of its 't' axis (1 when it has none)."""
+        return self._arrays[0].time_points
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -142,7 +146,7 @@ class ZarrRemote(Remote):
         remote = cls._open(location, mode, multiscale, time)
         # (an int: a numpy integer given is no JSON value, and spec() must be one)
         remote._time = None if time is None else int(time)
-        remote.url_time = 0 if remote._time_points <= 1 else None  # (see Remote.url_time)
+        remote._time_points_are(remote._time_points)
         return remote
 
     @classmethod
@@ -258,7 +262,7 @@ class ZarrRemote(Remote):
         if own_offset is not None or own_vs is not None:
             # (a world offset means nothing against a voxel size voxgate states otherwise)
             offset, translation = own_offset or Vec(0, 0, 0), None
-        arr, channels, points = _as_czyx(store, names, location, offset, flat, time)
+        arr, channels = _as_czyx(store, names, location, offset, flat, time)
         dtype = np.dtype(store.dtype.numpy_dtype)
         shape = Vec(*arr.store.shape[-3:])
         chunks, shard = _chunk_shapes(arr.store)
@@ -273,7 +277,6 @@ class ZarrRemote(Remote):
             _fill(store),
         )
         remote = cls(location, meta, [arr], mode, shard)
-        remote._time_points = points
         return remote
 
     @classmethod
@@ -342,7 +345,7 @@ class ZarrRemote(Remote):
             # from scale 0's; the integer offset is what is left once that is taken off, and
             # the exact translation (sub-voxel parts included) is kept beside it
             offset = level_offset(translation, vs.zyx(), translation0, vs0.zyx())
-            arr, channels, points = _as_czyx(store, frame.names, path, offset, frame.flat, time)
+            arr, channels = _as_czyx(store, frame.names, path, offset, frame.flat, time)
             chunks, shard = _chunk_shapes(arr.store)
             if i == 0:
                 shard0 = shard
@@ -357,7 +360,6 @@ class ZarrRemote(Remote):
                           _ome_extra(ome, multiscales, k, channels, location))
         remote = cls(location, meta, arrays, mode, shard0, fmt)
         remote._multiscale, remote._ms_index = multiscale, k
-        remote._time_points = points
         return remote
 
     @classmethod
@@ -407,7 +409,7 @@ class ZarrRemote(Remote):
             # what the array states of itself wins; the group's translation no longer fits
             vs = own_vs if own_vs is not None else vs
             offset, exact = own_offset if own_offset is not None else offset, None
-        arr, channels, points = _as_czyx(store, frame.names, location, offset, frame.flat,
+        arr, channels = _as_czyx(store, frame.names, location, offset, frame.flat,
                                          time)
         chunks, shard = _chunk_shapes(arr.store)
         dtype = np.dtype(store.dtype.numpy_dtype)
@@ -420,7 +422,6 @@ class ZarrRemote(Remote):
         meta = VolumeMeta(dtype, (scale,), _kind(kind), channels, _fill(store),
                           _ome_extra(ome, multiscales, index, channels, group))
         remote = cls(location, meta, [arr], mode, shard)
-        remote._time_points = points
         return remote
 
     # -- creating -------------------------------------------------------------------------------
@@ -1103,9 +1104,9 @@ def _optional_json(location: str, key: str) -> dict[str, Any]:
 def _as_czyx(
     store: ts.TensorStore, names: list[str], where: str, offset: Vec | None = None,
     flat: bool = False, time: int | None = None,
-) -> tuple[TSArray, int, int]:
+) -> tuple[TSArray, int]:
     """A TSArray over ``store``, dimensions reordered to ([c,] z, y, x), x y z from ``offset``,
-    its channel count and the length of its time axis (1 when it has none).
+    and its channel count (the length of its time axis: ``TSArray.time_points``).
     ``flat``: a 2-D image or plain array (y and x, no z), given a z dimension of length 1 (a
     view: reads and writes reach the 2-D array, nothing is stored for it).  ``time``: the
     time point of a 't' axis the view is at (:func:`time_index`)."""
@@ -1119,27 +1120,10 @@ def _as_czyx(
             f"{where} has axes {names}; voxgate needs z, y and x (plus optional c and t)"
         )
     channel_names = [n for n in names if n in ("c", "channel", "ch")]
-    others = [n for n in names if n not in ("z", "y", "x", *channel_names)]
-    current = list(names)
-    points = 1
     # the time axis is indexed at the time point asked for; another axis of size 1 is
     # dropped, a longer one refused
-    for n in others:
-        i = current.index(n)
-        at = 0
-        if n in TIME_NAMES:
-            points = int(view.shape[i])
-            at = time_index(time, points, where, n)
-        elif view.shape[i] != 1:
-            raise CapabilityNotSupportedError(
-                f"{where} has a {n!r} axis of length {view.shape[i]}; voxgate reads a time "
-                "axis ('t') one time point at a time (time=) and other extra axes of length 1 "
-                "only"
-            )
-        view = view[ts.d[i][view.domain.origin[i] + at]]
-        current.pop(i)
-    if not any(n in TIME_NAMES for n in others):
-        time_index(time, 0, where)
+    view, current, points = at_time_point(view, names, ("z", "y", "x", *channel_names), time,
+                                          where)
     order = [current.index(n) for n in (*channel_names[:1], "z", "y", "x")]
     if order != list(range(len(current))):
         view = view[ts.d[order].transpose[:]]
@@ -1151,7 +1135,8 @@ def _as_czyx(
         view, reversed_axes=False, channel=bool(channel_names), keep_channel=channels > 1,
         name=where, reference_writes=True,  # opened with ts_context() alone
     )
-    return arr, channels, points
+    arr.time_points = points
+    return arr, channels
 
 
 def _chunk_shapes(store: ts.TensorStore) -> tuple[Vec, Vec | None]:

@@ -27,7 +27,7 @@ from ...errors import (
 from ...geometry import Box, Vec, VoxelSize, origin_grid_bounds
 from ...meta import PyramidAnchor, Scale, VolumeMeta
 from .._http import RequestTooLargeError, json_of, server_answer
-from ..base import Capability, Remote, check_options, check_same_volume
+from ..base import Capability, Remote, check_options, check_same_volume, check_time
 from .client import BossSettings, _client, _parse_location, boss_settings
 from .project import _DTYPES, _UNIT_NM, BossProject, _range_box
 
@@ -166,6 +166,7 @@ class BossDBRemote(Remote):
 
     def __init__(self, settings: BossSettings, c: str, e: str, ch: str, mode: str, *,
                  timeout: float = 60.0, concurrency: int = 8, time: int | None = None) -> None:
+        check_time(time)
         self.settings = settings
         self.collection, self.experiment, self.channel = c, e, ch
         self.mode = mode
