@@ -51,6 +51,18 @@ class RelayProcess:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
+def until_both_workers(ask: Callable[[], str]) -> set[str]:
+    """``ask()`` (which checks its answer and returns the worker that gave it) until both
+    workers of a two-worker relay answered: the kernel gives a connection to whichever worker
+    accepts first, so on a loaded machine one may miss a handful in a row."""
+    seen: set[str] = set()
+    for _ in range(400):
+        seen.add(ask())
+        if len(seen) == 2:
+            return seen
+    raise AssertionError(f"only worker(s) {sorted(seen)} answered 400 requests")
+
+
 def start_relay(config: Path, port: int, *extra: str, cwd: Path | None = None) -> RelayProcess:
     exe = Path(sys.executable).with_name("voxgate")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "voxgate.cli"]

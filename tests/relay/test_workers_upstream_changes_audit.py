@@ -28,7 +28,7 @@ import voxgate
 from voxgate.formats.precomputed_chunks import decode_chunk
 from voxgate.testing.dvid import DVIDServerProcess
 
-from .conftest import RW, RelayProcess, free_port, start_relay
+from .conftest import RW, RelayProcess, free_port, start_relay, until_both_workers
 from .test_dvid_moving_refs_audit import BS, SHAPE, Branch, _branch, _gens, _labels
 
 HEADERS = {"Authorization": f"Token {RW}"}
@@ -88,16 +88,6 @@ def _write(relay: RelayProcess, chan: str, zyx: tuple[tuple[int, int], ...],
                 headers={**HEADERS, "Content-Type": "application/blosc"})
 
 
-def _both(ask: Callable[[], str]) -> None:
-    """``ask()`` (which checks its answer and returns the worker) until both answered."""
-    seen: set[str] = set()
-    for _ in range(400):
-        seen.add(ask())
-        if len(seen) == 2:
-            return
-    raise AssertionError(f"only worker(s) {sorted(seen)} answered 400 requests")
-
-
 def _chunk(relay: RelayProcess, chan: str) -> tuple[np.ndarray, str, str]:
     """The channel's precomputed chunk at the origin, decoded, its ETag and the worker."""
     info = _get(relay, f"/precomputed/{chan}/info").json()
@@ -132,7 +122,7 @@ def test_two_workers_follow_a_moving_branch_whole_and_never_back(
             chunks[1].add(cetag)
             return worker if w == worker else ""
 
-        _both(old)  # both workers hold the old leaf's cells (memory, and disk)
+        until_both_workers(old)  # both workers hold the old leaf's cells (memory, and disk)
         assert len(etags[1]) == 1 and len(chunks[1]) == 1
         b.move(2)
         # one client's requests one after another: the old leaf whole, then the new one whole,
@@ -180,7 +170,7 @@ def test_two_workers_follow_a_moving_branch_whole_and_never_back(
             np.testing.assert_array_equal(arr, _labels(2))
             return worker
 
-        _both(new)
+        until_both_workers(new)
     finally:
         relay.stop()
 
@@ -260,7 +250,7 @@ def test_two_workers_take_in_a_zarr_volume_made_again_and_never_go_back(tmp_path
             assert size()[0] == [64, 64, 16]
             return worker
 
-        _both(old)
+        until_both_workers(old)
         shutil.rmtree(tmp_path / "img.zarr")
         voxgate.create(url, shape=(16, 64, 96), chunks=(16, 32, 32), dtype="uint16",
                        voxel_size=(8, 8, 8))[:] = np.uint16(300)
@@ -304,6 +294,10 @@ def test_no_acknowledged_write_through_a_branch_channel_is_lost_when_the_branch_
     acked: list[tuple[tuple[int, int, int], int]] = []
     refused: list[tuple[tuple[int, int, int], int, int]] = []
     stop = threading.Event()
+    moved_on = threading.Event()  # (set once the branch moved)
+    #: the workers that acknowledged a write sent after the move: one written to the new
+    #: leaf (the committed one refuses writes), so a worker that follows it
+    following: set[str] = set()
     errors: list[BaseException] = []
 
     def box(blk: tuple[int, int, int]) -> tuple[tuple[int, int], ...]:
@@ -315,10 +309,13 @@ def test_no_acknowledged_write_through_a_branch_channel_is_lost_when_the_branch_
                 if stop.is_set():
                     return
                 value = 9_000_000 + i
+                after = moved_on.is_set()
                 res = _write(relay, "fly/em/seg", box(blk),
                              np.full((BS, BS, BS), value, np.uint64))
                 if res.status_code == 201:
                     acked.append((blk, value))
+                    if after:
+                        following.add(res.headers["x-voxgate-worker"])
                 else:
                     refused.append((blk, value, res.status_code))
                     assert res.status_code == 403, (res.status_code, res.text)
@@ -327,7 +324,7 @@ def test_no_acknowledged_write_through_a_branch_channel_is_lost_when_the_branch_
             errors.append(exc)
 
     try:
-        _both(lambda: _cutout(relay, "fly/em/seg", WHOLE, "uint64")[2])
+        until_both_workers(lambda: _cutout(relay, "fly/em/seg", WHOLE, "uint64")[2])
         t = threading.Thread(target=writer)
         t.start()
         while len(acked) < 5 and t.is_alive():
@@ -337,13 +334,22 @@ def test_no_acknowledged_write_through_a_branch_channel_is_lost_when_the_branch_
         b.repo.commit(leaf, note="proofread")
         new = b.repo.new_version(leaf, note="next")
         moved = len(acked)
-        # writes go on past both workers' checks (they then write to the new leaf)
-        time.sleep(4)
+        moved_on.set()
+        # writes go on past both workers' checks (they then write to the new leaf): until
+        # both acknowledged one sent after the move, and more than 5 were (polled, with a
+        # deadline generous for a loaded machine)
+        end = time.monotonic() + 30
+        while (len(following) < 2 or len(acked) <= moved + 5) and t.is_alive() \
+                and time.monotonic() < end:
+            time.sleep(0.1)
         assert len(acked) > moved + 5, (acked, refused)
+        assert len(following) == 2, \
+            f"only worker(s) {sorted(following)} wrote to the new leaf: {refused}"
         stop.set()
         t.join(60)
         assert not errors, errors
-        time.sleep(1.5)  # (the check has come round on both workers)
+        # (both workers follow the new leaf, as their acknowledged writes show: nothing
+        # more to wait for before reading it)
         on_leaf = np.asarray(voxgate.open(b.repo.url("seg", new))[...])
         expected = _labels(1)
         for blk, value in acked:
@@ -357,7 +363,7 @@ def test_no_acknowledged_write_through_a_branch_channel_is_lost_when_the_branch_
             np.testing.assert_array_equal(arr, expected)
             return worker
 
-        _both(served)
+        until_both_workers(served)
         assert refused, "no write reached the committed leaf: the race was not run"
         assert {code for _, _, code in refused} == {403}
     finally:
@@ -389,7 +395,7 @@ def test_two_time_points_of_one_timelapse_are_two_channels_on_both_workers(
             return ask
 
         for chan in ("t0", "t1"):
-            _both(reads(chan))
+            until_both_workers(reads(chan))
         # the same request on the two channels: other bytes, so other ETags (cutouts, chunks)
         _, e0, _ = _cutout(relay, "lab/tl/t0", zyx, "uint8")
         _, e1, _ = _cutout(relay, "lab/tl/t1", zyx, "uint8")
@@ -404,8 +410,8 @@ def test_two_time_points_of_one_timelapse_are_two_channels_on_both_workers(
             value = np.full((8, 16, 24), 100 + i, np.uint8)
             assert _write(relay, f"lab/tl/{chan}", part, value).status_code == 201
             expect[chan][2:10, 4:20, 6:30] = value
-            _both(reads(other))
-            _both(reads(chan))
+            until_both_workers(reads(other))
+            until_both_workers(reads(chan))
         on_disk = zarr.open_array(str(path), mode="r")[...]
         np.testing.assert_array_equal(on_disk, np.stack([expect["t0"], expect["t1"]]))
     finally:

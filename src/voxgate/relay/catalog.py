@@ -247,6 +247,7 @@ class Catalog:
             c, e, n = key.split("/")
             if (c, e, n) not in self.channels:
                 self.channels[(c, e, n)] = ChannelEntry(c, e, n, spec["url"], local=True)
+        self.prune_bookkeeping()
 
     # -- state ----------------------------------------------------------------------------------
     @property
@@ -370,6 +371,73 @@ class Catalog:
                     c, e, name, url, local=f"{c}/{e}/{name}" in self.state["local_channels"],
                 )
 
+    def prune_bookkeeping(self) -> None:
+        """Drop what the state file keeps per channel for channels this relay no longer
+        serves (dropped from the config, their volume gone from the data root, or deleted by
+        a relay that kept it): the metadata digests and changes (``meta_seen``,
+        ``meta_changes``) and the generations the disk tier's cells were current for
+        (``generations_seen``).  Each held one entry per channel name (or incarnation) ever
+        served, so the file grew for good.  Dropping them is safe: a change is numbered from a
+        clock that never goes back (:meth:`note_meta_change`), and a generation not
+        remembered only drops the channel's disk cells once."""
+        def stale() -> tuple[set[str], set[str]]:
+            names = {"/".join(k) for k in self.channels}
+            tags = {CachedRemote.tag_of(self._tag_now(entry)) for entry in self.channels.values()}
+            keys = {k for t in ("meta_changes", "meta_seen") for k in self.state.get(t) or {}}
+            return keys - names, set(self.state.get("generations_seen") or {}) - tags
+
+        if stale() == (set(), set()):
+            return  # (the common case: the state file is not even locked)
+        try:
+            with self.lock:  # (decided again on the state as it is under the lock)
+                names, tags = stale()
+                dropped = self.forget_meta(keep={k for t in ("meta_changes", "meta_seen")
+                                                 for k in self.state.get(t) or {}} - names)
+                seen = self.state.get("generations_seen") or {}
+                for tag in tags:
+                    dropped = seen.pop(tag, None) is not None or dropped
+                if dropped:
+                    self.save()
+        except OSError as exc:  # (only tidying: the relay serves as well without it)
+            log.warning("could not drop the entries of channels no longer served from the "
+                        "relay state %s: %s", self.state_path, exc)
+
+    def _tag_now(self, entry: ChannelEntry) -> str:
+        """The channel's :meth:`cache_tag` as the state has it now (none made)."""
+        spec = self.state["local_channels"].get("/".join(entry.key)) if entry.local else None
+        incarnation = str(spec.get("incarnation") or "") if spec else ""
+        return json.dumps([store_key(entry.upstream_url), incarnation])
+
+    def forget_meta(self, *parts: str, keep: set[str] | None = None) -> bool:
+        """Drop the metadata bookkeeping (``meta_seen``, ``meta_changes``) of the channel
+        ``parts`` names, or of every channel under the collection or experiment it names, or
+        (``keep``) of every channel not in ``keep``; call it holding :attr:`lock` and save.
+        Returns whether anything was dropped.  The clock the changes are numbered from keeps
+        the highest number dropped: a channel made again under the name counts on from it,
+        so a Remote opened before the delete never passes for current (:meth:`remote`)."""
+        prefix = "/".join(parts)
+
+        def gone(key: str) -> bool:
+            if keep is not None:
+                return key not in keep
+            return key == prefix or (len(parts) < 3 and key.startswith(prefix + "/"))
+
+        dropped = False
+        for table in ("meta_changes", "meta_seen"):
+            rows = self.state.get(table) or {}
+            for key in [k for k in rows if gone(k)]:
+                value = rows.pop(key)
+                if table == "meta_changes":
+                    self.state["meta_clock"] = max(self._meta_clock(), int(value))
+                dropped = True
+        return dropped
+
+    def _meta_clock(self) -> int:
+        """The highest change number given out (a state file from before the clock: the
+        highest of its counts)."""
+        return max([int(self.state.get("meta_clock", 0)),
+                    *(int(v) for v in self.state.get("meta_changes", {}).values())])
+
     def deleted(self, *parts: str) -> bool:
         return "/".join(parts) in self.state["deleted"]
 
@@ -444,11 +512,21 @@ class Catalog:
         instead of serving the old shape, scales and bytes until its own check comes round."""
         key = "/".join(entry.key)
         with self.lock:
-            changes = self.state.setdefault("meta_changes", {})
-            changes[key] = int(changes.get(key, 0)) + 1
+            if self.channels.get(entry.key) is not entry:
+                return  # deleted meanwhile (in any worker): nothing left to open again
+            self._count_change(key)
             # (the metadata the next open reads is the one recorded: see _note_opened)
             self.state.get("meta_seen", {}).pop(key, None)
             self.save()
+
+    def _count_change(self, key: str) -> int:
+        """Number a change of channel ``key``'s metadata (holding :attr:`lock`): one above
+        every number given out before, to any channel, so the numbers of a channel deleted
+        and made again under its name (its entries dropped: :meth:`forget_meta`) still only
+        go up."""
+        number = self._meta_clock() + 1
+        self.state["meta_clock"] = self.state.setdefault("meta_changes", {})[key] = number
+        return number
 
     def _note_opened(self, entry: ChannelEntry, remote: CachedRemote, epoch: int) -> int:
         """With several worker processes: record the digest of the metadata ``remote`` was
@@ -471,14 +549,17 @@ class Catalog:
                 # a change was recorded while this one was opened: it may have read the old
                 # metadata; the next request opens the channel again
                 return epoch
+            if self.channels.get(entry.key) is not entry:
+                # deleted while it was opened (in any worker): its digest is not recorded,
+                # the entries of a deleted channel are gone for good (forget_meta)
+                return epoch
             seen = self.state.setdefault("meta_seen", {})
             known = seen.get(key)
             if known == remote.meta_key:
                 return epoch
             seen[key] = remote.meta_key
             if known is not None:
-                changes = self.state.setdefault("meta_changes", {})
-                epoch = changes[key] = int(changes.get(key, 0)) + 1
+                epoch = self._count_change(key)
                 log.info("the metadata of %s changed upstream (seen opening it): the other "
                          "worker processes open it again", key)
             self.save()

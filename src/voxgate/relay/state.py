@@ -689,6 +689,11 @@ class Relay:
             cat.state["channels"].pop(key, None)
             cat.state["meta"].pop(key, None)
             cat.state["reserved"].pop(key, None)
+            # what the workers kept of it (its metadata's digests and changes, the generation
+            # its disk cells were current for): one entry per channel ever made, had they
+            # stayed; its incarnation's tag is never used again
+            cat.forget_meta(*entry.key)
+            cat.state.get("generations_seen", {}).pop(CachedRemote.tag_of(tag), None)
             location = entry.upstream_url.split("://", 1)[1]
             # the store is moved aside (a hidden name the data root's scan skips) and removed
             # after the lock; the move is saved with the delete, so a relay stopped before the
@@ -705,6 +710,9 @@ class Relay:
         for url in {r.url for r in cat.open_remotes(entry)} | {entry.upstream_url}:
             set_job_status(cat, url, None)
         cat.drop_channel(entry, tag)
+        with self._seen_lock:
+            self._seen.pop(CachedRemote.tag_of(tag), None)
+            self._own.pop(CachedRemote.tag_of(tag), None)
         cat.remove_moved(hidden)
 
     def metrics(self) -> dict[str, Any]:

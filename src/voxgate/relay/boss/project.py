@@ -207,6 +207,7 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
         with cat.lock:
             cat.state["collections"].pop(c, None)
             cat.state["deleted"].append(c)
+            cat.forget_meta(c)  # (what the workers kept of channels it once held)
             cat.save()
         return Response(status_code=204)
 
@@ -302,6 +303,7 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
         with cat.lock:
             cat.state["experiments"].pop(key, None)
             cat.state["deleted"].append(key)
+            cat.forget_meta(c, e)  # (what the workers kept of channels it once held)
             cat.save()
         return Response(status_code=204)
 
