@@ -687,7 +687,10 @@ def map_blocks(
     left = region.intersect(on_grid).size - (0 if journal is None else sum(
         _key_box(key).size for key in journal.done))
 
+    written = [0]  # blocks written by this run (a failed run says how many)
+
     def done(bx: Box, _r: object) -> None:
+        written[0] += 1
         if journal is not None:
             journal.finish(bx)
 
@@ -704,6 +707,16 @@ def map_blocks(
                 f"map_blocks into {target.url} in place: {len(journal.done)} of {n_blocks} "
                 f"blocks are done and recorded (journal {journal.where}); run the same call "
                 "again to finish the rest (fn is not applied again to the blocks done)")
+        elif out is not None:
+            # (a store this call made, or overwrote, holds part of the result: said, as the
+            # same call run again is refused until overwrite=True)
+            exc.add_note(
+                f"map_blocks into {target.url}: {written[0]} of {n_blocks} blocks were written "
+                "before this error; the others hold what they held before (the fill value in a "
+                "store this call created).  "
+                + ("Run the same call again to write every block" if isinstance(out, Volume)
+                   or overwrite else "Run the call again with overwrite=True to write every "
+                   "block"))
         raise
     finally:
         if journal is not None:

@@ -7,7 +7,6 @@ import struct
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any
 
 import blosc
@@ -317,6 +316,21 @@ class BossDBRemote(Remote):
                 f"a bossDB channel holds one value per voxel; {meta.num_channels} channels "
                 f"were asked for bossdb channel {c}/{e}/{ch}: create one channel per image "
                 "channel")
+        # (refused before anything is made: the collection, frame and experiment were made
+        # before bossDB refused the channel, and a narrower segmentation became a uint64
+        # annotation channel without a word, its writes widened)
+        seg = meta.kind == "segmentation"
+        if seg and meta.dtype != np.uint64:
+            raise InvalidRequestError(
+                f"a bossDB segmentation is an annotation channel, which holds uint64 ids; "
+                f"{meta.dtype.name} was asked for bossdb channel {c}/{e}/{ch}: ask for "
+                "dtype='uint64' (the ids are kept, widened), or kind='image' for an image "
+                "channel")
+        if meta.dtype.name not in _DTYPES:
+            raise InvalidRequestError(
+                f"a bossDB image channel holds {', '.join(_DTYPES)}, not {meta.dtype.name} "
+                f"(asked for bossdb channel {c}/{e}/{ch}); cast the data to one of them, or "
+                "store it in zarr://, n5:// or precomputed://")
         settings = boss_settings(options.get("server") or server, options.get("token"))
         project = BossProject(settings.url, settings.token)
         if c not in project.list_collections():
@@ -334,15 +348,11 @@ class BossDBRemote(Remote):
             if not exist_ok:
                 raise RemoteExistsError(f"bossdb channel {c}/{e}/{ch} already exists")
             found = cls(settings, c, e, ch, "r+", **opts)
-            # (an annotation channel holds uint64 whatever the dtype asked for, as made below)
-            wanted = replace(meta, dtype=np.dtype(np.uint64)) if meta.kind == "segmentation" \
-                else meta
-            check_same_volume(found.meta, wanted, f"bossdb channel {c}/{e}/{ch}")
+            check_same_volume(found.meta, meta, f"bossdb channel {c}/{e}/{ch}")
             return found
         else:
-            seg = meta.kind == "segmentation"
             project.create_channel(c, e, ch, type="annotation" if seg else "image",
-                                   datatype="uint64" if seg else meta.dtype.name)
+                                   datatype=meta.dtype.name)
         return cls(settings, c, e, ch, "r+", **opts)
 
     @property
