@@ -36,6 +36,7 @@ from .core import Mesh, _decode_legacy, _legacy_plain
 from .multires import (
     _IDENTITY,
     _apply_transform,
+    _Manifest,
     _manifest_plain,
     _transform_matrix,
     decode_multires,
@@ -116,7 +117,11 @@ def write_meshes(
     its transform; a transform that cannot be inverted is refused.  A directory whose info
     has a CloudVolume ``spatial_index`` (Igneous') gets the ids' entries in its ``.spatial``
     files replaced by their new boxes, and an unsharded multires one loses the legacy
-    ``<id>:0`` files Igneous' forge step left for them.  ``progress`` draws a bar
+    ``<id>:0`` files Igneous' forge step left for them (only the index files where the
+    replaced meshes were are read, when their manifests tell).  In an unsharded multires
+    directory that existed before, each id's fragment file, manifest and leftovers are
+    written under the manifest's lock (conditionally on object storage), so concurrent
+    writers of an id end with one's whole mesh.  ``progress`` draws a bar
     over the segments written (sharded: over the shards, each encoded and merged in turn, so
     memory holds one shard's meshes).
     """
@@ -170,6 +175,10 @@ def write_meshes(
         k in info for k in ("mip", "chunk_size", "spatial_index"))
     parts = ({seg: grid.parts(mesh.vertices, _mesh_edges(mesh)) for seg, mesh in items}
              if grid is not None else {})
+    # where the replaced meshes were (from the manifests replaced), so the spatial index
+    # update reads only the files there; an id missing here is looked for in every file
+    boxes = _OldBoxes(remote.meta, info) if grid is not None else None
+    old: dict[int, _Boxes | None] = {}
 
     # vertices are stored in the directory's frame: nm under the identity transform (every
     # directory voxgate creates), else moved there through the inverse of its transform (as
@@ -216,24 +225,37 @@ def write_meshes(
         for at in range(0, 0 if sharded else len(items), _WRITE_BATCH):
             batch = items[at:at + _WRITE_BATCH]
             encoded = list(pool.map(encode, batch))
+            if format == "multires" and not created:
+                # each id's fragment file, manifest and Igneous' legacy leftovers under the
+                # lock of its manifest (conditionally on object storage)
+                named = _replace_multires(directory, [
+                    (seg, data[1], manifest[1])
+                    for (seg, _), (data, manifest) in zip(batch, encoded, strict=True)], igneous)
+                if boxes is not None:
+                    old.update({seg: boxes.multires(seg, *got) for seg, got in named.items()})
+                bar.advance(len(encoded))
+                continue
             # the fragments first, then the manifests that point at them
             directory.put_many([data for data, _ in encoded])
             if format == "legacy" and not created:
-                _replace_legacy_manifests(directory, [(seg, [data[0]]) for (seg, _), (data, _)
-                                                      in zip(batch, encoded, strict=True)])
+                replaced = _replace_legacy_manifests(
+                    directory, [(seg, [data[0]]) for (seg, _), (data, _)
+                                in zip(batch, encoded, strict=True)])
+                if boxes is not None:
+                    old.update({seg: boxes.legacy(seg, names)
+                                for seg, names in replaced.items()})
             else:
                 # (a directory this call made held no manifest to replace: written in one
                 # batch, 1.5 s for 2000 ids against 2.0 s one conditional update at a time;
                 # a writer racing the first one into it can at worst leave fragments no
                 # manifest names, never a manifest naming a missing fragment)
                 directory.put_many([manifest for _, manifest in encoded])
-                if igneous:
-                    _drop_legacy_leftovers(directory, [seg for seg, _ in batch])
             bar.advance(len(encoded))
     if grid is not None:
-        # (every file is read for ids that may have entries elsewhere; a new directory has
-        # none)
-        update_spatial_index(directory, grid, parts, set() if created else set(parts))
+        # (the files where the replaced meshes were are read for ids that may have entries
+        # elsewhere, every file when that is unknown; a new directory has none)
+        update_spatial_index(directory, grid, parts, set() if created else set(parts),
+                             {seg: b for seg, b in old.items() if b is not None})
     if remote.meta.extra.get("mesh") != mesh_dir:
         remote.update_info({"mesh": mesh_dir})
 
@@ -272,6 +294,10 @@ def delete_meshes(url: str | os.PathLike[str], ids: Iterable[int], *,
     info = read_info(directory)
     if info is None:
         return
+    # (the spatial index grid checked before anything is deleted)
+    grid = _mesh_spatial_grid(remote.location, directory, info, name)
+    boxes = _OldBoxes(remote.meta, info) if grid is not None else None
+    old: dict[int, _Boxes | None] = {}
     if info.get("sharding"):
         ShardedStore(directory.location,
                      ShardingSpec.from_json(info["sharding"], directory.path("info"))
@@ -281,16 +307,18 @@ def delete_meshes(url: str | os.PathLike[str], ids: Iterable[int], *,
         # the manifests first: a reader never follows one to a missing fragment
         directory.delete_many([f"{i}:0" for i in fragments])
         directory.delete_many(sorted(n for names in fragments.values() for n in names))
+        if boxes is not None:
+            old = {seg: boxes.legacy(seg, names) for seg, names in fragments.items()}
     else:
-        directory.delete_many([f"{i}.index" for i in wanted])
-        directory.delete_many([str(i) for i in wanted])
-        _drop_legacy_leftovers(directory, wanted)
-    grid = _mesh_spatial_grid(remote.location, directory, info, name)
+        gone = _delete_multires(directory, wanted)
+        if boxes is not None:
+            old = {seg: boxes.multires(seg, *got) for seg, got in gone.items()}
     if grid is not None:
-        update_spatial_index(directory, grid, {i: {} for i in wanted}, set(wanted))
+        update_spatial_index(directory, grid, {i: {} for i in wanted}, set(wanted),
+                             {seg: b for seg, b in old.items() if b is not None})
 
 
-def _drop_legacy_leftovers(directory: Directory, ids: list[int]) -> None:
+def _drop_legacy_leftovers(directory: Directory, ids: list[int]) -> dict[int, list[str]]:
     """Remove the legacy meshes Igneous leaves beside the multi-resolution ones of ``ids``
     in an unsharded multi-resolution directory (after voxgate rewrote or deleted those):
     the ``<id>:0`` manifest, then the fragments it names of the id's ``<id>:0:`` form.
@@ -301,13 +329,152 @@ def _drop_legacy_leftovers(directory: Directory, ids: list[int]) -> None:
     ``<id>:0`` and ``<id>.index`` names: left there, a re-run brought back a rewritten id's
     old geometry and a merged-away id's mesh, and a conversion failed on an id with a
     ``<id>:0`` but no ``<id>.index``.  (No reader of the multi-resolution format reads
-    them.)"""
+    them.)  Returns {id: the fragment names its manifest listed} for the ids that had one."""
     fragments = _legacy_manifests(directory, ids, strict=False)
     if not fragments:
-        return
+        return fragments
     directory.delete_many([f"{i}:0" for i in fragments])
     directory.delete_many(sorted(n for seg, names in fragments.items() for n in names
                                  if n.startswith(f"{seg}:0:")))
+    return fragments
+
+
+def _replace_multires(directory: Directory, new: list[tuple[int, bytes, bytes]],
+                      igneous: bool) -> dict[int, tuple[bytes | None, list[str] | None]]:
+    """Write the multi-resolution meshes ``new`` ([(id, fragment data, manifest)]) into an
+    unsharded directory that existed before, each id's fragment file ``<id>``, manifest
+    ``<id>.index`` and (``igneous``) the removal of Igneous' legacy leftovers
+    (:func:`_drop_legacy_leftovers`) under the manifest's lock on local disks (a write
+    conditional on the manifest read on object storage, the fragment file written again
+    when another writer got there first).  Two writers of one id wrote both files without
+    one: a writer's fragment file could end under the other's manifest (a mesh that failed
+    to decode, or the wrong geometry), and a delete between the two files left a manifest
+    whose fragment file was gone.  Returns {id: (the manifest replaced, or None; the
+    legacy fragment names removed, None without a legacy manifest)}."""
+    def replace(seg: int, data: bytes, manifest: bytes
+                ) -> tuple[int, tuple[bytes | None, list[str] | None]]:
+        seen: list[tuple[bytes | None, list[str] | None]] = []
+
+        def change(raw: bytes | None) -> bytes:
+            directory.put_many([(str(seg), data)])
+            left = _drop_legacy_leftovers(directory, [seg]).get(seg) if igneous else None
+            seen[:] = [(raw, left)]
+            return manifest
+
+        directory.update(f"{seg}.index", change, attempts=_MANIFEST_ATTEMPTS,
+                         plain=_manifest_plain,
+                         advice=f"too many writers rewrite the mesh of segment {seg} at once")
+        return seg, seen[0]
+
+    if not new:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(8, len(new))) as pool:
+        return dict(pool.map(lambda item: replace(*item), new))
+
+
+def _delete_multires(directory: Directory, ids: list[int]
+                     ) -> dict[int, tuple[bytes | None, list[str] | None]]:
+    """Remove the unsharded multi-resolution meshes of ``ids`` (``<id>.index``, ``<id>``
+    and Igneous' legacy leftovers), each id under its manifest's lock on local disks, as
+    :func:`_replace_multires` writes them, so a delete racing a rewrite of the id ends with
+    the one or the other, not a manifest without its fragment file.  (On object storage,
+    which has no lock, the fragment file goes first: a rewrite in between at worst leaves
+    a fragment file no manifest names.)  Returns what :func:`_replace_multires` does."""
+    def drop(seg: int) -> tuple[int, tuple[bytes | None, list[str] | None]]:
+        seen: list[tuple[bytes | None, list[str] | None]] = []
+
+        def change(raw: bytes | None) -> None:
+            # (locally the manifest first: a reader never finds it without its fragments)
+            names = [f"{seg}.index", str(seg)]
+            directory.delete_many(names if directory.local else names[::-1])
+            seen[:] = [(raw, _drop_legacy_leftovers(directory, [seg]).get(seg))]
+            return None
+
+        directory.update(f"{seg}.index", change, attempts=_MANIFEST_ATTEMPTS,
+                         plain=_manifest_plain,
+                         advice=f"too many writers rewrite the mesh of segment {seg} at once")
+        return seg, seen[0]
+
+    if not ids:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(8, len(ids))) as pool:
+        return dict(pool.map(drop, ids))
+
+
+#: physical boxes (lo, hi: x, y, z nm) a mesh's spatial index entries can be in
+_Boxes = list[tuple[np.ndarray, np.ndarray]]
+#: a legacy fragment name with a box in voxels: Igneous' ``<id>:0:<x0>-<x1>_<y0>-<y1>_<z0>-
+#: <z1>`` (its forge task's box) and voxgate's (the mesh's box, then ``:<token>``)
+_BOX_NAME = re.compile(r"^(\d+):0:(-?\d+)-(-?\d+)_(-?\d+)-(-?\d+)_(-?\d+)-(-?\d+)"
+                       r"(:[0-9a-f]+)?$")
+
+
+class _OldBoxes:
+    """Where the spatial index entries of a mesh being replaced or deleted can be, from what
+    the replaced files say: a multi-resolution manifest's octree nodes with fragments (in
+    the directory's stored frame, moved to nm by its transform), the boxes legacy fragment
+    names carry (voxels of the layer's finest scale, voxgate's names, or of the mesh info's
+    ``mip``, Igneous': its forge task's box, the box of the ``.spatial`` file the entry
+    is in), the octree widened by a voxel past Igneous' forge padding.  None when unknown
+    (no manifest, one that cannot be parsed, a fragment name without a box): the index
+    update then reads every file of the grid for the id."""
+
+    def __init__(self, meta: Any, info: Mapping[str, Any]) -> None:
+        mip = info.get("mip", 0)
+        scales = [0] + ([mip] if isinstance(mip, int) and not isinstance(mip, bool)
+                        and 0 < mip < len(meta.scales) else [])
+        self.voxels = [np.asarray(meta.scales[k].voxel_size.xyz(), np.float64)
+                       * _unit_nm(meta.scales[k].voxel_size.unit) for k in scales]
+        self.voxel = np.max(self.voxels, axis=0)
+        self.transform = info.get("transform")
+
+    def legacy(self, seg: int, names: list[str] | None) -> _Boxes | None:
+        if names is None:
+            return None
+        out: _Boxes = []
+        for n in names:
+            found = _BOX_NAME.match(n)
+            if found is None or int(found.group(1)) != seg:
+                return None
+            v = np.array([int(g) for g in found.groups()[1:7]], np.float64)
+            lo, hi = np.minimum(v[0::2], v[1::2]), np.maximum(v[0::2], v[1::2])
+            # Igneous' (no token): its task's box, the file its entry is in, exactly;
+            # voxgate's: the mesh's box, a vertex on its upper side counting in the chunk
+            # above
+            up = self.voxel if found.group(8) else 0.0
+            out += [(lo * res, hi * res + up) for res in self.voxels]
+        return out
+
+    def multires(self, seg: int, raw: bytes | None, names: list[str] | None
+                 ) -> _Boxes | None:
+        if raw is None and names is None:
+            return None  # (no mesh was there: nothing says where stale entries may be)
+        out = self.legacy(seg, names) if names is not None else []
+        if out is None or raw is None:
+            return out
+        try:
+            m = _Manifest.from_bytes(raw, f"the manifest of segment {seg}")
+        except CorruptChunkError:
+            return None
+        los, his = [], []
+        for lod, (pos, size) in enumerate(zip(m.positions, m.sizes, strict=True)):
+            keys = np.asarray(pos, np.float64)[np.asarray(size) > 0]
+            if len(keys):
+                node = m.chunk_shape * 2**lod
+                base = m.grid_origin + m.vertex_offsets[lod]
+                los.append(base + node * keys.min(axis=0))
+                his.append(base + node * (keys.max(axis=0) + 1))
+        if not los:
+            return out  # (an empty mesh: no entry)
+        lo, hi = np.min(los, axis=0), np.max(his, axis=0)
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
+                            for z in (lo[2], hi[2])])
+        if self.transform is not None:
+            corners = _apply_transform(corners, self.transform)
+        # Igneous' forge meshes a voxel past its task's upper side (its default padding),
+        # so an entry can be in the file below: two voxels down, one up (the upper side
+        # is excluded)
+        return [*out, (corners.min(axis=0) - 2 * self.voxel, corners.max(axis=0) + self.voxel)]
 
 
 def _legacy_manifests(directory: Directory, ids: list[int], *, strict: bool
@@ -373,7 +540,8 @@ def _legacy_names(raw: bytes | None, seg: int) -> tuple[list[str], list[str]]:
         n for n in names(manifest.get(_SUPERSEDED)) if n.startswith(f"{seg}:0:")]
 
 
-def _replace_legacy_manifests(directory: Directory, new: list[tuple[int, list[str]]]) -> None:
+def _replace_legacy_manifests(directory: Directory, new: list[tuple[int, list[str]]]
+                              ) -> dict[int, list[str] | None]:
     """Point the legacy manifests of ``new`` ([(id, its new fragment names)], the fragments
     already written) at their new fragments, and delete what no reader should need.
 
@@ -393,6 +561,7 @@ def _replace_legacy_manifests(directory: Directory, new: list[tuple[int, list[st
 
         def change(raw: bytes | None) -> bytes:
             named, superseded = _legacy_names(raw, seg)
+            replaced[seg] = None if raw is None else named
             kept = [n for n in named if n not in names and n.startswith(f"{seg}:0:")]
             doomed[:] = [n for n in superseded if n not in names and n not in named]
             manifest: dict[str, Any] = {"fragments": names}
@@ -404,8 +573,9 @@ def _replace_legacy_manifests(directory: Directory, new: list[tuple[int, list[st
                          advice=f"too many writers rewrite the mesh of segment {seg} at once")
         return doomed
 
+    replaced: dict[int, list[str] | None] = {}
     if not new:
-        return
+        return replaced
     with ThreadPoolExecutor(max_workers=min(8, len(new))) as pool:
         futures = [pool.submit(replace, *item) for item in new]
     # what the replaced manifests doomed goes also when one of them failed: those manifests
@@ -419,6 +589,7 @@ def _replace_legacy_manifests(directory: Directory, new: list[tuple[int, list[st
     directory.delete_many(sorted(doomed))
     if failed is not None:
         raise failed
+    return replaced
 
 
 def _unit_nm(unit: str) -> float:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +82,21 @@ class SpatialGrid:
             for y in range(ny):
                 for x in range(nx):
                     yield self.name((x, y, z))
+
+    def names_within(self, lo: np.ndarray, hi: np.ndarray) -> list[str]:
+        """The files of the chunks the physical box ``lo``..``hi`` (x, y, z; ``hi``
+        excluded) meets, a box outside the bounds counting in the nearest chunks (as
+        :meth:`parts` counts vertices there)."""
+        if not all(self.counts):
+            return []
+        chunk = np.asarray(self.chunk, dtype=np.float64)
+        top = np.asarray(self.counts) - 1
+        a, b = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+        first = np.clip(np.floor((a - self.lo) / chunk), 0, top)
+        last = np.clip(np.ceil((np.maximum(a, b) - self.lo) / chunk) - 1, first, top)
+        a, b = first.astype(np.int64), last.astype(np.int64)
+        return [self.name((x, y, z)) for z in range(int(a[2]), int(b[2]) + 1)
+                for y in range(int(a[1]), int(b[1]) + 1) for x in range(int(a[0]), int(b[0]) + 1)]
 
     def parts(self, vertices: np.ndarray, edges: np.ndarray) -> dict[Chunk, list[int]]:
         """{chunk: bounding box of the skeleton's part in it} for a skeleton in nm.
@@ -171,11 +186,17 @@ _UPDATE_ATTEMPTS = 20
 
 def update_spatial_index(directory: Directory, grid: SpatialGrid,
                          parts: Mapping[int, Mapping[Chunk, list[int]]],
-                         replaced: set[int]) -> None:
+                         replaced: set[int],
+                         old_boxes: Mapping[int, Sequence[tuple[np.ndarray, np.ndarray]]]
+                         | None = None) -> None:
     """Enter ``parts`` ({segment id: {chunk: bbox}}) in the index files of ``directory``.
 
     Entries of those ids in the files they touch are replaced; ``replaced`` ids (which had a
-    skeleton before) are also removed from every other file of the grid, which reads them all.
+    skeleton before) are also removed from every other file of the grid, which reads them all
+    unless ``old_boxes`` knows where each of them was: {id: the physical boxes ``(lo, hi)``
+    its entries can be in} (none: it has no entry), then only the files of the chunks those
+    boxes meet are read beside the ones ``parts`` touch.  (Mesh writes know an id's old box
+    from the manifest they replace; a large grid cost a read per file per call.)
     Each file is read, changed and written back with ``Directory.update``: under a lock on
     local disks, conditionally on object storage (written only if nobody changed it since it
     was read, else read and changed again), so concurrent writers of one skeleton directory
@@ -187,7 +208,14 @@ def update_spatial_index(directory: Directory, grid: SpatialGrid,
         for cell, box in chunks.items():
             by_file.setdefault(grid.name(cell), {})[str(seg)] = box
     stale = {str(s) for s in parts}
-    names = list(grid.names()) if replaced else sorted(by_file)
+    if replaced and (old_boxes is None or not replaced <= set(old_boxes)):
+        names = list(grid.names())
+    else:
+        wanted = set(by_file)
+        for seg in replaced:
+            for lo, hi in (old_boxes or {})[seg]:
+                wanted.update(grid.names_within(lo, hi))
+        names = sorted(wanted)
     for name in names:
         new = by_file.get(name, {})
         where = directory.path(name)
