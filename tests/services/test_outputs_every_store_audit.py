@@ -5,6 +5,7 @@ docs/services/map_blocks.md says."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -208,3 +209,41 @@ def test_failed_run_says_what_was_written_and_how_to_finish(
     with pytest.raises(RuntimeError) as info:
         voxgate.map_blocks(_fails_at_third(), src, out=done, block=(16, 16, 16), workers=1)
     assert "Run the same call again" in info.value.__notes__[-1]
+
+
+def test_failed_predict_and_connected_components_say_how_to_finish(
+        src: voxgate.Volume, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict and connected_components into an out= URL they created that stop part-way said
+    nothing of the store left behind (the same call then refused as existing); they now say it
+    may hold part of the result and to run again with overwrite=True, which completes it."""
+    url = f"zarr://{tmp_path / 'p.zarr'}"
+    with pytest.raises(RuntimeError, match="out of memory") as info:
+        voxgate.predict(_fails_at_third(), src, out=url, block=(16, 16, 16), workers=1,
+                        progress=False)
+    note = info.value.__notes__[-1]
+    assert f"predict into {url}" in note and "overwrite=True" in note, note
+    done = voxgate.predict(lambda a: a + 1, src, out=url, block=(16, 16, 16), overwrite=True,
+                           progress=False)
+    whole = voxgate.predict(lambda a: a + 1, src, block=(16, 16, 16), progress=False)
+    np.testing.assert_array_equal(done.read(), np.asarray(whole))
+
+    cc_module = importlib.import_module("voxgate.services.connected_components")
+    real, calls = cc_module._label_block, [0]
+
+    def label_block(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cc_module, "_label_block", label_block)
+    url = f"zarr://{tmp_path / 'cc.zarr'}"
+    with pytest.raises(RuntimeError, match="out of memory") as info:
+        voxgate.connected_components(src, out=url, block=(16, 16, 16), workers=1,
+                                     progress=False)
+    note = info.value.__notes__[-1]
+    assert f"connected_components into {url}" in note and "overwrite=True" in note, note
+    monkeypatch.setattr(cc_module, "_label_block", real)
+    labels = voxgate.connected_components(src, out=url, overwrite=True, progress=False)
+    want = voxgate.connected_components(src, progress=False)
+    np.testing.assert_array_equal(labels.read(), np.asarray(want))

@@ -3,6 +3,7 @@ the store's server-side operation and the local kernel, provenance, block iterat
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import tempfile
@@ -45,6 +46,8 @@ from ..storage import remove_tree
 from ..volume import Volume
 
 __all__ = [
+    "finish_advice",
+    "noting_partial_output",
     "remove_scratch",
     "ArrayResult",
     "Prefer",
@@ -223,6 +226,31 @@ def resolve_output(out: Any, meta: VolumeMeta, *, overwrite: bool, options: dict
     """:func:`resolve_created_output`'s Volume."""
     return resolve_created_output(out, meta, overwrite=overwrite, options=options, check=check,
                                   scale_of=scale_of)[0]
+
+
+def finish_advice(out: Any, overwrite: bool) -> str:
+    """How to finish a Service's run into ``out`` that stopped part-way: an ``out=`` URL the
+    failed run made (or overwrote) is refused as existing until ``overwrite=True``."""
+    if isinstance(out, Volume) or overwrite:
+        return "Run the same call again to write every block"
+    return "Run the call again with overwrite=True to write every block"
+
+
+@contextlib.contextmanager
+def noting_partial_output(what: str, target: Volume, out: Any, overwrite: bool
+                          ) -> Iterator[None]:
+    """Whatever stops the blocks' writes into an ``out=`` store (an error, Ctrl-C) gets a
+    note that the store may hold part of the result and how to finish (:func:`finish_advice`);
+    an in-memory result (``out=None``) is gone with the call and gets none."""
+    try:
+        yield
+    except BaseException as exc:
+        if out is not None:
+            exc.add_note(
+                f"{what} into {target.url} stopped before its end: some of its blocks may "
+                "have been written, the others hold what they held before (the fill value in "
+                f"a store this call created).  {finish_advice(out, overwrite)}")
+        raise
 
 
 def resolve_created_output(out: Any, meta: VolumeMeta, *, overwrite: bool,

@@ -68,6 +68,7 @@ from ._common import (
     ProvenanceLog,
     as_volume,
     check_output_options,
+    noting_partial_output,
     region_meta,
     remove_scratch,
     resolve_created_output,
@@ -356,7 +357,8 @@ def connected_components(
     job = _Job(src, target, region, base, connectivity, anchor.start, labels, stored,
                held, local_held)
     try:
-        return _run(job, blocks, out, client, workers, progress, want, details)
+        with noting_partial_output("connected_components", target, out, overwrite):
+            return _run(job, blocks, out, client, workers, progress, want, details)
     finally:
         remove_scratch(tmp, scratch_at, "connected_components could not remove its scratch "
                        "volume")

@@ -65,6 +65,7 @@ from ._common import (
     Provenance,
     as_volume,
     check_output_options,
+    finish_advice,
     region_meta,
     resolve_output,
     scratch_result,
@@ -713,10 +714,7 @@ def map_blocks(
             exc.add_note(
                 f"map_blocks into {target.url}: {written[0]} of {n_blocks} blocks were written "
                 "before this error; the others hold what they held before (the fill value in a "
-                "store this call created).  "
-                + ("Run the same call again to write every block" if isinstance(out, Volume)
-                   or overwrite else "Run the call again with overwrite=True to write every "
-                   "block"))
+                f"store this call created).  {finish_advice(out, overwrite)}")
         raise
     finally:
         if journal is not None:

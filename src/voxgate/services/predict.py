@@ -90,6 +90,7 @@ from ._common import (
     as_volume,
     block_boxes,
     check_output_options,
+    noting_partial_output,
     resolve_created_output,
     scratch_result,
 )
@@ -817,21 +818,22 @@ def predict(
     if head != first_box:
         first = None
     left = region.intersect(anchor).size
-    if first is not None and head is not None:
-        # the callable's first block, computed above to learn its channels
-        _store(first, sink, head)
-        left -= head.size
-    elif head is not None:
-        todo = itertools.chain((head,), todo)
-    if client is not None:
-        check_for_cluster(src.url, "source", "predict")
-        check_for_cluster(target.url, "output", "predict", writes=True)
-    # the runner (and its model bytes) travels to each worker once, with the two Volumes
-    fn = functools.partial(_run_block, _for_cluster(runner) if client is not None else runner,
-                           src, sink, halo=h, region=region, reuse=reuse, stored=stored)
-    run_blocks(fn, todo, name="predict", client=client, workers=nworkers, progress=progress,
-               retries=retries, total=n_blocks - int(first is not None),
-               total_bytes=left * src.dtype.itemsize)
+    with noting_partial_output("predict", target, out, overwrite):
+        if first is not None and head is not None:
+            # the callable's first block, computed above to learn its channels
+            _store(first, sink, head)
+            left -= head.size
+        elif head is not None:
+            todo = itertools.chain((head,), todo)
+        if client is not None:
+            check_for_cluster(src.url, "source", "predict")
+            check_for_cluster(target.url, "output", "predict", writes=True)
+        # the runner (and its model bytes) travels to each worker once, with the two Volumes
+        fn = functools.partial(_run_block, _for_cluster(runner) if client is not None else runner,
+                               src, sink, halo=h, region=region, reuse=reuse, stored=stored)
+        run_blocks(fn, todo, name="predict", client=client, workers=nworkers, progress=progress,
+                   retries=retries, total=n_blocks - int(first is not None),
+                   total_bytes=left * src.dtype.itemsize)
     prov = Provenance("predict", "local", src.url, {
         "model": runner.name, "providers": list(runner.providers) if runner.onnx else [],
         "block": tuple(b), "halo": tuple(h), "step": tuple(runner.step),
