@@ -71,14 +71,26 @@ def _tables() -> dict[str, int]:
     return out
 
 
-def _state() -> tuple[int, int, int, dict[str, int]]:
+def _voxgate_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate()
+            if t is not threading.current_thread() and t.name.startswith("voxgate")}
+
+
+def _state(quiet: float = 0.5, deadline: float = 5.0) -> tuple[int, int, int, dict[str, int]]:
     gc.collect()
     # the worker threads of a dropped Remote's pool are told to stop and end on their own: let
-    # them (those of a pool still alive never end: they are counted, after the deadline)
-    deadline = time.monotonic() + 5
-    for t in threading.enumerate():
-        if t is not threading.current_thread() and t.name.startswith("voxgate"):
-            t.join(max(0.0, deadline - time.monotonic()))
+    # them, until none has ended for ``quiet`` seconds (at most ``deadline``).  Those of a pool
+    # still alive (this test's, or one an earlier test in this process keeps) never end: they
+    # are counted.  (Joining each with the deadline waited the whole 5 s whenever one was
+    # alive, as in a process that ran other tests first: 30 s per loop checked.)
+    end = time.monotonic() + deadline
+    alive = _voxgate_threads()
+    settled = time.monotonic() + quiet
+    while alive and time.monotonic() < min(end, settled):
+        time.sleep(0.02)
+        now = _voxgate_threads()
+        if now != alive:
+            alive, settled = now, time.monotonic() + quiet
     return _fds(), _os_threads(), threading.active_count(), _tables()
 
 
