@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -143,6 +144,24 @@ public_read = false
 tokens = {{ "{RW}" = "read-write", "{RO}" = "read" }}
 """)
     return start_relay(cfg, free_port(), "--data-root", str(directory / "data"))
+
+
+@contextlib.contextmanager
+def token_relay_in_env(directory: Path, memory: str) -> Iterator[RelayProcess]:
+    """:func:`start_token_relay`, with ``VOXGATE_BOSS_TOKEN`` set to RW while it runs (a
+    Remote's spec() carries no token: workers and reopened Remotes find it there), stopped
+    and the variable restored after."""
+    r = start_token_relay(directory, memory)
+    old = os.environ.get("VOXGATE_BOSS_TOKEN")
+    os.environ["VOXGATE_BOSS_TOKEN"] = RW
+    try:
+        yield r
+    finally:
+        if old is None:
+            os.environ.pop("VOXGATE_BOSS_TOKEN", None)
+        else:
+            os.environ["VOXGATE_BOSS_TOKEN"] = old
+        r.stop()
 
 
 def start_rw_relay(directory: Path) -> RelayProcess:

@@ -23,22 +23,15 @@ from voxgate.geometry import Box
 from voxgate.remotes.boss import BossProject, boss_settings
 from voxgate.testing import RemoteTests, remote_state_machine
 
-from ..relay.conftest import RO, RW, RelayProcess, free_port, start_token_relay
+from ..relay.conftest import RO, RW, RelayProcess, free_port, token_relay_in_env
 from .flaky_proxy import FlakyProxy, Rule, flaky_proxy
 
 
 @pytest.fixture(scope="module")
 def boss_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     d = tmp_path_factory.mktemp("boss")
-    r = start_token_relay(d, "256 MiB")
-    old = os.environ.get("VOXGATE_BOSS_TOKEN")
-    os.environ["VOXGATE_BOSS_TOKEN"] = RW  # spec() carries no token: reopening finds it here
-    yield r
-    if old is None:
-        os.environ.pop("VOXGATE_BOSS_TOKEN", None)
-    else:
-        os.environ["VOXGATE_BOSS_TOKEN"] = old
-    r.stop()
+    with token_relay_in_env(d, "256 MiB") as r:
+        yield r
 
 
 class TestBossDBRemote(RemoteTests):

@@ -6,7 +6,6 @@ docs/services/map_blocks.md says."""
 from __future__ import annotations
 
 import importlib
-import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from voxgate.errors import (
 from voxgate.remotes.boss import BossProject
 from voxgate.remotes.dvid import DVIDRepo
 
-from ..relay.conftest import RW, RelayProcess, start_token_relay
+from ..relay.conftest import RW, RelayProcess, token_relay_in_env
 from ..relay.conftest import dvid as dvid  # (the module's DVID test server fixture)
 
 SHAPE, CHUNKS, VS, OFFSET = (16, 32, 48), (16, 16, 16), (30.0, 4.0, 5.0), (3, 5, 7)
@@ -34,15 +33,8 @@ DATA = np.random.default_rng(0).integers(0, 4, SHAPE, dtype=np.uint8)
 @pytest.fixture(scope="module")
 def boss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     d = tmp_path_factory.mktemp("boss")
-    r = start_token_relay(d, "64 MiB")
-    old = os.environ.get("VOXGATE_BOSS_TOKEN")
-    os.environ["VOXGATE_BOSS_TOKEN"] = RW  # (workers and reopening find the token here)
-    yield r
-    if old is None:
-        os.environ.pop("VOXGATE_BOSS_TOKEN", None)
-    else:
-        os.environ["VOXGATE_BOSS_TOKEN"] = old
-    r.stop()
+    with token_relay_in_env(d, "64 MiB") as r:
+        yield r
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -351,25 +351,14 @@ def _replace_multires(directory: Directory, new: list[tuple[int, bytes, bytes]],
     to decode, or the wrong geometry), and a delete between the two files left a manifest
     whose fragment file was gone.  Returns {id: (the manifest replaced, or None; the
     legacy fragment names removed, None without a legacy manifest)}."""
-    def replace(seg: int, data: bytes, manifest: bytes
-                ) -> tuple[int, tuple[bytes | None, list[str] | None]]:
-        seen: list[tuple[bytes | None, list[str] | None]] = []
+    files = {seg: (data, manifest) for seg, data, manifest in new}
 
-        def change(raw: bytes | None) -> bytes:
-            directory.put_many([(str(seg), data)])
-            left = _drop_legacy_leftovers(directory, [seg]).get(seg) if igneous else None
-            seen[:] = [(raw, left)]
-            return manifest
+    def write(seg: int) -> tuple[bytes, list[str] | None]:
+        data, manifest = files[seg]
+        directory.put_many([(str(seg), data)])
+        return manifest, _drop_legacy_leftovers(directory, [seg]).get(seg) if igneous else None
 
-        directory.update(f"{seg}.index", change, attempts=_MANIFEST_ATTEMPTS,
-                         plain=_manifest_plain,
-                         advice=f"too many writers rewrite the mesh of segment {seg} at once")
-        return seg, seen[0]
-
-    if not new:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(8, len(new))) as pool:
-        return dict(pool.map(lambda item: replace(*item), new))
+    return _each_locked(directory, list(files), write)
 
 
 def _delete_multires(directory: Directory, ids: list[int]
@@ -380,17 +369,32 @@ def _delete_multires(directory: Directory, ids: list[int]
     the one or the other, not a manifest without its fragment file.  (On object storage,
     which has no lock, the fragment file goes first: a rewrite in between at worst leaves
     a fragment file no manifest names.)  Returns what :func:`_replace_multires` does."""
-    def drop(seg: int) -> tuple[int, tuple[bytes | None, list[str] | None]]:
+    def drop(seg: int) -> tuple[None, list[str] | None]:
+        # (locally the manifest first: a reader never finds it without its fragments)
+        names = [f"{seg}.index", str(seg)]
+        directory.delete_many(names if directory.local else names[::-1])
+        return None, _drop_legacy_leftovers(directory, [seg]).get(seg)
+
+    return _each_locked(directory, ids, drop)
+
+
+def _each_locked(directory: Directory, ids: list[int],
+                 change: Callable[[int], tuple[bytes | None, list[str] | None]]
+                 ) -> dict[int, tuple[bytes | None, list[str] | None]]:
+    """``change(id)`` (which writes or deletes the id's files and returns its new manifest,
+    None to delete it, and the legacy fragment names it removed) for each of ``ids``, under
+    the lock of the id's manifest ``<id>.index`` (a write conditional on the manifest read,
+    on object storage: ``change`` then runs again when another writer got there first),
+    8 ids at once.  Returns {id: (the manifest replaced, or None; the legacy names)}."""
+    def one(seg: int) -> tuple[int, tuple[bytes | None, list[str] | None]]:
         seen: list[tuple[bytes | None, list[str] | None]] = []
 
-        def change(raw: bytes | None) -> None:
-            # (locally the manifest first: a reader never finds it without its fragments)
-            names = [f"{seg}.index", str(seg)]
-            directory.delete_many(names if directory.local else names[::-1])
-            seen[:] = [(raw, _drop_legacy_leftovers(directory, [seg]).get(seg))]
-            return None
+        def update(raw: bytes | None) -> bytes | None:
+            manifest, left = change(seg)
+            seen[:] = [(raw, left)]
+            return manifest
 
-        directory.update(f"{seg}.index", change, attempts=_MANIFEST_ATTEMPTS,
+        directory.update(f"{seg}.index", update, attempts=_MANIFEST_ATTEMPTS,
                          plain=_manifest_plain,
                          advice=f"too many writers rewrite the mesh of segment {seg} at once")
         return seg, seen[0]
@@ -398,7 +402,7 @@ def _delete_multires(directory: Directory, ids: list[int]
     if not ids:
         return {}
     with ThreadPoolExecutor(max_workers=min(8, len(ids))) as pool:
-        return dict(pool.map(drop, ids))
+        return dict(pool.map(one, ids))
 
 
 #: physical boxes (lo, hi: x, y, z nm) a mesh's spatial index entries can be in
