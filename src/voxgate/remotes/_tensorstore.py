@@ -66,13 +66,18 @@ def time_index(time: int | None, points: int, where: str, axis: str = "t") -> in
             f"{'s' if points > 1 else ''} (its {axis!r} axis): give 0..{points - 1}")
     return int(time)
 
+
 def at_time_point(view: ts.TensorStore, names: list[str], keep: Collection[str],
                   time: int | None, where: str) -> tuple[ts.TensorStore, list[str], int]:
     """``view`` (its dimensions named by ``names``) with every dimension whose name is not in
     ``keep`` indexed away: a time axis (:data:`TIME_NAMES`) at the time point ``time`` names
     (:func:`time_index`), any other at its origin when it has length 1 (a longer one is
-    refused).  Returns the view, the names of the dimensions left (in order) and the length
-    of the time axis (1 when there is none)."""
+    refused, and so are two time axes).  Returns the view, the names of the dimensions left
+    (in order) and the length of the time axis (1 when there is none)."""
+    timed_names = [n for n in names if n in TIME_NAMES and n not in keep]
+    if len(timed_names) > 1:
+        # (one time= would index both: a diagonal of the two read as one time series)
+        raise InvalidRequestError(f"{where} has more than one time axis: {names}")
     left = list(names)
     points = 1
     timed = False
@@ -86,8 +91,9 @@ def at_time_point(view: ts.TensorStore, names: list[str], keep: Collection[str],
             points = max(points, int(view.shape[i]))
             at = time_index(time, int(view.shape[i]), where, name)
         elif view.shape[i] != 1:
+            axis = f"a {name!r} axis" if name else f"an unnamed axis (dimension {i})"
             raise CapabilityNotSupportedError(
-                f"{where} has a {name!r} axis of length {view.shape[i]}; voxgate reads a time "
+                f"{where} has {axis} of length {view.shape[i]}; voxgate reads a time "
                 "axis ('t') one time point at a time (time=) and other extra axes of length 1 "
                 "only"
             )

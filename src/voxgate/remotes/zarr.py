@@ -1120,6 +1120,9 @@ def _as_czyx(
             f"{where} has axes {names}; voxgate needs z, y and x (plus optional c and t)"
         )
     channel_names = [n for n in names if n in ("c", "channel", "ch")]
+    if len(channel_names) > 1:
+        # (as n5:// and tensorstore:// refuse it: the second was neither read nor dropped)
+        raise InvalidRequestError(f"{where} has more than one channel axis: {names}")
     # the time axis is indexed at the time point asked for; another axis of size 1 is
     # dropped, a longer one refused
     view, current, points = at_time_point(view, names, ("z", "y", "x", *channel_names), time,

@@ -152,6 +152,12 @@ def _request_block(itemsize: int) -> Vec:
     return Vec(*shape)
 
 
+#: how a copy (which keeps the source's dtype) gets a volume of another dtype into bossDB
+_WIDEN = ("A copy keeps the source's dtype: write a cast one instead, e.g. "
+          "voxgate.map_blocks(lambda a: a.astype('{dtype}'), src, out='bossdb://...', "
+          "dtype='{dtype}')")
+
+
 class BossDBRemote(Remote):
     scheme = "bossdb"
     #: bossDB downsamples cuboids in dataset coordinates (level k of a frame x0:x1 is
@@ -325,12 +331,13 @@ class BossDBRemote(Remote):
                 f"a bossDB segmentation is an annotation channel, which holds uint64 ids; "
                 f"{meta.dtype.name} was asked for bossdb channel {c}/{e}/{ch}: ask for "
                 "dtype='uint64' (the ids are kept, widened), or kind='image' for an image "
-                "channel")
+                f"channel.  {_WIDEN.format(dtype='uint64')}")
         if meta.dtype.name not in _DTYPES:
             raise InvalidRequestError(
                 f"a bossDB image channel holds {', '.join(_DTYPES)}, not {meta.dtype.name} "
                 f"(asked for bossdb channel {c}/{e}/{ch}); cast the data to one of them, or "
-                "store it in zarr://, n5:// or precomputed://")
+                "store it in zarr://, n5:// or precomputed://.  "
+                + _WIDEN.format(dtype="uint16"))
         settings = boss_settings(options.get("server") or server, options.get("token"))
         project = BossProject(settings.url, settings.token)
         if c not in project.list_collections():
