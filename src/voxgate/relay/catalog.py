@@ -231,6 +231,9 @@ class Catalog:
         #: opens in flight, by (the entry, its token's fingerprint): by the entry object, not
         #: its name, so a channel deleted and created again never joins the old one's open
         self._opening: dict[tuple[int, str], Future[CachedRemote]] = {}
+        #: told the cells' tag of every channel incarnation another process deleted (or
+        #: replaced), so what the relay keeps of its write generation goes with it
+        self.on_forget: Callable[[str], None] | None = None
         self.state_path = self._state_path()
         self._file = StateFile(self.state_path, _empty_state(), on_change=self._state_changed,
                                watch="local_channels")
@@ -281,6 +284,7 @@ class Catalog:
             return
         channels = dict(self.channels)  # replaced whole: readers iterating keep the old one
         gone: list[ChannelEntry] = []
+        dead: list[str] = []  # the tags of the incarnations gone
         for key in old.keys() | new.keys():
             b, a = old.get(key), new.get(key)
             parts = key.split("/")
@@ -288,6 +292,11 @@ class Catalog:
                 continue
             k = (parts[0], parts[1], parts[2])
             entry = channels.get(k)
+            if b is not None and b.get("incarnation") and (
+                    a is None or a.get("incarnation") != b.get("incarnation")
+                    or a.get("url") != b.get("url")):
+                dead.append(CachedRemote.tag_of(json.dumps(
+                    [store_key(str(b.get("url"))), str(b["incarnation"])])))
             if a is None:
                 if entry is not None and entry.local:
                     del channels[k]
@@ -301,16 +310,19 @@ class Catalog:
                 if entry is not None:
                     gone.append(entry)
         self.channels = channels
-        if gone:
-            threading.Thread(target=self._forget, args=(gone,), name="voxgate-forget",
+        if gone or dead:
+            threading.Thread(target=self._forget, args=(gone, dead), name="voxgate-forget",
                              daemon=True).start()
 
-    def _forget(self, entries: list[ChannelEntry]) -> None:
+    def _forget(self, entries: list[ChannelEntry], dead: list[str]) -> None:
         for entry in entries:
             tags = {r.tag for r in self.open_remotes(entry)}
             self.forget_remotes(entry)
             for tag in tags:
                 self.cache.drop_tag(tag)
+        for tag in dead:
+            if self.on_forget is not None:
+                self.on_forget(tag)
 
     # -- channels -------------------------------------------------------------------------------
     def _add_config_channel(self, ch: ChannelConfig) -> None:
@@ -376,23 +388,32 @@ class Catalog:
         serves (dropped from the config, their volume gone from the data root, or deleted by
         a relay that kept it): the metadata digests and changes (``meta_seen``,
         ``meta_changes``) and the generations the disk tier's cells were current for
-        (``generations_seen``).  Each held one entry per channel name (or incarnation) ever
-        served, so the file grew for good.  Dropping them is safe: a change is numbered from a
-        clock that never goes back (:meth:`note_meta_change`), and a generation not
-        remembered only drops the channel's disk cells once."""
+        (``generations_seen``); and the ``deleted`` names.  Each held one entry per channel
+        name (or incarnation) ever served, so the file grew for good.  Dropping them is
+        safe: a change is numbered from a clock that never goes back
+        (:meth:`note_meta_change`), a generation not remembered only drops the channel's disk
+        cells once, and a deleted name hid nothing the state still makes (see
+        :meth:`deleted`)."""
         def stale() -> tuple[set[str], set[str]]:
             names = {"/".join(k) for k in self.channels}
             tags = {CachedRemote.tag_of(self._tag_now(entry)) for entry in self.channels.values()}
             keys = {k for t in ("meta_changes", "meta_seen") for k in self.state.get(t) or {}}
             return keys - names, set(self.state.get("generations_seen") or {}) - tags
 
-        if stale() == (set(), set()):
+        if stale() == (set(), set()) and not self.state.get("deleted"):
             return  # (the common case: the state file is not even locked)
         try:
             with self.lock:  # (decided again on the state as it is under the lock)
                 names, tags = stale()
                 dropped = self.forget_meta(keep={k for t in ("meta_changes", "meta_seen")
                                                  for k in self.state.get(t) or {}} - names)
+                # the names of deleted collections and experiments, which relays before
+                # 2026-12-08 kept for good: they hid nothing the state still made (a delete
+                # is refused while the name holds anything), only what came later under the
+                # name from the config or the data root, which is served
+                if self.state.get("deleted"):
+                    self.state["deleted"] = []
+                    dropped = True
                 seen = self.state.get("generations_seen") or {}
                 for tag in tags:
                     dropped = seen.pop(tag, None) is not None or dropped
@@ -439,6 +460,10 @@ class Catalog:
                     *(int(v) for v in self.state.get("meta_changes", {}).values())])
 
     def deleted(self, *parts: str) -> bool:
+        """Whether the name is hidden by a ``deleted`` entry (none is made any more: a deleted
+        collection or experiment holds nothing, so it is gone once its record is, and a
+        channel added later under its name, to the config or the data root, is served; the
+        entries an older relay made are dropped when a relay starts)."""
         return "/".join(parts) in self.state["deleted"]
 
     def channel(self, c: str, e: str, ch: str) -> ChannelEntry:

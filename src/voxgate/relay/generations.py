@@ -21,6 +21,17 @@ ends; "no write in progress" is "no such lock is held" (each is tried without wa
 whose holder died is taken and removed, so it never stops the channel), and whoever needs
 that to stay true (a delete, a store into the shared disk tier) keeps the gate until it is
 done, so no write can begin meanwhile.
+
+A deleted channel's incarnation takes its generation with it (:meth:`Generations.forget`,
+under its gate, once no write is in progress): its file and writers' folder are removed, as
+its entry in memory, so scratch channels created and deleted by a pipeline leave nothing
+behind.  Nothing makes them again: a write is admitted under the gate only while the channel
+is live (:meth:`Generations.write_lock`), and a read that finds no file makes one only while
+the channel is live, asked under the gate too (:meth:`Generations.current`); a read of a
+deleted channel gets a throwaway generation (its ETag is never another's: the tag of a
+channel made again under the name is another, and so is the nonce).  Writers' folders left
+by a relay stopped half way through a delete are removed when a relay starts
+(:meth:`Generations.prune_writers`): an empty one is always safe to remove under its gate.
 """
 
 from __future__ import annotations
@@ -29,11 +40,12 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..storage.locking import file_lock
@@ -67,9 +79,14 @@ class Generations:
     def _name(tag: str) -> str:
         return hashlib.sha256(tag.encode()).hexdigest()[:32] + ".json"
 
-    def current(self, tag: str) -> str:
+    def current(self, tag: str, live: Callable[[], bool] | None = None) -> str:
         """The channel's generation as text (``nonce.counter``); a channel never written
         through any relay sharing the directory gets a nonce of its own on first use.
+
+        ``live``: asked, under the channel's gate, before a missing file is made: when it says
+        the channel is gone (deleted, its file removed by :meth:`forget`), nothing is made and
+        a throwaway generation is returned (one never given before, so no ETag made of it
+        ever matches another).
 
         One ``stat`` when it did not change: files are only ever replaced whole, and the
         last one read stays open, so a file with its inode is that very file (a replaced
@@ -79,12 +96,18 @@ class Generations:
         if self.directory is None:
             with self._lock:
                 return f"{self._nonce}.{self._memory.get(tag, 0)}"
+        known = self._known(tag)
+        return known if known is not None else self._make(tag, live)
+
+    def _known(self, tag: str) -> str | None:
+        """The generation in the channel's file (None when there is none, or it is damaged)."""
+        assert self.directory is not None
         name = self._name(tag)
         path = self.directory / name
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            return self._update(tag, 0)
+            return None
         with self._lock:
             known = self._seen_files.get(name)
             if known is not None and known[1] == _identity(st):
@@ -93,13 +116,13 @@ class Generations:
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            return self._update(tag, 0)
+            return None
         st = os.fstat(fd)
         with os.fdopen(os.dup(fd), "rb") as f:
             version = self._parse(f.read())
-        if version is None:  # damaged: made again
+        if version is None:  # damaged: made again (by the caller)
             os.close(fd)
-            return self._update(tag, 0)
+            return None
         with self._lock:
             old = self._seen_files.pop(name, None)
             self._seen_files[name] = (fd, _identity(st), version)
@@ -109,6 +132,65 @@ class Generations:
         for held in closing:
             os.close(held)
         return version
+
+    def _make(self, tag: str, live: Callable[[], bool] | None) -> str:
+        """The generation of a channel whose file is missing or damaged: made (a new nonce),
+        unless ``live`` says, under the channel's gate (which a delete holds while it removes
+        the file), that the channel is gone.  (Never called holding the gate.)"""
+        if live is None:
+            return self._update(tag, 0)
+        with file_lock(str(self._lock_path(tag, ".g"))):
+            if not live():
+                return f"gone-{uuid.uuid4().hex}.0"
+            return self._update(tag, 0)
+
+    def stored(self, tag: str) -> str | None:
+        """The channel's generation when it has one (None when its file is missing: never
+        written or read, or deleted); nothing is made, no lock is taken."""
+        if self.directory is None:
+            return self.current(tag)
+        return self._known(tag)
+
+    def forget(self, tag: str, files: bool = True) -> None:
+        """Forget the generation of a deleted channel incarnation (``tag`` is never used
+        again): its entry in memory and the file kept open, and (``files``) its file and its
+        writers' folder.  Removing the files is for the process that deletes the channel,
+        holding :meth:`exclusive` (no write in progress, none begins) after the channel is
+        gone for every later writer (they are admitted under the gate only while it is live,
+        see :meth:`write_lock`); the other processes only forget what they kept."""
+        name = self._name(tag)
+        with self._lock:
+            self._memory.pop(tag, None)
+            kept = self._seen_files.pop(name, None)
+        if kept is not None:
+            os.close(kept[0])
+        if not files or self.directory is None:
+            return
+        # the writers' folder holds lock files of writers that are gone, at most
+        shutil.rmtree(self._writers(tag), ignore_errors=True)
+        with file_lock(str(self.directory / "generations")), \
+                contextlib.suppress(FileNotFoundError):
+            os.unlink(self.directory / name)
+
+    def prune_writers(self) -> int:
+        """Remove the writers' folders with no write in progress and nothing else in them (a
+        relay stopped half way through a channel's delete left its folder for good): each
+        under its channel's gate, not waited for (a folder whose gate is held is left).  A
+        live channel's folder is made again by its next write.  Returns how many went."""
+        if self.directory is None:
+            return 0
+        removed = 0
+        for folder in self.directory.glob("*.writers"):
+            stem = folder.name[:-len(".writers")]
+            try:
+                with file_lock(str(self.directory / f"{stem}.g"), blocking=False):
+                    if self._held(folder):
+                        continue
+                    os.rmdir(folder)
+                    removed += 1
+            except (BlockingIOError, OSError):
+                continue  # (in use, or not empty: left)
+        return removed
 
     # -- the write protocol of a shared disk tier (voxgate serve --workers N) --------------------
     def _lock_path(self, tag: str, kind: str) -> Path:
@@ -125,33 +207,46 @@ class Generations:
         """Whether a write to the channel is in progress in any process (under its gate, so
         that no write begins meanwhile): one of the writers' locks is held.  One whose holder
         died is taken and removed here (:func:`file_lock` does), so it is no write."""
+        return self._held(self._writers(tag))
+
+    @staticmethod
+    def _held(folder: Path) -> bool:
+        """Whether a writer's lock in ``folder`` is held (those whose holders died are taken
+        and removed)."""
         try:
-            names = os.listdir(self._writers(tag))
+            names = os.listdir(folder)
         except FileNotFoundError:
             return False
         for name in names:
             if not (name.startswith(".w-") and name.endswith(".lock")):
                 continue  # (a lock file's break file, or something else)
             try:
-                with file_lock(str(self._writers(tag) / name[1:-len(".lock")]),
-                               blocking=False):
+                with file_lock(str(folder / name[1:-len(".lock")]), blocking=False):
                     pass
             except BlockingIOError:
                 return True
         return False
 
     @contextlib.contextmanager
-    def write_lock(self, tag: str) -> Iterator[None]:
+    def write_lock(self, tag: str, admit: Callable[[], None] | None = None) -> Iterator[None]:
         """Held (shared with other writers) for the whole of a write to the channel, from the
         bump before it to the bump after it: no cell of the channel is stored in a shared
         disk tier meanwhile (see :meth:`store_lock`).  Taken under the channel's gate (so not
-        while :meth:`exclusive` or a store holds it), then held as a lock of its own."""
+        while :meth:`exclusive` or a store holds it), then held as a lock of its own.
+
+        ``admit()`` is called under the gate before anything is made, and raises when the
+        write may not begin (its channel was deleted: a delete holds the gate while it removes
+        the channel's files, see :meth:`forget`, so none of them is made again)."""
         if self.directory is None:
+            if admit is not None:
+                admit()
             yield
             return
         mine = self._writers(tag) / f"w-{uuid.uuid4().hex}"
         with contextlib.ExitStack() as held:
             with file_lock(str(self._lock_path(tag, ".g"))):
+                if admit is not None:
+                    admit()
                 mine.parent.mkdir(exist_ok=True)
                 held.enter_context(file_lock(str(mine)))
             yield

@@ -115,6 +115,11 @@ class Relay:
         #: the generations this relay's own writes made, not yet seen by a read
         self._own: dict[str, set[str]] = {}
         self._seen_lock = threading.Lock()
+        # a channel deleted by another worker process (or relay sharing the state): what this
+        # one kept of its incarnation goes too
+        self.catalog.on_forget = self.forget_generation
+        # (writers' folders a relay stopped during a delete left behind)
+        self.generations.prune_writers()
 
     # -- auth -----------------------------------------------------------------------------------
     @staticmethod
@@ -251,6 +256,9 @@ class Relay:
         tag = CachedRemote.tag_of(self.catalog.cache_tag(entry))
         log.info("the metadata of %s changed upstream: opening it again", "/".join(entry.key))
         with self.generations.exclusive(tag):  # (no write of the channel is in progress)
+            self.catalog.refresh()
+            if self.catalog.channels.get(entry.key) is not entry:
+                return  # deleted meanwhile: its generation is gone, and is not made again
             # (recorded before the Remotes go: one opened meanwhile reads the new metadata and
             # is not opened once more)
             self.catalog.note_meta_change(entry)
@@ -368,11 +376,15 @@ class Relay:
         tag = remote.tag
         # (shared with other writers: no cell of the channel enters a disk tier shared by
         # worker processes meanwhile, see shared_cache)
-        with self.generations.write_lock(tag), self.stats.writing(remote):
+        def admit() -> None:
+            # (under the channel's gate: a delete removes the channel's generation under it,
+            # so nothing of it is made again by a write that finds it deleted)
             if not self.catalog.live(remote):
                 # deleted (by any worker) after this request found it: its store has been
                 # moved aside, and its path may already be a new channel's
                 raise NotFound("Channel not found: it was deleted before this write began")
+
+        with self.generations.write_lock(tag, admit), self.stats.writing(remote):
             self._made(tag, self.generations.bump(tag))
             try:
                 yield
@@ -409,7 +421,8 @@ class Relay:
         started), the channel's cached cells and label statistics are dropped first, so what
         is read next is at least as new as the generation returned.  (This relay's own writes
         keep its cells current themselves: see :mod:`.cache`.)"""
-        return self._look(remote.tag, lambda: [remote, *self.catalog.open_remotes(entry)])
+        return self._look(remote.tag, lambda: [remote, *self.catalog.open_remotes(entry)],
+                          lambda: self.catalog.live(remote))
 
     def freshen(self, remote: CachedRemote) -> None:
         """Look at the generation of ``remote``'s channel before reading it some other way
@@ -425,19 +438,27 @@ class Relay:
                         found[id(r)] = r
             return list(found.values())
 
-        self._look(tag, remotes)
+        self._look(tag, remotes, lambda: self.catalog.live(remote))
 
     def _may_store(self, tag: str) -> bool:
         """Whether the channel of ``tag`` is still at the generation this process last saw
         (give or take its own writes): then what it reads may go into a shared disk tier."""
-        version = self.generations.current(tag)
+        # (the gate may be held here: nothing is made, a missing file is a deleted channel's)
+        version = self.generations.stored(tag)
+        if version is None:
+            return False
         with self._seen_lock:
             seen = self._seen.get(tag)
             own = set(self._own.get(tag, ()))
         return seen is not None and (seen == version or only_own(seen, version, own))
 
-    def _look(self, tag: str, remotes: Callable[[], list[CachedRemote]]) -> str:
-        version = self.generations.current(tag)
+    def _look(self, tag: str, remotes: Callable[[], list[CachedRemote]],
+              live: Callable[[], bool]) -> str:
+        # (a channel deleted meanwhile gets a throwaway generation: its file is not made again,
+        # nor is anything of it kept here; the read answers 404, see read_live)
+        version = self.generations.current(tag, live)
+        if version.startswith("gone-"):
+            return version
         with self._seen_lock:
             seen = self._seen.get(tag)
             own = set(self._own.get(tag, ()))
@@ -694,6 +715,11 @@ class Relay:
             # stayed; its incarnation's tag is never used again
             cat.forget_meta(*entry.key)
             cat.state.get("generations_seen", {}).pop(CachedRemote.tag_of(tag), None)
+            # and its write generation (file, writers' folder, memory): under its gate, with
+            # no write in progress, before the delete is saved (a relay stopped in between
+            # still serves the channel, with a new nonce); a write that begins later, and a
+            # read that finds the file gone, find the channel deleted and make nothing again
+            self.generations.forget(CachedRemote.tag_of(tag))
             location = entry.upstream_url.split("://", 1)[1]
             # the store is moved aside (a hidden name the data root's scan skips) and removed
             # after the lock; the move is saved with the delete, so a relay stopped before the
@@ -710,10 +736,17 @@ class Relay:
         for url in {r.url for r in cat.open_remotes(entry)} | {entry.upstream_url}:
             set_job_status(cat, url, None)
         cat.drop_channel(entry, tag)
-        with self._seen_lock:
-            self._seen.pop(CachedRemote.tag_of(tag), None)
-            self._own.pop(CachedRemote.tag_of(tag), None)
+        self.forget_generation(CachedRemote.tag_of(tag))
         cat.remove_moved(hidden)
+
+    def forget_generation(self, tag: str) -> None:
+        """What this process kept of a deleted incarnation's generation (``tag``: its cells'
+        tag): the generation it last saw and its own writes' (the process that deleted it
+        removed its files)."""
+        with self._seen_lock:
+            self._seen.pop(tag, None)
+            self._own.pop(tag, None)
+        self.generations.forget(tag, files=False)
 
     def metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {"cache": self.cache.metrics.snapshot(),

@@ -205,8 +205,14 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
             raise bad_request(INTEGRITY_ERROR, f"Collection {c} has experiments that reference "
                               "it and cannot be deleted.Please delete the experiments first.")
         with cat.lock:
+            # again under the lock (another worker process may have made one meanwhile); the
+            # name is not kept as deleted: with no experiment and no record it is gone, and a
+            # channel added under it to the config later is served
+            if cat.experiment_names(c):
+                raise bad_request(INTEGRITY_ERROR, f"Collection {c} has experiments that "
+                                  "reference it and cannot be deleted.Please delete the "
+                                  "experiments first.")
             cat.state["collections"].pop(c, None)
-            cat.state["deleted"].append(c)
             cat.forget_meta(c)  # (what the workers kept of channels it once held)
             cat.save()
         return Response(status_code=204)
@@ -301,8 +307,12 @@ def project_handlers(relay: Relay) -> dict[str, Handler]:
             raise bad_request(INTEGRITY_ERROR, f" Experiment {e} has channels that reference it "
                               "and cannot be deleted.Please delete the channels first.")
         with cat.lock:
+            # again under the lock, and not kept as deleted (as for collections)
+            if cat.channel_names(c, e):
+                raise bad_request(INTEGRITY_ERROR, f" Experiment {e} has channels that "
+                                  "reference it and cannot be deleted.Please delete the "
+                                  "channels first.")
             cat.state["experiments"].pop(key, None)
-            cat.state["deleted"].append(key)
             cat.forget_meta(c, e)  # (what the workers kept of channels it once held)
             cat.save()
         return Response(status_code=204)
