@@ -64,6 +64,42 @@ def until_both_workers(ask: Callable[[], str]) -> set[str]:
     raise AssertionError(f"only worker(s) {sorted(seen)} answered 400 requests")
 
 
+def rw_request(r: RelayProcess, path: str, **kw: Any) -> httpx.Response:
+    """A request with the RW token on a connection of its own (so either worker of a
+    several-worker relay may answer it); ``headers`` are added to the token's."""
+    headers = {"Authorization": f"Token {RW}", **kw.pop("headers", {})}
+    with httpx.Client(base_url=r.url, headers=headers, timeout=60) as http:
+        return http.request(kw.pop("method", "GET"), path, **kw)
+
+
+def answered_ok(res: httpx.Response) -> httpx.Response:
+    assert res.status_code in (200, 201, 204), res.text
+    return res
+
+
+def shared_state_config(d: Path, state: Path, channels: dict[str, str] | None = None,
+                        workers: int = 2) -> Path:
+    """``d/relay.toml``: ``workers`` worker processes sharing the state file ``state`` and a
+    disk tier under ``d``, the RW token only, and ``channels`` ({name: upstream URL})."""
+    text = f"""
+[server]
+workers = {workers}
+state_path = "{state}"
+[cache]
+memory_bytes = "16 MiB"
+disk_path = "{d / 'cache'}"
+disk_bytes = "64 MiB"
+[auth]
+public_read = false
+tokens = {{ "{RW}" = "read-write" }}
+"""
+    for name, url in (channels or {}).items():
+        text += f'[[channel]]\nname = "{name}"\nupstream = "{url}"\n'
+    cfg = d / "relay.toml"
+    cfg.write_text(text)
+    return cfg
+
+
 def start_relay(config: Path, port: int, *extra: str, cwd: Path | None = None) -> RelayProcess:
     exe = Path(sys.executable).with_name("voxgate")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "voxgate.cli"]

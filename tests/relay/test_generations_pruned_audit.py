@@ -25,10 +25,8 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import blosc
-import httpx
 import numpy as np
 import pytest
 
@@ -40,7 +38,20 @@ from voxgate.relay.config import CacheConfig, ChannelConfig, RelayConfig
 from voxgate.relay.generations import Generations
 from voxgate.relay.state import Relay
 
-from .conftest import RW, RelayProcess, free_port, start_relay, until_both_workers
+from .conftest import (
+    RW,
+    RelayProcess,
+    free_port,
+    shared_state_config,
+    start_relay,
+    until_both_workers,
+)
+from .conftest import (
+    answered_ok as _ok,
+)
+from .conftest import (
+    rw_request as _ask,
+)
 
 HEADERS = {"Authorization": f"Token {RW}"}
 SHAPE = (16, 32, 32)  # z, y, x
@@ -49,16 +60,8 @@ FRAME = {"x_start": 0, "x_stop": SHAPE[2], "y_start": 0, "y_stop": SHAPE[1], "z_
          "voxel_unit": "nanometers"}
 
 
-def _ask(r: RelayProcess, path: str, **kw: Any) -> httpx.Response:
-    """A request on a connection of its own (so either worker may answer it)."""
-    headers = {**HEADERS, **kw.pop("headers", {})}
-    with httpx.Client(base_url=r.url, headers=headers, timeout=60) as http:
-        return http.request(kw.pop("method", "GET"), path, **kw)
 
 
-def _ok(res: httpx.Response) -> httpx.Response:
-    assert res.status_code in (200, 201, 204), res.text
-    return res
 
 
 def _cut(chan: str) -> str:
@@ -72,25 +75,6 @@ def _left(gens: Path) -> list[str]:
                   if p.name.endswith(".json") or p.name.endswith(".writers"))
 
 
-def _config(d: Path, state: Path, workers: int = 2,
-            channels: dict[str, str] | None = None) -> Path:
-    text = f"""
-[server]
-workers = {workers}
-state_path = "{state}"
-[cache]
-memory_bytes = "16 MiB"
-disk_path = "{d / 'cache'}"
-disk_bytes = "64 MiB"
-[auth]
-public_read = false
-tokens = {{ "{RW}" = "read-write" }}
-"""
-    for name, url in (channels or {}).items():
-        text += f'[[channel]]\nname = "{name}"\nupstream = "{url}"\n'
-    cfg = d / "relay.toml"
-    cfg.write_text(text)
-    return cfg
 
 
 def _project(relay: RelayProcess, c: str, e: str, frame: str) -> None:
@@ -109,7 +93,8 @@ def test_scratch_channels_leave_no_generations_and_a_name_made_again_never_repea
     root.mkdir()
     state = tmp_path / "state.json"
     gens = tmp_path / ".voxgate-generations"
-    relay = start_relay(_config(tmp_path, state), free_port(), "--data-root", str(root))
+    cfg = shared_state_config(tmp_path, state)
+    relay = start_relay(cfg, free_port(), "--data-root", str(root))
     try:
         _project(relay, "lab", "ex", "f1")
         etags: list[str] = []
@@ -275,7 +260,7 @@ def test_a_deleted_collection_or_experiment_does_not_hide_a_config_channel_added
     root = tmp_path / "data"
     root.mkdir()
     state = tmp_path / "state.json"
-    relay = start_relay(_config(tmp_path, state, workers=1), free_port(),
+    relay = start_relay(shared_state_config(tmp_path, state, workers=1), free_port(),
                         "--data-root", str(root))
     try:
         _project(relay, "lab", "ex", "f1")
@@ -293,7 +278,7 @@ def test_a_deleted_collection_or_experiment_does_not_hide_a_config_channel_added
         voxgate.create(url, shape=SHAPE, chunks=SHAPE, dtype="uint8",
                        voxel_size=(40, 4, 4))[:] = np.uint8(value)
         urls[chan] = url
-    relay = start_relay(_config(tmp_path, state, workers=1, channels=urls), free_port(),
+    relay = start_relay(shared_state_config(tmp_path, state, workers=1, channels=urls), free_port(),
                         "--data-root", str(root))
     try:
         for chan, value in (("lab/ex/img", 3), ("tmp/em/img", 4)):

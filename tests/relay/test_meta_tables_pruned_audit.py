@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import blosc
-import httpx
 import numpy as np
 import pytest
 
@@ -41,7 +40,20 @@ from voxgate.relay.catalog import Catalog
 from voxgate.relay.config import CacheConfig, ChannelConfig, RelayConfig
 from voxgate.relay.state import Relay
 
-from .conftest import RW, RelayProcess, free_port, start_relay, until_both_workers
+from .conftest import (
+    RW,
+    RelayProcess,
+    free_port,
+    shared_state_config,
+    start_relay,
+    until_both_workers,
+)
+from .conftest import (
+    answered_ok as _ok,
+)
+from .conftest import (
+    rw_request as _get,
+)
 
 HEADERS = {"Authorization": f"Token {RW}"}
 TABLES = ("meta_seen", "meta_changes")
@@ -57,15 +69,8 @@ def _keys(state: dict[str, Any]) -> set[str]:
     return {k for t in TABLES for k in state.get(t) or {}}
 
 
-def _get(r: RelayProcess, path: str, **kw: Any) -> httpx.Response:
-    """A request on a connection of its own (so either worker may answer it)."""
-    with httpx.Client(base_url=r.url, headers=HEADERS, timeout=60) as http:
-        return http.request(kw.pop("method", "GET"), path, **kw)
 
 
-def _ok(res: httpx.Response) -> httpx.Response:
-    assert res.status_code in (200, 201, 204), res.text
-    return res
 
 
 def _cut(chan: str) -> str:
@@ -81,24 +86,6 @@ def _reads(r: RelayProcess, chan: str, want: np.ndarray) -> Callable[[], str]:
     return ask
 
 
-def _config(d: Path, channels: dict[str, str], state: Path) -> Path:
-    text = f"""
-[server]
-workers = 2
-state_path = "{state}"
-[cache]
-memory_bytes = "16 MiB"
-disk_path = "{d / 'cache'}"
-disk_bytes = "64 MiB"
-[auth]
-public_read = false
-tokens = {{ "{RW}" = "read-write" }}
-"""
-    for name, url in channels.items():
-        text += f'[[channel]]\nname = "{name}"\nupstream = "{url}"\n'
-    cfg = d / "relay.toml"
-    cfg.write_text(text)
-    return cfg
 
 
 # -- 1. a channel deleted through the bossDB dialect ---------------------------------------------
@@ -109,7 +96,8 @@ def test_deleted_channels_leave_no_entries_and_a_name_made_again_serves_its_new_
     root = tmp_path / "data"
     root.mkdir()
     state_path = tmp_path / "state.json"
-    relay = start_relay(_config(tmp_path, {}, state_path), free_port(), "--data-root", str(root))
+    cfg = shared_state_config(tmp_path, state_path, {})
+    relay = start_relay(cfg, free_port(), "--data-root", str(root))
     try:
         _ok(_get(relay, "/v1/collection/lab/", method="POST", json={"description": ""}))
         _ok(_get(relay, "/v1/coord/f1/", method="POST", json={
@@ -172,7 +160,7 @@ def test_channels_dropped_from_the_config_leave_no_entries_after_a_restart(
                        voxel_size=(8, 8, 8))[:] = np.uint8(value)
         urls[f"lab/em/{name}"] = url
     state_path = tmp_path / "state.json"
-    relay = start_relay(_config(tmp_path, urls, state_path), free_port())
+    relay = start_relay(shared_state_config(tmp_path, state_path, urls), free_port())
     try:
         until_both_workers(_reads(relay, "lab/em/a", np.full(SHAPE, 3, np.uint8)))
         until_both_workers(_reads(relay, "lab/em/b", np.full(SHAPE, 4, np.uint8)))
@@ -181,7 +169,7 @@ def test_channels_dropped_from_the_config_leave_no_entries_after_a_restart(
     state = _state(state_path)
     assert _keys(state) >= {"lab/em/a", "lab/em/b"}, state
     assert len(state.get("generations_seen", {})) == 2, state
-    relay = start_relay(_config(tmp_path, {"lab/em/a": urls["lab/em/a"]}, state_path),
+    relay = start_relay(shared_state_config(tmp_path, state_path, {"lab/em/a": urls["lab/em/a"]}),
                         free_port())
     try:
         state = _state(state_path)
