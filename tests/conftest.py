@@ -25,6 +25,41 @@ def _process_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _httpx_one_ssl_context() -> Iterator[None]:
+    """``httpx.get`` / ``post`` / ... (the tests' one-off requests) with one SSL context for
+    the session.  Each such call builds a client, and each client an SSL context, loading the
+    CA bundle again (~40 ms a call: 400 one-voxel cutouts from a relay took 19 s, most of it
+    that).  The context is the one httpx builds for ``verify=True`` (from SSL_CERT_FILE /
+    SSL_CERT_DIR when set, certifi's bundle otherwise), built once for each value of those;
+    calls giving ``verify`` or ``trust_env`` themselves are as they were.  (httpx.Client and
+    the code under test are untouched.)"""
+    import functools
+    import ssl
+
+    import httpx
+
+    contexts: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+
+    def shared(call: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(call)
+        def with_context(*args: Any, **kwargs: Any) -> Any:
+            if "verify" not in kwargs and "trust_env" not in kwargs:
+                key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+                if key not in contexts:
+                    contexts[key] = httpx.create_ssl_context()
+                kwargs["verify"] = contexts[key]
+            return call(*args, **kwargs)
+
+        return with_context
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("request", "stream", "get", "options", "head", "post", "put", "patch",
+                     "delete"):
+            mp.setattr(httpx, name, shared(getattr(httpx, name)))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Copy journals go to a temporary folder, and mem:// volumes do not leak between tests,

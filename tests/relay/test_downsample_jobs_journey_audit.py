@@ -36,7 +36,7 @@ from intern.resource.boss.resource import (
 )
 
 from ..services.numpy_reference import downsample_scales
-from .conftest import RO, RW, RelayProcess, free_port, start_relay
+from .conftest import RO, RW, RelayProcess, free_port, start_relay, tls
 
 #: the coordinate frame, z, y, x: odd starts and an odd 23 x 45 x 37 extent
 START = (1, 5, 3)
@@ -109,7 +109,8 @@ def _big_channel(relay: RelayProcess, name: str, seed: int
 def _ask(relay: RelayProcess, method: str, path: str, token: str | None = RW) -> httpx.Response:
     """One request on a connection of its own (so either worker may take it)."""
     headers = {"Authorization": f"Token {token}"} if token else {}
-    with httpx.Client(base_url=relay.url, headers=headers, timeout=60) as client:
+    with httpx.Client(base_url=relay.url, headers=headers, timeout=60,
+                      verify=tls()) as client:
         return client.request(method, path)
 
 

@@ -56,7 +56,7 @@ import voxgate
 from voxgate.geometry import Box
 from voxgate.services.downsample import downsample_kernel
 
-from .conftest import RW, RelayProcess, free_port, start_relay
+from .conftest import RW, RelayProcess, free_port, start_relay, tls
 from .test_http_cache import Nginx, start_nginx
 
 HEADERS = {"Authorization": f"Token {RW}"}
@@ -127,7 +127,7 @@ tokens = {{ "{RW}" = "read-write" }}
 def _request(base: str, method: str, path: str, **kw: Any) -> httpx.Response:
     """One request on a connection of its own (so either worker may answer it)."""
     headers = {**HEADERS, **kw.pop("headers", {})}
-    with httpx.Client(base_url=base, headers=headers, timeout=120) as http:
+    with httpx.Client(base_url=base, headers=headers, timeout=120, verify=tls()) as http:
         return http.request(method, path, **kw)
 
 

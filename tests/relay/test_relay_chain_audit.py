@@ -38,7 +38,7 @@ import voxgate
 from voxgate.geometry import Box
 from voxgate.relay.config import CacheConfig, ChannelConfig, RelayConfig
 
-from .conftest import RW, RelayProcess, free_port, start_relay
+from .conftest import RW, RelayProcess, free_port, start_relay, tls
 from .test_consistency import (
     GatedRemote,
     InProcessRelay,
@@ -205,7 +205,7 @@ options = {{ token = "{RW}" }}
 
 def _fresh_get(r: RelayProcess, path: str, **headers: str) -> httpx.Response:
     # a connection of its own: the kernel hands it to either worker process
-    with httpx.Client(base_url=r.url, timeout=60) as http:
+    with httpx.Client(base_url=r.url, timeout=60, verify=tls()) as http:
         return http.get(path, headers={"Authorization": f"Token {RW}", **headers})
 
 

@@ -27,7 +27,7 @@ from intern.resource.boss.resource import ChannelResource
 import voxgate
 from voxgate.geometry import Box
 
-from .conftest import RW, RelayProcess, free_port, start_relay
+from .conftest import RW, RelayProcess, free_port, start_relay, tls
 
 SHAPE = (32, 256, 256)
 CHUNKS = (16, 64, 64)
@@ -72,7 +72,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
 
 def _get(r: RelayProcess, path: str, **kw: object) -> httpx.Response:
     """A request on a connection of its own (so either worker may answer it)."""
-    with httpx.Client(base_url=r.url, headers=HEADERS, timeout=60) as http:
+    with httpx.Client(base_url=r.url, headers=HEADERS, timeout=60, verify=tls()) as http:
         return http.request(kw.pop("method", "GET"), path, **kw)  # type: ignore[arg-type]
 
 

@@ -36,7 +36,7 @@ from voxgate.errors import InvalidRequestError, RemoteUnavailableError
 from voxgate.geometry import Box
 from voxgate.relay.catalog import _serving_options
 
-from .conftest import RW, RelayProcess, start_two_worker_relay
+from .conftest import RW, RelayProcess, start_two_worker_relay, tls
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="hold_open=False takes fcntl locks on Linux only")
@@ -76,7 +76,7 @@ def _url(box: Box, channel: str) -> str:
 
 def _request(r: RelayProcess, method: str, path: str, **kw: object) -> httpx.Response:
     """A request on a connection of its own (so either worker may answer it)."""
-    with httpx.Client(base_url=r.url, headers=HEADERS, timeout=60) as http:
+    with httpx.Client(base_url=r.url, headers=HEADERS, timeout=60, verify=tls()) as http:
         return http.request(method, path, **kw)  # type: ignore[arg-type]
 
 

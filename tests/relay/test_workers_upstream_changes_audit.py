@@ -28,7 +28,7 @@ import voxgate
 from voxgate.formats.precomputed_chunks import decode_chunk
 from voxgate.testing.dvid import DVIDServerProcess
 
-from .conftest import RW, RelayProcess, free_port, start_relay, until_both_workers
+from .conftest import RW, RelayProcess, free_port, start_relay, tls, until_both_workers
 from .test_dvid_moving_refs_audit import BS, SHAPE, Branch, _branch, _gens, _labels
 
 HEADERS = {"Authorization": f"Token {RW}"}
@@ -62,7 +62,8 @@ tokens = {{ "{RW}" = "read-write" }}
 
 def _get(relay: RelayProcess, path: str, **kw: object) -> httpx.Response:
     """A request on a connection of its own (so either worker may answer it)."""
-    with httpx.Client(base_url=relay.url, headers=HEADERS, timeout=60) as http:
+    with httpx.Client(base_url=relay.url, headers=HEADERS, timeout=60,
+                      verify=tls()) as http:
         return http.request(kw.pop("method", "GET"), path, **kw)  # type: ignore[arg-type]
 
 

@@ -1,6 +1,9 @@
 """Brute-force numpy references for downsampling, the oracle the downsample tests compare with.
 
 Written to be obviously correct, not fast: one Python step per output voxel, no kernel library.
+One shortcut, for integer (and bool) arrays only: a block whose smallest voxel equals its
+largest holds one value, which is both its mode and the floor of its mean, so those blocks (most
+of a sparse volume) are filled at once and the Python step is taken for the others only.
 
 Rules (the same ones docs/services/downsample.md states for voxgate):
 
@@ -46,15 +49,42 @@ def output_shape(shape: Sequence[int], factor: Sequence[int],
                         for a, s, f in zip(start, shape[-3:], factor, strict=True))
 
 
-def _blocks(arr: np.ndarray, factor: Sequence[int], start: Sequence[int] | None = None):
-    """Yield (output index, covered voxels in C order) for every output voxel."""
+def _check(arr: np.ndarray, factor: Sequence[int]) -> tuple[int, ...]:
     f = tuple(int(v) for v in factor)
     if len(f) != 3 or any(v < 1 for v in f):
         raise ValueError(f"factor must be three positive integers (z, y, x), got {factor!r}")
     if arr.ndim not in (3, 4):
         raise ValueError(f"arr must be (z, y, x) or (c, z, y, x), got shape {arr.shape}")
+    return f
+
+
+def _one_value(arr: np.ndarray, factor: Sequence[int], start: Sequence[int] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, values) over the output voxels: where the block's smallest and largest voxels
+    are equal (it holds one value), and its smallest voxel.  Blocks are the ones
+    :func:`_blocks` yields: along each axis, ``np.minimum.reduceat`` / ``maximum.reduceat``
+    at each block's first index reduce up to the next one's (the last one to the end)."""
+    f = _check(arr, factor)
     out_shape = output_shape(arr.shape, f, start)
-    for index in itertools.product(*(range(n) for n in out_shape)):
+    lo = hi = arr
+    for i, step in enumerate(f):
+        axis = arr.ndim - 3 + i
+        a = 0 if start is None else start[i]
+        firsts = [max(0, (a // step + j) * step - a) for j in range(out_shape[axis])]
+        lo = np.minimum.reduceat(lo, firsts, axis=axis)
+        hi = np.maximum.reduceat(hi, firsts, axis=axis)
+    return lo == hi, lo
+
+
+def _blocks(arr: np.ndarray, factor: Sequence[int], start: Sequence[int] | None = None,
+            skip: np.ndarray | None = None):
+    """Yield (output index, covered voxels in C order) for every output voxel (but those
+    ``skip`` is True at)."""
+    f = _check(arr, factor)
+    out_shape = output_shape(arr.shape, f, start)
+    indices = (itertools.product(*(range(n) for n in out_shape)) if skip is None else
+               (tuple(int(i) for i in index) for index in np.argwhere(~skip)))
+    for index in indices:
         lead, zyx = index[:-3], index[-3:]
         if start is None:
             region = lead + tuple(slice(i * step, (i + 1) * step)
@@ -73,7 +103,11 @@ def downsample_mean(arr: np.ndarray, factor: Sequence[int],
     arr = np.asarray(arr)
     out = np.zeros(output_shape(arr.shape, factor, start), dtype=arr.dtype)
     floating = np.issubdtype(arr.dtype, np.floating)
-    for index, voxels in _blocks(arr, factor, start):
+    one = None
+    if arr.dtype.kind in "biu":  # (one value: its floor mean; floats take the step below)
+        one, values = _one_value(arr, factor, start)
+        out[one] = values[one]
+    for index, voxels in _blocks(arr, factor, start, one):
         if floating:
             out[index] = voxels.astype(np.float64).mean()
         else:
@@ -90,7 +124,11 @@ def downsample_mode(arr: np.ndarray, factor: Sequence[int],
     """
     arr = np.asarray(arr)
     out = np.zeros(output_shape(arr.shape, factor, start), dtype=arr.dtype)
-    for index, voxels in _blocks(arr, factor, start):
+    one = None
+    if arr.dtype.kind in "biu":  # (one value: its mode)
+        one, values = _one_value(arr, factor, start)
+        out[one] = values[one]
+    for index, voxels in _blocks(arr, factor, start, one):
         counts = [int(np.count_nonzero(voxels == v)) for v in voxels]
         best = max(counts)
         out[index] = voxels[counts.index(best)]  # list.index: the first position with it
