@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -173,3 +174,40 @@ def test_bossdb_copy_of_narrow_segmentation_says_how(boss: RelayProcess,
     got = voxgate.open(url)
     assert got.dtype == np.uint64 and got.meta.kind == "segmentation"
     np.testing.assert_array_equal(got.read(), ids.astype(np.uint64))
+
+
+def test_http_clients_share_one_ssl_context(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    """Every HTTPClient (one per bossdb:// or dvid:// volume opened, and the relay's upstream
+    clients) built its own SSL context, loading the CA bundle again: about 40 ms per volume
+    opened.  They share one per SSL_CERT_FILE / SSL_CERT_DIR value now, and a changed value
+    still gets its own."""
+    import ssl
+
+    from voxgate.remotes import _http
+
+    built: list[object] = []
+    real = ssl.create_default_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        built.append(kwargs.get("cafile"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    _http._ssl_context_for.cache_clear()
+    clients = [_http.HTTPClient(f"https://127.0.0.1:{9000 + i}") for i in range(5)]
+    try:
+        assert len(built) == 1, built
+        import certifi
+
+        bundle = tmp_path / "ca.pem"
+        bundle.write_bytes(Path(certifi.where()).read_bytes())
+        monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+        clients.append(_http.HTTPClient("https://127.0.0.1:9100"))
+        assert built == [certifi.where(), str(bundle)], built
+    finally:
+        for c in clients:
+            c.close()
+        _http._ssl_context_for.cache_clear()
