@@ -97,22 +97,25 @@ def bases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[in
     return legacy, multires, shapes
 
 
+def _copy(base: Path, meshes: dict[int, Mesh], tmp_path: Path
+          ) -> tuple[Path, str, dict[int, Mesh]]:
+    path = tmp_path / "seg"
+    shutil.copytree(base, path)
+    return path, f"file://{path}", meshes
+
+
 @pytest.fixture()
 def layer(bases: tuple[Path, Path, dict[int, Mesh]], tmp_path: Path
           ) -> tuple[Path, str, dict[int, Mesh]]:
     """A copy of Igneous' unsharded multi-resolution layer."""
-    path = tmp_path / "seg"
-    shutil.copytree(bases[1], path)
-    return path, f"file://{path}", bases[2]
+    return _copy(bases[1], bases[2], tmp_path)
 
 
 @pytest.fixture()
 def legacy_layer(bases: tuple[Path, Path, dict[int, Mesh]], tmp_path: Path
                  ) -> tuple[Path, str, dict[int, Mesh]]:
     """A copy of Igneous' legacy layer."""
-    path = tmp_path / "seg"
-    shutil.copytree(bases[0], path)
-    return path, f"file://{path}", bases[2]
+    return _copy(bases[0], bases[2], tmp_path)
 
 
 def _as(mesh: Mesh, i: int) -> Mesh:

@@ -28,7 +28,8 @@ import voxgate
 from voxgate.formats.precomputed_chunks import decode_chunk
 from voxgate.testing.dvid import DVIDServerProcess
 
-from .conftest import RW, RelayProcess, free_port, start_relay, tls, until_both_workers
+from .conftest import RW, RelayProcess, free_port, start_relay, until_both_workers
+from .conftest import rw_request as _get
 from .test_dvid_moving_refs_audit import BS, SHAPE, Branch, _branch, _gens, _labels
 
 HEADERS = {"Authorization": f"Token {RW}"}
@@ -60,11 +61,6 @@ tokens = {{ "{RW}" = "read-write" }}
     return cfg
 
 
-def _get(relay: RelayProcess, path: str, **kw: object) -> httpx.Response:
-    """A request on a connection of its own (so either worker may answer it)."""
-    with httpx.Client(base_url=relay.url, headers=HEADERS, timeout=60,
-                      verify=tls()) as http:
-        return http.request(kw.pop("method", "GET"), path, **kw)  # type: ignore[arg-type]
 
 
 def _cut_url(chan: str, zyx: tuple[tuple[int, int], ...]) -> str:
